@@ -1,0 +1,28 @@
+# Keyline: the two commands of the README.
+#   make run   - build and run the gateway on embedded defaults
+#   make test  - build everything and run every test (unit, property, end-to-end)
+
+CARGO ?= cargo
+
+.PHONY: run test deps test-deps build lint
+
+deps:
+	@scripts/install-deps.sh
+
+test-deps:
+	@scripts/install-deps.sh --test
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+run: deps
+	$(CARGO) run --release -p keyline-gatewayd --
+
+# The end-to-end tests start the real binaries, so build them first.
+test: test-deps
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

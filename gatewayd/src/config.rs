@@ -1,0 +1,108 @@
+//! The gateway's configuration: embedded defaults, optionally overridden by
+//! a TOML file and then by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// How media of internal calls travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum InternalMedia {
+    /// Agent to agent on the LAN.
+    Direct,
+    /// Through the gateway's forwarder.
+    Relay,
+}
+
+impl InternalMedia {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InternalMedia::Direct => "direct",
+            InternalMedia::Relay => "relay",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// UDP address of the QUIC endpoint.
+    pub listen: SocketAddr,
+    pub internal_media: InternalMedia,
+    /// Seconds an unanswered call rings.
+    pub ring_timeout_secs: u64,
+    /// First and last extension handed out automatically.
+    pub extension_range: [u32; 2],
+    /// Advertise and browse with mDNS.
+    pub mdns: bool,
+    /// Instance name advertised on the LAN.
+    pub name: Option<String>,
+}
+
+pub const DEFAULT_PORT: u16 = 7470;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            internal_media: InternalMedia::Direct,
+            ring_timeout_secs: 30,
+            extension_range: [201, 499],
+            mdns: true,
+            name: None,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: Config =
+            toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.ring_timeout_secs == 0 || self.ring_timeout_secs > 600 {
+            bail!("ring_timeout_secs must be between 1 and 600");
+        }
+        let [lo, hi] = self.extension_range;
+        if lo < 10 || lo > hi || hi > 999_999 {
+            bail!("extension_range must be [low, high] with 10 <= low <= high <= 999999");
+        }
+        Ok(())
+    }
+
+    pub fn ring_timeout(&self) -> Duration {
+        Duration::from_secs(self.ring_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_bad_fields_are_named() {
+        let cfg: Config = toml::from_str("internal_media = \"relay\"\nring_timeout_secs = 5\n")
+            .expect("parse");
+        assert_eq!(cfg.internal_media, InternalMedia::Relay);
+        assert_eq!(cfg.ring_timeout(), Duration::from_secs(5));
+        assert_eq!(cfg.listen.port(), DEFAULT_PORT);
+        let err = toml::from_str::<Config>("internal_media = \"teleport\"").expect_err("bad");
+        assert!(err.to_string().contains("internal_media"), "{err}");
+        let err = toml::from_str::<Config>("ring_timeout = 5").expect_err("unknown");
+        assert!(err.to_string().contains("ring_timeout"), "{err}");
+        let bad = Config {
+            extension_range: [500, 200],
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,360 @@
+//! The gateway's SQLite store: enrolled agents and call records.
+//!
+//! WAL mode, schema versioned with `PRAGMA user_version`. Every write is a
+//! short transaction; callers run them off the async runtime
+//! (`spawn_blocking`), so a slow disk never stalls call control.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+/// Schema migrations, applied in order; index + 1 is the `user_version`.
+const MIGRATIONS: &[&str] = &[
+    // 1: agents and call records.
+    "CREATE TABLE agents (
+        fingerprint TEXT PRIMARY KEY,
+        ext TEXT UNIQUE,
+        name TEXT,
+        code TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'approved')),
+        first_seen INTEGER NOT NULL,
+        approved_at INTEGER,
+        last_addr TEXT
+    );
+    CREATE TABLE calls (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        call_id INTEGER,
+        caller TEXT NOT NULL,
+        callee TEXT NOT NULL,
+        started_ms INTEGER NOT NULL,
+        answered_ms INTEGER,
+        ended_ms INTEGER NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    CREATE INDEX calls_started ON calls (started_ms);",
+];
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AgentRow {
+    pub fingerprint: String,
+    pub ext: Option<String>,
+    pub name: Option<String>,
+    pub code: String,
+    pub state: String,
+    pub first_seen_ms: i64,
+    pub approved_at_ms: Option<i64>,
+    pub last_addr: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CdrRow {
+    pub id: i64,
+    pub call_id: Option<i64>,
+    pub caller: String,
+    pub callee: String,
+    pub start_ms: i64,
+    pub answer_ms: Option<i64>,
+    pub end_ms: i64,
+    pub outcome: String,
+}
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Db> {
+        let mut conn =
+            Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Db {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    pub fn open_in_memory() -> Result<Db> {
+        let mut conn = Connection::open_in_memory()?;
+        migrate(&mut conn)?;
+        Ok(Db {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut c = self
+            .conn
+            .lock()
+            .map_err(|_| anyhow::anyhow!("database lock poisoned"))?;
+        f(&mut c)
+    }
+
+    pub fn agent(&self, fp: &str) -> Result<Option<AgentRow>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT fingerprint, ext, name, code, state, first_seen, approved_at, last_addr
+                 FROM agents WHERE fingerprint = ?1",
+                [fp],
+                agent_row,
+            )
+            .optional()?)
+        })
+    }
+
+    pub fn agents(&self) -> Result<Vec<AgentRow>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT fingerprint, ext, name, code, state, first_seen, approved_at, last_addr
+                 FROM agents ORDER BY ext IS NULL, ext, first_seen",
+            )?;
+            let rows = st.query_map([], agent_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Record a newly seen agent as pending (or refresh its address).
+    pub fn upsert_pending(&self, fp: &str, code: &str, name: Option<&str>, addr: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO agents (fingerprint, name, code, state, first_seen, last_addr)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5)
+                 ON CONFLICT (fingerprint) DO UPDATE SET last_addr = excluded.last_addr,
+                    name = COALESCE(agents.name, excluded.name)",
+                params![fp, name, code, now_ms(), addr],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn touch(&self, fp: &str, addr: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE agents SET last_addr = ?2 WHERE fingerprint = ?1",
+                params![fp, addr],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Approve the pending agent showing `code`, giving it `ext` or the
+    /// next free extension in `range`.
+    pub fn approve(
+        &self,
+        code: &str,
+        ext: Option<&str>,
+        name: Option<&str>,
+        range: (u32, u32),
+    ) -> Result<AgentRow> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let fps: Vec<String> = {
+                let mut st = tx.prepare(
+                    "SELECT fingerprint FROM agents WHERE code = ?1 AND state = 'pending'",
+                )?;
+                let v = st
+                    .query_map([code], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                v
+            };
+            let fp = match fps.as_slice() {
+                [] => bail!("no station is waiting with pairing code {code}"),
+                [one] => one.clone(),
+                _ => bail!("pairing code {code} is ambiguous; restart one of the waiting stations"),
+            };
+            let taken: Vec<String> = {
+                let mut st = tx.prepare("SELECT ext FROM agents WHERE ext IS NOT NULL")?;
+                let v = st
+                    .query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                v
+            };
+            let ext = match ext {
+                Some(e) => {
+                    if taken.iter().any(|t| t == e) {
+                        bail!("extension {e} is already taken");
+                    }
+                    e.to_string()
+                }
+                None => (range.0..=range.1)
+                    .map(|n| n.to_string())
+                    .find(|n| !taken.contains(n))
+                    .context("no free extension left in the configured range")?,
+            };
+            tx.execute(
+                "UPDATE agents SET ext = ?2, name = COALESCE(?3, name), state = 'approved',
+                    approved_at = ?4 WHERE fingerprint = ?1",
+                params![fp, ext, name, now_ms()],
+            )?;
+            let row = tx.query_row(
+                "SELECT fingerprint, ext, name, code, state, first_seen, approved_at, last_addr
+                 FROM agents WHERE fingerprint = ?1",
+                [&fp],
+                agent_row,
+            )?;
+            tx.commit()?;
+            Ok(row)
+        })
+    }
+
+    pub fn insert_cdr(&self, row: &CdrRow) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO calls (call_id, caller, callee, started_ms, answered_ms, ended_ms, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    row.call_id,
+                    row.caller,
+                    row.callee,
+                    row.start_ms,
+                    row.answer_ms,
+                    row.end_ms,
+                    row.outcome
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn cdr(&self, limit: u32) -> Result<Vec<CdrRow>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, call_id, caller, callee, started_ms, answered_ms, ended_ms, outcome
+                 FROM (SELECT * FROM calls ORDER BY id DESC LIMIT ?1) ORDER BY id",
+            )?;
+            let rows = st
+                .query_map([limit], |r| {
+                    Ok(CdrRow {
+                        id: r.get(0)?,
+                        call_id: r.get(1)?,
+                        caller: r.get(2)?,
+                        callee: r.get(3)?,
+                        start_ms: r.get(4)?,
+                        answer_ms: r.get(5)?,
+                        end_ms: r.get(6)?,
+                        outcome: r.get(7)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// The highest call id ever recorded, so ids stay unique across restarts.
+    pub fn max_call_id(&self) -> Result<u64> {
+        self.with(|c| {
+            let v: Option<i64> = c.query_row("SELECT MAX(call_id) FROM calls", [], |r| r.get(0))?;
+            Ok(v.unwrap_or(0).max(0) as u64)
+        })
+    }
+}
+
+fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
+    Ok(AgentRow {
+        fingerprint: r.get(0)?,
+        ext: r.get(1)?,
+        name: r.get(2)?,
+        code: r.get(3)?,
+        state: r.get(4)?,
+        first_seen_ms: r.get(5)?,
+        approved_at_ms: r.get(6)?,
+        last_addr: r.get(7)?,
+    })
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let target = MIGRATIONS.len() as i64;
+    if version > target {
+        bail!("database schema version {version} is newer than this program ({target}); upgrade keyline");
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .with_context(|| format!("applying migration {}", i + 1))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn approve_assigns_next_free_extension_and_refuses_conflicts() {
+        let db = Db::open_in_memory().expect("db");
+        db.upsert_pending("fa", "111111", Some("desk a"), "10.0.0.2:1")
+            .expect("insert");
+        db.upsert_pending("fb", "222222", None, "10.0.0.3:1")
+            .expect("insert");
+        db.upsert_pending("fc", "333333", None, "10.0.0.4:1")
+            .expect("insert");
+        let a = db.approve("111111", None, None, (201, 499)).expect("approve");
+        assert_eq!(a.ext.as_deref(), Some("201"));
+        assert_eq!(a.name.as_deref(), Some("desk a"));
+        let b = db
+            .approve("222222", Some("300"), Some("Bob"), (201, 499))
+            .expect("approve");
+        assert_eq!((b.ext.as_deref(), b.name.as_deref()), (Some("300"), Some("Bob")));
+        let err = db
+            .approve("333333", Some("300"), None, (201, 499))
+            .expect_err("taken");
+        assert!(err.to_string().contains("already taken"));
+        let err = db.approve("999999", None, None, (201, 499)).expect_err("no such");
+        assert!(err.to_string().contains("no station"));
+        // approving twice is refused: the code is no longer pending
+        assert!(db.approve("111111", None, None, (201, 499)).is_err());
+    }
+
+    #[test]
+    fn cdr_roundtrip_and_file_survives_reopen() {
+        let dir = std::env::temp_dir().join(format!("kl-db-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("t.sqlite");
+        let _ = std::fs::remove_file(&path);
+        {
+            let db = Db::open(&path).expect("open");
+            db.insert_cdr(&CdrRow {
+                id: 0,
+                call_id: Some(7),
+                caller: "201".into(),
+                callee: "202".into(),
+                start_ms: 1,
+                answer_ms: Some(2),
+                end_ms: 3,
+                outcome: "answered".into(),
+            })
+            .expect("insert");
+        }
+        let db = Db::open(&path).expect("reopen");
+        let rows = db.cdr(10).expect("cdr");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].outcome, "answered");
+        assert_eq!(db.max_call_id().expect("max"), 7);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let mut conn = Connection::open_in_memory().expect("db");
+        conn.pragma_update(None, "user_version", 99).expect("pragma");
+        assert!(migrate(&mut conn).is_err());
+    }
+}

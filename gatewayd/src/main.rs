@@ -1,0 +1,248 @@
+//! The `keyline-gatewayd` command: runs the gateway, or talks to a running
+//! one through its control socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use keyline_gatewayd::config::{Config, InternalMedia};
+use keyline_gatewayd::server::{run, RunOptions};
+use keyline_net::{control, statedir};
+use serde_json::{json, Value};
+
+#[derive(Parser, Debug)]
+#[command(name = "keyline-gatewayd", version, about = "Keyline office phone gateway")]
+struct Cli {
+    /// State directory (default: $STATE_DIRECTORY, else ~/.local/state/keyline/gatewayd).
+    #[arg(long, global = true, value_name = "DIR")]
+    state: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the gateway (the default when no command is given).
+    Run(RunArgs),
+    /// Show the gateway's state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List stations: approved, waiting for approval, and seen on the LAN.
+    Agents {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List calls in progress.
+    Calls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show call records, oldest first.
+    Cdr {
+        #[arg(long)]
+        json: bool,
+        /// How many of the latest records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Approve a waiting station by the pairing code it shows.
+    Approve {
+        code: String,
+        /// Extension to give it (default: the next free one).
+        #[arg(long)]
+        ext: Option<String>,
+        /// A name for the station.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Validate a configuration file and exit.
+    CheckConfig { file: PathBuf },
+}
+
+#[derive(clap::Args, Debug, Default)]
+struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// UDP address to listen on (default 0.0.0.0:7470).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<std::net::SocketAddr>,
+    /// How media of internal calls travels.
+    #[arg(long, value_enum)]
+    internal_media: Option<InternalMedia>,
+    /// Seconds an unanswered call rings.
+    #[arg(long, value_name = "SECS")]
+    ring_timeout: Option<u64>,
+    /// Do not advertise or browse with mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        None => serve(cli.state, RunArgs::default()),
+        Some(Cmd::Run(args)) => serve(cli.state, args),
+        Some(Cmd::CheckConfig { file }) => Config::load(&file).map(|_| {
+            println!("{}: ok", file.display());
+        }),
+        Some(cmd) => client(cli.state, cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keyline-gatewayd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn serve(state: Option<PathBuf>, args: RunArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEYLINE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config_file = args.config.clone().or_else(|| {
+        std::env::var_os("CONFIGURATION_DIRECTORY")
+            .map(|d| PathBuf::from(d).join("gatewayd.toml"))
+            .filter(|p| p.exists())
+    });
+    let mut config = match &config_file {
+        Some(f) => Config::load(f)?,
+        None => Config::default(),
+    };
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(m) = args.internal_media {
+        config.internal_media = m;
+    }
+    if let Some(t) = args.ring_timeout {
+        config.ring_timeout_secs = t;
+    }
+    if args.no_mdns {
+        config.mdns = false;
+    }
+    runtime()?.block_on(run(RunOptions { state, config }))
+}
+
+fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
+    let dir = match state {
+        Some(s) => s,
+        None => statedir::default_dir("gatewayd")?,
+    };
+    let sock = control::socket_path(&dir);
+    let (req, json_out) = match &cmd {
+        Cmd::Status { json } => (json!({"cmd": "status"}), *json),
+        Cmd::Agents { json } => (json!({"cmd": "agents"}), *json),
+        Cmd::Calls { json } => (json!({"cmd": "calls"}), *json),
+        Cmd::Cdr { json, limit } => (json!({"cmd": "cdr", "limit": limit}), *json),
+        Cmd::Approve { code, ext, name } => (
+            json!({"cmd": "approve", "code": code, "ext": ext, "name": name}),
+            false,
+        ),
+        Cmd::Run(_) | Cmd::CheckConfig { .. } => unreachable_cmd(),
+    };
+    let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(10)))?;
+    let reply = control::into_result(reply)?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(());
+    }
+    print_human(&cmd, &reply);
+    Ok(())
+}
+
+fn unreachable_cmd() -> ! {
+    // `main` dispatches Run and CheckConfig before reaching `client`.
+    std::process::exit(2)
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn print_human(cmd: &Cmd, r: &Value) {
+    match cmd {
+        Cmd::Status { .. } => {
+            println!("listening     {}", s(r, "listen"));
+            println!("fingerprint   {}", s(r, "fingerprint"));
+            println!("state         {}", s(r, "state_dir"));
+            println!("internal media {}", s(r, "internal_media"));
+            println!("stations online {}", s(r, "stations_online"));
+            println!("calls active  {}", s(r, "calls_active"));
+            if let Some(relay) = r.get("relay") {
+                println!(
+                    "relay         {} packets, {} bytes forwarded, {} active",
+                    s(relay, "packets"),
+                    s(relay, "bytes"),
+                    s(relay, "active")
+                );
+            }
+        }
+        Cmd::Agents { .. } => {
+            println!("{:<6} {:<9} {:<8} {:<7} {:<22} NAME", "EXT", "STATE", "CODE", "ONLINE", "ADDRESS");
+            for a in r.get("agents").and_then(Value::as_array).into_iter().flatten() {
+                println!(
+                    "{:<6} {:<9} {:<8} {:<7} {:<22} {}",
+                    s(a, "ext"),
+                    s(a, "state"),
+                    s(a, "code"),
+                    s(a, "online"),
+                    s(a, "addr"),
+                    s(a, "name")
+                );
+            }
+        }
+        Cmd::Calls { .. } => {
+            for c in r.get("calls").and_then(Value::as_array).into_iter().flatten() {
+                println!(
+                    "call {} {} -> {} {} {}s{}",
+                    s(c, "id"),
+                    s(c, "caller"),
+                    s(c, "callee"),
+                    s(c, "state"),
+                    s(c, "seconds"),
+                    if c.get("relayed") == Some(&Value::Bool(true)) { " (relayed)" } else { "" }
+                );
+            }
+        }
+        Cmd::Cdr { .. } => {
+            for c in r.get("cdr").and_then(Value::as_array).into_iter().flatten() {
+                println!(
+                    "{} {} -> {} {} start={} answer={} end={}",
+                    s(c, "id"),
+                    s(c, "caller"),
+                    s(c, "callee"),
+                    s(c, "outcome"),
+                    s(c, "start_ms"),
+                    s(c, "answer_ms"),
+                    s(c, "end_ms")
+                );
+            }
+        }
+        Cmd::Approve { code, .. } => {
+            println!("approved {code} as extension {}", s(r, "ext"));
+        }
+        Cmd::Run(_) | Cmd::CheckConfig { .. } => {}
+    }
+}

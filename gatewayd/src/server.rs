@@ -1,0 +1,955 @@
+//! The gateway's tokio shell around the sans-IO switchboard.
+//!
+//! Tasks: one accept loop; one task per agent connection (reads its control
+//! stream, forwards requests as [`Event`]s, writes what the switch sends
+//! it); one switch task that owns the [`Switchboard`], the stations and the
+//! relay allocations and is the only place call state changes; the control
+//! socket; mDNS. Every channel is bounded.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use keyline_net::{control, mdns, pairing_code, peer_fingerprint, Identity};
+use keyline_proto::call::{Action, CallState, Config as CallConfig, Switchboard};
+use keyline_proto::codec::{read_frame, write_frame, CodecError};
+use keyline_proto::msg::{CallId, FailReason, MediaPlan, Msg, Role};
+use keyline_proto::{number, MAX_MESSAGE, PROTOCOL_VERSION};
+use rand::RngCore;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Config, InternalMedia};
+use crate::db::{now_ms, CdrRow, Db};
+use crate::relay::{self, Allocation, Counters};
+
+/// What an approved station is called on the switch.
+#[derive(Debug, Clone)]
+pub struct Approved {
+    pub ext: String,
+    pub name: Option<String>,
+}
+
+/// Inputs of the switch task.
+#[derive(Debug)]
+pub enum Event {
+    Up {
+        ext: String,
+        name: Option<String>,
+        conn: quinn::Connection,
+        tx: mpsc::Sender<Msg>,
+    },
+    Down {
+        ext: String,
+        conn_id: usize,
+    },
+    FromStation {
+        ext: String,
+        msg: Msg,
+    },
+    AddLine {
+        ext: String,
+    },
+    Query {
+        what: Query,
+        reply: oneshot::Sender<Value>,
+    },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Query {
+    Status,
+    Calls,
+    Online,
+}
+
+/// State shared by the gateway's tasks.
+pub struct Shared {
+    pub id: Identity,
+    pub db: Db,
+    pub cfg: Config,
+    pub state_dir: PathBuf,
+    pub local_addr: SocketAddr,
+    pub relay: Arc<Counters>,
+    pub events: mpsc::Sender<Event>,
+    /// Connections of unapproved stations waiting for `approve`.
+    pub pending: Mutex<HashMap<String, oneshot::Sender<Approved>>>,
+    /// Stations seen by mDNS (a hint only).
+    pub discovered: Mutex<HashMap<String, mdns::Found>>,
+    pub started: Instant,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options given on the command line.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub state: Option<PathBuf>,
+    pub config: Config,
+}
+
+/// Run the gateway until SIGTERM or SIGINT.
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let cfg = opts.config;
+    cfg.validate()?;
+    let state_dir = keyline_net::statedir::resolve(opts.state.as_deref(), "gatewayd")?;
+    let id = Identity::load_or_create(&state_dir, "keyline-gateway")?;
+    let db = Db::open(&state_dir.join("gatewayd.sqlite"))?;
+    let ctl = control::bind(&control::socket_path(&state_dir)).await?;
+    let endpoint = keyline_net::make_endpoint(cfg.listen, &id)?;
+    let local_addr = endpoint.local_addr()?;
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let shared = Arc::new(Shared {
+        id,
+        db,
+        cfg,
+        state_dir: state_dir.clone(),
+        local_addr,
+        relay: Arc::new(Counters::default()),
+        events: events_tx,
+        pending: Mutex::new(HashMap::new()),
+        discovered: Mutex::new(HashMap::new()),
+        started: Instant::now(),
+    });
+
+    let switch = Switch::new(shared.clone())?;
+    let switch_task = tokio::spawn(switch.run(events_rx));
+
+    {
+        let shared = shared.clone();
+        tokio::spawn(control::serve(ctl, move |req| {
+            let shared = shared.clone();
+            async move { handle_control(&shared, req).await }
+        }));
+    }
+
+    let mdns = if shared.cfg.mdns {
+        match start_mdns(&shared) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!("mDNS unavailable, stations must be given --gateway: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    tracing::info!(
+        "keyline-gatewayd listening on {local_addr} (QUIC), state in {}, fingerprint {}",
+        state_dir.display(),
+        shared.id.fingerprint
+    );
+    println!(
+        "keyline-gatewayd ready: udp {local_addr}, state {}, internal media {}",
+        state_dir.display(),
+        shared.cfg.internal_media.as_str()
+    );
+
+    let accept = {
+        let shared = shared.clone();
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let remote = incoming.remote_address();
+                    match incoming.await {
+                        Ok(conn) => {
+                            if let Err(e) = serve_station(shared, conn).await {
+                                tracing::info!("station {remote}: {e:#}");
+                            }
+                        }
+                        Err(e) => tracing::debug!("handshake with {remote} failed: {e}"),
+                    }
+                });
+            }
+        })
+    };
+
+    wait_for_stop_signal().await;
+    tracing::info!("stopping: ending calls");
+    let (done_tx, done_rx) = oneshot::channel();
+    if shared.events.send(Event::Shutdown { done: done_tx }).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), done_rx).await;
+    }
+    accept.abort();
+    // Give writers a moment to put the goodbyes on the wire.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    endpoint.close(quinn::VarInt::from_u32(0), b"gateway stopping");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    if let Some(m) = mdns {
+        m.shutdown().await;
+    }
+    switch_task.abort();
+    let _ = std::fs::remove_file(control::socket_path(&state_dir));
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we can only run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+fn start_mdns(shared: &Arc<Shared>) -> Result<mdns::Mdns> {
+    let m = mdns::Mdns::new()?;
+    let instance = shared
+        .cfg
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("keyline-gateway-{}", &shared.id.fingerprint[..8]));
+    m.advertise(
+        &instance,
+        shared.local_addr.port(),
+        &[
+            ("role", "gateway"),
+            ("fp", &shared.id.fingerprint),
+            ("v", &PROTOCOL_VERSION.to_string()),
+        ],
+    )?;
+    let rx = m.browse()?;
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        while let Ok(ev) = rx.recv_async().await {
+            if let mdns_sd::ServiceEvent::ServiceResolved(rs) = ev {
+                let found = mdns::parse(&rs);
+                if found.role == "agent" {
+                    tracing::debug!("mDNS: station {} at {:?}", found.fullname, found.addrs);
+                    if let Ok(mut d) = shared.discovered.lock() {
+                        d.insert(found.fullname.clone(), found);
+                    }
+                }
+            }
+        }
+    });
+    Ok(m)
+}
+
+async fn send_msg(send: &mut quinn::SendStream, msg: &Msg) -> Result<()> {
+    write_frame(send, msg, MAX_MESSAGE)
+        .await
+        .context("writing to the station")
+}
+
+/// What a station's next frame was.
+enum Incoming {
+    Msg(Msg),
+    /// A well-formed message of a kind we do not know: answer, carry on.
+    Unknown(String),
+    Closed,
+}
+
+async fn next_msg(recv: &mut quinn::RecvStream) -> Result<Incoming> {
+    let Some(body) = read_frame(recv, MAX_MESSAGE).await? else {
+        return Ok(Incoming::Closed);
+    };
+    match Msg::from_cbor(&body) {
+        Ok(m) => Ok(Incoming::Msg(m)),
+        Err(CodecError::UnknownKind(k)) => Ok(Incoming::Unknown(k)),
+        Err(e) => bail!("protocol violation: {e}"),
+    }
+}
+
+/// Serve one station's connection from hello to goodbye.
+async fn serve_station(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> {
+    let fp = peer_fingerprint(&conn).context("the station presented no certificate")?;
+    let addr = conn.remote_address();
+    let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
+        .await
+        .context("no control stream within 10 s")??;
+    let name = match tokio::time::timeout(Duration::from_secs(10), next_msg(&mut recv))
+        .await
+        .context("no hello within 10 s")?
+    {
+        Ok(Incoming::Msg(Msg::Hello {
+            version,
+            role: Role::Agent,
+            name,
+        })) => {
+            if version != PROTOCOL_VERSION {
+                let _ = send_msg(
+                    &mut send,
+                    &Msg::Error {
+                        req: None,
+                        code: "version".into(),
+                        message: format!(
+                            "protocol version {version} is not supported (this gateway speaks {PROTOCOL_VERSION})"
+                        ),
+                    },
+                )
+                .await;
+                conn.close(quinn::VarInt::from_u32(2), b"unsupported version");
+                bail!("unsupported protocol version {version}");
+            }
+            name.map(|n| n.chars().filter(|c| !c.is_control()).take(64).collect::<String>())
+        }
+        Ok(_) => {
+            conn.close(quinn::VarInt::from_u32(1), b"expected hello");
+            bail!("the first message was not a station hello");
+        }
+        Err(e) => {
+            conn.close(quinn::VarInt::from_u32(1), b"protocol violation");
+            return Err(e);
+        }
+    };
+
+    let db = shared.db.clone();
+    let fp2 = fp.clone();
+    let row = tokio::task::spawn_blocking(move || db.agent(&fp2)).await??;
+    let approved = match row {
+        Some(r) if r.state == "approved" => {
+            let db = shared.db.clone();
+            let (fp2, a) = (fp.clone(), addr.to_string());
+            let _ = tokio::task::spawn_blocking(move || db.touch(&fp2, &a)).await;
+            Approved {
+                ext: r.ext.context("approved station without extension")?,
+                name: r.name,
+            }
+        }
+        _ => match wait_for_approval(&shared, &fp, name, addr, &mut send, &mut recv).await? {
+            Some(a) => a,
+            None => return Ok(()),
+        },
+    };
+
+    send_msg(
+        &mut send,
+        &Msg::Registered {
+            ext: approved.ext.clone(),
+            name: approved.name.clone(),
+        },
+    )
+    .await?;
+    let ext = approved.ext.clone();
+    tracing::info!("extension {ext} online from {addr}");
+    let (tx, mut rx) = mpsc::channel::<Msg>(64);
+    let writer_conn = conn.clone();
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if send_msg(&mut send, &m).await.is_err() {
+                writer_conn.close(quinn::VarInt::from_u32(3), b"write failed");
+                break;
+            }
+        }
+    });
+    shared
+        .events
+        .send(Event::Up {
+            ext: ext.clone(),
+            name: approved.name,
+            conn: conn.clone(),
+            tx: tx.clone(),
+        })
+        .await
+        .context("switch stopped")?;
+
+    let result = station_loop(&shared, &ext, &tx, &mut recv).await;
+    if let Err(e) = &result {
+        tracing::warn!("extension {ext} ({addr}): {e:#}; dropping it");
+        conn.close(quinn::VarInt::from_u32(1), b"protocol violation");
+    }
+    let _ = shared
+        .events
+        .send(Event::Down {
+            ext: ext.clone(),
+            conn_id: conn.stable_id(),
+        })
+        .await;
+    tracing::info!("extension {ext} offline");
+    result
+}
+
+async fn station_loop(
+    shared: &Arc<Shared>,
+    ext: &str,
+    tx: &mpsc::Sender<Msg>,
+    recv: &mut quinn::RecvStream,
+) -> Result<()> {
+    loop {
+        let msg = match next_msg(recv).await {
+            Ok(Incoming::Msg(m)) => m,
+            Ok(Incoming::Unknown(kind)) => {
+                let _ = tx.try_send(Msg::Error {
+                    req: None,
+                    code: "unknown-kind".into(),
+                    message: format!("unknown message kind {kind:?}"),
+                });
+                continue;
+            }
+            Ok(Incoming::Closed) => return Ok(()),
+            Err(e) => {
+                // A reset or lost connection is not a protocol violation.
+                if let Some(CodecError::Io(_) | CodecError::Closed) = e.downcast_ref::<CodecError>() {
+                    return Ok(());
+                }
+                return Err(e);
+            }
+        };
+        let msg = match msg {
+            Msg::Ping { n } => {
+                let _ = tx.try_send(Msg::Pong { n });
+                continue;
+            }
+            Msg::Dial { req, number } => match number::canonicalize(&number) {
+                Ok(n) => Msg::Dial { req, number: n },
+                Err(e) => {
+                    let _ = tx.try_send(Msg::DialFailed {
+                        req,
+                        reason: FailReason::InvalidNumber,
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            },
+            m @ (Msg::Answer { .. } | Msg::Reject { .. } | Msg::Hangup { .. }) => m,
+            other => {
+                let _ = tx.try_send(Msg::Error {
+                    req: None,
+                    code: "unexpected".into(),
+                    message: format!("a station may not send {:?}", other.kind()),
+                });
+                continue;
+            }
+        };
+        shared
+            .events
+            .send(Event::FromStation {
+                ext: ext.to_string(),
+                msg,
+            })
+            .await
+            .context("switch stopped")?;
+    }
+}
+
+/// Hold an unapproved station until the admin approves its code. `None`
+/// when it went away first.
+async fn wait_for_approval(
+    shared: &Arc<Shared>,
+    fp: &str,
+    name: Option<String>,
+    addr: SocketAddr,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<Approved>> {
+    let code = pairing_code(fp, &shared.id.fingerprint);
+    let db = shared.db.clone();
+    let (fp2, code2, a) = (fp.to_string(), code.clone(), addr.to_string());
+    tokio::task::spawn_blocking(move || db.upsert_pending(&fp2, &code2, name.as_deref(), &a))
+        .await??;
+    let (tx, mut rx) = oneshot::channel();
+    if let Ok(mut p) = shared.pending.lock() {
+        p.insert(fp.to_string(), tx);
+    }
+    tracing::info!("station {addr} waits for approval with code {code}");
+    send_msg(send, &Msg::Pending { code }).await?;
+    let outcome = loop {
+        tokio::select! {
+            a = &mut rx => break a.ok(),
+            m = next_msg(recv) => match m {
+                Ok(Incoming::Msg(Msg::Dial { req, .. })) => {
+                    send_msg(send, &Msg::DialFailed {
+                        req,
+                        reason: FailReason::NotAllowed,
+                        message: "this station is waiting for approval".into(),
+                    }).await?;
+                }
+                Ok(Incoming::Msg(Msg::Ping { n })) => send_msg(send, &Msg::Pong { n }).await?,
+                Ok(Incoming::Msg(other)) => {
+                    send_msg(send, &Msg::Error {
+                        req: None,
+                        code: "not-approved".into(),
+                        message: format!("{} is not allowed before approval", other.kind()),
+                    }).await?;
+                }
+                Ok(Incoming::Unknown(kind)) => {
+                    send_msg(send, &Msg::Error {
+                        req: None,
+                        code: "unknown-kind".into(),
+                        message: format!("unknown message kind {kind:?}"),
+                    }).await?;
+                }
+                Ok(Incoming::Closed) => break None,
+                Err(e) => {
+                    if let Ok(mut p) = shared.pending.lock() {
+                        p.remove(fp);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    };
+    if outcome.is_none() {
+        if let Ok(mut p) = shared.pending.lock() {
+            p.remove(fp);
+        }
+    }
+    Ok(outcome)
+}
+
+/// A connected station as the switch sees it.
+struct Station {
+    conn: quinn::Connection,
+    tx: mpsc::Sender<Msg>,
+    name: Option<String>,
+}
+
+/// The task that owns call state.
+struct Switch {
+    shared: Arc<Shared>,
+    sb: Switchboard,
+    stations: HashMap<String, Station>,
+    relays: HashMap<CallId, Allocation>,
+    /// Maps the monotonic clock to wall-clock time for call records.
+    anchor: (Instant, SystemTime),
+}
+
+impl Switch {
+    fn new(shared: Arc<Shared>) -> Result<Switch> {
+        let mut sb = Switchboard::new(CallConfig {
+            ring_timeout: shared.cfg.ring_timeout(),
+        });
+        sb.set_next_call_id(shared.db.max_call_id()? + 1);
+        for row in shared.db.agents()? {
+            if let (Some(ext), "approved") = (&row.ext, row.state.as_str()) {
+                sb.add_line(ext);
+            }
+        }
+        Ok(Switch {
+            shared,
+            sb,
+            stations: HashMap::new(),
+            relays: HashMap::new(),
+            anchor: (Instant::now(), SystemTime::now()),
+        })
+    }
+
+    async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        loop {
+            let deadline = self.sb.poll_timeout();
+            let ev = match deadline {
+                Some(d) => tokio::select! {
+                    ev = events.recv() => ev,
+                    _ = tokio::time::sleep_until(d.into()) => {
+                        self.sb.handle_timeout(Instant::now());
+                        self.drain();
+                        continue;
+                    }
+                },
+                None => events.recv().await,
+            };
+            let Some(ev) = ev else { return };
+            let now = Instant::now();
+            match ev {
+                Event::Up {
+                    ext,
+                    name,
+                    conn,
+                    tx,
+                } => {
+                    if let Some(old) = self.stations.insert(ext.clone(), Station { conn, tx, name }) {
+                        // The same station reconnected; the old link is dead.
+                        old.conn
+                            .close(quinn::VarInt::from_u32(4), b"replaced by a new connection");
+                        self.sb.handle_line_down(now, &ext);
+                    }
+                    self.sb.add_line(&ext);
+                    self.sb.handle_line_up(now, &ext);
+                }
+                Event::Down { ext, conn_id } => {
+                    let current = self
+                        .stations
+                        .get(&ext)
+                        .is_some_and(|s| s.conn.stable_id() == conn_id);
+                    if current {
+                        self.stations.remove(&ext);
+                        self.sb.handle_line_down(now, &ext);
+                    }
+                }
+                Event::FromStation { ext, msg } => self.from_station(now, &ext, msg),
+                Event::AddLine { ext } => self.sb.add_line(&ext),
+                Event::Query { what, reply } => {
+                    let _ = reply.send(self.query(what));
+                }
+                Event::Shutdown { done } => {
+                    self.sb.shutdown(now);
+                    self.drain();
+                    let _ = done.send(());
+                }
+            }
+            self.drain();
+        }
+    }
+
+    fn from_station(&mut self, now: Instant, ext: &str, msg: Msg) {
+        let (res, call) = match msg {
+            Msg::Dial { req, number } => {
+                self.sb.handle_dial(now, ext, req, &number);
+                return;
+            }
+            Msg::Answer { call } => (self.sb.handle_answer(now, ext, call), call),
+            Msg::Reject { call } => (self.sb.handle_reject(now, ext, call), call),
+            Msg::Hangup { call } => (self.sb.handle_hangup(now, ext, call), call),
+            _ => return,
+        };
+        if let Err(e) = res {
+            self.send(
+                ext,
+                Msg::Error {
+                    req: None,
+                    code: "call".into(),
+                    message: format!("call {call}: {e}"),
+                },
+            );
+        }
+    }
+
+    fn send(&mut self, ext: &str, msg: Msg) {
+        if let Some(st) = self.stations.get(ext) {
+            if st.tx.try_send(msg).is_err() {
+                // A station that cannot keep up with a few control messages
+                // is gone; its reader will report it down.
+                st.conn
+                    .close(quinn::VarInt::from_u32(5), b"control queue overflow");
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(action) = self.sb.poll_action() {
+            match action {
+                Action::Ringing {
+                    caller,
+                    req,
+                    call,
+                    callee,
+                } => self.send(&caller, Msg::Ringing { req, call, callee }),
+                Action::DialFailed {
+                    caller,
+                    req,
+                    reason,
+                } => self.send(
+                    &caller,
+                    Msg::DialFailed {
+                        req,
+                        reason,
+                        message: reason.describe().to_string(),
+                    },
+                ),
+                Action::Ring { callee, call, from } => {
+                    let from_name = self.stations.get(&from).and_then(|s| s.name.clone());
+                    self.send(
+                        &callee,
+                        Msg::Ring {
+                            call,
+                            from,
+                            from_name,
+                        },
+                    )
+                }
+                Action::Connected {
+                    call,
+                    caller,
+                    callee,
+                } => {
+                    if let Err(e) = self.connect(call, &caller, &callee) {
+                        tracing::warn!("call {call}: media set-up failed: {e:#}");
+                        self.sb.handle_media_failed(Instant::now(), call);
+                    }
+                }
+                Action::Ended { to, call, reason } => {
+                    self.relays.remove(&call);
+                    self.send(&to, Msg::Ended { call, reason });
+                }
+                Action::Record(rec) => {
+                    self.relays.remove(&rec.call.unwrap_or(0));
+                    let to_ms = |t: Instant| -> i64 {
+                        let wall = if t >= self.anchor.0 {
+                            self.anchor.1 + (t - self.anchor.0)
+                        } else {
+                            self.anchor.1 - (self.anchor.0 - t)
+                        };
+                        wall.duration_since(UNIX_EPOCH)
+                            .map(|d| d.as_millis() as i64)
+                            .unwrap_or_else(|_| now_ms())
+                    };
+                    let row = CdrRow {
+                        id: 0,
+                        call_id: rec.call.map(|c| c as i64),
+                        caller: rec.caller,
+                        callee: rec.callee,
+                        start_ms: to_ms(rec.started),
+                        answer_ms: rec.answered.map(to_ms),
+                        end_ms: to_ms(rec.ended),
+                        outcome: rec.outcome.as_str().to_string(),
+                    };
+                    let db = self.shared.db.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = db.insert_cdr(&row) {
+                            tracing::error!("could not write the call record: {e:#}");
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Hand both ends of an answered call their media plans.
+    fn connect(&mut self, call: CallId, caller: &str, callee: &str) -> Result<()> {
+        let (Some(a), Some(b)) = (self.stations.get(caller), self.stations.get(callee)) else {
+            bail!("an end of the call is not connected");
+        };
+        let a_fp = peer_fingerprint(&a.conn).context("caller certificate")?;
+        let b_fp = peer_fingerprint(&b.conn).context("callee certificate")?;
+        let a_addr = a.conn.remote_address();
+        let b_addr = b.conn.remote_address();
+        let mut secret = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut secret);
+        let token = hex::encode(secret);
+        let relayed = self.shared.cfg.internal_media == InternalMedia::Relay;
+        let target = if relayed {
+            let fallback = self.shared.local_addr.ip();
+            let ip_of = |c: &quinn::Connection| -> IpAddr {
+                c.local_ip()
+                    .filter(|ip| !ip.is_unspecified())
+                    .unwrap_or(fallback)
+            };
+            let alloc = relay::allocate(
+                self.shared.relay.clone(),
+                a_addr,
+                ip_of(&a.conn),
+                b_addr,
+                ip_of(&b.conn),
+            )
+            .context("allocating the relay")?;
+            let t = alloc.caller_facing;
+            self.relays.insert(call, alloc);
+            t
+        } else {
+            b_addr
+        };
+        let caller_plan = MediaPlan {
+            dial: true,
+            peer_addr: Some(target.to_string()),
+            peer_fp: b_fp,
+            token: token.clone(),
+            relayed,
+        };
+        let callee_plan = MediaPlan {
+            dial: false,
+            peer_addr: None,
+            peer_fp: a_fp,
+            token,
+            relayed,
+        };
+        self.send(
+            callee,
+            Msg::Connect {
+                call,
+                media: callee_plan,
+            },
+        );
+        self.send(
+            caller,
+            Msg::Connect {
+                call,
+                media: caller_plan,
+            },
+        );
+        Ok(())
+    }
+
+    fn query(&self, what: Query) -> Value {
+        match what {
+            Query::Online => json!({
+                "ok": true,
+                "online": self.stations.iter().map(|(ext, s)| json!({
+                    "ext": ext, "addr": s.conn.remote_address().to_string()
+                })).collect::<Vec<_>>(),
+            }),
+            Query::Calls => json!({"ok": true, "calls": self.calls_json()}),
+            Query::Status => json!({
+                "ok": true,
+                "version": env!("CARGO_PKG_VERSION"),
+                "listen": self.shared.local_addr.to_string(),
+                "fingerprint": self.shared.id.fingerprint,
+                "state_dir": self.shared.state_dir.display().to_string(),
+                "internal_media": self.shared.cfg.internal_media.as_str(),
+                "uptime_s": self.shared.started.elapsed().as_secs(),
+                "stations_online": self.stations.len(),
+                "calls_active": self.sb.calls().count(),
+                "relay": self.shared.relay.snapshot(),
+            }),
+        }
+    }
+
+    fn calls_json(&self) -> Vec<Value> {
+        let now = Instant::now();
+        self.sb
+            .calls()
+            .map(|c| {
+                let (state, secs) = match c.state {
+                    CallState::Ringing { .. } => ("ringing", now.duration_since(c.started)),
+                    CallState::Answered { at } => ("answered", now.duration_since(at)),
+                };
+                json!({
+                    "id": c.id,
+                    "caller": c.caller,
+                    "callee": c.callee,
+                    "state": state,
+                    "seconds": secs.as_secs(),
+                    "relayed": self.relays.contains_key(&c.id),
+                })
+            })
+            .collect()
+    }
+}
+
+async fn query_switch(shared: &Shared, what: Query) -> Value {
+    let (tx, rx) = oneshot::channel();
+    if shared
+        .events
+        .send(Event::Query { what, reply: tx })
+        .await
+        .is_err()
+    {
+        return control::error("the gateway is stopping");
+    }
+    rx.await
+        .unwrap_or_else(|_| control::error("the gateway is stopping"))
+}
+
+/// Serve one control-socket request.
+pub async fn handle_control(shared: &Arc<Shared>, req: Value) -> Value {
+    let cmd = req.get("cmd").and_then(Value::as_str).unwrap_or("");
+    match cmd {
+        "status" => query_switch(shared, Query::Status).await,
+        "calls" => query_switch(shared, Query::Calls).await,
+        "agents" => {
+            let online = query_switch(shared, Query::Online).await;
+            let db = shared.db.clone();
+            let rows = match tokio::task::spawn_blocking(move || db.agents()).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return control::error(format!("database: {e:#}")),
+                Err(e) => return control::error(e),
+            };
+            let online_addr = |ext: &Option<String>| -> Option<String> {
+                let ext = ext.as_ref()?;
+                online.get("online")?.as_array()?.iter().find_map(|o| {
+                    (o.get("ext")?.as_str()? == ext)
+                        .then(|| o.get("addr")?.as_str().map(str::to_string))?
+                })
+            };
+            let waiting: Vec<String> = shared
+                .pending
+                .lock()
+                .map(|p| p.keys().cloned().collect())
+                .unwrap_or_default();
+            let agents: Vec<Value> = rows
+                .iter()
+                .map(|r| {
+                    let addr = online_addr(&r.ext);
+                    json!({
+                        "fingerprint": r.fingerprint,
+                        "ext": r.ext,
+                        "name": r.name,
+                        "state": r.state,
+                        "code": (r.state == "pending").then_some(&r.code),
+                        "waiting": waiting.contains(&r.fingerprint),
+                        "online": addr.is_some(),
+                        "addr": addr.or_else(|| r.last_addr.clone()),
+                    })
+                })
+                .collect();
+            let discovered: Vec<Value> = shared
+                .discovered
+                .lock()
+                .map(|d| {
+                    d.values()
+                        .map(|f| json!({"name": f.fullname, "fingerprint": f.fingerprint, "addrs": f.addrs}))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({"ok": true, "agents": agents, "discovered": discovered})
+        }
+        "cdr" => {
+            let limit = req.get("limit").and_then(Value::as_u64).unwrap_or(100).min(100_000) as u32;
+            let db = shared.db.clone();
+            match tokio::task::spawn_blocking(move || db.cdr(limit)).await {
+                Ok(Ok(rows)) => json!({"ok": true, "cdr": rows}),
+                Ok(Err(e)) => control::error(format!("database: {e:#}")),
+                Err(e) => control::error(e),
+            }
+        }
+        "approve" => approve(shared, &req).await,
+        "" => control::error("missing \"cmd\""),
+        other => control::error(format!("unknown command {other:?}")),
+    }
+}
+
+async fn approve(shared: &Arc<Shared>, req: &Value) -> Value {
+    let Some(code) = req.get("code").and_then(Value::as_str).map(str::to_string) else {
+        return control::error("approve needs a pairing code");
+    };
+    let ext = match req.get("ext").and_then(Value::as_str) {
+        Some(e) => match number::canonicalize(e) {
+            Ok(c) if number::is_extension_like(&c) => Some(c),
+            _ => return control::error(format!("{e:?} is not a valid extension (2 to 6 digits)")),
+        },
+        None => None,
+    };
+    let name = req.get("name").and_then(Value::as_str).map(str::to_string);
+    let db = shared.db.clone();
+    let [lo, hi] = shared.cfg.extension_range;
+    let row = match tokio::task::spawn_blocking(move || {
+        db.approve(&code, ext.as_deref(), name.as_deref(), (lo, hi))
+    })
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return control::error(format!("{e:#}")),
+        Err(e) => return control::error(e),
+    };
+    let Some(ext) = row.ext.clone() else {
+        return control::error("approval stored no extension");
+    };
+    let _ = shared
+        .events
+        .send(Event::AddLine { ext: ext.clone() })
+        .await;
+    let waiter = shared
+        .pending
+        .lock()
+        .ok()
+        .and_then(|mut p| p.remove(&row.fingerprint));
+    if let Some(w) = waiter {
+        let _ = w.send(Approved {
+            ext: ext.clone(),
+            name: row.name.clone(),
+        });
+    }
+    json!({"ok": true, "ext": ext, "name": row.name, "fingerprint": row.fingerprint})
+}

@@ -1,0 +1,813 @@
+//! The agent daemon: it finds the gateway (mDNS or `--gateway`), enrols,
+//! stays registered and reconnects with backoff; it rings, answers, dials
+//! and hangs up on the gateway's word or its CLI's; and it runs each
+//! call's end-to-end media session.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use keyline_media::{Sink, Source, FRAME_SAMPLES};
+use keyline_net::{control, endpoint, mdns, pairing_code, peer_fingerprint, Identity};
+use keyline_proto::codec::{read_frame, write_frame, CodecError};
+use keyline_proto::msg::{CallId, EndReason, MediaPlan, Msg, Role};
+use keyline_proto::{MAX_MESSAGE, PROTOCOL_VERSION};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::audio;
+use crate::session::{Session, SharedSink, SharedSource};
+
+/// Options of `keyline-agent run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub state: Option<PathBuf>,
+    pub gateway: Option<String>,
+    pub audio_in: String,
+    pub audio_out: String,
+    pub auto_answer: Option<u64>,
+    pub name: Option<String>,
+    pub ringtone: Option<PathBuf>,
+    pub bind: SocketAddr,
+    pub mdns: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    In,
+    Out,
+}
+
+#[derive(Debug)]
+struct CallInfo {
+    id: Option<CallId>,
+    peer: String,
+    peer_name: Option<String>,
+    direction: Direction,
+    state: &'static str,
+    started: Instant,
+    connected_at: Option<Instant>,
+    relayed: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Link {
+    Searching,
+    Connecting(SocketAddr),
+    Pending { code: String },
+    Registered { ext: String, name: Option<String> },
+    Disconnected(String),
+}
+
+type DialReply = oneshot::Sender<std::result::Result<Value, String>>;
+
+#[derive(Default)]
+struct State {
+    link: Option<Link>,
+    gateway: Option<SocketAddr>,
+    gw_tx: Option<mpsc::Sender<Msg>>,
+    call: Option<CallInfo>,
+    last_call: Option<Value>,
+    next_req: u64,
+    dials: HashMap<u64, DialReply>,
+    session: Option<Session>,
+    ringer: Option<tokio::task::JoinHandle<()>>,
+    auto_answer: Option<tokio::task::JoinHandle<()>>,
+}
+
+struct Agent {
+    id: Identity,
+    endpoint: quinn::Endpoint,
+    state_dir: PathBuf,
+    opts: RunOptions,
+    st: Mutex<State>,
+    /// The media plan of the call we expect a peer to connect for.
+    expect: watch::Sender<Option<(CallId, MediaPlan)>>,
+    source: SharedSource,
+    sink: SharedSink,
+    ringtone: Arc<Vec<i16>>,
+    gateways: Mutex<Vec<mdns::Found>>,
+    found: tokio::sync::Notify,
+}
+
+impl Agent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug; keep serving regardless.
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pin_path(&self) -> PathBuf {
+        self.state_dir.join("gateway.fp")
+    }
+}
+
+/// Run the agent until SIGTERM or SIGINT.
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let state_dir = keyline_net::statedir::resolve(opts.state.as_deref(), "agent")?;
+    let id = Identity::load_or_create(&state_dir, "keyline-agent")?;
+    let ctl = control::bind(&control::socket_path(&state_dir)).await?;
+    let endpoint = keyline_net::make_endpoint(opts.bind, &id)?;
+    let source: Box<dyn Source> = audio::open_source(&opts.audio_in)?;
+    let sink: Box<dyn Sink> = audio::open_sink(&opts.audio_out)?;
+    let ringtone = match &opts.ringtone {
+        Some(p) => keyline_media::read_wav_mono48k(p)
+            .with_context(|| format!("ringtone {}", p.display()))?,
+        None => keyline_media::ringtone_samples(),
+    };
+    let (expect, _) = watch::channel(None);
+    let agent = Arc::new(Agent {
+        id,
+        endpoint,
+        state_dir: state_dir.clone(),
+        opts,
+        st: Mutex::new(State::default()),
+        expect,
+        source: Arc::new(Mutex::new(source)),
+        sink: Arc::new(Mutex::new(sink)),
+        ringtone: Arc::new(ringtone),
+        gateways: Mutex::new(Vec::new()),
+        found: tokio::sync::Notify::new(),
+    });
+
+    {
+        let agent = agent.clone();
+        tokio::spawn(control::serve(ctl, move |req| {
+            let agent = agent.clone();
+            async move { handle_control(&agent, req).await }
+        }));
+    }
+    let mdns = if agent.opts.mdns {
+        match start_mdns(&agent) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("keyline-agent: mDNS unavailable ({e:#}); use --gateway HOST:PORT");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    tokio::spawn(accept_media(agent.clone()));
+    let link = tokio::spawn(link_loop(agent.clone()));
+    println!(
+        "keyline-agent ready: udp {}, state {}",
+        agent.endpoint.local_addr()?,
+        state_dir.display()
+    );
+
+    wait_for_stop_signal().await;
+    link.abort();
+    let tx = {
+        let mut st = agent.lock();
+        let call = st.call.as_ref().and_then(|c| c.id);
+        let tx = st.gw_tx.clone();
+        end_call(&mut st, "shutdown");
+        call.zip(tx)
+    };
+    if let Some((call, tx)) = tx {
+        let _ = tx.send(Msg::Hangup { call }).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Ok(mut s) = agent.sink.lock() {
+        let _ = s.finish();
+    }
+    agent
+        .endpoint
+        .close(quinn::VarInt::from_u32(0), b"agent stopping");
+    let _ = tokio::time::timeout(Duration::from_secs(1), agent.endpoint.wait_idle()).await;
+    if let Some(m) = mdns {
+        m.shutdown().await;
+    }
+    let _ = std::fs::remove_file(control::socket_path(&state_dir));
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+fn start_mdns(agent: &Arc<Agent>) -> Result<mdns::Mdns> {
+    let m = mdns::Mdns::new()?;
+    let port = agent.endpoint.local_addr()?.port();
+    let instance = format!("keyline-agent-{}", &agent.id.fingerprint[..8]);
+    m.advertise(
+        &instance,
+        port,
+        &[
+            ("role", "agent"),
+            ("fp", &agent.id.fingerprint),
+            ("v", &PROTOCOL_VERSION.to_string()),
+        ],
+    )?;
+    let rx = m.browse()?;
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        while let Ok(ev) = rx.recv_async().await {
+            match ev {
+                mdns_sd::ServiceEvent::ServiceResolved(rs) => {
+                    let f = mdns::parse(&rs);
+                    if f.role == "gateway" && !f.addrs.is_empty() {
+                        if let Ok(mut g) = agent.gateways.lock() {
+                            g.retain(|x| x.fullname != f.fullname);
+                            g.push(f);
+                        }
+                        agent.found.notify_waiters();
+                    }
+                }
+                mdns_sd::ServiceEvent::ServiceRemoved(_, fullname) => {
+                    if let Ok(mut g) = agent.gateways.lock() {
+                        g.retain(|x| x.fullname != fullname);
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    Ok(m)
+}
+
+/// Where to find the gateway now: `--gateway`, else what mDNS found
+/// (preferring the gateway we are pinned to).
+async fn find_gateway(agent: &Arc<Agent>, pin: Option<&str>) -> Result<Vec<SocketAddr>> {
+    if let Some(g) = &agent.opts.gateway {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(g.as_str())
+            .await
+            .with_context(|| format!("resolving {g}"))?
+            .collect();
+        if addrs.is_empty() {
+            bail!("{g} resolves to no address");
+        }
+        return Ok(addrs);
+    }
+    loop {
+        let notified = agent.found.notified();
+        let choice = agent.gateways.lock().ok().and_then(|g| {
+            g.iter()
+                .find(|f| pin.is_none() || f.fingerprint.as_deref() == pin)
+                .map(|f| f.addrs.clone())
+        });
+        if let Some(a) = choice {
+            return Ok(a);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), notified).await;
+    }
+}
+
+async fn link_loop(agent: Arc<Agent>) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        agent.lock().link = Some(Link::Searching);
+        let pin = std::fs::read_to_string(agent.pin_path())
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| s.len() == 64);
+        let registered = match find_gateway(&agent, pin.as_deref()).await {
+            Ok(addrs) => {
+                let mut registered = false;
+                for addr in addrs {
+                    match gateway_session(&agent, addr, pin.clone()).await {
+                        Ok(r) => {
+                            registered = r;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!("gateway {addr}: {e:#}");
+                            agent.lock().link = Some(Link::Disconnected(format!("{e:#}")));
+                        }
+                    }
+                }
+                registered
+            }
+            Err(e) => {
+                tracing::warn!("{e:#}");
+                agent.lock().link = Some(Link::Disconnected(format!("{e:#}")));
+                false
+            }
+        };
+        {
+            let mut st = agent.lock();
+            st.gw_tx = None;
+            for (_, d) in st.dials.drain() {
+                let _ = d.send(Err("lost the connection to the gateway".into()));
+            }
+            if st.call.is_some() {
+                end_call(&mut st, "gateway-lost");
+            }
+            if !matches!(st.link, Some(Link::Disconnected(_))) {
+                st.link = Some(Link::Disconnected("connection to the gateway lost".into()));
+            }
+        }
+        if registered {
+            backoff = Duration::from_millis(250);
+        }
+        let jitter = Duration::from_millis(rand::random::<u64>() % 250);
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(Duration::from_secs(8));
+    }
+}
+
+/// One connection to the gateway, from hello until it ends. `Ok(true)` if
+/// we got registered during it.
+async fn gateway_session(agent: &Arc<Agent>, addr: SocketAddr, pin: Option<String>) -> Result<bool> {
+    agent.lock().link = Some(Link::Connecting(addr));
+    let cfg = endpoint::client_config(&agent.id, pin.clone())?;
+    let conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        agent.endpoint.connect_with(cfg, addr, endpoint::SERVER_NAME)?,
+    )
+    .await
+    .context("gateway did not answer within 5 s")?
+    .context("connecting to the gateway")?;
+    let gw_fp = peer_fingerprint(&conn).context("the gateway presented no certificate")?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(
+        &mut send,
+        &Msg::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Agent,
+            name: agent.opts.name.clone(),
+        },
+        MAX_MESSAGE,
+    )
+    .await?;
+    let (tx, mut rx) = mpsc::channel::<Msg>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if write_frame(&mut send, &m, MAX_MESSAGE).await.is_err() {
+                break;
+            }
+        }
+    });
+    {
+        let mut st = agent.lock();
+        st.gw_tx = Some(tx.clone());
+        st.gateway = Some(addr);
+    }
+    let mut registered = false;
+    let result = loop {
+        let body = match read_frame(&mut recv, MAX_MESSAGE).await {
+            Ok(Some(b)) => b,
+            Ok(None) => break Ok(()),
+            Err(CodecError::Io(_) | CodecError::Closed) => break Ok(()),
+            Err(e) => break Err(anyhow::Error::from(e)),
+        };
+        let msg = match Msg::from_cbor(&body) {
+            Ok(m) => m,
+            Err(CodecError::UnknownKind(k)) => {
+                tracing::debug!("ignoring unknown message kind {k:?} from the gateway");
+                continue;
+            }
+            Err(e) => break Err(anyhow::Error::from(e).context("the gateway sent garbage")),
+        };
+        match msg {
+            Msg::Pending { code } => {
+                let mine = pairing_code(&agent.id.fingerprint, &gw_fp);
+                if mine != code {
+                    tracing::warn!(
+                        "the gateway reports pairing code {code} but this station computes {mine}: something sits between us"
+                    );
+                }
+                println!(
+                    "pairing code {mine}: approve this station on the gateway with `keyline-gatewayd approve {mine}`"
+                );
+                agent.lock().link = Some(Link::Pending { code: mine });
+            }
+            Msg::Registered { ext, name } => {
+                if pin.as_deref() != Some(gw_fp.as_str()) {
+                    if let Err(e) = std::fs::write(agent.pin_path(), &gw_fp) {
+                        tracing::warn!("could not store the gateway's fingerprint: {e}");
+                    }
+                }
+                println!("registered as extension {ext}");
+                registered = true;
+                agent.lock().link = Some(Link::Registered { ext, name });
+            }
+            other => on_gateway_msg(agent, other),
+        }
+    };
+    writer.abort();
+    conn.close(quinn::VarInt::from_u32(0), b"bye");
+    result.map(|()| registered)
+}
+
+fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
+    let mut st = agent.lock();
+    match msg {
+        Msg::Ringing { req, call, callee } => {
+            if let Some(c) = st.call.as_mut() {
+                if c.direction == Direction::Out && c.id.is_none() {
+                    c.id = Some(call);
+                    c.state = "ringing";
+                    c.peer = callee.clone();
+                }
+            }
+            if let Some(d) = st.dials.remove(&req) {
+                let _ = d.send(Ok(json!({"ok": true, "call": call, "callee": callee, "state": "ringing"})));
+            }
+        }
+        Msg::DialFailed {
+            req,
+            reason,
+            message,
+        } => {
+            if st.call.as_ref().is_some_and(|c| c.id.is_none()) {
+                st.call = None;
+            }
+            if let Some(d) = st.dials.remove(&req) {
+                let _ = d.send(Err(format!(
+                    "{message}{}",
+                    if message == reason.describe() {
+                        String::new()
+                    } else {
+                        format!(" ({})", reason.describe())
+                    }
+                )));
+            }
+        }
+        Msg::Ring {
+            call,
+            from,
+            from_name,
+        } => {
+            if st.call.is_some() {
+                // The gateway thinks we are free; we are not.
+                if let Some(tx) = &st.gw_tx {
+                    let _ = tx.try_send(Msg::Reject { call });
+                }
+                return;
+            }
+            println!(
+                "incoming call {call} from {from}{}",
+                from_name
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            );
+            st.call = Some(CallInfo {
+                id: Some(call),
+                peer: from,
+                peer_name: from_name,
+                direction: Direction::In,
+                state: "alerting",
+                started: Instant::now(),
+                connected_at: None,
+                relayed: false,
+            });
+            st.ringer = Some(start_ringer(agent));
+            if let Some(secs) = agent.opts.auto_answer {
+                let agent2 = agent.clone();
+                st.auto_answer = Some(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(secs)).await;
+                    let _ = answer(&agent2);
+                }));
+            }
+        }
+        Msg::Connect { call, media } => {
+            let Some(c) = st.call.as_mut().filter(|c| c.id == Some(call)) else {
+                return;
+            };
+            c.state = "connecting";
+            c.relayed = media.relayed;
+            if let Some(r) = st.ringer.take() {
+                r.abort();
+            }
+            if media.dial {
+                let agent = agent.clone();
+                tokio::spawn(async move { dial_media(agent, call, media).await });
+            } else {
+                agent.expect.send_replace(Some((call, media)));
+            }
+        }
+        Msg::Ended { call, reason } => {
+            if st.call.as_ref().is_some_and(|c| c.id == Some(call)) {
+                println!("call {call} ended: {}", end_reason(reason));
+                end_call(&mut st, end_reason(reason));
+            }
+        }
+        Msg::Error { code, message, .. } => {
+            tracing::warn!("gateway error {code}: {message}");
+        }
+        _ => {}
+    }
+}
+
+fn end_reason(r: EndReason) -> &'static str {
+    match r {
+        EndReason::Hangup => "hangup",
+        EndReason::Cancelled => "cancelled",
+        EndReason::Rejected => "rejected",
+        EndReason::NoAnswer => "no-answer",
+        EndReason::PeerLost => "peer-lost",
+        EndReason::MediaFailed => "media-failed",
+        EndReason::Shutdown => "gateway-shutdown",
+    }
+}
+
+/// Play the ringtone on the output until stopped.
+fn start_ringer(agent: &Arc<Agent>) -> tokio::task::JoinHandle<()> {
+    let sink = agent.sink.clone();
+    let tone = agent.ringtone.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut pos = 0usize;
+        let mut frame = vec![0i16; FRAME_SAMPLES];
+        loop {
+            tick.tick().await;
+            for s in frame.iter_mut() {
+                *s = if tone.is_empty() { 0 } else { tone[pos % tone.len()] };
+                pos += 1;
+            }
+            if let Ok(mut k) = sink.lock() {
+                let _ = k.write_frame(&frame);
+            }
+        }
+    })
+}
+
+/// Tear down the current call locally and remember how it went.
+fn end_call(st: &mut State, reason: &str) {
+    if let Some(r) = st.ringer.take() {
+        r.abort();
+    }
+    if let Some(a) = st.auto_answer.take() {
+        a.abort();
+    }
+    let stats = st.session.take().map(|s| s.stats());
+    if let Some(c) = st.call.take() {
+        st.last_call = Some(json!({
+            "id": c.id,
+            "peer": c.peer,
+            "direction": if c.direction == Direction::In { "in" } else { "out" },
+            "ended": reason,
+            "connected": c.connected_at.is_some(),
+            "seconds": c.connected_at.map(|t| t.elapsed().as_secs_f64()),
+            "relayed": c.relayed,
+            "media": stats,
+        }));
+    }
+}
+
+/// Dialling end: connect to the peer (or the forwarder) for media.
+async fn dial_media(agent: Arc<Agent>, call: CallId, plan: MediaPlan) {
+    let res = async {
+        let addr: SocketAddr = plan
+            .peer_addr
+            .as_deref()
+            .context("no peer address in the media plan")?
+            .parse()
+            .context("bad peer address in the media plan")?;
+        let cfg = endpoint::client_config(&agent.id, Some(plan.peer_fp.clone()))?;
+        let conn = tokio::time::timeout(
+            Duration::from_secs(5),
+            agent.endpoint.connect_with(cfg, addr, endpoint::SERVER_NAME)?,
+        )
+        .await
+        .context("the peer did not answer within 5 s")??;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(
+            &mut send,
+            &Msg::MediaHello {
+                call,
+                token: plan.token.clone(),
+            },
+            MAX_MESSAGE,
+        )
+        .await?;
+        let body = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut recv, MAX_MESSAGE))
+            .await
+            .context("no media answer within 5 s")??
+            .context("the peer closed the media stream")?;
+        match Msg::from_cbor(&body)? {
+            Msg::MediaOk { call: c } if c == call => Ok::<_, anyhow::Error>(conn),
+            other => bail!("unexpected media answer {:?}", other.kind()),
+        }
+    }
+    .await;
+    install_session(&agent, call, res);
+}
+
+/// Accepting end: take media connections from the expected peer only.
+async fn accept_media(agent: Arc<Agent>) {
+    while let Some(incoming) = agent.endpoint.accept().await {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            let res = accept_one(&agent, conn).await;
+            match res {
+                Ok((call, conn)) => install_session(&agent, call, Ok(conn)),
+                Err(e) => tracing::info!("refused a media connection: {e:#}"),
+            }
+        });
+    }
+}
+
+async fn accept_one(agent: &Arc<Agent>, conn: quinn::Connection) -> Result<(CallId, quinn::Connection)> {
+    let fp = peer_fingerprint(&conn).context("no certificate")?;
+    let mut rx = agent.expect.subscribe();
+    // The peer may be quicker than the gateway's Connect to us: wait a bit.
+    let plan = tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|p| p.as_ref().is_some_and(|(_, m)| m.peer_fp == fp)),
+    )
+    .await
+    .context("no call expects this peer")?
+    .context("agent stopping")?
+    .clone();
+    let Some((call, plan)) = plan else {
+        bail!("no call expects this peer");
+    };
+    let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(5), conn.accept_bi())
+        .await
+        .context("no media stream within 5 s")??;
+    let body = read_frame(&mut recv, MAX_MESSAGE)
+        .await?
+        .context("the peer closed the media stream")?;
+    match Msg::from_cbor(&body)? {
+        Msg::MediaHello { call: c, token } if c == call && token == plan.token => {}
+        _ => {
+            conn.close(quinn::VarInt::from_u32(1), b"bad media credential");
+            bail!("wrong media credential");
+        }
+    }
+    write_frame(&mut send, &Msg::MediaOk { call }, MAX_MESSAGE).await?;
+    Ok((call, conn))
+}
+
+fn install_session(agent: &Arc<Agent>, call: CallId, conn: Result<quinn::Connection>) {
+    let mut st = agent.lock();
+    let current = st.call.as_ref().is_some_and(|c| c.id == Some(call));
+    match conn {
+        Ok(conn) if current => {
+            match Session::start(conn, call, agent.source.clone(), agent.sink.clone()) {
+                Ok(s) => {
+                    st.session = Some(s);
+                    if let Some(c) = st.call.as_mut() {
+                        c.state = "connected";
+                        c.connected_at = Some(Instant::now());
+                    }
+                    agent.expect.send_replace(None);
+                    println!("call {call} connected");
+                }
+                Err(e) => fail_media(&mut st, call, &format!("{e:#}")),
+            }
+        }
+        Ok(conn) => conn.close(quinn::VarInt::from_u32(0), b"call already over"),
+        Err(e) if current => fail_media(&mut st, call, &format!("{e:#}")),
+        Err(_) => {}
+    }
+}
+
+fn fail_media(st: &mut State, call: CallId, why: &str) {
+    tracing::warn!("call {call}: media failed: {why}");
+    if let Some(tx) = &st.gw_tx {
+        let _ = tx.try_send(Msg::Hangup { call });
+    }
+    end_call(st, "media-failed");
+}
+
+fn answer(agent: &Arc<Agent>) -> Value {
+    let mut st = agent.lock();
+    let Some(c) = st.call.as_mut() else {
+        return control::error("no call is ringing");
+    };
+    if c.direction != Direction::In || c.state != "alerting" {
+        return control::error("no call is ringing");
+    }
+    let Some(call) = c.id else {
+        return control::error("no call is ringing");
+    };
+    c.state = "answering";
+    if let Some(a) = st.auto_answer.take() {
+        a.abort();
+    }
+    match &st.gw_tx {
+        Some(tx) if tx.try_send(Msg::Answer { call }).is_ok() => json!({"ok": true, "call": call}),
+        _ => control::error("not connected to the gateway"),
+    }
+}
+
+fn status(agent: &Arc<Agent>) -> Value {
+    let st = agent.lock();
+    let (link, code, ext, name, error) = match &st.link {
+        None | Some(Link::Searching) => ("searching", None, None, None, None),
+        Some(Link::Connecting(_)) => ("connecting", None, None, None, None),
+        Some(Link::Pending { code }) => ("pending", Some(code.clone()), None, None, None),
+        Some(Link::Registered { ext, name }) => {
+            ("registered", None, Some(ext.clone()), name.clone(), None)
+        }
+        Some(Link::Disconnected(e)) => ("disconnected", None, None, None, Some(e.clone())),
+    };
+    let call = st.call.as_ref().map(|c| {
+        json!({
+            "id": c.id,
+            "peer": c.peer,
+            "peer_name": c.peer_name,
+            "direction": if c.direction == Direction::In { "in" } else { "out" },
+            "state": c.state,
+            "seconds": c.connected_at.unwrap_or(c.started).elapsed().as_secs_f64(),
+            "relayed": c.relayed,
+            "media": st.session.as_ref().map(|s| s.stats()),
+        })
+    });
+    json!({
+        "ok": true,
+        "state": link,
+        "code": code,
+        "ext": ext,
+        "name": name,
+        "error": error,
+        "gateway": st.gateway.map(|g| g.to_string()),
+        "fingerprint": agent.id.fingerprint,
+        "listen": agent.endpoint.local_addr().ok().map(|a| a.to_string()),
+        "call": call,
+        "last_call": st.last_call,
+    })
+}
+
+async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
+    match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
+        "status" => status(agent),
+        "answer" => answer(agent),
+        "hangup" => {
+            let mut st = agent.lock();
+            let Some(c) = st.call.as_ref() else {
+                return control::error("no call to hang up");
+            };
+            let msg = match (c.id, c.direction, c.state) {
+                (Some(call), Direction::In, "alerting") => Some(Msg::Reject { call }),
+                (Some(call), _, _) => Some(Msg::Hangup { call }),
+                (None, _, _) => None,
+            };
+            if let (Some(m), Some(tx)) = (msg, &st.gw_tx) {
+                let _ = tx.try_send(m);
+            }
+            end_call(&mut st, "local-hangup");
+            json!({"ok": true})
+        }
+        "dial" => {
+            let Some(number) = req.get("number").and_then(Value::as_str) else {
+                return control::error("dial needs a number");
+            };
+            let rx = {
+                let mut st = agent.lock();
+                if st.call.is_some() {
+                    return control::error("already in a call; hang up first");
+                }
+                let Some(tx) = st.gw_tx.clone() else {
+                    return control::error("not connected to a gateway");
+                };
+                st.next_req += 1;
+                let req = st.next_req;
+                if tx
+                    .try_send(Msg::Dial {
+                        req,
+                        number: number.to_string(),
+                    })
+                    .is_err()
+                {
+                    return control::error("not connected to a gateway");
+                }
+                let (dtx, drx) = oneshot::channel();
+                st.dials.insert(req, dtx);
+                st.call = Some(CallInfo {
+                    id: None,
+                    peer: number.to_string(),
+                    peer_name: None,
+                    direction: Direction::Out,
+                    state: "dialing",
+                    started: Instant::now(),
+                    connected_at: None,
+                    relayed: false,
+                });
+                drx
+            };
+            match tokio::time::timeout(Duration::from_secs(10), rx).await {
+                Ok(Ok(Ok(v))) => v,
+                Ok(Ok(Err(e))) => control::error(format!("cannot call {number}: {e}")),
+                _ => {
+                    let mut st = agent.lock();
+                    if st.call.as_ref().is_some_and(|c| c.id.is_none()) {
+                        st.call = None;
+                    }
+                    control::error("the gateway did not answer the dial request")
+                }
+            }
+        }
+        "" => control::error("missing \"cmd\""),
+        other => control::error(format!("unknown command {other:?}")),
+    }
+}

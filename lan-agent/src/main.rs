@@ -1,0 +1,178 @@
+//! The `keyline-agent` command: runs the station daemon, or drives a
+//! running one through its control socket.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use keyline_agent::daemon::{run, RunOptions};
+use keyline_net::{control, statedir};
+use serde_json::{json, Value};
+
+#[derive(Parser, Debug)]
+#[command(name = "keyline-agent", version, about = "Keyline workstation agent")]
+struct Cli {
+    /// State directory (default: $STATE_DIRECTORY, else ~/.local/state/keyline/agent).
+    #[arg(long, global = true, value_name = "DIR")]
+    state: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the station: find the gateway, enrol, take and place calls.
+    Run {
+        /// Gateway address (default: found by mDNS on the LAN).
+        #[arg(long, value_name = "HOST:PORT")]
+        gateway: Option<String>,
+        /// What to send: `device`, `tone:HZ`, `silence` or a WAV file.
+        #[arg(long, default_value = "device", value_name = "SPEC")]
+        audio_in: String,
+        /// Where to play: `device`, `null` or a WAV file to write.
+        #[arg(long, default_value = "device", value_name = "SPEC")]
+        audio_out: String,
+        /// Answer incoming calls by itself after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        auto_answer: Option<u64>,
+        /// A name shown to the gateway's admin and to callees.
+        #[arg(long)]
+        name: Option<String>,
+        /// Ringtone WAV (default: a built-in ring).
+        #[arg(long, value_name = "FILE")]
+        ringtone: Option<PathBuf>,
+        /// Local UDP address (default: any address, a free port).
+        #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR:PORT")]
+        bind: SocketAddr,
+        /// Do not use mDNS (then --gateway is required).
+        #[arg(long)]
+        no_mdns: bool,
+    },
+    /// Show registration (or the pairing code) and the call in progress.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call a number or extension.
+    Dial { number: String },
+    /// Answer the ringing call.
+    Answer,
+    /// End the call (or decline a ringing one).
+    Hangup,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run {
+            gateway,
+            audio_in,
+            audio_out,
+            auto_answer,
+            name,
+            ringtone,
+            bind,
+            no_mdns,
+        } => {
+            if no_mdns && gateway.is_none() {
+                Err(anyhow::anyhow!("--no-mdns needs --gateway HOST:PORT"))
+            } else {
+                serve(RunOptions {
+                    state: cli.state,
+                    gateway,
+                    audio_in,
+                    audio_out,
+                    auto_answer,
+                    name,
+                    ringtone,
+                    bind,
+                    mdns: !no_mdns,
+                })
+            }
+        }
+        cmd => client(cli.state, cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keyline-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn serve(opts: RunOptions) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEYLINE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    runtime()?.block_on(run(opts))
+}
+
+fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
+    let dir = match state {
+        Some(s) => s,
+        None => statedir::default_dir("agent")?,
+    };
+    let sock = control::socket_path(&dir);
+    let req = match &cmd {
+        Cmd::Status { .. } => json!({"cmd": "status"}),
+        Cmd::Dial { number } => json!({"cmd": "dial", "number": number}),
+        Cmd::Answer => json!({"cmd": "answer"}),
+        Cmd::Hangup => json!({"cmd": "hangup"}),
+        Cmd::Run { .. } => return Ok(()),
+    };
+    let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(15)))?;
+    let reply = control::into_result(reply)?;
+    match &cmd {
+        Cmd::Status { json: true } => println!("{}", serde_json::to_string_pretty(&reply)?),
+        Cmd::Status { json: false } => print_status(&reply),
+        Cmd::Dial { number } => println!(
+            "ringing {} (call {})",
+            reply.get("callee").and_then(Value::as_str).unwrap_or(number),
+            reply.get("call").map(Value::to_string).unwrap_or_default()
+        ),
+        Cmd::Answer => println!("answered"),
+        Cmd::Hangup => println!("hung up"),
+        Cmd::Run { .. } => {}
+    }
+    Ok(())
+}
+
+fn print_status(r: &Value) {
+    let get = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    match get("state").as_str() {
+        "pending" => println!(
+            "waiting for approval: pairing code {} (on the gateway: keyline-gatewayd approve {})",
+            get("code"),
+            get("code")
+        ),
+        "registered" => println!("registered as extension {} via {}", get("ext"), get("gateway")),
+        other => println!("{other} {}", r.get("error").and_then(Value::as_str).unwrap_or("")),
+    }
+    if let Some(c) = r.get("call").filter(|c| !c.is_null()) {
+        println!(
+            "call {} {} {} {}",
+            c.get("id").map(Value::to_string).unwrap_or_default(),
+            c.get("direction").and_then(Value::as_str).unwrap_or(""),
+            c.get("peer").and_then(Value::as_str).unwrap_or(""),
+            c.get("state").and_then(Value::as_str).unwrap_or("")
+        );
+    } else {
+        println!("no call");
+    }
+}

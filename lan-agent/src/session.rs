@@ -1,0 +1,202 @@
+//! One call's media: Opus frames in RTP-over-QUIC datagrams on the
+//! end-to-end connection between the two ends of the call.
+//!
+//! Three tasks per call: the sender (every 20 ms: source → Opus → RTP →
+//! datagram), the receiver (datagram → jitter buffer) and the player
+//! (every 20 ms: jitter buffer → Opus/FEC/PLC → sink). They stop when the
+//! session is dropped or the connection closes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use keyline_media::{JitterBuffer, OpusDecoder, OpusEncoder, Playout, Sink, Source, FRAME_SAMPLES};
+use keyline_proto::media::{decode_datagram, encode_datagram, RtpHeader, OPUS_PAYLOAD_TYPE};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+/// Jitter-buffer depth before playout starts (3 × 20 ms).
+const JITTER_DEPTH: usize = 3;
+
+/// Counters of one call's media, shown by `status`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct MediaStats {
+    pub sent: u64,
+    pub received: u64,
+    pub played: u64,
+    pub lost: u64,
+    pub concealed: u64,
+    pub recovered_fec: u64,
+    pub late: u64,
+    pub duplicate: u64,
+    pub malformed: u64,
+}
+
+pub type SharedSource = Arc<Mutex<Box<dyn Source>>>;
+pub type SharedSink = Arc<Mutex<Box<dyn Sink>>>;
+
+/// A running media session; dropping it stops the media.
+#[derive(Debug)]
+pub struct Session {
+    tasks: Vec<JoinHandle<()>>,
+    pub stats: Arc<Mutex<MediaStats>>,
+    pub conn: quinn::Connection,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.conn
+            .close(quinn::VarInt::from_u32(0), b"call ended");
+    }
+}
+
+impl Session {
+    pub fn start(
+        conn: quinn::Connection,
+        flow: u64,
+        source: SharedSource,
+        sink: SharedSink,
+    ) -> anyhow::Result<Session> {
+        let stats = Arc::new(Mutex::new(MediaStats::default()));
+        let jitter = Arc::new(Mutex::new(JitterBuffer::new(JITTER_DEPTH)));
+        let mut encoder = OpusEncoder::new()?;
+        let mut decoder = OpusDecoder::new()?;
+        if let Ok(mut s) = source.lock() {
+            s.restart();
+        }
+        let ssrc: u32 = rand::random();
+
+        let sender = {
+            let conn = conn.clone();
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(20));
+                let mut pcm = vec![0i16; FRAME_SAMPLES];
+                let mut seq: u16 = rand::random();
+                let mut ts: u32 = rand::random();
+                let mut first = true;
+                let mut out = Vec::with_capacity(256);
+                loop {
+                    tick.tick().await;
+                    if let Ok(mut s) = source.lock() {
+                        s.next_frame(&mut pcm);
+                    }
+                    let payload = match encoder.encode(&pcm) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::warn!("opus encode failed: {e}");
+                            continue;
+                        }
+                    };
+                    let header = RtpHeader {
+                        payload_type: OPUS_PAYLOAD_TYPE,
+                        marker: first,
+                        sequence: seq,
+                        timestamp: ts,
+                        ssrc,
+                    };
+                    first = false;
+                    seq = seq.wrapping_add(1);
+                    ts = ts.wrapping_add(FRAME_SAMPLES as u32);
+                    if encode_datagram(flow, &header, &payload, &mut out).is_err() {
+                        continue;
+                    }
+                    match conn.send_datagram(Bytes::copy_from_slice(&out)) {
+                        Ok(()) => {
+                            if let Ok(mut st) = stats.lock() {
+                                st.sent += 1;
+                            }
+                        }
+                        Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
+                        Err(e) => tracing::debug!("datagram not sent: {e}"),
+                    }
+                }
+            })
+        };
+
+        let receiver = {
+            let conn = conn.clone();
+            let stats = stats.clone();
+            let jitter = jitter.clone();
+            tokio::spawn(async move {
+                while let Ok(d) = conn.read_datagram().await {
+                    let Ok(dg) = decode_datagram(&d) else {
+                        if let Ok(mut st) = stats.lock() {
+                            st.malformed += 1;
+                        }
+                        continue;
+                    };
+                    if dg.flow != flow || dg.header.payload_type != OPUS_PAYLOAD_TYPE {
+                        if let Ok(mut st) = stats.lock() {
+                            st.malformed += 1;
+                        }
+                        continue;
+                    }
+                    if let Ok(mut j) = jitter.lock() {
+                        j.push(dg.header.sequence, dg.payload.to_vec());
+                    }
+                }
+            })
+        };
+
+        let player = {
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(20));
+                let silence = vec![0i16; FRAME_SAMPLES];
+                loop {
+                    tick.tick().await;
+                    let (out, js) = {
+                        let Ok(mut j) = jitter.lock() else { return };
+                        (j.pop(), j.stats())
+                    };
+                    let mut concealed = 0;
+                    let mut fec = 0;
+                    let pcm = match out {
+                        Playout::Frame(p) => decoder.decode(Some(&p)).or_else(|_| {
+                            concealed = 1;
+                            decoder.decode(None)
+                        }),
+                        Playout::Lost { next: Some(n) } => {
+                            fec = 1;
+                            decoder.decode_fec(&n).or_else(|_| decoder.decode(None))
+                        }
+                        Playout::Lost { next: None } => {
+                            concealed = 1;
+                            decoder.decode(None)
+                        }
+                        Playout::Idle => Ok(silence.clone()),
+                    };
+                    let pcm = pcm.unwrap_or_else(|_| silence.clone());
+                    if let Ok(mut s) = sink.lock() {
+                        if let Err(e) = s.write_frame(&pcm) {
+                            tracing::warn!("audio output failed: {e}");
+                        }
+                    }
+                    if let Ok(mut st) = stats.lock() {
+                        st.received = js.received;
+                        st.played = js.played;
+                        st.lost = js.lost;
+                        st.late = js.late;
+                        st.duplicate = js.duplicate;
+                        st.concealed += concealed;
+                        st.recovered_fec += fec;
+                    }
+                }
+            })
+        };
+
+        Ok(Session {
+            tasks: vec![sender, receiver, player],
+            stats,
+            conn,
+        })
+    }
+
+    pub fn stats(&self) -> MediaStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+}

@@ -1,0 +1,44 @@
+//! Keyline's media path: Opus encoding/decoding (real libopus), the RTP
+//! playout jitter buffer, 20 ms frame sources (tone, silence, WAV) and sinks
+//! (WAV, null), and tone generation/analysis used by ringtones, the agent and
+//! tests. All audio here is 48 kHz mono 16-bit PCM in 20 ms frames.
+
+pub mod codec;
+pub mod jitter;
+pub mod sink;
+pub mod source;
+pub mod tones;
+mod wav;
+
+pub use codec::{OpusDecoder, OpusEncoder};
+pub use jitter::{JitterBuffer, JitterStats, Playout};
+pub use sink::{NullSink, Sink, WavSink};
+pub use source::{parse_source, SilenceSource, Source, ToneSource, WavSource};
+pub use tones::{
+    collapse_track, detect_tone, goertzel_power, read_wav_mono48k, ringtone_samples, tone_sequence,
+    tone_track, write_wav,
+};
+
+/// Sample rate of all PCM handled by this crate (Hz).
+pub const SAMPLE_RATE: u32 = 48_000;
+/// Duration of one media frame (ms).
+pub const FRAME_MS: u32 = 20;
+/// Samples in one 20 ms mono frame at 48 kHz.
+pub const FRAME_SAMPLES: usize = 960;
+
+/// Errors from the media path.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// libopus reported an error.
+    #[error("opus: {0}")]
+    Opus(#[from] opus::Error),
+    /// An I/O error (the message names the file where one is involved).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A WAV file could not be read or written.
+    #[error("WAV: {0}")]
+    Wav(String),
+    /// Input of the wrong shape: frame length, source spec, packet duration...
+    #[error("bad format: {0}")]
+    Format(String),
+}

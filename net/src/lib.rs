@@ -1,0 +1,17 @@
+//! Keyline's transport plumbing, shared by the gateway, the agent and the
+//! directory: a process's long-lived identity (a self-signed certificate),
+//! TLS 1.3 configurations that trust peers by certificate fingerprint
+//! rather than by a CA, the one quinn endpoint each process runs, the local
+//! control socket behind every CLI, state-directory resolution, and mDNS
+//! advertising and browsing (a hint of where to connect, never of whom to
+//! trust).
+
+pub mod control;
+pub mod endpoint;
+pub mod identity;
+pub mod mdns;
+pub mod statedir;
+pub mod tls;
+
+pub use endpoint::{make_endpoint, peer_fingerprint};
+pub use identity::{pairing_code, Identity};

@@ -1,0 +1,334 @@
+//! Control messages exchanged on a connection's control stream.
+//!
+//! Every message is a CBOR map with a `t` key naming its kind. Unknown
+//! fields are ignored (forward compatibility); an unknown kind decodes to
+//! [`CodecError::UnknownKind`] so the receiver can answer with an error
+//! instead of dropping the peer.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode_body, CodecError};
+
+/// Request identifier chosen by the sender of a request, echoed in replies.
+pub type ReqId = u64;
+/// Call identifier chosen by the gateway.
+pub type CallId = u64;
+
+/// What kind of endpoint is speaking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Agent,
+    Gateway,
+    Terminal,
+    Directory,
+}
+
+/// Why a dial attempt failed before anything rang.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailReason {
+    /// No such number or extension.
+    UnknownNumber,
+    /// The number is not well-formed.
+    InvalidNumber,
+    /// The callee is in another call.
+    Busy,
+    /// The callee exists but is not connected.
+    Unreachable,
+    /// The caller may not place calls (e.g. not yet approved).
+    NotAllowed,
+    /// The caller is already in a call.
+    AlreadyInCall,
+    /// The caller dialled itself.
+    SelfCall,
+}
+
+impl FailReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            FailReason::UnknownNumber => "unknown number",
+            FailReason::InvalidNumber => "invalid number",
+            FailReason::Busy => "busy",
+            FailReason::Unreachable => "unreachable (not connected)",
+            FailReason::NotAllowed => "not allowed (this station is not approved)",
+            FailReason::AlreadyInCall => "already in a call",
+            FailReason::SelfCall => "cannot call yourself",
+        }
+    }
+}
+
+/// Why an established or ringing call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndReason {
+    /// The other party hung up.
+    Hangup,
+    /// The caller gave up while it rang.
+    Cancelled,
+    /// The callee declined.
+    Rejected,
+    /// Nobody answered within the ring timeout.
+    NoAnswer,
+    /// The other party's connection was lost.
+    PeerLost,
+    /// Media could not be set up.
+    MediaFailed,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+/// How an end of an answered call sets up its end-to-end media connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaPlan {
+    /// `true`: connect to `peer_addr`; `false`: wait for the peer to connect.
+    pub dial: bool,
+    /// Where to connect (the peer itself, or the gateway's forwarder).
+    pub peer_addr: Option<String>,
+    /// SHA-256 fingerprint (hex) of the certificate the peer must present.
+    pub peer_fp: String,
+    /// Per-call secret both ends present on the media connection.
+    pub token: String,
+    /// Whether the path runs through the gateway's forwarder.
+    pub relayed: bool,
+}
+
+/// A control message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "kebab-case")]
+pub enum Msg {
+    /// First message of the connecting side.
+    Hello {
+        version: u32,
+        role: Role,
+        name: Option<String>,
+    },
+    /// Gateway → agent: not approved yet; the admin approves this code.
+    Pending { code: String },
+    /// Gateway → agent: approved, with the extension it now holds.
+    Registered { ext: String, name: Option<String> },
+    /// Agent → gateway: place a call.
+    Dial { req: ReqId, number: String },
+    /// Gateway → caller: the callee is ringing.
+    Ringing {
+        req: ReqId,
+        call: CallId,
+        callee: String,
+    },
+    /// Gateway → caller: the call could not be placed.
+    DialFailed {
+        req: ReqId,
+        reason: FailReason,
+        message: String,
+    },
+    /// Gateway → callee: an incoming call.
+    Ring {
+        call: CallId,
+        from: String,
+        from_name: Option<String>,
+    },
+    /// Callee → gateway: take the call.
+    Answer { call: CallId },
+    /// Callee → gateway: decline the call.
+    Reject { call: CallId },
+    /// Either end → gateway: end the call.
+    Hangup { call: CallId },
+    /// Gateway → both ends: the call is answered; set up media.
+    Connect { call: CallId, media: MediaPlan },
+    /// Gateway → an end: the call is over.
+    Ended { call: CallId, reason: EndReason },
+    /// First message on a media connection, from the dialling end.
+    MediaHello { call: CallId, token: String },
+    /// Reply to `MediaHello` from the accepting end.
+    MediaOk { call: CallId },
+    Ping { n: u64 },
+    Pong { n: u64 },
+    /// A request could not be served.
+    Error {
+        req: Option<ReqId>,
+        code: String,
+        message: String,
+    },
+}
+
+impl Msg {
+    /// Decode a frame body, telling an unknown kind apart from garbage.
+    pub fn from_cbor(body: &[u8]) -> Result<Msg, CodecError> {
+        match decode_body::<Msg>(body) {
+            Ok(m) => Ok(m),
+            Err(err) => {
+                // A well-formed map with a kind we do not know is a newer
+                // peer, not an attacker: report the kind.
+                if let Ok(ciborium::Value::Map(entries)) = decode_body::<ciborium::Value>(body) {
+                    for (k, v) in entries {
+                        if let (ciborium::Value::Text(k), ciborium::Value::Text(kind)) = (k, v) {
+                            if k == "t" && !KNOWN_KINDS.contains(&kind.as_str()) {
+                                return Err(CodecError::UnknownKind(kind));
+                            }
+                        }
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Msg::Hello { .. } => "hello",
+            Msg::Pending { .. } => "pending",
+            Msg::Registered { .. } => "registered",
+            Msg::Dial { .. } => "dial",
+            Msg::Ringing { .. } => "ringing",
+            Msg::DialFailed { .. } => "dial-failed",
+            Msg::Ring { .. } => "ring",
+            Msg::Answer { .. } => "answer",
+            Msg::Reject { .. } => "reject",
+            Msg::Hangup { .. } => "hangup",
+            Msg::Connect { .. } => "connect",
+            Msg::Ended { .. } => "ended",
+            Msg::MediaHello { .. } => "media-hello",
+            Msg::MediaOk { .. } => "media-ok",
+            Msg::Ping { .. } => "ping",
+            Msg::Pong { .. } => "pong",
+            Msg::Error { .. } => "error",
+        }
+    }
+}
+
+const KNOWN_KINDS: &[&str] = &[
+    "hello",
+    "pending",
+    "registered",
+    "dial",
+    "ringing",
+    "dial-failed",
+    "ring",
+    "answer",
+    "reject",
+    "hangup",
+    "connect",
+    "ended",
+    "media-hello",
+    "media-ok",
+    "ping",
+    "pong",
+    "error",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::encode_frame;
+
+    fn roundtrip(m: &Msg) -> Msg {
+        let frame = encode_frame(m, crate::MAX_MESSAGE).expect("encode");
+        Msg::from_cbor(&frame[4..]).expect("decode")
+    }
+
+    #[test]
+    fn every_kind_roundtrips_and_is_known() {
+        let plan = MediaPlan {
+            dial: true,
+            peer_addr: Some("10.0.0.2:7470".into()),
+            peer_fp: "ab".repeat(32),
+            token: "00ff".into(),
+            relayed: false,
+        };
+        let all = vec![
+            Msg::Hello {
+                version: 1,
+                role: Role::Agent,
+                name: Some("desk".into()),
+            },
+            Msg::Pending { code: "123456".into() },
+            Msg::Registered {
+                ext: "201".into(),
+                name: None,
+            },
+            Msg::Dial {
+                req: 1,
+                number: "202".into(),
+            },
+            Msg::Ringing {
+                req: 1,
+                call: 7,
+                callee: "202".into(),
+            },
+            Msg::DialFailed {
+                req: 1,
+                reason: FailReason::Busy,
+                message: "busy".into(),
+            },
+            Msg::Ring {
+                call: 7,
+                from: "201".into(),
+                from_name: None,
+            },
+            Msg::Answer { call: 7 },
+            Msg::Reject { call: 7 },
+            Msg::Hangup { call: 7 },
+            Msg::Connect {
+                call: 7,
+                media: plan,
+            },
+            Msg::Ended {
+                call: 7,
+                reason: EndReason::Hangup,
+            },
+            Msg::MediaHello {
+                call: 7,
+                token: "t".into(),
+            },
+            Msg::MediaOk { call: 7 },
+            Msg::Ping { n: 3 },
+            Msg::Pong { n: 3 },
+            Msg::Error {
+                req: None,
+                code: "x".into(),
+                message: "y".into(),
+            },
+        ];
+        for m in &all {
+            assert_eq!(&roundtrip(m), m);
+            assert!(KNOWN_KINDS.contains(&m.kind()));
+        }
+        assert_eq!(all.len(), KNOWN_KINDS.len());
+    }
+
+    #[test]
+    fn unknown_kind_is_reported_not_garbage() {
+        let mut body = Vec::new();
+        let v = ciborium::Value::Map(vec![(
+            ciborium::Value::Text("t".into()),
+            ciborium::Value::Text("teleport".into()),
+        )]);
+        ciborium::into_writer(&v, &mut body).expect("encode");
+        assert!(matches!(Msg::from_cbor(&body), Err(CodecError::UnknownKind(k)) if k == "teleport"));
+        assert!(matches!(
+            Msg::from_cbor(&[0xff, 0x00, 0x13]),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let v = ciborium::Value::Map(vec![
+            (
+                ciborium::Value::Text("t".into()),
+                ciborium::Value::Text("ping".into()),
+            ),
+            (
+                ciborium::Value::Text("n".into()),
+                ciborium::Value::Integer(5.into()),
+            ),
+            (
+                ciborium::Value::Text("future".into()),
+                ciborium::Value::Bool(true),
+            ),
+        ]);
+        let mut body = Vec::new();
+        ciborium::into_writer(&v, &mut body).expect("encode");
+        assert_eq!(Msg::from_cbor(&body).expect("decode"), Msg::Ping { n: 5 });
+    }
+}
