@@ -2,8 +2,13 @@
 //! playout jitter buffer, 20 ms frame sources (tone, silence, WAV) and sinks
 //! (WAV, null), and tone generation/analysis used by ringtones, the agent and
 //! tests. All audio here is 48 kHz mono 16-bit PCM in 20 ms frames.
+//!
+//! With the `device` feature (on by default) [`device`] adds the sound card
+//! (through cpal; ALSA on Linux) as a source and a sink.
 
 pub mod codec;
+#[cfg(feature = "device")]
+pub mod device;
 pub mod jitter;
 pub mod sink;
 pub mod source;
@@ -11,6 +16,8 @@ pub mod tones;
 mod wav;
 
 pub use codec::{OpusDecoder, OpusEncoder};
+#[cfg(feature = "device")]
+pub use device::{list_devices, open_input, open_output, DeviceInfo};
 pub use jitter::{JitterBuffer, JitterStats, Playout};
 pub use sink::{NullSink, Sink, WavSink};
 pub use source::{parse_source, SilenceSource, Source, ToneSource, WavSource};
@@ -41,4 +48,8 @@ pub enum MediaError {
     /// Input of the wrong shape: frame length, source spec, packet duration...
     #[error("bad format: {0}")]
     Format(String),
+    /// A sound card could not be found, opened or kept running (the message
+    /// says which, and names the audio system, e.g. ALSA).
+    #[error("{0}")]
+    Device(String),
 }

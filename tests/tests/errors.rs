@@ -1,0 +1,199 @@
+//! Bad input gets a clear error and disturbs nothing: unknown and busy
+//! extensions, ring timeouts, a client that sends garbage, a station that
+//! vanishes mid-call. On loopback, without mDNS.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use keyline_net::{endpoint, Identity};
+use keyline_proto::codec::{read_frame, write_frame};
+use keyline_proto::msg::{Msg, Role};
+use keyline_proto::{MAX_MESSAGE, PROTOCOL_VERSION};
+use keyline_tests::{bin, jnum, jstr, wait_for, Daemon, Scratch};
+use serde_json::Value;
+
+fn status(d: &Daemon) -> Value {
+    d.json(&["status"]).expect("status")
+}
+
+fn state(d: &Daemon) -> Option<String> {
+    jstr(&status(d), &["call", "state"])
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Connect as a fresh, unknown station and send `payload` raw on the
+/// control stream after a proper hello; report how the gateway closed us.
+async fn garbage_client(gw: SocketAddr, payload: Vec<u8>, hello_first: bool) -> String {
+    let id = Identity::generate("garbage").unwrap();
+    let ep = keyline_net::make_endpoint("127.0.0.1:0".parse().unwrap(), &id).unwrap();
+    let cfg = endpoint::client_config(&id, None).unwrap();
+    let conn = ep
+        .connect_with(cfg, gw, endpoint::SERVER_NAME)
+        .unwrap()
+        .await
+        .expect("connect to the gateway");
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    if hello_first {
+        write_frame(
+            &mut send,
+            &Msg::Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Agent,
+                name: Some("garbage".into()),
+            },
+            MAX_MESSAGE,
+        )
+        .await
+        .unwrap();
+        let first = read_frame(&mut recv, MAX_MESSAGE).await.unwrap().unwrap();
+        assert!(matches!(Msg::from_cbor(&first), Ok(Msg::Pending { .. })));
+    }
+    use tokio::io::AsyncWriteExt;
+    send.write_all(&payload).await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("the gateway should drop a client that sends garbage");
+    ep.close(0u32.into(), b"");
+    reason.to_string()
+}
+
+#[test]
+fn errors_are_clear_and_other_calls_are_undisturbed() {
+    let scratch = Scratch::new("errors");
+    let gw = Daemon::start(
+        None,
+        bin("keyline-gatewayd"),
+        &scratch.join("gw"),
+        &["run", "--no-mdns", "--listen", "127.0.0.1:0", "--ring-timeout", "2"],
+    )
+    .unwrap();
+    let gw_addr: SocketAddr = wait_for("gateway", Duration::from_secs(10), || {
+        jstr(&gw.json(&["status"]).ok()?, &["listen"])?.parse().ok()
+    });
+    let agent = |name: &str, tone: &str| {
+        Daemon::start(
+            None,
+            bin("keyline-agent"),
+            &scratch.join(name),
+            &[
+                "run",
+                "--no-mdns",
+                "--gateway",
+                &gw_addr.to_string(),
+                "--audio-in",
+                tone,
+                "--audio-out",
+                "null",
+            ],
+        )
+        .unwrap()
+    };
+    let a = agent("a", "tone:700");
+    let b = agent("b", "tone:900");
+    let mut c = agent("c", "tone:1100");
+    for (d, ext) in [(&a, "201"), (&b, "202"), (&c, "203")] {
+        let code = wait_for("pairing code", Duration::from_secs(10), || {
+            jstr(&d.json(&["status"]).ok()?, &["code"])
+        });
+        let out = gw.ctl(&["approve", &code, "--ext", ext]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        wait_for("registered", Duration::from_secs(10), || {
+            (jstr(&status(d), &["ext"]).as_deref() == Some(ext)).then_some(())
+        });
+    }
+    // Approving a code nobody shows, or a taken extension, is refused.
+    let out = gw.ctl(&["approve", "000000"]);
+    assert!(!out.status.success() && stderr(&out).contains("no station"), "{}", stderr(&out));
+
+    // Unknown extension: a clear error, and a call record.
+    let out = a.ctl(&["dial", "299"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("unknown number"), "{}", stderr(&out));
+    // Not a number at all.
+    let out = a.ctl(&["dial", "20\u{7}1"]);
+    assert!(stderr(&out).contains("control character"), "{}", stderr(&out));
+
+    // 201 calls 202; 203 then finds both busy.
+    assert!(a.ctl(&["dial", "202"]).status.success());
+    wait_for("ringing", Duration::from_secs(5), || {
+        (state(&b).as_deref() == Some("alerting")).then_some(())
+    });
+    assert!(b.ctl(&["answer"]).status.success());
+    wait_for("connected", Duration::from_secs(5), || {
+        (state(&a).as_deref() == Some("connected")).then_some(())
+    });
+    for target in ["202", "201"] {
+        let out = c.ctl(&["dial", target]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("busy"), "{}", stderr(&out));
+    }
+
+    // Garbage from a stranger is dropped; the call carries on untouched.
+    let before = jnum(&status(&a), &["call", "media", "received"]).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut junk = 5u32.to_be_bytes().to_vec();
+    junk.extend_from_slice(&[0xff, 0xfe, 0x00, 0x13, 0x37]);
+    let r1 = rt.block_on(garbage_client(gw_addr, junk.clone(), true));
+    let r2 = rt.block_on(garbage_client(gw_addr, junk, false));
+    let r3 = rt.block_on(garbage_client(gw_addr, u32::MAX.to_be_bytes().to_vec(), true));
+    for r in [&r1, &r2, &r3] {
+        assert!(r.contains("closed by peer"), "{r}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let s = status(&a);
+    assert_eq!(jstr(&s, &["call", "state"]).as_deref(), Some("connected"));
+    let after = jnum(&s, &["call", "media", "received"]).unwrap();
+    assert!(after > before + 10.0, "media stalled: {before} -> {after}");
+    assert_eq!(gw.json(&["calls"]).unwrap()["calls"].as_array().unwrap().len(), 1);
+
+    assert!(b.ctl(&["hangup"]).status.success());
+    wait_for("201 told of the hang-up", Duration::from_secs(5), || {
+        let s = status(&a);
+        s["call"].is_null().then_some(())
+    });
+
+    // Nobody answers: the ring timeout (2 s here) ends the call for both.
+    assert!(c.ctl(&["dial", "202"]).status.success());
+    let last = wait_for("ring timeout", Duration::from_secs(6), || {
+        let s = status(&c);
+        s["call"].is_null().then(|| s["last_call"].clone())
+    });
+    assert_eq!(jstr(&last, &["ended"]).as_deref(), Some("no-answer"));
+    assert!(status(&b)["call"].is_null());
+
+    // A station that vanishes mid-call: the other end is told.
+    assert!(a.ctl(&["dial", "203"]).status.success());
+    wait_for("ringing", Duration::from_secs(5), || {
+        (state(&c).as_deref() == Some("alerting")).then_some(())
+    });
+    assert!(c.ctl(&["answer"]).status.success());
+    wait_for("connected", Duration::from_secs(5), || {
+        (state(&a).as_deref() == Some("connected")).then_some(())
+    });
+    let pid = c.pid().unwrap();
+    let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    let _ = c.child.take().map(|mut ch| ch.wait());
+    let last = wait_for("peer-lost", Duration::from_secs(20), || {
+        let s = status(&a);
+        s["call"].is_null().then(|| s["last_call"].clone())
+    });
+    assert_eq!(jstr(&last, &["ended"]).as_deref(), Some("peer-lost"), "{last}");
+
+    let cdr = gw.json(&["cdr"]).unwrap();
+    let outcomes: Vec<&str> = cdr["cdr"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["outcome"].as_str())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["unknown", "busy", "busy", "answered", "no-answer", "answered"],
+        "{cdr}"
+    );
+}
