@@ -3,11 +3,11 @@
 //! internal calls with the sans-IO [`keyline_proto::call::Switchboard`],
 //! hands the two ends of an answered call each other's address and a
 //! per-call credential so media runs end to end, and — when policy says
-//! relay — forwards that media as opaque UDP ([`relay`]). It keeps agents
+//! relay — forwards that media as opaque UDP ([`keyline_net::relay`]). It keeps agents
 //! and call records in SQLite ([`db`]) and answers its CLI on a control
 //! socket ([`server::handle_control`]).
 
+pub mod cli;
 pub mod config;
 pub mod db;
-pub mod relay;
 pub mod server;

@@ -6,81 +6,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use keyline_gatewayd::config::{Config, InternalMedia};
+use clap::Parser;
+use keyline_gatewayd::cli::{Cli, Cmd, RunArgs};
+use keyline_gatewayd::config::Config;
 use keyline_gatewayd::server::{run, RunOptions};
 use keyline_net::{control, statedir};
 use serde_json::{json, Value};
-
-#[derive(Parser, Debug)]
-#[command(name = "keyline-gatewayd", version, about = "Keyline office phone gateway")]
-struct Cli {
-    /// State directory (default: $STATE_DIRECTORY, else ~/.local/state/keyline/gatewayd).
-    #[arg(long, global = true, value_name = "DIR")]
-    state: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: Option<Cmd>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Run the gateway (the default when no command is given).
-    Run(RunArgs),
-    /// Show the gateway's state.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// List stations: approved, waiting for approval, and seen on the LAN.
-    Agents {
-        #[arg(long)]
-        json: bool,
-    },
-    /// List calls in progress.
-    Calls {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show call records, oldest first.
-    Cdr {
-        #[arg(long)]
-        json: bool,
-        /// How many of the latest records.
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-    },
-    /// Approve a waiting station by the pairing code it shows.
-    Approve {
-        code: String,
-        /// Extension to give it (default: the next free one).
-        #[arg(long)]
-        ext: Option<String>,
-        /// A name for the station.
-        #[arg(long)]
-        name: Option<String>,
-    },
-    /// Validate a configuration file and exit.
-    CheckConfig { file: PathBuf },
-}
-
-#[derive(clap::Args, Debug, Default)]
-struct RunArgs {
-    /// TOML configuration file.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// UDP address to listen on (default 0.0.0.0:7470).
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: Option<std::net::SocketAddr>,
-    /// How media of internal calls travels.
-    #[arg(long, value_enum)]
-    internal_media: Option<InternalMedia>,
-    /// Seconds an unanswered call rings.
-    #[arg(long, value_name = "SECS")]
-    ring_timeout: Option<u64>,
-    /// Do not advertise or browse with mDNS.
-    #[arg(long)]
-    no_mdns: bool,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

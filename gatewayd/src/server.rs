@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, InternalMedia};
 use crate::db::{now_ms, CdrRow, Db};
-use crate::relay::{self, Allocation, Counters};
+use keyline_net::relay::{self, Allocation, Counters};
 
 /// What an approved station is called on the switch.
 #[derive(Debug, Clone)]

@@ -704,7 +704,7 @@ fn status(agent: &Arc<Agent>) -> Value {
     let st = agent.lock();
     let (link, code, ext, name, error) = match &st.link {
         None | Some(Link::Searching) => ("searching", None, None, None, None),
-        Some(Link::Connecting(_)) => ("connecting", None, None, None, None),
+        Some(Link::Connecting(addr)) => ("connecting", None, None, None, Some(format!("connecting to {addr}"))),
         Some(Link::Pending { code }) => ("pending", Some(code.clone()), None, None, None),
         Some(Link::Registered { ext, name }) => {
             ("registered", None, Some(ext.clone()), name.clone(), None)

@@ -5,5 +5,6 @@
 //! Its command line talks to the running daemon over a control socket.
 
 pub mod audio;
+pub mod cli;
 pub mod daemon;
 pub mod session;

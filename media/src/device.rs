@@ -27,8 +27,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
-use cpal::{FromSample, Sample, SampleFormat, SizedSample, SupportedStreamConfig};
 use cpal::SupportedStreamConfigRange;
+use cpal::{FromSample, Sample, SampleFormat, SizedSample, SupportedStreamConfig};
 
 use crate::wav::to_i16;
 use crate::{MediaError, Sink, Source, FRAME_SAMPLES, SAMPLE_RATE};
@@ -80,18 +80,27 @@ fn open_device_source(name: Option<&str>) -> Result<DeviceSource, MediaError> {
         let device = find_device(&host, wanted.as_deref(), Direction::Input)?;
         let label = device_label(&device);
         let fail = |what: &str, e: cpal::Error| {
-            device_error(Direction::Input, host_name, wanted.as_deref(), &label, what, e)
+            device_error(
+                Direction::Input,
+                host_name,
+                wanted.as_deref(),
+                &label,
+                what,
+                e,
+            )
         };
         let ranges: Vec<_> = device
             .supported_input_configs()
-            .map_err(|e| fail("cannot query its formats", e))?
+            .map_err(|e| fail("cannot open it", e))?
             .collect();
         let config = choose_config(&ranges, Direction::Input.preferred_channels())
             .or_else(|| device.default_input_config().ok())
             .ok_or_else(|| no_usable_format(Direction::Input, host_name, &label, &ranges))?;
         let stream = build_input(&device, &config, cb_ring, cb_status)
             .map_err(|e| fail("cannot start recording", e))?;
-        stream.play().map_err(|e| fail("cannot start recording", e))?;
+        stream
+            .play()
+            .map_err(|e| fail("cannot start recording", e))?;
         Ok((stream, describe(host_name, &label, &config)))
     })?;
     Ok(DeviceSource {
@@ -124,18 +133,27 @@ fn open_device_sink(name: Option<&str>) -> Result<DeviceSink, MediaError> {
         let device = find_device(&host, wanted.as_deref(), Direction::Output)?;
         let label = device_label(&device);
         let fail = |what: &str, e: cpal::Error| {
-            device_error(Direction::Output, host_name, wanted.as_deref(), &label, what, e)
+            device_error(
+                Direction::Output,
+                host_name,
+                wanted.as_deref(),
+                &label,
+                what,
+                e,
+            )
         };
         let ranges: Vec<_> = device
             .supported_output_configs()
-            .map_err(|e| fail("cannot query its formats", e))?
+            .map_err(|e| fail("cannot open it", e))?
             .collect();
         let config = choose_config(&ranges, Direction::Output.preferred_channels())
             .or_else(|| device.default_output_config().ok())
             .ok_or_else(|| no_usable_format(Direction::Output, host_name, &label, &ranges))?;
         let stream = build_output(&device, &config, cb_ring, cb_status)
             .map_err(|e| fail("cannot start playback", e))?;
-        stream.play().map_err(|e| fail("cannot start playback", e))?;
+        stream
+            .play()
+            .map_err(|e| fail("cannot start playback", e))?;
         Ok((stream, describe(host_name, &label, &config)))
     })?;
     Ok(DeviceSink {
@@ -176,9 +194,9 @@ fn enumerate() -> Result<Vec<DeviceInfo>, MediaError> {
     let host_name = host.id().name();
     let default_in = host.default_input_device().and_then(|d| d.id().ok());
     let default_out = host.default_output_device().and_then(|d| d.id().ok());
-    let devices = host.devices().map_err(|e| {
-        MediaError::Device(format!("cannot list audio devices ({host_name}): {e}"))
-    })?;
+    let devices = host
+        .devices()
+        .map_err(|e| MediaError::Device(format!("cannot list audio devices ({host_name}): {e}")))?;
     let mut out: Vec<DeviceInfo> = Vec::new();
     for device in devices {
         let Ok(id) = device.id() else { continue };
@@ -413,6 +431,10 @@ fn format_supported(f: SampleFormat) -> bool {
     )
 }
 
+/// How well a configuration suits: has 48 kHz, channel preference, format
+/// preference, closeness of the rate to 48 kHz (greater is better).
+type ConfigRank = (bool, u8, u8, std::cmp::Reverse<u32>);
+
 /// Picks the best configuration among what a device offers: 48 kHz first,
 /// then the preferred channel count (else mono/stereo, else anything), then
 /// i16 or f32 (else any other format converted here), then the rate closest
@@ -421,7 +443,7 @@ fn choose_config(
     ranges: &[SupportedStreamConfigRange],
     preferred_channels: u16,
 ) -> Option<SupportedStreamConfig> {
-    let mut best: Option<((bool, u8, u8, std::cmp::Reverse<u32>), SupportedStreamConfig)> = None;
+    let mut best: Option<(ConfigRank, SupportedStreamConfig)> = None;
     for r in ranges {
         if r.channels() == 0
             || !format_supported(r.sample_format())
@@ -652,9 +674,7 @@ impl OutputConverter {
         let frames = out.len() / self.channels;
         if !self.playing {
             let period = (frames as f64 * self.ratio).ceil() as usize + FRAME_SAMPLES;
-            let prime = period
-                .max(OUTPUT_PRIME_SAMPLES)
-                .min(ring.capacity() / 2);
+            let prime = period.max(OUTPUT_PRIME_SAMPLES).min(ring.capacity() / 2);
             self.playing = ring.len() >= prime;
         }
         while self.pending.len() < frames {
@@ -1108,11 +1128,12 @@ mod tests {
 
     #[test]
     fn input_downmixes_channels() {
-        // Left +0.5, right -0.5 cancels; left 0.5, right 0.5 stays.
+        // Left +0.5, right -0.5 cancels; left 0.5, right 0.5 stays (the
+        // last frame is held back by the resampler's one-sample latency).
         let mut conv = InputConverter::new(2, 48_000);
         let mut out = Vec::new();
         conv.convert(&[0.5f32, -0.5, 0.5, -0.5, 0.5, 0.5, 0.5, 0.5], &mut out);
-        assert_eq!(out, vec![0, 0, 0]);
+        assert_eq!(out, vec![0, 0, 16_384]);
         let mut conv = InputConverter::new(1, 48_000);
         let mut out = Vec::new();
         conv.convert(&[i16::MIN, 0, 16_384, 0], &mut out);
@@ -1140,7 +1161,10 @@ mod tests {
         assert!(played.chunks_exact(2).all(|f| f[0] == f[1]));
         // Priming holds back the first ~40 ms, then it plays continuously.
         let left: Vec<f32> = played.chunks_exact(2).map(|f| f[0]).collect();
-        let first = left.iter().position(|v| v.abs() > 1e-6).unwrap_or(left.len());
+        let first = left
+            .iter()
+            .position(|v| v.abs() > 1e-6)
+            .unwrap_or(left.len());
         assert!(first <= 2 * 441 * 3, "started after {first} samples");
         // Back to 48 kHz i16 for the analysis.
         let mut back = Vec::new();
@@ -1170,7 +1194,10 @@ mod tests {
         // Enough gathered: plays.
         ring.push_slice(&[1000; FRAME_SAMPLES]);
         conv.fill(&mut buf, &mut ring);
-        assert!(buf[2..].iter().all(|&s| (999..=1001).contains(&s)), "{buf:?}");
+        assert!(
+            buf[2..].iter().all(|&s| (999..=1001).contains(&s)),
+            "{buf:?}"
+        );
     }
 
     #[test]
@@ -1240,7 +1267,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         eprintln!("{sink:?}\n{src:?}");
-        assert_eq!(lock(&sink.ring).len(), 0, "output callback drained the ring");
+        assert_eq!(
+            lock(&sink.ring).len(),
+            0,
+            "output callback drained the ring"
+        );
         assert!(lock(&src.ring).len() > 0, "input callback filled the ring");
         assert!(lock(&sink.status).failed.is_none());
     }

@@ -1,7 +1,8 @@
 //! Keyline's transport plumbing, shared by the gateway, the agent and the
 //! directory: a process's long-lived identity (a self-signed certificate),
 //! TLS 1.3 configurations that trust peers by certificate fingerprint
-//! rather than by a CA, the one quinn endpoint each process runs, the local
+//! rather than by a CA, the one quinn endpoint each process runs, the media
+//! forwarder (opaque UDP relay), the local
 //! control socket behind every CLI, state-directory resolution, and mDNS
 //! advertising and browsing (a hint of where to connect, never of whom to
 //! trust).
@@ -9,7 +10,9 @@
 pub mod control;
 pub mod endpoint;
 pub mod identity;
+pub mod lifecycle;
 pub mod mdns;
+pub mod relay;
 pub mod statedir;
 pub mod tls;
 

@@ -1,0 +1,78 @@
+//! The command line, defined once: used by the binary and by the
+//! packaging tools that generate man pages and shell completions.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::InternalMedia;
+
+#[derive(Parser, Debug)]
+#[command(name = "keyline-gatewayd", version, about = "Keyline office phone gateway")]
+pub struct Cli {
+    /// State directory (default: $STATE_DIRECTORY, else ~/.local/state/keyline/gatewayd).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the gateway (the default when no command is given).
+    Run(RunArgs),
+    /// Show the gateway's state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List stations: approved, waiting for approval, and seen on the LAN.
+    Agents {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List calls in progress.
+    Calls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show call records, oldest first.
+    Cdr {
+        #[arg(long)]
+        json: bool,
+        /// How many of the latest records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Approve a waiting station by the pairing code it shows.
+    Approve {
+        code: String,
+        /// Extension to give it (default: the next free one).
+        #[arg(long)]
+        ext: Option<String>,
+        /// A name for the station.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Validate a configuration file and exit.
+    CheckConfig { file: PathBuf },
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// UDP address to listen on (default 0.0.0.0:7470).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// How media of internal calls travels.
+    #[arg(long, value_enum)]
+    pub internal_media: Option<InternalMedia>,
+    /// Seconds an unanswered call rings.
+    #[arg(long, value_name = "SECS")]
+    pub ring_timeout: Option<u64>,
+    /// Do not advertise or browse with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+}

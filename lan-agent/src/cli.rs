@@ -1,0 +1,59 @@
+//! The command line, defined once: used by the binary and by the
+//! packaging tools that generate man pages and shell completions.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+
+#[derive(Parser, Debug)]
+#[command(name = "keyline-agent", version, about = "Keyline workstation agent")]
+pub struct Cli {
+    /// State directory (default: $STATE_DIRECTORY, else ~/.local/state/keyline/agent).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the station: find the gateway, enrol, take and place calls.
+    Run {
+        /// Gateway address (default: found by mDNS on the LAN).
+        #[arg(long, value_name = "HOST:PORT")]
+        gateway: Option<String>,
+        /// What to send: `device`, `tone:HZ`, `silence` or a WAV file.
+        #[arg(long, default_value = "device", value_name = "SPEC")]
+        audio_in: String,
+        /// Where to play: `device`, `null` or a WAV file to write.
+        #[arg(long, default_value = "device", value_name = "SPEC")]
+        audio_out: String,
+        /// Answer incoming calls by itself after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        auto_answer: Option<u64>,
+        /// A name shown to the gateway's admin and to callees.
+        #[arg(long)]
+        name: Option<String>,
+        /// Ringtone WAV (default: a built-in ring).
+        #[arg(long, value_name = "FILE")]
+        ringtone: Option<PathBuf>,
+        /// Local UDP address (default: any address, a free port).
+        #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR:PORT")]
+        bind: SocketAddr,
+        /// Do not use mDNS (then --gateway is required).
+        #[arg(long)]
+        no_mdns: bool,
+    },
+    /// Show registration (or the pairing code) and the call in progress.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call a number or extension.
+    Dial { number: String },
+    /// Answer the ringing call.
+    Answer,
+    /// End the call (or decline a ringing one).
+    Hangup,
+}
