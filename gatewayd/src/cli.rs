@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::config::InternalMedia;
 
 #[derive(Parser, Debug)]
-#[command(name = "keyline-gatewayd", version, about = "Keyline office phone gateway")]
+#[command(
+    name = "keyline-gatewayd",
+    version,
+    about = "Keyline office phone gateway"
+)]
 pub struct Cli {
     /// State directory (default: $STATE_DIRECTORY, else ~/.local/state/keyline/gatewayd).
     #[arg(long, global = true, value_name = "DIR")]

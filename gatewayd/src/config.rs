@@ -62,9 +62,11 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: Config =
-            toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
-        cfg.validate()?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("in {}: {}", path.display(), describe_toml_error(&text, &e))
+        })?;
+        cfg.validate()
+            .with_context(|| format!("in {}", path.display()))?;
         Ok(cfg)
     }
 
@@ -84,14 +86,30 @@ impl Config {
     }
 }
 
+/// One line naming where a TOML error is and which field it concerns.
+pub fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().replace('\n', " ");
+    let Some(span) = e.span() else {
+        return msg;
+    };
+    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    match line.split_once('=') {
+        Some((key, _)) if !msg.contains(key.trim()) => {
+            format!("line {line_no}, field `{}`: {msg}", key.trim())
+        }
+        _ => format!("line {line_no}: {msg}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn file_overrides_defaults_and_bad_fields_are_named() {
-        let cfg: Config = toml::from_str("internal_media = \"relay\"\nring_timeout_secs = 5\n")
-            .expect("parse");
+        let cfg: Config =
+            toml::from_str("internal_media = \"relay\"\nring_timeout_secs = 5\n").expect("parse");
         assert_eq!(cfg.internal_media, InternalMedia::Relay);
         assert_eq!(cfg.ring_timeout(), Duration::from_secs(5));
         assert_eq!(cfg.listen.port(), DEFAULT_PORT);
@@ -99,6 +117,11 @@ mod tests {
         assert!(err.to_string().contains("internal_media"), "{err}");
         let err = toml::from_str::<Config>("ring_timeout = 5").expect_err("unknown");
         assert!(err.to_string().contains("ring_timeout"), "{err}");
+        let text = "mdns = true\nring_timeout_secs = \"soon\"\n";
+        let err = toml::from_str::<Config>(text).expect_err("bad type");
+        let line = describe_toml_error(text, &err);
+        assert!(line.contains("line 2, field `ring_timeout_secs`"), "{line}");
+        assert!(!line.contains('\n'));
         let bad = Config {
             extension_range: [500, 200],
             ..Config::default()

@@ -123,13 +123,21 @@ impl Db {
                 "SELECT fingerprint, ext, name, code, state, first_seen, approved_at, last_addr
                  FROM agents ORDER BY ext IS NULL, ext, first_seen",
             )?;
-            let rows = st.query_map([], agent_row)?.collect::<Result<Vec<_>, _>>()?;
+            let rows = st
+                .query_map([], agent_row)?
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
     }
 
     /// Record a newly seen agent as pending (or refresh its address).
-    pub fn upsert_pending(&self, fp: &str, code: &str, name: Option<&str>, addr: &str) -> Result<()> {
+    pub fn upsert_pending(
+        &self,
+        fp: &str,
+        code: &str,
+        name: Option<&str>,
+        addr: &str,
+    ) -> Result<()> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO agents (fingerprint, name, code, state, first_seen, last_addr)
@@ -306,18 +314,25 @@ mod tests {
             .expect("insert");
         db.upsert_pending("fc", "333333", None, "10.0.0.4:1")
             .expect("insert");
-        let a = db.approve("111111", None, None, (201, 499)).expect("approve");
+        let a = db
+            .approve("111111", None, None, (201, 499))
+            .expect("approve");
         assert_eq!(a.ext.as_deref(), Some("201"));
         assert_eq!(a.name.as_deref(), Some("desk a"));
         let b = db
             .approve("222222", Some("300"), Some("Bob"), (201, 499))
             .expect("approve");
-        assert_eq!((b.ext.as_deref(), b.name.as_deref()), (Some("300"), Some("Bob")));
+        assert_eq!(
+            (b.ext.as_deref(), b.name.as_deref()),
+            (Some("300"), Some("Bob"))
+        );
         let err = db
             .approve("333333", Some("300"), None, (201, 499))
             .expect_err("taken");
         assert!(err.to_string().contains("already taken"));
-        let err = db.approve("999999", None, None, (201, 499)).expect_err("no such");
+        let err = db
+            .approve("999999", None, None, (201, 499))
+            .expect_err("no such");
         assert!(err.to_string().contains("no station"));
         // approving twice is refused: the code is no longer pending
         assert!(db.approve("111111", None, None, (201, 499)).is_err());
@@ -354,7 +369,8 @@ mod tests {
     #[test]
     fn newer_schema_is_refused() {
         let mut conn = Connection::open_in_memory().expect("db");
-        conn.pragma_update(None, "user_version", 99).expect("pragma");
+        conn.pragma_update(None, "user_version", 99)
+            .expect("pragma");
         assert!(migrate(&mut conn).is_err());
     }
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use keyline_gatewayd::cli::{Cli, Cmd, RunArgs};
 use keyline_gatewayd::config::Config;
-use keyline_gatewayd::server::{run, RunOptions};
+use keyline_gatewayd::server::{run, Overrides, RunOptions};
 use keyline_net::{control, statedir};
 use serde_json::{json, Value};
 
@@ -53,23 +53,17 @@ fn serve(state: Option<PathBuf>, args: RunArgs) -> Result<()> {
             .map(|d| PathBuf::from(d).join("gatewayd.toml"))
             .filter(|p| p.exists())
     });
-    let mut config = match &config_file {
-        Some(f) => Config::load(f)?,
-        None => Config::default(),
+    let opts = RunOptions {
+        state,
+        config_file,
+        overrides: Overrides {
+            listen: args.listen,
+            internal_media: args.internal_media,
+            ring_timeout: args.ring_timeout,
+            no_mdns: args.no_mdns,
+        },
     };
-    if let Some(l) = args.listen {
-        config.listen = l;
-    }
-    if let Some(m) = args.internal_media {
-        config.internal_media = m;
-    }
-    if let Some(t) = args.ring_timeout {
-        config.ring_timeout_secs = t;
-    }
-    if args.no_mdns {
-        config.mdns = false;
-    }
-    runtime()?.block_on(run(RunOptions { state, config }))
+    runtime()?.block_on(run(opts))
 }
 
 fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
@@ -131,8 +125,16 @@ fn print_human(cmd: &Cmd, r: &Value) {
             }
         }
         Cmd::Agents { .. } => {
-            println!("{:<6} {:<9} {:<8} {:<7} {:<22} NAME", "EXT", "STATE", "CODE", "ONLINE", "ADDRESS");
-            for a in r.get("agents").and_then(Value::as_array).into_iter().flatten() {
+            println!(
+                "{:<6} {:<9} {:<8} {:<7} {:<22} NAME",
+                "EXT", "STATE", "CODE", "ONLINE", "ADDRESS"
+            );
+            for a in r
+                .get("agents")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 println!(
                     "{:<6} {:<9} {:<8} {:<7} {:<22} {}",
                     s(a, "ext"),
@@ -145,7 +147,12 @@ fn print_human(cmd: &Cmd, r: &Value) {
             }
         }
         Cmd::Calls { .. } => {
-            for c in r.get("calls").and_then(Value::as_array).into_iter().flatten() {
+            for c in r
+                .get("calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 println!(
                     "call {} {} -> {} {} {}s{}",
                     s(c, "id"),
@@ -153,7 +160,11 @@ fn print_human(cmd: &Cmd, r: &Value) {
                     s(c, "callee"),
                     s(c, "state"),
                     s(c, "seconds"),
-                    if c.get("relayed") == Some(&Value::Bool(true)) { " (relayed)" } else { "" }
+                    if c.get("relayed") == Some(&Value::Bool(true)) {
+                        " (relayed)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }

@@ -9,10 +9,11 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use keyline_net::lifecycle::{self, Signal, Signals};
 use keyline_net::{control, mdns, pairing_code, peer_fingerprint, Identity};
 use keyline_proto::call::{Action, CallState, Config as CallConfig, Switchboard};
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
@@ -57,6 +58,9 @@ pub enum Event {
         what: Query,
         reply: oneshot::Sender<Value>,
     },
+    Reload {
+        cfg: Config,
+    },
     Shutdown {
         done: oneshot::Sender<()>,
     },
@@ -73,7 +77,7 @@ pub enum Query {
 pub struct Shared {
     pub id: Identity,
     pub db: Db,
-    pub cfg: Config,
+    cfg: RwLock<Config>,
     pub state_dir: PathBuf,
     pub local_addr: SocketAddr,
     pub relay: Arc<Counters>,
@@ -85,6 +89,13 @@ pub struct Shared {
     pub started: Instant,
 }
 
+impl Shared {
+    /// The configuration in force now.
+    pub fn cfg(&self) -> Config {
+        self.cfg.read().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
@@ -93,17 +104,51 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// Command-line settings that win over the configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub internal_media: Option<InternalMedia>,
+    pub ring_timeout: Option<u64>,
+    pub no_mdns: bool,
+}
+
 /// Options given on the command line.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub state: Option<PathBuf>,
-    pub config: Config,
+    /// The TOML file, re-read on SIGHUP.
+    pub config_file: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+/// The file (or the embedded defaults) with the command line on top.
+pub fn load_config(opts: &RunOptions) -> Result<Config> {
+    let mut config = match &opts.config_file {
+        Some(f) => Config::load(f)?,
+        None => Config::default(),
+    };
+    let o = &opts.overrides;
+    if let Some(l) = o.listen {
+        config.listen = l;
+    }
+    if let Some(m) = o.internal_media {
+        config.internal_media = m;
+    }
+    if let Some(t) = o.ring_timeout {
+        config.ring_timeout_secs = t;
+    }
+    if o.no_mdns {
+        config.mdns = false;
+    }
+    config.validate()?;
+    Ok(config)
 }
 
 /// Run the gateway until SIGTERM or SIGINT.
 pub async fn run(opts: RunOptions) -> Result<()> {
-    let cfg = opts.config;
-    cfg.validate()?;
+    let cfg = load_config(&opts)?;
+    let mut signals = Signals::new().context("installing signal handlers")?;
     let state_dir = keyline_net::statedir::resolve(opts.state.as_deref(), "gatewayd")?;
     let id = Identity::load_or_create(&state_dir, "keyline-gateway")?;
     let db = Db::open(&state_dir.join("gatewayd.sqlite"))?;
@@ -114,7 +159,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let shared = Arc::new(Shared {
         id,
         db,
-        cfg,
+        cfg: RwLock::new(cfg),
         state_dir: state_dir.clone(),
         local_addr,
         relay: Arc::new(Counters::default()),
@@ -135,7 +180,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }));
     }
 
-    let mdns = if shared.cfg.mdns {
+    let mdns = if shared.cfg().mdns {
         match start_mdns(&shared) {
             Ok(m) => Some(m),
             Err(e) => {
@@ -155,7 +200,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     println!(
         "keyline-gatewayd ready: udp {local_addr}, state {}, internal media {}",
         state_dir.display(),
-        shared.cfg.internal_media.as_str()
+        shared.cfg().internal_media.as_str()
     );
 
     let accept = {
@@ -179,10 +224,26 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         })
     };
 
-    wait_for_stop_signal().await;
+    lifecycle::ready("0 extensions online, 0 calls in progress");
+    {
+        let shared = shared.clone();
+        lifecycle::spawn_watchdog(move || {
+            let shared = shared.clone();
+            async move { query_switch(&shared, Query::Status).await["ok"] == true }
+        });
+    }
+    while let Signal::Reload = signals.recv().await {
+        reload(&shared, &opts).await;
+    }
+    lifecycle::stopping("ending calls");
     tracing::info!("stopping: ending calls");
     let (done_tx, done_rx) = oneshot::channel();
-    if shared.events.send(Event::Shutdown { done: done_tx }).await.is_ok() {
+    if shared
+        .events
+        .send(Event::Shutdown { done: done_tx })
+        .await
+        .is_ok()
+    {
         let _ = tokio::time::timeout(Duration::from_secs(2), done_rx).await;
     }
     accept.abort();
@@ -198,26 +259,36 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers we can only run until killed.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+/// SIGHUP: validate the new configuration first; keep the old one on error.
+async fn reload(shared: &Arc<Shared>, opts: &RunOptions) {
+    lifecycle::reloading();
+    match load_config(opts) {
+        Ok(new) => {
+            let old = shared.cfg();
+            let mut note = String::new();
+            if new.listen != old.listen || new.mdns != old.mdns || new.name != old.name {
+                note = " (listen, mdns and name take effect at the next restart)".into();
+            }
+            if let Ok(mut c) = shared.cfg.write() {
+                *c = new.clone();
+            }
+            let _ = shared.events.send(Event::Reload { cfg: new }).await;
+            tracing::info!("configuration reloaded{note}");
+            lifecycle::ready(&format!("configuration reloaded{note}"));
+        }
+        Err(e) => {
+            tracing::error!("reload failed, keeping the previous configuration: {e:#}");
+            lifecycle::ready(&format!(
+                "reload failed, keeping the previous configuration: {e:#}"
+            ));
+        }
     }
 }
 
 fn start_mdns(shared: &Arc<Shared>) -> Result<mdns::Mdns> {
     let m = mdns::Mdns::new()?;
     let instance = shared
-        .cfg
+        .cfg()
         .name
         .clone()
         .unwrap_or_else(|| format!("keyline-gateway-{}", &shared.id.fingerprint[..8]));
@@ -304,7 +375,12 @@ async fn serve_station(shared: Arc<Shared>, conn: quinn::Connection) -> Result<(
                 conn.close(quinn::VarInt::from_u32(2), b"unsupported version");
                 bail!("unsupported protocol version {version}");
             }
-            name.map(|n| n.chars().filter(|c| !c.is_control()).take(64).collect::<String>())
+            name.map(|n| {
+                n.chars()
+                    .filter(|c| !c.is_control())
+                    .take(64)
+                    .collect::<String>()
+            })
         }
         Ok(_) => {
             conn.close(quinn::VarInt::from_u32(1), b"expected hello");
@@ -402,7 +478,8 @@ async fn station_loop(
             Ok(Incoming::Closed) => return Ok(()),
             Err(e) => {
                 // A reset or lost connection is not a protocol violation.
-                if let Some(CodecError::Io(_) | CodecError::Closed) = e.downcast_ref::<CodecError>() {
+                if let Some(CodecError::Io(_) | CodecError::Closed) = e.downcast_ref::<CodecError>()
+                {
                     return Ok(());
                 }
                 return Err(e);
@@ -525,12 +602,13 @@ struct Switch {
     relays: HashMap<CallId, Allocation>,
     /// Maps the monotonic clock to wall-clock time for call records.
     anchor: (Instant, SystemTime),
+    last_status: (usize, usize),
 }
 
 impl Switch {
     fn new(shared: Arc<Shared>) -> Result<Switch> {
         let mut sb = Switchboard::new(CallConfig {
-            ring_timeout: shared.cfg.ring_timeout(),
+            ring_timeout: shared.cfg().ring_timeout(),
         });
         sb.set_next_call_id(shared.db.max_call_id()? + 1);
         for row in shared.db.agents()? {
@@ -544,6 +622,7 @@ impl Switch {
             stations: HashMap::new(),
             relays: HashMap::new(),
             anchor: (Instant::now(), SystemTime::now()),
+            last_status: (0, 0),
         })
     }
 
@@ -570,7 +649,10 @@ impl Switch {
                     conn,
                     tx,
                 } => {
-                    if let Some(old) = self.stations.insert(ext.clone(), Station { conn, tx, name }) {
+                    if let Some(old) = self
+                        .stations
+                        .insert(ext.clone(), Station { conn, tx, name })
+                    {
                         // The same station reconnected; the old link is dead.
                         old.conn
                             .close(quinn::VarInt::from_u32(4), b"replaced by a new connection");
@@ -589,8 +671,11 @@ impl Switch {
                         self.sb.handle_line_down(now, &ext);
                     }
                 }
-                Event::FromStation { ext, msg } => self.from_station(now, &ext, msg),
+                Event::FromStation { ext, msg } => self.on_station_msg(now, &ext, msg),
                 Event::AddLine { ext } => self.sb.add_line(&ext),
+                Event::Reload { cfg } => self.sb.set_config(CallConfig {
+                    ring_timeout: cfg.ring_timeout(),
+                }),
                 Event::Query { what, reply } => {
                     let _ = reply.send(self.query(what));
                 }
@@ -601,10 +686,23 @@ impl Switch {
                 }
             }
             self.drain();
+            self.report_status();
         }
     }
 
-    fn from_station(&mut self, now: Instant, ext: &str, msg: Msg) {
+    /// Keep systemd's STATUS= line current.
+    fn report_status(&mut self) {
+        let now = (self.stations.len(), self.sb.calls().count());
+        if now != self.last_status {
+            self.last_status = now;
+            lifecycle::status(&format!(
+                "{} extensions online, {} calls in progress",
+                now.0, now.1
+            ));
+        }
+    }
+
+    fn on_station_msg(&mut self, now: Instant, ext: &str, msg: Msg) {
         let (res, call) = match msg {
             Msg::Dial { req, number } => {
                 self.sb.handle_dial(now, ext, req, &number);
@@ -729,7 +827,7 @@ impl Switch {
         let mut secret = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut secret);
         let token = hex::encode(secret);
-        let relayed = self.shared.cfg.internal_media == InternalMedia::Relay;
+        let relayed = self.shared.cfg().internal_media == InternalMedia::Relay;
         let target = if relayed {
             let fallback = self.shared.local_addr.ip();
             let ip_of = |c: &quinn::Connection| -> IpAddr {
@@ -797,7 +895,8 @@ impl Switch {
                 "listen": self.shared.local_addr.to_string(),
                 "fingerprint": self.shared.id.fingerprint,
                 "state_dir": self.shared.state_dir.display().to_string(),
-                "internal_media": self.shared.cfg.internal_media.as_str(),
+                "internal_media": self.shared.cfg().internal_media.as_str(),
+                "ring_timeout_s": self.shared.cfg().ring_timeout_secs,
                 "uptime_s": self.shared.started.elapsed().as_secs(),
                 "stations_online": self.stations.len(),
                 "calls_active": self.sb.calls().count(),
@@ -896,7 +995,11 @@ pub async fn handle_control(shared: &Arc<Shared>, req: Value) -> Value {
             json!({"ok": true, "agents": agents, "discovered": discovered})
         }
         "cdr" => {
-            let limit = req.get("limit").and_then(Value::as_u64).unwrap_or(100).min(100_000) as u32;
+            let limit = req
+                .get("limit")
+                .and_then(Value::as_u64)
+                .unwrap_or(100)
+                .min(100_000) as u32;
             let db = shared.db.clone();
             match tokio::task::spawn_blocking(move || db.cdr(limit)).await {
                 Ok(Ok(rows)) => json!({"ok": true, "cdr": rows}),
@@ -923,7 +1026,7 @@ async fn approve(shared: &Arc<Shared>, req: &Value) -> Value {
     };
     let name = req.get("name").and_then(Value::as_str).map(str::to_string);
     let db = shared.db.clone();
-    let [lo, hi] = shared.cfg.extension_range;
+    let [lo, hi] = shared.cfg().extension_range;
     let row = match tokio::task::spawn_blocking(move || {
         db.approve(&code, ext.as_deref(), name.as_deref(), (lo, hi))
     })

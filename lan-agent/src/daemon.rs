@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use keyline_media::{Sink, Source, FRAME_SAMPLES};
+use keyline_net::lifecycle::{self, Signal, Signals};
 use keyline_net::{control, endpoint, mdns, pairing_code, peer_fingerprint, Identity};
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
 use keyline_proto::msg::{CallId, EndReason, MediaPlan, Msg, Role};
@@ -106,6 +107,7 @@ impl Agent {
 
 /// Run the agent until SIGTERM or SIGINT.
 pub async fn run(opts: RunOptions) -> Result<()> {
+    let mut signals = Signals::new().context("installing signal handlers")?;
     let state_dir = keyline_net::statedir::resolve(opts.state.as_deref(), "agent")?;
     let id = Identity::load_or_create(&state_dir, "keyline-agent")?;
     let ctl = control::bind(&control::socket_path(&state_dir)).await?;
@@ -158,7 +160,20 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         state_dir.display()
     );
 
-    wait_for_stop_signal().await;
+    lifecycle::ready("searching for the gateway");
+    {
+        let agent = agent.clone();
+        lifecycle::spawn_watchdog(move || {
+            let agent = agent.clone();
+            // Healthy: the runtime still schedules tasks and the state lock
+            // is not wedged.
+            async move { tokio::spawn(async {}).await.is_ok() && agent.st.lock().is_ok() }
+        });
+    }
+    while let Signal::Reload = signals.recv().await {
+        reopen_audio(&agent);
+    }
+    lifecycle::stopping("hanging up");
     link.abort();
     let tx = {
         let mut st = agent.lock();
@@ -185,18 +200,26 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+/// SIGHUP: reopen the audio input and output (a headset was plugged in,
+/// a file was rotated). On error the old ones stay.
+fn reopen_audio(agent: &Arc<Agent>) {
+    lifecycle::reloading();
+    let fresh = audio::open_source(&agent.opts.audio_in)
+        .and_then(|src| Ok((src, audio::open_sink(&agent.opts.audio_out)?)));
+    match fresh {
+        Ok((src, sink)) => {
+            if let Ok(mut s) = agent.source.lock() {
+                *s = src;
+            }
+            if let Ok(mut k) = agent.sink.lock() {
+                let _ = k.finish();
+                *k = sink;
+            }
+            lifecycle::ready("audio devices reopened");
+        }
+        Err(e) => lifecycle::ready(&format!(
+            "reload failed, keeping the old audio devices: {e:#}"
+        )),
     }
 }
 
@@ -322,12 +345,18 @@ async fn link_loop(agent: Arc<Agent>) {
 
 /// One connection to the gateway, from hello until it ends. `Ok(true)` if
 /// we got registered during it.
-async fn gateway_session(agent: &Arc<Agent>, addr: SocketAddr, pin: Option<String>) -> Result<bool> {
+async fn gateway_session(
+    agent: &Arc<Agent>,
+    addr: SocketAddr,
+    pin: Option<String>,
+) -> Result<bool> {
     agent.lock().link = Some(Link::Connecting(addr));
     let cfg = endpoint::client_config(&agent.id, pin.clone())?;
     let conn = tokio::time::timeout(
         Duration::from_secs(5),
-        agent.endpoint.connect_with(cfg, addr, endpoint::SERVER_NAME)?,
+        agent
+            .endpoint
+            .connect_with(cfg, addr, endpoint::SERVER_NAME)?,
     )
     .await
     .context("gateway did not answer within 5 s")?
@@ -384,7 +413,8 @@ async fn gateway_session(agent: &Arc<Agent>, addr: SocketAddr, pin: Option<Strin
                 println!(
                     "pairing code {mine}: approve this station on the gateway with `keyline-gatewayd approve {mine}`"
                 );
-                agent.lock().link = Some(Link::Pending { code: mine });
+                agent.lock().link = Some(Link::Pending { code: mine.clone() });
+                lifecycle::status(&format!("waiting for approval, pairing code {mine}"));
             }
             Msg::Registered { ext, name } => {
                 if pin.as_deref() != Some(gw_fp.as_str()) {
@@ -394,6 +424,7 @@ async fn gateway_session(agent: &Arc<Agent>, addr: SocketAddr, pin: Option<Strin
                 }
                 println!("registered as extension {ext}");
                 registered = true;
+                lifecycle::status(&format!("registered as extension {ext}"));
                 agent.lock().link = Some(Link::Registered { ext, name });
             }
             other => on_gateway_msg(agent, other),
@@ -416,7 +447,9 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
                 }
             }
             if let Some(d) = st.dials.remove(&req) {
-                let _ = d.send(Ok(json!({"ok": true, "call": call, "callee": callee, "state": "ringing"})));
+                let _ = d.send(Ok(
+                    json!({"ok": true, "call": call, "callee": callee, "state": "ringing"}),
+                ));
             }
         }
         Msg::DialFailed {
@@ -492,11 +525,9 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
                 agent.expect.send_replace(Some((call, media)));
             }
         }
-        Msg::Ended { call, reason } => {
-            if st.call.as_ref().is_some_and(|c| c.id == Some(call)) {
-                println!("call {call} ended: {}", end_reason(reason));
-                end_call(&mut st, end_reason(reason));
-            }
+        Msg::Ended { call, reason } if st.call.as_ref().is_some_and(|c| c.id == Some(call)) => {
+            println!("call {call} ended: {}", end_reason(reason));
+            end_call(&mut st, end_reason(reason));
         }
         Msg::Error { code, message, .. } => {
             tracing::warn!("gateway error {code}: {message}");
@@ -528,7 +559,11 @@ fn start_ringer(agent: &Arc<Agent>) -> tokio::task::JoinHandle<()> {
         loop {
             tick.tick().await;
             for s in frame.iter_mut() {
-                *s = if tone.is_empty() { 0 } else { tone[pos % tone.len()] };
+                *s = if tone.is_empty() {
+                    0
+                } else {
+                    tone[pos % tone.len()]
+                };
                 pos += 1;
             }
             if let Ok(mut k) = sink.lock() {
@@ -573,7 +608,9 @@ async fn dial_media(agent: Arc<Agent>, call: CallId, plan: MediaPlan) {
         let cfg = endpoint::client_config(&agent.id, Some(plan.peer_fp.clone()))?;
         let conn = tokio::time::timeout(
             Duration::from_secs(5),
-            agent.endpoint.connect_with(cfg, addr, endpoint::SERVER_NAME)?,
+            agent
+                .endpoint
+                .connect_with(cfg, addr, endpoint::SERVER_NAME)?,
         )
         .await
         .context("the peer did not answer within 5 s")??;
@@ -615,7 +652,10 @@ async fn accept_media(agent: Arc<Agent>) {
     }
 }
 
-async fn accept_one(agent: &Arc<Agent>, conn: quinn::Connection) -> Result<(CallId, quinn::Connection)> {
+async fn accept_one(
+    agent: &Arc<Agent>,
+    conn: quinn::Connection,
+) -> Result<(CallId, quinn::Connection)> {
     let fp = peer_fingerprint(&conn).context("no certificate")?;
     let mut rx = agent.expect.subscribe();
     // The peer may be quicker than the gateway's Connect to us: wait a bit.
@@ -704,7 +744,13 @@ fn status(agent: &Arc<Agent>) -> Value {
     let st = agent.lock();
     let (link, code, ext, name, error) = match &st.link {
         None | Some(Link::Searching) => ("searching", None, None, None, None),
-        Some(Link::Connecting(addr)) => ("connecting", None, None, None, Some(format!("connecting to {addr}"))),
+        Some(Link::Connecting(addr)) => (
+            "connecting",
+            None,
+            None,
+            None,
+            Some(format!("connecting to {addr}")),
+        ),
         Some(Link::Pending { code }) => ("pending", Some(code.clone()), None, None, None),
         Some(Link::Registered { ext, name }) => {
             ("registered", None, Some(ext.clone()), name.clone(), None)

@@ -91,7 +91,10 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         Cmd::Status { json: false } => print_status(&reply),
         Cmd::Dial { number } => println!(
             "ringing {} (call {})",
-            reply.get("callee").and_then(Value::as_str).unwrap_or(number),
+            reply
+                .get("callee")
+                .and_then(Value::as_str)
+                .unwrap_or(number),
             reply.get("call").map(Value::to_string).unwrap_or_default()
         ),
         Cmd::Answer => println!("answered"),
@@ -109,8 +112,15 @@ fn print_status(r: &Value) {
             get("code"),
             get("code")
         ),
-        "registered" => println!("registered as extension {} via {}", get("ext"), get("gateway")),
-        other => println!("{other} {}", r.get("error").and_then(Value::as_str).unwrap_or("")),
+        "registered" => println!(
+            "registered as extension {} via {}",
+            get("ext"),
+            get("gateway")
+        ),
+        other => println!(
+            "{other} {}",
+            r.get("error").and_then(Value::as_str).unwrap_or("")
+        ),
     }
     if let Some(c) = r.get("call").filter(|c| !c.is_null()) {
         println!(

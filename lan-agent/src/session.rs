@@ -48,8 +48,7 @@ impl Drop for Session {
         for t in &self.tasks {
             t.abort();
         }
-        self.conn
-            .close(quinn::VarInt::from_u32(0), b"call ended");
+        self.conn.close(quinn::VarInt::from_u32(0), b"call ended");
     }
 }
 

@@ -33,8 +33,8 @@ pub fn make_endpoint(bind: SocketAddr, id: &Identity) -> Result<quinn::Endpoint>
         .context("building the QUIC server configuration")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server.transport_config(transport());
-    let mut ep = quinn::Endpoint::server(server, bind)
-        .with_context(|| format!("binding UDP {bind}"))?;
+    let mut ep =
+        quinn::Endpoint::server(server, bind).with_context(|| format!("binding UDP {bind}"))?;
     ep.set_default_client_config(client_config(id, None)?);
     Ok(ep)
 }

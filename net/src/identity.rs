@@ -34,8 +34,8 @@ impl Identity {
         let cert_path = dir.join("cert.der");
         let key_path = dir.join("key.der");
         if cert_path.exists() && key_path.exists() {
-            let cert = fs::read(&cert_path)
-                .with_context(|| format!("reading {}", cert_path.display()))?;
+            let cert =
+                fs::read(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
             let key =
                 fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
             return Ok(Identity::from_der(cert, key));

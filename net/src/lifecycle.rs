@@ -54,7 +54,23 @@ fn send(states: &[NotifyState<'_>]) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
-    if let Err(e) = sd_notify::notify(states) {
+    // The protocol is one assignment per line: a status must be one line.
+    let lines: Vec<String> = states
+        .iter()
+        .map(|s| match s {
+            NotifyState::Status(t) => t.replace('\n', " "),
+            _ => String::new(),
+        })
+        .collect();
+    let states: Vec<NotifyState<'_>> = states
+        .iter()
+        .zip(&lines)
+        .map(|(s, line)| match s {
+            NotifyState::Status(_) => NotifyState::Status(line),
+            other => other.clone(),
+        })
+        .collect();
+    if let Err(e) = sd_notify::notify(&states) {
         tracing::warn!("sd_notify failed: {e}");
     }
 }
@@ -88,9 +104,7 @@ pub fn stopping(status: &str) {
 
 /// The watchdog interval systemd asked for, if any.
 pub fn watchdog_interval() -> Option<Duration> {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
-        return None;
-    }
+    std::env::var_os("NOTIFY_SOCKET")?;
     sd_notify::watchdog_enabled()
 }
 

@@ -129,8 +129,10 @@ fn pump(
 ) -> io::Result<()> {
     loop {
         let n = {
-            let mut iov: Vec<IoSliceMut<'_>> =
-                bufs.iter_mut().map(|b| IoSliceMut::new(&mut b[..])).collect();
+            let mut iov: Vec<IoSliceMut<'_>> = bufs
+                .iter_mut()
+                .map(|b| IoSliceMut::new(&mut b[..]))
+                .collect();
             match from.sock.try_io(Interest::READABLE, || {
                 from.state.recv((&from.sock).into(), &mut iov, metas)
             }) {
@@ -174,9 +176,7 @@ fn pump(
                 counters
                     .packets
                     .fetch_add(segments as u64, Ordering::Relaxed);
-                counters
-                    .bytes
-                    .fetch_add(meta.len as u64, Ordering::Relaxed);
+                counters.bytes.fetch_add(meta.len as u64, Ordering::Relaxed);
             } else {
                 counters
                     .dropped
@@ -189,7 +189,9 @@ fn pump(
 /// Send without waiting: a full socket buffer drops, as UDP would.
 fn send(to: &Side, t: &Transmit<'_>) -> bool {
     to.sock
-        .try_io(Interest::WRITABLE, || to.state.try_send((&to.sock).into(), t))
+        .try_io(Interest::WRITABLE, || {
+            to.state.try_send((&to.sock).into(), t)
+        })
         .is_ok()
 }
 
@@ -222,16 +224,18 @@ mod tests {
                 .send_to(&[i; 160], alloc.caller_facing)
                 .await
                 .expect("send");
-            let (n, from) = tokio::time::timeout(Duration::from_secs(2), callee.recv_from(&mut buf))
-                .await
-                .expect("timely")
-                .expect("recv");
+            let (n, from) =
+                tokio::time::timeout(Duration::from_secs(2), callee.recv_from(&mut buf))
+                    .await
+                    .expect("timely")
+                    .expect("recv");
             assert_eq!((n, from, buf[0]), (160, alloc.callee_facing, i));
             callee.send_to(&[i; 90], from).await.expect("send");
-            let (n, from) = tokio::time::timeout(Duration::from_secs(2), caller.recv_from(&mut buf))
-                .await
-                .expect("timely")
-                .expect("recv");
+            let (n, from) =
+                tokio::time::timeout(Duration::from_secs(2), caller.recv_from(&mut buf))
+                    .await
+                    .expect("timely")
+                    .expect("recv");
             assert_eq!((n, from), (90, alloc.caller_facing));
         }
         // A stranger cannot inject media into the call.

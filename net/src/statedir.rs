@@ -33,9 +33,7 @@ pub fn default_dir(prog: &str) -> Result<PathBuf> {
     let home = std::env::var_os("HOME").context(
         "no state directory: pass --state DIR, or set STATE_DIRECTORY, XDG_STATE_HOME or HOME",
     )?;
-    Ok(PathBuf::from(home)
-        .join(".local/state/keyline")
-        .join(prog))
+    Ok(PathBuf::from(home).join(".local/state/keyline").join(prog))
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {

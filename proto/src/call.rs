@@ -164,7 +164,14 @@ impl Switchboard {
         }
     }
 
-    /// Start numbering calls after `last` (e.g. the highest id on disk).
+    /// Change tunables (a configuration reload); ringing calls keep their
+    /// deadlines.
+    pub fn set_config(&mut self, config: Config) {
+        self.config = config;
+    }
+
+    /// Number the next call `next` or higher (e.g. one past the highest id
+    /// on disk), so ids stay unique across restarts.
     pub fn set_next_call_id(&mut self, next: CallId) {
         self.next_id = self.next_id.max(next);
     }
@@ -232,7 +239,11 @@ impl Switchboard {
             return fail(self, FailReason::SelfCall, None);
         }
         let Some(target) = self.lines.get(number) else {
-            return fail(self, FailReason::UnknownNumber, Some(Outcome::UnknownNumber));
+            return fail(
+                self,
+                FailReason::UnknownNumber,
+                Some(Outcome::UnknownNumber),
+            );
         };
         if !target.online {
             return fail(self, FailReason::Unreachable, Some(Outcome::Unreachable));

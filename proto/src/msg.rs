@@ -104,11 +104,19 @@ pub enum Msg {
         name: Option<String>,
     },
     /// Gateway → agent: not approved yet; the admin approves this code.
-    Pending { code: String },
+    Pending {
+        code: String,
+    },
     /// Gateway → agent: approved, with the extension it now holds.
-    Registered { ext: String, name: Option<String> },
+    Registered {
+        ext: String,
+        name: Option<String>,
+    },
     /// Agent → gateway: place a call.
-    Dial { req: ReqId, number: String },
+    Dial {
+        req: ReqId,
+        number: String,
+    },
     /// Gateway → caller: the callee is ringing.
     Ringing {
         req: ReqId,
@@ -128,21 +136,42 @@ pub enum Msg {
         from_name: Option<String>,
     },
     /// Callee → gateway: take the call.
-    Answer { call: CallId },
+    Answer {
+        call: CallId,
+    },
     /// Callee → gateway: decline the call.
-    Reject { call: CallId },
+    Reject {
+        call: CallId,
+    },
     /// Either end → gateway: end the call.
-    Hangup { call: CallId },
+    Hangup {
+        call: CallId,
+    },
     /// Gateway → both ends: the call is answered; set up media.
-    Connect { call: CallId, media: MediaPlan },
+    Connect {
+        call: CallId,
+        media: MediaPlan,
+    },
     /// Gateway → an end: the call is over.
-    Ended { call: CallId, reason: EndReason },
+    Ended {
+        call: CallId,
+        reason: EndReason,
+    },
     /// First message on a media connection, from the dialling end.
-    MediaHello { call: CallId, token: String },
+    MediaHello {
+        call: CallId,
+        token: String,
+    },
     /// Reply to `MediaHello` from the accepting end.
-    MediaOk { call: CallId },
-    Ping { n: u64 },
-    Pong { n: u64 },
+    MediaOk {
+        call: CallId,
+    },
+    Ping {
+        n: u64,
+    },
+    Pong {
+        n: u64,
+    },
     /// A request could not be served.
     Error {
         req: Option<ReqId>,
@@ -241,7 +270,9 @@ mod tests {
                 role: Role::Agent,
                 name: Some("desk".into()),
             },
-            Msg::Pending { code: "123456".into() },
+            Msg::Pending {
+                code: "123456".into(),
+            },
             Msg::Registered {
                 ext: "201".into(),
                 name: None,
@@ -304,7 +335,9 @@ mod tests {
             ciborium::Value::Text("teleport".into()),
         )]);
         ciborium::into_writer(&v, &mut body).expect("encode");
-        assert!(matches!(Msg::from_cbor(&body), Err(CodecError::UnknownKind(k)) if k == "teleport"));
+        assert!(
+            matches!(Msg::from_cbor(&body), Err(CodecError::UnknownKind(k)) if k == "teleport")
+        );
         assert!(matches!(
             Msg::from_cbor(&[0xff, 0x00, 0x13]),
             Err(CodecError::Malformed(_))

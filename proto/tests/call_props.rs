@@ -881,20 +881,27 @@ fn target() -> impl Strategy<Value = Target> {
     ]
 }
 
+/// A line index: mostly a known line, sometimes the unknown number.
+fn any_line() -> impl Strategy<Value = usize> {
+    prop_oneof![9 => 0usize..4, 1 => Just(4usize)]
+}
+
 fn op() -> impl Strategy<Value = Op> {
+    let ring_ms = u64::try_from(RING.as_millis()).expect("ring timeout in ms");
     prop_oneof![
         2 => (0usize..4).prop_map(Op::Up),
         1 => (0usize..5).prop_map(Op::Down),
-        5 => (0usize..5, 0usize..5).prop_map(|(from, to)| Op::Dial { from, to }),
-        4 => (0usize..5, target()).prop_map(|(l, t)| Op::Answer(l, t)),
-        1 => (0usize..5, target()).prop_map(|(l, t)| Op::Reject(l, t)),
-        3 => (0usize..5, target()).prop_map(|(l, t)| Op::Hangup(l, t)),
+        5 => (any_line(), any_line()).prop_map(|(from, to)| Op::Dial { from, to }),
+        4 => (any_line(), target()).prop_map(|(l, t)| Op::Answer(l, t)),
+        1 => (any_line(), target()).prop_map(|(l, t)| Op::Reject(l, t)),
+        3 => (any_line(), target()).prop_map(|(l, t)| Op::Hangup(l, t)),
         1 => target().prop_map(Op::MediaFailed),
         3 => prop_oneof![
-            Just(0u64),
-            0u64..40_000,
-            Just(RING.as_millis() as u64),
-            Just(RING.as_millis() as u64 - 1),
+            4 => 0u64..3_000,
+            2 => 0u64..40_000,
+            1 => Just(0u64),
+            1 => Just(ring_ms),
+            1 => Just(ring_ms - 1),
         ]
         .prop_map(Op::Advance),
     ]
@@ -1342,7 +1349,7 @@ proptest! {
     /// after each step, and every call recorded exactly once at the end.
     #[test]
     fn random_sequences_keep_the_invariants(
-        up in proptest::collection::vec(any::<bool>(), 4),
+        up in proptest::collection::vec(proptest::bool::weighted(0.85), 4),
         ops in proptest::collection::vec(op(), 0..80),
     ) {
         let mut m = Model::new(&up);
@@ -1356,7 +1363,7 @@ proptest! {
     /// Same, ending with a shutdown instead of timeouts and line drops.
     #[test]
     fn shutdown_after_random_sequences_ends_everything(
-        up in proptest::collection::vec(any::<bool>(), 4),
+        up in proptest::collection::vec(proptest::bool::weighted(0.85), 4),
         ops in proptest::collection::vec(op(), 0..60),
     ) {
         let mut m = Model::new(&up);

@@ -254,6 +254,18 @@ impl tokio::io::AsyncRead for Chunked<'_> {
     }
 }
 
+/// A limit and a frame length, often right at the limit.
+fn max_and_len() -> impl Strategy<Value = (usize, usize)> {
+    (0usize..2048).prop_flat_map(|max| {
+        let len = prop_oneof![
+            2 => 0usize..4096,
+            1 => Just(u32::MAX as usize),
+            3 => max.saturating_sub(2)..max + 3,
+        ];
+        (Just(max), len)
+    })
+}
+
 // ---------------------------------------------------------------------------
 // Properties
 // ---------------------------------------------------------------------------
@@ -448,8 +460,7 @@ proptest! {
     /// complete.
     #[test]
     fn frames_longer_than_max_are_refused(
-        max in 0usize..2048,
-        len in prop_oneof![0usize..4096, Just(u32::MAX as usize)],
+        (max, len) in max_and_len(),
         split in 0usize..4,
     ) {
         let prefix = u32::try_from(len).expect("len").to_be_bytes();
@@ -481,8 +492,7 @@ proptest! {
     /// The async reader refuses the same prefixes without reading the body.
     #[test]
     fn read_frame_refuses_oversized_prefixes(
-        max in 0usize..2048,
-        len in prop_oneof![0usize..4096, Just(u32::MAX as usize)],
+        (max, len) in max_and_len(),
     ) {
         let prefix = u32::try_from(len).expect("len").to_be_bytes();
         let body = vec![0xa5u8; len.min(4096)];

@@ -108,7 +108,17 @@ impl Lan {
         let b = bridge.name.clone();
         ip(&["-n", &b, "link", "add", "br0", "type", "bridge"])?;
         // mDNS must flood before any IGMP report is seen.
-        ip(&["-n", &b, "link", "set", "br0", "type", "bridge", "mcast_snooping", "0"])?;
+        ip(&[
+            "-n",
+            &b,
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
         ip(&["-n", &b, "link", "set", "br0", "up"])?;
         let mut lan = Lan {
             hosts: Vec::new(),
@@ -123,8 +133,25 @@ impl Lan {
             ])?;
             ip(&["-n", &b, "link", "set", &v, "master", "br0", "up"])?;
             let addr = format!("10.77.0.{}", i + 1);
-            ip(&["-n", &ns.name, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
-            ip(&["-n", &ns.name, "link", "set", "eth0", "up", "multicast", "on"])?;
+            ip(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&[
+                "-n",
+                &ns.name,
+                "link",
+                "set",
+                "eth0",
+                "up",
+                "multicast",
+                "on",
+            ])?;
             ip(&["-n", &ns.name, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
             lan.hosts.push(Host { ns, ip: addr });
         }
@@ -181,6 +208,17 @@ impl Daemon {
     /// Start `bin args…` inside `ns` (or here when `None`), logging to
     /// `<state>.log`.
     pub fn start(ns: Option<&str>, bin: PathBuf, state: &Path, args: &[&str]) -> Result<Daemon> {
+        Daemon::start_with_env(ns, bin, state, args, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_with_env(
+        ns: Option<&str>,
+        bin: PathBuf,
+        state: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon> {
         let log = state.with_extension("log");
         let logf = std::fs::File::create(&log)?;
         let mut cmd = match ns {
@@ -195,10 +233,13 @@ impl Daemon {
             .arg(state)
             .args(args)
             .env("KEYLINE_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf);
-        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
         Ok(Daemon {
             child: Some(child),
             state: state.to_path_buf(),

@@ -53,7 +53,6 @@ async fn garbage_client(gw: SocketAddr, payload: Vec<u8>, hello_first: bool) -> 
         let first = read_frame(&mut recv, MAX_MESSAGE).await.unwrap().unwrap();
         assert!(matches!(Msg::from_cbor(&first), Ok(Msg::Pending { .. })));
     }
-    use tokio::io::AsyncWriteExt;
     send.write_all(&payload).await.unwrap();
     let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed())
         .await
@@ -69,7 +68,14 @@ fn errors_are_clear_and_other_calls_are_undisturbed() {
         None,
         bin("keyline-gatewayd"),
         &scratch.join("gw"),
-        &["run", "--no-mdns", "--listen", "127.0.0.1:0", "--ring-timeout", "2"],
+        &[
+            "run",
+            "--no-mdns",
+            "--listen",
+            "127.0.0.1:0",
+            "--ring-timeout",
+            "2",
+        ],
     )
     .unwrap();
     let gw_addr: SocketAddr = wait_for("gateway", Duration::from_secs(10), || {
@@ -108,7 +114,11 @@ fn errors_are_clear_and_other_calls_are_undisturbed() {
     }
     // Approving a code nobody shows, or a taken extension, is refused.
     let out = gw.ctl(&["approve", "000000"]);
-    assert!(!out.status.success() && stderr(&out).contains("no station"), "{}", stderr(&out));
+    assert!(
+        !out.status.success() && stderr(&out).contains("no station"),
+        "{}",
+        stderr(&out)
+    );
 
     // Unknown extension: a clear error, and a call record.
     let out = a.ctl(&["dial", "299"]);
@@ -116,7 +126,11 @@ fn errors_are_clear_and_other_calls_are_undisturbed() {
     assert!(stderr(&out).contains("unknown number"), "{}", stderr(&out));
     // Not a number at all.
     let out = a.ctl(&["dial", "20\u{7}1"]);
-    assert!(stderr(&out).contains("control character"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("control character"),
+        "{}",
+        stderr(&out)
+    );
 
     // 201 calls 202; 203 then finds both busy.
     assert!(a.ctl(&["dial", "202"]).status.success());
@@ -140,7 +154,11 @@ fn errors_are_clear_and_other_calls_are_undisturbed() {
     junk.extend_from_slice(&[0xff, 0xfe, 0x00, 0x13, 0x37]);
     let r1 = rt.block_on(garbage_client(gw_addr, junk.clone(), true));
     let r2 = rt.block_on(garbage_client(gw_addr, junk, false));
-    let r3 = rt.block_on(garbage_client(gw_addr, u32::MAX.to_be_bytes().to_vec(), true));
+    let r3 = rt.block_on(garbage_client(
+        gw_addr,
+        u32::MAX.to_be_bytes().to_vec(),
+        true,
+    ));
     for r in [&r1, &r2, &r3] {
         assert!(r.contains("closed by peer"), "{r}");
     }
@@ -149,7 +167,13 @@ fn errors_are_clear_and_other_calls_are_undisturbed() {
     assert_eq!(jstr(&s, &["call", "state"]).as_deref(), Some("connected"));
     let after = jnum(&s, &["call", "media", "received"]).unwrap();
     assert!(after > before + 10.0, "media stalled: {before} -> {after}");
-    assert_eq!(gw.json(&["calls"]).unwrap()["calls"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        gw.json(&["calls"]).unwrap()["calls"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     assert!(b.ctl(&["hangup"]).status.success());
     wait_for("201 told of the hang-up", Duration::from_secs(5), || {
@@ -176,13 +200,19 @@ fn errors_are_clear_and_other_calls_are_undisturbed() {
         (state(&a).as_deref() == Some("connected")).then_some(())
     });
     let pid = c.pid().unwrap();
-    let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
     let _ = c.child.take().map(|mut ch| ch.wait());
     let last = wait_for("peer-lost", Duration::from_secs(20), || {
         let s = status(&a);
         s["call"].is_null().then(|| s["last_call"].clone())
     });
-    assert_eq!(jstr(&last, &["ended"]).as_deref(), Some("peer-lost"), "{last}");
+    assert_eq!(
+        jstr(&last, &["ended"]).as_deref(),
+        Some("peer-lost"),
+        "{last}"
+    );
 
     let cdr = gw.json(&["cdr"]).unwrap();
     let outcomes: Vec<&str> = cdr["cdr"]
@@ -193,7 +223,14 @@ fn errors_are_clear_and_other_calls_are_undisturbed() {
         .collect();
     assert_eq!(
         outcomes,
-        ["unknown", "busy", "busy", "answered", "no-answer", "answered"],
+        [
+            "unknown",
+            "busy",
+            "busy",
+            "answered",
+            "no-answer",
+            "answered"
+        ],
         "{cdr}"
     );
 }

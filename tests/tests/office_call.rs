@@ -108,7 +108,11 @@ fn office_call(relay: bool) {
     }
 
     let out = a.ctl(&["dial", "202"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_for("202 to ring", Duration::from_secs(5), || {
         (jstr(&status(&b), &["call", "state"]).as_deref() == Some("alerting")).then_some(())
     });
@@ -135,14 +139,21 @@ fn office_call(relay: bool) {
         let played = jnum(l, &["media", "played"]).unwrap();
         let lost = jnum(l, &["media", "lost"]).unwrap();
         assert!(played > 150.0, "too little audio: {l}");
-        assert!(lost <= (played + lost) * 0.01, "lost {lost} of {played}: {l}");
+        assert!(
+            lost <= (played + lost) * 0.01,
+            "lost {lost} of {played}: {l}"
+        );
     }
 
     if relay {
         let st = gw.json(&["status"]).expect("gateway status");
         let pkts = jnum(&st, &["relay", "packets"]).unwrap();
-        let sent = jnum(&a_last, &["media", "sent"]).unwrap() + jnum(&last, &["media", "sent"]).unwrap();
-        assert!(pkts >= sent, "the forwarder moved {pkts} packets for {sent} media frames: {st}");
+        let sent =
+            jnum(&a_last, &["media", "sent"]).unwrap() + jnum(&last, &["media", "sent"]).unwrap();
+        assert!(
+            pkts >= sent,
+            "the forwarder moved {pkts} packets for {sent} media frames: {st}"
+        );
     } else {
         let st = gw.json(&["status"]).expect("gateway status");
         assert_eq!(jnum(&st, &["relay", "packets"]), Some(0.0), "{st}");
@@ -154,7 +165,10 @@ fn office_call(relay: bool) {
         let rows = c["cdr"].as_array()?.clone();
         rows.into_iter().find(|r| r["outcome"] == "answered")
     });
-    assert_eq!((cdr["caller"].as_str(), cdr["callee"].as_str()), (Some("201"), Some("202")));
+    assert_eq!(
+        (cdr["caller"].as_str(), cdr["callee"].as_str()),
+        (Some("201"), Some("202"))
+    );
     let (s, an, e) = (
         cdr["start_ms"].as_i64().unwrap(),
         cdr["answer_ms"].as_i64().unwrap(),
