@@ -51,7 +51,41 @@ struct CallInfo {
     state: &'static str,
     started: Instant,
     connected_at: Option<Instant>,
+    /// When the gateway said the far end rings (outgoing calls).
+    ringing_at: Option<Instant>,
+    /// When the gateway said the call was answered (media plan received).
+    answered_at: Option<Instant>,
+    /// Wall-clock start of media, for mouth-to-ear measurements.
+    media_started_unix_ms: Option<u128>,
     relayed: bool,
+}
+
+impl CallInfo {
+    fn new(id: Option<CallId>, peer: String, peer_name: Option<String>, direction: Direction) -> Self {
+        CallInfo {
+            id,
+            peer,
+            peer_name,
+            direction,
+            state: if direction == Direction::In { "alerting" } else { "dialing" },
+            started: Instant::now(),
+            connected_at: None,
+            ringing_at: None,
+            answered_at: None,
+            media_started_unix_ms: None,
+            relayed: false,
+        }
+    }
+
+    /// Set-up figures in milliseconds.
+    fn timing(&self) -> Value {
+        let ms = |a: Instant, b: Option<Instant>| b.map(|b| (b - a).as_secs_f64() * 1000.0);
+        json!({
+            "dial_to_ringing_ms": ms(self.started, self.ringing_at),
+            "answer_to_media_ms": self.answered_at.and_then(|a| ms(a, self.connected_at)),
+            "media_started_unix_ms": self.media_started_unix_ms,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -443,6 +477,7 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
                 if c.direction == Direction::Out && c.id.is_none() {
                     c.id = Some(call);
                     c.state = "ringing";
+                    c.ringing_at = Some(Instant::now());
                     c.peer = callee.clone();
                 }
             }
@@ -490,16 +525,7 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
                     .map(|n| format!(" ({n})"))
                     .unwrap_or_default()
             );
-            st.call = Some(CallInfo {
-                id: Some(call),
-                peer: from,
-                peer_name: from_name,
-                direction: Direction::In,
-                state: "alerting",
-                started: Instant::now(),
-                connected_at: None,
-                relayed: false,
-            });
+            st.call = Some(CallInfo::new(Some(call), from, from_name, Direction::In));
             st.ringer = Some(start_ringer(agent));
             if let Some(secs) = agent.opts.auto_answer {
                 let agent2 = agent.clone();
@@ -514,6 +540,7 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
                 return;
             };
             c.state = "connecting";
+            c.answered_at = Some(Instant::now());
             c.relayed = media.relayed;
             if let Some(r) = st.ringer.take() {
                 r.abort();
@@ -591,6 +618,7 @@ fn end_call(st: &mut State, reason: &str) {
             "connected": c.connected_at.is_some(),
             "seconds": c.connected_at.map(|t| t.elapsed().as_secs_f64()),
             "relayed": c.relayed,
+            "timing": c.timing(),
             "media": stats,
         }));
     }
@@ -698,6 +726,10 @@ fn install_session(agent: &Arc<Agent>, call: CallId, conn: Result<quinn::Connect
                     if let Some(c) = st.call.as_mut() {
                         c.state = "connected";
                         c.connected_at = Some(Instant::now());
+                        c.media_started_unix_ms = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .ok()
+                            .map(|d| d.as_millis());
                     }
                     agent.expect.send_replace(None);
                     println!("call {call} connected");
@@ -766,6 +798,7 @@ fn status(agent: &Arc<Agent>) -> Value {
             "state": c.state,
             "seconds": c.connected_at.unwrap_or(c.started).elapsed().as_secs_f64(),
             "relayed": c.relayed,
+            "timing": c.timing(),
             "media": st.session.as_ref().map(|s| s.stats()),
         })
     });
@@ -829,16 +862,7 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
                 }
                 let (dtx, drx) = oneshot::channel();
                 st.dials.insert(req, dtx);
-                st.call = Some(CallInfo {
-                    id: None,
-                    peer: number.to_string(),
-                    peer_name: None,
-                    direction: Direction::Out,
-                    state: "dialing",
-                    started: Instant::now(),
-                    connected_at: None,
-                    relayed: false,
-                });
+                st.call = Some(CallInfo::new(None, number.to_string(), None, Direction::Out));
                 drx
             };
             match tokio::time::timeout(Duration::from_secs(10), rx).await {
