@@ -61,13 +61,22 @@ struct CallInfo {
 }
 
 impl CallInfo {
-    fn new(id: Option<CallId>, peer: String, peer_name: Option<String>, direction: Direction) -> Self {
+    fn new(
+        id: Option<CallId>,
+        peer: String,
+        peer_name: Option<String>,
+        direction: Direction,
+    ) -> Self {
         CallInfo {
             id,
             peer,
             peer_name,
             direction,
-            state: if direction == Direction::In { "alerting" } else { "dialing" },
+            state: if direction == Direction::In {
+                "alerting"
+            } else {
+                "dialing"
+            },
             started: Instant::now(),
             connected_at: None,
             ringing_at: None,
@@ -124,6 +133,8 @@ struct Agent {
     source: SharedSource,
     sink: SharedSink,
     ringtone: Arc<Vec<i16>>,
+    /// What a caller hears while the far end rings: 425 Hz, 1 s on, 4 s off.
+    ringback: Arc<Vec<i16>>,
     gateways: Mutex<Vec<mdns::Found>>,
     found: tokio::sync::Notify,
 }
@@ -164,6 +175,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         source: Arc::new(Mutex::new(source)),
         sink: Arc::new(Mutex::new(sink)),
         ringtone: Arc::new(ringtone),
+        ringback: Arc::new(keyline_media::tone_sequence(&[(425.0, 1000), (0.0, 4000)])),
         gateways: Mutex::new(Vec::new()),
         found: tokio::sync::Notify::new(),
     });
@@ -473,13 +485,18 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
     let mut st = agent.lock();
     match msg {
         Msg::Ringing { req, call, callee } => {
+            let mut ringback = false;
             if let Some(c) = st.call.as_mut() {
                 if c.direction == Direction::Out && c.id.is_none() {
                     c.id = Some(call);
                     c.state = "ringing";
                     c.ringing_at = Some(Instant::now());
                     c.peer = callee.clone();
+                    ringback = true;
                 }
+            }
+            if ringback {
+                st.ringer = Some(start_ringer(agent, agent.ringback.clone()));
             }
             if let Some(d) = st.dials.remove(&req) {
                 let _ = d.send(Ok(
@@ -526,7 +543,7 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
                     .unwrap_or_default()
             );
             st.call = Some(CallInfo::new(Some(call), from, from_name, Direction::In));
-            st.ringer = Some(start_ringer(agent));
+            st.ringer = Some(start_ringer(agent, agent.ringtone.clone()));
             if let Some(secs) = agent.opts.auto_answer {
                 let agent2 = agent.clone();
                 st.auto_answer = Some(tokio::spawn(async move {
@@ -575,10 +592,10 @@ fn end_reason(r: EndReason) -> &'static str {
     }
 }
 
-/// Play the ringtone on the output until stopped.
-fn start_ringer(agent: &Arc<Agent>) -> tokio::task::JoinHandle<()> {
+/// Play a looping signal (the ringtone, or ringback for a caller) on the
+/// output until stopped.
+fn start_ringer(agent: &Arc<Agent>, tone: Arc<Vec<i16>>) -> tokio::task::JoinHandle<()> {
     let sink = agent.sink.clone();
-    let tone = agent.ringtone.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         let mut pos = 0usize;
@@ -862,7 +879,12 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
                 }
                 let (dtx, drx) = oneshot::channel();
                 st.dials.insert(req, dtx);
-                st.call = Some(CallInfo::new(None, number.to_string(), None, Direction::Out));
+                st.call = Some(CallInfo::new(
+                    None,
+                    number.to_string(),
+                    None,
+                    Direction::Out,
+                ));
                 drx
             };
             match tokio::time::timeout(Duration::from_secs(10), rx).await {
