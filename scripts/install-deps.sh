@@ -4,7 +4,7 @@
 set -euo pipefail
 
 build_pkgs=(pkg-config libopus-dev libasound2-dev)
-test_pkgs=(iproute2 sox)
+test_pkgs=(iproute2 sox opus-tools)
 want=("${build_pkgs[@]}")
 if [ "${1:-}" = "--test" ]; then
   want+=("${test_pkgs[@]}")

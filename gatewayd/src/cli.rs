@@ -58,6 +58,11 @@ pub enum Cmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Manage short codes (*0-*9, **00-**99) that dial any number.
+    SpeedDial {
+        #[command(subcommand)]
+        action: SpeedDialCmd,
+    },
     /// Validate a configuration file and exit.
     CheckConfig { file: PathBuf },
 }
@@ -79,4 +84,17 @@ pub struct RunArgs {
     /// Do not advertise or browse with mDNS.
     #[arg(long)]
     pub no_mdns: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SpeedDialCmd {
+    /// Map a short code to a number.
+    Set { code: String, number: String },
+    /// List the short codes.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a short code.
+    Rm { code: String },
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use keyline_proto::msg::LineSettings;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
@@ -36,7 +37,38 @@ const MIGRATIONS: &[&str] = &[
         outcome TEXT NOT NULL
     );
     CREATE INDEX calls_started ON calls (started_ms);",
+    // 2: per-extension call handling, short codes, text messages.
+    "CREATE TABLE line_settings (
+        ext TEXT PRIMARY KEY,
+        forward_always TEXT,
+        forward_busy TEXT,
+        forward_no_answer TEXT,
+        dnd INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE speed_dials (
+        code TEXT PRIMARY KEY,
+        number TEXT NOT NULL
+    );
+    CREATE TABLE texts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        sender TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        body TEXT NOT NULL,
+        sent_ms INTEGER NOT NULL,
+        read_ms INTEGER
+    );
+    CREATE INDEX texts_unread ON texts (recipient) WHERE read_ms IS NULL;",
 ];
+
+/// A text message kept until its recipient reads it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TextRow {
+    pub id: i64,
+    pub sender: String,
+    pub recipient: String,
+    pub body: String,
+    pub sent_ms: i64,
+}
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct AgentRow {
@@ -263,6 +295,122 @@ impl Db {
         })
     }
 
+    pub fn all_settings(&self) -> Result<Vec<(String, LineSettings)>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT ext, forward_always, forward_busy, forward_no_answer, dnd FROM line_settings",
+            )?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        LineSettings {
+                            forward_always: r.get(1)?,
+                            forward_busy: r.get(2)?,
+                            forward_no_answer: r.get(3)?,
+                            dnd: r.get::<_, i64>(4)? != 0,
+                        },
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    pub fn save_settings(&self, ext: &str, s: &LineSettings) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO line_settings (ext, forward_always, forward_busy, forward_no_answer, dnd)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (ext) DO UPDATE SET forward_always = excluded.forward_always,
+                    forward_busy = excluded.forward_busy,
+                    forward_no_answer = excluded.forward_no_answer, dnd = excluded.dnd",
+                params![ext, s.forward_always, s.forward_busy, s.forward_no_answer, s.dnd as i64],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn speed_dials(&self) -> Result<Vec<(String, String)>> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT code, number FROM speed_dials ORDER BY code")?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Set (`Some`) or remove (`None`) a short code. `false` when removing
+    /// a code that was not there.
+    pub fn set_speed_dial(&self, code: &str, number: Option<&str>) -> Result<bool> {
+        self.with(|c| {
+            let n = match number {
+                Some(n) => c.execute(
+                    "INSERT INTO speed_dials (code, number) VALUES (?1, ?2)
+                     ON CONFLICT (code) DO UPDATE SET number = excluded.number",
+                    params![code, n],
+                )?,
+                None => c.execute("DELETE FROM speed_dials WHERE code = ?1", [code])?,
+            };
+            Ok(n > 0)
+        })
+    }
+
+    pub fn insert_text(&self, sender: &str, recipient: &str, body: &str) -> Result<TextRow> {
+        self.with(|c| {
+            let sent_ms = now_ms();
+            c.execute(
+                "INSERT INTO texts (sender, recipient, body, sent_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![sender, recipient, body, sent_ms],
+            )?;
+            Ok(TextRow {
+                id: c.last_insert_rowid(),
+                sender: sender.into(),
+                recipient: recipient.into(),
+                body: body.into(),
+                sent_ms,
+            })
+        })
+    }
+
+    pub fn unread_texts(&self, recipient: &str) -> Result<Vec<TextRow>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, sender, recipient, body, sent_ms FROM texts
+                 WHERE recipient = ?1 AND read_ms IS NULL ORDER BY id",
+            )?;
+            let rows = st
+                .query_map([recipient], |r| {
+                    Ok(TextRow {
+                        id: r.get(0)?,
+                        sender: r.get(1)?,
+                        recipient: r.get(2)?,
+                        body: r.get(3)?,
+                        sent_ms: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Mark texts read, only those addressed to `recipient`.
+    pub fn mark_read(&self, recipient: &str, ids: &[u64]) -> Result<usize> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let mut n = 0;
+            for id in ids {
+                n += tx.execute(
+                    "UPDATE texts SET read_ms = ?3 WHERE id = ?1 AND recipient = ?2 AND read_ms IS NULL",
+                    params![*id as i64, recipient, now_ms()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
     /// The highest call id ever recorded, so ids stay unique across restarts.
     pub fn max_call_id(&self) -> Result<u64> {
         self.with(|c| {
@@ -364,6 +512,58 @@ mod tests {
         assert_eq!(rows[0].outcome, "answered");
         assert_eq!(db.max_call_id().expect("max"), 7);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn settings_speed_dials_and_texts() {
+        let db = Db::open_in_memory().expect("db");
+        let s = LineSettings {
+            forward_busy: Some("205".into()),
+            dnd: true,
+            ..LineSettings::default()
+        };
+        db.save_settings("201", &s).expect("save");
+        assert_eq!(
+            db.all_settings().expect("load"),
+            vec![("201".to_string(), s)]
+        );
+        db.set_speed_dial("*1", Some("+15550100")).expect("set");
+        assert_eq!(
+            db.speed_dials().expect("list"),
+            vec![("*1".into(), "+15550100".into())]
+        );
+        assert!(db.set_speed_dial("*1", None).expect("rm"));
+        assert!(!db.set_speed_dial("*1", None).expect("rm again"));
+        let t = db.insert_text("201", "202", "hello").expect("text");
+        assert_eq!(db.unread_texts("202").expect("unread").len(), 1);
+        // Only the recipient can mark it read.
+        assert_eq!(db.mark_read("203", &[t.id as u64]).expect("mark"), 0);
+        assert_eq!(db.mark_read("202", &[t.id as u64]).expect("mark"), 1);
+        assert!(db.unread_texts("202").expect("unread").is_empty());
+    }
+
+    /// A database upgraded through every migration has the same schema as
+    /// a fresh one.
+    #[test]
+    fn upgraded_schema_equals_fresh_schema() {
+        let schema = |c: &Connection| -> Vec<String> {
+            let mut st = c
+                .prepare("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name")
+                .expect("prepare");
+            let rows = st
+                .query_map([], |r| r.get::<_, String>(0))
+                .expect("query")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("rows");
+            rows
+        };
+        let mut old = Connection::open_in_memory().expect("db");
+        old.execute_batch(MIGRATIONS[0]).expect("v1");
+        old.pragma_update(None, "user_version", 1).expect("pragma");
+        migrate(&mut old).expect("upgrade");
+        let mut fresh = Connection::open_in_memory().expect("db");
+        migrate(&mut fresh).expect("fresh");
+        assert_eq!(schema(&old), schema(&fresh));
     }
 
     #[test]

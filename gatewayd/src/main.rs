@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use keyline_gatewayd::cli::{Cli, Cmd, RunArgs};
+use keyline_gatewayd::cli::{Cli, Cmd, RunArgs, SpeedDialCmd};
 use keyline_gatewayd::config::Config;
 use keyline_gatewayd::server::{run, Overrides, RunOptions};
 use keyline_net::{control, statedir};
@@ -81,6 +81,14 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             json!({"cmd": "approve", "code": code, "ext": ext, "name": name}),
             false,
         ),
+        Cmd::SpeedDial { action } => match action {
+            SpeedDialCmd::Set { code, number } => (
+                json!({"cmd": "speed-dial-set", "code": code, "number": number}),
+                false,
+            ),
+            SpeedDialCmd::List { json } => (json!({"cmd": "speed-dial-list"}), *json),
+            SpeedDialCmd::Rm { code } => (json!({"cmd": "speed-dial-rm", "code": code}), false),
+        },
         Cmd::Run(_) | Cmd::CheckConfig { .. } => unreachable_cmd(),
     };
     let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(10)))?;
@@ -182,6 +190,20 @@ fn print_human(cmd: &Cmd, r: &Value) {
                 );
             }
         }
+        Cmd::SpeedDial { action } => match action {
+            SpeedDialCmd::List { .. } => {
+                for d in r
+                    .get("speed_dials")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    println!("{:<6} {}", s(d, "code"), s(d, "number"));
+                }
+            }
+            SpeedDialCmd::Set { code, .. } => println!("{code} now dials {}", s(r, "number")),
+            SpeedDialCmd::Rm { code } => println!("{code} removed"),
+        },
         Cmd::Approve { code, .. } => {
             println!("approved {code} as extension {}", s(r, "ext"));
         }

@@ -61,6 +61,15 @@ pub enum Event {
     Reload {
         cfg: Config,
     },
+    SpeedDial {
+        code: String,
+        number: Option<String>,
+    },
+    /// A text was stored for `to`: deliver it if the station is online.
+    TextStored {
+        to: String,
+        text: Msg,
+    },
     Shutdown {
         done: oneshot::Sender<()>,
     },
@@ -502,6 +511,24 @@ async fn station_loop(
                 }
             },
             m @ (Msg::Answer { .. } | Msg::Reject { .. } | Msg::Hangup { .. }) => m,
+            Msg::SendText { req, to, body } => {
+                let reply = send_text(shared, ext, &to, &body).await;
+                let _ = tx.try_send(match reply {
+                    Ok(id) => Msg::TextSent { req, id },
+                    Err(e) => Msg::Error {
+                        req: Some(req),
+                        code: "text".into(),
+                        message: format!("{e:#}"),
+                    },
+                });
+                continue;
+            }
+            Msg::TextRead { ids } => {
+                let db = shared.db.clone();
+                let me = ext.to_string();
+                let _ = tokio::task::spawn_blocking(move || db.mark_read(&me, &ids)).await;
+                continue;
+            }
             other => {
                 let _ = tx.try_send(Msg::Error {
                     req: None,
@@ -520,6 +547,50 @@ async fn station_loop(
             .await
             .context("switch stopped")?;
     }
+}
+
+/// Longest text message accepted, in bytes.
+const MAX_TEXT: usize = 4096;
+
+/// Store a text from `from` for the extension `to` and push it if online.
+async fn send_text(shared: &Arc<Shared>, from: &str, to: &str, body: &str) -> Result<u64> {
+    if body.trim().is_empty() {
+        bail!("empty message");
+    }
+    if body.len() > MAX_TEXT {
+        bail!(
+            "message too long ({} bytes, at most {MAX_TEXT})",
+            body.len()
+        );
+    }
+    let to = number::canonicalize(to)?;
+    let db = shared.db.clone();
+    let known = {
+        let (db, to) = (db.clone(), to.clone());
+        tokio::task::spawn_blocking(move || db.agents())
+            .await??
+            .into_iter()
+            .any(|a| a.ext.as_deref() == Some(to.as_str()))
+    };
+    if !known {
+        bail!("unknown number {to}");
+    }
+    let (f, t, b) = (from.to_string(), to.clone(), body.to_string());
+    let row = tokio::task::spawn_blocking(move || db.insert_text(&f, &t, &b)).await??;
+    let id = row.id as u64;
+    let _ = shared
+        .events
+        .send(Event::TextStored {
+            to,
+            text: Msg::Text {
+                id,
+                from: row.sender,
+                body: row.body,
+                sent_ms: row.sent_ms,
+            },
+        })
+        .await;
+    Ok(id)
 }
 
 /// Hold an unapproved station until the admin approves its code. `None`
@@ -616,6 +687,12 @@ impl Switch {
                 sb.add_line(ext);
             }
         }
+        for (ext, settings) in shared.db.all_settings()? {
+            sb.set_settings(&ext, settings);
+        }
+        for (code, number) in shared.db.speed_dials()? {
+            sb.set_speed_dial(&code, Some(&number));
+        }
         Ok(Switch {
             shared,
             sb,
@@ -660,6 +737,9 @@ impl Switch {
                     }
                     self.sb.add_line(&ext);
                     self.sb.handle_line_up(now, &ext);
+                    let settings = self.sb.settings(&ext).cloned().unwrap_or_default();
+                    self.send(&ext, Msg::Settings { settings });
+                    self.deliver_unread(&ext);
                 }
                 Event::Down { ext, conn_id } => {
                     let current = self
@@ -673,6 +753,10 @@ impl Switch {
                 }
                 Event::FromStation { ext, msg } => self.on_station_msg(now, &ext, msg),
                 Event::AddLine { ext } => self.sb.add_line(&ext),
+                Event::SpeedDial { code, number } => {
+                    self.sb.set_speed_dial(&code, number.as_deref())
+                }
+                Event::TextStored { to, text } => self.send(&to, text),
                 Event::Reload { cfg } => self.sb.set_config(CallConfig {
                     ring_timeout: cfg.ring_timeout(),
                 }),
@@ -688,6 +772,30 @@ impl Switch {
             self.drain();
             self.report_status();
         }
+    }
+
+    /// Push the texts a station has not read yet (kept until it says so).
+    fn deliver_unread(&self, ext: &str) {
+        let Some(tx) = self.stations.get(ext).map(|s| s.tx.clone()) else {
+            return;
+        };
+        let db = self.shared.db.clone();
+        let ext = ext.to_string();
+        tokio::spawn(async move {
+            let rows = tokio::task::spawn_blocking(move || db.unread_texts(&ext)).await;
+            if let Ok(Ok(rows)) = rows {
+                for r in rows {
+                    let _ = tx
+                        .send(Msg::Text {
+                            id: r.id as u64,
+                            from: r.sender,
+                            body: r.body,
+                            sent_ms: r.sent_ms,
+                        })
+                        .await;
+                }
+            }
+        });
     }
 
     /// Keep systemd's STATUS= line current.
@@ -782,6 +890,30 @@ impl Switch {
                     self.relays.remove(&call);
                     self.send(&to, Msg::Ended { call, reason });
                 }
+                Action::Feature {
+                    caller,
+                    req,
+                    message,
+                } => self.send(&caller, Msg::Feature { req, message }),
+                Action::Settings { ext, settings } => {
+                    let db = self.shared.db.clone();
+                    let (e, s2) = (ext.clone(), settings.clone());
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(err) = db.save_settings(&e, &s2) {
+                            tracing::error!("could not store settings of {e}: {err:#}");
+                        }
+                    });
+                    self.send(&ext, Msg::Settings { settings });
+                }
+                Action::Forwarded { caller, call, to } => {
+                    self.send(&caller, Msg::Forwarded { call, to })
+                }
+                Action::PickedUp {
+                    picker,
+                    req,
+                    call,
+                    from,
+                } => self.send(&picker, Msg::PickedUp { req, call, from }),
                 Action::Record(rec) => {
                     self.relays.remove(&rec.call.unwrap_or(0));
                     let to_ms = |t: Instant| -> i64 {
@@ -1008,8 +1140,68 @@ pub async fn handle_control(shared: &Arc<Shared>, req: Value) -> Value {
             }
         }
         "approve" => approve(shared, &req).await,
+        "speed-dial-set" | "speed-dial-rm" => speed_dial(shared, cmd, &req).await,
+        "speed-dial-list" => {
+            let db = shared.db.clone();
+            match tokio::task::spawn_blocking(move || db.speed_dials()).await {
+                Ok(Ok(rows)) => json!({"ok": true, "speed_dials": rows
+                    .into_iter()
+                    .map(|(code, number)| json!({"code": code, "number": number}))
+                    .collect::<Vec<_>>()}),
+                Ok(Err(e)) => control::error(format!("database: {e:#}")),
+                Err(e) => control::error(e),
+            }
+        }
         "" => control::error("missing \"cmd\""),
         other => control::error(format!("unknown command {other:?}")),
+    }
+}
+
+/// Is `code` a short code: `*0`–`*9` or `**00`–`**99`?
+pub fn is_speed_dial_code(code: &str) -> bool {
+    let b = code.as_bytes();
+    matches!(b, [b'*', d] if d.is_ascii_digit())
+        || matches!(b, [b'*', b'*', d1, d2] if d1.is_ascii_digit() && d2.is_ascii_digit())
+}
+
+async fn speed_dial(shared: &Arc<Shared>, cmd: &str, req: &Value) -> Value {
+    let Some(code) = req.get("code").and_then(Value::as_str).map(str::to_string) else {
+        return control::error("a short code is needed (*0-*9 or **00-**99)");
+    };
+    if !is_speed_dial_code(&code) {
+        return control::error(format!("{code:?} is not a short code (*0-*9 or **00-**99)"));
+    }
+    if code == "*8" {
+        return control::error("*8 is reserved for call pick-up");
+    }
+    let number = if cmd == "speed-dial-set" {
+        let Some(n) = req.get("number").and_then(Value::as_str) else {
+            return control::error("speed-dial set needs a number");
+        };
+        match number::canonicalize(n) {
+            Ok(n) if !n.starts_with('*') => Some(n),
+            Ok(_) => return control::error("a short code cannot point at a feature code"),
+            Err(e) => return control::error(format!("{n:?}: {e}")),
+        }
+    } else {
+        None
+    };
+    let db = shared.db.clone();
+    let (c, n) = (code.clone(), number.clone());
+    match tokio::task::spawn_blocking(move || db.set_speed_dial(&c, n.as_deref())).await {
+        Ok(Ok(false)) if number.is_none() => control::error(format!("no short code {code}")),
+        Ok(Ok(_)) => {
+            let _ = shared
+                .events
+                .send(Event::SpeedDial {
+                    code: code.clone(),
+                    number: number.clone(),
+                })
+                .await;
+            json!({"ok": true, "code": code, "number": number})
+        }
+        Ok(Err(e)) => control::error(format!("database: {e:#}")),
+        Err(e) => control::error(e),
     }
 }
 

@@ -56,4 +56,16 @@ pub enum Cmd {
     Answer,
     /// End the call (or decline a ringing one).
     Hangup,
+    /// Send a text message to an extension.
+    Message {
+        number: String,
+        /// The text (several words are joined with spaces).
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// Show (and mark read) the text messages received.
+    Messages {
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -14,7 +14,7 @@ use keyline_media::{Sink, Source, FRAME_SAMPLES};
 use keyline_net::lifecycle::{self, Signal, Signals};
 use keyline_net::{control, endpoint, mdns, pairing_code, peer_fingerprint, Identity};
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
-use keyline_proto::msg::{CallId, EndReason, MediaPlan, Msg, Role};
+use keyline_proto::msg::{CallId, EndReason, LineSettings, MediaPlan, Msg, Role};
 use keyline_proto::{MAX_MESSAGE, PROTOCOL_VERSION};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -120,6 +120,12 @@ struct State {
     session: Option<Session>,
     ringer: Option<tokio::task::JoinHandle<()>>,
     auto_answer: Option<tokio::task::JoinHandle<()>>,
+    /// Call handling kept on the gateway for this extension.
+    settings: LineSettings,
+    /// Texts received and not yet read (the gateway keeps them too).
+    inbox: Vec<Value>,
+    /// Requests waiting for a TextSent or an Error.
+    texts: HashMap<u64, DialReply>,
 }
 
 struct Agent {
@@ -573,6 +579,56 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
             println!("call {call} ended: {}", end_reason(reason));
             end_call(&mut st, end_reason(reason));
         }
+        Msg::Feature { req, message } => {
+            if st.call.as_ref().is_some_and(|c| c.id.is_none()) {
+                st.call = None;
+            }
+            if let Some(d) = st.dials.remove(&req) {
+                let _ = d.send(Ok(json!({"ok": true, "feature": message})));
+            }
+        }
+        Msg::Settings { settings } => st.settings = settings,
+        Msg::Forwarded { call, to } => {
+            if let Some(c) = st.call.as_mut().filter(|c| c.id == Some(call)) {
+                println!("call {call}: no answer, forwarded to {to}");
+                c.peer = to;
+            }
+        }
+        Msg::PickedUp { req, call, from } => {
+            if let Some(c) = st.call.as_mut().filter(|c| c.id.is_none()) {
+                *c = CallInfo::new(Some(call), from.clone(), None, Direction::In);
+                c.state = "answering";
+            }
+            if let Some(d) = st.dials.remove(&req) {
+                let _ = d.send(Ok(
+                    json!({"ok": true, "call": call, "picked_up_from": from}),
+                ));
+            }
+        }
+        Msg::Text {
+            id,
+            from,
+            body,
+            sent_ms,
+        } if !st.inbox.iter().any(|t| t["id"] == id) => {
+            println!("message from {from}: {body}");
+            st.inbox
+                .push(json!({"id": id, "from": from, "body": body, "sent_ms": sent_ms}));
+        }
+        Msg::TextSent { req, id } => {
+            if let Some(d) = st.texts.remove(&req) {
+                let _ = d.send(Ok(json!({"ok": true, "id": id})));
+            }
+        }
+        Msg::Error {
+            req: Some(req),
+            message,
+            ..
+        } if st.texts.contains_key(&req) => {
+            if let Some(d) = st.texts.remove(&req) {
+                let _ = d.send(Err(message));
+            }
+        }
         Msg::Error { code, message, .. } => {
             tracing::warn!("gateway error {code}: {message}");
         }
@@ -589,6 +645,8 @@ fn end_reason(r: EndReason) -> &'static str {
         EndReason::PeerLost => "peer-lost",
         EndReason::MediaFailed => "media-failed",
         EndReason::Shutdown => "gateway-shutdown",
+        EndReason::AnsweredElsewhere => "answered-elsewhere",
+        EndReason::Forwarded => "forwarded",
     }
 }
 
@@ -831,6 +889,8 @@ fn status(agent: &Arc<Agent>) -> Value {
         "listen": agent.endpoint.local_addr().ok().map(|a| a.to_string()),
         "call": call,
         "last_call": st.last_call,
+        "settings": st.settings,
+        "messages_waiting": st.inbox.len(),
     })
 }
 
@@ -898,6 +958,50 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
                     control::error("the gateway did not answer the dial request")
                 }
             }
+        }
+        "message" => {
+            let (Some(to), Some(body)) = (
+                req.get("to").and_then(Value::as_str),
+                req.get("body").and_then(Value::as_str),
+            ) else {
+                return control::error("message needs a number and a text");
+            };
+            let rx = {
+                let mut st = agent.lock();
+                let Some(tx) = st.gw_tx.clone() else {
+                    return control::error("not connected to a gateway");
+                };
+                st.next_req += 1;
+                let req = st.next_req;
+                let msg = Msg::SendText {
+                    req,
+                    to: to.to_string(),
+                    body: body.to_string(),
+                };
+                if tx.try_send(msg).is_err() {
+                    return control::error("not connected to a gateway");
+                }
+                let (dtx, drx) = oneshot::channel();
+                st.texts.insert(req, dtx);
+                drx
+            };
+            match tokio::time::timeout(Duration::from_secs(10), rx).await {
+                Ok(Ok(Ok(v))) => v,
+                Ok(Ok(Err(e))) => control::error(format!("message not sent: {e}")),
+                _ => control::error("the gateway did not confirm the message"),
+            }
+        }
+        "messages" => {
+            // Reading them is what lets the gateway forget them.
+            let mut st = agent.lock();
+            let read: Vec<Value> = std::mem::take(&mut st.inbox);
+            let ids: Vec<u64> = read.iter().filter_map(|t| t["id"].as_u64()).collect();
+            if !ids.is_empty() {
+                if let Some(tx) = &st.gw_tx {
+                    let _ = tx.try_send(Msg::TextRead { ids });
+                }
+            }
+            json!({"ok": true, "messages": read})
         }
         "" => control::error("missing \"cmd\""),
         other => control::error(format!("unknown command {other:?}")),

@@ -82,6 +82,10 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         Cmd::Dial { number } => json!({"cmd": "dial", "number": number}),
         Cmd::Answer => json!({"cmd": "answer"}),
         Cmd::Hangup => json!({"cmd": "hangup"}),
+        Cmd::Message { number, text } => {
+            json!({"cmd": "message", "to": number, "body": text.join(" ")})
+        }
+        Cmd::Messages { .. } => json!({"cmd": "messages"}),
         Cmd::Run { .. } => return Ok(()),
     };
     let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(15)))?;
@@ -89,14 +93,39 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
     match &cmd {
         Cmd::Status { json: true } => println!("{}", serde_json::to_string_pretty(&reply)?),
         Cmd::Status { json: false } => print_status(&reply),
-        Cmd::Dial { number } => println!(
-            "ringing {} (call {})",
-            reply
-                .get("callee")
-                .and_then(Value::as_str)
-                .unwrap_or(number),
-            reply.get("call").map(Value::to_string).unwrap_or_default()
-        ),
+        Cmd::Dial { number } => {
+            if let Some(f) = reply.get("feature").and_then(Value::as_str) {
+                println!("{f}");
+            } else if let Some(from) = reply.get("picked_up_from").and_then(Value::as_str) {
+                println!("picked up the call from {from}");
+            } else {
+                println!(
+                    "ringing {} (call {})",
+                    reply
+                        .get("callee")
+                        .and_then(Value::as_str)
+                        .unwrap_or(number),
+                    reply.get("call").map(Value::to_string).unwrap_or_default()
+                );
+            }
+        }
+        Cmd::Message { number, .. } => println!("sent to {number}"),
+        Cmd::Messages { json: true } => println!("{}", serde_json::to_string_pretty(&reply)?),
+        Cmd::Messages { json: false } => {
+            let list = reply.get("messages").and_then(Value::as_array);
+            match list {
+                Some(l) if !l.is_empty() => {
+                    for m in l {
+                        println!(
+                            "from {}: {}",
+                            m.get("from").and_then(Value::as_str).unwrap_or("?"),
+                            m.get("body").and_then(Value::as_str).unwrap_or("")
+                        );
+                    }
+                }
+                _ => println!("no messages"),
+            }
+        }
         Cmd::Answer => println!("answered"),
         Cmd::Hangup => println!("hung up"),
         Cmd::Run { .. } => {}

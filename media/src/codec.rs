@@ -51,6 +51,15 @@ impl OpusEncoder {
     pub fn reset(&mut self) -> Result<(), MediaError> {
         Ok(self.inner.reset_state()?)
     }
+
+    /// The encoder's algorithmic delay in 48 kHz samples: how many samples
+    /// of decoded output precede the first input sample (the Ogg Opus
+    /// pre-skip).
+    pub fn lookahead(&mut self) -> Result<u32, MediaError> {
+        let n = self.inner.get_lookahead()?;
+        u32::try_from(n)
+            .map_err(|_| MediaError::Format(format!("opus encoder reported lookahead {n}")))
+    }
 }
 
 /// Opus decoder producing 20 ms, 48 kHz mono frames, with packet loss

@@ -1,7 +1,8 @@
 //! Keyline's media path: Opus encoding/decoding (real libopus), the RTP
 //! playout jitter buffer, 20 ms frame sources (tone, silence, WAV) and sinks
 //! (WAV, null), and tone generation/analysis used by ringtones, the agent and
-//! tests. All audio here is 48 kHz mono 16-bit PCM in 20 ms frames.
+//! tests, Ogg Opus files ([`oggopus`]) and call recording ([`record`]). All
+//! audio here is 48 kHz mono 16-bit PCM in 20 ms frames.
 //!
 //! With the `device` feature (on by default) [`device`] adds the sound card
 //! (through cpal; ALSA on Linux) as a source and a sink.
@@ -10,6 +11,8 @@ pub mod codec;
 #[cfg(feature = "device")]
 pub mod device;
 pub mod jitter;
+pub mod oggopus;
+pub mod record;
 pub mod sink;
 pub mod source;
 pub mod tones;
@@ -19,11 +22,13 @@ pub use codec::{OpusDecoder, OpusEncoder};
 #[cfg(feature = "device")]
 pub use device::{list_devices, open_input, open_output, DeviceInfo};
 pub use jitter::{JitterBuffer, JitterStats, Playout};
+pub use oggopus::{is_ogg_opus, read_ogg_opus, read_ogg_opus_bytes, OggOpusInfo, OggOpusWriter};
+pub use record::CallRecorder;
 pub use sink::{NullSink, Sink, WavSink};
-pub use source::{parse_source, SilenceSource, Source, ToneSource, WavSource};
+pub use source::{parse_source, LoopSource, SilenceSource, Source, ToneSource, WavSource};
 pub use tones::{
-    collapse_track, detect_tone, goertzel_power, read_wav_mono48k, ringtone_samples, tone_sequence,
-    tone_track, write_wav,
+    collapse_track, detect_tone, goertzel_power, hold_music, read_wav_mono48k, ringtone_samples,
+    tone_sequence, tone_track, write_wav,
 };
 
 /// Sample rate of all PCM handled by this crate (Hz).

@@ -126,6 +126,53 @@ impl Source for WavSource {
     }
 }
 
+/// Plays a clip of 48 kHz mono samples over and over (music on hold,
+/// ringback). Never exhausted unless the clip is empty; `restart` rewinds to
+/// the clip's start.
+#[derive(Debug, Clone)]
+pub struct LoopSource {
+    samples: Vec<i16>,
+    pos: usize,
+}
+
+impl LoopSource {
+    /// A source looping `samples`.
+    pub fn new(samples: Vec<i16>) -> Self {
+        Self { samples, pos: 0 }
+    }
+
+    /// Length of one pass of the clip (samples).
+    pub fn len_samples(&self) -> usize {
+        self.samples.len()
+    }
+}
+
+impl Source for LoopSource {
+    fn next_frame(&mut self, out: &mut [i16]) -> bool {
+        if self.samples.is_empty() {
+            out.fill(0);
+            return false;
+        }
+        let mut filled = 0;
+        while filled < out.len() {
+            let rest = self.samples.get(self.pos..).unwrap_or(&[]);
+            if rest.is_empty() {
+                self.pos = 0;
+                continue;
+            }
+            let n = rest.len().min(out.len() - filled);
+            out[filled..filled + n].copy_from_slice(&rest[..n]);
+            filled += n;
+            self.pos += n;
+        }
+        true
+    }
+
+    fn restart(&mut self) {
+        self.pos = 0;
+    }
+}
+
 /// Builds a source from a spec: `tone:HZ` (e.g. `tone:440`), `silence`, or a
 /// path to a WAV file. (`device` is handled by the caller.)
 pub fn parse_source(spec: &str) -> Result<Box<dyn Source>, MediaError> {

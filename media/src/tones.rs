@@ -51,6 +51,56 @@ pub fn ringtone_samples() -> Vec<i16> {
     out
 }
 
+/// Notes of [`hold_music`] as MIDI note numbers: a I-vi-IV-V arpeggio in C
+/// major (root, third, fifth, octave of each chord).
+pub const HOLD_MUSIC_NOTES: [u8; 16] = [
+    60, 64, 67, 72, // C
+    57, 60, 64, 69, // A minor
+    53, 57, 60, 65, // F
+    55, 59, 62, 67, // G
+];
+/// Length of each note of [`hold_music`] (ms).
+pub const HOLD_MUSIC_NOTE_MS: u32 = 300;
+/// Peak amplitude of [`hold_music`] notes (about -16 dBFS: gentle).
+pub const HOLD_MUSIC_AMPLITUDE: f64 = 5_000.0;
+
+/// Frequency of a MIDI note (A4 = 69 = 440 Hz, equal temperament).
+pub fn midi_hz(note: u8) -> f64 {
+    440.0 * 2f64.powf((f64::from(note) - 69.0) / 12.0)
+}
+
+/// Music on hold: a gentle arpeggio ([`HOLD_MUSIC_NOTES`], 300 ms each,
+/// 4.8 s in all), each note a soft sine with a little second and third
+/// harmonic, a short attack, an exponential decay and a release to silence,
+/// so the clip loops without a click. 48 kHz mono, a whole number of 20 ms
+/// frames. Play it with [`crate::LoopSource`].
+pub fn hold_music() -> Vec<i16> {
+    let n = samples_for_ms(HOLD_MUSIC_NOTE_MS);
+    let attack = samples_for_ms(15);
+    let release = samples_for_ms(40);
+    let rate = f64::from(SAMPLE_RATE);
+    let mut out = Vec::with_capacity(n * HOLD_MUSIC_NOTES.len());
+    for &note in &HOLD_MUSIC_NOTES {
+        let hz = midi_hz(note);
+        for i in 0..n {
+            let t = i as f64 / rate;
+            let w = std::f64::consts::TAU * hz * t;
+            let voice = w.sin() + 0.25 * (2.0 * w).sin() + 0.08 * (3.0 * w).sin();
+            let mut env = (-t / 0.35).exp();
+            if i < attack {
+                env *= 0.5 - 0.5 * (std::f64::consts::PI * i as f64 / attack as f64).cos();
+            }
+            let left = n - 1 - i;
+            if left < release {
+                env *= 0.5 - 0.5 * (std::f64::consts::PI * left as f64 / release as f64).cos();
+            }
+            let v = HOLD_MUSIC_AMPLITUDE / 1.33 * voice * env;
+            out.push(v.round().clamp(-32768.0, 32767.0) as i16);
+        }
+    }
+    out
+}
+
 /// Writes `samples` as a 48 kHz mono 16-bit WAV file.
 pub fn write_wav(path: &Path, samples: &[i16]) -> Result<(), MediaError> {
     let mut w =
@@ -193,6 +243,32 @@ mod tests {
         assert_eq!(collapse_track(&track, 1), vec![700.0, 1100.0, 700.0]);
         assert!(collapse_track(&[], 1).is_empty());
         assert!(collapse_track(&[None, None], 1).is_empty());
+    }
+
+    #[test]
+    fn hold_music_shape() {
+        let m = hold_music();
+        let note = samples_for_ms(HOLD_MUSIC_NOTE_MS);
+        assert_eq!(m.len(), note * HOLD_MUSIC_NOTES.len());
+        assert_eq!(m.len() % FRAME_SAMPLES, 0, "whole frames");
+        assert!(m.len() >= 3 * 48_000, "a few seconds");
+        // Silent at both ends (and so at the loop seam): no click.
+        assert!(m[0].abs() < 50 && m[m.len() - 1].abs() < 50);
+        let peak = m.iter().map(|&x| i32::from(x).abs()).max().unwrap_or(0);
+        assert!((2_000..=8_000).contains(&peak), "peak {peak}");
+        // Each note sounds at its pitch: over 200 ms of the note, its
+        // fundamental beats the neighbouring semitones by far.
+        for (k, &n) in HOLD_MUSIC_NOTES.iter().enumerate() {
+            let at = k * note + FRAME_SAMPLES;
+            let frame = &m[at..at + 10 * FRAME_SAMPLES];
+            let p = goertzel_power(frame, midi_hz(n) as f32);
+            let lo = goertzel_power(frame, midi_hz(n - 1) as f32);
+            let hi = goertzel_power(frame, midi_hz(n + 1) as f32);
+            assert!(
+                p > 1e6 && p > 5.0 * lo && p > 5.0 * hi,
+                "note {k}: {p} {lo} {hi}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,10 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::msg::{CallId, EndReason, FailReason, ReqId};
+use crate::msg::{CallId, EndReason, FailReason, LineSettings, ReqId};
+
+/// Most forwarding steps one call may take before it is a loop.
+pub const MAX_FORWARD_HOPS: usize = 5;
 
 /// Tunables of the switchboard.
 #[derive(Debug, Clone)]
@@ -107,6 +110,28 @@ pub enum Action {
     },
     /// A call reached its final state.
     Record(CallRecord),
+    /// A feature code was applied for `caller`; tell it.
+    Feature {
+        caller: String,
+        req: ReqId,
+        message: String,
+    },
+    /// An extension's settings changed: store them and show the station.
+    Settings { ext: String, settings: LineSettings },
+    /// Nobody answered: the call now rings `to` (tell the caller).
+    Forwarded {
+        caller: String,
+        call: CallId,
+        to: String,
+    },
+    /// `picker` took the ringing call `call` from `from` with the pick-up
+    /// code; media set-up follows as a `Connected`.
+    PickedUp {
+        picker: String,
+        req: ReqId,
+        call: CallId,
+        from: String,
+    },
 }
 
 /// Why an input was refused. The switchboard's state is unchanged.
@@ -135,12 +160,25 @@ pub struct Call {
     pub callee: String,
     pub started: Instant,
     pub state: CallState,
+    /// Extensions this call has rung, in order (for loop detection).
+    pub rang: Vec<String>,
 }
 
 #[derive(Debug, Default)]
 struct Line {
     online: bool,
     call: Option<CallId>,
+    settings: LineSettings,
+}
+
+/// What a dialled feature code came to.
+enum Feature {
+    /// Applied; the caller has been told.
+    Done,
+    /// Refused.
+    Fail(FailReason),
+    /// A short code: dial this number instead.
+    Dial(String),
 }
 
 /// The gateway's call table.
@@ -151,6 +189,7 @@ pub struct Switchboard {
     calls: BTreeMap<CallId, Call>,
     actions: VecDeque<Action>,
     next_id: CallId,
+    speed_dials: HashMap<String, String>,
 }
 
 impl Switchboard {
@@ -161,6 +200,28 @@ impl Switchboard {
             calls: BTreeMap::new(),
             actions: VecDeque::new(),
             next_id: 1,
+            speed_dials: HashMap::new(),
+        }
+    }
+
+    /// Load an extension's settings (e.g. from disk at start).
+    pub fn set_settings(&mut self, ext: &str, settings: LineSettings) {
+        self.lines.entry(ext.to_string()).or_default().settings = settings;
+    }
+
+    pub fn settings(&self, ext: &str) -> Option<&LineSettings> {
+        self.lines.get(ext).map(|l| &l.settings)
+    }
+
+    /// Map a short code (`*0`–`*9`, `**NN`) to a number; `None` removes it.
+    pub fn set_speed_dial(&mut self, code: &str, number: Option<&str>) {
+        match number {
+            Some(n) => {
+                self.speed_dials.insert(code.to_string(), n.to_string());
+            }
+            None => {
+                self.speed_dials.remove(code);
+            }
         }
     }
 
@@ -235,22 +296,32 @@ impl Switchboard {
             }
             _ => return fail(self, FailReason::NotAllowed, None),
         }
+        let dialled = if number.starts_with('*') {
+            match self.feature(now, caller, req, number) {
+                Feature::Done => return,
+                Feature::Fail(reason) => return fail(self, reason, None),
+                Feature::Dial(n) => n,
+            }
+        } else {
+            number.to_string()
+        };
+        let number = dialled.as_str();
         if number == caller {
             return fail(self, FailReason::SelfCall, None);
         }
-        let Some(target) = self.lines.get(number) else {
-            return fail(
-                self,
-                FailReason::UnknownNumber,
-                Some(Outcome::UnknownNumber),
-            );
+        let (target, rang) = match self.route(caller, number, Vec::new()) {
+            Ok(t) => t,
+            Err(reason) => {
+                let outcome = match reason {
+                    FailReason::UnknownNumber => Outcome::UnknownNumber,
+                    FailReason::Unreachable => Outcome::Unreachable,
+                    FailReason::Busy | FailReason::DoNotDisturb => Outcome::Busy,
+                    _ => Outcome::Failed,
+                };
+                return fail(self, reason, Some(outcome));
+            }
         };
-        if !target.online {
-            return fail(self, FailReason::Unreachable, Some(Outcome::Unreachable));
-        }
-        if target.call.is_some() {
-            return fail(self, FailReason::Busy, Some(Outcome::Busy));
-        }
+        let number = target.as_str();
         let id = self.next_id;
         self.next_id += 1;
         let deadline = now + self.config.ring_timeout;
@@ -262,6 +333,7 @@ impl Switchboard {
                 callee: number.to_string(),
                 started: now,
                 state: CallState::Ringing { deadline },
+                rang,
             },
         );
         for ext in [caller, number] {
@@ -372,6 +444,9 @@ impl Switchboard {
             .map(|c| c.id)
             .collect();
         for id in expired {
+            if self.forward_unanswered(now, id) {
+                continue;
+            }
             if let Some(call) = self.calls.remove(&id) {
                 for ext in [&call.caller, &call.callee] {
                     self.actions.push_back(Action::Ended {
@@ -383,6 +458,225 @@ impl Switchboard {
                 self.close(now, call, Outcome::NoAnswer);
             }
         }
+    }
+
+    /// A ringing call timed out: move it to the callee's no-answer target
+    /// if it has one that can ring. `true` when the call moved on.
+    fn forward_unanswered(&mut self, now: Instant, id: CallId) -> bool {
+        let Some(call) = self.calls.get(&id) else {
+            return false;
+        };
+        let Some(next) = self
+            .lines
+            .get(&call.callee)
+            .and_then(|l| l.settings.forward_no_answer.clone())
+        else {
+            return false;
+        };
+        let (caller, old, rang) = (call.caller.clone(), call.callee.clone(), call.rang.clone());
+        let Ok((target, rang)) = self.route(&caller, &next, rang) else {
+            return false;
+        };
+        if let Some(l) = self.lines.get_mut(&old) {
+            if l.call == Some(id) {
+                l.call = None;
+            }
+        }
+        if let Some(l) = self.lines.get_mut(&target) {
+            l.call = Some(id);
+        }
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.callee = target.clone();
+            c.rang = rang;
+            c.state = CallState::Ringing {
+                deadline: now + self.config.ring_timeout,
+            };
+        }
+        self.actions.push_back(Action::Ended {
+            to: old,
+            call: id,
+            reason: EndReason::Forwarded,
+        });
+        self.actions.push_back(Action::Forwarded {
+            caller: caller.clone(),
+            call: id,
+            to: target.clone(),
+        });
+        self.actions.push_back(Action::Ring {
+            callee: target,
+            call: id,
+            from: caller,
+        });
+        true
+    }
+
+    /// Follow forwarding rules from `number` to the extension that should
+    /// ring now. `rang` holds the extensions this call has already rung.
+    fn route(
+        &self,
+        caller: &str,
+        number: &str,
+        mut rang: Vec<String>,
+    ) -> Result<(String, Vec<String>), FailReason> {
+        let mut cur = number.to_string();
+        loop {
+            if rang.len() > MAX_FORWARD_HOPS || rang.contains(&cur) {
+                return Err(FailReason::ForwardLoop);
+            }
+            let Some(line) = self.lines.get(&cur) else {
+                return Err(FailReason::UnknownNumber);
+            };
+            if cur == caller {
+                // Forwarded back to whoever is calling.
+                return Err(if rang.is_empty() {
+                    FailReason::SelfCall
+                } else {
+                    FailReason::ForwardLoop
+                });
+            }
+            rang.push(cur.clone());
+            let s = &line.settings;
+            let next = if let Some(f) = &s.forward_always {
+                f.clone()
+            } else if s.dnd {
+                return Err(FailReason::DoNotDisturb);
+            } else if line.call.is_some() {
+                match &s.forward_busy {
+                    Some(f) => f.clone(),
+                    None => return Err(FailReason::Busy),
+                }
+            } else if !line.online {
+                match &s.forward_no_answer {
+                    Some(f) => f.clone(),
+                    None => return Err(FailReason::Unreachable),
+                }
+            } else {
+                return Ok((cur, rang));
+            };
+            cur = next;
+        }
+    }
+
+    /// Apply a feature code dialled by `caller`.
+    fn feature(&mut self, now: Instant, caller: &str, req: ReqId, code: &str) -> Feature {
+        // *8 is pick-up (as users know it from other PBXs); it is never a
+        // short code.
+        if code == "*8" {
+            return self.pickup(now, caller, req);
+        }
+        // Speed dial: *0–*9 and **NN.
+        if let Some(n) = self.speed_dials.get(code) {
+            return Feature::Dial(n.clone());
+        }
+        let is_speed = code.len() == 2 && code.as_bytes()[1].is_ascii_digit()
+            || code.starts_with("**")
+                && code.len() == 4
+                && code[2..].bytes().all(|b| b.is_ascii_digit());
+        if is_speed {
+            return Feature::Fail(FailReason::UnknownNumber);
+        }
+        let mut settings = self
+            .lines
+            .get(caller)
+            .map(|l| l.settings.clone())
+            .unwrap_or_default();
+        let target = |prefix: &str| code.strip_prefix(prefix).filter(|t| !t.is_empty());
+        let message = if let Some(t) = target("*72") {
+            if !self.lines.contains_key(t) {
+                return Feature::Fail(FailReason::UnknownNumber);
+            }
+            settings.forward_always = Some(t.to_string());
+            format!("all calls now go to {t}")
+        } else if code == "*73" {
+            settings.forward_always = None;
+            "forwarding of all calls is off".to_string()
+        } else if let Some(t) = target("*90") {
+            if !self.lines.contains_key(t) {
+                return Feature::Fail(FailReason::UnknownNumber);
+            }
+            settings.forward_busy = Some(t.to_string());
+            format!("calls while busy now go to {t}")
+        } else if code == "*91" {
+            settings.forward_busy = None;
+            "forwarding when busy is off".to_string()
+        } else if let Some(t) = target("*52") {
+            if !self.lines.contains_key(t) {
+                return Feature::Fail(FailReason::UnknownNumber);
+            }
+            settings.forward_no_answer = Some(t.to_string());
+            format!("unanswered calls now go to {t}")
+        } else if code == "*53" {
+            settings.forward_no_answer = None;
+            "forwarding when unanswered is off".to_string()
+        } else if code == "*78" {
+            settings.dnd = true;
+            "do not disturb is on".to_string()
+        } else if code == "*79" {
+            settings.dnd = false;
+            "do not disturb is off".to_string()
+        } else {
+            return Feature::Fail(FailReason::UnknownFeature);
+        };
+        self.set_settings(caller, settings.clone());
+        self.actions.push_back(Action::Settings {
+            ext: caller.to_string(),
+            settings,
+        });
+        self.actions.push_back(Action::Feature {
+            caller: caller.to_string(),
+            req,
+            message,
+        });
+        Feature::Done
+    }
+
+    /// `*8`: take the longest-ringing call meant for another extension.
+    fn pickup(&mut self, now: Instant, picker: &str, req: ReqId) -> Feature {
+        let Some(id) = self
+            .calls
+            .values()
+            .filter(|c| {
+                matches!(c.state, CallState::Ringing { .. })
+                    && c.callee != picker
+                    && c.caller != picker
+            })
+            .min_by_key(|c| c.started)
+            .map(|c| c.id)
+        else {
+            return Feature::Fail(FailReason::Unreachable);
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return Feature::Fail(FailReason::Unreachable);
+        };
+        let old = std::mem::replace(&mut call.callee, picker.to_string());
+        call.state = CallState::Answered { at: now };
+        call.rang.push(picker.to_string());
+        let caller = call.caller.clone();
+        if let Some(l) = self.lines.get_mut(&old) {
+            if l.call == Some(id) {
+                l.call = None;
+            }
+        }
+        if let Some(l) = self.lines.get_mut(picker) {
+            l.call = Some(id);
+        }
+        self.actions.push_back(Action::Ended {
+            to: old,
+            call: id,
+            reason: EndReason::AnsweredElsewhere,
+        });
+        self.actions.push_back(Action::PickedUp {
+            picker: picker.to_string(),
+            req,
+            call: id,
+            from: caller.clone(),
+        });
+        self.actions.push_back(Action::Connected {
+            call: id,
+            caller,
+            callee: picker.to_string(),
+        });
+        Feature::Done
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -455,5 +749,189 @@ impl Switchboard {
             ended: now,
             outcome,
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn board(lines: &[&str]) -> (Switchboard, Instant) {
+        let now = Instant::now();
+        let mut sb = Switchboard::new(Config::default());
+        for l in lines {
+            sb.add_line(l);
+            sb.handle_line_up(now, l);
+        }
+        (sb, now)
+    }
+
+    fn drain(sb: &mut Switchboard) -> Vec<Action> {
+        std::iter::from_fn(|| sb.poll_action()).collect()
+    }
+
+    fn fwd_always(sb: &mut Switchboard, ext: &str, to: &str) {
+        sb.set_settings(
+            ext,
+            LineSettings {
+                forward_always: Some(to.into()),
+                ..LineSettings::default()
+            },
+        );
+    }
+
+    #[test]
+    fn forward_chains_are_followed_and_loops_refused() {
+        let lines = ["201", "202", "203", "204", "205", "206", "207", "208"];
+        let (mut sb, now) = board(&lines);
+        fwd_always(&mut sb, "202", "203");
+        fwd_always(&mut sb, "203", "204");
+        sb.handle_dial(now, "201", 1, "202");
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ring {
+            callee: "204".into(),
+            call: 1,
+            from: "201".into()
+        }));
+        // A circle.
+        fwd_always(&mut sb, "205", "206");
+        fwd_always(&mut sb, "206", "205");
+        sb.handle_dial(now, "207", 2, "205");
+        assert!(drain(&mut sb).iter().any(|a| matches!(
+            a,
+            Action::DialFailed {
+                reason: FailReason::ForwardLoop,
+                ..
+            }
+        )));
+        // Back to the caller is a loop too.
+        fwd_always(&mut sb, "208", "207");
+        sb.handle_dial(now, "207", 3, "208");
+        assert!(drain(&mut sb).iter().any(|a| matches!(
+            a,
+            Action::DialFailed {
+                reason: FailReason::ForwardLoop,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn too_many_hops_is_a_loop() {
+        let lines: Vec<String> = (201..=210).map(|n| n.to_string()).collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let (mut sb, now) = board(&refs);
+        for w in lines[1..].windows(2) {
+            fwd_always(&mut sb, &w[0], &w[1]);
+        }
+        sb.handle_dial(now, "201", 1, "202");
+        assert!(drain(&mut sb).iter().any(|a| matches!(
+            a,
+            Action::DialFailed {
+                reason: FailReason::ForwardLoop,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn feature_codes_change_settings_and_report() {
+        let (mut sb, now) = board(&["201", "202"]);
+        sb.handle_dial(now, "201", 1, "*72202");
+        let acts = drain(&mut sb);
+        assert!(acts
+            .iter()
+            .any(|a| matches!(a, Action::Settings { ext, settings }
+            if ext == "201" && settings.forward_always.as_deref() == Some("202"))));
+        assert!(acts
+            .iter()
+            .any(|a| matches!(a, Action::Feature { req: 1, .. })));
+        sb.handle_dial(now, "201", 2, "*72299");
+        assert!(drain(&mut sb).iter().any(|a| matches!(
+            a,
+            Action::DialFailed {
+                reason: FailReason::UnknownNumber,
+                ..
+            }
+        )));
+        sb.handle_dial(now, "202", 3, "*78");
+        drain(&mut sb);
+        sb.handle_dial(now, "201", 4, "202");
+        assert!(drain(&mut sb).iter().any(|a| matches!(
+            a,
+            Action::DialFailed {
+                reason: FailReason::DoNotDisturb,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn no_answer_moves_the_call_and_keeps_one_record() {
+        let (mut sb, now) = board(&["201", "202", "203"]);
+        sb.set_settings(
+            "202",
+            LineSettings {
+                forward_no_answer: Some("203".into()),
+                ..LineSettings::default()
+            },
+        );
+        sb.handle_dial(now, "201", 1, "202");
+        drain(&mut sb);
+        let t = sb.poll_timeout().expect("deadline");
+        sb.handle_timeout(t);
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Forwarded {
+            caller: "201".into(),
+            call: 1,
+            to: "203".into()
+        }));
+        assert!(!acts.iter().any(|a| matches!(a, Action::Record(_))));
+        // 202 is free again; 203 rings and can answer.
+        assert!(sb.handle_answer(t, "203", 1).is_ok());
+        sb.handle_hangup(t, "201", 1).expect("hangup");
+        let records = drain(&mut sb)
+            .into_iter()
+            .filter(|a| matches!(a, Action::Record(_)))
+            .count();
+        assert_eq!(records, 1);
+    }
+
+    #[test]
+    fn pickup_takes_the_ringing_call() {
+        let (mut sb, now) = board(&["201", "202", "204"]);
+        sb.handle_dial(now, "201", 1, "202");
+        drain(&mut sb);
+        sb.handle_dial(now, "204", 9, "*8");
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ended {
+            to: "202".into(),
+            call: 1,
+            reason: EndReason::AnsweredElsewhere
+        }));
+        assert!(acts.contains(&Action::Connected {
+            call: 1,
+            caller: "201".into(),
+            callee: "204".into()
+        }));
+        // 202 is free for a new call.
+        sb.handle_dial(now, "202", 2, "201");
+        assert!(drain(&mut sb).iter().any(|a| matches!(
+            a,
+            Action::DialFailed {
+                reason: FailReason::Busy,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn short_codes_dial_their_number() {
+        let (mut sb, now) = board(&["201", "203"]);
+        sb.set_speed_dial("*1", Some("203"));
+        sb.handle_dial(now, "201", 1, "*1");
+        assert!(drain(&mut sb)
+            .iter()
+            .any(|a| matches!(a, Action::Ring { callee, .. } if callee == "203")));
     }
 }

@@ -42,6 +42,12 @@ pub enum FailReason {
     AlreadyInCall,
     /// The caller dialled itself.
     SelfCall,
+    /// Forwarding rules send the call round in a circle (or too far).
+    ForwardLoop,
+    /// A feature code nobody knows, or one this gateway does not offer.
+    UnknownFeature,
+    /// Do-not-disturb is on at the callee.
+    DoNotDisturb,
 }
 
 impl FailReason {
@@ -54,6 +60,9 @@ impl FailReason {
             FailReason::NotAllowed => "not allowed (this station is not approved)",
             FailReason::AlreadyInCall => "already in a call",
             FailReason::SelfCall => "cannot call yourself",
+            FailReason::ForwardLoop => "forwarding loop (the rules send the call in a circle)",
+            FailReason::UnknownFeature => "unknown feature code",
+            FailReason::DoNotDisturb => "do not disturb",
         }
     }
 }
@@ -76,6 +85,29 @@ pub enum EndReason {
     MediaFailed,
     /// The gateway is shutting down.
     Shutdown,
+    /// Another station picked the ringing call up.
+    AnsweredElsewhere,
+    /// Nobody answered here; the call moved on to the forward target.
+    Forwarded,
+}
+
+/// An extension's call-handling settings, kept on the gateway (claim 7 for
+/// the office) and shown to the station.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineSettings {
+    /// Forward every call to this number.
+    #[serde(default)]
+    pub forward_always: Option<String>,
+    /// Forward when the line is in another call.
+    #[serde(default)]
+    pub forward_busy: Option<String>,
+    /// Forward when nobody answers within the ring timeout (or the station
+    /// is not connected).
+    #[serde(default)]
+    pub forward_no_answer: Option<String>,
+    /// Do not disturb: callers get busy.
+    #[serde(default)]
+    pub dnd: bool,
 }
 
 /// How an end of an answered call sets up its end-to-end media connection.
@@ -157,6 +189,50 @@ pub enum Msg {
         call: CallId,
         reason: EndReason,
     },
+    /// Gateway → station: a feature code was applied.
+    Feature {
+        req: ReqId,
+        message: String,
+    },
+    /// Gateway → station: its call-handling settings (on register and on
+    /// every change).
+    Settings {
+        settings: LineSettings,
+    },
+    /// Gateway → caller: nobody answered; the call now rings `to`.
+    Forwarded {
+        call: CallId,
+        to: String,
+    },
+    /// Gateway → a station that dialled the pick-up code: it now holds
+    /// the ringing call from `from`.
+    PickedUp {
+        req: ReqId,
+        call: CallId,
+        from: String,
+    },
+    /// Station → gateway: send a text message.
+    SendText {
+        req: ReqId,
+        to: String,
+        body: String,
+    },
+    /// Gateway → station: the text was stored for delivery.
+    TextSent {
+        req: ReqId,
+        id: u64,
+    },
+    /// Gateway → station: a text message, kept until the station reads it.
+    Text {
+        id: u64,
+        from: String,
+        body: String,
+        sent_ms: i64,
+    },
+    /// Station → gateway: these texts were read; forget them.
+    TextRead {
+        ids: Vec<u64>,
+    },
     /// First message on a media connection, from the dialling end.
     MediaHello {
         call: CallId,
@@ -216,6 +292,14 @@ impl Msg {
             Msg::Hangup { .. } => "hangup",
             Msg::Connect { .. } => "connect",
             Msg::Ended { .. } => "ended",
+            Msg::Feature { .. } => "feature",
+            Msg::Settings { .. } => "settings",
+            Msg::Forwarded { .. } => "forwarded",
+            Msg::PickedUp { .. } => "picked-up",
+            Msg::SendText { .. } => "send-text",
+            Msg::TextSent { .. } => "text-sent",
+            Msg::Text { .. } => "text",
+            Msg::TextRead { .. } => "text-read",
             Msg::MediaHello { .. } => "media-hello",
             Msg::MediaOk { .. } => "media-ok",
             Msg::Ping { .. } => "ping",
@@ -238,6 +322,14 @@ const KNOWN_KINDS: &[&str] = &[
     "hangup",
     "connect",
     "ended",
+    "feature",
+    "settings",
+    "forwarded",
+    "picked-up",
+    "send-text",
+    "text-sent",
+    "text",
+    "text-read",
     "media-hello",
     "media-ok",
     "ping",
@@ -307,6 +399,39 @@ mod tests {
                 call: 7,
                 reason: EndReason::Hangup,
             },
+            Msg::Feature {
+                req: 2,
+                message: "forward on".into(),
+            },
+            Msg::Settings {
+                settings: LineSettings {
+                    forward_always: Some("203".into()),
+                    dnd: true,
+                    ..LineSettings::default()
+                },
+            },
+            Msg::Forwarded {
+                call: 7,
+                to: "203".into(),
+            },
+            Msg::PickedUp {
+                req: 3,
+                call: 7,
+                from: "201".into(),
+            },
+            Msg::SendText {
+                req: 4,
+                to: "202".into(),
+                body: "lunch?".into(),
+            },
+            Msg::TextSent { req: 4, id: 9 },
+            Msg::Text {
+                id: 9,
+                from: "201".into(),
+                body: "lunch?".into(),
+                sent_ms: 5,
+            },
+            Msg::TextRead { ids: vec![9] },
             Msg::MediaHello {
                 call: 7,
                 token: "t".into(),

@@ -928,9 +928,11 @@ fn call_of_action(a: &Action) -> Option<CallId> {
         Action::Ringing { call, .. }
         | Action::Ring { call, .. }
         | Action::Connected { call, .. }
-        | Action::Ended { call, .. } => Some(*call),
+        | Action::Ended { call, .. }
+        | Action::Forwarded { call, .. }
+        | Action::PickedUp { call, .. } => Some(*call),
         Action::Record(r) => r.call,
-        Action::DialFailed { .. } => None,
+        Action::DialFailed { .. } | Action::Feature { .. } | Action::Settings { .. } => None,
     }
 }
 

@@ -1,0 +1,251 @@
+//! Call recording: both directions of a call mixed into one Ogg Opus file,
+//! named after the call's start time (UTC) and the peer, e.g.
+//! `2026-11-29T14-03-22_202.opus`.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::{MediaError, OggOpusWriter, FRAME_SAMPLES};
+
+/// Longest peer part of a recording's file name (characters).
+pub const MAX_PEER_NAME: usize = 64;
+/// Numbered alternatives tried when a recording's file name is taken.
+const MAX_NAME_TRIES: u32 = 1000;
+
+/// Records a call: each 20 ms the local (microphone) and remote (received)
+/// frames are mixed, summed with saturation so both stay at their own level,
+/// and encoded to an Ogg Opus file (see [`OggOpusWriter`]: playable up to the
+/// last second even if the process is killed).
+#[derive(Debug)]
+pub struct CallRecorder {
+    writer: OggOpusWriter,
+    path: PathBuf,
+    mix: Vec<i16>,
+}
+
+impl CallRecorder {
+    /// Starts a recording in `dir` (which must exist) named by `when` (UTC)
+    /// and `peer` (sanitised, see [`sanitize_peer`]). An existing recording
+    /// is never overwritten: `-2`, `-3`... is added to the name instead.
+    pub fn create(dir: &Path, peer: &str, when: SystemTime) -> Result<Self, MediaError> {
+        let stamp = UtcTime::from_system_time(when);
+        let base = format!("{}_{}", stamp.file_stamp(), sanitize_peer(peer));
+        let title = format!("Call with {peer}");
+        let date = stamp.iso8601();
+        let tags = [("TITLE", title.as_str()), ("DATE", date.as_str())];
+        let mut last_err = None;
+        for n in 1..=MAX_NAME_TRIES {
+            let name = if n == 1 {
+                format!("{base}.opus")
+            } else {
+                format!("{base}-{n}.opus")
+            };
+            let path = dir.join(name);
+            match OggOpusWriter::create_new_with_tags(&path, &tags) {
+                Ok(writer) => {
+                    return Ok(Self {
+                        writer,
+                        path,
+                        mix: vec![0; FRAME_SAMPLES],
+                    })
+                }
+                Err(MediaError::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    last_err = Some(MediaError::Io(e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| {
+            MediaError::Format(format!("{}: no free recording name", dir.display()))
+        }))
+    }
+
+    /// Mixes and records one 20 ms frame of each direction. Either side may
+    /// be shorter than [`FRAME_SAMPLES`] (even empty, e.g. no packet arrived):
+    /// the rest is silence. Longer frames are an error.
+    pub fn write(&mut self, local: &[i16], remote: &[i16]) -> Result<(), MediaError> {
+        if local.len() > FRAME_SAMPLES || remote.len() > FRAME_SAMPLES {
+            return Err(MediaError::Format(format!(
+                "call recorder: frames of {} and {} samples (at most {FRAME_SAMPLES})",
+                local.len(),
+                remote.len()
+            )));
+        }
+        for (i, m) in self.mix.iter_mut().enumerate() {
+            let a = local.get(i).copied().unwrap_or(0);
+            let b = remote.get(i).copied().unwrap_or(0);
+            *m = a.saturating_add(b);
+        }
+        self.writer.write_frame(&self.mix)
+    }
+
+    /// Ends the recording and returns its path.
+    pub fn finish(self) -> Result<PathBuf, MediaError> {
+        self.writer.finish()?;
+        Ok(self.path)
+    }
+
+    /// The file being written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Audio recorded so far (48 kHz samples).
+    pub fn samples_written(&self) -> u64 {
+        self.writer.samples_written()
+    }
+}
+
+/// Makes `peer` safe as part of a file name: ASCII letters, digits and
+/// `+ - . @ _` are kept, everything else (slashes, spaces, control and
+/// non-ASCII characters) becomes `_`; a leading `.` or `-` becomes `_`; at
+/// most [`MAX_PEER_NAME`] characters; empty gives `unknown`.
+pub fn sanitize_peer(peer: &str) -> String {
+    let mut out: String = peer
+        .chars()
+        .take(MAX_PEER_NAME)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.' | '@' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.starts_with(['.', '-']) {
+        out.replace_range(..1, "_");
+    }
+    if out.is_empty() {
+        out.push_str("unknown");
+    }
+    out
+}
+
+/// A UTC calendar time (proleptic Gregorian), to the second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcTime {
+    /// Year (e.g. 2026).
+    pub year: i64,
+    /// Month, 1 to 12.
+    pub month: u32,
+    /// Day of the month, 1 to 31.
+    pub day: u32,
+    /// Hour, 0 to 23.
+    pub hour: u32,
+    /// Minute, 0 to 59.
+    pub minute: u32,
+    /// Second, 0 to 59.
+    pub second: u32,
+}
+
+impl UtcTime {
+    /// The calendar time `secs` seconds after 1970-01-01T00:00:00Z
+    /// (negative: before).
+    pub fn from_unix(secs: i64) -> Self {
+        let days = secs.div_euclid(86_400);
+        let sod = secs.rem_euclid(86_400);
+        // Days to civil date (H. Hinnant's algorithm).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097; // [0, 146096]
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+        let mp = (5 * doy + 2) / 153; // [0, 11], from March
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        Self {
+            year,
+            month: month as u32,
+            day: day as u32,
+            hour: (sod / 3_600) as u32,
+            minute: (sod / 60 % 60) as u32,
+            second: (sod % 60) as u32,
+        }
+    }
+
+    /// The calendar time of `t` (whole seconds, rounded down).
+    pub fn from_system_time(t: SystemTime) -> Self {
+        let secs = match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2),
+            Err(e) => {
+                let d = e.duration();
+                let s = i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2);
+                -s - i64::from(d.subsec_nanos() > 0)
+            }
+        };
+        Self::from_unix(secs)
+    }
+
+    /// `YYYY-MM-DDTHH-MM-SS`: ISO 8601 with `-` for `:` (safe in file names
+    /// everywhere).
+    pub fn file_stamp(&self) -> String {
+        format!(
+            "{:04}-{:02}-{:02}T{:02}-{:02}-{:02}",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        )
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SSZ`.
+    pub fn iso8601(&self) -> String {
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(secs: i64) -> String {
+        UtcTime::from_unix(secs).file_stamp()
+    }
+
+    #[test]
+    fn known_dates() {
+        assert_eq!(stamp(0), "1970-01-01T00-00-00");
+        assert_eq!(stamp(1_795_961_002), "2026-11-29T14-03-22");
+        // Leap days: 2000 (divisible by 400) and 2024 are leap years.
+        assert_eq!(stamp(951_825_600), "2000-02-29T12-00-00");
+        assert_eq!(stamp(951_868_800), "2000-03-01T00-00-00");
+        assert_eq!(stamp(1_709_251_199), "2024-02-29T23-59-59");
+        assert_eq!(stamp(1_709_251_200), "2024-03-01T00-00-00");
+        // 2100 is not: February 28th is followed by March 1st.
+        assert_eq!(stamp(4_107_456_000), "2100-02-28T00-00-00");
+        assert_eq!(stamp(4_107_542_400), "2100-03-01T00-00-00");
+        assert_eq!(stamp(946_684_799), "1999-12-31T23-59-59");
+        assert_eq!(stamp(-1), "1969-12-31T23-59-59");
+        assert_eq!(
+            UtcTime::from_unix(1_795_961_002).iso8601(),
+            "2026-11-29T14:03:22Z"
+        );
+    }
+
+    #[test]
+    fn system_time_conversion() {
+        let t = UNIX_EPOCH + std::time::Duration::from_millis(1_795_961_002_900);
+        assert_eq!(
+            UtcTime::from_system_time(t).file_stamp(),
+            "2026-11-29T14-03-22"
+        );
+        let before = UNIX_EPOCH - std::time::Duration::from_millis(500);
+        assert_eq!(
+            UtcTime::from_system_time(before).file_stamp(),
+            "1969-12-31T23-59-59"
+        );
+    }
+
+    #[test]
+    fn peer_sanitising() {
+        assert_eq!(sanitize_peer("202"), "202");
+        assert_eq!(sanitize_peer("alice@office"), "alice@office");
+        assert_eq!(sanitize_peer("+1 555/123"), "+1_555_123");
+        assert_eq!(sanitize_peer("../../etc/passwd"), "_._.._etc_passwd");
+        assert_eq!(sanitize_peer("-rf"), "_rf");
+        assert_eq!(sanitize_peer(""), "unknown");
+        assert_eq!(sanitize_peer("Zoë\n"), "Zo__");
+        assert_eq!(sanitize_peer(&"x".repeat(200)).len(), MAX_PEER_NAME);
+    }
+}
