@@ -98,3 +98,12 @@ pub enum SpeedDialCmd {
     /// Remove a short code.
     Rm { code: String },
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

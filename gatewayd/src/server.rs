@@ -510,7 +510,10 @@ async fn station_loop(
                     continue;
                 }
             },
-            m @ (Msg::Answer { .. } | Msg::Reject { .. } | Msg::Hangup { .. }) => m,
+            m @ (Msg::Answer { .. }
+            | Msg::Reject { .. }
+            | Msg::Hangup { .. }
+            | Msg::Hold { .. }) => m,
             Msg::SendText { req, to, body } => {
                 let reply = send_text(shared, ext, &to, &body).await;
                 let _ = tx.try_send(match reply {
@@ -819,6 +822,7 @@ impl Switch {
             Msg::Answer { call } => (self.sb.handle_answer(now, ext, call), call),
             Msg::Reject { call } => (self.sb.handle_reject(now, ext, call), call),
             Msg::Hangup { call } => (self.sb.handle_hangup(now, ext, call), call),
+            Msg::Hold { call, on } => (self.sb.handle_hold(ext, call, on), call),
             _ => return,
         };
         if let Err(e) = res {
@@ -905,6 +909,7 @@ impl Switch {
                     });
                     self.send(&ext, Msg::Settings { settings });
                 }
+                Action::Held { to, call, on } => self.send(&to, Msg::Held { call, on }),
                 Action::Forwarded { caller, call, to } => {
                     self.send(&caller, Msg::Forwarded { call, to })
                 }
@@ -1044,6 +1049,9 @@ impl Switch {
             .map(|c| {
                 let (state, secs) = match c.state {
                     CallState::Ringing { .. } => ("ringing", now.duration_since(c.started)),
+                    CallState::Answered { at } if c.held_by.is_some() => {
+                        ("held", now.duration_since(at))
+                    }
                     CallState::Answered { at } => ("answered", now.duration_since(at)),
                 };
                 json!({

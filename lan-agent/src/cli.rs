@@ -44,6 +44,12 @@ pub enum Cmd {
         /// Do not use mDNS (then --gateway is required).
         #[arg(long)]
         no_mdns: bool,
+        /// Record every call (both directions, Ogg Opus) into this directory.
+        #[arg(long, value_name = "DIR")]
+        record_dir: Option<PathBuf>,
+        /// WAV file the other end hears while this station holds a call.
+        #[arg(long, value_name = "FILE")]
+        hold_music: Option<PathBuf>,
     },
     /// Show registration (or the pairing code) and the call in progress.
     Status {
@@ -56,6 +62,15 @@ pub enum Cmd {
     Answer,
     /// End the call (or decline a ringing one).
     Hangup,
+    /// Put the call on hold (the other end hears music).
+    Hold,
+    /// Take the call off hold.
+    Resume,
+    /// Record the call in progress (`on`) or stop (`off`).
+    Record {
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+    },
     /// Send a text message to an extension.
     Message {
         number: String,
@@ -68,4 +83,13 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::audio;
-use crate::session::{Session, SharedSink, SharedSource};
+use crate::session::{Hold, RecordSlot, Session, SharedRecord, SharedSink, SharedSource};
 
 /// Options of `keyline-agent run`.
 #[derive(Debug, Clone)]
@@ -34,6 +34,10 @@ pub struct RunOptions {
     pub ringtone: Option<PathBuf>,
     pub bind: SocketAddr,
     pub mdns: bool,
+    /// Record every call into this directory.
+    pub record_dir: Option<PathBuf>,
+    /// What a held party hears (default: a generated melody).
+    pub hold_music: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +112,6 @@ enum Link {
 
 type DialReply = oneshot::Sender<std::result::Result<Value, String>>;
 
-#[derive(Default)]
 struct State {
     link: Option<Link>,
     gateway: Option<SocketAddr>,
@@ -126,6 +129,35 @@ struct State {
     inbox: Vec<Value>,
     /// Requests waiting for a TextSent or an Error.
     texts: HashMap<u64, DialReply>,
+    /// The recording of the current call, if any.
+    record: SharedRecord,
+    /// Hold state shared with the media session.
+    hold: Arc<Hold>,
+    /// The held party's view: the other end holds this call.
+    held_by_peer: bool,
+}
+
+impl State {
+    fn new(hold_music: Vec<i16>) -> State {
+        State {
+            link: None,
+            gateway: None,
+            gw_tx: None,
+            call: None,
+            last_call: None,
+            next_req: 0,
+            dials: HashMap::new(),
+            session: None,
+            ringer: None,
+            auto_answer: None,
+            settings: LineSettings::default(),
+            inbox: Vec::new(),
+            texts: HashMap::new(),
+            record: Arc::new(Mutex::new(RecordSlot::default())),
+            hold: Arc::new(Hold::new(hold_music)),
+            held_by_peer: false,
+        }
+    }
 }
 
 struct Agent {
@@ -170,13 +202,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             .with_context(|| format!("ringtone {}", p.display()))?,
         None => keyline_media::ringtone_samples(),
     };
+    let hold_music = match &opts.hold_music {
+        Some(p) => keyline_media::read_wav_mono48k(p)
+            .with_context(|| format!("hold music {}", p.display()))?,
+        None => keyline_media::hold_music(),
+    };
     let (expect, _) = watch::channel(None);
     let agent = Arc::new(Agent {
         id,
         endpoint,
         state_dir: state_dir.clone(),
         opts,
-        st: Mutex::new(State::default()),
+        st: Mutex::new(State::new(hold_music)),
         expect,
         source: Arc::new(Mutex::new(source)),
         sink: Arc::new(Mutex::new(sink)),
@@ -588,6 +625,17 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
             }
         }
         Msg::Settings { settings } => st.settings = settings,
+        Msg::Held { call, on } if st.call.as_ref().is_some_and(|c| c.id == Some(call)) => {
+            println!(
+                "call {call} {}",
+                if on {
+                    "put on hold by the other end"
+                } else {
+                    "resumed"
+                }
+            );
+            st.held_by_peer = on;
+        }
         Msg::Forwarded { call, to } => {
             if let Some(c) = st.call.as_mut().filter(|c| c.id == Some(call)) {
                 println!("call {call}: no answer, forwarded to {to}");
@@ -677,6 +725,22 @@ fn start_ringer(agent: &Arc<Agent>, tone: Arc<Vec<i16>>) -> tokio::task::JoinHan
 
 /// Tear down the current call locally and remember how it went.
 fn end_call(st: &mut State, reason: &str) {
+    let recording = st
+        .record
+        .lock()
+        .ok()
+        .and_then(|mut r| r.stop())
+        .and_then(|r| match r {
+            Ok(p) => Some(p.display().to_string()),
+            Err(e) => {
+                tracing::warn!("recording could not be finished: {e}");
+                None
+            }
+        });
+    st.hold
+        .holding
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    st.held_by_peer = false;
     if let Some(r) = st.ringer.take() {
         r.abort();
     }
@@ -694,6 +758,7 @@ fn end_call(st: &mut State, reason: &str) {
             "seconds": c.connected_at.map(|t| t.elapsed().as_secs_f64()),
             "relayed": c.relayed,
             "timing": c.timing(),
+            "recording": recording,
             "media": stats,
         }));
     }
@@ -795,9 +860,22 @@ fn install_session(agent: &Arc<Agent>, call: CallId, conn: Result<quinn::Connect
     let current = st.call.as_ref().is_some_and(|c| c.id == Some(call));
     match conn {
         Ok(conn) if current => {
-            match Session::start(conn, call, agent.source.clone(), agent.sink.clone()) {
+            match Session::start(
+                conn,
+                call,
+                agent.source.clone(),
+                agent.sink.clone(),
+                st.record.clone(),
+                st.hold.clone(),
+            ) {
                 Ok(s) => {
                     st.session = Some(s);
+                    if let Some(dir) = &agent.opts.record_dir {
+                        let peer = st.call.as_ref().map(|c| c.peer.clone()).unwrap_or_default();
+                        if let Err(e) = start_recording(&st, dir, &peer) {
+                            tracing::warn!("cannot record call {call}: {e}");
+                        }
+                    }
                     if let Some(c) = st.call.as_mut() {
                         c.state = "connected";
                         c.connected_at = Some(Instant::now());
@@ -816,6 +894,21 @@ fn install_session(agent: &Arc<Agent>, call: CallId, conn: Result<quinn::Connect
         Err(e) if current => fail_media(&mut st, call, &format!("{e:#}")),
         Err(_) => {}
     }
+}
+
+fn start_recording(st: &State, dir: &std::path::Path, peer: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut slot = st
+        .record
+        .lock()
+        .map_err(|_| anyhow::anyhow!("recorder lock poisoned"))?;
+    if let Some(r) = &slot.recorder {
+        return Ok(r.path().to_path_buf());
+    }
+    let rec = keyline_media::CallRecorder::create(dir, peer, std::time::SystemTime::now())?;
+    let path = rec.path().to_path_buf();
+    slot.recorder = Some(rec);
+    Ok(path)
 }
 
 fn fail_media(st: &mut State, call: CallId, why: &str) {
@@ -874,6 +967,9 @@ fn status(agent: &Arc<Agent>) -> Value {
             "seconds": c.connected_at.unwrap_or(c.started).elapsed().as_secs_f64(),
             "relayed": c.relayed,
             "timing": c.timing(),
+            "on_hold": st.hold.holding.load(std::sync::atomic::Ordering::Relaxed),
+            "held_by_peer": st.held_by_peer,
+            "recording": st.record.lock().ok().and_then(|r| r.recorder.as_ref().map(|x| x.path().display().to_string())),
             "media": st.session.as_ref().map(|s| s.stats()),
         })
     });
@@ -897,6 +993,57 @@ fn status(agent: &Arc<Agent>) -> Value {
 async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
     match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
         "status" => status(agent),
+        "hold" | "resume" => {
+            let on = req["cmd"] == "hold";
+            let mut st = agent.lock();
+            let Some(call) = st
+                .call
+                .as_ref()
+                .filter(|c| c.state == "connected")
+                .and_then(|c| c.id)
+            else {
+                return control::error("no connected call");
+            };
+            if st.held_by_peer {
+                return control::error("the other end holds this call");
+            }
+            let Some(tx) = st.gw_tx.clone() else {
+                return control::error("not connected to the gateway");
+            };
+            if tx.try_send(Msg::Hold { call, on }).is_err() {
+                return control::error("not connected to the gateway");
+            }
+            st.hold
+                .holding
+                .store(on, std::sync::atomic::Ordering::Relaxed);
+            st.held_by_peer = false;
+            json!({"ok": true, "call": call, "on_hold": on})
+        }
+        "record" => {
+            let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
+            let st = agent.lock();
+            let Some(c) = st.call.as_ref().filter(|c| c.state == "connected") else {
+                return control::error("no connected call to record");
+            };
+            if on {
+                let dir = agent
+                    .opts
+                    .record_dir
+                    .clone()
+                    .unwrap_or_else(|| agent.state_dir.join("recordings"));
+                match start_recording(&st, &dir, &c.peer) {
+                    Ok(p) => json!({"ok": true, "recording": p.display().to_string()}),
+                    Err(e) => control::error(format!("cannot record: {e:#}")),
+                }
+            } else {
+                let stopped = st.record.lock().ok().and_then(|mut r| r.stop());
+                match stopped {
+                    Some(Ok(p)) => json!({"ok": true, "recorded": p.display().to_string()}),
+                    Some(Err(e)) => control::error(format!("recording not finished: {e}")),
+                    None => control::error("not recording"),
+                }
+            }
+        }
         "answer" => answer(agent),
         "hangup" => {
             let mut st = agent.lock();

@@ -24,6 +24,8 @@ fn main() -> ExitCode {
             ringtone,
             bind,
             no_mdns,
+            record_dir,
+            hold_music,
         } => {
             if no_mdns && gateway.is_none() {
                 Err(anyhow::anyhow!("--no-mdns needs --gateway HOST:PORT"))
@@ -38,6 +40,8 @@ fn main() -> ExitCode {
                     ringtone,
                     bind,
                     mdns: !no_mdns,
+                    record_dir,
+                    hold_music,
                 })
             }
         }
@@ -86,6 +90,9 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             json!({"cmd": "message", "to": number, "body": text.join(" ")})
         }
         Cmd::Messages { .. } => json!({"cmd": "messages"}),
+        Cmd::Hold => json!({"cmd": "hold"}),
+        Cmd::Resume => json!({"cmd": "resume"}),
+        Cmd::Record { mode } => json!({"cmd": "record", "on": mode == "on"}),
         Cmd::Run { .. } => return Ok(()),
     };
     let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(15)))?;
@@ -110,6 +117,15 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             }
         }
         Cmd::Message { number, .. } => println!("sent to {number}"),
+        Cmd::Hold => println!("on hold"),
+        Cmd::Resume => println!("resumed"),
+        Cmd::Record { .. } => {
+            if let Some(p) = reply.get("recording").and_then(Value::as_str) {
+                println!("recording to {p}");
+            } else if let Some(p) = reply.get("recorded").and_then(Value::as_str) {
+                println!("recorded {p}");
+            }
+        }
         Cmd::Messages { json: true } => println!("{}", serde_json::to_string_pretty(&reply)?),
         Cmd::Messages { json: false } => {
             let list = reply.get("messages").and_then(Value::as_array);

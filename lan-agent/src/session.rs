@@ -10,7 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use keyline_media::{JitterBuffer, OpusDecoder, OpusEncoder, Playout, Sink, Source, FRAME_SAMPLES};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use keyline_media::{
+    CallRecorder, JitterBuffer, LoopSource, OpusDecoder, OpusEncoder, Playout, Sink, Source,
+    FRAME_SAMPLES,
+};
 use keyline_proto::media::{decode_datagram, encode_datagram, RtpHeader, OPUS_PAYLOAD_TYPE};
 use serde::Serialize;
 use tokio::task::JoinHandle;
@@ -35,6 +41,41 @@ pub struct MediaStats {
 pub type SharedSource = Arc<Mutex<Box<dyn Source>>>;
 pub type SharedSink = Arc<Mutex<Box<dyn Sink>>>;
 
+/// Where a call is being recorded, if it is: both directions mixed into
+/// one Ogg Opus file. The sender leaves each local frame here; the player
+/// takes one per tick and writes it with the remote frame it plays.
+#[derive(Default)]
+pub struct RecordSlot {
+    pub recorder: Option<CallRecorder>,
+    local: VecDeque<Vec<i16>>,
+}
+
+impl RecordSlot {
+    /// Stop recording; the finished file's path.
+    pub fn stop(&mut self) -> Option<Result<std::path::PathBuf, keyline_media::MediaError>> {
+        self.local.clear();
+        self.recorder.take().map(CallRecorder::finish)
+    }
+}
+
+pub type SharedRecord = Arc<Mutex<RecordSlot>>;
+
+/// What the session sends and plays while the call is on hold.
+pub struct Hold {
+    /// This end put the call on hold: send `music`, play nothing.
+    pub holding: AtomicBool,
+    pub music: Mutex<LoopSource>,
+}
+
+impl Hold {
+    pub fn new(music: Vec<i16>) -> Hold {
+        Hold {
+            holding: AtomicBool::new(false),
+            music: Mutex::new(LoopSource::new(music)),
+        }
+    }
+}
+
 /// A running media session; dropping it stops the media.
 #[derive(Debug)]
 pub struct Session {
@@ -58,6 +99,8 @@ impl Session {
         flow: u64,
         source: SharedSource,
         sink: SharedSink,
+        record: SharedRecord,
+        hold: Arc<Hold>,
     ) -> anyhow::Result<Session> {
         let stats = Arc::new(Mutex::new(MediaStats::default()));
         let jitter = Arc::new(Mutex::new(JitterBuffer::new(JITTER_DEPTH)));
@@ -71,6 +114,8 @@ impl Session {
         let sender = {
             let conn = conn.clone();
             let stats = stats.clone();
+            let record = record.clone();
+            let hold = hold.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(20));
                 let mut pcm = vec![0i16; FRAME_SAMPLES];
@@ -80,8 +125,17 @@ impl Session {
                 let mut out = Vec::with_capacity(256);
                 loop {
                     tick.tick().await;
-                    if let Ok(mut s) = source.lock() {
+                    if hold.holding.load(Ordering::Relaxed) {
+                        if let Ok(mut m) = hold.music.lock() {
+                            m.next_frame(&mut pcm);
+                        }
+                    } else if let Ok(mut s) = source.lock() {
                         s.next_frame(&mut pcm);
+                    }
+                    if let Ok(mut r) = record.lock() {
+                        if r.recorder.is_some() && r.local.len() < 10 {
+                            r.local.push_back(pcm.clone());
+                        }
                     }
                     let payload = match encoder.encode(&pcm) {
                         Ok(p) => p,
@@ -170,6 +224,21 @@ impl Session {
                         Playout::Idle => Ok(silence.clone()),
                     };
                     let pcm = pcm.unwrap_or_else(|_| silence.clone());
+                    if let Ok(mut r) = record.lock() {
+                        let local = r.local.pop_front().unwrap_or_else(|| silence.clone());
+                        if let Some(rec) = r.recorder.as_mut() {
+                            if let Err(e) = rec.write(&local, &pcm) {
+                                tracing::warn!("recording stopped: {e}");
+                                r.recorder = None;
+                            }
+                        }
+                    }
+                    // The holding end does not listen to the held party.
+                    let pcm = if hold.holding.load(Ordering::Relaxed) {
+                        silence.clone()
+                    } else {
+                        pcm
+                    };
                     if let Ok(mut s) = sink.lock() {
                         if let Err(e) = s.write_frame(&pcm) {
                             tracing::warn!("audio output failed: {e}");

@@ -118,6 +118,8 @@ pub enum Action {
     },
     /// An extension's settings changed: store them and show the station.
     Settings { ext: String, settings: LineSettings },
+    /// The call was put on hold (or resumed) by the other end: tell `to`.
+    Held { to: String, call: CallId, on: bool },
     /// Nobody answered: the call now rings `to` (tell the caller).
     Forwarded {
         caller: String,
@@ -143,6 +145,10 @@ pub enum CallError {
     NotYours,
     #[error("the call is not ringing")]
     NotRinging,
+    #[error("the call is not answered")]
+    NotAnswered,
+    #[error("the other end holds the call")]
+    HeldByOther,
 }
 
 /// Where a call is.
@@ -162,6 +168,8 @@ pub struct Call {
     pub state: CallState,
     /// Extensions this call has rung, in order (for loop detection).
     pub rang: Vec<String>,
+    /// The end that put the call on hold, if it is on hold.
+    pub held_by: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -334,6 +342,7 @@ impl Switchboard {
                 started: now,
                 state: CallState::Ringing { deadline },
                 rang,
+                held_by: None,
             },
         );
         for ext in [caller, number] {
@@ -397,6 +406,35 @@ impl Switchboard {
             CallState::Answered { .. } => EndReason::Hangup,
         };
         self.finish_by(now, id, ext, reason);
+        Ok(())
+    }
+
+    /// An end of an answered call puts it on hold (`on`) or resumes it.
+    /// A held call has no deadline: it stays until someone hangs up.
+    pub fn handle_hold(&mut self, ext: &str, id: CallId, on: bool) -> Result<(), CallError> {
+        let call = self.calls.get_mut(&id).ok_or(CallError::NoSuchCall)?;
+        if call.caller != ext && call.callee != ext {
+            return Err(CallError::NotYours);
+        }
+        if !matches!(call.state, CallState::Answered { .. }) {
+            return Err(CallError::NotAnswered);
+        }
+        match (&call.held_by, on) {
+            (Some(by), true) if by != ext => return Err(CallError::HeldByOther),
+            (Some(by), false) if by != ext => return Err(CallError::HeldByOther),
+            _ => {}
+        }
+        call.held_by = on.then(|| ext.to_string());
+        let other = if call.caller == ext {
+            call.callee.clone()
+        } else {
+            call.caller.clone()
+        };
+        self.actions.push_back(Action::Held {
+            to: other,
+            call: id,
+            on,
+        });
         Ok(())
     }
 

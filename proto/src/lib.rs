@@ -8,6 +8,7 @@
 
 pub mod call;
 pub mod codec;
+pub mod dir;
 pub mod media;
 pub mod msg;
 pub mod number;

@@ -211,6 +211,16 @@ pub enum Msg {
         call: CallId,
         from: String,
     },
+    /// Station → gateway: put the call on hold (`on`) or take it off.
+    Hold {
+        call: CallId,
+        on: bool,
+    },
+    /// Gateway → the other end: the call was put on hold, or resumed.
+    Held {
+        call: CallId,
+        on: bool,
+    },
     /// Station → gateway: send a text message.
     SendText {
         req: ReqId,
@@ -296,6 +306,8 @@ impl Msg {
             Msg::Settings { .. } => "settings",
             Msg::Forwarded { .. } => "forwarded",
             Msg::PickedUp { .. } => "picked-up",
+            Msg::Hold { .. } => "hold",
+            Msg::Held { .. } => "held",
             Msg::SendText { .. } => "send-text",
             Msg::TextSent { .. } => "text-sent",
             Msg::Text { .. } => "text",
@@ -326,6 +338,8 @@ const KNOWN_KINDS: &[&str] = &[
     "settings",
     "forwarded",
     "picked-up",
+    "hold",
+    "held",
     "send-text",
     "text-sent",
     "text",
@@ -432,6 +446,8 @@ mod tests {
                 sent_ms: 5,
             },
             Msg::TextRead { ids: vec![9] },
+            Msg::Hold { call: 7, on: true },
+            Msg::Held { call: 7, on: false },
             Msg::MediaHello {
                 call: 7,
                 token: "t".into(),

@@ -930,6 +930,7 @@ fn call_of_action(a: &Action) -> Option<CallId> {
         | Action::Connected { call, .. }
         | Action::Ended { call, .. }
         | Action::Forwarded { call, .. }
+        | Action::Held { call, .. }
         | Action::PickedUp { call, .. } => Some(*call),
         Action::Record(r) => r.call,
         Action::DialFailed { .. } | Action::Feature { .. } | Action::Settings { .. } => None,
