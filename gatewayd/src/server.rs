@@ -514,6 +514,22 @@ async fn station_loop(
             | Msg::Reject { .. }
             | Msg::Hangup { .. }
             | Msg::Hold { .. }) => m,
+            Msg::Transfer { req, call, target } => match number::canonicalize(&target) {
+                Ok(t) => Msg::Transfer {
+                    req,
+                    call,
+                    target: t,
+                },
+                Err(e) => {
+                    let _ = tx.try_send(Msg::TransferFailed {
+                        req,
+                        call,
+                        reason: FailReason::InvalidNumber,
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            },
             Msg::SendText { req, to, body } => {
                 let reply = send_text(shared, ext, &to, &body).await;
                 let _ = tx.try_send(match reply {
@@ -823,6 +839,9 @@ impl Switch {
             Msg::Reject { call } => (self.sb.handle_reject(now, ext, call), call),
             Msg::Hangup { call } => (self.sb.handle_hangup(now, ext, call), call),
             Msg::Hold { call, on } => (self.sb.handle_hold(ext, call, on), call),
+            Msg::Transfer { req, call, target } => {
+                (self.sb.handle_transfer(now, ext, req, call, &target), call)
+            }
             _ => return,
         };
         if let Err(e) = res {
@@ -910,6 +929,37 @@ impl Switch {
                     self.send(&ext, Msg::Settings { settings });
                 }
                 Action::Held { to, call, on } => self.send(&to, Msg::Held { call, on }),
+                Action::Transferring {
+                    to,
+                    req,
+                    call,
+                    target,
+                } => self.send(
+                    &to,
+                    Msg::Transferring {
+                        req,
+                        call,
+                        to: target,
+                    },
+                ),
+                Action::TransferFailed {
+                    to,
+                    req,
+                    call,
+                    reason,
+                } => self.send(
+                    &to,
+                    Msg::TransferFailed {
+                        req,
+                        call,
+                        reason,
+                        message: reason.describe().to_string(),
+                    },
+                ),
+                Action::Replaced { to, old, new, peer } => {
+                    self.relays.remove(&old);
+                    self.send(&to, Msg::Replaced { old, new, peer })
+                }
                 Action::Forwarded { caller, call, to } => {
                     self.send(&caller, Msg::Forwarded { call, to })
                 }

@@ -62,6 +62,9 @@ pub enum Cmd {
     Answer,
     /// End the call (or decline a ringing one).
     Hangup,
+    /// Hand the other end of the call on to another number (blind transfer;
+    /// `##N` dialled during a call does the same).
+    Transfer { target: String },
     /// Put the call on hold (the other end hears music).
     Hold,
     /// Take the call off hold.

@@ -625,6 +625,38 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
             }
         }
         Msg::Settings { settings } => st.settings = settings,
+        Msg::Transferring { req, call, to } => {
+            println!("call {call}: transferring to {to}");
+            if let Some(d) = st.dials.remove(&req) {
+                let _ = d.send(Ok(json!({"ok": true, "call": call, "transferring_to": to})));
+            }
+        }
+        Msg::TransferFailed {
+            req, call, message, ..
+        } => {
+            if let Some(c) = st.call.as_mut().filter(|c| c.id == Some(call)) {
+                println!("call {call}: transfer failed ({message}); the call is back with you");
+                c.state = "connected";
+                st.hold
+                    .holding
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+            if let Some(d) = st.dials.remove(&req) {
+                let _ = d.send(Err(format!("transfer failed: {message}")));
+            }
+        }
+        Msg::Replaced { old, new, peer } => {
+            if st.call.as_ref().is_some_and(|c| c.id == Some(old)) {
+                println!("call {old} continues as call {new} with {peer}");
+                st.session = None;
+                st.held_by_peer = false;
+                if let Some(c) = st.call.as_mut() {
+                    c.id = Some(new);
+                    c.peer = peer;
+                    c.state = "connecting";
+                }
+            }
+        }
         Msg::Held { call, on } if st.call.as_ref().is_some_and(|c| c.id == Some(call)) => {
             println!(
                 "call {call} {}",
@@ -695,6 +727,7 @@ fn end_reason(r: EndReason) -> &'static str {
         EndReason::Shutdown => "gateway-shutdown",
         EndReason::AnsweredElsewhere => "answered-elsewhere",
         EndReason::Forwarded => "forwarded",
+        EndReason::Transferred => "transferred",
     }
 }
 
@@ -919,6 +952,49 @@ fn fail_media(st: &mut State, call: CallId, why: &str) {
     end_call(st, "media-failed");
 }
 
+/// Blind transfer of the connected call to `target`; the other end hears
+/// the hold music until the target answers.
+async fn transfer(agent: &Arc<Agent>, target: &str) -> Value {
+    let rx = {
+        let mut st = agent.lock();
+        let Some(call) = st
+            .call
+            .as_ref()
+            .filter(|c| c.state == "connected")
+            .and_then(|c| c.id)
+        else {
+            return control::error("no connected call to transfer");
+        };
+        let Some(tx) = st.gw_tx.clone() else {
+            return control::error("not connected to the gateway");
+        };
+        st.next_req += 1;
+        let req = st.next_req;
+        let msg = Msg::Transfer {
+            req,
+            call,
+            target: target.to_string(),
+        };
+        if tx.try_send(msg).is_err() {
+            return control::error("not connected to the gateway");
+        }
+        st.hold
+            .holding
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(c) = st.call.as_mut() {
+            c.state = "transferring";
+        }
+        let (dtx, drx) = oneshot::channel();
+        st.dials.insert(req, dtx);
+        drx
+    };
+    match tokio::time::timeout(Duration::from_secs(10), rx).await {
+        Ok(Ok(Ok(v))) => v,
+        Ok(Ok(Err(e))) => control::error(e),
+        _ => control::error("the gateway did not answer the transfer"),
+    }
+}
+
 fn answer(agent: &Arc<Agent>) -> Value {
     let mut st = agent.lock();
     let Some(c) = st.call.as_mut() else {
@@ -993,6 +1069,12 @@ fn status(agent: &Arc<Agent>) -> Value {
 async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
     match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
         "status" => status(agent),
+        "transfer" => {
+            let Some(target) = req.get("target").and_then(Value::as_str) else {
+                return control::error("transfer needs a target number");
+            };
+            transfer(agent, target).await
+        }
         "hold" | "resume" => {
             let on = req["cmd"] == "hold";
             let mut st = agent.lock();
@@ -1067,6 +1149,10 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
             };
             let rx = {
                 let mut st = agent.lock();
+                if let Some(target) = number.strip_prefix("##") {
+                    drop(st);
+                    return transfer(agent, target).await;
+                }
                 if st.call.is_some() {
                     return control::error("already in a call; hang up first");
                 }

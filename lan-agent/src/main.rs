@@ -91,6 +91,7 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         }
         Cmd::Messages { .. } => json!({"cmd": "messages"}),
         Cmd::Hold => json!({"cmd": "hold"}),
+        Cmd::Transfer { target } => json!({"cmd": "transfer", "target": target}),
         Cmd::Resume => json!({"cmd": "resume"}),
         Cmd::Record { mode } => json!({"cmd": "record", "on": mode == "on"}),
         Cmd::Run { .. } => return Ok(()),
@@ -103,6 +104,8 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         Cmd::Dial { number } => {
             if let Some(f) = reply.get("feature").and_then(Value::as_str) {
                 println!("{f}");
+            } else if let Some(to) = reply.get("transferring_to").and_then(Value::as_str) {
+                println!("transferring to {to}");
             } else if let Some(from) = reply.get("picked_up_from").and_then(Value::as_str) {
                 println!("picked up the call from {from}");
             } else {
@@ -118,6 +121,7 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         }
         Cmd::Message { number, .. } => println!("sent to {number}"),
         Cmd::Hold => println!("on hold"),
+        Cmd::Transfer { target } => println!("transferring to {target}"),
         Cmd::Resume => println!("resumed"),
         Cmd::Record { .. } => {
             if let Some(p) = reply.get("recording").and_then(Value::as_str) {

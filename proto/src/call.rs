@@ -120,6 +120,28 @@ pub enum Action {
     Settings { ext: String, settings: LineSettings },
     /// The call was put on hold (or resumed) by the other end: tell `to`.
     Held { to: String, call: CallId, on: bool },
+    /// A blind transfer is under way: `to` (who asked) learns the target
+    /// rings.
+    Transferring {
+        to: String,
+        req: ReqId,
+        call: CallId,
+        target: String,
+    },
+    /// The transfer failed; the call is back with `to`.
+    TransferFailed {
+        to: String,
+        req: ReqId,
+        call: CallId,
+        reason: FailReason,
+    },
+    /// `to`'s call `old` continues as `new` with `peer`.
+    Replaced {
+        to: String,
+        old: CallId,
+        new: CallId,
+        peer: String,
+    },
     /// Nobody answered: the call now rings `to` (tell the caller).
     Forwarded {
         caller: String,
@@ -149,6 +171,8 @@ pub enum CallError {
     NotAnswered,
     #[error("the other end holds the call")]
     HeldByOther,
+    #[error("a transfer of this call is already under way")]
+    TransferPending,
 }
 
 /// Where a call is.
@@ -170,6 +194,11 @@ pub struct Call {
     pub rang: Vec<String>,
     /// The end that put the call on hold, if it is on hold.
     pub held_by: Option<String>,
+    /// For a transfer leg still ringing: the call it will replace.
+    pub replaces: Option<CallId>,
+    /// For a call being transferred: who transfers it, and the leg that
+    /// rings the target.
+    pub transfer: Option<(String, CallId)>,
 }
 
 #[derive(Debug, Default)]
@@ -343,6 +372,8 @@ impl Switchboard {
                 state: CallState::Ringing { deadline },
                 rang,
                 held_by: None,
+                replaces: None,
+                transfer: None,
             },
         );
         for ext in [caller, number] {
@@ -373,12 +404,165 @@ impl Switchboard {
             return Err(CallError::NotRinging);
         }
         call.state = CallState::Answered { at: now };
+        let (caller, callee) = (call.caller.clone(), call.callee.clone());
+        if let Some(orig) = call.replaces.take() {
+            // A transfer completes: the transferred end now talks to the
+            // target; the transferring end is done.
+            if let Some(old) = self.calls.remove(&orig) {
+                if let Some((by, _)) = &old.transfer {
+                    self.actions.push_back(Action::Ended {
+                        to: by.clone(),
+                        call: orig,
+                        reason: EndReason::Transferred,
+                    });
+                }
+                self.close(now, old, Outcome::Answered);
+            }
+            if let Some(l) = self.lines.get_mut(&caller) {
+                l.call = Some(id);
+            }
+            self.actions.push_back(Action::Replaced {
+                to: caller.clone(),
+                old: orig,
+                new: id,
+                peer: callee.clone(),
+            });
+        }
         self.actions.push_back(Action::Connected {
             call: id,
-            caller: call.caller.clone(),
-            callee: call.callee.clone(),
+            caller,
+            callee,
         });
         Ok(())
+    }
+
+    /// `by` hands the other end of its answered call `id` on to `target`.
+    /// The call stays as it is until the target answers; a busy, unknown or
+    /// unanswered target gives the call back to `by`.
+    pub fn handle_transfer(
+        &mut self,
+        now: Instant,
+        by: &str,
+        req: ReqId,
+        id: CallId,
+        target: &str,
+    ) -> Result<(), CallError> {
+        let call = self.calls.get(&id).ok_or(CallError::NoSuchCall)?;
+        if call.caller != by && call.callee != by {
+            return Err(CallError::NotYours);
+        }
+        if !matches!(call.state, CallState::Answered { .. }) {
+            return Err(CallError::NotAnswered);
+        }
+        if call.transfer.is_some() {
+            return Err(CallError::TransferPending);
+        }
+        let other = if call.caller == by {
+            call.callee.clone()
+        } else {
+            call.caller.clone()
+        };
+        let fail = |s: &mut Self, reason: FailReason| {
+            s.actions.push_back(Action::TransferFailed {
+                to: by.to_string(),
+                req,
+                call: id,
+                reason,
+            });
+            Ok(())
+        };
+        let target = match self.route(&other, target, Vec::new()) {
+            Ok((t, _)) if t == by => return fail(self, FailReason::SelfCall),
+            Ok((t, rang)) => (t, rang),
+            Err(reason) => return fail(self, reason),
+        };
+        let (target, rang) = target;
+        let leg = self.next_id;
+        self.next_id += 1;
+        self.calls.insert(
+            leg,
+            Call {
+                id: leg,
+                caller: other.clone(),
+                callee: target.clone(),
+                started: now,
+                state: CallState::Ringing {
+                    deadline: now + self.config.ring_timeout,
+                },
+                rang,
+                held_by: None,
+                replaces: Some(id),
+                transfer: None,
+            },
+        );
+        if let Some(l) = self.lines.get_mut(&target) {
+            l.call = Some(leg);
+        }
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.transfer = Some((by.to_string(), leg));
+            c.held_by = Some(by.to_string());
+        }
+        self.actions.push_back(Action::Held {
+            to: other.clone(),
+            call: id,
+            on: true,
+        });
+        self.actions.push_back(Action::Transferring {
+            to: by.to_string(),
+            req,
+            call: id,
+            target: target.clone(),
+        });
+        self.actions.push_back(Action::Ring {
+            callee: target,
+            call: leg,
+            from: other,
+        });
+        Ok(())
+    }
+
+    /// A transfer leg ended before the target answered: give the call back.
+    fn abort_transfer_leg(&mut self, now: Instant, leg: CallId, by: &str, reason: EndReason) {
+        let Some(l) = self.calls.remove(&leg) else {
+            return;
+        };
+        if by != l.callee {
+            self.actions.push_back(Action::Ended {
+                to: l.callee.clone(),
+                call: leg,
+                reason,
+            });
+        }
+        let (fail, outcome) = match reason {
+            EndReason::NoAnswer => (FailReason::Unreachable, Outcome::NoAnswer),
+            EndReason::Rejected => (FailReason::Busy, Outcome::Rejected),
+            EndReason::PeerLost => (FailReason::Unreachable, Outcome::Unreachable),
+            _ => (FailReason::Unreachable, Outcome::Cancelled),
+        };
+        if let Some(orig) = l.replaces {
+            if let Some(c) = self.calls.get_mut(&orig) {
+                if let Some((tby, _)) = c.transfer.take() {
+                    c.held_by = None;
+                    let other = if c.caller == tby {
+                        c.callee.clone()
+                    } else {
+                        c.caller.clone()
+                    };
+                    self.actions.push_back(Action::TransferFailed {
+                        to: tby,
+                        req: 0,
+                        call: orig,
+                        reason: fail,
+                    });
+                    self.actions.push_back(Action::Held {
+                        to: other,
+                        call: orig,
+                        on: false,
+                    });
+                }
+            }
+        }
+        self.close(now, l, outcome);
     }
 
     /// The callee declines a ringing call.
@@ -483,6 +667,10 @@ impl Switchboard {
             .collect();
         for id in expired {
             if self.forward_unanswered(now, id) {
+                continue;
+            }
+            if self.calls.get(&id).is_some_and(|c| c.replaces.is_some()) {
+                self.abort_transfer_leg(now, id, "", EndReason::NoAnswer);
                 continue;
             }
             if let Some(call) = self.calls.remove(&id) {
@@ -742,9 +930,41 @@ impl Switchboard {
 
     /// `by` ended the call: tell the other end and record it.
     fn finish_by(&mut self, now: Instant, id: CallId, by: &str, reason: EndReason) {
+        if self.calls.get(&id).is_some_and(|c| c.replaces.is_some()) {
+            return self.abort_transfer_leg(now, id, by, reason);
+        }
         let Some(call) = self.calls.remove(&id) else {
             return;
         };
+        if let Some((tby, leg)) = &call.transfer {
+            if tby == by {
+                // The transferring end walks away: the transfer goes on
+                // without a way back.
+                let other = if call.caller == *tby {
+                    call.callee.clone()
+                } else {
+                    call.caller.clone()
+                };
+                if let Some(l) = self.calls.get_mut(leg) {
+                    l.replaces = None;
+                }
+                if let Some(line) = self.lines.get_mut(&other) {
+                    line.call = Some(*leg);
+                }
+                self.close(now, call, Outcome::Answered);
+                return;
+            }
+            // The transferred end hung up: the target stops ringing.
+            let leg = *leg;
+            if let Some(l) = self.calls.remove(&leg) {
+                self.actions.push_back(Action::Ended {
+                    to: l.callee.clone(),
+                    call: leg,
+                    reason: EndReason::Cancelled,
+                });
+                self.close(now, l, Outcome::Cancelled);
+            }
+        }
         let other = if call.caller == by {
             &call.callee
         } else {

@@ -89,6 +89,8 @@ pub enum EndReason {
     AnsweredElsewhere,
     /// Nobody answered here; the call moved on to the forward target.
     Forwarded,
+    /// This end handed the call on to someone else, who took it.
+    Transferred,
 }
 
 /// An extension's call-handling settings, kept on the gateway (claim 7 for
@@ -221,6 +223,34 @@ pub enum Msg {
         call: CallId,
         on: bool,
     },
+    /// Station → gateway: hand the other end of `call` on to `target`
+    /// (blind transfer). The call stays until the target answers.
+    Transfer {
+        req: ReqId,
+        call: CallId,
+        target: String,
+    },
+    /// Gateway → transferring station: `to` rings for the other end.
+    Transferring {
+        req: ReqId,
+        call: CallId,
+        to: String,
+    },
+    /// Gateway → transferring station: the transfer failed; the call is
+    /// back with you.
+    TransferFailed {
+        req: ReqId,
+        call: CallId,
+        reason: FailReason,
+        message: String,
+    },
+    /// Gateway → the transferred end: your call `old` continues as `new`
+    /// with `peer` (media set-up follows).
+    Replaced {
+        old: CallId,
+        new: CallId,
+        peer: String,
+    },
     /// Station → gateway: send a text message.
     SendText {
         req: ReqId,
@@ -306,6 +336,10 @@ impl Msg {
             Msg::Settings { .. } => "settings",
             Msg::Forwarded { .. } => "forwarded",
             Msg::PickedUp { .. } => "picked-up",
+            Msg::Transfer { .. } => "transfer",
+            Msg::Transferring { .. } => "transferring",
+            Msg::TransferFailed { .. } => "transfer-failed",
+            Msg::Replaced { .. } => "replaced",
             Msg::Hold { .. } => "hold",
             Msg::Held { .. } => "held",
             Msg::SendText { .. } => "send-text",
@@ -338,6 +372,10 @@ const KNOWN_KINDS: &[&str] = &[
     "settings",
     "forwarded",
     "picked-up",
+    "transfer",
+    "transferring",
+    "transfer-failed",
+    "replaced",
     "hold",
     "held",
     "send-text",
@@ -446,6 +484,27 @@ mod tests {
                 sent_ms: 5,
             },
             Msg::TextRead { ids: vec![9] },
+            Msg::Transfer {
+                req: 5,
+                call: 7,
+                target: "203".into(),
+            },
+            Msg::Transferring {
+                req: 5,
+                call: 7,
+                to: "203".into(),
+            },
+            Msg::TransferFailed {
+                req: 5,
+                call: 7,
+                reason: FailReason::Busy,
+                message: "busy".into(),
+            },
+            Msg::Replaced {
+                old: 7,
+                new: 8,
+                peer: "203".into(),
+            },
             Msg::Hold { call: 7, on: true },
             Msg::Held { call: 7, on: false },
             Msg::MediaHello {

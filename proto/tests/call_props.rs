@@ -931,8 +931,11 @@ fn call_of_action(a: &Action) -> Option<CallId> {
         | Action::Ended { call, .. }
         | Action::Forwarded { call, .. }
         | Action::Held { call, .. }
+        | Action::Transferring { call, .. }
+        | Action::TransferFailed { call, .. }
         | Action::PickedUp { call, .. } => Some(*call),
         Action::Record(r) => r.call,
+        Action::Replaced { new, .. } => Some(*new),
         Action::DialFailed { .. } | Action::Feature { .. } | Action::Settings { .. } => None,
     }
 }

@@ -1,0 +1,189 @@
+//! Keyphone hand-off inside the office (claim 5): a blind transfer to an
+//! extension re-bridges the other party to the target; busy, unknown and
+//! unanswered targets give the call back; `##N` in a call does the same.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use keyline_tests::{bin, jnum, jstr, wait_for, Daemon, Scratch};
+use serde_json::Value;
+
+fn ok(d: &Daemon, args: &[&str]) -> String {
+    let out = d.ctl(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn fails(d: &Daemon, args: &[&str]) -> String {
+    let out = d.ctl(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn status(d: &Daemon) -> Value {
+    d.json(&["status"]).unwrap()
+}
+
+fn wait_state(d: &Daemon, state: &str) {
+    wait_for(state, Duration::from_secs(6), || {
+        (jstr(&status(d), &["call", "state"]).as_deref() == Some(state)).then_some(())
+    });
+}
+
+fn idle(d: &Daemon) -> Value {
+    wait_for("idle", Duration::from_secs(6), || {
+        let s = status(d);
+        s["call"].is_null().then(|| s["last_call"].clone())
+    })
+}
+
+fn connect(from: &Daemon, to: &Daemon, ext: &str) {
+    ok(from, &["dial", ext]);
+    wait_state(to, "alerting");
+    ok(to, &["answer"]);
+    wait_state(from, "connected");
+    wait_state(to, "connected");
+}
+
+/// Media keeps arriving at `d`.
+fn media_flows(d: &Daemon) {
+    let n = |d: &Daemon| jnum(&status(d), &["call", "media", "received"]).unwrap_or(0.0);
+    let before = n(d);
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(n(d) > before + 10.0, "media stalled at {before}");
+}
+
+#[test]
+fn blind_transfer_and_calls_that_come_back() {
+    let scratch = Scratch::new("transfer");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let gw = Daemon::start(
+        None,
+        bin("keyline-gatewayd"),
+        &scratch.join("gw"),
+        &[
+            "run",
+            "--no-mdns",
+            "--listen",
+            &listen,
+            "--ring-timeout",
+            "2",
+        ],
+    )
+    .unwrap();
+    let agent = |name: &str, tone: &str| {
+        Daemon::start(
+            None,
+            bin("keyline-agent"),
+            &scratch.join(name),
+            &[
+                "run",
+                "--no-mdns",
+                "--gateway",
+                &listen,
+                "--audio-in",
+                tone,
+                "--audio-out",
+                "null",
+            ],
+        )
+        .unwrap()
+    };
+    let a = agent("a", "tone:600");
+    let b = agent("b", "tone:900");
+    let c = agent("c", "tone:1200");
+    let d = agent("d", "tone:1500");
+    for (st, ext) in [(&a, "201"), (&b, "202"), (&c, "203"), (&d, "204")] {
+        let code = wait_for("code", Duration::from_secs(10), || {
+            jstr(&st.json(&["status"]).ok()?, &["code"])
+        });
+        ok(&gw, &["approve", &code, "--ext", ext]);
+        wait_for("registered", Duration::from_secs(10), || {
+            (jstr(&st.json(&["status"]).ok()?, &["ext"])? == ext).then_some(())
+        });
+    }
+
+    // 201 calls 202; 202 hands 201 on to 203.
+    connect(&a, &b, "202");
+    assert!(ok(&b, &["transfer", "203"]).contains("transferring to 203"));
+    wait_state(&c, "alerting");
+    assert_eq!(jstr(&status(&c), &["call", "peer"]).as_deref(), Some("201"));
+    assert_eq!(status(&a)["call"]["held_by_peer"], Value::Bool(true));
+    ok(&c, &["answer"]);
+    assert_eq!(jstr(&idle(&b), &["ended"]).as_deref(), Some("transferred"));
+    wait_state(&a, "connected");
+    assert_eq!(jstr(&status(&a), &["call", "peer"]).as_deref(), Some("203"));
+    wait_state(&c, "connected");
+    media_flows(&a);
+    media_flows(&c);
+    ok(&a, &["hangup"]);
+    idle(&c);
+
+    // Busy target: the call stays with 202, media untouched.
+    connect(&a, &b, "202");
+    connect(&c, &d, "204");
+    assert!(fails(&b, &["transfer", "203"]).contains("busy"));
+    assert_eq!(
+        jstr(&status(&b), &["call", "state"]).as_deref(),
+        Some("connected")
+    );
+    media_flows(&a);
+    // Unknown target.
+    assert!(fails(&b, &["transfer", "299"]).contains("unknown number"));
+    media_flows(&a);
+    ok(&c, &["hangup"]);
+    idle(&d);
+
+    // Unanswered target (ring timeout 2 s): back to 202.
+    ok(&b, &["transfer", "204"]);
+    wait_state(&d, "alerting");
+    assert_eq!(jstr(&idle(&d), &["ended"]).as_deref(), Some("no-answer"));
+    wait_state(&b, "connected");
+    wait_for("201 off hold", Duration::from_secs(3), || {
+        (status(&a)["call"]["held_by_peer"] == Value::Bool(false)).then_some(())
+    });
+    media_flows(&a);
+    media_flows(&b);
+
+    // ##N during a call transfers too.
+    assert!(ok(&b, &["dial", "##203"]).contains("transferring to 203"));
+    wait_state(&c, "alerting");
+    ok(&c, &["answer"]);
+    idle(&b);
+    wait_state(&a, "connected");
+    media_flows(&a);
+    ok(&c, &["hangup"]);
+    idle(&a);
+
+    // The records: each leg once.
+    let cdr = gw.json(&["cdr"]).unwrap();
+    let rows = cdr["cdr"].as_array().unwrap();
+    let pairs: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["caller"].as_str().unwrap().to_string(),
+                r["callee"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        pairs.contains(&("201".into(), "203".into(), "answered".into())),
+        "{cdr}"
+    );
+    assert!(
+        pairs.contains(&("201".into(), "204".into(), "no-answer".into())),
+        "{cdr}"
+    );
+}
