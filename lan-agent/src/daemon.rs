@@ -645,16 +645,14 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
                 let _ = d.send(Err(format!("transfer failed: {message}")));
             }
         }
-        Msg::Replaced { old, new, peer } => {
-            if st.call.as_ref().is_some_and(|c| c.id == Some(old)) {
-                println!("call {old} continues as call {new} with {peer}");
-                st.session = None;
-                st.held_by_peer = false;
-                if let Some(c) = st.call.as_mut() {
-                    c.id = Some(new);
-                    c.peer = peer;
-                    c.state = "connecting";
-                }
+        Msg::Replaced { old, new, peer } if st.call.as_ref().is_some_and(|c| c.id == Some(old)) => {
+            println!("call {old} continues as call {new} with {peer}");
+            st.session = None;
+            st.held_by_peer = false;
+            if let Some(c) = st.call.as_mut() {
+                c.id = Some(new);
+                c.peer = peer;
+                c.state = "connecting";
             }
         }
         Msg::Held { call, on } if st.call.as_ref().is_some_and(|c| c.id == Some(call)) => {
