@@ -84,6 +84,9 @@ pub struct RunArgs {
     /// Do not advertise or browse with mDNS.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Do not send unanswered, busy or unreachable calls to voicemail.
+    #[arg(long)]
+    pub no_voicemail: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -41,6 +41,14 @@ pub struct Config {
     pub mdns: bool,
     /// Instance name advertised on the LAN.
     pub name: Option<String>,
+    /// Unanswered, busy and unreachable calls go to the callee's mailbox.
+    pub voicemail: bool,
+    /// Longest voicemail recorded, in seconds.
+    pub voicemail_max_secs: u64,
+    /// Seconds of silence that end a voicemail.
+    pub voicemail_silence_secs: u64,
+    /// WAV file played to callers before the beep (default: a chime).
+    pub voicemail_greeting: Option<std::path::PathBuf>,
 }
 
 pub const DEFAULT_PORT: u16 = 7470;
@@ -54,6 +62,10 @@ impl Default for Config {
             extension_range: [201, 499],
             mdns: true,
             name: None,
+            voicemail: true,
+            voicemail_max_secs: 120,
+            voicemail_silence_secs: 5,
+            voicemail_greeting: None,
         }
     }
 }
@@ -73,6 +85,12 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         if self.ring_timeout_secs == 0 || self.ring_timeout_secs > 600 {
             bail!("ring_timeout_secs must be between 1 and 600");
+        }
+        if !(5..=3600).contains(&self.voicemail_max_secs) {
+            bail!("voicemail_max_secs must be between 5 and 3600");
+        }
+        if !(1..=60).contains(&self.voicemail_silence_secs) {
+            bail!("voicemail_silence_secs must be between 1 and 60");
         }
         let [lo, hi] = self.extension_range;
         if lo < 10 || lo > hi || hi > 999_999 {

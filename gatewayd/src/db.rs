@@ -58,7 +58,30 @@ const MIGRATIONS: &[&str] = &[
         read_ms INTEGER
     );
     CREATE INDEX texts_unread ON texts (recipient) WHERE read_ms IS NULL;",
+    // 3: voicemail.
+    "CREATE TABLE voicemails (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        mailbox TEXT NOT NULL,
+        caller TEXT NOT NULL,
+        path TEXT NOT NULL,
+        secs REAL NOT NULL,
+        created_ms INTEGER NOT NULL,
+        heard INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX voicemails_mailbox ON voicemails (mailbox);",
 ];
+
+/// A stored voicemail.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VoicemailRow {
+    pub id: i64,
+    pub mailbox: String,
+    pub caller: String,
+    pub path: String,
+    pub secs: f64,
+    pub created_ms: i64,
+    pub heard: bool,
+}
 
 /// A text message kept until its recipient reads it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -408,6 +431,73 @@ impl Db {
             }
             tx.commit()?;
             Ok(n)
+        })
+    }
+
+    pub fn insert_voicemail(
+        &self,
+        mailbox: &str,
+        caller: &str,
+        path: &str,
+        secs: f64,
+    ) -> Result<i64> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO voicemails (mailbox, caller, path, secs, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![mailbox, caller, path, secs, now_ms()],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    pub fn voicemails(&self, mailbox: &str) -> Result<Vec<VoicemailRow>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, mailbox, caller, path, secs, created_ms, heard FROM voicemails
+                 WHERE mailbox = ?1 ORDER BY id",
+            )?;
+            let rows = st
+                .query_map([mailbox], |r| {
+                    Ok(VoicemailRow {
+                        id: r.get(0)?,
+                        mailbox: r.get(1)?,
+                        caller: r.get(2)?,
+                        path: r.get(3)?,
+                        secs: r.get(4)?,
+                        created_ms: r.get(5)?,
+                        heard: r.get::<_, i64>(6)? != 0,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    pub fn mark_heard(&self, mailbox: &str, id: i64) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE voicemails SET heard = 1 WHERE id = ?1 AND mailbox = ?2",
+                params![id, mailbox],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Delete a voicemail of `mailbox`; its file path when it existed.
+    pub fn delete_voicemail(&self, mailbox: &str, id: i64) -> Result<Option<String>> {
+        self.with(|c| {
+            let path: Option<String> = c
+                .query_row(
+                    "SELECT path FROM voicemails WHERE id = ?1 AND mailbox = ?2",
+                    params![id, mailbox],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            c.execute(
+                "DELETE FROM voicemails WHERE id = ?1 AND mailbox = ?2",
+                params![id, mailbox],
+            )?;
+            Ok(path)
         })
     }
 

@@ -61,6 +61,7 @@ fn serve(state: Option<PathBuf>, args: RunArgs) -> Result<()> {
             internal_media: args.internal_media,
             ring_timeout: args.ring_timeout,
             no_mdns: args.no_mdns,
+            no_voicemail: args.no_voicemail,
         },
     };
     runtime()?.block_on(run(opts))

@@ -65,6 +65,14 @@ pub enum Event {
         code: String,
         number: Option<String>,
     },
+    /// The mailbox finished with a caller.
+    VoicemailDone {
+        call: CallId,
+    },
+    /// A mailbox changed: tell its station how many messages wait.
+    MessageWaiting {
+        ext: String,
+    },
     /// A text was stored for `to`: deliver it if the station is online.
     TextStored {
         to: String,
@@ -93,6 +101,8 @@ pub struct Shared {
     pub events: mpsc::Sender<Event>,
     /// Connections of unapproved stations waiting for `approve`.
     pub pending: Mutex<HashMap<String, oneshot::Sender<Approved>>>,
+    /// Callers expected at a mailbox, by call.
+    pub vm_jobs: Mutex<HashMap<CallId, crate::voicemail::Job>>,
     /// Stations seen by mDNS (a hint only).
     pub discovered: Mutex<HashMap<String, mdns::Found>>,
     pub started: Instant,
@@ -120,6 +130,7 @@ pub struct Overrides {
     pub internal_media: Option<InternalMedia>,
     pub ring_timeout: Option<u64>,
     pub no_mdns: bool,
+    pub no_voicemail: bool,
 }
 
 /// Options given on the command line.
@@ -150,6 +161,9 @@ pub fn load_config(opts: &RunOptions) -> Result<Config> {
     if o.no_mdns {
         config.mdns = false;
     }
+    if o.no_voicemail {
+        config.voicemail = false;
+    }
     config.validate()?;
     Ok(config)
 }
@@ -174,6 +188,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         relay: Arc::new(Counters::default()),
         events: events_tx,
         pending: Mutex::new(HashMap::new()),
+        vm_jobs: Mutex::new(HashMap::new()),
         discovered: Mutex::new(HashMap::new()),
         started: Instant::now(),
     });
@@ -364,6 +379,10 @@ async fn serve_station(shared: Arc<Shared>, conn: quinn::Connection) -> Result<(
         .await
         .context("no hello within 10 s")?
     {
+        Ok(Incoming::Msg(Msg::MediaHello { call, token })) => {
+            // A caller reaching a mailbox: the gateway is the media end.
+            return crate::voicemail::serve(shared, conn, send, call, token).await;
+        }
         Ok(Incoming::Msg(Msg::Hello {
             version,
             role: Role::Agent,
@@ -542,6 +561,66 @@ async fn station_loop(
                 });
                 continue;
             }
+            Msg::VoicemailList { req } => {
+                let (sh, me) = (shared.clone(), ext.to_string());
+                let items =
+                    tokio::task::spawn_blocking(move || crate::voicemail::list(&sh, &me)).await;
+                let _ = tx.try_send(match items {
+                    Ok(Ok(items)) => Msg::Voicemails { req, items },
+                    Ok(Err(e)) => vm_error(req, e),
+                    Err(e) => vm_error(req, e.into()),
+                });
+                continue;
+            }
+            Msg::VoicemailFetch { req, id, offset } => {
+                let (sh, me) = (shared.clone(), ext.to_string());
+                let got = tokio::task::spawn_blocking(move || {
+                    crate::voicemail::chunk(&sh, &me, id, offset)
+                })
+                .await;
+                let reply = match got {
+                    Ok(Ok((total, data))) => Msg::VoicemailChunk {
+                        req,
+                        id,
+                        offset,
+                        total,
+                        data,
+                    },
+                    Ok(Err(e)) => vm_error(req, e),
+                    Err(e) => vm_error(req, e.into()),
+                };
+                // Chunks are large: wait for room rather than drop one.
+                let _ = tx.send(reply).await;
+                if offset == 0 {
+                    let _ = shared
+                        .events
+                        .send(Event::MessageWaiting {
+                            ext: ext.to_string(),
+                        })
+                        .await;
+                }
+                continue;
+            }
+            Msg::VoicemailDelete { req, id } => {
+                let (sh, me) = (shared.clone(), ext.to_string());
+                let done = tokio::task::spawn_blocking(move || {
+                    crate::voicemail::delete(&sh, &me, id)?;
+                    crate::voicemail::list(&sh, &me)
+                })
+                .await;
+                let _ = tx.try_send(match done {
+                    Ok(Ok(items)) => Msg::Voicemails { req, items },
+                    Ok(Err(e)) => vm_error(req, e),
+                    Err(e) => vm_error(req, e.into()),
+                });
+                let _ = shared
+                    .events
+                    .send(Event::MessageWaiting {
+                        ext: ext.to_string(),
+                    })
+                    .await;
+                continue;
+            }
             Msg::TextRead { ids } => {
                 let db = shared.db.clone();
                 let me = ext.to_string();
@@ -565,6 +644,14 @@ async fn station_loop(
             })
             .await
             .context("switch stopped")?;
+    }
+}
+
+fn vm_error(req: u64, e: anyhow::Error) -> Msg {
+    Msg::Error {
+        req: Some(req),
+        code: "voicemail".into(),
+        message: format!("{e:#}"),
     }
 }
 
@@ -699,6 +786,7 @@ impl Switch {
     fn new(shared: Arc<Shared>) -> Result<Switch> {
         let mut sb = Switchboard::new(CallConfig {
             ring_timeout: shared.cfg().ring_timeout(),
+            voicemail: shared.cfg().voicemail,
         });
         sb.set_next_call_id(shared.db.max_call_id()? + 1);
         for row in shared.db.agents()? {
@@ -759,6 +847,7 @@ impl Switch {
                     let settings = self.sb.settings(&ext).cloned().unwrap_or_default();
                     self.send(&ext, Msg::Settings { settings });
                     self.deliver_unread(&ext);
+                    self.message_waiting(&ext);
                 }
                 Event::Down { ext, conn_id } => {
                     let current = self
@@ -776,8 +865,11 @@ impl Switch {
                     self.sb.set_speed_dial(&code, number.as_deref())
                 }
                 Event::TextStored { to, text } => self.send(&to, text),
+                Event::VoicemailDone { call } => self.sb.handle_voicemail_done(now, call),
+                Event::MessageWaiting { ext } => self.message_waiting(&ext),
                 Event::Reload { cfg } => self.sb.set_config(CallConfig {
                     ring_timeout: cfg.ring_timeout(),
+                    voicemail: cfg.voicemail,
                 }),
                 Event::Query { what, reply } => {
                     let _ = reply.send(self.query(what));
@@ -791,6 +883,21 @@ impl Switch {
             self.drain();
             self.report_status();
         }
+    }
+
+    /// Tell a station how many voicemails wait for it.
+    fn message_waiting(&self, ext: &str) {
+        let Some(tx) = self.stations.get(ext).map(|s| s.tx.clone()) else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let ext = ext.to_string();
+        tokio::spawn(async move {
+            let n = tokio::task::spawn_blocking(move || crate::voicemail::waiting(&shared, &ext))
+                .await
+                .unwrap_or(0);
+            let _ = tx.send(Msg::MessageWaiting { voicemails: n }).await;
+        });
     }
 
     /// Push the texts a station has not read yet (kept until it says so).
@@ -929,6 +1036,16 @@ impl Switch {
                     self.send(&ext, Msg::Settings { settings });
                 }
                 Action::Held { to, call, on } => self.send(&to, Msg::Held { call, on }),
+                Action::ToVoicemail {
+                    call,
+                    caller,
+                    mailbox,
+                } => {
+                    if let Err(e) = self.route_to_mailbox(call, &caller, &mailbox) {
+                        tracing::warn!("call {call}: cannot reach the mailbox: {e:#}");
+                        self.sb.handle_voicemail_done(Instant::now(), call);
+                    }
+                }
                 Action::Transferring {
                     to,
                     req,
@@ -1000,6 +1117,46 @@ impl Switch {
                 }
             }
         }
+    }
+
+    /// Point the caller at the gateway's own media end for `mailbox`.
+    fn route_to_mailbox(&mut self, call: CallId, caller: &str, mailbox: &str) -> Result<()> {
+        let st = self.stations.get(caller).context("the caller is gone")?;
+        let caller_fp = peer_fingerprint(&st.conn).context("caller certificate")?;
+        let ip = st
+            .conn
+            .local_ip()
+            .filter(|ip| !ip.is_unspecified())
+            .unwrap_or(self.shared.local_addr.ip());
+        let addr = SocketAddr::new(ip, self.shared.local_addr.port());
+        let mut secret = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut secret);
+        let token = hex::encode(secret);
+        if let Ok(mut jobs) = self.shared.vm_jobs.lock() {
+            jobs.insert(
+                call,
+                crate::voicemail::Job {
+                    token: token.clone(),
+                    caller_fp,
+                    caller: caller.to_string(),
+                    mailbox: mailbox.to_string(),
+                },
+            );
+        }
+        self.send(
+            caller,
+            Msg::Connect {
+                call,
+                media: MediaPlan {
+                    dial: true,
+                    peer_addr: Some(addr.to_string()),
+                    peer_fp: self.shared.id.fingerprint.clone(),
+                    token,
+                    relayed: false,
+                },
+            },
+        );
+        Ok(())
     }
 
     /// Hand both ends of an answered call their media plans.
@@ -1103,6 +1260,7 @@ impl Switch {
                         ("held", now.duration_since(at))
                     }
                     CallState::Answered { at } => ("answered", now.duration_since(at)),
+                    CallState::Voicemail { at } => ("voicemail", now.duration_since(at)),
                 };
                 json!({
                     "id": c.id,

@@ -74,6 +74,11 @@ pub enum Cmd {
         #[arg(value_parser = ["on", "off"])]
         mode: String,
     },
+    /// Your voicemail on the gateway (`*97` plays the new ones).
+    Voicemail {
+        #[command(subcommand)]
+        action: VoicemailCmd,
+    },
     /// Send a text message to an extension.
     Message {
         number: String,
@@ -86,6 +91,19 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VoicemailCmd {
+    /// List the messages.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Play one message (or, without an id, every new one) on the output.
+    Play { id: Option<u64> },
+    /// Delete a message.
+    Delete { id: u64 },
 }
 
 #[cfg(test)]

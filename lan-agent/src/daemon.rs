@@ -135,6 +135,12 @@ struct State {
     hold: Arc<Hold>,
     /// The held party's view: the other end holds this call.
     held_by_peer: bool,
+    /// Unheard voicemails in this extension's mailbox on the gateway.
+    voicemail_waiting: u32,
+    /// Voicemail requests waiting for their reply.
+    vm_reqs: HashMap<u64, oneshot::Sender<std::result::Result<Msg, String>>>,
+    /// A voicemail being played on the output.
+    playback: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl State {
@@ -156,6 +162,9 @@ impl State {
             record: Arc::new(Mutex::new(RecordSlot::default())),
             hold: Arc::new(Hold::new(hold_music)),
             held_by_peer: false,
+            voicemail_waiting: 0,
+            vm_reqs: HashMap::new(),
+            playback: None,
         }
     }
 }
@@ -625,6 +634,30 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
             }
         }
         Msg::Settings { settings } => st.settings = settings,
+        Msg::MessageWaiting { voicemails } => {
+            if voicemails > st.voicemail_waiting {
+                println!("{voicemails} voicemail(s) waiting");
+            }
+            st.voicemail_waiting = voicemails;
+        }
+        m @ (Msg::Voicemails { .. } | Msg::VoicemailChunk { .. }) => {
+            let req = match &m {
+                Msg::Voicemails { req, .. } | Msg::VoicemailChunk { req, .. } => *req,
+                _ => 0,
+            };
+            if let Some(d) = st.vm_reqs.remove(&req) {
+                let _ = d.send(Ok(m));
+            }
+        }
+        Msg::Error {
+            req: Some(req),
+            message,
+            ..
+        } if st.vm_reqs.contains_key(&req) => {
+            if let Some(d) = st.vm_reqs.remove(&req) {
+                let _ = d.send(Err(message));
+            }
+        }
         Msg::Transferring { req, call, to } => {
             println!("call {call}: transferring to {to}");
             if let Some(d) = st.dials.remove(&req) {
@@ -950,6 +983,108 @@ fn fail_media(st: &mut State, call: CallId, why: &str) {
     end_call(st, "media-failed");
 }
 
+/// Send a voicemail request to the gateway and wait for its reply.
+async fn vm_request(
+    agent: &Arc<Agent>,
+    make: impl FnOnce(u64) -> Msg,
+) -> std::result::Result<Msg, String> {
+    let rx = {
+        let mut st = agent.lock();
+        let Some(tx) = st.gw_tx.clone() else {
+            return Err("not connected to the gateway".into());
+        };
+        st.next_req += 1;
+        let req = st.next_req;
+        let (dtx, drx) = oneshot::channel();
+        st.vm_reqs.insert(req, dtx);
+        if tx.try_send(make(req)).is_err() {
+            st.vm_reqs.remove(&req);
+            return Err("not connected to the gateway".into());
+        }
+        drx
+    };
+    match tokio::time::timeout(Duration::from_secs(10), rx).await {
+        Ok(Ok(r)) => r,
+        _ => Err("the gateway did not answer".into()),
+    }
+}
+
+/// Fetch a whole voicemail file from the gateway.
+async fn fetch_voicemail(agent: &Arc<Agent>, id: u64) -> std::result::Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    loop {
+        let offset = bytes.len() as u64;
+        match vm_request(agent, |req| Msg::VoicemailFetch { req, id, offset }).await? {
+            Msg::VoicemailChunk { total, data, .. } => {
+                if data.is_empty() || bytes.len() as u64 + data.len() as u64 > total {
+                    return Err("the gateway sent a broken voicemail".into());
+                }
+                bytes.extend_from_slice(&data);
+                if bytes.len() as u64 == total {
+                    return Ok(bytes);
+                }
+            }
+            _ => return Err("unexpected reply".into()),
+        }
+    }
+}
+
+/// Play voicemail `id` (or every unheard one, oldest first) on the output.
+async fn play_voicemail(agent: &Arc<Agent>, id: Option<u64>) -> Value {
+    if agent.lock().call.is_some() {
+        return control::error("hang up first");
+    }
+    let ids: Vec<(u64, String)> = match vm_request(agent, |req| Msg::VoicemailList { req }).await {
+        Ok(Msg::Voicemails { items, .. }) => items
+            .into_iter()
+            .filter(|v| id.map_or(!v.heard, |want| v.id == want))
+            .map(|v| (v.id, v.from))
+            .collect(),
+        Ok(_) => return control::error("unexpected reply"),
+        Err(e) => return control::error(e),
+    };
+    if ids.is_empty() {
+        return match id {
+            Some(id) => control::error(format!("no voicemail {id}")),
+            None => control::error("no new voicemail"),
+        };
+    }
+    let mut pcm = Vec::new();
+    for (vid, _) in &ids {
+        let bytes = match fetch_voicemail(agent, *vid).await {
+            Ok(b) => b,
+            Err(e) => return control::error(format!("voicemail {vid}: {e}")),
+        };
+        match keyline_media::read_ogg_opus_bytes(&bytes) {
+            Ok(p) => pcm.extend(p),
+            Err(e) => return control::error(format!("voicemail {vid}: {e}")),
+        }
+        // A short pause between messages.
+        pcm.extend(std::iter::repeat_n(0i16, FRAME_SAMPLES * 25));
+    }
+    let seconds = pcm.len() as f64 / 48_000.0;
+    let sink = agent.sink.clone();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for chunk in pcm.chunks(FRAME_SAMPLES) {
+            tick.tick().await;
+            let mut frame = chunk.to_vec();
+            frame.resize(FRAME_SAMPLES, 0);
+            if let Ok(mut k) = sink.lock() {
+                let _ = k.write_frame(&frame);
+            }
+        }
+    });
+    if let Some(old) = agent.lock().playback.replace(task) {
+        old.abort();
+    }
+    json!({
+        "ok": true,
+        "playing": ids.iter().map(|(i, f)| json!({"id": i, "from": f})).collect::<Vec<_>>(),
+        "seconds": seconds,
+    })
+}
+
 /// Blind transfer of the connected call to `target`; the other end hears
 /// the hold music until the target answers.
 async fn transfer(agent: &Arc<Agent>, target: &str) -> Value {
@@ -1061,12 +1196,30 @@ fn status(agent: &Arc<Agent>) -> Value {
         "last_call": st.last_call,
         "settings": st.settings,
         "messages_waiting": st.inbox.len(),
+        "voicemail_waiting": st.voicemail_waiting,
+        "playing_voicemail": st.playback.as_ref().is_some_and(|p| !p.is_finished()),
     })
 }
 
 async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
     match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
         "status" => status(agent),
+        "voicemail-list" => match vm_request(agent, |req| Msg::VoicemailList { req }).await {
+            Ok(Msg::Voicemails { items, .. }) => json!({"ok": true, "voicemails": items}),
+            Ok(_) => control::error("unexpected reply"),
+            Err(e) => control::error(e),
+        },
+        "voicemail-delete" => {
+            let Some(id) = req.get("id").and_then(Value::as_u64) else {
+                return control::error("voicemail delete needs an id");
+            };
+            match vm_request(agent, |req| Msg::VoicemailDelete { req, id }).await {
+                Ok(Msg::Voicemails { items, .. }) => json!({"ok": true, "voicemails": items}),
+                Ok(_) => control::error("unexpected reply"),
+                Err(e) => control::error(e),
+            }
+        }
+        "voicemail-play" => play_voicemail(agent, req.get("id").and_then(Value::as_u64)).await,
         "transfer" => {
             let Some(target) = req.get("target").and_then(Value::as_str) else {
                 return control::error("transfer needs a target number");
@@ -1147,6 +1300,10 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
             };
             let rx = {
                 let mut st = agent.lock();
+                if number == "*97" {
+                    drop(st);
+                    return play_voicemail(agent, None).await;
+                }
                 if let Some(target) = number.strip_prefix("##") {
                     drop(st);
                     return transfer(agent, target).await;

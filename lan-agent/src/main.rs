@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use keyline_agent::cli::{Cli, Cmd};
+use keyline_agent::cli::{Cli, Cmd, VoicemailCmd};
 use keyline_agent::daemon::{run, RunOptions};
 use keyline_net::{control, statedir};
 use serde_json::{json, Value};
@@ -91,6 +91,11 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         }
         Cmd::Messages { .. } => json!({"cmd": "messages"}),
         Cmd::Hold => json!({"cmd": "hold"}),
+        Cmd::Voicemail { action } => match action {
+            VoicemailCmd::List { .. } => json!({"cmd": "voicemail-list"}),
+            VoicemailCmd::Play { id } => json!({"cmd": "voicemail-play", "id": id}),
+            VoicemailCmd::Delete { id } => json!({"cmd": "voicemail-delete", "id": id}),
+        },
         Cmd::Transfer { target } => json!({"cmd": "transfer", "target": target}),
         Cmd::Resume => json!({"cmd": "resume"}),
         Cmd::Record { mode } => json!({"cmd": "record", "on": mode == "on"}),
@@ -104,6 +109,8 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         Cmd::Dial { number } => {
             if let Some(f) = reply.get("feature").and_then(Value::as_str) {
                 println!("{f}");
+            } else if let Some(secs) = reply.get("seconds").and_then(Value::as_f64) {
+                println!("playing {secs:.1} s of voicemail");
             } else if let Some(to) = reply.get("transferring_to").and_then(Value::as_str) {
                 println!("transferring to {to}");
             } else if let Some(from) = reply.get("picked_up_from").and_then(Value::as_str) {
@@ -121,6 +128,36 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         }
         Cmd::Message { number, .. } => println!("sent to {number}"),
         Cmd::Hold => println!("on hold"),
+        Cmd::Voicemail { action } => match action {
+            VoicemailCmd::List { json: true } => {
+                println!("{}", serde_json::to_string_pretty(&reply)?)
+            }
+            VoicemailCmd::List { json: false } | VoicemailCmd::Delete { .. } => {
+                let list = reply.get("voicemails").and_then(Value::as_array);
+                match list {
+                    Some(l) if !l.is_empty() => {
+                        for v in l {
+                            println!(
+                                "{:>4}  from {:<12} {:>5.1} s {}",
+                                v.get("id").and_then(Value::as_u64).unwrap_or(0),
+                                v.get("from").and_then(Value::as_str).unwrap_or("?"),
+                                v.get("secs").and_then(Value::as_f64).unwrap_or(0.0),
+                                if v.get("heard") == Some(&Value::Bool(true)) {
+                                    ""
+                                } else {
+                                    "new"
+                                }
+                            );
+                        }
+                    }
+                    _ => println!("no voicemail"),
+                }
+            }
+            VoicemailCmd::Play { .. } => println!(
+                "playing {:.1} s of voicemail",
+                reply.get("seconds").and_then(Value::as_f64).unwrap_or(0.0)
+            ),
+        },
         Cmd::Transfer { target } => println!("transferring to {target}"),
         Cmd::Resume => println!("resumed"),
         Cmd::Record { .. } => {

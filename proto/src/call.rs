@@ -24,12 +24,15 @@ pub const MAX_FORWARD_HOPS: usize = 5;
 pub struct Config {
     /// How long a call rings before it ends with `NoAnswer`.
     pub ring_timeout: Duration,
+    /// Send unanswered, busy and unreachable calls to the callee's mailbox.
+    pub voicemail: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             ring_timeout: Duration::from_secs(30),
+            voicemail: false,
         }
     }
 }
@@ -45,6 +48,8 @@ pub enum Outcome {
     Rejected,
     Cancelled,
     Failed,
+    /// The caller left a voicemail (or reached the mailbox).
+    Voicemail,
 }
 
 impl Outcome {
@@ -58,6 +63,7 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::Cancelled => "cancelled",
             Outcome::Failed => "failed",
+            Outcome::Voicemail => "voicemail",
         }
     }
 }
@@ -142,6 +148,12 @@ pub enum Action {
         new: CallId,
         peer: String,
     },
+    /// Connect `caller` to `mailbox`'s voicemail on the gateway itself.
+    ToVoicemail {
+        call: CallId,
+        caller: String,
+        mailbox: String,
+    },
     /// Nobody answered: the call now rings `to` (tell the caller).
     Forwarded {
         caller: String,
@@ -178,8 +190,16 @@ pub enum CallError {
 /// Where a call is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallState {
-    Ringing { deadline: Instant },
-    Answered { at: Instant },
+    Ringing {
+        deadline: Instant,
+    },
+    Answered {
+        at: Instant,
+    },
+    /// The caller talks to the callee's mailbox on the gateway.
+    Voicemail {
+        at: Instant,
+    },
 }
 
 /// A call in progress.
@@ -348,6 +368,41 @@ impl Switchboard {
         }
         let (target, rang) = match self.route(caller, number, Vec::new()) {
             Ok(t) => t,
+            Err(FailReason::Busy | FailReason::DoNotDisturb | FailReason::Unreachable)
+                if self.config.voicemail && self.lines.contains_key(number) =>
+            {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.calls.insert(
+                    id,
+                    Call {
+                        id,
+                        caller: caller.to_string(),
+                        callee: number.to_string(),
+                        started: now,
+                        state: CallState::Voicemail { at: now },
+                        rang: vec![number.to_string()],
+                        held_by: None,
+                        replaces: None,
+                        transfer: None,
+                    },
+                );
+                if let Some(l) = self.lines.get_mut(caller) {
+                    l.call = Some(id);
+                }
+                self.actions.push_back(Action::Ringing {
+                    caller: caller.to_string(),
+                    req,
+                    call: id,
+                    callee: number.to_string(),
+                });
+                self.actions.push_back(Action::ToVoicemail {
+                    call: id,
+                    caller: caller.to_string(),
+                    mailbox: number.to_string(),
+                });
+                return;
+            }
             Err(reason) => {
                 let outcome = match reason {
                     FailReason::UnknownNumber => Outcome::UnknownNumber,
@@ -587,7 +642,7 @@ impl Switchboard {
         let reason = match call.state {
             CallState::Ringing { .. } if call.caller == ext => EndReason::Cancelled,
             CallState::Ringing { .. } => EndReason::Rejected,
-            CallState::Answered { .. } => EndReason::Hangup,
+            CallState::Answered { .. } | CallState::Voicemail { .. } => EndReason::Hangup,
         };
         self.finish_by(now, id, ext, reason);
         Ok(())
@@ -622,6 +677,26 @@ impl Switchboard {
         Ok(())
     }
 
+    /// The mailbox finished recording (length limit or silence): end the
+    /// call for the caller.
+    pub fn handle_voicemail_done(&mut self, now: Instant, id: CallId) {
+        if !self
+            .calls
+            .get(&id)
+            .is_some_and(|c| matches!(c.state, CallState::Voicemail { .. }))
+        {
+            return;
+        }
+        if let Some(call) = self.calls.remove(&id) {
+            self.actions.push_back(Action::Ended {
+                to: call.caller.clone(),
+                call: id,
+                reason: EndReason::Hangup,
+            });
+            self.close(now, call, Outcome::Voicemail);
+        }
+    }
+
     /// Media for an answered call could not be set up: end it for both.
     pub fn handle_media_failed(&mut self, now: Instant, id: CallId) {
         if let Some(call) = self.calls.remove(&id) {
@@ -650,6 +725,7 @@ impl Switchboard {
                 }
                 let outcome = match call.state {
                     CallState::Answered { .. } => Outcome::Answered,
+                    CallState::Voicemail { .. } => Outcome::Voicemail,
                     CallState::Ringing { .. } => Outcome::Failed,
                 };
                 self.close(now, call, outcome);
@@ -672,6 +748,28 @@ impl Switchboard {
             if self.calls.get(&id).is_some_and(|c| c.replaces.is_some()) {
                 self.abort_transfer_leg(now, id, "", EndReason::NoAnswer);
                 continue;
+            }
+            if self.config.voicemail {
+                if let Some(c) = self.calls.get_mut(&id) {
+                    c.state = CallState::Voicemail { at: now };
+                    let (caller, mailbox) = (c.caller.clone(), c.callee.clone());
+                    if let Some(l) = self.lines.get_mut(&mailbox) {
+                        if l.call == Some(id) {
+                            l.call = None;
+                        }
+                    }
+                    self.actions.push_back(Action::Ended {
+                        to: mailbox.clone(),
+                        call: id,
+                        reason: EndReason::NoAnswer,
+                    });
+                    self.actions.push_back(Action::ToVoicemail {
+                        call: id,
+                        caller,
+                        mailbox,
+                    });
+                    continue;
+                }
             }
             if let Some(call) = self.calls.remove(&id) {
                 for ext in [&call.caller, &call.callee] {
@@ -915,7 +1013,7 @@ impl Switchboard {
             .values()
             .filter_map(|c| match c.state {
                 CallState::Ringing { deadline } => Some(deadline),
-                CallState::Answered { .. } => None,
+                CallState::Answered { .. } | CallState::Voicemail { .. } => None,
             })
             .min()
     }
@@ -965,6 +1063,11 @@ impl Switchboard {
                 self.close(now, l, Outcome::Cancelled);
             }
         }
+        if matches!(call.state, CallState::Voicemail { .. }) {
+            // Only the caller is in a call with a mailbox; the gateway's
+            // recorder sees the media connection close.
+            return self.close(now, call, Outcome::Voicemail);
+        }
         let other = if call.caller == by {
             &call.callee
         } else {
@@ -995,7 +1098,7 @@ impl Switchboard {
             }
         }
         let answered = match call.state {
-            CallState::Answered { at } => Some(at),
+            CallState::Answered { at } | CallState::Voicemail { at } => Some(at),
             CallState::Ringing { .. } => None,
         };
         self.actions.push_back(Action::Record(CallRecord {

@@ -127,6 +127,16 @@ pub struct MediaPlan {
     pub relayed: bool,
 }
 
+/// One voicemail message in a mailbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VoicemailInfo {
+    pub id: u64,
+    pub from: String,
+    pub at_ms: i64,
+    pub secs: f64,
+    pub heard: bool,
+}
+
 /// A control message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "kebab-case")]
@@ -251,6 +261,39 @@ pub enum Msg {
         new: CallId,
         peer: String,
     },
+    /// Gateway → station: how many voicemails wait unheard.
+    MessageWaiting {
+        voicemails: u32,
+    },
+    /// Station → gateway: list my voicemails.
+    VoicemailList {
+        req: ReqId,
+    },
+    /// Gateway → station: the mailbox.
+    Voicemails {
+        req: ReqId,
+        items: Vec<VoicemailInfo>,
+    },
+    /// Station → gateway: a piece of a voicemail's Ogg Opus file.
+    VoicemailFetch {
+        req: ReqId,
+        id: u64,
+        offset: u64,
+    },
+    /// Gateway → station: bytes `offset..offset+data.len()` of `total`.
+    VoicemailChunk {
+        req: ReqId,
+        id: u64,
+        offset: u64,
+        total: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Station → gateway: delete a voicemail (answered with `Voicemails`).
+    VoicemailDelete {
+        req: ReqId,
+        id: u64,
+    },
     /// Station → gateway: send a text message.
     SendText {
         req: ReqId,
@@ -340,6 +383,12 @@ impl Msg {
             Msg::Transferring { .. } => "transferring",
             Msg::TransferFailed { .. } => "transfer-failed",
             Msg::Replaced { .. } => "replaced",
+            Msg::MessageWaiting { .. } => "message-waiting",
+            Msg::VoicemailList { .. } => "voicemail-list",
+            Msg::Voicemails { .. } => "voicemails",
+            Msg::VoicemailFetch { .. } => "voicemail-fetch",
+            Msg::VoicemailChunk { .. } => "voicemail-chunk",
+            Msg::VoicemailDelete { .. } => "voicemail-delete",
             Msg::Hold { .. } => "hold",
             Msg::Held { .. } => "held",
             Msg::SendText { .. } => "send-text",
@@ -376,6 +425,12 @@ const KNOWN_KINDS: &[&str] = &[
     "transferring",
     "transfer-failed",
     "replaced",
+    "message-waiting",
+    "voicemail-list",
+    "voicemails",
+    "voicemail-fetch",
+    "voicemail-chunk",
+    "voicemail-delete",
     "hold",
     "held",
     "send-text",
@@ -505,6 +560,31 @@ mod tests {
                 new: 8,
                 peer: "203".into(),
             },
+            Msg::MessageWaiting { voicemails: 2 },
+            Msg::VoicemailList { req: 6 },
+            Msg::Voicemails {
+                req: 6,
+                items: vec![VoicemailInfo {
+                    id: 1,
+                    from: "201".into(),
+                    at_ms: 5,
+                    secs: 3.5,
+                    heard: false,
+                }],
+            },
+            Msg::VoicemailFetch {
+                req: 7,
+                id: 1,
+                offset: 0,
+            },
+            Msg::VoicemailChunk {
+                req: 7,
+                id: 1,
+                offset: 0,
+                total: 3,
+                data: vec![1, 2, 3],
+            },
+            Msg::VoicemailDelete { req: 8, id: 1 },
             Msg::Hold { call: 7, on: true },
             Msg::Held { call: 7, on: false },
             Msg::MediaHello {

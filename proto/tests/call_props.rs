@@ -37,7 +37,10 @@ impl Bench {
     fn new() -> Self {
         let t0 = Instant::now();
         Self {
-            sb: Switchboard::new(Config { ring_timeout: RING }),
+            sb: Switchboard::new(Config {
+                ring_timeout: RING,
+                voicemail: false,
+            }),
             t0,
             now: t0,
         }
@@ -129,7 +132,7 @@ impl Snap {
 
     fn answered_at(&self) -> Option<Instant> {
         match self.state {
-            CallState::Answered { at } => Some(at),
+            CallState::Answered { at } | CallState::Voicemail { at } => Some(at),
             CallState::Ringing { .. } => None,
         }
     }
@@ -933,6 +936,7 @@ fn call_of_action(a: &Action) -> Option<CallId> {
         | Action::Held { call, .. }
         | Action::Transferring { call, .. }
         | Action::TransferFailed { call, .. }
+        | Action::ToVoicemail { call, .. }
         | Action::PickedUp { call, .. } => Some(*call),
         Action::Record(r) => r.call,
         Action::Replaced { new, .. } => Some(*new),
@@ -1270,7 +1274,9 @@ impl Model {
                         prop_assert!(deadline > t, "call {} outlived its deadline", c.id);
                     }
                 }
-                CallState::Answered { at } => prop_assert!(c.started <= at && at <= now),
+                CallState::Answered { at } | CallState::Voicemail { at } => {
+                    prop_assert!(c.started <= at && at <= now)
+                }
             }
         }
 
@@ -1302,7 +1308,7 @@ impl Model {
             .iter()
             .filter_map(|c| match c.state {
                 CallState::Ringing { deadline } => Some(deadline),
-                CallState::Answered { .. } => None,
+                CallState::Answered { .. } | CallState::Voicemail { .. } => None,
             })
             .min();
         let polled = self.b.sb.poll_timeout();

@@ -75,6 +75,7 @@ fn errors_are_clear_and_other_calls_are_undisturbed() {
             "127.0.0.1:0",
             "--ring-timeout",
             "2",
+            "--no-voicemail",
         ],
     )
     .unwrap();

@@ -112,6 +112,7 @@ fn feature_codes_forwarding_pickup_short_codes_and_texts() {
             &listen,
             "--ring-timeout",
             "2",
+            "--no-voicemail",
         ],
     )
     .unwrap();
