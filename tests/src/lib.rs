@@ -353,3 +353,103 @@ pub fn jnum(v: &Value, path: &[&str]) -> Option<f64> {
     }
     cur.as_f64()
 }
+
+/// Run a CLI command that must succeed; its standard output.
+pub fn ok(d: &Daemon, args: &[&str]) -> String {
+    let out = d.ctl(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Run a CLI command that must fail; its standard error.
+pub fn fails(d: &Daemon, args: &[&str]) -> String {
+    let out = d.ctl(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// A station's `status --json`.
+pub fn status(d: &Daemon) -> Value {
+    d.json(&["status"]).expect("status")
+}
+
+/// The state of a station's call in progress.
+pub fn call_state(d: &Daemon) -> Option<String> {
+    jstr(&status(d), &["call", "state"])
+}
+
+/// Wait until a station's call is in `state`.
+pub fn wait_state(d: &Daemon, state: &str) {
+    wait_for(state, Duration::from_secs(6), || {
+        (call_state(d).as_deref() == Some(state)).then_some(())
+    });
+}
+
+/// Wait until a station has no call; its last call.
+pub fn idle(d: &Daemon) -> Value {
+    wait_for("idle", Duration::from_secs(6), || {
+        let s = status(d);
+        s["call"].is_null().then(|| s["last_call"].clone())
+    })
+}
+
+/// A UDP port free on loopback right now.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
+/// A gateway on loopback (no mDNS) and the stations a test adds to it.
+#[derive(Debug)]
+pub struct LoopbackOffice {
+    pub gw: Daemon,
+    pub listen: String,
+    pub scratch: Scratch,
+}
+
+impl LoopbackOffice {
+    /// Start a gateway with `extra` arguments after `run --no-mdns --listen`.
+    pub fn start(tag: &str, extra: &[&str]) -> LoopbackOffice {
+        let scratch = Scratch::new(tag);
+        let listen = format!("127.0.0.1:{}", free_udp_port());
+        let mut args = vec!["run", "--no-mdns", "--listen", listen.as_str()];
+        args.extend_from_slice(extra);
+        let gw = Daemon::start(None, bin("keyline-gatewayd"), &scratch.join("gw"), &args)
+            .expect("start the gateway");
+        LoopbackOffice {
+            gw,
+            listen,
+            scratch,
+        }
+    }
+
+    /// Start a station pointed at the gateway, with `extra` run arguments.
+    pub fn agent(&self, name: &str, extra: &[&str]) -> Daemon {
+        let mut args = vec!["run", "--no-mdns", "--gateway", self.listen.as_str()];
+        args.extend_from_slice(extra);
+        Daemon::start(None, bin("keyline-agent"), &self.scratch.join(name), &args)
+            .expect("start a station")
+    }
+
+    /// Approve a station by its pairing code as `ext` and wait for it.
+    pub fn enrol(&self, d: &Daemon, ext: &str) {
+        let code = wait_for("a pairing code", Duration::from_secs(10), || {
+            jstr(&d.json(&["status"]).ok()?, &["code"])
+        });
+        ok(&self.gw, &["approve", &code, "--ext", ext]);
+        registered(d, ext);
+    }
+}
+
+/// Wait until a station is registered as `ext`.
+pub fn registered(d: &Daemon, ext: &str) {
+    wait_for("registration", Duration::from_secs(15), || {
+        (jstr(&d.json(&["status"]).ok()?, &["ext"])? == ext).then_some(())
+    });
+}

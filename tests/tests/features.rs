@@ -7,124 +7,22 @@
 
 use std::time::Duration;
 
-use keyline_tests::{bin, jnum, jstr, wait_for, Daemon, Scratch};
+use keyline_tests::{
+    fails, idle, jnum, jstr, ok, registered, status, wait_for, wait_state, LoopbackOffice,
+};
 use serde_json::Value;
 
-struct Office {
-    gw: Daemon,
-    listen: String,
-    scratch: Scratch,
-}
-
-impl Office {
-    fn agent(&self, name: &str) -> Daemon {
-        Daemon::start(
-            None,
-            bin("keyline-agent"),
-            &self.scratch.join(name),
-            &[
-                "run",
-                "--no-mdns",
-                "--gateway",
-                &self.listen,
-                "--audio-in",
-                "tone:440",
-                "--audio-out",
-                "null",
-            ],
-        )
-        .unwrap()
-    }
-
-    fn enrol(&self, d: &Daemon, ext: &str) {
-        let code = wait_for("code", Duration::from_secs(10), || {
-            jstr(&d.json(&["status"]).ok()?, &["code"])
-        });
-        assert!(self
-            .gw
-            .ctl(&["approve", &code, "--ext", ext])
-            .status
-            .success());
-        registered(d, ext);
-    }
-}
-
-fn registered(d: &Daemon, ext: &str) {
-    wait_for("registered", Duration::from_secs(15), || {
-        (jstr(&d.json(&["status"]).ok()?, &["ext"])? == ext).then_some(())
-    });
-}
-
-fn status(d: &Daemon) -> Value {
-    d.json(&["status"]).unwrap()
-}
-
-fn call_state(d: &Daemon) -> Option<String> {
-    jstr(&status(d), &["call", "state"])
-}
-
-fn wait_state(d: &Daemon, state: &str) {
-    wait_for(state, Duration::from_secs(6), || {
-        (call_state(d).as_deref() == Some(state)).then_some(())
-    });
-}
-
-fn idle(d: &Daemon) -> Value {
-    wait_for("idle", Duration::from_secs(6), || {
-        let s = status(d);
-        s["call"].is_null().then(|| s["last_call"].clone())
-    })
-}
-
-fn ok(d: &Daemon, args: &[&str]) -> String {
-    let out = d.ctl(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn fails(d: &Daemon, args: &[&str]) -> String {
-    let out = d.ctl(args);
-    assert!(!out.status.success(), "{args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).to_string()
+fn agent(office: &LoopbackOffice, name: &str) -> keyline_tests::Daemon {
+    office.agent(name, &["--audio-in", "tone:440", "--audio-out", "null"])
 }
 
 #[test]
 fn feature_codes_forwarding_pickup_short_codes_and_texts() {
-    let scratch = Scratch::new("features");
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let gw = Daemon::start(
-        None,
-        bin("keyline-gatewayd"),
-        &scratch.join("gw"),
-        &[
-            "run",
-            "--no-mdns",
-            "--listen",
-            &listen,
-            "--ring-timeout",
-            "2",
-            "--no-voicemail",
-        ],
-    )
-    .unwrap();
-    let office = Office {
-        gw,
-        listen,
-        scratch,
-    };
-    let a = office.agent("a");
-    let b = office.agent("b");
-    let mut c = office.agent("c");
-    let d = office.agent("d");
+    let office = LoopbackOffice::start("features", &["--ring-timeout", "2", "--no-voicemail"]);
+    let a = agent(&office, "a");
+    let b = agent(&office, "b");
+    let mut c = agent(&office, "c");
+    let d = agent(&office, "d");
     for (st, ext) in [(&a, "201"), (&b, "202"), (&c, "203"), (&d, "204")] {
         office.enrol(st, ext);
     }
@@ -229,7 +127,7 @@ fn feature_codes_forwarding_pickup_short_codes_and_texts() {
 
     assert!(c.stop());
     ok(&a, &["message", "203", "call me back"]);
-    let c2 = office.agent("c");
+    let c2 = agent(&office, "c");
     registered(&c2, "203");
     wait_for("late text", Duration::from_secs(5), || {
         (jnum(&status(&c2), &["messages_waiting"])? == 1.0).then_some(())
@@ -238,7 +136,7 @@ fn feature_codes_forwarding_pickup_short_codes_and_texts() {
     assert_eq!(msgs["messages"][0]["body"], "call me back");
     // Read means gone: a restart does not bring it back.
     drop(c2);
-    let c3 = office.agent("c");
+    let c3 = agent(&office, "c");
     registered(&c3, "203");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(jnum(&status(&c3), &["messages_waiting"]), Some(0.0));

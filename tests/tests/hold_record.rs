@@ -10,28 +10,8 @@ use std::time::Duration;
 
 use keyline_media::tones::{midi_hz, HOLD_MUSIC_NOTES};
 use keyline_media::{goertzel_power, read_ogg_opus, read_wav_mono48k, FRAME_SAMPLES};
-use keyline_tests::{bin, jstr, wait_for, Daemon, Scratch};
+use keyline_tests::{jstr, ok, status, wait_for, wait_state, LoopbackOffice};
 use serde_json::Value;
-
-fn ok(d: &Daemon, args: &[&str]) -> String {
-    let out = d.ctl(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn status(d: &Daemon) -> Value {
-    d.json(&["status"]).unwrap()
-}
-
-fn wait_state(d: &Daemon, state: &str) {
-    wait_for(state, Duration::from_secs(6), || {
-        (jstr(&status(d), &["call", "state"]).as_deref() == Some(state)).then_some(())
-    });
-}
 
 /// Share of a frame's energy at `hz`, roughly.
 fn power(frame: &[i16], hz: f32) -> f64 {
@@ -40,31 +20,13 @@ fn power(frame: &[i16], hz: f32) -> f64 {
 
 #[test]
 fn held_party_hears_music_and_recordings_hold_both_sides() {
-    let scratch = Scratch::new("hold");
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let gw = Daemon::start(
-        None,
-        bin("keyline-gatewayd"),
-        &scratch.join("gw"),
-        &["run", "--no-mdns", "--listen", &listen],
-    )
-    .unwrap();
-    let rec_dir = scratch.join("recordings");
-    let b_out = scratch.join("b-heard.wav");
-    let a = Daemon::start(
-        None,
-        bin("keyline-agent"),
-        &scratch.join("a"),
+    let office = LoopbackOffice::start("hold", &[]);
+    let gw = &office.gw;
+    let rec_dir = office.scratch.join("recordings");
+    let b_out = office.scratch.join("b-heard.wav");
+    let a = office.agent(
+        "a",
         &[
-            "run",
-            "--no-mdns",
-            "--gateway",
-            &listen,
             "--audio-in",
             "tone:600",
             "--audio-out",
@@ -72,33 +34,18 @@ fn held_party_hears_music_and_recordings_hold_both_sides() {
             "--record-dir",
             rec_dir.to_str().unwrap(),
         ],
-    )
-    .unwrap();
-    let mut b = Daemon::start(
-        None,
-        bin("keyline-agent"),
-        &scratch.join("b"),
+    );
+    let mut b = office.agent(
+        "b",
         &[
-            "run",
-            "--no-mdns",
-            "--gateway",
-            &listen,
             "--audio-in",
             "tone:1300",
             "--audio-out",
             b_out.to_str().unwrap(),
         ],
-    )
-    .unwrap();
-    for (d, ext) in [(&a, "201"), (&b, "202")] {
-        let code = wait_for("code", Duration::from_secs(10), || {
-            jstr(&d.json(&["status"]).ok()?, &["code"])
-        });
-        ok(&gw, &["approve", &code, "--ext", ext]);
-        wait_for("registered", Duration::from_secs(10), || {
-            (jstr(&d.json(&["status"]).ok()?, &["ext"])? == ext).then_some(())
-        });
-    }
+    );
+    office.enrol(&a, "201");
+    office.enrol(&b, "202");
 
     ok(&a, &["dial", "202"]);
     wait_state(&b, "alerting");

@@ -6,12 +6,7 @@
 
 use std::time::Duration;
 
-use keyline_tests::{bin, jstr, wait_for, Daemon, Scratch};
-
-fn free_udp_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
-}
+use keyline_tests::{bin, free_udp_port, jstr, wait_for, Daemon, Scratch};
 
 #[test]
 fn stations_come_back_after_a_gateway_restart_and_auto_answer() {

@@ -6,41 +6,10 @@
 
 use std::time::Duration;
 
-use keyline_tests::{bin, jnum, jstr, wait_for, Daemon, Scratch};
+use keyline_tests::{
+    fails, idle, jnum, jstr, ok, status, wait_for, wait_state, Daemon, LoopbackOffice,
+};
 use serde_json::Value;
-
-fn ok(d: &Daemon, args: &[&str]) -> String {
-    let out = d.ctl(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn fails(d: &Daemon, args: &[&str]) -> String {
-    let out = d.ctl(args);
-    assert!(!out.status.success(), "{args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
-
-fn status(d: &Daemon) -> Value {
-    d.json(&["status"]).unwrap()
-}
-
-fn wait_state(d: &Daemon, state: &str) {
-    wait_for(state, Duration::from_secs(6), || {
-        (jstr(&status(d), &["call", "state"]).as_deref() == Some(state)).then_some(())
-    });
-}
-
-fn idle(d: &Daemon) -> Value {
-    wait_for("idle", Duration::from_secs(6), || {
-        let s = status(d);
-        s["call"].is_null().then(|| s["last_call"].clone())
-    })
-}
 
 fn connect(from: &Daemon, to: &Daemon, ext: &str) {
     ok(from, &["dial", ext]);
@@ -60,57 +29,16 @@ fn media_flows(d: &Daemon) {
 
 #[test]
 fn blind_transfer_and_calls_that_come_back() {
-    let scratch = Scratch::new("transfer");
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let gw = Daemon::start(
-        None,
-        bin("keyline-gatewayd"),
-        &scratch.join("gw"),
-        &[
-            "run",
-            "--no-mdns",
-            "--listen",
-            &listen,
-            "--ring-timeout",
-            "2",
-        ],
-    )
-    .unwrap();
-    let agent = |name: &str, tone: &str| {
-        Daemon::start(
-            None,
-            bin("keyline-agent"),
-            &scratch.join(name),
-            &[
-                "run",
-                "--no-mdns",
-                "--gateway",
-                &listen,
-                "--audio-in",
-                tone,
-                "--audio-out",
-                "null",
-            ],
-        )
-        .unwrap()
-    };
+    let office = LoopbackOffice::start("transfer", &["--ring-timeout", "2"]);
+    let gw = &office.gw;
+    let agent =
+        |name: &str, tone: &str| office.agent(name, &["--audio-in", tone, "--audio-out", "null"]);
     let a = agent("a", "tone:600");
     let b = agent("b", "tone:900");
     let c = agent("c", "tone:1200");
     let d = agent("d", "tone:1500");
     for (st, ext) in [(&a, "201"), (&b, "202"), (&c, "203"), (&d, "204")] {
-        let code = wait_for("code", Duration::from_secs(10), || {
-            jstr(&st.json(&["status"]).ok()?, &["code"])
-        });
-        ok(&gw, &["approve", &code, "--ext", ext]);
-        wait_for("registered", Duration::from_secs(10), || {
-            (jstr(&st.json(&["status"]).ok()?, &["ext"])? == ext).then_some(())
-        });
+        office.enrol(st, ext);
     }
 
     // 201 calls 202; 202 hands 201 on to 203.

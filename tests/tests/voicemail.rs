@@ -12,24 +12,9 @@ use std::time::Duration;
 use keyline_media::{
     collapse_track, read_ogg_opus, read_wav_mono48k, tone_sequence, tone_track, write_wav,
 };
-use keyline_tests::{bin, jnum, jstr, wait_for, Daemon, Scratch};
-use serde_json::Value;
+use keyline_tests::{bin, jnum, jstr, ok, status, wait_for, Daemon, Scratch};
 
 const TONES: [f32; 3] = [600.0, 900.0, 1200.0];
-
-fn ok(d: &Daemon, args: &[&str]) -> String {
-    let out = d.ctl(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn status(d: &Daemon) -> Value {
-    d.json(&["status"]).unwrap()
-}
 
 fn heard(pcm: &[i16]) -> Vec<f32> {
     let mut cands = TONES.to_vec();
