@@ -532,7 +532,24 @@ async fn station_loop(
             m @ (Msg::Answer { .. }
             | Msg::Reject { .. }
             | Msg::Hangup { .. }
-            | Msg::Hold { .. }) => m,
+            | Msg::Hold { .. }
+            | Msg::ConsultComplete { .. }) => m,
+            Msg::Consult { req, call, target } => match number::canonicalize(&target) {
+                Ok(t) => Msg::Consult {
+                    req,
+                    call,
+                    target: t,
+                },
+                Err(e) => {
+                    let _ = tx.try_send(Msg::TransferFailed {
+                        req,
+                        call,
+                        reason: FailReason::InvalidNumber,
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            },
             Msg::Transfer { req, call, target } => match number::canonicalize(&target) {
                 Ok(t) => Msg::Transfer {
                     req,
@@ -948,6 +965,22 @@ impl Switch {
             Msg::Hold { call, on } => (self.sb.handle_hold(ext, call, on), call),
             Msg::Transfer { req, call, target } => {
                 (self.sb.handle_transfer(now, ext, req, call, &target), call)
+            }
+            Msg::Consult { req, call, target } => {
+                (self.sb.handle_consult(now, ext, req, call, &target), call)
+            }
+            Msg::ConsultComplete { req } => {
+                if let Err(e) = self.sb.handle_consult_complete(now, ext, req) {
+                    self.send(
+                        ext,
+                        Msg::Error {
+                            req: Some(req),
+                            code: "call".into(),
+                            message: format!("cannot join the calls: {e}"),
+                        },
+                    );
+                }
+                return;
             }
             _ => return,
         };

@@ -62,9 +62,20 @@ pub enum Cmd {
     Answer,
     /// End the call (or decline a ringing one).
     Hangup,
-    /// Hand the other end of the call on to another number (blind transfer;
-    /// `##N` dialled during a call does the same).
-    Transfer { target: String },
+    /// Hand the other end of the call on to another number: blind with a
+    /// TARGET (`##N` in a call), or attended: `--consult TARGET` holds the
+    /// call and calls TARGET (`*2N` in a call), then `--complete` joins them
+    /// or `--cancel` comes back.
+    Transfer {
+        #[arg(required_unless_present_any = ["consult", "complete", "cancel"])]
+        target: Option<String>,
+        #[arg(long, value_name = "TARGET", conflicts_with_all = ["target", "complete", "cancel"])]
+        consult: Option<String>,
+        #[arg(long, conflicts_with_all = ["target", "cancel"])]
+        complete: bool,
+        #[arg(long, conflicts_with = "target")]
+        cancel: bool,
+    },
     /// Put the call on hold (the other end hears music).
     Hold,
     /// Take the call off hold.

@@ -141,9 +141,24 @@ struct State {
     vm_reqs: HashMap<u64, oneshot::Sender<std::result::Result<Msg, String>>>,
     /// A voicemail being played on the output.
     playback: Option<tokio::task::JoinHandle<()>>,
+    /// A consultation call placed while the main call is held (attended
+    /// transfer), its media session, and the hold/record state it uses.
+    consult: Option<CallInfo>,
+    consult_session: Option<Session>,
+    consult_hold: Arc<Hold>,
+    consult_record: SharedRecord,
 }
 
 impl State {
+    /// The consultation ended: drop it and take the main call off hold.
+    fn end_consult(&mut self) {
+        self.consult = None;
+        self.consult_session = None;
+        self.hold
+            .holding
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn new(hold_music: Vec<i16>) -> State {
         State {
             link: None,
@@ -165,6 +180,10 @@ impl State {
             voicemail_waiting: 0,
             vm_reqs: HashMap::new(),
             playback: None,
+            consult: None,
+            consult_session: None,
+            consult_hold: Arc::new(Hold::new(Vec::new())),
+            consult_record: Arc::new(Mutex::new(RecordSlot::default())),
         }
     }
 }
@@ -547,6 +566,12 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
                     ringback = true;
                 }
             }
+            if let Some(c) = st.consult.as_mut().filter(|c| c.id.is_none()) {
+                c.id = Some(call);
+                c.state = "ringing";
+                c.ringing_at = Some(Instant::now());
+                c.peer = callee.clone();
+            }
             if ringback {
                 st.ringer = Some(start_ringer(agent, agent.ringback.clone()));
             }
@@ -604,6 +629,18 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
                 }));
             }
         }
+        Msg::Connect { call, media } if st.consult.as_ref().is_some_and(|c| c.id == Some(call)) => {
+            if let Some(c) = st.consult.as_mut() {
+                c.state = "connecting";
+                c.answered_at = Some(Instant::now());
+            }
+            if media.dial {
+                let agent = agent.clone();
+                tokio::spawn(async move { dial_media(agent, call, media).await });
+            } else {
+                agent.expect.send_replace(Some((call, media)));
+            }
+        }
         Msg::Connect { call, media } => {
             let Some(c) = st.call.as_mut().filter(|c| c.id == Some(call)) else {
                 return;
@@ -621,9 +658,24 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
                 agent.expect.send_replace(Some((call, media)));
             }
         }
+        Msg::Ended { call, reason } if st.consult.as_ref().is_some_and(|c| c.id == Some(call)) => {
+            println!("consultation call {call} ended: {}", end_reason(reason));
+            st.end_consult();
+        }
         Msg::Ended { call, reason } if st.call.as_ref().is_some_and(|c| c.id == Some(call)) => {
             println!("call {call} ended: {}", end_reason(reason));
             end_call(&mut st, end_reason(reason));
+            // The held party left during a consultation: the consultation
+            // becomes the call (as the gateway sees it too).
+            if reason != EndReason::Transferred {
+                if let Some(c) = st.consult.take() {
+                    st.call = Some(c);
+                    st.session = st.consult_session.take();
+                    let st = &mut *st;
+                    std::mem::swap(&mut st.hold, &mut st.consult_hold);
+                    std::mem::swap(&mut st.record, &mut st.consult_record);
+                }
+            }
         }
         Msg::Feature { req, message } => {
             if st.call.as_ref().is_some_and(|c| c.id.is_none()) {
@@ -667,6 +719,9 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
         Msg::TransferFailed {
             req, call, message, ..
         } => {
+            if st.consult.as_ref().is_some_and(|c| c.id.is_none()) {
+                st.consult = None;
+            }
             if let Some(c) = st.call.as_mut().filter(|c| c.id == Some(call)) {
                 println!("call {call}: transfer failed ({message}); the call is back with you");
                 c.state = "connected";
@@ -737,6 +792,15 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
             ..
         } if st.texts.contains_key(&req) => {
             if let Some(d) = st.texts.remove(&req) {
+                let _ = d.send(Err(message));
+            }
+        }
+        Msg::Error {
+            req: Some(req),
+            message,
+            ..
+        } if st.dials.contains_key(&req) => {
+            if let Some(d) = st.dials.remove(&req) {
                 let _ = d.send(Err(message));
             }
         }
@@ -921,6 +985,35 @@ async fn accept_one(
 
 fn install_session(agent: &Arc<Agent>, call: CallId, conn: Result<quinn::Connection>) {
     let mut st = agent.lock();
+    if st.consult.as_ref().is_some_and(|c| c.id == Some(call)) {
+        match conn.and_then(|conn| {
+            Session::start(
+                conn,
+                call,
+                agent.source.clone(),
+                agent.sink.clone(),
+                st.consult_record.clone(),
+                st.consult_hold.clone(),
+            )
+        }) {
+            Ok(s) => {
+                st.consult_session = Some(s);
+                if let Some(c) = st.consult.as_mut() {
+                    c.state = "connected";
+                    c.connected_at = Some(Instant::now());
+                }
+                println!("consultation call {call} connected");
+            }
+            Err(e) => {
+                tracing::warn!("consultation call {call}: media failed: {e:#}");
+                if let Some(tx) = &st.gw_tx {
+                    let _ = tx.try_send(Msg::Hangup { call });
+                }
+                st.end_consult();
+            }
+        }
+        return;
+    }
     let current = st.call.as_ref().is_some_and(|c| c.id == Some(call));
     match conn {
         Ok(conn) if current => {
@@ -1085,6 +1178,57 @@ async fn play_voicemail(agent: &Arc<Agent>, id: Option<u64>) -> Value {
     })
 }
 
+/// Attended transfer, first step: hold the call and call `target`.
+async fn consult(agent: &Arc<Agent>, target: &str) -> Value {
+    let rx = {
+        let mut st = agent.lock();
+        let Some(call) = st
+            .call
+            .as_ref()
+            .filter(|c| c.state == "connected")
+            .and_then(|c| c.id)
+        else {
+            return control::error("no connected call to consult about");
+        };
+        if st.consult.is_some() {
+            return control::error("already consulting");
+        }
+        let Some(tx) = st.gw_tx.clone() else {
+            return control::error("not connected to the gateway");
+        };
+        st.next_req += 1;
+        let req = st.next_req;
+        let msg = Msg::Consult {
+            req,
+            call,
+            target: target.to_string(),
+        };
+        if tx.try_send(msg).is_err() {
+            return control::error("not connected to the gateway");
+        }
+        st.hold
+            .holding
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        st.consult = Some(CallInfo::new(
+            None,
+            target.to_string(),
+            None,
+            Direction::Out,
+        ));
+        let (dtx, drx) = oneshot::channel();
+        st.dials.insert(req, dtx);
+        drx
+    };
+    match tokio::time::timeout(Duration::from_secs(10), rx).await {
+        Ok(Ok(Ok(v))) => v,
+        Ok(Ok(Err(e))) => {
+            agent.lock().end_consult();
+            control::error(format!("cannot consult {target}: {e}"))
+        }
+        _ => control::error("the gateway did not answer"),
+    }
+}
+
 /// Blind transfer of the connected call to `target`; the other end hears
 /// the hold music until the target answers.
 async fn transfer(agent: &Arc<Agent>, target: &str) -> Value {
@@ -1193,6 +1337,11 @@ fn status(agent: &Arc<Agent>) -> Value {
         "fingerprint": agent.id.fingerprint,
         "listen": agent.endpoint.local_addr().ok().map(|a| a.to_string()),
         "call": call,
+        "consult": st.consult.as_ref().map(|c| json!({
+            "id": c.id,
+            "peer": c.peer,
+            "state": c.state,
+        })),
         "last_call": st.last_call,
         "settings": st.settings,
         "messages_waiting": st.inbox.len(),
@@ -1220,6 +1369,47 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
             }
         }
         "voicemail-play" => play_voicemail(agent, req.get("id").and_then(Value::as_u64)).await,
+        "consult" => {
+            let Some(target) = req.get("target").and_then(Value::as_str) else {
+                return control::error("consult needs a target number");
+            };
+            consult(agent, target).await
+        }
+        "consult-complete" => {
+            let rx = {
+                let mut st = agent.lock();
+                if st.consult.as_ref().is_none_or(|c| c.state != "connected") {
+                    return control::error("no answered consultation call to join");
+                }
+                let Some(tx) = st.gw_tx.clone() else {
+                    return control::error("not connected to the gateway");
+                };
+                st.next_req += 1;
+                let req = st.next_req;
+                if tx.try_send(Msg::ConsultComplete { req }).is_err() {
+                    return control::error("not connected to the gateway");
+                }
+                let (dtx, drx) = oneshot::channel();
+                st.dials.insert(req, dtx);
+                drx
+            };
+            match tokio::time::timeout(Duration::from_secs(10), rx).await {
+                Ok(Ok(Ok(v))) => v,
+                Ok(Ok(Err(e))) => control::error(format!("transfer failed: {e}")),
+                _ => control::error("the gateway did not answer"),
+            }
+        }
+        "consult-cancel" => {
+            let mut st = agent.lock();
+            let Some(c) = st.consult.as_ref() else {
+                return control::error("no consultation call");
+            };
+            if let (Some(call), Some(tx)) = (c.id, &st.gw_tx) {
+                let _ = tx.try_send(Msg::Hangup { call });
+            }
+            st.end_consult();
+            json!({"ok": true})
+        }
         "transfer" => {
             let Some(target) = req.get("target").and_then(Value::as_str) else {
                 return control::error("transfer needs a target number");
@@ -1298,16 +1488,19 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
             let Some(number) = req.get("number").and_then(Value::as_str) else {
                 return control::error("dial needs a number");
             };
+            // Codes the station handles itself, in a call or not.
+            let in_call = agent.lock().call.is_some();
+            if number == "*97" {
+                return play_voicemail(agent, None).await;
+            }
+            if let Some(target) = number.strip_prefix("*2").filter(|_| in_call) {
+                return consult(agent, target).await;
+            }
+            if let Some(target) = number.strip_prefix("##") {
+                return transfer(agent, target).await;
+            }
             let rx = {
                 let mut st = agent.lock();
-                if number == "*97" {
-                    drop(st);
-                    return play_voicemail(agent, None).await;
-                }
-                if let Some(target) = number.strip_prefix("##") {
-                    drop(st);
-                    return transfer(agent, target).await;
-                }
                 if st.call.is_some() {
                     return control::error("already in a call; hang up first");
                 }

@@ -96,7 +96,22 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             VoicemailCmd::Play { id } => json!({"cmd": "voicemail-play", "id": id}),
             VoicemailCmd::Delete { id } => json!({"cmd": "voicemail-delete", "id": id}),
         },
-        Cmd::Transfer { target } => json!({"cmd": "transfer", "target": target}),
+        Cmd::Transfer {
+            target,
+            consult,
+            complete,
+            cancel,
+        } => {
+            if let Some(t) = consult {
+                json!({"cmd": "consult", "target": t})
+            } else if *complete {
+                json!({"cmd": "consult-complete"})
+            } else if *cancel {
+                json!({"cmd": "consult-cancel"})
+            } else {
+                json!({"cmd": "transfer", "target": target})
+            }
+        }
         Cmd::Resume => json!({"cmd": "resume"}),
         Cmd::Record { mode } => json!({"cmd": "record", "on": mode == "on"}),
         Cmd::Run { .. } => return Ok(()),
@@ -158,7 +173,17 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
                 reply.get("seconds").and_then(Value::as_f64).unwrap_or(0.0)
             ),
         },
-        Cmd::Transfer { target } => println!("transferring to {target}"),
+        Cmd::Transfer { .. } => {
+            if let Some(f) = reply.get("feature").and_then(Value::as_str) {
+                println!("{f}");
+            } else if let Some(t) = reply.get("transferring_to").and_then(Value::as_str) {
+                println!("transferring to {t}");
+            } else if let Some(c) = reply.get("callee").and_then(Value::as_str) {
+                println!("consulting {c} (the call is on hold)");
+            } else {
+                println!("back to the held call");
+            }
+        }
         Cmd::Resume => println!("resumed"),
         Cmd::Record { .. } => {
             if let Some(p) = reply.get("recording").and_then(Value::as_str) {

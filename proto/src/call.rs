@@ -219,12 +219,18 @@ pub struct Call {
     /// For a call being transferred: who transfers it, and the leg that
     /// rings the target.
     pub transfer: Option<(String, CallId)>,
+    /// For a consultation call: the held call it may be joined to.
+    pub consult_of: Option<CallId>,
+    /// For a held call: the consultation call its holder placed.
+    pub consulting: Option<CallId>,
 }
 
 #[derive(Debug, Default)]
 struct Line {
     online: bool,
     call: Option<CallId>,
+    /// A consultation call placed while `call` is held.
+    consult: Option<CallId>,
     settings: LineSettings,
 }
 
@@ -316,7 +322,11 @@ impl Switchboard {
             return;
         };
         line.online = false;
-        if let Some(id) = line.call {
+        let (main, consult) = (line.call, line.consult);
+        if let Some(id) = consult {
+            self.finish_by(now, id, ext, EndReason::PeerLost);
+        }
+        if let Some(id) = main {
             self.finish_by(now, id, ext, EndReason::PeerLost);
         }
     }
@@ -385,6 +395,8 @@ impl Switchboard {
                         held_by: None,
                         replaces: None,
                         transfer: None,
+                        consult_of: None,
+                        consulting: None,
                     },
                 );
                 if let Some(l) = self.lines.get_mut(caller) {
@@ -429,6 +441,8 @@ impl Switchboard {
                 held_by: None,
                 replaces: None,
                 transfer: None,
+                consult_of: None,
+                consulting: None,
             },
         );
         for ext in [caller, number] {
@@ -548,6 +562,8 @@ impl Switchboard {
                 held_by: None,
                 replaces: Some(id),
                 transfer: None,
+                consult_of: None,
+                consulting: None,
             },
         );
         if let Some(l) = self.lines.get_mut(&target) {
@@ -572,6 +588,173 @@ impl Switchboard {
             callee: target,
             call: leg,
             from: other,
+        });
+        Ok(())
+    }
+
+    /// `by` holds its call `id` and calls `target` to consult (attended
+    /// transfer). Refusals come back as `TransferFailed`.
+    pub fn handle_consult(
+        &mut self,
+        now: Instant,
+        by: &str,
+        req: ReqId,
+        id: CallId,
+        target: &str,
+    ) -> Result<(), CallError> {
+        let call = self.calls.get(&id).ok_or(CallError::NoSuchCall)?;
+        if call.caller != by && call.callee != by {
+            return Err(CallError::NotYours);
+        }
+        if !matches!(call.state, CallState::Answered { .. }) {
+            return Err(CallError::NotAnswered);
+        }
+        if call.transfer.is_some() || call.consulting.is_some() {
+            return Err(CallError::TransferPending);
+        }
+        let other = if call.caller == by {
+            call.callee.clone()
+        } else {
+            call.caller.clone()
+        };
+        let (target, rang) = match self.route(by, target, Vec::new()) {
+            Ok((t, _)) if t == other => {
+                self.actions.push_back(Action::TransferFailed {
+                    to: by.to_string(),
+                    req,
+                    call: id,
+                    reason: FailReason::SelfCall,
+                });
+                return Ok(());
+            }
+            Ok(t) => t,
+            Err(reason) => {
+                self.actions.push_back(Action::TransferFailed {
+                    to: by.to_string(),
+                    req,
+                    call: id,
+                    reason,
+                });
+                return Ok(());
+            }
+        };
+        let c2 = self.next_id;
+        self.next_id += 1;
+        self.calls.insert(
+            c2,
+            Call {
+                id: c2,
+                caller: by.to_string(),
+                callee: target.clone(),
+                started: now,
+                state: CallState::Ringing {
+                    deadline: now + self.config.ring_timeout,
+                },
+                rang,
+                held_by: None,
+                replaces: None,
+                transfer: None,
+                consult_of: Some(id),
+                consulting: None,
+            },
+        );
+        if let Some(l) = self.lines.get_mut(&target) {
+            l.call = Some(c2);
+        }
+        if let Some(l) = self.lines.get_mut(by) {
+            l.consult = Some(c2);
+        }
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.consulting = Some(c2);
+            c.held_by = Some(by.to_string());
+        }
+        self.actions.push_back(Action::Held {
+            to: other,
+            call: id,
+            on: true,
+        });
+        self.actions.push_back(Action::Ringing {
+            caller: by.to_string(),
+            req,
+            call: c2,
+            callee: target.clone(),
+        });
+        self.actions.push_back(Action::Ring {
+            callee: target,
+            call: c2,
+            from: by.to_string(),
+        });
+        Ok(())
+    }
+
+    /// `by` joins its held party to the party it consulted, and leaves.
+    pub fn handle_consult_complete(
+        &mut self,
+        now: Instant,
+        by: &str,
+        req: ReqId,
+    ) -> Result<(), CallError> {
+        let c2 = self
+            .lines
+            .get(by)
+            .and_then(|l| l.consult)
+            .ok_or(CallError::NoSuchCall)?;
+        let consult = self.calls.get(&c2).ok_or(CallError::NoSuchCall)?;
+        if !matches!(consult.state, CallState::Answered { .. }) {
+            return Err(CallError::NotAnswered);
+        }
+        let orig = consult.consult_of.ok_or(CallError::NoSuchCall)?;
+        let target = consult.callee.clone();
+        let Some(old) = self.calls.remove(&orig) else {
+            return Err(CallError::NoSuchCall);
+        };
+        let other = if old.caller == by {
+            old.callee.clone()
+        } else {
+            old.caller.clone()
+        };
+        self.actions.push_back(Action::Ended {
+            to: by.to_string(),
+            call: orig,
+            reason: EndReason::Transferred,
+        });
+        self.close(now, old, Outcome::Answered);
+        if let Some(c) = self.calls.get_mut(&c2) {
+            c.caller = other.clone();
+            c.consult_of = None;
+        }
+        if let Some(l) = self.lines.get_mut(by) {
+            l.consult = None;
+        }
+        if let Some(l) = self.lines.get_mut(&other) {
+            l.call = Some(c2);
+        }
+        self.actions.push_back(Action::Ended {
+            to: by.to_string(),
+            call: c2,
+            reason: EndReason::Transferred,
+        });
+        self.actions.push_back(Action::Feature {
+            caller: by.to_string(),
+            req,
+            message: format!("{other} is now talking to {target}"),
+        });
+        self.actions.push_back(Action::Replaced {
+            to: other.clone(),
+            old: orig,
+            new: c2,
+            peer: target.clone(),
+        });
+        self.actions.push_back(Action::Replaced {
+            to: target.clone(),
+            old: c2,
+            new: c2,
+            peer: other.clone(),
+        });
+        self.actions.push_back(Action::Connected {
+            call: c2,
+            caller: other,
+            callee: target,
         });
         Ok(())
     }
@@ -1034,6 +1217,18 @@ impl Switchboard {
         let Some(call) = self.calls.remove(&id) else {
             return;
         };
+        if let Some(c2) = call.consulting {
+            // The held party left: the consultation becomes the holder's
+            // only call.
+            if let Some(c) = self.calls.get_mut(&c2) {
+                c.consult_of = None;
+                let holder = c.caller.clone();
+                if let Some(l) = self.lines.get_mut(&holder) {
+                    l.call = Some(c2);
+                    l.consult = None;
+                }
+            }
+        }
         if let Some((tby, leg)) = &call.transfer {
             if tby == by {
                 // The transferring end walks away: the transfer goes on
@@ -1095,6 +1290,26 @@ impl Switchboard {
                 if l.call == Some(call.id) {
                     l.call = None;
                 }
+                if l.consult == Some(call.id) {
+                    l.consult = None;
+                }
+            }
+        }
+        if let Some(orig) = call.consult_of {
+            // The consultation is over: the held call comes back.
+            if let Some(o) = self.calls.get_mut(&orig) {
+                o.consulting = None;
+                o.held_by = None;
+                let other = if o.caller == call.caller {
+                    o.callee.clone()
+                } else {
+                    o.caller.clone()
+                };
+                self.actions.push_back(Action::Held {
+                    to: other,
+                    call: orig,
+                    on: false,
+                });
             }
         }
         let answered = match call.state {

@@ -240,6 +240,17 @@ pub enum Msg {
         call: CallId,
         target: String,
     },
+    /// Station → gateway: hold `call` and call `target` to consult first
+    /// (attended transfer).
+    Consult {
+        req: ReqId,
+        call: CallId,
+        target: String,
+    },
+    /// Station → gateway: join the held party to the consulted one.
+    ConsultComplete {
+        req: ReqId,
+    },
     /// Gateway → transferring station: `to` rings for the other end.
     Transferring {
         req: ReqId,
@@ -380,6 +391,8 @@ impl Msg {
             Msg::Forwarded { .. } => "forwarded",
             Msg::PickedUp { .. } => "picked-up",
             Msg::Transfer { .. } => "transfer",
+            Msg::Consult { .. } => "consult",
+            Msg::ConsultComplete { .. } => "consult-complete",
             Msg::Transferring { .. } => "transferring",
             Msg::TransferFailed { .. } => "transfer-failed",
             Msg::Replaced { .. } => "replaced",
@@ -422,6 +435,8 @@ const KNOWN_KINDS: &[&str] = &[
     "forwarded",
     "picked-up",
     "transfer",
+    "consult",
+    "consult-complete",
     "transferring",
     "transfer-failed",
     "replaced",
@@ -544,6 +559,12 @@ mod tests {
                 call: 7,
                 target: "203".into(),
             },
+            Msg::Consult {
+                req: 5,
+                call: 7,
+                target: "203".into(),
+            },
+            Msg::ConsultComplete { req: 5 },
             Msg::Transferring {
                 req: 5,
                 call: 7,

@@ -26,6 +26,8 @@ enum Ev {
     Hangup(usize, u64),
     Hold(usize, u64, bool),
     Transfer(usize, u64, usize),
+    Consult(usize, u64, usize),
+    Complete(usize),
     VoicemailDone(u64),
     Forward(usize, u8, Option<usize>),
     Advance(u64),
@@ -55,6 +57,8 @@ fn event() -> impl Strategy<Value = Ev> {
         (l.clone(), 1..12u64).prop_map(|(a, c)| Ev::Hangup(a, c)),
         (l.clone(), 1..12u64, any::<bool>()).prop_map(|(a, c, on)| Ev::Hold(a, c, on)),
         (l.clone(), 1..12u64, l.clone()).prop_map(|(a, c, t)| Ev::Transfer(a, c, t)),
+        (l.clone(), 1..12u64, l.clone()).prop_map(|(a, c, t)| Ev::Consult(a, c, t)),
+        l.clone().prop_map(Ev::Complete),
         (1..12u64).prop_map(Ev::VoicemailDone),
         (l.clone(), 0..3u8, prop::option::of(l)).prop_map(|(a, k, t)| Ev::Forward(a, k, t)),
         (0..40_000u64).prop_map(Ev::Advance),
@@ -93,6 +97,7 @@ impl Run {
                 .sb
                 .calls()
                 .filter(|c| c.replaces.is_none() || c.callee == ext)
+                .filter(|c| c.consult_of.is_none() || c.callee == ext)
                 .filter(|c| c.callee == ext || c.caller == ext)
                 .filter(|c| {
                     // A mailbox is not in the call it records.
@@ -149,6 +154,10 @@ proptest! {
                 Ev::Hangup(i, c) => { let c = pick(c); Ev::Hangup(LINES.iter().position(|l| *l == end(i, c)).unwrap_or(i), c) }
                 Ev::Hold(i, c, on) => { let c = pick(c); Ev::Hold(LINES.iter().position(|l| *l == end(i, c)).unwrap_or(i), c, on) }
                 Ev::Transfer(i, c, t) => { let c = pick(c); Ev::Transfer(LINES.iter().position(|l| *l == end(i, c)).unwrap_or(i), c, t) }
+                Ev::Consult(i, c, t) => {
+                    let c = pick(c);
+                    Ev::Consult(LINES.iter().position(|l| *l == end(i, c)).unwrap_or(i), c, t)
+                }
                 Ev::VoicemailDone(c) => Ev::VoicemailDone(pick(c)),
                 other => other,
             };
@@ -162,6 +171,12 @@ proptest! {
                 Ev::Hold(i, c, on) => { let _ = run.sb.handle_hold(LINES[i], c, on); }
                 Ev::Transfer(i, c, t) => {
                     let _ = run.sb.handle_transfer(now, LINES[i], req, c, LINES[t]);
+                }
+                Ev::Consult(i, c, t) => {
+                    let _ = run.sb.handle_consult(now, LINES[i], req, c, LINES[t]);
+                }
+                Ev::Complete(i) => {
+                    let _ = run.sb.handle_consult_complete(now, LINES[i], req);
                 }
                 Ev::VoicemailDone(c) => run.sb.handle_voicemail_done(now, c),
                 Ev::Forward(i, kind, t) => {

@@ -93,6 +93,72 @@ fn blind_transfer_and_calls_that_come_back() {
     ok(&c, &["hangup"]);
     idle(&a);
 
+    // Attended: 202 consults 203 first, then joins 201 to it.
+    connect(&a, &b, "202");
+    assert!(ok(&b, &["transfer", "--consult", "203"]).contains("consulting 203"));
+    wait_state(&c, "alerting");
+    assert_eq!(jstr(&status(&c), &["call", "peer"]).as_deref(), Some("202"));
+    wait_for("201 held", Duration::from_secs(3), || {
+        (status(&a)["call"]["held_by_peer"] == Value::Bool(true)).then_some(())
+    });
+    ok(&c, &["answer"]);
+    wait_for("consultation up", Duration::from_secs(5), || {
+        (jstr(&status(&b), &["consult", "state"])? == "connected").then_some(())
+    });
+    media_flows(&c);
+    assert!(ok(&b, &["transfer", "--complete"]).contains("201 is now talking to 203"));
+    assert_eq!(jstr(&idle(&b), &["ended"]).as_deref(), Some("transferred"));
+    wait_for("201 with 203", Duration::from_secs(5), || {
+        let s = status(&a);
+        (jstr(&s, &["call", "peer"])? == "203" && jstr(&s, &["call", "state"])? == "connected")
+            .then_some(())
+    });
+    wait_for("203 with 201", Duration::from_secs(5), || {
+        let s = status(&c);
+        (jstr(&s, &["call", "peer"])? == "201" && jstr(&s, &["call", "state"])? == "connected")
+            .then_some(())
+    });
+    media_flows(&a);
+    media_flows(&c);
+    ok(&a, &["hangup"]);
+    idle(&c);
+
+    // Consult with *2N in the call, then cancel: back to 201.
+    connect(&a, &b, "202");
+    ok(&b, &["dial", "*2203"]);
+    wait_state(&c, "alerting");
+    ok(&c, &["answer"]);
+    wait_for("consultation up", Duration::from_secs(5), || {
+        (jstr(&status(&b), &["consult", "state"])? == "connected").then_some(())
+    });
+    ok(&b, &["transfer", "--cancel"]);
+    idle(&c);
+    wait_for("201 off hold", Duration::from_secs(3), || {
+        (status(&a)["call"]["held_by_peer"] == Value::Bool(false)).then_some(())
+    });
+    media_flows(&a);
+    media_flows(&b);
+
+    // The held party hangs up during a consultation: it becomes the call.
+    ok(&b, &["transfer", "--consult", "203"]);
+    wait_state(&c, "alerting");
+    ok(&c, &["answer"]);
+    wait_for("consultation up", Duration::from_secs(5), || {
+        (jstr(&status(&b), &["consult", "state"])? == "connected").then_some(())
+    });
+    ok(&a, &["hangup"]);
+    wait_for(
+        "the consultation is the call",
+        Duration::from_secs(5),
+        || {
+            let s = status(&b);
+            (jstr(&s, &["call", "peer"])? == "203" && s["consult"].is_null()).then_some(())
+        },
+    );
+    media_flows(&b);
+    ok(&b, &["hangup"]);
+    idle(&c);
+
     // The records: each leg once.
     let cdr = gw.json(&["cdr"]).unwrap();
     let rows = cdr["cdr"].as_array().unwrap();
