@@ -1,1 +1,24 @@
-//! placeholder
+//! `keyline-directory`, the internet directory (DESIGN §1, claims 1–4, 7, 8),
+//! and the async client library endpoints use to talk to it.
+//!
+//! The crate owns: accounts with argon2id passwords, session tokens and
+//! rate-limited logins ([`auth`], [`ratelimit`]); the directory's storage
+//! behind the [`store::Store`] trait (SQLite today); the sans-IO routing
+//! core — numbers, bindings with a TTL, server-side forwarding with cycle
+//! detection, calls from CALL to CONNECT ([`routing`]); the tokio server
+//! around it with its control socket and systemd lifecycle ([`server`]);
+//! the directory's opaque UDP relay for the direct-connect rules (through
+//! [`keyline_net::relay`]); and [`client`], the library a gateway or a
+//! terminal uses to log in, register, call, answer, look up, forward and
+//! leave or collect mail. Media never touches the directory unless the
+//! relay rule says so, and then only as bytes it cannot decrypt.
+
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod ratelimit;
+pub mod routing;
+pub mod server;
+pub mod store;
+pub mod wire;

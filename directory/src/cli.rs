@@ -1,0 +1,147 @@
+//! The command line, defined once: used by the binary and by the
+//! packaging tools that generate man pages and shell completions.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "keyline-directory",
+    version,
+    about = "Keyline internet directory: finds and rings numbers, never carries media"
+)]
+pub struct Cli {
+    /// State directory (default: $STATE_DIRECTORY, else ~/.local/state/keyline/directory).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Validate a configuration file, name the bad field if any, and exit.
+    #[arg(long, value_name = "FILE")]
+    pub check_config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the directory (the default when no command is given).
+    #[command(alias = "run")]
+    Serve(ServeArgs),
+    /// Show the directory's state: listeners, sessions, bindings, calls, relayed bytes.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List accounts and their numbers.
+    Users {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage accounts (works whether or not the directory runs).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// List registered numbers: where each one rings now and until when.
+    Bindings {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List calls in progress.
+    Calls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Server-side forwarding rules (claim 8).
+    #[command(subcommand)]
+    Forward(ForwardCmd),
+    /// Stored voice mail and text messages waiting for delivery.
+    #[command(subcommand)]
+    Mail(MailCmd),
+    /// Validate a configuration file and exit (same as --check-config).
+    CheckConfig { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Create an account; the password is read from standard input (one line).
+    Add {
+        /// Login name of the account.
+        id: String,
+        /// A number the account owns (digits, letters, any script); repeatable.
+        #[arg(long = "number", value_name = "NUMBER", required = true)]
+        numbers: Vec<String>,
+    },
+    /// Set an account's password (read from standard input, one line); its sessions end.
+    Passwd { id: String },
+    /// Delete an account, its numbers, forwarding rules and stored mail.
+    Rm { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ForwardCmd {
+    /// Forward calls for NUMBER to another number.
+    Set {
+        number: String,
+        /// Where calls go.
+        #[arg(long, value_name = "NUMBER")]
+        to: String,
+        /// When the rule applies.
+        #[arg(long, value_enum, default_value_t = ForwardWhenArg::Always)]
+        when: ForwardWhenArg,
+    },
+    /// Remove NUMBER's forwarding rule.
+    Rm { number: String },
+    /// List forwarding rules.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MailCmd {
+    /// List stored messages (metadata only).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// When a server-side forwarding rule applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ForwardWhenArg {
+    /// Every call.
+    Always,
+    /// Only while the number is not registered (the callee's machine is off).
+    Unregistered,
+}
+
+/// How the two ends of an answered call reach each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyArg {
+    /// End to end only; fail when unreachable.
+    Direct,
+    /// End to end, and through the directory's relay when that fails.
+    DirectThenRelay,
+    /// Always through the directory's relay.
+    Relay,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML configuration file (default: $CONFIGURATION_DIRECTORY/directory.toml if present).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// UDP address to listen on (default 0.0.0.0:7480).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Direct-connect rule for answered calls.
+    #[arg(long, value_enum)]
+    pub direct_connect: Option<PolicyArg>,
+    /// Seconds a registration lasts unless refreshed.
+    #[arg(long, value_name = "SECS")]
+    pub binding_ttl: Option<u32>,
+    /// Seconds an unanswered call rings.
+    #[arg(long, value_name = "SECS")]
+    pub ring_timeout: Option<u64>,
+}

@@ -1,0 +1,218 @@
+//! The directory's configuration: embedded defaults, optionally overridden
+//! by a TOML file and then by command-line flags. Every field has a
+//! default, so an empty file (or none) is a working directory.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use keyline_proto::dir::{DirectPolicy, DEFAULT_PORT, MAX_MAIL_BODY};
+use serde::Deserialize;
+
+use crate::ratelimit::Limits;
+use crate::routing;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// UDP address of the QUIC endpoint.
+    pub listen: SocketAddr,
+    /// Seconds a registration lasts unless refreshed.
+    pub binding_ttl_secs: u32,
+    /// Seconds an unanswered call rings.
+    pub ring_timeout_secs: u64,
+    /// How the ends of an answered call reach each other.
+    pub direct_connect: DirectPolicy,
+    /// With `direct-then-relay`: milliseconds the caller tries end to end
+    /// before falling back to the relay.
+    pub fallback_after_ms: u32,
+    /// The address the relay binds its sockets to (default: the address
+    /// each end reached the directory on).
+    pub relay_ip: Option<IpAddr>,
+    /// Days a session token stays valid.
+    pub session_days: u32,
+    pub login: LoginConfig,
+    pub mail: MailConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginConfig {
+    /// Failed logins in a row that lock an account.
+    pub max_failures_per_account: u32,
+    /// Failed logins in a row that lock a source address.
+    pub max_failures_per_address: u32,
+    /// First lockout in seconds; it doubles with each further failure.
+    pub lockout_secs: u64,
+    /// Longest lockout in seconds.
+    pub max_lockout_secs: u64,
+    /// Seconds after which old failures are forgotten.
+    pub forget_after_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// Largest voice mail (Ogg Opus) in bytes.
+    pub max_voice_bytes: u32,
+    /// Largest text message in bytes.
+    pub max_text_bytes: u32,
+    /// Most messages waiting for one account.
+    pub quota_messages: u32,
+    /// Most bytes waiting for one account.
+    pub quota_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            binding_ttl_secs: 120,
+            ring_timeout_secs: 30,
+            direct_connect: DirectPolicy::DirectThenRelay,
+            fallback_after_ms: 3000,
+            relay_ip: None,
+            session_days: 30,
+            login: LoginConfig::default(),
+            mail: MailConfig::default(),
+        }
+    }
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        LoginConfig {
+            max_failures_per_account: l.max_failures_per_account,
+            max_failures_per_address: l.max_failures_per_address,
+            lockout_secs: l.base_lockout.as_secs(),
+            max_lockout_secs: l.max_lockout.as_secs(),
+            forget_after_secs: l.forget_after.as_secs(),
+        }
+    }
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            max_voice_bytes: 1024 * 1024,
+            max_text_bytes: 4096,
+            quota_messages: 50,
+            quota_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Read and validate a file; errors name the file and the field.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        let cfg: Config = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(5..=86_400).contains(&self.binding_ttl_secs) {
+            bail!("binding_ttl_secs must be between 5 and 86400");
+        }
+        if self.ring_timeout_secs == 0 || self.ring_timeout_secs > 600 {
+            bail!("ring_timeout_secs must be between 1 and 600");
+        }
+        if !(100..=60_000).contains(&self.fallback_after_ms) {
+            bail!("fallback_after_ms must be between 100 and 60000");
+        }
+        if self.session_days == 0 || self.session_days > 3650 {
+            bail!("session_days must be between 1 and 3650");
+        }
+        let l = &self.login;
+        if l.max_failures_per_account == 0 {
+            bail!("login.max_failures_per_account must be at least 1");
+        }
+        if l.max_failures_per_address == 0 {
+            bail!("login.max_failures_per_address must be at least 1");
+        }
+        if l.lockout_secs == 0 || l.lockout_secs > l.max_lockout_secs {
+            bail!("login.lockout_secs must be at least 1 and at most login.max_lockout_secs");
+        }
+        let m = &self.mail;
+        if m.max_voice_bytes as usize > MAX_MAIL_BODY || m.max_voice_bytes < 64 {
+            bail!("mail.max_voice_bytes must be between 64 and {MAX_MAIL_BODY}");
+        }
+        if m.max_text_bytes as usize > MAX_MAIL_BODY || m.max_text_bytes == 0 {
+            bail!("mail.max_text_bytes must be between 1 and {MAX_MAIL_BODY}");
+        }
+        if m.quota_messages == 0 {
+            bail!("mail.quota_messages must be at least 1");
+        }
+        if m.quota_bytes < u64::from(m.max_voice_bytes.max(m.max_text_bytes)) {
+            bail!("mail.quota_bytes must hold at least one message of the largest size");
+        }
+        Ok(())
+    }
+
+    pub fn routing(&self) -> routing::Config {
+        routing::Config {
+            binding_ttl: Duration::from_secs(u64::from(self.binding_ttl_secs)),
+            ring_timeout: Duration::from_secs(self.ring_timeout_secs),
+            policy: self.direct_connect,
+            fallback_after: Duration::from_millis(u64::from(self.fallback_after_ms)),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_failures_per_account: self.login.max_failures_per_account,
+            max_failures_per_address: self.login.max_failures_per_address,
+            base_lockout: Duration::from_secs(self.login.lockout_secs),
+            max_lockout: Duration::from_secs(self.login.max_lockout_secs),
+            forget_after: Duration::from_secs(self.login.forget_after_secs),
+            ..Limits::default()
+        }
+    }
+
+    pub fn session_ttl(&self) -> Duration {
+        Duration::from_secs(u64::from(self.session_days) * 86_400)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::parse("").expect("parse");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen.port(), 7480);
+        assert_eq!(c.direct_connect, DirectPolicy::DirectThenRelay);
+        assert_eq!(c.routing().binding_ttl, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn overrides_and_bad_fields_are_named() {
+        let c = Config::parse(
+            "direct_connect = \"relay\"\nbinding_ttl_secs = 6\n[mail]\nquota_messages = 2\n",
+        )
+        .expect("parse");
+        assert_eq!(c.direct_connect, DirectPolicy::Relay);
+        assert_eq!(c.binding_ttl_secs, 6);
+        assert_eq!(c.mail.quota_messages, 2);
+        let e = Config::parse("direct_connect = \"teleport\"").expect_err("bad");
+        assert!(format!("{e:#}").contains("direct_connect"), "{e:#}");
+        let e = Config::parse("binding_ttl = 5").expect_err("unknown");
+        assert!(format!("{e:#}").contains("binding_ttl"), "{e:#}");
+        let e = Config::parse("[mail]\nmax_voice_bytez = 5").expect_err("unknown");
+        assert!(format!("{e:#}").contains("max_voice_bytez"), "{e:#}");
+        let e = Config::parse("binding_ttl_secs = 1").expect_err("range");
+        assert!(format!("{e:#}").contains("binding_ttl_secs"), "{e:#}");
+        let e = Config::parse("[login]\nlockout_secs = 0").expect_err("range");
+        assert!(format!("{e:#}").contains("login.lockout_secs"), "{e:#}");
+    }
+}

@@ -1,0 +1,357 @@
+//! The `keyline-directory` command: runs the directory, manages accounts in
+//! its database, or talks to a running one through its control socket.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use keyline_directory::auth;
+use keyline_directory::cli::{
+    Cli, Cmd, ForwardCmd, ForwardWhenArg, MailCmd, PolicyArg, ServeArgs, UserCmd,
+};
+use keyline_directory::config::Config;
+use keyline_directory::server::{open_store, run, Overrides, RunOptions};
+use keyline_directory::store::{self, Store};
+use keyline_net::{control, statedir};
+use keyline_proto::dir::{DirectPolicy, ForwardRule, ForwardWhen};
+use keyline_proto::number;
+use serde_json::{json, Value};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match (cli.check_config, cli.cmd) {
+        (Some(file), _) | (None, Some(Cmd::CheckConfig { file })) => check_config(&file),
+        (None, None) => serve(cli.state, ServeArgs::default()),
+        (None, Some(Cmd::Serve(args))) => serve(cli.state, args),
+        (None, Some(Cmd::User(u))) => user(cli.state, u),
+        (None, Some(Cmd::Forward(ForwardCmd::Set { number, to, when }))) => {
+            forward_set(cli.state, &number, Some((&to, when)))
+        }
+        (None, Some(Cmd::Forward(ForwardCmd::Rm { number }))) => {
+            forward_set(cli.state, &number, None)
+        }
+        (None, Some(cmd)) => client(cli.state, cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keyline-directory: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &Path) -> Result<()> {
+    Config::load(file)?;
+    println!("{}: ok", file.display());
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        // Storage calls are serialised on one SQLite connection: more
+        // blocking threads would only wait (and cost memory).
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn policy(p: PolicyArg) -> DirectPolicy {
+    match p {
+        PolicyArg::Direct => DirectPolicy::Direct,
+        PolicyArg::DirectThenRelay => DirectPolicy::DirectThenRelay,
+        PolicyArg::Relay => DirectPolicy::Relay,
+    }
+}
+
+fn serve(state: Option<PathBuf>, args: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEYLINE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config_file = args.config.clone().or_else(|| {
+        std::env::var_os("CONFIGURATION_DIRECTORY")
+            .map(|d| PathBuf::from(d).join("directory.toml"))
+            .filter(|p| p.exists())
+    });
+    let mut config = match &config_file {
+        Some(f) => Config::load(f)?,
+        None => Config::default(),
+    };
+    let overrides = Overrides {
+        listen: args.listen,
+        direct_connect: args.direct_connect.map(policy),
+        binding_ttl: args.binding_ttl,
+        ring_timeout: args.ring_timeout,
+    };
+    overrides.apply(&mut config);
+    config.validate()?;
+    runtime()?.block_on(run(RunOptions {
+        state,
+        config,
+        config_file,
+        overrides,
+    }))
+}
+
+fn state_dir(state: Option<PathBuf>) -> Result<PathBuf> {
+    match state {
+        Some(s) => Ok(s),
+        None => statedir::default_dir("directory"),
+    }
+}
+
+/// Tell a running directory that storage changed; fine when none runs.
+fn notify(dir: &Path, logout: Option<&str>) {
+    let sock = control::socket_path(dir);
+    if !sock.exists() {
+        return;
+    }
+    let req = json!({"cmd": "reload", "logout": logout});
+    let res = runtime().and_then(|rt| {
+        rt.block_on(control::request(&sock, &req, Duration::from_secs(10)))
+            .and_then(control::into_result)
+    });
+    if let Err(e) = res {
+        // A stale socket of a stopped directory is not an error.
+        tracing_free_warn(&format!(
+            "the change is stored, but the running directory could not be told ({e:#}); it applies at its next start"
+        ));
+    }
+}
+
+fn tracing_free_warn(msg: &str) {
+    eprintln!("keyline-directory: warning: {msg}");
+}
+
+fn open(state: Option<PathBuf>) -> Result<(PathBuf, Arc<dyn Store>)> {
+    let dir = statedir::resolve(state.as_deref(), "directory")?;
+    let store = open_store(&dir)?;
+    Ok((dir, store))
+}
+
+fn read_password() -> Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_string();
+    if let Err(m) = auth::check_new_password(&pw) {
+        bail!("{m} (the password is read from standard input, one line)");
+    }
+    Ok(pw)
+}
+
+fn user(state: Option<PathBuf>, cmd: UserCmd) -> Result<()> {
+    match cmd {
+        UserCmd::Add { id, numbers } => {
+            auth::check_account_id(&id).map_err(anyhow::Error::msg)?;
+            let numbers = numbers
+                .iter()
+                .map(|n| number::canonicalize(n).map_err(|e| anyhow::anyhow!("number {n:?}: {e}")))
+                .collect::<Result<Vec<_>>>()?;
+            let pw = read_password()?;
+            let hash = auth::hash_password(&pw)?;
+            let (dir, store) = open(state)?;
+            store.add_account(&id, &hash, &numbers, store::now_ms())?;
+            println!("added account {id} with numbers {}", numbers.join(", "));
+            notify(&dir, None);
+        }
+        UserCmd::Passwd { id } => {
+            let pw = read_password()?;
+            let hash = auth::hash_password(&pw)?;
+            let (dir, store) = open(state)?;
+            store.set_password(&id, &hash, None)?;
+            println!("password of {id} changed; its sessions ended");
+            notify(&dir, Some(&id));
+        }
+        UserCmd::Rm { id } => {
+            let (dir, store) = open(state)?;
+            store.remove_account(&id)?;
+            println!("removed account {id} with its numbers, rules and mail");
+            notify(&dir, Some(&id));
+        }
+    }
+    Ok(())
+}
+
+fn forward_set(
+    state: Option<PathBuf>,
+    num: &str,
+    rule: Option<(&str, ForwardWhenArg)>,
+) -> Result<()> {
+    let n = number::canonicalize(num).map_err(|e| anyhow::anyhow!("number {num:?}: {e}"))?;
+    let rule = match rule {
+        Some((to, when)) => Some(ForwardRule {
+            when: match when {
+                ForwardWhenArg::Always => ForwardWhen::Always,
+                ForwardWhenArg::Unregistered => ForwardWhen::Unregistered,
+            },
+            to: number::canonicalize(to).map_err(|e| anyhow::anyhow!("number {to:?}: {e}"))?,
+        }),
+        None => None,
+    };
+    let (dir, store) = open(state)?;
+    store.set_forward(&n, rule.as_ref(), store::now_ms())?;
+    match &rule {
+        Some(r) => println!("{n} forwards to {} ({})", r.to, r.when.as_str()),
+        None => println!("{n} no longer forwards"),
+    }
+    notify(&dir, None);
+    Ok(())
+}
+
+fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
+    let dir = state_dir(state)?;
+    let sock = control::socket_path(&dir);
+    let (req, json_out) = match &cmd {
+        Cmd::Status { json } => (json!({"cmd": "status"}), *json),
+        Cmd::Users { json } => (json!({"cmd": "users"}), *json),
+        Cmd::Bindings { json } => (json!({"cmd": "bindings"}), *json),
+        Cmd::Calls { json } => (json!({"cmd": "calls"}), *json),
+        Cmd::Forward(ForwardCmd::List { json }) => (json!({"cmd": "forwards"}), *json),
+        Cmd::Mail(MailCmd::List { json }) => (json!({"cmd": "mail"}), *json),
+        _ => bail!("internal error: command dispatched to the wrong place"),
+    };
+    let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(10)))?;
+    let reply = control::into_result(reply)?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(());
+    }
+    print_human(&cmd, &reply);
+    Ok(())
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| x.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn list<'a>(r: &'a Value, k: &str) -> impl Iterator<Item = &'a Value> {
+    r.get(k).and_then(Value::as_array).into_iter().flatten()
+}
+
+fn print_human(cmd: &Cmd, r: &Value) {
+    match cmd {
+        Cmd::Status { .. } => {
+            println!("listening       {}", s(r, "listen"));
+            println!("fingerprint     {}", s(r, "fingerprint"));
+            println!("state           {}", s(r, "state_dir"));
+            println!("direct-connect  {}", s(r, "direct_connect"));
+            println!("binding ttl     {} s", s(r, "binding_ttl_secs"));
+            println!("endpoints       {}", s(r, "sessions"));
+            println!(
+                "registered      {} of {} numbers",
+                s(r, "bindings"),
+                s(r, "numbers")
+            );
+            println!("calls active    {}", s(r, "calls_active"));
+            println!("mail waiting    {}", s(r, "mail_waiting"));
+            if let Some(relay) = r.get("relay") {
+                println!(
+                    "relay           {} bytes, {} packets relayed, {} active",
+                    s(relay, "bytes"),
+                    s(relay, "packets"),
+                    s(relay, "active")
+                );
+            }
+            if r.get("last_reload").is_some_and(|v| !v.is_null()) {
+                println!("last reload     {}", s(r, "last_reload"));
+            }
+        }
+        Cmd::Users { .. } => {
+            println!(
+                "{:<20} {:<30} {:<20} LOCKED",
+                "ACCOUNT", "NUMBERS", "REGISTERED"
+            );
+            for u in list(r, "users") {
+                println!(
+                    "{:<20} {:<30} {:<20} {}",
+                    s(u, "id"),
+                    s(u, "numbers"),
+                    s(u, "registered"),
+                    u.get("locked_for_s")
+                        .and_then(Value::as_u64)
+                        .map(|x| format!("{x} s"))
+                        .unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        Cmd::Bindings { .. } => {
+            println!(
+                "{:<24} {:<16} {:<22} {:<8} CANDIDATES",
+                "NUMBER", "ACCOUNT", "OBSERVED", "EXPIRES"
+            );
+            for b in list(r, "bindings") {
+                println!(
+                    "{:<24} {:<16} {:<22} {:<8} {}",
+                    s(b, "number"),
+                    s(b, "account"),
+                    s(b, "observed"),
+                    format!("{}s", s(b, "expires_in_s")),
+                    s(b, "candidates")
+                );
+            }
+        }
+        Cmd::Calls { .. } => {
+            for c in list(r, "calls") {
+                println!(
+                    "call {} {} -> {} {} {}s {}{}",
+                    s(c, "id"),
+                    s(c, "from"),
+                    s(c, "number"),
+                    s(c, "state"),
+                    s(c, "seconds"),
+                    s(c, "policy"),
+                    if c.get("relayed") == Some(&Value::Bool(true)) {
+                        " (relayed)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        Cmd::Forward(_) => {
+            for f in list(r, "forwards") {
+                println!("{} -> {} ({})", s(f, "number"), s(f, "to"), s(f, "when"));
+            }
+        }
+        Cmd::Mail(_) => {
+            for m in list(r, "mail") {
+                println!(
+                    "{} {} -> {} {} {} bytes at {}",
+                    s(m, "id"),
+                    s(m, "from"),
+                    s(m, "to"),
+                    s(m, "kind"),
+                    s(m, "size"),
+                    s(m, "at_ms")
+                );
+            }
+        }
+        _ => {}
+    }
+}

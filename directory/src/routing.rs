@@ -1,0 +1,1952 @@
+//! The directory's sans-IO routing core: which numbers exist and who owns
+//! them, where each registered number rings now (bindings with a TTL),
+//! server-side forwarding with cycle detection, and every call from CALL to
+//! its end.
+//!
+//! Like [`keyline_proto::call`], it does no I/O and reads no clock: inputs
+//! carry `now`, effects come out of [`Router::poll_action`], and
+//! [`Router::poll_timeout`] says when [`Router::handle_timeout`] must next
+//! run. Random tokens are passed in, so runs are reproducible.
+//!
+//! Invariants: a binding always belongs to a live, logged-in session of the
+//! account that owns the number; a ringing call always has a deadline; the
+//! caller's number shown to the callee is always one of the caller's own.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use keyline_proto::dir::{
+    CallId, CallPlan, DirMsg, DirectPolicy, EndReason, ErrorCode, ForwardRule, ForwardWhen, ReqId,
+    MAX_CANDIDATES, MAX_HOPS,
+};
+
+/// A connection to the directory, numbered by the shell.
+pub type SessionId = u64;
+
+/// Tunables of the router.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long a registration lasts unless refreshed.
+    pub binding_ttl: Duration,
+    /// How long a call rings before it ends with `NoAnswer`.
+    pub ring_timeout: Duration,
+    /// The direct-connect rule given to new calls.
+    pub policy: DirectPolicy,
+    /// With `DirectThenRelay`: how long the caller tries end to end.
+    pub fallback_after: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            binding_ttl: Duration::from_secs(120),
+            ring_timeout: Duration::from_secs(30),
+            policy: DirectPolicy::DirectThenRelay,
+            fallback_after: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What the directory knows about a number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberInfo {
+    pub account: String,
+    pub forward: Option<ForwardRule>,
+}
+
+/// Where a dialled number ends up after server-side forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The number that rings.
+    pub number: String,
+    /// The numbers forwarded from, in order (the dialled one first).
+    pub via: Vec<String>,
+}
+
+/// Why a number could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("{} is not a known number", .number)]
+    Unknown { number: String, via: Vec<String> },
+    #[error("forwarding loop: {}", chain.join(" -> "))]
+    Loop { chain: Vec<String> },
+    #[error("too many forwards (more than {max}): {}", chain.join(" -> "))]
+    TooManyHops { chain: Vec<String>, max: usize },
+}
+
+impl RouteError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RouteError::Unknown { .. } => ErrorCode::UnknownNumber,
+            RouteError::Loop { .. } => ErrorCode::ForwardLoop,
+            RouteError::TooManyHops { .. } => ErrorCode::TooManyHops,
+        }
+    }
+}
+
+/// Apply server-side forwarding to `start`: follow `always` rules, and
+/// `unregistered` rules of numbers that `bound` says have no binding, at
+/// most `max_hops` times, refusing cycles.
+pub fn resolve<'a>(
+    start: &str,
+    max_hops: usize,
+    info: impl Fn(&str) -> Option<&'a NumberInfo>,
+    bound: impl Fn(&str) -> bool,
+) -> Result<Resolved, RouteError> {
+    let mut via: Vec<String> = Vec::new();
+    let mut cur = start.to_string();
+    loop {
+        let Some(ni) = info(&cur) else {
+            return Err(RouteError::Unknown { number: cur, via });
+        };
+        let next = match &ni.forward {
+            Some(ForwardRule {
+                when: ForwardWhen::Always,
+                to,
+            }) => Some(to.clone()),
+            Some(ForwardRule {
+                when: ForwardWhen::Unregistered,
+                to,
+            }) if !bound(&cur) => Some(to.clone()),
+            _ => None,
+        };
+        let Some(next) = next else {
+            return Ok(Resolved { number: cur, via });
+        };
+        via.push(cur);
+        if next == start || via.contains(&next) {
+            let mut chain = via;
+            chain.push(next);
+            return Err(RouteError::Loop { chain });
+        }
+        if via.len() > max_hops {
+            let mut chain = via;
+            chain.push(next);
+            return Err(RouteError::TooManyHops {
+                chain,
+                max: max_hops,
+            });
+        }
+        cur = next;
+    }
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send `msg` on session `to`'s control stream.
+    Send { to: SessionId, msg: DirMsg },
+    /// Set up a forwarder between the two ends' observed addresses, then
+    /// call [`Router::handle_relay_ready`] or [`Router::handle_relay_failed`].
+    AllocateRelay {
+        call: CallId,
+        caller: SocketAddr,
+        callee: SocketAddr,
+    },
+    /// Drop the forwarder of `call`, if any.
+    ReleaseRelay { call: CallId },
+    /// A call reached its end (for logs and records).
+    Finished {
+        call: CallId,
+        from: String,
+        number: String,
+        answered: bool,
+        reason: EndReason,
+    },
+}
+
+/// A connection as the router sees it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub fp: String,
+    pub observed: SocketAddr,
+    pub account: Option<String>,
+    /// The account's numbers, default caller number first.
+    pub numbers: Vec<String>,
+}
+
+/// Where a registered number rings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub number: String,
+    pub account: String,
+    pub session: SessionId,
+    /// The endpoint's own addresses.
+    pub own: Vec<SocketAddr>,
+    pub observed: SocketAddr,
+    pub fp: String,
+    pub expires: Instant,
+    pub since: Instant,
+}
+
+impl Binding {
+    /// Everything a caller is given: own addresses, then the observed one.
+    pub fn candidates(&self) -> Vec<SocketAddr> {
+        with_observed(&self.own, self.observed)
+    }
+}
+
+fn with_observed(own: &[SocketAddr], observed: SocketAddr) -> Vec<SocketAddr> {
+    let mut v: Vec<SocketAddr> = Vec::new();
+    for a in own.iter().copied().chain(std::iter::once(observed)) {
+        if !v.contains(&a) {
+            v.push(a);
+        }
+    }
+    v
+}
+
+fn strings(addrs: &[SocketAddr]) -> Vec<String> {
+    addrs.iter().map(ToString::to_string).collect()
+}
+
+/// Where a call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    Ringing { deadline: Instant },
+    Answered { at: Instant },
+}
+
+/// Whether an answered call runs through the directory's relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayState {
+    None,
+    /// Asked the shell for a forwarder; `fallback` is the caller's request
+    /// when it came from a `Fallback`.
+    Pending {
+        fallback: Option<ReqId>,
+    },
+    Ready {
+        caller_facing: SocketAddr,
+        callee_facing: SocketAddr,
+    },
+}
+
+/// A call in progress.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub id: CallId,
+    pub caller: SessionId,
+    pub callee: SessionId,
+    /// The caller's number, asserted.
+    pub from: String,
+    /// The number that rings.
+    pub number: String,
+    pub dialled: String,
+    /// The extension after `/` in the dialled number, for the office.
+    pub ext: Option<String>,
+    pub via: Vec<String>,
+    pub caller_candidates: Vec<SocketAddr>,
+    pub caller_fp: String,
+    pub callee_fp: String,
+    pub callee_candidates: Vec<SocketAddr>,
+    pub started: Instant,
+    pub state: CallState,
+    pub policy: DirectPolicy,
+    pub token: Option<String>,
+    pub relay: RelayState,
+    answer_req: Option<ReqId>,
+}
+
+/// The directory's routing state.
+#[derive(Debug)]
+pub struct Router {
+    cfg: Config,
+    numbers: HashMap<String, NumberInfo>,
+    sessions: HashMap<SessionId, Session>,
+    bindings: HashMap<String, Binding>,
+    /// Binding expiry index: (expires, number).
+    expiry: BTreeSet<(Instant, String)>,
+    calls: BTreeMap<CallId, Call>,
+    actions: VecDeque<Action>,
+    next_call: CallId,
+}
+
+fn err(req: Option<ReqId>, code: ErrorCode, message: impl Into<String>) -> DirMsg {
+    DirMsg::Error {
+        req,
+        code,
+        message: message.into(),
+        retry_after_ms: None,
+    }
+}
+
+impl Router {
+    pub fn new(cfg: Config) -> Router {
+        Router {
+            cfg,
+            numbers: HashMap::new(),
+            sessions: HashMap::new(),
+            bindings: HashMap::new(),
+            expiry: BTreeSet::new(),
+            calls: BTreeMap::new(),
+            actions: VecDeque::new(),
+            next_call: 1,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// New settings apply to new bindings and calls; calls in progress
+    /// keep the rule they started with.
+    pub fn reconfigure(&mut self, cfg: Config) {
+        self.cfg = cfg;
+    }
+
+    /// Replace the whole number table (after a reload from storage).
+    /// Bindings of numbers that no longer belong to their session's
+    /// account are dropped.
+    pub fn set_numbers(&mut self, now: Instant, table: HashMap<String, NumberInfo>) {
+        self.numbers = table;
+        let stale: Vec<String> = self
+            .bindings
+            .values()
+            .filter(|b| {
+                self.numbers
+                    .get(&b.number)
+                    .is_none_or(|ni| ni.account != b.account)
+            })
+            .map(|b| b.number.clone())
+            .collect();
+        self.unbind(
+            now,
+            &stale,
+            "the number was removed from the account",
+            false,
+        );
+    }
+
+    /// Update one number's forwarding rule.
+    pub fn set_forward(&mut self, number: &str, rule: Option<ForwardRule>) {
+        if let Some(ni) = self.numbers.get_mut(number) {
+            ni.forward = rule;
+        }
+    }
+
+    pub fn number(&self, number: &str) -> Option<&NumberInfo> {
+        self.numbers.get(number)
+    }
+
+    pub fn numbers(&self) -> impl Iterator<Item = (&String, &NumberInfo)> {
+        self.numbers.iter()
+    }
+
+    // ------------------------------------------------------------------
+    // Sessions
+
+    pub fn handle_session_up(&mut self, sid: SessionId, fp: String, observed: SocketAddr) {
+        self.sessions.insert(
+            sid,
+            Session {
+                fp,
+                observed,
+                account: None,
+                numbers: Vec::new(),
+            },
+        );
+    }
+
+    /// The session logged in as `account`, which owns `numbers`.
+    pub fn handle_login(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        account: &str,
+        numbers: Vec<String>,
+    ) {
+        let previous = match self.sessions.get_mut(&sid) {
+            Some(s) => {
+                let prev = s.account.replace(account.to_string());
+                s.numbers = numbers;
+                prev
+            }
+            None => return,
+        };
+        if previous.is_some_and(|p| p != account) {
+            // Logging in as someone else drops the old account's bindings.
+            let mine: Vec<String> = self.bindings_of(sid).map(|b| b.number.clone()).collect();
+            self.unbind(now, &mine, "logged in as another account", false);
+        }
+    }
+
+    /// The session's connection now comes from `observed` (it migrated).
+    pub fn handle_session_moved(&mut self, _now: Instant, sid: SessionId, observed: SocketAddr) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.observed == observed {
+            return;
+        }
+        s.observed = observed;
+        let mut numbers = Vec::new();
+        let mut own = Vec::new();
+        for b in self.bindings.values_mut().filter(|b| b.session == sid) {
+            b.observed = observed;
+            numbers.push(b.number.clone());
+            own = b.own.clone();
+        }
+        self.send(
+            sid,
+            DirMsg::Observed {
+                addr: observed.to_string(),
+            },
+        );
+        if !numbers.is_empty() {
+            numbers.sort();
+            self.send(
+                sid,
+                DirMsg::Registered {
+                    req: None,
+                    numbers,
+                    observed: observed.to_string(),
+                    candidates: strings(&with_observed(&own, observed)),
+                    ttl_secs: self.cfg.binding_ttl.as_secs() as u32,
+                },
+            );
+        }
+    }
+
+    /// The session's connection is gone: its bindings vanish, its calls end.
+    pub fn handle_session_down(&mut self, now: Instant, sid: SessionId) {
+        if self.sessions.remove(&sid).is_none() {
+            return;
+        }
+        let mine: Vec<String> = self
+            .bindings
+            .values()
+            .filter(|b| b.session == sid)
+            .map(|b| b.number.clone())
+            .collect();
+        for n in mine {
+            self.remove_binding(&n);
+        }
+        let calls: Vec<CallId> = self
+            .calls
+            .values()
+            .filter(|c| c.caller == sid || c.callee == sid)
+            .map(|c| c.id)
+            .collect();
+        for id in calls {
+            self.end_call(now, id, Some(sid), EndReason::PeerLost);
+        }
+    }
+
+    /// Log out every session of `account` (removed, or its password changed
+    /// elsewhere): the shell closes them; here their bindings and calls end.
+    pub fn sessions_of(&self, account: &str) -> Vec<SessionId> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| s.account.as_deref() == Some(account))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Sessions of `account` that hold at least one binding (where mail is
+    /// delivered).
+    pub fn registered_sessions_of(&self, account: &str) -> Vec<SessionId> {
+        let mut v: Vec<SessionId> = self
+            .bindings
+            .values()
+            .filter(|b| b.account == account)
+            .map(|b| b.session)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    pub fn session(&self, sid: SessionId) -> Option<&Session> {
+        self.sessions.get(&sid)
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    // ------------------------------------------------------------------
+    // Registration
+
+    /// Bind `numbers` (all of the account's when empty) to the session, or
+    /// refresh them.
+    pub fn handle_register(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        req: ReqId,
+        numbers: Vec<String>,
+        own: Vec<SocketAddr>,
+    ) {
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let Some(account) = s.account.clone() else {
+            return self.send(sid, err(Some(req), ErrorCode::NotLoggedIn, "log in first"));
+        };
+        if own.len() > MAX_CANDIDATES {
+            return self.send(
+                sid,
+                err(
+                    Some(req),
+                    ErrorCode::BadAddress,
+                    format!("too many candidate addresses (at most {MAX_CANDIDATES})"),
+                ),
+            );
+        }
+        let wanted = if numbers.is_empty() {
+            s.numbers.clone()
+        } else {
+            numbers
+        };
+        for n in &wanted {
+            let owned = self.numbers.get(n).is_some_and(|ni| ni.account == account);
+            if !owned {
+                return self.send(
+                    sid,
+                    err(
+                        Some(req),
+                        ErrorCode::NotYourNumber,
+                        format!("{n} is not a number of account {account}"),
+                    ),
+                );
+            }
+        }
+        let (fp, observed) = (s.fp.clone(), s.observed);
+        let expires = now + self.cfg.binding_ttl;
+        let mut displaced: BTreeMap<SessionId, Vec<String>> = BTreeMap::new();
+        for n in &wanted {
+            let since = match self.bindings.get(n) {
+                Some(old) if old.session == sid => old.since,
+                Some(old) => {
+                    displaced.entry(old.session).or_default().push(n.clone());
+                    now
+                }
+                None => now,
+            };
+            self.remove_binding(n);
+            self.expiry.insert((expires, n.clone()));
+            self.bindings.insert(
+                n.clone(),
+                Binding {
+                    number: n.clone(),
+                    account: account.clone(),
+                    session: sid,
+                    own: own.clone(),
+                    observed,
+                    fp: fp.clone(),
+                    expires,
+                    since,
+                },
+            );
+        }
+        for (old, numbers) in displaced {
+            self.send(
+                old,
+                DirMsg::Unbound {
+                    numbers,
+                    reason: "another endpoint registered the number".into(),
+                    expired: false,
+                },
+            );
+        }
+        self.send(
+            sid,
+            DirMsg::Registered {
+                req: Some(req),
+                numbers: wanted,
+                observed: observed.to_string(),
+                candidates: strings(&with_observed(&own, observed)),
+                ttl_secs: self.cfg.binding_ttl.as_secs() as u32,
+            },
+        );
+    }
+
+    /// Remove the session's bindings of `numbers` (all of them when empty).
+    pub fn handle_unregister(
+        &mut self,
+        _now: Instant,
+        sid: SessionId,
+        req: ReqId,
+        numbers: Vec<String>,
+    ) {
+        let mine: Vec<String> = self
+            .bindings
+            .values()
+            .filter(|b| b.session == sid && (numbers.is_empty() || numbers.contains(&b.number)))
+            .map(|b| b.number.clone())
+            .collect();
+        for n in &mine {
+            self.remove_binding(n);
+        }
+        self.send(sid, DirMsg::Ok { req });
+    }
+
+    pub fn binding(&self, number: &str) -> Option<&Binding> {
+        self.bindings.get(number)
+    }
+
+    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values()
+    }
+
+    pub fn bindings_of(&self, sid: SessionId) -> impl Iterator<Item = &Binding> {
+        self.bindings.values().filter(move |b| b.session == sid)
+    }
+
+    fn remove_binding(&mut self, number: &str) -> Option<Binding> {
+        let b = self.bindings.remove(number)?;
+        self.expiry.remove(&(b.expires, b.number.clone()));
+        Some(b)
+    }
+
+    fn unbind(&mut self, _now: Instant, numbers: &[String], reason: &str, expired: bool) {
+        let mut by_session: BTreeMap<SessionId, Vec<String>> = BTreeMap::new();
+        for n in numbers {
+            if let Some(b) = self.remove_binding(n) {
+                by_session.entry(b.session).or_default().push(b.number);
+            }
+        }
+        for (sid, numbers) in by_session {
+            self.send(
+                sid,
+                DirMsg::Unbound {
+                    numbers,
+                    reason: reason.to_string(),
+                    expired,
+                },
+            );
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Look-up and calls
+
+    /// Resolve `number` with forwarding as it stands now.
+    pub fn resolve(&self, number: &str, max_hops: usize) -> Result<Resolved, RouteError> {
+        resolve(
+            number,
+            max_hops,
+            |n| self.numbers.get(n),
+            |n| self.bindings.contains_key(n),
+        )
+    }
+
+    /// What to resolve for a dialled number: the number itself when it
+    /// exists, else, for `OFFICE/EXT`, the office number and the extension
+    /// (the office's endpoint routes the extension itself).
+    pub fn split_dialled(&self, number: &str) -> (String, Option<String>) {
+        if self.numbers.contains_key(number) {
+            return (number.to_string(), None);
+        }
+        match keyline_proto::number::split_extension(number) {
+            (office, Some(ext)) if self.numbers.contains_key(office) => {
+                (office.to_string(), Some(ext.to_string()))
+            }
+            _ => (number.to_string(), None),
+        }
+    }
+
+    fn caller_number(
+        &self,
+        sid: SessionId,
+        from: Option<String>,
+    ) -> Result<String, (ErrorCode, String)> {
+        let Some(s) = self.sessions.get(&sid) else {
+            return Err((ErrorCode::NotLoggedIn, "log in first".into()));
+        };
+        let Some(account) = &s.account else {
+            return Err((ErrorCode::NotLoggedIn, "log in first".into()));
+        };
+        match from {
+            Some(f) if s.numbers.contains(&f) => Ok(f),
+            Some(f) => Err((
+                ErrorCode::NotYourNumber,
+                format!("{f} is not a number of account {account}; a caller can only show its own"),
+            )),
+            None => {
+                let bound: Vec<&String> = self.bindings_of(sid).map(|b| &b.number).collect();
+                s.numbers
+                    .iter()
+                    .find(|n| bound.contains(n))
+                    .or_else(|| s.numbers.first())
+                    .cloned()
+                    .ok_or((
+                        ErrorCode::NotYourNumber,
+                        format!("account {account} has no number to call from"),
+                    ))
+            }
+        }
+    }
+
+    /// Look-up only (claim 3): answer with the bound endpoint's addresses
+    /// and tell that endpoint who is coming.
+    pub fn handle_lookup(
+        &mut self,
+        _now: Instant,
+        sid: SessionId,
+        req: ReqId,
+        number: &str,
+        token: String,
+    ) {
+        let from = match self.caller_number(sid, None) {
+            Ok(f) => f,
+            Err((code, m)) => return self.send(sid, err(Some(req), code, m)),
+        };
+        let (target, ext) = self.split_dialled(number);
+        let r = match self.resolve(&target, MAX_HOPS) {
+            Ok(r) => r,
+            Err(e) => return self.send(sid, err(Some(req), e.code(), e.to_string())),
+        };
+        let Some(b) = self.bindings.get(&r.number) else {
+            return self.send(
+                sid,
+                err(
+                    Some(req),
+                    ErrorCode::Unreachable,
+                    format!("{} is not registered (its endpoint is offline)", r.number),
+                ),
+            );
+        };
+        let (callee, fp, cands) = (b.session, b.fp.clone(), b.candidates());
+        let caller_fp = self
+            .sessions
+            .get(&sid)
+            .map(|s| s.fp.clone())
+            .unwrap_or_default();
+        self.send(
+            callee,
+            DirMsg::Expect {
+                number: r.number.clone(),
+                ext,
+                from,
+                caller_fp,
+                token: token.clone(),
+            },
+        );
+        self.send(
+            sid,
+            DirMsg::Found {
+                req,
+                number: r.number,
+                via: r.via,
+                candidates: strings(&cands),
+                fingerprint: fp,
+                token,
+            },
+        );
+    }
+
+    /// `sid` calls `number` (canonical).
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_call(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        req: ReqId,
+        number: &str,
+        from: Option<String>,
+        own: Vec<SocketAddr>,
+        hops: u8,
+    ) {
+        let fail = |s: &mut Self, code: ErrorCode, n: &str, message: String, mail: bool| {
+            s.send(
+                sid,
+                DirMsg::CallFailed {
+                    req,
+                    code,
+                    number: n.to_string(),
+                    message,
+                    mail,
+                },
+            );
+        };
+        let from = match self.caller_number(sid, from) {
+            Ok(f) => f,
+            Err((code, m)) => return fail(self, code, number, m, false),
+        };
+        if own.len() > MAX_CANDIDATES {
+            return fail(
+                self,
+                ErrorCode::BadAddress,
+                number,
+                format!("too many candidate addresses (at most {MAX_CANDIDATES})"),
+                false,
+            );
+        }
+        let hops = hops as usize;
+        if hops >= MAX_HOPS {
+            return fail(
+                self,
+                ErrorCode::TooManyHops,
+                number,
+                format!("too many redirects (more than {MAX_HOPS})"),
+                false,
+            );
+        }
+        let (target, ext) = self.split_dialled(number);
+        let r = match self.resolve(&target, MAX_HOPS - hops) {
+            Ok(r) => r,
+            Err(e) => {
+                let n = match &e {
+                    RouteError::Unknown { number, .. } => number.clone(),
+                    _ => number.to_string(),
+                };
+                return fail(self, e.code(), &n, e.to_string(), false);
+            }
+        };
+        let Some(b) = self.bindings.get(&r.number) else {
+            let m = if r.via.is_empty() {
+                format!("{} is not registered (its endpoint is offline); you may leave a voice mail or text", r.number)
+            } else {
+                format!(
+                    "{} (forwarded from {}) is not registered; you may leave a voice mail or text",
+                    r.number,
+                    r.via.join(", ")
+                )
+            };
+            return fail(self, ErrorCode::Unreachable, &r.number.clone(), m, true);
+        };
+        if b.session == sid {
+            return fail(
+                self,
+                ErrorCode::SelfCall,
+                &r.number.clone(),
+                format!("{} is registered by this same endpoint", r.number),
+                false,
+            );
+        }
+        let (callee, callee_fp, callee_cands) = (b.session, b.fp.clone(), b.candidates());
+        let Some(caller) = self.sessions.get(&sid) else {
+            return;
+        };
+        let caller_candidates = with_observed(&own, caller.observed);
+        let id = self.next_call;
+        self.next_call += 1;
+        let call = Call {
+            id,
+            caller: sid,
+            callee,
+            from: from.clone(),
+            number: r.number.clone(),
+            dialled: number.to_string(),
+            ext: ext.clone(),
+            via: r.via.clone(),
+            caller_candidates: caller_candidates.clone(),
+            caller_fp: caller.fp.clone(),
+            callee_fp,
+            callee_candidates: callee_cands,
+            started: now,
+            state: CallState::Ringing {
+                deadline: now + self.cfg.ring_timeout,
+            },
+            policy: self.cfg.policy,
+            token: None,
+            relay: RelayState::None,
+            answer_req: None,
+        };
+        self.send(
+            callee,
+            DirMsg::Ring {
+                call: id,
+                from,
+                number: r.number.clone(),
+                ext: ext.clone(),
+                dialled: number.to_string(),
+                via: r.via.clone(),
+                caller_fp: call.caller_fp.clone(),
+                caller_candidates: strings(&caller_candidates),
+            },
+        );
+        self.send(
+            sid,
+            DirMsg::Ringing {
+                req,
+                call: id,
+                number: r.number,
+                via: r.via,
+            },
+        );
+        self.calls.insert(id, call);
+    }
+
+    fn ringing_call_of_callee(
+        &self,
+        sid: SessionId,
+        id: CallId,
+    ) -> Result<&Call, (ErrorCode, String)> {
+        let c = self
+            .calls
+            .get(&id)
+            .ok_or((ErrorCode::NoSuchCall, format!("no call {id}")))?;
+        if c.callee != sid {
+            return Err((
+                ErrorCode::NotYourCall,
+                format!("call {id} does not ring here"),
+            ));
+        }
+        if !matches!(c.state, CallState::Ringing { .. }) {
+            return Err((
+                ErrorCode::BadCallState,
+                format!("call {id} is no longer ringing"),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// The callee takes the call; `token` is a fresh secret for its media.
+    pub fn handle_answer(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        req: ReqId,
+        id: CallId,
+        token: String,
+    ) {
+        if let Err((code, m)) = self.ringing_call_of_callee(sid, id) {
+            return self.send(sid, err(Some(req), code, m));
+        }
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        c.state = CallState::Answered { at: now };
+        c.token = Some(token);
+        c.answer_req = Some(req);
+        if c.policy == DirectPolicy::Relay {
+            c.relay = RelayState::Pending { fallback: None };
+            let (caller, callee) = (c.caller, c.callee);
+            let (Some(a), Some(b)) = (self.sessions.get(&caller), self.sessions.get(&callee))
+            else {
+                return;
+            };
+            self.actions.push_back(Action::AllocateRelay {
+                call: id,
+                caller: a.observed,
+                callee: b.observed,
+            });
+            return;
+        }
+        self.send_connects(id);
+    }
+
+    fn send_connects(&mut self, id: CallId) {
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
+        let token = c.token.clone().unwrap_or_default();
+        let (to_caller, to_callee) = match &c.relay {
+            RelayState::Ready {
+                caller_facing,
+                callee_facing,
+            } => (
+                Some(caller_facing.to_string()),
+                Some(callee_facing.to_string()),
+            ),
+            _ => (None, None),
+        };
+        let fallback_after_ms = self.cfg.fallback_after.as_millis().min(u32::MAX as u128) as u32;
+        let caller_plan = CallPlan {
+            dial: true,
+            peer_fp: c.callee_fp.clone(),
+            peer_candidates: strings(&c.callee_candidates),
+            token: token.clone(),
+            policy: c.policy,
+            relay: to_caller,
+            fallback_after_ms,
+        };
+        let callee_plan = CallPlan {
+            dial: false,
+            peer_fp: c.caller_fp.clone(),
+            peer_candidates: strings(&c.caller_candidates),
+            token,
+            policy: c.policy,
+            relay: to_callee,
+            fallback_after_ms,
+        };
+        let (caller, callee, req) = (c.caller, c.callee, c.answer_req);
+        self.send(
+            callee,
+            DirMsg::Connect {
+                req,
+                call: id,
+                plan: callee_plan,
+            },
+        );
+        self.send(
+            caller,
+            DirMsg::Connect {
+                req: None,
+                call: id,
+                plan: caller_plan,
+            },
+        );
+    }
+
+    /// The callee declines (`busy`: because it is busy).
+    pub fn handle_decline(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        req: ReqId,
+        id: CallId,
+        busy: bool,
+    ) {
+        if let Err((code, m)) = self.ringing_call_of_callee(sid, id) {
+            return self.send(sid, err(Some(req), code, m));
+        }
+        self.send(sid, DirMsg::Ok { req });
+        let reason = if busy {
+            EndReason::Busy
+        } else {
+            EndReason::Rejected
+        };
+        self.end_call(now, id, Some(sid), reason);
+    }
+
+    /// The callee sends the caller to `number` (claim 7).
+    pub fn handle_redirect(
+        &mut self,
+        _now: Instant,
+        sid: SessionId,
+        req: ReqId,
+        id: CallId,
+        number: &str,
+    ) {
+        let c = match self.ringing_call_of_callee(sid, id) {
+            Ok(c) => c,
+            Err((code, m)) => return self.send(sid, err(Some(req), code, m)),
+        };
+        let (caller, by) = (c.caller, c.number.clone());
+        self.send(sid, DirMsg::Ok { req });
+        self.send(
+            caller,
+            DirMsg::Redirected {
+                call: id,
+                number: number.to_string(),
+                by,
+            },
+        );
+        // The caller learnt why from `Redirected`; end it quietly for both.
+        if let Some(c) = self.calls.remove(&id) {
+            self.finished(c, EndReason::Redirected);
+        }
+    }
+
+    /// Either end hangs up (the caller cancels while it rings).
+    pub fn handle_hangup(&mut self, now: Instant, sid: SessionId, id: CallId) {
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
+        if c.caller != sid && c.callee != sid {
+            return self.send(
+                sid,
+                err(
+                    None,
+                    ErrorCode::NotYourCall,
+                    format!("call {id} is not yours"),
+                ),
+            );
+        }
+        let reason = match c.state {
+            CallState::Ringing { .. } if c.caller == sid => EndReason::Cancelled,
+            CallState::Ringing { .. } => EndReason::Rejected,
+            CallState::Answered { .. } => EndReason::Hangup,
+        };
+        self.end_call(now, id, Some(sid), reason);
+    }
+
+    /// The caller's direct attempt failed: relay the call if the rule allows.
+    pub fn handle_fallback(&mut self, _now: Instant, sid: SessionId, req: ReqId, id: CallId) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            return self.send(
+                sid,
+                err(Some(req), ErrorCode::NoSuchCall, format!("no call {id}")),
+            );
+        };
+        if c.caller != sid {
+            return self.send(
+                sid,
+                err(
+                    Some(req),
+                    ErrorCode::NotYourCall,
+                    format!("only the calling end of call {id} may ask for the relay"),
+                ),
+            );
+        }
+        if !matches!(c.state, CallState::Answered { .. }) {
+            return self.send(
+                sid,
+                err(
+                    Some(req),
+                    ErrorCode::BadCallState,
+                    format!("call {id} is not answered"),
+                ),
+            );
+        }
+        if c.policy == DirectPolicy::Direct {
+            return self.send(
+                sid,
+                err(
+                    Some(req),
+                    ErrorCode::NoRelay,
+                    "the direct-connect rule is 'direct': this directory offers no relay",
+                ),
+            );
+        }
+        match c.relay.clone() {
+            RelayState::Ready { caller_facing, .. } => self.send(
+                sid,
+                DirMsg::RelayReady {
+                    req: Some(req),
+                    call: id,
+                    relay: caller_facing.to_string(),
+                },
+            ),
+            RelayState::Pending { .. } => self.send(
+                sid,
+                err(
+                    Some(req),
+                    ErrorCode::BadCallState,
+                    "the relay is being set up",
+                ),
+            ),
+            RelayState::None => {
+                c.relay = RelayState::Pending {
+                    fallback: Some(req),
+                };
+                let (caller, callee) = (c.caller, c.callee);
+                let (Some(a), Some(b)) = (self.sessions.get(&caller), self.sessions.get(&callee))
+                else {
+                    return;
+                };
+                self.actions.push_back(Action::AllocateRelay {
+                    call: id,
+                    caller: a.observed,
+                    callee: b.observed,
+                });
+            }
+        }
+    }
+
+    /// The forwarder asked for by [`Action::AllocateRelay`] is up.
+    pub fn handle_relay_ready(
+        &mut self,
+        _now: Instant,
+        id: CallId,
+        caller_facing: SocketAddr,
+        callee_facing: SocketAddr,
+    ) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            // The call ended meanwhile.
+            self.actions.push_back(Action::ReleaseRelay { call: id });
+            return;
+        };
+        let RelayState::Pending { fallback } = c.relay else {
+            return;
+        };
+        c.relay = RelayState::Ready {
+            caller_facing,
+            callee_facing,
+        };
+        let (caller, callee) = (c.caller, c.callee);
+        match fallback {
+            None => self.send_connects(id),
+            Some(req) => {
+                self.send(
+                    callee,
+                    DirMsg::RelayReady {
+                        req: None,
+                        call: id,
+                        relay: callee_facing.to_string(),
+                    },
+                );
+                self.send(
+                    caller,
+                    DirMsg::RelayReady {
+                        req: Some(req),
+                        call: id,
+                        relay: caller_facing.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// The forwarder could not be set up.
+    pub fn handle_relay_failed(&mut self, now: Instant, id: CallId, message: &str) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let RelayState::Pending { fallback } = c.relay else {
+            return;
+        };
+        c.relay = RelayState::None;
+        let caller = c.caller;
+        match fallback {
+            Some(req) => self.send(
+                caller,
+                err(
+                    Some(req),
+                    ErrorCode::RelayFailed,
+                    format!("the relay could not be set up: {message}"),
+                ),
+            ),
+            None => self.end_call(now, id, None, EndReason::MediaFailed),
+        }
+    }
+
+    pub fn calls(&self) -> impl Iterator<Item = &Call> {
+        self.calls.values()
+    }
+
+    pub fn call(&self, id: CallId) -> Option<&Call> {
+        self.calls.get(&id)
+    }
+
+    /// End call `id`; `by` (if any) is told nothing, the other end(s) are
+    /// told `reason`.
+    fn end_call(&mut self, _now: Instant, id: CallId, by: Option<SessionId>, reason: EndReason) {
+        let Some(c) = self.calls.remove(&id) else {
+            return;
+        };
+        for end in [c.caller, c.callee] {
+            if Some(end) != by {
+                self.send(end, DirMsg::Ended { call: id, reason });
+            }
+        }
+        self.finished(c, reason);
+    }
+
+    fn finished(&mut self, c: Call, reason: EndReason) {
+        if !matches!(c.relay, RelayState::None) {
+            self.actions.push_back(Action::ReleaseRelay { call: c.id });
+        }
+        self.actions.push_back(Action::Finished {
+            call: c.id,
+            from: c.from,
+            number: c.number,
+            answered: matches!(c.state, CallState::Answered { .. }),
+            reason,
+        });
+    }
+
+    // ------------------------------------------------------------------
+    // Time
+
+    /// Ring timeouts fire and stale bindings vanish.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<CallId> = self
+            .calls
+            .values()
+            .filter(|c| matches!(c.state, CallState::Ringing { deadline } if deadline <= now))
+            .map(|c| c.id)
+            .collect();
+        for id in expired {
+            self.end_call(now, id, None, EndReason::NoAnswer);
+        }
+        let mut stale = Vec::new();
+        while let Some(first) = self.expiry.first() {
+            if first.0 > now {
+                break;
+            }
+            if let Some((_, n)) = self.expiry.pop_first() {
+                stale.push(n);
+            }
+        }
+        if !stale.is_empty() {
+            self.unbind(
+                now,
+                &stale,
+                "the registration expired (not refreshed in time)",
+                true,
+            );
+        }
+    }
+
+    /// The earliest moment [`Self::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let ring = self
+            .calls
+            .values()
+            .filter_map(|c| match c.state {
+                CallState::Ringing { deadline } => Some(deadline),
+                CallState::Answered { .. } => None,
+            })
+            .min();
+        let bind = self.expiry.first().map(|(t, _)| *t);
+        match (ring, bind) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// End every call and tell every session the directory is going away.
+    pub fn shutdown(&mut self, now: Instant) {
+        let ids: Vec<CallId> = self.calls.keys().copied().collect();
+        for id in ids {
+            self.end_call(now, id, None, EndReason::Shutdown);
+        }
+        let sids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for sid in sids {
+            self.send(
+                sid,
+                DirMsg::GoingAway {
+                    message: "the directory is shutting down; reconnect later".into(),
+                },
+            );
+        }
+    }
+
+    fn send(&mut self, to: SessionId, msg: DirMsg) {
+        self.actions.push_back(Action::Send { to, msg });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn addr(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    fn ni(account: &str, forward: Option<(ForwardWhen, &str)>) -> NumberInfo {
+        NumberInfo {
+            account: account.into(),
+            forward: forward.map(|(when, to)| ForwardRule {
+                when,
+                to: to.into(),
+            }),
+        }
+    }
+
+    fn table(entries: &[(&str, NumberInfo)]) -> HashMap<String, NumberInfo> {
+        entries
+            .iter()
+            .map(|(n, i)| (n.to_string(), i.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn resolve_follows_rules_and_detects_loops() {
+        let t = table(&[
+            ("a", ni("x", Some((ForwardWhen::Always, "b")))),
+            ("b", ni("y", Some((ForwardWhen::Unregistered, "c")))),
+            ("c", ni("z", None)),
+            ("l1", ni("x", Some((ForwardWhen::Always, "l2")))),
+            ("l2", ni("x", Some((ForwardWhen::Always, "l1")))),
+            ("self", ni("x", Some((ForwardWhen::Always, "self")))),
+            ("dangling", ni("x", Some((ForwardWhen::Always, "nobody")))),
+        ]);
+        let info = |n: &str| t.get(n);
+        let r = resolve("a", MAX_HOPS, info, |_| false).expect("resolves");
+        assert_eq!(r.number, "c");
+        assert_eq!(r.via, vec!["a", "b"]);
+        let r = resolve("a", MAX_HOPS, info, |n| n == "b").expect("resolves");
+        assert_eq!((r.number.as_str(), r.via.len()), ("b", 1));
+        let e = resolve("l1", MAX_HOPS, info, |_| false).expect_err("loop");
+        assert_eq!(
+            e,
+            RouteError::Loop {
+                chain: vec!["l1".into(), "l2".into(), "l1".into()]
+            }
+        );
+        assert!(e.to_string().contains("l1 -> l2 -> l1"), "{e}");
+        assert!(matches!(
+            resolve("self", MAX_HOPS, info, |_| false),
+            Err(RouteError::Loop { .. })
+        ));
+        assert!(matches!(
+            resolve("dangling", MAX_HOPS, info, |_| false),
+            Err(RouteError::Unknown { number, .. }) if number == "nobody"
+        ));
+        assert!(matches!(
+            resolve("zzz", MAX_HOPS, info, |_| false),
+            Err(RouteError::Unknown { .. })
+        ));
+    }
+
+    #[test]
+    fn resolve_stops_after_max_hops() {
+        // n0 -> n1 -> ... -> n9, no loop.
+        let entries: Vec<(String, NumberInfo)> = (0..10)
+            .map(|i| {
+                let next = format!("n{}", i + 1);
+                (
+                    format!("n{i}"),
+                    if i < 9 {
+                        ni("x", Some((ForwardWhen::Always, &next)))
+                    } else {
+                        ni("x", None)
+                    },
+                )
+            })
+            .collect();
+        let t: HashMap<String, NumberInfo> = entries.into_iter().collect();
+        let info = |n: &str| t.get(n);
+        assert_eq!(
+            resolve("n4", MAX_HOPS, info, |_| false)
+                .expect("5 hops are fine")
+                .number,
+            "n9"
+        );
+        let e = resolve("n3", MAX_HOPS, info, |_| false).expect_err("6 hops");
+        assert!(matches!(e, RouteError::TooManyHops { .. }), "{e:?}");
+        assert_eq!(e.code(), ErrorCode::TooManyHops);
+    }
+
+    proptest! {
+        /// Whatever the rules, resolution terminates; success ends on a
+        /// number without an applicable rule, within the hop limit and with
+        /// no number visited twice; a loop error names a real cycle.
+        #[test]
+        fn resolve_is_total_and_sound(
+            rules in prop::collection::vec((0usize..8, prop::option::of((any::<bool>(), 0usize..9))), 1..8),
+            bound in prop::collection::vec(any::<bool>(), 9),
+            start in 0usize..9,
+        ) {
+            let mut t: HashMap<String, NumberInfo> = HashMap::new();
+            for (n, rule) in &rules {
+                t.insert(format!("n{n}"), ni("x", rule.map(|(always, to)| {
+                    (if always { ForwardWhen::Always } else { ForwardWhen::Unregistered }, if to == 8 { "n8" } else { ["n0","n1","n2","n3","n4","n5","n6","n7"][to] })
+                })));
+            }
+            let is_bound = |n: &str| n[1..].parse::<usize>().map(|i| bound[i]).unwrap_or(false);
+            let start = format!("n{start}");
+            match resolve(&start, MAX_HOPS, |n| t.get(n), is_bound) {
+                Ok(r) => {
+                    prop_assert!(r.via.len() <= MAX_HOPS);
+                    let mut seen = r.via.clone();
+                    seen.push(r.number.clone());
+                    let uniq: BTreeSet<&String> = seen.iter().collect();
+                    prop_assert_eq!(uniq.len(), seen.len());
+                    let last = &t[&r.number];
+                    let applies = match &last.forward {
+                        Some(ForwardRule { when: ForwardWhen::Always, .. }) => true,
+                        Some(ForwardRule { when: ForwardWhen::Unregistered, .. }) => !is_bound(&r.number),
+                        None => false,
+                    };
+                    prop_assert!(!applies);
+                    prop_assert_eq!(r.via.first().unwrap_or(&r.number), &start);
+                }
+                Err(RouteError::Loop { chain }) => {
+                    let last = chain.last().cloned().unwrap_or_default();
+                    prop_assert!(chain[..chain.len() - 1].contains(&last));
+                }
+                Err(RouteError::TooManyHops { chain, .. }) => prop_assert!(chain.len() > MAX_HOPS),
+                Err(RouteError::Unknown { number, .. }) => prop_assert!(!t.contains_key(&number)),
+            }
+        }
+    }
+
+    /// A router with accounts alice (아리랑, 2001) and bob (ボブ), each online.
+    fn two_online() -> (Router, Instant) {
+        let now = t0();
+        let mut r = Router::new(Config::default());
+        r.set_numbers(
+            now,
+            table(&[
+                ("아리랑", ni("alice", None)),
+                ("2001", ni("alice", None)),
+                ("ボブ", ni("bob", None)),
+                ("carol", ni("carol", None)),
+            ]),
+        );
+        r.handle_session_up(1, "fa".into(), addr(1001));
+        r.handle_session_up(2, "fb".into(), addr(1002));
+        r.handle_login(now, 1, "alice", vec!["아리랑".into(), "2001".into()]);
+        r.handle_login(now, 2, "bob", vec!["ボブ".into()]);
+        r.handle_register(now, 1, 1, vec![], vec![addr(5001)]);
+        r.handle_register(now, 2, 1, vec![], vec![addr(5002)]);
+        drain(&mut r);
+        (r, now)
+    }
+
+    fn drain(r: &mut Router) -> Vec<Action> {
+        std::iter::from_fn(|| r.poll_action()).collect()
+    }
+
+    fn sent(actions: &[Action], to: SessionId) -> Vec<DirMsg> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { to: t, msg } if *t == to => Some(msg.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn register_reports_observed_and_rejects_foreign_numbers() {
+        let now = t0();
+        let mut r = Router::new(Config::default());
+        r.set_numbers(now, table(&[("1", ni("a", None)), ("2", ni("b", None))]));
+        r.handle_session_up(1, "f".into(), addr(9));
+        r.handle_register(now, 1, 1, vec![], vec![]);
+        assert!(matches!(
+            &sent(&drain(&mut r), 1)[0],
+            DirMsg::Error {
+                code: ErrorCode::NotLoggedIn,
+                ..
+            }
+        ));
+        r.handle_login(now, 1, "a", vec!["1".into()]);
+        r.handle_register(now, 1, 2, vec!["2".into()], vec![]);
+        assert!(matches!(
+            &sent(&drain(&mut r), 1)[0],
+            DirMsg::Error {
+                code: ErrorCode::NotYourNumber,
+                ..
+            }
+        ));
+        r.handle_register(now, 1, 3, vec![], vec![addr(7), addr(9)]);
+        match &sent(&drain(&mut r), 1)[0] {
+            DirMsg::Registered {
+                req,
+                numbers,
+                observed,
+                candidates,
+                ttl_secs,
+            } => {
+                assert_eq!(*req, Some(3));
+                assert_eq!(numbers, &vec!["1".to_string()]);
+                assert_eq!(observed, "127.0.0.1:9");
+                assert_eq!(
+                    candidates,
+                    &vec!["127.0.0.1:7".to_string(), "127.0.0.1:9".to_string()]
+                );
+                assert_eq!(*ttl_secs, 120);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bindings_expire_unless_refreshed() {
+        let (mut r, now) = two_online();
+        let ttl = r.config().binding_ttl;
+        assert_eq!(r.poll_timeout(), Some(now + ttl));
+        // Alice refreshes at ttl/3; Bob does not.
+        r.handle_register(now + ttl / 3, 1, 2, vec![], vec![]);
+        drain(&mut r);
+        r.handle_timeout(now + ttl);
+        let acts = drain(&mut r);
+        assert!(r.binding("ボブ").is_none());
+        assert!(r.binding("아리랑").is_some());
+        assert!(
+            matches!(&sent(&acts, 2)[0], DirMsg::Unbound { numbers, .. } if numbers == &vec!["ボブ".to_string()])
+        );
+        assert_eq!(r.poll_timeout(), Some(now + ttl / 3 + ttl));
+        r.handle_timeout(now + ttl / 3 + ttl);
+        assert_eq!(r.bindings().count(), 0);
+        assert_eq!(r.poll_timeout(), None);
+    }
+
+    #[test]
+    fn call_rings_with_the_asserted_number_and_connects_directly() {
+        let (mut r, now) = two_online();
+        // Alice tries to show Bob's number: refused.
+        r.handle_call(now, 1, 7, "ボブ", Some("ボブ".into()), vec![], 0);
+        let acts = drain(&mut r);
+        assert!(sent(&acts, 2).is_empty());
+        assert!(matches!(
+            &sent(&acts, 1)[0],
+            DirMsg::CallFailed {
+                code: ErrorCode::NotYourNumber,
+                ..
+            }
+        ));
+        // She may pick her other number.
+        r.handle_call(now, 1, 8, "ボブ", Some("2001".into()), vec![addr(5001)], 0);
+        let acts = drain(&mut r);
+        let call = match &sent(&acts, 2)[0] {
+            DirMsg::Ring {
+                call,
+                from,
+                caller_fp,
+                caller_candidates,
+                ..
+            } => {
+                assert_eq!(from, "2001");
+                assert_eq!(caller_fp, "fa");
+                assert_eq!(
+                    caller_candidates,
+                    &vec!["127.0.0.1:5001".to_string(), "127.0.0.1:1001".to_string()]
+                );
+                *call
+            }
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(&sent(&acts, 1)[0], DirMsg::Ringing { req: 8, .. }));
+        // Only the callee may answer.
+        r.handle_answer(now, 1, 9, call, "tok".into());
+        assert!(matches!(
+            &sent(&drain(&mut r), 1)[0],
+            DirMsg::Error {
+                code: ErrorCode::NotYourCall,
+                ..
+            }
+        ));
+        r.handle_answer(now, 2, 9, call, "tok".into());
+        let acts = drain(&mut r);
+        let DirMsg::Connect { req, plan, .. } = &sent(&acts, 2)[0] else {
+            panic!("{acts:?}")
+        };
+        assert_eq!(*req, Some(9));
+        assert!(!plan.dial && plan.peer_fp == "fa" && plan.token == "tok" && plan.relay.is_none());
+        let DirMsg::Connect { plan, .. } = &sent(&acts, 1)[0] else {
+            panic!("{acts:?}")
+        };
+        assert!(plan.dial && plan.peer_fp == "fb");
+        assert_eq!(
+            plan.peer_candidates,
+            vec!["127.0.0.1:5002".to_string(), "127.0.0.1:1002".to_string()]
+        );
+        assert!(!acts
+            .iter()
+            .any(|a| matches!(a, Action::AllocateRelay { .. })));
+        // Default number when none is picked: the first registered one.
+        r.handle_hangup(now, 2, call);
+        let acts = drain(&mut r);
+        assert!(matches!(
+            &sent(&acts, 1)[0],
+            DirMsg::Ended {
+                reason: EndReason::Hangup,
+                ..
+            }
+        ));
+        r.handle_call(now, 1, 10, "ボブ", None, vec![], 0);
+        assert!(
+            matches!(&sent(&drain(&mut r), 2)[0], DirMsg::Ring { from, .. } if from == "아리랑")
+        );
+    }
+
+    #[test]
+    fn unreachable_unknown_and_forwarding() {
+        let (mut r, now) = two_online();
+        r.handle_call(now, 1, 1, "carol", None, vec![], 0);
+        assert!(matches!(
+            &sent(&drain(&mut r), 1)[0],
+            DirMsg::CallFailed {
+                code: ErrorCode::Unreachable,
+                mail: true,
+                ..
+            }
+        ));
+        r.handle_call(now, 1, 2, "nobody", None, vec![], 0);
+        assert!(matches!(
+            &sent(&drain(&mut r), 1)[0],
+            DirMsg::CallFailed {
+                code: ErrorCode::UnknownNumber,
+                ..
+            }
+        ));
+        // carol is offline and forwards to Bob when unregistered.
+        r.set_forward(
+            "carol",
+            Some(ForwardRule {
+                when: ForwardWhen::Unregistered,
+                to: "ボブ".into(),
+            }),
+        );
+        r.handle_call(now, 1, 3, "carol", None, vec![], 0);
+        let acts = drain(&mut r);
+        assert!(
+            matches!(&sent(&acts, 2)[0], DirMsg::Ring { number, dialled, via, .. }
+            if number == "ボブ" && dialled == "carol" && via == &vec!["carol".to_string()])
+        );
+        // A loop is refused with the chain.
+        r.set_forward(
+            "ボブ",
+            Some(ForwardRule {
+                when: ForwardWhen::Always,
+                to: "carol".into(),
+            }),
+        );
+        r.set_forward(
+            "carol",
+            Some(ForwardRule {
+                when: ForwardWhen::Always,
+                to: "ボブ".into(),
+            }),
+        );
+        r.handle_call(now, 1, 4, "carol", None, vec![], 0);
+        match &sent(&drain(&mut r), 1)[0] {
+            DirMsg::CallFailed { code, message, .. } => {
+                assert_eq!(*code, ErrorCode::ForwardLoop);
+                assert!(message.contains("carol -> ボブ -> carol"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Redirect hops are capped.
+        r.handle_call(now, 1, 5, "아리랑", None, vec![], MAX_HOPS as u8);
+        assert!(matches!(
+            &sent(&drain(&mut r), 1)[0],
+            DirMsg::CallFailed {
+                code: ErrorCode::TooManyHops,
+                ..
+            }
+        ));
+        // Calling a number this same endpoint registered.
+        r.handle_call(now, 1, 6, "2001", None, vec![], 0);
+        assert!(matches!(
+            &sent(&drain(&mut r), 1)[0],
+            DirMsg::CallFailed {
+                code: ErrorCode::SelfCall,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn decline_redirect_timeout_and_peer_loss() {
+        let (mut r, now) = two_online();
+        let ring = |r: &mut Router, req| {
+            r.handle_call(now, 1, req, "ボブ", None, vec![], 0);
+            let acts = drain(r);
+            match &sent(&acts, 1)[0] {
+                DirMsg::Ringing { call, .. } => *call,
+                other => panic!("{other:?}"),
+            }
+        };
+        let c = ring(&mut r, 1);
+        r.handle_decline(now, 2, 5, c, true);
+        let acts = drain(&mut r);
+        assert!(matches!(
+            &sent(&acts, 1)[0],
+            DirMsg::Ended {
+                reason: EndReason::Busy,
+                ..
+            }
+        ));
+        assert!(matches!(&sent(&acts, 2)[0], DirMsg::Ok { req: 5 }));
+        let c = ring(&mut r, 2);
+        r.handle_redirect(now, 2, 6, c, "carol");
+        let acts = drain(&mut r);
+        assert!(
+            matches!(&sent(&acts, 1)[0], DirMsg::Redirected { number, by, .. } if number == "carol" && by == "ボブ")
+        );
+        assert!(r.call(c).is_none());
+        let c = ring(&mut r, 3);
+        r.handle_timeout(now + r.config().ring_timeout);
+        let acts = drain(&mut r);
+        assert!(matches!(
+            &sent(&acts, 1)[0],
+            DirMsg::Ended {
+                reason: EndReason::NoAnswer,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &sent(&acts, 2)[0],
+            DirMsg::Ended {
+                reason: EndReason::NoAnswer,
+                ..
+            }
+        ));
+        assert!(r.call(c).is_none());
+        let c = ring(&mut r, 4);
+        r.handle_session_down(now, 2);
+        let acts = drain(&mut r);
+        assert!(matches!(
+            &sent(&acts, 1)[0],
+            DirMsg::Ended {
+                reason: EndReason::PeerLost,
+                ..
+            }
+        ));
+        assert!(r.call(c).is_none());
+        assert!(r.binding("ボブ").is_none());
+    }
+
+    #[test]
+    fn relay_rule_and_fallback() {
+        let (mut r, now) = two_online();
+        let answered = |r: &mut Router, req| {
+            r.handle_call(now, 1, req, "ボブ", None, vec![], 0);
+            let acts = drain(r);
+            let DirMsg::Ringing { call, .. } = &sent(&acts, 1)[0] else {
+                panic!()
+            };
+            let call = *call;
+            r.handle_answer(now, 2, req, call, "t".into());
+            (call, drain(r))
+        };
+        // direct-then-relay: direct plans, then a fallback allocates.
+        let (c, acts) = answered(&mut r, 1);
+        assert!(
+            matches!(&sent(&acts, 1)[0], DirMsg::Connect { plan, .. } if plan.policy == DirectPolicy::DirectThenRelay && plan.fallback_after_ms == 3000)
+        );
+        r.handle_fallback(now, 2, 3, c);
+        assert!(matches!(
+            &sent(&drain(&mut r), 2)[0],
+            DirMsg::Error {
+                code: ErrorCode::NotYourCall,
+                ..
+            }
+        ));
+        r.handle_fallback(now, 1, 4, c);
+        let acts = drain(&mut r);
+        assert_eq!(
+            acts,
+            vec![Action::AllocateRelay {
+                call: c,
+                caller: addr(1001),
+                callee: addr(1002)
+            }]
+        );
+        r.handle_relay_ready(now, c, addr(40001), addr(40002));
+        let acts = drain(&mut r);
+        assert!(
+            matches!(&sent(&acts, 1)[0], DirMsg::RelayReady { req: Some(4), relay, .. } if relay == "127.0.0.1:40001")
+        );
+        assert!(
+            matches!(&sent(&acts, 2)[0], DirMsg::RelayReady { req: None, relay, .. } if relay == "127.0.0.1:40002")
+        );
+        r.handle_hangup(now, 1, c);
+        assert!(drain(&mut r).contains(&Action::ReleaseRelay { call: c }));
+
+        // relay: nothing is sent until the forwarder is up.
+        r.reconfigure(Config {
+            policy: DirectPolicy::Relay,
+            ..Config::default()
+        });
+        let (c, acts) = answered(&mut r, 5);
+        assert_eq!(acts.len(), 1, "{acts:?}");
+        r.handle_relay_ready(now, c, addr(40003), addr(40004));
+        let acts = drain(&mut r);
+        assert!(
+            matches!(&sent(&acts, 1)[0], DirMsg::Connect { plan, .. } if plan.relay.as_deref() == Some("127.0.0.1:40003"))
+        );
+        assert!(
+            matches!(&sent(&acts, 2)[0], DirMsg::Connect { plan, .. } if plan.relay.as_deref() == Some("127.0.0.1:40004"))
+        );
+
+        // direct: no fallback.
+        r.reconfigure(Config {
+            policy: DirectPolicy::Direct,
+            ..Config::default()
+        });
+        let (c, _) = answered(&mut r, 6);
+        r.handle_fallback(now, 1, 7, c);
+        assert!(matches!(
+            &sent(&drain(&mut r), 1)[0],
+            DirMsg::Error {
+                code: ErrorCode::NoRelay,
+                ..
+            }
+        ));
+
+        // A relay that fails to come up ends a relay-only call.
+        r.reconfigure(Config {
+            policy: DirectPolicy::Relay,
+            ..Config::default()
+        });
+        let (c, _) = answered(&mut r, 8);
+        r.handle_relay_failed(now, c, "no ports");
+        let acts = drain(&mut r);
+        assert!(matches!(
+            &sent(&acts, 1)[0],
+            DirMsg::Ended {
+                reason: EndReason::MediaFailed,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn lookup_tells_the_callee_who_comes() {
+        let (mut r, now) = two_online();
+        r.handle_lookup(now, 1, 3, "ボブ", "tk".into());
+        let acts = drain(&mut r);
+        assert!(
+            matches!(&sent(&acts, 2)[0], DirMsg::Expect { from, caller_fp, token, .. } if from == "아리랑" && caller_fp == "fa" && token == "tk")
+        );
+        assert!(
+            matches!(&sent(&acts, 1)[0], DirMsg::Found { fingerprint, candidates, .. } if fingerprint == "fb" && candidates.len() == 2)
+        );
+        r.handle_lookup(now, 1, 4, "carol", "tk".into());
+        assert!(matches!(
+            &sent(&drain(&mut r), 1)[0],
+            DirMsg::Error {
+                code: ErrorCode::Unreachable,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_second_registration_displaces_the_first_and_migration_updates() {
+        let (mut r, now) = two_online();
+        r.handle_session_up(3, "fa2".into(), addr(1003));
+        r.handle_login(now, 3, "alice", vec!["아리랑".into(), "2001".into()]);
+        r.handle_register(now, 3, 1, vec!["2001".into()], vec![]);
+        let acts = drain(&mut r);
+        assert!(
+            matches!(&sent(&acts, 1)[0], DirMsg::Unbound { numbers, .. } if numbers == &vec!["2001".to_string()])
+        );
+        assert_eq!(r.binding("2001").map(|b| b.session), Some(3));
+        assert_eq!(r.binding("아리랑").map(|b| b.session), Some(1));
+        r.handle_session_moved(now, 1, addr(2222));
+        let acts = drain(&mut r);
+        assert!(
+            matches!(&sent(&acts, 1)[0], DirMsg::Observed { addr } if addr == "127.0.0.1:2222")
+        );
+        assert_eq!(r.binding("아리랑").map(|b| b.observed), Some(addr(2222)));
+        assert_eq!(r.registered_sessions_of("alice"), vec![1, 3]);
+    }
+
+    #[test]
+    fn office_number_with_extension_rings_the_office() {
+        let (mut r, now) = two_online();
+        r.handle_call(now, 1, 1, "ボブ/202", None, vec![], 0);
+        let acts = drain(&mut r);
+        assert!(
+            matches!(&sent(&acts, 2)[0], DirMsg::Ring { number, ext, dialled, .. }
+            if number == "ボブ" && ext.as_deref() == Some("202") && dialled == "ボブ/202"),
+            "{acts:?}"
+        );
+        r.handle_call(now, 1, 2, "nobody/202", None, vec![], 0);
+        assert!(matches!(
+            &sent(&drain(&mut r), 1)[0],
+            DirMsg::CallFailed {
+                code: ErrorCode::UnknownNumber,
+                ..
+            }
+        ));
+        r.handle_lookup(now, 1, 3, "ボブ/7", "t".into());
+        assert!(
+            matches!(&sent(&drain(&mut r), 2)[0], DirMsg::Expect { ext, .. } if ext.as_deref() == Some("7"))
+        );
+    }
+
+    #[test]
+    fn shutdown_ends_everything() {
+        let (mut r, now) = two_online();
+        r.handle_call(now, 1, 1, "ボブ", None, vec![], 0);
+        drain(&mut r);
+        r.shutdown(now);
+        let acts = drain(&mut r);
+        assert!(matches!(
+            &sent(&acts, 1)[0],
+            DirMsg::Ended {
+                reason: EndReason::Shutdown,
+                ..
+            }
+        ));
+        assert!(sent(&acts, 2)
+            .iter()
+            .any(|m| matches!(m, DirMsg::GoingAway { .. })));
+        assert_eq!(r.calls().count(), 0);
+    }
+}

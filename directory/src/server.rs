@@ -1,0 +1,1700 @@
+//! The directory's tokio shell around the sans-IO [`Router`].
+//!
+//! Tasks: one accept loop; per connection a reader (control stream), a
+//! writer (bounded queue), a mail uploader (bidirectional mail streams), a
+//! mailman (delivery on unidirectional streams) and a migration watcher;
+//! one hub task that owns the router, the relay allocations and the
+//! sessions' queues and is the only place routing state changes; the
+//! control socket. Storage calls run off the runtime ([`store::blocking`]).
+//! Every channel is bounded.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use keyline_net::lifecycle::{self, Signal, Signals};
+use keyline_net::relay::{self, Allocation, Counters};
+use keyline_net::{control, peer_fingerprint, Identity};
+use keyline_proto::codec::CodecError;
+use keyline_proto::dir::{
+    CallId, DirMsg, ErrorCode, ForwardRule, MailKind, ReqId, MAX_CANDIDATES, OGG_MAGIC,
+};
+use keyline_proto::msg::Role;
+use keyline_proto::{number, PROTOCOL_VERSION};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::auth;
+use crate::config::Config;
+use crate::ratelimit::LoginLimiter;
+use crate::routing::{Action, CallState, NumberInfo, RelayState, Router, SessionId};
+use crate::store::{self, NewMail, Quota, SqliteStore, Store, StoreError};
+use crate::wire::{next_msg, read_body, send_msg, write_body, Incoming};
+
+/// Name of the database inside the state directory.
+pub const DB_FILE: &str = "directory.sqlite";
+
+/// What goes out on a session's control stream.
+#[derive(Debug)]
+pub enum Out {
+    Msg(DirMsg),
+    /// Look for mail to deliver.
+    Mail,
+}
+
+/// Inputs of the hub task.
+#[derive(Debug)]
+pub enum Event {
+    Up {
+        sid: SessionId,
+        fp: String,
+        conn: quinn::Connection,
+        tx: mpsc::Sender<Out>,
+    },
+    Down {
+        sid: SessionId,
+    },
+    Moved {
+        sid: SessionId,
+        observed: SocketAddr,
+    },
+    LoggedIn {
+        sid: SessionId,
+        account: String,
+        numbers: Vec<String>,
+    },
+    /// A routing request, already validated and canonicalised.
+    Route {
+        sid: SessionId,
+        msg: DirMsg,
+    },
+    ForwardChanged {
+        number: String,
+        rule: Option<ForwardRule>,
+    },
+    /// Accounts or numbers changed in storage: reload; end the sessions of
+    /// `logout` (except `keep`).
+    Reload {
+        logout: Option<String>,
+        keep: Option<SessionId>,
+        done: Option<oneshot::Sender<()>>,
+    },
+    MailArrived {
+        account: String,
+    },
+    Query {
+        what: Query,
+        reply: oneshot::Sender<Value>,
+    },
+    Reconfigure(Arc<Config>),
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Query {
+    Ping,
+    Status,
+    Bindings,
+    Calls,
+    Online,
+}
+
+/// State shared by the directory's tasks.
+pub struct Shared {
+    pub id: Identity,
+    pub store: Arc<dyn Store>,
+    cfg: RwLock<Arc<Config>>,
+    pub config_file: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub local_addr: SocketAddr,
+    pub relay: Arc<Counters>,
+    pub hub: mpsc::Sender<Event>,
+    pub limiter: Mutex<LoginLimiter>,
+    pub started: Instant,
+    pub last_reload: Mutex<Option<String>>,
+    next_session: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub fn cfg(&self) -> Arc<Config> {
+        match self.cfg.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set_cfg(&self, cfg: Arc<Config>) {
+        match self.cfg.write() {
+            Ok(mut c) => *c = cfg,
+            Err(p) => *p.into_inner() = cfg,
+        }
+    }
+}
+
+/// Options given on the command line.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub state: Option<PathBuf>,
+    pub config: Config,
+    /// The file `config` came from, re-read on SIGHUP.
+    pub config_file: Option<PathBuf>,
+    /// Flags that override the file, re-applied after a reload.
+    pub overrides: Overrides,
+}
+
+/// Command-line settings that win over the configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub direct_connect: Option<keyline_proto::dir::DirectPolicy>,
+    pub binding_ttl: Option<u32>,
+    pub ring_timeout: Option<u64>,
+}
+
+impl Overrides {
+    pub fn apply(&self, cfg: &mut Config) {
+        if let Some(l) = self.listen {
+            cfg.listen = l;
+        }
+        if let Some(p) = self.direct_connect {
+            cfg.direct_connect = p;
+        }
+        if let Some(t) = self.binding_ttl {
+            cfg.binding_ttl_secs = t;
+        }
+        if let Some(t) = self.ring_timeout {
+            cfg.ring_timeout_secs = t;
+        }
+    }
+}
+
+/// Open (creating if need be) the directory's database in `state_dir`.
+pub fn open_store(state_dir: &std::path::Path) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(SqliteStore::open(&state_dir.join(DB_FILE))?))
+}
+
+fn number_table(store: &dyn Store) -> Result<HashMap<String, NumberInfo>, StoreError> {
+    Ok(store
+        .numbers()?
+        .into_iter()
+        .map(|r| {
+            (
+                r.number,
+                NumberInfo {
+                    account: r.account,
+                    forward: r.forward,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Run the directory until SIGTERM or SIGINT.
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let cfg = opts.config;
+    cfg.validate()?;
+    let state_dir = keyline_net::statedir::resolve(opts.state.as_deref(), "directory")?;
+    let id = Identity::load_or_create(&state_dir, "keyline-directory")?;
+    let store = open_store(&state_dir)?;
+    let table = {
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || number_table(s.as_ref()))
+            .await
+            .context("loading numbers")??
+    };
+    let ctl = control::bind(&control::socket_path(&state_dir)).await?;
+    let endpoint = keyline_net::make_endpoint(cfg.listen, &id)?;
+    let local_addr = endpoint.local_addr()?;
+    let (hub_tx, hub_rx) = mpsc::channel(4096);
+    let shared = Arc::new(Shared {
+        id,
+        store,
+        limiter: Mutex::new(LoginLimiter::new(cfg.limits())),
+        cfg: RwLock::new(Arc::new(cfg)),
+        config_file: opts.config_file.clone(),
+        state_dir: state_dir.clone(),
+        local_addr,
+        relay: Arc::new(Counters::default()),
+        hub: hub_tx,
+        started: Instant::now(),
+        last_reload: Mutex::new(None),
+        next_session: AtomicU64::new(1),
+    });
+
+    let mut router = Router::new(shared.cfg().routing());
+    router.set_numbers(Instant::now(), table);
+    let hub = Hub {
+        shared: shared.clone(),
+        router,
+        sessions: HashMap::new(),
+        relays: HashMap::new(),
+    };
+    let hub_task = tokio::spawn(hub.run(hub_rx));
+
+    {
+        let shared = shared.clone();
+        tokio::spawn(control::serve(ctl, move |req| {
+            let shared = shared.clone();
+            async move { handle_control(&shared, req).await }
+        }));
+    }
+
+    let accept = {
+        let shared = shared.clone();
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let remote = incoming.remote_address();
+                    match incoming.await {
+                        Ok(conn) => {
+                            if let Err(e) = serve_conn(shared, conn).await {
+                                tracing::info!("endpoint {remote}: {e:#}");
+                            }
+                        }
+                        Err(e) => tracing::debug!("handshake with {remote} failed: {e}"),
+                    }
+                });
+            }
+        })
+    };
+
+    {
+        let shared = shared.clone();
+        lifecycle::spawn_watchdog(move || {
+            let shared = shared.clone();
+            async move { query_hub(&shared, Query::Ping).await.get("ok") == Some(&Value::Bool(true)) }
+        });
+    }
+    // Expired session tokens are purged hourly.
+    {
+        let store = shared.store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                let now = store::now_ms();
+                if let Err(e) = store::blocking(&store, move |s| s.purge_tokens(now)).await {
+                    tracing::warn!("purging expired tokens: {e}");
+                }
+            }
+        });
+    }
+
+    let mut signals = Signals::new().context("installing signal handlers")?;
+    tracing::info!(
+        "keyline-directory listening on {local_addr} (QUIC), state in {}, fingerprint {}",
+        state_dir.display(),
+        shared.id.fingerprint
+    );
+    println!(
+        "keyline-directory ready: udp {local_addr}, state {}, direct-connect {}",
+        state_dir.display(),
+        shared.cfg().direct_connect.as_str()
+    );
+    lifecycle::ready(&status_line(&shared).await);
+
+    let mut status_tick = tokio::time::interval(Duration::from_secs(10));
+    status_tick.tick().await;
+    loop {
+        tokio::select! {
+            sig = signals.recv() => match sig {
+                Signal::Reload => reload(&shared, &opts.overrides).await,
+                Signal::Terminate | Signal::Interrupt => break,
+            },
+            _ = status_tick.tick() => lifecycle::status(&status_line(&shared).await),
+        }
+    }
+
+    lifecycle::stopping("stopping: telling endpoints, flushing storage");
+    tracing::info!("stopping: ending calls and telling endpoints");
+    let (done_tx, done_rx) = oneshot::channel();
+    if shared
+        .hub
+        .send(Event::Shutdown { done: done_tx })
+        .await
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(2), done_rx).await;
+    }
+    accept.abort();
+    // Give writers a moment to put the goodbyes on the wire.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    endpoint.close(quinn::VarInt::from_u32(0), b"directory stopping");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    if let Err(e) = store::blocking(&shared.store, |s| s.flush()).await {
+        tracing::warn!("flushing the database: {e}");
+    }
+    hub_task.abort();
+    let _ = std::fs::remove_file(control::socket_path(&state_dir));
+    Ok(())
+}
+
+async fn status_line(shared: &Arc<Shared>) -> String {
+    let s = query_hub(shared, Query::Status).await;
+    let n = |k: &str| s.get(k).and_then(Value::as_u64).unwrap_or(0);
+    format!(
+        "{} endpoints, {} numbers registered, {} calls, {} bytes relayed",
+        n("sessions"),
+        n("bindings"),
+        n("calls_active"),
+        s.get("relay")
+            .and_then(|r| r.get("bytes"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    )
+}
+
+/// SIGHUP: re-read the configuration file; keep the old one on error.
+async fn reload(shared: &Arc<Shared>, overrides: &Overrides) {
+    lifecycle::reloading();
+    let Some(file) = &shared.config_file else {
+        tracing::info!("SIGHUP: no configuration file to reload");
+        lifecycle::ready(&status_line(shared).await);
+        return;
+    };
+    let old = shared.cfg();
+    let result = Config::load(file).and_then(|mut c| {
+        overrides.apply(&mut c);
+        c.validate()?;
+        Ok(c)
+    });
+    match result {
+        Ok(mut new) => {
+            if new.listen != old.listen {
+                tracing::warn!(
+                    "listen changed to {}; that needs a restart, still listening on {}",
+                    new.listen,
+                    old.listen
+                );
+                new.listen = old.listen;
+            }
+            let new = Arc::new(new);
+            if let Ok(mut l) = shared.limiter.lock() {
+                l.set_limits(new.limits());
+            }
+            shared.set_cfg(new.clone());
+            let _ = shared.hub.send(Event::Reconfigure(new)).await;
+            if let Ok(mut r) = shared.last_reload.lock() {
+                *r = Some(format!("reloaded {}", file.display()));
+            }
+            tracing::info!("configuration reloaded from {}", file.display());
+            lifecycle::ready(&status_line(shared).await);
+        }
+        Err(e) => {
+            let msg = format!("configuration reload failed, keeping the old one: {e:#}");
+            tracing::error!("{msg}");
+            if let Ok(mut r) = shared.last_reload.lock() {
+                *r = Some(msg.clone());
+            }
+            lifecycle::ready(&msg);
+        }
+    }
+}
+
+fn error(req: Option<ReqId>, code: ErrorCode, message: impl Into<String>) -> DirMsg {
+    DirMsg::Error {
+        req,
+        code,
+        message: message.into(),
+        retry_after_ms: None,
+    }
+}
+
+fn parse_candidates(c: &[String]) -> Result<Vec<SocketAddr>, String> {
+    if c.len() > MAX_CANDIDATES {
+        return Err(format!(
+            "too many candidate addresses (at most {MAX_CANDIDATES})"
+        ));
+    }
+    c.iter()
+        .map(|a| {
+            a.parse::<SocketAddr>()
+                .map_err(|_| format!("candidate {a:?} is not an IP:PORT address"))
+        })
+        .collect()
+}
+
+fn canon(n: &str) -> Result<String, String> {
+    number::canonicalize(n).map_err(|e| format!("{n:?}: {e}"))
+}
+
+/// What one connection knows about itself.
+struct Conn {
+    sid: SessionId,
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    tx: mpsc::Sender<Out>,
+    account: watch::Sender<Option<LoggedIn>>,
+}
+
+/// The logged-in account of a connection.
+#[derive(Debug, Clone)]
+struct LoggedIn {
+    account: String,
+    numbers: Vec<String>,
+    token_hash: String,
+}
+
+impl Conn {
+    fn reply(&self, msg: DirMsg) {
+        if self.tx.try_send(Out::Msg(msg)).is_err() {
+            self.conn
+                .close(quinn::VarInt::from_u32(5), b"control queue overflow");
+        }
+    }
+
+    fn who(&self) -> Option<LoggedIn> {
+        self.account.borrow().clone()
+    }
+
+    async fn hub(&self, ev: Event) -> Result<()> {
+        self.shared
+            .hub
+            .send(ev)
+            .await
+            .context("the directory is stopping")
+    }
+}
+
+/// Serve one endpoint's connection from hello to goodbye.
+async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> {
+    let fp = peer_fingerprint(&conn).context("the endpoint presented no certificate")?;
+    let observed = conn.remote_address();
+    let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
+        .await
+        .context("no control stream within 10 s")??;
+    let hello = tokio::time::timeout(Duration::from_secs(10), next_msg(&mut recv))
+        .await
+        .context("no hello within 10 s")?;
+    match hello {
+        Ok(Incoming::Msg(DirMsg::Hello { version, role, .. })) => {
+            if version != PROTOCOL_VERSION {
+                let _ = send_msg(
+                    &mut send,
+                    &error(
+                        None,
+                        ErrorCode::Version,
+                        format!("protocol version {version} is not supported (this directory speaks {PROTOCOL_VERSION})"),
+                    ),
+                )
+                .await;
+                let _ = send.finish();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                conn.close(quinn::VarInt::from_u32(2), b"unsupported version");
+                anyhow::bail!("unsupported protocol version {version}");
+            }
+            if role == Role::Directory {
+                conn.close(quinn::VarInt::from_u32(1), b"directories do not register");
+                anyhow::bail!("a directory connected as an endpoint");
+            }
+        }
+        Ok(_) => {
+            conn.close(quinn::VarInt::from_u32(1), b"expected hello");
+            anyhow::bail!("the first message was not a hello");
+        }
+        Err(e) => {
+            conn.close(quinn::VarInt::from_u32(1), b"protocol violation");
+            return Err(e.into());
+        }
+    }
+    let cfg = shared.cfg();
+    send_msg(
+        &mut send,
+        &DirMsg::Welcome {
+            version: PROTOCOL_VERSION,
+            observed: observed.to_string(),
+            ttl_secs: cfg.binding_ttl_secs,
+            policy: cfg.direct_connect,
+        },
+    )
+    .await?;
+
+    let sid = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel::<Out>(256);
+    let (acct_tx, acct_rx) = watch::channel::<Option<LoggedIn>>(None);
+    let wake = Arc::new(Notify::new());
+    tokio::spawn(writer(conn.clone(), send, rx, wake.clone()));
+    tokio::spawn(mailman(shared.clone(), conn.clone(), acct_rx.clone(), wake));
+    tokio::spawn(watch_migration(shared.clone(), conn.clone(), sid));
+    shared
+        .hub
+        .send(Event::Up {
+            sid,
+            fp,
+            conn: conn.clone(),
+            tx: tx.clone(),
+        })
+        .await
+        .context("the directory is stopping")?;
+    let c = Arc::new(Conn {
+        sid,
+        shared: shared.clone(),
+        conn: conn.clone(),
+        tx,
+        account: acct_tx,
+    });
+    tokio::spawn(mail_uploads(c.clone()));
+    tracing::debug!("endpoint {observed} connected as session {sid}");
+
+    let result = control_loop(&c, &mut recv).await;
+    match &result {
+        Err(e) => {
+            tracing::warn!("session {sid} ({observed}): {e:#}; dropping it");
+            conn.close(quinn::VarInt::from_u32(1), b"protocol violation");
+        }
+        // The control stream is the session: without it, nothing rings.
+        Ok(()) => conn.close(quinn::VarInt::from_u32(0), b"control stream closed"),
+    }
+    let _ = shared.hub.send(Event::Down { sid }).await;
+    result
+}
+
+async fn control_loop(c: &Arc<Conn>, recv: &mut quinn::RecvStream) -> Result<()> {
+    loop {
+        let msg = match next_msg(recv).await {
+            Ok(Incoming::Msg(m)) => m,
+            Ok(Incoming::Unknown(kind)) => {
+                c.reply(error(
+                    None,
+                    ErrorCode::UnknownKind,
+                    format!("unknown message kind {kind:?}"),
+                ));
+                continue;
+            }
+            Ok(Incoming::Closed) => return Ok(()),
+            Err(CodecError::Io(_) | CodecError::Closed) => return Ok(()),
+            Err(e) => return Err(anyhow::anyhow!("protocol violation: {e}")),
+        };
+        handle_msg(c, msg).await?;
+    }
+}
+
+async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
+    match msg {
+        DirMsg::Ping { n } => c.reply(DirMsg::Pong { n }),
+        DirMsg::Login {
+            req,
+            account,
+            password,
+        } => login(c, req, account, password).await?,
+        DirMsg::Resume { req, token } => resume(c, req, token).await?,
+        DirMsg::ChangePassword { req, old, new } => change_password(c, req, old, new).await?,
+        DirMsg::SetForward { req, number, rule } => set_forward(c, req, number, rule).await?,
+        DirMsg::AckMail { req, id } => {
+            let Some(who) = c.who() else {
+                c.reply(error(Some(req), ErrorCode::NotLoggedIn, "log in first"));
+                return Ok(());
+            };
+            let account = who.account.clone();
+            match store::blocking(&c.shared.store, move |s| s.delete_mail(&account, id)).await {
+                Ok(true) => c.reply(DirMsg::Ok { req }),
+                Ok(false) => c.reply(error(
+                    Some(req),
+                    ErrorCode::NoSuchMail,
+                    format!("no message {id} waits for account {}", who.account),
+                )),
+                Err(e) => c.reply(error(Some(req), ErrorCode::Storage, e.to_string())),
+            }
+        }
+        DirMsg::Register {
+            req,
+            numbers,
+            candidates,
+        } => {
+            // A refresh right after the endpoint moved: use its new address.
+            c.hub(Event::Moved {
+                sid: c.sid,
+                observed: c.conn.remote_address(),
+            })
+            .await?;
+            let parsed = parse_candidates(&candidates).and_then(|cands| {
+                let ns = numbers
+                    .iter()
+                    .map(|n| canon(n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((ns, cands))
+            });
+            match parsed {
+                Ok((numbers, cands)) => {
+                    c.hub(Event::Route {
+                        sid: c.sid,
+                        msg: DirMsg::Register {
+                            req,
+                            numbers,
+                            candidates: cands.iter().map(ToString::to_string).collect(),
+                        },
+                    })
+                    .await?
+                }
+                Err(m) => c.reply(error(Some(req), ErrorCode::BadAddress, m)),
+            }
+        }
+        DirMsg::Unregister { req, numbers } => {
+            let numbers: Vec<String> = numbers.iter().filter_map(|n| canon(n).ok()).collect();
+            c.hub(Event::Route {
+                sid: c.sid,
+                msg: DirMsg::Unregister { req, numbers },
+            })
+            .await?
+        }
+        DirMsg::Lookup { req, number } => match canon(&number) {
+            Ok(number) => {
+                c.hub(Event::Route {
+                    sid: c.sid,
+                    msg: DirMsg::Lookup { req, number },
+                })
+                .await?
+            }
+            Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
+        },
+        DirMsg::Call {
+            req,
+            number,
+            from,
+            candidates,
+            hops,
+        } => {
+            let fail = |code, message: String| DirMsg::CallFailed {
+                req,
+                code,
+                number: number.clone(),
+                message,
+                mail: false,
+            };
+            let n = match canon(&number) {
+                Ok(n) => n,
+                Err(m) => {
+                    c.reply(fail(ErrorCode::InvalidNumber, m));
+                    return Ok(());
+                }
+            };
+            let from = match from.as_deref().map(canon).transpose() {
+                Ok(f) => f,
+                Err(m) => {
+                    c.reply(fail(ErrorCode::InvalidNumber, m));
+                    return Ok(());
+                }
+            };
+            let cands = match parse_candidates(&candidates) {
+                Ok(cs) => cs,
+                Err(m) => {
+                    c.reply(fail(ErrorCode::BadAddress, m));
+                    return Ok(());
+                }
+            };
+            c.hub(Event::Route {
+                sid: c.sid,
+                msg: DirMsg::Call {
+                    req,
+                    number: n,
+                    from,
+                    candidates: cands.iter().map(ToString::to_string).collect(),
+                    hops,
+                },
+            })
+            .await?
+        }
+        DirMsg::Redirect { req, call, number } => match canon(&number) {
+            Ok(number) => {
+                c.hub(Event::Route {
+                    sid: c.sid,
+                    msg: DirMsg::Redirect { req, call, number },
+                })
+                .await?
+            }
+            Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
+        },
+        m @ (DirMsg::Answer { .. }
+        | DirMsg::Reject { .. }
+        | DirMsg::Busy { .. }
+        | DirMsg::Hangup { .. }
+        | DirMsg::Fallback { .. }) => c.hub(Event::Route { sid: c.sid, msg: m }).await?,
+        other => c.reply(error(
+            other.reply_to(),
+            ErrorCode::Unexpected,
+            format!("an endpoint may not send {:?}", other.kind()),
+        )),
+    }
+    Ok(())
+}
+
+fn rate_limited(req: ReqId, message: String, retry: Duration) -> DirMsg {
+    DirMsg::Error {
+        req: Some(req),
+        code: ErrorCode::RateLimited,
+        message,
+        retry_after_ms: Some(retry.as_millis() as u64),
+    }
+}
+
+async fn login(c: &Arc<Conn>, req: ReqId, account: String, password: String) -> Result<()> {
+    let ip = c.conn.remote_address().ip();
+    let now = Instant::now();
+    let checked = match c.shared.limiter.lock() {
+        Ok(l) => l.check(now, &account, ip),
+        Err(_) => Ok(()),
+    };
+    if let Err(locked) = checked {
+        c.reply(rate_limited(
+            req,
+            locked.describe(now, &account),
+            locked.retry_after(now),
+        ));
+        return Ok(());
+    }
+    let acct = account.clone();
+    let row = store::blocking(&c.shared.store, move |s| s.account(&acct)).await;
+    let row = match row {
+        Ok(r) => r,
+        Err(e) => {
+            c.reply(error(Some(req), ErrorCode::Storage, e.to_string()));
+            return Ok(());
+        }
+    };
+    let (ok, row) = tokio::task::spawn_blocking(move || match row {
+        Some(r) => (auth::verify_password(&r.pw_hash, &password), Some(r)),
+        None => {
+            auth::dummy_verify(&password);
+            (false, None)
+        }
+    })
+    .await
+    .context("password check failed")?;
+    let now = Instant::now();
+    let row = match (ok, row) {
+        (true, Some(r)) => r,
+        _ => {
+            let locked = match c.shared.limiter.lock() {
+                Ok(mut l) => {
+                    l.failure(now, &account, ip);
+                    l.check(now, &account, ip).err()
+                }
+                Err(_) => None,
+            };
+            tracing::info!("failed login for account {account:?} from {ip}");
+            c.reply(match locked {
+                Some(l) => rate_limited(
+                    req,
+                    format!("wrong account or password; {}", l.describe(now, &account)),
+                    l.retry_after(now),
+                ),
+                None => error(
+                    Some(req),
+                    ErrorCode::BadCredentials,
+                    "wrong account or password",
+                ),
+            });
+            return Ok(());
+        }
+    };
+    if let Ok(mut l) = c.shared.limiter.lock() {
+        l.success(now, &account, ip);
+    }
+    let token = auth::new_token();
+    let th = auth::token_hash(&token);
+    let ttl = c.shared.cfg().session_ttl();
+    let (th2, acct) = (th.clone(), row.id.clone());
+    let now_ms = store::now_ms();
+    let expires = now_ms + ttl.as_millis() as i64;
+    if let Err(e) = store::blocking(&c.shared.store, move |s| {
+        s.insert_token(&th2, &acct, now_ms, expires)
+    })
+    .await
+    {
+        c.reply(error(Some(req), ErrorCode::Storage, e.to_string()));
+        return Ok(());
+    }
+    logged_in(c, req, row.id, row.numbers, token, th, ttl).await
+}
+
+async fn logged_in(
+    c: &Arc<Conn>,
+    req: ReqId,
+    account: String,
+    numbers: Vec<String>,
+    token: String,
+    token_hash: String,
+    ttl: Duration,
+) -> Result<()> {
+    c.account.send_replace(Some(LoggedIn {
+        account: account.clone(),
+        numbers: numbers.clone(),
+        token_hash,
+    }));
+    c.hub(Event::LoggedIn {
+        sid: c.sid,
+        account: account.clone(),
+        numbers: numbers.clone(),
+    })
+    .await?;
+    tracing::info!("session {} logged in as {account}", c.sid);
+    c.reply(DirMsg::LoggedIn {
+        req,
+        account,
+        numbers,
+        token,
+        expires_in_secs: ttl.as_secs(),
+    });
+    Ok(())
+}
+
+async fn resume(c: &Arc<Conn>, req: ReqId, token: String) -> Result<()> {
+    let ip = c.conn.remote_address().ip();
+    let now = Instant::now();
+    let checked = match c.shared.limiter.lock() {
+        Ok(l) => l.check_address(now, ip),
+        Err(_) => Ok(()),
+    };
+    if let Err(locked) = checked {
+        c.reply(rate_limited(
+            req,
+            locked.describe(now, "-"),
+            locked.retry_after(now),
+        ));
+        return Ok(());
+    }
+    let th = auth::token_hash(&token);
+    let th2 = th.clone();
+    let now_ms = store::now_ms();
+    let found = store::blocking(&c.shared.store, move |s| {
+        let Some(acct) = s.token_account(&th2, now_ms)? else {
+            return Ok(None);
+        };
+        s.account(&acct)
+    })
+    .await;
+    match found {
+        Ok(Some(row)) => {
+            let ttl = c.shared.cfg().session_ttl();
+            logged_in(c, req, row.id, row.numbers, token, th, ttl).await
+        }
+        Ok(None) => {
+            if let Ok(mut l) = c.shared.limiter.lock() {
+                l.failure_address(Instant::now(), ip);
+            }
+            c.reply(error(
+                Some(req),
+                ErrorCode::BadToken,
+                "the session token is unknown or expired; log in with the password",
+            ));
+            Ok(())
+        }
+        Err(e) => {
+            c.reply(error(Some(req), ErrorCode::Storage, e.to_string()));
+            Ok(())
+        }
+    }
+}
+
+async fn change_password(c: &Arc<Conn>, req: ReqId, old: String, new: String) -> Result<()> {
+    let Some(who) = c.who() else {
+        c.reply(error(Some(req), ErrorCode::NotLoggedIn, "log in first"));
+        return Ok(());
+    };
+    if let Err(m) = auth::check_new_password(&new) {
+        c.reply(error(Some(req), ErrorCode::WeakPassword, m));
+        return Ok(());
+    }
+    let ip = c.conn.remote_address().ip();
+    let now = Instant::now();
+    let checked = match c.shared.limiter.lock() {
+        Ok(l) => l.check(now, &who.account, ip),
+        Err(_) => Ok(()),
+    };
+    if let Err(locked) = checked {
+        c.reply(rate_limited(
+            req,
+            locked.describe(now, &who.account),
+            locked.retry_after(now),
+        ));
+        return Ok(());
+    }
+    let store = c.shared.store.clone();
+    let (acct, keep) = (who.account.clone(), who.token_hash.clone());
+    let res = tokio::task::spawn_blocking(move || -> Result<bool, StoreError> {
+        let Some(row) = store.account(&acct)? else {
+            return Err(StoreError::NotFound(format!(
+                "account {acct} no longer exists"
+            )));
+        };
+        if !auth::verify_password(&row.pw_hash, &old) {
+            return Ok(false);
+        }
+        let h = auth::hash_password(&new).map_err(|e| StoreError::Backend(e.to_string()))?;
+        store.set_password(&acct, &h, Some(&keep))?;
+        Ok(true)
+    })
+    .await
+    .context("password change failed")?;
+    match res {
+        Ok(true) => {
+            c.hub(Event::Reload {
+                logout: Some(who.account.clone()),
+                keep: Some(c.sid),
+                done: None,
+            })
+            .await?;
+            tracing::info!("account {} changed its password", who.account);
+            c.reply(DirMsg::Ok { req });
+        }
+        Ok(false) => {
+            if let Ok(mut l) = c.shared.limiter.lock() {
+                l.failure(Instant::now(), &who.account, ip);
+            }
+            c.reply(error(
+                Some(req),
+                ErrorCode::BadCredentials,
+                "the old password is wrong",
+            ));
+        }
+        Err(e) => c.reply(error(Some(req), ErrorCode::Storage, e.to_string())),
+    }
+    Ok(())
+}
+
+async fn set_forward(
+    c: &Arc<Conn>,
+    req: ReqId,
+    number: String,
+    rule: Option<ForwardRule>,
+) -> Result<()> {
+    let Some(who) = c.who() else {
+        c.reply(error(Some(req), ErrorCode::NotLoggedIn, "log in first"));
+        return Ok(());
+    };
+    let number = match canon(&number) {
+        Ok(n) => n,
+        Err(m) => {
+            c.reply(error(Some(req), ErrorCode::InvalidNumber, m));
+            return Ok(());
+        }
+    };
+    if !who.numbers.contains(&number) {
+        c.reply(error(
+            Some(req),
+            ErrorCode::NotYourNumber,
+            format!("{number} is not a number of account {}", who.account),
+        ));
+        return Ok(());
+    }
+    let rule = match rule {
+        Some(r) => match canon(&r.to) {
+            Ok(to) => Some(ForwardRule { when: r.when, to }),
+            Err(m) => {
+                c.reply(error(Some(req), ErrorCode::InvalidNumber, m));
+                return Ok(());
+            }
+        },
+        None => None,
+    };
+    let (n2, r2) = (number.clone(), rule.clone());
+    match store::blocking(&c.shared.store, move |s| {
+        s.set_forward(&n2, r2.as_ref(), store::now_ms())
+    })
+    .await
+    {
+        Ok(()) => {
+            c.hub(Event::ForwardChanged { number, rule }).await?;
+            c.reply(DirMsg::Ok { req });
+        }
+        Err(StoreError::NotFound(m)) => c.reply(error(Some(req), ErrorCode::UnknownNumber, m)),
+        Err(StoreError::Invalid(m)) => c.reply(error(Some(req), ErrorCode::ForwardLoop, m)),
+        Err(e) => c.reply(error(Some(req), ErrorCode::Storage, e.to_string())),
+    }
+    Ok(())
+}
+
+/// Writes the session's outgoing messages in order.
+async fn writer(
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<Out>,
+    wake: Arc<Notify>,
+) {
+    while let Some(out) = rx.recv().await {
+        match out {
+            Out::Msg(m) => {
+                let registered = matches!(m, DirMsg::Registered { .. });
+                if send_msg(&mut send, &m).await.is_err() {
+                    conn.close(quinn::VarInt::from_u32(3), b"write failed");
+                    break;
+                }
+                if registered {
+                    wake.notify_one();
+                }
+            }
+            Out::Mail => wake.notify_one(),
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Delivers stored mail of the logged-in account on unidirectional
+/// streams, each message once per connection, when woken (after a
+/// registration, or when new mail arrives).
+async fn mailman(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    account: watch::Receiver<Option<LoggedIn>>,
+    wake: Arc<Notify>,
+) {
+    let mut sent: HashSet<u64> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = conn.closed() => return,
+        }
+        let Some(who) = account.borrow().clone() else {
+            continue;
+        };
+        let acct = who.account.clone();
+        let pending = match store::blocking(&shared.store, move |s| s.pending_mail(&acct)).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("reading mail for {}: {e}", who.account);
+                continue;
+            }
+        };
+        let fresh: Vec<_> = pending
+            .into_iter()
+            .filter(|m| !sent.contains(&m.id))
+            .collect();
+        for m in fresh {
+            let id = m.id;
+            let body = match store::blocking(&shared.store, move |s| s.mail_body(id)).await {
+                Ok(Some(b)) => b,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!("reading message {id}: {e}");
+                    continue;
+                }
+            };
+            let res = async {
+                let mut s = conn.open_uni().await?;
+                send_msg(
+                    &mut s,
+                    &DirMsg::Mail {
+                        id,
+                        from: m.from.clone(),
+                        to: m.to.clone(),
+                        kind: MailKind::parse(m.kind).unwrap_or(MailKind::Text),
+                        at_ms: m.at_ms,
+                        len: body.len() as u32,
+                    },
+                )
+                .await?;
+                write_body(&mut s, &body).await?;
+                s.finish()?;
+                Ok::<_, anyhow::Error>(())
+            }
+            .await;
+            match res {
+                Ok(()) => {
+                    sent.insert(id);
+                    tracing::info!("delivered message {id} to {} ({} bytes)", m.to, body.len());
+                }
+                Err(e) => {
+                    tracing::info!("delivering message {id}: {e:#}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Takes mail uploads: each on its own bidirectional stream.
+async fn mail_uploads(c: Arc<Conn>) {
+    loop {
+        let Ok((mut send, mut recv)) = c.conn.accept_bi().await else {
+            return;
+        };
+        let reply = tokio::time::timeout(Duration::from_secs(60), upload(&c, &mut recv)).await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(_) => error(
+                None,
+                ErrorCode::TooLarge,
+                "the upload took longer than 60 s",
+            ),
+        };
+        if send_msg(&mut send, &reply).await.is_ok() {
+            let _ = send.finish();
+        }
+        let _ = recv.stop(quinn::VarInt::from_u32(0));
+    }
+}
+
+async fn upload(c: &Arc<Conn>, recv: &mut quinn::RecvStream) -> DirMsg {
+    let (req, to, from, kind, len) = match next_msg(recv).await {
+        Ok(Incoming::Msg(DirMsg::LeaveMail {
+            req,
+            to,
+            from,
+            kind,
+            len,
+        })) => (req, to, from, kind, len),
+        Ok(Incoming::Msg(other)) => {
+            return error(
+                other.reply_to(),
+                ErrorCode::Unexpected,
+                format!(
+                    "a mail stream starts with leave-mail, not {:?}",
+                    other.kind()
+                ),
+            )
+        }
+        Ok(Incoming::Unknown(k)) => {
+            return error(
+                None,
+                ErrorCode::UnknownKind,
+                format!("unknown message kind {k:?}"),
+            )
+        }
+        Ok(Incoming::Closed) | Err(_) => {
+            return error(None, ErrorCode::Unexpected, "no leave-mail header")
+        }
+    };
+    let Some(who) = c.who() else {
+        return error(Some(req), ErrorCode::NotLoggedIn, "log in first");
+    };
+    let cfg = c.shared.cfg();
+    let max = match kind {
+        MailKind::Voice => cfg.mail.max_voice_bytes,
+        MailKind::Text => cfg.mail.max_text_bytes,
+    };
+    if len > max {
+        return error(
+            Some(req),
+            ErrorCode::TooLarge,
+            format!(
+                "the {} message has {len} bytes; at most {max} are accepted",
+                kind.as_str()
+            ),
+        );
+    }
+    let to = match canon(&to) {
+        Ok(t) => t,
+        Err(m) => return error(Some(req), ErrorCode::InvalidNumber, m),
+    };
+    let from = match from.as_deref().map(canon).transpose() {
+        Ok(Some(f)) if who.numbers.contains(&f) => f,
+        Ok(Some(f)) => {
+            return error(
+                Some(req),
+                ErrorCode::NotYourNumber,
+                format!("{f} is not a number of account {}", who.account),
+            )
+        }
+        Ok(None) => match who.numbers.first() {
+            Some(f) => f.clone(),
+            None => {
+                return error(
+                    Some(req),
+                    ErrorCode::NotYourNumber,
+                    "the account has no number",
+                )
+            }
+        },
+        Err(m) => return error(Some(req), ErrorCode::InvalidNumber, m),
+    };
+    let body = match read_body(recv, len as usize).await {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                Some(req),
+                ErrorCode::BadMail,
+                format!("reading the body: {e}"),
+            )
+        }
+    };
+    match kind {
+        MailKind::Voice if !body.starts_with(OGG_MAGIC) => {
+            return error(
+                Some(req),
+                ErrorCode::BadMail,
+                "a voice message must be Ogg Opus (it does not start with \"OggS\")",
+            )
+        }
+        MailKind::Text if std::str::from_utf8(&body).is_err() || body.is_empty() => {
+            return error(
+                Some(req),
+                ErrorCode::BadMail,
+                "a text message must be non-empty UTF-8",
+            )
+        }
+        _ => {}
+    }
+    let quota = Quota {
+        messages: cfg.mail.quota_messages,
+        bytes: cfg.mail.quota_bytes,
+    };
+    let mail = NewMail {
+        to: to.clone(),
+        from,
+        kind,
+        body,
+        at_ms: store::now_ms(),
+    };
+    let to2 = to.clone();
+    let res = store::blocking(&c.shared.store, move |s| {
+        let id = s.store_mail(&mail, quota)?;
+        let owner = s
+            .numbers()?
+            .into_iter()
+            .find(|n| n.number == to2)
+            .map(|n| n.account);
+        Ok((id, owner))
+    })
+    .await;
+    match res {
+        Ok((id, owner)) => {
+            tracing::info!("stored {} message {id} for {to}", kind.as_str());
+            if let Some(account) = owner {
+                let _ = c.shared.hub.send(Event::MailArrived { account }).await;
+            }
+            DirMsg::MailStored { req, id, to }
+        }
+        Err(StoreError::Quota(m)) => error(Some(req), ErrorCode::QuotaExceeded, m),
+        Err(StoreError::NotFound(m)) => error(Some(req), ErrorCode::UnknownNumber, m),
+        Err(e) => error(Some(req), ErrorCode::Storage, e.to_string()),
+    }
+}
+
+/// Reports the connection's new address when it migrates.
+async fn watch_migration(shared: Arc<Shared>, conn: quinn::Connection, sid: SessionId) {
+    let mut last = conn.remote_address();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = conn.closed() => return,
+        }
+        let now = conn.remote_address();
+        if now != last {
+            tracing::info!("session {sid} moved from {last} to {now}");
+            last = now;
+            if shared
+                .hub
+                .send(Event::Moved { sid, observed: now })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// A connected session as the hub sees it.
+struct Live {
+    conn: quinn::Connection,
+    tx: mpsc::Sender<Out>,
+}
+
+/// The task that owns routing state.
+struct Hub {
+    shared: Arc<Shared>,
+    router: Router,
+    sessions: HashMap<SessionId, Live>,
+    relays: HashMap<CallId, Allocation>,
+}
+
+impl Hub {
+    async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        loop {
+            let ev = match self.router.poll_timeout() {
+                Some(d) => tokio::select! {
+                    ev = events.recv() => ev,
+                    _ = tokio::time::sleep_until(d.into()) => {
+                        self.router.handle_timeout(Instant::now());
+                        self.drain();
+                        continue;
+                    }
+                },
+                None => events.recv().await,
+            };
+            let Some(ev) = ev else { return };
+            self.handle(ev).await;
+            self.drain();
+        }
+    }
+
+    async fn handle(&mut self, ev: Event) {
+        let now = Instant::now();
+        match ev {
+            Event::Up { sid, fp, conn, tx } => {
+                self.router
+                    .handle_session_up(sid, fp, conn.remote_address());
+                self.sessions.insert(sid, Live { conn, tx });
+            }
+            Event::Down { sid } => {
+                self.sessions.remove(&sid);
+                self.router.handle_session_down(now, sid);
+            }
+            Event::Moved { sid, observed } => self.router.handle_session_moved(now, sid, observed),
+            Event::LoggedIn {
+                sid,
+                account,
+                numbers,
+            } => self.router.handle_login(now, sid, &account, numbers),
+            Event::Route { sid, msg } => self.route(now, sid, msg),
+            Event::ForwardChanged { number, rule } => self.router.set_forward(&number, rule),
+            Event::Reload { logout, keep, done } => {
+                let store = self.shared.store.clone();
+                match tokio::task::spawn_blocking(move || number_table(store.as_ref())).await {
+                    Ok(Ok(t)) => self.router.set_numbers(now, t),
+                    Ok(Err(e)) => tracing::error!("reloading numbers: {e}"),
+                    Err(e) => tracing::error!("reloading numbers: {e}"),
+                }
+                if let Some(account) = logout {
+                    for sid in self.router.sessions_of(&account) {
+                        if Some(sid) == keep {
+                            continue;
+                        }
+                        if let Some(l) = self.sessions.remove(&sid) {
+                            let _ = l.tx.try_send(Out::Msg(error(
+                                None,
+                                ErrorCode::BadToken,
+                                "the account's password changed or it was removed; log in again",
+                            )));
+                            let conn = l.conn.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                conn.close(quinn::VarInt::from_u32(6), b"logged out");
+                            });
+                        }
+                        self.router.handle_session_down(now, sid);
+                    }
+                }
+                if let Some(d) = done {
+                    let _ = d.send(());
+                }
+            }
+            Event::MailArrived { account } => {
+                for sid in self.router.registered_sessions_of(&account) {
+                    if let Some(l) = self.sessions.get(&sid) {
+                        let _ = l.tx.try_send(Out::Mail);
+                    }
+                }
+            }
+            Event::Query { what, reply } => {
+                let _ = reply.send(self.query(what));
+            }
+            Event::Reconfigure(cfg) => self.router.reconfigure(cfg.routing()),
+            Event::Shutdown { done } => {
+                self.router.shutdown(now);
+                self.drain();
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn route(&mut self, now: Instant, sid: SessionId, msg: DirMsg) {
+        let addrs =
+            |v: &[String]| -> Vec<SocketAddr> { v.iter().filter_map(|a| a.parse().ok()).collect() };
+        match msg {
+            DirMsg::Register {
+                req,
+                numbers,
+                candidates,
+            } => self
+                .router
+                .handle_register(now, sid, req, numbers, addrs(&candidates)),
+            DirMsg::Unregister { req, numbers } => {
+                self.router.handle_unregister(now, sid, req, numbers)
+            }
+            DirMsg::Lookup { req, number } => {
+                self.router
+                    .handle_lookup(now, sid, req, &number, auth::new_call_token())
+            }
+            DirMsg::Call {
+                req,
+                number,
+                from,
+                candidates,
+                hops,
+            } => self
+                .router
+                .handle_call(now, sid, req, &number, from, addrs(&candidates), hops),
+            DirMsg::Answer { req, call } => {
+                self.router
+                    .handle_answer(now, sid, req, call, auth::new_call_token())
+            }
+            DirMsg::Reject { req, call } => self.router.handle_decline(now, sid, req, call, false),
+            DirMsg::Busy { req, call } => self.router.handle_decline(now, sid, req, call, true),
+            DirMsg::Redirect { req, call, number } => {
+                self.router.handle_redirect(now, sid, req, call, &number)
+            }
+            DirMsg::Hangup { call } => self.router.handle_hangup(now, sid, call),
+            DirMsg::Fallback { req, call } => self.router.handle_fallback(now, sid, req, call),
+            _ => {}
+        }
+    }
+
+    fn send(&mut self, sid: SessionId, msg: DirMsg) {
+        if let Some(l) = self.sessions.get(&sid) {
+            if l.tx.try_send(Out::Msg(msg)).is_err() {
+                // An endpoint that cannot keep up with a few control
+                // messages is gone; its reader will report it down.
+                l.conn
+                    .close(quinn::VarInt::from_u32(5), b"control queue overflow");
+            }
+        }
+    }
+
+    /// The directory's address facing session `sid`, for relay sockets.
+    fn ip_facing(&self, sid: Option<SessionId>) -> IpAddr {
+        if let Some(ip) = self.shared.cfg().relay_ip {
+            return ip;
+        }
+        let fallback = self.shared.local_addr.ip();
+        sid.and_then(|s| self.sessions.get(&s))
+            .and_then(|l| l.conn.local_ip())
+            .filter(|ip| !ip.is_unspecified())
+            .unwrap_or(fallback)
+    }
+
+    fn drain(&mut self) {
+        while let Some(action) = self.router.poll_action() {
+            match action {
+                Action::Send { to, msg } => self.send(to, msg),
+                Action::AllocateRelay {
+                    call,
+                    caller,
+                    callee,
+                } => {
+                    let (a, b) = match self.router.call(call) {
+                        Some(c) => (Some(c.caller), Some(c.callee)),
+                        None => (None, None),
+                    };
+                    let (ip_a, ip_b) = (self.ip_facing(a), self.ip_facing(b));
+                    match relay::allocate(self.shared.relay.clone(), caller, ip_a, callee, ip_b) {
+                        Ok(alloc) => {
+                            let (cf, ef) = (alloc.caller_facing, alloc.callee_facing);
+                            tracing::info!(
+                                "call {call}: relaying {caller} <-> {cf} | {ef} <-> {callee}"
+                            );
+                            self.relays.insert(call, alloc);
+                            self.router.handle_relay_ready(Instant::now(), call, cf, ef);
+                        }
+                        Err(e) => {
+                            tracing::warn!("call {call}: relay allocation failed: {e}");
+                            self.router
+                                .handle_relay_failed(Instant::now(), call, &e.to_string());
+                        }
+                    }
+                }
+                Action::ReleaseRelay { call } => {
+                    self.relays.remove(&call);
+                }
+                Action::Finished {
+                    call,
+                    from,
+                    number,
+                    answered,
+                    reason,
+                } => {
+                    tracing::info!(
+                        "call {call} {from} -> {number} ended: {} ({})",
+                        reason.describe(),
+                        if answered { "answered" } else { "not answered" }
+                    );
+                }
+            }
+        }
+    }
+
+    fn query(&self, what: Query) -> Value {
+        let now = Instant::now();
+        match what {
+            Query::Ping => json!({"ok": true}),
+            Query::Status => {
+                let cfg = self.shared.cfg();
+                json!({
+                    "ok": true,
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "listen": self.shared.local_addr.to_string(),
+                    "fingerprint": self.shared.id.fingerprint,
+                    "state_dir": self.shared.state_dir.display().to_string(),
+                    "config_file": self.shared.config_file.as_ref().map(|p| p.display().to_string()),
+                    "last_reload": self.shared.last_reload.lock().ok().and_then(|r| r.clone()),
+                    "direct_connect": cfg.direct_connect.as_str(),
+                    "binding_ttl_secs": cfg.binding_ttl_secs,
+                    "uptime_s": self.shared.started.elapsed().as_secs(),
+                    "sessions": self.router.session_count(),
+                    "bindings": self.router.bindings().count(),
+                    "numbers": self.router.numbers().count(),
+                    "calls_active": self.router.calls().count(),
+                    "relays_active": self.relays.len(),
+                    "relay": self.shared.relay.snapshot(),
+                })
+            }
+            Query::Bindings => {
+                let mut v: Vec<Value> = self
+                    .router
+                    .bindings()
+                    .map(|b| {
+                        json!({
+                            "number": b.number,
+                            "account": b.account,
+                            "session": b.session,
+                            "observed": b.observed.to_string(),
+                            "candidates": b.candidates().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                            "fingerprint": b.fp,
+                            "expires_in_s": b.expires.saturating_duration_since(now).as_secs(),
+                            "since_s": now.saturating_duration_since(b.since).as_secs(),
+                        })
+                    })
+                    .collect();
+                v.sort_by(|a, b| a["number"].as_str().cmp(&b["number"].as_str()));
+                json!({"ok": true, "bindings": v})
+            }
+            Query::Calls => {
+                let v: Vec<Value> = self
+                    .router
+                    .calls()
+                    .map(|c| {
+                        let (state, secs) = match c.state {
+                            CallState::Ringing { .. } => ("ringing", now.duration_since(c.started)),
+                            CallState::Answered { at } => ("answered", now.duration_since(at)),
+                        };
+                        json!({
+                            "id": c.id,
+                            "from": c.from,
+                            "number": c.number,
+                            "dialled": c.dialled,
+                            "via": c.via,
+                            "state": state,
+                            "seconds": secs.as_secs(),
+                            "policy": c.policy.as_str(),
+                            "relayed": matches!(c.relay, RelayState::Ready { .. }),
+                        })
+                    })
+                    .collect();
+                json!({"ok": true, "calls": v})
+            }
+            Query::Online => {
+                let mut online: HashMap<String, Vec<String>> = HashMap::new();
+                for b in self.router.bindings() {
+                    online
+                        .entry(b.account.clone())
+                        .or_default()
+                        .push(b.number.clone());
+                }
+                json!({"ok": true, "online": online})
+            }
+        }
+    }
+}
+
+async fn query_hub(shared: &Shared, what: Query) -> Value {
+    let (tx, rx) = oneshot::channel();
+    if shared
+        .hub
+        .send(Event::Query { what, reply: tx })
+        .await
+        .is_err()
+    {
+        return control::error("the directory is stopping");
+    }
+    rx.await
+        .unwrap_or_else(|_| control::error("the directory is stopping"))
+}
+
+/// Serve one control-socket request.
+pub async fn handle_control(shared: &Arc<Shared>, req: Value) -> Value {
+    let cmd = req.get("cmd").and_then(Value::as_str).unwrap_or("");
+    match cmd {
+        "status" => {
+            let mut v = query_hub(shared, Query::Status).await;
+            if let Ok(mail) = store::blocking(&shared.store, |s| s.all_mail()).await {
+                v["mail_waiting"] = json!(mail.len());
+            }
+            v
+        }
+        "bindings" => query_hub(shared, Query::Bindings).await,
+        "calls" => query_hub(shared, Query::Calls).await,
+        "users" => {
+            let online = query_hub(shared, Query::Online).await;
+            let accounts = match store::blocking(&shared.store, |s| s.accounts()).await {
+                Ok(a) => a,
+                Err(e) => return control::error(e),
+            };
+            let now = Instant::now();
+            let users: Vec<Value> = accounts
+                .iter()
+                .map(|a| {
+                    let locked = shared
+                        .limiter
+                        .lock()
+                        .ok()
+                        .and_then(|l| l.account_locked(now, &a.id))
+                        .map(|u| u.saturating_duration_since(now).as_secs());
+                    json!({
+                        "id": a.id,
+                        "numbers": a.numbers,
+                        "registered": online["online"].get(&a.id).cloned().unwrap_or(json!([])),
+                        "locked_for_s": locked,
+                        "created_ms": a.created_ms,
+                    })
+                })
+                .collect();
+            json!({"ok": true, "users": users})
+        }
+        "forwards" => match store::blocking(&shared.store, |s| s.numbers()).await {
+            Ok(rows) => {
+                let v: Vec<Value> = rows
+                    .into_iter()
+                    .filter_map(|r| {
+                        let f = r.forward?;
+                        Some(json!({"number": r.number, "account": r.account, "when": f.when.as_str(), "to": f.to}))
+                    })
+                    .collect();
+                json!({"ok": true, "forwards": v})
+            }
+            Err(e) => control::error(e),
+        },
+        "mail" => match store::blocking(&shared.store, |s| s.all_mail()).await {
+            Ok(m) => json!({"ok": true, "mail": m}),
+            Err(e) => control::error(e),
+        },
+        "reload" => {
+            let logout = req
+                .get("logout")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let (tx, rx) = oneshot::channel();
+            if shared
+                .hub
+                .send(Event::Reload {
+                    logout,
+                    keep: None,
+                    done: Some(tx),
+                })
+                .await
+                .is_err()
+            {
+                return control::error("the directory is stopping");
+            }
+            let _ = rx.await;
+            json!({"ok": true})
+        }
+        "" => control::error("missing \"cmd\""),
+        other => control::error(format!("unknown command {other:?}")),
+    }
+}

@@ -1,0 +1,947 @@
+//! The directory's storage, behind the small [`Store`] trait so that a
+//! PostgreSQL backend (DESIGN §3.8) can join the SQLite one without the
+//! server changing. Methods are synchronous; the server calls them off the
+//! async runtime through [`blocking`].
+//!
+//! [`SqliteStore`]: WAL mode, schema versioned with `PRAGMA user_version`.
+//! A new database gets [`SCHEMA`] in one go; an older one is brought up to
+//! date by [`MIGRATIONS`]; a test checks that both give the same schema.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use keyline_proto::dir::{ForwardRule, ForwardWhen, MailId, MailKind};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+
+/// Why a storage operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Exists(String),
+    #[error("{0}")]
+    Quota(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("storage: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An account with its numbers (default caller number first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Account {
+    pub id: String,
+    #[serde(skip)]
+    pub pw_hash: String,
+    pub numbers: Vec<String>,
+    pub created_ms: i64,
+}
+
+/// A number, its owner and its forwarding rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberRow {
+    pub number: String,
+    pub account: String,
+    pub forward: Option<ForwardRule>,
+}
+
+/// A message to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMail {
+    pub to: String,
+    pub from: String,
+    pub kind: MailKind,
+    pub body: Vec<u8>,
+    pub at_ms: i64,
+}
+
+/// Limits of one account's mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub messages: u32,
+    pub bytes: u64,
+}
+
+/// A stored message without its body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MailMeta {
+    pub id: MailId,
+    pub account: String,
+    pub to: String,
+    pub from: String,
+    pub kind: &'static str,
+    pub size: u64,
+    pub at_ms: i64,
+}
+
+/// What the directory keeps.
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Create an account owning `numbers` (canonical, none owned yet).
+    fn add_account(
+        &self,
+        id: &str,
+        pw_hash: &str,
+        numbers: &[String],
+        now_ms: i64,
+    ) -> StoreResult<()>;
+    /// Delete an account with its numbers, rules, sessions and mail, and
+    /// the rules of other numbers that forward to its numbers.
+    fn remove_account(&self, id: &str) -> StoreResult<()>;
+    fn account(&self, id: &str) -> StoreResult<Option<Account>>;
+    fn accounts(&self) -> StoreResult<Vec<Account>>;
+    /// Set the password hash and end every session but `keep` (a token hash).
+    fn set_password(&self, id: &str, pw_hash: &str, keep: Option<&str>) -> StoreResult<()>;
+    /// Every number with its owner and rule.
+    fn numbers(&self) -> StoreResult<Vec<NumberRow>>;
+    /// Set or clear a forwarding rule; the target must be a known number.
+    fn set_forward(&self, number: &str, rule: Option<&ForwardRule>, now_ms: i64)
+        -> StoreResult<()>;
+    fn insert_token(
+        &self,
+        token_hash: &str,
+        account: &str,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> StoreResult<()>;
+    /// The account of an unexpired token.
+    fn token_account(&self, token_hash: &str, now_ms: i64) -> StoreResult<Option<String>>;
+    /// Forget expired tokens; how many went.
+    fn purge_tokens(&self, now_ms: i64) -> StoreResult<usize>;
+    /// Store a message for the owner of `mail.to`, within `quota`.
+    fn store_mail(&self, mail: &NewMail, quota: Quota) -> StoreResult<MailId>;
+    /// Messages waiting for `account`, oldest first.
+    fn pending_mail(&self, account: &str) -> StoreResult<Vec<MailMeta>>;
+    fn mail_body(&self, id: MailId) -> StoreResult<Option<Vec<u8>>>;
+    /// Delete `account`'s message `id`; false when there was none.
+    fn delete_mail(&self, account: &str, id: MailId) -> StoreResult<bool>;
+    /// Every waiting message (metadata only).
+    fn all_mail(&self) -> StoreResult<Vec<MailMeta>>;
+    /// Make sure everything written is on disk (WAL checkpoint).
+    fn flush(&self) -> StoreResult<()>;
+}
+
+/// Run a storage call off the async runtime.
+pub async fn blocking<T, F>(store: &Arc<dyn Store>, f: F) -> StoreResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> StoreResult<T> + Send + 'static,
+{
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The current schema, for a new database.
+pub const SCHEMA: &str = "
+CREATE TABLE accounts (
+    id TEXT PRIMARY KEY,
+    pw_hash TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    pw_changed_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE numbers (
+    number TEXT PRIMARY KEY,
+    account TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    position INTEGER NOT NULL
+);
+CREATE INDEX numbers_account ON numbers (account, position);
+CREATE TABLE sessions (
+    token_hash TEXT PRIMARY KEY,
+    account TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE INDEX sessions_account ON sessions (account);
+CREATE TABLE forwards (
+    number TEXT PRIMARY KEY REFERENCES numbers (number) ON DELETE CASCADE,
+    rule TEXT NOT NULL CHECK (rule IN ('always', 'unregistered')),
+    target TEXT NOT NULL,
+    set_ms INTEGER NOT NULL
+);
+CREATE TABLE mail (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    account TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    to_number TEXT NOT NULL,
+    from_number TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('voice', 'text')),
+    body BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX mail_account ON mail (account, id);
+";
+
+/// Migrations from older databases, applied in order; index + 1 is the
+/// `user_version` each one produces.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: accounts, numbers and session tokens.
+    "CREATE TABLE accounts (
+        id TEXT PRIMARY KEY,
+        pw_hash TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE numbers (
+        number TEXT PRIMARY KEY,
+        account TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+        position INTEGER NOT NULL
+    );
+    CREATE INDEX numbers_account ON numbers (account, position);
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,
+        account TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    );
+    CREATE INDEX sessions_account ON sessions (account);",
+    // 2: server-side forwarding and stored mail; password change times.
+    "ALTER TABLE accounts ADD COLUMN pw_changed_ms INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE forwards (
+        number TEXT PRIMARY KEY REFERENCES numbers (number) ON DELETE CASCADE,
+        rule TEXT NOT NULL CHECK (rule IN ('always', 'unregistered')),
+        target TEXT NOT NULL,
+        set_ms INTEGER NOT NULL
+    );
+    CREATE TABLE mail (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+        to_number TEXT NOT NULL,
+        from_number TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('voice', 'text')),
+        body BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX mail_account ON mail (account, id);",
+];
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> anyhow::Result<SqliteStore> {
+        use anyhow::Context;
+        let mut conn =
+            Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn).with_context(|| format!("upgrading {}", path.display()))?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    pub fn open_in_memory() -> anyhow::Result<SqliteStore> {
+        let mut conn = Connection::open_in_memory()?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let mut c = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError::Backend("database lock poisoned".into()))?;
+        f(&mut c)
+    }
+}
+
+/// Bring `conn` to the current schema: [`SCHEMA`] for an empty database,
+/// [`MIGRATIONS`] from an older version.
+pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    use anyhow::{bail, Context};
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let target = MIGRATIONS.len() as i64;
+    if version > target {
+        bail!("database schema version {version} is newer than this program ({target}); upgrade keyline");
+    }
+    if version == 0 {
+        let tables: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )?;
+        if tables == 0 {
+            let tx = conn.transaction()?;
+            tx.execute_batch(SCHEMA).context("creating the schema")?;
+            tx.pragma_update(None, "user_version", target)?;
+            tx.commit()?;
+            return Ok(());
+        }
+    }
+    migrate_from(conn, version as usize)
+}
+
+/// Apply migrations `from`.. (tests use it to build old databases).
+pub fn migrate_from(conn: &mut Connection, from: usize) -> anyhow::Result<()> {
+    use anyhow::Context;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(from) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .with_context(|| format!("applying migration {}", i + 1))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn kind_str(k: MailKind) -> &'static str {
+    k.as_str()
+}
+
+fn meta_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MailMeta> {
+    let kind: String = r.get(4)?;
+    Ok(MailMeta {
+        id: r.get::<_, i64>(0)? as MailId,
+        account: r.get(1)?,
+        to: r.get(2)?,
+        from: r.get(3)?,
+        kind: if kind == "voice" { "voice" } else { "text" },
+        size: r.get::<_, i64>(5)? as u64,
+        at_ms: r.get(6)?,
+    })
+}
+
+const META_COLS: &str = "id, account, to_number, from_number, kind, size, created_ms";
+
+impl Store for SqliteStore {
+    fn add_account(
+        &self,
+        id: &str,
+        pw_hash: &str,
+        numbers: &[String],
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        if numbers.is_empty() {
+            return Err(StoreError::Invalid(
+                "an account needs at least one number".into(),
+            ));
+        }
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let exists: Option<i64> = tx
+                .query_row("SELECT 1 FROM accounts WHERE id = ?1", [id], |r| r.get(0))
+                .optional()?;
+            if exists.is_some() {
+                return Err(StoreError::Exists(format!("account {id} already exists")));
+            }
+            for n in numbers {
+                let owner: Option<String> = tx
+                    .query_row("SELECT account FROM numbers WHERE number = ?1", [n], |r| r.get(0))
+                    .optional()?;
+                if let Some(o) = owner {
+                    return Err(StoreError::Exists(format!(
+                        "number {n} already belongs to account {o}"
+                    )));
+                }
+            }
+            tx.execute(
+                "INSERT INTO accounts (id, pw_hash, created_ms, pw_changed_ms) VALUES (?1, ?2, ?3, ?3)",
+                params![id, pw_hash, now_ms],
+            )?;
+            for (i, n) in numbers.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO numbers (number, account, position) VALUES (?1, ?2, ?3)",
+                    params![n, id, i as i64],
+                )
+                .map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(f, _)
+                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        StoreError::Invalid(format!("number {n} is given twice"))
+                    }
+                    other => other.into(),
+                })?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn remove_account(&self, id: &str) -> StoreResult<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Rules of other numbers that forward here would dangle.
+            tx.execute(
+                "DELETE FROM forwards WHERE target IN (SELECT number FROM numbers WHERE account = ?1)",
+                [id],
+            )?;
+            let n = tx.execute("DELETE FROM accounts WHERE id = ?1", [id])?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no account {id}")));
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn account(&self, id: &str) -> StoreResult<Option<Account>> {
+        self.with(|c| {
+            let row: Option<(String, i64)> = c
+                .query_row(
+                    "SELECT pw_hash, created_ms FROM accounts WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((pw_hash, created_ms)) = row else {
+                return Ok(None);
+            };
+            let mut st =
+                c.prepare("SELECT number FROM numbers WHERE account = ?1 ORDER BY position")?;
+            let numbers = st
+                .query_map([id], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(Account {
+                id: id.to_string(),
+                pw_hash,
+                numbers,
+                created_ms,
+            }))
+        })
+    }
+
+    fn accounts(&self) -> StoreResult<Vec<Account>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT a.id, a.pw_hash, a.created_ms, n.number FROM accounts a
+                 LEFT JOIN numbers n ON n.account = a.id ORDER BY a.id, n.position",
+            )?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out: Vec<Account> = Vec::new();
+            for (id, pw_hash, created_ms, number) in rows {
+                if out.last().is_none_or(|a| a.id != id) {
+                    out.push(Account {
+                        id,
+                        pw_hash,
+                        numbers: Vec::new(),
+                        created_ms,
+                    });
+                }
+                if let (Some(n), Some(a)) = (number, out.last_mut()) {
+                    a.numbers.push(n);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn set_password(&self, id: &str, pw_hash: &str, keep: Option<&str>) -> StoreResult<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(
+                "UPDATE accounts SET pw_hash = ?2, pw_changed_ms = ?3 WHERE id = ?1",
+                params![id, pw_hash, now_ms()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no account {id}")));
+            }
+            tx.execute(
+                "DELETE FROM sessions WHERE account = ?1 AND token_hash IS NOT ?2",
+                params![id, keep],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn numbers(&self) -> StoreResult<Vec<NumberRow>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT n.number, n.account, f.rule, f.target FROM numbers n
+                 LEFT JOIN forwards f ON f.number = n.number ORDER BY n.number",
+            )?;
+            let rows = st
+                .query_map([], |r| {
+                    let rule: Option<String> = r.get(2)?;
+                    let target: Option<String> = r.get(3)?;
+                    let forward = match (rule.as_deref().and_then(ForwardWhen::parse), target) {
+                        (Some(when), Some(to)) => Some(ForwardRule { when, to }),
+                        _ => None,
+                    };
+                    Ok(NumberRow {
+                        number: r.get(0)?,
+                        account: r.get(1)?,
+                        forward,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn set_forward(
+        &self,
+        number: &str,
+        rule: Option<&ForwardRule>,
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let known = |n: &str| -> StoreResult<bool> {
+                Ok(tx
+                    .query_row("SELECT 1 FROM numbers WHERE number = ?1", [n], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .optional()?
+                    .is_some())
+            };
+            if !known(number)? {
+                return Err(StoreError::NotFound(format!(
+                    "{number} is not a known number"
+                )));
+            }
+            match rule {
+                Some(r) => {
+                    if !known(&r.to)? {
+                        return Err(StoreError::NotFound(format!(
+                            "forward target {} is not a known number",
+                            r.to
+                        )));
+                    }
+                    if r.to == number {
+                        return Err(StoreError::Invalid(format!(
+                            "{number} cannot forward to itself"
+                        )));
+                    }
+                    tx.execute(
+                        "INSERT INTO forwards (number, rule, target, set_ms) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (number) DO UPDATE SET rule = excluded.rule,
+                            target = excluded.target, set_ms = excluded.set_ms",
+                        params![number, r.when.as_str(), r.to, now_ms],
+                    )?;
+                }
+                None => {
+                    tx.execute("DELETE FROM forwards WHERE number = ?1", [number])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn insert_token(
+        &self,
+        token_hash: &str,
+        account: &str,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO sessions (token_hash, account, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![token_hash, account, now_ms, expires_ms],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn token_account(&self, token_hash: &str, now_ms: i64) -> StoreResult<Option<String>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT account FROM sessions WHERE token_hash = ?1 AND expires_ms > ?2",
+                params![token_hash, now_ms],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+    }
+
+    fn purge_tokens(&self, now_ms: i64) -> StoreResult<usize> {
+        self.with(|c| Ok(c.execute("DELETE FROM sessions WHERE expires_ms <= ?1", [now_ms])?))
+    }
+
+    fn store_mail(&self, mail: &NewMail, quota: Quota) -> StoreResult<MailId> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let account: Option<String> = tx
+                .query_row(
+                    "SELECT account FROM numbers WHERE number = ?1",
+                    [&mail.to],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(account) = account else {
+                return Err(StoreError::NotFound(format!(
+                    "{} is not a known number",
+                    mail.to
+                )));
+            };
+            let (count, bytes): (i64, i64) = tx.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM mail WHERE account = ?1",
+                [&account],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if count as u64 >= u64::from(quota.messages) {
+                return Err(StoreError::Quota(format!(
+                    "the mailbox of {} is full ({} messages waiting, at most {})",
+                    mail.to, count, quota.messages
+                )));
+            }
+            let size = mail.body.len() as u64;
+            if bytes as u64 + size > quota.bytes {
+                return Err(StoreError::Quota(format!(
+                    "the mailbox of {} is full ({} bytes waiting, {} more would exceed {})",
+                    mail.to, bytes, size, quota.bytes
+                )));
+            }
+            tx.execute(
+                "INSERT INTO mail (account, to_number, from_number, kind, body, size, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    account,
+                    mail.to,
+                    mail.from,
+                    kind_str(mail.kind),
+                    mail.body,
+                    size as i64,
+                    mail.at_ms
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(id as MailId)
+        })
+    }
+
+    fn pending_mail(&self, account: &str) -> StoreResult<Vec<MailMeta>> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {META_COLS} FROM mail WHERE account = ?1 ORDER BY id"
+            ))?;
+            let rows = st
+                .query_map([account], meta_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn mail_body(&self, id: MailId) -> StoreResult<Option<Vec<u8>>> {
+        self.with(|c| {
+            Ok(
+                c.query_row("SELECT body FROM mail WHERE id = ?1", [id as i64], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
+        })
+    }
+
+    fn delete_mail(&self, account: &str, id: MailId) -> StoreResult<bool> {
+        self.with(|c| {
+            let n = c.execute(
+                "DELETE FROM mail WHERE id = ?1 AND account = ?2",
+                params![id as i64, account],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    fn all_mail(&self) -> StoreResult<Vec<MailMeta>> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!("SELECT {META_COLS} FROM mail ORDER BY id"))?;
+            let rows = st.query_map([], meta_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        self.with(|c| {
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .optional()?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> SqliteStore {
+        SqliteStore::open_in_memory().expect("store")
+    }
+
+    /// Tables, columns, indexes and foreign keys, normalised.
+    fn schema_of(conn: &Connection) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut st = conn
+            .prepare("SELECT type, name, tbl_name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name")
+            .expect("prepare");
+        let objs: Vec<(String, String, String)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        for (ty, name, tbl) in objs {
+            out.push(format!("{ty} {name} on {tbl}"));
+            if ty == "table" {
+                let mut st = conn
+                    .prepare(&format!("SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info('{name}')"))
+                    .expect("prepare");
+                let cols: Vec<String> = st
+                    .query_map([], |r| {
+                        Ok(format!(
+                            "  col {} {} nn={} default={:?} pk={}",
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                            r.get::<_, i64>(4)?
+                        ))
+                    })
+                    .expect("query")
+                    .collect::<Result<_, _>>()
+                    .expect("rows");
+                out.extend(cols);
+                let mut st = conn
+                    .prepare(&format!("SELECT \"table\", \"from\", \"to\", on_delete FROM pragma_foreign_key_list('{name}')"))
+                    .expect("prepare");
+                let fks: Vec<String> = st
+                    .query_map([], |r| {
+                        Ok(format!(
+                            "  fk {}.{} -> {} {}",
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(3)?
+                        ))
+                    })
+                    .expect("query")
+                    .collect::<Result<_, _>>()
+                    .expect("rows");
+                out.extend(fks);
+            }
+            if ty == "index" {
+                let mut st = conn
+                    .prepare(&format!(
+                        "SELECT name FROM pragma_index_info('{name}') ORDER BY seqno"
+                    ))
+                    .expect("prepare");
+                let cols: Vec<String> = st
+                    .query_map([], |r| r.get::<_, String>(0))
+                    .expect("query")
+                    .collect::<Result<_, _>>()
+                    .expect("rows");
+                out.push(format!("  cols {}", cols.join(",")));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn upgraded_schema_equals_fresh_schema() {
+        let mut fresh = Connection::open_in_memory().expect("db");
+        migrate(&mut fresh).expect("fresh");
+        let mut old = Connection::open_in_memory().expect("db");
+        migrate_from(&mut old, 0).expect("all migrations");
+        let v = |c: &Connection| -> i64 {
+            c.pragma_query_value(None, "user_version", |r| r.get(0))
+                .expect("version")
+        };
+        assert_eq!(v(&fresh), MIGRATIONS.len() as i64);
+        assert_eq!(v(&old), MIGRATIONS.len() as i64);
+        let (a, b) = (schema_of(&fresh), schema_of(&old));
+        assert!(a.len() > 20, "{a:?}");
+        assert_eq!(a, b);
+        // Only the check constraints and defaults live in the SQL text;
+        // compare the constraints too.
+        let checks = |c: &Connection| -> Vec<String> {
+            let mut st = c
+                .prepare("SELECT sql FROM sqlite_master WHERE sql LIKE '%CHECK%' ORDER BY name")
+                .expect("prepare");
+            st.query_map([], |r| r.get::<_, String>(0))
+                .expect("query")
+                .map(|s| {
+                    let s = s.expect("row");
+                    s.split("CHECK")
+                        .skip(1)
+                        .map(|p| p.split_whitespace().collect::<String>())
+                        .collect::<Vec<_>>()
+                        .join("|")
+                })
+                .collect()
+        };
+        assert_eq!(checks(&fresh), checks(&old));
+    }
+
+    #[test]
+    fn an_old_database_with_data_is_upgraded() {
+        // A database that stopped at version 1 with an account in it.
+        let mut c1 = Connection::open_in_memory().expect("db");
+        c1.execute_batch(MIGRATIONS[0]).expect("v1");
+        c1.pragma_update(None, "user_version", 1).expect("version");
+        c1.execute(
+            "INSERT INTO accounts (id, pw_hash, created_ms) VALUES ('a', 'h', 1)",
+            [],
+        )
+        .expect("insert");
+        migrate(&mut c1).expect("upgrade");
+        let changed: i64 = c1
+            .query_row(
+                "SELECT pw_changed_ms FROM accounts WHERE id = 'a'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("row");
+        assert_eq!(changed, 0);
+        let mut newer = Connection::open_in_memory().expect("db");
+        newer
+            .pragma_update(None, "user_version", 99)
+            .expect("pragma");
+        assert!(migrate(&mut newer).is_err());
+    }
+
+    #[test]
+    fn accounts_numbers_and_tokens() {
+        let s = store();
+        s.add_account("alice", "h1", &["아리랑".into(), "2001".into()], 1)
+            .expect("add");
+        assert!(matches!(
+            s.add_account("alice", "h", &["9".into()], 1),
+            Err(StoreError::Exists(_))
+        ));
+        let e = s
+            .add_account("bob", "h", &["2001".into()], 1)
+            .expect_err("taken");
+        assert!(e.to_string().contains("belongs to account alice"), "{e}");
+        assert!(s.account("bob").expect("query").is_none());
+        s.add_account("bob", "h2", &["ボブ".into()], 2)
+            .expect("add");
+        let a = s.account("alice").expect("query").expect("exists");
+        assert_eq!(a.numbers, vec!["아리랑", "2001"]);
+        assert_eq!(s.accounts().expect("list").len(), 2);
+        assert_eq!(s.numbers().expect("numbers").len(), 3);
+
+        s.insert_token("t1", "alice", 0, 100).expect("token");
+        s.insert_token("t2", "alice", 0, 100).expect("token");
+        assert_eq!(
+            s.token_account("t1", 50).expect("q").as_deref(),
+            Some("alice")
+        );
+        assert_eq!(s.token_account("t1", 100).expect("q"), None);
+        s.set_password("alice", "h3", Some("t2")).expect("passwd");
+        assert_eq!(s.token_account("t1", 50).expect("q"), None);
+        assert_eq!(
+            s.token_account("t2", 50).expect("q").as_deref(),
+            Some("alice")
+        );
+        assert_eq!(s.purge_tokens(1000).expect("purge"), 1);
+
+        s.set_forward(
+            "2001",
+            Some(&ForwardRule {
+                when: ForwardWhen::Unregistered,
+                to: "ボブ".into(),
+            }),
+            5,
+        )
+        .expect("forward");
+        assert!(s
+            .set_forward(
+                "2001",
+                Some(&ForwardRule {
+                    when: ForwardWhen::Always,
+                    to: "nobody".into()
+                }),
+                5
+            )
+            .is_err());
+        let fwd: Vec<NumberRow> = s
+            .numbers()
+            .expect("n")
+            .into_iter()
+            .filter(|n| n.forward.is_some())
+            .collect();
+        assert_eq!(fwd.len(), 1);
+        assert_eq!(
+            fwd[0].forward.as_ref().map(|f| f.when),
+            Some(ForwardWhen::Unregistered)
+        );
+
+        s.remove_account("alice").expect("rm");
+        assert!(matches!(
+            s.remove_account("alice"),
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(s.numbers().expect("numbers").len(), 1);
+    }
+
+    #[test]
+    fn mail_quota_and_ack() {
+        let s = store();
+        s.add_account("bob", "h", &["ボブ".into(), "b2".into()], 1)
+            .expect("add");
+        let quota = Quota {
+            messages: 2,
+            bytes: 10,
+        };
+        let mail = |to: &str, body: &[u8]| NewMail {
+            to: to.into(),
+            from: "x".into(),
+            kind: MailKind::Text,
+            body: body.to_vec(),
+            at_ms: 3,
+        };
+        let id1 = s.store_mail(&mail("ボブ", b"hello"), quota).expect("store");
+        let e = s
+            .store_mail(&mail("b2", b"toolong"), quota)
+            .expect_err("bytes");
+        assert!(matches!(e, StoreError::Quota(_)), "{e}");
+        let id2 = s.store_mail(&mail("b2", b"hi"), quota).expect("store");
+        let e = s.store_mail(&mail("ボブ", b"x"), quota).expect_err("count");
+        assert!(e.to_string().contains("full"), "{e}");
+        assert!(matches!(
+            s.store_mail(&mail("nobody", b"x"), quota),
+            Err(StoreError::NotFound(_))
+        ));
+        let pending = s.pending_mail("bob").expect("pending");
+        assert_eq!(
+            pending.iter().map(|m| m.id).collect::<Vec<_>>(),
+            vec![id1, id2]
+        );
+        assert_eq!(
+            s.mail_body(id1).expect("body").as_deref(),
+            Some(&b"hello"[..])
+        );
+        assert!(!s.delete_mail("alice", id1).expect("not hers"));
+        assert!(s.delete_mail("bob", id1).expect("ack"));
+        assert!(!s.delete_mail("bob", id1).expect("twice"));
+        assert_eq!(s.all_mail().expect("all").len(), 1);
+    }
+}
