@@ -26,3 +26,9 @@ test: test-deps
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Debian packages keyline-gateway, keyline-agent, keyline-directory for this
+# machine's architecture, into target/debian/ (see packaging/README.md).
+.PHONY: deb
+deb:
+	CARGO="$(CARGO)" packaging/build-debs.sh
