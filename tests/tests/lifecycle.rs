@@ -284,3 +284,23 @@ fn agent_lifecycle_under_a_notify_listener() {
     assert!(a.stop(), "agent did not exit 0:\n{}", a.log_text());
     notify.expect("STOPPING=1", mark, Duration::from_secs(1));
 }
+
+/// SIGTERM on a station in a call: it hangs up politely (the other end is
+/// told) and exits 0.
+#[test]
+fn agent_stops_politely_with_a_call_in_progress() {
+    use keyline_tests::{idle, ok, wait_state, LoopbackOffice};
+    let office = LoopbackOffice::start("astop", &[]);
+    let mut a = office.agent("a", &["--audio-in", "tone:500", "--audio-out", "null"]);
+    let b = office.agent("b", &["--audio-in", "tone:700", "--audio-out", "null"]);
+    office.enrol(&a, "201");
+    office.enrol(&b, "202");
+    ok(&a, &["dial", "202"]);
+    wait_state(&b, "alerting");
+    ok(&b, &["answer"]);
+    wait_state(&a, "connected");
+    let t0 = Instant::now();
+    assert!(a.stop(), "the station did not exit 0:\n{}", a.log_text());
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(jstr(&idle(&b), &["ended"]).as_deref(), Some("hangup"));
+}
