@@ -1,0 +1,416 @@
+//! `keyline-bench`: how fast Keyline is and how its cost grows (issue 6).
+//!
+//! This crate owns the benchmark program and nothing else. It starts the
+//! real daemons on loopback (127.0.0.1 only), or runs the exact code they
+//! run, measures, prints a table and writes JSON under
+//! `<target dir>/bench/` (`<UTC stamp>-<mode>.json` and `latest.json`).
+//!
+//! Suites (each a module, each a key under `suites` in the JSON):
+//! - `relay` / `baseline` ([`fwd`]): the gateway's media forwarder
+//!   (`keyline_net::relay`) and the simplest fast plain-UDP forwarder,
+//!   loaded with Opus-sized datagrams until they break; calls held,
+//!   packets/s, CPU per packet, added latency, memory per call, and the
+//!   relay as ratios to the baseline;
+//! - `setup` ([`setup`]): dial → ringing and answer → media over many
+//!   calls between two real agents through a real gateway;
+//! - `startup` ([`startup`]): spawn → READY=1, idle memory, stop.
+//!
+//! Modes: `all` (every suite, full size, bounded to about ten minutes),
+//! `smoke` (every suite, tiny: a few seconds, for CI), or one suite by
+//! name. A new suite (the directory's, once `keyline-directory` exists) is
+//! a module with a `run` returning its JSON, a [`Suite`] variant, and its
+//! targets in [`report`]; until then the report lists it as not measured.
+//!
+//! The hidden subcommands `serve-relay` and `serve-baseline` are the
+//! forwarders under test, run as child processes so their CPU time and
+//! memory are measured alone.
+
+mod daemons;
+mod fwd;
+mod report;
+mod setup;
+mod startup;
+mod util;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use fwd::loadgen::Phases;
+use fwd::{DirectCache, Kind, RampConfig};
+use setup::{Bins, SetupConfig};
+use startup::StartupConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "keyline-bench",
+    about = "Keyline benchmarks: media relay vs a plain-UDP forwarder, call set-up, start-up and memory",
+    long_about = "Keyline benchmarks. Run as `cargo run --release -p keyline-bench -- <MODE>`. \
+                  Everything runs on loopback; every mode stops by itself."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Every suite at full size (a few minutes, at most about ten).
+    All(Opts),
+    /// Every suite, tiny (a few seconds): keeps the harness from rotting.
+    Smoke(Opts),
+    /// The gateway's media relay under a ramp of concurrent calls.
+    Relay(Opts),
+    /// The plain-UDP forwarder baseline under the same ramp.
+    Baseline(Opts),
+    /// Call set-up between two real agents through a real gateway.
+    Setup(Opts),
+    /// Spawn → READY of the gateway and agent; idle memory.
+    Startup(Opts),
+    /// (internal) The relay under test, driven over stdin/stdout.
+    #[command(hide = true)]
+    ServeRelay {
+        #[arg(long)]
+        cpu: Option<usize>,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// (internal) The baseline forwarder, driven over stdin/stdout.
+    #[command(hide = true)]
+    ServeBaseline {
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct Opts {
+    /// Where to write the JSON (default: <target dir>/bench).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Where keyline-gatewayd and keyline-agent are (default: next to
+    /// this program).
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Do not run `cargo build` for the daemons first.
+    #[arg(long)]
+    no_build: bool,
+    /// Do not pin the forwarder and the load generator to their own cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// Run at normal priority instead of SCHED_FIFO 10 (which keeps other
+    /// work on a shared machine out of the figures; needs root and chrt).
+    #[arg(long)]
+    no_rt: bool,
+    /// Worker threads of the relay's tokio runtime (keyline-gatewayd uses 2).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    relay_workers: usize,
+    /// Most concurrent calls a forwarder ramp tries.
+    #[arg(long, value_name = "N")]
+    max_calls: Option<usize>,
+    /// Calls in the set-up timing loop (direct media).
+    #[arg(long, value_name = "N")]
+    calls: Option<usize>,
+}
+
+/// A family of figures: a key under `suites` in the JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Suite {
+    Relay,
+    Baseline,
+    Setup,
+    Startup,
+}
+
+impl Suite {
+    const ALL: [Suite; 4] = [Suite::Relay, Suite::Baseline, Suite::Setup, Suite::Startup];
+
+    fn name(self) -> &'static str {
+        match self {
+            Suite::Relay => "relay",
+            Suite::Baseline => "baseline",
+            Suite::Setup => "setup",
+            Suite::Startup => "startup",
+        }
+    }
+
+    fn needs_daemons(self) -> bool {
+        matches!(self, Suite::Setup | Suite::Startup)
+    }
+}
+
+/// Full-size figures or a quick check that the harness works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scale {
+    Full,
+    Smoke,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::ServeRelay { cpu, workers } => fwd::child::serve_relay(cpu, workers),
+        Cmd::ServeBaseline { cpu } => fwd::child::serve_baseline(cpu),
+        Cmd::All(o) => bench("all", Scale::Full, &Suite::ALL, &o),
+        Cmd::Smoke(o) => bench("smoke", Scale::Smoke, &Suite::ALL, &o),
+        Cmd::Relay(o) => bench("relay", Scale::Full, &[Suite::Relay], &o),
+        Cmd::Baseline(o) => bench("baseline", Scale::Full, &[Suite::Baseline], &o),
+        Cmd::Setup(o) => bench("setup", Scale::Full, &[Suite::Setup], &o),
+        Cmd::Startup(o) => bench("startup", Scale::Full, &[Suite::Startup], &o),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keyline-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The two CPUs for the generator and the forwarder, if there are two.
+fn pick_cpus(no_pin: bool) -> (Option<usize>, Option<usize>) {
+    if no_pin {
+        return (None, None);
+    }
+    let Ok(set) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
+        return (None, None);
+    };
+    let allowed: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .take(2)
+        .collect();
+    match allowed.as_slice() {
+        [g, f] => (Some(*g), Some(*f)),
+        _ => (None, None),
+    }
+}
+
+fn mem_available_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(4 << 20)
+}
+
+fn ramp_config(scale: Scale, o: &Opts) -> RampConfig {
+    let (gen_cpu, fwd_cpu) = pick_cpus(o.no_pin);
+    let mem_cap_kib = (mem_available_kib() / 2).min(8 << 20);
+    let ms = Duration::from_millis;
+    match scale {
+        Scale::Full => RampConfig {
+            start: 50,
+            max_calls: o.max_calls.unwrap_or(6400),
+            refine: 3,
+            retry: true,
+            phases: Phases {
+                warmup: ms(1000),
+                measure: ms(5000),
+                tail: ms(100),
+                drain: ms(250),
+            },
+            direct_phases: Phases {
+                warmup: ms(300),
+                measure: ms(2500),
+                tail: ms(100),
+                drain: ms(250),
+            },
+            budget: Duration::from_secs(150),
+            gen_cpu,
+            fwd_cpu,
+            relay_workers: o.relay_workers,
+            mem_cap_kib,
+        },
+        Scale::Smoke => RampConfig {
+            start: 10,
+            max_calls: o.max_calls.unwrap_or(40),
+            refine: 0,
+            retry: false,
+            phases: Phases {
+                warmup: ms(100),
+                measure: ms(300),
+                tail: ms(50),
+                drain: ms(100),
+            },
+            direct_phases: Phases {
+                warmup: ms(100),
+                measure: ms(200),
+                tail: ms(50),
+                drain: ms(100),
+            },
+            budget: Duration::from_secs(10),
+            gen_cpu,
+            fwd_cpu,
+            relay_workers: o.relay_workers,
+            mem_cap_kib,
+        },
+    }
+}
+
+fn setup_config(scale: Scale, o: &Opts) -> SetupConfig {
+    match scale {
+        Scale::Full => SetupConfig {
+            calls: o.calls.unwrap_or(1000),
+            relay_calls: 200,
+            relay_pairs: 8,
+            budget: Duration::from_secs(150),
+        },
+        Scale::Smoke => SetupConfig {
+            calls: o.calls.unwrap_or(20),
+            relay_calls: 5,
+            relay_pairs: 2,
+            budget: Duration::from_secs(20),
+        },
+    }
+}
+
+/// `YYYYMMDDTHHMMSSZ` for a Unix time (UTC).
+fn utc_stamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn bench(mode: &str, scale: Scale, suites: &[Suite], o: &Opts) -> Result<()> {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let bin_dir = util::bin_dir(o.bin_dir.as_deref())?;
+    let out_dir = util::out_dir(o.out.as_deref(), &bin_dir);
+    let build_started = Instant::now();
+    let bins = if suites.iter().any(|s| s.needs_daemons()) {
+        if !o.no_build && o.bin_dir.is_none() {
+            util::build_daemons(&bin_dir)?;
+        }
+        Some(Bins {
+            gatewayd: util::keyline_bin(&bin_dir, "keyline-gatewayd")?,
+            agent: util::keyline_bin(&bin_dir, "keyline-agent")?,
+        })
+    } else {
+        None
+    };
+    let build_s = build_started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    // Everything started from here on (forwarders, the generator thread,
+    // daemons) inherits the scheduling policy.
+    let realtime = !o.no_rt && util::make_realtime(10);
+    let mut doc = json!({
+        "schema": 1,
+        "tool": "keyline-bench",
+        "mode": mode,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "started_unix": unix,
+        "machine": util::machine(),
+        "git": util::git_revision(),
+        "scheduling": if realtime { "SCHED_FIFO 10 (chrt)" } else { "normal" },
+        "load_at_start": util::load_snapshot(),
+        "suites": {},
+    });
+    let mut errors: Vec<String> = Vec::new();
+    // The forwarders run together, level by level, so that they meet the
+    // same machine; then the suites that start daemons.
+    let kinds: Vec<Kind> = suites
+        .iter()
+        .filter_map(|s| match s {
+            Suite::Relay => Some(Kind::Relay),
+            Suite::Baseline => Some(Kind::Baseline),
+            _ => None,
+        })
+        .collect();
+    if !kinds.is_empty() {
+        let mut direct = DirectCache::new();
+        match fwd::run_suites(&kinds, &ramp_config(scale, o), &mut direct) {
+            Ok(values) => {
+                for (kind, v) in kinds.iter().zip(values) {
+                    doc["suites"][kind.name()] = v;
+                }
+            }
+            Err(e) => {
+                eprintln!("keyline-bench: the forwarding suites failed: {e:#}");
+                errors.push(format!("relay/baseline: {e:#}"));
+            }
+        }
+    }
+    for &suite in suites {
+        let res: Result<Value> = match suite {
+            Suite::Relay | Suite::Baseline => continue,
+            Suite::Setup => bins
+                .as_ref()
+                .context("daemons not located")
+                .and_then(|b| setup::run(b, &setup_config(scale, o))),
+            Suite::Startup => bins.as_ref().context("daemons not located").and_then(|b| {
+                startup::run(
+                    b,
+                    &StartupConfig {
+                        runs: if scale == Scale::Smoke { 2 } else { 10 },
+                    },
+                )
+            }),
+        };
+        match res {
+            Ok(v) => doc["suites"][suite.name()] = v,
+            Err(e) => {
+                eprintln!("keyline-bench: the {} suite failed: {e:#}", suite.name());
+                errors.push(format!("{}: {e:#}", suite.name()));
+            }
+        }
+    }
+    report::add_comparison(&mut doc);
+    report::finish(&mut doc);
+    doc["errors"] = json!(errors);
+    doc["load_at_end"] = util::load_snapshot();
+    doc["duration_s"] = json!(util::round(started.elapsed().as_secs_f64(), 1));
+    doc["build_s"] = json!(util::round(build_s, 1));
+    let path = report::write(&doc, &out_dir, &utc_stamp(unix), mode)?;
+    print!("{}", report::table(&doc));
+    println!(
+        "\nJSON: {} (and latest.json beside it); measured in {:.0} s{}",
+        path.display(),
+        started.elapsed().as_secs_f64(),
+        if build_s >= 1.0 {
+            format!(" after {build_s:.0} s building the daemons")
+        } else {
+            String::new()
+        }
+    );
+    if !errors.is_empty() {
+        anyhow::bail!("{} suite(s) failed: {}", errors.len(), errors.join("; "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_stamp;
+
+    #[test]
+    fn utc_stamps() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
+        assert_eq!(utc_stamp(1_767_225_599), "20251231T235959Z");
+    }
+}

@@ -1,0 +1,123 @@
+//! The smoke mode end to end, so the benchmark harness does not rot: every
+//! suite runs tiny against the real daemons (built by `cargo build
+//! --workspace --bins`, as `make test` does first) and must write JSON
+//! whose figures are sane. The figures themselves are not judged here:
+//! benchmarks are not tests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn num(v: &Value, path: &[&str]) -> f64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[p];
+    }
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("{} is not a number in {v}", path.join(".")))
+}
+
+fn positive(v: &Value, path: &[&str]) {
+    let x = num(v, path);
+    assert!(x > 0.0, "{} = {x}, expected > 0", path.join("."));
+}
+
+#[test]
+fn smoke_mode_writes_sane_json() {
+    let exe = Path::new(env!("CARGO_BIN_EXE_keyline-bench"));
+    let bin_dir = exe.parent().unwrap();
+    for daemon in ["keyline-gatewayd", "keyline-agent"] {
+        assert!(
+            bin_dir.join(daemon).exists(),
+            "{} is missing: run `cargo build --workspace --bins` first (make test does)",
+            bin_dir.join(daemon).display()
+        );
+    }
+    let out = std::env::temp_dir().join(format!("keyline-bench-smoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+
+    let t0 = Instant::now();
+    let run = Command::new(exe)
+        .args(["smoke", "--no-build", "--no-rt", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let took = t0.elapsed();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "keyline-bench smoke failed:\n{stdout}\n{stderr}"
+    );
+    assert!(took < Duration::from_secs(60), "smoke took {took:?}");
+    assert!(stdout.contains("Targets of issue 6"), "{stdout}");
+
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("latest.json")).unwrap()).unwrap();
+    let stamped = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with("-smoke.json"))
+        .count();
+    assert_eq!(stamped, 1, "one timestamped JSON file");
+    assert_eq!(doc["mode"], "smoke");
+    assert_eq!(
+        doc["errors"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        doc["errors"]
+    );
+    positive(&doc, &["machine", "cores"]);
+    assert!(doc["machine"]["kernel"].is_string());
+
+    let s = &doc["suites"];
+    for fwd in ["relay", "baseline"] {
+        let first = &s[fwd]["steps"][0];
+        assert!(first.is_object(), "{fwd} has no steps: {}", s[fwd]);
+        positive(first, &["calls"]);
+        positive(first, &["forwarded_pps"]);
+        positive(first, &["cpu_us_per_packet"]);
+        positive(first, &["one_way_p50_us"]);
+        positive(first, &["direct_p50_us"]);
+        positive(first, &["raw", "received"]);
+        positive(&s[fwd], &["rss_idle_kib"]);
+        assert!(num(&s[fwd], &["rss_per_call_kib"]) >= 0.0);
+    }
+    assert!(s["relay_vs_baseline"].is_object());
+
+    for media in ["direct", "relay"] {
+        let m = &s["setup"][media];
+        positive(m, &["calls"]);
+        assert_eq!(num(m, &["failed"]), 0.0, "{m}");
+        positive(m, &["dial_to_ringing_ms", "p50"]);
+        positive(m, &["answer_to_media_caller_ms", "p50"]);
+        positive(m, &["answer_to_media_callee_ms", "p50"]);
+        positive(m, &["gateway_rss_after_kib"]);
+    }
+    assert_eq!(num(&s["setup"]["direct"], &["calls"]), 20.0);
+    positive(
+        &s["setup"]["relay"]["gateway_memory"],
+        &["gateway_rss_with_calls_kib"],
+    );
+
+    for daemon in ["gateway", "agent"] {
+        for state in ["fresh_state", "existing_state"] {
+            positive(&s["startup"][daemon][state], &["ready_ms", "p50"]);
+            positive(&s["startup"][daemon][state], &["rss_idle_kib_max"]);
+        }
+    }
+
+    let targets = doc["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 6);
+    for t in targets {
+        assert!(t["value"].is_number(), "target without a value: {t}");
+    }
+    assert!(doc["not_measured"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty()));
+    let _ = std::fs::remove_dir_all(&out);
+}
