@@ -523,7 +523,11 @@ impl Switchboard {
         if !matches!(call.state, CallState::Answered { .. }) {
             return Err(CallError::NotAnswered);
         }
-        if call.transfer.is_some() {
+        if call.transfer.is_some()
+            || call.consulting.is_some()
+            || call.consult_of.is_some()
+            || self.lines.get(by).is_some_and(|l| l.consult.is_some())
+        {
             return Err(CallError::TransferPending);
         }
         let other = if call.caller == by {
@@ -609,7 +613,13 @@ impl Switchboard {
         if !matches!(call.state, CallState::Answered { .. }) {
             return Err(CallError::NotAnswered);
         }
-        if call.transfer.is_some() || call.consulting.is_some() {
+        // One hand-off at a time: not from a consultation, nor while one
+        // is under way on this line.
+        if call.transfer.is_some()
+            || call.consulting.is_some()
+            || call.consult_of.is_some()
+            || self.lines.get(by).is_some_and(|l| l.consult.is_some())
+        {
             return Err(CallError::TransferPending);
         }
         let other = if call.caller == by {
@@ -1509,5 +1519,38 @@ mod tests {
         assert!(drain(&mut sb)
             .iter()
             .any(|a| matches!(a, Action::Ring { callee, .. } if callee == "203")));
+    }
+}
+
+#[cfg(test)]
+mod handoff_tests {
+    use super::*;
+
+    /// Found by the property test: a consultation must not start another
+    /// consultation (or a blind transfer) from the consultation call.
+    #[test]
+    fn one_hand_off_at_a_time() {
+        let now = Instant::now();
+        let mut sb = Switchboard::new(Config::default());
+        for l in ["201", "202", "203", "204"] {
+            sb.add_line(l);
+            sb.handle_line_up(now, l);
+        }
+        sb.handle_dial(now, "203", 1, "201");
+        sb.handle_answer(now, "201", 1).expect("answer");
+        sb.handle_consult(now, "203", 2, 1, "202").expect("consult");
+        sb.handle_answer(now, "202", 2).expect("answer consult");
+        assert_eq!(
+            sb.handle_consult(now, "203", 3, 2, "204"),
+            Err(CallError::TransferPending)
+        );
+        assert_eq!(
+            sb.handle_transfer(now, "203", 4, 2, "204"),
+            Err(CallError::TransferPending)
+        );
+        assert_eq!(
+            sb.handle_transfer(now, "203", 5, 1, "204"),
+            Err(CallError::TransferPending)
+        );
     }
 }
