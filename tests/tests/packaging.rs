@@ -486,7 +486,10 @@ struct TestRoot {
 
 impl TestRoot {
     fn new(cached: &Path) -> TestRoot {
-        let base = target_dir().join(format!("deb-root-run-{}", std::process::id()));
+        // Unique per root: tests in this process run in parallel.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = target_dir().join(format!("deb-root-run-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&base);
         let root = base.join("root");
         for d in ["upper", "work", "root"] {
