@@ -283,6 +283,10 @@ pub struct CallOptions {
     pub progress: Option<mpsc::Sender<Progress>>,
     /// Do not follow client-side redirects; fail with the first one.
     pub no_redirects: bool,
+    /// Place the call for another media end this endpoint vouches for (a
+    /// gateway's station): its certificate fingerprint. `candidates` must
+    /// then be that end's addresses for this call (the forwarder port).
+    pub media_fp: Option<String>,
 }
 
 /// What the directory tells us unprompted.
@@ -789,6 +793,7 @@ impl DirClient {
                     from: opts.from.clone(),
                     candidates: candidates.iter().map(ToString::to_string).collect(),
                     hops,
+                    media_fp: opts.media_fp.clone(),
                 })
                 .await?;
             let (call, rang, via, mut rx) = match (reply.msg, reply.call_rx) {
@@ -890,9 +895,27 @@ impl DirClient {
 
     /// Take an incoming call; the plan says how to set up its media.
     pub async fn answer(&self, call: CallId) -> Result<MediaPlan, ClientError> {
+        self.answer_for(call, None, Vec::new()).await
+    }
+
+    /// Take an incoming call for another media end this endpoint vouches
+    /// for (a gateway's station): its fingerprint and its addresses for
+    /// this call (the forwarder port).
+    pub async fn answer_for(
+        &self,
+        call: CallId,
+        media_fp: Option<String>,
+        candidates: Vec<SocketAddr>,
+    ) -> Result<MediaPlan, ClientError> {
+        let candidates = candidates.iter().map(ToString::to_string).collect();
         match self
             .inner
-            .request(|req| DirMsg::Answer { req, call })
+            .request(|req| DirMsg::Answer {
+                req,
+                call,
+                media_fp: media_fp.clone(),
+                candidates,
+            })
             .await?
         {
             DirMsg::Connect { plan, .. } => Ok(MediaPlan::from_wire(call, plan)),

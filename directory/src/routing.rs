@@ -197,6 +197,27 @@ fn with_observed(own: &[SocketAddr], observed: SocketAddr) -> Vec<SocketAddr> {
     v
 }
 
+/// A media end an endpoint vouches for (a gateway's station behind its
+/// forwarder): its certificate fingerprint and its addresses for one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaEnd {
+    pub fp: String,
+    /// Non-empty (the server checks it); the first is the forwarder port.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl MediaEnd {
+    /// Its candidates as callers are given them, and the address its
+    /// packets come from as the directory's relay sees them: the port the
+    /// endpoint announced at the address the directory observes (a NAT
+    /// that keeps ports keeps it reachable there).
+    fn resolve(&self, observed: SocketAddr) -> (Vec<SocketAddr>, SocketAddr) {
+        let port = self.addrs.first().map_or(observed.port(), |a| a.port());
+        let seen = SocketAddr::new(observed.ip(), port);
+        (with_observed(&self.addrs, seen), seen)
+    }
+}
+
 fn strings(addrs: &[SocketAddr]) -> Vec<String> {
     addrs.iter().map(ToString::to_string).collect()
 }
@@ -241,6 +262,10 @@ pub struct Call {
     pub caller_fp: String,
     pub callee_fp: String,
     pub callee_candidates: Vec<SocketAddr>,
+    /// Where each end's media packets come from, for the relay: the
+    /// endpoint's observed address, or a vouched media end's.
+    pub caller_media: SocketAddr,
+    pub callee_media: SocketAddr,
     pub started: Instant,
     pub state: CallState,
     pub policy: DirectPolicy,
@@ -750,6 +775,23 @@ impl Router {
         own: Vec<SocketAddr>,
         hops: u8,
     ) {
+        self.handle_call_for(now, sid, req, number, from, own, hops, None)
+    }
+
+    /// `sid` calls `number` with `media` as the media end it vouches for
+    /// (a gateway placing a call for one of its stations).
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_call_for(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        req: ReqId,
+        number: &str,
+        from: Option<String>,
+        own: Vec<SocketAddr>,
+        hops: u8,
+        media: Option<MediaEnd>,
+    ) {
         let fail = |s: &mut Self, code: ErrorCode, n: &str, message: String, mail: bool| {
             s.send(
                 sid,
@@ -818,10 +860,23 @@ impl Router {
             );
         }
         let (callee, callee_fp, callee_cands) = (b.session, b.fp.clone(), b.candidates());
+        let Some(callee_media) = self.sessions.get(&callee).map(|s| s.observed) else {
+            return;
+        };
         let Some(caller) = self.sessions.get(&sid) else {
             return;
         };
-        let caller_candidates = with_observed(&own, caller.observed);
+        let (caller_candidates, caller_media, caller_fp) = match &media {
+            Some(m) => {
+                let (cands, seen) = m.resolve(caller.observed);
+                (cands, seen, m.fp.clone())
+            }
+            None => (
+                with_observed(&own, caller.observed),
+                caller.observed,
+                caller.fp.clone(),
+            ),
+        };
         let id = self.next_call;
         self.next_call += 1;
         let call = Call {
@@ -834,9 +889,11 @@ impl Router {
             ext: ext.clone(),
             via: r.via.clone(),
             caller_candidates: caller_candidates.clone(),
-            caller_fp: caller.fp.clone(),
+            caller_fp,
             callee_fp,
             callee_candidates: callee_cands,
+            caller_media,
+            callee_media,
             started: now,
             state: CallState::Ringing {
                 deadline: now + self.cfg.ring_timeout,
@@ -904,26 +961,42 @@ impl Router {
         id: CallId,
         token: String,
     ) {
+        self.handle_answer_for(now, sid, req, id, token, None)
+    }
+
+    /// The callee takes the call with `media` as the media end it vouches
+    /// for (a gateway's station answering through its forwarder).
+    pub fn handle_answer_for(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        req: ReqId,
+        id: CallId,
+        token: String,
+        media: Option<MediaEnd>,
+    ) {
         if let Err((code, m)) = self.ringing_call_of_callee(sid, id) {
             return self.send(sid, err(Some(req), code, m));
         }
+        let observed = self.sessions.get(&sid).map(|s| s.observed);
         let Some(c) = self.calls.get_mut(&id) else {
             return;
         };
+        if let (Some(m), Some(observed)) = (media, observed) {
+            let (cands, seen) = m.resolve(observed);
+            c.callee_fp = m.fp;
+            c.callee_candidates = cands;
+            c.callee_media = seen;
+        }
         c.state = CallState::Answered { at: now };
         c.token = Some(token);
         c.answer_req = Some(req);
         if c.policy == DirectPolicy::Relay {
             c.relay = RelayState::Pending { fallback: None };
-            let (caller, callee) = (c.caller, c.callee);
-            let (Some(a), Some(b)) = (self.sessions.get(&caller), self.sessions.get(&callee))
-            else {
-                return;
-            };
             self.actions.push_back(Action::AllocateRelay {
                 call: id,
-                caller: a.observed,
-                callee: b.observed,
+                caller: c.caller_media,
+                callee: c.callee_media,
             });
             return;
         }
@@ -1115,15 +1188,10 @@ impl Router {
                 c.relay = RelayState::Pending {
                     fallback: Some(req),
                 };
-                let (caller, callee) = (c.caller, c.callee);
-                let (Some(a), Some(b)) = (self.sessions.get(&caller), self.sessions.get(&callee))
-                else {
-                    return;
-                };
                 self.actions.push_back(Action::AllocateRelay {
                     call: id,
-                    caller: a.observed,
-                    callee: b.observed,
+                    caller: c.caller_media,
+                    callee: c.callee_media,
                 });
             }
         }
@@ -1550,6 +1618,61 @@ mod tests {
         r.handle_timeout(now + ttl / 3 + ttl);
         assert_eq!(r.bindings().count(), 0);
         assert_eq!(r.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_gateway_vouches_for_its_stations_media_ends() {
+        let (mut r, now) = two_online();
+        let (fa2, fb2) = ("a2".repeat(32), "b2".repeat(32));
+        let media = |fp: &str, port| MediaEnd {
+            fp: fp.to_string(),
+            addrs: vec![addr(port)],
+        };
+        r.handle_call_for(
+            now,
+            1,
+            1,
+            "ボブ",
+            None,
+            vec![addr(6001)],
+            0,
+            Some(media(&fa2, 6001)),
+        );
+        let acts = drain(&mut r);
+        let call = match &sent(&acts, 2)[0] {
+            DirMsg::Ring {
+                call,
+                caller_fp,
+                caller_candidates,
+                ..
+            } => {
+                // The station's fingerprint and the forwarder port, not
+                // the gateway's own.
+                assert_eq!(caller_fp, &fa2);
+                assert_eq!(caller_candidates, &vec!["127.0.0.1:6001".to_string()]);
+                *call
+            }
+            other => panic!("{other:?}"),
+        };
+        r.handle_answer_for(now, 2, 2, call, "tok".into(), Some(media(&fb2, 6002)));
+        let acts = drain(&mut r);
+        let DirMsg::Connect { plan, .. } = &sent(&acts, 1)[0] else {
+            panic!("{acts:?}")
+        };
+        assert!(plan.dial && plan.peer_fp == fb2);
+        assert_eq!(plan.peer_candidates, vec!["127.0.0.1:6002".to_string()]);
+        let DirMsg::Connect { plan, .. } = &sent(&acts, 2)[0] else {
+            panic!("{acts:?}")
+        };
+        assert!(!plan.dial && plan.peer_fp == fa2);
+        // The relay forwards between the vouched media ends' ports.
+        r.handle_fallback(now, 1, 3, call);
+        let acts = drain(&mut r);
+        assert!(acts.contains(&Action::AllocateRelay {
+            call,
+            caller: addr(6001),
+            callee: addr(6002),
+        }));
     }
 
     #[test]

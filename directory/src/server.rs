@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use crate::auth;
 use crate::config::Config;
 use crate::ratelimit::LoginLimiter;
-use crate::routing::{Action, CallState, NumberInfo, RelayState, Router, SessionId};
+use crate::routing::{Action, CallState, MediaEnd, NumberInfo, RelayState, Router, SessionId};
 use crate::store::{self, NewMail, Quota, SqliteStore, Store, StoreError};
 use crate::wire::{next_msg, read_body, send_msg, write_body, Incoming};
 
@@ -430,6 +430,23 @@ fn parse_candidates(c: &[String]) -> Result<Vec<SocketAddr>, String> {
         .collect()
 }
 
+/// Candidates, and when an endpoint vouches for another media end, that
+/// end's fingerprint (64 hex digits) with at least one address.
+fn parse_media_end(c: &[String], media_fp: Option<&str>) -> Result<Vec<SocketAddr>, String> {
+    let addrs = parse_candidates(c)?;
+    if let Some(fp) = media_fp {
+        if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "media fingerprint {fp:?} is not a SHA-256 in hex (64 digits)"
+            ));
+        }
+        if addrs.is_empty() {
+            return Err("a vouched media end needs at least one candidate address".into());
+        }
+    }
+    Ok(addrs)
+}
+
 fn canon(n: &str) -> Result<String, String> {
     number::canonicalize(n).map_err(|e| format!("{n:?}: {e}"))
 }
@@ -669,6 +686,7 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
             from,
             candidates,
             hops,
+            media_fp,
         } => {
             let fail = |code, message: String| DirMsg::CallFailed {
                 req,
@@ -691,7 +709,7 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
                     return Ok(());
                 }
             };
-            let cands = match parse_candidates(&candidates) {
+            let cands = match parse_media_end(&candidates, media_fp.as_deref()) {
                 Ok(cs) => cs,
                 Err(m) => {
                     c.reply(fail(ErrorCode::BadAddress, m));
@@ -706,10 +724,31 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
                     from,
                     candidates: cands.iter().map(ToString::to_string).collect(),
                     hops,
+                    media_fp,
                 },
             })
             .await?
         }
+        DirMsg::Answer {
+            req,
+            call,
+            media_fp,
+            candidates,
+        } => match parse_media_end(&candidates, media_fp.as_deref()) {
+            Ok(_) => {
+                c.hub(Event::Route {
+                    sid: c.sid,
+                    msg: DirMsg::Answer {
+                        req,
+                        call,
+                        media_fp,
+                        candidates,
+                    },
+                })
+                .await?
+            }
+            Err(m) => c.reply(error(Some(req), ErrorCode::BadAddress, m)),
+        },
         DirMsg::Redirect { req, call, number } => match canon(&number) {
             Ok(number) => {
                 c.hub(Event::Route {
@@ -720,8 +759,7 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
             }
             Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
         },
-        m @ (DirMsg::Answer { .. }
-        | DirMsg::Reject { .. }
+        m @ (DirMsg::Reject { .. }
         | DirMsg::Busy { .. }
         | DirMsg::Hangup { .. }
         | DirMsg::Fallback { .. }) => c.hub(Event::Route { sid: c.sid, msg: m }).await?,
@@ -1428,12 +1466,28 @@ impl Hub {
                 from,
                 candidates,
                 hops,
-            } => self
-                .router
-                .handle_call(now, sid, req, &number, from, addrs(&candidates), hops),
-            DirMsg::Answer { req, call } => {
+                media_fp,
+            } => {
+                let own = addrs(&candidates);
+                let media = media_fp.map(|fp| MediaEnd {
+                    fp,
+                    addrs: own.clone(),
+                });
                 self.router
-                    .handle_answer(now, sid, req, call, auth::new_call_token())
+                    .handle_call_for(now, sid, req, &number, from, own, hops, media)
+            }
+            DirMsg::Answer {
+                req,
+                call,
+                media_fp,
+                candidates,
+            } => {
+                let media = media_fp.map(|fp| MediaEnd {
+                    fp,
+                    addrs: addrs(&candidates),
+                });
+                self.router
+                    .handle_answer_for(now, sid, req, call, auth::new_call_token(), media)
             }
             DirMsg::Reject { req, call } => self.router.handle_decline(now, sid, req, call, false),
             DirMsg::Busy { req, call } => self.router.handle_decline(now, sid, req, call, true),

@@ -384,6 +384,12 @@ pub enum DirMsg {
         candidates: Vec<String>,
         /// Redirects the caller already followed for this call.
         hops: u8,
+        /// The media end's certificate fingerprint when it is not this
+        /// endpoint but one it vouches for (a gateway's station, claim 6).
+        /// `candidates` are then that media end's addresses for this call
+        /// (the gateway's forwarder port), not the endpoint's own.
+        #[serde(default)]
+        media_fp: Option<String>,
     },
     /// Reply to `Call`: the callee rings.
     Ringing {
@@ -424,6 +430,14 @@ pub enum DirMsg {
     Answer {
         req: ReqId,
         call: CallId,
+        /// As in `Call`: the fingerprint of the media end this endpoint
+        /// vouches for (a gateway's station), with `candidates` its
+        /// addresses for this call. Absent: the endpoint itself, at its
+        /// registered addresses.
+        #[serde(default)]
+        media_fp: Option<String>,
+        #[serde(default)]
+        candidates: Vec<String>,
     },
     /// Callee: decline.
     Reject {
@@ -768,6 +782,7 @@ mod tests {
                 from: None,
                 candidates: vec![],
                 hops: 0,
+                media_fp: Some(s("ab")),
             },
             DirMsg::Ringing {
                 req: 7,
@@ -792,7 +807,12 @@ mod tests {
                 caller_fp: s("fp"),
                 caller_candidates: vec![],
             },
-            DirMsg::Answer { req: 8, call: 9 },
+            DirMsg::Answer {
+                req: 8,
+                call: 9,
+                media_fp: None,
+                candidates: vec![s("10.0.0.1:5000")],
+            },
             DirMsg::Reject { req: 8, call: 9 },
             DirMsg::Busy { req: 8, call: 9 },
             DirMsg::Redirect {

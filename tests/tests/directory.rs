@@ -434,6 +434,7 @@ async fn bad_protocol_input_gets_clear_errors() {
             from: None,
             candidates: vec![],
             hops: 0,
+            media_fp: None,
         },
         MAX_MESSAGE,
     )
