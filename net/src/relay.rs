@@ -40,20 +40,73 @@ impl Counters {
     }
 }
 
-/// One side of an allocation: a socket and the only peer it talks to.
+/// Whom one side of an allocation talks to. A side assigned one peer
+/// talks only to it. A side given candidate addresses (the far end of an
+/// outside call, which may be reachable at several) sends to all of them
+/// until one of them answers, then latches onto that one and ignores the
+/// rest: the packets are opaque, so the end-to-end handshake (pinned
+/// certificates, the call's token) decides whether the latched peer is the
+/// right one, never the forwarder.
+#[derive(Debug, Clone, Default)]
+struct Target {
+    candidates: Vec<SocketAddr>,
+    latched: Option<SocketAddr>,
+}
+
+impl Target {
+    fn fixed(peer: SocketAddr) -> Target {
+        Target {
+            candidates: vec![peer],
+            latched: Some(peer),
+        }
+    }
+
+    fn open(candidates: Vec<SocketAddr>) -> Target {
+        Target {
+            candidates,
+            latched: None,
+        }
+    }
+
+    /// Whether a packet from `from` belongs to the call (latching onto it
+    /// when it is the first candidate heard).
+    fn accepts(&mut self, from: SocketAddr) -> bool {
+        match self.latched {
+            Some(peer) => peer == from,
+            None if self.candidates.contains(&from) => {
+                self.latched = Some(from);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn destinations(&self) -> &[SocketAddr] {
+        match &self.latched {
+            Some(peer) => std::slice::from_ref(peer),
+            None => &self.candidates,
+        }
+    }
+}
+
+/// One side of an allocation: a socket and whom it talks to.
 struct Side {
     sock: UdpSocket,
     state: UdpSocketState,
-    peer: SocketAddr,
+    target: Target,
 }
 
 impl Side {
-    fn bind(ip: IpAddr, peer: SocketAddr) -> io::Result<Side> {
+    fn bind(ip: IpAddr, target: Target) -> io::Result<Side> {
         let std_sock = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
         std_sock.set_nonblocking(true)?;
         let state = UdpSocketState::new((&std_sock).into())?;
         let sock = UdpSocket::from_std(std_sock)?;
-        Ok(Side { sock, state, peer })
+        Ok(Side {
+            sock,
+            state,
+            target,
+        })
     }
 }
 
@@ -66,6 +119,21 @@ pub struct Allocation {
     pub callee_facing: SocketAddr,
     task: tokio::task::JoinHandle<()>,
     counters: Arc<Counters>,
+    retarget: tokio::sync::watch::Sender<Vec<SocketAddr>>,
+    callee_heard: Arc<AtomicU64>,
+}
+
+impl Allocation {
+    /// Point the callee side at new candidates (e.g. the directory's relay
+    /// after a direct attempt failed); it latches afresh.
+    pub fn retarget_callee(&self, candidates: Vec<SocketAddr>) {
+        self.retarget.send_replace(candidates);
+    }
+
+    /// Packets accepted from the callee side so far.
+    pub fn callee_packets(&self) -> u64 {
+        self.callee_heard.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for Allocation {
@@ -84,63 +152,129 @@ pub fn allocate(
     callee: SocketAddr,
     callee_ip: IpAddr,
 ) -> io::Result<Allocation> {
+    start(
+        counters,
+        Target::fixed(caller),
+        caller_ip,
+        Target::fixed(callee),
+        callee_ip,
+    )
+}
+
+/// Make an allocation whose callee side does not know its peer yet: it
+/// sends to every one of `callee_candidates` (none: nowhere, until
+/// [`Allocation::retarget_callee`]) and latches onto the first that
+/// answers.
+pub fn allocate_open(
+    counters: Arc<Counters>,
+    caller: SocketAddr,
+    caller_ip: IpAddr,
+    callee_candidates: Vec<SocketAddr>,
+    callee_ip: IpAddr,
+) -> io::Result<Allocation> {
+    start(
+        counters,
+        Target::fixed(caller),
+        caller_ip,
+        Target::open(callee_candidates),
+        callee_ip,
+    )
+}
+
+fn start(
+    counters: Arc<Counters>,
+    caller: Target,
+    caller_ip: IpAddr,
+    callee: Target,
+    callee_ip: IpAddr,
+) -> io::Result<Allocation> {
     let a = Side::bind(caller_ip, caller)?;
     let b = Side::bind(callee_ip, callee)?;
     let caller_facing = a.sock.local_addr()?;
     let callee_facing = b.sock.local_addr()?;
+    let (retarget, watch) = tokio::sync::watch::channel(Vec::new());
+    let callee_heard = Arc::new(AtomicU64::new(0));
     counters.active.fetch_add(1, Ordering::Relaxed);
     counters.allocations.fetch_add(1, Ordering::Relaxed);
-    let task = tokio::spawn(forward(a, b, counters.clone()));
+    let task = tokio::spawn(forward(a, b, counters.clone(), watch, callee_heard.clone()));
     Ok(Allocation {
         caller_facing,
         callee_facing,
         task,
         counters,
+        retarget,
+        callee_heard,
     })
 }
 
 const BUF: usize = 64 * 1024;
 
-/// Receive buffers, one set per worker thread and shared by every
-/// allocation that thread serves: `pump` never awaits while it uses them,
-/// so a call costs two sockets and a task, not a batch of 64 KiB buffers.
-struct Buffers {
-    bufs: Vec<Vec<u8>>,
-    metas: Vec<RecvMeta>,
-}
-
 /// Datagrams (or GRO runs) read per system call: voice arrives at 50
 /// packets a second a direction, so a small batch drains a socket.
 const BATCH: usize = if BATCH_SIZE < 8 { BATCH_SIZE } else { 8 };
 
-thread_local! {
-    static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::new(Buffers {
-        bufs: vec![vec![0u8; BUF]; BATCH],
-        metas: vec![RecvMeta::default(); BATCH],
-    });
+/// Receive buffers, one set per worker thread and shared by every
+/// allocation that thread serves: `pump` never awaits while it uses them,
+/// so a call costs two sockets and a task, not a batch of 64 KiB buffers.
+struct Buffers {
+    bufs: [Vec<u8>; BATCH],
+    metas: [RecvMeta; BATCH],
 }
 
-async fn forward(a: Side, b: Side, counters: Arc<Counters>) {
+impl Buffers {
+    fn new() -> Buffers {
+        Buffers {
+            bufs: std::array::from_fn(|_| vec![0u8; BUF]),
+            metas: [RecvMeta::default(); BATCH],
+        }
+    }
+}
+
+thread_local! {
+    static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::new(Buffers::new());
+}
+
+async fn forward(
+    mut a: Side,
+    mut b: Side,
+    counters: Arc<Counters>,
+    mut retarget: tokio::sync::watch::Receiver<Vec<SocketAddr>>,
+    callee_heard: Arc<AtomicU64>,
+) {
+    enum Ready {
+        A,
+        B,
+        Retarget,
+    }
+    let mut retarget_open = true;
     loop {
-        let res = tokio::select! {
-            r = a.sock.readable() => r.map(|_| (&a, &b)),
-            r = b.sock.readable() => r.map(|_| (&b, &a)),
-        };
-        let Ok((from, to)) = res else {
-            return;
-        };
-        let res = BUFFERS.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut b) => {
-                let Buffers { bufs, metas } = &mut *b;
-                pump(from, to, bufs, metas, &counters)
+        let ready = tokio::select! {
+            r = a.sock.readable() => r.map(|_| Ready::A),
+            r = b.sock.readable() => r.map(|_| Ready::B),
+            r = retarget.changed(), if retarget_open => {
+                if r.is_err() {
+                    retarget_open = false;
+                }
+                Ok(Ready::Retarget)
             }
-            // Not reachable (pump does not re-enter), but never panic.
-            Err(_) => {
-                let mut bufs = vec![vec![0u8; BUF]; BATCH];
-                let mut metas = vec![RecvMeta::default(); BATCH];
-                pump(from, to, &mut bufs, &mut metas, &counters)
+        };
+        let res = match ready {
+            Ok(Ready::A) => with_buffers(|bufs| pump(&mut a, &b, bufs, &counters)),
+            Ok(Ready::B) => with_buffers(|bufs| {
+                let r = pump(&mut b, &a, bufs, &counters);
+                if let Ok(n) = r {
+                    callee_heard.fetch_add(n, Ordering::Relaxed);
+                }
+                r
+            }),
+            Ok(Ready::Retarget) => {
+                if retarget_open {
+                    b.target = Target::open(retarget.borrow_and_update().clone());
+                }
+                Ok(0)
             }
-        });
+            Err(e) => Err(e),
+        };
         if let Err(e) = res {
             tracing::warn!("relay stopped: {e}");
             return;
@@ -148,65 +282,74 @@ async fn forward(a: Side, b: Side, counters: Arc<Counters>) {
     }
 }
 
-/// Drain `from` and send everything it had to `to`'s peer.
-fn pump(
-    from: &Side,
-    to: &Side,
-    bufs: &mut [Vec<u8>],
-    metas: &mut [RecvMeta],
-    counters: &Counters,
-) -> io::Result<()> {
+fn with_buffers(f: impl FnOnce(&mut Buffers) -> io::Result<u64>) -> io::Result<u64> {
+    BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut b) => f(&mut b),
+        // Not reachable (pump does not re-enter), but never panic.
+        Err(_) => f(&mut Buffers::new()),
+    })
+}
+
+/// Drain `from` and send everything it had to `to`'s peer; returns how
+/// many packets `from` accepted.
+fn pump(from: &mut Side, to: &Side, b: &mut Buffers, counters: &Counters) -> io::Result<u64> {
+    let mut accepted = 0;
     loop {
         let n = {
-            let mut iov: Vec<IoSliceMut<'_>> = bufs
-                .iter_mut()
-                .map(|b| IoSliceMut::new(&mut b[..]))
-                .collect();
+            let mut iov = b.bufs.each_mut().map(|b| IoSliceMut::new(&mut b[..]));
             match from.sock.try_io(Interest::READABLE, || {
-                from.state.recv((&from.sock).into(), &mut iov, metas)
+                from.state.recv((&from.sock).into(), &mut iov, &mut b.metas)
             }) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(accepted),
                 // ICMP errors surface as recv errors on Linux; they say the
                 // far end is gone for now, not that our socket is broken.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
                 Err(e) => return Err(e),
             }
         };
-        for (meta, buf) in metas.iter().zip(bufs.iter()).take(n) {
-            if meta.addr != from.peer {
+        for (meta, buf) in b.metas.iter().zip(b.bufs.iter()).take(n) {
+            if !from.target.accepts(meta.addr) {
                 counters.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let segments = meta.len.div_ceil(meta.stride.max(1));
-            let t = Transmit {
-                destination: to.peer,
-                ecn: None,
-                contents: &buf[..meta.len],
-                segment_size: (segments > 1).then_some(meta.stride),
-                src_ip: None,
-            };
-            let sent = if segments > 1 && to.state.max_gso_segments() < segments {
-                // No GSO here: send the segments one by one.
-                buf[..meta.len].chunks(meta.stride).all(|seg| {
-                    let one = Transmit {
-                        destination: to.peer,
+            accepted += segments as u64;
+            for &destination in to.target.destinations() {
+                let sent = if segments > 1 && to.state.max_gso_segments() < segments {
+                    // No GSO here: send the segments one by one.
+                    buf[..meta.len].chunks(meta.stride).all(|seg| {
+                        let one = Transmit {
+                            destination,
+                            ecn: None,
+                            contents: seg,
+                            segment_size: None,
+                            src_ip: None,
+                        };
+                        send(to, &one)
+                    })
+                } else {
+                    let t = Transmit {
+                        destination,
                         ecn: None,
-                        contents: seg,
-                        segment_size: None,
+                        contents: &buf[..meta.len],
+                        segment_size: (segments > 1).then_some(meta.stride),
                         src_ip: None,
                     };
-                    send(to, &one)
-                })
-            } else {
-                send(to, &t)
-            };
-            if sent {
-                counters
-                    .packets
-                    .fetch_add(segments as u64, Ordering::Relaxed);
-                counters.bytes.fetch_add(meta.len as u64, Ordering::Relaxed);
-            } else {
+                    send(to, &t)
+                };
+                if sent {
+                    counters
+                        .packets
+                        .fetch_add(segments as u64, Ordering::Relaxed);
+                    counters.bytes.fetch_add(meta.len as u64, Ordering::Relaxed);
+                } else {
+                    counters
+                        .dropped
+                        .fetch_add(segments as u64, Ordering::Relaxed);
+                }
+            }
+            if to.target.destinations().is_empty() {
                 counters
                     .dropped
                     .fetch_add(segments as u64, Ordering::Relaxed);
@@ -287,5 +430,99 @@ mod tests {
         assert_eq!(counters.active.load(Ordering::Relaxed), 1);
         drop(alloc);
         assert_eq!(counters.active.load(Ordering::Relaxed), 0);
+    }
+
+    async fn recv(sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        tokio::time::timeout(Duration::from_millis(300), sock.recv_from(buf))
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    #[tokio::test]
+    async fn an_open_side_latches_onto_the_first_candidate_that_answers() {
+        let caller = UdpSocket::bind((LO, 0)).await.expect("bind");
+        let decoy = UdpSocket::bind((LO, 0)).await.expect("bind");
+        let far = UdpSocket::bind((LO, 0)).await.expect("bind");
+        let relay = UdpSocket::bind((LO, 0)).await.expect("bind");
+        let addr = |s: &UdpSocket| s.local_addr().expect("addr");
+        let counters = Arc::new(Counters::default());
+        let alloc = allocate_open(
+            counters.clone(),
+            addr(&caller),
+            LO,
+            vec![addr(&decoy), addr(&far)],
+            LO,
+        )
+        .expect("allocate");
+        let mut buf = [0u8; 2048];
+        // Before anyone answers, the caller's packets go to every candidate.
+        caller
+            .send_to(b"hello", alloc.caller_facing)
+            .await
+            .expect("send");
+        assert_eq!(recv(&decoy, &mut buf).await, Some((5, alloc.callee_facing)));
+        assert_eq!(recv(&far, &mut buf).await, Some((5, alloc.callee_facing)));
+        assert_eq!(alloc.callee_packets(), 0);
+        // The far end answers: the side latches onto it.
+        far.send_to(b"answer", alloc.callee_facing)
+            .await
+            .expect("send");
+        assert_eq!(
+            recv(&caller, &mut buf).await,
+            Some((6, alloc.caller_facing))
+        );
+        assert_eq!(alloc.callee_packets(), 1);
+        caller
+            .send_to(b"media", alloc.caller_facing)
+            .await
+            .expect("send");
+        assert_eq!(recv(&far, &mut buf).await, Some((5, alloc.callee_facing)));
+        assert_eq!(recv(&decoy, &mut buf).await, None);
+        // The other candidate can no longer inject.
+        decoy
+            .send_to(b"inject", alloc.callee_facing)
+            .await
+            .expect("send");
+        assert_eq!(recv(&caller, &mut buf).await, None);
+        // Retargeted (say, to the directory's relay), it starts afresh.
+        alloc.retarget_callee(vec![addr(&relay)]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        caller
+            .send_to(b"again", alloc.caller_facing)
+            .await
+            .expect("send");
+        assert_eq!(recv(&relay, &mut buf).await, Some((5, alloc.callee_facing)));
+        assert_eq!(recv(&far, &mut buf).await, None);
+        relay
+            .send_to(b"back", alloc.callee_facing)
+            .await
+            .expect("send");
+        assert_eq!(
+            recv(&caller, &mut buf).await,
+            Some((4, alloc.caller_facing))
+        );
+        assert_eq!(alloc.callee_packets(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_open_side_without_candidates_drops() {
+        let caller = UdpSocket::bind((LO, 0)).await.expect("bind");
+        let counters = Arc::new(Counters::default());
+        let alloc = allocate_open(
+            counters.clone(),
+            caller.local_addr().expect("addr"),
+            LO,
+            Vec::new(),
+            LO,
+        )
+        .expect("allocate");
+        caller
+            .send_to(b"early", alloc.caller_facing)
+            .await
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.packets.load(Ordering::Relaxed), 0);
     }
 }
