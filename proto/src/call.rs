@@ -19,6 +19,32 @@ use crate::msg::{CallId, EndReason, FailReason, LineSettings, ReqId};
 /// Most forwarding steps one call may take before it is a loop.
 pub const MAX_FORWARD_HOPS: usize = 5;
 
+/// Marks a trunk line: the switchboard's stand-in for the far end of one
+/// outside call (through the directory). A trunk line is named
+/// `~TAG~NUMBER`, exists only as long as its call, and is never dialled.
+pub const TRUNK_MARK: char = '~';
+
+/// Whether `line` is a trunk line.
+pub fn is_trunk(line: &str) -> bool {
+    line.starts_with(TRUNK_MARK)
+}
+
+/// The name of a trunk line for the outside `number`; `tag` makes it
+/// unique (the shell's id for the outside call).
+pub fn trunk_line(tag: &str, number: &str) -> String {
+    format!("{TRUNK_MARK}{tag}{TRUNK_MARK}{number}")
+}
+
+/// What a line is called for people and call records: an extension as it
+/// is, a trunk line as its outside number.
+pub fn display(line: &str) -> &str {
+    if is_trunk(line) {
+        line[1..].split_once(TRUNK_MARK).map_or(line, |(_, n)| n)
+    } else {
+        line
+    }
+}
+
 /// Tunables of the switchboard.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -26,6 +52,23 @@ pub struct Config {
     pub ring_timeout: Duration,
     /// Send unanswered, busy and unreachable calls to the callee's mailbox.
     pub voicemail: bool,
+    /// Numbers that are not extensions go out through the directory.
+    pub outside: bool,
+    /// Numbers in this range (all digits) are extensions, known or not;
+    /// they never go outside.
+    pub extension_range: (u32, u32),
+    /// Who rings for a call to the office number: these extensions, or
+    /// every extension when empty (ring all; the first to answer takes it).
+    pub reception: Vec<String>,
+}
+
+impl Config {
+    fn is_extension_number(&self, n: &str) -> bool {
+        let (lo, hi) = self.extension_range;
+        !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && n.parse::<u32>().is_ok_and(|v| (lo..=hi).contains(&v))
+    }
 }
 
 impl Default for Config {
@@ -33,6 +76,9 @@ impl Default for Config {
         Self {
             ring_timeout: Duration::from_secs(30),
             voicemail: false,
+            outside: false,
+            extension_range: (200, 499),
+            reception: Vec::new(),
         }
     }
 }
@@ -185,6 +231,8 @@ pub enum CallError {
     HeldByOther,
     #[error("a transfer of this call is already under way")]
     TransferPending,
+    #[error("an outside party cannot be handed on to another extension in this version")]
+    OutsideParty,
 }
 
 /// Where a call is.
@@ -223,6 +271,12 @@ pub struct Call {
     pub consult_of: Option<CallId>,
     /// For a held call: the consultation call its holder placed.
     pub consulting: Option<CallId>,
+    /// Further lines ringing for this call besides `callee` (a call to the
+    /// office number rings a group; the first to answer takes it).
+    pub also: Vec<String>,
+    /// An outside call not yet ringing at the far end: the caller's dial
+    /// request, answered once the directory says it rings (or fails).
+    pub dial_req: Option<ReqId>,
 }
 
 #[derive(Debug, Default)]
@@ -253,6 +307,15 @@ pub struct Switchboard {
     actions: VecDeque<Action>,
     next_id: CallId,
     speed_dials: HashMap<String, String>,
+}
+
+fn outcome_of(reason: FailReason) -> Outcome {
+    match reason {
+        FailReason::UnknownNumber => Outcome::UnknownNumber,
+        FailReason::Unreachable => Outcome::Unreachable,
+        FailReason::Busy | FailReason::DoNotDisturb => Outcome::Busy,
+        _ => Outcome::Failed,
+    }
 }
 
 impl Switchboard {
@@ -327,7 +390,10 @@ impl Switchboard {
             self.finish_by(now, id, ext, EndReason::PeerLost);
         }
         if let Some(id) = main {
-            self.finish_by(now, id, ext, EndReason::PeerLost);
+            let is_caller = self.calls.get(&id).is_some_and(|c| c.caller == ext);
+            if is_caller || !self.leave_group(id, ext) {
+                self.finish_by(now, id, ext, EndReason::PeerLost);
+            }
         }
     }
 
@@ -363,6 +429,12 @@ impl Switchboard {
             }
             _ => return fail(self, FailReason::NotAllowed, None),
         }
+        if is_trunk(caller) && number.starts_with('*') {
+            // Feature codes are for the office's own stations.
+            fail(self, FailReason::NotAllowed, Some(Outcome::Failed));
+            self.lines.remove(caller);
+            return;
+        }
         let dialled = if number.starts_with('*') {
             match self.feature(now, caller, req, number) {
                 Feature::Done => return,
@@ -378,6 +450,9 @@ impl Switchboard {
         }
         let (target, rang) = match self.route(caller, number, Vec::new()) {
             Ok(t) => t,
+            Err(FailReason::UnknownNumber) if self.may_dial_out(caller, number) => {
+                return self.dial_out(now, caller, req, number);
+            }
             Err(FailReason::Busy | FailReason::DoNotDisturb | FailReason::Unreachable)
                 if self.config.voicemail && self.lines.contains_key(number) =>
             {
@@ -397,6 +472,8 @@ impl Switchboard {
                         transfer: None,
                         consult_of: None,
                         consulting: None,
+                        also: Vec::new(),
+                        dial_req: None,
                     },
                 );
                 if let Some(l) = self.lines.get_mut(caller) {
@@ -416,13 +493,11 @@ impl Switchboard {
                 return;
             }
             Err(reason) => {
-                let outcome = match reason {
-                    FailReason::UnknownNumber => Outcome::UnknownNumber,
-                    FailReason::Unreachable => Outcome::Unreachable,
-                    FailReason::Busy | FailReason::DoNotDisturb => Outcome::Busy,
-                    _ => Outcome::Failed,
-                };
-                return fail(self, reason, Some(outcome));
+                fail(self, reason, Some(outcome_of(reason)));
+                if is_trunk(caller) {
+                    self.lines.remove(caller);
+                }
+                return;
             }
         };
         let number = target.as_str();
@@ -443,6 +518,8 @@ impl Switchboard {
                 transfer: None,
                 consult_of: None,
                 consulting: None,
+                also: Vec::new(),
+                dial_req: None,
             },
         );
         for ext in [caller, number] {
@@ -459,19 +536,285 @@ impl Switchboard {
         self.actions.push_back(Action::Ring {
             callee: number.to_string(),
             call: id,
+            from: display(caller).to_string(),
+        });
+    }
+
+    fn may_dial_out(&self, caller: &str, number: &str) -> bool {
+        self.config.outside
+            && !is_trunk(caller)
+            && !is_trunk(number)
+            && !number.starts_with('*')
+            && !self.config.is_extension_number(number)
+    }
+
+    /// `caller` dials an outside number: the call rings a new trunk line,
+    /// and the shell places the outside call when it sees the `Ring`. The
+    /// caller hears back when the far end rings
+    /// ([`Self::handle_outside_ringing`]) or the call fails
+    /// ([`Self::handle_outside_failed`]).
+    fn dial_out(&mut self, now: Instant, caller: &str, req: ReqId, number: &str) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let trunk = trunk_line(&format!("o{id}"), number);
+        self.lines.insert(
+            trunk.clone(),
+            Line {
+                online: true,
+                call: Some(id),
+                ..Line::default()
+            },
+        );
+        if let Some(l) = self.lines.get_mut(caller) {
+            l.call = Some(id);
+        }
+        self.calls.insert(
+            id,
+            Call {
+                id,
+                caller: caller.to_string(),
+                callee: trunk.clone(),
+                started: now,
+                state: CallState::Ringing {
+                    deadline: now + self.config.ring_timeout,
+                },
+                rang: Vec::new(),
+                held_by: None,
+                replaces: None,
+                transfer: None,
+                consult_of: None,
+                consulting: None,
+                also: Vec::new(),
+                dial_req: Some(req),
+            },
+        );
+        self.actions.push_back(Action::Ring {
+            callee: trunk,
+            call: id,
             from: caller.to_string(),
         });
     }
 
+    /// The far end of the outside call `id` rings.
+    pub fn handle_outside_ringing(&mut self, id: CallId) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if let Some(req) = call.dial_req.take() {
+            self.actions.push_back(Action::Ringing {
+                caller: call.caller.clone(),
+                req,
+                call: id,
+                callee: display(&call.callee).to_string(),
+            });
+        }
+    }
+
+    /// The outside call `id` failed at the far end (unknown, busy,
+    /// unreachable, declined, unanswered) or on the way there.
+    pub fn handle_outside_failed(&mut self, now: Instant, id: CallId, reason: FailReason) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        if !matches!(call.state, CallState::Ringing { .. }) {
+            let trunk = call.callee.clone();
+            return self.finish_by(now, id, &trunk, EndReason::PeerLost);
+        }
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
+        match call.dial_req.take() {
+            Some(req) => self.actions.push_back(Action::DialFailed {
+                caller: call.caller.clone(),
+                req,
+                reason,
+            }),
+            None => self.actions.push_back(Action::Ended {
+                to: call.caller.clone(),
+                call: id,
+                reason: match reason {
+                    FailReason::Unreachable => EndReason::PeerLost,
+                    _ => EndReason::Rejected,
+                },
+            }),
+        }
+        self.close(now, call, outcome_of(reason));
+    }
+
+    /// A call from outside (the trunk line `trunk`, made by the shell with
+    /// [`trunk_line`]) arrives for extension `ext`, or for the office
+    /// number when `ext` is `None`: then the reception group rings. Replies
+    /// come as for a dial by `trunk` (`Ringing` or `DialFailed`).
+    pub fn handle_inbound(&mut self, now: Instant, trunk: &str, req: ReqId, ext: Option<&str>) {
+        if !is_trunk(trunk) || self.lines.contains_key(trunk) {
+            self.actions.push_back(Action::DialFailed {
+                caller: trunk.to_string(),
+                req,
+                reason: FailReason::NotAllowed,
+            });
+            return;
+        }
+        self.lines.insert(
+            trunk.to_string(),
+            Line {
+                online: true,
+                ..Line::default()
+            },
+        );
+        if let Some(ext) = ext {
+            return self.handle_dial(now, trunk, req, ext);
+        }
+        let mut group: Vec<String> = if self.config.reception.is_empty() {
+            let mut all: Vec<String> = self
+                .lines
+                .keys()
+                .filter(|l| !is_trunk(l))
+                .cloned()
+                .collect();
+            all.sort();
+            all
+        } else {
+            self.config.reception.clone()
+        };
+        let known = group.iter().any(|m| self.lines.contains_key(m));
+        group.retain(|m| {
+            self.lines.get(m).is_some_and(|l| {
+                l.online && l.call.is_none() && l.consult.is_none() && !l.settings.dnd
+            })
+        });
+        if group.is_empty() {
+            let reason = if known {
+                FailReason::Busy
+            } else {
+                FailReason::Unreachable
+            };
+            self.actions.push_back(Action::DialFailed {
+                caller: trunk.to_string(),
+                req,
+                reason,
+            });
+            self.actions.push_back(Action::Record(CallRecord {
+                call: None,
+                caller: display(trunk).to_string(),
+                callee: String::new(),
+                started: now,
+                answered: None,
+                ended: now,
+                outcome: outcome_of(reason),
+            }));
+            self.lines.remove(trunk);
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        for m in std::iter::once(trunk).chain(group.iter().map(String::as_str)) {
+            if let Some(l) = self.lines.get_mut(m) {
+                l.call = Some(id);
+            }
+        }
+        let callee = group.remove(0);
+        self.actions.push_back(Action::Ringing {
+            caller: trunk.to_string(),
+            req,
+            call: id,
+            callee: callee.clone(),
+        });
+        for m in std::iter::once(&callee).chain(group.iter()) {
+            self.actions.push_back(Action::Ring {
+                callee: m.clone(),
+                call: id,
+                from: display(trunk).to_string(),
+            });
+        }
+        self.calls.insert(
+            id,
+            Call {
+                id,
+                caller: trunk.to_string(),
+                callee,
+                started: now,
+                state: CallState::Ringing {
+                    deadline: now + self.config.ring_timeout,
+                },
+                rang: Vec::new(),
+                held_by: None,
+                replaces: None,
+                transfer: None,
+                consult_of: None,
+                consulting: None,
+                also: group,
+                dial_req: None,
+            },
+        );
+    }
+
+    /// A member of a ringing group call drops out (declined, hung up, or
+    /// went offline); the others keep ringing. `false` when `ext` is the
+    /// only line still ringing for the call.
+    fn leave_group(&mut self, id: CallId, ext: &str) -> bool {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        if !matches!(call.state, CallState::Ringing { .. }) || call.also.is_empty() {
+            return false;
+        }
+        if call.callee == ext {
+            call.callee = call.also.remove(0);
+        } else if let Some(i) = call.also.iter().position(|m| m == ext) {
+            call.also.remove(i);
+        } else {
+            return false;
+        }
+        if let Some(l) = self.lines.get_mut(ext) {
+            if l.call == Some(id) {
+                l.call = None;
+            }
+        }
+        true
+    }
+
+    /// The group call `id` was taken by `by`: the others stop ringing.
+    fn stop_group(&mut self, id: CallId, by: &str) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let others: Vec<String> = std::mem::take(&mut call.also)
+            .into_iter()
+            .chain(std::iter::once(std::mem::replace(
+                &mut call.callee,
+                by.to_string(),
+            )))
+            .filter(|m| m != by)
+            .collect();
+        for m in others {
+            if let Some(l) = self.lines.get_mut(&m) {
+                if l.call == Some(id) {
+                    l.call = None;
+                }
+            }
+            self.actions.push_back(Action::Ended {
+                to: m,
+                call: id,
+                reason: EndReason::AnsweredElsewhere,
+            });
+        }
+    }
+
     /// The callee takes the call.
     pub fn handle_answer(&mut self, now: Instant, ext: &str, id: CallId) -> Result<(), CallError> {
-        let call = self.calls.get_mut(&id).ok_or(CallError::NoSuchCall)?;
-        if call.callee != ext {
+        let call = self.calls.get(&id).ok_or(CallError::NoSuchCall)?;
+        if call.callee != ext && !call.also.iter().any(|m| m == ext) {
             return Err(CallError::NotYours);
         }
         if !matches!(call.state, CallState::Ringing { .. }) {
             return Err(CallError::NotRinging);
         }
+        if call.dial_req.is_some() {
+            // The far end answered before the directory said it rang.
+            self.handle_outside_ringing(id);
+        }
+        self.stop_group(id, ext);
+        let call = self.calls.get_mut(&id).ok_or(CallError::NoSuchCall)?;
         call.state = CallState::Answered { at: now };
         let (caller, callee) = (call.caller.clone(), call.callee.clone());
         if let Some(orig) = call.replaces.take() {
@@ -535,6 +878,9 @@ impl Switchboard {
         } else {
             call.caller.clone()
         };
+        if is_trunk(&other) {
+            return Err(CallError::OutsideParty);
+        }
         let fail = |s: &mut Self, reason: FailReason| {
             s.actions.push_back(Action::TransferFailed {
                 to: by.to_string(),
@@ -568,6 +914,8 @@ impl Switchboard {
                 transfer: None,
                 consult_of: None,
                 consulting: None,
+                also: Vec::new(),
+                dial_req: None,
             },
         );
         if let Some(l) = self.lines.get_mut(&target) {
@@ -666,6 +1014,8 @@ impl Switchboard {
                 transfer: None,
                 consult_of: Some(id),
                 consulting: None,
+                also: Vec::new(),
+                dial_req: None,
             },
         );
         if let Some(l) = self.lines.get_mut(&target) {
@@ -715,6 +1065,13 @@ impl Switchboard {
         }
         let orig = consult.consult_of.ok_or(CallError::NoSuchCall)?;
         let target = consult.callee.clone();
+        if self
+            .calls
+            .get(&orig)
+            .is_some_and(|o| is_trunk(&o.caller) || is_trunk(&o.callee))
+        {
+            return Err(CallError::OutsideParty);
+        }
         let Some(old) = self.calls.remove(&orig) else {
             return Err(CallError::NoSuchCall);
         };
@@ -816,11 +1173,14 @@ impl Switchboard {
     /// The callee declines a ringing call.
     pub fn handle_reject(&mut self, now: Instant, ext: &str, id: CallId) -> Result<(), CallError> {
         let call = self.calls.get(&id).ok_or(CallError::NoSuchCall)?;
-        if call.callee != ext {
+        if call.callee != ext && !call.also.iter().any(|m| m == ext) {
             return Err(CallError::NotYours);
         }
         if !matches!(call.state, CallState::Ringing { .. }) {
             return Err(CallError::NotRinging);
+        }
+        if self.leave_group(id, ext) {
+            return Ok(());
         }
         self.finish_by(now, id, ext, EndReason::Rejected);
         Ok(())
@@ -829,7 +1189,7 @@ impl Switchboard {
     /// Either end hangs up (or the caller cancels while it rings).
     pub fn handle_hangup(&mut self, now: Instant, ext: &str, id: CallId) -> Result<(), CallError> {
         let call = self.calls.get(&id).ok_or(CallError::NoSuchCall)?;
-        if call.caller != ext && call.callee != ext {
+        if call.caller != ext && call.callee != ext && !call.also.iter().any(|m| m == ext) {
             return Err(CallError::NotYours);
         }
         let reason = match call.state {
@@ -837,6 +1197,9 @@ impl Switchboard {
             CallState::Ringing { .. } => EndReason::Rejected,
             CallState::Answered { .. } | CallState::Voicemail { .. } => EndReason::Hangup,
         };
+        if call.caller != ext && self.leave_group(id, ext) {
+            return Ok(());
+        }
         self.finish_by(now, id, ext, reason);
         Ok(())
     }
@@ -942,7 +1305,11 @@ impl Switchboard {
                 self.abort_transfer_leg(now, id, "", EndReason::NoAnswer);
                 continue;
             }
-            if self.config.voicemail {
+            let mailbox_ok = self
+                .calls
+                .get(&id)
+                .is_some_and(|c| c.also.is_empty() && !is_trunk(&c.callee));
+            if self.config.voicemail && mailbox_ok {
                 if let Some(c) = self.calls.get_mut(&id) {
                     c.state = CallState::Voicemail { at: now };
                     let (caller, mailbox) = (c.caller.clone(), c.callee.clone());
@@ -983,6 +1350,9 @@ impl Switchboard {
         let Some(call) = self.calls.get(&id) else {
             return false;
         };
+        if !call.also.is_empty() {
+            return false;
+        }
         let Some(next) = self
             .lines
             .get(&call.callee)
@@ -1162,6 +1532,31 @@ impl Switchboard {
         else {
             return Feature::Fail(FailReason::Unreachable);
         };
+        if self.calls.get(&id).is_some_and(|c| !c.also.is_empty()) {
+            // A group call: the whole group stops ringing.
+            self.stop_group(id, picker);
+            if let Some(l) = self.lines.get_mut(picker) {
+                l.call = Some(id);
+            }
+            let Some(call) = self.calls.get_mut(&id) else {
+                return Feature::Fail(FailReason::Unreachable);
+            };
+            call.state = CallState::Answered { at: now };
+            call.rang.push(picker.to_string());
+            let caller = call.caller.clone();
+            self.actions.push_back(Action::PickedUp {
+                picker: picker.to_string(),
+                req,
+                call: id,
+                from: display(&caller).to_string(),
+            });
+            self.actions.push_back(Action::Connected {
+                call: id,
+                caller,
+                callee: picker.to_string(),
+            });
+            return Feature::Done;
+        }
         let Some(call) = self.calls.get_mut(&id) else {
             return Feature::Fail(FailReason::Unreachable);
         };
@@ -1186,7 +1581,7 @@ impl Switchboard {
             picker: picker.to_string(),
             req,
             call: id,
-            from: caller.clone(),
+            from: display(&caller).to_string(),
         });
         self.actions.push_back(Action::Connected {
             call: id,
@@ -1304,6 +1699,25 @@ impl Switchboard {
                     l.consult = None;
                 }
             }
+            if is_trunk(ext) {
+                self.lines.remove(ext);
+            }
+        }
+        for m in &call.also {
+            // The rest of a ringing group stops ringing.
+            if let Some(l) = self.lines.get_mut(m) {
+                if l.call == Some(call.id) {
+                    l.call = None;
+                }
+            }
+            self.actions.push_back(Action::Ended {
+                to: m.clone(),
+                call: call.id,
+                reason: match outcome {
+                    Outcome::NoAnswer => EndReason::NoAnswer,
+                    _ => EndReason::Cancelled,
+                },
+            });
         }
         if let Some(orig) = call.consult_of {
             // The consultation is over: the held call comes back.
@@ -1328,8 +1742,8 @@ impl Switchboard {
         };
         self.actions.push_back(Action::Record(CallRecord {
             call: Some(call.id),
-            caller: call.caller,
-            callee: call.callee,
+            caller: display(&call.caller).to_string(),
+            callee: display(&call.callee).to_string(),
             started: call.started,
             answered,
             ended: now,
@@ -1552,5 +1966,273 @@ mod handoff_tests {
             sb.handle_transfer(now, "203", 5, 1, "204"),
             Err(CallError::TransferPending)
         );
+    }
+}
+
+#[cfg(test)]
+mod trunk_tests {
+    use super::*;
+
+    fn board(lines: &[&str]) -> (Switchboard, Instant) {
+        let now = Instant::now();
+        let mut sb = Switchboard::new(Config {
+            outside: true,
+            ..Config::default()
+        });
+        for l in lines {
+            sb.add_line(l);
+            sb.handle_line_up(now, l);
+        }
+        (sb, now)
+    }
+
+    fn drain(sb: &mut Switchboard) -> Vec<Action> {
+        std::iter::from_fn(|| sb.poll_action()).collect()
+    }
+
+    fn record(acts: &[Action]) -> Option<&CallRecord> {
+        acts.iter().find_map(|a| match a {
+            Action::Record(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn trunk_names_show_their_number() {
+        let t = trunk_line("o12", "bob~x");
+        assert!(is_trunk(&t) && !is_trunk("201"));
+        assert_eq!(display(&t), "bob~x");
+        assert_eq!(display("201"), "201");
+    }
+
+    #[test]
+    fn an_outside_call_rings_a_trunk_and_answers_once_the_far_end_rings() {
+        let (mut sb, now) = board(&["201"]);
+        sb.handle_dial(now, "201", 1, "김민준");
+        let acts = drain(&mut sb);
+        let trunk = trunk_line("o1", "김민준");
+        assert_eq!(
+            acts,
+            vec![Action::Ring {
+                callee: trunk.clone(),
+                call: 1,
+                from: "201".into()
+            }]
+        );
+        sb.handle_outside_ringing(1);
+        assert_eq!(
+            drain(&mut sb),
+            vec![Action::Ringing {
+                caller: "201".into(),
+                req: 1,
+                call: 1,
+                callee: "김민준".into()
+            }]
+        );
+        sb.handle_answer(now, &trunk, 1).expect("answer");
+        assert!(drain(&mut sb).contains(&Action::Connected {
+            call: 1,
+            caller: "201".into(),
+            callee: trunk.clone()
+        }));
+        sb.handle_hangup(now, "201", 1).expect("hangup");
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ended {
+            to: trunk.clone(),
+            call: 1,
+            reason: EndReason::Hangup
+        }));
+        let r = record(&acts).expect("record");
+        assert_eq!((r.caller.as_str(), r.callee.as_str()), ("201", "김민준"));
+        assert_eq!(r.outcome, Outcome::Answered);
+        // The trunk line is gone with its call; the station is free again.
+        assert!(!sb.lines.contains_key(&trunk));
+        sb.handle_dial(now, "201", 2, "bob");
+        assert!(matches!(&drain(&mut sb)[0], Action::Ring { .. }));
+    }
+
+    #[test]
+    fn a_failed_outside_call_answers_the_dial_and_frees_the_line() {
+        let (mut sb, now) = board(&["201"]);
+        sb.handle_dial(now, "201", 5, "nobody");
+        drain(&mut sb);
+        sb.handle_outside_failed(now, 1, FailReason::UnknownNumber);
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::DialFailed {
+            caller: "201".into(),
+            req: 5,
+            reason: FailReason::UnknownNumber
+        }));
+        assert_eq!(
+            record(&acts).map(|r| r.outcome),
+            Some(Outcome::UnknownNumber)
+        );
+        assert_eq!(sb.lines.len(), 1);
+        assert!(sb.lines.get("201").is_some_and(|l| l.call.is_none()));
+        // After it rang, a decline ends the call for the caller.
+        sb.handle_dial(now, "201", 6, "carol");
+        sb.handle_outside_ringing(2);
+        drain(&mut sb);
+        sb.handle_outside_failed(now, 2, FailReason::Busy);
+        assert!(drain(&mut sb).contains(&Action::Ended {
+            to: "201".into(),
+            call: 2,
+            reason: EndReason::Rejected
+        }));
+    }
+
+    #[test]
+    fn numbers_in_the_extension_range_never_go_outside() {
+        let (mut sb, now) = board(&["201"]);
+        sb.handle_dial(now, "201", 1, "250");
+        assert!(drain(&mut sb).contains(&Action::DialFailed {
+            caller: "201".into(),
+            req: 1,
+            reason: FailReason::UnknownNumber
+        }));
+        // Nor does anything when the gateway has no directory.
+        let (mut sb, now) = board(&["201"]);
+        sb.set_config(Config::default());
+        sb.handle_dial(now, "201", 1, "bob");
+        assert!(drain(&mut sb).contains(&Action::DialFailed {
+            caller: "201".into(),
+            req: 1,
+            reason: FailReason::UnknownNumber
+        }));
+    }
+
+    #[test]
+    fn a_call_to_the_office_rings_every_free_station_and_the_first_answer_wins() {
+        let (mut sb, now) = board(&["201", "202", "203", "204"]);
+        sb.set_settings(
+            "203",
+            LineSettings {
+                dnd: true,
+                ..LineSettings::default()
+            },
+        );
+        sb.handle_line_down(now, "204");
+        let trunk = trunk_line("d9", "alice");
+        sb.handle_inbound(now, &trunk, 9, None);
+        let acts = drain(&mut sb);
+        let rung: Vec<&str> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::Ring { callee, from, .. } if from == "alice" => Some(callee.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rung, vec!["201", "202"]);
+        assert!(matches!(&acts[0], Action::Ringing { caller, req: 9, .. } if *caller == trunk));
+        sb.handle_answer(now, "202", 1).expect("answer");
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ended {
+            to: "201".into(),
+            call: 1,
+            reason: EndReason::AnsweredElsewhere
+        }));
+        assert!(acts.contains(&Action::Connected {
+            call: 1,
+            caller: trunk.clone(),
+            callee: "202".into()
+        }));
+        assert!(sb.lines.get("201").is_some_and(|l| l.call.is_none()));
+        // An outside party cannot be handed on (yet); the call is intact.
+        assert_eq!(
+            sb.handle_transfer(now, "202", 3, 1, "201"),
+            Err(CallError::OutsideParty)
+        );
+        assert!(sb.call(1).is_some());
+        sb.handle_hangup(now, &trunk, 1).expect("hangup");
+        assert!(drain(&mut sb).contains(&Action::Ended {
+            to: "202".into(),
+            call: 1,
+            reason: EndReason::Hangup
+        }));
+        assert!(!sb.lines.contains_key(&trunk));
+    }
+
+    #[test]
+    fn a_group_keeps_ringing_until_the_last_member_declines() {
+        let (mut sb, now) = board(&["201", "202"]);
+        let trunk = trunk_line("d1", "alice");
+        sb.handle_inbound(now, &trunk, 1, None);
+        drain(&mut sb);
+        sb.handle_reject(now, "201", 1).expect("reject");
+        assert!(drain(&mut sb).is_empty());
+        assert!(sb.lines.get("201").is_some_and(|l| l.call.is_none()));
+        sb.handle_reject(now, "202", 1).expect("reject");
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ended {
+            to: trunk.clone(),
+            call: 1,
+            reason: EndReason::Rejected
+        }));
+        // Nobody free: busy at once.
+        sb.handle_dial(now, "201", 2, "202");
+        drain(&mut sb);
+        let t2 = trunk_line("d2", "alice");
+        sb.handle_inbound(now, &t2, 2, None);
+        assert!(drain(&mut sb).contains(&Action::DialFailed {
+            caller: t2.clone(),
+            req: 2,
+            reason: FailReason::Busy
+        }));
+        assert!(!sb.lines.contains_key(&t2));
+    }
+
+    #[test]
+    fn a_ringing_group_call_ends_everywhere_when_the_caller_gives_up() {
+        let (mut sb, now) = board(&["201", "202", "203"]);
+        let trunk = trunk_line("d1", "alice");
+        sb.handle_inbound(now, &trunk, 1, None);
+        drain(&mut sb);
+        sb.handle_line_down(now, "203");
+        assert!(
+            drain(&mut sb).is_empty(),
+            "one member going away is not the end"
+        );
+        sb.handle_hangup(now, &trunk, 1).expect("cancel");
+        let acts = drain(&mut sb);
+        for ext in ["201", "202"] {
+            assert!(acts
+                .iter()
+                .any(|a| matches!(a, Action::Ended { to, call: 1, .. } if to == ext)));
+        }
+        assert!(sb.lines.values().all(|l| l.call.is_none()));
+    }
+
+    #[test]
+    fn an_outside_caller_may_dial_an_extension_but_not_a_feature_code() {
+        let (mut sb, now) = board(&["201", "202"]);
+        let trunk = trunk_line("d1", "alice");
+        sb.handle_inbound(now, &trunk, 1, Some("202"));
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ring {
+            callee: "202".into(),
+            call: 1,
+            from: "alice".into()
+        }));
+        let t2 = trunk_line("d2", "mallory");
+        sb.handle_inbound(now, &t2, 2, Some("*72999"));
+        assert!(drain(&mut sb).contains(&Action::DialFailed {
+            caller: t2.clone(),
+            req: 2,
+            reason: FailReason::NotAllowed
+        }));
+        assert!(sb
+            .settings("201")
+            .is_some_and(|s| s.forward_always.is_none()));
+        // Nor an outside number through the office.
+        let t3 = trunk_line("d3", "mallory");
+        sb.handle_inbound(now, &t3, 3, Some("premium-line"));
+        assert!(drain(&mut sb).iter().any(|a| matches!(
+            a,
+            Action::DialFailed {
+                reason: FailReason::UnknownNumber,
+                ..
+            }
+        )));
+        assert!(!sb.lines.contains_key(&t3));
     }
 }

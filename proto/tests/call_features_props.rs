@@ -120,7 +120,11 @@ proptest! {
         events in prop::collection::vec(event(), 1..120),
     ) {
         let mut run = Run {
-            sb: Switchboard::new(Config { ring_timeout: RING, voicemail }),
+            sb: Switchboard::new(Config {
+                ring_timeout: RING,
+                voicemail,
+                ..Config::default()
+            }),
             now: Instant::now(),
             created: BTreeSet::new(),
             recorded: BTreeMap::new(),

@@ -40,6 +40,7 @@ impl Bench {
             sb: Switchboard::new(Config {
                 ring_timeout: RING,
                 voicemail: false,
+                ..Config::default()
             }),
             t0,
             now: t0,
