@@ -49,6 +49,29 @@ pub struct Config {
     pub voicemail_silence_secs: u64,
     /// WAV file played to callers before the beep (default: a chime).
     pub voicemail_greeting: Option<std::path::PathBuf>,
+    /// Extensions that ring for a call to the office number (empty: every
+    /// extension rings and the first to answer takes the call).
+    pub reception: Vec<String>,
+    /// The internet directory the office registers its number with;
+    /// absent: the office works on its own (internal calls only).
+    pub directory: Option<DirectoryConfig>,
+}
+
+/// `[directory]`: where the office number lives.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// `HOST:PORT` of the directory (port 7480 by default).
+    pub address: String,
+    /// SHA-256 fingerprint (hex) of the directory's certificate, pinned.
+    pub fingerprint: String,
+    /// The office's account on the directory.
+    pub account: String,
+    /// A file holding the account's password (one line; keep it 0600).
+    pub password_file: std::path::PathBuf,
+    /// The account's numbers to register (empty: all of them).
+    #[serde(default)]
+    pub numbers: Vec<String>,
 }
 
 pub const DEFAULT_PORT: u16 = 7470;
@@ -66,6 +89,8 @@ impl Default for Config {
             voicemail_max_secs: 120,
             voicemail_silence_secs: 5,
             voicemail_greeting: None,
+            reception: Vec::new(),
+            directory: None,
         }
     }
 }
@@ -96,7 +121,39 @@ impl Config {
         if lo < 10 || lo > hi || hi > 999_999 {
             bail!("extension_range must be [low, high] with 10 <= low <= high <= 999999");
         }
+        for ext in &self.reception {
+            if keyline_proto::number::canonicalize(ext).ok().as_deref() != Some(ext.as_str()) {
+                bail!("reception: {ext:?} is not an extension number");
+            }
+        }
+        if let Some(d) = &self.directory {
+            if d.fingerprint.len() != 64 || !d.fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("directory.fingerprint must be the directory's SHA-256 fingerprint (64 hex digits)");
+            }
+            if d.address.trim().is_empty() {
+                bail!("directory.address must be HOST:PORT");
+            }
+            if d.account.trim().is_empty() {
+                bail!("directory.account must not be empty");
+            }
+            for n in &d.numbers {
+                keyline_proto::number::canonicalize(n)
+                    .map_err(|e| anyhow::anyhow!("directory.numbers: {n:?}: {e}"))?;
+            }
+        }
         Ok(())
+    }
+
+    /// The switchboard's settings from this configuration.
+    pub fn call_config(&self) -> keyline_proto::call::Config {
+        let [lo, hi] = self.extension_range;
+        keyline_proto::call::Config {
+            ring_timeout: self.ring_timeout(),
+            voicemail: self.voicemail,
+            outside: self.directory.is_some(),
+            extension_range: (lo, hi),
+            reception: self.reception.clone(),
+        }
     }
 
     pub fn ring_timeout(&self) -> Duration {

@@ -11,4 +11,5 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod server;
+pub mod trunk;
 pub mod voicemail;

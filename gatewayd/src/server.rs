@@ -15,7 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use keyline_net::lifecycle::{self, Signal, Signals};
 use keyline_net::{control, mdns, pairing_code, peer_fingerprint, Identity};
-use keyline_proto::call::{Action, CallState, Config as CallConfig, Switchboard};
+use keyline_proto::call::{display, is_trunk, Action, CallState, Switchboard};
+
+use crate::trunk::Trunks;
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
 use keyline_proto::msg::{CallId, FailReason, MediaPlan, Msg, Role};
 use keyline_proto::{number, MAX_MESSAGE, PROTOCOL_VERSION};
@@ -81,6 +83,8 @@ pub enum Event {
     Shutdown {
         done: oneshot::Sender<()>,
     },
+    /// The directory uplink or an outside call has news.
+    Trunk(crate::trunk::TrunkEvent),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -248,6 +252,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         })
     };
 
+    let uplink = shared
+        .cfg()
+        .directory
+        .map(|d| tokio::spawn(crate::trunk::uplink(shared.clone(), endpoint.clone(), d)));
+
     lifecycle::ready("0 extensions online, 0 calls in progress");
     {
         let shared = shared.clone();
@@ -271,6 +280,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(2), done_rx).await;
     }
     accept.abort();
+    if let Some(u) = uplink {
+        u.abort();
+    }
     // Give writers a moment to put the goodbyes on the wire.
     tokio::time::sleep(Duration::from_millis(100)).await;
     endpoint.close(quinn::VarInt::from_u32(0), b"gateway stopping");
@@ -782,18 +794,19 @@ async fn wait_for_approval(
 }
 
 /// A connected station as the switch sees it.
-struct Station {
-    conn: quinn::Connection,
+pub(crate) struct Station {
+    pub(crate) conn: quinn::Connection,
     tx: mpsc::Sender<Msg>,
     name: Option<String>,
 }
 
 /// The task that owns call state.
-struct Switch {
-    shared: Arc<Shared>,
-    sb: Switchboard,
-    stations: HashMap<String, Station>,
-    relays: HashMap<CallId, Allocation>,
+pub(crate) struct Switch {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) sb: Switchboard,
+    pub(crate) stations: HashMap<String, Station>,
+    pub(crate) relays: HashMap<CallId, Allocation>,
+    pub(crate) trunks: Trunks,
     /// Maps the monotonic clock to wall-clock time for call records.
     anchor: (Instant, SystemTime),
     last_status: (usize, usize),
@@ -801,10 +814,8 @@ struct Switch {
 
 impl Switch {
     fn new(shared: Arc<Shared>) -> Result<Switch> {
-        let mut sb = Switchboard::new(CallConfig {
-            ring_timeout: shared.cfg().ring_timeout(),
-            voicemail: shared.cfg().voicemail,
-        });
+        let mut sb = Switchboard::new(shared.cfg().call_config());
+        let shared_cfg_has_directory = shared.cfg().directory.is_some();
         sb.set_next_call_id(shared.db.max_call_id()? + 1);
         for row in shared.db.agents()? {
             if let (Some(ext), "approved") = (&row.ext, row.state.as_str()) {
@@ -822,6 +833,7 @@ impl Switch {
             sb,
             stations: HashMap::new(),
             relays: HashMap::new(),
+            trunks: Trunks::new(shared_cfg_has_directory),
             anchor: (Instant::now(), SystemTime::now()),
             last_status: (0, 0),
         })
@@ -884,13 +896,11 @@ impl Switch {
                 Event::TextStored { to, text } => self.send(&to, text),
                 Event::VoicemailDone { call } => self.sb.handle_voicemail_done(now, call),
                 Event::MessageWaiting { ext } => self.message_waiting(&ext),
-                Event::Reload { cfg } => self.sb.set_config(CallConfig {
-                    ring_timeout: cfg.ring_timeout(),
-                    voicemail: cfg.voicemail,
-                }),
+                Event::Reload { cfg } => self.sb.set_config(cfg.call_config()),
                 Event::Query { what, reply } => {
                     let _ = reply.send(self.query(what));
                 }
+                Event::Trunk(ev) => self.on_trunk(now, ev),
                 Event::Shutdown { done } => {
                     self.sb.shutdown(now);
                     self.drain();
@@ -996,7 +1006,7 @@ impl Switch {
         }
     }
 
-    fn send(&mut self, ext: &str, msg: Msg) {
+    pub(crate) fn send(&mut self, ext: &str, msg: Msg) {
         if let Some(st) = self.stations.get(ext) {
             if st.tx.try_send(msg).is_err() {
                 // A station that cannot keep up with a few control messages
@@ -1014,8 +1024,22 @@ impl Switch {
                     caller,
                     req,
                     call,
+                    callee: _,
+                } if is_trunk(&caller) => self.inbound_ringing(call, &caller, req),
+                Action::Ringing {
+                    caller,
+                    req,
+                    call,
                     callee,
                 } => self.send(&caller, Msg::Ringing { req, call, callee }),
+                Action::DialFailed {
+                    caller,
+                    req,
+                    reason,
+                } if is_trunk(&caller) => self.inbound_refused(req, reason),
+                Action::Ring { callee, call, from } if is_trunk(&callee) => {
+                    self.place_outside(call, &from, &callee)
+                }
                 Action::DialFailed {
                     caller,
                     req,
@@ -1048,6 +1072,10 @@ impl Switch {
                         tracing::warn!("call {call}: media set-up failed: {e:#}");
                         self.sb.handle_media_failed(Instant::now(), call);
                     }
+                }
+                Action::Ended { to, call, .. } if is_trunk(&to) => {
+                    self.relays.remove(&call);
+                    self.trunk_ended(call);
                 }
                 Action::Ended { to, call, reason } => {
                     self.relays.remove(&call);
@@ -1186,6 +1214,7 @@ impl Switch {
                     peer_fp: self.shared.id.fingerprint.clone(),
                     token,
                     relayed: false,
+                    media_call: None,
                 },
             },
         );
@@ -1194,6 +1223,9 @@ impl Switch {
 
     /// Hand both ends of an answered call their media plans.
     fn connect(&mut self, call: CallId, caller: &str, callee: &str) -> Result<()> {
+        if is_trunk(caller) || is_trunk(callee) {
+            return self.connect_outside(call, caller, callee);
+        }
         let (Some(a), Some(b)) = (self.stations.get(caller), self.stations.get(callee)) else {
             bail!("an end of the call is not connected");
         };
@@ -1232,6 +1264,7 @@ impl Switch {
             peer_fp: b_fp,
             token: token.clone(),
             relayed,
+            media_call: None,
         };
         let callee_plan = MediaPlan {
             dial: false,
@@ -1239,6 +1272,7 @@ impl Switch {
             peer_fp: a_fp,
             token,
             relayed,
+            media_call: None,
         };
         self.send(
             callee,
@@ -1278,6 +1312,7 @@ impl Switch {
                 "stations_online": self.stations.len(),
                 "calls_active": self.sb.calls().count(),
                 "relay": self.shared.relay.snapshot(),
+                "directory": self.trunks.status(),
             }),
         }
     }
@@ -1297,8 +1332,10 @@ impl Switch {
                 };
                 json!({
                     "id": c.id,
-                    "caller": c.caller,
-                    "callee": c.callee,
+                    "caller": display(&c.caller),
+                    "callee": display(&c.callee),
+                    "outside": is_trunk(&c.caller) || is_trunk(&c.callee),
+                    "directory_call": self.trunks.dir_call(c.id),
                     "state": state,
                     "seconds": secs.as_secs(),
                     "relayed": self.relays.contains_key(&c.id),

@@ -914,7 +914,7 @@ async fn dial_media(agent: Arc<Agent>, call: CallId, plan: MediaPlan) {
         write_frame(
             &mut send,
             &Msg::MediaHello {
-                call,
+                call: plan.flow(call),
                 token: plan.token.clone(),
             },
             MAX_MESSAGE,
@@ -925,12 +925,12 @@ async fn dial_media(agent: Arc<Agent>, call: CallId, plan: MediaPlan) {
             .context("no media answer within 5 s")??
             .context("the peer closed the media stream")?;
         match Msg::from_cbor(&body)? {
-            Msg::MediaOk { call: c } if c == call => Ok::<_, anyhow::Error>(conn),
+            Msg::MediaOk { call: c } if c == plan.flow(call) => Ok::<_, anyhow::Error>(conn),
             other => bail!("unexpected media answer {:?}", other.kind()),
         }
     }
     .await;
-    install_session(&agent, call, res);
+    install_session(&agent, call, plan.flow(call), res);
 }
 
 /// Accepting end: take media connections from the expected peer only.
@@ -941,7 +941,7 @@ async fn accept_media(agent: Arc<Agent>) {
             let Ok(conn) = incoming.await else { return };
             let res = accept_one(&agent, conn).await;
             match res {
-                Ok((call, conn)) => install_session(&agent, call, Ok(conn)),
+                Ok((call, flow, conn)) => install_session(&agent, call, flow, Ok(conn)),
                 Err(e) => tracing::info!("refused a media connection: {e:#}"),
             }
         });
@@ -951,7 +951,7 @@ async fn accept_media(agent: Arc<Agent>) {
 async fn accept_one(
     agent: &Arc<Agent>,
     conn: quinn::Connection,
-) -> Result<(CallId, quinn::Connection)> {
+) -> Result<(CallId, CallId, quinn::Connection)> {
     let fp = peer_fingerprint(&conn).context("no certificate")?;
     let mut rx = agent.expect.subscribe();
     // The peer may be quicker than the gateway's Connect to us: wait a bit.
@@ -972,24 +972,31 @@ async fn accept_one(
     let body = read_frame(&mut recv, MAX_MESSAGE)
         .await?
         .context("the peer closed the media stream")?;
+    let flow = plan.flow(call);
     match Msg::from_cbor(&body)? {
-        Msg::MediaHello { call: c, token } if c == call && token == plan.token => {}
+        Msg::MediaHello { call: c, token } if c == flow && token == plan.token => {}
         _ => {
             conn.close(quinn::VarInt::from_u32(1), b"bad media credential");
             bail!("wrong media credential");
         }
     }
-    write_frame(&mut send, &Msg::MediaOk { call }, MAX_MESSAGE).await?;
-    Ok((call, conn))
+    write_frame(&mut send, &Msg::MediaOk { call: flow }, MAX_MESSAGE).await?;
+    Ok((call, flow, conn))
 }
 
-fn install_session(agent: &Arc<Agent>, call: CallId, conn: Result<quinn::Connection>) {
+/// Start the media of `call` on `conn`; `flow` is the id on its datagrams.
+fn install_session(
+    agent: &Arc<Agent>,
+    call: CallId,
+    flow: CallId,
+    conn: Result<quinn::Connection>,
+) {
     let mut st = agent.lock();
     if st.consult.as_ref().is_some_and(|c| c.id == Some(call)) {
         match conn.and_then(|conn| {
             Session::start(
                 conn,
-                call,
+                flow,
                 agent.source.clone(),
                 agent.sink.clone(),
                 st.consult_record.clone(),
@@ -1019,7 +1026,7 @@ fn install_session(agent: &Arc<Agent>, call: CallId, conn: Result<quinn::Connect
         Ok(conn) if current => {
             match Session::start(
                 conn,
-                call,
+                flow,
                 agent.source.clone(),
                 agent.sink.clone(),
                 st.record.clone(),

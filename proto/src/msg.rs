@@ -125,6 +125,19 @@ pub struct MediaPlan {
     pub token: String,
     /// Whether the path runs through the gateway's forwarder.
     pub relayed: bool,
+    /// For an outside call: the directory's id of the call, which both
+    /// ends present in `MediaHello` and use as the media flow id (the far
+    /// end knows no other). Absent: this call's own id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_call: Option<CallId>,
+}
+
+impl MediaPlan {
+    /// The call id presented on the media connection and used as its
+    /// flow id.
+    pub fn flow(&self, call: CallId) -> CallId {
+        self.media_call.unwrap_or(call)
+    }
 }
 
 /// One voicemail message in a mailbox.
@@ -477,6 +490,7 @@ mod tests {
             peer_fp: "ab".repeat(32),
             token: "00ff".into(),
             relayed: false,
+            media_call: None,
         };
         let all = vec![
             Msg::Hello {

@@ -72,6 +72,7 @@ fn media_plan() -> impl Strategy<Value = MediaPlan> {
             peer_fp,
             token,
             relayed,
+            media_call: None,
         })
 }
 

@@ -1,0 +1,703 @@
+//! The office's line to the outside world (claims 1, 2 and 6).
+//!
+//! The gateway registers the office number with the internet directory
+//! (the uplink task below, which reconnects with backoff) and places and
+//! takes outside calls for its stations. In the switchboard an outside call
+//! is a call with a trunk line (`keyline_proto::call::trunk_line`); this
+//! module turns the switchboard's actions on trunk lines into directory
+//! requests and the directory's events into switchboard inputs.
+//!
+//! Media never ends at the gateway: the station's end-to-end connection to
+//! the far end runs through a forwarder allocation whose outside port the
+//! gateway announces to the directory as the station's address for that
+//! call, vouching for the station's certificate. The LAN-only station never
+//! touches the internet, and the forwarder moves packets it cannot read.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use keyline_directory::client::{
+    self as dir, CallError, CallOptions, Connected, DirClient, MediaPlan as DirPlan, Options,
+};
+use keyline_net::relay;
+use keyline_proto::call::{display, is_trunk, trunk_line, CallState};
+use keyline_proto::dir::{DirectPolicy, EndReason as DirEnd, ErrorCode};
+use keyline_proto::msg::{CallId, FailReason, MediaPlan, Msg, Role};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::config::DirectoryConfig;
+use crate::server::{Event, Shared, Switch};
+
+/// What the uplink and the per-call tasks tell the switch.
+#[derive(Debug)]
+pub enum TrunkEvent {
+    /// Logged in and registered.
+    Up {
+        client: DirClient,
+        outside_ip: IpAddr,
+        numbers: Vec<String>,
+        observed: SocketAddr,
+    },
+    /// The directory connection is gone (the uplink reconnects).
+    Down { reason: String },
+    /// Something the directory said.
+    Dir(dir::Event),
+    /// An outside call placed for a station rings at the far end.
+    Ringing { call: CallId, dir_call: u64 },
+    /// ... and was answered.
+    Answered { call: CallId, connected: Connected },
+    /// ... or failed before it was answered.
+    Failed { call: CallId, reason: FailReason },
+    /// The directory accepted our answer of an incoming call.
+    Accepted { call: CallId, plan: DirPlan },
+    /// Answering an incoming call failed.
+    AcceptFailed { call: CallId, message: String },
+    /// The direct attempt's deadline passed: fall back to the relay if
+    /// nothing came back from the far end.
+    CheckFallback { call: CallId },
+    /// The directory's relay for `call` is at `relay`.
+    Relay { call: CallId, relay: SocketAddr },
+}
+
+/// One outside call.
+#[derive(Debug)]
+pub struct Trunk {
+    /// The trunk line standing for the far end in the switchboard.
+    pub line: String,
+    /// The directory's id of the call, once known.
+    pub dir_call: Option<u64>,
+    /// The far end's certificate and addresses (incoming calls).
+    caller_fp: String,
+    caller_candidates: Vec<SocketAddr>,
+    /// How the media connects, once the call is answered.
+    plan: Option<DirPlan>,
+    /// The directory already knows the call is over.
+    dir_ended: bool,
+    /// The task placing an outgoing call (aborting it cancels the call).
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The switch's outside-call state.
+#[derive(Debug, Default)]
+pub struct Trunks {
+    pub client: Option<(DirClient, IpAddr)>,
+    status: Value,
+    /// By switchboard call id.
+    calls: HashMap<CallId, Trunk>,
+    /// Directory call id → switchboard call id.
+    by_dir: HashMap<u64, CallId>,
+    /// Incoming calls handed to the switchboard, until it rings or refuses.
+    arriving: HashMap<u64, (String, Vec<SocketAddr>)>,
+}
+
+impl Trunks {
+    pub fn new(configured: bool) -> Trunks {
+        Trunks {
+            status: json!({ "state": if configured { "connecting" } else { "off" } }),
+            ..Trunks::default()
+        }
+    }
+
+    pub fn status(&self) -> Value {
+        self.status.clone()
+    }
+
+    pub fn dir_call(&self, call: CallId) -> Option<u64> {
+        self.calls.get(&call).and_then(|t| t.dir_call)
+    }
+}
+
+/// Keep the office registered with the directory: connect, log in,
+/// register, pass events on; on loss, wait (1 s doubling to 30 s) and
+/// start again.
+pub async fn uplink(shared: Arc<Shared>, endpoint: quinn::Endpoint, cfg: DirectoryConfig) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let started = Instant::now();
+        let reason = match session(&shared, &endpoint, &cfg).await {
+            Ok(reason) => reason,
+            Err(e) => format!("{e:#}"),
+        };
+        tracing::warn!(
+            "directory {}: {reason}; retrying in {backoff:?}",
+            cfg.address
+        );
+        if shared
+            .events
+            .send(Event::Trunk(TrunkEvent::Down { reason }))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// One directory session; returns why it ended.
+async fn session(
+    shared: &Arc<Shared>,
+    endpoint: &quinn::Endpoint,
+    cfg: &DirectoryConfig,
+) -> Result<String> {
+    let addr = tokio::net::lookup_host(&cfg.address)
+        .await
+        .with_context(|| format!("resolving {}", cfg.address))?
+        .next()
+        .with_context(|| format!("{} has no address", cfg.address))?;
+    let password = std::fs::read_to_string(&cfg.password_file)
+        .with_context(|| format!("reading {}", cfg.password_file.display()))?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    let outside_ip = outside_ip(shared.local_addr, addr)?;
+    let (client, mut events) = DirClient::connect_with(
+        endpoint,
+        &shared.id,
+        addr,
+        Some(cfg.fingerprint.to_ascii_lowercase()),
+        Options {
+            role: Role::Gateway,
+            name: shared.cfg().name.clone(),
+            events: 256,
+        },
+    )
+    .await?;
+    let session = client.login(&cfg.account, password).await?;
+    let numbers: Vec<&str> = cfg.numbers.iter().map(String::as_str).collect();
+    let me = SocketAddr::new(outside_ip, shared.local_addr.port());
+    let reg = client.register(&numbers, vec![me]).await?;
+    tracing::info!(
+        "registered {} with the directory {addr} as {} (seen at {})",
+        reg.numbers.join(", "),
+        session.account,
+        reg.observed
+    );
+    shared
+        .events
+        .send(Event::Trunk(TrunkEvent::Up {
+            client: client.clone(),
+            outside_ip,
+            numbers: reg.numbers.clone(),
+            observed: reg.observed,
+        }))
+        .await
+        .context("the gateway is stopping")?;
+    while let Some(ev) = events.recv().await {
+        match ev {
+            dir::Event::Disconnected { reason } => return Ok(reason),
+            dir::Event::GoingAway { message } => {
+                client.close();
+                return Ok(format!("the directory is going away: {message}"));
+            }
+            ev => {
+                if shared
+                    .events
+                    .send(Event::Trunk(TrunkEvent::Dir(ev)))
+                    .await
+                    .is_err()
+                {
+                    return Ok("the gateway is stopping".into());
+                }
+            }
+        }
+    }
+    Ok("the directory connection closed".into())
+}
+
+/// The gateway's own address on the way to `to` (no packet is sent).
+fn outside_ip(local: SocketAddr, to: SocketAddr) -> Result<IpAddr> {
+    if !local.ip().is_unspecified() {
+        return Ok(local.ip());
+    }
+    let any: SocketAddr = if to.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let probe = std::net::UdpSocket::bind(any).context("finding the outside address")?;
+    probe
+        .connect(to)
+        .with_context(|| format!("no route to the directory at {to}"))?;
+    Ok(probe.local_addr()?.ip())
+}
+
+fn fail_reason(e: &CallError) -> FailReason {
+    match e {
+        CallError::Ended { reason, .. } => match reason {
+            DirEnd::Busy => FailReason::Busy,
+            DirEnd::PeerLost => FailReason::Unreachable,
+            _ => FailReason::Busy,
+        },
+        other => match other.code() {
+            Some(ErrorCode::UnknownNumber) => FailReason::UnknownNumber,
+            Some(ErrorCode::InvalidNumber) => FailReason::InvalidNumber,
+            Some(ErrorCode::SelfCall) => FailReason::SelfCall,
+            Some(ErrorCode::ForwardLoop | ErrorCode::TooManyHops) => FailReason::ForwardLoop,
+            Some(ErrorCode::NotLoggedIn | ErrorCode::NotYourNumber) => FailReason::NotAllowed,
+            _ => FailReason::Unreachable,
+        },
+    }
+}
+
+impl Switch {
+    pub(crate) fn on_trunk(&mut self, now: Instant, ev: TrunkEvent) {
+        match ev {
+            TrunkEvent::Up {
+                client,
+                outside_ip,
+                numbers,
+                observed,
+            } => {
+                self.trunks.status = json!({
+                    "state": "registered",
+                    "numbers": numbers,
+                    "observed": observed.to_string(),
+                    "outside_ip": outside_ip.to_string(),
+                    "directory_fingerprint": client.directory_fingerprint(),
+                });
+                self.trunks.client = Some((client, outside_ip));
+            }
+            TrunkEvent::Down { reason } => {
+                self.trunks.client = None;
+                self.trunks.status = json!({ "state": "connecting", "last_error": reason });
+                // Every outside call went with the connection.
+                let calls: Vec<(CallId, String)> = self
+                    .trunks
+                    .calls
+                    .iter_mut()
+                    .map(|(id, t)| {
+                        t.dir_ended = true;
+                        (*id, t.line.clone())
+                    })
+                    .collect();
+                for (id, line) in calls {
+                    self.trunk_gone(now, id, &line, FailReason::Unreachable);
+                }
+                for (dc, _) in std::mem::take(&mut self.trunks.arriving) {
+                    tracing::info!("incoming call {dc} lost with the directory");
+                }
+            }
+            TrunkEvent::Dir(ev) => self.on_directory(now, ev),
+            TrunkEvent::Ringing { call, dir_call } => {
+                if let Some(t) = self.trunks.calls.get_mut(&call) {
+                    t.dir_call = Some(dir_call);
+                    self.trunks.by_dir.insert(dir_call, call);
+                    self.sb.handle_outside_ringing(call);
+                }
+            }
+            TrunkEvent::Answered { call, connected } => {
+                let Some(t) = self.trunks.calls.get_mut(&call) else {
+                    return;
+                };
+                t.dir_call = Some(connected.call);
+                t.task = None;
+                self.trunks.by_dir.insert(connected.call, call);
+                let plan = connected.plan;
+                if let Some(a) = self.relays.get(&call) {
+                    a.retarget_callee(match plan.relay {
+                        Some(r) => vec![r],
+                        None => plan.peer_candidates.clone(),
+                    });
+                }
+                if plan.relay.is_none() && plan.policy == DirectPolicy::DirectThenRelay {
+                    let (tx, wait) = (self.shared.events.clone(), plan.fallback_after);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        let _ = tx
+                            .send(Event::Trunk(TrunkEvent::CheckFallback { call }))
+                            .await;
+                    });
+                }
+                let line = t.line.clone();
+                t.plan = Some(plan);
+                if let Err(e) = self.sb.handle_answer(now, &line, call) {
+                    tracing::warn!("outside call {call}: {e}");
+                }
+            }
+            TrunkEvent::Failed { call, reason } => {
+                if let Some(t) = self.trunks.calls.get_mut(&call) {
+                    t.dir_ended = true;
+                    t.task = None;
+                    self.sb.handle_outside_failed(now, call, reason);
+                }
+            }
+            TrunkEvent::Accepted { call, plan } => {
+                let Some(t) = self.trunks.calls.get_mut(&call) else {
+                    return;
+                };
+                if let (Some(r), Some(a)) = (plan.relay, self.relays.get(&call)) {
+                    a.retarget_callee(vec![r]);
+                }
+                t.plan = Some(plan.clone());
+                let station = self.sb.call(call).map(|c| {
+                    if is_trunk(&c.caller) {
+                        &c.callee
+                    } else {
+                        &c.caller
+                    }
+                    .clone()
+                });
+                if let Some(ext) = station {
+                    self.send(
+                        &ext,
+                        Msg::Connect {
+                            call,
+                            media: MediaPlan {
+                                dial: false,
+                                peer_addr: None,
+                                peer_fp: plan.peer_fp,
+                                token: plan.token,
+                                relayed: true,
+                                media_call: Some(plan.call),
+                            },
+                        },
+                    );
+                }
+            }
+            TrunkEvent::AcceptFailed { call, message } => {
+                tracing::warn!("outside call {call}: answering failed: {message}");
+                if let Some(t) = self.trunks.calls.get_mut(&call) {
+                    t.dir_ended = true;
+                }
+                self.sb.handle_media_failed(now, call);
+            }
+            TrunkEvent::CheckFallback { call } => {
+                let heard = self.relays.get(&call).map(|a| a.callee_packets());
+                let dc = self.trunks.dir_call(call);
+                let client = self.trunks.client.as_ref().map(|(c, _)| c.clone());
+                if let (Some(0), Some(dc), Some(client)) = (heard, dc, client) {
+                    tracing::info!("outside call {call}: no direct answer; asking for the relay");
+                    let tx = self.shared.events.clone();
+                    tokio::spawn(async move {
+                        match client.fallback(dc).await {
+                            Ok(relay) => {
+                                let _ = tx
+                                    .send(Event::Trunk(TrunkEvent::Relay { call, relay }))
+                                    .await;
+                            }
+                            Err(e) => tracing::warn!("call {call}: no relay: {e}"),
+                        }
+                    });
+                }
+            }
+            TrunkEvent::Relay { call, relay } => {
+                if let Some(a) = self.relays.get(&call) {
+                    a.retarget_callee(vec![relay]);
+                }
+            }
+        }
+    }
+
+    fn on_directory(&mut self, now: Instant, ev: dir::Event) {
+        match ev {
+            dir::Event::Ring(inc) => {
+                let line = trunk_line(&format!("d{}", inc.call), &inc.from);
+                tracing::info!(
+                    "incoming call {} from {} for {}{}",
+                    inc.call,
+                    inc.from,
+                    inc.number,
+                    inc.ext
+                        .as_deref()
+                        .map(|e| format!("/{e}"))
+                        .unwrap_or_default()
+                );
+                self.trunks
+                    .arriving
+                    .insert(inc.call, (inc.caller_fp, inc.caller_candidates));
+                self.sb
+                    .handle_inbound(now, &line, inc.call, inc.ext.as_deref());
+            }
+            dir::Event::Ended { call: dc, reason } => {
+                self.trunks.arriving.remove(&dc);
+                let Some(&call) = self.trunks.by_dir.get(&dc) else {
+                    return;
+                };
+                let Some(t) = self.trunks.calls.get_mut(&call) else {
+                    return;
+                };
+                t.dir_ended = true;
+                let line = t.line.clone();
+                let reason = match reason {
+                    DirEnd::Busy => FailReason::Busy,
+                    DirEnd::PeerLost => FailReason::Unreachable,
+                    _ => FailReason::Busy,
+                };
+                self.trunk_gone(now, call, &line, reason);
+            }
+            dir::Event::Relay { call: dc, relay } => {
+                if let Some(a) = self
+                    .trunks
+                    .by_dir
+                    .get(&dc)
+                    .and_then(|call| self.relays.get(call))
+                {
+                    a.retarget_callee(vec![relay]);
+                }
+            }
+            dir::Event::Mail(m) => {
+                // The office mailbox is not built yet: the directory keeps
+                // the message (it is not acknowledged) and delivers it again.
+                tracing::info!(
+                    "a {} message for the office from {} waits on the directory",
+                    m.kind.as_str(),
+                    m.from
+                );
+            }
+            dir::Event::Expect { from, .. } => {
+                tracing::info!("{from} looked the office up; look-up-only calls are not taken");
+            }
+            dir::Event::AddressChanged { observed } => {
+                self.trunks.status["observed"] = json!(observed.to_string());
+            }
+            dir::Event::Unbound { numbers, reason } => {
+                tracing::warn!("directory: {} unbound: {reason}", numbers.join(", "));
+            }
+            dir::Event::Error { code, message } => {
+                tracing::warn!("directory error {code:?}: {message}");
+            }
+            dir::Event::GoingAway { .. } | dir::Event::Disconnected { .. } => {}
+        }
+    }
+
+    /// The far end of outside call `call` is gone.
+    fn trunk_gone(&mut self, now: Instant, call: CallId, line: &str, reason: FailReason) {
+        let ringing_out = self
+            .sb
+            .call(call)
+            .is_some_and(|c| c.callee == line && matches!(c.state, CallState::Ringing { .. }));
+        if ringing_out {
+            self.sb.handle_outside_failed(now, call, reason);
+        } else if let Err(e) = self.sb.handle_hangup(now, line, call) {
+            tracing::debug!("outside call {call}: {e}");
+        }
+    }
+
+    /// The switchboard rang a trunk line: place the outside call.
+    pub(crate) fn place_outside(&mut self, call: CallId, caller: &str, line: &str) {
+        let now = Instant::now();
+        let number = display(line).to_string();
+        let res = (|| -> Result<(DirClient, SocketAddr, String)> {
+            let (client, outside_ip) = self
+                .trunks
+                .client
+                .clone()
+                .context("the office is not connected to its directory")?;
+            let st = self.stations.get(caller).context("the caller is gone")?;
+            let fp = keyline_net::peer_fingerprint(&st.conn).context("caller certificate")?;
+            let lan_ip = st
+                .conn
+                .local_ip()
+                .filter(|ip| !ip.is_unspecified())
+                .unwrap_or(self.shared.local_addr.ip());
+            let alloc = relay::allocate_open(
+                self.shared.relay.clone(),
+                st.conn.remote_address(),
+                lan_ip,
+                Vec::new(),
+                outside_ip,
+            )
+            .context("allocating the forwarder")?;
+            let port = alloc.callee_facing;
+            self.relays.insert(call, alloc);
+            Ok((client, port, fp))
+        })();
+        let (client, port, fp) = match res {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("call {call} to {number}: {e:#}");
+                self.sb
+                    .handle_outside_failed(now, call, FailReason::Unreachable);
+                return;
+            }
+        };
+        let tx = self.shared.events.clone();
+        let task = tokio::spawn(async move {
+            let (ptx, mut prx) = mpsc::channel(4);
+            let progress = {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while let Some(p) = prx.recv().await {
+                        if let dir::Progress::Ringing { call: dir_call, .. } = p {
+                            let _ = tx
+                                .send(Event::Trunk(TrunkEvent::Ringing { call, dir_call }))
+                                .await;
+                        }
+                    }
+                })
+            };
+            let opts = CallOptions {
+                candidates: vec![port],
+                media_fp: Some(fp),
+                progress: Some(ptx),
+                ..CallOptions::default()
+            };
+            let ev = match client.call(&number, opts).await {
+                Ok(connected) => TrunkEvent::Answered { call, connected },
+                Err(e) => {
+                    tracing::info!("outside call {call}: {e}");
+                    TrunkEvent::Failed {
+                        call,
+                        reason: fail_reason(&e),
+                    }
+                }
+            };
+            progress.abort();
+            let _ = tx.send(Event::Trunk(ev)).await;
+        });
+        self.trunks.calls.insert(
+            call,
+            Trunk {
+                line: line.to_string(),
+                dir_call: None,
+                caller_fp: String::new(),
+                caller_candidates: Vec::new(),
+                plan: None,
+                dir_ended: false,
+                task: Some(task),
+            },
+        );
+    }
+
+    /// The switchboard rings a station for an incoming outside call.
+    pub(crate) fn inbound_ringing(&mut self, call: CallId, line: &str, dir_call: u64) {
+        let (caller_fp, caller_candidates) =
+            self.trunks.arriving.remove(&dir_call).unwrap_or_default();
+        self.trunks.by_dir.insert(dir_call, call);
+        self.trunks.calls.insert(
+            call,
+            Trunk {
+                line: line.to_string(),
+                dir_call: Some(dir_call),
+                caller_fp,
+                caller_candidates,
+                plan: None,
+                dir_ended: false,
+                task: None,
+            },
+        );
+    }
+
+    /// The switchboard refused an incoming outside call.
+    pub(crate) fn inbound_refused(&mut self, dir_call: u64, reason: FailReason) {
+        self.trunks.arriving.remove(&dir_call);
+        let Some((client, _)) = self.trunks.client.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let r = match reason {
+                FailReason::Busy | FailReason::DoNotDisturb => client.busy(dir_call).await,
+                _ => client.reject(dir_call).await,
+            };
+            if let Err(e) = r {
+                tracing::debug!("refusing call {dir_call}: {e}");
+            }
+        });
+    }
+
+    /// The switchboard ended an outside call for the trunk line.
+    pub(crate) fn trunk_ended(&mut self, call: CallId) {
+        let Some(t) = self.trunks.calls.remove(&call) else {
+            return;
+        };
+        if let Some(task) = t.task {
+            // Still placing the call: dropping the request cancels it.
+            task.abort();
+        }
+        if let Some(dc) = t.dir_call {
+            self.trunks.by_dir.remove(&dc);
+            if !t.dir_ended {
+                if let Some((client, _)) = self.trunks.client.clone() {
+                    tokio::spawn(async move {
+                        if let Err(e) = client.hangup(dc).await {
+                            tracing::debug!("hanging up call {dc}: {e}");
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Both ends of an outside call are set: give the station its plan.
+    pub(crate) fn connect_outside(
+        &mut self,
+        call: CallId,
+        caller: &str,
+        callee: &str,
+    ) -> Result<()> {
+        let (station, line) = if is_trunk(callee) {
+            (caller, callee)
+        } else {
+            (callee, caller)
+        };
+        let t = self
+            .trunks
+            .calls
+            .get(&call)
+            .with_context(|| format!("no outside call for {line}"))?;
+        let st = self.stations.get(station).context("the station is gone")?;
+        if let Some(plan) = &t.plan {
+            // We called out and the far end answered: the station dials
+            // through the forwarder.
+            let alloc = self.relays.get(&call).context("no forwarder")?;
+            let media = MediaPlan {
+                dial: true,
+                peer_addr: Some(alloc.caller_facing.to_string()),
+                peer_fp: plan.peer_fp.clone(),
+                token: plan.token.clone(),
+                relayed: true,
+                media_call: Some(plan.call),
+            };
+            self.send(station, Msg::Connect { call, media });
+            return Ok(());
+        }
+        // A station took an incoming call: open the forwarder towards the
+        // caller and answer for the station.
+        let (client, outside_ip) = self
+            .trunks
+            .client
+            .clone()
+            .context("the office is not connected to its directory")?;
+        let dc = t.dir_call.context("no directory call")?;
+        let fp = keyline_net::peer_fingerprint(&st.conn).context("station certificate")?;
+        let lan_ip = st
+            .conn
+            .local_ip()
+            .filter(|ip| !ip.is_unspecified())
+            .unwrap_or(self.shared.local_addr.ip());
+        let alloc = relay::allocate_open(
+            self.shared.relay.clone(),
+            st.conn.remote_address(),
+            lan_ip,
+            t.caller_candidates.clone(),
+            outside_ip,
+        )
+        .context("allocating the forwarder")?;
+        tracing::debug!(
+            "call {call}: answering {dc} for {station} ({}), forwarder {}",
+            t.caller_fp,
+            alloc.callee_facing
+        );
+        let port = alloc.callee_facing;
+        self.relays.insert(call, alloc);
+        let tx = self.shared.events.clone();
+        tokio::spawn(async move {
+            let ev = match client.answer_for(dc, Some(fp), vec![port]).await {
+                Ok(plan) => TrunkEvent::Accepted { call, plan },
+                Err(e) => TrunkEvent::AcceptFailed {
+                    call,
+                    message: e.to_string(),
+                },
+            };
+            let _ = tx.send(Event::Trunk(ev)).await;
+        });
+        Ok(())
+    }
+}
