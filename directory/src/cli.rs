@@ -13,7 +13,15 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "Keyline internet directory: finds and rings numbers, never carries media"
 )]
 pub struct Cli {
-    /// State directory (default: $STATE_DIRECTORY, else ~/.local/state/keyline/directory).
+    /// State directory (default: see --help; control commands find the packaged
+    /// service's /var/lib/keyline/directory).
+    ///
+    /// Without --state: $STATE_DIRECTORY when set (systemd), else
+    /// $XDG_STATE_HOME/keyline/directory or ~/.local/state/keyline/directory.
+    /// The control commands (status, users, user add, forward set, …)
+    /// use the packaged service's /var/lib/keyline/directory instead when that
+    /// exists and the per-user directory does not; the daemon itself never
+    /// falls back.
     #[arg(long, global = true, value_name = "DIR")]
     pub state: Option<PathBuf>,
     /// Validate a configuration file, name the bad field if any, and exit.

@@ -103,6 +103,8 @@ fn serve(state: Option<PathBuf>, args: ServeArgs) -> Result<()> {
     }))
 }
 
+/// The state directory of a command that is not the daemon: `--state`, else
+/// the control default (see `statedir::default_dir`).
 fn state_dir(state: Option<PathBuf>) -> Result<PathBuf> {
     match state {
         Some(s) => Ok(s),
@@ -133,8 +135,11 @@ fn tracing_free_warn(msg: &str) {
     eprintln!("keyline-directory: warning: {msg}");
 }
 
+/// Open the database for an account or forwarding command: the same
+/// directory the control commands use (the packaged service's when only it
+/// exists), created if need be.
 fn open(state: Option<PathBuf>) -> Result<(PathBuf, Arc<dyn Store>)> {
-    let dir = statedir::resolve(state.as_deref(), "directory")?;
+    let dir = statedir::resolve(Some(&state_dir(state)?), "directory")?;
     let store = open_store(&dir)?;
     Ok((dir, store))
 }

@@ -14,7 +14,15 @@ use crate::config::InternalMedia;
     about = "Keyline office phone gateway"
 )]
 pub struct Cli {
-    /// State directory (default: $STATE_DIRECTORY, else ~/.local/state/keyline/gatewayd).
+    /// State directory (default: see --help; control commands find the packaged
+    /// service's /var/lib/keyline/gatewayd).
+    ///
+    /// Without --state: $STATE_DIRECTORY when set (systemd), else
+    /// $XDG_STATE_HOME/keyline/gatewayd or ~/.local/state/keyline/gatewayd.
+    /// The control commands (status, agents, approve, calls, speed-dial, …)
+    /// use the packaged service's /var/lib/keyline/gatewayd instead when that
+    /// exists and the per-user directory does not; the daemon itself never
+    /// falls back.
     #[arg(long, global = true, value_name = "DIR")]
     pub state: Option<PathBuf>,
     #[command(subcommand)]

@@ -9,7 +9,15 @@ use std::net::SocketAddr;
 #[derive(Parser, Debug)]
 #[command(name = "keyline-agent", version, about = "Keyline workstation agent")]
 pub struct Cli {
-    /// State directory (default: $STATE_DIRECTORY, else ~/.local/state/keyline/agent).
+    /// State directory (default: see --help; control commands find the packaged
+    /// service's /var/lib/keyline/agent).
+    ///
+    /// Without --state: $STATE_DIRECTORY when set (systemd), else
+    /// $XDG_STATE_HOME/keyline/agent or ~/.local/state/keyline/agent.
+    /// The control commands (status, dial, answer, hangup, …)
+    /// use the packaged service's /var/lib/keyline/agent instead when that
+    /// exists and the per-user directory does not; the daemon itself never
+    /// falls back.
     #[arg(long, global = true, value_name = "DIR")]
     pub state: Option<PathBuf>,
     #[command(subcommand)]
