@@ -1,0 +1,328 @@
+//! Calls between offices through the directory (claims 1, 2 and 6), with
+//! real processes on loopback: a `keyline-directory`, and two offices, each
+//! a `keyline-gatewayd` registered with it under its office number and
+//! stations enrolled on it.
+//!
+//! Office A's 201 calls office B's number: B's reception (every station,
+//! by default) rings, the first to answer takes the call, and the two
+//! stations' media runs end to end through both gateways' forwarders and
+//! never through the directory. Each side's recording must carry the
+//! other's tones in order. `B-NUMBER/201` rings B's 201 alone.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use keyline_media::{collapse_track, read_wav_mono48k, tone_sequence, tone_track, write_wav};
+use keyline_tests::{
+    bin, call_state, fails, free_udp_port, jnum, jstr, ok, registered, status, wait_for,
+    wait_state, Daemon, Scratch,
+};
+use serde_json::Value;
+
+const A_TONES: [f32; 5] = [600.0, 900.0, 1200.0, 1500.0, 1800.0];
+const B_TONES: [f32; 5] = [700.0, 1000.0, 1300.0, 1600.0, 1900.0];
+const STEP_MS: u32 = 600;
+const PW: &str = "correct horse battery";
+/// Office A's number, as dialled and as the directory keeps it.
+const A_NUMBER: (&str, &str) = ("+82 2 555 0100", "+8225550100");
+/// Office B's number: any script is a number.
+const B_NUMBER: &str = "한빛상사";
+
+fn all_tones() -> Vec<f32> {
+    A_TONES.iter().chain(B_TONES.iter()).copied().collect()
+}
+
+fn write_tones(path: &Path, tones: &[f32]) {
+    let steps: Vec<(f32, u32)> = tones.iter().map(|&t| (t, STEP_MS)).collect();
+    write_wav(path, &tone_sequence(&steps)).expect("write tone file");
+}
+
+fn heard(path: &Path) -> Vec<f32> {
+    let pcm = read_wav_mono48k(path).expect("read recording");
+    collapse_track(&tone_track(&pcm, &all_tones()), 8)
+}
+
+/// A directory with one account per office.
+struct Directory {
+    d: Daemon,
+    addr: String,
+    fp: String,
+}
+
+fn directory(scratch: &Scratch, accounts: &[(&str, &str)], extra_toml: &str) -> Directory {
+    let state = scratch.join("dir");
+    for (account, number) in accounts {
+        let mut child = Command::new(bin("keyline-directory"))
+            .arg("--state")
+            .arg(&state)
+            .args(["user", "add", account, "--number", number])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{PW}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let cfg = scratch.join("directory.toml");
+    std::fs::write(&cfg, format!("listen = \"{addr}\"\n{extra_toml}")).unwrap();
+    let d = Daemon::start(
+        None,
+        bin("keyline-directory"),
+        &state,
+        &["serve", "--config", cfg.to_str().unwrap()],
+    )
+    .unwrap();
+    let st = wait_for("the directory", Duration::from_secs(15), || {
+        d.json(&["status"]).ok()
+    });
+    let fp = jstr(&st, &["fingerprint"]).expect("directory fingerprint");
+    Directory { d, addr, fp }
+}
+
+/// A gateway registered with the directory as `account`.
+struct Office {
+    gw: Daemon,
+    listen: String,
+    dir: std::path::PathBuf,
+}
+
+fn office(scratch: &Scratch, name: &str, account: &str, dir: &Directory, extra: &str) -> Office {
+    let base = scratch.join(name);
+    std::fs::create_dir_all(&base).unwrap();
+    let pw = base.join("directory.password");
+    std::fs::write(&pw, format!("{PW}\n")).unwrap();
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let cfg = base.join("gatewayd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"{listen}\"\nmdns = false\n{extra}\n[directory]\naddress = \"{}\"\n\
+             fingerprint = \"{}\"\naccount = \"{account}\"\npassword_file = \"{}\"\n",
+            dir.addr,
+            dir.fp,
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let gw = Daemon::start(
+        None,
+        bin("keyline-gatewayd"),
+        &base.join("gw"),
+        &["run", "--config", cfg.to_str().unwrap()],
+    )
+    .unwrap();
+    wait_for("the office to register", Duration::from_secs(15), || {
+        let st = gw.json(&["status"]).ok()?;
+        (jstr(&st, &["directory", "state"])? == "registered").then_some(())
+    });
+    Office {
+        gw,
+        listen,
+        dir: base,
+    }
+}
+
+impl Office {
+    /// A station enrolled as `ext`, playing `input` and recording what it
+    /// hears.
+    fn station(&self, ext: &str, input: &str) -> Daemon {
+        let out = self.dir.join(format!("{ext}-heard.wav"));
+        let d = Daemon::start(
+            None,
+            bin("keyline-agent"),
+            &self.dir.join(format!("agent-{ext}")),
+            &[
+                "run",
+                "--no-mdns",
+                "--gateway",
+                &self.listen,
+                "--audio-in",
+                input,
+                "--audio-out",
+                out.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+        let code = wait_for("a pairing code", Duration::from_secs(10), || {
+            jstr(&d.json(&["status"]).ok()?, &["code"])
+        });
+        ok(&self.gw, &["approve", &code, "--ext", ext]);
+        registered(&d, ext);
+        d
+    }
+}
+
+fn wait_connected(d: &Daemon) {
+    wait_state(d, "connected");
+}
+
+#[test]
+fn two_offices_call_end_to_end_through_their_gateways() {
+    let scratch = Scratch::new("offices");
+    write_tones(&scratch.join("a.wav"), &A_TONES);
+    write_tones(&scratch.join("b.wav"), &B_TONES);
+    let a_wav = scratch.join("a.wav");
+    let b_wav = scratch.join("b.wav");
+    let dir = directory(
+        &scratch,
+        &[("office-a", A_NUMBER.0), ("office-b", B_NUMBER)],
+        "",
+    );
+    let a = office(&scratch, "a", "office-a", &dir, "");
+    let b = office(&scratch, "b", "office-b", &dir, "");
+    let mut a201 = a.station("201", a_wav.to_str().unwrap());
+    let mut b201 = b.station("201", "silence");
+    let mut b202 = b.station("202", b_wav.to_str().unwrap());
+
+    // A's 201 calls B's office number: B's reception (everyone) rings,
+    // showing A's office number as the caller.
+    ok(&a201, &["dial", B_NUMBER]);
+    for d in [&b201, &b202] {
+        wait_state(d, "alerting");
+        assert_eq!(
+            jstr(&status(d), &["call", "peer"]).as_deref(),
+            Some(A_NUMBER.1)
+        );
+    }
+    assert_eq!(call_state(&a201).as_deref(), Some("ringing"));
+    ok(&b202, &["answer"]);
+    wait_connected(&a201);
+    wait_connected(&b202);
+    // The other member stopped ringing.
+    wait_for("201 to stop ringing", Duration::from_secs(5), || {
+        call_state(&b201).is_none().then_some(())
+    });
+    let calls = a.gw.json(&["calls"]).unwrap();
+    assert_eq!(calls["calls"][0]["outside"], Value::Bool(true), "{calls}");
+    assert_eq!(
+        calls["calls"][0]["callee"].as_str(),
+        Some(B_NUMBER),
+        "{calls}"
+    );
+    std::thread::sleep(Duration::from_millis(u64::from(STEP_MS) * 5 + 800));
+    ok(&a201, &["hangup"]);
+    let b_last = wait_for("B to see the hang-up", Duration::from_secs(5), || {
+        let s = status(&b202);
+        s["call"].is_null().then(|| s["last_call"].clone())
+    });
+    assert_eq!(jstr(&b_last, &["ended"]).as_deref(), Some("hangup"));
+    let a_last = status(&a201)["last_call"].clone();
+    for l in [&a_last, &b_last] {
+        let played = jnum(l, &["media", "played"]).unwrap();
+        let lost = jnum(l, &["media", "lost"]).unwrap();
+        assert!(played > 150.0, "too little audio: {l}");
+        assert!(
+            lost <= (played + lost) * 0.01,
+            "lost {lost} of {played}: {l}"
+        );
+        assert_eq!(l["relayed"], Value::Bool(true), "{l}");
+    }
+
+    // The media ran end to end through both gateways' forwarders, and the
+    // directory carried none of it.
+    let sent =
+        jnum(&a_last, &["media", "sent"]).unwrap() + jnum(&b_last, &["media", "sent"]).unwrap();
+    for o in [&a, &b] {
+        let st = o.gw.json(&["status"]).unwrap();
+        let pkts = jnum(&st, &["relay", "packets"]).unwrap();
+        assert!(
+            pkts >= sent,
+            "forwarded {pkts} packets for {sent} frames: {st}"
+        );
+    }
+    let st = dir.d.json(&["status"]).unwrap();
+    assert_eq!(jnum(&st, &["relay", "bytes"]), Some(0.0), "{st}");
+
+    // Both offices wrote a call record naming the other side's number.
+    let cdr = |o: &Office| {
+        wait_for("the call record", Duration::from_secs(5), || {
+            let c = o.gw.json(&["cdr"]).ok()?;
+            c["cdr"]
+                .as_array()?
+                .iter()
+                .find(|r| r["outcome"] == "answered")
+                .cloned()
+        })
+    };
+    let (ra, rb) = (cdr(&a), cdr(&b));
+    assert_eq!(
+        (ra["caller"].as_str(), ra["callee"].as_str()),
+        (Some("201"), Some(B_NUMBER))
+    );
+    assert_eq!(
+        (rb["caller"].as_str(), rb["callee"].as_str()),
+        (Some(A_NUMBER.1), Some("202"))
+    );
+
+    // OFFICE/EXT rings that extension alone.
+    ok(&a201, &["dial", &format!("{B_NUMBER}/201")]);
+    wait_state(&b201, "alerting");
+    assert!(call_state(&b202).is_none());
+    ok(&b201, &["answer"]);
+    wait_connected(&a201);
+    wait_connected(&b201);
+    ok(&b201, &["hangup"]);
+    wait_for("A to see the hang-up", Duration::from_secs(5), || {
+        call_state(&a201).is_none().then_some(())
+    });
+
+    // Stop the stations so their recordings are complete, then listen.
+    assert!(a201.stop(), "{}", a201.log_text());
+    assert!(b202.stop(), "{}", b202.log_text());
+    assert!(b201.stop(), "{}", b201.log_text());
+    assert_eq!(heard(&a.dir.join("201-heard.wav"))[..5], B_TONES);
+    assert_eq!(heard(&b.dir.join("202-heard.wav")), A_TONES.to_vec());
+}
+
+#[test]
+fn outside_calls_that_cannot_connect_say_why() {
+    let scratch = Scratch::new("offices-err");
+    let dir = directory(
+        &scratch,
+        &[
+            ("office-a", A_NUMBER.0),
+            ("office-b", B_NUMBER),
+            ("carol", "carol"),
+        ],
+        "",
+    );
+    let a = office(&scratch, "a", "office-a", &dir, "");
+    let a201 = a.station("201", "silence");
+    // Nobody has this number.
+    let e = fails(&a201, &["dial", "nobody-at-all"]);
+    assert!(e.contains("unknown number"), "{e}");
+    // Carol exists but nothing is registered for her.
+    let e = fails(&a201, &["dial", "carol"]);
+    assert!(e.contains("unreachable"), "{e}");
+    // An extension-shaped number never goes outside.
+    let e = fails(&a201, &["dial", "299"]);
+    assert!(e.contains("unknown number"), "{e}");
+    // B is up but has no extension 250; B with nobody free is busy.
+    let b = office(&scratch, "b", "office-b", &dir, "");
+    let e = fails(&a201, &["dial", &format!("{B_NUMBER}/250")]);
+    assert!(!e.is_empty());
+    let e = fails(&a201, &["dial", B_NUMBER]);
+    assert!(e.contains("busy") || e.contains("unreachable"), "{e}");
+    // The line is free after every failure.
+    assert!(call_state(&a201).is_none());
+    drop(b);
+    // An office without a directory keeps outside numbers out.
+    let solo = keyline_tests::LoopbackOffice::start("offices-solo", &[]);
+    let s = solo.agent("s201", &["--audio-in", "silence", "--audio-out", "null"]);
+    solo.enrol(&s, "201");
+    let e = fails(&s, &["dial", B_NUMBER]);
+    assert!(e.contains("unknown number"), "{e}");
+    let st = solo.gw.json(&["status"]).unwrap();
+    assert_eq!(jstr(&st, &["directory", "state"]).as_deref(), Some("off"));
+}
