@@ -59,6 +59,59 @@ pub enum Cmd {
         #[arg(long, value_name = "FILE")]
         hold_music: Option<PathBuf>,
     },
+    /// Run as a standalone internet terminal: log in to a directory,
+    /// register this machine's number(s) there, and place and take calls
+    /// through it (no office gateway, no mDNS). The other commands (status,
+    /// dial, answer, hangup, record, hold, resume, message, messages) drive
+    /// it as they drive an office station.
+    Terminal {
+        /// The directory's address.
+        #[arg(long, value_name = "HOST:PORT")]
+        directory: String,
+        /// The directory's certificate fingerprint (`keyline-directory
+        /// status`). Without it the first directory reached is trusted and
+        /// its fingerprint pinned in the state directory.
+        #[arg(long, value_name = "FP")]
+        directory_fp: Option<String>,
+        /// The account to log in as.
+        #[arg(long, value_name = "ID")]
+        account: String,
+        /// A file holding the account's password (its first line).
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
+        /// A number of the account to register here; repeatable (default:
+        /// all of the account's numbers).
+        #[arg(long = "number", value_name = "NUMBER")]
+        numbers: Vec<String>,
+        /// What to send: `device`, `tone:HZ`, `silence` or a WAV file.
+        #[arg(long, default_value = "device", value_name = "SPEC")]
+        audio_in: String,
+        /// Where to play: `device`, `null` or a WAV file to write.
+        #[arg(long, default_value = "device", value_name = "SPEC")]
+        audio_out: String,
+        /// Answer incoming calls by itself after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        auto_answer: Option<u64>,
+        /// A name the directory shows in its lists.
+        #[arg(long)]
+        name: Option<String>,
+        /// Ringtone WAV (default: a built-in ring).
+        #[arg(long, value_name = "FILE")]
+        ringtone: Option<PathBuf>,
+        /// Local UDP address (default: any address, a free port).
+        #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR:PORT")]
+        bind: SocketAddr,
+        /// Record every call (both directions, Ogg Opus) into this directory.
+        #[arg(long, value_name = "DIR")]
+        record_dir: Option<PathBuf>,
+        /// WAV file the other end hears while this terminal holds a call.
+        #[arg(long, value_name = "FILE")]
+        hold_music: Option<PathBuf>,
+        /// Where delivered texts and voice mail are kept (default: the
+        /// state directory's `mail`).
+        #[arg(long, value_name = "DIR")]
+        mail_dir: Option<PathBuf>,
+    },
     /// Show registration (or the pairing code) and the call in progress.
     Status {
         #[arg(long)]

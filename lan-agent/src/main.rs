@@ -12,6 +12,8 @@ use keyline_agent::daemon::{run, RunOptions};
 use keyline_net::{control, statedir};
 use serde_json::{json, Value};
 
+mod terminal;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -45,6 +47,38 @@ fn main() -> ExitCode {
                 })
             }
         }
+        Cmd::Terminal {
+            directory,
+            directory_fp,
+            account,
+            password_file,
+            numbers,
+            audio_in,
+            audio_out,
+            auto_answer,
+            name,
+            ringtone,
+            bind,
+            record_dir,
+            hold_music,
+            mail_dir,
+        } => serve_terminal(terminal::TerminalOptions {
+            state: cli.state,
+            directory,
+            directory_fp,
+            account,
+            password_file,
+            numbers,
+            audio_in,
+            audio_out,
+            auto_answer,
+            name,
+            ringtone,
+            bind,
+            record_dir,
+            hold_music,
+            mail_dir,
+        }),
         cmd => client(cli.state, cmd),
     };
     match result {
@@ -62,6 +96,22 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEYLINE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// `keyline-agent terminal`: the standalone internet terminal.
+fn serve_terminal(opts: terminal::TerminalOptions) -> Result<()> {
+    init_tracing();
+    runtime()?.block_on(terminal::run(opts))
 }
 
 fn serve(opts: RunOptions) -> Result<()> {
@@ -114,7 +164,7 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         }
         Cmd::Resume => json!({"cmd": "resume"}),
         Cmd::Record { mode } => json!({"cmd": "record", "on": mode == "on"}),
-        Cmd::Run { .. } => return Ok(()),
+        Cmd::Run { .. } | Cmd::Terminal { .. } => return Ok(()),
     };
     let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(15)))?;
     let reply = control::into_result(reply)?;
@@ -198,11 +248,23 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             match list {
                 Some(l) if !l.is_empty() => {
                     for m in l {
-                        println!(
-                            "from {}: {}",
-                            m.get("from").and_then(Value::as_str).unwrap_or("?"),
-                            m.get("body").and_then(Value::as_str).unwrap_or("")
-                        );
+                        let from = m.get("from").and_then(Value::as_str).unwrap_or("?");
+                        if m.get("kind").and_then(Value::as_str) == Some("voice") {
+                            // A terminal's voice mail, delivered by the directory.
+                            println!(
+                                "from {from}: voice mail{} in {}",
+                                m.get("seconds")
+                                    .and_then(Value::as_f64)
+                                    .map(|s| format!(" ({s:.1} s)"))
+                                    .unwrap_or_default(),
+                                m.get("file").and_then(Value::as_str).unwrap_or("?")
+                            );
+                        } else {
+                            println!(
+                                "from {from}: {}",
+                                m.get("body").and_then(Value::as_str).unwrap_or("")
+                            );
+                        }
                     }
                 }
                 _ => println!("no messages"),
@@ -210,14 +272,36 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         }
         Cmd::Answer => println!("answered"),
         Cmd::Hangup => println!("hung up"),
-        Cmd::Run { .. } => {}
+        Cmd::Run { .. } | Cmd::Terminal { .. } => {}
     }
     Ok(())
 }
 
 fn print_status(r: &Value) {
     let get = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    let terminal = r.get("mode").and_then(Value::as_str) == Some("terminal");
     match get("state").as_str() {
+        "registered" if terminal => {
+            let numbers: Vec<&str> = r
+                .get("numbers")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            println!(
+                "terminal: {} registered with the directory {} (seen as {})",
+                numbers.join(", "),
+                get("directory"),
+                get("observed")
+            );
+        }
+        other if terminal => println!(
+            "terminal: {other} (directory {}){}",
+            get("directory_name"),
+            r.get("error")
+                .and_then(Value::as_str)
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ),
         "pending" => println!(
             "waiting for approval: pairing code {} (on the gateway: keyline-gatewayd approve {})",
             get("code"),

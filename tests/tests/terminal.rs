@@ -1,0 +1,401 @@
+//! `keyline-agent terminal`, the standalone internet terminal, with the
+//! real programs on loopback: a `keyline-directory` and terminals that log
+//! in and register their own numbers (one of them Korean-script). A calls
+//! B through the directory, B answers by itself, tones are carried both
+//! ways end to end and the directory relays nothing; hang-up ends both
+//! ends. An offline number is reported clearly, a text left for an offline
+//! terminal is delivered (and stored, then acknowledged) when it
+//! registers, a wrong password is reported, and the terminals come back
+//! by themselves after the directory restarts. No mDNS anywhere.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use keyline_media::{collapse_track, read_wav_mono48k, tone_sequence, tone_track, write_wav};
+use keyline_tests::{
+    bin, fails, free_udp_port, idle, jnum, jstr, ok, status, wait_for, wait_state, Daemon, Scratch,
+};
+use serde_json::Value;
+
+const PW: &str = "correct horse battery";
+const A_TONES: [f32; 5] = [600.0, 900.0, 1200.0, 1500.0, 1800.0];
+const B_TONES: [f32; 5] = [700.0, 1000.0, 1300.0, 1600.0, 1900.0];
+const STEP_MS: u32 = 600;
+const KOREAN: &str = "김민준";
+
+fn all_tones() -> Vec<f32> {
+    A_TONES.iter().chain(B_TONES.iter()).copied().collect()
+}
+
+fn write_tones(path: &Path, tones: &[f32]) {
+    let steps: Vec<(f32, u32)> = tones.iter().map(|&t| (t, STEP_MS)).collect();
+    write_wav(path, &tone_sequence(&steps)).expect("write tone file");
+}
+
+/// The tones heard in a recording, in order.
+fn heard(path: &Path) -> Vec<f32> {
+    let pcm = read_wav_mono48k(path).expect("read recording");
+    collapse_track(&tone_track(&pcm, &all_tones()), 8)
+}
+
+/// A directory listening on `listen`, with its state in `scratch/dir`.
+fn start_dir(scratch: &Scratch, listen: &str) -> Daemon {
+    let d = Daemon::start(
+        None,
+        bin("keyline-directory"),
+        &scratch.join("dir"),
+        &["serve", "--listen", listen],
+    )
+    .expect("start the directory");
+    wait_for("the directory to start", Duration::from_secs(15), || {
+        jstr(&d.json(&["status"]).ok()?, &["listen"])
+    });
+    d
+}
+
+fn add_user(d: &Daemon, id: &str, numbers: &[&str]) {
+    let mut cmd = Command::new(&d.bin);
+    cmd.arg("--state").arg(&d.state).args(["user", "add", id]);
+    for n in numbers {
+        cmd.args(["--number", n]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{PW}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "user add {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn password_file(scratch: &Scratch, name: &str, pw: &str) -> PathBuf {
+    let p = scratch.join(&format!("{name}.pw"));
+    std::fs::write(&p, format!("{pw}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+/// A terminal logged in as `account` at `dir`, with `extra` arguments.
+fn terminal(scratch: &Scratch, name: &str, dir: &str, account: &str, extra: &[&str]) -> Daemon {
+    let pw = password_file(scratch, name, PW);
+    let mut args = vec![
+        "terminal",
+        "--directory",
+        dir,
+        "--account",
+        account,
+        "--password-file",
+        pw.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start(None, bin("keyline-agent"), &scratch.join(name), &args).expect("start a terminal")
+}
+
+/// Wait until a terminal is registered (for the `n`th time at least).
+fn registered(d: &Daemon, n: f64) -> Value {
+    wait_for("the terminal to register", Duration::from_secs(20), || {
+        let s = d.json(&["status"]).ok()?;
+        (jstr(&s, &["state"]).as_deref() == Some("registered")
+            && jnum(&s, &["registrations"]) >= Some(n))
+        .then_some(s)
+    })
+}
+
+fn relayed_bytes(d: &Daemon) -> f64 {
+    jnum(&d.json(&["status"]).unwrap(), &["relay", "bytes"]).unwrap()
+}
+
+#[test]
+fn two_terminals_call_each_other_through_the_directory() {
+    let scratch = Scratch::new("term");
+    let dir = start_dir(&scratch, "127.0.0.1:0");
+    let st = dir.json(&["status"]).unwrap();
+    let (listen, fp) = (
+        jstr(&st, &["listen"]).unwrap(),
+        jstr(&st, &["fingerprint"]).unwrap(),
+    );
+    add_user(&dir, "alice", &["1001"]);
+    add_user(&dir, "minjun", &[KOREAN, "+82 10 5555 0102"]);
+    write_tones(&scratch.join("a.wav"), &A_TONES);
+    write_tones(&scratch.join("b.wav"), &B_TONES);
+    let (a_out, b_out) = (scratch.join("a-heard.wav"), scratch.join("b-heard.wav"));
+
+    // A pins the directory's fingerprint and binds loopback; B trusts on
+    // first use and binds the wildcard address (its candidate is then the
+    // address that faces the directory).
+    let mut a = terminal(
+        &scratch,
+        "a",
+        &listen,
+        "alice",
+        &[
+            "--directory-fp",
+            &fp,
+            "--bind",
+            "127.0.0.1:0",
+            "--audio-in",
+            scratch.join("a.wav").to_str().unwrap(),
+            "--audio-out",
+            a_out.to_str().unwrap(),
+        ],
+    );
+    let mut b = terminal(
+        &scratch,
+        "b",
+        &listen,
+        "minjun",
+        &[
+            "--number",
+            KOREAN,
+            "--auto-answer",
+            "1",
+            "--audio-in",
+            scratch.join("b.wav").to_str().unwrap(),
+            "--audio-out",
+            b_out.to_str().unwrap(),
+        ],
+    );
+    let sa = registered(&a, 1.0);
+    let sb = registered(&b, 1.0);
+    assert_eq!(sa["numbers"], serde_json::json!(["1001"]), "{sa}");
+    // Only the number asked for is registered, not the account's other one.
+    assert_eq!(sb["numbers"], serde_json::json!([KOREAN]), "{sb}");
+    assert_eq!(
+        std::fs::read_to_string(scratch.join("b").join("directory.fp"))
+            .unwrap()
+            .trim(),
+        fp,
+        "B pinned the directory on first use"
+    );
+    let bport = jstr(&sb, &["listen"]).unwrap();
+    let bport = bport.rsplit(':').next().unwrap();
+    assert!(
+        sb["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c.as_str() == Some(&format!("127.0.0.1:{bport}"))),
+        "B registered its own address: {sb}"
+    );
+    let human = ok(&b, &["status"]);
+    assert!(
+        human.contains(KOREAN) && human.contains("registered"),
+        "{human}"
+    );
+
+    let out = ok(&a, &["dial", KOREAN]);
+    assert!(out.contains(&format!("ringing {KOREAN}")), "{out}");
+    // B rings (the directory asserts A's number), then answers by itself.
+    let ring = wait_for("B to ring", Duration::from_secs(5), || {
+        let s = status(&b);
+        (!s["call"].is_null()).then_some(s)
+    });
+    assert_eq!(jstr(&ring, &["call", "peer"]).as_deref(), Some("1001"));
+    for d in [&a, &b] {
+        wait_state(d, "connected");
+    }
+    let sa = status(&a);
+    assert_eq!(sa["call"]["relayed"], Value::Bool(false), "{sa}");
+    assert_eq!(jstr(&sa, &["call", "peer"]).as_deref(), Some(KOREAN));
+    std::thread::sleep(Duration::from_millis(u64::from(STEP_MS) * 5 + 800));
+    let live = status(&b);
+    assert!(
+        jnum(&live, &["call", "media", "received"]).unwrap() > 100.0,
+        "{live}"
+    );
+    ok(&a, &["record", "on"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let rec = ok(&a, &["record", "off"]);
+    assert!(rec.contains("recorded"), "{rec}");
+
+    ok(&a, &["hangup"]);
+    let b_last = idle(&b);
+    let a_last = idle(&a);
+    assert_eq!(
+        jstr(&b_last, &["ended"]).as_deref(),
+        Some("hangup"),
+        "{b_last}"
+    );
+    assert_eq!(
+        jstr(&a_last, &["ended"]).as_deref(),
+        Some("local-hangup"),
+        "{a_last}"
+    );
+    for l in [&a_last, &b_last] {
+        let played = jnum(l, &["media", "played"]).unwrap();
+        let lost = jnum(l, &["media", "lost"]).unwrap();
+        assert!(played > 150.0, "too little audio: {l}");
+        assert!(
+            lost <= (played + lost) * 0.01,
+            "lost {lost} of {played}: {l}"
+        );
+    }
+    assert_eq!(relayed_bytes(&dir), 0.0, "the directory carried media");
+    assert!(
+        dir.json(&["calls"]).unwrap()["calls"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "the directory forgot the call"
+    );
+
+    // Stop the terminals so the recordings are complete, then listen.
+    assert!(a.stop(), "A did not stop cleanly:\n{}", a.log_text());
+    assert!(b.stop(), "B did not stop cleanly:\n{}", b.log_text());
+    assert_eq!(heard(&a_out), B_TONES.to_vec(), "what A heard");
+    assert_eq!(heard(&b_out), A_TONES.to_vec(), "what B heard");
+    // Neither terminal used mDNS.
+    for log in [a.log_text(), b.log_text()] {
+        assert!(!log.to_lowercase().contains("mdns"), "{log}");
+    }
+}
+
+#[test]
+fn offline_numbers_mail_wrong_password_and_directory_restart() {
+    let scratch = Scratch::new("termmail");
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let mut dir = start_dir(&scratch, &listen);
+    add_user(&dir, "alice", &["1001"]);
+    add_user(&dir, "minjun", &[KOREAN]);
+    let a = terminal(
+        &scratch,
+        "a",
+        &listen,
+        "alice",
+        &["--audio-in", "tone:700", "--audio-out", "null"],
+    );
+    registered(&a, 1.0);
+
+    // The callee's terminal is off: a clear message, at once.
+    let t = std::time::Instant::now();
+    let e = fails(&a, &["dial", KOREAN]);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(e.contains("offline"), "{e}");
+    assert!(e.contains("keyline-agent message"), "{e}");
+    assert!(status(&a)["call"].is_null());
+    assert_eq!(
+        jstr(&status(&a), &["last_call", "ended"]).as_deref(),
+        Some("offline")
+    );
+    let e = fails(&a, &["dial", "nobody"]);
+    assert!(e.contains("nobody"), "{e}");
+
+    // Leave a text for the offline terminal.
+    let out = ok(&a, &["message", KOREAN, "다시", "전화해", "주세요"]);
+    assert!(out.contains("sent"), "{out}");
+    assert_eq!(
+        dir.json(&["mail", "list"]).unwrap()["mail"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A wrong password is reported in the terminal's status.
+    let bad_pw = password_file(&scratch, "m", "not the password");
+    let m = Daemon::start(
+        None,
+        bin("keyline-agent"),
+        &scratch.join("m"),
+        &[
+            "terminal",
+            "--directory",
+            &listen,
+            "--account",
+            "minjun",
+            "--password-file",
+            bad_pw.to_str().unwrap(),
+            "--audio-out",
+            "null",
+            "--audio-in",
+            "silence",
+        ],
+    )
+    .unwrap();
+    let err = wait_for("a login error", Duration::from_secs(10), || {
+        jstr(&m.json(&["status"]).ok()?, &["error"])
+    });
+    assert!(err.contains("wrong account or password"), "{err}");
+    drop(m);
+
+    // B comes online: the text is delivered, stored, acknowledged.
+    let b = terminal(
+        &scratch,
+        "b",
+        &listen,
+        "minjun",
+        &[
+            "--auto-answer",
+            "0",
+            "--audio-in",
+            "tone:1300",
+            "--audio-out",
+            "null",
+        ],
+    );
+    registered(&b, 1.0);
+    wait_for("the text to arrive", Duration::from_secs(10), || {
+        (jnum(&status(&b), &["messages_waiting"]) == Some(1.0)).then_some(())
+    });
+    wait_for(
+        "the directory to forget it",
+        Duration::from_secs(10),
+        || {
+            dir.json(&["mail", "list"]).ok()?["mail"]
+                .as_array()?
+                .is_empty()
+                .then_some(())
+        },
+    );
+    let msgs = b.json(&["messages"]).unwrap();
+    let list = msgs["messages"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{msgs}");
+    assert_eq!(list[0]["from"], "1001");
+    assert_eq!(list[0]["body"], "다시 전화해 주세요");
+    let file = jstr(&list[0], &["file"]).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "다시 전화해 주세요"
+    );
+    assert!(ok(&b, &["messages"]).contains("no messages"));
+
+    // The directory goes away; both terminals notice and come back.
+    assert!(dir.stop(), "the directory did not stop cleanly");
+    wait_for("A to notice", Duration::from_secs(15), || {
+        (jstr(&status(&a), &["state"]).as_deref() != Some("registered")).then_some(())
+    });
+    let e = fails(&a, &["dial", KOREAN]);
+    assert!(e.contains("not connected to the directory"), "{e}");
+    std::thread::sleep(Duration::from_secs(1));
+    let dir = start_dir(&scratch, &listen);
+    registered(&a, 2.0);
+    registered(&b, 2.0);
+
+    // And they can call each other again.
+    ok(&a, &["dial", KOREAN]);
+    for d in [&a, &b] {
+        wait_state(d, "connected");
+    }
+    wait_for("media both ways", Duration::from_secs(5), || {
+        let (sa, sb) = (status(&a), status(&b));
+        (jnum(&sa, &["call", "media", "received"])? > 25.0
+            && jnum(&sb, &["call", "media", "received"])? > 25.0)
+            .then_some(())
+    });
+    // B hangs up this time.
+    ok(&b, &["hangup"]);
+    assert_eq!(jstr(&idle(&a), &["ended"]).as_deref(), Some("hangup"));
+    idle(&b);
+    assert_eq!(relayed_bytes(&dir), 0.0);
+}
