@@ -399,3 +399,123 @@ fn offline_numbers_mail_wrong_password_and_directory_restart() {
     idle(&b);
     assert_eq!(relayed_bytes(&dir), 0.0);
 }
+
+/// A gateway registered with the directory as `account` (no mDNS), and
+/// one station enrolled on it as 201.
+fn office(scratch: &Scratch, dir: &str, fp: &str, account: &str) -> (Daemon, Daemon) {
+    let base = scratch.join("office");
+    std::fs::create_dir_all(&base).unwrap();
+    let pw = password_file(scratch, "office", PW);
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let cfg = base.join("gatewayd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"{listen}\"\nmdns = false\n[directory]\naddress = \"{dir}\"\n\
+             fingerprint = \"{fp}\"\naccount = \"{account}\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let gw = Daemon::start(
+        None,
+        bin("keyline-gatewayd"),
+        &base.join("gw"),
+        &["run", "--config", cfg.to_str().unwrap()],
+    )
+    .unwrap();
+    wait_for("the office to register", Duration::from_secs(15), || {
+        let st = gw.json(&["status"]).ok()?;
+        (jstr(&st, &["directory", "state"])? == "registered").then_some(())
+    });
+    let station = Daemon::start(
+        None,
+        bin("keyline-agent"),
+        &base.join("agent-201"),
+        &[
+            "run",
+            "--no-mdns",
+            "--gateway",
+            &listen,
+            "--audio-in",
+            "tone:1300",
+            "--audio-out",
+            "null",
+        ],
+    )
+    .unwrap();
+    let code = wait_for("a pairing code", Duration::from_secs(10), || {
+        jstr(&station.json(&["status"]).ok()?, &["code"])
+    });
+    ok(&gw, &["approve", &code, "--ext", "201"]);
+    keyline_tests::registered(&station, "201");
+    (gw, station)
+}
+
+/// Media flowing both ways in the call in progress.
+fn media_both_ways(x: &Daemon, y: &Daemon) {
+    wait_for("media both ways", Duration::from_secs(8), || {
+        let (sx, sy) = (status(x), status(y));
+        (jnum(&sx, &["call", "media", "played"])? > 50.0
+            && jnum(&sy, &["call", "media", "played"])? > 50.0)
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_terminal_and_an_office_call_each_other_both_ways() {
+    const OFFICE: &str = "한빛상사";
+    let scratch = Scratch::new("termoffice");
+    let dir = start_dir(&scratch, &format!("127.0.0.1:{}", free_udp_port()));
+    let st = dir.json(&["status"]).unwrap();
+    let (listen, fp) = (
+        jstr(&st, &["listen"]).unwrap(),
+        jstr(&st, &["fingerprint"]).unwrap(),
+    );
+    add_user(&dir, "office", &[OFFICE]);
+    add_user(&dir, "alice", &["1001"]);
+    let (_gw, s201) = office(&scratch, &listen, &fp, "office");
+    let t = terminal(
+        &scratch,
+        "t",
+        &listen,
+        "alice",
+        &["--audio-in", "tone:700", "--audio-out", "null"],
+    );
+    registered(&t, 1.0);
+
+    // The terminal calls the office's 201 directly (OFFICE/EXT).
+    let out = ok(&t, &["dial", &format!("{OFFICE}/201")]);
+    assert!(out.contains("ringing"), "{out}");
+    wait_state(&s201, "alerting");
+    assert_eq!(
+        jstr(&status(&s201), &["call", "peer"]).as_deref(),
+        Some("1001")
+    );
+    ok(&s201, &["answer"]);
+    for d in [&t, &s201] {
+        wait_state(d, "connected");
+    }
+    media_both_ways(&t, &s201);
+    ok(&t, &["hangup"]);
+    idle(&s201);
+    idle(&t);
+
+    // The office's 201 calls the terminal's number.
+    ok(&s201, &["dial", "1001"]);
+    wait_state(&t, "alerting");
+    let peer = jstr(&status(&t), &["call", "peer"]).unwrap();
+    assert!(
+        peer.starts_with(OFFICE),
+        "the office calls as itself: {peer}"
+    );
+    ok(&t, &["answer"]);
+    for d in [&t, &s201] {
+        wait_state(d, "connected");
+    }
+    media_both_ways(&t, &s201);
+    ok(&s201, &["hangup"]);
+    assert_eq!(jstr(&idle(&t), &["ended"]).as_deref(), Some("hangup"));
+    idle(&s201);
+    assert_eq!(relayed_bytes(&dir), 0.0, "the directory carried media");
+}
