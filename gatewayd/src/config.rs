@@ -52,6 +52,9 @@ pub struct Config {
     /// Extensions that ring for a call to the office number (empty: every
     /// extension rings and the first to answer takes the call).
     pub reception: Vec<String>,
+    /// Whose mailbox takes calls to the office number that nobody answers
+    /// (default: the first reception extension, if any).
+    pub office_mailbox: Option<String>,
     /// The internet directory the office registers its number with;
     /// absent: the office works on its own (internal calls only).
     pub directory: Option<DirectoryConfig>,
@@ -90,6 +93,7 @@ impl Default for Config {
             voicemail_silence_secs: 5,
             voicemail_greeting: None,
             reception: Vec::new(),
+            office_mailbox: None,
             directory: None,
         }
     }
@@ -153,6 +157,10 @@ impl Config {
             outside: self.directory.is_some(),
             extension_range: (lo, hi),
             reception: self.reception.clone(),
+            office_mailbox: self
+                .office_mailbox
+                .clone()
+                .or_else(|| self.reception.first().cloned()),
         }
     }
 

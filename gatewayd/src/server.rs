@@ -105,8 +105,8 @@ pub struct Shared {
     pub events: mpsc::Sender<Event>,
     /// Connections of unapproved stations waiting for `approve`.
     pub pending: Mutex<HashMap<String, oneshot::Sender<Approved>>>,
-    /// Callers expected at a mailbox, by call.
-    pub vm_jobs: Mutex<HashMap<CallId, crate::voicemail::Job>>,
+    /// Callers expected at a mailbox, by the call's media token.
+    pub vm_jobs: Mutex<HashMap<String, crate::voicemail::Job>>,
     /// Stations seen by mDNS (a hint only).
     pub discovered: Mutex<HashMap<String, mdns::Found>>,
     pub started: Instant,
@@ -1182,6 +1182,9 @@ impl Switch {
 
     /// Point the caller at the gateway's own media end for `mailbox`.
     fn route_to_mailbox(&mut self, call: CallId, caller: &str, mailbox: &str) -> Result<()> {
+        if is_trunk(caller) {
+            return self.outside_to_mailbox(call, caller, mailbox);
+        }
         let st = self.stations.get(caller).context("the caller is gone")?;
         let caller_fp = peer_fingerprint(&st.conn).context("caller certificate")?;
         let ip = st
@@ -1195,9 +1198,10 @@ impl Switch {
         let token = hex::encode(secret);
         if let Ok(mut jobs) = self.shared.vm_jobs.lock() {
             jobs.insert(
-                call,
+                token.clone(),
                 crate::voicemail::Job {
-                    token: token.clone(),
+                    call,
+                    flow: call,
                     caller_fp,
                     caller: caller.to_string(),
                     mailbox: mailbox.to_string(),

@@ -700,4 +700,49 @@ impl Switch {
         });
         Ok(())
     }
+
+    /// An outside caller reaches `mailbox`: the gateway answers the
+    /// directory's call as itself and is the media end (the caller's end
+    /// connects to the gateway's own address, as the directory gives it).
+    pub(crate) fn outside_to_mailbox(
+        &mut self,
+        call: CallId,
+        caller: &str,
+        mailbox: &str,
+    ) -> Result<()> {
+        let (client, _) = self
+            .trunks
+            .client
+            .clone()
+            .context("the office is not connected to its directory")?;
+        let dc = self.trunks.dir_call(call).context("no directory call")?;
+        let (shared, caller, mailbox) = (
+            self.shared.clone(),
+            display(caller).to_string(),
+            mailbox.to_string(),
+        );
+        tokio::spawn(async move {
+            match client.answer_for(dc, None, Vec::new()).await {
+                Ok(plan) => {
+                    if let Ok(mut jobs) = shared.vm_jobs.lock() {
+                        jobs.insert(
+                            plan.token.clone(),
+                            crate::voicemail::Job {
+                                call,
+                                flow: dc,
+                                caller_fp: plan.peer_fp,
+                                caller,
+                                mailbox,
+                            },
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("call {call}: cannot take the caller to the mailbox: {e}");
+                    let _ = shared.events.send(Event::VoicemailDone { call }).await;
+                }
+            }
+        });
+        Ok(())
+    }
 }

@@ -24,7 +24,11 @@ use crate::server::{Event, Shared};
 /// A caller expected at a mailbox.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub token: String,
+    /// The switchboard's call.
+    pub call: CallId,
+    /// The id the caller presents on the media connection (the directory's
+    /// for a caller from outside).
+    pub flow: CallId,
     pub caller_fp: String,
     pub caller: String,
     pub mailbox: String,
@@ -65,14 +69,26 @@ pub async fn serve(
     call: CallId,
     token: String,
 ) -> Result<()> {
-    let job = shared
-        .vm_jobs
-        .lock()
-        .ok()
-        .and_then(|mut j| j.remove(&call))
-        .context("no caller is expected at a mailbox for this call")?;
+    // A caller from outside may be quicker than the directory's answer to
+    // the gateway, which creates the job: wait for it a little.
+    let mut job = None;
+    for _ in 0..40 {
+        job = shared
+            .vm_jobs
+            .lock()
+            .ok()
+            .and_then(|mut j| j.remove(&token));
+        if job.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Some(job) = job else {
+        conn.close(quinn::VarInt::from_u32(1), b"bad media credential");
+        bail!("no caller is expected at a mailbox with this credential");
+    };
     let fp = peer_fingerprint(&conn).context("no certificate")?;
-    if job.token != token || job.caller_fp != fp {
+    if job.flow != call || job.caller_fp != fp {
         conn.close(quinn::VarInt::from_u32(1), b"bad media credential");
         bail!("wrong credential for the mailbox of {}", job.mailbox);
     }
@@ -104,7 +120,10 @@ pub async fn serve(
     )
     .await;
     conn.close(quinn::VarInt::from_u32(0), b"message recorded");
-    let _ = shared.events.send(Event::VoicemailDone { call }).await;
+    let _ = shared
+        .events
+        .send(Event::VoicemailDone { call: job.call })
+        .await;
     let (secs, voiced) = voiced?;
     if voiced < 25 {
         // Under half a second of sound: a caller who hung up at the beep.

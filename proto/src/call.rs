@@ -60,6 +60,9 @@ pub struct Config {
     /// Who rings for a call to the office number: these extensions, or
     /// every extension when empty (ring all; the first to answer takes it).
     pub reception: Vec<String>,
+    /// Whose mailbox takes calls to the office number that nobody answers
+    /// (with `voicemail` on); `None`: they end unanswered.
+    pub office_mailbox: Option<String>,
 }
 
 impl Config {
@@ -79,6 +82,7 @@ impl Default for Config {
             outside: false,
             extension_range: (200, 499),
             reception: Vec::new(),
+            office_mailbox: None,
         }
     }
 }
@@ -277,6 +281,8 @@ pub struct Call {
     /// An outside call not yet ringing at the far end: the caller's dial
     /// request, answered once the directory says it rings (or fails).
     pub dial_req: Option<ReqId>,
+    /// A call to the office number (a group rang for it).
+    pub group: bool,
 }
 
 #[derive(Debug, Default)]
@@ -474,6 +480,7 @@ impl Switchboard {
                         consulting: None,
                         also: Vec::new(),
                         dial_req: None,
+                        group: false,
                     },
                 );
                 if let Some(l) = self.lines.get_mut(caller) {
@@ -520,6 +527,7 @@ impl Switchboard {
                 consulting: None,
                 also: Vec::new(),
                 dial_req: None,
+                group: false,
             },
         );
         for ext in [caller, number] {
@@ -586,6 +594,7 @@ impl Switchboard {
                 consulting: None,
                 also: Vec::new(),
                 dial_req: Some(req),
+                group: false,
             },
         );
         self.actions.push_back(Action::Ring {
@@ -683,6 +692,44 @@ impl Switchboard {
             })
         });
         if group.is_empty() {
+            if let Some(mb) = self.office_mailbox() {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.calls.insert(
+                    id,
+                    Call {
+                        id,
+                        caller: trunk.to_string(),
+                        callee: mb.clone(),
+                        started: now,
+                        state: CallState::Voicemail { at: now },
+                        rang: Vec::new(),
+                        held_by: None,
+                        replaces: None,
+                        transfer: None,
+                        consult_of: None,
+                        consulting: None,
+                        also: Vec::new(),
+                        dial_req: None,
+                        group: true,
+                    },
+                );
+                if let Some(l) = self.lines.get_mut(trunk) {
+                    l.call = Some(id);
+                }
+                self.actions.push_back(Action::Ringing {
+                    caller: trunk.to_string(),
+                    req,
+                    call: id,
+                    callee: mb.clone(),
+                });
+                self.actions.push_back(Action::ToVoicemail {
+                    call: id,
+                    caller: trunk.to_string(),
+                    mailbox: mb,
+                });
+                return;
+            }
             let reason = if known {
                 FailReason::Busy
             } else {
@@ -744,8 +791,17 @@ impl Switchboard {
                 consulting: None,
                 also: group,
                 dial_req: None,
+                group: true,
             },
         );
+    }
+
+    /// The mailbox for office calls nobody answers, if there is one.
+    fn office_mailbox(&self) -> Option<String> {
+        self.config
+            .office_mailbox
+            .clone()
+            .filter(|mb| self.config.voicemail && self.lines.contains_key(mb))
     }
 
     /// A member of a ringing group call drops out (declined, hung up, or
@@ -916,6 +972,7 @@ impl Switchboard {
                 consulting: None,
                 also: Vec::new(),
                 dial_req: None,
+                group: false,
             },
         );
         if let Some(l) = self.lines.get_mut(&target) {
@@ -1016,6 +1073,7 @@ impl Switchboard {
                 consulting: None,
                 also: Vec::new(),
                 dial_req: None,
+                group: false,
             },
         );
         if let Some(l) = self.lines.get_mut(&target) {
@@ -1305,24 +1363,39 @@ impl Switchboard {
                 self.abort_transfer_leg(now, id, "", EndReason::NoAnswer);
                 continue;
             }
-            let mailbox_ok = self
-                .calls
-                .get(&id)
-                .is_some_and(|c| c.also.is_empty() && !is_trunk(&c.callee));
-            if self.config.voicemail && mailbox_ok {
+            let office_mb = self.office_mailbox();
+            let mailbox = self.calls.get(&id).and_then(|c| {
+                if c.group {
+                    office_mb
+                } else if c.also.is_empty() && !is_trunk(&c.callee) {
+                    Some(c.callee.clone())
+                } else {
+                    None
+                }
+            });
+            if let (true, Some(mailbox)) = (self.config.voicemail, mailbox) {
                 if let Some(c) = self.calls.get_mut(&id) {
                     c.state = CallState::Voicemail { at: now };
-                    let (caller, mailbox) = (c.caller.clone(), c.callee.clone());
-                    if let Some(l) = self.lines.get_mut(&mailbox) {
-                        if l.call == Some(id) {
-                            l.call = None;
+                    let ringing: Vec<String> = std::mem::take(&mut c.also)
+                        .into_iter()
+                        .chain(std::iter::once(std::mem::replace(
+                            &mut c.callee,
+                            mailbox.clone(),
+                        )))
+                        .collect();
+                    let caller = c.caller.clone();
+                    for m in ringing {
+                        if let Some(l) = self.lines.get_mut(&m) {
+                            if l.call == Some(id) {
+                                l.call = None;
+                            }
                         }
+                        self.actions.push_back(Action::Ended {
+                            to: m,
+                            call: id,
+                            reason: EndReason::NoAnswer,
+                        });
                     }
-                    self.actions.push_back(Action::Ended {
-                        to: mailbox.clone(),
-                        call: id,
-                        reason: EndReason::NoAnswer,
-                    });
                     self.actions.push_back(Action::ToVoicemail {
                         call: id,
                         caller,
@@ -2234,5 +2307,52 @@ mod trunk_tests {
             }
         )));
         assert!(!sb.lines.contains_key(&t3));
+    }
+
+    #[test]
+    fn office_calls_nobody_answers_go_to_the_office_mailbox() {
+        let (mut sb, now) = board(&["201", "202"]);
+        sb.set_config(Config {
+            outside: true,
+            voicemail: true,
+            office_mailbox: Some("201".into()),
+            ..Config::default()
+        });
+        let trunk = trunk_line("d1", "alice");
+        sb.handle_inbound(now, &trunk, 1, None);
+        drain(&mut sb);
+        sb.handle_timeout(now + Config::default().ring_timeout);
+        let acts = drain(&mut sb);
+        for ext in ["201", "202"] {
+            assert!(acts.contains(&Action::Ended {
+                to: ext.into(),
+                call: 1,
+                reason: EndReason::NoAnswer
+            }));
+        }
+        assert!(acts.contains(&Action::ToVoicemail {
+            call: 1,
+            caller: trunk.clone(),
+            mailbox: "201".into()
+        }));
+        assert!(sb.lines.get("202").is_some_and(|l| l.call.is_none()));
+        // Nobody free: straight to the mailbox.
+        sb.handle_dial(now, "201", 2, "202");
+        drain(&mut sb);
+        let t2 = trunk_line("d2", "bob");
+        sb.handle_inbound(now, &t2, 2, None);
+        let acts = drain(&mut sb);
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            Action::ToVoicemail { caller, mailbox, .. } if *caller == t2 && mailbox == "201"
+        )));
+        sb.handle_voicemail_done(now, 3);
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ended {
+            to: t2.clone(),
+            call: 3,
+            reason: EndReason::Hangup
+        }));
+        assert!(!sb.lines.contains_key(&t2));
     }
 }

@@ -163,6 +163,25 @@ impl Office {
     }
 }
 
+/// Why an outside call from `d` to `number` did not connect: the dial
+/// fails at once, or (when the far office refuses after its directory said
+/// it rings) the call ends within seconds.
+fn refused(d: &Daemon, number: &str) -> String {
+    let out = d.ctl(&["dial", number]);
+    if !out.status.success() {
+        return String::from_utf8_lossy(&out.stderr).to_string();
+    }
+    let s = wait_for("the call to end", Duration::from_secs(6), || {
+        let s = status(d);
+        s["call"].is_null().then(|| s["last_call"].clone())
+    });
+    assert!(
+        jnum(&s, &["media", "played"]).unwrap_or(0.0) == 0.0,
+        "it connected: {s}"
+    );
+    jstr(&s, &["ended"]).unwrap_or_default()
+}
+
 fn wait_connected(d: &Daemon) {
     wait_state(d, "connected");
 }
@@ -310,10 +329,13 @@ fn outside_calls_that_cannot_connect_say_why() {
     assert!(e.contains("unknown number"), "{e}");
     // B is up but has no extension 250; B with nobody free is busy.
     let b = office(&scratch, "b", "office-b", &dir, "");
-    let e = fails(&a201, &["dial", &format!("{B_NUMBER}/250")]);
-    assert!(!e.is_empty());
-    let e = fails(&a201, &["dial", B_NUMBER]);
-    assert!(e.contains("busy") || e.contains("unreachable"), "{e}");
+    let e = refused(&a201, &format!("{B_NUMBER}/250"));
+    assert!(e.contains("rejected") || e.contains("busy"), "{e}");
+    let e = refused(&a201, B_NUMBER);
+    assert!(
+        e.contains("busy") || e.contains("unreachable") || e.contains("rejected"),
+        "{e}"
+    );
     // The line is free after every failure.
     assert!(call_state(&a201).is_none());
     drop(b);
@@ -325,4 +347,73 @@ fn outside_calls_that_cannot_connect_say_why() {
     assert!(e.contains("unknown number"), "{e}");
     let st = solo.gw.json(&["status"]).unwrap();
     assert_eq!(jstr(&st, &["directory", "state"]).as_deref(), Some("off"));
+}
+
+#[test]
+fn an_outside_caller_nobody_answers_leaves_a_voicemail_at_the_office() {
+    let scratch = Scratch::new("offices-vm");
+    // The caller waits out the greeting, says three tones, then is silent.
+    let tones = [600.0f32, 900.0, 1200.0];
+    let msg = [
+        (0.0, 2500),
+        (600.0, 600),
+        (900.0, 600),
+        (1200.0, 600),
+        (0.0, 3000),
+    ];
+    write_wav(&scratch.join("a.wav"), &tone_sequence(&msg)).unwrap();
+    let dir = directory(
+        &scratch,
+        &[("office-a", A_NUMBER.0), ("office-b", B_NUMBER)],
+        "",
+    );
+    let a = office(&scratch, "a", "office-a", &dir, "");
+    // B: 202 is reception and keeps the office mailbox; short timeouts.
+    let b = office(
+        &scratch,
+        "b",
+        "office-b",
+        &dir,
+        "ring_timeout_secs = 2\nvoicemail_silence_secs = 1\nvoicemail_max_secs = 20\n\
+         reception = [\"202\"]\n",
+    );
+    let a201 = a.station("201", scratch.join("a.wav").to_str().unwrap());
+    let b202 = b.station("202", "silence");
+
+    // A's 201 calls B's office; 202 does not answer: the office mailbox
+    // takes the call, with the gateway of B as the media end.
+    ok(&a201, &["dial", B_NUMBER]);
+    wait_state(&b202, "alerting");
+    wait_for("B's mailbox", Duration::from_secs(8), || {
+        let calls = b.gw.json(&["calls"]).ok()?;
+        (calls["calls"][0]["state"] == "voicemail").then_some(())
+    });
+    wait_for("202 to stop ringing", Duration::from_secs(5), || {
+        call_state(&b202).is_none().then_some(())
+    });
+    // Silence after the message ends the call; A's station sees it end.
+    let last = wait_for("the message to end", Duration::from_secs(20), || {
+        let s = status(&a201);
+        s["call"].is_null().then(|| s["last_call"].clone())
+    });
+    assert_eq!(jstr(&last, &["ended"]).as_deref(), Some("hangup"), "{last}");
+    wait_for("message waiting", Duration::from_secs(5), || {
+        (jnum(&status(&b202), &["voicemail_waiting"])? == 1.0).then_some(())
+    });
+    let list = b202.json(&["voicemail", "list"]).unwrap();
+    assert_eq!(list["voicemails"][0]["from"], A_NUMBER.1, "{list}");
+    // The stored message holds A's tones.
+    let vm_dir = b.dir.join("gw").join("voicemail").join("202");
+    let file = std::fs::read_dir(&vm_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let pcm = keyline_media::read_ogg_opus(&file).unwrap();
+    let got = collapse_track(&tone_track(&pcm, &tones), 8);
+    assert_eq!(got, tones.to_vec());
+    // The directory carried none of it.
+    let st = dir.d.json(&["status"]).unwrap();
+    assert_eq!(jnum(&st, &["relay", "bytes"]), Some(0.0), "{st}");
 }
