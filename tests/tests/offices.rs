@@ -51,6 +51,31 @@ struct Directory {
     d: Daemon,
     addr: String,
     fp: String,
+    state: std::path::PathBuf,
+    cfg: std::path::PathBuf,
+}
+
+impl Directory {
+    /// Kill it without warning and start it again on the same state.
+    fn crash_and_restart(&mut self, down_for: Duration) {
+        let pid = self.d.pid().expect("directory pid");
+        let st = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::thread::sleep(down_for);
+        self.d = Daemon::start(
+            None,
+            bin("keyline-directory"),
+            &self.state,
+            &["serve", "--config", self.cfg.to_str().unwrap()],
+        )
+        .unwrap();
+        wait_for("the directory again", Duration::from_secs(15), || {
+            self.d.json(&["status"]).ok()
+        });
+    }
 }
 
 fn directory(scratch: &Scratch, accounts: &[(&str, &str)], extra_toml: &str) -> Directory {
@@ -87,7 +112,13 @@ fn directory(scratch: &Scratch, accounts: &[(&str, &str)], extra_toml: &str) -> 
         d.json(&["status"]).ok()
     });
     let fp = jstr(&st, &["fingerprint"]).expect("directory fingerprint");
-    Directory { d, addr, fp }
+    Directory {
+        d,
+        addr,
+        fp,
+        state,
+        cfg,
+    }
 }
 
 /// A gateway registered with the directory as `account`.
@@ -416,4 +447,85 @@ fn an_outside_caller_nobody_answers_leaves_a_voicemail_at_the_office() {
     // The directory carried none of it.
     let st = dir.d.json(&["status"]).unwrap();
     assert_eq!(jnum(&st, &["relay", "bytes"]), Some(0.0), "{st}");
+}
+
+/// A call between the two offices: A's 201 dials B's office, B's 202
+/// answers; both hear audio; hang up. Returns both stations' last calls.
+fn call_across(a201: &Daemon, b202: &Daemon) -> (Value, Value) {
+    ok(a201, &["dial", B_NUMBER]);
+    wait_state(b202, "alerting");
+    ok(b202, &["answer"]);
+    wait_connected(a201);
+    wait_connected(b202);
+    std::thread::sleep(Duration::from_millis(1500));
+    ok(a201, &["hangup"]);
+    let b_last = wait_for("B to see the hang-up", Duration::from_secs(5), || {
+        let s = status(b202);
+        s["call"].is_null().then(|| s["last_call"].clone())
+    });
+    let a_last = status(a201)["last_call"].clone();
+    for l in [&a_last, &b_last] {
+        let played = jnum(l, &["media", "played"]).unwrap();
+        assert!(played > 40.0, "too little audio: {l}");
+    }
+    (a_last, b_last)
+}
+
+#[test]
+fn with_the_relay_rule_the_directory_forwards_the_media_it_cannot_read() {
+    let scratch = Scratch::new("offices-relay");
+    let dir = directory(
+        &scratch,
+        &[("office-a", A_NUMBER.0), ("office-b", B_NUMBER)],
+        "direct_connect = \"relay\"\n",
+    );
+    let a = office(&scratch, "a", "office-a", &dir, "");
+    let b = office(&scratch, "b", "office-b", &dir, "");
+    let a201 = a.station("201", "tone:440");
+    let b202 = b.station("202", "tone:880");
+    call_across(&a201, &b202);
+    // The packets went station → A's forwarder → the directory's relay →
+    // B's forwarder → station, and back.
+    let st = dir.d.json(&["status"]).unwrap();
+    assert!(jnum(&st, &["relay", "bytes"]).unwrap() > 10_000.0, "{st}");
+    for o in [&a, &b] {
+        let st = o.gw.json(&["status"]).unwrap();
+        assert!(jnum(&st, &["relay", "packets"]).unwrap() > 100.0, "{st}");
+    }
+}
+
+#[test]
+fn offices_register_again_after_the_directory_crashes() {
+    let scratch = Scratch::new("offices-crash");
+    let mut dir = directory(
+        &scratch,
+        &[("office-a", A_NUMBER.0), ("office-b", B_NUMBER)],
+        "",
+    );
+    let a = office(&scratch, "a", "office-a", &dir, "");
+    let b = office(&scratch, "b", "office-b", &dir, "");
+    let a201 = a.station("201", "tone:440");
+    let b202 = b.station("202", "tone:880");
+    call_across(&a201, &b202);
+    dir.crash_and_restart(Duration::from_millis(1500));
+    // A vanished directory is noticed within the idle timeout (10 s); the
+    // offices say so and keep trying.
+    for o in [&a, &b] {
+        wait_for("the office to notice", Duration::from_secs(15), || {
+            let st = o.gw.json(&["status"]).ok()?;
+            (jstr(&st, &["directory", "state"])? == "connecting").then_some(())
+        });
+    }
+    for o in [&a, &b] {
+        wait_for(
+            "the office to register again",
+            Duration::from_secs(20),
+            || {
+                let st = o.gw.json(&["status"]).ok()?;
+                (jstr(&st, &["directory", "state"])? == "registered").then_some(())
+            },
+        );
+    }
+    // Internal calls never depended on it, and outside calls work again.
+    call_across(&a201, &b202);
 }
