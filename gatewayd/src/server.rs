@@ -1147,8 +1147,12 @@ impl Switch {
                     call,
                     from,
                 } => self.send(&picker, Msg::PickedUp { req, call, from }),
+                Action::Redirect { req, call, to, .. } => self.redirect_outside(req, call, &to),
                 Action::Record(rec) => {
-                    self.relays.remove(&rec.call.unwrap_or(0));
+                    if let Some(call) = rec.call {
+                        self.relays.remove(&call);
+                        self.trunk_forget(call);
+                    }
                     let to_ms = |t: Instant| -> i64 {
                         let wall = if t >= self.anchor.0 {
                             self.anchor.1 + (t - self.anchor.0)

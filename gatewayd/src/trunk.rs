@@ -745,4 +745,36 @@ impl Switch {
         });
         Ok(())
     }
+
+    /// The office forwards an outside caller to the outside number `to`:
+    /// the directory tells the caller's end to call it (claim 7).
+    pub(crate) fn redirect_outside(&mut self, req: Option<u64>, call: Option<CallId>, to: &str) {
+        let dc = req.or_else(|| call.and_then(|c| self.trunks.dir_call(c)));
+        if let Some(t) = call.and_then(|c| self.trunks.calls.get_mut(&c)) {
+            t.dir_ended = true;
+        }
+        let (Some(dc), Some((client, _))) = (dc, self.trunks.client.clone()) else {
+            return;
+        };
+        self.trunks.arriving.remove(&dc);
+        let to = to.to_string();
+        tokio::spawn(async move {
+            match client.redirect(dc, &to).await {
+                Ok(()) => tracing::info!("call {dc} forwarded to {to}"),
+                Err(e) => tracing::warn!("forwarding call {dc} to {to}: {e}"),
+            }
+        });
+    }
+
+    /// A call is over: forget its outside side (no message to send).
+    pub(crate) fn trunk_forget(&mut self, call: CallId) {
+        if let Some(t) = self.trunks.calls.remove(&call) {
+            if let Some(task) = t.task {
+                task.abort();
+            }
+            if let Some(dc) = t.dir_call {
+                self.trunks.by_dir.remove(&dc);
+            }
+        }
+    }
 }

@@ -100,6 +100,8 @@ pub enum Outcome {
     Failed,
     /// The caller left a voicemail (or reached the mailbox).
     Voicemail,
+    /// An outside caller was sent on to an outside number (forwarding).
+    Redirected,
 }
 
 impl Outcome {
@@ -114,6 +116,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::Failed => "failed",
             Outcome::Voicemail => "voicemail",
+            Outcome::Redirected => "redirected",
         }
     }
 }
@@ -208,6 +211,16 @@ pub enum Action {
     Forwarded {
         caller: String,
         call: CallId,
+        to: String,
+    },
+    /// The office forwards the outside caller on `caller` (a trunk line)
+    /// to the outside number `to`: the caller's end is told to call it
+    /// (a REDIRECT through the directory) and the office is out of the
+    /// call. `req` is the trunk's request when the call never rang here.
+    Redirect {
+        caller: String,
+        req: Option<ReqId>,
+        call: Option<CallId>,
         to: String,
     },
     /// `picker` took the ringing call `call` from `from` with the pick-up
@@ -454,11 +467,8 @@ impl Switchboard {
         if number == caller {
             return fail(self, FailReason::SelfCall, None);
         }
-        let (target, rang) = match self.route(caller, number, Vec::new()) {
+        let (target, rang) = match self.route(caller, number, Vec::new(), true) {
             Ok(t) => t,
-            Err(FailReason::UnknownNumber) if self.may_dial_out(caller, number) => {
-                return self.dial_out(now, caller, req, number);
-            }
             Err(FailReason::Busy | FailReason::DoNotDisturb | FailReason::Unreachable)
                 if self.config.voicemail && self.lines.contains_key(number) =>
             {
@@ -507,6 +517,40 @@ impl Switchboard {
                 return;
             }
         };
+        if !self.lines.contains_key(&target) {
+            // An outside number, dialled or reached by forwarding.
+            if !is_trunk(caller) {
+                return self.dial_out(now, caller, req, &target);
+            }
+            if rang.is_empty() {
+                // An outside caller may not call out through the office.
+                fail(
+                    self,
+                    FailReason::UnknownNumber,
+                    Some(Outcome::UnknownNumber),
+                );
+                self.lines.remove(caller);
+                return;
+            }
+            // Forwarded outside: the caller's end is sent there directly.
+            self.actions.push_back(Action::Redirect {
+                caller: caller.to_string(),
+                req: Some(req),
+                call: None,
+                to: target.clone(),
+            });
+            self.actions.push_back(Action::Record(CallRecord {
+                call: None,
+                caller: display(caller).to_string(),
+                callee: target,
+                started: now,
+                answered: None,
+                ended: now,
+                outcome: Outcome::Redirected,
+            }));
+            self.lines.remove(caller);
+            return;
+        }
         let number = target.as_str();
         let id = self.next_id;
         self.next_id += 1;
@@ -548,12 +592,27 @@ impl Switchboard {
         });
     }
 
-    fn may_dial_out(&self, caller: &str, number: &str) -> bool {
+    /// Whether `number` would go out through the directory.
+    fn is_outside(&self, number: &str) -> bool {
         self.config.outside
-            && !is_trunk(caller)
             && !is_trunk(number)
             && !number.starts_with('*')
             && !self.config.is_extension_number(number)
+            && !self.lines.contains_key(number)
+    }
+
+    /// A new trunk line for the outside `number` in call `id`.
+    fn add_trunk_out(&mut self, id: CallId, number: &str) -> String {
+        let trunk = trunk_line(&format!("o{id}"), number);
+        self.lines.insert(
+            trunk.clone(),
+            Line {
+                online: true,
+                call: Some(id),
+                ..Line::default()
+            },
+        );
+        trunk
     }
 
     /// `caller` dials an outside number: the call rings a new trunk line,
@@ -564,15 +623,7 @@ impl Switchboard {
     fn dial_out(&mut self, now: Instant, caller: &str, req: ReqId, number: &str) {
         let id = self.next_id;
         self.next_id += 1;
-        let trunk = trunk_line(&format!("o{id}"), number);
-        self.lines.insert(
-            trunk.clone(),
-            Line {
-                online: true,
-                call: Some(id),
-                ..Line::default()
-            },
-        );
+        let trunk = self.add_trunk_out(id, number);
         if let Some(l) = self.lines.get_mut(caller) {
             l.call = Some(id);
         }
@@ -628,6 +679,16 @@ impl Switchboard {
         if !matches!(call.state, CallState::Ringing { .. }) {
             let trunk = call.callee.clone();
             return self.finish_by(now, id, &trunk, EndReason::PeerLost);
+        }
+        if call.replaces.is_some() {
+            // A transfer to an outside number that did not go through:
+            // the call goes back to whoever transferred it.
+            let trunk = call.callee.clone();
+            let why = match reason {
+                FailReason::Unreachable => EndReason::PeerLost,
+                _ => EndReason::Rejected,
+            };
+            return self.abort_transfer_leg(now, id, &trunk, why);
         }
         let Some(mut call) = self.calls.remove(&id) else {
             return;
@@ -893,7 +954,7 @@ impl Switchboard {
                 to: caller.clone(),
                 old: orig,
                 new: id,
-                peer: callee.clone(),
+                peer: display(&callee).to_string(),
             });
         }
         self.actions.push_back(Action::Connected {
@@ -946,14 +1007,19 @@ impl Switchboard {
             });
             Ok(())
         };
-        let target = match self.route(&other, target, Vec::new()) {
+        let target = match self.route(&other, target, Vec::new(), true) {
             Ok((t, _)) if t == by => return fail(self, FailReason::SelfCall),
             Ok((t, rang)) => (t, rang),
             Err(reason) => return fail(self, reason),
         };
-        let (target, rang) = target;
+        let (mut target, rang) = target;
         let leg = self.next_id;
         self.next_id += 1;
+        let shown = target.clone();
+        if !self.lines.contains_key(&target) {
+            // To an outside number: the leg rings a trunk line.
+            target = self.add_trunk_out(leg, &target);
+        }
         self.calls.insert(
             leg,
             Call {
@@ -991,7 +1057,7 @@ impl Switchboard {
             to: by.to_string(),
             req,
             call: id,
-            target: target.clone(),
+            target: shown,
         });
         self.actions.push_back(Action::Ring {
             callee: target,
@@ -1032,7 +1098,7 @@ impl Switchboard {
         } else {
             call.caller.clone()
         };
-        let (target, rang) = match self.route(by, target, Vec::new()) {
+        let (target, rang) = match self.route(by, target, Vec::new(), false) {
             Ok((t, _)) if t == other => {
                 self.actions.push_back(Action::TransferFailed {
                     to: by.to_string(),
@@ -1434,13 +1500,35 @@ impl Switchboard {
             return false;
         };
         let (caller, old, rang) = (call.caller.clone(), call.callee.clone(), call.rang.clone());
-        let Ok((target, rang)) = self.route(&caller, &next, rang) else {
+        let Ok((mut target, rang)) = self.route(&caller, &next, rang, true) else {
             return false;
         };
         if let Some(l) = self.lines.get_mut(&old) {
             if l.call == Some(id) {
                 l.call = None;
             }
+        }
+        let shown = target.clone();
+        if !self.lines.contains_key(&target) {
+            if is_trunk(&caller) {
+                // An outside caller forwarded outside: send it there.
+                self.actions.push_back(Action::Ended {
+                    to: old,
+                    call: id,
+                    reason: EndReason::Forwarded,
+                });
+                self.actions.push_back(Action::Redirect {
+                    caller: caller.clone(),
+                    req: None,
+                    call: Some(id),
+                    to: target,
+                });
+                if let Some(call) = self.calls.remove(&id) {
+                    self.close(now, call, Outcome::Redirected);
+                }
+                return true;
+            }
+            target = self.add_trunk_out(id, &target);
         }
         if let Some(l) = self.lines.get_mut(&target) {
             l.call = Some(id);
@@ -1460,7 +1548,7 @@ impl Switchboard {
         self.actions.push_back(Action::Forwarded {
             caller: caller.clone(),
             call: id,
-            to: target.clone(),
+            to: shown,
         });
         self.actions.push_back(Action::Ring {
             callee: target,
@@ -1472,11 +1560,14 @@ impl Switchboard {
 
     /// Follow forwarding rules from `number` to the extension that should
     /// ring now. `rang` holds the extensions this call has already rung.
+    /// With `outside_ok`, an outside number (dialled or a forward target)
+    /// is a target too: the caller makes it an outside call.
     fn route(
         &self,
         caller: &str,
         number: &str,
         mut rang: Vec<String>,
+        outside_ok: bool,
     ) -> Result<(String, Vec<String>), FailReason> {
         let mut cur = number.to_string();
         loop {
@@ -1484,6 +1575,9 @@ impl Switchboard {
                 return Err(FailReason::ForwardLoop);
             }
             let Some(line) = self.lines.get(&cur) else {
+                if outside_ok && self.is_outside(&cur) {
+                    return Ok((cur, rang));
+                }
                 return Err(FailReason::UnknownNumber);
             };
             if cur == caller {
@@ -1542,7 +1636,7 @@ impl Switchboard {
             .unwrap_or_default();
         let target = |prefix: &str| code.strip_prefix(prefix).filter(|t| !t.is_empty());
         let message = if let Some(t) = target("*72") {
-            if !self.lines.contains_key(t) {
+            if !self.lines.contains_key(t) && !self.is_outside(t) {
                 return Feature::Fail(FailReason::UnknownNumber);
             }
             settings.forward_always = Some(t.to_string());
@@ -1551,7 +1645,7 @@ impl Switchboard {
             settings.forward_always = None;
             "forwarding of all calls is off".to_string()
         } else if let Some(t) = target("*90") {
-            if !self.lines.contains_key(t) {
+            if !self.lines.contains_key(t) && !self.is_outside(t) {
                 return Feature::Fail(FailReason::UnknownNumber);
             }
             settings.forward_busy = Some(t.to_string());
@@ -1560,7 +1654,7 @@ impl Switchboard {
             settings.forward_busy = None;
             "forwarding when busy is off".to_string()
         } else if let Some(t) = target("*52") {
-            if !self.lines.contains_key(t) {
+            if !self.lines.contains_key(t) && !self.is_outside(t) {
                 return Feature::Fail(FailReason::UnknownNumber);
             }
             settings.forward_no_answer = Some(t.to_string());
@@ -1599,6 +1693,7 @@ impl Switchboard {
                 matches!(c.state, CallState::Ringing { .. })
                     && c.callee != picker
                     && c.caller != picker
+                    && !is_trunk(&c.callee)
             })
             .min_by_key(|c| c.started)
             .map(|c| c.id)
@@ -2354,5 +2449,145 @@ mod trunk_tests {
             reason: EndReason::Hangup
         }));
         assert!(!sb.lines.contains_key(&t2));
+    }
+
+    fn fwd(sb: &mut Switchboard, ext: &str, always: Option<&str>, no_answer: Option<&str>) {
+        sb.set_settings(
+            ext,
+            LineSettings {
+                forward_always: always.map(str::to_string),
+                forward_no_answer: no_answer.map(str::to_string),
+                ..LineSettings::default()
+            },
+        );
+    }
+
+    #[test]
+    fn forwards_to_outside_numbers_dial_out_or_redirect_the_outside_caller() {
+        let (mut sb, now) = board(&["201", "202"]);
+        // *72 takes an outside number when the office has a directory.
+        sb.handle_dial(now, "202", 1, "*72김민준");
+        drain(&mut sb);
+        assert_eq!(
+            sb.settings("202").and_then(|s| s.forward_always.clone()),
+            Some("김민준".to_string())
+        );
+        // An internal caller is taken out through the directory.
+        sb.handle_dial(now, "201", 2, "202");
+        let acts = drain(&mut sb);
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            Action::Ring { callee, from, .. } if display(callee) == "김민준" && is_trunk(callee) && from == "201"
+        )));
+        sb.handle_hangup(now, "201", 1).expect("cancel");
+        drain(&mut sb);
+        // An outside caller is sent there directly (client-side forwarding).
+        let trunk = trunk_line("d7", "alice");
+        sb.handle_inbound(now, &trunk, 7, Some("202"));
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Redirect {
+            caller: trunk.clone(),
+            req: Some(7),
+            call: None,
+            to: "김민준".into()
+        }));
+        assert_eq!(record(&acts).map(|r| r.outcome), Some(Outcome::Redirected));
+        assert!(!sb.lines.contains_key(&trunk));
+        // On no answer, likewise.
+        fwd(&mut sb, "202", None, Some("bob"));
+        let t2 = trunk_line("d8", "alice");
+        sb.handle_inbound(now, &t2, 8, Some("202"));
+        drain(&mut sb);
+        sb.handle_timeout(now + Config::default().ring_timeout);
+        let acts = drain(&mut sb);
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            Action::Redirect { caller, req: None, call: Some(_), to } if *caller == t2 && to == "bob"
+        )));
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            Action::Ended { to, reason: EndReason::Forwarded, .. } if to == "202"
+        )));
+        assert!(sb.lines.values().all(|l| l.call.is_none()));
+        // An internal caller rings out after the no-answer time.
+        sb.handle_dial(now, "201", 9, "202");
+        let id = match &drain(&mut sb)[0] {
+            Action::Ringing { call, .. } => *call,
+            other => panic!("{other:?}"),
+        };
+        sb.handle_timeout(now + Config::default().ring_timeout * 2);
+        let acts = drain(&mut sb);
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            Action::Ring { callee, call, .. } if *call == id && display(callee) == "bob"
+        )));
+        // The caller is not picked up by *8 while it rings outside.
+        sb.handle_dial(now, "202", 10, "*8");
+        assert!(drain(&mut sb)
+            .iter()
+            .any(|a| matches!(a, Action::DialFailed { .. })));
+    }
+
+    #[test]
+    fn a_station_is_transferred_to_an_outside_number_or_given_back() {
+        let (mut sb, now) = board(&["201", "202"]);
+        sb.handle_dial(now, "201", 1, "202");
+        sb.handle_answer(now, "202", 1).expect("answer");
+        drain(&mut sb);
+        // 202 hands 201 on to an outside number: a leg from 201 rings out.
+        sb.handle_transfer(now, "202", 2, 1, "bob")
+            .expect("transfer");
+        let acts = drain(&mut sb);
+        let (leg, trunk) = acts
+            .iter()
+            .find_map(|a| match a {
+                Action::Ring { callee, call, from } if from == "201" => {
+                    Some((*call, callee.clone()))
+                }
+                _ => None,
+            })
+            .expect("a leg rings out");
+        assert!(is_trunk(&trunk));
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            Action::Transferring { target, .. } if target == "bob"
+        )));
+        // Busy out there: the call comes back to 202.
+        sb.handle_outside_failed(now, leg, FailReason::Busy);
+        let acts = drain(&mut sb);
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            Action::TransferFailed { to, call: 1, .. } if to == "202"
+        )));
+        assert!(sb.call(1).is_some());
+        assert!(!sb.lines.contains_key(&trunk));
+        // Again, and it answers: 201 continues with the outside party.
+        sb.handle_transfer(now, "202", 3, 1, "bob")
+            .expect("transfer");
+        let acts = drain(&mut sb);
+        let (leg, trunk) = acts
+            .iter()
+            .find_map(|a| match a {
+                Action::Ring { callee, call, .. } if is_trunk(callee) => {
+                    Some((*call, callee.clone()))
+                }
+                _ => None,
+            })
+            .expect("a leg rings out");
+        sb.handle_outside_ringing(leg);
+        sb.handle_answer(now, &trunk, leg).expect("answer");
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Replaced {
+            to: "201".into(),
+            old: 1,
+            new: leg,
+            peer: "bob".into()
+        }));
+        assert!(acts.contains(&Action::Ended {
+            to: "202".into(),
+            call: 1,
+            reason: EndReason::Transferred
+        }));
+        assert!(sb.lines.get("202").is_some_and(|l| l.call.is_none()));
     }
 }

@@ -941,6 +941,7 @@ fn call_of_action(a: &Action) -> Option<CallId> {
         | Action::PickedUp { call, .. } => Some(*call),
         Action::Record(r) => r.call,
         Action::Replaced { new, .. } => Some(*new),
+        Action::Redirect { call, .. } => *call,
         Action::DialFailed { .. } | Action::Feature { .. } | Action::Settings { .. } => None,
     }
 }

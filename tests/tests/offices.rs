@@ -529,3 +529,118 @@ fn offices_register_again_after_the_directory_crashes() {
     // Internal calls never depended on it, and outside calls work again.
     call_across(&a201, &b202);
 }
+
+/// A standalone terminal logged in as `account`, answering by itself.
+fn terminal(scratch: &Scratch, dir: &Directory, account: &str) -> Daemon {
+    let pw = scratch.join(&format!("{account}.password"));
+    std::fs::write(&pw, format!("{PW}\n")).unwrap();
+    let d = Daemon::start(
+        None,
+        bin("keyline-agent"),
+        &scratch.join(&format!("term-{account}")),
+        &[
+            "terminal",
+            "--directory",
+            &dir.addr,
+            "--directory-fp",
+            &dir.fp,
+            "--account",
+            account,
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--auto-answer",
+            "0",
+            "--audio-in",
+            "tone:1000",
+            "--audio-out",
+            "null",
+        ],
+    )
+    .unwrap();
+    wait_for("the terminal to register", Duration::from_secs(20), || {
+        (jstr(&d.json(&["status"]).ok()?, &["state"])? == "registered").then_some(())
+    });
+    d
+}
+
+#[test]
+fn forwards_and_transfers_reach_outside_numbers() {
+    let scratch = Scratch::new("offices-fwd");
+    let dir = directory(
+        &scratch,
+        &[
+            ("office-a", A_NUMBER.0),
+            ("office-b", B_NUMBER),
+            ("carol", "carol"),
+        ],
+        "",
+    );
+    let a = office(&scratch, "a", "office-a", &dir, "");
+    let b = office(&scratch, "b", "office-b", &dir, "");
+    let carol = terminal(&scratch, &dir, "carol");
+    let a201 = a.station("201", "tone:440");
+    let a202 = a.station("202", "tone:660");
+    let b202 = b.station("202", "tone:880");
+
+    // B's 202 forwards everything to carol (an outside number): A's call
+    // to B/202 is sent on by B's gateway and A's follows it to carol.
+    ok(&b202, &["dial", "*72carol"]);
+    wait_for("the setting", Duration::from_secs(5), || {
+        (jstr(&status(&b202), &["settings", "forward_always"])? == "carol").then_some(())
+    });
+    ok(&a201, &["dial", &format!("{B_NUMBER}/202")]);
+    wait_connected(&a201);
+    wait_state(&carol, "connected");
+    assert!(call_state(&b202).is_none());
+    let rows = b.gw.json(&["cdr"]).unwrap();
+    assert!(
+        rows["cdr"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["outcome"] == "redirected" && r["callee"] == "carol"),
+        "{rows}"
+    );
+    ok(&a201, &["hangup"]);
+    wait_for("carol to see the hang-up", Duration::from_secs(5), || {
+        call_state(&carol).is_none().then_some(())
+    });
+    ok(&b202, &["dial", "*73"]);
+
+    // A's 202 hands its caller 201 on to carol: 201 continues with carol,
+    // through A's forwarder, and 202 is free.
+    ok(&a201, &["dial", "202"]);
+    wait_state(&a202, "alerting");
+    ok(&a202, &["answer"]);
+    wait_connected(&a201);
+    ok(&a202, &["transfer", "carol"]);
+    wait_for("202 to be free", Duration::from_secs(8), || {
+        call_state(&a202).is_none().then_some(())
+    });
+    wait_state(&carol, "connected");
+    wait_connected(&a201);
+    assert_eq!(
+        jstr(&status(&a201), &["call", "peer"]).as_deref(),
+        Some("carol")
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let played = jnum(&status(&carol), &["call", "media", "played"]).unwrap_or(0.0);
+    assert!(played > 10.0, "{}", status(&carol));
+    ok(&carol, &["hangup"]);
+    wait_for("201 to see the hang-up", Duration::from_secs(5), || {
+        call_state(&a201).is_none().then_some(())
+    });
+    // A transfer to a number nobody answers gives the call back.
+    ok(&a201, &["dial", "202"]);
+    wait_state(&a202, "alerting");
+    ok(&a202, &["answer"]);
+    wait_connected(&a201);
+    ok(&a202, &["transfer", "nobody-at-all"]);
+    wait_for("the call to come back", Duration::from_secs(8), || {
+        let calls = a.gw.json(&["calls"]).ok()?;
+        let c = calls["calls"].as_array()?;
+        (c.len() == 1 && c[0]["state"] == "answered").then_some(())
+    });
+    wait_connected(&a202);
+    assert_eq!(call_state(&a201).as_deref(), Some("connected"));
+}
