@@ -453,3 +453,71 @@ pub fn registered(d: &Daemon, ext: &str) {
         (jstr(&d.json(&["status"]).ok()?, &["ext"])? == ext).then_some(())
     });
 }
+
+impl Netns {
+    /// Run `ip ARGS…` inside this namespace (`ip -n NAME ARGS…`).
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut a = vec!["-n", self.name.as_str()];
+        a.extend_from_slice(args);
+        ip(&a)
+    }
+
+    /// Run a program inside this namespace (`ip netns exec NAME PROG
+    /// ARGS…`); its output, whatever its exit status.
+    pub fn exec(&self, prog: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, prog])
+            .args(args)
+            .output()
+            .expect("run ip netns exec")
+    }
+}
+
+/// A Linux bridge (a switch) alone in a namespace of its own, so that
+/// nothing touches the root namespace. Hosts are namespaces the test
+/// makes and joins to it with [`Bridge::attach`]; a host may be on
+/// several bridges (a router, a gateway with a LAN and an outside side).
+/// Deleting the bridge's namespace on drop removes the bridge and every
+/// veth pair attached to it.
+#[derive(Debug)]
+pub struct Bridge {
+    pub ns: Netns,
+    ports: AtomicU32,
+}
+
+impl Bridge {
+    /// A bridge in a new namespace named `name` (make it with
+    /// [`unique`]), multicast snooping off so mDNS floods.
+    pub fn new(name: &str) -> Result<Bridge> {
+        let ns = Netns::new(name)?;
+        ns.ip(&["link", "add", "br0", "type", "bridge"])?;
+        ns.ip(&[
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
+        ns.ip(&["link", "set", "br0", "up"])?;
+        Ok(Bridge {
+            ns,
+            ports: AtomicU32::new(0),
+        })
+    }
+
+    /// Join `host` to the bridge through a veth pair whose end in `host`
+    /// is called `ifname` and has address `cidr` (`10.90.0.2/24`). No
+    /// route is added but the subnet's own.
+    pub fn attach(&self, host: &Netns, ifname: &str, cidr: &str) -> Result<()> {
+        let port = format!("p{}", self.ports.fetch_add(1, Ordering::Relaxed));
+        self.ns.ip(&[
+            "link", "add", &port, "type", "veth", "peer", "name", ifname, "netns", &host.name,
+        ])?;
+        self.ns.ip(&["link", "set", &port, "master", "br0", "up"])?;
+        host.ip(&["addr", "add", cidr, "dev", ifname])?;
+        host.ip(&["link", "set", ifname, "up", "multicast", "on"])?;
+        Ok(())
+    }
+}
