@@ -107,6 +107,9 @@ pub struct Shared {
     pub pending: Mutex<HashMap<String, oneshot::Sender<Approved>>>,
     /// Callers expected at a mailbox, by the call's media token.
     pub vm_jobs: Mutex<HashMap<String, crate::voicemail::Job>>,
+    /// The directory connection while the office is registered (for
+    /// texts to outside numbers).
+    pub dir_client: Mutex<Option<keyline_directory::client::DirClient>>,
     /// Stations seen by mDNS (a hint only).
     pub discovered: Mutex<HashMap<String, mdns::Found>>,
     pub started: Instant,
@@ -193,6 +196,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         events: events_tx,
         pending: Mutex::new(HashMap::new()),
         vm_jobs: Mutex::new(HashMap::new()),
+        dir_client: Mutex::new(None),
         discovered: Mutex::new(HashMap::new()),
         started: Instant::now(),
     });
@@ -708,7 +712,7 @@ async fn send_text(shared: &Arc<Shared>, from: &str, to: &str, body: &str) -> Re
             .any(|a| a.ext.as_deref() == Some(to.as_str()))
     };
     if !known {
-        bail!("unknown number {to}");
+        return send_outside_text(shared, &to, body).await;
     }
     let (f, t, b) = (from.to_string(), to.clone(), body.to_string());
     let row = tokio::task::spawn_blocking(move || db.insert_text(&f, &t, &b)).await??;
@@ -725,6 +729,29 @@ async fn send_text(shared: &Arc<Shared>, from: &str, to: &str, body: &str) -> Re
             },
         })
         .await;
+    Ok(id)
+}
+
+/// A text for an outside number: the directory stores it until the
+/// recipient is online, sent as the office number.
+async fn send_outside_text(shared: &Arc<Shared>, to: &str, body: &str) -> Result<u64> {
+    let [lo, hi] = shared.cfg().extension_range;
+    let ext_shaped = to.bytes().all(|b| b.is_ascii_digit())
+        && to.parse::<u32>().is_ok_and(|n| (lo..=hi).contains(&n));
+    let client = shared.dir_client.lock().ok().and_then(|c| c.clone());
+    let Some(client) = client.filter(|_| !ext_shaped) else {
+        bail!("unknown number {to}");
+    };
+    let id = client
+        .leave_mail(
+            to,
+            keyline_proto::dir::MailKind::Text,
+            body.as_bytes(),
+            None,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{to}: {e}"))?;
+    tracing::info!("text {id} for {to} left with the directory");
     Ok(id)
 }
 

@@ -262,10 +262,16 @@ impl Switch {
                     "outside_ip": outside_ip.to_string(),
                     "directory_fingerprint": client.directory_fingerprint(),
                 });
+                if let Ok(mut c) = self.shared.dir_client.lock() {
+                    *c = Some(client.clone());
+                }
                 self.trunks.client = Some((client, outside_ip));
             }
             TrunkEvent::Down { reason } => {
                 self.trunks.client = None;
+                if let Ok(mut c) = self.shared.dir_client.lock() {
+                    *c = None;
+                }
                 self.trunks.status = json!({ "state": "connecting", "last_error": reason });
                 // Every outside call went with the connection.
                 let calls: Vec<(CallId, String)> = self
@@ -442,15 +448,7 @@ impl Switch {
                     a.retarget_callee(vec![relay]);
                 }
             }
-            dir::Event::Mail(m) => {
-                // The office mailbox is not built yet: the directory keeps
-                // the message (it is not acknowledged) and delivers it again.
-                tracing::info!(
-                    "a {} message for the office from {} waits on the directory",
-                    m.kind.as_str(),
-                    m.from
-                );
-            }
+            dir::Event::Mail(m) => self.office_mail(m),
             dir::Event::Expect { from, .. } => {
                 tracing::info!("{from} looked the office up; look-up-only calls are not taken");
             }
@@ -775,6 +773,92 @@ impl Switch {
             if let Some(dc) = t.dir_call {
                 self.trunks.by_dir.remove(&dc);
             }
+        }
+    }
+
+    /// A text or voice message left with the directory for the office: it
+    /// goes to the office mailbox's extension (`office_mailbox`, else the
+    /// first reception extension) and is acknowledged once stored here; with
+    /// no such extension it stays on the directory.
+    fn office_mail(&mut self, m: dir::Mail) {
+        let cfg = self.shared.cfg();
+        let Some(ext) = cfg
+            .office_mailbox
+            .or_else(|| cfg.reception.first().cloned())
+        else {
+            tracing::info!(
+                "a {} message for the office from {} waits on the directory (no office_mailbox)",
+                m.kind.as_str(),
+                m.from
+            );
+            return;
+        };
+        let Some((client, _)) = self.trunks.client.clone() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let (id, kind, from) = (m.id, m.kind, m.from.clone());
+            let sh = shared.clone();
+            let ext2 = ext.clone();
+            let stored = tokio::task::spawn_blocking(move || store_mail(&sh, &ext2, &m)).await;
+            match stored {
+                Ok(Ok(note)) => {
+                    if let Err(e) = client.ack_mail(id).await {
+                        tracing::warn!("message {id} stored but not acknowledged: {e}");
+                    }
+                    let _ = shared.events.send(note).await;
+                    tracing::info!(
+                        "{} message from {from} for the office kept for {ext}",
+                        kind.as_str()
+                    );
+                }
+                Ok(Err(e)) => tracing::error!("cannot keep message {id} from {from}: {e:#}"),
+                Err(e) => tracing::error!("cannot keep message {id} from {from}: {e}"),
+            }
+        });
+    }
+}
+
+/// Write a delivered message where the office keeps its own: a text in the
+/// texts table, a voice message as an Ogg Opus file plus a voicemail row.
+/// Returns the event that tells the station.
+fn store_mail(shared: &Shared, ext: &str, m: &dir::Mail) -> Result<Event> {
+    match m.kind {
+        keyline_proto::dir::MailKind::Text => {
+            let body = String::from_utf8_lossy(&m.body).to_string();
+            let row = shared.db.insert_text(&m.from, ext, &body)?;
+            Ok(Event::TextStored {
+                to: ext.to_string(),
+                text: Msg::Text {
+                    id: row.id as u64,
+                    from: row.sender,
+                    body: row.body,
+                    sent_ms: row.sent_ms,
+                },
+            })
+        }
+        keyline_proto::dir::MailKind::Voice => {
+            let pcm = keyline_media::read_ogg_opus_bytes(&m.body)
+                .map_err(|e| anyhow::anyhow!("not a playable Ogg Opus message: {e}"))?;
+            let secs = pcm.len() as f64 / 48_000.0;
+            let dir = shared.state_dir.join("voicemail").join(ext);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join(format!(
+                "{}-{}.opus",
+                m.at_ms,
+                keyline_media::record::sanitize_peer(&m.from)
+            ));
+            let tmp = path.with_extension("part");
+            std::fs::write(&tmp, &m.body).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all())?;
+            std::fs::rename(&tmp, &path)?;
+            shared
+                .db
+                .insert_voicemail(ext, &m.from, &path.display().to_string(), secs)?;
+            Ok(Event::MessageWaiting {
+                ext: ext.to_string(),
+            })
         }
     }
 }

@@ -644,3 +644,100 @@ fn forwards_and_transfers_reach_outside_numbers() {
     wait_connected(&a202);
     assert_eq!(call_state(&a201).as_deref(), Some("connected"));
 }
+
+#[test]
+fn texts_reach_outside_numbers_and_the_office() {
+    let scratch = Scratch::new("offices-text");
+    let dir = directory(&scratch, &[("office-b", B_NUMBER), ("carol", "carol")], "");
+    let b = office(&scratch, "b", "office-b", &dir, "reception = [\"202\"]\n");
+    let b202 = b.station("202", "silence");
+    let b203 = b.station("203", "silence");
+    let carol = terminal(&scratch, &dir, "carol");
+
+    // A station texts an outside number: the directory delivers it, from
+    // the office number.
+    ok(&b203, &["message", "carol", "the parcel is here"]);
+    let got = wait_for("carol's message", Duration::from_secs(10), || {
+        let m = carol.json(&["messages"]).ok()?;
+        m["messages"].as_array()?.first().cloned()
+    });
+    assert_eq!(got["from"], B_NUMBER, "{got}");
+    assert_eq!(got["body"], "the parcel is here", "{got}");
+    // An unknown outside number is refused clearly; an unknown extension
+    // too, without a trip outside.
+    let e = fails(&b203, &["message", "nobody-at-all", "hello"]);
+    assert!(e.contains("nobody"), "{e}");
+    let e = fails(&b203, &["message", "299", "hello"]);
+    assert!(e.contains("unknown number 299"), "{e}");
+
+    // Carol texts the office: the office mailbox's extension gets it, and
+    // the directory lets go of it once the office has it.
+    ok(&carol, &["message", B_NUMBER, "please call me"]);
+    let got = wait_for("the office's message", Duration::from_secs(10), || {
+        let m = b202.json(&["messages"]).ok()?;
+        m["messages"].as_array()?.first().cloned()
+    });
+    assert_eq!(got["from"], "carol", "{got}");
+    assert_eq!(got["body"], "please call me", "{got}");
+    wait_for("the directory to let go", Duration::from_secs(5), || {
+        let l = dir.d.json(&["mail", "list"]).ok()?;
+        l["mail"].as_array()?.is_empty().then_some(())
+    });
+
+    // A voice message left with the directory for the office lands in the
+    // office mailbox as Ogg Opus, and plays back as what was said.
+    let ogg = scratch.join("message.opus");
+    let mut w = keyline_media::OggOpusWriter::create(&ogg).unwrap();
+    for chunk in tone_sequence(&[(600.0, 600), (900.0, 600), (0.0, 200)]).chunks(960) {
+        let mut frame = chunk.to_vec();
+        frame.resize(960, 0);
+        w.write_frame(&frame).unwrap();
+    }
+    w.finish().unwrap();
+    let body = std::fs::read(&ogg).unwrap();
+    leave_voice_mail(&scratch, &dir, "carol", B_NUMBER, &body);
+    wait_for("message waiting", Duration::from_secs(10), || {
+        (jnum(&status(&b202), &["voicemail_waiting"])? == 1.0).then_some(())
+    });
+    let list = b202.json(&["voicemail", "list"]).unwrap();
+    assert_eq!(list["voicemails"][0]["from"], "carol", "{list}");
+    let vm_dir = b.dir.join("gw").join("voicemail").join("202");
+    let file = std::fs::read_dir(&vm_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let pcm = keyline_media::read_ogg_opus(&file).unwrap();
+    assert_eq!(
+        collapse_track(&tone_track(&pcm, &[600.0, 900.0]), 8),
+        vec![600.0, 900.0]
+    );
+    wait_for("the directory to let go", Duration::from_secs(5), || {
+        let l = dir.d.json(&["mail", "list"]).ok()?;
+        l["mail"].as_array()?.is_empty().then_some(())
+    });
+}
+
+/// Leave a voice message for `to` as `account`, with the client library.
+fn leave_voice_mail(scratch: &Scratch, dir: &Directory, account: &str, to: &str, body: &[u8]) {
+    use keyline_directory::client::DirClient;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        std::fs::create_dir_all(scratch.join("mailer")).unwrap();
+        let id = keyline_net::Identity::load_or_create(&scratch.join("mailer"), "mailer").unwrap();
+        let ep = keyline_net::make_endpoint("127.0.0.1:0".parse().unwrap(), &id).unwrap();
+        let (c, _events) =
+            DirClient::connect(&ep, &id, dir.addr.parse().unwrap(), Some(dir.fp.clone()))
+                .await
+                .unwrap();
+        c.login(account, PW).await.unwrap();
+        c.leave_mail(to, keyline_proto::dir::MailKind::Voice, body, None)
+            .await
+            .unwrap();
+        c.close();
+    });
+}
