@@ -13,19 +13,22 @@
 //!   relay as ratios to the baseline;
 //! - `setup` ([`setup`]): dial → ringing and answer → media over many
 //!   calls between two real agents through a real gateway;
-//! - `startup` ([`startup`]): spawn → READY=1, idle memory, stop.
+//! - `startup` ([`startup`]): spawn → READY=1, idle memory, stop;
+//! - `directory` ([`directory`]): the real `keyline-directory` under N
+//!   concurrent QUIC clients: registrations/s, look-ups/s, and resident
+//!   memory per binding at 100,000 bindings.
 //!
 //! Modes: `all` (every suite, full size, bounded to about ten minutes),
 //! `smoke` (every suite, tiny: a few seconds, for CI), or one suite by
-//! name. A new suite (the directory's, once `keyline-directory` exists) is
-//! a module with a `run` returning its JSON, a [`Suite`] variant, and its
-//! targets in [`report`]; until then the report lists it as not measured.
+//! name. A new suite is a module with a `run` returning its JSON, a
+//! [`Suite`] variant, and its targets in [`report`].
 //!
 //! The hidden subcommands `serve-relay` and `serve-baseline` are the
 //! forwarders under test, run as child processes so their CPU time and
 //! memory are measured alone.
 
 mod daemons;
+mod directory;
 mod fwd;
 mod report;
 mod setup;
@@ -40,6 +43,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
+use directory::DirConfig;
 use fwd::loadgen::Phases;
 use fwd::{DirectCache, Kind, RampConfig};
 use setup::{Bins, SetupConfig};
@@ -48,7 +52,7 @@ use startup::StartupConfig;
 #[derive(Parser, Debug)]
 #[command(
     name = "keyline-bench",
-    about = "Keyline benchmarks: media relay vs a plain-UDP forwarder, call set-up, start-up and memory",
+    about = "Keyline benchmarks: media relay vs a plain-UDP forwarder, call set-up, start-up, memory and the directory",
     long_about = "Keyline benchmarks. Run as `cargo run --release -p keyline-bench -- <MODE>`. \
                   Everything runs on loopback; every mode stops by itself."
 )]
@@ -71,6 +75,9 @@ enum Cmd {
     Setup(Opts),
     /// Spawn → READY of the gateway and agent; idle memory.
     Startup(Opts),
+    /// The directory: registrations/s and look-ups/s with N QUIC clients,
+    /// memory per binding.
+    Directory(Opts),
     /// (internal) The relay under test, driven over stdin/stdout.
     #[command(hide = true)]
     ServeRelay {
@@ -115,6 +122,16 @@ struct Opts {
     /// Calls in the set-up timing loop (direct media).
     #[arg(long, value_name = "N")]
     calls: Option<usize>,
+    /// Concurrent QUIC clients loading the directory (default: 16, 64 and
+    /// 256 in turn, 512 requests in flight in all).
+    #[arg(long, value_name = "N")]
+    dir_clients: Option<usize>,
+    /// Requests each directory client keeps in flight (default: 512 / clients).
+    #[arg(long, value_name = "N")]
+    dir_depth: Option<usize>,
+    /// Bindings for the directory's memory figure.
+    #[arg(long, value_name = "N")]
+    bindings: Option<usize>,
 }
 
 /// A family of figures: a key under `suites` in the JSON.
@@ -124,10 +141,17 @@ enum Suite {
     Baseline,
     Setup,
     Startup,
+    Directory,
 }
 
 impl Suite {
-    const ALL: [Suite; 4] = [Suite::Relay, Suite::Baseline, Suite::Setup, Suite::Startup];
+    const ALL: [Suite; 5] = [
+        Suite::Relay,
+        Suite::Baseline,
+        Suite::Setup,
+        Suite::Startup,
+        Suite::Directory,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -135,11 +159,12 @@ impl Suite {
             Suite::Baseline => "baseline",
             Suite::Setup => "setup",
             Suite::Startup => "startup",
+            Suite::Directory => "directory",
         }
     }
 
     fn needs_daemons(self) -> bool {
-        matches!(self, Suite::Setup | Suite::Startup)
+        matches!(self, Suite::Setup | Suite::Startup | Suite::Directory)
     }
 }
 
@@ -161,6 +186,7 @@ fn main() -> ExitCode {
         Cmd::Baseline(o) => bench("baseline", Scale::Full, &[Suite::Baseline], &o),
         Cmd::Setup(o) => bench("setup", Scale::Full, &[Suite::Setup], &o),
         Cmd::Startup(o) => bench("startup", Scale::Full, &[Suite::Startup], &o),
+        Cmd::Directory(o) => bench("directory", Scale::Full, &[Suite::Directory], &o),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -272,6 +298,39 @@ fn setup_config(scale: Scale, o: &Opts) -> SetupConfig {
     }
 }
 
+/// Clients × requests in flight per client for the directory: `--dir-clients`
+/// or `clients`, each with `--dir-depth` or `in_flight / clients` requests.
+fn dir_levels(o: &Opts, clients: &[usize], in_flight: usize) -> Vec<(usize, usize)> {
+    let given = o.dir_clients.map(|n| vec![n.max(1)]);
+    given
+        .unwrap_or_else(|| clients.to_vec())
+        .into_iter()
+        .map(|n| (n, o.dir_depth.unwrap_or((in_flight / n).max(1))))
+        .collect()
+}
+
+fn dir_config(scale: Scale, o: &Opts) -> DirConfig {
+    let ms = Duration::from_millis;
+    match scale {
+        Scale::Full => DirConfig {
+            levels: dir_levels(o, &[16, 64, 256], 512),
+            clients_per_account: 8,
+            warmup: ms(1000),
+            measure: ms(5000),
+            bindings: o.bindings.unwrap_or(100_000),
+            numbers_per_account: 2000,
+        },
+        Scale::Smoke => DirConfig {
+            levels: dir_levels(o, &[4], 16),
+            clients_per_account: 2,
+            warmup: ms(200),
+            measure: ms(500),
+            bindings: o.bindings.unwrap_or(2000),
+            numbers_per_account: 500,
+        },
+    }
+}
+
 /// `YYYYMMDDTHHMMSSZ` for a Unix time (UTC).
 fn utc_stamp(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
@@ -302,14 +361,22 @@ fn bench(mode: &str, scale: Scale, suites: &[Suite], o: &Opts) -> Result<()> {
     let bin_dir = util::bin_dir(o.bin_dir.as_deref())?;
     let out_dir = util::out_dir(o.out.as_deref(), &bin_dir);
     let build_started = Instant::now();
-    let bins = if suites.iter().any(|s| s.needs_daemons()) {
-        if !o.no_build && o.bin_dir.is_none() {
-            util::build_daemons(&bin_dir)?;
-        }
+    if suites.iter().any(|s| s.needs_daemons()) && !o.no_build && o.bin_dir.is_none() {
+        util::build_daemons(&bin_dir)?;
+    }
+    let bins = if suites
+        .iter()
+        .any(|s| matches!(s, Suite::Setup | Suite::Startup))
+    {
         Some(Bins {
             gatewayd: util::keyline_bin(&bin_dir, "keyline-gatewayd")?,
             agent: util::keyline_bin(&bin_dir, "keyline-agent")?,
         })
+    } else {
+        None
+    };
+    let dir_bin = if suites.contains(&Suite::Directory) {
+        Some(util::keyline_bin(&bin_dir, "keyline-directory")?)
     } else {
         None
     };
@@ -370,6 +437,10 @@ fn bench(mode: &str, scale: Scale, suites: &[Suite], o: &Opts) -> Result<()> {
                     },
                 )
             }),
+            Suite::Directory => dir_bin
+                .as_ref()
+                .context("keyline-directory not located")
+                .and_then(|b| directory::run(b, &dir_config(scale, o))),
         };
         match res {
             Ok(v) => doc["suites"][suite.name()] = v,

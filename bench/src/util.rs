@@ -207,7 +207,7 @@ pub fn keyline_bin(dir: &Path, name: &str) -> Result<PathBuf> {
     let p = dir.join(name);
     if !p.exists() {
         bail!(
-            "{} is missing: build it with `cargo build --release -p keyline-gatewayd -p keyline-agent` \
+            "{} is missing: build it with `cargo build --release -p keyline-gatewayd -p keyline-agent -p keyline-directory` \
              (or let keyline-bench build it: drop --no-build), or point --bin-dir at it",
             p.display()
         );
@@ -225,7 +225,7 @@ pub fn build_daemons(bin_dir: &Path) -> Result<()> {
     let release = bin_dir.file_name().is_some_and(|n| n == "release");
     let target = bin_dir.parent().context("binary directory has no parent")?;
     eprintln!(
-        "keyline-bench: building keyline-gatewayd and keyline-agent ({})",
+        "keyline-bench: building keyline-gatewayd, keyline-agent and keyline-directory ({})",
         if release { "release" } else { "debug" }
     );
     let mut cmd = Command::new(cargo);
@@ -240,6 +240,8 @@ pub fn build_daemons(bin_dir: &Path) -> Result<()> {
             "keyline-gatewayd",
             "-p",
             "keyline-agent",
+            "-p",
+            "keyline-directory",
             "-p",
             "keyline-bench",
         ]);

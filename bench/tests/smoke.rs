@@ -30,7 +30,7 @@ fn positive(v: &Value, path: &[&str]) {
 fn smoke_mode_writes_sane_json() {
     let exe = Path::new(env!("CARGO_BIN_EXE_keyline-bench"));
     let bin_dir = exe.parent().unwrap();
-    for daemon in ["keyline-gatewayd", "keyline-agent"] {
+    for daemon in ["keyline-gatewayd", "keyline-agent", "keyline-directory"] {
         assert!(
             bin_dir.join(daemon).exists(),
             "{} is missing: run `cargo build --workspace --bins` first (make test does)",
@@ -111,8 +111,28 @@ fn smoke_mode_writes_sane_json() {
         }
     }
 
+    let d = &s["directory"];
+    assert!(d.is_object(), "no directory suite: {s}");
+    assert!(d["persisted"].is_string());
+    for op in ["registrations", "lookups"] {
+        let l = &d["load"]["levels"][0][op];
+        assert!(l.is_object(), "no {op} figures: {d}");
+        positive(l, &["per_s"]);
+        positive(l, &["latency_us", "p50"]);
+        assert_eq!(num(l, &["errors"]), 0.0, "{l}");
+        assert!(num(l, &["directory_cpu_cores"]) >= 0.0);
+    }
+    positive(d, &["registrations_per_s"]);
+    positive(d, &["lookups_per_s"]);
+    let m = &d["memory"];
+    assert_eq!(num(m, &["bindings"]), 2000.0, "{m}");
+    positive(m, &["rss_bound_kib"]);
+    // RSS moves in pages and the allocator may reuse freed memory: at
+    // 2,000 bindings the difference may round to nothing.
+    assert!(num(d, &["rss_per_binding_bytes"]) >= 0.0);
+
     let targets = doc["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 6);
+    assert_eq!(targets.len(), 9);
     for t in targets {
         assert!(t["value"].is_number(), "target without a value: {t}");
     }

@@ -413,8 +413,9 @@ impl Store for SqliteStore {
             let Some((pw_hash, created_ms)) = row else {
                 return Ok(None);
             };
-            let mut st =
-                c.prepare("SELECT number FROM numbers WHERE account = ?1 ORDER BY position")?;
+            let mut st = c.prepare_cached(
+                "SELECT number FROM numbers WHERE account = ?1 ORDER BY position",
+            )?;
             let numbers = st
                 .query_map([id], |r| r.get::<_, String>(0))?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -573,11 +574,10 @@ impl Store for SqliteStore {
 
     fn token_account(&self, token_hash: &str, now_ms: i64) -> StoreResult<Option<String>> {
         self.with(|c| {
-            Ok(c.query_row(
+            Ok(c.prepare_cached(
                 "SELECT account FROM sessions WHERE token_hash = ?1 AND expires_ms > ?2",
-                params![token_hash, now_ms],
-                |r| r.get(0),
-            )
+            )?
+            .query_row(params![token_hash, now_ms], |r| r.get(0))
             .optional()?)
         })
     }
@@ -640,8 +640,10 @@ impl Store for SqliteStore {
     }
 
     fn pending_mail(&self, account: &str) -> StoreResult<Vec<MailMeta>> {
+        // The server asks after every registration (each refresh wakes the
+        // session's mail delivery): keep the statement compiled.
         self.with(|c| {
-            let mut st = c.prepare(&format!(
+            let mut st = c.prepare_cached(&format!(
                 "SELECT {META_COLS} FROM mail WHERE account = ?1 ORDER BY id"
             ))?;
             let rows = st
@@ -653,12 +655,9 @@ impl Store for SqliteStore {
 
     fn mail_body(&self, id: MailId) -> StoreResult<Option<Vec<u8>>> {
         self.with(|c| {
-            Ok(
-                c.query_row("SELECT body FROM mail WHERE id = ?1", [id as i64], |r| {
-                    r.get(0)
-                })
-                .optional()?,
-            )
+            Ok(c.prepare_cached("SELECT body FROM mail WHERE id = ?1")?
+                .query_row([id as i64], |r| r.get(0))
+                .optional()?)
         })
     }
 
