@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use keyline_media::{Sink, Source, FRAME_SAMPLES};
+use keyline_media::FRAME_SAMPLES;
 use keyline_net::lifecycle::{self, Signal, Signals};
 use keyline_net::{control, endpoint, mdns, pairing_code, peer_fingerprint, Identity};
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
@@ -19,8 +19,11 @@ use keyline_proto::{MAX_MESSAGE, PROTOCOL_VERSION};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::audio;
-use crate::session::{Hold, RecordSlot, Session, SharedRecord, SharedSink, SharedSource};
+use crate::audio::{self, LocalAudio};
+use crate::calls::{self, Direction};
+use crate::session::{
+    finish_recording, recording_path, start_recording, Hold, RecordSlot, Session, SharedRecord,
+};
 
 /// Options of `keyline-agent run`.
 #[derive(Debug, Clone)]
@@ -38,12 +41,6 @@ pub struct RunOptions {
     pub record_dir: Option<PathBuf>,
     /// What a held party hears (default: a generated melody).
     pub hold_music: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Direction {
-    In,
-    Out,
 }
 
 #[derive(Debug)]
@@ -76,11 +73,7 @@ impl CallInfo {
             peer,
             peer_name,
             direction,
-            state: if direction == Direction::In {
-                "alerting"
-            } else {
-                "dialing"
-            },
+            state: direction.initial_state(),
             started: Instant::now(),
             connected_at: None,
             ringing_at: None,
@@ -92,12 +85,13 @@ impl CallInfo {
 
     /// Set-up figures in milliseconds.
     fn timing(&self) -> Value {
-        let ms = |a: Instant, b: Option<Instant>| b.map(|b| (b - a).as_secs_f64() * 1000.0);
-        json!({
-            "dial_to_ringing_ms": ms(self.started, self.ringing_at),
-            "answer_to_media_ms": self.answered_at.and_then(|a| ms(a, self.connected_at)),
-            "media_started_unix_ms": self.media_started_unix_ms,
-        })
+        calls::timing(
+            self.started,
+            self.ringing_at,
+            self.answered_at,
+            self.connected_at,
+            self.media_started_unix_ms,
+        )
     }
 }
 
@@ -110,7 +104,9 @@ enum Link {
     Disconnected(String),
 }
 
-type DialReply = oneshot::Sender<std::result::Result<Value, String>>;
+/// Replies parked by request id until the gateway answers (see
+/// [`request`]).
+type Pending<T> = HashMap<u64, oneshot::Sender<std::result::Result<T, String>>>;
 
 struct State {
     link: Option<Link>,
@@ -119,7 +115,8 @@ struct State {
     call: Option<CallInfo>,
     last_call: Option<Value>,
     next_req: u64,
-    dials: HashMap<u64, DialReply>,
+    /// Dial, transfer and consultation requests waiting for their reply.
+    dials: Pending<Value>,
     session: Option<Session>,
     ringer: Option<tokio::task::JoinHandle<()>>,
     auto_answer: Option<tokio::task::JoinHandle<()>>,
@@ -128,7 +125,7 @@ struct State {
     /// Texts received and not yet read (the gateway keeps them too).
     inbox: Vec<Value>,
     /// Requests waiting for a TextSent or an Error.
-    texts: HashMap<u64, DialReply>,
+    texts: Pending<Value>,
     /// The recording of the current call, if any.
     record: SharedRecord,
     /// Hold state shared with the media session.
@@ -138,7 +135,7 @@ struct State {
     /// Unheard voicemails in this extension's mailbox on the gateway.
     voicemail_waiting: u32,
     /// Voicemail requests waiting for their reply.
-    vm_reqs: HashMap<u64, oneshot::Sender<std::result::Result<Msg, String>>>,
+    vm_reqs: Pending<Msg>,
     /// A voicemail being played on the output.
     playback: Option<tokio::task::JoinHandle<()>>,
     /// A consultation call placed while the main call is held (attended
@@ -196,11 +193,7 @@ struct Agent {
     st: Mutex<State>,
     /// The media plan of the call we expect a peer to connect for.
     expect: watch::Sender<Option<(CallId, MediaPlan)>>,
-    source: SharedSource,
-    sink: SharedSink,
-    ringtone: Arc<Vec<i16>>,
-    /// What a caller hears while the far end rings: 425 Hz, 1 s on, 4 s off.
-    ringback: Arc<Vec<i16>>,
+    audio: LocalAudio,
     gateways: Mutex<Vec<mdns::Found>>,
     found: tokio::sync::Notify,
 }
@@ -223,18 +216,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let id = Identity::load_or_create(&state_dir, "keyline-agent")?;
     let ctl = control::bind(&control::socket_path(&state_dir)).await?;
     let endpoint = keyline_net::make_endpoint(opts.bind, &id)?;
-    let source: Box<dyn Source> = audio::open_source(&opts.audio_in)?;
-    let sink: Box<dyn Sink> = audio::open_sink(&opts.audio_out)?;
-    let ringtone = match &opts.ringtone {
-        Some(p) => keyline_media::read_wav_mono48k(p)
-            .with_context(|| format!("ringtone {}", p.display()))?,
-        None => keyline_media::ringtone_samples(),
-    };
-    let hold_music = match &opts.hold_music {
-        Some(p) => keyline_media::read_wav_mono48k(p)
-            .with_context(|| format!("hold music {}", p.display()))?,
-        None => keyline_media::hold_music(),
-    };
+    let audio = LocalAudio::open(&opts.audio_in, &opts.audio_out, opts.ringtone.as_deref())?;
+    let hold_music = audio::load_samples(
+        opts.hold_music.as_deref(),
+        "hold music",
+        keyline_media::hold_music,
+    )?;
     let (expect, _) = watch::channel(None);
     let agent = Arc::new(Agent {
         id,
@@ -243,10 +230,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         opts,
         st: Mutex::new(State::new(hold_music)),
         expect,
-        source: Arc::new(Mutex::new(source)),
-        sink: Arc::new(Mutex::new(sink)),
-        ringtone: Arc::new(ringtone),
-        ringback: Arc::new(keyline_media::tone_sequence(&[(425.0, 1000), (0.0, 4000)])),
+        audio,
         gateways: Mutex::new(Vec::new()),
         found: tokio::sync::Notify::new(),
     });
@@ -288,7 +272,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         });
     }
     while let Signal::Reload = signals.recv().await {
-        reopen_audio(&agent);
+        agent.audio.reopen();
     }
     lifecycle::stopping("hanging up");
     link.abort();
@@ -303,9 +287,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let _ = tx.send(Msg::Hangup { call }).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if let Ok(mut s) = agent.sink.lock() {
-        let _ = s.finish();
-    }
+    agent.audio.finish();
     agent
         .endpoint
         .close(quinn::VarInt::from_u32(0), b"agent stopping");
@@ -315,29 +297,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     let _ = std::fs::remove_file(control::socket_path(&state_dir));
     Ok(())
-}
-
-/// SIGHUP: reopen the audio input and output (a headset was plugged in,
-/// a file was rotated). On error the old ones stay.
-fn reopen_audio(agent: &Arc<Agent>) {
-    lifecycle::reloading();
-    let fresh = audio::open_source(&agent.opts.audio_in)
-        .and_then(|src| Ok((src, audio::open_sink(&agent.opts.audio_out)?)));
-    match fresh {
-        Ok((src, sink)) => {
-            if let Ok(mut s) = agent.source.lock() {
-                *s = src;
-            }
-            if let Ok(mut k) = agent.sink.lock() {
-                let _ = k.finish();
-                *k = sink;
-            }
-            lifecycle::ready("audio devices reopened");
-        }
-        Err(e) => lifecycle::ready(&format!(
-            "reload failed, keeping the old audio devices: {e:#}"
-        )),
-    }
 }
 
 fn start_mdns(agent: &Arc<Agent>) -> Result<mdns::Mdns> {
@@ -573,7 +532,7 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
                 c.peer = callee.clone();
             }
             if ringback {
-                st.ringer = Some(start_ringer(agent, agent.ringback.clone()));
+                st.ringer = Some(agent.audio.ringback());
             }
             if let Some(d) = st.dials.remove(&req) {
                 let _ = d.send(Ok(
@@ -620,7 +579,7 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
                     .unwrap_or_default()
             );
             st.call = Some(CallInfo::new(Some(call), from, from_name, Direction::In));
-            st.ringer = Some(start_ringer(agent, agent.ringtone.clone()));
+            st.ringer = Some(agent.audio.ring());
             if let Some(secs) = agent.opts.auto_answer {
                 let agent2 = agent.clone();
                 st.auto_answer = Some(tokio::spawn(async move {
@@ -826,45 +785,9 @@ fn end_reason(r: EndReason) -> &'static str {
     }
 }
 
-/// Play a looping signal (the ringtone, or ringback for a caller) on the
-/// output until stopped.
-fn start_ringer(agent: &Arc<Agent>, tone: Arc<Vec<i16>>) -> tokio::task::JoinHandle<()> {
-    let sink = agent.sink.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        let mut pos = 0usize;
-        let mut frame = vec![0i16; FRAME_SAMPLES];
-        loop {
-            tick.tick().await;
-            for s in frame.iter_mut() {
-                *s = if tone.is_empty() {
-                    0
-                } else {
-                    tone[pos % tone.len()]
-                };
-                pos += 1;
-            }
-            if let Ok(mut k) = sink.lock() {
-                let _ = k.write_frame(&frame);
-            }
-        }
-    })
-}
-
 /// Tear down the current call locally and remember how it went.
 fn end_call(st: &mut State, reason: &str) {
-    let recording = st
-        .record
-        .lock()
-        .ok()
-        .and_then(|mut r| r.stop())
-        .and_then(|r| match r {
-            Ok(p) => Some(p.display().to_string()),
-            Err(e) => {
-                tracing::warn!("recording could not be finished: {e}");
-                None
-            }
-        });
+    let recording = finish_recording(&st.record);
     st.hold
         .holding
         .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -880,7 +803,7 @@ fn end_call(st: &mut State, reason: &str) {
         st.last_call = Some(json!({
             "id": c.id,
             "peer": c.peer,
-            "direction": if c.direction == Direction::In { "in" } else { "out" },
+            "direction": c.direction.as_str(),
             "ended": reason,
             "connected": c.connected_at.is_some(),
             "seconds": c.connected_at.map(|t| t.elapsed().as_secs_f64()),
@@ -997,8 +920,8 @@ fn install_session(
             Session::start(
                 conn,
                 flow,
-                agent.source.clone(),
-                agent.sink.clone(),
+                agent.audio.source.clone(),
+                agent.audio.sink.clone(),
                 st.consult_record.clone(),
                 st.consult_hold.clone(),
             )
@@ -1027,8 +950,8 @@ fn install_session(
             match Session::start(
                 conn,
                 flow,
-                agent.source.clone(),
-                agent.sink.clone(),
+                agent.audio.source.clone(),
+                agent.audio.sink.clone(),
                 st.record.clone(),
                 st.hold.clone(),
             ) {
@@ -1036,17 +959,14 @@ fn install_session(
                     st.session = Some(s);
                     if let Some(dir) = &agent.opts.record_dir {
                         let peer = st.call.as_ref().map(|c| c.peer.clone()).unwrap_or_default();
-                        if let Err(e) = start_recording(&st, dir, &peer) {
+                        if let Err(e) = start_recording(&st.record, dir, &peer) {
                             tracing::warn!("cannot record call {call}: {e}");
                         }
                     }
                     if let Some(c) = st.call.as_mut() {
                         c.state = "connected";
                         c.connected_at = Some(Instant::now());
-                        c.media_started_unix_ms = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .ok()
-                            .map(|d| d.as_millis());
+                        c.media_started_unix_ms = calls::unix_ms_now();
                     }
                     agent.expect.send_replace(None);
                     println!("call {call} connected");
@@ -1060,21 +980,6 @@ fn install_session(
     }
 }
 
-fn start_recording(st: &State, dir: &std::path::Path, peer: &str) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut slot = st
-        .record
-        .lock()
-        .map_err(|_| anyhow::anyhow!("recorder lock poisoned"))?;
-    if let Some(r) = &slot.recorder {
-        return Ok(r.path().to_path_buf());
-    }
-    let rec = keyline_media::CallRecorder::create(dir, peer, std::time::SystemTime::now())?;
-    let path = rec.path().to_path_buf();
-    slot.recorder = Some(rec);
-    Ok(path)
-}
-
 fn fail_media(st: &mut State, call: CallId, why: &str) {
     tracing::warn!("call {call}: media failed: {why}");
     if let Some(tx) = &st.gw_tx {
@@ -1083,30 +988,94 @@ fn fail_media(st: &mut State, call: CallId, why: &str) {
     end_call(st, "media-failed");
 }
 
-/// Send a voicemail request to the gateway and wait for its reply.
-async fn vm_request(
-    agent: &Arc<Agent>,
-    make: impl FnOnce(u64) -> Msg,
-) -> std::result::Result<Msg, String> {
-    let rx = {
+/// How long the gateway has to answer a request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a request to the gateway got no good answer.
+#[derive(Debug)]
+enum RequestError {
+    /// The request does not fit the station's state (the caller's words).
+    Invalid(String),
+    /// No connection to the gateway to send it on.
+    NotConnected,
+    /// The gateway refused it, or the connection was lost (the reason).
+    Refused(String),
+    /// No answer within [`REQUEST_TIMEOUT`].
+    NoAnswer,
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::Invalid(m) | RequestError::Refused(m) => f.write_str(m),
+            RequestError::NotConnected => f.write_str("not connected to the gateway"),
+            RequestError::NoAnswer => write!(
+                f,
+                "the gateway did not answer within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        }
+    }
+}
+
+/// A control reply: `Invalid` and `NotConnected` as they are, a refusal
+/// worded by `refused`, and no answer as `no_answer`.
+fn reply_error(e: RequestError, refused: impl FnOnce(String) -> String, no_answer: &str) -> Value {
+    match e {
+        RequestError::Refused(m) => control::error(refused(m)),
+        RequestError::NoAnswer => control::error(format!(
+            "{no_answer} within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        )),
+        other => control::error(other),
+    }
+}
+
+/// Ask the gateway something and wait, at most [`REQUEST_TIMEOUT`], for
+/// its answer. Under the state lock, `make_msg` checks that the request
+/// fits (its `Err` is returned as [`RequestError::Invalid`]) and builds the
+/// message for a fresh request id; once that message is queued, `sent`
+/// makes the local changes that go with it, and the reply is parked in the
+/// map `pending` picks, where [`on_gateway_msg`] delivers it.
+async fn request<T>(
+    agent: &Agent,
+    pending: fn(&mut State) -> &mut Pending<T>,
+    make_msg: impl FnOnce(&State, u64) -> std::result::Result<Msg, String>,
+    sent: impl FnOnce(&mut State),
+) -> std::result::Result<T, RequestError> {
+    let (req, rx) = {
         let mut st = agent.lock();
-        let Some(tx) = st.gw_tx.clone() else {
-            return Err("not connected to the gateway".into());
-        };
         st.next_req += 1;
         let req = st.next_req;
-        let (dtx, drx) = oneshot::channel();
-        st.vm_reqs.insert(req, dtx);
-        if tx.try_send(make(req)).is_err() {
-            st.vm_reqs.remove(&req);
-            return Err("not connected to the gateway".into());
+        let msg = make_msg(&st, req).map_err(RequestError::Invalid)?;
+        let Some(tx) = st.gw_tx.clone() else {
+            return Err(RequestError::NotConnected);
+        };
+        if tx.try_send(msg).is_err() {
+            return Err(RequestError::NotConnected);
         }
-        drx
+        sent(&mut st);
+        let (dtx, drx) = oneshot::channel();
+        pending(&mut st).insert(req, dtx);
+        (req, drx)
     };
-    match tokio::time::timeout(Duration::from_secs(10), rx).await {
-        Ok(Ok(r)) => r,
-        _ => Err("the gateway did not answer".into()),
+    match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+        Ok(Ok(Ok(v))) => Ok(v),
+        Ok(Ok(Err(e))) => Err(RequestError::Refused(e)),
+        // Timed out (or the reply was dropped unsent): forget the request.
+        Ok(Err(_)) | Err(_) => {
+            pending(&mut agent.lock()).remove(&req);
+            Err(RequestError::NoAnswer)
+        }
     }
+}
+
+/// A voicemail request: no local checks or changes.
+async fn vm_request(
+    agent: &Agent,
+    make: impl FnOnce(u64) -> Msg,
+) -> std::result::Result<Msg, RequestError> {
+    request(agent, |st| &mut st.vm_reqs, |_, req| Ok(make(req)), |_| {}).await
 }
 
 /// Fetch a whole voicemail file from the gateway.
@@ -1114,7 +1083,10 @@ async fn fetch_voicemail(agent: &Arc<Agent>, id: u64) -> std::result::Result<Vec
     let mut bytes = Vec::new();
     loop {
         let offset = bytes.len() as u64;
-        match vm_request(agent, |req| Msg::VoicemailFetch { req, id, offset }).await? {
+        match vm_request(agent, |req| Msg::VoicemailFetch { req, id, offset })
+            .await
+            .map_err(|e| e.to_string())?
+        {
             Msg::VoicemailChunk { total, data, .. } => {
                 if data.is_empty() || bytes.len() as u64 + data.len() as u64 > total {
                     return Err("the gateway sent a broken voicemail".into());
@@ -1163,18 +1135,7 @@ async fn play_voicemail(agent: &Arc<Agent>, id: Option<u64>) -> Value {
         pcm.extend(std::iter::repeat_n(0i16, FRAME_SAMPLES * 25));
     }
     let seconds = pcm.len() as f64 / 48_000.0;
-    let sink = agent.sink.clone();
-    let task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        for chunk in pcm.chunks(FRAME_SAMPLES) {
-            tick.tick().await;
-            let mut frame = chunk.to_vec();
-            frame.resize(FRAME_SAMPLES, 0);
-            if let Ok(mut k) = sink.lock() {
-                let _ = k.write_frame(&frame);
-            }
-        }
-    });
+    let task = agent.audio.play(pcm);
     if let Some(old) = agent.lock().playback.replace(task) {
         old.abort();
     }
@@ -1187,96 +1148,76 @@ async fn play_voicemail(agent: &Arc<Agent>, id: Option<u64>) -> Value {
 
 /// Attended transfer, first step: hold the call and call `target`.
 async fn consult(agent: &Arc<Agent>, target: &str) -> Value {
-    let rx = {
-        let mut st = agent.lock();
-        let Some(call) = st
-            .call
-            .as_ref()
-            .filter(|c| c.state == "connected")
-            .and_then(|c| c.id)
-        else {
-            return control::error("no connected call to consult about");
-        };
-        if st.consult.is_some() {
-            return control::error("already consulting");
-        }
-        let Some(tx) = st.gw_tx.clone() else {
-            return control::error("not connected to the gateway");
-        };
-        st.next_req += 1;
-        let req = st.next_req;
-        let msg = Msg::Consult {
-            req,
-            call,
-            target: target.to_string(),
-        };
-        if tx.try_send(msg).is_err() {
-            return control::error("not connected to the gateway");
-        }
-        st.hold
-            .holding
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        st.consult = Some(CallInfo::new(
-            None,
-            target.to_string(),
-            None,
-            Direction::Out,
-        ));
-        let (dtx, drx) = oneshot::channel();
-        st.dials.insert(req, dtx);
-        drx
-    };
-    match tokio::time::timeout(Duration::from_secs(10), rx).await {
-        Ok(Ok(Ok(v))) => v,
-        Ok(Ok(Err(e))) => {
+    let made = request(
+        agent,
+        |st| &mut st.dials,
+        |st, req| {
+            let call = connected_call(st).ok_or("no connected call to consult about")?;
+            if st.consult.is_some() {
+                return Err("already consulting".into());
+            }
+            Ok(Msg::Consult {
+                req,
+                call,
+                target: target.to_string(),
+            })
+        },
+        |st| {
+            st.hold
+                .holding
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            st.consult = Some(CallInfo::new(
+                None,
+                target.to_string(),
+                None,
+                Direction::Out,
+            ));
+        },
+    )
+    .await;
+    match made {
+        Ok(v) => v,
+        Err(RequestError::Refused(e)) => {
             agent.lock().end_consult();
             control::error(format!("cannot consult {target}: {e}"))
         }
-        _ => control::error("the gateway did not answer"),
+        Err(e) => reply_error(e, |e| e, "the gateway did not answer"),
     }
 }
 
 /// Blind transfer of the connected call to `target`; the other end hears
 /// the hold music until the target answers.
 async fn transfer(agent: &Arc<Agent>, target: &str) -> Value {
-    let rx = {
-        let mut st = agent.lock();
-        let Some(call) = st
-            .call
-            .as_ref()
-            .filter(|c| c.state == "connected")
-            .and_then(|c| c.id)
-        else {
-            return control::error("no connected call to transfer");
-        };
-        let Some(tx) = st.gw_tx.clone() else {
-            return control::error("not connected to the gateway");
-        };
-        st.next_req += 1;
-        let req = st.next_req;
-        let msg = Msg::Transfer {
-            req,
-            call,
-            target: target.to_string(),
-        };
-        if tx.try_send(msg).is_err() {
-            return control::error("not connected to the gateway");
-        }
-        st.hold
-            .holding
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(c) = st.call.as_mut() {
-            c.state = "transferring";
-        }
-        let (dtx, drx) = oneshot::channel();
-        st.dials.insert(req, dtx);
-        drx
-    };
-    match tokio::time::timeout(Duration::from_secs(10), rx).await {
-        Ok(Ok(Ok(v))) => v,
-        Ok(Ok(Err(e))) => control::error(e),
-        _ => control::error("the gateway did not answer the transfer"),
-    }
+    let made = request(
+        agent,
+        |st| &mut st.dials,
+        |st, req| {
+            let call = connected_call(st).ok_or("no connected call to transfer")?;
+            Ok(Msg::Transfer {
+                req,
+                call,
+                target: target.to_string(),
+            })
+        },
+        |st| {
+            st.hold
+                .holding
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(c) = st.call.as_mut() {
+                c.state = "transferring";
+            }
+        },
+    )
+    .await;
+    made.unwrap_or_else(|e| reply_error(e, |e| e, "the gateway did not answer the transfer"))
+}
+
+/// The id of the call in progress, if it is connected.
+fn connected_call(st: &State) -> Option<CallId> {
+    st.call
+        .as_ref()
+        .filter(|c| c.state == "connected")
+        .and_then(|c| c.id)
 }
 
 fn answer(agent: &Arc<Agent>) -> Value {
@@ -1322,14 +1263,14 @@ fn status(agent: &Arc<Agent>) -> Value {
             "id": c.id,
             "peer": c.peer,
             "peer_name": c.peer_name,
-            "direction": if c.direction == Direction::In { "in" } else { "out" },
+            "direction": c.direction.as_str(),
             "state": c.state,
             "seconds": c.connected_at.unwrap_or(c.started).elapsed().as_secs_f64(),
             "relayed": c.relayed,
             "timing": c.timing(),
             "on_hold": st.hold.holding.load(std::sync::atomic::Ordering::Relaxed),
             "held_by_peer": st.held_by_peer,
-            "recording": st.record.lock().ok().and_then(|r| r.recorder.as_ref().map(|x| x.path().display().to_string())),
+            "recording": recording_path(&st.record),
             "media": st.session.as_ref().map(|s| s.stats()),
         })
     });
@@ -1382,30 +1323,25 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
             };
             consult(agent, target).await
         }
-        "consult-complete" => {
-            let rx = {
-                let mut st = agent.lock();
+        "consult-complete" => request(
+            agent,
+            |st| &mut st.dials,
+            |st, req| {
                 if st.consult.as_ref().is_none_or(|c| c.state != "connected") {
-                    return control::error("no answered consultation call to join");
+                    return Err("no answered consultation call to join".into());
                 }
-                let Some(tx) = st.gw_tx.clone() else {
-                    return control::error("not connected to the gateway");
-                };
-                st.next_req += 1;
-                let req = st.next_req;
-                if tx.try_send(Msg::ConsultComplete { req }).is_err() {
-                    return control::error("not connected to the gateway");
-                }
-                let (dtx, drx) = oneshot::channel();
-                st.dials.insert(req, dtx);
-                drx
-            };
-            match tokio::time::timeout(Duration::from_secs(10), rx).await {
-                Ok(Ok(Ok(v))) => v,
-                Ok(Ok(Err(e))) => control::error(format!("transfer failed: {e}")),
-                _ => control::error("the gateway did not answer"),
-            }
-        }
+                Ok(Msg::ConsultComplete { req })
+            },
+            |_| {},
+        )
+        .await
+        .unwrap_or_else(|e| {
+            reply_error(
+                e,
+                |e| format!("transfer failed: {e}"),
+                "the gateway did not answer",
+            )
+        }),
         "consult-cancel" => {
             let mut st = agent.lock();
             let Some(c) = st.consult.as_ref() else {
@@ -1426,12 +1362,7 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
         "hold" | "resume" => {
             let on = req["cmd"] == "hold";
             let mut st = agent.lock();
-            let Some(call) = st
-                .call
-                .as_ref()
-                .filter(|c| c.state == "connected")
-                .and_then(|c| c.id)
-            else {
+            let Some(call) = connected_call(&st) else {
                 return control::error("no connected call");
             };
             if st.held_by_peer {
@@ -1455,24 +1386,13 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
             let Some(c) = st.call.as_ref().filter(|c| c.state == "connected") else {
                 return control::error("no connected call to record");
             };
-            if on {
-                let dir = agent
-                    .opts
-                    .record_dir
-                    .clone()
-                    .unwrap_or_else(|| agent.state_dir.join("recordings"));
-                match start_recording(&st, &dir, &c.peer) {
-                    Ok(p) => json!({"ok": true, "recording": p.display().to_string()}),
-                    Err(e) => control::error(format!("cannot record: {e:#}")),
-                }
-            } else {
-                let stopped = st.record.lock().ok().and_then(|mut r| r.stop());
-                match stopped {
-                    Some(Ok(p)) => json!({"ok": true, "recorded": p.display().to_string()}),
-                    Some(Err(e)) => control::error(format!("recording not finished: {e}")),
-                    None => control::error("not recording"),
-                }
-            }
+            calls::record_command(
+                &st.record,
+                on,
+                &c.peer,
+                agent.opts.record_dir.as_deref(),
+                &agent.state_dir,
+            )
         }
         "answer" => answer(agent),
         "hangup" => {
@@ -1506,46 +1426,41 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
             if let Some(target) = number.strip_prefix("##") {
                 return transfer(agent, target).await;
             }
-            let rx = {
-                let mut st = agent.lock();
-                if st.call.is_some() {
-                    return control::error("already in a call; hang up first");
-                }
-                let Some(tx) = st.gw_tx.clone() else {
-                    return control::error("not connected to a gateway");
-                };
-                st.next_req += 1;
-                let req = st.next_req;
-                if tx
-                    .try_send(Msg::Dial {
+            let dialled = request(
+                agent,
+                |st| &mut st.dials,
+                |st, req| {
+                    if st.call.is_some() {
+                        return Err("already in a call; hang up first".into());
+                    }
+                    Ok(Msg::Dial {
                         req,
                         number: number.to_string(),
                     })
-                    .is_err()
-                {
-                    return control::error("not connected to a gateway");
-                }
-                let (dtx, drx) = oneshot::channel();
-                st.dials.insert(req, dtx);
-                st.call = Some(CallInfo::new(
-                    None,
-                    number.to_string(),
-                    None,
-                    Direction::Out,
-                ));
-                drx
-            };
-            match tokio::time::timeout(Duration::from_secs(10), rx).await {
-                Ok(Ok(Ok(v))) => v,
-                Ok(Ok(Err(e))) => control::error(format!("cannot call {number}: {e}")),
-                _ => {
-                    let mut st = agent.lock();
-                    if st.call.as_ref().is_some_and(|c| c.id.is_none()) {
-                        st.call = None;
-                    }
-                    control::error("the gateway did not answer the dial request")
+                },
+                |st| {
+                    st.call = Some(CallInfo::new(
+                        None,
+                        number.to_string(),
+                        None,
+                        Direction::Out,
+                    ))
+                },
+            )
+            .await;
+            if let Err(RequestError::NoAnswer) = dialled {
+                let mut st = agent.lock();
+                if st.call.as_ref().is_some_and(|c| c.id.is_none()) {
+                    st.call = None;
                 }
             }
+            dialled.unwrap_or_else(|e| {
+                reply_error(
+                    e,
+                    |e| format!("cannot call {number}: {e}"),
+                    "the gateway did not answer the dial request",
+                )
+            })
         }
         "message" => {
             let (Some(to), Some(body)) = (
@@ -1554,30 +1469,26 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
             ) else {
                 return control::error("message needs a number and a text");
             };
-            let rx = {
-                let mut st = agent.lock();
-                let Some(tx) = st.gw_tx.clone() else {
-                    return control::error("not connected to a gateway");
-                };
-                st.next_req += 1;
-                let req = st.next_req;
-                let msg = Msg::SendText {
-                    req,
-                    to: to.to_string(),
-                    body: body.to_string(),
-                };
-                if tx.try_send(msg).is_err() {
-                    return control::error("not connected to a gateway");
-                }
-                let (dtx, drx) = oneshot::channel();
-                st.texts.insert(req, dtx);
-                drx
-            };
-            match tokio::time::timeout(Duration::from_secs(10), rx).await {
-                Ok(Ok(Ok(v))) => v,
-                Ok(Ok(Err(e))) => control::error(format!("message not sent: {e}")),
-                _ => control::error("the gateway did not confirm the message"),
-            }
+            request(
+                agent,
+                |st| &mut st.texts,
+                |_, req| {
+                    Ok(Msg::SendText {
+                        req,
+                        to: to.to_string(),
+                        body: body.to_string(),
+                    })
+                },
+                |_| {},
+            )
+            .await
+            .unwrap_or_else(|e| {
+                reply_error(
+                    e,
+                    |e| format!("message not sent: {e}"),
+                    "the gateway did not confirm the message",
+                )
+            })
         }
         "messages" => {
             // Reading them is what lets the gateway forget them.

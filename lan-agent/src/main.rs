@@ -1,5 +1,6 @@
-//! The `keyline-agent` command: runs the station daemon, or drives a
-//! running one through its control socket.
+//! The `keyline-agent` command: runs the office station daemon (`run`) or
+//! the standalone internet terminal (`terminal`), or drives a running one
+//! through its control socket.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,10 +10,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use keyline_agent::cli::{Cli, Cmd, VoicemailCmd};
 use keyline_agent::daemon::{run, RunOptions};
+use keyline_agent::terminal;
 use keyline_net::{control, statedir};
 use serde_json::{json, Value};
-
-mod terminal;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -114,14 +114,9 @@ fn serve_terminal(opts: terminal::TerminalOptions) -> Result<()> {
     runtime()?.block_on(terminal::run(opts))
 }
 
+/// `keyline-agent run`: the office station.
 fn serve(opts: RunOptions) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KEYLINE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_tracing();
     runtime()?.block_on(run(opts))
 }
 

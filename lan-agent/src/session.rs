@@ -9,6 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +60,50 @@ impl RecordSlot {
 }
 
 pub type SharedRecord = Arc<Mutex<RecordSlot>>;
+
+/// Start recording the call into a new file in `dir` (made if missing),
+/// named after `peer`; if it is already being recorded, that file's path.
+pub(crate) fn start_recording(
+    record: &SharedRecord,
+    dir: &std::path::Path,
+    peer: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut slot = record
+        .lock()
+        .map_err(|_| anyhow::anyhow!("recorder lock poisoned"))?;
+    if let Some(r) = &slot.recorder {
+        return Ok(r.path().to_path_buf());
+    }
+    let rec = CallRecorder::create(dir, peer, std::time::SystemTime::now())?;
+    let path = rec.path().to_path_buf();
+    slot.recorder = Some(rec);
+    Ok(path)
+}
+
+/// At the end of a call: finish its recording, if any; the file's path
+/// (an error is logged, and gives none).
+pub(crate) fn finish_recording(record: &SharedRecord) -> Option<String> {
+    record
+        .lock()
+        .ok()
+        .and_then(|mut r| r.stop())
+        .and_then(|r| match r {
+            Ok(p) => Some(p.display().to_string()),
+            Err(e) => {
+                tracing::warn!("recording could not be finished: {e}");
+                None
+            }
+        })
+}
+
+/// The file the call is being recorded into, for `status`.
+pub(crate) fn recording_path(record: &SharedRecord) -> Option<String> {
+    record
+        .lock()
+        .ok()
+        .and_then(|r| r.recorder.as_ref().map(|x| x.path().display().to_string()))
+}
 
 /// What the session sends and plays while the call is on hold.
 pub struct Hold {

@@ -6,7 +6,7 @@
 //! QUIC connection between the two ends, made as the directory's client
 //! library makes it (`dial_media` on the calling end, `accept_media` in
 //! this terminal's accept loop on the answering end), carried by the same
-//! media session as an office call ([`keyline_agent::session`]).
+//! media session as an office call ([`crate::session`]).
 //!
 //! The control socket takes the office commands that make sense here:
 //! `status`, `dial`, `answer`, `hangup`, `record`, `hold`/`resume` (local:
@@ -22,13 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use keyline_agent::audio;
-use keyline_agent::session::{Hold, RecordSlot, Session, SharedRecord, SharedSink, SharedSource};
 use keyline_directory::client::{
     accept_media, CallError, CallOptions, ClientError, DirClient, Event, IncomingCall, Mail,
     MediaPlan, Options, Progress,
 };
-use keyline_media::{Sink, Source, FRAME_SAMPLES};
+use keyline_media::FRAME_SAMPLES;
 use keyline_net::lifecycle::{self, Signal, Signals};
 use keyline_net::{control, peer_fingerprint, Identity};
 use keyline_proto::dir::{CallId, EndReason, ErrorCode, MailKind};
@@ -38,6 +36,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use self::mailbox::Mailbox;
+use crate::audio::{self, LocalAudio};
+use crate::calls::{self, Direction};
+use crate::session::{
+    finish_recording, recording_path, start_recording, Hold, RecordSlot, Session, SharedRecord,
+};
 
 /// Options of `keyline-agent terminal`.
 #[derive(Debug, Clone)]
@@ -66,12 +69,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(15);
 const ADDRESS_CHECK: Duration = Duration::from_secs(5);
 /// An answered call whose media is not up by then is given up.
 const MEDIA_DEADLINE: Duration = Duration::from_secs(15);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Direction {
-    In,
-    Out,
-}
 
 /// The call in progress.
 #[derive(Debug)]
@@ -106,11 +103,7 @@ impl Call {
             id,
             peer,
             direction,
-            state: if direction == Direction::In {
-                "alerting"
-            } else {
-                "dialing"
-            },
+            state: direction.initial_state(),
             number: None,
             via: Vec::new(),
             redirected_from: Vec::new(),
@@ -125,20 +118,13 @@ impl Call {
     }
 
     fn timing(&self) -> Value {
-        let ms = |a: Instant, b: Option<Instant>| b.map(|b| (b - a).as_secs_f64() * 1000.0);
-        json!({
-            "dial_to_ringing_ms": ms(self.started, self.ringing_at),
-            "answer_to_media_ms": self.answered_at.and_then(|a| ms(a, self.connected_at)),
-            "media_started_unix_ms": self.media_started_unix_ms,
-        })
-    }
-
-    fn direction_str(&self) -> &'static str {
-        if self.direction == Direction::In {
-            "in"
-        } else {
-            "out"
-        }
+        calls::timing(
+            self.started,
+            self.ringing_at,
+            self.answered_at,
+            self.connected_at,
+            self.media_started_unix_ms,
+        )
     }
 }
 
@@ -188,10 +174,7 @@ struct Terminal {
     st: Mutex<State>,
     /// The media plan of the call we expect the caller to connect for.
     expect: watch::Sender<Option<(u64, MediaPlan)>>,
-    source: SharedSource,
-    sink: SharedSink,
-    ringtone: Arc<Vec<i16>>,
-    ringback: Arc<Vec<i16>>,
+    audio: LocalAudio,
 }
 
 impl Terminal {
@@ -267,18 +250,12 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
     let id = Identity::load_or_create(&state_dir, "keyline-agent")?;
     let ctl = control::bind(&control::socket_path(&state_dir)).await?;
     let endpoint = keyline_net::make_endpoint(opts.bind, &id)?;
-    let source: Box<dyn Source> = audio::open_source(&opts.audio_in)?;
-    let sink: Box<dyn Sink> = audio::open_sink(&opts.audio_out)?;
-    let ringtone = match &opts.ringtone {
-        Some(p) => keyline_media::read_wav_mono48k(p)
-            .with_context(|| format!("ringtone {}", p.display()))?,
-        None => keyline_media::ringtone_samples(),
-    };
-    let hold_music = match &opts.hold_music {
-        Some(p) => keyline_media::read_wav_mono48k(p)
-            .with_context(|| format!("hold music {}", p.display()))?,
-        None => keyline_media::hold_music(),
-    };
+    let audio = LocalAudio::open(&opts.audio_in, &opts.audio_out, opts.ringtone.as_deref())?;
+    let hold_music = audio::load_samples(
+        opts.hold_music.as_deref(),
+        "hold music",
+        keyline_media::hold_music,
+    )?;
     let mailbox = Mailbox::open(
         &opts
             .mail_dir
@@ -323,10 +300,7 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
             unread,
         }),
         expect,
-        source: Arc::new(Mutex::new(source)),
-        sink: Arc::new(Mutex::new(sink)),
-        ringtone: Arc::new(ringtone),
-        ringback: Arc::new(keyline_media::tone_sequence(&[(425.0, 1000), (0.0, 4000)])),
+        audio,
     });
 
     {
@@ -352,7 +326,7 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
         });
     }
     while let Signal::Reload = signals.recv().await {
-        reopen_audio(&t);
+        t.audio.reopen();
     }
     lifecycle::stopping("hanging up");
     link.abort();
@@ -370,36 +344,12 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
         }
         client.close();
     }
-    if let Ok(mut s) = t.sink.lock() {
-        let _ = s.finish();
-    }
+    t.audio.finish();
     t.endpoint
         .close(quinn::VarInt::from_u32(0), b"terminal stopping");
     let _ = tokio::time::timeout(Duration::from_secs(1), t.endpoint.wait_idle()).await;
     let _ = std::fs::remove_file(control::socket_path(&state_dir));
     Ok(())
-}
-
-/// SIGHUP: reopen the audio input and output; on error keep the old ones.
-fn reopen_audio(t: &Arc<Terminal>) {
-    lifecycle::reloading();
-    let fresh = audio::open_source(&t.opts.audio_in)
-        .and_then(|src| Ok((src, audio::open_sink(&t.opts.audio_out)?)));
-    match fresh {
-        Ok((src, sink)) => {
-            if let Ok(mut s) = t.source.lock() {
-                *s = src;
-            }
-            if let Ok(mut k) = t.sink.lock() {
-                let _ = k.finish();
-                *k = sink;
-            }
-            lifecycle::ready("audio devices reopened");
-        }
-        Err(e) => lifecycle::ready(&format!(
-            "reload failed, keeping the old audio devices: {e:#}"
-        )),
-    }
 }
 
 /// Why a directory session ended.
@@ -774,7 +724,7 @@ fn on_ring(t: &Arc<Terminal>, client: &DirClient, r: IncomingCall) {
     c.number = Some(r.number);
     c.via = r.via;
     st.call = Some(c);
-    st.ringer = Some(start_ringer(t, t.ringtone.clone()));
+    st.ringer = Some(t.audio.ring());
     if let Some(secs) = t.opts.auto_answer {
         let t2 = t.clone();
         st.auto_answer = Some(tokio::spawn(async move {
@@ -1057,7 +1007,7 @@ fn on_progress(t: &Arc<Terminal>, seq: u64, p: Progress, reply: &mut Option<Dial
             c.peer = number.clone();
             c.via = via;
             if st.ringer.is_none() {
-                st.ringer = Some(start_ringer(t, t.ringback.clone()));
+                st.ringer = Some(t.audio.ringback());
             }
             if let Some(r) = reply.take() {
                 let _ = r.send(Ok(
@@ -1150,8 +1100,8 @@ fn start_session(
     let s = Session::start(
         conn.clone(),
         call,
-        t.source.clone(),
-        t.sink.clone(),
+        t.audio.source.clone(),
+        t.audio.sink.clone(),
         st.record.clone(),
         st.hold.clone(),
     );
@@ -1175,10 +1125,7 @@ fn start_session(
                 c.relayed |= relayed;
                 if c.connected_at.is_none() {
                     c.connected_at = Some(Instant::now());
-                    c.media_started_unix_ms = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .ok()
-                        .map(|d| d.as_millis());
+                    c.media_started_unix_ms = calls::unix_ms_now();
                 }
             }
             t.expect.send_replace(None);
@@ -1246,59 +1193,9 @@ fn fail_media(t: &Arc<Terminal>, st: &mut State, call: CallId, why: &str) {
     end_call(t, st, "media-failed");
 }
 
-/// Play a looping signal (ringtone, or ringback for a caller) until
-/// stopped.
-fn start_ringer(t: &Arc<Terminal>, tone: Arc<Vec<i16>>) -> JoinHandle<()> {
-    let sink = t.sink.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        let mut pos = 0usize;
-        let mut frame = vec![0i16; FRAME_SAMPLES];
-        loop {
-            tick.tick().await;
-            for s in frame.iter_mut() {
-                *s = if tone.is_empty() {
-                    0
-                } else {
-                    tone[pos % tone.len()]
-                };
-                pos += 1;
-            }
-            if let Ok(mut k) = sink.lock() {
-                let _ = k.write_frame(&frame);
-            }
-        }
-    })
-}
-
-fn start_recording(record: &SharedRecord, dir: &Path, peer: &str) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut slot = record
-        .lock()
-        .map_err(|_| anyhow::anyhow!("recorder lock poisoned"))?;
-    if let Some(r) = &slot.recorder {
-        return Ok(r.path().to_path_buf());
-    }
-    let rec = keyline_media::CallRecorder::create(dir, peer, std::time::SystemTime::now())?;
-    let path = rec.path().to_path_buf();
-    slot.recorder = Some(rec);
-    Ok(path)
-}
-
 /// Tear down the current call locally and remember how it went.
 fn end_call(t: &Terminal, st: &mut State, reason: &str) {
-    let recording = st
-        .record
-        .lock()
-        .ok()
-        .and_then(|mut r| r.stop())
-        .and_then(|r| match r {
-            Ok(p) => Some(p.display().to_string()),
-            Err(e) => {
-                tracing::warn!("recording could not be finished: {e}");
-                None
-            }
-        });
+    let recording = finish_recording(&st.record);
     st.hold
         .holding
         .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -1321,7 +1218,7 @@ fn end_call(t: &Terminal, st: &mut State, reason: &str) {
         st.last_call = Some(json!({
             "id": c.id,
             "peer": c.peer,
-            "direction": c.direction_str(),
+            "direction": c.direction.as_str(),
             "ended": reason,
             "connected": c.connected_at.is_some(),
             "seconds": c.connected_at.map(|t| t.elapsed().as_secs_f64()),
@@ -1344,13 +1241,13 @@ fn status(t: &Arc<Terminal>) -> Value {
             "number": c.number,
             "via": c.via,
             "redirected_from": c.redirected_from,
-            "direction": c.direction_str(),
+            "direction": c.direction.as_str(),
             "state": c.state,
             "seconds": c.connected_at.unwrap_or(c.started).elapsed().as_secs_f64(),
             "relayed": c.relayed,
             "timing": c.timing(),
             "on_hold": st.hold.holding.load(std::sync::atomic::Ordering::Relaxed),
-            "recording": st.record.lock().ok().and_then(|r| r.recorder.as_ref().map(|x| x.path().display().to_string())),
+            "recording": recording_path(&st.record),
             "media": st.session.as_ref().map(|s| s.stats()),
         })
     });
@@ -1417,24 +1314,13 @@ async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
             let Some(c) = st.call.as_ref().filter(|c| c.state == "connected") else {
                 return control::error("no connected call to record");
             };
-            if on {
-                let dir = t
-                    .opts
-                    .record_dir
-                    .clone()
-                    .unwrap_or_else(|| t.state_dir.join("recordings"));
-                match start_recording(&st.record, &dir, &c.peer) {
-                    Ok(p) => json!({"ok": true, "recording": p.display().to_string()}),
-                    Err(e) => control::error(format!("cannot record: {e:#}")),
-                }
-            } else {
-                let stopped = st.record.lock().ok().and_then(|mut r| r.stop());
-                match stopped {
-                    Some(Ok(p)) => json!({"ok": true, "recorded": p.display().to_string()}),
-                    Some(Err(e)) => control::error(format!("recording not finished: {e}")),
-                    None => control::error("not recording"),
-                }
-            }
+            calls::record_command(
+                &st.record,
+                on,
+                &c.peer,
+                t.opts.record_dir.as_deref(),
+                &t.state_dir,
+            )
         }
         "hold" | "resume" => {
             // Played by the holding end (as in the office); the directory
@@ -1552,18 +1438,7 @@ async fn play_voicemail(t: &Arc<Terminal>, id: Option<u64>) -> Value {
         };
     }
     let seconds = pcm.len() as f64 / 48_000.0;
-    let sink = t.sink.clone();
-    let task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        for chunk in pcm.chunks(FRAME_SAMPLES) {
-            tick.tick().await;
-            let mut frame = chunk.to_vec();
-            frame.resize(FRAME_SAMPLES, 0);
-            if let Ok(mut k) = sink.lock() {
-                let _ = k.write_frame(&frame);
-            }
-        }
-    });
+    let task = t.audio.play(pcm);
     if let Some(old) = t.lock().playback.replace(task) {
         old.abort();
     }
