@@ -71,8 +71,36 @@ pub enum Cmd {
         #[command(subcommand)]
         action: SpeedDialCmd,
     },
+    /// Who rings for calls to the office number: all at once, or in turn.
+    RingGroup {
+        #[command(subcommand)]
+        action: RingGroupCmd,
+    },
     /// Validate a configuration file and exit.
     CheckConfig { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RingGroupCmd {
+    /// Ring these extensions for the office number (replaces `reception`).
+    Set {
+        /// Ring them one at a time, in the order given (a hunt group).
+        #[arg(long)]
+        hunt: bool,
+        /// With --hunt: seconds each extension rings.
+        #[arg(long, value_name = "SECS", default_value_t = 15)]
+        step: u64,
+        /// Extensions, in order.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Show who rings for the office number.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget the ring group: the config file's `reception` applies.
+    Clear,
 }
 
 #[derive(clap::Args, Debug, Default)]

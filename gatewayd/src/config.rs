@@ -52,6 +52,9 @@ pub struct Config {
     /// Extensions that ring for a call to the office number (empty: every
     /// extension rings and the first to answer takes the call).
     pub reception: Vec<String>,
+    /// Ring `reception` one extension at a time, this many seconds each,
+    /// in order (a hunt group); absent: all at once.
+    pub hunt_secs: Option<u64>,
     /// Whose mailbox takes calls to the office number that nobody answers
     /// (default: the first reception extension, if any).
     pub office_mailbox: Option<String>,
@@ -93,6 +96,7 @@ impl Default for Config {
             voicemail_silence_secs: 5,
             voicemail_greeting: None,
             reception: Vec::new(),
+            hunt_secs: None,
             office_mailbox: None,
             directory: None,
         }
@@ -124,6 +128,9 @@ impl Config {
         let [lo, hi] = self.extension_range;
         if lo < 10 || lo > hi || hi > 999_999 {
             bail!("extension_range must be [low, high] with 10 <= low <= high <= 999999");
+        }
+        if self.hunt_secs.is_some_and(|s| !(1..=600).contains(&s)) {
+            bail!("hunt_secs must be between 1 and 600");
         }
         for ext in &self.reception {
             if keyline_proto::number::canonicalize(ext).ok().as_deref() != Some(ext.as_str()) {
@@ -157,6 +164,7 @@ impl Config {
             outside: self.directory.is_some(),
             extension_range: (lo, hi),
             reception: self.reception.clone(),
+            hunt_step: self.hunt_secs.map(Duration::from_secs),
             office_mailbox: self
                 .office_mailbox
                 .clone()

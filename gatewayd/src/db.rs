@@ -69,7 +69,24 @@ const MIGRATIONS: &[&str] = &[
         heard INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX voicemails_mailbox ON voicemails (mailbox);",
+    // 4: the ring group for calls to the office number.
+    "CREATE TABLE ring_group (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        mode TEXT NOT NULL CHECK (mode IN ('all', 'hunt')),
+        members TEXT NOT NULL,
+        step_secs INTEGER NOT NULL
+    );",
 ];
+
+/// The ring group set with `keyline-gatewayd ring-group`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RingGroup {
+    /// `all` (every member at once) or `hunt` (in order).
+    pub mode: String,
+    pub members: Vec<String>,
+    /// How long each member rings in hunt mode.
+    pub step_secs: u64,
+}
 
 /// A stored voicemail.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -350,6 +367,54 @@ impl Db {
                     forward_no_answer = excluded.forward_no_answer, dnd = excluded.dnd",
                 params![ext, s.forward_always, s.forward_busy, s.forward_no_answer, s.dnd as i64],
             )?;
+            Ok(())
+        })
+    }
+
+    pub fn ring_group(&self) -> Result<Option<RingGroup>> {
+        self.with(|c| {
+            let row = c
+                .query_row(
+                    "SELECT mode, members, step_secs FROM ring_group WHERE id = 1",
+                    [],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((mode, members, step)) = row else {
+                return Ok(None);
+            };
+            let members: Vec<String> = serde_json::from_str(&members)
+                .with_context(|| format!("ring group members {members:?}"))?;
+            Ok(Some(RingGroup {
+                mode,
+                members,
+                step_secs: step.max(1) as u64,
+            }))
+        })
+    }
+
+    /// Store the ring group, or remove it (`None`: the config file's
+    /// `reception` applies again).
+    pub fn set_ring_group(&self, g: Option<&RingGroup>) -> Result<()> {
+        self.with(|c| {
+            match g {
+                Some(g) => c.execute(
+                    "INSERT INTO ring_group (id, mode, members, step_secs) VALUES (1, ?1, ?2, ?3)
+                     ON CONFLICT (id) DO UPDATE SET mode = ?1, members = ?2, step_secs = ?3",
+                    params![
+                        g.mode,
+                        serde_json::to_string(&g.members)?,
+                        g.step_secs as i64
+                    ],
+                )?,
+                None => c.execute("DELETE FROM ring_group", [])?,
+            };
             Ok(())
         })
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use keyline_gatewayd::cli::{Cli, Cmd, RunArgs, SpeedDialCmd};
+use keyline_gatewayd::cli::{Cli, Cmd, RingGroupCmd, RunArgs, SpeedDialCmd};
 use keyline_gatewayd::config::Config;
 use keyline_gatewayd::server::{run, Overrides, RunOptions};
 use keyline_net::{control, statedir};
@@ -90,10 +90,33 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             SpeedDialCmd::List { json } => (json!({"cmd": "speed-dial-list"}), *json),
             SpeedDialCmd::Rm { code } => (json!({"cmd": "speed-dial-rm", "code": code}), false),
         },
+        Cmd::RingGroup { action } => match action {
+            RingGroupCmd::Set {
+                hunt,
+                step,
+                members,
+            } => (
+                json!({
+                    "cmd": "ring-group-set",
+                    "mode": if *hunt { "hunt" } else { "all" },
+                    "step_secs": step,
+                    "members": members,
+                }),
+                false,
+            ),
+            RingGroupCmd::Show { json } => (json!({"cmd": "status"}), *json),
+            RingGroupCmd::Clear => (json!({"cmd": "ring-group-clear"}), false),
+        },
         Cmd::Run(_) | Cmd::CheckConfig { .. } => unreachable_cmd(),
     };
     let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(10)))?;
     let reply = control::into_result(reply)?;
+    let reply = match &cmd {
+        Cmd::RingGroup {
+            action: RingGroupCmd::Show { .. },
+        } => reply.get("ring_group").cloned().unwrap_or(Value::Null),
+        _ => reply,
+    };
     if json_out {
         println!("{}", serde_json::to_string_pretty(&reply)?);
         return Ok(());
@@ -208,6 +231,34 @@ fn print_human(cmd: &Cmd, r: &Value) {
         Cmd::Approve { code, .. } => {
             println!("approved {code} as extension {}", s(r, "ext"));
         }
+        Cmd::RingGroup { action } => match action {
+            RingGroupCmd::Show { .. } => {
+                let members = match r.get("members") {
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    Some(other) => other.as_str().unwrap_or("").to_string(),
+                    None => String::new(),
+                };
+                match r.get("mode").and_then(Value::as_str) {
+                    Some("hunt") => println!(
+                        "the office number rings {members} in turn, {} s each (from {})",
+                        s(r, "step_secs"),
+                        s(r, "source")
+                    ),
+                    _ => println!(
+                        "the office number rings {members} all at once (from {})",
+                        s(r, "source")
+                    ),
+                }
+            }
+            RingGroupCmd::Set { .. } => println!("ring group set"),
+            RingGroupCmd::Clear => {
+                println!("ring group cleared: the config file's reception applies")
+            }
+        },
         Cmd::Run(_) | Cmd::CheckConfig { .. } => {}
     }
 }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use keyline_net::lifecycle::{self, Signal, Signals};
 use keyline_net::{control, mdns, pairing_code, peer_fingerprint, Identity};
-use keyline_proto::call::{display, is_trunk, Action, CallState, Switchboard};
+use keyline_proto::call::{
+    display, is_trunk, Action, CallState, Config as CallConfig, Switchboard,
+};
 
 use crate::trunk::Trunks;
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
@@ -66,6 +68,10 @@ pub enum Event {
     SpeedDial {
         code: String,
         number: Option<String>,
+    },
+    /// The ring group was set (or cleared: the config's `reception`).
+    RingGroup {
+        group: Option<crate::db::RingGroup>,
     },
     /// The mailbox finished with a caller.
     VoicemailDone {
@@ -834,6 +840,8 @@ pub(crate) struct Switch {
     pub(crate) stations: HashMap<String, Station>,
     pub(crate) relays: HashMap<CallId, Allocation>,
     pub(crate) trunks: Trunks,
+    /// The ring group set from the command line, over the config file's.
+    ring_group: Option<crate::db::RingGroup>,
     /// Maps the monotonic clock to wall-clock time for call records.
     anchor: (Instant, SystemTime),
     last_status: (usize, usize),
@@ -841,7 +849,8 @@ pub(crate) struct Switch {
 
 impl Switch {
     fn new(shared: Arc<Shared>) -> Result<Switch> {
-        let mut sb = Switchboard::new(shared.cfg().call_config());
+        let ring_group = shared.db.ring_group()?;
+        let mut sb = Switchboard::new(call_config(&shared.cfg(), ring_group.as_ref()));
         let shared_cfg_has_directory = shared.cfg().directory.is_some();
         sb.set_next_call_id(shared.db.max_call_id()? + 1);
         for row in shared.db.agents()? {
@@ -861,6 +870,7 @@ impl Switch {
             stations: HashMap::new(),
             relays: HashMap::new(),
             trunks: Trunks::new(shared_cfg_has_directory),
+            ring_group,
             anchor: (Instant::now(), SystemTime::now()),
             last_status: (0, 0),
         })
@@ -923,7 +933,14 @@ impl Switch {
                 Event::TextStored { to, text } => self.send(&to, text),
                 Event::VoicemailDone { call } => self.sb.handle_voicemail_done(now, call),
                 Event::MessageWaiting { ext } => self.message_waiting(&ext),
-                Event::Reload { cfg } => self.sb.set_config(cfg.call_config()),
+                Event::Reload { cfg } => self
+                    .sb
+                    .set_config(call_config(&cfg, self.ring_group.as_ref())),
+                Event::RingGroup { group } => {
+                    self.ring_group = group;
+                    self.sb
+                        .set_config(call_config(&self.shared.cfg(), self.ring_group.as_ref()));
+                }
                 Event::Query { what, reply } => {
                     let _ = reply.send(self.query(what));
                 }
@@ -1348,7 +1365,33 @@ impl Switch {
                 "calls_active": self.sb.calls().count(),
                 "relay": self.shared.relay.snapshot(),
                 "directory": self.trunks.status(),
+                "ring_group": self.ring_group_json(),
             }),
+        }
+    }
+
+    /// Who rings for the office number, and how.
+    fn ring_group_json(&self) -> Value {
+        match &self.ring_group {
+            Some(g) => json!({
+                "mode": g.mode,
+                "members": g.members,
+                "step_secs": g.step_secs,
+                "source": "ring-group",
+            }),
+            None => {
+                let cfg = self.shared.cfg();
+                json!({
+                    "mode": if cfg.hunt_secs.is_some() { "hunt" } else { "all" },
+                    "members": if cfg.reception.is_empty() {
+                        json!("every extension")
+                    } else {
+                        json!(cfg.reception)
+                    },
+                    "step_secs": cfg.hunt_secs,
+                    "source": "config",
+                })
+            }
         }
     }
 
@@ -1462,6 +1505,7 @@ pub async fn handle_control(shared: &Arc<Shared>, req: Value) -> Value {
         }
         "approve" => approve(shared, &req).await,
         "speed-dial-set" | "speed-dial-rm" => speed_dial(shared, cmd, &req).await,
+        "ring-group-set" | "ring-group-clear" => ring_group(shared, cmd, &req).await,
         "speed-dial-list" => {
             let db = shared.db.clone();
             match tokio::task::spawn_blocking(move || db.speed_dials()).await {
@@ -1520,6 +1564,90 @@ async fn speed_dial(shared: &Arc<Shared>, cmd: &str, req: &Value) -> Value {
                 })
                 .await;
             json!({"ok": true, "code": code, "number": number})
+        }
+        Ok(Err(e)) => control::error(format!("database: {e:#}")),
+        Err(e) => control::error(e),
+    }
+}
+
+/// The switchboard's settings: the configuration, with the ring group set
+/// from the command line (if any) in place of `reception`.
+fn call_config(cfg: &Config, group: Option<&crate::db::RingGroup>) -> CallConfig {
+    let mut c = cfg.call_config();
+    if let Some(g) = group {
+        c.reception = g.members.clone();
+        c.hunt_step = (g.mode == "hunt").then(|| Duration::from_secs(g.step_secs));
+        if cfg.office_mailbox.is_none() {
+            c.office_mailbox = g.members.first().cloned();
+        }
+    }
+    c
+}
+
+async fn ring_group(shared: &Arc<Shared>, cmd: &str, req: &Value) -> Value {
+    let group = if cmd == "ring-group-set" {
+        let mode = req.get("mode").and_then(Value::as_str).unwrap_or("all");
+        if mode != "all" && mode != "hunt" {
+            return control::error(format!("mode {mode:?}: use all or hunt"));
+        }
+        let step = req.get("step_secs").and_then(Value::as_u64).unwrap_or(15);
+        if !(1..=600).contains(&step) {
+            return control::error("--step must be between 1 and 600 seconds");
+        }
+        let raw: Vec<String> = req
+            .get("members")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if raw.is_empty() {
+            return control::error("name the extensions that ring, in order");
+        }
+        let known: Vec<String> = {
+            let db = shared.db.clone();
+            match tokio::task::spawn_blocking(move || db.agents()).await {
+                Ok(Ok(rows)) => rows.into_iter().filter_map(|a| a.ext).collect(),
+                Ok(Err(e)) => return control::error(format!("database: {e:#}")),
+                Err(e) => return control::error(e),
+            }
+        };
+        let mut members = Vec::new();
+        for m in raw {
+            let ext = match number::canonicalize(&m) {
+                Ok(e) => e,
+                Err(e) => return control::error(format!("{m:?}: {e}")),
+            };
+            if !known.contains(&ext) {
+                return control::error(format!("{ext} is not an extension here"));
+            }
+            if members.contains(&ext) {
+                return control::error(format!("{ext} is named twice"));
+            }
+            members.push(ext);
+        }
+        Some(crate::db::RingGroup {
+            mode: mode.to_string(),
+            members,
+            step_secs: step,
+        })
+    } else {
+        None
+    };
+    let db = shared.db.clone();
+    let g2 = group.clone();
+    match tokio::task::spawn_blocking(move || db.set_ring_group(g2.as_ref())).await {
+        Ok(Ok(())) => {
+            let _ = shared
+                .events
+                .send(Event::RingGroup {
+                    group: group.clone(),
+                })
+                .await;
+            json!({"ok": true, "ring_group": group})
         }
         Ok(Err(e)) => control::error(format!("database: {e:#}")),
         Err(e) => control::error(e),

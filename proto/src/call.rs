@@ -60,6 +60,9 @@ pub struct Config {
     /// Who rings for a call to the office number: these extensions, or
     /// every extension when empty (ring all; the first to answer takes it).
     pub reception: Vec<String>,
+    /// Ring the reception group one member at a time, this long each, in
+    /// order (hunt), instead of all at once.
+    pub hunt_step: Option<Duration>,
     /// Whose mailbox takes calls to the office number that nobody answers
     /// (with `voicemail` on); `None`: they end unanswered.
     pub office_mailbox: Option<String>,
@@ -82,6 +85,7 @@ impl Default for Config {
             outside: false,
             extension_range: (200, 499),
             reception: Vec::new(),
+            hunt_step: None,
             office_mailbox: None,
         }
     }
@@ -296,6 +300,8 @@ pub struct Call {
     pub dial_req: Option<ReqId>,
     /// A call to the office number (a group rang for it).
     pub group: bool,
+    /// A hunt group's members still to ring, in order.
+    pub hunt: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -410,7 +416,7 @@ impl Switchboard {
         }
         if let Some(id) = main {
             let is_caller = self.calls.get(&id).is_some_and(|c| c.caller == ext);
-            if is_caller || !self.leave_group(id, ext) {
+            if is_caller || !(self.leave_group(id, ext) || self.advance_hunt(now, id)) {
                 self.finish_by(now, id, ext, EndReason::PeerLost);
             }
         }
@@ -491,6 +497,7 @@ impl Switchboard {
                         also: Vec::new(),
                         dial_req: None,
                         group: false,
+                        hunt: Vec::new(),
                     },
                 );
                 if let Some(l) = self.lines.get_mut(caller) {
@@ -572,6 +579,7 @@ impl Switchboard {
                 also: Vec::new(),
                 dial_req: None,
                 group: false,
+                hunt: Vec::new(),
             },
         );
         for ext in [caller, number] {
@@ -646,6 +654,7 @@ impl Switchboard {
                 also: Vec::new(),
                 dial_req: Some(req),
                 group: false,
+                hunt: Vec::new(),
             },
         );
         self.actions.push_back(Action::Ring {
@@ -773,6 +782,7 @@ impl Switchboard {
                         also: Vec::new(),
                         dial_req: None,
                         group: true,
+                        hunt: Vec::new(),
                     },
                 );
                 if let Some(l) = self.lines.get_mut(trunk) {
@@ -815,6 +825,11 @@ impl Switchboard {
         }
         let id = self.next_id;
         self.next_id += 1;
+        let (step, hunt) = match self.config.hunt_step {
+            // Hunt: the first free member rings; the rest wait their turn.
+            Some(step) => (step, group.split_off(1)),
+            None => (self.config.ring_timeout, Vec::new()),
+        };
         for m in std::iter::once(trunk).chain(group.iter().map(String::as_str)) {
             if let Some(l) = self.lines.get_mut(m) {
                 l.call = Some(id);
@@ -842,7 +857,7 @@ impl Switchboard {
                 callee,
                 started: now,
                 state: CallState::Ringing {
-                    deadline: now + self.config.ring_timeout,
+                    deadline: now + step,
                 },
                 rang: Vec::new(),
                 held_by: None,
@@ -853,8 +868,64 @@ impl Switchboard {
                 also: group,
                 dial_req: None,
                 group: true,
+                hunt,
             },
         );
+    }
+
+    /// A hunt group's ringing member did not take the call: ring the next
+    /// free one. `false` when nobody is left to try.
+    fn advance_hunt(&mut self, now: Instant, id: CallId) -> bool {
+        let Some(call) = self.calls.get(&id) else {
+            return false;
+        };
+        if !call.group || !matches!(call.state, CallState::Ringing { .. }) {
+            return false;
+        }
+        let mut queue = call.hunt.clone();
+        let free = |s: &Self, m: &str| {
+            s.lines.get(m).is_some_and(|l| {
+                l.online && l.call.is_none() && l.consult.is_none() && !l.settings.dnd
+            })
+        };
+        let next = loop {
+            if queue.is_empty() {
+                return false;
+            }
+            let m = queue.remove(0);
+            if free(self, &m) {
+                break m;
+            }
+        };
+        let step = self.config.hunt_step.unwrap_or(self.config.ring_timeout);
+        let Some(call) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        call.hunt = queue;
+        call.state = CallState::Ringing {
+            deadline: now + step,
+        };
+        let old = std::mem::replace(&mut call.callee, next.clone());
+        let from = display(&call.caller).to_string();
+        if let Some(l) = self.lines.get_mut(&old) {
+            if l.call == Some(id) {
+                l.call = None;
+                self.actions.push_back(Action::Ended {
+                    to: old,
+                    call: id,
+                    reason: EndReason::NoAnswer,
+                });
+            }
+        }
+        if let Some(l) = self.lines.get_mut(&next) {
+            l.call = Some(id);
+        }
+        self.actions.push_back(Action::Ring {
+            callee: next,
+            call: id,
+            from,
+        });
+        true
     }
 
     /// The mailbox for office calls nobody answers, if there is one.
@@ -1039,6 +1110,7 @@ impl Switchboard {
                 also: Vec::new(),
                 dial_req: None,
                 group: false,
+                hunt: Vec::new(),
             },
         );
         if let Some(l) = self.lines.get_mut(&target) {
@@ -1140,6 +1212,7 @@ impl Switchboard {
                 also: Vec::new(),
                 dial_req: None,
                 group: false,
+                hunt: Vec::new(),
             },
         );
         if let Some(l) = self.lines.get_mut(&target) {
@@ -1303,7 +1376,7 @@ impl Switchboard {
         if !matches!(call.state, CallState::Ringing { .. }) {
             return Err(CallError::NotRinging);
         }
-        if self.leave_group(id, ext) {
+        if self.leave_group(id, ext) || self.advance_hunt(now, id) {
             return Ok(());
         }
         self.finish_by(now, id, ext, EndReason::Rejected);
@@ -1321,7 +1394,7 @@ impl Switchboard {
             CallState::Ringing { .. } => EndReason::Rejected,
             CallState::Answered { .. } | CallState::Voicemail { .. } => EndReason::Hangup,
         };
-        if call.caller != ext && self.leave_group(id, ext) {
+        if call.caller != ext && (self.leave_group(id, ext) || self.advance_hunt(now, id)) {
             return Ok(());
         }
         self.finish_by(now, id, ext, reason);
@@ -1422,7 +1495,7 @@ impl Switchboard {
             .map(|c| c.id)
             .collect();
         for id in expired {
-            if self.forward_unanswered(now, id) {
+            if self.advance_hunt(now, id) || self.forward_unanswered(now, id) {
                 continue;
             }
             if self.calls.get(&id).is_some_and(|c| c.replaces.is_some()) {
@@ -2589,5 +2662,64 @@ mod trunk_tests {
             reason: EndReason::Transferred
         }));
         assert!(sb.lines.get("202").is_some_and(|l| l.call.is_none()));
+    }
+
+    #[test]
+    fn a_hunt_group_rings_its_members_in_turn() {
+        let (mut sb, now) = board(&["201", "202", "203", "204"]);
+        let step = Duration::from_secs(5);
+        sb.set_config(Config {
+            outside: true,
+            reception: vec!["202".into(), "203".into(), "201".into(), "204".into()],
+            hunt_step: Some(step),
+            ..Config::default()
+        });
+        sb.handle_dial(now, "201", 1, "*78"); // 201 does not want calls
+        drain(&mut sb);
+        let trunk = trunk_line("d1", "alice");
+        sb.handle_inbound(now, &trunk, 1, None);
+        let rung = |acts: &[Action]| -> Vec<String> {
+            acts.iter()
+                .filter_map(|a| match a {
+                    Action::Ring { callee, .. } => Some(callee.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let id = 1;
+        assert_eq!(rung(&drain(&mut sb)), vec!["202"]);
+        // 202 does not answer in time: 203's turn.
+        sb.handle_timeout(now + step);
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ended {
+            to: "202".into(),
+            call: id,
+            reason: EndReason::NoAnswer
+        }));
+        assert_eq!(rung(&acts), vec!["203"]);
+        // 203 declines: 201 is on do-not-disturb, so 204 rings at once.
+        sb.handle_reject(now + step, "203", id).expect("reject");
+        assert_eq!(rung(&drain(&mut sb)), vec!["204"]);
+        sb.handle_answer(now + step, "204", id).expect("answer");
+        assert!(drain(&mut sb).contains(&Action::Connected {
+            call: id,
+            caller: trunk.clone(),
+            callee: "204".into()
+        }));
+        assert!(["202", "203"]
+            .iter()
+            .all(|e| sb.lines.get(*e).is_some_and(|l| l.call.is_none())));
+        // Nobody left to try: the call ends unanswered.
+        let t2 = trunk_line("d2", "bob");
+        sb.handle_inbound(now, &t2, 2, None);
+        drain(&mut sb);
+        sb.handle_timeout(now + step * 2);
+        sb.handle_timeout(now + step * 3);
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ended {
+            to: t2.clone(),
+            call: 2,
+            reason: EndReason::NoAnswer
+        }));
     }
 }

@@ -741,3 +741,60 @@ fn leave_voice_mail(scratch: &Scratch, dir: &Directory, account: &str, to: &str,
         c.close();
     });
 }
+
+#[test]
+fn a_hunt_group_rings_the_office_in_turn() {
+    let scratch = Scratch::new("offices-hunt");
+    let dir = directory(
+        &scratch,
+        &[("office-a", A_NUMBER.0), ("office-b", B_NUMBER)],
+        "",
+    );
+    let a = office(&scratch, "a", "office-a", &dir, "");
+    let b = office(&scratch, "b", "office-b", &dir, "voicemail = false\n");
+    let a201 = a.station("201", "tone:440");
+    let b202 = b.station("202", "tone:880");
+    let b203 = b.station("203", "tone:990");
+
+    let e = fails(&b.gw, &["ring-group", "set", "--hunt", "203", "299"]);
+    assert!(e.contains("299 is not an extension here"), "{e}");
+    ok(
+        &b.gw,
+        &["ring-group", "set", "--hunt", "--step", "1", "203", "202"],
+    );
+    let g = b.gw.json(&["ring-group", "show"]).unwrap();
+    assert_eq!(g["mode"], "hunt", "{g}");
+    assert_eq!(g["members"], serde_json::json!(["203", "202"]), "{g}");
+
+    // 203 rings alone; when it does not answer, 202 gets its turn.
+    ok(&a201, &["dial", B_NUMBER]);
+    wait_state(&b203, "alerting");
+    assert!(call_state(&b202).is_none());
+    wait_state(&b202, "alerting");
+    assert!(call_state(&b203).is_none(), "203 stopped ringing");
+    ok(&b202, &["answer"]);
+    wait_connected(&a201);
+    ok(&a201, &["hangup"]);
+    wait_for("B to see the hang-up", Duration::from_secs(5), || {
+        call_state(&b202).is_none().then_some(())
+    });
+
+    // Ring all, then back to the config file's default (everyone).
+    ok(&b.gw, &["ring-group", "set", "203", "202"]);
+    ok(&a201, &["dial", B_NUMBER]);
+    wait_state(&b202, "alerting");
+    wait_state(&b203, "alerting");
+    ok(&b203, &["answer"]);
+    wait_connected(&a201);
+    ok(&a201, &["hangup"]);
+    wait_for("B to see the hang-up", Duration::from_secs(5), || {
+        call_state(&b203).is_none().then_some(())
+    });
+    ok(&b.gw, &["ring-group", "clear"]);
+    let g = b.gw.json(&["ring-group", "show"]).unwrap();
+    assert_eq!(g["source"], "config", "{g}");
+    // The ring group survives a restart of the gateway (kept in SQLite).
+    ok(&b.gw, &["ring-group", "set", "--hunt", "202"]);
+    let st = b.gw.json(&["status"]).unwrap();
+    assert_eq!(st["ring_group"]["members"], serde_json::json!(["202"]));
+}
