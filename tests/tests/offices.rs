@@ -793,7 +793,7 @@ fn a_hunt_group_rings_the_office_in_turn() {
     ok(&b.gw, &["ring-group", "clear"]);
     let g = b.gw.json(&["ring-group", "show"]).unwrap();
     assert_eq!(g["source"], "config", "{g}");
-    // The ring group survives a restart of the gateway (kept in SQLite).
+    // `status` shows the ring group in force.
     ok(&b.gw, &["ring-group", "set", "--hunt", "202"]);
     let st = b.gw.json(&["status"]).unwrap();
     assert_eq!(st["ring_group"]["members"], serde_json::json!(["202"]));
