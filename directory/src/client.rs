@@ -304,6 +304,14 @@ pub enum Event {
     /// A call ended (for an incoming call, or an outgoing one after it
     /// connected).
     Ended { call: CallId, reason: EndReason },
+    /// The other end of an answered call handed us on to `number` (claim
+    /// 5): the call is over; call `number` to go on.
+    Transferred {
+        call: CallId,
+        number: String,
+        /// The number that handed us on.
+        by: String,
+    },
     /// The relay for an answered incoming call is ready; the caller's
     /// packets now come from `relay`.
     Relay { call: CallId, relay: SocketAddr },
@@ -893,6 +901,15 @@ impl DirClient {
         }
     }
 
+    /// Hand the other end of answered call `call` on to `number` (claim 5):
+    /// it calls `number` directly, and the call ends here.
+    pub async fn transfer(&self, call: CallId, number: &str) -> Result<(), ClientError> {
+        let number = canon(number)?;
+        self.inner
+            .request_ok(|req| DirMsg::Transfer { req, call, number })
+            .await
+    }
+
     /// Take an incoming call; the plan says how to set up its media.
     pub async fn answer(&self, call: CallId) -> Result<MediaPlan, ClientError> {
         self.answer_for(call, None, Vec::new()).await
@@ -1383,6 +1400,9 @@ fn dispatch(inner: &Arc<Inner>, msg: DirMsg) {
                     let _ = tx.try_send(m);
                 }
                 (None, DirMsg::Ended { call, reason }) => inner.emit(Event::Ended { call, reason }),
+                (None, DirMsg::Redirected { call, number, by }) => {
+                    inner.emit(Event::Transferred { call, number, by })
+                }
                 (None, _) => {}
             }
         }

@@ -1106,6 +1106,61 @@ impl Router {
         }
     }
 
+    /// An end of an answered call hands the other end on to `number`
+    /// (claim 5): the other end is told `Redirected` and calls it directly;
+    /// the call ends for both.
+    pub fn handle_transfer(
+        &mut self,
+        _now: Instant,
+        sid: SessionId,
+        req: ReqId,
+        id: CallId,
+        number: &str,
+    ) {
+        let Some(c) = self.calls.get(&id) else {
+            return self.send(
+                sid,
+                err(Some(req), ErrorCode::NoSuchCall, format!("no call {id}")),
+            );
+        };
+        let (other, by) = if c.callee == sid {
+            (c.caller, c.number.clone())
+        } else if c.caller == sid {
+            (c.callee, c.from.clone())
+        } else {
+            return self.send(
+                sid,
+                err(
+                    Some(req),
+                    ErrorCode::NotYourCall,
+                    format!("call {id} is not yours"),
+                ),
+            );
+        };
+        if !matches!(c.state, CallState::Answered { .. }) {
+            return self.send(
+                sid,
+                err(
+                    Some(req),
+                    ErrorCode::BadCallState,
+                    format!("call {id} is not answered; redirect a ringing call instead"),
+                ),
+            );
+        }
+        self.send(sid, DirMsg::Ok { req });
+        self.send(
+            other,
+            DirMsg::Redirected {
+                call: id,
+                number: number.to_string(),
+                by,
+            },
+        );
+        if let Some(c) = self.calls.remove(&id) {
+            self.finished(c, EndReason::Redirected);
+        }
+    }
+
     /// Either end hangs up (the caller cancels while it rings).
     pub fn handle_hangup(&mut self, now: Instant, sid: SessionId, id: CallId) {
         let Some(c) = self.calls.get(&id) else {
@@ -2071,5 +2126,44 @@ mod tests {
             .iter()
             .any(|m| matches!(m, DirMsg::GoingAway { .. })));
         assert_eq!(r.calls().count(), 0);
+    }
+
+    #[test]
+    fn an_end_of_an_answered_call_hands_the_other_on() {
+        let (mut r, now) = two_online();
+        r.handle_call(now, 1, 1, "ボブ", None, vec![], 0);
+        let call = match &sent(&drain(&mut r), 2)[0] {
+            DirMsg::Ring { call, .. } => *call,
+            other => panic!("{other:?}"),
+        };
+        // Not while it rings.
+        r.handle_transfer(now, 2, 2, call, "carol");
+        assert!(matches!(
+            &sent(&drain(&mut r), 2)[0],
+            DirMsg::Error {
+                code: ErrorCode::BadCallState,
+                ..
+            }
+        ));
+        r.handle_answer(now, 2, 3, call, "t".into());
+        drain(&mut r);
+        // Not by a stranger.
+        r.handle_session_up(3, "fc".into(), addr(1003));
+        r.handle_transfer(now, 3, 4, call, "carol");
+        assert!(matches!(
+            &sent(&drain(&mut r), 3)[0],
+            DirMsg::Error {
+                code: ErrorCode::NotYourCall,
+                ..
+            }
+        ));
+        // Bob hands Alice on to carol: she is told, and the call is over.
+        r.handle_transfer(now, 2, 5, call, "carol");
+        let acts = drain(&mut r);
+        assert!(matches!(&sent(&acts, 2)[0], DirMsg::Ok { req: 5 }));
+        assert!(
+            matches!(&sent(&acts, 1)[0], DirMsg::Redirected { number, by, .. } if number == "carol" && by == "ボブ")
+        );
+        assert!(r.call(call).is_none());
     }
 }

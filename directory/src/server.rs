@@ -759,6 +759,16 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
             }
             Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
         },
+        DirMsg::Transfer { req, call, number } => match canon(&number) {
+            Ok(number) => {
+                c.hub(Event::Route {
+                    sid: c.sid,
+                    msg: DirMsg::Transfer { req, call, number },
+                })
+                .await?
+            }
+            Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
+        },
         m @ (DirMsg::Reject { .. }
         | DirMsg::Busy { .. }
         | DirMsg::Hangup { .. }
@@ -1493,6 +1503,9 @@ impl Hub {
             DirMsg::Busy { req, call } => self.router.handle_decline(now, sid, req, call, true),
             DirMsg::Redirect { req, call, number } => {
                 self.router.handle_redirect(now, sid, req, call, &number)
+            }
+            DirMsg::Transfer { req, call, number } => {
+                self.router.handle_transfer(now, sid, req, call, &number)
             }
             DirMsg::Hangup { call } => self.router.handle_hangup(now, sid, call),
             DirMsg::Fallback { req, call } => self.router.handle_fallback(now, sid, req, call),

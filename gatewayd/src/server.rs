@@ -1192,6 +1192,9 @@ impl Switch {
                     from,
                 } => self.send(&picker, Msg::PickedUp { req, call, from }),
                 Action::Redirect { req, call, to, .. } => self.redirect_outside(req, call, &to),
+                Action::HandOff {
+                    call, to, internal, ..
+                } => self.hand_off(call, &to, internal),
                 Action::Record(rec) => {
                     if let Some(call) = rec.call {
                         self.relays.remove(&call);

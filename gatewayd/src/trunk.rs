@@ -85,6 +85,8 @@ pub struct Trunk {
 #[derive(Debug, Default)]
 pub struct Trunks {
     pub client: Option<(DirClient, IpAddr)>,
+    /// The office number callers see (the first registered).
+    office_number: Option<String>,
     status: Value,
     /// By switchboard call id.
     calls: HashMap<CallId, Trunk>,
@@ -255,6 +257,7 @@ impl Switch {
                 numbers,
                 observed,
             } => {
+                self.trunks.office_number = numbers.first().cloned();
                 self.trunks.status = json!({
                     "state": "registered",
                     "numbers": numbers,
@@ -437,6 +440,20 @@ impl Switch {
                     _ => FailReason::Busy,
                 };
                 self.trunk_gone(now, call, &line, reason);
+            }
+            dir::Event::Transferred {
+                call: dc,
+                number,
+                by,
+            } => {
+                let Some(&call) = self.trunks.by_dir.get(&dc) else {
+                    return;
+                };
+                tracing::info!("{by} handed call {call} on to {number}");
+                if let Some(t) = self.trunks.calls.get_mut(&call) {
+                    t.dir_ended = true;
+                }
+                self.sb.handle_outside_handoff(now, call, &number);
             }
             dir::Event::Relay { call: dc, relay } => {
                 if let Some(a) = self
@@ -860,5 +877,34 @@ fn store_mail(shared: &Shared, ext: &str, m: &dir::Mail) -> Result<Event> {
                 ext: ext.to_string(),
             })
         }
+    }
+}
+
+impl Switch {
+    /// A station handed its outside party on (claim 5): tell the far end,
+    /// through the directory, to call `to` (an extension here: the office
+    /// number with `/to`).
+    pub(crate) fn hand_off(&mut self, call: CallId, to: &str, internal: bool) {
+        let dc = self.trunks.dir_call(call);
+        if let Some(t) = self.trunks.calls.get_mut(&call) {
+            t.dir_ended = true;
+        }
+        let number = match (internal, &self.trunks.office_number) {
+            (true, Some(office)) => format!("{office}/{to}"),
+            (true, None) => {
+                tracing::warn!("call {call}: no office number to hand the caller on to {to}");
+                return;
+            }
+            (false, _) => to.to_string(),
+        };
+        let (Some(dc), Some((client, _))) = (dc, self.trunks.client.clone()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            match client.transfer(dc, &number).await {
+                Ok(()) => tracing::info!("call {dc} handed on to {number}"),
+                Err(e) => tracing::warn!("handing call {dc} on to {number}: {e}"),
+            }
+        });
     }
 }

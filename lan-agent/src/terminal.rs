@@ -611,6 +611,28 @@ fn on_event(t: &Arc<Terminal>, client: &DirClient, ev: Event) {
                 end_call(t, &mut st, end_reason(reason));
             }
         }
+        Event::Transferred { call, number, by } => {
+            // The other end handed us on (claim 5): we call `number`
+            // ourselves, directly.
+            let ours = {
+                let mut st = t.lock();
+                let ours = st.call.as_ref().is_some_and(|c| c.id == Some(call));
+                if ours {
+                    println!("{by} handed call {call} on to {number}; calling {number}");
+                    end_call(t, &mut st, "transferred");
+                }
+                ours
+            };
+            if ours {
+                let t = t.clone();
+                tokio::spawn(async move {
+                    let r = dial(&t, &number).await;
+                    if r.get("ok") != Some(&Value::Bool(true)) {
+                        tracing::warn!("calling {number} after the hand-off: {r}");
+                    }
+                });
+            }
+        }
         Event::Relay { call, relay } => {
             let mut st = t.lock();
             if let Some(c) = st.call.as_mut().filter(|c| c.id == Some(call)) {
@@ -1391,8 +1413,38 @@ async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
         "voicemail-delete" => control::error(
             "a terminal's voice mail is kept as files; delete them from the mailbox directory",
         ),
-        "transfer" | "consult" | "consult-complete" | "consult-cancel" => control::error(
-            "transfer needs an office gateway; a standalone terminal cannot transfer calls",
+        "transfer" => {
+            // Blind hand-off through the directory (claim 5): the other end
+            // calls the target directly, and our call ends.
+            let Some(target) = req.get("target").and_then(Value::as_str) else {
+                return control::error("transfer needs a target number");
+            };
+            let (client, call) = {
+                let st = t.lock();
+                (
+                    st.client.clone(),
+                    st.call
+                        .as_ref()
+                        .filter(|c| c.state == "connected")
+                        .and_then(|c| c.id),
+                )
+            };
+            let (Some(client), Some(call)) = (client, call) else {
+                return control::error("no connected call to hand on");
+            };
+            match client.transfer(call, target).await {
+                Ok(()) => {
+                    let mut st = t.lock();
+                    if st.call.as_ref().is_some_and(|c| c.id == Some(call)) {
+                        end_call(t, &mut st, "transferred");
+                    }
+                    json!({"ok": true, "call": call, "transferring_to": target})
+                }
+                Err(e) => control::error(format!("cannot hand the call on to {target}: {e}")),
+            }
+        }
+        "consult" | "consult-complete" | "consult-cancel" => control::error(
+            "an attended transfer needs an office gateway; a terminal hands calls on blind",
         ),
         "" => control::error("missing \"cmd\""),
         other => control::error(format!("unknown command {other:?}")),

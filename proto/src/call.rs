@@ -227,6 +227,16 @@ pub enum Action {
         call: Option<CallId>,
         to: String,
     },
+    /// A station handed the outside party on `line` (a trunk line) on to
+    /// `to` (claim 5): the far end is told, through the directory, to call
+    /// it directly; `internal`: `to` is an extension of this office (the
+    /// far end calls `OFFICE/to`). The call is over here.
+    HandOff {
+        line: String,
+        call: CallId,
+        to: String,
+        internal: bool,
+    },
     /// `picker` took the ringing call `call` from `from` with the pick-up
     /// code; media set-up follows as a `Connected`.
     PickedUp {
@@ -664,6 +674,68 @@ impl Switchboard {
         });
     }
 
+    /// The far end of the answered outside call `id` handed our station on
+    /// to the outside `number` (claim 5): the station goes on in a new
+    /// outside call to it (`Replaced`, then the new call rings out).
+    pub fn handle_outside_handoff(&mut self, now: Instant, id: CallId, number: &str) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        if !matches!(call.state, CallState::Answered { .. }) {
+            return self.handle_outside_failed(now, id, FailReason::Unreachable);
+        }
+        let station = if is_trunk(&call.callee) {
+            call.caller.clone()
+        } else {
+            call.callee.clone()
+        };
+        if is_trunk(&station) {
+            return;
+        }
+        if let Some(old) = self.calls.remove(&id) {
+            self.close(now, old, Outcome::Answered);
+        }
+        let new = self.next_id;
+        self.next_id += 1;
+        let trunk = self.add_trunk_out(new, number);
+        if let Some(l) = self.lines.get_mut(&station) {
+            l.call = Some(new);
+        }
+        self.calls.insert(
+            new,
+            Call {
+                id: new,
+                caller: station.clone(),
+                callee: trunk.clone(),
+                started: now,
+                state: CallState::Ringing {
+                    deadline: now + self.config.ring_timeout,
+                },
+                rang: Vec::new(),
+                held_by: None,
+                replaces: None,
+                transfer: None,
+                consult_of: None,
+                consulting: None,
+                also: Vec::new(),
+                dial_req: None,
+                group: false,
+                hunt: Vec::new(),
+            },
+        );
+        self.actions.push_back(Action::Replaced {
+            to: station.clone(),
+            old: id,
+            new,
+            peer: number.to_string(),
+        });
+        self.actions.push_back(Action::Ring {
+            callee: trunk,
+            call: new,
+            from: station,
+        });
+    }
+
     /// The far end of the outside call `id` rings.
     pub fn handle_outside_ringing(&mut self, id: CallId) {
         let Some(call) = self.calls.get_mut(&id) else {
@@ -1066,9 +1138,6 @@ impl Switchboard {
         } else {
             call.caller.clone()
         };
-        if is_trunk(&other) {
-            return Err(CallError::OutsideParty);
-        }
         let fail = |s: &mut Self, reason: FailReason| {
             s.actions.push_back(Action::TransferFailed {
                 to: by.to_string(),
@@ -1078,6 +1147,43 @@ impl Switchboard {
             });
             Ok(())
         };
+        if is_trunk(&other) {
+            // An outside party is handed on through the directory (claim
+            // 5): it calls the target itself. An extension here must be
+            // able to take the call now, since it cannot come back.
+            let internal = self.lines.contains_key(target);
+            if internal {
+                match self.route(&other, target, Vec::new(), false) {
+                    Ok((t, _)) if t == by => return fail(self, FailReason::SelfCall),
+                    Ok(_) => {}
+                    Err(reason) => return fail(self, reason),
+                }
+            } else if !self.is_outside(target) {
+                return fail(self, FailReason::UnknownNumber);
+            }
+            let Some(call) = self.calls.remove(&id) else {
+                return Err(CallError::NoSuchCall);
+            };
+            self.actions.push_back(Action::Transferring {
+                to: by.to_string(),
+                req,
+                call: id,
+                target: target.to_string(),
+            });
+            self.actions.push_back(Action::Ended {
+                to: by.to_string(),
+                call: id,
+                reason: EndReason::Transferred,
+            });
+            self.actions.push_back(Action::HandOff {
+                line: other,
+                call: id,
+                to: target.to_string(),
+                internal,
+            });
+            self.close(now, call, Outcome::Answered);
+            return Ok(());
+        }
         let target = match self.route(&other, target, Vec::new(), true) {
             Ok((t, _)) if t == by => return fail(self, FailReason::SelfCall),
             Ok((t, rang)) => (t, rang),
@@ -2378,11 +2484,13 @@ mod trunk_tests {
             callee: "202".into()
         }));
         assert!(sb.lines.get("201").is_some_and(|l| l.call.is_none()));
-        // An outside party cannot be handed on (yet); the call is intact.
-        assert_eq!(
-            sb.handle_transfer(now, "202", 3, 1, "201"),
-            Err(CallError::OutsideParty)
-        );
+        // 202 is busy with the caller: handing it on to 202 itself fails
+        // and keeps the call.
+        sb.handle_transfer(now, "202", 3, 1, "202")
+            .expect("refused cleanly");
+        assert!(drain(&mut sb)
+            .iter()
+            .any(|a| matches!(a, Action::TransferFailed { .. })));
         assert!(sb.call(1).is_some());
         sb.handle_hangup(now, &trunk, 1).expect("hangup");
         assert!(drain(&mut sb).contains(&Action::Ended {
@@ -2721,5 +2829,80 @@ mod trunk_tests {
             call: 2,
             reason: EndReason::NoAnswer
         }));
+    }
+
+    #[test]
+    fn an_outside_party_is_handed_on_through_the_directory() {
+        let (mut sb, now) = board(&["201", "202", "203"]);
+        let trunk = trunk_line("d1", "alice");
+        sb.handle_inbound(now, &trunk, 1, Some("202"));
+        sb.handle_answer(now, "202", 1).expect("answer");
+        drain(&mut sb);
+        // To an extension that can take it: the far end calls OFFICE/203.
+        sb.handle_transfer(now, "202", 2, 1, "203")
+            .expect("transfer");
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::HandOff {
+            line: trunk.clone(),
+            call: 1,
+            to: "203".into(),
+            internal: true
+        }));
+        assert!(acts.contains(&Action::Ended {
+            to: "202".into(),
+            call: 1,
+            reason: EndReason::Transferred
+        }));
+        assert!(!sb.lines.contains_key(&trunk) && sb.call(1).is_none());
+        // To a busy extension: refused, and the call stays.
+        let t2 = trunk_line("d2", "bob");
+        sb.handle_inbound(now, &t2, 2, Some("202"));
+        sb.handle_answer(now, "202", 2).expect("answer");
+        sb.handle_dial(now, "201", 3, "203");
+        drain(&mut sb);
+        sb.handle_transfer(now, "202", 4, 2, "203")
+            .expect("refused cleanly");
+        assert!(drain(&mut sb).iter().any(|a| matches!(
+            a,
+            Action::TransferFailed {
+                reason: FailReason::Busy,
+                ..
+            }
+        )));
+        assert!(sb.call(2).is_some());
+        // To an outside number.
+        sb.handle_transfer(now, "202", 5, 2, "carol")
+            .expect("transfer");
+        assert!(drain(&mut sb).contains(&Action::HandOff {
+            line: t2.clone(),
+            call: 2,
+            to: "carol".into(),
+            internal: false
+        }));
+    }
+
+    #[test]
+    fn a_station_handed_on_by_the_far_end_calls_the_new_number() {
+        let (mut sb, now) = board(&["201"]);
+        sb.handle_dial(now, "201", 1, "bob");
+        sb.handle_outside_ringing(1);
+        let trunk = trunk_line("o1", "bob");
+        sb.handle_answer(now, &trunk, 1).expect("answer");
+        drain(&mut sb);
+        sb.handle_outside_handoff(now, 1, "carol");
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Replaced {
+            to: "201".into(),
+            old: 1,
+            new: 2,
+            peer: "carol".into()
+        }));
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            Action::Ring { callee, call: 2, from } if display(callee) == "carol" && from == "201"
+        )));
+        assert_eq!(record(&acts).map(|r| r.callee.as_str()), Some("bob"));
+        assert!(!sb.lines.contains_key(&trunk));
+        assert_eq!(sb.lines.get("201").and_then(|l| l.call), Some(2));
     }
 }

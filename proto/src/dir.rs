@@ -455,6 +455,14 @@ pub enum DirMsg {
         call: CallId,
         number: String,
     },
+    /// Either end of an answered call: hand the other end on to `number`
+    /// (claim 5, keyphone hand-off). The other end gets `Redirected` and
+    /// calls `number` itself, directly; the call ends for both.
+    Transfer {
+        req: ReqId,
+        call: CallId,
+        number: String,
+    },
     /// Either end: end the call (the caller cancels while it rings).
     Hangup {
         call: CallId,
@@ -615,6 +623,7 @@ impl DirMsg {
             DirMsg::Reject { .. } => "reject",
             DirMsg::Busy { .. } => "busy",
             DirMsg::Redirect { .. } => "redirect",
+            DirMsg::Transfer { .. } => "transfer",
             DirMsg::Hangup { .. } => "hangup",
             DirMsg::Connect { .. } => "connect",
             DirMsg::Redirected { .. } => "redirected",
@@ -658,6 +667,7 @@ const KNOWN_KINDS: &[&str] = &[
     "reject",
     "busy",
     "redirect",
+    "transfer",
     "hangup",
     "connect",
     "redirected",
@@ -819,6 +829,11 @@ mod tests {
                 req: 8,
                 call: 9,
                 number: s("4"),
+            },
+            DirMsg::Transfer {
+                req: 8,
+                call: 9,
+                number: s("4/202"),
             },
             DirMsg::Hangup { call: 9 },
             DirMsg::Connect {

@@ -942,6 +942,7 @@ fn call_of_action(a: &Action) -> Option<CallId> {
         Action::Record(r) => r.call,
         Action::Replaced { new, .. } => Some(*new),
         Action::Redirect { call, .. } => *call,
+        Action::HandOff { call, .. } => Some(*call),
         Action::DialFailed { .. } | Action::Feature { .. } | Action::Settings { .. } => None,
     }
 }

@@ -798,3 +798,81 @@ fn a_hunt_group_rings_the_office_in_turn() {
     let st = b.gw.json(&["status"]).unwrap();
     assert_eq!(st["ring_group"]["members"], serde_json::json!(["202"]));
 }
+
+#[test]
+fn an_outside_caller_is_handed_on_and_connects_there_directly() {
+    // Claim 5: the callee passes the caller on to a third number, and the
+    // caller's end connects there directly (the office is out of the call).
+    let scratch = Scratch::new("offices-handoff");
+    let dir = directory(
+        &scratch,
+        &[
+            ("office-a", A_NUMBER.0),
+            ("office-b", B_NUMBER),
+            ("carol", "carol"),
+        ],
+        "",
+    );
+    let a = office(&scratch, "a", "office-a", &dir, "");
+    let b = office(&scratch, "b", "office-b", &dir, "reception = [\"202\"]\n");
+    let carol = terminal(&scratch, &dir, "carol");
+    let a201 = a.station("201", "tone:440");
+    let b202 = b.station("202", "tone:880");
+    let b203 = b.station("203", "tone:990");
+    let heard = |d: &Daemon| jnum(&status(d), &["call", "media", "played"]).unwrap_or(0.0);
+
+    // A's 201 reaches B's reception, 202.
+    ok(&a201, &["dial", B_NUMBER]);
+    wait_state(&b202, "alerting");
+    ok(&b202, &["answer"]);
+    wait_connected(&a201);
+    // 202 hands the caller on to 203: A's end calls B/203 itself.
+    ok(&b202, &["transfer", "203"]);
+    wait_for("202 to be free", Duration::from_secs(5), || {
+        call_state(&b202).is_none().then_some(())
+    });
+    wait_state(&b203, "alerting");
+    assert_eq!(
+        jstr(&status(&b203), &["call", "peer"]).as_deref(),
+        Some(A_NUMBER.1)
+    );
+    ok(&b203, &["answer"]);
+    wait_connected(&a201);
+    wait_connected(&b203);
+    wait_for("audio from 203", Duration::from_secs(5), || {
+        (heard(&a201) > 20.0).then_some(())
+    });
+
+    // 203 hands the caller on to carol, outside: A's end calls carol
+    // directly and office B is out of it.
+    ok(&b203, &["transfer", "carol"]);
+    wait_state(&carol, "connected");
+    wait_connected(&a201);
+    assert_eq!(
+        jstr(&status(&a201), &["call", "peer"]).as_deref(),
+        Some("carol")
+    );
+    assert!(call_state(&b203).is_none());
+    wait_for("B to be out of it", Duration::from_secs(5), || {
+        let calls = b.gw.json(&["calls"]).ok()?;
+        calls["calls"].as_array()?.is_empty().then_some(())
+    });
+    wait_for("audio from carol", Duration::from_secs(5), || {
+        (heard(&a201) > 20.0).then_some(())
+    });
+
+    // A standalone terminal hands on too: carol sends 201 to B/202.
+    ok(&carol, &["transfer", &format!("{B_NUMBER}/202")]);
+    wait_state(&b202, "alerting");
+    ok(&b202, &["answer"]);
+    wait_connected(&a201);
+    wait_connected(&b202);
+    assert!(call_state(&carol).is_none());
+    ok(&a201, &["hangup"]);
+    wait_for("202 to see the hang-up", Duration::from_secs(5), || {
+        call_state(&b202).is_none().then_some(())
+    });
+    // The directory never carried the media.
+    let st = dir.d.json(&["status"]).unwrap();
+    assert_eq!(jnum(&st, &["relay", "bytes"]), Some(0.0), "{st}");
+}
