@@ -58,6 +58,10 @@ pub struct Config {
     /// Whose mailbox takes calls to the office number that nobody answers
     /// (default: the first reception extension, if any).
     pub office_mailbox: Option<String>,
+    /// How the office's outside calls reach the far end (the calls it
+    /// places): `direct`, `direct-then-relay` or `relay` through the
+    /// directory's relay; absent: the directory's rule.
+    pub direct_connect: Option<keyline_proto::dir::DirectPolicy>,
     /// The internet directory the office registers its number with;
     /// absent: the office works on its own (internal calls only).
     pub directory: Option<DirectoryConfig>,
@@ -98,6 +102,7 @@ impl Default for Config {
             reception: Vec::new(),
             hunt_secs: None,
             office_mailbox: None,
+            direct_connect: None,
             directory: None,
         }
     }

@@ -309,14 +309,23 @@ impl Switch {
                 t.task = None;
                 self.trunks.by_dir.insert(connected.call, call);
                 let plan = connected.plan;
+                // The office's own rule for calls it places, else the
+                // directory's.
+                let rule = self.shared.cfg().direct_connect.unwrap_or(plan.policy);
                 if let Some(a) = self.relays.get(&call) {
-                    a.retarget_callee(match plan.relay {
-                        Some(r) => vec![r],
-                        None => plan.peer_candidates.clone(),
+                    a.retarget_callee(match (plan.relay, rule) {
+                        (Some(r), _) => vec![r],
+                        (None, DirectPolicy::Relay) => Vec::new(),
+                        (None, _) => plan.peer_candidates.clone(),
                     });
                 }
-                if plan.relay.is_none() && plan.policy == DirectPolicy::DirectThenRelay {
-                    let (tx, wait) = (self.shared.events.clone(), plan.fallback_after);
+                let wait = match rule {
+                    DirectPolicy::Relay => Some(Duration::ZERO),
+                    DirectPolicy::DirectThenRelay => Some(plan.fallback_after),
+                    DirectPolicy::Direct => None,
+                };
+                if let (None, Some(wait)) = (plan.relay, wait) {
+                    let tx = self.shared.events.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(wait).await;
                         let _ = tx

@@ -876,3 +876,41 @@ fn an_outside_caller_is_handed_on_and_connects_there_directly() {
     let st = dir.d.json(&["status"]).unwrap();
     assert_eq!(jnum(&st, &["relay", "bytes"]), Some(0.0), "{st}");
 }
+
+#[test]
+fn an_office_may_ask_for_the_relay_on_the_calls_it_places() {
+    let scratch = Scratch::new("offices-rule");
+    let dir = directory(
+        &scratch,
+        &[("office-a", A_NUMBER.0), ("office-b", B_NUMBER)],
+        "",
+    );
+    let a = office(
+        &scratch,
+        "a",
+        "office-a",
+        &dir,
+        "direct_connect = \"relay\"\n",
+    );
+    let b = office(&scratch, "b", "office-b", &dir, "");
+    let a201 = a.station("201", "tone:440");
+    let b202 = b.station("202", "tone:880");
+    // The directory's rule is direct-then-relay; office A wants the relay.
+    call_across(&a201, &b202);
+    let st = dir.d.json(&["status"]).unwrap();
+    assert!(jnum(&st, &["relay", "bytes"]).unwrap() > 10_000.0, "{st}");
+    // A bad rule is refused by check-config, naming the field.
+    let bad = scratch.join("bad.toml");
+    std::fs::write(&bad, "direct_connect = \"sometimes\"\n").unwrap();
+    let out = Command::new(bin("keyline-gatewayd"))
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("direct_connect"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
