@@ -205,6 +205,18 @@ fn number_table(store: &dyn Store) -> Result<HashMap<String, NumberInfo>, StoreE
 
 /// Run the directory until SIGTERM or SIGINT.
 pub async fn run(opts: RunOptions) -> Result<()> {
+    serve(opts, None).await
+}
+
+/// Run a directory inside another daemon (a standalone office's gateway):
+/// no systemd notifications or signal handling of its own; it stops when
+/// `stop` changes or its sender is dropped.
+pub async fn run_embedded(opts: RunOptions, stop: watch::Receiver<bool>) -> Result<()> {
+    serve(opts, Some(stop)).await
+}
+
+async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<()> {
+    let embedded = stop.is_some();
     let cfg = opts.config;
     cfg.validate()?;
     let state_dir = keyline_net::statedir::resolve(opts.state.as_deref(), "directory")?;
@@ -274,7 +286,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         })
     };
 
-    {
+    if !embedded {
         let shared = shared.clone();
         lifecycle::spawn_watchdog(move || {
             let shared = shared.clone();
@@ -296,7 +308,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         });
     }
 
-    let mut signals = Signals::new().context("installing signal handlers")?;
     tracing::info!(
         "keyline-directory listening on {local_addr} (QUIC), state in {}, fingerprint {}",
         state_dir.display(),
@@ -307,21 +318,28 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         state_dir.display(),
         shared.cfg().direct_connect.as_str()
     );
-    lifecycle::ready(&status_line(&shared).await);
-
-    let mut status_tick = tokio::time::interval(Duration::from_secs(10));
-    status_tick.tick().await;
-    loop {
-        tokio::select! {
-            sig = signals.recv() => match sig {
-                Signal::Reload => reload(&shared, &opts.overrides).await,
-                Signal::Terminate | Signal::Interrupt => break,
-            },
-            _ = status_tick.tick() => lifecycle::status(&status_line(&shared).await),
+    match stop {
+        Some(mut stop) => {
+            // Embedded: the host daemon owns signals and systemd.
+            let _ = stop.changed().await;
+        }
+        None => {
+            let mut signals = Signals::new().context("installing signal handlers")?;
+            lifecycle::ready(&status_line(&shared).await);
+            let mut status_tick = tokio::time::interval(Duration::from_secs(10));
+            status_tick.tick().await;
+            loop {
+                tokio::select! {
+                    sig = signals.recv() => match sig {
+                        Signal::Reload => reload(&shared, &opts.overrides).await,
+                        Signal::Terminate | Signal::Interrupt => break,
+                    },
+                    _ = status_tick.tick() => lifecycle::status(&status_line(&shared).await),
+                }
+            }
+            lifecycle::stopping("stopping: telling endpoints, flushing storage");
         }
     }
-
-    lifecycle::stopping("stopping: telling endpoints, flushing storage");
     tracing::info!("stopping: ending calls and telling endpoints");
     let (done_tx, done_rx) = oneshot::channel();
     if shared

@@ -65,6 +65,30 @@ pub struct Config {
     /// The internet directory the office registers its number with;
     /// absent: the office works on its own (internal calls only).
     pub directory: Option<DirectoryConfig>,
+    /// A standalone office: the gateway runs a directory itself, registers
+    /// the office number there, and outside terminals register with it.
+    pub embedded_directory: Option<EmbeddedDirectory>,
+}
+
+/// `[embedded_directory]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedDirectory {
+    /// UDP address of the directory (default 0.0.0.0:7480).
+    #[serde(default = "default_embedded_listen")]
+    pub listen: SocketAddr,
+    /// The office number terminals call (set when the directory is first
+    /// made; default "office").
+    #[serde(default = "default_office_number")]
+    pub number: String,
+}
+
+fn default_embedded_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], keyline_proto::dir::DEFAULT_PORT))
+}
+
+fn default_office_number() -> String {
+    "office".into()
 }
 
 /// `[directory]`: where the office number lives.
@@ -104,6 +128,7 @@ impl Default for Config {
             office_mailbox: None,
             direct_connect: None,
             directory: None,
+            embedded_directory: None,
         }
     }
 }
@@ -142,6 +167,14 @@ impl Config {
                 bail!("reception: {ext:?} is not an extension number");
             }
         }
+        if self.directory.is_some() && self.embedded_directory.is_some() {
+            bail!("[directory] and [embedded_directory] exclude each other: pick one");
+        }
+        if let Some(e) = &self.embedded_directory {
+            keyline_proto::number::canonicalize(&e.number).map_err(|err| {
+                anyhow::anyhow!("embedded_directory.number: {:?}: {err}", e.number)
+            })?;
+        }
         if let Some(d) = &self.directory {
             if d.fingerprint.len() != 64 || !d.fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
                 bail!("directory.fingerprint must be the directory's SHA-256 fingerprint (64 hex digits)");
@@ -166,7 +199,7 @@ impl Config {
         keyline_proto::call::Config {
             ring_timeout: self.ring_timeout(),
             voicemail: self.voicemail,
-            outside: self.directory.is_some(),
+            outside: self.directory.is_some() || self.embedded_directory.is_some(),
             extension_range: (lo, hi),
             reception: self.reception.clone(),
             hunt_step: self.hunt_secs.map(Duration::from_secs),

@@ -262,10 +262,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         })
     };
 
-    let uplink = shared
-        .cfg()
-        .directory
-        .map(|d| tokio::spawn(crate::trunk::uplink(shared.clone(), endpoint.clone(), d)));
+    let (embedded, dir_cfg) = match shared.cfg().embedded_directory {
+        Some(e) => {
+            let (task, d) = crate::trunk::start_embedded(&state_dir, &e).await?;
+            (Some(task), Some(d))
+        }
+        None => (None, shared.cfg().directory),
+    };
+    let uplink =
+        dir_cfg.map(|d| tokio::spawn(crate::trunk::uplink(shared.clone(), endpoint.clone(), d)));
 
     lifecycle::ready("0 extensions online, 0 calls in progress");
     {
@@ -292,6 +297,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     accept.abort();
     if let Some(u) = uplink {
         u.abort();
+    }
+    if let Some(e) = embedded {
+        e.stop().await;
     }
     // Give writers a moment to put the goodbyes on the wire.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -851,7 +859,8 @@ impl Switch {
     fn new(shared: Arc<Shared>) -> Result<Switch> {
         let ring_group = shared.db.ring_group()?;
         let mut sb = Switchboard::new(call_config(&shared.cfg(), ring_group.as_ref()));
-        let shared_cfg_has_directory = shared.cfg().directory.is_some();
+        let shared_cfg_has_directory =
+            shared.cfg().directory.is_some() || shared.cfg().embedded_directory.is_some();
         sb.set_next_call_id(shared.db.max_call_id()? + 1);
         for row in shared.db.agents()? {
             if let (Some(ext), "approved") = (&row.ext, row.state.as_str()) {

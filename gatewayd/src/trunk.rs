@@ -113,6 +113,114 @@ impl Trunks {
     }
 }
 
+/// The directory a standalone office runs itself.
+pub struct Embedded {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Embedded {
+    /// Stop it: endpoints are told, the database flushed.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.task).await;
+    }
+}
+
+/// The embedded directory's account for the office itself.
+const OFFICE_ACCOUNT: &str = "office";
+
+/// Start the embedded directory (state under `STATE/directory`): on first
+/// start it makes the `office` account with `e.number` and a random
+/// password kept beside it (0600). Returns it and how the uplink reaches it.
+pub async fn start_embedded(
+    state_dir: &std::path::Path,
+    e: &crate::config::EmbeddedDirectory,
+) -> Result<(Embedded, DirectoryConfig)> {
+    let dir = state_dir.join("directory");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pw_file = dir.join("office.password");
+    let (dir2, pw2, number) = (dir.clone(), pw_file.clone(), e.number.clone());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let store = keyline_directory::server::open_store(&dir2)?;
+        let account = store.account(OFFICE_ACCOUNT)?;
+        if account.is_some() && pw2.exists() {
+            return Ok(());
+        }
+        let mut secret = [0u8; 24];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut secret);
+        let pw = hex::encode(secret);
+        let hash = keyline_directory::auth::hash_password(&pw)?;
+        let number = keyline_proto::number::canonicalize(&number)
+            .map_err(|err| anyhow::anyhow!("embedded_directory.number: {err}"))?;
+        match account {
+            Some(_) => store.set_password(OFFICE_ACCOUNT, &hash, None)?,
+            None => store.add_account(
+                OFFICE_ACCOUNT,
+                &hash,
+                &[number],
+                keyline_directory::store::now_ms(),
+            )?,
+        }
+        write_secret(&pw2, &pw)
+    })
+    .await
+    .context("preparing the embedded directory")??;
+    let fingerprint = keyline_net::Identity::load_or_create(&dir, "keyline-directory")?.fingerprint;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let opts = keyline_directory::server::RunOptions {
+        state: Some(dir.clone()),
+        config: keyline_directory::config::Config {
+            listen: e.listen,
+            ..keyline_directory::config::Config::default()
+        },
+        config_file: None,
+        overrides: keyline_directory::server::Overrides::default(),
+    };
+    let task = tokio::spawn(async move {
+        if let Err(err) = keyline_directory::server::run_embedded(opts, stop_rx).await {
+            tracing::error!("the embedded directory stopped: {err:#}");
+        }
+    });
+    let host = match e.listen.ip() {
+        ip if !ip.is_unspecified() => ip,
+        IpAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    };
+    tracing::info!(
+        "embedded directory on {} (fingerprint {fingerprint}); office number {}",
+        e.listen,
+        e.number
+    );
+    Ok((
+        Embedded { stop, task },
+        DirectoryConfig {
+            address: SocketAddr::new(host, e.listen.port()).to_string(),
+            fingerprint,
+            account: OFFICE_ACCOUNT.into(),
+            password_file: pw_file,
+            numbers: Vec::new(),
+        },
+    ))
+}
+
+fn write_secret(path: &std::path::Path, secret: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    writeln!(f, "{secret}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
 /// Keep the office registered with the directory: connect, log in,
 /// register, pass events on; on loss, wait (1 s doubling to 30 s) and
 /// start again.

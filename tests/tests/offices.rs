@@ -531,7 +531,8 @@ fn offices_register_again_after_the_directory_crashes() {
 }
 
 /// A standalone terminal logged in as `account`, answering by itself.
-fn terminal(scratch: &Scratch, dir: &Directory, account: &str) -> Daemon {
+fn terminal(scratch: &Scratch, dir: (&str, &str), account: &str) -> Daemon {
+    let (addr, fp) = dir;
     let pw = scratch.join(&format!("{account}.password"));
     std::fs::write(&pw, format!("{PW}\n")).unwrap();
     let d = Daemon::start(
@@ -541,9 +542,9 @@ fn terminal(scratch: &Scratch, dir: &Directory, account: &str) -> Daemon {
         &[
             "terminal",
             "--directory",
-            &dir.addr,
+            addr,
             "--directory-fp",
-            &dir.fp,
+            fp,
             "--account",
             account,
             "--password-file",
@@ -577,7 +578,7 @@ fn forwards_and_transfers_reach_outside_numbers() {
     );
     let a = office(&scratch, "a", "office-a", &dir, "");
     let b = office(&scratch, "b", "office-b", &dir, "");
-    let carol = terminal(&scratch, &dir, "carol");
+    let carol = terminal(&scratch, (&dir.addr, &dir.fp), "carol");
     let a201 = a.station("201", "tone:440");
     let a202 = a.station("202", "tone:660");
     let b202 = b.station("202", "tone:880");
@@ -652,7 +653,7 @@ fn texts_reach_outside_numbers_and_the_office() {
     let b = office(&scratch, "b", "office-b", &dir, "reception = [\"202\"]\n");
     let b202 = b.station("202", "silence");
     let b203 = b.station("203", "silence");
-    let carol = terminal(&scratch, &dir, "carol");
+    let carol = terminal(&scratch, (&dir.addr, &dir.fp), "carol");
 
     // A station texts an outside number: the directory delivers it, from
     // the office number.
@@ -815,7 +816,7 @@ fn an_outside_caller_is_handed_on_and_connects_there_directly() {
     );
     let a = office(&scratch, "a", "office-a", &dir, "");
     let b = office(&scratch, "b", "office-b", &dir, "reception = [\"202\"]\n");
-    let carol = terminal(&scratch, &dir, "carol");
+    let carol = terminal(&scratch, (&dir.addr, &dir.fp), "carol");
     let a201 = a.station("201", "tone:440");
     let b202 = b.station("202", "tone:880");
     let b203 = b.station("203", "tone:990");
@@ -913,4 +914,84 @@ fn an_office_may_ask_for_the_relay_on_the_calls_it_places() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_standalone_office_runs_its_own_directory_for_outside_terminals() {
+    let scratch = Scratch::new("offices-embedded");
+    let base = scratch.join("solo");
+    std::fs::create_dir_all(&base).unwrap();
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let dir_listen = format!("127.0.0.1:{}", free_udp_port());
+    let cfg = base.join("gatewayd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"{listen}\"\nmdns = false\n\n[embedded_directory]\n\
+             listen = \"{dir_listen}\"\nnumber = \"Front Desk\"\n"
+        ),
+    )
+    .unwrap();
+    let gw = Daemon::start(
+        None,
+        bin("keyline-gatewayd"),
+        &base.join("gw"),
+        &["run", "--config", cfg.to_str().unwrap()],
+    )
+    .unwrap();
+    wait_for("the office to register", Duration::from_secs(20), || {
+        let st = gw.json(&["status"]).ok()?;
+        (jstr(&st, &["directory", "state"])? == "registered").then_some(())
+    });
+    // The admin gives an outside user an account on the office's directory.
+    let dir_state = base.join("gw").join("directory");
+    let mut child = Command::new(bin("keyline-directory"))
+        .arg("--state")
+        .arg(&dir_state)
+        .args(["user", "add", "carol", "--number", "carol"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{PW}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = Command::new(bin("keyline-directory"))
+        .arg("--state")
+        .arg(&dir_state)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let st: Value = serde_json::from_slice(&st.stdout).unwrap();
+    let fp = jstr(&st, &["fingerprint"]).unwrap();
+    let carol = terminal(&scratch, (&dir_listen, &fp), "carol");
+    let office = Office {
+        gw,
+        listen,
+        dir: base,
+    };
+    let s201 = office.station("201", "tone:440");
+
+    // Carol calls the office number; the station answers.
+    ok(&carol, &["dial", "Front Desk"]);
+    wait_state(&s201, "alerting");
+    ok(&s201, &["answer"]);
+    wait_state(&carol, "connected");
+    wait_connected(&s201);
+    ok(&carol, &["hangup"]);
+    wait_for(
+        "the station to see the hang-up",
+        Duration::from_secs(5),
+        || call_state(&s201).is_none().then_some(()),
+    );
+    // And the office calls carol.
+    ok(&s201, &["dial", "carol"]);
+    wait_state(&carol, "connected");
+    wait_connected(&s201);
+    ok(&s201, &["hangup"]);
 }
