@@ -314,6 +314,30 @@ pub struct Call {
     pub hunt: Vec<String>,
 }
 
+impl Call {
+    /// A call in `state` between `caller` and `callee`, with nothing else
+    /// going on (no hold, transfer, consultation, group or hunt).
+    fn new(id: CallId, caller: String, callee: String, started: Instant, state: CallState) -> Call {
+        Call {
+            id,
+            caller,
+            callee,
+            started,
+            state,
+            rang: Vec::new(),
+            held_by: None,
+            replaces: None,
+            transfer: None,
+            consult_of: None,
+            consulting: None,
+            also: Vec::new(),
+            dial_req: None,
+            group: false,
+            hunt: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Line {
     online: bool,
@@ -493,21 +517,14 @@ impl Switchboard {
                 self.calls.insert(
                     id,
                     Call {
-                        id,
-                        caller: caller.to_string(),
-                        callee: number.to_string(),
-                        started: now,
-                        state: CallState::Voicemail { at: now },
                         rang: vec![number.to_string()],
-                        held_by: None,
-                        replaces: None,
-                        transfer: None,
-                        consult_of: None,
-                        consulting: None,
-                        also: Vec::new(),
-                        dial_req: None,
-                        group: false,
-                        hunt: Vec::new(),
+                        ..Call::new(
+                            id,
+                            caller.to_string(),
+                            number.to_string(),
+                            now,
+                            CallState::Voicemail { at: now },
+                        )
                     },
                 );
                 if let Some(l) = self.lines.get_mut(caller) {
@@ -575,21 +592,14 @@ impl Switchboard {
         self.calls.insert(
             id,
             Call {
-                id,
-                caller: caller.to_string(),
-                callee: number.to_string(),
-                started: now,
-                state: CallState::Ringing { deadline },
-                rang,
-                held_by: None,
-                replaces: None,
-                transfer: None,
-                consult_of: None,
-                consulting: None,
-                also: Vec::new(),
-                dial_req: None,
-                group: false,
-                hunt: Vec::new(),
+                rang: rang,
+                ..Call::new(
+                    id,
+                    caller.to_string(),
+                    number.to_string(),
+                    now,
+                    CallState::Ringing { deadline },
+                )
             },
         );
         for ext in [caller, number] {
@@ -648,23 +658,16 @@ impl Switchboard {
         self.calls.insert(
             id,
             Call {
-                id,
-                caller: caller.to_string(),
-                callee: trunk.clone(),
-                started: now,
-                state: CallState::Ringing {
-                    deadline: now + self.config.ring_timeout,
-                },
-                rang: Vec::new(),
-                held_by: None,
-                replaces: None,
-                transfer: None,
-                consult_of: None,
-                consulting: None,
-                also: Vec::new(),
                 dial_req: Some(req),
-                group: false,
-                hunt: Vec::new(),
+                ..Call::new(
+                    id,
+                    caller.to_string(),
+                    trunk.clone(),
+                    now,
+                    CallState::Ringing {
+                        deadline: now + self.config.ring_timeout,
+                    },
+                )
             },
         );
         self.actions.push_back(Action::Ring {
@@ -703,25 +706,15 @@ impl Switchboard {
         }
         self.calls.insert(
             new,
-            Call {
-                id: new,
-                caller: station.clone(),
-                callee: trunk.clone(),
-                started: now,
-                state: CallState::Ringing {
+            Call::new(
+                new,
+                station.clone(),
+                trunk.clone(),
+                now,
+                CallState::Ringing {
                     deadline: now + self.config.ring_timeout,
                 },
-                rang: Vec::new(),
-                held_by: None,
-                replaces: None,
-                transfer: None,
-                consult_of: None,
-                consulting: None,
-                also: Vec::new(),
-                dial_req: None,
-                group: false,
-                hunt: Vec::new(),
-            },
+            ),
         );
         self.actions.push_back(Action::Replaced {
             to: station.clone(),
@@ -840,21 +833,14 @@ impl Switchboard {
                 self.calls.insert(
                     id,
                     Call {
-                        id,
-                        caller: trunk.to_string(),
-                        callee: mb.clone(),
-                        started: now,
-                        state: CallState::Voicemail { at: now },
-                        rang: Vec::new(),
-                        held_by: None,
-                        replaces: None,
-                        transfer: None,
-                        consult_of: None,
-                        consulting: None,
-                        also: Vec::new(),
-                        dial_req: None,
                         group: true,
-                        hunt: Vec::new(),
+                        ..Call::new(
+                            id,
+                            trunk.to_string(),
+                            mb.clone(),
+                            now,
+                            CallState::Voicemail { at: now },
+                        )
                     },
                 );
                 if let Some(l) = self.lines.get_mut(trunk) {
@@ -924,23 +910,18 @@ impl Switchboard {
         self.calls.insert(
             id,
             Call {
-                id,
-                caller: trunk.to_string(),
-                callee,
-                started: now,
-                state: CallState::Ringing {
-                    deadline: now + step,
-                },
-                rang: Vec::new(),
-                held_by: None,
-                replaces: None,
-                transfer: None,
-                consult_of: None,
-                consulting: None,
                 also: group,
-                dial_req: None,
                 group: true,
-                hunt,
+                hunt: hunt,
+                ..Call::new(
+                    id,
+                    trunk.to_string(),
+                    callee,
+                    now,
+                    CallState::Ringing {
+                        deadline: now + step,
+                    },
+                )
             },
         );
     }
@@ -1200,23 +1181,17 @@ impl Switchboard {
         self.calls.insert(
             leg,
             Call {
-                id: leg,
-                caller: other.clone(),
-                callee: target.clone(),
-                started: now,
-                state: CallState::Ringing {
-                    deadline: now + self.config.ring_timeout,
-                },
-                rang,
-                held_by: None,
+                rang: rang,
                 replaces: Some(id),
-                transfer: None,
-                consult_of: None,
-                consulting: None,
-                also: Vec::new(),
-                dial_req: None,
-                group: false,
-                hunt: Vec::new(),
+                ..Call::new(
+                    leg,
+                    other.clone(),
+                    target.clone(),
+                    now,
+                    CallState::Ringing {
+                        deadline: now + self.config.ring_timeout,
+                    },
+                )
             },
         );
         if let Some(l) = self.lines.get_mut(&target) {
@@ -1302,23 +1277,17 @@ impl Switchboard {
         self.calls.insert(
             c2,
             Call {
-                id: c2,
-                caller: by.to_string(),
-                callee: target.clone(),
-                started: now,
-                state: CallState::Ringing {
-                    deadline: now + self.config.ring_timeout,
-                },
-                rang,
-                held_by: None,
-                replaces: None,
-                transfer: None,
+                rang: rang,
                 consult_of: Some(id),
-                consulting: None,
-                also: Vec::new(),
-                dial_req: None,
-                group: false,
-                hunt: Vec::new(),
+                ..Call::new(
+                    c2,
+                    by.to_string(),
+                    target.clone(),
+                    now,
+                    CallState::Ringing {
+                        deadline: now + self.config.ring_timeout,
+                    },
+                )
             },
         );
         if let Some(l) = self.lines.get_mut(&target) {
