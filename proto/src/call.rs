@@ -592,7 +592,7 @@ impl Switchboard {
         self.calls.insert(
             id,
             Call {
-                rang: rang,
+                rang,
                 ..Call::new(
                     id,
                     caller.to_string(),
@@ -912,7 +912,7 @@ impl Switchboard {
             Call {
                 also: group,
                 group: true,
-                hunt: hunt,
+                hunt,
                 ..Call::new(
                     id,
                     trunk.to_string(),
@@ -1181,7 +1181,7 @@ impl Switchboard {
         self.calls.insert(
             leg,
             Call {
-                rang: rang,
+                rang,
                 replaces: Some(id),
                 ..Call::new(
                     leg,
@@ -1277,7 +1277,7 @@ impl Switchboard {
         self.calls.insert(
             c2,
             Call {
-                rang: rang,
+                rang,
                 consult_of: Some(id),
                 ..Call::new(
                     c2,
