@@ -622,23 +622,7 @@ impl Switch {
                 .client
                 .clone()
                 .context("the office is not connected to its directory")?;
-            let st = self.stations.get(caller).context("the caller is gone")?;
-            let fp = keyline_net::peer_fingerprint(&st.conn).context("caller certificate")?;
-            let lan_ip = st
-                .conn
-                .local_ip()
-                .filter(|ip| !ip.is_unspecified())
-                .unwrap_or(self.shared.local_addr.ip());
-            let alloc = relay::allocate_open(
-                self.shared.relay.clone(),
-                st.conn.remote_address(),
-                lan_ip,
-                Vec::new(),
-                outside_ip,
-            )
-            .context("allocating the forwarder")?;
-            let port = alloc.callee_facing;
-            self.relays.insert(call, alloc);
+            let (fp, port) = self.open_forwarder(call, caller, Vec::new(), outside_ip)?;
             Ok((client, port, fp))
         })();
         let (client, port, fp) = match res {
@@ -757,6 +741,37 @@ impl Switch {
         }
     }
 
+    /// Open call `call`'s forwarder allocation between station `ext` and
+    /// the outside (towards `far`, or nowhere yet). Returns the station's
+    /// certificate fingerprint, which the gateway vouches for, and the
+    /// allocation's outside port.
+    fn open_forwarder(
+        &mut self,
+        call: CallId,
+        ext: &str,
+        far: Vec<SocketAddr>,
+        outside_ip: IpAddr,
+    ) -> Result<(String, SocketAddr)> {
+        let st = self.stations.get(ext).context("the station is gone")?;
+        let fp = keyline_net::peer_fingerprint(&st.conn).context("station certificate")?;
+        let lan_ip = st
+            .conn
+            .local_ip()
+            .filter(|ip| !ip.is_unspecified())
+            .unwrap_or(self.shared.local_addr.ip());
+        let alloc = relay::allocate_open(
+            self.shared.relay.clone(),
+            st.conn.remote_address(),
+            lan_ip,
+            far,
+            outside_ip,
+        )
+        .context("allocating the forwarder")?;
+        let port = alloc.callee_facing;
+        self.relays.insert(call, alloc);
+        Ok((fp, port))
+    }
+
     /// Both ends of an outside call are set: give the station its plan.
     pub(crate) fn connect_outside(
         &mut self,
@@ -774,7 +789,6 @@ impl Switch {
             .calls
             .get(&call)
             .with_context(|| format!("no outside call for {line}"))?;
-        let st = self.stations.get(station).context("the station is gone")?;
         if let Some(plan) = &t.plan {
             // We called out and the far end answered: the station dials
             // through the forwarder.
@@ -798,27 +812,11 @@ impl Switch {
             .clone()
             .context("the office is not connected to its directory")?;
         let dc = t.dir_call.context("no directory call")?;
-        let fp = keyline_net::peer_fingerprint(&st.conn).context("station certificate")?;
-        let lan_ip = st
-            .conn
-            .local_ip()
-            .filter(|ip| !ip.is_unspecified())
-            .unwrap_or(self.shared.local_addr.ip());
-        let alloc = relay::allocate_open(
-            self.shared.relay.clone(),
-            st.conn.remote_address(),
-            lan_ip,
-            t.caller_candidates.clone(),
-            outside_ip,
-        )
-        .context("allocating the forwarder")?;
+        let (caller_fp, candidates) = (t.caller_fp.clone(), t.caller_candidates.clone());
+        let (fp, port) = self.open_forwarder(call, station, candidates, outside_ip)?;
         tracing::debug!(
-            "call {call}: answering {dc} for {station} ({}), forwarder {}",
-            t.caller_fp,
-            alloc.callee_facing
+            "call {call}: answering {dc} for {station} ({caller_fp}), forwarder {port}"
         );
-        let port = alloc.callee_facing;
-        self.relays.insert(call, alloc);
         let tx = self.shared.events.clone();
         tokio::spawn(async move {
             let ev = match client.answer_for(dc, Some(fp), vec![port]).await {
