@@ -1146,7 +1146,13 @@ async fn connect_any(
         });
     }
     let mut errors = Vec::new();
-    let deadline = tokio::time::sleep(plan.fallback_after);
+    // A look-up's callee answers only once its user does.
+    let wait = if plan.call == 0 {
+        plan.fallback_after + LOOKUP_RING_TIMEOUT
+    } else {
+        plan.fallback_after
+    };
+    let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
@@ -1157,7 +1163,7 @@ async fn connect_any(
                 None => break,
             },
             _ = &mut deadline => {
-                errors.push(format!("no answer within {:?}", plan.fallback_after));
+                errors.push(format!("no answer within {wait:?}"));
                 break;
             }
         }
@@ -1165,8 +1171,15 @@ async fn connect_any(
     Err(MediaError::Failed(errors.join("; ")))
 }
 
+/// How long the caller of a look-up-only call (`plan.call == 0`) waits for
+/// `MediaOk`: the callee's endpoint rings itself and answers only when its
+/// user does (or gives up after its own ring timeout, as long as this).
+pub const LOOKUP_RING_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Connect to `addr`, verify the peer by fingerprint (the client config
-/// pins it) and exchange `MediaHello`/`MediaOk`.
+/// pins it) and exchange `MediaHello`/`MediaOk`, all within `timeout`; for
+/// a look-up-only plan, the handshake within `timeout` and then `MediaOk`
+/// within [`LOOKUP_RING_TIMEOUT`].
 async fn connect_media(
     endpoint: &quinn::Endpoint,
     cfg: quinn::ClientConfig,
@@ -1175,13 +1188,14 @@ async fn connect_media(
     timeout: Duration,
 ) -> Result<quinn::Connection, MediaError> {
     let fail = |e: &dyn std::fmt::Display| MediaError::Failed(e.to_string());
+    let started = tokio::time::Instant::now();
     let fut = async {
         let conn = endpoint
             .connect_with(cfg, addr, endpoint::SERVER_NAME)
             .map_err(|e| fail(&e))?
             .await
             .map_err(|e| fail(&e))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(&e))?;
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| fail(&e))?;
         write_frame(
             &mut send,
             &Msg::MediaHello {
@@ -1192,18 +1206,40 @@ async fn connect_media(
         )
         .await
         .map_err(|e| fail(&e))?;
+        Ok::<_, MediaError>((conn, send, recv))
+    };
+    // `_send` stays open until the answer is in, as before.
+    let (conn, _send, mut recv) = tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| MediaError::Failed(format!("no answer from {addr} within {timeout:?}")))??;
+    let wait = if plan.call == 0 {
+        LOOKUP_RING_TIMEOUT
+    } else {
+        timeout.saturating_sub(started.elapsed())
+    };
+    let answer = async {
+        // Why the other end closed (a look-up's callee declining, say).
+        let lost = |e: &dyn std::fmt::Display| match conn.close_reason() {
+            Some(why) => MediaError::Failed(format!("{e}: {why}")),
+            None => fail(e),
+        };
         let body = read_frame(&mut recv, MAX_MESSAGE)
             .await
-            .map_err(|e| fail(&e))?
+            .map_err(|e| lost(&e))?
             .ok_or(MediaError::BadCredential)?;
         match Msg::from_cbor(&body) {
-            Ok(Msg::MediaOk { call }) if call == plan.call => Ok(conn),
+            Ok(Msg::MediaOk { call }) if call == plan.call => Ok(()),
             _ => Err(MediaError::BadCredential),
         }
     };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| MediaError::Failed(format!("no answer from {addr} within {timeout:?}")))?
+    tokio::time::timeout(wait, answer).await.map_err(|_| {
+        MediaError::Failed(if plan.call == 0 {
+            format!("{addr} did not answer within {LOOKUP_RING_TIMEOUT:?}")
+        } else {
+            format!("no answer from {addr} within {timeout:?}")
+        })
+    })??;
+    Ok(conn)
 }
 
 /// On the answering end: check that an incoming connection is the peer

@@ -118,7 +118,13 @@ pub enum Cmd {
         json: bool,
     },
     /// Call a number or extension.
-    Dial { number: String },
+    Dial {
+        number: String,
+        /// Look-up only (standalone terminal): ask the directory only where
+        /// NUMBER is and connect straight to its endpoint, which rings itself.
+        #[arg(long)]
+        lookup: bool,
+    },
     /// Answer the ringing call.
     Answer,
     /// End the call (or decline a ringing one).

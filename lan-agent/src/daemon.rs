@@ -1415,6 +1415,9 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
             let Some(number) = req.get("number").and_then(Value::as_str) else {
                 return control::error("dial needs a number");
             };
+            if req.get("lookup").and_then(Value::as_bool) == Some(true) {
+                return control::error("look-up-only calls (dial --lookup) are for standalone terminals (keyline-agent terminal); an office station calls through its gateway");
+            }
             // Codes the station handles itself, in a call or not.
             let in_call = agent.lock().call.is_some();
             if number == "*97" {

@@ -128,7 +128,13 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
     let sock = control::socket_path(&dir);
     let req = match &cmd {
         Cmd::Status { .. } => json!({"cmd": "status"}),
-        Cmd::Dial { number } => json!({"cmd": "dial", "number": number}),
+        Cmd::Dial { number, lookup } => {
+            if *lookup {
+                json!({"cmd": "dial", "number": number, "lookup": true})
+            } else {
+                json!({"cmd": "dial", "number": number})
+            }
+        }
         Cmd::Answer => json!({"cmd": "answer"}),
         Cmd::Hangup => json!({"cmd": "hangup"}),
         Cmd::Message { number, text } => {
@@ -166,8 +172,16 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
     match &cmd {
         Cmd::Status { json: true } => println!("{}", serde_json::to_string_pretty(&reply)?),
         Cmd::Status { json: false } => print_status(&reply),
-        Cmd::Dial { number } => {
-            if let Some(f) = reply.get("feature").and_then(Value::as_str) {
+        Cmd::Dial { number, .. } => {
+            if reply.get("lookup").and_then(Value::as_bool) == Some(true) {
+                println!(
+                    "ringing {} (look-up only: connected straight to its endpoint)",
+                    reply
+                        .get("callee")
+                        .and_then(Value::as_str)
+                        .unwrap_or(number)
+                );
+            } else if let Some(f) = reply.get("feature").and_then(Value::as_str) {
                 println!("{f}");
             } else if let Some(secs) = reply.get("seconds").and_then(Value::as_f64) {
                 println!("playing {secs:.1} s of voicemail");

@@ -13,6 +13,13 @@
 //! the other end hears the music), `message` (a text left with the
 //! directory), `messages` (texts and voice mail delivered by the
 //! directory, kept on disk), `voicemail list|play`.
+//!
+//! Look-up-only calls (claim 3): `dial --lookup` only asks the directory
+//! where the callee is (`DirClient::lookup`) and connects its media
+//! straight there; the callee's endpoint, told by the directory to expect
+//! us (`Event::Expect`), rings itself and holds our connection without
+//! answering `MediaHello` until its user answers. Such a call has no
+//! directory call id: hanging up is closing the media connection.
 
 mod mailbox;
 
@@ -69,6 +76,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(15);
 const ADDRESS_CHECK: Duration = Duration::from_secs(5);
 /// An answered call whose media is not up by then is given up.
 const MEDIA_DEADLINE: Duration = Duration::from_secs(15);
+/// An unanswered look-up-only call rings this long (the caller waits as
+/// long: `keyline_directory::client::LOOKUP_RING_TIMEOUT`).
+const LOOKUP_RING_TIMEOUT: Duration = keyline_directory::client::LOOKUP_RING_TIMEOUT;
 
 /// The call in progress.
 #[derive(Debug)]
@@ -94,6 +104,10 @@ struct Call {
     relayed: bool,
     /// Dropping it cancels the outgoing call's task (and so the call).
     cancel: Option<oneshot::Sender<()>>,
+    /// A look-up-only call (claim 3): no directory call id.
+    lookup: bool,
+    /// For an incoming look-up-only call: the plan the caller connects with.
+    plan: Option<MediaPlan>,
 }
 
 impl Call {
@@ -114,6 +128,8 @@ impl Call {
             media_started_unix_ms: None,
             relayed: false,
             cancel: None,
+            lookup: false,
+            plan: None,
         }
     }
 
@@ -154,6 +170,9 @@ struct State {
     /// trying several of our addresses at once keeps one and closes the
     /// others); used if the session's own connection closes.
     spare: Vec<quinn::Connection>,
+    /// Media connections of a ringing look-up-only call, held unanswered
+    /// (no `MediaOk`) until our user answers.
+    held: Vec<quinn::Connection>,
     ringer: Option<JoinHandle<()>>,
     auto_answer: Option<JoinHandle<()>>,
     media_timer: Option<JoinHandle<()>>,
@@ -291,6 +310,7 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
             next_seq: 0,
             session: None,
             spare: Vec::new(),
+            held: Vec::new(),
             ringer: None,
             auto_answer: None,
             media_timer: None,
@@ -658,13 +678,12 @@ fn on_event(t: &Arc<Terminal>, client: &DirClient, ev: Event) {
                 st.link.error = Some(format!("{} unbound: {reason}", numbers.join(", ")));
             }
         }
-        Event::Expect { from, number, .. } => {
-            // A look-up-only caller (claim 3) would connect straight to us;
-            // this terminal takes calls placed through the directory only.
-            tracing::info!(
-                "{from} looked up {number}; look-up-only calls are not taken by this terminal"
-            );
-        }
+        Event::Expect {
+            from,
+            number,
+            ext,
+            plan,
+        } => on_expect(t, from, number, ext, plan),
         Event::Error { code, message } => tracing::warn!("directory error {code:?}: {message}"),
         Event::Disconnected { .. } | Event::GoingAway { .. } => {}
     }
@@ -766,6 +785,9 @@ async fn answer(t: &Arc<Terminal>, auto: bool) -> Value {
         };
         if c.direction != Direction::In || c.state != "alerting" {
             return control::error("no call is ringing");
+        }
+        if c.lookup {
+            return answer_lookup(t, &mut st, auto);
         }
         let (Some(call), seq) = (c.id, c.seq) else {
             return control::error("no call is ringing");
@@ -1047,6 +1069,244 @@ fn on_progress(t: &Arc<Terminal>, seq: u64, p: Progress, reply: &mut Option<Dial
     }
 }
 
+/// Why a look-up-only call's held connection is closed unanswered.
+const LOOKUP_DECLINED: &[u8] = b"declined";
+const LOOKUP_NO_ANSWER: &[u8] = b"no answer";
+
+/// The directory says a look-up-only caller (claim 3) will connect
+/// straight to us: ring here, and hold its media connection until our user
+/// answers.
+fn on_expect(
+    t: &Arc<Terminal>,
+    from: String,
+    number: String,
+    ext: Option<String>,
+    plan: MediaPlan,
+) {
+    let mut st = t.lock();
+    if st.call.is_some() {
+        // Its connection finds no call expecting it and is refused.
+        println!("look-up-only call from {from} to {number} refused: busy");
+        return;
+    }
+    if let Some(p) = st.playback.take() {
+        p.abort();
+    }
+    println!(
+        "incoming look-up-only call from {from} to {number}{}",
+        ext.map(|e| format!(" (extension {e}: a terminal has none)"))
+            .unwrap_or_default()
+    );
+    st.next_seq += 1;
+    let seq = st.next_seq;
+    let mut c = Call::new(seq, None, from, Direction::In);
+    c.number = Some(number);
+    c.lookup = true;
+    c.plan = Some(plan.clone());
+    st.call = Some(c);
+    st.ringer = Some(t.audio.ring());
+    let t2 = t.clone();
+    // The ring timeout (the media deadline replaces it on answer).
+    if let Some(old) = st.media_timer.replace(tokio::spawn(async move {
+        tokio::time::sleep(LOOKUP_RING_TIMEOUT).await;
+        let mut st = t2.lock();
+        if st
+            .call
+            .as_ref()
+            .is_some_and(|c| c.seq == seq && c.state == "alerting")
+        {
+            st.media_timer = None;
+            for h in st.held.drain(..) {
+                h.close(quinn::VarInt::from_u32(3), LOOKUP_NO_ANSWER);
+            }
+            println!("look-up-only call not answered within {LOOKUP_RING_TIMEOUT:?}");
+            end_call(&t2, &mut st, "no-answer");
+        }
+    })) {
+        old.abort();
+    }
+    if let Some(secs) = t.opts.auto_answer {
+        let t2 = t.clone();
+        st.auto_answer = Some(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let _ = answer(&t2, true).await;
+        }));
+    }
+    t.expect.send_replace(Some((seq, plan)));
+}
+
+/// A verified look-up caller's connection while our end still rings: keep
+/// it without answering `MediaHello`; the call ends if the caller gives up
+/// (closes it). `false`: the call is answered already (accept it now).
+fn hold_lookup_connection(t: &Arc<Terminal>, seq: u64, conn: &quinn::Connection) -> bool {
+    let mut st = t.lock();
+    let ringing = st
+        .call
+        .as_ref()
+        .is_some_and(|c| c.seq == seq && c.lookup && c.state == "alerting");
+    if !ringing {
+        return false;
+    }
+    st.held.push(conn.clone());
+    let (t, conn) = (t.clone(), conn.clone());
+    tokio::spawn(async move {
+        let why = conn.closed().await;
+        let mut st = t.lock();
+        st.held.retain(|c| c.stable_id() != conn.stable_id());
+        let ringing = st
+            .call
+            .as_ref()
+            .is_some_and(|c| c.seq == seq && c.state == "alerting");
+        if ringing && st.held.is_empty() {
+            let peer = st.call.as_ref().map(|c| c.peer.clone()).unwrap_or_default();
+            println!("{peer} gave up the look-up-only call ({why})");
+            end_call(&t, &mut st, "cancelled");
+        }
+    });
+    true
+}
+
+/// Answer a ringing look-up-only call: answer `MediaHello` on the held
+/// connections (the first verified one carries the call), or accept the
+/// caller's connection as soon as it comes.
+fn answer_lookup(t: &Arc<Terminal>, st: &mut State, auto: bool) -> Value {
+    let Some(c) = st.call.as_mut() else {
+        return control::error("no call is ringing");
+    };
+    let Some(plan) = c.plan.clone() else {
+        return control::error("no call is ringing");
+    };
+    let seq = c.seq;
+    c.state = "connecting";
+    c.answered_at = Some(Instant::now());
+    if let Some(a) = st.auto_answer.take() {
+        if !auto {
+            a.abort();
+        }
+    }
+    if let Some(r) = st.ringer.take() {
+        r.abort();
+    }
+    arm_media_deadline(t, st, seq, 0);
+    for conn in st.held.drain(..) {
+        let (t, plan) = (t.clone(), plan.clone());
+        tokio::spawn(async move {
+            let remote = conn.remote_address();
+            match accept_media(conn, &plan).await {
+                Ok(conn) => install_session(&t, seq, 0, Ok((conn, false))),
+                Err(e) => tracing::info!("look-up media connection from {remote} failed: {e}"),
+            }
+        });
+    }
+    json!({"ok": true, "call": Value::Null, "lookup": true})
+}
+
+/// Place a look-up-only call (claim 3): ask the directory only where
+/// `number` is, then connect straight to its endpoint, which rings itself.
+/// Replies once the callee rings (or the look-up failed).
+async fn dial_lookup(t: &Arc<Terminal>, number: &str) -> Value {
+    let (client, seq) = {
+        let mut st = t.lock();
+        if st.call.is_some() {
+            return control::error("already in a call; hang up first");
+        }
+        let Some(client) = st.client.clone() else {
+            return control::error(match &st.link.error {
+                Some(e) => format!("not connected to the directory ({e})"),
+                None => "not connected to the directory yet".to_string(),
+            });
+        };
+        if let Some(p) = st.playback.take() {
+            p.abort();
+        }
+        st.next_seq += 1;
+        let seq = st.next_seq;
+        let mut c = Call::new(seq, None, number.to_string(), Direction::Out);
+        c.lookup = true;
+        st.call = Some(c);
+        (client, seq)
+    };
+    let found = tokio::time::timeout(Duration::from_secs(20), client.lookup(number)).await;
+    let found = match found {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => {
+            let ended = match e.code() {
+                Some(ErrorCode::UnknownNumber) => "unknown",
+                Some(ErrorCode::Unreachable) => "offline",
+                _ => "failed",
+            };
+            let mut st = t.lock();
+            if st.call.as_ref().is_some_and(|c| c.seq == seq) {
+                end_call(t, &mut st, ended);
+            }
+            return control::error(format!("cannot look up {number}: {e}"));
+        }
+        Err(_) => {
+            let mut st = t.lock();
+            if st.call.as_ref().is_some_and(|c| c.seq == seq) {
+                end_call(t, &mut st, "failed");
+            }
+            return control::error("the directory did not answer the look-up");
+        }
+    };
+    let cancel = {
+        let mut st = t.lock();
+        let Some(c) = st.call.as_mut().filter(|c| c.seq == seq) else {
+            return control::error(format!("the call to {number} was given up"));
+        };
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        c.cancel = Some(cancel_tx);
+        c.peer = found.number.clone();
+        c.via = found.via.clone();
+        c.state = "ringing";
+        c.ringing_at = Some(Instant::now());
+        if st.ringer.is_none() {
+            st.ringer = Some(t.audio.ringback());
+        }
+        cancel_rx
+    };
+    println!(
+        "{} found; connecting straight to it (look-up only)",
+        found.number
+    );
+    let t2 = t.clone();
+    let plan = found.plan;
+    let callee = found.number.clone();
+    tokio::spawn(async move {
+        let mut cancel = cancel;
+        // Hung up while it rings: dropping the connection attempt closes
+        // the connection, and the callee stops ringing.
+        let link = tokio::select! {
+            l = client.dial_media(&t2.endpoint, &t2.id, &plan) => l,
+            _ = &mut cancel => return,
+        };
+        match link {
+            Ok(l) => {
+                if let Some(c) = t2.lock().call.as_mut().filter(|c| c.seq == seq) {
+                    c.answered_at = Some(Instant::now());
+                }
+                install_session(&t2, seq, 0, Ok((l.conn, l.relayed)));
+            }
+            Err(e) => {
+                let text = e.to_string();
+                let ended = if text.contains("declined") {
+                    "rejected"
+                } else if text.contains("no answer") || text.contains("did not answer") {
+                    "no-answer"
+                } else {
+                    "media-failed"
+                };
+                let mut st = t2.lock();
+                if st.call.as_ref().is_some_and(|c| c.seq == seq) {
+                    println!("the look-up-only call to {callee} did not connect: {text}");
+                    end_call(&t2, &mut st, ended);
+                }
+            }
+        }
+    });
+    json!({"ok": true, "call": Value::Null, "callee": found.number, "state": "ringing", "lookup": true})
+}
+
 /// Accepting end: media connections whose peer and credential match the
 /// call we answered; anything else is refused.
 async fn accept_loop(t: Arc<Terminal>) {
@@ -1079,6 +1339,9 @@ async fn accept_loop(t: Arc<Terminal>) {
                 conn.close(quinn::VarInt::from_u32(1), b"no call expects you");
                 return;
             };
+            if plan.call == 0 && hold_lookup_connection(&t, seq, &conn) {
+                return;
+            }
             match accept_media(conn, &plan).await {
                 Ok(conn) => install_session(&t, seq, plan.call, Ok((conn, false))),
                 Err(e) => tracing::info!("refused a media connection from {remote}: {e}"),
@@ -1098,7 +1361,7 @@ fn install_session(
     let current = st
         .call
         .as_ref()
-        .is_some_and(|c| c.seq == seq && c.id == Some(call));
+        .is_some_and(|c| c.seq == seq && (c.id == Some(call) || (c.lookup && call == 0)));
     match conn {
         Ok((conn, _)) if current && st.session.is_some() => {
             st.spare.push(conn.clone());
@@ -1201,6 +1464,11 @@ fn watch_media(t: &Arc<Terminal>, seq: u64, call: CallId, conn: quinn::Connectio
 }
 
 fn send_hangup(st: &State, call: CallId) {
+    // A look-up-only call (id 0) is not the directory's: closing its media
+    // connection is the hang-up.
+    if call == 0 {
+        return;
+    }
     if let Some(c) = st.client.clone() {
         tokio::spawn(async move {
             let _ = c.hangup(call).await;
@@ -1231,7 +1499,7 @@ fn end_call(t: &Terminal, st: &mut State, reason: &str) {
     {
         h.abort();
     }
-    for c in st.spare.drain(..) {
+    for c in st.spare.drain(..).chain(st.held.drain(..)) {
         c.close(quinn::VarInt::from_u32(0), b"call ended");
     }
     t.expect.send_replace(None);
@@ -1245,6 +1513,7 @@ fn end_call(t: &Terminal, st: &mut State, reason: &str) {
             "connected": c.connected_at.is_some(),
             "seconds": c.connected_at.map(|t| t.elapsed().as_secs_f64()),
             "relayed": c.relayed,
+            "lookup": c.lookup,
             "redirected_from": c.redirected_from,
             "timing": c.timing(),
             "recording": recording,
@@ -1267,6 +1536,7 @@ fn status(t: &Arc<Terminal>) -> Value {
             "state": c.state,
             "seconds": c.connected_at.unwrap_or(c.started).elapsed().as_secs_f64(),
             "relayed": c.relayed,
+            "lookup": c.lookup,
             "timing": c.timing(),
             "on_hold": st.hold.holding.load(std::sync::atomic::Ordering::Relaxed),
             "recording": recording_path(&st.record),
@@ -1305,7 +1575,11 @@ async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
             let Some(number) = req.get("number").and_then(Value::as_str) else {
                 return control::error("dial needs a number");
             };
-            dial(t, number).await
+            if req.get("lookup").and_then(Value::as_bool) == Some(true) {
+                dial_lookup(t, number).await
+            } else {
+                dial(t, number).await
+            }
         }
         "answer" => answer(t, false).await,
         "hangup" => {
@@ -1314,10 +1588,17 @@ async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
                 return control::error("no call to hang up");
             };
             let incoming_ringing = c.direction == Direction::In && c.state == "alerting";
+            let lookup = c.lookup;
             // An outgoing call not answered yet is cancelled by its task
             // (dropping the call request); the others are hung up here.
             let id =
                 c.id.filter(|_| c.direction == Direction::In || c.answered_at.is_some());
+            if lookup && incoming_ringing {
+                // Declined: the caller's held connection is closed unanswered.
+                for h in st.held.drain(..) {
+                    h.close(quinn::VarInt::from_u32(2), LOOKUP_DECLINED);
+                }
+            }
             if let (Some(call), Some(client)) = (id, st.client.clone()) {
                 tokio::spawn(async move {
                     let _ = if incoming_ringing {
@@ -1353,7 +1634,7 @@ async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
                 .call
                 .as_ref()
                 .filter(|c| c.state == "connected")
-                .and_then(|c| c.id)
+                .map(|c| c.id.unwrap_or(0))
             else {
                 return control::error("no connected call");
             };
