@@ -163,11 +163,14 @@ fn errors_are_clear_and_other_calls_are_undisturbed() {
     for r in [&r1, &r2, &r3] {
         assert!(r.contains("closed by peer"), "{r}");
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // The call carries on: ten more frames arrive (a loaded machine gets
+    // a few seconds).
+    wait_for("media to keep arriving", Duration::from_secs(5), || {
+        let after = jnum(&status(&a), &["call", "media", "received"])?;
+        (after > before + 10.0).then_some(())
+    });
     let s = status(&a);
     assert_eq!(jstr(&s, &["call", "state"]).as_deref(), Some("connected"));
-    let after = jnum(&s, &["call", "media", "received"]).unwrap();
-    assert!(after > before + 10.0, "media stalled: {before} -> {after}");
     assert_eq!(
         gw.json(&["calls"]).unwrap()["calls"]
             .as_array()
