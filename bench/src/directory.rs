@@ -41,7 +41,7 @@ use serde_json::{json, Value};
 use crate::daemons::{poll, tail, Control, Daemon};
 use crate::util::{self, round, Scratch, Summary};
 
-const PW: &str = "keyline bench password";
+pub(crate) const PW: &str = "keyline bench password";
 
 /// How much of the suite to run.
 #[derive(Debug, Clone)]
@@ -93,7 +93,7 @@ fn proc_cpu(pid: u32) -> Result<Duration> {
 }
 
 /// `keyline-directory --state STATE user add ID --number N…`, password on stdin.
-fn add_account(bin: &Path, state: &Path, id: &str, numbers: &[String]) -> Result<()> {
+pub(crate) fn add_account(bin: &Path, state: &Path, id: &str, numbers: &[String]) -> Result<()> {
     use std::io::Write;
     let mut cmd = Command::new(bin);
     cmd.arg("--state")
@@ -147,7 +147,7 @@ fn add_accounts(bin: &Path, state: &Path, accounts: &[(String, Vec<String>)]) ->
 
 /// Start `keyline-directory serve` on loopback; its control connection
 /// and QUIC address.
-fn start_directory(bin: &Path, state: &Path) -> Result<(Daemon, Control, SocketAddr)> {
+pub(crate) fn start_directory(bin: &Path, state: &Path) -> Result<(Daemon, Control, SocketAddr)> {
     let mut d = Daemon::start(bin, state, &["serve", "--listen", "127.0.0.1:0"], &[])?;
     let mut ctl = Control::connect(&d.control(), Duration::from_secs(15))
         .with_context(|| format!("the directory did not start:\n{}", tail(&d.log)))?;

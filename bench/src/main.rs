@@ -11,8 +11,10 @@
 //!   loaded with Opus-sized datagrams until they break; calls held,
 //!   packets/s, CPU per packet, added latency, memory per call, and the
 //!   relay as ratios to the baseline;
-//! - `setup` ([`setup`]): dial → ringing and answer → media over many
-//!   calls between two real agents through a real gateway;
+//! - `setup` ([`setup`], [`offices`]): dial → ringing and answer → media
+//!   over many calls between two real agents, through a real gateway
+//!   (inside one office) and through two gateways and a real
+//!   `keyline-directory` (across two offices);
 //! - `startup` ([`startup`]): spawn → READY=1, idle memory, stop;
 //! - `directory` ([`directory`]): the real `keyline-directory` under N
 //!   concurrent QUIC clients: registrations/s, look-ups/s, and resident
@@ -30,6 +32,7 @@
 mod daemons;
 mod directory;
 mod fwd;
+mod offices;
 mod report;
 mod setup;
 mod startup;
@@ -71,7 +74,8 @@ enum Cmd {
     Relay(Opts),
     /// The plain-UDP forwarder baseline under the same ramp.
     Baseline(Opts),
-    /// Call set-up between two real agents through a real gateway.
+    /// Call set-up between two real agents: inside one office (one
+    /// gateway), and across two offices (two gateways and a directory).
     Setup(Opts),
     /// Spawn → READY of the gateway and agent; idle memory.
     Startup(Opts),
@@ -122,6 +126,9 @@ struct Opts {
     /// Calls in the set-up timing loop (direct media).
     #[arg(long, value_name = "N")]
     calls: Option<usize>,
+    /// Calls in the set-up timing loop across two offices.
+    #[arg(long, value_name = "N")]
+    office_calls: Option<usize>,
     /// Concurrent QUIC clients loading the directory (default: 16, 64 and
     /// 256 in turn, 512 requests in flight in all).
     #[arg(long, value_name = "N")]
@@ -287,12 +294,14 @@ fn setup_config(scale: Scale, o: &Opts) -> SetupConfig {
             calls: o.calls.unwrap_or(1000),
             relay_calls: 200,
             relay_pairs: 8,
+            office_calls: o.office_calls.unwrap_or(300),
             budget: Duration::from_secs(150),
         },
         Scale::Smoke => SetupConfig {
             calls: o.calls.unwrap_or(20),
             relay_calls: 5,
             relay_pairs: 2,
+            office_calls: o.office_calls.unwrap_or(5),
             budget: Duration::from_secs(20),
         },
     }
@@ -371,6 +380,7 @@ fn bench(mode: &str, scale: Scale, suites: &[Suite], o: &Opts) -> Result<()> {
         Some(Bins {
             gatewayd: util::keyline_bin(&bin_dir, "keyline-gatewayd")?,
             agent: util::keyline_bin(&bin_dir, "keyline-agent")?,
+            directory: util::keyline_bin(&bin_dir, "keyline-directory")?,
         })
     } else {
         None

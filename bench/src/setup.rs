@@ -11,7 +11,8 @@
 //!
 //! The same office is then run with `--internal-media relay`: first
 //! several calls at once, to see the gateway's resident memory per
-//! relayed call, then the timing loop through the relay.
+//! relayed call, then the timing loop through the relay. Last, the same
+//! timing loop across two offices ([`crate::offices`]).
 
 use std::path::Path;
 use std::process::Command;
@@ -32,6 +33,8 @@ pub struct SetupConfig {
     pub relay_calls: usize,
     /// Concurrent relayed calls for the memory figure.
     pub relay_pairs: usize,
+    /// Calls in the timing loop across two offices.
+    pub office_calls: usize,
     /// Wall-clock budget of one timing loop.
     pub budget: Duration,
 }
@@ -41,12 +44,13 @@ pub struct SetupConfig {
 pub struct Bins {
     pub gatewayd: std::path::PathBuf,
     pub agent: std::path::PathBuf,
+    pub directory: std::path::PathBuf,
 }
 
-struct Station {
-    daemon: Daemon,
-    ctl: Control,
-    ext: String,
+pub(crate) struct Station {
+    pub(crate) daemon: Daemon,
+    pub(crate) ctl: Control,
+    pub(crate) ext: String,
 }
 
 struct Office {
@@ -81,6 +85,24 @@ fn start_office(bins: &Bins, dir: &Path, relay: bool, agents: usize) -> Result<O
         .as_str()
         .context("gateway status without listen address")?
         .to_string();
+    let stations = start_stations(bins, dir, &gw_state, &listen, agents)?;
+    Ok(Office {
+        gw,
+        gw_ctl,
+        stations,
+    })
+}
+
+/// Start `agents` stations (state `DIR/a0`, `DIR/a1`, …) on the gateway at
+/// `listen` (state `gw_state`), approve each as 201, 202, … and wait until
+/// each is registered.
+pub(crate) fn start_stations(
+    bins: &Bins,
+    dir: &Path,
+    gw_state: &Path,
+    listen: &str,
+    agents: usize,
+) -> Result<Vec<Station>> {
     let mut daemons = Vec::new();
     for i in 0..agents {
         daemons.push(Daemon::start(
@@ -90,7 +112,7 @@ fn start_office(bins: &Bins, dir: &Path, relay: bool, agents: usize) -> Result<O
                 "run",
                 "--no-mdns",
                 "--gateway",
-                &listen,
+                listen,
                 "--audio-in",
                 "silence",
                 "--audio-out",
@@ -114,7 +136,7 @@ fn start_office(bins: &Bins, dir: &Path, relay: bool, agents: usize) -> Result<O
         )?;
         let out = Command::new(&bins.gatewayd)
             .arg("--state")
-            .arg(&gw_state)
+            .arg(gw_state)
             .args(["approve", &code, "--ext", &ext])
             .output()
             .context("running keyline-gatewayd approve")?;
@@ -140,11 +162,7 @@ fn start_office(bins: &Bins, dir: &Path, relay: bool, agents: usize) -> Result<O
             ext,
         });
     }
-    Ok(Office {
-        gw,
-        gw_ctl,
-        stations,
-    })
+    Ok(stations)
 }
 
 /// One call's figures, ms.
@@ -165,19 +183,30 @@ fn received(s: &Value) -> u64 {
     s["call"]["media"]["received"].as_u64().unwrap_or(0)
 }
 
-/// Ring `b` from `a` and answer; the call id, when the answer was sent,
-/// and how long the dial request took (ms).
-fn ring_and_answer(a: &mut Station, b: &mut Station) -> Result<(u64, Instant, f64)> {
+/// One call's ids: the caller's and the callee's (the same inside one
+/// office; each gateway numbers its own calls across offices).
+type CallIds = (u64, u64);
+
+/// Ring `b` from `a` by dialling `number` and answer; the call ids, when
+/// the answer was sent, and how long the dial request took (ms: the agent
+/// answers it when the gateway says the call rings).
+fn ring_and_answer(
+    a: &mut Station,
+    b: &mut Station,
+    number: &str,
+) -> Result<(CallIds, Instant, f64)> {
     let t0 = Instant::now();
-    let r = a.ctl.ok(&json!({"cmd": "dial", "number": b.ext}))?;
+    let r = a.ctl.ok(&json!({"cmd": "dial", "number": number}))?;
     let ringing_client = t0.elapsed().as_secs_f64() * 1000.0;
     let call = r["call"].as_u64().context("dial reply without call id")?;
-    poll("the callee to alert", STEP_TIMEOUT, POLL, || {
-        Ok((call_state(&b.ctl.status()?) == Some("alerting")).then_some(()))
-    })?;
+    let callee_call = poll("the callee to alert", STEP_TIMEOUT, POLL, || {
+        let s = b.ctl.status()?;
+        Ok((call_state(&s) == Some("alerting")).then(|| s["call"]["id"].as_u64()))
+    })?
+    .context("the alerting call has no id")?;
     let answered = Instant::now();
     b.ctl.ok(&json!({"cmd": "answer"}))?;
-    Ok((call, answered, ringing_client))
+    Ok(((call, callee_call), answered, ringing_client))
 }
 
 fn wait_audio(a: &mut Station, b: &mut Station) -> Result<()> {
@@ -200,13 +229,13 @@ fn hang_up(a: &mut Station, b: &mut Station) -> Result<(Value, Value)> {
     .map(|(sa, sb)| (sa["last_call"].clone(), sb["last_call"].clone()))
 }
 
-fn one_call(a: &mut Station, b: &mut Station) -> Result<Sample> {
-    let (call, answered, ringing_client) = ring_and_answer(a, b)?;
+fn one_call(a: &mut Station, b: &mut Station, number: &str) -> Result<Sample> {
+    let ((call, callee_call), answered, ringing_client) = ring_and_answer(a, b, number)?;
     wait_audio(a, b)?;
     let audio = answered.elapsed().as_secs_f64() * 1000.0;
     let (la, lb) = hang_up(a, b)?;
-    if la["id"].as_u64() != Some(call) || lb["id"].as_u64() != Some(call) {
-        bail!("last_call is not call {call}: {la} / {lb}");
+    if la["id"].as_u64() != Some(call) || lb["id"].as_u64() != Some(callee_call) {
+        bail!("last_call is not call {call} / {callee_call}: {la} / {lb}");
     }
     Ok(Sample {
         dial_to_ringing: la["timing"]["dial_to_ringing_ms"].as_f64(),
@@ -245,6 +274,24 @@ fn timing_loop(office: &mut Office, calls: usize, budget: Duration) -> Result<Va
     let rss_before = util::rss_kib(gw_pid)?;
     let (first, rest) = office.stations.split_at_mut(1);
     let (a, b) = (&mut first[0], &mut rest[0]);
+    let number = b.ext.clone();
+    let gw = &mut office.gw;
+    let mut v = call_loop(a, b, &number, calls, budget, || gw.check_alive())?;
+    v["gateway_rss_before_kib"] = json!(rss_before);
+    v["gateway_rss_after_kib"] = json!(util::rss_kib(gw_pid)?);
+    Ok(v)
+}
+
+/// Place `calls` calls from `a` to `number` (which rings `b`), one after
+/// another; `alive` checks the daemons in between after a failure.
+pub(crate) fn call_loop(
+    a: &mut Station,
+    b: &mut Station,
+    number: &str,
+    calls: usize,
+    budget: Duration,
+    mut alive: impl FnMut() -> Result<()>,
+) -> Result<Value> {
     let started = Instant::now();
     let mut samples = Vec::with_capacity(calls);
     let mut failures: Vec<String> = Vec::new();
@@ -253,13 +300,13 @@ fn timing_loop(office: &mut Office, calls: usize, budget: Duration) -> Result<Va
             eprintln!("  time budget reached after {i} calls");
             break;
         }
-        match one_call(a, b) {
+        match one_call(a, b, number) {
             Ok(s) => samples.push(s),
             Err(e) => {
                 failures.push(format!("call {i}: {e:#}"));
                 a.daemon.check_alive()?;
                 b.daemon.check_alive()?;
-                office.gw.check_alive()?;
+                alive()?;
                 reset(a, b);
                 if failures.len() > (calls / 20).max(5) {
                     bail!("too many failed calls: {}", failures.join("; "));
@@ -271,7 +318,6 @@ fn timing_loop(office: &mut Office, calls: usize, budget: Duration) -> Result<Va
         }
     }
     let wall = started.elapsed().as_secs_f64();
-    let rss_after = util::rss_kib(gw_pid)?;
     let pick =
         |f: fn(&Sample) -> Option<f64>| -> Vec<f64> { samples.iter().filter_map(f).collect() };
     Ok(json!({
@@ -284,8 +330,6 @@ fn timing_loop(office: &mut Office, calls: usize, budget: Duration) -> Result<Va
         "answer_to_media_callee_ms": summary(&mut pick(|s| s.answer_to_media_callee)),
         "answer_to_audio_both_ends_ms": summary(&mut pick(|s| Some(s.answer_to_audio_client))),
         "calls_per_s": round(samples.len() as f64 / wall.max(1e-9), 2),
-        "gateway_rss_before_kib": rss_before,
-        "gateway_rss_after_kib": rss_after,
         "duration_s": round(wall, 1),
     }))
 }
@@ -299,7 +343,8 @@ fn relay_memory(office: &mut Office, pairs: usize) -> Result<Value> {
     let mut calls = Vec::new();
     for k in 0..pairs {
         let (first, rest) = office.stations[2 * k..].split_at_mut(1);
-        calls.push(ring_and_answer(&mut first[0], &mut rest[0])?.0);
+        let number = rest[0].ext.clone();
+        calls.push(ring_and_answer(&mut first[0], &mut rest[0], &number)?.0 .0);
     }
     for k in 0..pairs {
         let (first, rest) = office.stations[2 * k..].split_at_mut(1);
@@ -366,9 +411,19 @@ fn run_in(bins: &Bins, cfg: &SetupConfig, dir: &Path) -> Result<Value> {
         v["gateway_memory"] = memory;
         v
     };
+    eprintln!(
+        "keyline-bench setup: {} calls across two offices (two gateways through keyline-directory)",
+        cfg.office_calls
+    );
+    let offices = {
+        let d = dir.join("offices");
+        std::fs::create_dir_all(&d)?;
+        crate::offices::run_in(bins, &d, cfg.office_calls, cfg.budget)?
+    };
     Ok(json!({
         "office": "one office on loopback: keyline-gatewayd and keyline-agent (--audio-in silence --audio-out null)",
         "direct": direct,
         "relay": relayed,
+        "two_offices": offices,
     }))
 }

@@ -1,8 +1,9 @@
 //! The directory's tokio shell around the sans-IO [`Router`].
 //!
 //! Tasks: one accept loop; per connection a reader (control stream), a
-//! writer (bounded queue), a mail uploader (bidirectional mail streams), a
-//! mailman (delivery on unidirectional streams) and a migration watcher;
+//! writer (bounded queue, drained into one stream write per wake-up), a
+//! mail uploader (bidirectional mail streams), a mailman (delivery on
+//! unidirectional streams) and a migration watcher;
 //! one hub task that owns the router, the relay allocations and the
 //! sessions' queues and is the only place routing state changes; the
 //! control socket. Storage calls run off the runtime ([`store::blocking`]).
@@ -19,12 +20,12 @@ use anyhow::{Context, Result};
 use keyline_net::lifecycle::{self, Signal, Signals};
 use keyline_net::relay::{self, Allocation, Counters};
 use keyline_net::{control, peer_fingerprint, Identity};
-use keyline_proto::codec::CodecError;
+use keyline_proto::codec::{encode_frame, CodecError};
 use keyline_proto::dir::{
     CallId, DirMsg, ErrorCode, ForwardRule, MailKind, ReqId, MAX_CANDIDATES, OGG_MAGIC,
 };
 use keyline_proto::msg::Role;
-use keyline_proto::{number, PROTOCOL_VERSION};
+use keyline_proto::{number, MAX_MESSAGE, PROTOCOL_VERSION};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
@@ -42,9 +43,12 @@ pub const DB_FILE: &str = "directory.sqlite";
 #[derive(Debug)]
 pub enum Out {
     Msg(DirMsg),
-    /// Look for mail to deliver.
-    Mail,
 }
+
+/// Most messages the writer takes from its queue per wake-up.
+const WRITE_BATCH: usize = 64;
+/// The writer writes what it has once it holds this many bytes.
+const WRITE_BYTES: usize = 64 * 1024;
 
 /// Inputs of the hub task.
 #[derive(Debug)]
@@ -54,6 +58,8 @@ pub enum Event {
         fp: String,
         conn: quinn::Connection,
         tx: mpsc::Sender<Out>,
+        /// Wakes the session's mail delivery.
+        mail: Arc<Notify>,
     },
     Down {
         sid: SessionId,
@@ -476,6 +482,9 @@ struct Conn {
     conn: quinn::Connection,
     tx: mpsc::Sender<Out>,
     account: watch::Sender<Option<LoggedIn>>,
+    /// The address last reported to the hub (shared with the migration
+    /// watcher; held while reporting, so reports stay in order).
+    observed: Arc<tokio::sync::Mutex<SocketAddr>>,
 }
 
 /// The logged-in account of a connection.
@@ -504,6 +513,23 @@ impl Conn {
             .send(ev)
             .await
             .context("the directory is stopping")
+    }
+
+    /// Tell the hub the endpoint's address if it changed since the last
+    /// report (a REGISTER right after a migration the watcher has not seen
+    /// yet); nothing otherwise.
+    async fn report_move(&self) -> Result<()> {
+        let mut last = self.observed.lock().await;
+        let now = self.conn.remote_address();
+        if *last != now {
+            *last = now;
+            self.hub(Event::Moved {
+                sid: self.sid,
+                observed: now,
+            })
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -564,9 +590,26 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
     let (tx, rx) = mpsc::channel::<Out>(256);
     let (acct_tx, acct_rx) = watch::channel::<Option<LoggedIn>>(None);
     let wake = Arc::new(Notify::new());
-    tokio::spawn(writer(conn.clone(), send, rx, wake.clone()));
-    tokio::spawn(mailman(shared.clone(), conn.clone(), acct_rx.clone(), wake));
-    tokio::spawn(watch_migration(shared.clone(), conn.clone(), sid));
+    let moved = Arc::new(tokio::sync::Mutex::new(observed));
+    tokio::spawn(writer(
+        conn.clone(),
+        send,
+        rx,
+        acct_rx.clone(),
+        wake.clone(),
+    ));
+    tokio::spawn(mailman(
+        shared.clone(),
+        conn.clone(),
+        acct_rx.clone(),
+        wake.clone(),
+    ));
+    tokio::spawn(watch_migration(
+        shared.clone(),
+        conn.clone(),
+        sid,
+        moved.clone(),
+    ));
     shared
         .hub
         .send(Event::Up {
@@ -574,6 +617,7 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
             fp,
             conn: conn.clone(),
             tx: tx.clone(),
+            mail: wake,
         })
         .await
         .context("the directory is stopping")?;
@@ -583,6 +627,7 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
         conn: conn.clone(),
         tx,
         account: acct_tx,
+        observed: moved,
     });
     tokio::spawn(mail_uploads(c.clone()));
     tracing::debug!("endpoint {observed} connected as session {sid}");
@@ -653,11 +698,7 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
             candidates,
         } => {
             // A refresh right after the endpoint moved: use its new address.
-            c.hub(Event::Moved {
-                sid: c.sid,
-                observed: c.conn.remote_address(),
-            })
-            .await?;
+            c.report_move().await?;
             let parsed = parse_candidates(&candidates).and_then(|cands| {
                 let ns = numbers
                     .iter()
@@ -1086,34 +1127,59 @@ async fn set_forward(
     Ok(())
 }
 
-/// Writes the session's outgoing messages in order.
+/// Writes the session's outgoing messages in order: everything queued
+/// (at most [`WRITE_BATCH`] messages) goes out in one stream write per
+/// wake-up. The first `Registered` after a login wakes mail delivery.
 async fn writer(
     conn: quinn::Connection,
     mut send: quinn::SendStream,
     mut rx: mpsc::Receiver<Out>,
+    mut account: watch::Receiver<Option<LoggedIn>>,
     wake: Arc<Notify>,
 ) {
-    while let Some(out) = rx.recv().await {
-        match out {
-            Out::Msg(m) => {
-                let registered = matches!(m, DirMsg::Registered { .. });
-                if send_msg(&mut send, &m).await.is_err() {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    'outer: while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let mut mail = false;
+        for Out::Msg(m) in batch.drain(..) {
+            if matches!(m, DirMsg::Registered { .. }) && account.has_changed().unwrap_or(false) {
+                // The session's first registration since it logged in.
+                account.borrow_and_update();
+                mail = true;
+            }
+            match encode_frame(&m, MAX_MESSAGE) {
+                Ok(frame) => buf.extend_from_slice(&frame),
+                Err(e) => {
+                    tracing::warn!("encoding {:?}: {e}", m.kind());
                     conn.close(quinn::VarInt::from_u32(3), b"write failed");
-                    break;
-                }
-                if registered {
-                    wake.notify_one();
+                    break 'outer;
                 }
             }
-            Out::Mail => wake.notify_one(),
+            if buf.len() >= WRITE_BYTES {
+                if send.write_all(&buf).await.is_err() {
+                    conn.close(quinn::VarInt::from_u32(3), b"write failed");
+                    break 'outer;
+                }
+                buf.clear();
+            }
+        }
+        if !buf.is_empty() {
+            if send.write_all(&buf).await.is_err() {
+                conn.close(quinn::VarInt::from_u32(3), b"write failed");
+                break;
+            }
+            buf.clear();
+        }
+        if mail {
+            wake.notify_one();
         }
     }
     let _ = send.finish();
 }
 
 /// Delivers stored mail of the logged-in account on unidirectional
-/// streams, each message once per connection, when woken (after a
-/// registration, or when new mail arrives).
+/// streams, each message once per connection, when woken (after the
+/// session's first registration, or when new mail arrives for it).
 async fn mailman(
     shared: Arc<Shared>,
     conn: quinn::Connection,
@@ -1343,17 +1409,22 @@ async fn upload(c: &Arc<Conn>, recv: &mut quinn::RecvStream) -> DirMsg {
 }
 
 /// Reports the connection's new address when it migrates.
-async fn watch_migration(shared: Arc<Shared>, conn: quinn::Connection, sid: SessionId) {
-    let mut last = conn.remote_address();
+async fn watch_migration(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    sid: SessionId,
+    observed: Arc<tokio::sync::Mutex<SocketAddr>>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = conn.closed() => return,
         }
+        let mut last = observed.lock().await;
         let now = conn.remote_address();
-        if now != last {
-            tracing::info!("session {sid} moved from {last} to {now}");
-            last = now;
+        if now != *last {
+            tracing::info!("session {sid} moved from {} to {now}", *last);
+            *last = now;
             if shared
                 .hub
                 .send(Event::Moved { sid, observed: now })
@@ -1370,6 +1441,7 @@ async fn watch_migration(shared: Arc<Shared>, conn: quinn::Connection, sid: Sess
 struct Live {
     conn: quinn::Connection,
     tx: mpsc::Sender<Out>,
+    mail: Arc<Notify>,
 }
 
 /// The task that owns routing state.
@@ -1403,10 +1475,16 @@ impl Hub {
     async fn handle(&mut self, ev: Event) {
         let now = Instant::now();
         match ev {
-            Event::Up { sid, fp, conn, tx } => {
+            Event::Up {
+                sid,
+                fp,
+                conn,
+                tx,
+                mail,
+            } => {
                 self.router
                     .handle_session_up(sid, fp, conn.remote_address());
-                self.sessions.insert(sid, Live { conn, tx });
+                self.sessions.insert(sid, Live { conn, tx, mail });
             }
             Event::Down { sid } => {
                 self.sessions.remove(&sid);
@@ -1454,7 +1532,7 @@ impl Hub {
             Event::MailArrived { account } => {
                 for sid in self.router.registered_sessions_of(&account) {
                     if let Some(l) = self.sessions.get(&sid) {
-                        let _ = l.tx.try_send(Out::Mail);
+                        l.mail.notify_one();
                     }
                 }
             }
