@@ -521,3 +521,59 @@ impl Bridge {
         Ok(())
     }
 }
+
+/// The two tone sequences the call tests send (one per side) and how a
+/// recording is checked for them.
+pub mod tones {
+    use std::path::Path;
+
+    use keyline_media::{collapse_track, read_wav_mono48k, tone_sequence, tone_track, write_wav};
+
+    /// What the calling side says.
+    pub const A_TONES: [f32; 5] = [600.0, 900.0, 1200.0, 1500.0, 1800.0];
+    /// What the answering side says.
+    pub const B_TONES: [f32; 5] = [700.0, 1000.0, 1300.0, 1600.0, 1900.0];
+    /// How long each tone lasts.
+    pub const STEP_MS: u32 = 600;
+
+    /// Write `tones`, `STEP_MS` each, to a WAV file.
+    pub fn write_tones(path: &Path, tones: &[f32]) {
+        let steps: Vec<(f32, u32)> = tones.iter().map(|&t| (t, STEP_MS)).collect();
+        write_wav(path, &tone_sequence(&steps)).expect("write tone file");
+    }
+
+    /// The tones of either sequence heard in a recording, in order.
+    pub fn heard(path: &Path) -> Vec<f32> {
+        let pcm = read_wav_mono48k(path).expect("read recording");
+        let all: Vec<f32> = A_TONES.iter().chain(B_TONES.iter()).copied().collect();
+        collapse_track(&tone_track(&pcm, &all), 8)
+    }
+}
+
+/// Add an account to the directory whose state is `state` (the
+/// `keyline-directory user add` an admin runs), `password` on stdin.
+pub fn add_account(state: &Path, account: &str, numbers: &[&str], password: &str) {
+    use std::io::Write;
+    let mut cmd = Command::new(bin("keyline-directory"));
+    cmd.arg("--state").arg(state).args(["user", "add", account]);
+    for n in numbers {
+        cmd.args(["--number", n]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run keyline-directory user add");
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{password}").expect("write the password");
+    }
+    let out = child
+        .wait_with_output()
+        .expect("keyline-directory user add");
+    assert!(
+        out.status.success(),
+        "user add {account}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

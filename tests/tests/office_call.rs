@@ -7,28 +7,9 @@
 
 use std::time::Duration;
 
-use keyline_media::{collapse_track, read_wav_mono48k, tone_sequence, tone_track, write_wav};
+use keyline_tests::tones::{heard, write_tones, A_TONES, B_TONES, STEP_MS};
 use keyline_tests::{bin, jnum, jstr, wait_for, Daemon, Lan, Scratch};
 use serde_json::Value;
-
-const A_TONES: [f32; 5] = [600.0, 900.0, 1200.0, 1500.0, 1800.0];
-const B_TONES: [f32; 5] = [700.0, 1000.0, 1300.0, 1600.0, 1900.0];
-const STEP_MS: u32 = 600;
-
-fn all_tones() -> Vec<f32> {
-    A_TONES.iter().chain(B_TONES.iter()).copied().collect()
-}
-
-fn write_tones(path: &std::path::Path, tones: &[f32]) {
-    let steps: Vec<(f32, u32)> = tones.iter().map(|&t| (t, STEP_MS)).collect();
-    write_wav(path, &tone_sequence(&steps)).expect("write tone file");
-}
-
-/// The tones heard in a recording, in order.
-fn heard(path: &std::path::Path) -> Vec<f32> {
-    let pcm = read_wav_mono48k(path).expect("read recording");
-    collapse_track(&tone_track(&pcm, &all_tones()), 8)
-}
 
 fn status(d: &Daemon) -> Value {
     d.json(&["status"]).expect("agent status")

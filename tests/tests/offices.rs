@@ -11,40 +11,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use keyline_media::{collapse_track, read_wav_mono48k, tone_sequence, tone_track, write_wav};
+use keyline_media::{collapse_track, tone_sequence, tone_track, write_wav};
+use keyline_tests::tones::{heard, write_tones, A_TONES, B_TONES, STEP_MS};
 use keyline_tests::{
-    bin, call_state, fails, free_udp_port, jnum, jstr, ok, registered, status, wait_for,
-    wait_state, Daemon, Scratch,
+    add_account, bin, call_state, fails, free_udp_port, jnum, jstr, ok, registered, status,
+    wait_for, wait_state, Daemon, Scratch,
 };
 use serde_json::Value;
 
-const A_TONES: [f32; 5] = [600.0, 900.0, 1200.0, 1500.0, 1800.0];
-const B_TONES: [f32; 5] = [700.0, 1000.0, 1300.0, 1600.0, 1900.0];
-const STEP_MS: u32 = 600;
 const PW: &str = "correct horse battery";
 /// Office A's number, as dialled and as the directory keeps it.
 const A_NUMBER: (&str, &str) = ("+82 2 555 0100", "+8225550100");
 /// Office B's number: any script is a number.
 const B_NUMBER: &str = "한빛상사";
-
-fn all_tones() -> Vec<f32> {
-    A_TONES.iter().chain(B_TONES.iter()).copied().collect()
-}
-
-fn write_tones(path: &Path, tones: &[f32]) {
-    let steps: Vec<(f32, u32)> = tones.iter().map(|&t| (t, STEP_MS)).collect();
-    write_wav(path, &tone_sequence(&steps)).expect("write tone file");
-}
-
-fn heard(path: &Path) -> Vec<f32> {
-    let pcm = read_wav_mono48k(path).expect("read recording");
-    collapse_track(&tone_track(&pcm, &all_tones()), 8)
-}
 
 /// A directory with one account per office.
 struct Directory {
@@ -81,22 +63,7 @@ impl Directory {
 fn directory(scratch: &Scratch, accounts: &[(&str, &str)], extra_toml: &str) -> Directory {
     let state = scratch.join("dir");
     for (account, number) in accounts {
-        let mut child = Command::new(bin("keyline-directory"))
-            .arg("--state")
-            .arg(&state)
-            .args(["user", "add", account, "--number", number])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        writeln!(child.stdin.take().unwrap(), "{PW}").unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        add_account(&state, account, &[number], PW);
     }
     let addr = format!("127.0.0.1:{}", free_udp_port());
     let cfg = scratch.join("directory.toml");
@@ -945,22 +912,7 @@ fn a_standalone_office_runs_its_own_directory_for_outside_terminals() {
     });
     // The admin gives an outside user an account on the office's directory.
     let dir_state = base.join("gw").join("directory");
-    let mut child = Command::new(bin("keyline-directory"))
-        .arg("--state")
-        .arg(&dir_state)
-        .args(["user", "add", "carol", "--number", "carol"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{PW}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    add_account(&dir_state, "carol", &["carol"], PW);
     let st = Command::new(bin("keyline-directory"))
         .arg("--state")
         .arg(&dir_state)

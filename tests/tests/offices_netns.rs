@@ -26,21 +26,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use keyline_media::{collapse_track, read_wav_mono48k, tone_sequence, tone_track, write_wav};
+use keyline_tests::tones::{heard, write_tones, A_TONES, B_TONES, STEP_MS};
 use keyline_tests::{
-    bin, call_state, jnum, jstr, ok, registered, status, unique, wait_for, wait_state, Bridge,
-    Daemon, Netns, Scratch,
+    add_account, bin, call_state, jnum, jstr, ok, registered, status, unique, wait_for, wait_state,
+    Bridge, Daemon, Netns, Scratch,
 };
 use serde_json::Value;
 
-const A_TONES: [f32; 5] = [600.0, 900.0, 1200.0, 1500.0, 1800.0];
-const B_TONES: [f32; 5] = [700.0, 1000.0, 1300.0, 1600.0, 1900.0];
-const STEP_MS: u32 = 600;
 const PW: &str = "correct horse battery";
 const A_NUMBER: &str = "+8225550100";
 const B_NUMBER: &str = "+8225550200";
@@ -48,20 +43,6 @@ const B_NUMBER: &str = "+8225550200";
 const DIR_IP: &str = "10.90.0.1";
 const DIR_PORT: u16 = 7480;
 const GW_PORT: u16 = 7470;
-
-fn all_tones() -> Vec<f32> {
-    A_TONES.iter().chain(B_TONES.iter()).copied().collect()
-}
-
-fn write_tones(path: &Path, tones: &[f32]) {
-    let steps: Vec<(f32, u32)> = tones.iter().map(|&t| (t, STEP_MS)).collect();
-    write_wav(path, &tone_sequence(&steps)).expect("write tone file");
-}
-
-fn heard(path: &Path) -> Vec<f32> {
-    let pcm = read_wav_mono48k(path).expect("read recording");
-    collapse_track(&tone_track(&pcm, &all_tones()), 8)
-}
 
 /// One office's namespaces: a gateway on the internet and on the office
 /// LAN, and two stations on the LAN only.
@@ -154,22 +135,7 @@ fn udp_send_works(ns: &Netns, ip: &str, port: u16) -> (bool, String) {
 fn directory(scratch: &Scratch, net: &Net) -> (Daemon, String) {
     let state = scratch.join("dir");
     for (account, number) in [("office-a", A_NUMBER), ("office-b", B_NUMBER)] {
-        let mut child = Command::new(bin("keyline-directory"))
-            .arg("--state")
-            .arg(&state)
-            .args(["user", "add", account, "--number", number])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        writeln!(child.stdin.take().unwrap(), "{PW}").unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        add_account(&state, account, &[number], PW);
     }
     let cfg = scratch.join("directory.toml");
     std::fs::write(&cfg, format!("listen = \"{DIR_IP}:{DIR_PORT}\"\n")).unwrap();

@@ -10,37 +10,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use keyline_media::{collapse_track, read_wav_mono48k, tone_sequence, tone_track, write_wav};
+use keyline_tests::tones::{heard, write_tones, A_TONES, B_TONES, STEP_MS};
 use keyline_tests::{
     bin, fails, free_udp_port, idle, jnum, jstr, ok, status, wait_for, wait_state, Daemon, Scratch,
 };
 use serde_json::Value;
 
 const PW: &str = "correct horse battery";
-const A_TONES: [f32; 5] = [600.0, 900.0, 1200.0, 1500.0, 1800.0];
-const B_TONES: [f32; 5] = [700.0, 1000.0, 1300.0, 1600.0, 1900.0];
-const STEP_MS: u32 = 600;
 const KOREAN: &str = "김민준";
-
-fn all_tones() -> Vec<f32> {
-    A_TONES.iter().chain(B_TONES.iter()).copied().collect()
-}
-
-fn write_tones(path: &Path, tones: &[f32]) {
-    let steps: Vec<(f32, u32)> = tones.iter().map(|&t| (t, STEP_MS)).collect();
-    write_wav(path, &tone_sequence(&steps)).expect("write tone file");
-}
-
-/// The tones heard in a recording, in order.
-fn heard(path: &Path) -> Vec<f32> {
-    let pcm = read_wav_mono48k(path).expect("read recording");
-    collapse_track(&tone_track(&pcm, &all_tones()), 8)
-}
 
 /// A directory listening on `listen`, with its state in `scratch/dir`.
 fn start_dir(scratch: &Scratch, listen: &str) -> Daemon {
@@ -58,24 +38,7 @@ fn start_dir(scratch: &Scratch, listen: &str) -> Daemon {
 }
 
 fn add_user(d: &Daemon, id: &str, numbers: &[&str]) {
-    let mut cmd = Command::new(&d.bin);
-    cmd.arg("--state").arg(&d.state).args(["user", "add", id]);
-    for n in numbers {
-        cmd.args(["--number", n]);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{PW}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "user add {id}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    keyline_tests::add_account(&d.state, id, numbers, PW);
 }
 
 fn password_file(scratch: &Scratch, name: &str, pw: &str) -> PathBuf {

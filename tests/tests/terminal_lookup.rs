@@ -10,9 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use keyline_tests::{
@@ -38,22 +36,7 @@ fn start_dir(scratch: &Scratch) -> Daemon {
 }
 
 fn add_user(d: &Daemon, id: &str, number: &str) {
-    let mut child = Command::new(&d.bin)
-        .arg("--state")
-        .arg(&d.state)
-        .args(["user", "add", id, "--number", number])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{PW}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "user add {id}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    keyline_tests::add_account(&d.state, id, &[number], PW);
 }
 
 fn password_file(scratch: &Scratch, name: &str) -> PathBuf {
