@@ -1089,17 +1089,11 @@ impl Switchboard {
         Ok(())
     }
 
-    /// `by` hands the other end of its answered call `id` on to `target`.
-    /// The call stays as it is until the target answers; a busy, unknown or
-    /// unanswered target gives the call back to `by`.
-    pub fn handle_transfer(
-        &mut self,
-        now: Instant,
-        by: &str,
-        req: ReqId,
-        id: CallId,
-        target: &str,
-    ) -> Result<(), CallError> {
+    /// Whether `by` may hand on (or consult from) its call `id`: the call
+    /// is `by`'s and answered, and no other hand-off is under way (one at a
+    /// time: not from a consultation, nor while one is under way on this
+    /// line). Returns the other end.
+    fn may_hand_off(&self, by: &str, id: CallId) -> Result<String, CallError> {
         let call = self.calls.get(&id).ok_or(CallError::NoSuchCall)?;
         if call.caller != by && call.callee != by {
             return Err(CallError::NotYours);
@@ -1114,11 +1108,25 @@ impl Switchboard {
         {
             return Err(CallError::TransferPending);
         }
-        let other = if call.caller == by {
+        Ok(if call.caller == by {
             call.callee.clone()
         } else {
             call.caller.clone()
-        };
+        })
+    }
+
+    /// `by` hands the other end of its answered call `id` on to `target`.
+    /// The call stays as it is until the target answers; a busy, unknown or
+    /// unanswered target gives the call back to `by`.
+    pub fn handle_transfer(
+        &mut self,
+        now: Instant,
+        by: &str,
+        req: ReqId,
+        id: CallId,
+        target: &str,
+    ) -> Result<(), CallError> {
+        let other = self.may_hand_off(by, id)?;
         let fail = |s: &mut Self, reason: FailReason| {
             s.actions.push_back(Action::TransferFailed {
                 to: by.to_string(),
@@ -1230,27 +1238,7 @@ impl Switchboard {
         id: CallId,
         target: &str,
     ) -> Result<(), CallError> {
-        let call = self.calls.get(&id).ok_or(CallError::NoSuchCall)?;
-        if call.caller != by && call.callee != by {
-            return Err(CallError::NotYours);
-        }
-        if !matches!(call.state, CallState::Answered { .. }) {
-            return Err(CallError::NotAnswered);
-        }
-        // One hand-off at a time: not from a consultation, nor while one
-        // is under way on this line.
-        if call.transfer.is_some()
-            || call.consulting.is_some()
-            || call.consult_of.is_some()
-            || self.lines.get(by).is_some_and(|l| l.consult.is_some())
-        {
-            return Err(CallError::TransferPending);
-        }
-        let other = if call.caller == by {
-            call.callee.clone()
-        } else {
-            call.caller.clone()
-        };
+        let other = self.may_hand_off(by, id)?;
         let (target, rang) = match self.route(by, target, Vec::new(), false) {
             Ok((t, _)) if t == other => {
                 self.actions.push_back(Action::TransferFailed {
