@@ -315,30 +315,14 @@ fn pump(from: &mut Side, to: &Side, b: &mut Buffers, counters: &Counters) -> io:
             }
             let segments = meta.len.div_ceil(meta.stride.max(1));
             accepted += segments as u64;
-            for &destination in to.target.destinations() {
-                let sent = if segments > 1 && to.state.max_gso_segments() < segments {
-                    // No GSO here: send the segments one by one.
-                    buf[..meta.len].chunks(meta.stride).all(|seg| {
-                        let one = Transmit {
-                            destination,
-                            ecn: None,
-                            contents: seg,
-                            segment_size: None,
-                            src_ip: None,
-                        };
-                        send(to, &one)
-                    })
-                } else {
-                    let t = Transmit {
-                        destination,
-                        ecn: None,
-                        contents: &buf[..meta.len],
-                        segment_size: (segments > 1).then_some(meta.stride),
-                        src_ip: None,
-                    };
-                    send(to, &t)
-                };
-                if sent {
+            let dests = to.target.destinations();
+            if dests.is_empty() {
+                counters
+                    .dropped
+                    .fetch_add(segments as u64, Ordering::Relaxed);
+            }
+            for &destination in dests {
+                if send_run(to, destination, &buf[..meta.len], meta.stride, segments) {
                     counters
                         .packets
                         .fetch_add(segments as u64, Ordering::Relaxed);
@@ -349,13 +333,44 @@ fn pump(from: &mut Side, to: &Side, b: &mut Buffers, counters: &Counters) -> io:
                         .fetch_add(segments as u64, Ordering::Relaxed);
                 }
             }
-            if to.target.destinations().is_empty() {
-                counters
-                    .dropped
-                    .fetch_add(segments as u64, Ordering::Relaxed);
-            }
         }
     }
+}
+
+/// Send one received run (a datagram, or `segments` GRO segments of
+/// `stride` bytes) to `destination`, with GSO where the socket has it.
+fn send_run(
+    to: &Side,
+    destination: SocketAddr,
+    run: &[u8],
+    stride: usize,
+    segments: usize,
+) -> bool {
+    if segments > 1 && to.state.max_gso_segments() < segments {
+        // No GSO here: send the segments one by one.
+        return run.chunks(stride).all(|seg| {
+            send(
+                to,
+                &Transmit {
+                    destination,
+                    ecn: None,
+                    contents: seg,
+                    segment_size: None,
+                    src_ip: None,
+                },
+            )
+        });
+    }
+    send(
+        to,
+        &Transmit {
+            destination,
+            ecn: None,
+            contents: run,
+            segment_size: (segments > 1).then_some(stride),
+            src_ip: None,
+        },
+    )
 }
 
 /// Send without waiting: a full socket buffer drops, as UDP would.
