@@ -234,6 +234,9 @@ pub struct IncomingCall {
     pub via: Vec<String>,
     pub caller_fp: String,
     pub caller_candidates: Vec<SocketAddr>,
+    /// The hand-off the caller follows, as its `Transfer` set it: the
+    /// endpoint that handed the caller on may recognise the call by it.
+    pub handoff: Option<u64>,
 }
 
 /// A stored message delivered to us. Acknowledge it with
@@ -287,6 +290,8 @@ pub struct CallOptions {
     /// gateway's station): its certificate fingerprint. `candidates` must
     /// then be that end's addresses for this call (the forwarder port).
     pub media_fp: Option<String>,
+    /// The `handoff` of the `Event::Transferred` this call follows.
+    pub handoff: Option<u64>,
 }
 
 /// What the directory tells us unprompted.
@@ -311,6 +316,8 @@ pub enum Event {
         number: String,
         /// The number that handed us on.
         by: String,
+        /// Put it in [`CallOptions::handoff`] of the call to `number`.
+        handoff: Option<u64>,
     },
     /// The relay for an answered incoming call is ready; the caller's
     /// packets now come from `relay`.
@@ -802,6 +809,7 @@ impl DirClient {
                     candidates: candidates.iter().map(ToString::to_string).collect(),
                     hops,
                     media_fp: opts.media_fp.clone(),
+                    handoff: opts.handoff,
                 })
                 .await?;
             let (call, rang, via, mut rx) = match (reply.msg, reply.call_rx) {
@@ -902,11 +910,23 @@ impl DirClient {
     }
 
     /// Hand the other end of answered call `call` on to `number` (claim 5):
-    /// it calls `number` directly, and the call ends here.
-    pub async fn transfer(&self, call: CallId, number: &str) -> Result<(), ClientError> {
+    /// it calls `number` directly, and the call ends here. `handoff`, if
+    /// any, comes with that new call, so that an office handing a caller on
+    /// to one of its own extensions knows it when it arrives.
+    pub async fn transfer(
+        &self,
+        call: CallId,
+        number: &str,
+        handoff: Option<u64>,
+    ) -> Result<(), ClientError> {
         let number = canon(number)?;
         self.inner
-            .request_ok(|req| DirMsg::Transfer { req, call, number })
+            .request_ok(|req| DirMsg::Transfer {
+                req,
+                call,
+                number,
+                handoff,
+            })
             .await
     }
 
@@ -1392,6 +1412,7 @@ fn dispatch(inner: &Arc<Inner>, msg: DirMsg) {
             via,
             caller_fp,
             caller_candidates,
+            handoff,
         } => inner.emit(Event::Ring(IncomingCall {
             call,
             from,
@@ -1401,6 +1422,7 @@ fn dispatch(inner: &Arc<Inner>, msg: DirMsg) {
             via,
             caller_fp,
             caller_candidates: addrs(&caller_candidates),
+            handoff,
         })),
         DirMsg::Expect {
             number,
@@ -1436,9 +1458,20 @@ fn dispatch(inner: &Arc<Inner>, msg: DirMsg) {
                     let _ = tx.try_send(m);
                 }
                 (None, DirMsg::Ended { call, reason }) => inner.emit(Event::Ended { call, reason }),
-                (None, DirMsg::Redirected { call, number, by }) => {
-                    inner.emit(Event::Transferred { call, number, by })
-                }
+                (
+                    None,
+                    DirMsg::Redirected {
+                        call,
+                        number,
+                        by,
+                        handoff,
+                    },
+                ) => inner.emit(Event::Transferred {
+                    call,
+                    number,
+                    by,
+                    handoff,
+                }),
                 (None, _) => {}
             }
         }

@@ -274,6 +274,16 @@ pub struct Call {
     answer_req: Option<ReqId>,
 }
 
+/// How a call is placed, beyond number and caller: for
+/// [`Router::handle_call_for`].
+#[derive(Debug, Default)]
+pub struct Placing {
+    /// The media end the caller vouches for (a gateway's station).
+    pub media: Option<MediaEnd>,
+    /// Passed on to the callee in `Ring` (see `DirMsg::Call`).
+    pub handoff: Option<u64>,
+}
+
 /// The directory's routing state.
 #[derive(Debug)]
 pub struct Router {
@@ -775,7 +785,7 @@ impl Router {
         own: Vec<SocketAddr>,
         hops: u8,
     ) {
-        self.handle_call_for(now, sid, req, number, from, own, hops, None)
+        self.handle_call_for(now, sid, req, number, from, own, hops, Placing::default())
     }
 
     /// `sid` calls `number` with `media` as the media end it vouches for
@@ -790,8 +800,9 @@ impl Router {
         from: Option<String>,
         own: Vec<SocketAddr>,
         hops: u8,
-        media: Option<MediaEnd>,
+        placing: Placing,
     ) {
+        let Placing { media, handoff } = placing;
         let fail = |s: &mut Self, code: ErrorCode, n: &str, message: String, mail: bool| {
             s.send(
                 sid,
@@ -914,6 +925,7 @@ impl Router {
                 via: r.via.clone(),
                 caller_fp: call.caller_fp.clone(),
                 caller_candidates: strings(&caller_candidates),
+                handoff,
             },
         );
         self.send(
@@ -1098,6 +1110,7 @@ impl Router {
                 call: id,
                 number: number.to_string(),
                 by,
+                handoff: None,
             },
         );
         // The caller learnt why from `Redirected`; end it quietly for both.
@@ -1116,6 +1129,7 @@ impl Router {
         req: ReqId,
         id: CallId,
         number: &str,
+        handoff: Option<u64>,
     ) {
         let Some(c) = self.calls.get(&id) else {
             return self.send(
@@ -1154,6 +1168,7 @@ impl Router {
                 call: id,
                 number: number.to_string(),
                 by,
+                handoff,
             },
         );
         if let Some(c) = self.calls.remove(&id) {
@@ -1691,7 +1706,10 @@ mod tests {
             None,
             vec![addr(6001)],
             0,
-            Some(media(&fa2, 6001)),
+            Placing {
+                media: Some(media(&fa2, 6001)),
+                handoff: Some(42),
+            },
         );
         let acts = drain(&mut r);
         let call = match &sent(&acts, 2)[0] {
@@ -1699,8 +1717,11 @@ mod tests {
                 call,
                 caller_fp,
                 caller_candidates,
+                handoff,
                 ..
             } => {
+                // The hand-off the caller follows reaches the callee.
+                assert_eq!(*handoff, Some(42));
                 // The station's fingerprint and the forwarder port, not
                 // the gateway's own.
                 assert_eq!(caller_fp, &fa2);
@@ -2137,7 +2158,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         // Not while it rings.
-        r.handle_transfer(now, 2, 2, call, "carol");
+        r.handle_transfer(now, 2, 2, call, "carol", None);
         assert!(matches!(
             &sent(&drain(&mut r), 2)[0],
             DirMsg::Error {
@@ -2149,7 +2170,7 @@ mod tests {
         drain(&mut r);
         // Not by a stranger.
         r.handle_session_up(3, "fc".into(), addr(1003));
-        r.handle_transfer(now, 3, 4, call, "carol");
+        r.handle_transfer(now, 3, 4, call, "carol", None);
         assert!(matches!(
             &sent(&drain(&mut r), 3)[0],
             DirMsg::Error {
@@ -2158,11 +2179,11 @@ mod tests {
             }
         ));
         // Bob hands Alice on to carol: she is told, and the call is over.
-        r.handle_transfer(now, 2, 5, call, "carol");
+        r.handle_transfer(now, 2, 5, call, "carol", Some(9));
         let acts = drain(&mut r);
         assert!(matches!(&sent(&acts, 2)[0], DirMsg::Ok { req: 5 }));
         assert!(
-            matches!(&sent(&acts, 1)[0], DirMsg::Redirected { number, by, .. } if number == "carol" && by == "ボブ")
+            matches!(&sent(&acts, 1)[0], DirMsg::Redirected { number, by, handoff: Some(9), .. } if number == "carol" && by == "ボブ")
         );
         assert!(r.call(call).is_none());
     }

@@ -32,7 +32,9 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use crate::auth;
 use crate::config::Config;
 use crate::ratelimit::LoginLimiter;
-use crate::routing::{Action, CallState, MediaEnd, NumberInfo, RelayState, Router, SessionId};
+use crate::routing::{
+    Action, CallState, MediaEnd, NumberInfo, Placing, RelayState, Router, SessionId,
+};
 use crate::store::{self, NewMail, Quota, SqliteStore, Store, StoreError};
 use crate::wire::{next_msg, read_body, send_msg, write_body, Incoming};
 
@@ -746,6 +748,7 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
             candidates,
             hops,
             media_fp,
+            handoff,
         } => {
             let fail = |code, message: String| DirMsg::CallFailed {
                 req,
@@ -784,6 +787,7 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
                     candidates: cands.iter().map(ToString::to_string).collect(),
                     hops,
                     media_fp,
+                    handoff,
                 },
             })
             .await?
@@ -818,11 +822,21 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
             }
             Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
         },
-        DirMsg::Transfer { req, call, number } => match canon(&number) {
+        DirMsg::Transfer {
+            req,
+            call,
+            number,
+            handoff,
+        } => match canon(&number) {
             Ok(number) => {
                 c.hub(Event::Route {
                     sid: c.sid,
-                    msg: DirMsg::Transfer { req, call, number },
+                    msg: DirMsg::Transfer {
+                        req,
+                        call,
+                        number,
+                        handoff,
+                    },
                 })
                 .await?
             }
@@ -1573,14 +1587,23 @@ impl Hub {
                 candidates,
                 hops,
                 media_fp,
+                handoff,
             } => {
                 let own = addrs(&candidates);
                 let media = media_fp.map(|fp| MediaEnd {
                     fp,
                     addrs: own.clone(),
                 });
-                self.router
-                    .handle_call_for(now, sid, req, &number, from, own, hops, media)
+                self.router.handle_call_for(
+                    now,
+                    sid,
+                    req,
+                    &number,
+                    from,
+                    own,
+                    hops,
+                    Placing { media, handoff },
+                )
             }
             DirMsg::Answer {
                 req,
@@ -1600,9 +1623,14 @@ impl Hub {
             DirMsg::Redirect { req, call, number } => {
                 self.router.handle_redirect(now, sid, req, call, &number)
             }
-            DirMsg::Transfer { req, call, number } => {
-                self.router.handle_transfer(now, sid, req, call, &number)
-            }
+            DirMsg::Transfer {
+                req,
+                call,
+                number,
+                handoff,
+            } => self
+                .router
+                .handle_transfer(now, sid, req, call, &number, handoff),
             DirMsg::Hangup { call } => self.router.handle_hangup(now, sid, call),
             DirMsg::Fallback { req, call } => self.router.handle_fallback(now, sid, req, call),
             _ => {}

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use keyline_net::lifecycle::{self, Signal, Signals};
 use keyline_net::{control, mdns, pairing_code, peer_fingerprint, Identity};
 use keyline_proto::call::{
-    display, is_trunk, Action, CallState, Config as CallConfig, Switchboard,
+    display, is_trunk, Action, CallState, Config as CallConfig, HandedOn, Switchboard,
 };
 
 use crate::trunk::Trunks;
@@ -1202,8 +1202,20 @@ impl Switch {
                 } => self.send(&picker, Msg::PickedUp { req, call, from }),
                 Action::Redirect { req, call, to, .. } => self.redirect_outside(req, call, &to),
                 Action::HandOff {
-                    call, to, internal, ..
-                } => self.hand_off(call, &to, internal),
+                    line,
+                    call,
+                    to,
+                    internal,
+                    by,
+                    joins,
+                } => self.hand_off(
+                    Instant::now(),
+                    &line,
+                    call,
+                    &to,
+                    internal,
+                    HandedOn { by, joins },
+                ),
                 Action::Record(rec) => {
                     if let Some(call) = rec.call {
                         self.relays.remove(&call);

@@ -23,7 +23,7 @@ use keyline_directory::client::{
     self as dir, CallError, CallOptions, Connected, DirClient, MediaPlan as DirPlan, Options,
 };
 use keyline_net::relay;
-use keyline_proto::call::{display, is_trunk, trunk_line, CallState};
+use keyline_proto::call::{display, is_trunk, trunk_line, CallState, HandedOn};
 use keyline_proto::dir::{DirectPolicy, EndReason as DirEnd, ErrorCode};
 use keyline_proto::msg::{CallId, FailReason, MediaPlan, Msg, Role};
 use serde_json::{json, Value};
@@ -94,7 +94,26 @@ pub struct Trunks {
     by_dir: HashMap<u64, CallId>,
     /// Incoming calls handed to the switchboard, until it rings or refuses.
     arriving: HashMap<u64, (String, Vec<SocketAddr>)>,
+    /// Outside parties we handed on to one of our extensions, by the
+    /// hand-off value we gave the directory, until they call back in.
+    handed: HashMap<u64, Handed>,
+    /// New outside calls that follow a hand-off by the far end: the
+    /// value to put in the call.
+    follow: HashMap<CallId, u64>,
 }
+
+/// An outside party handed on to extension `to` (see [`Trunks::handed`]).
+#[derive(Debug)]
+struct Handed {
+    /// The party's number: only it may use the hand-off.
+    from: String,
+    to: String,
+    back: HandedOn,
+    at: Instant,
+}
+
+/// How long a handed-on party has to call back in.
+const HANDED_ON_WAIT: Duration = Duration::from_secs(30);
 
 impl Trunks {
     pub fn new(configured: bool) -> Trunks {
@@ -538,8 +557,24 @@ impl Switch {
                 self.trunks
                     .arriving
                     .insert(inc.call, (inc.caller_fp, inc.caller_candidates));
-                self.sb
-                    .handle_inbound(now, &line, inc.call, inc.ext.as_deref());
+                // A party we handed on, calling back in: only the party
+                // itself, for the extension it was sent to, and in time.
+                let handed = inc
+                    .handoff
+                    .and_then(|h| self.trunks.handed.remove(&h))
+                    .filter(|h| {
+                        h.from == inc.from
+                            && inc.ext.as_deref() == Some(h.to.as_str())
+                            && now.duration_since(h.at) < HANDED_ON_WAIT
+                    });
+                match handed {
+                    Some(h) => self
+                        .sb
+                        .handle_handed_on(now, &line, inc.call, &h.to, h.back),
+                    None => self
+                        .sb
+                        .handle_inbound(now, &line, inc.call, inc.ext.as_deref()),
+                }
             }
             dir::Event::Ended { call: dc, reason } => {
                 self.trunks.arriving.remove(&dc);
@@ -562,6 +597,7 @@ impl Switch {
                 call: dc,
                 number,
                 by,
+                handoff,
             } => {
                 let Some(&call) = self.trunks.by_dir.get(&dc) else {
                     return;
@@ -570,7 +606,10 @@ impl Switch {
                 if let Some(t) = self.trunks.calls.get_mut(&call) {
                     t.dir_ended = true;
                 }
-                self.sb.handle_outside_handoff(now, call, &number);
+                let new = self.sb.handle_outside_handoff(now, call, &number);
+                if let (Some(new), Some(h)) = (new, handoff) {
+                    self.trunks.follow.insert(new, h);
+                }
             }
             dir::Event::Relay { call: dc, relay } => {
                 if let Some(a) = self
@@ -634,6 +673,7 @@ impl Switch {
                 return;
             }
         };
+        let handoff = self.trunks.follow.remove(&call);
         let tx = self.shared.events.clone();
         let task = tokio::spawn(async move {
             let (ptx, mut prx) = mpsc::channel(4);
@@ -653,6 +693,7 @@ impl Switch {
                 candidates: vec![port],
                 media_fp: Some(fp),
                 progress: Some(ptx),
+                handoff,
                 ..CallOptions::default()
             };
             let ev = match client.call(&number, opts).await {
@@ -996,10 +1037,20 @@ fn store_mail(shared: &Shared, ext: &str, m: &dir::Mail) -> Result<Event> {
 }
 
 impl Switch {
-    /// A station handed its outside party on (claim 5): tell the far end,
-    /// through the directory, to call `to` (an extension here: the office
-    /// number with `/to`).
-    pub(crate) fn hand_off(&mut self, call: CallId, to: &str, internal: bool) {
+    /// Extension `by` handed the outside party on `line` on (claim 5):
+    /// tell the far end, through the directory, to call `to` (an extension
+    /// here: the office number with `/to`, with a hand-off value by which
+    /// we know the party when it calls back in; see
+    /// [`keyline_proto::call::Switchboard::handle_handed_on`]).
+    pub(crate) fn hand_off(
+        &mut self,
+        now: Instant,
+        line: &str,
+        call: CallId,
+        to: &str,
+        internal: bool,
+        back: HandedOn,
+    ) {
         let dc = self.trunks.dir_call(call);
         if let Some(t) = self.trunks.calls.get_mut(&call) {
             t.dir_ended = true;
@@ -1015,8 +1066,24 @@ impl Switch {
         let (Some(dc), Some((client, _))) = (dc, self.trunks.client.clone()) else {
             return;
         };
+        let handoff = internal.then(|| {
+            self.trunks
+                .handed
+                .retain(|_, h| now.duration_since(h.at) < HANDED_ON_WAIT);
+            let h = rand::random::<u64>();
+            self.trunks.handed.insert(
+                h,
+                Handed {
+                    from: display(line).to_string(),
+                    to: to.to_string(),
+                    back,
+                    at: now,
+                },
+            );
+            h
+        });
         tokio::spawn(async move {
-            match client.transfer(dc, &number).await {
+            match client.transfer(dc, &number, handoff).await {
                 Ok(()) => tracing::info!("call {dc} handed on to {number}"),
                 Err(e) => tracing::warn!("handing call {dc} on to {number}: {e}"),
             }

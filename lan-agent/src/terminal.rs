@@ -631,7 +631,12 @@ fn on_event(t: &Arc<Terminal>, client: &DirClient, ev: Event) {
                 end_call(t, &mut st, end_reason(reason));
             }
         }
-        Event::Transferred { call, number, by } => {
+        Event::Transferred {
+            call,
+            number,
+            by,
+            handoff,
+        } => {
             // The other end handed us on (claim 5): we call `number`
             // ourselves, directly.
             let ours = {
@@ -646,7 +651,7 @@ fn on_event(t: &Arc<Terminal>, client: &DirClient, ev: Event) {
             if ours {
                 let t = t.clone();
                 tokio::spawn(async move {
-                    let r = dial(&t, &number).await;
+                    let r = dial(&t, &number, handoff).await;
                     if r.get("ok") != Some(&Value::Bool(true)) {
                         tracing::warn!("calling {number} after the hand-off: {r}");
                     }
@@ -871,7 +876,9 @@ fn arm_media_deadline(t: &Arc<Terminal>, st: &mut State, seq: u64, call: CallId)
 }
 
 /// Place a call through the directory; replies once it rings (or fails).
-async fn dial(t: &Arc<Terminal>, number: &str) -> Value {
+/// Call `number`; `handoff` when the call follows a hand-off (see
+/// [`CallOptions::handoff`]).
+async fn dial(t: &Arc<Terminal>, number: &str, handoff: Option<u64>) -> Value {
     let rx = {
         let mut st = t.lock();
         if st.call.is_some() {
@@ -896,7 +903,7 @@ async fn dial(t: &Arc<Terminal>, number: &str) -> Value {
         let t2 = t.clone();
         let number = number.to_string();
         tokio::spawn(async move {
-            outgoing(t2, client, number, seq, reply_tx, cancel_rx).await;
+            outgoing(t2, client, number, handoff, seq, reply_tx, cancel_rx).await;
         });
         reply_rx
     };
@@ -946,6 +953,7 @@ async fn outgoing(
     t: Arc<Terminal>,
     client: DirClient,
     number: String,
+    handoff: Option<u64>,
     seq: u64,
     reply: DialReply,
     mut cancel: oneshot::Receiver<()>,
@@ -953,6 +961,7 @@ async fn outgoing(
     let (ptx, mut prx) = mpsc::channel(8);
     let opts = CallOptions {
         progress: Some(ptx),
+        handoff,
         ..CallOptions::default()
     };
     let mut reply = Some(reply);
@@ -1578,7 +1587,7 @@ async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
             if req.get("lookup").and_then(Value::as_bool) == Some(true) {
                 dial_lookup(t, number).await
             } else {
-                dial(t, number).await
+                dial(t, number, None).await
             }
         }
         "answer" => answer(t, false).await,
@@ -1713,7 +1722,7 @@ async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
             let (Some(client), Some(call)) = (client, call) else {
                 return control::error("no connected call to hand on");
             };
-            match client.transfer(call, target).await {
+            match client.transfer(call, target, None).await {
                 Ok(()) => {
                     let mut st = t.lock();
                     if st.call.as_ref().is_some_and(|c| c.id == Some(call)) {

@@ -230,12 +230,18 @@ pub enum Action {
     /// A station handed the outside party on `line` (a trunk line) on to
     /// `to` (claim 5): the far end is told, through the directory, to call
     /// it directly; `internal`: `to` is an extension of this office (the
-    /// far end calls `OFFICE/to`). The call is over here.
+    /// far end calls `OFFICE/to`). The call is over here. When the far end
+    /// calls back in, the shell passes [`HandedOn`] `{by, joins}` to
+    /// [`Switchboard::handle_handed_on`].
     HandOff {
         line: String,
         call: CallId,
         to: String,
         internal: bool,
+        /// The extension that handed the party on.
+        by: String,
+        /// The consultation `by` ↔ `to` the party takes over (attended).
+        joins: Option<CallId>,
     },
     /// `picker` took the ringing call `call` from `from` with the pick-up
     /// code; media set-up follows as a `Connected`.
@@ -262,8 +268,6 @@ pub enum CallError {
     HeldByOther,
     #[error("a transfer of this call is already under way")]
     TransferPending,
-    #[error("an outside party cannot be handed on to another extension in this version")]
-    OutsideParty,
 }
 
 /// Where a call is.
@@ -312,6 +316,9 @@ pub struct Call {
     pub group: bool,
     /// A hunt group's members still to ring, in order.
     pub hunt: Vec<String>,
+    /// An outside party handed on to `callee` by this extension: the call
+    /// rings it instead if `callee` does not answer or declines.
+    pub recall: Option<String>,
 }
 
 impl Call {
@@ -334,8 +341,20 @@ impl Call {
             dial_req: None,
             group: false,
             hunt: Vec::new(),
+            recall: None,
         }
     }
+}
+
+/// An outside party an extension here handed on to another one (claim 5)
+/// calls back in: see [`Switchboard::handle_handed_on`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedOn {
+    /// The extension that handed the party on; the call comes back to it.
+    pub by: String,
+    /// For an attended transfer: the consultation between `by` and the
+    /// target that the party takes over.
+    pub joins: Option<CallId>,
 }
 
 #[derive(Debug, Default)]
@@ -680,12 +699,17 @@ impl Switchboard {
     /// The far end of the answered outside call `id` handed our station on
     /// to the outside `number` (claim 5): the station goes on in a new
     /// outside call to it (`Replaced`, then the new call rings out).
-    pub fn handle_outside_handoff(&mut self, now: Instant, id: CallId, number: &str) {
-        let Some(call) = self.calls.get(&id) else {
-            return;
-        };
+    /// Returns the new call's id.
+    pub fn handle_outside_handoff(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        number: &str,
+    ) -> Option<CallId> {
+        let call = self.calls.get(&id)?;
         if !matches!(call.state, CallState::Answered { .. }) {
-            return self.handle_outside_failed(now, id, FailReason::Unreachable);
+            self.handle_outside_failed(now, id, FailReason::Unreachable);
+            return None;
         }
         let station = if is_trunk(&call.callee) {
             call.caller.clone()
@@ -693,7 +717,7 @@ impl Switchboard {
             call.callee.clone()
         };
         if is_trunk(&station) {
-            return;
+            return None;
         }
         if let Some(old) = self.calls.remove(&id) {
             self.close(now, old, Outcome::Answered);
@@ -727,6 +751,7 @@ impl Switchboard {
             call: new,
             from: station,
         });
+        Some(new)
     }
 
     /// The far end of the outside call `id` rings.
@@ -1115,6 +1140,15 @@ impl Switchboard {
         })
     }
 
+    /// A short code (`*0`–`*9`, `**NN`) as the number it stands for;
+    /// anything else as it is.
+    fn expand_short_code(&self, target: &str) -> String {
+        self.speed_dials
+            .get(target)
+            .cloned()
+            .unwrap_or_else(|| target.to_string())
+    }
+
     /// `by` hands the other end of its answered call `id` on to `target`.
     /// The call stays as it is until the target answers; a busy, unknown or
     /// unanswered target gives the call back to `by`.
@@ -1127,6 +1161,7 @@ impl Switchboard {
         target: &str,
     ) -> Result<(), CallError> {
         let other = self.may_hand_off(by, id)?;
+        let target = &self.expand_short_code(target);
         let fail = |s: &mut Self, reason: FailReason| {
             s.actions.push_back(Action::TransferFailed {
                 to: by.to_string(),
@@ -1169,6 +1204,8 @@ impl Switchboard {
                 call: id,
                 to: target.to_string(),
                 internal,
+                by: by.to_string(),
+                joins: None,
             });
             self.close(now, call, Outcome::Answered);
             return Ok(());
@@ -1239,7 +1276,8 @@ impl Switchboard {
         target: &str,
     ) -> Result<(), CallError> {
         let other = self.may_hand_off(by, id)?;
-        let (target, rang) = match self.route(by, target, Vec::new(), false) {
+        let target = &self.expand_short_code(target);
+        let (target, rang) = match self.route(by, target, Vec::new(), true) {
             Ok((t, _)) if t == other => {
                 self.actions.push_back(Action::TransferFailed {
                     to: by.to_string(),
@@ -1262,6 +1300,12 @@ impl Switchboard {
         };
         let c2 = self.next_id;
         self.next_id += 1;
+        let target = if self.lines.contains_key(&target) {
+            target
+        } else {
+            // To an outside number: the consultation rings a trunk line.
+            self.add_trunk_out(c2, &target)
+        };
         self.calls.insert(
             c2,
             Call {
@@ -1297,7 +1341,7 @@ impl Switchboard {
             caller: by.to_string(),
             req,
             call: c2,
-            callee: target.clone(),
+            callee: display(&target).to_string(),
         });
         self.actions.push_back(Action::Ring {
             callee: target,
@@ -1325,12 +1369,62 @@ impl Switchboard {
         }
         let orig = consult.consult_of.ok_or(CallError::NoSuchCall)?;
         let target = consult.callee.clone();
-        if self
+        let held = self
             .calls
             .get(&orig)
-            .is_some_and(|o| is_trunk(&o.caller) || is_trunk(&o.callee))
-        {
-            return Err(CallError::OutsideParty);
+            .map(|o| {
+                if o.caller == by {
+                    o.callee.clone()
+                } else {
+                    o.caller.clone()
+                }
+            })
+            .ok_or(CallError::NoSuchCall)?;
+        if is_trunk(&target) {
+            // The consulted party is outside: the consultation ends, and
+            // the held party goes on to that number as in a blind
+            // transfer (an outside party calls it directly; an extension's
+            // call is placed here and comes back if it is not answered).
+            self.complete_towards_outside(now, by, req, orig, c2, &target);
+            return Ok(());
+        }
+        if is_trunk(&held) {
+            // An outside party is held: it is handed on through the
+            // directory (claim 5) and takes the consultation over when it
+            // calls in (`handle_handed_on`).
+            let Some(old) = self.calls.remove(&orig) else {
+                return Err(CallError::NoSuchCall);
+            };
+            self.actions.push_back(Action::Ended {
+                to: by.to_string(),
+                call: orig,
+                reason: EndReason::Transferred,
+            });
+            self.actions.push_back(Action::HandOff {
+                line: held.clone(),
+                call: orig,
+                to: target.clone(),
+                internal: true,
+                by: by.to_string(),
+                joins: Some(c2),
+            });
+            self.close(now, old, Outcome::Answered);
+            if let Some(c) = self.calls.get_mut(&c2) {
+                c.consult_of = None;
+            }
+            if let Some(l) = self.lines.get_mut(by) {
+                l.call = Some(c2);
+                l.consult = None;
+            }
+            self.actions.push_back(Action::Feature {
+                caller: by.to_string(),
+                req,
+                message: format!(
+                    "{} is being handed on to {target}; stay on the line until they arrive",
+                    display(&held)
+                ),
+            });
+            return Ok(());
         }
         let Some(old) = self.calls.remove(&orig) else {
             return Err(CallError::NoSuchCall);
@@ -1386,6 +1480,229 @@ impl Switchboard {
         Ok(())
     }
 
+    /// Attended transfer to an outside number: end the consultation `c2`
+    /// and hand the held call `orig` on to the number.
+    fn complete_towards_outside(
+        &mut self,
+        now: Instant,
+        by: &str,
+        req: ReqId,
+        orig: CallId,
+        c2: CallId,
+        target: &str,
+    ) {
+        if let Some(c) = self.calls.remove(&c2) {
+            self.actions.push_back(Action::Ended {
+                to: by.to_string(),
+                call: c2,
+                reason: EndReason::Transferred,
+            });
+            self.actions.push_back(Action::Ended {
+                to: c.callee.clone(),
+                call: c2,
+                reason: EndReason::Hangup,
+            });
+            // Unlinked first, so closing it does not take the held call
+            // off hold.
+            let c = Call {
+                consult_of: None,
+                ..c
+            };
+            self.close(now, c, Outcome::Answered);
+        }
+        if let Some(o) = self.calls.get_mut(&orig) {
+            o.consulting = None;
+        }
+        if let Some(l) = self.lines.get_mut(by) {
+            l.consult = None;
+        }
+        if let Err(e) = self.handle_transfer(now, by, req, orig, display(target)) {
+            self.actions.push_back(Action::TransferFailed {
+                to: by.to_string(),
+                req,
+                call: orig,
+                reason: match e {
+                    CallError::NoSuchCall => FailReason::Unreachable,
+                    _ => FailReason::NotAllowed,
+                },
+            });
+        }
+    }
+
+    /// An outside party that extension `h.by` handed on to extension `ext`
+    /// (claim 5) calls back in on the trunk line `trunk`. With `h.joins`
+    /// still a consultation between the two, the party takes it over at
+    /// once (attended transfer: `ext` gets `Replaced`, then `Connected`).
+    /// Otherwise `ext` rings, and the call comes back to `h.by` if `ext`
+    /// is busy, does not answer or declines. Replies as for
+    /// [`Self::handle_inbound`].
+    pub fn handle_handed_on(
+        &mut self,
+        now: Instant,
+        trunk: &str,
+        req: ReqId,
+        ext: &str,
+        h: HandedOn,
+    ) {
+        let joinable = h.joins.and_then(|c2| {
+            let c = self.calls.get(&c2)?;
+            let pair =
+                (c.caller == h.by && c.callee == ext) || (c.caller == ext && c.callee == h.by);
+            (pair && matches!(c.state, CallState::Answered { .. }) && c.held_by.is_none())
+                .then_some(c2)
+        });
+        let free = |s: &Self, m: &str| {
+            s.lines.get(m).is_some_and(|l| {
+                l.online && l.call.is_none() && l.consult.is_none() && !l.settings.dnd
+            })
+        };
+        let ring = if joinable.is_some() {
+            None
+        } else if free(self, ext) {
+            Some((ext.to_string(), Some(h.by.clone())))
+        } else if free(self, &h.by) && h.by != ext {
+            Some((h.by.clone(), None))
+        } else {
+            // Nobody to take it back: as any call for `ext` (its
+            // forwarding, its mailbox, or busy).
+            return self.handle_inbound(now, trunk, req, Some(ext));
+        };
+        if !is_trunk(trunk) || self.lines.contains_key(trunk) {
+            return self.handle_inbound(now, trunk, req, Some(ext));
+        }
+        self.lines.insert(
+            trunk.to_string(),
+            Line {
+                online: true,
+                ..Line::default()
+            },
+        );
+        let id = self.next_id;
+        self.next_id += 1;
+        if let Some(l) = self.lines.get_mut(trunk) {
+            l.call = Some(id);
+        }
+        if let (Some(c2), None) = (joinable, &ring) {
+            let Some(old) = self.calls.remove(&c2) else {
+                return;
+            };
+            self.actions.push_back(Action::Ended {
+                to: h.by.clone(),
+                call: c2,
+                reason: EndReason::Transferred,
+            });
+            self.close(now, old, Outcome::Answered);
+            if let Some(l) = self.lines.get_mut(ext) {
+                l.call = Some(id);
+            }
+            self.calls.insert(
+                id,
+                Call::new(
+                    id,
+                    trunk.to_string(),
+                    ext.to_string(),
+                    now,
+                    CallState::Answered { at: now },
+                ),
+            );
+            self.actions.push_back(Action::Ringing {
+                caller: trunk.to_string(),
+                req,
+                call: id,
+                callee: ext.to_string(),
+            });
+            self.actions.push_back(Action::Replaced {
+                to: ext.to_string(),
+                old: c2,
+                new: id,
+                peer: display(trunk).to_string(),
+            });
+            self.actions.push_back(Action::Connected {
+                call: id,
+                caller: trunk.to_string(),
+                callee: ext.to_string(),
+            });
+            return;
+        }
+        let Some((callee, recall)) = ring else {
+            return;
+        };
+        if let Some(l) = self.lines.get_mut(&callee) {
+            l.call = Some(id);
+        }
+        self.calls.insert(
+            id,
+            Call {
+                recall,
+                ..Call::new(
+                    id,
+                    trunk.to_string(),
+                    callee.clone(),
+                    now,
+                    CallState::Ringing {
+                        deadline: now + self.config.ring_timeout,
+                    },
+                )
+            },
+        );
+        self.actions.push_back(Action::Ringing {
+            caller: trunk.to_string(),
+            req,
+            call: id,
+            callee: callee.clone(),
+        });
+        self.actions.push_back(Action::Ring {
+            callee,
+            call: id,
+            from: display(trunk).to_string(),
+        });
+    }
+
+    /// A handed-on call's target did not take it: ring the extension that
+    /// handed it on instead, if it is free. `true` when the call moved.
+    fn recall(&mut self, now: Instant, id: CallId) -> bool {
+        let Some(call) = self.calls.get(&id) else {
+            return false;
+        };
+        let Some(back) = call.recall.clone() else {
+            return false;
+        };
+        let free = self.lines.get(&back).is_some_and(|l| {
+            l.online && l.call.is_none() && l.consult.is_none() && !l.settings.dnd
+        });
+        if !free || !matches!(call.state, CallState::Ringing { .. }) {
+            return false;
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return false;
+        };
+        call.recall = None;
+        call.state = CallState::Ringing {
+            deadline: now + self.config.ring_timeout,
+        };
+        let old = std::mem::replace(&mut call.callee, back.clone());
+        let from = display(&call.caller).to_string();
+        if let Some(l) = self.lines.get_mut(&old) {
+            if l.call == Some(id) {
+                l.call = None;
+            }
+        }
+        self.actions.push_back(Action::Ended {
+            to: old,
+            call: id,
+            reason: EndReason::NoAnswer,
+        });
+        if let Some(l) = self.lines.get_mut(&back) {
+            l.call = Some(id);
+        }
+        self.actions.push_back(Action::Ring {
+            callee: back,
+            call: id,
+            from,
+        });
+        true
+    }
+
     /// A transfer leg ended before the target answered: give the call back.
     fn abort_transfer_leg(&mut self, now: Instant, leg: CallId, by: &str, reason: EndReason) {
         let Some(l) = self.calls.remove(&leg) else {
@@ -1439,7 +1756,7 @@ impl Switchboard {
         if !matches!(call.state, CallState::Ringing { .. }) {
             return Err(CallError::NotRinging);
         }
-        if self.leave_group(id, ext) || self.advance_hunt(now, id) {
+        if self.leave_group(id, ext) || self.advance_hunt(now, id) || self.recall(now, id) {
             return Ok(());
         }
         self.finish_by(now, id, ext, EndReason::Rejected);
@@ -1457,7 +1774,9 @@ impl Switchboard {
             CallState::Ringing { .. } => EndReason::Rejected,
             CallState::Answered { .. } | CallState::Voicemail { .. } => EndReason::Hangup,
         };
-        if call.caller != ext && (self.leave_group(id, ext) || self.advance_hunt(now, id)) {
+        if call.caller != ext
+            && (self.leave_group(id, ext) || self.advance_hunt(now, id) || self.recall(now, id))
+        {
             return Ok(());
         }
         self.finish_by(now, id, ext, reason);
@@ -1558,7 +1877,10 @@ impl Switchboard {
             .map(|c| c.id)
             .collect();
         for id in expired {
-            if self.advance_hunt(now, id) || self.forward_unanswered(now, id) {
+            if self.recall(now, id)
+                || self.advance_hunt(now, id)
+                || self.forward_unanswered(now, id)
+            {
                 continue;
             }
             if self.calls.get(&id).is_some_and(|c| c.replaces.is_some()) {
@@ -2803,7 +3125,9 @@ mod trunk_tests {
             line: trunk.clone(),
             call: 1,
             to: "203".into(),
-            internal: true
+            internal: true,
+            by: "202".into(),
+            joins: None,
         }));
         assert!(acts.contains(&Action::Ended {
             to: "202".into(),
@@ -2834,7 +3158,9 @@ mod trunk_tests {
             line: t2.clone(),
             call: 2,
             to: "carol".into(),
-            internal: false
+            internal: false,
+            by: "202".into(),
+            joins: None,
         }));
     }
 
@@ -2861,5 +3187,206 @@ mod trunk_tests {
         assert_eq!(record(&acts).map(|r| r.callee.as_str()), Some("bob"));
         assert!(!sb.lines.contains_key(&trunk));
         assert_eq!(sb.lines.get("201").and_then(|l| l.call), Some(2));
+    }
+    /// alice (outside) talks to 202, which consults 203; 203 answers.
+    /// Returns (board, now, alice's line, the consultation's id).
+    fn consulting_with_outside_held() -> (Switchboard, Instant, String, CallId) {
+        let (mut sb, now) = board(&["201", "202", "203"]);
+        let trunk = trunk_line("d1", "alice");
+        sb.handle_inbound(now, &trunk, 1, Some("202"));
+        sb.handle_answer(now, "202", 1).expect("answer");
+        sb.handle_consult(now, "202", 2, 1, "203").expect("consult");
+        let c2 = sb
+            .lines
+            .get("202")
+            .and_then(|l| l.consult)
+            .expect("consulting");
+        sb.handle_answer(now, "203", c2).expect("203 answers");
+        drain(&mut sb);
+        (sb, now, trunk, c2)
+    }
+
+    #[test]
+    fn an_attended_transfer_hands_an_outside_party_into_the_consultation() {
+        let (mut sb, now, trunk, c2) = consulting_with_outside_held();
+        sb.handle_consult_complete(now, "202", 3).expect("complete");
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::HandOff {
+            line: trunk.clone(),
+            call: 1,
+            to: "203".into(),
+            internal: true,
+            by: "202".into(),
+            joins: Some(c2),
+        }));
+        // 202 stays with 203 until alice arrives.
+        assert_eq!(sb.lines.get("202").and_then(|l| l.call), Some(c2));
+        assert!(sb.call(1).is_none());
+        // alice calls OFFICE/203 with the hand-off: she takes 202's place.
+        let back = trunk_line("d7", "alice");
+        let h = HandedOn {
+            by: "202".into(),
+            joins: Some(c2),
+        };
+        sb.handle_handed_on(now, &back, 7, "203", h);
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ended {
+            to: "202".into(),
+            call: c2,
+            reason: EndReason::Transferred
+        }));
+        let new = match acts.iter().find(|a| matches!(a, Action::Replaced { .. })) {
+            Some(Action::Replaced { to, old, new, peer }) => {
+                assert_eq!((to.as_str(), *old, peer.as_str()), ("203", c2, "alice"));
+                *new
+            }
+            _ => panic!("{acts:?}"),
+        };
+        assert!(acts.contains(&Action::Connected {
+            call: new,
+            caller: back.clone(),
+            callee: "203".into()
+        }));
+        assert!(acts
+            .iter()
+            .any(|a| matches!(a, Action::Ringing { caller, req: 7, .. } if caller == &back)));
+        assert_eq!(sb.lines.get("202").and_then(|l| l.call), None);
+        assert_eq!(sb.lines.get("203").and_then(|l| l.call), Some(new));
+        // Two records: the consultation and alice's first call.
+        assert!(record(&acts).is_some());
+    }
+
+    #[test]
+    fn a_handed_on_caller_comes_back_when_the_target_does_not_answer() {
+        let (mut sb, now) = board(&["202", "203"]);
+        let h = || HandedOn {
+            by: "202".into(),
+            joins: None,
+        };
+        // 203 does not answer: 202 rings.
+        let t1 = trunk_line("d1", "alice");
+        sb.handle_handed_on(now, &t1, 1, "203", h());
+        let acts = drain(&mut sb);
+        assert!(acts
+            .iter()
+            .any(|a| matches!(a, Action::Ring { callee, .. } if callee == "203")));
+        let id = sb.lines.get("203").and_then(|l| l.call).expect("ringing");
+        sb.handle_timeout(now + Duration::from_secs(60));
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ended {
+            to: "203".into(),
+            call: id,
+            reason: EndReason::NoAnswer
+        }));
+        assert!(acts.contains(&Action::Ring {
+            callee: "202".into(),
+            call: id,
+            from: "alice".into()
+        }));
+        sb.handle_answer(now, "202", id).expect("202 takes it back");
+        sb.handle_hangup(now, "202", id).expect("hang up");
+        drain(&mut sb);
+        // 203 declines: 202 rings at once.
+        let t2 = trunk_line("d2", "bob");
+        sb.handle_handed_on(now, &t2, 2, "203", h());
+        let id = sb.lines.get("203").and_then(|l| l.call).expect("ringing");
+        drain(&mut sb);
+        sb.handle_reject(now, "203", id).expect("decline");
+        assert!(drain(&mut sb).contains(&Action::Ring {
+            callee: "202".into(),
+            call: id,
+            from: "bob".into()
+        }));
+        sb.handle_hangup(now, &t2, id).expect("bob gives up");
+        drain(&mut sb);
+        // 203 is busy by the time the caller arrives: 202 rings directly.
+        sb.handle_dial(now, "203", 3, "alice");
+        drain(&mut sb);
+        let t3 = trunk_line("d3", "carol");
+        sb.handle_handed_on(now, &t3, 4, "203", h());
+        assert!(drain(&mut sb).iter().any(|a| matches!(
+            a,
+            Action::Ring { callee, from, .. } if callee == "202" && from == "carol"
+        )));
+    }
+
+    #[test]
+    fn an_attended_transfer_to_an_outside_number_ends_the_consultation_first() {
+        // Outside party held: it is handed on to the number directly.
+        let (mut sb, now) = board(&["202"]);
+        let alice = trunk_line("d1", "alice");
+        sb.handle_inbound(now, &alice, 1, Some("202"));
+        sb.handle_answer(now, "202", 1).expect("answer");
+        sb.handle_consult(now, "202", 2, 1, "carol")
+            .expect("consult");
+        let acts = drain(&mut sb);
+        let carol = match acts
+            .iter()
+            .find(|a| matches!(a, Action::Ring { call: 2, .. }))
+        {
+            Some(Action::Ring { callee, .. }) if display(callee) == "carol" => callee.clone(),
+            _ => panic!("{acts:?}"),
+        };
+        sb.handle_outside_ringing(2);
+        sb.handle_answer(now, &carol, 2).expect("carol answers");
+        drain(&mut sb);
+        sb.handle_consult_complete(now, "202", 3).expect("complete");
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ended {
+            to: carol.clone(),
+            call: 2,
+            reason: EndReason::Hangup
+        }));
+        assert!(acts.contains(&Action::HandOff {
+            line: alice,
+            call: 1,
+            to: "carol".into(),
+            internal: false,
+            by: "202".into(),
+            joins: None,
+        }));
+        assert!(sb.calls().next().is_none());
+        assert_eq!(sb.lines.get("202").and_then(|l| l.call), None);
+
+        // An extension held: its call to the number is placed here.
+        let (mut sb, now) = board(&["201", "202"]);
+        sb.handle_dial(now, "201", 1, "202");
+        sb.handle_answer(now, "202", 1).expect("answer");
+        sb.handle_consult(now, "202", 2, 1, "carol")
+            .expect("consult");
+        let carol = trunk_line("o2", "carol");
+        sb.handle_outside_ringing(2);
+        sb.handle_answer(now, &carol, 2).expect("carol answers");
+        drain(&mut sb);
+        sb.handle_consult_complete(now, "202", 3).expect("complete");
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ended {
+            to: carol,
+            call: 2,
+            reason: EndReason::Hangup
+        }));
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            Action::Ring { callee, from, .. } if display(callee) == "carol" && from == "201"
+        )));
+        assert!(acts
+            .iter()
+            .any(|a| matches!(a, Action::Transferring { to, .. } if to == "202")));
+    }
+
+    #[test]
+    fn short_codes_work_as_transfer_targets() {
+        let (mut sb, now) = board(&["201", "202"]);
+        sb.set_speed_dial("*5", Some("carol"));
+        let alice = trunk_line("d1", "alice");
+        sb.handle_inbound(now, &alice, 1, Some("202"));
+        sb.handle_answer(now, "202", 1).expect("answer");
+        drain(&mut sb);
+        sb.handle_transfer(now, "202", 2, 1, "*5")
+            .expect("transfer");
+        assert!(drain(&mut sb).iter().any(|a| matches!(
+            a,
+            Action::HandOff { to, internal: false, .. } if to == "carol"
+        )));
     }
 }

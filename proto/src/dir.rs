@@ -390,6 +390,10 @@ pub enum DirMsg {
         /// (the gateway's forwarder port), not the endpoint's own.
         #[serde(default)]
         media_fp: Option<String>,
+        /// The hand-off this call follows (the `handoff` of the
+        /// `Redirected` that sent the caller here), passed on to the callee.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handoff: Option<u64>,
     },
     /// Reply to `Call`: the callee rings.
     Ringing {
@@ -425,6 +429,10 @@ pub enum DirMsg {
         via: Vec<String>,
         caller_fp: String,
         caller_candidates: Vec<String>,
+        /// The caller's `Call.handoff`: the endpoint that handed the caller
+        /// on chose it, and may recognise the call by it (with `from`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handoff: Option<u64>,
     },
     /// Callee: take the call; answered with `Connect`.
     Answer {
@@ -462,6 +470,12 @@ pub enum DirMsg {
         req: ReqId,
         call: CallId,
         number: String,
+        /// A value for the other end to put in its new `Call`, so the
+        /// target (when it is us, an office) knows the call it hands on:
+        /// to give it back if no one answers, or to take it straight into
+        /// a consultation that is waiting for it (attended transfer).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handoff: Option<u64>,
     },
     /// Either end: end the call (the caller cancels while it rings).
     Hangup {
@@ -480,6 +494,9 @@ pub enum DirMsg {
         number: String,
         /// The callee's number that redirected.
         by: String,
+        /// From `Transfer.handoff`: put it in the new `Call`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handoff: Option<u64>,
     },
     /// Directory → an end: the call is over.
     Ended {
@@ -793,6 +810,7 @@ mod tests {
                 candidates: vec![],
                 hops: 0,
                 media_fp: Some(s("ab")),
+                handoff: Some(77),
             },
             DirMsg::Ringing {
                 req: 7,
@@ -816,6 +834,7 @@ mod tests {
                 via: vec![],
                 caller_fp: s("fp"),
                 caller_candidates: vec![],
+                handoff: None,
             },
             DirMsg::Answer {
                 req: 8,
@@ -834,6 +853,7 @@ mod tests {
                 req: 8,
                 call: 9,
                 number: s("4/202"),
+                handoff: Some(u64::MAX),
             },
             DirMsg::Hangup { call: 9 },
             DirMsg::Connect {
@@ -845,6 +865,7 @@ mod tests {
                 call: 9,
                 number: s("4"),
                 by: s("2"),
+                handoff: Some(5),
             },
             DirMsg::Ended {
                 call: 9,

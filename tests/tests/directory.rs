@@ -478,6 +478,7 @@ async fn bad_protocol_input_gets_clear_errors() {
             candidates: vec![],
             hops: 0,
             media_fp: None,
+            handoff: None,
         },
         MAX_MESSAGE,
     )
@@ -657,6 +658,7 @@ async fn sigterm_with_a_call_in_progress_tells_both_ends() {
         candidates: vec![a.addr.to_string()],
         hops: 0,
         media_fp: None,
+        handoff: None,
     })
     .await;
     let call = match a
