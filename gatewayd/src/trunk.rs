@@ -359,11 +359,7 @@ fn outside_ip(local: SocketAddr, to: SocketAddr) -> Result<IpAddr> {
 
 fn fail_reason(e: &CallError) -> FailReason {
     match e {
-        CallError::Ended { reason, .. } => match reason {
-            DirEnd::Busy => FailReason::Busy,
-            DirEnd::PeerLost => FailReason::Unreachable,
-            _ => FailReason::Busy,
-        },
+        CallError::Ended { reason, .. } => ended_reason(*reason),
         other => match other.code() {
             Some(ErrorCode::UnknownNumber) => FailReason::UnknownNumber,
             Some(ErrorCode::InvalidNumber) => FailReason::InvalidNumber,
@@ -372,6 +368,16 @@ fn fail_reason(e: &CallError) -> FailReason {
             Some(ErrorCode::NotLoggedIn | ErrorCode::NotYourNumber) => FailReason::NotAllowed,
             _ => FailReason::Unreachable,
         },
+    }
+}
+
+/// Why an outside call that rang ended, as the station is told.
+fn ended_reason(reason: DirEnd) -> FailReason {
+    match reason {
+        DirEnd::Busy => FailReason::Busy,
+        DirEnd::NoAnswer => FailReason::NoAnswer,
+        DirEnd::Rejected => FailReason::Declined,
+        _ => FailReason::Unreachable,
     }
 }
 
@@ -586,12 +592,7 @@ impl Switch {
                 };
                 t.dir_ended = true;
                 let line = t.line.clone();
-                let reason = match reason {
-                    DirEnd::Busy => FailReason::Busy,
-                    DirEnd::PeerLost => FailReason::Unreachable,
-                    _ => FailReason::Busy,
-                };
-                self.trunk_gone(now, call, &line, reason);
+                self.trunk_gone(now, call, &line, ended_reason(reason));
             }
             dir::Event::Transferred {
                 call: dc,
@@ -749,9 +750,13 @@ impl Switch {
             return;
         };
         tokio::spawn(async move {
+            // No such extension: declined. Nobody free or online: busy,
+            // which is what a caller can act on (try again later).
             let r = match reason {
-                FailReason::Busy | FailReason::DoNotDisturb => client.busy(dir_call).await,
-                _ => client.reject(dir_call).await,
+                FailReason::UnknownNumber | FailReason::InvalidNumber | FailReason::NotAllowed => {
+                    client.reject(dir_call).await
+                }
+                _ => client.busy(dir_call).await,
             };
             if let Err(e) = r {
                 tracing::debug!("refusing call {dir_call}: {e}");

@@ -775,6 +775,7 @@ fn end_reason(r: EndReason) -> &'static str {
         EndReason::Hangup => "hangup",
         EndReason::Cancelled => "cancelled",
         EndReason::Rejected => "rejected",
+        EndReason::Busy => "busy",
         EndReason::NoAnswer => "no-answer",
         EndReason::PeerLost => "peer-lost",
         EndReason::MediaFailed => "media-failed",

@@ -392,7 +392,19 @@ fn outcome_of(reason: FailReason) -> Outcome {
         FailReason::UnknownNumber => Outcome::UnknownNumber,
         FailReason::Unreachable => Outcome::Unreachable,
         FailReason::Busy | FailReason::DoNotDisturb => Outcome::Busy,
+        FailReason::NoAnswer => Outcome::NoAnswer,
+        FailReason::Declined => Outcome::Rejected,
         _ => Outcome::Failed,
+    }
+}
+
+/// How a call that rang ends for the caller when the far end fails.
+fn end_reason_of(reason: FailReason) -> EndReason {
+    match reason {
+        FailReason::Unreachable => EndReason::PeerLost,
+        FailReason::NoAnswer => EndReason::NoAnswer,
+        FailReason::Busy | FailReason::DoNotDisturb => EndReason::Busy,
+        _ => EndReason::Rejected,
     }
 }
 
@@ -783,11 +795,7 @@ impl Switchboard {
             // A transfer to an outside number that did not go through:
             // the call goes back to whoever transferred it.
             let trunk = call.callee.clone();
-            let why = match reason {
-                FailReason::Unreachable => EndReason::PeerLost,
-                _ => EndReason::Rejected,
-            };
-            return self.abort_transfer_leg(now, id, &trunk, why);
+            return self.abort_transfer_leg(now, id, &trunk, end_reason_of(reason));
         }
         let Some(mut call) = self.calls.remove(&id) else {
             return;
@@ -801,10 +809,7 @@ impl Switchboard {
             None => self.actions.push_back(Action::Ended {
                 to: call.caller.clone(),
                 call: id,
-                reason: match reason {
-                    FailReason::Unreachable => EndReason::PeerLost,
-                    _ => EndReason::Rejected,
-                },
+                reason: end_reason_of(reason),
             }),
         }
         self.close(now, call, outcome_of(reason));
@@ -1716,8 +1721,9 @@ impl Switchboard {
             });
         }
         let (fail, outcome) = match reason {
-            EndReason::NoAnswer => (FailReason::Unreachable, Outcome::NoAnswer),
-            EndReason::Rejected => (FailReason::Busy, Outcome::Rejected),
+            EndReason::NoAnswer => (FailReason::NoAnswer, Outcome::NoAnswer),
+            EndReason::Rejected => (FailReason::Declined, Outcome::Rejected),
+            EndReason::Busy => (FailReason::Busy, Outcome::Busy),
             EndReason::PeerLost => (FailReason::Unreachable, Outcome::Unreachable),
             _ => (FailReason::Unreachable, Outcome::Cancelled),
         };
@@ -2699,12 +2705,34 @@ mod trunk_tests {
         sb.handle_dial(now, "201", 6, "carol");
         sb.handle_outside_ringing(2);
         drain(&mut sb);
-        sb.handle_outside_failed(now, 2, FailReason::Busy);
+        sb.handle_outside_failed(now, 2, FailReason::Declined);
         assert!(drain(&mut sb).contains(&Action::Ended {
             to: "201".into(),
             call: 2,
             reason: EndReason::Rejected
         }));
+        // Busy and no answer after it rang say so.
+        for (id, why, end, outcome) in [
+            (3, FailReason::Busy, EndReason::Busy, Outcome::Busy),
+            (
+                4,
+                FailReason::NoAnswer,
+                EndReason::NoAnswer,
+                Outcome::NoAnswer,
+            ),
+        ] {
+            sb.handle_dial(now, "201", 7, "carol");
+            sb.handle_outside_ringing(id);
+            drain(&mut sb);
+            sb.handle_outside_failed(now, id, why);
+            let acts = drain(&mut sb);
+            assert!(acts.contains(&Action::Ended {
+                to: "201".into(),
+                call: id,
+                reason: end
+            }));
+            assert_eq!(record(&acts).map(|r| r.outcome), Some(outcome));
+        }
     }
 
     #[test]

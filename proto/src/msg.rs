@@ -48,6 +48,11 @@ pub enum FailReason {
     UnknownFeature,
     /// Do-not-disturb is on at the callee.
     DoNotDisturb,
+    /// It rang, and nobody answered (an outside number, or a transfer
+    /// target).
+    NoAnswer,
+    /// It rang, and the callee declined.
+    Declined,
 }
 
 impl FailReason {
@@ -63,6 +68,8 @@ impl FailReason {
             FailReason::ForwardLoop => "forwarding loop (the rules send the call in a circle)",
             FailReason::UnknownFeature => "unknown feature code",
             FailReason::DoNotDisturb => "do not disturb",
+            FailReason::NoAnswer => "no answer",
+            FailReason::Declined => "declined",
         }
     }
 }
@@ -77,6 +84,9 @@ pub enum EndReason {
     Cancelled,
     /// The callee declined.
     Rejected,
+    /// The callee turned out to be busy after all (an outside number
+    /// whose directory said it rings).
+    Busy,
     /// Nobody answered within the ring timeout.
     NoAnswer,
     /// The other party's connection was lost.
