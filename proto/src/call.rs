@@ -851,11 +851,7 @@ impl Switchboard {
             self.config.reception.clone()
         };
         let known = group.iter().any(|m| self.lines.contains_key(m));
-        group.retain(|m| {
-            self.lines.get(m).is_some_and(|l| {
-                l.online && l.call.is_none() && l.consult.is_none() && !l.settings.dnd
-            })
-        });
+        group.retain(|m| self.is_free(m));
         if group.is_empty() {
             if let Some(mb) = self.office_mailbox() {
                 let id = self.next_id;
@@ -966,17 +962,12 @@ impl Switchboard {
             return false;
         }
         let mut queue = call.hunt.clone();
-        let free = |s: &Self, m: &str| {
-            s.lines.get(m).is_some_and(|l| {
-                l.online && l.call.is_none() && l.consult.is_none() && !l.settings.dnd
-            })
-        };
         let next = loop {
             if queue.is_empty() {
                 return false;
             }
             let m = queue.remove(0);
-            if free(self, &m) {
+            if self.is_free(&m) {
                 break m;
             }
         };
@@ -985,9 +976,17 @@ impl Switchboard {
             return false;
         };
         call.hunt = queue;
-        call.state = CallState::Ringing {
-            deadline: now + step,
+        self.ring_instead(now + step, id, next);
+        true
+    }
+
+    /// Ringing call `id` stops ringing its callee and rings `next` until
+    /// `deadline`.
+    fn ring_instead(&mut self, deadline: Instant, id: CallId, next: String) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
         };
+        call.state = CallState::Ringing { deadline };
         let old = std::mem::replace(&mut call.callee, next.clone());
         let from = display(&call.caller).to_string();
         if let Some(l) = self.lines.get_mut(&old) {
@@ -1008,7 +1007,14 @@ impl Switchboard {
             call: id,
             from,
         });
-        true
+    }
+
+    /// Whether `ext` can ring now: online, in no call, not consulting, no
+    /// do-not-disturb.
+    fn is_free(&self, ext: &str) -> bool {
+        self.lines.get(ext).is_some_and(|l| {
+            l.online && l.call.is_none() && l.consult.is_none() && !l.settings.dnd
+        })
     }
 
     /// The mailbox for office calls nobody answers, if there is one.
@@ -1556,16 +1562,11 @@ impl Switchboard {
             (pair && matches!(c.state, CallState::Answered { .. }) && c.held_by.is_none())
                 .then_some(c2)
         });
-        let free = |s: &Self, m: &str| {
-            s.lines.get(m).is_some_and(|l| {
-                l.online && l.call.is_none() && l.consult.is_none() && !l.settings.dnd
-            })
-        };
         let ring = if joinable.is_some() {
             None
-        } else if free(self, ext) {
+        } else if self.is_free(ext) {
             Some((ext.to_string(), Some(h.by.clone())))
-        } else if free(self, &h.by) && h.by != ext {
+        } else if self.is_free(&h.by) && h.by != ext {
             Some((h.by.clone(), None))
         } else {
             // Nobody to take it back: as any call for `ext` (its
@@ -1672,39 +1673,13 @@ impl Switchboard {
         let Some(back) = call.recall.clone() else {
             return false;
         };
-        let free = self.lines.get(&back).is_some_and(|l| {
-            l.online && l.call.is_none() && l.consult.is_none() && !l.settings.dnd
-        });
-        if !free || !matches!(call.state, CallState::Ringing { .. }) {
+        if !self.is_free(&back) || !matches!(call.state, CallState::Ringing { .. }) {
             return false;
         }
-        let Some(call) = self.calls.get_mut(&id) else {
-            return false;
-        };
-        call.recall = None;
-        call.state = CallState::Ringing {
-            deadline: now + self.config.ring_timeout,
-        };
-        let old = std::mem::replace(&mut call.callee, back.clone());
-        let from = display(&call.caller).to_string();
-        if let Some(l) = self.lines.get_mut(&old) {
-            if l.call == Some(id) {
-                l.call = None;
-            }
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.recall = None;
         }
-        self.actions.push_back(Action::Ended {
-            to: old,
-            call: id,
-            reason: EndReason::NoAnswer,
-        });
-        if let Some(l) = self.lines.get_mut(&back) {
-            l.call = Some(id);
-        }
-        self.actions.push_back(Action::Ring {
-            callee: back,
-            call: id,
-            from,
-        });
+        self.ring_instead(now + self.config.ring_timeout, id, back);
         true
     }
 
