@@ -180,6 +180,9 @@ struct State {
     record: SharedRecord,
     hold: Arc<Hold>,
     unread: usize,
+    /// Look-up-only callers told to expect us while we were in a call, by
+    /// certificate fingerprint: their connections are refused as busy.
+    busy_for: Vec<(String, Instant)>,
 }
 
 struct Terminal {
@@ -318,6 +321,7 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
             record: Arc::new(Mutex::new(RecordSlot::default())),
             hold: Arc::new(Hold::new(hold_music)),
             unread,
+            busy_for: Vec::new(),
         }),
         expect,
         audio,
@@ -1081,6 +1085,24 @@ fn on_progress(t: &Arc<Terminal>, seq: u64, p: Progress, reply: &mut Option<Dial
 /// Why a look-up-only call's held connection is closed unanswered.
 const LOOKUP_DECLINED: &[u8] = b"declined";
 const LOOKUP_NO_ANSWER: &[u8] = b"no answer";
+const LOOKUP_BUSY: &[u8] = b"busy";
+/// How long a look-up-only caller refused as busy is remembered (it
+/// connects within a second or two of the look-up).
+const LOOKUP_BUSY_MEMORY: Duration = Duration::from_secs(15);
+
+/// Whether a connection from `fp` is a look-up-only caller we refused as
+/// busy; closes it so if it is.
+fn refuse_if_busy(t: &Terminal, fp: &str, conn: &quinn::Connection) -> bool {
+    let busy = t
+        .lock()
+        .busy_for
+        .iter()
+        .any(|(f, at)| f == fp && at.elapsed() < LOOKUP_BUSY_MEMORY);
+    if busy {
+        conn.close(quinn::VarInt::from_u32(4), LOOKUP_BUSY);
+    }
+    busy
+}
 
 /// The directory says a look-up-only caller (claim 3) will connect
 /// straight to us: ring here, and hold its media connection until our user
@@ -1094,8 +1116,11 @@ fn on_expect(
 ) {
     let mut st = t.lock();
     if st.call.is_some() {
-        // Its connection finds no call expecting it and is refused.
+        // Its connection is refused as busy when it comes.
         println!("look-up-only call from {from} to {number} refused: busy");
+        st.busy_for
+            .retain(|(_, at)| at.elapsed() < LOOKUP_BUSY_MEMORY);
+        st.busy_for.push((plan.peer_fp, Instant::now()));
         return;
     }
     if let Some(p) = st.playback.take() {
@@ -1300,6 +1325,8 @@ async fn dial_lookup(t: &Arc<Terminal>, number: &str) -> Value {
                 let text = e.to_string();
                 let ended = if text.contains("declined") {
                     "rejected"
+                } else if text.contains("busy") {
+                    "busy"
                 } else if text.contains("no answer") || text.contains("did not answer") {
                     "no-answer"
                 } else {
@@ -1334,6 +1361,10 @@ async fn accept_loop(t: Arc<Terminal>) {
                 conn.close(quinn::VarInt::from_u32(1), b"no certificate");
                 return;
             };
+            if refuse_if_busy(&t, &fp, &conn) {
+                tracing::info!("refused a look-up-only call from {remote}: busy");
+                return;
+            }
             // The caller may be quicker than the directory's answer to us.
             let mut rx = t.expect.subscribe();
             let expected = tokio::time::timeout(
@@ -1344,6 +1375,9 @@ async fn accept_loop(t: Arc<Terminal>) {
             .ok()
             .and_then(|r| r.ok().and_then(|p| p.clone()));
             let Some((seq, plan)) = expected else {
+                if refuse_if_busy(&t, &fp, &conn) {
+                    return;
+                }
                 tracing::info!("refused a connection from {remote}: no call expects it");
                 conn.close(quinn::VarInt::from_u32(1), b"no call expects you");
                 return;

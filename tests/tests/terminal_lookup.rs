@@ -214,6 +214,17 @@ fn lookup_only_calls_between_terminals() {
     for d in [&a, &c] {
         wait_state(d, "connected");
     }
+
+    // B looks up C while C talks to A: C is busy, and B hears so at once.
+    ok(&b, &["dial", "--lookup", "1003"]);
+    let b_last = idle(&b);
+    assert_eq!(ended(&b_last), "busy", "{b_last}");
+    assert_eq!(b_last["connected"], Value::Bool(false), "{b_last}");
+    assert_eq!(
+        jstr(&status(&c), &["call", "peer"]).as_deref(),
+        Some("1001")
+    );
+
     ok(&c, &["hangup"]);
     assert_eq!(ended(&idle(&a)), "hangup");
     assert_eq!(ended(&idle(&c)), "local-hangup");
