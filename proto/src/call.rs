@@ -545,34 +545,20 @@ impl Switchboard {
             {
                 let id = self.next_id;
                 self.next_id += 1;
-                self.calls.insert(
+                let call = Call::new(
                     id,
+                    caller.to_string(),
+                    number.to_string(),
+                    now,
+                    CallState::Voicemail { at: now },
+                );
+                return self.straight_to_mailbox(
+                    req,
                     Call {
                         rang: vec![number.to_string()],
-                        ..Call::new(
-                            id,
-                            caller.to_string(),
-                            number.to_string(),
-                            now,
-                            CallState::Voicemail { at: now },
-                        )
+                        ..call
                     },
                 );
-                if let Some(l) = self.lines.get_mut(caller) {
-                    l.call = Some(id);
-                }
-                self.actions.push_back(Action::Ringing {
-                    caller: caller.to_string(),
-                    req,
-                    call: id,
-                    callee: number.to_string(),
-                });
-                self.actions.push_back(Action::ToVoicemail {
-                    call: id,
-                    caller: caller.to_string(),
-                    mailbox: number.to_string(),
-                });
-                return;
             }
             Err(reason) => {
                 fail(self, reason, Some(outcome_of(reason)));
@@ -648,6 +634,27 @@ impl Switchboard {
             callee: number.to_string(),
             call: id,
             from: display(caller).to_string(),
+        });
+    }
+
+    /// A dial (request `req`) that goes straight to a mailbox: `call` is
+    /// in `Voicemail` state with the mailbox as its callee.
+    fn straight_to_mailbox(&mut self, req: ReqId, call: Call) {
+        let (id, caller, mailbox) = (call.id, call.caller.clone(), call.callee.clone());
+        self.calls.insert(id, call);
+        if let Some(l) = self.lines.get_mut(&caller) {
+            l.call = Some(id);
+        }
+        self.actions.push_back(Action::Ringing {
+            caller: caller.clone(),
+            req,
+            call: id,
+            callee: mailbox.clone(),
+        });
+        self.actions.push_back(Action::ToVoicemail {
+            call: id,
+            caller,
+            mailbox,
         });
     }
 
@@ -856,34 +863,20 @@ impl Switchboard {
             if let Some(mb) = self.office_mailbox() {
                 let id = self.next_id;
                 self.next_id += 1;
-                self.calls.insert(
+                let call = Call::new(
                     id,
+                    trunk.to_string(),
+                    mb,
+                    now,
+                    CallState::Voicemail { at: now },
+                );
+                return self.straight_to_mailbox(
+                    req,
                     Call {
                         group: true,
-                        ..Call::new(
-                            id,
-                            trunk.to_string(),
-                            mb.clone(),
-                            now,
-                            CallState::Voicemail { at: now },
-                        )
+                        ..call
                     },
                 );
-                if let Some(l) = self.lines.get_mut(trunk) {
-                    l.call = Some(id);
-                }
-                self.actions.push_back(Action::Ringing {
-                    caller: trunk.to_string(),
-                    req,
-                    call: id,
-                    callee: mb.clone(),
-                });
-                self.actions.push_back(Action::ToVoicemail {
-                    call: id,
-                    caller: trunk.to_string(),
-                    mailbox: mb,
-                });
-                return;
             }
             let reason = if known {
                 FailReason::Busy
@@ -1012,9 +1005,9 @@ impl Switchboard {
     /// Whether `ext` can ring now: online, in no call, not consulting, no
     /// do-not-disturb.
     fn is_free(&self, ext: &str) -> bool {
-        self.lines.get(ext).is_some_and(|l| {
-            l.online && l.call.is_none() && l.consult.is_none() && !l.settings.dnd
-        })
+        self.lines
+            .get(ext)
+            .is_some_and(|l| l.online && l.call.is_none() && l.consult.is_none() && !l.settings.dnd)
     }
 
     /// The mailbox for office calls nobody answers, if there is one.
