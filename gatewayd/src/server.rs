@@ -21,7 +21,7 @@ use keyline_proto::call::{
 
 use crate::trunk::Trunks;
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
-use keyline_proto::msg::{CallId, FailReason, MediaPlan, Msg, Role};
+use keyline_proto::msg::{CallId, FailReason, MediaPlan, Msg, ReqId, Role};
 use keyline_proto::{number, MAX_MESSAGE, PROTOCOL_VERSION};
 use rand::RngCore;
 use serde_json::{json, Value};
@@ -564,37 +564,13 @@ async fn station_loop(
             | Msg::Hangup { .. }
             | Msg::Hold { .. }
             | Msg::ConsultComplete { .. }) => m,
-            Msg::Consult { req, call, target } => match number::canonicalize(&target) {
-                Ok(t) => Msg::Consult {
-                    req,
-                    call,
-                    target: t,
-                },
-                Err(e) => {
-                    let _ = tx.try_send(Msg::TransferFailed {
-                        req,
-                        call,
-                        reason: FailReason::InvalidNumber,
-                        message: e.to_string(),
-                    });
-                    continue;
-                }
+            Msg::Consult { req, call, target } => match transfer_target(tx, req, call, &target) {
+                Some(target) => Msg::Consult { req, call, target },
+                None => continue,
             },
-            Msg::Transfer { req, call, target } => match number::canonicalize(&target) {
-                Ok(t) => Msg::Transfer {
-                    req,
-                    call,
-                    target: t,
-                },
-                Err(e) => {
-                    let _ = tx.try_send(Msg::TransferFailed {
-                        req,
-                        call,
-                        reason: FailReason::InvalidNumber,
-                        message: e.to_string(),
-                    });
-                    continue;
-                }
+            Msg::Transfer { req, call, target } => match transfer_target(tx, req, call, &target) {
+                Some(target) => Msg::Transfer { req, call, target },
+                None => continue,
             },
             Msg::SendText { req, to, body } => {
                 let reply = send_text(shared, ext, &to, &body).await;
@@ -704,6 +680,28 @@ fn vm_error(req: u64, e: anyhow::Error) -> Msg {
 
 /// Longest text message accepted, in bytes.
 const MAX_TEXT: usize = 4096;
+
+/// A transfer or consultation target as the switchboard takes it
+/// (canonical); an invalid one is refused to the station here.
+fn transfer_target(
+    tx: &mpsc::Sender<Msg>,
+    req: ReqId,
+    call: CallId,
+    target: &str,
+) -> Option<String> {
+    match number::canonicalize(target) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let _ = tx.try_send(Msg::TransferFailed {
+                req,
+                call,
+                reason: FailReason::InvalidNumber,
+                message: e.to_string(),
+            });
+            None
+        }
+    }
+}
 
 /// Store a text from `from` for the extension `to` and push it if online.
 async fn send_text(shared: &Arc<Shared>, from: &str, to: &str, body: &str) -> Result<u64> {
