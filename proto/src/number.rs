@@ -78,6 +78,36 @@ pub fn canonicalize(input: &str) -> Result<String, NumberError> {
     if input.len() > MAX_INPUT_BYTES {
         return Err(NumberError::InputTooLong);
     }
+    if input.is_ascii() {
+        return canonicalize_ascii(input);
+    }
+    canonicalize_general(input)
+}
+
+/// [`canonicalize`] for ASCII input (what nearly every look-up and
+/// registration carries), in one pass and one allocation. ASCII text is
+/// already NFC and stays NFC when lower-cased, no ASCII character is
+/// [`is_disallowed`], and the only ASCII separators that are not control
+/// characters (refused first) are space and `-.()`; so this gives exactly
+/// what the general path gives (a property test holds it to that).
+fn canonicalize_ascii(input: &str) -> Result<String, NumberError> {
+    let mut out = String::with_capacity(input.len());
+    for b in input.bytes() {
+        match b {
+            0x00..=0x1F | 0x7F => return Err(NumberError::ControlChar(char::from(b))),
+            b' ' | b'-' | b'.' | b'(' | b')' => {}
+            _ => out.push(char::from(b.to_ascii_lowercase())),
+        }
+    }
+    if out.is_empty() {
+        return Err(NumberError::Empty);
+    }
+    validate_canonical(&out)?;
+    Ok(out)
+}
+
+/// [`canonicalize`] for any input (length already checked).
+fn canonicalize_general(input: &str) -> Result<String, NumberError> {
     for c in input.chars() {
         check_char(c)?;
     }
@@ -486,6 +516,22 @@ mod tests {
                 prop_assert!(ext.is_none_or(|e| !e.is_empty()));
                 prop_assert!(unicode_normalization::is_nfc(&c));
             }
+        }
+
+        #[test]
+        fn ascii_fast_path_matches_the_general_path(s in "[ -~\\x00-\\x1f\\x7f]{0,80}") {
+            prop_assert!(s.is_ascii());
+            prop_assert_eq!(canonicalize_ascii(&s), canonicalize_general(&s));
+        }
+
+        #[test]
+        fn ascii_fast_path_matches_on_number_like_input(
+            s in prop::collection::vec(prop::sample::select(vec![
+                ' ', '-', '.', '(', ')', '+', '/', '\t', '\n', '\u{7f}', 'A', 'Z', 'a', 'z', '0', '9',
+            ]), 0..70),
+        ) {
+            let s: String = s.into_iter().collect();
+            prop_assert_eq!(canonicalize_ascii(&s), canonicalize_general(&s));
         }
 
         #[test]
