@@ -701,10 +701,15 @@ impl Router {
                 format!("{f} is not a number of account {account}; a caller can only show its own"),
             )),
             None => {
-                let bound: Vec<&String> = self.bindings_of(sid).map(|b| &b.number).collect();
+                // The account's first number bound to this session (looked
+                // up per number: the session's own few, not every binding).
                 s.numbers
                     .iter()
-                    .find(|n| bound.contains(n))
+                    .find(|n| {
+                        self.bindings
+                            .get(n.as_str())
+                            .is_some_and(|b| b.session == sid)
+                    })
                     .or_else(|| s.numbers.first())
                     .cloned()
                     .ok_or((

@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use keyline_net::lifecycle::{self, Signal, Signals};
 use keyline_net::relay::{self, Allocation, Counters};
 use keyline_net::{control, peer_fingerprint, Identity};
-use keyline_proto::codec::{encode_frame, CodecError};
+use keyline_proto::codec::{encode_frame_into, CodecError, FrameDecoder};
 use keyline_proto::dir::{
     CallId, DirMsg, ErrorCode, ForwardRule, MailKind, ReqId, MAX_CANDIDATES, OGG_MAGIC,
 };
@@ -647,20 +647,38 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
     result
 }
 
+/// Largest piece taken from the control stream at once.
+const READ_CHUNK: usize = 64 * 1024;
+
 async fn control_loop(c: &Arc<Conn>, recv: &mut quinn::RecvStream) -> Result<()> {
+    // Whole chunks of the stream are split into frames here, so that one
+    // read serves every message that arrived together and a frame is
+    // decoded where it lies (sized before it is buffered, as in
+    // `read_frame`).
+    let mut frames = FrameDecoder::new(MAX_MESSAGE);
     loop {
-        let msg = match next_msg(recv).await {
-            Ok(Incoming::Msg(m)) => m,
-            Ok(Incoming::Unknown(kind)) => {
-                c.reply(error(
-                    None,
-                    ErrorCode::UnknownKind,
-                    format!("unknown message kind {kind:?}"),
-                ));
-                continue;
-            }
-            Ok(Incoming::Closed) => return Ok(()),
-            Err(CodecError::Io(_) | CodecError::Closed) => return Ok(()),
+        let msg = match frames.next_frame_ref() {
+            Ok(Some(body)) => match DirMsg::from_cbor(body) {
+                Ok(m) => m,
+                Err(CodecError::UnknownKind(kind)) => {
+                    c.reply(error(
+                        None,
+                        ErrorCode::UnknownKind,
+                        format!("unknown message kind {kind:?}"),
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(anyhow::anyhow!("protocol violation: {e}")),
+            },
+            Ok(None) => match recv.read_chunk(READ_CHUNK, true).await {
+                Ok(Some(chunk)) => {
+                    frames.push(&chunk.bytes);
+                    continue;
+                }
+                // The end of the stream (a partial frame included), or
+                // the connection went.
+                Ok(None) | Err(_) => return Ok(()),
+            },
             Err(e) => return Err(anyhow::anyhow!("protocol violation: {e}")),
         };
         handle_msg(c, msg).await?;
@@ -1161,8 +1179,9 @@ async fn writer(
                 account.borrow_and_update();
                 mail = true;
             }
-            match encode_frame(&m, MAX_MESSAGE) {
-                Ok(frame) => buf.extend_from_slice(&frame),
+            // Straight into the batch's buffer: no frame of its own.
+            match encode_frame_into(&m, MAX_MESSAGE, &mut buf) {
+                Ok(()) => {}
                 Err(e) => {
                     tracing::warn!("encoding {:?}: {e}", m.kind());
                     conn.close(quinn::VarInt::from_u32(3), b"write failed");
