@@ -880,30 +880,42 @@ fn arm_media_deadline(t: &Arc<Terminal>, st: &mut State, seq: u64, call: CallId)
 }
 
 /// Place a call through the directory; replies once it rings (or fails).
+/// Start an outgoing call to `number` as our call in progress: the
+/// directory client to place it with and the call's sequence number, or
+/// the reply that says why not.
+fn new_outgoing(st: &mut State, number: &str) -> std::result::Result<(DirClient, u64), Value> {
+    if st.call.is_some() {
+        return Err(control::error("already in a call; hang up first"));
+    }
+    let Some(client) = st.client.clone() else {
+        return Err(control::error(match &st.link.error {
+            Some(e) => format!("not connected to the directory ({e})"),
+            None => "not connected to the directory yet".to_string(),
+        }));
+    };
+    if let Some(p) = st.playback.take() {
+        p.abort();
+    }
+    st.next_seq += 1;
+    let seq = st.next_seq;
+    st.call = Some(Call::new(seq, None, number.to_string(), Direction::Out));
+    Ok((client, seq))
+}
+
 /// Call `number`; `handoff` when the call follows a hand-off (see
 /// [`CallOptions::handoff`]).
 async fn dial(t: &Arc<Terminal>, number: &str, handoff: Option<u64>) -> Value {
     let rx = {
         let mut st = t.lock();
-        if st.call.is_some() {
-            return control::error("already in a call; hang up first");
-        }
-        let Some(client) = st.client.clone() else {
-            return control::error(match &st.link.error {
-                Some(e) => format!("not connected to the directory ({e})"),
-                None => "not connected to the directory yet".to_string(),
-            });
+        let (client, seq) = match new_outgoing(&mut st, number) {
+            Ok(r) => r,
+            Err(e) => return e,
         };
-        if let Some(p) = st.playback.take() {
-            p.abort();
-        }
-        st.next_seq += 1;
-        let seq = st.next_seq;
         let (reply_tx, reply_rx) = oneshot::channel();
         let (cancel_tx, cancel_rx) = oneshot::channel();
-        let mut c = Call::new(seq, None, number.to_string(), Direction::Out);
-        c.cancel = Some(cancel_tx);
-        st.call = Some(c);
+        if let Some(c) = st.call.as_mut() {
+            c.cancel = Some(cancel_tx);
+        }
         let t2 = t.clone();
         let number = number.to_string();
         tokio::spawn(async move {
@@ -1241,24 +1253,14 @@ fn answer_lookup(t: &Arc<Terminal>, st: &mut State, auto: bool) -> Value {
 async fn dial_lookup(t: &Arc<Terminal>, number: &str) -> Value {
     let (client, seq) = {
         let mut st = t.lock();
-        if st.call.is_some() {
-            return control::error("already in a call; hang up first");
-        }
-        let Some(client) = st.client.clone() else {
-            return control::error(match &st.link.error {
-                Some(e) => format!("not connected to the directory ({e})"),
-                None => "not connected to the directory yet".to_string(),
-            });
+        let r = match new_outgoing(&mut st, number) {
+            Ok(r) => r,
+            Err(e) => return e,
         };
-        if let Some(p) = st.playback.take() {
-            p.abort();
+        if let Some(c) = st.call.as_mut() {
+            c.lookup = true;
         }
-        st.next_seq += 1;
-        let seq = st.next_seq;
-        let mut c = Call::new(seq, None, number.to_string(), Direction::Out);
-        c.lookup = true;
-        st.call = Some(c);
-        (client, seq)
+        r
     };
     let found = tokio::time::timeout(Duration::from_secs(20), client.lookup(number)).await;
     let found = match found {
