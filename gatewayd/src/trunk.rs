@@ -1060,16 +1060,23 @@ impl Switch {
         if let Some(t) = self.trunks.calls.get_mut(&call) {
             t.dir_ended = true;
         }
+        let (Some(dc), Some((client, _))) = (dc, self.trunks.client.clone()) else {
+            // The directory call went with the connection.
+            return;
+        };
         let number = match (internal, &self.trunks.office_number) {
             (true, Some(office)) => format!("{office}/{to}"),
             (true, None) => {
+                // The call is over here; do not leave the far end in it.
                 tracing::warn!("call {call}: no office number to hand the caller on to {to}");
+                tokio::spawn(async move {
+                    if let Err(e) = client.hangup(dc).await {
+                        tracing::debug!("hanging up call {dc}: {e}");
+                    }
+                });
                 return;
             }
             (false, _) => to.to_string(),
-        };
-        let (Some(dc), Some((client, _))) = (dc, self.trunks.client.clone()) else {
-            return;
         };
         let handoff = internal.then(|| {
             self.trunks
@@ -1090,7 +1097,13 @@ impl Switch {
         tokio::spawn(async move {
             match client.transfer(dc, &number, handoff).await {
                 Ok(()) => tracing::info!("call {dc} handed on to {number}"),
-                Err(e) => tracing::warn!("handing call {dc} on to {number}: {e}"),
+                Err(e) => {
+                    // The call is over here; do not leave the far end in it.
+                    tracing::warn!("handing call {dc} on to {number}: {e}; hanging up");
+                    if let Err(e) = client.hangup(dc).await {
+                        tracing::debug!("hanging up call {dc}: {e}");
+                    }
+                }
             }
         });
     }
