@@ -103,6 +103,29 @@ impl LocalAudio {
     /// SIGHUP: reopen the audio input and output (a headset was plugged in,
     /// a file was rotated), telling the service manager. On error the old
     /// ones stay.
+    /// The daemon's life after start-up: READY with `status`, WATCHDOG
+    /// while the runtime runs tasks and `healthy` says the state is not
+    /// wedged, SIGHUP reopens the audio devices; returns on SIGTERM after
+    /// STOPPING ("hanging up").
+    pub(crate) async fn serve_until_stopped<H>(
+        &self,
+        signals: &mut lifecycle::Signals,
+        status: &str,
+        healthy: H,
+    ) where
+        H: Fn() -> bool + Clone + Send + Sync + 'static,
+    {
+        lifecycle::ready(status);
+        lifecycle::spawn_watchdog(move || {
+            let healthy = healthy.clone();
+            async move { tokio::spawn(async {}).await.is_ok() && healthy() }
+        });
+        while let lifecycle::Signal::Reload = signals.recv().await {
+            self.reopen();
+        }
+        lifecycle::stopping("hanging up");
+    }
+
     pub(crate) fn reopen(&self) {
         lifecycle::reloading();
         let fresh =

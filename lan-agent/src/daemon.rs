@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use keyline_media::FRAME_SAMPLES;
-use keyline_net::lifecycle::{self, Signal, Signals};
+use keyline_net::lifecycle::{self, Signals};
 use keyline_net::{control, endpoint, mdns, pairing_code, peer_fingerprint, Identity};
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
 use keyline_proto::msg::{CallId, EndReason, LineSettings, MediaPlan, Msg, Role};
@@ -261,20 +261,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         state_dir.display()
     );
 
-    lifecycle::ready("searching for the gateway");
     {
-        let agent = agent.clone();
-        lifecycle::spawn_watchdog(move || {
-            let agent = agent.clone();
-            // Healthy: the runtime still schedules tasks and the state lock
-            // is not wedged.
-            async move { tokio::spawn(async {}).await.is_ok() && agent.st.lock().is_ok() }
-        });
+        let a = agent.clone();
+        agent
+            .audio
+            .serve_until_stopped(&mut signals, "searching for the gateway", move || {
+                a.st.lock().is_ok()
+            })
+            .await;
     }
-    while let Signal::Reload = signals.recv().await {
-        agent.audio.reopen();
-    }
-    lifecycle::stopping("hanging up");
     link.abort();
     let tx = {
         let mut st = agent.lock();

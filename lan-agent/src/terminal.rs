@@ -34,7 +34,7 @@ use keyline_directory::client::{
     MediaPlan, Options, Progress,
 };
 use keyline_media::FRAME_SAMPLES;
-use keyline_net::lifecycle::{self, Signal, Signals};
+use keyline_net::lifecycle::{self, Signals};
 use keyline_net::{control, peer_fingerprint, Identity};
 use keyline_proto::dir::{CallId, EndReason, ErrorCode, MailKind};
 use keyline_proto::msg::Role;
@@ -341,18 +341,13 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
         t.endpoint.local_addr()?,
         state_dir.display()
     );
-    lifecycle::ready(&format!("connecting to the directory {}", t.opts.directory));
     {
-        let t = t.clone();
-        lifecycle::spawn_watchdog(move || {
-            let t = t.clone();
-            async move { tokio::spawn(async {}).await.is_ok() && t.st.lock().is_ok() }
-        });
+        let t2 = t.clone();
+        let status = format!("connecting to the directory {}", t.opts.directory);
+        t.audio
+            .serve_until_stopped(&mut signals, &status, move || t2.st.lock().is_ok())
+            .await;
     }
-    while let Signal::Reload = signals.recv().await {
-        t.audio.reopen();
-    }
-    lifecycle::stopping("hanging up");
     link.abort();
     let (client, call) = {
         let mut st = t.lock();
