@@ -413,10 +413,18 @@ fn run_load(bin: &Path, dir: &Scratch, cfg: &DirConfig) -> Result<Value> {
     let bindings = status_count(&mut ctl, "bindings").unwrap_or(0);
     drop(rt);
     d.stop();
-    // The best level of each kind, and where it was reached.
+    // The best level of each kind, and where it was reached. A level whose
+    // requests failed (an endpoint dropped for not reading its control
+    // stream, so that look-ups of its number fail fast) does not count
+    // while a level without errors exists.
     let best = |op: &str| -> Value {
-        levels
-            .iter()
+        let clean = |l: &&Value| l[op]["errors"].as_u64() == Some(0);
+        let pool: Vec<&Value> = if levels.iter().any(|l| clean(&l)) {
+            levels.iter().filter(clean).collect()
+        } else {
+            levels.iter().collect()
+        };
+        pool.into_iter()
             .max_by(|a, b| {
                 let x = |v: &Value| v[op]["per_s"].as_f64().unwrap_or(0.0);
                 x(a).total_cmp(&x(b))

@@ -130,9 +130,10 @@ fn targets(doc: &Value) -> Vec<Target> {
             f(l, &["in_flight_per_client"]),
             f(l, &["directory_cpu_cores"]),
             f(l, &["generator_cpu_cores"]),
+            f(l, &["directory_cpu_us_per_op"]),
         ) {
-            (Some(n), Some(k), Some(a), Some(b)) => {
-                format!(" ({n:.0}x{k:.0}; dir {a:.1} + clients {b:.1} cores)")
+            (Some(n), Some(k), Some(a), Some(b), Some(us)) => {
+                format!(" ({n:.0}x{k:.0}; dir {a:.1} cores, {us:.1} us each; clients {b:.1} cores)")
             }
             _ => String::new(),
         }
