@@ -4,7 +4,7 @@
 set -euo pipefail
 
 build_pkgs=(pkg-config libopus-dev libasound2-dev)
-test_pkgs=(iproute2 sox opus-tools debhelper dpkg-dev lintian debootstrap systemd-container man-db systemd)
+test_pkgs=(iproute2 nftables sox opus-tools debhelper dpkg-dev lintian debootstrap systemd-container man-db systemd)
 want=("${build_pkgs[@]}")
 if [ "${1:-}" = "--test" ]; then
   want+=("${test_pkgs[@]}")

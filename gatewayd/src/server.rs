@@ -1318,7 +1318,7 @@ impl Switch {
                     .filter(|ip| !ip.is_unspecified())
                     .unwrap_or(fallback)
             };
-            let alloc = relay::allocate(
+            let alloc = relay::allocate_fixed(
                 self.shared.relay.clone(),
                 a_addr,
                 ip_of(&a.conn),

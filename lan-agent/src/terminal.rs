@@ -35,8 +35,8 @@ use keyline_directory::client::{
 };
 use keyline_media::FRAME_SAMPLES;
 use keyline_net::lifecycle::{self, Signals};
-use keyline_net::{control, peer_fingerprint, Identity};
-use keyline_proto::dir::{CallId, EndReason, ErrorCode, MailKind};
+use keyline_net::{control, peer_fingerprint, Identity, Puncher};
+use keyline_proto::dir::{CallId, DirectPolicy, EndReason, ErrorCode, MailKind};
 use keyline_proto::msg::Role;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -188,6 +188,8 @@ struct State {
 struct Terminal {
     id: Identity,
     endpoint: quinn::Endpoint,
+    /// Sends from the endpoint's port to open our NAT for a caller.
+    puncher: Puncher,
     state_dir: PathBuf,
     opts: TerminalOptions,
     password: String,
@@ -271,7 +273,7 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
         .transpose()?;
     let id = Identity::load_or_create(&state_dir, "keyline-agent")?;
     let ctl = control::bind(&control::socket_path(&state_dir)).await?;
-    let endpoint = keyline_net::make_endpoint(opts.bind, &id)?;
+    let (endpoint, puncher) = keyline_net::make_endpoint_with_puncher(opts.bind, &id)?;
     let audio = LocalAudio::open(&opts.audio_in, &opts.audio_out, opts.ringtone.as_deref())?;
     let hold_music = audio::load_samples(
         opts.hold_music.as_deref(),
@@ -297,6 +299,7 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
     let t = Arc::new(Terminal {
         id,
         endpoint,
+        puncher,
         state_dir: state_dir.clone(),
         opts,
         password,
@@ -662,6 +665,7 @@ fn on_event(t: &Arc<Terminal>, client: &DirClient, ev: Event) {
             if let Some(c) = st.call.as_mut().filter(|c| c.id == Some(call)) {
                 tracing::info!("call {call}: media through the directory's relay {relay}");
                 c.relayed = true;
+                t.puncher.punch(vec![relay]);
             }
         }
         Event::Mail(m) => {
@@ -823,6 +827,13 @@ async fn answer(t: &Arc<Terminal>, auto: bool) -> Value {
                 c.relayed = plan.relay.is_some();
             }
             arm_media_deadline(t, &mut st, seq, call);
+            // The caller's packets come next, end to end or from the
+            // relay: open our NAT to them.
+            t.puncher.punch(match (plan.relay, plan.policy) {
+                (Some(relay), _) => vec![relay],
+                (None, DirectPolicy::Relay) => Vec::new(),
+                (None, _) => plan.peer_candidates.clone(),
+            });
             if plan.dial {
                 let t2 = t.clone();
                 tokio::spawn(async move {

@@ -29,14 +29,62 @@ fn transport() -> Arc<quinn::TransportConfig> {
 /// Bind the process's endpoint: it accepts connections (requiring a client
 /// certificate) and makes them.
 pub fn make_endpoint(bind: SocketAddr, id: &Identity) -> Result<quinn::Endpoint> {
+    Ok(make_endpoint_with_puncher(bind, id)?.0)
+}
+
+/// [`make_endpoint`], and a [`Puncher`] that sends from the endpoint's
+/// own UDP port.
+pub fn make_endpoint_with_puncher(
+    bind: SocketAddr,
+    id: &Identity,
+) -> Result<(quinn::Endpoint, Puncher)> {
     let server_crypto = QuicServerConfig::try_from(tls::server_config(id)?)
         .context("building the QUIC server configuration")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server.transport_config(transport());
-    let mut ep =
-        quinn::Endpoint::server(server, bind).with_context(|| format!("binding UDP {bind}"))?;
+    let socket = std::net::UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
+    let punch = socket.try_clone().context("sharing the UDP socket")?;
+    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+    let mut ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .with_context(|| format!("starting QUIC on UDP {bind}"))?;
     ep.set_default_client_config(client_config(id, None)?);
-    Ok(ep)
+    Ok((ep, Puncher(Arc::new(punch))))
+}
+
+/// Opens the way in through our own NAT (hole punching): a NAT that maps
+/// our port to the same outside port whoever we send to lets a peer's
+/// packets in once we have sent to it. The callee of a direct call sends a
+/// few one-byte datagrams to the caller's addresses, so that the caller's
+/// connection attempts, which come next, find the way open. QUIC ignores
+/// such datagrams (too short to be a packet).
+#[derive(Debug, Clone)]
+pub struct Puncher(Arc<std::net::UdpSocket>);
+
+impl Puncher {
+    /// Send to each of `to` now and a few times over the next three
+    /// seconds (the first datagrams may meet a mapping the far NAT has not
+    /// made yet). Errors are ignored: this is only a help.
+    pub fn punch(&self, to: Vec<SocketAddr>) {
+        if to.is_empty() {
+            return;
+        }
+        let sock = self.0.clone();
+        tokio::spawn(async move {
+            for delay_ms in [0u64, 150, 400, 800, 1500] {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                for a in &to {
+                    // The socket is non-blocking (quinn set it so): a full
+                    // buffer just skips this round.
+                    let _ = sock.send_to(&[0], a);
+                }
+            }
+        });
+    }
 }
 
 /// A client configuration for one connection, pinning the server.

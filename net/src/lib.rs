@@ -16,5 +16,5 @@ pub mod relay;
 pub mod statedir;
 pub mod tls;
 
-pub use endpoint::{make_endpoint, peer_fingerprint};
+pub use endpoint::{make_endpoint, make_endpoint_with_puncher, peer_fingerprint, Puncher};
 pub use identity::{pairing_code, Identity};

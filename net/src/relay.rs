@@ -5,8 +5,11 @@
 //! the callee-facing socket towards the callee, and the replies come back
 //! the same way. Packets are moved as opaque bytes — the forwarder never
 //! holds a key and cannot read the media. Each socket accepts packets from
-//! one address only (the end the gateway assigned to that side), so a
-//! stranger cannot inject into or hijack a call. I/O is batched: quinn-udp
+//! one address only (the end assigned to that side), so a stranger cannot
+//! inject into or hijack a call. On the internet ([`allocate`], the
+//! directory's relay) an end behind a NAT that picks a new port for each
+//! destination cannot be known by port in advance: that side accepts its
+//! end's address with any port and keeps to the first it hears. I/O is batched: quinn-udp
 //! reads with `recvmmsg` and GRO and writes coalesced runs with GSO.
 
 use std::io::{self, IoSliceMut};
@@ -51,6 +54,9 @@ impl Counters {
 struct Target {
     candidates: Vec<SocketAddr>,
     latched: Option<SocketAddr>,
+    /// Any port at a candidate's address will do (an end behind a NAT
+    /// that maps each destination to a port of its own).
+    any_port: bool,
 }
 
 impl Target {
@@ -58,6 +64,7 @@ impl Target {
         Target {
             candidates: vec![peer],
             latched: Some(peer),
+            any_port: false,
         }
     }
 
@@ -65,6 +72,17 @@ impl Target {
         Target {
             candidates,
             latched: None,
+            any_port: false,
+        }
+    }
+
+    /// `peer` is where the end was last seen; it may come from another
+    /// port of the same address.
+    fn host(peer: SocketAddr) -> Target {
+        Target {
+            candidates: vec![peer],
+            latched: None,
+            any_port: true,
         }
     }
 
@@ -73,7 +91,9 @@ impl Target {
     fn accepts(&mut self, from: SocketAddr) -> bool {
         match self.latched {
             Some(peer) => peer == from,
-            None if self.candidates.contains(&from) => {
+            None if self.candidates.contains(&from)
+                || (self.any_port && self.candidates.iter().any(|c| c.ip() == from.ip())) =>
+            {
                 self.latched = Some(from);
                 true
             }
@@ -143,9 +163,10 @@ impl Drop for Allocation {
     }
 }
 
-/// Make an allocation between `caller` and `callee`. `caller_ip` and
-/// `callee_ip` are the gateway's own addresses facing each of them.
-pub fn allocate(
+/// Make an allocation between `caller` and `callee`, each only at that
+/// address (a gateway relaying between its stations). `caller_ip` and
+/// `callee_ip` are our own addresses facing each of them.
+pub fn allocate_fixed(
     counters: Arc<Counters>,
     caller: SocketAddr,
     caller_ip: IpAddr,
@@ -157,6 +178,27 @@ pub fn allocate(
         Target::fixed(caller),
         caller_ip,
         Target::fixed(callee),
+        callee_ip,
+    )
+}
+
+/// Make an allocation between ends on the internet last seen at `caller`
+/// and `callee` (the directory's relay): each side keeps to the first port
+/// its end's address uses, so an end behind a NAT that gives every
+/// destination a port of its own still gets through once it has sent to
+/// the relay (the caller connects; the callee opens its NAT towards it).
+pub fn allocate(
+    counters: Arc<Counters>,
+    caller: SocketAddr,
+    caller_ip: IpAddr,
+    callee: SocketAddr,
+    callee_ip: IpAddr,
+) -> io::Result<Allocation> {
+    start(
+        counters,
+        Target::host(caller),
+        caller_ip,
+        Target::host(callee),
         callee_ip,
     )
 }
@@ -396,7 +438,7 @@ mod tests {
         let callee = UdpSocket::bind((LO, 0)).await.expect("bind");
         let stranger = UdpSocket::bind((LO, 0)).await.expect("bind");
         let counters = Arc::new(Counters::default());
-        let alloc = allocate(
+        let alloc = allocate_fixed(
             counters.clone(),
             caller.local_addr().expect("addr"),
             LO,
@@ -445,6 +487,53 @@ mod tests {
         assert_eq!(counters.active.load(Ordering::Relaxed), 1);
         drop(alloc);
         assert_eq!(counters.active.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn an_internet_side_keeps_to_the_first_port_its_end_uses() {
+        // The callee was seen at one port; behind its NAT it now sends from
+        // another. The side takes it, and then only it.
+        let caller = UdpSocket::bind((LO, 0)).await.expect("bind");
+        let seen = UdpSocket::bind((LO, 0)).await.expect("bind");
+        let callee = UdpSocket::bind((LO, 0)).await.expect("bind");
+        let late = UdpSocket::bind((LO, 0)).await.expect("bind");
+        let counters = Arc::new(Counters::default());
+        let alloc = allocate(
+            counters.clone(),
+            caller.local_addr().expect("addr"),
+            LO,
+            seen.local_addr().expect("addr"),
+            LO,
+        )
+        .expect("allocate");
+        let mut buf = [0u8; 2048];
+        // Before the callee speaks, the caller's packets go where it was seen.
+        caller
+            .send_to(b"one", alloc.caller_facing)
+            .await
+            .expect("send");
+        assert_eq!(recv(&seen, &mut buf).await.map(|r| r.0), Some(3));
+        // It speaks from its new port: the side latches onto it.
+        callee
+            .send_to(b"punch", alloc.callee_facing)
+            .await
+            .expect("send");
+        assert_eq!(recv(&caller, &mut buf).await.map(|r| r.0), Some(5));
+        caller
+            .send_to(b"two!", alloc.caller_facing)
+            .await
+            .expect("send");
+        assert_eq!(recv(&callee, &mut buf).await.map(|r| r.0), Some(4));
+        // Another port of the same address is not the callee any more.
+        late.send_to(b"late", alloc.callee_facing)
+            .await
+            .expect("send");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), caller.recv_from(&mut buf))
+                .await
+                .is_err()
+        );
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 1);
     }
 
     async fn recv(sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {

@@ -1,0 +1,258 @@
+//! Terminals behind NAT routers, in network namespaces (claims 1 and 2:
+//! the two ends talk directly, wherever they are).
+//!
+//! ```text
+//!              internet bridge 10.80.0.0/24
+//!   directory .1 ──────┬──────────────────────┬──────
+//!                  wan .2                 wan .3
+//!                 router A               router B      (masquerade; unsolicited
+//!                  lan .1                 lan .1        inbound dropped, as a
+//!        10.81.0.0/24 ┴─ .11     10.82.0.0/24 ┴─ .11    home router does)
+//!                    alice                   bob
+//! ```
+//!
+//! 1. Both routers keep a host's port when they map it (what Linux
+//!    masquerade does when the port is free). Alice calls Bob: Bob's
+//!    terminal, answering, sends a few datagrams to Alice's addresses so
+//!    his router lets her connection in (hole punching); the call connects
+//!    end to end, and the directory relays nothing.
+//! 2. Router A maps every destination to a random port (symmetric NAT):
+//!    no direct path can exist. The call falls back to the directory's
+//!    relay; Bob opens his router to the relay the same way, and the media
+//!    flows through it.
+//!
+//! Needs root (network namespaces) and nftables, like the other namespace
+//! tests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use keyline_tests::{
+    add_account, bin, jnum, jstr, ok, status, unique, wait_for, Bridge, Daemon, Netns, Scratch,
+};
+use serde_json::Value;
+
+const PW: &str = "correct horse battery";
+const DIR_IP: &str = "10.80.0.1";
+const DIR_PORT: u16 = 7480;
+
+/// A home: a router on the internet bridge and on its own LAN, and one host
+/// behind it.
+struct Home {
+    host: Netns,
+    router: Netns,
+    /// Kept only to be deleted last.
+    _lan: Bridge,
+}
+
+/// The whole topology. Fields drop in order: hosts, then bridges.
+struct Net {
+    dir: Netns,
+    a: Home,
+    b: Home,
+    /// Kept only to be deleted last.
+    _internet: Bridge,
+}
+
+/// The router's rules: masquerade out of `wan` (with a random port per
+/// destination when `symmetric`), and drop what arrives unasked on `wan`.
+fn router_rules(symmetric: bool) -> String {
+    let how = if symmetric { " fully-random" } else { "" };
+    format!(
+        "flush ruleset\n\
+         table ip nat {{\n  chain post {{\n    type nat hook postrouting priority srcnat;\n    \
+         oifname \"wan\" masquerade{how}\n  }}\n}}\n\
+         table ip filter {{\n  chain input {{\n    type filter hook input priority 0;\n    \
+         iifname \"wan\" ct state new drop\n  }}\n}}\n"
+    )
+}
+
+impl Net {
+    fn new(scratch: &Scratch) -> Net {
+        let base = unique("n");
+        let internet =
+            Bridge::new(&format!("{base}i")).expect("an internet bridge (the test needs root)");
+        let dir = Netns::new(&format!("{base}d")).unwrap();
+        internet
+            .attach(&dir, "eth0", &format!("{DIR_IP}/24"))
+            .unwrap();
+        let home = |tag: &str, wan_last: u8, subnet: u8| {
+            let lan = Bridge::new(&format!("{base}{tag}l")).unwrap();
+            let router = Netns::new(&format!("{base}{tag}r")).unwrap();
+            let host = Netns::new(&format!("{base}{tag}h")).unwrap();
+            internet
+                .attach(&router, "wan", &format!("10.80.0.{wan_last}/24"))
+                .unwrap();
+            lan.attach(&router, "lan", &format!("10.{subnet}.0.1/24"))
+                .unwrap();
+            lan.attach(&host, "eth0", &format!("10.{subnet}.0.11/24"))
+                .unwrap();
+            host.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.{subnet}.0.1"),
+            ])
+            .unwrap();
+            let out = router.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+            assert!(out.status.success(), "{out:?}");
+            let h = Home {
+                host,
+                router,
+                _lan: lan,
+            };
+            set_rules(scratch, &h, false);
+            h
+        };
+        let a = home("a", 2, 81);
+        let b = home("b", 3, 82);
+        Net {
+            dir,
+            a,
+            b,
+            _internet: internet,
+        }
+    }
+}
+
+fn set_rules(scratch: &Scratch, h: &Home, symmetric: bool) {
+    let file = scratch.join(&format!("{}.nft", h.router.name));
+    std::fs::write(&file, router_rules(symmetric)).unwrap();
+    let out = h.router.exec("nft", &["-f", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn directory(scratch: &Scratch, net: &Net) -> (Daemon, String) {
+    let state = scratch.join("dir");
+    add_account(&state, "alice", &["1001"], PW);
+    add_account(&state, "bob", &["1002"], PW);
+    let cfg = scratch.join("directory.toml");
+    std::fs::write(
+        &cfg,
+        format!("listen = \"{DIR_IP}:{DIR_PORT}\"\ndirect_connect = \"direct-then-relay\"\n"),
+    )
+    .unwrap();
+    let d = Daemon::start(
+        Some(&net.dir.name),
+        bin("keyline-directory"),
+        &state,
+        &["serve", "--config", cfg.to_str().unwrap()],
+    )
+    .unwrap();
+    let st = wait_for("the directory", Duration::from_secs(15), || {
+        d.json(&["status"]).ok()
+    });
+    (
+        d,
+        jstr(&st, &["fingerprint"]).expect("directory fingerprint"),
+    )
+}
+
+/// A terminal for `account` in `ns`, answering at once.
+fn terminal(scratch: &Scratch, ns: &Netns, fp: &str, account: &str, tone: &str) -> Daemon {
+    let pw = scratch.join(&format!("{account}.password"));
+    std::fs::write(&pw, format!("{PW}\n")).unwrap();
+    let dir = format!("{DIR_IP}:{DIR_PORT}");
+    let d = Daemon::start(
+        Some(&ns.name),
+        bin("keyline-agent"),
+        &scratch.join(&format!("term-{account}")),
+        &[
+            "terminal",
+            "--directory",
+            &dir,
+            "--directory-fp",
+            fp,
+            "--account",
+            account,
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--auto-answer",
+            "0",
+            "--audio-in",
+            tone,
+            "--audio-out",
+            "null",
+        ],
+    )
+    .unwrap();
+    wait_for("the terminal to register", Duration::from_secs(20), || {
+        (jstr(&d.json(&["status"]).ok()?, &["state"])? == "registered").then_some(())
+    });
+    d
+}
+
+/// Alice calls Bob, both hear the other, Alice hangs up. Returns whether
+/// each end said the call was relayed.
+fn call(alice: &Daemon, bob: &Daemon) -> (Value, Value) {
+    ok(alice, &["dial", "1002"]);
+    for d in [alice, bob] {
+        wait_for("the call to connect", Duration::from_secs(15), || {
+            let s = status(d);
+            (jstr(&s, &["call", "state"])? == "connected").then_some(())
+        });
+    }
+    wait_for("media both ways", Duration::from_secs(10), || {
+        let (a, b) = (status(alice), status(bob));
+        (jnum(&a, &["call", "media", "played"])? > 50.0
+            && jnum(&b, &["call", "media", "played"])? > 50.0)
+            .then_some(())
+    });
+    let (a, b) = (status(alice)["call"].clone(), status(bob)["call"].clone());
+    ok(alice, &["hangup"]);
+    wait_for("Bob to see the hang-up", Duration::from_secs(5), || {
+        status(bob)["call"].is_null().then_some(())
+    });
+    (a, b)
+}
+
+#[test]
+fn terminals_behind_nat_routers_connect_directly_or_through_the_relay() {
+    let scratch = Scratch::new("nat");
+    let net = Net::new(&scratch);
+    let (mut dir, fp) = directory(&scratch, &net);
+    let mut alice = terminal(&scratch, &net.a.host, &fp, "alice", "tone:600");
+    let mut bob = terminal(&scratch, &net.b.host, &fp, "bob", "tone:900");
+    // The directory sees each terminal at its router, port kept.
+    for (d, router_ip) in [(&alice, "10.80.0.2"), (&bob, "10.80.0.3")] {
+        let observed = jstr(&status(d), &["observed"]).unwrap_or_default();
+        assert!(
+            observed.starts_with(&format!("{router_ip}:")),
+            "observed {observed}"
+        );
+    }
+
+    // 1. Port-keeping NAT on both sides: end to end, by hole punching.
+    let (a, b) = call(&alice, &bob);
+    assert_eq!(a["relayed"], Value::Bool(false), "{a}");
+    assert_eq!(b["relayed"], Value::Bool(false), "{b}");
+    let st = dir.json(&["status"]).unwrap();
+    assert_eq!(jnum(&st, &["relay", "bytes"]), Some(0.0), "{st}");
+
+    // 2. Symmetric NAT at Alice's side: only the relay can connect them.
+    // (A fresh terminal, on a fresh port: the router keeps the mappings it
+    // made under the old rules while they are in use.)
+    assert!(alice.stop(), "{}", alice.log_text());
+    set_rules(&scratch, &net.a, true);
+    alice = terminal(&scratch, &net.a.host, &fp, "alice", "tone:600");
+    let (a, b) = call(&alice, &bob);
+    assert_eq!(a["relayed"], Value::Bool(true), "{a}");
+    assert_eq!(b["relayed"], Value::Bool(true), "{b}");
+    let st = dir.json(&["status"]).unwrap();
+    assert!(
+        jnum(&st, &["relay", "bytes"]).unwrap_or(0.0) > 10_000.0,
+        "{st}"
+    );
+
+    for d in [&mut alice, &mut bob, &mut dir] {
+        assert!(d.stop(), "a daemon did not stop cleanly:\n{}", d.log_text());
+    }
+    // Namespaces go with `net`, after the daemons.
+    drop(net);
+}
