@@ -289,6 +289,7 @@ async fn forward(
         Retarget,
     }
     let mut retarget_open = true;
+    punch(&b).await;
     loop {
         let ready = tokio::select! {
             r = a.sock.readable() => r.map(|_| Ready::A),
@@ -312,6 +313,7 @@ async fn forward(
             Ok(Ready::Retarget) => {
                 if retarget_open {
                     b.target = Target::open(retarget.borrow_and_update().clone());
+                    punch(&b).await;
                 }
                 Ok(0)
             }
@@ -330,6 +332,21 @@ fn with_buffers(f: impl FnOnce(&mut Buffers) -> io::Result<u64>) -> io::Result<u
         // Not reachable (pump does not re-enter), but never panic.
         Err(_) => f(&mut Buffers::new()),
     })
+}
+
+/// A side that does not know its peer yet opens the way out through our
+/// own NAT (when the gateway sits behind one): one byte to each candidate,
+/// so their packets, which come next, are let in. The far end's QUIC, or
+/// its forwarder's station, drops it unread.
+async fn punch(side: &Side) {
+    // (The directory's relay is on the internet itself: its sides wait.)
+    if side.target.latched.is_none() && !side.target.any_port {
+        for &to in &side.target.candidates {
+            // A fresh socket is not known writable yet: wait for it (UDP
+            // does not block for long). Errors only cost the help.
+            let _ = side.sock.send_to(&[0], to).await;
+        }
+    }
 }
 
 /// Drain `from` and send everything it had to `to`'s peer; returns how
@@ -560,6 +577,9 @@ mod tests {
         )
         .expect("allocate");
         let mut buf = [0u8; 2048];
+        // At once, one byte to each candidate opens our NAT (if any).
+        assert_eq!(recv(&decoy, &mut buf).await, Some((1, alloc.callee_facing)));
+        assert_eq!(recv(&far, &mut buf).await, Some((1, alloc.callee_facing)));
         // Before anyone answers, the caller's packets go to every candidate.
         caller
             .send_to(b"hello", alloc.caller_facing)
@@ -591,7 +611,7 @@ mod tests {
         assert_eq!(recv(&caller, &mut buf).await, None);
         // Retargeted (say, to the directory's relay), it starts afresh.
         alloc.retarget_callee(vec![addr(&relay)]);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(recv(&relay, &mut buf).await, Some((1, alloc.callee_facing)));
         caller
             .send_to(b"again", alloc.caller_facing)
             .await

@@ -21,6 +21,12 @@
 //!    relay; Bob opens his router to the relay the same way, and the media
 //!    flows through it.
 //!
+//! 3. An office gateway stands where Bob's terminal stood, behind router B
+//!    (port-keeping): Alice calls the office number, its station answers,
+//!    and the media runs end to end through the gateway's forwarder, which
+//!    opened router B towards Alice when it answered; the directory relays
+//!    nothing.
+//!
 //! Needs root (network namespaces) and nftables, like the other namespace
 //! tests.
 
@@ -29,7 +35,8 @@
 use std::time::Duration;
 
 use keyline_tests::{
-    add_account, bin, jnum, jstr, ok, status, unique, wait_for, Bridge, Daemon, Netns, Scratch,
+    add_account, bin, jnum, jstr, ok, registered, status, unique, wait_for, Bridge, Daemon, Netns,
+    Scratch,
 };
 use serde_json::Value;
 
@@ -132,6 +139,7 @@ fn directory(scratch: &Scratch, net: &Net) -> (Daemon, String) {
     let state = scratch.join("dir");
     add_account(&state, "alice", &["1001"], PW);
     add_account(&state, "bob", &["1002"], PW);
+    add_account(&state, "office", &["1003"], PW);
     let cfg = scratch.join("directory.toml");
     std::fs::write(
         &cfg,
@@ -188,10 +196,15 @@ fn terminal(scratch: &Scratch, ns: &Netns, fp: &str, account: &str, tone: &str) 
     d
 }
 
-/// Alice calls Bob, both hear the other, Alice hangs up. Returns whether
-/// each end said the call was relayed.
+/// Alice calls Bob, both hear the other, Alice hangs up. Returns both
+/// ends' calls as they were while connected.
 fn call(alice: &Daemon, bob: &Daemon) -> (Value, Value) {
-    ok(alice, &["dial", "1002"]);
+    call_number(alice, bob, "1002")
+}
+
+/// Alice calls `number`, which `bob` answers; as [`call`].
+fn call_number(alice: &Daemon, bob: &Daemon, number: &str) -> (Value, Value) {
+    ok(alice, &["dial", number]);
     for d in [alice, bob] {
         wait_for("the call to connect", Duration::from_secs(15), || {
             let s = status(d);
@@ -254,5 +267,86 @@ fn terminals_behind_nat_routers_connect_directly_or_through_the_relay() {
         assert!(d.stop(), "a daemon did not stop cleanly:\n{}", d.log_text());
     }
     // Namespaces go with `net`, after the daemons.
+    drop(net);
+}
+
+#[test]
+fn an_office_behind_a_nat_router_takes_calls_end_to_end() {
+    let scratch = Scratch::new("natgw");
+    let net = Net::new(&scratch);
+    let (mut dir, fp) = directory(&scratch, &net);
+    let mut alice = terminal(&scratch, &net.a.host, &fp, "alice", "tone:600");
+    // The office: a gateway on Bob's host, behind router B, with one
+    // station beside it that answers at once.
+    let base = scratch.join("office");
+    std::fs::create_dir_all(&base).unwrap();
+    let pw = base.join("directory.password");
+    std::fs::write(&pw, format!("{PW}\n")).unwrap();
+    let cfg = base.join("gatewayd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"0.0.0.0:7470\"\nmdns = false\nreception = [\"201\"]\n\n[directory]\n\
+             address = \"{DIR_IP}:{DIR_PORT}\"\nfingerprint = \"{fp}\"\n\
+             account = \"office\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let mut gw = Daemon::start(
+        Some(&net.b.host.name),
+        bin("keyline-gatewayd"),
+        &base.join("gw"),
+        &["run", "--config", cfg.to_str().unwrap()],
+    )
+    .unwrap();
+    let st = wait_for("the office to register", Duration::from_secs(15), || {
+        let st = gw.json(&["status"]).ok()?;
+        (jstr(&st, &["directory", "state"])? == "registered").then_some(st)
+    });
+    assert!(
+        jstr(&st, &["directory", "observed"])
+            .unwrap_or_default()
+            .starts_with("10.80.0.3:"),
+        "{st}"
+    );
+    let mut station = Daemon::start(
+        Some(&net.b.host.name),
+        bin("keyline-agent"),
+        &base.join("agent-201"),
+        &[
+            "run",
+            "--no-mdns",
+            "--gateway",
+            "127.0.0.1:7470",
+            "--auto-answer",
+            "0",
+            "--audio-in",
+            "tone:900",
+            "--audio-out",
+            "null",
+        ],
+    )
+    .unwrap();
+    let code = wait_for("a pairing code", Duration::from_secs(10), || {
+        jstr(&station.json(&["status"]).ok()?, &["code"])
+    });
+    ok(&gw, &["approve", &code, "--ext", "201"]);
+    registered(&station, "201");
+
+    let (a, s) = call_number(&alice, &station, "1003");
+    assert_eq!(a["relayed"], Value::Bool(false), "{a}");
+    assert!(s["media"]["played"].as_f64().unwrap_or(0.0) > 50.0, "{s}");
+    let st = dir.json(&["status"]).unwrap();
+    assert_eq!(jnum(&st, &["relay", "bytes"]), Some(0.0), "{st}");
+    let gst = gw.json(&["status"]).unwrap();
+    assert!(
+        jnum(&gst, &["relay", "packets"]).unwrap_or(0.0) > 100.0,
+        "{gst}"
+    );
+
+    for d in [&mut station, &mut gw, &mut alice, &mut dir] {
+        assert!(d.stop(), "a daemon did not stop cleanly:\n{}", d.log_text());
+    }
     drop(net);
 }
