@@ -285,6 +285,57 @@ fn agent_lifecycle_under_a_notify_listener() {
     notify.expect("STOPPING=1", mark, Duration::from_secs(1));
 }
 
+/// The agent as a standalone terminal has the same lifecycle, whether or
+/// not its directory is there yet.
+#[test]
+fn terminal_lifecycle_under_a_notify_listener() {
+    let scratch = Scratch::new("tlife");
+    let mut notify = Notify::new(&scratch.join("notify.sock"));
+    let sock = scratch.join("notify.sock");
+    let pw = scratch.join("pw");
+    std::fs::write(&pw, "secret password\n").unwrap();
+    let mut t = Daemon::start_with_env(
+        None,
+        bin("keyline-agent"),
+        &scratch.join("t"),
+        &[
+            "terminal",
+            "--directory",
+            "127.0.0.1:9",
+            "--account",
+            "nobody",
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--audio-in",
+            "silence",
+            "--audio-out",
+            "null",
+        ],
+        &[
+            ("NOTIFY_SOCKET", sock.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    )
+    .unwrap();
+    let ready = notify.expect("READY=1", 0, Duration::from_secs(10));
+    assert!(
+        notify.seen[ready]
+            .1
+            .contains("STATUS=connecting to the directory"),
+        "{:?}",
+        notify.seen[ready]
+    );
+    let w = notify.expect("WATCHDOG=1", ready, Duration::from_secs(2));
+    notify.expect("WATCHDOG=1", w + 1, Duration::from_secs(2));
+    let mark = notify.seen.len();
+    signal(&t, "-HUP");
+    let r = notify.expect("RELOADING=1", mark, Duration::from_secs(5));
+    notify.expect("READY=1", r, Duration::from_secs(5));
+    let mark = notify.seen.len();
+    assert!(t.stop(), "terminal did not exit 0:\n{}", t.log_text());
+    notify.expect("STOPPING=1", mark, Duration::from_secs(1));
+}
+
 /// SIGTERM on a station in a call: it hangs up politely (the other end is
 /// told) and exits 0.
 #[test]
