@@ -238,7 +238,12 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
     };
     let ctl = control::bind(&control::socket_path(&state_dir)).await?;
     let endpoint = keyline_net::make_endpoint(cfg.listen, &id)?;
-    ask_fewer_acks(&endpoint, &id)?;
+    // Busy endpoints acknowledge less often: fewer ACK-only packets to
+    // receive and decrypt (issue 6; see bench/README.md).
+    endpoint.set_server_config(Some(keyline_net::endpoint::server_config(
+        &id,
+        Some(ACK_THRESHOLD),
+    )?));
     let local_addr = endpoint.local_addr()?;
     let (hub_tx, hub_rx) = mpsc::channel(4096);
     let shared = Arc::new(Shared {
@@ -375,32 +380,6 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
 /// ACK-eliciting packets an endpoint may take before it must acknowledge
 /// (QUIC's default is 1: an ACK for every other packet).
 const ACK_THRESHOLD: u32 = 8;
-
-/// The endpoint's server configuration with one change: the directory asks
-/// each endpoint (through QUIC's ack-frequency extension, which quinn
-/// speaks) to acknowledge its packets after [`ACK_THRESHOLD`] of them or
-/// its usual delay, so that a busy endpoint sends, and the directory
-/// receives and decrypts, fewer ACK-only packets. The transport settings
-/// are otherwise those of `keyline_net::make_endpoint`.
-fn ask_fewer_acks(endpoint: &quinn::Endpoint, id: &Identity) -> Result<()> {
-    let crypto =
-        quinn::crypto::rustls::QuicServerConfig::try_from(keyline_net::tls::server_config(id)?)
-            .context("building the QUIC server configuration")?;
-    let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(2)));
-    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
-        10_000,
-    ))));
-    t.datagram_receive_buffer_size(Some(256 * 1024));
-    t.datagram_send_buffer_size(256 * 1024);
-    let mut acks = quinn::AckFrequencyConfig::default();
-    acks.ack_eliciting_threshold(quinn::VarInt::from_u32(ACK_THRESHOLD));
-    t.ack_frequency_config(Some(acks));
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(t));
-    endpoint.set_server_config(Some(server));
-    Ok(())
-}
 
 async fn status_line(shared: &Arc<Shared>) -> String {
     let s = query_hub(shared, Query::Status).await;

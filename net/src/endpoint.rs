@@ -15,6 +15,10 @@ use crate::tls;
 pub const SERVER_NAME: &str = "keyline";
 
 fn transport() -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_config())
+}
+
+fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(2)));
     // Idle timeout bounds how long a vanished peer goes unnoticed.
@@ -23,7 +27,25 @@ fn transport() -> Arc<quinn::TransportConfig> {
     ))));
     t.datagram_receive_buffer_size(Some(256 * 1024));
     t.datagram_send_buffer_size(256 * 1024);
-    Arc::new(t)
+    t
+}
+
+/// The server side of our endpoints. `ack_every`: ask each peer to
+/// acknowledge only every that many ack-eliciting packets (QUIC ack
+/// frequency) rather than every other one, so that a server with many
+/// busy peers receives and decrypts fewer ACK-only packets.
+pub fn server_config(id: &Identity, ack_every: Option<u32>) -> Result<quinn::ServerConfig> {
+    let server_crypto = QuicServerConfig::try_from(tls::server_config(id)?)
+        .context("building the QUIC server configuration")?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    let mut t = transport_config();
+    if let Some(n) = ack_every {
+        let mut acks = quinn::AckFrequencyConfig::default();
+        acks.ack_eliciting_threshold(quinn::VarInt::from_u32(n));
+        t.ack_frequency_config(Some(acks));
+    }
+    server.transport_config(Arc::new(t));
+    Ok(server)
 }
 
 /// Bind the process's endpoint: it accepts connections (requiring a client
@@ -38,10 +60,7 @@ pub fn make_endpoint_with_puncher(
     bind: SocketAddr,
     id: &Identity,
 ) -> Result<(quinn::Endpoint, Puncher)> {
-    let server_crypto = QuicServerConfig::try_from(tls::server_config(id)?)
-        .context("building the QUIC server configuration")?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-    server.transport_config(transport());
+    let server = server_config(id, None)?;
     let socket = std::net::UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
     let punch = socket.try_clone().context("sharing the UDP socket")?;
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
