@@ -377,6 +377,10 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
     Ok(())
 }
 
+/// Messages queued for one endpoint's control stream before it counts as
+/// gone (its own replies) or misses look-up hints (half of it).
+const CONTROL_QUEUE: usize = 256;
+
 /// ACK-eliciting packets an endpoint may take before it must acknowledge
 /// (QUIC's default is 1: an ACK for every other packet).
 const ACK_THRESHOLD: u32 = 8;
@@ -599,7 +603,7 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
     .await?;
 
     let sid = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel::<Out>(256);
+    let (tx, rx) = mpsc::channel::<Out>(CONTROL_QUEUE);
     let (acct_tx, acct_rx) = watch::channel::<Option<LoggedIn>>(None);
     let wake = Arc::new(Notify::new());
     let moved = Arc::new(tokio::sync::Mutex::new(observed));
@@ -1667,10 +1671,25 @@ impl Hub {
     }
 
     fn send(&mut self, sid: SessionId, msg: DirMsg) {
-        if let Some(l) = self.sessions.get(&sid) {
-            if l.tx.try_send(Out::Msg(msg)).is_err() {
-                // An endpoint that cannot keep up with a few control
-                // messages is gone; its reader will report it down.
+        let Some(l) = self.sessions.get(&sid) else {
+            return;
+        };
+        if let DirMsg::Expect { from, .. } = &msg {
+            // Someone else's look-up: another endpoint decides how many of
+            // these come. With the queue half full the hint is lost (that
+            // caller's look-up-only call does not ring here), so the rest
+            // stays for this endpoint's own replies; otherwise anyone could
+            // knock a number offline by looking it up fast enough.
+            if l.tx.capacity() < CONTROL_QUEUE / 2 {
+                tracing::debug!("session {sid} is behind: a look-up by {from} not announced");
+                return;
+            }
+        }
+        match l.tx.try_send(Out::Msg(msg)) {
+            Ok(()) => {}
+            Err(_) => {
+                // An endpoint that cannot keep up with its own replies is
+                // gone; its reader will report it down.
                 l.conn
                     .close(quinn::VarInt::from_u32(5), b"control queue overflow");
             }

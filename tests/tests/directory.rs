@@ -620,6 +620,64 @@ impl Term {
     }
 }
 
+/// Looking a number up fast enough must not knock its endpoint offline:
+/// Bob reads nothing while Alice floods look-ups of his number; the
+/// directory drops the EXPECT hints it cannot queue for him, and his
+/// connection and binding stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_flood_does_not_disconnect_the_number_looked_up() {
+    let scratch = Scratch::new("dflood");
+    let state = scratch.join("dir");
+    for (id, number) in [("alice", "2001"), ("bob", "2002")] {
+        let o = dir_cmd(&state, &["user", "add", id, "--number", number], Some(PW));
+        assert!(o.status.success(), "{}", err(&o));
+    }
+    let d = Daemon::start(
+        None,
+        bin("keyline-directory"),
+        &state,
+        &["serve", "--listen", "127.0.0.1:0"],
+    )
+    .unwrap();
+    let st = tokio::task::block_in_place(|| {
+        wait_for("the directory", Duration::from_secs(15), || {
+            d.json(&["status"]).ok()
+        })
+    });
+    let addr: SocketAddr = jstr(&st, &["listen"]).unwrap().parse().unwrap();
+    let mut a = Term::online(addr, "alice").await;
+    let mut b = Term::online(addr, "bob").await;
+    // Alice looks Bob up 20,000 times, 64 at a time, as a client does;
+    // Bob reads nothing, so his stream's flow control stops the
+    // directory's writer to him and his queue fills with EXPECTs.
+    let mut found = 0u32;
+    for round in 0..(20_000 / 64) {
+        for i in 0..64u64 {
+            a.say(DirMsg::Lookup {
+                req: 100 + round * 64 + i,
+                number: "2002".into(),
+            })
+            .await;
+        }
+        for _ in 0..64 {
+            a.wait("found", |m| matches!(m, DirMsg::Found { .. })).await;
+            found += 1;
+        }
+    }
+    assert_eq!(found, 20_000 / 64 * 64);
+    assert!(
+        b.conn.close_reason().is_none(),
+        "{:?}",
+        b.conn.close_reason()
+    );
+    // Bob is still there: he reads his way through what was queued and
+    // gets the answer to a request of his own.
+    b.say(DirMsg::Ping { n: 9 }).await;
+    b.wait("pong", |m| matches!(m, DirMsg::Pong { n: 9 })).await;
+    let bindings = d.json(&["bindings"]).unwrap();
+    assert!(bindings.to_string().contains("2002"), "{bindings}");
+}
+
 /// SIGTERM with an answered call between two terminals: STOPPING, both
 /// ends told (`Ended` with reason shutdown, then `GoingAway`), exit 0
 /// within 5 s, and the database intact: after a restart the accounts
