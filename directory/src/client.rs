@@ -1430,6 +1430,7 @@ fn dispatch(inner: &Arc<Inner>, msg: DirMsg) {
             from,
             caller_fp,
             token,
+            caller_candidates,
         } => inner.emit(Event::Expect {
             from,
             number,
@@ -1438,7 +1439,7 @@ fn dispatch(inner: &Arc<Inner>, msg: DirMsg) {
                 call: 0,
                 dial: false,
                 peer_fp: caller_fp,
-                peer_candidates: Vec::new(),
+                peer_candidates: addrs(&caller_candidates),
                 token,
                 policy: DirectPolicy::Direct,
                 relay: None,

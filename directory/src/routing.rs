@@ -750,11 +750,19 @@ impl Router {
             );
         };
         let (callee, fp, cands) = (b.session, b.fp.clone(), b.candidates());
-        let caller_fp = self
-            .sessions
-            .get(&sid)
-            .map(|s| s.fp.clone())
-            .unwrap_or_default();
+        let (caller_fp, caller_candidates) = match self.sessions.get(&sid) {
+            // Where the caller's connection will come from: its registered
+            // addresses, if it registered the number it calls from, and
+            // where we see it.
+            Some(s) => (
+                s.fp.clone(),
+                match self.bindings.get(&from).filter(|b| b.session == sid) {
+                    Some(b) => strings(&b.candidates()),
+                    None => vec![s.observed.to_string()],
+                },
+            ),
+            None => (String::new(), Vec::new()),
+        };
         self.send(
             callee,
             DirMsg::Expect {
@@ -763,6 +771,7 @@ impl Router {
                 from,
                 caller_fp,
                 token: token.clone(),
+                caller_candidates,
             },
         );
         self.send(
@@ -2075,6 +2084,12 @@ mod tests {
         let acts = drain(&mut r);
         assert!(
             matches!(&sent(&acts, 2)[0], DirMsg::Expect { from, caller_fp, token, .. } if from == "아리랑" && caller_fp == "fa" && token == "tk")
+        );
+        // And where the caller's connection comes from, to open its NAT.
+        assert!(
+            matches!(&sent(&acts, 2)[0], DirMsg::Expect { caller_candidates, .. }
+                if caller_candidates == &vec![addr(5001).to_string(), addr(1001).to_string()]),
+            "{acts:?}"
         );
         assert!(
             matches!(&sent(&acts, 1)[0], DirMsg::Found { fingerprint, candidates, .. } if fingerprint == "fb" && candidates.len() == 2)

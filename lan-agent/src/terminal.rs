@@ -1149,6 +1149,8 @@ fn on_expect(
         ext.map(|e| format!(" (extension {e}: a terminal has none)"))
             .unwrap_or_default()
     );
+    // The caller connects straight to us next: open our NAT to it.
+    t.puncher.punch(plan.peer_candidates.clone());
     st.next_seq += 1;
     let seq = st.next_seq;
     let mut c = Call::new(seq, None, from, Direction::In);

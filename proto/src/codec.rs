@@ -744,6 +744,7 @@ mod tests {
                 from: "bob".into(),
                 caller_fp: "cd".repeat(32),
                 token: "t".into(),
+                caller_candidates: vec!["10.0.0.2:7000".into()],
             },
             DirMsg::Register {
                 req: 0,

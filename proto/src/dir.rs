@@ -373,6 +373,11 @@ pub enum DirMsg {
         from: String,
         caller_fp: String,
         token: String,
+        /// Where the caller's connection comes from (its registered
+        /// addresses and the one the directory sees), so that the callee
+        /// can open its NAT towards it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        caller_candidates: Vec<String>,
     },
     /// Place a call.
     Call {
@@ -802,6 +807,7 @@ mod tests {
                 from: s("1"),
                 caller_fp: s("fp"),
                 token: s("t"),
+                caller_candidates: vec![s("10.0.0.1:5000")],
             },
             DirMsg::Call {
                 req: 7,

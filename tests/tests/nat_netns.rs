@@ -15,7 +15,8 @@
 //!    masquerade does when the port is free). Alice calls Bob: Bob's
 //!    terminal, answering, sends a few datagrams to Alice's addresses so
 //!    his router lets her connection in (hole punching); the call connects
-//!    end to end, and the directory relays nothing.
+//!    end to end, and the directory relays nothing. So does a look-up-only
+//!    call: the directory's EXPECT tells Bob where Alice comes from.
 //! 2. Router A maps every destination to a random port (symmetric NAT):
 //!    no direct path can exist. The call falls back to the directory's
 //!    relay; Bob opens his router to the relay the same way, and the media
@@ -245,6 +246,25 @@ fn terminals_behind_nat_routers_connect_directly_or_through_the_relay() {
     let (a, b) = call(&alice, &bob);
     assert_eq!(a["relayed"], Value::Bool(false), "{a}");
     assert_eq!(b["relayed"], Value::Bool(false), "{b}");
+    // A look-up-only call (claim 3) too: the directory only says where Bob
+    // is, and tells Bob where Alice's connection comes from. (A fresh
+    // Alice, on a port router B has no mapping for yet.)
+    assert!(alice.stop(), "{}", alice.log_text());
+    alice = terminal(&scratch, &net.a.host, &fp, "alice", "tone:600");
+    ok(&alice, &["dial", "--lookup", "1002"]);
+    for d in [&alice, &bob] {
+        wait_for(
+            "the look-up call to connect",
+            Duration::from_secs(15),
+            || (jstr(&status(d), &["call", "state"])? == "connected").then_some(()),
+        );
+    }
+    let a = status(&alice)["call"].clone();
+    assert_eq!(a["lookup"], Value::Bool(true), "{a}");
+    ok(&alice, &["hangup"]);
+    wait_for("Bob to see the hang-up", Duration::from_secs(5), || {
+        status(&bob)["call"].is_null().then_some(())
+    });
     let st = dir.json(&["status"]).unwrap();
     assert_eq!(jnum(&st, &["relay", "bytes"]), Some(0.0), "{st}");
 
