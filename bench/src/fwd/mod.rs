@@ -681,7 +681,11 @@ pub fn compare(relay: &Value, baseline: &Value) -> Value {
         },
         "held_measured_ratio": ratio(held(relay), held(baseline)),
         "reference_calls": common.map(|(r, _)| r.0),
-        "cpu_per_packet_ratio": common.and_then(|(r, b)| ratio(r.1, b.1)),
+        // At the most calls both ramps ran; when they share no step (a
+        // short or disturbed run), at the steps each held.
+        "cpu_per_packet_ratio": common
+            .and_then(|(r, b)| ratio(r.1, b.1))
+            .or_else(|| ratio(at(relay, "cpu_us_per_packet"), at(baseline, "cpu_us_per_packet"))),
         "cpu_per_packet_us": common.map(|(r, b)| json!({"relay": r.1, "baseline": b.1})),
         "cpu_util_ratio": common.and_then(|(r, b)| ratio(r.4, b.4)),
         "added_p50_ratio": common.and_then(|(r, b)| ratio(r.2, b.2)),
