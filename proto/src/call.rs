@@ -697,15 +697,7 @@ impl Switchboard {
             id,
             Call {
                 dial_req: Some(req),
-                ..Call::new(
-                    id,
-                    caller.to_string(),
-                    trunk.clone(),
-                    now,
-                    CallState::Ringing {
-                        deadline: now + self.config.ring_timeout,
-                    },
-                )
+                ..self.ringing_call(id, caller.to_string(), trunk.clone(), now)
             },
         );
         self.actions.push_back(Action::Ring {
@@ -749,15 +741,7 @@ impl Switchboard {
         }
         self.calls.insert(
             new,
-            Call::new(
-                new,
-                station.clone(),
-                trunk.clone(),
-                now,
-                CallState::Ringing {
-                    deadline: now + self.config.ring_timeout,
-                },
-            ),
+            self.ringing_call(new, station.clone(), trunk.clone(), now),
         );
         self.actions.push_back(Action::Replaced {
             to: station.clone(),
@@ -1002,6 +986,20 @@ impl Switchboard {
         });
     }
 
+    /// A new call `id` from `caller` ringing `callee` until the ring
+    /// timeout.
+    fn ringing_call(&self, id: CallId, caller: String, callee: String, now: Instant) -> Call {
+        Call::new(
+            id,
+            caller,
+            callee,
+            now,
+            CallState::Ringing {
+                deadline: now + self.config.ring_timeout,
+            },
+        )
+    }
+
     /// Whether `ext` can ring now: online, in no call, not consulting, no
     /// do-not-disturb.
     fn is_free(&self, ext: &str) -> bool {
@@ -1232,15 +1230,7 @@ impl Switchboard {
             Call {
                 rang,
                 replaces: Some(id),
-                ..Call::new(
-                    leg,
-                    other.clone(),
-                    target.clone(),
-                    now,
-                    CallState::Ringing {
-                        deadline: now + self.config.ring_timeout,
-                    },
-                )
+                ..self.ringing_call(leg, other.clone(), target.clone(), now)
             },
         );
         if let Some(l) = self.lines.get_mut(&target) {
@@ -1315,15 +1305,7 @@ impl Switchboard {
             Call {
                 rang,
                 consult_of: Some(id),
-                ..Call::new(
-                    c2,
-                    by.to_string(),
-                    target.clone(),
-                    now,
-                    CallState::Ringing {
-                        deadline: now + self.config.ring_timeout,
-                    },
-                )
+                ..self.ringing_call(c2, by.to_string(), target.clone(), now)
             },
         );
         if let Some(l) = self.lines.get_mut(&target) {
@@ -1633,15 +1615,7 @@ impl Switchboard {
             id,
             Call {
                 recall,
-                ..Call::new(
-                    id,
-                    trunk.to_string(),
-                    callee.clone(),
-                    now,
-                    CallState::Ringing {
-                        deadline: now + self.config.ring_timeout,
-                    },
-                )
+                ..self.ringing_call(id, trunk.to_string(), callee.clone(), now)
             },
         );
         self.actions.push_back(Action::Ringing {
