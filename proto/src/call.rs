@@ -806,18 +806,11 @@ impl Switchboard {
         self.close(now, call, outcome_of(reason));
     }
 
-    /// A call from outside (the trunk line `trunk`, made by the shell with
-    /// [`trunk_line`]) arrives for extension `ext`, or for the office
-    /// number when `ext` is `None`: then the reception group rings. Replies
-    /// come as for a dial by `trunk` (`Ringing` or `DialFailed`).
-    pub fn handle_inbound(&mut self, now: Instant, trunk: &str, req: ReqId, ext: Option<&str>) {
+    /// Open the trunk line `trunk` for a call arriving from outside;
+    /// `false` when it is not a trunk line's name or is already in use.
+    fn add_trunk_in(&mut self, trunk: &str) -> bool {
         if !is_trunk(trunk) || self.lines.contains_key(trunk) {
-            self.actions.push_back(Action::DialFailed {
-                caller: trunk.to_string(),
-                req,
-                reason: FailReason::NotAllowed,
-            });
-            return;
+            return false;
         }
         self.lines.insert(
             trunk.to_string(),
@@ -826,6 +819,25 @@ impl Switchboard {
                 ..Line::default()
             },
         );
+        true
+    }
+
+    fn refuse_trunk(&mut self, trunk: &str, req: ReqId) {
+        self.actions.push_back(Action::DialFailed {
+            caller: trunk.to_string(),
+            req,
+            reason: FailReason::NotAllowed,
+        });
+    }
+
+    /// A call from outside (the trunk line `trunk`, made by the shell with
+    /// [`trunk_line`]) arrives for extension `ext`, or for the office
+    /// number when `ext` is `None`: then the reception group rings. Replies
+    /// come as for a dial by `trunk` (`Ringing` or `DialFailed`).
+    pub fn handle_inbound(&mut self, now: Instant, trunk: &str, req: ReqId, ext: Option<&str>) {
+        if !self.add_trunk_in(trunk) {
+            return self.refuse_trunk(trunk, req);
+        }
         if let Some(ext) = ext {
             return self.handle_dial(now, trunk, req, ext);
         }
@@ -1537,79 +1549,23 @@ impl Switchboard {
             (pair && matches!(c.state, CallState::Answered { .. }) && c.held_by.is_none())
                 .then_some(c2)
         });
-        let ring = if joinable.is_some() {
-            None
-        } else if self.is_free(ext) {
-            Some((ext.to_string(), Some(h.by.clone())))
-        } else if self.is_free(&h.by) && h.by != ext {
-            Some((h.by.clone(), None))
-        } else {
+        let (callee, recall) = match joinable {
+            Some(c2) => return self.take_over_consultation(now, trunk, req, ext, &h.by, c2),
+            None if self.is_free(ext) => (ext.to_string(), Some(h.by.clone())),
+            None if self.is_free(&h.by) && h.by != ext => (h.by.clone(), None),
             // Nobody to take it back: as any call for `ext` (its
             // forwarding, its mailbox, or busy).
-            return self.handle_inbound(now, trunk, req, Some(ext));
+            None => return self.handle_inbound(now, trunk, req, Some(ext)),
         };
-        if !is_trunk(trunk) || self.lines.contains_key(trunk) {
-            return self.handle_inbound(now, trunk, req, Some(ext));
+        if !self.add_trunk_in(trunk) {
+            return self.refuse_trunk(trunk, req);
         }
-        self.lines.insert(
-            trunk.to_string(),
-            Line {
-                online: true,
-                ..Line::default()
-            },
-        );
         let id = self.next_id;
         self.next_id += 1;
-        if let Some(l) = self.lines.get_mut(trunk) {
-            l.call = Some(id);
-        }
-        if let (Some(c2), None) = (joinable, &ring) {
-            let Some(old) = self.calls.remove(&c2) else {
-                return;
-            };
-            self.actions.push_back(Action::Ended {
-                to: h.by.clone(),
-                call: c2,
-                reason: EndReason::Transferred,
-            });
-            self.close(now, old, Outcome::Answered);
-            if let Some(l) = self.lines.get_mut(ext) {
+        for l in [trunk, callee.as_str()] {
+            if let Some(l) = self.lines.get_mut(l) {
                 l.call = Some(id);
             }
-            self.calls.insert(
-                id,
-                Call::new(
-                    id,
-                    trunk.to_string(),
-                    ext.to_string(),
-                    now,
-                    CallState::Answered { at: now },
-                ),
-            );
-            self.actions.push_back(Action::Ringing {
-                caller: trunk.to_string(),
-                req,
-                call: id,
-                callee: ext.to_string(),
-            });
-            self.actions.push_back(Action::Replaced {
-                to: ext.to_string(),
-                old: c2,
-                new: id,
-                peer: display(trunk).to_string(),
-            });
-            self.actions.push_back(Action::Connected {
-                call: id,
-                caller: trunk.to_string(),
-                callee: ext.to_string(),
-            });
-            return;
-        }
-        let Some((callee, recall)) = ring else {
-            return;
-        };
-        if let Some(l) = self.lines.get_mut(&callee) {
-            l.call = Some(id);
         }
         self.calls.insert(
             id,
@@ -1628,6 +1584,65 @@ impl Switchboard {
             callee,
             call: id,
             from: display(trunk).to_string(),
+        });
+    }
+
+    /// The handed-on party on `trunk` takes over the answered consultation
+    /// `c2` between `by` and `ext`: `by` drops out, `ext` talks to it.
+    fn take_over_consultation(
+        &mut self,
+        now: Instant,
+        trunk: &str,
+        req: ReqId,
+        ext: &str,
+        by: &str,
+        c2: CallId,
+    ) {
+        if !self.add_trunk_in(trunk) {
+            return self.refuse_trunk(trunk, req);
+        }
+        let Some(old) = self.calls.remove(&c2) else {
+            return;
+        };
+        self.actions.push_back(Action::Ended {
+            to: by.to_string(),
+            call: c2,
+            reason: EndReason::Transferred,
+        });
+        self.close(now, old, Outcome::Answered);
+        let id = self.next_id;
+        self.next_id += 1;
+        for l in [trunk, ext] {
+            if let Some(l) = self.lines.get_mut(l) {
+                l.call = Some(id);
+            }
+        }
+        self.calls.insert(
+            id,
+            Call::new(
+                id,
+                trunk.to_string(),
+                ext.to_string(),
+                now,
+                CallState::Answered { at: now },
+            ),
+        );
+        self.actions.push_back(Action::Ringing {
+            caller: trunk.to_string(),
+            req,
+            call: id,
+            callee: ext.to_string(),
+        });
+        self.actions.push_back(Action::Replaced {
+            to: ext.to_string(),
+            old: c2,
+            new: id,
+            peer: display(trunk).to_string(),
+        });
+        self.actions.push_back(Action::Connected {
+            call: id,
+            caller: trunk.to_string(),
+            callee: ext.to_string(),
         });
     }
 
