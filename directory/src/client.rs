@@ -38,7 +38,9 @@ use keyline_proto::msg::{Msg, Role};
 use keyline_proto::{number, MAX_MESSAGE, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::wire::{next_msg, read_body, send_msg, write_body, Incoming};
+use crate::wire::{
+    self, next_msg, read_body, send_msg, write_body, Incoming, MsgReader, MsgWriter, WRITE_BATCH,
+};
 
 /// How long a request waits for its reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -530,7 +532,7 @@ impl DirClient {
         opts: Options,
     ) -> Result<(DirClient, mpsc::Receiver<Event>), ClientError> {
         let cerr = |m: String| ClientError::Connect { addr, message: m };
-        let cfg = endpoint::client_config(identity, directory_fp_pin)
+        let cfg = endpoint::client_config_with(identity, directory_fp_pin, Some(wire::ACK_EVERY))
             .map_err(|e| cerr(format!("{e:#}")))?;
         let connecting = endpoint
             .connect_with(cfg, addr, endpoint::SERVER_NAME)
@@ -1344,27 +1346,34 @@ async fn refresher(weak: WeakClient) {
     }
 }
 
-async fn writer(
-    conn: quinn::Connection,
-    mut send: quinn::SendStream,
-    mut rx: mpsc::Receiver<DirMsg>,
-) {
-    while let Some(m) = rx.recv().await {
-        if send_msg(&mut send, &m).await.is_err() {
+/// Writes queued requests in order, everything queued at once in one
+/// stream write.
+async fn writer(conn: quinn::Connection, send: quinn::SendStream, mut rx: mpsc::Receiver<DirMsg>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut out = MsgWriter::new(send);
+    'outer: while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        for m in batch.drain(..) {
+            if out.push(&m).await.is_err() {
+                conn.close(quinn::VarInt::from_u32(3), b"write failed");
+                break 'outer;
+            }
+        }
+        if out.flush().await.is_err() {
             conn.close(quinn::VarInt::from_u32(3), b"write failed");
             break;
         }
     }
-    let _ = send.finish();
+    out.finish();
 }
 
 async fn reader(
     weak: std::sync::Weak<Inner>,
     events: mpsc::Sender<Event>,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
 ) {
+    let mut recv = MsgReader::new(recv);
     let reason = loop {
-        let msg = match next_msg(&mut recv).await {
+        let msg = match recv.next().await {
             Ok(Incoming::Msg(m)) => m,
             Ok(Incoming::Unknown(k)) => {
                 tracing::debug!("ignoring unknown directory message {k:?}");

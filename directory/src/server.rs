@@ -20,12 +20,12 @@ use anyhow::{Context, Result};
 use keyline_net::lifecycle::{self, Signal, Signals};
 use keyline_net::relay::{self, Allocation, Counters};
 use keyline_net::{control, peer_fingerprint, Identity};
-use keyline_proto::codec::{encode_frame_into, CodecError, FrameDecoder};
+use keyline_proto::codec::CodecError;
 use keyline_proto::dir::{
     CallId, DirMsg, ErrorCode, ForwardRule, MailKind, ReqId, MAX_CANDIDATES, OGG_MAGIC,
 };
 use keyline_proto::msg::Role;
-use keyline_proto::{number, MAX_MESSAGE, PROTOCOL_VERSION};
+use keyline_proto::{number, PROTOCOL_VERSION};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
@@ -36,7 +36,9 @@ use crate::routing::{
     Action, CallState, MediaEnd, NumberInfo, Placing, RelayState, Router, SessionId,
 };
 use crate::store::{self, NewMail, Quota, SqliteStore, Store, StoreError};
-use crate::wire::{next_msg, read_body, send_msg, write_body, Incoming};
+use crate::wire::{
+    self, next_msg, read_body, send_msg, write_body, Incoming, MsgReader, MsgWriter, WRITE_BATCH,
+};
 
 /// Name of the database inside the state directory.
 pub const DB_FILE: &str = "directory.sqlite";
@@ -46,11 +48,6 @@ pub const DB_FILE: &str = "directory.sqlite";
 pub enum Out {
     Msg(DirMsg),
 }
-
-/// Most messages the writer takes from its queue per wake-up.
-const WRITE_BATCH: usize = 64;
-/// The writer writes what it has once it holds this many bytes.
-const WRITE_BYTES: usize = 64 * 1024;
 
 /// Inputs of the hub task.
 #[derive(Debug)]
@@ -238,11 +235,9 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
     };
     let ctl = control::bind(&control::socket_path(&state_dir)).await?;
     let endpoint = keyline_net::make_endpoint(cfg.listen, &id)?;
-    // Busy endpoints acknowledge less often: fewer ACK-only packets to
-    // receive and decrypt (issue 6; see bench/README.md).
     endpoint.set_server_config(Some(keyline_net::endpoint::server_config(
         &id,
-        Some(ACK_THRESHOLD),
+        Some(wire::ACK_EVERY),
     )?));
     let local_addr = endpoint.local_addr()?;
     let (hub_tx, hub_rx) = mpsc::channel(4096);
@@ -380,10 +375,6 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
 /// Messages queued for one endpoint's control stream before it counts as
 /// gone (its own replies) or misses look-up hints (half of it).
 const CONTROL_QUEUE: usize = 256;
-
-/// ACK-eliciting packets an endpoint may take before it must acknowledge
-/// (QUIC's default is 1: an ACK for every other packet).
-const ACK_THRESHOLD: u32 = 8;
 
 async fn status_line(shared: &Arc<Shared>) -> String {
     let s = query_hub(shared, Query::Status).await;
@@ -648,7 +639,7 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
     tokio::spawn(mail_uploads(c.clone()));
     tracing::debug!("endpoint {observed} connected as session {sid}");
 
-    let result = control_loop(&c, &mut recv).await;
+    let result = control_loop(&c, recv).await;
     match &result {
         Err(e) => {
             tracing::warn!("session {sid} ({observed}): {e:#}; dropping it");
@@ -661,38 +652,22 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
     result
 }
 
-/// Largest piece taken from the control stream at once.
-const READ_CHUNK: usize = 64 * 1024;
-
-async fn control_loop(c: &Arc<Conn>, recv: &mut quinn::RecvStream) -> Result<()> {
-    // Whole chunks of the stream are split into frames here, so that one
-    // read serves every message that arrived together and a frame is
-    // decoded where it lies (sized before it is buffered, as in
-    // `read_frame`).
-    let mut frames = FrameDecoder::new(MAX_MESSAGE);
+async fn control_loop(c: &Arc<Conn>, recv: quinn::RecvStream) -> Result<()> {
+    let mut reader = MsgReader::new(recv);
     loop {
-        let msg = match frames.next_frame_ref() {
-            Ok(Some(body)) => match DirMsg::from_cbor(body) {
-                Ok(m) => m,
-                Err(CodecError::UnknownKind(kind)) => {
-                    c.reply(error(
-                        None,
-                        ErrorCode::UnknownKind,
-                        format!("unknown message kind {kind:?}"),
-                    ));
-                    continue;
-                }
-                Err(e) => return Err(anyhow::anyhow!("protocol violation: {e}")),
-            },
-            Ok(None) => match recv.read_chunk(READ_CHUNK, true).await {
-                Ok(Some(chunk)) => {
-                    frames.push(&chunk.bytes);
-                    continue;
-                }
-                // The end of the stream (a partial frame included), or
-                // the connection went.
-                Ok(None) | Err(_) => return Ok(()),
-            },
+        let msg = match reader.next().await {
+            Ok(Incoming::Msg(m)) => m,
+            Ok(Incoming::Unknown(kind)) => {
+                c.reply(error(
+                    None,
+                    ErrorCode::UnknownKind,
+                    format!("unknown message kind {kind:?}"),
+                ));
+                continue;
+            }
+            // The end of the stream (a partial frame included), or the
+            // connection went.
+            Ok(Incoming::Closed) | Err(CodecError::Io(_)) => return Ok(()),
             Err(e) => return Err(anyhow::anyhow!("protocol violation: {e}")),
         };
         handle_msg(c, msg).await?;
@@ -1178,50 +1153,41 @@ async fn set_forward(
 /// wake-up. The first `Registered` after a login wakes mail delivery.
 async fn writer(
     conn: quinn::Connection,
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut rx: mpsc::Receiver<Out>,
     mut account: watch::Receiver<Option<LoggedIn>>,
     wake: Arc<Notify>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    'outer: while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+    let mut out = MsgWriter::new(send);
+    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         let mut mail = false;
+        let mut written = Ok(());
         for Out::Msg(m) in batch.drain(..) {
             if matches!(m, DirMsg::Registered { .. }) && account.has_changed().unwrap_or(false) {
                 // The session's first registration since it logged in.
                 account.borrow_and_update();
                 mail = true;
             }
-            // Straight into the batch's buffer: no frame of its own.
-            match encode_frame_into(&m, MAX_MESSAGE, &mut buf) {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::warn!("encoding {:?}: {e}", m.kind());
-                    conn.close(quinn::VarInt::from_u32(3), b"write failed");
-                    break 'outer;
-                }
-            }
-            if buf.len() >= WRITE_BYTES {
-                if send.write_all(&buf).await.is_err() {
-                    conn.close(quinn::VarInt::from_u32(3), b"write failed");
-                    break 'outer;
-                }
-                buf.clear();
+            if written.is_ok() {
+                written = out.push(&m).await.map_err(|e| (m.kind(), e));
             }
         }
-        if !buf.is_empty() {
-            if send.write_all(&buf).await.is_err() {
-                conn.close(quinn::VarInt::from_u32(3), b"write failed");
-                break;
+        if written.is_ok() {
+            written = out.flush().await.map_err(|e| ("batch", e));
+        }
+        if let Err((what, e)) = written {
+            if !matches!(e, CodecError::Io(_)) {
+                tracing::warn!("encoding {what:?}: {e}");
             }
-            buf.clear();
+            conn.close(quinn::VarInt::from_u32(3), b"write failed");
+            break;
         }
         if mail {
             wake.notify_one();
         }
     }
-    let _ = send.finish();
+    out.finish();
 }
 
 /// Delivers stored mail of the logged-in account on unidirectional

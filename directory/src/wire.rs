@@ -1,10 +1,16 @@
 //! Reading and writing directory messages and raw mail bodies on QUIC
 //! streams; shared by the server and the client library.
 
-use keyline_proto::codec::{read_frame, write_frame, CodecError};
+use keyline_proto::codec::{encode_frame_into, read_frame, write_frame, CodecError, FrameDecoder};
 use keyline_proto::dir::DirMsg;
 use keyline_proto::MAX_MESSAGE;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// Ack-eliciting packets either end of a directory connection may take
+/// before it must acknowledge (QUIC's default is 1: an ACK for every other
+/// packet). Each end asks it of the other, so that a busy directory sends
+/// and receives fewer ACK-only packets (issue 6; see bench/README.md).
+pub const ACK_EVERY: u32 = 8;
 
 /// What the next frame on a stream was.
 #[derive(Debug)]
@@ -31,6 +37,97 @@ pub async fn next_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<Incoming, Codec
 /// Write one directory message and flush it.
 pub async fn send_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &DirMsg) -> Result<(), CodecError> {
     write_frame(w, msg, MAX_MESSAGE).await
+}
+
+/// Largest piece taken from a control stream at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads a control stream in whole chunks and splits them into messages,
+/// so that one read serves every message that arrived together and each
+/// frame is decoded where it lies (sized before it is buffered, as in
+/// `read_frame`).
+#[derive(Debug)]
+pub struct MsgReader {
+    recv: quinn::RecvStream,
+    frames: FrameDecoder,
+}
+
+impl MsgReader {
+    pub fn new(recv: quinn::RecvStream) -> Self {
+        Self {
+            recv,
+            frames: FrameDecoder::new(MAX_MESSAGE),
+        }
+    }
+
+    /// The next message, as [`next_msg`]: garbage is an error, an unknown
+    /// kind is not. The end of the stream (a partial frame included) is
+    /// `Closed`; a lost connection is [`CodecError::Io`].
+    pub async fn next(&mut self) -> Result<Incoming, CodecError> {
+        loop {
+            if let Some(body) = self.frames.next_frame_ref()? {
+                return match DirMsg::from_cbor(body) {
+                    Ok(m) => Ok(Incoming::Msg(m)),
+                    Err(CodecError::UnknownKind(k)) => Ok(Incoming::Unknown(k)),
+                    Err(e) => Err(e),
+                };
+            }
+            match self.recv.read_chunk(READ_CHUNK, true).await {
+                Ok(Some(chunk)) => self.frames.push(&chunk.bytes),
+                Ok(None) => return Ok(Incoming::Closed),
+                Err(e) => return Err(CodecError::Io(e.into())),
+            }
+        }
+    }
+}
+
+/// Most messages a [`MsgWriter`] takes from its queue per wake-up.
+pub const WRITE_BATCH: usize = 64;
+/// A [`MsgWriter`] writes what it has once it holds this many bytes.
+const WRITE_BYTES: usize = 64 * 1024;
+
+/// Writes messages to a control stream in batches: everything queued goes
+/// out in one stream write, not one per message.
+#[derive(Debug)]
+pub struct MsgWriter {
+    send: quinn::SendStream,
+    buf: Vec<u8>,
+}
+
+impl MsgWriter {
+    pub fn new(send: quinn::SendStream) -> Self {
+        Self {
+            send,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Add `msg` to the batch (straight into its buffer: no frame of its
+    /// own), writing the batch once it is large.
+    pub async fn push(&mut self, msg: &DirMsg) -> Result<(), CodecError> {
+        encode_frame_into(msg, MAX_MESSAGE, &mut self.buf)?;
+        if self.buf.len() >= WRITE_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Write what the batch holds.
+    pub async fn flush(&mut self) -> Result<(), CodecError> {
+        if !self.buf.is_empty() {
+            self.send
+                .write_all(&self.buf)
+                .await
+                .map_err(|e| CodecError::Io(e.into()))?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// End the stream after what was written.
+    pub fn finish(mut self) {
+        let _ = self.send.finish();
+    }
 }
 
 /// Write a raw body frame: a 4-byte big-endian length, then the bytes.

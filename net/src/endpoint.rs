@@ -14,11 +14,11 @@ use crate::tls;
 /// Server name every Keyline connection uses; trust comes from pinning.
 pub const SERVER_NAME: &str = "keyline";
 
-fn transport() -> Arc<quinn::TransportConfig> {
-    Arc::new(transport_config())
-}
-
-fn transport_config() -> quinn::TransportConfig {
+/// Our transport settings. `ack_every`: ask the peer to acknowledge only
+/// every that many ack-eliciting packets (QUIC ack frequency) rather than
+/// every other one, so that a busy end receives and decrypts fewer
+/// ACK-only packets, and its peer builds and sends fewer.
+fn transport_config(ack_every: Option<u32>) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(2)));
     // Idle timeout bounds how long a vanished peer goes unnoticed.
@@ -27,24 +27,21 @@ fn transport_config() -> quinn::TransportConfig {
     ))));
     t.datagram_receive_buffer_size(Some(256 * 1024));
     t.datagram_send_buffer_size(256 * 1024);
-    t
-}
-
-/// The server side of our endpoints. `ack_every`: ask each peer to
-/// acknowledge only every that many ack-eliciting packets (QUIC ack
-/// frequency) rather than every other one, so that a server with many
-/// busy peers receives and decrypts fewer ACK-only packets.
-pub fn server_config(id: &Identity, ack_every: Option<u32>) -> Result<quinn::ServerConfig> {
-    let server_crypto = QuicServerConfig::try_from(tls::server_config(id)?)
-        .context("building the QUIC server configuration")?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-    let mut t = transport_config();
     if let Some(n) = ack_every {
         let mut acks = quinn::AckFrequencyConfig::default();
         acks.ack_eliciting_threshold(quinn::VarInt::from_u32(n));
         t.ack_frequency_config(Some(acks));
     }
-    server.transport_config(Arc::new(t));
+    t
+}
+
+/// The server side of our endpoints; `ack_every` as in
+/// [`client_config_with`], asked of every peer.
+pub fn server_config(id: &Identity, ack_every: Option<u32>) -> Result<quinn::ServerConfig> {
+    let server_crypto = QuicServerConfig::try_from(tls::server_config(id)?)
+        .context("building the QUIC server configuration")?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(Arc::new(transport_config(ack_every)));
     Ok(server)
 }
 
@@ -62,6 +59,7 @@ pub fn make_endpoint_with_puncher(
 ) -> Result<(quinn::Endpoint, Puncher)> {
     let server = server_config(id, None)?;
     let socket = std::net::UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
+    grow_buffers(&socket);
     let punch = socket.try_clone().context("sharing the UDP socket")?;
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
     let mut ep = quinn::Endpoint::new(
@@ -73,6 +71,31 @@ pub fn make_endpoint_with_puncher(
     .with_context(|| format!("starting QUIC on UDP {bind}"))?;
     ep.set_default_client_config(client_config(id, None)?);
     Ok((ep, Puncher(Arc::new(punch))))
+}
+
+/// Socket buffer an endpoint asks for each way: a busy directory takes
+/// bursts from many peers at once, and a datagram the kernel drops for
+/// want of room is a retransmission later.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Ask for [`SOCKET_BUFFER`] each way: beyond the system's limit when the
+/// process may (CAP_NET_ADMIN), else up to it. A smaller buffer still
+/// works, so failures are only logged.
+fn grow_buffers(socket: &std::net::UdpSocket) {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER);
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER);
+    }
+    // The kernel reports twice what it grants (its bookkeeping).
+    let got = getsockopt(socket, sockopt::RcvBuf).unwrap_or(0) / 2;
+    if got < SOCKET_BUFFER {
+        tracing::debug!(
+            "UDP receive buffer {got} bytes (asked {SOCKET_BUFFER}; raise net.core.rmem_max)"
+        );
+    }
 }
 
 /// Opens the way in through our own NAT (hole punching): a NAT that maps
@@ -108,10 +131,21 @@ impl Puncher {
 
 /// A client configuration for one connection, pinning the server.
 pub fn client_config(id: &Identity, pin: Option<String>) -> Result<quinn::ClientConfig> {
+    client_config_with(id, pin, None)
+}
+
+/// [`client_config`], asking the server to acknowledge only every
+/// `ack_every` ack-eliciting packets when given (for a connection that
+/// may carry many requests to a busy server).
+pub fn client_config_with(
+    id: &Identity,
+    pin: Option<String>,
+    ack_every: Option<u32>,
+) -> Result<quinn::ClientConfig> {
     let crypto = QuicClientConfig::try_from(tls::client_config(id, pin)?)
         .context("building the QUIC client configuration")?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(transport());
+    cfg.transport_config(Arc::new(transport_config(ack_every)));
     Ok(cfg)
 }
 
