@@ -59,9 +59,8 @@ pub struct DirConfig {
     pub numbers_per_account: usize,
 }
 
-/// One client: its endpoint (kept alive), its connection and its number.
+/// One client: its connection and its number.
 struct Client {
-    _ep: quinn::Endpoint,
     dir: DirClient,
     number: String,
 }
@@ -179,31 +178,50 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the load generator's runtime")
 }
 
-/// A connected client; its events are drained (a look-up sends EXPECT to
-/// the number's endpoint).
+/// A connected client on an endpoint of its own; its events are drained
+/// (a look-up sends EXPECT to the number's endpoint).
 async fn connect(dir: SocketAddr, name: &str) -> Result<(quinn::Endpoint, SocketAddr, DirClient)> {
+    let ep = endpoint(name)?;
+    let (addr, c) = connect_on(&ep, dir, name).await?;
+    Ok((ep, addr, c))
+}
+
+fn endpoint(name: &str) -> Result<quinn::Endpoint> {
     let id = Identity::generate(name)?;
-    let ep = keyline_net::make_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), &id)?;
+    keyline_net::make_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), &id)
+}
+
+/// A connected client with an identity of its own on `ep`.
+async fn connect_on(
+    ep: &quinn::Endpoint,
+    dir: SocketAddr,
+    name: &str,
+) -> Result<(SocketAddr, DirClient)> {
+    let id = Identity::generate(name)?;
     let addr = ep.local_addr().context("the client endpoint's address")?;
-    let (c, mut events) = DirClient::connect(&ep, &id, dir, None)
+    let (c, mut events) = DirClient::connect(ep, &id, dir, None)
         .await
         .context("connecting to the directory")?;
     tokio::spawn(async move { while events.recv().await.is_some() {} });
-    Ok((ep, addr, c))
+    Ok((addr, c))
 }
 
 /// Connect `accounts` × their numbers as clients: the first client of an
 /// account logs in, the others resume with its token; each binds its own
 /// number.
-async fn online(dir: SocketAddr, accounts: &[(String, Vec<String>)]) -> Result<Vec<Client>> {
+async fn online(
+    ep: &quinn::Endpoint,
+    dir: SocketAddr,
+    accounts: &[(String, Vec<String>)],
+) -> Result<Vec<Client>> {
     let mut tasks = Vec::new();
     for (id, numbers) in accounts {
-        let (id, numbers) = (id.clone(), numbers.clone());
+        let (id, numbers, ep) = (id.clone(), numbers.clone(), ep.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
             let mut token: Option<String> = None;
             for (k, n) in numbers.iter().enumerate() {
-                let (ep, addr, c) = connect(dir, &format!("{id}-{k}")).await?;
+                let (addr, c) = connect_on(&ep, dir, &format!("{id}-{k}")).await?;
                 match &token {
                     None => token = Some(c.login(&id, PW).await.context("login")?.token),
                     Some(t) => {
@@ -214,7 +232,6 @@ async fn online(dir: SocketAddr, accounts: &[(String, Vec<String>)]) -> Result<V
                     .await
                     .with_context(|| format!("registering {n}"))?;
                 out.push(Client {
-                    _ep: ep,
                     dir: c,
                     number: n.clone(),
                 });
@@ -382,7 +399,8 @@ fn run_load(bin: &Path, dir: &Scratch, cfg: &DirConfig) -> Result<Value> {
     let rt = runtime()?;
     let res = rt.block_on(async {
         let t = Instant::now();
-        let clients: Vec<Arc<Client>> = online(addr, &accounts)
+        let ep = endpoint("load")?;
+        let clients: Vec<Arc<Client>> = online(&ep, addr, &accounts)
             .await?
             .into_iter()
             .map(Arc::new)
