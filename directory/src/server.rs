@@ -27,7 +27,7 @@ use keyline_proto::dir::{
 use keyline_proto::msg::Role;
 use keyline_proto::{number, PROTOCOL_VERSION};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth;
 use crate::config::Config;
@@ -72,10 +72,13 @@ pub enum Event {
         account: String,
         numbers: Vec<String>,
     },
-    /// A routing request, already validated and canonicalised.
+    /// A routing request, already validated and canonicalised; `_held`
+    /// is one of the session's requests in flight, given back once the
+    /// hub has handled it.
     Route {
         sid: SessionId,
         msg: DirMsg,
+        _held: OwnedSemaphorePermit,
     },
     ForwardChanged {
         number: String,
@@ -375,6 +378,12 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
 /// Messages queued for one endpoint's control stream before it counts as
 /// gone (its own replies) or misses look-up hints (half of it).
 const CONTROL_QUEUE: usize = 256;
+/// Requests of one session the hub may hold at once.
+const IN_FLIGHT: usize = 64;
+/// Free places a session's queue must have before its next request is
+/// read: room for the answers to every request in flight and this one,
+/// with as much again for what other sessions send it.
+const ROOM: usize = 2 * IN_FLIGHT;
 
 async fn status_line(shared: &Arc<Shared>) -> String {
     let s = query_hub(shared, Query::Status).await;
@@ -488,6 +497,10 @@ struct Conn {
     shared: Arc<Shared>,
     conn: quinn::Connection,
     tx: mpsc::Sender<Out>,
+    /// Requests of this session the hub has not handled yet.
+    in_flight: Arc<Semaphore>,
+    /// Signalled each time the writer takes messages from `tx`.
+    drained: Arc<Notify>,
     account: watch::Sender<Option<LoggedIn>>,
     /// The address last reported to the hub (shared with the migration
     /// watcher; held while reporting, so reports stay in order).
@@ -512,6 +525,40 @@ impl Conn {
 
     fn who(&self) -> Option<LoggedIn> {
         self.account.borrow().clone()
+    }
+
+    /// Hand a routing request to the hub, once fewer than
+    /// [`IN_FLIGHT`] of the session's requests wait there.
+    async fn route(&self, msg: DirMsg) -> Result<()> {
+        let held = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .context("the session is closing")?;
+        self.hub(Event::Route {
+            sid: self.sid,
+            msg,
+            _held: held,
+        })
+        .await
+    }
+
+    /// Wait until the session's queue has [`ROOM`] free places: a client
+    /// that sends requests faster than it reads the answers is not read
+    /// from meanwhile (QUIC's flow control then holds it back), rather
+    /// than dropped when its answers overflow the queue.
+    async fn room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            // A closed queue: the writer is gone, and so is the session.
+            if self.tx.capacity() >= ROOM || self.tx.is_closed() {
+                return;
+            }
+            drained.await;
+        }
     }
 
     async fn hub(&self, ev: Event) -> Result<()> {
@@ -597,11 +644,12 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
     let (tx, rx) = mpsc::channel::<Out>(CONTROL_QUEUE);
     let (acct_tx, acct_rx) = watch::channel::<Option<LoggedIn>>(None);
     let wake = Arc::new(Notify::new());
+    let drained = Arc::new(Notify::new());
     let moved = Arc::new(tokio::sync::Mutex::new(observed));
     tokio::spawn(writer(
         conn.clone(),
         send,
-        rx,
+        (rx, drained.clone()),
         acct_rx.clone(),
         wake.clone(),
     ));
@@ -633,6 +681,8 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
         shared: shared.clone(),
         conn: conn.clone(),
         tx,
+        in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
+        drained,
         account: acct_tx,
         observed: moved,
     });
@@ -670,6 +720,7 @@ async fn control_loop(c: &Arc<Conn>, recv: quinn::RecvStream) -> Result<()> {
             Ok(Incoming::Closed) | Err(CodecError::Io(_)) => return Ok(()),
             Err(e) => return Err(anyhow::anyhow!("protocol violation: {e}")),
         };
+        c.room().await;
         handle_msg(c, msg).await?;
     }
 }
@@ -717,13 +768,10 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
             });
             match parsed {
                 Ok((numbers, cands)) => {
-                    c.hub(Event::Route {
-                        sid: c.sid,
-                        msg: DirMsg::Register {
-                            req,
-                            numbers,
-                            candidates: cands.iter().map(ToString::to_string).collect(),
-                        },
+                    c.route(DirMsg::Register {
+                        req,
+                        numbers,
+                        candidates: cands.iter().map(ToString::to_string).collect(),
                     })
                     .await?
                 }
@@ -732,20 +780,10 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
         }
         DirMsg::Unregister { req, numbers } => {
             let numbers: Vec<String> = numbers.iter().filter_map(|n| canon(n).ok()).collect();
-            c.hub(Event::Route {
-                sid: c.sid,
-                msg: DirMsg::Unregister { req, numbers },
-            })
-            .await?
+            c.route(DirMsg::Unregister { req, numbers }).await?
         }
         DirMsg::Lookup { req, number } => match canon(&number) {
-            Ok(number) => {
-                c.hub(Event::Route {
-                    sid: c.sid,
-                    msg: DirMsg::Lookup { req, number },
-                })
-                .await?
-            }
+            Ok(number) => c.route(DirMsg::Lookup { req, number }).await?,
             Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
         },
         DirMsg::Call {
@@ -785,17 +823,14 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
                     return Ok(());
                 }
             };
-            c.hub(Event::Route {
-                sid: c.sid,
-                msg: DirMsg::Call {
-                    req,
-                    number: n,
-                    from,
-                    candidates: cands.iter().map(ToString::to_string).collect(),
-                    hops,
-                    media_fp,
-                    handoff,
-                },
+            c.route(DirMsg::Call {
+                req,
+                number: n,
+                from,
+                candidates: cands.iter().map(ToString::to_string).collect(),
+                hops,
+                media_fp,
+                handoff,
             })
             .await?
         }
@@ -806,27 +841,18 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
             candidates,
         } => match parse_media_end(&candidates, media_fp.as_deref()) {
             Ok(_) => {
-                c.hub(Event::Route {
-                    sid: c.sid,
-                    msg: DirMsg::Answer {
-                        req,
-                        call,
-                        media_fp,
-                        candidates,
-                    },
+                c.route(DirMsg::Answer {
+                    req,
+                    call,
+                    media_fp,
+                    candidates,
                 })
                 .await?
             }
             Err(m) => c.reply(error(Some(req), ErrorCode::BadAddress, m)),
         },
         DirMsg::Redirect { req, call, number } => match canon(&number) {
-            Ok(number) => {
-                c.hub(Event::Route {
-                    sid: c.sid,
-                    msg: DirMsg::Redirect { req, call, number },
-                })
-                .await?
-            }
+            Ok(number) => c.route(DirMsg::Redirect { req, call, number }).await?,
             Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
         },
         DirMsg::Transfer {
@@ -836,14 +862,11 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
             handoff,
         } => match canon(&number) {
             Ok(number) => {
-                c.hub(Event::Route {
-                    sid: c.sid,
-                    msg: DirMsg::Transfer {
-                        req,
-                        call,
-                        number,
-                        handoff,
-                    },
+                c.route(DirMsg::Transfer {
+                    req,
+                    call,
+                    number,
+                    handoff,
                 })
                 .await?
             }
@@ -852,7 +875,7 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
         m @ (DirMsg::Reject { .. }
         | DirMsg::Busy { .. }
         | DirMsg::Hangup { .. }
-        | DirMsg::Fallback { .. }) => c.hub(Event::Route { sid: c.sid, msg: m }).await?,
+        | DirMsg::Fallback { .. }) => c.route(m).await?,
         other => c.reply(error(
             other.reply_to(),
             ErrorCode::Unexpected,
@@ -1150,17 +1173,19 @@ async fn set_forward(
 
 /// Writes the session's outgoing messages in order: everything queued
 /// (at most [`WRITE_BATCH`] messages) goes out in one stream write per
-/// wake-up. The first `Registered` after a login wakes mail delivery.
+/// wake-up, and `drained` is signalled each time messages are taken. The
+/// first `Registered` after a login wakes mail delivery.
 async fn writer(
     conn: quinn::Connection,
     send: quinn::SendStream,
-    mut rx: mpsc::Receiver<Out>,
+    (mut rx, drained): (mpsc::Receiver<Out>, Arc<Notify>),
     mut account: watch::Receiver<Option<LoggedIn>>,
     wake: Arc<Notify>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut out = MsgWriter::new(send);
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        drained.notify_waiters();
         let mut mail = false;
         let mut written = Ok(());
         for Out::Msg(m) in batch.drain(..) {
@@ -1187,6 +1212,9 @@ async fn writer(
             wake.notify_one();
         }
     }
+    // Whoever waits for room learns the queue is closed.
+    drop(rx);
+    drained.notify_waiters();
     out.finish();
 }
 
@@ -1509,7 +1537,7 @@ impl Hub {
                 account,
                 numbers,
             } => self.router.handle_login(now, sid, &account, numbers),
-            Event::Route { sid, msg } => self.route(now, sid, msg),
+            Event::Route { sid, msg, .. } => self.route(now, sid, msg),
             Event::ForwardChanged { number, rule } => self.router.set_forward(&number, rule),
             Event::Reload { logout, keep, done } => {
                 let store = self.shared.store.clone();

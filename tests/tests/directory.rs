@@ -678,6 +678,78 @@ async fn a_lookup_flood_does_not_disconnect_the_number_looked_up() {
     assert!(bindings.to_string().contains("2002"), "{bindings}");
 }
 
+/// A client may send requests faster than it reads the answers: the
+/// directory stops reading its requests while the answers wait (QUIC flow
+/// control then holds the client back) instead of dropping the client for
+/// an overflowing queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_slowly_is_held_back_not_dropped() {
+    let scratch = Scratch::new("dslow");
+    let state = scratch.join("dir");
+    for (id, number) in [("alice", "2001"), ("bob", "2002")] {
+        let o = dir_cmd(&state, &["user", "add", id, "--number", number], Some(PW));
+        assert!(o.status.success(), "{}", err(&o));
+    }
+    let d = Daemon::start(
+        None,
+        bin("keyline-directory"),
+        &state,
+        &["serve", "--listen", "127.0.0.1:0"],
+    )
+    .unwrap();
+    let st = tokio::task::block_in_place(|| {
+        wait_for("the directory", Duration::from_secs(15), || {
+            d.json(&["status"]).ok()
+        })
+    });
+    let addr: SocketAddr = jstr(&st, &["listen"]).unwrap().parse().unwrap();
+    let a = Term::online(addr, "alice").await;
+    let _b = Term::online(addr, "bob").await;
+    const N: u64 = 50_000;
+    let Term {
+        conn,
+        mut send,
+        mut recv,
+        ..
+    } = a;
+    // All the requests in one go, while nothing is read for a second.
+    let writer = tokio::spawn(async move {
+        let mut batch = Vec::new();
+        for i in 0..N {
+            batch.extend(
+                keyline_proto::codec::encode_frame(
+                    &DirMsg::Lookup {
+                        req: 1000 + i,
+                        number: "2002".into(),
+                    },
+                    MAX_MESSAGE,
+                )
+                .unwrap(),
+            );
+        }
+        send.write_all(&batch)
+            .await
+            .expect("the requests are taken");
+        send
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut next_req = 1000;
+    while next_req < 1000 + N {
+        match next(&mut recv).await {
+            DirMsg::Found { req, .. } => {
+                assert_eq!(req, next_req, "answers come in order");
+                next_req += 1;
+            }
+            other => panic!("{other:?} (after {} answers)", next_req - 1000),
+        }
+    }
+    let _send = tokio::time::timeout(Duration::from_secs(5), writer)
+        .await
+        .expect("the writer finished")
+        .unwrap();
+    assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+}
+
 /// SIGTERM with an answered call between two terminals: STOPPING, both
 /// ends told (`Ended` with reason shutdown, then `GoingAway`), exit 0
 /// within 5 s, and the database intact: after a restart the accounts
