@@ -39,6 +39,7 @@ use keyline_net::Identity;
 use serde_json::{json, Value};
 
 use crate::daemons::{poll, tail, Control, Daemon};
+use crate::rawdir::{self, Login, Op, RawClient};
 use crate::util::{self, round, Scratch, Summary};
 
 pub(crate) const PW: &str = "keyline bench password";
@@ -57,12 +58,6 @@ pub struct DirConfig {
     pub bindings: usize,
     /// Numbers per account in the memory run.
     pub numbers_per_account: usize,
-}
-
-/// One client: its connection and its number.
-struct Client {
-    dir: DirClient,
-    number: String,
 }
 
 /// The directory's CPU time so far (all threads), from `/proc/PID/stat`.
@@ -206,35 +201,30 @@ async fn connect_on(
     Ok((addr, c))
 }
 
-/// Connect `accounts` × their numbers as clients: the first client of an
-/// account logs in, the others resume with its token; each binds its own
-/// number.
+/// Connect `accounts` × their numbers as load clients on `ep`: the first
+/// client of an account logs in, the others resume with its token; each
+/// binds its own number.
 async fn online(
     ep: &quinn::Endpoint,
     dir: SocketAddr,
     accounts: &[(String, Vec<String>)],
-) -> Result<Vec<Client>> {
+) -> Result<Vec<RawClient>> {
     let mut tasks = Vec::new();
     for (id, numbers) in accounts {
         let (id, numbers, ep) = (id.clone(), numbers.clone(), ep.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
             let mut token: Option<String> = None;
-            for (k, n) in numbers.iter().enumerate() {
-                let (addr, c) = connect_on(&ep, dir, &format!("{id}-{k}")).await?;
-                match &token {
-                    None => token = Some(c.login(&id, PW).await.context("login")?.token),
-                    Some(t) => {
-                        c.resume(t).await.context("resume")?;
-                    }
-                }
-                c.register(&[n.as_str()], vec![addr])
+            for n in &numbers {
+                let login = match &token {
+                    None => Login::Password(PW),
+                    Some(t) => Login::Token(t),
+                };
+                let (c, t) = RawClient::online(&ep, dir, &id, login, n)
                     .await
-                    .with_context(|| format!("registering {n}"))?;
-                out.push(Client {
-                    dir: c,
-                    number: n.clone(),
-                });
+                    .with_context(|| format!("bringing {n} online"))?;
+                token.get_or_insert(t);
+                out.push(c);
             }
             anyhow::Ok(out)
         }));
@@ -246,76 +236,22 @@ async fn online(
     Ok(clients)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Op {
-    Register,
-    Lookup,
-}
-
-/// One request loop's completions: (seconds since the base, latency µs),
-/// and errors with the first message.
-struct Done {
-    at: Vec<(f64, f32)>,
-    errors: u64,
-    first_error: Option<String>,
-}
-
 /// Load the directory with `op` from every client, `depth` in flight
-/// each; the figures of the measured window.
+/// each; the figures of the measured window. The clients come back.
 async fn load(
-    clients: &[Arc<Client>],
+    clients: Vec<RawClient>,
     targets: &Arc<Vec<String>>,
     op: Op,
     depth: usize,
     cfg: &DirConfig,
     dir_pid: u32,
-) -> Result<Value> {
+) -> Result<(Vec<RawClient>, Value)> {
     let stop = Arc::new(AtomicBool::new(false));
     let base = Instant::now();
-    let mut tasks = Vec::new();
-    for (i, c) in clients.iter().enumerate() {
-        for j in 0..depth.max(1) {
-            let (c, stop, targets) = (c.clone(), stop.clone(), targets.clone());
-            let mut k = i * 7919 + j * 104_729;
-            tasks.push(tokio::spawn(async move {
-                let mut d = Done {
-                    at: Vec::with_capacity(1 << 14),
-                    errors: 0,
-                    first_error: None,
-                };
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    let res = match op {
-                        Op::Register => c.dir.refresh().await.map(|_| ()),
-                        Op::Lookup => {
-                            k = k.wrapping_add(1);
-                            let n = &targets[k % targets.len()];
-                            c.dir.lookup(n).await.map(|_| ())
-                        }
-                    };
-                    let end = Instant::now();
-                    match res {
-                        Ok(()) => d.at.push((
-                            (end - base).as_secs_f64(),
-                            (end - t).as_secs_f64() as f32 * 1e6,
-                        )),
-                        Err(e) => {
-                            d.errors += 1;
-                            d.first_error.get_or_insert_with(|| e.to_string());
-                            // A closed connection fails at once: do not spin.
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                    }
-                }
-                d
-            }));
-        }
-    }
+    let n_clients = clients.len();
+    let tasks = rawdir::load_all(clients, op, depth, targets.clone(), stop.clone(), base).await;
     tokio::time::sleep(cfg.warmup).await;
-    eprintln!(
-        "keyline-bench directory: measuring {op:?} at {} clients x {depth}",
-        clients.len()
-    );
+    eprintln!("keyline-bench directory: measuring {op:?} at {n_clients} clients x {depth}");
     let t0 = (Instant::now() - base).as_secs_f64();
     let (dcpu0, scpu0) = (proc_cpu(dir_pid)?, util::self_cpu()?);
     tokio::time::sleep(cfg.measure).await;
@@ -324,8 +260,11 @@ async fn load(
     stop.store(true, Ordering::Relaxed);
     let mut lat: Vec<f64> = Vec::new();
     let (mut errors, mut first_error, mut total) = (0u64, None, 0u64);
+    let mut back = Vec::with_capacity(n_clients);
     for t in tasks {
-        let d = t.await.context("a load task failed")?;
+        let (c, d) = t.await.context("a load task failed")?;
+        back.push(c);
+        let d = d.context("a load client failed")?;
         total += d.at.len() as u64;
         errors += d.errors;
         if first_error.is_none() {
@@ -343,25 +282,28 @@ async fn load(
     let dcpu = (dcpu1 - dcpu0).as_secs_f64();
     let scpu = (scpu1.saturating_sub(scpu0)).as_secs_f64();
     let dir_us_per_op = if n > 0.0 { dcpu * 1e6 / n } else { 0.0 };
-    Ok(json!({
-        "clients": clients.len(),
-        "in_flight_per_client": depth.max(1),
-        "measured_s": round(secs, 2),
-        "answered": n,
-        "answered_total": total,
-        "errors": errors,
-        "first_error": first_error,
-        "per_s": round(n / secs, 0),
-        "latency_us": {"p50": round(s.p50, 0), "p99": round(s.p99, 0), "max": round(s.max, 0)},
-        "directory_cpu_cores": round(dcpu / secs, 2),
-        "directory_cpu_us_per_op": round(dir_us_per_op, 2),
-        "generator_cpu_cores": round(scpu / secs, 2),
-        "generator_cpu_us_per_op": round(if n > 0.0 { scpu * 1e6 / n } else { 0.0 }, 2),
-        // What the directory alone would do with two cores, at the CPU
-        // cost per request it showed here (a projection, not a measure).
-        "projected_per_s_directory_alone_2_cores": round(
-            if dir_us_per_op > 0.0 { 2e6 / dir_us_per_op } else { 0.0 }, 0),
-    }))
+    Ok((
+        back,
+        json!({
+            "clients": n_clients,
+            "in_flight_per_client": depth.max(1),
+            "measured_s": round(secs, 2),
+            "answered": n,
+            "answered_total": total,
+            "errors": errors,
+            "first_error": first_error,
+            "per_s": round(n / secs, 0),
+            "latency_us": {"p50": round(s.p50, 0), "p99": round(s.p99, 0), "max": round(s.max, 0)},
+            "directory_cpu_cores": round(dcpu / secs, 2),
+            "directory_cpu_us_per_op": round(dir_us_per_op, 2),
+            "generator_cpu_cores": round(scpu / secs, 2),
+            "generator_cpu_us_per_op": round(if n > 0.0 { scpu * 1e6 / n } else { 0.0 }, 2),
+            // What the directory alone would do with two cores, at the CPU
+            // cost per request it showed here (a projection, not a measure).
+            "projected_per_s_directory_alone_2_cores": round(
+                if dir_us_per_op > 0.0 { 2e6 / dir_us_per_op } else { 0.0 }, 0),
+        }),
+    ))
 }
 
 fn accounts_for(
@@ -400,28 +342,28 @@ fn run_load(bin: &Path, dir: &Scratch, cfg: &DirConfig) -> Result<Value> {
     let res = rt.block_on(async {
         let t = Instant::now();
         let ep = endpoint("load")?;
-        let clients: Vec<Arc<Client>> = online(&ep, addr, &accounts)
-            .await?
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+        let mut clients = online(&ep, addr, &accounts).await?;
         let online_s = t.elapsed().as_secs_f64();
         let targets: Arc<Vec<String>> =
             Arc::new(clients.iter().map(|c| c.number.clone()).collect());
         let mut levels = Vec::new();
         for &(n, depth) in &cfg.levels {
-            let some = &clients[..n.clamp(1, clients.len())];
-            let registrations = load(some, &targets, Op::Register, depth, cfg, pid).await?;
-            let lookups = load(some, &targets, Op::Lookup, depth, cfg, pid).await?;
+            let n = n.clamp(1, clients.len());
+            let rest = clients.split_off(n);
+            let (some, registrations) =
+                load(clients, &targets, Op::Register, depth, cfg, pid).await?;
+            let (mut some, lookups) = load(some, &targets, Op::Lookup, depth, cfg, pid).await?;
             levels.push(json!({
-                "clients": some.len(),
+                "clients": n,
                 "in_flight_per_client": depth,
                 "registrations": registrations,
                 "lookups": lookups,
             }));
+            some.extend(rest);
+            clients = some;
         }
         for c in &clients {
-            c.dir.close();
+            c.close();
         }
         anyhow::Ok((levels, online_s))
     });

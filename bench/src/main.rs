@@ -33,6 +33,7 @@ mod daemons;
 mod directory;
 mod fwd;
 mod offices;
+mod rawdir;
 mod report;
 mod setup;
 mod startup;

@@ -60,6 +60,13 @@ impl MsgReader {
         }
     }
 
+    /// Whether [`next`](Self::next) has a message without reading the
+    /// stream (a client that batches its requests writes once this is
+    /// false).
+    pub fn ready(&self) -> bool {
+        self.frames.has_frame()
+    }
+
     /// The next message, as [`next_msg`]: garbage is an error, an unknown
     /// kind is not. The end of the stream (a partial frame included) is
     /// `Closed`; a lost connection is [`CodecError::Io`].

@@ -621,6 +621,21 @@ impl FrameDecoder {
         Ok(self.next_frame_ref()?.map(<[u8]>::to_vec))
     }
 
+    /// Whether a whole frame (or an oversized length, an error for
+    /// [`next_frame`](Self::next_frame)) is buffered.
+    pub fn has_frame(&self) -> bool {
+        let pending = &self.buf[self.start..];
+        match pending.get(..4) {
+            Some(prefix) => {
+                let mut len_bytes = [0u8; 4];
+                len_bytes.copy_from_slice(prefix);
+                let len = u32::from_be_bytes(len_bytes) as usize;
+                len > self.max || pending.len() >= 4 + len
+            }
+            None => false,
+        }
+    }
+
     /// [`next_frame`](Self::next_frame) without a copy: the body stays in
     /// the decoder until the next [`push`](Self::push).
     pub fn next_frame_ref(&mut self) -> Result<Option<&[u8]>, CodecError> {
@@ -696,10 +711,13 @@ mod tests {
         let mut d = FrameDecoder::new(1024);
         for b in &frame[..frame.len() - 1] {
             d.push(std::slice::from_ref(b));
+            assert!(!d.has_frame());
             assert!(d.next_frame().expect("ok").is_none());
         }
         d.push(&frame[frame.len() - 1..]);
+        assert!(d.has_frame());
         let body = d.next_frame().expect("ok").expect("frame");
+        assert!(!d.has_frame());
         let s: String = decode_body(&body).expect("decode");
         assert_eq!(s, "hello");
     }
