@@ -1,6 +1,7 @@
 //! The `directory` suite: the real `keyline-directory` on loopback, loaded
-//! by N concurrent QUIC clients using the client library gateways and
-//! terminals use (`keyline_directory::client::DirClient`).
+//! by N concurrent QUIC clients on one endpoint of this process, each with
+//! its own identity and connection, speaking the protocol on its control
+//! stream with the client library's codec and batching (`rawdir`).
 //!
 //! - **Registrations/s**: each client logs in once (one argon2 login per
 //!   account, the account's other clients resume with its token), binds
@@ -13,7 +14,8 @@
 //!   SQLite keeps. The JSON says so next to the figure.
 //! - **Look-ups/s**: the same clients look up the registered numbers
 //!   (LOOKUP → FOUND to the caller and EXPECT to the number's endpoint).
-//! - **Memory per binding**: a second directory with `bindings` numbers
+//! - **Memory per binding** (clients: `DirClient`, the library gateways
+//!   and terminals use): a second directory with `bindings` numbers
 //!   (accounts of `numbers_per_account` numbers each, as an office gateway
 //!   registering its extensions would have, created with `keyline-directory
 //!   user add` before it starts). The accounts log in once; the directory
@@ -568,8 +570,9 @@ fn run_in(bin: &Path, cfg: &DirConfig, dir: &Scratch) -> Result<Value> {
         }
     };
     Ok(json!({
-        "note": "real keyline-directory on 127.0.0.1; clients are DirClient on their own quinn endpoints in \
-                 this process, sharing the machine's cores with the directory",
+        "note": "real keyline-directory on 127.0.0.1; load clients in this process on one quinn endpoint, each \
+                 with its own identity and connection, speaking the protocol on their streams (bench/src/rawdir.rs), \
+                 sharing the machine's cores with the directory; the memory run's clients are DirClient",
         "persisted": "a registration writes nothing to disk today: bindings are kept in the routing core's \
                       memory, tied to the QUIC session that made them (server.rs routes REGISTER to the hub \
                       without a store call); SQLite keeps accounts, numbers, tokens, rules and mail",
