@@ -4,6 +4,7 @@
 //! short transaction; callers run them off the async runtime
 //! (`spawn_blocking`), so a slow disk never stalls call control.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -138,7 +139,13 @@ pub struct CdrRow {
 #[derive(Clone, Debug)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
+    /// Call records not written yet (the disk was full), oldest first;
+    /// written before the next one, or by [`Db::write_unwritten`].
+    unwritten: Arc<Mutex<VecDeque<CdrRow>>>,
 }
+
+/// Call records kept in memory while the disk is full, at most.
+pub const UNWRITTEN_MAX: usize = 10_000;
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -156,17 +163,20 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
-        Ok(Db {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        Ok(Db::with_connection(conn))
     }
 
     pub fn open_in_memory() -> Result<Db> {
         let mut conn = Connection::open_in_memory()?;
         migrate(&mut conn)?;
-        Ok(Db {
+        Ok(Db::with_connection(conn))
+    }
+
+    fn with_connection(conn: Connection) -> Db {
+        Db {
             conn: Arc::new(Mutex::new(conn)),
-        })
+            unwritten: Arc::new(Mutex::new(VecDeque::new())),
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
@@ -292,23 +302,75 @@ impl Db {
         })
     }
 
+    /// Write a call record. One that cannot be written now (a full disk)
+    /// is kept, with any kept before it, and written first next time: the
+    /// error says how many wait. At most [`UNWRITTEN_MAX`] are kept; past
+    /// that the oldest go.
     pub fn insert_cdr(&self, row: &CdrRow) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO calls (call_id, caller, callee, started_ms, answered_ms, ended_ms, outcome)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    row.call_id,
-                    row.caller,
-                    row.callee,
-                    row.start_ms,
-                    row.answer_ms,
-                    row.end_ms,
-                    row.outcome
-                ],
-            )?;
+        let mut waiting = self.unwritten_lock()?;
+        waiting.push_back(row.clone());
+        if waiting.len() > UNWRITTEN_MAX {
+            waiting.pop_front();
+            tracing::error!("more than {UNWRITTEN_MAX} call records unwritten: the oldest is lost");
+        }
+        self.write_waiting(&mut waiting)
+    }
+
+    /// Write the call records kept while the disk was full; how many.
+    pub fn write_unwritten(&self) -> Result<usize> {
+        let mut waiting = self.unwritten_lock()?;
+        let n = waiting.len();
+        if n > 0 {
+            self.write_waiting(&mut waiting)?;
+        }
+        Ok(n)
+    }
+
+    /// Call records waiting to be written.
+    pub fn unwritten_count(&self) -> usize {
+        self.unwritten_lock().map(|w| w.len()).unwrap_or(0)
+    }
+
+    fn unwritten_lock(&self) -> Result<std::sync::MutexGuard<'_, VecDeque<CdrRow>>> {
+        self.unwritten
+            .lock()
+            .map_err(|_| anyhow::anyhow!("call record queue lock poisoned"))
+    }
+
+    /// All of `waiting` in one transaction, in order; kept on failure.
+    fn write_waiting(&self, waiting: &mut VecDeque<CdrRow>) -> Result<()> {
+        let written = self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO calls (call_id, caller, callee, started_ms, answered_ms, ended_ms, outcome)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?;
+                for row in waiting.iter() {
+                    st.execute(params![
+                        row.call_id,
+                        row.caller,
+                        row.callee,
+                        row.start_ms,
+                        row.answer_ms,
+                        row.end_ms,
+                        row.outcome
+                    ])?;
+                }
+            }
+            tx.commit()?;
             Ok(())
-        })
+        });
+        match written {
+            Ok(()) => {
+                waiting.clear();
+                Ok(())
+            }
+            Err(e) => Err(e.context(format!(
+                "{} call record(s) kept in memory until they can be written",
+                waiting.len()
+            ))),
+        }
     }
 
     pub fn cdr(&self, limit: u32) -> Result<Vec<CdrRow>> {
@@ -332,6 +394,15 @@ impl Db {
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
+        })
+        .map(|mut rows| {
+            // Newer than anything written: the ones still waiting (id 0).
+            if let Ok(waiting) = self.unwritten_lock() {
+                rows.extend(waiting.iter().cloned());
+                let extra = rows.len().saturating_sub(limit as usize);
+                rows.drain(..extra);
+            }
+            rows
         })
     }
 
@@ -667,6 +738,56 @@ mod tests {
         assert_eq!(rows[0].outcome, "answered");
         assert_eq!(db.max_call_id().expect("max"), 7);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn call_records_wait_in_memory_while_the_database_is_full() {
+        let db = Db::open_in_memory().expect("db");
+        let row = |call: i64| CdrRow {
+            id: 0,
+            call_id: Some(call),
+            caller: "201".into(),
+            callee: "202".into(),
+            start_ms: call,
+            answer_ms: None,
+            end_ms: call + 1,
+            outcome: "no-answer".into(),
+        };
+        db.insert_cdr(&row(1)).expect("room");
+        // SQLite's own limit on the file: inserts fail with "database or
+        // disk is full", as on a full disk.
+        let pages: i64 = db
+            .with(|c| Ok(c.query_row("PRAGMA page_count", [], |r| r.get(0))?))
+            .expect("pages");
+        db.with(|c| Ok(c.pragma_update(None, "max_page_count", pages)?))
+            .expect("limit");
+        let mut big = row(2);
+        big.caller = "x".repeat(20_000);
+        let err = db.insert_cdr(&big).expect_err("full");
+        assert!(format!("{err:#}").contains("full"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("1 call record(s) kept"),
+            "{err:#}"
+        );
+        let err = db.insert_cdr(&row(3)).expect_err("still full");
+        assert!(
+            format!("{err:#}").contains("2 call record(s) kept"),
+            "{err:#}"
+        );
+        assert_eq!(db.unwritten_count(), 2);
+        // Shown meanwhile, after the ones written.
+        let shown: Vec<Option<i64>> = db.cdr(10).expect("cdr").iter().map(|r| r.call_id).collect();
+        assert_eq!(shown, vec![Some(1), Some(2), Some(3)]);
+        // Room again: written in order, nothing lost, nothing twice.
+        db.with(|c| Ok(c.pragma_update(None, "max_page_count", 1_000_000)?))
+            .expect("room");
+        assert_eq!(db.write_unwritten().expect("write"), 2);
+        assert_eq!(db.unwritten_count(), 0);
+        let rows = db.cdr(10).expect("cdr");
+        let ids: Vec<Option<i64>> = rows.iter().map(|r| r.call_id).collect();
+        assert_eq!(ids, vec![Some(1), Some(2), Some(3)]);
+        assert!(rows.iter().all(|r| r.id > 0));
+        assert_eq!(db.write_unwritten().expect("nothing"), 0);
     }
 
     #[test]

@@ -65,6 +65,12 @@ pub enum Event {
     Reload {
         cfg: Config,
     },
+    /// What the disk watcher saw: whether a mailbox could store a
+    /// message, and the bytes free under the state directory.
+    Disk {
+        writable: bool,
+        free: u64,
+    },
     SpeedDial {
         code: String,
         number: Option<String>,
@@ -209,6 +215,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
     let switch = Switch::new(shared.clone())?;
     let switch_task = tokio::spawn(switch.run(events_rx));
+    tokio::spawn(watch_disk(shared.clone()));
 
     {
         let shared = shared.clone();
@@ -395,6 +402,69 @@ async fn next_msg(recv: &mut quinn::RecvStream) -> Result<Incoming> {
         Ok(m) => Ok(Incoming::Msg(m)),
         Err(CodecError::UnknownKind(k)) => Ok(Incoming::Unknown(k)),
         Err(e) => bail!("protocol violation: {e}"),
+    }
+}
+
+/// How often the free space under the state directory is checked.
+const DISK_CHECK: Duration = Duration::from_secs(2);
+
+/// Room a mailbox needs to take a message: the longest message at up to
+/// 64 kbit/s, and a mebibyte for the database.
+fn room_for_a_message(cfg: &Config) -> u64 {
+    cfg.voicemail_max_secs.saturating_mul(8 * 1024) + (1 << 20)
+}
+
+/// Watches the free space under the state directory: tells the switch
+/// when the mailboxes can take a message and when not (so that callers
+/// are not sent to one that cannot store what they say), and writes the
+/// call records kept in memory while the disk was full once there is
+/// room.
+async fn watch_disk(shared: Arc<Shared>) {
+    let mut last: Option<bool> = None;
+    let mut tick = tokio::time::interval(DISK_CHECK);
+    loop {
+        tick.tick().await;
+        let dir = &shared.state_dir;
+        let free = match nix::sys::statvfs::statvfs(dir) {
+            Ok(v) => v.blocks_available().saturating_mul(v.fragment_size()),
+            Err(e) => {
+                tracing::debug!("statvfs {}: {e}", dir.display());
+                continue;
+            }
+        };
+        let writable = free >= room_for_a_message(&shared.cfg());
+        if last != Some(writable) {
+            match (writable, last.is_some()) {
+                (false, _) => tracing::warn!(
+                    "only {free} bytes free under {}: voicemail takes no messages until there is room",
+                    dir.display()
+                ),
+                (true, true) => tracing::info!(
+                    "{free} bytes free under {} again: voicemail takes messages",
+                    dir.display()
+                ),
+                (true, false) => {}
+            }
+            last = Some(writable);
+        }
+        if shared
+            .events
+            .send(Event::Disk { writable, free })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if writable && shared.db.unwritten_count() > 0 {
+            let db = shared.db.clone();
+            match tokio::task::spawn_blocking(move || db.write_unwritten()).await {
+                Ok(Ok(n)) => {
+                    tracing::info!("wrote {n} call record(s) kept while the disk was full")
+                }
+                Ok(Err(e)) => tracing::warn!("{e:#}"),
+                Err(e) => tracing::warn!("writing kept call records: {e}"),
+            }
+        }
     }
 }
 
@@ -851,6 +921,8 @@ pub(crate) struct Switch {
     /// Maps the monotonic clock to wall-clock time for call records.
     anchor: (Instant, SystemTime),
     last_status: (usize, usize),
+    /// The disk watcher's last word: (mailboxes writable, bytes free).
+    disk: Option<(bool, u64)>,
 }
 
 impl Switch {
@@ -880,6 +952,7 @@ impl Switch {
             ring_group,
             anchor: (Instant::now(), SystemTime::now()),
             last_status: (0, 0),
+            disk: None,
         })
     }
 
@@ -940,6 +1013,10 @@ impl Switch {
                 Event::TextStored { to, text } => self.send(&to, text),
                 Event::VoicemailDone { call } => self.sb.handle_voicemail_done(now, call),
                 Event::MessageWaiting { ext } => self.message_waiting(&ext),
+                Event::Disk { writable, free } => {
+                    self.sb.set_mailboxes_writable(writable);
+                    self.disk = Some((writable, free));
+                }
                 Event::Reload { cfg } => self
                     .sb
                     .set_config(call_config(&cfg, self.ring_group.as_ref())),
@@ -1388,6 +1465,11 @@ impl Switch {
                 "relay": self.shared.relay.snapshot(),
                 "directory": self.trunks.status(),
                 "ring_group": self.ring_group_json(),
+                "disk": self.disk.map(|(writable, free)| json!({
+                    "free_bytes": free,
+                    "mailboxes_writable": writable,
+                    "unwritten_call_records": self.shared.db.unwritten_count(),
+                })),
             }),
         }
     }

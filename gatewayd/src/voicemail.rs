@@ -124,7 +124,8 @@ pub async fn serve(
         .events
         .send(Event::VoicemailDone { call: job.call })
         .await;
-    let (secs, voiced) = voiced?;
+    let (secs, voiced) = voiced
+        .with_context(|| format!("storing a message for {} from {}", job.mailbox, job.caller))?;
     if voiced < 25 {
         // Under half a second of sound: a caller who hung up at the beep.
         let _ = std::fs::remove_file(&path);

@@ -385,6 +385,9 @@ pub struct Switchboard {
     actions: VecDeque<Action>,
     next_id: CallId,
     speed_dials: HashMap<String, String>,
+    /// Whether the mailboxes can take a message now (the shell says no
+    /// while the disk is full).
+    mailboxes_writable: bool,
 }
 
 fn outcome_of(reason: FailReason) -> Outcome {
@@ -417,7 +420,20 @@ impl Switchboard {
             actions: VecDeque::new(),
             next_id: 1,
             speed_dials: HashMap::new(),
+            mailboxes_writable: true,
         }
+    }
+
+    /// Whether a message left now could be stored (the shell watches the
+    /// disk). While not, calls that would go to a mailbox end as they
+    /// would with voicemail off: unanswered, busy or unreachable.
+    pub fn set_mailboxes_writable(&mut self, writable: bool) {
+        self.mailboxes_writable = writable;
+    }
+
+    /// Voicemail is on and a message could be stored.
+    fn voicemail_on(&self) -> bool {
+        self.config.voicemail && self.mailboxes_writable
     }
 
     /// Load an extension's settings (e.g. from disk at start).
@@ -541,7 +557,7 @@ impl Switchboard {
         let (target, rang) = match self.route(caller, number, Vec::new(), true) {
             Ok(t) => t,
             Err(FailReason::Busy | FailReason::DoNotDisturb | FailReason::Unreachable)
-                if self.config.voicemail && self.lines.contains_key(number) =>
+                if self.voicemail_on() && self.lines.contains_key(number) =>
             {
                 let id = self.next_id;
                 self.next_id += 1;
@@ -1025,7 +1041,7 @@ impl Switchboard {
         self.config
             .office_mailbox
             .clone()
-            .filter(|mb| self.config.voicemail && self.lines.contains_key(mb))
+            .filter(|mb| self.voicemail_on() && self.lines.contains_key(mb))
     }
 
     /// A member of a ringing group call drops out (declined, hung up, or
@@ -1860,7 +1876,7 @@ impl Switchboard {
                     None
                 }
             });
-            if let (true, Some(mailbox)) = (self.config.voicemail, mailbox) {
+            if let (true, Some(mailbox)) = (self.voicemail_on(), mailbox) {
                 if let Some(c) = self.calls.get_mut(&id) {
                     c.state = CallState::Voicemail { at: now };
                     let ringing: Vec<String> = std::mem::take(&mut c.also)
@@ -2847,6 +2863,56 @@ mod trunk_tests {
             }
         )));
         assert!(!sb.lines.contains_key(&t3));
+    }
+
+    #[test]
+    fn calls_do_not_go_to_a_mailbox_that_cannot_store_a_message() {
+        let (mut sb, now) = board(&["201", "202", "203"]);
+        sb.set_config(Config {
+            voicemail: true,
+            ..Config::default()
+        });
+        sb.set_mailboxes_writable(false);
+        // Unanswered: ends as no answer, no mailbox.
+        sb.handle_dial(now, "201", 1, "202");
+        drain(&mut sb);
+        sb.handle_timeout(now + Config::default().ring_timeout);
+        let acts = drain(&mut sb);
+        assert!(
+            !acts.iter().any(|a| matches!(a, Action::ToVoicemail { .. })),
+            "{acts:?}"
+        );
+        assert!(acts.contains(&Action::Ended {
+            to: "201".into(),
+            call: 1,
+            reason: EndReason::NoAnswer
+        }));
+        // Busy: the caller hears busy.
+        sb.handle_dial(now, "201", 2, "202");
+        drain(&mut sb);
+        sb.handle_answer(now, "202", 2).expect("answer");
+        drain(&mut sb);
+        sb.handle_dial(now, "203", 3, "202");
+        let acts = drain(&mut sb);
+        assert!(
+            acts.iter().any(|a| matches!(
+                a,
+                Action::DialFailed {
+                    reason: FailReason::Busy,
+                    ..
+                }
+            )),
+            "{acts:?}"
+        );
+        // Room again: the busy line's mailbox takes the next caller.
+        sb.set_mailboxes_writable(true);
+        sb.handle_dial(now, "203", 4, "202");
+        let acts = drain(&mut sb);
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::ToVoicemail { mailbox, .. } if mailbox == "202")),
+            "{acts:?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,212 @@
+//! A full disk under the gateway: its state directory is a small tmpfs
+//! (mounted here, unmounted on the way out) filled to the last byte.
+//! Calls between stations go on (their media never touches the disk) and
+//! their records wait in memory; nobody is sent to a mailbox that could
+//! not store the message (the call ends unanswered, as with voicemail
+//! off); once space is freed the records are written, in order, and the
+//! mailbox takes messages again.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use keyline_tests::{bin, jnum, jstr, ok, status, wait_for, Daemon, Scratch};
+
+/// A tmpfs of `mib` MiB mounted at a directory for the test's life.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, mib: u32) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700")])
+            .arg("tmpfs")
+            .arg(at)
+            .output()
+            .expect("mount (needs root)");
+        assert!(
+            out.status.success(),
+            "mount tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Fill the file system to the last byte; the filler's path.
+    fn fill(&self) -> PathBuf {
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        let mut small = false;
+        loop {
+            let piece = if small { &chunk[..512] } else { &chunk[..] };
+            match f.write(piece) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc_enospc()) => {
+                    if small {
+                        break;
+                    }
+                    small = true;
+                }
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        let _ = f.sync_all();
+        path
+    }
+}
+
+/// ENOSPC on Linux.
+fn libc_enospc() -> i32 {
+    28
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn agent(scratch: &Scratch, name: &str, gw: &str, input: &str) -> Daemon {
+    Daemon::start(
+        None,
+        bin("keyline-agent"),
+        &scratch.join(name),
+        &[
+            "run",
+            "--no-mdns",
+            "--gateway",
+            gw,
+            "--audio-in",
+            input,
+            "--audio-out",
+            "null",
+        ],
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_full_disk_under_the_gateway_loses_no_call() {
+    let scratch = Scratch::new("diskfull");
+    let port = keyline_tests::free_udp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let cfg = scratch.join("gatewayd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"{listen}\"\nmdns = false\nring_timeout_secs = 2\nvoicemail_silence_secs = 1\nvoicemail_max_secs = 20\n"
+        ),
+    )
+    .unwrap();
+    let disk_fs = Tmpfs::mount(&scratch.join("gw"), 16);
+    let gw = Daemon::start(
+        None,
+        bin("keyline-gatewayd"),
+        &scratch.join("gw"),
+        &["run", "--config", cfg.to_str().unwrap()],
+    )
+    .unwrap();
+    let a = agent(&scratch, "a", &listen, "tone:600");
+    let b = agent(&scratch, "b", &listen, "tone:900");
+    for (d, ext) in [(&a, "201"), (&b, "202")] {
+        let code = wait_for("code", Duration::from_secs(10), || {
+            jstr(&d.json(&["status"]).ok()?, &["code"])
+        });
+        ok(&gw, &["approve", &code, "--ext", ext]);
+        wait_for("registered", Duration::from_secs(10), || {
+            (jstr(&d.json(&["status"]).ok()?, &["ext"])? == ext).then_some(())
+        });
+    }
+    let records = |gw: &Daemon| -> Vec<serde_json::Value> {
+        gw.json(&["cdr"]).unwrap()["cdr"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    assert!(records(&gw).is_empty());
+    let disk = |gw: &Daemon, key: &str| status(gw)["disk"][key].clone();
+    wait_for("the disk watcher", Duration::from_secs(5), || {
+        (disk(&gw, "mailboxes_writable") == true).then_some(())
+    });
+    let filler = disk_fs.fill();
+    wait_for(
+        "the gateway to see the full disk",
+        Duration::from_secs(5),
+        || (disk(&gw, "mailboxes_writable") == false).then_some(()),
+    );
+
+    // A call between two stations: answered, audio both ways, hung up.
+    ok(&a, &["dial", "202"]);
+    wait_for("ringing", Duration::from_secs(5), || {
+        (jstr(&status(&b), &["call", "state"])? == "alerting").then_some(())
+    });
+    ok(&b, &["answer"]);
+    wait_for("audio both ways", Duration::from_secs(5), || {
+        let (sa, sb) = (status(&a), status(&b));
+        (jnum(&sa, &["call", "media", "received"])? > 10.0
+            && jnum(&sb, &["call", "media", "received"])? > 10.0)
+            .then_some(())
+    });
+    ok(&a, &["hangup"]);
+    wait_for("both idle", Duration::from_secs(5), || {
+        (status(&a)["call"].is_null() && status(&b)["call"].is_null()).then_some(())
+    });
+    // Its record could not be written: kept, and shown.
+    wait_for("the record kept", Duration::from_secs(5), || {
+        (disk(&gw, "unwritten_call_records") == 1).then_some(())
+    });
+    let kept = records(&gw);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0]["outcome"], "answered");
+
+    // Nobody answers: no mailbox that cannot store the message; the
+    // caller hears no answer, as with voicemail off.
+    ok(&a, &["dial", "202"]);
+    let last = wait_for("the call to end", Duration::from_secs(10), || {
+        let s = status(&a);
+        s["call"].is_null().then(|| s["last_call"].clone())
+    });
+    assert_eq!(
+        jstr(&last, &["ended"]).as_deref(),
+        Some("no-answer"),
+        "{last}"
+    );
+    assert_eq!(last["connected"], false, "{last}");
+    assert!(!scratch.join("gw").join("voicemail").join("202").exists());
+    assert!(
+        gw.log_text().contains("voicemail takes no messages"),
+        "{}",
+        gw.log_text()
+    );
+
+    // Room again: the kept records are written, in order, and the
+    // mailbox takes the next unanswered call.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for("the records written", Duration::from_secs(6), || {
+        (disk(&gw, "mailboxes_writable") == true && disk(&gw, "unwritten_call_records") == 0)
+            .then_some(())
+    });
+    let written = records(&gw);
+    let outcomes: Vec<&str> = written
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, vec!["answered", "no-answer"], "{written:?}");
+    assert!(written.iter().all(|r| r["id"].as_i64().unwrap() > 0));
+    ok(&a, &["dial", "202"]);
+    wait_for("the mailbox", Duration::from_secs(6), || {
+        let calls = gw.json(&["calls"]).ok()?;
+        (calls["calls"][0]["state"] == "voicemail").then_some(())
+    });
+    // 201 hears the greeting out, speaks (a steady tone), hangs up.
+    std::thread::sleep(Duration::from_secs(5));
+    ok(&a, &["hangup"]);
+    wait_for("a message for 202", Duration::from_secs(10), || {
+        (jnum(&status(&b), &["voicemail_waiting"])? == 1.0).then_some(())
+    });
+}
