@@ -4,7 +4,8 @@
 //! their records wait in memory; nobody is sent to a mailbox that could
 //! not store the message (the call ends unanswered, as with voicemail
 //! off); once space is freed the records are written, in order, and the
-//! mailbox takes messages again.
+//! mailbox takes messages again. The directory on a full disk refuses
+//! the mail it cannot store with a clear error and routes on.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -209,4 +210,86 @@ fn a_full_disk_under_the_gateway_loses_no_call() {
     wait_for("a message for 202", Duration::from_secs(10), || {
         (jnum(&status(&b), &["voicemail_waiting"])? == 1.0).then_some(())
     });
+}
+
+const PW: &str = "correct horse battery";
+
+/// A terminal logged in as `account` at the directory `dir`.
+fn terminal(scratch: &Scratch, name: &str, dir: &str, account: &str) -> Daemon {
+    let pw = scratch.join(&format!("{name}.pw"));
+    std::fs::write(&pw, format!("{PW}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    Daemon::start(
+        None,
+        bin("keyline-agent"),
+        &scratch.join(name),
+        &[
+            "terminal",
+            "--directory",
+            dir,
+            "--account",
+            account,
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--audio-in",
+            "silence",
+            "--audio-out",
+            "null",
+        ],
+    )
+    .unwrap()
+}
+
+/// The directory on a full disk: mail it cannot store is refused with a
+/// clear error (the sender knows it was not left), nothing else stops,
+/// and once there is room mail is stored again.
+#[test]
+fn a_full_disk_under_the_directory_refuses_mail_clearly() {
+    let scratch = Scratch::new("dirfull");
+    let state = scratch.join("dir");
+    let disk_fs = Tmpfs::mount(&state, 16);
+    keyline_tests::add_account(&state, "alice", &["1001"], PW);
+    keyline_tests::add_account(&state, "bob", &["1002"], PW);
+    let dir = Daemon::start(
+        None,
+        bin("keyline-directory"),
+        &state,
+        &["serve", "--listen", "127.0.0.1:0"],
+    )
+    .unwrap();
+    let listen = wait_for("the directory", Duration::from_secs(15), || {
+        jstr(&dir.json(&["status"]).ok()?, &["listen"])
+    });
+    let a = terminal(&scratch, "a", &listen, "alice");
+    wait_for("alice registered", Duration::from_secs(20), || {
+        (jstr(&a.json(&["status"]).ok()?, &["state"])? == "registered").then_some(())
+    });
+    let filler = disk_fs.fill();
+
+    let e = keyline_tests::fails(&a, &["message", "1002", "call", "me", "back"]);
+    assert!(e.contains("not left for 1002"), "{e}");
+    assert!(e.contains("full"), "{e}");
+    // Everything else goes on: Bob is reported offline at once, and the
+    // directory answers its control socket.
+    let e = keyline_tests::fails(&a, &["dial", "1002"]);
+    assert!(e.contains("offline"), "{e}");
+    assert_eq!(
+        dir.json(&["mail", "list"]).unwrap()["mail"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let out = ok(&a, &["message", "1002", "call", "me", "back"]);
+    assert!(out.contains("sent"), "{out}");
+    assert_eq!(
+        dir.json(&["mail", "list"]).unwrap()["mail"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
