@@ -8,7 +8,7 @@ use std::time::Instant;
 use keyline_net::control;
 use serde_json::{json, Value};
 
-use crate::session::{start_recording, SharedRecord};
+use crate::session::{recording_error, start_recording, SharedRecord};
 
 /// Which end placed the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +84,10 @@ pub(crate) fn record_command(
         match stopped {
             Some(Ok(p)) => json!({"ok": true, "recorded": p.display().to_string()}),
             Some(Err(e)) => control::error(format!("recording not finished: {e}")),
-            None => control::error("not recording"),
+            None => match recording_error(record) {
+                Some(e) => control::error(format!("the recording had stopped: {e}")),
+                None => control::error("not recording"),
+            },
         }
     }
 }

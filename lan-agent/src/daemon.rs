@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::audio::{self, LocalAudio};
 use crate::calls::{self, Direction};
 use crate::session::{
-    finish_recording, recording_path, start_recording, Hold, RecordSlot, Session, SharedRecord,
+    finish_recording, recording_error, recording_path, start_recording, Hold, RecordSlot, Session,
+    SharedRecord,
 };
 
 /// Options of `keyline-agent run`.
@@ -783,7 +784,7 @@ fn end_reason(r: EndReason) -> &'static str {
 
 /// Tear down the current call locally and remember how it went.
 fn end_call(st: &mut State, reason: &str) {
-    let recording = finish_recording(&st.record);
+    let (recording, recording_error) = finish_recording(&st.record);
     st.hold
         .holding
         .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -806,6 +807,7 @@ fn end_call(st: &mut State, reason: &str) {
             "relayed": c.relayed,
             "timing": c.timing(),
             "recording": recording,
+            "recording_error": recording_error,
             "media": stats,
         }));
     }
@@ -1267,6 +1269,7 @@ fn status(agent: &Arc<Agent>) -> Value {
             "on_hold": st.hold.holding.load(std::sync::atomic::Ordering::Relaxed),
             "held_by_peer": st.held_by_peer,
             "recording": recording_path(&st.record),
+            "recording_error": recording_error(&st.record),
             "media": st.session.as_ref().map(|s| s.stats()),
         })
     });

@@ -49,6 +49,8 @@ pub type SharedSink = Arc<Mutex<Box<dyn Sink>>>;
 pub struct RecordSlot {
     pub recorder: Option<CallRecorder>,
     local: VecDeque<Vec<i16>>,
+    /// Why this call's recording stopped early (e.g. a full disk).
+    error: Option<String>,
 }
 
 impl RecordSlot {
@@ -76,25 +78,34 @@ pub(crate) fn start_recording(
         return Ok(r.path().to_path_buf());
     }
     let rec = CallRecorder::create(dir, peer, std::time::SystemTime::now())?;
+    slot.error = None;
     let path = rec.path().to_path_buf();
     slot.recorder = Some(rec);
     Ok(path)
 }
 
-/// At the end of a call: finish its recording, if any; the file's path
-/// (an error is logged, and gives none).
-pub(crate) fn finish_recording(record: &SharedRecord) -> Option<String> {
-    record
-        .lock()
-        .ok()
-        .and_then(|mut r| r.stop())
-        .and_then(|r| match r {
-            Ok(p) => Some(p.display().to_string()),
-            Err(e) => {
-                tracing::warn!("recording could not be finished: {e}");
-                None
-            }
-        })
+/// At the end of a call: finish its recording, if any. The file's path,
+/// and why the recording stopped early or could not be finished, if it
+/// did (cleared for the next call).
+pub(crate) fn finish_recording(record: &SharedRecord) -> (Option<String>, Option<String>) {
+    let Ok(mut r) = record.lock() else {
+        return (None, None);
+    };
+    let path = match r.stop() {
+        Some(Ok(p)) => Some(p.display().to_string()),
+        Some(Err(e)) => {
+            tracing::warn!("recording could not be finished: {e}");
+            r.error.get_or_insert_with(|| format!("not finished: {e}"));
+            None
+        }
+        None => None,
+    };
+    (path, r.error.take())
+}
+
+/// Why the call's recording stopped early, if it did.
+pub(crate) fn recording_error(record: &SharedRecord) -> Option<String> {
+    record.lock().ok().and_then(|r| r.error.clone())
 }
 
 /// The file the call is being recorded into, for `status`.
@@ -273,8 +284,16 @@ impl Session {
                         let local = r.local.pop_front().unwrap_or_else(|| silence.clone());
                         if let Some(rec) = r.recorder.as_mut() {
                             if let Err(e) = rec.write(&local, &pcm) {
+                                // Keep what was written: end the file
+                                // there if the disk still allows it.
                                 tracing::warn!("recording stopped: {e}");
-                                r.recorder = None;
+                                let kept = r.recorder.take().map(CallRecorder::finish);
+                                r.error = Some(match kept {
+                                    Some(Ok(p)) => {
+                                        format!("{e}; {} holds the call up to then", p.display())
+                                    }
+                                    _ => e.to_string(),
+                                });
                             }
                         }
                     }

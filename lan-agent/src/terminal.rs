@@ -46,7 +46,8 @@ use self::mailbox::Mailbox;
 use crate::audio::{self, LocalAudio};
 use crate::calls::{self, Direction};
 use crate::session::{
-    finish_recording, recording_path, start_recording, Hold, RecordSlot, Session, SharedRecord,
+    finish_recording, recording_error, recording_path, start_recording, Hold, RecordSlot, Session,
+    SharedRecord,
 };
 
 /// Options of `keyline-agent terminal`.
@@ -1538,7 +1539,7 @@ fn fail_media(t: &Arc<Terminal>, st: &mut State, call: CallId, why: &str) {
 
 /// Tear down the current call locally and remember how it went.
 fn end_call(t: &Terminal, st: &mut State, reason: &str) {
-    let recording = finish_recording(&st.record);
+    let (recording, recording_error) = finish_recording(&st.record);
     st.hold
         .holding
         .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -1570,6 +1571,7 @@ fn end_call(t: &Terminal, st: &mut State, reason: &str) {
             "redirected_from": c.redirected_from,
             "timing": c.timing(),
             "recording": recording,
+            "recording_error": recording_error,
             "media": stats,
         }));
         // Dropping `c.cancel` stops an outgoing call's task.
@@ -1593,6 +1595,7 @@ fn status(t: &Arc<Terminal>) -> Value {
             "timing": c.timing(),
             "on_hold": st.hold.holding.load(std::sync::atomic::Ordering::Relaxed),
             "recording": recording_path(&st.record),
+            "recording_error": recording_error(&st.record),
             "media": st.session.as_ref().map(|s| s.stats()),
         })
     });

@@ -407,7 +407,7 @@ impl OggOpusWriter {
     pub fn create_with_tags(path: &Path, tags: &[(&str, &str)]) -> Result<Self, MediaError> {
         let tags = opus_tags(tags)?;
         let file = File::create(path).map_err(|e| io_error(path, e))?;
-        Self::start(file, path, tags)
+        Self::start_or_remove(file, path, tags)
     }
 
     /// Like [`create_with_tags`](Self::create_with_tags) but fails (with
@@ -422,7 +422,15 @@ impl OggOpusWriter {
             .create_new(true)
             .open(path)
             .map_err(|e| io_error(path, e))?;
-        Self::start(file, path, tags)
+        Self::start_or_remove(file, path, tags)
+    }
+
+    /// [`start`](Self::start); a file whose headers could not be written
+    /// (a full disk) is removed rather than left empty or cut short.
+    fn start_or_remove(file: File, path: &Path, tags: Vec<u8>) -> Result<Self, MediaError> {
+        Self::start(file, path, tags).inspect_err(|_| {
+            let _ = std::fs::remove_file(path);
+        })
     }
 
     fn start(file: File, path: &Path, tags: Vec<u8>) -> Result<Self, MediaError> {

@@ -439,12 +439,18 @@ impl LoopbackOffice {
 
     /// Approve a station by its pairing code as `ext` and wait for it.
     pub fn enrol(&self, d: &Daemon, ext: &str) {
-        let code = wait_for("a pairing code", Duration::from_secs(10), || {
-            jstr(&d.json(&["status"]).ok()?, &["code"])
-        });
-        ok(&self.gw, &["approve", &code, "--ext", ext]);
-        registered(d, ext);
+        enrol(&self.gw, d, ext);
     }
+}
+
+/// Approve station `d` on gateway `gw` by its pairing code as `ext`, and
+/// wait until it is registered.
+pub fn enrol(gw: &Daemon, d: &Daemon, ext: &str) {
+    let code = wait_for("a pairing code", Duration::from_secs(10), || {
+        jstr(&d.json(&["status"]).ok()?, &["code"])
+    });
+    ok(gw, &["approve", &code, "--ext", ext]);
+    registered(d, ext);
 }
 
 /// Wait until a station is registered as `ext`.

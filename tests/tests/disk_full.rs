@@ -5,7 +5,10 @@
 //! not store the message (the call ends unanswered, as with voicemail
 //! off); once space is freed the records are written, in order, and the
 //! mailbox takes messages again. The directory on a full disk refuses
-//! the mail it cannot store with a clear error and routes on.
+//! the mail it cannot store with a clear error and routes on. A
+//! workstation's recording that the disk cannot take stops, says why in
+//! `status` and the call's record, keeps what it holds, and the call goes
+//! on.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use keyline_tests::{bin, jnum, jstr, ok, status, wait_for, Daemon, Scratch};
+use keyline_tests::{
+    bin, enrol, jnum, jstr, ok, status, wait_for, Daemon, LoopbackOffice, Scratch,
+};
 
 /// A tmpfs of `mib` MiB mounted at a directory for the test's life.
 struct Tmpfs(PathBuf);
@@ -36,28 +41,70 @@ impl Tmpfs {
         Tmpfs(at.to_path_buf())
     }
 
-    /// Fill the file system to the last byte; the filler's path.
-    fn fill(&self) -> PathBuf {
-        let path = self.0.join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 64 * 1024];
-        let mut small = false;
-        loop {
-            let piece = if small { &chunk[..512] } else { &chunk[..] };
-            match f.write(piece) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc_enospc()) => {
-                    if small {
-                        break;
+    /// Fill the file system to the last byte; the fillers, to remove
+    /// for room again.
+    fn fill(&self) -> Fillers {
+        let mut files = Vec::new();
+        // Big pieces, then smaller, then one-byte files until not even a
+        // new file can take a byte (the kernel may free a page it kept
+        // ahead for the big writes once they fail).
+        for k in 0.. {
+            let path = self.0.join(format!("filler{k}"));
+            let mut f = std::fs::File::create(&path).unwrap();
+            files.push(path);
+            let mut wrote_any = false;
+            for size in [64 * 1024, 4096, 1] {
+                let chunk = vec![0u8; size];
+                loop {
+                    match f.write(&chunk) {
+                        Ok(0) => break,
+                        Ok(_) => wrote_any = true,
+                        Err(e) if e.raw_os_error() == Some(libc_enospc()) => break,
+                        Err(e) => panic!("filling {}: {e}", self.0.display()),
                     }
-                    small = true;
                 }
-                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+            let _ = f.sync_all();
+            if !wrote_any || k > 64 {
+                break;
             }
         }
-        let _ = f.sync_all();
-        path
+        // tmpfs counts its pages per CPU, so near the limit one CPU may
+        // still find a page another cannot: fill from every CPU too.
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        for cpu in 0..cpus {
+            let script = format!(
+                "i=0; while [ $i -lt 256 ] && printf x > '{dir}/filler-cpu{cpu}-'$i 2>/dev/null; do i=$((i+1)); done",
+                dir = self.0.display()
+            );
+            let out = Command::new("taskset")
+                .args(["-c", &cpu.to_string(), "sh", "-c", &script])
+                .output()
+                .expect("taskset (util-linux)");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for e in std::fs::read_dir(&self.0).unwrap().flatten() {
+            let path = e.path();
+            if e.file_name().to_string_lossy().starts_with("filler-cpu") {
+                files.push(path);
+            }
+        }
+        Fillers(files)
+    }
+}
+
+/// The files that fill a [`Tmpfs`].
+struct Fillers(Vec<PathBuf>);
+
+impl Fillers {
+    fn remove(self) {
+        for f in &self.0 {
+            let _ = std::fs::remove_file(f);
+        }
     }
 }
 
@@ -114,15 +161,8 @@ fn a_full_disk_under_the_gateway_loses_no_call() {
     .unwrap();
     let a = agent(&scratch, "a", &listen, "tone:600");
     let b = agent(&scratch, "b", &listen, "tone:900");
-    for (d, ext) in [(&a, "201"), (&b, "202")] {
-        let code = wait_for("code", Duration::from_secs(10), || {
-            jstr(&d.json(&["status"]).ok()?, &["code"])
-        });
-        ok(&gw, &["approve", &code, "--ext", ext]);
-        wait_for("registered", Duration::from_secs(10), || {
-            (jstr(&d.json(&["status"]).ok()?, &["ext"])? == ext).then_some(())
-        });
-    }
+    enrol(&gw, &a, "201");
+    enrol(&gw, &b, "202");
     let records = |gw: &Daemon| -> Vec<serde_json::Value> {
         gw.json(&["cdr"]).unwrap()["cdr"]
             .as_array()
@@ -187,7 +227,7 @@ fn a_full_disk_under_the_gateway_loses_no_call() {
 
     // Room again: the kept records are written, in order, and the
     // mailbox takes the next unanswered call.
-    std::fs::remove_file(&filler).unwrap();
+    filler.remove();
     wait_for("the records written", Duration::from_secs(6), || {
         (disk(&gw, "mailboxes_writable") == true && disk(&gw, "unwritten_call_records") == 0)
             .then_some(())
@@ -282,7 +322,7 @@ fn a_full_disk_under_the_directory_refuses_mail_clearly() {
         0
     );
 
-    std::fs::remove_file(&filler).unwrap();
+    filler.remove();
     let out = ok(&a, &["message", "1002", "call", "me", "back"]);
     assert!(out.contains("sent"), "{out}");
     assert_eq!(
@@ -292,4 +332,93 @@ fn a_full_disk_under_the_directory_refuses_mail_clearly() {
             .len(),
         1
     );
+}
+
+/// Recording on a workstation whose recordings disk fills: `record` on a
+/// full disk says why at once and leaves no empty file; a recording the
+/// disk fills up during stops, keeps what it holds, and says why; the
+/// call goes on either way.
+#[test]
+fn recording_onto_a_full_disk_says_why_and_the_call_goes_on() {
+    let office = LoopbackOffice::start("recfull", &[]);
+    let recs = office.scratch.join("recs");
+    let disk_fs = Tmpfs::mount(&recs, 1);
+    let audio = |tone: &'static str| ["--audio-in", tone, "--audio-out", "null"];
+    let mut a_args = audio("tone:600").to_vec();
+    a_args.extend(["--record-dir", recs.to_str().unwrap()]);
+    let a = office.agent("a", &a_args);
+    let b = office.agent("b", &audio("tone:900"));
+    office.enrol(&a, "201");
+    office.enrol(&b, "202");
+    ok(&a, &["dial", "202"]);
+    wait_for("ringing", Duration::from_secs(5), || {
+        (jstr(&status(&b), &["call", "state"])? == "alerting").then_some(())
+    });
+    ok(&b, &["answer"]);
+    wait_for("connected", Duration::from_secs(5), || {
+        (jstr(&status(&a), &["call", "state"])? == "connected").then_some(())
+    });
+    let received = |d: &Daemon| jnum(&status(d), &["call", "media", "received"]).unwrap_or(0.0);
+
+    // Full before it starts: refused at once, or (tmpfs counts pages per
+    // CPU, so the headers may still find a page) stopped at the first
+    // page of audio, a second in; said either way.
+    let filler = disk_fs.fill();
+    let first = a.ctl(&["record", "on"]);
+    if first.status.success() {
+        let err = wait_for("the recording to stop", Duration::from_secs(5), || {
+            jstr(&status(&a), &["call", "recording_error"])
+        });
+        assert!(err.contains("No space left"), "{err}");
+    } else {
+        let e = String::from_utf8_lossy(&first.stderr).to_string();
+        assert!(
+            e.contains("cannot record") && e.contains("No space left"),
+            "{e}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&recs)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .filter(|n| !n.to_string_lossy().starts_with("filler"))
+            .collect();
+        assert!(left.is_empty(), "no empty file is left: {left:?}");
+    }
+    filler.remove();
+
+    // Room for a few seconds: it records, then the disk fills up.
+    let out = ok(&a, &["record", "on"]);
+    assert!(out.contains("recording"), "{out}");
+    let path = jstr(&status(&a), &["call", "recording"]).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let filler = disk_fs.fill();
+    let err = wait_for("the recording to stop", Duration::from_secs(10), || {
+        jstr(&status(&a), &["call", "recording_error"])
+    });
+    assert!(err.contains("No space left"), "{err}");
+    assert!(err.contains(&path), "{err}");
+    assert!(status(&a)["call"]["recording"].is_null());
+    let e = keyline_tests::fails(&a, &["record", "off"]);
+    assert!(e.contains("had stopped"), "{e}");
+
+    // The call goes on, both ways.
+    let (ra, rb) = (received(&a), received(&b));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(received(&a) > ra + 10.0 && received(&b) > rb + 10.0);
+    assert_eq!(
+        jstr(&status(&a), &["call", "state"]).as_deref(),
+        Some("connected")
+    );
+    ok(&a, &["hangup"]);
+    let last = wait_for("the call record", Duration::from_secs(5), || {
+        let s = status(&a);
+        s["call"].is_null().then(|| s["last_call"].clone())
+    });
+    assert!(
+        jstr(&last, &["recording_error"]).is_some_and(|e| e.contains("No space left")),
+        "{last}"
+    );
+    filler.remove();
+    // What was written before the disk filled is a playable file.
+    let pcm = keyline_media::read_ogg_opus(Path::new(&path)).unwrap();
+    assert!(pcm.len() > 48_000 / 2, "{} samples", pcm.len());
 }
