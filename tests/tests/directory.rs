@@ -620,13 +620,10 @@ impl Term {
     }
 }
 
-/// Looking a number up fast enough must not knock its endpoint offline:
-/// Bob reads nothing while Alice floods look-ups of his number; the
-/// directory drops the EXPECT hints it cannot queue for him, and his
-/// connection and binding stay.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lookup_flood_does_not_disconnect_the_number_looked_up() {
-    let scratch = Scratch::new("dflood");
+/// A directory with accounts alice (2001) and bob (2002); its scratch
+/// space, the daemon and its QUIC address.
+fn alice_and_bob(tag: &str) -> (Scratch, Daemon, SocketAddr) {
+    let scratch = Scratch::new(tag);
     let state = scratch.join("dir");
     for (id, number) in [("alice", "2001"), ("bob", "2002")] {
         let o = dir_cmd(&state, &["user", "add", id, "--number", number], Some(PW));
@@ -644,7 +641,17 @@ async fn a_lookup_flood_does_not_disconnect_the_number_looked_up() {
             d.json(&["status"]).ok()
         })
     });
-    let addr: SocketAddr = jstr(&st, &["listen"]).unwrap().parse().unwrap();
+    let addr = jstr(&st, &["listen"]).unwrap().parse().unwrap();
+    (scratch, d, addr)
+}
+
+/// Looking a number up fast enough must not knock its endpoint offline:
+/// Bob reads nothing while Alice floods look-ups of his number; the
+/// directory drops the EXPECT hints it cannot queue for him, and his
+/// connection and binding stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_flood_does_not_disconnect_the_number_looked_up() {
+    let (_scratch, d, addr) = alice_and_bob("dflood");
     let mut a = Term::online(addr, "alice").await;
     let mut b = Term::online(addr, "bob").await;
     // Alice looks Bob up 20,000 times, 64 at a time, as a client does;
@@ -684,25 +691,7 @@ async fn a_lookup_flood_does_not_disconnect_the_number_looked_up() {
 /// an overflowing queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_reads_slowly_is_held_back_not_dropped() {
-    let scratch = Scratch::new("dslow");
-    let state = scratch.join("dir");
-    for (id, number) in [("alice", "2001"), ("bob", "2002")] {
-        let o = dir_cmd(&state, &["user", "add", id, "--number", number], Some(PW));
-        assert!(o.status.success(), "{}", err(&o));
-    }
-    let d = Daemon::start(
-        None,
-        bin("keyline-directory"),
-        &state,
-        &["serve", "--listen", "127.0.0.1:0"],
-    )
-    .unwrap();
-    let st = tokio::task::block_in_place(|| {
-        wait_for("the directory", Duration::from_secs(15), || {
-            d.json(&["status"]).ok()
-        })
-    });
-    let addr: SocketAddr = jstr(&st, &["listen"]).unwrap().parse().unwrap();
+    let (_scratch, _d, addr) = alice_and_bob("dslow");
     let a = Term::online(addr, "alice").await;
     let _b = Term::online(addr, "bob").await;
     const N: u64 = 50_000;
