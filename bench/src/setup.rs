@@ -334,12 +334,14 @@ pub(crate) fn call_loop(
     }))
 }
 
-/// `pairs` relayed calls at once; the gateway's resident memory before,
-/// during and after.
-fn relay_memory(office: &mut Office, pairs: usize) -> Result<Value> {
-    let gw_pid = office.gw.pid()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let registered = util::rss_kib(gw_pid)?;
+/// One round of `pairs` relayed calls at once, media flowing a second,
+/// then hung up: the call ids, the gateway's resident memory during and
+/// after, and the relay's packets.
+fn relay_round(
+    office: &mut Office,
+    pairs: usize,
+    gw_pid: u32,
+) -> Result<(Vec<Value>, u64, u64, u64)> {
     let mut calls = Vec::new();
     for k in 0..pairs {
         let (first, rest) = office.stations[2 * k..].split_at_mut(1);
@@ -365,13 +367,36 @@ fn relay_memory(office: &mut Office, pairs: usize) -> Result<Value> {
     }
     std::thread::sleep(Duration::from_millis(300));
     let after = util::rss_kib(gw_pid)?;
+    Ok((
+        calls.into_iter().map(|c| json!(c)).collect(),
+        during,
+        after,
+        packets,
+    ))
+}
+
+/// `pairs` relayed calls at once, twice; the gateway's resident memory
+/// before, during and after each round. The first round's growth includes
+/// what the gateway allocates once (buffers, tables, allocator arenas) and
+/// keeps after hang-up; the second round's, measured from where the first
+/// left it, is what each further relayed call costs.
+fn relay_memory(office: &mut Office, pairs: usize) -> Result<Value> {
+    let gw_pid = office.gw.pid()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let registered = util::rss_kib(gw_pid)?;
+    let (calls, during, after, packets) = relay_round(office, pairs, gw_pid)?;
+    let (_, during2, after2, _) = relay_round(office, pairs, gw_pid)?;
+    let per = |from: u64, to: u64| round(to.saturating_sub(from) as f64 / pairs.max(1) as f64, 1);
     Ok(json!({
         "relayed_calls": pairs,
         "calls": calls,
         "gateway_rss_registered_kib": registered,
         "gateway_rss_with_calls_kib": during,
         "gateway_rss_after_hangup_kib": after,
-        "per_call_kib": round(during.saturating_sub(registered) as f64 / pairs.max(1) as f64, 1),
+        "per_call_kib": per(registered, during),
+        "second_round_rss_with_calls_kib": during2,
+        "second_round_rss_after_hangup_kib": after2,
+        "per_call_kib_second_round": per(after, during2),
         "relay_packets": packets,
     }))
 }
