@@ -251,7 +251,7 @@ async fn load(
     let stop = Arc::new(AtomicBool::new(false));
     let base = Instant::now();
     let n_clients = clients.len();
-    let tasks = rawdir::load_all(clients, op, depth, targets.clone(), stop.clone(), base).await;
+    let tasks = rawdir::load_all(clients, op, depth, targets.clone(), stop.clone(), base);
     tokio::time::sleep(cfg.warmup).await;
     eprintln!("keyline-bench directory: measuring {op:?} at {n_clients} clients x {depth}");
     let t0 = (Instant::now() - base).as_secs_f64();

@@ -236,9 +236,9 @@ pub(crate) enum Login<'a> {
     Token(&'a str),
 }
 
-/// Run `load` on every client at once; the clients come back with their
-/// figures.
-pub(crate) async fn load_all(
+/// Start `load` on every client at once; each task gives its client back
+/// with its figures.
+pub(crate) fn load_all(
     clients: Vec<RawClient>,
     op: Op,
     depth: usize,

@@ -276,13 +276,7 @@ fn agent_lifecycle_under_a_notify_listener() {
     .unwrap();
     let ready = notify.expect("READY=1", 0, Duration::from_secs(10));
     notify.expect("WATCHDOG=1", ready, Duration::from_secs(2));
-    let mark = notify.seen.len();
-    signal(&a, "-HUP");
-    let r = notify.expect("RELOADING=1", mark, Duration::from_secs(5));
-    notify.expect("READY=1", r, Duration::from_secs(5));
-    let mark = notify.seen.len();
-    assert!(a.stop(), "agent did not exit 0:\n{}", a.log_text());
-    notify.expect("STOPPING=1", mark, Duration::from_secs(1));
+    reload_then_stop(&mut notify, &mut a, "agent");
 }
 
 /// The agent as a standalone terminal has the same lifecycle, whether or
@@ -327,12 +321,17 @@ fn terminal_lifecycle_under_a_notify_listener() {
     );
     let w = notify.expect("WATCHDOG=1", ready, Duration::from_secs(2));
     notify.expect("WATCHDOG=1", w + 1, Duration::from_secs(2));
+    reload_then_stop(&mut notify, &mut t, "terminal");
+}
+
+/// SIGHUP: RELOADING=1 then READY=1; SIGTERM: STOPPING=1 and exit 0.
+fn reload_then_stop(notify: &mut Notify, d: &mut Daemon, what: &str) {
     let mark = notify.seen.len();
-    signal(&t, "-HUP");
+    signal(d, "-HUP");
     let r = notify.expect("RELOADING=1", mark, Duration::from_secs(5));
     notify.expect("READY=1", r, Duration::from_secs(5));
     let mark = notify.seen.len();
-    assert!(t.stop(), "terminal did not exit 0:\n{}", t.log_text());
+    assert!(d.stop(), "{what} did not exit 0:\n{}", d.log_text());
     notify.expect("STOPPING=1", mark, Duration::from_secs(1));
 }
 
