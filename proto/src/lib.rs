@@ -1,7 +1,8 @@
 //! Keyline's wire protocol, shared by every program: the control messages
 //! ([`msg`]), their length-prefixed CBOR framing ([`codec`]), number
 //! canonicalisation ([`number`]), RTP-over-QUIC media datagrams ([`media`]),
-//! and the sans-IO call core the gateway drives ([`call`]).
+//! the sans-IO call core the gateway drives ([`call`]), and the sans-IO
+//! phone core every station drives ([`phone`]).
 //!
 //! Nothing in this crate does I/O except the thin async helpers in
 //! [`codec`]; state machines take the current time as an input.
@@ -12,6 +13,7 @@ pub mod dir;
 pub mod media;
 pub mod msg;
 pub mod number;
+pub mod phone;
 
 /// ALPN protocol identifier of every Keyline QUIC connection.
 pub const ALPN: &[u8] = b"keyline/1";
