@@ -39,10 +39,15 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoginConfig {
-    /// Failed logins in a row that lock an account.
+    /// Failed logins in a row for one account from one address that lock
+    /// that address out of the account (only).
     pub max_failures_per_account: u32,
-    /// Failed logins in a row that lock a source address.
+    /// Failed logins in a row from one address, whatever the accounts,
+    /// that lock the address out of every account.
     pub max_failures_per_address: u32,
+    /// Failed logins in a row for one account from all addresses together
+    /// that lock the account for every address (a distributed attack).
+    pub max_failures_account_wide: u32,
     /// First lockout in seconds; it doubles with each further failure.
     pub lockout_secs: u64,
     /// Longest lockout in seconds.
@@ -86,6 +91,7 @@ impl Default for LoginConfig {
         LoginConfig {
             max_failures_per_account: l.max_failures_per_account,
             max_failures_per_address: l.max_failures_per_address,
+            max_failures_account_wide: l.max_failures_account_wide,
             lockout_secs: l.base_lockout.as_secs(),
             max_lockout_secs: l.max_lockout.as_secs(),
             forget_after_secs: l.forget_after.as_secs(),
@@ -138,6 +144,11 @@ impl Config {
         if l.max_failures_per_address == 0 {
             bail!("login.max_failures_per_address must be at least 1");
         }
+        if l.max_failures_account_wide < l.max_failures_per_account {
+            bail!(
+                "login.max_failures_account_wide must be at least login.max_failures_per_account"
+            );
+        }
         if l.lockout_secs == 0 || l.lockout_secs > l.max_lockout_secs {
             bail!("login.lockout_secs must be at least 1 and at most login.max_lockout_secs");
         }
@@ -170,6 +181,7 @@ impl Config {
         Limits {
             max_failures_per_account: self.login.max_failures_per_account,
             max_failures_per_address: self.login.max_failures_per_address,
+            max_failures_account_wide: self.login.max_failures_account_wide,
             base_lockout: Duration::from_secs(self.login.lockout_secs),
             max_lockout: Duration::from_secs(self.login.max_lockout_secs),
             forget_after: Duration::from_secs(self.login.forget_after_secs),

@@ -265,6 +265,21 @@ fn list<'a>(r: &'a Value, k: &str) -> impl Iterator<Item = &'a Value> {
     r.get(k).and_then(Value::as_array).into_iter().flatten()
 }
 
+/// A user's LOCKED column: for every address, else from which addresses.
+fn locked(u: &Value) -> String {
+    if let Some(x) = u.get("locked_for_s").and_then(Value::as_u64) {
+        return format!("{x} s, every address");
+    }
+    let from: Vec<String> = list(u, "locked_from")
+        .map(|l| format!("{} ({} s)", s(l, "address"), s(l, "for_s")))
+        .collect();
+    if from.is_empty() {
+        "-".into()
+    } else {
+        format!("from {}", from.join(", "))
+    }
+}
+
 fn print_human(cmd: &Cmd, r: &Value) {
     match cmd {
         Cmd::Status { .. } => {
@@ -281,6 +296,9 @@ fn print_human(cmd: &Cmd, r: &Value) {
             );
             println!("calls active    {}", s(r, "calls_active"));
             println!("mail waiting    {}", s(r, "mail_waiting"));
+            if let Some(l) = r.get("logins") {
+                println!("passwords       {} checked", s(l, "password_checks"));
+            }
             if let Some(relay) = r.get("relay") {
                 println!(
                     "relay           {} bytes, {} packets relayed, {} active",
@@ -304,10 +322,7 @@ fn print_human(cmd: &Cmd, r: &Value) {
                     s(u, "id"),
                     s(u, "numbers"),
                     s(u, "registered"),
-                    u.get("locked_for_s")
-                        .and_then(Value::as_u64)
-                        .map(|x| format!("{x} s"))
-                        .unwrap_or_else(|| "-".into())
+                    locked(u)
                 );
             }
         }

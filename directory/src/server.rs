@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore}
 
 use crate::auth;
 use crate::config::Config;
-use crate::ratelimit::LoginLimiter;
+use crate::ratelimit::{Attempt, Locked, LoginLimiter};
 use crate::routing::{
     Action, CallState, MediaEnd, NumberInfo, Placing, RelayState, Router, SessionId,
 };
@@ -124,6 +124,11 @@ pub struct Shared {
     pub relay: Arc<Counters>,
     pub hub: mpsc::Sender<Event>,
     pub limiter: Mutex<LoginLimiter>,
+    /// Password hashes computed at once (each argon2 check takes ~19 MiB).
+    hashing: Semaphore,
+    /// Passwords checked since start (wrong ones, unknown accounts and
+    /// password changes included), for `status`.
+    password_checks: AtomicU64,
     pub started: Instant,
     pub last_reload: Mutex<Option<String>>,
     next_session: AtomicU64,
@@ -248,6 +253,8 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
         id,
         store,
         limiter: Mutex::new(LoginLimiter::new(cfg.limits())),
+        hashing: Semaphore::new(HASHING),
+        password_checks: AtomicU64::new(0),
         cfg: RwLock::new(Arc::new(cfg)),
         config_file: opts.config_file.clone(),
         state_dir: state_dir.clone(),
@@ -378,6 +385,8 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
 /// Messages queued for one endpoint's control stream before it counts as
 /// gone (its own replies) or misses look-up hints (half of it).
 const CONTROL_QUEUE: usize = 256;
+/// Password checks (argon2) run at once, whatever the number of logins.
+const HASHING: usize = 4;
 /// Requests of one session the hub may hold at once.
 const IN_FLIGHT: usize = 64;
 /// Free places a session's queue must have before its next request is
@@ -894,21 +903,83 @@ fn rate_limited(req: ReqId, message: String, retry: Duration) -> DirMsg {
     }
 }
 
+/// A password check reserved with the limiter; given back on drop if it
+/// was not finished (the session went away before the check was done).
+struct Reserved<'a> {
+    shared: &'a Shared,
+    attempt: Option<Attempt>,
+}
+
+impl Reserved<'_> {
+    /// Record the outcome; after a failure, the refusal the next attempt
+    /// would meet.
+    fn finish(mut self, ok: bool) -> Option<Locked> {
+        let attempt = self.attempt.take()?;
+        match self.shared.limiter.lock() {
+            Ok(mut l) => l.finish(Instant::now(), attempt, ok),
+            Err(_) => None,
+        }
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.attempt.take() {
+            if let Ok(mut l) = self.shared.limiter.lock() {
+                l.release(a);
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Reserve a password check of `account` from `ip` with the limiter.
+    fn reserve_login(&self, account: &str, ip: IpAddr) -> Result<Reserved<'_>, Locked> {
+        let attempt = match self.limiter.lock() {
+            Ok(mut l) => Some(l.begin(Instant::now(), account, ip)?),
+            Err(_) => None,
+        };
+        Ok(Reserved {
+            shared: self,
+            attempt,
+        })
+    }
+
+    /// Check `password` against `hash` (or spend the same time when there
+    /// is no account) off the runtime, at most [`HASHING`] at once.
+    async fn check_password(&self, hash: Option<String>, password: String) -> Result<bool> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .context("the directory is stopping")?;
+        self.password_checks.fetch_add(1, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || match hash {
+            Some(h) => auth::verify_password(&h, &password),
+            None => {
+                auth::dummy_verify(&password);
+                false
+            }
+        })
+        .await
+        .context("password check failed")
+    }
+}
+
 async fn login(c: &Arc<Conn>, req: ReqId, account: String, password: String) -> Result<()> {
     let ip = c.conn.remote_address().ip();
     let now = Instant::now();
-    let checked = match c.shared.limiter.lock() {
-        Ok(l) => l.check(now, &account, ip),
-        Err(_) => Ok(()),
+    let reserved = match c.shared.reserve_login(&account, ip) {
+        Ok(r) => r,
+        Err(locked) => {
+            c.reply(rate_limited(
+                req,
+                locked.describe(now, &account),
+                locked.retry_after(now),
+            ));
+            return Ok(());
+        }
     };
-    if let Err(locked) = checked {
-        c.reply(rate_limited(
-            req,
-            locked.describe(now, &account),
-            locked.retry_after(now),
-        ));
-        return Ok(());
-    }
     let acct = account.clone();
     let row = store::blocking(&c.shared.store, move |s| s.account(&acct)).await;
     let row = match row {
@@ -918,26 +989,18 @@ async fn login(c: &Arc<Conn>, req: ReqId, account: String, password: String) -> 
             return Ok(());
         }
     };
-    let (ok, row) = tokio::task::spawn_blocking(move || match row {
-        Some(r) => (auth::verify_password(&r.pw_hash, &password), Some(r)),
-        None => {
-            auth::dummy_verify(&password);
-            (false, None)
-        }
-    })
-    .await
-    .context("password check failed")?;
-    let now = Instant::now();
+    let ok = c
+        .shared
+        .check_password(row.as_ref().map(|r| r.pw_hash.clone()), password)
+        .await?;
     let row = match (ok, row) {
-        (true, Some(r)) => r,
+        (true, Some(r)) => {
+            reserved.finish(true);
+            r
+        }
         _ => {
-            let locked = match c.shared.limiter.lock() {
-                Ok(mut l) => {
-                    l.failure(now, &account, ip);
-                    l.check(now, &account, ip).err()
-                }
-                Err(_) => None,
-            };
+            let locked = reserved.finish(false);
+            let now = Instant::now();
             tracing::info!("failed login for account {account:?} from {ip}");
             c.reply(match locked {
                 Some(l) => rate_limited(
@@ -954,9 +1017,6 @@ async fn login(c: &Arc<Conn>, req: ReqId, account: String, password: String) -> 
             return Ok(());
         }
     };
-    if let Ok(mut l) = c.shared.limiter.lock() {
-        l.success(now, &account, ip);
-    }
     let token = auth::new_token();
     let th = auth::token_hash(&token);
     let ttl = c.shared.cfg().session_ttl();
@@ -1064,20 +1124,26 @@ async fn change_password(c: &Arc<Conn>, req: ReqId, old: String, new: String) ->
     }
     let ip = c.conn.remote_address().ip();
     let now = Instant::now();
-    let checked = match c.shared.limiter.lock() {
-        Ok(l) => l.check(now, &who.account, ip),
-        Err(_) => Ok(()),
+    let reserved = match c.shared.reserve_login(&who.account, ip) {
+        Ok(r) => r,
+        Err(locked) => {
+            c.reply(rate_limited(
+                req,
+                locked.describe(now, &who.account),
+                locked.retry_after(now),
+            ));
+            return Ok(());
+        }
     };
-    if let Err(locked) = checked {
-        c.reply(rate_limited(
-            req,
-            locked.describe(now, &who.account),
-            locked.retry_after(now),
-        ));
-        return Ok(());
-    }
     let store = c.shared.store.clone();
     let (acct, keep) = (who.account.clone(), who.token_hash.clone());
+    let _permit = c
+        .shared
+        .hashing
+        .acquire()
+        .await
+        .context("the directory is stopping")?;
+    c.shared.password_checks.fetch_add(1, Ordering::Relaxed);
     let res = tokio::task::spawn_blocking(move || -> Result<bool, StoreError> {
         let Some(row) = store.account(&acct)? else {
             return Err(StoreError::NotFound(format!(
@@ -1093,8 +1159,10 @@ async fn change_password(c: &Arc<Conn>, req: ReqId, old: String, new: String) ->
     })
     .await
     .context("password change failed")?;
+    drop(_permit);
     match res {
         Ok(true) => {
+            reserved.finish(true);
             c.hub(Event::Reload {
                 logout: Some(who.account.clone()),
                 keep: Some(c.sid),
@@ -1105,9 +1173,7 @@ async fn change_password(c: &Arc<Conn>, req: ReqId, old: String, new: String) ->
             c.reply(DirMsg::Ok { req });
         }
         Ok(false) => {
-            if let Ok(mut l) = c.shared.limiter.lock() {
-                l.failure(Instant::now(), &who.account, ip);
-            }
+            reserved.finish(false);
             c.reply(error(
                 Some(req),
                 ErrorCode::BadCredentials,
@@ -1752,6 +1818,18 @@ impl Hub {
         }
     }
 
+    /// The login limiter's figures for `status`.
+    fn logins(&self) -> Value {
+        let tracked = self.shared.limiter.lock().map(|l| l.tracked()).ok();
+        let (pairs, addresses, accounts) = tracked.unwrap_or_default();
+        json!({
+            "password_checks": self.shared.password_checks.load(Ordering::Relaxed),
+            "tracked_account_addresses": pairs,
+            "tracked_addresses": addresses,
+            "tracked_accounts": accounts,
+        })
+    }
+
     fn query(&self, what: Query) -> Value {
         let now = Instant::now();
         match what {
@@ -1775,6 +1853,7 @@ impl Hub {
                     "calls_active": self.router.calls().count(),
                     "relays_active": self.relays.len(),
                     "relay": self.shared.relay.snapshot(),
+                    "logins": self.logins(),
                 })
             }
             Query::Bindings => {
@@ -1872,17 +1951,22 @@ pub async fn handle_control(shared: &Arc<Shared>, req: Value) -> Value {
             let users: Vec<Value> = accounts
                 .iter()
                 .map(|a| {
-                    let locked = shared
+                    let (everywhere, from) = shared
                         .limiter
                         .lock()
-                        .ok()
-                        .and_then(|l| l.account_locked(now, &a.id))
-                        .map(|u| u.saturating_duration_since(now).as_secs());
+                        .map(|l| l.account_locks(now, &a.id))
+                        .unwrap_or_default();
+                    let secs = |u: Instant| u.saturating_duration_since(now).as_secs();
+                    let from: Vec<Value> = from
+                        .into_iter()
+                        .map(|(ip, u)| json!({"address": ip.to_string(), "for_s": secs(u)}))
+                        .collect();
                     json!({
                         "id": a.id,
                         "numbers": a.numbers,
                         "registered": online["online"].get(&a.id).cloned().unwrap_or(json!([])),
-                        "locked_for_s": locked,
+                        "locked_for_s": everywhere.map(secs),
+                        "locked_from": from,
                         "created_ms": a.created_ms,
                     })
                 })

@@ -285,9 +285,86 @@ async fn login_wrong_password_rate_limit_resume_and_password_change() {
         }
         other => panic!("{other:?}"),
     }
+    // Locked out from this address only.
     let users = d.json(&["users"]).unwrap();
-    assert!(
-        users["users"][0]["locked_for_s"].as_u64().is_some(),
+    assert!(users["users"][0]["locked_for_s"].is_null(), "{users}");
+    assert_eq!(
+        users["users"][0]["locked_from"][0]["address"].as_str(),
+        Some("127.0.0.1"),
+        "{users}"
+    );
+}
+
+/// 100 logins with a wrong password for one account from one address,
+/// all at once: the limiter reserves an attempt before the password is
+/// checked, so no more passwords are checked than it allows (5), not one
+/// per login that passed the check before the first failure was recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_wrong_logins_check_no_more_passwords_than_the_limit() {
+    let scratch = Scratch::new("dconc");
+    let (d, addr) = start_dir(&scratch, "dir", &[]);
+    add_user(&d, "alice", &["1001"]);
+    let ep = Ep::new("mallory");
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        clients.push(ep.connect(addr).await);
+    }
+    let logins: Vec<_> = clients
+        .iter()
+        .map(|(c, _)| {
+            let c = c.clone();
+            tokio::spawn(async move { c.login("alice", "wrong password").await })
+        })
+        .collect();
+    let mut codes = std::collections::HashMap::new();
+    for l in logins {
+        let e = l.await.unwrap().expect_err("a wrong password");
+        *codes.entry(format!("{:?}", e.code())).or_insert(0) += 1;
+    }
+    let checks = jnum(&status(&d), &["logins", "password_checks"]).unwrap();
+    assert_eq!(checks, 5.0, "passwords checked; answers {codes:?}");
+    assert_eq!(codes.get("Some(BadCredentials)"), Some(&4), "{codes:?}");
+    assert_eq!(codes.get("Some(RateLimited)"), Some(&96), "{codes:?}");
+    // Still locked: the right password from this address is refused
+    // without a check.
+    let e = clients[0].0.login("alice", PW).await.expect_err("locked");
+    assert_eq!(e.code(), Some(ErrorCode::RateLimited), "{e}");
+    assert_eq!(jnum(&status(&d), &["logins", "password_checks"]), Some(5.0));
+}
+
+/// Wrong passwords from one address lock that address out of the account,
+/// not the account's owner logging in from another address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_from_one_address_do_not_lock_the_owner_out() {
+    let scratch = Scratch::new("dlockout");
+    let (d, addr) = start_dir(&scratch, "dir", &[]);
+    add_user(&d, "alice", &["1001"]);
+    let mallory_id = Identity::generate("mallory").unwrap();
+    let mallory_ep =
+        keyline_net::make_endpoint("127.0.0.2:0".parse().unwrap(), &mallory_id).unwrap();
+    let (m, _mev) = DirClient::connect(&mallory_ep, &mallory_id, addr, None)
+        .await
+        .expect("connect from 127.0.0.2");
+    let mut limited = false;
+    for _ in 0..10 {
+        let e = m.login("alice", "guess").await.expect_err("wrong");
+        limited |= e.code() == Some(ErrorCode::RateLimited);
+    }
+    assert!(limited, "the guesses are rate-limited");
+    let e = m.login("alice", PW).await.expect_err("still locked");
+    assert_eq!(e.code(), Some(ErrorCode::RateLimited), "{e}");
+    assert!(e.to_string().contains("from your address"), "{e}");
+
+    // The owner, from 127.0.0.1, gets in.
+    let alice = Ep::new("alice");
+    let (a, _aev) = alice.connect(addr).await;
+    let s = a.login("alice", PW).await.expect("the owner logs in");
+    assert_eq!(s.numbers, vec!["1001"]);
+    let users = d.json(&["users"]).unwrap();
+    assert!(users["users"][0]["locked_for_s"].is_null(), "{users}");
+    assert_eq!(
+        users["users"][0]["locked_from"][0]["address"].as_str(),
+        Some("127.0.0.2"),
         "{users}"
     );
 }
