@@ -474,7 +474,7 @@ fn parse_candidates(c: &[String]) -> Result<Vec<SocketAddr>, String> {
     c.iter()
         .map(|a| {
             a.parse::<SocketAddr>()
-                .map_err(|_| format!("candidate {a:?} is not an IP:PORT address"))
+                .map_err(|_| format!("candidate {} is not an IP:PORT address", quoted(a)))
         })
         .collect()
 }
@@ -486,7 +486,8 @@ fn parse_media_end(c: &[String], media_fp: Option<&str>) -> Result<Vec<SocketAdd
     if let Some(fp) = media_fp {
         if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!(
-                "media fingerprint {fp:?} is not a SHA-256 in hex (64 digits)"
+                "media fingerprint {} is not a SHA-256 in hex (64 digits)",
+                quoted(fp)
             ));
         }
         if addrs.is_empty() {
@@ -496,8 +497,36 @@ fn parse_media_end(c: &[String], media_fp: Option<&str>) -> Result<Vec<SocketAdd
     Ok(addrs)
 }
 
+/// Characters of a client's input an error message quotes at most.
+const ECHO_CHARS: usize = 32;
+
+/// `s` quoted (escaped) for an error message, cut after [`ECHO_CHARS`]
+/// characters: an answer never grows with what the client sent.
+fn quoted(s: &str) -> String {
+    let mut chars = s.chars();
+    let head: String = chars.by_ref().take(ECHO_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{head:?}…")
+    } else {
+        format!("{head:?}")
+    }
+}
+
+/// `s` cut after [`MAX_CHARS`](number::MAX_CHARS) characters, for a field
+/// that gives a client's input back.
+fn clipped(s: &str) -> String {
+    s.chars().take(number::MAX_CHARS).collect()
+}
+
 fn canon(n: &str) -> Result<String, String> {
-    number::canonicalize(n).map_err(|e| format!("{n:?}: {e}"))
+    if n.len() > number::MAX_INPUT_BYTES {
+        return Err(format!(
+            "the number is too long ({} bytes; at most {} are accepted)",
+            n.len(),
+            number::MAX_INPUT_BYTES
+        ));
+    }
+    number::canonicalize(n).map_err(|e| format!("{}: {e}", quoted(n)))
 }
 
 /// What one connection knows about itself.
@@ -720,7 +749,7 @@ async fn control_loop(c: &Arc<Conn>, recv: quinn::RecvStream) -> Result<()> {
                 c.reply(error(
                     None,
                     ErrorCode::UnknownKind,
-                    format!("unknown message kind {kind:?}"),
+                    format!("unknown message kind {}", quoted(&kind)),
                 ));
                 continue;
             }
@@ -807,7 +836,7 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
             let fail = |code, message: String| DirMsg::CallFailed {
                 req,
                 code,
-                number: number.clone(),
+                number: clipped(&number),
                 message,
                 mail: false,
             };
@@ -967,6 +996,16 @@ impl Shared {
 }
 
 async fn login(c: &Arc<Conn>, req: ReqId, account: String, password: String) -> Result<()> {
+    // No account has such a name: refused at once, and the name is not
+    // kept (by the limiter) nor quoted.
+    if auth::check_account_id(&account).is_err() {
+        c.reply(error(
+            Some(req),
+            ErrorCode::BadCredentials,
+            "wrong account or password (no account has such a name)",
+        ));
+        return Ok(());
+    }
     let ip = c.conn.remote_address().ip();
     let now = Instant::now();
     let reserved = match c.shared.reserve_login(&account, ip) {
@@ -1402,7 +1441,7 @@ async fn upload(c: &Arc<Conn>, recv: &mut quinn::RecvStream) -> DirMsg {
             return error(
                 None,
                 ErrorCode::UnknownKind,
-                format!("unknown message kind {k:?}"),
+                format!("unknown message kind {}", quoted(&k)),
             )
         }
         Ok(Incoming::Closed) | Err(_) => {

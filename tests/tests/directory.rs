@@ -861,3 +861,141 @@ async fn sigterm_with_a_call_in_progress_tells_both_ends() {
         t.conn.close(0u32.into(), b"done");
     }
 }
+
+/// Hostile input of any length gets a short answer and the session goes
+/// on: a look-up of "1002" and 10,000 combining accents was answered by
+/// closing the connection ("write failed"), since the error quoted the
+/// whole input, escaped (70 KB), over the 64 KiB frame limit. Now numbers
+/// over the input limit are refused before any work with a short error,
+/// and errors quote at most the first 32 characters of what was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_numbers_get_short_errors_and_the_session_goes_on() {
+    let (_scratch, d, addr) = alice_and_bob("dhuge");
+    let mut a = Term::online(addr, "alice").await;
+    let accents = format!("1002{}", "\u{301}".repeat(10_000));
+    // 1,000 bytes: under the input limit, refused for its length once
+    // canonical, and quoted only in part.
+    let under = format!("1002{}", "\u{301}".repeat(498));
+    let bidi = format!("{}\u{202e}", "1".repeat(900));
+    let short = |m: &str| m.len() < 512;
+    for (req, number, says) in [
+        (10, &accents, "too long"),
+        (11, &under, "too long"),
+        (12, &bidi, "disallowed character"),
+    ] {
+        a.say(DirMsg::Lookup {
+            req,
+            number: number.clone(),
+        })
+        .await;
+        match a
+            .wait("an error", |m| matches!(m, DirMsg::Error { .. }))
+            .await
+        {
+            DirMsg::Error {
+                req: r,
+                code,
+                message,
+                ..
+            } => {
+                assert_eq!(r, Some(req));
+                assert_eq!(code, ErrorCode::InvalidNumber);
+                assert!(short(&message), "{} bytes: {message}", message.len());
+                assert!(message.contains(says), "{message}");
+            }
+            _ => unreachable!(),
+        }
+    }
+    // A call gives the number back clipped.
+    a.say(DirMsg::Call {
+        req: 20,
+        number: accents.clone(),
+        from: None,
+        candidates: vec![],
+        hops: 0,
+        media_fp: None,
+        handoff: None,
+    })
+    .await;
+    match a
+        .wait("call failed", |m| matches!(m, DirMsg::CallFailed { .. }))
+        .await
+    {
+        DirMsg::CallFailed {
+            req,
+            code,
+            number,
+            message,
+            ..
+        } => {
+            assert_eq!((req, code), (20, ErrorCode::InvalidNumber));
+            assert!(number.chars().count() <= 64, "{number}");
+            assert!(short(&message), "{message}");
+        }
+        _ => unreachable!(),
+    }
+    // Long candidates, fingerprints and unknown kinds are quoted in part.
+    let long = "9".repeat(30_000);
+    a.say(DirMsg::Register {
+        req: 30,
+        numbers: vec![],
+        candidates: vec![long.clone()],
+    })
+    .await;
+    match a
+        .wait("bad address", |m| matches!(m, DirMsg::Error { .. }))
+        .await
+    {
+        DirMsg::Error { code, message, .. } => {
+            assert_eq!(code, ErrorCode::BadAddress);
+            assert!(short(&message), "{} bytes", message.len());
+        }
+        _ => unreachable!(),
+    }
+    // {"t": "\u{301}" x 20,000}: a kind nobody knows, 40 KB long.
+    let kind = "\u{301}".repeat(20_000);
+    let mut body = vec![0xa1, 0x61, b't', 0x79];
+    body.extend_from_slice(&(kind.len() as u16).to_be_bytes());
+    body.extend_from_slice(kind.as_bytes());
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend(body);
+    a.send.write_all(&frame).await.unwrap();
+    match a
+        .wait("unknown kind", |m| matches!(m, DirMsg::Error { .. }))
+        .await
+    {
+        DirMsg::Error { code, message, .. } => {
+            assert_eq!(code, ErrorCode::UnknownKind);
+            assert!(short(&message), "{} bytes", message.len());
+        }
+        _ => unreachable!(),
+    }
+    // A login with a 60 KB account name: refused, briefly.
+    a.say(DirMsg::Login {
+        req: 40,
+        account: "é".repeat(30_000),
+        password: "x".into(),
+    })
+    .await;
+    match a
+        .wait("refused", |m| matches!(m, DirMsg::Error { .. }))
+        .await
+    {
+        DirMsg::Error { code, message, .. } => {
+            assert_eq!(code, ErrorCode::BadCredentials);
+            assert!(short(&message), "{} bytes", message.len());
+        }
+        _ => unreachable!(),
+    }
+    // The session is still there, and still registered.
+    a.say(DirMsg::Ping { n: 50 }).await;
+    a.wait("pong", |m| matches!(m, DirMsg::Pong { n: 50 }))
+        .await;
+    assert!(
+        a.conn.close_reason().is_none(),
+        "{:?}",
+        a.conn.close_reason()
+    );
+    let bindings = d.json(&["bindings"]).unwrap();
+    assert!(bindings.to_string().contains("2001"), "{bindings}");
+}
