@@ -634,6 +634,9 @@ impl Router {
     }
 
     /// Remove the session's bindings of `numbers` (all of them when empty).
+    /// Unregister `numbers` (all of the session's when empty) of this
+    /// session. A number of another account (or of none) is refused with
+    /// `NotYourNumber` and nothing changes.
     pub fn handle_unregister(
         &mut self,
         _now: Instant,
@@ -641,6 +644,26 @@ impl Router {
         req: ReqId,
         numbers: Vec<String>,
     ) {
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let Some(account) = s.account.clone() else {
+            return self.send(sid, err(Some(req), ErrorCode::NotLoggedIn, "log in first"));
+        };
+        for n in &numbers {
+            let owned = self.numbers.get(n).is_some_and(|ni| ni.account == account)
+                || self.bindings.get(n).is_some_and(|b| b.session == sid);
+            if !owned {
+                return self.send(
+                    sid,
+                    err(
+                        Some(req),
+                        ErrorCode::NotYourNumber,
+                        format!("{n} is not a number of account {account}"),
+                    ),
+                );
+            }
+        }
         let mine: Vec<String> = self
             .bindings
             .values()
@@ -1738,6 +1761,48 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Unregistering another account's number is refused and changes
+    /// nothing (it used to answer ok).
+    #[test]
+    fn unregister_refuses_another_accounts_number() {
+        let (mut r, now) = two_online();
+        r.handle_unregister(now, 1, 5, vec!["ボブ".into()]);
+        match &sent(&drain(&mut r), 1)[0] {
+            DirMsg::Error {
+                req: Some(5),
+                code: ErrorCode::NotYourNumber,
+                message,
+                ..
+            } => assert!(
+                message.contains("ボブ is not a number of account"),
+                "{message}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.binding("ボブ").map(|b| b.session), Some(2));
+        r.handle_unregister(now, 1, 6, vec!["nobody's".into()]);
+        assert!(matches!(
+            &sent(&drain(&mut r), 1)[0],
+            DirMsg::Error {
+                code: ErrorCode::NotYourNumber,
+                ..
+            }
+        ));
+        r.handle_unregister(now, 1, 7, vec!["아리랑".into()]);
+        assert_eq!(sent(&drain(&mut r), 1)[0], DirMsg::Ok { req: 7 });
+        assert!(r.binding("아리랑").is_none());
+        assert!(r.binding("ボブ").is_some());
+        r.handle_session_up(3, "f".into(), addr(3));
+        r.handle_unregister(now, 3, 8, vec![]);
+        assert!(matches!(
+            &sent(&drain(&mut r), 3)[0],
+            DirMsg::Error {
+                code: ErrorCode::NotLoggedIn,
+                ..
+            }
+        ));
     }
 
     #[test]

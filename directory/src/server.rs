@@ -817,8 +817,14 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
             }
         }
         DirMsg::Unregister { req, numbers } => {
-            let numbers: Vec<String> = numbers.iter().filter_map(|n| canon(n).ok()).collect();
-            c.route(DirMsg::Unregister { req, numbers }).await?
+            match numbers
+                .iter()
+                .map(|n| canon(n))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(numbers) => c.route(DirMsg::Unregister { req, numbers }).await?,
+                Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
+            }
         }
         DirMsg::Lookup { req, number } => match canon(&number) {
             Ok(number) => c.route(DirMsg::Lookup { req, number }).await?,

@@ -999,3 +999,40 @@ async fn huge_numbers_get_short_errors_and_the_session_goes_on() {
     let bindings = d.json(&["bindings"]).unwrap();
     assert!(bindings.to_string().contains("2001"), "{bindings}");
 }
+
+/// Unregistering another account's number is refused with a clear error
+/// and changes nothing (it used to answer ok).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistering_another_accounts_number_is_refused() {
+    let (_scratch, d, addr) = alice_and_bob("dunreg");
+    let mut a = Term::online(addr, "alice").await;
+    let _b = Term::online(addr, "bob").await;
+    a.say(DirMsg::Unregister {
+        req: 5,
+        numbers: vec!["2002".into()],
+    })
+    .await;
+    match a.wait("an answer", |m| m.reply_to() == Some(5)).await {
+        DirMsg::Error { code, message, .. } => {
+            assert_eq!(code, ErrorCode::NotYourNumber);
+            assert_eq!(message, "2002 is not a number of account alice");
+        }
+        other => panic!("{other:?}"),
+    }
+    let bindings = d.json(&["bindings"]).unwrap();
+    assert!(bindings.to_string().contains("2002"), "{bindings}");
+    assert!(bindings.to_string().contains("2001"), "{bindings}");
+    // Her own number: ok, and gone.
+    a.say(DirMsg::Unregister {
+        req: 6,
+        numbers: vec!["2001".into()],
+    })
+    .await;
+    assert_eq!(
+        a.wait("an answer", |m| m.reply_to() == Some(6)).await,
+        DirMsg::Ok { req: 6 }
+    );
+    let bindings = d.json(&["bindings"]).unwrap();
+    assert!(!bindings.to_string().contains("2001"), "{bindings}");
+    assert!(bindings.to_string().contains("2002"), "{bindings}");
+}
