@@ -169,6 +169,13 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print what happens, as it happens: calls (ringing, answered, held,
+    /// ended), the link, messages and voicemail waiting, until interrupted.
+    Events {
+        /// One JSON object per line (the control API's events).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,7 +1,10 @@
-//! The agent daemon: it finds the gateway (mDNS or `--gateway`), enrols,
-//! stays registered and reconnects with backoff; it rings, answers, dials
-//! and hangs up on the gateway's word or its CLI's; and it runs each
-//! call's end-to-end media session.
+//! The office station: it finds the gateway (mDNS or `--gateway`), enrols,
+//! stays registered and reconnects with backoff. Its calls are decided by
+//! the phone core ([`keyline_proto::phone`], through [`crate::station`]);
+//! this adapter turns the gateway's messages into the core's link inputs,
+//! sends what the core asks, and makes each call's end-to-end media
+//! connection. Texts, voicemail and settings kept on the gateway are
+//! handled here.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,16 +18,16 @@ use keyline_net::lifecycle::{self, Signals};
 use keyline_net::{control, endpoint, mdns, pairing_code, peer_fingerprint, Identity};
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
 use keyline_proto::msg::{CallId, EndReason, LineSettings, MediaPlan, Msg, Role};
+use keyline_proto::phone::{
+    CallKey, CallState, Command, Config, Flavor, LinkIn, LinkOut, MediaIn, Phone,
+};
 use keyline_proto::{MAX_MESSAGE, PROTOCOL_VERSION};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::audio::{self, LocalAudio};
-use crate::calls::{self, Direction};
-use crate::session::{
-    finish_recording, recording_error, recording_path, start_recording, Hold, RecordSlot, Session,
-    SharedRecord,
-};
+use crate::calls;
+use crate::station::{self, Station, Todo};
 
 /// Options of `keyline-agent run`.
 #[derive(Debug, Clone)]
@@ -44,58 +47,6 @@ pub struct RunOptions {
     pub hold_music: Option<PathBuf>,
 }
 
-#[derive(Debug)]
-struct CallInfo {
-    id: Option<CallId>,
-    peer: String,
-    peer_name: Option<String>,
-    direction: Direction,
-    state: &'static str,
-    started: Instant,
-    connected_at: Option<Instant>,
-    /// When the gateway said the far end rings (outgoing calls).
-    ringing_at: Option<Instant>,
-    /// When the gateway said the call was answered (media plan received).
-    answered_at: Option<Instant>,
-    /// Wall-clock start of media, for mouth-to-ear measurements.
-    media_started_unix_ms: Option<u128>,
-    relayed: bool,
-}
-
-impl CallInfo {
-    fn new(
-        id: Option<CallId>,
-        peer: String,
-        peer_name: Option<String>,
-        direction: Direction,
-    ) -> Self {
-        CallInfo {
-            id,
-            peer,
-            peer_name,
-            direction,
-            state: direction.initial_state(),
-            started: Instant::now(),
-            connected_at: None,
-            ringing_at: None,
-            answered_at: None,
-            media_started_unix_ms: None,
-            relayed: false,
-        }
-    }
-
-    /// Set-up figures in milliseconds.
-    fn timing(&self) -> Value {
-        calls::timing(
-            self.started,
-            self.ringing_at,
-            self.answered_at,
-            self.connected_at,
-            self.media_started_unix_ms,
-        )
-    }
-}
-
 #[derive(Debug, Clone)]
 enum Link {
     Searching,
@@ -113,76 +64,38 @@ struct State {
     link: Option<Link>,
     gateway: Option<SocketAddr>,
     gw_tx: Option<mpsc::Sender<Msg>>,
-    call: Option<CallInfo>,
-    last_call: Option<Value>,
-    next_req: u64,
-    /// Dial, transfer and consultation requests waiting for their reply.
-    dials: Pending<Value>,
-    session: Option<Session>,
-    ringer: Option<tokio::task::JoinHandle<()>>,
-    auto_answer: Option<tokio::task::JoinHandle<()>>,
+    /// The calls: the phone core and what both modes keep around it.
+    station: Station<MediaPlan>,
     /// Call handling kept on the gateway for this extension.
     settings: LineSettings,
     /// Texts received and not yet read (the gateway keeps them too).
     inbox: Vec<Value>,
     /// Requests waiting for a TextSent or an Error.
     texts: Pending<Value>,
-    /// The recording of the current call, if any.
-    record: SharedRecord,
-    /// Hold state shared with the media session.
-    hold: Arc<Hold>,
-    /// The held party's view: the other end holds this call.
-    held_by_peer: bool,
     /// Unheard voicemails in this extension's mailbox on the gateway.
     voicemail_waiting: u32,
     /// Voicemail requests waiting for their reply.
     vm_reqs: Pending<Msg>,
     /// A voicemail being played on the output.
     playback: Option<tokio::task::JoinHandle<()>>,
-    /// A consultation call placed while the main call is held (attended
-    /// transfer), its media session, and the hold/record state it uses.
-    consult: Option<CallInfo>,
-    consult_session: Option<Session>,
-    consult_hold: Arc<Hold>,
-    consult_record: SharedRecord,
 }
 
 impl State {
-    /// The consultation ended: drop it and take the main call off hold.
-    fn end_consult(&mut self) {
-        self.consult = None;
-        self.consult_session = None;
-        self.hold
-            .holding
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn new(hold_music: Vec<i16>) -> State {
-        State {
-            link: None,
-            gateway: None,
-            gw_tx: None,
-            call: None,
-            last_call: None,
-            next_req: 0,
-            dials: HashMap::new(),
-            session: None,
-            ringer: None,
-            auto_answer: None,
-            settings: LineSettings::default(),
-            inbox: Vec::new(),
-            texts: HashMap::new(),
-            record: Arc::new(Mutex::new(RecordSlot::default())),
-            hold: Arc::new(Hold::new(hold_music)),
-            held_by_peer: false,
-            voicemail_waiting: 0,
-            vm_reqs: HashMap::new(),
-            playback: None,
-            consult: None,
-            consult_session: None,
-            consult_hold: Arc::new(Hold::new(Vec::new())),
-            consult_record: Arc::new(Mutex::new(RecordSlot::default())),
-        }
+    /// Set the link state and tell subscribers.
+    fn set_link(&mut self, link: Link) {
+        let ev = match &link {
+            Link::Searching => json!({"event": "link", "state": "searching"}),
+            Link::Connecting(a) => {
+                json!({"event": "link", "state": "connecting", "gateway": a.to_string()})
+            }
+            Link::Pending { code } => json!({"event": "link", "state": "pending", "code": code}),
+            Link::Registered { ext, name } => {
+                json!({"event": "link", "state": "registered", "ext": ext, "name": name})
+            }
+            Link::Disconnected(e) => json!({"event": "link", "state": "disconnected", "error": e}),
+        };
+        self.station.events.publish(ev);
+        self.link = Some(link);
     }
 }
 
@@ -192,8 +105,8 @@ struct Agent {
     state_dir: PathBuf,
     opts: RunOptions,
     st: Mutex<State>,
-    /// The media plan of the call we expect a peer to connect for.
-    expect: watch::Sender<Option<(CallId, MediaPlan)>>,
+    /// The call we expect a peer to connect for: its key, id and plan.
+    expect: watch::Sender<Option<(CallKey, CallId, MediaPlan)>>,
     audio: LocalAudio,
     gateways: Mutex<Vec<mdns::Found>>,
     found: tokio::sync::Notify,
@@ -224,12 +137,33 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         keyline_media::hold_music,
     )?;
     let (expect, _) = watch::channel(None);
+    let mut cfg = Config::new(Flavor::Office);
+    cfg.auto_answer = opts.auto_answer.map(Duration::from_secs);
+    let events = control::Events::new();
+    let station = Station::new(
+        Phone::new(cfg),
+        hold_music,
+        opts.record_dir.clone(),
+        events.clone(),
+    );
+    let wake = station.wake.clone();
     let agent = Arc::new(Agent {
         id,
         endpoint,
         state_dir: state_dir.clone(),
         opts,
-        st: Mutex::new(State::new(hold_music)),
+        st: Mutex::new(State {
+            link: None,
+            gateway: None,
+            gw_tx: None,
+            station,
+            settings: LineSettings::default(),
+            inbox: Vec::new(),
+            texts: HashMap::new(),
+            voicemail_waiting: 0,
+            vm_reqs: HashMap::new(),
+            playback: None,
+        }),
         expect,
         audio,
         gateways: Mutex::new(Vec::new()),
@@ -238,9 +172,21 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
     {
         let agent = agent.clone();
-        tokio::spawn(control::serve(ctl, move |req| {
+        tokio::spawn(control::serve_with_events(ctl, events, move |req| {
             let agent = agent.clone();
             async move { handle_control(&agent, req).await }
+        }));
+    }
+    {
+        let agent = agent.clone();
+        tokio::spawn(station::run_timer(wake, move || {
+            let mut st = agent.lock();
+            let now = Instant::now();
+            if st.station.phone.poll_timeout().is_some_and(|t| t <= now) {
+                st.station.phone.handle_timeout(now);
+                drive(&agent, &mut st);
+            }
+            st.station.phone.poll_timeout()
         }));
     }
     let mdns = if agent.opts.mdns {
@@ -272,15 +218,20 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             .await;
     }
     link.abort();
-    let tx = {
+    let in_call = {
         let mut st = agent.lock();
-        let call = st.call.as_ref().and_then(|c| c.id);
-        let tx = st.gw_tx.clone();
-        end_call(&mut st, "shutdown");
-        call.zip(tx)
+        let in_call = st.station.phone.call().is_some();
+        if st.station.phone.consultation().is_some() {
+            drop(st.station.command(Command::ConsultCancel));
+        }
+        if in_call {
+            drop(st.station.command(Command::Hangup));
+        }
+        drive(&agent, &mut st);
+        in_call
     };
-    if let Some((call, tx)) = tx {
-        let _ = tx.send(Msg::Hangup { call }).await;
+    if in_call {
+        // Let the hang-up reach the gateway.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     agent.audio.finish();
@@ -365,7 +316,7 @@ async fn find_gateway(agent: &Arc<Agent>, pin: Option<&str>) -> Result<Vec<Socke
 async fn link_loop(agent: Arc<Agent>) {
     let mut backoff = Duration::from_millis(250);
     loop {
-        agent.lock().link = Some(Link::Searching);
+        agent.lock().set_link(Link::Searching);
         let pin = std::fs::read_to_string(agent.pin_path())
             .ok()
             .map(|s| s.trim().to_string())
@@ -381,7 +332,7 @@ async fn link_loop(agent: Arc<Agent>) {
                         }
                         Err(e) => {
                             tracing::warn!("gateway {addr}: {e:#}");
-                            agent.lock().link = Some(Link::Disconnected(format!("{e:#}")));
+                            agent.lock().set_link(Link::Disconnected(format!("{e:#}")));
                         }
                     }
                 }
@@ -389,21 +340,28 @@ async fn link_loop(agent: Arc<Agent>) {
             }
             Err(e) => {
                 tracing::warn!("{e:#}");
-                agent.lock().link = Some(Link::Disconnected(format!("{e:#}")));
+                agent.lock().set_link(Link::Disconnected(format!("{e:#}")));
                 false
             }
         };
         {
             let mut st = agent.lock();
             st.gw_tx = None;
-            for (_, d) in st.dials.drain() {
+            for (_, d) in st.texts.drain() {
                 let _ = d.send(Err("lost the connection to the gateway".into()));
             }
-            if st.call.is_some() {
-                end_call(&mut st, "gateway-lost");
+            for (_, d) in st.vm_reqs.drain() {
+                let _ = d.send(Err("lost the connection to the gateway".into()));
             }
+            st.station.phone.handle_link(
+                Instant::now(),
+                LinkIn::Down {
+                    reason: "connection to the gateway lost".into(),
+                },
+            );
+            drive(&agent, &mut st);
             if !matches!(st.link, Some(Link::Disconnected(_))) {
-                st.link = Some(Link::Disconnected("connection to the gateway lost".into()));
+                st.set_link(Link::Disconnected("connection to the gateway lost".into()));
             }
         }
         if registered {
@@ -422,7 +380,7 @@ async fn gateway_session(
     addr: SocketAddr,
     pin: Option<String>,
 ) -> Result<bool> {
-    agent.lock().link = Some(Link::Connecting(addr));
+    agent.lock().set_link(Link::Connecting(addr));
     let cfg = endpoint::client_config(&agent.id, pin.clone())?;
     let conn = tokio::time::timeout(
         Duration::from_secs(5),
@@ -485,7 +443,7 @@ async fn gateway_session(
                 println!(
                     "pairing code {mine}: approve this station on the gateway with `keyline-gatewayd approve {mine}`"
                 );
-                agent.lock().link = Some(Link::Pending { code: mine.clone() });
+                agent.lock().set_link(Link::Pending { code: mine.clone() });
                 lifecycle::status(&format!("waiting for approval, pairing code {mine}"));
             }
             Msg::Registered { ext, name } => {
@@ -497,7 +455,7 @@ async fn gateway_session(
                 println!("registered as extension {ext}");
                 registered = true;
                 lifecycle::status(&format!("registered as extension {ext}"));
-                agent.lock().link = Some(Link::Registered { ext, name });
+                agent.lock().set_link(Link::Registered { ext, name });
             }
             other => on_gateway_msg(agent, other),
         }
@@ -507,145 +465,85 @@ async fn gateway_session(
     result.map(|()| registered)
 }
 
+/// A message from the gateway: call messages go to the phone core; texts,
+/// voicemail and settings are handled here.
 fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
     let mut st = agent.lock();
-    match msg {
-        Msg::Ringing { req, call, callee } => {
-            let mut ringback = false;
-            if let Some(c) = st.call.as_mut() {
-                if c.direction == Direction::Out && c.id.is_none() {
-                    c.id = Some(call);
-                    c.state = "ringing";
-                    c.ringing_at = Some(Instant::now());
-                    c.peer = callee.clone();
-                    ringback = true;
-                }
-            }
-            if let Some(c) = st.consult.as_mut().filter(|c| c.id.is_none()) {
-                c.id = Some(call);
-                c.state = "ringing";
-                c.ringing_at = Some(Instant::now());
-                c.peer = callee.clone();
-            }
-            if ringback {
-                st.ringer = Some(agent.audio.ringback());
-            }
-            if let Some(d) = st.dials.remove(&req) {
-                let _ = d.send(Ok(
-                    json!({"ok": true, "call": call, "callee": callee, "state": "ringing"}),
-                ));
-            }
-        }
+    let link = match msg {
+        Msg::Ringing { req, call, callee } => LinkIn::Ringing {
+            req,
+            call,
+            callee,
+            via: Vec::new(),
+        },
         Msg::DialFailed {
             req,
             reason,
             message,
-        } => {
-            if st.call.as_ref().is_some_and(|c| c.id.is_none()) {
-                st.call = None;
-            }
-            if let Some(d) = st.dials.remove(&req) {
-                let _ = d.send(Err(format!(
-                    "{message}{}",
-                    if message == reason.describe() {
-                        String::new()
-                    } else {
-                        format!(" ({})", reason.describe())
-                    }
-                )));
-            }
-        }
+        } => LinkIn::Failed {
+            req,
+            message: if message == reason.describe() {
+                message
+            } else {
+                format!("{message} ({})", reason.describe())
+            },
+            ended: "failed".into(),
+        },
         Msg::Ring {
             call,
             from,
             from_name,
         } => {
-            if st.call.is_some() {
-                // The gateway thinks we are free; we are not.
-                if let Some(tx) = &st.gw_tx {
-                    let _ = tx.try_send(Msg::Reject { call });
-                }
-                return;
+            if let Some(p) = st.playback.take() {
+                p.abort();
             }
-            println!(
-                "incoming call {call} from {from}{}",
-                from_name
-                    .as_ref()
-                    .map(|n| format!(" ({n})"))
-                    .unwrap_or_default()
-            );
-            st.call = Some(CallInfo::new(Some(call), from, from_name, Direction::In));
-            st.ringer = Some(agent.audio.ring());
-            if let Some(secs) = agent.opts.auto_answer {
-                let agent2 = agent.clone();
-                st.auto_answer = Some(tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(secs)).await;
-                    let _ = answer(&agent2);
-                }));
+            LinkIn::Incoming {
+                call,
+                from,
+                from_name,
+                number: None,
+                via: Vec::new(),
             }
         }
-        Msg::Connect { call, media } if st.consult.as_ref().is_some_and(|c| c.id == Some(call)) => {
-            if let Some(c) = st.consult.as_mut() {
-                c.state = "connecting";
-                c.answered_at = Some(Instant::now());
-            }
-            if media.dial {
-                let agent = agent.clone();
-                tokio::spawn(async move { dial_media(agent, call, media).await });
-            } else {
-                agent.expect.send_replace(Some((call, media)));
-            }
+        Msg::Connect { call, media } => LinkIn::Answered {
+            req: None,
+            call,
+            relayed: media.relayed,
+            plan: media,
+            peer: None,
+        },
+        Msg::Ended { call, reason } => LinkIn::Ended {
+            call,
+            reason: end_reason(reason).into(),
+            transferred: reason == EndReason::Transferred,
+        },
+        Msg::Feature { req, message } => LinkIn::Feature { req, message },
+        Msg::Transferring { req, call, to } => LinkIn::Transferring { req, call, to },
+        Msg::TransferFailed {
+            req, call, message, ..
+        } => LinkIn::TransferFailed { req, call, message },
+        Msg::Replaced { old, new, peer } => LinkIn::Replaced { old, new, peer },
+        Msg::Held { call, on } => LinkIn::Held { call, on },
+        Msg::Forwarded { call, to } => LinkIn::Forwarded { call, to },
+        Msg::PickedUp { req, call, from } => LinkIn::PickedUp { req, call, from },
+        Msg::Settings { settings } => {
+            st.station
+                .events
+                .publish(json!({"event": "settings", "settings": settings}));
+            st.settings = settings;
+            return;
         }
-        Msg::Connect { call, media } => {
-            let Some(c) = st.call.as_mut().filter(|c| c.id == Some(call)) else {
-                return;
-            };
-            c.state = "connecting";
-            c.answered_at = Some(Instant::now());
-            c.relayed = media.relayed;
-            if let Some(r) = st.ringer.take() {
-                r.abort();
-            }
-            if media.dial {
-                let agent = agent.clone();
-                tokio::spawn(async move { dial_media(agent, call, media).await });
-            } else {
-                agent.expect.send_replace(Some((call, media)));
-            }
-        }
-        Msg::Ended { call, reason } if st.consult.as_ref().is_some_and(|c| c.id == Some(call)) => {
-            println!("consultation call {call} ended: {}", end_reason(reason));
-            st.end_consult();
-        }
-        Msg::Ended { call, reason } if st.call.as_ref().is_some_and(|c| c.id == Some(call)) => {
-            println!("call {call} ended: {}", end_reason(reason));
-            end_call(&mut st, end_reason(reason));
-            // The held party left during a consultation: the consultation
-            // becomes the call (as the gateway sees it too).
-            if reason != EndReason::Transferred {
-                if let Some(c) = st.consult.take() {
-                    st.call = Some(c);
-                    st.session = st.consult_session.take();
-                    let st = &mut *st;
-                    std::mem::swap(&mut st.hold, &mut st.consult_hold);
-                    std::mem::swap(&mut st.record, &mut st.consult_record);
-                }
-            }
-        }
-        Msg::Feature { req, message } => {
-            if st.call.as_ref().is_some_and(|c| c.id.is_none()) {
-                st.call = None;
-            }
-            if let Some(d) = st.dials.remove(&req) {
-                let _ = d.send(Ok(json!({"ok": true, "feature": message})));
-            }
-        }
-        Msg::Settings { settings } => st.settings = settings,
         Msg::MessageWaiting { voicemails } => {
             if voicemails > st.voicemail_waiting {
                 println!("{voicemails} voicemail(s) waiting");
             }
+            if voicemails != st.voicemail_waiting {
+                st.station
+                    .events
+                    .publish(json!({"event": "voicemail-waiting", "count": voicemails}));
+            }
             st.voicemail_waiting = voicemails;
+            return;
         }
         m @ (Msg::Voicemails { .. } | Msg::VoicemailChunk { .. }) => {
             let req = match &m {
@@ -655,115 +553,60 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
             if let Some(d) = st.vm_reqs.remove(&req) {
                 let _ = d.send(Ok(m));
             }
-        }
-        Msg::Error {
-            req: Some(req),
-            message,
-            ..
-        } if st.vm_reqs.contains_key(&req) => {
-            if let Some(d) = st.vm_reqs.remove(&req) {
-                let _ = d.send(Err(message));
-            }
-        }
-        Msg::Transferring { req, call, to } => {
-            println!("call {call}: transferring to {to}");
-            if let Some(d) = st.dials.remove(&req) {
-                let _ = d.send(Ok(json!({"ok": true, "call": call, "transferring_to": to})));
-            }
-        }
-        Msg::TransferFailed {
-            req, call, message, ..
-        } => {
-            if st.consult.as_ref().is_some_and(|c| c.id.is_none()) {
-                st.consult = None;
-            }
-            if let Some(c) = st.call.as_mut().filter(|c| c.id == Some(call)) {
-                println!("call {call}: transfer failed ({message}); the call is back with you");
-                c.state = "connected";
-                st.hold
-                    .holding
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-            }
-            if let Some(d) = st.dials.remove(&req) {
-                let _ = d.send(Err(format!("transfer failed: {message}")));
-            }
-        }
-        Msg::Replaced { old, new, peer } if st.call.as_ref().is_some_and(|c| c.id == Some(old)) => {
-            println!("call {old} continues as call {new} with {peer}");
-            st.session = None;
-            st.held_by_peer = false;
-            if let Some(c) = st.call.as_mut() {
-                c.id = Some(new);
-                c.peer = peer;
-                c.state = "connecting";
-            }
-        }
-        Msg::Held { call, on } if st.call.as_ref().is_some_and(|c| c.id == Some(call)) => {
-            println!(
-                "call {call} {}",
-                if on {
-                    "put on hold by the other end"
-                } else {
-                    "resumed"
-                }
-            );
-            st.held_by_peer = on;
-        }
-        Msg::Forwarded { call, to } => {
-            if let Some(c) = st.call.as_mut().filter(|c| c.id == Some(call)) {
-                println!("call {call}: no answer, forwarded to {to}");
-                c.peer = to;
-            }
-        }
-        Msg::PickedUp { req, call, from } => {
-            if let Some(c) = st.call.as_mut().filter(|c| c.id.is_none()) {
-                *c = CallInfo::new(Some(call), from.clone(), None, Direction::In);
-                c.state = "answering";
-            }
-            if let Some(d) = st.dials.remove(&req) {
-                let _ = d.send(Ok(
-                    json!({"ok": true, "call": call, "picked_up_from": from}),
-                ));
-            }
+            return;
         }
         Msg::Text {
             id,
             from,
             body,
             sent_ms,
-        } if !st.inbox.iter().any(|t| t["id"] == id) => {
-            println!("message from {from}: {body}");
-            st.inbox
-                .push(json!({"id": id, "from": from, "body": body, "sent_ms": sent_ms}));
+        } => {
+            if !st.inbox.iter().any(|t| t["id"] == id) {
+                println!("message from {from}: {body}");
+                let text = json!({"id": id, "from": from, "body": body, "sent_ms": sent_ms});
+                st.station
+                    .events
+                    .publish(json!({"event": "message", "message": text}));
+                st.inbox.push(text);
+            }
+            return;
         }
         Msg::TextSent { req, id } => {
             if let Some(d) = st.texts.remove(&req) {
                 let _ = d.send(Ok(json!({"ok": true, "id": id})));
             }
+            return;
         }
         Msg::Error {
             req: Some(req),
             message,
             ..
-        } if st.texts.contains_key(&req) => {
-            if let Some(d) = st.texts.remove(&req) {
+        } => {
+            if let Some(d) = st.vm_reqs.remove(&req) {
                 let _ = d.send(Err(message));
-            }
-        }
-        Msg::Error {
-            req: Some(req),
-            message,
-            ..
-        } if st.dials.contains_key(&req) => {
-            if let Some(d) = st.dials.remove(&req) {
+            } else if let Some(d) = st.texts.remove(&req) {
                 let _ = d.send(Err(message));
+            } else {
+                st.station.phone.handle_link(
+                    Instant::now(),
+                    LinkIn::Failed {
+                        req,
+                        message,
+                        ended: "failed".into(),
+                    },
+                );
+                drive(agent, &mut st);
             }
+            return;
         }
         Msg::Error { code, message, .. } => {
             tracing::warn!("gateway error {code}: {message}");
+            return;
         }
-        _ => {}
-    }
+        _ => return,
+    };
+    st.station.phone.handle_link(Instant::now(), link);
+    drive(agent, &mut st);
 }
 
 fn end_reason(r: EndReason) -> &'static str {
@@ -782,39 +625,59 @@ fn end_reason(r: EndReason) -> &'static str {
     }
 }
 
-/// Tear down the current call locally and remember how it went.
-fn end_call(st: &mut State, reason: &str) {
-    let (recording, recording_error) = finish_recording(&st.record);
-    st.hold
-        .holding
-        .store(false, std::sync::atomic::Ordering::Relaxed);
-    st.held_by_peer = false;
-    if let Some(r) = st.ringer.take() {
-        r.abort();
-    }
-    if let Some(a) = st.auto_answer.take() {
-        a.abort();
-    }
-    let stats = st.session.take().map(|s| s.stats());
-    if let Some(c) = st.call.take() {
-        st.last_call = Some(json!({
-            "id": c.id,
-            "peer": c.peer,
-            "direction": c.direction.as_str(),
-            "ended": reason,
-            "connected": c.connected_at.is_some(),
-            "seconds": c.connected_at.map(|t| t.elapsed().as_secs_f64()),
-            "relayed": c.relayed,
-            "timing": c.timing(),
-            "recording": recording,
-            "recording_error": recording_error,
-            "media": stats,
-        }));
+/// Carry out what the phone core asked: the shared part in the station,
+/// the gateway's part here.
+fn drive(agent: &Arc<Agent>, st: &mut State) {
+    for todo in st.station.drain(&agent.audio) {
+        match todo {
+            Todo::Send(m) => {
+                let msg = match m {
+                    LinkOut::Dial { req, number, .. } => Msg::Dial { req, number },
+                    LinkOut::Cancel { call, .. } => match call {
+                        Some(call) => Msg::Hangup { call },
+                        // Not named yet: the core hangs it up when it is.
+                        None => continue,
+                    },
+                    LinkOut::Answer { call } => Msg::Answer { call },
+                    LinkOut::Reject { call } | LinkOut::Busy { call } => Msg::Reject { call },
+                    LinkOut::Hangup { call } => Msg::Hangup { call },
+                    LinkOut::Hold { call, on } => Msg::Hold { call, on },
+                    LinkOut::Transfer { req, call, target } => Msg::Transfer { req, call, target },
+                    LinkOut::Consult { req, call, target } => Msg::Consult { req, call, target },
+                    LinkOut::ConsultComplete { req } => Msg::ConsultComplete { req },
+                    // Look-up-only calls are a terminal's; the core refuses
+                    // them for a station.
+                    LinkOut::Lookup { .. }
+                    | LinkOut::AcceptLookup { .. }
+                    | LinkOut::DeclineLookup { .. } => continue,
+                };
+                if let Some(tx) = &st.gw_tx {
+                    if tx.try_send(msg).is_err() {
+                        tracing::warn!("the gateway is not reading; a message was not sent");
+                    }
+                }
+            }
+            Todo::StartMedia { key, call, plan } => {
+                if plan.dial {
+                    let agent = agent.clone();
+                    tokio::spawn(async move { dial_media(agent, key, call, plan).await });
+                } else {
+                    agent.expect.send_replace(Some((key, call, plan)));
+                }
+            }
+            Todo::StopMedia { key } => {
+                agent
+                    .expect
+                    .send_if_modified(|e| e.take_if(|(k, _, _)| *k == key).is_some());
+            }
+            Todo::RefuseLookup { .. } => {}
+        }
     }
 }
 
 /// Dialling end: connect to the peer (or the forwarder) for media.
-async fn dial_media(agent: Arc<Agent>, call: CallId, plan: MediaPlan) {
+async fn dial_media(agent: Arc<Agent>, key: CallKey, call: CallId, plan: MediaPlan) {
+    let flow = plan.flow(call);
     let res = async {
         let addr: SocketAddr = plan
             .peer_addr
@@ -835,7 +698,7 @@ async fn dial_media(agent: Arc<Agent>, call: CallId, plan: MediaPlan) {
         write_frame(
             &mut send,
             &Msg::MediaHello {
-                call: plan.flow(call),
+                call: flow,
                 token: plan.token.clone(),
             },
             MAX_MESSAGE,
@@ -846,12 +709,12 @@ async fn dial_media(agent: Arc<Agent>, call: CallId, plan: MediaPlan) {
             .context("no media answer within 5 s")??
             .context("the peer closed the media stream")?;
         match Msg::from_cbor(&body)? {
-            Msg::MediaOk { call: c } if c == plan.flow(call) => Ok::<_, anyhow::Error>(conn),
+            Msg::MediaOk { call: c } if c == flow => Ok::<_, anyhow::Error>(conn),
             other => bail!("unexpected media answer {:?}", other.kind()),
         }
     }
     .await;
-    install_session(&agent, call, plan.flow(call), res);
+    media_result(&agent, key, flow, res);
 }
 
 /// Accepting end: take media connections from the expected peer only.
@@ -860,9 +723,8 @@ async fn accept_media(agent: Arc<Agent>) {
         let agent = agent.clone();
         tokio::spawn(async move {
             let Ok(conn) = incoming.await else { return };
-            let res = accept_one(&agent, conn).await;
-            match res {
-                Ok((call, flow, conn)) => install_session(&agent, call, flow, Ok(conn)),
+            match accept_one(&agent, conn).await {
+                Ok((key, flow, conn)) => media_result(&agent, key, flow, Ok(conn)),
                 Err(e) => tracing::info!("refused a media connection: {e:#}"),
             }
         });
@@ -872,19 +734,19 @@ async fn accept_media(agent: Arc<Agent>) {
 async fn accept_one(
     agent: &Arc<Agent>,
     conn: quinn::Connection,
-) -> Result<(CallId, CallId, quinn::Connection)> {
+) -> Result<(CallKey, CallId, quinn::Connection)> {
     let fp = peer_fingerprint(&conn).context("no certificate")?;
     let mut rx = agent.expect.subscribe();
     // The peer may be quicker than the gateway's Connect to us: wait a bit.
     let plan = tokio::time::timeout(
         Duration::from_secs(5),
-        rx.wait_for(|p| p.as_ref().is_some_and(|(_, m)| m.peer_fp == fp)),
+        rx.wait_for(|p| p.as_ref().is_some_and(|(_, _, m)| m.peer_fp == fp)),
     )
     .await
     .context("no call expects this peer")?
     .context("agent stopping")?
     .clone();
-    let Some((call, plan)) = plan else {
+    let Some((key, call, plan)) = plan else {
         bail!("no call expects this peer");
     };
     let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(5), conn.accept_bi())
@@ -902,178 +764,78 @@ async fn accept_one(
         }
     }
     write_frame(&mut send, &Msg::MediaOk { call: flow }, MAX_MESSAGE).await?;
-    Ok((call, flow, conn))
+    Ok((key, flow, conn))
 }
 
-/// Start the media of `call` on `conn`; `flow` is the id on its datagrams.
-fn install_session(
-    agent: &Arc<Agent>,
-    call: CallId,
-    flow: CallId,
-    conn: Result<quinn::Connection>,
-) {
+/// The media connection of call `key` is made (or not): start its session
+/// and tell the core.
+fn media_result(agent: &Arc<Agent>, key: CallKey, flow: CallId, conn: Result<quinn::Connection>) {
     let mut st = agent.lock();
-    if st.consult.as_ref().is_some_and(|c| c.id == Some(call)) {
-        match conn.and_then(|conn| {
-            Session::start(
-                conn,
-                flow,
-                agent.audio.source.clone(),
-                agent.audio.sink.clone(),
-                st.consult_record.clone(),
-                st.consult_hold.clone(),
-            )
-        }) {
-            Ok(s) => {
-                st.consult_session = Some(s);
-                if let Some(c) = st.consult.as_mut() {
-                    c.state = "connected";
-                    c.connected_at = Some(Instant::now());
-                }
-                println!("consultation call {call} connected");
-            }
-            Err(e) => {
-                tracing::warn!("consultation call {call}: media failed: {e:#}");
-                if let Some(tx) = &st.gw_tx {
-                    let _ = tx.try_send(Msg::Hangup { call });
-                }
-                st.end_consult();
-            }
-        }
-        return;
-    }
-    let current = st.call.as_ref().is_some_and(|c| c.id == Some(call));
     match conn {
-        Ok(conn) if current => {
-            match Session::start(
-                conn,
-                flow,
-                agent.audio.source.clone(),
-                agent.audio.sink.clone(),
-                st.record.clone(),
-                st.hold.clone(),
-            ) {
-                Ok(s) => {
-                    st.session = Some(s);
-                    if let Some(dir) = &agent.opts.record_dir {
-                        let peer = st.call.as_ref().map(|c| c.peer.clone()).unwrap_or_default();
-                        if let Err(e) = start_recording(&st.record, dir, &peer) {
-                            tracing::warn!("cannot record call {call}: {e}");
-                        }
-                    }
-                    if let Some(c) = st.call.as_mut() {
-                        c.state = "connected";
-                        c.connected_at = Some(Instant::now());
-                        c.media_started_unix_ms = calls::unix_ms_now();
-                    }
-                    agent.expect.send_replace(None);
-                    println!("call {call} connected");
-                }
-                Err(e) => fail_media(&mut st, call, &format!("{e:#}")),
-            }
+        Ok(conn) => {
+            st.station.install(&agent.audio, key, flow, conn, false);
+            agent
+                .expect
+                .send_if_modified(|e| e.take_if(|(k, _, _)| *k == key).is_some());
         }
-        Ok(conn) => conn.close(quinn::VarInt::from_u32(0), b"call already over"),
-        Err(e) if current => fail_media(&mut st, call, &format!("{e:#}")),
-        Err(_) => {}
+        Err(e) => {
+            tracing::warn!("call {flow}: media failed: {e:#}");
+            st.station.phone.handle_media(
+                Instant::now(),
+                MediaIn::Failed {
+                    key,
+                    why: format!("{e:#}"),
+                    ended: None,
+                },
+            );
+        }
     }
+    drive(agent, &mut st);
 }
 
-fn fail_media(st: &mut State, call: CallId, why: &str) {
-    tracing::warn!("call {call}: media failed: {why}");
-    if let Some(tx) = &st.gw_tx {
-        let _ = tx.try_send(Msg::Hangup { call });
-    }
-    end_call(st, "media-failed");
-}
-
-/// How long the gateway has to answer a request.
+/// How long the gateway has to answer a text or voicemail request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why a request to the gateway got no good answer.
-#[derive(Debug)]
-enum RequestError {
-    /// The request does not fit the station's state (the caller's words).
-    Invalid(String),
-    /// No connection to the gateway to send it on.
-    NotConnected,
-    /// The gateway refused it, or the connection was lost (the reason).
-    Refused(String),
-    /// No answer within [`REQUEST_TIMEOUT`].
-    NoAnswer,
-}
-
-impl std::fmt::Display for RequestError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RequestError::Invalid(m) | RequestError::Refused(m) => f.write_str(m),
-            RequestError::NotConnected => f.write_str("not connected to the gateway"),
-            RequestError::NoAnswer => write!(
-                f,
-                "the gateway did not answer within {} s",
-                REQUEST_TIMEOUT.as_secs()
-            ),
-        }
-    }
-}
-
-/// A control reply: `Invalid` and `NotConnected` as they are, a refusal
-/// worded by `refused`, and no answer as `no_answer`.
-fn reply_error(e: RequestError, refused: impl FnOnce(String) -> String, no_answer: &str) -> Value {
-    match e {
-        RequestError::Refused(m) => control::error(refused(m)),
-        RequestError::NoAnswer => control::error(format!(
-            "{no_answer} within {} s",
-            REQUEST_TIMEOUT.as_secs()
-        )),
-        other => control::error(other),
-    }
-}
-
-/// Ask the gateway something and wait, at most [`REQUEST_TIMEOUT`], for
-/// its answer. Under the state lock, `make_msg` checks that the request
-/// fits (its `Err` is returned as [`RequestError::Invalid`]) and builds the
-/// message for a fresh request id; once that message is queued, `sent`
-/// makes the local changes that go with it, and the reply is parked in the
-/// map `pending` picks, where [`on_gateway_msg`] delivers it.
+/// Ask the gateway something outside a call (texts, voicemail) and wait,
+/// at most [`REQUEST_TIMEOUT`], for its answer, parked in the map
+/// `pending` picks, where [`on_gateway_msg`] delivers it.
 async fn request<T>(
     agent: &Agent,
     pending: fn(&mut State) -> &mut Pending<T>,
-    make_msg: impl FnOnce(&State, u64) -> std::result::Result<Msg, String>,
-    sent: impl FnOnce(&mut State),
-) -> std::result::Result<T, RequestError> {
+    make_msg: impl FnOnce(u64) -> Msg,
+) -> std::result::Result<T, String> {
     let (req, rx) = {
         let mut st = agent.lock();
-        st.next_req += 1;
-        let req = st.next_req;
-        let msg = make_msg(&st, req).map_err(RequestError::Invalid)?;
+        let req = st.station.phone.next_request();
         let Some(tx) = st.gw_tx.clone() else {
-            return Err(RequestError::NotConnected);
+            return Err("not connected to the gateway".into());
         };
-        if tx.try_send(msg).is_err() {
-            return Err(RequestError::NotConnected);
+        if tx.try_send(make_msg(req)).is_err() {
+            return Err("not connected to the gateway".into());
         }
-        sent(&mut st);
         let (dtx, drx) = oneshot::channel();
         pending(&mut st).insert(req, dtx);
         (req, drx)
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
-        Ok(Ok(Ok(v))) => Ok(v),
-        Ok(Ok(Err(e))) => Err(RequestError::Refused(e)),
+        Ok(Ok(r)) => r,
         // Timed out (or the reply was dropped unsent): forget the request.
         Ok(Err(_)) | Err(_) => {
             pending(&mut agent.lock()).remove(&req);
-            Err(RequestError::NoAnswer)
+            Err(format!(
+                "the gateway did not answer within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ))
         }
     }
 }
 
-/// A voicemail request: no local checks or changes.
+/// A voicemail request.
 async fn vm_request(
     agent: &Agent,
     make: impl FnOnce(u64) -> Msg,
-) -> std::result::Result<Msg, RequestError> {
-    request(agent, |st| &mut st.vm_reqs, |_, req| Ok(make(req)), |_| {}).await
+) -> std::result::Result<Msg, String> {
+    request(agent, |st| &mut st.vm_reqs, make).await
 }
 
 /// Fetch a whole voicemail file from the gateway.
@@ -1081,10 +843,7 @@ async fn fetch_voicemail(agent: &Arc<Agent>, id: u64) -> std::result::Result<Vec
     let mut bytes = Vec::new();
     loop {
         let offset = bytes.len() as u64;
-        match vm_request(agent, |req| Msg::VoicemailFetch { req, id, offset })
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        match vm_request(agent, |req| Msg::VoicemailFetch { req, id, offset }).await? {
             Msg::VoicemailChunk { total, data, .. } => {
                 if data.is_empty() || bytes.len() as u64 + data.len() as u64 > total {
                     return Err("the gateway sent a broken voicemail".into());
@@ -1101,7 +860,7 @@ async fn fetch_voicemail(agent: &Arc<Agent>, id: u64) -> std::result::Result<Vec
 
 /// Play voicemail `id` (or every unheard one, oldest first) on the output.
 async fn play_voicemail(agent: &Arc<Agent>, id: Option<u64>) -> Value {
-    if agent.lock().call.is_some() {
+    if agent.lock().station.phone.call().is_some() {
         return control::error("hang up first");
     }
     let ids: Vec<(u64, String)> = match vm_request(agent, |req| Msg::VoicemailList { req }).await {
@@ -1144,99 +903,25 @@ async fn play_voicemail(agent: &Arc<Agent>, id: Option<u64>) -> Value {
     })
 }
 
-/// Attended transfer, first step: hold the call and call `target`.
-async fn consult(agent: &Arc<Agent>, target: &str) -> Value {
-    let made = request(
-        agent,
-        |st| &mut st.dials,
-        |st, req| {
-            let call = connected_call(st).ok_or("no connected call to consult about")?;
-            if st.consult.is_some() {
-                return Err("already consulting".into());
-            }
-            Ok(Msg::Consult {
-                req,
-                call,
-                target: target.to_string(),
-            })
-        },
-        |st| {
-            st.hold
-                .holding
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            st.consult = Some(CallInfo::new(
-                None,
-                target.to_string(),
-                None,
-                Direction::Out,
-            ));
-        },
-    )
-    .await;
-    match made {
-        Ok(v) => v,
-        Err(RequestError::Refused(e)) => {
-            agent.lock().end_consult();
-            control::error(format!("cannot consult {target}: {e}"))
+/// Give the phone core a command and wait for its answer. Commands that
+/// need the gateway are refused at once when there is none.
+async fn command(agent: &Arc<Agent>, cmd: Command) -> Value {
+    let rx = {
+        let mut st = agent.lock();
+        let local = matches!(cmd, Command::Hangup | Command::ConsultCancel);
+        if !local && st.gw_tx.is_none() {
+            return control::error("not connected to the gateway");
         }
-        Err(e) => reply_error(e, |e| e, "the gateway did not answer"),
-    }
-}
-
-/// Blind transfer of the connected call to `target`; the other end hears
-/// the hold music until the target answers.
-async fn transfer(agent: &Arc<Agent>, target: &str) -> Value {
-    let made = request(
-        agent,
-        |st| &mut st.dials,
-        |st, req| {
-            let call = connected_call(st).ok_or("no connected call to transfer")?;
-            Ok(Msg::Transfer {
-                req,
-                call,
-                target: target.to_string(),
-            })
-        },
-        |st| {
-            st.hold
-                .holding
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            if let Some(c) = st.call.as_mut() {
-                c.state = "transferring";
+        if matches!(cmd, Command::Dial { .. }) {
+            if let Some(p) = st.playback.take() {
+                p.abort();
             }
-        },
-    )
-    .await;
-    made.unwrap_or_else(|e| reply_error(e, |e| e, "the gateway did not answer the transfer"))
-}
-
-/// The id of the call in progress, if it is connected.
-fn connected_call(st: &State) -> Option<CallId> {
-    st.call
-        .as_ref()
-        .filter(|c| c.state == "connected")
-        .and_then(|c| c.id)
-}
-
-fn answer(agent: &Arc<Agent>) -> Value {
-    let mut st = agent.lock();
-    let Some(c) = st.call.as_mut() else {
-        return control::error("no call is ringing");
+        }
+        let rx = st.station.command(cmd);
+        drive(agent, &mut st);
+        rx
     };
-    if c.direction != Direction::In || c.state != "alerting" {
-        return control::error("no call is ringing");
-    }
-    let Some(call) = c.id else {
-        return control::error("no call is ringing");
-    };
-    c.state = "answering";
-    if let Some(a) = st.auto_answer.take() {
-        a.abort();
-    }
-    match &st.gw_tx {
-        Some(tx) if tx.try_send(Msg::Answer { call }).is_ok() => json!({"ok": true, "call": call}),
-        _ => control::error("not connected to the gateway"),
-    }
+    station::reply(rx).await
 }
 
 fn status(agent: &Arc<Agent>) -> Value {
@@ -1256,23 +941,7 @@ fn status(agent: &Arc<Agent>) -> Value {
         }
         Some(Link::Disconnected(e)) => ("disconnected", None, None, None, Some(e.clone())),
     };
-    let call = st.call.as_ref().map(|c| {
-        json!({
-            "id": c.id,
-            "peer": c.peer,
-            "peer_name": c.peer_name,
-            "direction": c.direction.as_str(),
-            "state": c.state,
-            "seconds": c.connected_at.unwrap_or(c.started).elapsed().as_secs_f64(),
-            "relayed": c.relayed,
-            "timing": c.timing(),
-            "on_hold": st.hold.holding.load(std::sync::atomic::Ordering::Relaxed),
-            "held_by_peer": st.held_by_peer,
-            "recording": recording_path(&st.record),
-            "recording_error": recording_error(&st.record),
-            "media": st.session.as_ref().map(|s| s.stats()),
-        })
-    });
+    let phone = &st.station.phone;
     json!({
         "ok": true,
         "state": link,
@@ -1283,13 +952,13 @@ fn status(agent: &Arc<Agent>) -> Value {
         "gateway": st.gateway.map(|g| g.to_string()),
         "fingerprint": agent.id.fingerprint,
         "listen": agent.endpoint.local_addr().ok().map(|a| a.to_string()),
-        "call": call,
-        "consult": st.consult.as_ref().map(|c| json!({
+        "call": phone.call().map(|c| st.station.call_json(c)),
+        "consult": phone.consultation().map(|c| json!({
             "id": c.id,
             "peer": c.peer,
-            "state": c.state,
+            "state": c.state.as_str(),
         })),
-        "last_call": st.last_call,
+        "last_call": st.station.last_call,
         "settings": st.settings,
         "messages_waiting": st.inbox.len(),
         "voicemail_waiting": st.voicemail_waiting,
@@ -1298,6 +967,11 @@ fn status(agent: &Arc<Agent>) -> Value {
 }
 
 async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
+    let target = || {
+        req.get("target")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
     match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
         "status" => status(agent),
         "voicemail-list" => match vm_request(agent, |req| Msg::VoicemailList { req }).await {
@@ -1316,153 +990,60 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
             }
         }
         "voicemail-play" => play_voicemail(agent, req.get("id").and_then(Value::as_u64)).await,
-        "consult" => {
-            let Some(target) = req.get("target").and_then(Value::as_str) else {
-                return control::error("consult needs a target number");
-            };
-            consult(agent, target).await
-        }
-        "consult-complete" => request(
-            agent,
-            |st| &mut st.dials,
-            |st, req| {
-                if st.consult.as_ref().is_none_or(|c| c.state != "connected") {
-                    return Err("no answered consultation call to join".into());
-                }
-                Ok(Msg::ConsultComplete { req })
-            },
-            |_| {},
-        )
-        .await
-        .unwrap_or_else(|e| {
-            reply_error(
-                e,
-                |e| format!("transfer failed: {e}"),
-                "the gateway did not answer",
-            )
-        }),
-        "consult-cancel" => {
-            let mut st = agent.lock();
-            let Some(c) = st.consult.as_ref() else {
-                return control::error("no consultation call");
-            };
-            if let (Some(call), Some(tx)) = (c.id, &st.gw_tx) {
-                let _ = tx.try_send(Msg::Hangup { call });
-            }
-            st.end_consult();
-            json!({"ok": true})
-        }
-        "transfer" => {
-            let Some(target) = req.get("target").and_then(Value::as_str) else {
-                return control::error("transfer needs a target number");
-            };
-            transfer(agent, target).await
-        }
-        "hold" | "resume" => {
-            let on = req["cmd"] == "hold";
-            let mut st = agent.lock();
-            let Some(call) = connected_call(&st) else {
-                return control::error("no connected call");
-            };
-            if st.held_by_peer {
-                return control::error("the other end holds this call");
-            }
-            let Some(tx) = st.gw_tx.clone() else {
-                return control::error("not connected to the gateway");
-            };
-            if tx.try_send(Msg::Hold { call, on }).is_err() {
-                return control::error("not connected to the gateway");
-            }
-            st.hold
-                .holding
-                .store(on, std::sync::atomic::Ordering::Relaxed);
-            st.held_by_peer = false;
-            json!({"ok": true, "call": call, "on_hold": on})
-        }
+        "consult" => match target() {
+            Some(target) => command(agent, Command::Consult { target }).await,
+            None => control::error("consult needs a target number"),
+        },
+        "consult-complete" => command(agent, Command::ConsultComplete).await,
+        "consult-cancel" => command(agent, Command::ConsultCancel).await,
+        "transfer" => match target() {
+            Some(target) => command(agent, Command::Transfer { target }).await,
+            None => control::error("transfer needs a target number"),
+        },
+        "hold" => command(agent, Command::Hold).await,
+        "resume" => command(agent, Command::Resume).await,
+        "answer" => command(agent, Command::Answer).await,
+        "hangup" => command(agent, Command::Hangup).await,
         "record" => {
             let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
-            let st = agent.lock();
-            let Some(c) = st.call.as_ref().filter(|c| c.state == "connected") else {
+            let mut st = agent.lock();
+            let Some((key, peer)) = st
+                .station
+                .phone
+                .call()
+                .filter(|c| c.state == CallState::Connected)
+                .map(|c| (c.key, c.peer.clone()))
+            else {
                 return control::error("no connected call to record");
             };
             calls::record_command(
-                &st.record,
+                &st.station.record(key),
                 on,
-                &c.peer,
+                &peer,
                 agent.opts.record_dir.as_deref(),
                 &agent.state_dir,
             )
-        }
-        "answer" => answer(agent),
-        "hangup" => {
-            let mut st = agent.lock();
-            let Some(c) = st.call.as_ref() else {
-                return control::error("no call to hang up");
-            };
-            let msg = match (c.id, c.direction, c.state) {
-                (Some(call), Direction::In, "alerting") => Some(Msg::Reject { call }),
-                (Some(call), _, _) => Some(Msg::Hangup { call }),
-                (None, _, _) => None,
-            };
-            if let (Some(m), Some(tx)) = (msg, &st.gw_tx) {
-                let _ = tx.try_send(m);
-            }
-            end_call(&mut st, "local-hangup");
-            json!({"ok": true})
         }
         "dial" => {
             let Some(number) = req.get("number").and_then(Value::as_str) else {
                 return control::error("dial needs a number");
             };
-            if req.get("lookup").and_then(Value::as_bool) == Some(true) {
-                return control::error("look-up-only calls (dial --lookup) are for standalone terminals (keyline-agent terminal); an office station calls through its gateway");
-            }
+            let lookup = req.get("lookup").and_then(Value::as_bool) == Some(true);
             // Codes the station handles itself, in a call or not.
-            let in_call = agent.lock().call.is_some();
+            let in_call = agent.lock().station.phone.call().is_some();
             if number == "*97" {
                 return play_voicemail(agent, None).await;
             }
             if let Some(target) = number.strip_prefix("*2").filter(|_| in_call) {
-                return consult(agent, target).await;
+                let target = target.to_string();
+                return command(agent, Command::Consult { target }).await;
             }
             if let Some(target) = number.strip_prefix("##") {
-                return transfer(agent, target).await;
+                let target = target.to_string();
+                return command(agent, Command::Transfer { target }).await;
             }
-            let dialled = request(
-                agent,
-                |st| &mut st.dials,
-                |st, req| {
-                    if st.call.is_some() {
-                        return Err("already in a call; hang up first".into());
-                    }
-                    Ok(Msg::Dial {
-                        req,
-                        number: number.to_string(),
-                    })
-                },
-                |st| {
-                    st.call = Some(CallInfo::new(
-                        None,
-                        number.to_string(),
-                        None,
-                        Direction::Out,
-                    ))
-                },
-            )
-            .await;
-            if let Err(RequestError::NoAnswer) = dialled {
-                let mut st = agent.lock();
-                if st.call.as_ref().is_some_and(|c| c.id.is_none()) {
-                    st.call = None;
-                }
-            }
-            dialled.unwrap_or_else(|e| {
-                reply_error(
-                    e,
-                    |e| format!("cannot call {number}: {e}"),
-                    "the gateway did not answer the dial request",
-                )
-            })
+            let number = number.to_string();
+            command(agent, Command::Dial { number, lookup }).await
         }
         "message" => {
             let (Some(to), Some(body)) = (
@@ -1474,23 +1055,14 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
             request(
                 agent,
                 |st| &mut st.texts,
-                |_, req| {
-                    Ok(Msg::SendText {
-                        req,
-                        to: to.to_string(),
-                        body: body.to_string(),
-                    })
+                |req| Msg::SendText {
+                    req,
+                    to: to.to_string(),
+                    body: body.to_string(),
                 },
-                |_| {},
             )
             .await
-            .unwrap_or_else(|e| {
-                reply_error(
-                    e,
-                    |e| format!("message not sent: {e}"),
-                    "the gateway did not confirm the message",
-                )
-            })
+            .unwrap_or_else(|e| control::error(format!("message not sent: {e}")))
         }
         "messages" => {
             // Reading them is what lets the gateway forget them.

@@ -19,4 +19,5 @@ pub(crate) mod calls;
 pub mod cli;
 pub mod daemon;
 pub mod session;
+pub(crate) mod station;
 pub mod terminal;

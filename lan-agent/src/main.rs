@@ -126,6 +126,9 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         None => statedir::default_dir("agent")?,
     };
     let sock = control::socket_path(&dir);
+    if let Cmd::Events { json } = cmd {
+        return runtime()?.block_on(print_events(&sock, json));
+    }
     let req = match &cmd {
         Cmd::Status { .. } => json!({"cmd": "status"}),
         Cmd::Dial { number, lookup } => {
@@ -165,7 +168,7 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         }
         Cmd::Resume => json!({"cmd": "resume"}),
         Cmd::Record { mode } => json!({"cmd": "record", "on": mode == "on"}),
-        Cmd::Run { .. } | Cmd::Terminal { .. } => return Ok(()),
+        Cmd::Run { .. } | Cmd::Terminal { .. } | Cmd::Events { .. } => return Ok(()),
     };
     let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(15)))?;
     let reply = control::into_result(reply)?;
@@ -281,9 +284,90 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         }
         Cmd::Answer => println!("answered"),
         Cmd::Hangup => println!("hung up"),
-        Cmd::Run { .. } | Cmd::Terminal { .. } => {}
+        Cmd::Run { .. } | Cmd::Terminal { .. } | Cmd::Events { .. } => {}
     }
     Ok(())
+}
+
+/// `keyline-agent events`: the daemon's events until it goes or drops us.
+async fn print_events(sock: &std::path::Path, json: bool) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    control::subscribe(sock, |ev| {
+        let line = if json {
+            ev.to_string()
+        } else {
+            describe_event(&ev)
+        };
+        // Stop when whoever reads us has gone (a closed pipe).
+        writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+    })
+    .await
+}
+
+/// One event in words.
+fn describe_event(ev: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let call = &ev["call"];
+    let who = || {
+        let mut w = s(&call["peer"]);
+        if let Some(n) = call["peer_name"].as_str() {
+            w = format!("{w} ({n})");
+        }
+        w
+    };
+    let id = || match call["id"].as_u64() {
+        Some(i) => format!("call {i}"),
+        None => "call".to_string(),
+    };
+    match ev["event"].as_str().unwrap_or("") {
+        "call" => {
+            let mut line = format!(
+                "{} {} {} {}",
+                id(),
+                if call["direction"] == "in" {
+                    "from"
+                } else {
+                    "to"
+                },
+                who(),
+                s(&call["state"])
+            );
+            if call["on_hold"] == true {
+                line.push_str(", on hold");
+            }
+            if call["held_by_peer"] == true {
+                line.push_str(", held by the other end");
+            }
+            if call["state"] == "connected" {
+                line.push_str(if call["relayed"] == true {
+                    " (relayed)"
+                } else {
+                    " (direct)"
+                });
+            }
+            line
+        }
+        "call-ended" => format!("{} with {} ended: {}", id(), who(), s(&ev["reason"])),
+        "link" => match ev["state"].as_str().unwrap_or("") {
+            "pending" => format!("waiting for approval: pairing code {}", s(&ev["code"])),
+            "registered" => match ev["ext"].as_str() {
+                Some(ext) => format!("registered as extension {ext}"),
+                None => format!("registered {}", s(&ev["numbers"])),
+            },
+            "disconnected" => format!("disconnected: {}", s(&ev["error"])),
+            other => other.to_string(),
+        },
+        "message" => format!(
+            "message from {}: {}",
+            s(&ev["message"]["from"]),
+            s(&ev["message"]["body"])
+        ),
+        "voicemail-waiting" => format!("{} voicemail(s) waiting", ev["count"]),
+        "settings" => format!("settings: {}", ev["settings"]),
+        "dropped" => format!("dropped by the daemon: {}", s(&ev["reason"])),
+        _ => ev.to_string(),
+    }
 }
 
 fn print_status(r: &Value) {

@@ -1,0 +1,344 @@
+//! The shell both modes share around the phone core
+//! ([`keyline_proto::phone`]): it routes the core's replies to whoever
+//! asked, makes its sounds, keeps each call's media session, hold music and
+//! recording, publishes its events to subscribers, writes the last call's
+//! record, and runs its timer. The office station ([`crate::daemon`]) and
+//! the internet terminal ([`crate::terminal`]) add only their link: how a
+//! [`LinkOut`] is sent and how media is connected.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use keyline_net::control::Events;
+use keyline_proto::msg::CallId;
+use keyline_proto::phone::{
+    Call, CallKey, Command, Event, LinkOut, MediaIn, Output, Phone, Reply, Req, Sound,
+};
+use serde_json::{json, Value};
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+
+use crate::audio::LocalAudio;
+use crate::calls;
+use crate::session::{
+    finish_recording, recording_error, recording_path, start_recording, Hold, MediaStats,
+    RecordSlot, Session, SharedRecord,
+};
+
+/// What the adapter must do itself: everything that touches its link.
+#[derive(Debug)]
+pub(crate) enum Todo<P> {
+    Send(LinkOut),
+    StartMedia {
+        key: CallKey,
+        call: CallId,
+        plan: P,
+    },
+    /// The station dropped the media of `key`; close anything else held
+    /// for it.
+    StopMedia {
+        key: CallKey,
+    },
+    /// A look-up-only caller to refuse as busy (only terminals take
+    /// look-up-only calls).
+    RefuseLookup {
+        #[allow(dead_code)]
+        plan: P,
+    },
+}
+
+/// One call's media: the running session, what it plays on hold, and its
+/// recording.
+struct MediaSlot {
+    session: Option<Session>,
+    hold: Arc<Hold>,
+    record: SharedRecord,
+    /// Wall-clock start of media, for mouth-to-ear measurements.
+    started_unix_ms: Option<u128>,
+    /// The counters of the last session, once it is stopped.
+    stats: Option<MediaStats>,
+}
+
+impl MediaSlot {
+    fn stats(&self) -> Option<MediaStats> {
+        self.session.as_ref().map(Session::stats).or(self.stats)
+    }
+}
+
+pub(crate) struct Station<P> {
+    pub(crate) phone: Phone<P>,
+    replies: HashMap<Req, oneshot::Sender<Result<Reply, String>>>,
+    next_ctl: Req,
+    media: HashMap<CallKey, MediaSlot>,
+    ringer: Option<JoinHandle<()>>,
+    /// How the last call went, for `status`.
+    pub(crate) last_call: Option<Value>,
+    hold_music: Vec<i16>,
+    record_dir: Option<PathBuf>,
+    pub(crate) events: Events,
+    /// Wakes the timer task when a deadline may have moved.
+    pub(crate) wake: Arc<Notify>,
+}
+
+impl<P: Clone> Station<P> {
+    pub(crate) fn new(
+        phone: Phone<P>,
+        hold_music: Vec<i16>,
+        record_dir: Option<PathBuf>,
+        events: Events,
+    ) -> Station<P> {
+        Station {
+            phone,
+            replies: HashMap::new(),
+            next_ctl: 0,
+            media: HashMap::new(),
+            ringer: None,
+            last_call: None,
+            hold_music,
+            record_dir,
+            events,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Give the core a command; the receiver gets its answer (the caller
+    /// drains with [`Station::drain`] first).
+    pub(crate) fn command(&mut self, cmd: Command) -> oneshot::Receiver<Result<Reply, String>> {
+        self.next_ctl += 1;
+        let ctl = self.next_ctl;
+        let (tx, rx) = oneshot::channel();
+        self.replies.insert(ctl, tx);
+        self.phone.handle_command(Instant::now(), ctl, cmd);
+        rx
+    }
+
+    /// Carry out the core's outputs that are the same for both modes;
+    /// return the rest for the adapter.
+    pub(crate) fn drain(&mut self, audio: &LocalAudio) -> Vec<Todo<P>> {
+        let mut todo = Vec::new();
+        while let Some(o) = self.phone.poll_output() {
+            match o {
+                Output::Send(m) => todo.push(Todo::Send(m)),
+                Output::StartMedia { key, call, plan } => {
+                    todo.push(Todo::StartMedia { key, call, plan })
+                }
+                Output::RefuseLookup { plan } => todo.push(Todo::RefuseLookup { plan }),
+                Output::Reply { ctl, result } => {
+                    if let Some(tx) = self.replies.remove(&ctl) {
+                        let _ = tx.send(result);
+                    }
+                }
+                Output::Sound(s) => {
+                    if let Some(r) = self.ringer.take() {
+                        r.abort();
+                    }
+                    self.ringer = match s {
+                        Sound::Ring => Some(audio.ring()),
+                        Sound::Ringback => Some(audio.ringback()),
+                        Sound::Silence => None,
+                    };
+                }
+                Output::LocalHold { key, on } => {
+                    self.slot(key)
+                        .hold
+                        .holding
+                        .store(on, std::sync::atomic::Ordering::Relaxed);
+                }
+                Output::StopMedia { key } => {
+                    if let Some(s) = self.media.get_mut(&key) {
+                        if let Some(old) = s.session.take() {
+                            s.stats = Some(old.stats());
+                        }
+                    }
+                    todo.push(Todo::StopMedia { key });
+                }
+                Output::Ended { call, reason } => self.ended(&call, &reason),
+                Output::Event(e) => self.publish(&e),
+            }
+        }
+        self.wake.notify_one();
+        todo
+    }
+
+    fn publish(&self, e: &Event) {
+        let v = match e {
+            Event::Call { call } => json!({"event": "call", "call": self.call_json(call)}),
+            Event::CallEnded { call, reason } => json!({
+                "event": "call-ended",
+                "call": self.call_json(call),
+                "reason": reason,
+            }),
+        };
+        self.events.publish(v);
+    }
+
+    fn slot(&mut self, key: CallKey) -> &mut MediaSlot {
+        let consult = self.phone.call_by_key(key).is_some_and(|c| c.consult);
+        let music = if consult {
+            Vec::new()
+        } else {
+            self.hold_music.clone()
+        };
+        self.media.entry(key).or_insert_with(|| MediaSlot {
+            session: None,
+            hold: Arc::new(Hold::new(music)),
+            record: Arc::new(Mutex::new(RecordSlot::default())),
+            started_unix_ms: None,
+            stats: None,
+        })
+    }
+
+    /// The recording slot of call `key` (for `record on|off`).
+    pub(crate) fn record(&mut self, key: CallKey) -> SharedRecord {
+        self.slot(key).record.clone()
+    }
+
+    /// Start call `key`'s media on a verified connection and tell the
+    /// core; `flow` is the id on its datagrams.
+    pub(crate) fn install(
+        &mut self,
+        audio: &LocalAudio,
+        key: CallKey,
+        flow: CallId,
+        conn: quinn::Connection,
+        relayed: bool,
+    ) {
+        let Some(c) = self.phone.call_by_key(key) else {
+            conn.close(quinn::VarInt::from_u32(0), b"call already over");
+            return;
+        };
+        let (peer, consult) = (c.peer.clone(), c.consult);
+        let record_dir = self.record_dir.clone();
+        let slot = self.slot(key);
+        match Session::start(
+            conn,
+            flow,
+            audio.source.clone(),
+            audio.sink.clone(),
+            slot.record.clone(),
+            slot.hold.clone(),
+        ) {
+            Ok(s) => {
+                slot.session = Some(s);
+                slot.started_unix_ms
+                    .get_or_insert_with(|| calls::unix_ms_now().unwrap_or(0));
+                if let (Some(dir), false) = (&record_dir, consult) {
+                    if let Err(e) = start_recording(&slot.record, dir, &peer) {
+                        tracing::warn!("cannot record the call with {peer}: {e:#}");
+                    }
+                }
+                self.phone
+                    .handle_media(Instant::now(), MediaIn::Up { key, relayed });
+            }
+            Err(e) => self.phone.handle_media(
+                Instant::now(),
+                MediaIn::Failed {
+                    key,
+                    why: format!("{e:#}"),
+                    ended: None,
+                },
+            ),
+        }
+    }
+
+    /// A call ended: finish its recording and keep its record.
+    fn ended(&mut self, c: &Call, reason: &str) {
+        let slot = self.media.remove(&c.key);
+        if c.consult {
+            return;
+        }
+        let (recording, recording_error, stats, started) = match &slot {
+            Some(s) => {
+                let (r, e) = finish_recording(&s.record);
+                (r, e, s.stats(), s.started_unix_ms)
+            }
+            None => (None, None, None, None),
+        };
+        self.last_call = Some(json!({
+            "id": c.id,
+            "peer": c.peer,
+            "direction": c.direction.as_str(),
+            "ended": reason,
+            "connected": c.connected_at.is_some(),
+            "seconds": c.connected_at.map(|t| t.elapsed().as_secs_f64()),
+            "relayed": c.relayed,
+            "lookup": c.lookup,
+            "redirected_from": c.redirected_from,
+            "timing": timing(c, started),
+            "recording": recording,
+            "recording_error": recording_error,
+            "media": stats,
+        }));
+    }
+
+    /// A call as `status` and events show it.
+    pub(crate) fn call_json(&self, c: &Call) -> Value {
+        let slot = self.media.get(&c.key);
+        json!({
+            "id": c.id,
+            "peer": c.peer,
+            "peer_name": c.peer_name,
+            "number": c.number,
+            "via": c.via,
+            "redirected_from": c.redirected_from,
+            "direction": c.direction.as_str(),
+            "state": c.state.as_str(),
+            "seconds": c.connected_at.unwrap_or(c.started).elapsed().as_secs_f64(),
+            "relayed": c.relayed,
+            "lookup": c.lookup,
+            "consult": c.consult,
+            "timing": timing(c, slot.and_then(|s| s.started_unix_ms)),
+            "on_hold": c.on_hold,
+            "held_by_peer": c.held_by_peer,
+            "recording": slot.and_then(|s| recording_path(&s.record)),
+            "recording_error": slot.and_then(|s| recording_error(&s.record)),
+            "media": slot.and_then(MediaSlot::stats),
+        })
+    }
+}
+
+fn timing(c: &Call, media_started_unix_ms: Option<u128>) -> Value {
+    calls::timing(
+        c.started,
+        c.ringing_at,
+        c.answered_at,
+        c.connected_at,
+        media_started_unix_ms,
+    )
+}
+
+/// Await a command's answer as a control reply: `ok` with the reply's
+/// fields, or the error.
+pub(crate) async fn reply(rx: oneshot::Receiver<Result<Reply, String>>) -> Value {
+    match rx.await {
+        Ok(Ok(r)) => {
+            let mut v = serde_json::to_value(&r).unwrap_or_else(|_| json!({}));
+            if let Some(o) = v.as_object_mut() {
+                o.insert("ok".into(), Value::Bool(true));
+                v
+            } else {
+                json!({"ok": true})
+            }
+        }
+        Ok(Err(e)) => keyline_net::control::error(e),
+        Err(_) => keyline_net::control::error("the station stopped"),
+    }
+}
+
+/// The timer: `fire` handles what is due and says when to come back.
+pub(crate) async fn run_timer(wake: Arc<Notify>, fire: impl Fn() -> Option<Instant>) {
+    loop {
+        let notified = wake.notified();
+        match fire() {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                    _ = notified => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
