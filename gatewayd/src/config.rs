@@ -68,6 +68,15 @@ pub struct Config {
     /// A standalone office: the gateway runs a directory itself, registers
     /// the office number there, and outside terminals register with it.
     pub embedded_directory: Option<EmbeddedDirectory>,
+    /// Seconds a station waiting for approval is remembered after it
+    /// disconnects (a station that is connected and waiting is always
+    /// listed; one that comes back later simply waits again, with the same
+    /// pairing code).
+    pub pending_forget_secs: u64,
+    /// Most stations waiting for approval that are remembered: past that
+    /// the ones gone longest are forgotten, and while that many are
+    /// connected and waiting a new one is turned away.
+    pub max_pending: usize,
 }
 
 /// `[embedded_directory]`.
@@ -129,6 +138,8 @@ impl Default for Config {
             direct_connect: None,
             directory: None,
             embedded_directory: None,
+            pending_forget_secs: 600,
+            max_pending: 100,
         }
     }
 }
@@ -158,6 +169,12 @@ impl Config {
         let [lo, hi] = self.extension_range;
         if lo < 10 || lo > hi || hi > 999_999 {
             bail!("extension_range must be [low, high] with 10 <= low <= high <= 999999");
+        }
+        if !(1..=30 * 86_400).contains(&self.pending_forget_secs) {
+            bail!("pending_forget_secs must be between 1 and 2592000 (30 days)");
+        }
+        if !(1..=100_000).contains(&self.max_pending) {
+            bail!("max_pending must be between 1 and 100000");
         }
         if self.hunt_secs.is_some_and(|s| !(1..=600).contains(&s)) {
             bail!("hunt_secs must be between 1 and 600");

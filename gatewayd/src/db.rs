@@ -77,6 +77,9 @@ const MIGRATIONS: &[&str] = &[
         members TEXT NOT NULL,
         step_secs INTEGER NOT NULL
     );",
+    // 5: when a station waiting for approval was last connected, so the
+    // ones that went away can be forgotten.
+    "ALTER TABLE agents ADD COLUMN last_seen INTEGER;",
 ];
 
 /// The ring group set with `keyline-gatewayd ring-group`.
@@ -212,7 +215,8 @@ impl Db {
         })
     }
 
-    /// Record a newly seen agent as pending (or refresh its address).
+    /// Record a newly seen agent as pending (or refresh its address and
+    /// when it was last seen).
     pub fn upsert_pending(
         &self,
         fp: &str,
@@ -222,11 +226,78 @@ impl Db {
     ) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO agents (fingerprint, name, code, state, first_seen, last_addr)
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5)
+                "INSERT INTO agents (fingerprint, name, code, state, first_seen, last_addr, last_seen)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?4)
                  ON CONFLICT (fingerprint) DO UPDATE SET last_addr = excluded.last_addr,
-                    name = COALESCE(agents.name, excluded.name)",
+                    name = COALESCE(agents.name, excluded.name), last_seen = excluded.last_seen",
                 params![fp, name, code, now_ms(), addr],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A station waiting for approval disconnected (at `at_ms`).
+    pub fn pending_left(&self, fp: &str, at_ms: i64) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE agents SET last_seen = ?2 WHERE fingerprint = ?1 AND state = 'pending'",
+                params![fp, at_ms],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Forget stations waiting for approval that are not connected now
+    /// (not in `waiting`) and were last seen before `before_ms`; then,
+    /// while more than `cap` are left, the ones not connected that were
+    /// seen longest ago. Gives how many were forgotten and how many still
+    /// wait (more than `cap` only when that many are connected).
+    pub fn prune_pending(
+        &self,
+        before_ms: i64,
+        cap: usize,
+        waiting: &[String],
+    ) -> Result<(usize, usize)> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let rows: Vec<(String, i64)> = {
+                let mut st = tx.prepare(
+                    "SELECT fingerprint, COALESCE(last_seen, first_seen) FROM agents
+                     WHERE state = 'pending' ORDER BY 2, fingerprint",
+                )?;
+                let v = st
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                v
+            };
+            let mut left = rows.len();
+            let mut gone = Vec::new();
+            for (fp, seen) in rows {
+                if waiting.contains(&fp) {
+                    continue;
+                }
+                if seen < before_ms || left > cap {
+                    gone.push(fp);
+                    left -= 1;
+                }
+            }
+            for fp in &gone {
+                tx.execute(
+                    "DELETE FROM agents WHERE fingerprint = ?1 AND state = 'pending'",
+                    [fp],
+                )?;
+            }
+            tx.commit()?;
+            Ok((gone.len(), left))
+        })
+    }
+
+    /// Forget one station waiting for approval.
+    pub fn forget_pending(&self, fp: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM agents WHERE fingerprint = ?1 AND state = 'pending'",
+                [fp],
             )?;
             Ok(())
         })
@@ -710,6 +781,47 @@ mod tests {
         assert!(err.to_string().contains("no station"));
         // approving twice is refused: the code is no longer pending
         assert!(db.approve("111111", None, None, (201, 499)).is_err());
+    }
+
+    /// Stations waiting for approval that went away are forgotten after a
+    /// while, at most `cap` are kept (the ones gone longest go first), and
+    /// a connected one is never forgotten; approved stations stay.
+    #[test]
+    fn pending_stations_that_left_are_pruned_and_capped() {
+        let db = Db::open_in_memory().expect("db");
+        for i in 0..6 {
+            db.upsert_pending(&format!("f{i}"), &format!("{i}{i}{i}"), None, "10.0.0.2:1")
+                .expect("insert");
+        }
+        db.approve("000", None, None, (201, 499)).expect("approve");
+        let t = now_ms();
+        // f1 left long ago, f2 a while ago, f3 just now; f4 and f5 wait.
+        db.pending_left("f1", t - 10_000).expect("left");
+        db.pending_left("f2", t - 5_000).expect("left");
+        db.pending_left("f3", t).expect("left");
+        let waiting = vec!["f4".to_string(), "f5".to_string()];
+        assert_eq!(
+            db.prune_pending(t - 8_000, 100, &waiting).expect("prune"),
+            (1, 4)
+        );
+        // Over the cap: the one gone longest (f2) first, never f4 or f5.
+        assert_eq!(db.prune_pending(0, 3, &waiting).expect("prune"), (1, 3));
+        let mut left: Vec<String> = db
+            .agents()
+            .expect("agents")
+            .into_iter()
+            .map(|a| format!("{} {}", a.fingerprint, a.state))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["f0 approved", "f3 pending", "f4 pending", "f5 pending"]
+        );
+        // Only connected ones left over the cap: kept, and counted.
+        assert_eq!(db.prune_pending(0, 1, &waiting).expect("prune"), (1, 2));
+        db.forget_pending("f5").expect("forget");
+        assert_eq!(db.prune_pending(0, 1, &waiting).expect("prune"), (0, 1));
+        assert!(db.approve("444", None, None, (201, 499)).is_ok());
     }
 
     #[test]

@@ -216,6 +216,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let switch = Switch::new(shared.clone())?;
     let switch_task = tokio::spawn(switch.run(events_rx));
     tokio::spawn(watch_disk(shared.clone()));
+    tokio::spawn(prune_pending(shared.clone()));
 
     {
         let shared = shared.clone();
@@ -850,8 +851,38 @@ async fn wait_for_approval(
     let code = pairing_code(fp, &shared.id.fingerprint);
     let db = shared.db.clone();
     let (fp2, code2, a) = (fp.to_string(), code.clone(), addr.to_string());
-    tokio::task::spawn_blocking(move || db.upsert_pending(&fp2, &code2, name.as_deref(), &a))
-        .await??;
+    let mut waiting = waiting_stations(shared);
+    waiting.push(fp.to_string());
+    let (cfg, now) = (shared.cfg(), now_ms());
+    let (cap, before) = (cfg.max_pending, now - forget_ms(&cfg));
+    let left = tokio::task::spawn_blocking(move || {
+        db.upsert_pending(&fp2, &code2, name.as_deref(), &a)?;
+        db.prune_pending(before, cap, &waiting)
+            .map(|(_, left)| left)
+    })
+    .await??;
+    if left > cap {
+        // As many stations as the gateway remembers are connected and
+        // waiting: this one is turned away rather than one of them.
+        let db = shared.db.clone();
+        let fp2 = fp.to_string();
+        tokio::task::spawn_blocking(move || db.forget_pending(&fp2)).await??;
+        send_msg(
+            send,
+            &Msg::Error {
+                req: None,
+                code: "too-many-waiting".into(),
+                message: format!(
+                    "{cap} stations are already waiting for approval; try again later"
+                ),
+            },
+        )
+        .await?;
+        let _ = send.finish();
+        // Give the error a moment on the wire before the connection goes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        bail!("{cap} stations already wait for approval: station {addr} turned away");
+    }
     let (tx, mut rx) = oneshot::channel();
     if let Ok(mut p) = shared.pending.lock() {
         p.insert(fp.to_string(), tx);
@@ -886,20 +917,67 @@ async fn wait_for_approval(
                 }
                 Ok(Incoming::Closed) => break None,
                 Err(e) => {
-                    if let Ok(mut p) = shared.pending.lock() {
-                        p.remove(fp);
-                    }
+                    pending_left(shared, fp).await;
                     return Err(e);
                 }
             }
         }
     };
     if outcome.is_none() {
-        if let Ok(mut p) = shared.pending.lock() {
-            p.remove(fp);
-        }
+        pending_left(shared, fp).await;
     }
     Ok(outcome)
+}
+
+/// Fingerprints of the stations connected and waiting for approval.
+fn waiting_stations(shared: &Shared) -> Vec<String> {
+    shared
+        .pending
+        .lock()
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn forget_ms(cfg: &Config) -> i64 {
+    i64::try_from(cfg.pending_forget_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// A station waiting for approval went away: no longer listed as
+/// waiting, and remembered from now for `pending_forget_secs`.
+async fn pending_left(shared: &Arc<Shared>, fp: &str) {
+    if let Ok(mut p) = shared.pending.lock() {
+        p.remove(fp);
+    }
+    let db = shared.db.clone();
+    let fp = fp.to_string();
+    let at = now_ms();
+    match tokio::task::spawn_blocking(move || db.pending_left(&fp, at)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("recording that a waiting station left: {e:#}"),
+        Err(e) => tracing::warn!("recording that a waiting station left: {e}"),
+    }
+}
+
+/// Forget stations that waited for approval and went away more than
+/// `pending_forget_secs` ago, and keep at most `max_pending`; checked
+/// every few seconds.
+async fn prune_pending(shared: Arc<Shared>) {
+    loop {
+        let cfg = shared.cfg();
+        let every = Duration::from_secs((cfg.pending_forget_secs / 4).clamp(1, 60));
+        tokio::time::sleep(every).await;
+        let waiting = waiting_stations(&shared);
+        let (cap, before) = (cfg.max_pending, now_ms() - forget_ms(&cfg));
+        let db = shared.db.clone();
+        match tokio::task::spawn_blocking(move || db.prune_pending(before, cap, &waiting)).await {
+            Ok(Ok((0, _))) => {}
+            Ok(Ok((n, _))) => {
+                tracing::info!("forgot {n} stations that waited for approval and left")
+            }
+            Ok(Err(e)) => tracing::warn!("forgetting stations that left: {e:#}"),
+            Err(e) => tracing::warn!("forgetting stations that left: {e}"),
+        }
+    }
 }
 
 /// A connected station as the switch sees it.

@@ -238,3 +238,167 @@ fn errors_are_clear_and_other_calls_are_undisturbed() {
         "{cdr}"
     );
 }
+
+/// A raw station with a fresh certificate: says hello, gets its pairing
+/// code (or the gateway's refusal) and stays connected until dropped.
+struct Stranger {
+    ep: quinn::Endpoint,
+    conn: quinn::Connection,
+    _send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    first: Msg,
+}
+
+impl Stranger {
+    async fn hello(gw: SocketAddr) -> Stranger {
+        let id = Identity::generate("stranger").unwrap();
+        let ep = keyline_net::make_endpoint("127.0.0.1:0".parse().unwrap(), &id).unwrap();
+        let cfg = endpoint::client_config(&id, None).unwrap();
+        let conn = ep
+            .connect_with(cfg, gw, endpoint::SERVER_NAME)
+            .unwrap()
+            .await
+            .expect("connect to the gateway");
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        write_frame(
+            &mut send,
+            &Msg::Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Agent,
+                name: None,
+            },
+            MAX_MESSAGE,
+        )
+        .await
+        .unwrap();
+        let first =
+            tokio::time::timeout(Duration::from_secs(5), read_frame(&mut recv, MAX_MESSAGE))
+                .await
+                .expect("an answer to hello")
+                .unwrap()
+                .unwrap();
+        Stranger {
+            ep,
+            conn,
+            _send: send,
+            recv,
+            first: Msg::from_cbor(&first).unwrap(),
+        }
+    }
+
+    fn code(&self) -> String {
+        match &self.first {
+            Msg::Pending { code } => code.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn leave(self) {
+        self.conn.close(0u32.into(), b"bye");
+        self.ep.close(0u32.into(), b"bye");
+    }
+}
+
+/// The pending stations the gateway lists: (code, waiting now).
+fn pending(gw: &Daemon) -> Vec<(String, bool)> {
+    let v = gw.json(&["agents"]).unwrap();
+    v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["state"] == "pending")
+        .map(|a| {
+            (
+                a["code"].as_str().unwrap().to_string(),
+                a["waiting"] == true,
+            )
+        })
+        .collect()
+}
+
+/// Strangers that say hello and leave were all kept as pending
+/// enrolments, for ever. Now at most `max_pending` are remembered (the
+/// ones gone longest forgotten first), those gone more than
+/// `pending_forget_secs` are forgotten, and a station connected and
+/// waiting is always listed and can be approved; while `max_pending` are
+/// connected and waiting, a newcomer is turned away with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_that_leave_are_forgotten_and_a_waiting_station_stays() {
+    let scratch = Scratch::new("pending");
+    let conf = scratch.join("gw.toml");
+    std::fs::write(&conf, "pending_forget_secs = 2\nmax_pending = 5\n").unwrap();
+    let gw = Daemon::start(
+        None,
+        bin("keyline-gatewayd"),
+        &scratch.join("gw"),
+        &[
+            "run",
+            "--no-mdns",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let gw_addr: SocketAddr = tokio::task::block_in_place(|| {
+        wait_for("gateway", Duration::from_secs(10), || {
+            jstr(&gw.json(&["status"]).ok()?, &["listen"])?.parse().ok()
+        })
+    });
+    let mut desk = Stranger::hello(gw_addr).await;
+    let desk_code = desk.code();
+    for _ in 0..20 {
+        Stranger::hello(gw_addr).await.leave();
+    }
+    let listed = pending(&gw);
+    assert!(listed.len() <= 5, "{listed:?}");
+    assert!(listed.contains(&(desk_code.clone(), true)), "{listed:?}");
+    // Gone for longer than pending_forget_secs: forgotten; the desk stays.
+    let listed = tokio::task::block_in_place(|| {
+        wait_for("strangers forgotten", Duration::from_secs(10), || {
+            let l = pending(&gw);
+            (l.len() == 1).then_some(l)
+        })
+    });
+    assert_eq!(listed, vec![(desk_code.clone(), true)]);
+
+    // Five connected and waiting: a sixth is turned away, clearly.
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        others.push(Stranger::hello(gw_addr).await);
+    }
+    let sixth = Stranger::hello(gw_addr).await;
+    match &sixth.first {
+        Msg::Error { code, message, .. } => {
+            assert_eq!(code, "too-many-waiting");
+            assert!(
+                message.contains("already waiting for approval"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pending(&gw).len(), 5);
+
+    // The desk is approved and registered.
+    let out = gw.ctl(&["approve", &desk_code, "--ext", "201"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reg = tokio::time::timeout(
+        Duration::from_secs(5),
+        read_frame(&mut desk.recv, MAX_MESSAGE),
+    )
+    .await
+    .expect("registered in time")
+    .unwrap()
+    .unwrap();
+    assert!(
+        matches!(Msg::from_cbor(&reg), Ok(Msg::Registered { ref ext, .. }) if ext == "201"),
+        "{:?}",
+        Msg::from_cbor(&reg)
+    );
+    for o in others {
+        o.leave();
+    }
+    sixth.leave();
+}
