@@ -32,6 +32,9 @@ pub struct Config {
     pub relay_ip: Option<IpAddr>,
     /// Days a session token stays valid.
     pub session_days: u32,
+    /// Seconds a connection may stay without logging in (after its hello)
+    /// before it is closed; logged-in ones stay while QUIC keeps them alive.
+    pub login_deadline_secs: u64,
     pub login: LoginConfig,
     pub mail: MailConfig,
 }
@@ -79,6 +82,7 @@ impl Default for Config {
             fallback_after_ms: 3000,
             relay_ip: None,
             session_days: 30,
+            login_deadline_secs: 20,
             login: LoginConfig::default(),
             mail: MailConfig::default(),
         }
@@ -137,6 +141,9 @@ impl Config {
         if self.session_days == 0 || self.session_days > 3650 {
             bail!("session_days must be between 1 and 3650");
         }
+        if !(1..=600).contains(&self.login_deadline_secs) {
+            bail!("login_deadline_secs must be between 1 and 600");
+        }
         let l = &self.login;
         if l.max_failures_per_account == 0 {
             bail!("login.max_failures_per_account must be at least 1");
@@ -187,6 +194,10 @@ impl Config {
             forget_after: Duration::from_secs(self.login.forget_after_secs),
             ..Limits::default()
         }
+    }
+
+    pub fn login_deadline(&self) -> Duration {
+        Duration::from_secs(self.login_deadline_secs)
     }
 
     pub fn session_ttl(&self) -> Duration {

@@ -703,6 +703,11 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
         sid,
         moved.clone(),
     ));
+    tokio::spawn(login_deadline(
+        conn.clone(),
+        acct_rx.clone(),
+        cfg.login_deadline(),
+    ));
     shared
         .hub
         .send(Event::Up {
@@ -1557,6 +1562,30 @@ async fn upload(c: &Arc<Conn>, recv: &mut quinn::RecvStream) -> DirMsg {
         Err(StoreError::Quota(m)) => error(Some(req), ErrorCode::QuotaExceeded, m),
         Err(StoreError::NotFound(m)) => error(Some(req), ErrorCode::UnknownNumber, m),
         Err(e) => error(Some(req), ErrorCode::Storage, e.to_string()),
+    }
+}
+
+/// Closes a connection that has not logged in within `after` of its
+/// hello: an endpoint that only says hello holds memory for nothing.
+/// Logged-in sessions stay as long as QUIC keeps them alive.
+async fn login_deadline(
+    conn: quinn::Connection,
+    mut account: watch::Receiver<Option<LoggedIn>>,
+    after: Duration,
+) {
+    tokio::select! {
+        r = tokio::time::timeout(after, account.wait_for(Option::is_some)) => {
+            if r.is_err() {
+                let secs = after.as_secs();
+                tracing::info!(
+                    "endpoint {} did not log in within {secs} s; closing",
+                    conn.remote_address()
+                );
+                let reason = format!("no login within {secs} s");
+                conn.close(quinn::VarInt::from_u32(7), reason.as_bytes());
+            }
+        }
+        _ = conn.closed() => {}
     }
 }
 

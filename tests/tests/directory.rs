@@ -1036,3 +1036,84 @@ async fn unregistering_another_accounts_number_is_refused() {
     assert!(!bindings.to_string().contains("2001"), "{bindings}");
     assert!(bindings.to_string().contains("2002"), "{bindings}");
 }
+
+/// Connections that say hello and never log in were kept for ever (1,000
+/// of them held about 108 KiB each). Now one that has not logged in
+/// within login_deadline_secs is closed, saying why; a logged-in one
+/// stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_log_in_are_closed() {
+    let scratch = Scratch::new("didle");
+    let state = scratch.join("dir");
+    let o = dir_cmd(
+        &state,
+        &["user", "add", "alice", "--number", "2001"],
+        Some(PW),
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let conf = scratch.join("directory.toml");
+    std::fs::write(&conf, "login_deadline_secs = 2\n").unwrap();
+    let d = Daemon::start(
+        None,
+        bin("keyline-directory"),
+        &state,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let st = tokio::task::block_in_place(|| {
+        wait_for("the directory", Duration::from_secs(15), || {
+            d.json(&["status"]).ok()
+        })
+    });
+    let addr: SocketAddr = jstr(&st, &["listen"]).unwrap().parse().unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        let (ep, conn, mut send, mut recv) = raw_connect(addr).await;
+        write_frame(
+            &mut send,
+            &DirMsg::Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Terminal,
+                name: None,
+            },
+            MAX_MESSAGE,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(next(&mut recv).await, DirMsg::Welcome { .. }));
+        idle.push((ep, conn, send, recv));
+    }
+    let mut alice = Term::online(addr, "alice").await;
+    assert_eq!(
+        jnum(&d.json(&["status"]).unwrap(), &["sessions"]),
+        Some(21.0)
+    );
+    let started = Instant::now();
+    for (_ep, conn, _send, _recv) in &idle {
+        let reason = tokio::time::timeout(Duration::from_secs(6), conn.closed())
+            .await
+            .expect("closed for want of a login");
+        assert!(
+            reason.to_string().contains("no login within 2 s"),
+            "{reason}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Alice, logged in, stays well past the deadline.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    alice.say(DirMsg::Ping { n: 1 }).await;
+    alice
+        .wait("pong", |m| matches!(m, DirMsg::Pong { n: 1 }))
+        .await;
+    assert!(alice.conn.close_reason().is_none());
+    assert_eq!(
+        jnum(&d.json(&["status"]).unwrap(), &["sessions"]),
+        Some(1.0)
+    );
+}
