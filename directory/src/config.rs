@@ -35,6 +35,9 @@ pub struct Config {
     /// Seconds a connection may stay without logging in (after its hello)
     /// before it is closed; logged-in ones stay while QUIC keeps them alive.
     pub login_deadline_secs: u64,
+    /// Connections (handshakes included) held at once; more are refused
+    /// before the handshake.
+    pub max_connections: usize,
     pub login: LoginConfig,
     pub mail: MailConfig,
 }
@@ -83,6 +86,7 @@ impl Default for Config {
             relay_ip: None,
             session_days: 30,
             login_deadline_secs: 20,
+            max_connections: 20_000,
             login: LoginConfig::default(),
             mail: MailConfig::default(),
         }
@@ -143,6 +147,9 @@ impl Config {
         }
         if !(1..=600).contains(&self.login_deadline_secs) {
             bail!("login_deadline_secs must be between 1 and 600");
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            bail!("max_connections must be between 1 and 1000000");
         }
         let l = &self.login;
         if l.max_failures_per_account == 0 {

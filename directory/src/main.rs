@@ -290,6 +290,12 @@ fn print_human(cmd: &Cmd, r: &Value) {
             println!("binding ttl     {} s", s(r, "binding_ttl_secs"));
             println!("endpoints       {}", s(r, "sessions"));
             println!(
+                "connections     {} of at most {} ({} refused)",
+                s(r, "connections"),
+                s(r, "max_connections"),
+                s(r, "connections_refused")
+            );
+            println!(
                 "registered      {} of {} numbers",
                 s(r, "bindings"),
                 s(r, "numbers")

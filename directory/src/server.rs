@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -129,6 +129,10 @@ pub struct Shared {
     /// Passwords checked since start (wrong ones, unknown accounts and
     /// password changes included), for `status`.
     password_checks: AtomicU64,
+    /// Connections open now (handshakes included).
+    connections: AtomicUsize,
+    /// Connections refused for `max_connections` since start.
+    connections_refused: AtomicU64,
     pub started: Instant,
     pub last_reload: Mutex<Option<String>>,
     next_session: AtomicU64,
@@ -243,9 +247,10 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
     };
     let ctl = control::bind(&control::socket_path(&state_dir)).await?;
     let endpoint = keyline_net::make_endpoint(cfg.listen, &id)?;
-    endpoint.set_server_config(Some(keyline_net::endpoint::server_config(
+    endpoint.set_server_config(Some(keyline_net::endpoint::control_server_config(
         &id,
         Some(wire::ACK_EVERY),
+        CONTROL_LIMITS,
     )?));
     let local_addr = endpoint.local_addr()?;
     let (hub_tx, hub_rx) = mpsc::channel(4096);
@@ -255,6 +260,8 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
         limiter: Mutex::new(LoginLimiter::new(cfg.limits())),
         hashing: Semaphore::new(HASHING),
         password_checks: AtomicU64::new(0),
+        connections: AtomicUsize::new(0),
+        connections_refused: AtomicU64::new(0),
         cfg: RwLock::new(Arc::new(cfg)),
         config_file: opts.config_file.clone(),
         state_dir: state_dir.clone(),
@@ -289,8 +296,22 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
+                let max = shared.cfg().max_connections;
+                let Some(slot) = ConnSlot::take(&shared, max) else {
+                    let n = shared.connections_refused.fetch_add(1, Ordering::Relaxed);
+                    if n % 1000 == 0 {
+                        tracing::warn!(
+                            "{max} connections open (max_connections): refusing {} ({} refused so far)",
+                            incoming.remote_address(),
+                            n + 1
+                        );
+                    }
+                    incoming.refuse();
+                    continue;
+                };
                 let shared = shared.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let remote = incoming.remote_address();
                     match incoming.await {
                         Ok(conn) => {
@@ -385,6 +406,40 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
 /// Messages queued for one endpoint's control stream before it counts as
 /// gone (its own replies) or misses look-up hints (half of it).
 const CONTROL_QUEUE: usize = 256;
+/// What one client may make the directory hold for it: the control
+/// stream and up to three mail uploads (one at a time is read, the rest
+/// wait), no unidirectional streams (the directory only opens them, to
+/// deliver mail) and no datagrams (its relay is plain UDP); 256 KiB of
+/// receive window per stream and 1 MiB for the whole connection.
+const CONTROL_LIMITS: keyline_net::endpoint::ControlLimits = keyline_net::endpoint::ControlLimits {
+    bidi_streams: 4,
+    uni_streams: 0,
+    stream_window: 256 * 1024,
+    connection_window: 1024 * 1024,
+    datagrams: false,
+};
+
+/// One of `max_connections`, given back when dropped.
+struct ConnSlot(Arc<Shared>);
+
+impl ConnSlot {
+    fn take(shared: &Arc<Shared>, max: usize) -> Option<ConnSlot> {
+        shared
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnSlot(shared.clone()))
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Password checks (argon2) run at once, whatever the number of logins.
 const HASHING: usize = 4;
 /// Requests of one session the hub may hold at once.
@@ -1928,6 +1983,9 @@ impl Hub {
                     "relays_active": self.relays.len(),
                     "relay": self.shared.relay.snapshot(),
                     "logins": self.logins(),
+                    "connections": self.shared.connections.load(Ordering::Relaxed),
+                    "max_connections": cfg.max_connections,
+                    "connections_refused": self.shared.connections_refused.load(Ordering::Relaxed),
                 })
             }
             Query::Bindings => {

@@ -38,11 +38,53 @@ fn transport_config(ack_every: Option<u32>) -> quinn::TransportConfig {
 /// The server side of our endpoints; `ack_every` as in
 /// [`client_config_with`], asked of every peer.
 pub fn server_config(id: &Identity, ack_every: Option<u32>) -> Result<quinn::ServerConfig> {
+    server_config_with(id, transport_config(ack_every))
+}
+
+fn server_config_with(id: &Identity, t: quinn::TransportConfig) -> Result<quinn::ServerConfig> {
     let server_crypto = QuicServerConfig::try_from(tls::server_config(id)?)
         .context("building the QUIC server configuration")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-    server.transport_config(Arc::new(transport_config(ack_every)));
+    server.transport_config(Arc::new(t));
     Ok(server)
+}
+
+/// What a peer may make a server that takes only control connections
+/// (the directory) hold for it: quinn's defaults let each connection open
+/// 100 streams of each kind with 1.25 MB of receive window each and no
+/// connection-wide bound, so one client could pin hundreds of megabytes
+/// in streams the server never reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlLimits {
+    /// Bidirectional streams a peer may have open at once.
+    pub bidi_streams: u32,
+    /// Unidirectional streams a peer may open at once (0: none).
+    pub uni_streams: u32,
+    /// Receive window of one stream, in bytes.
+    pub stream_window: u32,
+    /// Receive window of the whole connection (all streams), in bytes.
+    pub connection_window: u32,
+    /// Whether the peer may send datagrams (buffered until read).
+    pub datagrams: bool,
+}
+
+/// [`server_config`] with a control server's [`ControlLimits`].
+pub fn control_server_config(
+    id: &Identity,
+    ack_every: Option<u32>,
+    limits: ControlLimits,
+) -> Result<quinn::ServerConfig> {
+    let mut t = transport_config(ack_every);
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.bidi_streams))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(limits.uni_streams))
+        .stream_receive_window(quinn::VarInt::from_u32(limits.stream_window))
+        .receive_window(quinn::VarInt::from_u32(
+            limits.connection_window.max(limits.stream_window),
+        ));
+    if !limits.datagrams {
+        t.datagram_receive_buffer_size(None);
+    }
+    server_config_with(id, t)
 }
 
 /// Bind the process's endpoint: it accepts connections (requiring a client

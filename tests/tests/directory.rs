@@ -1117,3 +1117,166 @@ async fn connections_that_never_log_in_are_closed() {
         Some(1.0)
     );
 }
+
+/// The directory's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Write `buf` on `send` until the directory stops taking it or `limit`
+/// passes; how many bytes it took.
+async fn push(mut send: quinn::SendStream, buf: &[u8], limit: Duration) -> usize {
+    let mut took = 0;
+    let _ = tokio::time::timeout(limit, async {
+        while took < buf.len() {
+            match send.write(&buf[took..]).await {
+                Ok(n) => took += n,
+                Err(_) => break,
+            }
+        }
+    })
+    .await;
+    // Keep the stream open (unfinished) while the others are measured.
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(send);
+    });
+    took
+}
+
+/// One connection could pin about 250 MB: 100 unidirectional streams of
+/// 1 MiB that the directory never accepts, and bidirectional streams
+/// queued behind a stalled mail upload, each taking quinn's default 1.25 MB
+/// window with no bound for the connection. Now a client may open no
+/// unidirectional stream, four bidirectional ones, 256 KiB per stream and
+/// 1 MiB in all, and send no datagrams; and the directory holds at most
+/// max_connections connections, refusing the rest before the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_pin_memory_and_connections_are_limited() {
+    let scratch = Scratch::new("dpin");
+    let state = scratch.join("dir");
+    let o = dir_cmd(
+        &state,
+        &["user", "add", "alice", "--number", "2001"],
+        Some(PW),
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let conf = scratch.join("directory.toml");
+    std::fs::write(&conf, "max_connections = 5\n").unwrap();
+    let d = Daemon::start(
+        None,
+        bin("keyline-directory"),
+        &state,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let st = tokio::task::block_in_place(|| {
+        wait_for("the directory", Duration::from_secs(15), || {
+            d.json(&["status"]).ok()
+        })
+    });
+    let addr: SocketAddr = jstr(&st, &["listen"]).unwrap().parse().unwrap();
+    let pid = d.pid().unwrap();
+
+    let mut a = Term::online(addr, "alice").await;
+    assert_eq!(a.conn.max_datagram_size(), None, "datagrams are refused");
+    let before = rss_kib(pid);
+    let mib = vec![0x55u8; 1 << 20];
+    // 100 unidirectional streams of 1 MiB: none may even be opened.
+    let uni = tokio::time::timeout(Duration::from_secs(2), a.conn.open_uni()).await;
+    assert!(uni.is_err(), "a unidirectional stream was allowed");
+    // A mail upload that stalls after its header, and bidirectional
+    // streams of 1 MiB queued behind it.
+    let (mut upload, _upload_recv) = a.conn.open_bi().await.unwrap();
+    write_frame(
+        &mut upload,
+        &DirMsg::LeaveMail {
+            req: 9,
+            to: "2001".into(),
+            from: None,
+            kind: keyline_proto::dir::MailKind::Voice,
+            len: 1 << 20,
+        },
+        MAX_MESSAGE,
+    )
+    .await
+    .unwrap();
+    let mut took = push(upload, &mib[..100 << 10], Duration::from_secs(1)).await;
+    let mut opened = 0;
+    let mut recvs = Vec::new();
+    for _ in 0..100 {
+        let Ok(Ok((send, recv))) =
+            tokio::time::timeout(Duration::from_millis(300), a.conn.open_bi()).await
+        else {
+            break;
+        };
+        opened += 1;
+        recvs.push(recv);
+        took += push(send, &mib, Duration::from_millis(500)).await;
+    }
+    // The control stream, the upload and two more.
+    assert_eq!(opened, 2, "bidirectional streams opened besides the upload");
+    assert!(
+        took <= (1 << 20) + (64 << 10),
+        "the directory took {took} bytes on one connection"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grew = rss_kib(pid).saturating_sub(before);
+    assert!(grew < 16 << 10, "the directory grew {grew} KiB");
+    // The session still answers.
+    a.say(DirMsg::Ping { n: 3 }).await;
+    a.wait("pong", |m| matches!(m, DirMsg::Pong { n: 3 })).await;
+    println!("one connection: {took} bytes taken, resident memory grew {grew} KiB");
+
+    // Four more connections fill max_connections (5); a sixth is refused
+    // before the handshake, and counted.
+    let mut more = Vec::new();
+    for _ in 0..4 {
+        more.push(raw_connect(addr).await);
+    }
+    let id = Identity::generate("sixth").unwrap();
+    let ep = keyline_net::make_endpoint("127.0.0.1:0".parse().unwrap(), &id).unwrap();
+    let sixth = ep
+        .connect_with(
+            endpoint::client_config(&id, None).unwrap(),
+            addr,
+            endpoint::SERVER_NAME,
+        )
+        .unwrap()
+        .await;
+    assert!(sixth.is_err(), "a sixth connection was accepted");
+    let st = d.json(&["status"]).unwrap();
+    assert_eq!(jnum(&st, &["connections"]), Some(5.0), "{st}");
+    assert_eq!(jnum(&st, &["max_connections"]), Some(5.0), "{st}");
+    assert_eq!(jnum(&st, &["connections_refused"]), Some(1.0), "{st}");
+    // One goes; a newcomer gets in.
+    let (_ep, conn, _send, _recv) = more.pop().unwrap();
+    conn.close(0u32.into(), b"bye");
+    drop(conn);
+    tokio::task::block_in_place(|| {
+        wait_for("a free place", Duration::from_secs(15), || {
+            (jnum(&d.json(&["status"]).ok()?, &["connections"])? < 5.0).then_some(())
+        })
+    });
+    let again = ep
+        .connect_with(
+            endpoint::client_config(&id, None).unwrap(),
+            addr,
+            endpoint::SERVER_NAME,
+        )
+        .unwrap()
+        .await;
+    assert!(again.is_ok(), "{again:?}");
+    drop(recvs);
+}
