@@ -176,12 +176,15 @@ where
         tokio::spawn(async move {
             let refused = peer_allowed(&stream).err();
             let (r, mut w) = stream.into_split();
+            let mut lines = BufReader::new(r).lines();
             if let Some(why) = refused {
                 tracing::warn!("control socket: {why}");
+                // Take the request first, so the refusal is what the
+                // client reads (not a broken pipe), then close.
+                let _ = tokio::time::timeout(Duration::from_secs(2), lines.next_line()).await;
                 let _ = w.write_all(line(&error(why)).as_bytes()).await;
                 return;
             }
-            let mut lines = BufReader::new(r).lines();
             while let Ok(Some(req)) = lines.next_line().await {
                 let reply = if req.len() > MAX_LINE {
                     error("request too large")
