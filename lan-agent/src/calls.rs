@@ -1,6 +1,6 @@
 //! What both modes (office station and standalone terminal) keep of a call
-//! and answer about it alike: its direction, its set-up timing, and the
-//! `record` control command.
+//! and answer about it alike: its set-up timing and the `record` control
+//! command.
 
 use std::path::Path;
 use std::time::Instant;
@@ -9,32 +9,6 @@ use keyline_net::control;
 use serde_json::{json, Value};
 
 use crate::session::{recording_error, start_recording, SharedRecord};
-
-/// Which end placed the call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Direction {
-    In,
-    Out,
-}
-
-impl Direction {
-    /// `in` or `out`, as `status` shows it.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Direction::In => "in",
-            Direction::Out => "out",
-        }
-    }
-
-    /// A new call's state: an incoming one is alerting, an outgoing one
-    /// dialling.
-    pub(crate) fn initial_state(self) -> &'static str {
-        match self {
-            Direction::In => "alerting",
-            Direction::Out => "dialing",
-        }
-    }
-}
 
 /// Set-up figures in milliseconds, as `status` shows them.
 pub(crate) fn timing(

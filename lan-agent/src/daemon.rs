@@ -908,7 +908,12 @@ async fn play_voicemail(agent: &Arc<Agent>, id: Option<u64>) -> Value {
 async fn command(agent: &Arc<Agent>, cmd: Command) -> Value {
     let rx = {
         let mut st = agent.lock();
-        let local = matches!(cmd, Command::Hangup | Command::ConsultCancel);
+        // Local, or refused by the core whatever the link (look-up-only
+        // calls are a terminal's).
+        let local = matches!(
+            cmd,
+            Command::Hangup | Command::ConsultCancel | Command::Dial { lookup: true, .. }
+        );
         if !local && st.gw_tx.is_none() {
             return control::error("not connected to the gateway");
         }

@@ -353,7 +353,13 @@ fn describe_event(ev: &Value) -> String {
             "pending" => format!("waiting for approval: pairing code {}", s(&ev["code"])),
             "registered" => match ev["ext"].as_str() {
                 Some(ext) => format!("registered as extension {ext}"),
-                None => format!("registered {}", s(&ev["numbers"])),
+                None => format!(
+                    "registered {}",
+                    ev["numbers"]
+                        .as_array()
+                        .map(|n| n.iter().map(s).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default()
+                ),
             },
             "disconnected" => format!("disconnected: {}", s(&ev["error"])),
             other => other.to_string(),

@@ -7,14 +7,14 @@
 //! [`LinkOut`] is sent and how media is connected.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use keyline_net::control::Events;
 use keyline_proto::msg::CallId;
 use keyline_proto::phone::{
-    Call, CallKey, Command, Event, LinkOut, MediaIn, Output, Phone, Reply, Req, Sound,
+    Call, CallKey, CallState, Command, Event, LinkOut, MediaIn, Output, Phone, Reply, Req, Sound,
 };
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify};
@@ -243,6 +243,41 @@ impl<P: Clone> Station<P> {
         }
     }
 
+    /// The connection of call `key`'s running media session.
+    pub(crate) fn session_conn(&self, key: CallKey) -> Option<&quinn::Connection> {
+        self.media.get(&key)?.session.as_ref().map(|s| &s.conn)
+    }
+
+    /// Let the core handle its deadlines if one is due; whether one was
+    /// (the caller then drains).
+    pub(crate) fn handle_due(&mut self) -> bool {
+        let now = Instant::now();
+        let due = self.phone.poll_timeout().is_some_and(|t| t <= now);
+        if due {
+            self.phone.handle_timeout(now);
+        }
+        due
+    }
+
+    /// The `record` control command on the connected call (see
+    /// [`calls::record_command`]).
+    pub(crate) fn record_command(
+        &mut self,
+        on: bool,
+        record_dir: Option<&Path>,
+        state_dir: &Path,
+    ) -> Value {
+        let Some((key, peer)) = self
+            .phone
+            .call()
+            .filter(|c| c.state == CallState::Connected)
+            .map(|c| (c.key, c.peer.clone()))
+        else {
+            return keyline_net::control::error("no connected call to record");
+        };
+        calls::record_command(&self.record(key), on, &peer, record_dir, state_dir)
+    }
+
     /// A call ended: finish its recording and keep its record.
     fn ended(&mut self, c: &Call, reason: &str) {
         let slot = self.media.remove(&c.key);
@@ -307,6 +342,41 @@ fn timing(c: &Call, media_started_unix_ms: Option<u128>) -> Value {
         c.connected_at,
         media_started_unix_ms,
     )
+}
+
+/// The control commands that are the core's, as its [`Command`]: `None`
+/// for any other command, an error reply for a malformed one.
+pub(crate) fn call_command(req: &Value) -> Option<Result<Command, Value>> {
+    let target = |what: &str| {
+        req.get("target")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| keyline_net::control::error(format!("{what} needs a target number")))
+    };
+    Some(Ok(match req.get("cmd").and_then(Value::as_str)? {
+        "dial" => match req.get("number").and_then(Value::as_str) {
+            Some(number) => Command::Dial {
+                number: number.to_string(),
+                lookup: req.get("lookup").and_then(Value::as_bool) == Some(true),
+            },
+            None => return Some(Err(keyline_net::control::error("dial needs a number"))),
+        },
+        "answer" => Command::Answer,
+        "hangup" => Command::Hangup,
+        "hold" => Command::Hold,
+        "resume" => Command::Resume,
+        "transfer" => match target("transfer") {
+            Ok(target) => Command::Transfer { target },
+            Err(e) => return Some(Err(e)),
+        },
+        "consult" => match target("consult") {
+            Ok(target) => Command::Consult { target },
+            Err(e) => return Some(Err(e)),
+        },
+        "consult-complete" => Command::ConsultComplete,
+        "consult-cancel" => Command::ConsultCancel,
+        _ => return None,
+    }))
 }
 
 /// Await a command's answer as a control reply: `ok` with the reply's
