@@ -18,15 +18,12 @@ use keyline_net::lifecycle::{self, Signals};
 use keyline_net::{control, endpoint, mdns, pairing_code, peer_fingerprint, Identity};
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
 use keyline_proto::msg::{CallId, EndReason, LineSettings, MediaPlan, Msg, Role};
-use keyline_proto::phone::{
-    CallKey, CallState, Command, Config, Flavor, LinkIn, LinkOut, MediaIn, Phone,
-};
+use keyline_proto::phone::{CallKey, Command, Config, Flavor, LinkIn, LinkOut, MediaIn, Phone};
 use keyline_proto::{MAX_MESSAGE, PROTOCOL_VERSION};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::audio::{self, LocalAudio};
-use crate::calls;
 use crate::station::{self, Station, Todo};
 
 /// Options of `keyline-agent run`.
@@ -181,9 +178,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let agent = agent.clone();
         tokio::spawn(station::run_timer(wake, move || {
             let mut st = agent.lock();
-            let now = Instant::now();
-            if st.station.phone.poll_timeout().is_some_and(|t| t <= now) {
-                st.station.phone.handle_timeout(now);
+            if st.station.handle_due() {
                 drive(&agent, &mut st);
             }
             st.station.phone.poll_timeout()
@@ -1011,20 +1006,8 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
         "hangup" => command(agent, Command::Hangup).await,
         "record" => {
             let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
-            let mut st = agent.lock();
-            let Some((key, peer)) = st
-                .station
-                .phone
-                .call()
-                .filter(|c| c.state == CallState::Connected)
-                .map(|c| (c.key, c.peer.clone()))
-            else {
-                return control::error("no connected call to record");
-            };
-            calls::record_command(
-                &st.station.record(key),
+            agent.lock().station.record_command(
                 on,
-                &peer,
                 agent.opts.record_dir.as_deref(),
                 &agent.state_dir,
             )
