@@ -1,28 +1,48 @@
 #!/usr/bin/env bash
-# Install the system packages Keyline needs to build and test, if missing.
-# Idempotent: does nothing when everything is already there.
+# Install the system packages Keyline needs to build (and with --test, to
+# test), if missing. Idempotent: does nothing when everything is there.
+#
+# The package lists live in scripts/deps/: `*.build` files are always
+# installed, `*.test` files with --test. One package per line; `#` starts a
+# comment. Each area of the project keeps its own file.
 set -euo pipefail
+cd "$(dirname "$0")/deps"
 
-build_pkgs=(pkg-config libopus-dev libasound2-dev)
-test_pkgs=(iproute2 nftables sox opus-tools debhelper dpkg-dev lintian debootstrap systemd-container man-db systemd)
-want=("${build_pkgs[@]}")
+lists=(*.build)
 if [ "${1:-}" = "--test" ]; then
-  want+=("${test_pkgs[@]}")
+  lists+=(*.test)
 fi
+
+want=()
+for f in "${lists[@]}"; do
+  [ -f "$f" ] || continue
+  while read -r line; do
+    line="${line%%#*}"
+    for p in $line; do want+=("$p"); done
+  done <"$f"
+done
 
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ "${#missing[@]}" -eq 0 ]; then
-  exit 0
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-echo "installing: ${missing[*]}"
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  SUDO="sudo"
+# Browser tests drive Debian's Chromium from Node (playwright-core, axe-core),
+# pinned by tests/browser/package-lock.json; nothing is downloaded at run time.
+if [ "${1:-}" = "--test" ] && [ -f ../../tests/browser/package.json ]; then
+  browser_dir=../../tests/browser
+  if [ ! -d "$browser_dir/node_modules" ] || [ "$browser_dir/package-lock.json" -nt "$browser_dir/node_modules" ]; then
+    (cd "$browser_dir" && npm ci --no-audit --no-fund --silent && touch node_modules)
+  fi
 fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
