@@ -94,6 +94,32 @@ pub fn new_call_token() -> String {
     hex::encode(b)
 }
 
+/// A fresh invite code: 100 random bits in five groups of four letters
+/// and digits (no 0/O, 1/I/L), easy to read out and type.
+pub fn new_invite_code() -> String {
+    const ALPHABET: &[u8] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
+    let mut rng = rand::thread_rng();
+    let mut out = String::with_capacity(24);
+    for g in 0..5 {
+        if g > 0 {
+            out.push('-');
+        }
+        for _ in 0..4 {
+            let i = (rng.next_u32() as usize) % ALPHABET.len();
+            out.push(ALPHABET[i] as char);
+        }
+    }
+    out
+}
+
+/// An invite code as typed: upper case, without spaces.
+pub fn normalise_invite_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_uppercase)
+        .collect()
+}
+
 /// What is stored for a token: its SHA-256, so a copy of the database
 /// gives nobody a session.
 pub fn token_hash(token: &str) -> String {
@@ -126,5 +152,9 @@ mod tests {
         assert_eq!(new_token().len(), 64);
         assert_eq!(token_hash("x").len(), 64);
         assert_ne!(new_token(), new_token());
+        let code = new_invite_code();
+        assert_eq!(code.len(), 24);
+        assert_eq!(normalise_invite_code(&code.to_lowercase()), code);
+        assert_ne!(code, new_invite_code());
     }
 }

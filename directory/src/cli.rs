@@ -65,8 +65,26 @@ pub enum Cmd {
     /// Stored voice mail and text messages waiting for delivery.
     #[command(subcommand)]
     Mail(MailCmd),
+    /// Invite codes for the web site's sign-up (`[web] signup = "invite"`).
+    #[command(subcommand)]
+    Invite(InviteCmd),
     /// Validate a configuration file and exit (same as --check-config).
     CheckConfig { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InviteCmd {
+    /// Make new invite codes and print them (each works once; only a hash is stored).
+    Create {
+        /// How many codes.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        count: u32,
+    },
+    /// List invite codes (their hashes) and who used them.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,6 +101,12 @@ pub enum UserCmd {
     Passwd { id: String },
     /// Delete an account, its numbers, forwarding rules and stored mail.
     Rm { id: String },
+    /// Let an account use the web site's operator pages (or no longer, with --off).
+    Admin {
+        id: String,
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -3,7 +3,7 @@
 //! default, so an empty file (or none) is a working directory.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -40,6 +40,82 @@ pub struct Config {
     pub max_connections: usize,
     pub login: LoginConfig,
     pub mail: MailConfig,
+    pub web: WebConfig,
+}
+
+/// Who may create an account on the web site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signup {
+    /// Anyone.
+    Open,
+    /// Whoever has an unused code from `keyline-directory invite create`.
+    Invite,
+    /// Nobody (accounts come from `keyline-directory user add`).
+    Closed,
+}
+
+impl Signup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signup::Open => "open",
+            Signup::Invite => "invite",
+            Signup::Closed => "closed",
+        }
+    }
+}
+
+/// The web site (HTTPS, served by the same process from the same store).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Serve the site at all.
+    pub enabled: bool,
+    /// TCP address of the site (default: the QUIC endpoint's address and
+    /// port, over TCP: 0.0.0.0:7480).
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain of a real certificate (with `key`); without
+    /// them the directory's own self-signed identity is used.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+    /// Who may sign up: "open", "invite" or "closed".
+    pub signup: Signup,
+    /// Folder whose `.deb` files the set-up page offers.
+    pub packages: Option<PathBuf>,
+    /// Days a deleted account's numbers are kept from new accounts.
+    pub hold_numbers_days: u32,
+    /// Minutes a browser stays logged in without being used.
+    pub session_idle_mins: u64,
+    /// Availability checks one address may make per minute.
+    pub checks_per_minute: u32,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            enabled: true,
+            listen: None,
+            cert: None,
+            key: None,
+            signup: Signup::Open,
+            packages: None,
+            hold_numbers_days: 90,
+            session_idle_mins: 60,
+            checks_per_minute: 60,
+        }
+    }
+}
+
+impl WebConfig {
+    /// The TCP address the site listens on, given the QUIC one.
+    pub fn listen_addr(&self, quic: SocketAddr) -> SocketAddr {
+        self.listen.unwrap_or(quic)
+    }
+
+    pub fn hold_numbers(&self) -> Duration {
+        Duration::from_secs(u64::from(self.hold_numbers_days) * 86_400)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -89,6 +165,7 @@ impl Default for Config {
             max_connections: 20_000,
             login: LoginConfig::default(),
             mail: MailConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -179,6 +256,19 @@ impl Config {
         if m.quota_bytes < u64::from(m.max_voice_bytes.max(m.max_text_bytes)) {
             bail!("mail.quota_bytes must hold at least one message of the largest size");
         }
+        let w = &self.web;
+        if w.cert.is_some() != w.key.is_some() {
+            bail!("web.cert and web.key must be given together");
+        }
+        if w.hold_numbers_days > 36_500 {
+            bail!("web.hold_numbers_days must be at most 36500");
+        }
+        if !(1..=10_080).contains(&w.session_idle_mins) {
+            bail!("web.session_idle_mins must be between 1 and 10080");
+        }
+        if w.checks_per_minute == 0 {
+            bail!("web.checks_per_minute must be at least 1");
+        }
         Ok(())
     }
 
@@ -242,6 +332,26 @@ mod tests {
         assert!(format!("{e:#}").contains("max_voice_bytez"), "{e:#}");
         let e = Config::parse("binding_ttl_secs = 1").expect_err("range");
         assert!(format!("{e:#}").contains("binding_ttl_secs"), "{e:#}");
+        let c = Config::parse(
+            "[web]\nlisten = \"127.0.0.1:8443\"\nsignup = \"invite\"\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n",
+        )
+        .expect("web");
+        assert_eq!(c.web.signup, Signup::Invite);
+        assert_eq!(
+            c.web.listen_addr(c.listen),
+            "127.0.0.1:8443".parse().expect("addr")
+        );
+        assert_eq!(
+            Config::default()
+                .web
+                .listen_addr(Config::default().listen)
+                .port(),
+            7480
+        );
+        let e = Config::parse("[web]\nsignup = \"sometimes\"").expect_err("bad");
+        assert!(format!("{e:#}").contains("signup"), "{e:#}");
+        let e = Config::parse("[web]\ncert = \"/c.pem\"").expect_err("half");
+        assert!(format!("{e:#}").contains("web.cert"), "{e:#}");
         let e = Config::parse("[login]\nlockout_secs = 0").expect_err("range");
         assert!(format!("{e:#}").contains("login.lockout_secs"), "{e:#}");
     }

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use keyline_directory::auth;
 use keyline_directory::cli::{
-    Cli, Cmd, ForwardCmd, ForwardWhenArg, MailCmd, PolicyArg, ServeArgs, UserCmd,
+    Cli, Cmd, ForwardCmd, ForwardWhenArg, InviteCmd, MailCmd, PolicyArg, ServeArgs, UserCmd,
 };
 use keyline_directory::config::Config;
 use keyline_directory::server::{open_store, run, Overrides, RunOptions};
@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         (None, None) => serve(cli.state, ServeArgs::default()),
         (None, Some(Cmd::Serve(args))) => serve(cli.state, args),
         (None, Some(Cmd::User(u))) => user(cli.state, u),
+        (None, Some(Cmd::Invite(i))) => invite(cli.state, i),
         (None, Some(Cmd::Forward(ForwardCmd::Set { number, to, when }))) => {
             forward_set(cli.state, &number, Some((&to, when)))
         }
@@ -186,11 +187,50 @@ fn user(state: Option<PathBuf>, cmd: UserCmd) -> Result<()> {
             println!("password of {id} changed; its sessions ended");
             notify(&dir, Some(&id));
         }
+        UserCmd::Admin { id, off } => {
+            let (_, store) = open(state)?;
+            store.set_admin(&id, !off)?;
+            if off {
+                println!("{id} no longer uses the operator pages");
+            } else {
+                println!("{id} may use the operator pages");
+            }
+        }
         UserCmd::Rm { id } => {
             let (dir, store) = open(state)?;
             store.remove_account(&id)?;
             println!("removed account {id} with its numbers, rules and mail");
             notify(&dir, Some(&id));
+        }
+    }
+    Ok(())
+}
+
+fn invite(state: Option<PathBuf>, cmd: InviteCmd) -> Result<()> {
+    let (_, store) = open(state)?;
+    match cmd {
+        InviteCmd::Create { count } => {
+            for _ in 0..count {
+                let code = auth::new_invite_code();
+                store.add_invite(&auth::token_hash(&code), store::now_ms())?;
+                println!("{code}");
+            }
+        }
+        InviteCmd::List { json } => {
+            let invites = store.invites()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&invites)?);
+            } else {
+                println!("{:<20} {:<16} USED BY", "CODE HASH", "CREATED");
+                for i in invites {
+                    println!(
+                        "{:<20} {:<16} {}",
+                        &i.code_hash[..16.min(i.code_hash.len())],
+                        i.created_ms / 1000,
+                        i.used_by.as_deref().unwrap_or("-")
+                    );
+                }
+            }
         }
     }
     Ok(())

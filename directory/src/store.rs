@@ -46,6 +46,27 @@ pub struct Account {
     pub pw_hash: String,
     pub numbers: Vec<String>,
     pub created_ms: i64,
+    /// May use the operator pages (`keyline-directory user admin ID`).
+    pub admin: bool,
+}
+
+/// Whether a number can be taken by a new account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumberStatus {
+    Free,
+    Taken,
+    /// Given up with a deleted account; free again after this time.
+    Held {
+        until_ms: i64,
+    },
+}
+
+/// An invite code (only its hash is kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Invite {
+    pub code_hash: String,
+    pub created_ms: i64,
+    pub used_by: Option<String>,
 }
 
 /// A number, its owner and its forwarding rule.
@@ -129,6 +150,30 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn all_mail(&self) -> StoreResult<Vec<MailMeta>>;
     /// Make sure everything written is on disk (WAL checkpoint).
     fn flush(&self) -> StoreResult<()>;
+    /// Create an account as [`Store::add_account`] does, but only while
+    /// none of its numbers is held back, and spending `invite` (a code
+    /// hash) when one is given: nothing is created if any of it fails.
+    fn sign_up(
+        &self,
+        id: &str,
+        pw_hash: &str,
+        numbers: &[String],
+        now_ms: i64,
+        invite: Option<&str>,
+    ) -> StoreResult<()>;
+    /// Delete an account as [`Store::remove_account`] does, and keep its
+    /// numbers from new accounts until `hold_until_ms`.
+    fn remove_account_holding(&self, id: &str, hold_until_ms: i64) -> StoreResult<()>;
+    /// Give account `old` the name `new`: its numbers, rules and mail
+    /// stay, its session tokens end.
+    fn rename_account(&self, old: &str, new: &str) -> StoreResult<()>;
+    fn set_admin(&self, id: &str, admin: bool) -> StoreResult<()>;
+    /// Whether `number` (canonical) can be taken now.
+    fn number_status(&self, number: &str, now_ms: i64) -> StoreResult<NumberStatus>;
+    /// Forget one session token; false when there was none.
+    fn delete_token(&self, token_hash: &str) -> StoreResult<bool>;
+    fn add_invite(&self, code_hash: &str, now_ms: i64) -> StoreResult<()>;
+    fn invites(&self) -> StoreResult<Vec<Invite>>;
 }
 
 /// Run a storage call off the async runtime.
@@ -156,7 +201,8 @@ CREATE TABLE accounts (
     id TEXT PRIMARY KEY,
     pw_hash TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
-    pw_changed_ms INTEGER NOT NULL DEFAULT 0
+    pw_changed_ms INTEGER NOT NULL DEFAULT 0,
+    admin INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE numbers (
     number TEXT PRIMARY KEY,
@@ -188,6 +234,15 @@ CREATE TABLE mail (
     created_ms INTEGER NOT NULL
 );
 CREATE INDEX mail_account ON mail (account, id);
+CREATE TABLE invites (
+    code_hash TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    used_by TEXT
+);
+CREATE TABLE held_numbers (
+    number TEXT PRIMARY KEY,
+    until_ms INTEGER NOT NULL
+);
 ";
 
 /// Migrations from older databases, applied in order; index + 1 is the
@@ -231,6 +286,18 @@ pub const MIGRATIONS: &[&str] = &[
         created_ms INTEGER NOT NULL
     );
     CREATE INDEX mail_account ON mail (account, id);",
+    // 3: the web site: operator accounts, invite codes, numbers held back
+    // after an account is deleted.
+    "ALTER TABLE accounts ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE invites (
+        code_hash TEXT PRIMARY KEY,
+        created_ms INTEGER NOT NULL,
+        used_by TEXT
+    );
+    CREATE TABLE held_numbers (
+        number TEXT PRIMARY KEY,
+        until_ms INTEGER NOT NULL
+    );",
 ];
 
 /// The SQLite store.
@@ -328,6 +395,130 @@ fn meta_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MailMeta> {
     })
 }
 
+fn number_status_in(c: &Connection, number: &str, now_ms: i64) -> StoreResult<NumberStatus> {
+    let owned: Option<i64> = c
+        .query_row("SELECT 1 FROM numbers WHERE number = ?1", [number], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if owned.is_some() {
+        return Ok(NumberStatus::Taken);
+    }
+    let held: Option<i64> = c
+        .query_row(
+            "SELECT until_ms FROM held_numbers WHERE number = ?1 AND until_ms > ?2",
+            params![number, now_ms],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(match held {
+        Some(until_ms) => NumberStatus::Held { until_ms },
+        None => NumberStatus::Free,
+    })
+}
+
+/// Create an account in one transaction. With `held_at`, numbers held
+/// back at that time are refused; with `invite`, that unused code is
+/// spent.
+fn create_account(
+    c: &mut Connection,
+    id: &str,
+    pw_hash: &str,
+    numbers: &[String],
+    now_ms: i64,
+    held_at: Option<i64>,
+    invite: Option<&str>,
+) -> StoreResult<()> {
+    if numbers.is_empty() {
+        return Err(StoreError::Invalid(
+            "an account needs at least one number".into(),
+        ));
+    }
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let exists: Option<i64> = tx
+        .query_row("SELECT 1 FROM accounts WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    if exists.is_some() {
+        return Err(StoreError::Exists(format!("account {id} already exists")));
+    }
+    for n in numbers {
+        let owner: Option<String> = tx
+            .query_row("SELECT account FROM numbers WHERE number = ?1", [n], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(o) = owner {
+            return Err(StoreError::Exists(format!(
+                "number {n} already belongs to account {o}"
+            )));
+        }
+        if let Some(at) = held_at {
+            if let NumberStatus::Held { .. } = number_status_in(&tx, n, at)? {
+                return Err(StoreError::Exists(format!(
+                    "number {n} belonged to a deleted account and is held back for now"
+                )));
+            }
+        }
+    }
+    if let Some(code) = invite {
+        let n = tx.execute(
+            "UPDATE invites SET used_by = ?2 WHERE code_hash = ?1 AND used_by IS NULL",
+            params![code, id],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Invalid(
+                "the invite code is unknown or already used".into(),
+            ));
+        }
+    }
+    tx.execute(
+        "INSERT INTO accounts (id, pw_hash, created_ms, pw_changed_ms) VALUES (?1, ?2, ?3, ?3)",
+        params![id, pw_hash, now_ms],
+    )?;
+    for (i, n) in numbers.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO numbers (number, account, position) VALUES (?1, ?2, ?3)",
+            params![n, id, i as i64],
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                StoreError::Invalid(format!("number {n} is given twice"))
+            }
+            other => other.into(),
+        })?;
+        tx.execute("DELETE FROM held_numbers WHERE number = ?1", [n])?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Delete an account (see [`Store::remove_account`]); with `hold_until`,
+/// its numbers are held back until then.
+fn delete_account(c: &mut Connection, id: &str, hold_until: Option<i64>) -> StoreResult<()> {
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Rules of other numbers that forward here would dangle.
+    tx.execute(
+        "DELETE FROM forwards WHERE target IN (SELECT number FROM numbers WHERE account = ?1)",
+        [id],
+    )?;
+    if let Some(until) = hold_until {
+        tx.execute(
+            "INSERT INTO held_numbers (number, until_ms)
+             SELECT number, ?2 FROM numbers WHERE account = ?1
+             ON CONFLICT (number) DO UPDATE SET until_ms = excluded.until_ms",
+            params![id, until],
+        )?;
+    }
+    let n = tx.execute("DELETE FROM accounts WHERE id = ?1", [id])?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("no account {id}")));
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 const META_COLS: &str = "id, account, to_number, from_number, kind, size, created_ms";
 
 impl Store for SqliteStore {
@@ -338,79 +529,130 @@ impl Store for SqliteStore {
         numbers: &[String],
         now_ms: i64,
     ) -> StoreResult<()> {
-        if numbers.is_empty() {
-            return Err(StoreError::Invalid(
-                "an account needs at least one number".into(),
-            ));
-        }
+        self.with(|c| create_account(c, id, pw_hash, numbers, now_ms, None, None))
+    }
+
+    fn sign_up(
+        &self,
+        id: &str,
+        pw_hash: &str,
+        numbers: &[String],
+        now_ms: i64,
+        invite: Option<&str>,
+    ) -> StoreResult<()> {
+        self.with(|c| create_account(c, id, pw_hash, numbers, now_ms, Some(now_ms), invite))
+    }
+
+    fn remove_account_holding(&self, id: &str, hold_until_ms: i64) -> StoreResult<()> {
+        self.with(|c| delete_account(c, id, Some(hold_until_ms)))
+    }
+
+    fn rename_account(&self, old: &str, new: &str) -> StoreResult<()> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let exists: Option<i64> = tx
-                .query_row("SELECT 1 FROM accounts WHERE id = ?1", [id], |r| r.get(0))
-                .optional()?;
-            if exists.is_some() {
-                return Err(StoreError::Exists(format!("account {id} already exists")));
+            let exists = |id: &str| -> StoreResult<bool> {
+                Ok(tx
+                    .query_row("SELECT 1 FROM accounts WHERE id = ?1", [id], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .optional()?
+                    .is_some())
+            };
+            if !exists(old)? {
+                return Err(StoreError::NotFound(format!("no account {old}")));
             }
-            for n in numbers {
-                let owner: Option<String> = tx
-                    .query_row("SELECT account FROM numbers WHERE number = ?1", [n], |r| r.get(0))
-                    .optional()?;
-                if let Some(o) = owner {
-                    return Err(StoreError::Exists(format!(
-                        "number {n} already belongs to account {o}"
-                    )));
-                }
+            if exists(new)? {
+                return Err(StoreError::Exists(format!("account {new} already exists")));
             }
             tx.execute(
-                "INSERT INTO accounts (id, pw_hash, created_ms, pw_changed_ms) VALUES (?1, ?2, ?3, ?3)",
-                params![id, pw_hash, now_ms],
+                "INSERT INTO accounts (id, pw_hash, created_ms, pw_changed_ms, admin)
+                 SELECT ?2, pw_hash, created_ms, pw_changed_ms, admin FROM accounts WHERE id = ?1",
+                params![old, new],
             )?;
-            for (i, n) in numbers.iter().enumerate() {
-                tx.execute(
-                    "INSERT INTO numbers (number, account, position) VALUES (?1, ?2, ?3)",
-                    params![n, id, i as i64],
-                )
-                .map_err(|e| match e {
-                    rusqlite::Error::SqliteFailure(f, _)
-                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                    {
-                        StoreError::Invalid(format!("number {n} is given twice"))
-                    }
-                    other => other.into(),
-                })?;
-            }
+            tx.execute(
+                "UPDATE numbers SET account = ?2 WHERE account = ?1",
+                params![old, new],
+            )?;
+            tx.execute(
+                "UPDATE mail SET account = ?2 WHERE account = ?1",
+                params![old, new],
+            )?;
+            tx.execute(
+                "UPDATE invites SET used_by = ?2 WHERE used_by = ?1",
+                params![old, new],
+            )?;
+            tx.execute("DELETE FROM sessions WHERE account = ?1", [old])?;
+            tx.execute("DELETE FROM accounts WHERE id = ?1", [old])?;
             tx.commit()?;
             Ok(())
+        })
+    }
+
+    fn set_admin(&self, id: &str, admin: bool) -> StoreResult<()> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE accounts SET admin = ?2 WHERE id = ?1",
+                params![id, admin],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no account {id}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn number_status(&self, number: &str, now_ms: i64) -> StoreResult<NumberStatus> {
+        self.with(|c| number_status_in(c, number, now_ms))
+    }
+
+    fn delete_token(&self, token_hash: &str) -> StoreResult<bool> {
+        self.with(|c| {
+            Ok(c.execute("DELETE FROM sessions WHERE token_hash = ?1", [token_hash])? > 0)
+        })
+    }
+
+    fn add_invite(&self, code_hash: &str, now_ms: i64) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO invites (code_hash, created_ms) VALUES (?1, ?2)",
+                params![code_hash, now_ms],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn invites(&self) -> StoreResult<Vec<Invite>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT code_hash, created_ms, used_by FROM invites ORDER BY created_ms",
+            )?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(Invite {
+                        code_hash: r.get(0)?,
+                        created_ms: r.get(1)?,
+                        used_by: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
     }
 
     fn remove_account(&self, id: &str) -> StoreResult<()> {
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Rules of other numbers that forward here would dangle.
-            tx.execute(
-                "DELETE FROM forwards WHERE target IN (SELECT number FROM numbers WHERE account = ?1)",
-                [id],
-            )?;
-            let n = tx.execute("DELETE FROM accounts WHERE id = ?1", [id])?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("no account {id}")));
-            }
-            tx.commit()?;
-            Ok(())
-        })
+        self.with(|c| delete_account(c, id, None))
     }
 
     fn account(&self, id: &str) -> StoreResult<Option<Account>> {
         self.with(|c| {
-            let row: Option<(String, i64)> = c
+            let row: Option<(String, i64, bool)> = c
                 .query_row(
-                    "SELECT pw_hash, created_ms FROM accounts WHERE id = ?1",
+                    "SELECT pw_hash, created_ms, admin FROM accounts WHERE id = ?1",
                     [id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
-            let Some((pw_hash, created_ms)) = row else {
+            let Some((pw_hash, created_ms, admin)) = row else {
                 return Ok(None);
             };
             let mut st = c.prepare_cached(
@@ -424,6 +666,7 @@ impl Store for SqliteStore {
                 pw_hash,
                 numbers,
                 created_ms,
+                admin,
             }))
         })
     }
@@ -431,7 +674,7 @@ impl Store for SqliteStore {
     fn accounts(&self) -> StoreResult<Vec<Account>> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT a.id, a.pw_hash, a.created_ms, n.number FROM accounts a
+                "SELECT a.id, a.pw_hash, a.created_ms, n.number, a.admin FROM accounts a
                  LEFT JOIN numbers n ON n.account = a.id ORDER BY a.id, n.position",
             )?;
             let rows = st
@@ -441,17 +684,19 @@ impl Store for SqliteStore {
                         r.get::<_, String>(1)?,
                         r.get::<_, i64>(2)?,
                         r.get::<_, Option<String>>(3)?,
+                        r.get::<_, bool>(4)?,
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             let mut out: Vec<Account> = Vec::new();
-            for (id, pw_hash, created_ms, number) in rows {
+            for (id, pw_hash, created_ms, number, admin) in rows {
                 if out.last().is_none_or(|a| a.id != id) {
                     out.push(Account {
                         id,
                         pw_hash,
                         numbers: Vec::new(),
                         created_ms,
+                        admin,
                     });
                 }
                 if let (Some(n), Some(a)) = (number, out.last_mut()) {
@@ -942,5 +1187,103 @@ mod tests {
         assert!(s.delete_mail("bob", id1).expect("ack"));
         assert!(!s.delete_mail("bob", id1).expect("twice"));
         assert_eq!(s.all_mail().expect("all").len(), 1);
+    }
+
+    #[test]
+    fn sign_up_invites_holds_renames_and_admins() {
+        let s = store();
+        s.add_invite("code1", 1).expect("invite");
+        s.sign_up("minjun", "h", &["김민준".into()], 10, Some("code1"))
+            .expect("sign up");
+        // A spent code, an unknown code: nothing is created.
+        let e = s
+            .sign_up("other", "h", &["o1".into()], 10, Some("code1"))
+            .expect_err("spent");
+        assert!(matches!(e, StoreError::Invalid(_)), "{e}");
+        assert!(s.account("other").expect("q").is_none());
+        assert_eq!(
+            s.invites().expect("invites")[0].used_by.as_deref(),
+            Some("minjun")
+        );
+        assert_eq!(
+            s.number_status("김민준", 10).expect("status"),
+            NumberStatus::Taken
+        );
+        assert_eq!(
+            s.number_status("o1", 10).expect("status"),
+            NumberStatus::Free
+        );
+
+        // Renaming keeps numbers, rules and mail, and ends the tokens.
+        s.add_account("bob", "h", &["b".into()], 1).expect("bob");
+        s.set_forward(
+            "김민준",
+            Some(&ForwardRule {
+                when: ForwardWhen::Always,
+                to: "b".into(),
+            }),
+            2,
+        )
+        .expect("fwd");
+        let quota = Quota {
+            messages: 5,
+            bytes: 100,
+        };
+        s.store_mail(
+            &NewMail {
+                to: "김민준".into(),
+                from: "b".into(),
+                kind: MailKind::Text,
+                body: b"hi".to_vec(),
+                at_ms: 3,
+            },
+            quota,
+        )
+        .expect("mail");
+        s.insert_token("t", "minjun", 0, 1000).expect("token");
+        assert!(matches!(
+            s.rename_account("minjun", "bob"),
+            Err(StoreError::Exists(_))
+        ));
+        s.rename_account("minjun", "mj").expect("rename");
+        assert!(s.account("minjun").expect("q").is_none());
+        let a = s.account("mj").expect("q").expect("renamed");
+        assert_eq!(a.numbers, vec!["김민준"]);
+        assert!(!a.admin);
+        assert_eq!(s.pending_mail("mj").expect("mail").len(), 1);
+        assert_eq!(s.token_account("t", 1).expect("q"), None);
+        assert!(s.numbers().expect("n").iter().any(|n| n.forward.is_some()));
+        assert_eq!(
+            s.invites().expect("invites")[0].used_by.as_deref(),
+            Some("mj")
+        );
+
+        s.set_admin("mj", true).expect("admin");
+        assert!(s.account("mj").expect("q").expect("a").admin);
+        assert!(s.accounts().expect("all").iter().any(|a| a.admin));
+        assert!(matches!(
+            s.set_admin("nobody", true),
+            Err(StoreError::NotFound(_))
+        ));
+
+        // Deleting with a hold keeps the number from new accounts until then.
+        s.insert_token("t2", "mj", 0, 1000).expect("token");
+        assert!(s.delete_token("t2").expect("delete"));
+        assert!(!s.delete_token("t2").expect("again"));
+        s.remove_account_holding("mj", 500).expect("delete");
+        assert_eq!(
+            s.number_status("김민준", 100).expect("status"),
+            NumberStatus::Held { until_ms: 500 }
+        );
+        let e = s
+            .sign_up("new", "h", &["김민준".into()], 100, None)
+            .expect_err("held");
+        assert!(e.to_string().contains("held back"), "{e}");
+        s.sign_up("new", "h", &["김민준".into()], 501, None)
+            .expect("after the hold");
+        assert_eq!(
+            s.number_status("김민준", 501).expect("status"),
+            NumberStatus::Taken
+        );
     }
 }
