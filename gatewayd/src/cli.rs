@@ -55,6 +55,12 @@ pub enum Cmd {
         /// How many of the latest records.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Only calls with this number or extension on either end.
+        #[arg(long)]
+        number: Option<String>,
+        /// Only calls with this outcome (answered, busy, no-answer, ...).
+        #[arg(long)]
+        outcome: Option<String>,
     },
     /// Approve a waiting station by the pairing code it shows.
     Approve {
@@ -65,6 +71,28 @@ pub enum Cmd {
         /// A name for the station.
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Refuse a waiting station by the pairing code it shows.
+    Deny { code: String },
+    /// Take a station's extension away (it must be approved again).
+    Revoke { ext: String },
+    /// Give a station another extension or name.
+    Renumber {
+        ext: String,
+        /// The new extension.
+        #[arg(long = "to", value_name = "EXT")]
+        new_ext: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// End a call in progress (by its id in `calls`).
+    Hangup { call: u64 },
+    /// Print what happens on the gateway as it happens (stations, enrolments,
+    /// calls, the uplink) until interrupted.
+    Events {
+        /// One JSON object per line, as the control socket sends them.
+        #[arg(long)]
+        json: bool,
     },
     /// Manage short codes (*0-*9, **00-**99) that dial any number.
     SpeedDial {

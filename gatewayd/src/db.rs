@@ -80,6 +80,20 @@ const MIGRATIONS: &[&str] = &[
     // 5: when a station waiting for approval was last connected, so the
     // ones that went away can be forgotten.
     "ALTER TABLE agents ADD COLUMN last_seen INTEGER;",
+    // 6: the admin site's password (an argon2id PHC string).
+    "CREATE TABLE admin (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        password_hash TEXT NOT NULL,
+        set_ms INTEGER NOT NULL
+    );
+    CREATE TABLE denied (
+        fingerprint TEXT PRIMARY KEY,
+        name TEXT,
+        code TEXT NOT NULL,
+        last_addr TEXT,
+        first_seen INTEGER NOT NULL,
+        denied_ms INTEGER NOT NULL
+    );",
 ];
 
 /// The ring group set with `keyline-gatewayd ring-group`.
@@ -442,6 +456,218 @@ impl Db {
                 waiting.len()
             ))),
         }
+    }
+
+    /// Refuse the station waiting with pairing `code`; its fingerprint.
+    /// It stays refused (until revoked) if it comes back.
+    pub fn deny(&self, code: &str) -> Result<String> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let fps: Vec<String> = {
+                let mut st = tx.prepare(
+                    "SELECT fingerprint FROM agents WHERE code = ?1 AND state = 'pending'",
+                )?;
+                let v = st
+                    .query_map([code], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                v
+            };
+            let fp = match fps.as_slice() {
+                [] => bail!("no station is waiting with pairing code {code}"),
+                [one] => one.clone(),
+                _ => bail!("pairing code {code} is ambiguous; restart one of the waiting stations"),
+            };
+            tx.execute(
+                "INSERT OR REPLACE INTO denied (fingerprint, name, code, last_addr, first_seen, denied_ms)
+                 SELECT fingerprint, name, code, last_addr, first_seen, ?2 FROM agents
+                 WHERE fingerprint = ?1",
+                params![fp, now_ms()],
+            )?;
+            tx.execute("DELETE FROM agents WHERE fingerprint = ?1", [&fp])?;
+            tx.commit()?;
+            Ok(fp)
+        })
+    }
+
+    /// Whether the station with this fingerprint was denied.
+    pub fn is_denied(&self, fp: &str) -> Result<bool> {
+        self.with(|c| {
+            Ok(
+                c.query_row("SELECT 1 FROM denied WHERE fingerprint = ?1", [fp], |_| {
+                    Ok(())
+                })
+                .optional()?
+                .is_some(),
+            )
+        })
+    }
+
+    /// Stations the admin denied (state `denied`).
+    pub fn denied(&self) -> Result<Vec<AgentRow>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT fingerprint, name, code, first_seen, last_addr FROM denied
+                 ORDER BY denied_ms",
+            )?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(AgentRow {
+                        fingerprint: r.get(0)?,
+                        ext: None,
+                        name: r.get(1)?,
+                        code: r.get(2)?,
+                        state: "denied".into(),
+                        first_seen_ms: r.get(3)?,
+                        approved_at_ms: None,
+                        last_addr: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Forget the station with extension `ext` (approved or denied alike
+    /// are looked up by extension; a denied one by fingerprint); its
+    /// fingerprint. It must be approved again to come back.
+    pub fn revoke(&self, ext: &str) -> Result<String> {
+        self.with(|c| {
+            let fp: Option<String> = c
+                .query_row(
+                    "SELECT fingerprint FROM agents WHERE ext = ?1",
+                    [ext],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(fp) = fp else {
+                bail!("no station has extension {ext}");
+            };
+            c.execute("DELETE FROM agents WHERE fingerprint = ?1", [&fp])?;
+            Ok(fp)
+        })
+    }
+
+    /// Give the station with extension `ext` the extension `new_ext`
+    /// (which must be free and in `range`) and/or the name `name`.
+    pub fn set_extension(
+        &self,
+        ext: &str,
+        new_ext: Option<&str>,
+        name: Option<&str>,
+        range: (u32, u32),
+    ) -> Result<AgentRow> {
+        if let Some(n) = new_ext {
+            let in_range = n
+                .parse::<u32>()
+                .is_ok_and(|v| (range.0..=range.1).contains(&v));
+            if !in_range {
+                bail!("extension {n} is outside the range {}-{}", range.0, range.1);
+            }
+        }
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let fp: Option<String> = tx
+                .query_row(
+                    "SELECT fingerprint FROM agents WHERE ext = ?1 AND state = 'approved'",
+                    [ext],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(fp) = fp else {
+                bail!("no station has extension {ext}");
+            };
+            if let Some(n) = new_ext.filter(|n| *n != ext) {
+                let taken: Option<String> = tx
+                    .query_row("SELECT fingerprint FROM agents WHERE ext = ?1", [n], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                if taken.is_some() {
+                    bail!("extension {n} is already taken");
+                }
+            }
+            tx.execute(
+                "UPDATE agents SET ext = COALESCE(?2, ext), name = COALESCE(?3, name)
+                 WHERE fingerprint = ?1",
+                params![fp, new_ext, name],
+            )?;
+            let row = tx.query_row(
+                "SELECT fingerprint, ext, name, code, state, first_seen, approved_at, last_addr
+                 FROM agents WHERE fingerprint = ?1",
+                [&fp],
+                agent_row,
+            )?;
+            tx.commit()?;
+            Ok(row)
+        })
+    }
+
+    /// The admin site's password hash, if one was set.
+    pub fn admin_password(&self) -> Result<Option<String>> {
+        self.with(|c| {
+            Ok(
+                c.query_row("SELECT password_hash FROM admin WHERE id = 1", [], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
+        })
+    }
+
+    pub fn set_admin_password(&self, hash: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO admin (id, password_hash, set_ms) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET password_hash = excluded.password_hash,
+                    set_ms = excluded.set_ms",
+                params![hash, now_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The newest `limit` call records that match `f`, oldest first.
+    pub fn cdr_search(&self, limit: u32, f: &crate::api::CdrFilter) -> Result<Vec<CdrRow>> {
+        if f == &crate::api::CdrFilter::default() {
+            return self.cdr(limit);
+        }
+        let like = f.number.as_ref().map(|n| {
+            let escaped = n
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, call_id, caller, callee, started_ms, answered_ms, ended_ms, outcome
+                 FROM (SELECT * FROM calls
+                       WHERE (?1 IS NULL OR caller LIKE ?1 ESCAPE '\\' OR callee LIKE ?1 ESCAPE '\\')
+                         AND (?2 IS NULL OR started_ms >= ?2)
+                         AND (?3 IS NULL OR started_ms < ?3)
+                         AND (?4 IS NULL OR outcome = ?4)
+                         AND (?5 IS NULL OR id = ?5)
+                       ORDER BY id DESC LIMIT ?6) ORDER BY id",
+            )?;
+            let rows = st
+                .query_map(
+                    params![like, f.from_ms, f.to_ms, f.outcome, f.id, limit],
+                    |r| {
+                        Ok(CdrRow {
+                            id: r.get(0)?,
+                            call_id: r.get(1)?,
+                            caller: r.get(2)?,
+                            callee: r.get(3)?,
+                            start_ms: r.get(4)?,
+                            answer_ms: r.get(5)?,
+                            end_ms: r.get(6)?,
+                            outcome: r.get(7)?,
+                        })
+                    },
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
     }
 
     pub fn cdr(&self, limit: u32) -> Result<Vec<CdrRow>> {

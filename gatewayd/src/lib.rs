@@ -5,11 +5,15 @@
 //! per-call credential so media runs end to end, and — when policy says
 //! relay — forwards that media as opaque UDP ([`keyline_net::relay`]). It keeps agents
 //! and call records in SQLite ([`db`]) and answers its CLI on a control
-//! socket ([`server::handle_control`]).
+//! socket ([`control::dispatch`], typed in [`api`]), publishing what happens
+//! to subscribers ([`events`]).
 
+pub mod api;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod db;
+pub mod events;
 pub mod server;
 pub mod trunk;
 pub mod voicemail;

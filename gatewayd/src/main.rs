@@ -73,11 +73,29 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         None => statedir::default_dir("gatewayd")?,
     };
     let sock = control::socket_path(&dir);
+    if let Cmd::Events { json } = cmd {
+        return runtime()?.block_on(print_events(&sock, json));
+    }
     let (req, json_out) = match &cmd {
         Cmd::Status { json } => (json!({"cmd": "status"}), *json),
         Cmd::Agents { json } => (json!({"cmd": "agents"}), *json),
         Cmd::Calls { json } => (json!({"cmd": "calls"}), *json),
-        Cmd::Cdr { json, limit } => (json!({"cmd": "cdr", "limit": limit}), *json),
+        Cmd::Cdr {
+            json,
+            limit,
+            number,
+            outcome,
+        } => (
+            json!({"cmd": "cdr", "limit": limit, "number": number, "outcome": outcome}),
+            *json,
+        ),
+        Cmd::Deny { code } => (json!({"cmd": "deny", "code": code}), false),
+        Cmd::Revoke { ext } => (json!({"cmd": "revoke", "ext": ext}), false),
+        Cmd::Renumber { ext, new_ext, name } => (
+            json!({"cmd": "set-extension", "ext": ext, "new_ext": new_ext, "name": name}),
+            false,
+        ),
+        Cmd::Hangup { call } => (json!({"cmd": "hangup", "call": call}), false),
         Cmd::Approve { code, ext, name } => (
             json!({"cmd": "approve", "code": code, "ext": ext, "name": name}),
             false,
@@ -107,7 +125,7 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             RingGroupCmd::Show { json } => (json!({"cmd": "status"}), *json),
             RingGroupCmd::Clear => (json!({"cmd": "ring-group-clear"}), false),
         },
-        Cmd::Run(_) | Cmd::CheckConfig { .. } => unreachable_cmd(),
+        Cmd::Run(_) | Cmd::CheckConfig { .. } | Cmd::Events { .. } => unreachable_cmd(),
     };
     let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(10)))?;
     let reply = control::into_result(reply)?;
@@ -123,6 +141,25 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
     }
     print_human(&cmd, &reply);
     Ok(())
+}
+
+/// `events`: the gateway's stream, in words or as JSON lines.
+async fn print_events(sock: &std::path::Path, json: bool) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    control::subscribe(sock, |ev| {
+        let line = if json {
+            ev.to_string()
+        } else {
+            match serde_json::from_value::<keyline_gatewayd::api::Event>(ev.clone()) {
+                Ok(e) => e.describe(),
+                Err(_) => ev.to_string(),
+            }
+        };
+        // Stop when whoever reads us has gone (a closed pipe).
+        writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+    })
+    .await
 }
 
 fn unreachable_cmd() -> ! {
@@ -231,6 +268,10 @@ fn print_human(cmd: &Cmd, r: &Value) {
         Cmd::Approve { code, .. } => {
             println!("approved {code} as extension {}", s(r, "ext"));
         }
+        Cmd::Deny { code } => println!("denied the station with code {code}"),
+        Cmd::Revoke { ext } => println!("extension {ext} revoked"),
+        Cmd::Renumber { ext, .. } => println!("extension {ext} is now {}", s(r, "ext")),
+        Cmd::Hangup { call } => println!("call {call} ended"),
         Cmd::RingGroup { action } => match action {
             RingGroupCmd::Show { .. } => {
                 let members = match r.get("members") {
@@ -259,6 +300,6 @@ fn print_human(cmd: &Cmd, r: &Value) {
                 println!("ring group cleared: the config file's reception applies")
             }
         },
-        Cmd::Run(_) | Cmd::CheckConfig { .. } => {}
+        Cmd::Run(_) | Cmd::CheckConfig { .. } | Cmd::Events { .. } => {}
     }
 }

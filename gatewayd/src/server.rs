@@ -27,8 +27,10 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::api::{CallInfo, CallPhase, Event as ApiEvent, Status};
 use crate::config::{Config, InternalMedia};
 use crate::db::{now_ms, CdrRow, Db};
+use crate::events::Publisher;
 use keyline_net::relay::{self, Allocation, Counters};
 
 /// What an approved station is called on the switch.
@@ -36,6 +38,13 @@ use keyline_net::relay::{self, Allocation, Counters};
 pub struct Approved {
     pub ext: String,
     pub name: Option<String>,
+}
+
+/// What the admin decided about a waiting station.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    Approved(Approved),
+    Denied,
 }
 
 /// Inputs of the switch task.
@@ -60,7 +69,7 @@ pub enum Event {
     },
     Query {
         what: Query,
-        reply: oneshot::Sender<Value>,
+        reply: oneshot::Sender<QueryReply>,
     },
     Reload {
         cfg: Config,
@@ -99,11 +108,32 @@ pub enum Event {
     Trunk(crate::trunk::TrunkEvent),
 }
 
-#[derive(Debug, Clone, Copy)]
+/// What the control API asks of the switch task.
+#[derive(Debug, Clone)]
 pub enum Query {
     Status,
     Calls,
     Online,
+    /// End a call in progress.
+    Hangup {
+        call: CallId,
+    },
+    /// An extension was taken away or renumbered: forget the line and
+    /// drop its station (which reconnects as what it now is).
+    DropLine {
+        ext: String,
+        why: &'static str,
+    },
+}
+
+/// The switch task's answer to a [`Query`].
+#[derive(Debug)]
+pub enum QueryReply {
+    Status(Box<Status>),
+    Calls(Vec<CallInfo>),
+    /// Extension and address of every station online.
+    Online(Vec<(String, String)>),
+    Done(std::result::Result<(), String>),
 }
 
 /// State shared by the gateway's tasks.
@@ -115,8 +145,10 @@ pub struct Shared {
     pub local_addr: SocketAddr,
     pub relay: Arc<Counters>,
     pub events: mpsc::Sender<Event>,
+    /// What the gateway tells subscribers.
+    pub publisher: Publisher,
     /// Connections of unapproved stations waiting for `approve`.
-    pub pending: Mutex<HashMap<String, oneshot::Sender<Approved>>>,
+    pub pending: Mutex<HashMap<String, oneshot::Sender<Decision>>>,
     /// Callers expected at a mailbox, by the call's media token.
     pub vm_jobs: Mutex<HashMap<String, crate::voicemail::Job>>,
     /// The directory connection while the office is registered (for
@@ -125,9 +157,16 @@ pub struct Shared {
     /// Stations seen by mDNS (a hint only).
     pub discovered: Mutex<HashMap<String, mdns::Found>>,
     pub started: Instant,
+    /// The admin site's state, as `status` shows it.
+    pub admin: RwLock<Value>,
 }
 
 impl Shared {
+    /// Where the admin site is served, or why not (for `status`).
+    pub fn admin_status(&self) -> Value {
+        self.admin.read().map(|a| a.clone()).unwrap_or(Value::Null)
+    }
+
     /// The configuration in force now.
     pub fn cfg(&self) -> Config {
         self.cfg.read().map(|c| c.clone()).unwrap_or_default()
@@ -206,11 +245,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         local_addr,
         relay: Arc::new(Counters::default()),
         events: events_tx,
+        publisher: Publisher::new(),
         pending: Mutex::new(HashMap::new()),
         vm_jobs: Mutex::new(HashMap::new()),
         dir_client: Mutex::new(None),
         discovered: Mutex::new(HashMap::new()),
         started: Instant::now(),
+        admin: RwLock::new(json!({"state": "off"})),
     });
 
     let switch = Switch::new(shared.clone())?;
@@ -220,9 +261,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
     {
         let shared = shared.clone();
-        tokio::spawn(control::serve(ctl, move |req| {
+        let events = shared.publisher.control();
+        tokio::spawn(control::serve_with_events(ctl, events, move |req| {
             let shared = shared.clone();
-            async move { handle_control(&shared, req).await }
+            async move { crate::control::handle_control(&shared, req).await }
         }));
     }
 
@@ -285,7 +327,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let shared = shared.clone();
         lifecycle::spawn_watchdog(move || {
             let shared = shared.clone();
-            async move { query_switch(&shared, Query::Status).await["ok"] == true }
+            async move {
+                matches!(
+                    query_switch(&shared, Query::Status).await,
+                    Ok(QueryReply::Status(_))
+                )
+            }
         });
     }
     while let Signal::Reload = signals.recv().await {
@@ -523,8 +570,26 @@ async fn serve_station(shared: Arc<Shared>, conn: quinn::Connection) -> Result<(
 
     let db = shared.db.clone();
     let fp2 = fp.clone();
-    let row = tokio::task::spawn_blocking(move || db.agent(&fp2)).await??;
+    let (row, denied) = tokio::task::spawn_blocking(move || {
+        Ok::<_, anyhow::Error>((db.agent(&fp2)?, db.is_denied(&fp2)?))
+    })
+    .await??;
     let approved = match row {
+        _ if denied => {
+            let _ = send_msg(
+                &mut send,
+                &Msg::Error {
+                    req: None,
+                    code: "denied".into(),
+                    message: "the office administrator refused this station".into(),
+                },
+            )
+            .await;
+            let _ = send.finish();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            conn.close(quinn::VarInt::from_u32(6), b"denied");
+            bail!("station {addr} was denied");
+        }
         Some(r) if r.state == "approved" => {
             let db = shared.db.clone();
             let (fp2, a) = (fp.clone(), addr.to_string());
@@ -850,6 +915,7 @@ async fn wait_for_approval(
 ) -> Result<Option<Approved>> {
     let code = pairing_code(fp, &shared.id.fingerprint);
     let db = shared.db.clone();
+    let name2 = name.clone();
     let (fp2, code2, a) = (fp.to_string(), code.clone(), addr.to_string());
     let mut waiting = waiting_stations(shared);
     waiting.push(fp.to_string());
@@ -888,10 +954,29 @@ async fn wait_for_approval(
         p.insert(fp.to_string(), tx);
     }
     tracing::info!("station {addr} waits for approval with code {code}");
-    send_msg(send, &Msg::Pending { code }).await?;
+    send_msg(send, &Msg::Pending { code: code.clone() }).await?;
+    shared.publisher.publish(&ApiEvent::EnrolmentPending {
+        fingerprint: fp.to_string(),
+        code,
+        name: name2,
+        addr: addr.to_string(),
+    });
     let outcome = loop {
         tokio::select! {
-            a = &mut rx => break a.ok(),
+            a = &mut rx => match a {
+                Ok(Decision::Approved(a)) => break Some(a),
+                Ok(Decision::Denied) => {
+                    send_msg(send, &Msg::Error {
+                        req: None,
+                        code: "denied".into(),
+                        message: "the office administrator refused this station".into(),
+                    }).await?;
+                    let _ = send.finish();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return Ok(None);
+                }
+                Err(_) => break None,
+            },
             m = next_msg(recv) => match m {
                 Ok(Incoming::Msg(Msg::Dial { req, .. })) => {
                     send_msg(send, &Msg::DialFailed {
@@ -948,6 +1033,10 @@ async fn pending_left(shared: &Arc<Shared>, fp: &str) {
     if let Ok(mut p) = shared.pending.lock() {
         p.remove(fp);
     }
+    shared.publisher.publish(&ApiEvent::EnrolmentLeft {
+        fingerprint: fp.to_string(),
+        code: pairing_code(fp, &shared.id.fingerprint),
+    });
     let db = shared.db.clone();
     let fp = fp.to_string();
     let at = now_ms();
@@ -1001,6 +1090,10 @@ pub(crate) struct Switch {
     last_status: (usize, usize),
     /// The disk watcher's last word: (mailboxes writable, bytes free).
     disk: Option<(bool, u64)>,
+    /// The calls as subscribers last heard of them.
+    told: HashMap<CallId, CallInfo>,
+    /// Outcomes of calls that ended since subscribers were last told.
+    outcomes: HashMap<CallId, &'static str>,
 }
 
 impl Switch {
@@ -1031,6 +1124,8 @@ impl Switch {
             anchor: (Instant::now(), SystemTime::now()),
             last_status: (0, 0),
             disk: None,
+            told: HashMap::new(),
+            outcomes: HashMap::new(),
         })
     }
 
@@ -1043,6 +1138,7 @@ impl Switch {
                     _ = tokio::time::sleep_until(d.into()) => {
                         self.sb.handle_timeout(Instant::now());
                         self.drain();
+                        self.tell_calls();
                         continue;
                     }
                 },
@@ -1057,6 +1153,12 @@ impl Switch {
                     conn,
                     tx,
                 } => {
+                    let addr = conn.remote_address().to_string();
+                    self.shared.publisher.publish(&ApiEvent::StationOnline {
+                        ext: ext.clone(),
+                        name: name.clone(),
+                        addr,
+                    });
                     if let Some(old) = self
                         .stations
                         .insert(ext.clone(), Station { conn, tx, name })
@@ -1081,6 +1183,9 @@ impl Switch {
                     if current {
                         self.stations.remove(&ext);
                         self.sb.handle_line_down(now, &ext);
+                        self.shared
+                            .publisher
+                            .publish(&ApiEvent::StationOffline { ext });
                     }
                 }
                 Event::FromStation { ext, msg } => self.on_station_msg(now, &ext, msg),
@@ -1093,6 +1198,12 @@ impl Switch {
                 Event::MessageWaiting { ext } => self.message_waiting(&ext),
                 Event::Disk { writable, free } => {
                     self.sb.set_mailboxes_writable(writable);
+                    if self.disk.map(|d| d.0) != Some(writable) {
+                        self.shared.publisher.publish(&ApiEvent::Disk {
+                            free_bytes: free,
+                            mailboxes_writable: writable,
+                        });
+                    }
                     self.disk = Some((writable, free));
                 }
                 Event::Reload { cfg } => self
@@ -1104,7 +1215,8 @@ impl Switch {
                         .set_config(call_config(&self.shared.cfg(), self.ring_group.as_ref()));
                 }
                 Event::Query { what, reply } => {
-                    let _ = reply.send(self.query(what));
+                    let answer = self.query(now, what);
+                    let _ = reply.send(answer);
                 }
                 Event::Trunk(ev) => self.on_trunk(now, ev),
                 Event::Shutdown { done } => {
@@ -1114,8 +1226,61 @@ impl Switch {
                 }
             }
             self.drain();
+            self.tell_calls();
             self.report_status();
         }
+    }
+
+    /// Tell subscribers of calls that appeared, changed or ended since
+    /// they were last told.
+    fn tell_calls(&mut self) {
+        let now = Instant::now();
+        let current = self.calls_info(now);
+        let mut gone: Vec<CallId> = self.told.keys().copied().collect();
+        for c in current {
+            gone.retain(|id| *id != c.id);
+            let changed = match self.told.get(&c.id) {
+                Some(old) => {
+                    (
+                        old.state,
+                        old.relayed,
+                        &old.caller,
+                        &old.callee,
+                        old.since_ms,
+                    ) != (c.state, c.relayed, &c.caller, &c.callee, c.since_ms)
+                }
+                None => true,
+            };
+            if changed {
+                self.shared
+                    .publisher
+                    .publish(&ApiEvent::Call { call: c.clone() });
+                self.told.insert(c.id, c);
+            }
+        }
+        gone.sort_unstable();
+        for id in gone {
+            if let Some(mut call) = self.told.remove(&id) {
+                call.seconds = now_ms().saturating_sub(call.since_ms).max(0) as u64 / 1000;
+                let outcome = self.outcomes.remove(&id).map(str::to_string);
+                self.shared
+                    .publisher
+                    .publish(&ApiEvent::CallEnded { call, outcome });
+            }
+        }
+        self.outcomes.clear();
+    }
+
+    /// Wall-clock time (Unix ms) of a monotonic instant.
+    fn wall_ms(&self, t: Instant) -> i64 {
+        let wall = if t >= self.anchor.0 {
+            self.anchor.1 + (t - self.anchor.0)
+        } else {
+            self.anchor.1 - (self.anchor.0 - t)
+        };
+        wall.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_else(|_| now_ms())
     }
 
     /// Tell a station how many voicemails wait for it.
@@ -1373,17 +1538,9 @@ impl Switch {
                     if let Some(call) = rec.call {
                         self.relays.remove(&call);
                         self.trunk_forget(call);
+                        self.outcomes.insert(call, rec.outcome.as_str());
                     }
-                    let to_ms = |t: Instant| -> i64 {
-                        let wall = if t >= self.anchor.0 {
-                            self.anchor.1 + (t - self.anchor.0)
-                        } else {
-                            self.anchor.1 - (self.anchor.0 - t)
-                        };
-                        wall.duration_since(UNIX_EPOCH)
-                            .map(|d| d.as_millis() as i64)
-                            .unwrap_or_else(|_| now_ms())
-                    };
+                    let to_ms = |t: Instant| self.wall_ms(t);
                     let row = CdrRow {
                         id: 0,
                         call_id: rec.call.map(|c| c as i64),
@@ -1520,35 +1677,68 @@ impl Switch {
         Ok(())
     }
 
-    fn query(&self, what: Query) -> Value {
+    fn query(&mut self, now: Instant, what: Query) -> QueryReply {
         match what {
-            Query::Online => json!({
-                "ok": true,
-                "online": self.stations.iter().map(|(ext, s)| json!({
-                    "ext": ext, "addr": s.conn.remote_address().to_string()
-                })).collect::<Vec<_>>(),
-            }),
-            Query::Calls => json!({"ok": true, "calls": self.calls_json()}),
-            Query::Status => json!({
-                "ok": true,
-                "version": env!("CARGO_PKG_VERSION"),
-                "listen": self.shared.local_addr.to_string(),
-                "fingerprint": self.shared.id.fingerprint,
-                "state_dir": self.shared.state_dir.display().to_string(),
-                "internal_media": self.shared.cfg().internal_media.as_str(),
-                "ring_timeout_s": self.shared.cfg().ring_timeout_secs,
-                "uptime_s": self.shared.started.elapsed().as_secs(),
-                "stations_online": self.stations.len(),
-                "calls_active": self.sb.calls().count(),
-                "relay": self.shared.relay.snapshot(),
-                "directory": self.trunks.status(),
-                "ring_group": self.ring_group_json(),
-                "disk": self.disk.map(|(writable, free)| json!({
+            Query::Online => QueryReply::Online(
+                self.stations
+                    .iter()
+                    .map(|(ext, s)| (ext.clone(), s.conn.remote_address().to_string()))
+                    .collect(),
+            ),
+            Query::Calls => QueryReply::Calls(self.calls_info(now)),
+            Query::Status => QueryReply::Status(Box::new(self.status())),
+            Query::Hangup { call } => {
+                let Some(c) = self.sb.calls().find(|c| c.id == call) else {
+                    return QueryReply::Done(Err(format!("no call {call} in progress")));
+                };
+                let end = if is_trunk(&c.caller) {
+                    c.callee.clone()
+                } else {
+                    c.caller.clone()
+                };
+                QueryReply::Done(
+                    self.sb
+                        .handle_hangup(now, &end, call)
+                        .map_err(|e| format!("call {call}: {e}")),
+                )
+            }
+            Query::DropLine { ext, why } => {
+                self.sb.remove_line(now, &ext);
+                if let Some(st) = self.stations.remove(&ext) {
+                    st.conn.close(quinn::VarInt::from_u32(7), why.as_bytes());
+                    self.shared
+                        .publisher
+                        .publish(&ApiEvent::StationOffline { ext });
+                }
+                QueryReply::Done(Ok(()))
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let cfg = self.shared.cfg();
+        Status {
+            api: crate::api::API_VERSION,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            listen: self.shared.local_addr.to_string(),
+            fingerprint: self.shared.id.fingerprint.clone(),
+            state_dir: self.shared.state_dir.display().to_string(),
+            internal_media: cfg.internal_media.as_str().to_string(),
+            ring_timeout_s: cfg.ring_timeout_secs,
+            uptime_s: self.shared.started.elapsed().as_secs(),
+            stations_online: self.stations.len(),
+            calls_active: self.sb.calls().count(),
+            relay: self.shared.relay.snapshot(),
+            directory: self.trunks.status(),
+            ring_group: self.ring_group_json(),
+            disk: self.disk.map(|(writable, free)| {
+                json!({
                     "free_bytes": free,
                     "mailboxes_writable": writable,
                     "unwritten_call_records": self.shared.db.unwritten_count(),
-                })),
+                })
             }),
+            admin: self.shared.admin_status(),
         }
     }
 
@@ -1577,35 +1767,44 @@ impl Switch {
         }
     }
 
-    fn calls_json(&self) -> Vec<Value> {
-        let now = Instant::now();
-        self.sb
+    fn calls_info(&self, now: Instant) -> Vec<CallInfo> {
+        let name = |line: &str| self.stations.get(line).and_then(|s| s.name.clone());
+        let mut v: Vec<CallInfo> = self
+            .sb
             .calls()
             .map(|c| {
-                let (state, secs) = match c.state {
-                    CallState::Ringing { .. } => ("ringing", now.duration_since(c.started)),
-                    CallState::Answered { at } if c.held_by.is_some() => {
-                        ("held", now.duration_since(at))
-                    }
-                    CallState::Answered { at } => ("answered", now.duration_since(at)),
-                    CallState::Voicemail { at } => ("voicemail", now.duration_since(at)),
+                let (state, since) = match c.state {
+                    CallState::Ringing { .. } => (CallPhase::Ringing, c.started),
+                    CallState::Answered { at } if c.held_by.is_some() => (CallPhase::Held, at),
+                    CallState::Answered { at } => (CallPhase::Answered, at),
+                    CallState::Voicemail { at } => (CallPhase::Voicemail, at),
                 };
-                json!({
-                    "id": c.id,
-                    "caller": display(&c.caller),
-                    "callee": display(&c.callee),
-                    "outside": is_trunk(&c.caller) || is_trunk(&c.callee),
-                    "directory_call": self.trunks.dir_call(c.id),
-                    "state": state,
-                    "seconds": secs.as_secs(),
-                    "relayed": self.relays.contains_key(&c.id),
-                })
+                CallInfo {
+                    id: c.id,
+                    caller: display(&c.caller).to_string(),
+                    caller_name: name(&c.caller),
+                    callee: display(&c.callee).to_string(),
+                    callee_name: name(&c.callee),
+                    state,
+                    started_ms: self.wall_ms(c.started),
+                    since_ms: self.wall_ms(since),
+                    seconds: now.saturating_duration_since(since).as_secs(),
+                    outside: is_trunk(&c.caller) || is_trunk(&c.callee),
+                    directory_call: self.trunks.dir_call(c.id),
+                    relayed: self.relays.contains_key(&c.id),
+                }
             })
-            .collect()
+            .collect();
+        v.sort_by_key(|c| c.id);
+        v
     }
 }
 
-async fn query_switch(shared: &Shared, what: Query) -> Value {
+/// Ask the switch task; `Err` when it is stopping.
+pub(crate) async fn query_switch(
+    shared: &Shared,
+    what: Query,
+) -> std::result::Result<QueryReply, String> {
     let (tx, rx) = oneshot::channel();
     if shared
         .events
@@ -1613,143 +1812,9 @@ async fn query_switch(shared: &Shared, what: Query) -> Value {
         .await
         .is_err()
     {
-        return control::error("the gateway is stopping");
+        return Err("the gateway is stopping".into());
     }
-    rx.await
-        .unwrap_or_else(|_| control::error("the gateway is stopping"))
-}
-
-/// Serve one control-socket request.
-pub async fn handle_control(shared: &Arc<Shared>, req: Value) -> Value {
-    let cmd = req.get("cmd").and_then(Value::as_str).unwrap_or("");
-    match cmd {
-        "status" => query_switch(shared, Query::Status).await,
-        "calls" => query_switch(shared, Query::Calls).await,
-        "agents" => {
-            let online = query_switch(shared, Query::Online).await;
-            let db = shared.db.clone();
-            let rows = match tokio::task::spawn_blocking(move || db.agents()).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => return control::error(format!("database: {e:#}")),
-                Err(e) => return control::error(e),
-            };
-            let online_addr = |ext: &Option<String>| -> Option<String> {
-                let ext = ext.as_ref()?;
-                online.get("online")?.as_array()?.iter().find_map(|o| {
-                    (o.get("ext")?.as_str()? == ext)
-                        .then(|| o.get("addr")?.as_str().map(str::to_string))?
-                })
-            };
-            let waiting: Vec<String> = shared
-                .pending
-                .lock()
-                .map(|p| p.keys().cloned().collect())
-                .unwrap_or_default();
-            let agents: Vec<Value> = rows
-                .iter()
-                .map(|r| {
-                    let addr = online_addr(&r.ext);
-                    json!({
-                        "fingerprint": r.fingerprint,
-                        "ext": r.ext,
-                        "name": r.name,
-                        "state": r.state,
-                        "code": (r.state == "pending").then_some(&r.code),
-                        "waiting": waiting.contains(&r.fingerprint),
-                        "online": addr.is_some(),
-                        "addr": addr.or_else(|| r.last_addr.clone()),
-                    })
-                })
-                .collect();
-            let discovered: Vec<Value> = shared
-                .discovered
-                .lock()
-                .map(|d| {
-                    d.values()
-                        .map(|f| json!({"name": f.fullname, "fingerprint": f.fingerprint, "addrs": f.addrs}))
-                        .collect()
-                })
-                .unwrap_or_default();
-            json!({"ok": true, "agents": agents, "discovered": discovered})
-        }
-        "cdr" => {
-            let limit = req
-                .get("limit")
-                .and_then(Value::as_u64)
-                .unwrap_or(100)
-                .min(100_000) as u32;
-            let db = shared.db.clone();
-            match tokio::task::spawn_blocking(move || db.cdr(limit)).await {
-                Ok(Ok(rows)) => json!({"ok": true, "cdr": rows}),
-                Ok(Err(e)) => control::error(format!("database: {e:#}")),
-                Err(e) => control::error(e),
-            }
-        }
-        "approve" => approve(shared, &req).await,
-        "speed-dial-set" | "speed-dial-rm" => speed_dial(shared, cmd, &req).await,
-        "ring-group-set" | "ring-group-clear" => ring_group(shared, cmd, &req).await,
-        "speed-dial-list" => {
-            let db = shared.db.clone();
-            match tokio::task::spawn_blocking(move || db.speed_dials()).await {
-                Ok(Ok(rows)) => json!({"ok": true, "speed_dials": rows
-                    .into_iter()
-                    .map(|(code, number)| json!({"code": code, "number": number}))
-                    .collect::<Vec<_>>()}),
-                Ok(Err(e)) => control::error(format!("database: {e:#}")),
-                Err(e) => control::error(e),
-            }
-        }
-        "" => control::error("missing \"cmd\""),
-        other => control::error(format!("unknown command {other:?}")),
-    }
-}
-
-/// Is `code` a short code: `*0`–`*9` or `**00`–`**99`?
-pub fn is_speed_dial_code(code: &str) -> bool {
-    let b = code.as_bytes();
-    matches!(b, [b'*', d] if d.is_ascii_digit())
-        || matches!(b, [b'*', b'*', d1, d2] if d1.is_ascii_digit() && d2.is_ascii_digit())
-}
-
-async fn speed_dial(shared: &Arc<Shared>, cmd: &str, req: &Value) -> Value {
-    let Some(code) = req.get("code").and_then(Value::as_str).map(str::to_string) else {
-        return control::error("a short code is needed (*0-*9 or **00-**99)");
-    };
-    if !is_speed_dial_code(&code) {
-        return control::error(format!("{code:?} is not a short code (*0-*9 or **00-**99)"));
-    }
-    if code == "*8" {
-        return control::error("*8 is reserved for call pick-up");
-    }
-    let number = if cmd == "speed-dial-set" {
-        let Some(n) = req.get("number").and_then(Value::as_str) else {
-            return control::error("speed-dial set needs a number");
-        };
-        match number::canonicalize(n) {
-            Ok(n) if !n.starts_with('*') => Some(n),
-            Ok(_) => return control::error("a short code cannot point at a feature code"),
-            Err(e) => return control::error(format!("{n:?}: {e}")),
-        }
-    } else {
-        None
-    };
-    let db = shared.db.clone();
-    let (c, n) = (code.clone(), number.clone());
-    match tokio::task::spawn_blocking(move || db.set_speed_dial(&c, n.as_deref())).await {
-        Ok(Ok(false)) if number.is_none() => control::error(format!("no short code {code}")),
-        Ok(Ok(_)) => {
-            let _ = shared
-                .events
-                .send(Event::SpeedDial {
-                    code: code.clone(),
-                    number: number.clone(),
-                })
-                .await;
-            json!({"ok": true, "code": code, "number": number})
-        }
-        Ok(Err(e)) => control::error(format!("database: {e:#}")),
-        Err(e) => control::error(e),
-    }
+    rx.await.map_err(|_| "the gateway is stopping".to_string())
 }
 
 /// The switchboard's settings: the configuration, with the ring group set
@@ -1764,118 +1829,4 @@ fn call_config(cfg: &Config, group: Option<&crate::db::RingGroup>) -> CallConfig
         }
     }
     c
-}
-
-async fn ring_group(shared: &Arc<Shared>, cmd: &str, req: &Value) -> Value {
-    let group = if cmd == "ring-group-set" {
-        let mode = req.get("mode").and_then(Value::as_str).unwrap_or("all");
-        if mode != "all" && mode != "hunt" {
-            return control::error(format!("mode {mode:?}: use all or hunt"));
-        }
-        let step = req.get("step_secs").and_then(Value::as_u64).unwrap_or(15);
-        if !(1..=600).contains(&step) {
-            return control::error("--step must be between 1 and 600 seconds");
-        }
-        let raw: Vec<String> = req
-            .get("members")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
-        if raw.is_empty() {
-            return control::error("name the extensions that ring, in order");
-        }
-        let known: Vec<String> = {
-            let db = shared.db.clone();
-            match tokio::task::spawn_blocking(move || db.agents()).await {
-                Ok(Ok(rows)) => rows.into_iter().filter_map(|a| a.ext).collect(),
-                Ok(Err(e)) => return control::error(format!("database: {e:#}")),
-                Err(e) => return control::error(e),
-            }
-        };
-        let mut members = Vec::new();
-        for m in raw {
-            let ext = match number::canonicalize(&m) {
-                Ok(e) => e,
-                Err(e) => return control::error(format!("{m:?}: {e}")),
-            };
-            if !known.contains(&ext) {
-                return control::error(format!("{ext} is not an extension here"));
-            }
-            if members.contains(&ext) {
-                return control::error(format!("{ext} is named twice"));
-            }
-            members.push(ext);
-        }
-        Some(crate::db::RingGroup {
-            mode: mode.to_string(),
-            members,
-            step_secs: step,
-        })
-    } else {
-        None
-    };
-    let db = shared.db.clone();
-    let g2 = group.clone();
-    match tokio::task::spawn_blocking(move || db.set_ring_group(g2.as_ref())).await {
-        Ok(Ok(())) => {
-            let _ = shared
-                .events
-                .send(Event::RingGroup {
-                    group: group.clone(),
-                })
-                .await;
-            json!({"ok": true, "ring_group": group})
-        }
-        Ok(Err(e)) => control::error(format!("database: {e:#}")),
-        Err(e) => control::error(e),
-    }
-}
-
-async fn approve(shared: &Arc<Shared>, req: &Value) -> Value {
-    let Some(code) = req.get("code").and_then(Value::as_str).map(str::to_string) else {
-        return control::error("approve needs a pairing code");
-    };
-    let ext = match req.get("ext").and_then(Value::as_str) {
-        Some(e) => match number::canonicalize(e) {
-            Ok(c) if number::is_extension_like(&c) => Some(c),
-            _ => return control::error(format!("{e:?} is not a valid extension (2 to 6 digits)")),
-        },
-        None => None,
-    };
-    let name = req.get("name").and_then(Value::as_str).map(str::to_string);
-    let db = shared.db.clone();
-    let [lo, hi] = shared.cfg().extension_range;
-    let row = match tokio::task::spawn_blocking(move || {
-        db.approve(&code, ext.as_deref(), name.as_deref(), (lo, hi))
-    })
-    .await
-    {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return control::error(format!("{e:#}")),
-        Err(e) => return control::error(e),
-    };
-    let Some(ext) = row.ext.clone() else {
-        return control::error("approval stored no extension");
-    };
-    let _ = shared
-        .events
-        .send(Event::AddLine { ext: ext.clone() })
-        .await;
-    let waiter = shared
-        .pending
-        .lock()
-        .ok()
-        .and_then(|mut p| p.remove(&row.fingerprint));
-    if let Some(w) = waiter {
-        let _ = w.send(Approved {
-            ext: ext.clone(),
-            name: row.name.clone(),
-        });
-    }
-    json!({"ok": true, "ext": ext, "name": row.name, "fingerprint": row.fingerprint})
 }

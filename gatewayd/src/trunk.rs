@@ -401,6 +401,13 @@ impl Switch {
                 if let Ok(mut c) = self.shared.dir_client.lock() {
                     *c = Some(client.clone());
                 }
+                self.shared.publisher.publish(&crate::api::Event::Uplink {
+                    uplink: crate::api::Uplink {
+                        state: "registered".into(),
+                        numbers: numbers.clone(),
+                        last_error: None,
+                    },
+                });
                 self.trunks.client = Some((client, outside_ip));
             }
             TrunkEvent::Down { reason } => {
@@ -409,6 +416,13 @@ impl Switch {
                     *c = None;
                 }
                 self.trunks.status = json!({ "state": "connecting", "last_error": reason });
+                self.shared.publisher.publish(&crate::api::Event::Uplink {
+                    uplink: crate::api::Uplink {
+                        state: "connecting".into(),
+                        numbers: Vec::new(),
+                        last_error: Some(reason.clone()),
+                    },
+                });
                 // Every outside call went with the connection.
                 let calls: Vec<(CallId, String)> = self
                     .trunks

@@ -1,0 +1,427 @@
+//! The one dispatcher behind the control socket (every CLI subcommand) and
+//! the admin site: a typed [`Request`] in, a typed [`Response`] or a
+//! sentence for a person out. Changes go to SQLite first, then to the
+//! switch task, then out as [`ApiEvent`]s.
+
+use std::sync::Arc;
+
+use keyline_net::control;
+use keyline_proto::number;
+use serde_json::{json, Value};
+
+use crate::api::{
+    parse_request, AgentInfo, CdrFilter, Event as ApiEvent, Request, Response, SpeedDial,
+};
+use crate::db::RingGroup;
+use crate::server::{query_switch, Approved, Decision, Event, Query, QueryReply, Shared};
+
+/// A reply for a person: the request did not happen.
+pub type Refusal = String;
+
+/// Serve one control-socket request line (already JSON).
+pub async fn handle_control(shared: &Arc<Shared>, req: Value) -> Value {
+    match parse_request(req) {
+        Ok(r) => match dispatch(shared, r).await {
+            Ok(resp) => resp.to_json(),
+            Err(e) => control::error(e),
+        },
+        Err(e) => control::error(e),
+    }
+}
+
+/// Carry out one request.
+pub async fn dispatch(shared: &Arc<Shared>, req: Request) -> Result<Response, Refusal> {
+    match req {
+        Request::Status => match query_switch(shared, Query::Status).await? {
+            QueryReply::Status(s) => Ok(Response::Status(s)),
+            other => Err(format!("unexpected answer {other:?}")),
+        },
+        Request::Calls => match query_switch(shared, Query::Calls).await? {
+            QueryReply::Calls(calls) => Ok(Response::Calls { calls }),
+            other => Err(format!("unexpected answer {other:?}")),
+        },
+        Request::Agents => agents(shared).await,
+        Request::Cdr { limit, filter } => cdr(shared, limit.min(100_000), filter).await,
+        Request::Approve { code, ext, name } => approve(shared, code, ext, name).await,
+        Request::Deny { code } => deny(shared, code).await,
+        Request::Revoke { ext } => revoke(shared, ext).await,
+        Request::SetExtension { ext, new_ext, name } => {
+            set_extension(shared, ext, new_ext, name).await
+        }
+        Request::Hangup { call } => match query_switch(shared, Query::Hangup { call }).await? {
+            QueryReply::Done(Ok(())) => Ok(Response::HungUp { call }),
+            QueryReply::Done(Err(e)) => Err(e),
+            other => Err(format!("unexpected answer {other:?}")),
+        },
+        Request::SpeedDialSet { code, number } => speed_dial(shared, code, Some(number)).await,
+        Request::SpeedDialRm { code } => speed_dial(shared, code, None).await,
+        Request::SpeedDialList => {
+            let rows = blocking(shared, |db| db.speed_dials()).await?;
+            Ok(Response::SpeedDials {
+                speed_dials: rows
+                    .into_iter()
+                    .map(|(code, number)| SpeedDial { code, number })
+                    .collect(),
+            })
+        }
+        Request::RingGroupSet {
+            mode,
+            step_secs,
+            members,
+        } => {
+            let group = check_ring_group(shared, &mode, step_secs, members).await?;
+            set_ring_group(shared, Some(group)).await
+        }
+        Request::RingGroupClear => set_ring_group(shared, None).await,
+    }
+}
+
+/// Run `f` on the database off the event loop.
+async fn blocking<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&crate::db::Db) -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, Refusal> {
+    let db = shared.db.clone();
+    match tokio::task::spawn_blocking(move || f(&db)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn agents(shared: &Arc<Shared>) -> Result<Response, Refusal> {
+    let online = match query_switch(shared, Query::Online).await? {
+        QueryReply::Online(o) => o,
+        other => return Err(format!("unexpected answer {other:?}")),
+    };
+    let rows = blocking(shared, |db| {
+        let mut rows = db.agents()?;
+        rows.extend(db.denied()?);
+        Ok(rows)
+    })
+    .await?;
+    let waiting: Vec<String> = shared
+        .pending
+        .lock()
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    let agents = rows
+        .into_iter()
+        .map(|r| {
+            let addr = r.ext.as_ref().and_then(|ext| {
+                online
+                    .iter()
+                    .find(|(e, _)| e == ext)
+                    .map(|(_, a)| a.clone())
+            });
+            AgentInfo {
+                waiting: waiting.contains(&r.fingerprint),
+                online: addr.is_some(),
+                addr: addr.or(r.last_addr),
+                code: (r.state == "pending").then_some(r.code),
+                fingerprint: r.fingerprint,
+                ext: r.ext,
+                name: r.name,
+                state: r.state,
+            }
+        })
+        .collect();
+    let discovered: Vec<Value> = shared
+        .discovered
+        .lock()
+        .map(|d| {
+            d.values()
+                .map(
+                    |f| json!({"name": f.fullname, "fingerprint": f.fingerprint, "addrs": f.addrs}),
+                )
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Response::Agents { agents, discovered })
+}
+
+async fn cdr(shared: &Arc<Shared>, limit: u32, filter: CdrFilter) -> Result<Response, Refusal> {
+    if let Some(o) = &filter.outcome {
+        const OUTCOMES: &[&str] = &[
+            "answered",
+            "busy",
+            "unknown",
+            "unreachable",
+            "no-answer",
+            "rejected",
+            "cancelled",
+            "failed",
+            "voicemail",
+            "redirected",
+        ];
+        if !OUTCOMES.contains(&o.as_str()) {
+            return Err(format!("outcome {o:?}: use one of {}", OUTCOMES.join(", ")));
+        }
+    }
+    let cdr = blocking(shared, move |db| db.cdr_search(limit, &filter)).await?;
+    Ok(Response::Cdr { cdr })
+}
+
+/// An extension as the admin typed it: canonical and in the range.
+fn extension(shared: &Shared, e: &str) -> Result<String, Refusal> {
+    let [lo, hi] = shared.cfg().extension_range;
+    match number::canonicalize(e) {
+        Ok(c) if number::is_extension_like(&c) => {
+            if c.parse::<u32>().is_ok_and(|n| (lo..=hi).contains(&n)) {
+                Ok(c)
+            } else {
+                Err(format!("extension {c} is outside the range {lo}-{hi}"))
+            }
+        }
+        _ => Err(format!("{e:?} is not a valid extension (2 to 6 digits)")),
+    }
+}
+
+/// A station's name as the admin typed it (none when blank).
+fn station_name(name: Option<String>) -> Result<Option<String>, Refusal> {
+    let Some(n) = name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty()) else {
+        return Ok(None);
+    };
+    if n.chars().count() > 64 || n.chars().any(char::is_control) {
+        return Err("a name is at most 64 characters, without control characters".into());
+    }
+    Ok(Some(n))
+}
+
+async fn approve(
+    shared: &Arc<Shared>,
+    code: String,
+    ext: Option<String>,
+    name: Option<String>,
+) -> Result<Response, Refusal> {
+    let ext = match ext.filter(|e| !e.trim().is_empty()) {
+        Some(e) => Some(extension(shared, &e)?),
+        None => None,
+    };
+    let name = station_name(name)?;
+    let [lo, hi] = shared.cfg().extension_range;
+    let row = blocking(shared, move |db| {
+        db.approve(&code, ext.as_deref(), name.as_deref(), (lo, hi))
+    })
+    .await?;
+    let Some(ext) = row.ext.clone() else {
+        return Err("approval stored no extension".into());
+    };
+    let _ = shared
+        .events
+        .send(Event::AddLine { ext: ext.clone() })
+        .await;
+    shared.publisher.publish(&ApiEvent::EnrolmentApproved {
+        fingerprint: row.fingerprint.clone(),
+        ext: ext.clone(),
+        name: row.name.clone(),
+    });
+    let waiter = shared
+        .pending
+        .lock()
+        .ok()
+        .and_then(|mut p| p.remove(&row.fingerprint));
+    if let Some(w) = waiter {
+        let _ = w.send(Decision::Approved(Approved {
+            ext: ext.clone(),
+            name: row.name.clone(),
+        }));
+    }
+    Ok(Response::Approved {
+        ext,
+        name: row.name,
+        fingerprint: row.fingerprint,
+    })
+}
+
+async fn deny(shared: &Arc<Shared>, code: String) -> Result<Response, Refusal> {
+    let c = code.clone();
+    let fingerprint = blocking(shared, move |db| db.deny(&c)).await?;
+    shared.publisher.publish(&ApiEvent::EnrolmentDenied {
+        fingerprint: fingerprint.clone(),
+        code,
+    });
+    let waiter = shared
+        .pending
+        .lock()
+        .ok()
+        .and_then(|mut p| p.remove(&fingerprint));
+    if let Some(w) = waiter {
+        let _ = w.send(Decision::Denied);
+    }
+    Ok(Response::Denied { fingerprint })
+}
+
+async fn revoke(shared: &Arc<Shared>, ext: String) -> Result<Response, Refusal> {
+    let e = ext.clone();
+    let fingerprint = blocking(shared, move |db| db.revoke(&e)).await?;
+    let why = "this station's extension was revoked";
+    match query_switch(
+        shared,
+        Query::DropLine {
+            ext: ext.clone(),
+            why,
+        },
+    )
+    .await?
+    {
+        QueryReply::Done(Ok(())) => {}
+        QueryReply::Done(Err(e)) => return Err(e),
+        other => return Err(format!("unexpected answer {other:?}")),
+    }
+    shared.publisher.publish(&ApiEvent::StationRevoked {
+        fingerprint: fingerprint.clone(),
+        ext: ext.clone(),
+    });
+    Ok(Response::Revoked { ext, fingerprint })
+}
+
+async fn set_extension(
+    shared: &Arc<Shared>,
+    ext: String,
+    new_ext: Option<String>,
+    name: Option<String>,
+) -> Result<Response, Refusal> {
+    let old = number::canonicalize(&ext).map_err(|e| format!("{ext:?}: {e}"))?;
+    let new_ext = match new_ext.filter(|e| !e.trim().is_empty()) {
+        Some(e) => Some(extension(shared, &e)?),
+        None => None,
+    };
+    let name = station_name(name)?;
+    if new_ext.is_none() && name.is_none() {
+        return Err("give a new extension or a new name".into());
+    }
+    let [lo, hi] = shared.cfg().extension_range;
+    let (o, n, nm) = (old.clone(), new_ext.clone(), name.clone());
+    let row = blocking(shared, move |db| {
+        db.set_extension(&o, n.as_deref(), nm.as_deref(), (lo, hi))
+    })
+    .await?;
+    let Some(now_ext) = row.ext.clone() else {
+        return Err("the station has no extension".into());
+    };
+    // The station reconnects and registers as what it is now.
+    let why = "this station's extension or name changed";
+    query_switch(
+        shared,
+        Query::DropLine {
+            ext: old.clone(),
+            why,
+        },
+    )
+    .await?;
+    let _ = shared
+        .events
+        .send(Event::AddLine {
+            ext: now_ext.clone(),
+        })
+        .await;
+    shared.publisher.publish(&ApiEvent::StationChanged {
+        fingerprint: row.fingerprint.clone(),
+        old_ext: old,
+        ext: now_ext.clone(),
+        name: row.name.clone(),
+    });
+    Ok(Response::Changed {
+        ext: now_ext,
+        name: row.name,
+        fingerprint: row.fingerprint,
+    })
+}
+
+/// Is `code` a short code: `*0`–`*9` or `**00`–`**99`?
+pub fn is_speed_dial_code(code: &str) -> bool {
+    let b = code.as_bytes();
+    matches!(b, [b'*', d] if d.is_ascii_digit())
+        || matches!(b, [b'*', b'*', d1, d2] if d1.is_ascii_digit() && d2.is_ascii_digit())
+}
+
+async fn speed_dial(
+    shared: &Arc<Shared>,
+    code: String,
+    number: Option<String>,
+) -> Result<Response, Refusal> {
+    if !is_speed_dial_code(&code) {
+        return Err(format!("{code:?} is not a short code (*0-*9 or **00-**99)"));
+    }
+    if code == "*8" {
+        return Err("*8 is reserved for call pick-up".into());
+    }
+    let number = match number {
+        Some(n) => match number::canonicalize(&n) {
+            Ok(n) if !n.starts_with('*') => Some(n),
+            Ok(_) => return Err("a short code cannot point at a feature code".into()),
+            Err(e) => return Err(format!("{n:?}: {e}")),
+        },
+        None => None,
+    };
+    let (c, n) = (code.clone(), number.clone());
+    let existed = blocking(shared, move |db| db.set_speed_dial(&c, n.as_deref())).await?;
+    if !existed && number.is_none() {
+        return Err(format!("no short code {code}"));
+    }
+    let _ = shared
+        .events
+        .send(Event::SpeedDial {
+            code: code.clone(),
+            number: number.clone(),
+        })
+        .await;
+    Ok(Response::SpeedDial { code, number })
+}
+
+/// A ring group as asked for, checked: every member an approved
+/// extension, named once.
+async fn check_ring_group(
+    shared: &Arc<Shared>,
+    mode: &str,
+    step: u64,
+    raw: Vec<String>,
+) -> Result<RingGroup, Refusal> {
+    if mode != "all" && mode != "hunt" {
+        return Err(format!("mode {mode:?}: use all or hunt"));
+    }
+    if !(1..=600).contains(&step) {
+        return Err("--step must be between 1 and 600 seconds".into());
+    }
+    if raw.is_empty() {
+        return Err("name the extensions that ring, in order".into());
+    }
+    let known: Vec<String> = blocking(shared, |db| db.agents())
+        .await?
+        .into_iter()
+        .filter(|a| a.state == "approved")
+        .filter_map(|a| a.ext)
+        .collect();
+    let mut members = Vec::new();
+    for m in raw {
+        let ext = number::canonicalize(&m).map_err(|e| format!("{m:?}: {e}"))?;
+        if !known.contains(&ext) {
+            return Err(format!("{ext} is not an extension here"));
+        }
+        if members.contains(&ext) {
+            return Err(format!("{ext} is named twice"));
+        }
+        members.push(ext);
+    }
+    Ok(RingGroup {
+        mode: mode.to_string(),
+        members,
+        step_secs: step,
+    })
+}
+
+async fn set_ring_group(
+    shared: &Arc<Shared>,
+    group: Option<RingGroup>,
+) -> Result<Response, Refusal> {
+    let g2 = group.clone();
+    blocking(shared, move |db| db.set_ring_group(g2.as_ref())).await?;
+    let _ = shared
+        .events
+        .send(Event::RingGroup {
+            group: group.clone(),
+        })
+        .await;
+    Ok(Response::RingGroup { ring_group: group })
+}
