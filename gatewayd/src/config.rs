@@ -77,7 +77,59 @@ pub struct Config {
     /// the ones gone longest are forgotten, and while that many are
     /// connected and waiting a new one is turned away.
     pub max_pending: usize,
+    /// `[metrics]`: Prometheus metrics over plain HTTP; absent: off.
+    pub metrics: Option<MetricsConfig>,
+    /// `[admin]`: the HTTPS admin site.
+    pub admin: AdminConfig,
 }
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// TCP address serving `/metrics` (default 127.0.0.1:9464). An
+    /// address other than loopback needs `allow_remote = true`: the page
+    /// is plain HTTP without a login.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub allow_remote: bool,
+}
+
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin site at all (it also needs a password:
+    /// `keyline-gatewayd admin passwd`).
+    pub enabled: bool,
+    /// TCP address of the admin site; absent: port 8443 on the address
+    /// the gateway's QUIC endpoint listens on (the LAN side).
+    pub listen: Option<SocketAddr>,
+    /// Networks (`10.0.0.0/8`, `192.168.1.7/32`, `::1/128`) allowed to use
+    /// the site; empty: the LAN the gateway is on (private, loopback and
+    /// link-local addresses). Anyone else is refused with 403.
+    pub allow: Vec<String>,
+    /// Minutes an idle login lasts.
+    pub session_idle_mins: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: None,
+            allow: Vec::new(),
+            session_idle_mins: 30,
+        }
+    }
+}
+
+pub const DEFAULT_ADMIN_PORT: u16 = 8443;
 
 /// `[embedded_directory]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -140,6 +192,8 @@ impl Default for Config {
             embedded_directory: None,
             pending_forget_secs: 600,
             max_pending: 100,
+            metrics: None,
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -183,6 +237,21 @@ impl Config {
             if keyline_proto::number::canonicalize(ext).ok().as_deref() != Some(ext.as_str()) {
                 bail!("reception: {ext:?} is not an extension number");
             }
+        }
+        if let Some(m) = &self.metrics {
+            if !m.listen.ip().is_loopback() && !m.allow_remote {
+                bail!(
+                    "metrics.listen {} is not a loopback address: /metrics has no login, so set metrics.allow_remote = true to serve it there",
+                    m.listen
+                );
+            }
+        }
+        for net in &self.admin.allow {
+            crate::admin::access::Net::parse(net)
+                .map_err(|e| anyhow::anyhow!("admin.allow: {net:?}: {e}"))?;
+        }
+        if !(1..=7 * 24 * 60).contains(&self.admin.session_idle_mins) {
+            bail!("admin.session_idle_mins must be between 1 and 10080");
         }
         if self.directory.is_some() && self.embedded_directory.is_some() {
             bail!("[directory] and [embedded_directory] exclude each other: pick one");

@@ -221,6 +221,7 @@ async fn approve(
         .lock()
         .ok()
         .and_then(|mut p| p.remove(&row.fingerprint));
+    shared.pending_changed();
     if let Some(w) = waiter {
         let _ = w.send(Decision::Approved(Approved {
             ext: ext.clone(),
@@ -246,6 +247,7 @@ async fn deny(shared: &Arc<Shared>, code: String) -> Result<Response, Refusal> {
         .lock()
         .ok()
         .and_then(|mut p| p.remove(&fingerprint));
+    shared.pending_changed();
     if let Some(w) = waiter {
         let _ = w.send(Decision::Denied);
     }

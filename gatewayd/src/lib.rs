@@ -8,12 +8,14 @@
 //! socket ([`control::dispatch`], typed in [`api`]), publishing what happens
 //! to subscribers ([`events`]).
 
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod db;
 pub mod events;
+pub mod metrics;
 pub mod server;
 pub mod trunk;
 pub mod voicemail;

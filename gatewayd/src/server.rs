@@ -31,6 +31,7 @@ use crate::api::{CallInfo, CallPhase, Event as ApiEvent, Status};
 use crate::config::{Config, InternalMedia};
 use crate::db::{now_ms, CdrRow, Db};
 use crate::events::Publisher;
+use crate::metrics::Metrics;
 use keyline_net::relay::{self, Allocation, Counters};
 
 /// What an approved station is called on the switch.
@@ -72,7 +73,7 @@ pub enum Event {
         reply: oneshot::Sender<QueryReply>,
     },
     Reload {
-        cfg: Config,
+        cfg: Box<Config>,
     },
     /// What the disk watcher saw: whether a mailbox could store a
     /// message, and the bytes free under the state directory.
@@ -159,9 +160,16 @@ pub struct Shared {
     pub started: Instant,
     /// The admin site's state, as `status` shows it.
     pub admin: RwLock<Value>,
+    pub metrics: Metrics,
 }
 
 impl Shared {
+    /// The waiting stations changed: keep the gauge right.
+    pub fn pending_changed(&self) {
+        let n = self.pending.lock().map(|p| p.len()).unwrap_or(0);
+        self.metrics.enrolments_pending.set(n as f64);
+    }
+
     /// Where the admin site is served, or why not (for `status`).
     pub fn admin_status(&self) -> Value {
         self.admin.read().map(|a| a.clone()).unwrap_or(Value::Null)
@@ -237,6 +245,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let endpoint = keyline_net::make_endpoint(cfg.listen, &id)?;
     let local_addr = endpoint.local_addr()?;
     let (events_tx, events_rx) = mpsc::channel(1024);
+    let metrics = match &cfg.metrics {
+        Some(_) => Metrics::install()?,
+        None => Metrics::off(),
+    };
+    let configured_uplink = cfg.directory.is_some() || cfg.embedded_directory.is_some();
+    metrics.uplink(if configured_uplink {
+        "connecting"
+    } else {
+        "off"
+    });
     let shared = Arc::new(Shared {
         id,
         db,
@@ -252,7 +270,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         discovered: Mutex::new(HashMap::new()),
         started: Instant::now(),
         admin: RwLock::new(json!({"state": "off"})),
+        metrics,
     });
+    if let Some(m) = shared.cfg().metrics {
+        shared.metrics.spawn_upkeep();
+        crate::metrics::serve(m.listen, shared.metrics.clone(), shared.relay.clone()).await?;
+    }
 
     let switch = Switch::new(shared.clone())?;
     let switch_task = tokio::spawn(switch.run(events_rx));
@@ -381,7 +404,10 @@ async fn reload(shared: &Arc<Shared>, opts: &RunOptions) {
             if let Ok(mut c) = shared.cfg.write() {
                 *c = new.clone();
             }
-            let _ = shared.events.send(Event::Reload { cfg: new }).await;
+            let _ = shared
+                .events
+                .send(Event::Reload { cfg: Box::new(new) })
+                .await;
             tracing::info!("configuration reloaded{note}");
             lifecycle::ready(&format!("configuration reloaded{note}"));
         }
@@ -953,6 +979,7 @@ async fn wait_for_approval(
     if let Ok(mut p) = shared.pending.lock() {
         p.insert(fp.to_string(), tx);
     }
+    shared.pending_changed();
     tracing::info!("station {addr} waits for approval with code {code}");
     send_msg(send, &Msg::Pending { code: code.clone() }).await?;
     shared.publisher.publish(&ApiEvent::EnrolmentPending {
@@ -1033,6 +1060,7 @@ async fn pending_left(shared: &Arc<Shared>, fp: &str) {
     if let Ok(mut p) = shared.pending.lock() {
         p.remove(fp);
     }
+    shared.pending_changed();
     shared.publisher.publish(&ApiEvent::EnrolmentLeft {
         fingerprint: fp.to_string(),
         code: pairing_code(fp, &shared.id.fingerprint),
@@ -1094,7 +1122,20 @@ pub(crate) struct Switch {
     told: HashMap<CallId, CallInfo>,
     /// Outcomes of calls that ended since subscribers were last told.
     outcomes: HashMap<CallId, &'static str>,
+    /// Dial requests not answered yet, for dial→ringing.
+    dialing: HashMap<(String, ReqId), Instant>,
+    /// Relayed calls answered whose answering end has not sent through
+    /// the forwarder yet, for answer→media.
+    media_wait: HashMap<CallId, Instant>,
 }
+
+/// Dial requests timed at once, at most (a station that never gets a
+/// reply cannot grow the table).
+const MAX_TIMED_DIALS: usize = 4096;
+/// How often relayed calls waiting for media are looked at.
+const MEDIA_CHECK: Duration = Duration::from_millis(5);
+/// How long a relayed call is watched for its first media.
+const MEDIA_WAIT: Duration = Duration::from_secs(10);
 
 impl Switch {
     fn new(shared: Arc<Shared>) -> Result<Switch> {
@@ -1126,17 +1167,27 @@ impl Switch {
             disk: None,
             told: HashMap::new(),
             outcomes: HashMap::new(),
+            dialing: HashMap::new(),
+            media_wait: HashMap::new(),
         })
     }
 
     async fn run(mut self, mut events: mpsc::Receiver<Event>) {
         loop {
-            let deadline = self.sb.poll_timeout();
+            let media_check = (!self.media_wait.is_empty()).then(|| Instant::now() + MEDIA_CHECK);
+            let deadline = match (self.sb.poll_timeout(), media_check) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let ev = match deadline {
                 Some(d) => tokio::select! {
                     ev = events.recv() => ev,
                     _ = tokio::time::sleep_until(d.into()) => {
-                        self.sb.handle_timeout(Instant::now());
+                        let now = Instant::now();
+                        if self.sb.poll_timeout().is_some_and(|t| t <= now) {
+                            self.sb.handle_timeout(now);
+                        }
+                        self.check_media(now);
                         self.drain();
                         self.tell_calls();
                         continue;
@@ -1198,6 +1249,7 @@ impl Switch {
                 Event::MessageWaiting { ext } => self.message_waiting(&ext),
                 Event::Disk { writable, free } => {
                     self.sb.set_mailboxes_writable(writable);
+                    self.shared.metrics.disk_free.set(free as f64);
                     if self.disk.map(|d| d.0) != Some(writable) {
                         self.shared.publisher.publish(&ApiEvent::Disk {
                             free_bytes: free,
@@ -1231,11 +1283,34 @@ impl Switch {
         }
     }
 
+    /// Relayed calls whose answering end has now sent through the
+    /// forwarder: answer→media.
+    fn check_media(&mut self, now: Instant) {
+        let relays = &self.relays;
+        let m = &self.shared.metrics;
+        self.media_wait.retain(|call, answered| {
+            let Some(alloc) = relays.get(call) else {
+                return false;
+            };
+            if alloc.callee_packets() > 0 {
+                m.answer_to_media
+                    .record(now.saturating_duration_since(*answered).as_secs_f64());
+                return false;
+            }
+            now.saturating_duration_since(*answered) < MEDIA_WAIT
+        });
+    }
+
     /// Tell subscribers of calls that appeared, changed or ended since
     /// they were last told.
     fn tell_calls(&mut self) {
         let now = Instant::now();
         let current = self.calls_info(now);
+        self.shared.metrics.calls_active.set(current.len() as f64);
+        self.shared
+            .metrics
+            .stations_online
+            .set(self.stations.len() as f64);
         let mut gone: Vec<CallId> = self.told.keys().copied().collect();
         for c in current {
             gone.retain(|id| *id != c.id);
@@ -1337,6 +1412,9 @@ impl Switch {
     fn on_station_msg(&mut self, now: Instant, ext: &str, msg: Msg) {
         let (res, call) = match msg {
             Msg::Dial { req, number } => {
+                if self.dialing.len() < MAX_TIMED_DIALS {
+                    self.dialing.insert((ext.to_string(), req), now);
+                }
                 self.sb.handle_dial(now, ext, req, &number);
                 return;
             }
@@ -1402,7 +1480,15 @@ impl Switch {
                     req,
                     call,
                     callee,
-                } => self.send(&caller, Msg::Ringing { req, call, callee }),
+                } => {
+                    if let Some(t) = self.dialing.remove(&(caller.clone(), req)) {
+                        self.shared
+                            .metrics
+                            .dial_to_ringing
+                            .record(t.elapsed().as_secs_f64());
+                    }
+                    self.send(&caller, Msg::Ringing { req, call, callee })
+                }
                 Action::DialFailed {
                     caller,
                     req,
@@ -1415,14 +1501,17 @@ impl Switch {
                     caller,
                     req,
                     reason,
-                } => self.send(
-                    &caller,
-                    Msg::DialFailed {
-                        req,
-                        reason,
-                        message: reason.describe().to_string(),
-                    },
-                ),
+                } => {
+                    self.dialing.remove(&(caller.clone(), req));
+                    self.send(
+                        &caller,
+                        Msg::DialFailed {
+                            req,
+                            reason,
+                            message: reason.describe().to_string(),
+                        },
+                    )
+                }
                 Action::Ring { callee, call, from } => {
                     let from_name = self.stations.get(&from).and_then(|s| s.name.clone());
                     self.send(
@@ -1442,6 +1531,8 @@ impl Switch {
                     if let Err(e) = self.connect(call, &caller, &callee) {
                         tracing::warn!("call {call}: media set-up failed: {e:#}");
                         self.sb.handle_media_failed(Instant::now(), call);
+                    } else if self.relays.contains_key(&call) {
+                        self.media_wait.insert(call, Instant::now());
                     }
                 }
                 Action::Ended { to, call, .. } if is_trunk(&to) => {
@@ -1540,6 +1631,7 @@ impl Switch {
                         self.trunk_forget(call);
                         self.outcomes.insert(call, rec.outcome.as_str());
                     }
+                    self.shared.metrics.call_ended(rec.outcome.as_str());
                     let to_ms = |t: Instant| self.wall_ms(t);
                     let row = CdrRow {
                         id: 0,

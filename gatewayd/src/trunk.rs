@@ -401,6 +401,7 @@ impl Switch {
                 if let Ok(mut c) = self.shared.dir_client.lock() {
                     *c = Some(client.clone());
                 }
+                self.shared.metrics.uplink("registered");
                 self.shared.publisher.publish(&crate::api::Event::Uplink {
                     uplink: crate::api::Uplink {
                         state: "registered".into(),
@@ -416,6 +417,7 @@ impl Switch {
                     *c = None;
                 }
                 self.trunks.status = json!({ "state": "connecting", "last_error": reason });
+                self.shared.metrics.uplink("connecting");
                 self.shared.publisher.publish(&crate::api::Event::Uplink {
                     uplink: crate::api::Uplink {
                         state: "connecting".into(),
