@@ -963,6 +963,11 @@ fn status(agent: &Arc<Agent>) -> Value {
         "messages_waiting": st.inbox.len(),
         "voicemail_waiting": st.voicemail_waiting,
         "playing_voicemail": st.playback.as_ref().is_some_and(|p| !p.is_finished()),
+        "audio": {
+            "in": agent.opts.audio_in,
+            "out": agent.opts.audio_out,
+            "ringtone": agent.opts.ringtone.as_ref().map(|p| p.display().to_string()),
+        },
     })
 }
 
@@ -1004,6 +1009,11 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
         "resume" => command(agent, Command::Resume).await,
         "answer" => command(agent, Command::Answer).await,
         "hangup" => command(agent, Command::Hangup).await,
+        "history" => agent.lock().station.history_json(),
+        "mute" => {
+            let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
+            agent.lock().station.mute_command(on)
+        }
         "record" => {
             let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
             agent.lock().station.record_command(

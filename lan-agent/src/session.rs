@@ -121,6 +121,8 @@ pub struct Hold {
     /// This end put the call on hold: send `music`, play nothing.
     pub holding: AtomicBool,
     pub music: Mutex<LoopSource>,
+    /// This end muted its microphone: send silence.
+    pub muted: AtomicBool,
 }
 
 impl Hold {
@@ -128,6 +130,7 @@ impl Hold {
         Hold {
             holding: AtomicBool::new(false),
             music: Mutex::new(LoopSource::new(music)),
+            muted: AtomicBool::new(false),
         }
     }
 }
@@ -187,6 +190,9 @@ impl Session {
                         }
                     } else if let Ok(mut s) = source.lock() {
                         s.next_frame(&mut pcm);
+                        if hold.muted.load(Ordering::Relaxed) {
+                            pcm.fill(0);
+                        }
                     }
                     if let Ok(mut r) = record.lock() {
                         if r.recorder.is_some() && r.local.len() < 10 {

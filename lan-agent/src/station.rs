@@ -6,7 +6,7 @@
 //! the internet terminal ([`crate::terminal`]) add only their link: how a
 //! [`LinkOut`] is sent and how media is connected.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -26,6 +26,9 @@ use crate::session::{
     finish_recording, recording_error, recording_path, start_recording, Hold, MediaStats,
     RecordSlot, Session, SharedRecord,
 };
+
+/// Calls `history` remembers (in memory: a restart forgets them).
+const HISTORY: usize = 100;
 
 /// What the adapter must do itself: everything that touches its link.
 #[derive(Debug)]
@@ -75,6 +78,8 @@ pub(crate) struct Station<P> {
     ringer: Option<JoinHandle<()>>,
     /// How the last call went, for `status`.
     pub(crate) last_call: Option<Value>,
+    /// The last [`HISTORY`] calls, newest first, for `history`.
+    history: VecDeque<Value>,
     hold_music: Vec<i16>,
     record_dir: Option<PathBuf>,
     pub(crate) events: Events,
@@ -96,6 +101,7 @@ impl<P: Clone> Station<P> {
             media: HashMap::new(),
             ringer: None,
             last_call: None,
+            history: VecDeque::new(),
             hold_music,
             record_dir,
             events,
@@ -291,9 +297,11 @@ impl<P: Clone> Station<P> {
             }
             None => (None, None, None, None),
         };
-        self.last_call = Some(json!({
+        let record = json!({
             "id": c.id,
             "peer": c.peer,
+            "peer_name": c.peer_name,
+            "ended_unix_ms": calls::unix_ms_now(),
             "direction": c.direction.as_str(),
             "ended": reason,
             "connected": c.connected_at.is_some(),
@@ -305,7 +313,34 @@ impl<P: Clone> Station<P> {
             "recording": recording,
             "recording_error": recording_error,
             "media": stats,
-        }));
+        });
+        if self.history.len() >= HISTORY {
+            self.history.pop_back();
+        }
+        self.history.push_front(record.clone());
+        self.last_call = Some(record);
+    }
+
+    /// The `history` control command: the calls that ended, newest first.
+    pub(crate) fn history_json(&self) -> Value {
+        json!({"ok": true, "calls": self.history})
+    }
+
+    /// The `mute` control command: send silence instead of the
+    /// microphone on the current call (or stop).
+    pub(crate) fn mute_command(&mut self, on: bool) -> Value {
+        let Some(key) = self.phone.call().map(|c| c.key) else {
+            return keyline_net::control::error("no call to mute");
+        };
+        self.slot(key)
+            .hold
+            .muted
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        if let Some(c) = self.phone.call() {
+            let v = json!({"event": "call", "call": self.call_json(c)});
+            self.events.publish(v);
+        }
+        json!({"ok": true, "muted": on})
     }
 
     /// A call as `status` and events show it.
@@ -327,6 +362,7 @@ impl<P: Clone> Station<P> {
             "timing": timing(c, slot.and_then(|s| s.started_unix_ms)),
             "on_hold": c.on_hold,
             "held_by_peer": c.held_by_peer,
+            "muted": slot.is_some_and(|s| s.hold.muted.load(std::sync::atomic::Ordering::Relaxed)),
             "recording": slot.and_then(|s| recording_path(&s.record)),
             "recording_error": slot.and_then(|s| recording_error(&s.record)),
             "media": slot.and_then(MediaSlot::stats),

@@ -1016,6 +1016,11 @@ fn status(t: &Arc<Terminal>) -> Value {
         "messages_waiting": st.unread,
         "mailbox": t.mailbox.dir().display().to_string(),
         "playing_voicemail": st.playback.as_ref().is_some_and(|p| !p.is_finished()),
+        "audio": {
+            "in": t.opts.audio_in,
+            "out": t.opts.audio_out,
+            "ringtone": t.opts.ringtone.as_ref().map(|p| p.display().to_string()),
+        },
     })
 }
 
@@ -1030,6 +1035,11 @@ async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
     }
     match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
         "status" => status(t),
+        "history" => t.lock().station.history_json(),
+        "mute" => {
+            let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
+            t.lock().station.mute_command(on)
+        }
         "record" => {
             let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
             t.lock()
