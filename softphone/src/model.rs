@@ -583,7 +583,11 @@ impl Model {
             }
             _ => None,
         };
+        // A dial the gateway refused: its reply (a sentence, e.g. "no such
+        // extension") says why, before or after this event.
+        let refused = c.state == "dialing" && reason == "failed";
         match msg {
+            _ if refused => {}
             Some(m) => {
                 self.notice = Some(Notice {
                     msg: m,
@@ -1018,6 +1022,31 @@ mod tests {
         assert_eq!(m.number, "299");
         assert_eq!(m.screen(), Screen::Idle);
         assert!(!m.dialing);
+    }
+
+    #[test]
+    fn a_refused_dial_keeps_the_gateways_reason_whichever_comes_first() {
+        for reply_first in [true, false] {
+            let mut m = up();
+            m.number = "299".into();
+            m.act(Action::Call);
+            let r = m.poll_request().unwrap();
+            let reply = Input::Reply {
+                req: r,
+                result: Ok(json!({"ok": false, "error": "cannot call 299: no such extension"})),
+            };
+            let ev = ended("failed", "dialing", "out");
+            if reply_first {
+                m.handle(0.1, reply);
+                m.handle(0.1, ev);
+            } else {
+                m.handle(0.1, ev);
+                m.handle(0.1, reply);
+            }
+            let n = m.notice.clone().unwrap();
+            assert_eq!(n.msg, Msg::CannotCall, "reply first: {reply_first}");
+            assert!(n.detail.unwrap().contains("no such extension"));
+        }
     }
 
     #[test]

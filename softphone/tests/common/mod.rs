@@ -1,0 +1,76 @@
+//! Windows for the tests: the real window code in an egui_kittest
+//! harness, connected to a real agent's control socket.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use egui::accesskit::Role;
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use keyline_phone::io::AgentIo;
+use keyline_phone::{Lang, Model, PhoneApp};
+
+pub type Window = Harness<'static, PhoneApp>;
+
+/// A window following the agent whose state directory is `state`.
+pub fn window(state: &Path) -> Window {
+    let io = AgentIo::start(state.join("control.sock"), Arc::new(|| {}));
+    let app = PhoneApp::new(Model::new(Lang::En), Some(io));
+    Harness::builder()
+        .with_size(egui::Vec2::new(440.0, 640.0))
+        .build_ui_state(|ui, app: &mut PhoneApp| app.ui(ui), app)
+}
+
+/// Step the window until `f` holds (checked after each frame); how long
+/// that took. Fails after `timeout` with what the window shows.
+pub fn until(
+    w: &mut Window,
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&Window) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        w.step();
+        if f(w) {
+            return start.elapsed();
+        }
+        if start.elapsed() > timeout {
+            panic!(
+                "the window did not show {what} within {timeout:?}; it shows:\n{:#?}",
+                w.state().model
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Whether something labelled exactly `label` is shown.
+pub fn shows(w: &Window, label: &str) -> bool {
+    w.query_all_by_label(label).next().is_some()
+}
+
+/// Whether something whose label contains `part` is shown.
+pub fn shows_part(w: &Window, part: &str) -> bool {
+    w.query_all_by_label_contains(part).next().is_some()
+}
+
+/// Click the button labelled `label`.
+pub fn click(w: &mut Window, label: &str) {
+    w.get_by_role_and_label(Role::Button, label).click();
+    w.step();
+    w.step();
+}
+
+/// Type `text` into the text field labelled `label`.
+pub fn type_into(w: &mut Window, label: &str, text: &str) {
+    w.get_by_role_and_label(Role::TextInput, label).click();
+    w.step();
+    w.get_by_role_and_label(Role::TextInput, label)
+        .type_text(text);
+    w.step();
+    w.step();
+}
