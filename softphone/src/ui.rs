@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use egui::{Align, Color32, Key, Layout, RichText, Vec2};
+use egui::{Color32, Key, RichText, Vec2};
 
 use crate::i18n::{Lang, Msg};
 use crate::io::{AgentIo, Wake};
@@ -207,7 +207,8 @@ impl PhoneApp {
             ui.heading(RichText::new("Keyline").strong());
             let m = &self.model;
             let (dot, state) = self.link_words();
-            ui.label(RichText::new("●").color(dot));
+            let (r, _) = ui.allocate_exact_size(Vec2::splat(12.0), egui::Sense::hover());
+            ui.painter().circle_filled(r.center(), 5.0, dot);
             ui.label(state);
             if let Some(ext) = &m.link.ext {
                 ui.label(RichText::new(ext).strong());
@@ -271,23 +272,23 @@ impl PhoneApp {
         let m = &self.model;
         if m.messages_waiting > 0 {
             parts.push(format!(
-                "✉ {} {}",
-                m.messages_waiting,
-                self.t(Msg::MessagesWaiting)
+                "{}: {}",
+                self.t(Msg::MessagesWaiting),
+                m.messages_waiting
             ));
         }
         if m.voicemail_waiting > 0 {
             parts.push(format!(
-                "● {} {}",
-                m.voicemail_waiting,
-                self.t(Msg::VoicemailWaiting)
+                "{}: {}",
+                self.t(Msg::VoicemailWaiting),
+                m.voicemail_waiting
             ));
         }
         if m.missed > 0 {
-            parts.push(format!("☎ {} {}", m.missed, self.t(Msg::MissedCalls)));
+            parts.push(format!("{}: {}", self.t(Msg::MissedCalls), m.missed));
         }
         if !parts.is_empty() {
-            ui.label(parts.join("   "));
+            ui.label(RichText::new(parts.join("  ·  ")).strong());
         }
         if let Some(n) = &m.notice {
             let mut text = self.t(n.msg).to_string();
@@ -464,7 +465,7 @@ impl PhoneApp {
             s = format!("{s}  ·  {}", self.t(Msg::Muted));
         }
         if c.recording {
-            s = format!("{s}  ·  ⏺ {}", self.t(Msg::Recording));
+            s = format!("{s}  ·  {}", self.t(Msg::Recording));
         }
         s
     }
@@ -627,8 +628,8 @@ impl PhoneApp {
         let mut act = None;
         for h in &self.model.history {
             let arrow = match h.direction {
-                Direction::In => "↙",
-                Direction::Out => "↗",
+                Direction::In => self.t(Msg::In),
+                Direction::Out => self.t(Msg::Out),
             };
             let who = match &h.peer_name {
                 Some(n) => format!("{n} ({})", h.peer),
@@ -642,7 +643,7 @@ impl PhoneApp {
                     _ => h.ended.clone(),
                 }
             };
-            let text = RichText::new(format!("{arrow} {who}   {how}"));
+            let text = RichText::new(format!("{arrow}: {who}   {how}"));
             let text = if h.missed() { text.color(RED) } else { text };
             let b = ui
                 .add(egui::Button::new(text).frame(false))
@@ -665,10 +666,10 @@ impl PhoneApp {
         for m in &self.model.messages {
             ui.horizontal_wrapped(|ui| {
                 if m.mine {
-                    ui.label(RichText::new(format!("→ {}", m.from)).strong());
+                    ui.label(RichText::new(format!("{}: {}", self.t(Msg::To), m.from)).strong());
                 } else if ui
                     .add(
-                        egui::Button::new(RichText::new(format!("← {}", m.from)).strong())
+                        egui::Button::new(RichText::new(format!("{}:", m.from)).strong())
                             .frame(false),
                     )
                     .clicked()
@@ -774,7 +775,9 @@ impl PhoneApp {
 /// A keypad; the key pressed, if one was.
 fn keypad(ui: &mut egui::Ui) -> Option<char> {
     let mut hit = None;
-    ui.with_layout(Layout::top_down(Align::Center), |ui| {
+    ui.horizontal(|ui| {
+        // Three keys of 52 points and two gaps of 6: centred.
+        ui.add_space(((ui.available_width() - 168.0) / 2.0).max(0.0));
         egui::Grid::new(ui.scope_id().with("keypad"))
             .spacing(Vec2::new(6.0, 6.0))
             .show(ui, |ui| {

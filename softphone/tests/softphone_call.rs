@@ -185,18 +185,18 @@ fn a_call_between_two_windows_hold_transfer_and_history() {
     // A's call went on with 203 after the transfer: one call, now with 203.
     click(&mut wa, "History");
     until(&mut wa, "the call in its history", T, |w| {
-        shows_part(w, "↗ 203")
+        shows_part(w, "out: 203")
     });
     click(&mut wb, "History");
     until(&mut wb, "the call in its history", T, |w| {
-        shows_part(w, "↙ 201")
+        shows_part(w, "in: 201")
     });
     click(&mut wc, "History");
     until(&mut wc, "the call in its history", T, |w| {
-        shows_part(w, "↙ 201")
+        shows_part(w, "in: 201")
     });
     // Clicking a call in the history calls back.
-    wb.get_by_label_contains("↙ 201").click();
+    wb.get_by_label_contains("in: 201").click();
     wb.step();
     wb.step();
     until(&mut wa, "the call back", T, |w| {
