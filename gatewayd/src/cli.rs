@@ -104,8 +104,20 @@ pub enum Cmd {
         #[command(subcommand)]
         action: RingGroupCmd,
     },
+    /// The admin site (HTTPS, `[admin]` in the configuration).
+    Admin {
+        #[command(subcommand)]
+        action: AdminCmd,
+    },
     /// Validate a configuration file and exit.
     CheckConfig { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCmd {
+    /// Set the admin password (argon2id). It is read from standard input
+    /// (one line) when that is not a terminal, else asked for twice.
+    Passwd,
 }
 
 #[derive(Subcommand, Debug)]

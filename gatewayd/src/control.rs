@@ -33,7 +33,20 @@ pub async fn handle_control(shared: &Arc<Shared>, req: Value) -> Value {
 pub async fn dispatch(shared: &Arc<Shared>, req: Request) -> Result<Response, Refusal> {
     match req {
         Request::Status => match query_switch(shared, Query::Status).await? {
-            QueryReply::Status(s) => Ok(Response::Status(s)),
+            QueryReply::Status(mut s) => {
+                let has = blocking(shared, |db| db.admin_password()).await?.is_some();
+                if let Some(m) = s.admin.as_object_mut() {
+                    m.insert("password_set".into(), has.into());
+                    if !has {
+                        m.insert(
+                            "hint".into(),
+                            "set a password with `keyline-gatewayd admin passwd` to use the admin site"
+                                .into(),
+                        );
+                    }
+                }
+                Ok(Response::Status(s))
+            }
             other => Err(format!("unexpected answer {other:?}")),
         },
         Request::Calls => match query_switch(shared, Query::Calls).await? {

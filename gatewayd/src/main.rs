@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use keyline_gatewayd::cli::{Cli, Cmd, RingGroupCmd, RunArgs, SpeedDialCmd};
+use keyline_gatewayd::cli::{AdminCmd, Cli, Cmd, RingGroupCmd, RunArgs, SpeedDialCmd};
 use keyline_gatewayd::config::Config;
 use keyline_gatewayd::server::{run, Overrides, RunOptions};
 use keyline_net::{control, statedir};
@@ -21,6 +21,9 @@ fn main() -> ExitCode {
         Some(Cmd::CheckConfig { file }) => Config::load(&file).map(|_| {
             println!("{}: ok", file.display());
         }),
+        Some(Cmd::Admin {
+            action: AdminCmd::Passwd,
+        }) => admin_passwd(cli.state),
         Some(cmd) => client(cli.state, cmd),
     };
     match result {
@@ -125,7 +128,9 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             RingGroupCmd::Show { json } => (json!({"cmd": "status"}), *json),
             RingGroupCmd::Clear => (json!({"cmd": "ring-group-clear"}), false),
         },
-        Cmd::Run(_) | Cmd::CheckConfig { .. } | Cmd::Events { .. } => unreachable_cmd(),
+        Cmd::Run(_) | Cmd::CheckConfig { .. } | Cmd::Events { .. } | Cmd::Admin { .. } => {
+            unreachable_cmd()
+        }
     };
     let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(10)))?;
     let reply = control::into_result(reply)?;
@@ -141,6 +146,80 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
     }
     print_human(&cmd, &reply);
     Ok(())
+}
+
+/// `admin passwd`: store an argon2id hash of a new admin password in the
+/// gateway's database (the running gateway reads it at each login).
+fn admin_passwd(state: Option<PathBuf>) -> Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let read_line = || -> Result<String> {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password")?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_string())
+    };
+    let pw = if std::io::stdin().is_terminal() {
+        let ask = |prompt: &str| -> Result<String> {
+            eprint!("{prompt}");
+            std::io::stderr().flush()?;
+            let echo = EchoOff::new();
+            let line = read_line();
+            drop(echo);
+            eprintln!();
+            line
+        };
+        let a = ask("New admin password: ")?;
+        let b = ask("Again: ")?;
+        if a != b {
+            anyhow::bail!("the two passwords differ; nothing was changed");
+        }
+        a
+    } else {
+        read_line()?
+    };
+    let hash = keyline_gatewayd::admin::hash_password(&pw)?;
+    let dir = match state {
+        Some(s) => s,
+        None => statedir::default_dir("gatewayd")?,
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let db = keyline_gatewayd::db::Db::open(&dir.join("gatewayd.sqlite"))?;
+    db.set_admin_password(&hash)?;
+    println!("admin password set; the admin site takes it at once");
+    Ok(())
+}
+
+/// The terminal's echo turned off until dropped.
+struct EchoOff(Option<nix::sys::termios::Termios>);
+
+impl EchoOff {
+    fn new() -> EchoOff {
+        use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+        let stdin = std::io::stdin();
+        let Ok(old) = tcgetattr(&stdin) else {
+            return EchoOff(None);
+        };
+        let mut quiet = old.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        if tcsetattr(&stdin, SetArg::TCSANOW, &quiet).is_err() {
+            return EchoOff(None);
+        }
+        EchoOff(Some(old))
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                old,
+            );
+        }
+    }
 }
 
 /// `events`: the gateway's stream, in words or as JSON lines.
@@ -300,6 +379,6 @@ fn print_human(cmd: &Cmd, r: &Value) {
                 println!("ring group cleared: the config file's reception applies")
             }
         },
-        Cmd::Run(_) | Cmd::CheckConfig { .. } | Cmd::Events { .. } => {}
+        Cmd::Run(_) | Cmd::CheckConfig { .. } | Cmd::Events { .. } | Cmd::Admin { .. } => {}
     }
 }

@@ -272,6 +272,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         admin: RwLock::new(json!({"state": "off"})),
         metrics,
     });
+    if let Err(e) = crate::admin::start(shared.clone()).await {
+        tracing::warn!("the admin site is off: {e:#}");
+        if let Ok(mut a) = shared.admin.write() {
+            *a = json!({"state": "off", "why": format!("{e:#}")});
+        }
+    }
     if let Some(m) = shared.cfg().metrics {
         shared.metrics.spawn_upkeep();
         crate::metrics::serve(m.listen, shared.metrics.clone(), shared.relay.clone()).await?;

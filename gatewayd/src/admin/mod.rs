@@ -1,1 +1,1071 @@
+//! The admin site: HTTPS with the gateway's own certificate (TLS 1.3), one
+//! password (argon2id, `keyline-gatewayd admin passwd`), sessions and CSRF
+//! tokens from `keyline_web`, a login rate limit, and pages that change
+//! nothing themselves: every change is a [`Request`] to the same
+//! dispatcher the CLI uses ([`Office::dispatch`]). Live parts follow the
+//! gateway's event stream through server-sent events.
+
 pub mod access;
+pub mod csv;
+pub mod limiter;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use askama::Template;
+use axum::extract::{ConnectInfo, Form, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use keyline_web::session::{Session, Sessions};
+use tokio::sync::{broadcast, Semaphore};
+
+use crate::api::{CallInfo, CdrFilter, Request, Response as ApiResponse};
+use crate::db::CdrRow;
+use crate::metrics::Metrics;
+use crate::server::Shared;
+use access::Access;
+use limiter::{Failed, Limiter};
+
+/// The gateway as the admin site sees it: the dispatcher, the event
+/// stream, the password. A test puts a fake in its place.
+pub trait Office: Send + Sync + 'static {
+    fn dispatch(&self, req: Request) -> impl Future<Output = Result<ApiResponse, String>> + Send;
+    fn events(&self) -> broadcast::Receiver<String>;
+    fn password_hash(&self) -> impl Future<Output = Option<String>> + Send;
+    fn metrics(&self) -> &Metrics;
+}
+
+/// The running gateway.
+#[derive(Debug, Clone)]
+pub struct Live(pub Arc<Shared>);
+
+impl Office for Live {
+    fn dispatch(&self, req: Request) -> impl Future<Output = Result<ApiResponse, String>> + Send {
+        let shared = self.0.clone();
+        async move { crate::control::dispatch(&shared, req).await }
+    }
+
+    fn events(&self) -> broadcast::Receiver<String> {
+        self.0.publisher.web()
+    }
+
+    fn password_hash(&self) -> impl Future<Output = Option<String>> + Send {
+        let db = self.0.db.clone();
+        async move {
+            tokio::task::spawn_blocking(move || db.admin_password())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+}
+
+/// Longest password taken, in bytes.
+pub const MAX_PASSWORD: usize = 1024;
+/// Shortest password `admin passwd` sets.
+pub const MIN_PASSWORD: usize = 8;
+
+/// An argon2id hash (PHC string) of a new admin password.
+pub fn hash_password(pw: &str) -> anyhow::Result<String> {
+    use argon2::password_hash::rand_core::OsRng;
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    if pw.chars().count() < MIN_PASSWORD {
+        anyhow::bail!("the password must be at least {MIN_PASSWORD} characters");
+    }
+    if pw.len() > MAX_PASSWORD {
+        anyhow::bail!("the password must be at most {MAX_PASSWORD} bytes");
+    }
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(pw.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))
+}
+
+fn verify_password(hash: &str, pw: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    match PasswordHash::new(hash) {
+        Ok(h) => argon2::Argon2::default()
+            .verify_password(pw.as_bytes(), &h)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// What every handler shares.
+pub struct AdminState<O: Office> {
+    office: O,
+    sessions: Sessions,
+    limiter: Mutex<Limiter>,
+    access: Access,
+    /// Password checks running at once, at most.
+    checks: Semaphore,
+}
+
+type St<O> = State<Arc<AdminState<O>>>;
+
+/// The site's routes, for `office`.
+pub fn router<O: Office>(office: O, access: Access, idle: Duration) -> Router {
+    let state = Arc::new(AdminState {
+        office,
+        sessions: Sessions::new("keyline_admin", idle),
+        limiter: Mutex::new(Limiter::default()),
+        access,
+        checks: Semaphore::new(2),
+    });
+    Router::new()
+        .route("/", get(dashboard::<O>))
+        .route("/login", get(login_page::<O>).post(login::<O>))
+        .route("/logout", post(logout::<O>))
+        .route("/stations", get(stations::<O>))
+        .route("/stations/approve", post(approve::<O>))
+        .route("/stations/deny", post(deny::<O>))
+        .route("/stations/revoke", post(revoke::<O>))
+        .route("/stations/extension", post(set_extension::<O>))
+        .route("/calls", get(calls::<O>))
+        .route("/calls/hangup", post(hangup::<O>))
+        .route("/cdr", get(cdr::<O>))
+        .route("/cdr.csv", get(cdr_csv::<O>))
+        .route("/cdr/{id}", get(cdr_one::<O>))
+        .route("/live/{part}", get(live::<O>))
+        .route("/events", get(events::<O>))
+        .route(
+            "/assets/keyline.css",
+            get(|| async { keyline_web::assets::css_response() }),
+        )
+        .route("/assets/admin.js", get(script))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            only_allowed::<O>,
+        ))
+        .layer(keyline_web::headers::layer(true))
+        .with_state(state)
+}
+
+/// Refuse addresses `[admin] allow` does not name (by default: not the LAN).
+async fn only_allowed<O: Office>(
+    State(st): St<O>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    if st.access.allows(peer.ip()) {
+        next.run(req).await
+    } else {
+        tracing::info!("admin site: refused {peer} (not an allowed network)");
+        (
+            StatusCode::FORBIDDEN,
+            "The admin site is not open to your address; see [admin] allow in the gateway's configuration.\n",
+        )
+            .into_response()
+    }
+}
+
+async fn script() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        )],
+        include_str!("../../assets/admin.js"),
+    )
+        .into_response()
+}
+
+fn html(status: StatusCode, t: impl Template) -> Response {
+    match t.render() {
+        Ok(body) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("page could not be drawn: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct MessagePage<'a> {
+    title: &'a str,
+    here: &'a str,
+    csrf: Option<&'a str>,
+    notice: Option<&'a str>,
+    error: Option<&'a str>,
+    body: &'a str,
+}
+
+fn message(status: StatusCode, title: &str, body: &str) -> Response {
+    html(
+        status,
+        MessagePage {
+            title,
+            here: "",
+            csrf: None,
+            notice: None,
+            error: None,
+            body,
+        },
+    )
+}
+
+/// The session of a logged-in admin, or where to go instead.
+// The error is the handler's own reply, returned at once.
+#[allow(clippy::result_large_err)]
+fn session_or_login<O: Office>(
+    st: &AdminState<O>,
+    headers: &HeaderMap,
+) -> Result<Session, Response> {
+    st.sessions
+        .get(headers)
+        .ok_or_else(|| Redirect::to("/login").into_response())
+}
+
+/// A form's fields, after the session and its CSRF token are checked.
+#[allow(clippy::result_large_err)]
+fn checked_form<O: Office>(
+    st: &AdminState<O>,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<Session, Response> {
+    let s = session_or_login(st, headers)?;
+    match form.get("csrf") {
+        Some(t) if s.check_csrf(t) => Ok(s),
+        _ => Err(message(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "This form is missing its security token (or it is stale). Go back, reload the page and try again.",
+        )),
+    }
+}
+
+fn field(form: &HashMap<String, String>, name: &str) -> Option<String> {
+    form.get(name)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+// ---- login ----
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage<'a> {
+    title: &'a str,
+    here: &'a str,
+    csrf: Option<&'a str>,
+    notice: Option<&'a str>,
+    error: Option<&'a str>,
+}
+
+const NO_PASSWORD: &str = "The admin site is off until an admin password is set: on the gateway, run `keyline-gatewayd admin passwd`.";
+
+async fn login_page<O: Office>(State(st): St<O>) -> Response {
+    if st.office.password_hash().await.is_none() {
+        return message(StatusCode::SERVICE_UNAVAILABLE, "Log in", NO_PASSWORD);
+    }
+    login_form(StatusCode::OK, None)
+}
+
+fn login_form(status: StatusCode, error: Option<&str>) -> Response {
+    html(
+        status,
+        LoginPage {
+            title: "Log in",
+            here: "login",
+            csrf: None,
+            notice: None,
+            error,
+        },
+    )
+}
+
+fn wait_words(d: Duration) -> String {
+    let mins = d.as_secs().div_ceil(60);
+    if mins <= 1 {
+        "a minute".into()
+    } else {
+        format!("{mins} minutes")
+    }
+}
+
+async fn login<O: Office>(
+    State(st): St<O>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let ip: IpAddr = peer.ip();
+    let Some(hash) = st.office.password_hash().await else {
+        return message(StatusCode::SERVICE_UNAVAILABLE, "Log in", NO_PASSWORD);
+    };
+    let locked = st
+        .limiter
+        .lock()
+        .ok()
+        .and_then(|l| l.locked(Instant::now(), ip));
+    if let Some(wait) = locked {
+        return login_form(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(&format!(
+                "Too many wrong passwords from your address: locked out. Try again in {}.",
+                wait_words(wait)
+            )),
+        );
+    }
+    let pw = form.get("password").cloned().unwrap_or_default();
+    let ok = if pw.is_empty() || pw.len() > MAX_PASSWORD {
+        false
+    } else {
+        let Ok(_permit) = st.checks.acquire().await else {
+            return message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Log in",
+                "The gateway is stopping.",
+            );
+        };
+        tokio::task::spawn_blocking(move || verify_password(&hash, &pw))
+            .await
+            .unwrap_or(false)
+    };
+    if ok {
+        if let Ok(mut l) = st.limiter.lock() {
+            l.success(ip);
+        }
+        let (_, cookie) = st.sessions.login("admin");
+        tracing::info!("admin site: logged in from {peer}");
+        return ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response();
+    }
+    st.office.metrics().login_failures.increment(1);
+    let failed = st
+        .limiter
+        .lock()
+        .map(|mut l| l.failure(Instant::now(), ip))
+        .unwrap_or(Failed::Left(0));
+    match failed {
+        Failed::Left(n) => login_form(
+            StatusCode::UNAUTHORIZED,
+            Some(&format!(
+                "Wrong password. {n} more {} before a lockout.",
+                if n == 1 { "try" } else { "tries" }
+            )),
+        ),
+        Failed::LockedOut(wait) => {
+            st.office.metrics().lockouts.increment(1);
+            tracing::warn!("admin site: {peer} locked out after wrong passwords");
+            login_form(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(&format!(
+                    "Too many wrong passwords from your address: locked out. Try again in {}.",
+                    wait_words(wait)
+                )),
+            )
+        }
+    }
+}
+
+async fn logout<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = checked_form(&st, &headers, &form) {
+        return r;
+    }
+    let cookie = st.sessions.logout(&headers);
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
+}
+
+// ---- dashboard and calls ----
+
+/// What the dashboard shows.
+pub struct DashData {
+    office_number: String,
+    uplink: String,
+    uplink_error: Option<String>,
+    stations_online: usize,
+    calls: Vec<CallInfo>,
+    disk: String,
+    version: String,
+    uptime: String,
+    csrf: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct DashboardPage<'a> {
+    title: &'a str,
+    here: &'a str,
+    csrf: Option<&'a str>,
+    notice: Option<&'a str>,
+    error: Option<&'a str>,
+    d: DashData,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard_live.html")]
+struct DashboardLive {
+    d: DashData,
+}
+
+#[derive(Template)]
+#[template(path = "calls.html")]
+struct CallsPage<'a> {
+    title: &'a str,
+    here: &'a str,
+    csrf: Option<&'a str>,
+    notice: Option<&'a str>,
+    error: Option<&'a str>,
+    d: DashData,
+}
+
+#[derive(Template)]
+#[template(path = "calls_table.html")]
+struct CallsLive {
+    d: DashData,
+}
+
+fn bytes_words(b: u64) -> String {
+    const G: f64 = 1024.0 * 1024.0 * 1024.0;
+    if b as f64 >= G {
+        format!("{:.1} GiB", b as f64 / G)
+    } else {
+        format!("{} MiB", b / (1024 * 1024))
+    }
+}
+
+async fn dash_data<O: Office>(st: &AdminState<O>, s: &Session) -> Result<DashData, String> {
+    let status = match st.office.dispatch(Request::Status).await? {
+        ApiResponse::Status(s) => s,
+        _ => return Err("unexpected reply to status".into()),
+    };
+    let calls = match st.office.dispatch(Request::Calls).await? {
+        ApiResponse::Calls { calls } => calls,
+        _ => return Err("unexpected reply to calls".into()),
+    };
+    let dir = &status.directory;
+    let up = status.uptime_s;
+    Ok(DashData {
+        office_number: dir["numbers"][0]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| "none".into()),
+        uplink: dir["state"].as_str().unwrap_or("off").to_string(),
+        uplink_error: dir["last_error"].as_str().map(str::to_string),
+        stations_online: status.stations_online,
+        calls,
+        disk: status
+            .disk
+            .as_ref()
+            .and_then(|d| d["free_bytes"].as_u64())
+            .map(bytes_words)
+            .unwrap_or_else(|| "-".into()),
+        version: status.version.clone(),
+        uptime: format!(
+            "{}d {}h {}m",
+            up / 86_400,
+            up % 86_400 / 3600,
+            up % 3600 / 60
+        ),
+        csrf: s.csrf.clone(),
+    })
+}
+
+fn failed(e: String) -> Response {
+    message(StatusCode::SERVICE_UNAVAILABLE, "Not available", &e)
+}
+
+async fn dashboard<O: Office>(State(st): St<O>, headers: HeaderMap) -> Response {
+    let s = match session_or_login(&st, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match dash_data(&st, &s).await {
+        Ok(d) => html(
+            StatusCode::OK,
+            DashboardPage {
+                title: "Dashboard",
+                here: "dashboard",
+                csrf: Some(&s.csrf),
+                notice: None,
+                error: None,
+                d,
+            },
+        ),
+        Err(e) => failed(e),
+    }
+}
+
+async fn calls<O: Office>(State(st): St<O>, headers: HeaderMap) -> Response {
+    let s = match session_or_login(&st, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match dash_data(&st, &s).await {
+        Ok(d) => html(
+            StatusCode::OK,
+            CallsPage {
+                title: "Live calls",
+                here: "calls",
+                csrf: Some(&s.csrf),
+                notice: None,
+                error: None,
+                d,
+            },
+        ),
+        Err(e) => failed(e),
+    }
+}
+
+async fn hangup<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = checked_form(&st, &headers, &form) {
+        return r;
+    }
+    let Some(call) = field(&form, "call").and_then(|c| c.parse::<u64>().ok()) else {
+        return message(
+            StatusCode::BAD_REQUEST,
+            "Hang up",
+            "Which call? The form named none.",
+        );
+    };
+    match st.office.dispatch(Request::Hangup { call }).await {
+        Ok(_) => Redirect::to(back(&form)).into_response(),
+        Err(e) => message(StatusCode::CONFLICT, "Hang up", &e),
+    }
+}
+
+/// Where a form goes back to: one of the site's own pages.
+fn back(form: &HashMap<String, String>) -> &'static str {
+    match form.get("back").map(String::as_str) {
+        Some("/calls") => "/calls",
+        Some("/stations") => "/stations",
+        _ => "/",
+    }
+}
+
+// ---- stations ----
+
+pub struct PendingRow {
+    code: String,
+    name: String,
+    addr: String,
+}
+
+pub struct EnrolledRow {
+    ext: String,
+    name: String,
+    online: bool,
+    addr: String,
+}
+
+pub struct StationsData {
+    pending: Vec<PendingRow>,
+    enrolled: Vec<EnrolledRow>,
+    csrf: String,
+}
+
+#[derive(Template)]
+#[template(path = "stations.html")]
+struct StationsPage<'a> {
+    title: &'a str,
+    here: &'a str,
+    csrf: Option<&'a str>,
+    notice: Option<&'a str>,
+    error: Option<&'a str>,
+    s: StationsData,
+}
+
+#[derive(Template)]
+#[template(path = "stations_live.html")]
+struct StationsLive {
+    s: StationsData,
+}
+
+async fn stations_data<O: Office>(st: &AdminState<O>, s: &Session) -> Result<StationsData, String> {
+    let agents = match st.office.dispatch(Request::Agents).await? {
+        ApiResponse::Agents { agents, .. } => agents,
+        _ => return Err("unexpected reply to agents".into()),
+    };
+    let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    Ok(StationsData {
+        pending: agents
+            .iter()
+            .filter(|a| a.state == "pending" && a.waiting)
+            .map(|a| PendingRow {
+                code: dash(&a.code),
+                name: dash(&a.name),
+                addr: dash(&a.addr),
+            })
+            .collect(),
+        enrolled: agents
+            .iter()
+            .filter(|a| a.state == "approved")
+            .map(|a| EnrolledRow {
+                ext: dash(&a.ext),
+                name: dash(&a.name),
+                online: a.online,
+                addr: dash(&a.addr),
+            })
+            .collect(),
+        csrf: s.csrf.clone(),
+    })
+}
+
+async fn stations_page<O: Office>(
+    st: &AdminState<O>,
+    s: &Session,
+    status: StatusCode,
+    notice: Option<&str>,
+    error: Option<&str>,
+) -> Response {
+    match stations_data(st, s).await {
+        Ok(data) => html(
+            status,
+            StationsPage {
+                title: "Stations",
+                here: "stations",
+                csrf: Some(&s.csrf),
+                notice,
+                error,
+                s: data,
+            },
+        ),
+        Err(e) => failed(e),
+    }
+}
+
+async fn stations<O: Office>(State(st): St<O>, headers: HeaderMap) -> Response {
+    match session_or_login(&st, &headers) {
+        Ok(s) => stations_page(&st, &s, StatusCode::OK, None, None).await,
+        Err(r) => r,
+    }
+}
+
+/// Carry out a stations form's request: back to the page with what came
+/// of it (an error next to nothing saved).
+async fn station_change<O: Office>(
+    st: &AdminState<O>,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+    req: impl FnOnce(&HashMap<String, String>) -> Result<Request, String>,
+    done: impl FnOnce(&ApiResponse) -> String,
+) -> Response {
+    let s = match checked_form(st, headers, form) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let req = match req(form) {
+        Ok(r) => r,
+        Err(e) => {
+            return stations_page(st, &s, StatusCode::UNPROCESSABLE_ENTITY, None, Some(&e)).await
+        }
+    };
+    match st.office.dispatch(req).await {
+        Ok(r) => stations_page(st, &s, StatusCode::OK, Some(&done(&r)), None).await,
+        Err(e) => stations_page(st, &s, StatusCode::UNPROCESSABLE_ENTITY, None, Some(&e)).await,
+    }
+}
+
+fn need(form: &HashMap<String, String>, name: &str, what: &str) -> Result<String, String> {
+    field(form, name).ok_or_else(|| format!("{what} is missing."))
+}
+
+async fn approve<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    station_change(
+        &st,
+        &headers,
+        &form,
+        |f| {
+            Ok(Request::Approve {
+                code: need(f, "code", "The pairing code")?,
+                ext: field(f, "ext"),
+                name: field(f, "name"),
+            })
+        },
+        |r| match r {
+            ApiResponse::Approved { ext, .. } => format!("Approved as extension {ext}."),
+            _ => "Approved.".into(),
+        },
+    )
+    .await
+}
+
+async fn deny<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    station_change(
+        &st,
+        &headers,
+        &form,
+        |f| {
+            Ok(Request::Deny {
+                code: need(f, "code", "The pairing code")?,
+            })
+        },
+        |_| "The station was denied.".into(),
+    )
+    .await
+}
+
+async fn revoke<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    station_change(
+        &st,
+        &headers,
+        &form,
+        |f| {
+            Ok(Request::Revoke {
+                ext: need(f, "ext", "The extension")?,
+            })
+        },
+        |r| match r {
+            ApiResponse::Revoked { ext, .. } => format!("Extension {ext} was revoked."),
+            _ => "Revoked.".into(),
+        },
+    )
+    .await
+}
+
+async fn set_extension<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    station_change(
+        &st,
+        &headers,
+        &form,
+        |f| {
+            Ok(Request::SetExtension {
+                ext: need(f, "ext", "The extension")?,
+                new_ext: field(f, "new_ext"),
+                name: field(f, "name"),
+            })
+        },
+        |r| match r {
+            ApiResponse::Changed { ext, .. } => format!("Saved: the station is extension {ext}."),
+            _ => "Saved.".into(),
+        },
+    )
+    .await
+}
+
+// ---- live parts and events ----
+
+async fn live<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Path(part): Path<String>,
+) -> Response {
+    let Some(s) = st.sessions.get(&headers) else {
+        return (StatusCode::UNAUTHORIZED, "log in again\n").into_response();
+    };
+    let r = match part.as_str() {
+        "dashboard" => dash_data(&st, &s)
+            .await
+            .map(|d| html(StatusCode::OK, DashboardLive { d })),
+        "calls" => dash_data(&st, &s)
+            .await
+            .map(|d| html(StatusCode::OK, CallsLive { d })),
+        "stations" => stations_data(&st, &s)
+            .await
+            .map(|s| html(StatusCode::OK, StationsLive { s })),
+        _ => return (StatusCode::NOT_FOUND, "no such part\n").into_response(),
+    };
+    r.unwrap_or_else(failed)
+}
+
+async fn events<O: Office>(State(st): St<O>, headers: HeaderMap) -> Response {
+    if st.sessions.get(&headers).is_none() {
+        return (StatusCode::UNAUTHORIZED, "log in again\n").into_response();
+    }
+    keyline_web::sse::from_broadcast(st.office.events()).into_response()
+}
+
+// ---- call records ----
+
+/// The call-record search as the form sends it.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct CdrQuery {
+    #[serde(default)]
+    number: String,
+    #[serde(default)]
+    outcome: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+}
+
+impl CdrQuery {
+    fn filter(&self) -> Result<CdrFilter, String> {
+        let day = |s: &str, what: &str| -> Result<Option<i64>, String> {
+            if s.trim().is_empty() {
+                return Ok(None);
+            }
+            csv::day_start_ms(s)
+                .map(Some)
+                .ok_or_else(|| format!("{what}: {s:?} is not a date (YYYY-MM-DD)"))
+        };
+        Ok(CdrFilter {
+            number: Some(self.number.trim().to_string()).filter(|n| !n.is_empty()),
+            outcome: Some(self.outcome.trim().to_string()).filter(|o| !o.is_empty()),
+            from_ms: day(&self.from, "From")?,
+            // Through the end of the "to" day.
+            to_ms: day(&self.to, "To")?.map(|t| t + 86_400_000),
+            id: None,
+        })
+    }
+
+    fn query_string(&self) -> String {
+        let enc = |s: &str| -> String {
+            s.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        };
+        format!(
+            "number={}&outcome={}&from={}&to={}",
+            enc(&self.number),
+            enc(&self.outcome),
+            enc(&self.from),
+            enc(&self.to)
+        )
+    }
+}
+
+#[derive(Template)]
+#[template(path = "cdr.html")]
+struct CdrPage<'a> {
+    title: &'a str,
+    here: &'a str,
+    csrf: Option<&'a str>,
+    notice: Option<&'a str>,
+    error: Option<&'a str>,
+    q: CdrQuery,
+    query: String,
+    outcomes: &'static [&'static str],
+    rows: Vec<CdrRow>,
+}
+
+#[derive(Template)]
+#[template(path = "cdr_one.html")]
+struct CdrOnePage<'a> {
+    title: &'a str,
+    here: &'a str,
+    csrf: Option<&'a str>,
+    notice: Option<&'a str>,
+    error: Option<&'a str>,
+    r: CdrRow,
+}
+
+/// Most records a search or an export returns.
+const CDR_LIMIT: u32 = 10_000;
+
+async fn search<O: Office>(st: &AdminState<O>, filter: CdrFilter) -> Result<Vec<CdrRow>, String> {
+    match st
+        .office
+        .dispatch(Request::Cdr {
+            limit: CDR_LIMIT,
+            filter,
+        })
+        .await?
+    {
+        ApiResponse::Cdr { cdr } => Ok(cdr),
+        _ => Err("unexpected reply to cdr".into()),
+    }
+}
+
+async fn cdr<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Query(q): Query<CdrQuery>,
+) -> Response {
+    let s = match session_or_login(&st, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let (rows, error) = match q.filter() {
+        Ok(f) => match search(&st, f).await {
+            Ok(rows) => (rows, None),
+            Err(e) => (Vec::new(), Some(e)),
+        },
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    let query = q.query_string();
+    html(
+        status,
+        CdrPage {
+            title: "Call records",
+            here: "cdr",
+            csrf: Some(&s.csrf),
+            notice: None,
+            error: error.as_deref(),
+            q,
+            query,
+            outcomes: crate::metrics::OUTCOMES,
+            rows,
+        },
+    )
+}
+
+async fn cdr_csv<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Query(q): Query<CdrQuery>,
+) -> Response {
+    if let Err(r) = session_or_login(&st, &headers) {
+        return r;
+    }
+    let rows = match q.filter() {
+        Ok(f) => search(&st, f).await,
+        Err(e) => Err(e),
+    };
+    match rows {
+        Ok(rows) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/csv; charset=utf-8"),
+                ),
+                (
+                    header::CONTENT_DISPOSITION,
+                    HeaderValue::from_static("attachment; filename=\"calls.csv\""),
+                ),
+            ],
+            csv::csv(&rows),
+        )
+            .into_response(),
+        Err(e) => message(StatusCode::UNPROCESSABLE_ENTITY, "Export CSV", &e),
+    }
+}
+
+async fn cdr_one<O: Office>(State(st): St<O>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+    let s = match session_or_login(&st, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let filter = CdrFilter {
+        id: Some(id),
+        ..CdrFilter::default()
+    };
+    match search(&st, filter).await.map(|mut v| v.pop()) {
+        Ok(Some(r)) => html(
+            StatusCode::OK,
+            CdrOnePage {
+                title: "Call record",
+                here: "cdr",
+                csrf: Some(&s.csrf),
+                notice: None,
+                error: None,
+                r,
+            },
+        ),
+        Ok(None) => message(
+            StatusCode::NOT_FOUND,
+            "Call record",
+            "There is no such call record.",
+        ),
+        Err(e) => failed(e),
+    }
+}
+
+// ---- serving ----
+
+/// Serve the admin site for the running gateway, if it is on; what
+/// `status` says about it is kept in `shared.admin`.
+pub async fn start(shared: Arc<Shared>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let cfg = shared.cfg().admin;
+    let set = |v: serde_json::Value| {
+        if let Ok(mut a) = shared.admin.write() {
+            *a = v;
+        }
+    };
+    if !cfg.enabled {
+        set(serde_json::json!({"state": "off", "why": "[admin] enabled = false"}));
+        return Ok(());
+    }
+    let listen = cfg.listen.unwrap_or_else(|| {
+        SocketAddr::new(shared.local_addr.ip(), crate::config::DEFAULT_ADMIN_PORT)
+    });
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("admin site: binding {listen}"))?;
+    let local = listener.local_addr()?;
+    let tls = keyline_web::tls::server_config(vec![shared.id.cert.clone()], shared.id.key())?;
+    let has_password = {
+        let db = shared.db.clone();
+        tokio::task::spawn_blocking(move || db.admin_password())
+            .await??
+            .is_some()
+    };
+    if !has_password {
+        tracing::info!(
+            "the admin site at https://{local}/ is off until an admin password is set: run `keyline-gatewayd admin passwd`"
+        );
+    } else {
+        tracing::info!("admin site at https://{local}/");
+    }
+    set(serde_json::json!({"state": "listening", "url": format!("https://{local}/")}));
+    let app = router(
+        Live(shared.clone()),
+        Access::new(&cfg.allow),
+        Duration::from_secs(cfg.session_idle_mins.saturating_mul(60)),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = keyline_web::serve_https(
+            listener,
+            tls,
+            app,
+            keyline_web::Limits::default(),
+            std::future::pending::<()>(),
+        )
+        .await
+        {
+            tracing::warn!("admin site: {e}");
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
