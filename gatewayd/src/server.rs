@@ -21,7 +21,7 @@ use keyline_proto::call::{
 
 use crate::trunk::Trunks;
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
-use keyline_proto::msg::{CallId, FailReason, MediaPlan, Msg, ReqId, Role};
+use keyline_proto::msg::{CallId, EndReason, FailReason, MediaPlan, Msg, ReqId, Role};
 use keyline_proto::{number, MAX_MESSAGE, PROTOCOL_VERSION};
 use rand::RngCore;
 use serde_json::{json, Value};
@@ -1794,11 +1794,20 @@ impl Switch {
                 } else {
                     c.caller.clone()
                 };
-                QueryReply::Done(
-                    self.sb
-                        .handle_hangup(now, &end, call)
-                        .map_err(|e| format!("call {call}: {e}")),
-                )
+                // The end we hang up for is told too (the switchboard
+                // tells only the others, as when a station hangs up).
+                let reason = match c.state {
+                    CallState::Ringing { .. } => EndReason::Rejected,
+                    _ => EndReason::Hangup,
+                };
+                let done = self
+                    .sb
+                    .handle_hangup(now, &end, call)
+                    .map_err(|e| format!("call {call}: {e}"));
+                if done.is_ok() && !is_trunk(&end) {
+                    self.send(&end, Msg::Ended { call, reason });
+                }
+                QueryReply::Done(done)
             }
             Query::DropLine { ext, why } => {
                 self.sb.remove_line(now, &ext);

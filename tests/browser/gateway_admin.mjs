@@ -1,0 +1,174 @@
+// The gateway's admin site in headless Chromium, driven by
+// tests/tests/gateway_admin_browser.rs. Steps that need the office to do
+// something are asked of the Rust test on stdout ("STEP name") and
+// answered on stdin ("OK [value]"). Any failed check exits non-zero.
+//
+// Environment: ADMIN_URL, ADMIN_PASSWORD, GW_BIN, GW_STATE, SHOTS (a
+// directory for screenshots, optional).
+
+import { chromium } from "playwright-core";
+import { execFileSync } from "node:child_process";
+import { readFileSync, mkdirSync } from "node:fs";
+import { createInterface } from "node:readline";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+
+const url = process.env.ADMIN_URL;
+const password = process.env.ADMIN_PASSWORD;
+const shots = process.env.SHOTS;
+if (shots) mkdirSync(shots, { recursive: true });
+
+const lines = createInterface({ input: process.stdin });
+const waiting = [];
+lines.on("line", (l) => { const w = waiting.shift(); if (w) w(l); });
+/** Ask the Rust side to do `name`; its answer after "OK". */
+function step(name) {
+  return new Promise((resolve, reject) => {
+    waiting.push((l) => l.startsWith("OK") ? resolve(l.slice(2).trim()) : reject(new Error(`${name}: ${l}`)));
+    process.stdout.write(`STEP ${name}\n`);
+  });
+}
+
+function check(ok, what) {
+  if (!ok) throw new Error(`check failed: ${what}`);
+  console.error(`ok: ${what}`);
+}
+
+async function axe(page, name) {
+  // Evaluated by the test, not added as a script (the page's CSP allows
+  // no inline script).
+  await page.evaluate(axeSource);
+  const result = await page.evaluate(async () => await window.axe.run(document));
+  const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  check(bad.length === 0, `axe on ${name}: no serious violations ${JSON.stringify(bad.map((v) => [v.id, v.nodes.map((n) => n.target)]))}`);
+}
+
+async function shot(page, name) {
+  if (shots) await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+}
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: ["--no-sandbox"],
+});
+let failed = false;
+try {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, acceptDownloads: true });
+  const page = await context.newPage();
+  page.on("console", (m) => { if (m.type() === "error") console.error(`page console: ${m.text()}`); });
+
+  // Log in.
+  let r = await page.goto(`${url}/login`);
+  check(r.status() === 200, "the login page answers");
+  await axe(page, "login");
+  await shot(page, "admin-login");
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.waitForURL(`${url}/`);
+  check((await page.textContent("h1")) === "Dashboard", "logged in to the dashboard");
+  await axe(page, "dashboard");
+
+  // A new station's pending enrolment appears without a reload; Approve
+  // lets it register.
+  await page.goto(`${url}/stations`);
+  await axe(page, "stations");
+  await page.evaluate(() => { window.__sameLoad = true; });
+  const code = await step("start-station");
+  const row = page.locator(`#pending tr[data-code="${code}"]`);
+  await row.waitFor({ timeout: 10000 });
+  check(await page.evaluate(() => window.__sameLoad === true), `pending code ${code} appeared without a reload`);
+  await shot(page, "admin-stations");
+  await row.getByRole("button", { name: "Approve" }).click();
+  await page.locator("p.notice.good").waitFor({ timeout: 5000 });
+  const notice = await page.textContent("p.notice.good");
+  check(/Approved as extension \d+/.test(notice), `approved: ${notice}`);
+  const ext = notice.match(/extension (\d+)/)[1];
+  await step(`registered ${ext}`);
+  await page.locator(`#enrolled tr[data-ext="${ext}"] .badge.ok`).waitFor({ timeout: 5000 });
+  check(true, `extension ${ext} shows online without a reload`);
+
+  // A call between two stations appears on the dashboard within 1 s, and
+  // Hang up ends it.
+  await page.goto(`${url}/`);
+  await page.evaluate(() => { window.__sameLoad = true; });
+  await step(`call ${ext}`);
+  const t0 = Date.now();
+  const call = page.locator("#calls tr[data-call]");
+  await call.first().waitFor({ timeout: 1000 });
+  check(Date.now() - t0 <= 1000, `the call appeared on the dashboard in ${Date.now() - t0} ms`);
+  await page.waitForFunction(() => {
+    const c = document.querySelector("#calls tr[data-call]");
+    return c && c.textContent.includes("answered");
+  }, null, { timeout: 3000 });
+  check(await page.evaluate(() => window.__sameLoad === true), "without a reload");
+  await shot(page, "admin-dashboard");
+  await axe(page, "dashboard with a call");
+  await call.first().getByRole("button", { name: "Hang up" }).click();
+  await page.locator("#calls tr[data-call]").waitFor({ state: "detached", timeout: 5000 });
+  await step("hung-up");
+  check(true, "Hang up ended the call");
+
+  // Call records: the export matches `keyline-gatewayd cdr --json`.
+  await page.goto(`${url}/cdr`);
+  await axe(page, "call records");
+  await shot(page, "admin-cdr");
+  const [download] = await Promise.all([
+    page.waitForEvent("download"),
+    page.getByRole("link", { name: "Export CSV" }).click(),
+  ]);
+  const csv = readFileSync(await download.path(), "utf8");
+  const rows = csv.trim().split("\r\n").map((l) => l.split(","));
+  check(rows[0].join(",") === "Record,From,Number,Started,Duration,Outcome", "the CSV's header");
+  const cdr = JSON.parse(execFileSync(process.env.GW_BIN, ["--state", process.env.GW_STATE, "cdr", "--json"])).cdr;
+  check(rows.length - 1 === cdr.length && cdr.length >= 1, `the CSV has every record (${cdr.length})`);
+  for (let i = 0; i < cdr.length; i++) {
+    const [id, from, number, started, duration, outcome] = rows[i + 1];
+    const c = cdr[i];
+    const talk = c.answer_ms == null ? 0 : Math.floor(Math.max(0, c.end_ms - c.answer_ms) / 1000);
+    check(Number(id) === c.id && from === c.caller && number === c.callee && outcome === c.outcome
+      && Date.parse(started) === Math.floor(c.start_ms / 1000) * 1000 && Number(duration) === talk,
+      `CSV row ${i + 1} matches record ${c.id} (${c.caller} -> ${c.callee} ${c.outcome})`);
+  }
+  await page.goto(`${url}/calls`);
+  await axe(page, "live calls");
+
+  // A form without its CSRF token is refused.
+  const status = await page.evaluate(async () => {
+    const r = await fetch("/stations/revoke", {
+      method: "POST",
+      headers: { "Content-Type": "application/x-www-form-urlencoded" },
+      body: "ext=201",
+    });
+    return r.status;
+  });
+  check(status === 403, `a form without its CSRF token gets ${status}`);
+  await step("still-enrolled 201");
+
+  // Wrong passwords lock the address out.
+  await page.getByRole("button", { name: "Log out" }).click();
+  await page.waitForURL(`${url}/login`);
+  let last = 0;
+  for (let i = 0; i < 5; i++) {
+    await page.getByLabel("Password").fill(`wrong ${i}`);
+    const [resp] = await Promise.all([
+      page.waitForResponse((x) => x.url() === `${url}/login` && x.request().method() === "POST"),
+      page.getByRole("button", { name: "Log in" }).click(),
+    ]);
+    last = resp.status();
+  }
+  check(last === 429, `the fifth wrong password locks out (${last})`);
+  check((await page.textContent("p.notice.bad")).includes("locked out"), "the page says locked out");
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.waitForLoadState();
+  check((await page.textContent("p.notice.bad")).includes("locked out"), "even the right password waits");
+} catch (e) {
+  console.error(`FAILED: ${e.stack || e}`);
+  failed = true;
+} finally {
+  await browser.close();
+  lines.close();
+}
+process.exit(failed ? 1 : 0);

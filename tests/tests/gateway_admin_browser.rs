@@ -1,0 +1,153 @@
+//! The gateway's admin site in a real browser (headless Chromium through
+//! playwright-core, `tests/browser/gateway_admin.mjs`) against a real
+//! gateway and real stations on loopback: log in, a new station's pending
+//! enrolment appears without a reload and Approve lets it register, a call
+//! shows on the dashboard within 1 s and Hang up ends it, Export CSV
+//! matches `keyline-gatewayd cdr --json`, a form without its CSRF token
+//! is refused, wrong passwords lock out, and axe-core finds no serious
+//! accessibility violations. Any failed check in the script fails this
+//! test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use keyline_tests::{
+    bin, jstr, ok, registered, wait_for, wait_state, Daemon, LoopbackOffice, Scratch,
+};
+
+const PASSWORD: &str = "front desk 2026";
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+#[test]
+fn the_admin_site_in_a_browser() {
+    let port = free_tcp_port();
+    let cfg_dir = Scratch::new("gwadmincfg");
+    let cfg = cfg_dir.join("gatewayd.toml");
+    std::fs::write(&cfg, format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    let office = LoopbackOffice::start("gwadmin", &["--config", cfg.to_str().unwrap()]);
+    // The password, as an installer would set it (standard input).
+    let passwd = Command::new(bin("keyline-gatewayd"))
+        .arg("--state")
+        .arg(&office.gw.state)
+        .args(["admin", "passwd"])
+        .stdin(Stdio::piped())
+        .output_with_stdin(format!("{PASSWORD}\n"));
+    assert!(passwd.status.success(), "{passwd:?}");
+
+    let a = office.agent("a", &["--audio-in", "tone:600", "--audio-out", "null"]);
+    office.enrol(&a, "201");
+    wait_for("the admin site", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/gateway_admin.mjs");
+    let shots = office.scratch.join("shots");
+    let mut node = Command::new("node")
+        .arg(&script)
+        .env("ADMIN_URL", format!("https://127.0.0.1:{port}"))
+        .env("ADMIN_PASSWORD", PASSWORD)
+        .env("GW_BIN", bin("keyline-gatewayd"))
+        .env("GW_STATE", &office.gw.state)
+        .env(
+            "SHOTS",
+            std::env::var_os("KEYLINE_SHOTS").unwrap_or(shots.into()),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node (tests/browser needs its node_modules)");
+    let mut to_node = node.stdin.take().unwrap();
+    let from_node = BufReader::new(node.stdout.take().unwrap());
+    let mut err = node.stderr.take().unwrap();
+    let err_text = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+
+    let mut b: Option<Daemon> = None;
+    for line in from_node.lines() {
+        let Ok(line) = line else { break };
+        let Some(step) = line.strip_prefix("STEP ") else {
+            continue;
+        };
+        let mut words = step.split_whitespace();
+        let answer = match (words.next(), words.next()) {
+            (Some("start-station"), _) => {
+                let d = office.agent("b", &["--audio-in", "tone:900", "--audio-out", "null"]);
+                let code = wait_for("b's pairing code", Duration::from_secs(10), || {
+                    jstr(&d.json(&["status"]).ok()?, &["code"])
+                });
+                b = Some(d);
+                code
+            }
+            (Some("registered"), Some(ext)) => {
+                registered(b.as_ref().unwrap(), ext);
+                String::new()
+            }
+            (Some("call"), Some(ext)) => {
+                let bd = b.as_ref().unwrap();
+                ok(&a, &["dial", ext]);
+                wait_state(bd, "alerting");
+                ok(bd, &["answer"]);
+                wait_state(&a, "connected");
+                String::new()
+            }
+            (Some("hung-up"), _) => {
+                keyline_tests::idle(&a);
+                keyline_tests::idle(b.as_ref().unwrap());
+                String::new()
+            }
+            (Some("still-enrolled"), Some(ext)) => {
+                let agents = office.gw.json(&["agents"]).unwrap();
+                let still = agents["agents"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x["ext"] == ext && x["state"] == "approved");
+                assert!(still, "a form without its token revoked {ext}: {agents}");
+                String::new()
+            }
+            other => panic!("unknown step {other:?}"),
+        };
+        writeln!(to_node, "OK {answer}").unwrap();
+    }
+    drop(to_node);
+    let status = node.wait().unwrap();
+    let log = err_text.join().unwrap();
+    eprintln!("{log}");
+    assert!(status.success(), "the browser script failed:\n{log}");
+    assert!(!log.contains("FAILED"), "{log}");
+}
+
+/// `Command::output` with something written to its standard input first.
+trait OutputWithStdin {
+    fn output_with_stdin(&mut self, input: String) -> std::process::Output;
+}
+
+impl OutputWithStdin for Command {
+    fn output_with_stdin(&mut self, input: String) -> std::process::Output {
+        let mut child = self
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
