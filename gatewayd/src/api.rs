@@ -76,6 +76,20 @@ pub enum Request {
         members: Vec<String>,
     },
     RingGroupClear,
+    /// Forwarding and do-not-disturb of every approved extension.
+    LineSettings,
+    /// Set one extension's forwarding and do-not-disturb.
+    SetLineSettings {
+        ext: String,
+        #[serde(default)]
+        forward_always: Option<String>,
+        #[serde(default)]
+        forward_busy: Option<String>,
+        #[serde(default)]
+        forward_no_answer: Option<String>,
+        #[serde(default)]
+        dnd: bool,
+    },
 }
 
 fn default_limit() -> u32 {
@@ -124,6 +138,8 @@ pub const COMMANDS: &[&str] = &[
     "speed-dial-list",
     "ring-group-set",
     "ring-group-clear",
+    "line-settings",
+    "set-line-settings",
 ];
 
 /// Where a call is, as the admin sees it.
@@ -416,6 +432,17 @@ pub enum Response {
     RingGroup {
         ring_group: Option<RingGroup>,
     },
+    LineSettings {
+        lines: Vec<LineSettingsInfo>,
+    },
+}
+
+/// One extension's forwarding and do-not-disturb.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineSettingsInfo {
+    pub ext: String,
+    #[serde(flatten)]
+    pub settings: keyline_proto::msg::LineSettings,
 }
 
 impl Response {

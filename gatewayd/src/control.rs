@@ -86,7 +86,92 @@ pub async fn dispatch(shared: &Arc<Shared>, req: Request) -> Result<Response, Re
             set_ring_group(shared, Some(group)).await
         }
         Request::RingGroupClear => set_ring_group(shared, None).await,
+        Request::LineSettings => line_settings(shared).await,
+        Request::SetLineSettings {
+            ext,
+            forward_always,
+            forward_busy,
+            forward_no_answer,
+            dnd,
+        } => {
+            let target = |t: Option<String>, what: &str| -> Result<Option<String>, Refusal> {
+                let Some(t) = t.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) else {
+                    return Ok(None);
+                };
+                match number::canonicalize(&t) {
+                    Ok(n) if n.starts_with('*') => Err(format!(
+                        "{what}: a feature code cannot be a forwarding target"
+                    )),
+                    Ok(n) if n == ext => Err(format!("{what}: {ext} cannot forward to itself")),
+                    Ok(n) => Ok(Some(n)),
+                    Err(e) => Err(format!("{what}: {t:?}: {e}")),
+                }
+            };
+            let settings = keyline_proto::msg::LineSettings {
+                forward_always: target(forward_always, "Forward always")?,
+                forward_busy: target(forward_busy, "Forward when busy")?,
+                forward_no_answer: target(forward_no_answer, "Forward on no answer")?,
+                dnd,
+            };
+            set_line_settings(shared, ext, settings).await
+        }
     }
+}
+
+async fn approved_extensions(shared: &Arc<Shared>) -> Result<Vec<String>, Refusal> {
+    Ok(blocking(shared, |db| db.agents())
+        .await?
+        .into_iter()
+        .filter(|a| a.state == "approved")
+        .filter_map(|a| a.ext)
+        .collect())
+}
+
+async fn line_settings(shared: &Arc<Shared>) -> Result<Response, Refusal> {
+    let exts = approved_extensions(shared).await?;
+    let stored: std::collections::HashMap<String, keyline_proto::msg::LineSettings> =
+        blocking(shared, |db| db.all_settings())
+            .await?
+            .into_iter()
+            .collect();
+    Ok(Response::LineSettings {
+        lines: exts
+            .into_iter()
+            .map(|ext| crate::api::LineSettingsInfo {
+                settings: stored.get(&ext).cloned().unwrap_or_default(),
+                ext,
+            })
+            .collect(),
+    })
+}
+
+async fn set_line_settings(
+    shared: &Arc<Shared>,
+    ext: String,
+    settings: keyline_proto::msg::LineSettings,
+) -> Result<Response, Refusal> {
+    let ext = number::canonicalize(&ext).map_err(|e| format!("{ext:?}: {e}"))?;
+    if !approved_extensions(shared).await?.contains(&ext) {
+        return Err(format!("{ext} is not an extension here"));
+    }
+    let (e, s) = (ext.clone(), settings.clone());
+    blocking(shared, move |db| db.save_settings(&e, &s)).await?;
+    match query_switch(
+        shared,
+        Query::Settings {
+            ext: ext.clone(),
+            settings: settings.clone(),
+        },
+    )
+    .await?
+    {
+        QueryReply::Done(Ok(())) => {}
+        QueryReply::Done(Err(e)) => return Err(e),
+        other => return Err(format!("unexpected answer {other:?}")),
+    }
+    Ok(Response::LineSettings {
+        lines: vec![crate::api::LineSettingsInfo { ext, settings }],
+    })
 }
 
 /// Run `f` on the database off the event loop.

@@ -119,6 +119,12 @@ pub enum Query {
     Hangup {
         call: CallId,
     },
+    /// An extension's forwarding and do-not-disturb were stored: use them
+    /// and show them to its station.
+    Settings {
+        ext: String,
+        settings: keyline_proto::msg::LineSettings,
+    },
     /// An extension was taken away or renumbered: forget the line and
     /// drop its station (which reconnects as what it now is).
     DropLine {
@@ -1808,6 +1814,11 @@ impl Switch {
                     self.send(&end, Msg::Ended { call, reason });
                 }
                 QueryReply::Done(done)
+            }
+            Query::Settings { ext, settings } => {
+                self.sb.set_settings(&ext, settings.clone());
+                self.send(&ext, Msg::Settings { settings });
+                QueryReply::Done(Ok(()))
             }
             Query::DropLine { ext, why } => {
                 self.sb.remove_line(now, &ext);

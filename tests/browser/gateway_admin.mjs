@@ -134,6 +134,25 @@ try {
   await page.goto(`${url}/calls`);
   await axe(page, "live calls");
 
+  // The dial plan: a ring group with an unknown member is refused next
+  // to its field and nothing is saved; a good one is what the CLI shows.
+  await page.goto(`${url}/dialplan`);
+  await axe(page, "dial plan");
+  await page.getByLabel("Members, in order").fill("202, 299");
+  await page.getByLabel("How they ring").selectOption("hunt");
+  await page.locator("#rg-h").locator("xpath=..").getByRole("button", { name: "Save" }).click();
+  await page.locator("#rg-error").waitFor({ timeout: 5000 });
+  check((await page.textContent("#rg-error")).includes("299 is not an extension here"), "an unknown member is refused next to its field");
+  let rg = JSON.parse(execFileSync(process.env.GW_BIN, ["--state", process.env.GW_STATE, "ring-group", "show", "--json"]));
+  check(rg.source === "config", "nothing was saved");
+  await page.getByLabel("Members, in order").fill(`${ext}, 201`);
+  await page.getByLabel("How they ring").selectOption("hunt");
+  await page.locator("#rg-h").locator("xpath=..").getByRole("button", { name: "Save" }).click();
+  await page.locator("p.notice.good").waitFor({ timeout: 5000 });
+  rg = JSON.parse(execFileSync(process.env.GW_BIN, ["--state", process.env.GW_STATE, "ring-group", "show", "--json"]));
+  check(rg.mode === "hunt" && rg.members.join(",") === `${ext},201`, `the hunt group is what the CLI shows (${JSON.stringify(rg)})`);
+  await shot(page, "admin-dialplan");
+
   // A form without its CSRF token is refused.
   const status = await page.evaluate(async () => {
     const r = await fetch("/stations/revoke", {

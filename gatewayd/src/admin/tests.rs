@@ -73,6 +73,35 @@ impl Office for Fake {
                     }],
                 }),
                 Request::Hangup { call } => Ok(ApiResponse::HungUp { call }),
+                Request::SpeedDialList => Ok(ApiResponse::SpeedDials {
+                    speed_dials: vec![crate::api::SpeedDial {
+                        code: "*1".into(),
+                        number: "0317001000".into(),
+                    }],
+                }),
+                Request::LineSettings => Ok(ApiResponse::LineSettings {
+                    lines: vec![crate::api::LineSettingsInfo {
+                        ext: "201".into(),
+                        settings: keyline_proto::msg::LineSettings {
+                            dnd: true,
+                            ..Default::default()
+                        },
+                    }],
+                }),
+                Request::RingGroupSet { members, .. } if members.iter().any(|m| m == "299") => {
+                    Err("299 is not an extension here".into())
+                }
+                Request::RingGroupSet {
+                    members,
+                    mode,
+                    step_secs,
+                } => Ok(ApiResponse::RingGroup {
+                    ring_group: Some(crate::db::RingGroup {
+                        mode,
+                        members,
+                        step_secs,
+                    }),
+                }),
                 other => Err(format!("not in this test: {other:?}")),
             }
         }
@@ -317,4 +346,61 @@ async fn addresses_outside_the_lan_are_refused() {
     let (status, _, _) = send(&app, post_req("/login", None, "password=correct+horse")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(asked.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_dial_plan_saves_through_the_dispatcher_and_shows_refusals_by_their_field() {
+    let (app, asked) = site(hash(), "10.0.0.2:40000");
+    let (cookie, csrf) = logged_in(&app).await;
+    let (status, _, page) = send(&app, get_req("/dialplan", Some(&cookie))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("0317001000") && page.contains("id=\"dnd-201\""),
+        "{page}"
+    );
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/ring-group",
+            Some(&cookie),
+            &format!("members=202%2C+299&mode=hunt&step_secs=10&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("<p id=\"rg-error\" class=\"field-error\">299 is not an extension here</p>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("value=\"202, 299\""),
+        "what was typed stays: {page}"
+    );
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/ring-group",
+            Some(&cookie),
+            &format!("members=202+201&mode=hunt&step_secs=10&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Ring group saved."));
+    assert!(asked.lock().unwrap().contains(&Request::RingGroupSet {
+        mode: "hunt".into(),
+        step_secs: 10,
+        members: vec!["202".into(), "201".into()],
+    }));
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/ring-group",
+            Some(&cookie),
+            &format!("members=202&step_secs=soon&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("is not a number"), "{page}");
 }
