@@ -10,7 +10,9 @@
 //! the directory's opaque UDP relay for the direct-connect rules (through
 //! [`keyline_net::relay`]); and [`client`], the library a gateway or a
 //! terminal uses to log in, register, call, answer, look up, forward and
-//! leave or collect mail. Media never touches the directory unless the
+//! leave or collect mail; and the web site (module `web`: sign-up, set-up,
+//! account pages, operator pages) served over HTTPS by the same process
+//! from the same store and hub. Media never touches the directory unless the
 //! relay rule says so, and then only as bytes it cannot decrypt.
 
 pub mod auth;
@@ -21,4 +23,5 @@ pub mod ratelimit;
 pub mod routing;
 pub mod server;
 pub mod store;
+mod web;
 pub mod wire;

@@ -59,6 +59,8 @@ pub enum Event {
         tx: mpsc::Sender<Out>,
         /// Wakes the session's mail delivery.
         mail: Arc<Notify>,
+        /// The name the endpoint gave in its hello.
+        name: Option<String>,
     },
     Down {
         sid: SessionId,
@@ -71,6 +73,21 @@ pub enum Event {
         sid: SessionId,
         account: String,
         numbers: Vec<String>,
+        /// The hash of the session token it logged in with (a device, to
+        /// the web site's account page).
+        token_hash: String,
+    },
+    /// The logged-in endpoints of `account`, for the web site.
+    Devices {
+        account: String,
+        reply: oneshot::Sender<Vec<Device>>,
+    },
+    /// End session `sid` if it is `account`'s; the reply is its token
+    /// hash (to revoke), or `None` when there was no such session.
+    SignOut {
+        account: String,
+        sid: SessionId,
+        reply: oneshot::Sender<Option<String>>,
     },
     /// A routing request, already validated and canonicalised; `_held`
     /// is one of the session's requests in flight, given back once the
@@ -102,6 +119,22 @@ pub enum Event {
     Shutdown {
         done: oneshot::Sender<()>,
     },
+}
+
+/// A logged-in endpoint of an account, as the web site shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub session: SessionId,
+    /// The address the directory sees it at.
+    pub address: String,
+    /// The name it gave in its hello.
+    pub name: Option<String>,
+    /// Its certificate fingerprint.
+    pub fingerprint: String,
+    /// Numbers it has registered now.
+    pub numbers: Vec<String>,
+    /// Seconds since it last registered (refreshed), if it did.
+    pub refreshed_s_ago: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +169,8 @@ pub struct Shared {
     pub started: Instant,
     pub last_reload: Mutex<Option<String>>,
     next_session: AtomicU64,
+    /// Where the web site listens, once it does.
+    pub web_addr: std::sync::OnceLock<SocketAddr>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -147,6 +182,64 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    fn new(
+        id: Identity,
+        store: Arc<dyn Store>,
+        cfg: Config,
+        config_file: Option<PathBuf>,
+        state_dir: PathBuf,
+        local_addr: SocketAddr,
+        hub: mpsc::Sender<Event>,
+    ) -> Shared {
+        Shared {
+            id,
+            store,
+            limiter: Mutex::new(LoginLimiter::new(cfg.limits())),
+            hashing: Semaphore::new(HASHING),
+            password_checks: AtomicU64::new(0),
+            connections: AtomicUsize::new(0),
+            connections_refused: AtomicU64::new(0),
+            cfg: RwLock::new(Arc::new(cfg)),
+            config_file,
+            state_dir,
+            local_addr,
+            relay: Arc::new(Counters::default()),
+            hub,
+            started: Instant::now(),
+            last_reload: Mutex::new(None),
+            next_session: AtomicU64::new(1),
+            web_addr: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A directory's shared state and hub without its QUIC endpoint, for
+    /// the web site's handler tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(store: Arc<dyn Store>, cfg: Config) -> Result<Arc<Shared>> {
+        let id = Identity::generate("keyline-directory")?;
+        let table = number_table(store.as_ref())?;
+        let (hub_tx, hub_rx) = mpsc::channel(256);
+        let shared = Arc::new(Shared::new(
+            id,
+            store,
+            cfg,
+            None,
+            std::env::temp_dir(),
+            SocketAddr::from(([127, 0, 0, 1], 7480)),
+            hub_tx,
+        ));
+        let mut router = Router::new(shared.cfg().routing());
+        router.set_numbers(Instant::now(), table);
+        let hub = Hub {
+            shared: shared.clone(),
+            router,
+            sessions: HashMap::new(),
+            relays: HashMap::new(),
+        };
+        tokio::spawn(hub.run(hub_rx));
+        Ok(shared)
+    }
+
     pub fn cfg(&self) -> Arc<Config> {
         match self.cfg.read() {
             Ok(c) => c.clone(),
@@ -254,24 +347,15 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
     )?));
     let local_addr = endpoint.local_addr()?;
     let (hub_tx, hub_rx) = mpsc::channel(4096);
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(Shared::new(
         id,
         store,
-        limiter: Mutex::new(LoginLimiter::new(cfg.limits())),
-        hashing: Semaphore::new(HASHING),
-        password_checks: AtomicU64::new(0),
-        connections: AtomicUsize::new(0),
-        connections_refused: AtomicU64::new(0),
-        cfg: RwLock::new(Arc::new(cfg)),
-        config_file: opts.config_file.clone(),
-        state_dir: state_dir.clone(),
+        cfg,
+        opts.config_file.clone(),
+        state_dir.clone(),
         local_addr,
-        relay: Arc::new(Counters::default()),
-        hub: hub_tx,
-        started: Instant::now(),
-        last_reload: Mutex::new(None),
-        next_session: AtomicU64::new(1),
-    });
+        hub_tx,
+    ));
 
     let mut router = Router::new(shared.cfg().routing());
     router.set_numbers(Instant::now(), table);
@@ -348,15 +432,21 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
         });
     }
 
+    let (web_stop, web_stop_rx) = watch::channel(false);
+    let web_task = crate::web::start(shared.clone(), web_stop_rx).await?;
     tracing::info!(
         "keyline-directory listening on {local_addr} (QUIC), state in {}, fingerprint {}",
         state_dir.display(),
         shared.id.fingerprint
     );
     println!(
-        "keyline-directory ready: udp {local_addr}, state {}, direct-connect {}",
+        "keyline-directory ready: udp {local_addr}, state {}, direct-connect {}{}",
         state_dir.display(),
-        shared.cfg().direct_connect.as_str()
+        shared.cfg().direct_connect.as_str(),
+        match shared.web_addr.get() {
+            Some(a) => format!(", web https://{a}/"),
+            None => String::new(),
+        }
     );
     match stop {
         Some(mut stop) => {
@@ -391,6 +481,10 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
         let _ = tokio::time::timeout(Duration::from_secs(2), done_rx).await;
     }
     accept.abort();
+    let _ = web_stop.send(true);
+    if let Some(t) = web_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
     // Give writers a moment to put the goodbyes on the wire.
     tokio::time::sleep(Duration::from_millis(100)).await;
     endpoint.close(quinn::VarInt::from_u32(0), b"directory stopping");
@@ -690,8 +784,13 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
     let hello = tokio::time::timeout(Duration::from_secs(10), next_msg(&mut recv))
         .await
         .context("no hello within 10 s")?;
+    let hello_name: Option<String>;
     match hello {
-        Ok(Incoming::Msg(DirMsg::Hello { version, role, .. })) => {
+        Ok(Incoming::Msg(DirMsg::Hello {
+            version,
+            role,
+            name,
+        })) => {
             if version != PROTOCOL_VERSION {
                 let _ = send_msg(
                     &mut send,
@@ -711,6 +810,7 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
                 conn.close(quinn::VarInt::from_u32(1), b"directories do not register");
                 anyhow::bail!("a directory connected as an endpoint");
             }
+            hello_name = name.map(|n| clipped(&n));
         }
         Ok(_) => {
             conn.close(quinn::VarInt::from_u32(1), b"expected hello");
@@ -771,6 +871,7 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
             conn: conn.clone(),
             tx: tx.clone(),
             mail: wake,
+            name: hello_name,
         })
         .await
         .context("the directory is stopping")?;
@@ -1000,7 +1101,7 @@ fn rate_limited(req: ReqId, message: String, retry: Duration) -> DirMsg {
 
 /// A password check reserved with the limiter; given back on drop if it
 /// was not finished (the session went away before the check was done).
-struct Reserved<'a> {
+pub(crate) struct Reserved<'a> {
     shared: &'a Shared,
     attempt: Option<Attempt>,
 }
@@ -1008,7 +1109,7 @@ struct Reserved<'a> {
 impl Reserved<'_> {
     /// Record the outcome; after a failure, the refusal the next attempt
     /// would meet.
-    fn finish(mut self, ok: bool) -> Option<Locked> {
+    pub(crate) fn finish(mut self, ok: bool) -> Option<Locked> {
         let attempt = self.attempt.take()?;
         match self.shared.limiter.lock() {
             Ok(mut l) => l.finish(Instant::now(), attempt, ok),
@@ -1029,7 +1130,7 @@ impl Drop for Reserved<'_> {
 
 impl Shared {
     /// Reserve a password check of `account` from `ip` with the limiter.
-    fn reserve_login(&self, account: &str, ip: IpAddr) -> Result<Reserved<'_>, Locked> {
+    pub(crate) fn reserve_login(&self, account: &str, ip: IpAddr) -> Result<Reserved<'_>, Locked> {
         let attempt = match self.limiter.lock() {
             Ok(mut l) => Some(l.begin(Instant::now(), account, ip)?),
             Err(_) => None,
@@ -1042,7 +1143,11 @@ impl Shared {
 
     /// Check `password` against `hash` (or spend the same time when there
     /// is no account) off the runtime, at most [`HASHING`] at once.
-    async fn check_password(&self, hash: Option<String>, password: String) -> Result<bool> {
+    pub(crate) async fn check_password(
+        &self,
+        hash: Option<String>,
+        password: String,
+    ) -> Result<bool> {
         let _permit = self
             .hashing
             .acquire()
@@ -1058,6 +1163,20 @@ impl Shared {
         })
         .await
         .context("password check failed")
+    }
+
+    /// Hash a new password off the runtime, on the same bounded pool as
+    /// the checks.
+    pub(crate) async fn hash_password(&self, password: String) -> Result<String> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .context("the directory is stopping")?;
+        self.password_checks.fetch_add(1, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || auth::hash_password(&password))
+            .await
+            .context("password hashing failed")?
     }
 }
 
@@ -1151,12 +1270,13 @@ async fn logged_in(
     c.account.send_replace(Some(LoggedIn {
         account: account.clone(),
         numbers: numbers.clone(),
-        token_hash,
+        token_hash: token_hash.clone(),
     }));
     c.hub(Event::LoggedIn {
         sid: c.sid,
         account: account.clone(),
         numbers: numbers.clone(),
+        token_hash,
     })
     .await?;
     tracing::info!("session {} logged in as {account}", c.sid);
@@ -1678,6 +1798,9 @@ struct Live {
     conn: quinn::Connection,
     tx: mpsc::Sender<Out>,
     mail: Arc<Notify>,
+    name: Option<String>,
+    /// The hash of the token it logged in with.
+    token_hash: Option<String>,
 }
 
 /// The task that owns routing state.
@@ -1717,10 +1840,20 @@ impl Hub {
                 conn,
                 tx,
                 mail,
+                name,
             } => {
                 self.router
                     .handle_session_up(sid, fp, conn.remote_address());
-                self.sessions.insert(sid, Live { conn, tx, mail });
+                self.sessions.insert(
+                    sid,
+                    Live {
+                        conn,
+                        tx,
+                        mail,
+                        name,
+                        token_hash: None,
+                    },
+                );
             }
             Event::Down { sid } => {
                 self.sessions.remove(&sid);
@@ -1731,7 +1864,29 @@ impl Hub {
                 sid,
                 account,
                 numbers,
-            } => self.router.handle_login(now, sid, &account, numbers),
+                token_hash,
+            } => {
+                if let Some(l) = self.sessions.get_mut(&sid) {
+                    l.token_hash = Some(token_hash);
+                }
+                self.router.handle_login(now, sid, &account, numbers)
+            }
+            Event::Devices { account, reply } => {
+                let _ = reply.send(self.devices(now, &account));
+            }
+            Event::SignOut {
+                account,
+                sid,
+                reply,
+            } => {
+                let mine = self.router.sessions_of(&account).contains(&sid);
+                let token = if mine {
+                    self.end_session(now, sid, "this device was signed out on the web site")
+                } else {
+                    None
+                };
+                let _ = reply.send(token);
+            }
             Event::Route { sid, msg, .. } => self.route(now, sid, msg),
             Event::ForwardChanged { number, rule } => self.router.set_forward(&number, rule),
             Event::Reload { logout, keep, done } => {
@@ -1746,19 +1901,11 @@ impl Hub {
                         if Some(sid) == keep {
                             continue;
                         }
-                        if let Some(l) = self.sessions.remove(&sid) {
-                            let _ = l.tx.try_send(Out::Msg(error(
-                                None,
-                                ErrorCode::BadToken,
-                                "the account's password changed or it was removed; log in again",
-                            )));
-                            let conn = l.conn.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                conn.close(quinn::VarInt::from_u32(6), b"logged out");
-                            });
-                        }
-                        self.router.handle_session_down(now, sid);
+                        self.end_session(
+                            now,
+                            sid,
+                            "the account's password or name changed, or it was removed; log in again",
+                        );
                     }
                 }
                 if let Some(d) = done {
@@ -1782,6 +1929,61 @@ impl Hub {
                 let _ = done.send(());
             }
         }
+    }
+
+    /// Tell session `sid` why, close it and drop its bindings at once;
+    /// the hash of the token it logged in with.
+    fn end_session(&mut self, now: Instant, sid: SessionId, why: &str) -> Option<String> {
+        let mut token = None;
+        if let Some(l) = self.sessions.remove(&sid) {
+            let _ =
+                l.tx.try_send(Out::Msg(error(None, ErrorCode::BadToken, why)));
+            let conn = l.conn.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                conn.close(quinn::VarInt::from_u32(6), b"logged out");
+            });
+            token = l.token_hash;
+        }
+        self.router.handle_session_down(now, sid);
+        token
+    }
+
+    fn devices(&self, now: Instant, account: &str) -> Vec<Device> {
+        let ttl = self.shared.cfg().routing().binding_ttl;
+        let mut out: Vec<Device> = self
+            .router
+            .sessions_of(account)
+            .into_iter()
+            .filter_map(|sid| {
+                let live = self.sessions.get(&sid)?;
+                let mut numbers = Vec::new();
+                let mut refreshed: Option<u64> = None;
+                let mut fp = String::new();
+                for b in self.router.bindings_of(sid) {
+                    numbers.push(b.number.clone());
+                    let ago = ttl
+                        .saturating_sub(b.expires.saturating_duration_since(now))
+                        .as_secs();
+                    refreshed = Some(refreshed.map_or(ago, |r: u64| r.min(ago)));
+                    fp = b.fp.clone();
+                }
+                numbers.sort();
+                if fp.is_empty() {
+                    fp = keyline_net::peer_fingerprint(&live.conn).unwrap_or_default();
+                }
+                Some(Device {
+                    session: sid,
+                    address: live.conn.remote_address().to_string(),
+                    name: live.name.clone(),
+                    fingerprint: fp,
+                    numbers,
+                    refreshed_s_ago: refreshed,
+                })
+            })
+            .collect();
+        out.sort_by_key(|d| d.session);
+        out
     }
 
     fn route(&mut self, now: Instant, sid: SessionId, msg: DirMsg) {
@@ -1986,6 +2188,7 @@ impl Hub {
                     "connections": self.shared.connections.load(Ordering::Relaxed),
                     "max_connections": cfg.max_connections,
                     "connections_refused": self.shared.connections_refused.load(Ordering::Relaxed),
+                    "web": self.shared.web_addr.get().map(|a| format!("https://{a}/")),
                 })
             }
             Query::Bindings => {
@@ -2046,7 +2249,7 @@ impl Hub {
     }
 }
 
-async fn query_hub(shared: &Shared, what: Query) -> Value {
+pub(crate) async fn query_hub(shared: &Shared, what: Query) -> Value {
     let (tx, rx) = oneshot::channel();
     if shared
         .hub

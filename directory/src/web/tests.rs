@@ -1,0 +1,701 @@
+//! The site's handlers without a browser or a socket: requests go
+//! straight into the router (`tower::ServiceExt::oneshot`), against an
+//! in-memory store and a real hub.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use keyline_proto::dir::{ForwardWhen, MailKind};
+use tower::ServiceExt;
+
+use super::{router, TerminalSettings, Web};
+use crate::auth;
+use crate::config::{Config, Signup};
+use crate::server::Shared;
+use crate::store::{NewMail, Quota, SqliteStore, Store};
+
+/// A browser: cookies kept between requests, one address.
+struct Browser {
+    app: Router,
+    cookies: HashMap<String, String>,
+    peer: SocketAddr,
+    lang: Option<&'static str>,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn location(&self) -> &str {
+        self.headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The CSRF token of the page's first form.
+    fn csrf(&self) -> String {
+        let key = "name=\"csrf\" value=\"";
+        let i = self.body.find(key).map(|i| i + key.len()).unwrap_or(0);
+        self.body[i..].split('"').next().unwrap_or("").to_string()
+    }
+}
+
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+impl Browser {
+    fn new(app: Router) -> Browser {
+        Browser {
+            app,
+            cookies: HashMap::new(),
+            peer: SocketAddr::from(([192, 0, 2, 7], 40000)),
+            lang: None,
+        }
+    }
+
+    async fn send(&mut self, method: Method, uri: &str, body: Option<String>) -> Reply {
+        let mut req = Request::builder().method(method).uri(uri);
+        if !self.cookies.is_empty() {
+            let c = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            req = req.header(header::COOKIE, c);
+        }
+        if let Some(l) = self.lang {
+            req = req.header(header::ACCEPT_LANGUAGE, l);
+        }
+        req = req.header(header::HOST, "dir.example:7480");
+        let mut req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(b)),
+            None => req.body(Body::empty()),
+        }
+        .expect("request");
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        let resp = self.app.clone().oneshot(req).await.expect("response");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        for v in headers.get_all(header::SET_COOKIE) {
+            let v = v.to_str().expect("cookie");
+            let pair = v.split(';').next().unwrap_or("");
+            if let Some((k, val)) = pair.split_once('=') {
+                if val.is_empty() || v.contains("Max-Age=0") {
+                    self.cookies.remove(k);
+                } else {
+                    self.cookies.insert(k.to_string(), val.to_string());
+                }
+            }
+        }
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    async fn get(&mut self, uri: &str) -> Reply {
+        self.send(Method::GET, uri, None).await
+    }
+
+    async fn post(&mut self, uri: &str, fields: &[(&str, &str)]) -> Reply {
+        self.send(Method::POST, uri, Some(form(fields))).await
+    }
+
+    async fn sign_up(&mut self, id: &str, pw: &str, number: &str) -> Reply {
+        let page = self.get("/signup").await;
+        let csrf = page.csrf();
+        self.post(
+            "/signup",
+            &[
+                ("csrf", &csrf),
+                ("id", id),
+                ("password", pw),
+                ("repeat", pw),
+                ("number", number),
+            ],
+        )
+        .await
+    }
+
+    async fn log_in(&mut self, id: &str, pw: &str) -> Reply {
+        let page = self.get("/login").await;
+        let csrf = page.csrf();
+        self.post("/login", &[("csrf", &csrf), ("id", id), ("password", pw)])
+            .await
+    }
+}
+
+fn site(cfg: Config) -> (Arc<Shared>, Router) {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().expect("store"));
+    let shared = Shared::for_tests(store, cfg).expect("shared");
+    let app = router(Arc::new(Web::new(shared.clone())), false);
+    (shared, app)
+}
+
+#[tokio::test]
+async fn sign_up_set_up_and_download_the_settings() {
+    let (shared, app) = site(Config::default());
+    let mut b = Browser::new(app);
+    let page = b.get("/signup").await;
+    assert_eq!(page.status, StatusCode::OK);
+    for label in [
+        ">ID</label>",
+        ">Password</label>",
+        ">Repeat password</label>",
+        ">Number</label>",
+        ">Sign up</button>",
+    ] {
+        assert!(page.body.contains(label), "{label} missing");
+    }
+    assert!(page
+        .headers
+        .get(header::CONTENT_SECURITY_POLICY)
+        .is_some_and(|v| v.to_str().unwrap_or("").contains("script-src 'self'")));
+    assert!(!page.body.contains("<script>"), "no inline script");
+
+    let r = b.sign_up("minjun", "correct horse", "김민준").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.location(), "/setup?welcome=1");
+    let acct = shared
+        .store
+        .account("minjun")
+        .expect("query")
+        .expect("created");
+    assert_eq!(acct.numbers, vec!["김민준"]);
+    assert!(auth::verify_password(&acct.pw_hash, "correct horse"));
+
+    let setup = b.get("/setup?welcome=1").await;
+    assert_eq!(setup.status, StatusCode::OK);
+    assert!(setup.body.contains(&shared.id.fingerprint));
+    let command = format!(
+        "keyline-agent terminal --directory dir.example:7480 --directory-fp {} --account minjun --number 김민준 --password-file",
+        shared.id.fingerprint
+    );
+    assert!(setup.body.contains(&command), "{}", setup.body);
+
+    let file = b.get("/setup/keyline-terminal.toml").await;
+    assert_eq!(file.status, StatusCode::OK);
+    assert!(file
+        .headers
+        .get(header::CONTENT_DISPOSITION)
+        .is_some_and(|v| v.to_str().unwrap_or("").contains("attachment")));
+    let body: String = file
+        .body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let settings: TerminalSettings = toml::from_str(&body).expect("toml");
+    assert_eq!(settings.account, "minjun");
+    assert_eq!(settings.numbers, vec!["김민준"]);
+    assert_eq!(settings.directory, "dir.example:7480");
+    assert_eq!(settings.directory_fp, shared.id.fingerprint);
+    assert!(!file.body.contains("correct horse"));
+
+    // Log out, then the account pages send the browser to log in.
+    let account = b.get("/account").await;
+    let csrf = account.csrf();
+    let out = b.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    let again = b.get("/account").await;
+    assert_eq!(again.status, StatusCode::SEE_OTHER);
+    assert_eq!(again.location(), "/login");
+}
+
+#[tokio::test]
+async fn bad_sign_ups_create_nothing_and_say_why_next_to_the_field() {
+    let (shared, app) = site(Config::default());
+    let mut b = Browser::new(app);
+    let r = b.sign_up("first", "password one", "2001").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+
+    let mut c = Browser::new(b.app.clone());
+    // A taken number (canonicalised: separators do not make it new).
+    let r = c.sign_up("second", "password two", "20-01").await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body.contains("id=\"number-error\""), "{}", r.body);
+    assert!(r.body.contains("The number 2001 is taken"), "{}", r.body);
+
+    // Mismatched passwords.
+    let page = c.get("/signup").await;
+    let csrf = page.csrf();
+    let r = c
+        .post(
+            "/signup",
+            &[
+                ("csrf", &csrf),
+                ("id", "second"),
+                ("password", "password two"),
+                ("repeat", "password 2"),
+                ("number", "3001"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body.contains("id=\"repeat-error\""));
+    assert!(r.body.contains("The passwords do not match"));
+    assert!(r.body.contains("value=\"second\""), "typed values stay");
+
+    // Overlong fields.
+    let long_id = "x".repeat(65);
+    let long_pw = "p".repeat(1025);
+    let long_number = "9".repeat(2000);
+    let r = c
+        .post(
+            "/signup",
+            &[
+                ("csrf", &csrf),
+                ("id", &long_id),
+                ("password", &long_pw),
+                ("repeat", &long_pw),
+                ("number", &long_number),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body.contains("The ID is too long"));
+    assert!(r.body.contains("The password is too long"));
+    assert!(r.body.contains("The number is too long"));
+
+    // Markup in a number is shown escaped, never as markup: on an error
+    // next to the field, and on the account page of the account that
+    // took it (it is a valid number: an office part and an extension).
+    let r = c
+        .sign_up("third", "short", "<script>alert(1)</script>")
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(!r.body.contains("<script>alert"), "{}", r.body);
+    assert!(r.body.contains("&#60;script&#62;alert(1)"), "{}", r.body);
+    let mut e = Browser::new(b.app.clone());
+    let r = e
+        .sign_up("third", "password three", "<script>alert(1)</script>")
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let page = e.get("/account").await;
+    assert!(!page.body.contains("<script>alert"), "{}", page.body);
+    assert!(page
+        .body
+        .contains("&#60;script&#62;alert1&#60;/script&#62;"));
+
+    // No CSRF token (or another browser's): refused.
+    let r = c
+        .post(
+            "/signup",
+            &[
+                ("id", "fourth"),
+                ("password", "password four"),
+                ("repeat", "password four"),
+                ("number", "4001"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let mut d = Browser::new(b.app.clone());
+    let r = d
+        .post(
+            "/signup",
+            &[
+                ("csrf", &csrf),
+                ("id", "fourth"),
+                ("password", "password four"),
+                ("repeat", "password four"),
+                ("number", "4001"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    let accounts = shared.store.accounts().expect("accounts");
+    assert_eq!(
+        accounts.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        vec!["first", "third"]
+    );
+}
+
+#[tokio::test]
+async fn availability_check_answers_and_is_rate_limited() {
+    let mut cfg = Config::default();
+    cfg.web.checks_per_minute = 3;
+    let (_shared, app) = site(cfg);
+    let mut b = Browser::new(app);
+    b.sign_up("taken", "password one", "1234").await;
+    let r = b.get("/signup/check?id=taken&number=12-34").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(v["id"]["ok"], false);
+    assert_eq!(v["number"]["ok"], false);
+    let r = b.get("/signup/check?id=free&number=%EA%B9%80").await;
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(v["id"]["ok"], true, "{v}");
+    assert_eq!(v["number"]["ok"], true, "{v}");
+    b.get("/signup/check?id=a").await;
+    let r = b.get("/signup/check?id=b").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    // Another address has its own allowance.
+    b.peer = SocketAddr::from(([192, 0, 2, 8], 40000));
+    assert_eq!(b.get("/signup/check?id=b").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn signup_modes_closed_and_invite() {
+    let mut cfg = Config::default();
+    cfg.web.signup = Signup::Closed;
+    let (shared, app) = site(cfg);
+    let mut b = Browser::new(app);
+    assert!(b.get("/signup").await.body.contains("Sign-up is closed"));
+    let r = b.sign_up("x", "password one", "1").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(shared.store.account("x").expect("q").is_none());
+
+    let mut cfg = Config::default();
+    cfg.web.signup = Signup::Invite;
+    let (shared, app) = site(cfg);
+    let code = auth::new_invite_code();
+    shared
+        .store
+        .add_invite(&auth::token_hash(&code), 1)
+        .expect("invite");
+    let mut b = Browser::new(app);
+    let r = b.sign_up("x", "password one", "1").await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body.contains("id=\"invite-error\""));
+    let csrf = b.get("/signup").await.csrf();
+    let lower = code.to_lowercase();
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("id", "x"),
+        ("password", "password one"),
+        ("repeat", "password one"),
+        ("number", "1"),
+        ("invite", lower.as_str()),
+    ];
+    let r = b.post("/signup", &fields).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let mut c = Browser::new(b.app.clone());
+    let csrf = c.get("/signup").await.csrf();
+    let r = c
+        .post(
+            "/signup",
+            &[
+                ("csrf", csrf.as_str()),
+                ("id", "y"),
+                ("password", "password one"),
+                ("repeat", "password one"),
+                ("number", "2"),
+                ("invite", code.as_str()),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "spent");
+    assert!(r.body.contains("already used"));
+}
+
+#[tokio::test]
+async fn wrong_passwords_lock_out_with_the_quic_limiter() {
+    let mut cfg = Config::default();
+    cfg.login.max_failures_per_account = 3;
+    cfg.login.max_failures_account_wide = 10;
+    cfg.login.lockout_secs = 60;
+    let (shared, app) = site(cfg);
+    let mut b = Browser::new(app);
+    b.sign_up("minjun", "correct horse", "김민준").await;
+    let mut c = Browser::new(b.app.clone());
+    let r = c.log_in("minjun", "wrong").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.body.contains("Wrong ID or password."));
+    // An unknown ID reads the same.
+    let r = c.log_in("nobody", "wrong").await;
+    assert!(r.body.contains("Wrong ID or password."));
+    c.log_in("minjun", "wrong").await;
+    let r = c.log_in("minjun", "wrong").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.body.contains("Try again in"), "{}", r.body);
+    // Locked: even the right password waits; the limiter is the QUIC one.
+    let r = c.log_in("minjun", "correct horse").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let (pairs, _, _) = shared.limiter.lock().expect("limiter").tracked();
+    assert!(pairs >= 1);
+    // From another address the owner still gets in.
+    c.peer = SocketAddr::from(([198, 51, 100, 1], 1));
+    let r = c.log_in("minjun", "correct horse").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/account");
+    // Korean pages for a Korean browser.
+    let mut k = Browser::new(b.app.clone());
+    k.peer = SocketAddr::from(([198, 51, 100, 2], 1));
+    k.lang = Some("ko-KR,ko;q=0.9,en;q=0.5");
+    let r = k.log_in("minjun", "wrong").await;
+    assert!(
+        r.body.contains("ID 또는 비밀번호가 틀렸습니다."),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("lang=\"ko\""));
+}
+
+#[tokio::test]
+async fn account_forwarding_mail_password_and_others_pages() {
+    let (shared, app) = site(Config::default());
+    let mut a = Browser::new(app.clone());
+    a.sign_up("minjun", "correct horse", "김민준").await;
+    let mut o = Browser::new(app);
+    o.sign_up("other", "password two", "2002").await;
+
+    // Forwarding set on the web is in the store.
+    let page = a.get("/account").await;
+    assert_eq!(page.status, StatusCode::OK);
+    for label in [
+        ">Forward to</label>",
+        ">Old password</label>",
+        ">New password</label>",
+        ">Change password</button>",
+        ">Save</button>",
+        ">Delete account</button>",
+    ] {
+        assert!(page.body.contains(label), "{label}");
+    }
+    let csrf = page.csrf();
+    let r = a
+        .post(
+            "/account/forward",
+            &[
+                ("csrf", &csrf),
+                ("number", "김민준"),
+                ("on", "1"),
+                ("to", "20-02"),
+                ("when", "unregistered"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let rule = shared
+        .store
+        .numbers()
+        .expect("numbers")
+        .into_iter()
+        .find(|n| n.number == "김민준")
+        .and_then(|n| n.forward)
+        .expect("rule");
+    assert_eq!(rule.to, "2002");
+    assert_eq!(rule.when, ForwardWhen::Unregistered);
+    // Without the token: 403, and nothing changes.
+    let r = a.post("/account/forward", &[("number", "김민준")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Another account's number: 404.
+    let r = a
+        .post(
+            "/account/forward",
+            &[
+                ("csrf", &csrf),
+                ("number", "2002"),
+                ("to", "김민준"),
+                ("on", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Mail: listed, played, another account's is not found, deleted once.
+    let quota = Quota {
+        messages: 10,
+        bytes: 1 << 20,
+    };
+    let voice = shared
+        .store
+        .store_mail(
+            &NewMail {
+                to: "김민준".into(),
+                from: "2002".into(),
+                kind: MailKind::Voice,
+                body: b"OggS fake voice".to_vec(),
+                at_ms: 1_700_000_000_000,
+            },
+            quota,
+        )
+        .expect("mail");
+    let text = shared
+        .store
+        .store_mail(
+            &NewMail {
+                to: "2002".into(),
+                from: "김민준".into(),
+                kind: MailKind::Text,
+                body: b"<b>hello</b>".to_vec(),
+                at_ms: 1_700_000_000_000,
+            },
+            quota,
+        )
+        .expect("mail");
+    let page = a.get("/account").await;
+    assert!(page
+        .body
+        .contains(&format!("src=\"/account/mail/{voice}\"")));
+    assert!(page.body.contains("2023-11-14 22:13 UTC"), "{}", page.body);
+    let r = a.get(&format!("/account/mail/{voice}")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, "OggS fake voice");
+    assert_eq!(
+        r.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+        Some(&b"audio/ogg"[..])
+    );
+    assert_eq!(
+        a.get(&format!("/account/mail/{text}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = a
+        .post(&format!("/account/mail/{text}/delete"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let other = o.get("/account").await;
+    assert!(
+        other.body.contains("&#60;b&#62;hello&#60;/b&#62;"),
+        "{}",
+        other.body
+    );
+    let r = a
+        .post(&format!("/account/mail/{voice}/delete"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(shared
+        .store
+        .pending_mail("minjun")
+        .expect("mail")
+        .is_empty());
+    // Signing out a device that is not this account's: 404.
+    let r = a
+        .post("/account/devices/999/signout", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Operator pages are not there for others.
+    assert_eq!(a.get("/admin").await.status, StatusCode::NOT_FOUND);
+    shared.store.set_admin("minjun", true).expect("admin");
+    let admin = a.get("/admin").await;
+    assert_eq!(admin.status, StatusCode::OK);
+    assert!(admin.body.contains("2002"));
+
+    // Password: a wrong old one is refused; a right one ends the other
+    // browser sessions of the account and the old password.
+    let mut second = Browser::new(a.app.clone());
+    second.log_in("minjun", "correct horse").await;
+    assert_eq!(second.get("/account").await.status, StatusCode::OK);
+    let r = a
+        .post(
+            "/account/password",
+            &[
+                ("csrf", &csrf),
+                ("old", "wrong one"),
+                ("new", "new password"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.body.contains("The old password is wrong."));
+    shared
+        .store
+        .insert_token("tokenhash", "minjun", 0, i64::MAX)
+        .expect("token");
+    let r = a
+        .post(
+            "/account/password",
+            &[
+                ("csrf", &csrf),
+                ("old", "correct horse"),
+                ("new", "new password"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(shared.store.token_account("tokenhash", 1).expect("q"), None);
+    assert_eq!(second.get("/account").await.status, StatusCode::SEE_OTHER);
+    let acct = shared.store.account("minjun").expect("q").expect("a");
+    assert!(auth::verify_password(&acct.pw_hash, "new password"));
+
+    // ID: the numbers stay, this session follows.
+    let r = a
+        .post(
+            "/account/id",
+            &[
+                ("csrf", &csrf),
+                ("new_id", "mj"),
+                ("password", "new password"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let page = a.get("/account").await;
+    assert!(page.body.contains("Account (mj)"));
+    assert_eq!(
+        shared.store.account("mj").expect("q").expect("a").numbers,
+        vec!["김민준"]
+    );
+
+    // Delete: password again; the number is held back.
+    let r = a
+        .post("/account/delete", &[("csrf", &csrf), ("password", "wrong")])
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = a
+        .post(
+            "/account/delete",
+            &[("csrf", &csrf), ("password", "new password")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(shared.store.account("mj").expect("q").is_none());
+    let mut n = Browser::new(a.app.clone());
+    let r = n.sign_up("newcomer", "password three", "김민준").await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body.contains("deleted account"));
+}
+
+#[tokio::test]
+async fn language_switch_and_unknown_pages() {
+    let (_shared, app) = site(Config::default());
+    let mut b = Browser::new(app);
+    let r = b.get("/lang/ko?back=/signup").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/signup");
+    let page = b.get("/signup").await;
+    assert!(page.body.contains("가입하기"));
+    let r = b.get("/lang/ko?back=//evil.example/").await;
+    assert_eq!(r.location(), "/");
+    let r = b.get("/nothing-here").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        b.get("/packages/..%2Fsecret.deb").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
