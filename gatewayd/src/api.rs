@@ -76,6 +76,13 @@ pub enum Request {
         members: Vec<String>,
     },
     RingGroupClear,
+    /// Every mailbox's messages.
+    VoicemailList,
+    /// Delete a message from a mailbox.
+    VoicemailDelete {
+        mailbox: String,
+        id: u64,
+    },
     /// Forwarding and do-not-disturb of every approved extension.
     LineSettings,
     /// Set one extension's forwarding and do-not-disturb.
@@ -138,6 +145,8 @@ pub const COMMANDS: &[&str] = &[
     "speed-dial-list",
     "ring-group-set",
     "ring-group-clear",
+    "voicemail-list",
+    "voicemail-delete",
     "line-settings",
     "set-line-settings",
 ];
@@ -434,6 +443,13 @@ pub enum Response {
     },
     LineSettings {
         lines: Vec<LineSettingsInfo>,
+    },
+    Voicemails {
+        voicemails: Vec<crate::db::VoicemailRow>,
+    },
+    Deleted {
+        mailbox: String,
+        id: u64,
     },
 }
 

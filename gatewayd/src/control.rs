@@ -87,6 +87,21 @@ pub async fn dispatch(shared: &Arc<Shared>, req: Request) -> Result<Response, Re
         }
         Request::RingGroupClear => set_ring_group(shared, None).await,
         Request::LineSettings => line_settings(shared).await,
+        Request::VoicemailList => Ok(Response::Voicemails {
+            voicemails: blocking(shared, |db| db.all_voicemails()).await?,
+        }),
+        Request::VoicemailDelete { mailbox, id } => {
+            let (sh, m) = (shared.clone(), mailbox.clone());
+            blocking(shared, move |_| crate::voicemail::delete(&sh, &m, id)).await?;
+            // Its station's waiting count changes.
+            let _ = shared
+                .events
+                .send(Event::MessageWaiting {
+                    ext: mailbox.clone(),
+                })
+                .await;
+            Ok(Response::Deleted { mailbox, id })
+        }
         Request::SetLineSettings {
             ext,
             forward_always,

@@ -883,6 +883,30 @@ impl Db {
         })
     }
 
+    /// Every mailbox's messages, newest first.
+    pub fn all_voicemails(&self) -> Result<Vec<VoicemailRow>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, mailbox, caller, path, secs, created_ms, heard FROM voicemails
+                 ORDER BY id DESC LIMIT 10000",
+            )?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(VoicemailRow {
+                        id: r.get(0)?,
+                        mailbox: r.get(1)?,
+                        caller: r.get(2)?,
+                        path: r.get(3)?,
+                        secs: r.get(4)?,
+                        created_ms: r.get(5)?,
+                        heard: r.get::<_, i64>(6)? != 0,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
     pub fn voicemails(&self, mailbox: &str) -> Result<Vec<VoicemailRow>> {
         self.with(|c| {
             let mut st = c.prepare(

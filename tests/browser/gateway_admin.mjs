@@ -153,6 +153,28 @@ try {
   check(rg.mode === "hunt" && rg.members.join(",") === `${ext},201`, `the hunt group is what the CLI shows (${JSON.stringify(rg)})`);
   await shot(page, "admin-dialplan");
 
+  // A voicemail left for the new station plays in the page, and Delete
+  // removes it.
+  await step(`voicemail ${ext}`);
+  await page.goto(`${url}/voicemail`);
+  const vm = page.locator("#voicemail tbody tr");
+  await vm.first().waitFor({ timeout: 10000 });
+  await axe(page, "voicemail");
+  await shot(page, "admin-voicemail");
+  const played = await page.evaluate(async () => {
+    const a = document.querySelector("#voicemail audio");
+    a.muted = true;
+    a.preload = "auto";
+    await a.play();
+    await new Promise((r) => setTimeout(r, 700));
+    return { t: a.currentTime, d: a.duration, err: a.error && a.error.message };
+  });
+  check(played.t > 0.2 && !played.err, `the voicemail plays in the page (${JSON.stringify(played)})`);
+  const id = await vm.first().getAttribute("data-id");
+  await vm.first().getByRole("button", { name: `Delete ${id}` }).click();
+  await page.locator("p.notice.good").waitFor({ timeout: 5000 });
+  check(await page.locator(`#voicemail tr[data-id="${id}"]`).count() === 0, `voicemail ${id} deleted`);
+
   // A form without its CSRF token is refused.
   const status = await page.evaluate(async () => {
     const r = await fetch("/stations/revoke", {

@@ -3,7 +3,9 @@
 //! gateway and real stations on loopback: log in, a new station's pending
 //! enrolment appears without a reload and Approve lets it register, a call
 //! shows on the dashboard within 1 s and Hang up ends it, Export CSV
-//! matches `keyline-gatewayd cdr --json`, a form without its CSRF token
+//! matches `keyline-gatewayd cdr --json`, the dial plan saves a hunt group
+//! and refuses an unknown member, a left voicemail plays in the page and
+//! is deleted, a form without its CSRF token
 //! is refused, wrong passwords lock out, and axe-core finds no serious
 //! accessibility violations. Any failed check in the script fails this
 //! test.
@@ -32,7 +34,9 @@ fn the_admin_site_in_a_browser() {
     let port = free_tcp_port();
     let cfg_dir = Scratch::new("gwadmincfg");
     let cfg = cfg_dir.join("gatewayd.toml");
-    std::fs::write(&cfg, format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    std::fs::write(&cfg, format!(
+            "ring_timeout_secs = 2\nvoicemail_silence_secs = 1\n[admin]\nlisten = \"127.0.0.1:{port}\"\n"
+        )).unwrap();
     let office = LoopbackOffice::start("gwadmin", &["--config", cfg.to_str().unwrap()]);
     // The password, as an installer would set it (standard input).
     let passwd = Command::new(bin("keyline-gatewayd"))
@@ -108,6 +112,18 @@ fn the_admin_site_in_a_browser() {
                 keyline_tests::idle(b.as_ref().unwrap());
                 String::new()
             }
+            (Some("voicemail"), Some(ext)) => {
+                // Nobody answers: the caller talks to the mailbox a while.
+                ok(&a, &["dial", ext]);
+                wait_for("the mailbox", Duration::from_secs(8), || {
+                    let calls = office.gw.json(&["calls"]).ok()?;
+                    (calls["calls"][0]["state"] == "voicemail").then_some(())
+                });
+                std::thread::sleep(Duration::from_millis(2500));
+                let _ = a.ctl(&["hangup"]);
+                keyline_tests::idle(&a);
+                String::new()
+            }
             (Some("still-enrolled"), Some(ext)) => {
                 let agents = office.gw.json(&["agents"]).unwrap();
                 let still = agents["agents"]
@@ -150,4 +166,42 @@ impl OutputWithStdin for Command {
             .unwrap();
         child.wait_with_output().unwrap()
     }
+}
+
+/// The real server applies `[admin] allow` to the peer's real address: a
+/// gateway that allows only 10.0.0.0/8 refuses a browser on loopback,
+/// and says where the site is in `status`.
+#[test]
+fn the_admin_site_refuses_addresses_it_does_not_allow() {
+    let port = free_tcp_port();
+    let cfg_dir = Scratch::new("gwadminallow");
+    let cfg = cfg_dir.join("gatewayd.toml");
+    std::fs::write(
+        &cfg,
+        format!("[admin]\nlisten = \"127.0.0.1:{port}\"\nallow = [\"10.0.0.0/8\"]\n"),
+    )
+    .unwrap();
+    let office = LoopbackOffice::start("gwadminallow", &["--config", cfg.to_str().unwrap()]);
+    wait_for("the admin site", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let status = office.gw.json(&["status"]).unwrap();
+    assert_eq!(status["admin"]["state"], "listening", "{status}");
+    assert_eq!(status["admin"]["password_set"], false, "{status}");
+    assert!(status["admin"]["hint"]
+        .as_str()
+        .unwrap()
+        .contains("keyline-gatewayd admin passwd"));
+    for path in ["/login", "/", "/metrics"] {
+        let out = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("https://127.0.0.1:{port}{path}"))
+            .output()
+            .expect("curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{path}");
+    }
+    assert!(
+        office.gw.log_text().contains("admin passwd"),
+        "the first start says how"
+    );
 }

@@ -144,6 +144,9 @@ pub fn router<O: Office>(office: O, access: Access, idle: Duration) -> Router {
         .route("/dialplan/speed-dial", post(dp_speed_dial::<O>))
         .route("/dialplan/speed-dial-rm", post(dp_speed_dial_rm::<O>))
         .route("/dialplan/line", post(dp_line::<O>))
+        .route("/voicemail", get(voicemail::<O>))
+        .route("/voicemail/delete", post(voicemail_delete::<O>))
+        .route("/voicemail/{id}/audio", get(voicemail_audio::<O>))
         .route("/live/{part}", get(live::<O>))
         .route("/events", get(events::<O>))
         .route(
@@ -1293,6 +1296,110 @@ async fn dp_line<O: Office>(
         dnd: form.get("dnd").is_some_and(|v| v == "on"),
     });
     dp_change(&st, &headers, &form, DpPart::Line, req, "Saved.").await
+}
+
+// ---- voicemail ----
+
+#[derive(Template)]
+#[template(path = "voicemail.html")]
+struct VoicemailPage<'a> {
+    title: &'a str,
+    here: &'a str,
+    csrf: Option<&'a str>,
+    notice: Option<&'a str>,
+    error: Option<&'a str>,
+    rows: Vec<crate::db::VoicemailRow>,
+}
+
+async fn voicemails<O: Office>(st: &AdminState<O>) -> Result<Vec<crate::db::VoicemailRow>, String> {
+    match st.office.dispatch(Request::VoicemailList).await? {
+        ApiResponse::Voicemails { voicemails } => Ok(voicemails),
+        _ => Err("unexpected reply to voicemail-list".into()),
+    }
+}
+
+async fn voicemail_page<O: Office>(
+    st: &AdminState<O>,
+    s: &Session,
+    status: StatusCode,
+    notice: Option<&str>,
+    error: Option<&str>,
+) -> Response {
+    match voicemails(st).await {
+        Ok(rows) => html(
+            status,
+            VoicemailPage {
+                title: "Voicemail",
+                here: "voicemail",
+                csrf: Some(&s.csrf),
+                notice,
+                error,
+                rows,
+            },
+        ),
+        Err(e) => failed(e),
+    }
+}
+
+async fn voicemail<O: Office>(State(st): St<O>, headers: HeaderMap) -> Response {
+    match session_or_login(&st, &headers) {
+        Ok(s) => voicemail_page(&st, &s, StatusCode::OK, None, None).await,
+        Err(r) => r,
+    }
+}
+
+async fn voicemail_delete<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let s = match checked_form(&st, &headers, &form) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let req = need(&form, "mailbox", "The mailbox").and_then(|mailbox| {
+        let id = need(&form, "id", "The message")?
+            .parse::<u64>()
+            .map_err(|_| "The message id is not a number.".to_string())?;
+        Ok(Request::VoicemailDelete { mailbox, id })
+    });
+    let done = match req {
+        Ok(r) => st.office.dispatch(r).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(()) => voicemail_page(&st, &s, StatusCode::OK, Some("Deleted."), None).await,
+        Err(e) => voicemail_page(&st, &s, StatusCode::UNPROCESSABLE_ENTITY, None, Some(&e)).await,
+    }
+}
+
+/// A message's Ogg Opus file, to play in the page.
+async fn voicemail_audio<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    if st.sessions.get(&headers).is_none() {
+        return (StatusCode::UNAUTHORIZED, "log in again\n").into_response();
+    }
+    let row = match voicemails(&st).await {
+        Ok(rows) => rows.into_iter().find(|v| v.id == id),
+        Err(e) => return failed(e),
+    };
+    let Some(row) = row else {
+        return (StatusCode::NOT_FOUND, "no such voicemail\n").into_response();
+    };
+    match tokio::fs::read(&row.path).await {
+        Ok(bytes) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("audio/ogg"))],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!("voicemail {id}: {}: {e}", row.path);
+            (StatusCode::NOT_FOUND, "the message's file is gone\n").into_response()
+        }
+    }
 }
 
 // ---- serving ----
