@@ -1,0 +1,280 @@
+//! The directory's web site in a real browser (headless Chromium through
+//! playwright-core, `tests/browser/directory_web.mjs`) against a real
+//! keyline-directory and real terminals on loopback: `minjun` signs up
+//! with number 김민준, downloads the settings file, a terminal started
+//! from it registers and rings when another terminal dials 김민준;
+//! forwarding set on the web is what the next call follows; "Sign out
+//! this device" drops the binding at once; a password changed on the
+//! web is refused at the terminal's next login; mail left while away is
+//! listed, another account gets 404 for it, and deleting it on the web
+//! removes it from the store; bad input (taken number, mismatched
+//! passwords, overlong fields, markup in a number, a form without its
+//! CSRF token, 20 wrong passwords) gets the right answers; axe-core finds
+//! no serious violations on any page. Any failed check in the script
+//! fails this test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keyline_tests::{bin, jstr, ok, wait_for, wait_state, Daemon, Scratch};
+use serde_json::Value;
+
+const PW: &str = "correct horse battery";
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+fn password_file(scratch: &Scratch, name: &str, pw: &str) -> PathBuf {
+    let p = scratch.join(&format!("{name}.pw"));
+    std::fs::write(&p, format!("{pw}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+fn terminal(scratch: &Scratch, name: &str, args: &[&str]) -> Daemon {
+    let pw = password_file(scratch, name, PW);
+    let mut all = vec!["terminal", "--password-file", pw.to_str().unwrap()];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--audio-in", "tone:600", "--audio-out", "null"]);
+    Daemon::start(None, bin("keyline-agent"), &scratch.join(name), &all).expect("start a terminal")
+}
+
+fn registered(d: &Daemon) {
+    wait_for("the terminal to register", Duration::from_secs(20), || {
+        let s = d.json(&["status"]).ok()?;
+        (jstr(&s, &["state"]).as_deref() == Some("registered")).then_some(())
+    });
+}
+
+/// The string values of a flat TOML file (`key = "v"` and `key = ["a", "b"]`).
+fn settings(path: &Path) -> Vec<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (k, v) = line.split_once('=').unwrap();
+        let values: Vec<String> = v
+            .split('"')
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .map(|(_, s)| s.to_string())
+            .collect();
+        out.push((k.trim().to_string(), values));
+    }
+    out
+}
+
+fn get<'a>(s: &'a [(String, Vec<String>)], k: &str) -> &'a [String] {
+    &s.iter().find(|(key, _)| key == k).unwrap().1
+}
+
+fn bound(dir: &Daemon, number: &str) -> bool {
+    let b: Value = dir.json(&["bindings"]).unwrap();
+    b["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["number"] == number)
+}
+
+#[test]
+fn the_directory_site_in_a_browser() {
+    let scratch = Scratch::new("dirweb");
+    let port = free_tcp_port();
+    let cfg = scratch.join("directory.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[web]\nlisten = \"127.0.0.1:{port}\"\n\
+             [login]\nmax_failures_per_account = 20\nmax_failures_per_address = 100\n\
+             max_failures_account_wide = 100\nlockout_secs = 2\n"
+        ),
+    )
+    .unwrap();
+    let dir = Daemon::start(
+        None,
+        bin("keyline-directory"),
+        &scratch.join("dir"),
+        &[
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .expect("start the directory");
+    let st = wait_for("the directory to start", Duration::from_secs(15), || {
+        dir.json(&["status"]).ok()
+    });
+    let (listen, fp) = (
+        jstr(&st, &["listen"]).unwrap(),
+        jstr(&st, &["fingerprint"]).unwrap(),
+    );
+    assert_eq!(
+        jstr(&st, &["web"]).as_deref(),
+        Some(format!("https://127.0.0.1:{port}/").as_str())
+    );
+    keyline_tests::add_account(&dir.state, "caller", &["2002"], PW);
+    keyline_tests::add_account(&dir.state, "helper", &["3003"], PW);
+    let b = terminal(
+        &scratch,
+        "b",
+        &["--directory", &listen, "--account", "caller"],
+    );
+    let c = terminal(
+        &scratch,
+        "c",
+        &["--directory", &listen, "--account", "helper"],
+    );
+    registered(&b);
+    registered(&c);
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/directory_web.mjs");
+    let mut node = Command::new("node")
+        .arg(&script)
+        .env("SITE_URL", format!("https://127.0.0.1:{port}"))
+        .env("DIR_FP", &fp)
+        .env("PASSWORD", PW)
+        .env("DOWNLOADS", scratch.join("downloads"))
+        .env(
+            "SHOTS",
+            std::env::var_os("KEYLINE_SHOTS").unwrap_or(scratch.join("shots").into()),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node (tests/browser needs its node_modules)");
+    let mut to_node = node.stdin.take().unwrap();
+    let from_node = BufReader::new(node.stdout.take().unwrap());
+    let mut err = node.stderr.take().unwrap();
+    let err_text = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+
+    let mut a: Option<Daemon> = None;
+    for line in from_node.lines() {
+        let Ok(line) = line else { break };
+        let Some(step) = line.strip_prefix("STEP ") else {
+            continue;
+        };
+        let mut words = step.splitn(2, ' ');
+        let answer = match (words.next(), words.next()) {
+            (Some("terminal-a"), Some(path)) => {
+                // A terminal set up from the downloaded file alone (and
+                // the password file the page tells the person to write).
+                let s = settings(Path::new(path));
+                assert!(
+                    !std::fs::read_to_string(path).unwrap().contains(PW),
+                    "no password in the file"
+                );
+                let mut args: Vec<String> = vec![
+                    "--directory".into(),
+                    get(&s, "directory")[0].clone(),
+                    "--directory-fp".into(),
+                    get(&s, "directory_fp")[0].clone(),
+                    "--account".into(),
+                    get(&s, "account")[0].clone(),
+                ];
+                for n in get(&s, "numbers") {
+                    args.push("--number".into());
+                    args.push(n.clone());
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let d = terminal(&scratch, "a", &args);
+                assert_eq!(get(&s, "directory_fp")[0], fp);
+                registered(&d);
+                a = Some(d);
+                String::new()
+            }
+            (Some("ring"), _) => {
+                let ad = a.as_ref().unwrap();
+                ok(&b, &["dial", "김민준"]);
+                wait_state(ad, "alerting");
+                ok(&b, &["hangup"]);
+                keyline_tests::idle(ad);
+                keyline_tests::idle(&b);
+                String::new()
+            }
+            (Some("forwarded"), _) => {
+                // The rule set on the web is what this call follows.
+                ok(&b, &["dial", "김민준"]);
+                wait_state(&c, "alerting");
+                let s = a.as_ref().unwrap().json(&["status"]).unwrap();
+                assert!(s["call"].is_null(), "a rang too: {s}");
+                ok(&b, &["hangup"]);
+                keyline_tests::idle(&c);
+                keyline_tests::idle(&b);
+                String::new()
+            }
+            (Some("bound"), _) => {
+                wait_for("김민준 registered", Duration::from_secs(20), || {
+                    bound(&dir, "김민준").then_some(())
+                });
+                String::new()
+            }
+            (Some("unbound"), _) => {
+                // At once: checked right after the click returned.
+                assert!(!bound(&dir, "김민준"), "the binding is still there");
+                String::new()
+            }
+            (Some("refused"), _) => {
+                let ad = a.as_ref().unwrap();
+                let e = wait_for(
+                    "the terminal's login refused",
+                    Duration::from_secs(20),
+                    || {
+                        jstr(&ad.json(&["status"]).ok()?, &["error"])
+                            .filter(|e| e.contains("wrong account or password"))
+                    },
+                );
+                assert!(!bound(&dir, "김민준"), "{e}");
+                // Its retries would count against the account from this
+                // address, as the browser's wrong passwords do next.
+                a.take();
+                String::new()
+            }
+            (Some("leave-mail"), _) => {
+                ok(&b, &["message", "김민준", "hello", "from", "b"]);
+                let mail = dir.json(&["mail", "list"]).unwrap();
+                let n = mail["mail"].as_array().unwrap().len();
+                assert_eq!(n, 1, "{mail}");
+                String::new()
+            }
+            (Some("mail-gone"), _) => {
+                let mail = dir.json(&["mail", "list"]).unwrap();
+                assert!(mail["mail"].as_array().unwrap().is_empty(), "{mail}");
+                String::new()
+            }
+            other => panic!("unknown step {other:?}"),
+        };
+        writeln!(to_node, "OK {answer}").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = node.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "node did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = err_text.join().unwrap();
+    eprintln!("{log}");
+    assert!(status.success(), "the browser script failed:\n{log}");
+    assert!(log.contains("ok: axe on account"), "{log}");
+}
