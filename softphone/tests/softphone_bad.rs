@@ -144,3 +144,49 @@ fn the_agent_killed_mid_call_ends_the_call_and_the_window_recovers() {
     });
     drop(b);
 }
+
+#[test]
+fn keys_dial_answer_and_decline() {
+    let office = LoopbackOffice::start("phonekeys", &[]);
+    let a = office.agent("a", &["--audio-in", "tone:600", "--audio-out", "null"]);
+    let b = office.agent("b", &["--audio-in", "tone:900", "--audio-out", "null"]);
+    office.enrol(&a, "201");
+    office.enrol(&b, "202");
+    let mut wa = window(&a.state);
+    let mut wb = window(&b.state);
+    until(&mut wa, "ready", T, |w| shows(w, "201"));
+    until(&mut wb, "ready", T, |w| shows(w, "202"));
+
+    // Digits typed with no field in focus go to the number field; Enter
+    // dials.
+    wa.event(egui::Event::Text("202".into()));
+    wa.step();
+    wa.step();
+    assert_eq!(wa.state().model.number, "202");
+    assert!(wa
+        .get_by_role_and_label(Role::TextInput, "Number")
+        .is_focused());
+    wa.key_press(egui::Key::Enter);
+    wa.step();
+    wa.step();
+    // Esc declines the ringing call; the caller is told.
+    until(&mut wb, "ringing", T, |w| shows(w, "Answer"));
+    wb.key_press(egui::Key::Escape);
+    wb.step();
+    until(&mut wa, "declined", T, |w| {
+        w.state().model.call.is_none() && shows(w, "The call was declined: rejected")
+    });
+
+    // Enter answers a ringing call; Esc hangs up a connected one.
+    type_into(&mut wa, "Number", "202");
+    click(&mut wa, "Call");
+    until(&mut wb, "ringing again", T, |w| shows(w, "Answer"));
+    wb.key_press(egui::Key::Enter);
+    wb.step();
+    until(&mut wb, "connected", T, |w| shows_part(w, "Connected"));
+    wb.key_press(egui::Key::Escape);
+    wb.step();
+    until(&mut wa, "hung up", T, |w| {
+        w.state().model.call.is_none() && shows(w, "Call ended")
+    });
+}
