@@ -281,7 +281,13 @@ impl<P: Clone> Station<P> {
         else {
             return keyline_net::control::error("no connected call to record");
         };
-        calls::record_command(&self.record(key), on, &peer, record_dir, state_dir)
+        let reply = calls::record_command(&self.record(key), on, &peer, record_dir, state_dir);
+        // Whoever shows the call shows whether it is recorded.
+        if let Some(c) = self.phone.call() {
+            let v = json!({"event": "call", "call": self.call_json(c)});
+            self.events.publish(v);
+        }
+        reply
     }
 
     /// A call ended: finish its recording and keep its record.

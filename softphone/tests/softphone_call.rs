@@ -152,6 +152,41 @@ fn a_call_between_two_windows_hold_transfer_and_history() {
     click(&mut wa, "Mute");
     until(&mut wa, "unmuted", T, |w| !shows_part(w, "muted"));
 
+    // Record in A, then stop.
+    click(&mut wa, "Record");
+    until(&mut wa, "recording", T, |w| shows_part(w, "recording"));
+    click(&mut wa, "Record");
+    until(&mut wa, "not recording", T, |w| !shows_part(w, "recording"));
+    assert!(a.json(&["status"]).unwrap()["call"]["recording"].is_null());
+
+    // Consult 203 from B, then Cancel: back to A.
+    click(&mut wb, "Consult");
+    type_into(&mut wb, "Transfer to", "203");
+    click(&mut wb, "Consult");
+    until(&mut wc, "the consultation", T, |w| {
+        shows(w, "Answer") && shows(w, "202")
+    });
+    click(&mut wc, "Answer");
+    until(&mut wb, "consulting", T, |w| {
+        shows_part(w, "Consulting 203") && shows(w, "Complete") && shows(w, "Cancel")
+    });
+    until(&mut wa, "held", T, |w| {
+        shows_part(w, "Held by the other side")
+    });
+    click(&mut wb, "Cancel");
+    until(&mut wc, "the consultation over", T, |w| {
+        w.state().model.call.is_none()
+    });
+    until(&mut wb, "back with A", T, |w| {
+        w.state().model.consult.is_none() && shows(w, "Transfer")
+    });
+    if wb.state().model.call.as_ref().is_some_and(|c| c.on_hold) {
+        click(&mut wb, "Resume");
+    }
+    until(&mut wa, "back with B", T, |w| {
+        connected(w) && !shows_part(w, "Held")
+    });
+
     // Transfer from B to 203 rings C.
     click(&mut wb, "Transfer");
     type_into(&mut wb, "Transfer to", "203");
