@@ -83,6 +83,13 @@ pub enum Request {
         mailbox: String,
         id: u64,
     },
+    /// The greeting callers hear before the beep: a WAV or Ogg Opus file
+    /// (stored as Ogg Opus).
+    GreetingSet {
+        audio: Vec<u8>,
+    },
+    /// Back to the configuration file's greeting (or the built-in chime).
+    GreetingClear,
     /// Forwarding and do-not-disturb of every approved extension.
     LineSettings,
     /// Set one extension's forwarding and do-not-disturb.
@@ -147,6 +154,8 @@ pub const COMMANDS: &[&str] = &[
     "ring-group-clear",
     "voicemail-list",
     "voicemail-delete",
+    "greeting-set",
+    "greeting-clear",
     "line-settings",
     "set-line-settings",
 ];
@@ -450,6 +459,10 @@ pub enum Response {
     Deleted {
         mailbox: String,
         id: u64,
+    },
+    Greeting {
+        /// Length of the uploaded greeting; none: the default is used.
+        greeting_secs: Option<f64>,
     },
 }
 

@@ -90,6 +90,27 @@ pub async fn dispatch(shared: &Arc<Shared>, req: Request) -> Result<Response, Re
         Request::VoicemailList => Ok(Response::Voicemails {
             voicemails: blocking(shared, |db| db.all_voicemails()).await?,
         }),
+        Request::GreetingSet { audio } => {
+            let dir = shared.state_dir.clone();
+            let secs = blocking(shared, move |_| {
+                crate::voicemail::store_greeting(&dir, &audio)
+            })
+            .await?;
+            Ok(Response::Greeting {
+                greeting_secs: Some(secs),
+            })
+        }
+        Request::GreetingClear => {
+            let path = crate::voicemail::greeting_path(&shared.state_dir);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("removing {}: {e}", path.display())),
+            }
+            Ok(Response::Greeting {
+                greeting_secs: None,
+            })
+        }
         Request::VoicemailDelete { mailbox, id } => {
             let (sh, m) = (shared.clone(), mailbox.clone());
             blocking(shared, move |_| crate::voicemail::delete(&sh, &m, id)).await?;

@@ -263,6 +263,15 @@ fn print_human(cmd: &Cmd, r: &Value) {
             println!("internal media {}", s(r, "internal_media"));
             println!("stations online {}", s(r, "stations_online"));
             println!("calls active  {}", s(r, "calls_active"));
+            let admin = r.get("admin").cloned().unwrap_or(Value::Null);
+            match (s(&admin, "state").as_str(), admin.get("password_set")) {
+                ("listening", Some(Value::Bool(false))) => println!(
+                    "admin site    {} is off until a password is set: keyline-gatewayd admin passwd",
+                    s(&admin, "url")
+                ),
+                ("listening", _) => println!("admin site    {}", s(&admin, "url")),
+                _ => println!("admin site    off ({})", s(&admin, "why")),
+            }
             if let Some(relay) = r.get("relay") {
                 println!(
                     "relay         {} packets, {} bytes forwarded, {} active",

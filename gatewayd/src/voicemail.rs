@@ -94,12 +94,23 @@ pub async fn serve(
     }
     write_frame(&mut send, &Msg::MediaOk { call }, MAX_MESSAGE).await?;
     let cfg = shared.cfg();
-    let greeting = match &cfg.voicemail_greeting {
-        Some(p) => keyline_media::read_wav_mono48k(p).unwrap_or_else(|e| {
-            tracing::warn!("voicemail greeting {}: {e}; using the default", p.display());
+    let uploaded = greeting_path(&shared.state_dir);
+    let greeting = if uploaded.exists() {
+        keyline_media::read_ogg_opus(&uploaded).unwrap_or_else(|e| {
+            tracing::warn!(
+                "voicemail greeting {}: {e}; using the default",
+                uploaded.display()
+            );
             default_greeting()
-        }),
-        None => default_greeting(),
+        })
+    } else {
+        match &cfg.voicemail_greeting {
+            Some(p) => keyline_media::read_wav_mono48k(p).unwrap_or_else(|e| {
+                tracing::warn!("voicemail greeting {}: {e}; using the default", p.display());
+                default_greeting()
+            }),
+            None => default_greeting(),
+        }
     };
     play(&conn, call, &greeting).await?;
 
@@ -298,6 +309,55 @@ pub fn delete(shared: &Shared, ext: &str, id: u64) -> Result<()> {
     }
 }
 
+/// Where a greeting uploaded at the admin site is kept (Ogg Opus); it
+/// wins over `voicemail_greeting` in the configuration file.
+pub fn greeting_path(state_dir: &std::path::Path) -> std::path::PathBuf {
+    state_dir.join("voicemail").join("greeting.opus")
+}
+
+/// Longest greeting taken, in seconds.
+pub const MAX_GREETING_SECS: usize = 60;
+
+/// Store `audio` (a WAV file or an Ogg Opus file) as the greeting, in Ogg
+/// Opus; its length in seconds. Anything else is refused, and nothing is
+/// changed.
+pub fn store_greeting(state_dir: &std::path::Path, audio: &[u8]) -> Result<f64> {
+    let dir = state_dir.join("voicemail");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pcm = if audio.starts_with(b"RIFF") && audio.get(8..12) == Some(b"WAVE") {
+        let tmp = dir.join(".greeting-upload.wav");
+        std::fs::write(&tmp, audio).with_context(|| format!("writing {}", tmp.display()))?;
+        let pcm = keyline_media::read_wav_mono48k(&tmp);
+        let _ = std::fs::remove_file(&tmp);
+        pcm.map_err(|e| anyhow::anyhow!("the WAV file cannot be read: {e}"))?
+    } else if audio.starts_with(b"OggS") {
+        keyline_media::read_ogg_opus_bytes(audio)
+            .map_err(|e| anyhow::anyhow!("the Ogg file cannot be read as Opus: {e}"))?
+    } else {
+        bail!("this is not a WAV or Ogg Opus file; upload a greeting in one of those");
+    };
+    let secs = pcm.len() as f64 / 48_000.0;
+    if secs < 0.5 {
+        bail!("the greeting is shorter than half a second");
+    }
+    if pcm.len() > MAX_GREETING_SECS * 48_000 {
+        bail!("the greeting is longer than {MAX_GREETING_SECS} seconds");
+    }
+    let tmp = dir.join(".greeting-new.opus");
+    let mut w = keyline_media::OggOpusWriter::create(&tmp)
+        .map_err(|e| anyhow::anyhow!("writing the greeting: {e}"))?;
+    for chunk in pcm.chunks(keyline_media::FRAME_SAMPLES) {
+        let mut frame = chunk.to_vec();
+        frame.resize(keyline_media::FRAME_SAMPLES, 0);
+        w.write_frame(&frame)
+            .map_err(|e| anyhow::anyhow!("writing the greeting: {e}"))?;
+    }
+    w.finish()
+        .map_err(|e| anyhow::anyhow!("writing the greeting: {e}"))?;
+    std::fs::rename(&tmp, greeting_path(state_dir)).context("putting the greeting in place")?;
+    Ok(secs)
+}
+
 use futures_lite_now::NowOrNever;
 
 mod futures_lite_now {
@@ -318,4 +378,44 @@ mod futures_lite_now {
     }
 
     impl<F: Future> NowOrNever for F {}
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn greetings_are_stored_as_ogg_opus_and_other_files_are_refused() {
+        let dir = std::env::temp_dir().join(format!("kl-greeting-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let wav = dir.join("in.wav");
+        let tones = keyline_media::tone_sequence(&[(700.0, 800), (0.0, 400)]);
+        keyline_media::write_wav(&wav, &tones).unwrap();
+        let secs = store_greeting(&dir, &std::fs::read(&wav).unwrap()).unwrap();
+        assert!((secs - 1.2).abs() < 0.05, "{secs}");
+        let stored = std::fs::read(greeting_path(&dir)).unwrap();
+        assert!(keyline_media::is_ogg_opus(&stored));
+        let back = keyline_media::read_ogg_opus_bytes(&stored).unwrap();
+        assert!(
+            back.len() >= tones.len(),
+            "{} < {}",
+            back.len(),
+            tones.len()
+        );
+        // An Ogg Opus upload is taken as it decodes.
+        assert!(store_greeting(&dir, &stored).is_ok());
+        let kept = std::fs::read(greeting_path(&dir)).unwrap();
+
+        let e = store_greeting(&dir, b"hello, this is not audio").unwrap_err();
+        assert!(e.to_string().contains("not a WAV or Ogg Opus file"), "{e}");
+        let e = store_greeting(&dir, b"RIFF\0\0\0\0WAVEjunkjunk").unwrap_err();
+        assert!(e.to_string().contains("cannot be read"), "{e}");
+        let e = store_greeting(&dir, b"OggS and then nothing").unwrap_err();
+        assert!(e.to_string().contains("Ogg"), "{e}");
+        // The refused uploads changed nothing.
+        assert!(std::fs::read(greeting_path(&dir)).unwrap() == kept);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -8,7 +8,7 @@
 
 import { chromium } from "playwright-core";
 import { execFileSync } from "node:child_process";
-import { readFileSync, mkdirSync } from "node:fs";
+import { readFileSync, mkdirSync, existsSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { createRequire } from "node:module";
 
@@ -29,6 +29,18 @@ function step(name) {
     waiting.push((l) => l.startsWith("OK") ? resolve(l.slice(2).trim()) : reject(new Error(`${name}: ${l}`)));
     process.stdout.write(`STEP ${name}\n`);
   });
+}
+
+/** A mono 16-bit 48 kHz WAV of a sine, `secs` long. */
+function wav(secs, hz) {
+  const n = Math.round(secs * 48000);
+  const b = Buffer.alloc(44 + n * 2);
+  b.write("RIFF", 0); b.writeUInt32LE(36 + n * 2, 4); b.write("WAVE", 8);
+  b.write("fmt ", 12); b.writeUInt32LE(16, 16); b.writeUInt16LE(1, 20); b.writeUInt16LE(1, 22);
+  b.writeUInt32LE(48000, 24); b.writeUInt32LE(96000, 28); b.writeUInt16LE(2, 32); b.writeUInt16LE(16, 34);
+  b.write("data", 36); b.writeUInt32LE(n * 2, 40);
+  for (let i = 0; i < n; i++) b.writeInt16LE(Math.round(8000 * Math.sin(2 * Math.PI * hz * i / 48000)), 44 + i * 2);
+  return b;
 }
 
 function check(ok, what) {
@@ -174,6 +186,20 @@ try {
   await vm.first().getByRole("button", { name: `Delete ${id}` }).click();
   await page.locator("p.notice.good").waitFor({ timeout: 5000 });
   check(await page.locator(`#voicemail tr[data-id="${id}"]`).count() === 0, `voicemail ${id} deleted`);
+
+  // Greetings: a file that is not audio gets a clear error; a WAV becomes
+  // the greeting, stored as Ogg Opus.
+  await page.setInputFiles("#greeting", { name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("not a greeting") });
+  await page.locator("#greeting-h").locator("xpath=..").getByRole("button", { name: "Save" }).click();
+  await page.locator("p.notice.bad").waitFor({ timeout: 5000 });
+  check((await page.textContent("p.notice.bad")).includes("not a WAV or Ogg Opus file"), "a non-audio greeting is refused clearly");
+  check(!existsSync(`${process.env.GW_STATE}/voicemail/greeting.opus`), "nothing was stored");
+  await page.setInputFiles("#greeting", { name: "hello.wav", mimeType: "audio/wav", buffer: wav(1.5, 440) });
+  await page.locator("#greeting-h").locator("xpath=..").getByRole("button", { name: "Save" }).click();
+  await page.locator("p.notice.good").waitFor({ timeout: 5000 });
+  check((await page.textContent("p.notice.good")).includes("1.5 s"), "the WAV greeting is taken");
+  const stored = readFileSync(`${process.env.GW_STATE}/voicemail/greeting.opus`);
+  check(stored.subarray(0, 4).toString() === "OggS" && stored.includes(Buffer.from("OpusHead")), "stored as Ogg Opus");
 
   // A form without its CSRF token is refused.
   const status = await page.evaluate(async () => {

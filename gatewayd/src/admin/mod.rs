@@ -146,6 +146,15 @@ pub fn router<O: Office>(office: O, access: Access, idle: Duration) -> Router {
         .route("/dialplan/line", post(dp_line::<O>))
         .route("/voicemail", get(voicemail::<O>))
         .route("/voicemail/delete", post(voicemail_delete::<O>))
+        .route(
+            "/voicemail/greeting",
+            post(voicemail_greeting::<O>)
+                .layer(axum::extract::DefaultBodyLimit::max(GREETING_UPLOAD_MAX)),
+        )
+        .route(
+            "/voicemail/greeting-clear",
+            post(voicemail_greeting_clear::<O>),
+        )
         .route("/voicemail/{id}/audio", get(voicemail_audio::<O>))
         .route("/live/{part}", get(live::<O>))
         .route("/events", get(events::<O>))
@@ -1369,6 +1378,92 @@ async fn voicemail_delete<O: Office>(
     };
     match done {
         Ok(()) => voicemail_page(&st, &s, StatusCode::OK, Some("Deleted."), None).await,
+        Err(e) => voicemail_page(&st, &s, StatusCode::UNPROCESSABLE_ENTITY, None, Some(&e)).await,
+    }
+}
+
+/// Largest greeting upload, in bytes (a minute of 48 kHz 16-bit stereo WAV).
+pub const GREETING_UPLOAD_MAX: usize = 12 * 1024 * 1024;
+
+async fn voicemail_greeting<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    mut form: axum::extract::Multipart,
+) -> Response {
+    let Some(s) = st.sessions.get(&headers) else {
+        return Redirect::to("/login").into_response();
+    };
+    let (mut token, mut audio) = (None, None);
+    loop {
+        match form.next_field().await {
+            Ok(Some(f)) => match f.name() {
+                Some("csrf") => token = f.text().await.ok(),
+                Some("greeting") => match f.bytes().await {
+                    Ok(b) => audio = Some(b.to_vec()),
+                    Err(e) => {
+                        let msg = format!("The upload failed: {e}");
+                        return voicemail_page(&st, &s, StatusCode::BAD_REQUEST, None, Some(&msg))
+                            .await;
+                    }
+                },
+                _ => {}
+            },
+            Ok(None) => break,
+            Err(e) => {
+                let msg = format!("The upload failed: {e}");
+                return voicemail_page(&st, &s, StatusCode::BAD_REQUEST, None, Some(&msg)).await;
+            }
+        }
+    }
+    if !token.is_some_and(|t| s.check_csrf(&t)) {
+        return message(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "This form is missing its security token (or it is stale). Go back, reload the page and try again.",
+        );
+    }
+    let Some(audio) = audio.filter(|a| !a.is_empty()) else {
+        return voicemail_page(
+            &st,
+            &s,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+            Some("Choose a WAV or Ogg file to upload."),
+        )
+        .await;
+    };
+    match st.office.dispatch(Request::GreetingSet { audio }).await {
+        Ok(ApiResponse::Greeting {
+            greeting_secs: Some(secs),
+        }) => {
+            let n = format!("The new greeting ({secs:.1} s) is what callers hear now.");
+            voicemail_page(&st, &s, StatusCode::OK, Some(&n), None).await
+        }
+        Ok(_) => voicemail_page(&st, &s, StatusCode::OK, Some("Greeting saved."), None).await,
+        Err(e) => voicemail_page(&st, &s, StatusCode::UNPROCESSABLE_ENTITY, None, Some(&e)).await,
+    }
+}
+
+async fn voicemail_greeting_clear<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let s = match checked_form(&st, &headers, &form) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match st.office.dispatch(Request::GreetingClear).await {
+        Ok(_) => {
+            voicemail_page(
+                &st,
+                &s,
+                StatusCode::OK,
+                Some("Callers hear the default greeting again."),
+                None,
+            )
+            .await
+        }
         Err(e) => voicemail_page(&st, &s, StatusCode::UNPROCESSABLE_ENTITY, None, Some(&e)).await,
     }
 }
