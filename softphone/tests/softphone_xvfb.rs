@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,24 +24,29 @@ impl Drop for Proc {
     }
 }
 
-/// An X server on a display of its own.
+/// An X server on a free display of its own (it picks one and says
+/// which on `-displayfd`).
 fn xvfb() -> (Proc, String) {
-    let n = 50 + std::process::id() % 200;
-    let display = format!(":{n}");
-    let child = Command::new("Xvfb")
+    let mut child = Command::new("Xvfb")
         .args([
-            display.as_str(),
+            "-displayfd",
+            "1",
             "-screen",
             "0",
             "800x700x24",
             "-nolisten",
             "tcp",
         ])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("Xvfb (Debian xvfb) is needed for this test");
+    let out = child.stdout.take().unwrap();
     let p = Proc(child);
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).unwrap();
+    let n: u32 = line.trim().parse().expect("Xvfb's display number");
+    let display = format!(":{n}");
     let sock = format!("/tmp/.X11-unix/X{n}");
     wait_for("the X server", Duration::from_secs(10), || {
         Path::new(&sock).exists().then_some(())
