@@ -146,7 +146,7 @@ fn the_agent_killed_mid_call_ends_the_call_and_the_window_recovers() {
 }
 
 #[test]
-fn keys_dial_answer_and_decline() {
+fn keys_dial_answer_decline_and_a_text() {
     let office = LoopbackOffice::start("phonekeys", &[]);
     let a = office.agent("a", &["--audio-in", "tone:600", "--audio-out", "null"]);
     let b = office.agent("b", &["--audio-in", "tone:900", "--audio-out", "null"]);
@@ -188,5 +188,19 @@ fn keys_dial_answer_and_decline() {
     wb.step();
     until(&mut wa, "hung up", T, |w| {
         w.state().model.call.is_none() && shows(w, "Call ended")
+    });
+
+    // A text from A's Messages tab arrives in B's.
+    click(&mut wa, "Messages");
+    type_into(&mut wa, "To", "202");
+    type_into(&mut wa, "Text", "call me back");
+    click(&mut wa, "Send");
+    until(&mut wa, "sent", T, |w| shows(w, "Message sent"));
+    until(&mut wb, "a message waiting", T, |w| {
+        shows(w, "Messages (1)")
+    });
+    click(&mut wb, "Messages (1)");
+    until(&mut wb, "the message", T, |w| {
+        shows(w, "201:") && shows(w, "call me back")
     });
 }
