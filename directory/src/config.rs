@@ -41,6 +41,17 @@ pub struct Config {
     pub login: LoginConfig,
     pub mail: MailConfig,
     pub web: WebConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics at `/metrics` (plain HTTP, no login).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// TCP address of `/metrics`; none (the default): no metrics.
+    pub listen: Option<SocketAddr>,
+    /// Allow an address other than loopback.
+    pub allow_remote: bool,
 }
 
 /// Who may create an account on the web site.
@@ -166,6 +177,7 @@ impl Default for Config {
             login: LoginConfig::default(),
             mail: MailConfig::default(),
             web: WebConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -269,6 +281,11 @@ impl Config {
         if w.checks_per_minute == 0 {
             bail!("web.checks_per_minute must be at least 1");
         }
+        if let Some(a) = self.metrics.listen {
+            if !a.ip().is_loopback() && !self.metrics.allow_remote {
+                bail!("metrics.listen is not a loopback address: set metrics.allow_remote = true to serve metrics there (they need no login)");
+            }
+        }
         Ok(())
     }
 
@@ -348,6 +365,10 @@ mod tests {
                 .port(),
             7480
         );
+        assert_eq!(Config::default().metrics.listen, None);
+        let e = Config::parse("[metrics]\nlisten = \"0.0.0.0:9465\"").expect_err("remote");
+        assert!(format!("{e:#}").contains("metrics.allow_remote"), "{e:#}");
+        Config::parse("[metrics]\nlisten = \"0.0.0.0:9465\"\nallow_remote = true").expect("remote");
         let e = Config::parse("[web]\nsignup = \"sometimes\"").expect_err("bad");
         assert!(format!("{e:#}").contains("signup"), "{e:#}");
         let e = Config::parse("[web]\ncert = \"/c.pem\"").expect_err("half");

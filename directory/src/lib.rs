@@ -19,6 +19,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod ratelimit;
 pub mod routing;
 pub mod server;

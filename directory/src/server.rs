@@ -171,6 +171,7 @@ pub struct Shared {
     next_session: AtomicU64,
     /// Where the web site listens, once it does.
     pub web_addr: std::sync::OnceLock<SocketAddr>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Shared {
@@ -191,6 +192,7 @@ impl Shared {
         local_addr: SocketAddr,
         hub: mpsc::Sender<Event>,
     ) -> Shared {
+        let cfg_metrics = cfg.metrics.listen.is_some();
         Shared {
             id,
             store,
@@ -209,6 +211,11 @@ impl Shared {
             last_reload: Mutex::new(None),
             next_session: AtomicU64::new(1),
             web_addr: std::sync::OnceLock::new(),
+            metrics: if cfg_metrics {
+                crate::metrics::Metrics::on()
+            } else {
+                crate::metrics::Metrics::off()
+            },
         }
     }
 
@@ -433,7 +440,8 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
     }
 
     let (web_stop, web_stop_rx) = watch::channel(false);
-    let web_task = crate::web::start(shared.clone(), web_stop_rx).await?;
+    let web_task = crate::web::start(shared.clone(), web_stop_rx.clone()).await?;
+    let metrics_task = crate::metrics::start(shared.clone(), web_stop_rx).await?;
     tracing::info!(
         "keyline-directory listening on {local_addr} (QUIC), state in {}, fingerprint {}",
         state_dir.display(),
@@ -482,7 +490,7 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
     }
     accept.abort();
     let _ = web_stop.send(true);
-    if let Some(t) = web_task {
+    for t in [web_task, metrics_task].into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
     // Give writers a moment to put the goodbyes on the wire.
@@ -956,6 +964,7 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
             numbers,
             candidates,
         } => {
+            c.shared.metrics.registrations.increment(1);
             // A refresh right after the endpoint moved: use its new address.
             c.report_move().await?;
             let parsed = parse_candidates(&candidates).and_then(|cands| {
@@ -987,10 +996,13 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
                 Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
             }
         }
-        DirMsg::Lookup { req, number } => match canon(&number) {
-            Ok(number) => c.route(DirMsg::Lookup { req, number }).await?,
-            Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
-        },
+        DirMsg::Lookup { req, number } => {
+            c.shared.metrics.lookups.increment(1);
+            match canon(&number) {
+                Ok(number) => c.route(DirMsg::Lookup { req, number }).await?,
+                Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
+            }
+        }
         DirMsg::Call {
             req,
             number,
@@ -1111,10 +1123,17 @@ impl Reserved<'_> {
     /// would meet.
     pub(crate) fn finish(mut self, ok: bool) -> Option<Locked> {
         let attempt = self.attempt.take()?;
-        match self.shared.limiter.lock() {
+        let locked = match self.shared.limiter.lock() {
             Ok(mut l) => l.finish(Instant::now(), attempt, ok),
             Err(_) => None,
+        };
+        if !ok {
+            self.shared.metrics.auth_failures.increment(1);
         }
+        if locked.is_some() {
+            self.shared.metrics.lockouts.increment(1);
+        }
+        locked
     }
 }
 

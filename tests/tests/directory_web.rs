@@ -93,13 +93,15 @@ fn bound(dir: &Daemon, number: &str) -> bool {
 fn the_directory_site_in_a_browser() {
     let scratch = Scratch::new("dirweb");
     let port = free_tcp_port();
+    let mport = free_tcp_port();
     let cfg = scratch.join("directory.toml");
     std::fs::write(
         &cfg,
         format!(
             "[web]\nlisten = \"127.0.0.1:{port}\"\n\
              [login]\nmax_failures_per_account = 20\nmax_failures_per_address = 100\n\
-             max_failures_account_wide = 100\nlockout_secs = 2\n"
+             max_failures_account_wide = 100\nlockout_secs = 2\n\
+             [metrics]\nlisten = \"127.0.0.1:{mport}\"\n"
         ),
     )
     .unwrap();
@@ -277,4 +279,41 @@ fn the_directory_site_in_a_browser() {
     eprintln!("{log}");
     assert!(status.success(), "the browser script failed:\n{log}");
     assert!(log.contains("ok: axe on account"), "{log}");
+
+    // The directory's metrics saw it: registrations, look-ups, the wrong
+    // passwords (web and terminal alike) and the lock-outs.
+    let text = scrape(mport);
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+    };
+    assert!(
+        value("keyline_directory_registrations_total") >= 4.0,
+        "{text}"
+    );
+    assert!(
+        value("keyline_directory_auth_failures_total") >= 20.0,
+        "{text}"
+    );
+    assert!(value("keyline_directory_lockouts_total") >= 1.0, "{text}");
+    assert!(value("keyline_directory_bindings") >= 2.0, "{text}");
+    value("keyline_directory_lookups_total");
+    value("keyline_directory_relay_bytes_total");
+}
+
+/// `GET /metrics` over plain HTTP/1.1.
+fn scrape(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
 }
