@@ -190,6 +190,38 @@ fn keys_dial_answer_decline_and_a_text() {
         w.state().model.call.is_none() && shows(w, "Call ended")
     });
 
+    // Do not disturb, kept on the gateway: B's call to A does not ring
+    // here (the gateway turns it away, to busy or to voicemail).
+    click(&mut wa, "Phone");
+    wa.get_by_role_and_label(Role::CheckBox, "Do not disturb")
+        .click();
+    wa.step();
+    wa.step();
+    until(&mut wa, "do not disturb on", T, |w| w.state().model.dnd);
+    until(&mut wb, "idle", T, |w| {
+        w.state().model.screen() == Screen::Idle
+    });
+    type_into(&mut wb, "Number", "201");
+    click(&mut wb, "Call");
+    until(&mut wb, "turned away", T, |w| {
+        let m = &w.state().model;
+        m.call.as_ref().is_some_and(|c| c.connected())
+            || (m.call.is_none() && !m.dialing && m.notice.is_some())
+    });
+    wa.step();
+    assert!(
+        wa.state().model.call.is_none(),
+        "A rang with do not disturb on"
+    );
+    if wb.state().model.call.is_some() {
+        click(&mut wb, "Hang up");
+    }
+    wa.get_by_role_and_label(Role::CheckBox, "Do not disturb")
+        .click();
+    wa.step();
+    wa.step();
+    until(&mut wa, "do not disturb off", T, |w| !w.state().model.dnd);
+
     // A text from A's Messages tab arrives in B's.
     click(&mut wa, "Messages");
     type_into(&mut wa, "To", "202");
