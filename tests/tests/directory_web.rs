@@ -24,6 +24,8 @@ use keyline_tests::{bin, jstr, ok, wait_for, wait_state, Daemon, Scratch};
 use serde_json::Value;
 
 const PW: &str = "correct horse battery";
+/// The password the browser changes minjun's to.
+const NEW_PW: &str = "a new password 2026";
 
 fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -41,7 +43,11 @@ fn password_file(scratch: &Scratch, name: &str, pw: &str) -> PathBuf {
 }
 
 fn terminal(scratch: &Scratch, name: &str, args: &[&str]) -> Daemon {
-    let pw = password_file(scratch, name, PW);
+    terminal_with(scratch, name, PW, args)
+}
+
+fn terminal_with(scratch: &Scratch, name: &str, pw: &str, args: &[&str]) -> Daemon {
+    let pw = password_file(scratch, name, pw);
     let mut all = vec!["terminal", "--password-file", pw.to_str().unwrap()];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--audio-in", "tone:600", "--audio-out", "null"]);
@@ -150,6 +156,7 @@ fn the_directory_site_in_a_browser() {
         .env("SITE_URL", format!("https://127.0.0.1:{port}"))
         .env("DIR_FP", &fp)
         .env("PASSWORD", PW)
+        .env("NEW_PASSWORD", NEW_PW)
         .env("DOWNLOADS", scratch.join("downloads"))
         .env(
             "SHOTS",
@@ -170,6 +177,7 @@ fn the_directory_site_in_a_browser() {
     });
 
     let mut a: Option<Daemon> = None;
+    let mut a2: Option<Daemon> = None;
     for line in from_node.lines() {
         let Ok(line) = line else { break };
         let Some(step) = line.strip_prefix("STEP ") else {
@@ -258,6 +266,47 @@ fn the_directory_site_in_a_browser() {
                 assert_eq!(n, 1, "{mail}");
                 String::new()
             }
+            (Some("leave-voice"), _) => {
+                // Two voice messages while 김민준 is away, left with the
+                // client library as a caller's terminal would.
+                let ogg = voice_message(&scratch);
+                leave_voice_mail(&scratch, &listen, &fp, &ogg, 2);
+                String::new()
+            }
+            (Some("voice-delivered"), _) => {
+                // One was deleted on the web: only the other reaches the
+                // terminal, and the deleted one never does.
+                let d = terminal_with(
+                    &scratch,
+                    "a2",
+                    NEW_PW,
+                    &[
+                        "--directory",
+                        &listen,
+                        "--directory-fp",
+                        &fp,
+                        "--account",
+                        "minjun",
+                    ],
+                );
+                registered(&d);
+                let count = |d: &Daemon| -> Option<usize> {
+                    Some(
+                        d.json(&["voicemail", "list"]).ok()?["voicemails"]
+                            .as_array()?
+                            .len(),
+                    )
+                };
+                wait_for(
+                    "the kept voice mail delivered",
+                    Duration::from_secs(20),
+                    || count(&d).filter(|n| *n >= 1),
+                );
+                std::thread::sleep(Duration::from_secs(2));
+                assert_eq!(count(&d), Some(1), "{:?}", d.json(&["voicemail", "list"]));
+                a2 = Some(d);
+                String::new()
+            }
             (Some("mail-gone"), _) => {
                 let mail = dir.json(&["mail", "list"]).unwrap();
                 assert!(mail["mail"].as_array().unwrap().is_empty(), "{mail}");
@@ -275,6 +324,7 @@ fn the_directory_site_in_a_browser() {
         assert!(Instant::now() < deadline, "node did not finish");
         std::thread::sleep(Duration::from_millis(50));
     };
+    drop(a2);
     let log = err_text.join().unwrap();
     eprintln!("{log}");
     assert!(status.success(), "the browser script failed:\n{log}");
@@ -301,6 +351,51 @@ fn the_directory_site_in_a_browser() {
     assert!(value("keyline_directory_bindings") >= 2.0, "{text}");
     value("keyline_directory_lookups_total");
     value("keyline_directory_relay_bytes_total");
+}
+
+/// One second and a half of a tone as Ogg Opus (sox, opusenc).
+fn voice_message(scratch: &Scratch) -> Vec<u8> {
+    let wav = scratch.join("voice.wav");
+    let ogg = scratch.join("voice.ogg");
+    let st = Command::new("sox")
+        .args(["-n", "-r", "48000", "-c", "1", "-b", "16"])
+        .arg(&wav)
+        .args(["synth", "1.5", "sine", "440", "vol", "0.3"])
+        .status()
+        .expect("sox");
+    assert!(st.success());
+    let st = Command::new("opusenc")
+        .arg("--quiet")
+        .arg(&wav)
+        .arg(&ogg)
+        .status()
+        .expect("opusenc (opus-tools)");
+    assert!(st.success());
+    std::fs::read(&ogg).unwrap()
+}
+
+/// Leave `n` voice messages for 김민준 as `caller`, with the client library.
+fn leave_voice_mail(scratch: &Scratch, listen: &str, fp: &str, body: &[u8], n: usize) {
+    use keyline_directory::client::DirClient;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        std::fs::create_dir_all(scratch.join("mailer")).unwrap();
+        let id = keyline_net::Identity::load_or_create(&scratch.join("mailer"), "mailer").unwrap();
+        let ep = keyline_net::make_endpoint("127.0.0.1:0".parse().unwrap(), &id).unwrap();
+        let (c, _events) = DirClient::connect(&ep, &id, listen.parse().unwrap(), Some(fp.into()))
+            .await
+            .unwrap();
+        c.login("caller", PW).await.unwrap();
+        for _ in 0..n {
+            c.leave_mail("김민준", keyline_proto::dir::MailKind::Voice, body, None)
+                .await
+                .unwrap();
+        }
+        c.close();
+    });
 }
 
 /// `GET /metrics` over plain HTTP/1.1.
