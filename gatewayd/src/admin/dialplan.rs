@@ -1,0 +1,286 @@
+//! The dial plan page: the ring group for the office number, speed dials,
+//! forwarding and do-not-disturb per extension.
+
+use super::*;
+
+pub struct LineRow {
+    ext: String,
+    forward_always: String,
+    forward_busy: String,
+    forward_no_answer: String,
+    dnd: bool,
+}
+
+#[derive(Default)]
+pub struct DialPlanData {
+    csrf: String,
+    ring_group_now: String,
+    rg_members: String,
+    rg_mode: String,
+    rg_step: String,
+    speed_dials: Vec<crate::api::SpeedDial>,
+    lines: Vec<LineRow>,
+    err_ring_group: Option<String>,
+    err_speed_dial: Option<String>,
+    err_line: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "dialplan.html")]
+struct DialPlanPage<'a> {
+    title: &'a str,
+    here: &'a str,
+    csrf: Option<&'a str>,
+    notice: Option<&'a str>,
+    error: Option<&'a str>,
+    dp: DialPlanData,
+}
+
+pub(super) async fn dialplan_data<O: Office>(
+    st: &AdminState<O>,
+    s: &Session,
+) -> Result<DialPlanData, String> {
+    let status = match st.office.dispatch(Request::Status).await? {
+        ApiResponse::Status(s) => s,
+        _ => return Err("unexpected reply to status".into()),
+    };
+    let speed_dials = match st.office.dispatch(Request::SpeedDialList).await? {
+        ApiResponse::SpeedDials { speed_dials } => speed_dials,
+        _ => return Err("unexpected reply to speed-dial-list".into()),
+    };
+    let lines = match st.office.dispatch(Request::LineSettings).await? {
+        ApiResponse::LineSettings { lines } => lines,
+        _ => return Err("unexpected reply to line-settings".into()),
+    };
+    let rg = &status.ring_group;
+    let members: Vec<String> = match &rg["members"] {
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|m| m.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mode = rg["mode"].as_str().unwrap_or("all").to_string();
+    let step = rg["step_secs"].as_u64().unwrap_or(15);
+    let who = if members.is_empty() {
+        "every extension".to_string()
+    } else {
+        members.join(", ")
+    };
+    let how = if mode == "hunt" {
+        format!("in turn, {step} s each")
+    } else {
+        "all at once".into()
+    };
+    let from = match rg["source"].as_str() {
+        Some("ring-group") => "set here",
+        _ => "from the configuration file",
+    };
+    let opt = |o: &Option<String>| o.clone().unwrap_or_default();
+    Ok(DialPlanData {
+        csrf: s.csrf.clone(),
+        ring_group_now: format!("{who} ring {how} ({from})."),
+        rg_members: members.join(", "),
+        rg_mode: mode,
+        rg_step: step.to_string(),
+        speed_dials,
+        lines: lines
+            .iter()
+            .map(|l| LineRow {
+                ext: l.ext.clone(),
+                forward_always: opt(&l.settings.forward_always),
+                forward_busy: opt(&l.settings.forward_busy),
+                forward_no_answer: opt(&l.settings.forward_no_answer),
+                dnd: l.settings.dnd,
+            })
+            .collect(),
+        ..DialPlanData::default()
+    })
+}
+
+/// Which part of the dial plan page a refusal belongs next to.
+enum DpPart {
+    RingGroup,
+    SpeedDial,
+    Line,
+}
+
+async fn dialplan_page<O: Office>(
+    st: &AdminState<O>,
+    s: &Session,
+    notice: Option<&str>,
+    error: Option<(DpPart, String, Option<String>)>,
+) -> Response {
+    let mut d = match dialplan_data(st, s).await {
+        Ok(d) => d,
+        Err(e) => return failed(e),
+    };
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    if let Some((part, e, typed)) = error {
+        match part {
+            DpPart::RingGroup => {
+                d.err_ring_group = Some(e);
+                if let Some(t) = typed {
+                    d.rg_members = t;
+                }
+            }
+            DpPart::SpeedDial => d.err_speed_dial = Some(e),
+            DpPart::Line => d.err_line = Some(e),
+        }
+    }
+    html(
+        status,
+        DialPlanPage {
+            title: "Dial plan",
+            here: "dialplan",
+            csrf: Some(&s.csrf),
+            notice,
+            error: None,
+            dp: d,
+        },
+    )
+}
+
+pub(super) async fn dialplan<O: Office>(State(st): St<O>, headers: HeaderMap) -> Response {
+    match session_or_login(&st, &headers) {
+        Ok(s) => dialplan_page(&st, &s, None, None).await,
+        Err(r) => r,
+    }
+}
+
+/// Carry out a dial-plan form: the page again, with a notice or the
+/// refusal next to the form's fields (nothing saved).
+async fn dp_change<O: Office>(
+    st: &AdminState<O>,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+    part: DpPart,
+    req: Result<Request, String>,
+    done: &str,
+) -> Response {
+    let s = match checked_form(st, headers, form) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let typed = form.get("members").cloned();
+    let result = match req {
+        Ok(r) => st.office.dispatch(r).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => dialplan_page(st, &s, Some(done), None).await,
+        Err(e) => dialplan_page(st, &s, None, Some((part, e, typed))).await,
+    }
+}
+
+pub(super) async fn dp_ring_group<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let members: Vec<String> = form
+        .get("members")
+        .map(|m| {
+            m.split([',', ' '])
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let step = match field(&form, "step_secs") {
+        None => Ok(15),
+        Some(s) => s
+            .parse::<u64>()
+            .map_err(|_| format!("Seconds each: {s:?} is not a number")),
+    };
+    let req = step.map(|step_secs| Request::RingGroupSet {
+        mode: field(&form, "mode").unwrap_or_else(|| "all".into()),
+        step_secs,
+        members,
+    });
+    dp_change(
+        &st,
+        &headers,
+        &form,
+        DpPart::RingGroup,
+        req,
+        "Ring group saved.",
+    )
+    .await
+}
+
+pub(super) async fn dp_ring_group_clear<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let done = "The configuration file's reception rings again.";
+    dp_change(
+        &st,
+        &headers,
+        &form,
+        DpPart::RingGroup,
+        Ok(Request::RingGroupClear),
+        done,
+    )
+    .await
+}
+
+pub(super) async fn dp_speed_dial<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let req = need(&form, "code", "The code").and_then(|code| {
+        Ok(Request::SpeedDialSet {
+            code,
+            number: need(&form, "number", "The number")?,
+        })
+    });
+    dp_change(
+        &st,
+        &headers,
+        &form,
+        DpPart::SpeedDial,
+        req,
+        "Speed dial saved.",
+    )
+    .await
+}
+
+pub(super) async fn dp_speed_dial_rm<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let req = need(&form, "code", "The code").map(|code| Request::SpeedDialRm { code });
+    dp_change(
+        &st,
+        &headers,
+        &form,
+        DpPart::SpeedDial,
+        req,
+        "Speed dial removed.",
+    )
+    .await
+}
+
+pub(super) async fn dp_line<O: Office>(
+    State(st): St<O>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let req = need(&form, "ext", "The extension").map(|ext| Request::SetLineSettings {
+        ext,
+        forward_always: field(&form, "forward_always"),
+        forward_busy: field(&form, "forward_busy"),
+        forward_no_answer: field(&form, "forward_no_answer"),
+        dnd: form.get("dnd").is_some_and(|v| v == "on"),
+    });
+    dp_change(&st, &headers, &form, DpPart::Line, req, "Saved.").await
+}
