@@ -104,21 +104,8 @@ impl PhoneApp {
             crate::fonts::install(&ctx);
             self.fonts = true;
         }
-        self.pump();
+        self.logic(&ctx);
         self.keys(&ctx);
-        if self.model.take_raise() {
-            ctx.send_viewport_cmd(egui::ViewportCommand::Visible(true));
-            ctx.send_viewport_cmd(egui::ViewportCommand::Minimized(false));
-            ctx.send_viewport_cmd(egui::ViewportCommand::Focus);
-            ctx.send_viewport_cmd(egui::ViewportCommand::RequestUserAttention(
-                egui::UserAttentionType::Critical,
-            ));
-        }
-        let title = self.window_title();
-        if title != self.title {
-            ctx.send_viewport_cmd(egui::ViewportCommand::Title(title.clone()));
-            self.title = title;
-        }
 
         egui::Panel::top("top").show(ui, |ui| self.top(ui));
         egui::Panel::bottom("notice").show(ui, |ui| self.notice(ui));
@@ -141,6 +128,26 @@ impl PhoneApp {
         self.pump();
         if self.model.ticking() {
             ctx.request_repaint_after(std::time::Duration::from_secs(1));
+        }
+    }
+
+    /// What runs even while the window is hidden or minimised: take the
+    /// agent's news, send requests, come to the front when a call rings,
+    /// keep the title current.
+    pub fn logic(&mut self, ctx: &egui::Context) {
+        self.pump();
+        if self.model.take_raise() {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Visible(true));
+            ctx.send_viewport_cmd(egui::ViewportCommand::Minimized(false));
+            ctx.send_viewport_cmd(egui::ViewportCommand::Focus);
+            ctx.send_viewport_cmd(egui::ViewportCommand::RequestUserAttention(
+                egui::UserAttentionType::Critical,
+            ));
+        }
+        let title = self.window_title();
+        if title != self.title {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Title(title.clone()));
+            self.title = title;
         }
     }
 
@@ -852,6 +859,10 @@ fn avatar(ui: &mut egui::Ui, c: &CallView, size: f32) {
 }
 
 impl eframe::App for PhoneApp {
+    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        PhoneApp::logic(self, ctx);
+    }
+
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         PhoneApp::ui(self, ui);
     }
