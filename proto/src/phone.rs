@@ -230,6 +230,7 @@ impl Call {
                 | CallState::Alerting
                 | CallState::Answering
                 | CallState::Connecting
+                | CallState::Transferring
         )
     }
 }
@@ -879,8 +880,12 @@ impl<P: Clone> Phone<P> {
         if self.cfg.flavor == Flavor::Office {
             // The other end hears the hold music until the target answers.
             self.set_hold(key, true);
+            let guard = now + self.cfg.request_timeout;
             if let Some(c) = self.call.as_mut() {
                 c.state = CallState::Transferring;
+                // The gateway ends our part once it has the call; a guard
+                // if it never says.
+                c.deadline = Some((guard, Deadline::Link));
             }
             self.changed(key);
         }
@@ -1181,7 +1186,19 @@ impl<P: Clone> Phone<P> {
                 {
                     self.end_consult(now, "failed");
                 }
+                // Our own transfer request failed, whichever call id the
+                // link names.
+                if self
+                    .pending
+                    .get(&req)
+                    .is_some_and(|p| p.kind == PendingKind::Transfer)
+                {
+                    self.transfer_given_back();
+                }
                 if let Some(c) = self.call.as_mut().filter(|c| c.id == Some(call)) {
+                    if c.state == CallState::Transferring {
+                        c.deadline = None;
+                    }
                     c.state = CallState::Connected;
                     let key = c.key;
                     self.set_hold(key, false);
@@ -1292,8 +1309,33 @@ impl<P: Clone> Phone<P> {
         );
     }
 
+    /// A blind transfer that failed or got no answer: the call is ours
+    /// again, off hold.
+    fn transfer_given_back(&mut self) {
+        if let Some(c) = self
+            .call
+            .as_mut()
+            .filter(|c| c.state == CallState::Transferring)
+        {
+            c.state = CallState::Connected;
+            c.deadline = None;
+            let key = c.key;
+            self.set_hold(key, false);
+            self.changed(key);
+        }
+    }
+
     fn on_failed(&mut self, now: Instant, req: Req, message: String, ended: String) {
         self.abandoned.remove(&req);
+        // A link that refuses a transfer with a plain failure (not a
+        // TransferFailed) still gives the call back.
+        if self
+            .pending
+            .get(&req)
+            .is_some_and(|p| p.kind == PendingKind::Transfer)
+        {
+            self.transfer_given_back();
+        }
         if self.call.as_ref().is_some_and(|c| c.req == Some(req)) {
             self.end_main(now, &ended);
         }
@@ -1362,17 +1404,13 @@ impl<P: Clone> Phone<P> {
         if self.call.as_ref().is_none_or(|c| c.id != Some(call)) {
             return;
         }
-        self.end_main(now, &reason);
-        // The held party left during a consultation: the consultation
-        // becomes the call (as the gateway sees it too).
-        if !transferred {
-            if let Some(mut c) = self.consult.take() {
-                c.consult = false;
-                let key = c.key;
-                self.call = Some(c);
-                self.changed(key);
+        if transferred {
+            // Joined to the consultation: both calls are over for us.
+            if let Some(c) = self.consult.take() {
+                self.finish(now, c, &reason);
             }
         }
+        self.end_main(now, &reason);
     }
 
     fn on_down(&mut self, now: Instant, reason: String) {
@@ -1482,16 +1520,7 @@ impl<P: Clone> Phone<P> {
             self.answer_pending(req, Err(msg));
             // A transfer that got no answer gives the call back.
             if kind == Some(PendingKind::Transfer) {
-                if let Some(c) = self
-                    .call
-                    .as_mut()
-                    .filter(|c| c.state == CallState::Transferring)
-                {
-                    c.state = CallState::Connected;
-                    let key = c.key;
-                    self.set_hold(key, false);
-                    self.changed(key);
-                }
+                self.transfer_given_back();
             }
         }
         for key in [&self.call, &self.consult]
@@ -1542,6 +1571,13 @@ impl<P: Clone> Phone<P> {
                         continue;
                     };
                     let consult = c.consult;
+                    // A transfer the gateway confirmed but never ended
+                    // our part of is over for us all the same.
+                    let reason = if c.state == CallState::Transferring {
+                        "transferred"
+                    } else {
+                        "failed"
+                    };
                     let msg = match (c.link_id(), c.req) {
                         (Some(call), _) => Some(LinkOut::Hangup { call }),
                         (None, Some(req)) => {
@@ -1556,7 +1592,7 @@ impl<P: Clone> Phone<P> {
                     if consult {
                         self.end_consult(now, "failed");
                     } else {
-                        self.end_main(now, "failed");
+                        self.end_main(now, reason);
                     }
                 }
             }
@@ -1571,6 +1607,17 @@ impl<P: Clone> Phone<P> {
         };
         self.lookup_plan = None;
         self.finish(now, c, reason);
+        // The held call ended during a consultation: a transfer takes the
+        // consultation with it; any other end leaves the consultation as
+        // the only call, as the gateway's switchboard sees it too.
+        if reason == "transferred" {
+            self.end_consult(now, reason);
+        } else if let Some(mut c) = self.consult.take() {
+            c.consult = false;
+            let key = c.key;
+            self.call = Some(c);
+            self.changed(key);
+        }
     }
 
     /// The consultation ended: drop it and take the main call off hold.

@@ -534,6 +534,71 @@ fn a_failed_transfer_gives_the_call_back() {
 }
 
 #[test]
+fn a_transfer_refused_with_a_plain_failure_gives_the_call_back() {
+    let mut t = T::connected_out(Flavor::Office);
+    let out = t.cmd(Command::Transfer {
+        target: "203".into(),
+    });
+    let req = T::req(&out);
+    let out = t.link(LinkIn::Failed {
+        req,
+        message: "no".into(),
+        ended: "failed".into(),
+    });
+    assert_eq!(replies(&out), [Err("no".to_string())]);
+    assert_eq!(t.state(), Some(CallState::Connected));
+    assert!(!t.p.call().unwrap().on_hold);
+}
+
+#[test]
+fn hanging_up_the_held_call_leaves_the_consultation() {
+    let mut t = T::connected_out(Flavor::Office);
+    t.cmd(Command::Consult {
+        target: "203".into(),
+    });
+    let out = t.cmd(Command::Hangup);
+    assert_eq!(ended(&out), ["local-hangup"]);
+    let c = t.p.call().expect("the consultation is the call now");
+    assert_eq!(c.peer, "203");
+    assert!(!c.consult);
+    t.p.check_invariants().unwrap();
+}
+
+#[test]
+fn a_confirmed_transfer_the_gateway_never_ends_is_over_after_the_guard() {
+    let mut t = T::connected_out(Flavor::Office);
+    let out = t.cmd(Command::Transfer {
+        target: "203".into(),
+    });
+    let req = T::req(&out);
+    t.link(LinkIn::Transferring {
+        req,
+        call: 7,
+        to: "203".into(),
+    });
+    t.p.check_invariants().unwrap();
+    let out = t.advance(Duration::from_secs(11));
+    assert_eq!(ended(&out), ["transferred"]);
+    assert!(t.p.call().is_none());
+}
+
+#[test]
+fn media_failing_on_the_held_call_leaves_the_consultation() {
+    let mut t = T::connected_out(Flavor::Office);
+    let held = t.key();
+    t.cmd(Command::Consult {
+        target: "203".into(),
+    });
+    t.media(MediaIn::Failed {
+        key: held,
+        why: "gone".into(),
+        ended: None,
+    });
+    t.p.check_invariants().unwrap();
+    assert_eq!(t.p.call().map(|c| c.peer.as_str()), Some("203"));
+}
+
+#[test]
 fn an_unanswered_transfer_request_gives_the_call_back() {
     let mut t = T::connected_out(Flavor::Office);
     t.cmd(Command::Transfer {
