@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test deps test-deps build lint
+.PHONY: run test deps test-deps build lint fuzz
 
 deps:
 	@scripts/install-deps.sh
@@ -22,6 +22,12 @@ run: deps
 test: test-deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+	scripts/fuzz.sh 30
+
+# Every fuzz target for FUZZ_SECONDS each (default 15 minutes), two at a time.
+FUZZ_SECONDS ?= 900
+fuzz: test-deps
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 lint: deps
 	$(CARGO) fmt --all -- --check

@@ -1422,6 +1422,11 @@ impl Switchboard {
                 by: by.to_string(),
                 joins: Some(c2),
             });
+            // Unlinked first: the consultation is not the holder's to keep.
+            let old = Call {
+                consulting: None,
+                ..old
+            };
             self.close(now, old, Outcome::Answered);
             if let Some(c) = self.calls.get_mut(&c2) {
                 c.consult_of = None;
@@ -1453,6 +1458,11 @@ impl Switchboard {
             call: orig,
             reason: EndReason::Transferred,
         });
+        // Unlinked first: the consultation goes on between the other two.
+        let old = Call {
+            consulting: None,
+            ..old
+        };
         self.close(now, old, Outcome::Answered);
         if let Some(c) = self.calls.get_mut(&c2) {
             c.caller = other.clone();
@@ -1813,6 +1823,11 @@ impl Switchboard {
 
     /// Media for an answered call could not be set up: end it for both.
     pub fn handle_media_failed(&mut self, now: Instant, id: CallId) {
+        if self.calls.get(&id).is_some_and(|c| c.replaces.is_some()) {
+            // A transfer leg failed: the call goes back to whoever
+            // transferred it.
+            return self.abort_transfer_leg(now, id, "", EndReason::MediaFailed);
+        }
         if let Some(call) = self.calls.remove(&id) {
             for ext in [&call.caller, &call.callee] {
                 self.actions.push_back(Action::Ended {
@@ -2227,18 +2242,6 @@ impl Switchboard {
         let Some(call) = self.calls.remove(&id) else {
             return;
         };
-        if let Some(c2) = call.consulting {
-            // The held party left: the consultation becomes the holder's
-            // only call.
-            if let Some(c) = self.calls.get_mut(&c2) {
-                c.consult_of = None;
-                let holder = c.caller.clone();
-                if let Some(l) = self.lines.get_mut(&holder) {
-                    l.call = Some(c2);
-                    l.consult = None;
-                }
-            }
-        }
         if let Some((tby, leg)) = &call.transfer {
             if tby == by {
                 // The transferring end walks away: the transfer goes on
@@ -2308,6 +2311,45 @@ impl Switchboard {
                 self.lines.remove(ext);
             }
         }
+        if let Some(c2) = call.consulting {
+            // The held call ended, however it ended: the consultation
+            // becomes the holder's only call.
+            if let Some(c) = self.calls.get_mut(&c2) {
+                c.consult_of = None;
+                let holder = c.caller.clone();
+                if let Some(l) = self.lines.get_mut(&holder) {
+                    l.call = Some(c2);
+                    l.consult = None;
+                }
+            }
+        }
+        if let Some((_, leg)) = &call.transfer {
+            // The call being transferred ended (however it ended) while
+            // the target still rings: the target stops ringing.
+            if self
+                .calls
+                .get(leg)
+                .is_some_and(|l| l.replaces == Some(call.id))
+            {
+                if let Some(l) = self.calls.remove(leg) {
+                    self.actions.push_back(Action::Ended {
+                        to: l.callee.clone(),
+                        call: l.id,
+                        reason: EndReason::Cancelled,
+                    });
+                    self.close(now, l, Outcome::Cancelled);
+                }
+            }
+        }
+        if let Some(orig) = call.replaces {
+            // A transfer leg gone without an answer: the call it would
+            // have replaced is no longer being transferred.
+            if let Some(o) = self.calls.get_mut(&orig) {
+                if o.transfer.as_ref().is_some_and(|(_, leg)| *leg == call.id) {
+                    o.transfer = None;
+                }
+            }
+        }
         for m in &call.also {
             // The rest of a ringing group stops ringing.
             if let Some(l) = self.lines.get_mut(m) {
@@ -2355,6 +2397,58 @@ impl Switchboard {
             outcome,
         }));
     }
+
+    /// Check the switchboard's invariants (for tests and fuzzing): every
+    /// line's call and consultation exist and name the line as a party;
+    /// every call's links (the leg it replaces, its transfer leg, its
+    /// consultation) point at calls that exist; a call's parties differ;
+    /// a ringing call has a deadline (so [`Self::poll_timeout`] will end it).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (ext, line) in &self.lines {
+            for (what, id) in [("call", line.call), ("consultation", line.consult)] {
+                let Some(id) = id else { continue };
+                let Some(call) = self.calls.get(&id) else {
+                    return Err(format!("line {ext}'s {what} {id} does not exist"));
+                };
+                let party = call.caller == *ext
+                    || call.callee == *ext
+                    || call.also.iter().any(|a| a == ext)
+                    || call.transfer.as_ref().is_some_and(|(by, _)| by == ext);
+                if !party {
+                    return Err(format!(
+                        "line {ext}'s {what} {id} is between {} and {}",
+                        call.caller, call.callee
+                    ));
+                }
+            }
+            if line.call.is_some() && line.call == line.consult {
+                return Err(format!("line {ext} consults in its own call"));
+            }
+        }
+        for call in self.calls.values() {
+            let id = call.id;
+            if call.caller == call.callee {
+                return Err(format!("call {id} is between {} and itself", call.caller));
+            }
+            let links = [
+                ("replaces", call.replaces),
+                ("transfer leg", call.transfer.as_ref().map(|(_, leg)| *leg)),
+                ("consultation of", call.consult_of),
+                ("consultation", call.consulting),
+            ];
+            for (what, link) in links {
+                if let Some(other) = link {
+                    if other == id {
+                        return Err(format!("call {id}'s {what} is itself"));
+                    }
+                    if !self.calls.contains_key(&other) {
+                        return Err(format!("call {id}'s {what} {other} does not exist"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -2372,6 +2466,9 @@ mod tests {
     }
 
     fn drain(sb: &mut Switchboard) -> Vec<Action> {
+        if let Err(e) = sb.check_invariants() {
+            panic!("invariant broken: {e}\n{sb:#?}");
+        }
         std::iter::from_fn(|| sb.poll_action()).collect()
     }
 
@@ -2592,6 +2689,9 @@ mod trunk_tests {
     }
 
     fn drain(sb: &mut Switchboard) -> Vec<Action> {
+        if let Err(e) = sb.check_invariants() {
+            panic!("invariant broken: {e}\n{sb:#?}");
+        }
         std::iter::from_fn(|| sb.poll_action()).collect()
     }
 
@@ -3255,6 +3355,76 @@ mod trunk_tests {
         sb.handle_answer(now, "203", c2).expect("203 answers");
         drain(&mut sb);
         (sb, now, trunk, c2)
+    }
+
+    #[test]
+    fn the_held_call_failing_leaves_the_consultation_as_the_call() {
+        let (mut sb, now) = board(&["201", "202", "203"]);
+        sb.handle_dial(now, "201", 1, "202");
+        let id = drain(&mut sb)
+            .iter()
+            .find_map(|a| match a {
+                Action::Ring { call, .. } => Some(*call),
+                _ => None,
+            })
+            .expect("rings");
+        sb.handle_answer(now, "202", id).expect("answer");
+        sb.handle_consult(now, "202", 2, id, "203")
+            .expect("consult");
+        let c2 = sb
+            .lines
+            .get("202")
+            .and_then(|l| l.consult)
+            .expect("consulting");
+        drain(&mut sb);
+        sb.handle_media_failed(now, id);
+        drain(&mut sb);
+        assert_eq!(sb.lines.get("202").and_then(|l| l.call), Some(c2));
+        assert_eq!(sb.call(c2).and_then(|c| c.consult_of), None);
+    }
+
+    #[test]
+    fn the_transferred_call_failing_stops_the_target_ringing() {
+        let (mut sb, now) = board(&["201", "202", "203"]);
+        sb.handle_dial(now, "201", 1, "202");
+        let id = drain(&mut sb)
+            .iter()
+            .find_map(|a| match a {
+                Action::Ring { call, .. } => Some(*call),
+                _ => None,
+            })
+            .expect("rings");
+        sb.handle_answer(now, "202", id).expect("answer");
+        sb.handle_transfer(now, "202", 2, id, "203")
+            .expect("transfer");
+        let leg = sb.call(id).and_then(|c| c.transfer.clone()).expect("leg").1;
+        drain(&mut sb);
+        sb.handle_media_failed(now, id);
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ended {
+            to: "203".into(),
+            call: leg,
+            reason: EndReason::Cancelled,
+        }));
+        assert!(sb.call(leg).is_none());
+        // And the other way: the ringing leg failing gives the call back.
+        let (mut sb, now) = board(&["201", "202", "203"]);
+        sb.handle_dial(now, "201", 1, "202");
+        let id = drain(&mut sb)
+            .iter()
+            .find_map(|a| match a {
+                Action::Ring { call, .. } => Some(*call),
+                _ => None,
+            })
+            .expect("rings");
+        sb.handle_answer(now, "202", id).expect("answer");
+        sb.handle_transfer(now, "202", 2, id, "203")
+            .expect("transfer");
+        let leg = sb.call(id).and_then(|c| c.transfer.clone()).expect("leg").1;
+        drain(&mut sb);
+        sb.handle_media_failed(now, leg);
+        drain(&mut sb);
+        assert!(sb.call(id).is_some_and(|c| c.transfer.is_none()));
     }
 
     #[test]
