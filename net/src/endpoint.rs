@@ -104,15 +104,31 @@ pub fn make_endpoint_with_puncher(
     grow_buffers(&socket);
     let punch = socket.try_clone().context("sharing the UDP socket")?;
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
-    let mut ep = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        runtime,
-    )
-    .with_context(|| format!("starting QUIC on UDP {bind}"))?;
+    let mut ep = quinn::Endpoint::new(endpoint_config(id), Some(server), socket, runtime)
+        .with_context(|| format!("starting QUIC on UDP {bind}"))?;
     ep.set_default_client_config(client_config(id, None)?);
     Ok((ep, Puncher(Arc::new(punch))))
+}
+
+/// The endpoint's stateless reset key and the key that signs its
+/// connection IDs come from its identity, not from chance: a process
+/// killed without closing its connections and started again recognises
+/// the connection IDs it gave out before and answers the peers' next
+/// packets with resets they accept (the tokens are the same), so they
+/// notice at once and reconnect, instead of waiting out the idle timeout
+/// on a connection nobody holds any more.
+fn endpoint_config(id: &Identity) -> quinn::EndpointConfig {
+    let reset = id.derived_secret("quic stateless reset");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset);
+    let cids = id.derived_secret("quic connection ids");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cids[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(key));
+    cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    cfg
 }
 
 /// Socket buffer an endpoint asks for each way: a busy directory takes
@@ -196,4 +212,105 @@ pub fn peer_fingerprint(conn: &quinn::Connection) -> Option<String> {
     let any = conn.peer_identity()?;
     let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     certs.first().map(|c| fingerprint(c))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::path::Path;
+
+    use super::*;
+
+    /// A client connected to a server that is then killed (its runtime
+    /// dropped: no packet is sent, as with SIGKILL) and started again on
+    /// the same port with `restarted_as`. What ends the client's
+    /// connection within `wait`, if anything.
+    fn after_server_restart(
+        restarted_as: impl FnOnce(&Path) -> Identity,
+        wait: Duration,
+    ) -> Option<quinn::ConnectionError> {
+        let dir = std::env::temp_dir().join(format!(
+            "keyline-net-reset-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let server_id = Identity::load_or_create(&dir, "server").unwrap();
+        let client_id = Identity::generate("client").unwrap();
+        let server_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let client_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        {
+            let id = Identity::load_or_create(&dir, "server").unwrap();
+            server_rt.spawn(async move {
+                let ep = make_endpoint("127.0.0.1:0".parse().unwrap(), &id).unwrap();
+                addr_tx.send(ep.local_addr().unwrap()).unwrap();
+                let conn = ep.accept().await.unwrap().await.unwrap();
+                held_tx.send(()).unwrap();
+                // Held until the runtime goes, never closed.
+                std::future::pending::<()>().await;
+                drop((ep, conn));
+            });
+        }
+        let addr: SocketAddr = addr_rx.recv().unwrap();
+        let pin = Some(server_id.fingerprint.clone());
+        let conn = client_rt.block_on(async {
+            let ep = make_endpoint("127.0.0.1:0".parse().unwrap(), &client_id).unwrap();
+            let cfg = client_config(&client_id, pin).unwrap();
+            let conn = ep
+                .connect_with(cfg, addr, SERVER_NAME)
+                .unwrap()
+                .await
+                .unwrap();
+            // The endpoint lives on in the connection's driver.
+            conn
+        });
+        held_rx.recv().unwrap();
+        drop(server_rt);
+        let again = restarted_as(&dir);
+        let ended = client_rt.block_on(async {
+            let _server = make_endpoint(addr, &again).unwrap();
+            tokio::time::timeout(wait, conn.closed()).await.ok()
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        ended
+    }
+
+    fn rand_suffix() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_restarted_endpoint_resets_the_connections_of_the_one_before() {
+        let t = std::time::Instant::now();
+        let ended = after_server_restart(
+            |dir| Identity::load_or_create(dir, "server").unwrap(),
+            Duration::from_secs(6),
+        );
+        assert!(
+            matches!(ended, Some(quinn::ConnectionError::Reset)),
+            "{ended:?} after {:?}",
+            t.elapsed()
+        );
+        // Another identity's resets are not believed (the idle timeout
+        // would end the connection, much later).
+        let ended = after_server_restart(
+            |_| Identity::generate("another").unwrap(),
+            Duration::from_secs(3),
+        );
+        assert!(ended.is_none(), "{ended:?}");
+    }
 }

@@ -68,6 +68,19 @@ impl Identity {
     pub fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key.clone_key())
     }
+
+    /// A secret derived from the private key for the use named by
+    /// `label`: the same after a restart, so that a restarted process's
+    /// QUIC stateless resets are ones its peers accept (see
+    /// `endpoint::make_endpoint`). Different labels give unrelated secrets.
+    pub(crate) fn derived_secret(&self, label: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"keyline derived secret v1\0");
+        h.update(label.as_bytes());
+        h.update(b"\0");
+        h.update(self.key.secret_pkcs8_der());
+        h.finalize().into()
+    }
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
