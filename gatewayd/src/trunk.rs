@@ -240,17 +240,35 @@ fn write_secret(path: &std::path::Path, secret: &str) -> Result<()> {
     Ok(())
 }
 
+/// The first wait before connecting again, and the longest.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The wait before connecting again after a session that ended: the
+/// first one when it had registered (a directory that went away and came
+/// back, perhaps after a crash, is reached again at once, however often
+/// that happens) or lasted a minute, else `backoff`.
+fn backoff_after(backoff: Duration, registered: bool, lasted: Duration) -> Duration {
+    if registered || lasted > Duration::from_secs(60) {
+        BACKOFF_FIRST
+    } else {
+        backoff
+    }
+}
+
 /// Keep the office registered with the directory: connect, log in,
-/// register, pass events on; on loss, wait (1 s doubling to 30 s) and
-/// start again.
+/// register, pass events on; on loss, wait (1 s doubling to 30 s while
+/// attempts fail, 1 s again after a registration) and start again.
 pub async fn uplink(shared: Arc<Shared>, endpoint: quinn::Endpoint, cfg: DirectoryConfig) {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = BACKOFF_FIRST;
     loop {
         let started = Instant::now();
-        let reason = match session(&shared, &endpoint, &cfg).await {
-            Ok(reason) => reason,
-            Err(e) => format!("{e:#}"),
+        // `session` returns Ok only once it has registered.
+        let (reason, registered) = match session(&shared, &endpoint, &cfg).await {
+            Ok(reason) => (reason, true),
+            Err(e) => (format!("{e:#}"), false),
         };
+        backoff = backoff_after(backoff, registered, started.elapsed());
         tracing::warn!(
             "directory {}: {reason}; retrying in {backoff:?}",
             cfg.address
@@ -263,11 +281,8 @@ pub async fn uplink(shared: Arc<Shared>, endpoint: quinn::Endpoint, cfg: Directo
         {
             return;
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            backoff = Duration::from_secs(1);
-        }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -1122,5 +1137,24 @@ impl Switch {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_uplink_waits_one_second_after_a_registration_however_often_it_ends() {
+        let s = Duration::from_secs;
+        // Failed attempts back off.
+        assert_eq!(backoff_after(s(8), false, s(2)), s(8));
+        // A session that registered, however short, starts over at 1 s:
+        // a directory killed three times in a minute is reached again
+        // within a second of its return each time.
+        assert_eq!(backoff_after(s(8), true, s(2)), BACKOFF_FIRST);
+        assert_eq!(backoff_after(BACKOFF_MAX, true, s(0)), BACKOFF_FIRST);
+        // A long one too, registered or not.
+        assert_eq!(backoff_after(s(16), false, s(61)), BACKOFF_FIRST);
     }
 }
