@@ -63,7 +63,7 @@ pub struct DirConfig {
 }
 
 /// The directory's CPU time so far (all threads), from `/proc/PID/stat`.
-fn proc_cpu(pid: u32) -> Result<Duration> {
+pub(crate) fn proc_cpu(pid: u32) -> Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name may hold spaces: fields are counted after its ')'.
@@ -144,7 +144,18 @@ fn add_accounts(bin: &Path, state: &Path, accounts: &[(String, Vec<String>)]) ->
 /// Start `keyline-directory serve` on loopback; its control connection
 /// and QUIC address.
 pub(crate) fn start_directory(bin: &Path, state: &Path) -> Result<(Daemon, Control, SocketAddr)> {
-    let mut d = Daemon::start(bin, state, &["serve", "--listen", "127.0.0.1:0"], &[])?;
+    start_directory_with(bin, state, &[])
+}
+
+/// [`start_directory`] with more `serve` options.
+pub(crate) fn start_directory_with(
+    bin: &Path,
+    state: &Path,
+    more: &[&str],
+) -> Result<(Daemon, Control, SocketAddr)> {
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(more);
+    let mut d = Daemon::start(bin, state, &args, &[])?;
     let mut ctl = Control::connect(&d.control(), Duration::from_secs(15))
         .with_context(|| format!("the directory did not start:\n{}", tail(&d.log)))?;
     let addr = poll(

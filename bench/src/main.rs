@@ -25,6 +25,11 @@
 //! name. A new suite is a module with a `run` returning its JSON, a
 //! [`Suite`] variant, and its targets in [`report`].
 //!
+//! `soak` ([`soak`]) is not a suite but a long run: a real directory
+//! with many terminals and a real gateway with many stations, churned at
+//! a steady rate, watched for leaks; it exits non-zero when a verdict
+//! fails (memory or descriptors not flat, a call failed unexpectedly).
+//!
 //! The hidden subcommands `serve-relay` and `serve-baseline` are the
 //! forwarders under test, run as child processes so their CPU time and
 //! memory are measured alone.
@@ -36,6 +41,7 @@ mod offices;
 mod rawdir;
 mod report;
 mod setup;
+mod soak;
 mod startup;
 mod util;
 
@@ -83,6 +89,12 @@ enum Cmd {
     /// The directory: registrations/s and look-ups/s with N QUIC clients,
     /// memory per binding.
     Directory(Opts),
+    /// A long run against a real directory (many registered terminals)
+    /// and a real gateway (many stations) with steady churn: calls, media,
+    /// transfers, reconnections. Reports calls, memory, descriptors and
+    /// CPU every interval; fails when memory or descriptors grow after the
+    /// warm-up or a call fails for a reason the load did not ask for.
+    Soak(SoakOpts),
     /// (internal) The relay under test, driven over stdin/stdout.
     #[command(hide = true)]
     ServeRelay {
@@ -142,6 +154,52 @@ struct Opts {
     bindings: Option<usize>,
 }
 
+#[derive(Args, Debug, Clone)]
+struct SoakOpts {
+    /// How long to run, in minutes (fractions allowed).
+    #[arg(long, value_name = "M", conflicts_with = "seconds")]
+    minutes: Option<f64>,
+    /// How long to run, in seconds (instead of --minutes; default 10 minutes).
+    #[arg(long, value_name = "S")]
+    seconds: Option<f64>,
+    /// Warm-up before the memory and descriptor levels are taken
+    /// (default: a quarter of the run, between 5 and 60 s).
+    #[arg(long, value_name = "S")]
+    warmup_seconds: Option<f64>,
+    /// Seconds between two reports.
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    interval_seconds: f64,
+    /// Terminals registered with the directory.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    terminals: usize,
+    /// Stations enrolled with the gateway (at most 298).
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    stations: usize,
+    /// Jobs started per second among the terminals (each is two calls and
+    /// a transfer).
+    #[arg(long, default_value_t = 10.0, value_name = "R")]
+    dir_rate: f64,
+    /// Jobs started per second among the stations.
+    #[arg(long, default_value_t = 2.0, value_name = "R")]
+    gw_rate: f64,
+    /// How long each call talks, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    talk_ms: u64,
+    /// Terminals sharing one directory account.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    terminals_per_account: usize,
+    /// Where to write the JSON (default: <target dir>/bench).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Where keyline-directory and keyline-gatewayd are (default: next to
+    /// this program).
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Do not run `cargo build` for the daemons first.
+    #[arg(long)]
+    no_build: bool,
+}
+
 /// A family of figures: a key under `suites` in the JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Suite {
@@ -195,6 +253,7 @@ fn main() -> ExitCode {
         Cmd::Setup(o) => bench("setup", Scale::Full, &[Suite::Setup], &o),
         Cmd::Startup(o) => bench("startup", Scale::Full, &[Suite::Startup], &o),
         Cmd::Directory(o) => bench("directory", Scale::Full, &[Suite::Directory], &o),
+        Cmd::Soak(o) => soak(&o),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -481,6 +540,84 @@ fn bench(mode: &str, scale: Scale, suites: &[Suite], o: &Opts) -> Result<()> {
     );
     if !errors.is_empty() {
         anyhow::bail!("{} suite(s) failed: {}", errors.len(), errors.join("; "));
+    }
+    Ok(())
+}
+
+fn soak(o: &SoakOpts) -> Result<()> {
+    let secs = match (o.seconds, o.minutes) {
+        (Some(s), _) => s,
+        (None, Some(m)) => m * 60.0,
+        (None, None) => 600.0,
+    };
+    if !(secs.is_finite() && secs >= 5.0) {
+        anyhow::bail!("the soak must run at least 5 seconds");
+    }
+    let warmup = o.warmup_seconds.unwrap_or((secs / 4.0).clamp(5.0, 60.0));
+    if !(warmup.is_finite() && warmup >= 0.0) {
+        anyhow::bail!("--warmup-seconds must be a number of seconds");
+    }
+    if !(o.interval_seconds.is_finite() && o.interval_seconds >= 1.0) {
+        anyhow::bail!("--interval-seconds must be at least 1");
+    }
+    if !(o.dir_rate > 0.0 && o.gw_rate > 0.0) {
+        anyhow::bail!("--dir-rate and --gw-rate must be above 0");
+    }
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let bin_dir = util::bin_dir(o.bin_dir.as_deref())?;
+    let out_dir = util::out_dir(o.out.as_deref(), &bin_dir);
+    if !o.no_build && o.bin_dir.is_none() {
+        util::build_daemons(&bin_dir)?;
+    }
+    let dir_bin = util::keyline_bin(&bin_dir, "keyline-directory")?;
+    let gw_bin = util::keyline_bin(&bin_dir, "keyline-gatewayd")?;
+    let cfg = soak::SoakConfig {
+        duration: Duration::from_secs_f64(secs),
+        warmup: Duration::from_secs_f64(warmup),
+        interval: Duration::from_secs_f64(o.interval_seconds),
+        terminals: o.terminals,
+        stations: o.stations,
+        dir_rate: o.dir_rate,
+        gw_rate: o.gw_rate,
+        talk: Duration::from_millis(o.talk_ms.max(20)),
+        per_account: o.terminals_per_account,
+    };
+    let load_at_start = util::load_snapshot();
+    let mut doc = soak::run(&dir_bin, &gw_bin, &cfg)?;
+    doc["tool"] = json!("keyline-bench");
+    doc["mode"] = json!("soak");
+    doc["command"] = json!(std::env::args().collect::<Vec<_>>().join(" "));
+    doc["started_unix"] = json!(unix);
+    doc["machine"] = util::machine();
+    doc["git"] = util::git_revision();
+    doc["load_at_start"] = load_at_start;
+    doc["load_at_end"] = util::load_snapshot();
+    let path = soak::write(&doc, &out_dir, &utc_stamp(unix))?;
+    print!("{}", soak::summary(&doc));
+    println!(
+        "\nJSON: {} (and soak-latest.json beside it)",
+        path.display()
+    );
+    if doc["ok"] != true {
+        let failed: Vec<String> = doc["verdicts"]
+            .as_array()
+            .map(|vs| {
+                vs.iter()
+                    .filter(|v| v["ok"] != true)
+                    .map(|v| {
+                        format!(
+                            "{} ({})",
+                            v["verdict"].as_str().unwrap_or("?"),
+                            v["detail"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        anyhow::bail!("the soak failed: {}", failed.join("; "));
     }
     Ok(())
 }
