@@ -94,6 +94,15 @@ const MIGRATIONS: &[&str] = &[
         first_seen INTEGER NOT NULL,
         denied_ms INTEGER NOT NULL
     );",
+    // 7: texts and voice messages the directory delivered to the office,
+    // by the directory's id and time, so that one delivered again (the
+    // gateway stopped between keeping it and acknowledging it) is kept
+    // once.
+    "CREATE TABLE delivered_mail (
+        id INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (id, at_ms)
+    );",
 ];
 
 /// The ring group set with `keyline-gatewayd ring-group`.
@@ -830,6 +839,39 @@ impl Db {
         })
     }
 
+    /// Keep a text the directory delivered (`mail`: its id and when it
+    /// was left) once, however often it comes: a gateway stopped between
+    /// keeping it and acknowledging it is given it again. `None` when it
+    /// was kept before.
+    pub fn insert_delivered_text(
+        &self,
+        mail: (u64, i64),
+        sender: &str,
+        recipient: &str,
+        body: &str,
+    ) -> Result<Option<TextRow>> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            if !first_delivery(&tx, mail)? {
+                return Ok(None);
+            }
+            let sent_ms = now_ms();
+            tx.execute(
+                "INSERT INTO texts (sender, recipient, body, sent_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![sender, recipient, body, sent_ms],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(Some(TextRow {
+                id,
+                sender: sender.into(),
+                recipient: recipient.into(),
+                body: body.into(),
+                sent_ms,
+            }))
+        })
+    }
+
     pub fn unread_texts(&self, recipient: &str) -> Result<Vec<TextRow>> {
         self.with(|c| {
             let mut st = c.prepare(
@@ -880,6 +922,32 @@ impl Db {
                 params![mailbox, caller, path, secs, now_ms()],
             )?;
             Ok(c.last_insert_rowid())
+        })
+    }
+
+    /// Keep a voice message the directory delivered once, as
+    /// [`Db::insert_delivered_text`]; its row id, `None` when it was kept
+    /// before.
+    pub fn insert_delivered_voicemail(
+        &self,
+        mail: (u64, i64),
+        mailbox: &str,
+        caller: &str,
+        path: &str,
+        secs: f64,
+    ) -> Result<Option<i64>> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            if !first_delivery(&tx, mail)? {
+                return Ok(None);
+            }
+            tx.execute(
+                "INSERT INTO voicemails (mailbox, caller, path, secs, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![mailbox, caller, path, secs, now_ms()],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(Some(id))
         })
     }
 
@@ -978,6 +1046,16 @@ fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
         approved_at_ms: r.get(6)?,
         last_addr: r.get(7)?,
     })
+}
+
+/// Note a delivery of the directory's message `(id, at_ms)`; false when
+/// it was delivered before.
+fn first_delivery(tx: &rusqlite::Transaction<'_>, (id, at_ms): (u64, i64)) -> Result<bool> {
+    let n = tx.execute(
+        "INSERT OR IGNORE INTO delivered_mail (id, at_ms) VALUES (?1, ?2)",
+        params![id as i64, at_ms],
+    )?;
+    Ok(n == 1)
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
@@ -1150,6 +1228,39 @@ mod tests {
         assert_eq!(ids, vec![Some(1), Some(2), Some(3)]);
         assert!(rows.iter().all(|r| r.id > 0));
         assert_eq!(db.write_unwritten().expect("nothing"), 0);
+    }
+
+    #[test]
+    fn mail_the_directory_delivers_again_is_kept_once() {
+        let db = Db::open_in_memory().expect("db");
+        let at = 1_700_000_000_000;
+        let first = db
+            .insert_delivered_text((7, at), "1001", "204", "call me")
+            .expect("keep");
+        assert_eq!(first.map(|t| t.body).as_deref(), Some("call me"));
+        // Delivered again (the gateway was killed before it acknowledged).
+        let again = db
+            .insert_delivered_text((7, at), "1001", "204", "call me")
+            .expect("again");
+        assert!(again.is_none());
+        assert_eq!(db.unread_texts("204").expect("texts").len(), 1);
+        // Another message is another message.
+        assert!(db
+            .insert_delivered_text((8, at), "1001", "204", "call me")
+            .expect("another")
+            .is_some());
+        assert_eq!(db.unread_texts("204").expect("texts").len(), 2);
+
+        let path = "/var/lib/keyline/voicemail/204/1-1001.opus";
+        assert!(db
+            .insert_delivered_voicemail((9, at), "204", "1001", path, 1.5)
+            .expect("keep")
+            .is_some());
+        assert!(db
+            .insert_delivered_voicemail((9, at), "204", "1001", path, 1.5)
+            .expect("again")
+            .is_none());
+        assert_eq!(db.voicemails("204").expect("voicemails").len(), 1);
     }
 
     #[test]

@@ -1016,11 +1016,19 @@ impl Switch {
                     if let Err(e) = client.ack_mail(id).await {
                         tracing::warn!("message {id} stored but not acknowledged: {e}");
                     }
-                    let _ = shared.events.send(note).await;
-                    tracing::info!(
-                        "{} message from {from} for the office kept for {ext}",
-                        kind.as_str()
-                    );
+                    match note {
+                        Some(note) => {
+                            let _ = shared.events.send(note).await;
+                            tracing::info!(
+                                "{} message from {from} for the office kept for {ext}",
+                                kind.as_str()
+                            );
+                        }
+                        None => tracing::info!(
+                            "{} message {id} from {from} delivered again: kept already",
+                            kind.as_str()
+                        ),
+                    }
                 }
                 Ok(Err(e)) => tracing::error!("cannot keep message {id} from {from}: {e:#}"),
                 Err(e) => tracing::error!("cannot keep message {id} from {from}: {e}"),
@@ -1030,14 +1038,18 @@ impl Switch {
 }
 
 /// Write a delivered message where the office keeps its own: a text in the
-/// texts table, a voice message as an Ogg Opus file plus a voicemail row.
-/// Returns the event that tells the station.
-fn store_mail(shared: &Shared, ext: &str, m: &dir::Mail) -> Result<Event> {
+/// texts table, a voice message as an Ogg Opus file plus a voicemail row,
+/// once however often the directory delivers it. Returns the event that
+/// tells the station, `None` for a message kept before.
+fn store_mail(shared: &Shared, ext: &str, m: &dir::Mail) -> Result<Option<Event>> {
+    let mail = (m.id, m.at_ms);
     match m.kind {
         keyline_proto::dir::MailKind::Text => {
             let body = String::from_utf8_lossy(&m.body).to_string();
-            let row = shared.db.insert_text(&m.from, ext, &body)?;
-            Ok(Event::TextStored {
+            let Some(row) = shared.db.insert_delivered_text(mail, &m.from, ext, &body)? else {
+                return Ok(None);
+            };
+            Ok(Some(Event::TextStored {
                 to: ext.to_string(),
                 text: Msg::Text {
                     id: row.id as u64,
@@ -1045,7 +1057,7 @@ fn store_mail(shared: &Shared, ext: &str, m: &dir::Mail) -> Result<Event> {
                     body: row.body,
                     sent_ms: row.sent_ms,
                 },
-            })
+            }))
         }
         keyline_proto::dir::MailKind::Voice => {
             let pcm = keyline_media::read_ogg_opus_bytes(&m.body)
@@ -1062,12 +1074,16 @@ fn store_mail(shared: &Shared, ext: &str, m: &dir::Mail) -> Result<Event> {
             std::fs::write(&tmp, &m.body).with_context(|| format!("writing {}", tmp.display()))?;
             std::fs::File::open(&tmp).and_then(|f| f.sync_all())?;
             std::fs::rename(&tmp, &path)?;
-            shared
-                .db
-                .insert_voicemail(ext, &m.from, &path.display().to_string(), secs)?;
-            Ok(Event::MessageWaiting {
+            let kept = shared.db.insert_delivered_voicemail(
+                mail,
+                ext,
+                &m.from,
+                &path.display().to_string(),
+                secs,
+            )?;
+            Ok(kept.map(|_| Event::MessageWaiting {
                 ext: ext.to_string(),
-            })
+            }))
         }
     }
 }
