@@ -325,11 +325,8 @@ pub fn store_greeting(state_dir: &std::path::Path, audio: &[u8]) -> Result<f64> 
     let dir = state_dir.join("voicemail");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let pcm = if audio.starts_with(b"RIFF") && audio.get(8..12) == Some(b"WAVE") {
-        let tmp = dir.join(".greeting-upload.wav");
-        std::fs::write(&tmp, audio).with_context(|| format!("writing {}", tmp.display()))?;
-        let pcm = keyline_media::read_wav_mono48k(&tmp);
-        let _ = std::fs::remove_file(&tmp);
-        pcm.map_err(|e| anyhow::anyhow!("the WAV file cannot be read: {e}"))?
+        keyline_media::read_wav_mono48k_bytes(audio)
+            .map_err(|e| anyhow::anyhow!("the WAV file cannot be read: {e}"))?
     } else if audio.starts_with(b"OggS") {
         keyline_media::read_ogg_opus_bytes(audio)
             .map_err(|e| anyhow::anyhow!("the Ogg file cannot be read as Opus: {e}"))?

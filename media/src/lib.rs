@@ -27,8 +27,8 @@ pub use record::CallRecorder;
 pub use sink::{NullSink, Sink, WavSink};
 pub use source::{parse_source, LoopSource, SilenceSource, Source, ToneSource, WavSource};
 pub use tones::{
-    collapse_track, detect_tone, goertzel_power, hold_music, read_wav_mono48k, ringtone_samples,
-    tone_sequence, tone_track, write_wav,
+    collapse_track, detect_tone, goertzel_power, hold_music, read_wav_mono48k,
+    read_wav_mono48k_bytes, ringtone_samples, tone_sequence, tone_track, write_wav,
 };
 
 /// Sample rate of all PCM handled by this crate (Hz).

@@ -117,6 +117,11 @@ pub fn read_wav_mono48k(path: &Path) -> Result<Vec<i16>, MediaError> {
     wav::load_mono48k(path)
 }
 
+/// [`read_wav_mono48k`] on the bytes of a WAV file in memory (an upload).
+pub fn read_wav_mono48k_bytes(bytes: &[u8]) -> Result<Vec<i16>, MediaError> {
+    wav::load_mono48k_bytes(bytes)
+}
+
 /// A sequence of tones: each step is (Hz, duration in ms); 0 Hz is silence.
 /// Every tone fades in and out over 5 ms to avoid clicks.
 pub fn tone_sequence(steps: &[(f32, u32)]) -> Vec<i16> {
