@@ -1495,6 +1495,101 @@ impl Router {
         self.actions.pop_front()
     }
 
+    /// Checks the router's invariants, naming the first that is broken:
+    ///
+    /// - the expiry index lists exactly the bindings, each at its expiry;
+    /// - a binding belongs to a session that exists and is logged in as the
+    ///   account that owns the number;
+    /// - a call has an owner at each end: both sessions exist, and they are
+    ///   two (no call to oneself), and its id was handed out;
+    /// - a ringing call has a deadline after it started; an answered one
+    ///   has its media token; only an answered call has a relay (pending
+    ///   or ready).
+    ///
+    /// That no binding outlives its expiry once [`Self::handle_timeout`]
+    /// has run, and that every relay allocated belongs to a call, are the
+    /// shell's to check (they need the time and the allocations); the unit
+    /// tests check these after every step, the fuzz target after every
+    /// input.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.expiry.len() != self.bindings.len() {
+            return Err(format!(
+                "{} expiry entries for {} bindings",
+                self.expiry.len(),
+                self.bindings.len()
+            ));
+        }
+        for (at, number) in &self.expiry {
+            match self.bindings.get(number) {
+                Some(b) if b.expires == *at => {}
+                Some(b) => {
+                    return Err(format!(
+                        "binding of {number} expires at {:?}, its index says {at:?}",
+                        b.expires
+                    ))
+                }
+                None => return Err(format!("expiry entry for {number}, which has no binding")),
+            }
+        }
+        for (number, b) in &self.bindings {
+            if &b.number != number {
+                return Err(format!("binding of {} kept under {number}", b.number));
+            }
+            let Some(s) = self.sessions.get(&b.session) else {
+                return Err(format!(
+                    "binding of {number} to session {}, which is gone",
+                    b.session
+                ));
+            };
+            if s.account.as_deref() != Some(b.account.as_str()) {
+                return Err(format!(
+                    "binding of {number} for account {} on session {} logged in as {:?}",
+                    b.account, b.session, s.account
+                ));
+            }
+            if self.numbers.get(number).map(|ni| ni.account.as_str()) != Some(&b.account) {
+                return Err(format!(
+                    "binding of {number} for account {}, which does not own it",
+                    b.account
+                ));
+            }
+        }
+        for (id, c) in &self.calls {
+            if c.id != *id || *id >= self.next_call {
+                return Err(format!(
+                    "call {} kept under {id} (next id {})",
+                    c.id, self.next_call
+                ));
+            }
+            for (end, sid) in [("caller", c.caller), ("callee", c.callee)] {
+                if !self.sessions.contains_key(&sid) {
+                    return Err(format!("call {id}: its {end}'s session {sid} is gone"));
+                }
+            }
+            if c.caller == c.callee {
+                return Err(format!("call {id} from session {} to itself", c.caller));
+            }
+            match c.state {
+                CallState::Ringing { deadline } => {
+                    if deadline <= c.started {
+                        return Err(format!(
+                            "call {id} rings without a deadline after its start"
+                        ));
+                    }
+                    if c.relay != RelayState::None {
+                        return Err(format!("ringing call {id} has a relay: {:?}", c.relay));
+                    }
+                }
+                CallState::Answered { .. } => {
+                    if c.token.is_none() {
+                        return Err(format!("answered call {id} has no media token"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// End every call and tell every session the directory is going away.
     pub fn shutdown(&mut self, now: Instant) {
         let ids: Vec<CallId> = self.calls.keys().copied().collect();
@@ -1704,7 +1799,11 @@ mod tests {
         (r, now)
     }
 
+    /// The actions so far; the invariants hold after every step.
     fn drain(r: &mut Router) -> Vec<Action> {
+        if let Err(e) = r.check_invariants() {
+            panic!("invariant broken: {e}\n{r:#?}");
+        }
         std::iter::from_fn(|| r.poll_action()).collect()
     }
 

@@ -72,12 +72,8 @@ impl MsgReader {
     /// `Closed`; a lost connection is [`CodecError::Io`].
     pub async fn next(&mut self) -> Result<Incoming, CodecError> {
         loop {
-            if let Some(body) = self.frames.next_frame_ref()? {
-                return match DirMsg::from_cbor(body) {
-                    Ok(m) => Ok(Incoming::Msg(m)),
-                    Err(CodecError::UnknownKind(k)) => Ok(Incoming::Unknown(k)),
-                    Err(e) => Err(e),
-                };
+            if let Some(incoming) = take_msg(&mut self.frames)? {
+                return Ok(incoming);
             }
             match self.recv.read_chunk(READ_CHUNK, true).await {
                 Ok(Some(chunk)) => self.frames.push(&chunk.bytes),
@@ -85,6 +81,21 @@ impl MsgReader {
                 Err(e) => return Err(CodecError::Io(e.into())),
             }
         }
+    }
+}
+
+/// The next message whole in `frames` (what [`MsgReader`] does with
+/// the chunks it reads; no I/O): `None` until a whole frame is there,
+/// garbage or an oversized frame an error (the stream must then be
+/// dropped), an unknown kind not.
+pub fn take_msg(frames: &mut FrameDecoder) -> Result<Option<Incoming>, CodecError> {
+    let Some(body) = frames.next_frame_ref()? else {
+        return Ok(None);
+    };
+    match DirMsg::from_cbor(body) {
+        Ok(m) => Ok(Some(Incoming::Msg(m))),
+        Err(CodecError::UnknownKind(k)) => Ok(Some(Incoming::Unknown(k))),
+        Err(e) => Err(e),
     }
 }
 
