@@ -202,11 +202,15 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!("in {}: {}", path.display(), describe_toml_error(&text, &e))
-        })?;
-        cfg.validate()
-            .with_context(|| format!("in {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// The configuration a file's text gives, validated; a TOML error is
+    /// one line naming where it is ([`describe_toml_error`]).
+    pub fn parse(text: &str) -> Result<Config> {
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!(describe_toml_error(text, &e)))?;
+        cfg.validate()?;
         Ok(cfg)
     }
 

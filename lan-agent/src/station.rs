@@ -388,7 +388,7 @@ fn timing(c: &Call, media_started_unix_ms: Option<u128>) -> Value {
 
 /// The control commands that are the core's, as its [`Command`]: `None`
 /// for any other command, an error reply for a malformed one.
-pub(crate) fn call_command(req: &Value) -> Option<Result<Command, Value>> {
+pub fn call_command(req: &Value) -> Option<Result<Command, Value>> {
     let target = |what: &str| {
         req.get("target")
             .and_then(Value::as_str)

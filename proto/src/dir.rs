@@ -935,6 +935,30 @@ mod tests {
         assert_eq!(all.len(), KNOWN_KINDS.len());
     }
 
+    /// Seeds for the `dirmsg` fuzz target: one stream of every kind, and
+    /// one frame of each. Run with
+    /// `KEYLINE_FUZZ_SEEDS=fuzz/seeds/dirmsg cargo test -p keyline-proto
+    /// write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore = "writes fuzz seeds where KEYLINE_FUZZ_SEEDS says"]
+    fn write_fuzz_seeds() {
+        let Some(dir) = std::env::var_os("KEYLINE_FUZZ_SEEDS") else {
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).expect("seed folder");
+        // The target's first two bytes: chunk size, mail body length.
+        let mut stream = vec![7u8, 3];
+        for m in all() {
+            let frame = crate::codec::encode_frame(&m, crate::MAX_MESSAGE).expect("encode");
+            let mut one = vec![63u8, 0];
+            one.extend_from_slice(&frame);
+            std::fs::write(dir.join(format!("kind-{}", m.kind())), one).expect("write");
+            stream.extend_from_slice(&frame);
+        }
+        std::fs::write(dir.join("every-kind"), stream).expect("write");
+    }
+
     #[test]
     fn unknown_kind_is_reported_not_garbage() {
         let mut body = Vec::new();
