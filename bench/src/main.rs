@@ -198,6 +198,10 @@ struct SoakOpts {
     /// Do not run `cargo build` for the daemons first.
     #[arg(long)]
     no_build: bool,
+    /// Keep the daemons' state directories and logs (they are kept
+    /// anyway when the soak could not run).
+    #[arg(long)]
+    keep: bool,
 }
 
 /// A family of figures: a key under `suites` in the JSON.
@@ -584,6 +588,7 @@ fn soak(o: &SoakOpts) -> Result<()> {
         gw_rate: o.gw_rate,
         talk: Duration::from_millis(o.talk_ms.max(20)),
         per_account: o.terminals_per_account,
+        keep: o.keep,
     };
     let load_at_start = util::load_snapshot();
     let mut doc = soak::run(&dir_bin, &gw_bin, &cfg)?;

@@ -42,6 +42,8 @@ pub struct Config {
     pub mail: MailConfig,
     pub web: WebConfig,
     pub metrics: MetricsConfig,
+    /// Limits on the way in, per address (`[limits]`).
+    pub limits: keyline_net::admission::LimitsConfig,
 }
 
 /// Prometheus metrics at `/metrics` (plain HTTP, no login).
@@ -178,6 +180,7 @@ impl Default for Config {
             mail: MailConfig::default(),
             web: WebConfig::default(),
             metrics: MetricsConfig::default(),
+            limits: keyline_net::admission::LimitsConfig::default(),
         }
     }
 }
@@ -240,6 +243,7 @@ impl Config {
         if !(1..=1_000_000).contains(&self.max_connections) {
             bail!("max_connections must be between 1 and 1000000");
         }
+        self.admission().map_err(anyhow::Error::msg)?;
         let l = &self.login;
         if l.max_failures_per_account == 0 {
             bail!("login.max_failures_per_account must be at least 1");
@@ -308,6 +312,11 @@ impl Config {
             forget_after: Duration::from_secs(self.login.forget_after_secs),
             ..Limits::default()
         }
+    }
+
+    /// The limits on incoming connections (`max_connections` and `[limits]`).
+    pub fn admission(&self) -> Result<keyline_net::admission::Limits, String> {
+        self.limits.limits(self.max_connections)
     }
 
     pub fn login_deadline(&self) -> Duration {

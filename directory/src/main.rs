@@ -335,6 +335,15 @@ fn print_human(cmd: &Cmd, r: &Value) {
                 s(r, "max_connections"),
                 s(r, "connections_refused")
             );
+            if let Some(l) = r.get("limits") {
+                println!(
+                    "per address     {} connections, {} handshakes at once, {} per second (exempt: {})",
+                    s(l, "max_connections_per_address"),
+                    s(l, "max_handshakes_per_address"),
+                    s(l, "handshakes_per_address_per_sec"),
+                    l.get("exempt").map(|e| e.to_string()).unwrap_or_default()
+                );
+            }
             println!(
                 "registered      {} of {} numbers",
                 s(r, "bindings"),

@@ -12,11 +12,12 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use keyline_net::admission::{admit_incoming, Gate};
 use keyline_net::lifecycle::{self, Signal, Signals};
 use keyline_net::relay::{self, Allocation, Counters};
 use keyline_net::{control, peer_fingerprint, Identity};
@@ -162,10 +163,8 @@ pub struct Shared {
     /// Passwords checked since start (wrong ones, unknown accounts and
     /// password changes included), for `status`.
     password_checks: AtomicU64,
-    /// Connections open now (handshakes included).
-    connections: AtomicUsize,
-    /// Connections refused for `max_connections` since start.
-    connections_refused: AtomicU64,
+    /// Who may connect: `max_connections` and the per-address limits.
+    pub gate: Gate,
     pub started: Instant,
     pub last_reload: Mutex<Option<String>>,
     next_session: AtomicU64,
@@ -199,8 +198,7 @@ impl Shared {
             limiter: Mutex::new(LoginLimiter::new(cfg.limits())),
             hashing: Semaphore::new(HASHING),
             password_checks: AtomicU64::new(0),
-            connections: AtomicUsize::new(0),
-            connections_refused: AtomicU64::new(0),
+            gate: Gate::new(cfg.admission().unwrap_or_default()),
             cfg: RwLock::new(Arc::new(cfg)),
             config_file,
             state_dir,
@@ -387,24 +385,15 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
-                let max = shared.cfg().max_connections;
-                let Some(slot) = ConnSlot::take(&shared, max) else {
-                    let n = shared.connections_refused.fetch_add(1, Ordering::Relaxed);
-                    if n % 1000 == 0 {
-                        tracing::warn!(
-                            "{max} connections open (max_connections): refusing {} ({} refused so far)",
-                            incoming.remote_address(),
-                            n + 1
-                        );
-                    }
-                    incoming.refuse();
+                let Some((mut slot, incoming)) = admit_incoming(&shared.gate, incoming) else {
                     continue;
                 };
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    let _slot = slot;
                     let remote = incoming.remote_address();
-                    match incoming.await {
+                    let handshake = incoming.await;
+                    slot.handshake_done();
+                    match handshake {
                         Ok(conn) => {
                             if let Err(e) = serve_conn(shared, conn).await {
                                 tracing::info!("endpoint {remote}: {e:#}");
@@ -521,27 +510,6 @@ const CONTROL_LIMITS: keyline_net::endpoint::ControlLimits = keyline_net::endpoi
     datagrams: false,
 };
 
-/// One of `max_connections`, given back when dropped.
-struct ConnSlot(Arc<Shared>);
-
-impl ConnSlot {
-    fn take(shared: &Arc<Shared>, max: usize) -> Option<ConnSlot> {
-        shared
-            .connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| ConnSlot(shared.clone()))
-    }
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Password checks (argon2) run at once, whatever the number of logins.
 const HASHING: usize = 4;
 /// Requests of one session the hub may hold at once.
@@ -593,6 +561,9 @@ async fn reload(shared: &Arc<Shared>, overrides: &Overrides) {
             let new = Arc::new(new);
             if let Ok(mut l) = shared.limiter.lock() {
                 l.set_limits(new.limits());
+            }
+            if let Ok(a) = new.admission() {
+                shared.gate.set_limits(a);
             }
             shared.set_cfg(new.clone());
             let _ = shared.hub.send(Event::Reconfigure(new)).await;
@@ -2186,6 +2157,7 @@ impl Hub {
             Query::Ping => json!({"ok": true}),
             Query::Status => {
                 let cfg = self.shared.cfg();
+                let admitted = self.shared.gate.counts();
                 json!({
                     "ok": true,
                     "version": env!("CARGO_PKG_VERSION"),
@@ -2204,9 +2176,11 @@ impl Hub {
                     "relays_active": self.relays.len(),
                     "relay": self.shared.relay.snapshot(),
                     "logins": self.logins(),
-                    "connections": self.shared.connections.load(Ordering::Relaxed),
+                    "connections": admitted.open,
                     "max_connections": cfg.max_connections,
-                    "connections_refused": self.shared.connections_refused.load(Ordering::Relaxed),
+                    "connections_refused": admitted.refused(),
+                    "admission": admitted,
+                    "limits": cfg.limits,
                     "web": self.shared.web_addr.get().map(|a| format!("https://{a}/")),
                 })
             }

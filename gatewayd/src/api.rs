@@ -396,6 +396,10 @@ pub struct Status {
     pub disk: Option<Value>,
     /// Where the admin site is served, or why not.
     pub admin: Value,
+    /// Connections open (`open`, `max`), refused since start (`refused`,
+    /// by limit under `admission`) and the `limits` per address.
+    #[serde(default)]
+    pub connections: Value,
 }
 
 /// A short code.

@@ -81,6 +81,12 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     /// `[admin]`: the HTTPS admin site.
     pub admin: AdminConfig,
+    /// Connections open at once (stations, other offices' media
+    /// hand-offs, handshakes in progress); past it new ones are refused
+    /// before their handshake.
+    pub max_connections: usize,
+    /// `[limits]`: limits per address on the way in.
+    pub limits: keyline_net::admission::LimitsConfig,
 }
 
 /// `[metrics]`.
@@ -194,6 +200,8 @@ impl Default for Config {
             max_pending: 100,
             metrics: None,
             admin: AdminConfig::default(),
+            max_connections: 4096,
+            limits: keyline_net::admission::LimitsConfig::default(),
         }
     }
 }
@@ -234,6 +242,10 @@ impl Config {
         if !(1..=100_000).contains(&self.max_pending) {
             bail!("max_pending must be between 1 and 100000");
         }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            bail!("max_connections must be between 1 and 1000000");
+        }
+        self.admission().map_err(anyhow::Error::msg)?;
         if self.hunt_secs.is_some_and(|s| !(1..=600).contains(&s)) {
             bail!("hunt_secs must be between 1 and 600");
         }
@@ -283,6 +295,11 @@ impl Config {
         Ok(())
     }
 
+    /// The limits on incoming connections (`max_connections` and `[limits]`).
+    pub fn admission(&self) -> Result<keyline_net::admission::Limits, String> {
+        self.limits.limits(self.max_connections)
+    }
+
     /// The switchboard's settings from this configuration.
     pub fn call_config(&self) -> keyline_proto::call::Config {
         let [lo, hi] = self.extension_range;
@@ -324,6 +341,33 @@ pub fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_on_the_way_in_are_read_and_checked() {
+        let cfg = Config::parse(
+            "max_connections = 300\n[limits]\nmax_connections_per_address = 40\nexempt = [\"10.0.0.0/8\"]\n",
+        )
+        .expect("parse");
+        let l = cfg.admission().expect("limits");
+        assert_eq!(l.max_connections, 300);
+        assert_eq!(l.max_per_address, 40);
+        assert_eq!(
+            Config::default()
+                .admission()
+                .expect("defaults")
+                .max_connections,
+            4096
+        );
+        let err = Config::parse("[limits]\nexempt = [\"10.0.0.0/33\"]\n").expect_err("bad net");
+        assert!(format!("{err:#}").contains("limits.exempt"), "{err:#}");
+        let err =
+            Config::parse("[limits]\nhandshakes_per_address_per_sec = 0\n").expect_err("zero");
+        assert!(
+            format!("{err:#}").contains("handshakes_per_address_per_sec"),
+            "{err:#}"
+        );
+        assert!(Config::parse("max_connections = 0\n").is_err());
+    }
 
     #[test]
     fn file_overrides_defaults_and_bad_fields_are_named() {

@@ -263,6 +263,14 @@ fn print_human(cmd: &Cmd, r: &Value) {
             println!("internal media {}", s(r, "internal_media"));
             println!("stations online {}", s(r, "stations_online"));
             println!("calls active  {}", s(r, "calls_active"));
+            if let Some(c) = r.get("connections").filter(|c| c.is_object()) {
+                println!(
+                    "connections   {} of at most {} ({} refused)",
+                    s(c, "open"),
+                    s(c, "max"),
+                    s(c, "refused")
+                );
+            }
             let admin = r.get("admin").cloned().unwrap_or(Value::Null);
             match (s(&admin, "state").as_str(), admin.get("password_set")) {
                 ("listening", Some(Value::Bool(false))) => println!(

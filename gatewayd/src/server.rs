@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use keyline_net::admission::{admit_incoming, Gate};
 use keyline_net::lifecycle::{self, Signal, Signals};
 use keyline_net::{control, mdns, pairing_code, peer_fingerprint, Identity};
 use keyline_proto::call::{
@@ -167,6 +168,8 @@ pub struct Shared {
     /// The admin site's state, as `status` shows it.
     pub admin: RwLock<Value>,
     pub metrics: Metrics,
+    /// Who may connect: `max_connections` and the per-address limits.
+    pub gate: Gate,
 }
 
 impl Shared {
@@ -261,6 +264,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     } else {
         "off"
     });
+    let gate = Gate::new(cfg.admission().map_err(anyhow::Error::msg)?);
     let shared = Arc::new(Shared {
         id,
         db,
@@ -277,6 +281,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         started: Instant::now(),
         admin: RwLock::new(json!({"state": "off"})),
         metrics,
+        gate,
     });
     if let Err(e) = crate::admin::start(shared.clone()).await {
         tracing::warn!("the admin site is off: {e:#}");
@@ -331,10 +336,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
+                let Some((mut slot, incoming)) = admit_incoming(&shared.gate, incoming) else {
+                    continue;
+                };
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let remote = incoming.remote_address();
-                    match incoming.await {
+                    let handshake = incoming.await;
+                    slot.handshake_done();
+                    match handshake {
                         Ok(conn) => {
                             if let Err(e) = serve_station(shared, conn).await {
                                 tracing::info!("station {remote}: {e:#}");
@@ -412,6 +422,9 @@ async fn reload(shared: &Arc<Shared>, opts: &RunOptions) {
             let mut note = String::new();
             if new.listen != old.listen || new.mdns != old.mdns || new.name != old.name {
                 note = " (listen, mdns and name take effect at the next restart)".into();
+            }
+            if let Ok(a) = new.admission() {
+                shared.gate.set_limits(a);
             }
             if let Ok(mut c) = shared.cfg.write() {
                 *c = new.clone();
@@ -1857,7 +1870,20 @@ impl Switch {
                 })
             }),
             admin: self.shared.admin_status(),
+            connections: self.connections_json(&cfg),
         }
+    }
+
+    /// Connections open and refused, and the limits on the way in.
+    fn connections_json(&self, cfg: &Config) -> Value {
+        let counts = self.shared.gate.counts();
+        json!({
+            "open": counts.open,
+            "max": cfg.max_connections,
+            "refused": counts.refused(),
+            "admission": counts,
+            "limits": cfg.limits,
+        })
     }
 
     /// Who rings for the office number, and how.

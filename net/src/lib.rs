@@ -5,11 +5,14 @@
 //! forwarder (opaque UDP relay), the local
 //! control socket behind every CLI, state-directory resolution, and mDNS
 //! advertising and browsing (a hint of where to connect, never of whom to
-//! trust).
+//! trust), and the limits a server puts on who may start a handshake
+//! (`admission`, over the networks of `ipnet`).
 
+pub mod admission;
 pub mod control;
 pub mod endpoint;
 pub mod identity;
+pub mod ipnet;
 pub mod lifecycle;
 pub mod mdns;
 pub mod relay;

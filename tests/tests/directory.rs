@@ -1051,27 +1051,7 @@ async fn connections_that_never_log_in_are_closed() {
         Some(PW),
     );
     assert!(o.status.success(), "{}", err(&o));
-    let conf = scratch.join("directory.toml");
-    std::fs::write(&conf, "login_deadline_secs = 2\n").unwrap();
-    let d = Daemon::start(
-        None,
-        bin("keyline-directory"),
-        &state,
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            conf.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
-    let st = tokio::task::block_in_place(|| {
-        wait_for("the directory", Duration::from_secs(15), || {
-            d.json(&["status"]).ok()
-        })
-    });
-    let addr: SocketAddr = jstr(&st, &["listen"]).unwrap().parse().unwrap();
+    let (d, addr) = serve_with_config(&scratch, &state, "login_deadline_secs = 2\n");
     let mut idle = Vec::new();
     for _ in 0..20 {
         let (ep, conn, mut send, mut recv) = raw_connect(addr).await;
@@ -1166,27 +1146,7 @@ async fn one_client_cannot_pin_memory_and_connections_are_limited() {
         Some(PW),
     );
     assert!(o.status.success(), "{}", err(&o));
-    let conf = scratch.join("directory.toml");
-    std::fs::write(&conf, "max_connections = 5\n").unwrap();
-    let d = Daemon::start(
-        None,
-        bin("keyline-directory"),
-        &state,
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            conf.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
-    let st = tokio::task::block_in_place(|| {
-        wait_for("the directory", Duration::from_secs(15), || {
-            d.json(&["status"]).ok()
-        })
-    });
-    let addr: SocketAddr = jstr(&st, &["listen"]).unwrap().parse().unwrap();
+    let (d, addr) = serve_with_config(&scratch, &state, "max_connections = 5\n");
     let pid = d.pid().unwrap();
 
     let mut a = Term::online(addr, "alice").await;
@@ -1279,4 +1239,108 @@ async fn one_client_cannot_pin_memory_and_connections_are_limited() {
         .await;
     assert!(again.is_ok(), "{again:?}");
     drop(recvs);
+}
+
+async fn connect_from(bind: &str, addr: SocketAddr) -> Result<quinn::Connection, String> {
+    let id = Identity::generate("from").unwrap();
+    let ep = keyline_net::make_endpoint(bind.parse().unwrap(), &id).unwrap();
+    let conn = ep
+        .connect_with(
+            endpoint::client_config(&id, None).unwrap(),
+            addr,
+            endpoint::SERVER_NAME,
+        )
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), conn).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// Limits on the way in, per address: with loopback no longer exempt, one
+/// address (127.0.0.1) holds at most three connections and the fourth is
+/// refused before its handshake, while another (127.0.0.2) still gets in;
+/// with `retry_above = 0` every new client proves its address with a QUIC
+/// Retry first, which a real client does without noticing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let scratch = Scratch::new("dlim");
+    let state = scratch.join("dir");
+    let (d, addr) = serve_with_config(
+        &scratch,
+        &state,
+        "max_connections = 100\n[limits]\nexempt = []\nmax_connections_per_address = 3\nretry_above = 0\n",
+    );
+
+    let mut held = Vec::new();
+    for i in 0..3 {
+        match connect_from("127.0.0.1:0", addr).await {
+            Ok(c) => held.push(c),
+            Err(e) => panic!("connection {i} from 127.0.0.1 refused: {e}"),
+        }
+    }
+    let fourth = connect_from("127.0.0.1:0", addr).await;
+    assert!(fourth.is_err(), "a fourth connection from 127.0.0.1 got in");
+    let other = connect_from("127.0.0.2:0", addr).await;
+    assert!(other.is_ok(), "127.0.0.2 was refused: {other:?}");
+
+    let st = d.json(&["status"]).unwrap();
+    assert_eq!(jnum(&st, &["connections"]), Some(4.0), "{st}");
+    assert_eq!(
+        jnum(&st, &["admission", "refused_per_address"]),
+        Some(1.0),
+        "{st}"
+    );
+    assert!(
+        jnum(&st, &["admission", "retries"]).unwrap_or(0.0) >= 5.0,
+        "every client was asked to Retry: {st}"
+    );
+    assert_eq!(
+        jnum(&st, &["limits", "max_connections_per_address"]),
+        Some(3.0)
+    );
+
+    // One from 127.0.0.1 goes; another may come.
+    let gone = held.pop().unwrap();
+    gone.close(0u32.into(), b"bye");
+    drop(gone);
+    tokio::task::block_in_place(|| {
+        wait_for("a free place", Duration::from_secs(15), || {
+            (jnum(&d.json(&["status"]).ok()?, &["connections"])? < 4.0).then_some(())
+        })
+    });
+    let again = connect_from("127.0.0.1:0", addr).await;
+    assert!(again.is_ok(), "{again:?}");
+}
+
+/// A directory on loopback reading `config` (TOML) and its address, once
+/// it answers `status`.
+fn serve_with_config(
+    scratch: &Scratch,
+    state: &std::path::Path,
+    config: &str,
+) -> (Daemon, SocketAddr) {
+    let conf = scratch.join("directory.toml");
+    std::fs::write(&conf, config).unwrap();
+    let d = Daemon::start(
+        None,
+        bin("keyline-directory"),
+        state,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let st = tokio::task::block_in_place(|| {
+        wait_for("the directory", Duration::from_secs(15), || {
+            d.json(&["status"]).ok()
+        })
+    });
+    let addr: SocketAddr = jstr(&st, &["listen"]).unwrap().parse().unwrap();
+    (d, addr)
 }

@@ -1046,3 +1046,49 @@ fn services_run_sandboxed_under_systemd() {
         started.elapsed()
     );
 }
+
+/// Every setting the packaged configuration files show commented out,
+/// uncommented, is taken by `check-config` of the daemon it is for: the
+/// examples an administrator copies from cannot drift from what the
+/// daemons read.
+#[test]
+fn the_packaged_example_files_are_valid_uncommented() {
+    let scratch = std::env::temp_dir().join(format!("keyline-conf-{}", std::process::id()));
+    fs::create_dir_all(&scratch).unwrap();
+    for (file, daemon) in [
+        ("gatewayd.toml", "keyline-gatewayd"),
+        ("directory.toml", "keyline-directory"),
+    ] {
+        let example = fs::read_to_string(repo().join("packaging/conf").join(file)).unwrap();
+        let uncommented: String = example
+            .lines()
+            .map(|l| {
+                let rest = l.strip_prefix('#').unwrap_or(l);
+                let key = rest.split(" = ").next().unwrap_or("");
+                let setting = rest.starts_with('[')
+                    || (rest.contains(" = ")
+                        && !key.is_empty()
+                        && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+                if setting {
+                    rest
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(uncommented.contains("\n[limits]"), "{file} shows [limits]");
+        let path = scratch.join(file);
+        fs::write(&path, &uncommented).unwrap();
+        // <target>/<profile>/deps/<test binary>: the daemons are in <profile>.
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.ancestors().nth(2).unwrap().join(daemon);
+        let o = Command::new(&bin)
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        assert!(o.status.success(), "{file} uncommented: {}", text(&o));
+    }
+    let _ = fs::remove_dir_all(&scratch);
+}

@@ -749,11 +749,21 @@ pub(crate) async fn online(
                     None => Login::Password(&pw),
                     Some(t) => Login::Token(t),
                 };
-                let (link, t, ttl) = connect(&load.ep, load.dir, &cfg, &load.own, &a.id, login, n)
-                    .await
-                    .map_err(|f| {
-                        anyhow::anyhow!("bringing {n} online: {}: {}", f.reason, f.detail)
-                    })?;
+                // The directory checks only a few passwords at once and
+                // asks the others to come back: they do, as a terminal would.
+                let mut tries = 0;
+                let (link, t, ttl) = loop {
+                    match connect(&load.ep, load.dir, &cfg, &load.own, &a.id, login, n).await {
+                        Ok(x) => break x,
+                        Err(f) if f.reason.contains("rate-limited") && tries < 60 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        Err(f) => {
+                            anyhow::bail!("bringing {n} online: {}: {}", f.reason, f.detail)
+                        }
+                    }
+                };
                 if let Ok(mut x) = load.ttl.lock() {
                     *x = ttl;
                 }

@@ -37,6 +37,7 @@ impl Office for Fake {
                     ring_group: json!({}),
                     disk: Some(json!({"free_bytes": 5u64 << 30})),
                     admin: json!({}),
+                    connections: json!({}),
                 }))),
                 Request::Calls => Ok(ApiResponse::Calls { calls: vec![] }),
                 Request::Agents => Ok(ApiResponse::Agents {
