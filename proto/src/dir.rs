@@ -936,27 +936,40 @@ mod tests {
     }
 
     /// Seeds for the `dirmsg` fuzz target: one stream of every kind, and
-    /// one frame of each. Run with
-    /// `KEYLINE_FUZZ_SEEDS=fuzz/seeds/dirmsg cargo test -p keyline-proto
-    /// write_fuzz_seeds -- --ignored`.
+    /// one frame of each, each read back as the message it was made from.
+    /// Written where `KEYLINE_FUZZ_SEEDS` says (`KEYLINE_FUZZ_SEEDS=
+    /// fuzz/seeds/dirmsg cargo test -p keyline-proto fuzz_seeds`), else
+    /// only checked.
     #[test]
-    #[ignore = "writes fuzz seeds where KEYLINE_FUZZ_SEEDS says"]
-    fn write_fuzz_seeds() {
-        let Some(dir) = std::env::var_os("KEYLINE_FUZZ_SEEDS") else {
-            return;
-        };
-        let dir = std::path::PathBuf::from(dir);
-        std::fs::create_dir_all(&dir).expect("seed folder");
+    fn fuzz_seeds_read_back_as_every_kind() {
         // The target's first two bytes: chunk size, mail body length.
         let mut stream = vec![7u8, 3];
+        let mut singles = Vec::new();
         for m in all() {
             let frame = crate::codec::encode_frame(&m, crate::MAX_MESSAGE).expect("encode");
             let mut one = vec![63u8, 0];
             one.extend_from_slice(&frame);
-            std::fs::write(dir.join(format!("kind-{}", m.kind())), one).expect("write");
+            singles.push((format!("kind-{}", m.kind()), one));
             stream.extend_from_slice(&frame);
         }
-        std::fs::write(dir.join("every-kind"), stream).expect("write");
+        let mut rest = &stream[2..];
+        let mut read = Vec::new();
+        while !rest.is_empty() {
+            let (len, tail) = rest.split_at(4);
+            let len = u32::from_be_bytes(len.try_into().expect("four bytes")) as usize;
+            let (body, tail) = tail.split_at(len);
+            read.push(DirMsg::from_cbor(body).expect("a seed frame decodes"));
+            rest = tail;
+        }
+        assert_eq!(read, all());
+        if let Some(dir) = std::env::var_os("KEYLINE_FUZZ_SEEDS") {
+            let dir = std::path::PathBuf::from(dir);
+            std::fs::create_dir_all(&dir).expect("seed folder");
+            for (name, bytes) in singles {
+                std::fs::write(dir.join(name), bytes).expect("write");
+            }
+            std::fs::write(dir.join("every-kind"), stream).expect("write");
+        }
     }
 
     #[test]
