@@ -6,18 +6,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+
 fn num(v: &Value, path: &[&str]) -> f64 {
-    let mut cur = v;
-    for p in path {
-        cur = &cur[p];
-    }
-    cur.as_f64()
+    common::at(v, path)
+        .as_f64()
         .unwrap_or_else(|| panic!("{} is not a number in {v}", path.join(".")))
 }
 
@@ -28,15 +26,8 @@ fn positive(v: &Value, path: &[&str]) {
 
 #[test]
 fn smoke_mode_writes_sane_json() {
-    let exe = Path::new(env!("CARGO_BIN_EXE_keyline-bench"));
-    let bin_dir = exe.parent().unwrap();
-    for daemon in ["keyline-gatewayd", "keyline-agent", "keyline-directory"] {
-        assert!(
-            bin_dir.join(daemon).exists(),
-            "{} is missing: run `cargo build --workspace --bins` first (make test does)",
-            bin_dir.join(daemon).display()
-        );
-    }
+    let exe =
+        common::bench_and_daemons(&["keyline-gatewayd", "keyline-agent", "keyline-directory"]);
     let out = std::env::temp_dir().join(format!("keyline-bench-smoke-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
 

@@ -1,4 +1,6 @@
-//! The soak, short: `keyline-bench soak` for 30 s against the real
+//! The soak, short: `keyline-bench soak` for 60 s (20 s of warm-up: the
+//! directory's allocator is still taking on the calls' working set for
+//! the first half minute, which made 30 s runs fail one time in three) against the real
 //! `keyline-directory` and `keyline-gatewayd` (built by `cargo build
 //! --workspace --bins`, as `make test` does first), at a scale two busy
 //! cores carry in CI: 1,000 terminals and 50 stations (the full soak is
@@ -10,32 +12,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+
 fn n(v: &Value, path: &[&str]) -> u64 {
-    let mut cur = v;
-    for p in path {
-        cur = &cur[p];
-    }
-    cur.as_u64()
+    common::at(v, path)
+        .as_u64()
         .unwrap_or_else(|| panic!("{} is not a count in {v}", path.join(".")))
 }
 
 #[test]
 fn a_short_soak_passes_its_verdicts() {
-    let exe = Path::new(env!("CARGO_BIN_EXE_keyline-bench"));
-    let bin_dir = exe.parent().unwrap();
-    for daemon in ["keyline-gatewayd", "keyline-directory"] {
-        assert!(
-            bin_dir.join(daemon).exists(),
-            "{} is missing: run `cargo build --workspace --bins` first (make test does)",
-            bin_dir.join(daemon).display()
-        );
-    }
+    let exe = common::bench_and_daemons(&["keyline-gatewayd", "keyline-directory"]);
     let out = std::env::temp_dir().join(format!("keyline-bench-soak-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
 
@@ -45,9 +37,9 @@ fn a_short_soak_passes_its_verdicts() {
             "soak",
             "--no-build",
             "--seconds",
-            "30",
+            "60",
             "--warmup-seconds",
-            "10",
+            "20",
             "--terminals",
             "1000",
             "--stations",
