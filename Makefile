@@ -22,7 +22,7 @@ run: deps
 test: test-deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
-	scripts/fuzz.sh 30
+	scripts/fuzz.sh 20
 
 # Every fuzz target for FUZZ_SECONDS each (default 15 minutes), two at a time.
 FUZZ_SECONDS ?= 900
