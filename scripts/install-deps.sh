@@ -46,3 +46,13 @@ if [ "${1:-}" = "--test" ] && [ -f ../../tests/browser/package.json ]; then
     (cd "$browser_dir" && npm ci --no-audit --no-fund --silent && touch node_modules)
   fi
 fi
+
+# The hostile-client test (tests/tests/hostile.rs) runs a Python client on
+# another QUIC stack: aioquic and cbor2 from PyPI, in a venv of its own.
+if [ "${1:-}" = "--test" ] && [ -f ../../tests/hostile/requirements.txt ]; then
+  hostile_dir=../../tests/hostile
+  if ! "$hostile_dir/.venv/bin/python" -c "import aioquic, cbor2" 2>/dev/null; then
+    python3 -m venv "$hostile_dir/.venv"
+    "$hostile_dir/.venv/bin/pip" install --quiet --disable-pip-version-check -r "$hostile_dir/requirements.txt"
+  fi
+fi

@@ -157,6 +157,10 @@ pub struct Shared {
     pub publisher: Publisher,
     /// Connections of unapproved stations waiting for `approve`.
     pub pending: Mutex<HashMap<String, oneshot::Sender<Decision>>>,
+    /// Held while a new station is counted against `max_pending` and
+    /// added to `pending`: stations that say hello at the same moment are
+    /// counted one after the other, so no more than the cap ever wait.
+    pub enrolling: tokio::sync::Mutex<()>,
     /// Callers expected at a mailbox, by the call's media token.
     pub vm_jobs: Mutex<HashMap<String, crate::voicemail::Job>>,
     /// The directory connection while the office is registered (for
@@ -275,6 +279,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         events: events_tx,
         publisher: Publisher::new(),
         pending: Mutex::new(HashMap::new()),
+        enrolling: tokio::sync::Mutex::new(()),
         vm_jobs: Mutex::new(HashMap::new()),
         dir_client: Mutex::new(None),
         discovered: Mutex::new(HashMap::new()),
@@ -500,7 +505,9 @@ async fn next_msg(recv: &mut quinn::RecvStream) -> Result<Incoming> {
     match Msg::from_cbor(&body) {
         Ok(m) => Ok(Incoming::Msg(m)),
         Err(CodecError::UnknownKind(k)) => Ok(Incoming::Unknown(k)),
-        Err(e) => bail!("protocol violation: {e}"),
+        // Kept a `CodecError` underneath, so callers can tell garbage
+        // from a lost connection.
+        Err(e) => Err(anyhow::Error::new(e).context("protocol violation")),
     }
 }
 
@@ -650,9 +657,20 @@ async fn serve_station(shared: Arc<Shared>, conn: quinn::Connection) -> Result<(
                 name: r.name,
             }
         }
-        _ => match wait_for_approval(&shared, &fp, name, addr, &mut send, &mut recv).await? {
-            Some(a) => a,
-            None => return Ok(()),
+        _ => match wait_for_approval(&shared, &fp, name, addr, &mut send, &mut recv).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                // Garbage from a waiting station is refused as it is from
+                // any other, with a close that says why.
+                if let Some(
+                    CodecError::Malformed(_) | CodecError::TooLarge { .. } | CodecError::Encode(_),
+                ) = e.downcast_ref::<CodecError>()
+                {
+                    conn.close(quinn::VarInt::from_u32(1), b"protocol violation");
+                }
+                return Err(e);
+            }
         },
     };
 
@@ -965,6 +983,7 @@ async fn wait_for_approval(
     recv: &mut quinn::RecvStream,
 ) -> Result<Option<Approved>> {
     let code = pairing_code(fp, &shared.id.fingerprint);
+    let enrolling = shared.enrolling.lock().await;
     let db = shared.db.clone();
     let name2 = name.clone();
     let (fp2, code2, a) = (fp.to_string(), code.clone(), addr.to_string());
@@ -1004,6 +1023,7 @@ async fn wait_for_approval(
     if let Ok(mut p) = shared.pending.lock() {
         p.insert(fp.to_string(), tx);
     }
+    drop(enrolling);
     shared.pending_changed();
     tracing::info!("station {addr} waits for approval with code {code}");
     send_msg(send, &Msg::Pending { code: code.clone() }).await?;

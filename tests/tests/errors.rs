@@ -402,3 +402,77 @@ async fn strangers_that_leave_are_forgotten_and_a_waiting_station_stays() {
     }
     sixth.leave();
 }
+
+/// Found by the hostile client (`tests/hostile.rs`): strangers saying
+/// hello at the same moment were each counted against `max_pending`
+/// before the others were listed as waiting, so more than `max_pending`
+/// waited at once; and garbage from a waiting station dropped its
+/// connection with no reason (code 0) instead of the protocol violation
+/// (code 1) every other station is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_at_once_stay_within_max_pending_and_garbage_while_waiting_is_named() {
+    let scratch = Scratch::new("pending-race");
+    let conf = scratch.join("gw.toml");
+    std::fs::write(&conf, "max_pending = 5\n").unwrap();
+    let gw = Daemon::start(
+        None,
+        bin("keyline-gatewayd"),
+        &scratch.join("gw"),
+        &[
+            "run",
+            "--no-mdns",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let gw_addr: SocketAddr = tokio::task::block_in_place(|| {
+        wait_for("gateway", Duration::from_secs(10), || {
+            jstr(&gw.json(&["status"]).ok()?, &["listen"])?.parse().ok()
+        })
+    });
+    let tasks: Vec<_> = (0..24)
+        .map(|_| tokio::spawn(Stranger::hello(gw_addr)))
+        .collect();
+    let mut strangers = Vec::new();
+    for t in tasks {
+        strangers.push(t.await.unwrap());
+    }
+    let waiting = strangers
+        .iter()
+        .filter(|s| matches!(s.first, Msg::Pending { .. }))
+        .count();
+    let turned_away = strangers
+        .iter()
+        .filter(|s| matches!(&s.first, Msg::Error { code, .. } if code == "too-many-waiting"))
+        .count();
+    assert_eq!((waiting, turned_away), (5, 19), "at most max_pending wait");
+    let listed = pending(&gw);
+    assert!(listed.iter().filter(|(_, w)| *w).count() <= 5, "{listed:?}");
+
+    // A waiting station sends garbage: closed, and told why.
+    let idx = strangers
+        .iter()
+        .position(|s| matches!(s.first, Msg::Pending { .. }))
+        .unwrap();
+    let mut bad = strangers.swap_remove(idx);
+    let mut garbage = 7u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xff, 0xfe, 0x00, 0x13, 0x37, 0x42, 0x99]);
+    bad._send.write_all(&garbage).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), bad.conn.closed())
+        .await
+        .expect("the gateway closes the connection");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(u64::from(c.error_code), 1, "{c:?}");
+            assert_eq!(&c.reason[..], b"protocol violation", "{c:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    bad.leave();
+    for s in strangers {
+        s.leave();
+    }
+}
