@@ -31,8 +31,8 @@ use std::time::Duration;
 use keyline_net::{endpoint, peer_fingerprint, Identity};
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
 use keyline_proto::dir::{
-    CallId, CallPlan, DirMsg, DirectPolicy, EndReason, ErrorCode, ForwardRule, MailId, MailKind,
-    ReqId, MAX_HOPS, MAX_MAIL_BODY,
+    CallId, CallPlan, CheckPlan, DirMsg, DirectPolicy, EndReason, ErrorCode, ForwardRule, MailId,
+    MailKind, ReqId, MAX_HOPS, MAX_MAIL_BODY,
 };
 use keyline_proto::msg::{Msg, Role};
 use keyline_proto::{number, MAX_MESSAGE, PROTOCOL_VERSION};
@@ -239,6 +239,27 @@ pub struct IncomingCall {
     /// The hand-off the caller follows, as its `Transfer` set it: the
     /// endpoint that handed the caller on may recognise the call by it.
     pub handoff: Option<u64>,
+    /// Check the direct path to the caller while ringing.
+    pub checks: Option<RingChecks>,
+}
+
+/// What the directory gave both ends of a ringing call to check the
+/// direct path between them with (`keyline_net::checks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingChecks {
+    /// The call's check key (hex).
+    pub key: String,
+    /// The other end's candidate addresses.
+    pub candidates: Vec<SocketAddr>,
+}
+
+impl RingChecks {
+    fn from_wire(p: Option<Box<CheckPlan>>) -> Option<RingChecks> {
+        p.map(|p| RingChecks {
+            candidates: addrs(&p.candidates),
+            key: p.key,
+        })
+    }
 }
 
 /// A stored message delivered to us. Acknowledge it with
@@ -269,6 +290,8 @@ pub enum Progress {
         call: CallId,
         number: String,
         via: Vec<String>,
+        /// Check the direct path to the callee while it rings.
+        checks: Option<RingChecks>,
     },
     Redirected {
         from: String,
@@ -814,13 +837,17 @@ impl DirClient {
                     handoff: opts.handoff,
                 })
                 .await?;
-            let (call, rang, via, mut rx) = match (reply.msg, reply.call_rx) {
+            let (call, rang, via, checks, mut rx) = match (reply.msg, reply.call_rx) {
                 (
                     DirMsg::Ringing {
-                        call, number, via, ..
+                        call,
+                        number,
+                        via,
+                        checks,
+                        ..
                     },
                     Some(rx),
-                ) => (call, number, via, rx),
+                ) => (call, number, via, checks, rx),
                 (
                     DirMsg::CallFailed {
                         code,
@@ -850,6 +877,7 @@ impl DirClient {
                     call,
                     number: rang.clone(),
                     via: via.clone(),
+                    checks: RingChecks::from_wire(checks),
                 });
             }
             let next = loop {
@@ -1123,6 +1151,11 @@ impl DirClient {
                     plan.call
                 );
                 let relay = self.fallback(plan.call).await?;
+                // The other end opens its router towards the relay when it
+                // hears the relay is ready, as we do now: a first packet
+                // that overtook its opening would be lost, and QUIC would
+                // send it again only after a second.
+                tokio::time::sleep(RELAY_SETTLE).await;
                 let conn =
                     connect_media(endpoint, cfg, relay, plan, Duration::from_secs(5)).await?;
                 Ok(MediaLink {
@@ -1137,6 +1170,10 @@ impl DirClient {
         }
     }
 }
+
+/// How long the dialling end waits, once the relay is ready, before it
+/// connects through it (see [`DirClient::dial_media`]).
+const RELAY_SETTLE: Duration = Duration::from_millis(100);
 
 /// A media connection to the other end of a call.
 #[derive(Debug, Clone)]
@@ -1422,6 +1459,7 @@ fn dispatch(inner: &Arc<Inner>, msg: DirMsg) {
             caller_fp,
             caller_candidates,
             handoff,
+            checks,
         } => inner.emit(Event::Ring(IncomingCall {
             call,
             from,
@@ -1432,6 +1470,7 @@ fn dispatch(inner: &Arc<Inner>, msg: DirMsg) {
             caller_fp,
             caller_candidates: addrs(&caller_candidates),
             handoff,
+            checks: RingChecks::from_wire(checks),
         })),
         DirMsg::Expect {
             number,

@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use keyline_proto::dir::{
-    CallId, CallPlan, DirMsg, DirectPolicy, EndReason, ErrorCode, ForwardRule, ForwardWhen, ReqId,
-    MAX_CANDIDATES, MAX_HOPS,
+    CallId, CallPlan, CheckPlan, DirMsg, DirectPolicy, EndReason, ErrorCode, ForwardRule,
+    ForwardWhen, ReqId, MAX_CANDIDATES, MAX_HOPS,
 };
 
 /// A connection to the directory, numbered by the shell.
@@ -164,6 +164,8 @@ pub struct Session {
     pub account: Option<String>,
     /// The account's numbers, default caller number first.
     pub numbers: Vec<String>,
+    /// Whether the endpoint runs connectivity checks (a terminal).
+    pub checks: bool,
 }
 
 /// Where a registered number rings.
@@ -317,6 +319,10 @@ pub struct Placing {
     pub media: Option<MediaEnd>,
     /// Passed on to the callee in `Ring` (see `DirMsg::Call`).
     pub handoff: Option<u64>,
+    /// A fresh key for the call's connectivity checks: both ends get it
+    /// (with each other's candidates) when it starts ringing, if both
+    /// check ([`Router::allow_checks`]).
+    pub check_key: Option<String>,
 }
 
 /// The directory's routing state.
@@ -415,8 +421,17 @@ impl Router {
                 observed,
                 account: None,
                 numbers: Vec::new(),
+                checks: false,
             },
         );
+    }
+
+    /// Session `sid` runs connectivity checks while its calls ring (it is
+    /// a terminal, which is its own media end).
+    pub fn allow_checks(&mut self, sid: SessionId) {
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.checks = true;
+        }
     }
 
     /// The session logged in as `account`, which owns `numbers`.
@@ -874,7 +889,11 @@ impl Router {
         hops: u8,
         placing: Placing,
     ) {
-        let Placing { media, handoff } = placing;
+        let Placing {
+            media,
+            handoff,
+            check_key,
+        } = placing;
         let fail = |s: &mut Self, code: ErrorCode, n: &str, message: String, mail: bool| {
             s.send(
                 sid,
@@ -943,7 +962,9 @@ impl Router {
             );
         }
         let (callee, callee_fp, callee_cands) = (b.session, b.fp.clone(), b.candidates());
-        let Some(callee_media) = self.sessions.get(&callee).map(|s| s.observed) else {
+        let Some((callee_media, callee_checks)) =
+            self.sessions.get(&callee).map(|s| (s.observed, s.checks))
+        else {
             return;
         };
         let Some(caller) = self.sessions.get(&sid) else {
@@ -960,6 +981,14 @@ impl Router {
                 caller.fp.clone(),
             ),
         };
+        // Checks only where both ends are their own media ends and the
+        // rule allows a direct path at all.
+        let check_key = check_key.filter(|_| {
+            callee_checks
+                && caller.checks
+                && media.is_none()
+                && self.cfg.policy != DirectPolicy::Relay
+        });
         let id = self.next_call;
         self.next_call += 1;
         let call = Call {
@@ -998,6 +1027,12 @@ impl Router {
                 caller_fp: call.caller_fp.clone(),
                 caller_candidates: strings(&caller_candidates),
                 handoff,
+                checks: check_key.as_ref().map(|key| {
+                    Box::new(CheckPlan {
+                        key: key.clone(),
+                        candidates: strings(&caller_candidates),
+                    })
+                }),
             },
         );
         self.send(
@@ -1007,6 +1042,12 @@ impl Router {
                 call: id,
                 number: r.number,
                 via: r.via,
+                checks: check_key.map(|key| {
+                    Box::new(CheckPlan {
+                        key,
+                        candidates: strings(&call.callee_candidates),
+                    })
+                }),
             },
         );
         self.calls.insert(id, call);
@@ -1944,6 +1985,7 @@ mod tests {
             Placing {
                 media: Some(media(&fa2, 6001)),
                 handoff: Some(42),
+                check_key: Some("k".into()),
             },
         );
         let acts = drain(&mut r);
@@ -1984,6 +2026,68 @@ mod tests {
             caller: addr(6001),
             callee: addr(6002),
         }));
+    }
+
+    /// Two terminals get the same check key while the callee rings, each
+    /// with the other's candidates; a session that does not check, or a
+    /// call for a vouched media end (a gateway's station), gets none.
+    #[test]
+    fn both_terminals_get_a_check_plan_while_it_rings() {
+        let (mut r, now) = two_online();
+        let placing = |key: &str| Placing {
+            check_key: Some(key.into()),
+            ..Placing::default()
+        };
+        let ring_checks = |acts: &[Action]| {
+            let ring = match &sent(acts, 2)[0] {
+                DirMsg::Ring { checks, .. } => checks.clone(),
+                other => panic!("{other:?}"),
+            };
+            let ringing = match &sent(acts, 1)[0] {
+                DirMsg::Ringing { checks, .. } => checks.clone(),
+                other => panic!("{other:?}"),
+            };
+            (ring, ringing)
+        };
+        r.handle_call_for(now, 1, 7, "ボブ", None, vec![addr(5001)], 0, placing("k1"));
+        let acts = drain(&mut r);
+        assert_eq!(ring_checks(&acts), (None, None), "neither said it checks");
+        r.allow_checks(1);
+        r.allow_checks(2);
+        r.handle_call_for(now, 1, 9, "ボブ", None, vec![addr(5001)], 0, placing("k2"));
+        let acts = drain(&mut r);
+        let (ring, ringing) = ring_checks(&acts);
+        let (ring, ringing) = (
+            ring.expect("callee checks"),
+            ringing.expect("caller checks"),
+        );
+        assert_eq!((ring.key.as_str(), ringing.key.as_str()), ("k2", "k2"));
+        assert_eq!(ring.candidates, strings(&[addr(5001), addr(1001)]));
+        assert_eq!(ringing.candidates, strings(&[addr(5002), addr(1002)]));
+        // A gateway's station calling: the media end is not the session.
+        let media = MediaEnd {
+            fp: "fs".into(),
+            addrs: vec![addr(6001)],
+        };
+        r.handle_call_for(
+            now,
+            2,
+            10,
+            "아리랑",
+            None,
+            vec![addr(6001)],
+            0,
+            Placing {
+                media: Some(media),
+                check_key: Some("k3".into()),
+                ..Placing::default()
+            },
+        );
+        let acts = drain(&mut r);
+        assert!(matches!(
+            &sent(&acts, 1)[0],
+            DirMsg::Ring { checks: None, .. }
+        ));
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub enum Event {
         mail: Arc<Notify>,
         /// The name the endpoint gave in its hello.
         name: Option<String>,
+        /// It said hello as a terminal (its own media end, which checks
+        /// the direct path while its calls ring).
+        terminal: bool,
     },
     Down {
         sid: SessionId,
@@ -764,6 +767,7 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
         .await
         .context("no hello within 10 s")?;
     let hello_name: Option<String>;
+    let hello_role: Role;
     match hello {
         Ok(Incoming::Msg(DirMsg::Hello {
             version,
@@ -790,6 +794,7 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
                 anyhow::bail!("a directory connected as an endpoint");
             }
             hello_name = name.map(|n| clipped(&n));
+            hello_role = role;
         }
         Ok(_) => {
             conn.close(quinn::VarInt::from_u32(1), b"expected hello");
@@ -851,6 +856,7 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
             tx: tx.clone(),
             mail: wake,
             name: hello_name,
+            terminal: hello_role == Role::Terminal,
         })
         .await
         .context("the directory is stopping")?;
@@ -1831,9 +1837,13 @@ impl Hub {
                 tx,
                 mail,
                 name,
+                terminal,
             } => {
                 self.router
                     .handle_session_up(sid, fp, conn.remote_address());
+                if terminal {
+                    self.router.allow_checks(sid);
+                }
                 self.sessions.insert(
                     sid,
                     Live {
@@ -2016,7 +2026,11 @@ impl Hub {
                     from,
                     own,
                     hops,
-                    Placing { media, handoff },
+                    Placing {
+                        media,
+                        handoff,
+                        check_key: Some(auth::new_call_token()),
+                    },
                 )
             }
             DirMsg::Answer {

@@ -62,6 +62,8 @@ struct MediaSlot {
     started_unix_ms: Option<u128>,
     /// The counters of the last session, once it is stopped.
     stats: Option<MediaStats>,
+    /// How the media reaches the other end, in words.
+    path: Option<String>,
 }
 
 impl MediaSlot {
@@ -193,6 +195,7 @@ impl<P: Clone> Station<P> {
             record: Arc::new(Mutex::new(RecordSlot::default())),
             started_unix_ms: None,
             stats: None,
+            path: None,
         })
     }
 
@@ -203,6 +206,11 @@ impl<P: Clone> Station<P> {
 
     /// Start call `key`'s media on a verified connection and tell the
     /// core; `flow` is the id on its datagrams.
+    /// How call `key`'s media reaches the other end, in words.
+    pub(crate) fn set_path(&mut self, key: CallKey, path: String) {
+        self.slot(key).path = Some(path);
+    }
+
     pub(crate) fn install(
         &mut self,
         audio: &LocalAudio,
@@ -313,6 +321,7 @@ impl<P: Clone> Station<P> {
             "connected": c.connected_at.is_some(),
             "seconds": c.connected_at.map(|t| t.elapsed().as_secs_f64()),
             "relayed": c.relayed,
+            "path": slot.as_ref().and_then(|s| s.path.clone()),
             "lookup": c.lookup,
             "redirected_from": c.redirected_from,
             "timing": timing(c, started),
@@ -363,6 +372,7 @@ impl<P: Clone> Station<P> {
             "state": c.state.as_str(),
             "seconds": c.connected_at.unwrap_or(c.started).elapsed().as_secs_f64(),
             "relayed": c.relayed,
+            "path": slot.and_then(|s| s.path.clone()),
             "lookup": c.lookup,
             "consult": c.consult,
             "timing": timing(c, slot.and_then(|s| s.started_unix_ms)),

@@ -41,10 +41,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use keyline_directory::client::{
-    accept_media, CallError, CallOptions, DirClient, Event, MediaPlan, Progress,
+    accept_media, CallError, CallOptions, DirClient, Event, MediaPlan, Progress, RingChecks,
 };
+use keyline_net::checks::HOPELESS_AFTER;
 use keyline_net::lifecycle::Signals;
-use keyline_net::{control, peer_fingerprint, Identity, Puncher};
+use keyline_net::{control, peer_fingerprint, Checker, Identity, Puncher};
 use keyline_proto::dir::{CallId, DirectPolicy, EndReason, ErrorCode};
 use keyline_proto::phone::{
     CallKey, CallState, Command, Config, Flavor, LinkIn, LinkOut, LookupRefusal, MediaIn, Phone,
@@ -78,6 +79,14 @@ pub struct TerminalOptions {
     pub mail_dir: Option<PathBuf>,
 }
 
+/// The caller starts its checks this much after the callee: a router that
+/// sees the caller's packet before its own host's first one towards the
+/// caller may give its host's packets a new port (plain masquerade).
+const CALLER_CHECK_DELAY: Duration = Duration::from_millis(150);
+/// When the checks found no direct path, the direct attempt still gets
+/// at least this long (a path that opened since) before the relay is
+/// asked for.
+const HOPELESS_DIRECT_TRY: Duration = Duration::from_millis(150);
 /// An answered call whose media is not up by then is given up.
 const MEDIA_DEADLINE: Duration = Duration::from_secs(15);
 /// An unanswered look-up-only call rings this long (the caller waits as
@@ -157,6 +166,8 @@ struct Terminal {
     endpoint: quinn::Endpoint,
     /// Sends from the endpoint's port to open our NAT for a caller.
     puncher: Puncher,
+    /// Checks the direct path of each call while it rings.
+    checker: Checker,
     state_dir: PathBuf,
     opts: TerminalOptions,
     password: String,
@@ -200,7 +211,7 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
         .transpose()?;
     let id = Identity::load_or_create(&state_dir, "keyline-agent")?;
     let ctl = control::bind(&control::socket_path(&state_dir)).await?;
-    let (endpoint, puncher) = keyline_net::make_endpoint_with_puncher(opts.bind, &id)?;
+    let (endpoint, puncher, checker) = keyline_net::make_endpoint_with_checks(opts.bind, &id)?;
     let audio = LocalAudio::open(&opts.audio_in, &opts.audio_out, opts.ringtone.as_deref())?;
     let hold_music = audio::load_samples(
         opts.hold_music.as_deref(),
@@ -239,6 +250,7 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
         id,
         endpoint,
         puncher,
+        checker,
         state_dir: state_dir.clone(),
         opts,
         password,
@@ -324,6 +336,11 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
 fn on_event(t: &Arc<Terminal>, client: &DirClient, ev: Event) {
     let link = match ev {
         Event::Ring(r) => {
+            if let Some(c) = &r.checks {
+                // The callee checks at once: its own router should see
+                // its packets towards the caller before the caller's.
+                start_checks(t, r.call, c, Duration::ZERO);
+            }
             println!(
                 "incoming call {} from {} to {}{}",
                 r.call,
@@ -356,11 +373,14 @@ fn on_event(t: &Arc<Terminal>, client: &DirClient, ev: Event) {
             );
             LinkIn::IncomingLookup { from, number, plan }
         }
-        Event::Ended { call, reason } => LinkIn::Ended {
-            call,
-            reason: end_reason(reason).into(),
-            transferred: false,
-        },
+        Event::Ended { call, reason } => {
+            t.checker.stop(call);
+            LinkIn::Ended {
+                call,
+                reason: end_reason(reason).into(),
+                transferred: false,
+            }
+        }
         Event::Transferred {
             call,
             number,
@@ -661,14 +681,27 @@ async fn outgoing(
         handoff,
         ..CallOptions::default()
     };
+    // The calls that rang for this dial (a redirect makes another).
+    let rang = Mutex::new(Vec::new());
     let progress = |p: Progress| {
         let link = match p {
-            Progress::Ringing { call, number, via } => LinkIn::Ringing {
-                req,
+            Progress::Ringing {
                 call,
-                callee: number,
+                number,
                 via,
-            },
+                checks,
+            } => {
+                if let Some(c) = &checks {
+                    start_checks(t, call, c, CALLER_CHECK_DELAY);
+                }
+                rang.lock().unwrap_or_else(|p| p.into_inner()).push(call);
+                LinkIn::Ringing {
+                    req,
+                    call,
+                    callee: number,
+                    via,
+                }
+            }
             Progress::Redirected { from, to } => LinkIn::Redirected { req, from, to },
         };
         let mut st = t.lock();
@@ -686,6 +719,13 @@ async fn outgoing(
     // Progress that came with the final answer.
     while let Ok(p) = prx.try_recv() {
         progress(p);
+    }
+    // Only an answered call's checks still matter (to its media).
+    let answered = result.as_ref().ok().map(|c| c.call);
+    for call in rang.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        if Some(call) != answered {
+            t.checker.stop(call);
+        }
     }
     match result {
         Ok(c) => LinkIn::Answered {
@@ -710,7 +750,31 @@ async fn outgoing(
 
 /// Make the media connection of call `key` as `plan` says: dial it, or
 /// wait for the other end's (opening our NAT towards it).
-fn start_media(t: &Arc<Terminal>, st: &mut State, key: CallKey, call: CallId, plan: MediaPlan) {
+fn start_media(t: &Arc<Terminal>, st: &mut State, key: CallKey, call: CallId, mut plan: MediaPlan) {
+    // What the checks found while it rang: the addresses the other end's
+    // checks came from join the candidates (all are dialled at once).
+    let checked = (call != 0).then(|| t.checker.report(call)).flatten();
+    if let Some(r) = &checked {
+        for a in r.preferred() {
+            if !plan.peer_candidates.contains(&a) {
+                plan.peer_candidates.push(a);
+            }
+        }
+        let nothing = r.validated.is_empty() && r.learnt.is_empty();
+        if plan.relay.is_none() && plan.policy == DirectPolicy::DirectThenRelay && nothing {
+            // No check answered yet: the direct attempt gets only until
+            // the checks (which go on meanwhile) would have had an answer,
+            // not the whole fallback delay, before the relay is asked for.
+            let left = HOPELESS_AFTER
+                .saturating_sub(r.running)
+                .max(HOPELESS_DIRECT_TRY);
+            tracing::info!(
+                "call {call}: no check answered in {:?}; trying direct for {left:?}, then the relay",
+                r.running
+            );
+            plan.fallback_after = plan.fallback_after.min(left);
+        }
+    }
     if !plan.dial {
         // The other end's packets come next, end to end or from the
         // relay: open our NAT to them.
@@ -738,7 +802,10 @@ fn start_media(t: &Arc<Terminal>, st: &mut State, key: CallKey, call: CallId, pl
         let res = client
             .dial_media(&t2.endpoint, &t2.id, &plan)
             .await
-            .map(|l| (l.conn, l.relayed))
+            .map(|l| {
+                let path = media_path(&t2, call, &plan, l.remote, l.relayed);
+                (l.conn, path)
+            })
             .map_err(|e| e.to_string());
         let res = res.map_err(|why| {
             // A look-up's callee says why it closed our connection.
@@ -749,6 +816,72 @@ fn start_media(t: &Arc<Terminal>, st: &mut State, key: CallKey, call: CallId, pl
     });
     if let Some(old) = st.attempts.insert(key, task) {
         old.abort();
+    }
+}
+
+/// How a call's media reached the other end, for the log, `status` and
+/// the call record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MediaPath {
+    relayed: bool,
+    remote: SocketAddr,
+    /// Which kind of candidate `remote` was (for a direct path).
+    kind: &'static str,
+}
+
+impl MediaPath {
+    fn describe(&self) -> String {
+        if self.relayed {
+            format!("through the directory's relay {}", self.remote)
+        } else {
+            format!("end to end with {} ({})", self.remote, self.kind)
+        }
+    }
+}
+
+/// Classify the path to `remote` for call `call` under `plan`: the relay,
+/// or a direct path to one of the other end's own addresses (host), the
+/// address the directory saw it at (reflexive, the last candidate), or
+/// one its checks came from (learnt: its router gave it a new port).
+fn media_path(
+    t: &Terminal,
+    call: CallId,
+    plan: &MediaPlan,
+    remote: SocketAddr,
+    relayed: bool,
+) -> MediaPath {
+    let learnt = (call != 0)
+        .then(|| t.checker.report(call))
+        .flatten()
+        .map(|r| r.learnt)
+        .unwrap_or_default();
+    // The directory's candidates: the other end's own, then the one it
+    // saw (the learnt ones were appended after them).
+    let offered: Vec<SocketAddr> = plan
+        .peer_candidates
+        .iter()
+        .copied()
+        .filter(|a| !learnt.contains(a))
+        .collect();
+    let kind = if !offered.contains(&remote) {
+        "learnt"
+    } else if offered.last() == Some(&remote) && offered.len() > 1 {
+        "reflexive"
+    } else {
+        "host"
+    };
+    MediaPath {
+        relayed,
+        remote,
+        kind,
+    }
+}
+
+/// Start checking the direct path of ringing call `call` (see
+/// `keyline_net::checks`), the first round after `delay`.
+fn start_checks(t: &Terminal, call: CallId, c: &RingChecks, delay: Duration) {
+    if let Err(e) = t.checker.start(call, &c.key, &c.candidates, delay) {
+        tracing::warn!("call {call}: cannot check the direct path: {e:?}");
     }
 }
 
@@ -773,7 +906,7 @@ fn media_result(
     t: &Arc<Terminal>,
     key: CallKey,
     flow: CallId,
-    res: std::result::Result<(quinn::Connection, bool), (String, Option<String>)>,
+    res: std::result::Result<(quinn::Connection, MediaPath), (String, Option<String>)>,
 ) {
     let mut st = t.lock();
     match res {
@@ -781,9 +914,12 @@ fn media_result(
             st.spare.push((key, conn.clone()));
             watch_media(t, key, flow, conn);
         }
-        Ok((conn, relayed)) => {
+        Ok((conn, path)) => {
             st.attempts.remove(&key);
-            install(t, &mut st, key, flow, conn, relayed);
+            t.checker.stop(flow);
+            println!("call {flow}: media {}", path.describe());
+            st.station.set_path(key, path.describe());
+            install(t, &mut st, key, flow, conn, path.relayed);
         }
         Err((why, ended)) => {
             st.attempts.remove(&key);
@@ -880,7 +1016,10 @@ fn accept_lookup(t: &Arc<Terminal>, st: &mut State, key: CallKey) {
         tokio::spawn(async move {
             let remote = conn.remote_address();
             match accept_media(conn, &plan).await {
-                Ok(conn) => media_result(&t, key, 0, Ok((conn, false))),
+                Ok(conn) => {
+                    let path = media_path(&t, 0, &plan, remote, false);
+                    media_result(&t, key, 0, Ok((conn, path)))
+                }
                 Err(e) => tracing::info!("look-up media connection from {remote} failed: {e}"),
             }
         });
@@ -962,7 +1101,10 @@ async fn accept_loop(t: Arc<Terminal>) {
                 return;
             }
             match accept_media(conn, &plan).await {
-                Ok(conn) => media_result(&t, key, flow, Ok((conn, false))),
+                Ok(conn) => {
+                    let path = media_path(&t, flow, &plan, remote, plan.relay.is_some());
+                    media_result(&t, key, flow, Ok((conn, path)))
+                }
                 Err(e) => tracing::info!("refused a media connection from {remote}: {e}"),
             }
         });

@@ -2,12 +2,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::CertificateDer;
 
+use crate::checks::{self, Checks, Report, StartError};
 use crate::identity::{fingerprint, Identity};
 use crate::tls;
 
@@ -108,6 +109,205 @@ pub fn make_endpoint_with_puncher(
         .with_context(|| format!("starting QUIC on UDP {bind}"))?;
     ep.set_default_client_config(client_config(id, None)?);
     Ok((ep, Puncher(Arc::new(punch))))
+}
+
+/// [`make_endpoint_with_puncher`], with connectivity checks
+/// ([`crate::checks`]) on the same UDP port: the socket sets check
+/// datagrams aside before QUIC sees them, and a task sends the checks the
+/// [`Checker`] decides on. Must be called within a tokio runtime.
+pub fn make_endpoint_with_checks(
+    bind: SocketAddr,
+    id: &Identity,
+) -> Result<(quinn::Endpoint, Puncher, Checker)> {
+    let server = server_config(id, None)?;
+    let socket = std::net::UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
+    grow_buffers(&socket);
+    let punch = Arc::new(socket.try_clone().context("sharing the UDP socket")?);
+    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+    let inner = runtime
+        .wrap_udp_socket(socket)
+        .with_context(|| format!("starting QUIC on UDP {bind}"))?;
+    let checker = Checker {
+        core: Arc::new(std::sync::Mutex::new(Checks::new())),
+        wake: Arc::new(tokio::sync::Notify::new()),
+    };
+    let wrapped = Arc::new(CheckSocket {
+        inner,
+        checker: checker.clone(),
+    });
+    let mut ep = quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(id),
+        Some(server),
+        wrapped,
+        runtime,
+    )
+    .with_context(|| format!("starting QUIC on UDP {bind}"))?;
+    ep.set_default_client_config(client_config(id, None)?);
+    tokio::spawn(drive_checks(
+        Arc::downgrade(&checker.core),
+        checker.wake.clone(),
+        punch.clone(),
+    ));
+    Ok((ep, Puncher(punch), checker))
+}
+
+/// The connectivity checks of an endpoint's calls (see
+/// [`crate::checks`]); cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Checker {
+    core: Arc<std::sync::Mutex<Checks>>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Checker {
+    fn core(&self) -> std::sync::MutexGuard<'_, Checks> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start checking `call` (see [`Checks::start`]).
+    pub fn start(
+        &self,
+        call: u64,
+        key: &str,
+        candidates: &[SocketAddr],
+        delay: Duration,
+    ) -> std::result::Result<(), StartError> {
+        self.core()
+            .start(Instant::now(), call, key, candidates, delay)?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Stop checking `call`.
+    pub fn stop(&self, call: u64) {
+        self.core().stop(call);
+    }
+
+    /// What the checks of `call` found so far.
+    pub fn report(&self, call: u64) -> Option<Report> {
+        self.core().report(Instant::now(), call)
+    }
+}
+
+/// Send the checks the core decides on, when it decides; ends when the
+/// endpoint and every [`Checker`] are gone.
+async fn drive_checks(
+    core: std::sync::Weak<std::sync::Mutex<Checks>>,
+    wake: Arc<tokio::sync::Notify>,
+    sock: Arc<std::net::UdpSocket>,
+) {
+    loop {
+        let next = {
+            let Some(core) = core.upgrade() else { return };
+            let mut c = core.lock().unwrap_or_else(|p| p.into_inner());
+            c.handle_timeout(Instant::now());
+            while let Some((to, bytes)) = c.poll_transmit() {
+                // Non-blocking (quinn set it so): a full buffer loses this
+                // one check, and the next round sends another.
+                let _ = sock.send_to(&bytes, to);
+            }
+            c.poll_timeout()
+        };
+        // Wake at least now and then to notice the endpoint is gone.
+        let wait = next
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(5))
+            .min(Duration::from_secs(5));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = wake.notified() => {}
+        }
+    }
+}
+
+/// The endpoint's UDP socket with check datagrams set aside on the way in.
+#[derive(Debug)]
+struct CheckSocket {
+    inner: Arc<dyn quinn::AsyncUdpSocket>,
+    checker: Checker,
+}
+
+impl CheckSocket {
+    /// Take the checks out of the `n` datagrams received; how many are
+    /// left for QUIC (moved to the front).
+    fn set_aside(
+        &self,
+        n: usize,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> usize {
+        let mut kept = 0;
+        let mut answered = false;
+        for i in 0..n {
+            let m = meta[i];
+            let data = &bufs[i][..m.len];
+            let stride = m.stride.max(1);
+            // A check of a call we do not (or no longer) check is
+            // dropped too: shown to QUIC, it would draw a stateless reset.
+            if data.chunks(stride).all(checks::is_check) {
+                let mut core = self.checker.core();
+                let now = Instant::now();
+                for seg in data.chunks(stride) {
+                    answered |= core.handle_datagram(now, m.addr, seg);
+                }
+                continue;
+            }
+            if kept != i {
+                let (front, back) = bufs.split_at_mut(i);
+                front[kept][..m.len].copy_from_slice(&back[0][..m.len]);
+                meta[kept] = m;
+            }
+            kept += 1;
+        }
+        if answered {
+            self.checker.wake.notify_one();
+        }
+        kept
+    }
+}
+
+impl quinn::AsyncUdpSocket for CheckSocket {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            let n = match self.inner.poll_recv(cx, bufs, meta) {
+                std::task::Poll::Ready(Ok(n)) => n,
+                other => return other,
+            };
+            let kept = self.set_aside(n, bufs, meta);
+            if kept > 0 {
+                return std::task::Poll::Ready(Ok(kept));
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
 }
 
 /// The endpoint's stateless reset key and the key that signs its

@@ -6,9 +6,11 @@
 //! control socket behind every CLI, state-directory resolution, and mDNS
 //! advertising and browsing (a hint of where to connect, never of whom to
 //! trust), and the limits a server puts on who may start a handshake
-//! (`admission`, over the networks of `ipnet`).
+//! (`admission`, over the networks of `ipnet`), and the connectivity checks
+//! that open a call's direct path through NAT routers (`checks`).
 
 pub mod admission;
+pub mod checks;
 pub mod control;
 pub mod endpoint;
 pub mod identity;
@@ -19,5 +21,8 @@ pub mod relay;
 pub mod statedir;
 pub mod tls;
 
-pub use endpoint::{make_endpoint, make_endpoint_with_puncher, peer_fingerprint, Puncher};
+pub use endpoint::{
+    make_endpoint, make_endpoint_with_checks, make_endpoint_with_puncher, peer_fingerprint,
+    Checker, Puncher,
+};
 pub use identity::{pairing_code, Identity};

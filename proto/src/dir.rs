@@ -239,6 +239,18 @@ pub enum ErrorCode {
     Other,
 }
 
+/// What an end of a ringing call needs to check the direct path to the
+/// other end while it rings (`keyline_net::checks`): given to both ends of
+/// a call between two terminals, in `Ring` and `Ringing`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckPlan {
+    /// The call's check key (hex), the same for both ends.
+    pub key: String,
+    /// The other end's candidate addresses (its own, then the one the
+    /// directory sees).
+    pub candidates: Vec<String>,
+}
+
 /// How an end of an answered call sets up its end-to-end media connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallPlan {
@@ -408,6 +420,9 @@ pub enum DirMsg {
         number: String,
         /// Numbers forwarded from, in order.
         via: Vec<String>,
+        /// Check the direct path to the callee while it rings.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checks: Option<Box<CheckPlan>>,
     },
     /// Reply to `Call`: nothing rang.
     CallFailed {
@@ -438,6 +453,9 @@ pub enum DirMsg {
         /// on chose it, and may recognise the call by it (with `from`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         handoff: Option<u64>,
+        /// Check the direct path to the caller while ringing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checks: Option<Box<CheckPlan>>,
     },
     /// Callee: take the call; answered with `Connect`.
     Answer {
@@ -823,6 +841,10 @@ mod tests {
                 call: 9,
                 number: s("2"),
                 via: vec![s("3")],
+                checks: Some(Box::new(CheckPlan {
+                    key: s("00ff"),
+                    candidates: vec![s("10.0.0.2:7000")],
+                })),
             },
             DirMsg::CallFailed {
                 req: 7,
@@ -841,6 +863,7 @@ mod tests {
                 caller_fp: s("fp"),
                 caller_candidates: vec![],
                 handoff: None,
+                checks: None,
             },
             DirMsg::Answer {
                 req: 8,

@@ -453,6 +453,52 @@ pub fn enrol(gw: &Daemon, d: &Daemon, ext: &str) {
     registered(d, ext);
 }
 
+/// Start `keyline-agent terminal` for `account` (its password written
+/// beside its state, `scratch/term-ACCOUNT`), in namespace `ns` if given,
+/// with the directory at `dir` pinned to `fp`; its audio goes nowhere and
+/// `extra` arguments follow. Does not wait for it to register.
+pub fn start_terminal(
+    scratch: &Scratch,
+    ns: Option<&Netns>,
+    dir: &str,
+    fp: &str,
+    account: &str,
+    password: &str,
+    extra: &[&str],
+) -> Daemon {
+    let pw = scratch.join(&format!("{account}.password"));
+    std::fs::write(&pw, format!("{password}\n")).expect("write a password file");
+    let pw = pw.to_string_lossy().into_owned();
+    let mut args = vec![
+        "terminal",
+        "--directory",
+        dir,
+        "--directory-fp",
+        fp,
+        "--account",
+        account,
+        "--password-file",
+        &pw,
+        "--audio-out",
+        "null",
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start(
+        ns.map(|n| n.name.as_str()),
+        bin("keyline-agent"),
+        &scratch.join(&format!("term-{account}")),
+        &args,
+    )
+    .expect("start a terminal")
+}
+
+/// Wait until a terminal is registered with its directory.
+pub fn terminal_registered(d: &Daemon) {
+    wait_for("the terminal to register", Duration::from_secs(20), || {
+        (jstr(&d.json(&["status"]).ok()?, &["state"])? == "registered").then_some(())
+    });
+}
+
 /// Wait until a station is registered as `ext`.
 pub fn registered(d: &Daemon, ext: &str) {
     wait_for("registration", Duration::from_secs(15), || {

@@ -36,8 +36,8 @@
 use std::time::Duration;
 
 use keyline_tests::{
-    add_account, bin, jnum, jstr, ok, registered, status, unique, wait_for, Bridge, Daemon, Netns,
-    Scratch,
+    add_account, bin, jnum, jstr, ok, registered, start_terminal, status, terminal_registered,
+    unique, wait_for, Bridge, Daemon, Netns, Scratch,
 };
 use serde_json::Value;
 
@@ -165,35 +165,10 @@ fn directory(scratch: &Scratch, net: &Net) -> (Daemon, String) {
 
 /// A terminal for `account` in `ns`, answering at once.
 fn terminal(scratch: &Scratch, ns: &Netns, fp: &str, account: &str, tone: &str) -> Daemon {
-    let pw = scratch.join(&format!("{account}.password"));
-    std::fs::write(&pw, format!("{PW}\n")).unwrap();
     let dir = format!("{DIR_IP}:{DIR_PORT}");
-    let d = Daemon::start(
-        Some(&ns.name),
-        bin("keyline-agent"),
-        &scratch.join(&format!("term-{account}")),
-        &[
-            "terminal",
-            "--directory",
-            &dir,
-            "--directory-fp",
-            fp,
-            "--account",
-            account,
-            "--password-file",
-            pw.to_str().unwrap(),
-            "--auto-answer",
-            "0",
-            "--audio-in",
-            tone,
-            "--audio-out",
-            "null",
-        ],
-    )
-    .unwrap();
-    wait_for("the terminal to register", Duration::from_secs(20), || {
-        (jstr(&d.json(&["status"]).ok()?, &["state"])? == "registered").then_some(())
-    });
+    let extra = ["--auto-answer", "0", "--audio-in", tone];
+    let d = start_terminal(scratch, Some(ns), &dir, fp, account, PW, &extra);
+    terminal_registered(&d);
     d
 }
 
