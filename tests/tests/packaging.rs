@@ -154,6 +154,9 @@ impl Builds {
     }
 }
 
+/// The cargo profile the packages are built from here (see Cargo.toml).
+const PROFILE: &str = "pkgtest";
+
 /// Build the packages twice — the workspace version, then a higher one — in
 /// `<target>/debian-test/`, once per test process.
 fn builds() -> &'static Builds {
@@ -168,11 +171,13 @@ fn builds() -> &'static Builds {
         let t = std::time::Instant::now();
         run(Command::new(&script)
             .env("KEYLINE_DEB_VERSION", &v1)
-            .env("KEYLINE_DEB_OUT", &dir1));
+            .env("KEYLINE_DEB_OUT", &dir1)
+            .env("KEYLINE_DEB_PROFILE", PROFILE));
         // The same binaries, packaged again with a higher version.
         run(Command::new(&script)
             .env("KEYLINE_DEB_VERSION", &v2)
             .env("KEYLINE_DEB_OUT", &dir2)
+            .env("KEYLINE_DEB_PROFILE", PROFILE)
             .env("KEYLINE_DEB_NO_CARGO", "1"));
         eprintln!(
             "packaging tests: two builds of the packages in {:?}",
@@ -203,7 +208,7 @@ fn units_verify_clean() {
     }
     ensure_debs(&["systemd", "man-db"]);
     builds(); // the binaries and man pages the units name
-    let release = target_dir().join("release");
+    let release = target_dir().join(PROFILE);
     let man = target_dir().join("keyline-pkggen/man");
     let dir = target_dir().join("unit-verify");
     let _ = fs::remove_dir_all(&dir);
