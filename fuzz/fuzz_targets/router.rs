@@ -344,6 +344,10 @@ impl Run {
                 self.next_sid += 1;
                 self.r
                     .handle_session_up(sid, format!("fp{sid}"), addr(sid as u8, port));
+                // Odd ports are terminals, which check while they ring.
+                if port % 2 == 1 {
+                    self.r.allow_checks(sid);
+                }
             }
             Op::Login { s, account } => {
                 let sid = self.sid(s);
@@ -384,6 +388,7 @@ impl Run {
                 let placing = Placing {
                     media: vouched(v),
                     handoff,
+                    check_key: Some(format!("{req:032x}")),
                 };
                 self.r.handle_call_for(
                     now,
