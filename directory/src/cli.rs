@@ -146,6 +146,10 @@ pub enum ForwardWhenArg {
     Always,
     /// Only while the number is not registered (the callee's machine is off).
     Unregistered,
+    /// When the callee declines as busy or is set to do-not-disturb.
+    Busy,
+    /// When the call rings unanswered until the ring timeout.
+    NoAnswer,
 }
 
 /// How the two ends of an answered call reach each other.

@@ -247,6 +247,8 @@ fn forward_set(
             when: match when {
                 ForwardWhenArg::Always => ForwardWhen::Always,
                 ForwardWhenArg::Unregistered => ForwardWhen::Unregistered,
+                ForwardWhenArg::Busy => ForwardWhen::Busy,
+                ForwardWhenArg::NoAnswer => ForwardWhen::NoAnswer,
             },
             to: number::canonicalize(to).map_err(|e| anyhow::anyhow!("number {to:?}: {e}"))?,
         }),

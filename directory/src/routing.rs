@@ -53,6 +53,9 @@ impl Default for Config {
 pub struct NumberInfo {
     pub account: String,
     pub forward: Option<ForwardRule>,
+    /// Do-not-disturb: calls follow a `busy` rule, or fail as offline
+    /// with mail offered; the number never rings.
+    pub dnd: bool,
 }
 
 /// Where a dialled number ends up after server-side forwarding.
@@ -85,9 +88,12 @@ impl RouteError {
     }
 }
 
-/// Apply server-side forwarding to `start`: follow `always` rules, and
-/// `unregistered` rules of numbers that `bound` says have no binding, at
-/// most `max_hops` times, refusing cycles.
+/// Apply server-side forwarding to `start`: follow `always` rules,
+/// `unregistered` rules of numbers that `bound` says have no binding and
+/// `busy` rules of numbers set to do-not-disturb, at most `max_hops`
+/// times, refusing cycles. (`busy` rules otherwise, and `no-answer`
+/// rules, apply once the number has rung: see [`Router::handle_decline`]
+/// and [`Router::handle_timeout`].)
 pub fn resolve<'a>(
     start: &str,
     max_hops: usize,
@@ -109,6 +115,10 @@ pub fn resolve<'a>(
                 when: ForwardWhen::Unregistered,
                 to,
             }) if !bound(&cur) => Some(to.clone()),
+            Some(ForwardRule {
+                when: ForwardWhen::Busy,
+                to,
+            }) if ni.dnd => Some(to.clone()),
             _ => None,
         };
         let Some(next) = next else {
@@ -399,6 +409,13 @@ impl Router {
     pub fn set_forward(&mut self, number: &str, rule: Option<ForwardRule>) {
         if let Some(ni) = self.numbers.get_mut(number) {
             ni.forward = rule;
+        }
+    }
+
+    /// Set or clear one number's do-not-disturb.
+    pub fn set_dnd(&mut self, number: &str, on: bool) {
+        if let Some(ni) = self.numbers.get_mut(number) {
+            ni.dnd = on;
         }
     }
 
@@ -940,6 +957,13 @@ impl Router {
                 return fail(self, e.code(), &n, e.to_string(), false);
             }
         };
+        if self.numbers.get(&r.number).is_some_and(|ni| ni.dnd) {
+            let m = format!(
+                "{} does not want to be disturbed now; you may leave a voice mail or text",
+                r.number
+            );
+            return fail(self, ErrorCode::Unreachable, &r.number.clone(), m, true);
+        }
         let Some(b) = self.bindings.get(&r.number) else {
             let m = if r.via.is_empty() {
                 format!("{} is not registered (its endpoint is offline); you may leave a voice mail or text", r.number)
@@ -1194,12 +1218,55 @@ impl Router {
             return self.send(sid, err(Some(req), code, m));
         }
         self.send(sid, DirMsg::Ok { req });
+        if busy && self.forward_unanswered(id, ForwardWhen::Busy, false) {
+            return;
+        }
         let reason = if busy {
             EndReason::Busy
         } else {
             EndReason::Rejected
         };
         self.end_call(now, id, Some(sid), reason);
+    }
+
+    /// If the number ringing in call `id` has a `when` rule (`busy` or
+    /// `no-answer`), send the caller on to its target as a redirect does
+    /// and end the call (telling the callee when `tell_callee`).
+    fn forward_unanswered(&mut self, id: CallId, when: ForwardWhen, tell_callee: bool) -> bool {
+        let Some(c) = self.calls.get(&id) else {
+            return false;
+        };
+        let to = match self
+            .numbers
+            .get(&c.number)
+            .and_then(|ni| ni.forward.as_ref())
+        {
+            Some(rule) if rule.when == when && rule.to != c.number => rule.to.clone(),
+            _ => return false,
+        };
+        let Some(c) = self.calls.remove(&id) else {
+            return false;
+        };
+        if tell_callee {
+            self.send(
+                c.callee,
+                DirMsg::Ended {
+                    call: id,
+                    reason: EndReason::NoAnswer,
+                },
+            );
+        }
+        self.send(
+            c.caller,
+            DirMsg::Redirected {
+                call: id,
+                number: to,
+                by: c.number.clone(),
+                handoff: None,
+            },
+        );
+        self.finished(c, EndReason::Redirected);
+        true
     }
 
     /// The callee sends the caller to `number` (claim 7).
@@ -1494,7 +1561,9 @@ impl Router {
             .map(|c| c.id)
             .collect();
         for id in expired {
-            self.end_call(now, id, None, EndReason::NoAnswer);
+            if !self.forward_unanswered(id, ForwardWhen::NoAnswer, true) {
+                self.end_call(now, id, None, EndReason::NoAnswer);
+            }
         }
         let mut stale = Vec::new();
         while let Some(first) = self.expiry.first() {
@@ -1690,6 +1759,7 @@ mod tests {
 
     fn ni(account: &str, forward: Option<(ForwardWhen, &str)>) -> NumberInfo {
         NumberInfo {
+            dnd: false,
             account: account.into(),
             forward: forward.map(|(when, to)| ForwardRule {
                 when,
@@ -1802,7 +1872,8 @@ mod tests {
                     let applies = match &last.forward {
                         Some(ForwardRule { when: ForwardWhen::Always, .. }) => true,
                         Some(ForwardRule { when: ForwardWhen::Unregistered, .. }) => !is_bound(&r.number),
-                        None => false,
+                        Some(ForwardRule { when: ForwardWhen::Busy, .. }) => last.dnd,
+                        Some(ForwardRule { when: ForwardWhen::NoAnswer, .. }) | None => false,
                     };
                     prop_assert!(!applies);
                     prop_assert_eq!(r.via.first().unwrap_or(&r.number), &start);
@@ -2305,6 +2376,126 @@ mod tests {
         ));
         assert!(r.call(c).is_none());
         assert!(r.binding("ボブ").is_none());
+    }
+
+    #[test]
+    fn busy_no_answer_and_do_not_disturb_forward_the_caller() {
+        let (mut r, now) = two_online();
+        let ring = |r: &mut Router, req| {
+            r.handle_call(now, 1, req, "ボブ", None, vec![], 0);
+            let acts = drain(r);
+            match &sent(&acts, 1)[0] {
+                DirMsg::Ringing { call, .. } => *call,
+                other => panic!("{other:?}"),
+            }
+        };
+        // Busy: Bob declines as busy and the caller is sent on to carol.
+        r.set_forward(
+            "ボブ",
+            Some(ForwardRule {
+                when: ForwardWhen::Busy,
+                to: "carol".into(),
+            }),
+        );
+        let c = ring(&mut r, 1);
+        r.handle_decline(now, 2, 5, c, false);
+        let acts = drain(&mut r);
+        assert!(
+            matches!(
+                &sent(&acts, 1)[0],
+                DirMsg::Ended {
+                    reason: EndReason::Rejected,
+                    ..
+                }
+            ),
+            "a plain decline is not busy: {acts:?}"
+        );
+        let c = ring(&mut r, 2);
+        r.handle_decline(now, 2, 6, c, true);
+        let acts = drain(&mut r);
+        assert!(
+            matches!(&sent(&acts, 1)[0], DirMsg::Redirected { number, by, .. } if number == "carol" && by == "ボブ"),
+            "{acts:?}"
+        );
+        assert_eq!(sent(&acts, 2), vec![DirMsg::Ok { req: 6 }]);
+        assert!(r.call(c).is_none());
+        // A busy rule does not apply to a call that times out.
+        let c = ring(&mut r, 3);
+        r.handle_timeout(now + r.config().ring_timeout);
+        let acts = drain(&mut r);
+        assert!(matches!(
+            &sent(&acts, 1)[0],
+            DirMsg::Ended {
+                reason: EndReason::NoAnswer,
+                ..
+            }
+        ));
+        assert!(r.call(c).is_none());
+
+        // No answer: at the ring timeout the callee stops ringing and the
+        // caller is sent on.
+        r.set_forward(
+            "ボブ",
+            Some(ForwardRule {
+                when: ForwardWhen::NoAnswer,
+                to: "2001".into(),
+            }),
+        );
+        let c = ring(&mut r, 4);
+        r.handle_timeout(now + r.config().ring_timeout);
+        let acts = drain(&mut r);
+        assert!(
+            matches!(&sent(&acts, 1)[0], DirMsg::Redirected { number, .. } if number == "2001"),
+            "{acts:?}"
+        );
+        assert!(matches!(
+            &sent(&acts, 2)[0],
+            DirMsg::Ended {
+                reason: EndReason::NoAnswer,
+                ..
+            }
+        ));
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            Action::Finished {
+                reason: EndReason::Redirected,
+                ..
+            }
+        )));
+        assert!(r.call(c).is_none());
+
+        // Do-not-disturb: nothing rings; the caller is offered mail.
+        r.set_forward("ボブ", None);
+        r.set_dnd("ボブ", true);
+        r.handle_call(now, 1, 7, "ボブ", None, vec![], 0);
+        let acts = drain(&mut r);
+        assert!(sent(&acts, 2).is_empty(), "{acts:?}");
+        assert!(
+            matches!(&sent(&acts, 1)[0], DirMsg::CallFailed { code: ErrorCode::Unreachable, mail: true, message, .. } if message.contains("disturb")),
+            "{acts:?}"
+        );
+        // ... or, with a busy rule, goes where it says at once.
+        r.set_forward(
+            "ボブ",
+            Some(ForwardRule {
+                when: ForwardWhen::Busy,
+                to: "아리랑".into(),
+            }),
+        );
+        r.set_dnd("carol", true);
+        r.handle_call(now, 2, 8, "carol", None, vec![], 0);
+        assert!(matches!(
+            &sent(&drain(&mut r), 2)[0],
+            DirMsg::CallFailed { mail: true, .. }
+        ));
+        r.handle_call(now, 2, 9, "ボブ", None, vec![], 0);
+        let acts = drain(&mut r);
+        assert!(
+            matches!(&sent(&acts, 1)[0], DirMsg::Ring { number, via, .. } if number == "아리랑" && via == &vec!["ボブ".to_string()]),
+            "{acts:?}"
+        );
+        r.set_dnd("ボブ", false);
+        assert!(!r.number("ボブ").is_some_and(|n| n.dnd));
     }
 
     #[test]

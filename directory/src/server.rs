@@ -315,6 +315,7 @@ fn number_table(store: &dyn Store) -> Result<HashMap<String, NumberInfo>, StoreE
                 NumberInfo {
                     account: r.account,
                     forward: r.forward,
+                    dnd: r.dnd,
                 },
             )
         })

@@ -69,12 +69,14 @@ pub struct Invite {
     pub used_by: Option<String>,
 }
 
-/// A number, its owner and its forwarding rule.
+/// A number, its owner, its forwarding rule and whether it is set to
+/// do-not-disturb.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NumberRow {
     pub number: String,
     pub account: String,
     pub forward: Option<ForwardRule>,
+    pub dnd: bool,
 }
 
 /// A message to store.
@@ -174,6 +176,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn delete_token(&self, token_hash: &str) -> StoreResult<bool>;
     fn add_invite(&self, code_hash: &str, now_ms: i64) -> StoreResult<()>;
     fn invites(&self) -> StoreResult<Vec<Invite>>;
+    /// Set or clear do-not-disturb on a known number.
+    fn set_dnd(&self, number: &str, on: bool) -> StoreResult<()>;
+    /// Give `account` one more number (canonical), last in its list, if
+    /// nobody owns it and it is not held back at `now_ms`.
+    fn add_number(&self, account: &str, number: &str, now_ms: i64) -> StoreResult<()>;
+    /// Take `number` from `account` with its rule and the rules of other
+    /// numbers that forward to it; the last number cannot be removed.
+    /// With `hold_until_ms`, nobody can take it again before then.
+    fn remove_number(
+        &self,
+        account: &str,
+        number: &str,
+        hold_until_ms: Option<i64>,
+    ) -> StoreResult<()>;
 }
 
 /// Run a storage call off the async runtime.
@@ -207,7 +223,8 @@ CREATE TABLE accounts (
 CREATE TABLE numbers (
     number TEXT PRIMARY KEY,
     account TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
-    position INTEGER NOT NULL
+    position INTEGER NOT NULL,
+    dnd INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX numbers_account ON numbers (account, position);
 CREATE TABLE sessions (
@@ -219,7 +236,7 @@ CREATE TABLE sessions (
 CREATE INDEX sessions_account ON sessions (account);
 CREATE TABLE forwards (
     number TEXT PRIMARY KEY REFERENCES numbers (number) ON DELETE CASCADE,
-    rule TEXT NOT NULL CHECK (rule IN ('always', 'unregistered')),
+    rule TEXT NOT NULL CHECK (rule IN ('always', 'unregistered', 'busy', 'no-answer')),
     target TEXT NOT NULL,
     set_ms INTEGER NOT NULL
 );
@@ -298,6 +315,20 @@ pub const MIGRATIONS: &[&str] = &[
         number TEXT PRIMARY KEY,
         until_ms INTEGER NOT NULL
     );",
+    // 4: forwarding on busy and on no answer (the rule's check widened,
+    // which SQLite can only do by making the table again); do-not-disturb
+    // per number.
+    "CREATE TABLE forwards_new (
+        number TEXT PRIMARY KEY REFERENCES numbers (number) ON DELETE CASCADE,
+        rule TEXT NOT NULL CHECK (rule IN ('always', 'unregistered', 'busy', 'no-answer')),
+        target TEXT NOT NULL,
+        set_ms INTEGER NOT NULL
+    );
+    INSERT INTO forwards_new (number, rule, target, set_ms)
+        SELECT number, rule, target, set_ms FROM forwards;
+    DROP TABLE forwards;
+    ALTER TABLE forwards_new RENAME TO forwards;
+    ALTER TABLE numbers ADD COLUMN dnd INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The SQLite store.
@@ -643,6 +674,105 @@ impl Store for SqliteStore {
         self.with(|c| delete_account(c, id, None))
     }
 
+    fn set_dnd(&self, number: &str, on: bool) -> StoreResult<()> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE numbers SET dnd = ?2 WHERE number = ?1",
+                params![number, on],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "{number} is not a known number"
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    fn add_number(&self, account: &str, number: &str, now_ms: i64) -> StoreResult<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let exists: Option<i64> = tx
+                .query_row("SELECT 1 FROM accounts WHERE id = ?1", [account], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("no account {account}")));
+            }
+            match number_status_in(&tx, number, now_ms)? {
+                NumberStatus::Free => {}
+                NumberStatus::Taken => {
+                    return Err(StoreError::Exists(format!(
+                        "number {number} already belongs to an account"
+                    )))
+                }
+                NumberStatus::Held { .. } => {
+                    return Err(StoreError::Exists(format!(
+                        "number {number} belonged to a deleted account and is held back for now"
+                    )))
+                }
+            }
+            let next: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(position) + 1, 0) FROM numbers WHERE account = ?1",
+                [account],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT INTO numbers (number, account, position) VALUES (?1, ?2, ?3)",
+                params![number, account, next],
+            )?;
+            tx.execute("DELETE FROM held_numbers WHERE number = ?1", [number])?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn remove_number(
+        &self,
+        account: &str,
+        number: &str,
+        hold_until_ms: Option<i64>,
+    ) -> StoreResult<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let owner: Option<String> = tx
+                .query_row(
+                    "SELECT account FROM numbers WHERE number = ?1",
+                    [number],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if owner.as_deref() != Some(account) {
+                return Err(StoreError::NotFound(format!(
+                    "{number} is not a number of account {account}"
+                )));
+            }
+            let count: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM numbers WHERE account = ?1",
+                [account],
+                |r| r.get(0),
+            )?;
+            if count <= 1 {
+                return Err(StoreError::Invalid(
+                    "an account needs at least one number".into(),
+                ));
+            }
+            // Rules of other numbers that forward here would dangle.
+            tx.execute("DELETE FROM forwards WHERE target = ?1", [number])?;
+            tx.execute("DELETE FROM numbers WHERE number = ?1", [number])?;
+            if let Some(until) = hold_until_ms {
+                tx.execute(
+                    "INSERT INTO held_numbers (number, until_ms) VALUES (?1, ?2)
+                     ON CONFLICT (number) DO UPDATE SET until_ms = excluded.until_ms",
+                    params![number, until],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     fn account(&self, id: &str) -> StoreResult<Option<Account>> {
         self.with(|c| {
             let row: Option<(String, i64, bool)> = c
@@ -729,7 +859,7 @@ impl Store for SqliteStore {
     fn numbers(&self) -> StoreResult<Vec<NumberRow>> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT n.number, n.account, f.rule, f.target FROM numbers n
+                "SELECT n.number, n.account, f.rule, f.target, n.dnd FROM numbers n
                  LEFT JOIN forwards f ON f.number = n.number ORDER BY n.number",
             )?;
             let rows = st
@@ -744,6 +874,7 @@ impl Store for SqliteStore {
                         number: r.get(0)?,
                         account: r.get(1)?,
                         forward,
+                        dnd: r.get(4)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -1285,5 +1416,122 @@ mod tests {
             s.number_status("김민준", 501).expect("status"),
             NumberStatus::Taken
         );
+    }
+
+    #[test]
+    fn numbers_added_removed_and_do_not_disturb() {
+        let s = store();
+        s.add_account("a", "h", &["a1".into()], 1).expect("a");
+        s.add_account("b", "h", &["b1".into()], 1).expect("b");
+        s.add_number("a", "에이", 2).expect("add");
+        assert_eq!(
+            s.account("a").expect("q").expect("a").numbers,
+            vec!["a1", "에이"]
+        );
+        // Taken, held back, or no such account: nothing changes.
+        assert!(matches!(
+            s.add_number("a", "b1", 2),
+            Err(StoreError::Exists(_))
+        ));
+        assert!(matches!(
+            s.add_number("nobody", "n1", 2),
+            Err(StoreError::NotFound(_))
+        ));
+        // Busy and no-answer rules are kept like the others.
+        s.set_forward(
+            "b1",
+            Some(&ForwardRule {
+                when: ForwardWhen::Busy,
+                to: "에이".into(),
+            }),
+            3,
+        )
+        .expect("busy rule");
+        s.set_forward(
+            "a1",
+            Some(&ForwardRule {
+                when: ForwardWhen::NoAnswer,
+                to: "b1".into(),
+            }),
+            3,
+        )
+        .expect("no-answer rule");
+        s.set_dnd("a1", true).expect("dnd");
+        assert!(matches!(
+            s.set_dnd("nobody", true),
+            Err(StoreError::NotFound(_))
+        ));
+        let rows = s.numbers().expect("numbers");
+        let row = |n: &str| rows.iter().find(|r| r.number == n).expect("row").clone();
+        assert!(row("a1").dnd);
+        assert!(!row("에이").dnd);
+        assert_eq!(
+            row("a1").forward.map(|f| f.when),
+            Some(ForwardWhen::NoAnswer)
+        );
+        assert_eq!(row("b1").forward.map(|f| f.when), Some(ForwardWhen::Busy));
+
+        // Another account's number, and the last one, stay.
+        assert!(matches!(
+            s.remove_number("a", "b1", None),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            s.remove_number("b", "b1", None),
+            Err(StoreError::Invalid(_))
+        ));
+        // Removed with a hold: the rule forwarding to it goes too.
+        s.remove_number("a", "에이", Some(50)).expect("remove");
+        assert_eq!(s.account("a").expect("q").expect("a").numbers, vec!["a1"]);
+        assert!(s
+            .numbers()
+            .expect("numbers")
+            .iter()
+            .all(|r| r.number != "에이" && r.forward.as_ref().is_none_or(|f| f.to != "에이")));
+        assert_eq!(
+            s.number_status("에이", 10).expect("status"),
+            NumberStatus::Held { until_ms: 50 }
+        );
+        assert!(matches!(
+            s.add_number("b", "에이", 10),
+            Err(StoreError::Exists(_))
+        ));
+        s.add_number("b", "에이", 51).expect("after the hold");
+    }
+
+    #[test]
+    fn a_version_3_database_keeps_its_rules_through_the_upgrade() {
+        let mut c = Connection::open_in_memory().expect("db");
+        c.pragma_update(None, "foreign_keys", "ON").expect("fk");
+        migrate_from(&mut c, 0).expect("all");
+        c.pragma_update(None, "user_version", 3).expect("v3");
+        // Undo migration 4 by hand to have a version-3 database.
+        c.execute_batch(
+            "DROP TABLE forwards;
+             CREATE TABLE forwards (
+                number TEXT PRIMARY KEY REFERENCES numbers (number) ON DELETE CASCADE,
+                rule TEXT NOT NULL CHECK (rule IN ('always', 'unregistered')),
+                target TEXT NOT NULL,
+                set_ms INTEGER NOT NULL
+             );
+             ALTER TABLE numbers DROP COLUMN dnd;
+             INSERT INTO accounts (id, pw_hash, created_ms) VALUES ('a', 'h', 1);
+             INSERT INTO numbers (number, account, position) VALUES ('1', 'a', 0), ('2', 'a', 1);
+             INSERT INTO forwards VALUES ('1', 'unregistered', '2', 5);",
+        )
+        .expect("v3 data");
+        migrate(&mut c).expect("upgrade");
+        let s = SqliteStore {
+            conn: Arc::new(Mutex::new(c)),
+        };
+        let rows = s.numbers().expect("numbers");
+        assert_eq!(
+            rows[0].forward,
+            Some(ForwardRule {
+                when: ForwardWhen::Unregistered,
+                to: "2".into()
+            })
+        );
+        assert!(!rows[0].dnd);
     }
 }

@@ -486,7 +486,7 @@ impl Run {
                         let account = ACCOUNTS[usize::from(a) % ACCOUNTS.len()].to_string();
                         let forward = self.table.get(n).and_then(|ni| ni.forward.clone());
                         self.table
-                            .insert(n.to_string(), NumberInfo { account, forward });
+                            .insert(n.to_string(), NumberInfo { account, forward, dnd: false });
                     }
                     None => {
                         self.table.remove(n);
@@ -554,6 +554,7 @@ fuzz_target!(|input: Input| {
                 NumberInfo {
                     account: ACCOUNTS[*a].to_string(),
                     forward: None,
+                    dnd: false,
                 },
             )
         })

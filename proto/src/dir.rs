@@ -77,6 +77,11 @@ pub enum ForwardWhen {
     Always,
     /// Only while the number has no live registration.
     Unregistered,
+    /// When the endpoint declines the call as busy (or the number is set
+    /// to do-not-disturb).
+    Busy,
+    /// When the call rings unanswered until the ring timeout.
+    NoAnswer,
 }
 
 impl ForwardWhen {
@@ -84,6 +89,8 @@ impl ForwardWhen {
         match self {
             ForwardWhen::Always => "always",
             ForwardWhen::Unregistered => "unregistered",
+            ForwardWhen::Busy => "busy",
+            ForwardWhen::NoAnswer => "no-answer",
         }
     }
 
@@ -91,6 +98,8 @@ impl ForwardWhen {
         match s {
             "always" => Some(ForwardWhen::Always),
             "unregistered" => Some(ForwardWhen::Unregistered),
+            "busy" => Some(ForwardWhen::Busy),
+            "no-answer" => Some(ForwardWhen::NoAnswer),
             _ => None,
         }
     }
