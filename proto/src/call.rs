@@ -180,7 +180,13 @@ pub enum Action {
         message: String,
     },
     /// An extension's settings changed: store them and show the station.
-    Settings { ext: String, settings: LineSettings },
+    /// `before` is what they replaced, for the shell to restore (with
+    /// [`Switchboard::set_settings`]) if the new ones cannot be stored.
+    Settings {
+        ext: String,
+        settings: LineSettings,
+        before: LineSettings,
+    },
     /// The call was put on hold (or resumed) by the other end: tell `to`.
     Held { to: String, call: CallId, on: bool },
     /// A blind transfer is under way: `to` (who asked) learns the target
@@ -2081,11 +2087,12 @@ impl Switchboard {
         if is_speed {
             return Feature::Fail(FailReason::UnknownNumber);
         }
-        let mut settings = self
+        let before = self
             .lines
             .get(caller)
             .map(|l| l.settings.clone())
             .unwrap_or_default();
+        let mut settings = before.clone();
         let target = |prefix: &str| code.strip_prefix(prefix).filter(|t| !t.is_empty());
         let message = if let Some(t) = target("*72") {
             if !self.lines.contains_key(t) && !self.is_outside(t) {
@@ -2127,6 +2134,7 @@ impl Switchboard {
         self.actions.push_back(Action::Settings {
             ext: caller.to_string(),
             settings,
+            before,
         });
         self.actions.push_back(Action::Feature {
             caller: caller.to_string(),
@@ -2543,8 +2551,8 @@ mod tests {
         let acts = drain(&mut sb);
         assert!(acts
             .iter()
-            .any(|a| matches!(a, Action::Settings { ext, settings }
-            if ext == "201" && settings.forward_always.as_deref() == Some("202"))));
+            .any(|a| matches!(a, Action::Settings { ext, settings, before }
+            if ext == "201" && before.forward_always.is_none() && settings.forward_always.as_deref() == Some("202"))));
         assert!(acts
             .iter()
             .any(|a| matches!(a, Action::Feature { req: 1, .. })));
