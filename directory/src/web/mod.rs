@@ -148,6 +148,9 @@ pub(crate) fn router(web: App, hsts: bool) -> Router {
         .route("/account/password", post(change_password))
         .route("/account/id", post(change_id))
         .route("/account/forward", post(set_forward))
+        .route("/account/dnd", post(set_dnd))
+        .route("/account/numbers", post(add_number))
+        .route("/account/numbers/remove", post(remove_number))
         .route("/account/devices/{sid}/signout", post(sign_out_device))
         .route("/account/mail/{id}", get(mail_body))
         .route("/account/mail/{id}/delete", post(delete_mail))
@@ -1233,13 +1236,18 @@ struct AccountT {
     password_error: Option<String>,
     id_error: Option<String>,
     delete_error: Option<String>,
+    new_number: String,
+    add_error: Option<String>,
+    remove_error: Option<String>,
 }
 
 struct NumberView {
     number: String,
     fwd_on: bool,
     fwd_to: String,
-    always: bool,
+    /// The rule's `ForwardWhen::as_str`.
+    when: &'static str,
+    dnd: bool,
     error: Option<String>,
 }
 
@@ -1268,6 +1276,9 @@ struct AccountErrors {
     delete: Option<String>,
     /// A forwarding rule's number, the value typed and what is wrong.
     forward: Option<(String, String, String)>,
+    /// The number typed to add and what is wrong with it.
+    add: Option<(String, String)>,
+    remove: Option<String>,
 }
 
 async fn devices_of(shared: &Shared, account: &str) -> Vec<Device> {
@@ -1324,11 +1335,11 @@ async fn account_page(
         let Some(acct) = s.account(&user)? else {
             return Ok(None);
         };
-        let rules: HashMap<String, Option<ForwardRule>> = s
+        let rules: HashMap<String, (Option<ForwardRule>, bool)> = s
             .numbers()?
             .into_iter()
             .filter(|n| n.account == acct.id)
-            .map(|n| (n.number, n.forward))
+            .map(|n| (n.number, (n.forward, n.dnd)))
             .collect();
         let mut mail = Vec::new();
         for m in s.pending_mail(&acct.id)? {
@@ -1354,12 +1365,13 @@ async fn account_page(
         .numbers
         .iter()
         .map(|n| {
-            let rule = rules.get(n).cloned().flatten();
+            let (rule, dnd) = rules.get(n).cloned().unwrap_or_default();
             let mut v = NumberView {
                 number: n.clone(),
                 fwd_on: rule.is_some(),
                 fwd_to: rule.as_ref().map(|r| r.to.clone()).unwrap_or_default(),
-                always: rule.as_ref().is_none_or(|r| r.when == ForwardWhen::Always),
+                when: rule.as_ref().map_or("always", |r| r.when.as_str()),
+                dnd,
                 error: None,
             };
             if let Some((num, typed, e)) = &errors.forward {
@@ -1411,6 +1423,9 @@ async fn account_page(
             password_error: errors.password,
             id_error: errors.id,
             delete_error: errors.delete,
+            new_number: errors.add.as_ref().map(|a| a.0.clone()).unwrap_or_default(),
+            add_error: errors.add.map(|a| a.1),
+            remove_error: errors.remove,
         },
     )
 }
@@ -1431,6 +1446,9 @@ async fn account(
         Some("forward") => Some(t.forward_saved),
         Some("device") => Some(t.device_signed_out),
         Some("mail") => Some(t.mail_deleted),
+        Some("dnd") => Some(t.dnd_saved),
+        Some("number-added") => Some(t.number_added),
+        Some("number-removed") => Some(t.number_removed),
         _ => None,
     };
     account_page(
@@ -1618,9 +1636,22 @@ async fn set_forward(
         ..AccountErrors::default()
     };
     let rule = if f.on.is_some() {
-        let when = match f.when.as_str() {
-            "unregistered" => ForwardWhen::Unregistered,
-            _ => ForwardWhen::Always,
+        // Every kind the routing core follows; anything else is refused.
+        let Some(when) = ForwardWhen::parse(&f.when) else {
+            let e = wrong(pick(
+                lang,
+                "Choose when calls are forwarded.",
+                "언제 전환할지 고르세요.",
+            ));
+            return account_page(
+                &web,
+                &headers,
+                &session,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                None,
+                e,
+            )
+            .await;
         };
         match number::canonicalize(&clip(&f.to, number::MAX_INPUT_BYTES)) {
             Ok(to) if f.to.len() <= number::MAX_INPUT_BYTES => Some(ForwardRule { when, to }),
@@ -1682,6 +1713,171 @@ async fn set_forward(
         return failed(lang, "the directory is stopping");
     }
     Redirect::to("/account?done=forward").into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct NumberForm {
+    csrf: String,
+    number: String,
+    on: String,
+}
+
+/// The canonical form of `typed` if it is one of `user`'s numbers.
+async fn own_number(web: &Web, user: &str, typed: &str) -> Result<Option<String>, String> {
+    let Ok(num) = number::canonicalize(&clip(typed, 256)) else {
+        return Ok(None);
+    };
+    let user = user.to_string();
+    match store::blocking(&web.shared.store, move |s| s.account(&user)).await {
+        Ok(Some(a)) => Ok(a.numbers.contains(&num).then_some(num)),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn set_dnd(
+    State(web): State<App>,
+    headers: HeaderMap,
+    Form(f): Form<NumberForm>,
+) -> Response {
+    let lang = Lang::from_headers(&headers);
+    let session = match authed(&web, &headers, Some(&f.csrf)) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let num = match own_number(&web, &session.user, &f.number).await {
+        Ok(Some(n)) => n,
+        Ok(None) => return not_found(lang),
+        Err(e) => return failed(lang, e),
+    };
+    let on = f.on == "1";
+    let n2 = num.clone();
+    match store::blocking(&web.shared.store, move |s| s.set_dnd(&n2, on)).await {
+        Ok(()) => {}
+        Err(StoreError::NotFound(_)) => return not_found(lang),
+        Err(e) => return failed(lang, e),
+    }
+    // The hub re-reads the numbers before answering: the next call
+    // follows the setting.
+    reload(&web.shared, None).await;
+    tracing::info!(
+        "web: {} turned do-not-disturb {} for {num}",
+        session.user,
+        if on { "on" } else { "off" }
+    );
+    Redirect::to("/account?done=dnd").into_response()
+}
+
+async fn add_number(
+    State(web): State<App>,
+    headers: HeaderMap,
+    Form(f): Form<NumberForm>,
+) -> Response {
+    let lang = Lang::from_headers(&headers);
+    let session = match authed(&web, &headers, Some(&f.csrf)) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let wrong = |msg: String| AccountErrors {
+        add: Some((clip(&f.number, 128), msg)),
+        ..AccountErrors::default()
+    };
+    // The same checks as sign-up: canonical, free, not held back.
+    let canon = match number_problem(&web, lang, &f.number).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(m)) => {
+            return account_page(
+                &web,
+                &headers,
+                &session,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                None,
+                wrong(m),
+            )
+            .await
+        }
+        Err(e) => return failed(lang, e),
+    };
+    let (user, c2) = (session.user.clone(), canon.clone());
+    match store::blocking(&web.shared.store, move |s| {
+        s.add_number(&user, &c2, store::now_ms())
+    })
+    .await
+    {
+        Ok(()) => {}
+        Err(StoreError::Exists(_)) => {
+            let e = wrong(pick(
+                lang,
+                "This number is taken.",
+                "이미 쓰이는 번호입니다.",
+            ));
+            return account_page(
+                &web,
+                &headers,
+                &session,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                None,
+                e,
+            )
+            .await;
+        }
+        Err(StoreError::NotFound(_)) => return gone(&web, &headers),
+        Err(e) => return failed(lang, e),
+    }
+    reload(&web.shared, None).await;
+    tracing::info!("web: {} added the number {canon}", session.user);
+    Redirect::to("/account?done=number-added").into_response()
+}
+
+async fn remove_number(
+    State(web): State<App>,
+    headers: HeaderMap,
+    Form(f): Form<NumberForm>,
+) -> Response {
+    let lang = Lang::from_headers(&headers);
+    let session = match authed(&web, &headers, Some(&f.csrf)) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let num = match own_number(&web, &session.user, &f.number).await {
+        Ok(Some(n)) => n,
+        Ok(None) => return not_found(lang),
+        Err(e) => return failed(lang, e),
+    };
+    // Held back as a deleted account's numbers are, so that nobody else
+    // takes it while callers still dial it for this person.
+    let hold = web.shared.cfg().web.hold_numbers();
+    let until = store::now_ms() + hold.as_millis() as i64;
+    let (user, n2) = (session.user.clone(), num.clone());
+    match store::blocking(&web.shared.store, move |s| {
+        s.remove_number(&user, &n2, Some(until))
+    })
+    .await
+    {
+        Ok(()) => {}
+        Err(StoreError::Invalid(_)) => {
+            let e = AccountErrors {
+                remove: Some(Text::of(lang).last_number.to_string()),
+                ..AccountErrors::default()
+            };
+            return account_page(
+                &web,
+                &headers,
+                &session,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                None,
+                e,
+            )
+            .await;
+        }
+        Err(StoreError::NotFound(_)) => return not_found(lang),
+        Err(e) => return failed(lang, e),
+    }
+    // The hub drops the number's binding before answering.
+    reload(&web.shared, None).await;
+    tracing::info!("web: {} removed the number {num}", session.user);
+    Redirect::to("/account?done=number-removed").into_response()
 }
 
 async fn sign_out_device(
@@ -1905,6 +2101,12 @@ struct AdminT {
     accounts: Vec<AdminAccount>,
     invites: Vec<(String, String, String)>,
     new_invite: Option<String>,
+    /// The search typed, and how many accounts there are in all.
+    q: String,
+    total: usize,
+    numbers: Vec<AdminNumber>,
+    online: Vec<AdminBinding>,
+    calls_now: Vec<AdminCall>,
 }
 
 struct AdminAccount {
@@ -1914,23 +2116,117 @@ struct AdminAccount {
     admin: bool,
 }
 
+struct AdminNumber {
+    number: String,
+    account: String,
+    rule: String,
+    dnd: bool,
+}
+
+struct AdminBinding {
+    number: String,
+    account: String,
+    address: String,
+    since: u64,
+    expires_in: u64,
+}
+
+struct AdminCall {
+    from: String,
+    number: String,
+    state: String,
+    seconds: u64,
+    relayed: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AdminQuery {
+    q: String,
+}
+
+/// Whether an account matches the operator's search: a part of its ID or
+/// of one of its numbers, case and script folded as numbers are.
+fn matches_search(q: &str, id: &str, numbers: &[String]) -> bool {
+    let q = q.trim();
+    if q.is_empty() {
+        return true;
+    }
+    let folded = q.to_lowercase();
+    let canon = number::canonicalize(q).unwrap_or_else(|_| folded.clone());
+    id.to_lowercase().contains(&folded)
+        || numbers
+            .iter()
+            .any(|n| n.contains(&canon) || n.contains(&folded))
+}
+
 async fn admin_page(
     web: &Web,
     headers: &HeaderMap,
     session: &Session,
     new_invite: Option<String>,
+    q: &str,
 ) -> Response {
     let lang = Lang::from_headers(headers);
     let t = Text::of(lang);
-    let data = store::blocking(&web.shared.store, |s| Ok((s.accounts()?, s.invites()?))).await;
-    let (accounts, invites) = match data {
+    let data = store::blocking(&web.shared.store, |s| {
+        Ok((s.accounts()?, s.invites()?, s.numbers()?))
+    })
+    .await;
+    let (accounts, invites, numbers) = match data {
         Ok(d) => d,
         Err(e) => return failed(lang, e),
     };
+    let q = clip(q, 128);
+    let total = accounts.len();
+    let accounts: Vec<_> = accounts
+        .into_iter()
+        .filter(|a| matches_search(&q, &a.id, &a.numbers))
+        .collect();
+    let numbers: Vec<AdminNumber> = numbers
+        .into_iter()
+        .filter(|n| accounts.iter().any(|a| a.id == n.account))
+        .map(|n| AdminNumber {
+            rule: n
+                .forward
+                .map(|r| format!("{} → {}", r.when.as_str(), r.to))
+                .unwrap_or_default(),
+            number: n.number,
+            account: n.account,
+            dnd: n.dnd,
+        })
+        .collect();
     let online = query_hub(&web.shared, Query::Online).await;
     let status = query_hub(&web.shared, Query::Status).await;
     let calls = query_hub(&web.shared, Query::Calls).await;
+    let bindings = query_hub(&web.shared, Query::Bindings).await;
     let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let empty = Vec::new();
+    let online_list: Vec<AdminBinding> = bindings["bindings"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|b| AdminBinding {
+            number: s(&b["number"]),
+            account: s(&b["account"]),
+            address: s(&b["observed"]),
+            since: n(&b["since_s"]),
+            expires_in: n(&b["expires_in_s"]),
+        })
+        .collect();
+    let calls_now: Vec<AdminCall> = calls["calls"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|c| AdminCall {
+            from: s(&c["from"]),
+            number: s(&c["number"]),
+            state: s(&c["state"]),
+            seconds: n(&c["seconds"]),
+            relayed: c["relayed"].as_bool().unwrap_or(false),
+        })
+        .collect();
     let mut p = Page::new(lang, t.operator, Some(session), "/admin");
     p.admin = true;
     render(
@@ -1971,6 +2267,11 @@ async fn admin_page(
                 })
                 .collect(),
             new_invite,
+            q,
+            total,
+            numbers,
+            online: online_list,
+            calls_now,
         },
     )
 }
@@ -1985,9 +2286,13 @@ async fn operator(web: &Web, headers: &HeaderMap, csrf: Option<&str>) -> Result<
     }
 }
 
-async fn admin(State(web): State<App>, headers: HeaderMap) -> Response {
+async fn admin(
+    State(web): State<App>,
+    headers: HeaderMap,
+    UrlQuery(aq): UrlQuery<AdminQuery>,
+) -> Response {
     match operator(&web, &headers, None).await {
-        Ok(s) => admin_page(&web, &headers, &s, None).await,
+        Ok(s) => admin_page(&web, &headers, &s, None, &aq.q).await,
         Err(r) => r,
     }
 }
@@ -2011,5 +2316,5 @@ async fn create_invite(
     {
         return failed(lang, e);
     }
-    admin_page(&web, &headers, &session, Some(code)).await
+    admin_page(&web, &headers, &session, Some(code), "").await
 }

@@ -699,3 +699,311 @@ async fn language_switch_and_unknown_pages() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// The value of the `on` field the page's do-not-disturb form sends.
+fn dnd_on_field(body: &str) -> String {
+    let key = "name=\"on\" value=\"";
+    let i = body.find(key).map(|i| i + key.len()).unwrap_or(0);
+    body[i..].split('"').next().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn numbers_added_and_removed_with_errors_next_to_the_field() {
+    let (shared, app) = site(Config::default());
+    let mut a = Browser::new(app.clone());
+    a.sign_up("minjun", "correct horse", "김민준").await;
+    let mut o = Browser::new(app);
+    o.sign_up("other", "password two", "2002").await;
+
+    let page = a.get("/account").await;
+    for label in [">New number</label>", ">Add number</button>"] {
+        assert!(page.body.contains(label), "{label}");
+    }
+    // The only number offers no way to remove it.
+    assert!(!page.body.contains("/account/numbers/remove"));
+    let csrf = page.csrf();
+
+    // Any script, canonicalised as sign-up does.
+    let r = a
+        .post(
+            "/account/numbers",
+            &[("csrf", &csrf), ("number", "Min-Jun 2")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.location(), "/account?done=number-added");
+    let numbers = || {
+        shared
+            .store
+            .account("minjun")
+            .expect("query")
+            .expect("account")
+            .numbers
+    };
+    assert_eq!(numbers(), vec!["김민준", "minjun2"]);
+    let page = a.get("/account?done=number-added").await;
+    assert!(page.body.contains("The number was added"));
+    assert!(page.body.contains("/account/numbers/remove"));
+
+    // Taken, malformed, overlong, markup: the error stands next to the
+    // field, the typed value is kept escaped, nothing is added.
+    for (typed, says) in [
+        ("20-02", "is taken"),
+        ("", "Choose a number"),
+        (&"9".repeat(400)[..], "too long"),
+    ] {
+        let r = a
+            .post("/account/numbers", &[("csrf", &csrf), ("number", typed)])
+            .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{typed}");
+        let err = r
+            .body
+            .split("id=\"new-number-error\">")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no error next to the field for {typed:?}"));
+        assert!(err.contains(says), "{typed:?}: {err}");
+    }
+    let r = a
+        .post(
+            "/account/numbers",
+            &[("csrf", &csrf), ("number", "<script>x</script>")],
+        )
+        .await;
+    assert!(!r.body.contains("<script>x"), "escaped");
+    assert_eq!(numbers().len(), 3, "a number with markup is still a name");
+    let r = a
+        .post(
+            "/account/numbers/remove",
+            &[("csrf", &csrf), ("number", "<script>x</script>")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(numbers().len(), 2);
+    // Without the token: 403 and nothing added.
+    let r = a.post("/account/numbers", &[("number", "7777")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(numbers().len(), 2);
+
+    // Another account's number cannot be removed (404); a removed number
+    // is held back from others; the last number stays.
+    let r = a
+        .post(
+            "/account/numbers/remove",
+            &[("csrf", &csrf), ("number", "2002")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = a
+        .post(
+            "/account/numbers/remove",
+            &[("csrf", &csrf), ("number", "MINJUN2")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(numbers(), vec!["김민준"]);
+    let ocsrf = o.get("/account").await.csrf();
+    let r = o
+        .post(
+            "/account/numbers",
+            &[("csrf", &ocsrf), ("number", "minjun2")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body.contains("deleted account"), "held back: {}", r.body);
+    // The last number: refused by the store even when asked directly.
+    let r = a
+        .post(
+            "/account/numbers/remove",
+            &[("csrf", &csrf), ("number", "김민준")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body.contains("id=\"remove-error\""), "{}", r.body);
+    assert_eq!(numbers(), vec!["김민준"]);
+
+    // In Korean too.
+    a.lang = Some("ko");
+    let r = a
+        .post("/account/numbers", &[("csrf", &csrf), ("number", "2002")])
+        .await;
+    assert!(r.body.contains("이미 쓰이고 있습니다"), "{}", r.body);
+    assert!(r.body.contains(">새 번호</label>"));
+}
+
+#[tokio::test]
+async fn do_not_disturb_and_every_kind_of_forwarding() {
+    let (shared, app) = site(Config::default());
+    let mut a = Browser::new(app.clone());
+    a.sign_up("minjun", "correct horse", "김민준").await;
+    let mut o = Browser::new(app);
+    o.sign_up("other", "password two", "2002").await;
+    let row = |n: &str| {
+        shared
+            .store
+            .numbers()
+            .expect("numbers")
+            .into_iter()
+            .find(|r| r.number == n)
+            .expect("row")
+    };
+
+    let page = a.get("/account").await;
+    for option in [
+        "value=\"always\"",
+        "value=\"busy\"",
+        "value=\"no-answer\"",
+        "value=\"unregistered\"",
+        ">Turn on do-not-disturb",
+        "Do-not-disturb is off",
+    ] {
+        assert!(page.body.contains(option), "{option}");
+    }
+    assert_eq!(dnd_on_field(&page.body), "1");
+    let csrf = page.csrf();
+    let r = a
+        .post(
+            "/account/dnd",
+            &[("csrf", &csrf), ("number", "김민준"), ("on", "1")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert!(row("김민준").dnd);
+    let page = a.get("/account?done=dnd").await;
+    assert!(page.body.contains("Do-not-disturb saved."));
+    assert!(page.body.contains("Do-not-disturb is on"));
+    assert!(page.body.contains(">Turn off do-not-disturb"));
+    assert_eq!(dnd_on_field(&page.body), "0");
+    // Another account's number: 404; no token: 403.
+    let r = a
+        .post(
+            "/account/dnd",
+            &[("csrf", &csrf), ("number", "2002"), ("on", "1")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(!row("2002").dnd);
+    let r = a
+        .post("/account/dnd", &[("number", "김민준"), ("on", "0")])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(row("김민준").dnd);
+    let r = a
+        .post(
+            "/account/dnd",
+            &[("csrf", &csrf), ("number", "김민준"), ("on", "0")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(!row("김민준").dnd);
+
+    // Busy and no answer are kept and shown selected.
+    for (when, kind) in [
+        ("busy", ForwardWhen::Busy),
+        ("no-answer", ForwardWhen::NoAnswer),
+    ] {
+        let r = a
+            .post(
+                "/account/forward",
+                &[
+                    ("csrf", &csrf),
+                    ("number", "김민준"),
+                    ("on", "1"),
+                    ("to", "2002"),
+                    ("when", when),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+        assert_eq!(row("김민준").forward.map(|f| f.when), Some(kind));
+        let page = a.get("/account").await;
+        assert!(
+            page.body.contains(&format!("value=\"{when}\" selected")),
+            "{when}"
+        );
+    }
+    // A bad target or an unknown kind: the error next to the field,
+    // nothing saved.
+    for (to, when, says) in [
+        ("nobody-here", "busy", "no such number"),
+        ("", "busy", "Enter the number"),
+        ("김민준", "no-answer", "cannot forward to itself"),
+        ("2002", "sometimes", "Choose when"),
+    ] {
+        let r = a
+            .post(
+                "/account/forward",
+                &[
+                    ("csrf", &csrf),
+                    ("number", "김민준"),
+                    ("on", "1"),
+                    ("to", to),
+                    ("when", when),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{to} {when}");
+        let err = r
+            .body
+            .split("id=\"fwd-error-1\">")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no error next to the field: {to} {when}"));
+        assert!(err.contains(says), "{to} {when}: {err}");
+        assert_eq!(
+            row("김민준").forward.map(|f| f.when),
+            Some(ForwardWhen::NoAnswer),
+            "unchanged"
+        );
+    }
+}
+
+#[tokio::test]
+async fn operator_pages_search_numbers_and_sessions() {
+    let (shared, app) = site(Config::default());
+    let mut a = Browser::new(app.clone());
+    a.sign_up("minjun", "correct horse", "김민준").await;
+    let mut o = Browser::new(app);
+    o.sign_up("other", "password two", "2002").await;
+    let ocsrf = o.get("/account").await.csrf();
+    o.post(
+        "/account/dnd",
+        &[("csrf", &ocsrf), ("number", "2002"), ("on", "1")],
+    )
+    .await;
+    shared.store.set_admin("minjun", true).expect("admin");
+
+    let page = a.get("/admin").await;
+    assert_eq!(page.status, StatusCode::OK);
+    for part in [
+        ">Search accounts (ID or number)</label>",
+        "id=\"all-numbers\"",
+        ">Sessions online<",
+        ">Calls now<",
+        "(2/2)",
+    ] {
+        assert!(page.body.contains(part), "{part}");
+    }
+    // By ID, by number in any case or script, and no match.
+    let accounts = |body: &str| -> String {
+        body.split("id=\"accounts\"")
+            .nth(1)
+            .and_then(|t| t.split("</table>").next())
+            .unwrap_or("")
+            .to_string()
+    };
+    let p = a.get("/admin?q=OTH").await;
+    assert!(accounts(&p.body).contains("other") && !accounts(&p.body).contains("minjun"));
+    assert!(p.body.contains("(1/2)"));
+    let p = a.get("/admin?q=%EA%B9%80%EB%AF%BC").await; // 김민
+    assert!(accounts(&p.body).contains("minjun") && !accounts(&p.body).contains("other"));
+    let p = a.get("/admin?q=20-0").await;
+    assert!(accounts(&p.body).contains("other"), "{}", p.body);
+    let p = a.get("/admin?q=%3Cscript%3E").await;
+    assert!(p.body.contains("id=\"no-match\""));
+    assert!(!p.body.contains("<script>"), "the search is shown escaped");
+    // Korean.
+    a.lang = Some("ko");
+    let p = a.get("/admin").await;
+    assert!(p.body.contains(">모든 번호<") && p.body.contains(">접속 중인 세션<"));
+    // Not an operator: 404.
+    assert_eq!(o.get("/admin?q=x").await.status, StatusCode::NOT_FOUND);
+}

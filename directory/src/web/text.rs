@@ -112,6 +112,36 @@ texts! {
     code_hash: "Code (hash)", "코드 (해시)";
     created: "Created", "만든 시각";
     state: "State", "상태";
+    when_busy: "When busy", "통화 중일 때";
+    when_no_answer: "When not answered", "받지 않을 때";
+    new_number: "New number", "새 번호";
+    add_number: "Add number", "번호 추가";
+    remove_number: "Remove", "삭제";
+    last_number: "An account keeps at least one number.", "계정에는 번호가 하나 이상 있어야 합니다.";
+    number_added: "The number was added. Log in again on your devices to register it.", "번호가 추가되었습니다. 등록하려면 기기에서 다시 로그인하세요.";
+    number_removed: "The number was removed; it no longer rings anywhere.", "번호가 삭제되었습니다. 이제 어디서도 울리지 않습니다.";
+    dnd: "Do not disturb", "방해 금지";
+    dnd_note: "While it is on, the number does not ring: calls follow a “When busy” forwarding rule, or callers are offered to leave mail.", "켜져 있는 동안 번호가 울리지 않습니다. 전화는 “통화 중일 때” 착신 전환을 따르거나, 건 사람에게 메시지를 남기도록 안내합니다.";
+    dnd_is_on: "Do-not-disturb is on", "방해 금지 켜짐";
+    dnd_is_off: "Do-not-disturb is off", "방해 금지 꺼짐";
+    dnd_turn_on: "Turn on do-not-disturb", "방해 금지 켜기";
+    dnd_turn_off: "Turn off do-not-disturb", "방해 금지 끄기";
+    dnd_saved: "Do-not-disturb saved.", "방해 금지가 저장되었습니다.";
+    search: "Search", "검색";
+    search_accounts: "Search accounts (ID or number)", "계정 검색 (ID 또는 번호)";
+    no_match: "No account matches.", "맞는 계정이 없습니다.";
+    all_numbers: "All numbers", "모든 번호";
+    account_col: "Account", "계정";
+    rule: "Forwarding", "착신 전환";
+    sessions_online: "Sessions online", "접속 중인 세션";
+    none_now: "None now.", "지금은 없습니다.";
+    since: "Since", "시작";
+    expires_in: "Expires in", "만료까지";
+    seconds: "s", "초";
+    call_state: "State", "상태";
+    relayed: "Relayed", "중계";
+    caller: "Caller", "건 번호";
+    callee: "Called", "받는 번호";
 }
 
 impl Text {
