@@ -353,6 +353,171 @@ fn the_directory_site_in_a_browser() {
     value("keyline_directory_relay_bytes_total");
 }
 
+/// The account and operator pages in headless Chromium
+/// (`tests/browser/directory_account.mjs`): `jiwoo` signs up with 지우,
+/// adds `Ji-Woo 2` (kept as `jiwoo2`), a taken number is refused next to
+/// the field; a terminal registers both; removing jiwoo2 on the web
+/// unbinds it at once and leaves 지우; with do-not-disturb on a call to
+/// 지우 does not ring; forwarding when not answered sends the next call on
+/// to 3003 after the ring timeout; the operator sees 지우 online and the
+/// rule, and searches accounts; Korean pages; the forms without
+/// JavaScript; axe-core finds no serious violations.
+#[test]
+fn the_account_and_operator_pages_in_a_browser() {
+    let scratch = Scratch::new("dirweb-account");
+    let port = free_tcp_port();
+    let cfg = scratch.join("directory.toml");
+    std::fs::write(
+        &cfg,
+        format!("ring_timeout_secs = 3\n[web]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let dir = Daemon::start(
+        None,
+        bin("keyline-directory"),
+        &scratch.join("dir"),
+        &[
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .expect("start the directory");
+    let st = wait_for("the directory to start", Duration::from_secs(15), || {
+        dir.json(&["status"]).ok()
+    });
+    let listen = jstr(&st, &["listen"]).unwrap();
+    keyline_tests::add_account(&dir.state, "caller", &["2002"], PW);
+    keyline_tests::add_account(&dir.state, "helper", &["3003"], PW);
+    let b = terminal(
+        &scratch,
+        "b",
+        &["--directory", &listen, "--account", "caller"],
+    );
+    let c = terminal(
+        &scratch,
+        "c",
+        &["--directory", &listen, "--account", "helper"],
+    );
+    registered(&b);
+    registered(&c);
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/directory_account.mjs");
+    let mut node = Command::new("node")
+        .arg(&script)
+        .env("SITE_URL", format!("https://127.0.0.1:{port}"))
+        .env("PASSWORD", PW)
+        .env(
+            "SHOTS",
+            std::env::var_os("KEYLINE_SHOTS").unwrap_or(scratch.join("shots").into()),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node (tests/browser needs its node_modules)");
+    let mut to_node = node.stdin.take().unwrap();
+    let from_node = BufReader::new(node.stdout.take().unwrap());
+    let mut err = node.stderr.take().unwrap();
+    let err_text = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+
+    let mut j: Option<Daemon> = None;
+    for line in from_node.lines() {
+        let Ok(line) = line else { break };
+        let Some(step) = line.strip_prefix("STEP ") else {
+            continue;
+        };
+        match step {
+            "terminal-j" => {
+                let d = terminal(
+                    &scratch,
+                    "j",
+                    &[
+                        "--directory",
+                        &listen,
+                        "--account",
+                        "jiwoo",
+                        "--number",
+                        "지우",
+                        "--number",
+                        "jiwoo2",
+                    ],
+                );
+                registered(&d);
+                wait_for("both numbers bound", Duration::from_secs(20), || {
+                    (bound(&dir, "지우") && bound(&dir, "jiwoo2")).then_some(())
+                });
+                j = Some(d);
+            }
+            "unbound-jiwoo2" => {
+                // At once: checked right after the click returned.
+                assert!(!bound(&dir, "jiwoo2"), "jiwoo2 is still bound");
+                assert!(bound(&dir, "지우"), "지우 went too");
+            }
+            "dnd-call" => {
+                let jd = j.as_ref().unwrap();
+                let _ = b.ctl(&["dial", "지우"]);
+                let until = Instant::now() + Duration::from_millis(1500);
+                while Instant::now() < until {
+                    assert!(
+                        keyline_tests::call_state(jd).is_none(),
+                        "지우 rang despite do-not-disturb"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                keyline_tests::idle(&b);
+            }
+            "no-answer-call" => {
+                let jd = j.as_ref().unwrap();
+                wait_for("지우 bound", Duration::from_secs(20), || {
+                    bound(&dir, "지우").then_some(())
+                });
+                ok(&b, &["dial", "지우"]);
+                wait_state(jd, "alerting");
+                // Unanswered for the ring timeout (3 s), then 3003 rings.
+                wait_state(&c, "alerting");
+                keyline_tests::idle(jd);
+                ok(&b, &["hangup"]);
+                keyline_tests::idle(&c);
+                keyline_tests::idle(&b);
+            }
+            "make-admin" => {
+                ok(&dir, &["user", "admin", "jiwoo"]);
+            }
+            other => panic!("unknown step {other:?}"),
+        }
+        writeln!(to_node, "OK").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = node.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "node did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(j);
+    let log = err_text.join().unwrap();
+    eprintln!("{log}");
+    assert!(status.success(), "the browser script failed:\n{log}");
+    assert!(log.contains("ok: axe on operator in Korean"), "{log}");
+    let rows = dir.json(&["bindings"]).unwrap();
+    assert!(
+        rows["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["number"] != "jiwoo2"),
+        "{rows}"
+    );
+}
+
 /// One second and a half of a tone as Ogg Opus (sox, opusenc).
 fn voice_message(scratch: &Scratch) -> Vec<u8> {
     let wav = scratch.join("voice.wav");

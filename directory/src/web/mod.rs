@@ -1274,8 +1274,9 @@ struct AccountErrors {
     password: Option<String>,
     id: Option<String>,
     delete: Option<String>,
-    /// A forwarding rule's number, the value typed and what is wrong.
-    forward: Option<(String, String, String)>,
+    /// A forwarding rule's number, the value typed, the kind chosen and
+    /// what is wrong.
+    forward: Option<(String, String, Option<ForwardWhen>, String)>,
     /// The number typed to add and what is wrong with it.
     add: Option<(String, String)>,
     remove: Option<String>,
@@ -1374,9 +1375,14 @@ async fn account_page(
                 dnd,
                 error: None,
             };
-            if let Some((num, typed, e)) = &errors.forward {
+            if let Some((num, typed, when, e)) = &errors.forward {
                 if num == n {
+                    // What the person sent stays in the form.
+                    v.fwd_on = true;
                     v.fwd_to = typed.clone();
+                    if let Some(w) = when {
+                        v.when = w.as_str();
+                    }
                     v.error = Some(e.clone());
                 }
             }
@@ -1632,7 +1638,12 @@ async fn set_forward(
         return not_found(lang);
     }
     let wrong = |msg: String| AccountErrors {
-        forward: Some((num.clone(), clip(&f.to, 128), msg)),
+        forward: Some((
+            num.clone(),
+            clip(&f.to, 128),
+            ForwardWhen::parse(&f.when),
+            msg,
+        )),
         ..AccountErrors::default()
     };
     let rule = if f.on.is_some() {

@@ -948,6 +948,12 @@ async fn do_not_disturb_and_every_kind_of_forwarding() {
             .nth(1)
             .unwrap_or_else(|| panic!("no error next to the field: {to} {when}"));
         assert!(err.contains(says), "{to} {when}: {err}");
+        if when != "sometimes" {
+            assert!(
+                r.body.contains(&format!("value=\"{when}\" selected")),
+                "the kind chosen is kept: {when}"
+            );
+        }
         assert_eq!(
             row("김민준").forward.map(|f| f.when),
             Some(ForwardWhen::NoAnswer),
