@@ -226,8 +226,10 @@ impl Config {
         if self.ring_timeout_secs == 0 || self.ring_timeout_secs > 600 {
             bail!("ring_timeout_secs must be between 1 and 600");
         }
-        if !(5..=3600).contains(&self.voicemail_max_secs) {
-            bail!("voicemail_max_secs must be between 5 and 3600");
+        // The Ogg Opus reader decodes no longer a message than this.
+        let most = keyline_media::oggopus::MAX_OGG_OPUS_SECONDS;
+        if !(5..=most).contains(&self.voicemail_max_secs) {
+            bail!("voicemail_max_secs must be between 5 and {most}");
         }
         if !(1..=60).contains(&self.voicemail_silence_secs) {
             bail!("voicemail_silence_secs must be between 1 and 60");

@@ -22,7 +22,10 @@ pub use codec::{OpusDecoder, OpusEncoder};
 #[cfg(feature = "device")]
 pub use device::{list_devices, open_input, open_output, DeviceInfo};
 pub use jitter::{JitterBuffer, JitterStats, Playout};
-pub use oggopus::{is_ogg_opus, read_ogg_opus, read_ogg_opus_bytes, OggOpusInfo, OggOpusWriter};
+pub use oggopus::{
+    is_ogg_opus, read_ogg_opus, read_ogg_opus_bytes, read_ogg_opus_bytes_max, read_ogg_opus_max,
+    OggOpusInfo, OggOpusWriter,
+};
 pub use record::CallRecorder;
 pub use sink::{NullSink, Sink, WavSink};
 pub use source::{parse_source, LoopSource, SilenceSource, Source, ToneSource, WavSource};

@@ -28,7 +28,11 @@ pub const FLUSH_EVERY_SAMPLES: u64 = SAMPLE_RATE as u64;
 /// largest legal Opus packet (120 ms of 1275-byte frames plus framing) is
 /// smaller; this keeps every packet within one Ogg page.
 pub const MAX_PACKET_BYTES: usize = 61_440;
-/// Longest audio [`read_ogg_opus`] decodes (seconds), bounding memory.
+/// Longest audio [`read_ogg_opus`] decodes (seconds), bounding memory: the
+/// longest message anyone may record (the gateway's `voicemail_max_secs`
+/// goes up to this), about 345 MB of samples. Readers that know their
+/// input is shorter (a greeting) pass their own bound to
+/// [`read_ogg_opus_max`] or [`read_ogg_opus_bytes_max`].
 pub const MAX_OGG_OPUS_SECONDS: u64 = MAX_WAV_SECONDS;
 /// Largest file [`read_ogg_opus`] loads (bytes): an hour at Opus's highest
 /// bitrate (510 kbit/s) fits with margin.
@@ -643,6 +647,15 @@ fn parse_head(p: &[u8]) -> Result<Head, MediaError> {
 /// (other multiplexed or chained streams are ignored). Errors name the file;
 /// no input makes it panic.
 pub fn read_ogg_opus(path: &Path) -> Result<Vec<i16>, MediaError> {
+    read_ogg_opus_max(path, MAX_OGG_OPUS_SECONDS)
+}
+
+/// [`read_ogg_opus`] of a file that may hold at most `max_secs` seconds of
+/// audio: decoding stops with an error ("longer than `max_secs` s") as soon
+/// as it would go past that, so a small file of tiny packets cannot expand
+/// into more samples than the longest legitimate input. `max_secs` is
+/// capped at [`MAX_OGG_OPUS_SECONDS`].
+pub fn read_ogg_opus_max(path: &Path, max_secs: u64) -> Result<Vec<i16>, MediaError> {
     let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
     if meta.len() > MAX_OGG_OPUS_FILE_BYTES {
         return Err(MediaError::Format(format!(
@@ -652,7 +665,7 @@ pub fn read_ogg_opus(path: &Path) -> Result<Vec<i16>, MediaError> {
         )));
     }
     let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
-    read_ogg_opus_bytes(&bytes).map_err(|e| match e {
+    read_ogg_opus_bytes_max(&bytes, max_secs).map_err(|e| match e {
         MediaError::Format(msg) => MediaError::Format(format!("{msg} ({})", path.display())),
         other => other,
     })
@@ -660,10 +673,21 @@ pub fn read_ogg_opus(path: &Path) -> Result<Vec<i16>, MediaError> {
 
 /// [`read_ogg_opus`] on the bytes of a file in memory.
 pub fn read_ogg_opus_bytes(bytes: &[u8]) -> Result<Vec<i16>, MediaError> {
+    read_ogg_opus_bytes_max(bytes, MAX_OGG_OPUS_SECONDS)
+}
+
+/// [`read_ogg_opus_max`] on the bytes of a file in memory.
+pub fn read_ogg_opus_bytes_max(bytes: &[u8], max_secs: u64) -> Result<Vec<i16>, MediaError> {
     if bytes.len() < 4 || &bytes[..4] != b"OggS" {
         return Err(not_ogg_opus("no Ogg page at the start"));
     }
-    let mut reader = Reader::default();
+    let max_secs = max_secs.min(MAX_OGG_OPUS_SECONDS);
+    let mut reader = Reader {
+        max_secs,
+        // The pre-skip is decoded too, and dropped at the end.
+        max_samples: max_secs * u64::from(SAMPLE_RATE) + u64::from(u16::MAX),
+        ..Reader::default()
+    };
     let mut pos = 0usize;
     while pos < bytes.len() {
         match parse_page(&bytes[pos..]) {
@@ -713,6 +737,10 @@ struct Reader {
     last_page_samples: usize,
     last_granule: Option<u64>,
     eos: bool,
+    /// The bound on the audio, as the caller gave it (seconds) and in
+    /// decoded samples (pre-skip included).
+    max_secs: u64,
+    max_samples: u64,
 }
 
 impl Reader {
@@ -846,9 +874,10 @@ impl Reader {
             })?
         };
         self.last_packet_samples = n.clamp(1, MAX_PACKET_SAMPLES);
-        if (self.pcm.len() + n) as u64 > MAX_OGG_OPUS_SECONDS * u64::from(SAMPLE_RATE) {
+        if (self.pcm.len() + n) as u64 > self.max_samples {
             return Err(MediaError::Format(format!(
-                "Ogg Opus: longer than {MAX_OGG_OPUS_SECONDS} s"
+                "Ogg Opus: longer than {} s, the most this file may hold",
+                self.max_secs
             )));
         }
         let decoded = self.buf.get(..n * ch).unwrap_or(&[]);
@@ -948,5 +977,59 @@ mod tests {
         assert!(opus_tags(&[("", "x")]).is_err());
         let big = "x".repeat(70_000);
         assert!(opus_tags(&[("TITLE", &big)]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// An Ogg Opus file of `secs` seconds of silence, as the bytes of the
+    /// file: a few bytes per 20 ms packet.
+    fn silence_file(tag: &str, secs: u32) -> Vec<u8> {
+        let path = std::env::temp_dir().join(format!("kl-ogg-{tag}-{}.opus", std::process::id()));
+        let mut enc = OpusEncoder::new().unwrap();
+        let packet = enc.encode(&[0i16; FRAME_SAMPLES]).unwrap();
+        let mut w = OggOpusWriter::create(&path).unwrap();
+        for _ in 0..secs * 50 {
+            w.write_packet(&packet, FRAME_SAMPLES as u32).unwrap();
+        }
+        w.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        bytes
+    }
+
+    #[test]
+    fn decoding_stops_at_the_longest_legitimate_input() {
+        let bytes = silence_file("long", 75);
+        let decoded = 75 * SAMPLE_RATE as usize * 2;
+        // The expansion the bound is there for: a small file, many samples.
+        assert!(
+            bytes.len() * 50 < decoded,
+            "{} bytes for {decoded} bytes of samples",
+            bytes.len()
+        );
+        let e = read_ogg_opus_bytes_max(&bytes, 60).unwrap_err();
+        assert!(
+            e.to_string().contains("longer than 60 s"),
+            "a clear error: {e}"
+        );
+        // Whole, less the encoder's pre-skip.
+        let whole = |pcm: &[i16], secs: usize| {
+            let want = secs * SAMPLE_RATE as usize;
+            pcm.len() <= want && pcm.len() + FRAME_SAMPLES >= want
+        };
+        let long = read_ogg_opus_bytes_max(&bytes, 120).unwrap();
+        assert!(whole(&long, 75), "{}", long.len());
+        // A file exactly as long as the bound is taken whole.
+        let exact = silence_file("exact", 60);
+        let pcm = read_ogg_opus_bytes_max(&exact, 60).unwrap();
+        assert!(whole(&pcm, 60), "{}", pcm.len());
+        // No caller gets more than the overall ceiling.
+        let e = read_ogg_opus_bytes_max(&bytes, 0).unwrap_err();
+        assert!(e.to_string().contains("longer than 0 s"), "{e}");
+        assert_eq!(read_ogg_opus_bytes_max(&bytes, u64::MAX).unwrap(), long);
     }
 }
