@@ -925,6 +925,37 @@ impl Db {
         })
     }
 
+    /// A message file found whole with no row at start-up (the gateway
+    /// was killed between writing it and keeping its row): its row, with
+    /// the time its name carries. Its id.
+    pub fn insert_recovered_voicemail(
+        &self,
+        mailbox: &str,
+        caller: &str,
+        path: &str,
+        secs: f64,
+        created_ms: i64,
+    ) -> Result<i64> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO voicemails (mailbox, caller, path, secs, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![mailbox, caller, path, secs, created_ms],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    /// The file of every voice message kept.
+    pub fn all_voicemail_paths(&self) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT path FROM voicemails")?;
+            let rows = st
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(rows)
+        })
+    }
+
     /// Keep a voice message the directory delivered once, as
     /// [`Db::insert_delivered_text`]; its row id, `None` when it was kept
     /// before.
@@ -939,6 +970,17 @@ impl Db {
         self.with(|c| {
             let tx = c.transaction()?;
             if !first_delivery(&tx, mail)? {
+                return Ok(None);
+            }
+            // Its file was recovered at start-up (killed between the file
+            // and this row): the row is there already.
+            let recovered: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM voicemails WHERE path = ?1)",
+                [path],
+                |r| r.get(0),
+            )?;
+            if recovered {
+                tx.commit()?;
                 return Ok(None);
             }
             tx.execute(

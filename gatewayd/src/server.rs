@@ -254,6 +254,20 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let state_dir = keyline_net::statedir::resolve(opts.state.as_deref(), "gatewayd")?;
     let id = Identity::load_or_create(&state_dir, "keyline-gateway")?;
     let db = Db::open(&state_dir.join("gatewayd.sqlite"))?;
+    // What a kill left of voice messages being written, before any caller
+    // reaches a mailbox.
+    let (dir2, db2, max_secs) = (state_dir.clone(), db.clone(), cfg.voicemail_max_secs);
+    match tokio::task::spawn_blocking(move || crate::voicemail::sweep(&dir2, &db2, max_secs))
+        .await?
+    {
+        Ok(s) if s.removed.is_empty() && s.recovered.is_empty() => {}
+        Ok(s) => tracing::info!(
+            "voicemail at start-up: {} partial files removed, {} whole messages recovered",
+            s.removed.len(),
+            s.recovered.len()
+        ),
+        Err(e) => tracing::warn!("voicemail at start-up: {e:#}"),
+    }
     let ctl = control::bind(&control::socket_path(&state_dir)).await?;
     let endpoint = keyline_net::make_endpoint(cfg.listen, &id)?;
     let local_addr = endpoint.local_addr()?;

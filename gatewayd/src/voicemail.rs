@@ -96,7 +96,7 @@ pub async fn serve(
     let cfg = shared.cfg();
     let uploaded = greeting_path(&shared.state_dir);
     let greeting = if uploaded.exists() {
-        keyline_media::read_ogg_opus(&uploaded).unwrap_or_else(|e| {
+        keyline_media::read_ogg_opus_max(&uploaded, MAX_GREETING_SECS as u64).unwrap_or_else(|e| {
             tracing::warn!(
                 "voicemail greeting {}: {e}; using the default",
                 uploaded.display()
@@ -121,10 +121,13 @@ pub async fn serve(
         crate::db::now_ms(),
         keyline_media::record::sanitize_peer(&job.caller)
     ));
+    // Recorded under a temporary name and renamed once whole: a file a
+    // kill cut short is recognisable, and removed at the next start.
+    let part = path.with_extension(PART);
     let voiced = record(
         &conn,
         call,
-        &path,
+        &part,
         &job,
         cfg.voicemail_max_secs,
         cfg.voicemail_silence_secs,
@@ -135,13 +138,29 @@ pub async fn serve(
         .events
         .send(Event::VoicemailDone { call: job.call })
         .await;
-    let (secs, voiced) = voiced
-        .with_context(|| format!("storing a message for {} from {}", job.mailbox, job.caller))?;
+    let (secs, voiced) = match voiced {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            return Err(e.context(format!(
+                "storing a message for {} from {}",
+                job.mailbox, job.caller
+            )));
+        }
+    };
     if voiced < 25 {
         // Under half a second of sound: a caller who hung up at the beep.
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&part);
         return Ok(());
     }
+    let (p2, whole) = (part.clone(), path.clone());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        std::fs::File::open(&p2).and_then(|f| f.sync_all())?;
+        std::fs::rename(&p2, &whole)?;
+        Ok(())
+    })
+    .await?
+    .with_context(|| format!("putting {} in place", path.display()))?;
     let db = shared.db.clone();
     let (mb, caller, p) = (
         job.mailbox.clone(),
@@ -254,6 +273,103 @@ async fn record(
     Ok((info.duration.as_secs_f64(), voiced))
 }
 
+/// The extension of a voice message file still being written.
+pub const PART: &str = "part";
+
+/// What [`sweep`] did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Swept {
+    /// Files a kill cut short, removed.
+    pub removed: Vec<PathBuf>,
+    /// Whole messages with no row (killed between the file and its row),
+    /// put in their mailbox.
+    pub recovered: Vec<PathBuf>,
+}
+
+/// At start-up, before any caller is served: remove the voice message
+/// files a kill left half written (`*.part`, and a greeting being
+/// replaced), and give a whole message file no row names its row, so the
+/// mailbox shows it. A file that cannot be read is left alone and named in
+/// the log. `max_secs` bounds what a message may hold. Blocking.
+pub fn sweep(state_dir: &Path, db: &crate::db::Db, max_secs: u64) -> Result<Swept> {
+    let mut swept = Swept::default();
+    let root = state_dir.join("voicemail");
+    let entries = match std::fs::read_dir(&root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(swept),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", root.display())),
+    };
+    let known: std::collections::HashSet<String> = db
+        .all_voicemail_paths()?
+        .into_iter()
+        .collect::<std::collections::HashSet<_>>();
+    let remove = |p: PathBuf, swept: &mut Swept| match std::fs::remove_file(&p) {
+        Ok(()) => {
+            tracing::info!("removed {}: a voice message file cut short", p.display());
+            swept.removed.push(p);
+        }
+        Err(e) => tracing::warn!("cannot remove {}: {e}", p.display()),
+    };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        if p.is_file() {
+            if p.file_name().is_some_and(|n| n == ".greeting-new.opus") {
+                remove(p, &mut swept);
+            }
+            continue;
+        }
+        let Some(mailbox) = p.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            continue;
+        };
+        let Ok(files) = std::fs::read_dir(&p) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let f = f.path();
+            match f.extension().and_then(|e| e.to_str()) {
+                Some(PART) => remove(f, &mut swept),
+                Some("opus") if !known.contains(&f.display().to_string()) => {
+                    match recover(db, &mailbox, &f, max_secs) {
+                        Ok(secs) => {
+                            tracing::info!(
+                                "recovered {} ({secs:.1} s) into mailbox {mailbox}:                                  a whole voice message with no row",
+                                f.display()
+                            );
+                            swept.recovered.push(f);
+                        }
+                        Err(e) => tracing::warn!(
+                            "voice message file {} has no row and cannot be read: {e:#}; left alone",
+                            f.display()
+                        ),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(swept)
+}
+
+/// Give a whole message file (named `MS-CALLER.opus`) its row; its length.
+fn recover(db: &crate::db::Db, mailbox: &str, path: &Path, max_secs: u64) -> Result<f64> {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .context("not a voice message name")?;
+    let (ms, caller) = stem.split_once('-').context("not a voice message name")?;
+    let created_ms: i64 = ms.parse().context("not a voice message name")?;
+    let pcm = keyline_media::read_ogg_opus_max(path, max_secs)?;
+    let secs = pcm.len() as f64 / 48_000.0;
+    db.insert_recovered_voicemail(
+        mailbox,
+        caller,
+        &path.display().to_string(),
+        secs,
+        created_ms,
+    )?;
+    Ok(secs)
+}
+
 /// A station's mailbox as the protocol shows it.
 pub fn list(shared: &Shared, ext: &str) -> Result<Vec<VoicemailInfo>> {
     Ok(shared
@@ -328,8 +444,14 @@ pub fn store_greeting(state_dir: &std::path::Path, audio: &[u8]) -> Result<f64> 
         keyline_media::read_wav_mono48k_bytes(audio)
             .map_err(|e| anyhow::anyhow!("the WAV file cannot be read: {e}"))?
     } else if audio.starts_with(b"OggS") {
-        keyline_media::read_ogg_opus_bytes(audio)
-            .map_err(|e| anyhow::anyhow!("the Ogg file cannot be read as Opus: {e}"))?
+        // Decoded no further than a greeting may last.
+        keyline_media::read_ogg_opus_bytes_max(audio, MAX_GREETING_SECS as u64).map_err(|e| {
+            if e.to_string().contains("longer than") {
+                anyhow::anyhow!("the greeting is longer than {MAX_GREETING_SECS} seconds")
+            } else {
+                anyhow::anyhow!("the Ogg file cannot be read as Opus: {e}")
+            }
+        })?
     } else {
         bail!("this is not a WAV or Ogg Opus file; upload a greeting in one of those");
     };
@@ -413,6 +535,77 @@ mod tests {
         assert!(e.to_string().contains("Ogg"), "{e}");
         // The refused uploads changed nothing.
         assert!(std::fs::read(greeting_path(&dir)).unwrap() == kept);
+        // A small Ogg file that decodes past the longest greeting is
+        // refused before it is all decoded.
+        let long = dir.join("long.opus");
+        let mut w = keyline_media::OggOpusWriter::create(&long).unwrap();
+        let mut enc = keyline_media::OpusEncoder::new().unwrap();
+        let quiet = enc.encode(&[0i16; FRAME_SAMPLES]).unwrap();
+        for _ in 0..(MAX_GREETING_SECS + 30) * 50 {
+            w.write_packet(&quiet, FRAME_SAMPLES as u32).unwrap();
+        }
+        w.finish().unwrap();
+        let e = store_greeting(&dir, &std::fs::read(&long).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("longer than 60 seconds"), "{e}");
+        assert!(std::fs::read(greeting_path(&dir)).unwrap() == kept);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn message(path: &Path, secs: u32) {
+        let tones = keyline_media::tone_sequence(&[(700.0, secs * 1000)]);
+        let mut w = OggOpusWriter::create(path).unwrap();
+        for chunk in tones.chunks(FRAME_SAMPLES) {
+            let mut frame = chunk.to_vec();
+            frame.resize(FRAME_SAMPLES, 0);
+            w.write_frame(&frame).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn start_up_removes_cut_short_files_and_recovers_whole_ones() {
+        let dir = std::env::temp_dir().join(format!("kl-vm-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mb = dir.join("voicemail").join("204");
+        std::fs::create_dir_all(&mb).unwrap();
+        let db = crate::db::Db::open(&dir.join("gatewayd.sqlite")).unwrap();
+        // Kept as usual: a file and its row.
+        let kept = mb.join("1700000000000-201.opus");
+        message(&kept, 1);
+        db.insert_voicemail("204", "201", &kept.display().to_string(), 1.0)
+            .unwrap();
+        // A recording a kill cut short, half of it on disk.
+        let cut = mb.join("1700000001000-203.part");
+        message(&cut, 2);
+        let bytes = std::fs::read(&cut).unwrap();
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        // A greeting being replaced.
+        let greeting = dir.join("voicemail").join(".greeting-new.opus");
+        std::fs::write(&greeting, b"OggS").unwrap();
+        // Whole, but killed before its row.
+        let whole = mb.join("1700000002000-203.opus");
+        message(&whole, 2);
+
+        let swept = sweep(&dir, &db, 120).unwrap();
+        assert_eq!(swept.removed.len(), 2, "{swept:?}");
+        assert!(!cut.exists() && !greeting.exists());
+        assert_eq!(swept.recovered, std::slice::from_ref(&whole));
+        let rows = db.voicemails("204").unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let r = rows.iter().find(|r| r.caller == "203").unwrap();
+        assert_eq!(r.path, whole.display().to_string());
+        assert_eq!(r.created_ms, 1_700_000_002_000);
+        assert!((r.secs - 2.0).abs() < 0.1, "{}", r.secs);
+        assert!(kept.exists());
+        // Done once: a second start finds nothing to do.
+        assert_eq!(sweep(&dir, &db, 120).unwrap(), Swept::default());
+        // A delivered message recovered so is not kept twice when the
+        // directory delivers it again.
+        let again = db
+            .insert_delivered_voicemail((9, 1), "204", "203", &r.path, 2.0)
+            .unwrap();
+        assert_eq!(again, None);
+        assert_eq!(db.voicemails("204").unwrap().len(), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

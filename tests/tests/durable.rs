@@ -154,3 +154,32 @@ fn a_feature_code_that_cannot_be_stored_is_refused_and_changes_nothing() {
     assert!(out.status.success());
     assert_eq!(dnd_stored(&db), Some(true));
 }
+
+#[test]
+fn start_up_removes_voice_messages_a_kill_cut_short() {
+    let scratch = keyline_tests::Scratch::new("durable-sweep");
+    let gw_state = scratch.join("gw");
+    let mb = gw_state.join("voicemail").join("204");
+    std::fs::create_dir_all(&mb).unwrap();
+    // What a kill during a recording leaves: the first pages of a file
+    // under its temporary name.
+    let cut = mb.join("1700000001000-203.part");
+    std::fs::write(&cut, b"OggS\0\x02 the first page and no more").unwrap();
+    let listen = format!("127.0.0.1:{}", keyline_tests::free_udp_port());
+    let gw = Daemon::start(
+        None,
+        bin("keyline-gatewayd"),
+        &gw_state,
+        &["run", "--no-mdns", "--listen", &listen],
+    )
+    .unwrap();
+    wait_for("the gateway", Duration::from_secs(10), || {
+        gw.json(&["status"]).ok()
+    });
+    assert!(!cut.exists(), "the cut-short file is still there");
+    let log = gw.log_text();
+    assert!(
+        log.contains("1700000001000-203.part") && log.contains("cut short"),
+        "no log line says what was removed: {log}"
+    );
+}
