@@ -485,8 +485,14 @@ impl Run {
                     Some(a) => {
                         let account = ACCOUNTS[usize::from(a) % ACCOUNTS.len()].to_string();
                         let forward = self.table.get(n).and_then(|ni| ni.forward.clone());
-                        self.table
-                            .insert(n.to_string(), NumberInfo { account, forward, dnd: false });
+                        self.table.insert(
+                            n.to_string(),
+                            NumberInfo {
+                                account,
+                                forward,
+                                dnd: false,
+                            },
+                        );
                     }
                     None => {
                         self.table.remove(n);

@@ -400,6 +400,14 @@ fn on_event(t: &Arc<Terminal>, client: &DirClient, ev: Event) {
             if t.lock().station.phone.call().and_then(|c| c.id) == Some(call) {
                 tracing::info!("call {call}: media through the directory's relay {relay}");
                 t.puncher.punch(vec![relay]);
+                // The connection we wait for now comes from the relay.
+                t.expect.send_if_modified(|e| match e {
+                    Some((_, flow, plan)) if *flow == call => {
+                        plan.relay = Some(relay);
+                        true
+                    }
+                    _ => false,
+                });
             }
             LinkIn::Relayed { call }
         }
@@ -825,14 +833,18 @@ fn start_media(t: &Arc<Terminal>, st: &mut State, key: CallKey, call: CallId, mu
 struct MediaPath {
     relayed: bool,
     remote: SocketAddr,
-    /// Which kind of candidate `remote` was (for a direct path).
+    /// Which kind of candidate `remote` was (for a direct path), or why
+    /// the call is relayed.
     kind: &'static str,
 }
 
 impl MediaPath {
     fn describe(&self) -> String {
         if self.relayed {
-            format!("through the directory's relay {}", self.remote)
+            format!(
+                "through the directory's relay {} ({})",
+                self.remote, self.kind
+            )
         } else {
             format!("end to end with {} ({})", self.remote, self.kind)
         }
@@ -863,7 +875,13 @@ fn media_path(
         .copied()
         .filter(|a| !learnt.contains(a))
         .collect();
-    let kind = if !offered.contains(&remote) {
+    let kind = if relayed {
+        if plan.policy == DirectPolicy::Relay {
+            "the directory relays every call"
+        } else {
+            "no direct path answered"
+        }
+    } else if !offered.contains(&remote) {
         "learnt"
     } else if offered.last() == Some(&remote) && offered.len() > 1 {
         "reflexive"

@@ -280,6 +280,22 @@ fn every_pair_of_routers_connects_direct_where_it_can_else_relayed() {
                 took.as_millis()
             );
             table.push_str(&format!("{cell:<17}"));
+            // Each end says how its media goes, the same way as `relayed`.
+            for c in [&ca, &cb] {
+                let path = c["path"].as_str().unwrap_or_default();
+                let says_relayed = path.starts_with("through the directory's relay");
+                assert!(
+                    says_relayed == relayed && (relayed || path.starts_with("end to end")),
+                    "{} -> {}: path {path:?} but relayed {relayed}",
+                    ce.kind.name(),
+                    ee.kind.name()
+                );
+            }
+            // A symmetric router's port is learnt from its checks.
+            if ce.kind == Kind::Public && ee.kind == Kind::Symmetric {
+                let path = ca["path"].as_str().unwrap_or_default();
+                assert!(path.ends_with("(learnt)"), "public -> symmetric: {path}");
+            }
             let expect_direct = direct_possible(ce.kind, ee.kind);
             if expect_direct {
                 possible += 1;
