@@ -70,6 +70,28 @@ pub enum Cmd {
     Invite(InviteCmd),
     /// Validate a configuration file and exit (same as --check-config).
     CheckConfig { file: PathBuf },
+    /// Copy a single-node directory's SQLite database into the PostgreSQL
+    /// database the configuration names (`[store] postgres`), then check
+    /// the copy and print what it holds. Stop the directory first.
+    Migrate(MigrateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MigrateArgs {
+    /// The SQLite database to copy (a directory's STATE/directory.sqlite).
+    #[arg(long, value_name = "FILE")]
+    pub from_sqlite: PathBuf,
+    /// Configuration file naming the PostgreSQL database (default:
+    /// $CONFIGURATION_DIRECTORY/directory.toml, else /etc/keyline/directory.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Delete whatever directory data the PostgreSQL database holds before
+    /// copying (without it, a database that is not empty is refused).
+    #[arg(long)]
+    pub replace: bool,
+    /// Print the counts as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]

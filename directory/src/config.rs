@@ -44,6 +44,43 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Limits on the way in, per address (`[limits]`).
     pub limits: keyline_net::admission::LimitsConfig,
+    /// Where the durable data lives (`[store]`): SQLite in the state
+    /// directory unless `postgres` is set.
+    pub store: StoreConfig,
+}
+
+/// Where accounts, numbers, rules, tokens and mail are kept.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// A PostgreSQL connection string (`postgresql://USER@HOST/DB`, or a
+    /// Unix socket's folder as the host: `postgresql://USER@%2Frun%2Fpostgresql/DB`).
+    /// None (the default): the SQLite file in the state directory.
+    pub postgres: Option<String>,
+    /// Connections to PostgreSQL held open at most.
+    pub pool_size: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            postgres: None,
+            pool_size: 8,
+        }
+    }
+}
+
+/// The password in a connection string stays out of logs and messages.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field(
+                "postgres",
+                &self.postgres.as_deref().map(crate::store::redact_url),
+            )
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
 }
 
 /// Prometheus metrics at `/metrics` (plain HTTP, no login).
@@ -181,6 +218,7 @@ impl Default for Config {
             web: WebConfig::default(),
             metrics: MetricsConfig::default(),
             limits: keyline_net::admission::LimitsConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -285,6 +323,13 @@ impl Config {
         if w.checks_per_minute == 0 {
             bail!("web.checks_per_minute must be at least 1");
         }
+        if let Some(url) = &self.store.postgres {
+            crate::store::PostgresStore::check_url(url)
+                .map_err(|e| anyhow::anyhow!("store.postgres: {e}"))?;
+        }
+        if !(1..=256).contains(&self.store.pool_size) {
+            bail!("store.pool_size must be between 1 and 256");
+        }
         if let Some(a) = self.metrics.listen {
             if !a.ip().is_loopback() && !self.metrics.allow_remote {
                 bail!("metrics.listen is not a loopback address: set metrics.allow_remote = true to serve metrics there (they need no login)");
@@ -382,6 +427,16 @@ mod tests {
         assert!(format!("{e:#}").contains("signup"), "{e:#}");
         let e = Config::parse("[web]\ncert = \"/c.pem\"").expect_err("half");
         assert!(format!("{e:#}").contains("web.cert"), "{e:#}");
+        assert_eq!(Config::default().store.postgres, None);
+        let c =
+            Config::parse("[store]\npostgres = \"postgresql://kl:pw@%2Frun%2Fpostgresql/keyline\"")
+                .expect("postgres");
+        assert!(c.store.postgres.is_some());
+        assert!(!format!("{c:?}").contains("pw@"), "{c:?}");
+        let e = Config::parse("[store]\npostgres = \"postgresql://h:port/x\"").expect_err("bad");
+        assert!(format!("{e:#}").contains("store.postgres"), "{e:#}");
+        let e = Config::parse("[store]\npool_size = 0").expect_err("range");
+        assert!(format!("{e:#}").contains("store.pool_size"), "{e:#}");
         let e = Config::parse("[login]\nlockout_secs = 0").expect_err("range");
         assert!(format!("{e:#}").contains("login.lockout_secs"), "{e:#}");
     }

@@ -11,11 +11,12 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use keyline_directory::auth;
 use keyline_directory::cli::{
-    Cli, Cmd, ForwardCmd, ForwardWhenArg, InviteCmd, MailCmd, PolicyArg, ServeArgs, UserCmd,
+    Cli, Cmd, ForwardCmd, ForwardWhenArg, InviteCmd, MailCmd, MigrateArgs, PolicyArg, ServeArgs,
+    UserCmd,
 };
 use keyline_directory::config::Config;
-use keyline_directory::server::{open_store, run, Overrides, RunOptions};
-use keyline_directory::store::{self, Store};
+use keyline_directory::server::{open_configured_store, run, Overrides, RunOptions};
+use keyline_directory::store::{self, PostgresStore, SqliteStore, Store};
 use keyline_net::{control, statedir};
 use keyline_proto::dir::{DirectPolicy, ForwardRule, ForwardWhen};
 use keyline_proto::number;
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         (None, None) => serve(cli.state, ServeArgs::default()),
         (None, Some(Cmd::Serve(args))) => serve(cli.state, args),
         (None, Some(Cmd::User(u))) => user(cli.state, u),
+        (None, Some(Cmd::Migrate(m))) => migrate(m),
         (None, Some(Cmd::Invite(i))) => invite(cli.state, i),
         (None, Some(Cmd::Forward(ForwardCmd::Set { number, to, when }))) => {
             forward_set(cli.state, &number, Some((&to, when)))
@@ -142,13 +144,90 @@ fn tracing_free_warn(msg: &str) {
     eprintln!("keyline-directory: warning: {msg}");
 }
 
-/// Open the database for an account or forwarding command: the same
-/// directory the control commands use (the packaged service's when only it
-/// exists), created if need be.
+/// The packaged service's configuration and state.
+const PACKAGED_CONFIG: &str = "/etc/keyline/directory.toml";
+const PACKAGED_STATE: &str = "/var/lib/keyline/directory";
+
+/// The configuration file a command other than the daemon reads for its
+/// `[store]`: `explicit`, else $CONFIGURATION_DIRECTORY/directory.toml,
+/// else (with `packaged`) /etc/keyline/directory.toml, when they exist.
+fn command_config(explicit: Option<&Path>, packaged: bool) -> Result<Option<(PathBuf, Config)>> {
+    let file = match explicit {
+        Some(f) => Some(f.to_path_buf()),
+        None => std::env::var_os("CONFIGURATION_DIRECTORY")
+            .map(|d| PathBuf::from(d).join("directory.toml"))
+            .into_iter()
+            .chain(packaged.then(|| PathBuf::from(PACKAGED_CONFIG)))
+            .find(|p| p.exists()),
+    };
+    match file {
+        Some(f) => {
+            let c = Config::load(&f)?;
+            Ok(Some((f, c)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Open the database for an account or forwarding command: PostgreSQL
+/// when the configuration names one (the packaged service's
+/// configuration goes with its state directory), else the SQLite file of
+/// the same directory the control commands use (the packaged service's
+/// when only it exists), created if need be.
 fn open(state: Option<PathBuf>) -> Result<(PathBuf, Arc<dyn Store>)> {
     let dir = statedir::resolve(Some(&state_dir(state)?), "directory")?;
-    let store = open_store(&dir)?;
+    let store_cfg = command_config(None, dir == Path::new(PACKAGED_STATE))?
+        .map(|(_, c)| c.store)
+        .unwrap_or_default();
+    let store = open_configured_store(&dir, &store_cfg)?;
     Ok((dir, store))
+}
+
+fn migrate(args: MigrateArgs) -> Result<()> {
+    let Some((file, cfg)) = command_config(args.config.as_deref(), true)? else {
+        bail!("no configuration file names the PostgreSQL database: give --config FILE with [store] postgres");
+    };
+    let Some(url) = &cfg.store.postgres else {
+        bail!(
+            "{} names no PostgreSQL database ([store] postgres)",
+            file.display()
+        );
+    };
+    if !args.from_sqlite.is_file() {
+        bail!("{}: no such SQLite file", args.from_sqlite.display());
+    }
+    let src = SqliteStore::open(&args.from_sqlite)?;
+    let dst = PostgresStore::open(url, 2)?;
+    let started = std::time::Instant::now();
+    let report = store::copy::sqlite_to_postgres(&src, &dst, args.replace)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    if report.replaced_rows > 0 {
+        println!(
+            "deleted {} rows that were in PostgreSQL",
+            report.replaced_rows
+        );
+    }
+    let c = report.counts;
+    println!(
+        "copied {} into PostgreSQL in {:.1} s",
+        args.from_sqlite.display(),
+        started.elapsed().as_secs_f64()
+    );
+    println!("accounts          {}", c.accounts);
+    println!("numbers           {}", c.numbers);
+    println!("forwarding rules  {}", c.forwards);
+    println!("session tokens    {}", c.sessions);
+    println!("invite codes      {}", c.invites);
+    println!("held-back numbers {}", c.held_numbers);
+    println!("messages          {} ({} bytes)", c.mail, c.mail_bytes);
+    println!(
+        "checked: every row read back equal; {} message bodies compared byte for byte",
+        report.bodies_compared
+    );
+    Ok(())
 }
 
 fn read_password() -> Result<String> {

@@ -36,7 +36,7 @@ use crate::ratelimit::{Attempt, Locked, LoginLimiter};
 use crate::routing::{
     Action, CallState, MediaEnd, NumberInfo, Placing, RelayState, Router, SessionId,
 };
-use crate::store::{self, NewMail, Quota, SqliteStore, Store, StoreError};
+use crate::store::{self, NewMail, PostgresStore, Quota, SqliteStore, Store, StoreError};
 use crate::wire::{
     self, next_msg, read_body, send_msg, write_body, Incoming, MsgReader, MsgWriter, WRITE_BATCH,
 };
@@ -300,9 +300,22 @@ impl Overrides {
     }
 }
 
-/// Open (creating if need be) the directory's database in `state_dir`.
+/// Open (creating if need be) the directory's SQLite database in `state_dir`.
 pub fn open_store(state_dir: &std::path::Path) -> Result<Arc<dyn Store>> {
     Ok(Arc::new(SqliteStore::open(&state_dir.join(DB_FILE))?))
+}
+
+/// Open the store `[store]` names: PostgreSQL when `postgres` is set (its
+/// schema brought up to date), else the SQLite file in `state_dir`.
+/// Blocking: call it off the async runtime.
+pub fn open_configured_store(
+    state_dir: &std::path::Path,
+    cfg: &crate::config::StoreConfig,
+) -> Result<Arc<dyn Store>> {
+    match &cfg.postgres {
+        Some(url) => Ok(Arc::new(PostgresStore::open(url, cfg.pool_size)?)),
+        None => open_store(state_dir),
+    }
 }
 
 fn number_table(store: &dyn Store) -> Result<HashMap<String, NumberInfo>, StoreError> {
@@ -340,7 +353,12 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
     cfg.validate()?;
     let state_dir = keyline_net::statedir::resolve(opts.state.as_deref(), "directory")?;
     let id = Identity::load_or_create(&state_dir, "keyline-directory")?;
-    let store = open_store(&state_dir)?;
+    let store = {
+        let (dir, store_cfg) = (state_dir.clone(), cfg.store.clone());
+        tokio::task::spawn_blocking(move || open_configured_store(&dir, &store_cfg))
+            .await
+            .context("opening the store")??
+    };
     let table = {
         let s = store.clone();
         tokio::task::spawn_blocking(move || number_table(s.as_ref()))
@@ -561,6 +579,10 @@ async fn reload(shared: &Arc<Shared>, overrides: &Overrides) {
                     old.listen
                 );
                 new.listen = old.listen;
+            }
+            if new.store != old.store {
+                tracing::warn!("[store] changed; that needs a restart, still using the old store");
+                new.store = old.store.clone();
             }
             let new = Arc::new(new);
             if let Ok(mut l) = shared.limiter.lock() {
