@@ -2,8 +2,10 @@
 //! and the async client library endpoints use to talk to it.
 //!
 //! The crate owns: accounts with argon2id passwords, session tokens and
-//! rate-limited logins ([`auth`], [`ratelimit`]); the directory's storage
-//! behind the [`store::Store`] trait (SQLite today); the sans-IO routing
+//! rate-limited logins ([`auth`], [`ratelimit`]); the directory's durable
+//! data behind the [`store::Store`] trait (an SQLite file by default, or
+//! PostgreSQL with `[store] postgres`), and the copy from one to the other
+//! (`migrate --from-sqlite`); the sans-IO routing
 //! core — numbers, bindings with a TTL, server-side forwarding with cycle
 //! detection, calls from CALL to CONNECT ([`routing`]); the tokio server
 //! around it with its control socket and systemd lifecycle ([`server`]);
