@@ -1033,3 +1033,118 @@ fn postgres_pool_serves_more_threads_than_connections() {
         "{e:#}"
     );
 }
+
+/// The real directory on PostgreSQL: accounts made by the command go to
+/// the database (no SQLite file appears), a terminal logs in and leaves
+/// mail, and a PostgreSQL restart costs a resume a storage error that the
+/// next try does not get.
+#[test]
+fn a_directory_on_postgres_serves_and_survives_a_restart() {
+    use keyline_directory::client::DirClient;
+    use keyline_proto::dir::ErrorCode;
+    use keyline_tests::{bin, jnum, jstr, wait_for, Daemon, Scratch};
+    use std::io::Write;
+
+    const PW: &str = "correct horse battery";
+    let mut pg = PgCluster::start();
+    pg.create_db("serve");
+    let scratch = Scratch::new("dirpg");
+    let conf_dir = scratch.join("etc");
+    std::fs::create_dir_all(&conf_dir).expect("conf dir");
+    let conf = conf_dir.join("directory.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[store]\npostgres = \"{}\"\npool_size = 4\n[web]\nenabled = false\n",
+            pg.url("serve")
+        ),
+    )
+    .expect("config");
+    let conf_s = conf.to_string_lossy().to_string();
+    let d = Daemon::start(
+        None,
+        bin("keyline-directory"),
+        &scratch.join("dir"),
+        &["serve", "--listen", "127.0.0.1:0", "--config", &conf_s],
+    )
+    .expect("start the directory");
+    let addr: std::net::SocketAddr =
+        wait_for("the directory to start", Duration::from_secs(15), || {
+            jstr(&d.json(&["status"]).ok()?, &["listen"])?.parse().ok()
+        });
+    for (id, number) in [("alice", "2001"), ("bob", "2002")] {
+        let mut child = std::process::Command::new(&d.bin)
+            .arg("--state")
+            .arg(&d.state)
+            .args(["user", "add", id, "--number", number])
+            .env("CONFIGURATION_DIRECTORY", &conf_dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("user add");
+        writeln!(child.stdin.take().expect("stdin"), "{PW}").expect("password");
+        let out = child.wait_with_output().expect("user add");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        !d.state.join("directory.sqlite").exists(),
+        "the accounts went to an SQLite file"
+    );
+    let users = d.json(&["users"]).expect("users");
+    assert_eq!(users["users"].as_array().map(Vec::len), Some(2), "{users}");
+
+    // The harness's PostgreSQL calls block: the client runs on a runtime
+    // of its own, entered only for its own steps.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let id = keyline_net::Identity::generate("t").expect("identity");
+    let ep = rt
+        .block_on(async { keyline_net::make_endpoint("127.0.0.1:0".parse().expect("addr"), &id) })
+        .expect("ep");
+    let (s, _c) = rt.block_on(async {
+        let (c, ev) = DirClient::connect(&ep, &id, addr, None)
+            .await
+            .expect("connect");
+        let s = c.login("bob", PW).await.expect("login");
+        c.leave_mail("2001", MailKind::Text, b"hello alice", None)
+            .await
+            .expect("mail");
+        (s, (c, ev))
+    });
+    assert_eq!(
+        jnum(&d.json(&["status"]).expect("status"), &["mail_waiting"]),
+        Some(1.0)
+    );
+
+    pg.stop_server();
+    let (c2, _ev2) = rt.block_on(async {
+        let (c2, ev2) = DirClient::connect(&ep, &id, addr, None)
+            .await
+            .expect("connect");
+        let e = c2.resume(&s.token).await.expect_err("no PostgreSQL");
+        assert_eq!(e.code(), Some(ErrorCode::Storage), "{e}");
+        eprintln!("resume during the outage: {e}");
+        (c2, ev2)
+    });
+    pg.start_server();
+    let r = rt
+        .block_on(c2.resume(&s.token))
+        .expect("resume after the restart");
+    assert_eq!(r.account, "bob");
+    let check = PostgresStore::open(&pg.url("serve"), 1).expect("open");
+    let mail = check.all_mail().expect("mail");
+    assert_eq!(mail.len(), 1);
+    assert_eq!(
+        check.mail_body(mail[0].id).expect("body").as_deref(),
+        Some(&b"hello alice"[..])
+    );
+    drop(d);
+}

@@ -240,10 +240,12 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// Connect. Errors of requests name no host or database (they may
+    /// reach clients); `open` adds them for the operator.
     fn connect(&self) -> Result<Client, String> {
         self.config
             .connect(NoTls)
-            .map_err(|e| format!("cannot connect to {}: {}", self.target, describe(&e)))
+            .map_err(|e| format!("cannot connect: {}", describe(&e)))
     }
 
     fn lock(&self) -> StoreResult<MutexGuard<'_, Pool>> {
@@ -304,8 +306,8 @@ impl PostgresStore {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(StoreError::Backend(format!(
-                    "all {} connections to {} are busy",
-                    self.max, self.target
+                    "all {} connections to PostgreSQL are busy",
+                    self.max
                 )));
             }
             p = self
@@ -348,8 +350,7 @@ impl PostgresStore {
             Ok(v) => Ok(v),
             Err(Fail::Store(e)) => Err(e),
             Err(Fail::Pg(e)) if dead || e.is_closed() => Err(StoreError::Backend(format!(
-                "the connection to {} was lost ({}); the request may not have been carried out, try again",
-                self.target,
+                "the connection to PostgreSQL was lost ({}); the request may not have been carried out, try again",
                 describe(&e)
             ))),
             Err(Fail::Pg(e)) => Err(StoreError::Backend(describe(&e))),
