@@ -186,18 +186,34 @@ fn is_conflict(e: &postgres::Error) -> bool {
 
 /// A connection URL or key-value string without its password.
 pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+    if let Some(scheme) = url.find("://") {
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (url, None),
+        };
+        let mut out = match base.rfind('@') {
+            Some(at) if at > scheme => {
+                let user = base[scheme + 3..at].split(':').next().unwrap_or("");
+                format!("{}{}@{}", &base[..scheme + 3], user, &base[at + 1..])
+            }
+            _ => base.to_string(),
+        };
+        if let Some(q) = query {
+            let kept: Vec<&str> = q
+                .split('&')
+                .filter(|kv| !kv.starts_with("password="))
+                .collect();
+            if !kept.is_empty() {
+                out.push('?');
+                out.push_str(&kept.join("&"));
+            }
         }
-        _ => url
-            .split_whitespace()
-            .filter(|kv| !kv.starts_with("password="))
-            .collect::<Vec<_>>()
-            .join(" "),
+        return out;
     }
+    url.split_whitespace()
+        .filter(|kv| !kv.starts_with("password="))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl PostgresStore {
@@ -1066,6 +1082,14 @@ mod tests {
         assert_eq!(
             redact("postgresql://kl@%2Frun%2Fpostgresql/keyline"),
             "postgresql://kl@%2Frun%2Fpostgresql/keyline"
+        );
+        assert_eq!(
+            redact("postgresql://kl@h/k?password=secret&connect_timeout=3"),
+            "postgresql://kl@h/k?connect_timeout=3"
+        );
+        assert_eq!(
+            redact("postgresql://kl@h/k?password=secret"),
+            "postgresql://kl@h/k"
         );
         assert_eq!(
             redact("host=/run/postgresql user=kl password=secret dbname=k"),
