@@ -743,8 +743,32 @@ fn postgres_restart_costs_a_request_not_data() {
         }))
         .expect("before");
 
-    // PostgreSQL goes away: a request fails at once with a clear error.
+    // A request in flight when PostgreSQL stops: it waits for a lock
+    // another session holds, and the shutdown ends both.
+    let mut locker =
+        postgres::Client::connect(&pg.url("restart"), postgres::NoTls).expect("connect");
+    let mut lock_tx = locker.transaction().expect("begin");
+    lock_tx
+        .batch_execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+        .expect("lock");
+    let st = store.clone();
+    let in_flight = rt.spawn(async move { store::blocking(&st, |s| s.account("alice")).await });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !in_flight.is_finished(),
+        "the request should wait for the lock"
+    );
     pg.stop_server();
+    let e = rt
+        .block_on(in_flight)
+        .expect("join")
+        .expect_err("cut off by the shutdown");
+    assert!(matches!(e, StoreError::Backend(_)), "{e:?}");
+    eprintln!("in flight at the shutdown: {e}");
+    drop(lock_tx);
+    drop(locker);
+
+    // PostgreSQL is away: a request fails at once with a clear error.
     let t = Instant::now();
     let e = rt
         .block_on(store::blocking(&store, |s| s.account("alice")))
