@@ -27,7 +27,13 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// newest /usr/lib/postgresql/*/bin with an initdb.
 fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("KEYLINE_PG_BIN") {
-        return PathBuf::from(d);
+        let d = PathBuf::from(d);
+        assert!(
+            d.join("initdb").exists() && d.join("postgres").exists(),
+            "KEYLINE_PG_BIN={} holds no initdb and postgres",
+            d.display()
+        );
+        return d;
     }
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
