@@ -14,7 +14,7 @@
 //! dir.login("alice", "secret").await?;
 //! dir.register(&[], vec![my_lan_addr]).await?;      // refreshed automatically
 //! let call = dir.call("김민준", CallOptions::default()).await?;   // follows redirects
-//! let media = dir.dial_media(&endpoint, &identity, &call.plan).await?;
+//! let media = dir.dial_media(&endpoint, &identity, &call.plan, None).await?;
 //! while let Some(ev) = events.recv().await { match ev { Event::Ring(r) => … } }
 //! ```
 //!
@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use keyline_net::endpoint::Checker;
 use keyline_net::{endpoint, peer_fingerprint, Identity};
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
 use keyline_proto::dir::{
@@ -1121,12 +1122,15 @@ impl DirClient {
     /// look-up) on `endpoint`, following the plan's direct-connect rule:
     /// end to end to every candidate at once; with `direct-then-relay`,
     /// through the relay once the direct attempt has failed for
-    /// `fallback_after`; with `relay`, through the relay only.
+    /// `fallback_after`; with `relay`, through the relay only. With the
+    /// endpoint's `checks`, addresses the call's checks find meanwhile are
+    /// dialled as they are found.
     pub async fn dial_media(
         &self,
         endpoint: &quinn::Endpoint,
         identity: &Identity,
         plan: &MediaPlan,
+        checks: Option<&Checker>,
     ) -> Result<MediaLink, MediaError> {
         let cfg = endpoint::client_config(identity, Some(plan.peer_fp.clone()))
             .map_err(|e| MediaError::Failed(format!("{e:#}")))?;
@@ -1138,7 +1142,7 @@ impl DirClient {
                 relayed: true,
             });
         }
-        let direct = connect_any(endpoint, &cfg, plan).await;
+        let direct = connect_any(endpoint, &cfg, plan, checks).await;
         match direct {
             Ok((conn, remote)) => Ok(MediaLink {
                 conn,
@@ -1185,25 +1189,35 @@ pub struct MediaLink {
     pub relayed: bool,
 }
 
-/// Connect to every candidate at once; the first verified one wins.
+/// Connect to every candidate at once; the first verified one wins. With
+/// the endpoint's `checks`, an address the call's checks learn or
+/// validate while this runs is dialled too, as soon as it is found.
 async fn connect_any(
     endpoint: &quinn::Endpoint,
     cfg: &quinn::ClientConfig,
     plan: &MediaPlan,
+    checks: Option<&Checker>,
 ) -> Result<(quinn::Connection, SocketAddr), MediaError> {
-    if plan.peer_candidates.is_empty() {
+    if plan.peer_candidates.is_empty() && checks.is_none() {
         return Err(MediaError::Failed("no candidate addresses".into()));
     }
     let mut set = tokio::task::JoinSet::new();
-    for &addr in &plan.peer_candidates {
+    let mut dialled = Vec::new();
+    let dial = |set: &mut tokio::task::JoinSet<_>, addr: SocketAddr, within: Duration| {
         let (ep, cfg, plan) = (endpoint.clone(), cfg.clone(), plan.clone());
         set.spawn(async move {
-            connect_media(&ep, cfg, addr, &plan, plan.fallback_after)
+            connect_media(&ep, cfg, addr, &plan, within)
                 .await
                 .map(|c| (c, addr))
                 .map_err(|e| format!("{addr}: {e}"))
         });
+    };
+    for &addr in &plan.peer_candidates {
+        dialled.push(addr);
+        dial(&mut set, addr, plan.fallback_after);
     }
+    // Only a ringing call has checks (a look-up has none).
+    let mut found = checks.filter(|_| plan.call != 0).map(|c| (c, c.watch()));
     let mut errors = Vec::new();
     // A look-up's callee answers only once its user does.
     let wait = if plan.call == 0 {
@@ -1214,21 +1228,56 @@ async fn connect_any(
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
     loop {
+        if set.is_empty() && found.is_none() {
+            break;
+        }
         tokio::select! {
-            r = set.join_next() => match r {
-                Some(Ok(Ok(found))) => return Ok(found),
-                Some(Ok(Err(e))) => errors.push(e),
-                Some(Err(e)) => errors.push(e.to_string()),
-                None => break,
+            Some(r) = set.join_next(), if !set.is_empty() => match r {
+                Ok(Ok(found)) => return Ok(found),
+                Ok(Err(e)) => errors.push(e),
+                Err(e) => errors.push(e.to_string()),
             },
+            alive = async {
+                match found.as_mut() {
+                    Some((_, rx)) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            }, if found.is_some() => {
+                if !alive {
+                    found = None;
+                    continue;
+                }
+                let Some((checker, _)) = &found else { continue };
+                let report = checker.report(plan.call).unwrap_or_default();
+                for addr in report.preferred() {
+                    if dialled.contains(&addr) {
+                        continue;
+                    }
+                    tracing::info!("call {}: checks found {addr}; dialling it too", plan.call);
+                    dialled.push(addr);
+                    dial(&mut set, addr, LEARNT_TRY);
+                    // A path the checks proved gets its try in full.
+                    let until = tokio::time::Instant::now() + LEARNT_TRY;
+                    if deadline.deadline() < until {
+                        deadline.as_mut().reset(until);
+                    }
+                }
+            }
             _ = &mut deadline => {
-                errors.push(format!("no answer within {wait:?}"));
+                errors.push(format!("no answer within {:?}", wait));
                 break;
             }
         }
     }
+    if errors.is_empty() {
+        errors.push("no candidate addresses".into());
+    }
     Err(MediaError::Failed(errors.join("; ")))
 }
+
+/// How long an address the checks found while the direct attempt runs
+/// is given to answer, past the attempt's own deadline if need be.
+const LEARNT_TRY: Duration = Duration::from_secs(1);
 
 /// How long the caller of a look-up-only call (`plan.call == 0`) waits for
 /// `MediaOk`: the callee's endpoint rings itself and answers only when its

@@ -192,7 +192,9 @@ async fn call_and_connect(
     let bep = b_ep.ep.clone();
     let bplan = plan.clone();
     let acceptor = tokio::spawn(async move { accept_one(&bep, &bplan, refuse).await });
-    let link = a.dial_media(&a_ep.ep, &a_ep.id, &connected.plan).await;
+    let link = a
+        .dial_media(&a_ep.ep, &a_ep.id, &connected.plan, None)
+        .await;
     let b_conn = if link.is_ok() {
         Some(
             tokio::time::timeout(Duration::from_secs(10), acceptor)
@@ -887,7 +889,7 @@ async fn bindings_expire_unless_refreshed_and_follow_an_address_change() {
     let fep = f_ep.ep.clone();
     let acc = tokio::spawn(async move { accept_one(&fep, &plan, None).await });
     let link = c
-        .dial_media(&c_ep.ep, &c_ep.id, &connected.plan)
+        .dial_media(&c_ep.ep, &c_ep.id, &connected.plan, None)
         .await
         .expect("media");
     let f_conn = acc.await.unwrap();
@@ -916,7 +918,7 @@ async fn lookup_only_connects_straight_to_the_callee() {
     let bep = b_ep.ep.clone();
     let acc = tokio::spawn(async move { accept_one(&bep, &plan, None).await });
     let link = a
-        .dial_media(&a_ep.ep, &a_ep.id, &found.plan)
+        .dial_media(&a_ep.ep, &a_ep.id, &found.plan, None)
         .await
         .expect("media");
     let b_conn = acc.await.unwrap();

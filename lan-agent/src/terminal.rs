@@ -808,7 +808,7 @@ fn start_media(t: &Arc<Terminal>, st: &mut State, key: CallKey, call: CallId, mu
     let t2 = t.clone();
     let task = tokio::spawn(async move {
         let res = client
-            .dial_media(&t2.endpoint, &t2.id, &plan)
+            .dial_media(&t2.endpoint, &t2.id, &plan, Some(&t2.checker))
             .await
             .map(|l| {
                 let path = media_path(&t2, call, &plan, l.remote, l.relayed);

@@ -84,7 +84,7 @@ struct Session {
 }
 
 /// What the checks of one call found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     /// Addresses the peer answered from, first answered first.
     pub validated: Vec<SocketAddr>,
@@ -130,6 +130,8 @@ pub struct Checks {
     sessions: HashMap<[u8; 8], Session>,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     txid: u64,
+    /// Bumped whenever a call's checks learn or validate an address.
+    found: u64,
 }
 
 /// The session id both ends derive from the call's key.
@@ -263,8 +265,8 @@ impl Checks {
             REQUEST => {
                 s.heard = s.heard.saturating_add(1);
                 let new = !s.pairs.iter().any(|p| p.addr == from);
-                if new {
-                    add_pair(s, from, Origin::Learnt);
+                if new && add_pair(s, from, Origin::Learnt) {
+                    self.found += 1;
                 }
                 let key = s.key.clone();
                 let reply = encode(&key, RESPONSE, check.session, check.txid, Some(from));
@@ -276,18 +278,29 @@ impl Checks {
             }
             RESPONSE => {
                 if let Some(p) = s.pairs.iter_mut().find(|p| p.addr == from) {
-                    p.validated.get_or_insert(now);
+                    if p.validated.is_none() {
+                        p.validated = Some(now);
+                        self.found += 1;
+                    }
                 } else if s.pairs.len() < MAX_CANDIDATES {
                     s.pairs.push(Pair {
                         addr: from,
                         origin: Origin::Learnt,
                         validated: Some(now),
                     });
+                    self.found += 1;
                 }
             }
             _ => return false,
         }
         true
+    }
+
+    /// A count that grows whenever some call's checks learn or validate
+    /// an address: a dialler watching it knows when to ask for a fresh
+    /// [`Report`].
+    pub fn found(&self) -> u64 {
+        self.found
     }
 
     /// The next datagram to send.
@@ -312,14 +325,17 @@ impl Checks {
     }
 }
 
-fn add_pair(s: &mut Session, addr: SocketAddr, origin: Origin) {
-    if s.pairs.len() < MAX_CANDIDATES && !s.pairs.iter().any(|p| p.addr == addr) {
-        s.pairs.push(Pair {
-            addr,
-            origin,
-            validated: None,
-        });
+/// Add a pair unless it is known or the session is full; whether it was.
+fn add_pair(s: &mut Session, addr: SocketAddr, origin: Origin) -> bool {
+    if s.pairs.len() >= MAX_CANDIDATES || s.pairs.iter().any(|p| p.addr == addr) {
+        return false;
     }
+    s.pairs.push(Pair {
+        addr,
+        origin,
+        validated: None,
+    });
+    true
 }
 
 struct Parsed {
@@ -484,9 +500,12 @@ mod tests {
         drain(&mut a); // to `offered`: the router has no way in
         b.handle_timeout(t0);
         let from_b = drain(&mut b);
+        assert_eq!(a.found(), 0);
         assert_eq!(deliver(t0, from_b, &mut a, caller, Some(remapped)), 1);
         let r = a.report(t0, 1).unwrap();
         assert_eq!(r.learnt, vec![remapped]);
+        // A dialler watching `found` hears of it (once).
+        assert_eq!(a.found(), 1);
         // The answer and a triggered check both go to the new port.
         let from_a = drain(&mut a);
         assert_eq!(from_a.iter().filter(|(to, _)| *to == remapped).count(), 2);
@@ -499,6 +518,8 @@ mod tests {
         let r = a.report(t0, 1).unwrap();
         assert_eq!(r.validated, vec![remapped]);
         assert_eq!(r.preferred(), vec![remapped]);
+        // Validated now: heard of again.
+        assert_eq!(a.found(), 2);
     }
 
     #[test]

@@ -130,6 +130,7 @@ pub fn make_endpoint_with_checks(
     let checker = Checker {
         core: Arc::new(std::sync::Mutex::new(Checks::new())),
         wake: Arc::new(tokio::sync::Notify::new()),
+        found: Arc::new(tokio::sync::watch::Sender::new(0)),
     };
     let wrapped = Arc::new(CheckSocket {
         inner,
@@ -157,6 +158,8 @@ pub fn make_endpoint_with_checks(
 pub struct Checker {
     core: Arc<std::sync::Mutex<Checks>>,
     wake: Arc<tokio::sync::Notify>,
+    /// [`Checks::found`], for diallers that wait for new addresses.
+    found: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Checker {
@@ -186,6 +189,12 @@ impl Checker {
     /// What the checks of `call` found so far.
     pub fn report(&self, call: u64) -> Option<Report> {
         self.core().report(Instant::now(), call)
+    }
+
+    /// Changes whenever the checks of some call learn or validate an
+    /// address: a dialler awaits it, then asks [`Checker::report`].
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.found.subscribe()
     }
 }
 
@@ -247,8 +256,14 @@ impl CheckSocket {
             if data.chunks(stride).all(checks::is_check) {
                 let mut core = self.checker.core();
                 let now = Instant::now();
+                let before = core.found();
                 for seg in data.chunks(stride) {
                     answered |= core.handle_datagram(now, m.addr, seg);
+                }
+                let found = core.found();
+                drop(core);
+                if found != before {
+                    self.checker.found.send_replace(found);
                 }
                 continue;
             }
