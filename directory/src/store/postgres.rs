@@ -219,15 +219,21 @@ pub(crate) fn redact(url: &str) -> String {
 impl PostgresStore {
     /// Check a connection string without connecting (for `check-config`).
     pub fn check_url(url: &str) -> Result<(), String> {
-        postgres::Config::from_str(url)
-            .map(|_| ())
-            .map_err(|e| format!("not a PostgreSQL connection string: {e}"))
+        let c = postgres::Config::from_str(url)
+            .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
+        if c.get_ssl_mode() == postgres::config::SslMode::Require {
+            return Err("sslmode=require: TLS to PostgreSQL is not supported yet; \
+                 use a Unix socket or loopback"
+                .into());
+        }
+        Ok(())
     }
 
     /// Connect, bring the schema up to date, and keep up to `max`
     /// connections.
     pub fn open(url: &str, max: usize) -> anyhow::Result<PostgresStore> {
         use anyhow::Context;
+        Self::check_url(url).map_err(|e| anyhow::anyhow!("[store] postgres: {e}"))?;
         let mut config = postgres::Config::from_str(url)
             .map_err(|e| anyhow::anyhow!("[store] postgres: {e}"))?;
         if config.get_connect_timeout().is_none() {
@@ -237,6 +243,14 @@ impl PostgresStore {
             config.application_name("keyline-directory");
         }
         config.keepalives(true);
+        // Over TCP, a server that vanished without a word (a cut network)
+        // costs a request half a minute, not the kernel's quarter hour.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(30));
+        }
+        if !url.contains("keepalives_idle") {
+            config.keepalives_idle(Duration::from_secs(30));
+        }
         let store = PostgresStore {
             config,
             target: redact(url),
@@ -1097,5 +1111,7 @@ mod tests {
         );
         assert!(PostgresStore::check_url("postgresql://kl@localhost/keyline").is_ok());
         assert!(PostgresStore::check_url("postgresql://kl@localhost:notaport/k").is_err());
+        let e = PostgresStore::check_url("postgresql://kl@db/k?sslmode=require").expect_err("tls");
+        assert!(e.contains("TLS"), "{e}");
     }
 }
