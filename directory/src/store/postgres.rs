@@ -374,7 +374,12 @@ impl PostgresStore {
     fn with<T>(&self, f: impl FnOnce(&mut Client) -> R<T>) -> StoreResult<T> {
         let (mut client, generation) = self.checkout()?;
         let result = f(&mut client);
-        let dead = client.is_closed();
+        // A FATAL error (the server shutting down, a backend killed) ends
+        // the session even before the client has seen the socket close.
+        let fatal = matches!(&result, Err(Fail::Pg(e)) if e
+            .as_db_error()
+            .is_some_and(|d| matches!(d.severity(), "FATAL" | "PANIC")));
+        let dead = fatal || client.is_closed();
         self.checkin(client, generation, dead);
         match result {
             Ok(v) => Ok(v),
