@@ -765,6 +765,10 @@ fn postgres_restart_costs_a_request_not_data() {
         .expect_err("cut off by the shutdown");
     assert!(matches!(e, StoreError::Backend(_)), "{e:?}");
     eprintln!("in flight at the shutdown: {e}");
+    assert!(
+        e.to_string().contains("connection to PostgreSQL was lost"),
+        "{e}"
+    );
     drop(lock_tx);
     drop(locker);
 
@@ -779,6 +783,9 @@ fn postgres_restart_costs_a_request_not_data() {
         msg.contains("storage:") && msg.contains("PostgreSQL"),
         "{msg}"
     );
+    // The connection that died took the idle ones with it: this request
+    // tried a new one.
+    assert!(msg.contains("cannot connect"), "{msg}");
     assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
     eprintln!("during the outage ({} ms): {msg}", t.elapsed().as_millis());
     // And again (now with no connection at all): the same kind of error.
