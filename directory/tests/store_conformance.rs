@@ -837,6 +837,70 @@ fn postgres_restart_costs_a_request_not_data() {
         .expect("mail")
         .len();
     assert_eq!(n, 2);
+
+    // A restart under load: writers go on through it; every write that
+    // was acknowledged is there afterwards, every refusal is a storage
+    // error, and the writers succeed again once PostgreSQL is back.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..6)
+        .map(|w| {
+            let (store, stop) = (store.clone(), stop.clone());
+            rt.spawn(async move {
+                let (mut acked, mut refused, mut ok_after_refusal) = (Vec::new(), 0, false);
+                let mut i = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let token = format!("w{w}-{i}");
+                    i += 1;
+                    let t2 = token.clone();
+                    match store::blocking(&store, move |s| s.insert_token(&t2, "bob", 0, i64::MAX))
+                        .await
+                    {
+                        Ok(()) => {
+                            ok_after_refusal |= refused > 0;
+                            acked.push(token);
+                        }
+                        Err(StoreError::Backend(_)) => {
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+                (acked, refused, ok_after_refusal)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    pg.stop_server();
+    std::thread::sleep(Duration::from_millis(200));
+    pg.start_server();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut acked, mut refused, mut recovered) = (Vec::new(), 0, 0);
+    for w in writers {
+        let (a, r, ok) = rt.block_on(w).expect("writer");
+        acked.extend(a);
+        refused += r;
+        recovered += usize::from(ok);
+    }
+    eprintln!(
+        "under load: {} writes acknowledged, {refused} refused during the restart, {recovered} of 6 writers succeeded again",
+        acked.len()
+    );
+    assert!(refused > 0, "the restart cost no request: was it one?");
+    assert_eq!(recovered, 6);
+    let missing: Vec<String> = rt
+        .block_on(store::blocking(&store, move |s| {
+            let mut missing = Vec::new();
+            for t in acked {
+                if s.token_account(&t, 1)?.is_none() {
+                    missing.push(t);
+                }
+            }
+            Ok(missing)
+        }))
+        .expect("check");
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
 }
 
 /// Fill an SQLite store with something of everything.
