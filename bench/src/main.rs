@@ -44,6 +44,7 @@ mod setup;
 mod soak;
 mod startup;
 mod util;
+mod video;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +59,7 @@ use fwd::loadgen::Phases;
 use fwd::{DirectCache, Kind, RampConfig};
 use setup::{Bins, SetupConfig};
 use startup::StartupConfig;
+use video::VideoConfig;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -89,6 +91,9 @@ enum Cmd {
     /// The directory: registrations/s and look-ups/s with N QUIC clients,
     /// memory per binding.
     Directory(Opts),
+    /// VP8 encode and decode CPU per frame at 640x480 and 1280x720, bytes
+    /// per frame, and the in-process pipeline latency.
+    Video(Opts),
     /// A long run against a real directory (many registered terminals)
     /// and a real gateway (many stations) with steady churn: calls, media,
     /// transfers, reconnections. Reports calls, memory, descriptors and
@@ -212,15 +217,17 @@ enum Suite {
     Setup,
     Startup,
     Directory,
+    Video,
 }
 
 impl Suite {
-    const ALL: [Suite; 5] = [
+    const ALL: [Suite; 6] = [
         Suite::Relay,
         Suite::Baseline,
         Suite::Setup,
         Suite::Startup,
         Suite::Directory,
+        Suite::Video,
     ];
 
     fn name(self) -> &'static str {
@@ -230,6 +237,7 @@ impl Suite {
             Suite::Setup => "setup",
             Suite::Startup => "startup",
             Suite::Directory => "directory",
+            Suite::Video => "video",
         }
     }
 
@@ -257,6 +265,7 @@ fn main() -> ExitCode {
         Cmd::Setup(o) => bench("setup", Scale::Full, &[Suite::Setup], &o),
         Cmd::Startup(o) => bench("startup", Scale::Full, &[Suite::Startup], &o),
         Cmd::Directory(o) => bench("directory", Scale::Full, &[Suite::Directory], &o),
+        Cmd::Video(o) => bench("video", Scale::Full, &[Suite::Video], &o),
         Cmd::Soak(o) => soak(&o),
     };
     match res {
@@ -515,6 +524,9 @@ fn bench(mode: &str, scale: Scale, suites: &[Suite], o: &Opts) -> Result<()> {
                 .as_ref()
                 .context("keyline-directory not located")
                 .and_then(|b| directory::run(b, &dir_config(scale, o))),
+            Suite::Video => video::run(&VideoConfig {
+                frames: if scale == Scale::Smoke { 20 } else { 300 },
+            }),
         };
         match res {
             Ok(v) => doc["suites"][suite.name()] = v,

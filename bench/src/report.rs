@@ -631,6 +631,44 @@ pub fn table(doc: &Value) -> String {
             let _ = writeln!(o, "  persisted: {p}");
         }
     }
+    let v = &s["video"];
+    if let Some(sizes) = v.as_object() {
+        let _ = writeln!(
+            o,
+            "\nVideo: VP8 (libvpx, real-time, one thread) on the moving test pattern; CPU is the thread's own"
+        );
+        let _ = writeln!(
+            o,
+            "  {:<10} {:>6} {:>18} {:>18} {:>10} {:>10} {:>20}",
+            "",
+            "kbit/s",
+            "encode p50/p99 ms",
+            "decode p50/p99 ms",
+            "B/frame",
+            "fps/core",
+            "pipeline p50/p99 ms"
+        );
+        for (size, x) in sizes {
+            let pair = |k: &str| {
+                format!(
+                    "{} / {}",
+                    num(f(x, &[k, "p50"]), 2),
+                    num(f(x, &[k, "p99"]), 2)
+                )
+            };
+            let _ = writeln!(
+                o,
+                "  {:<10} {:>6} {:>18} {:>18} {:>10} {:>10} {:>20}",
+                size,
+                num(f(x, &["kbps"]), 0),
+                pair("encode_cpu_ms"),
+                pair("decode_cpu_ms"),
+                num(f(x, &["bytes_per_frame_mean"]), 0),
+                num(f(x, &["frames_per_core_s"]), 0),
+                pair("pipeline_latency_ms"),
+            );
+        }
+    }
     if let Some(ts) = doc["targets"].as_array() {
         let _ = writeln!(o, "\nTargets of issue 6");
         for t in ts {

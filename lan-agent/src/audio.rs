@@ -13,12 +13,14 @@ use keyline_net::lifecycle;
 use tokio::task::JoinHandle;
 
 use crate::session::{SharedSink, SharedSource};
+use crate::video::{LocalVideo, SharedVideo};
 
-/// The station's audio input and output, and the signals it plays on its
-/// own (outside a call's media session).
+/// The station's audio input and output, its camera and picture output,
+/// and the signals it plays on its own (outside a call's media session).
 pub(crate) struct LocalAudio {
     pub(crate) source: SharedSource,
     pub(crate) sink: SharedSink,
+    pub(crate) video: SharedVideo,
     /// What an incoming call rings with.
     ringtone: Arc<Vec<i16>>,
     /// What a caller hears while the far end rings: 425 Hz, 1 s on, 4 s off.
@@ -29,19 +31,23 @@ pub(crate) struct LocalAudio {
 }
 
 impl LocalAudio {
-    /// Open `--audio-in`, `--audio-out` and the ringtone (a WAV file, or the
-    /// built-in one), in that order.
+    /// Open `--audio-in`, `--audio-out`, `--video-in`, `--video-out` and
+    /// the ringtone (a WAV file, or the built-in one), in that order.
     pub(crate) fn open(
         audio_in: &str,
         audio_out: &str,
+        video_in: &str,
+        video_out: &str,
         ringtone: Option<&Path>,
     ) -> anyhow::Result<LocalAudio> {
         let source = open_source(audio_in)?;
         let sink = open_sink(audio_out)?;
+        let video = LocalVideo::open(video_in, video_out)?;
         let ringtone = load_samples(ringtone, "ringtone", keyline_media::ringtone_samples)?;
         Ok(LocalAudio {
             source: Arc::new(Mutex::new(source)),
             sink: Arc::new(Mutex::new(sink)),
+            video: Arc::new(Mutex::new(video)),
             ringtone: Arc::new(ringtone),
             ringback: Arc::new(keyline_media::tone_sequence(&[(425.0, 1000), (0.0, 4000)])),
             audio_in: audio_in.to_string(),

@@ -37,6 +37,15 @@ pub enum Cmd {
         /// Where to play: `device`, `null` or a WAV file to write.
         #[arg(long, default_value = "device", value_name = "SPEC")]
         audio_out: String,
+        /// What video to send: `none` (no camera) or `pattern` (a moving
+        /// test picture carrying its frame counter and send time).
+        #[arg(long, default_value = "none", value_name = "SPEC")]
+        video_in: String,
+        /// Where received video goes: `none`, a `.y4m` file, or any other
+        /// file for one CSV line per picture (its counter, send and decode
+        /// times).
+        #[arg(long, default_value = "none", value_name = "SPEC")]
+        video_out: String,
         /// Answer incoming calls by itself after this many seconds.
         #[arg(long, value_name = "SECONDS")]
         auto_answer: Option<u64>,
@@ -89,6 +98,15 @@ pub enum Cmd {
         /// Where to play: `device`, `null` or a WAV file to write.
         #[arg(long, default_value = "device", value_name = "SPEC")]
         audio_out: String,
+        /// What video to send: `none` (no camera) or `pattern` (a moving
+        /// test picture carrying its frame counter and send time).
+        #[arg(long, default_value = "none", value_name = "SPEC")]
+        video_in: String,
+        /// Where received video goes: `none`, a `.y4m` file, or any other
+        /// file for one CSV line per picture (its counter, send and decode
+        /// times).
+        #[arg(long, default_value = "none", value_name = "SPEC")]
+        video_out: String,
         /// Answer incoming calls by itself after this many seconds.
         #[arg(long, value_name = "SECONDS")]
         auto_answer: Option<u64>,

@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod session;
 pub(crate) mod station;
 pub mod terminal;
+pub mod video;
 
 /// How a control request for a call (`dial`, `answer`, `transfer`, ...)
 /// becomes the phone core's command; public for the fuzz target.

@@ -1,5 +1,6 @@
 //! One call's media: Opus frames in RTP-over-QUIC datagrams on the
-//! end-to-end connection between the two ends of the call.
+//! end-to-end connection between the two ends of the call, and its video
+//! beside them ([`crate::video`]).
 //!
 //! Three tasks per call: the sender (every 20 ms: source → Opus → RTP →
 //! datagram), the receiver (datagram → jitter buffer) and the player
@@ -19,8 +20,11 @@ use keyline_media::{
     FRAME_SAMPLES,
 };
 use keyline_proto::media::{decode_datagram, encode_datagram, RtpHeader, OPUS_PAYLOAD_TYPE};
+use keyline_proto::vp8rtp::VP8_PAYLOAD_TYPE;
 use serde::Serialize;
 use tokio::task::JoinHandle;
+
+use crate::video::{SharedVideo, VideoSession, VideoStats, KEY_REQUEST_PAYLOAD_TYPE};
 
 /// Jitter-buffer depth before playout starts (3 × 20 ms).
 const JITTER_DEPTH: usize = 3;
@@ -37,6 +41,8 @@ pub struct MediaStats {
     pub late: u64,
     pub duplicate: u64,
     pub malformed: u64,
+    /// The call's video (zero when neither end has any).
+    pub video: VideoStats,
 }
 
 pub type SharedSource = Arc<Mutex<Box<dyn Source>>>;
@@ -141,6 +147,7 @@ pub struct Session {
     tasks: Vec<JoinHandle<()>>,
     pub stats: Arc<Mutex<MediaStats>>,
     pub conn: quinn::Connection,
+    video: Arc<VideoSession>,
 }
 
 impl Drop for Session {
@@ -160,6 +167,7 @@ impl Session {
         sink: SharedSink,
         record: SharedRecord,
         hold: Arc<Hold>,
+        local_video: SharedVideo,
     ) -> anyhow::Result<Session> {
         let stats = Arc::new(Mutex::new(MediaStats::default()));
         let jitter = Arc::new(Mutex::new(JitterBuffer::new(JITTER_DEPTH)));
@@ -169,6 +177,12 @@ impl Session {
             s.restart();
         }
         let ssrc: u32 = rand::random();
+        let video = Arc::new(VideoSession::start(
+            conn.clone(),
+            flow,
+            local_video,
+            hold.clone(),
+        ));
 
         let sender = {
             let conn = conn.clone();
@@ -236,6 +250,7 @@ impl Session {
             let conn = conn.clone();
             let stats = stats.clone();
             let jitter = jitter.clone();
+            let video = video.clone();
             tokio::spawn(async move {
                 while let Ok(d) = conn.read_datagram().await {
                     let Ok(dg) = decode_datagram(&d) else {
@@ -244,6 +259,15 @@ impl Session {
                         }
                         continue;
                     };
+                    let h = dg.header;
+                    if dg.flow == flow && h.payload_type == VP8_PAYLOAD_TYPE {
+                        video.packet(h.sequence, h.timestamp, h.marker, dg.payload);
+                        continue;
+                    }
+                    if dg.flow == flow && h.payload_type == KEY_REQUEST_PAYLOAD_TYPE {
+                        video.key_requested();
+                        continue;
+                    }
                     if dg.flow != flow || dg.header.payload_type != OPUS_PAYLOAD_TYPE {
                         if let Ok(mut st) = stats.lock() {
                             st.malformed += 1;
@@ -331,10 +355,13 @@ impl Session {
             tasks: vec![sender, receiver, player],
             stats,
             conn,
+            video,
         })
     }
 
     pub fn stats(&self) -> MediaStats {
-        self.stats.lock().map(|s| *s).unwrap_or_default()
+        let mut s = self.stats.lock().map(|s| *s).unwrap_or_default();
+        s.video = self.video.stats();
+        s
     }
 }

@@ -233,6 +233,7 @@ impl<P: Clone> Station<P> {
             audio.sink.clone(),
             slot.record.clone(),
             slot.hold.clone(),
+            audio.video.clone(),
         ) {
             Ok(s) => {
                 slot.session = Some(s);

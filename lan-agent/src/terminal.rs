@@ -70,6 +70,9 @@ pub struct TerminalOptions {
     pub numbers: Vec<String>,
     pub audio_in: String,
     pub audio_out: String,
+    /// `--video-in` and `--video-out` (see `keyline_agent::video`).
+    pub video_in: String,
+    pub video_out: String,
     pub auto_answer: Option<u64>,
     pub name: Option<String>,
     pub ringtone: Option<PathBuf>,
@@ -212,7 +215,13 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
     let id = Identity::load_or_create(&state_dir, "keyline-agent")?;
     let ctl = control::bind(&control::socket_path(&state_dir)).await?;
     let (endpoint, puncher, checker) = keyline_net::make_endpoint_with_checks(opts.bind, &id)?;
-    let audio = LocalAudio::open(&opts.audio_in, &opts.audio_out, opts.ringtone.as_deref())?;
+    let audio = LocalAudio::open(
+        &opts.audio_in,
+        &opts.audio_out,
+        &opts.video_in,
+        &opts.video_out,
+        opts.ringtone.as_deref(),
+    )?;
     let hold_music = audio::load_samples(
         opts.hold_music.as_deref(),
         "hold music",

@@ -2,7 +2,9 @@
 //! playout jitter buffer, 20 ms frame sources (tone, silence, WAV) and sinks
 //! (WAV, null), and tone generation/analysis used by ringtones, the agent and
 //! tests, Ogg Opus files ([`oggopus`]) and call recording ([`record`]). All
-//! audio here is 48 kHz mono 16-bit PCM in 20 ms frames.
+//! audio here is 48 kHz mono 16-bit PCM in 20 ms frames. Video is VP8
+//! through libvpx ([`vp8`]) with the test pattern and frame sinks of
+//! [`video`].
 //!
 //! With the `device` feature (on by default) [`device`] adds the sound card
 //! (through cpal; ALSA on Linux) as a source and a sink.
@@ -16,6 +18,8 @@ pub mod record;
 pub mod sink;
 pub mod source;
 pub mod tones;
+pub mod video;
+pub mod vp8;
 mod wav;
 
 pub use codec::{OpusDecoder, OpusEncoder};
@@ -60,4 +64,7 @@ pub enum MediaError {
     /// says which, and names the audio system, e.g. ALSA).
     #[error("{0}")]
     Device(String),
+    /// libvpx refused to encode or decode (the message says why).
+    #[error("vp8: {0}")]
+    Codec(String),
 }

@@ -1,8 +1,9 @@
 //! Keyline's wire protocol, shared by every program: the control messages
 //! ([`msg`]), their length-prefixed CBOR framing ([`codec`]), number
 //! canonicalisation ([`number`]), RTP-over-QUIC media datagrams ([`media`]),
-//! the sans-IO call core the gateway drives ([`call`]), and the sans-IO
-//! phone core every station drives ([`phone`]).
+//! the sans-IO call core the gateway drives ([`call`]), the sans-IO
+//! phone core every station drives ([`phone`]), and VP8 in RTP
+//! ([`vp8rtp`]: packets out, frames back together).
 //!
 //! Nothing in this crate does I/O except the thin async helpers in
 //! [`codec`]; state machines take the current time as an input.
@@ -14,6 +15,7 @@ pub mod media;
 pub mod msg;
 pub mod number;
 pub mod phone;
+pub mod vp8rtp;
 
 /// ALPN protocol identifier of every Keyline QUIC connection.
 pub const ALPN: &[u8] = b"keyline/1";

@@ -1,0 +1,433 @@
+//! One call's video: VP8 frames in RTP (RFC 7741) on the call's media
+//! connection, beside its audio (same flow id, payload type
+//! [`VP8_PAYLOAD_TYPE`]).
+//!
+//! Two threads per call (encoding and decoding take milliseconds a frame,
+//! too long for the async runtime's workers): the sender (every frame
+//! interval: camera or pattern → VP8 at the bitrate the connection allows
+//! → packets → datagrams) and the receiver (packets from the audio
+//! receiver's demultiplexer, through a bounded queue → [`Assembler`] →
+//! VP8 → the sink). A receiver that lost a frame asks the sender for a key
+//! frame with an empty RTP packet of payload type
+//! [`KEY_REQUEST_PAYLOAD_TYPE`].
+//!
+//! A station without a camera sends no video and still shows what comes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keyline_media::video::{file_sink, PatternSource, VideoSink, VideoSource};
+use keyline_media::vp8::{Vp8Decoder, Vp8Encoder, VIDEO_CLOCK};
+use keyline_proto::media::{encode_datagram, RtpHeader};
+use keyline_proto::vp8rtp::{packetize, Assembler, Output, VP8_PAYLOAD_TYPE};
+use serde::Serialize;
+
+use crate::session::Hold;
+
+/// Payload type of the empty RTP packet that asks for a key frame.
+pub const KEY_REQUEST_PAYLOAD_TYPE: u8 = 97;
+
+/// Picture size and rate sent.
+pub const WIDTH: u32 = 640;
+pub const HEIGHT: u32 = 480;
+pub const FPS: u32 = 30;
+/// Bitrate at the start of a call, and its bounds (kbit/s).
+pub const START_KBPS: u32 = 600;
+pub const MIN_KBPS: u32 = 150;
+pub const MAX_KBPS: u32 = 2500;
+/// Video packets waiting for the decoder; more are dropped (and counted).
+const QUEUE: usize = 1024;
+
+/// The station's camera (or pattern) and picture output.
+pub struct LocalVideo {
+    pub source: Option<Box<dyn VideoSource>>,
+    pub sink: Option<Box<dyn VideoSink>>,
+}
+
+impl std::fmt::Debug for LocalVideo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalVideo")
+            .field("source", &self.source.is_some())
+            .field("sink", &self.sink.is_some())
+            .finish()
+    }
+}
+
+pub type SharedVideo = Arc<Mutex<LocalVideo>>;
+
+impl LocalVideo {
+    /// Open `--video-in` (`none`, `pattern`) and `--video-out` (`none`, a
+    /// `.y4m` file, or any other file for the CSV of the codes read back).
+    pub fn open(video_in: &str, video_out: &str) -> anyhow::Result<LocalVideo> {
+        let source: Option<Box<dyn VideoSource>> = match video_in {
+            "" | "none" => None,
+            "pattern" => Some(Box::new(PatternSource::new(WIDTH, HEIGHT)?)),
+            other => anyhow::bail!("unknown video input {other:?}: expected none or pattern"),
+        };
+        let sink = match video_out {
+            "" | "none" => None,
+            path => Some(file_sink(std::path::Path::new(path), FPS)?),
+        };
+        Ok(LocalVideo { source, sink })
+    }
+
+    pub fn none() -> LocalVideo {
+        LocalVideo {
+            source: None,
+            sink: None,
+        }
+    }
+}
+
+/// Counters of one call's video, shown by `status`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct VideoStats {
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+    pub key_frames_sent: u64,
+    /// Target bitrate now (kbit/s); 0 while nothing is sent.
+    pub kbps: u32,
+    pub packets_received: u64,
+    pub frames_decoded: u64,
+    pub frames_lost: u64,
+    pub key_requests: u64,
+    /// Packets refused (bad descriptor, too large) and frames the decoder
+    /// found corrupt.
+    pub malformed: u64,
+    /// Packets dropped because the decoder fell behind.
+    pub dropped: u64,
+}
+
+/// The bitrate to aim at, from what the connection says it can carry:
+/// two thirds of its congestion window per round trip, minus what audio
+/// needs, within [`MIN_KBPS`]..=[`MAX_KBPS`], and moving at most a quarter
+/// up per step (down at once).
+pub fn target_kbps(current: u32, cwnd_bytes: u64, rtt: Duration, lost_recently: bool) -> u32 {
+    let rtt_s = rtt.as_secs_f64().max(0.001);
+    let path_kbps = (cwnd_bytes as f64 * 8.0 / rtt_s / 1000.0) * 2.0 / 3.0 - 64.0;
+    let mut want = path_kbps.clamp(f64::from(MIN_KBPS), f64::from(MAX_KBPS)) as u32;
+    if lost_recently {
+        want = want.min(current.saturating_mul(3) / 4);
+    }
+    let up = current + current / 4;
+    want.min(up).clamp(MIN_KBPS, MAX_KBPS)
+}
+
+/// A call's running video; dropping it stops both threads.
+#[derive(Debug)]
+pub struct VideoSession {
+    stop: Arc<AtomicBool>,
+    key_wanted: Arc<AtomicBool>,
+    packets: SyncSender<Packet>,
+    stats: Arc<Mutex<VideoStats>>,
+}
+
+struct Packet {
+    seq: u16,
+    ts: u32,
+    marker: bool,
+    payload: Vec<u8>,
+}
+
+impl Drop for VideoSession {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl VideoSession {
+    /// Start call `flow`'s video on `conn`: sending if `local` has a
+    /// source, receiving always. Nothing is sent while this end holds.
+    pub fn start(
+        conn: quinn::Connection,
+        flow: u64,
+        local: SharedVideo,
+        hold: Arc<Hold>,
+    ) -> VideoSession {
+        let stop = Arc::new(AtomicBool::new(false));
+        let key_wanted = Arc::new(AtomicBool::new(true));
+        let stats = Arc::new(Mutex::new(VideoStats::default()));
+        let (tx, rx) = sync_channel(QUEUE);
+        let sends = local.lock().map(|l| l.source.is_some()).unwrap_or(false);
+        if sends {
+            let (conn, local, stop, key, stats, hold) = (
+                conn.clone(),
+                local.clone(),
+                stop.clone(),
+                key_wanted.clone(),
+                stats.clone(),
+                hold,
+            );
+            let spawned = std::thread::Builder::new()
+                .name("video-send".into())
+                .spawn(move || send_loop(conn, flow, local, stop, key, stats, hold));
+            if let Err(e) = spawned {
+                tracing::warn!("call {flow}: no video sent: {e}");
+            }
+        }
+        {
+            let (stop, stats) = (stop.clone(), stats.clone());
+            let spawned = std::thread::Builder::new()
+                .name("video-recv".into())
+                .spawn(move || receive_loop(conn, flow, local, rx, stop, stats));
+            if let Err(e) = spawned {
+                tracing::warn!("call {flow}: no video received: {e}");
+            }
+        }
+        VideoSession {
+            stop,
+            key_wanted,
+            packets: tx,
+            stats,
+        }
+    }
+
+    /// A video packet from the demultiplexer; never blocks.
+    pub fn packet(&self, seq: u16, ts: u32, marker: bool, payload: &[u8]) {
+        let p = Packet {
+            seq,
+            ts,
+            marker,
+            payload: payload.to_vec(),
+        };
+        match self.packets.try_send(p) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                if let Ok(mut s) = self.stats.lock() {
+                    s.dropped += 1;
+                }
+            }
+        }
+    }
+
+    /// The other end asked for a key frame.
+    pub fn key_requested(&self) {
+        self.key_wanted.store(true, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> VideoStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+}
+
+fn send_loop(
+    conn: quinn::Connection,
+    flow: u64,
+    local: SharedVideo,
+    stop: Arc<AtomicBool>,
+    key_wanted: Arc<AtomicBool>,
+    stats: Arc<Mutex<VideoStats>>,
+    hold: Arc<Hold>,
+) {
+    // One thread: libvpx's VP8 threads wait for each other by spinning,
+    // which burnt half a core per call on a two-core machine for a few
+    // milliseconds of work a frame.
+    let mut enc = match Vp8Encoder::new(WIDTH, HEIGHT, FPS, START_KBPS, 1) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!("call {flow}: no video sent: {e}");
+            return;
+        }
+    };
+    let ssrc: u32 = rand::random();
+    let mut seq: u16 = rand::random();
+    let ts0: u32 = rand::random();
+    let mut picture_id: u16 = rand::random::<u16>() & 0x7fff;
+    let interval = Duration::from_secs(1) / FPS;
+    let started = Instant::now();
+    let mut next = started;
+    let mut last_rate = started;
+    let mut last_lost = conn.stats().path.lost_packets;
+    let mut out = Vec::with_capacity(1500);
+    while !stop.load(Ordering::Relaxed) && conn.close_reason().is_none() {
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+        next += interval;
+        if Instant::now() > next + interval * 4 {
+            // Far behind (a slow machine): skip, do not burst.
+            next = Instant::now() + interval;
+        }
+        // On hold (either end's doing) no picture goes; the next one after
+        // is a key frame.
+        if hold.holding.load(Ordering::Relaxed) {
+            key_wanted.store(true, Ordering::Relaxed);
+            continue;
+        }
+        // Once a second, follow what the connection carries.
+        if last_rate.elapsed() >= Duration::from_secs(1) {
+            last_rate = Instant::now();
+            let path = conn.stats().path;
+            let lost = path.lost_packets > last_lost;
+            last_lost = path.lost_packets;
+            let kbps = target_kbps(enc.bitrate(), path.cwnd, conn.rtt(), lost);
+            if let Err(e) = enc.set_bitrate(kbps) {
+                tracing::debug!("call {flow}: {e}");
+            }
+        }
+        let pic = {
+            let Ok(mut l) = local.lock() else { return };
+            let Some(src) = l.source.as_mut() else { return };
+            match src.next_picture() {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("call {flow}: camera: {e}");
+                    continue;
+                }
+            }
+        };
+        let ts =
+            ts0.wrapping_add((started.elapsed().as_secs_f64() * f64::from(VIDEO_CLOCK)) as u32);
+        let force = key_wanted.swap(false, Ordering::Relaxed);
+        let frame = match enc.encode(&pic, ts, force) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!("call {flow}: {e}");
+                continue;
+            }
+        };
+        // Room in one datagram: the flow id (≤ 8) and the RTP header.
+        let max = conn
+            .max_datagram_size()
+            .unwrap_or(1200)
+            .saturating_sub(8 + 12)
+            .max(200);
+        let packets = packetize(&frame.data, picture_id, max);
+        picture_id = (picture_id + 1) & 0x7fff;
+        let n = packets.len();
+        let mut sent = 0u64;
+        for (i, p) in packets.into_iter().enumerate() {
+            let header = RtpHeader {
+                payload_type: VP8_PAYLOAD_TYPE,
+                marker: i + 1 == n,
+                sequence: seq,
+                timestamp: ts,
+                ssrc,
+            };
+            seq = seq.wrapping_add(1);
+            if encode_datagram(flow, &header, &p, &mut out).is_err() {
+                continue;
+            }
+            match conn.send_datagram(Bytes::copy_from_slice(&out)) {
+                Ok(()) => sent += out.len() as u64,
+                Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
+                Err(e) => tracing::debug!("video datagram not sent: {e}"),
+            }
+        }
+        if let Ok(mut s) = stats.lock() {
+            s.frames_sent += 1;
+            s.bytes_sent += sent;
+            s.key_frames_sent += u64::from(frame.key);
+            s.kbps = enc.bitrate();
+        }
+    }
+}
+
+fn receive_loop(
+    conn: quinn::Connection,
+    flow: u64,
+    local: SharedVideo,
+    rx: Receiver<Packet>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Mutex<VideoStats>>,
+) {
+    let mut dec = match Vp8Decoder::new(1) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!("call {flow}: no video shown: {e}");
+            return;
+        }
+    };
+    let mut asm = Assembler::new();
+    let ssrc: u32 = rand::random();
+    let mut seq: u16 = rand::random();
+    let mut out = Vec::with_capacity(64);
+    let mut corrupt = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let wait = asm
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_millis(200))
+            .min(Duration::from_millis(200));
+        match rx.recv_timeout(wait) {
+            Ok(p) => {
+                asm.handle_packet(Instant::now(), p.seq, p.ts, p.marker, &p.payload);
+                // Take whatever else is queued before decoding.
+                while let Ok(p) = rx.try_recv() {
+                    asm.handle_packet(Instant::now(), p.seq, p.ts, p.marker, &p.payload);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => asm.handle_timeout(Instant::now()),
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let mut decoded = 0u64;
+        while let Some(o) = asm.poll_output() {
+            match o {
+                Output::Frame(f) => match dec.decode(&f.data) {
+                    Ok(Some(pic)) => {
+                        decoded += 1;
+                        if let Ok(mut l) = local.lock() {
+                            if let Some(sink) = l.sink.as_mut() {
+                                if let Err(e) = sink.show(&pic) {
+                                    tracing::warn!("call {flow}: video output: {e}");
+                                    l.sink = None;
+                                }
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!("call {flow}: {e}");
+                        corrupt += 1;
+                        asm.reset();
+                    }
+                },
+                Output::RequestKeyFrame => {
+                    let header = RtpHeader {
+                        payload_type: KEY_REQUEST_PAYLOAD_TYPE,
+                        marker: true,
+                        sequence: seq,
+                        timestamp: 0,
+                        ssrc,
+                    };
+                    seq = seq.wrapping_add(1);
+                    if encode_datagram(flow, &header, &[], &mut out).is_ok() {
+                        let _ = conn.send_datagram(Bytes::copy_from_slice(&out));
+                    }
+                }
+            }
+        }
+        let a = asm.stats();
+        if let Ok(mut s) = stats.lock() {
+            s.packets_received = a.packets;
+            s.frames_decoded += decoded;
+            s.frames_lost = a.lost_frames;
+            s.key_requests = a.key_requests;
+            s.malformed = a.malformed + corrupt;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bitrate_follows_the_path_within_bounds() {
+        let rtt = Duration::from_millis(20);
+        // A wide path: up by a quarter a step, never past the top.
+        assert_eq!(target_kbps(600, 1_000_000, rtt, false), 750);
+        assert_eq!(target_kbps(2400, 1_000_000, rtt, false), MAX_KBPS);
+        // A narrow one: down at once, never under the floor.
+        let narrow = target_kbps(600, 1500, rtt, false);
+        assert!(narrow < 600, "{narrow}");
+        assert_eq!(target_kbps(600, 100, rtt, false), MIN_KBPS);
+        // Loss takes a quarter off even on a wide path.
+        assert_eq!(target_kbps(800, 1_000_000, rtt, true), 600);
+    }
+}
