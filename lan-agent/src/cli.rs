@@ -170,6 +170,12 @@ pub enum Cmd {
         #[arg(value_parser = ["on", "off"])]
         mode: String,
     },
+    /// Turn the camera off in the call in progress (`off`: the other end
+    /// sees a black card and is told) or on again (`on`).
+    Video {
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+    },
     /// Your voicemail on the gateway (`*97` plays the new ones).
     Voicemail {
         #[command(subcommand)]

@@ -1023,6 +1023,10 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
             let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
             agent.lock().station.mute_command(on)
         }
+        "video" => {
+            let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
+            agent.lock().station.video_command(on)
+        }
         "record" => {
             let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
             agent.lock().station.record_command(

@@ -176,6 +176,7 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         }
         Cmd::Resume => json!({"cmd": "resume"}),
         Cmd::Record { mode } => json!({"cmd": "record", "on": mode == "on"}),
+        Cmd::Video { mode } => json!({"cmd": "video", "on": mode == "on"}),
         Cmd::Run { .. } | Cmd::Terminal { .. } | Cmd::Events { .. } => return Ok(()),
     };
     let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(15)))?;
@@ -255,6 +256,7 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             }
         }
         Cmd::Resume => println!("resumed"),
+        Cmd::Video { mode } => println!("camera {mode}"),
         Cmd::Record { .. } => {
             if let Some(p) = reply.get("recording").and_then(Value::as_str) {
                 println!("recording to {p}");

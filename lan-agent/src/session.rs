@@ -24,7 +24,9 @@ use keyline_proto::vp8rtp::VP8_PAYLOAD_TYPE;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use crate::video::{SharedVideo, VideoSession, VideoStats, KEY_REQUEST_PAYLOAD_TYPE};
+use crate::video::{
+    SharedVideo, VideoSession, VideoStats, KEY_REQUEST_PAYLOAD_TYPE, VIDEO_STATE_PAYLOAD_TYPE,
+};
 
 /// Jitter-buffer depth before playout starts (3 × 20 ms).
 const JITTER_DEPTH: usize = 3;
@@ -129,6 +131,8 @@ pub struct Hold {
     pub music: Mutex<LoopSource>,
     /// This end muted its microphone: send silence.
     pub muted: AtomicBool,
+    /// This end turned its camera off: send a black card instead.
+    pub camera_off: AtomicBool,
 }
 
 impl Hold {
@@ -137,6 +141,7 @@ impl Hold {
             holding: AtomicBool::new(false),
             music: Mutex::new(LoopSource::new(music)),
             muted: AtomicBool::new(false),
+            camera_off: AtomicBool::new(false),
         }
     }
 }
@@ -266,6 +271,10 @@ impl Session {
                     }
                     if dg.flow == flow && h.payload_type == KEY_REQUEST_PAYLOAD_TYPE {
                         video.key_requested();
+                        continue;
+                    }
+                    if dg.flow == flow && h.payload_type == VIDEO_STATE_PAYLOAD_TYPE {
+                        video.peer_state(dg.payload);
                         continue;
                     }
                     if dg.flow != flow || dg.header.payload_type != OPUS_PAYLOAD_TYPE {

@@ -359,6 +359,23 @@ impl<P: Clone> Station<P> {
         json!({"ok": true, "muted": on})
     }
 
+    /// The `video` control command: turn the camera off on the current
+    /// call (the other end gets a black card and is told) or on again.
+    pub(crate) fn video_command(&mut self, on: bool) -> Value {
+        let Some(key) = self.phone.call().map(|c| c.key) else {
+            return keyline_net::control::error("no call to turn the camera on or off in");
+        };
+        self.slot(key)
+            .hold
+            .camera_off
+            .store(!on, std::sync::atomic::Ordering::Relaxed);
+        if let Some(c) = self.phone.call() {
+            let v = json!({"event": "call", "call": self.call_json(c)});
+            self.events.publish(v);
+        }
+        json!({"ok": true, "camera": on})
+    }
+
     /// A call as `status` and events show it.
     pub(crate) fn call_json(&self, c: &Call) -> Value {
         let slot = self.media.get(&c.key);

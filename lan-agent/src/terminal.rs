@@ -1209,6 +1209,10 @@ async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
             let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
             t.lock().station.mute_command(on)
         }
+        "video" => {
+            let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
+            t.lock().station.video_command(on)
+        }
         "record" => {
             let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
             t.lock()

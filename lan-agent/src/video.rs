@@ -12,6 +12,14 @@
 //! [`KEY_REQUEST_PAYLOAD_TYPE`].
 //!
 //! A station without a camera sends no video and still shows what comes.
+//! A station with one says once a second what its video is (payload type
+//! [`VIDEO_STATE_PAYLOAD_TYPE`], one byte: 0 on, 1 camera off, 2 on hold);
+//! with the camera off or the call on hold it sends a still card (black,
+//! or grey with a pause sign) once a second instead of pictures.
+//!
+//! Audio goes first: a frame is not sent while the connection's datagram
+//! queue holds more than about 100 ms of video (the congestion window is
+//! full), and the bitrate comes down.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -20,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use keyline_media::video::{file_sink, PatternSource, VideoSink, VideoSource};
-use keyline_media::vp8::{Vp8Decoder, Vp8Encoder, VIDEO_CLOCK};
+use keyline_media::vp8::{Vp8Decoder, Vp8Encoder, I420, VIDEO_CLOCK};
 use keyline_proto::media::{encode_datagram, RtpHeader};
 use keyline_proto::vp8rtp::{packetize, Assembler, Output, VP8_PAYLOAD_TYPE};
 use serde::Serialize;
@@ -29,6 +37,11 @@ use crate::session::Hold;
 
 /// Payload type of the empty RTP packet that asks for a key frame.
 pub const KEY_REQUEST_PAYLOAD_TYPE: u8 = 97;
+/// Payload type of the one-byte packet that says what the sender's video
+/// is: 0 on, 1 camera off, 2 on hold.
+pub const VIDEO_STATE_PAYLOAD_TYPE: u8 = 98;
+/// The connection's datagram send queue (see `keyline_net::endpoint`).
+const SEND_QUEUE: usize = keyline_net::endpoint::DATAGRAM_SEND_BUFFER;
 
 /// Picture size and rate sent.
 pub const WIDTH: u32 = 640;
@@ -99,20 +112,32 @@ pub struct VideoStats {
     pub malformed: u64,
     /// Packets dropped because the decoder fell behind.
     pub dropped: u64,
+    /// Frames not sent because the connection's queue was full (audio
+    /// goes first).
+    pub frames_skipped: u64,
+    /// What the other end says of its video: "on", "camera off", "on
+    /// hold", or null before it said anything (no camera, or no video).
+    pub peer: Option<&'static str>,
+    /// Whether this end sends pictures now (a camera, on, not on hold).
+    pub sending: bool,
 }
 
-/// The bitrate to aim at, from what the connection says it can carry:
-/// two thirds of its congestion window per round trip, minus what audio
-/// needs, within [`MIN_KBPS`]..=[`MAX_KBPS`], and moving at most a quarter
-/// up per step (down at once).
+/// How often the bitrate is set again.
+pub const RATE_EVERY: Duration = Duration::from_millis(500);
+
+/// The bitrate to aim at, set every [`RATE_EVERY`], from what the
+/// connection says it can carry: two thirds of its congestion window per
+/// round trip, minus what audio needs, within [`MIN_KBPS`]..=[`MAX_KBPS`];
+/// up by at most a tenth a step, down at once, and by at least 30% after
+/// a loss (or a frame held back for the voice).
 pub fn target_kbps(current: u32, cwnd_bytes: u64, rtt: Duration, lost_recently: bool) -> u32 {
     let rtt_s = rtt.as_secs_f64().max(0.001);
     let path_kbps = (cwnd_bytes as f64 * 8.0 / rtt_s / 1000.0) * 2.0 / 3.0 - 64.0;
     let mut want = path_kbps.clamp(f64::from(MIN_KBPS), f64::from(MAX_KBPS)) as u32;
     if lost_recently {
-        want = want.min(current.saturating_mul(3) / 4);
+        want = want.min(current.saturating_mul(7) / 10);
     }
-    let up = current + current / 4;
+    let up = current + current / 10;
     want.min(up).clamp(MIN_KBPS, MAX_KBPS)
 }
 
@@ -208,6 +233,19 @@ impl VideoSession {
         self.key_wanted.store(true, Ordering::Relaxed);
     }
 
+    /// The other end said what its video is.
+    pub fn peer_state(&self, payload: &[u8]) {
+        let state = match payload.first() {
+            Some(0) => "on",
+            Some(1) => "camera off",
+            Some(2) => "on hold",
+            _ => return,
+        };
+        if let Ok(mut s) = self.stats.lock() {
+            s.peer = Some(state);
+        }
+    }
+
     pub fn stats(&self) -> VideoStats {
         self.stats.lock().map(|s| *s).unwrap_or_default()
     }
@@ -242,6 +280,9 @@ fn send_loop(
     let mut last_rate = started;
     let mut last_lost = conn.stats().path.lost_packets;
     let mut out = Vec::with_capacity(1500);
+    let mut last_state: Option<(Instant, u8)> = None;
+    let mut state_seq: u16 = rand::random();
+    let mut skipped_lately = false;
     while !stop.load(Ordering::Relaxed) && conn.close_reason().is_none() {
         let now = Instant::now();
         if next > now {
@@ -252,24 +293,56 @@ fn send_loop(
             // Far behind (a slow machine): skip, do not burst.
             next = Instant::now() + interval;
         }
-        // On hold (either end's doing) no picture goes; the next one after
-        // is a key frame.
-        if hold.holding.load(Ordering::Relaxed) {
-            key_wanted.store(true, Ordering::Relaxed);
+        // Once a second: say what this end's video is; with the camera
+        // off or on hold, a still card instead of pictures.
+        let state = if hold.holding.load(Ordering::Relaxed) {
+            2
+        } else if hold.camera_off.load(Ordering::Relaxed) {
+            1
+        } else {
+            0
+        };
+        let second = last_state.is_none_or(|(at, s): (Instant, u8)| {
+            s != state || at.elapsed() >= Duration::from_secs(1)
+        });
+        if second {
+            last_state = Some((Instant::now(), state));
+            let header = RtpHeader {
+                payload_type: VIDEO_STATE_PAYLOAD_TYPE,
+                marker: false,
+                sequence: state_seq,
+                timestamp: 0,
+                ssrc,
+            };
+            state_seq = state_seq.wrapping_add(1);
+            if encode_datagram(flow, &header, &[state], &mut out).is_ok() {
+                let _ = conn.send_datagram(Bytes::copy_from_slice(&out));
+            }
+        }
+        if let Ok(mut s) = stats.lock() {
+            s.sending = state == 0;
+        }
+        if state != 0 && !second {
             continue;
         }
-        // Once a second, follow what the connection carries.
-        if last_rate.elapsed() >= Duration::from_secs(1) {
+        // Follow what the connection carries: a loss (or a frame held
+        // back for the voice) is answered at once, at most once a round
+        // trip and a bit; otherwise every RATE_EVERY.
+        let path = conn.stats().path;
+        let lost = path.lost_packets > last_lost || skipped_lately;
+        let settle = (conn.rtt() * 2).max(Duration::from_millis(200));
+        if (lost && last_rate.elapsed() >= settle) || last_rate.elapsed() >= RATE_EVERY {
             last_rate = Instant::now();
-            let path = conn.stats().path;
-            let lost = path.lost_packets > last_lost;
             last_lost = path.lost_packets;
+            skipped_lately = false;
             let kbps = target_kbps(enc.bitrate(), path.cwnd, conn.rtt(), lost);
             if let Err(e) = enc.set_bitrate(kbps) {
                 tracing::debug!("call {flow}: {e}");
             }
         }
-        let pic = {
+        let pic = if state != 0 {
+            card(state == 2)
+        } else {
             let Ok(mut l) = local.lock() else { return };
             let Some(src) = l.source.as_mut() else { return };
             match src.next_picture() {
@@ -280,6 +353,19 @@ fn send_loop(
                 }
             }
         };
+        // Audio goes first: with more than ~100 ms of video still queued
+        // the congestion window is full; skip this picture.
+        let queued = SEND_QUEUE.saturating_sub(conn.datagram_send_buffer_space());
+        let limit = (enc.bitrate() as usize * 1000 / 8 / 10).max(8 * 1024);
+        if queued > limit {
+            // Never encoded, so the next frame still refers to one the
+            // other end has: no key frame needed.
+            skipped_lately = true;
+            if let Ok(mut s) = stats.lock() {
+                s.frames_skipped += 1;
+            }
+            continue;
+        }
         let ts =
             ts0.wrapping_add((started.elapsed().as_secs_f64() * f64::from(VIDEO_CLOCK)) as u32);
         let force = key_wanted.swap(false, Ordering::Relaxed);
@@ -326,6 +412,30 @@ fn send_loop(
             s.kbps = enc.bitrate();
         }
     }
+}
+
+/// The still picture sent instead of the camera's: black (camera off) or
+/// grey with a pause sign (on hold).
+fn card(on_hold: bool) -> I420 {
+    let (w, h) = (WIDTH as usize, HEIGHT as usize);
+    let mut pic = I420 {
+        width: WIDTH,
+        height: HEIGHT,
+        y: vec![if on_hold { 60 } else { 16 }; w * h],
+        u: vec![128; w * h / 4],
+        v: vec![128; w * h / 4],
+    };
+    if on_hold {
+        // Two upright bars in the middle.
+        let (bar_w, bar_h) = (w / 16, h / 3);
+        let top = (h - bar_h) / 2;
+        for x0 in [w / 2 - bar_w * 3 / 2, w / 2 + bar_w / 2] {
+            for row in top..top + bar_h {
+                pic.y[row * w + x0..row * w + x0 + bar_w].fill(220);
+            }
+        }
+    }
+    pic
 }
 
 fn receive_loop(
@@ -420,14 +530,14 @@ mod tests {
     #[test]
     fn the_bitrate_follows_the_path_within_bounds() {
         let rtt = Duration::from_millis(20);
-        // A wide path: up by a quarter a step, never past the top.
-        assert_eq!(target_kbps(600, 1_000_000, rtt, false), 750);
+        // A wide path: up by a tenth a step, never past the top.
+        assert_eq!(target_kbps(600, 1_000_000, rtt, false), 660);
         assert_eq!(target_kbps(2400, 1_000_000, rtt, false), MAX_KBPS);
         // A narrow one: down at once, never under the floor.
         let narrow = target_kbps(600, 1500, rtt, false);
         assert!(narrow < 600, "{narrow}");
         assert_eq!(target_kbps(600, 100, rtt, false), MIN_KBPS);
-        // Loss takes a quarter off even on a wide path.
-        assert_eq!(target_kbps(800, 1_000_000, rtt, true), 600);
+        // Loss takes 30% off even on a wide path.
+        assert_eq!(target_kbps(800, 1_000_000, rtt, true), 560);
     }
 }

@@ -59,7 +59,7 @@ struct kl_enc *kl_vp8_enc_new(unsigned w, unsigned h, unsigned fps, unsigned kbp
     e->cfg.rc_end_usage = VPX_CBR;
     e->cfg.rc_target_bitrate = kbps;
     e->cfg.rc_min_quantizer = 4;
-    e->cfg.rc_max_quantizer = 56;
+    e->cfg.rc_max_quantizer = 63;
     e->cfg.rc_undershoot_pct = 50;
     e->cfg.rc_overshoot_pct = 50;
     e->cfg.rc_buf_initial_sz = 500;

@@ -167,21 +167,23 @@ impl VideoSource for PatternSource {
         let mut pic = I420::new(self.width, self.height)?;
         let (w, h) = (self.width as usize, self.height as usize);
         let i = self.counter as usize;
-        // A diagonal gradient that scrolls, and a box that moves across.
+        // Like a camera on a desk: a still, textured background (a
+        // diagonal gradient in colour) with something moving across it
+        // (a box), and the code band changing every frame.
         for row in 0..h {
             let line = &mut pic.y[row * w..(row + 1) * w];
             for (col, px) in line.iter_mut().enumerate() {
-                *px = (((col + row + i * 3) % 192) + 32) as u8;
+                *px = (((col + row) % 192) + 32) as u8;
             }
+        }
+        for (k, px) in pic.u.iter_mut().enumerate() {
+            *px = (64 + (k / 8) % 128) as u8;
         }
         let side = h / 6;
         let bx = (i * 8) % w.saturating_sub(side).max(1);
         let by = h / 2;
         for row in by..(by + side).min(h) {
             pic.y[row * w + bx..row * w + (bx + side).min(w)].fill(WHITE);
-        }
-        for (k, px) in pic.u.iter_mut().enumerate() {
-            *px = (64 + (k + i) % 128) as u8;
         }
         paint_code(
             &mut pic,

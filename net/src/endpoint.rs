@@ -15,6 +15,10 @@ use crate::tls;
 /// Server name every Keyline connection uses; trust comes from pinning.
 pub const SERVER_NAME: &str = "keyline";
 
+/// Bytes of datagrams a connection queues for sending; a sender that
+/// checks `datagram_send_buffer_space` against it knows what is queued.
+pub const DATAGRAM_SEND_BUFFER: usize = 256 * 1024;
+
 /// Our transport settings. `ack_every`: ask the peer to acknowledge only
 /// every that many ack-eliciting packets (QUIC ack frequency) rather than
 /// every other one, so that a busy end receives and decrypts fewer
@@ -27,7 +31,7 @@ fn transport_config(ack_every: Option<u32>) -> quinn::TransportConfig {
         10_000,
     ))));
     t.datagram_receive_buffer_size(Some(256 * 1024));
-    t.datagram_send_buffer_size(256 * 1024);
+    t.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
     if let Some(n) = ack_every {
         let mut acks = quinn::AckFrequencyConfig::default();
         acks.ack_eliciting_threshold(quinn::VarInt::from_u32(n));
