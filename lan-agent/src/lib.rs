@@ -22,6 +22,7 @@ pub mod session;
 pub(crate) mod station;
 pub mod terminal;
 pub mod video;
+pub mod viewers;
 
 /// How a control request for a call (`dial`, `answer`, `transfer`, ...)
 /// becomes the phone core's command; public for the fuzz target.

@@ -27,13 +27,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use keyline_media::video::{file_sink, PatternSource, VideoSink, VideoSource};
+use keyline_media::video::{file_sink, PatternSource, VideoSink, VideoSource, ViewKind};
 use keyline_media::vp8::{Vp8Decoder, Vp8Encoder, I420, VIDEO_CLOCK};
 use keyline_proto::media::{encode_datagram, RtpHeader};
 use keyline_proto::vp8rtp::{packetize, Assembler, Output, VP8_PAYLOAD_TYPE};
 use serde::Serialize;
 
 use crate::session::Hold;
+use crate::viewers::Viewers;
 
 /// Payload type of the empty RTP packet that asks for a key frame.
 pub const KEY_REQUEST_PAYLOAD_TYPE: u8 = 97;
@@ -58,6 +59,8 @@ const QUEUE: usize = 1024;
 pub struct LocalVideo {
     pub source: Option<Box<dyn VideoSource>>,
     pub sink: Option<Box<dyn VideoSink>>,
+    /// Windows watching the pictures (see [`crate::viewers`]).
+    pub viewers: Option<Arc<Viewers>>,
 }
 
 impl std::fmt::Debug for LocalVideo {
@@ -84,13 +87,18 @@ impl LocalVideo {
             "" | "none" => None,
             path => Some(file_sink(std::path::Path::new(path), FPS)?),
         };
-        Ok(LocalVideo { source, sink })
+        Ok(LocalVideo {
+            source,
+            sink,
+            viewers: None,
+        })
     }
 
     pub fn none() -> LocalVideo {
         LocalVideo {
             source: None,
             sink: None,
+            viewers: None,
         }
     }
 }
@@ -283,6 +291,7 @@ fn send_loop(
     let mut last_state: Option<(Instant, u8)> = None;
     let mut state_seq: u16 = rand::random();
     let mut skipped_lately = false;
+    let mut frame_no = 0u64;
     while !stop.load(Ordering::Relaxed) && conn.close_reason().is_none() {
         let now = Instant::now();
         if next > now {
@@ -345,14 +354,20 @@ fn send_loop(
         } else {
             let Ok(mut l) = local.lock() else { return };
             let Some(src) = l.source.as_mut() else { return };
-            match src.next_picture() {
+            let pic = match src.next_picture() {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!("call {flow}: camera: {e}");
                     continue;
                 }
+            };
+            // The self view, ten times a second.
+            if let (Some(v), 0) = (&l.viewers, frame_no % 3) {
+                v.show(ViewKind::Me, &pic);
             }
+            pic
         };
+        frame_no += 1;
         // Audio goes first: with more than ~100 ms of video still queued
         // the congestion window is full; skip this picture.
         let queued = SEND_QUEUE.saturating_sub(conn.datagram_send_buffer_space());
@@ -414,6 +429,19 @@ fn send_loop(
     }
 }
 
+/// Tells the windows to clear their pictures when dropped.
+struct ClearOnDrop(SharedVideo);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        if let Ok(l) = self.0.lock() {
+            if let Some(v) = &l.viewers {
+                v.clear();
+            }
+        }
+    }
+}
+
 /// The still picture sent instead of the camera's: black (camera off) or
 /// grey with a pause sign (on hold).
 fn card(on_hold: bool) -> I420 {
@@ -454,6 +482,8 @@ fn receive_loop(
         }
     };
     let mut asm = Assembler::new();
+    // Windows clear the picture when this call's video ends.
+    let _clear = ClearOnDrop(local.clone());
     let ssrc: u32 = rand::random();
     let mut seq: u16 = rand::random();
     let mut out = Vec::with_capacity(64);
@@ -482,6 +512,9 @@ fn receive_loop(
                     Ok(Some(pic)) => {
                         decoded += 1;
                         if let Ok(mut l) = local.lock() {
+                            if let Some(v) = &l.viewers {
+                                v.show(ViewKind::Peer, &pic);
+                            }
                             if let Some(sink) = l.sink.as_mut() {
                                 if let Err(e) = sink.show(&pic) {
                                     tracing::warn!("call {flow}: video output: {e}");

@@ -305,6 +305,135 @@ pub fn file_sink(path: &Path, fps: u32) -> Result<Box<dyn VideoSink>, MediaError
     }
 }
 
+/// What a picture shown in a window is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewKind {
+    /// The other end's picture.
+    Peer,
+    /// This end's own (the self view).
+    Me,
+    /// No picture any more (the call ended or its video stopped).
+    Clear,
+}
+
+/// The largest side of a picture sent to a window.
+pub const MAX_VIEW_SIDE: u32 = 1920;
+
+const VIEW_MAGIC: &[u8; 4] = b"KLV1";
+
+/// A picture for a window: `KLV1`, the kind (0 peer, 1 self, 2 clear),
+/// width and height (u16, little-endian, even), then the I420 planes.
+pub fn encode_view(kind: ViewKind, pic: Option<&I420>) -> Vec<u8> {
+    let (w, h) = pic.map_or((0, 0), |p| (p.width, p.height));
+    let mut out = Vec::with_capacity(9 + (w * h * 3 / 2) as usize);
+    out.extend_from_slice(VIEW_MAGIC);
+    out.push(match kind {
+        ViewKind::Peer => 0,
+        ViewKind::Me => 1,
+        ViewKind::Clear => 2,
+    });
+    out.extend_from_slice(&(w as u16).to_le_bytes());
+    out.extend_from_slice(&(h as u16).to_le_bytes());
+    if let Some(p) = pic {
+        out.extend_from_slice(&p.y);
+        out.extend_from_slice(&p.u);
+        out.extend_from_slice(&p.v);
+    }
+    out
+}
+
+/// Read one picture written by [`encode_view`]; an error for anything
+/// else (bad magic or kind, odd or oversized sides), never a panic.
+pub fn read_view(r: &mut impl std::io::Read) -> std::io::Result<(ViewKind, Option<I420>)> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let mut head = [0u8; 9];
+    r.read_exact(&mut head)?;
+    if &head[..4] != VIEW_MAGIC {
+        return Err(bad("not a Keyline video view"));
+    }
+    let kind = match head[4] {
+        0 => ViewKind::Peer,
+        1 => ViewKind::Me,
+        2 => ViewKind::Clear,
+        _ => return Err(bad("unknown view kind")),
+    };
+    let w = u32::from(u16::from_le_bytes([head[5], head[6]]));
+    let h = u32::from(u16::from_le_bytes([head[7], head[8]]));
+    if kind == ViewKind::Clear || w == 0 || h == 0 {
+        return Ok((kind, None));
+    }
+    if w % 2 == 1 || h % 2 == 1 || w > MAX_VIEW_SIDE || h > MAX_VIEW_SIDE {
+        return Err(bad("a view of an impossible size"));
+    }
+    let (wu, hu) = (w as usize, h as usize);
+    let mut pic = I420 {
+        width: w,
+        height: h,
+        y: vec![0; wu * hu],
+        u: vec![0; wu * hu / 4],
+        v: vec![0; wu * hu / 4],
+    };
+    r.read_exact(&mut pic.y)?;
+    r.read_exact(&mut pic.u)?;
+    r.read_exact(&mut pic.v)?;
+    Ok((kind, Some(pic)))
+}
+
+/// `pic` made `factor` times smaller each way (each pixel the mean of a
+/// square); the sides stay even.
+pub fn downscale(pic: &I420, factor: u32) -> I420 {
+    let f = factor.max(1);
+    let (w, h) = ((pic.width / f) & !1, (pic.height / f) & !1);
+    if f == 1 || w == 0 || h == 0 {
+        return pic.clone();
+    }
+    let plane = |src: &[u8], sw: usize, dw: usize, dh: usize| -> Vec<u8> {
+        let f = f as usize;
+        let mut out = vec![0u8; dw * dh];
+        for y in 0..dh {
+            for x in 0..dw {
+                let mut sum = 0u32;
+                for dy in 0..f {
+                    let row = (y * f + dy) * sw;
+                    for dx in 0..f {
+                        sum += u32::from(src.get(row + x * f + dx).copied().unwrap_or(0));
+                    }
+                }
+                out[y * dw + x] = (sum / (f * f) as u32) as u8;
+            }
+        }
+        out
+    };
+    let (sw, dw, dh) = (pic.width as usize, w as usize, h as usize);
+    I420 {
+        width: w,
+        height: h,
+        y: plane(&pic.y, sw, dw, dh),
+        u: plane(&pic.u, sw / 2, dw / 2, dh / 2),
+        v: plane(&pic.v, sw / 2, dw / 2, dh / 2),
+    }
+}
+
+/// `pic` as RGBA bytes (BT.601, limited range), for a window to show.
+pub fn to_rgba(pic: &I420) -> Vec<u8> {
+    let (w, h) = (pic.width as usize, pic.height as usize);
+    let mut out = vec![255u8; w * h * 4];
+    for row in 0..h {
+        for col in 0..w {
+            let y = i32::from(pic.y.get(row * w + col).copied().unwrap_or(16)) - 16;
+            let c = (row / 2) * (w / 2) + col / 2;
+            let u = i32::from(pic.u.get(c).copied().unwrap_or(128)) - 128;
+            let v = i32::from(pic.v.get(c).copied().unwrap_or(128)) - 128;
+            let y = 298 * y;
+            let px = &mut out[(row * w + col) * 4..(row * w + col) * 4 + 3];
+            px[0] = ((y + 409 * v + 128) >> 8).clamp(0, 255) as u8;
+            px[1] = ((y - 100 * u - 208 * v + 128) >> 8).clamp(0, 255) as u8;
+            px[2] = ((y + 516 * u + 128) >> 8).clamp(0, 255) as u8;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +481,45 @@ mod tests {
         assert_eq!(read_code(&pic), None);
         let tiny = I420::new(8, 8).expect("picture");
         assert_eq!(read_code(&tiny), None);
+    }
+
+    #[test]
+    fn views_for_a_window_round_trip_and_refuse_garbage() {
+        let mut src = PatternSource::new(640, 480).expect("source");
+        let pic = src.next_picture().expect("picture");
+        let small = downscale(&pic, 2);
+        assert_eq!((small.width, small.height), (320, 240));
+        // The code survives halving (its blocks stay whole).
+        assert_eq!(read_code(&small).map(|c| c.counter), Some(0));
+        let bytes = encode_view(ViewKind::Peer, Some(&small));
+        let (kind, back) = read_view(&mut bytes.as_slice()).expect("read back");
+        assert_eq!((kind, back.as_ref()), (ViewKind::Peer, Some(&small)));
+        let clear = encode_view(ViewKind::Clear, None);
+        assert_eq!(
+            read_view(&mut clear.as_slice()).expect("clear"),
+            (ViewKind::Clear, None)
+        );
+        for junk in [
+            &b"KLV2\0\x10\0\x10\0"[..],
+            b"KLV1\x07\x10\0\x10\0",
+            b"KLV1\0\x11\0\x10\0",
+            b"KLV1\0\x10\x10\x10\x10",
+            b"KLV",
+        ] {
+            assert!(read_view(&mut &junk[..]).is_err(), "{junk:?}");
+        }
+        // White stays white, black black.
+        let rgba = to_rgba(&small);
+        assert_eq!(rgba.len(), 320 * 240 * 4);
+        let grey = |luma: u8| I420 {
+            width: 2,
+            height: 2,
+            y: vec![luma; 4],
+            u: vec![128],
+            v: vec![128],
+        };
+        assert_eq!(&to_rgba(&grey(235))[..4], &[255, 255, 255, 255]);
+        assert_eq!(&to_rgba(&grey(16))[..4], &[0, 0, 0, 255]);
     }
 
     #[test]

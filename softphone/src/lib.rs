@@ -3,9 +3,9 @@
 //! agent's control socket (`subscribe` events), shows what it says, and
 //! sends the person's commands. The window's decisions live in [`model`]
 //! (no IO, time passed in); [`io`] is the connection to the agent, [`ui`]
-//! draws the model, [`i18n`] holds its words in English and Korean, and
-//! [`fonts`] finds a system font for Hangul, and [`single`] keeps one
-//! window per agent.
+//! draws the model, [`video`] follows the agent's pictures of the call,
+//! [`i18n`] holds its words in English and Korean, [`fonts`] finds a
+//! system font for Hangul, and [`single`] keeps one window per agent.
 
 pub mod fonts;
 pub mod i18n;
@@ -13,6 +13,7 @@ pub mod io;
 pub mod model;
 pub mod single;
 pub mod ui;
+pub mod video;
 
 pub use i18n::Lang;
 pub use model::Model;

@@ -9,6 +9,13 @@ use egui::{Color32, Key, RichText, Vec2};
 use crate::i18n::{Lang, Msg};
 use crate::io::{AgentIo, Wake};
 use crate::model::{Action, Agent, CallView, Direction, Model, Screen, Tab};
+use crate::video::{Picture, VideoFeed};
+
+/// The largest rectangle of `size`'s shape centred in `area`.
+fn fit(area: egui::Rect, size: Vec2) -> egui::Rect {
+    let scale = (area.width() / size.x.max(1.0)).min(area.height() / size.y.max(1.0));
+    egui::Rect::from_center_size(area.center(), size * scale)
+}
 
 const GREEN: Color32 = Color32::from_rgb(0x2e, 0x9e, 0x4f);
 const RED: Color32 = Color32::from_rgb(0xc8, 0x3c, 0x3c);
@@ -26,6 +33,48 @@ pub struct PhoneApp {
     focus_number: bool,
     /// Numbers handed over by later instances.
     handed: Option<std::sync::mpsc::Receiver<String>>,
+    /// The agent's pictures of the call, and their textures (with the
+    /// serial of the picture each holds).
+    video: Option<VideoFeed>,
+    peer_tex: Option<(u64, egui::TextureHandle)>,
+    me_tex: Option<(u64, egui::TextureHandle)>,
+}
+
+/// What became of one of the call's pictures since the last frame.
+enum Fresh {
+    Same,
+    Gone,
+    New(u64, egui::ColorImage),
+}
+
+fn fresh(p: Option<&Picture>, have: Option<u64>) -> Fresh {
+    match p {
+        None => Fresh::Gone,
+        Some(x) if Some(x.serial) == have => Fresh::Same,
+        Some(x) => Fresh::New(
+            x.serial,
+            egui::ColorImage::from_rgba_unmultiplied([x.width, x.height], &x.rgba),
+        ),
+    }
+}
+
+fn apply(ctx: &egui::Context, slot: &mut Option<(u64, egui::TextureHandle)>, f: Fresh, name: &str) {
+    match f {
+        Fresh::Same => {}
+        Fresh::Gone => *slot = None,
+        Fresh::New(serial, img) => match slot {
+            Some((s, t)) => {
+                t.set(img, egui::TextureOptions::LINEAR);
+                *s = serial;
+            }
+            None => {
+                *slot = Some((
+                    serial,
+                    ctx.load_texture(name, img, egui::TextureOptions::LINEAR),
+                ));
+            }
+        },
+    }
 }
 
 impl std::fmt::Debug for PhoneApp {
@@ -49,7 +98,38 @@ impl PhoneApp {
             title: String::new(),
             focus_number: false,
             handed: None,
+            video: None,
+            peer_tex: None,
+            me_tex: None,
         }
+    }
+
+    /// Show the call's pictures from `feed`.
+    pub fn watch_video(&mut self, feed: VideoFeed) {
+        self.video = Some(feed);
+    }
+
+    /// Whether the other end's picture is showing (tests).
+    pub fn shows_video(&self) -> bool {
+        self.peer_tex.is_some()
+    }
+
+    /// The other end's latest picture as it came (tests).
+    pub fn peer_picture(&self) -> Option<Picture> {
+        self.video.as_ref()?.with(|p| p.peer.clone())
+    }
+
+    /// Upload the pictures that changed since the last frame.
+    fn refresh_pictures(&mut self, ctx: &egui::Context) {
+        let Some(feed) = &self.video else { return };
+        let have = (
+            self.peer_tex.as_ref().map(|t| t.0),
+            self.me_tex.as_ref().map(|t| t.0),
+        );
+        let (peer, me) =
+            feed.with(|p| (fresh(p.peer.as_ref(), have.0), fresh(p.me.as_ref(), have.1)));
+        apply(ctx, &mut self.peer_tex, peer, "peer-video");
+        apply(ctx, &mut self.me_tex, me, "self-video");
     }
 
     /// A window following the agent whose control socket is `sock`,
@@ -57,7 +137,10 @@ impl PhoneApp {
     pub fn connect(ctx: &egui::Context, sock: PathBuf, lang: Lang) -> PhoneApp {
         let c = ctx.clone();
         let wake: Wake = std::sync::Arc::new(move || c.request_repaint());
-        PhoneApp::new(Model::new(lang), Some(AgentIo::start(sock, wake)))
+        let feed = VideoFeed::start(&sock, wake.clone());
+        let mut app = PhoneApp::new(Model::new(lang), Some(AgentIo::start(sock, wake)));
+        app.watch_video(feed);
+        app
     }
 
     /// Take numbers handed over by later instances from `rx`.
@@ -106,6 +189,7 @@ impl PhoneApp {
         }
         self.logic(&ctx);
         self.keys(&ctx);
+        self.refresh_pictures(&ctx);
 
         egui::Panel::top("top").show(ui, |ui| self.top(ui));
         egui::Panel::bottom("notice").show(ui, |ui| self.notice(ui));
@@ -484,13 +568,33 @@ impl PhoneApp {
         let mut act = None;
         ui.add_space(8.0);
         ui.vertical_centered(|ui| {
-            // The video area: the peer's initials and name until there is
-            // a picture.
-            let (rect, _) = ui.allocate_exact_size(
-                Vec2::new(ui.available_width().min(380.0), 170.0),
-                egui::Sense::hover(),
-            );
+            // The video area: the other end's picture (this end's own in
+            // a corner), or its initials and name while there is none.
+            let picture = self.peer_tex.as_ref().filter(|_| c.connected());
+            let width = ui.available_width().min(380.0);
+            let height = if picture.is_some() {
+                width * 3.0 / 4.0
+            } else {
+                170.0
+            };
+            let (rect, _) = ui.allocate_exact_size(Vec2::new(width, height), egui::Sense::hover());
             ui.painter().rect_filled(rect, 8.0, Color32::from_gray(40));
+            if let Some((_, tex)) = picture {
+                let uv = egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
+                ui.painter()
+                    .image(tex.id(), fit(rect, tex.size_vec2()), uv, Color32::WHITE);
+                if let Some((_, me)) = &self.me_tex {
+                    let corner = egui::Rect::from_min_size(
+                        rect.right_bottom() - Vec2::new(104.0, 80.0),
+                        Vec2::new(96.0, 72.0),
+                    );
+                    ui.painter()
+                        .image(me.id(), fit(corner, me.size_vec2()), uv, Color32::WHITE);
+                }
+                ui.add_space(6.0);
+                ui.label(RichText::new(self.call_state(&c)).size(17.0));
+                return;
+            }
             let centre = rect.center() - Vec2::new(0.0, 14.0);
             ui.painter().circle_filled(centre, 48.0, colour_of(&c.peer));
             ui.painter().text(
