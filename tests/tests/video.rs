@@ -10,6 +10,8 @@
 //!   in the picture to decode time) is reported; the voice stays clean;
 //!   the camera turned off and on, and hold and resume, are seen by the
 //!   other end;
+//! - two internet terminals whose directory relays every call: the same,
+//!   through the directory's relay;
 //! - 3% of packets dropped at random both ways (nftables `numgen`): the
 //!   picture never freezes for a second or more;
 //! - a 500 kbit/s bottleneck each way (`tc tbf`): the bitrate comes below
@@ -475,4 +477,91 @@ fn a_video_call_through_a_500_kbit_bottleneck_adapts_and_keeps_the_voice() {
         );
     }
     o.stop();
+}
+
+/// Two internet terminals whose directory relays every call: the video
+/// goes through the directory's relay (still end to end encrypted) like
+/// the voice.
+#[test]
+fn a_video_call_between_terminals_through_the_directorys_relay() {
+    let _one = one_at_a_time();
+    let scratch = Scratch::new("video-dir");
+    let listen = format!("127.0.0.1:{}", keyline_tests::free_udp_port());
+    let state = scratch.join("dir");
+    for (account, number) in [("ana", "3001"), ("ben", "3002")] {
+        keyline_tests::add_account(&state, account, &[number], "correct horse battery");
+    }
+    let cfg = scratch.join("directory.toml");
+    std::fs::write(
+        &cfg,
+        format!("listen = \"{listen}\"\ndirect_connect = \"relay\"\n"),
+    )
+    .unwrap();
+    let dir = Daemon::start(
+        None,
+        bin("keyline-directory"),
+        &state,
+        &["serve", "--config", cfg.to_str().unwrap()],
+    )
+    .expect("start the directory");
+    let st = wait_for("the directory", Duration::from_secs(15), || {
+        dir.json(&["status"]).ok()
+    });
+    let fp = jstr(&st, &["fingerprint"]).expect("the directory's fingerprint");
+    let term = |account: &str, tone: &str| {
+        let out = scratch.join(&format!("{account}-frames.csv"));
+        keyline_tests::start_terminal(
+            &scratch,
+            None,
+            &listen,
+            &fp,
+            account,
+            "correct horse battery",
+            &[
+                "--audio-in",
+                tone,
+                "--video-in",
+                "pattern",
+                "--video-out",
+                out.to_str().unwrap(),
+            ],
+        )
+    };
+    let mut ana = term("ana", "tone:600");
+    let mut ben = term("ben", "tone:900");
+    keyline_tests::terminal_registered(&ana);
+    keyline_tests::terminal_registered(&ben);
+    ok(&ana, &["dial", "3002"]);
+    wait_for("3002 to ring", Duration::from_secs(10), || {
+        (jstr(&status(&ben), &["call", "state"]).as_deref() == Some("alerting")).then_some(())
+    });
+    ok(&ben, &["answer"]);
+    for d in [&ana, &ben] {
+        wait_for("media", Duration::from_secs(10), || {
+            (jstr(&status(d), &["call", "state"]).as_deref() == Some("connected")).then_some(())
+        });
+    }
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(8));
+    let (ca, cb) = (status(&ana)["call"].clone(), status(&ben)["call"].clone());
+    let took = t0.elapsed().as_secs_f64();
+    assert_eq!(ca["relayed"], Value::Bool(true), "{ca}");
+    let report = [
+        check_direction("ana", &ca, &shown(&scratch.join("ben-frames.csv")), took),
+        check_direction("ben", &cb, &shown(&scratch.join("ana-frames.csv")), took),
+    ];
+    voice_clean("ana", &ca, took);
+    voice_clean("ben", &cb, took);
+    ok(&ana, &["hangup"]);
+    let relayed = jnum(&dir.json(&["status"]).unwrap(), &["relay", "bytes"]).unwrap_or(0.0);
+    println!(
+        "video through the directory's relay, {took:.1} s, {relayed} bytes relayed:\n{}",
+        report.join("\n")
+    );
+    // 8 s of two video streams at ~600 kbit/s and more, and the voice.
+    assert!(relayed > 500_000.0, "the relay carried {relayed} bytes");
+    assert!(
+        ana.stop() && ben.stop(),
+        "the terminals did not stop cleanly"
+    );
 }
