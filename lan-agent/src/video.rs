@@ -18,7 +18,7 @@
 //! or grey with a pause sign) once a second instead of pictures.
 //!
 //! Audio goes first: a frame is not sent while the connection's datagram
-//! queue holds more than about 100 ms of video (the congestion window is
+//! queue holds more than about 50 ms of video (the congestion window is
 //! full), and the bitrate comes down.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -133,19 +133,45 @@ pub struct VideoStats {
 /// How often the bitrate is set again.
 pub const RATE_EVERY: Duration = Duration::from_millis(500);
 
+/// What the connection says of its path, for [`target_kbps`].
+#[derive(Debug, Clone, Copy)]
+pub struct PathNow {
+    pub cwnd_bytes: u64,
+    /// The smoothed round trip now, and the least seen in this call.
+    pub rtt: Duration,
+    pub min_rtt: Duration,
+    /// A packet was lost (or a frame held back for the voice) since the
+    /// last step.
+    pub lost: bool,
+}
+
+/// Round-trip growth that means a queue is building on the path (down
+/// now), and growth under which the bitrate may still go up.
+const QUEUE_BUILDING: Duration = Duration::from_millis(40);
+const QUEUE_EMPTY: Duration = Duration::from_millis(15);
+
 /// The bitrate to aim at, set every [`RATE_EVERY`], from what the
 /// connection says it can carry: two thirds of its congestion window per
-/// round trip, minus what audio needs, within [`MIN_KBPS`]..=[`MAX_KBPS`];
-/// up by at most a tenth a step, down at once, and by at least 30% after
-/// a loss (or a frame held back for the voice).
-pub fn target_kbps(current: u32, cwnd_bytes: u64, rtt: Duration, lost_recently: bool) -> u32 {
-    let rtt_s = rtt.as_secs_f64().max(0.001);
-    let path_kbps = (cwnd_bytes as f64 * 8.0 / rtt_s / 1000.0) * 2.0 / 3.0 - 64.0;
+/// round trip, minus what audio needs, within [`MIN_KBPS`]..=[`MAX_KBPS`].
+/// Down at once: by 30% after a loss, by 15% when the round trip has grown
+/// by [`QUEUE_BUILDING`] over the least seen (a queue on the path delays
+/// the voice before it drops anything); up by at most a tenth a step, and
+/// only while the round trip is within [`QUEUE_EMPTY`] of the least.
+pub fn target_kbps(current: u32, p: PathNow) -> u32 {
+    let rtt_s = p.rtt.as_secs_f64().max(0.001);
+    let path_kbps = (p.cwnd_bytes as f64 * 8.0 / rtt_s / 1000.0) * 2.0 / 3.0 - 64.0;
     let mut want = path_kbps.clamp(f64::from(MIN_KBPS), f64::from(MAX_KBPS)) as u32;
-    if lost_recently {
+    let queueing = p.rtt.saturating_sub(p.min_rtt);
+    if p.lost {
         want = want.min(current.saturating_mul(7) / 10);
+    } else if queueing > QUEUE_BUILDING {
+        want = want.min(current.saturating_mul(85) / 100);
     }
-    let up = current + current / 10;
+    let up = if queueing > QUEUE_EMPTY {
+        current
+    } else {
+        current + current / 10
+    };
     want.min(up).clamp(MIN_KBPS, MAX_KBPS)
 }
 
@@ -292,6 +318,7 @@ fn send_loop(
     let mut state_seq: u16 = rand::random();
     let mut skipped_lately = false;
     let mut frame_no = 0u64;
+    let mut min_rtt = conn.rtt();
     while !stop.load(Ordering::Relaxed) && conn.close_reason().is_none() {
         let now = Instant::now();
         if next > now {
@@ -344,7 +371,17 @@ fn send_loop(
             last_rate = Instant::now();
             last_lost = path.lost_packets;
             skipped_lately = false;
-            let kbps = target_kbps(enc.bitrate(), path.cwnd, conn.rtt(), lost);
+            let rtt = conn.rtt();
+            min_rtt = min_rtt.min(rtt);
+            let kbps = target_kbps(
+                enc.bitrate(),
+                PathNow {
+                    cwnd_bytes: path.cwnd,
+                    rtt,
+                    min_rtt,
+                    lost,
+                },
+            );
             if let Err(e) = enc.set_bitrate(kbps) {
                 tracing::debug!("call {flow}: {e}");
             }
@@ -368,10 +405,12 @@ fn send_loop(
             pic
         };
         frame_no += 1;
-        // Audio goes first: with more than ~100 ms of video still queued
+        // Audio goes first: with more than ~50 ms of video still queued
         // the congestion window is full; skip this picture.
         let queued = SEND_QUEUE.saturating_sub(conn.datagram_send_buffer_space());
-        let limit = (enc.bitrate() as usize * 1000 / 8 / 10).max(8 * 1024);
+        // 50 ms of video at the bitrate now, at least a packet: the voice
+        // waits behind no more than that (its jitter buffer holds 60 ms).
+        let limit = (enc.bitrate() as usize * 1000 / 8 / 20).max(1500);
         if queued > limit {
             // Never encoded, so the next frame still refers to one the
             // other end has: no key frame needed.
@@ -562,15 +601,25 @@ mod tests {
 
     #[test]
     fn the_bitrate_follows_the_path_within_bounds() {
-        let rtt = Duration::from_millis(20);
+        let ms = Duration::from_millis;
+        let path = |cwnd_bytes, rtt, lost| PathNow {
+            cwnd_bytes,
+            rtt: ms(rtt),
+            min_rtt: ms(20),
+            lost,
+        };
         // A wide path: up by a tenth a step, never past the top.
-        assert_eq!(target_kbps(600, 1_000_000, rtt, false), 660);
-        assert_eq!(target_kbps(2400, 1_000_000, rtt, false), MAX_KBPS);
+        assert_eq!(target_kbps(600, path(1_000_000, 20, false)), 660);
+        assert_eq!(target_kbps(2400, path(1_000_000, 20, false)), MAX_KBPS);
         // A narrow one: down at once, never under the floor.
-        let narrow = target_kbps(600, 1500, rtt, false);
+        let narrow = target_kbps(600, path(1500, 20, false));
         assert!(narrow < 600, "{narrow}");
-        assert_eq!(target_kbps(600, 100, rtt, false), MIN_KBPS);
+        assert_eq!(target_kbps(600, path(100, 20, false)), MIN_KBPS);
         // Loss takes 30% off even on a wide path.
-        assert_eq!(target_kbps(800, 1_000_000, rtt, true), 560);
+        assert_eq!(target_kbps(800, path(1_000_000, 20, true)), 560);
+        // A queue building (the round trip 50 ms over its least): 15% off
+        // before anything is lost; a little queue: no higher.
+        assert_eq!(target_kbps(800, path(10_000_000, 70, false)), 680);
+        assert_eq!(target_kbps(800, path(10_000_000, 40, false)), 800);
     }
 }

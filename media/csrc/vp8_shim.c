@@ -76,7 +76,7 @@ struct kl_enc *kl_vp8_enc_new(unsigned w, unsigned h, unsigned fps, unsigned kbp
     }
     vpx_codec_control(&e->ctx, VP8E_SET_CPUUSED, -8);
     vpx_codec_control(&e->ctx, VP8E_SET_STATIC_THRESHOLD, 1);
-    vpx_codec_control(&e->ctx, VP8E_SET_MAX_INTRA_BITRATE_PCT, 300);
+    vpx_codec_control(&e->ctx, VP8E_SET_MAX_INTRA_BITRATE_PCT, 150);
     if (threads > 1) vpx_codec_control(&e->ctx, VP8E_SET_TOKEN_PARTITIONS, 1);
     return e;
 }
