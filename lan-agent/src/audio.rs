@@ -32,17 +32,20 @@ pub(crate) struct LocalAudio {
 
 impl LocalAudio {
     /// Open `--audio-in`, `--audio-out`, `--video-in`, `--video-out` and
-    /// the ringtone (a WAV file, or the built-in one), in that order.
+    /// the ringtone (a WAV file, or the built-in one), in that order, and
+    /// serve the pictures to windows on `STATE/video.sock`.
     pub(crate) fn open(
         audio_in: &str,
         audio_out: &str,
         video_in: &str,
         video_out: &str,
         ringtone: Option<&Path>,
+        state_dir: &Path,
     ) -> anyhow::Result<LocalAudio> {
         let source = open_source(audio_in)?;
         let sink = open_sink(audio_out)?;
-        let video = LocalVideo::open(video_in, video_out)?;
+        let mut video = LocalVideo::open(video_in, video_out)?;
+        video.viewers = Some(crate::viewers::Viewers::start(state_dir)?);
         let ringtone = load_samples(ringtone, "ringtone", keyline_media::ringtone_samples)?;
         Ok(LocalAudio {
             source: Arc::new(Mutex::new(source)),

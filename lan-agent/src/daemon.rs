@@ -136,10 +136,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         &opts.video_in,
         &opts.video_out,
         opts.ringtone.as_deref(),
+        &state_dir,
     )?;
-    if let Ok(mut v) = audio.video.lock() {
-        v.viewers = Some(crate::viewers::Viewers::start(&state_dir)?);
-    }
     let hold_music = audio::load_samples(
         opts.hold_music.as_deref(),
         "hold music",
