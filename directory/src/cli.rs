@@ -133,7 +133,8 @@ pub enum UserCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum ForwardCmd {
-    /// Forward calls for NUMBER to another number.
+    /// Forward calls for NUMBER to another number (one rule of each kind;
+    /// a rule of another kind stays).
     Set {
         number: String,
         /// Where calls go.
@@ -143,7 +144,7 @@ pub enum ForwardCmd {
         #[arg(long, value_enum, default_value_t = ForwardWhenArg::Always)]
         when: ForwardWhenArg,
     },
-    /// Remove NUMBER's forwarding rule.
+    /// Remove every forwarding rule of NUMBER.
     Rm { number: String },
     /// List forwarding rules.
     List {

@@ -32,8 +32,8 @@ use keyline_net::endpoint::Checker;
 use keyline_net::{endpoint, peer_fingerprint, Identity};
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
 use keyline_proto::dir::{
-    CallId, CallPlan, CheckPlan, DirMsg, DirectPolicy, EndReason, ErrorCode, ForwardRule, MailId,
-    MailKind, ReqId, MAX_HOPS, MAX_MAIL_BODY,
+    CallId, CallPlan, CheckPlan, DirMsg, DirectPolicy, EndReason, ErrorCode, ForwardRule,
+    ForwardWhen, MailId, MailKind, NumberForwards, ReqId, MAX_HOPS, MAX_MAIL_BODY,
 };
 use keyline_proto::msg::{Msg, Role};
 use keyline_proto::{number, MAX_MESSAGE, PROTOCOL_VERSION};
@@ -1038,8 +1038,9 @@ impl DirClient {
         }
     }
 
-    /// Set (or clear, with `None`) the server-side forwarding rule of one
-    /// of our numbers (claim 8).
+    /// Set the server-side forwarding rule of kind `rule.when` of one of
+    /// our numbers (its rules of other kinds stay), or, with `None`, clear
+    /// all its rules (claim 8).
     pub async fn set_forward(
         &self,
         number: &str,
@@ -1053,6 +1054,35 @@ impl DirClient {
                 rule,
             })
             .await
+    }
+
+    /// Turn the rule of kind `when` (or, with `None`, every rule) of one of
+    /// our numbers off; each keeps its target.
+    pub async fn forward_off(
+        &self,
+        number: &str,
+        when: Option<ForwardWhen>,
+    ) -> Result<(), ClientError> {
+        let n = canon(number)?;
+        self.inner
+            .request_ok(|req| DirMsg::ForwardOff {
+                req,
+                number: n,
+                when,
+            })
+            .await
+    }
+
+    /// The forwarding rules of every number of the account.
+    pub async fn forwards(&self) -> Result<Vec<NumberForwards>, ClientError> {
+        match self
+            .inner
+            .request(|req| DirMsg::ListForwards { req })
+            .await?
+        {
+            DirMsg::Forwards { numbers, .. } => Ok(numbers),
+            other => Err(refused(other)),
+        }
     }
 
     /// Leave a voice mail (Ogg Opus) or a text for `to`. `from` is one of

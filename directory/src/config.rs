@@ -40,6 +40,8 @@ pub struct Config {
     pub max_connections: usize,
     pub login: LoginConfig,
     pub mail: MailConfig,
+    /// How much call history is kept (`[history]`).
+    pub history: HistoryConfig,
     pub web: WebConfig,
     pub metrics: MetricsConfig,
     /// Limits on the way in, per address (`[limits]`).
@@ -188,6 +190,34 @@ pub struct LoginConfig {
     pub forget_after_secs: u64,
 }
 
+/// The call history each account sees on the web site: its newest
+/// `keep_per_account` calls, none older than `keep_days`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    pub keep_per_account: u32,
+    pub keep_days: u32,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            keep_per_account: 500,
+            keep_days: 90,
+        }
+    }
+}
+
+impl HistoryConfig {
+    /// What to keep at `now_ms`.
+    pub fn retention(&self, now_ms: i64) -> crate::store::CallRetention {
+        crate::store::CallRetention {
+            per_account: self.keep_per_account,
+            since_ms: now_ms.saturating_sub(i64::from(self.keep_days) * 86_400_000),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MailConfig {
@@ -215,6 +245,7 @@ impl Default for Config {
             max_connections: 20_000,
             login: LoginConfig::default(),
             mail: MailConfig::default(),
+            history: HistoryConfig::default(),
             web: WebConfig::default(),
             metrics: MetricsConfig::default(),
             limits: keyline_net::admission::LimitsConfig::default(),

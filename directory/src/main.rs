@@ -330,6 +330,7 @@ fn forward_set(
                 ForwardWhenArg::NoAnswer => ForwardWhen::NoAnswer,
             },
             to: number::canonicalize(to).map_err(|e| anyhow::anyhow!("number {to:?}: {e}"))?,
+            on: true,
         }),
         None => None,
     };

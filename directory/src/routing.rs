@@ -8,6 +8,11 @@
 //! [`Router::poll_timeout`] says when [`Router::handle_timeout`] must next
 //! run. Random tokens are passed in, so runs are reproducible.
 //!
+//! Every call placed by a logged-in caller, rung or not, comes out once as
+//! an [`Action::Record`]: who called whom, how it ended, whether it was
+//! answered and for how long; [`CallRecord::entries`] turns it into the
+//! history each account involved keeps.
+//!
 //! Invariants: a binding always belongs to a live, logged-in session of the
 //! account that owns the number; a ringing call always has a deadline; the
 //! caller's number shown to the callee is always one of the caller's own.
@@ -20,6 +25,8 @@ use keyline_proto::dir::{
     CallId, CallPlan, CheckPlan, DirMsg, DirectPolicy, EndReason, ErrorCode, ForwardRule,
     ForwardWhen, ReqId, MAX_CANDIDATES, MAX_HOPS,
 };
+
+pub use crate::store::{CallEntry, CallOutcome};
 
 /// A connection to the directory, numbered by the shell.
 pub type SessionId = u64;
@@ -52,10 +59,99 @@ impl Default for Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NumberInfo {
     pub account: String,
-    pub forward: Option<ForwardRule>,
+    /// At most one rule of each kind, on or off.
+    pub forwards: Vec<ForwardRule>,
     /// Do-not-disturb: calls follow a `busy` rule, or fail as offline
     /// with mail offered; the number never rings.
     pub dnd: bool,
+}
+
+impl NumberInfo {
+    /// The target of the rule of kind `when`, if there is one and it is on.
+    pub fn forward(&self, when: ForwardWhen) -> Option<&str> {
+        self.forwards
+            .iter()
+            .find(|r| r.when == when && r.on)
+            .map(|r| r.to.as_str())
+    }
+}
+
+/// One call as the directory saw it, from the caller's request to its
+/// end (or to its failure before anything rang).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// The caller's number, asserted, and its account.
+    pub from: String,
+    pub from_account: String,
+    /// The number dialled (an office's `OFFICE/EXT` as the office number)
+    /// and its owner, when it is a known number.
+    pub dialled: String,
+    pub dialled_account: Option<String>,
+    /// The number the call reached after server-side forwarding (the one
+    /// that rang, or was offline or busy), and its owner; none for an
+    /// unknown number or a loop.
+    pub reached: Option<(String, String)>,
+    pub started: Instant,
+    pub answered: Option<Instant>,
+    pub ended: Instant,
+    pub outcome: CallOutcome,
+    /// Where the caller was sent on (a busy or no-answer rule, a
+    /// redirect, a hand-off).
+    pub forwarded_to: Option<String>,
+    /// Whether the media went through the relay (answered calls only).
+    pub relayed: Option<bool>,
+}
+
+impl CallRecord {
+    /// The entries of each account's history: the caller's (outgoing, to
+    /// the number dialled), the reached number's owner's (incoming), and,
+    /// when server-side forwarding took the call from the dialled number
+    /// to another account's, the dialled number's owner's (incoming,
+    /// forwarded). `now_ms` is the wall clock at `now`.
+    pub fn entries(&self, now: Instant, now_ms: i64) -> Vec<CallEntry> {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let started_ms = now_ms.saturating_sub(ms(now.saturating_duration_since(self.started)));
+        let duration_ms = self
+            .answered
+            .map(|at| ms(self.ended.saturating_duration_since(at)));
+        let reached_other = self
+            .reached
+            .as_ref()
+            .filter(|(n, _)| *n != self.dialled)
+            .map(|(n, _)| n.clone());
+        let entry = |account: &str, outgoing: bool, own: &str, other: &str| CallEntry {
+            account: account.to_string(),
+            outgoing,
+            own_number: own.to_string(),
+            other_number: other.to_string(),
+            started_ms,
+            answered: self.answered.is_some(),
+            outcome: self.outcome,
+            forwarded_to: self.forwarded_to.clone(),
+            duration_ms,
+            relayed: self.relayed,
+        };
+        let mut out = vec![CallEntry {
+            forwarded_to: self.forwarded_to.clone().or(reached_other.clone()),
+            ..entry(&self.from_account, true, &self.from, &self.dialled)
+        }];
+        if let Some((number, account)) = &self.reached {
+            out.push(entry(account, false, number, &self.from));
+        }
+        if let (Some(account), Some(to)) = (&self.dialled_account, reached_other) {
+            if self.reached.as_ref().is_none_or(|(_, a)| a != account) {
+                out.push(CallEntry {
+                    outcome: CallOutcome::Forwarded,
+                    answered: false,
+                    duration_ms: None,
+                    relayed: None,
+                    forwarded_to: Some(to),
+                    ..entry(account, false, &self.dialled, &self.from)
+                });
+            }
+        }
+        out
+    }
 }
 
 /// Where a dialled number ends up after server-side forwarding.
@@ -88,10 +184,10 @@ impl RouteError {
     }
 }
 
-/// Apply server-side forwarding to `start`: follow `always` rules,
-/// `unregistered` rules of numbers that `bound` says have no binding and
-/// `busy` rules of numbers set to do-not-disturb, at most `max_hops`
-/// times, refusing cycles. (`busy` rules otherwise, and `no-answer`
+/// Apply server-side forwarding to `start`: follow `always` rules (before
+/// any other), `unregistered` rules of numbers that `bound` says have no
+/// binding and `busy` rules of numbers set to do-not-disturb, at most
+/// `max_hops` times, refusing cycles. Only rules that are on count. (`busy` rules otherwise, and `no-answer`
 /// rules, apply once the number has rung: see [`Router::handle_decline`]
 /// and [`Router::handle_timeout`].)
 pub fn resolve<'a>(
@@ -106,21 +202,14 @@ pub fn resolve<'a>(
         let Some(ni) = info(&cur) else {
             return Err(RouteError::Unknown { number: cur, via });
         };
-        let next = match &ni.forward {
-            Some(ForwardRule {
-                when: ForwardWhen::Always,
-                to,
-            }) => Some(to.clone()),
-            Some(ForwardRule {
-                when: ForwardWhen::Unregistered,
-                to,
-            }) if !bound(&cur) => Some(to.clone()),
-            Some(ForwardRule {
-                when: ForwardWhen::Busy,
-                to,
-            }) if ni.dnd => Some(to.clone()),
-            _ => None,
-        };
+        let next = ni
+            .forward(ForwardWhen::Always)
+            .or_else(|| {
+                ni.forward(ForwardWhen::Unregistered)
+                    .filter(|_| !bound(&cur))
+            })
+            .or_else(|| ni.forward(ForwardWhen::Busy).filter(|_| ni.dnd))
+            .map(str::to_string);
         let Some(next) = next else {
             return Ok(Resolved { number: cur, via });
         };
@@ -156,7 +245,7 @@ pub enum Action {
     },
     /// Drop the forwarder of `call`, if any.
     ReleaseRelay { call: CallId },
-    /// A call reached its end (for logs and records).
+    /// A call reached its end (for logs).
     Finished {
         call: CallId,
         from: String,
@@ -164,6 +253,8 @@ pub enum Action {
         answered: bool,
         reason: EndReason,
     },
+    /// Keep this call in the history of the accounts involved.
+    Record(Box<CallRecord>),
 }
 
 /// A connection as the router sees it.
@@ -297,8 +388,12 @@ pub struct Call {
     pub id: CallId,
     pub caller: SessionId,
     pub callee: SessionId,
-    /// The caller's number, asserted.
+    /// The caller's number, asserted, and its account.
     pub from: String,
+    pub caller_account: String,
+    /// The accounts of the number dialled and of the one that rings.
+    pub dialled_account: Option<String>,
+    pub callee_account: String,
     /// The number that rings.
     pub number: String,
     pub dialled: String,
@@ -405,10 +500,10 @@ impl Router {
         );
     }
 
-    /// Update one number's forwarding rule.
-    pub fn set_forward(&mut self, number: &str, rule: Option<ForwardRule>) {
+    /// Replace one number's forwarding rules.
+    pub fn set_forwards(&mut self, number: &str, rules: Vec<ForwardRule>) {
         if let Some(ni) = self.numbers.get_mut(number) {
-            ni.forward = rule;
+            ni.forwards = rules;
         }
     }
 
@@ -927,6 +1022,30 @@ impl Router {
             Ok(f) => f,
             Err((code, m)) => return fail(self, code, number, m, false),
         };
+        let caller_account = self
+            .sessions
+            .get(&sid)
+            .and_then(|s| s.account.clone())
+            .unwrap_or_default();
+        // A call that fails before anything rings is kept too.
+        let record = |s: &mut Self, outcome: CallOutcome, reached: Option<&str>| {
+            let (dialled, _) = s.split_dialled(number);
+            let owner = |n: &str| s.numbers.get(n).map(|ni| ni.account.clone());
+            let rec = CallRecord {
+                from: from.clone(),
+                from_account: caller_account.clone(),
+                dialled_account: owner(&dialled),
+                reached: reached.and_then(|n| Some((n.to_string(), owner(n)?))),
+                dialled,
+                started: now,
+                answered: None,
+                ended: now,
+                outcome,
+                forwarded_to: None,
+                relayed: None,
+            };
+            s.actions.push_back(Action::Record(Box::new(rec)));
+        };
         if own.len() > MAX_CANDIDATES {
             return fail(
                 self,
@@ -938,6 +1057,7 @@ impl Router {
         }
         let hops = hops as usize;
         if hops >= MAX_HOPS {
+            record(self, CallOutcome::Failed, None);
             return fail(
                 self,
                 ErrorCode::TooManyHops,
@@ -950,10 +1070,13 @@ impl Router {
         let r = match self.resolve(&target, MAX_HOPS - hops) {
             Ok(r) => r,
             Err(e) => {
-                let n = match &e {
-                    RouteError::Unknown { number, .. } => number.clone(),
-                    _ => number.to_string(),
+                let (n, outcome) = match &e {
+                    RouteError::Unknown { number, .. } => {
+                        (number.clone(), CallOutcome::UnknownNumber)
+                    }
+                    _ => (number.to_string(), CallOutcome::Failed),
                 };
+                record(self, outcome, None);
                 return fail(self, e.code(), &n, e.to_string(), false);
             }
         };
@@ -962,6 +1085,7 @@ impl Router {
                 "{} does not want to be disturbed now; you may leave a voice mail or text",
                 r.number
             );
+            record(self, CallOutcome::Busy, Some(&r.number));
             return fail(self, ErrorCode::Unreachable, &r.number.clone(), m, true);
         }
         let Some(b) = self.bindings.get(&r.number) else {
@@ -974,6 +1098,7 @@ impl Router {
                     r.via.join(", ")
                 )
             };
+            record(self, CallOutcome::Offline, Some(&r.number));
             return fail(self, ErrorCode::Unreachable, &r.number.clone(), m, true);
         };
         if b.session == sid {
@@ -985,7 +1110,9 @@ impl Router {
                 false,
             );
         }
-        let (callee, callee_fp, callee_cands) = (b.session, b.fp.clone(), b.candidates());
+        let (callee, callee_fp, callee_cands, callee_account) =
+            (b.session, b.fp.clone(), b.candidates(), b.account.clone());
+        let dialled_account = self.numbers.get(&target).map(|ni| ni.account.clone());
         let Some((callee_media, callee_checks)) =
             self.sessions.get(&callee).map(|s| (s.observed, s.checks))
         else {
@@ -1020,6 +1147,9 @@ impl Router {
             caller: sid,
             callee,
             from: from.clone(),
+            caller_account,
+            dialled_account,
+            callee_account,
             number: r.number.clone(),
             dialled: number.to_string(),
             ext: ext.clone(),
@@ -1218,7 +1348,7 @@ impl Router {
             return self.send(sid, err(Some(req), code, m));
         }
         self.send(sid, DirMsg::Ok { req });
-        if busy && self.forward_unanswered(id, ForwardWhen::Busy, false) {
+        if busy && self.forward_unanswered(now, id, ForwardWhen::Busy, false) {
             return;
         }
         let reason = if busy {
@@ -1232,16 +1362,18 @@ impl Router {
     /// If the number ringing in call `id` has a `when` rule (`busy` or
     /// `no-answer`), send the caller on to its target as a redirect does
     /// and end the call (telling the callee when `tell_callee`).
-    fn forward_unanswered(&mut self, id: CallId, when: ForwardWhen, tell_callee: bool) -> bool {
+    fn forward_unanswered(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        when: ForwardWhen,
+        tell_callee: bool,
+    ) -> bool {
         let Some(c) = self.calls.get(&id) else {
             return false;
         };
-        let to = match self
-            .numbers
-            .get(&c.number)
-            .and_then(|ni| ni.forward.as_ref())
-        {
-            Some(rule) if rule.when == when && rule.to != c.number => rule.to.clone(),
+        let to = match self.numbers.get(&c.number).and_then(|ni| ni.forward(when)) {
+            Some(to) if to != c.number => to.to_string(),
             _ => return false,
         };
         let Some(c) = self.calls.remove(&id) else {
@@ -1260,19 +1392,19 @@ impl Router {
             c.caller,
             DirMsg::Redirected {
                 call: id,
-                number: to,
+                number: to.clone(),
                 by: c.number.clone(),
                 handoff: None,
             },
         );
-        self.finished(c, EndReason::Redirected);
+        self.finished(now, c, EndReason::Redirected, Some(to));
         true
     }
 
     /// The callee sends the caller to `number` (claim 7).
     pub fn handle_redirect(
         &mut self,
-        _now: Instant,
+        now: Instant,
         sid: SessionId,
         req: ReqId,
         id: CallId,
@@ -1295,7 +1427,7 @@ impl Router {
         );
         // The caller learnt why from `Redirected`; end it quietly for both.
         if let Some(c) = self.calls.remove(&id) {
-            self.finished(c, EndReason::Redirected);
+            self.finished(now, c, EndReason::Redirected, Some(number.to_string()));
         }
     }
 
@@ -1304,7 +1436,7 @@ impl Router {
     /// the call ends for both.
     pub fn handle_transfer(
         &mut self,
-        _now: Instant,
+        now: Instant,
         sid: SessionId,
         req: ReqId,
         id: CallId,
@@ -1352,7 +1484,7 @@ impl Router {
             },
         );
         if let Some(c) = self.calls.remove(&id) {
-            self.finished(c, EndReason::Redirected);
+            self.finished(now, c, EndReason::Redirected, Some(number.to_string()));
         }
     }
 
@@ -1524,7 +1656,7 @@ impl Router {
 
     /// End call `id`; `by` (if any) is told nothing, the other end(s) are
     /// told `reason`.
-    fn end_call(&mut self, _now: Instant, id: CallId, by: Option<SessionId>, reason: EndReason) {
+    fn end_call(&mut self, now: Instant, id: CallId, by: Option<SessionId>, reason: EndReason) {
         let Some(c) = self.calls.remove(&id) else {
             return;
         };
@@ -1533,20 +1665,51 @@ impl Router {
                 self.send(end, DirMsg::Ended { call: id, reason });
             }
         }
-        self.finished(c, reason);
+        self.finished(now, c, reason, None);
     }
 
-    fn finished(&mut self, c: Call, reason: EndReason) {
+    /// Call `c` is over: its relay goes, and it is logged and recorded.
+    /// `forwarded_to`: where the caller was sent on, if it was.
+    fn finished(&mut self, now: Instant, c: Call, reason: EndReason, forwarded_to: Option<String>) {
         if !matches!(c.relay, RelayState::None) {
             self.actions.push_back(Action::ReleaseRelay { call: c.id });
         }
+        let answered = match c.state {
+            CallState::Answered { at } => Some(at),
+            CallState::Ringing { .. } => None,
+        };
+        let outcome = match (answered, reason) {
+            (Some(_), _) => CallOutcome::Answered,
+            (None, EndReason::Cancelled) => CallOutcome::Cancelled,
+            (None, EndReason::Rejected) => CallOutcome::Declined,
+            (None, EndReason::Busy) => CallOutcome::Busy,
+            (None, EndReason::NoAnswer) => CallOutcome::NoAnswer,
+            (None, EndReason::Redirected) => CallOutcome::Forwarded,
+            (None, _) => CallOutcome::Failed,
+        };
+        let record = CallRecord {
+            from: c.from.clone(),
+            from_account: c.caller_account,
+            dialled: self.split_dialled(&c.dialled).0,
+            dialled_account: c.dialled_account,
+            reached: Some((c.number.clone(), c.callee_account)),
+            started: c.started,
+            answered,
+            ended: now,
+            outcome,
+            forwarded_to,
+            // Direct unless the relay carried it (as far as the directory
+            // can tell: a direct attempt that failed asks for the relay).
+            relayed: answered.map(|_| matches!(c.relay, RelayState::Ready { .. })),
+        };
         self.actions.push_back(Action::Finished {
             call: c.id,
             from: c.from,
             number: c.number,
-            answered: matches!(c.state, CallState::Answered { .. }),
+            answered: answered.is_some(),
             reason,
         });
+        self.actions.push_back(Action::Record(Box::new(record)));
     }
 
     // ------------------------------------------------------------------
@@ -1561,7 +1724,7 @@ impl Router {
             .map(|c| c.id)
             .collect();
         for id in expired {
-            if !self.forward_unanswered(id, ForwardWhen::NoAnswer, true) {
+            if !self.forward_unanswered(now, id, ForwardWhen::NoAnswer, true) {
                 self.end_call(now, id, None, EndReason::NoAnswer);
             }
         }
@@ -1761,10 +1924,10 @@ mod tests {
         NumberInfo {
             dnd: false,
             account: account.into(),
-            forward: forward.map(|(when, to)| ForwardRule {
-                when,
-                to: to.into(),
-            }),
+            forwards: forward
+                .map(|(when, to)| ForwardRule::new(when, to))
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -1869,12 +2032,12 @@ mod tests {
                     let uniq: BTreeSet<&String> = seen.iter().collect();
                     prop_assert_eq!(uniq.len(), seen.len());
                     let last = &t[&r.number];
-                    let applies = match &last.forward {
-                        Some(ForwardRule { when: ForwardWhen::Always, .. }) => true,
-                        Some(ForwardRule { when: ForwardWhen::Unregistered, .. }) => !is_bound(&r.number),
-                        Some(ForwardRule { when: ForwardWhen::Busy, .. }) => last.dnd,
-                        Some(ForwardRule { when: ForwardWhen::NoAnswer, .. }) | None => false,
-                    };
+                    let applies = last.forwards.iter().any(|f| match f.when {
+                        ForwardWhen::Always => true,
+                        ForwardWhen::Unregistered => !is_bound(&r.number),
+                        ForwardWhen::Busy => last.dnd,
+                        ForwardWhen::NoAnswer => false,
+                    });
                     prop_assert!(!applies);
                     prop_assert_eq!(r.via.first().unwrap_or(&r.number), &start);
                 }
@@ -2261,12 +2424,9 @@ mod tests {
             }
         ));
         // carol is offline and forwards to Bob when unregistered.
-        r.set_forward(
+        r.set_forwards(
             "carol",
-            Some(ForwardRule {
-                when: ForwardWhen::Unregistered,
-                to: "ボブ".into(),
-            }),
+            vec![ForwardRule::new(ForwardWhen::Unregistered, "ボブ")],
         );
         r.handle_call(now, 1, 3, "carol", None, vec![], 0);
         let acts = drain(&mut r);
@@ -2275,20 +2435,8 @@ mod tests {
             if number == "ボブ" && dialled == "carol" && via == &vec!["carol".to_string()])
         );
         // A loop is refused with the chain.
-        r.set_forward(
-            "ボブ",
-            Some(ForwardRule {
-                when: ForwardWhen::Always,
-                to: "carol".into(),
-            }),
-        );
-        r.set_forward(
-            "carol",
-            Some(ForwardRule {
-                when: ForwardWhen::Always,
-                to: "ボブ".into(),
-            }),
-        );
+        r.set_forwards("ボブ", vec![ForwardRule::new(ForwardWhen::Always, "carol")]);
+        r.set_forwards("carol", vec![ForwardRule::new(ForwardWhen::Always, "ボブ")]);
         r.handle_call(now, 1, 4, "carol", None, vec![], 0);
         match &sent(&drain(&mut r), 1)[0] {
             DirMsg::CallFailed { code, message, .. } => {
@@ -2390,13 +2538,7 @@ mod tests {
             }
         };
         // Busy: Bob declines as busy and the caller is sent on to carol.
-        r.set_forward(
-            "ボブ",
-            Some(ForwardRule {
-                when: ForwardWhen::Busy,
-                to: "carol".into(),
-            }),
-        );
+        r.set_forwards("ボブ", vec![ForwardRule::new(ForwardWhen::Busy, "carol")]);
         let c = ring(&mut r, 1);
         r.handle_decline(now, 2, 5, c, false);
         let acts = drain(&mut r);
@@ -2434,12 +2576,9 @@ mod tests {
 
         // No answer: at the ring timeout the callee stops ringing and the
         // caller is sent on.
-        r.set_forward(
+        r.set_forwards(
             "ボブ",
-            Some(ForwardRule {
-                when: ForwardWhen::NoAnswer,
-                to: "2001".into(),
-            }),
+            vec![ForwardRule::new(ForwardWhen::NoAnswer, "2001")],
         );
         let c = ring(&mut r, 4);
         r.handle_timeout(now + r.config().ring_timeout);
@@ -2465,7 +2604,7 @@ mod tests {
         assert!(r.call(c).is_none());
 
         // Do-not-disturb: nothing rings; the caller is offered mail.
-        r.set_forward("ボブ", None);
+        r.set_forwards("ボブ", vec![]);
         r.set_dnd("ボブ", true);
         r.handle_call(now, 1, 7, "ボブ", None, vec![], 0);
         let acts = drain(&mut r);
@@ -2475,13 +2614,7 @@ mod tests {
             "{acts:?}"
         );
         // ... or, with a busy rule, goes where it says at once.
-        r.set_forward(
-            "ボブ",
-            Some(ForwardRule {
-                when: ForwardWhen::Busy,
-                to: "아리랑".into(),
-            }),
-        );
+        r.set_forwards("ボブ", vec![ForwardRule::new(ForwardWhen::Busy, "아리랑")]);
         r.set_dnd("carol", true);
         r.handle_call(now, 2, 8, "carol", None, vec![], 0);
         assert!(matches!(
@@ -2496,6 +2629,186 @@ mod tests {
         );
         r.set_dnd("ボブ", false);
         assert!(!r.number("ボブ").is_some_and(|n| n.dnd));
+    }
+
+    fn records(actions: &[Action]) -> Vec<CallRecord> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Record(r) => Some((**r).clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Busy, no-answer and offline rules of one number at once, each
+    /// followed when its case comes, `always` before all of them while it
+    /// is on and not at all when off; on the virtual clock.
+    #[test]
+    fn several_rules_of_one_number_each_followed() {
+        let (mut r, now) = two_online();
+        let rules = |always_on: bool| {
+            vec![
+                ForwardRule {
+                    on: always_on,
+                    ..ForwardRule::new(ForwardWhen::Always, "아리랑")
+                },
+                ForwardRule::new(ForwardWhen::Busy, "carol"),
+                ForwardRule::new(ForwardWhen::NoAnswer, "2001"),
+                ForwardRule::new(ForwardWhen::Unregistered, "carol"),
+            ]
+        };
+        r.set_forwards("ボブ", rules(false));
+        let ring = |r: &mut Router, req, at| {
+            r.handle_call(at, 1, req, "ボブ", None, vec![], 0);
+            let acts = drain(r);
+            match &sent(&acts, 1)[0] {
+                DirMsg::Ringing { call, number, .. } if number == "ボブ" => *call,
+                other => panic!("{other:?}"),
+            }
+        };
+        // Busy: carol.
+        let c = ring(&mut r, 1, now);
+        r.handle_decline(now, 2, 2, c, true);
+        let acts = drain(&mut r);
+        assert!(
+            matches!(&sent(&acts, 1)[0], DirMsg::Redirected { number, .. } if number == "carol"),
+            "{acts:?}"
+        );
+        // No answer: 2001, after the ring timeout and not before.
+        let at = now + Duration::from_secs(1);
+        let c = ring(&mut r, 3, at);
+        r.handle_timeout(at + r.config().ring_timeout - Duration::from_millis(1));
+        assert!(drain(&mut r).is_empty());
+        assert!(r.call(c).is_some());
+        r.handle_timeout(at + r.config().ring_timeout);
+        let acts = drain(&mut r);
+        assert!(
+            matches!(&sent(&acts, 1)[0], DirMsg::Redirected { number, .. } if number == "2001"),
+            "{acts:?}"
+        );
+        let rec = &records(&acts)[0];
+        assert_eq!(rec.outcome, CallOutcome::Forwarded);
+        assert_eq!(rec.forwarded_to.as_deref(), Some("2001"));
+        // Always, once on, comes before them all: nothing rings at Bob.
+        r.set_forwards("ボブ", rules(true));
+        r.handle_call(at, 2, 4, "ボブ", None, vec![], 0);
+        let acts = drain(&mut r);
+        assert!(
+            matches!(&sent(&acts, 1)[0], DirMsg::Ring { number, via, .. } if number == "아리랑" && via == &vec!["ボブ".to_string()]),
+            "{acts:?}"
+        );
+        // Offline: Bob's endpoint gone, the next call rings carol's
+        // number (offline too here: the caller is offered mail there).
+        r.set_forwards("ボブ", rules(false));
+        r.handle_session_down(at, 2);
+        drain(&mut r);
+        r.handle_call(at, 1, 5, "ボブ", None, vec![], 0);
+        let acts = drain(&mut r);
+        assert!(
+            matches!(&sent(&acts, 1)[0], DirMsg::CallFailed { number, code: ErrorCode::Unreachable, .. } if number == "carol"),
+            "{acts:?}"
+        );
+        let rec = &records(&acts)[0];
+        assert_eq!(rec.outcome, CallOutcome::Offline);
+        assert_eq!(
+            rec.reached,
+            Some(("carol".to_string(), "carol".to_string()))
+        );
+    }
+
+    /// Every call comes out once as a record: answered with its length and
+    /// path, declined, cancelled, unknown, offline, forwarded; each account
+    /// involved gets its own entry, and nobody else.
+    #[test]
+    fn every_call_is_recorded_once_as_the_directory_saw_it() {
+        let (mut r, now) = two_online();
+        let place = |r: &mut Router, req, number: &str, at| {
+            r.handle_call(at, 1, req, number, None, vec![], 0);
+            let acts = drain(r);
+            match &sent(&acts, 1)[0] {
+                DirMsg::Ringing { call, .. } => Some(*call),
+                _ => {
+                    assert_eq!(records(&acts).len(), 1, "{acts:?}");
+                    None
+                }
+            }
+        };
+        // Answered for 75 s, then hung up.
+        let c = place(&mut r, 1, "ボブ", now).expect("rings");
+        let at = now + Duration::from_secs(2);
+        r.handle_answer(at, 2, 2, c, "tok".into());
+        drain(&mut r);
+        let end = at + Duration::from_secs(75);
+        r.handle_hangup(end, 1, c);
+        let acts = drain(&mut r);
+        let recs = records(&acts);
+        assert_eq!(recs.len(), 1, "{acts:?}");
+        let rec = &recs[0];
+        assert_eq!(rec.outcome, CallOutcome::Answered);
+        assert_eq!(rec.relayed, Some(false));
+        assert_eq!(
+            (rec.from.as_str(), rec.from_account.as_str()),
+            ("아리랑", "alice")
+        );
+        // The wall clock: the call started 77 s before `end`.
+        let entries = rec.entries(end, 1_000_000);
+        assert_eq!(entries.len(), 2);
+        let (out, inc) = (&entries[0], &entries[1]);
+        assert!(out.outgoing && out.account == "alice" && out.other_number == "ボブ");
+        assert!(!inc.outgoing && inc.account == "bob" && inc.other_number == "아리랑");
+        assert_eq!(inc.own_number, "ボブ");
+        for e in &entries {
+            assert_eq!(e.started_ms, 1_000_000 - 77_000);
+            assert_eq!(e.duration_ms, Some(75_000));
+            assert!(e.answered);
+        }
+        // Declined, and cancelled by the caller: no length.
+        let c = place(&mut r, 3, "ボブ", end).expect("rings");
+        r.handle_decline(end, 2, 4, c, false);
+        assert_eq!(records(&drain(&mut r))[0].outcome, CallOutcome::Declined);
+        let c = place(&mut r, 5, "ボブ", end).expect("rings");
+        r.handle_hangup(end, 1, c);
+        let rec = &records(&drain(&mut r))[0];
+        assert_eq!(rec.outcome, CallOutcome::Cancelled);
+        assert!(rec.entries(end, 0).iter().all(|e| e.duration_ms.is_none()));
+        // Unknown: only the caller's entry.
+        assert!(place(&mut r, 6, "nobody", end).is_none());
+        r.handle_call(end, 1, 7, "nobody", None, vec![], 0);
+        let rec = &records(&drain(&mut r))[0];
+        assert_eq!(rec.outcome, CallOutcome::UnknownNumber);
+        assert_eq!(rec.entries(end, 0).len(), 1);
+        // Offline carol: her entry says so.
+        r.handle_call(end, 1, 8, "carol", None, vec![], 0);
+        let rec = &records(&drain(&mut r))[0];
+        assert_eq!(rec.outcome, CallOutcome::Offline);
+        let es = rec.entries(end, 0);
+        assert_eq!(es.len(), 2);
+        assert_eq!(es[1].account, "carol");
+        // Server-side forwarding from carol (always) to Bob: Alice sees
+        // her call to carol forwarded to Bob, carol sees it forwarded,
+        // Bob sees it ring him.
+        r.set_forwards("carol", vec![ForwardRule::new(ForwardWhen::Always, "ボブ")]);
+        let c = place(&mut r, 9, "carol", end).expect("rings at Bob");
+        r.handle_decline(end, 2, 10, c, true);
+        let rec = &records(&drain(&mut r))[0];
+        assert_eq!(rec.outcome, CallOutcome::Busy);
+        let es = rec.entries(end, 0);
+        let accounts: Vec<&str> = es.iter().map(|e| e.account.as_str()).collect();
+        assert_eq!(accounts, ["alice", "bob", "carol"]);
+        assert_eq!(es[0].forwarded_to.as_deref(), Some("ボブ"));
+        assert_eq!(es[2].outcome, CallOutcome::Forwarded);
+        assert_eq!(es[2].other_number, "아리랑");
+        // A lost connection ends an answered call: still recorded, once.
+        r.set_forwards("carol", vec![]);
+        let c = place(&mut r, 11, "ボブ", end).expect("rings");
+        r.handle_answer(end, 2, 12, c, "tok".into());
+        drain(&mut r);
+        r.handle_session_down(end + Duration::from_secs(3), 2);
+        let recs = records(&drain(&mut r));
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].outcome, CallOutcome::Answered);
+        assert_eq!(recs[0].entries(end, 0)[0].duration_ms, Some(3_000));
     }
 
     #[test]

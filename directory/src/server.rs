@@ -23,7 +23,8 @@ use keyline_net::relay::{self, Allocation, Counters};
 use keyline_net::{control, peer_fingerprint, Identity};
 use keyline_proto::codec::CodecError;
 use keyline_proto::dir::{
-    CallId, DirMsg, ErrorCode, ForwardRule, MailKind, ReqId, MAX_CANDIDATES, OGG_MAGIC,
+    CallId, DirMsg, ErrorCode, ForwardRule, ForwardWhen, MailKind, NumberForwards, ReqId,
+    MAX_CANDIDATES, OGG_MAGIC,
 };
 use keyline_proto::msg::Role;
 use keyline_proto::{number, PROTOCOL_VERSION};
@@ -36,7 +37,9 @@ use crate::ratelimit::{Attempt, Locked, LoginLimiter};
 use crate::routing::{
     Action, CallState, MediaEnd, NumberInfo, Placing, RelayState, Router, SessionId,
 };
-use crate::store::{self, NewMail, PostgresStore, Quota, SqliteStore, Store, StoreError};
+use crate::store::{
+    self, NewMail, PostgresStore, Quota, SqliteStore, Store, StoreError, StoreResult,
+};
 use crate::wire::{
     self, next_msg, read_body, send_msg, write_body, Incoming, MsgReader, MsgWriter, WRITE_BATCH,
 };
@@ -101,9 +104,11 @@ pub enum Event {
         msg: DirMsg,
         _held: OwnedSemaphorePermit,
     },
+    /// `number`'s forwarding rules are now `rules` (read back from the
+    /// store after a change).
     ForwardChanged {
         number: String,
-        rule: Option<ForwardRule>,
+        rules: Vec<ForwardRule>,
     },
     /// Accounts or numbers changed in storage: reload; end the sessions of
     /// `logout` (except `keep`).
@@ -327,7 +332,7 @@ fn number_table(store: &dyn Store) -> Result<HashMap<String, NumberInfo>, StoreE
                 r.number,
                 NumberInfo {
                     account: r.account,
-                    forward: r.forward,
+                    forwards: r.forwards,
                     dnd: r.dnd,
                 },
             )
@@ -942,7 +947,13 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
         } => login(c, req, account, password).await?,
         DirMsg::Resume { req, token } => resume(c, req, token).await?,
         DirMsg::ChangePassword { req, old, new } => change_password(c, req, old, new).await?,
-        DirMsg::SetForward { req, number, rule } => set_forward(c, req, number, rule).await?,
+        DirMsg::SetForward { req, number, rule } => {
+            forward_change(c, req, number, ForwardChange::Set(rule)).await?
+        }
+        DirMsg::ForwardOff { req, number, when } => {
+            forward_change(c, req, number, ForwardChange::Off(when)).await?
+        }
+        DirMsg::ListForwards { req } => list_forwards(c, req).await?,
         DirMsg::AckMail { req, id } => {
             let Some(who) = c.who() else {
                 c.reply(error(Some(req), ErrorCode::NotLoggedIn, "log in first"));
@@ -1429,11 +1440,20 @@ async fn change_password(c: &Arc<Conn>, req: ReqId, old: String, new: String) ->
     Ok(())
 }
 
-async fn set_forward(
+/// A change to one number's forwarding rules asked for on the control
+/// stream.
+enum ForwardChange {
+    /// `SetForward`: one kind's rule, or (none) clear them all.
+    Set(Option<ForwardRule>),
+    /// `ForwardOff`: one kind's rule, or (none) all of them, off.
+    Off(Option<ForwardWhen>),
+}
+
+async fn forward_change(
     c: &Arc<Conn>,
     req: ReqId,
     number: String,
-    rule: Option<ForwardRule>,
+    change: ForwardChange,
 ) -> Result<()> {
     let Some(who) = c.who() else {
         c.reply(error(Some(req), ErrorCode::NotLoggedIn, "log in first"));
@@ -1454,28 +1474,58 @@ async fn set_forward(
         ));
         return Ok(());
     }
-    let rule = match rule {
-        Some(r) => match canon(&r.to) {
-            Ok(to) => Some(ForwardRule { when: r.when, to }),
+    let change = match change {
+        ForwardChange::Set(Some(r)) => match canon(&r.to) {
+            Ok(to) => ForwardChange::Set(Some(ForwardRule { to, ..r })),
             Err(m) => {
                 c.reply(error(Some(req), ErrorCode::InvalidNumber, m));
                 return Ok(());
             }
         },
-        None => None,
+        other => other,
     };
-    let (n2, r2) = (number.clone(), rule.clone());
-    match store::blocking(&c.shared.store, move |s| {
-        s.set_forward(&n2, r2.as_ref(), store::now_ms())
+    let n2 = number.clone();
+    let res = store::blocking(&c.shared.store, move |s| {
+        match &change {
+            ForwardChange::Set(rule) => s.set_forward(&n2, rule.as_ref(), store::now_ms())?,
+            ForwardChange::Off(when) => {
+                s.forward_off(&n2, *when)?;
+            }
+        }
+        s.forwards(&n2)
     })
-    .await
-    {
-        Ok(()) => {
-            c.hub(Event::ForwardChanged { number, rule }).await?;
+    .await;
+    match res {
+        Ok(rules) => {
+            c.hub(Event::ForwardChanged { number, rules }).await?;
             c.reply(DirMsg::Ok { req });
         }
         Err(StoreError::NotFound(m)) => c.reply(error(Some(req), ErrorCode::UnknownNumber, m)),
         Err(StoreError::Invalid(m)) => c.reply(error(Some(req), ErrorCode::ForwardLoop, m)),
+        Err(e) => c.reply(error(Some(req), ErrorCode::Storage, e.to_string())),
+    }
+    Ok(())
+}
+
+/// `ListForwards`: the rules of every number of the account.
+async fn list_forwards(c: &Arc<Conn>, req: ReqId) -> Result<()> {
+    let Some(who) = c.who() else {
+        c.reply(error(Some(req), ErrorCode::NotLoggedIn, "log in first"));
+        return Ok(());
+    };
+    let numbers = who.numbers.clone();
+    let res = store::blocking(&c.shared.store, move |s| {
+        numbers
+            .into_iter()
+            .map(|number| {
+                let rules = s.forwards(&number)?;
+                Ok(NumberForwards { number, rules })
+            })
+            .collect::<StoreResult<Vec<_>>>()
+    })
+    .await;
+    match res {
+        Ok(numbers) => c.reply(DirMsg::Forwards { req, numbers }),
         Err(e) => c.reply(error(Some(req), ErrorCode::Storage, e.to_string())),
     }
     Ok(())
@@ -1911,7 +1961,7 @@ impl Hub {
                 let _ = reply.send(token);
             }
             Event::Route { sid, msg, .. } => self.route(now, sid, msg),
-            Event::ForwardChanged { number, rule } => self.router.set_forward(&number, rule),
+            Event::ForwardChanged { number, rules } => self.router.set_forwards(&number, rules),
             Event::Reload { logout, keep, done } => {
                 let store = self.shared.store.clone();
                 match tokio::task::spawn_blocking(move || number_table(store.as_ref())).await {
@@ -2172,6 +2222,21 @@ impl Hub {
                         if answered { "answered" } else { "not answered" }
                     );
                 }
+                Action::Record(rec) => {
+                    // Written off the hub's task; a failure costs only
+                    // this entry of the history.
+                    let now_ms = store::now_ms();
+                    let entries = rec.entries(Instant::now(), now_ms);
+                    let keep = self.shared.cfg().history.retention(now_ms);
+                    let st = self.shared.store.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            store::blocking(&st, move |s| s.add_calls(&entries, keep)).await
+                        {
+                            tracing::warn!("call history: {e}");
+                        }
+                    });
+                }
             }
         }
     }
@@ -2343,9 +2408,13 @@ pub async fn handle_control(shared: &Arc<Shared>, req: Value) -> Value {
                 let v: Vec<Value> = rows
                     .into_iter()
                     .filter_map(|r| {
-                        let f = r.forward?;
-                        Some(json!({"number": r.number, "account": r.account, "when": f.when.as_str(), "to": f.to}))
+                        let (number, account) = (r.number, r.account);
+                        let v: Vec<Value> = r.forwards.into_iter().map(|f| {
+                            json!({"number": number, "account": account, "when": f.when.as_str(), "to": f.to, "on": f.on})
+                        }).collect();
+                        (!v.is_empty()).then_some(v)
                     })
+                    .flatten()
                     .collect();
                 json!({"ok": true, "forwards": v})
             }

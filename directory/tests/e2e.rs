@@ -508,22 +508,13 @@ async fn forwarding_redirects_loops_and_unreachable() {
         let (c, _ev) = c_ep.connect(addr).await;
         c.login("carol", PW).await.unwrap();
         let e = c
-            .set_forward(
-                "bob",
-                Some(ForwardRule {
-                    when: ForwardWhen::Always,
-                    to: "carol".into(),
-                }),
-            )
+            .set_forward("bob", Some(ForwardRule::new(ForwardWhen::Always, "carol")))
             .await
             .expect_err("not her number");
         assert_eq!(e.code(), Some(ErrorCode::NotYourNumber));
         c.set_forward(
             "carol",
-            Some(ForwardRule {
-                when: ForwardWhen::Unregistered,
-                to: "bob".into(),
-            }),
+            Some(ForwardRule::new(ForwardWhen::Unregistered, "bob")),
         )
         .await
         .expect("forward");

@@ -36,6 +36,14 @@ const CASES: &[Case] = &[
     ("mail_bodies_and_ids", mail_bodies_and_ids),
     ("holds_expire", holds_expire),
     (
+        "several_rules_per_number_on_and_off",
+        several_rules_per_number_on_and_off,
+    ),
+    (
+        "call_history_per_account_trimmed",
+        call_history_per_account_trimmed,
+    ),
+    (
         "concurrent_writers_keep_the_rules",
         concurrent_writers_keep_the_rules,
     ),
@@ -105,10 +113,7 @@ fn postgres_passes_the_suite() {
 // The cases.
 
 fn fwd(when: ForwardWhen, to: &str) -> ForwardRule {
-    ForwardRule {
-        when,
-        to: to.into(),
-    }
+    ForwardRule::new(when, to)
 }
 
 fn text(to: &str, body: &[u8]) -> NewMail {
@@ -168,16 +173,16 @@ fn accounts_numbers_and_tokens(s: &dyn Store) {
         .numbers()
         .expect("n")
         .into_iter()
-        .filter(|n| n.forward.is_some())
+        .filter(|n| !n.forwards.is_empty())
         .collect();
     assert_eq!(fwds.len(), 1);
     assert_eq!(
-        fwds[0].forward.as_ref().map(|f| f.when),
-        Some(ForwardWhen::Unregistered)
+        fwds[0].forwards,
+        vec![fwd(ForwardWhen::Unregistered, "ボブ")]
     );
-    // A rule is replaced, then cleared.
+    // A rule of another kind goes beside it; all are cleared at once.
     s.set_forward("2001", Some(&fwd(ForwardWhen::Always, "ボブ")), 6)
-        .expect("replace");
+        .expect("another kind");
     let row = |n: &str| {
         s.numbers()
             .expect("n")
@@ -185,9 +190,15 @@ fn accounts_numbers_and_tokens(s: &dyn Store) {
             .find(|r| r.number == n)
             .expect("row")
     };
-    assert_eq!(row("2001").forward, Some(fwd(ForwardWhen::Always, "ボブ")));
+    assert_eq!(
+        row("2001").forwards,
+        vec![
+            fwd(ForwardWhen::Always, "ボブ"),
+            fwd(ForwardWhen::Unregistered, "ボブ")
+        ]
+    );
     s.set_forward("2001", None, 7).expect("clear");
-    assert_eq!(row("2001").forward, None);
+    assert_eq!(row("2001").forwards, vec![]);
     // Bob's rule to Alice goes with Alice.
     s.set_forward("ボブ", Some(&fwd(ForwardWhen::Busy, "아리랑")), 8)
         .expect("bob forwards");
@@ -199,7 +210,7 @@ fn accounts_numbers_and_tokens(s: &dyn Store) {
     ));
     let rows = s.numbers().expect("numbers");
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].forward, None, "a rule to a removed number stays");
+    assert_eq!(rows[0].forwards, vec![], "a rule to a removed number stays");
     assert_eq!(s.token_account("t2", 50).expect("q"), None);
 }
 
@@ -304,7 +315,11 @@ fn sign_up_invites_holds_renames_and_admins(s: &dyn Store) {
     assert_eq!(s.pending_mail("mj").expect("mail").len(), 1);
     assert!(s.pending_mail("minjun").expect("mail").is_empty());
     assert_eq!(s.token_account("t", 1).expect("q"), None);
-    assert!(s.numbers().expect("n").iter().any(|n| n.forward.is_some()));
+    assert!(s
+        .numbers()
+        .expect("n")
+        .iter()
+        .any(|n| !n.forwards.is_empty()));
     assert_eq!(
         s.invites().expect("invites")[0].used_by.as_deref(),
         Some("mj")
@@ -375,11 +390,8 @@ fn numbers_added_removed_and_do_not_disturb(s: &dyn Store) {
     let row = |n: &str| rows.iter().find(|r| r.number == n).expect("row").clone();
     assert!(row("a1").dnd);
     assert!(!row("에이").dnd);
-    assert_eq!(
-        row("a1").forward.map(|f| f.when),
-        Some(ForwardWhen::NoAnswer)
-    );
-    assert_eq!(row("b1").forward.map(|f| f.when), Some(ForwardWhen::Busy));
+    assert_eq!(row("a1").forwards, vec![fwd(ForwardWhen::NoAnswer, "b1")]);
+    assert_eq!(row("b1").forwards, vec![fwd(ForwardWhen::Busy, "에이")]);
     s.set_dnd("a1", false).expect("dnd off");
     assert!(!s
         .numbers()
@@ -403,7 +415,7 @@ fn numbers_added_removed_and_do_not_disturb(s: &dyn Store) {
         .numbers()
         .expect("numbers")
         .iter()
-        .all(|r| r.number != "에이" && r.forward.as_ref().is_none_or(|f| f.to != "에이")));
+        .all(|r| r.number != "에이" && r.forwards.iter().all(|f| f.to != "에이")));
     assert_eq!(
         s.number_status("에이", 10).expect("status"),
         NumberStatus::Held { until_ms: 50 }
@@ -464,7 +476,28 @@ fn refusals_change_nothing(s: &dyn Store) {
         s.set_forward("1", Some(&fwd(ForwardWhen::Always, "1")), 1),
         Err(StoreError::Invalid(_))
     ));
-    assert!(s.numbers().expect("n").iter().all(|r| r.forward.is_none()));
+    // Two rules of one kind, or a set with one bad target: nothing kept.
+    assert!(matches!(
+        s.set_forwards(
+            "1",
+            &[fwd(ForwardWhen::Busy, "2"), fwd(ForwardWhen::Busy, "2")],
+            1
+        ),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        s.set_forwards(
+            "1",
+            &[fwd(ForwardWhen::Busy, "2"), fwd(ForwardWhen::Always, "9")],
+            1
+        ),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(s
+        .numbers()
+        .expect("n")
+        .iter()
+        .all(|r| r.forwards.is_empty()));
     // Passwords and tokens of accounts that do not exist.
     assert!(matches!(
         s.set_password("nobody", "h", None),
@@ -674,7 +707,7 @@ fn concurrent_writers_keep_the_rules(s: &dyn Store) {
     });
     let rows = s.numbers().expect("n");
     for r in &rows {
-        if let Some(f) = &r.forward {
+        for f in &r.forwards {
             assert!(
                 rows.iter().any(|t| t.number == f.to),
                 "{} forwards to the removed {}",
@@ -683,6 +716,172 @@ fn concurrent_writers_keep_the_rules(s: &dyn Store) {
             );
         }
     }
+}
+
+/// A number keeps one rule of each kind at once; each is turned off and
+/// on without losing its target; a whole set is replaced at once.
+fn several_rules_per_number_on_and_off(s: &dyn Store) {
+    s.add_account("a", "h", &["1".into()], 1).expect("a");
+    s.add_account("b", "h", &["2".into(), "3".into(), "4".into()], 1)
+        .expect("b");
+    s.set_forward("1", Some(&fwd(ForwardWhen::Busy, "2")), 2)
+        .expect("busy");
+    s.set_forward("1", Some(&fwd(ForwardWhen::NoAnswer, "3")), 2)
+        .expect("no answer");
+    s.set_forward("1", Some(&fwd(ForwardWhen::Unregistered, "4")), 2)
+        .expect("offline");
+    s.set_forward("1", Some(&fwd(ForwardWhen::Always, "2")), 2)
+        .expect("always");
+    let all = vec![
+        fwd(ForwardWhen::Always, "2"),
+        fwd(ForwardWhen::Busy, "2"),
+        fwd(ForwardWhen::NoAnswer, "3"),
+        fwd(ForwardWhen::Unregistered, "4"),
+    ];
+    assert_eq!(s.forwards("1").expect("rules"), all);
+    // One kind set again: replaced in place, the others stay.
+    s.set_forward("1", Some(&fwd(ForwardWhen::Busy, "3")), 3)
+        .expect("busy again");
+    assert_eq!(
+        s.forwards("1").expect("rules")[1],
+        fwd(ForwardWhen::Busy, "3")
+    );
+    assert_eq!(s.forwards("1").expect("rules").len(), 4);
+    // Off: one kind, then all; the targets stay.
+    assert_eq!(
+        s.forward_off("1", Some(ForwardWhen::Always)).expect("off"),
+        1
+    );
+    assert_eq!(
+        s.forward_off("1", Some(ForwardWhen::Always)).expect("off"),
+        0
+    );
+    let rules = s.forwards("1").expect("rules");
+    assert!(!rules[0].on && rules[0].to == "2");
+    assert!(rules[1..].iter().all(|r| r.on));
+    assert_eq!(s.forward_off("1", None).expect("all off"), 3);
+    assert!(s.forwards("1").expect("rules").iter().all(|r| !r.on));
+    let row = s
+        .numbers()
+        .expect("n")
+        .into_iter()
+        .find(|r| r.number == "1")
+        .expect("row");
+    assert_eq!(row.forwards.len(), 4);
+    // On again by setting it.
+    s.set_forward("1", Some(&fwd(ForwardWhen::NoAnswer, "3")), 4)
+        .expect("on");
+    assert!(s.forwards("1").expect("rules")[2].on);
+    // A whole set replaces every rule; an off rule keeps its target.
+    let set = vec![
+        fwd(ForwardWhen::Busy, "2"),
+        ForwardRule {
+            on: false,
+            ..fwd(ForwardWhen::Unregistered, "3")
+        },
+    ];
+    s.set_forwards("1", &set, 5).expect("set");
+    assert_eq!(s.forwards("1").expect("rules"), set);
+    s.set_forwards("1", &[], 5).expect("none");
+    assert!(s.forwards("1").expect("rules").is_empty());
+    assert!(s.forwards("nobody").expect("rules").is_empty());
+    // A target that goes takes only the rules to it.
+    s.set_forwards(
+        "1",
+        &[fwd(ForwardWhen::Busy, "2"), fwd(ForwardWhen::NoAnswer, "4")],
+        6,
+    )
+    .expect("set");
+    s.remove_number("b", "4", None).expect("remove");
+    assert_eq!(
+        s.forwards("1").expect("rules"),
+        vec![fwd(ForwardWhen::Busy, "2")]
+    );
+}
+
+fn call(account: &str, outgoing: bool, other: &str, at: i64) -> store::CallEntry {
+    store::CallEntry {
+        account: account.into(),
+        outgoing,
+        own_number: "1".into(),
+        other_number: other.into(),
+        started_ms: at,
+        answered: at % 2 == 0,
+        outcome: if at % 2 == 0 {
+            store::CallOutcome::Answered
+        } else {
+            store::CallOutcome::NoAnswer
+        },
+        forwarded_to: (at == 3).then(|| "3003".to_string()),
+        duration_ms: (at % 2 == 0).then_some(at * 100),
+        relayed: (at % 2 == 0).then_some(at % 4 == 0),
+    }
+}
+
+/// Each account sees only its own calls, newest first, a page at a time;
+/// only the newest N and none older than the cut-off stay; the history
+/// follows a renamed account and goes with a deleted one.
+fn call_history_per_account_trimmed(s: &dyn Store) {
+    s.add_account("a", "h", &["1".into()], 1).expect("a");
+    s.add_account("b", "h", &["2".into()], 1).expect("b");
+    let keep = store::CallRetention {
+        per_account: 5,
+        since_ms: 0,
+    };
+    for at in 1..=4 {
+        s.add_calls(&[call("a", true, "2", at), call("b", false, "1", at)], keep)
+            .expect("add");
+    }
+    let a = s.calls("a", 0, 10).expect("calls");
+    assert_eq!(
+        a.iter().map(|c| c.started_ms).collect::<Vec<_>>(),
+        [4, 3, 2, 1]
+    );
+    assert!(a.iter().all(|c| c.account == "a" && c.outgoing));
+    assert_eq!(a[0], call("a", true, "2", 4), "kept as given");
+    assert_eq!(a[1].forwarded_to.as_deref(), Some("3003"));
+    let b = s.calls("b", 1, 2).expect("page");
+    assert_eq!(b.iter().map(|c| c.started_ms).collect::<Vec<_>>(), [3, 2]);
+    assert!(b.iter().all(|c| c.account == "b" && !c.outgoing));
+    assert!(s.calls("nobody", 0, 10).expect("none").is_empty());
+    // An entry of an account that is gone is dropped, not an error.
+    s.add_calls(&[call("gone", true, "1", 5)], keep)
+        .expect("gone");
+    // Only the newest five per account.
+    for at in 5..=8 {
+        s.add_calls(&[call("a", true, "2", at)], keep).expect("add");
+    }
+    let a = s.calls("a", 0, 10).expect("calls");
+    assert_eq!(
+        a.iter().map(|c| c.started_ms).collect::<Vec<_>>(),
+        [8, 7, 6, 5, 4]
+    );
+    assert_eq!(s.calls("b", 0, 10).expect("b").len(), 4, "b's own stay");
+    // None older than the cut-off, whoever's.
+    s.add_calls(
+        &[call("a", true, "2", 9)],
+        store::CallRetention {
+            per_account: 5,
+            since_ms: 7,
+        },
+    )
+    .expect("add");
+    assert_eq!(
+        s.calls("a", 0, 10)
+            .expect("calls")
+            .iter()
+            .map(|c| c.started_ms)
+            .collect::<Vec<_>>(),
+        [9, 8, 7]
+    );
+    assert!(s.calls("b", 0, 10).expect("b").is_empty());
+    // Renamed: the history follows; deleted: it goes.
+    s.rename_account("a", "a2").expect("rename");
+    assert_eq!(s.calls("a2", 0, 10).expect("calls").len(), 3);
+    assert!(s.calls("a", 0, 10).expect("calls").is_empty());
+    s.remove_account("a2").expect("rm");
+    s.add_account("a2", "h", &["9".into()], 1).expect("again");
+    assert!(s.calls("a2", 0, 10).expect("calls").is_empty());
 }
 
 // ---------------------------------------------------------------------

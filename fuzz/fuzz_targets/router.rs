@@ -291,6 +291,7 @@ impl Run {
                     );
                     self.relays.remove(&call);
                 }
+                Action::Record(_) => {}
                 Action::Finished { call, .. } => {
                     assert!(
                         self.r.call(call).is_none(),
@@ -466,30 +467,39 @@ impl Run {
             }
             Op::Forward { number, rule } => {
                 let n = NUMBERS[usize::from(number) % NUMBERS.len()].0;
-                let rule = rule.map(|(always, to)| ForwardRule {
-                    when: if always {
-                        ForwardWhen::Always
-                    } else {
-                        ForwardWhen::Unregistered
-                    },
-                    to: dialled(to).to_string(),
-                });
+                let rules: Vec<ForwardRule> = rule
+                    .map(|(always, to)| {
+                        ForwardRule::new(
+                            if always {
+                                ForwardWhen::Always
+                            } else {
+                                ForwardWhen::Unregistered
+                            },
+                            dialled(to),
+                        )
+                    })
+                    .into_iter()
+                    .collect();
                 if let Some(ni) = self.table.get_mut(n) {
-                    ni.forward = rule.clone();
+                    ni.forwards = rules.clone();
                 }
-                self.r.set_forward(n, rule);
+                self.r.set_forwards(n, rules);
             }
             Op::Owner { number, account } => {
                 let n = NUMBERS[usize::from(number) % NUMBERS.len()].0;
                 match account {
                     Some(a) => {
                         let account = ACCOUNTS[usize::from(a) % ACCOUNTS.len()].to_string();
-                        let forward = self.table.get(n).and_then(|ni| ni.forward.clone());
+                        let forwards = self
+                            .table
+                            .get(n)
+                            .map(|ni| ni.forwards.clone())
+                            .unwrap_or_default();
                         self.table.insert(
                             n.to_string(),
                             NumberInfo {
                                 account,
-                                forward,
+                                forwards,
                                 dnd: false,
                             },
                         );
@@ -559,7 +569,7 @@ fuzz_target!(|input: Input| {
                 n.to_string(),
                 NumberInfo {
                     account: ACCOUNTS[*a].to_string(),
-                    forward: None,
+                    forwards: Vec::new(),
                     dnd: false,
                 },
             )

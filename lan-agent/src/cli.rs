@@ -193,10 +193,57 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Server-side forwarding of the terminal's numbers on the directory
+    /// (standalone terminal only): always, when busy, when not answered,
+    /// when offline, several at once, each on or off.
+    Forward {
+        #[command(subcommand)]
+        action: ForwardCmd,
+    },
     /// Print what happens, as it happens: calls (ringing, answered, held,
     /// ended), the link, messages and voicemail waiting, until interrupted.
     Events {
         /// One JSON object per line (the control API's events).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ForwardCmd {
+    /// Forward calls to the numbers given, one for each condition named;
+    /// rules of the other conditions stay as they are. `--always` comes
+    /// before all the others while it is on.
+    #[command(group(clap::ArgGroup::new("rules").required(true).multiple(true)))]
+    Set {
+        /// Every call goes to TARGET.
+        #[arg(long, value_name = "TARGET", group = "rules")]
+        always: Option<String>,
+        /// Calls go to TARGET while this terminal is busy (or set to
+        /// do-not-disturb).
+        #[arg(long, value_name = "TARGET", group = "rules")]
+        busy: Option<String>,
+        /// Calls not answered within the ring timeout go to TARGET.
+        #[arg(long, value_name = "TARGET", group = "rules")]
+        no_answer: Option<String>,
+        /// Calls go to TARGET while no terminal has the number registered.
+        #[arg(long, value_name = "TARGET", group = "rules")]
+        offline: Option<String>,
+        /// Which of the account's numbers (default: the first registered).
+        #[arg(long, value_name = "NUMBER")]
+        number: Option<String>,
+    },
+    /// Turn rules off (they keep their targets): the conditions named, or
+    /// every rule of the number.
+    Off {
+        #[arg(value_parser = ["always", "busy", "no-answer", "offline"])]
+        conditions: Vec<String>,
+        /// Which of the account's numbers (default: the first registered).
+        #[arg(long, value_name = "NUMBER")]
+        number: Option<String>,
+    },
+    /// Show every rule of every number of the account, on and off.
+    List {
         #[arg(long)]
         json: bool,
     },

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use keyline_agent::cli::{Cli, Cmd, VoicemailCmd};
+use keyline_agent::cli::{Cli, Cmd, ForwardCmd, VoicemailCmd};
 use keyline_agent::daemon::{run, RunOptions};
 use keyline_agent::terminal;
 use keyline_net::{control, statedir};
@@ -177,6 +177,30 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         Cmd::Resume => json!({"cmd": "resume"}),
         Cmd::Record { mode } => json!({"cmd": "record", "on": mode == "on"}),
         Cmd::Video { mode } => json!({"cmd": "video", "on": mode == "on"}),
+        Cmd::Forward { action } => match action {
+            ForwardCmd::Set {
+                always,
+                busy,
+                no_answer,
+                offline,
+                number,
+            } => {
+                let rules: Vec<Value> = [
+                    ("always", always),
+                    ("busy", busy),
+                    ("no-answer", no_answer),
+                    ("offline", offline),
+                ]
+                .into_iter()
+                .filter_map(|(when, to)| Some(json!({"when": when, "to": to.as_ref()?})))
+                .collect();
+                json!({"cmd": "forward-set", "number": number, "rules": rules})
+            }
+            ForwardCmd::Off { conditions, number } => {
+                json!({"cmd": "forward-off", "number": number, "conditions": conditions})
+            }
+            ForwardCmd::List { .. } => json!({"cmd": "forward-list"}),
+        },
         Cmd::Run { .. } | Cmd::Terminal { .. } | Cmd::Events { .. } => return Ok(()),
     };
     let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(15)))?;
@@ -292,6 +316,10 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
                 _ => println!("no messages"),
             }
         }
+        Cmd::Forward {
+            action: ForwardCmd::List { json: true },
+        } => println!("{}", serde_json::to_string_pretty(&reply)?),
+        Cmd::Forward { .. } => print_forwards(&reply),
         Cmd::Answer => println!("answered"),
         Cmd::Hangup => println!("hung up"),
         Cmd::Run { .. } | Cmd::Terminal { .. } | Cmd::Events { .. } => {}
@@ -436,5 +464,33 @@ fn print_status(r: &Value) {
         );
     } else {
         println!("no call");
+    }
+}
+
+/// The rules of every number, one line each (what `forward list` shows,
+/// and what `forward set` and `forward off` leave).
+fn print_forwards(reply: &Value) {
+    let empty = Vec::new();
+    for n in reply["numbers"].as_array().unwrap_or(&empty) {
+        let number = n["number"].as_str().unwrap_or("?");
+        let rules = n["rules"].as_array().unwrap_or(&empty);
+        if rules.is_empty() {
+            println!("{number}: no forwarding");
+        }
+        for r in rules {
+            let when = match r["when"].as_str().unwrap_or("?") {
+                "unregistered" => "offline",
+                w => w,
+            };
+            let on = if r["on"].as_bool() == Some(false) {
+                " (off)"
+            } else {
+                ""
+            };
+            println!(
+                "{number}: {when} -> {}{on}",
+                r["to"].as_str().unwrap_or("?")
+            );
+        }
     }
 }

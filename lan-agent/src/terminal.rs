@@ -30,6 +30,7 @@
 //! directory call id: hanging up is closing the media connection.
 
 mod directory;
+mod forward;
 mod mail;
 mod mailbox;
 
@@ -1223,6 +1224,7 @@ async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
         "message" | "messages" | "voicemail-list" | "voicemail-play" | "voicemail-delete" => {
             mail::control(t, &req).await
         }
+        "forward-set" | "forward-off" | "forward-list" => forward::control(t, &req).await,
         "" => control::error("missing \"cmd\""),
         other => control::error(format!("unknown command {other:?}")),
     }

@@ -97,7 +97,7 @@ impl ForwardWhen {
     pub fn parse(s: &str) -> Option<ForwardWhen> {
         match s {
             "always" => Some(ForwardWhen::Always),
-            "unregistered" => Some(ForwardWhen::Unregistered),
+            "unregistered" | "offline" => Some(ForwardWhen::Unregistered),
             "busy" => Some(ForwardWhen::Busy),
             "no-answer" => Some(ForwardWhen::NoAnswer),
             _ => None,
@@ -105,12 +105,50 @@ impl ForwardWhen {
     }
 }
 
-/// A server-side forwarding rule of one number.
+impl ForwardWhen {
+    /// Every kind, in the order lists show them.
+    pub const ALL: [ForwardWhen; 4] = [
+        ForwardWhen::Always,
+        ForwardWhen::Busy,
+        ForwardWhen::NoAnswer,
+        ForwardWhen::Unregistered,
+    ];
+}
+
+/// A server-side forwarding rule of one number. A number has at most one
+/// rule of each kind ([`ForwardWhen`]); several kinds apply at once, an
+/// `always` rule that is on before all others.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForwardRule {
     pub when: ForwardWhen,
     /// The number calls go to (canonical once stored).
     pub to: String,
+    /// Whether the rule is followed; one that is off keeps its target.
+    /// Absent (an older sender): on.
+    #[serde(default = "rule_on")]
+    pub on: bool,
+}
+
+fn rule_on() -> bool {
+    true
+}
+
+impl ForwardRule {
+    /// A rule that is on.
+    pub fn new(when: ForwardWhen, to: impl Into<String>) -> ForwardRule {
+        ForwardRule {
+            when,
+            to: to.into(),
+            on: true,
+        }
+    }
+}
+
+/// The forwarding rules of one number, in [`ForwardWhen::ALL`] order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NumberForwards {
+    pub number: String,
+    pub rules: Vec<ForwardRule>,
 }
 
 /// What a stored message holds.
@@ -548,12 +586,32 @@ pub enum DirMsg {
         /// For the caller: connect here. For the callee: packets come from here.
         relay: String,
     },
-    /// Set or clear (`rule` absent) a server-side forwarding rule of one of
-    /// the account's numbers.
+    /// Set the server-side forwarding rule of kind `rule.when` of one of
+    /// the account's numbers (its rules of other kinds stay), or, with
+    /// `rule` absent, clear every rule of that number.
     SetForward {
         req: ReqId,
         number: String,
         rule: Option<ForwardRule>,
+    },
+    /// Turn the rule of kind `when` of one of the account's numbers off
+    /// (it keeps its target), or, with `when` absent, every rule of it.
+    ForwardOff {
+        req: ReqId,
+        number: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        when: Option<ForwardWhen>,
+    },
+    /// Ask for the forwarding rules of every number of the account;
+    /// answered with `Forwards`.
+    ListForwards {
+        req: ReqId,
+    },
+    /// Reply to `ListForwards`: every number of the account, in the
+    /// account's order, with its rules (on and off).
+    Forwards {
+        req: ReqId,
+        numbers: Vec<NumberForwards>,
     },
     /// On a mail stream: a message for `to` follows in one raw frame of
     /// `len` bytes.
@@ -639,6 +697,7 @@ impl DirMsg {
             | DirMsg::Ringing { req, .. }
             | DirMsg::CallFailed { req, .. }
             | DirMsg::MailStored { req, .. }
+            | DirMsg::Forwards { req, .. }
             | DirMsg::Ok { req } => Some(*req),
             DirMsg::Registered { req, .. }
             | DirMsg::Connect { req, .. }
@@ -680,6 +739,9 @@ impl DirMsg {
             DirMsg::Fallback { .. } => "fallback",
             DirMsg::RelayReady { .. } => "relay-ready",
             DirMsg::SetForward { .. } => "set-forward",
+            DirMsg::ForwardOff { .. } => "forward-off",
+            DirMsg::ListForwards { .. } => "list-forwards",
+            DirMsg::Forwards { .. } => "forwards",
             DirMsg::LeaveMail { .. } => "leave-mail",
             DirMsg::MailStored { .. } => "mail-stored",
             DirMsg::Mail { .. } => "mail",
@@ -724,6 +786,9 @@ const KNOWN_KINDS: &[&str] = &[
     "fallback",
     "relay-ready",
     "set-forward",
+    "forward-off",
+    "list-forwards",
+    "forwards",
     "leave-mail",
     "mail-stored",
     "mail",
@@ -921,7 +986,21 @@ mod tests {
                 rule: Some(ForwardRule {
                     when: ForwardWhen::Unregistered,
                     to: s("3"),
+                    on: false,
                 }),
+            },
+            DirMsg::ForwardOff {
+                req: 11,
+                number: s("2"),
+                when: Some(ForwardWhen::Busy),
+            },
+            DirMsg::ListForwards { req: 11 },
+            DirMsg::Forwards {
+                req: 11,
+                numbers: vec![NumberForwards {
+                    number: s("2"),
+                    rules: vec![ForwardRule::new(ForwardWhen::NoAnswer, "3")],
+                }],
             },
             DirMsg::LeaveMail {
                 req: 12,
@@ -1050,6 +1129,32 @@ mod tests {
                 code: ErrorCode::Other,
                 message: "m".into(),
                 retry_after_ms: None
+            }
+        );
+    }
+
+    /// A `set-forward` from a sender that knows no `on` field (one rule
+    /// per number) still decodes, as a rule that is on.
+    #[test]
+    fn an_older_set_forward_decodes_as_a_rule_that_is_on() {
+        let t = |k: &str| ciborium::Value::Text(k.into());
+        let v = ciborium::Value::Map(vec![
+            (t("t"), t("set-forward")),
+            (t("req"), ciborium::Value::Integer(4.into())),
+            (t("number"), t("2")),
+            (
+                t("rule"),
+                ciborium::Value::Map(vec![(t("when"), t("busy")), (t("to"), t("3"))]),
+            ),
+        ]);
+        let mut body = Vec::new();
+        ciborium::into_writer(&v, &mut body).expect("encode");
+        assert_eq!(
+            DirMsg::from_cbor(&body).expect("decode"),
+            DirMsg::SetForward {
+                req: 4,
+                number: "2".into(),
+                rule: Some(ForwardRule::new(ForwardWhen::Busy, "3")),
             }
         );
     }

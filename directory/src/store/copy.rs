@@ -7,6 +7,9 @@
 //! transaction, so a failure leaves the database as it was. The copy is
 //! then read back: every table's rows must equal the source's, and the
 //! bodies of a sample of messages must be byte for byte the same.
+//!
+//! The call history is not copied: it is a bounded log, not data the
+//! service needs, and the new store starts its own.
 
 use anyhow::{bail, Context, Result};
 use keyline_proto::dir::MailId;
@@ -46,6 +49,7 @@ pub struct ForwardRecord {
     pub rule: String,
     pub target: String,
     pub set_ms: i64,
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,7 +185,7 @@ const SQLITE_QUERIES: [&str; 7] = [
     "SELECT id, pw_hash, created_ms, pw_changed_ms, admin FROM accounts ORDER BY id",
     "SELECT number, account, position, dnd FROM numbers ORDER BY number",
     "SELECT token_hash, account, created_ms, expires_ms FROM sessions ORDER BY token_hash",
-    "SELECT number, rule, target, set_ms FROM forwards ORDER BY number",
+    "SELECT number, rule, target, set_ms, enabled FROM forwards ORDER BY number, rule",
     "SELECT code_hash, created_ms, used_by FROM invites ORDER BY code_hash",
     "SELECT number, until_ms FROM held_numbers ORDER BY number",
     "SELECT id, account, to_number, from_number, kind, size, created_ms FROM mail ORDER BY id",
@@ -234,6 +238,7 @@ pub fn dump_sqlite(src: &SqliteStore) -> Result<Dump, StoreError> {
                     rule: r.get(1)?,
                     target: r.get(2)?,
                     set_ms: r.get(3)?,
+                    enabled: r.get(4)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -318,6 +323,7 @@ pub fn dump_postgres(dst: &PostgresStore) -> Result<Dump, StoreError> {
                 rule: r.try_get(1)?,
                 target: r.try_get(2)?,
                 set_ms: r.try_get(3)?,
+                enabled: r.try_get(4)?,
             });
         }
         for r in c.query(q[4], &[])? {
@@ -396,8 +402,8 @@ pub fn sqlite_to_postgres(src: &SqliteStore, dst: &PostgresStore, replace: bool)
     dst.with_transaction(|tx| {
         if replace {
             tx.batch_execute(
-                "TRUNCATE accounts, numbers, sessions, forwards, invites, held_numbers, mail
-                 RESTART IDENTITY",
+                "TRUNCATE accounts, numbers, sessions, forwards, invites, held_numbers, mail,
+                    calls RESTART IDENTITY",
             )?;
         } else {
             // Another copy or a directory may have written since we looked.
@@ -429,10 +435,11 @@ pub fn sqlite_to_postgres(src: &SqliteStore, dst: &PostgresStore, replace: bool)
                 .with_context(|| format!("number {}", n.number))?;
         }
         let st = tx.prepare(
-            "INSERT INTO forwards (number, rule, target, set_ms) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO forwards (number, rule, target, set_ms, enabled)
+             VALUES ($1, $2, $3, $4, $5)",
         )?;
         for f in &dump.forwards {
-            tx.execute(&st, &[&f.number, &f.rule, &f.target, &f.set_ms])
+            tx.execute(&st, &[&f.number, &f.rule, &f.target, &f.set_ms, &f.enabled])
                 .with_context(|| format!("forwarding rule of {}", f.number))?;
         }
         let st = tx.prepare(

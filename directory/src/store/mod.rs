@@ -1,6 +1,6 @@
 //! The directory's durable data (accounts, numbers, session tokens,
 //! forwarding rules and do-not-disturb, invite codes, held-back numbers,
-//! stored mail), behind the [`Store`] trait so that the server never knows
+//! stored mail, call history), behind the [`Store`] trait so that the server never knows
 //! which database holds it. Methods are synchronous; the server calls them
 //! off the async runtime through [`blocking`].
 //!
@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use keyline_proto::dir::{ForwardRule, MailId, MailKind};
+use keyline_proto::dir::{ForwardRule, ForwardWhen, MailId, MailKind};
 use serde::Serialize;
 
 pub mod copy;
@@ -77,14 +77,130 @@ pub struct Invite {
     pub used_by: Option<String>,
 }
 
-/// A number, its owner, its forwarding rule and whether it is set to
+/// A number, its owner, its forwarding rules and whether it is set to
 /// do-not-disturb.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NumberRow {
     pub number: String,
     pub account: String,
-    pub forward: Option<ForwardRule>,
+    /// At most one rule of each kind, on or off, in
+    /// [`ForwardWhen::ALL`] order.
+    pub forwards: Vec<ForwardRule>,
     pub dnd: bool,
+}
+
+/// Put rules in [`ForwardWhen::ALL`] order.
+pub(crate) fn sort_rules(rules: &mut [ForwardRule]) {
+    rules.sort_by_key(|r| ForwardWhen::ALL.iter().position(|w| *w == r.when));
+}
+
+/// The checks every store makes before it keeps `rules` for `number`:
+/// one rule of each kind at most, none to the number itself. (That the
+/// targets are known numbers needs the database.)
+pub(crate) fn check_rules(number: &str, rules: &[ForwardRule]) -> StoreResult<()> {
+    for (i, r) in rules.iter().enumerate() {
+        if r.to == number {
+            return Err(StoreError::Invalid(format!(
+                "{number} cannot forward to itself"
+            )));
+        }
+        if rules[..i].iter().any(|o| o.when == r.when) {
+            return Err(StoreError::Invalid(format!(
+                "{number} has two '{}' rules",
+                r.when.as_str()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One account's view of one call: a call between two accounts is kept
+/// twice, once for each (outgoing for the caller, incoming for the
+/// callee), so each can be trimmed on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallEntry {
+    pub account: String,
+    /// This account placed the call.
+    pub outgoing: bool,
+    /// This account's number (the caller's asserted number, or the
+    /// number that was dialled).
+    pub own_number: String,
+    /// The other party's number.
+    pub other_number: String,
+    pub started_ms: i64,
+    pub answered: bool,
+    pub outcome: CallOutcome,
+    /// Where the call was sent on, when it was forwarded or redirected.
+    pub forwarded_to: Option<String>,
+    /// From the answer to the end, when it was answered.
+    pub duration_ms: Option<i64>,
+    /// Whether the media went through the directory's relay, when known.
+    pub relayed: Option<bool>,
+}
+
+/// How a call ended, as the directory saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CallOutcome {
+    /// Answered, then ended by either end.
+    Answered,
+    /// The callee declined.
+    Declined,
+    /// The callee was busy (or set to do-not-disturb).
+    Busy,
+    /// It rang until the ring timeout.
+    NoAnswer,
+    /// The caller gave up while it rang.
+    Cancelled,
+    /// The number has no live registration.
+    Offline,
+    /// No such number.
+    UnknownNumber,
+    /// Sent on to another number (a rule, a redirect or a hand-off).
+    Forwarded,
+    /// Anything else (a forwarding loop, media that could not be set up,
+    /// the directory stopping, a lost connection).
+    Failed,
+}
+
+impl CallOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallOutcome::Answered => "answered",
+            CallOutcome::Declined => "declined",
+            CallOutcome::Busy => "busy",
+            CallOutcome::NoAnswer => "no-answer",
+            CallOutcome::Cancelled => "cancelled",
+            CallOutcome::Offline => "offline",
+            CallOutcome::UnknownNumber => "unknown-number",
+            CallOutcome::Forwarded => "forwarded",
+            CallOutcome::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CallOutcome> {
+        [
+            CallOutcome::Answered,
+            CallOutcome::Declined,
+            CallOutcome::Busy,
+            CallOutcome::NoAnswer,
+            CallOutcome::Cancelled,
+            CallOutcome::Offline,
+            CallOutcome::UnknownNumber,
+            CallOutcome::Forwarded,
+            CallOutcome::Failed,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+}
+
+/// How much call history is kept: for each account its newest
+/// `per_account` entries, and none that started before `since_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallRetention {
+    pub per_account: u32,
+    pub since_ms: i64,
 }
 
 /// A message to store.
@@ -133,11 +249,28 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn accounts(&self) -> StoreResult<Vec<Account>>;
     /// Set the password hash and end every session but `keep` (a token hash).
     fn set_password(&self, id: &str, pw_hash: &str, keep: Option<&str>) -> StoreResult<()>;
-    /// Every number with its owner and rule.
+    /// Every number with its owner and rules.
     fn numbers(&self) -> StoreResult<Vec<NumberRow>>;
-    /// Set or clear a forwarding rule; the target must be a known number.
+    /// Set the rule of kind `rule.when` of a known number (on or off; its
+    /// rules of other kinds stay), or, with `None`, clear all its rules.
+    /// The target must be a known number other than `number`.
     fn set_forward(&self, number: &str, rule: Option<&ForwardRule>, now_ms: i64)
         -> StoreResult<()>;
+    /// Replace every rule of a known number with `rules` (at most one of
+    /// each kind), all or nothing.
+    fn set_forwards(&self, number: &str, rules: &[ForwardRule], now_ms: i64) -> StoreResult<()>;
+    /// Turn the rule of kind `when` (or, with `None`, every rule) of
+    /// `number` off; how many rules were on and are now off.
+    fn forward_off(&self, number: &str, when: Option<ForwardWhen>) -> StoreResult<usize>;
+    /// The rules of one number, in [`ForwardWhen::ALL`] order (none for an
+    /// unknown number).
+    fn forwards(&self, number: &str) -> StoreResult<Vec<ForwardRule>>;
+    /// Keep `entries` (the views of one call), then trim the history of
+    /// their accounts to `keep`.
+    fn add_calls(&self, entries: &[CallEntry], keep: CallRetention) -> StoreResult<()>;
+    /// `account`'s call history, newest first: at most `limit` entries
+    /// after skipping `offset`.
+    fn calls(&self, account: &str, offset: u32, limit: u32) -> StoreResult<Vec<CallEntry>>;
     fn insert_token(
         &self,
         token_hash: &str,

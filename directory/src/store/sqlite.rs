@@ -10,8 +10,8 @@ use keyline_proto::dir::{ForwardRule, ForwardWhen, MailId, MailKind};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
-    now_ms, Account, Invite, MailMeta, NewMail, NumberRow, NumberStatus, Quota, Store, StoreError,
-    StoreResult,
+    check_rules, now_ms, sort_rules, Account, CallEntry, CallOutcome, CallRetention, Invite,
+    MailMeta, NewMail, NumberRow, NumberStatus, Quota, Store, StoreError, StoreResult,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -44,10 +44,12 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_account ON sessions (account);
 CREATE TABLE forwards (
-    number TEXT PRIMARY KEY REFERENCES numbers (number) ON DELETE CASCADE,
+    number TEXT NOT NULL REFERENCES numbers (number) ON DELETE CASCADE,
     rule TEXT NOT NULL CHECK (rule IN ('always', 'unregistered', 'busy', 'no-answer')),
     target TEXT NOT NULL,
-    set_ms INTEGER NOT NULL
+    set_ms INTEGER NOT NULL,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (number, rule)
 );
 CREATE TABLE mail (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -69,6 +71,21 @@ CREATE TABLE held_numbers (
     number TEXT PRIMARY KEY,
     until_ms INTEGER NOT NULL
 );
+CREATE TABLE calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    account TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    outgoing INTEGER NOT NULL,
+    own_number TEXT NOT NULL,
+    other_number TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    answered INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    forwarded_to TEXT,
+    duration_ms INTEGER,
+    relayed INTEGER
+);
+CREATE INDEX calls_account ON calls (account, started_ms);
+CREATE INDEX calls_started ON calls (started_ms);
 ";
 
 /// Migrations from older databases, applied in order; index + 1 is the
@@ -138,6 +155,35 @@ pub const MIGRATIONS: &[&str] = &[
     DROP TABLE forwards;
     ALTER TABLE forwards_new RENAME TO forwards;
     ALTER TABLE numbers ADD COLUMN dnd INTEGER NOT NULL DEFAULT 0;",
+    // 5: several forwarding rules per number, one of each kind, each on
+    // or off; call history.
+    "CREATE TABLE forwards_new (
+        number TEXT NOT NULL REFERENCES numbers (number) ON DELETE CASCADE,
+        rule TEXT NOT NULL CHECK (rule IN ('always', 'unregistered', 'busy', 'no-answer')),
+        target TEXT NOT NULL,
+        set_ms INTEGER NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (number, rule)
+    );
+    INSERT INTO forwards_new (number, rule, target, set_ms)
+        SELECT number, rule, target, set_ms FROM forwards;
+    DROP TABLE forwards;
+    ALTER TABLE forwards_new RENAME TO forwards;
+    CREATE TABLE calls (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+        outgoing INTEGER NOT NULL,
+        own_number TEXT NOT NULL,
+        other_number TEXT NOT NULL,
+        started_ms INTEGER NOT NULL,
+        answered INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        forwarded_to TEXT,
+        duration_ms INTEGER,
+        relayed INTEGER
+    );
+    CREATE INDEX calls_account ON calls (account, started_ms);
+    CREATE INDEX calls_started ON calls (started_ms);",
 ];
 
 /// The SQLite store.
@@ -218,6 +264,57 @@ pub fn migrate_from(conn: &mut Connection, from: usize) -> anyhow::Result<()> {
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
     }
+    Ok(())
+}
+
+/// A forwarding rule from columns `rule, target, enabled` starting at
+/// `at` (none for a kind this program does not know).
+fn rule_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Option<ForwardRule>> {
+    let rule: String = r.get(at)?;
+    Ok(match ForwardWhen::parse(&rule) {
+        Some(when) => Some(ForwardRule {
+            when,
+            to: r.get(at + 1)?,
+            on: r.get(at + 2)?,
+        }),
+        None => None,
+    })
+}
+
+/// `number` and the targets of `rules` are known numbers, and the rules
+/// pass [`check_rules`].
+fn known_numbers(tx: &Connection, number: &str, rules: &[ForwardRule]) -> StoreResult<()> {
+    let known = |n: &str| -> StoreResult<bool> {
+        Ok(tx
+            .query_row("SELECT 1 FROM numbers WHERE number = ?1", [n], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .is_some())
+    };
+    if !known(number)? {
+        return Err(StoreError::NotFound(format!(
+            "{number} is not a known number"
+        )));
+    }
+    for r in rules {
+        if !known(&r.to)? {
+            return Err(StoreError::NotFound(format!(
+                "forward target {} is not a known number",
+                r.to
+            )));
+        }
+    }
+    check_rules(number, rules)
+}
+
+fn insert_rule(tx: &Connection, number: &str, r: &ForwardRule, now_ms: i64) -> StoreResult<()> {
+    tx.execute(
+        "INSERT INTO forwards (number, rule, target, set_ms, enabled) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (number, rule) DO UPDATE SET target = excluded.target,
+            set_ms = excluded.set_ms, enabled = excluded.enabled",
+        params![number, r.when.as_str(), r.to, now_ms, r.on],
+    )?;
     Ok(())
 }
 
@@ -418,6 +515,10 @@ impl Store for SqliteStore {
             )?;
             tx.execute(
                 "UPDATE mail SET account = ?2 WHERE account = ?1",
+                params![old, new],
+            )?;
+            tx.execute(
+                "UPDATE calls SET account = ?2 WHERE account = ?1",
                 params![old, new],
             )?;
             tx.execute(
@@ -670,27 +771,36 @@ impl Store for SqliteStore {
 
     fn numbers(&self) -> StoreResult<Vec<NumberRow>> {
         self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT n.number, n.account, f.rule, f.target, n.dnd FROM numbers n
-                 LEFT JOIN forwards f ON f.number = n.number ORDER BY n.number",
-            )?;
+            let mut rules: std::collections::HashMap<String, Vec<ForwardRule>> =
+                std::collections::HashMap::new();
+            let mut st = c.prepare("SELECT number, rule, target, enabled FROM forwards")?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, rule_row(r, 1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            for (n, r) in rows {
+                if let Some(r) = r {
+                    rules.entry(n).or_default().push(r);
+                }
+            }
+            let mut st = c.prepare("SELECT number, account, dnd FROM numbers ORDER BY number")?;
             let rows = st
                 .query_map([], |r| {
-                    let rule: Option<String> = r.get(2)?;
-                    let target: Option<String> = r.get(3)?;
-                    let forward = match (rule.as_deref().and_then(ForwardWhen::parse), target) {
-                        (Some(when), Some(to)) => Some(ForwardRule { when, to }),
-                        _ => None,
-                    };
                     Ok(NumberRow {
                         number: r.get(0)?,
                         account: r.get(1)?,
-                        forward,
-                        dnd: r.get(4)?,
+                        forwards: Vec::new(),
+                        dnd: r.get(2)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            Ok(rows
+                .into_iter()
+                .map(|mut n| {
+                    n.forwards = rules.remove(&n.number).unwrap_or_default();
+                    sort_rules(&mut n.forwards);
+                    n
+                })
+                .collect())
         })
     }
 
@@ -702,45 +812,119 @@ impl Store for SqliteStore {
     ) -> StoreResult<()> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let known = |n: &str| -> StoreResult<bool> {
-                Ok(tx
-                    .query_row("SELECT 1 FROM numbers WHERE number = ?1", [n], |r| {
-                        r.get::<_, i64>(0)
-                    })
-                    .optional()?
-                    .is_some())
-            };
-            if !known(number)? {
-                return Err(StoreError::NotFound(format!(
-                    "{number} is not a known number"
-                )));
-            }
             match rule {
                 Some(r) => {
-                    if !known(&r.to)? {
-                        return Err(StoreError::NotFound(format!(
-                            "forward target {} is not a known number",
-                            r.to
-                        )));
-                    }
-                    if r.to == number {
-                        return Err(StoreError::Invalid(format!(
-                            "{number} cannot forward to itself"
-                        )));
-                    }
-                    tx.execute(
-                        "INSERT INTO forwards (number, rule, target, set_ms) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (number) DO UPDATE SET rule = excluded.rule,
-                            target = excluded.target, set_ms = excluded.set_ms",
-                        params![number, r.when.as_str(), r.to, now_ms],
-                    )?;
+                    known_numbers(&tx, number, std::slice::from_ref(r))?;
+                    insert_rule(&tx, number, r, now_ms)?;
                 }
                 None => {
+                    known_numbers(&tx, number, &[])?;
                     tx.execute("DELETE FROM forwards WHERE number = ?1", [number])?;
                 }
             }
             tx.commit()?;
             Ok(())
+        })
+    }
+
+    fn set_forwards(&self, number: &str, rules: &[ForwardRule], now_ms: i64) -> StoreResult<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            known_numbers(&tx, number, rules)?;
+            tx.execute("DELETE FROM forwards WHERE number = ?1", [number])?;
+            for r in rules {
+                insert_rule(&tx, number, r, now_ms)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn forward_off(&self, number: &str, when: Option<ForwardWhen>) -> StoreResult<usize> {
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE forwards SET enabled = 0
+                 WHERE number = ?1 AND enabled = 1 AND (?2 IS NULL OR rule = ?2)",
+                params![number, when.map(ForwardWhen::as_str)],
+            )?)
+        })
+    }
+
+    fn forwards(&self, number: &str) -> StoreResult<Vec<ForwardRule>> {
+        self.with(|c| {
+            let mut st =
+                c.prepare("SELECT rule, target, enabled FROM forwards WHERE number = ?1")?;
+            let rows = st
+                .query_map([number], |r| rule_row(r, 0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut rules: Vec<ForwardRule> = rows.into_iter().flatten().collect();
+            sort_rules(&mut rules);
+            Ok(rules)
+        })
+    }
+
+    fn add_calls(&self, entries: &[CallEntry], keep: CallRetention) -> StoreResult<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for e in entries {
+                // An account deleted since the call keeps no history.
+                tx.execute(
+                    "INSERT INTO calls (account, outgoing, own_number, other_number, started_ms,
+                        answered, outcome, forwarded_to, duration_ms, relayed)
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
+                     WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?1)",
+                    params![
+                        e.account,
+                        e.outgoing,
+                        e.own_number,
+                        e.other_number,
+                        e.started_ms,
+                        e.answered,
+                        e.outcome.as_str(),
+                        e.forwarded_to,
+                        e.duration_ms,
+                        e.relayed
+                    ],
+                )?;
+                tx.execute(
+                    "DELETE FROM calls WHERE account = ?1 AND id NOT IN
+                        (SELECT id FROM calls WHERE account = ?1
+                         ORDER BY started_ms DESC, id DESC LIMIT ?2)",
+                    params![e.account, keep.per_account],
+                )?;
+            }
+            tx.execute("DELETE FROM calls WHERE started_ms < ?1", [keep.since_ms])?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn calls(&self, account: &str, offset: u32, limit: u32) -> StoreResult<Vec<CallEntry>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT account, outgoing, own_number, other_number, started_ms, answered,
+                    outcome, forwarded_to, duration_ms, relayed
+                 FROM calls WHERE account = ?1 ORDER BY started_ms DESC, id DESC
+                 LIMIT ?2 OFFSET ?3",
+            )?;
+            let rows = st
+                .query_map(params![account, limit, offset], |r| {
+                    let outcome: String = r.get(6)?;
+                    Ok(CallEntry {
+                        account: r.get(0)?,
+                        outgoing: r.get(1)?,
+                        own_number: r.get(2)?,
+                        other_number: r.get(3)?,
+                        started_ms: r.get(4)?,
+                        answered: r.get(5)?,
+                        outcome: CallOutcome::parse(&outcome).unwrap_or(CallOutcome::Failed),
+                        forwarded_to: r.get(7)?,
+                        duration_ms: r.get(8)?,
+                        relayed: r.get(9)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
     }
 
@@ -1018,9 +1202,10 @@ mod tests {
         c.pragma_update(None, "foreign_keys", "ON").expect("fk");
         migrate_from(&mut c, 0).expect("all");
         c.pragma_update(None, "user_version", 3).expect("v3");
-        // Undo migration 4 by hand to have a version-3 database.
+        // Undo migrations 4 and 5 by hand to have a version-3 database.
         c.execute_batch(
-            "DROP TABLE forwards;
+            "DROP TABLE calls;
+             DROP TABLE forwards;
              CREATE TABLE forwards (
                 number TEXT PRIMARY KEY REFERENCES numbers (number) ON DELETE CASCADE,
                 rule TEXT NOT NULL CHECK (rule IN ('always', 'unregistered')),
@@ -1039,11 +1224,8 @@ mod tests {
         };
         let rows = s.numbers().expect("numbers");
         assert_eq!(
-            rows[0].forward,
-            Some(ForwardRule {
-                when: ForwardWhen::Unregistered,
-                to: "2".into()
-            })
+            rows[0].forwards,
+            vec![ForwardRule::new(ForwardWhen::Unregistered, "2")]
         );
         assert!(!rows[0].dnd);
     }

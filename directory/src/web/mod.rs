@@ -10,6 +10,7 @@
 //! from `keyline-web`; pages are askama templates (auto-escaped) in
 //! `directory/templates/`, English and Korean ([`text`]).
 
+mod calls;
 #[cfg(test)]
 mod tests;
 mod text;
@@ -148,6 +149,7 @@ pub(crate) fn router(web: App, hsts: bool) -> Router {
         .route("/account/password", post(change_password))
         .route("/account/id", post(change_id))
         .route("/account/forward", post(set_forward))
+        .route("/account/calls", get(calls::calls))
         .route("/account/dnd", post(set_dnd))
         .route("/account/numbers", post(add_number))
         .route("/account/numbers/remove", post(remove_number))
@@ -1242,13 +1244,31 @@ struct AccountT {
 }
 
 struct NumberView {
+    /// Its place in the list, from 1 (for element ids).
+    index: usize,
     number: String,
-    fwd_on: bool,
-    fwd_to: String,
-    /// The rule's `ForwardWhen::as_str`.
-    when: &'static str,
+    /// One row per kind, in `ForwardWhen::ALL` order.
+    rules: Vec<RuleView>,
     dnd: bool,
+}
+
+/// One kind of forwarding rule of one number in the form.
+struct RuleView {
+    /// `ForwardWhen::as_str`: the fields are `on-KIND` and `to-KIND`.
+    kind: &'static str,
+    label: &'static str,
+    on: bool,
+    to: String,
     error: Option<String>,
+}
+
+fn when_label(t: &Text, when: ForwardWhen) -> &'static str {
+    match when {
+        ForwardWhen::Always => t.when_always,
+        ForwardWhen::Busy => t.when_busy,
+        ForwardWhen::NoAnswer => t.when_no_answer,
+        ForwardWhen::Unregistered => t.when_offline,
+    }
 }
 
 struct DeviceView {
@@ -1268,15 +1288,24 @@ struct MailView {
     at: String,
 }
 
+/// A forwarding form that was refused.
+struct ForwardError {
+    number: String,
+    /// Every kind's rule as sent (on or not, the number typed).
+    sent: Vec<(ForwardWhen, bool, String)>,
+    /// The kind the message is about.
+    kind: ForwardWhen,
+    message: String,
+}
+
 /// Errors to show on the account page, by section.
 #[derive(Default)]
 struct AccountErrors {
     password: Option<String>,
     id: Option<String>,
     delete: Option<String>,
-    /// A forwarding rule's number, the value typed, the kind chosen and
-    /// what is wrong.
-    forward: Option<(String, String, Option<ForwardWhen>, String)>,
+    /// A refused forwarding form: what was sent, to show it again.
+    forward: Option<ForwardError>,
     /// The number typed to add and what is wrong with it.
     add: Option<(String, String)>,
     remove: Option<String>,
@@ -1336,11 +1365,11 @@ async fn account_page(
         let Some(acct) = s.account(&user)? else {
             return Ok(None);
         };
-        let rules: HashMap<String, (Option<ForwardRule>, bool)> = s
+        let rules: HashMap<String, (Vec<ForwardRule>, bool)> = s
             .numbers()?
             .into_iter()
             .filter(|n| n.account == acct.id)
-            .map(|n| (n.number, (n.forward, n.dnd)))
+            .map(|n| (n.number, (n.forwards, n.dnd)))
             .collect();
         let mut mail = Vec::new();
         for m in s.pending_mail(&acct.id)? {
@@ -1365,28 +1394,44 @@ async fn account_page(
     let numbers = acct
         .numbers
         .iter()
-        .map(|n| {
-            let (rule, dnd) = rules.get(n).cloned().unwrap_or_default();
-            let mut v = NumberView {
-                number: n.clone(),
-                fwd_on: rule.is_some(),
-                fwd_to: rule.as_ref().map(|r| r.to.clone()).unwrap_or_default(),
-                when: rule.as_ref().map_or("always", |r| r.when.as_str()),
-                dnd,
-                error: None,
-            };
-            if let Some((num, typed, when, e)) = &errors.forward {
-                if num == n {
-                    // What the person sent stays in the form.
-                    v.fwd_on = true;
-                    v.fwd_to = typed.clone();
-                    if let Some(w) = when {
-                        v.when = w.as_str();
+        .enumerate()
+        .map(|(i, n)| {
+            let (kept, dnd) = rules.get(n).cloned().unwrap_or_default();
+            // What the person sent stays in a refused form.
+            let refused = errors.forward.as_ref().filter(|f| f.number == *n);
+            let rules = ForwardWhen::ALL
+                .iter()
+                .map(|&when| {
+                    let (on, to) = match refused {
+                        Some(f) => f
+                            .sent
+                            .iter()
+                            .find(|(w, _, _)| *w == when)
+                            .map(|(_, on, to)| (*on, to.clone()))
+                            .unwrap_or_default(),
+                        None => kept
+                            .iter()
+                            .find(|r| r.when == when)
+                            .map(|r| (r.on, r.to.clone()))
+                            .unwrap_or_default(),
+                    };
+                    RuleView {
+                        kind: when.as_str(),
+                        label: when_label(t, when),
+                        on,
+                        to,
+                        error: refused
+                            .filter(|f| f.kind == when)
+                            .map(|f| f.message.clone()),
                     }
-                    v.error = Some(e.clone());
-                }
+                })
+                .collect();
+            NumberView {
+                index: i + 1,
+                number: n.clone(),
+                rules,
+                dnd,
             }
-            v
         })
         .collect();
     let mut p = Page::new(lang, t.account, Some(session), "/account");
@@ -1605,27 +1650,27 @@ async fn change_id(
     Redirect::to("/account?done=id").into_response()
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct ForwardForm {
-    csrf: String,
-    number: String,
-    on: Option<String>,
-    to: String,
-    when: String,
-}
-
+/// The forwarding form of one number: `csrf`, `number`, and for each
+/// kind (`ForwardWhen::as_str`) `to-KIND` (the number, may be empty) and
+/// `on-KIND` (present when the rule is on). Every rule of the number is
+/// replaced at once; a kind with no number typed has no rule.
 async fn set_forward(
     State(web): State<App>,
     headers: HeaderMap,
-    Form(f): Form<ForwardForm>,
+    Form(fields): Form<Vec<(String, String)>>,
 ) -> Response {
     let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)) {
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let session = match authed(&web, &headers, Some(field("csrf").unwrap_or(""))) {
         Ok(s) => s,
         Err(r) => return r,
     };
-    let Ok(num) = number::canonicalize(&clip(&f.number, 256)) else {
+    let Ok(num) = number::canonicalize(&clip(field("number").unwrap_or(""), 256)) else {
         return not_found(lang);
     };
     let user = session.user.clone();
@@ -1637,63 +1682,74 @@ async fn set_forward(
     if !mine {
         return not_found(lang);
     }
-    let wrong = |msg: String| AccountErrors {
-        forward: Some((
-            num.clone(),
-            clip(&f.to, 128),
-            ForwardWhen::parse(&f.when),
-            msg,
-        )),
+    let sent: Vec<(ForwardWhen, bool, String)> = ForwardWhen::ALL
+        .iter()
+        .map(|&w| {
+            let on = field(&format!("on-{}", w.as_str())).is_some();
+            let to = field(&format!("to-{}", w.as_str())).unwrap_or("");
+            (w, on, clip(to.trim(), 128))
+        })
+        .collect();
+    let refuse = |kind: ForwardWhen, message: String| AccountErrors {
+        forward: Some(ForwardError {
+            number: num.clone(),
+            sent: sent.clone(),
+            kind,
+            message,
+        }),
         ..AccountErrors::default()
     };
-    let rule = if f.on.is_some() {
-        // Every kind the routing core follows; anything else is refused.
-        let Some(when) = ForwardWhen::parse(&f.when) else {
-            let e = wrong(pick(
-                lang,
-                "Choose when calls are forwarded.",
-                "언제 전환할지 고르세요.",
-            ));
-            return account_page(
-                &web,
-                &headers,
-                &session,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                None,
-                e,
-            )
-            .await;
-        };
-        match number::canonicalize(&clip(&f.to, number::MAX_INPUT_BYTES)) {
-            Ok(to) if f.to.len() <= number::MAX_INPUT_BYTES => Some(ForwardRule { when, to }),
+    let mut rules = Vec::new();
+    for (when, on, typed) in &sent {
+        let raw = field(&format!("to-{}", when.as_str())).unwrap_or("");
+        // A kind left empty and off has no rule; one that is on needs a
+        // number.
+        if typed.is_empty() && !*on {
+            continue;
+        }
+        match number::canonicalize(typed) {
+            Ok(to) if !typed.is_empty() && raw.len() <= number::MAX_INPUT_BYTES => {
+                rules.push(ForwardRule {
+                    when: *when,
+                    to,
+                    on: *on,
+                })
+            }
             _ => {
-                let e = wrong(pick(
+                let msg = pick(
                     lang,
                     "Enter the number calls should go to.",
                     "전화를 돌릴 번호를 넣으세요.",
-                ));
+                );
                 return account_page(
                     &web,
                     &headers,
                     &session,
                     StatusCode::UNPROCESSABLE_ENTITY,
                     None,
-                    e,
+                    refuse(*when, msg),
                 )
                 .await;
             }
         }
-    } else {
-        None
-    };
-    let (n2, r2) = (num.clone(), rule.clone());
-    match store::blocking(&web.shared.store, move |s| {
-        s.set_forward(&n2, r2.as_ref(), store::now_ms())
+    }
+    let (n2, r2) = (num.clone(), rules.clone());
+    let saved = store::blocking(&web.shared.store, move |s| {
+        s.set_forwards(&n2, &r2, store::now_ms())?;
+        s.forwards(&n2)
     })
-    .await
-    {
-        Ok(()) => {}
+    .await;
+    let rules_now = match saved {
+        Ok(r) => r,
         Err(e @ (StoreError::NotFound(_) | StoreError::Invalid(_))) => {
+            // The rule the store refused: the one whose number it names.
+            let kind = rules
+                .iter()
+                .find(|r| {
+                    let m = e.to_string();
+                    m.contains(&format!(" {} ", r.to)) || r.to == num
+                })
+                .map_or(ForwardWhen::Always, |r| r.when);
             let msg = match (&e, lang) {
                 (StoreError::NotFound(_), Lang::Ko) => "그런 번호가 없습니다.".to_string(),
                 (StoreError::NotFound(_), Lang::En) => "There is no such number.".to_string(),
@@ -1706,18 +1762,21 @@ async fn set_forward(
                 &session,
                 StatusCode::UNPROCESSABLE_ENTITY,
                 None,
-                wrong(msg),
+                refuse(kind, msg),
             )
             .await;
         }
         Err(e) => return failed(lang, e),
-    }
+    };
     // The same event the QUIC protocol's SetForward gives the hub: the
     // next call follows it.
     if web
         .shared
         .hub
-        .send(Event::ForwardChanged { number: num, rule })
+        .send(Event::ForwardChanged {
+            number: num,
+            rules: rules_now,
+        })
         .await
         .is_err()
     {
@@ -2199,9 +2258,14 @@ async fn admin_page(
         .filter(|n| accounts.iter().any(|a| a.id == n.account))
         .map(|n| AdminNumber {
             rule: n
-                .forward
-                .map(|r| format!("{} → {}", r.when.as_str(), r.to))
-                .unwrap_or_default(),
+                .forwards
+                .iter()
+                .map(|r| {
+                    let off = if r.on { "" } else { " (off)" };
+                    format!("{} → {}{off}", r.when.as_str(), r.to)
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
             number: n.number,
             account: n.account,
             dnd: n.dnd,

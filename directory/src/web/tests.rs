@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
-use keyline_proto::dir::{ForwardWhen, MailKind};
+use keyline_proto::dir::{ForwardRule, ForwardWhen, MailKind};
 use tower::ServiceExt;
 
 use super::{router, TerminalSettings, Web};
@@ -478,11 +478,11 @@ async fn account_forwarding_mail_password_and_others_pages() {
     let page = a.get("/account").await;
     assert_eq!(page.status, StatusCode::OK);
     for label in [
-        ">Forward to</label>",
+        ">Forward to<span class=\"visually-hidden\">: When busy</span></label>",
         ">Old password</label>",
         ">New password</label>",
         ">Change password</button>",
-        ">Save</button>",
+        ">Save<span class=\"visually-hidden\"> Forwarding of 김민준</span></button>",
         ">Delete account</button>",
     ] {
         assert!(page.body.contains(label), "{label}");
@@ -494,23 +494,17 @@ async fn account_forwarding_mail_password_and_others_pages() {
             &[
                 ("csrf", &csrf),
                 ("number", "김민준"),
-                ("on", "1"),
-                ("to", "20-02"),
-                ("when", "unregistered"),
+                ("on-unregistered", "1"),
+                ("to-unregistered", "20-02"),
             ],
         )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
-    let rule = shared
-        .store
-        .numbers()
-        .expect("numbers")
-        .into_iter()
-        .find(|n| n.number == "김민준")
-        .and_then(|n| n.forward)
-        .expect("rule");
-    assert_eq!(rule.to, "2002");
-    assert_eq!(rule.when, ForwardWhen::Unregistered);
+    let rules = shared.store.forwards("김민준").expect("rules");
+    assert_eq!(
+        rules,
+        vec![ForwardRule::new(ForwardWhen::Unregistered, "2002")]
+    );
     // Without the token: 403, and nothing changes.
     let r = a.post("/account/forward", &[("number", "김민준")]).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
@@ -521,8 +515,8 @@ async fn account_forwarding_mail_password_and_others_pages() {
             &[
                 ("csrf", &csrf),
                 ("number", "2002"),
-                ("to", "김민준"),
-                ("on", "1"),
+                ("to-always", "김민준"),
+                ("on-always", "1"),
             ],
         )
         .await;
@@ -849,10 +843,10 @@ async fn do_not_disturb_and_every_kind_of_forwarding() {
 
     let page = a.get("/account").await;
     for option in [
-        "value=\"always\"",
-        "value=\"busy\"",
-        "value=\"no-answer\"",
-        "value=\"unregistered\"",
+        "name=\"to-always\"",
+        "name=\"to-busy\"",
+        "name=\"to-no-answer\"",
+        "name=\"to-unregistered\"",
         ">Turn on do-not-disturb",
         "Do-not-disturb is off",
     ] {
@@ -896,38 +890,56 @@ async fn do_not_disturb_and_every_kind_of_forwarding() {
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert!(!row("김민준").dnd);
 
-    // Busy and no answer are kept and shown selected.
-    for (when, kind) in [
-        ("busy", ForwardWhen::Busy),
-        ("no-answer", ForwardWhen::NoAnswer),
+    // Several kinds at once, each on or off, each to its own number.
+    let ocsrf = o.get("/account").await.csrf();
+    let r = o
+        .post("/account/numbers", &[("csrf", &ocsrf), ("number", "3003")])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let r = a
+        .post(
+            "/account/forward",
+            &[
+                ("csrf", &csrf),
+                ("number", "김민준"),
+                ("on-busy", "1"),
+                ("to-busy", "2002"),
+                ("on-no-answer", "1"),
+                ("to-no-answer", "30 03"),
+                ("to-unregistered", "2002"),
+                ("to-always", ""),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let kept = vec![
+        ForwardRule::new(ForwardWhen::Busy, "2002"),
+        ForwardRule::new(ForwardWhen::NoAnswer, "3003"),
+        ForwardRule {
+            on: false,
+            ..ForwardRule::new(ForwardWhen::Unregistered, "2002")
+        },
+    ];
+    assert_eq!(row("김민준").forwards, kept);
+    // Shown as kept: the boxes of the rules that are on are ticked, every
+    // number is in its field.
+    let page = a.get("/account").await;
+    for shown in [
+        "id=\"fwd-on-busy-1\" name=\"on-busy\" type=\"checkbox\" value=\"1\" checked",
+        "id=\"fwd-on-no-answer-1\" name=\"on-no-answer\" type=\"checkbox\" value=\"1\" checked",
+        "id=\"fwd-on-unregistered-1\" name=\"on-unregistered\" type=\"checkbox\" value=\"1\">",
+        "id=\"fwd-on-always-1\" name=\"on-always\" type=\"checkbox\" value=\"1\">",
+        "name=\"to-no-answer\" type=\"text\" maxlength=\"256\" value=\"3003\"",
+        "name=\"to-unregistered\" type=\"text\" maxlength=\"256\" value=\"2002\"",
     ] {
-        let r = a
-            .post(
-                "/account/forward",
-                &[
-                    ("csrf", &csrf),
-                    ("number", "김민준"),
-                    ("on", "1"),
-                    ("to", "2002"),
-                    ("when", when),
-                ],
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
-        assert_eq!(row("김민준").forward.map(|f| f.when), Some(kind));
-        let page = a.get("/account").await;
-        assert!(
-            page.body.contains(&format!("value=\"{when}\" selected")),
-            "{when}"
-        );
+        assert!(page.body.contains(shown), "{shown}");
     }
-    // A bad target or an unknown kind: the error next to the field,
-    // nothing saved.
-    for (to, when, says) in [
-        ("nobody-here", "busy", "no such number"),
-        ("", "busy", "Enter the number"),
-        ("김민준", "no-answer", "cannot forward to itself"),
-        ("2002", "sometimes", "Choose when"),
+    // A bad target, an empty one that is on, or the number itself: the
+    // error next to that kind's field, what was sent kept, nothing saved.
+    for (kind, to, says) in [
+        ("busy", "nobody-here", "no such number"),
+        ("always", "", "Enter the number"),
+        ("no-answer", "김민준", "cannot forward to itself"),
     ] {
         let r = a
             .post(
@@ -935,30 +947,27 @@ async fn do_not_disturb_and_every_kind_of_forwarding() {
                 &[
                     ("csrf", &csrf),
                     ("number", "김민준"),
-                    ("on", "1"),
-                    ("to", to),
-                    ("when", when),
+                    ("on-unregistered", "1"),
+                    ("to-unregistered", "2002"),
+                    (&format!("on-{kind}"), "1"),
+                    (&format!("to-{kind}"), to),
                 ],
             )
             .await;
-        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{to} {when}");
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{kind} {to}");
         let err = r
             .body
-            .split("id=\"fwd-error-1\">")
+            .split(&format!("id=\"fwd-error-{kind}-1\">"))
             .nth(1)
-            .unwrap_or_else(|| panic!("no error next to the field: {to} {when}"));
-        assert!(err.contains(says), "{to} {when}: {err}");
-        if when != "sometimes" {
-            assert!(
-                r.body.contains(&format!("value=\"{when}\" selected")),
-                "the kind chosen is kept: {when}"
-            );
-        }
-        assert_eq!(
-            row("김민준").forward.map(|f| f.when),
-            Some(ForwardWhen::NoAnswer),
-            "unchanged"
+            .unwrap_or_else(|| panic!("no error next to the field: {kind} {to}"));
+        assert!(err.contains(says), "{kind} {to}: {err}");
+        assert!(
+            r.body.contains(
+                "id=\"fwd-on-unregistered-1\" name=\"on-unregistered\" type=\"checkbox\" value=\"1\" checked"
+            ),
+            "what was sent is kept: {kind}"
         );
+        assert_eq!(row("김민준").forwards, kept, "unchanged");
     }
 }
 

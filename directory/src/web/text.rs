@@ -76,7 +76,6 @@ texts! {
     not_registered: "not registered", "등록 안 됨";
     forwarding: "Forwarding", "착신 전환";
     forward_on: "Forward calls", "착신 전환 사용";
-    when: "When", "조건";
     when_always: "Always", "항상";
     when_offline: "When offline (not registered)", "연결되지 않았을 때";
     mail: "Mail", "메일";
@@ -142,6 +141,31 @@ texts! {
     relayed: "Relayed", "중계";
     caller: "Caller", "건 번호";
     callee: "Called", "받는 번호";
+    forwarding_note: "Each number can forward on several conditions at once, each to its own number; “Always” comes before all the others while it is on. A rule that is off keeps its number.", "번호마다 여러 조건의 착신 전환을 함께 쓸 수 있고 조건마다 다른 번호로 보낼 수 있습니다. “항상”이 켜져 있으면 다른 조건보다 먼저 적용됩니다. 꺼 둔 규칙도 번호는 그대로 남습니다.";
+    forwarding_of: "Forwarding of", "착신 전환:";
+    call_history: "Call history", "통화 기록";
+    call_history_note: "This account's calls as the directory saw them, newest first.", "디렉터리가 본 이 계정의 통화입니다. 최근 통화가 먼저 나옵니다.";
+    no_calls: "No calls yet.", "아직 통화가 없습니다.";
+    col_time: "Time", "시각";
+    col_direction: "Direction", "방향";
+    col_other: "Other party", "상대방";
+    col_result: "Result", "결과";
+    col_duration: "Duration", "통화 시간";
+    dir_in: "In", "수신";
+    dir_out: "Out", "발신";
+    outcome_answered: "Answered", "통화함";
+    outcome_declined: "Declined", "거절됨";
+    outcome_busy: "Busy", "통화 중";
+    outcome_no_answer: "No answer", "응답 없음";
+    outcome_cancelled: "Cancelled", "취소됨";
+    outcome_missed: "Missed", "부재중";
+    outcome_offline: "Offline", "연결 안 됨";
+    outcome_unknown: "Unknown number", "없는 번호";
+    outcome_forwarded: "Forwarded to", "착신 전환:";
+    outcome_failed: "Failed", "실패";
+    via_relay: "through the relay", "중계 경유";
+    newer_calls: "Newer calls", "최근 통화";
+    older_calls: "Older calls", "이전 통화";
 }
 
 impl Text {
