@@ -1,7 +1,9 @@
 // The directory's account and operator pages in headless Chromium, driven
 // by tests/tests/directory_web.rs (the_account_and_operator_pages_in_a_
 // browser): numbers added and removed, do-not-disturb, forwarding when not
-// answered, the operator's lists and search, in English and Korean.
+// answered, then busy, no-answer and offline rules at once (each followed
+// by the next call, and listed by the terminal's `forward list`), the
+// operator's lists and search, in English and Korean.
 // Steps that need terminals are asked of the Rust test on stdout
 // ("STEP name") and answered on stdin ("OK"). Any failed check exits
 // non-zero.
@@ -99,25 +101,48 @@ try {
   check((await page.locator("#dnd-state-1").textContent()).includes("Do-not-disturb is off"), "do-not-disturb is off");
 
   // Forwarding when not answered: a bad target first, then 3003.
-  await page.getByLabel("Forward calls").check();
-  await page.getByLabel("Forward to").fill("nobody-at-all");
-  await page.getByLabel("When").selectOption("no-answer");
-  await page.getByRole("button", { name: "Save" }).click();
+  const noAnswer = page.locator("#fwd-no-answer-1");
+  const save = () => page.getByRole("button", { name: "Save Forwarding of 지우" }).click();
+  await noAnswer.getByLabel("Forward calls").check();
+  await noAnswer.getByLabel("Forward to").fill("nobody-at-all");
+  await save();
   await page.waitForLoadState();
-  check((await page.locator("#fwd-error-1").textContent()).includes("no such number"), "an unknown target is refused next to the field");
-  check(await page.getByLabel("When").inputValue() === "no-answer", "the kind chosen is kept");
-  await page.getByLabel("Forward to").fill("3003");
-  await page.getByRole("button", { name: "Save" }).click();
+  check((await page.locator("#fwd-error-no-answer-1").textContent()).includes("no such number"), "an unknown target is refused next to the field");
+  check(await page.locator("#fwd-no-answer-1").getByLabel("Forward calls").isChecked(), "what was sent is kept");
+  await page.locator("#fwd-no-answer-1").getByLabel("Forward to").fill("3003");
+  await save();
   await page.waitForURL(/done=forward/);
-  check(await page.getByLabel("When").inputValue() === "no-answer", "forwarding when not answered saved");
+  check(await page.locator("#fwd-no-answer-1").getByLabel("Forward to").inputValue() === "3003", "forwarding when not answered saved");
   await step("no-answer-call");
   check(true, "an unanswered call goes on to the forwarding target");
+
+  // Several rules at once: busy to 3003 and offline to 2002 beside the
+  // one when not answered, in one form.
+  await page.locator("#fwd-busy-1").getByLabel("Forward calls").check();
+  await page.locator("#fwd-busy-1").getByLabel("Forward to").fill("3003");
+  await page.locator("#fwd-unregistered-1").getByLabel("Forward calls").check();
+  await page.locator("#fwd-unregistered-1").getByLabel("Forward to").fill("20 02");
+  await save();
+  await page.waitForURL(/done=forward/);
+  check(await page.locator("#fwd-unregistered-1").getByLabel("Forward to").inputValue() === "2002", "the offline rule is kept canonically");
+  check(await page.locator("#fwd-no-answer-1").getByLabel("Forward calls").isChecked(), "the no-answer rule stays on");
+  await axe(page, "account with three forwarding rules");
+  await shot(page, "account-forwarding");
+  // Busy through do-not-disturb (the number does not ring: a busy rule
+  // applies at once), then offline; the terminal lists all three first.
+  await page.getByRole("button", { name: "Turn on do-not-disturb" }).click();
+  await page.waitForURL(/done=dnd/);
+  await step("busy-and-offline-calls");
+  check(true, "the busy rule and the offline rule are each followed by the next call; forward list shows the rules set on the web");
+  await page.getByRole("button", { name: "Turn off do-not-disturb" }).click();
+  await page.waitForURL(/done=dnd/);
 
   // Operator pages: sessions online, numbers, search.
   await step("make-admin");
   await page.goto(`${url}/admin`);
   check((await page.locator("#online").textContent()).includes("지우"), "the operator sees 지우 online");
-  check((await page.locator("#all-numbers").textContent()).includes("no-answer → 3003"), "the operator sees the rule");
+  const allNumbers = await page.locator("#all-numbers").textContent();
+  check(allNumbers.includes("busy → 3003") && allNumbers.includes("no-answer → 3003") && allNumbers.includes("unregistered → 2002"), `the operator sees the rules: ${allNumbers}`);
   await axe(page, "operator");
   await shot(page, "operator");
   await page.getByLabel("Search accounts").fill("CALL");

@@ -221,6 +221,19 @@ fn the_directory_site_in_a_browser() {
                 keyline_tests::idle(&b);
                 String::new()
             }
+            (Some("answered-call"), _) => {
+                // After the missed one ("ring"): answered, about a second.
+                let ad = a.as_ref().unwrap();
+                ok(&b, &["dial", "김민준"]);
+                wait_state(ad, "alerting");
+                ok(ad, &["answer"]);
+                wait_state(&b, "connected");
+                std::thread::sleep(Duration::from_millis(1300));
+                ok(&b, &["hangup"]);
+                keyline_tests::idle(ad);
+                keyline_tests::idle(&b);
+                String::new()
+            }
             (Some("forwarded"), _) => {
                 // The rule set on the web is what this call follows.
                 ok(&b, &["dial", "김민준"]);
@@ -359,8 +372,10 @@ fn the_directory_site_in_a_browser() {
 /// the field; a terminal registers both; removing jiwoo2 on the web
 /// unbinds it at once and leaves 지우; with do-not-disturb on a call to
 /// 지우 does not ring; forwarding when not answered sends the next call on
-/// to 3003 after the ring timeout; the operator sees 지우 online and the
-/// rule, and searches accounts; Korean pages; the forms without
+/// to 3003 after the ring timeout; busy to 3003 and offline to 2002 set
+/// beside it on the web are each followed by the next call, and the
+/// terminal's `forward list` shows all three; the operator sees the
+/// rules, and searches accounts; Korean pages; the forms without
 /// JavaScript; axe-core finds no serious violations.
 #[test]
 fn the_account_and_operator_pages_in_a_browser() {
@@ -486,6 +501,47 @@ fn the_account_and_operator_pages_in_a_browser() {
                 ok(&b, &["hangup"]);
                 keyline_tests::idle(&c);
                 keyline_tests::idle(&b);
+            }
+            "busy-and-offline-calls" => {
+                let jd = j.take().unwrap();
+                // The rules set on the web, as the terminal lists them.
+                let out = jd.ctl(&["forward", "list"]);
+                let list = String::from_utf8_lossy(&out.stdout).to_string();
+                assert!(out.status.success(), "{list}");
+                for line in [
+                    "지우: busy -> 3003",
+                    "지우: no-answer -> 3003",
+                    "지우: offline -> 2002",
+                ] {
+                    assert!(list.contains(line), "{line} missing from:\n{list}");
+                }
+                assert!(!list.contains("always"), "{list}");
+                // Busy (do-not-disturb is on): 3003 rings, 지우 does not.
+                ok(&b, &["dial", "지우"]);
+                wait_state(&c, "alerting");
+                assert!(keyline_tests::call_state(&jd).is_none(), "지우 rang");
+                ok(&b, &["hangup"]);
+                keyline_tests::idle(&c);
+                keyline_tests::idle(&b);
+                // Offline: with its terminal gone, a call from 3003 rings
+                // 2002.
+                drop(jd);
+                wait_for("지우 unbound", Duration::from_secs(20), || {
+                    (!bound(&dir, "지우")).then_some(())
+                });
+                ok(&c, &["dial", "지우"]);
+                wait_state(&b, "alerting");
+                ok(&c, &["hangup"]);
+                keyline_tests::idle(&b);
+                keyline_tests::idle(&c);
+                // Back online for the operator's pages.
+                let d = terminal(
+                    &scratch,
+                    "j2",
+                    &["--directory", &listen, "--account", "jiwoo"],
+                );
+                registered(&d);
+                j = Some(d);
             }
             "make-admin" => {
                 ok(&dir, &["user", "admin", "jiwoo"]);
