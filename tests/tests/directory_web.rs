@@ -516,6 +516,17 @@ fn the_account_and_operator_pages_in_a_browser() {
                     assert!(list.contains(line), "{line} missing from:\n{list}");
                 }
                 assert!(!list.contains("always"), "{list}");
+                // Turned off and on again from the command line: the
+                // target stays while it is off.
+                let out = jd.ctl(&["forward", "off", "busy"]);
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                assert!(text.contains("지우: busy -> 3003 (off)"), "{text}");
+                let out = jd.ctl(&["forward", "set", "--busy", "3003"]);
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                assert!(
+                    text.contains("지우: busy -> 3003\n") && !text.contains("(off)"),
+                    "{text}"
+                );
                 // Busy (do-not-disturb is on): 3003 rings, 지우 does not.
                 ok(&b, &["dial", "지우"]);
                 wait_state(&c, "alerting");

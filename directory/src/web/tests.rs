@@ -1022,3 +1022,110 @@ async fn operator_pages_search_numbers_and_sessions() {
     // Not an operator: 404.
     assert_eq!(o.get("/admin?q=x").await.status, StatusCode::NOT_FOUND);
 }
+
+/// The call history page: the account's own entries only, newest first,
+/// a page at a time, markup in a number shown as text, Korean; without a
+/// session it asks for a login.
+#[tokio::test]
+async fn call_history_pages_show_only_the_accounts_own_calls() {
+    use crate::store::{CallEntry, CallOutcome, CallRetention};
+    let (shared, app) = site(Config::default());
+    let mut a = Browser::new(app.clone());
+    a.sign_up("minjun", "correct horse", "김민준").await;
+    let mut o = Browser::new(app.clone());
+    o.sign_up("other", "password two", "2002").await;
+    let page = a.get("/account/calls").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("id=\"no-calls\""), "{}", page.body);
+
+    let entry = |account: &str, at: i64, other: &str, outcome| CallEntry {
+        account: account.into(),
+        outgoing: at % 2 == 1,
+        own_number: "김민준".into(),
+        other_number: other.into(),
+        started_ms: 1_700_000_000_000 + at * 60_000,
+        answered: outcome == CallOutcome::Answered,
+        outcome,
+        forwarded_to: (outcome == CallOutcome::Forwarded).then(|| "3003".to_string()),
+        duration_ms: (outcome == CallOutcome::Answered).then_some(83_000),
+        relayed: None,
+    };
+    let keep = CallRetention {
+        per_account: 500,
+        since_ms: 0,
+    };
+    let mut all = Vec::new();
+    for at in 0..30 {
+        let outcome = match at % 3 {
+            0 => CallOutcome::Answered,
+            1 => CallOutcome::Forwarded,
+            _ => CallOutcome::Cancelled,
+        };
+        all.push(entry("minjun", at, "2002", outcome));
+    }
+    all.push(entry(
+        "minjun",
+        40,
+        "<script>alert(1)</script>",
+        CallOutcome::Busy,
+    ));
+    all.push(entry("other", 50, "secret-of-other", CallOutcome::Answered));
+    shared.store.add_calls(&all, keep).expect("calls");
+
+    let page = a.get("/account/calls").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let rows: Vec<&str> = page
+        .body
+        .split("<tbody>")
+        .nth(1)
+        .and_then(|b| b.split("</tbody>").next())
+        .expect("a table")
+        .split("<tr>")
+        .skip(1)
+        .collect();
+    assert_eq!(rows.len(), 25, "a page of 25");
+    // Newest first: the busy one with markup, escaped, never run.
+    assert!(
+        rows[0].contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
+        "{}",
+        rows[0]
+    );
+    assert!(!page.body.contains("<script>alert"));
+    assert!(rows[0].contains("<td>Busy</td>"), "{}", rows[0]);
+    // at 29 (out, cancelled), 28 (in, forwarded), 27 (out, answered).
+    assert!(rows[1].contains("<td>Out</td>") && rows[1].contains("<td>Cancelled</td>"));
+    assert!(rows[2].contains("<td>In</td>") && rows[2].contains("<td>Forwarded to 3003</td>"));
+    assert!(rows[3].contains("<td>Answered</td>") && rows[3].contains("<td>1:23</td>"));
+    assert!(
+        !page.body.contains("secret-of-other"),
+        "another account's call"
+    );
+    assert!(page.body.contains("href=\"/account/calls?page=1\""));
+    assert!(!page.body.contains("rel=\"prev\""));
+    let page = a.get("/account/calls?page=1").await;
+    assert_eq!(
+        page.body.matches("<tr>").count(),
+        1 + 6,
+        "6 more and the header"
+    );
+    assert!(page.body.contains("href=\"/account/calls?page=0\""));
+    assert!(!page.body.contains("rel=\"next\""));
+    // The other account sees its own one call only.
+    let page = o.get("/account/calls").await;
+    assert!(page.body.contains("secret-of-other"));
+    assert_eq!(page.body.matches("<tr>").count(), 2);
+    // Korean.
+    a.lang = Some("ko");
+    let page = a.get("/account/calls").await;
+    assert!(page.body.contains("<td>통화 중</td>"), "{}", page.body);
+    assert!(page.body.contains(">통화 기록</h1>"));
+    // No session: to the login page.
+    let mut nobody = Browser::new(app);
+    let r = nobody.get("/account/calls").await;
+    assert!(
+        r.status == StatusCode::SEE_OTHER && r.location().starts_with("/login"),
+        "{} {}",
+        r.status,
+        r.location()
+    );
+}
