@@ -16,11 +16,13 @@
 #                         version from Cargo.toml, revision -1; a version
 #                         without a revision gets -1 appended)
 #   KEYLINE_DEB_OUT       output directory (default: <repo>/target/debian)
-#   KEYLINE_DEB_NO_CARGO  1: do not run cargo; use the release binaries and the
-#                         generated pages already under the target directory
+#   KEYLINE_DEB_NO_CARGO  1: do not run cargo; package the binaries (and run
+#                         the keyline-pkggen) already built in the profile's
+#                         folder
 #   KEYLINE_DEB_PROFILE   cargo profile of the binaries (default: release;
-#                         the packaging tests use `pkgtest`, which builds in
-#                         a third of the time and packages the same way)
+#                         the packaging tests use `dev` with
+#                         KEYLINE_DEB_NO_CARGO=1: the binaries `make test`
+#                         has just built, packaged the same way)
 #   CARGO, CARGO_TARGET_DIR  honoured as cargo does
 set -euo pipefail
 
@@ -116,7 +118,11 @@ profile=${KEYLINE_DEB_PROFILE:-release}
 case "$profile" in
   *[!a-z0-9-]* | "") die "KEYLINE_DEB_PROFILE '$profile' is not a cargo profile name" ;;
 esac
-release="$target_dir/$profile"
+# cargo's folder for the profile: `dev` (and `test`) build into debug/.
+case "$profile" in
+  dev | test) release="$target_dir/debug" ;;
+  *) release="$target_dir/$profile" ;;
+esac
 gen="$target_dir/keyline-pkggen"
 
 if [ "${KEYLINE_DEB_NO_CARGO:-0}" != 1 ]; then
@@ -129,15 +135,13 @@ if [ "${KEYLINE_DEB_NO_CARGO:-0}" != 1 ]; then
   "$CARGO" "${cargo_args[@]}"
 fi
 export SOURCE_DATE_EPOCH=$date_epoch
-if [ "${KEYLINE_DEB_NO_CARGO:-0}" != 1 ]; then
-  rm -rf "$gen"
-  "$release/keyline-pkggen" "$gen"
-fi
+[ -x "$release/keyline-pkggen" ] || die "$release/keyline-pkggen is missing (build it, or unset KEYLINE_DEB_NO_CARGO)"
+rm -rf "$gen"
+"$release/keyline-pkggen" "$gen"
 for entry in "${pkgs[@]}"; do
   IFS=: read -r _pkg _dir bin _state <<<"$entry"
   [ -x "$release/$bin" ] || die "$release/$bin is missing (build it, or unset KEYLINE_DEB_NO_CARGO)"
 done
-[ -d "$gen/man" ] || die "$gen/man is missing (run without KEYLINE_DEB_NO_CARGO)"
 
 # --- Stage the source tree --------------------------------------------------
 build="$out/build"

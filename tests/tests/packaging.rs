@@ -20,8 +20,9 @@
 //!   sandbox is in force, and each daemon stops with status 0.
 //!
 //! They need root (chroot, mount, nspawn) and the Debian archive through
-//! apt's mirror for the first debootstrap; they build the release binaries
-//! and the packages themselves (once per test run). The Debian tools they
+//! apt's mirror for the first debootstrap; they package the binaries the
+//! test run has built (`cargo build --workspace --bins`, as `make test`
+//! does first), twice per test run. The Debian tools they
 //! need (debhelper, dpkg-dev, lintian, debootstrap, systemd-container,
 //! man-db) are installed when missing.
 
@@ -154,8 +155,13 @@ impl Builds {
     }
 }
 
-/// The cargo profile the packages are built from here (see Cargo.toml).
-const PROFILE: &str = "pkgtest";
+/// The cargo profile the packages are built from here: the binaries every
+/// other end-to-end test runs. They are packaged, installed and sandboxed
+/// exactly as release binaries are; building a release profile too would add
+/// a second full build to every test run.
+const PROFILE: &str = "dev";
+/// Where cargo puts that profile's binaries.
+const PROFILE_DIR: &str = "debug";
 
 /// Build the packages twice — the workspace version, then a higher one — in
 /// `<target>/debian-test/`, once per test process.
@@ -172,7 +178,8 @@ fn builds() -> &'static Builds {
         run(Command::new(&script)
             .env("KEYLINE_DEB_VERSION", &v1)
             .env("KEYLINE_DEB_OUT", &dir1)
-            .env("KEYLINE_DEB_PROFILE", PROFILE));
+            .env("KEYLINE_DEB_PROFILE", PROFILE)
+            .env("KEYLINE_DEB_NO_CARGO", "1"));
         // The same binaries, packaged again with a higher version.
         run(Command::new(&script)
             .env("KEYLINE_DEB_VERSION", &v2)
@@ -208,7 +215,7 @@ fn units_verify_clean() {
     }
     ensure_debs(&["systemd", "man-db"]);
     builds(); // the binaries and man pages the units name
-    let release = target_dir().join(PROFILE);
+    let release = target_dir().join(PROFILE_DIR);
     let man = target_dir().join("keyline-pkggen/man");
     let dir = target_dir().join("unit-verify");
     let _ = fs::remove_dir_all(&dir);
