@@ -107,6 +107,9 @@ enum Cmd {
         cpu: Option<usize>,
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Install the gateway's metrics recorder and scrape it.
+        #[arg(long)]
+        metrics: bool,
     },
     /// (internal) The baseline forwarder, driven over stdin/stdout.
     #[command(hide = true)]
@@ -213,6 +216,7 @@ struct SoakOpts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Suite {
     Relay,
+    RelayMetrics,
     Baseline,
     Setup,
     Startup,
@@ -221,8 +225,9 @@ enum Suite {
 }
 
 impl Suite {
-    const ALL: [Suite; 6] = [
+    const ALL: [Suite; 7] = [
         Suite::Relay,
+        Suite::RelayMetrics,
         Suite::Baseline,
         Suite::Setup,
         Suite::Startup,
@@ -233,6 +238,7 @@ impl Suite {
     fn name(self) -> &'static str {
         match self {
             Suite::Relay => "relay",
+            Suite::RelayMetrics => "relay_metrics",
             Suite::Baseline => "baseline",
             Suite::Setup => "setup",
             Suite::Startup => "startup",
@@ -256,11 +262,20 @@ enum Scale {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::ServeRelay { cpu, workers } => fwd::child::serve_relay(cpu, workers),
+        Cmd::ServeRelay {
+            cpu,
+            workers,
+            metrics,
+        } => fwd::child::serve_relay(cpu, workers, metrics),
         Cmd::ServeBaseline { cpu } => fwd::child::serve_baseline(cpu),
         Cmd::All(o) => bench("all", Scale::Full, &Suite::ALL, &o),
         Cmd::Smoke(o) => bench("smoke", Scale::Smoke, &Suite::ALL, &o),
-        Cmd::Relay(o) => bench("relay", Scale::Full, &[Suite::Relay], &o),
+        Cmd::Relay(o) => bench(
+            "relay",
+            Scale::Full,
+            &[Suite::Relay, Suite::RelayMetrics],
+            &o,
+        ),
         Cmd::Baseline(o) => bench("baseline", Scale::Full, &[Suite::Baseline], &o),
         Cmd::Setup(o) => bench("setup", Scale::Full, &[Suite::Setup], &o),
         Cmd::Startup(o) => bench("startup", Scale::Full, &[Suite::Startup], &o),
@@ -487,6 +502,7 @@ fn bench(mode: &str, scale: Scale, suites: &[Suite], o: &Opts) -> Result<()> {
         .iter()
         .filter_map(|s| match s {
             Suite::Relay => Some(Kind::Relay),
+            Suite::RelayMetrics => Some(Kind::RelayMetrics),
             Suite::Baseline => Some(Kind::Baseline),
             _ => None,
         })
@@ -507,7 +523,7 @@ fn bench(mode: &str, scale: Scale, suites: &[Suite], o: &Opts) -> Result<()> {
     }
     for &suite in suites {
         let res: Result<Value> = match suite {
-            Suite::Relay | Suite::Baseline => continue,
+            Suite::Relay | Suite::RelayMetrics | Suite::Baseline => continue,
             Suite::Setup => bins
                 .as_ref()
                 .context("daemons not located")

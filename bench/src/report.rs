@@ -51,6 +51,23 @@ fn targets(doc: &Value) -> Vec<Target> {
         shown: v.map(|x| format!("{x:.2}x")).unwrap_or_default(),
         met: v.map(|x| x >= 0.8),
     });
+    let on_off = &s["metrics_on_vs_off"];
+    let v = f(on_off, &["cpu_per_packet_ratio"]);
+    t.push(Target {
+        name: "relay CPU per packet, metrics on / off",
+        goal: "<= 1.03x",
+        value: v,
+        shown: v.map(|x| format!("{x:.3}x")).unwrap_or_default(),
+        met: v.map(|x| x <= 1.03),
+    });
+    let v = f(on_off, &["held_measured_ratio"]);
+    t.push(Target {
+        name: "relay calls held, metrics on / off",
+        goal: ">= 0.97x",
+        value: v,
+        shown: v.map(|x| format!("{x:.3}x")).unwrap_or_default(),
+        met: v.map(|x| x >= 0.97),
+    });
     let v = f(&s["setup"], &["direct", "dial_to_ringing_ms", "p50"]);
     t.push(Target {
         name: "dial -> ringing p50 (loopback)",
@@ -352,7 +369,25 @@ pub fn table(doc: &Value) -> String {
                 ],
             );
         }
-        for (name, v) in [("relay", r), ("baseline", b)] {
+        let m = &s["metrics_on_vs_off"];
+        if m.is_object() {
+            let _ = writeln!(
+                o,
+                "  with metrics on (the gateway's recorder, scraped every second): calls held {}x, \
+                 CPU per packet {}x{} of the relay without",
+                num(f(m, &["held_measured_ratio"]), 3),
+                num(f(m, &["cpu_per_packet_ratio"]), 3),
+                m["reference_calls"]
+                    .as_u64()
+                    .map(|n| format!(" (at {n} calls)"))
+                    .unwrap_or_default(),
+            );
+        }
+        for (name, v) in [
+            ("relay", r),
+            ("relay_metrics", &s["relay_metrics"]),
+            ("baseline", b),
+        ] {
             if let Some(why) = v["stop_reason"].as_str() {
                 let _ = writeln!(
                     o,
@@ -361,7 +396,11 @@ pub fn table(doc: &Value) -> String {
                 );
             }
         }
-        for (name, v) in [("relay", r), ("baseline", b)] {
+        for (name, v) in [
+            ("relay", r),
+            ("relay_metrics", &s["relay_metrics"]),
+            ("baseline", b),
+        ] {
             let Some(steps) = v["steps"].as_array() else {
                 continue;
             };
@@ -701,8 +740,15 @@ pub fn table(doc: &Value) -> String {
 /// The relay and baseline suites side by side, if both ran.
 pub fn add_comparison(doc: &mut Value) {
     let s = &doc["suites"];
-    if s["relay"].is_object() && s["baseline"].is_object() {
-        let c = fwd::compare(&s["relay"], &s["baseline"]);
+    let pair = |a: &str, b: &str| {
+        (s[a].is_object() && s[b].is_object()).then(|| fwd::compare(&s[a], &s[b]))
+    };
+    let vs_baseline = pair("relay", "baseline");
+    let on_off = pair("relay_metrics", "relay");
+    if let Some(c) = vs_baseline {
         doc["suites"]["relay_vs_baseline"] = c;
+    }
+    if let Some(c) = on_off {
+        doc["suites"]["metrics_on_vs_off"] = c;
     }
 }

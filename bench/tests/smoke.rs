@@ -66,7 +66,7 @@ fn smoke_mode_writes_sane_json() {
     assert!(doc["machine"]["kernel"].is_string());
 
     let s = &doc["suites"];
-    for fwd in ["relay", "baseline"] {
+    for fwd in ["relay", "relay_metrics", "baseline"] {
         let first = &s[fwd]["steps"][0];
         assert!(first.is_object(), "{fwd} has no steps: {}", s[fwd]);
         positive(first, &["calls"]);
@@ -79,6 +79,7 @@ fn smoke_mode_writes_sane_json() {
         assert!(num(&s[fwd], &["rss_per_call_kib"]) >= 0.0);
     }
     assert!(s["relay_vs_baseline"].is_object());
+    assert!(s["metrics_on_vs_off"]["cpu_per_packet_ratio"].is_number());
 
     for media in ["direct", "relay"] {
         let m = &s["setup"][media];
@@ -131,7 +132,7 @@ fn smoke_mode_writes_sane_json() {
     assert!(num(d, &["rss_per_binding_bytes"]) >= 0.0);
 
     let targets = doc["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 10);
+    assert_eq!(targets.len(), 12);
     for t in targets {
         assert!(t["value"].is_number(), "target without a value: {t}");
     }

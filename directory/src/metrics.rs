@@ -32,8 +32,8 @@ pub struct Metrics {
     bindings: Gauge,
     sessions: Gauge,
     calls: Gauge,
-    relay_bytes: Counter,
-    relay_packets: Counter,
+    /// Caller → callee, callee → caller: packets, bytes, dropped.
+    relay_flow: [[Counter; 3]; 2],
     relay_allocations: Counter,
     relay_active: Gauge,
 }
@@ -82,8 +82,18 @@ impl Metrics {
             describe_gauge!("keyline_directory_bindings", "numbers registered now");
             describe_gauge!("keyline_directory_sessions", "endpoints connected now");
             describe_gauge!("keyline_directory_calls_active", "calls in progress");
-            describe_counter!("keyline_directory_relay_bytes_total", "bytes relayed");
-            describe_counter!("keyline_directory_relay_packets_total", "packets relayed");
+            describe_counter!(
+                "keyline_directory_relay_bytes_total",
+                "bytes relayed, by direction (to_callee, to_caller)"
+            );
+            describe_counter!(
+                "keyline_directory_relay_packets_total",
+                "packets relayed, by direction (to_callee, to_caller)"
+            );
+            describe_counter!(
+                "keyline_directory_relay_dropped_total",
+                "packets the relay dropped (from an unexpected address, or not sendable), by the direction they came in"
+            );
             describe_counter!(
                 "keyline_directory_relay_allocations_total",
                 "relay allocations made"
@@ -111,8 +121,13 @@ impl Metrics {
             bindings: gauge!("keyline_directory_bindings"),
             sessions: gauge!("keyline_directory_sessions"),
             calls: gauge!("keyline_directory_calls_active"),
-            relay_bytes: counter!("keyline_directory_relay_bytes_total"),
-            relay_packets: counter!("keyline_directory_relay_packets_total"),
+            relay_flow: ["to_callee", "to_caller"].map(|d| {
+                [
+                    counter!("keyline_directory_relay_packets_total", "direction" => d),
+                    counter!("keyline_directory_relay_bytes_total", "direction" => d),
+                    counter!("keyline_directory_relay_dropped_total", "direction" => d),
+                ]
+            }),
             relay_allocations: counter!("keyline_directory_relay_allocations_total"),
             relay_active: gauge!("keyline_directory_relay_allocations_active"),
         };
@@ -135,8 +150,15 @@ impl Metrics {
         self.bindings.set(bindings as f64);
         self.sessions.set(sessions as f64);
         self.calls.set(calls as f64);
-        self.relay_bytes.absolute(relay.bytes.load(Relaxed));
-        self.relay_packets.absolute(relay.packets.load(Relaxed));
+        for (c, d) in self
+            .relay_flow
+            .iter()
+            .zip([&relay.to_callee, &relay.to_caller])
+        {
+            c[0].absolute(d.packets.load(Relaxed));
+            c[1].absolute(d.bytes.load(Relaxed));
+            c[2].absolute(d.dropped.load(Relaxed));
+        }
         self.relay_allocations
             .absolute(relay.allocations.load(Relaxed));
         self.relay_active.set(relay.active.load(Relaxed) as f64);
@@ -209,7 +231,7 @@ mod tests {
         m.auth_failures.increment(2);
         m.lockouts.increment(1);
         let relay = Counters::default();
-        relay.bytes.store(4096, Relaxed);
+        relay.to_callee.bytes.store(4096, Relaxed);
         relay.allocations.store(2, Relaxed);
         let text = m.render(&relay, 5, 6, 1);
         for line in [
@@ -220,7 +242,8 @@ mod tests {
             "keyline_directory_bindings 5",
             "keyline_directory_sessions 6",
             "keyline_directory_calls_active 1",
-            "keyline_directory_relay_bytes_total 4096",
+            "keyline_directory_relay_bytes_total{direction=\"to_callee\"} 4096",
+            "keyline_directory_relay_bytes_total{direction=\"to_caller\"} 0",
             "keyline_directory_relay_allocations_total 2",
         ] {
             assert!(

@@ -203,6 +203,17 @@ pub struct CallInfo {
     pub directory_call: Option<u64>,
     /// The media runs through the gateway's forwarder (else end to end).
     pub relayed: bool,
+    /// Packets a second through the forwarder from each end, over the
+    /// last second (relayed calls; direct media never passes the gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pps: Option<Pps>,
+}
+
+/// A relayed call's packets a second from each of its ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pps {
+    pub from_caller: u32,
+    pub from_callee: u32,
 }
 
 /// A station the gateway knows.
@@ -340,11 +351,14 @@ impl Event {
                     call.state.as_str()
                 );
                 if call.state != CallPhase::Ringing {
-                    s.push_str(if call.relayed {
-                        " (relayed)"
-                    } else {
-                        " (direct)"
-                    });
+                    match (call.relayed, call.pps) {
+                        (true, Some(p)) => s.push_str(&format!(
+                            " (relayed, {}/{} packets/s)",
+                            p.from_caller, p.from_callee
+                        )),
+                        (true, None) => s.push_str(" (relayed)"),
+                        (false, _) => s.push_str(" (direct)"),
+                    }
                 }
                 s
             }

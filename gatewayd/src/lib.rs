@@ -16,6 +16,7 @@ pub mod control;
 pub mod db;
 pub mod events;
 pub mod metrics;
+pub mod rates;
 pub mod server;
 pub mod trunk;
 pub mod voicemail;

@@ -15,7 +15,7 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use keyline_net::relay::Counters;
+use keyline_net::relay::{Counters, Direction};
 
 /// Buckets (seconds) of the call set-up histograms.
 const SETUP_BUCKETS: &[f64] = &[
@@ -39,6 +39,32 @@ pub const OUTCOMES: &[&str] = &[
     "redirected",
 ];
 
+/// The forwarder's series of one direction (`direction="to_callee"` or
+/// `"to_caller"`).
+#[derive(Clone)]
+struct FwdDirection {
+    packets: Counter,
+    bytes: Counter,
+    dropped: Counter,
+}
+
+impl FwdDirection {
+    fn register(direction: &'static str) -> FwdDirection {
+        FwdDirection {
+            packets: counter!("keyline_forwarder_packets_total", "direction" => direction),
+            bytes: counter!("keyline_forwarder_bytes_total", "direction" => direction),
+            dropped: counter!("keyline_forwarder_dropped_total", "direction" => direction),
+        }
+    }
+
+    fn set(&self, d: &Direction) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.packets.absolute(d.packets.load(Relaxed));
+        self.bytes.absolute(d.bytes.load(Relaxed));
+        self.dropped.absolute(d.dropped.load(Relaxed));
+    }
+}
+
 /// Every metric the gateway records, registered once.
 #[derive(Clone)]
 pub struct Metrics {
@@ -53,9 +79,7 @@ pub struct Metrics {
     pub lockouts: Counter,
     pub disk_free: Gauge,
     uplink: Vec<(&'static str, Gauge)>,
-    fwd_packets: Counter,
-    fwd_bytes: Counter,
-    fwd_dropped: Counter,
+    fwd: [FwdDirection; 2],
     fwd_active: Gauge,
     fwd_allocations: Counter,
 }
@@ -119,9 +143,10 @@ impl Metrics {
                 .iter()
                 .map(|s| (*s, gauge!("keyline_uplink_state", "state" => *s)))
                 .collect(),
-            fwd_packets: counter!("keyline_forwarder_packets_total"),
-            fwd_bytes: counter!("keyline_forwarder_bytes_total"),
-            fwd_dropped: counter!("keyline_forwarder_dropped_total"),
+            fwd: [
+                FwdDirection::register("to_callee"),
+                FwdDirection::register("to_caller"),
+            ],
             fwd_active: gauge!("keyline_forwarder_allocations_active"),
             fwd_allocations: counter!("keyline_forwarder_allocations_total"),
         };
@@ -159,9 +184,8 @@ impl Metrics {
         let Some(h) = &self.handle else {
             return String::new();
         };
-        self.fwd_packets.absolute(relay.packets.load(Relaxed));
-        self.fwd_bytes.absolute(relay.bytes.load(Relaxed));
-        self.fwd_dropped.absolute(relay.dropped.load(Relaxed));
+        self.fwd[0].set(&relay.to_callee);
+        self.fwd[1].set(&relay.to_caller);
         self.fwd_active.set(relay.active.load(Relaxed) as f64);
         self.fwd_allocations
             .absolute(relay.allocations.load(Relaxed));
@@ -223,16 +247,16 @@ fn describe() {
     );
     describe_counter!(
         "keyline_forwarder_packets_total",
-        "Packets the forwarder moved, both directions."
+        "Packets the forwarder moved, by direction (to_callee: from the caller's end; to_caller: back)."
     );
     describe_counter!(
         "keyline_forwarder_bytes_total",
         Unit::Bytes,
-        "Bytes the forwarder moved, both directions."
+        "Bytes the forwarder moved, by direction."
     );
     describe_counter!(
         "keyline_forwarder_dropped_total",
-        "Packets the forwarder dropped (from an unexpected address, or not sendable)."
+        "Packets the forwarder dropped (from an unexpected address, or not sendable), by the direction they came in."
     );
     describe_gauge!(
         "keyline_forwarder_allocations_active",
@@ -297,8 +321,13 @@ mod tests {
         m.uplink("connecting");
         let relay = Counters::default();
         relay
+            .to_callee
             .packets
             .store(42, std::sync::atomic::Ordering::Relaxed);
+        relay
+            .to_caller
+            .dropped
+            .store(3, std::sync::atomic::Ordering::Relaxed);
         let text = m.render(&relay);
         for want in [
             "keyline_calls_active 2",
@@ -308,7 +337,9 @@ mod tests {
             "keyline_dial_to_ringing_seconds_count 1",
             "keyline_uplink_state{state=\"connecting\"} 1",
             "keyline_uplink_state{state=\"registered\"} 0",
-            "keyline_forwarder_packets_total 42",
+            "keyline_forwarder_packets_total{direction=\"to_callee\"} 42",
+            "keyline_forwarder_packets_total{direction=\"to_caller\"} 0",
+            "keyline_forwarder_dropped_total{direction=\"to_caller\"} 3",
             "# TYPE keyline_dial_to_ringing_seconds histogram",
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");

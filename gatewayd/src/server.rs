@@ -1186,6 +1186,9 @@ pub(crate) struct Switch {
     /// Relayed calls answered whose answering end has not sent through
     /// the forwarder yet, for answer→media.
     media_wait: HashMap<CallId, Instant>,
+    /// Relayed calls' packet rates, and when to sample them next.
+    rates: crate::rates::Rates,
+    next_rates: Instant,
 }
 
 /// Dial requests timed at once, at most (a station that never gets a
@@ -1228,16 +1231,20 @@ impl Switch {
             outcomes: HashMap::new(),
             dialing: HashMap::new(),
             media_wait: HashMap::new(),
+            rates: crate::rates::Rates::default(),
+            next_rates: Instant::now(),
         })
     }
 
     async fn run(mut self, mut events: mpsc::Receiver<Event>) {
         loop {
             let media_check = (!self.media_wait.is_empty()).then(|| Instant::now() + MEDIA_CHECK);
-            let deadline = match (self.sb.poll_timeout(), media_check) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let rates_check =
+                (!self.relays.is_empty() || !self.rates.is_empty()).then_some(self.next_rates);
+            let deadline = [self.sb.poll_timeout(), media_check, rates_check]
+                .into_iter()
+                .flatten()
+                .min();
             let ev = match deadline {
                 Some(d) => tokio::select! {
                     ev = events.recv() => ev,
@@ -1247,6 +1254,9 @@ impl Switch {
                             self.sb.handle_timeout(now);
                         }
                         self.check_media(now);
+                        if now >= self.next_rates {
+                            self.sample_rates(now);
+                        }
                         self.drain().await;
                         self.tell_calls();
                         continue;
@@ -1360,6 +1370,16 @@ impl Switch {
         });
     }
 
+    /// Sample the forwarder's counters of every relayed call: their
+    /// packets a second, shown with the calls.
+    fn sample_rates(&mut self, now: Instant) {
+        self.rates.sample(
+            now,
+            self.relays.iter().map(|(call, a)| (*call, a.traffic())),
+        );
+        self.next_rates = now + crate::rates::EVERY;
+    }
+
     /// Tell subscribers of calls that appeared, changed or ended since
     /// they were last told.
     fn tell_calls(&mut self) {
@@ -1381,7 +1401,8 @@ impl Switch {
                         &old.caller,
                         &old.callee,
                         old.since_ms,
-                    ) != (c.state, c.relayed, &c.caller, &c.callee, c.since_ms)
+                        old.pps,
+                    ) != (c.state, c.relayed, &c.caller, &c.callee, c.since_ms, c.pps)
                 }
                 None => true,
             };
@@ -1987,6 +2008,7 @@ impl Switch {
                     outside: is_trunk(&c.caller) || is_trunk(&c.callee),
                     directory_call: self.trunks.dir_call(c.id),
                     relayed: self.relays.contains_key(&c.id),
+                    pps: self.rates.get(c.id),
                 }
             })
             .collect();

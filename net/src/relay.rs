@@ -21,26 +21,80 @@ use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-/// Totals across every allocation, for `status` and benchmarks.
+/// Totals of one direction through the forwarder.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub struct Direction {
+    /// Packets sent on (a GSO/GRO run counts as its segments).
     pub packets: AtomicU64,
     pub bytes: AtomicU64,
+    /// Packets from an address that is not the call's, or not sendable.
     pub dropped: AtomicU64,
+}
+
+impl Direction {
+    fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "packets": self.packets.load(Ordering::Relaxed),
+            "bytes": self.bytes.load(Ordering::Relaxed),
+            "dropped": self.dropped.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Totals across every allocation, for `status`, metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Caller → callee.
+    pub to_callee: Direction,
+    /// Callee → caller.
+    pub to_caller: Direction,
     pub active: AtomicU64,
     pub allocations: AtomicU64,
 }
 
 impl Counters {
+    /// Packets forwarded, both directions.
+    pub fn packets(&self) -> u64 {
+        self.to_callee.packets.load(Ordering::Relaxed)
+            + self.to_caller.packets.load(Ordering::Relaxed)
+    }
+
+    /// Bytes forwarded, both directions.
+    pub fn bytes(&self) -> u64 {
+        self.to_callee.bytes.load(Ordering::Relaxed) + self.to_caller.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Packets dropped, both directions.
+    pub fn dropped(&self) -> u64 {
+        self.to_callee.dropped.load(Ordering::Relaxed)
+            + self.to_caller.dropped.load(Ordering::Relaxed)
+    }
+
     pub fn snapshot(&self) -> serde_json::Value {
         serde_json::json!({
-            "packets": self.packets.load(Ordering::Relaxed),
-            "bytes": self.bytes.load(Ordering::Relaxed),
-            "dropped": self.dropped.load(Ordering::Relaxed),
+            "packets": self.packets(),
+            "bytes": self.bytes(),
+            "dropped": self.dropped(),
             "active": self.active.load(Ordering::Relaxed),
             "allocations": self.allocations.load(Ordering::Relaxed),
+            "to_callee": self.to_callee.snapshot(),
+            "to_caller": self.to_caller.snapshot(),
         })
     }
+}
+
+/// Packets one allocation has accepted from each of its ends so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    pub from_caller: u64,
+    pub from_callee: u64,
+}
+
+/// [`Traffic`] as the forwarding task keeps it.
+#[derive(Debug, Default)]
+struct Heard {
+    from_caller: AtomicU64,
+    from_callee: AtomicU64,
 }
 
 /// Whom one side of an allocation talks to. A side assigned one peer
@@ -140,7 +194,7 @@ pub struct Allocation {
     task: tokio::task::JoinHandle<()>,
     counters: Arc<Counters>,
     retarget: tokio::sync::watch::Sender<Vec<SocketAddr>>,
-    callee_heard: Arc<AtomicU64>,
+    heard: Arc<Heard>,
 }
 
 impl Allocation {
@@ -152,7 +206,16 @@ impl Allocation {
 
     /// Packets accepted from the callee side so far.
     pub fn callee_packets(&self) -> u64 {
-        self.callee_heard.load(Ordering::Relaxed)
+        self.heard.from_callee.load(Ordering::Relaxed)
+    }
+
+    /// Packets accepted from each end so far (a call's packet rate is the
+    /// difference of two of these).
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            from_caller: self.heard.from_caller.load(Ordering::Relaxed),
+            from_callee: self.callee_packets(),
+        }
     }
 }
 
@@ -235,17 +298,17 @@ fn start(
     let caller_facing = a.sock.local_addr()?;
     let callee_facing = b.sock.local_addr()?;
     let (retarget, watch) = tokio::sync::watch::channel(Vec::new());
-    let callee_heard = Arc::new(AtomicU64::new(0));
+    let heard = Arc::new(Heard::default());
     counters.active.fetch_add(1, Ordering::Relaxed);
     counters.allocations.fetch_add(1, Ordering::Relaxed);
-    let task = tokio::spawn(forward(a, b, counters.clone(), watch, callee_heard.clone()));
+    let task = tokio::spawn(forward(a, b, counters.clone(), watch, heard.clone()));
     Ok(Allocation {
         caller_facing,
         callee_facing,
         task,
         counters,
         retarget,
-        callee_heard,
+        heard,
     })
 }
 
@@ -281,7 +344,7 @@ async fn forward(
     mut b: Side,
     counters: Arc<Counters>,
     mut retarget: tokio::sync::watch::Receiver<Vec<SocketAddr>>,
-    callee_heard: Arc<AtomicU64>,
+    heard: Arc<Heard>,
 ) {
     enum Ready {
         A,
@@ -302,20 +365,18 @@ async fn forward(
             }
         };
         let res = match ready {
-            Ok(Ready::A) => with_buffers(|bufs| pump(&mut a, &b, bufs, &counters)),
-            Ok(Ready::B) => with_buffers(|bufs| {
-                let r = pump(&mut b, &a, bufs, &counters);
-                if let Ok(n) = r {
-                    callee_heard.fetch_add(n, Ordering::Relaxed);
-                }
-                r
-            }),
+            Ok(Ready::A) => {
+                with_buffers(|bufs| pump(&mut a, &b, bufs, &counters.to_callee, &heard.from_caller))
+            }
+            Ok(Ready::B) => {
+                with_buffers(|bufs| pump(&mut b, &a, bufs, &counters.to_caller, &heard.from_callee))
+            }
             Ok(Ready::Retarget) => {
                 if retarget_open {
                     b.target = Target::open(retarget.borrow_and_update().clone());
                     punch(&b).await;
                 }
-                Ok(0)
+                Ok(())
             }
             Err(e) => Err(e),
         };
@@ -326,7 +387,7 @@ async fn forward(
     }
 }
 
-fn with_buffers(f: impl FnOnce(&mut Buffers) -> io::Result<u64>) -> io::Result<u64> {
+fn with_buffers(f: impl FnOnce(&mut Buffers) -> io::Result<()>) -> io::Result<()> {
     BUFFERS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut b) => f(&mut b),
         // Not reachable (pump does not re-enter), but never panic.
@@ -349,10 +410,47 @@ async fn punch(side: &Side) {
     }
 }
 
-/// Drain `from` and send everything it had to `to`'s peer; returns how
-/// many packets `from` accepted.
-fn pump(from: &mut Side, to: &Side, b: &mut Buffers, counters: &Counters) -> io::Result<u64> {
-    let mut accepted = 0;
+/// Drain `from` and send everything it had to `to`'s peer, counting it in
+/// `dir` and the packets `from` accepted in `heard`. The counts are added
+/// once per drain, not per packet.
+fn pump(
+    from: &mut Side,
+    to: &Side,
+    b: &mut Buffers,
+    dir: &Direction,
+    heard: &AtomicU64,
+) -> io::Result<()> {
+    let mut count = Tally::default();
+    let res = drain(from, to, b, &mut count);
+    count.add_to(dir, heard);
+    res
+}
+
+/// What one drain did, added to the shared counters at its end.
+#[derive(Default)]
+struct Tally {
+    accepted: u64,
+    packets: u64,
+    bytes: u64,
+    dropped: u64,
+}
+
+impl Tally {
+    fn add_to(&self, dir: &Direction, heard: &AtomicU64) {
+        for (counter, n) in [
+            (heard, self.accepted),
+            (&dir.packets, self.packets),
+            (&dir.bytes, self.bytes),
+            (&dir.dropped, self.dropped),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn drain(from: &mut Side, to: &Side, b: &mut Buffers, count: &mut Tally) -> io::Result<()> {
     loop {
         let n = {
             let mut iov = b.bufs.each_mut().map(|b| IoSliceMut::new(&mut b[..]));
@@ -360,7 +458,7 @@ fn pump(from: &mut Side, to: &Side, b: &mut Buffers, counters: &Counters) -> io:
                 from.state.recv((&from.sock).into(), &mut iov, &mut b.metas)
             }) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(accepted),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 // ICMP errors surface as recv errors on Linux; they say the
                 // far end is gone for now, not that our socket is broken.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
@@ -369,27 +467,27 @@ fn pump(from: &mut Side, to: &Side, b: &mut Buffers, counters: &Counters) -> io:
         };
         for (meta, buf) in b.metas.iter().zip(b.bufs.iter()).take(n) {
             if !from.target.accepts(meta.addr) {
-                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                count.dropped += 1;
                 continue;
             }
-            let segments = meta.len.div_ceil(meta.stride.max(1));
-            accepted += segments as u64;
+            let segments = meta.len.div_ceil(meta.stride.max(1)) as u64;
+            count.accepted += segments;
             let dests = to.target.destinations();
             if dests.is_empty() {
-                counters
-                    .dropped
-                    .fetch_add(segments as u64, Ordering::Relaxed);
+                count.dropped += segments;
             }
             for &destination in dests {
-                if send_run(to, destination, &buf[..meta.len], meta.stride, segments) {
-                    counters
-                        .packets
-                        .fetch_add(segments as u64, Ordering::Relaxed);
-                    counters.bytes.fetch_add(meta.len as u64, Ordering::Relaxed);
+                if send_run(
+                    to,
+                    destination,
+                    &buf[..meta.len],
+                    meta.stride,
+                    segments as usize,
+                ) {
+                    count.packets += segments;
+                    count.bytes += meta.len as u64;
                 } else {
-                    counters
-                        .dropped
-                        .fetch_add(segments as u64, Ordering::Relaxed);
+                    count.dropped += segments;
                 }
             }
         }
@@ -491,9 +589,26 @@ mod tests {
             .await
             .expect("send");
         assert!(silent(&callee, &mut buf).await);
-        assert_eq!(counters.packets.load(Ordering::Relaxed), 100);
-        assert_eq!(counters.bytes.load(Ordering::Relaxed), 50 * 250);
-        assert_eq!(counters.dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.packets(), 100);
+        assert_eq!(counters.bytes(), 50 * 250);
+        assert_eq!(counters.dropped(), 2);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (up, down) = (&counters.to_callee, &counters.to_caller);
+        assert_eq!(
+            (load(&up.packets), load(&up.bytes), load(&up.dropped)),
+            (50, 50 * 160, 1)
+        );
+        assert_eq!(
+            (load(&down.packets), load(&down.bytes), load(&down.dropped)),
+            (50, 50 * 90, 1)
+        );
+        assert_eq!(
+            alloc.traffic(),
+            Traffic {
+                from_caller: 50,
+                from_callee: 50
+            }
+        );
         assert_eq!(counters.active.load(Ordering::Relaxed), 1);
         drop(alloc);
         assert_eq!(counters.active.load(Ordering::Relaxed), 0);
@@ -539,7 +654,7 @@ mod tests {
             .await
             .expect("send");
         assert!(silent(&caller, &mut buf).await);
-        assert_eq!(counters.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.dropped(), 1);
     }
 
     /// The next datagram and its sender, if one comes within 2 s.
@@ -643,7 +758,7 @@ mod tests {
             .await
             .expect("send");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(counters.dropped.load(Ordering::Relaxed), 1);
-        assert_eq!(counters.packets.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.dropped(), 1);
+        assert_eq!(counters.packets(), 0);
     }
 }

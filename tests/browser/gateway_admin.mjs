@@ -118,6 +118,14 @@ try {
     return c && c.textContent.includes("answered");
   }, null, { timeout: 3000 });
   check(await page.evaluate(() => window.__sameLoad === true), "without a reload");
+  // The call is relayed: its packets a second from each end show, and
+  // follow the stream (voice is 50 a second each way).
+  await page.waitForFunction(() => {
+    const td = document.querySelector("#calls tr[data-call] td.pps");
+    const m = td && td.textContent.trim().match(/^(\d+) \/ (\d+)$/);
+    return m && Number(m[1]) >= 30 && Number(m[2]) >= 30;
+  }, null, { timeout: 5000 });
+  check(true, `packets a second through the forwarder: ${(await page.textContent("#calls td.pps")).trim()}`);
   await shot(page, "admin-dashboard");
   await axe(page, "dashboard with a call");
   await call.first().getByRole("button", { name: "Hang up" }).click();
@@ -162,11 +170,31 @@ try {
   check(rg.source === "config", "nothing was saved");
   await page.getByLabel("Members, in order").fill(`${ext}, 201`);
   await page.getByLabel("How they ring").selectOption("hunt");
+  await page.getByLabel("Seconds each (in turn)").fill("2");
   await page.locator("#rg-h").locator("xpath=..").getByRole("button", { name: "Save" }).click();
   await page.locator("p.notice.good").waitFor({ timeout: 5000 });
   rg = JSON.parse(execFileSync(process.env.GW_BIN, ["--state", process.env.GW_STATE, "ring-group", "show", "--json"]));
-  check(rg.mode === "hunt" && rg.members.join(",") === `${ext},201`, `the hunt group is what the CLI shows (${JSON.stringify(rg)})`);
+  check(rg.mode === "hunt" && rg.members.join(",") === `${ext},201` && rg.step_secs === 2, `the hunt group is what the CLI shows (${JSON.stringify(rg)})`);
   await shot(page, "admin-dialplan");
+
+  // A call to the office number hunts: the new station rings alone, then
+  // 201 (the Rust side checks the stations); the dashboard follows the
+  // ringing member without a reload.
+  await page.goto(`${url}/`);
+  await page.evaluate(() => {
+    window.__ringing = [];
+    const note = () => {
+      for (const tr of document.querySelectorAll("#calls tr[data-call]")) {
+        const to = tr.children[2].textContent.trim().split(" ")[0];
+        if (window.__ringing[window.__ringing.length - 1] !== to) window.__ringing.push(to);
+      }
+    };
+    new MutationObserver(note).observe(document.getElementById("live"), { childList: true, subtree: true });
+  });
+  await step(`hunt-call ${ext}`);
+  const rang = await page.evaluate(() => window.__ringing);
+  check(rang.indexOf(ext) >= 0 && rang.indexOf("201") > rang.indexOf(ext),
+    `the dashboard showed the hunt ringing ${ext}, then 201 (${JSON.stringify(rang)})`);
 
   // A voicemail left for the new station plays in the page, and Delete
   // removes it.

@@ -604,6 +604,19 @@ pub mod tones {
 
 /// Add an account to the directory whose state is `state` (the
 /// `keyline-directory user add` an admin runs), `password` on stdin.
+/// The certificate fingerprint of the directory whose state is at
+/// `state` (`keyline-directory status --json`, which works while it runs).
+pub fn directory_fingerprint(state: &Path) -> String {
+    let out = Command::new(bin("keyline-directory"))
+        .arg("--state")
+        .arg(state)
+        .args(["status", "--json"])
+        .output()
+        .expect("run keyline-directory status");
+    let st: Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    jstr(&st, &["fingerprint"]).expect("the directory's fingerprint")
+}
+
 pub fn add_account(state: &Path, account: &str, numbers: &[&str], password: &str) {
     use std::io::Write;
     let mut cmd = Command::new(bin("keyline-directory"));

@@ -363,7 +363,7 @@ fn the_directory_site_in_a_browser() {
     assert!(value("keyline_directory_lockouts_total") >= 1.0, "{text}");
     assert!(value("keyline_directory_bindings") >= 2.0, "{text}");
     value("keyline_directory_lookups_total");
-    value("keyline_directory_relay_bytes_total");
+    value("keyline_directory_relay_bytes_total{direction=\"to_callee\"}");
 }
 
 /// The account and operator pages in headless Chromium

@@ -2,13 +2,18 @@
 //! playwright-core, `tests/browser/gateway_admin.mjs`) against a real
 //! gateway and real stations on loopback: log in, a new station's pending
 //! enrolment appears without a reload and Approve lets it register, a call
-//! shows on the dashboard within 1 s and Hang up ends it, Export CSV
-//! matches `keyline-gatewayd cdr --json`, the dial plan saves a hunt group
-//! and refuses an unknown member, a left voicemail plays in the page and
-//! is deleted, a form without its CSRF token
-//! is refused, wrong passwords lock out, and axe-core finds no serious
-//! accessibility violations. Any failed check in the script fails this
-//! test.
+//! shows on the dashboard within 1 s with its packets a second through the
+//! forwarder and Hang up ends it, Export CSV matches `keyline-gatewayd cdr
+//! --json`, the dial plan refuses an unknown member and saves a hunt group,
+//! and an outside call to the office number then rings its members in
+//! order (the dashboard follows), a left voicemail plays in the page and
+//! is deleted, a form without its CSRF token is refused, wrong passwords
+//! lock out, and axe-core finds no serious accessibility violations. Any
+//! failed check in the script fails this test.
+//!
+//! Without `[admin] allow`, the site is the LAN's alone: in network
+//! namespaces, a desk on the gateway's LAN gets the login page and a host
+//! on its outside network gets 403.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,10 +22,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use keyline_tests::{
-    bin, jstr, ok, registered, wait_for, wait_state, Daemon, LoopbackOffice, Scratch,
+    add_account, bin, call_state, idle, jstr, ok, registered, start_terminal, terminal_registered,
+    unique, wait_for, wait_state, Bridge, Daemon, LoopbackOffice, Netns, Scratch,
 };
 
 const PASSWORD: &str = "front desk 2026";
+/// The office number, on the gateway's own (embedded) directory.
+const OFFICE_NUMBER: &str = "Front Desk";
 
 fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -32,11 +40,20 @@ fn free_tcp_port() -> u16 {
 #[test]
 fn the_admin_site_in_a_browser() {
     let port = free_tcp_port();
+    let dir_listen = format!("127.0.0.1:{}", keyline_tests::free_udp_port());
     let cfg_dir = Scratch::new("gwadmincfg");
     let cfg = cfg_dir.join("gatewayd.toml");
-    std::fs::write(&cfg, format!(
-            "ring_timeout_secs = 2\nvoicemail_silence_secs = 1\n[admin]\nlisten = \"127.0.0.1:{port}\"\n"
-        )).unwrap();
+    // Calls inside the office go through the forwarder (their packets a
+    // second show); the office's own directory takes outside calls.
+    std::fs::write(
+        &cfg,
+        format!(
+            "ring_timeout_secs = 2\nvoicemail_silence_secs = 1\ninternal_media = \"relay\"\n\
+             [admin]\nlisten = \"127.0.0.1:{port}\"\n\
+             [embedded_directory]\nlisten = \"{dir_listen}\"\nnumber = \"{OFFICE_NUMBER}\"\n"
+        ),
+    )
+    .unwrap();
     let office = LoopbackOffice::start("gwadmin", &["--config", cfg.to_str().unwrap()]);
     // The password, as an installer would set it (standard input).
     let passwd = Command::new(bin("keyline-gatewayd"))
@@ -80,6 +97,7 @@ fn the_admin_site_in_a_browser() {
     });
 
     let mut b: Option<Daemon> = None;
+    let mut carol: Option<Daemon> = None;
     for line in from_node.lines() {
         let Ok(line) = line else { break };
         let Some(step) = line.strip_prefix("STEP ") else {
@@ -116,6 +134,23 @@ fn the_admin_site_in_a_browser() {
                 keyline_tests::idle(b.as_ref().unwrap());
                 String::new()
             }
+            (Some("hunt-call"), Some(ext)) => {
+                // An outside caller dials the office number: the hunt
+                // group rings `ext` alone, then 201, which answers.
+                let carol = carol.get_or_insert_with(|| outside_caller(&office, &dir_listen));
+                terminal_registered(carol);
+                let bd = b.as_ref().unwrap();
+                ok(carol, &["dial", OFFICE_NUMBER]);
+                wait_state(bd, "alerting");
+                assert!(call_state(&a).is_none(), "201 rang before its turn");
+                wait_state(&a, "alerting");
+                assert!(call_state(bd).is_none(), "{ext} still rings after its turn");
+                ok(&a, &["answer"]);
+                wait_state(carol, "connected");
+                ok(carol, &["hangup"]);
+                idle(&a);
+                String::new()
+            }
             (Some("voicemail"), Some(ext)) => {
                 // Nobody answers: the caller talks to the mailbox a while.
                 ok(&a, &["dial", ext]);
@@ -148,6 +183,22 @@ fn the_admin_site_in_a_browser() {
     eprintln!("{log}");
     assert!(status.success(), "the browser script failed:\n{log}");
     assert!(!log.contains("FAILED"), "{log}");
+}
+
+/// `carol`, an account on the office's own directory, and her terminal.
+fn outside_caller(office: &LoopbackOffice, dir_listen: &str) -> Daemon {
+    let dir_state = office.gw.state.join("directory");
+    add_account(&dir_state, "carol", &["carol"], PASSWORD);
+    let fp = keyline_tests::directory_fingerprint(&dir_state);
+    start_terminal(
+        &office.scratch,
+        None,
+        dir_listen,
+        &fp,
+        "carol",
+        PASSWORD,
+        &["--audio-in", "tone:500"],
+    )
 }
 
 /// `Command::output` with something written to its standard input first.
@@ -208,4 +259,76 @@ fn the_admin_site_refuses_addresses_it_does_not_allow() {
         office.gw.log_text().contains("admin passwd"),
         "the first start says how"
     );
+}
+
+/// Without `[admin] allow` the site is the LAN side's: a gateway with a
+/// LAN (10.78.0.0/24) and an outside network (203.0.113.0/24, a public
+/// range) in namespaces of their own, its site on the default address
+/// (port 8443 on every address). A desk on the LAN gets the login page;
+/// a host outside gets 403 for every path, and no page is served to it.
+#[test]
+fn by_default_the_admin_site_is_the_lans_alone() {
+    let base = unique("");
+    let lan = Bridge::new(&format!("{base}lan")).unwrap();
+    let wan = Bridge::new(&format!("{base}wan")).unwrap();
+    let gw_ns = Netns::new(&format!("{base}gw")).unwrap();
+    let desk = Netns::new(&format!("{base}desk")).unwrap();
+    let outside = Netns::new(&format!("{base}out")).unwrap();
+    lan.attach(&gw_ns, "lan0", "10.78.0.1/24").unwrap();
+    lan.attach(&desk, "eth0", "10.78.0.2/24").unwrap();
+    wan.attach(&gw_ns, "wan0", "203.0.113.1/24").unwrap();
+    wan.attach(&outside, "eth0", "203.0.113.9/24").unwrap();
+
+    let scratch = Scratch::new("gwadminwan");
+    let state = scratch.join("gw");
+    let passwd = Command::new(bin("keyline-gatewayd"))
+        .arg("--state")
+        .arg(&state)
+        .args(["admin", "passwd"])
+        .stdin(Stdio::piped())
+        .output_with_stdin(format!("{PASSWORD}\n"));
+    assert!(passwd.status.success(), "{passwd:?}");
+    let gw = Daemon::start(
+        Some(&gw_ns.name),
+        bin("keyline-gatewayd"),
+        &state,
+        &["run", "--no-mdns"],
+    )
+    .unwrap();
+    wait_for("the admin site", Duration::from_secs(10), || {
+        let st = gw.json(&["status"]).ok()?;
+        (st["admin"]["state"] == "listening").then_some(())
+    });
+    let code = |ns: &Netns, host: &str, path: &str| {
+        let out = ns.exec(
+            "curl",
+            &[
+                "-sk",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("https://{host}:8443{path}"),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The LAN reaches it at the gateway's LAN address.
+    assert_eq!(code(&desk, "10.78.0.1", "/login"), "200");
+    // The outside reaches the port (at either address) and is refused.
+    for host in ["203.0.113.1", "10.78.0.1"] {
+        if host == "10.78.0.1" {
+            // (The gateway's own address: no forwarding needed.)
+            outside
+                .ip(&["route", "add", "10.78.0.0/24", "via", "203.0.113.1"])
+                .unwrap();
+        }
+        for path in ["/login", "/", "/stations", "/metrics"] {
+            assert_eq!(code(&outside, host, path), "403", "{host}{path}");
+        }
+    }
+    let log = gw.log_text();
+    assert!(!log.contains("panicked"), "{log}");
 }

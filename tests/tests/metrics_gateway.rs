@@ -141,7 +141,11 @@ fn prometheus_scrapes_the_gateway_after_a_call() {
     // The sample lies in a bucket, and took less than the last one.
     assert!(prom.at_least("keyline_dial_to_ringing_seconds_bucket{le=\"5\"}", 1.0) >= 1.0);
     assert!(prom.at_least("keyline_answer_to_media_seconds_count", 1.0) >= 1.0);
-    assert!(prom.at_least("keyline_forwarder_packets_total", 10.0) >= 10.0);
+    // Both ways through the forwarder, each counted as its own series.
+    for direction in ["to_callee", "to_caller"] {
+        let q = format!("keyline_forwarder_packets_total{{direction=\"{direction}\"}}");
+        assert!(prom.at_least(&q, 10.0) >= 10.0);
+    }
     assert_eq!(prom.at_least("keyline_stations_online", 2.0), 2.0);
     wait_for("no calls active", Duration::from_secs(10), || {
         (prom.value("keyline_calls_active")? == 0.0).then_some(())

@@ -913,14 +913,7 @@ fn a_standalone_office_runs_its_own_directory_for_outside_terminals() {
     // The admin gives an outside user an account on the office's directory.
     let dir_state = base.join("gw").join("directory");
     add_account(&dir_state, "carol", &["carol"], PW);
-    let st = Command::new(bin("keyline-directory"))
-        .arg("--state")
-        .arg(&dir_state)
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
-    let st: Value = serde_json::from_slice(&st.stdout).unwrap();
-    let fp = jstr(&st, &["fingerprint"]).unwrap();
+    let fp = keyline_tests::directory_fingerprint(&dir_state);
     let carol = terminal(&scratch, (&dir_listen, &fp), "carol");
     let office = Office {
         gw,

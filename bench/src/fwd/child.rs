@@ -111,23 +111,37 @@ impl Forwarder for Relay {
 
     fn counts(&self) -> (u64, u64, u64) {
         (
-            self.counters.packets.load(Ordering::Relaxed),
-            self.counters.dropped.load(Ordering::Relaxed),
+            self.counters.packets(),
+            self.counters.dropped(),
             self.allocs.len() as u64,
         )
     }
 }
 
-/// `keyline-bench serve-relay`.
-pub fn serve_relay(cpu: Option<usize>, workers: usize) -> Result<()> {
+/// `keyline-bench serve-relay`; with `metrics`, the gateway's Prometheus
+/// recorder is installed and the exposition rendered every second (a
+/// scrape fifteen times as often as the usual), as `[metrics]` does.
+pub fn serve_relay(cpu: Option<usize>, workers: usize, metrics: bool) -> Result<()> {
     prepare(cpu)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.max(1))
         .enable_all()
         .build()?;
+    let counters = Arc::new(Counters::default());
+    if metrics {
+        let m = keyline_gatewayd::metrics::Metrics::install()?;
+        let c = counters.clone();
+        std::thread::Builder::new()
+            .name("scrape".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                std::hint::black_box(m.render(&c).len());
+            })
+            .context("starting the scraper")?;
+    }
     serve(Relay {
         rt,
-        counters: Arc::new(Counters::default()),
+        counters,
         allocs: Vec::new(),
     })
 }

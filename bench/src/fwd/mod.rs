@@ -38,6 +38,9 @@ const MAX_SEND_LAG_US: f64 = 2000.0;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Relay,
+    /// The relay with the gateway's Prometheus recorder installed and
+    /// scraped every second.
+    RelayMetrics,
     Baseline,
 }
 
@@ -45,13 +48,14 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Relay => "relay",
+            Kind::RelayMetrics => "relay_metrics",
             Kind::Baseline => "baseline",
         }
     }
 
     fn subcommand(self) -> &'static str {
         match self {
-            Kind::Relay => "serve-relay",
+            Kind::Relay | Kind::RelayMetrics => "serve-relay",
             Kind::Baseline => "serve-baseline",
         }
     }
@@ -83,8 +87,11 @@ impl ForwarderProc {
         if let Some(c) = cpu {
             cmd.arg("--cpu").arg(c.to_string());
         }
-        if kind == Kind::Relay {
+        if matches!(kind, Kind::Relay | Kind::RelayMetrics) {
             cmd.arg("--workers").arg(workers.to_string());
+        }
+        if kind == Kind::RelayMetrics {
+            cmd.arg("--metrics");
         }
         let mut child = cmd
             .stdin(Stdio::piped())
