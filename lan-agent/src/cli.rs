@@ -188,6 +188,9 @@ pub enum Cmd {
         #[arg(required = true, num_args = 1..)]
         text: Vec<String>,
     },
+    /// This station's metrics in Prometheus's text format: calls ended,
+    /// set-up times, talk time, voice and video counters.
+    Metrics,
     /// Show (and mark read) the text messages received.
     Messages {
         #[arg(long)]

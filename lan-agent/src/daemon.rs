@@ -1020,6 +1020,7 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
         "answer" => command(agent, Command::Answer).await,
         "hangup" => command(agent, Command::Hangup).await,
         "history" => agent.lock().station.history_json(),
+        "metrics" => agent.lock().station.metrics_json(),
         "mute" => {
             let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
             agent.lock().station.mute_command(on)

@@ -18,6 +18,7 @@ pub mod audio;
 pub(crate) mod calls;
 pub mod cli;
 pub mod daemon;
+pub(crate) mod metrics;
 pub mod session;
 pub(crate) mod station;
 pub mod terminal;

@@ -152,6 +152,7 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             json!({"cmd": "message", "to": number, "body": text.join(" ")})
         }
         Cmd::Messages { .. } => json!({"cmd": "messages"}),
+        Cmd::Metrics => json!({"cmd": "metrics"}),
         Cmd::Hold => json!({"cmd": "hold"}),
         Cmd::Voicemail { action } => match action {
             VoicemailCmd::List { .. } => json!({"cmd": "voicemail-list"}),
@@ -320,6 +321,10 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             action: ForwardCmd::List { json: true },
         } => println!("{}", serde_json::to_string_pretty(&reply)?),
         Cmd::Forward { .. } => print_forwards(&reply),
+        Cmd::Metrics => print!(
+            "{}",
+            reply.get("text").and_then(Value::as_str).unwrap_or("")
+        ),
         Cmd::Answer => println!("answered"),
         Cmd::Hangup => println!("hung up"),
         Cmd::Run { .. } | Cmd::Terminal { .. } | Cmd::Events { .. } => {}

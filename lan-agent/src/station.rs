@@ -87,6 +87,7 @@ pub(crate) struct Station<P> {
     pub(crate) events: Events,
     /// Wakes the timer task when a deadline may have moved.
     pub(crate) wake: Arc<Notify>,
+    metrics: crate::metrics::AgentMetrics,
 }
 
 impl<P: Clone> Station<P> {
@@ -108,6 +109,7 @@ impl<P: Clone> Station<P> {
             record_dir,
             events,
             wake: Arc::new(Notify::new()),
+            metrics: crate::metrics::AgentMetrics::new(),
         }
     }
 
@@ -312,6 +314,7 @@ impl<P: Clone> Station<P> {
             }
             None => (None, None, None, None),
         };
+        self.metrics.call_ended(c, Instant::now(), stats.as_ref());
         let record = json!({
             "id": c.id,
             "peer": c.peer,
@@ -335,6 +338,16 @@ impl<P: Clone> Station<P> {
         }
         self.history.push_front(record.clone());
         self.last_call = Some(record);
+    }
+
+    /// The `metrics` control command: the agent's metrics in Prometheus's
+    /// text format.
+    pub(crate) fn metrics_json(&self) -> Value {
+        let current: Vec<MediaStats> = self.media.values().filter_map(MediaSlot::stats).collect();
+        let active = usize::from(self.phone.call().is_some())
+            + usize::from(self.phone.consultation().is_some());
+        let text = self.metrics.render(active, current.iter());
+        json!({"ok": true, "text": text})
     }
 
     /// The `history` control command: the calls that ended, newest first.

@@ -1207,6 +1207,7 @@ async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
     match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
         "status" => status(t),
         "history" => t.lock().station.history_json(),
+        "metrics" => t.lock().station.metrics_json(),
         "mute" => {
             let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
             t.lock().station.mute_command(on)

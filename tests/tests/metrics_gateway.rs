@@ -1,37 +1,48 @@
-//! The gateway's `/metrics` end to end: a real Prometheus server started
-//! here scrapes a gateway on loopback; after a relayed call between two
-//! stations its query API shows the call ended as answered, a dial→ringing
-//! and an answer→media sample, the forwarder's packets and the stations
-//! online; `promtool check metrics` accepts the exposition.
+//! Metrics end to end: in a network namespace of its own, a real
+//! Prometheus server started here scrapes a gateway and the directory it
+//! is registered with. After a relayed call between two stations its query
+//! API shows the call ended as answered, a dial→ringing and an
+//! answer→media sample, the forwarder's packets each way and the stations
+//! online; and the directory's registrations and sessions. Each station's
+//! own metrics (`keyline-agent metrics`) count the call at both ends.
+//! `promtool check metrics` accepts every exposition.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use keyline_tests::{ok, wait_for, wait_state, LoopbackOffice, Scratch};
+use keyline_tests::{
+    add_account, bin, directory_fingerprint, enrol, ok, unique, wait_for, wait_state, Daemon,
+    Netns, Scratch,
+};
 use serde_json::Value;
 
-/// A free TCP port on loopback right now.
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
+/// Ports inside the test's own namespace (nothing else listens there).
+const GATEWAY: &str = "127.0.0.1:5070";
+const DIRECTORY: &str = "127.0.0.1:7480";
+const GATEWAY_METRICS: u16 = 9464;
+const DIRECTORY_METRICS: u16 = 9465;
+const PROMETHEUS: u16 = 9090;
+const PW: &str = "office line 2026";
 
-/// GET `path` from `127.0.0.1:port` over plain HTTP/1.0: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
+/// GET `http://127.0.0.1:port/path` inside `ns`: (status, body).
+fn get(ns: &Netns, port: u16, path: &str) -> Option<(u16, String)> {
+    let out = ns.exec(
+        "curl",
+        &[
+            "-s",
+            "--max-time",
+            "5",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://127.0.0.1:{port}{path}"),
+        ],
+    );
+    let text = String::from_utf8(out.stdout).ok()?;
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_string()))
 }
 
 /// Percent-encode a query for a URL.
@@ -44,46 +55,51 @@ fn encode(q: &str) -> String {
         .collect()
 }
 
-/// A Prometheus server, killed on drop.
-struct Prometheus {
+/// A Prometheus server in `ns`, killed on drop.
+struct Prometheus<'a> {
     child: Child,
-    port: u16,
+    ns: &'a Netns,
 }
 
-impl Prometheus {
-    fn start(scratch: &Scratch, target: u16) -> Prometheus {
-        let port = free_tcp_port();
+impl<'a> Prometheus<'a> {
+    fn start(scratch: &Scratch, ns: &'a Netns) -> Prometheus<'a> {
         let cfg = scratch.join("prometheus.yml");
         std::fs::write(
             &cfg,
             format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: keyline-gateway\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n\
+                 \x20 - job_name: keyline-gateway\n    static_configs:\n      - targets: ['127.0.0.1:{GATEWAY_METRICS}']\n\
+                 \x20 - job_name: keyline-directory\n    static_configs:\n      - targets: ['127.0.0.1:{DIRECTORY_METRICS}']\n"
             ),
         )
         .unwrap();
         let log = std::fs::File::create(scratch.join("prometheus.log")).unwrap();
-        let child = Command::new("prometheus")
+        // `ip netns exec` becomes Prometheus itself: killing the child
+        // stops it.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "prometheus"])
             .arg(format!("--config.file={}", cfg.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 scratch.join("tsdb").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--web.listen-address=127.0.0.1:{PROMETHEUS}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start prometheus (Debian package prometheus)");
-        let p = Prometheus { child, port };
+        let p = Prometheus { child, ns };
         wait_for("Prometheus ready", Duration::from_secs(30), || {
-            (get(p.port, "/-/ready")?.0 == 200).then_some(())
+            (get(ns, PROMETHEUS, "/-/ready")?.0 == 200).then_some(())
         });
         p
     }
 
     /// The value of an instant query's only sample.
     fn value(&self, q: &str) -> Option<f64> {
-        let (status, body) = get(self.port, &format!("/api/v1/query?query={}", encode(q)))?;
+        let path = format!("/api/v1/query?query={}", encode(q));
+        let (status, body) = get(self.ns, PROMETHEUS, &path)?;
         if status != 200 {
             return None;
         }
@@ -100,34 +116,117 @@ impl Prometheus {
     }
 }
 
-impl Drop for Prometheus {
+impl Drop for Prometheus<'_> {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
+/// `promtool check metrics` accepts this exposition.
+fn promtool_accepts(text: &str) {
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
-fn prometheus_scrapes_the_gateway_after_a_call() {
-    let port = free_tcp_port();
-    let scratch = Scratch::new("metricscfg");
-    let cfg = scratch.join("gatewayd.toml");
+fn prometheus_scrapes_the_gateway_and_the_directory_after_a_call() {
+    let ns = Netns::new(&unique("prom")).unwrap();
+    let scratch = Scratch::new("metrics");
+
+    // The directory, with the office's account.
+    let dir_state = scratch.join("dir");
+    add_account(&dir_state, "office", &["0317001000"], PW);
+    let dir_cfg = scratch.join("directory.toml");
     std::fs::write(
-        &cfg,
-        format!("internal_media = \"relay\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        &dir_cfg,
+        format!(
+            "listen = \"{DIRECTORY}\"\n[metrics]\nlisten = \"127.0.0.1:{DIRECTORY_METRICS}\"\n"
+        ),
     )
     .unwrap();
-    let office = LoopbackOffice::start("metrics", &["--config", cfg.to_str().unwrap()]);
-    wait_for("/metrics", Duration::from_secs(10), || {
-        (get(port, "/metrics")?.0 == 200).then_some(())
+    let dir = Daemon::start(
+        Some(&ns.name),
+        bin("keyline-directory"),
+        &dir_state,
+        &["serve", "--config", dir_cfg.to_str().unwrap()],
+    )
+    .unwrap();
+    wait_for("the directory", Duration::from_secs(15), || {
+        dir.json(&["status"]).ok()
     });
-    let prom = Prometheus::start(&scratch, port);
-    assert_eq!(prom.at_least("up{job=\"keyline-gateway\"}", 1.0), 1.0);
+    let fp = directory_fingerprint(&dir_state);
 
-    let a = office.agent("a", &["--audio-in", "tone:600", "--audio-out", "null"]);
-    let b = office.agent("b", &["--audio-in", "tone:900", "--audio-out", "null"]);
-    office.enrol(&a, "201");
-    office.enrol(&b, "202");
+    // The gateway, relaying its calls, registered as the office.
+    let pw = scratch.join("office.password");
+    std::fs::write(&pw, format!("{PW}\n")).unwrap();
+    let gw_cfg = scratch.join("gatewayd.toml");
+    std::fs::write(
+        &gw_cfg,
+        format!(
+            "listen = \"{GATEWAY}\"\nmdns = false\ninternal_media = \"relay\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{GATEWAY_METRICS}\"\n\
+             [directory]\naddress = \"{DIRECTORY}\"\nfingerprint = \"{fp}\"\n\
+             account = \"office\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let gw = Daemon::start(
+        Some(&ns.name),
+        bin("keyline-gatewayd"),
+        &scratch.join("gw"),
+        &["run", "--config", gw_cfg.to_str().unwrap()],
+    )
+    .unwrap();
+    let prom = Prometheus::start(&scratch, &ns);
+    assert_eq!(prom.at_least("up{job=\"keyline-gateway\"}", 1.0), 1.0);
+    assert_eq!(prom.at_least("up{job=\"keyline-directory\"}", 1.0), 1.0);
+    assert_eq!(
+        prom.at_least("keyline_uplink_state{state=\"registered\"}", 1.0),
+        1.0
+    );
+
+    let station = |name: &str, tone: &str| {
+        Daemon::start(
+            Some(&ns.name),
+            bin("keyline-agent"),
+            &scratch.join(name),
+            &[
+                "run",
+                "--no-mdns",
+                "--gateway",
+                GATEWAY,
+                "--audio-in",
+                tone,
+                "--audio-out",
+                "null",
+            ],
+        )
+        .unwrap()
+    };
+    let a = station("a", "tone:600");
+    let b = station("b", "tone:900");
+    enrol(&gw, &a, "201");
+    enrol(&gw, &b, "202");
     ok(&a, &["dial", "202"]);
     wait_state(&b, "alerting");
     ok(&b, &["answer"]);
@@ -151,28 +250,53 @@ fn prometheus_scrapes_the_gateway_after_a_call() {
         (prom.value("keyline_calls_active")? == 0.0).then_some(())
     });
 
-    // The exposition itself passes promtool's lint.
-    let (_, text) = get(port, "/metrics").unwrap();
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    // The directory's side: the office's registration and its session.
+    assert!(prom.at_least("keyline_directory_registrations_total", 1.0) >= 1.0);
+    assert_eq!(prom.at_least("keyline_directory_sessions", 1.0), 1.0);
+    assert!(prom.at_least("keyline_directory_bindings", 1.0) >= 1.0);
+
+    // The stations' own, through their control sockets: the caller
+    // placed one call that connected, and sent and heard voice.
+    let text = ok(&a, &["metrics"]);
+    let sample = |name: &str, labels: &[&str]| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} {labels:?} missing from\n{text}"))
+    };
+    let ended = "keyline_agent_calls_ended_total{";
+    assert_eq!(
+        sample(ended, &["direction=\"out\"", "connected=\"true\""]),
+        1.0
     );
+    assert_eq!(
+        sample(ended, &["direction=\"in\"", "connected=\"true\""]),
+        0.0
+    );
+    assert_eq!(
+        sample("keyline_agent_dial_to_ringing_seconds_count", &[]),
+        1.0
+    );
+    assert_eq!(sample("keyline_agent_calls_active", &[]), 0.0);
+    assert!(
+        sample("keyline_agent_audio_packets_sent_total", &[]) >= 10.0,
+        "{text}"
+    );
+    assert!(
+        sample("keyline_agent_audio_packets_received_total", &[]) >= 10.0,
+        "{text}"
+    );
+    let b_text = ok(&b, &["metrics"]);
+    assert!(
+        b_text.contains("keyline_agent_calls_ended_total{direction=\"in\",connected=\"true\"} 1"),
+        "{b_text}"
+    );
+
+    // Every exposition passes promtool's lint.
+    for port in [GATEWAY_METRICS, DIRECTORY_METRICS] {
+        promtool_accepts(&get(&ns, port, "/metrics").unwrap().1);
+    }
+    promtool_accepts(&text);
 }
 
 #[test]
