@@ -43,6 +43,7 @@ use serde_json::{json, Value};
 use crate::daemons::{poll, tail, Control, Daemon};
 use crate::rawdir::{self, Login, Op, RawClient};
 use crate::util::{self, round, Scratch, Summary};
+use crate::weblogin::{self, WebLoad};
 
 pub(crate) const PW: &str = "keyline bench password";
 
@@ -60,6 +61,13 @@ pub struct DirConfig {
     pub bindings: usize,
     /// Numbers per account in the memory run.
     pub numbers_per_account: usize,
+    /// Logins a second on the web site during the registrations beside
+    /// it ([`weblogin`]).
+    pub web_rate: f64,
+    /// Accounts made for the web logins, and the source addresses they
+    /// come from, so that the login limiter is not what is measured.
+    pub web_accounts: usize,
+    pub web_addresses: usize,
 }
 
 /// The directory's CPU time so far (all threads), from `/proc/PID/stat`.
@@ -214,6 +222,11 @@ async fn connect_on(
     Ok((addr, c))
 }
 
+/// Password logins under way at once while the clients come online: the
+/// directory's login limiter lets one address have at most 20 attempts in
+/// flight (its hashing pool checks 4 at a time) and refuses the rest.
+const LOGINS_AT_ONCE: usize = 8;
+
 /// Connect `accounts` × their numbers as load clients on `ep`: the first
 /// client of an account logs in, the others resume with its token; each
 /// binds its own number.
@@ -222,10 +235,12 @@ async fn online(
     dir: SocketAddr,
     accounts: &[(String, Vec<String>)],
 ) -> Result<Vec<RawClient>> {
+    let gate = Arc::new(tokio::sync::Semaphore::new(LOGINS_AT_ONCE));
     let mut tasks = Vec::new();
     for (id, numbers) in accounts {
-        let (id, numbers, ep) = (id.clone(), numbers.clone(), ep.clone());
+        let (id, numbers, ep, gate) = (id.clone(), numbers.clone(), ep.clone(), gate.clone());
         tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await?;
             let mut out = Vec::new();
             let mut token: Option<String> = None;
             for n in &numbers {
@@ -250,7 +265,8 @@ async fn online(
 }
 
 /// Load the directory with `op` from every client, `depth` in flight
-/// each; the figures of the measured window. The clients come back.
+/// each; the figures of the measured window, and the window. The clients
+/// come back.
 async fn load(
     clients: Vec<RawClient>,
     targets: &Arc<Vec<String>>,
@@ -258,17 +274,19 @@ async fn load(
     depth: usize,
     cfg: &DirConfig,
     dir_pid: u32,
-) -> Result<(Vec<RawClient>, Value)> {
+) -> Result<(Vec<RawClient>, Value, (Instant, Instant))> {
     let stop = Arc::new(AtomicBool::new(false));
     let base = Instant::now();
     let n_clients = clients.len();
     let tasks = rawdir::load_all(clients, op, depth, targets.clone(), stop.clone(), base);
     tokio::time::sleep(cfg.warmup).await;
     eprintln!("keyline-bench directory: measuring {op:?} at {n_clients} clients x {depth}");
-    let t0 = (Instant::now() - base).as_secs_f64();
+    let start = Instant::now();
+    let t0 = (start - base).as_secs_f64();
     let (dcpu0, scpu0) = (proc_cpu(dir_pid)?, util::self_cpu()?);
     tokio::time::sleep(cfg.measure).await;
-    let t1 = (Instant::now() - base).as_secs_f64();
+    let end = Instant::now();
+    let t1 = (end - base).as_secs_f64();
     let (dcpu1, scpu1) = (proc_cpu(dir_pid)?, util::self_cpu()?);
     stop.store(true, Ordering::Relaxed);
     let mut lat: Vec<f64> = Vec::new();
@@ -316,6 +334,7 @@ async fn load(
             "projected_per_s_directory_alone_2_cores": round(
                 if dir_us_per_op > 0.0 { 2e6 / dir_us_per_op } else { 0.0 }, 0),
         }),
+        (start, end),
     ))
 }
 
@@ -344,11 +363,24 @@ fn run_load(bin: &Path, dir: &Scratch, cfg: &DirConfig) -> Result<Value> {
     let state = dir.join("load");
     let most = cfg.levels.iter().map(|l| l.0).max().unwrap_or(1).max(1);
     let accounts = accounts_for("load", 7_000_000, most, cfg.clients_per_account);
+    let web_accounts = accounts_for("web", 9_100_000, cfg.web_accounts.max(1), 1);
     let t = Instant::now();
-    add_accounts(bin, &state, &accounts)?;
+    let mut every = accounts.clone();
+    every.extend(web_accounts.iter().cloned());
+    add_accounts(bin, &state, &every)?;
     let accounts_s = t.elapsed().as_secs_f64();
     let (mut d, mut ctl, addr) = start_directory(bin, &state)?;
     let pid = d.pid()?;
+    let (site, fingerprint) = site_of(&mut d, &mut ctl)?;
+    let web_load = WebLoad {
+        site,
+        fingerprint,
+        accounts: web_accounts.iter().map(|(id, _)| id.clone()).collect(),
+        password: PW.to_string(),
+        rate: cfg.web_rate,
+        addresses: cfg.web_addresses,
+        timeout: Duration::from_secs(10),
+    };
     std::thread::sleep(Duration::from_millis(300));
     let rss_idle = util::rss_kib(pid)?;
     let rt = runtime()?;
@@ -363,9 +395,10 @@ fn run_load(bin: &Path, dir: &Scratch, cfg: &DirConfig) -> Result<Value> {
         for &(n, depth) in &cfg.levels {
             let n = n.clamp(1, clients.len());
             let rest = clients.split_off(n);
-            let (some, registrations) =
+            let (some, registrations, _) =
                 load(clients, &targets, Op::Register, depth, cfg, pid).await?;
-            let (mut some, lookups) = load(some, &targets, Op::Lookup, depth, cfg, pid).await?;
+            let (mut some, lookups, _) =
+                load(some, &targets, Op::Lookup, depth, cfg, pid).await?;
             levels.push(json!({
                 "clients": n,
                 "in_flight_per_client": depth,
@@ -375,40 +408,53 @@ fn run_load(bin: &Path, dir: &Scratch, cfg: &DirConfig) -> Result<Value> {
             some.extend(rest);
             clients = some;
         }
-        for c in &clients {
+        // Registrations alone and beside web logins, at the level where
+        // registrations went fastest, one run right after the other.
+        let best = best_of(&levels, "registrations");
+        let n = best["clients"].as_u64().unwrap_or(1) as usize;
+        let depth = best["in_flight_per_client"].as_u64().unwrap_or(1) as usize;
+        let n = n.clamp(1, clients.len());
+        let rest = clients.split_off(n);
+        let (some, alone, _) = load(clients, &targets, Op::Register, depth, cfg, pid).await?;
+        eprintln!(
+            "keyline-bench directory: {:.0} web logins/s beside the registrations",
+            web_load.rate
+        );
+        let web = weblogin::start(&web_load)?;
+        let (mut some, loaded, window) =
+            load(some, &targets, Op::Register, depth, cfg, pid).await?;
+        let pages = web.finish(window, &web_load).await?;
+        some.extend(rest);
+        for c in &some {
             c.close();
         }
-        anyhow::Ok((levels, online_s))
+        let ratio = match (alone["per_s"].as_f64(), loaded["per_s"].as_f64()) {
+            (Some(a), Some(b)) if a > 0.0 => round(b / a, 3),
+            _ => 0.0,
+        };
+        let beside = json!({
+            "note": "registrations at the level where they went fastest, alone and then while visits to the \
+                     directory's web site log in at a steady rate (open loop: a new TLS connection, GET /login \
+                     for the CSRF token and its cookie, POST /login with the right password, GET /account); \
+                     accounts made for the logins, each always from the same one of several 127.0.0.x \
+                     addresses, so that the login limiter (5 attempts in flight per account and address, 20 \
+                     per address) refuses nothing; refused_by_limiter counts what it did refuse",
+            "clients": n,
+            "in_flight_per_client": depth,
+            "alone": alone,
+            "with_web_logins": loaded,
+            "ratio": ratio,
+            "web": pages,
+        });
+        anyhow::Ok((levels, online_s, beside))
     });
-    let (levels, online_s) = res?;
+    let (levels, online_s, beside) = res?;
     d.check_alive()?;
     let rss_after = util::rss_kib(pid)?;
     let bindings = status_count(&mut ctl, "bindings").unwrap_or(0);
     drop(rt);
     d.stop();
-    // The best level of each kind, and where it was reached. A level whose
-    // requests failed (an endpoint dropped for not reading its control
-    // stream, so that look-ups of its number fail fast) does not count
-    // while a level without errors exists.
-    let best = |op: &str| -> Value {
-        let clean = |l: &&Value| l[op]["errors"].as_u64() == Some(0);
-        let pool: Vec<&Value> = if levels.iter().any(|l| clean(&l)) {
-            levels.iter().filter(clean).collect()
-        } else {
-            levels.iter().collect()
-        };
-        pool.into_iter()
-            .max_by(|a, b| {
-                let x = |v: &Value| v[op]["per_s"].as_f64().unwrap_or(0.0);
-                x(a).total_cmp(&x(b))
-            })
-            .map(|l| {
-                let mut v = l[op].clone();
-                v["clients"] = l["clients"].clone();
-                v
-            })
-            .unwrap_or(Value::Null)
-    };
+    let best = |op: &str| best_of(&levels, op);
     Ok(json!({
         "accounts": accounts.len(),
         "clients": most,
@@ -420,7 +466,52 @@ fn run_load(bin: &Path, dir: &Scratch, cfg: &DirConfig) -> Result<Value> {
         "best_registrations": best("registrations"),
         "best_lookups": best("lookups"),
         "levels": levels,
+        "registrations_beside_web_logins": beside,
     }))
+}
+
+/// The best level of `op` (`registrations`, `lookups`), with its clients
+/// and requests in flight. A level whose requests failed (an endpoint
+/// dropped for not reading its control stream, so that look-ups of its
+/// number fail fast) does not count while a level without errors exists.
+fn best_of(levels: &[Value], op: &str) -> Value {
+    let clean = |l: &&Value| l[op]["errors"].as_u64() == Some(0);
+    let pool: Vec<&Value> = if levels.iter().any(|l| clean(&l)) {
+        levels.iter().filter(clean).collect()
+    } else {
+        levels.iter().collect()
+    };
+    pool.into_iter()
+        .max_by(|a, b| {
+            let x = |v: &Value| v[op]["per_s"].as_f64().unwrap_or(0.0);
+            x(a).total_cmp(&x(b))
+        })
+        .map(|l| {
+            let mut v = l[op].clone();
+            v["clients"] = l["clients"].clone();
+            v
+        })
+        .unwrap_or(Value::Null)
+}
+
+/// The directory's web site (`https://ADDR/` in its status) and its
+/// certificate fingerprint.
+fn site_of(d: &mut Daemon, ctl: &mut Control) -> Result<(SocketAddr, String)> {
+    poll(
+        "the directory's web site",
+        Duration::from_secs(15),
+        Duration::from_millis(20),
+        || {
+            d.check_alive()?;
+            let s = ctl.status()?;
+            let site = s["web"]
+                .as_str()
+                .and_then(|u| u.strip_prefix("https://"))
+                .and_then(|u| u.trim_end_matches('/').parse::<SocketAddr>().ok());
+            let fp = s["fingerprint"].as_str().map(str::to_string);
+            Ok(site.zip(fp))
+        },
+    )
 }
 
 /// Memory per binding at `cfg.bindings` bindings.
@@ -440,10 +531,12 @@ fn run_memory(bin: &Path, dir: &Scratch, cfg: &DirConfig) -> Result<Value> {
     let (mut d, _ctl, addr) = start_directory(bin, &state)?;
     let rt = runtime()?;
     let tokens: Vec<String> = rt.block_on(async {
+        let gate = Arc::new(tokio::sync::Semaphore::new(LOGINS_AT_ONCE));
         let mut tasks = Vec::new();
         for (i, (id, _)) in accounts.iter().enumerate() {
-            let id = id.clone();
+            let (id, gate) = (id.clone(), gate.clone());
             tasks.push(tokio::spawn(async move {
+                let _permit = gate.acquire().await?;
                 let (_ep, _addr, c) = connect(addr, &format!("login{i}")).await?;
                 let s = c.login(&id, PW).await.context("login")?;
                 c.close();
@@ -588,6 +681,7 @@ fn run_in(bin: &Path, cfg: &DirConfig, dir: &Scratch) -> Result<Value> {
                       memory, tied to the QUIC session that made them (server.rs routes REGISTER to the hub \
                       without a store call); SQLite keeps accounts, numbers, tokens, rules and mail",
         "registrations_per_s": load["best_registrations"]["per_s"],
+        "registrations_beside_web_logins_ratio": load["registrations_beside_web_logins"]["ratio"],
         "lookups_per_s": load["best_lookups"]["per_s"],
         "rss_per_binding_bytes": memory["rss_per_binding_bytes"],
         "rss_per_number_loaded_bytes": per_number,

@@ -45,6 +45,7 @@ mod soak;
 mod startup;
 mod util;
 mod video;
+mod weblogin;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -416,6 +417,9 @@ fn dir_config(scale: Scale, o: &Opts) -> DirConfig {
             measure: ms(5000),
             bindings: o.bindings.unwrap_or(100_000),
             numbers_per_account: 2000,
+            web_rate: 50.0,
+            web_accounts: 64,
+            web_addresses: 16,
         },
         Scale::Smoke => DirConfig {
             levels: dir_levels(o, &[4], 16),
@@ -424,6 +428,9 @@ fn dir_config(scale: Scale, o: &Opts) -> DirConfig {
             measure: ms(500),
             bindings: o.bindings.unwrap_or(2000),
             numbers_per_account: 500,
+            web_rate: 50.0,
+            web_accounts: 8,
+            web_addresses: 4,
         },
     }
 }

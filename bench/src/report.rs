@@ -178,6 +178,26 @@ fn targets(doc: &Value) -> Vec<Target> {
             .unwrap_or_default(),
         met: v.map(|x| x >= 50_000.0),
     });
+    let w = &d["load"]["registrations_beside_web_logins"];
+    let v = f(w, &["ratio"]);
+    t.push(Target {
+        name: "registrations with web logins / alone",
+        goal: ">= 0.9x",
+        value: v,
+        shown: v
+            .map(|x| {
+                format!(
+                    "{x:.2}x ({} -> {}/s at {}/s logins; pages p50/p99 {} / {} ms)",
+                    num(f(w, &["alone", "per_s"]), 0),
+                    num(f(w, &["with_web_logins", "per_s"]), 0),
+                    num(f(w, &["web", "rate_asked_per_s"]), 0),
+                    num(f(w, &["web", "latency_ms", "all_pages", "p50"]), 1),
+                    num(f(w, &["web", "latency_ms", "all_pages", "p99"]), 1),
+                )
+            })
+            .unwrap_or_default(),
+        met: v.map(|x| x >= 0.9),
+    });
     let v = f(d, &["rss_per_binding_bytes"]);
     t.push(Target {
         name: "directory memory per binding",
@@ -650,6 +670,7 @@ pub fn table(doc: &Value) -> String {
             "  (dir alone/s: what the directory would answer with both cores to itself, at the CPU per request it \
              used here; a projection)"
         );
+        web_logins(&mut o, &l["registrations_beside_web_logins"]);
         let m = &d["memory"];
         let _ = writeln!(
             o,
@@ -735,6 +756,60 @@ pub fn table(doc: &Value) -> String {
         }
     }
     o
+}
+
+/// Registrations alone and beside logins on the web site.
+fn web_logins(o: &mut String, w: &Value) {
+    if !w.is_object() {
+        return;
+    }
+    let web = &w["web"];
+    let _ = writeln!(
+        o,
+        "  registrations at {}x{}, alone and with {}/s logins on the web site ({} accounts from {} addresses):",
+        w["clients"],
+        w["in_flight_per_client"],
+        num(f(web, &["rate_asked_per_s"]), 0),
+        web["accounts"],
+        web["source_addresses"],
+    );
+    for (label, key) in [("alone", "alone"), ("with web logins", "with_web_logins")] {
+        let v = &w[key];
+        let _ = writeln!(
+            o,
+            "  {:<18} {:>9}/s, p50/p99 {} / {} ms, dir {} cores, clients {} cores",
+            label,
+            num(f(v, &["per_s"]), 0),
+            num(f(v, &["latency_us", "p50"]).map(|x| x / 1000.0), 1),
+            num(f(v, &["latency_us", "p99"]).map(|x| x / 1000.0), 1),
+            num(f(v, &["directory_cpu_cores"]), 2),
+            num(f(v, &["generator_cpu_cores"]), 2),
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  ratio {}; logins started {} ({}/s), ok {}, failed {}, refused by the limiter {}",
+        num(f(w, &["ratio"]), 3),
+        web["visits_started"],
+        num(f(web, &["started_per_s"]), 1),
+        web["logins_ok"],
+        web["failed"],
+        web["refused_by_limiter"],
+    );
+    let lat = &web["latency_ms"];
+    let _ = writeln!(
+        o,
+        "  page responses p50 / p99 (ms): GET /login {}, POST /login {}, GET /account {}, all {}; \
+         TCP + TLS {}",
+        pair(lat, &["get_login", "p50"], &["get_login", "p99"], 1),
+        pair(lat, &["post_login", "p50"], &["post_login", "p99"], 1),
+        pair(lat, &["get_account", "p50"], &["get_account", "p99"], 1),
+        pair(lat, &["all_pages", "p50"], &["all_pages", "p99"], 1),
+        pair(lat, &["connect_tls", "p50"], &["connect_tls", "p99"], 1),
+    );
+    if let Some(e) = web["first_error"].as_str() {
+        let _ = writeln!(o, "  first failed login: {e}");
+    }
 }
 
 /// The relay and baseline suites side by side, if both ran.

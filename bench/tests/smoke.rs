@@ -131,8 +131,27 @@ fn smoke_mode_writes_sane_json() {
     // 2,000 bindings the difference may round to nothing.
     assert!(num(d, &["rss_per_binding_bytes"]) >= 0.0);
 
+    // Registrations beside logins on the directory's web site.
+    let w = &d["load"]["registrations_beside_web_logins"];
+    positive(w, &["alone", "per_s"]);
+    positive(w, &["with_web_logins", "per_s"]);
+    assert_eq!(num(w, &["with_web_logins", "errors"]), 0.0, "{w}");
+    positive(w, &["ratio"]);
+    let web = &w["web"];
+    positive(web, &["logins_ok"]);
+    assert_eq!(num(web, &["failed"]), 0.0, "{web}");
+    assert_eq!(num(web, &["refused_by_limiter"]), 0.0, "{web}");
+    for page in ["get_login", "post_login", "get_account"] {
+        positive(web, &["latency_ms", page, "p50"]);
+        positive(web, &["latency_ms", page, "p99"]);
+    }
+    assert_eq!(
+        d["registrations_beside_web_logins_ratio"], w["ratio"],
+        "{d}"
+    );
+
     let targets = doc["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 12);
+    assert_eq!(targets.len(), 13);
     for t in targets {
         assert!(t["value"].is_number(), "target without a value: {t}");
     }
