@@ -187,10 +187,11 @@ fn targets(doc: &Value) -> Vec<Target> {
         shown: v
             .map(|x| {
                 format!(
-                    "{x:.2}x ({} -> {}/s at {}/s logins; pages p50/p99 {} / {} ms)",
+                    "{x:.2}x ({} -> {}/s at {}/s logins, {}/s logged in; pages p50/p99 {} / {} ms)",
                     num(f(w, &["alone", "per_s"]), 0),
                     num(f(w, &["with_web_logins", "per_s"]), 0),
                     num(f(w, &["web", "rate_asked_per_s"]), 0),
+                    num(f(w, &["web", "logins_ok_per_s"]), 1),
                     num(f(w, &["web", "latency_ms", "all_pages", "p50"]), 1),
                     num(f(w, &["web", "latency_ms", "all_pages", "p99"]), 1),
                 )
@@ -788,21 +789,25 @@ fn web_logins(o: &mut String, w: &Value) {
     }
     let _ = writeln!(
         o,
-        "  ratio {}; logins started {} ({}/s), ok {}, failed {}, refused by the limiter {}",
+        "  ratio {}; logins started {} ({}/s), ok {} ({}/s), failed {}, of which turned away \
+         busy {} and refused by the limiter {}",
         num(f(w, &["ratio"]), 3),
         web["visits_started"],
         num(f(web, &["started_per_s"]), 1),
         web["logins_ok"],
+        num(f(web, &["logins_ok_per_s"]), 1),
         web["failed"],
+        web["turned_away_busy"],
         web["refused_by_limiter"],
     );
     let lat = &web["latency_ms"];
     let _ = writeln!(
         o,
-        "  page responses p50 / p99 (ms): GET /login {}, POST /login {}, GET /account {}, all {}; \
-         TCP + TLS {}",
+        "  page responses p50 / p99 (ms): GET /login {}, POST /login {} (those that logged in {}), \
+         GET /account {}, all {}; TCP + TLS {}",
         pair(lat, &["get_login", "p50"], &["get_login", "p99"], 1),
         pair(lat, &["post_login", "p50"], &["post_login", "p99"], 1),
+        pair(lat, &["post_login_ok", "p50"], &["post_login_ok", "p99"], 1),
         pair(lat, &["get_account", "p50"], &["get_account", "p99"], 1),
         pair(lat, &["all_pages", "p50"], &["all_pages", "p99"], 1),
         pair(lat, &["connect_tls", "p50"], &["connect_tls", "p99"], 1),

@@ -13,7 +13,9 @@
 //! `addresses` source addresses on 127.0.0.0/8, each account always from
 //! the same address, so that at 50 logins/s the limiter refuses nothing
 //! unless logins are seconds late. A refusal (429) is counted apart from
-//! other failures, so that the JSON says whether the limiter was touched.
+//! other failures, so that the JSON says whether the limiter was touched,
+//! and so is a login the directory turned away because its password
+//! hashing queue was full (503: the phones come first).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +63,8 @@ struct Visit {
     account_ms: Option<f64>,
     /// The limiter said 429.
     limited: bool,
+    /// The directory's hashing queue was full: 503, try again.
+    busy: bool,
     error: Option<String>,
 }
 
@@ -220,6 +224,10 @@ async fn visit(
         v.limited = true;
         bail!("POST /login: refused by the login limiter (429)");
     }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        v.busy = true;
+        bail!("POST /login: the directory is busy hashing (503)");
+    }
     if !status.is_redirection() || session.is_empty() {
         bail!("POST /login as {account}: {status}, no session");
     }
@@ -315,6 +323,7 @@ fn summarise(visits: &[Visit], (t0, t1): (Instant, Instant), load: &WebLoad) -> 
     let secs = t1.saturating_duration_since(t0).as_secs_f64();
     let failed: Vec<&&Visit> = inside.iter().filter(|v| v.error.is_some()).collect();
     let limited = failed.iter().filter(|v| v.limited).count();
+    let busy = failed.iter().filter(|v| v.busy).count();
     let ok = inside.len() - failed.len();
     let first_error = failed.iter().find_map(|v| v.error.clone());
     let lat = |f: fn(&Visit) -> Option<f64>| -> Value {
@@ -337,6 +346,7 @@ fn summarise(visits: &[Visit], (t0, t1): (Instant, Instant), load: &WebLoad) -> 
         "logins_ok": ok,
         "failed": failed.len(),
         "refused_by_limiter": limited,
+        "turned_away_busy": busy,
         "first_error": first_error,
         "started_per_s": round(if secs > 0.0 { inside.len() as f64 / secs } else { 0.0 }, 1),
         "logins_ok_per_s": round(if secs > 0.0 { ok as f64 / secs } else { 0.0 }, 1),
@@ -344,6 +354,7 @@ fn summarise(visits: &[Visit], (t0, t1): (Instant, Instant), load: &WebLoad) -> 
             "connect_tls": lat(|v| v.connect_ms),
             "get_login": lat(|v| v.login_page_ms),
             "post_login": lat(|v| v.login_post_ms),
+            "post_login_ok": lat(|v| if v.error.is_none() { v.login_post_ms } else { None }),
             "get_account": lat(|v| v.account_ms),
             "all_pages": {"n": all.n, "p50": round(all.p50, 2), "p99": round(all.p99, 2), "max": round(all.max, 2)},
         },

@@ -188,6 +188,22 @@ pub struct LoginConfig {
     pub max_lockout_secs: u64,
     /// Seconds after which old failures are forgotten.
     pub forget_after_secs: u64,
+    /// Threads that check passwords (argon2id, about 20 ms of a core
+    /// each); 0: half the cores, at least one.
+    pub hashing_threads: usize,
+    /// How they are scheduled beside the event loop: `idle` (only CPU
+    /// that registrations and calls leave), `low` (nice 10) or `normal`.
+    pub hashing_priority: crate::hashing::Priority,
+    /// Checks waiting per hashing thread before logins are told the
+    /// directory is busy (try again in a second).
+    pub hashing_queue: usize,
+    /// Longest a check waits for a thread, in milliseconds, before its
+    /// login is told the directory is busy.
+    pub hashing_max_wait_ms: u64,
+    /// With `idle` or `low`: the share of one core that a further thread
+    /// at the daemon's priority may spend on checks that waited 200 ms,
+    /// so that logins go on however busy the machine (0: none).
+    pub hashing_floor: f64,
 }
 
 /// The call history each account sees on the web site: its newest
@@ -257,6 +273,7 @@ impl Default for Config {
 impl Default for LoginConfig {
     fn default() -> Self {
         let l = Limits::default();
+        let h = crate::hashing::PoolConfig::default();
         LoginConfig {
             max_failures_per_account: l.max_failures_per_account,
             max_failures_per_address: l.max_failures_per_address,
@@ -264,6 +281,24 @@ impl Default for LoginConfig {
             lockout_secs: l.base_lockout.as_secs(),
             max_lockout_secs: l.max_lockout.as_secs(),
             forget_after_secs: l.forget_after.as_secs(),
+            hashing_threads: h.threads,
+            hashing_priority: h.priority,
+            hashing_queue: h.queue_per_thread,
+            hashing_max_wait_ms: h.max_wait.as_millis() as u64,
+            hashing_floor: h.floor_share,
+        }
+    }
+}
+
+impl LoginConfig {
+    /// The password hashing pool this asks for.
+    pub fn hashing(&self) -> crate::hashing::PoolConfig {
+        crate::hashing::PoolConfig {
+            threads: self.hashing_threads,
+            queue_per_thread: self.hashing_queue.max(1),
+            priority: self.hashing_priority,
+            max_wait: Duration::from_millis(self.hashing_max_wait_ms),
+            floor_share: self.hashing_floor,
         }
     }
 }
@@ -327,6 +362,18 @@ impl Config {
         }
         if l.lockout_secs == 0 || l.lockout_secs > l.max_lockout_secs {
             bail!("login.lockout_secs must be at least 1 and at most login.max_lockout_secs");
+        }
+        if l.hashing_threads > 256 {
+            bail!("login.hashing_threads must be at most 256 (0: half the cores)");
+        }
+        if !(1..=1024).contains(&l.hashing_queue) {
+            bail!("login.hashing_queue must be between 1 and 1024");
+        }
+        if !(10..=60_000).contains(&l.hashing_max_wait_ms) {
+            bail!("login.hashing_max_wait_ms must be between 10 and 60000");
+        }
+        if !(0.0..=1.0).contains(&l.hashing_floor) {
+            bail!("login.hashing_floor must be between 0 and 1 (a share of one core)");
         }
         let m = &self.mail;
         if m.max_voice_bytes as usize > MAX_MAIL_BODY || m.max_voice_bytes < 64 {

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod hashing;
 pub mod metrics;
 pub mod ratelimit;
 pub mod routing;

@@ -223,6 +223,7 @@ fn migrate(args: MigrateArgs) -> Result<()> {
     println!("invite codes      {}", c.invites);
     println!("held-back numbers {}", c.held_numbers);
     println!("messages          {} ({} bytes)", c.mail, c.mail_bytes);
+    println!("calls in history  {}", c.calls);
     println!(
         "checked: every row read back equal; {} message bodies compared byte for byte",
         report.bodies_compared
@@ -434,7 +435,12 @@ fn print_human(cmd: &Cmd, r: &Value) {
             println!("calls active    {}", s(r, "calls_active"));
             println!("mail waiting    {}", s(r, "mail_waiting"));
             if let Some(l) = r.get("logins") {
-                println!("passwords       {} checked", s(l, "password_checks"));
+                println!(
+                    "passwords       {} checked on {} threads, {} logins turned away busy",
+                    s(l, "password_checks"),
+                    s(l, "hashing_threads"),
+                    s(l, "turned_away_busy")
+                );
             }
             if let Some(relay) = r.get("relay") {
                 println!(

@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore}
 
 use crate::auth;
 use crate::config::Config;
+use crate::hashing::Refused;
 use crate::ratelimit::{Attempt, Locked, LoginLimiter};
 use crate::routing::{
     Action, CallState, MediaEnd, NumberInfo, Placing, RelayState, Router, SessionId,
@@ -167,7 +168,8 @@ pub struct Shared {
     pub hub: mpsc::Sender<Event>,
     pub limiter: Mutex<LoginLimiter>,
     /// Password hashes computed at once (each argon2 check takes ~19 MiB).
-    hashing: Semaphore,
+    /// Password hashing, below the event loop's priority.
+    pub(crate) hashing: crate::hashing::Pool,
     /// Passwords checked since start (wrong ones, unknown accounts and
     /// password changes included), for `status`.
     password_checks: AtomicU64,
@@ -198,13 +200,15 @@ impl Shared {
         state_dir: PathBuf,
         local_addr: SocketAddr,
         hub: mpsc::Sender<Event>,
-    ) -> Shared {
+    ) -> Result<Shared> {
         let cfg_metrics = cfg.metrics.listen.is_some();
-        Shared {
+        let hashing = crate::hashing::Pool::start(cfg.login.hashing())
+            .context("starting the password hashing threads")?;
+        Ok(Shared {
             id,
             store,
             limiter: Mutex::new(LoginLimiter::new(cfg.limits())),
-            hashing: Semaphore::new(HASHING),
+            hashing,
             password_checks: AtomicU64::new(0),
             gate: Gate::new(cfg.admission().unwrap_or_default()),
             cfg: RwLock::new(Arc::new(cfg)),
@@ -222,7 +226,7 @@ impl Shared {
             } else {
                 crate::metrics::Metrics::off()
             },
-        }
+        })
     }
 
     /// A directory's shared state and hub without its QUIC endpoint, for
@@ -240,7 +244,7 @@ impl Shared {
             std::env::temp_dir(),
             SocketAddr::from(([127, 0, 0, 1], 7480)),
             hub_tx,
-        ));
+        )?);
         let mut router = Router::new(shared.cfg().routing());
         router.set_numbers(Instant::now(), table);
         let hub = Hub {
@@ -387,7 +391,7 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
         state_dir.clone(),
         local_addr,
         hub_tx,
-    ));
+    )?);
 
     let mut router = Router::new(shared.cfg().routing());
     router.set_numbers(Instant::now(), table);
@@ -537,8 +541,6 @@ const CONTROL_LIMITS: keyline_net::endpoint::ControlLimits = keyline_net::endpoi
     datagrams: false,
 };
 
-/// Password checks (argon2) run at once, whatever the number of logins.
-const HASHING: usize = 4;
 /// Requests of one session the hub may hold at once.
 const IN_FLIGHT: usize = 64;
 /// Free places a session's queue must have before its next request is
@@ -1172,41 +1174,39 @@ impl Shared {
     }
 
     /// Check `password` against `hash` (or spend the same time when there
-    /// is no account) off the runtime, at most [`HASHING`] at once.
+    /// is no account) on the hashing pool; refused at once when its queue
+    /// is full.
     pub(crate) async fn check_password(
         &self,
         hash: Option<String>,
         password: String,
-    ) -> Result<bool> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .context("the directory is stopping")?;
+    ) -> Result<bool, Refused> {
         self.password_checks.fetch_add(1, Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || match hash {
-            Some(h) => auth::verify_password(&h, &password),
-            None => {
-                auth::dummy_verify(&password);
-                false
-            }
-        })
-        .await
-        .context("password check failed")
+        self.hashing
+            .run(move || match hash {
+                Some(h) => auth::verify_password(&h, &password),
+                None => {
+                    auth::dummy_verify(&password);
+                    false
+                }
+            })
+            .await
     }
 
-    /// Hash a new password off the runtime, on the same bounded pool as
-    /// the checks.
+    /// Hash a new password on the same pool as the checks.
     pub(crate) async fn hash_password(&self, password: String) -> Result<String> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .context("the directory is stopping")?;
         self.password_checks.fetch_add(1, Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || auth::hash_password(&password))
-            .await
-            .context("password hashing failed")?
+        self.hashing
+            .run(move || auth::hash_password(&password))
+            .await?
+    }
+}
+
+/// The answer to a login the hashing pool turned away.
+fn busy(req: ReqId, why: Refused) -> DirMsg {
+    match why {
+        Refused::Busy => rate_limited(req, why.to_string(), Duration::from_secs(1)),
+        Refused::Stopped => error(Some(req), ErrorCode::ShuttingDown, why.to_string()),
     }
 }
 
@@ -1243,10 +1243,18 @@ async fn login(c: &Arc<Conn>, req: ReqId, account: String, password: String) -> 
             return Ok(());
         }
     };
-    let ok = c
+    let ok = match c
         .shared
         .check_password(row.as_ref().map(|r| r.pw_hash.clone()), password)
-        .await?;
+        .await
+    {
+        Ok(ok) => ok,
+        Err(why) => {
+            // Not a failure of the password: the reservation is given back.
+            c.reply(busy(req, why));
+            return Ok(());
+        }
+    };
     let row = match (ok, row) {
         (true, Some(r)) => {
             reserved.finish(true);
@@ -1392,14 +1400,8 @@ async fn change_password(c: &Arc<Conn>, req: ReqId, old: String, new: String) ->
     };
     let store = c.shared.store.clone();
     let (acct, keep) = (who.account.clone(), who.token_hash.clone());
-    let _permit = c
-        .shared
-        .hashing
-        .acquire()
-        .await
-        .context("the directory is stopping")?;
     c.shared.password_checks.fetch_add(1, Ordering::Relaxed);
-    let res = tokio::task::spawn_blocking(move || -> Result<bool, StoreError> {
+    let res = c.shared.hashing.run(move || -> Result<bool, StoreError> {
         let Some(row) = store.account(&acct)? else {
             return Err(StoreError::NotFound(format!(
                 "account {acct} no longer exists"
@@ -1411,10 +1413,14 @@ async fn change_password(c: &Arc<Conn>, req: ReqId, old: String, new: String) ->
         let h = auth::hash_password(&new).map_err(|e| StoreError::Backend(e.to_string()))?;
         store.set_password(&acct, &h, Some(&keep))?;
         Ok(true)
-    })
-    .await
-    .context("password change failed")?;
-    drop(_permit);
+    });
+    let res = match res.await {
+        Ok(r) => r,
+        Err(why) => {
+            c.reply(busy(req, why));
+            return Ok(());
+        }
+    };
     match res {
         Ok(true) => {
             reserved.finish(true);
@@ -2247,6 +2253,9 @@ impl Hub {
         let (pairs, addresses, accounts) = tracked.unwrap_or_default();
         json!({
             "password_checks": self.shared.password_checks.load(Ordering::Relaxed),
+            "hashing_threads": self.shared.hashing.threads(),
+            "turned_away_busy": self.shared.hashing.stats().refused_busy.load(Ordering::Relaxed),
+            "checked_at_floor": self.shared.hashing.stats().at_floor.load(Ordering::Relaxed),
             "tracked_account_addresses": pairs,
             "tracked_addresses": addresses,
             "tracked_accounts": accounts,

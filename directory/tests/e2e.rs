@@ -334,6 +334,101 @@ async fn concurrent_wrong_logins_check_no_more_passwords_than_the_limit() {
     assert_eq!(jnum(&status(&d), &["logins", "password_checks"]), Some(5.0));
 }
 
+/// More logins at once than the hashing threads and their queue hold:
+/// the rest are told at once that the directory is busy, with a retry
+/// time, and that counts as no failure (every account logs in on its
+/// retry); registrations are served all the while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_storm_is_turned_away_busy_and_logs_in_on_retry() {
+    let scratch = Scratch::new("dbusy");
+    let cfg = scratch.join("dir.toml");
+    std::fs::write(&cfg, "[login]\nhashing_threads = 1\nhashing_queue = 1\n").unwrap();
+    let cfg_s = cfg.display().to_string();
+    let (d, addr) = start_dir(&scratch, "dir", &["--config", &cfg_s]);
+    let ids: Vec<String> = (0..12).map(|i| format!("user{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        add_user(&d, id, &[&format!("30{i:02}")]);
+    }
+    add_user(&d, "phone", &["4000"]);
+    let st = status(&d);
+    assert_eq!(jnum(&st, &["logins", "hashing_threads"]), Some(1.0), "{st}");
+
+    // A phone already logged in keeps registering through the storm.
+    let phone_ep = Ep::new("phone");
+    let (phone, _pev) = phone_ep.connect(addr).await;
+    phone.login("phone", PW).await.unwrap();
+    phone.register(&["4000"], Vec::new()).await.unwrap();
+
+    let ep = Ep::new("storm");
+    let mut clients = Vec::new();
+    for _ in &ids {
+        clients.push(ep.connect(addr).await);
+    }
+    let logins: Vec<_> = clients
+        .iter()
+        .zip(&ids)
+        .map(|((c, _), id)| {
+            let (c, id) = (c.clone(), id.clone());
+            tokio::spawn(async move { c.login(&id, PW).await })
+        })
+        .collect();
+    let registering = {
+        let phone = phone.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                phone.register(&["4000"], Vec::new()).await?;
+            }
+            Ok::<_, keyline_directory::client::ClientError>(())
+        })
+    };
+    let mut busy = Vec::new();
+    for (i, l) in logins.into_iter().enumerate() {
+        match l.await.unwrap() {
+            Ok(_) => {}
+            Err(keyline_directory::client::ClientError::Refused {
+                code: ErrorCode::RateLimited,
+                retry_after: Some(t),
+                message,
+            }) => {
+                assert!(message.contains("busy"), "{message}");
+                assert_eq!(t, Duration::from_secs(1));
+                busy.push(i);
+            }
+            Err(e) => panic!("login {i}: {e}"),
+        }
+    }
+    registering
+        .await
+        .unwrap()
+        .expect("registrations during the storm");
+    assert!(
+        !busy.is_empty() && busy.len() <= ids.len() - 2,
+        "one thread and one place in the queue: {busy:?}"
+    );
+    let st = status(&d);
+    assert_eq!(
+        jnum(&st, &["logins", "turned_away_busy"]),
+        Some(busy.len() as f64),
+        "{st}"
+    );
+    // No failure was recorded: each busy account logs in on its retry.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for &i in &busy {
+        clients[i]
+            .0
+            .login(&ids[i], PW)
+            .await
+            .expect("logs in on retry");
+    }
+    let users = d.json(&["users"]).unwrap();
+    for u in users["users"].as_array().unwrap() {
+        assert!(
+            u["locked_from"].as_array().is_none_or(|a| a.is_empty()),
+            "{u}"
+        );
+    }
+}
+
 /// Wrong passwords from one address lock that address out of the account,
 /// not the account's owner logging in from another address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

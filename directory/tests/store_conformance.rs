@@ -1160,6 +1160,20 @@ fn fill(s: &SqliteStore) {
     // The newest message delivered: its id must not come back.
     let last = s.all_mail().expect("mail").last().expect("some").clone();
     assert!(s.delete_mail(&last.account, last.id).expect("ack"));
+    // Call history: 30 calls between pairs of accounts, both views kept;
+    // the oldest of user02's trimmed by the retention, so the ids have a gap.
+    let keep = store::CallRetention {
+        per_account: 5,
+        since_ms: 0,
+    };
+    for at in 0..30i64 {
+        let a = format!("user{:02}", at % 4);
+        let b = format!("user{:02}", 4 + at % 3);
+        let mut theirs = call(&b, false, "1000", at);
+        theirs.own_number = "1004".into();
+        s.add_calls(&[call(&a, true, "1004", at), theirs], keep)
+            .expect("calls");
+    }
 }
 
 /// `migrate --from-sqlite`: into an empty database, refused into a full
@@ -1186,6 +1200,7 @@ fn migrate_from_sqlite_round_trip() {
     assert_eq!(report.counts.mail, 119);
     assert_eq!(report.counts.held_numbers, 3);
     assert_eq!(report.counts.forwards, 4);
+    assert_eq!(report.counts.calls, 4 * 5 + 3 * 5);
     assert_eq!(report.bodies_compared, 64);
     let got = copy::dump_postgres(&dst).expect("dump");
     assert_eq!(got.first_difference(&want), None);
@@ -1196,6 +1211,11 @@ fn migrate_from_sqlite_round_trip() {
     assert_eq!(src.numbers().expect("n"), dst.numbers().expect("n"));
     assert_eq!(src.invites().expect("i"), dst.invites().expect("i"));
     assert_eq!(src.all_mail().expect("m"), dst.all_mail().expect("m"));
+    for a in ["user00", "user03", "user05", "user06"] {
+        let mine = src.calls(a, 0, 100).expect("calls");
+        assert!(!mine.is_empty(), "{a}");
+        assert_eq!(mine, dst.calls(a, 0, 100).expect("calls"), "{a}");
+    }
     for m in src.all_mail().expect("m") {
         assert_eq!(
             src.mail_body(m.id).expect("b"),
@@ -1226,6 +1246,19 @@ fn migrate_from_sqlite_round_trip() {
         "{next} vs {}",
         want.last_mail_id
     );
+    // A new call gets a new id after the copied ones, and is kept.
+    dst.add_calls(
+        &[call("user10", true, "1000", 100)],
+        store::CallRetention {
+            per_account: 5,
+            since_ms: 0,
+        },
+    )
+    .expect("a call after the copy");
+    let after = copy::dump_postgres(&dst).expect("dump");
+    let newest = after.calls.last().expect("calls");
+    assert_eq!(newest.account, "user10");
+    assert!(newest.id > want.calls.last().expect("calls").id);
 
     // Not into a database that holds data, unless asked.
     let e = copy::sqlite_to_postgres(&src, &dst, false).expect_err("not empty");
@@ -1263,6 +1296,7 @@ fn migrate_from_sqlite_round_trip() {
     );
     assert!(stdout.contains("accounts          40"), "{stdout}");
     assert!(stdout.contains("messages          119"), "{stdout}");
+    assert!(stdout.contains("calls in history  35"), "{stdout}");
     assert!(stdout.contains("64 message bodies compared"), "{stdout}");
     let out = run(&[]);
     assert!(!out.status.success());

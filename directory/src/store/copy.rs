@@ -8,8 +8,8 @@
 //! then read back: every table's rows must equal the source's, and the
 //! bodies of a sample of messages must be byte for byte the same.
 //!
-//! The call history is not copied: it is a bounded log, not data the
-//! service needs, and the new store starts its own.
+//! The call history comes too, row for row with its ids, so that every
+//! account's web page shows the same calls after the move.
 
 use anyhow::{bail, Context, Result};
 use keyline_proto::dir::MailId;
@@ -77,6 +77,22 @@ pub struct MailRecord {
     pub created_ms: i64,
 }
 
+/// One entry of an account's call history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRow {
+    pub id: i64,
+    pub account: String,
+    pub outgoing: bool,
+    pub own_number: String,
+    pub other_number: String,
+    pub started_ms: i64,
+    pub answered: bool,
+    pub outcome: String,
+    pub forwarded_to: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub relayed: Option<bool>,
+}
+
 /// Every row of a directory's database but the message bodies, each table
 /// in the order of its key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,6 +104,7 @@ pub struct Dump {
     pub invites: Vec<InviteRecord>,
     pub held: Vec<HeldRecord>,
     pub mail: Vec<MailRecord>,
+    pub calls: Vec<CallRow>,
     /// The highest message id ever given (deleted messages included), so
     /// that the copy never gives an id twice.
     pub last_mail_id: i64,
@@ -104,6 +121,7 @@ pub struct Counts {
     pub held_numbers: usize,
     pub mail: usize,
     pub mail_bytes: u64,
+    pub calls: usize,
 }
 
 impl Counts {
@@ -115,6 +133,7 @@ impl Counts {
             + self.invites
             + self.held_numbers
             + self.mail
+            + self.calls
     }
 }
 
@@ -122,7 +141,7 @@ impl std::fmt::Display for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} accounts, {} numbers, {} forwarding rules, {} session tokens, {} invite codes, {} held-back numbers, {} messages ({} bytes)",
+            "{} accounts, {} numbers, {} forwarding rules, {} session tokens, {} invite codes, {} held-back numbers, {} messages ({} bytes), {} calls in the history",
             self.accounts,
             self.numbers,
             self.forwards,
@@ -130,7 +149,8 @@ impl std::fmt::Display for Counts {
             self.invites,
             self.held_numbers,
             self.mail,
-            self.mail_bytes
+            self.mail_bytes,
+            self.calls
         )
     }
 }
@@ -146,6 +166,7 @@ impl Dump {
             held_numbers: self.held.len(),
             mail: self.mail.len(),
             mail_bytes: self.mail.iter().map(|m| m.size.max(0) as u64).sum(),
+            calls: self.calls.len(),
         }
     }
 
@@ -168,6 +189,7 @@ impl Dump {
             .or_else(|| cmp("invites", &self.invites, &other.invites))
             .or_else(|| cmp("held_numbers", &self.held, &other.held))
             .or_else(|| cmp("mail", &self.mail, &other.mail))
+            .or_else(|| cmp("calls", &self.calls, &other.calls))
     }
 }
 
@@ -181,7 +203,7 @@ pub struct Report {
     pub replaced_rows: usize,
 }
 
-const SQLITE_QUERIES: [&str; 7] = [
+const SQLITE_QUERIES: [&str; 8] = [
     "SELECT id, pw_hash, created_ms, pw_changed_ms, admin FROM accounts ORDER BY id",
     "SELECT number, account, position, dnd FROM numbers ORDER BY number",
     "SELECT token_hash, account, created_ms, expires_ms FROM sessions ORDER BY token_hash",
@@ -189,6 +211,8 @@ const SQLITE_QUERIES: [&str; 7] = [
     "SELECT code_hash, created_ms, used_by FROM invites ORDER BY code_hash",
     "SELECT number, until_ms FROM held_numbers ORDER BY number",
     "SELECT id, account, to_number, from_number, kind, size, created_ms FROM mail ORDER BY id",
+    "SELECT id, account, outgoing, own_number, other_number, started_ms, answered, outcome,
+            forwarded_to, duration_ms, relayed FROM calls ORDER BY id",
 ];
 
 /// Everything in an SQLite store but the bodies.
@@ -275,6 +299,24 @@ pub fn dump_sqlite(src: &SqliteStore) -> Result<Dump, StoreError> {
                 })
             })?
             .collect::<Result<_, _>>()?;
+        let mut st = c.prepare(q[7])?;
+        d.calls = st
+            .query_map([], |r| {
+                Ok(CallRow {
+                    id: r.get(0)?,
+                    account: r.get(1)?,
+                    outgoing: r.get(2)?,
+                    own_number: r.get(3)?,
+                    other_number: r.get(4)?,
+                    started_ms: r.get(5)?,
+                    answered: r.get(6)?,
+                    outcome: r.get(7)?,
+                    forwarded_to: r.get(8)?,
+                    duration_ms: r.get(9)?,
+                    relayed: r.get(10)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
         let seq: Option<i64> = c
             .query_row(
                 "SELECT seq FROM sqlite_sequence WHERE name = 'mail'",
@@ -350,6 +392,21 @@ pub fn dump_postgres(dst: &PostgresStore) -> Result<Dump, StoreError> {
                 created_ms: r.try_get(6)?,
             });
         }
+        for r in c.query(q[7], &[])? {
+            d.calls.push(CallRow {
+                id: r.try_get(0)?,
+                account: r.try_get(1)?,
+                outgoing: r.try_get(2)?,
+                own_number: r.try_get(3)?,
+                other_number: r.try_get(4)?,
+                started_ms: r.try_get(5)?,
+                answered: r.try_get(6)?,
+                outcome: r.try_get(7)?,
+                forwarded_to: r.try_get(8)?,
+                duration_ms: r.try_get(9)?,
+                relayed: r.try_get(10)?,
+            });
+        }
         let r = c.query_one(
             "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM mail_id_seq",
             &[],
@@ -366,7 +423,7 @@ pub fn postgres_rows(dst: &PostgresStore) -> Result<usize, StoreError> {
             "SELECT (SELECT COUNT(*) FROM accounts) + (SELECT COUNT(*) FROM numbers)
                   + (SELECT COUNT(*) FROM sessions) + (SELECT COUNT(*) FROM forwards)
                   + (SELECT COUNT(*) FROM invites) + (SELECT COUNT(*) FROM held_numbers)
-                  + (SELECT COUNT(*) FROM mail)",
+                  + (SELECT COUNT(*) FROM mail) + (SELECT COUNT(*) FROM calls)",
             &[],
         )?;
         Ok(r.try_get::<_, i64>(0)?.max(0) as usize)
@@ -488,6 +545,37 @@ pub fn sqlite_to_postgres(src: &SqliteStore, dst: &PostgresStore, replace: bool)
                 ],
             )
             .with_context(|| format!("message {}", m.id))?;
+        }
+        let st = tx.prepare(
+            "INSERT INTO calls (id, account, outgoing, own_number, other_number, started_ms,
+                                answered, outcome, forwarded_to, duration_ms, relayed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )?;
+        for k in &dump.calls {
+            tx.execute(
+                &st,
+                &[
+                    &k.id,
+                    &k.account,
+                    &k.outgoing,
+                    &k.own_number,
+                    &k.other_number,
+                    &k.started_ms,
+                    &k.answered,
+                    &k.outcome,
+                    &k.forwarded_to,
+                    &k.duration_ms,
+                    &k.relayed,
+                ],
+            )
+            .with_context(|| format!("call {} of {}", k.id, k.account))?;
+        }
+        if let Some(last) = dump.calls.last() {
+            // The identity goes on after the copied ids.
+            tx.execute(
+                "SELECT setval(pg_get_serial_sequence('calls', 'id'), $1)",
+                &[&last.id],
+            )?;
         }
         if dump.last_mail_id > 0 {
             tx.execute(

@@ -257,6 +257,25 @@ fn failed(lang: Lang, what: impl std::fmt::Display) -> Response {
     )
 }
 
+/// A new password that could not be hashed: busy (503, try again) or a
+/// failure.
+fn hashing_failed(lang: Lang, e: &anyhow::Error) -> Response {
+    if let Some(crate::hashing::Refused::Busy) = e.downcast_ref::<crate::hashing::Refused>() {
+        let t = Text::of(lang);
+        return message(
+            lang,
+            StatusCode::SERVICE_UNAVAILABLE,
+            t.error_title,
+            &pick(
+                lang,
+                "The service is busy. Please try again in a moment; nothing was changed.",
+                "서비스가 바쁩니다. 잠시 후 다시 시도해 주세요. 아무것도 바뀌지 않았습니다.",
+            ),
+        );
+    }
+    failed(lang, format!("{e:#}"))
+}
+
 async fn not_found_handler(headers: HeaderMap) -> Response {
     not_found(Lang::from_headers(&headers))
 }
@@ -571,11 +590,12 @@ async fn signup(
     let Some(canon) = canon.filter(|_| !page.has_errors()) else {
         return render(StatusCode::UNPROCESSABLE_ENTITY, &page);
     };
-    // Hashed on the same bounded pool as every password check, so a
-    // flood of sign-ups cannot take the threads registrations use.
+    // Hashed on the same pool as every password check, below the event
+    // loop's priority, so a flood of sign-ups cannot take the CPU the
+    // registrations need.
     let hash = match web.shared.hash_password(f.password.clone()).await {
         Ok(h) => h,
-        Err(e) => return failed(lang, format!("{e:#}")),
+        Err(e) => return hashing_failed(lang, &e),
     };
     let (id, numbers) = (f.id.clone(), vec![canon]);
     let created = store::blocking(&web.shared.store, move |s| {
@@ -779,6 +799,8 @@ enum Refused {
     Wrong(Option<Duration>),
     /// Locked out before checking.
     Locked(Duration),
+    /// The hashing pool's queue is full: try again in a moment.
+    Busy,
     Failed(String),
 }
 
@@ -803,7 +825,9 @@ async fn verify(web: &Web, ip: IpAddr, account: &str, password: String) -> Resul
         .await
     {
         Ok(ok) => ok,
-        Err(e) => return Err(Refused::Failed(format!("{e:#}"))),
+        // Not a failure of the password: the reservation is given back.
+        Err(crate::hashing::Refused::Busy) => return Err(Refused::Busy),
+        Err(e) => return Err(Refused::Failed(e.to_string())),
     };
     if ok {
         reserved.finish(true);
@@ -824,6 +848,14 @@ fn refused(lang: Lang, r: Refused, wrong: (&str, &str)) -> (StatusCode, String) 
         Refused::Wrong(Some(d)) | Refused::Locked(d) => {
             (StatusCode::TOO_MANY_REQUESTS, locked_message(lang, d))
         }
+        Refused::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            pick(
+                lang,
+                "The service is busy. Please try again in a moment.",
+                "서비스가 바쁩니다. 잠시 후 다시 시도해 주세요.",
+            ),
+        ),
         Refused::Failed(e) => {
             tracing::warn!("web: checking a password: {e}");
             (StatusCode::INTERNAL_SERVER_ERROR, e)
@@ -1562,7 +1594,7 @@ async fn change_password(
     }
     let hash = match web.shared.hash_password(f.new).await {
         Ok(h) => h,
-        Err(e) => return failed(lang, format!("{e:#}")),
+        Err(e) => return hashing_failed(lang, &e),
     };
     let user = session.user.clone();
     if let Err(e) = store::blocking(&web.shared.store, move |s| {

@@ -213,14 +213,17 @@ async fn directory_session(t: &Arc<Terminal>, token: &mut Option<String>) -> Out
         Some(s) => s,
         None => match client.login(&t.opts.account, &t.password).await {
             Ok(s) => s,
+            // Locked out after failed logins, or the directory is busy
+            // checking passwords: its message says which, and when to
+            // try again.
             Err(ClientError::Refused {
                 code: ErrorCode::RateLimited,
                 retry_after,
-                ..
+                message,
             }) => {
                 return Outcome::Failed {
                     message: format!(
-                        "too many failed logins for account {}; the directory asks to wait",
+                        "the directory asks account {} to wait before logging in again: {message}",
                         t.opts.account
                     ),
                     retry_after,
