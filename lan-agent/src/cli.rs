@@ -203,6 +203,12 @@ pub enum Cmd {
         #[command(subcommand)]
         action: ForwardCmd,
     },
+    /// Change the account's password on the directory (standalone
+    /// terminal only). The old and the new password are asked for without
+    /// echo on a terminal, or read from standard input, one per line. The
+    /// account's other sessions end; this terminal keeps its own and
+    /// writes the new password to its password file.
+    Passwd,
     /// Print what happens, as it happens: calls (ringing, answered, held,
     /// ended), the link, messages and voicemail waiting, until interrupted.
     Events {

@@ -202,6 +202,10 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             }
             ForwardCmd::List { .. } => json!({"cmd": "forward-list"}),
         },
+        Cmd::Passwd => {
+            let (old, new) = read_passwords()?;
+            json!({"cmd": "passwd", "old": old, "new": new})
+        }
         Cmd::Run { .. } | Cmd::Terminal { .. } | Cmd::Events { .. } => return Ok(()),
     };
     let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(15)))?;
@@ -327,9 +331,72 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         ),
         Cmd::Answer => println!("answered"),
         Cmd::Hangup => println!("hung up"),
+        Cmd::Passwd => {
+            println!("the password was changed on the directory; the account's other sessions have ended");
+            match reply.get("warning").and_then(Value::as_str) {
+                Some(w) => eprintln!("keyline-agent: warning: {w}"),
+                None => println!(
+                    "the new password is in {}",
+                    reply
+                        .get("password_file")
+                        .and_then(Value::as_str)
+                        .unwrap_or("the password file")
+                ),
+            }
+        }
         Cmd::Run { .. } | Cmd::Terminal { .. } | Cmd::Events { .. } => {}
     }
     Ok(())
+}
+
+/// The old and the new password for `passwd`: asked for without echo
+/// (the new one twice) on a terminal, else two lines of standard input.
+fn read_passwords() -> Result<(String, String)> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut lines = stdin.lock().lines();
+        let mut next = |what: &str| -> Result<String> {
+            let line = lines
+                .next()
+                .with_context(|| {
+                    format!("no {what} on standard input (old, then new, one per line)")
+                })?
+                .context("reading standard input")?;
+            Ok(line.trim_end_matches('\r').to_string())
+        };
+        let old = next("old password")?;
+        let new = next("new password")?;
+        return Ok((old, new));
+    }
+    let old = ask_hidden("Old password: ")?;
+    let new = ask_hidden("New password: ")?;
+    if ask_hidden("Repeat new password: ")? != new {
+        anyhow::bail!("the new passwords differ; nothing was changed");
+    }
+    Ok((old, new))
+}
+
+/// One line from the terminal with echo off (and on again after).
+fn ask_hidden(prompt: &str) -> Result<String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    use std::io::BufRead;
+    let stdin = std::io::stdin();
+    eprint!("{prompt}");
+    let saved = tcgetattr(&stdin).ok();
+    if let Some(t) = &saved {
+        let mut quiet = t.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
+    }
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(t) = &saved {
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, t);
+    }
+    eprintln!();
+    read.context("reading the password")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
 /// `keyline-agent events`: the daemon's events until it goes or drops us.

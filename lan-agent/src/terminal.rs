@@ -29,6 +29,7 @@
 //! answering `MediaHello` until its user answers. Such a call has no
 //! directory call id: hanging up is closing the media connection.
 
+mod account;
 mod directory;
 mod forward;
 mod mail;
@@ -174,7 +175,8 @@ struct Terminal {
     checker: Checker,
     state_dir: PathBuf,
     opts: TerminalOptions,
-    password: String,
+    /// The account's password, as `keyline-agent passwd` last set it.
+    password: Mutex<String>,
     numbers: Vec<String>,
     mailbox: Mailbox,
     st: Mutex<State>,
@@ -187,6 +189,13 @@ struct Terminal {
 impl Terminal {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn password(&self) -> String {
+        self.password
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn pin_path(&self) -> PathBuf {
@@ -264,7 +273,7 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
         checker,
         state_dir: state_dir.clone(),
         opts,
-        password,
+        password: Mutex::new(password),
         numbers,
         mailbox,
         st: Mutex::new(State {
@@ -1226,6 +1235,7 @@ async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
             mail::control(t, &req).await
         }
         "forward-set" | "forward-off" | "forward-list" => forward::control(t, &req).await,
+        "passwd" => account::passwd(t, &req).await,
         "" => control::error("missing \"cmd\""),
         other => control::error(format!("unknown command {other:?}")),
     }

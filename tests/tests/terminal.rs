@@ -10,7 +10,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use keyline_tests::tones::{heard, write_tones, A_TONES, B_TONES, STEP_MS};
@@ -481,4 +483,97 @@ fn a_terminal_and_an_office_call_each_other_both_ways() {
     assert_eq!(jstr(&idle(&t), &["ended"]).as_deref(), Some("hangup"));
     idle(&s201);
     assert_eq!(relayed_bytes(&dir), 0.0, "the directory carried media");
+}
+
+/// `keyline-agent passwd` with `input` on its standard input.
+fn passwd(d: &Daemon, input: &str) -> Output {
+    let mut child = Command::new(&d.bin)
+        .arg("--state")
+        .arg(&d.state)
+        .arg("passwd")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run keyline-agent passwd");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write the passwords");
+    child.wait_with_output().expect("keyline-agent passwd")
+}
+
+/// The terminal changes its account's password (the patent's client
+/// changes its ID and password): a wrong old password changes nothing; the
+/// right one changes it on the directory and in the terminal's password
+/// file, the terminal stays registered, the old password is refused from
+/// then on, and after a restart the terminal logs in with the new one.
+#[test]
+fn the_terminal_changes_its_password_and_logs_in_with_it_after_a_restart() {
+    let scratch = Scratch::new("tpasswd");
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let d = start_dir(&scratch, &listen);
+    add_user(&d, "alice", &["1001"]);
+    let quiet = ["--audio-in", "silence", "--audio-out", "null"];
+    let mut a = terminal(&scratch, "a", &listen, "alice", &quiet);
+    registered(&a, 1.0);
+    let file = scratch.join("a.pw");
+
+    let out = passwd(&a, "not the password\nnew password 42\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a wrong old password must fail");
+    assert!(
+        err.contains("the old password is wrong; nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{PW}\n"));
+    let out = passwd(&a, &format!("{PW}\nshort\n"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("too short"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{PW}\n"));
+
+    let out = passwd(&a, &format!("{PW}\nnew password 42\n"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("the password was changed"), "{said}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "new password 42\n");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // This terminal's own session goes on.
+    assert_eq!(jstr(&status(&a), &["state"]).as_deref(), Some("registered"));
+
+    // The old password is refused from now on.
+    let m = terminal(&scratch, "m", &listen, "alice", &quiet);
+    let err = wait_for("a login error", Duration::from_secs(10), || {
+        jstr(&m.json(&["status"]).ok()?, &["error"])
+    });
+    assert!(err.contains("wrong account or password"), "{err}");
+    drop(m);
+
+    // After a restart (no session token kept) the terminal logs in with
+    // the password its file now holds.
+    assert!(a.stop(), "a did not stop cleanly:\n{}", a.log_text());
+    let mut args = vec![
+        "terminal",
+        "--directory",
+        &listen,
+        "--account",
+        "alice",
+        "--password-file",
+        file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&quiet);
+    let a2 = Daemon::start(None, bin("keyline-agent"), &scratch.join("a"), &args)
+        .expect("restart the terminal");
+    registered(&a2, 1.0);
 }

@@ -211,7 +211,7 @@ async fn directory_session(t: &Arc<Terminal>, token: &mut Option<String>) -> Out
     };
     let session = match resumed {
         Some(s) => s,
-        None => match client.login(&t.opts.account, &t.password).await {
+        None => match client.login(&t.opts.account, &t.password()).await {
             Ok(s) => s,
             // Locked out after failed logins, or the directory is busy
             // checking passwords: its message says which, and when to
