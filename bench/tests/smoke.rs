@@ -139,7 +139,13 @@ fn smoke_mode_writes_sane_json() {
     positive(w, &["ratio"]);
     let web = &w["web"];
     positive(web, &["logins_ok"]);
-    assert_eq!(num(web, &["failed"]), 0.0, "{web}");
+    // With no CPU to spare the directory turns logins away ("busy, try
+    // again") rather than slow registrations; nothing else may fail.
+    assert_eq!(
+        num(web, &["failed"]),
+        num(web, &["turned_away_busy"]),
+        "{web}"
+    );
     assert_eq!(num(web, &["refused_by_limiter"]), 0.0, "{web}");
     for page in ["get_login", "post_login", "get_account"] {
         positive(web, &["latency_ms", page, "p50"]);

@@ -401,8 +401,10 @@ async fn a_login_storm_is_turned_away_busy_and_logs_in_on_retry() {
         .await
         .unwrap()
         .expect("registrations during the storm");
+    // One thread and one place in the queue: some are turned away, and
+    // at least one gets in.
     assert!(
-        !busy.is_empty() && busy.len() <= ids.len() - 2,
+        !busy.is_empty() && busy.len() < ids.len(),
         "one thread and one place in the queue: {busy:?}"
     );
     let st = status(&d);

@@ -184,10 +184,11 @@ impl Db {
     pub fn open(path: &Path) -> Result<Db> {
         let mut conn =
             Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // First, so that another process opening it too is waited for.
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
         Ok(Db::with_connection(conn))
     }
@@ -1100,25 +1101,53 @@ fn first_delivery(tx: &rusqlite::Transaction<'_>, (id, at_ms): (u64, i64)) -> Re
     Ok(n == 1)
 }
 
+/// Bring the database to the current schema, one migration per
+/// transaction. Each takes the write lock before it reads the version, so
+/// that two processes opening a new database at once (the daemon and
+/// `keyline-gatewayd admin passwd` on a fresh appliance) apply each
+/// migration once, one after the other.
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let target = MIGRATIONS.len() as i64;
-    if version > target {
-        bail!("database schema version {version} is newer than this program ({target}); upgrade keyline");
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction()?;
+    loop {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > target {
+            bail!("database schema version {version} is newer than this program ({target}); upgrade keyline");
+        }
+        let Some(sql) = MIGRATIONS.get(version as usize) else {
+            return Ok(());
+        };
         tx.execute_batch(sql)
-            .with_context(|| format!("applying migration {}", i + 1))?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            .with_context(|| format!("applying migration {}", version + 1))?;
+        tx.pragma_update(None, "user_version", version + 1)?;
         tx.commit()?;
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new database opened by several at once (the daemon and an admin
+    /// command on a fresh appliance): every opener gets the full schema.
+    #[test]
+    fn a_new_database_opened_by_several_at_once_is_made_once() {
+        for round in 0..20 {
+            let dir =
+                std::env::temp_dir().join(format!("kl-gwdb-race-{}-{round}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("dir");
+            let path = dir.join("gateway.sqlite");
+            std::thread::scope(|s| {
+                let opens: Vec<_> = (0..4).map(|_| s.spawn(|| Db::open(&path))).collect();
+                for o in opens {
+                    let db = o.join().expect("thread").expect("open");
+                    assert!(db.agents().expect("the agents table").is_empty());
+                }
+            });
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 
     #[test]
     fn approve_assigns_next_free_extension_and_refuses_conflicts() {

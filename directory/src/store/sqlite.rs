@@ -197,10 +197,11 @@ impl SqliteStore {
         use anyhow::Context;
         let mut conn =
             Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // First, so that another process opening it too is waited for.
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn).with_context(|| format!("upgrading {}", path.display()))?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -232,26 +233,38 @@ impl SqliteStore {
 /// [`MIGRATIONS`] from an older version.
 pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     use anyhow::{bail, Context};
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    // The write lock before the version is read: two processes opening a
+    // new state directory at once (the daemon and `keyline-directory user
+    // add`) make the schema once, one after the other.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let target = MIGRATIONS.len() as i64;
     if version > target {
         bail!("database schema version {version} is newer than this program ({target}); upgrade keyline");
     }
+    if version == target {
+        return Ok(());
+    }
     if version == 0 {
-        let tables: i64 = conn.query_row(
+        let tables: i64 = tx.query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
             [],
             |r| r.get(0),
         )?;
         if tables == 0 {
-            let tx = conn.transaction()?;
             tx.execute_batch(SCHEMA).context("creating the schema")?;
             tx.pragma_update(None, "user_version", target)?;
             tx.commit()?;
             return Ok(());
         }
     }
-    migrate_from(conn, version as usize)
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)
+            .with_context(|| format!("applying migration {}", i + 1))?;
+    }
+    tx.pragma_update(None, "user_version", target)?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// Apply migrations `from`.. (tests use it to build old databases).
@@ -1065,6 +1078,29 @@ mod tests {
     //! The schema and its migrations; what the store does is tested
     //! against both stores by `tests/store_conformance.rs`.
     use super::*;
+
+    /// A new state directory opened by several at once (the daemon and
+    /// `keyline-directory user add`): each gets the whole schema, made once.
+    #[test]
+    fn a_new_database_opened_by_several_at_once_is_made_once() {
+        for round in 0..20 {
+            let dir =
+                std::env::temp_dir().join(format!("kl-dirdb-race-{}-{round}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("dir");
+            let path = dir.join("directory.sqlite");
+            std::thread::scope(|s| {
+                let opens: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| SqliteStore::open(&path)))
+                    .collect();
+                for o in opens {
+                    let st = o.join().expect("thread").expect("open");
+                    assert!(st.accounts().expect("the accounts table").is_empty());
+                }
+            });
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 
     /// Tables, columns, indexes and foreign keys, normalised.
     fn schema_of(conn: &Connection) -> Vec<String> {
