@@ -407,6 +407,10 @@ pub struct Status {
     /// The uplink: `state` (`off`, `connecting`, `registered`) and details.
     pub directory: Value,
     pub ring_group: Value,
+    /// The extensions stations may have, lowest and highest (the
+    /// configuration file's `extension_range`).
+    #[serde(default)]
+    pub extension_range: [u32; 2],
     pub disk: Option<Value>,
     /// Where the admin site is served, or why not.
     pub admin: Value,

@@ -1934,6 +1934,7 @@ impl Switch {
             relay: self.shared.relay.snapshot(),
             directory: self.trunks.status(),
             ring_group: self.ring_group_json(),
+            extension_range: cfg.extension_range,
             disk: self.disk.map(|(writable, free)| {
                 json!({
                     "free_bytes": free,
@@ -1958,9 +1959,12 @@ impl Switch {
         })
     }
 
-    /// Who rings for the office number, and how.
+    /// Who rings for the office number, and how; whose mailbox takes its
+    /// unanswered calls.
     fn ring_group_json(&self) -> Value {
-        match &self.ring_group {
+        let cfg = self.shared.cfg();
+        let mailbox = call_config(&cfg, self.ring_group.as_ref()).office_mailbox;
+        let mut v = match &self.ring_group {
             Some(g) => json!({
                 "mode": g.mode,
                 "members": g.members,
@@ -1968,7 +1972,6 @@ impl Switch {
                 "source": "ring-group",
             }),
             None => {
-                let cfg = self.shared.cfg();
                 json!({
                     "mode": if cfg.hunt_secs.is_some() { "hunt" } else { "all" },
                     "members": if cfg.reception.is_empty() {
@@ -1980,7 +1983,14 @@ impl Switch {
                     "source": "config",
                 })
             }
-        }
+        };
+        v["office_mailbox"] = json!(mailbox);
+        v["office_mailbox_source"] = json!(if cfg.office_mailbox.is_some() {
+            "config"
+        } else {
+            "first-member"
+        });
+        v
     }
 
     fn calls_info(&self, now: Instant) -> Vec<CallInfo> {

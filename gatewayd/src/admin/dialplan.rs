@@ -1,19 +1,31 @@
-//! The dial plan page: the ring group for the office number, speed dials,
-//! forwarding and do-not-disturb per extension.
+//! The dial plan page: the extension range and the office mailbox (the
+//! configuration file's), reception (the ring group for the office
+//! number; the switchboard has exactly one), speed dials, forwarding and
+//! do-not-disturb per extension.
 
 use super::*;
 
+#[derive(Default)]
 pub struct LineRow {
     ext: String,
     forward_always: String,
     forward_busy: String,
     forward_no_answer: String,
     dnd: bool,
+    /// A refusal, next to the field it is about (`err_row`: the row's).
+    err_fa: Option<String>,
+    err_fb: Option<String>,
+    err_fn: Option<String>,
+    err_row: Option<String>,
 }
 
 #[derive(Default)]
 pub struct DialPlanData {
     csrf: String,
+    /// The extension range, as `201-499`.
+    ext_range: String,
+    /// Whose mailbox takes the office number's unanswered calls, and why.
+    office_mailbox: String,
     ring_group_now: String,
     rg_members: String,
     rg_mode: String,
@@ -22,7 +34,8 @@ pub struct DialPlanData {
     lines: Vec<LineRow>,
     err_ring_group: Option<String>,
     err_speed_dial: Option<String>,
-    err_line: Option<String>,
+    /// A line-settings refusal for no row on the page.
+    err_lines: Option<String>,
 }
 
 #[derive(Template)]
@@ -77,8 +90,16 @@ pub(super) async fn dialplan_data<O: Office>(
         _ => "from the configuration file",
     };
     let opt = |o: &Option<String>| o.clone().unwrap_or_default();
+    let [lo, hi] = status.extension_range;
+    let office_mailbox = match (rg["office_mailbox"].as_str(), rg["office_mailbox_source"].as_str()) {
+        (Some(m), Some("config")) => format!("extension {m} (office_mailbox in the configuration file)"),
+        (Some(m), _) => format!("extension {m} (the first of reception)"),
+        (None, _) => "none: unanswered calls to the office number get no voicemail (set office_mailbox or reception in the configuration file)".into(),
+    };
     Ok(DialPlanData {
         csrf: s.csrf.clone(),
+        ext_range: format!("{lo}-{hi}"),
+        office_mailbox,
         ring_group_now: format!("{who} ring {how} ({from})."),
         rg_members: members.join(", "),
         rg_mode: mode,
@@ -92,6 +113,7 @@ pub(super) async fn dialplan_data<O: Office>(
                 forward_busy: opt(&l.settings.forward_busy),
                 forward_no_answer: opt(&l.settings.forward_no_answer),
                 dnd: l.settings.dnd,
+                ..LineRow::default()
             })
             .collect(),
         ..DialPlanData::default()
@@ -102,7 +124,34 @@ pub(super) async fn dialplan_data<O: Office>(
 enum DpPart {
     RingGroup,
     SpeedDial,
-    Line,
+    /// One extension's forwarding: the form as typed.
+    Line(HashMap<String, String>),
+}
+
+/// Put a refused line-settings change next to its field (by the
+/// dispatcher's field name at the start of the refusal), with what was
+/// typed in that row.
+fn line_error(d: &mut DialPlanData, form: &HashMap<String, String>, e: String) {
+    let ext = form.get("ext").map(|x| x.trim()).unwrap_or_default();
+    let Some(row) = d.lines.iter_mut().find(|l| l.ext == ext) else {
+        // No such row (the extension went away): above the table.
+        d.err_lines = Some(e);
+        return;
+    };
+    let typed = |k: &str| form.get(k).cloned().unwrap_or_default();
+    row.forward_always = typed("forward_always");
+    row.forward_busy = typed("forward_busy");
+    row.forward_no_answer = typed("forward_no_answer");
+    row.dnd = form.get("dnd").is_some_and(|v| v == "on");
+    if e.starts_with("Forward always:") {
+        row.err_fa = Some(e);
+    } else if e.starts_with("Forward when busy:") {
+        row.err_fb = Some(e);
+    } else if e.starts_with("Forward on no answer:") {
+        row.err_fn = Some(e);
+    } else {
+        row.err_row = Some(e);
+    }
 }
 
 async fn dialplan_page<O: Office>(
@@ -129,7 +178,7 @@ async fn dialplan_page<O: Office>(
                 }
             }
             DpPart::SpeedDial => d.err_speed_dial = Some(e),
-            DpPart::Line => d.err_line = Some(e),
+            DpPart::Line(form) => line_error(&mut d, &form, e),
         }
     }
     html(
@@ -170,6 +219,10 @@ async fn dp_change<O: Office>(
     let result = match req {
         Ok(r) => st.office.dispatch(r).await.map(|_| ()),
         Err(e) => Err(e),
+    };
+    let part = match part {
+        DpPart::Line(_) => DpPart::Line(form.clone()),
+        other => other,
     };
     match result {
         Ok(()) => dialplan_page(st, &s, Some(done), None).await,
@@ -282,5 +335,13 @@ pub(super) async fn dp_line<O: Office>(
         forward_no_answer: field(&form, "forward_no_answer"),
         dnd: form.get("dnd").is_some_and(|v| v == "on"),
     });
-    dp_change(&st, &headers, &form, DpPart::Line, req, "Saved.").await
+    dp_change(
+        &st,
+        &headers,
+        &form,
+        DpPart::Line(HashMap::new()),
+        req,
+        "Saved.",
+    )
+    .await
 }
