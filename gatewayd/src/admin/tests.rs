@@ -108,15 +108,17 @@ impl Office for Fake {
                 Request::SetLineSettings {
                     forward_busy: Some(b),
                     ..
-                } if b == "12ab" => Err("Forward when busy: \"12ab\": not a phone number".into()),
+                } if b == "12+34" => {
+                    Err("Forward when busy: \"12+34\": '+' is only allowed at the start".into())
+                }
                 Request::SetLineSettings { ext, .. } if ext == "201" => {
                     Ok(ApiResponse::LineSettings { lines: vec![] })
                 }
                 Request::SetLineSettings { ext, .. } => {
                     Err(format!("{ext} is not an extension here"))
                 }
-                Request::SpeedDialSet { number, .. } if number == "12ab" => {
-                    Err("\"12ab\": not a phone number".into())
+                Request::SpeedDialSet { number, .. } if number == "12+34" => {
+                    Err("\"12+34\": '+' is only allowed at the start".into())
                 }
                 Request::SpeedDialSet { code, number } => Ok(ApiResponse::SpeedDial {
                     code,
@@ -638,18 +640,20 @@ async fn line_settings_and_speed_dials_are_refused_next_to_their_field() {
         post_req(
             "/dialplan/line",
             Some(&cookie),
-            &format!("ext=201&forward_always=&forward_busy=12ab&forward_no_answer=203&csrf={csrf}"),
+            &format!(
+                "ext=201&forward_always=&forward_busy=12%2B34&forward_no_answer=203&csrf={csrf}"
+            ),
         ),
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
-        page.contains("id=\"fb-201\" name=\"forward_busy\" size=\"8\" value=\"12ab\" aria-invalid=\"true\" aria-describedby=\"fb-201-error\">"),
+        page.contains("id=\"fb-201\" name=\"forward_busy\" size=\"8\" value=\"12+34\" aria-invalid=\"true\" aria-describedby=\"fb-201-error\">"),
         "{page}"
     );
     assert!(
-        page.contains("<p id=\"fb-201-error\" class=\"field-error\">Forward when busy: &#34;12ab&#34;: not a phone number</p>")
-            || page.contains("<p id=\"fb-201-error\" class=\"field-error\">Forward when busy: &quot;12ab&quot;: not a phone number</p>"),
+        page.contains("<p id=\"fb-201-error\" class=\"field-error\">Forward when busy: &#34;12+34&#34;: &#39;+&#39; is only allowed at the start</p>")
+            || page.contains("<p id=\"fb-201-error\" class=\"field-error\">Forward when busy: &quot;12+34&quot;: &#39;+&#39; is only allowed at the start</p>"),
         "{page}"
     );
     // What was typed in the row stays; do not disturb was unticked.
@@ -673,7 +677,7 @@ async fn line_settings_and_speed_dials_are_refused_next_to_their_field() {
         post_req(
             "/dialplan/speed-dial",
             Some(&cookie),
-            &format!("code=*3&number=12ab&csrf={csrf}"),
+            &format!("code=*3&number=12%2B34&csrf={csrf}"),
         ),
     )
     .await;
@@ -684,9 +688,9 @@ async fn line_settings_and_speed_dials_are_refused_next_to_their_field() {
     );
     assert!(
         page.contains(
-            "<p id=\"sd-error\" class=\"field-error\">&#34;12ab&#34;: not a phone number</p>"
+            "<p id=\"sd-error\" class=\"field-error\">&#34;12+34&#34;: &#39;+&#39; is only allowed at the start</p>"
         ) || page.contains(
-            "<p id=\"sd-error\" class=\"field-error\">&quot;12ab&quot;: not a phone number</p>"
+            "<p id=\"sd-error\" class=\"field-error\">&quot;12+34&quot;: &#39;+&#39; is only allowed at the start</p>"
         ),
         "{page}"
     );
