@@ -74,6 +74,11 @@ pub enum Request {
         #[serde(default = "default_step")]
         step_secs: u64,
         members: Vec<String>,
+        /// Whose mailbox takes the office number's unanswered calls
+        /// (none: the configuration file's `office_mailbox`, else the
+        /// first member).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mailbox: Option<String>,
     },
     RingGroupClear,
     /// Every mailbox's messages.
@@ -577,6 +582,7 @@ mod tests {
                 mode: "hunt".into(),
                 step_secs: 10,
                 members: vec!["201".into()],
+                mailbox: Some("201".into()),
             },
         ] {
             let v = serde_json::to_value(&r).unwrap();

@@ -1985,7 +1985,13 @@ impl Switch {
             }
         };
         v["office_mailbox"] = json!(mailbox);
-        v["office_mailbox_source"] = json!(if cfg.office_mailbox.is_some() {
+        let set_here = self
+            .ring_group
+            .as_ref()
+            .is_some_and(|g| g.mailbox.is_some());
+        v["office_mailbox_source"] = json!(if set_here {
+            "ring-group"
+        } else if cfg.office_mailbox.is_some() {
             "config"
         } else {
             "first-member"
@@ -2165,7 +2171,9 @@ fn call_config(cfg: &Config, group: Option<&crate::db::RingGroup>) -> CallConfig
     if let Some(g) = group {
         c.reception = g.members.clone();
         c.hunt_step = (g.mode == "hunt").then(|| Duration::from_secs(g.step_secs));
-        if cfg.office_mailbox.is_none() {
+        if g.mailbox.is_some() {
+            c.office_mailbox = g.mailbox.clone();
+        } else if cfg.office_mailbox.is_none() {
             c.office_mailbox = g.members.first().cloned();
         }
     }
@@ -2177,6 +2185,34 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use keyline_proto::msg::LineSettings;
+
+    #[test]
+    fn the_office_mailbox_set_with_the_ring_group_wins_over_the_file() {
+        let group = |mailbox: Option<&str>| crate::db::RingGroup {
+            mode: "hunt".into(),
+            members: vec!["203".into(), "202".into()],
+            step_secs: 5,
+            mailbox: mailbox.map(str::to_string),
+        };
+        let file = Config {
+            reception: vec!["201".into()],
+            office_mailbox: Some("204".into()),
+            ..Config::default()
+        };
+        let plain = Config {
+            reception: vec!["201".into()],
+            ..Config::default()
+        };
+        let mb =
+            |cfg: &Config, g: Option<&crate::db::RingGroup>| call_config(cfg, g).office_mailbox;
+        assert_eq!(mb(&file, Some(&group(Some("202")))), Some("202".into()));
+        assert_eq!(mb(&file, Some(&group(None))), Some("204".into()));
+        assert_eq!(mb(&plain, Some(&group(None))), Some("203".into()));
+        assert_eq!(mb(&plain, None), Some("201".into()));
+        let c = call_config(&plain, Some(&group(Some("202"))));
+        assert_eq!(c.reception, vec!["203".to_string(), "202".to_string()]);
+        assert_eq!(c.hunt_step, Some(Duration::from_secs(5)));
+    }
 
     /// A scratch database, removed on drop.
     struct TestDb {

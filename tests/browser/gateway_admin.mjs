@@ -205,6 +205,18 @@ try {
   await shot(page, "admin-dialplan");
   check((await page.textContent("#ext-range")).trim() === "201-499", "the extension range is shown");
   check((await page.textContent("#office-mailbox")).includes(`extension ${ext}`), "the office mailbox is the ring group's first member");
+  // The office mailbox, set with reception: an unknown extension is
+  // refused; 201 is taken and is what status shows.
+  await page.getByLabel("Office mailbox (unanswered calls)").fill("299");
+  await page.locator("#rg-h").locator("xpath=..").getByRole("button", { name: "Save" }).click();
+  await page.locator("#rg-error").waitFor({ timeout: 5000 });
+  check((await page.textContent("#rg-error")).includes("office mailbox: 299 is not an extension here"), "an unknown office mailbox is refused next to the form");
+  await page.getByLabel("Office mailbox (unanswered calls)").fill("201");
+  await page.locator("#rg-h").locator("xpath=..").getByRole("button", { name: "Save" }).click();
+  await page.locator("p.notice.good").waitFor({ timeout: 5000 });
+  check((await page.textContent("#office-mailbox")).includes("extension 201 (set here"), "the office mailbox set here is shown");
+  rg = JSON.parse(execFileSync(process.env.GW_BIN, ["--state", process.env.GW_STATE, "status", "--json"])).ring_group;
+  check(rg.office_mailbox === "201" && rg.office_mailbox_source === "ring-group" && rg.members.join(",") === `${ext},201`, `status shows the office mailbox (${JSON.stringify(rg)})`);
   // A speed dial to an invalid number is refused next to its field and
   // nothing is saved; a good one is what the CLI lists.
   const sd = page.locator("#sd-h").locator("xpath=..");
@@ -370,7 +382,9 @@ try {
   check(await page.isChecked("#dnd-201"), "do not disturb for 201 survived the restart");
   check((await page.locator('#enrolled tr[data-ext="250"]').count()) === 0, "nothing about the revoked station came back");
   const st = JSON.parse(execFileSync(process.env.GW_BIN, ["--state", process.env.GW_STATE, "status", "--json"]));
-  check(st.ring_group.source === "ring-group" && st.ring_group.members.join(",") === `${ext},201`, `status shows the web's ring group after the restart (${JSON.stringify(st.ring_group)})`);
+  check(st.ring_group.source === "ring-group" && st.ring_group.members.join(",") === `${ext},201`
+    && st.ring_group.office_mailbox === "201", `status shows the web's ring group and office mailbox after the restart (${JSON.stringify(st.ring_group)})`);
+  check((await page.inputValue("#rg-mailbox")) === "201", "the office mailbox survived the restart");
   const stored2 = readFileSync(`${process.env.GW_STATE}/voicemail/greeting.opus`);
   check(stored2.subarray(0, 4).toString() === "OggS", "the greeting survived the restart");
 } catch (e) {

@@ -30,6 +30,8 @@ pub struct DialPlanData {
     rg_members: String,
     rg_mode: String,
     rg_step: String,
+    /// The office mailbox set with the ring group (empty: not set here).
+    rg_mailbox: String,
     speed_dials: Vec<crate::api::SpeedDial>,
     lines: Vec<LineRow>,
     err_ring_group: Option<String>,
@@ -91,7 +93,11 @@ pub(super) async fn dialplan_data<O: Office>(
     };
     let opt = |o: &Option<String>| o.clone().unwrap_or_default();
     let [lo, hi] = status.extension_range;
-    let office_mailbox = match (rg["office_mailbox"].as_str(), rg["office_mailbox_source"].as_str()) {
+    let office_mailbox = match (
+        rg["office_mailbox"].as_str(),
+        rg["office_mailbox_source"].as_str(),
+    ) {
+        (Some(m), Some("ring-group")) => format!("extension {m} (set here, with reception)"),
         (Some(m), Some("config")) => format!("extension {m} (office_mailbox in the configuration file)"),
         (Some(m), _) => format!("extension {m} (the first of reception)"),
         (None, _) => "none: unanswered calls to the office number get no voicemail (set office_mailbox or reception in the configuration file)".into(),
@@ -104,6 +110,13 @@ pub(super) async fn dialplan_data<O: Office>(
         rg_members: members.join(", "),
         rg_mode: mode,
         rg_step: step.to_string(),
+        rg_mailbox: match rg["office_mailbox_source"].as_str() {
+            Some("ring-group") => rg["office_mailbox"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            _ => String::new(),
+        },
         speed_dials,
         lines: lines
             .iter()
@@ -119,6 +132,9 @@ pub(super) async fn dialplan_data<O: Office>(
         ..DialPlanData::default()
     })
 }
+
+/// The ring group form's members and office mailbox, as typed.
+type RgTyped = (String, String);
 
 /// Which part of the dial plan page a refusal belongs next to.
 enum DpPart {
@@ -158,7 +174,7 @@ async fn dialplan_page<O: Office>(
     st: &AdminState<O>,
     s: &Session,
     notice: Option<&str>,
-    error: Option<(DpPart, String, Option<String>)>,
+    error: Option<(DpPart, String, Option<RgTyped>)>,
 ) -> Response {
     let mut d = match dialplan_data(st, s).await {
         Ok(d) => d,
@@ -173,8 +189,9 @@ async fn dialplan_page<O: Office>(
         match part {
             DpPart::RingGroup => {
                 d.err_ring_group = Some(e);
-                if let Some(t) = typed {
-                    d.rg_members = t;
+                if let Some((members, mailbox)) = typed {
+                    d.rg_members = members;
+                    d.rg_mailbox = mailbox;
                 }
             }
             DpPart::SpeedDial => d.err_speed_dial = Some(e),
@@ -215,7 +232,10 @@ async fn dp_change<O: Office>(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let typed = form.get("members").cloned();
+    let typed = form.get("members").map(|m| {
+        let mailbox = form.get("mailbox").cloned().unwrap_or_default();
+        (m.clone(), mailbox)
+    });
     let result = match req {
         Ok(r) => st.office.dispatch(r).await.map(|_| ()),
         Err(e) => Err(e),
@@ -255,6 +275,7 @@ pub(super) async fn dp_ring_group<O: Office>(
         mode: field(&form, "mode").unwrap_or_else(|| "all".into()),
         step_secs,
         members,
+        mailbox: field(&form, "mailbox"),
     });
     dp_change(
         &st,

@@ -139,6 +139,9 @@ impl Office for Fake {
                         },
                     }],
                 }),
+                Request::RingGroupSet {
+                    mailbox: Some(m), ..
+                } if m == "298" => Err("office mailbox: 298 is not an extension here".into()),
                 Request::RingGroupSet { members, .. } if members.iter().any(|m| m == "299") => {
                     Err("299 is not an extension here".into())
                 }
@@ -146,11 +149,13 @@ impl Office for Fake {
                     members,
                     mode,
                     step_secs,
+                    mailbox,
                 } => Ok(ApiResponse::RingGroup {
                     ring_group: Some(crate::db::RingGroup {
                         mode,
                         members,
                         step_secs,
+                        mailbox,
                     }),
                 }),
                 other => Err(format!("not in this test: {other:?}")),
@@ -506,7 +511,7 @@ async fn the_dial_plan_saves_through_the_dispatcher_and_shows_refusals_by_their_
         post_req(
             "/dialplan/ring-group",
             Some(&cookie),
-            &format!("members=202+201&mode=hunt&step_secs=10&csrf={csrf}"),
+            &format!("members=202+201&mode=hunt&step_secs=10&mailbox=201&csrf={csrf}"),
         ),
     )
     .await;
@@ -516,7 +521,27 @@ async fn the_dial_plan_saves_through_the_dispatcher_and_shows_refusals_by_their_
         mode: "hunt".into(),
         step_secs: 10,
         members: vec!["202".into(), "201".into()],
+        mailbox: Some("201".into()),
     }));
+    // A refused office mailbox: next to the form, as typed.
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/ring-group",
+            Some(&cookie),
+            &format!("members=202&mode=all&step_secs=10&mailbox=298&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("<p id=\"rg-error\" class=\"field-error\">office mailbox: 298 is not an extension here</p>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("id=\"rg-mailbox\" name=\"mailbox\" size=\"6\" value=\"298\""),
+        "{page}"
+    );
     let (status, _, page) = send(
         &app,
         post_req(
