@@ -36,6 +36,9 @@ pub struct DialPlanData {
     lines: Vec<LineRow>,
     err_ring_group: Option<String>,
     err_speed_dial: Option<String>,
+    /// The speed dial form as typed, when it was refused.
+    sd_code: String,
+    sd_number: String,
     /// A line-settings refusal for no row on the page.
     err_lines: Option<String>,
 }
@@ -139,7 +142,8 @@ type RgTyped = (String, String);
 /// Which part of the dial plan page a refusal belongs next to.
 enum DpPart {
     RingGroup,
-    SpeedDial,
+    /// The speed dial form: what was typed in it.
+    SpeedDial(HashMap<String, String>),
     /// One extension's forwarding: the form as typed.
     Line(HashMap<String, String>),
 }
@@ -194,7 +198,11 @@ async fn dialplan_page<O: Office>(
                     d.rg_mailbox = mailbox;
                 }
             }
-            DpPart::SpeedDial => d.err_speed_dial = Some(e),
+            DpPart::SpeedDial(form) => {
+                d.err_speed_dial = Some(e);
+                d.sd_code = form.get("code").cloned().unwrap_or_default();
+                d.sd_number = form.get("number").cloned().unwrap_or_default();
+            }
             DpPart::Line(form) => line_error(&mut d, &form, e),
         }
     }
@@ -242,6 +250,7 @@ async fn dp_change<O: Office>(
     };
     let part = match part {
         DpPart::Line(_) => DpPart::Line(form.clone()),
+        DpPart::SpeedDial(_) => DpPart::SpeedDial(form.clone()),
         other => other,
     };
     match result {
@@ -320,7 +329,7 @@ pub(super) async fn dp_speed_dial<O: Office>(
         &st,
         &headers,
         &form,
-        DpPart::SpeedDial,
+        DpPart::SpeedDial(HashMap::new()),
         req,
         "Speed dial saved.",
     )
@@ -337,7 +346,7 @@ pub(super) async fn dp_speed_dial_rm<O: Office>(
         &st,
         &headers,
         &form,
-        DpPart::SpeedDial,
+        DpPart::SpeedDial(HashMap::new()),
         req,
         "Speed dial removed.",
     )

@@ -708,7 +708,8 @@ async fn line_settings_and_speed_dials_are_refused_next_to_their_field() {
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
-        page.contains("<input id=\"sd-number\" name=\"number\" aria-describedby=\"sd-error\">"),
+        page.contains("<input id=\"sd-code\" name=\"code\" size=\"5\" placeholder=\"*1\" value=\"*3\">")
+            && page.contains("<input id=\"sd-number\" name=\"number\" value=\"12+34\" aria-invalid=\"true\" aria-describedby=\"sd-error\">"),
         "{page}"
     );
     assert!(
