@@ -18,7 +18,23 @@
         // Keep what the admin is typing in a field of the live part.
         var active = document.activeElement;
         var keep = active && live.contains(active) && active.id ? [active.id, active.value] : null;
+        // And a refused field's value and the error beside it, until the
+        // admin sends that form again.
+        var refused = [];
+        live.querySelectorAll("input[aria-invalid=true]").forEach(function (f) {
+          var err = document.getElementById(f.getAttribute("aria-describedby"));
+          if (f.id && err) { refused.push([f.id, f.value, err.cloneNode(true)]); }
+        });
         live.innerHTML = html;
+        refused.forEach(function (r) {
+          var f = document.getElementById(r[0]);
+          var form = f && f.closest("form");
+          if (!form) { return; }
+          f.value = r[1];
+          f.setAttribute("aria-invalid", "true");
+          f.setAttribute("aria-describedby", r[2].id);
+          form.appendChild(r[2]);
+        });
         if (keep) {
           var el = document.getElementById(keep[0]);
           if (el) { el.value = keep[1]; el.focus(); }

@@ -74,6 +74,11 @@ pub enum Request {
         #[serde(default = "default_step")]
         step_secs: u64,
         members: Vec<String>,
+        /// Whose mailbox takes the office number's unanswered calls
+        /// (none: the configuration file's `office_mailbox`, else the
+        /// first member).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mailbox: Option<String>,
     },
     RingGroupClear,
     /// Every mailbox's messages.
@@ -407,6 +412,10 @@ pub struct Status {
     /// The uplink: `state` (`off`, `connecting`, `registered`) and details.
     pub directory: Value,
     pub ring_group: Value,
+    /// The extensions stations may have, lowest and highest (the
+    /// configuration file's `extension_range`).
+    #[serde(default)]
+    pub extension_range: [u32; 2],
     pub disk: Option<Value>,
     /// Where the admin site is served, or why not.
     pub admin: Value,
@@ -573,6 +582,7 @@ mod tests {
                 mode: "hunt".into(),
                 step_secs: 10,
                 members: vec!["201".into()],
+                mailbox: Some("201".into()),
             },
         ] {
             let v = serde_json::to_value(&r).unwrap();

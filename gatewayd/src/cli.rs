@@ -130,6 +130,11 @@ pub enum RingGroupCmd {
         /// With --hunt: seconds each extension rings.
         #[arg(long, value_name = "SECS", default_value_t = 15)]
         step: u64,
+        /// Whose mailbox takes unanswered calls to the office number
+        /// (default: the config file's `office_mailbox`, else the first
+        /// member).
+        #[arg(long, value_name = "EXT")]
+        mailbox: Option<String>,
         /// Extensions, in order.
         #[arg(required = true)]
         members: Vec<String>,

@@ -81,8 +81,9 @@ pub async fn dispatch(shared: &Arc<Shared>, req: Request) -> Result<Response, Re
             mode,
             step_secs,
             members,
+            mailbox,
         } => {
-            let group = check_ring_group(shared, &mode, step_secs, members).await?;
+            let group = check_ring_group(shared, &mode, step_secs, members, mailbox).await?;
             set_ring_group(shared, Some(group)).await
         }
         Request::RingGroupClear => set_ring_group(shared, None).await,
@@ -507,12 +508,14 @@ async fn speed_dial(
 }
 
 /// A ring group as asked for, checked: every member an approved
-/// extension, named once.
+/// extension, named once; the office mailbox, if given, an approved
+/// extension.
 async fn check_ring_group(
     shared: &Arc<Shared>,
     mode: &str,
     step: u64,
     raw: Vec<String>,
+    mailbox: Option<String>,
 ) -> Result<RingGroup, Refusal> {
     if mode != "all" && mode != "hunt" {
         return Err(format!("mode {mode:?}: use all or hunt"));
@@ -540,10 +543,24 @@ async fn check_ring_group(
         }
         members.push(ext);
     }
+    let mailbox = match mailbox
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty())
+    {
+        None => None,
+        Some(m) => {
+            let ext = number::canonicalize(&m).map_err(|e| format!("office mailbox {m:?}: {e}"))?;
+            if !known.contains(&ext) {
+                return Err(format!("office mailbox: {ext} is not an extension here"));
+            }
+            Some(ext)
+        }
+    };
     Ok(RingGroup {
         mode: mode.to_string(),
         members,
         step_secs: step,
+        mailbox,
     })
 }
 

@@ -103,6 +103,9 @@ const MIGRATIONS: &[&str] = &[
         at_ms INTEGER NOT NULL,
         PRIMARY KEY (id, at_ms)
     );",
+    // 8: the office mailbox set with the ring group (else the
+    // configuration file's, else the first member).
+    "ALTER TABLE ring_group ADD COLUMN mailbox TEXT;",
 ];
 
 /// The ring group set with `keyline-gatewayd ring-group`.
@@ -113,6 +116,10 @@ pub struct RingGroup {
     pub members: Vec<String>,
     /// How long each member rings in hunt mode.
     pub step_secs: u64,
+    /// Whose mailbox takes the office number's unanswered calls (wins
+    /// over the configuration file's `office_mailbox`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<String>,
 }
 
 /// A stored voicemail.
@@ -753,18 +760,19 @@ impl Db {
         self.with(|c| {
             let row = c
                 .query_row(
-                    "SELECT mode, members, step_secs FROM ring_group WHERE id = 1",
+                    "SELECT mode, members, step_secs, mailbox FROM ring_group WHERE id = 1",
                     [],
                     |r| {
                         Ok((
                             r.get::<_, String>(0)?,
                             r.get::<_, String>(1)?,
                             r.get::<_, i64>(2)?,
+                            r.get::<_, Option<String>>(3)?,
                         ))
                     },
                 )
                 .optional()?;
-            let Some((mode, members, step)) = row else {
+            let Some((mode, members, step, mailbox)) = row else {
                 return Ok(None);
             };
             let members: Vec<String> = serde_json::from_str(&members)
@@ -773,6 +781,7 @@ impl Db {
                 mode,
                 members,
                 step_secs: step.max(1) as u64,
+                mailbox,
             }))
         })
     }
@@ -783,12 +792,15 @@ impl Db {
         self.with(|c| {
             match g {
                 Some(g) => c.execute(
-                    "INSERT INTO ring_group (id, mode, members, step_secs) VALUES (1, ?1, ?2, ?3)
-                     ON CONFLICT (id) DO UPDATE SET mode = ?1, members = ?2, step_secs = ?3",
+                    "INSERT INTO ring_group (id, mode, members, step_secs, mailbox)
+                     VALUES (1, ?1, ?2, ?3, ?4)
+                     ON CONFLICT (id) DO UPDATE SET mode = ?1, members = ?2, step_secs = ?3,
+                     mailbox = ?4",
                     params![
                         g.mode,
                         serde_json::to_string(&g.members)?,
-                        g.step_secs as i64
+                        g.step_secs as i64,
+                        g.mailbox
                     ],
                 )?,
                 None => c.execute("DELETE FROM ring_group", [])?,
@@ -1147,6 +1159,25 @@ mod tests {
             });
             let _ = std::fs::remove_dir_all(&dir);
         }
+    }
+
+    #[test]
+    fn the_ring_group_keeps_its_office_mailbox() {
+        let db = Db::open_in_memory().expect("db");
+        assert_eq!(db.ring_group().expect("read"), None);
+        let mut g = RingGroup {
+            mode: "hunt".into(),
+            members: vec!["202".into(), "201".into()],
+            step_secs: 7,
+            mailbox: Some("201".into()),
+        };
+        db.set_ring_group(Some(&g)).expect("store");
+        assert_eq!(db.ring_group().expect("read").as_ref(), Some(&g));
+        g.mailbox = None;
+        db.set_ring_group(Some(&g)).expect("store");
+        assert_eq!(db.ring_group().expect("read").as_ref(), Some(&g));
+        db.set_ring_group(None).expect("clear");
+        assert_eq!(db.ring_group().expect("read"), None);
     }
 
     #[test]

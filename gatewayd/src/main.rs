@@ -115,6 +115,7 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             RingGroupCmd::Set {
                 hunt,
                 step,
+                mailbox,
                 members,
             } => (
                 json!({
@@ -122,6 +123,7 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
                     "mode": if *hunt { "hunt" } else { "all" },
                     "step_secs": step,
                     "members": members,
+                    "mailbox": mailbox,
                 }),
                 false,
             ),
@@ -389,6 +391,13 @@ fn print_human(cmd: &Cmd, r: &Value) {
                         "the office number rings {members} all at once (from {})",
                         s(r, "source")
                     ),
+                }
+                match r.get("office_mailbox").and_then(Value::as_str) {
+                    Some(m) => println!(
+                        "unanswered calls go to extension {m}'s mailbox (from {})",
+                        s(r, "office_mailbox_source")
+                    ),
+                    None => println!("unanswered calls to the office number get no mailbox"),
                 }
             }
             RingGroupCmd::Set { .. } => println!("ring group set"),

@@ -1934,6 +1934,7 @@ impl Switch {
             relay: self.shared.relay.snapshot(),
             directory: self.trunks.status(),
             ring_group: self.ring_group_json(),
+            extension_range: cfg.extension_range,
             disk: self.disk.map(|(writable, free)| {
                 json!({
                     "free_bytes": free,
@@ -1958,9 +1959,12 @@ impl Switch {
         })
     }
 
-    /// Who rings for the office number, and how.
+    /// Who rings for the office number, and how; whose mailbox takes its
+    /// unanswered calls.
     fn ring_group_json(&self) -> Value {
-        match &self.ring_group {
+        let cfg = self.shared.cfg();
+        let mailbox = call_config(&cfg, self.ring_group.as_ref()).office_mailbox;
+        let mut v = match &self.ring_group {
             Some(g) => json!({
                 "mode": g.mode,
                 "members": g.members,
@@ -1968,7 +1972,6 @@ impl Switch {
                 "source": "ring-group",
             }),
             None => {
-                let cfg = self.shared.cfg();
                 json!({
                     "mode": if cfg.hunt_secs.is_some() { "hunt" } else { "all" },
                     "members": if cfg.reception.is_empty() {
@@ -1980,7 +1983,20 @@ impl Switch {
                     "source": "config",
                 })
             }
-        }
+        };
+        v["office_mailbox"] = json!(mailbox);
+        let set_here = self
+            .ring_group
+            .as_ref()
+            .is_some_and(|g| g.mailbox.is_some());
+        v["office_mailbox_source"] = json!(if set_here {
+            "ring-group"
+        } else if cfg.office_mailbox.is_some() {
+            "config"
+        } else {
+            "first-member"
+        });
+        v
     }
 
     fn calls_info(&self, now: Instant) -> Vec<CallInfo> {
@@ -2155,7 +2171,9 @@ fn call_config(cfg: &Config, group: Option<&crate::db::RingGroup>) -> CallConfig
     if let Some(g) = group {
         c.reception = g.members.clone();
         c.hunt_step = (g.mode == "hunt").then(|| Duration::from_secs(g.step_secs));
-        if cfg.office_mailbox.is_none() {
+        if g.mailbox.is_some() {
+            c.office_mailbox = g.mailbox.clone();
+        } else if cfg.office_mailbox.is_none() {
             c.office_mailbox = g.members.first().cloned();
         }
     }
@@ -2167,6 +2185,34 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use keyline_proto::msg::LineSettings;
+
+    #[test]
+    fn the_office_mailbox_set_with_the_ring_group_wins_over_the_file() {
+        let group = |mailbox: Option<&str>| crate::db::RingGroup {
+            mode: "hunt".into(),
+            members: vec!["203".into(), "202".into()],
+            step_secs: 5,
+            mailbox: mailbox.map(str::to_string),
+        };
+        let file = Config {
+            reception: vec!["201".into()],
+            office_mailbox: Some("204".into()),
+            ..Config::default()
+        };
+        let plain = Config {
+            reception: vec!["201".into()],
+            ..Config::default()
+        };
+        let mb =
+            |cfg: &Config, g: Option<&crate::db::RingGroup>| call_config(cfg, g).office_mailbox;
+        assert_eq!(mb(&file, Some(&group(Some("202")))), Some("202".into()));
+        assert_eq!(mb(&file, Some(&group(None))), Some("204".into()));
+        assert_eq!(mb(&plain, Some(&group(None))), Some("203".into()));
+        assert_eq!(mb(&plain, None), Some("201".into()));
+        let c = call_config(&plain, Some(&group(Some("202"))));
+        assert_eq!(c.reception, vec!["203".to_string(), "202".to_string()]);
+        assert_eq!(c.hunt_step, Some(Duration::from_secs(5)));
+    }
 
     /// A scratch database, removed on drop.
     struct TestDb {

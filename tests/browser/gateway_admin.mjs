@@ -154,6 +154,33 @@ try {
       && Date.parse(started) === Math.floor(c.start_ms / 1000) * 1000 && Number(duration) === talk,
       `CSV row ${i + 1} matches record ${c.id} (${c.caller} -> ${c.callee} ${c.outcome})`);
   }
+  // One call's record: its own page, from the list's link.
+  const first = cdr[0];
+  await page.locator(`a[href="/cdr/${first.id}"]`).click();
+  await page.waitForURL(`${url}/cdr/${first.id}`);
+  check((await page.textContent("h1")) === "Call record", "the one-call page opens");
+  const one = await page.textContent("dl");
+  check(one.includes(first.caller) && one.includes(first.callee) && one.includes(first.outcome),
+    `the one-call page shows record ${first.id} (${first.caller} -> ${first.callee} ${first.outcome})`);
+  await axe(page, "one call record");
+  // Searching by outcome and by dates: the page lists what the CLI finds.
+  const today = new Date().toISOString().slice(0, 10);
+  await page.goto(`${url}/cdr`);
+  await page.getByLabel("Outcome").selectOption(first.outcome);
+  await page.getByLabel("From (date)", { exact: true }).fill(today);
+  await page.getByLabel("To (date)", { exact: true }).fill(today);
+  await page.getByRole("button", { name: "Search" }).click();
+  await page.waitForURL(/outcome=/);
+  const want = cdr.filter((c) => c.outcome === first.outcome).map((c) => String(c.id)).sort();
+  let shown = await page.locator("#cdr tbody tr td:first-child").allTextContents();
+  check(JSON.stringify(shown.map((x) => x.trim()).sort()) === JSON.stringify(want),
+    `search by outcome ${first.outcome} and today's date lists ${JSON.stringify(want)} (${JSON.stringify(shown)})`);
+  await page.getByLabel("From (date)", { exact: true }).fill("2001-01-01");
+  await page.getByLabel("To (date)", { exact: true }).fill("2001-01-02");
+  await page.getByRole("button", { name: "Search" }).click();
+  await page.waitForURL(/from=2001/);
+  shown = await page.locator("#cdr tbody tr td:first-child").allTextContents();
+  check(shown.length === 0, `a date range without calls lists none (${JSON.stringify(shown)})`);
   await page.goto(`${url}/calls`);
   await axe(page, "live calls");
 
@@ -176,6 +203,37 @@ try {
   rg = JSON.parse(execFileSync(process.env.GW_BIN, ["--state", process.env.GW_STATE, "ring-group", "show", "--json"]));
   check(rg.mode === "hunt" && rg.members.join(",") === `${ext},201` && rg.step_secs === 2, `the hunt group is what the CLI shows (${JSON.stringify(rg)})`);
   await shot(page, "admin-dialplan");
+  check((await page.textContent("#ext-range")).trim() === "201-499", "the extension range is shown");
+  check((await page.textContent("#office-mailbox")).includes(`extension ${ext}`), "the office mailbox is the ring group's first member");
+  // The office mailbox, set with reception: an unknown extension is
+  // refused; 201 is taken and is what status shows.
+  await page.getByLabel("Office mailbox (unanswered calls)").fill("299");
+  await page.locator("#rg-h").locator("xpath=..").getByRole("button", { name: "Save" }).click();
+  await page.locator("#rg-error").waitFor({ timeout: 5000 });
+  check((await page.textContent("#rg-error")).includes("office mailbox: 299 is not an extension here"), "an unknown office mailbox is refused next to the form");
+  await page.getByLabel("Office mailbox (unanswered calls)").fill("201");
+  await page.locator("#rg-h").locator("xpath=..").getByRole("button", { name: "Save" }).click();
+  await page.locator("p.notice.good").waitFor({ timeout: 5000 });
+  check((await page.textContent("#office-mailbox")).includes("extension 201 (set here"), "the office mailbox set here is shown");
+  rg = JSON.parse(execFileSync(process.env.GW_BIN, ["--state", process.env.GW_STATE, "status", "--json"])).ring_group;
+  check(rg.office_mailbox === "201" && rg.office_mailbox_source === "ring-group" && rg.members.join(",") === `${ext},201`, `status shows the office mailbox (${JSON.stringify(rg)})`);
+  // A speed dial to an invalid number is refused next to its field and
+  // nothing is saved; a good one is what the CLI lists.
+  const sd = page.locator("#sd-h").locator("xpath=..");
+  await page.locator("#sd-code").fill("*3");
+  await page.locator("#sd-number").fill("12+34");
+  await sd.getByRole("button", { name: "Save" }).click();
+  await page.locator("#sd-error").waitFor({ timeout: 5000 });
+  check((await page.getAttribute("#sd-number", "aria-describedby")) === "sd-error", "the error is tied to the Number field");
+  let sds = JSON.parse(execFileSync(process.env.GW_BIN, ["--state", process.env.GW_STATE, "speed-dial", "list", "--json"]));
+  check(!JSON.stringify(sds).includes("*3"), `the invalid speed dial was not saved (${JSON.stringify(sds)})`);
+  await axe(page, "dial plan with a refused field");
+  await page.locator("#sd-code").fill("*3");
+  await page.locator("#sd-number").fill("0317001000");
+  await sd.getByRole("button", { name: "Save" }).click();
+  await page.locator("p.notice.good").waitFor({ timeout: 5000 });
+  sds = JSON.parse(execFileSync(process.env.GW_BIN, ["--state", process.env.GW_STATE, "speed-dial", "list", "--json"]));
+  check(JSON.stringify(sds).includes("0317001000"), `the speed dial is what the CLI lists (${JSON.stringify(sds)})`);
 
   // A call to the office number hunts: the new station rings alone, then
   // 201 (the Rust side checks the stations); the dashboard follows the
@@ -231,6 +289,24 @@ try {
   check((await page.textContent("p.notice.good")).includes("1.5 s"), "the WAV greeting is taken");
   const stored = readFileSync(`${process.env.GW_STATE}/voicemail/greeting.opus`);
   check(stored.subarray(0, 4).toString() === "OggS" && stored.includes(Buffer.from("OpusHead")), "stored as Ogg Opus");
+  // An Ogg Opus file is taken as it is.
+  await page.setInputFiles("#greeting", { name: "hello.ogg", mimeType: "audio/ogg", buffer: stored });
+  await page.locator("#greeting-h").locator("xpath=..").getByRole("button", { name: "Save" }).click();
+  await page.locator("p.notice.good").waitFor({ timeout: 5000 });
+  check((await page.textContent("p.notice.good")).includes("1.5 s"), `the Ogg greeting is taken (${await page.textContent("p.notice.good")})`);
+
+  // Forwarding: a bad target is refused next to its field; do not disturb
+  // for 201 is saved (after the calls above, which 201 answers).
+  await page.goto(`${url}/dialplan`);
+  await page.getByLabel("Forward when busy for 201").fill("12+34");
+  await page.locator('tr[data-ext="201"]').getByRole("button", { name: "Save" }).click();
+  await page.locator("#fb-201-error").waitFor({ timeout: 5000 });
+  check((await page.inputValue("#fb-201")) === "12+34", "what was typed stays in the refused field");
+  await page.getByLabel("Forward when busy for 201").fill("");
+  await page.getByLabel("Do not disturb for 201").check();
+  await page.locator('tr[data-ext="201"]').getByRole("button", { name: "Save" }).click();
+  await page.locator("p.notice.good").waitFor({ timeout: 5000 });
+  check(await page.isChecked("#dnd-201"), "do not disturb for 201 saved");
 
   // A form without its CSRF token is refused.
   const status = await page.evaluate(async () => {
@@ -243,6 +319,26 @@ try {
   });
   check(status === 403, `a form without its CSRF token gets ${status}`);
   await step("still-enrolled 201");
+
+  // Change extension: one outside the range is refused next to its
+  // field; then the new station becomes 250, and Revoke takes it away.
+  await page.goto(`${url}/stations`);
+  await page.getByLabel(`New extension for ${ext}`).fill("999");
+  await page.locator(`#enrolled tr[data-ext="${ext}"]`).getByRole("button", { name: "Save" }).click();
+  await page.locator(`#new-${ext}-error`).waitFor({ timeout: 5000 });
+  check((await page.textContent(`#new-${ext}-error`)).includes("outside the range 201-499"), "an extension outside the range is refused next to its field");
+  check((await page.locator("p.notice.bad").count()) === 0, "not as a page notice");
+  await axe(page, "stations with a refused field");
+  await step(`still-enrolled ${ext}`);
+  await page.getByLabel(`New extension for ${ext}`).fill("250");
+  await page.locator(`#enrolled tr[data-ext="${ext}"]`).getByRole("button", { name: "Save" }).click();
+  await page.locator("p.notice.good").waitFor({ timeout: 5000 });
+  await step("registered 250");
+  await page.locator('#enrolled tr[data-ext="250"]').waitFor({ timeout: 5000 });
+  await page.locator('#enrolled tr[data-ext="250"]').getByRole("button", { name: "Revoke" }).click();
+  await page.locator("p.notice.good").waitFor({ timeout: 5000 });
+  check((await page.textContent("p.notice.good")).includes("250 was revoked"), "Revoke says so");
+  await step("revoked 250");
 
   // Wrong passwords lock the address out.
   await page.getByRole("button", { name: "Log out" }).click();
@@ -262,6 +358,35 @@ try {
   await page.getByRole("button", { name: "Log in" }).click();
   await page.waitForLoadState();
   check((await page.textContent("p.notice.bad")).includes("locked out"), "even the right password waits");
+
+  // A login POST without the login form's token is refused.
+  const bare = await page.evaluate(async (pw) => {
+    const r = await fetch("/login", {
+      method: "POST",
+      headers: { "Content-Type": "application/x-www-form-urlencoded" },
+      body: `password=${encodeURIComponent(pw)}`,
+    });
+    return r.status;
+  }, password);
+  check(bare === 403, `a login without its CSRF token gets ${bare}`);
+
+  // What was changed here survives a restart of the gateway.
+  await step("restart");
+  await page.goto(`${url}/login`);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.waitForURL(`${url}/`);
+  await page.goto(`${url}/dialplan`);
+  check((await page.inputValue("#rg-members")) === `${ext}, 201`, "the hunt group survived the restart");
+  check((await page.textContent("#speed-dials")).includes("0317001000"), "the speed dial survived the restart");
+  check(await page.isChecked("#dnd-201"), "do not disturb for 201 survived the restart");
+  check((await page.locator('#enrolled tr[data-ext="250"]').count()) === 0, "nothing about the revoked station came back");
+  const st = JSON.parse(execFileSync(process.env.GW_BIN, ["--state", process.env.GW_STATE, "status", "--json"]));
+  check(st.ring_group.source === "ring-group" && st.ring_group.members.join(",") === `${ext},201`
+    && st.ring_group.office_mailbox === "201", `status shows the web's ring group and office mailbox after the restart (${JSON.stringify(st.ring_group)})`);
+  check((await page.inputValue("#rg-mailbox")) === "201", "the office mailbox survived the restart");
+  const stored2 = readFileSync(`${process.env.GW_STATE}/voicemail/greeting.opus`);
+  check(stored2.subarray(0, 4).toString() === "OggS", "the greeting survived the restart");
 } catch (e) {
   console.error(`FAILED: ${e.stack || e}`);
   failed = true;

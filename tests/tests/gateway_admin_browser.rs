@@ -7,9 +7,14 @@
 //! --json`, the dial plan refuses an unknown member and saves a hunt group,
 //! and an outside call to the office number then rings its members in
 //! order (the dashboard follows), a left voicemail plays in the page and
-//! is deleted, a form without its CSRF token is refused, wrong passwords
-//! lock out, and axe-core finds no serious accessibility violations. Any
-//! failed check in the script fails this test.
+//! is deleted, a WAV and an Ogg greeting are taken, one call's record
+//! opens and the records are searched by outcome and dates, a speed dial
+//! to an invalid number and an extension outside the range are refused
+//! next to their fields, change extension and Revoke work, a form (and a
+//! login) without its CSRF token is refused, wrong passwords lock out,
+//! what the site changed survives a restart of the gateway, and axe-core
+//! finds no serious accessibility violations. Any failed check in the
+//! script fails this test.
 //!
 //! Without `[admin] allow`, the site is the LAN's alone: in network
 //! namespaces, a desk on the gateway's LAN gets the login page and a host
@@ -54,7 +59,7 @@ fn the_admin_site_in_a_browser() {
         ),
     )
     .unwrap();
-    let office = LoopbackOffice::start("gwadmin", &["--config", cfg.to_str().unwrap()]);
+    let mut office = LoopbackOffice::start("gwadmin", &["--config", cfg.to_str().unwrap()]);
     // The password, as an installer would set it (standard input).
     let passwd = Command::new(bin("keyline-gatewayd"))
         .arg("--state")
@@ -161,6 +166,40 @@ fn the_admin_site_in_a_browser() {
                 std::thread::sleep(Duration::from_millis(2500));
                 let _ = a.ctl(&["hangup"]);
                 keyline_tests::idle(&a);
+                String::new()
+            }
+            (Some("revoked"), Some(ext)) => {
+                let agents = office.gw.json(&["agents"]).unwrap();
+                let still = agents["agents"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x["ext"] == ext && x["state"] == "approved");
+                assert!(!still, "Revoke left {ext} enrolled: {agents}");
+                String::new()
+            }
+            (Some("restart"), _) => {
+                // The same state and configuration, a new process.
+                office.gw.stop();
+                let listen = office.listen.clone();
+                office.gw = Daemon::start(
+                    None,
+                    bin("keyline-gatewayd"),
+                    &office.gw.state.clone(),
+                    &[
+                        "run",
+                        "--no-mdns",
+                        "--listen",
+                        &listen,
+                        "--config",
+                        cfg.to_str().unwrap(),
+                    ],
+                )
+                .unwrap();
+                wait_for("the admin site again", Duration::from_secs(10), || {
+                    let st = office.gw.json(&["status"]).ok()?;
+                    (st["admin"]["state"] == "listening").then_some(())
+                });
                 String::new()
             }
             (Some("still-enrolled"), Some(ext)) => {

@@ -1,28 +1,46 @@
-//! The dial plan page: the ring group for the office number, speed dials,
-//! forwarding and do-not-disturb per extension.
+//! The dial plan page: the extension range and the office mailbox (the
+//! configuration file's), reception (the ring group for the office
+//! number; the switchboard has exactly one), speed dials, forwarding and
+//! do-not-disturb per extension.
 
 use super::*;
 
+#[derive(Default)]
 pub struct LineRow {
     ext: String,
     forward_always: String,
     forward_busy: String,
     forward_no_answer: String,
     dnd: bool,
+    /// A refusal, next to the field it is about (`err_row`: the row's).
+    err_fa: Option<String>,
+    err_fb: Option<String>,
+    err_fn: Option<String>,
+    err_row: Option<String>,
 }
 
 #[derive(Default)]
 pub struct DialPlanData {
     csrf: String,
+    /// The extension range, as `201-499`.
+    ext_range: String,
+    /// Whose mailbox takes the office number's unanswered calls, and why.
+    office_mailbox: String,
     ring_group_now: String,
     rg_members: String,
     rg_mode: String,
     rg_step: String,
+    /// The office mailbox set with the ring group (empty: not set here).
+    rg_mailbox: String,
     speed_dials: Vec<crate::api::SpeedDial>,
     lines: Vec<LineRow>,
     err_ring_group: Option<String>,
     err_speed_dial: Option<String>,
-    err_line: Option<String>,
+    /// The speed dial form as typed, when it was refused.
+    sd_code: String,
+    sd_number: String,
+    /// A line-settings refusal for no row on the page.
+    err_lines: Option<String>,
 }
 
 #[derive(Template)]
@@ -77,12 +95,31 @@ pub(super) async fn dialplan_data<O: Office>(
         _ => "from the configuration file",
     };
     let opt = |o: &Option<String>| o.clone().unwrap_or_default();
+    let [lo, hi] = status.extension_range;
+    let office_mailbox = match (
+        rg["office_mailbox"].as_str(),
+        rg["office_mailbox_source"].as_str(),
+    ) {
+        (Some(m), Some("ring-group")) => format!("extension {m} (set here, with reception)"),
+        (Some(m), Some("config")) => format!("extension {m} (office_mailbox in the configuration file)"),
+        (Some(m), _) => format!("extension {m} (the first of reception)"),
+        (None, _) => "none: unanswered calls to the office number get no voicemail (set office_mailbox or reception in the configuration file)".into(),
+    };
     Ok(DialPlanData {
         csrf: s.csrf.clone(),
+        ext_range: format!("{lo}-{hi}"),
+        office_mailbox,
         ring_group_now: format!("{who} ring {how} ({from})."),
         rg_members: members.join(", "),
         rg_mode: mode,
         rg_step: step.to_string(),
+        rg_mailbox: match rg["office_mailbox_source"].as_str() {
+            Some("ring-group") => rg["office_mailbox"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            _ => String::new(),
+        },
         speed_dials,
         lines: lines
             .iter()
@@ -92,24 +129,56 @@ pub(super) async fn dialplan_data<O: Office>(
                 forward_busy: opt(&l.settings.forward_busy),
                 forward_no_answer: opt(&l.settings.forward_no_answer),
                 dnd: l.settings.dnd,
+                ..LineRow::default()
             })
             .collect(),
         ..DialPlanData::default()
     })
 }
 
+/// The ring group form's members and office mailbox, as typed.
+type RgTyped = (String, String);
+
 /// Which part of the dial plan page a refusal belongs next to.
 enum DpPart {
     RingGroup,
-    SpeedDial,
-    Line,
+    /// The speed dial form: what was typed in it.
+    SpeedDial(HashMap<String, String>),
+    /// One extension's forwarding: the form as typed.
+    Line(HashMap<String, String>),
+}
+
+/// Put a refused line-settings change next to its field (by the
+/// dispatcher's field name at the start of the refusal), with what was
+/// typed in that row.
+fn line_error(d: &mut DialPlanData, form: &HashMap<String, String>, e: String) {
+    let ext = form.get("ext").map(|x| x.trim()).unwrap_or_default();
+    let Some(row) = d.lines.iter_mut().find(|l| l.ext == ext) else {
+        // No such row (the extension went away): above the table.
+        d.err_lines = Some(e);
+        return;
+    };
+    let typed = |k: &str| form.get(k).cloned().unwrap_or_default();
+    row.forward_always = typed("forward_always");
+    row.forward_busy = typed("forward_busy");
+    row.forward_no_answer = typed("forward_no_answer");
+    row.dnd = form.get("dnd").is_some_and(|v| v == "on");
+    if e.starts_with("Forward always:") {
+        row.err_fa = Some(e);
+    } else if e.starts_with("Forward when busy:") {
+        row.err_fb = Some(e);
+    } else if e.starts_with("Forward on no answer:") {
+        row.err_fn = Some(e);
+    } else {
+        row.err_row = Some(e);
+    }
 }
 
 async fn dialplan_page<O: Office>(
     st: &AdminState<O>,
     s: &Session,
     notice: Option<&str>,
-    error: Option<(DpPart, String, Option<String>)>,
+    error: Option<(DpPart, String, Option<RgTyped>)>,
 ) -> Response {
     let mut d = match dialplan_data(st, s).await {
         Ok(d) => d,
@@ -124,12 +193,17 @@ async fn dialplan_page<O: Office>(
         match part {
             DpPart::RingGroup => {
                 d.err_ring_group = Some(e);
-                if let Some(t) = typed {
-                    d.rg_members = t;
+                if let Some((members, mailbox)) = typed {
+                    d.rg_members = members;
+                    d.rg_mailbox = mailbox;
                 }
             }
-            DpPart::SpeedDial => d.err_speed_dial = Some(e),
-            DpPart::Line => d.err_line = Some(e),
+            DpPart::SpeedDial(form) => {
+                d.err_speed_dial = Some(e);
+                d.sd_code = form.get("code").cloned().unwrap_or_default();
+                d.sd_number = form.get("number").cloned().unwrap_or_default();
+            }
+            DpPart::Line(form) => line_error(&mut d, &form, e),
         }
     }
     html(
@@ -166,10 +240,18 @@ async fn dp_change<O: Office>(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let typed = form.get("members").cloned();
+    let typed = form.get("members").map(|m| {
+        let mailbox = form.get("mailbox").cloned().unwrap_or_default();
+        (m.clone(), mailbox)
+    });
     let result = match req {
         Ok(r) => st.office.dispatch(r).await.map(|_| ()),
         Err(e) => Err(e),
+    };
+    let part = match part {
+        DpPart::Line(_) => DpPart::Line(form.clone()),
+        DpPart::SpeedDial(_) => DpPart::SpeedDial(form.clone()),
+        other => other,
     };
     match result {
         Ok(()) => dialplan_page(st, &s, Some(done), None).await,
@@ -202,6 +284,7 @@ pub(super) async fn dp_ring_group<O: Office>(
         mode: field(&form, "mode").unwrap_or_else(|| "all".into()),
         step_secs,
         members,
+        mailbox: field(&form, "mailbox"),
     });
     dp_change(
         &st,
@@ -246,7 +329,7 @@ pub(super) async fn dp_speed_dial<O: Office>(
         &st,
         &headers,
         &form,
-        DpPart::SpeedDial,
+        DpPart::SpeedDial(HashMap::new()),
         req,
         "Speed dial saved.",
     )
@@ -263,7 +346,7 @@ pub(super) async fn dp_speed_dial_rm<O: Office>(
         &st,
         &headers,
         &form,
-        DpPart::SpeedDial,
+        DpPart::SpeedDial(HashMap::new()),
         req,
         "Speed dial removed.",
     )
@@ -282,5 +365,13 @@ pub(super) async fn dp_line<O: Office>(
         forward_no_answer: field(&form, "forward_no_answer"),
         dnd: form.get("dnd").is_some_and(|v| v == "on"),
     });
-    dp_change(&st, &headers, &form, DpPart::Line, req, "Saved.").await
+    dp_change(
+        &st,
+        &headers,
+        &form,
+        DpPart::Line(HashMap::new()),
+        req,
+        "Saved.",
+    )
+    .await
 }

@@ -301,30 +301,60 @@ struct LoginPage<'a> {
     title: &'a str,
     here: &'a str,
     csrf: Option<&'a str>,
+    /// The login form's own token (see [`LOGIN_COOKIE`]).
+    login_csrf: &'a str,
     notice: Option<&'a str>,
     error: Option<&'a str>,
 }
 
 const NO_PASSWORD: &str = "The admin site is off until an admin password is set: on the gateway, run `keyline-gatewayd admin passwd`.";
 
-async fn login_page<O: Office>(State(st): St<O>) -> Response {
+async fn login_page<O: Office>(State(st): St<O>, headers: HeaderMap) -> Response {
     if st.office.password_hash().await.is_none() {
         return message(StatusCode::SERVICE_UNAVAILABLE, "Log in", NO_PASSWORD);
     }
-    login_form(StatusCode::OK, None)
+    login_form(StatusCode::OK, &headers, None)
 }
 
-fn login_form(status: StatusCode, error: Option<&str>) -> Response {
-    html(
+/// The cookie that carries the login form's CSRF token (there is no
+/// session yet): the form's hidden field must equal it.
+const LOGIN_COOKIE: &str = "keyline_admin_login";
+
+/// The login form's token: the browser's, when it has a well-formed one.
+fn login_token(headers: &HeaderMap) -> Option<String> {
+    keyline_web::session::cookie_value(headers, LOGIN_COOKIE)
+        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+}
+
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn login_form(status: StatusCode, headers: &HeaderMap, error: Option<&str>) -> Response {
+    let token = login_token(headers).unwrap_or_else(keyline_web::session::random_token);
+    let cookie = format!(
+        "{LOGIN_COOKIE}={token}; Path=/login; Max-Age=3600; HttpOnly; Secure; SameSite=Strict"
+    );
+    let mut r = html(
         status,
         LoginPage {
             title: "Log in",
             here: "login",
             csrf: None,
+            login_csrf: &token,
             notice: None,
             error,
         },
-    )
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
 }
 
 fn wait_words(d: Duration) -> String {
@@ -339,12 +369,24 @@ fn wait_words(d: Duration) -> String {
 async fn login<O: Office>(
     State(st): St<O>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let ip: IpAddr = peer.ip();
     let Some(hash) = st.office.password_hash().await else {
         return message(StatusCode::SERVICE_UNAVAILABLE, "Log in", NO_PASSWORD);
     };
+    let token_ok = match (login_token(&headers), form.get("csrf")) {
+        (Some(c), Some(f)) => same_token(&c, f),
+        _ => false,
+    };
+    if !token_ok {
+        return message(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "This form is missing its security token (or it is stale). Go back, reload the page and try again.",
+        );
+    }
     let locked = st
         .limiter
         .lock()
@@ -353,6 +395,7 @@ async fn login<O: Office>(
     if let Some(wait) = locked {
         return login_form(
             StatusCode::TOO_MANY_REQUESTS,
+            &headers,
             Some(&format!(
                 "Too many wrong passwords from your address: locked out. Try again in {}.",
                 wait_words(wait)
@@ -391,6 +434,7 @@ async fn login<O: Office>(
     match failed {
         Failed::Left(n) => login_form(
             StatusCode::UNAUTHORIZED,
+            &headers,
             Some(&format!(
                 "Wrong password. {n} more {} before a lockout.",
                 if n == 1 { "try" } else { "tries" }
@@ -401,6 +445,7 @@ async fn login<O: Office>(
             tracing::warn!("admin site: {peer} locked out after wrong passwords");
             login_form(
                 StatusCode::TOO_MANY_REQUESTS,
+                &headers,
                 Some(&format!(
                     "Too many wrong passwords from your address: locked out. Try again in {}.",
                     wait_words(wait)
@@ -612,6 +657,20 @@ pub struct StationsData {
     pending: Vec<PendingRow>,
     enrolled: Vec<EnrolledRow>,
     csrf: String,
+    /// A refused Approve or change of extension, shown next to its row's
+    /// extension field.
+    err: Option<FieldErr>,
+}
+
+/// A refusal that belongs next to one row's field.
+pub struct FieldErr {
+    /// `approve` (a pending row, by pairing code) or `change` (an
+    /// enrolled row, by extension).
+    form: &'static str,
+    key: String,
+    msg: String,
+    /// What was typed in the field, shown again.
+    typed: String,
 }
 
 #[derive(Template)]
@@ -658,6 +717,7 @@ async fn stations_data<O: Office>(st: &AdminState<O>, s: &Session) -> Result<Sta
             })
             .collect(),
         csrf: s.csrf.clone(),
+        err: None,
     })
 }
 
@@ -668,6 +728,17 @@ async fn stations_page<O: Office>(
     notice: Option<&str>,
     error: Option<&str>,
 ) -> Response {
+    stations_page_at(st, s, status, notice, error, None).await
+}
+
+async fn stations_page_at<O: Office>(
+    st: &AdminState<O>,
+    s: &Session,
+    status: StatusCode,
+    notice: Option<&str>,
+    error: Option<&str>,
+    err: Option<FieldErr>,
+) -> Response {
     match stations_data(st, s).await {
         Ok(data) => html(
             status,
@@ -677,7 +748,7 @@ async fn stations_page<O: Office>(
                 csrf: Some(&s.csrf),
                 notice,
                 error,
-                s: data,
+                s: StationsData { err, ..data },
             },
         ),
         Err(e) => failed(e),
@@ -693,10 +764,13 @@ async fn stations<O: Office>(State(st): St<O>, headers: HeaderMap) -> Response {
 
 /// Carry out a stations form's request: back to the page with what came
 /// of it (an error next to nothing saved).
+/// `at`: where a refusal is shown: the form's name, the field naming its
+/// row and the field typed in (else as a page notice).
 async fn station_change<O: Office>(
     st: &AdminState<O>,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
+    at: Option<(&'static str, &str, &str)>,
     req: impl FnOnce(&HashMap<String, String>) -> Result<Request, String>,
     done: impl FnOnce(&ApiResponse) -> String,
 ) -> Response {
@@ -704,15 +778,26 @@ async fn station_change<O: Office>(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let req = match req(form) {
-        Ok(r) => r,
-        Err(e) => {
-            return stations_page(st, &s, StatusCode::UNPROCESSABLE_ENTITY, None, Some(&e)).await
-        }
+    let result = match req(form) {
+        Ok(r) => st.office.dispatch(r).await,
+        Err(e) => Err(e),
     };
-    match st.office.dispatch(req).await {
-        Ok(r) => stations_page(st, &s, StatusCode::OK, Some(&done(&r)), None).await,
-        Err(e) => stations_page(st, &s, StatusCode::UNPROCESSABLE_ENTITY, None, Some(&e)).await,
+    let e = match result {
+        Ok(r) => return stations_page(st, &s, StatusCode::OK, Some(&done(&r)), None).await,
+        Err(e) => e,
+    };
+    let status = StatusCode::UNPROCESSABLE_ENTITY;
+    match at.and_then(|(f, key, typed)| Some((f, field(form, key)?, typed))) {
+        Some((f, key, typed)) => {
+            let err = FieldErr {
+                form: f,
+                key,
+                msg: e,
+                typed: form.get(typed).cloned().unwrap_or_default(),
+            };
+            stations_page_at(st, &s, status, None, None, Some(err)).await
+        }
+        None => stations_page(st, &s, status, None, Some(&e)).await,
     }
 }
 
@@ -729,6 +814,7 @@ async fn approve<O: Office>(
         &st,
         &headers,
         &form,
+        Some(("approve", "code", "ext")),
         |f| {
             Ok(Request::Approve {
                 code: need(f, "code", "The pairing code")?,
@@ -753,6 +839,7 @@ async fn deny<O: Office>(
         &st,
         &headers,
         &form,
+        None,
         |f| {
             Ok(Request::Deny {
                 code: need(f, "code", "The pairing code")?,
@@ -772,6 +859,7 @@ async fn revoke<O: Office>(
         &st,
         &headers,
         &form,
+        None,
         |f| {
             Ok(Request::Revoke {
                 ext: need(f, "ext", "The extension")?,
@@ -794,6 +882,7 @@ async fn set_extension<O: Office>(
         &st,
         &headers,
         &form,
+        Some(("change", "ext", "new_ext")),
         |f| {
             Ok(Request::SetExtension {
                 ext: need(f, "ext", "The extension")?,

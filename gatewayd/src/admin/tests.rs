@@ -34,23 +34,38 @@ impl Office for Fake {
                     calls_active: 0,
                     relay: json!({}),
                     directory: json!({"state": "registered", "numbers": ["0317001000"]}),
-                    ring_group: json!({}),
+                    ring_group: json!({"mode": "hunt", "members": ["202", "201"], "step_secs": 10,
+                        "source": "ring-group", "office_mailbox": "202",
+                        "office_mailbox_source": "first-member"}),
+                    extension_range: [201, 499],
                     disk: Some(json!({"free_bytes": 5u64 << 30})),
                     admin: json!({}),
                     connections: json!({}),
                 }))),
                 Request::Calls => Ok(ApiResponse::Calls { calls: vec![] }),
                 Request::Agents => Ok(ApiResponse::Agents {
-                    agents: vec![crate::api::AgentInfo {
-                        fingerprint: "f1".into(),
-                        ext: None,
-                        name: Some("<b>Front desk</b>".into()),
-                        state: "pending".into(),
-                        code: Some("123456".into()),
-                        waiting: true,
-                        online: false,
-                        addr: Some("10.0.0.7:5000".into()),
-                    }],
+                    agents: vec![
+                        crate::api::AgentInfo {
+                            fingerprint: "f1".into(),
+                            ext: None,
+                            name: Some("<b>Front desk</b>".into()),
+                            state: "pending".into(),
+                            code: Some("123456".into()),
+                            waiting: true,
+                            online: false,
+                            addr: Some("10.0.0.7:5000".into()),
+                        },
+                        crate::api::AgentInfo {
+                            fingerprint: "f2".into(),
+                            ext: Some("202".into()),
+                            name: Some("Bob".into()),
+                            state: "approved".into(),
+                            code: None,
+                            waiting: false,
+                            online: true,
+                            addr: Some("10.0.0.8:5000".into()),
+                        },
+                    ],
                     discovered: vec![],
                 }),
                 Request::Approve { ext: Some(e), .. } if e == "999" => {
@@ -61,6 +76,9 @@ impl Office for Fake {
                     name: None,
                     fingerprint: "f1".into(),
                 }),
+                Request::Cdr { filter, .. } if filter.id == Some(2) => {
+                    Ok(ApiResponse::Cdr { cdr: vec![] })
+                }
                 Request::Cdr { .. } => Ok(ApiResponse::Cdr {
                     cdr: vec![CdrRow {
                         id: 1,
@@ -74,6 +92,38 @@ impl Office for Fake {
                     }],
                 }),
                 Request::Hangup { call } => Ok(ApiResponse::HungUp { call }),
+                Request::SetExtension {
+                    new_ext: Some(e), ..
+                } if e == "999" => Err("extension 999 is outside the range 201-499".into()),
+                Request::SetExtension { new_ext, name, .. } => Ok(ApiResponse::Changed {
+                    ext: new_ext.unwrap_or_else(|| "202".into()),
+                    name,
+                    fingerprint: "f2".into(),
+                }),
+                Request::Revoke { ext } => Ok(ApiResponse::Revoked {
+                    ext,
+                    fingerprint: "f2".into(),
+                }),
+                // The dispatcher's refusals name the field first.
+                Request::SetLineSettings {
+                    forward_busy: Some(b),
+                    ..
+                } if b == "12+34" => {
+                    Err("Forward when busy: \"12+34\": '+' is only allowed at the start".into())
+                }
+                Request::SetLineSettings { ext, .. } if ext == "201" => {
+                    Ok(ApiResponse::LineSettings { lines: vec![] })
+                }
+                Request::SetLineSettings { ext, .. } => {
+                    Err(format!("{ext} is not an extension here"))
+                }
+                Request::SpeedDialSet { number, .. } if number == "12+34" => {
+                    Err("\"12+34\": '+' is only allowed at the start".into())
+                }
+                Request::SpeedDialSet { code, number } => Ok(ApiResponse::SpeedDial {
+                    code,
+                    number: Some(number),
+                }),
                 Request::SpeedDialList => Ok(ApiResponse::SpeedDials {
                     speed_dials: vec![crate::api::SpeedDial {
                         code: "*1".into(),
@@ -89,6 +139,9 @@ impl Office for Fake {
                         },
                     }],
                 }),
+                Request::RingGroupSet {
+                    mailbox: Some(m), ..
+                } if m == "298" => Err("office mailbox: 298 is not an extension here".into()),
                 Request::RingGroupSet { members, .. } if members.iter().any(|m| m == "299") => {
                     Err("299 is not an extension here".into())
                 }
@@ -96,11 +149,13 @@ impl Office for Fake {
                     members,
                     mode,
                     step_secs,
+                    mailbox,
                 } => Ok(ApiResponse::RingGroup {
                     ring_group: Some(crate::db::RingGroup {
                         mode,
                         members,
                         step_secs,
+                        mailbox,
                     }),
                 }),
                 other => Err(format!("not in this test: {other:?}")),
@@ -164,9 +219,42 @@ fn post_req(path: &str, cookie: Option<&str>, form: &str) -> axum::http::Request
     b.body(Body::from(form.to_string())).unwrap()
 }
 
+/// The login form's cookie and token, as a browser gets them.
+async fn login_token(app: &Router) -> (String, String) {
+    let (status, headers, page) = send(app, get_req("/login", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    let cookie = headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("Secure")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("Path=/login"),
+        "{cookie}"
+    );
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let at = page.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let token = page[at..].split('"').next().unwrap().to_string();
+    assert_eq!(cookie, format!("keyline_admin_login={token}"));
+    (cookie, token)
+}
+
+/// POST the login form with its token and `password`.
+async fn post_login(app: &Router, password: &str) -> (StatusCode, HeaderMap, String) {
+    let (cookie, token) = login_token(app).await;
+    send(
+        app,
+        post_req(
+            "/login",
+            Some(&cookie),
+            &format!("csrf={token}&password={password}"),
+        ),
+    )
+    .await
+}
+
 /// Log in; the cookie and the CSRF token the pages carry.
 async fn logged_in(app: &Router) -> (String, String) {
-    let (status, headers, _) = send(app, post_req("/login", None, "password=correct+horse")).await;
+    let (status, headers, _) = post_login(app, "correct+horse").await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let cookie = headers[header::SET_COOKIE].to_str().unwrap();
     assert!(
@@ -217,19 +305,60 @@ async fn pages_need_a_login_and_the_site_is_off_without_a_password() {
 async fn wrong_passwords_lock_the_address_out() {
     let (app, _) = site(hash(), "192.168.1.9:40000");
     for left in (1..limiter::MAX_FAILURES).rev() {
-        let (status, _, body) = send(&app, post_req("/login", None, "password=wrong")).await;
+        let (status, _, body) = post_login(&app, "wrong").await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert!(
             body.contains(&format!("Wrong password. {left} more")),
             "{body}"
         );
     }
-    let (status, _, body) = send(&app, post_req("/login", None, "password=wrong")).await;
+    let (status, _, body) = post_login(&app, "wrong").await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert!(body.contains("locked out"), "{body}");
     // Even the right password waits now.
-    let (status, _, _) = send(&app, post_req("/login", None, "password=correct+horse")).await;
+    let (status, _, _) = post_login(&app, "correct+horse").await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn the_login_form_needs_its_token() {
+    let (app, _) = site(hash(), "192.168.1.9:40000");
+    let (cookie, token) = login_token(&app).await;
+    // No token, no cookie, or a token that is not the cookie's: 403, and
+    // the password is not even tried (no session, no lockout count).
+    for (cookie, form) in [
+        (None, "password=correct+horse".to_string()),
+        (None, format!("csrf={token}&password=correct+horse")),
+        (Some(cookie.as_str()), "password=correct+horse".to_string()),
+        (
+            Some(cookie.as_str()),
+            format!("csrf={}&password=correct+horse", "0".repeat(64)),
+        ),
+    ] {
+        let (status, headers, body) = send(&app, post_req("/login", cookie, &form)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{form}");
+        assert!(body.contains("security token"), "{body}");
+        assert!(headers.get(header::SET_COOKIE).is_none());
+    }
+    for _ in 0..limiter::MAX_FAILURES {
+        let (status, _, _) = send(&app, post_req("/login", None, "password=wrong")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    // The same token, sent with its cookie, logs in.
+    let (status, headers, _) = send(
+        &app,
+        post_req(
+            "/login",
+            Some(&cookie),
+            &format!("csrf={token}&password=correct+horse"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .starts_with("keyline_admin="));
 }
 
 #[tokio::test]
@@ -382,7 +511,7 @@ async fn the_dial_plan_saves_through_the_dispatcher_and_shows_refusals_by_their_
         post_req(
             "/dialplan/ring-group",
             Some(&cookie),
-            &format!("members=202+201&mode=hunt&step_secs=10&csrf={csrf}"),
+            &format!("members=202+201&mode=hunt&step_secs=10&mailbox=201&csrf={csrf}"),
         ),
     )
     .await;
@@ -392,7 +521,27 @@ async fn the_dial_plan_saves_through_the_dispatcher_and_shows_refusals_by_their_
         mode: "hunt".into(),
         step_secs: 10,
         members: vec!["202".into(), "201".into()],
+        mailbox: Some("201".into()),
     }));
+    // A refused office mailbox: next to the form, as typed.
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/ring-group",
+            Some(&cookie),
+            &format!("members=202&mode=all&step_secs=10&mailbox=298&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("<p id=\"rg-error\" class=\"field-error\">office mailbox: 298 is not an extension here</p>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("id=\"rg-mailbox\" name=\"mailbox\" size=\"6\" value=\"298\""),
+        "{page}"
+    );
     let (status, _, page) = send(
         &app,
         post_req(
@@ -404,4 +553,238 @@ async fn the_dial_plan_saves_through_the_dispatcher_and_shows_refusals_by_their_
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.contains("is not a number"), "{page}");
+}
+
+#[tokio::test]
+async fn the_dial_plan_shows_the_extension_range_reception_and_the_office_mailbox() {
+    let (app, _) = site(hash(), "10.0.0.2:40000");
+    let (cookie, _) = logged_in(&app).await;
+    let (status, _, page) = send(&app, get_req("/dialplan", Some(&cookie))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<dd id=\"ext-range\">201-499</dd>"), "{page}");
+    assert!(
+        page.contains("<dd id=\"office-mailbox\">extension 202 (the first of reception)</dd>"),
+        "{page}"
+    );
+    assert!(page.contains("Reception: the ring group for the office number"));
+    assert!(
+        page.contains("Now: 202, 201 ring in turn, 10 s each (set here)."),
+        "{page}"
+    );
+    assert!(
+        page.contains("value=\"202, 201\"") && page.contains("<option value=\"hunt\" selected>")
+    );
+}
+
+#[tokio::test]
+async fn refused_extensions_show_next_to_their_field_and_nothing_else_happens() {
+    let (app, asked) = site(hash(), "10.0.0.2:40000");
+    let (cookie, csrf) = logged_in(&app).await;
+    // Approve with an extension outside the range.
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/stations/approve",
+            Some(&cookie),
+            &format!("code=123456&ext=999&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("value=\"999\" aria-invalid=\"true\" aria-describedby=\"ext-123456-error\">"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<p id=\"ext-123456-error\" class=\"field-error\">extension 999 is outside the range 201-499</p>"),
+        "{page}"
+    );
+    assert!(!page.contains("notice bad"), "not a page notice: {page}");
+    // Change extension, refused the same way, next to that row's field.
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/stations/extension",
+            Some(&cookie),
+            &format!("ext=202&new_ext=999&name=&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("<input id=\"new-202\" name=\"new_ext\" size=\"6\" value=\"999\" aria-invalid=\"true\" aria-describedby=\"new-202-error\">"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<p id=\"new-202-error\" class=\"field-error\">extension 999 is outside the range 201-499</p>"),
+        "{page}"
+    );
+    assert!(!page.contains("notice bad"), "{page}");
+    // Accepted: change extension, then Revoke, each as the CLI's request.
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/stations/extension",
+            Some(&cookie),
+            &format!("ext=202&new_ext=210&name=Desk&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("Saved: the station is extension 210."),
+        "{page}"
+    );
+    assert!(!page.contains("field-error"));
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/stations/revoke",
+            Some(&cookie),
+            &format!("ext=202&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Extension 202 was revoked."), "{page}");
+    let asked = asked.lock().unwrap();
+    assert!(asked.contains(&Request::SetExtension {
+        ext: "202".into(),
+        new_ext: Some("210".into()),
+        name: Some("Desk".into()),
+    }));
+    assert!(asked.contains(&Request::Revoke { ext: "202".into() }));
+}
+
+#[tokio::test]
+async fn line_settings_and_speed_dials_are_refused_next_to_their_field() {
+    let (app, asked) = site(hash(), "10.0.0.2:40000");
+    let (cookie, csrf) = logged_in(&app).await;
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/line",
+            Some(&cookie),
+            &format!(
+                "ext=201&forward_always=&forward_busy=12%2B34&forward_no_answer=203&csrf={csrf}"
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("id=\"fb-201\" name=\"forward_busy\" size=\"8\" value=\"12+34\" aria-invalid=\"true\" aria-describedby=\"fb-201-error\">"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<p id=\"fb-201-error\" class=\"field-error\">Forward when busy: &#34;12+34&#34;: &#39;+&#39; is only allowed at the start</p>")
+            || page.contains("<p id=\"fb-201-error\" class=\"field-error\">Forward when busy: &quot;12+34&quot;: &#39;+&#39; is only allowed at the start</p>"),
+        "{page}"
+    );
+    // What was typed in the row stays; do not disturb was unticked.
+    assert!(page.contains("value=\"203\""), "{page}");
+    assert!(!page.contains("role=\"alert\""), "not a page alert: {page}");
+    // A refusal about the row itself goes under the row's Save.
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/line",
+            Some(&cookie),
+            &format!("ext=299&forward_busy=202&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("299 is not an extension here"), "{page}");
+
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/speed-dial",
+            Some(&cookie),
+            &format!("code=*3&number=12%2B34&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("<input id=\"sd-code\" name=\"code\" size=\"5\" placeholder=\"*1\" value=\"*3\">")
+            && page.contains("<input id=\"sd-number\" name=\"number\" value=\"12+34\" aria-invalid=\"true\" aria-describedby=\"sd-error\">"),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            "<p id=\"sd-error\" class=\"field-error\">&#34;12+34&#34;: &#39;+&#39; is only allowed at the start</p>"
+        ) || page.contains(
+            "<p id=\"sd-error\" class=\"field-error\">&quot;12+34&quot;: &#39;+&#39; is only allowed at the start</p>"
+        ),
+        "{page}"
+    );
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/speed-dial",
+            Some(&cookie),
+            &format!("code=*3&number=0317001000&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Speed dial saved."), "{page}");
+    assert!(asked.lock().unwrap().contains(&Request::SpeedDialSet {
+        code: "*3".into(),
+        number: "0317001000".into(),
+    }));
+}
+
+#[tokio::test]
+async fn call_records_are_searched_by_outcome_and_dates_and_one_is_shown() {
+    let (app, asked) = site(hash(), "10.0.0.2:40000");
+    let (cookie, _) = logged_in(&app).await;
+    asked.lock().unwrap().clear();
+    let (status, _, page) = send(
+        &app,
+        get_req(
+            "/cdr?number=&outcome=answered&from=2026-12-05&to=2026-12-06",
+            Some(&cookie),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("/cdr/1"), "{page}");
+    let day = 86_400_000i64;
+    let from = csv::day_start_ms("2026-12-05").unwrap();
+    assert!(
+        asked.lock().unwrap().iter().any(|r| matches!(r,
+        Request::Cdr { filter, .. } if *filter == CdrFilter {
+            outcome: Some("answered".into()),
+            from_ms: Some(from),
+            to_ms: Some(from + 2 * day),
+            ..CdrFilter::default()
+        })),
+        "{:?}",
+        asked.lock().unwrap()
+    );
+    // The one-call page asks for that record by its id and shows it.
+    asked.lock().unwrap().clear();
+    let (status, _, page) = send(&app, get_req("/cdr/1", Some(&cookie))).await;
+    assert_eq!(status, StatusCode::OK);
+    for want in [
+        "<dd>201</dd>",
+        "<dd>202</dd>",
+        "<dd>2026-12-05T11:00:00Z</dd>",
+        "<dd>answered</dd>",
+    ] {
+        assert!(page.contains(want), "{want}: {page}");
+    }
+    assert!(asked
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| matches!(r, Request::Cdr { filter, .. } if filter.id == Some(1))));
+    let (status, _, page) = send(&app, get_req("/cdr/2", Some(&cookie))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("There is no such call record."), "{page}");
+    let (status, _, _) = send(&app, get_req("/cdr/1", None)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
 }
