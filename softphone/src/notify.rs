@@ -6,7 +6,7 @@
 //! notification service, nothing is shown and nothing fails.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use futures_lite::StreamExt;
@@ -75,10 +75,7 @@ impl Notifier {
 
     /// What the person chose since the last call.
     pub fn try_choice(&self) -> Option<Choice> {
-        match self.choices.try_recv() {
-            Ok(c) => Some(c),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.choices.try_recv().ok()
     }
 }
 
