@@ -443,7 +443,9 @@ fn runtime_deps(debs: &[PathBuf]) -> BTreeSet<String> {
         for clause in d.split(',') {
             let first = clause.split('|').next().unwrap_or("").trim();
             let name = first.split([' ', '(', ':']).next().unwrap_or("").trim();
-            if !name.is_empty() {
+            // Our own packages (keyline-phone needs keyline-agent) come
+            // from the .debs, not from the mirror.
+            if !name.is_empty() && !PACKAGES.contains(&name) {
                 deps.insert(name.to_string());
             }
         }
