@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build Keyline's Debian packages for the host architecture:
-#   keyline-gateway, keyline-agent, keyline-directory  ->  target/debian/*.deb
+#   keyline-gateway, keyline-agent, keyline-directory, keyline-phone
+#     ->  target/debian/*.deb
 #
 # Usage: packaging/build-debs.sh        (or: make deb)
 #
@@ -77,6 +78,7 @@ all=(
   "keyline-gateway:gatewayd:keyline-gatewayd:gatewayd"
   "keyline-agent:lan-agent:keyline-agent:agent"
   "keyline-directory:directory:keyline-directory:directory"
+  "keyline-phone:softphone:keyline-phone:"
 )
 pkgs=()
 for entry in "${all[@]}"; do
@@ -151,6 +153,7 @@ mkdir -p "$src/bin"
 cp -r packaging/debian "$src/debian"
 cp -r packaging/conf "$src/conf"
 cp -r "$gen" "$src/gen"
+cp -r packaging/desktop "$src/desktop"
 
 unit_for() { # package -> the unit files it ships: "source-file debhelper-name"
   case "$1" in
@@ -160,6 +163,7 @@ unit_for() { # package -> the unit files it ships: "source-file debhelper-name"
       echo "keyline-agent-headless.service keyline-agent.keyline-agent-headless.service"
       echo "keyline-agent.service keyline-agent.keyline-agent.user.service"
       ;;
+    keyline-phone) echo "keyline-phone.service keyline-phone.keyline-phone.user.service" ;;
   esac
 }
 
@@ -170,9 +174,12 @@ for entry in "${pkgs[@]}"; do
   while read -r unit dhname; do
     cp "systemd/$unit" "$src/debian/$dhname"
   done < <(unit_for "$pkg")
-  for s in postinst postrm; do
-    sed -e "s/@PKG@/$pkg/g" -e "s/@STATE@/$state/g" "packaging/maintscripts/$s.in" >"$src/debian/$pkg.$s"
-  done
+  # The window has no state or user of its own: debhelper's snippets only.
+  if [ -n "$state" ]; then
+    for s in postinst postrm; do
+      sed -e "s/@PKG@/$pkg/g" -e "s/@STATE@/$state/g" "packaging/maintscripts/$s.in" >"$src/debian/$pkg.$s"
+    done
+  fi
   built+=("$pkg")
 done
 

@@ -863,6 +863,16 @@ async fn station_loop(
                     .await;
                 continue;
             }
+            Msg::ContactList { req } => {
+                let (db, me) = (shared.db.clone(), ext.to_string());
+                let items = tokio::task::spawn_blocking(move || contacts(&db, &me)).await;
+                let _ = tx.try_send(match items {
+                    Ok(Ok(items)) => Msg::Contacts { req, items },
+                    Ok(Err(e)) => contacts_error(req, e),
+                    Err(e) => contacts_error(req, e.into()),
+                });
+                continue;
+            }
             Msg::TextRead { ids } => {
                 let db = shared.db.clone();
                 let me = ext.to_string();
@@ -893,6 +903,43 @@ fn vm_error(req: u64, e: anyhow::Error) -> Msg {
     Msg::Error {
         req: Some(req),
         code: "voicemail".into(),
+        message: format!("{e:#}"),
+    }
+}
+
+/// The office's contacts as station `me` sees them: every other approved
+/// station (by extension) and every short code.
+fn contacts(db: &Db, me: &str) -> Result<Vec<keyline_proto::msg::ContactInfo>> {
+    use keyline_proto::msg::ContactInfo;
+    let mut items: Vec<ContactInfo> = db
+        .agents()?
+        .into_iter()
+        .filter(|a| a.state == "approved")
+        .filter_map(|a| {
+            let ext = a.ext?;
+            (ext != me).then_some(ContactInfo {
+                name: a.name,
+                number: ext,
+                code: None,
+            })
+        })
+        .collect();
+    items.extend(
+        db.speed_dials()?
+            .into_iter()
+            .map(|(code, number)| ContactInfo {
+                name: None,
+                number,
+                code: Some(code),
+            }),
+    );
+    Ok(items)
+}
+
+fn contacts_error(req: u64, e: anyhow::Error) -> Msg {
+    Msg::Error {
+        req: Some(req),
+        code: "contacts".into(),
         message: format!("{e:#}"),
     }
 }

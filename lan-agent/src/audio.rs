@@ -3,17 +3,64 @@
 //! terminal) share: the input and output every call uses, the ringtone and
 //! ringback, voicemail playback, and reopening the devices on SIGHUP.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use keyline_media::{NullSink, SilenceSource, Sink, Source, WavSink, FRAME_SAMPLES};
 use keyline_net::lifecycle;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use crate::session::{SharedSink, SharedSource};
 use crate::video::{LocalVideo, SharedVideo};
+
+/// The audio the station was told to use: by its command line, else by
+/// what the person last chose in the phone window (`audio-set`, kept in
+/// `STATE/audio.json`), else the sound card.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AudioChoice {
+    /// The microphone: `device`, `device:ID`, `tone:HZ`, `silence` or a
+    /// WAV file.
+    #[serde(rename = "in", default)]
+    pub input: Option<String>,
+    /// The speaker: `device`, `device:ID`, `null` or a WAV file.
+    #[serde(default)]
+    pub out: Option<String>,
+    /// Where the ringtone plays (none: on the speaker).
+    #[serde(default)]
+    pub ring_out: Option<String>,
+    /// The ringtone, a 48 kHz WAV file (none: the built-in ring).
+    #[serde(default)]
+    pub ringtone: Option<PathBuf>,
+}
+
+impl AudioChoice {
+    /// What `STATE/audio.json` holds; nothing when it is absent or broken
+    /// (a broken one is reported and ignored).
+    pub fn load(state_dir: &Path) -> AudioChoice {
+        let path = state_dir.join(CHOICE_FILE);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                eprintln!("keyline-agent: ignoring {}: {e}", path.display());
+                AudioChoice::default()
+            }),
+            Err(_) => AudioChoice::default(),
+        }
+    }
+
+    fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
+        let path = state_dir.join(CHOICE_FILE);
+        let tmp = state_dir.join(format!("{CHOICE_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// Where the window's audio choices are kept in the state directory.
+const CHOICE_FILE: &str = "audio.json";
 
 /// The station's audio input and output, its camera and picture output,
 /// and the signals it plays on its own (outside a call's media session).
@@ -21,75 +68,214 @@ pub(crate) struct LocalAudio {
     pub(crate) source: SharedSource,
     pub(crate) sink: SharedSink,
     pub(crate) video: SharedVideo,
+    /// Where the ringtone plays, when not on `sink`.
+    ring_sink: Mutex<Option<SharedSink>>,
     /// What an incoming call rings with.
-    ringtone: Arc<Vec<i16>>,
+    ringtone: Mutex<Arc<Vec<i16>>>,
     /// What a caller hears while the far end rings: 425 Hz, 1 s on, 4 s off.
     ringback: Arc<Vec<i16>>,
-    /// The specs, for reopening.
-    audio_in: String,
-    audio_out: String,
+    /// What is in use, for reopening, `status` and `audio-set`.
+    choice: Mutex<AudioChoice>,
+    state_dir: PathBuf,
+}
+
+/// `device` for a choice nobody made.
+fn spec(s: &Option<String>) -> &str {
+    s.as_deref().unwrap_or("device")
+}
+
+/// A changed setting of `audio-set`: absent (`None`), back to the default
+/// (`Some(None)`: null or empty), or a value.
+type Change = Option<Option<String>>;
+
+fn change_of(req: &serde_json::Value, k: &str) -> Result<Change, String> {
+    match req.get(k) {
+        None => Ok(None),
+        Some(serde_json::Value::Null) => Ok(Some(None)),
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(Some(None)),
+        Some(serde_json::Value::String(s)) => Ok(Some(Some(s.trim().to_string()))),
+        Some(_) => Err(format!("{k} must be a string or null")),
+    }
 }
 
 impl LocalAudio {
-    /// Open `--audio-in`, `--audio-out`, `--video-in`, `--video-out` and
-    /// the ringtone (a WAV file, or the built-in one), in that order, and
-    /// serve the pictures to windows on `STATE/video.sock`.
+    /// Open the microphone, speaker, ringtone device and ringtone given on
+    /// the command line (`given`), else the ones last chosen in the window,
+    /// else the sound card; then `--video-in` and `--video-out`; and serve
+    /// the pictures to windows on `STATE/video.sock`.
     pub(crate) fn open(
-        audio_in: &str,
-        audio_out: &str,
+        given: AudioChoice,
         video_in: &str,
         video_out: &str,
-        ringtone: Option<&Path>,
         state_dir: &Path,
     ) -> anyhow::Result<LocalAudio> {
-        let source = open_source(audio_in)?;
-        let sink = open_sink(audio_out)?;
+        let saved = AudioChoice::load(state_dir);
+        // A saved ringtone file that has gone is no reason not to start.
+        let saved_ringtone = saved.ringtone.filter(|p| {
+            let ok = p.is_file();
+            if !ok {
+                eprintln!(
+                    "keyline-agent: the chosen ringtone {} is gone; using the built-in one",
+                    p.display()
+                );
+            }
+            ok
+        });
+        let choice = AudioChoice {
+            input: given.input.or(saved.input),
+            out: given.out.or(saved.out),
+            ring_out: given.ring_out.or(saved.ring_out),
+            ringtone: given.ringtone.or(saved_ringtone),
+        };
+        let source = open_source(spec(&choice.input))?;
+        let sink = open_sink(spec(&choice.out))?;
+        let ring_sink = match &choice.ring_out {
+            Some(r) => Some(Arc::new(Mutex::new(open_sink(r)?))),
+            None => None,
+        };
         let mut video = LocalVideo::open(video_in, video_out)?;
         video.viewers = Some(crate::viewers::Viewers::start(state_dir)?);
-        let ringtone = load_samples(ringtone, "ringtone", keyline_media::ringtone_samples)?;
+        let ringtone = load_samples(
+            choice.ringtone.as_deref(),
+            "ringtone",
+            keyline_media::ringtone_samples,
+        )?;
         Ok(LocalAudio {
             source: Arc::new(Mutex::new(source)),
             sink: Arc::new(Mutex::new(sink)),
             video: Arc::new(Mutex::new(video)),
-            ringtone: Arc::new(ringtone),
+            ring_sink: Mutex::new(ring_sink),
+            ringtone: Mutex::new(Arc::new(ringtone)),
             ringback: Arc::new(keyline_media::tone_sequence(&[(425.0, 1000), (0.0, 4000)])),
-            audio_in: audio_in.to_string(),
-            audio_out: audio_out.to_string(),
+            choice: Mutex::new(choice),
+            state_dir: state_dir.to_path_buf(),
         })
+    }
+
+    /// The audio in use, as `status` shows it.
+    pub(crate) fn current_json(&self) -> serde_json::Value {
+        let c = self.choice.lock().map(|c| c.clone()).unwrap_or_default();
+        serde_json::json!({
+            "in": spec(&c.input),
+            "out": spec(&c.out),
+            "ring_out": c.ring_out,
+            "ringtone": c.ringtone.as_ref().map(|p| p.display().to_string()),
+        })
+    }
+
+    /// `audio-set`: use the microphone (`in`), speaker (`out`), ringtone
+    /// device (`ring_out`, null: the speaker) and ringtone file
+    /// (`ringtone`, null or empty: the built-in ring) that `req` names,
+    /// from now on (a call in progress too) and at the next start. Every
+    /// one is opened before any is changed: on an error nothing changes.
+    pub(crate) fn set(&self, req: &serde_json::Value) -> Result<serde_json::Value, String> {
+        let input = change_of(req, "in")?;
+        let out = change_of(req, "out")?;
+        let ring_out = change_of(req, "ring_out")?;
+        let ringtone = change_of(req, "ringtone")?;
+        if input.is_none() && out.is_none() && ring_out.is_none() && ringtone.is_none() {
+            return Err("audio-set needs in, out, ring_out or ringtone".into());
+        }
+        let err = |e: anyhow::Error| format!("{e:#}");
+        let new_source = match &input {
+            Some(i) => Some(open_source(spec(i)).map_err(err)?),
+            None => None,
+        };
+        let new_sink = match &out {
+            Some(o) => Some(open_sink(spec(o)).map_err(err)?),
+            None => None,
+        };
+        let new_ring_sink = match &ring_out {
+            Some(Some(r)) => Some(Some(open_sink(r).map_err(err)?)),
+            Some(None) => Some(None),
+            None => None,
+        };
+        let new_ringtone = match &ringtone {
+            Some(r) => Some(
+                load_samples(
+                    r.as_deref().map(Path::new),
+                    "ringtone",
+                    keyline_media::ringtone_samples,
+                )
+                .map_err(err)?,
+            ),
+            None => None,
+        };
+        let mut choice = self
+            .choice
+            .lock()
+            .map_err(|_| "the audio settings are unusable".to_string())?;
+        if let (Some(src), Some(i)) = (new_source, input) {
+            if let Ok(mut s) = self.source.lock() {
+                *s = src;
+            }
+            choice.input = i;
+        }
+        if let (Some(snk), Some(o)) = (new_sink, out) {
+            if let Ok(mut k) = self.sink.lock() {
+                let _ = k.finish();
+                *k = snk;
+            }
+            choice.out = o;
+        }
+        if let (Some(r), Some(r_spec)) = (new_ring_sink, ring_out) {
+            if let Ok(mut slot) = self.ring_sink.lock() {
+                if let Some(old) = slot.take() {
+                    if let Ok(mut k) = old.lock() {
+                        let _ = k.finish();
+                    }
+                }
+                *slot = r.map(|k| Arc::new(Mutex::new(k)));
+            }
+            choice.ring_out = r_spec;
+        }
+        if let (Some(pcm), Some(path)) = (new_ringtone, ringtone) {
+            if let Ok(mut t) = self.ringtone.lock() {
+                *t = Arc::new(pcm);
+            }
+            choice.ringtone = path.map(PathBuf::from);
+        }
+        let saved = choice.save(&self.state_dir);
+        drop(choice);
+        saved.map_err(|e| format!("in use now, but not kept for the next start: {e:#}"))?;
+        Ok(self.current_json())
+    }
+
+    /// The sound cards' inputs and outputs (`audio-devices`), each with
+    /// the spec that picks it (`device:ID`). Slow (it asks ALSA): run it
+    /// off the async workers.
+    pub(crate) fn devices() -> Result<serde_json::Value, String> {
+        let list = list_devices()?;
+        let pick = |input: bool| -> Vec<serde_json::Value> {
+            list.iter()
+                .filter(|d| if input { d.is_input } else { d.is_output })
+                .map(|d| {
+                    serde_json::json!({
+                        "spec": format!("device:{}", d.id),
+                        "name": d.name,
+                        "default": if input { d.is_default_input } else { d.is_default_output },
+                    })
+                })
+                .collect()
+        };
+        Ok(serde_json::json!({"ok": true, "inputs": pick(true), "outputs": pick(false)}))
     }
 
     /// Ring for an incoming call until the handle is aborted.
     pub(crate) fn ring(&self) -> JoinHandle<()> {
-        self.loop_tone(self.ringtone.clone())
+        let tone = self.ringtone.lock().map(|t| t.clone()).unwrap_or_default();
+        let sink = self
+            .ring_sink
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .unwrap_or_else(|| self.sink.clone());
+        loop_tone(sink, tone)
     }
 
     /// Play ringback (the far end rings) until the handle is aborted.
     pub(crate) fn ringback(&self) -> JoinHandle<()> {
-        self.loop_tone(self.ringback.clone())
-    }
-
-    /// Play a looping signal on the output until stopped.
-    fn loop_tone(&self, tone: Arc<Vec<i16>>) -> JoinHandle<()> {
-        let sink = self.sink.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            let mut pos = 0usize;
-            let mut frame = vec![0i16; FRAME_SAMPLES];
-            loop {
-                tick.tick().await;
-                for s in frame.iter_mut() {
-                    *s = if tone.is_empty() {
-                        0
-                    } else {
-                        tone[pos % tone.len()]
-                    };
-                    pos += 1;
-                }
-                if let Ok(mut k) = sink.lock() {
-                    let _ = k.write_frame(&frame);
-                }
-            }
-        })
+        loop_tone(self.sink.clone(), self.ringback.clone())
     }
 
     /// Play `pcm` (48 kHz mono, e.g. voicemail) once on the output, in real
@@ -137,8 +323,8 @@ impl LocalAudio {
 
     pub(crate) fn reopen(&self) {
         lifecycle::reloading();
-        let fresh =
-            open_source(&self.audio_in).and_then(|src| Ok((src, open_sink(&self.audio_out)?)));
+        let c = self.choice.lock().map(|c| c.clone()).unwrap_or_default();
+        let fresh = open_source(spec(&c.input)).and_then(|src| Ok((src, open_sink(spec(&c.out))?)));
         match fresh {
             Ok((src, sink)) => {
                 if let Ok(mut s) = self.source.lock() {
@@ -162,6 +348,29 @@ impl LocalAudio {
             let _ = s.finish();
         }
     }
+}
+
+/// Play a looping signal on `sink` until stopped.
+fn loop_tone(sink: SharedSink, tone: Arc<Vec<i16>>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut pos = 0usize;
+        let mut frame = vec![0i16; FRAME_SAMPLES];
+        loop {
+            tick.tick().await;
+            for s in frame.iter_mut() {
+                *s = if tone.is_empty() {
+                    0
+                } else {
+                    tone[pos % tone.len()]
+                };
+                pos += 1;
+            }
+            if let Ok(mut k) = sink.lock() {
+                let _ = k.write_frame(&frame);
+            }
+        }
+    })
 }
 
 /// Samples from the WAV file at `path` (48 kHz mono), or `default()` when
@@ -212,6 +421,39 @@ pub fn open_sink(spec: &str) -> anyhow::Result<Box<dyn Sink>> {
         return Ok(Box::new(NullSink::new()));
     }
     Ok(Box::new(WavSink::create(Path::new(spec))?))
+}
+
+/// One sound card device: its spec's id, name, and whether it records,
+/// plays, is the default input, is the default output.
+struct Dev {
+    id: String,
+    name: String,
+    is_input: bool,
+    is_output: bool,
+    is_default_input: bool,
+    is_default_output: bool,
+}
+
+/// The sound cards' devices; none in a build without sound-card support.
+#[cfg(feature = "device")]
+fn list_devices() -> Result<Vec<Dev>, String> {
+    Ok(keyline_media::list_devices()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|d| Dev {
+            id: d.id,
+            name: d.name,
+            is_input: d.is_input,
+            is_output: d.is_output,
+            is_default_input: d.is_default_input,
+            is_default_output: d.is_default_output,
+        })
+        .collect())
+}
+
+#[cfg(not(feature = "device"))]
+fn list_devices() -> Result<Vec<Dev>, String> {
+    Ok(Vec::new())
 }
 
 #[cfg(feature = "device")]

@@ -31,12 +31,16 @@ pub enum Cmd {
         /// Gateway address (default: found by mDNS on the LAN).
         #[arg(long, value_name = "HOST:PORT")]
         gateway: Option<String>,
-        /// What to send: `device`, `tone:HZ`, `silence` or a WAV file.
-        #[arg(long, default_value = "device", value_name = "SPEC")]
-        audio_in: String,
-        /// Where to play: `device`, `null` or a WAV file to write.
-        #[arg(long, default_value = "device", value_name = "SPEC")]
-        audio_out: String,
+        /// What to send: `device`, `device:ID`, `tone:HZ`, `silence` or a
+        /// WAV file (default: what was last chosen in the phone window,
+        /// else `device`).
+        #[arg(long, value_name = "SPEC")]
+        audio_in: Option<String>,
+        /// Where to play: `device`, `device:ID`, `null` or a WAV file to
+        /// write (default: what was last chosen in the phone window, else
+        /// `device`).
+        #[arg(long, value_name = "SPEC")]
+        audio_out: Option<String>,
         /// What video to send: `none` (no camera) or `pattern` (a moving
         /// test picture carrying its frame counter and send time).
         #[arg(long, default_value = "none", value_name = "SPEC")]
@@ -92,12 +96,16 @@ pub enum Cmd {
         /// all of the account's numbers).
         #[arg(long = "number", value_name = "NUMBER")]
         numbers: Vec<String>,
-        /// What to send: `device`, `tone:HZ`, `silence` or a WAV file.
-        #[arg(long, default_value = "device", value_name = "SPEC")]
-        audio_in: String,
-        /// Where to play: `device`, `null` or a WAV file to write.
-        #[arg(long, default_value = "device", value_name = "SPEC")]
-        audio_out: String,
+        /// What to send: `device`, `device:ID`, `tone:HZ`, `silence` or a
+        /// WAV file (default: what was last chosen in the phone window,
+        /// else `device`).
+        #[arg(long, value_name = "SPEC")]
+        audio_in: Option<String>,
+        /// Where to play: `device`, `device:ID`, `null` or a WAV file to
+        /// write (default: what was last chosen in the phone window, else
+        /// `device`).
+        #[arg(long, value_name = "SPEC")]
+        audio_out: Option<String>,
         /// What video to send: `none` (no camera) or `pattern` (a moving
         /// test picture carrying its frame counter and send time).
         #[arg(long, default_value = "none", value_name = "SPEC")]
@@ -191,6 +199,12 @@ pub enum Cmd {
     /// This station's metrics in Prometheus's text format: calls ended,
     /// set-up times, talk time, voice and video counters.
     Metrics,
+    /// The office's contacts: the other stations and the short codes kept
+    /// on the gateway.
+    Contacts {
+        #[arg(long)]
+        json: bool,
+    },
     /// Show (and mark read) the text messages received.
     Messages {
         #[arg(long)]

@@ -31,8 +31,10 @@ use crate::station::{self, Station, Todo};
 pub struct RunOptions {
     pub state: Option<PathBuf>,
     pub gateway: Option<String>,
-    pub audio_in: String,
-    pub audio_out: String,
+    /// `--audio-in` and `--audio-out` (none: what was last chosen in the
+    /// phone window, else the sound card).
+    pub audio_in: Option<String>,
+    pub audio_out: Option<String>,
     /// `--video-in` and `--video-out` (see `keyline_agent::video`).
     pub video_in: String,
     pub video_out: String,
@@ -131,11 +133,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let ctl = control::bind(&control::socket_path(&state_dir)).await?;
     let endpoint = keyline_net::make_endpoint(opts.bind, &id)?;
     let audio = LocalAudio::open(
-        &opts.audio_in,
-        &opts.audio_out,
+        audio::AudioChoice {
+            input: opts.audio_in.clone(),
+            out: opts.audio_out.clone(),
+            ring_out: None,
+            ringtone: opts.ringtone.clone(),
+        },
         &opts.video_in,
         &opts.video_out,
-        opts.ringtone.as_deref(),
         &state_dir,
     )?;
     let hold_music = audio::load_samples(
@@ -550,9 +555,11 @@ fn on_gateway_msg(agent: &Arc<Agent>, msg: Msg) {
             st.voicemail_waiting = voicemails;
             return;
         }
-        m @ (Msg::Voicemails { .. } | Msg::VoicemailChunk { .. }) => {
+        m @ (Msg::Voicemails { .. } | Msg::VoicemailChunk { .. } | Msg::Contacts { .. }) => {
             let req = match &m {
-                Msg::Voicemails { req, .. } | Msg::VoicemailChunk { req, .. } => *req,
+                Msg::Voicemails { req, .. }
+                | Msg::VoicemailChunk { req, .. }
+                | Msg::Contacts { req, .. } => *req,
                 _ => 0,
             };
             if let Some(d) = st.vm_reqs.remove(&req) {
@@ -973,11 +980,7 @@ fn status(agent: &Arc<Agent>) -> Value {
         "messages_waiting": st.inbox.len(),
         "voicemail_waiting": st.voicemail_waiting,
         "playing_voicemail": st.playback.as_ref().is_some_and(|p| !p.is_finished()),
-        "audio": {
-            "in": agent.opts.audio_in,
-            "out": agent.opts.audio_out,
-            "ringtone": agent.opts.ringtone.as_ref().map(|p| p.display().to_string()),
-        },
+        "audio": agent.audio.current_json(),
     })
 }
 
@@ -989,6 +992,29 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
     };
     match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
         "status" => status(agent),
+        "audio-devices" => tokio::task::spawn_blocking(audio::LocalAudio::devices)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .unwrap_or_else(control::error),
+        "audio-set" => {
+            // Opening a sound card may take seconds: off the async workers.
+            let (who, r) = (agent.clone(), req.clone());
+            let set = tokio::task::spawn_blocking(move || who.audio.set(&r))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            match set {
+                Ok(now) => {
+                    agent
+                        .lock()
+                        .station
+                        .events
+                        .publish(json!({"event": "audio", "audio": now.clone()}));
+                    json!({"ok": true, "audio": now})
+                }
+                Err(e) => control::error(format!("audio not changed: {e}")),
+            }
+        }
         "voicemail-list" => match vm_request(agent, |req| Msg::VoicemailList { req }).await {
             Ok(Msg::Voicemails { items, .. }) => json!({"ok": true, "voicemails": items}),
             Ok(_) => control::error("unexpected reply"),
@@ -1005,6 +1031,11 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
             }
         }
         "voicemail-play" => play_voicemail(agent, req.get("id").and_then(Value::as_u64)).await,
+        "contacts" => match vm_request(agent, |req| Msg::ContactList { req }).await {
+            Ok(Msg::Contacts { items, .. }) => json!({"ok": true, "contacts": items}),
+            Ok(_) => control::error("unexpected reply"),
+            Err(e) => control::error(e),
+        },
         "consult" => match target() {
             Some(target) => command(agent, Command::Consult { target }).await,
             None => control::error("consult needs a target number"),

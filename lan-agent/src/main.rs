@@ -152,6 +152,7 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             json!({"cmd": "message", "to": number, "body": text.join(" ")})
         }
         Cmd::Messages { .. } => json!({"cmd": "messages"}),
+        Cmd::Contacts { .. } => json!({"cmd": "contacts"}),
         Cmd::Metrics => json!({"cmd": "metrics"}),
         Cmd::Hold => json!({"cmd": "hold"}),
         Cmd::Voicemail { action } => match action {
@@ -291,6 +292,24 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
                 println!("recording to {p}");
             } else if let Some(p) = reply.get("recorded").and_then(Value::as_str) {
                 println!("recorded {p}");
+            }
+        }
+        Cmd::Contacts { json: true } => println!("{}", serde_json::to_string_pretty(&reply)?),
+        Cmd::Contacts { json: false } => {
+            let list = reply.get("contacts").and_then(Value::as_array);
+            match list {
+                Some(l) if !l.is_empty() => {
+                    for c in l {
+                        let s = |k: &str| c.get(k).and_then(Value::as_str);
+                        let number = s("number").unwrap_or("?");
+                        match (s("code"), s("name")) {
+                            (Some(code), _) => println!("{code:<6} {number}"),
+                            (None, Some(name)) => println!("{number:<6} {name}"),
+                            (None, None) => println!("{number}"),
+                        }
+                    }
+                }
+                _ => println!("no contacts"),
             }
         }
         Cmd::Messages { json: true } => println!("{}", serde_json::to_string_pretty(&reply)?),

@@ -70,8 +70,10 @@ pub struct TerminalOptions {
     pub account: String,
     pub password_file: PathBuf,
     pub numbers: Vec<String>,
-    pub audio_in: String,
-    pub audio_out: String,
+    /// `--audio-in` and `--audio-out` (none: what was last chosen in the
+    /// phone window, else the sound card).
+    pub audio_in: Option<String>,
+    pub audio_out: Option<String>,
     /// `--video-in` and `--video-out` (see `keyline_agent::video`).
     pub video_in: String,
     pub video_out: String,
@@ -226,11 +228,14 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
     let ctl = control::bind(&control::socket_path(&state_dir)).await?;
     let (endpoint, puncher, checker) = keyline_net::make_endpoint_with_checks(opts.bind, &id)?;
     let audio = LocalAudio::open(
-        &opts.audio_in,
-        &opts.audio_out,
+        audio::AudioChoice {
+            input: opts.audio_in.clone(),
+            out: opts.audio_out.clone(),
+            ring_out: None,
+            ringtone: opts.ringtone.clone(),
+        },
         &opts.video_in,
         &opts.video_out,
-        opts.ringtone.as_deref(),
         &state_dir,
     )?;
     let hold_music = audio::load_samples(
@@ -1196,11 +1201,7 @@ fn status(t: &Arc<Terminal>) -> Value {
         "messages_waiting": st.unread,
         "mailbox": t.mailbox.dir().display().to_string(),
         "playing_voicemail": st.playback.as_ref().is_some_and(|p| !p.is_finished()),
-        "audio": {
-            "in": t.opts.audio_in,
-            "out": t.opts.audio_out,
-            "ringtone": t.opts.ringtone.as_ref().map(|p| p.display().to_string()),
-        },
+        "audio": t.audio.current_json(),
     })
 }
 
@@ -1215,6 +1216,28 @@ async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
     }
     match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
         "status" => status(t),
+        "audio-devices" => tokio::task::spawn_blocking(audio::LocalAudio::devices)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .unwrap_or_else(control::error),
+        "audio-set" => {
+            // Opening a sound card may take seconds: off the async workers.
+            let (who, r) = (t.clone(), req.clone());
+            let set = tokio::task::spawn_blocking(move || who.audio.set(&r))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            match set {
+                Ok(now) => {
+                    t.lock()
+                        .station
+                        .events
+                        .publish(json!({"event": "audio", "audio": now.clone()}));
+                    json!({"ok": true, "audio": now})
+                }
+                Err(e) => control::error(format!("audio not changed: {e}")),
+            }
+        }
         "history" => t.lock().station.history_json(),
         "metrics" => t.lock().station.metrics_json(),
         "mute" => {

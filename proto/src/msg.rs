@@ -160,6 +160,20 @@ pub struct VoicemailInfo {
     pub heard: bool,
 }
 
+/// One entry of the office's contacts: a station (its extension and
+/// name) or a short code (`*1`, `**12`) and the number it dials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactInfo {
+    /// The station's name; none for a short code or an unnamed station.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What to dial: the extension, or the short code's number.
+    pub number: String,
+    /// The short code, for a short code.
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
 /// A control message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "kebab-case")]
@@ -350,6 +364,15 @@ pub enum Msg {
     TextRead {
         ids: Vec<u64>,
     },
+    /// Station → gateway: the office's contacts, please.
+    ContactList {
+        req: ReqId,
+    },
+    /// Gateway → station: the other stations and the short codes.
+    Contacts {
+        req: ReqId,
+        items: Vec<ContactInfo>,
+    },
     /// First message on a media connection, from the dialling end.
     MediaHello {
         call: CallId,
@@ -431,6 +454,8 @@ impl Msg {
             Msg::TextSent { .. } => "text-sent",
             Msg::Text { .. } => "text",
             Msg::TextRead { .. } => "text-read",
+            Msg::ContactList { .. } => "contact-list",
+            Msg::Contacts { .. } => "contacts",
             Msg::MediaHello { .. } => "media-hello",
             Msg::MediaOk { .. } => "media-ok",
             Msg::Ping { .. } => "ping",
@@ -464,6 +489,8 @@ const KNOWN_KINDS: &[&str] = &[
     "transfer-failed",
     "replaced",
     "message-waiting",
+    "contact-list",
+    "contacts",
     "voicemail-list",
     "voicemails",
     "voicemail-fetch",
@@ -578,6 +605,22 @@ mod tests {
                 sent_ms: 5,
             },
             Msg::TextRead { ids: vec![9] },
+            Msg::ContactList { req: 9 },
+            Msg::Contacts {
+                req: 9,
+                items: vec![
+                    ContactInfo {
+                        name: Some("Bob".into()),
+                        number: "202".into(),
+                        code: None,
+                    },
+                    ContactInfo {
+                        name: None,
+                        number: "+15550100".into(),
+                        code: Some("*1".into()),
+                    },
+                ],
+            },
             Msg::Transfer {
                 req: 5,
                 call: 7,

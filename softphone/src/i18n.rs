@@ -128,6 +128,16 @@ pub enum Msg {
     Microphone,
     Speaker,
     AudioHint,
+    Contacts,
+    NoContacts,
+    Search,
+    RingDevice,
+    RingtoneFile,
+    SameAsSpeaker,
+    SystemDefault,
+    BuiltInRing,
+    Use,
+    ShortCode,
 }
 
 impl Msg {
@@ -256,9 +266,19 @@ impl Msg {
             Microphone => ("Microphone", "마이크"),
             Speaker => ("Speaker", "스피커"),
             AudioHint => (
-                "The phone service owns the audio devices: they are chosen where it is started (keyline-agent run --audio-in, --audio-out, --ringtone).",
-                "오디오 장치는 전화 서비스가 관리합니다. 서비스를 시작할 때 정합니다 (keyline-agent run --audio-in, --audio-out, --ringtone).",
+                "The phone service uses these from now on, in a call too, and keeps them when it restarts. A ringtone is a WAV file (48 kHz).",
+                "전화 서비스가 지금부터 (통화 중에도) 이 장치를 쓰고, 다시 시작해도 유지합니다. 벨소리는 WAV 파일(48 kHz)입니다.",
             ),
+            Contacts => ("Contacts", "연락처"),
+            NoContacts => ("No contacts.", "연락처가 없습니다."),
+            Search => ("Search", "검색"),
+            RingDevice => ("Ring on", "벨 울릴 장치"),
+            RingtoneFile => ("Ringtone file", "벨소리 파일"),
+            SameAsSpeaker => ("Same as the speaker", "스피커와 같음"),
+            SystemDefault => ("System default", "시스템 기본값"),
+            BuiltInRing => ("Built-in ring", "기본 벨소리"),
+            Use => ("Use", "사용"),
+            ShortCode => ("short code", "단축 번호"),
         }
     }
 }

@@ -5,12 +5,16 @@
 //! (no IO, time passed in); [`io`] is the connection to the agent, [`ui`]
 //! draws the model, [`video`] follows the agent's pictures of the call,
 //! [`i18n`] holds its words in English and Korean, [`fonts`] finds a
-//! system font for Hangul, and [`single`] keeps one window per agent.
+//! system font for Hangul, [`single`] keeps one window per agent,
+//! [`prefs`] keeps the window's language, and [`notify`] offers a ringing
+//! call on the desktop's notifications, with Answer and Decline.
 
 pub mod fonts;
 pub mod i18n;
 pub mod io;
 pub mod model;
+pub mod notify;
+pub mod prefs;
 pub mod single;
 pub mod ui;
 pub mod video;

@@ -15,9 +15,14 @@ struct Args {
     /// `keyline-agent --state`).
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
-    /// The window's language: en or ko (default: the system locale).
+    /// The window's language: en or ko (default: the one last chosen in
+    /// Settings, else the system locale).
     #[arg(long, value_name = "LANG")]
     lang: Option<String>,
+    /// Start without showing the window: it comes to the front when a call
+    /// rings or when keyline-phone is started again (the session's unit).
+    #[arg(long)]
+    hidden: bool,
     /// A `tel:` link or a number to put in the number field.
     number: Option<String>,
 }
@@ -34,8 +39,13 @@ fn main() -> ExitCode {
             }
         },
     };
+    let prefs = keyline_phone::prefs::path();
+    let hidden = args.hidden;
     let lang = match args.lang.as_deref() {
-        None => Lang::from_env(),
+        None => prefs
+            .as_deref()
+            .and_then(keyline_phone::prefs::lang)
+            .unwrap_or_else(Lang::from_env),
         Some(l) => Lang::from_locale(l),
     };
     let number = args
@@ -53,7 +63,8 @@ fn main() -> ExitCode {
             .with_title("Keyline")
             .with_app_id("keyline-phone")
             .with_inner_size([440.0, 640.0])
-            .with_min_inner_size([360.0, 480.0]),
+            .with_min_inner_size([360.0, 480.0])
+            .with_visible(!args.hidden),
         ..Default::default()
     };
     let result = eframe::run_native(
@@ -61,6 +72,16 @@ fn main() -> ExitCode {
         options,
         Box::new(move |cc| {
             let mut app = PhoneApp::connect(&cc.egui_ctx, sock, lang);
+            let ctx = cc.egui_ctx.clone();
+            app.notify_with(keyline_phone::notify::Notifier::start(std::sync::Arc::new(
+                move || ctx.request_repaint(),
+            )));
+            if let Some(p) = prefs {
+                app.keep_prefs_in(p);
+            }
+            if hidden {
+                app.start_hidden();
+            }
             let ctx = cc.egui_ctx.clone();
             match keyline_phone::single::listen(
                 &single,

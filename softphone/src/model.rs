@@ -22,6 +22,9 @@ const MAX_HISTORY: usize = 100;
 /// Messages kept in the message list.
 const MAX_MESSAGES: usize = 200;
 
+/// Contacts kept (an office's stations and 110 short codes fit).
+const MAX_CONTACTS: usize = 2000;
+
 /// A request to the agent's control socket.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Req {
@@ -48,6 +51,37 @@ pub enum Req {
     VoicemailList,
     VoicemailPlay(u64),
     VoicemailDelete(u64),
+    Contacts,
+    /// The agent's sound cards.
+    AudioDevices,
+    /// Use `spec` (none: the default) for `what` from now on.
+    AudioSet {
+        what: AudioWhat,
+        spec: Option<String>,
+    },
+}
+
+/// Which of the agent's audio settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioWhat {
+    Microphone,
+    Speaker,
+    /// Where the ringtone plays (default: the speaker).
+    RingDevice,
+    /// The ringtone file (default: the built-in ring).
+    RingtoneFile,
+}
+
+impl AudioWhat {
+    /// The key in `audio-set`.
+    pub fn key(self) -> &'static str {
+        match self {
+            AudioWhat::Microphone => "in",
+            AudioWhat::Speaker => "out",
+            AudioWhat::RingDevice => "ring_out",
+            AudioWhat::RingtoneFile => "ringtone",
+        }
+    }
 }
 
 impl Req {
@@ -72,6 +106,13 @@ impl Req {
             Req::VoicemailList => json!({"cmd": "voicemail-list"}),
             Req::VoicemailPlay(id) => json!({"cmd": "voicemail-play", "id": id}),
             Req::VoicemailDelete(id) => json!({"cmd": "voicemail-delete", "id": id}),
+            Req::Contacts => json!({"cmd": "contacts"}),
+            Req::AudioDevices => json!({"cmd": "audio-devices"}),
+            Req::AudioSet { what, spec } => {
+                let mut v = json!({"cmd": "audio-set"});
+                v[what.key()] = spec.clone().map_or(Value::Null, Value::String);
+                v
+            }
         }
     }
 }
@@ -131,12 +172,20 @@ pub enum Action {
     PlayVoicemail(u64),
     DeleteVoicemail(u64),
     SetLang(crate::i18n::Lang),
+    /// Use `spec` (none: the default) for `what`.
+    SetAudio {
+        what: AudioWhat,
+        spec: Option<String>,
+    },
+    /// Use the ringtone file field's file (empty: the built-in ring).
+    UseRingtoneFile,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
     Phone,
     History,
+    Contacts,
     Messages,
     Voicemail,
     Settings,
@@ -291,12 +340,82 @@ pub struct Voicemail {
     pub heard: bool,
 }
 
-/// The agent's audio devices, as its `status` names them.
+/// The agent's audio, as its `status` names it: specs (`device`,
+/// `device:ID`, a file, ...) and the ringtone file.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Audio {
     pub input: Option<String>,
     pub output: Option<String>,
+    /// Where the ringtone plays; none: on the speaker.
+    pub ring_out: Option<String>,
     pub ringtone: Option<String>,
+}
+
+impl Audio {
+    fn from_json(a: &Value) -> Audio {
+        Audio {
+            input: str_of(a, "in"),
+            output: str_of(a, "out"),
+            ring_out: str_of(a, "ring_out"),
+            ringtone: str_of(a, "ringtone"),
+        }
+    }
+}
+
+/// A sound card device the agent offers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    /// What picks it (`device:ID`).
+    pub spec: String,
+    pub name: String,
+    pub default: bool,
+}
+
+fn devices_of(v: Option<&Value>) -> Vec<Device> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| {
+                    Some(Device {
+                        spec: str_of(d, "spec")?,
+                        name: str_of(d, "name").unwrap_or_default(),
+                        default: d.get("default") == Some(&Value::Bool(true)),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An entry of the office's contacts: a station or a short code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contact {
+    pub name: Option<String>,
+    /// What a click dials.
+    pub number: String,
+    /// The short code (`*1`), for a short code.
+    pub code: Option<String>,
+}
+
+impl Contact {
+    fn from_json(v: &Value) -> Option<Contact> {
+        Some(Contact {
+            name: str_of(v, "name"),
+            number: str_of(v, "number")?,
+            code: str_of(v, "code"),
+        })
+    }
+
+    /// Whether it matches what was typed in the search field (any part of
+    /// its name, number or code, case-insensitively).
+    pub fn matches(&self, filter: &str) -> bool {
+        let f = filter.trim().to_lowercase();
+        f.is_empty()
+            || [Some(&self.number), self.name.as_ref(), self.code.as_ref()]
+                .into_iter()
+                .flatten()
+                .any(|x| x.to_lowercase().contains(&f))
+    }
 }
 
 /// What the window says below its controls, until the next action.
@@ -333,6 +452,19 @@ pub struct Model {
     pub dnd: bool,
     pub forward_always: Option<String>,
     pub audio: Audio,
+    /// The agent's sound cards' inputs and outputs.
+    pub inputs: Vec<Device>,
+    pub outputs: Vec<Device>,
+    /// The ringtone file field in settings.
+    pub ringtone_file: String,
+    /// The office's contacts, and why there are none when the agent could
+    /// not give them.
+    pub contacts: Vec<Contact>,
+    pub contacts_problem: Option<String>,
+    /// The contacts' search field.
+    pub contact_filter: String,
+    /// The language was changed in the window (to be kept).
+    lang_changed: bool,
     /// The forwarding target field in settings.
     pub forward_to: String,
     pub message_to: String,
@@ -366,6 +498,13 @@ impl Model {
             dnd: false,
             forward_always: None,
             audio: Audio::default(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            ringtone_file: String::new(),
+            contacts: Vec::new(),
+            contacts_problem: None,
+            contact_filter: String::new(),
+            lang_changed: false,
             forward_to: String::new(),
             message_to: String::new(),
             message_body: String::new(),
@@ -391,6 +530,16 @@ impl Model {
     /// The next request to send to the agent.
     pub fn poll_request(&mut self) -> Option<Req> {
         self.outbox.pop_front()
+    }
+
+    /// Whether the person chose another language since the last call.
+    pub fn take_lang_change(&mut self) -> bool {
+        std::mem::take(&mut self.lang_changed)
+    }
+
+    /// Whether the window is about to be asked to come to the front.
+    pub fn raise_pending(&self) -> bool {
+        self.raise
     }
 
     /// Whether the window should come to the front (once per ring).
@@ -515,8 +664,18 @@ impl Model {
                     self.settings(s);
                 }
             }
+            Some("audio") => {
+                if let Some(a) = ev.get("audio") {
+                    self.set_audio(Audio::from_json(a));
+                }
+            }
             _ => {}
         }
+    }
+
+    fn set_audio(&mut self, a: Audio) {
+        self.ringtone_file = a.ringtone.clone().unwrap_or_default();
+        self.audio = a;
     }
 
     fn settings(&mut self, s: &Value) {
@@ -614,7 +773,12 @@ impl Model {
                     }
                     // The agent may be older than the window: a missing
                     // history or mute is no reason to alarm anyone.
-                    Req::History | Req::Status => {}
+                    Req::History | Req::Status | Req::AudioDevices => {}
+                    // A terminal has no office contacts: the tab says why.
+                    Req::Contacts => {
+                        self.contacts.clear();
+                        self.contacts_problem = Some(e);
+                    }
                     _ => self.say_agent(Msg::Failed, e),
                 }
                 return;
@@ -674,6 +838,27 @@ impl Model {
                     .unwrap_or_default();
             }
             Req::Transfer(_) | Req::Consult(_) => self.transfer = None,
+            // Played: it is heard now.
+            Req::VoicemailPlay(_) => self.send(Req::VoicemailList),
+            Req::Contacts => {
+                self.contacts = v
+                    .get("contacts")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Contact::from_json).collect())
+                    .unwrap_or_default();
+                self.contacts.truncate(MAX_CONTACTS);
+                self.contacts_problem = None;
+            }
+            Req::AudioDevices => {
+                self.inputs = devices_of(v.get("inputs"));
+                self.outputs = devices_of(v.get("outputs"));
+            }
+            Req::AudioSet { .. } => {
+                if let Some(a) = v.get("audio") {
+                    self.set_audio(Audio::from_json(a));
+                }
+                self.say(Msg::Done, false);
+            }
             _ => {}
         }
     }
@@ -704,11 +889,7 @@ impl Model {
                 .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
         };
         if let Some(a) = v.get("audio") {
-            self.audio = Audio {
-                input: str_of(a, "in"),
-                output: str_of(a, "out"),
-                ringtone: str_of(a, "ringtone"),
-            };
+            self.set_audio(Audio::from_json(a));
         }
         self.messages_waiting = count("messages_waiting");
         self.voicemail_waiting = count("voicemail_waiting");
@@ -804,7 +985,12 @@ impl Model {
                     }
                     Tab::Messages => self.send(Req::Messages),
                     Tab::Voicemail => self.send(Req::VoicemailList),
-                    Tab::Phone | Tab::Settings => {}
+                    Tab::Contacts => self.send(Req::Contacts),
+                    Tab::Settings => {
+                        self.send(Req::Status);
+                        self.send(Req::AudioDevices);
+                    }
+                    Tab::Phone => {}
                 }
             }
             Action::ToggleDnd => {
@@ -835,7 +1021,26 @@ impl Model {
             }
             Action::PlayVoicemail(id) => self.send(Req::VoicemailPlay(id)),
             Action::DeleteVoicemail(id) => self.send(Req::VoicemailDelete(id)),
-            Action::SetLang(l) => self.lang = l,
+            Action::SetLang(l) => {
+                if l != self.lang {
+                    self.lang = l;
+                    self.lang_changed = true;
+                }
+            }
+            Action::SetAudio { what, spec } => {
+                if self.agent == Agent::Up {
+                    self.send(Req::AudioSet { what, spec });
+                }
+            }
+            Action::UseRingtoneFile => {
+                let f = self.ringtone_file.trim().to_string();
+                if self.agent == Agent::Up {
+                    self.send(Req::AudioSet {
+                        what: AudioWhat::RingtoneFile,
+                        spec: (!f.is_empty()).then_some(f),
+                    });
+                }
+            }
         }
     }
 
@@ -1265,6 +1470,127 @@ mod tests {
         );
         assert_eq!(m.messages.len(), 2);
         assert!(m.messages[1].mine);
+    }
+
+    #[test]
+    fn contacts_come_from_the_agent_and_a_click_calls() {
+        let mut m = up();
+        m.act(Action::Tab(Tab::Contacts));
+        let r = m.poll_request().unwrap();
+        assert_eq!(r, Req::Contacts);
+        assert_eq!(r.to_json(), json!({"cmd": "contacts"}));
+        m.handle(
+            1.0,
+            Input::Reply {
+                req: r,
+                result: Ok(json!({"ok": true, "contacts": [
+                    {"name": "Bob Lee", "number": "202", "code": null},
+                    {"name": null, "number": "+15550100", "code": "*1"},
+                    {"number": 5}]})),
+            },
+        );
+        assert_eq!(m.contacts.len(), 2, "an entry without a number is left out");
+        assert!(m.contacts[0].matches("bob"));
+        assert!(m.contacts[0].matches("20"));
+        assert!(!m.contacts[0].matches("*1"));
+        assert!(m.contacts[1].matches("*1"));
+        m.act(Action::CallNumber("202".into()));
+        assert_eq!(m.tab, Tab::Phone);
+        assert_eq!(m.poll_request(), Some(Req::Dial("202".into())));
+        // A terminal has no office contacts: the reason is kept, no alarm.
+        m.handle(
+            2.0,
+            Input::Reply {
+                req: Req::Contacts,
+                result: Ok(json!({"ok": false, "error": "unknown command \"contacts\""})),
+            },
+        );
+        assert!(m.contacts.is_empty());
+        assert!(m.contacts_problem.is_some());
+        assert!(m.notice.is_none());
+    }
+
+    #[test]
+    fn audio_settings_are_the_agents() {
+        let mut m = up();
+        m.act(Action::Tab(Tab::Settings));
+        assert_eq!(m.poll_request(), Some(Req::Status));
+        let r = m.poll_request().unwrap();
+        assert_eq!(r, Req::AudioDevices);
+        m.handle(
+            1.0,
+            Input::Reply {
+                req: r,
+                result: Ok(json!({"ok": true,
+                    "inputs": [{"spec": "device:hw:1", "name": "USB headset", "default": false}],
+                    "outputs": [{"spec": "device:default", "name": "Default", "default": true}]})),
+            },
+        );
+        assert_eq!(m.inputs[0].name, "USB headset");
+        assert!(m.outputs[0].default);
+        m.act(Action::SetAudio {
+            what: AudioWhat::Microphone,
+            spec: Some("device:hw:1".into()),
+        });
+        let r = m.poll_request().unwrap();
+        assert_eq!(
+            r.to_json(),
+            json!({"cmd": "audio-set", "in": "device:hw:1"})
+        );
+        m.handle(
+            1.0,
+            Input::Reply {
+                req: r,
+                result: Ok(json!({"ok": true, "audio":
+                    {"in": "device:hw:1", "out": "device", "ring_out": null, "ringtone": null}})),
+            },
+        );
+        assert_eq!(m.audio.input.as_deref(), Some("device:hw:1"));
+        // The ringtone file: the field's file, or none for the built-in.
+        m.ringtone_file = " /home/a/ring.wav ".into();
+        m.act(Action::UseRingtoneFile);
+        assert_eq!(
+            m.poll_request().unwrap().to_json(),
+            json!({"cmd": "audio-set", "ringtone": "/home/a/ring.wav"})
+        );
+        m.ringtone_file.clear();
+        m.act(Action::UseRingtoneFile);
+        assert_eq!(
+            m.poll_request().unwrap().to_json(),
+            json!({"cmd": "audio-set", "ringtone": null})
+        );
+        // A refusal says why; another window's change arrives as an event.
+        m.handle(
+            2.0,
+            Input::Reply {
+                req: Req::AudioSet {
+                    what: AudioWhat::RingtoneFile,
+                    spec: Some("/x.wav".into()),
+                },
+                result: Ok(
+                    json!({"ok": false, "error": "audio not changed: ringtone /x.wav: not found"}),
+                ),
+            },
+        );
+        assert_eq!(m.notice.as_ref().unwrap().msg, Msg::Failed);
+        m.handle(
+            3.0,
+            Input::Event(json!({"event": "audio", "audio":
+                {"in": "device", "out": "device", "ring_out": "device:hw:2", "ringtone": "/r.wav"}})),
+        );
+        assert_eq!(m.audio.ring_out.as_deref(), Some("device:hw:2"));
+        assert_eq!(m.ringtone_file, "/r.wav");
+    }
+
+    #[test]
+    fn a_language_change_is_reported_once() {
+        let mut m = up();
+        m.act(Action::SetLang(Lang::En));
+        assert!(!m.take_lang_change(), "the same language is no change");
+        m.act(Action::SetLang(Lang::Ko));
+        assert_eq!(m.lang, Lang::Ko);
+        assert!(m.take_lang_change());
+        assert!(!m.take_lang_change());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use egui::{Color32, Key, RichText, Vec2};
 
 use crate::i18n::{Lang, Msg};
 use crate::io::{AgentIo, Wake};
-use crate::model::{Action, Agent, CallView, Direction, Model, Screen, Tab};
+use crate::model::{Action, Agent, AudioWhat, CallView, Direction, Model, Screen, Tab};
 use crate::video::{Picture, VideoFeed};
 
 /// The largest rectangle of `size`'s shape centred in `area`.
@@ -38,6 +38,15 @@ pub struct PhoneApp {
     video: Option<VideoFeed>,
     peer_tex: Option<(u64, egui::TextureHandle)>,
     me_tex: Option<(u64, egui::TextureHandle)>,
+    /// Where the language chosen in Settings is kept (none: not kept).
+    prefs: Option<PathBuf>,
+    /// The desktop's notifications, and whether one shows the ringing
+    /// call now.
+    notifier: Option<crate::notify::Notifier>,
+    notified: bool,
+    /// Frames until the window hides itself (`--hidden`; eframe shows
+    /// every window once it has drawn its first frame); 0: not hiding.
+    hide_in: u8,
 }
 
 /// What became of one of the call's pictures since the last frame.
@@ -101,7 +110,28 @@ impl PhoneApp {
             video: None,
             peer_tex: None,
             me_tex: None,
+            prefs: None,
+            notifier: None,
+            notified: false,
+            hide_in: 0,
         }
+    }
+
+    /// Hide the window as soon as it has drawn once, until a call rings or
+    /// another `keyline-phone` brings it to the front.
+    pub fn start_hidden(&mut self) {
+        self.hide_in = 2;
+    }
+
+    /// Offer ringing calls on the desktop's notifications when the window
+    /// is not in front as they come in.
+    pub fn notify_with(&mut self, n: crate::notify::Notifier) {
+        self.notifier = Some(n);
+    }
+
+    /// Keep the language chosen in Settings in `file`.
+    pub fn keep_prefs_in(&mut self, file: PathBuf) {
+        self.prefs = Some(file);
     }
 
     /// Show the call's pictures from `feed`.
@@ -202,6 +232,7 @@ impl PhoneApp {
                     (Screen::Pairing, Tab::Phone) => self.pairing(ui),
                     (Screen::Idle, Tab::Phone) => self.idle(ui),
                     (_, Tab::History) => self.history(ui),
+                    (_, Tab::Contacts) => self.contacts(ui),
                     (_, Tab::Messages) => self.messages(ui),
                     (_, Tab::Voicemail) => self.voicemail(ui),
                     (_, Tab::Settings) => self.settings(ui),
@@ -220,6 +251,27 @@ impl PhoneApp {
     /// keep the title current.
     pub fn logic(&mut self, ctx: &egui::Context) {
         self.pump();
+        if self.hide_in > 0 {
+            self.hide_in -= 1;
+            if self.hide_in == 0 {
+                if !self.model.raise_pending() {
+                    ctx.send_viewport_cmd(egui::ViewportCommand::Visible(false));
+                }
+            } else {
+                ctx.request_repaint();
+            }
+        }
+        if self.model.take_lang_change() {
+            if let Some(file) = &self.prefs {
+                if let Err(e) = crate::prefs::save_lang(file, self.model.lang) {
+                    eprintln!(
+                        "keyline-phone: cannot keep the language in {}: {e}",
+                        file.display()
+                    );
+                }
+            }
+        }
+        self.notifications(ctx);
         if self.model.take_raise() {
             ctx.send_viewport_cmd(egui::ViewportCommand::Visible(true));
             ctx.send_viewport_cmd(egui::ViewportCommand::Minimized(false));
@@ -227,11 +279,60 @@ impl PhoneApp {
             ctx.send_viewport_cmd(egui::ViewportCommand::RequestUserAttention(
                 egui::UserAttentionType::Critical,
             ));
+            // A window that was hidden drew nothing meanwhile: draw now.
+            ctx.request_repaint();
         }
         let title = self.window_title();
         if title != self.title {
             ctx.send_viewport_cmd(egui::ViewportCommand::Title(title.clone()));
             self.title = title;
+        }
+    }
+
+    /// A call that starts ringing while the window is not in front (hidden,
+    /// minimised, behind another program) is also offered as a
+    /// notification with Answer and Decline, in case the window manager
+    /// does not let the window come forward; it goes when the ringing
+    /// stops. What is chosen on it acts as the window's buttons do.
+    fn notifications(&mut self, ctx: &egui::Context) {
+        let Some(n) = &self.notifier else { return };
+        let mut acts = Vec::new();
+        while let Some(c) = n.try_choice() {
+            acts.push(c);
+        }
+        let ringing = self.model.screen() == Screen::Ringing;
+        if ringing && !self.notified && self.model.raise_pending() {
+            let in_front = ctx.input(|i| i.viewport().focused.unwrap_or(false));
+            if !in_front {
+                let who = self.model.call.as_ref().map(|c| {
+                    if c.peer_name.is_some() {
+                        format!("{}  {}", c.who(), c.peer)
+                    } else {
+                        c.peer.clone()
+                    }
+                });
+                n.ring(
+                    &format!("Keyline — {}", self.t(Msg::Incoming)),
+                    who.as_deref().unwrap_or(""),
+                );
+                self.notified = true;
+            }
+        }
+        if !ringing && self.notified {
+            n.close();
+            self.notified = false;
+        }
+        for c in acts {
+            match c {
+                crate::notify::Choice::Answer => self.model.act(Action::Answer),
+                crate::notify::Choice::Decline => self.model.act(Action::Decline),
+                crate::notify::Choice::Show => self.model.handed_over(String::new()),
+            }
+        }
+        if let Some(io) = &self.io {
+            while let Some(r) = self.model.poll_request() {
+                io.send(r);
+            }
         }
     }
 
@@ -313,6 +414,7 @@ impl PhoneApp {
             let tabs = [
                 (Tab::Phone, Msg::Phone, 0),
                 (Tab::History, Msg::History, m.missed),
+                (Tab::Contacts, Msg::Contacts, 0),
                 (Tab::Messages, Msg::Messages, m.messages_waiting),
                 (Tab::Voicemail, Msg::Voicemail, m.voicemail_waiting),
                 (Tab::Settings, Msg::Settings, 0),
@@ -853,6 +955,56 @@ impl PhoneApp {
         }
     }
 
+    fn contacts(&mut self, ui: &mut egui::Ui) {
+        ui.heading(self.t(Msg::Contacts));
+        ui.horizontal(|ui| {
+            let l = ui.label(self.t(Msg::Search));
+            ui.add(egui::TextEdit::singleline(&mut self.model.contact_filter).desired_width(200.0))
+                .labelled_by(l.id);
+        });
+        ui.add_space(4.0);
+        let m = &self.model;
+        if m.contacts.is_empty() {
+            ui.label(self.t(Msg::NoContacts));
+            if let Some(p) = &m.contacts_problem {
+                ui.label(RichText::new(p).small().weak());
+            }
+        }
+        let mut act = None;
+        let short = self.t(Msg::ShortCode);
+        egui::Grid::new("contacts")
+            .num_columns(2)
+            .spacing(Vec2::new(16.0, 6.0))
+            .show(ui, |ui| {
+                for c in m.contacts.iter().filter(|c| c.matches(&m.contact_filter)) {
+                    let text = match (&c.code, &c.name) {
+                        (Some(code), _) => format!("{code}  {}", c.number),
+                        (None, Some(name)) => format!("{name}  {}", c.number),
+                        (None, None) => c.number.clone(),
+                    };
+                    let b = ui
+                        .add(egui::Button::new(RichText::new(text).size(15.0)).frame(false))
+                        .on_hover_text(self.t(Msg::Call));
+                    if b.clicked() {
+                        act = Some(Action::CallNumber(c.number.clone()));
+                    }
+                    ui.label(
+                        RichText::new(if c.code.is_some() { short } else { "" })
+                            .small()
+                            .weak(),
+                    );
+                    ui.end_row();
+                }
+            });
+        ui.add_space(6.0);
+        if ui.button(self.t(Msg::Refresh)).clicked() {
+            act = Some(Action::Tab(Tab::Contacts));
+        }
+        if let Some(a) = act {
+            self.model.act(a);
+        }
+    }
+
     fn settings(&mut self, ui: &mut egui::Ui) {
         ui.heading(self.t(Msg::Settings));
         ui.add_space(6.0);
@@ -867,19 +1019,92 @@ impl PhoneApp {
         }
         ui.add_space(6.0);
         ui.label(RichText::new(self.t(Msg::AudioDevices)).strong());
-        let a = &self.model.audio;
-        egui::Grid::new("audio").show(ui, |ui| {
-            for (m, v) in [
-                (Msg::Microphone, &a.input),
-                (Msg::Speaker, &a.output),
-                (Msg::Ringtone, &a.ringtone),
-            ] {
-                ui.label(m.text(self.model.lang));
-                ui.label(v.as_deref().unwrap_or("—"));
+        let mut act = None;
+        let m = &self.model;
+        egui::Grid::new("audio").num_columns(2).show(ui, |ui| {
+            let rows = [
+                (
+                    Msg::Microphone,
+                    AudioWhat::Microphone,
+                    &m.audio.input,
+                    &m.inputs,
+                ),
+                (
+                    Msg::Speaker,
+                    AudioWhat::Speaker,
+                    &m.audio.output,
+                    &m.outputs,
+                ),
+                (
+                    Msg::RingDevice,
+                    AudioWhat::RingDevice,
+                    &m.audio.ring_out,
+                    &m.outputs,
+                ),
+            ];
+            for (label, what, now, devices) in rows {
+                let l = ui.label(label.text(m.lang));
+                let default = if what == AudioWhat::RingDevice {
+                    Msg::SameAsSpeaker
+                } else {
+                    Msg::SystemDefault
+                };
+                // None and `device` are both the system's default.
+                let now = now.as_deref().filter(|s| *s != "device");
+                let name_of = |spec: Option<&str>| match spec {
+                    None => default.text(m.lang).to_string(),
+                    Some(s) => devices
+                        .iter()
+                        .find(|d| d.spec == s)
+                        .map_or_else(|| s.to_string(), |d| d.name.clone()),
+                };
+                egui::ComboBox::from_id_salt(what.key())
+                    .selected_text(name_of(now))
+                    .width(220.0)
+                    .show_ui(ui, |ui| {
+                        if ui.selectable_label(now.is_none(), name_of(None)).clicked() {
+                            act = Some(Action::SetAudio { what, spec: None });
+                        }
+                        for d in devices {
+                            let sel = now == Some(d.spec.as_str());
+                            if ui.selectable_label(sel, &d.name).clicked() && !sel {
+                                act = Some(Action::SetAudio {
+                                    what,
+                                    spec: Some(d.spec.clone()),
+                                });
+                            }
+                        }
+                    })
+                    .response
+                    .labelled_by(l.id);
                 ui.end_row();
             }
         });
+        ui.add_space(4.0);
+        ui.horizontal(|ui| {
+            let l = ui.label(self.t(Msg::RingtoneFile));
+            let r = ui
+                .add(
+                    egui::TextEdit::singleline(&mut self.model.ringtone_file)
+                        .hint_text(Msg::BuiltInRing.text(self.model.lang))
+                        .desired_width(180.0),
+                )
+                .labelled_by(l.id);
+            if r.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter)) {
+                act = Some(Action::UseRingtoneFile);
+            }
+            if ui.button(self.t(Msg::Use)).clicked() {
+                act = Some(Action::UseRingtoneFile);
+            }
+            if ui.button(self.t(Msg::BuiltInRing)).clicked() {
+                self.model.ringtone_file.clear();
+                act = Some(Action::UseRingtoneFile);
+            }
+        });
         ui.label(RichText::new(self.t(Msg::AudioHint)).weak().small());
+        if let Some(a) = act {
+            self.model.act(a);
+        }
     }
 }
 

@@ -42,7 +42,8 @@ fn registered(lang: Lang) -> Model {
         json!({"ok": true, "state": "registered", "ext": "201", "name": "Alice",
             "call": null, "settings": {"dnd": false, "forward_always": null},
             "messages_waiting": 1, "voicemail_waiting": 2,
-            "audio": {"in": "default", "out": "default", "ringtone": null}}),
+            "audio": {"in": "device", "out": "device:hw:CARD=USB,DEV=0", "ring_out": null,
+                "ringtone": "/home/alice/ring.wav"}}),
     );
     m
 }
@@ -144,7 +145,39 @@ fn screens(lang: Lang) -> Vec<(&'static str, Model)> {
     out.push(("messages", m));
 
     let mut m = registered(lang);
+    m.act(Action::Tab(Tab::Contacts));
+    reply(
+        &mut m,
+        Req::Contacts,
+        json!({"ok": true, "contacts": [
+        {"name": "Bob Lee", "number": "202", "code": null},
+        {"name": "김민준", "number": "203", "code": null},
+        {"name": null, "number": "204", "code": null},
+        {"name": null, "number": "+8225551234", "code": "*1"},
+        {"name": null, "number": "1001", "code": "**12"}]}),
+    );
+    out.push(("contacts", m));
+
+    let mut m = registered(lang);
+    m.act(Action::Tab(Tab::Voicemail));
+    reply(
+        &mut m,
+        Req::VoicemailList,
+        json!({"ok": true, "voicemails": [
+        {"id": 3, "from": "202", "at_ms": 0, "secs": 12.4, "heard": false},
+        {"id": 2, "from": "203", "at_ms": 0, "secs": 4.0, "heard": true}]}),
+    );
+    out.push(("voicemail", m));
+
+    let mut m = registered(lang);
     m.act(Action::Tab(Tab::Settings));
+    reply(
+        &mut m,
+        Req::AudioDevices,
+        json!({"ok": true,
+        "inputs": [{"spec": "device:default", "name": "Default", "default": true}],
+        "outputs": [{"spec": "device:hw:CARD=USB,DEV=0", "name": "USB headset", "default": false}]}),
+    );
     out.push(("settings", m));
     out
 }

@@ -129,7 +129,12 @@ fn workspace_version() -> String {
     panic!("no version under [workspace.package]");
 }
 
-const PACKAGES: [&str; 3] = ["keyline-gateway", "keyline-agent", "keyline-directory"];
+const PACKAGES: [&str; 4] = [
+    "keyline-gateway",
+    "keyline-agent",
+    "keyline-directory",
+    "keyline-phone",
+];
 
 /// The two builds of the packages every test here shares.
 struct Builds {
@@ -197,11 +202,12 @@ fn builds() -> &'static Builds {
 // ---------------------------------------------------------------------------
 // systemd units
 
-const UNITS: [(&str, bool); 4] = [
+const UNITS: [(&str, bool); 5] = [
     ("keyline-gatewayd.service", false),
     ("keyline-directory.service", false),
     ("keyline-agent-headless.service", false),
     ("keyline-agent.service", true), // a user unit
+    ("keyline-phone.service", true), // the window, with the graphical session
 ];
 
 /// `systemd-analyze verify` on every unit, with the ExecStart= binaries at
@@ -222,6 +228,15 @@ fn units_verify_clean() {
     let runtime = dir.join("xdg-runtime");
     fs::create_dir_all(&runtime).unwrap();
     run(Command::new("chmod").arg("700").arg(&runtime));
+    // The window's man page is written by hand (packaging/desktop/).
+    let hand_man = dir.join("man");
+    fs::create_dir_all(hand_man.join("man1")).unwrap();
+    fs::copy(
+        repo().join("packaging/desktop/keyline-phone.1"),
+        hand_man.join("man1/keyline-phone.1"),
+    )
+    .unwrap();
+    let manpath = format!("{}:{}", man.display(), hand_man.display());
     for (unit, user) in UNITS {
         let src = fs::read_to_string(repo().join("systemd").join(unit)).expect("unit file");
         assert!(
@@ -230,7 +245,12 @@ fn units_verify_clean() {
             "{unit}: ExecStart is not /usr/bin/keyline-*"
         );
         let mut rewritten = src.clone();
-        for bin in ["keyline-gatewayd", "keyline-directory", "keyline-agent"] {
+        for bin in [
+            "keyline-gatewayd",
+            "keyline-directory",
+            "keyline-agent",
+            "keyline-phone",
+        ] {
             let built = release.join(bin);
             assert!(built.exists(), "{} is missing", built.display());
             rewritten = rewritten.replace(
@@ -256,7 +276,7 @@ fn units_verify_clean() {
         let o = cmd
             .arg("verify")
             .arg(&path)
-            .env("MANPATH", &man)
+            .env("MANPATH", &manpath)
             .stdin(Stdio::null())
             .output()
             .expect("systemd-analyze");
@@ -423,7 +443,9 @@ fn runtime_deps(debs: &[PathBuf]) -> BTreeSet<String> {
         for clause in d.split(',') {
             let first = clause.split('|').next().unwrap_or("").trim();
             let name = first.split([' ', '(', ':']).next().unwrap_or("").trim();
-            if !name.is_empty() {
+            // Our own packages (keyline-phone needs keyline-agent) come
+            // from the .debs, not from the mirror.
+            if !name.is_empty() && !PACKAGES.contains(&name) {
                 deps.insert(name.to_string());
             }
         }
@@ -694,6 +716,11 @@ fn install_upgrade_remove_purge_in_a_debootstrap_root() {
         "/usr/share/bash-completion/completions/keyline-gatewayd".into(),
         "/usr/share/zsh/vendor-completions/_keyline-agent".into(),
         "/usr/share/fish/vendor_completions.d/keyline-directory.fish".into(),
+        "/usr/bin/keyline-phone".into(),
+        "/usr/lib/systemd/user/keyline-phone.service".into(),
+        "/usr/share/applications/keyline-phone.desktop".into(),
+        "/usr/share/icons/hicolor/scalable/apps/keyline-phone.svg".into(),
+        "/usr/share/man/man1/keyline-phone.1.gz".into(),
     ];
     for f in &expect_files {
         assert!(t.exists(f), "{f} is not installed");
@@ -705,7 +732,12 @@ fn install_upgrade_remove_purge_in_a_debootstrap_root() {
         }
     }
     // The programs run in the root: their libraries came with the Depends.
-    for bin in ["keyline-gatewayd", "keyline-directory", "keyline-agent"] {
+    for bin in [
+        "keyline-gatewayd",
+        "keyline-directory",
+        "keyline-agent",
+        "keyline-phone",
+    ] {
         let v = t.sh(&format!("{bin} --version"));
         assert!(v.contains(&workspace_version()), "{bin} --version: {v}");
     }
@@ -736,6 +768,7 @@ fn install_upgrade_remove_purge_in_a_debootstrap_root() {
         "/etc/systemd/system/multi-user.target.wants/keyline-gatewayd.service",
         "/etc/systemd/system/multi-user.target.wants/keyline-directory.service",
         "/etc/systemd/user/default.target.wants/keyline-agent.service",
+        "/etc/systemd/user/graphical-session.target.wants/keyline-phone.service",
     ] {
         assert!(t.exists(link), "{link} missing: the unit is not enabled");
     }
@@ -761,7 +794,7 @@ fn install_upgrade_remove_purge_in_a_debootstrap_root() {
 
     // Every file the packages own, for the check after the purge.
     let owned: Vec<String> = t
-        .sh("dpkg -L keyline-gateway keyline-agent keyline-directory")
+        .sh("dpkg -L keyline-gateway keyline-agent keyline-directory keyline-phone")
         .lines()
         .filter(|l| l.starts_with('/') && !["/.", "/etc", "/usr", "/lib"].contains(l))
         .map(str::to_string)
@@ -799,7 +832,7 @@ fn install_upgrade_remove_purge_in_a_debootstrap_root() {
     assert!(t.exists("/etc/systemd/system/multi-user.target.wants/keyline-gatewayd.service"));
 
     // --- remove ------------------------------------------------------------
-    t.sh("apt-get remove -y -q keyline-gateway keyline-agent keyline-directory");
+    t.sh("apt-get remove -y -q keyline-gateway keyline-agent keyline-directory keyline-phone");
     for p in PACKAGES {
         assert_eq!(
             t.status(p),
@@ -811,6 +844,7 @@ fn install_upgrade_remove_purge_in_a_debootstrap_root() {
         "/usr/bin/keyline-gatewayd",
         "/usr/bin/keyline-agent",
         "/usr/bin/keyline-directory",
+        "/usr/bin/keyline-phone",
     ] {
         assert!(!t.exists(f), "{f} left after remove");
     }
@@ -839,7 +873,7 @@ fn install_upgrade_remove_purge_in_a_debootstrap_root() {
         "purging the gateway took the directory's state"
     );
     t.sh("getent passwd keyline"); // still needed by the other two
-    t.sh("dpkg --purge keyline-agent keyline-directory");
+    t.sh("dpkg --purge keyline-phone keyline-agent keyline-directory");
     for p in PACKAGES {
         let s = t.status(p);
         assert!(

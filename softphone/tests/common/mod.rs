@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod x11;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,4 +75,14 @@ pub fn type_into(w: &mut Window, label: &str, text: &str) {
         .type_text(text);
     w.step();
     w.step();
+}
+
+/// Approve station `d` on gateway `gw` as `ext` with a name, as an
+/// administrator would, and wait until it is registered.
+pub fn enrol_named(gw: &keyline_tests::Daemon, d: &keyline_tests::Daemon, ext: &str, name: &str) {
+    let code = keyline_tests::wait_for("a pairing code", Duration::from_secs(10), || {
+        keyline_tests::jstr(&d.json(&["status"]).ok()?, &["code"])
+    });
+    keyline_tests::ok(gw, &["approve", &code, "--ext", ext, "--name", name]);
+    keyline_tests::registered(d, ext);
 }
