@@ -19,6 +19,9 @@
 //! - `directory` ([`directory`]): the real `keyline-directory` under N
 //!   concurrent QUIC clients: registrations/s, look-ups/s, and resident
 //!   memory per binding at 100,000 bindings.
+//! - `phone` ([`phone`], its own mode only: it needs Xvfb and a built
+//!   `keyline-phone`): ring → window shown, the window's CPU idle and in a
+//!   call, its memory.
 //!
 //! Modes: `all` (every suite, full size, bounded to about ten minutes),
 //! `smoke` (every suite, tiny: a few seconds, for CI), or one suite by
@@ -38,6 +41,7 @@ mod daemons;
 mod directory;
 mod fwd;
 mod offices;
+mod phone;
 mod rawdir;
 mod report;
 mod setup;
@@ -92,6 +96,9 @@ enum Cmd {
     /// The directory: registrations/s and look-ups/s with N QUIC clients,
     /// memory per binding.
     Directory(Opts),
+    /// The phone window under Xvfb: ring → window shown (p50/p99), its
+    /// CPU idle and in a call, its memory.
+    Phone(Opts),
     /// VP8 encode and decode CPU per frame at 640x480 and 1280x720, bytes
     /// per frame, and the in-process pipeline latency.
     Video(Opts),
@@ -223,6 +230,7 @@ enum Suite {
     Startup,
     Directory,
     Video,
+    Phone,
 }
 
 impl Suite {
@@ -245,11 +253,15 @@ impl Suite {
             Suite::Startup => "startup",
             Suite::Directory => "directory",
             Suite::Video => "video",
+            Suite::Phone => "phone",
         }
     }
 
     fn needs_daemons(self) -> bool {
-        matches!(self, Suite::Setup | Suite::Startup | Suite::Directory)
+        matches!(
+            self,
+            Suite::Setup | Suite::Startup | Suite::Directory | Suite::Phone
+        )
     }
 }
 
@@ -282,6 +294,7 @@ fn main() -> ExitCode {
         Cmd::Startup(o) => bench("startup", Scale::Full, &[Suite::Startup], &o),
         Cmd::Directory(o) => bench("directory", Scale::Full, &[Suite::Directory], &o),
         Cmd::Video(o) => bench("video", Scale::Full, &[Suite::Video], &o),
+        Cmd::Phone(o) => bench("phone", Scale::Full, &[Suite::Phone], &o),
         Cmd::Soak(o) => soak(&o),
     };
     match res {
@@ -470,7 +483,7 @@ fn bench(mode: &str, scale: Scale, suites: &[Suite], o: &Opts) -> Result<()> {
     }
     let bins = if suites
         .iter()
-        .any(|s| matches!(s, Suite::Setup | Suite::Startup))
+        .any(|s| matches!(s, Suite::Setup | Suite::Startup | Suite::Phone))
     {
         Some(Bins {
             gatewayd: util::keyline_bin(&bin_dir, "keyline-gatewayd")?,
@@ -547,6 +560,17 @@ fn bench(mode: &str, scale: Scale, suites: &[Suite], o: &Opts) -> Result<()> {
                 .as_ref()
                 .context("keyline-directory not located")
                 .and_then(|b| directory::run(b, &dir_config(scale, o))),
+            Suite::Phone => bins.as_ref().context("daemons not located").and_then(|b| {
+                phone::run(
+                    b,
+                    &util::keyline_bin(&bin_dir, "keyline-phone")?,
+                    &phone::PhoneConfig {
+                        hidden_rings: o.calls.unwrap_or(10),
+                        shown_rings: o.calls.map_or(30, |n| n * 3),
+                        cpu_window: Duration::from_secs(10),
+                    },
+                )
+            }),
             Suite::Video => video::run(&VideoConfig {
                 frames: if scale == Scale::Smoke { 20 } else { 300 },
             }),

@@ -282,6 +282,7 @@ pub fn table(doc: &Value) -> String {
         num(f(doc, &["load_at_end", "loadavg_1m"]), 2),
     );
     let s = &doc["suites"];
+    o.push_str(&crate::phone::table(&s["phone"]));
     let (r, b, c) = (&s["relay"], &s["baseline"], &s["relay_vs_baseline"]);
     if !r.is_null() || !b.is_null() {
         let settings = if r.is_null() {

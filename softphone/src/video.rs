@@ -115,11 +115,17 @@ fn follow(sock: PathBuf, pictures: Arc<Mutex<Pictures>>, wake: Wake, stop: Arc<A
             }
             wake();
         }
-        // The agent went away: no picture is current any more.
-        if let Ok(mut all) = pictures.lock() {
+        // The agent went away (or turned this window away): no picture
+        // is current any more. The window is woken only if it showed one,
+        // so an agent that refuses every second costs no repaint.
+        let had = pictures.lock().is_ok_and(|mut all| {
+            let had = all.peer.is_some() || all.me.is_some();
             *all = Pictures::default();
+            had
+        });
+        if had {
+            wake();
         }
-        wake();
         std::thread::sleep(RETRY);
     }
 }

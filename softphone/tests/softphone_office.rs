@@ -1,7 +1,8 @@
 //! The window's office features on real agents and a real gateway:
 //! contacts (the other stations and the gateway's short codes; a click
 //! calls), settings (a ringtone file chosen in the window rings the next
-//! call, and the agent keeps it across a restart) and voicemail (a
+//! call, and the agent keeps it across a restart; the microphone and the
+//! ringtone's device chosen among the agent's sound cards) and voicemail (a
 //! message left by an unanswered call is counted, listed, played on the
 //! station's speaker and deleted, all from the window).
 
@@ -210,4 +211,55 @@ fn contacts_settings_and_voicemail_in_the_window() {
         jstr(&status(&b2), &["audio", "ringtone"]).as_deref(),
         Some(sc("ring.wav").as_str())
     );
+
+    // The sound cards the agent offers (ALSA's own `null` device is on
+    // every Debian machine): chosen in the window, opened by the agent.
+    let mut w2 = window(&b2.state);
+    until(&mut w2, "its extension", T, |w| {
+        w.state().model.screen() == Screen::Idle && shows(w, "202")
+    });
+    click(&mut w2, "Settings");
+    until(&mut w2, "the agent's sound cards", T, |w| {
+        w.state()
+            .model
+            .outputs
+            .iter()
+            .any(|d| d.spec == "device:null")
+    });
+    let null = w2
+        .state()
+        .model
+        .outputs
+        .iter()
+        .find(|d| d.spec == "device:null")
+        .unwrap()
+        .name
+        .clone();
+    for (combo, key) in [("Ring on", "ring_out"), ("Microphone", "in")] {
+        w2.get_by_role_and_label(egui::accesskit::Role::ComboBox, combo)
+            .click();
+        w2.step();
+        w2.step();
+        w2.get_by_label(&null).click();
+        w2.step();
+        w2.step();
+        wait_for("the device in use", T, || {
+            (jstr(&status(&b2), &["audio", key]).as_deref() == Some("device:null")).then_some(())
+        });
+    }
+    // Back to the speaker for the ringtone.
+    w2.get_by_role_and_label(egui::accesskit::Role::ComboBox, "Ring on")
+        .click();
+    w2.step();
+    w2.step();
+    w2.get_by_label("Same as the speaker").click();
+    w2.step();
+    w2.step();
+    wait_for("the ringtone on the speaker again", T, || {
+        status(&b2)["audio"]["ring_out"].is_null().then_some(())
+    });
+    until(&mut w2, "the window following", T, |w| {
+        w.state().model.audio.ring_out.is_none()
+            && w.state().model.audio.input.as_deref() == Some("device:null")
+    });
 }
