@@ -199,7 +199,7 @@ impl SqliteStore {
             Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
         // First, so that another process opening it too is waited for.
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        set_wal(&conn)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn).with_context(|| format!("upgrading {}", path.display()))?;
@@ -226,6 +226,25 @@ impl SqliteStore {
             .lock()
             .map_err(|_| StoreError::Backend("database lock poisoned".into()))?;
         f(&mut c)
+    }
+}
+
+/// `PRAGMA journal_mode = WAL`. Switching a new database's mode needs it
+/// whole, and SQLite answers "database is locked" at once rather than
+/// wait while another process opening it holds it, so this retries for
+/// up to 5 s.
+fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r,
+        }
     }
 }
 
