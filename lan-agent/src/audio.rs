@@ -475,3 +475,26 @@ fn open_input_device(_name: Option<&str>) -> anyhow::Result<Box<dyn Source>> {
 fn open_output_device(_name: Option<&str>) -> anyhow::Result<Box<dyn Sink>> {
     anyhow::bail!("this build has no sound-card support (built without the `device` feature)")
 }
+
+/// The control socket's `audio-devices`: the sound cards, found off the
+/// async workers.
+pub(crate) async fn devices_reply() -> serde_json::Value {
+    tokio::task::spawn_blocking(LocalAudio::devices)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .unwrap_or_else(keyline_net::control::error)
+}
+
+/// The control socket's `audio-set` on the audio `audio` reaches in
+/// `owner`, off the async workers (opening a sound card may take
+/// seconds): the audio now in use, or why nothing changed.
+pub(crate) async fn set_off_runtime<T: Send + Sync + 'static>(
+    owner: Arc<T>,
+    audio: fn(&T) -> &LocalAudio,
+    req: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    tokio::task::spawn_blocking(move || audio(&owner).set(&req))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+}

@@ -91,6 +91,14 @@ pub(crate) struct Station<P> {
 }
 
 impl<P: Clone> Station<P> {
+    /// Tell subscribers the audio now in use (after `audio-set`), and
+    /// the reply.
+    pub(crate) fn audio_changed(&self, now: Value) -> Value {
+        self.events
+            .publish(json!({"event": "audio", "audio": now.clone()}));
+        json!({"ok": true, "audio": now})
+    }
+
     pub(crate) fn new(
         phone: Phone<P>,
         hold_music: Vec<i16>,

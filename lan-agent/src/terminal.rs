@@ -1216,25 +1216,10 @@ async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
     }
     match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
         "status" => status(t),
-        "audio-devices" => tokio::task::spawn_blocking(audio::LocalAudio::devices)
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r)
-            .unwrap_or_else(control::error),
+        "audio-devices" => audio::devices_reply().await,
         "audio-set" => {
-            // Opening a sound card may take seconds: off the async workers.
-            let (who, r) = (t.clone(), req.clone());
-            let set = tokio::task::spawn_blocking(move || who.audio.set(&r))
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
-            match set {
-                Ok(now) => {
-                    t.lock()
-                        .station
-                        .events
-                        .publish(json!({"event": "audio", "audio": now.clone()}));
-                    json!({"ok": true, "audio": now})
-                }
+            match audio::set_off_runtime(t.clone(), |x: &Terminal| &x.audio, req.clone()).await {
+                Ok(now) => t.lock().station.audio_changed(now),
                 Err(e) => control::error(format!("audio not changed: {e}")),
             }
         }
