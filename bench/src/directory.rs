@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use keyline_directory::client::DirClient;
+use keyline_dirclient::client::DirClient;
 use keyline_net::Identity;
 use serde_json::{json, Value};
 

@@ -1,6 +1,6 @@
 //! The directory suite's load clients: each speaks the directory protocol
 //! directly on its control stream, with the codec and the stream batching
-//! the client library uses (`keyline_directory::wire`), `depth` requests
+//! the client library uses (`keyline_dirclient::wire`), `depth` requests
 //! in flight, the next ones written together once every answer that
 //! arrived together is read.
 //!
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use keyline_directory::wire::{self, Incoming, MsgReader, MsgWriter};
+use keyline_dirclient::wire::{self, Incoming, MsgReader, MsgWriter};
 use keyline_net::{endpoint, Identity};
 use keyline_proto::dir::{DirMsg, ReqId};
 use keyline_proto::msg::Role;

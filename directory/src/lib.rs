@@ -1,5 +1,4 @@
-//! `keyline-directory`, the internet directory (DESIGN §1, claims 1–4, 7, 8),
-//! and the async client library endpoints use to talk to it.
+//! `keyline-directory`, the internet directory (DESIGN §1, claims 1–4, 7, 8).
 //!
 //! The crate owns: accounts with argon2id passwords, session tokens and
 //! rate-limited logins ([`auth`], [`ratelimit`]); the directory's durable
@@ -10,16 +9,13 @@
 //! detection, calls from CALL to CONNECT ([`routing`]); the tokio server
 //! around it with its control socket and systemd lifecycle ([`server`]);
 //! the directory's opaque UDP relay for the direct-connect rules (through
-//! [`keyline_net::relay`]); and [`client`], the library a gateway or a
-//! terminal uses to log in, register, call, answer, look up, forward and
-//! leave or collect mail; and the web site (module `web`: sign-up, set-up,
+//! [`keyline_net::relay`]); and the web site (module `web`: sign-up, set-up,
 //! account pages, operator pages) served over HTTPS by the same process
 //! from the same store and hub. Media never touches the directory unless the
 //! relay rule says so, and then only as bytes it cannot decrypt.
 
 pub mod auth;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod hashing;
 pub mod metrics;
@@ -28,4 +24,8 @@ pub mod routing;
 pub mod server;
 pub mod store;
 mod web;
-pub mod wire;
+
+/// The client library and the stream framing live in `keyline-dirclient`
+/// (a terminal links them without the server); re-exported here so the
+/// server and its tests name them as before.
+pub use keyline_dirclient::{client, wire};

@@ -165,7 +165,7 @@ pub struct Shared {
     pub vm_jobs: Mutex<HashMap<String, crate::voicemail::Job>>,
     /// The directory connection while the office is registered (for
     /// texts to outside numbers).
-    pub dir_client: Mutex<Option<keyline_directory::client::DirClient>>,
+    pub dir_client: Mutex<Option<keyline_dirclient::client::DirClient>>,
     /// Stations seen by mDNS (a hint only).
     pub discovered: Mutex<HashMap<String, mdns::Found>>,
     pub started: Instant,
@@ -601,7 +601,8 @@ async fn serve_station(shared: Arc<Shared>, conn: quinn::Connection) -> Result<(
     {
         Ok(Incoming::Msg(Msg::MediaHello { call, token })) => {
             // A caller reaching a mailbox: the gateway is the media end.
-            return crate::voicemail::serve(shared, conn, send, call, token).await;
+            let hello = keyline_net::medialink::Hello::new(call, token, send);
+            return crate::voicemail::serve(shared, conn, hello).await;
         }
         Ok(Incoming::Msg(Msg::Hello {
             version,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use keyline_directory::client::{
+use keyline_dirclient::client::{
     self as dir, CallError, CallOptions, Connected, DirClient, MediaPlan as DirPlan, Options,
 };
 use keyline_net::relay;

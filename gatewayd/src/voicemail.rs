@@ -13,11 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use keyline_media::{OggOpusWriter, OpusDecoder, OpusEncoder, FRAME_SAMPLES};
-use keyline_net::peer_fingerprint;
-use keyline_proto::codec::write_frame;
+use keyline_net::{medialink, peer_fingerprint};
 use keyline_proto::media::{decode_datagram, encode_datagram, RtpHeader, OPUS_PAYLOAD_TYPE};
-use keyline_proto::msg::{CallId, Msg, VoicemailInfo};
-use keyline_proto::MAX_MESSAGE;
+use keyline_proto::msg::{CallId, VoicemailInfo};
 
 use crate::server::{Event, Shared};
 
@@ -65,10 +63,9 @@ fn rms(pcm: &[i16]) -> f64 {
 pub async fn serve(
     shared: Arc<Shared>,
     conn: quinn::Connection,
-    mut send: quinn::SendStream,
-    call: CallId,
-    token: String,
+    hello: medialink::Hello,
 ) -> Result<()> {
+    let call = hello.flow;
     // A caller from outside may be quicker than the directory's answer to
     // the gateway, which creates the job: wait for it a little.
     let mut job = None;
@@ -77,22 +74,22 @@ pub async fn serve(
             .vm_jobs
             .lock()
             .ok()
-            .and_then(|mut j| j.remove(&token));
+            .and_then(|mut j| j.remove(&hello.token));
         if job.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let Some(job) = job else {
-        conn.close(quinn::VarInt::from_u32(1), b"bad media credential");
+        medialink::refuse(&conn);
         bail!("no caller is expected at a mailbox with this credential");
     };
     let fp = peer_fingerprint(&conn).context("no certificate")?;
     if job.flow != call || job.caller_fp != fp {
-        conn.close(quinn::VarInt::from_u32(1), b"bad media credential");
+        medialink::refuse(&conn);
         bail!("wrong credential for the mailbox of {}", job.mailbox);
     }
-    write_frame(&mut send, &Msg::MediaOk { call }, MAX_MESSAGE).await?;
+    hello.accept().await?;
     let cfg = shared.cfg();
     let uploaded = greeting_path(&shared.state_dir);
     let greeting = if uploaded.exists() {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use keyline_media::FRAME_SAMPLES;
 use keyline_net::lifecycle::{self, Signals};
-use keyline_net::{control, endpoint, mdns, pairing_code, peer_fingerprint, Identity};
+use keyline_net::{control, endpoint, mdns, medialink, pairing_code, peer_fingerprint, Identity};
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
 use keyline_proto::msg::{CallId, EndReason, LineSettings, MediaPlan, Msg, Role};
 use keyline_proto::phone::{CallKey, Command, Config, Flavor, LinkIn, LinkOut, MediaIn, Phone};
@@ -706,24 +706,8 @@ async fn dial_media(agent: Arc<Agent>, key: CallKey, call: CallId, plan: MediaPl
         )
         .await
         .context("the peer did not answer within 5 s")??;
-        let (mut send, mut recv) = conn.open_bi().await?;
-        write_frame(
-            &mut send,
-            &Msg::MediaHello {
-                call: flow,
-                token: plan.token.clone(),
-            },
-            MAX_MESSAGE,
-        )
-        .await?;
-        let body = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut recv, MAX_MESSAGE))
-            .await
-            .context("no media answer within 5 s")??
-            .context("the peer closed the media stream")?;
-        match Msg::from_cbor(&body)? {
-            Msg::MediaOk { call: c } if c == flow => Ok::<_, anyhow::Error>(conn),
-            other => bail!("unexpected media answer {:?}", other.kind()),
-        }
+        medialink::dial(&conn, flow, &plan.token, Duration::from_secs(5)).await?;
+        Ok::<_, anyhow::Error>(conn)
     }
     .await;
     media_result(&agent, key, flow, res);
@@ -761,21 +745,8 @@ async fn accept_one(
     let Some((key, call, plan)) = plan else {
         bail!("no call expects this peer");
     };
-    let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(5), conn.accept_bi())
-        .await
-        .context("no media stream within 5 s")??;
-    let body = read_frame(&mut recv, MAX_MESSAGE)
-        .await?
-        .context("the peer closed the media stream")?;
     let flow = plan.flow(call);
-    match Msg::from_cbor(&body)? {
-        Msg::MediaHello { call: c, token } if c == flow && token == plan.token => {}
-        _ => {
-            conn.close(quinn::VarInt::from_u32(1), b"bad media credential");
-            bail!("wrong media credential");
-        }
-    }
-    write_frame(&mut send, &Msg::MediaOk { call: flow }, MAX_MESSAGE).await?;
+    medialink::accept(&conn, flow, &plan.token, Duration::from_secs(5)).await?;
     Ok((key, flow, conn))
 }
 

@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use keyline_directory::client::{
+use keyline_dirclient::client::{
     accept_media, CallError, CallOptions, DirClient, Event, MediaPlan, Progress, RingChecks,
 };
 use keyline_net::checks::HOPELESS_AFTER;
@@ -97,8 +97,8 @@ const HOPELESS_DIRECT_TRY: Duration = Duration::from_millis(150);
 /// An answered call whose media is not up by then is given up.
 const MEDIA_DEADLINE: Duration = Duration::from_secs(15);
 /// An unanswered look-up-only call rings this long (the caller waits as
-/// long: `keyline_directory::client::LOOKUP_RING_TIMEOUT`).
-const LOOKUP_RING_TIMEOUT: Duration = keyline_directory::client::LOOKUP_RING_TIMEOUT;
+/// long: `keyline_dirclient::client::LOOKUP_RING_TIMEOUT`).
+const LOOKUP_RING_TIMEOUT: Duration = keyline_dirclient::client::LOOKUP_RING_TIMEOUT;
 
 /// Why a look-up-only call's held connection is closed unanswered.
 const LOOKUP_DECLINED: &[u8] = b"declined";

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod ipnet;
 pub mod lifecycle;
 pub mod mdns;
+pub mod medialink;
 pub mod relay;
 pub mod statedir;
 pub mod tls;

@@ -5,6 +5,7 @@
 //! allocation, so a hostile peer cannot make us buffer gigabytes.
 
 use serde::{de::DeserializeOwned, Serialize};
+#[cfg(feature = "io")]
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Why a frame or message could not be read or written.
@@ -660,6 +661,7 @@ impl FrameDecoder {
 
 /// Read one frame body from an async stream. `Ok(None)` on a clean end of
 /// stream before any byte of a new frame.
+#[cfg(feature = "io")]
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
@@ -690,6 +692,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 }
 
 /// Write one value as a frame and flush it.
+#[cfg(feature = "io")]
 pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     w: &mut W,
     value: &T,
@@ -897,6 +900,7 @@ mod tests {
         assert!(matches!(d.next_frame(), Err(CodecError::TooLarge { .. })));
     }
 
+    #[cfg(feature = "io")]
     #[tokio::test]
     async fn async_roundtrip_and_clean_eof() {
         let mut wire = Vec::new();

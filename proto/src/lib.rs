@@ -6,7 +6,9 @@
 //! ([`vp8rtp`]: packets out, frames back together).
 //!
 //! Nothing in this crate does I/O except the thin async helpers in
-//! [`codec`]; state machines take the current time as an input.
+//! [`codec`] (`read_frame`, `write_frame`), which exist only with the
+//! default feature `io` (tokio); without it the crate has no async runtime
+//! in its tree. State machines take the current time as an input.
 
 pub mod call;
 pub mod codec;

@@ -608,7 +608,7 @@ fn voice_message(scratch: &Scratch) -> Vec<u8> {
 
 /// Leave `n` voice messages for 김민준 as `caller`, with the client library.
 fn leave_voice_mail(scratch: &Scratch, listen: &str, fp: &str, body: &[u8], n: usize) {
-    use keyline_directory::client::DirClient;
+    use keyline_dirclient::client::DirClient;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -689,7 +689,7 @@ fn texts_reach_outside_numbers_and_the_office() {
 
 /// Leave a voice message for `to` as `account`, with the client library.
 fn leave_voice_mail(scratch: &Scratch, dir: &Directory, account: &str, to: &str, body: &[u8]) {
-    use keyline_directory::client::DirClient;
+    use keyline_dirclient::client::DirClient;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

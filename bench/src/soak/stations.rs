@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keyline_net::{endpoint, peer_fingerprint, Identity};
-use keyline_proto::codec::{read_frame, write_frame, CodecError, FrameDecoder};
+use keyline_net::{endpoint, medialink, peer_fingerprint, Identity};
+use keyline_proto::codec::{write_frame, CodecError, FrameDecoder};
 use keyline_proto::msg::{CallId, MediaPlan, Msg, ReqId, Role};
 use keyline_proto::{MAX_MESSAGE, PROTOCOL_VERSION};
 use tokio::time::Instant;
@@ -368,25 +368,10 @@ async fn dial_media(
             .map_err(media_fail)?
             .await
             .map_err(media_fail)?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(media_fail)?;
-    write_frame(
-        &mut send,
-        &Msg::MediaHello {
-            call: flow,
-            token: plan.token.clone(),
-        },
-        MAX_MESSAGE,
-    )
-    .await
-    .map_err(media_fail)?;
-    let body = read_frame(&mut recv, MAX_MESSAGE)
+    medialink::dial(&conn, flow, &plan.token, STEP)
         .await
-        .map_err(media_fail)?
-        .ok_or_else(|| media_fail("the peer closed the media stream"))?;
-    match Msg::from_cbor(&body) {
-        Ok(Msg::MediaOk { call: c }) if c == flow => Ok(conn),
-        other => Err(media_fail(format!("unexpected media answer {other:?}"))),
-    }
+        .map_err(media_fail)?;
+    Ok(conn)
 }
 
 /// The waiting end: take the connection from the expected peer with the
@@ -407,18 +392,10 @@ async fn accept_media(
             conn.close(quinn::VarInt::from_u32(1), b"not expected");
             continue;
         }
-        let Ok((mut send, mut recv)) = conn.accept_bi().await else {
-            continue;
-        };
-        let hello = read_frame(&mut recv, MAX_MESSAGE).await;
-        match hello.ok().flatten().map(|b| Msg::from_cbor(&b)) {
-            Some(Ok(Msg::MediaHello { call: c, token })) if c == flow && token == plan.token => {
-                write_frame(&mut send, &Msg::MediaOk { call: flow }, MAX_MESSAGE)
-                    .await
-                    .map_err(media_fail)?;
-                return Ok(conn);
-            }
-            _ => conn.close(quinn::VarInt::from_u32(1), b"bad media credential"),
+        match medialink::accept(&conn, flow, &plan.token, STEP).await {
+            Ok(()) => return Ok(conn),
+            // Refused (left from an earlier call) or gone: wait for the next.
+            Err(_) => continue,
         }
     }
 }

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keyline_directory::wire::{self, Incoming, MsgReader, MsgWriter};
+use keyline_dirclient::wire::{self, Incoming, MsgReader, MsgWriter};
 use keyline_net::{endpoint, Identity};
 use keyline_proto::dir::{CallId, CallPlan, DirMsg, ReqId};
 use keyline_proto::msg::Role;

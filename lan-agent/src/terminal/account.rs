@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use keyline_directory::client::ClientError;
+use keyline_dirclient::client::ClientError;
 use keyline_net::control;
 use keyline_proto::dir::ErrorCode;
 use serde_json::{json, Value};

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use keyline_directory::client::{ClientError, DirClient, Event, Options};
+use keyline_dirclient::client::{ClientError, DirClient, Event, Options};
 use keyline_net::lifecycle;
 use keyline_proto::dir::ErrorCode;
 use keyline_proto::msg::Role;

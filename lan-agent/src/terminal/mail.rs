@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use keyline_directory::client::{DirClient, Mail};
+use keyline_dirclient::client::{DirClient, Mail};
 use keyline_media::FRAME_SAMPLES;
 use keyline_net::control;
 use keyline_proto::dir::MailKind;

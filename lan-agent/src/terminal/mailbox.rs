@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use keyline_directory::client::Mail;
+use keyline_dirclient::client::Mail;
 use keyline_proto::dir::MailKind;
 use serde::{Deserialize, Serialize};
 

@@ -29,14 +29,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keyline_net::endpoint::Checker;
+use keyline_net::medialink::{self, LinkError};
 use keyline_net::{endpoint, peer_fingerprint, Identity};
-use keyline_proto::codec::{read_frame, write_frame, CodecError};
+use keyline_proto::codec::CodecError;
 use keyline_proto::dir::{
     CallId, CallPlan, CheckPlan, DirMsg, DirectPolicy, EndReason, ErrorCode, ForwardRule,
     ForwardWhen, MailId, MailKind, NumberForwards, ReqId, MAX_HOPS, MAX_MAIL_BODY,
 };
-use keyline_proto::msg::{Msg, Role};
-use keyline_proto::{number, MAX_MESSAGE, PROTOCOL_VERSION};
+use keyline_proto::msg::Role;
+use keyline_proto::{number, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::wire::{
@@ -1327,57 +1328,29 @@ async fn connect_media(
 ) -> Result<quinn::Connection, MediaError> {
     let fail = |e: &dyn std::fmt::Display| MediaError::Failed(e.to_string());
     let started = tokio::time::Instant::now();
-    let fut = async {
-        let conn = endpoint
-            .connect_with(cfg, addr, endpoint::SERVER_NAME)
-            .map_err(|e| fail(&e))?
-            .await
-            .map_err(|e| fail(&e))?;
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| fail(&e))?;
-        write_frame(
-            &mut send,
-            &Msg::MediaHello {
-                call: plan.call,
-                token: plan.token.clone(),
-            },
-            MAX_MESSAGE,
-        )
-        .await
+    let connecting = endpoint
+        .connect_with(cfg, addr, endpoint::SERVER_NAME)
         .map_err(|e| fail(&e))?;
-        Ok::<_, MediaError>((conn, send, recv))
-    };
-    // `_send` stays open until the answer is in, as before.
-    let (conn, _send, mut recv) = tokio::time::timeout(timeout, fut)
+    let conn = tokio::time::timeout(timeout, connecting)
         .await
-        .map_err(|_| MediaError::Failed(format!("no answer from {addr} within {timeout:?}")))??;
+        .map_err(|_| MediaError::Failed(format!("no answer from {addr} within {timeout:?}")))?
+        .map_err(|e| fail(&e))?;
     let wait = if plan.call == 0 {
         LOOKUP_RING_TIMEOUT
     } else {
         timeout.saturating_sub(started.elapsed())
     };
-    let answer = async {
-        // Why the other end closed (a look-up's callee declining, say).
-        let lost = |e: &dyn std::fmt::Display| match conn.close_reason() {
-            Some(why) => MediaError::Failed(format!("{e}: {why}")),
-            None => fail(e),
-        };
-        let body = read_frame(&mut recv, MAX_MESSAGE)
-            .await
-            .map_err(|e| lost(&e))?
-            .ok_or(MediaError::BadCredential)?;
-        match Msg::from_cbor(&body) {
-            Ok(Msg::MediaOk { call }) if call == plan.call => Ok(()),
-            _ => Err(MediaError::BadCredential),
-        }
-    };
-    tokio::time::timeout(wait, answer).await.map_err(|_| {
-        MediaError::Failed(if plan.call == 0 {
-            format!("{addr} did not answer within {LOOKUP_RING_TIMEOUT:?}")
-        } else {
-            format!("no answer from {addr} within {timeout:?}")
-        })
-    })??;
-    Ok(conn)
+    match medialink::dial(&conn, plan.call, &plan.token, wait).await {
+        Ok(()) => Ok(conn),
+        Err(LinkError::BadCredential) => Err(MediaError::BadCredential),
+        Err(LinkError::Timeout { .. }) if plan.call == 0 => Err(MediaError::Failed(format!(
+            "{addr} did not answer within {LOOKUP_RING_TIMEOUT:?}"
+        ))),
+        Err(LinkError::Timeout { .. }) => Err(MediaError::Failed(format!(
+            "no answer from {addr} within {timeout:?}"
+        ))),
+        Err(LinkError::Failed(why)) => Err(MediaError::Failed(why)),
+    }
 }
 
 /// On the answering end: check that an incoming connection is the peer
@@ -1391,27 +1364,11 @@ pub async fn accept_media(
         conn.close(quinn::VarInt::from_u32(1), b"unexpected peer");
         return Err(MediaError::WrongPeer { got: fp });
     }
-    let fail = |e: &dyn std::fmt::Display| MediaError::Failed(e.to_string());
-    let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(5), conn.accept_bi())
-        .await
-        .map_err(|_| MediaError::Failed("no media stream within 5 s".into()))?
-        .map_err(|e| fail(&e))?;
-    let body = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut recv, MAX_MESSAGE))
-        .await
-        .map_err(|_| MediaError::BadCredential)?
-        .map_err(|e| fail(&e))?
-        .ok_or(MediaError::BadCredential)?;
-    match Msg::from_cbor(&body) {
-        Ok(Msg::MediaHello { call, token }) if call == plan.call && token == plan.token => {}
-        _ => {
-            conn.close(quinn::VarInt::from_u32(1), b"bad media credential");
-            return Err(MediaError::BadCredential);
-        }
+    match medialink::accept(&conn, plan.call, &plan.token, Duration::from_secs(5)).await {
+        Ok(()) => Ok(conn),
+        Err(LinkError::BadCredential) => Err(MediaError::BadCredential),
+        Err(e) => Err(MediaError::Failed(e.to_string())),
     }
-    write_frame(&mut send, &Msg::MediaOk { call: plan.call }, MAX_MESSAGE)
-        .await
-        .map_err(|e| fail(&e))?;
-    Ok(conn)
 }
 
 /// Hangs up a ringing outgoing call whose `call` future was dropped.
