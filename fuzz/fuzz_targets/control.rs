@@ -1,8 +1,9 @@
 //! Arbitrary bytes on a control socket, taken as `keyline_net::control`
 //! takes them (lines of UTF-8, each at most 64 KiB, each a JSON value) and
 //! then as each daemon reads a request: the gateway's typed
-//! `api::parse_request` and the agent's `call_command` (the requests for
-//! calls, shared by the office station and the internet terminal). Also
+//! `api::parse_request` and the agent's (`keyline_agent::api`, shared by
+//! the office station and the internet terminal; its call requests then
+//! as the phone core's commands). Also
 //! as the gateway's events, which `keyline-gatewayd events` reads back
 //! from the socket. Never a panic; a request or event that parses must
 //! come out the same after being written as JSON and parsed again.
@@ -39,7 +40,16 @@ fuzz_target!(|data: &[u8]| {
             );
         }
 
-        let _ = keyline_agent::call_command(&v);
+        if let Ok(req) = keyline_agent::api::parse_request(v.clone()) {
+            let _ = req.call_command();
+            let json = serde_json::to_value(&req).expect("an agent request encodes");
+            let again = keyline_agent::api::parse_request(json.clone());
+            assert_eq!(
+                again.as_ref(),
+                Ok(&req),
+                "an agent request changed on the way back: {json}"
+            );
+        }
 
         if let Ok(ev) = serde_json::from_value::<Event>(v) {
             let _ = ev.describe();

@@ -23,6 +23,7 @@ use keyline_proto::{MAX_MESSAGE, PROTOCOL_VERSION};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::api::{self, Request};
 use crate::audio::{self, LocalAudio};
 use crate::station::{self, Station, Todo};
 
@@ -932,6 +933,7 @@ fn status(agent: &Arc<Agent>) -> Value {
     let phone = &st.station.phone;
     json!({
         "ok": true,
+        "api_version": api::API_VERSION,
         "state": link,
         "code": code,
         "ext": ext,
@@ -955,79 +957,56 @@ fn status(agent: &Arc<Agent>) -> Value {
     })
 }
 
+impl station::Host for Agent {
+    type Plan = MediaPlan;
+
+    fn audio(&self) -> &LocalAudio {
+        &self.audio
+    }
+
+    fn with_station<R>(&self, f: impl FnOnce(&mut Station<MediaPlan>) -> R) -> R {
+        f(&mut self.lock().station)
+    }
+
+    fn record_dir(&self) -> Option<&std::path::Path> {
+        self.opts.record_dir.as_deref()
+    }
+
+    fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+}
+
 async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
-    let target = || {
-        req.get("target")
-            .and_then(Value::as_str)
-            .map(str::to_string)
+    let req = match api::parse_request(req) {
+        Ok(r) => r,
+        Err(e) => return control::error(e),
     };
-    match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
-        "status" => status(agent),
-        "audio-devices" => audio::devices_reply().await,
-        "audio-set" => {
-            match audio::set_off_runtime(agent.clone(), |x: &Agent| &x.audio, req.clone()).await {
-                Ok(now) => agent.lock().station.audio_changed(now),
-                Err(e) => control::error(format!("audio not changed: {e}")),
-            }
-        }
-        "voicemail-list" => match vm_request(agent, |req| Msg::VoicemailList { req }).await {
+    let req = match station::shared_request(agent, req).await {
+        Ok(reply) => return reply,
+        Err(req) => req,
+    };
+    match req {
+        Request::Status => status(agent),
+        Request::VoicemailList => match vm_request(agent, |req| Msg::VoicemailList { req }).await {
             Ok(Msg::Voicemails { items, .. }) => json!({"ok": true, "voicemails": items}),
             Ok(_) => control::error("unexpected reply"),
             Err(e) => control::error(e),
         },
-        "voicemail-delete" => {
-            let Some(id) = req.get("id").and_then(Value::as_u64) else {
-                return control::error("voicemail delete needs an id");
-            };
+        Request::VoicemailDelete { id } => {
             match vm_request(agent, |req| Msg::VoicemailDelete { req, id }).await {
                 Ok(Msg::Voicemails { items, .. }) => json!({"ok": true, "voicemails": items}),
                 Ok(_) => control::error("unexpected reply"),
                 Err(e) => control::error(e),
             }
         }
-        "voicemail-play" => play_voicemail(agent, req.get("id").and_then(Value::as_u64)).await,
-        "contacts" => match vm_request(agent, |req| Msg::ContactList { req }).await {
+        Request::VoicemailPlay { id } => play_voicemail(agent, id).await,
+        Request::Contacts => match vm_request(agent, |req| Msg::ContactList { req }).await {
             Ok(Msg::Contacts { items, .. }) => json!({"ok": true, "contacts": items}),
             Ok(_) => control::error("unexpected reply"),
             Err(e) => control::error(e),
         },
-        "consult" => match target() {
-            Some(target) => command(agent, Command::Consult { target }).await,
-            None => control::error("consult needs a target number"),
-        },
-        "consult-complete" => command(agent, Command::ConsultComplete).await,
-        "consult-cancel" => command(agent, Command::ConsultCancel).await,
-        "transfer" => match target() {
-            Some(target) => command(agent, Command::Transfer { target }).await,
-            None => control::error("transfer needs a target number"),
-        },
-        "hold" => command(agent, Command::Hold).await,
-        "resume" => command(agent, Command::Resume).await,
-        "answer" => command(agent, Command::Answer).await,
-        "hangup" => command(agent, Command::Hangup).await,
-        "history" => agent.lock().station.history_json(),
-        "metrics" => agent.lock().station.metrics_json(),
-        "mute" => {
-            let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
-            agent.lock().station.mute_command(on)
-        }
-        "video" => {
-            let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
-            agent.lock().station.video_command(on)
-        }
-        "record" => {
-            let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
-            agent.lock().station.record_command(
-                on,
-                agent.opts.record_dir.as_deref(),
-                &agent.state_dir,
-            )
-        }
-        "dial" => {
-            let Some(number) = req.get("number").and_then(Value::as_str) else {
-                return control::error("dial needs a number");
-            };
-            let lookup = req.get("lookup").and_then(Value::as_bool) == Some(true);
+        Request::Dial { number, lookup } => {
             // Codes the station handles itself, in a call or not.
             let in_call = agent.lock().station.phone.call().is_some();
             if number == "*97" {
@@ -1041,29 +1020,16 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
                 let target = target.to_string();
                 return command(agent, Command::Transfer { target }).await;
             }
-            let number = number.to_string();
             command(agent, Command::Dial { number, lookup }).await
         }
-        "message" => {
-            let (Some(to), Some(body)) = (
-                req.get("to").and_then(Value::as_str),
-                req.get("body").and_then(Value::as_str),
-            ) else {
-                return control::error("message needs a number and a text");
-            };
-            request(
-                agent,
-                |st| &mut st.texts,
-                |req| Msg::SendText {
-                    req,
-                    to: to.to_string(),
-                    body: body.to_string(),
-                },
-            )
-            .await
-            .unwrap_or_else(|e| control::error(format!("message not sent: {e}")))
-        }
-        "messages" => {
+        Request::Message { to, body } => request(
+            agent,
+            |st| &mut st.texts,
+            |req| Msg::SendText { req, to, body },
+        )
+        .await
+        .unwrap_or_else(|e| control::error(format!("message not sent: {e}"))),
+        Request::Messages => {
             // Reading them is what lets the gateway forget them.
             let mut st = agent.lock();
             let read: Vec<Value> = std::mem::take(&mut st.inbox);
@@ -1075,7 +1041,12 @@ async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
             }
             json!({"ok": true, "messages": read})
         }
-        "" => control::error("missing \"cmd\""),
-        other => control::error(format!("unknown command {other:?}")),
+        other => match other.call_command() {
+            Some(cmd) => command(agent, cmd).await,
+            None => control::error(format!(
+                "{:?} is for internet terminals; this is an office station (its forwarding and password are kept by the office gateway)",
+                other.name()
+            )),
+        },
     }
 }

@@ -12,8 +12,9 @@
 //! the other end ([`session`]), with the station's own sound (devices,
 //! ringing, voicemail playback) in [`audio`] and what both modes keep of a
 //! call in `calls`. Its command line ([`cli`]) talks to the running daemon
-//! over a control socket.
+//! over a control socket, whose requests are typed in [`api`].
 
+pub mod api;
 pub mod audio;
 pub(crate) mod calls;
 pub mod cli;
@@ -24,7 +25,3 @@ pub(crate) mod station;
 pub mod terminal;
 pub mod video;
 pub mod viewers;
-
-/// How a control request for a call (`dial`, `answer`, `transfer`, ...)
-/// becomes the phone core's command; public for the fuzz target.
-pub use station::call_command;

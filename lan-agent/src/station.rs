@@ -20,7 +20,8 @@ use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
-use crate::audio::LocalAudio;
+use crate::api::Request;
+use crate::audio::{self, LocalAudio};
 use crate::calls;
 use crate::session::{
     finish_recording, recording_error, recording_path, start_recording, Hold, MediaStats,
@@ -435,39 +436,41 @@ fn timing(c: &Call, media_started_unix_ms: Option<u128>) -> Value {
     )
 }
 
-/// The control commands that are the core's, as its [`Command`]: `None`
-/// for any other command, an error reply for a malformed one.
-pub fn call_command(req: &Value) -> Option<Result<Command, Value>> {
-    let target = |what: &str| {
-        req.get("target")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| keyline_net::control::error(format!("{what} needs a target number")))
-    };
-    Some(Ok(match req.get("cmd").and_then(Value::as_str)? {
-        "dial" => match req.get("number").and_then(Value::as_str) {
-            Some(number) => Command::Dial {
-                number: number.to_string(),
-                lookup: req.get("lookup").and_then(Value::as_bool) == Some(true),
-            },
-            None => return Some(Err(keyline_net::control::error("dial needs a number"))),
-        },
-        "answer" => Command::Answer,
-        "hangup" => Command::Hangup,
-        "hold" => Command::Hold,
-        "resume" => Command::Resume,
-        "transfer" => match target("transfer") {
-            Ok(target) => Command::Transfer { target },
-            Err(e) => return Some(Err(e)),
-        },
-        "consult" => match target("consult") {
-            Ok(target) => Command::Consult { target },
-            Err(e) => return Some(Err(e)),
-        },
-        "consult-complete" => Command::ConsultComplete,
-        "consult-cancel" => Command::ConsultCancel,
-        _ => return None,
-    }))
+/// What both modes hold that the requests they answer alike need.
+pub(crate) trait Host: Send + Sync + 'static {
+    /// How the mode's link describes a call's media.
+    type Plan: Clone;
+    fn audio(&self) -> &LocalAudio;
+    /// Run `f` on the station, under the mode's lock.
+    fn with_station<R>(&self, f: impl FnOnce(&mut Station<Self::Plan>) -> R) -> R;
+    /// Where `record` writes (`--record-dir`, else under the state
+    /// directory).
+    fn record_dir(&self) -> Option<&Path>;
+    fn state_dir(&self) -> &Path;
+}
+
+/// Answer the requests both modes answer the same way (sound devices,
+/// history, media figures, mute, video, recording); any other comes back
+/// as `Err` for the mode's own handler.
+pub(crate) async fn shared_request<H: Host>(host: &Arc<H>, req: Request) -> Result<Value, Request> {
+    Ok(match req {
+        Request::AudioDevices => audio::devices_reply().await,
+        Request::AudioSet { choice } => {
+            match audio::set_off_runtime(host.clone(), H::audio, Value::Object(choice)).await {
+                Ok(now) => host.with_station(|s| s.audio_changed(now)),
+                Err(e) => keyline_net::control::error(format!("audio not changed: {e}")),
+            }
+        }
+        Request::History => host.with_station(|s| s.history_json()),
+        Request::Metrics => host.with_station(|s| s.metrics_json()),
+        Request::Mute { on } => host.with_station(|s| s.mute_command(on)),
+        Request::Video { on } => host.with_station(|s| s.video_command(on)),
+        Request::Record { on } => {
+            let (record_dir, state_dir) = (host.record_dir(), host.state_dir());
+            host.with_station(|s| s.record_command(on, record_dir, state_dir))
+        }
+        other => return Err(other),
+    })
 }
 
 /// Await a command's answer as a control reply: `ok` with the reply's

@@ -37,7 +37,7 @@ mod mailbox;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use self::mailbox::Mailbox;
+use crate::api::{self, Request};
 use crate::audio::{self, LocalAudio};
 use crate::station::{self, Station, Todo};
 
@@ -1182,6 +1183,7 @@ fn status(t: &Arc<Terminal>) -> Value {
     let l = &st.link;
     json!({
         "ok": true,
+        "api_version": api::API_VERSION,
         "mode": "terminal",
         "state": l.state,
         "error": l.error,
@@ -1205,47 +1207,56 @@ fn status(t: &Arc<Terminal>) -> Value {
     })
 }
 
-async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
-    // The calls' commands are the core's (`transfer` is a blind hand-off
-    // through the directory, claim 5: the other end calls the target
-    // directly, and our call ends).
-    match station::call_command(&req) {
-        Some(Ok(cmd)) => return command(t, cmd).await,
-        Some(Err(e)) => return e,
-        None => {}
+impl station::Host for Terminal {
+    type Plan = MediaPlan;
+
+    fn audio(&self) -> &LocalAudio {
+        &self.audio
     }
-    match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
-        "status" => status(t),
-        "audio-devices" => audio::devices_reply().await,
-        "audio-set" => {
-            match audio::set_off_runtime(t.clone(), |x: &Terminal| &x.audio, req.clone()).await {
-                Ok(now) => t.lock().station.audio_changed(now),
-                Err(e) => control::error(format!("audio not changed: {e}")),
-            }
+
+    fn with_station<R>(&self, f: impl FnOnce(&mut Station<MediaPlan>) -> R) -> R {
+        f(&mut self.lock().station)
+    }
+
+    fn record_dir(&self) -> Option<&Path> {
+        self.opts.record_dir.as_deref()
+    }
+
+    fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+}
+
+async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
+    let req = match api::parse_request(req) {
+        Ok(r) => r,
+        Err(e) => return control::error(e),
+    };
+    let req = match station::shared_request(t, req).await {
+        Ok(reply) => return reply,
+        Err(req) => req,
+    };
+    match req {
+        Request::Status => status(t),
+        Request::Message { .. }
+        | Request::Messages
+        | Request::VoicemailList
+        | Request::VoicemailPlay { .. }
+        | Request::VoicemailDelete { .. } => mail::control(t, req).await,
+        Request::ForwardSet { .. } | Request::ForwardOff { .. } | Request::ForwardList => {
+            forward::control(t, &req).await
         }
-        "history" => t.lock().station.history_json(),
-        "metrics" => t.lock().station.metrics_json(),
-        "mute" => {
-            let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
-            t.lock().station.mute_command(on)
-        }
-        "video" => {
-            let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
-            t.lock().station.video_command(on)
-        }
-        "record" => {
-            let on = req.get("on").and_then(Value::as_bool).unwrap_or(true);
-            t.lock()
-                .station
-                .record_command(on, t.opts.record_dir.as_deref(), &t.state_dir)
-        }
-        "message" | "messages" | "voicemail-list" | "voicemail-play" | "voicemail-delete" => {
-            mail::control(t, &req).await
-        }
-        "forward-set" | "forward-off" | "forward-list" => forward::control(t, &req).await,
-        "passwd" => account::passwd(t, &req).await,
-        "" => control::error("missing \"cmd\""),
-        other => control::error(format!("unknown command {other:?}")),
+        Request::Passwd { old, new } => account::passwd(t, old, new).await,
+        // The calls' commands are the core's (`transfer` is a blind
+        // hand-off through the directory, claim 5: the other end calls the
+        // target directly, and our call ends).
+        other => match other.call_command() {
+            Some(cmd) => command(t, cmd).await,
+            None => control::error(format!(
+                "{:?} is for office stations; this is an internet terminal",
+                other.name()
+            )),
+        },
     }
 }
 

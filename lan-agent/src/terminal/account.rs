@@ -17,9 +17,7 @@ use serde_json::{json, Value};
 use super::Terminal;
 
 /// `{"cmd":"passwd","old":…,"new":…}`.
-pub(super) async fn passwd(t: &Arc<Terminal>, req: &Value) -> Value {
-    let field = |k: &str| req.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-    let (old, new) = (field("old"), field("new"));
+pub(super) async fn passwd(t: &Arc<Terminal>, old: String, new: String) -> Value {
     if old.is_empty() || new.is_empty() {
         return control::error("passwd needs the old and the new password");
     }

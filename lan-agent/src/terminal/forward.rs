@@ -11,6 +11,7 @@ use keyline_proto::dir::{ForwardRule, ForwardWhen};
 use serde_json::{json, Value};
 
 use super::Terminal;
+use crate::api::Request;
 
 /// A condition as the command line names it (`offline` is the protocol's
 /// `unregistered`).
@@ -20,44 +21,38 @@ fn condition(s: &str) -> Option<ForwardWhen> {
 
 /// What a `forward-set` or `forward-off` request asks for, checked before
 /// anything is sent: the conditions (with targets for `forward-set`).
-fn parse(req: &Value) -> Result<Vec<(ForwardWhen, Option<String>)>, String> {
-    let list = |key: &str| req.get(key).and_then(Value::as_array).cloned();
-    match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
-        "forward-set" => {
-            let rules = list("rules").unwrap_or_default();
+fn parse(req: &Request) -> Result<Vec<(ForwardWhen, Option<String>)>, String> {
+    match req {
+        Request::ForwardSet { rules, .. } => {
             if rules.is_empty() {
                 return Err("forward set needs at least one condition and its target".into());
             }
             rules
                 .iter()
                 .map(|r| {
-                    let when = r.get("when").and_then(Value::as_str).unwrap_or("");
-                    let when = condition(when).ok_or(format!("unknown condition {when:?}"))?;
-                    let to = r
-                        .get("to")
-                        .and_then(Value::as_str)
-                        .filter(|t| !t.trim().is_empty())
-                        .ok_or(format!("no target for {}", when.as_str()))?;
-                    Ok((when, Some(to.to_string())))
+                    let when =
+                        condition(&r.when).ok_or(format!("unknown condition {:?}", r.when))?;
+                    if r.to.trim().is_empty() {
+                        return Err(format!("no target for {}", when.as_str()));
+                    }
+                    Ok((when, Some(r.to.clone())))
                 })
                 .collect()
         }
-        _ => list("conditions")
-            .unwrap_or_default()
+        Request::ForwardOff { conditions, .. } => conditions
             .iter()
             .map(|c| {
-                let c = c.as_str().unwrap_or("");
                 condition(c)
                     .map(|w| (w, None))
                     .ok_or(format!("unknown condition {c:?}"))
             })
             .collect(),
+        _ => Ok(Vec::new()),
     }
 }
 
 /// The forwarding commands of the control socket.
-pub(super) async fn control(t: &Arc<Terminal>, req: &Value) -> Value {
-    let cmd = req.get("cmd").and_then(Value::as_str).unwrap_or("");
+pub(super) async fn control(t: &Arc<Terminal>, req: &Request) -> Value {
     let (client, first) = {
         let st = t.lock();
         (st.client.clone(), st.link.numbers.first().cloned())
@@ -65,17 +60,12 @@ pub(super) async fn control(t: &Arc<Terminal>, req: &Value) -> Value {
     let Some(client) = client else {
         return control::error("not connected to the directory");
     };
-    if cmd != "forward-list" {
+    if let Request::ForwardSet { number, .. } | Request::ForwardOff { number, .. } = req {
         let asked = match parse(req) {
             Ok(a) => a,
             Err(e) => return control::error(e),
         };
-        let Some(number) = req
-            .get("number")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .or(first)
-        else {
+        let Some(number) = number.clone().or(first) else {
             return control::error("no number registered yet; name one with --number");
         };
         let done = if asked.is_empty() {
@@ -110,11 +100,13 @@ pub(super) async fn control(t: &Arc<Terminal>, req: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::parse_request;
 
     #[test]
     fn requests_are_checked_before_anything_is_sent() {
-        let set = json!({"cmd": "forward-set", "rules": [
-            {"when": "busy", "to": "3003"}, {"when": "offline", "to": "2002"}]});
+        let req = |v: Value| parse_request(v).expect("a forwarding request");
+        let set = req(json!({"cmd": "forward-set", "rules": [
+            {"when": "busy", "to": "3003"}, {"when": "offline", "to": "2002"}]}));
         assert_eq!(
             parse(&set),
             Ok(vec![
@@ -122,7 +114,7 @@ mod tests {
                 (ForwardWhen::Unregistered, Some("2002".into()))
             ])
         );
-        let off = json!({"cmd": "forward-off", "conditions": ["no-answer", "always"]});
+        let off = req(json!({"cmd": "forward-off", "conditions": ["no-answer", "always"]}));
         assert_eq!(
             parse(&off),
             Ok(vec![
@@ -130,15 +122,16 @@ mod tests {
                 (ForwardWhen::Always, None)
             ])
         );
-        assert_eq!(parse(&json!({"cmd": "forward-off"})), Ok(vec![]));
-        assert!(parse(&json!({"cmd": "forward-set", "rules": []})).is_err());
-        assert!(
-            parse(&json!({"cmd": "forward-set", "rules": [{"when": "sometimes", "to": "1"}]}))
-                .is_err()
-        );
-        assert!(
-            parse(&json!({"cmd": "forward-set", "rules": [{"when": "busy", "to": " "}]})).is_err()
-        );
-        assert!(parse(&json!({"cmd": "forward-off", "conditions": ["later"]})).is_err());
+        assert_eq!(parse(&req(json!({"cmd": "forward-off"}))), Ok(vec![]));
+        assert!(parse(&req(json!({"cmd": "forward-set", "rules": []}))).is_err());
+        assert!(parse(&req(
+            json!({"cmd": "forward-set", "rules": [{"when": "sometimes", "to": "1"}]})
+        ))
+        .is_err());
+        assert!(parse(&req(
+            json!({"cmd": "forward-set", "rules": [{"when": "busy", "to": " "}]})
+        ))
+        .is_err());
+        assert!(parse(&req(json!({"cmd": "forward-off", "conditions": ["later"]}))).is_err());
     }
 }

@@ -13,29 +13,24 @@ use keyline_proto::dir::MailKind;
 use serde_json::{json, Value};
 
 use super::Terminal;
+use crate::api::Request;
 
 /// The mail commands of the control socket.
-pub(super) async fn control(t: &Arc<Terminal>, req: &Value) -> Value {
-    match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
-        "message" => {
-            let (Some(to), Some(body)) = (
-                req.get("to").and_then(Value::as_str),
-                req.get("body").and_then(Value::as_str),
-            ) else {
-                return control::error("message needs a number and a text");
-            };
+pub(super) async fn control(t: &Arc<Terminal>, req: Request) -> Value {
+    match req {
+        Request::Message { to, body } => {
             let Some(client) = t.lock().client.clone() else {
                 return control::error("not connected to the directory");
             };
             match client
-                .leave_mail(to, MailKind::Text, body.as_bytes(), None)
+                .leave_mail(&to, MailKind::Text, body.as_bytes(), None)
                 .await
             {
                 Ok(id) => json!({"ok": true, "id": id}),
                 Err(e) => control::error(format!("message not left for {to}: {e}")),
             }
         }
-        "messages" => {
+        Request::Messages => {
             let mb = t.mailbox.clone();
             match tokio::task::spawn_blocking(move || mb.take_unread()).await {
                 Ok(Ok(list)) => {
@@ -46,7 +41,7 @@ pub(super) async fn control(t: &Arc<Terminal>, req: &Value) -> Value {
                 Err(e) => control::error(format!("reading the mailbox: {e}")),
             }
         }
-        "voicemail-list" => {
+        Request::VoicemailList => {
             let mb = t.mailbox.clone();
             match tokio::task::spawn_blocking(move || mb.list()).await {
                 Ok(Ok(list)) => {
@@ -64,11 +59,11 @@ pub(super) async fn control(t: &Arc<Terminal>, req: &Value) -> Value {
                 Err(e) => control::error(format!("reading the mailbox: {e}")),
             }
         }
-        "voicemail-play" => play_voicemail(t, req.get("id").and_then(Value::as_u64)).await,
-        "voicemail-delete" => control::error(
+        Request::VoicemailPlay { id } => play_voicemail(t, id).await,
+        Request::VoicemailDelete { .. } => control::error(
             "a terminal's voice mail is kept as files; delete them from the mailbox directory",
         ),
-        other => control::error(format!("unknown command {other:?}")),
+        other => control::error(format!("{:?} is not a mail command", other.name())),
     }
 }
 
