@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use keyline_agent::api::{ForwardSetRule, Request};
 use keyline_agent::cli::{Cli, Cmd, ForwardCmd, VoicemailCmd};
 use keyline_agent::daemon::{run, RunOptions};
 use keyline_agent::terminal;
 use keyline_net::{control, statedir};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -138,27 +139,25 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         return runtime()?.block_on(print_events(&sock, json));
     }
     let req = match &cmd {
-        Cmd::Status { .. } => json!({"cmd": "status"}),
-        Cmd::Dial { number, lookup } => {
-            if *lookup {
-                json!({"cmd": "dial", "number": number, "lookup": true})
-            } else {
-                json!({"cmd": "dial", "number": number})
-            }
-        }
-        Cmd::Answer => json!({"cmd": "answer"}),
-        Cmd::Hangup => json!({"cmd": "hangup"}),
-        Cmd::Message { number, text } => {
-            json!({"cmd": "message", "to": number, "body": text.join(" ")})
-        }
-        Cmd::Messages { .. } => json!({"cmd": "messages"}),
-        Cmd::Contacts { .. } => json!({"cmd": "contacts"}),
-        Cmd::Metrics => json!({"cmd": "metrics"}),
-        Cmd::Hold => json!({"cmd": "hold"}),
+        Cmd::Status { .. } => Request::Status,
+        Cmd::Dial { number, lookup } => Request::Dial {
+            number: number.clone(),
+            lookup: *lookup,
+        },
+        Cmd::Answer => Request::Answer,
+        Cmd::Hangup => Request::Hangup,
+        Cmd::Message { number, text } => Request::Message {
+            to: number.clone(),
+            body: text.join(" "),
+        },
+        Cmd::Messages { .. } => Request::Messages,
+        Cmd::Contacts { .. } => Request::Contacts,
+        Cmd::Metrics => Request::Metrics,
+        Cmd::Hold => Request::Hold,
         Cmd::Voicemail { action } => match action {
-            VoicemailCmd::List { .. } => json!({"cmd": "voicemail-list"}),
-            VoicemailCmd::Play { id } => json!({"cmd": "voicemail-play", "id": id}),
-            VoicemailCmd::Delete { id } => json!({"cmd": "voicemail-delete", "id": id}),
+            VoicemailCmd::List { .. } => Request::VoicemailList,
+            VoicemailCmd::Play { id } => Request::VoicemailPlay { id: *id },
+            VoicemailCmd::Delete { id } => Request::VoicemailDelete { id: *id },
         },
         Cmd::Transfer {
             target,
@@ -167,18 +166,20 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             cancel,
         } => {
             if let Some(t) = consult {
-                json!({"cmd": "consult", "target": t})
+                Request::Consult { target: t.clone() }
             } else if *complete {
-                json!({"cmd": "consult-complete"})
+                Request::ConsultComplete
             } else if *cancel {
-                json!({"cmd": "consult-cancel"})
+                Request::ConsultCancel
             } else {
-                json!({"cmd": "transfer", "target": target})
+                Request::Transfer {
+                    target: target.clone().context("transfer needs a target number")?,
+                }
             }
         }
-        Cmd::Resume => json!({"cmd": "resume"}),
-        Cmd::Record { mode } => json!({"cmd": "record", "on": mode == "on"}),
-        Cmd::Video { mode } => json!({"cmd": "video", "on": mode == "on"}),
+        Cmd::Resume => Request::Resume,
+        Cmd::Record { mode } => Request::Record { on: mode == "on" },
+        Cmd::Video { mode } => Request::Video { on: mode == "on" },
         Cmd::Forward { action } => match action {
             ForwardCmd::Set {
                 always,
@@ -187,28 +188,38 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
                 offline,
                 number,
             } => {
-                let rules: Vec<Value> = [
+                let rules = [
                     ("always", always),
                     ("busy", busy),
                     ("no-answer", no_answer),
                     ("offline", offline),
                 ]
                 .into_iter()
-                .filter_map(|(when, to)| Some(json!({"when": when, "to": to.as_ref()?})))
+                .filter_map(|(when, to)| {
+                    Some(ForwardSetRule {
+                        when: when.to_string(),
+                        to: to.clone()?,
+                    })
+                })
                 .collect();
-                json!({"cmd": "forward-set", "number": number, "rules": rules})
+                Request::ForwardSet {
+                    number: number.clone(),
+                    rules,
+                }
             }
-            ForwardCmd::Off { conditions, number } => {
-                json!({"cmd": "forward-off", "number": number, "conditions": conditions})
-            }
-            ForwardCmd::List { .. } => json!({"cmd": "forward-list"}),
+            ForwardCmd::Off { conditions, number } => Request::ForwardOff {
+                number: number.clone(),
+                conditions: conditions.clone(),
+            },
+            ForwardCmd::List { .. } => Request::ForwardList,
         },
         Cmd::Passwd => {
             let (old, new) = read_passwords()?;
-            json!({"cmd": "passwd", "old": old, "new": new})
+            Request::Passwd { old, new }
         }
         Cmd::Run { .. } | Cmd::Terminal { .. } | Cmd::Events { .. } => return Ok(()),
     };
+    let req = serde_json::to_value(&req)?;
     let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(15)))?;
     let reply = control::into_result(reply)?;
     match &cmd {

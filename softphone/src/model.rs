@@ -673,8 +673,13 @@ impl Model {
         }
     }
 
+    /// The agent's audio as it now stands. The ringtone field follows the
+    /// agent's choice only when that choice changed: a status refresh
+    /// (after every call, say) must not wipe a path being typed.
     fn set_audio(&mut self, a: Audio) {
-        self.ringtone_file = a.ringtone.clone().unwrap_or_default();
+        if a.ringtone != self.audio.ringtone {
+            self.ringtone_file = a.ringtone.clone().unwrap_or_default();
+        }
         self.audio = a;
     }
 
@@ -1579,6 +1584,30 @@ mod tests {
                 {"in": "device", "out": "device", "ring_out": "device:hw:2", "ringtone": "/r.wav"}})),
         );
         assert_eq!(m.audio.ring_out.as_deref(), Some("device:hw:2"));
+        assert_eq!(m.ringtone_file, "/r.wav");
+    }
+
+    #[test]
+    fn a_status_refresh_keeps_a_ringtone_path_being_typed() {
+        let mut m = up();
+        m.ringtone_file = "/home/a/my-ring".into();
+        // The window refreshes the status after a call; the agent's
+        // choice has not changed.
+        m.handle(
+            1.0,
+            Input::Reply {
+                req: Req::Status,
+                result: Ok(json!({"ok": true, "state": "registered", "ext": "202",
+                    "audio": {"in": "device", "out": "device", "ring_out": null, "ringtone": null}})),
+            },
+        );
+        assert_eq!(m.ringtone_file, "/home/a/my-ring");
+        // Once the agent's ringtone does change, the field shows it.
+        m.handle(
+            2.0,
+            Input::Event(json!({"event": "audio", "audio":
+                {"in": "device", "out": "device", "ring_out": null, "ringtone": "/r.wav"}})),
+        );
         assert_eq!(m.ringtone_file, "/r.wav");
     }
 
