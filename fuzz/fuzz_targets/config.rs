@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
 
     match keyline_gatewayd::config::Config::parse(&text) {
         Ok(cfg) => {
-            let call = cfg.call_config();
+            let call = cfg.call_config(cfg.extension_range);
             assert!(call.extension_range.0 <= call.extension_range.1);
             let _ = cfg.ring_timeout();
         }

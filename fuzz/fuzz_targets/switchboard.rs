@@ -9,13 +9,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use keyline_proto::call::{trunk_line, Action, Config, HandedOn, Switchboard};
+use keyline_proto::call::{trunk_line, Action, Config, HandedOn, RingGroup, Switchboard};
 use keyline_proto::msg::{FailReason, LineSettings};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
 const EXTS: [&str; 5] = ["201", "202", "203", "204", "205"];
-const NUMBERS: [&str; 16] = [
+const NUMBERS: [&str; 17] = [
     "201",
     "202",
     "203",
@@ -32,6 +32,7 @@ const NUMBERS: [&str; 16] = [
     "*1",
     "",
     "0",
+    "290",
 ];
 const REASONS: [FailReason; 4] = [
     FailReason::Busy,
@@ -328,6 +329,21 @@ fuzz_target!(|input: Input| {
             .hunt
             .map(|s| Duration::from_secs(u64::from(s % 20) + 1)),
         office_mailbox: input.office_mailbox.map(|e| ext(e).to_string()),
+        // A group with an extension of its own, made from the same bytes
+        // as reception: dialling it (one of NUMBERS) rings its members.
+        groups: vec![RingGroup {
+            ext: "290".into(),
+            name: "Sales".into(),
+            members: input
+                .reception
+                .iter()
+                .rev()
+                .take(3)
+                .map(|&e| ext(e).to_string())
+                .collect(),
+            hunt_step: input.hunt.map(|s| Duration::from_secs(u64::from(s % 7) + 1)),
+            mailbox: input.office_mailbox.map(|e| ext(e).to_string()),
+        }],
     };
     let mut run = Run {
         sb: Switchboard::new(config),

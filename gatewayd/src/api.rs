@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::db::{CdrRow, RingGroup};
+use crate::db::{CdrRow, NamedRingGroup, RingGroup};
 
 /// Version of the requests, replies and events below.
 pub const API_VERSION: u32 = 1;
@@ -81,6 +81,48 @@ pub enum Request {
         mailbox: Option<String>,
     },
     RingGroupClear,
+    /// A new ring group with an extension of its own.
+    RingGroupAdd {
+        ext: String,
+        name: String,
+        #[serde(default = "default_mode")]
+        mode: String,
+        #[serde(default = "default_step")]
+        step_secs: u64,
+        members: Vec<String>,
+        /// Whose mailbox takes the group's unanswered calls (none: the
+        /// caller hears the group is unavailable).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mailbox: Option<String>,
+    },
+    /// Change the ring group with extension `ext` (everything but its
+    /// extension; no name: it keeps its name).
+    RingGroupEdit {
+        ext: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default = "default_mode")]
+        mode: String,
+        #[serde(default = "default_step")]
+        step_secs: u64,
+        members: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mailbox: Option<String>,
+    },
+    RingGroupRemove {
+        ext: String,
+    },
+    /// The ring groups with extensions of their own.
+    RingGroupList,
+    /// Set the extension range (wins over the configuration file's);
+    /// refused while an enrolled station or a ring group is outside it.
+    ExtensionRangeSet {
+        lo: u32,
+        hi: u32,
+    },
+    /// Forget the range set here: the configuration file's applies again
+    /// (refused, as a change, if it would leave anyone outside).
+    ExtensionRangeClear,
     /// Every mailbox's messages.
     VoicemailList,
     /// Delete a message from a mailbox.
@@ -157,6 +199,12 @@ pub const COMMANDS: &[&str] = &[
     "speed-dial-list",
     "ring-group-set",
     "ring-group-clear",
+    "ring-group-add",
+    "ring-group-edit",
+    "ring-group-remove",
+    "ring-group-list",
+    "extension-range-set",
+    "extension-range-clear",
     "voicemail-list",
     "voicemail-delete",
     "greeting-set",
@@ -314,6 +362,17 @@ pub enum Event {
         free_bytes: u64,
         mailboxes_writable: bool,
     },
+    /// The ring groups with extensions of their own changed (one was
+    /// added, changed or removed): all of them now.
+    RingGroups {
+        ring_groups: Vec<NamedRingGroup>,
+    },
+    /// The extension range changed: the one in force now, and where it
+    /// comes from (`set-here` or `config`).
+    ExtensionRange {
+        extension_range: [u32; 2],
+        source: String,
+    },
 }
 
 impl Event {
@@ -381,6 +440,21 @@ impl Event {
                 }
                 (None, true) => format!("uplink {}", uplink.state),
             },
+            Event::RingGroups { ring_groups } => {
+                if ring_groups.is_empty() {
+                    "ring groups: none".into()
+                } else {
+                    let g: Vec<String> = ring_groups
+                        .iter()
+                        .map(|g| format!("{} ({})", g.ext, g.name))
+                        .collect();
+                    format!("ring groups: {}", g.join(", "))
+                }
+            }
+            Event::ExtensionRange {
+                extension_range: [lo, hi],
+                source,
+            } => format!("extension range {lo}-{hi} ({source})"),
             Event::Disk {
                 free_bytes,
                 mailboxes_writable,
@@ -412,10 +486,17 @@ pub struct Status {
     /// The uplink: `state` (`off`, `connecting`, `registered`) and details.
     pub directory: Value,
     pub ring_group: Value,
-    /// The extensions stations may have, lowest and highest (the
-    /// configuration file's `extension_range`).
+    /// The ring groups with extensions of their own.
+    #[serde(default)]
+    pub ring_groups: Vec<NamedRingGroup>,
+    /// The extensions stations and ring groups may have, lowest and
+    /// highest: the range set here, else the configuration file's
+    /// `extension_range`.
     #[serde(default)]
     pub extension_range: [u32; 2],
+    /// Where the range comes from: `set-here` (the database) or `config`.
+    #[serde(default)]
+    pub extension_range_source: String,
     pub disk: Option<Value>,
     /// Where the admin site is served, or why not.
     pub admin: Value,
@@ -476,6 +557,21 @@ pub enum Response {
     },
     RingGroup {
         ring_group: Option<RingGroup>,
+    },
+    /// One ring group with an extension of its own, as stored.
+    NamedRingGroup {
+        ring_group: NamedRingGroup,
+    },
+    RingGroups {
+        ring_groups: Vec<NamedRingGroup>,
+    },
+    /// A removed ring group's extension.
+    RingGroupRemoved {
+        removed: String,
+    },
+    ExtensionRange {
+        extension_range: [u32; 2],
+        source: String,
     },
     LineSettings {
         lines: Vec<LineSettingsInfo>,
@@ -584,6 +680,26 @@ mod tests {
                 members: vec!["201".into()],
                 mailbox: Some("201".into()),
             },
+            Request::RingGroupAdd {
+                ext: "600".into(),
+                name: "Sales".into(),
+                mode: "all".into(),
+                step_secs: 15,
+                members: vec!["202".into(), "203".into()],
+                mailbox: None,
+            },
+            Request::RingGroupEdit {
+                ext: "600".into(),
+                name: None,
+                mode: "hunt".into(),
+                step_secs: 5,
+                members: vec!["203".into()],
+                mailbox: Some("203".into()),
+            },
+            Request::RingGroupRemove { ext: "600".into() },
+            Request::RingGroupList,
+            Request::ExtensionRangeSet { lo: 200, hi: 299 },
+            Request::ExtensionRangeClear,
         ] {
             let v = serde_json::to_value(&r).unwrap();
             assert!(COMMANDS.contains(&v["cmd"].as_str().unwrap()), "{v}");

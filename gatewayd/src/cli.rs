@@ -99,10 +99,19 @@ pub enum Cmd {
         #[command(subcommand)]
         action: SpeedDialCmd,
     },
-    /// Who rings for calls to the office number: all at once, or in turn.
+    /// Ring groups: reception (who rings for calls to the office number,
+    /// `set`, `show`, `clear`) and groups with an extension of their own
+    /// (Sales, Support: `add`, `edit`, `remove`, `list`), all at once or in
+    /// turn.
     RingGroup {
         #[command(subcommand)]
         action: RingGroupCmd,
+    },
+    /// The extensions stations and ring groups may have (set here, it wins
+    /// over the configuration file's `extension_range`).
+    ExtensionRange {
+        #[command(subcommand)]
+        action: ExtensionRangeCmd,
     },
     /// The admin site (HTTPS, `[admin]` in the configuration).
     Admin {
@@ -145,6 +154,83 @@ pub enum RingGroupCmd {
         json: bool,
     },
     /// Forget the ring group: the config file's `reception` applies.
+    Clear,
+    /// Add a ring group with an extension of its own, dialled from any
+    /// station like a station's extension (and from outside as
+    /// OFFICE/EXT). The extension must be in the extension range and no
+    /// station's or other group's.
+    Add {
+        /// The group's extension.
+        ext: String,
+        /// What the group is called (Sales, Support).
+        #[arg(long)]
+        name: String,
+        /// Ring the members one at a time, in the order given (a hunt
+        /// group); busy, offline and do-not-disturb members are skipped.
+        #[arg(long)]
+        hunt: bool,
+        /// With --hunt: seconds each member rings.
+        #[arg(long, value_name = "SECS", default_value_t = 15)]
+        step: u64,
+        /// Whose mailbox takes the calls nobody answers (default: none, the
+        /// caller hears the group is unavailable).
+        #[arg(long, value_name = "EXT")]
+        mailbox: Option<String>,
+        /// Member extensions, in order.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Change a ring group added with `add` (its members, how they ring,
+    /// its mailbox and, with --name, its name).
+    Edit {
+        /// The group's extension.
+        ext: String,
+        /// A new name (default: it keeps its name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Ring the members one at a time, in the order given.
+        #[arg(long)]
+        hunt: bool,
+        /// With --hunt: seconds each member rings.
+        #[arg(long, value_name = "SECS", default_value_t = 15)]
+        step: u64,
+        /// Whose mailbox takes the calls nobody answers (default: none).
+        #[arg(long, value_name = "EXT")]
+        mailbox: Option<String>,
+        /// Member extensions, in order.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Remove a ring group added with `add`.
+    Remove {
+        /// The group's extension.
+        ext: String,
+    },
+    /// List the ring groups added with `add`.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExtensionRangeCmd {
+    /// Set the range (wins over the configuration file's). Refused, with
+    /// nothing changed, while an enrolled station or a ring group would be
+    /// outside it.
+    Set {
+        /// The lowest extension (at least 10).
+        lo: u32,
+        /// The highest extension (at most 999999).
+        hi: u32,
+    },
+    /// Show the range in force and where it comes from.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget the range set here: the configuration file's applies again
+    /// (refused as `set` is, if it would leave anyone outside).
     Clear,
 }
 

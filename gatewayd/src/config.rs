@@ -302,9 +302,10 @@ impl Config {
         self.limits.limits(self.max_connections)
     }
 
-    /// The switchboard's settings from this configuration.
-    pub fn call_config(&self) -> keyline_proto::call::Config {
-        let [lo, hi] = self.extension_range;
+    /// The switchboard's settings from this configuration, with the
+    /// extension range in force (`Shared::extension_range`: the one set in
+    /// the database wins over this file's).
+    pub fn call_config(&self, [lo, hi]: [u32; 2]) -> keyline_proto::call::Config {
         keyline_proto::call::Config {
             ring_timeout: self.ring_timeout(),
             voicemail: self.voicemail,
@@ -316,6 +317,7 @@ impl Config {
                 .office_mailbox
                 .clone()
                 .or_else(|| self.reception.first().cloned()),
+            groups: Vec::new(),
         }
     }
 

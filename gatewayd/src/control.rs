@@ -12,11 +12,17 @@ use serde_json::{json, Value};
 use crate::api::{
     parse_request, AgentInfo, CdrFilter, Event as ApiEvent, Request, Response, SpeedDial,
 };
-use crate::db::RingGroup;
+use crate::db::{NamedRingGroup, Put, RingGroup};
 use crate::server::{query_switch, Approved, Decision, Event, Query, QueryReply, Shared};
 
 /// A reply for a person: the request did not happen.
 pub type Refusal = String;
+
+/// Held while the dial plan's extensions change (a ring group stored, the
+/// extension range set, a station given an extension), so that a check
+/// and the change it allows are not split by another change, and the
+/// switch task hears of changes in the order they were stored.
+static DIAL_PLAN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Serve one control-socket request line (already JSON).
 pub async fn handle_control(shared: &Arc<Shared>, req: Value) -> Value {
@@ -83,10 +89,53 @@ pub async fn dispatch(shared: &Arc<Shared>, req: Request) -> Result<Response, Re
             members,
             mailbox,
         } => {
-            let group = check_ring_group(shared, &mode, step_secs, members, mailbox).await?;
+            let group =
+                check_ring_group(shared, &mode, step_secs, members, mailbox, &RECEPTION).await?;
             set_ring_group(shared, Some(group)).await
         }
         Request::RingGroupClear => set_ring_group(shared, None).await,
+        Request::RingGroupAdd {
+            ext,
+            name,
+            mode,
+            step_secs,
+            members,
+            mailbox,
+        } => {
+            let asked = GroupAsked {
+                ext,
+                name: Some(name),
+                mode,
+                step_secs,
+                members,
+                mailbox,
+            };
+            put_ring_group(shared, Put::Add, asked).await
+        }
+        Request::RingGroupEdit {
+            ext,
+            name,
+            mode,
+            step_secs,
+            members,
+            mailbox,
+        } => {
+            let asked = GroupAsked {
+                ext,
+                name,
+                mode,
+                step_secs,
+                members,
+                mailbox,
+            };
+            put_ring_group(shared, Put::Edit, asked).await
+        }
+        Request::RingGroupRemove { ext } => remove_ring_group(shared, ext).await,
+        Request::RingGroupList => Ok(Response::RingGroups {
+            ring_groups: blocking(shared, |db| db.ring_groups()).await?,
+        }),
+        Request::ExtensionRangeSet { lo, hi } => set_extension_range(shared, Some([lo, hi])).await,
+        Request::ExtensionRangeClear => set_extension_range(shared, None).await,
         Request::LineSettings => line_settings(shared).await,
         Request::VoicemailList => Ok(Response::Voicemails {
             voicemails: blocking(shared, |db| db.all_voicemails()).await?,
@@ -299,7 +348,7 @@ async fn cdr(shared: &Arc<Shared>, limit: u32, filter: CdrFilter) -> Result<Resp
 
 /// An extension as the admin typed it: canonical and in the range.
 fn extension(shared: &Shared, e: &str) -> Result<String, Refusal> {
-    let [lo, hi] = shared.cfg().extension_range;
+    let [lo, hi] = shared.extension_range();
     match number::canonicalize(e) {
         Ok(c) if number::is_extension_like(&c) => {
             if c.parse::<u32>().is_ok_and(|n| (lo..=hi).contains(&n)) {
@@ -329,16 +378,18 @@ async fn approve(
     ext: Option<String>,
     name: Option<String>,
 ) -> Result<Response, Refusal> {
+    let name = station_name(name)?;
+    let plan = DIAL_PLAN.lock().await;
     let ext = match ext.filter(|e| !e.trim().is_empty()) {
         Some(e) => Some(extension(shared, &e)?),
         None => None,
     };
-    let name = station_name(name)?;
-    let [lo, hi] = shared.cfg().extension_range;
+    let [lo, hi] = shared.extension_range();
     let row = blocking(shared, move |db| {
         db.approve(&code, ext.as_deref(), name.as_deref(), (lo, hi))
     })
     .await?;
+    drop(plan);
     let Some(ext) = row.ext.clone() else {
         return Err("approval stored no extension".into());
     };
@@ -428,12 +479,14 @@ async fn set_extension(
     if new_ext.is_none() && name.is_none() {
         return Err("give a new extension or a new name".into());
     }
-    let [lo, hi] = shared.cfg().extension_range;
+    let plan = DIAL_PLAN.lock().await;
+    let [lo, hi] = shared.extension_range();
     let (o, n, nm) = (old.clone(), new_ext.clone(), name.clone());
     let row = blocking(shared, move |db| {
         db.set_extension(&o, n.as_deref(), nm.as_deref(), (lo, hi))
     })
     .await?;
+    drop(plan);
     let Some(now_ext) = row.ext.clone() else {
         return Err("the station has no extension".into());
     };
@@ -507,24 +560,51 @@ async fn speed_dial(
     Ok(Response::SpeedDial { code, number })
 }
 
+/// How refusals about a ring group's fields begin: for reception as the
+/// `ring-group set` command has always said them, for the other groups
+/// with the name of the admin site's field they are about.
+struct Labels {
+    mode: &'static str,
+    step: &'static str,
+    members: &'static str,
+    mailbox: &'static str,
+}
+
+const RECEPTION: Labels = Labels {
+    mode: "mode",
+    step: "--step must be",
+    members: "",
+    mailbox: "office mailbox: ",
+};
+
+const GROUP: Labels = Labels {
+    mode: "How the group rings:",
+    step: "Seconds per member: must be",
+    members: "Members: ",
+    mailbox: "Mailbox: ",
+};
+
 /// A ring group as asked for, checked: every member an approved
-/// extension, named once; the office mailbox, if given, an approved
-/// extension.
+/// extension, named once; the mailbox, if given, an approved extension.
 async fn check_ring_group(
     shared: &Arc<Shared>,
     mode: &str,
     step: u64,
     raw: Vec<String>,
     mailbox: Option<String>,
+    l: &Labels,
 ) -> Result<RingGroup, Refusal> {
     if mode != "all" && mode != "hunt" {
-        return Err(format!("mode {mode:?}: use all or hunt"));
+        return Err(format!("{} {mode:?}: use all or hunt", l.mode));
     }
     if !(1..=600).contains(&step) {
-        return Err("--step must be between 1 and 600 seconds".into());
+        return Err(format!("{} between 1 and 600 seconds", l.step));
     }
     if raw.is_empty() {
-        return Err("name the extensions that ring, in order".into());
+        return Err(format!(
+            "{}name the extensions that ring, in order",
+            l.members
+        ));
     }
     let known: Vec<String> = blocking(shared, |db| db.agents())
         .await?
@@ -533,25 +613,27 @@ async fn check_ring_group(
         .filter_map(|a| a.ext)
         .collect();
     let mut members = Vec::new();
+    let lm = l.members;
     for m in raw {
-        let ext = number::canonicalize(&m).map_err(|e| format!("{m:?}: {e}"))?;
+        let ext = number::canonicalize(&m).map_err(|e| format!("{lm}{m:?}: {e}"))?;
         if !known.contains(&ext) {
-            return Err(format!("{ext} is not an extension here"));
+            return Err(format!("{lm}{ext} is not an extension here"));
         }
         if members.contains(&ext) {
-            return Err(format!("{ext} is named twice"));
+            return Err(format!("{lm}{ext} is named twice"));
         }
         members.push(ext);
     }
+    let lb = l.mailbox;
     let mailbox = match mailbox
         .map(|m| m.trim().to_string())
         .filter(|m| !m.is_empty())
     {
         None => None,
         Some(m) => {
-            let ext = number::canonicalize(&m).map_err(|e| format!("office mailbox {m:?}: {e}"))?;
+            let ext = number::canonicalize(&m).map_err(|e| format!("{lb}{m:?}: {e}"))?;
             if !known.contains(&ext) {
-                return Err(format!("office mailbox: {ext} is not an extension here"));
+                return Err(format!("{lb}{ext} is not an extension here"));
             }
             Some(ext)
         }
@@ -577,4 +659,156 @@ async fn set_ring_group(
         })
         .await;
     Ok(Response::RingGroup { ring_group: group })
+}
+
+/// A ring group with an extension of its own, as asked for.
+struct GroupAsked {
+    ext: String,
+    /// None: keep the name it has (an edit).
+    name: Option<String>,
+    mode: String,
+    step_secs: u64,
+    members: Vec<String>,
+    mailbox: Option<String>,
+}
+
+/// A ring group's name as the admin typed it.
+fn group_name(name: &str) -> Result<String, Refusal> {
+    let n = name.trim();
+    if n.is_empty() {
+        return Err("Name: a ring group needs a name".into());
+    }
+    if n.chars().count() > 64 || n.chars().any(char::is_control) {
+        return Err("Name: at most 64 characters, without control characters".into());
+    }
+    Ok(n.to_string())
+}
+
+/// Add or change a ring group with an extension of its own: the name, the
+/// members and the mailbox checked here; the extension (no station's, in
+/// the range, free or the group's own) checked and stored in one
+/// transaction. Then the switch task and subscribers hear of it.
+async fn put_ring_group(
+    shared: &Arc<Shared>,
+    how: Put,
+    asked: GroupAsked,
+) -> Result<Response, Refusal> {
+    let name = match (&asked.name, how) {
+        (Some(n), _) => Some(group_name(n)?),
+        (None, Put::Add) => return Err("Name: a ring group needs a name".into()),
+        (None, Put::Edit) => None,
+    };
+    let raw = asked.ext.trim();
+    let ext = match number::canonicalize(raw) {
+        Ok(c) if number::is_extension_like(&c) => c,
+        _ if raw.is_empty() => return Err("Extension: give the group's extension".into()),
+        _ => {
+            return Err(format!(
+                "Extension: {raw:?} is not a valid extension (2 to 6 digits)"
+            ))
+        }
+    };
+    let group = check_ring_group(
+        shared,
+        &asked.mode,
+        asked.step_secs,
+        asked.members,
+        asked.mailbox,
+        &GROUP,
+    )
+    .await?;
+    let plan = DIAL_PLAN.lock().await;
+    let name = match name {
+        Some(n) => n,
+        None => {
+            let groups = blocking(shared, |db| db.ring_groups()).await?;
+            match groups.into_iter().find(|g| g.ext == ext) {
+                Some(g) => g.name,
+                None => return Err(format!("Extension: there is no ring group {ext}")),
+            }
+        }
+    };
+    let stored = NamedRingGroup { ext, name, group };
+    let [lo, hi] = shared.extension_range();
+    let g = stored.clone();
+    blocking(shared, move |db| db.put_ring_group(&g, how, (lo, hi))).await?;
+    groups_changed(shared).await?;
+    drop(plan);
+    Ok(Response::NamedRingGroup { ring_group: stored })
+}
+
+async fn remove_ring_group(shared: &Arc<Shared>, ext: String) -> Result<Response, Refusal> {
+    let ext = ext.trim().to_string();
+    let plan = DIAL_PLAN.lock().await;
+    let e = ext.clone();
+    if !blocking(shared, move |db| db.remove_ring_group(&e)).await? {
+        return Err(format!("there is no ring group {ext}"));
+    }
+    groups_changed(shared).await?;
+    drop(plan);
+    Ok(Response::RingGroupRemoved { removed: ext })
+}
+
+/// The ring groups changed in the database: the switch task and
+/// subscribers get all of them as they are now.
+async fn groups_changed(shared: &Arc<Shared>) -> Result<(), Refusal> {
+    let groups = blocking(shared, |db| db.ring_groups()).await?;
+    let _ = shared
+        .events
+        .send(Event::RingGroups {
+            groups: groups.clone(),
+        })
+        .await;
+    shared.publisher.publish(&ApiEvent::RingGroups {
+        ring_groups: groups,
+    });
+    Ok(())
+}
+
+/// Sane bounds for an extension range (as the configuration file's).
+fn check_range([lo, hi]: [u32; 2]) -> Result<(), Refusal> {
+    if lo < 10 || hi > 999_999 {
+        return Err(format!(
+            "the range {lo}-{hi} is out of bounds: extensions have 2 to 6 digits, from 10 to 999999"
+        ));
+    }
+    if lo > hi {
+        return Err(format!(
+            "the range {lo}-{hi} is empty: the lowest must not be above the highest"
+        ));
+    }
+    Ok(())
+}
+
+/// Set the extension range (`Some`) or go back to the configuration
+/// file's (`None`): refused, with nothing saved, when the range that would
+/// apply leaves an enrolled station or a ring group outside it.
+async fn set_extension_range(
+    shared: &Arc<Shared>,
+    range: Option<[u32; 2]>,
+) -> Result<Response, Refusal> {
+    if let Some(r) = range {
+        check_range(r)?;
+    }
+    let plan = DIAL_PLAN.lock().await;
+    let file = shared.cfg().extension_range;
+    blocking(shared, move |db| {
+        db.set_extension_range(range.map(|[lo, hi]| (lo, hi)), (file[0], file[1]))
+    })
+    .await?;
+    match shared.ext_range_set.write() {
+        Ok(mut r) => *r = range,
+        Err(_) => return Err("the gateway's state is unusable; restart it".into()),
+    }
+    let _ = shared.events.send(Event::ExtensionRange).await;
+    drop(plan);
+    let (extension_range, source) = shared.extension_range_and_source();
+    shared.publisher.publish(&ApiEvent::ExtensionRange {
+        extension_range,
+        source: source.to_string(),
+    });
+    Ok(Response::ExtensionRange {
+        extension_range,
+        source: source.to_string(),
+    })
 }

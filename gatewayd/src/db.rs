@@ -106,7 +106,32 @@ const MIGRATIONS: &[&str] = &[
     // 8: the office mailbox set with the ring group (else the
     // configuration file's, else the first member).
     "ALTER TABLE ring_group ADD COLUMN mailbox TEXT;",
+    // 9: several ring groups, each with an extension of its own; reception
+    // (the office number's group) is the row keyed `reception` and keeps
+    // what was set before. The extension range set from the admin site or
+    // the command line (wins over the configuration file's).
+    "CREATE TABLE ring_groups (
+        key TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        mode TEXT NOT NULL CHECK (mode IN ('all', 'hunt')),
+        members TEXT NOT NULL,
+        step_secs INTEGER NOT NULL,
+        mailbox TEXT
+    );
+    INSERT INTO ring_groups (key, name, mode, members, step_secs, mailbox)
+        SELECT 'reception', 'Reception', mode, members, step_secs, mailbox FROM ring_group;
+    DROP TABLE ring_group;
+    CREATE TABLE extension_range (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        lo INTEGER NOT NULL,
+        hi INTEGER NOT NULL,
+        CHECK (lo <= hi)
+    );",
 ];
+
+/// The key of reception's row in `ring_groups` (the others are keyed by
+/// their extension, which is all digits).
+const RECEPTION: &str = "reception";
 
 /// The ring group set with `keyline-gatewayd ring-group`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -120,6 +145,65 @@ pub struct RingGroup {
     /// over the configuration file's `office_mailbox`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mailbox: Option<String>,
+}
+
+/// A ring group with an extension of its own (`ring-group add`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct NamedRingGroup {
+    /// The extension that rings the group.
+    pub ext: String,
+    pub name: String,
+    #[serde(flatten)]
+    pub group: RingGroup,
+}
+
+/// Whether a stored ring group is new or replaces one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    /// A new group: its extension must be free.
+    Add,
+    /// A change to the group with this extension, which must exist.
+    Edit,
+}
+
+/// What an extension range would leave outside it: enrolled stations'
+/// and ring groups' extensions.
+fn outside_range(c: &Connection, (lo, hi): (u32, u32)) -> Result<Vec<String>> {
+    let outside = |e: &str| !e.parse::<u32>().is_ok_and(|n| (lo..=hi).contains(&n));
+    let mut found = Vec::new();
+    let mut st = c.prepare(
+        "SELECT ext, name FROM agents WHERE state = 'approved' AND ext IS NOT NULL ORDER BY ext",
+    )?;
+    for row in st.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    })? {
+        let (ext, name) = row?;
+        if outside(&ext) {
+            found.push(match name {
+                Some(n) => format!("station {ext} ({n})"),
+                None => format!("station {ext}"),
+            });
+        }
+    }
+    let mut st = c.prepare("SELECT key, name FROM ring_groups WHERE key <> ?1 ORDER BY key")?;
+    for row in st.query_map([RECEPTION], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })? {
+        let (ext, name) = row?;
+        if outside(&ext) {
+            found.push(format!("ring group {ext} ({name})"));
+        }
+    }
+    Ok(found)
+}
+
+/// The extensions of the ring groups (not reception).
+fn group_extensions(c: &Connection) -> Result<Vec<String>> {
+    let mut st = c.prepare("SELECT key FROM ring_groups WHERE key <> ?1")?;
+    let v = st
+        .query_map([RECEPTION], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(v)
 }
 
 /// A stored voicemail.
@@ -376,17 +460,21 @@ impl Db {
                     .collect::<Result<Vec<_>, _>>()?;
                 v
             };
+            let groups = group_extensions(&tx)?;
             let ext = match ext {
                 Some(e) => {
                     if taken.iter().any(|t| t == e) {
                         bail!("extension {e} is already taken");
                     }
+                    if groups.iter().any(|g| g == e) {
+                        bail!("extension {e} is a ring group's");
+                    }
                     e.to_string()
                 }
                 None => (range.0..=range.1)
                     .map(|n| n.to_string())
-                    .find(|n| !taken.contains(n))
-                    .context("no free extension left in the configured range")?,
+                    .find(|n| !taken.contains(n) && !groups.contains(n))
+                    .context("no free extension left in the extension range")?,
             };
             tx.execute(
                 "UPDATE agents SET ext = ?2, name = COALESCE(?3, name), state = 'approved',
@@ -602,6 +690,9 @@ impl Db {
                 if taken.is_some() {
                     bail!("extension {n} is already taken");
                 }
+                if group_extensions(&tx)?.iter().any(|g| g == n) {
+                    bail!("extension {n} is a ring group's");
+                }
             }
             tx.execute(
                 "UPDATE agents SET ext = COALESCE(?2, ext), name = COALESCE(?3, name)
@@ -760,8 +851,8 @@ impl Db {
         self.with(|c| {
             let row = c
                 .query_row(
-                    "SELECT mode, members, step_secs, mailbox FROM ring_group WHERE id = 1",
-                    [],
+                    "SELECT mode, members, step_secs, mailbox FROM ring_groups WHERE key = ?1",
+                    [RECEPTION],
                     |r| {
                         Ok((
                             r.get::<_, String>(0)?,
@@ -792,19 +883,176 @@ impl Db {
         self.with(|c| {
             match g {
                 Some(g) => c.execute(
-                    "INSERT INTO ring_group (id, mode, members, step_secs, mailbox)
-                     VALUES (1, ?1, ?2, ?3, ?4)
-                     ON CONFLICT (id) DO UPDATE SET mode = ?1, members = ?2, step_secs = ?3,
+                    "INSERT INTO ring_groups (key, name, mode, members, step_secs, mailbox)
+                     VALUES (?5, 'Reception', ?1, ?2, ?3, ?4)
+                     ON CONFLICT (key) DO UPDATE SET mode = ?1, members = ?2, step_secs = ?3,
                      mailbox = ?4",
                     params![
                         g.mode,
                         serde_json::to_string(&g.members)?,
                         g.step_secs as i64,
-                        g.mailbox
+                        g.mailbox,
+                        RECEPTION
                     ],
                 )?,
-                None => c.execute("DELETE FROM ring_group", [])?,
+                None => c.execute("DELETE FROM ring_groups WHERE key = ?1", [RECEPTION])?,
             };
+            Ok(())
+        })
+    }
+
+    /// The ring groups with an extension of their own, by extension.
+    pub fn ring_groups(&self) -> Result<Vec<NamedRingGroup>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT key, name, mode, members, step_secs, mailbox FROM ring_groups
+                 WHERE key <> ?1 ORDER BY length(key), key",
+            )?;
+            let rows = st
+                .query_map([RECEPTION], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(ext, name, mode, members, step, mailbox)| {
+                    let members: Vec<String> = serde_json::from_str(&members)
+                        .with_context(|| format!("ring group {ext}'s members {members:?}"))?;
+                    Ok(NamedRingGroup {
+                        ext,
+                        name,
+                        group: RingGroup {
+                            mode,
+                            members,
+                            step_secs: step.max(1) as u64,
+                            mailbox,
+                        },
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Store a ring group with an extension of its own, in one
+    /// transaction with the checks that need the database: the extension
+    /// is no station's, inside `range`, and free (`Put::Add`) or the
+    /// group's own (`Put::Edit`). Errors start with the field they are
+    /// about (`Extension:`).
+    pub fn put_ring_group(&self, g: &NamedRingGroup, how: Put, range: (u32, u32)) -> Result<()> {
+        let ext = g.ext.as_str();
+        if !ext
+            .parse::<u32>()
+            .is_ok_and(|n| (range.0..=range.1).contains(&n))
+        {
+            bail!(
+                "Extension: {ext} is outside the extension range {}-{}",
+                range.0,
+                range.1
+            );
+        }
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let station: Option<Option<String>> = tx
+                .query_row("SELECT name FROM agents WHERE ext = ?1", [ext], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if let Some(name) = station {
+                match name {
+                    Some(n) => bail!("Extension: {ext} is taken by the station {n}"),
+                    None => bail!("Extension: {ext} is taken by a station"),
+                }
+            }
+            let existing: Option<String> = tx
+                .query_row("SELECT name FROM ring_groups WHERE key = ?1", [ext], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            match (how, existing) {
+                (Put::Add, Some(name)) => {
+                    bail!("Extension: {ext} is taken by the ring group {name}")
+                }
+                (Put::Edit, None) => bail!("Extension: there is no ring group {ext}"),
+                _ => {}
+            }
+            tx.execute(
+                "INSERT INTO ring_groups (key, name, mode, members, step_secs, mailbox)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (key) DO UPDATE SET name = ?2, mode = ?3, members = ?4,
+                 step_secs = ?5, mailbox = ?6",
+                params![
+                    ext,
+                    g.name,
+                    g.group.mode,
+                    serde_json::to_string(&g.group.members)?,
+                    g.group.step_secs as i64,
+                    g.group.mailbox
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Remove the ring group with extension `ext`; `false` if there was
+    /// none.
+    pub fn remove_ring_group(&self, ext: &str) -> Result<bool> {
+        if ext == RECEPTION {
+            return Ok(false);
+        }
+        self.with(|c| Ok(c.execute("DELETE FROM ring_groups WHERE key = ?1", [ext])? > 0))
+    }
+
+    /// The extension range set here (it wins over the configuration
+    /// file's), if one is.
+    pub fn extension_range(&self) -> Result<Option<(u32, u32)>> {
+        self.with(|c| {
+            let row = c
+                .query_row("SELECT lo, hi FROM extension_range WHERE id = 1", [], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                })
+                .optional()?;
+            Ok(match row {
+                Some((lo, hi)) => Some((
+                    u32::try_from(lo).context("stored extension range")?,
+                    u32::try_from(hi).context("stored extension range")?,
+                )),
+                None => None,
+            })
+        })
+    }
+
+    /// Set the extension range (`Some`), or forget it so the file's
+    /// (`file`) applies again (`None`). Refused, with nothing changed,
+    /// when the range that would apply leaves an enrolled station or a
+    /// ring group outside it.
+    pub fn set_extension_range(&self, range: Option<(u32, u32)>, file: (u32, u32)) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let (lo, hi) = range.unwrap_or(file);
+            let outside = outside_range(&tx, (lo, hi))?;
+            if !outside.is_empty() {
+                bail!(
+                    "the range {lo}-{hi} would leave {} outside it: change {} first",
+                    outside.join(", "),
+                    if outside.len() == 1 { "it" } else { "them" }
+                );
+            }
+            match range {
+                Some((lo, hi)) => tx.execute(
+                    "INSERT INTO extension_range (id, lo, hi) VALUES (1, ?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET lo = ?1, hi = ?2",
+                    params![lo, hi],
+                )?,
+                None => tx.execute("DELETE FROM extension_range", [])?,
+            };
+            tx.commit()?;
             Ok(())
         })
     }
@@ -1434,6 +1682,151 @@ mod tests {
         let mut fresh = Connection::open_in_memory().expect("db");
         migrate(&mut fresh).expect("fresh");
         assert_eq!(schema(&old), schema(&fresh));
+    }
+
+    #[test]
+    fn the_migration_carries_reception_into_the_ring_groups() {
+        let mut conn = Connection::open_in_memory().expect("db");
+        for sql in &MIGRATIONS[..8] {
+            conn.execute_batch(sql).expect("old schema");
+        }
+        conn.pragma_update(None, "user_version", 8).expect("pragma");
+        conn.execute(
+            "INSERT INTO ring_group (id, mode, members, step_secs, mailbox)
+             VALUES (1, 'hunt', '[\"203\",\"202\"]', 9, '202')",
+            [],
+        )
+        .expect("old row");
+        migrate(&mut conn).expect("upgrade");
+        let db = Db::with_connection(conn);
+        assert_eq!(
+            db.ring_group().expect("read"),
+            Some(RingGroup {
+                mode: "hunt".into(),
+                members: vec!["203".into(), "202".into()],
+                step_secs: 9,
+                mailbox: Some("202".into()),
+            })
+        );
+        // Reception is not one of the groups with an extension.
+        assert_eq!(db.ring_groups().expect("groups"), vec![]);
+        assert_eq!(db.extension_range().expect("range"), None);
+    }
+
+    fn group(ext: &str, name: &str, members: &[&str]) -> NamedRingGroup {
+        NamedRingGroup {
+            ext: ext.into(),
+            name: name.into(),
+            group: RingGroup {
+                mode: "all".into(),
+                members: members.iter().map(|m| m.to_string()).collect(),
+                step_secs: 15,
+                mailbox: None,
+            },
+        }
+    }
+
+    #[test]
+    fn ring_groups_keep_their_extensions_apart_from_the_stations() {
+        let db = Db::open_in_memory().expect("db");
+        db.upsert_pending("fa", "111111", Some("Ann"), "10.0.0.2:1")
+            .expect("insert");
+        db.approve("111111", Some("202"), None, (201, 499))
+            .expect("approve");
+        let range = (201, 699);
+        let sales = group("600", "Sales", &["202"]);
+        db.put_ring_group(&sales, Put::Add, range).expect("add");
+        // Reception beside them stays apart.
+        let r = RingGroup {
+            mode: "all".into(),
+            members: vec!["202".into()],
+            step_secs: 15,
+            mailbox: None,
+        };
+        db.set_ring_group(Some(&r)).expect("reception");
+        let e = db
+            .put_ring_group(&group("600", "Other", &["202"]), Put::Add, range)
+            .expect_err("taken");
+        assert_eq!(
+            e.to_string(),
+            "Extension: 600 is taken by the ring group Sales"
+        );
+        let e = db
+            .put_ring_group(&group("202", "Desk", &["202"]), Put::Add, range)
+            .expect_err("a station's");
+        assert_eq!(e.to_string(), "Extension: 202 is taken by the station Ann");
+        let e = db
+            .put_ring_group(&group("700", "Far", &["202"]), Put::Add, range)
+            .expect_err("outside");
+        assert_eq!(
+            e.to_string(),
+            "Extension: 700 is outside the extension range 201-699"
+        );
+        let e = db
+            .put_ring_group(&group("610", "Support", &["202"]), Put::Edit, range)
+            .expect_err("no such group");
+        assert_eq!(e.to_string(), "Extension: there is no ring group 610");
+        let mut changed = group("600", "Sales team", &["202"]);
+        changed.group.mode = "hunt".into();
+        changed.group.mailbox = Some("202".into());
+        db.put_ring_group(&changed, Put::Edit, range).expect("edit");
+        db.put_ring_group(&group("99", "Short", &["202"]), Put::Add, (10, 699))
+            .expect("add");
+        assert_eq!(
+            db.ring_groups().expect("groups"),
+            vec![group("99", "Short", &["202"]), changed]
+        );
+        assert_eq!(db.ring_group().expect("reception"), Some(r));
+        // A station cannot take a group's extension, and the next free one
+        // skips it.
+        db.upsert_pending("fb", "222222", None, "10.0.0.3:1")
+            .expect("insert");
+        let e = db
+            .approve("222222", Some("600"), None, range)
+            .expect_err("a group's");
+        assert!(e.to_string().contains("ring group"), "{e}");
+        let e = db
+            .set_extension("202", Some("600"), None, range)
+            .expect_err("a group's");
+        assert!(e.to_string().contains("ring group"), "{e}");
+        let b = db
+            .approve("222222", None, None, (600, 601))
+            .expect("approve");
+        assert_eq!(b.ext.as_deref(), Some("601"));
+        assert!(db.remove_ring_group("600").expect("remove"));
+        assert!(!db.remove_ring_group("600").expect("again"));
+        assert!(!db.remove_ring_group(RECEPTION).expect("reception"));
+        assert_eq!(db.ring_groups().expect("groups").len(), 1);
+    }
+
+    #[test]
+    fn a_range_that_leaves_someone_outside_is_refused_and_nothing_saved() {
+        let db = Db::open_in_memory().expect("db");
+        db.upsert_pending("fa", "111111", Some("Ann"), "10.0.0.2:1")
+            .expect("insert");
+        db.approve("111111", Some("205"), None, (201, 499))
+            .expect("approve");
+        db.put_ring_group(&group("450", "Sales", &["205"]), Put::Add, (201, 499))
+            .expect("add");
+        let file = (201, 499);
+        let e = db
+            .set_extension_range(Some((300, 399)), file)
+            .expect_err("both outside");
+        assert_eq!(
+            e.to_string(),
+            "the range 300-399 would leave station 205 (Ann), ring group 450 (Sales) outside it: change them first"
+        );
+        assert_eq!(db.extension_range().expect("range"), None);
+        db.set_extension_range(Some((200, 459)), file).expect("set");
+        assert_eq!(db.extension_range().expect("range"), Some((200, 459)));
+        // Going back to a file's range that would leave 450 outside.
+        let e = db
+            .set_extension_range(None, (201, 299))
+            .expect_err("group outside");
+        assert!(e.to_string().contains("ring group 450 (Sales)"), "{e}");
+        assert_eq!(db.extension_range().expect("range"), Some((200, 459)));
+        db.set_extension_range(None, file).expect("clear");
+        assert_eq!(db.extension_range().expect("range"), None);
     }
 
     #[test]

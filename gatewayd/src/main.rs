@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use keyline_gatewayd::cli::{AdminCmd, Cli, Cmd, RingGroupCmd, RunArgs, SpeedDialCmd};
+use keyline_gatewayd::cli::{
+    AdminCmd, Cli, Cmd, ExtensionRangeCmd, RingGroupCmd, RunArgs, SpeedDialCmd,
+};
 use keyline_gatewayd::config::Config;
 use keyline_gatewayd::server::{run, Overrides, RunOptions};
 use keyline_net::{control, statedir};
@@ -129,6 +131,56 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             ),
             RingGroupCmd::Show { json } => (json!({"cmd": "status"}), *json),
             RingGroupCmd::Clear => (json!({"cmd": "ring-group-clear"}), false),
+            RingGroupCmd::Add {
+                ext,
+                name,
+                hunt,
+                step,
+                mailbox,
+                members,
+            } => (
+                json!({
+                    "cmd": "ring-group-add",
+                    "ext": ext,
+                    "name": name,
+                    "mode": if *hunt { "hunt" } else { "all" },
+                    "step_secs": step,
+                    "members": members,
+                    "mailbox": mailbox,
+                }),
+                false,
+            ),
+            RingGroupCmd::Edit {
+                ext,
+                name,
+                hunt,
+                step,
+                mailbox,
+                members,
+            } => (
+                json!({
+                    "cmd": "ring-group-edit",
+                    "ext": ext,
+                    "name": name,
+                    "mode": if *hunt { "hunt" } else { "all" },
+                    "step_secs": step,
+                    "members": members,
+                    "mailbox": mailbox,
+                }),
+                false,
+            ),
+            RingGroupCmd::Remove { ext } => {
+                (json!({"cmd": "ring-group-remove", "ext": ext}), false)
+            }
+            RingGroupCmd::List { json } => (json!({"cmd": "ring-group-list"}), *json),
+        },
+        Cmd::ExtensionRange { action } => match action {
+            ExtensionRangeCmd::Set { lo, hi } => (
+                json!({"cmd": "extension-range-set", "lo": lo, "hi": hi}),
+                false,
+            ),
+            ExtensionRangeCmd::Show { json } => (json!({"cmd": "status"}), *json),
+            ExtensionRangeCmd::Clear => (json!({"cmd": "extension-range-clear"}), false),
         },
         Cmd::Run(_) | Cmd::CheckConfig { .. } | Cmd::Events { .. } | Cmd::Admin { .. } => {
             unreachable_cmd()
@@ -140,6 +192,12 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         Cmd::RingGroup {
             action: RingGroupCmd::Show { .. },
         } => reply.get("ring_group").cloned().unwrap_or(Value::Null),
+        Cmd::ExtensionRange {
+            action: ExtensionRangeCmd::Show { .. },
+        } => json!({
+            "extension_range": reply.get("extension_range").cloned().unwrap_or(Value::Null),
+            "source": reply.get("extension_range_source").cloned().unwrap_or(Value::Null),
+        }),
         _ => reply,
     };
     if json_out {
@@ -256,6 +314,51 @@ fn s(v: &Value, k: &str) -> String {
     }
 }
 
+/// The extension range in `r` and where it comes from (the field
+/// `source`), in words.
+fn range_words(r: &Value, source: &str) -> String {
+    let bound = |i: usize| {
+        r.get("extension_range")
+            .and_then(|v| v.get(i))
+            .map(Value::to_string)
+            .unwrap_or_default()
+    };
+    let from = match r.get(source).and_then(Value::as_str) {
+        Some("set-here") => "set here",
+        _ => "from the configuration file",
+    };
+    format!("{}-{} ({from})", bound(0), bound(1))
+}
+
+/// Ring groups with extensions of their own, one a line.
+fn print_groups(groups: Option<&Value>) {
+    for g in groups.and_then(Value::as_array).into_iter().flatten() {
+        let members = g
+            .get("members")
+            .and_then(Value::as_array)
+            .map(|m| {
+                m.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let how = match g.get("mode").and_then(Value::as_str) {
+            Some("hunt") => format!("in turn, {} s each", s(g, "step_secs")),
+            _ => "all at once".into(),
+        };
+        let mailbox = match g.get("mailbox").and_then(Value::as_str) {
+            Some(m) => format!(", unanswered to {m}'s mailbox"),
+            None => String::new(),
+        };
+        println!(
+            "  {:<6} {}: {members} ({how}{mailbox})",
+            s(g, "ext"),
+            s(g, "name")
+        );
+    }
+}
+
 fn print_human(cmd: &Cmd, r: &Value) {
     match cmd {
         Cmd::Status { .. } => {
@@ -281,6 +384,14 @@ fn print_human(cmd: &Cmd, r: &Value) {
                 ),
                 ("listening", _) => println!("admin site    {}", s(&admin, "url")),
                 _ => println!("admin site    off ({})", s(&admin, "why")),
+            }
+            println!("extensions    {}", range_words(r, "extension_range_source"));
+            if r.get("ring_groups")
+                .and_then(Value::as_array)
+                .is_some_and(|g| !g.is_empty())
+            {
+                println!("ring groups");
+                print_groups(r.get("ring_groups"));
             }
             if let Some(relay) = r.get("relay") {
                 println!(
@@ -403,6 +514,16 @@ fn print_human(cmd: &Cmd, r: &Value) {
             RingGroupCmd::Set { .. } => println!("ring group set"),
             RingGroupCmd::Clear => {
                 println!("ring group cleared: the config file's reception applies")
+            }
+            RingGroupCmd::Add { ext, .. } => println!("ring group {ext} added"),
+            RingGroupCmd::Edit { ext, .. } => println!("ring group {ext} changed"),
+            RingGroupCmd::Remove { ext } => println!("ring group {ext} removed"),
+            RingGroupCmd::List { .. } => print_groups(r.get("ring_groups")),
+        },
+        Cmd::ExtensionRange { action } => match action {
+            ExtensionRangeCmd::Show { .. } => println!("{}", range_words(r, "source")),
+            ExtensionRangeCmd::Set { .. } | ExtensionRangeCmd::Clear => {
+                println!("{}", range_words(r, "source"))
             }
         },
         Cmd::Run(_) | Cmd::CheckConfig { .. } | Cmd::Events { .. } | Cmd::Admin { .. } => {}

@@ -90,6 +90,13 @@ pub enum Event {
     RingGroup {
         group: Option<crate::db::RingGroup>,
     },
+    /// The ring groups with extensions of their own changed.
+    RingGroups {
+        groups: Vec<crate::db::NamedRingGroup>,
+    },
+    /// The extension range set here changed (see
+    /// [`Shared::extension_range`]).
+    ExtensionRange,
     /// The mailbox finished with a caller.
     VoicemailDone {
         call: CallId,
@@ -174,6 +181,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Who may connect: `max_connections` and the per-address limits.
     pub gate: Gate,
+    /// The extension range set with `extension-range set` or on the admin
+    /// site (kept in SQLite); it wins over the configuration file's.
+    pub ext_range_set: RwLock<Option<[u32; 2]>>,
 }
 
 impl Shared {
@@ -191,6 +201,23 @@ impl Shared {
     /// The configuration in force now.
     pub fn cfg(&self) -> Config {
         self.cfg.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// The extensions stations and ring groups may have, lowest and
+    /// highest: the range set here (SQLite) once there is one, else the
+    /// configuration file's `extension_range`. Every reader of the range
+    /// goes through this.
+    pub fn extension_range(&self) -> [u32; 2] {
+        self.extension_range_and_source().0
+    }
+
+    /// [`Self::extension_range`] and where it comes from: `set-here` or
+    /// `config`.
+    pub fn extension_range_and_source(&self) -> ([u32; 2], &'static str) {
+        match self.ext_range_set.read().ok().and_then(|r| *r) {
+            Some(r) => (r, "set-here"),
+            None => (self.cfg().extension_range, "config"),
+        }
     }
 }
 
@@ -283,6 +310,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         "off"
     });
     let gate = Gate::new(cfg.admission().map_err(anyhow::Error::msg)?);
+    let stored_range = db.extension_range()?.map(|(lo, hi)| [lo, hi]);
     let shared = Arc::new(Shared {
         id,
         db,
@@ -301,6 +329,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         admin: RwLock::new(json!({"state": "off"})),
         metrics,
         gate,
+        ext_range_set: RwLock::new(stored_range),
     });
     if let Err(e) = crate::admin::start(shared.clone()).await {
         tracing::warn!("the admin site is off: {e:#}");
@@ -1014,7 +1043,7 @@ async fn send_text(shared: &Arc<Shared>, from: &str, to: &str, body: &str) -> Re
 /// A text for an outside number: the directory stores it until the
 /// recipient is online, sent as the office number.
 async fn send_outside_text(shared: &Arc<Shared>, to: &str, body: &str) -> Result<u64> {
-    let [lo, hi] = shared.cfg().extension_range;
+    let [lo, hi] = shared.extension_range();
     let ext_shaped = to.bytes().all(|b| b.is_ascii_digit())
         && to.parse::<u32>().is_ok_and(|n| (lo..=hi).contains(&n));
     let client = shared.dir_client.lock().ok().and_then(|c| c.clone());
@@ -1220,6 +1249,8 @@ pub(crate) struct Switch {
     pub(crate) trunks: Trunks,
     /// The ring group set from the command line, over the config file's.
     ring_group: Option<crate::db::RingGroup>,
+    /// The ring groups with extensions of their own.
+    groups: Vec<crate::db::NamedRingGroup>,
     /// Maps the monotonic clock to wall-clock time for call records.
     anchor: (Instant, SystemTime),
     last_status: (usize, usize),
@@ -1250,7 +1281,13 @@ const MEDIA_WAIT: Duration = Duration::from_secs(10);
 impl Switch {
     fn new(shared: Arc<Shared>) -> Result<Switch> {
         let ring_group = shared.db.ring_group()?;
-        let mut sb = Switchboard::new(call_config(&shared.cfg(), ring_group.as_ref()));
+        let groups = shared.db.ring_groups()?;
+        let mut sb = Switchboard::new(call_config(
+            &shared.cfg(),
+            shared.extension_range(),
+            ring_group.as_ref(),
+            &groups,
+        ));
         let shared_cfg_has_directory =
             shared.cfg().directory.is_some() || shared.cfg().embedded_directory.is_some();
         sb.set_next_call_id(shared.db.max_call_id()? + 1);
@@ -1272,6 +1309,7 @@ impl Switch {
             relays: HashMap::new(),
             trunks: Trunks::new(shared_cfg_has_directory),
             ring_group,
+            groups,
             anchor: (Instant::now(), SystemTime::now()),
             last_status: (0, 0),
             disk: None,
@@ -1375,13 +1413,14 @@ impl Switch {
                     }
                     self.disk = Some((writable, free));
                 }
-                Event::Reload { cfg } => self
-                    .sb
-                    .set_config(call_config(&cfg, self.ring_group.as_ref())),
+                Event::Reload { .. } | Event::ExtensionRange => self.reconfigure(),
                 Event::RingGroup { group } => {
                     self.ring_group = group;
-                    self.sb
-                        .set_config(call_config(&self.shared.cfg(), self.ring_group.as_ref()));
+                    self.reconfigure();
+                }
+                Event::RingGroups { groups } => {
+                    self.groups = groups;
+                    self.reconfigure();
                 }
                 Event::Query { what, reply } => {
                     let answer = self.query(now, what);
@@ -1966,8 +2005,20 @@ impl Switch {
         }
     }
 
+    /// Give the switchboard the configuration, ring groups and extension
+    /// range in force now (ringing calls keep their deadlines).
+    fn reconfigure(&mut self) {
+        self.sb.set_config(call_config(
+            &self.shared.cfg(),
+            self.shared.extension_range(),
+            self.ring_group.as_ref(),
+            &self.groups,
+        ));
+    }
+
     fn status(&self) -> Status {
         let cfg = self.shared.cfg();
+        let (extension_range, range_source) = self.shared.extension_range_and_source();
         Status {
             api: crate::api::API_VERSION,
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -1982,7 +2033,9 @@ impl Switch {
             relay: self.shared.relay.snapshot(),
             directory: self.trunks.status(),
             ring_group: self.ring_group_json(),
-            extension_range: cfg.extension_range,
+            ring_groups: self.groups.clone(),
+            extension_range,
+            extension_range_source: range_source.to_string(),
             disk: self.disk.map(|(writable, free)| {
                 json!({
                     "free_bytes": free,
@@ -2011,7 +2064,7 @@ impl Switch {
     /// unanswered calls.
     fn ring_group_json(&self) -> Value {
         let cfg = self.shared.cfg();
-        let mailbox = call_config(&cfg, self.ring_group.as_ref()).office_mailbox;
+        let mailbox = call_config(&cfg, [0, 0], self.ring_group.as_ref(), &[]).office_mailbox;
         let mut v = match &self.ring_group {
             Some(g) => json!({
                 "mode": g.mode,
@@ -2212,10 +2265,27 @@ pub(crate) async fn query_switch(
     rx.await.map_err(|_| "the gateway is stopping".to_string())
 }
 
-/// The switchboard's settings: the configuration, with the ring group set
-/// from the command line (if any) in place of `reception`.
-fn call_config(cfg: &Config, group: Option<&crate::db::RingGroup>) -> CallConfig {
-    let mut c = cfg.call_config();
+/// The switchboard's settings: the configuration, with the extension
+/// range in force (see [`Shared::extension_range`]), the ring group set
+/// from the command line (if any) in place of `reception`, and the ring
+/// groups with extensions of their own.
+fn call_config(
+    cfg: &Config,
+    range: [u32; 2],
+    group: Option<&crate::db::RingGroup>,
+    groups: &[crate::db::NamedRingGroup],
+) -> CallConfig {
+    let mut c = cfg.call_config(range);
+    c.groups = groups
+        .iter()
+        .map(|g| keyline_proto::call::RingGroup {
+            ext: g.ext.clone(),
+            name: g.name.clone(),
+            members: g.group.members.clone(),
+            hunt_step: (g.group.mode == "hunt").then(|| Duration::from_secs(g.group.step_secs)),
+            mailbox: g.group.mailbox.clone(),
+        })
+        .collect();
     if let Some(g) = group {
         c.reception = g.members.clone();
         c.hunt_step = (g.mode == "hunt").then(|| Duration::from_secs(g.step_secs));
@@ -2251,13 +2321,14 @@ mod tests {
             reception: vec!["201".into()],
             ..Config::default()
         };
-        let mb =
-            |cfg: &Config, g: Option<&crate::db::RingGroup>| call_config(cfg, g).office_mailbox;
+        let mb = |cfg: &Config, g: Option<&crate::db::RingGroup>| {
+            call_config(cfg, [201, 499], g, &[]).office_mailbox
+        };
         assert_eq!(mb(&file, Some(&group(Some("202")))), Some("202".into()));
         assert_eq!(mb(&file, Some(&group(None))), Some("204".into()));
         assert_eq!(mb(&plain, Some(&group(None))), Some("203".into()));
         assert_eq!(mb(&plain, None), Some("201".into()));
-        let c = call_config(&plain, Some(&group(Some("202"))));
+        let c = call_config(&plain, [201, 499], Some(&group(Some("202"))), &[]);
         assert_eq!(c.reception, vec!["203".to_string(), "202".to_string()]);
         assert_eq!(c.hunt_step, Some(Duration::from_secs(5)));
     }

@@ -66,6 +66,40 @@ pub struct Config {
     /// Whose mailbox takes calls to the office number that nobody answers
     /// (with `voicemail` on); `None`: they end unanswered.
     pub office_mailbox: Option<String>,
+    /// Ring groups with an extension of their own (Sales, Support), each
+    /// dialled like a station's extension.
+    pub groups: Vec<RingGroup>,
+}
+
+/// A ring group with an extension of its own: a call to `ext` rings its
+/// members all at once (first answer wins) or in turn (hunt), skipping
+/// busy, offline and do-not-disturb ones; nobody answers → `mailbox`, or
+/// the caller hears the group is unavailable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingGroup {
+    /// The extension that rings the group (never a station's).
+    pub ext: String,
+    /// What people call it (Sales, Support).
+    pub name: String,
+    /// The extensions that ring, in order.
+    pub members: Vec<String>,
+    /// Ring one member at a time, this long each (hunt); `None`: all at
+    /// once, for the ring timeout.
+    pub hunt_step: Option<Duration>,
+    /// Whose mailbox takes the calls nobody answers (with `voicemail` on).
+    pub mailbox: Option<String>,
+}
+
+/// How a group call rings: which group, in turn or all at once, and where
+/// its unanswered calls go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRing {
+    /// The group's extension; `None`: reception (the office number).
+    pub ext: Option<String>,
+    /// One member at a time, this long each; `None`: all at once.
+    pub step: Option<Duration>,
+    /// Whose mailbox takes the call if nobody answers.
+    pub mailbox: Option<String>,
 }
 
 impl Config {
@@ -87,6 +121,7 @@ impl Default for Config {
             reception: Vec::new(),
             hunt_step: None,
             office_mailbox: None,
+            groups: Vec::new(),
         }
     }
 }
@@ -318,8 +353,9 @@ pub struct Call {
     /// An outside call not yet ringing at the far end: the caller's dial
     /// request, answered once the directory says it rings (or fails).
     pub dial_req: Option<ReqId>,
-    /// A call to the office number (a group rang for it).
-    pub group: bool,
+    /// A call to a ring group (the office number's reception or a group's
+    /// extension): how it rings.
+    pub group: Option<GroupRing>,
     /// A hunt group's members still to ring, in order.
     pub hunt: Vec<String>,
     /// An outside party handed on to `callee` by this extension: the call
@@ -345,7 +381,7 @@ impl Call {
             consulting: None,
             also: Vec::new(),
             dial_req: None,
-            group: false,
+            group: None,
             hunt: Vec::new(),
             recall: None,
         }
@@ -560,6 +596,17 @@ impl Switchboard {
         if number == caller {
             return fail(self, FailReason::SelfCall, None);
         }
+        if !self.lines.contains_key(number) {
+            if let Some(g) = self.config.groups.iter().find(|g| g.ext == number) {
+                let ring = GroupRing {
+                    ext: Some(g.ext.clone()),
+                    step: g.hunt_step,
+                    mailbox: g.mailbox.clone(),
+                };
+                let members = g.members.clone();
+                return self.ring_group(now, caller, req, members, ring);
+            }
+        }
         let (target, rang) = match self.route(caller, number, Vec::new(), true) {
             Ok(t) => t,
             Err(FailReason::Busy | FailReason::DoNotDisturb | FailReason::Unreachable)
@@ -687,6 +734,7 @@ impl Switchboard {
             && !number.starts_with('*')
             && !self.config.is_extension_number(number)
             && !self.lines.contains_key(number)
+            && !self.config.groups.iter().any(|g| g.ext == number)
     }
 
     /// A new trunk line for the outside `number` in call `id`.
@@ -863,7 +911,7 @@ impl Switchboard {
         if let Some(ext) = ext {
             return self.handle_dial(now, trunk, req, ext);
         }
-        let mut group: Vec<String> = if self.config.reception.is_empty() {
+        let group: Vec<String> = if self.config.reception.is_empty() {
             let mut all: Vec<String> = self
                 .lines
                 .keys()
@@ -875,15 +923,39 @@ impl Switchboard {
         } else {
             self.config.reception.clone()
         };
-        let known = group.iter().any(|m| self.lines.contains_key(m));
-        group.retain(|m| self.is_free(m));
+        let ring = GroupRing {
+            ext: None,
+            step: self.config.hunt_step,
+            mailbox: self.config.office_mailbox.clone(),
+        };
+        self.ring_group(now, trunk, req, group, ring);
+    }
+
+    /// `caller` (a station, or a trunk line for an outside caller) calls a
+    /// ring group: its free members ring as `ring` says (the caller itself
+    /// never rings); when none is free, the call goes to the group's
+    /// mailbox, else fails busy (members exist but are taken) or
+    /// unreachable.
+    fn ring_group(
+        &mut self,
+        now: Instant,
+        caller: &str,
+        req: ReqId,
+        mut group: Vec<String>,
+        ring: GroupRing,
+    ) {
+        let known = group
+            .iter()
+            .any(|m| m != caller && self.lines.contains_key(m));
+        group.retain(|m| m != caller && self.is_free(m));
+        let shown = ring.ext.clone();
         if group.is_empty() {
-            if let Some(mb) = self.office_mailbox() {
+            if let Some(mb) = self.group_mailbox(&ring).filter(|mb| mb != caller) {
                 let id = self.next_id;
                 self.next_id += 1;
                 let call = Call::new(
                     id,
-                    trunk.to_string(),
+                    caller.to_string(),
                     mb,
                     now,
                     CallState::Voicemail { at: now },
@@ -891,7 +963,7 @@ impl Switchboard {
                 return self.straight_to_mailbox(
                     req,
                     Call {
-                        group: true,
+                        group: Some(ring),
                         ..call
                     },
                 );
@@ -902,57 +974,59 @@ impl Switchboard {
                 FailReason::Unreachable
             };
             self.actions.push_back(Action::DialFailed {
-                caller: trunk.to_string(),
+                caller: caller.to_string(),
                 req,
                 reason,
             });
             self.actions.push_back(Action::Record(CallRecord {
                 call: None,
-                caller: display(trunk).to_string(),
-                callee: String::new(),
+                caller: display(caller).to_string(),
+                callee: shown.unwrap_or_default(),
                 started: now,
                 answered: None,
                 ended: now,
                 outcome: outcome_of(reason),
             }));
-            self.lines.remove(trunk);
+            if is_trunk(caller) {
+                self.lines.remove(caller);
+            }
             return;
         }
         let id = self.next_id;
         self.next_id += 1;
-        let (step, hunt) = match self.config.hunt_step {
+        let (step, hunt) = match ring.step {
             // Hunt: the first free member rings; the rest wait their turn.
             Some(step) => (step, group.split_off(1)),
             None => (self.config.ring_timeout, Vec::new()),
         };
-        for m in std::iter::once(trunk).chain(group.iter().map(String::as_str)) {
+        for m in std::iter::once(caller).chain(group.iter().map(String::as_str)) {
             if let Some(l) = self.lines.get_mut(m) {
                 l.call = Some(id);
             }
         }
         let callee = group.remove(0);
         self.actions.push_back(Action::Ringing {
-            caller: trunk.to_string(),
+            caller: caller.to_string(),
             req,
             call: id,
-            callee: callee.clone(),
+            callee: shown.unwrap_or_else(|| callee.clone()),
         });
         for m in std::iter::once(&callee).chain(group.iter()) {
             self.actions.push_back(Action::Ring {
                 callee: m.clone(),
                 call: id,
-                from: display(trunk).to_string(),
+                from: display(caller).to_string(),
             });
         }
         self.calls.insert(
             id,
             Call {
                 also: group,
-                group: true,
+                group: Some(ring),
                 hunt,
                 ..Call::new(
                     id,
-                    trunk.to_string(),
+                    caller.to_string(),
                     callee,
                     now,
                     CallState::Ringing {
@@ -969,9 +1043,13 @@ impl Switchboard {
         let Some(call) = self.calls.get(&id) else {
             return false;
         };
-        if !call.group || !matches!(call.state, CallState::Ringing { .. }) {
+        let Some(ring) = &call.group else {
+            return false;
+        };
+        if !matches!(call.state, CallState::Ringing { .. }) {
             return false;
         }
+        let step = ring.step.unwrap_or(self.config.ring_timeout);
         let mut queue = call.hunt.clone();
         let next = loop {
             if queue.is_empty() {
@@ -982,7 +1060,6 @@ impl Switchboard {
                 break m;
             }
         };
-        let step = self.config.hunt_step.unwrap_or(self.config.ring_timeout);
         let Some(call) = self.calls.get_mut(&id) else {
             return false;
         };
@@ -1042,10 +1119,10 @@ impl Switchboard {
             .is_some_and(|l| l.online && l.call.is_none() && l.consult.is_none() && !l.settings.dnd)
     }
 
-    /// The mailbox for office calls nobody answers, if there is one.
-    fn office_mailbox(&self) -> Option<String> {
-        self.config
-            .office_mailbox
+    /// The mailbox for a group's calls nobody answers, if there is one
+    /// that can take a message now.
+    fn group_mailbox(&self, ring: &GroupRing) -> Option<String> {
+        ring.mailbox
             .clone()
             .filter(|mb| self.voicemail_on() && self.lines.contains_key(mb))
     }
@@ -1887,10 +1964,9 @@ impl Switchboard {
                 self.abort_transfer_leg(now, id, "", EndReason::NoAnswer);
                 continue;
             }
-            let office_mb = self.office_mailbox();
             let mailbox = self.calls.get(&id).and_then(|c| {
-                if c.group {
-                    office_mb
+                if let Some(ring) = &c.group {
+                    self.group_mailbox(ring).filter(|mb| *mb != c.caller)
                 } else if c.also.is_empty() && !is_trunk(&c.callee) {
                     Some(c.callee.clone())
                 } else {
@@ -3208,6 +3284,237 @@ mod trunk_tests {
             reason: EndReason::Transferred
         }));
         assert!(sb.lines.get("202").is_some_and(|l| l.call.is_none()));
+    }
+
+    fn rung(acts: &[Action]) -> Vec<String> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Ring { callee, .. } => Some(callee.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A board with the ring group `600` (`members`, in turn `step` each
+    /// or all at once) and voicemail as asked.
+    fn group_board(
+        lines: &[&str],
+        members: &[&str],
+        step: Option<Duration>,
+        mailbox: Option<&str>,
+        voicemail: bool,
+    ) -> (Switchboard, Instant) {
+        let (mut sb, now) = board(lines);
+        sb.set_config(Config {
+            outside: true,
+            voicemail,
+            groups: vec![RingGroup {
+                ext: "600".into(),
+                name: "Sales".into(),
+                members: members.iter().map(|m| m.to_string()).collect(),
+                hunt_step: step,
+                mailbox: mailbox.map(str::to_string),
+            }],
+            ..Config::default()
+        });
+        (sb, now)
+    }
+
+    #[test]
+    fn a_hunt_groups_extension_rings_its_members_in_turn() {
+        let step = Duration::from_secs(5);
+        let (mut sb, now) = group_board(
+            &["201", "202", "203"],
+            &["202", "203"],
+            Some(step),
+            None,
+            false,
+        );
+        sb.handle_dial(now, "201", 7, "600");
+        let acts = drain(&mut sb);
+        // The caller hears the group's extension ring, not an outside call.
+        assert!(acts.contains(&Action::Ringing {
+            caller: "201".into(),
+            req: 7,
+            call: 1,
+            callee: "600".into()
+        }));
+        assert_eq!(rung(&acts), vec!["202"]);
+        // Nothing more before the step is over.
+        sb.handle_timeout(now + step - Duration::from_millis(1));
+        assert!(drain(&mut sb).is_empty());
+        assert_eq!(sb.poll_timeout(), Some(now + step));
+        sb.handle_timeout(now + step);
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ended {
+            to: "202".into(),
+            call: 1,
+            reason: EndReason::NoAnswer
+        }));
+        assert_eq!(rung(&acts), vec!["203"]);
+        assert_eq!(sb.poll_timeout(), Some(now + step * 2));
+        // 202 no longer rings for it: answering is refused.
+        assert_eq!(
+            sb.handle_answer(now + step, "202", 1),
+            Err(CallError::NotYours)
+        );
+        sb.handle_answer(now + step, "203", 1).expect("answer");
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Connected {
+            call: 1,
+            caller: "201".into(),
+            callee: "203".into()
+        }));
+        sb.handle_hangup(now + step * 3, "201", 1).expect("hang up");
+        let acts = drain(&mut sb);
+        let r = record(&acts).expect("record");
+        assert_eq!((r.callee.as_str(), r.outcome), ("203", Outcome::Answered));
+    }
+
+    #[test]
+    fn a_ring_all_groups_extension_rings_every_member_and_the_first_answer_wins() {
+        let (mut sb, now) = group_board(&["201", "202", "203"], &["202", "203"], None, None, false);
+        sb.handle_dial(now, "201", 1, "600");
+        let acts = drain(&mut sb);
+        assert_eq!(rung(&acts), vec!["202", "203"]);
+        sb.handle_answer(now, "203", 1).expect("answer");
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ended {
+            to: "202".into(),
+            call: 1,
+            reason: EndReason::AnsweredElsewhere
+        }));
+        assert!(acts.contains(&Action::Connected {
+            call: 1,
+            caller: "201".into(),
+            callee: "203".into()
+        }));
+        assert!(sb.lines.get("202").is_some_and(|l| l.call.is_none()));
+    }
+
+    #[test]
+    fn a_hunt_skips_busy_offline_and_dnd_members_then_goes_to_the_groups_mailbox() {
+        let step = Duration::from_secs(4);
+        let (mut sb, now) = group_board(
+            &["201", "202", "203", "204", "205", "206", "209"],
+            &["202", "203", "204", "205"],
+            Some(step),
+            Some("209"),
+            true,
+        );
+        sb.handle_dial(now, "202", 1, "*78"); // do not disturb
+        sb.handle_line_down(now, "203");
+        sb.handle_dial(now, "204", 2, "206"); // busy in a call
+        drain(&mut sb);
+        sb.handle_dial(now, "201", 3, "600");
+        let acts = drain(&mut sb);
+        assert_eq!(rung(&acts), vec!["205"]);
+        let id = sb
+            .calls()
+            .find(|c| c.caller == "201")
+            .map(|c| c.id)
+            .expect("the group call");
+        // 205 does not answer and nobody else is free: the group's mailbox.
+        sb.handle_timeout(now + step);
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::ToVoicemail {
+            call: id,
+            caller: "201".into(),
+            mailbox: "209".into()
+        }));
+        assert!(acts.contains(&Action::Ended {
+            to: "205".into(),
+            call: id,
+            reason: EndReason::NoAnswer
+        }));
+    }
+
+    #[test]
+    fn nobody_answering_a_group_without_a_mailbox_tells_the_caller() {
+        let step = Duration::from_secs(3);
+        // With voicemail on, a group without a mailbox still ends
+        // unanswered: the members' own mailboxes do not take it.
+        let (mut sb, now) = group_board(
+            &["201", "202", "203"],
+            &["202", "203"],
+            Some(step),
+            None,
+            true,
+        );
+        sb.handle_dial(now, "201", 1, "600");
+        drain(&mut sb);
+        sb.handle_timeout(now + step);
+        sb.handle_timeout(now + step * 2);
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::Ended {
+            to: "201".into(),
+            call: 1,
+            reason: EndReason::NoAnswer
+        }));
+        assert!(!acts.iter().any(|a| matches!(a, Action::ToVoicemail { .. })));
+        assert_eq!(record(&acts).map(|r| r.outcome), Some(Outcome::NoAnswer));
+        assert_eq!(sb.calls().count(), 0);
+    }
+
+    #[test]
+    fn a_group_with_nobody_free_is_busy_unreachable_or_its_mailbox() {
+        // Every member busy: busy.
+        let (mut sb, now) = group_board(&["201", "202", "203"], &["202", "201"], None, None, false);
+        sb.handle_dial(now, "202", 1, "203");
+        drain(&mut sb);
+        // The caller is a member: it does not ring itself.
+        sb.handle_dial(now, "201", 2, "600");
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::DialFailed {
+            caller: "201".into(),
+            req: 2,
+            reason: FailReason::Busy
+        }));
+        assert_eq!(record(&acts).map(|r| r.callee.as_str()), Some("600"));
+        // Members that are not stations here: unreachable.
+        let (mut sb, now) = group_board(&["201"], &["298", "299"], None, None, false);
+        sb.handle_dial(now, "201", 1, "600");
+        assert!(drain(&mut sb).contains(&Action::DialFailed {
+            caller: "201".into(),
+            req: 1,
+            reason: FailReason::Unreachable
+        }));
+        // With a mailbox: straight there.
+        let (mut sb, now) = group_board(&["201", "202", "209"], &["202"], None, Some("209"), true);
+        sb.handle_line_down(now, "202");
+        sb.handle_dial(now, "201", 1, "600");
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::ToVoicemail {
+            call: 1,
+            caller: "201".into(),
+            mailbox: "209".into()
+        }));
+    }
+
+    #[test]
+    fn an_outside_caller_may_dial_a_groups_extension() {
+        let (mut sb, now) = group_board(&["202", "203"], &["202", "203"], None, None, false);
+        let trunk = trunk_line("d1", "alice");
+        sb.handle_inbound(now, &trunk, 1, Some("600"));
+        let acts = drain(&mut sb);
+        assert_eq!(rung(&acts), vec!["202", "203"]);
+        sb.handle_answer(now, "202", 1).expect("answer");
+        assert!(drain(&mut sb).contains(&Action::Connected {
+            call: 1,
+            caller: trunk.clone(),
+            callee: "202".into()
+        }));
+        // Nobody free: refused, and the trunk line is gone.
+        let t2 = trunk_line("d2", "bob");
+        sb.handle_line_down(now, "203");
+        sb.handle_inbound(now, &t2, 2, Some("600"));
+        let acts = drain(&mut sb);
+        assert!(acts.contains(&Action::DialFailed {
+            caller: t2.clone(),
+            req: 2,
+            reason: FailReason::Busy
+        }));
+        assert!(!sb.lines.contains_key(&t2));
     }
 
     #[test]

@@ -217,6 +217,53 @@ try {
   check((await page.textContent("#office-mailbox")).includes("extension 201 (set here"), "the office mailbox set here is shown");
   rg = JSON.parse(execFileSync(process.env.GW_BIN, ["--state", process.env.GW_STATE, "status", "--json"])).ring_group;
   check(rg.office_mailbox === "201" && rg.office_mailbox_source === "ring-group" && rg.members.join(",") === `${ext},201`, `status shows the office mailbox (${JSON.stringify(rg)})`);
+  // A second ring group, with an extension of its own: a bad member is
+  // refused next to its field and nothing is saved; a good one is listed
+  // and is what the CLI lists; one added with the CLI appears without a
+  // reload, and Remove takes it away.
+  const cli = (...args) => JSON.parse(execFileSync(process.env.GW_BIN, ["--state", process.env.GW_STATE, ...args]));
+  const grp = page.locator("#group-h").locator("xpath=..");
+  await page.getByLabel("Group extension").fill("450");
+  await page.getByLabel("Group name").fill("Sales");
+  await page.getByLabel("Who rings, in order").fill(`${ext}, 299`);
+  await grp.getByRole("button", { name: "Save" }).click();
+  await page.locator("#g-members-error").waitFor({ timeout: 5000 });
+  check((await page.textContent("#g-members-error")).includes("299 is not an extension here"), "an unknown group member is refused next to its field");
+  check((await page.getAttribute("#g-members", "aria-invalid")) === "true", "the members field is marked");
+  check((await page.inputValue("#g-members")) === `${ext}, 299` && (await page.inputValue("#g-name")) === "Sales", "what was typed stays");
+  check(cli("ring-group", "list", "--json").ring_groups.length === 0, "the refused group was not saved");
+  await axe(page, "dial plan with a refused ring group");
+  await page.getByLabel("Who rings, in order").fill(`${ext}, 201`);
+  await page.getByLabel("How the group rings").selectOption("hunt");
+  await page.getByLabel("Seconds per member (in turn)").fill("3");
+  await grp.getByRole("button", { name: "Save" }).click();
+  await page.locator("p.notice.good").waitFor({ timeout: 5000 });
+  check((await page.textContent("p.notice.good")).includes("Ring group added."), "the group is added");
+  const row450 = page.locator('#ring-groups tr[data-ext="450"]');
+  check((await row450.textContent()).includes("Sales") && (await row450.textContent()).includes(`${ext}, 201`), `the group is listed (${await row450.textContent()})`);
+  let groups = cli("ring-group", "list", "--json").ring_groups;
+  check(groups.length === 1 && groups[0].ext === "450" && groups[0].name === "Sales" && groups[0].mode === "hunt"
+    && groups[0].step_secs === 3 && groups[0].members.join(",") === `${ext},201`, `the group is what the CLI lists (${JSON.stringify(groups)})`);
+  check(cli("status", "--json").ring_groups.some((g) => g.ext === "450"), "status shows the group at once");
+  await shot(page, "admin-dialplan-groups");
+  await page.evaluate(() => { window.__dpLoad = true; });
+  execFileSync(process.env.GW_BIN, ["--state", process.env.GW_STATE, "ring-group", "add", "460", "--name", "Support", "201"]);
+  await page.locator('#ring-groups tr[data-ext="460"]').waitFor({ timeout: 5000 });
+  check(await page.evaluate(() => window.__dpLoad === true), "a group added with the CLI appears without a reload");
+  await page.locator('#ring-groups tr[data-ext="460"]').getByRole("button", { name: "Remove 460" }).click();
+  await page.locator("p.notice.good").waitFor({ timeout: 5000 });
+  check((await page.locator('#ring-groups tr[data-ext="460"]').count()) === 0, "Remove takes the group away");
+  check(cli("ring-group", "list", "--json").ring_groups.length === 1, "the CLI lists one group again");
+  // The extension range: one that would leave 201 outside is refused
+  // next to its fields, naming it, and nothing is saved.
+  await page.getByLabel("Lowest extension").fill("300");
+  await page.getByLabel("Highest extension").fill("399");
+  await page.locator("#ex-h").locator("xpath=..").getByRole("button", { name: "Save" }).click();
+  await page.locator("#range-error").waitFor({ timeout: 5000 });
+  check((await page.textContent("#range-error")).includes("station 201"), `a range that leaves 201 out is refused (${await page.textContent("#range-error")})`);
+  check(cli("status", "--json").extension_range_source === "config", "nothing was saved");
+  check((await page.textContent("#ext-range-source")).includes("configuration file"), "the page says where the range comes from");
+
   // A speed dial to an invalid number is refused next to its field and
   // nothing is saved; a good one is what the CLI lists.
   const sd = page.locator("#sd-h").locator("xpath=..");
@@ -385,6 +432,7 @@ try {
   check(st.ring_group.source === "ring-group" && st.ring_group.members.join(",") === `${ext},201`
     && st.ring_group.office_mailbox === "201", `status shows the web's ring group and office mailbox after the restart (${JSON.stringify(st.ring_group)})`);
   check((await page.inputValue("#rg-mailbox")) === "201", "the office mailbox survived the restart");
+  check((await page.locator('#ring-groups tr[data-ext="450"]').count()) === 1, "the second ring group survived the restart");
   const stored2 = readFileSync(`${process.env.GW_STATE}/voicemail/greeting.opus`);
   check(stored2.subarray(0, 4).toString() === "OggS", "the greeting survived the restart");
 } catch (e) {

@@ -5,7 +5,10 @@
 //! shows on the dashboard within 1 s with its packets a second through the
 //! forwarder and Hang up ends it, Export CSV matches `keyline-gatewayd cdr
 //! --json`, the dial plan refuses an unknown member and saves a hunt group,
-//! and an outside call to the office number then rings its members in
+//! adds a second ring group with an extension of its own (an unknown
+//! member refused next to its field, nothing saved; one added with the CLI
+//! listed without a reload; Remove), refuses an extension range that would
+//! leave a station outside, and an outside call to the office number then rings its members in
 //! order (the dashboard follows), a left voicemail plays in the page and
 //! is deleted, a WAV and an Ogg greeting are taken, one call's record
 //! opens and the records are searched by outcome and dates, a speed dial

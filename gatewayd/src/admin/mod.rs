@@ -152,6 +152,10 @@ pub fn router<O: Office>(office: O, access: Access, idle: Duration) -> Router {
             post(dialplan::dp_speed_dial_rm::<O>),
         )
         .route("/dialplan/line", post(dialplan::dp_line::<O>))
+        .route("/dialplan/group", post(dialplan::dp_group::<O>))
+        .route("/dialplan/group-rm", post(dialplan::dp_group_rm::<O>))
+        .route("/dialplan/range", post(dialplan::dp_range::<O>))
+        .route("/dialplan/range-clear", post(dialplan::dp_range_clear::<O>))
         .route("/voicemail", get(voicemail::voicemail::<O>))
         .route("/voicemail/delete", post(voicemail::voicemail_delete::<O>))
         .route(
@@ -918,6 +922,7 @@ async fn live<O: Office>(
         "stations" => stations_data(&st, &s)
             .await
             .map(|s| html(StatusCode::OK, StationsLive { s })),
+        "dialplan" => dialplan::live_part(&st, &s).await,
         _ => return (StatusCode::NOT_FOUND, "no such part\n").into_response(),
     };
     r.unwrap_or_else(failed)

@@ -37,7 +37,18 @@ impl Office for Fake {
                     ring_group: json!({"mode": "hunt", "members": ["202", "201"], "step_secs": 10,
                         "source": "ring-group", "office_mailbox": "202",
                         "office_mailbox_source": "first-member"}),
+                    ring_groups: vec![crate::db::NamedRingGroup {
+                        ext: "600".into(),
+                        name: "Sales".into(),
+                        group: crate::db::RingGroup {
+                            mode: "hunt".into(),
+                            members: vec!["202".into(), "201".into()],
+                            step_secs: 10,
+                            mailbox: Some("202".into()),
+                        },
+                    }],
                     extension_range: [201, 499],
+                    extension_range_source: "set-here".into(),
                     disk: Some(json!({"free_bytes": 5u64 << 30})),
                     admin: json!({}),
                     connections: json!({}),
@@ -157,6 +168,60 @@ impl Office for Fake {
                         step_secs,
                         mailbox,
                     }),
+                }),
+                // The dispatcher's refusals name the field first.
+                Request::RingGroupAdd { name, .. } if name.trim().is_empty() => {
+                    Err("Name: a ring group needs a name".into())
+                }
+                Request::RingGroupAdd { members, .. } if members.iter().any(|m| m == "299") => {
+                    Err("Members: 299 is not an extension here".into())
+                }
+                Request::RingGroupAdd { ext, .. } if ext == "202" => {
+                    Err("Extension: 202 is taken by the station Bob".into())
+                }
+                Request::RingGroupAdd { ext, .. } if ext == "900" => {
+                    Err("Extension: 900 is outside the extension range 201-499".into())
+                }
+                Request::RingGroupAdd {
+                    ext,
+                    name,
+                    mode,
+                    step_secs,
+                    members,
+                    mailbox,
+                }
+                | Request::RingGroupEdit {
+                    ext,
+                    name: Some(name),
+                    mode,
+                    step_secs,
+                    members,
+                    mailbox,
+                } => Ok(ApiResponse::NamedRingGroup {
+                    ring_group: crate::db::NamedRingGroup {
+                        ext,
+                        name,
+                        group: crate::db::RingGroup {
+                            mode,
+                            members,
+                            step_secs,
+                            mailbox,
+                        },
+                    },
+                }),
+                Request::RingGroupRemove { ext } => {
+                    Ok(ApiResponse::RingGroupRemoved { removed: ext })
+                }
+                Request::ExtensionRangeSet { lo: 300, hi } => Err(format!(
+                    "the range 300-{hi} would leave station 202 (Bob) outside it: change it first"
+                )),
+                Request::ExtensionRangeSet { lo, hi } => Ok(ApiResponse::ExtensionRange {
+                    extension_range: [lo, hi],
+                    source: "set-here".into(),
+                }),
+                Request::ExtensionRangeClear => Ok(ApiResponse::ExtensionRange {
+                    extension_range: [201, 499],
+                    source: "config".into(),
                 }),
                 other => Err(format!("not in this test: {other:?}")),
             }
@@ -787,4 +852,265 @@ async fn call_records_are_searched_by_outcome_and_dates_and_one_is_shown() {
     assert!(page.contains("There is no such call record."), "{page}");
     let (status, _, _) = send(&app, get_req("/cdr/1", None)).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn the_dial_plan_lists_ring_groups_and_the_ranges_source_live() {
+    let (app, _) = site(hash(), "10.0.0.2:40000");
+    let (cookie, _) = logged_in(&app).await;
+    let (status, _, page) = send(&app, get_req("/dialplan", Some(&cookie))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("<div id=\"live\" data-live=\"/live/dialplan\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("<dd id=\"ext-range-source\">set here</dd>"),
+        "{page}"
+    );
+    // The range set here can be given back to the configuration file.
+    assert!(page.contains("action=\"/dialplan/range-clear\""), "{page}");
+    let row = "<tr data-ext=\"600\"><td>600</td><td>Sales</td><td>202, 201</td><td>in turn, 10 s each</td><td>202</td>";
+    assert!(page.contains(row), "{page}");
+    // The live part alone, as the page fetches it after an event.
+    let (status, _, part) = send(&app, get_req("/live/dialplan", Some(&cookie))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(part.contains(row) && part.contains("Remove 600"), "{part}");
+    assert!(!part.contains("<html"), "{part}");
+    let (status, _, _) = send(&app, get_req("/live/dialplan", None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn ring_groups_are_added_changed_and_removed_through_the_dispatcher() {
+    let (app, asked) = site(hash(), "10.0.0.2:40000");
+    let (cookie, csrf) = logged_in(&app).await;
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/group",
+            Some(&cookie),
+            &format!("editing=&ext=610&name=Support&members=202%2C+201&mode=all&step_secs=15&mailbox=&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Ring group added."), "{page}");
+    assert!(asked.lock().unwrap().contains(&Request::RingGroupAdd {
+        ext: "610".into(),
+        name: "Support".into(),
+        mode: "all".into(),
+        step_secs: 15,
+        members: vec!["202".into(), "201".into()],
+        mailbox: None,
+    }));
+    // Edit: the form comes filled with the group, its extension fixed.
+    let (status, _, page) = send(&app, get_req("/dialplan?edit=600", Some(&cookie))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Change ring group 600"), "{page}");
+    assert!(
+        page.contains("<input type=\"hidden\" name=\"editing\" value=\"600\">")
+            && page.contains(
+                "id=\"g-ext\" name=\"ext\" size=\"7\" inputmode=\"numeric\" value=\"600\" readonly"
+            )
+            && page.contains("id=\"g-name\" name=\"name\" value=\"Sales\"")
+            && page.contains("id=\"g-members\" name=\"members\" value=\"202, 201\""),
+        "{page}"
+    );
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/group",
+            Some(&cookie),
+            &format!("editing=600&ext=600&name=Sales+team&members=201&mode=hunt&step_secs=8&mailbox=201&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Ring group 600 saved."), "{page}");
+    assert!(asked.lock().unwrap().contains(&Request::RingGroupEdit {
+        ext: "600".into(),
+        name: Some("Sales team".into()),
+        mode: "hunt".into(),
+        step_secs: 8,
+        members: vec!["201".into()],
+        mailbox: Some("201".into()),
+    }));
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/group-rm",
+            Some(&cookie),
+            &format!("ext=600&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Ring group 600 removed."), "{page}");
+    assert!(asked
+        .lock()
+        .unwrap()
+        .contains(&Request::RingGroupRemove { ext: "600".into() }));
+    // Without the form's token nothing is asked.
+    let before = asked.lock().unwrap().len();
+    let (status, _, _) = send(
+        &app,
+        post_req("/dialplan/group-rm", Some(&cookie), "ext=600"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(asked.lock().unwrap().len(), before);
+}
+
+#[tokio::test]
+async fn a_refused_ring_group_shows_the_error_next_to_its_field_as_typed() {
+    let (app, _) = site(hash(), "10.0.0.2:40000");
+    let (cookie, csrf) = logged_in(&app).await;
+    let cases = [
+        (
+            "ext=610&name=Support&members=202+299",
+            "g-members",
+            "Members: 299 is not an extension here",
+        ),
+        (
+            "ext=202&name=Support&members=201",
+            "g-ext",
+            "Extension: 202 is taken by the station Bob",
+        ),
+        (
+            "ext=900&name=Support&members=201",
+            "g-ext",
+            "Extension: 900 is outside the extension range 201-499",
+        ),
+        (
+            "ext=610&name=+&members=201",
+            "g-name",
+            "Name: a ring group needs a name",
+        ),
+        (
+            "ext=610&name=Support&members=201&step_secs=soon",
+            "g-step",
+            "Seconds per member: &#34;soon&#34; is not a number",
+        ),
+    ];
+    for (form, id, msg) in cases {
+        let (status, _, page) = send(
+            &app,
+            post_req(
+                "/dialplan/group",
+                Some(&cookie),
+                &format!("editing=&mode=hunt&{form}&csrf={csrf}"),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{form}");
+        let msg_quot = msg.replace("&#34;", "&quot;");
+        assert!(
+            page.contains(&format!(
+                "<span id=\"{id}-error\" class=\"field-error\">{msg}</span>"
+            )) || page.contains(&format!(
+                "<span id=\"{id}-error\" class=\"field-error\">{msg_quot}</span>"
+            )),
+            "{form}: {page}"
+        );
+        assert!(page.contains(&format!("id=\"{id}\"")), "{page}");
+        let at = page.find(&format!("id=\"{id}\"")).unwrap();
+        let tag = &page[at..at + page[at..].find('>').unwrap()];
+        assert!(
+            tag.contains("aria-invalid=\"true\"") && tag.contains(&format!("{id}-error")),
+            "{tag}"
+        );
+        // What was typed stays, and nothing else is marked.
+        assert_eq!(page.matches("class=\"field-error\"").count(), 1, "{page}");
+        assert!(page.contains("<option value=\"hunt\" selected>"), "{page}");
+    }
+    // The members typed stay in their field.
+    let (_, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/group",
+            Some(&cookie),
+            &format!("editing=&ext=610&name=Support&members=202+299&mode=all&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert!(
+        page.contains("id=\"g-members\" name=\"members\" value=\"202 299\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("id=\"g-ext\" name=\"ext\" size=\"7\" inputmode=\"numeric\" value=\"610\""),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn the_extension_range_is_set_through_the_dispatcher_and_refused_next_to_its_fields() {
+    let (app, asked) = site(hash(), "10.0.0.2:40000");
+    let (cookie, csrf) = logged_in(&app).await;
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/range",
+            Some(&cookie),
+            &format!("lo=300&hi=399&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("<p id=\"range-error\" class=\"field-error\">the range 300-399 would leave station 202 (Bob) outside it: change it first</p>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<input id=\"range-lo\" name=\"lo\" size=\"7\" inputmode=\"numeric\" value=\"300\" aria-invalid=\"true\" aria-describedby=\"range-error\">"),
+        "{page}"
+    );
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/range",
+            Some(&cookie),
+            &format!("lo=two&hi=399&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("Lowest: &#34;two&#34; is not a number")
+            || page.contains("Lowest: &quot;two&quot; is not a number"),
+        "{page}"
+    );
+    let n = asked
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| matches!(r, Request::ExtensionRangeSet { .. }))
+        .count();
+    assert_eq!(n, 1, "a field that is not a number asks nothing");
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/range",
+            Some(&cookie),
+            &format!("lo=200&hi=299&csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Extension range saved."), "{page}");
+    let (status, _, page) = send(
+        &app,
+        post_req(
+            "/dialplan/range-clear",
+            Some(&cookie),
+            &format!("csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("range applies again"), "{page}");
+    let asked = asked.lock().unwrap();
+    assert!(asked.contains(&Request::ExtensionRangeSet { lo: 200, hi: 299 }));
+    assert!(asked.contains(&Request::ExtensionRangeClear));
 }
