@@ -390,6 +390,9 @@ impl PhoneApp {
                 .number
                 .extend(typed.chars().filter(|c| !c.is_control()));
             self.focus_number = true;
+            // The field takes the focus in this frame; draw once more so
+            // that what was typed shows now, not at the next input.
+            ctx.request_repaint();
         }
     }
 

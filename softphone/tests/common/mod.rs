@@ -5,8 +5,10 @@
 
 pub mod x11;
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use egui::accesskit::Role;
@@ -14,6 +16,7 @@ use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use keyline_phone::io::AgentIo;
 use keyline_phone::{Lang, Model, PhoneApp};
+use serde_json::Value;
 
 pub type Window = Harness<'static, PhoneApp>;
 
@@ -85,4 +88,58 @@ pub fn enrol_named(gw: &keyline_tests::Daemon, d: &keyline_tests::Daemon, ext: &
     });
     keyline_tests::ok(gw, &["approve", &code, "--ext", ext, "--name", name]);
     keyline_tests::registered(d, ext);
+}
+
+/// Every event of `d`'s agent with the instant it arrived (a subscriber
+/// of the test's own, beside the windows').
+pub fn agent_events(d: &keyline_tests::Daemon) -> mpsc::Receiver<(Instant, Value)> {
+    let mut s = UnixStream::connect(d.state.join("control.sock")).unwrap();
+    s.write_all(b"{\"cmd\": \"subscribe\"}\n").unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(s).lines() {
+            let Ok(line) = line else { break };
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if tx.send((Instant::now(), v)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Wait (up to `timeout`) for the agent's event of a call in `state`;
+/// when it arrived.
+pub fn when_state(
+    rx: &mpsc::Receiver<(Instant, Value)>,
+    state: &str,
+    timeout: Duration,
+) -> Instant {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok((t, v)) = rx.recv_timeout(Duration::from_millis(100)) {
+            if v["event"] == "call" && v["call"]["state"] == state {
+                return t;
+            }
+        }
+    }
+    panic!("no {state} event");
+}
+
+/// Whether the window shows its call connected.
+pub fn connected(w: &Window) -> bool {
+    w.state().model.call.as_ref().is_some_and(|c| c.connected()) && shows_part(w, "Connected")
+}
+
+/// Let the windows run for `d` (their agents' news is taken each frame).
+pub fn run_for(ws: &mut [&mut Window], d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        for w in ws.iter_mut() {
+            w.step();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
