@@ -143,3 +143,57 @@ pub fn run_for(ws: &mut [&mut Window], d: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// An internet terminal (`keyline-agent terminal`) called `name` for
+/// `account` of the directory at `dir`, in network namespace `ns` (or
+/// here), its password written beside its state; `extra` are its other
+/// arguments (`--audio-in`, `--audio-out`, `--bind`, `--directory-fp`).
+/// Does not wait for it to register.
+pub fn terminal(
+    scratch: &keyline_tests::Scratch,
+    ns: Option<&str>,
+    name: &str,
+    dir: &str,
+    account: &str,
+    password: &str,
+    extra: &[&str],
+) -> keyline_tests::Daemon {
+    use std::os::unix::fs::PermissionsExt;
+    let pw = scratch.join(&format!("{name}.pw"));
+    std::fs::write(&pw, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut args = vec![
+        "terminal",
+        "--directory",
+        dir,
+        "--account",
+        account,
+        "--password-file",
+        pw.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    keyline_tests::Daemon::start(
+        ns,
+        keyline_tests::bin("keyline-agent"),
+        &scratch.join(name),
+        &args,
+    )
+    .expect("start a terminal")
+}
+
+/// Type `text` into the text field labelled `label` the way an input
+/// method gives it: a composition (preedit) of its first character, then
+/// the whole text committed.
+pub fn compose_into(w: &mut Window, label: &str, text: &str) {
+    w.get_by_role_and_label(Role::TextInput, label).click();
+    w.step();
+    let first: String = text.chars().take(1).collect();
+    w.event(egui::Event::Ime(egui::ImeEvent::Preedit {
+        text: first,
+        active_range_chars: None,
+    }));
+    w.step();
+    w.event(egui::Event::Ime(egui::ImeEvent::Commit(text.into())));
+    w.step();
+    w.step();
+}
