@@ -133,6 +133,34 @@ pub fn connected(w: &Window) -> bool {
     w.state().model.call.as_ref().is_some_and(|c| c.connected()) && shows_part(w, "Connected")
 }
 
+/// Step every window in turn until each satisfies `f`; the instant each
+/// first did. Fails after `timeout`.
+pub fn until_each(
+    ws: &mut [&mut Window],
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&Window) -> bool,
+) -> Vec<Instant> {
+    let start = Instant::now();
+    let mut shown: Vec<Option<Instant>> = vec![None; ws.len()];
+    while shown.iter().any(Option::is_none) {
+        for (w, s) in ws.iter_mut().zip(shown.iter_mut()) {
+            if s.is_none() {
+                w.step();
+                if f(w) {
+                    *s = Some(Instant::now());
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "the windows did not all show {what} within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    shown.into_iter().flatten().collect()
+}
+
 /// Let the windows run for `d` (their agents' news is taken each frame).
 pub fn run_for(ws: &mut [&mut Window], d: Duration) {
     let end = Instant::now() + d;

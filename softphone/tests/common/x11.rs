@@ -201,8 +201,10 @@ pub fn click_at(display: &str, id: &str, x: i32, y: i32) {
 }
 
 /// Where the window shows `word` (the middle of the word, in window
-/// pixels), read by OCR of a screenshot at 4x; also read with the colours
-/// turned to black on white, for light text on coloured buttons.
+/// pixels), read by OCR of a screenshot at 4x; also read with every
+/// coloured pixel blacked out (the light blue text cursor beside what was
+/// typed), and with the colours turned to black on white (light text on
+/// coloured buttons).
 pub fn find_word(display: &str, window: &str, shot: &Path, word: &str) -> Option<(i32, i32)> {
     let st = Command::new("import")
         .args(["-window", window, "-resize", "400%"])
@@ -213,13 +215,21 @@ pub fn find_word(display: &str, window: &str, shot: &Path, word: &str) -> Option
     if !st.success() {
         return None;
     }
+    let grey = shot.with_extension("grey.png");
+    let _ = Command::new("convert")
+        .arg(shot)
+        .args(["(", "+clone", "-colorspace", "HSL", "-channel", "G"])
+        .args(["-separate", "+channel", "-threshold", "12%", "-negate", ")"])
+        .args(["-compose", "multiply", "-composite"])
+        .arg(&grey)
+        .status();
     let inverted = shot.with_extension("inv.png");
     let _ = Command::new("convert")
         .arg(shot)
         .args(["-colorspace", "Gray", "-threshold", "60%", "-negate"])
         .arg(&inverted)
         .status();
-    for img in [shot, inverted.as_path()] {
+    for img in [shot, grey.as_path(), inverted.as_path()] {
         let Ok(out) = Command::new("tesseract")
             .arg(img)
             .args(["stdout", "--psm", "11", "tsv"])
@@ -268,6 +278,9 @@ pub fn real_phone(state: &Path, display: &str, scratch: &Path, log: &Path) -> Pr
             .env("XDG_RUNTIME_DIR", scratch)
             .env("XDG_CONFIG_HOME", scratch.join("config"))
             .env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent")
+            // One rendering thread (Mesa on the CPU): the test's other
+            // windows and the agents share the same cores.
+            .env("LP_NUM_THREADS", "1")
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
             .spawn()
