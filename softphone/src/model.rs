@@ -475,7 +475,17 @@ pub struct Model {
     /// A call started ringing here since the UI last looked: raise the
     /// window.
     raise: bool,
+    /// When the ringing call asked the window to the front (model time),
+    /// until the window has the focus or the ringing stops.
+    ring_at: Option<f64>,
+    /// Whether the ringing call is offered as a desktop notification now.
+    notify: bool,
 }
+
+/// How long (seconds) a ringing window may take to get the focus before
+/// the call is also offered as a desktop notification: where the window
+/// manager refuses focus, the person still sees Answer and Decline.
+pub const FOCUS_GRACE: f64 = 0.5;
 
 impl Model {
     pub fn new(lang: crate::i18n::Lang) -> Model {
@@ -511,6 +521,8 @@ impl Model {
             dialing: false,
             outbox: VecDeque::new(),
             raise: false,
+            ring_at: None,
+            notify: false,
         }
     }
 
@@ -545,6 +557,42 @@ impl Model {
     /// Whether the window should come to the front (once per ring).
     pub fn take_raise(&mut self) -> bool {
         std::mem::take(&mut self.raise)
+    }
+
+    /// Report whether the window has the keyboard focus at model time
+    /// `now` (the UI does, every frame). A ringing call whose window has
+    /// not got the focus [`FOCUS_GRACE`] after asking for it is offered as
+    /// a desktop notification; the offer is withdrawn when the window gets
+    /// the focus or the ringing stops.
+    pub fn window_focus(&mut self, now: f64, focused: bool) {
+        if self.screen() != Screen::Ringing {
+            self.ring_at = None;
+            self.notify = false;
+            return;
+        }
+        if focused {
+            // In front: no notification, now or later in this ring.
+            self.ring_at = None;
+            self.notify = false;
+            return;
+        }
+        if let Some(t) = self.ring_at {
+            if now >= t + FOCUS_GRACE {
+                self.notify = true;
+                self.ring_at = None;
+            }
+        }
+    }
+
+    /// Whether the ringing call should be shown as a desktop notification.
+    pub fn notification(&self) -> bool {
+        self.notify
+    }
+
+    /// When (model time) the window must look at its focus again to decide
+    /// on a notification, if a decision is pending.
+    pub fn focus_deadline(&self) -> Option<f64> {
+        self.ring_at.map(|t| t + FOCUS_GRACE)
     }
 
     /// Another `keyline-phone` (a `tel:` link) handed over `number`:
@@ -621,7 +669,7 @@ impl Model {
         match ev.get("event").and_then(Value::as_str) {
             Some("call") => {
                 if let Some(c) = ev.get("call").and_then(|c| CallView::from_json(c, now)) {
-                    self.set_call(c);
+                    self.set_call(now, c);
                 }
             }
             Some("call-ended") => {
@@ -701,7 +749,7 @@ impl Model {
         }
     }
 
-    fn set_call(&mut self, c: CallView) {
+    fn set_call(&mut self, now: f64, c: CallView) {
         self.dialing = false;
         if c.consult {
             self.consult = Some(c);
@@ -714,6 +762,8 @@ impl Model {
         let rings = c.direction == Direction::In && c.state == "alerting";
         if rings && !was_ringing {
             self.raise = true;
+            self.ring_at = Some(now);
+            self.notify = false;
             self.tab = Tab::Phone;
         }
         self.call = Some(c);
@@ -879,7 +929,7 @@ impl Model {
             numbers,
         };
         match v.get("call").and_then(|c| CallView::from_json(c, now)) {
-            Some(c) => self.set_call(c),
+            Some(c) => self.set_call(now, c),
             None => self.call = None,
         }
         if v.get("consult").is_none_or(Value::is_null) {
@@ -1273,6 +1323,63 @@ mod tests {
         let c = m.call.clone().unwrap();
         assert_eq!(c.elapsed(4.0), 2.5);
         assert_eq!(c.who(), "Bob");
+    }
+
+    #[test]
+    fn a_ring_becomes_a_notification_only_if_the_window_gets_no_focus() {
+        // The window manager grants the focus within the grace period:
+        // no notification, before or after.
+        let mut m = up();
+        m.window_focus(0.5, false);
+        m.handle(1.0, call_ev("alerting", "in", json!({})));
+        assert_eq!(m.focus_deadline(), Some(1.0 + FOCUS_GRACE));
+        m.window_focus(1.0, false);
+        m.window_focus(1.2, true);
+        assert!(!m.notification());
+        assert_eq!(m.focus_deadline(), None);
+        m.window_focus(1.2 + FOCUS_GRACE, false);
+        m.window_focus(3.0, false);
+        assert!(!m.notification(), "focused once: no notification later");
+
+        // Focus refused: posted at the end of the grace period, not before.
+        let mut m = up();
+        m.handle(1.0, call_ev("alerting", "in", json!({})));
+        m.window_focus(1.0, false);
+        m.window_focus(1.0 + FOCUS_GRACE - 0.01, false);
+        assert!(!m.notification());
+        m.window_focus(1.0 + FOCUS_GRACE, false);
+        assert!(m.notification());
+        assert_eq!(m.focus_deadline(), None);
+        // Withdrawn when the window gets the focus after all.
+        m.window_focus(2.0, true);
+        assert!(!m.notification());
+        m.window_focus(2.5, false);
+        assert!(!m.notification());
+
+        // Withdrawn when the ringing stops (answered elsewhere, caller gone).
+        let mut m = up();
+        m.handle(1.0, call_ev("alerting", "in", json!({})));
+        m.window_focus(2.0, false);
+        assert!(m.notification());
+        m.handle(2.5, call_ev("connected", "in", json!({})));
+        m.window_focus(2.5, false);
+        assert!(!m.notification());
+        assert_eq!(m.focus_deadline(), None);
+
+        // A call going out never rings here.
+        let mut m = up();
+        m.handle(1.0, call_ev("alerting", "out", json!({})));
+        m.window_focus(5.0, false);
+        assert!(!m.notification());
+        assert_eq!(m.focus_deadline(), None);
+
+        // A window already in front when the call comes: nothing.
+        let mut m = up();
+        m.window_focus(0.5, true);
+        m.handle(1.0, call_ev("alerting", "in", json!({})));
+        m.window_focus(1.0, true);
+        m.window_focus(9.0, true);
+        assert!(!m.notification());
     }
 
     #[test]

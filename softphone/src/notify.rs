@@ -1,8 +1,8 @@
 //! A ringing call on the desktop's notifications (the freedesktop.org
 //! `org.freedesktop.Notifications` service on the session bus), with
 //! **Answer** and **Decline**: for when the window cannot come to the front
-//! (a window manager that refuses focus, another program in front). The
-//! window decides when; this is only the bus. Without a session bus or a
+//! (a window manager that refuses it the focus). The window's model
+//! decides when (`Model::window_focus`); this is only the bus. Without a session bus or a
 //! notification service, nothing is shown and nothing fails.
 
 use std::collections::HashMap;

@@ -124,7 +124,7 @@ impl PhoneApp {
     }
 
     /// Offer ringing calls on the desktop's notifications when the window
-    /// is not in front as they come in.
+    /// cannot come to the front.
     pub fn notify_with(&mut self, n: crate::notify::Notifier) {
         self.notifier = Some(n);
     }
@@ -289,36 +289,43 @@ impl PhoneApp {
         }
     }
 
-    /// A call that starts ringing while the window is not in front (hidden,
-    /// minimised, behind another program) is also offered as a
-    /// notification with Answer and Decline, in case the window manager
-    /// does not let the window come forward; it goes when the ringing
-    /// stops. What is chosen on it acts as the window's buttons do.
+    /// A ringing call asks the window to the front; where the window
+    /// manager refuses it the focus (the window has not got it within the
+    /// model's grace period) the call is also offered as a desktop
+    /// notification with Answer and Decline, withdrawn when the window gets
+    /// the focus or the ringing stops. What is chosen on it acts as the
+    /// window's buttons do.
     fn notifications(&mut self, ctx: &egui::Context) {
+        let now = self.now();
+        let focused = ctx.input(|i| i.viewport().focused.unwrap_or(false));
+        self.model.window_focus(now, focused);
+        if let Some(at) = self.model.focus_deadline() {
+            // Look again when the grace period ends, input or not.
+            ctx.request_repaint_after(std::time::Duration::from_secs_f64(
+                (at - now).max(0.0) + 0.01,
+            ));
+        }
         let Some(n) = &self.notifier else { return };
         let mut acts = Vec::new();
         while let Some(c) = n.try_choice() {
             acts.push(c);
         }
-        let ringing = self.model.screen() == Screen::Ringing;
-        if ringing && !self.notified && self.model.raise_pending() {
-            let in_front = ctx.input(|i| i.viewport().focused.unwrap_or(false));
-            if !in_front {
-                let who = self.model.call.as_ref().map(|c| {
-                    if c.peer_name.is_some() {
-                        format!("{}  {}", c.who(), c.peer)
-                    } else {
-                        c.peer.clone()
-                    }
-                });
-                n.ring(
-                    &format!("Keyline — {}", self.t(Msg::Incoming)),
-                    who.as_deref().unwrap_or(""),
-                );
-                self.notified = true;
-            }
+        let wanted = self.model.notification();
+        if wanted && !self.notified {
+            let who = self.model.call.as_ref().map(|c| {
+                if c.peer_name.is_some() {
+                    format!("{}  {}", c.who(), c.peer)
+                } else {
+                    c.peer.clone()
+                }
+            });
+            n.ring(
+                &format!("Keyline — {}", self.t(Msg::Incoming)),
+                who.as_deref().unwrap_or(""),
+            );
+            self.notified = true;
         }
-        if !ringing && self.notified {
+        if !wanted && self.notified {
             n.close();
             self.notified = false;
         }
@@ -390,6 +397,9 @@ impl PhoneApp {
                 .number
                 .extend(typed.chars().filter(|c| !c.is_control()));
             self.focus_number = true;
+            // The field takes the focus in this frame; draw once more so
+            // that what was typed shows now, not at the next input.
+            ctx.request_repaint();
         }
     }
 

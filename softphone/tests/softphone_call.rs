@@ -8,56 +8,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{click, shows, shows_part, type_into, until, window, Window};
+use common::{
+    agent_events, click, connected, run_for, shows, shows_part, type_into, until, when_state,
+    window,
+};
 use egui_kittest::kittest::Queryable;
 use keyline_phone::model::Screen;
 use keyline_tests::tones::{heard, write_tones, A_TONES, B_TONES, STEP_MS};
-use keyline_tests::{Daemon, LoopbackOffice};
-use serde_json::Value;
+use keyline_tests::LoopbackOffice;
 
 const T: Duration = Duration::from_secs(15);
-
-/// The instant each `call` event with `state` arrives from `d`'s agent
-/// (a subscriber of the test's own, beside the window's).
-fn event_times(d: &Daemon) -> mpsc::Receiver<(Instant, Value)> {
-    let mut s = UnixStream::connect(d.state.join("control.sock")).unwrap();
-    s.write_all(b"{\"cmd\": \"subscribe\"}\n").unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(s).lines() {
-            let Ok(line) = line else { break };
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if tx.send((Instant::now(), v)).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Wait for `d`'s event of a call in `state`; when it arrived.
-fn when_state(rx: &mpsc::Receiver<(Instant, Value)>, state: &str) -> Instant {
-    let deadline = Instant::now() + T;
-    while Instant::now() < deadline {
-        if let Ok((t, v)) = rx.recv_timeout(Duration::from_millis(100)) {
-            if v["event"] == "call" && v["call"]["state"] == state {
-                return t;
-            }
-        }
-    }
-    panic!("no {state} event");
-}
-
-fn connected(w: &Window) -> bool {
-    w.state().model.call.as_ref().is_some_and(|c| c.connected()) && shows_part(w, "Connected")
-}
 
 #[test]
 fn a_call_between_two_windows_hold_transfer_and_history() {
@@ -95,8 +57,8 @@ fn a_call_between_two_windows_hold_transfer_and_history() {
             w.state().model.screen() == Screen::Idle && shows(w, ext)
         });
     }
-    let ev_a = event_times(&a);
-    let ev_b = event_times(&b);
+    let ev_a = agent_events(&a);
+    let ev_b = agent_events(&b);
     std::thread::sleep(Duration::from_millis(300));
 
     // A types 202 and presses Call; B shows the caller and rings.
@@ -111,8 +73,8 @@ fn a_call_between_two_windows_hold_transfer_and_history() {
     // Answer in B; both windows show the call connected soon after their
     // agent says so.
     click(&mut wb, "Answer");
-    let at_a = when_state(&ev_a, "connected");
-    let at_b = when_state(&ev_b, "connected");
+    let at_a = when_state(&ev_a, "connected", T);
+    let at_b = when_state(&ev_b, "connected", T);
     until(&mut wa, "connected", T, connected);
     let lag_a = at_a.elapsed();
     until(&mut wb, "connected", T, connected);
@@ -126,12 +88,10 @@ fn a_call_between_two_windows_hold_transfer_and_history() {
     eprintln!("connected shown {lag_a:?} (A) and {lag_b:?} (B) after the agents' events");
 
     // Let the tones play both ways.
-    let talk_until = Instant::now() + Duration::from_millis(u64::from(STEP_MS) * 5 + 800);
-    while Instant::now() < talk_until {
-        wa.step();
-        wb.step();
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    run_for(
+        &mut [&mut wa, &mut wb],
+        Duration::from_millis(u64::from(STEP_MS) * 5 + 800),
+    );
 
     // Hold in A: B shows it is held; Resume.
     click(&mut wa, "Hold");

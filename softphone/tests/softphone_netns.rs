@@ -1,99 +1,34 @@
 //! The window on a real office LAN: a gateway and three stations in network
 //! namespaces of their own (the stations find the gateway by mDNS), tone
-//! files as the microphones and WAV files as the speakers. Each station has
-//! its window twice: the real `keyline-phone` program under Xvfb (what the
-//! person sees, read back by title and OCR) and the same window code in a
-//! harness that the test types and clicks into by accessibility label.
-//! A types 202 and presses Call, B shows the caller and rings, Answer, both
-//! show connected within 100 ms of their agent's event, the tones are heard
-//! both ways, Hold in A shows held in B, Transfer from B rings C, C
+//! files as the microphones and WAV files as the speakers. A and B each
+//! have the real `keyline-phone` program on an X server of their own
+//! (Xvfb), driven by real X input (XTEST keys and pointer, as a person's
+//! keyboard and mouse) and read back by title and OCR; every station also
+//! has the same window code in a harness that the test clicks into by
+//! accessibility label and times. A's person types 202 on the keyboard and
+//! presses Enter, B shows the caller and rings, B's person clicks Answer,
+//! both show connected within 100 ms of their agent's event, the tones are
+//! heard both ways, Hold in A shows held in B, Transfer from B rings C, C
 //! answers, Hang up, and the history shows the call in every window.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::process::Command;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::x11::{keyline_window, until_text, xvfb, Proc};
-use common::{click, shows, shows_part, type_into, until, window, Window};
+use common::x11::{
+    click_at, find_word, focus, keyline_window, press_key, real_phone, type_keys, until_text, xvfb,
+};
+use common::{
+    agent_events, click, connected, run_for, shows, shows_part, type_into, until, until_each,
+    when_state, window,
+};
 use keyline_phone::model::Screen;
 use keyline_tests::tones::{heard, write_tones, A_TONES, B_TONES, STEP_MS};
 use keyline_tests::{bin, wait_for, Daemon, Lan, Scratch};
-use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
-
-/// When each `call` event of `d`'s agent arrives (a subscriber of the
-/// test's own, beside the windows').
-fn events(d: &Daemon) -> mpsc::Receiver<(Instant, Value)> {
-    let mut s = UnixStream::connect(d.state.join("control.sock")).unwrap();
-    s.write_all(b"{\"cmd\": \"subscribe\"}\n").unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(s).lines() {
-            let Ok(line) = line else { break };
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if tx.send((Instant::now(), v)).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn when_state(rx: &mpsc::Receiver<(Instant, Value)>, state: &str) -> Instant {
-    let deadline = Instant::now() + T;
-    while Instant::now() < deadline {
-        if let Ok((t, v)) = rx.recv_timeout(Duration::from_millis(100)) {
-            if v["event"] == "call" && v["call"]["state"] == state {
-                return t;
-            }
-        }
-    }
-    panic!("no {state} event");
-}
-
-fn connected(w: &Window) -> bool {
-    w.state().model.call.as_ref().is_some_and(|c| c.connected()) && shows_part(w, "Connected")
-}
-
-/// Let the windows run for `d` (their agents' news is taken each frame).
-fn run_for(ws: &mut [&mut Window], d: Duration) {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        for w in ws.iter_mut() {
-            w.step();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The real program for the agent at `d`, on `display`.
-fn real_window(d: &Daemon, display: &str, scratch: &Scratch, name: &str) -> Proc {
-    let log = std::fs::File::create(scratch.join(&format!("{name}-window.log"))).unwrap();
-    Proc(
-        Command::new(bin("keyline-phone"))
-            .arg("--state")
-            .arg(&d.state)
-            .args(["--lang", "en"])
-            .env("DISPLAY", display)
-            .env_remove("WAYLAND_DISPLAY")
-            .env("XDG_RUNTIME_DIR", scratch.join(""))
-            .env("XDG_CONFIG_HOME", scratch.join("config"))
-            .env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start keyline-phone"),
-    )
-}
 
 #[test]
 fn a_call_on_an_office_lan_in_real_windows() {
@@ -127,10 +62,26 @@ fn a_call_on_an_office_lan_in_real_windows() {
     common::enrol_named(&gw, &b, "202", "Bob");
     common::enrol_named(&gw, &c, "203", "Carol");
 
-    let (_x, display) = xvfb();
-    let _real_b = real_window(&b, &display, &scratch, "b");
+    // The real windows of A and B, each on an X server of its own.
+    let (_xa, da) = xvfb();
+    let (_xb, db) = xvfb();
+    let _real_a = real_phone(
+        &a.state,
+        &da,
+        &scratch.join(""),
+        &scratch.join("a-window.log"),
+    );
+    let _real_b = real_phone(
+        &b.state,
+        &db,
+        &scratch.join(""),
+        &scratch.join("b-window.log"),
+    );
+    let (a_win, _) = wait_for("A's real window", T, || {
+        keyline_window(&da).filter(|(_, t)| t.contains("201"))
+    });
     let (b_win, _) = wait_for("B's real window", T, || {
-        keyline_window(&display).filter(|(_, t)| t.contains("202"))
+        keyline_window(&db).filter(|(_, t)| t.contains("202"))
     });
     let mut wa = window(&a.state);
     let mut wb = window(&b.state);
@@ -140,47 +91,66 @@ fn a_call_on_an_office_lan_in_real_windows() {
             w.state().model.screen() == Screen::Idle && shows(w, ext)
         });
     }
-    let ev_a = events(&a);
-    let ev_b = events(&b);
+    let ev_a = agent_events(&a);
+    let ev_b = agent_events(&b);
 
-    // A types 202 and presses Call; B shows the caller and rings, in the
-    // harness and in the real window.
-    type_into(&mut wa, "Number", "202");
-    click(&mut wa, "Call");
+    // A's person types 202 on the keyboard into the real window (typing
+    // anywhere goes to the number field) and presses Enter; B shows the
+    // caller and rings, in the harness and in the real window.
+    let shot_a = scratch.join("a.png");
+    let shot = scratch.join("b.png");
+    // What is typed shows at once, with no further input (the first key
+    // moves the focus to the field).
+    focus(&da, &a_win);
+    type_keys(&da, "20");
+    wait_for("20 shown in A's real window", T, || {
+        find_word(&da, &a_win, &shot_a, "20")
+    });
+    type_keys(&da, "2");
+    wait_for("202 shown in A's real window", T, || {
+        find_word(&da, &a_win, &shot_a, "202")
+    });
+    press_key(&da, "Return");
+    wait_for("A's real window calling 202", T, || {
+        keyline_window(&da).filter(|(_, t)| t.contains("202"))
+    });
     until(&mut wb, "the incoming call", T, |w| {
         shows(w, "Answer") && shows(w, "Alice")
     });
     wait_for("the real window ringing", T, || {
-        keyline_window(&display).filter(|(_, t)| t.contains("Incoming call Alice"))
+        keyline_window(&db).filter(|(_, t)| t.contains("Incoming call Alice"))
     });
-    let shot = scratch.join("b.png");
-    until_text(
-        &display,
-        &b_win,
-        &shot,
-        "the caller in B's real window",
-        |t| t.contains("Incoming call") && t.contains("201"),
-    );
+    until_text(&db, &b_win, &shot, "the caller in B's real window", |t| {
+        t.contains("Incoming call") && t.contains("201")
+    });
 
-    // Answer in B: both show connected soon after their agent says so.
-    click(&mut wb, "Answer");
-    let at_a = when_state(&ev_a, "connected");
-    let at_b = when_state(&ev_b, "connected");
-    until(&mut wa, "connected", T, connected);
-    let lag_a = at_a.elapsed();
-    until(&mut wb, "connected", T, connected);
-    let lag_b = at_b.elapsed();
+    // B's person clicks Answer in the real window (the pointer moves over
+    // it first, as a hand's does). The harnesses catch up with the ringing
+    // first, so that they show the answer as soon as it comes.
+    let (x, y) = wait_for("Answer in B's real window", T, || {
+        find_word(&db, &b_win, &shot, "Answer")
+    });
+    run_for(&mut [&mut wa, &mut wb], Duration::from_millis(300));
+    click_at(&db, &b_win, x, y);
+    // Both show connected soon after their agent says so.
+    // (The harnesses are stepped side by side while the answer travels;
+    // the agents' events keep the instant they arrived.)
+    let shown = until_each(&mut [&mut wa, &mut wb], "connected", T, connected);
+    let at_a = when_state(&ev_a, "connected", T);
+    let at_b = when_state(&ev_b, "connected", T);
+    let lag_a = shown[0].saturating_duration_since(at_a);
+    let lag_b = shown[1].saturating_duration_since(at_b);
     assert!(
         lag_a < Duration::from_millis(100) && lag_b < Duration::from_millis(100),
         "connected shown {lag_a:?} (A) and {lag_b:?} (B) after the agents' events"
     );
-    until_text(
-        &display,
-        &b_win,
-        &shot,
-        "connected in B's real window",
-        |t| t.contains("Connected") && t.contains("direct"),
-    );
+    eprintln!("connected shown {lag_a:?} (A) and {lag_b:?} (B) after the agents' events");
+    until_text(&db, &b_win, &shot, "connected in B's real window", |t| {
+        t.contains("Connected") && t.contains("direct")
+    });
+    until_text(&da, &a_win, &shot_a, "connected in A's real window", |t| {
+        t.contains("Connected")
+    });
     run_for(
         &mut [&mut wa, &mut wb],
         Duration::from_millis(u64::from(STEP_MS) * 5 + 800),
@@ -191,7 +161,7 @@ fn a_call_on_an_office_lan_in_real_windows() {
     until(&mut wb, "held", T, |w| {
         shows_part(w, "Held by the other side")
     });
-    until_text(&display, &b_win, &shot, "held in B's real window", |t| {
+    until_text(&db, &b_win, &shot, "held in B's real window", |t| {
         t.contains("Held by the other side")
     });
     until(&mut wa, "on hold", T, |w| shows(w, "Resume"));
@@ -235,7 +205,7 @@ fn a_call_on_an_office_lan_in_real_windows() {
             shows_part(w, "in: ") && shows_part(w, "201")
         });
     }
-    until_text(&display, &b_win, &shot, "B's real window idle again", |t| {
+    until_text(&db, &b_win, &shot, "B's real window idle again", |t| {
         t.contains("Ready") && t.contains("Number")
     });
 

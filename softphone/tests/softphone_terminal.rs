@@ -10,38 +10,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{click, shows, shows_part, until, window};
-use egui::accesskit::Role;
-use egui_kittest::kittest::Queryable;
+use common::{click, compose_into, shows, shows_part, terminal, until, window};
 use keyline_phone::model::Screen;
 use keyline_tests::{bin, jstr, wait_for, Daemon, Scratch};
 
 const T: Duration = Duration::from_secs(20);
 const PW: &str = "correct horse battery";
 const KOREAN: &str = "김민준";
-
-fn terminal(scratch: &Scratch, name: &str, dir: &str, account: &str, tone: &str) -> Daemon {
-    let pw = scratch.join(&format!("{name}.pw"));
-    std::fs::write(&pw, format!("{PW}\n")).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let args = [
-        "terminal",
-        "--directory",
-        dir,
-        "--account",
-        account,
-        "--password-file",
-        pw.to_str().unwrap(),
-        "--bind",
-        "127.0.0.1:0",
-        "--audio-in",
-        tone,
-        "--audio-out",
-        "null",
-    ];
-    Daemon::start(None, bin("keyline-agent"), &scratch.join(name), &args).expect("start a terminal")
-}
 
 #[test]
 fn two_terminal_windows_call_by_a_korean_number() {
@@ -58,8 +33,19 @@ fn two_terminal_windows_call_by_a_korean_number() {
     });
     keyline_tests::add_account(&dir.state, "alice", &["1001"], PW);
     keyline_tests::add_account(&dir.state, "minjun", &[KOREAN], PW);
-    let a = terminal(&scratch, "a", &listen, "alice", "tone:600");
-    let b = terminal(&scratch, "b", &listen, "minjun", "tone:900");
+    let term = |name: &str, account: &str, tone: &str| {
+        let args = [
+            "--bind",
+            "127.0.0.1:0",
+            "--audio-in",
+            tone,
+            "--audio-out",
+            "null",
+        ];
+        terminal(&scratch, None, name, &listen, account, PW, &args)
+    };
+    let a = term("a", "alice", "tone:600");
+    let b = term("b", "minjun", "tone:900");
     let mut wa = window(&a.state);
     let mut wb = window(&b.state);
     until(&mut wa, "registered", T, |w| {
@@ -70,16 +56,7 @@ fn two_terminal_windows_call_by_a_korean_number() {
     });
 
     // The Korean number arrives through the input method.
-    wa.get_by_role_and_label(Role::TextInput, "Number").click();
-    wa.step();
-    wa.event(egui::Event::Ime(egui::ImeEvent::Preedit {
-        text: "김".into(),
-        active_range_chars: None,
-    }));
-    wa.step();
-    wa.event(egui::Event::Ime(egui::ImeEvent::Commit(KOREAN.into())));
-    wa.step();
-    wa.step();
+    compose_into(&mut wa, "Number", KOREAN);
     assert_eq!(wa.state().model.number, KOREAN);
     click(&mut wa, "Call");
 

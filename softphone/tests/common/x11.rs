@@ -159,3 +159,131 @@ pub fn keyline_windows(display: &str) -> Vec<String> {
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect()
 }
+
+/// Real input into the real window, as a person's keyboard and mouse give
+/// it: XTEST through `xdotool`. winit's X11 backend only takes keys for a
+/// window it has seen an XInput2 FocusIn for (`active_window` in its event
+/// processor); with no window manager the server's focus stays PointerRoot
+/// and no FocusIn comes, so the window is given the focus first (as a
+/// window manager would, `XSetInputFocus`). The pointer arrives over the
+/// window before it clicks, as a hand's does: egui clicks where it last
+/// saw the pointer.
+pub fn xdotool(display: &str, args: &[&str]) {
+    let st = Command::new("xdotool")
+        .args(args)
+        .env("DISPLAY", display)
+        .status()
+        .expect("xdotool (Debian xdotool) is needed for this test");
+    assert!(st.success(), "xdotool {args:?} failed");
+}
+
+/// Give window `id` the keyboard focus and wait until the server says so.
+pub fn focus(display: &str, id: &str) {
+    xdotool(display, &["windowfocus", "--sync", id]);
+}
+
+/// Type `text` on the keyboard (into the focused window).
+pub fn type_keys(display: &str, text: &str) {
+    xdotool(display, &["type", "--delay", "40", text]);
+}
+
+/// Press and release a key by its X name (`Return`, `Escape`).
+pub fn press_key(display: &str, key: &str) {
+    xdotool(display, &["key", key]);
+}
+
+/// Move the pointer to (`x`, `y`) in window `id`, then click there.
+pub fn click_at(display: &str, id: &str, x: i32, y: i32) {
+    let (x, y) = (x.to_string(), y.to_string());
+    xdotool(display, &["mousemove", "--window", id, &x, &y]);
+    std::thread::sleep(Duration::from_millis(150));
+    xdotool(display, &["click", "1"]);
+}
+
+/// Where the window shows `word` (the middle of the word, in window
+/// pixels), read by OCR of a screenshot at 4x; also read with every
+/// coloured pixel blacked out (the light blue text cursor beside what was
+/// typed), and with the colours turned to black on white (light text on
+/// coloured buttons).
+pub fn find_word(display: &str, window: &str, shot: &Path, word: &str) -> Option<(i32, i32)> {
+    let st = Command::new("import")
+        .args(["-window", window, "-resize", "400%"])
+        .arg(shot)
+        .env("DISPLAY", display)
+        .status()
+        .ok()?;
+    if !st.success() {
+        return None;
+    }
+    let grey = shot.with_extension("grey.png");
+    let _ = Command::new("convert")
+        .arg(shot)
+        .args(["(", "+clone", "-colorspace", "HSL", "-channel", "G"])
+        .args(["-separate", "+channel", "-threshold", "12%", "-negate", ")"])
+        .args(["-compose", "multiply", "-composite"])
+        .arg(&grey)
+        .status();
+    let inverted = shot.with_extension("inv.png");
+    let _ = Command::new("convert")
+        .arg(shot)
+        .args(["-colorspace", "Gray", "-threshold", "60%", "-negate"])
+        .arg(&inverted)
+        .status();
+    for img in [shot, grey.as_path(), inverted.as_path()] {
+        let Ok(out) = Command::new("tesseract")
+            .arg(img)
+            .args(["stdout", "--psm", "11", "tsv"])
+            .stderr(Stdio::null())
+            .output()
+        else {
+            continue;
+        };
+        // level page block par line word left top width height conf text
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            if f.len() < 12 || f[11].trim() != word {
+                continue;
+            }
+            let n = |i: usize| f[i].parse::<i32>().ok();
+            if let (Some(l), Some(t), Some(w), Some(h)) = (n(6), n(7), n(8), n(9)) {
+                return Some(((l + w / 2) / 4, (t + h / 2) / 4));
+            }
+        }
+    }
+    None
+}
+
+/// Click the button labelled `word` once the window shows it.
+pub fn click_word(display: &str, window: &str, shot: &Path, word: &str) {
+    let (x, y) = wait_for(
+        &format!("{word} in the window"),
+        Duration::from_secs(40),
+        || find_word(display, window, shot, word),
+    );
+    click_at(display, window, x, y);
+}
+
+/// The real program for the agent whose state is `state`, on `display`,
+/// in English, with no session bus (no notifications), logging to
+/// `log`.
+pub fn real_phone(state: &Path, display: &str, scratch: &Path, log: &Path) -> Proc {
+    let logf = std::fs::File::create(log).unwrap();
+    Proc(
+        Command::new(keyline_tests::bin("keyline-phone"))
+            .arg("--state")
+            .arg(state)
+            .args(["--lang", "en"])
+            .env("DISPLAY", display)
+            .env_remove("WAYLAND_DISPLAY")
+            .env("XDG_RUNTIME_DIR", scratch)
+            .env("XDG_CONFIG_HOME", scratch.join("config"))
+            .env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent")
+            // One rendering thread (Mesa on the CPU): the test's other
+            // windows and the agents share the same cores.
+            .env("LP_NUM_THREADS", "1")
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("start keyline-phone"),
+    )
+}
