@@ -788,3 +788,18 @@ async fn call_records_are_searched_by_outcome_and_dates_and_one_is_shown() {
     let (status, _, _) = send(&app, get_req("/cdr/1", None)).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
 }
+
+#[test]
+fn only_an_argon2id_hash_is_stored_as_the_admin_password() {
+    let hash = super::hash_password("front desk 2026").unwrap();
+    assert_eq!(super::check_hash(&hash), Ok(()));
+    for bad in [
+        "letmein",
+        "",
+        "$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ",
+    ] {
+        assert!(super::check_hash(bad).is_err(), "{bad:?}");
+    }
+    assert!(super::check_hash(&"$argon2id$".repeat(60)).is_err());
+}
