@@ -216,7 +216,9 @@ fn admin_passwd(state: Option<PathBuf>) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let db = keyline_gatewayd::db::Db::open(&dir.join("gatewayd.sqlite"))?;
     db.set_admin_password(&hash)?;
-    println!("admin password set; the admin site comes on when the gateway starts");
+    // A gateway running where its socket could not be reached still
+    // finds it at its next look (every 10 seconds).
+    println!("admin password set; the admin site comes on when the gateway runs (within 10 seconds if it is running)");
     Ok(())
 }
 
