@@ -2,7 +2,8 @@
 //! listens unless `[admin] listen` says otherwise.
 //!
 //! The LAN side of an appliance is decided from its interfaces and its
-//! routes ([`lan_addresses`], pure; [`read`] reads them from the kernel):
+//! routes ([`lan_addresses`], pure; [`read`] reads them from the kernel,
+//! and a failure to read them leaves the site on loopback alone):
 //!
 //! - an interface that carries the way out — a default route, or the
 //!   route towards the configured directory — is the WAN side;
@@ -169,8 +170,11 @@ pub fn parse_route_v6(text: &str) -> Vec<Route> {
         .collect()
 }
 
-/// The interfaces and routes the kernel has now (getifaddrs,
-/// `/proc/net/route`, `/proc/net/ipv6_route`).
+/// The interfaces and routes the kernel has now (getifaddrs, and the
+/// route tables of this process's network namespace,
+/// `/proc/self/net/route` and `/proc/self/net/ipv6_route`: the packaged
+/// service runs with `ProcSubset=pid`, which hides `/proc/net` but not
+/// `/proc/self`).
 pub fn read() -> std::io::Result<(Vec<Iface>, Vec<Route>)> {
     use nix::net::if_::InterfaceFlags;
     let mut ifaces: Vec<Iface> = Vec::new();
@@ -200,10 +204,10 @@ pub fn read() -> std::io::Result<(Vec<Iface>, Vec<Route>)> {
         }
     }
     let mut routes = Vec::new();
-    if let Ok(t) = std::fs::read_to_string("/proc/net/route") {
-        routes.extend(parse_route_v4(&t));
-    }
-    if let Ok(t) = std::fs::read_to_string("/proc/net/ipv6_route") {
+    // IPv4's table is always there; IPv6's only with IPv6 on.
+    let v4 = std::fs::read_to_string("/proc/self/net/route")?;
+    routes.extend(parse_route_v4(&v4));
+    if let Ok(t) = std::fs::read_to_string("/proc/self/net/ipv6_route") {
         routes.extend(parse_route_v6(&t));
     }
     Ok((ifaces, routes))

@@ -1272,7 +1272,7 @@ impl Site {
                         lan::lan_addresses(&ifaces, &wan)
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!("admin site: reading the interfaces: {e}; loopback only");
+                        tracing::warn!("admin site: reading the interfaces and routes: {e}; listening on loopback only");
                         vec![IpAddr::from([127, 0, 0, 1])]
                     }
                     Err(e) => {
