@@ -99,10 +99,12 @@ pub enum Event {
     },
     /// A routing request, already validated and canonicalised; `_held`
     /// is one of the session's requests in flight, given back once the
-    /// hub has handled it.
+    /// hub has handled it. `read_at`: when the request was read off the
+    /// session's stream (for the dial→ringing metric).
     Route {
         sid: SessionId,
         msg: DirMsg,
+        read_at: Instant,
         _held: OwnedSemaphorePermit,
     },
     /// `number`'s forwarding rules are now `rules` (read back from the
@@ -247,12 +249,7 @@ impl Shared {
         )?);
         let mut router = Router::new(shared.cfg().routing());
         router.set_numbers(Instant::now(), table);
-        let hub = Hub {
-            shared: shared.clone(),
-            router,
-            sessions: HashMap::new(),
-            relays: HashMap::new(),
-        };
+        let hub = Hub::new(shared.clone(), router);
         tokio::spawn(hub.run(hub_rx));
         Ok(shared)
     }
@@ -395,12 +392,7 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
 
     let mut router = Router::new(shared.cfg().routing());
     router.set_numbers(Instant::now(), table);
-    let hub = Hub {
-        shared: shared.clone(),
-        router,
-        sessions: HashMap::new(),
-        relays: HashMap::new(),
-    };
+    let hub = Hub::new(shared.clone(), router);
     let hub_task = tokio::spawn(hub.run(hub_rx));
 
     {
@@ -729,6 +721,11 @@ impl Conn {
     /// Hand a routing request to the hub, once fewer than
     /// [`IN_FLIGHT`] of the session's requests wait there.
     async fn route(&self, msg: DirMsg) -> Result<()> {
+        self.route_read_at(msg, Instant::now()).await
+    }
+
+    /// [`Conn::route`] for a request read off the stream at `read_at`.
+    async fn route_read_at(&self, msg: DirMsg, read_at: Instant) -> Result<()> {
         let held = self
             .in_flight
             .clone()
@@ -738,6 +735,7 @@ impl Conn {
         self.hub(Event::Route {
             sid: self.sid,
             msg,
+            read_at,
             _held: held,
         })
         .await
@@ -935,11 +933,12 @@ async fn control_loop(c: &Arc<Conn>, recv: quinn::RecvStream) -> Result<()> {
             Err(e) => return Err(anyhow::anyhow!("protocol violation: {e}")),
         };
         c.room().await;
-        handle_msg(c, msg).await?;
+        handle_msg(c, msg, Instant::now()).await?;
     }
 }
 
-async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
+/// Handle one message of a session's control stream, read at `read_at`.
+async fn handle_msg(c: &Arc<Conn>, msg: DirMsg, read_at: Instant) -> Result<()> {
     match msg {
         DirMsg::Ping { n } => c.reply(DirMsg::Pong { n }),
         DirMsg::Login {
@@ -1053,15 +1052,18 @@ async fn handle_msg(c: &Arc<Conn>, msg: DirMsg) -> Result<()> {
                     return Ok(());
                 }
             };
-            c.route(DirMsg::Call {
-                req,
-                number: n,
-                from,
-                candidates: cands.iter().map(ToString::to_string).collect(),
-                hops,
-                media_fp,
-                handoff,
-            })
+            c.route_read_at(
+                DirMsg::Call {
+                    req,
+                    number: n,
+                    from,
+                    candidates: cands.iter().map(ToString::to_string).collect(),
+                    hops,
+                    media_fp,
+                    handoff,
+                },
+                read_at,
+            )
             .await?
         }
         DirMsg::Answer {
@@ -1884,16 +1886,48 @@ struct Hub {
     router: Router,
     sessions: HashMap<SessionId, Live>,
     relays: HashMap<CallId, Allocation>,
+    /// When the CALL being routed now was read (taken by the RINGING it
+    /// gets back, for the dial→ringing metric).
+    call_read_at: Option<Instant>,
+    /// Relayed answered calls whose answering end has sent nothing through
+    /// the relay yet, with the answer's time (answer→media; only while
+    /// metrics are on).
+    media_wait: HashMap<CallId, Instant>,
 }
 
+/// How often relayed calls waiting for media are looked at.
+const MEDIA_CHECK: Duration = Duration::from_millis(5);
+/// How long after the answer a relayed call's media is waited for.
+const MEDIA_WAIT: Duration = Duration::from_secs(10);
+
 impl Hub {
+    fn new(shared: Arc<Shared>, router: Router) -> Hub {
+        Hub {
+            shared,
+            router,
+            sessions: HashMap::new(),
+            relays: HashMap::new(),
+            call_read_at: None,
+            media_wait: HashMap::new(),
+        }
+    }
+
     async fn run(mut self, mut events: mpsc::Receiver<Event>) {
         loop {
-            let ev = match self.router.poll_timeout() {
+            let media_check = (!self.media_wait.is_empty()).then(|| Instant::now() + MEDIA_CHECK);
+            let deadline = [self.router.poll_timeout(), media_check]
+                .into_iter()
+                .flatten()
+                .min();
+            let ev = match deadline {
                 Some(d) => tokio::select! {
                     ev = events.recv() => ev,
                     _ = tokio::time::sleep_until(d.into()) => {
-                        self.router.handle_timeout(Instant::now());
+                        let now = Instant::now();
+                        if self.router.poll_timeout().is_some_and(|t| t <= now) {
+                            self.router.handle_timeout(now);
+                        }
+                        self.check_media(now);
                         self.drain();
                         continue;
                     }
@@ -1903,7 +1937,26 @@ impl Hub {
             let Some(ev) = ev else { return };
             self.handle(ev).await;
             self.drain();
+            self.call_read_at = None;
         }
+    }
+
+    /// Relayed calls whose answering end has now sent through the relay:
+    /// answer→media.
+    fn check_media(&mut self, now: Instant) {
+        let relays = &self.relays;
+        let m = &self.shared.metrics;
+        self.media_wait.retain(|call, answered| {
+            let Some(alloc) = relays.get(call) else {
+                return false;
+            };
+            if alloc.callee_packets() > 0 {
+                m.answer_to_media
+                    .record(now.saturating_duration_since(*answered).as_secs_f64());
+                return false;
+            }
+            now.saturating_duration_since(*answered) < MEDIA_WAIT
+        });
     }
 
     async fn handle(&mut self, ev: Event) {
@@ -1966,7 +2019,14 @@ impl Hub {
                 };
                 let _ = reply.send(token);
             }
-            Event::Route { sid, msg, .. } => self.route(now, sid, msg),
+            Event::Route {
+                sid, msg, read_at, ..
+            } => {
+                if matches!(msg, DirMsg::Call { .. }) {
+                    self.call_read_at = Some(read_at);
+                }
+                self.route(now, sid, msg)
+            }
             Event::ForwardChanged { number, rules } => self.router.set_forwards(&number, rules),
             Event::Reload { logout, keep, done } => {
                 let store = self.shared.store.clone();
@@ -2185,7 +2245,17 @@ impl Hub {
     fn drain(&mut self) {
         while let Some(action) = self.router.poll_action() {
             match action {
-                Action::Send { to, msg } => self.send(to, msg),
+                Action::Send { to, msg } => {
+                    if matches!(msg, DirMsg::Ringing { .. }) {
+                        if let Some(at) = self.call_read_at.take() {
+                            self.shared
+                                .metrics
+                                .dial_to_ringing
+                                .record(at.elapsed().as_secs_f64());
+                        }
+                    }
+                    self.send(to, msg)
+                }
                 Action::AllocateRelay {
                     call,
                     caller,
@@ -2204,6 +2274,13 @@ impl Hub {
                             );
                             self.relays.insert(call, alloc);
                             self.router.handle_relay_ready(Instant::now(), call, cf, ef);
+                            let answered = match self.router.call(call).map(|c| c.state) {
+                                Some(CallState::Answered { at }) => Some(at),
+                                _ => None,
+                            };
+                            if let Some(at) = answered.filter(|_| self.shared.metrics.is_on()) {
+                                self.media_wait.insert(call, at);
+                            }
                         }
                         Err(e) => {
                             tracing::warn!("call {call}: relay allocation failed: {e}");
@@ -2214,6 +2291,7 @@ impl Hub {
                 }
                 Action::ReleaseRelay { call } => {
                     self.relays.remove(&call);
+                    self.media_wait.remove(&call);
                 }
                 Action::Finished {
                     call,
@@ -2229,6 +2307,7 @@ impl Hub {
                     );
                 }
                 Action::Record(rec) => {
+                    self.shared.metrics.call_ended(rec.outcome);
                     // Written off the hub's task; a failure costs only
                     // this entry of the history.
                     let now_ms = store::now_ms();

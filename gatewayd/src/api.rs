@@ -151,6 +151,12 @@ pub enum Request {
         #[serde(default)]
         dnd: bool,
     },
+    /// Store a new admin password, given as its argon2id hash (PHC
+    /// string; `keyline-gatewayd admin passwd` hashes it), and turn the
+    /// admin site on if it was waiting for one.
+    AdminPasswd {
+        hash: String,
+    },
 }
 
 fn default_limit() -> u32 {
@@ -211,6 +217,7 @@ pub const COMMANDS: &[&str] = &[
     "greeting-clear",
     "line-settings",
     "set-line-settings",
+    "admin-passwd",
 ];
 
 /// Where a call is, as the admin sees it.
@@ -587,6 +594,11 @@ pub enum Response {
         /// Length of the uploaded greeting; none: the default is used.
         greeting_secs: Option<f64>,
     },
+    /// The admin password was stored; the admin site now (as `status`
+    /// shows it).
+    AdminPassword {
+        admin_site: Value,
+    },
 }
 
 /// One extension's forwarding and do-not-disturb.
@@ -700,6 +712,9 @@ mod tests {
             Request::RingGroupList,
             Request::ExtensionRangeSet { lo: 200, hi: 299 },
             Request::ExtensionRangeClear,
+            Request::AdminPasswd {
+                hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+            },
         ] {
             let v = serde_json::to_value(&r).unwrap();
             assert!(COMMANDS.contains(&v["cmd"].as_str().unwrap()), "{v}");

@@ -110,15 +110,18 @@ fn default_metrics_listen() -> SocketAddr {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Serve the admin site at all (it also needs a password:
-    /// `keyline-gatewayd admin passwd`).
+    /// Serve the admin site at all. It also needs a password: until
+    /// `keyline-gatewayd admin passwd` sets one it does not listen.
     pub enabled: bool,
-    /// TCP address of the admin site; absent: port 8443 on the address
-    /// the gateway's QUIC endpoint listens on (the LAN side).
+    /// TCP address of the admin site; absent: port 8443 on each address
+    /// of the LAN side (see `admin::lan`: the private addresses of the
+    /// interfaces that do not carry the default route or the route to the
+    /// directory, or of the only interface; and loopback), followed as
+    /// addresses come and go.
     pub listen: Option<SocketAddr>,
     /// Networks (`10.0.0.0/8`, `192.168.1.7/32`, `::1/128`) allowed to use
-    /// the site; empty: the LAN the gateway is on (private, loopback and
-    /// link-local addresses). Anyone else is refused with 403.
+    /// the site; empty: private, loopback and link-local addresses.
+    /// Anyone else who reaches a listening address is refused with 403.
     pub allow: Vec<String>,
     /// Minutes an idle login lasts.
     pub session_idle_mins: u64,

@@ -44,17 +44,17 @@ pub async fn dispatch(shared: &Arc<Shared>, req: Request) -> Result<Response, Re
                 if let Some(m) = s.admin.as_object_mut() {
                     m.insert("password_set".into(), has.into());
                     if !has {
-                        m.insert(
-                            "hint".into(),
-                            "set a password with `keyline-gatewayd admin passwd` to use the admin site"
-                                .into(),
-                        );
+                        m.insert("hint".into(), crate::admin::OFF_HINT.into());
                     }
                 }
                 Ok(Response::Status(s))
             }
             other => Err(format!("unexpected answer {other:?}")),
         },
+        Request::AdminPasswd { hash } => {
+            let admin_site = crate::admin::set_password(shared, hash).await?;
+            Ok(Response::AdminPassword { admin_site })
+        }
         Request::Calls => match query_switch(shared, Query::Calls).await? {
             QueryReply::Calls(calls) => Ok(Response::Calls { calls }),
             other => Err(format!("unexpected answer {other:?}")),

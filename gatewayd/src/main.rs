@@ -244,10 +244,39 @@ fn admin_passwd(state: Option<PathBuf>) -> Result<()> {
         Some(s) => s,
         None => statedir::default_dir("gatewayd")?,
     };
+    // A running gateway stores it itself, through the dispatcher, and
+    // turns its admin site on at once.
+    let sock = control::socket_path(&dir);
+    if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+        let req = json!({"cmd": "admin-passwd", "hash": hash});
+        let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(15)))?;
+        let reply = control::into_result(reply)?;
+        let site = &reply["admin_site"];
+        match site["state"].as_str() {
+            Some("listening") => println!(
+                "admin password set; the admin site is on at {}",
+                site["urls"]
+                    .as_array()
+                    .map(|u| u
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" "))
+                    .unwrap_or_else(|| s(site, "url"))
+            ),
+            _ => println!(
+                "admin password set; the admin site is off: {}",
+                s(site, "why")
+            ),
+        }
+        return Ok(());
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let db = keyline_gatewayd::db::Db::open(&dir.join("gatewayd.sqlite"))?;
     db.set_admin_password(&hash)?;
-    println!("admin password set; the admin site takes it at once");
+    // A gateway running where its socket could not be reached still
+    // finds it at its next look (every 10 seconds).
+    println!("admin password set; the admin site comes on when the gateway runs (within 10 seconds if it is running)");
     Ok(())
 }
 
@@ -378,11 +407,20 @@ fn print_human(cmd: &Cmd, r: &Value) {
             }
             let admin = r.get("admin").cloned().unwrap_or(Value::Null);
             match (s(&admin, "state").as_str(), admin.get("password_set")) {
-                ("listening", Some(Value::Bool(false))) => println!(
-                    "admin site    {} is off until a password is set: keyline-gatewayd admin passwd",
-                    s(&admin, "url")
+                (_, Some(Value::Bool(false))) => println!(
+                    "admin site    off until a password is set: keyline-gatewayd admin passwd"
                 ),
-                ("listening", _) => println!("admin site    {}", s(&admin, "url")),
+                ("listening", _) => {
+                    let urls: Vec<&str> = admin["urls"]
+                        .as_array()
+                        .map(|u| u.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    if urls.is_empty() {
+                        println!("admin site    {}", s(&admin, "url"));
+                    } else {
+                        println!("admin site    {}", urls.join(" "));
+                    }
+                }
                 _ => println!("admin site    off ({})", s(&admin, "why")),
             }
             println!("extensions    {}", range_words(r, "extension_range_source"));

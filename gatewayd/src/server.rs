@@ -178,6 +178,8 @@ pub struct Shared {
     pub started: Instant,
     /// The admin site's state, as `status` shows it.
     pub admin: RwLock<Value>,
+    /// Wakes the admin site to look again (a password was just set).
+    pub admin_wake: tokio::sync::Notify,
     pub metrics: Metrics,
     /// Who may connect: `max_connections` and the per-address limits.
     pub gate: Gate,
@@ -327,6 +329,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         discovered: Mutex::new(HashMap::new()),
         started: Instant::now(),
         admin: RwLock::new(json!({"state": "off"})),
+        admin_wake: tokio::sync::Notify::new(),
         metrics,
         gate,
         ext_range_set: RwLock::new(stored_range),

@@ -223,6 +223,16 @@ pub enum Cmd {
     /// account's other sessions end; this terminal keeps its own and
     /// writes the new password to its password file.
     Passwd,
+    /// The sound devices: the sound cards' inputs and outputs and what is
+    /// in use (`list`), or the microphone, speaker, ringtone device and
+    /// ringtone to use (`set`): from now on, a call in progress too, and
+    /// at the next start (kept in the state directory's `audio.json`, as
+    /// the phone window's Settings keep them). `--audio-in`/`--audio-out`
+    /// and `--ringtone` on the daemon's command line come first at a start.
+    Audio {
+        #[command(subcommand)]
+        action: AudioCmd,
+    },
     /// Print what happens, as it happens: calls (ringing, answered, held,
     /// ended), the link, messages and voicemail waiting, until interrupted.
     Events {
@@ -273,6 +283,92 @@ pub enum ForwardCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum AudioCmd {
+    /// The sound cards' inputs and outputs, each with the SPEC that picks
+    /// it, and the choice in use.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Choose what is given; the rest stays. Each one is opened before
+    /// any is changed: if one cannot be (no such device, a ringtone that
+    /// is not a 48 kHz WAV file), nothing changes.
+    #[command(group(clap::ArgGroup::new("choice").required(true).multiple(true)))]
+    Set {
+        /// The microphone: `device` (the sound card's default),
+        /// `device:ID` (from `audio list`), `tone:HZ`, `silence` or a WAV
+        /// file.
+        #[arg(long, value_name = "SPEC", group = "choice")]
+        mic: Option<String>,
+        /// The speaker: `device`, `device:ID`, `null` or a WAV file to
+        /// write.
+        #[arg(long, value_name = "SPEC", group = "choice")]
+        speaker: Option<String>,
+        /// Where the ringtone plays: `speaker` (with the call's audio, the
+        /// default), `device`, `device:ID`, `null` or a WAV file.
+        #[arg(long, value_name = "SPEC", group = "choice")]
+        ring_device: Option<String>,
+        /// The ringtone: a 48 kHz WAV file, or `built-in`.
+        #[arg(long, value_name = "FILE", group = "choice")]
+        ringtone: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Specs that name no file (`device`, `device:ID`, `tone:HZ`, `silence`,
+/// `null`).
+fn names_no_file(spec: &str) -> bool {
+    matches!(spec, "device" | "silence" | "null")
+        || spec.starts_with("device:")
+        || spec.starts_with("tone:")
+}
+
+/// A spec as the daemon must get it: a file relative to `cwd` (where the
+/// command runs, not where the daemon does) made absolute.
+fn spec_from(cwd: &std::path::Path, spec: &str) -> String {
+    let spec = spec.trim();
+    if names_no_file(spec) || spec.is_empty() {
+        spec.to_string()
+    } else {
+        cwd.join(spec).display().to_string()
+    }
+}
+
+/// The control socket's `audio-set` for `keyline-agent audio set`: the
+/// microphone, speaker, ringtone device (`speaker`: back to the speaker)
+/// and ringtone (`built-in`: back to the built-in ring), each only when
+/// given, files made absolute against `cwd`.
+pub fn audio_set_request(
+    cwd: &std::path::Path,
+    mic: Option<&str>,
+    speaker: Option<&str>,
+    ring_device: Option<&str>,
+    ringtone: Option<&str>,
+) -> serde_json::Value {
+    let mut req = serde_json::json!({"cmd": "audio-set"});
+    if let Some(m) = mic {
+        req["in"] = spec_from(cwd, m).into();
+    }
+    if let Some(o) = speaker {
+        req["out"] = spec_from(cwd, o).into();
+    }
+    if let Some(r) = ring_device {
+        req["ring_out"] = match r.trim() {
+            "speaker" => serde_json::Value::Null,
+            r => spec_from(cwd, r).into(),
+        };
+    }
+    if let Some(t) = ringtone {
+        req["ringtone"] = match t.trim() {
+            "built-in" | "builtin" => serde_json::Value::Null,
+            t => cwd.join(t).display().to_string().into(),
+        };
+    }
+    req
+}
+
+#[derive(Subcommand, Debug)]
 pub enum VoicemailCmd {
     /// List the messages.
     List {
@@ -287,9 +383,51 @@ pub enum VoicemailCmd {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::Path;
+
     #[test]
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn audio_set_sends_only_what_is_given_with_files_made_absolute() {
+        let cwd = Path::new("/home/a");
+        assert_eq!(
+            audio_set_request(cwd, None, None, Some("device:null"), None),
+            json!({"cmd": "audio-set", "ring_out": "device:null"})
+        );
+        assert_eq!(
+            audio_set_request(
+                cwd,
+                Some("tone:600"),
+                Some("out.wav"),
+                Some("speaker"),
+                Some("ring.wav")
+            ),
+            json!({"cmd": "audio-set", "in": "tone:600", "out": "/home/a/out.wav",
+                   "ring_out": null, "ringtone": "/home/a/ring.wav"})
+        );
+        assert_eq!(
+            audio_set_request(cwd, Some("silence"), Some("null"), None, Some("built-in")),
+            json!({"cmd": "audio-set", "in": "silence", "out": "null", "ringtone": null})
+        );
+        assert_eq!(
+            audio_set_request(cwd, Some("device"), None, Some("/tmp/r.wav"), None),
+            json!({"cmd": "audio-set", "in": "device", "ring_out": "/tmp/r.wav"})
+        );
+    }
+
+    #[test]
+    fn audio_set_needs_a_choice() {
+        use clap::Parser;
+        assert!(Cli::try_parse_from(["keyline-agent", "audio", "set"]).is_err());
+        assert!(Cli::try_parse_from(["keyline-agent", "audio", "set", "--json"]).is_err());
+        assert!(
+            Cli::try_parse_from(["keyline-agent", "audio", "set", "--ring-device", "null"]).is_ok()
+        );
     }
 }

@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use keyline_agent::api::{ForwardSetRule, Request};
-use keyline_agent::cli::{Cli, Cmd, ForwardCmd, VoicemailCmd};
+use keyline_agent::cli::{audio_set_request, AudioCmd, Cli, Cmd, ForwardCmd, VoicemailCmd};
 use keyline_agent::daemon::{run, RunOptions};
 use keyline_agent::terminal;
 use keyline_net::{control, statedir};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -138,6 +138,9 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
     if let Cmd::Events { json } = cmd {
         return runtime()?.block_on(print_events(&sock, json));
     }
+    if let Cmd::Audio { action } = cmd {
+        return runtime()?.block_on(audio(&sock, action));
+    }
     let req = match &cmd {
         Cmd::Status { .. } => Request::Status,
         Cmd::Dial { number, lookup } => Request::Dial {
@@ -217,7 +220,9 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             let (old, new) = read_passwords()?;
             Request::Passwd { old, new }
         }
-        Cmd::Run { .. } | Cmd::Terminal { .. } | Cmd::Events { .. } => return Ok(()),
+        Cmd::Run { .. } | Cmd::Terminal { .. } | Cmd::Events { .. } | Cmd::Audio { .. } => {
+            return Ok(())
+        }
     };
     let req = serde_json::to_value(&req)?;
     let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(15)))?;
@@ -374,9 +379,90 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
                 ),
             }
         }
-        Cmd::Run { .. } | Cmd::Terminal { .. } | Cmd::Events { .. } => {}
+        Cmd::Run { .. } | Cmd::Terminal { .. } | Cmd::Events { .. } | Cmd::Audio { .. } => {}
     }
     Ok(())
+}
+
+/// `keyline-agent audio list` and `audio set`.
+async fn audio(sock: &std::path::Path, action: AudioCmd) -> Result<()> {
+    let ask = |req: Value| async move {
+        control::into_result(control::request(sock, &req, Duration::from_secs(15)).await?)
+    };
+    match action {
+        AudioCmd::List { json } => {
+            let devices = ask(serde_json::to_value(Request::AudioDevices)?).await?;
+            let status = ask(serde_json::to_value(Request::Status)?).await?;
+            let current = status.get("audio").cloned().unwrap_or(Value::Null);
+            if json {
+                let all = json!({
+                    "inputs": devices.get("inputs").cloned().unwrap_or(json!([])),
+                    "outputs": devices.get("outputs").cloned().unwrap_or(json!([])),
+                    "audio": current,
+                });
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                for (title, key) in [("Microphones", "inputs"), ("Speakers", "outputs")] {
+                    println!("{title}:");
+                    let list = devices.get(key).and_then(Value::as_array);
+                    match list {
+                        Some(l) if !l.is_empty() => {
+                            for d in l {
+                                // ALSA's descriptions run over several lines.
+                                let name = d["name"].as_str().unwrap_or("").lines().next();
+                                println!(
+                                    "  {:<24} {}{}",
+                                    d["spec"].as_str().unwrap_or("?"),
+                                    name.unwrap_or(""),
+                                    if d["default"] == true {
+                                        " (default)"
+                                    } else {
+                                        ""
+                                    }
+                                );
+                            }
+                        }
+                        _ => println!("  none found"),
+                    }
+                }
+                print_audio(&current);
+            }
+        }
+        AudioCmd::Set {
+            mic,
+            speaker,
+            ring_device,
+            ringtone,
+            json,
+        } => {
+            let cwd = std::env::current_dir().context("the current directory")?;
+            let req = audio_set_request(
+                &cwd,
+                mic.as_deref(),
+                speaker.as_deref(),
+                ring_device.as_deref(),
+                ringtone.as_deref(),
+            );
+            let reply = ask(req).await?;
+            let now = reply.get("audio").cloned().unwrap_or(Value::Null);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&now)?);
+            } else {
+                print_audio(&now);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The audio in use (`status`'s `audio`), in words.
+fn print_audio(a: &Value) {
+    let s = |k: &str| a.get(k).and_then(Value::as_str);
+    println!("In use:");
+    println!("  microphone  {}", s("in").unwrap_or("device"));
+    println!("  speaker     {}", s("out").unwrap_or("device"));
+    println!("  ring on     {}", s("ring_out").unwrap_or("the speaker"));
+    println!("  ringtone    {}", s("ringtone").unwrap_or("built-in"));
 }
 
 /// The old and the new password for `passwd`: asked for without echo

@@ -19,9 +19,14 @@
 //! finds no serious accessibility violations. Any failed check in the
 //! script fails this test.
 //!
-//! Without `[admin] allow`, the site is the LAN's alone: in network
-//! namespaces, a desk on the gateway's LAN gets the login page and a host
-//! on its outside network gets 403.
+//! The site does not listen until an admin password exists, and
+//! `keyline-gatewayd admin passwd` on the running gateway turns it on
+//! (log in works) without a restart. Without `[admin] listen` it listens
+//! on the LAN side alone: in network namespaces, a desk on the gateway's
+//! LAN gets the login page, a host on its outside network finds the port
+//! closed at the gateway's outside addresses (connection refused) and is
+//! refused with 403 at its LAN address, and an address added to the LAN
+//! is listened on without a restart.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -265,9 +270,164 @@ impl OutputWithStdin for Command {
     }
 }
 
+/// `keyline-gatewayd admin passwd` with `password` on standard input.
+fn admin_passwd(state: &std::path::Path, password: &str) -> std::process::Output {
+    Command::new(bin("keyline-gatewayd"))
+        .arg("--state")
+        .arg(state)
+        .args(["admin", "passwd"])
+        .stdin(Stdio::piped())
+        .output_with_stdin(format!("{password}\n"))
+}
+
+/// The admin site is off until a password exists: nothing listens, and
+/// `status` and the first start's log say how to turn it on. `admin
+/// passwd` (password on standard input) on the running gateway turns it
+/// on at once: the port opens, the login works, and the gateway is the
+/// same process.
+#[test]
+fn the_admin_site_is_off_until_a_password_is_set_then_on_without_a_restart() {
+    let port = free_tcp_port();
+    let cfg_dir = Scratch::new("gwadminoff");
+    let cfg = cfg_dir.join("gatewayd.toml");
+    std::fs::write(&cfg, format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    let mut office = LoopbackOffice::start("gwadminoff", &["--config", cfg.to_str().unwrap()]);
+    let status = wait_for("the gateway", Duration::from_secs(15), || {
+        office.gw.json(&["status"]).ok()
+    });
+    assert_eq!(status["admin"]["state"], "off", "{status}");
+    assert_eq!(status["admin"]["password_set"], false, "{status}");
+    assert!(
+        status["admin"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("keyline-gatewayd admin passwd"),
+        "{status}"
+    );
+    let human = ok(&office.gw, &["status"]);
+    assert!(
+        human.contains("admin site    off until a password is set: keyline-gatewayd admin passwd"),
+        "{human}"
+    );
+    assert!(
+        office.gw.log_text().contains("admin passwd"),
+        "the first start says how"
+    );
+    let refused = std::net::TcpStream::connect(("127.0.0.1", port))
+        .expect_err("nothing listens before a password exists");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+
+    // A password too short is refused and changes nothing.
+    let short = admin_passwd(&office.gw.state, "short");
+    assert!(!short.status.success());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+
+    let pid = office.gw.child.as_ref().unwrap().id();
+    let passwd = admin_passwd(&office.gw.state, PASSWORD);
+    assert!(passwd.status.success(), "{passwd:?}");
+    let said = String::from_utf8_lossy(&passwd.stdout);
+    assert!(
+        said.contains(&format!(
+            "the admin site is on at https://127.0.0.1:{port}/"
+        )),
+        "{said}"
+    );
+    // On when the command returns: no waiting, no restart.
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the site listens now");
+    let status = office.gw.json(&["status"]).unwrap();
+    assert_eq!(status["admin"]["state"], "listening", "{status}");
+    assert_eq!(status["admin"]["password_set"], true, "{status}");
+
+    // Log in as a browser does: the login form's token, then the form.
+    let jar = office.scratch.join("cookies");
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sk", "--max-time", "10", "-c"])
+            .arg(&jar)
+            .arg("-b")
+            .arg(&jar)
+            .args(args)
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let url = format!("https://127.0.0.1:{port}");
+    let page = curl(&[&format!("{url}/login")]);
+    let token = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no login token in\n{page}"))
+        .to_string();
+    let posted = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "--data-urlencode",
+        &format!("password={PASSWORD}"),
+        "--data-urlencode",
+        &format!("csrf={token}"),
+        &format!("{url}/login"),
+    ]);
+    assert_eq!(posted, format!("303 {url}/"), "the login");
+    let dashboard = curl(&["-w", "\n%{http_code}", &format!("{url}/")]);
+    assert!(dashboard.ends_with("\n200"), "{dashboard}");
+    assert!(
+        dashboard.contains("aria-current=\"page\">Dashboard"),
+        "{dashboard}"
+    );
+
+    assert_eq!(office.gw.child.as_ref().unwrap().id(), pid);
+    assert!(
+        office
+            .gw
+            .child
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none(),
+        "the gateway is still running"
+    );
+    // Something that is not an argon2id hash, sent straight to the
+    // control socket, is refused with a clear error and not stored.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sock = keyline_net::control::socket_path(&office.gw.state);
+    let reply = rt
+        .block_on(keyline_net::control::request(
+            &sock,
+            &serde_json::json!({"cmd": "admin-passwd", "hash": "letmein"}),
+            Duration::from_secs(10),
+        ))
+        .unwrap();
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a password hash"),
+        "{reply}"
+    );
+    let again = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--data-urlencode",
+        &format!("password={PASSWORD}"),
+        "--data-urlencode",
+        &format!("csrf={token}"),
+        &format!("{url}/login"),
+    ]);
+    assert_eq!(again, "303", "the password is the one set");
+}
+
 /// The real server applies `[admin] allow` to the peer's real address: a
-/// gateway that allows only 10.0.0.0/8 refuses a browser on loopback,
-/// and says where the site is in `status`.
+/// gateway that allows only 10.0.0.0/8 refuses a browser on loopback.
 #[test]
 fn the_admin_site_refuses_addresses_it_does_not_allow() {
     let port = free_tcp_port();
@@ -279,16 +439,18 @@ fn the_admin_site_refuses_addresses_it_does_not_allow() {
     )
     .unwrap();
     let office = LoopbackOffice::start("gwadminallow", &["--config", cfg.to_str().unwrap()]);
-    wait_for("the admin site", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    wait_for("the gateway", Duration::from_secs(15), || {
+        office.gw.json(&["status"]).ok()
     });
+    let passwd = admin_passwd(&office.gw.state, PASSWORD);
+    assert!(passwd.status.success(), "{passwd:?}");
     let status = office.gw.json(&["status"]).unwrap();
     assert_eq!(status["admin"]["state"], "listening", "{status}");
-    assert_eq!(status["admin"]["password_set"], false, "{status}");
-    assert!(status["admin"]["hint"]
-        .as_str()
-        .unwrap()
-        .contains("keyline-gatewayd admin passwd"));
+    assert_eq!(
+        status["admin"]["urls"],
+        serde_json::json!([format!("https://127.0.0.1:{port}/")]),
+        "{status}"
+    );
     for path in ["/login", "/", "/metrics"] {
         let out = Command::new("curl")
             .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
@@ -297,17 +459,17 @@ fn the_admin_site_refuses_addresses_it_does_not_allow() {
             .expect("curl");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{path}");
     }
-    assert!(
-        office.gw.log_text().contains("admin passwd"),
-        "the first start says how"
-    );
 }
 
-/// Without `[admin] allow` the site is the LAN side's: a gateway with a
-/// LAN (10.78.0.0/24) and an outside network (203.0.113.0/24, a public
-/// range) in namespaces of their own, its site on the default address
-/// (port 8443 on every address). A desk on the LAN gets the login page;
-/// a host outside gets 403 for every path, and no page is served to it.
+/// Without `[admin] listen` the site listens on the LAN side alone. A
+/// gateway with a LAN (10.78.0.0/24) and an outside network
+/// (203.0.113.0/24, a public range, plus 192.168.100.0/24, the private
+/// network of an ISP's router) in namespaces of their own, its default
+/// route on the outside. A desk on the LAN gets the login page; a host
+/// outside finds nothing listening at the gateway's outside addresses,
+/// the private one included (connection refused, no TLS, no page), and
+/// is refused with 403 at the LAN address routed to it. An address added
+/// to the LAN is listened on within a rescan, without a restart.
 #[test]
 fn by_default_the_admin_site_is_the_lans_alone() {
     let base = unique("");
@@ -320,15 +482,20 @@ fn by_default_the_admin_site_is_the_lans_alone() {
     lan.attach(&desk, "eth0", "10.78.0.2/24").unwrap();
     wan.attach(&gw_ns, "wan0", "203.0.113.1/24").unwrap();
     wan.attach(&outside, "eth0", "203.0.113.9/24").unwrap();
+    gw_ns
+        .ip(&["addr", "add", "192.168.100.2/24", "dev", "wan0"])
+        .unwrap();
+    outside
+        .ip(&["addr", "add", "192.168.100.9/24", "dev", "eth0"])
+        .unwrap();
+    gw_ns
+        .ip(&["route", "add", "default", "via", "203.0.113.9"])
+        .unwrap();
 
     let scratch = Scratch::new("gwadminwan");
     let state = scratch.join("gw");
-    let passwd = Command::new(bin("keyline-gatewayd"))
-        .arg("--state")
-        .arg(&state)
-        .args(["admin", "passwd"])
-        .stdin(Stdio::piped())
-        .output_with_stdin(format!("{PASSWORD}\n"));
+    // Set before the gateway runs: stored straight in its database.
+    let passwd = admin_passwd(&state, PASSWORD);
     assert!(passwd.status.success(), "{passwd:?}");
     let gw = Daemon::start(
         Some(&gw_ns.name),
@@ -337,10 +504,26 @@ fn by_default_the_admin_site_is_the_lans_alone() {
         &["run", "--no-mdns"],
     )
     .unwrap();
-    wait_for("the admin site", Duration::from_secs(10), || {
+    let st = wait_for("the admin site", Duration::from_secs(10), || {
         let st = gw.json(&["status"]).ok()?;
-        (st["admin"]["state"] == "listening").then_some(())
+        (st["admin"]["state"] == "listening").then_some(st)
     });
+    let urls: Vec<&str> = st["admin"]["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u.as_str())
+        .collect();
+    // (and [::1] when the namespace's loopback has IPv6)
+    for want in ["https://10.78.0.1:8443/", "https://127.0.0.1:8443/"] {
+        assert!(urls.contains(&want), "{want} not in {st}");
+    }
+    assert!(
+        urls.iter()
+            .all(|u| !u.contains("203.0.113.") && !u.contains("192.168.100.")),
+        "{st}"
+    );
+    // (curl's exit status, the HTTP status or 000)
     let code = |ns: &Netns, host: &str, path: &str| {
         let out = ns.exec(
             "curl",
@@ -355,22 +538,44 @@ fn by_default_the_admin_site_is_the_lans_alone() {
                 &format!("https://{host}:8443{path}"),
             ],
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     // The LAN reaches it at the gateway's LAN address.
-    assert_eq!(code(&desk, "10.78.0.1", "/login"), "200");
-    // The outside reaches the port (at either address) and is refused.
-    for host in ["203.0.113.1", "10.78.0.1"] {
-        if host == "10.78.0.1" {
-            // (The gateway's own address: no forwarding needed.)
-            outside
-                .ip(&["route", "add", "10.78.0.0/24", "via", "203.0.113.1"])
-                .unwrap();
-        }
-        for path in ["/login", "/", "/stations", "/metrics"] {
-            assert_eq!(code(&outside, host, path), "403", "{host}{path}");
+    assert_eq!(code(&desk, "10.78.0.1", "/login"), (Some(0), "200".into()));
+    // Outside, at the gateway's outside addresses: the port is closed
+    // (curl's 7: could not connect).
+    for host in ["203.0.113.1", "192.168.100.2"] {
+        for path in ["/login", "/"] {
+            assert_eq!(
+                code(&outside, host, path),
+                (Some(7), "000".into()),
+                "{host}{path}"
+            );
         }
     }
+    // At the LAN address routed through the gateway: the port is open
+    // there, and the outside address is refused before any page.
+    outside
+        .ip(&["route", "add", "10.78.0.0/24", "via", "203.0.113.1"])
+        .unwrap();
+    for path in ["/login", "/", "/stations", "/metrics"] {
+        assert_eq!(
+            code(&outside, "10.78.0.1", path),
+            (Some(0), "403".into()),
+            "{path}"
+        );
+    }
+    // A new LAN address is followed without a restart.
+    gw_ns
+        .ip(&["addr", "add", "10.78.0.5/24", "dev", "lan0"])
+        .unwrap();
+    wait_for("the new LAN address", Duration::from_secs(30), || {
+        (code(&desk, "10.78.0.5", "/login").1 == "200").then_some(())
+    });
+    assert_eq!(code(&outside, "203.0.113.1", "/login").0, Some(7));
     let log = gw.log_text();
     assert!(!log.contains("panicked"), "{log}");
 }

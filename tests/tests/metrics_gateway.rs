@@ -3,9 +3,12 @@
 //! is registered with. After a relayed call between two stations its query
 //! API shows the call ended as answered, a dial→ringing and an
 //! answer→media sample, the forwarder's packets each way and the stations
-//! online; and the directory's registrations and sessions. Each station's
-//! own metrics (`keyline-agent metrics`) count the call at both ends.
-//! `promtool check metrics` accepts every exposition.
+//! online; and the directory's registrations and sessions. Then two
+//! internet terminals call each other through the directory (relayed, by
+//! the directory's rule): the directory's own series show the call ended
+//! as answered, a dial→ringing and an answer→media sample, and its disk.
+//! Each station's own metrics (`keyline-agent metrics`) count the call at
+//! both ends. `promtool check metrics` accepts every exposition.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -43,6 +46,25 @@ fn get(ns: &Netns, port: u16, path: &str) -> Option<(u16, String)> {
     let text = String::from_utf8(out.stdout).ok()?;
     let (body, code) = text.rsplit_once('\n')?;
     Some((code.trim().parse().ok()?, body.to_string()))
+}
+
+/// `name{job="keyline-gateway",labels}`: the gateway's series of a name
+/// the directory has too.
+fn gw_q(name: &str, labels: &str) -> String {
+    job_q("keyline-gateway", name, labels)
+}
+
+/// The directory's series.
+fn dir_q(name: &str, labels: &str) -> String {
+    job_q("keyline-directory", name, labels)
+}
+
+fn job_q(job: &str, name: &str, labels: &str) -> String {
+    if labels.is_empty() {
+        format!("{name}{{job=\"{job}\"}}")
+    } else {
+        format!("{name}{{job=\"{job}\",{labels}}}")
+    }
 }
 
 /// Percent-encode a query for a URL.
@@ -155,11 +177,15 @@ fn prometheus_scrapes_the_gateway_and_the_directory_after_a_call() {
     // The directory, with the office's account.
     let dir_state = scratch.join("dir");
     add_account(&dir_state, "office", &["0317001000"], PW);
+    add_account(&dir_state, "alice", &["1001"], PW);
+    add_account(&dir_state, "bob", &["1002"], PW);
     let dir_cfg = scratch.join("directory.toml");
+    // Every call through the directory is relayed, so it sees media.
     std::fs::write(
         &dir_cfg,
         format!(
-            "listen = \"{DIRECTORY}\"\n[metrics]\nlisten = \"127.0.0.1:{DIRECTORY_METRICS}\"\n"
+            "listen = \"{DIRECTORY}\"\ndirect_connect = \"relay\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{DIRECTORY_METRICS}\"\n"
         ),
     )
     .unwrap();
@@ -232,14 +258,27 @@ fn prometheus_scrapes_the_gateway_and_the_directory_after_a_call() {
     ok(&b, &["answer"]);
     wait_state(&a, "connected");
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(prom.at_least("keyline_calls_active", 1.0), 1.0);
+    assert_eq!(
+        prom.at_least("keyline_calls_active{job=\"keyline-gateway\"}", 1.0),
+        1.0
+    );
     ok(&a, &["hangup"]);
 
-    assert!(prom.at_least("keyline_calls_ended_total{outcome=\"answered\"}", 1.0) >= 1.0);
-    assert!(prom.at_least("keyline_dial_to_ringing_seconds_count", 1.0) >= 1.0);
+    assert!(
+        prom.at_least(
+            &gw_q("keyline_calls_ended_total", "outcome=\"answered\""),
+            1.0
+        ) >= 1.0
+    );
+    assert!(prom.at_least(&gw_q("keyline_dial_to_ringing_seconds_count", ""), 1.0) >= 1.0);
     // The sample lies in a bucket, and took less than the last one.
-    assert!(prom.at_least("keyline_dial_to_ringing_seconds_bucket{le=\"5\"}", 1.0) >= 1.0);
-    assert!(prom.at_least("keyline_answer_to_media_seconds_count", 1.0) >= 1.0);
+    assert!(
+        prom.at_least(
+            &gw_q("keyline_dial_to_ringing_seconds_bucket", "le=\"5\""),
+            1.0
+        ) >= 1.0
+    );
+    assert!(prom.at_least(&gw_q("keyline_answer_to_media_seconds_count", ""), 1.0) >= 1.0);
     // Both ways through the forwarder, each counted as its own series.
     for direction in ["to_callee", "to_caller"] {
         let q = format!("keyline_forwarder_packets_total{{direction=\"{direction}\"}}");
@@ -247,13 +286,97 @@ fn prometheus_scrapes_the_gateway_and_the_directory_after_a_call() {
     }
     assert_eq!(prom.at_least("keyline_stations_online", 2.0), 2.0);
     wait_for("no calls active", Duration::from_secs(10), || {
-        (prom.value("keyline_calls_active")? == 0.0).then_some(())
+        (prom.value("keyline_calls_active{job=\"keyline-gateway\"}")? == 0.0).then_some(())
     });
 
     // The directory's side: the office's registration and its session.
     assert!(prom.at_least("keyline_directory_registrations_total", 1.0) >= 1.0);
     assert_eq!(prom.at_least("keyline_directory_sessions", 1.0), 1.0);
     assert!(prom.at_least("keyline_directory_bindings", 1.0) >= 1.0);
+    // The office's call never reached the directory.
+    assert_eq!(
+        prom.at_least(
+            &dir_q("keyline_calls_ended_total", "outcome=\"answered\""),
+            0.0
+        ),
+        0.0
+    );
+    assert_eq!(
+        prom.at_least(&dir_q("keyline_dial_to_ringing_seconds_count", ""), 0.0),
+        0.0
+    );
+    assert!(prom.at_least(&dir_q("keyline_disk_free_bytes", ""), 1.0) > 0.0);
+
+    // Two internet terminals call each other through the directory.
+    let dir_fp = fp.clone();
+    let terminal = |name: &str, account: &str, extra: &[&str]| {
+        let pw = scratch.join(&format!("{name}.pw"));
+        std::fs::write(&pw, format!("{PW}\n")).unwrap();
+        let mut args = vec![
+            "terminal",
+            "--directory",
+            DIRECTORY,
+            "--directory-fp",
+            &dir_fp,
+            "--account",
+            account,
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--bind",
+            "127.0.0.1:0",
+            "--audio-out",
+            "null",
+        ];
+        args.extend_from_slice(extra);
+        Daemon::start(
+            Some(&ns.name),
+            bin("keyline-agent"),
+            &scratch.join(name),
+            &args,
+        )
+        .unwrap()
+    };
+    let alice = terminal("alice", "alice", &["--audio-in", "tone:600"]);
+    let bob = terminal(
+        "bob",
+        "bob",
+        &["--audio-in", "tone:900", "--auto-answer", "1"],
+    );
+    for t in [&alice, &bob] {
+        wait_for("a terminal to register", Duration::from_secs(20), || {
+            (t.json(&["status"]).ok()?["state"].as_str()? == "registered").then_some(())
+        });
+    }
+    ok(&alice, &["dial", "1002"]);
+    wait_state(&alice, "connected");
+    assert_eq!(prom.at_least(&dir_q("keyline_calls_active", ""), 1.0), 1.0);
+    // The answering end's first packet through the relay.
+    assert!(prom.at_least(&dir_q("keyline_answer_to_media_seconds_count", ""), 1.0) >= 1.0);
+    ok(&alice, &["hangup"]);
+    assert!(
+        prom.at_least(
+            &dir_q("keyline_calls_ended_total", "outcome=\"answered\""),
+            1.0
+        ) >= 1.0
+    );
+    assert!(prom.at_least(&dir_q("keyline_dial_to_ringing_seconds_count", ""), 1.0) >= 1.0);
+    assert!(
+        prom.at_least(
+            &dir_q("keyline_dial_to_ringing_seconds_bucket", "le=\"5\""),
+            1.0
+        ) >= 1.0
+    );
+    wait_for("no directory calls active", Duration::from_secs(10), || {
+        (prom.value(&dir_q("keyline_calls_active", ""))? == 0.0).then_some(())
+    });
+    // The relay carried it, both ways.
+    for direction in ["to_callee", "to_caller"] {
+        let q = dir_q(
+            "keyline_directory_relay_packets_total",
+            &format!("direction=\"{direction}\""),
+        );
+        assert!(prom.at_least(&q, 10.0) >= 10.0);
+    }
 
     // The stations' own, through their control sockets: the caller
     // placed one call that connected, and sent and heard voice.

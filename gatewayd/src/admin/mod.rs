@@ -8,6 +8,7 @@
 pub mod access;
 pub mod csv;
 mod dialplan;
+pub mod lan;
 pub mod limiter;
 mod voicemail;
 
@@ -1134,61 +1135,271 @@ async fn cdr_one<O: Office>(State(st): St<O>, headers: HeaderMap, Path(id): Path
 
 // ---- serving ----
 
+/// How often the LAN side's addresses (and the password) are looked at
+/// again, besides when `admin passwd` tells the gateway at once.
+const RESCAN: Duration = Duration::from_secs(10);
+
+/// What `status` says while there is no password.
+pub const OFF_HINT: &str =
+    "set a password with `keyline-gatewayd admin passwd` to turn the admin site on";
+
 /// Serve the admin site for the running gateway, if it is on; what
-/// `status` says about it is kept in `shared.admin`.
+/// `status` says about it is kept in `shared.admin`. The site does not
+/// listen until an admin password exists: `admin passwd` on a running
+/// gateway wakes it ([`password_set`]); it then listens on the LAN side's
+/// addresses ([`lan`]; looked at again every [`RESCAN`], so an address
+/// that comes or goes is followed), or on `[admin] listen`.
 pub async fn start(shared: Arc<Shared>) -> anyhow::Result<()> {
-    use anyhow::Context;
     let cfg = shared.cfg().admin;
-    let set = |v: serde_json::Value| {
-        if let Ok(mut a) = shared.admin.write() {
-            *a = v;
-        }
-    };
     if !cfg.enabled {
-        set(serde_json::json!({"state": "off", "why": "[admin] enabled = false"}));
+        set_status(
+            &shared,
+            serde_json::json!({"state": "off", "why": "[admin] enabled = false"}),
+        );
         return Ok(());
     }
-    let listen = cfg.listen.unwrap_or_else(|| {
-        SocketAddr::new(shared.local_addr.ip(), crate::config::DEFAULT_ADMIN_PORT)
-    });
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("admin site: binding {listen}"))?;
-    let local = listener.local_addr()?;
     let tls = keyline_web::tls::server_config(vec![shared.id.cert.clone()], shared.id.key())?;
-    let has_password = {
-        let db = shared.db.clone();
-        tokio::task::spawn_blocking(move || db.admin_password())
-            .await??
-            .is_some()
-    };
-    if !has_password {
-        tracing::info!(
-            "the admin site at https://{local}/ is off until an admin password is set: run `keyline-gatewayd admin passwd`"
-        );
-    } else {
-        tracing::info!("admin site at https://{local}/");
-    }
-    set(serde_json::json!({"state": "listening", "url": format!("https://{local}/")}));
     let app = router(
         Live(shared.clone()),
         Access::new(&cfg.allow),
         Duration::from_secs(cfg.session_idle_mins.saturating_mul(60)),
     );
+    let mut site = Site {
+        shared: shared.clone(),
+        tls,
+        app,
+        open: HashMap::new(),
+        said_off: false,
+    };
+    site.round().await;
     tokio::spawn(async move {
-        if let Err(e) = keyline_web::serve_https(
-            listener,
-            tls,
-            app,
-            keyline_web::Limits::default(),
-            std::future::pending::<()>(),
-        )
-        .await
-        {
-            tracing::warn!("admin site: {e}");
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RESCAN) => {}
+                _ = site.shared.admin_wake.notified() => {}
+            }
+            site.round().await;
         }
     });
     Ok(())
+}
+
+/// The control request `admin-passwd`: check that `hash` is an argon2id
+/// hash, store it, and wake the site; the site's state once it has looked
+/// (within a few seconds).
+pub async fn set_password(shared: &Arc<Shared>, hash: String) -> Result<serde_json::Value, String> {
+    check_hash(&hash)?;
+    let db = shared.db.clone();
+    tokio::task::spawn_blocking(move || db.set_admin_password(&hash))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("storing the password: {e:#}"))?;
+    tracing::info!("admin password set");
+    let before = shared.admin_status();
+    shared.admin_wake.notify_one();
+    // The site answers at once when it was already on.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = shared.admin_status();
+        // It has looked (its state changed), or was on already.
+        if now != before || before["state"] == "listening" || Instant::now() >= deadline {
+            return Ok(now);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A stored admin password must be an argon2id hash in PHC form.
+pub fn check_hash(hash: &str) -> Result<(), String> {
+    use argon2::password_hash::PasswordHash;
+    if hash.len() > 512 {
+        return Err("the password hash is too long".into());
+    }
+    match PasswordHash::new(hash) {
+        Ok(h) if h.algorithm.as_str() == "argon2id" && h.hash.is_some() => Ok(()),
+        Ok(h) => Err(format!(
+            "the password hash must be argon2id with a hash, not {}",
+            h.algorithm
+        )),
+        Err(e) => Err(format!("not a password hash (PHC string): {e}")),
+    }
+}
+
+fn set_status(shared: &Shared, v: serde_json::Value) {
+    if let Ok(mut a) = shared.admin.write() {
+        *a = v;
+    }
+}
+
+/// The admin site's listeners, one per address.
+struct Site {
+    shared: Arc<Shared>,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    /// Each address listened on, with what stops its server.
+    open: HashMap<SocketAddr, tokio::sync::oneshot::Sender<()>>,
+    said_off: bool,
+}
+
+impl Site {
+    /// Look at the password and the addresses, and listen where the site
+    /// should and nowhere else.
+    async fn round(&mut self) {
+        let db = self.shared.db.clone();
+        let has_password = tokio::task::spawn_blocking(move || db.admin_password())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .is_some();
+        if !has_password {
+            self.close_all();
+            if !self.said_off {
+                tracing::info!(
+                    "the admin site is off until an admin password is set: run `keyline-gatewayd admin passwd`"
+                );
+                self.said_off = true;
+            }
+            set_status(
+                &self.shared,
+                serde_json::json!({"state": "off", "why": "no admin password yet", "hint": OFF_HINT}),
+            );
+            return;
+        }
+        let cfg = self.shared.cfg();
+        let (want, side) = match cfg.admin.listen {
+            Some(a) => (vec![a], "[admin] listen"),
+            None => {
+                let toward = directory_ips(&cfg).await;
+                let addrs = match tokio::task::spawn_blocking(lan::read).await {
+                    Ok(Ok((ifaces, routes))) => {
+                        let wan = lan::wan_interfaces(&routes, &toward);
+                        lan::lan_addresses(&ifaces, &wan)
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!("admin site: reading the interfaces and routes: {e}; listening on loopback only");
+                        vec![IpAddr::from([127, 0, 0, 1])]
+                    }
+                    Err(e) => {
+                        tracing::warn!("admin site: {e}");
+                        return;
+                    }
+                };
+                let port = crate::config::DEFAULT_ADMIN_PORT;
+                (
+                    addrs
+                        .into_iter()
+                        .map(|ip| SocketAddr::new(ip, port))
+                        .collect(),
+                    "the LAN side",
+                )
+            }
+        };
+        self.open.retain(|addr, stop| {
+            let keep = want.contains(addr) && !stop.is_closed();
+            if !keep {
+                tracing::info!("admin site: no longer listening on {addr}");
+            }
+            keep
+        });
+        let mut errors = Vec::new();
+        for addr in &want {
+            if self.open.contains_key(addr) {
+                continue;
+            }
+            match self.listen(*addr).await {
+                Ok(local) => tracing::info!("admin site at https://{} ({side})", show(local)),
+                Err(e) => {
+                    tracing::warn!("admin site: binding {addr}: {e}");
+                    errors.push(format!("binding {addr}: {e}"));
+                }
+            }
+        }
+        let mut urls: Vec<String> = self
+            .open
+            .keys()
+            .map(|a| format!("https://{}/", show(*a)))
+            .collect();
+        urls.sort();
+        let status = match urls.first() {
+            Some(first) => serde_json::json!({
+                "state": "listening",
+                "url": first,
+                "urls": urls,
+                "on": side,
+                "errors": errors,
+            }),
+            None => serde_json::json!({
+                "state": "off",
+                "why": format!("it could not listen: {}", errors.join("; ")),
+            }),
+        };
+        set_status(&self.shared, status);
+        self.said_off = false;
+    }
+
+    /// Start serving on `addr`; the address actually bound.
+    async fn listen(&mut self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (tls, app) = (self.tls.clone(), self.app.clone());
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            if let Err(e) = keyline_web::serve_https(
+                listener,
+                tls,
+                app,
+                keyline_web::Limits::default(),
+                shutdown,
+            )
+            .await
+            {
+                tracing::warn!("admin site on {local}: {e}");
+            }
+        });
+        // Known by the address asked for (port 0 included), so the next
+        // round finds it.
+        self.open.insert(addr, stop);
+        Ok(local)
+    }
+
+    fn close_all(&mut self) {
+        for (addr, _stop) in self.open.drain() {
+            tracing::info!("admin site: no longer listening on {addr}");
+        }
+    }
+}
+
+/// An address as it goes in a URL (`[v6]:port`).
+fn show(a: SocketAddr) -> String {
+    a.to_string()
+}
+
+/// The configured directory's addresses, whose route marks the WAN side
+/// (none without a directory, or when its name does not resolve soon).
+async fn directory_ips(cfg: &crate::config::Config) -> Vec<IpAddr> {
+    let Some(d) = &cfg.directory else {
+        return Vec::new();
+    };
+    let a = d.address.trim();
+    if let Ok(sa) = a.parse::<SocketAddr>() {
+        return vec![sa.ip()];
+    }
+    if let Ok(ip) = a.trim_matches(['[', ']']).parse::<IpAddr>() {
+        return vec![ip];
+    }
+    let host = if a.contains(':') {
+        a.to_string()
+    } else {
+        format!("{a}:7480")
+    };
+    match tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host(host)).await {
+        Ok(Ok(addrs)) => addrs.map(|s| s.ip()).collect(),
+        _ => Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -1114,3 +1114,18 @@ async fn the_extension_range_is_set_through_the_dispatcher_and_refused_next_to_i
     assert!(asked.contains(&Request::ExtensionRangeSet { lo: 200, hi: 299 }));
     assert!(asked.contains(&Request::ExtensionRangeClear));
 }
+
+#[test]
+fn only_an_argon2id_hash_is_stored_as_the_admin_password() {
+    let hash = super::hash_password("front desk 2026").unwrap();
+    assert_eq!(super::check_hash(&hash), Ok(()));
+    for bad in [
+        "letmein",
+        "",
+        "$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ",
+    ] {
+        assert!(super::check_hash(bad).is_err(), "{bad:?}");
+    }
+    assert!(super::check_hash(&"$argon2id$".repeat(60)).is_err());
+}
