@@ -115,9 +115,10 @@ pub enum Request {
 }
 
 /// One rule of `forward-set`: a condition (`always`, `busy`,
-/// `no-answer`, `offline`) and its target number.
+/// `no-answer`, `offline`) and its target number. Other fields are
+/// ignored, so the rules `forward-list` returns (with their `on`) can be
+/// sent back as they are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ForwardSetRule {
     pub when: String,
     pub to: String,
@@ -155,7 +156,9 @@ pub const COMMANDS: &[&str] = &[
 ];
 
 /// Parse one control request: an unknown command, a missing field or a
-/// field of the wrong type is a clear error naming the command.
+/// field of the wrong type is a clear error naming the command. A field
+/// given as null counts as not given (its default), except in
+/// `audio-set`, where null means "back to the default device".
 pub fn parse_request(v: Value) -> Result<Request, String> {
     let cmd = match v.get("cmd") {
         Some(Value::String(c)) => c.clone(),
@@ -165,6 +168,12 @@ pub fn parse_request(v: Value) -> Result<Request, String> {
     if !COMMANDS.contains(&cmd.as_str()) {
         return Err(format!("unknown command {cmd:?}"));
     }
+    let v = match v {
+        Value::Object(m) if cmd != "audio-set" => {
+            Value::Object(m.into_iter().filter(|(_, x)| !x.is_null()).collect())
+        }
+        other => other,
+    };
     serde_json::from_value(v).map_err(|e| format!("bad request: {cmd}: {e}"))
 }
 
@@ -288,6 +297,34 @@ mod tests {
     }
 
     #[test]
+    fn null_is_the_default_and_listed_rules_can_be_sent_back() {
+        assert_eq!(
+            parse_request(json!({"cmd": "mute", "on": null})),
+            Ok(Request::Mute { on: true })
+        );
+        assert_eq!(
+            parse_request(json!({"cmd": "dial", "number": "202", "lookup": null})),
+            Ok(Request::Dial {
+                number: "202".into(),
+                lookup: false
+            })
+        );
+        // What `forward-list` shows, sent back to `forward-set`.
+        let r = parse_request(json!({"cmd": "forward-set", "number": null,
+            "rules": [{"when": "busy", "to": "3003", "on": true}]}));
+        assert_eq!(
+            r,
+            Ok(Request::ForwardSet {
+                number: None,
+                rules: vec![ForwardSetRule {
+                    when: "busy".into(),
+                    to: "3003".into()
+                }]
+            })
+        );
+    }
+
+    #[test]
     fn bad_requests_get_errors_naming_the_command() {
         assert_eq!(
             parse_request(json!({"cmd": "teleport"})),
@@ -308,6 +345,8 @@ mod tests {
         );
         let e = parse_request(json!({"cmd": "dial", "number": 5})).unwrap_err();
         assert!(e.starts_with("bad request: dial:"), "{e}");
+        let e = parse_request(json!({"cmd": "voicemail-play", "id": "3"})).unwrap_err();
+        assert!(e.starts_with("bad request: voicemail-play:"), "{e}");
     }
 
     #[test]

@@ -67,10 +67,17 @@ pub async fn dial(
             within,
         })?
         .map_err(|e| lost(&e))?
-        .ok_or(LinkError::BadCredential)?;
+        .ok_or_else(|| lost(&"the peer closed the media stream"))?;
     match Msg::from_cbor(&body) {
         Ok(Msg::MediaOk { call }) if call == flow => Ok(()),
-        _ => Err(LinkError::BadCredential),
+        // An answer for another call: our credential was not the one it
+        // expected.
+        Ok(Msg::MediaOk { .. }) => Err(LinkError::BadCredential),
+        Ok(other) => Err(LinkError::Failed(format!(
+            "unexpected media answer {:?}",
+            other.kind()
+        ))),
+        Err(e) => Err(LinkError::Failed(format!("unreadable media answer: {e}"))),
     }
 }
 

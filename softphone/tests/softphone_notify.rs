@@ -209,6 +209,15 @@ fn notify_calls(bus: &Bus, dir: &Path) -> (Proc, PathBuf) {
             .spawn()
             .expect("dbus-monitor (Debian dbus)"),
     );
+    // dbus-monitor is a monitor once the bus has taken its name back
+    // (NameLost, after NameAcquired); before that a Notify would go unseen
+    // and "no notification" would prove nothing.
+    wait_for("dbus-monitor watching the bus", T, || {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .contains("member=NameLost")
+            .then_some(())
+    });
     (p, file)
 }
 
