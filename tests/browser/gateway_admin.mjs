@@ -3,8 +3,10 @@
 // something are asked of the Rust test on stdout ("STEP name") and
 // answered on stdin ("OK [value]"). Any failed check exits non-zero.
 //
-// Environment: ADMIN_URL, ADMIN_PASSWORD, GW_BIN, GW_STATE, SHOTS (a
-// directory for screenshots, optional).
+// Environment: ADMIN_URL (the gateway's LAN address: the test runs this
+// script in a desk namespace on the office LAN), ADMIN_PASSWORD, GW_BIN,
+// GW_STATE (the CLI reaches the gateway by its control socket, a file),
+// SHOTS (a directory for screenshots, optional).
 
 import { chromium } from "playwright-core";
 import { execFileSync } from "node:child_process";

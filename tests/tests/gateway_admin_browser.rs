@@ -1,6 +1,13 @@
 //! The gateway's admin site in a real browser (headless Chromium through
 //! playwright-core, `tests/browser/gateway_admin.mjs`) against a real
-//! gateway and real stations on loopback: log in, a new station's pending
+//! gateway and real stations in network namespaces: the gateway on an
+//! office LAN (10.79.0.0/24) and an outside network (203.0.113.0/24, its
+//! default route), each station in a namespace of its own on the LAN, the
+//! browser (node and Chromium, `ip netns exec`) on a desk of the LAN that
+//! reaches the site at the gateway's LAN address (no `[admin] listen`:
+//! the LAN side, as installed), and an outside caller's terminal on the
+//! outside network reaching the office's own directory at the gateway's
+//! outside address. Log in, a new station's pending
 //! enrolment appears without a reload and Approve lets it register, a call
 //! shows on the dashboard within 1 s with its packets a second through the
 //! forwarder and Hang up ends it, Export CSV matches `keyline-gatewayd cdr
@@ -35,8 +42,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use keyline_tests::{
-    add_account, bin, call_state, idle, jstr, ok, registered, start_terminal, terminal_registered,
-    unique, wait_for, wait_state, Bridge, Daemon, LoopbackOffice, Netns, Scratch,
+    add_account, bin, call_state, enrol, idle, jstr, ok, registered, start_terminal,
+    terminal_registered, unique, wait_for, wait_state, Bridge, Daemon, LoopbackOffice, Netns,
+    Scratch,
 };
 
 const PASSWORD: &str = "front desk 2026";
@@ -50,59 +58,176 @@ fn free_tcp_port() -> u16 {
         .unwrap()
 }
 
+/// The office LAN of the browser test.
+const LAN_GW: &str = "10.79.0.1";
+const LAN_DESK: &str = "10.79.0.2";
+/// The gateway's outside address, and an outside caller's.
+const WAN_GW: &str = "203.0.113.1";
+const WAN_CALLER: &str = "203.0.113.9";
+/// The gateway's QUIC port, on every address of its namespace.
+const GW_PORT: u16 = 7470;
+/// The embedded directory's UDP port.
+const DIR_PORT: u16 = 7480;
+
+/// The namespaces of the browser test: an office LAN bridge with the
+/// gateway, a desk (the browser) and one namespace per station on it,
+/// and an outside network with the gateway (its default route) and an
+/// outside caller. Fields drop in order: hosts, then the bridges.
+struct AdminNet {
+    gw: Netns,
+    desk: Netns,
+    /// Stations a and b.
+    stations: [Netns; 2],
+    outside: Netns,
+    // Kept until the hosts are gone: dropping one removes its bridge.
+    _lan: Bridge,
+    _wan: Bridge,
+}
+
+impl AdminNet {
+    fn new() -> AdminNet {
+        let base = unique("ad");
+        let lan = Bridge::new(&format!("{base}l")).expect("a LAN bridge (the test needs root)");
+        let gw = Netns::new(&format!("{base}g")).unwrap();
+        let desk = Netns::new(&format!("{base}d")).unwrap();
+        lan.attach(&gw, "lan0", &format!("{LAN_GW}/24")).unwrap();
+        lan.attach(&desk, "eth0", &format!("{LAN_DESK}/24"))
+            .unwrap();
+        let station = |i: u8| {
+            let ns = Netns::new(&format!("{base}s{i}")).unwrap();
+            lan.attach(&ns, "eth0", &format!("10.79.0.{}/24", 11 + i))
+                .unwrap();
+            ns
+        };
+        let stations = [station(0), station(1)];
+        let wan = Bridge::new(&format!("{base}w")).unwrap();
+        let outside = Netns::new(&format!("{base}o")).unwrap();
+        wan.attach(&gw, "wan0", &format!("{WAN_GW}/24")).unwrap();
+        wan.attach(&outside, "eth0", &format!("{WAN_CALLER}/24"))
+            .unwrap();
+        gw.ip(&["route", "add", "default", "via", WAN_CALLER])
+            .unwrap();
+        AdminNet {
+            gw,
+            desk,
+            stations,
+            outside,
+            _lan: lan,
+            _wan: wan,
+        }
+    }
+}
+
+/// A process killed on drop (the browser script, if the test fails
+/// while it runs).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn the_admin_site_in_a_browser() {
-    let port = free_tcp_port();
-    let dir_listen = format!("127.0.0.1:{}", keyline_tests::free_udp_port());
-    let cfg_dir = Scratch::new("gwadmincfg");
-    let cfg = cfg_dir.join("gatewayd.toml");
+    let net = AdminNet::new();
+    let scratch = Scratch::new("gwadmin");
+    let cfg = scratch.join("gatewayd.toml");
     // Calls inside the office go through the forwarder (their packets a
-    // second show); the office's own directory takes outside calls.
+    // second show); the office's own directory, on the outside address,
+    // takes outside calls. No `[admin] listen`: the site is on the LAN
+    // side alone, as installed.
     std::fs::write(
         &cfg,
         format!(
             "ring_timeout_secs = 2\nvoicemail_silence_secs = 1\ninternal_media = \"relay\"\n\
-             [admin]\nlisten = \"127.0.0.1:{port}\"\n\
-             [embedded_directory]\nlisten = \"{dir_listen}\"\nnumber = \"{OFFICE_NUMBER}\"\n"
+             [embedded_directory]\nlisten = \"{WAN_GW}:{DIR_PORT}\"\nnumber = \"{OFFICE_NUMBER}\"\n"
         ),
     )
     .unwrap();
-    let mut office = LoopbackOffice::start("gwadmin", &["--config", cfg.to_str().unwrap()]);
+    let gw_listen = format!("0.0.0.0:{GW_PORT}");
+    let start_gw = |state: &std::path::Path| {
+        Daemon::start(
+            Some(&net.gw.name),
+            bin("keyline-gatewayd"),
+            state,
+            &[
+                "run",
+                "--no-mdns",
+                "--listen",
+                &gw_listen,
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+        )
+        .unwrap()
+    };
+    let gw_state = scratch.join("gw");
+    let mut gw = start_gw(&gw_state);
+    wait_for("the gateway", Duration::from_secs(15), || {
+        gw.json(&["status"]).ok()
+    });
     // The password, as an installer would set it (standard input).
-    let passwd = Command::new(bin("keyline-gatewayd"))
-        .arg("--state")
-        .arg(&office.gw.state)
-        .args(["admin", "passwd"])
-        .stdin(Stdio::piped())
-        .output_with_stdin(format!("{PASSWORD}\n"));
+    let passwd = admin_passwd(&gw.state, PASSWORD);
     assert!(passwd.status.success(), "{passwd:?}");
-
-    let a = office.agent("a", &["--audio-in", "tone:600", "--audio-out", "null"]);
-    office.enrol(&a, "201");
+    let gateway = format!("{LAN_GW}:{GW_PORT}");
+    let station = |i: usize, name: &str, tone: &str| {
+        Daemon::start(
+            Some(&net.stations[i].name),
+            bin("keyline-agent"),
+            &scratch.join(name),
+            &[
+                "run",
+                "--no-mdns",
+                "--gateway",
+                &gateway,
+                "--audio-in",
+                tone,
+                "--audio-out",
+                "null",
+            ],
+        )
+        .unwrap()
+    };
+    let a = station(0, "a", "tone:600");
+    enrol(&gw, &a, "201");
+    let url = format!("https://{LAN_GW}:8443");
     wait_for("the admin site", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        let st = gw.json(&["status"]).ok()?;
+        let on_lan = st["admin"]["urls"]
+            .as_array()?
+            .iter()
+            .any(|u| u.as_str() == Some(&format!("{url}/")));
+        (st["admin"]["state"] == "listening" && on_lan).then_some(())
     });
 
+    // The browser runs on the desk, a host of the office LAN.
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/gateway_admin.mjs");
-    let shots = office.scratch.join("shots");
-    let mut node = Command::new("node")
-        .arg(&script)
-        .env("ADMIN_URL", format!("https://127.0.0.1:{port}"))
-        .env("ADMIN_PASSWORD", PASSWORD)
-        .env("GW_BIN", bin("keyline-gatewayd"))
-        .env("GW_STATE", &office.gw.state)
-        .env(
-            "SHOTS",
-            std::env::var_os("KEYLINE_SHOTS").unwrap_or(shots.into()),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node (tests/browser needs its node_modules)");
-    let mut to_node = node.stdin.take().unwrap();
-    let from_node = BufReader::new(node.stdout.take().unwrap());
-    let mut err = node.stderr.take().unwrap();
+    let shots = scratch.join("shots");
+    let mut node = KillOnDrop(
+        Command::new("ip")
+            .args(["netns", "exec", &net.desk.name, "node"])
+            .arg(&script)
+            .env("ADMIN_URL", &url)
+            .env("ADMIN_PASSWORD", PASSWORD)
+            .env("GW_BIN", bin("keyline-gatewayd"))
+            .env("GW_STATE", &gw_state)
+            .env(
+                "SHOTS",
+                std::env::var_os("KEYLINE_SHOTS").unwrap_or(shots.into()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node (tests/browser needs its node_modules)"),
+    );
+    let mut to_node = node.0.stdin.take().unwrap();
+    let from_node = BufReader::new(node.0.stdout.take().unwrap());
+    let mut err = node.0.stderr.take().unwrap();
     let err_text = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = err.read_to_string(&mut s);
@@ -119,7 +244,7 @@ fn the_admin_site_in_a_browser() {
         let mut words = step.split_whitespace();
         let answer = match (words.next(), words.next()) {
             (Some("start-station"), _) => {
-                let d = office.agent("b", &["--audio-in", "tone:900", "--audio-out", "null"]);
+                let d = station(1, "b", "tone:900");
                 let code = wait_for("b's pairing code", Duration::from_secs(10), || {
                     jstr(&d.json(&["status"]).ok()?, &["code"])
                 });
@@ -150,7 +275,8 @@ fn the_admin_site_in_a_browser() {
             (Some("hunt-call"), Some(ext)) => {
                 // An outside caller dials the office number: the hunt
                 // group rings `ext` alone, then 201, which answers.
-                let carol = carol.get_or_insert_with(|| outside_caller(&office, &dir_listen));
+                let carol =
+                    carol.get_or_insert_with(|| outside_caller(&scratch, &net.outside, &gw));
                 terminal_registered(carol);
                 let bd = b.as_ref().unwrap();
                 ok(carol, &["dial", OFFICE_NUMBER]);
@@ -168,7 +294,7 @@ fn the_admin_site_in_a_browser() {
                 // Nobody answers: the caller talks to the mailbox a while.
                 ok(&a, &["dial", ext]);
                 wait_for("the mailbox", Duration::from_secs(8), || {
-                    let calls = office.gw.json(&["calls"]).ok()?;
+                    let calls = gw.json(&["calls"]).ok()?;
                     (calls["calls"][0]["state"] == "voicemail").then_some(())
                 });
                 std::thread::sleep(Duration::from_millis(2500));
@@ -177,7 +303,7 @@ fn the_admin_site_in_a_browser() {
                 String::new()
             }
             (Some("revoked"), Some(ext)) => {
-                let agents = office.gw.json(&["agents"]).unwrap();
+                let agents = gw.json(&["agents"]).unwrap();
                 let still = agents["agents"]
                     .as_array()
                     .unwrap()
@@ -188,30 +314,16 @@ fn the_admin_site_in_a_browser() {
             }
             (Some("restart"), _) => {
                 // The same state and configuration, a new process.
-                office.gw.stop();
-                let listen = office.listen.clone();
-                office.gw = Daemon::start(
-                    None,
-                    bin("keyline-gatewayd"),
-                    &office.gw.state.clone(),
-                    &[
-                        "run",
-                        "--no-mdns",
-                        "--listen",
-                        &listen,
-                        "--config",
-                        cfg.to_str().unwrap(),
-                    ],
-                )
-                .unwrap();
+                gw.stop();
+                gw = start_gw(&gw_state);
                 wait_for("the admin site again", Duration::from_secs(10), || {
-                    let st = office.gw.json(&["status"]).ok()?;
+                    let st = gw.json(&["status"]).ok()?;
                     (st["admin"]["state"] == "listening").then_some(())
                 });
                 String::new()
             }
             (Some("still-enrolled"), Some(ext)) => {
-                let agents = office.gw.json(&["agents"]).unwrap();
+                let agents = gw.json(&["agents"]).unwrap();
                 let still = agents["agents"]
                     .as_array()
                     .unwrap()
@@ -225,22 +337,24 @@ fn the_admin_site_in_a_browser() {
         writeln!(to_node, "OK {answer}").unwrap();
     }
     drop(to_node);
-    let status = node.wait().unwrap();
+    let status = node.0.wait().unwrap();
     let log = err_text.join().unwrap();
     eprintln!("{log}");
     assert!(status.success(), "the browser script failed:\n{log}");
     assert!(!log.contains("FAILED"), "{log}");
 }
 
-/// `carol`, an account on the office's own directory, and her terminal.
-fn outside_caller(office: &LoopbackOffice, dir_listen: &str) -> Daemon {
-    let dir_state = office.gw.state.join("directory");
+/// `carol`, an account on the office's own directory, and her terminal
+/// in `ns`, outside the office, reaching the directory at the gateway's
+/// outside address.
+fn outside_caller(scratch: &Scratch, ns: &Netns, gw: &Daemon) -> Daemon {
+    let dir_state = gw.state.join("directory");
     add_account(&dir_state, "carol", &["carol"], PASSWORD);
     let fp = keyline_tests::directory_fingerprint(&dir_state);
     start_terminal(
-        &office.scratch,
-        None,
-        dir_listen,
+        scratch,
+        Some(ns),
+        &format!("{WAN_GW}:{DIR_PORT}"),
         &fp,
         "carol",
         PASSWORD,
