@@ -314,6 +314,16 @@ pub fn disk_free(dir: &std::path::Path) -> Option<u64> {
     }
 }
 
+/// [`disk_free`] on a blocking thread: `statvfs` can stall on a slow file
+/// system and must not hold up the runtime.
+pub async fn disk_free_off_runtime(dir: &std::path::Path) -> Option<u64> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || disk_free(&dir))
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Serve `/metrics` over plain HTTP if `[metrics] listen` is set.
 pub(crate) async fn start(
     shared: Arc<Shared>,
@@ -338,7 +348,7 @@ pub(crate) async fn start(
                     bindings: n("bindings"),
                     sessions: n("sessions"),
                     calls: n("calls_active"),
-                    disk_free: disk_free(&shared.state_dir),
+                    disk_free: disk_free_off_runtime(&shared.state_dir).await,
                 };
                 let body = shared.metrics.render(&shared.relay, &figures);
                 (
@@ -389,6 +399,15 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel::<Instant>();
         drop(tx);
         assert_eq!(answer_to_media(Instant::now(), rx).await, None);
+    }
+
+    #[tokio::test]
+    async fn disk_free_is_read_off_the_runtime() {
+        let dir = std::env::temp_dir();
+        let free = disk_free_off_runtime(&dir).await;
+        assert!(free.is_some(), "statvfs of {}", dir.display());
+        let missing = dir.join("keyline-no-such-directory-for-statvfs");
+        assert_eq!(disk_free_off_runtime(&missing).await, None);
     }
 
     #[tokio::test]
