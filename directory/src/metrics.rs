@@ -290,6 +290,19 @@ pub struct Figures {
     pub disk_free: Option<u64>,
 }
 
+/// answer→media for a relayed call answered at `answered`, once the relay
+/// reports the first packet it forwarded from the answering end on
+/// `first_media` (a one-shot the forwarder fires; no timer here). `None`
+/// when the relay is released before the answering end sent anything. A
+/// packet heard before the answer counts as media at the answer.
+pub async fn answer_to_media(
+    answered: std::time::Instant,
+    first_media: tokio::sync::oneshot::Receiver<std::time::Instant>,
+) -> Option<std::time::Duration> {
+    let first = first_media.await.ok()?;
+    Some(first.saturating_duration_since(answered))
+}
+
 /// Bytes free to an unprivileged writer on the file system holding `dir`.
 pub fn disk_free(dir: &std::path::Path) -> Option<u64> {
     match nix::sys::statvfs::statvfs(dir) {
@@ -299,6 +312,16 @@ pub fn disk_free(dir: &std::path::Path) -> Option<u64> {
             None
         }
     }
+}
+
+/// [`disk_free`] on a blocking thread: `statvfs` can stall on a slow file
+/// system and must not hold up the runtime.
+pub async fn disk_free_off_runtime(dir: &std::path::Path) -> Option<u64> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || disk_free(&dir))
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Serve `/metrics` over plain HTTP if `[metrics] listen` is set.
@@ -325,7 +348,7 @@ pub(crate) async fn start(
                     bindings: n("bindings"),
                     sessions: n("sessions"),
                     calls: n("calls_active"),
-                    disk_free: disk_free(&shared.state_dir),
+                    disk_free: disk_free_off_runtime(&shared.state_dir).await,
                 };
                 let body = shared.metrics.render(&shared.relay, &figures);
                 (
@@ -359,6 +382,41 @@ pub(crate) async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn answer_to_media_runs_from_the_answer_to_the_first_packet() {
+        let answered = Instant::now();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let wait = tokio::spawn(answer_to_media(answered, rx));
+        tx.send(answered + Duration::from_millis(40)).expect("send");
+        let got = wait.await.expect("task");
+        assert_eq!(got, Some(Duration::from_millis(40)));
+    }
+
+    #[tokio::test]
+    async fn answer_to_media_has_no_sample_when_the_relay_goes_first() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Instant>();
+        drop(tx);
+        assert_eq!(answer_to_media(Instant::now(), rx).await, None);
+    }
+
+    #[tokio::test]
+    async fn disk_free_is_read_off_the_runtime() {
+        let dir = std::env::temp_dir();
+        let free = disk_free_off_runtime(&dir).await;
+        assert!(free.is_some(), "statvfs of {}", dir.display());
+        let missing = dir.join("keyline-no-such-directory-for-statvfs");
+        assert_eq!(disk_free_off_runtime(&missing).await, None);
+    }
+
+    #[tokio::test]
+    async fn answer_to_media_is_never_negative() {
+        let answered = Instant::now() + Duration::from_millis(5);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tx.send(answered - Duration::from_millis(5)).expect("send");
+        assert_eq!(answer_to_media(answered, rx).await, Some(Duration::ZERO));
+    }
 
     fn figures(bindings: u64, sessions: u64, calls: u64) -> Figures {
         Figures {

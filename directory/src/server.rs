@@ -1889,16 +1889,7 @@ struct Hub {
     /// When the CALL being routed now was read (taken by the RINGING it
     /// gets back, for the dial→ringing metric).
     call_read_at: Option<Instant>,
-    /// Relayed answered calls whose answering end has sent nothing through
-    /// the relay yet, with the answer's time (answer→media; only while
-    /// metrics are on).
-    media_wait: HashMap<CallId, Instant>,
 }
-
-/// How often relayed calls waiting for media are looked at.
-const MEDIA_CHECK: Duration = Duration::from_millis(5);
-/// How long after the answer a relayed call's media is waited for.
-const MEDIA_WAIT: Duration = Duration::from_secs(10);
 
 impl Hub {
     fn new(shared: Arc<Shared>, router: Router) -> Hub {
@@ -1908,26 +1899,16 @@ impl Hub {
             sessions: HashMap::new(),
             relays: HashMap::new(),
             call_read_at: None,
-            media_wait: HashMap::new(),
         }
     }
 
     async fn run(mut self, mut events: mpsc::Receiver<Event>) {
         loop {
-            let media_check = (!self.media_wait.is_empty()).then(|| Instant::now() + MEDIA_CHECK);
-            let deadline = [self.router.poll_timeout(), media_check]
-                .into_iter()
-                .flatten()
-                .min();
-            let ev = match deadline {
+            let ev = match self.router.poll_timeout() {
                 Some(d) => tokio::select! {
                     ev = events.recv() => ev,
                     _ = tokio::time::sleep_until(d.into()) => {
-                        let now = Instant::now();
-                        if self.router.poll_timeout().is_some_and(|t| t <= now) {
-                            self.router.handle_timeout(now);
-                        }
-                        self.check_media(now);
+                        self.router.handle_timeout(Instant::now());
                         self.drain();
                         continue;
                     }
@@ -1939,24 +1920,6 @@ impl Hub {
             self.drain();
             self.call_read_at = None;
         }
-    }
-
-    /// Relayed calls whose answering end has now sent through the relay:
-    /// answer→media.
-    fn check_media(&mut self, now: Instant) {
-        let relays = &self.relays;
-        let m = &self.shared.metrics;
-        self.media_wait.retain(|call, answered| {
-            let Some(alloc) = relays.get(call) else {
-                return false;
-            };
-            if alloc.callee_packets() > 0 {
-                m.answer_to_media
-                    .record(now.saturating_duration_since(*answered).as_secs_f64());
-                return false;
-            }
-            now.saturating_duration_since(*answered) < MEDIA_WAIT
-        });
     }
 
     async fn handle(&mut self, ev: Event) {
@@ -2267,19 +2230,31 @@ impl Hub {
                     };
                     let (ip_a, ip_b) = (self.ip_facing(a), self.ip_facing(b));
                     match relay::allocate(self.shared.relay.clone(), caller, ip_a, callee, ip_b) {
-                        Ok(alloc) => {
+                        Ok(mut alloc) => {
                             let (cf, ef) = (alloc.caller_facing, alloc.callee_facing);
                             tracing::info!(
                                 "call {call}: relaying {caller} <-> {cf} | {ef} <-> {callee}"
                             );
+                            let first_media = alloc.first_callee_packet();
                             self.relays.insert(call, alloc);
                             self.router.handle_relay_ready(Instant::now(), call, cf, ef);
                             let answered = match self.router.call(call).map(|c| c.state) {
                                 Some(CallState::Answered { at }) => Some(at),
                                 _ => None,
                             };
-                            if let Some(at) = answered.filter(|_| self.shared.metrics.is_on()) {
-                                self.media_wait.insert(call, at);
+                            if let (Some(at), Some(first_media), true) =
+                                (answered, first_media, self.shared.metrics.is_on())
+                            {
+                                // Woken by the relay's first packet from the
+                                // answering end, or ended by its release.
+                                let h = self.shared.metrics.answer_to_media.clone();
+                                tokio::spawn(async move {
+                                    if let Some(d) =
+                                        crate::metrics::answer_to_media(at, first_media).await
+                                    {
+                                        h.record(d.as_secs_f64());
+                                    }
+                                });
                             }
                         }
                         Err(e) => {
@@ -2291,7 +2266,6 @@ impl Hub {
                 }
                 Action::ReleaseRelay { call } => {
                     self.relays.remove(&call);
-                    self.media_wait.remove(&call);
                 }
                 Action::Finished {
                     call,

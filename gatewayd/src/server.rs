@@ -577,8 +577,17 @@ async fn watch_disk(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         let dir = &shared.state_dir;
-        let free = match nix::sys::statvfs::statvfs(dir) {
-            Ok(v) => v.blocks_available().saturating_mul(v.fragment_size()),
+        // statvfs can stall on a slow file system: off the runtime.
+        let stat = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || nix::sys::statvfs::statvfs(&dir)).await
+        };
+        let free = match stat {
+            Ok(Ok(v)) => v.blocks_available().saturating_mul(v.fragment_size()),
+            Ok(Err(e)) => {
+                tracing::debug!("statvfs {}: {e}", dir.display());
+                continue;
+            }
             Err(e) => {
                 tracing::debug!("statvfs {}: {e}", dir.display());
                 continue;

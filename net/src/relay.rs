@@ -16,6 +16,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tokio::io::Interest;
@@ -195,6 +196,7 @@ pub struct Allocation {
     counters: Arc<Counters>,
     retarget: tokio::sync::watch::Sender<Vec<SocketAddr>>,
     heard: Arc<Heard>,
+    first_from_callee: Option<tokio::sync::oneshot::Receiver<Instant>>,
 }
 
 impl Allocation {
@@ -202,6 +204,15 @@ impl Allocation {
     /// after a direct attempt failed); it latches afresh.
     pub fn retarget_callee(&self, candidates: Vec<SocketAddr>) {
         self.retarget.send_replace(candidates);
+    }
+
+    /// The time the first packet from the callee side was accepted and
+    /// forwarded, once it has been: the forwarder sends it on a one-shot
+    /// channel the moment that packet goes through (nothing on the packet
+    /// path but a check of an `Option`). The receiver is handed out once
+    /// (`None` after); it fails if the allocation is dropped first.
+    pub fn first_callee_packet(&mut self) -> Option<tokio::sync::oneshot::Receiver<Instant>> {
+        self.first_from_callee.take()
     }
 
     /// Packets accepted from the callee side so far.
@@ -299,9 +310,17 @@ fn start(
     let callee_facing = b.sock.local_addr()?;
     let (retarget, watch) = tokio::sync::watch::channel(Vec::new());
     let heard = Arc::new(Heard::default());
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     counters.active.fetch_add(1, Ordering::Relaxed);
     counters.allocations.fetch_add(1, Ordering::Relaxed);
-    let task = tokio::spawn(forward(a, b, counters.clone(), watch, heard.clone()));
+    let task = tokio::spawn(forward(
+        a,
+        b,
+        counters.clone(),
+        watch,
+        heard.clone(),
+        first_tx,
+    ));
     Ok(Allocation {
         caller_facing,
         callee_facing,
@@ -309,6 +328,7 @@ fn start(
         counters,
         retarget,
         heard,
+        first_from_callee: Some(first_rx),
     })
 }
 
@@ -345,6 +365,7 @@ async fn forward(
     counters: Arc<Counters>,
     mut retarget: tokio::sync::watch::Receiver<Vec<SocketAddr>>,
     heard: Arc<Heard>,
+    first_tx: tokio::sync::oneshot::Sender<Instant>,
 ) {
     enum Ready {
         A,
@@ -352,6 +373,8 @@ async fn forward(
         Retarget,
     }
     let mut retarget_open = true;
+    // Taken (and sent) when the first packet from the callee goes through.
+    let mut first_tx = Some(first_tx);
     punch(&b).await;
     loop {
         let ready = tokio::select! {
@@ -369,7 +392,16 @@ async fn forward(
                 with_buffers(|bufs| pump(&mut a, &b, bufs, &counters.to_callee, &heard.from_caller))
             }
             Ok(Ready::B) => {
-                with_buffers(|bufs| pump(&mut b, &a, bufs, &counters.to_caller, &heard.from_callee))
+                let res = with_buffers(|bufs| {
+                    pump(&mut b, &a, bufs, &counters.to_caller, &heard.from_callee)
+                });
+                if first_tx.is_some() && heard.from_callee.load(Ordering::Relaxed) > 0 {
+                    if let Some(tx) = first_tx.take() {
+                        // Nobody listening is fine.
+                        let _ = tx.send(Instant::now());
+                    }
+                }
+                res
             }
             Ok(Ready::Retarget) => {
                 if retarget_open {
@@ -760,5 +792,56 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(counters.dropped(), 1);
         assert_eq!(counters.packets(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_first_packet_from_the_callee_is_announced_once_with_its_time() {
+        let caller = UdpSocket::bind((LO, 0)).await.expect("bind");
+        let callee = UdpSocket::bind((LO, 0)).await.expect("bind");
+        let addr = |s: &UdpSocket| s.local_addr().expect("addr");
+        let counters = Arc::new(Counters::default());
+        let mut alloc = allocate(counters, addr(&caller), LO, addr(&callee), LO).expect("allocate");
+        let mut first = alloc.first_callee_packet().expect("a receiver");
+        assert!(alloc.first_callee_packet().is_none(), "handed out once");
+        let mut buf = [0u8; 2048];
+        // The caller's packets do not count.
+        caller
+            .send_to(b"hello", alloc.caller_facing)
+            .await
+            .expect("send");
+        assert_eq!(
+            recv(&callee, &mut buf).await,
+            Some((5, alloc.callee_facing))
+        );
+        assert!(first.try_recv().is_err(), "nothing from the callee yet");
+        let before = Instant::now();
+        callee
+            .send_to(b"answer", alloc.callee_facing)
+            .await
+            .expect("send");
+        assert_eq!(
+            recv(&caller, &mut buf).await,
+            Some((6, alloc.caller_facing))
+        );
+        let at = tokio::time::timeout(Duration::from_secs(2), first)
+            .await
+            .expect("announced")
+            .expect("sent");
+        assert!(at >= before && at <= Instant::now());
+    }
+
+    #[tokio::test]
+    async fn a_released_allocation_announces_nothing() {
+        let caller = UdpSocket::bind((LO, 0)).await.expect("bind");
+        let callee = UdpSocket::bind((LO, 0)).await.expect("bind");
+        let addr = |s: &UdpSocket| s.local_addr().expect("addr");
+        let counters = Arc::new(Counters::default());
+        let mut alloc = allocate(counters, addr(&caller), LO, addr(&callee), LO).expect("allocate");
+        let first = alloc.first_callee_packet().expect("a receiver");
+        drop(alloc);
+        let res = tokio::time::timeout(Duration::from_secs(2), first)
+            .await
+            .expect("resolved when the forwarder stops");
+        assert!(res.is_err());
     }
 }
