@@ -1274,7 +1274,8 @@ impl Site {
                 let addrs = match tokio::task::spawn_blocking(lan::read).await {
                     Ok(Ok((ifaces, routes))) => {
                         let wan = lan::wan_interfaces(&routes, &toward);
-                        lan::lan_addresses(&ifaces, &wan)
+                        let one_armed = lan::one_armed_interfaces(&routes);
+                        lan::lan_addresses(&ifaces, &wan, &one_armed)
                     }
                     Ok(Err(e)) => {
                         tracing::warn!("admin site: reading the interfaces and routes: {e}; listening on loopback only");
