@@ -1246,12 +1246,24 @@ impl Site {
     /// should and nowhere else.
     async fn round(&mut self) {
         let db = self.shared.db.clone();
-        let has_password = tokio::task::spawn_blocking(move || db.admin_password())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten()
-            .is_some();
+        let read = match tokio::task::spawn_blocking(move || db.admin_password()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(e) => Err(e.to_string()),
+        };
+        let has_password = match read {
+            Ok(p) => p.is_some(),
+            Err(e) => {
+                // A busy or failing database says nothing about the
+                // password: keep listening (or not) as before.
+                tracing::warn!(
+                    "admin site: reading the admin password: {e}; listeners left as they are"
+                );
+                let now = unreadable_status(&self.shared.admin_status(), &e);
+                set_status(&self.shared, now);
+                return;
+            }
+        };
         if !has_password {
             self.close_all();
             if !self.said_off {
@@ -1372,6 +1384,25 @@ impl Site {
             tracing::info!("admin site: no longer listening on {addr}");
         }
     }
+}
+
+/// What `status` says when the password could not be read: the site's
+/// state is unchanged (its listeners are kept), and why it was not looked
+/// at again.
+fn unreadable_status(before: &serde_json::Value, err: &str) -> serde_json::Value {
+    let mut now = before.clone();
+    let why = format!("the database could not be read: {err}");
+    match now.as_object_mut() {
+        Some(m) if m.get("state").and_then(|s| s.as_str()) == Some("listening") => {
+            m.insert("db_error".into(), why.into());
+        }
+        Some(m) => {
+            m.insert("why".into(), why.into());
+            m.remove("hint");
+        }
+        None => now = serde_json::json!({"state": "off", "why": why}),
+    }
+    now
 }
 
 /// An address as it goes in a URL (`[v6]:port`).
