@@ -1154,7 +1154,7 @@ pub async fn start(shared: Arc<Shared>) -> anyhow::Result<()> {
     if !cfg.enabled {
         set_status(
             &shared,
-            serde_json::json!({"state": "off", "why": "[admin] enabled = false"}),
+            serde_json::json!({"state": "off", "why": DISABLED_WHY}),
         );
         return Ok(());
     }
@@ -1196,6 +1196,10 @@ pub async fn set_password(shared: &Arc<Shared>, hash: String) -> Result<serde_js
         .map_err(|e| format!("storing the password: {e:#}"))?;
     tracing::info!("admin password set");
     let before = shared.admin_status();
+    if let Some(off) = disabled_answer(shared.cfg().admin.enabled, &before) {
+        // No site task runs to wake: say so at once.
+        return Ok(off);
+    }
     shared.admin_wake.notify_one();
     // The site answers at once when it was already on.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -1208,6 +1212,23 @@ pub async fn set_password(shared: &Arc<Shared>, hash: String) -> Result<serde_js
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// What `admin-passwd` answers when the site is disabled in the config
+/// (`[admin] enabled = false`, now or when the gateway started): the
+/// password is stored, and no site will pick it up until it is enabled.
+fn disabled_answer(enabled: bool, status: &serde_json::Value) -> Option<serde_json::Value> {
+    let started_disabled = status["why"] == DISABLED_WHY;
+    (!enabled || started_disabled).then(|| {
+        serde_json::json!({
+            "state": "off",
+            "why": DISABLED_WHY,
+            "note": "the password is stored; the admin site is disabled in the config: set [admin] enabled = true and restart the gateway",
+        })
+    })
+}
+
+/// Why the site is off when the config disables it.
+const DISABLED_WHY: &str = "[admin] enabled = false";
 
 /// A stored admin password must be an argon2id hash in PHC form.
 pub fn check_hash(hash: &str) -> Result<(), String> {

@@ -1151,3 +1151,19 @@ fn an_unreadable_password_keeps_the_site_as_it_was_and_says_why() {
     let now = super::unreadable_status(&serde_json::Value::Null, "disk I/O error");
     assert_eq!(now["state"], "off");
 }
+
+#[test]
+fn a_password_set_while_the_site_is_disabled_is_answered_at_once() {
+    let off = serde_json::json!({"state": "off", "why": "[admin] enabled = false"});
+    let a = super::disabled_answer(false, &off).unwrap();
+    assert_eq!(a["state"], "off");
+    assert!(
+        a["note"].as_str().unwrap().contains("password is stored"),
+        "{a}"
+    );
+    // Enabled in the file now, but the gateway started with it disabled.
+    assert!(super::disabled_answer(true, &off).is_some());
+    // An enabled site waits for its task as before.
+    let waiting = serde_json::json!({"state": "off", "why": "no admin password yet"});
+    assert!(super::disabled_answer(true, &waiting).is_none());
+}
