@@ -442,7 +442,10 @@ async fn deny(shared: &Arc<Shared>, code: String) -> Result<Response, Refusal> {
 
 async fn revoke(shared: &Arc<Shared>, ext: String) -> Result<Response, Refusal> {
     let e = ext.clone();
-    let fingerprint = blocking(shared, move |db| db.revoke(&e)).await?;
+    let plan = DIAL_PLAN.lock().await;
+    let (fingerprint, touched) = blocking(shared, move |db| db.revoke(&e)).await?;
+    groups_touched(shared, touched).await;
+    drop(plan);
     let why = "this station's extension was revoked";
     match query_switch(
         shared,
@@ -482,10 +485,11 @@ async fn set_extension(
     let plan = DIAL_PLAN.lock().await;
     let [lo, hi] = shared.extension_range();
     let (o, n, nm) = (old.clone(), new_ext.clone(), name.clone());
-    let row = blocking(shared, move |db| {
+    let (row, touched) = blocking(shared, move |db| {
         db.set_extension(&o, n.as_deref(), nm.as_deref(), (lo, hi))
     })
     .await?;
+    groups_touched(shared, touched).await;
     drop(plan);
     let Some(now_ext) = row.ext.clone() else {
         return Err("the station has no extension".into());
@@ -747,6 +751,26 @@ async fn remove_ring_group(shared: &Arc<Shared>, ext: String) -> Result<Response
     groups_changed(shared).await?;
     drop(plan);
     Ok(Response::RingGroupRemoved { removed: ext })
+}
+
+/// A station's extension was freed or renumbered and the database
+/// changed these ring groups with it: the switch task and subscribers hear
+/// of it as after a ring-group command. The change is saved; a failure to
+/// read it back is logged, not answered.
+async fn groups_touched(shared: &Arc<Shared>, touched: crate::db::GroupsTouched) {
+    if touched.reception {
+        match blocking(shared, |db| db.ring_group()).await {
+            Ok(group) => {
+                let _ = shared.events.send(Event::RingGroup { group }).await;
+            }
+            Err(e) => tracing::warn!("reception changed but could not be read back: {e}"),
+        }
+    }
+    if touched.named {
+        if let Err(e) = groups_changed(shared).await {
+            tracing::warn!("ring groups changed but could not be read back: {e}");
+        }
+    }
 }
 
 /// The ring groups changed in the database: the switch task and
