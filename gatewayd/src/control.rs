@@ -712,6 +712,9 @@ async fn put_ring_group(
             ))
         }
     };
+    // Held from the member checks to the write, so a station renumbered
+    // or revoked in between cannot leave a member that no longer exists.
+    let plan = DIAL_PLAN.lock().await;
     let group = check_ring_group(
         shared,
         &asked.mode,
@@ -721,7 +724,6 @@ async fn put_ring_group(
         &GROUP,
     )
     .await?;
-    let plan = DIAL_PLAN.lock().await;
     let name = match name {
         Some(n) => n,
         None => {
@@ -736,7 +738,7 @@ async fn put_ring_group(
     let [lo, hi] = shared.extension_range();
     let g = stored.clone();
     blocking(shared, move |db| db.put_ring_group(&g, how, (lo, hi))).await?;
-    groups_changed(shared).await?;
+    saved_groups_changed(shared).await;
     drop(plan);
     Ok(Response::NamedRingGroup { ring_group: stored })
 }
@@ -748,7 +750,7 @@ async fn remove_ring_group(shared: &Arc<Shared>, ext: String) -> Result<Response
     if !blocking(shared, move |db| db.remove_ring_group(&e)).await? {
         return Err(format!("there is no ring group {ext}"));
     }
-    groups_changed(shared).await?;
+    saved_groups_changed(shared).await;
     drop(plan);
     Ok(Response::RingGroupRemoved { removed: ext })
 }
@@ -767,9 +769,16 @@ async fn groups_touched(shared: &Arc<Shared>, touched: crate::db::GroupsTouched)
         }
     }
     if touched.named {
-        if let Err(e) = groups_changed(shared).await {
-            tracing::warn!("ring groups changed but could not be read back: {e}");
-        }
+        saved_groups_changed(shared).await;
+    }
+}
+
+/// [`groups_changed`] after a change that is already saved: a failure to
+/// read the groups back is logged (the next change or a restart sends
+/// them), and the request is still answered as done.
+async fn saved_groups_changed(shared: &Arc<Shared>) {
+    if let Err(e) = groups_changed(shared).await {
+        tracing::warn!("ring groups saved but could not be read back to announce: {e}");
     }
 }
 
