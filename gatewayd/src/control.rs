@@ -442,7 +442,10 @@ async fn deny(shared: &Arc<Shared>, code: String) -> Result<Response, Refusal> {
 
 async fn revoke(shared: &Arc<Shared>, ext: String) -> Result<Response, Refusal> {
     let e = ext.clone();
-    let fingerprint = blocking(shared, move |db| db.revoke(&e)).await?;
+    let plan = DIAL_PLAN.lock().await;
+    let (fingerprint, touched) = blocking(shared, move |db| db.revoke(&e)).await?;
+    groups_touched(shared, touched).await;
+    drop(plan);
     let why = "this station's extension was revoked";
     match query_switch(
         shared,
@@ -482,10 +485,11 @@ async fn set_extension(
     let plan = DIAL_PLAN.lock().await;
     let [lo, hi] = shared.extension_range();
     let (o, n, nm) = (old.clone(), new_ext.clone(), name.clone());
-    let row = blocking(shared, move |db| {
+    let (row, touched) = blocking(shared, move |db| {
         db.set_extension(&o, n.as_deref(), nm.as_deref(), (lo, hi))
     })
     .await?;
+    groups_touched(shared, touched).await;
     drop(plan);
     let Some(now_ext) = row.ext.clone() else {
         return Err("the station has no extension".into());
@@ -708,6 +712,9 @@ async fn put_ring_group(
             ))
         }
     };
+    // Held from the member checks to the write, so a station renumbered
+    // or revoked in between cannot leave a member that no longer exists.
+    let plan = DIAL_PLAN.lock().await;
     let group = check_ring_group(
         shared,
         &asked.mode,
@@ -717,7 +724,6 @@ async fn put_ring_group(
         &GROUP,
     )
     .await?;
-    let plan = DIAL_PLAN.lock().await;
     let name = match name {
         Some(n) => n,
         None => {
@@ -732,7 +738,7 @@ async fn put_ring_group(
     let [lo, hi] = shared.extension_range();
     let g = stored.clone();
     blocking(shared, move |db| db.put_ring_group(&g, how, (lo, hi))).await?;
-    groups_changed(shared).await?;
+    saved_groups_changed(shared).await;
     drop(plan);
     Ok(Response::NamedRingGroup { ring_group: stored })
 }
@@ -744,9 +750,36 @@ async fn remove_ring_group(shared: &Arc<Shared>, ext: String) -> Result<Response
     if !blocking(shared, move |db| db.remove_ring_group(&e)).await? {
         return Err(format!("there is no ring group {ext}"));
     }
-    groups_changed(shared).await?;
+    saved_groups_changed(shared).await;
     drop(plan);
     Ok(Response::RingGroupRemoved { removed: ext })
+}
+
+/// A station's extension was freed or renumbered and the database
+/// changed these ring groups with it: the switch task and subscribers hear
+/// of it as after a ring-group command. The change is saved; a failure to
+/// read it back is logged, not answered.
+async fn groups_touched(shared: &Arc<Shared>, touched: crate::db::GroupsTouched) {
+    if touched.reception {
+        match blocking(shared, |db| db.ring_group()).await {
+            Ok(group) => {
+                let _ = shared.events.send(Event::RingGroup { group }).await;
+            }
+            Err(e) => tracing::warn!("reception changed but could not be read back: {e}"),
+        }
+    }
+    if touched.named {
+        saved_groups_changed(shared).await;
+    }
+}
+
+/// [`groups_changed`] after a change that is already saved: a failure to
+/// read the groups back is logged (the next change or a restart sends
+/// them), and the request is still answered as done.
+async fn saved_groups_changed(shared: &Arc<Shared>) {
+    if let Err(e) = groups_changed(shared).await {
+        tracing::warn!("ring groups saved but could not be read back to announce: {e}");
+    }
 }
 
 /// The ring groups changed in the database: the switch task and

@@ -133,6 +133,74 @@ const MIGRATIONS: &[&str] = &[
 /// their extension, which is all digits).
 const RECEPTION: &str = "reception";
 
+/// Which ring groups a station's new or freed extension changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GroupsTouched {
+    /// Reception's row (the office number's group).
+    pub reception: bool,
+    /// One or more groups with an extension of their own.
+    pub named: bool,
+}
+
+/// `members` with `old` replaced by `new`, or left out (`None`); a member
+/// already there is not listed twice. Pure.
+pub fn rename_member(members: &[String], old: &str, new: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(members.len());
+    for m in members {
+        let m = if m == old {
+            match new {
+                Some(n) => n.to_string(),
+                None => continue,
+            }
+        } else {
+            m.clone()
+        };
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// Replace (or remove) extension `old` in every ring group's members and
+/// mailbox, reception's included, inside the caller's transaction.
+fn rename_in_groups(
+    tx: &rusqlite::Transaction<'_>,
+    old: &str,
+    new: Option<&str>,
+) -> Result<GroupsTouched> {
+    let rows: Vec<(String, String, Option<String>)> = {
+        let mut st = tx.prepare("SELECT key, members, mailbox FROM ring_groups")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows
+    };
+    let mut touched = GroupsTouched::default();
+    for (key, members_json, mailbox) in rows {
+        let members: Vec<String> = serde_json::from_str(&members_json)
+            .with_context(|| format!("ring group {key}'s members {members_json:?}"))?;
+        let now = rename_member(&members, old, new);
+        let mailbox_now = match mailbox.as_deref() {
+            Some(m) if m == old => new.map(str::to_string),
+            _ => mailbox.clone(),
+        };
+        if now == members && mailbox_now == mailbox {
+            continue;
+        }
+        tx.execute(
+            "UPDATE ring_groups SET members = ?2, mailbox = ?3 WHERE key = ?1",
+            params![key, serde_json::to_string(&now)?, mailbox_now],
+        )?;
+        if key == RECEPTION {
+            touched.reception = true;
+        } else {
+            touched.named = true;
+        }
+    }
+    Ok(touched)
+}
+
 /// The ring group set with `keyline-gatewayd ring-group`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct RingGroup {
@@ -634,8 +702,10 @@ impl Db {
 
     /// Forget the station with extension `ext` (approved or denied alike
     /// are looked up by extension; a denied one by fingerprint); its
-    /// fingerprint. It must be approved again to come back.
-    pub fn revoke(&self, ext: &str) -> Result<String> {
+    /// fingerprint, and which ring groups lost it (as a member or as
+    /// their mailbox, in the same transaction). It must be approved again
+    /// to come back.
+    pub fn revoke(&self, ext: &str) -> Result<(String, GroupsTouched)> {
         self.with(|c| {
             let fp: Option<String> = c
                 .query_row(
@@ -647,20 +717,27 @@ impl Db {
             let Some(fp) = fp else {
                 bail!("no station has extension {ext}");
             };
-            c.execute("DELETE FROM agents WHERE fingerprint = ?1", [&fp])?;
-            Ok(fp)
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM agents WHERE fingerprint = ?1", [&fp])?;
+            // A freed extension may go to a new station: no group keeps
+            // ringing it or leaving messages in its mailbox.
+            let touched = rename_in_groups(&tx, ext, None)?;
+            tx.commit()?;
+            Ok((fp, touched))
         })
     }
 
     /// Give the station with extension `ext` the extension `new_ext`
-    /// (which must be free and in `range`) and/or the name `name`.
+    /// (which must be free and in `range`) and/or the name `name`; ring
+    /// groups that had `ext` as a member or mailbox have `new_ext` instead
+    /// (same transaction), and which did is returned.
     pub fn set_extension(
         &self,
         ext: &str,
         new_ext: Option<&str>,
         name: Option<&str>,
         range: (u32, u32),
-    ) -> Result<AgentRow> {
+    ) -> Result<(AgentRow, GroupsTouched)> {
         if let Some(n) = new_ext {
             let in_range = n
                 .parse::<u32>()
@@ -699,6 +776,10 @@ impl Db {
                  WHERE fingerprint = ?1",
                 params![fp, new_ext, name],
             )?;
+            let touched = match new_ext.filter(|n| *n != ext) {
+                Some(n) => rename_in_groups(&tx, ext, Some(n))?,
+                None => GroupsTouched::default(),
+            };
             let row = tx.query_row(
                 "SELECT fingerprint, ext, name, code, state, first_seen, approved_at, last_addr
                  FROM agents WHERE fingerprint = ?1",
@@ -706,7 +787,7 @@ impl Db {
                 agent_row,
             )?;
             tx.commit()?;
-            Ok(row)
+            Ok((row, touched))
         })
     }
 
@@ -1797,6 +1878,79 @@ mod tests {
         assert!(!db.remove_ring_group("600").expect("again"));
         assert!(!db.remove_ring_group(RECEPTION).expect("reception"));
         assert_eq!(db.ring_groups().expect("groups").len(), 1);
+    }
+
+    #[test]
+    fn a_revoked_or_renumbered_extension_leaves_or_follows_the_ring_groups() {
+        let db = Db::open_in_memory().expect("db");
+        let range = (201, 699);
+        for (fp, code, ext) in [("fa", "111111", "202"), ("fb", "222222", "203")] {
+            db.upsert_pending(fp, code, None, "10.0.0.2:1")
+                .expect("insert");
+            db.approve(code, Some(ext), None, range).expect("approve");
+        }
+        let mut sales = group("600", "Sales", &["202", "203"]);
+        sales.group.mailbox = Some("202".into());
+        db.put_ring_group(&sales, Put::Add, range).expect("add");
+        db.put_ring_group(&group("610", "Other", &["203"]), Put::Add, range)
+            .expect("add");
+        let reception = RingGroup {
+            mode: "all".into(),
+            members: vec!["203".into(), "202".into()],
+            step_secs: 5,
+            mailbox: Some("202".into()),
+        };
+        db.set_ring_group(Some(&reception)).expect("reception");
+
+        // Renumbered: 202 becomes 250 in members and mailboxes.
+        let (row, touched) = db
+            .set_extension("202", Some("250"), None, range)
+            .expect("renumber");
+        assert_eq!(row.ext.as_deref(), Some("250"));
+        assert_eq!(
+            touched,
+            GroupsTouched {
+                reception: true,
+                named: true
+            }
+        );
+        let groups = db.ring_groups().expect("groups");
+        assert_eq!(groups[0].group.members, vec!["250", "203"]);
+        assert_eq!(groups[0].group.mailbox.as_deref(), Some("250"));
+        assert_eq!(groups[1].group.members, vec!["203"]);
+        let r = db.ring_group().expect("read").expect("reception");
+        assert_eq!(r.members, vec!["203", "250"]);
+        assert_eq!(r.mailbox.as_deref(), Some("250"));
+        // A name alone touches no group.
+        let (_, touched) = db
+            .set_extension("250", None, Some("Ann"), range)
+            .expect("rename");
+        assert_eq!(touched, GroupsTouched::default());
+
+        // Revoked: 250 leaves every group and mailbox; a new station given
+        // 250 later is rung by none of them.
+        let (fp, touched) = db.revoke("250").expect("revoke");
+        assert_eq!(fp, "fa");
+        assert!(touched.reception && touched.named);
+        let groups = db.ring_groups().expect("groups");
+        assert_eq!(groups[0].group.members, vec!["203"]);
+        assert_eq!(groups[0].group.mailbox, None);
+        let r = db.ring_group().expect("read").expect("reception");
+        assert_eq!(r.members, vec!["203"]);
+        assert_eq!(r.mailbox, None);
+        // An extension in no group touches none; an unknown one changes
+        // nothing.
+        let (_, touched) = db
+            .set_extension("203", Some("203"), None, range)
+            .expect("same");
+        assert_eq!(touched, GroupsTouched::default());
+        assert!(db.revoke("250").is_err());
+        assert_eq!(db.ring_groups().expect("groups"), groups);
+
+        assert_eq!(
+            rename_member(&["1".into(), "2".into()], "1", Some("2")),
+            vec!["2"]
+        );
     }
 
     #[test]

@@ -1800,13 +1800,14 @@ impl Switch {
                 req,
                 call,
                 reason,
+                note,
             } => self.send(
                 &to,
                 Msg::TransferFailed {
                     req,
                     call,
                     reason,
-                    message: reason.describe().to_string(),
+                    message: note.unwrap_or(reason.describe()).to_string(),
                 },
             ),
             Action::Replaced { to, old, new, peer } => {

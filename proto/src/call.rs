@@ -19,6 +19,11 @@ use crate::msg::{CallId, EndReason, FailReason, LineSettings, ReqId};
 /// Most forwarding steps one call may take before it is a loop.
 pub const MAX_FORWARD_HOPS: usize = 5;
 
+/// What a station is told when it transfers a call to a ring group's
+/// extension: groups are rung by dialling them, not by transfer.
+pub const GROUP_TRANSFER_REFUSED: &str =
+    "transfer to a ring group is not supported; transfer to one of its members";
+
 /// Marks a trunk line: the switchboard's stand-in for the far end of one
 /// outside call (through the directory). A trunk line is named
 /// `~TAG~NUMBER`, exists only as long as its call, and is never dialled.
@@ -232,12 +237,14 @@ pub enum Action {
         call: CallId,
         target: String,
     },
-    /// The transfer failed; the call is back with `to`.
+    /// The transfer failed; the call is back with `to`. `note`, when
+    /// there is one, says more than `reason` does (it is shown instead).
     TransferFailed {
         to: String,
         req: ReqId,
         call: CallId,
         reason: FailReason,
+        note: Option<&'static str>,
     },
     /// `to`'s call `old` continues as `new` with `peer`.
     Replaced {
@@ -1276,11 +1283,13 @@ impl Switchboard {
         let other = self.may_hand_off(by, id)?;
         let target = &self.expand_short_code(target);
         let fail = |s: &mut Self, reason: FailReason| {
+            let note = s.group_refusal(target, reason);
             s.actions.push_back(Action::TransferFailed {
                 to: by.to_string(),
                 req,
                 call: id,
                 reason,
+                note,
             });
             Ok(())
         };
@@ -1389,16 +1398,19 @@ impl Switchboard {
                     req,
                     call: id,
                     reason: FailReason::SelfCall,
+                    note: None,
                 });
                 return Ok(());
             }
             Ok(t) => t,
             Err(reason) => {
+                let note = self.group_refusal(target, reason);
                 self.actions.push_back(Action::TransferFailed {
                     to: by.to_string(),
                     req,
                     call: id,
                     reason,
+                    note,
                 });
                 return Ok(());
             }
@@ -1632,6 +1644,7 @@ impl Switchboard {
                     CallError::NoSuchCall => FailReason::Unreachable,
                     _ => FailReason::NotAllowed,
                 },
+                note: None,
             });
         }
     }
@@ -1807,6 +1820,7 @@ impl Switchboard {
                         req: 0,
                         call: orig,
                         reason: fail,
+                        note: None,
                     });
                     self.actions.push_back(Action::Held {
                         to: other,
@@ -2090,6 +2104,14 @@ impl Switchboard {
             from: caller,
         });
         true
+    }
+
+    /// Why a transfer to `target` failed, when "unknown number" would
+    /// mislead: a ring group's extension is known, but a transfer (or a
+    /// consultation) rings single extensions only.
+    fn group_refusal(&self, target: &str, reason: FailReason) -> Option<&'static str> {
+        (reason == FailReason::UnknownNumber && self.config.groups.iter().any(|g| g.ext == target))
+            .then_some(GROUP_TRANSFER_REFUSED)
     }
 
     /// Follow forwarding rules from `number` to the extension that should
@@ -3318,6 +3340,33 @@ mod trunk_tests {
             ..Config::default()
         });
         (sb, now)
+    }
+
+    #[test]
+    fn a_transfer_to_a_groups_extension_says_so_and_keeps_the_call() {
+        let (mut sb, now) = group_board(&["201", "202", "203"], &["202", "203"], None, None, false);
+        sb.handle_dial(now, "201", 1, "202");
+        sb.handle_answer(now, "202", 1).expect("answer");
+        drain(&mut sb);
+        sb.handle_transfer(now, "202", 7, 1, "600")
+            .expect("refused cleanly");
+        assert!(drain(&mut sb).contains(&Action::TransferFailed {
+            to: "202".into(),
+            req: 7,
+            call: 1,
+            reason: FailReason::UnknownNumber,
+            note: Some(GROUP_TRANSFER_REFUSED),
+        }));
+        assert!(sb.call(1).is_some());
+        sb.handle_consult(now, "202", 8, 1, "600")
+            .expect("refused cleanly");
+        assert!(drain(&mut sb).iter().any(|a| matches!(
+            a,
+            Action::TransferFailed {
+                note: Some(GROUP_TRANSFER_REFUSED),
+                ..
+            }
+        )));
     }
 
     #[test]

@@ -257,3 +257,32 @@ fn the_extension_range_set_here_wins_and_is_refused_when_it_leaves_anyone_out() 
     let st = gw.json(&["status"]).unwrap();
     assert_eq!(st["extension_range_source"], "config", "{st}");
 }
+
+/// A station's extension that is renumbered follows it into the ring
+/// groups (members and mailbox); a revoked one leaves them, so a new
+/// station given the freed extension is rung by no group.
+#[test]
+fn a_renumbered_or_revoked_station_follows_or_leaves_the_ring_groups() {
+    let mut office = LoopbackOffice::start("groups-follow", &["--no-voicemail"]);
+    let a = agent(&office, "a");
+    let b = agent(&office, "b");
+    office.enrol(&a, "205");
+    office.enrol(&b, "206");
+    let gw = &office.gw;
+    ok(
+        gw,
+        &["ring-group", "add", "450", "--name", "Sales", "205", "206"],
+    );
+    let members = |gw: &Daemon| {
+        let st = gw.json(&["status"]).unwrap();
+        st["ring_groups"][0]["members"].clone()
+    };
+    assert_eq!(members(gw), serde_json::json!(["205", "206"]));
+    ok(gw, &["renumber", "205", "--to", "207"]);
+    assert_eq!(members(gw), serde_json::json!(["207", "206"]));
+    ok(gw, &["revoke", "207"]);
+    assert_eq!(members(gw), serde_json::json!(["206"]));
+    // After a restart the database says the same.
+    restart(&mut office, &["--no-voicemail"]);
+    assert_eq!(members(&office.gw), serde_json::json!(["206"]));
+}

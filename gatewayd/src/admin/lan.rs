@@ -5,13 +5,26 @@
 //! routes ([`lan_addresses`], pure; [`read`] reads them from the kernel,
 //! and a failure to read them leaves the site on loopback alone):
 //!
+//! - only interfaces that are up *and* running (carrier present) count:
+//!   an idle `docker0` or `virbr0` (up, no carrier) never does;
 //! - an interface that carries the way out — a default route, or the
-//!   route towards the configured directory — is the WAN side;
+//!   route towards the configured directory — is the WAN side, unless
+//!   its default route goes through a gateway that is itself a private
+//!   address: then the appliance sits behind the office's router
+//!   (one-armed) and that interface is the LAN too;
 //! - the LAN side is the private addresses (10/8, 172.16/12, 192.168/16,
-//!   169.254/16, fc00::/7) of the other interfaces that are up;
-//! - on a box whose every interface carries the way out (one network
-//!   card), the private addresses of that interface;
+//!   169.254/16, fc00::/7) of the other running interfaces, and of the
+//!   one-armed interface above; an interface without a private address
+//!   (a VPN's `tailscale0` on 100.64/10) adds nothing;
+//! - on a box whose every running interface carries the way out through
+//!   a public or unknown gateway (one network card), the private
+//!   addresses of that interface;
 //! - and always loopback.
+//!
+//! A two-armed router whose WAN sits behind another router on a private
+//! network (an ISP's box at 192.168.0.1) therefore also counts its WAN's
+//! private address; set `[admin] listen` to name the LAN address alone
+//! there.
 //!
 //! Public addresses are never part of it, whichever interface they are on
 //! (the default `[admin] allow` refuses them anyway), nor are IPv6
@@ -27,16 +40,20 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub struct Iface {
     pub name: String,
     pub up: bool,
+    /// IFF_RUNNING: the link has a carrier (an idle bridge has none).
+    pub running: bool,
     pub loopback: bool,
     pub addrs: Vec<IpAddr>,
 }
 
-/// One route of the main routing table: `dest/prefix` through `iface`.
+/// One route of the main routing table: `dest/prefix` through `iface`,
+/// by way of `gateway` when it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub iface: String,
     pub dest: IpAddr,
     pub prefix: u8,
+    pub gateway: Option<IpAddr>,
 }
 
 /// Private, in the sense of the default LAN: RFC 1918, IPv4 link-local,
@@ -91,12 +108,28 @@ pub fn wan_interfaces(routes: &[Route], toward: &[IpAddr]) -> BTreeSet<String> {
     wan
 }
 
+/// Interfaces whose default route goes through a private gateway: the
+/// appliance sits behind the office's router, and that network is the
+/// LAN even though the way out runs through it.
+pub fn one_armed_interfaces(routes: &[Route]) -> BTreeSet<String> {
+    routes
+        .iter()
+        .filter(|r| r.prefix == 0 && r.gateway.is_some_and(is_private))
+        .map(|r| r.iface.clone())
+        .filter(|i| i != "lo")
+        .collect()
+}
+
 /// The LAN side's addresses (see the module's description), sorted,
-/// loopback first.
-pub fn lan_addresses(ifaces: &[Iface], wan: &BTreeSet<String>) -> Vec<IpAddr> {
+/// loopback first. `wan` comes from [`wan_interfaces`], `one_armed` from
+/// [`one_armed_interfaces`].
+pub fn lan_addresses(
+    ifaces: &[Iface],
+    wan: &BTreeSet<String>,
+    one_armed: &BTreeSet<String>,
+) -> Vec<IpAddr> {
     let mut out: BTreeSet<(bool, IpAddr)> = BTreeSet::new();
-    let up = || ifaces.iter().filter(|i| i.up);
-    for i in up().filter(|i| i.loopback) {
+    for i in ifaces.iter().filter(|i| i.up && i.loopback) {
         for a in i.addrs.iter().filter(|a| a.is_loopback()) {
             out.insert((false, *a));
         }
@@ -104,13 +137,18 @@ pub fn lan_addresses(ifaces: &[Iface], wan: &BTreeSet<String>) -> Vec<IpAddr> {
     if out.is_empty() {
         out.insert((false, IpAddr::V4(Ipv4Addr::LOCALHOST)));
     }
-    let others: Vec<&Iface> = up().filter(|i| !i.loopback).collect();
-    let lan: Vec<&&Iface> = others.iter().filter(|i| !wan.contains(&i.name)).collect();
-    let chosen: Vec<&Iface> = if lan.is_empty() {
-        others
-    } else {
-        lan.into_iter().copied().collect()
-    };
+    let has_private = |i: &&Iface| i.addrs.iter().any(|a| is_private(*a));
+    let others: Vec<&Iface> = ifaces
+        .iter()
+        .filter(|i| i.up && i.running && !i.loopback)
+        .filter(has_private)
+        .collect();
+    let lan: Vec<&Iface> = others
+        .iter()
+        .copied()
+        .filter(|i| !wan.contains(&i.name) || one_armed.contains(&i.name))
+        .collect();
+    let chosen: Vec<&Iface> = if lan.is_empty() { others } else { lan };
     for i in chosen {
         for a in i.addrs.iter().filter(|a| is_private(**a)) {
             out.insert((true, *a));
@@ -125,7 +163,8 @@ pub fn parse_route_v4(text: &str) -> Vec<Route> {
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let (iface, dest, flags, mask) = (f.first()?, f.get(1)?, f.get(3)?, f.get(7)?);
+            let (iface, dest, gw, flags, mask) =
+                (f.first()?, f.get(1)?, f.get(2)?, f.get(3)?, f.get(7)?);
             // RTF_UP
             if u32::from_str_radix(flags, 16).ok()? & 1 == 0 {
                 return None;
@@ -136,10 +175,15 @@ pub fn parse_route_v4(text: &str) -> Vec<Route> {
             if mask.leading_ones() + mask.trailing_zeros() != 32 {
                 return None;
             }
+            // RTF_GATEWAY (0x2) with a non-zero gateway field.
+            let gw = Ipv4Addr::from(u32::from_str_radix(gw, 16).ok()?.swap_bytes());
+            let gateway = (u32::from_str_radix(flags, 16).ok()? & 2 != 0 && !gw.is_unspecified())
+                .then_some(IpAddr::V4(gw));
             Some(Route {
                 iface: (*iface).to_string(),
                 dest: IpAddr::V4(dest),
                 prefix: mask.leading_ones() as u8,
+                gateway,
             })
         })
         .collect()
@@ -161,10 +205,14 @@ pub fn parse_route_v6(text: &str) -> Vec<Route> {
             if flags & 1 == 0 || flags & 0x0200 != 0 || f[9] == "lo" {
                 return None;
             }
+            // Field 4 is the next hop; RTF_GATEWAY (0x2) says it is one.
+            let hop = Ipv6Addr::from(u128::from_str_radix(f[4], 16).ok()?);
+            let gateway = (flags & 2 != 0 && !hop.is_unspecified()).then_some(IpAddr::V6(hop));
             Some(Route {
                 iface: f[9].to_string(),
                 dest: IpAddr::V6(dest),
                 prefix: prefix.min(128),
+                gateway,
             })
         })
         .collect()
@@ -192,6 +240,7 @@ pub fn read() -> std::io::Result<(Vec<Iface>, Vec<Route>)> {
                 ifaces.push(Iface {
                     name: a.interface_name.clone(),
                     up: a.flags.contains(InterfaceFlags::IFF_UP),
+                    running: a.flags.contains(InterfaceFlags::IFF_RUNNING),
                     loopback: a.flags.contains(InterfaceFlags::IFF_LOOPBACK),
                     addrs: Vec::new(),
                 });
@@ -226,6 +275,7 @@ mod tests {
         Iface {
             name: name.into(),
             up: true,
+            running: true,
             loopback: name == "lo",
             addrs: addrs.iter().map(|a| ip(a)).collect(),
         }
@@ -237,7 +287,21 @@ mod tests {
             iface: iface.into(),
             dest: ip(d),
             prefix: p.parse().unwrap(),
+            gateway: None,
         }
+    }
+
+    fn via(iface: &str, net: &str, gw: &str) -> Route {
+        Route {
+            gateway: Some(ip(gw)),
+            ..route(iface, net)
+        }
+    }
+
+    /// The addresses as the service computes them from these parts.
+    fn lan(ifaces: &[Iface], routes: &[Route]) -> Vec<IpAddr> {
+        let wan = wan_interfaces(routes, &[]);
+        lan_addresses(ifaces, &wan, &one_armed_interfaces(routes))
     }
 
     fn lo() -> Iface {
@@ -264,7 +328,7 @@ mod tests {
         assert_eq!(wan, BTreeSet::from(["wan0".to_string()]));
         // The WAN's private address (an ISP router's network) is not LAN.
         assert_eq!(
-            lan_addresses(&ifaces, &wan),
+            lan_addresses(&ifaces, &wan, &BTreeSet::new()),
             ips(&["127.0.0.1", "::1", "192.168.1.1", "fd00::1"])
         );
     }
@@ -285,7 +349,7 @@ mod tests {
         let wan = wan_interfaces(&routes, &[ip("203.0.113.10")]);
         assert_eq!(wan, BTreeSet::from(["eth1".to_string()]));
         assert_eq!(
-            lan_addresses(&ifaces, &wan),
+            lan_addresses(&ifaces, &wan, &BTreeSet::new()),
             ips(&["127.0.0.1", "::1", "10.1.0.1"])
         );
         // The longest prefix wins.
@@ -300,7 +364,7 @@ mod tests {
         let ifaces = [lo(), iface("eth0", &["192.168.5.20", "2001:db8::20"])];
         let wan = wan_interfaces(&[route("eth0", "0.0.0.0/0"), route("eth0", "::/0")], &[]);
         assert_eq!(
-            lan_addresses(&ifaces, &wan),
+            lan_addresses(&ifaces, &wan, &BTreeSet::new()),
             ips(&["127.0.0.1", "::1", "192.168.5.20"])
         );
     }
@@ -315,7 +379,7 @@ mod tests {
         let wan = wan_interfaces(&[], &[]);
         assert!(wan.is_empty());
         assert_eq!(
-            lan_addresses(&ifaces, &wan),
+            lan_addresses(&ifaces, &wan, &BTreeSet::new()),
             ips(&["127.0.0.1", "::1", "10.78.0.1"])
         );
     }
@@ -326,7 +390,7 @@ mod tests {
         down.up = false;
         let ifaces = [iface("lan0", &["172.16.0.1", "172.32.0.1"]), down];
         assert_eq!(
-            lan_addresses(&ifaces, &BTreeSet::new()),
+            lan_addresses(&ifaces, &BTreeSet::new(), &BTreeSet::new()),
             ips(&["127.0.0.1", "172.16.0.1"])
         );
         // Loopback never counts as the WAN.
@@ -343,7 +407,10 @@ mod tests {
                   bad0\tzz\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
         assert_eq!(
             parse_route_v4(v4),
-            vec![route("wan0", "0.0.0.0/0"), route("lan0", "10.78.0.0/24")]
+            vec![
+                via("wan0", "0.0.0.0/0", "203.113.0.1"),
+                route("lan0", "10.78.0.0/24")
+            ]
         );
         let v6 = "fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     lan0\n\
                   00000000000000000000000000000000 00 00000000000000000000000000000000 00 20010db8000000000000000000000001 00000400 00000001 00000000 00000003     wan0\n\
@@ -351,7 +418,84 @@ mod tests {
                   00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n";
         assert_eq!(
             parse_route_v6(v6),
-            vec![route("lan0", "fd00::/64"), route("wan0", "::/0")]
+            vec![
+                route("lan0", "fd00::/64"),
+                via("wan0", "::/0", "2001:db8::1")
+            ]
+        );
+    }
+
+    #[test]
+    fn one_armed_behind_the_office_router_and_an_idle_docker_bridge() {
+        let mut docker = iface("docker0", &["172.17.0.1"]);
+        docker.running = false; // up, NO-CARRIER: no container runs
+        let ifaces = [lo(), iface("eth0", &["192.168.1.10"]), docker];
+        let routes = [
+            via("eth0", "0.0.0.0/0", "192.168.1.1"),
+            route("eth0", "192.168.1.0/24"),
+            route("docker0", "172.17.0.0/16"),
+        ];
+        assert_eq!(
+            one_armed_interfaces(&routes),
+            BTreeSet::from(["eth0".to_string()])
+        );
+        assert_eq!(
+            lan(&ifaces, &routes),
+            ips(&["127.0.0.1", "::1", "192.168.1.10"])
+        );
+        // With a container running, docker0 counts too, and eth0 still does.
+        let mut ifaces = ifaces;
+        ifaces[2].running = true;
+        assert_eq!(
+            lan(&ifaces, &routes),
+            ips(&["127.0.0.1", "::1", "172.17.0.1", "192.168.1.10"])
+        );
+    }
+
+    #[test]
+    fn two_nics_the_wan_with_a_public_gateway_is_left_out() {
+        let ifaces = [
+            lo(),
+            iface("wan0", &["198.51.100.7"]),
+            iface("lan0", &["10.78.0.1"]),
+        ];
+        let routes = [
+            via("wan0", "0.0.0.0/0", "198.51.100.1"),
+            route("wan0", "198.51.100.0/24"),
+            route("lan0", "10.78.0.0/24"),
+        ];
+        assert!(one_armed_interfaces(&routes).is_empty());
+        assert_eq!(
+            lan(&ifaces, &routes),
+            ips(&["127.0.0.1", "::1", "10.78.0.1"])
+        );
+    }
+
+    #[test]
+    fn a_vpn_without_a_private_address_is_ignored() {
+        // Before: tailscale0 (up, running, 100.64/10 only) won over eth0,
+        // and the site listened on loopback alone.
+        let ifaces = [
+            lo(),
+            iface("eth0", &["192.168.1.10"]),
+            iface("tailscale0", &["100.100.1.2", "fd7a:115c:a1e0::2"]),
+        ];
+        let routes = [via("eth0", "0.0.0.0/0", "192.168.1.1")];
+        // Its ULA address is private, so it counts; its CGNAT one never.
+        assert_eq!(
+            lan(&ifaces, &routes),
+            ips(&["127.0.0.1", "::1", "192.168.1.10", "fd7a:115c:a1e0::2"])
+        );
+        let ifaces = [
+            lo(),
+            iface("eth0", &["192.168.1.10"]),
+            iface("wg0", &["100.100.1.2"]),
+        ];
+        // The one-NIC fallback stays: a public gateway, no other LAN.
+        let routes = [via("eth0", "0.0.0.0/0", "203.0.113.1")];
+        assert_eq!(
+            lan(&ifaces, &routes),
+            ips(&["127.0.0.1", "::1", "192.168.1.10"])
         );
     }
 }

@@ -1154,7 +1154,7 @@ pub async fn start(shared: Arc<Shared>) -> anyhow::Result<()> {
     if !cfg.enabled {
         set_status(
             &shared,
-            serde_json::json!({"state": "off", "why": "[admin] enabled = false"}),
+            serde_json::json!({"state": "off", "why": DISABLED_WHY}),
         );
         return Ok(());
     }
@@ -1196,6 +1196,10 @@ pub async fn set_password(shared: &Arc<Shared>, hash: String) -> Result<serde_js
         .map_err(|e| format!("storing the password: {e:#}"))?;
     tracing::info!("admin password set");
     let before = shared.admin_status();
+    if let Some(off) = disabled_answer(shared.cfg().admin.enabled, &before) {
+        // No site task runs to wake: say so at once.
+        return Ok(off);
+    }
     shared.admin_wake.notify_one();
     // The site answers at once when it was already on.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -1208,6 +1212,23 @@ pub async fn set_password(shared: &Arc<Shared>, hash: String) -> Result<serde_js
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// What `admin-passwd` answers when the site is disabled in the config
+/// (`[admin] enabled = false`, now or when the gateway started): the
+/// password is stored, and no site will pick it up until it is enabled.
+fn disabled_answer(enabled: bool, status: &serde_json::Value) -> Option<serde_json::Value> {
+    let started_disabled = status["why"] == DISABLED_WHY;
+    (!enabled || started_disabled).then(|| {
+        serde_json::json!({
+            "state": "off",
+            "why": DISABLED_WHY,
+            "note": "the password is stored; the admin site is disabled in the config: set [admin] enabled = true and restart the gateway",
+        })
+    })
+}
+
+/// Why the site is off when the config disables it.
+const DISABLED_WHY: &str = "[admin] enabled = false";
 
 /// A stored admin password must be an argon2id hash in PHC form.
 pub fn check_hash(hash: &str) -> Result<(), String> {
@@ -1246,12 +1267,24 @@ impl Site {
     /// should and nowhere else.
     async fn round(&mut self) {
         let db = self.shared.db.clone();
-        let has_password = tokio::task::spawn_blocking(move || db.admin_password())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten()
-            .is_some();
+        let read = match tokio::task::spawn_blocking(move || db.admin_password()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(e) => Err(e.to_string()),
+        };
+        let has_password = match read {
+            Ok(p) => p.is_some(),
+            Err(e) => {
+                // A busy or failing database says nothing about the
+                // password: keep listening (or not) as before.
+                tracing::warn!(
+                    "admin site: reading the admin password: {e}; listeners left as they are"
+                );
+                let now = unreadable_status(&self.shared.admin_status(), &e);
+                set_status(&self.shared, now);
+                return;
+            }
+        };
         if !has_password {
             self.close_all();
             if !self.said_off {
@@ -1274,7 +1307,8 @@ impl Site {
                 let addrs = match tokio::task::spawn_blocking(lan::read).await {
                     Ok(Ok((ifaces, routes))) => {
                         let wan = lan::wan_interfaces(&routes, &toward);
-                        lan::lan_addresses(&ifaces, &wan)
+                        let one_armed = lan::one_armed_interfaces(&routes);
+                        lan::lan_addresses(&ifaces, &wan, &one_armed)
                     }
                     Ok(Err(e)) => {
                         tracing::warn!("admin site: reading the interfaces and routes: {e}; listening on loopback only");
@@ -1371,6 +1405,25 @@ impl Site {
             tracing::info!("admin site: no longer listening on {addr}");
         }
     }
+}
+
+/// What `status` says when the password could not be read: the site's
+/// state is unchanged (its listeners are kept), and why it was not looked
+/// at again.
+fn unreadable_status(before: &serde_json::Value, err: &str) -> serde_json::Value {
+    let mut now = before.clone();
+    let why = format!("the database could not be read: {err}");
+    match now.as_object_mut() {
+        Some(m) if m.get("state").and_then(|s| s.as_str()) == Some("listening") => {
+            m.insert("db_error".into(), why.into());
+        }
+        Some(m) => {
+            m.insert("why".into(), why.into());
+            m.remove("hint");
+        }
+        None => now = serde_json::json!({"state": "off", "why": why}),
+    }
+    now
 }
 
 /// An address as it goes in a URL (`[v6]:port`).

@@ -1129,3 +1129,41 @@ fn only_an_argon2id_hash_is_stored_as_the_admin_password() {
     }
     assert!(super::check_hash(&"$argon2id$".repeat(60)).is_err());
 }
+
+#[test]
+fn an_unreadable_password_keeps_the_site_as_it_was_and_says_why() {
+    let listening = serde_json::json!({"state": "listening", "url": "https://127.0.0.1:8443/", "urls": ["https://127.0.0.1:8443/"], "on": "the LAN side", "errors": []});
+    let now = super::unreadable_status(&listening, "database is locked");
+    assert_eq!(now["state"], "listening");
+    assert_eq!(now["urls"], listening["urls"]);
+    assert_eq!(
+        now["db_error"],
+        "the database could not be read: database is locked"
+    );
+    let off = serde_json::json!({"state": "off", "why": "no admin password yet", "hint": super::OFF_HINT});
+    let now = super::unreadable_status(&off, "database is locked");
+    assert_eq!(now["state"], "off");
+    assert_eq!(
+        now["why"],
+        "the database could not be read: database is locked"
+    );
+    assert!(now.get("hint").is_none(), "{now}");
+    let now = super::unreadable_status(&serde_json::Value::Null, "disk I/O error");
+    assert_eq!(now["state"], "off");
+}
+
+#[test]
+fn a_password_set_while_the_site_is_disabled_is_answered_at_once() {
+    let off = serde_json::json!({"state": "off", "why": "[admin] enabled = false"});
+    let a = super::disabled_answer(false, &off).unwrap();
+    assert_eq!(a["state"], "off");
+    assert!(
+        a["note"].as_str().unwrap().contains("password is stored"),
+        "{a}"
+    );
+    // Enabled in the file now, but the gateway started with it disabled.
+    assert!(super::disabled_answer(true, &off).is_some());
+    // An enabled site waits for its task as before.
+    let waiting = serde_json::json!({"state": "off", "why": "no admin password yet"});
+    assert!(super::disabled_answer(true, &waiting).is_none());
+}
