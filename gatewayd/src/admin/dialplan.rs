@@ -205,7 +205,7 @@ fn live_data(status: &crate::api::Status, s: &Session) -> DialPlanLive {
         ext_range: format!("{lo}-{hi}"),
         ext_range_source: match status.extension_range_source.as_str() {
             "set-here" => "set here".into(),
-            _ => "from the configuration file (extension_range)".into(),
+            _ => "in the configuration file (extension_range)".into(),
         },
         groups: status
             .ring_groups
