@@ -7,7 +7,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use keyline_tests::{fails, jstr, ok, status, LoopbackOffice};
+use std::time::Duration;
+
+use keyline_tests::{fails, jstr, ok, status, wait_for, LoopbackOffice};
 use serde_json::Value;
 
 #[test]
@@ -101,8 +103,14 @@ fn audio_lists_devices_sets_the_ring_device_and_refuses_a_non_wav_ringtone() {
     // Kept over a restart (the command line names no ring device).
     assert!(a.stop(), "{}", a.log_text());
     let a = station(&office);
-    assert_eq!(
-        jstr(&status(&a), &["audio", "ring_out"]).as_deref(),
-        Some("device:null")
+    // The restarted agent answers once its control socket is up.
+    let ring_out = wait_for(
+        "the restarted agent's status",
+        Duration::from_secs(15),
+        || {
+            let st = a.json(&["status"]).ok()?;
+            Some(jstr(&st, &["audio", "ring_out"]))
+        },
     );
+    assert_eq!(ring_out.as_deref(), Some("device:null"));
 }
