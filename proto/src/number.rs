@@ -138,6 +138,124 @@ fn canonicalize_general(input: &str) -> Result<String, NumberError> {
     Ok(current)
 }
 
+/// A number in canonical form.
+///
+/// The only ways to make one are [`Number::parse`] (also behind
+/// [`FromStr`](std::str::FromStr) and deserialisation), so a `Number` held
+/// anywhere is known to be canonical: parse once at the edge (a command
+/// line, a wire message, a web form) and pass it on typed. It serialises as
+/// its canonical string; deserialising a string that is not a valid number
+/// fails with the [`NumberError`]'s text, and one that is valid but not
+/// canonical is canonicalised.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Number(String);
+
+impl Number {
+    /// Canonicalises `input` (see the [module documentation](self)).
+    pub fn parse(input: &str) -> Result<Self, NumberError> {
+        canonicalize(input).map(Number)
+    }
+
+    /// The canonical text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The canonical text, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    /// The office number and the extension, if any (see [`split_extension`]).
+    pub fn split_extension(&self) -> (&str, Option<&str>) {
+        split_extension(&self.0)
+    }
+
+    /// True when this looks like a short internal extension (see
+    /// [`is_extension_like`]).
+    pub fn is_extension_like(&self) -> bool {
+        is_extension_like(&self.0)
+    }
+}
+
+impl std::fmt::Display for Number {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for Number {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::str::FromStr for Number {
+    type Err = NumberError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Number::parse(s)
+    }
+}
+
+impl AsRef<str> for Number {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Number {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Number {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for Number {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Number {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl From<Number> for String {
+    fn from(n: Number) -> String {
+        n.0
+    }
+}
+
+impl serde::Serialize for Number {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Number {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Number;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number (a string)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Number, E> {
+                Number::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
 /// Splits a canonical number into the office number and the extension, if
 /// any: `"+8225550100/202"` gives `("+8225550100", Some("202"))`.
 pub fn split_extension(canon: &str) -> (&str, Option<&str>) {
@@ -251,6 +369,24 @@ mod tests {
 
     fn canon(s: &str) -> String {
         canonicalize(s).expect("valid number")
+    }
+
+    #[test]
+    fn number_type_is_canonical_and_serialises_as_its_text() {
+        let n = Number::parse("+82 (2) 555-0100/202").expect("valid");
+        assert_eq!(n, "+8225550100/202");
+        assert_eq!(n.split_extension(), ("+8225550100", Some("202")));
+        assert_eq!(n.to_string(), "+8225550100/202");
+        let json = serde_json::to_string(&n).expect("serialise");
+        assert_eq!(json, "\"+8225550100/202\"");
+        let back: Number = serde_json::from_str("\"+82-2-555-0100/202\"").expect("parse");
+        assert_eq!(back, n);
+        let err = serde_json::from_str::<Number>("\"a\\u0000b\"").expect_err("control char");
+        assert!(err.to_string().contains("control character"), "{err}");
+        assert!(serde_json::from_str::<Number>("12").is_err());
+        let mut set = std::collections::HashSet::new();
+        set.insert(n.clone());
+        assert!(set.contains("+8225550100/202"));
     }
 
     #[test]
