@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use keyline_media::{
     CallRecorder, JitterBuffer, LoopSource, OpusDecoder, OpusEncoder, Playout, Sink, Source,
-    FRAME_SAMPLES,
+    VideoSize, FRAME_SAMPLES,
 };
 use keyline_proto::media::{decode_datagram, encode_datagram, RtpHeader, OPUS_PAYLOAD_TYPE};
 use keyline_proto::vp8rtp::VP8_PAYLOAD_TYPE;
@@ -51,11 +51,16 @@ pub type SharedSource = Arc<Mutex<Box<dyn Source>>>;
 pub type SharedSink = Arc<Mutex<Box<dyn Sink>>>;
 
 /// Where a call is being recorded, if it is: both directions mixed into
-/// one Ogg Opus file. The sender leaves each local frame here; the player
-/// takes one per tick and writes it with the remote frame it plays.
+/// one Ogg Opus file, or for a video call a WebM file that also keeps the
+/// peer's picture. The sender leaves each local frame here; the player
+/// takes one per tick and writes it with the remote frame it plays; the
+/// video receiver writes each frame it could decode.
 #[derive(Default)]
 pub struct RecordSlot {
     pub recorder: Option<CallRecorder>,
+    /// The call carries video (this end has a camera, or pictures came):
+    /// a recording started now is a WebM file.
+    pub video: bool,
     local: VecDeque<Vec<i16>>,
     /// Why this call's recording stopped early (e.g. a full disk).
     error: Option<String>,
@@ -66,6 +71,17 @@ impl RecordSlot {
     pub fn stop(&mut self) -> Option<Result<std::path::PathBuf, keyline_media::MediaError>> {
         self.local.clear();
         self.recorder.take().map(CallRecorder::finish)
+    }
+
+    /// A write failed (a full disk): keep what was written, ending the file
+    /// there if the disk still allows it, and say why for `status`.
+    pub(crate) fn stop_with_error(&mut self, e: &keyline_media::MediaError) {
+        let kept = self.recorder.take().map(CallRecorder::finish);
+        self.local.clear();
+        self.error = Some(match kept {
+            Some(Ok(p)) => format!("{e}; {} holds the call up to then", p.display()),
+            _ => e.to_string(),
+        });
     }
 }
 
@@ -85,7 +101,16 @@ pub(crate) fn start_recording(
     if let Some(r) = &slot.recorder {
         return Ok(r.path().to_path_buf());
     }
-    let rec = CallRecorder::create(dir, peer, std::time::SystemTime::now())?;
+    let now = std::time::SystemTime::now();
+    let rec = if slot.video {
+        let size = VideoSize {
+            width: crate::video::WIDTH,
+            height: crate::video::HEIGHT,
+        };
+        CallRecorder::create_video(dir, peer, now, size)?
+    } else {
+        CallRecorder::create(dir, peer, now)?
+    };
     slot.error = None;
     let path = rec.path().to_path_buf();
     slot.recorder = Some(rec);
@@ -182,11 +207,17 @@ impl Session {
             s.restart();
         }
         let ssrc: u32 = rand::random();
+        if local_video.lock().is_ok_and(|l| l.source.is_some()) {
+            if let Ok(mut r) = record.lock() {
+                r.video = true;
+            }
+        }
         let video = Arc::new(VideoSession::start(
             conn.clone(),
             flow,
             local_video,
             hold.clone(),
+            record.clone(),
         ));
 
         let sender = {
@@ -323,16 +354,8 @@ impl Session {
                         let local = r.local.pop_front().unwrap_or_else(|| silence.clone());
                         if let Some(rec) = r.recorder.as_mut() {
                             if let Err(e) = rec.write(&local, &pcm) {
-                                // Keep what was written: end the file
-                                // there if the disk still allows it.
                                 tracing::warn!("recording stopped: {e}");
-                                let kept = r.recorder.take().map(CallRecorder::finish);
-                                r.error = Some(match kept {
-                                    Some(Ok(p)) => {
-                                        format!("{e}; {} holds the call up to then", p.display())
-                                    }
-                                    _ => e.to_string(),
-                                });
+                                r.stop_with_error(&e);
                             }
                         }
                     }

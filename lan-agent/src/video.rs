@@ -33,7 +33,7 @@ use keyline_proto::media::{encode_datagram, RtpHeader};
 use keyline_proto::vp8rtp::{packetize, Assembler, Output, VP8_PAYLOAD_TYPE};
 use serde::Serialize;
 
-use crate::session::Hold;
+use crate::session::{Hold, SharedRecord};
 use crate::viewers::Viewers;
 
 /// Payload type of the empty RTP packet that asks for a key frame.
@@ -54,6 +54,8 @@ pub const MIN_KBPS: u32 = 150;
 pub const MAX_KBPS: u32 = 2500;
 /// Video packets waiting for the decoder; more are dropped (and counted).
 const QUEUE: usize = 1024;
+/// Least time between two key frame requests for a recording.
+const KEY_REQUEST_GAP: Duration = Duration::from_millis(500);
 
 /// The station's camera (or pattern) and picture output.
 pub struct LocalVideo {
@@ -205,6 +207,7 @@ impl VideoSession {
         flow: u64,
         local: SharedVideo,
         hold: Arc<Hold>,
+        record: SharedRecord,
     ) -> VideoSession {
         let stop = Arc::new(AtomicBool::new(false));
         let key_wanted = Arc::new(AtomicBool::new(true));
@@ -231,7 +234,7 @@ impl VideoSession {
             let (stop, stats) = (stop.clone(), stats.clone());
             let spawned = std::thread::Builder::new()
                 .name("video-recv".into())
-                .spawn(move || receive_loop(conn, flow, local, rx, stop, stats));
+                .spawn(move || receive_loop(conn, flow, local, record, rx, stop, stats));
             if let Err(e) = spawned {
                 tracing::warn!("call {flow}: no video received: {e}");
             }
@@ -509,6 +512,7 @@ fn receive_loop(
     conn: quinn::Connection,
     flow: u64,
     local: SharedVideo,
+    record: SharedRecord,
     rx: Receiver<Packet>,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<VideoStats>>,
@@ -527,6 +531,8 @@ fn receive_loop(
     let mut seq: u16 = rand::random();
     let mut out = Vec::with_capacity(64);
     let mut corrupt = 0u64;
+    let mut seen = false;
+    let mut last_key_request: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let wait = asm
             .poll_timeout()
@@ -535,6 +541,13 @@ fn receive_loop(
             .min(Duration::from_millis(200));
         match rx.recv_timeout(wait) {
             Ok(p) => {
+                if !seen {
+                    // Pictures come: a recording started from now on keeps them.
+                    seen = true;
+                    if let Ok(mut r) = record.lock() {
+                        r.video = true;
+                    }
+                }
                 asm.handle_packet(Instant::now(), p.seq, p.ts, p.marker, &p.payload);
                 // Take whatever else is queued before decoding.
                 while let Ok(p) = rx.try_recv() {
@@ -550,6 +563,7 @@ fn receive_loop(
                 Output::Frame(f) => match dec.decode(&f.data) {
                     Ok(Some(pic)) => {
                         decoded += 1;
+                        record_frame(&record, flow, &f.data);
                         if let Ok(mut l) = local.lock() {
                             if let Some(v) = &l.viewers {
                                 v.show(ViewKind::Peer, &pic);
@@ -567,9 +581,12 @@ fn receive_loop(
                         tracing::debug!("call {flow}: {e}");
                         corrupt += 1;
                         asm.reset();
+                        record_gap(&record);
                     }
                 },
                 Output::RequestKeyFrame => {
+                    record_gap(&record);
+                    last_key_request = Some(Instant::now());
                     let header = RtpHeader {
                         payload_type: KEY_REQUEST_PAYLOAD_TYPE,
                         marker: true,
@@ -584,6 +601,25 @@ fn receive_loop(
                 }
             }
         }
+        // A recording that started mid-call (or lost frames) waits for a
+        // key frame: ask for one, at most twice a second.
+        let recorder_waits = record
+            .lock()
+            .is_ok_and(|r| r.recorder.as_ref().is_some_and(|x| x.wants_key_frame()));
+        if recorder_waits && last_key_request.is_none_or(|t| t.elapsed() >= KEY_REQUEST_GAP) {
+            last_key_request = Some(Instant::now());
+            let header = RtpHeader {
+                payload_type: KEY_REQUEST_PAYLOAD_TYPE,
+                marker: true,
+                sequence: seq,
+                timestamp: 0,
+                ssrc,
+            };
+            seq = seq.wrapping_add(1);
+            if encode_datagram(flow, &header, &[], &mut out).is_ok() {
+                let _ = conn.send_datagram(Bytes::copy_from_slice(&out));
+            }
+        }
         let a = asm.stats();
         if let Ok(mut s) = stats.lock() {
             s.packets_received = a.packets;
@@ -591,6 +627,28 @@ fn receive_loop(
             s.frames_lost = a.lost_frames;
             s.key_requests = a.key_requests;
             s.malformed = a.malformed + corrupt;
+        }
+    }
+}
+
+/// Writes a received frame into the call's recording, if it keeps video; a
+/// write that fails (a full disk) ends the recording, keeping what it has.
+fn record_frame(record: &SharedRecord, flow: u64, frame: &[u8]) {
+    let Ok(mut r) = record.lock() else { return };
+    let Some(rec) = r.recorder.as_mut() else {
+        return;
+    };
+    if let Err(e) = rec.write_video(frame) {
+        tracing::warn!("call {flow}: recording stopped: {e}");
+        r.stop_with_error(&e);
+    }
+}
+
+/// Frames were lost: the recording skips to the next key frame.
+fn record_gap(record: &SharedRecord) {
+    if let Ok(mut r) = record.lock() {
+        if let Some(rec) = r.recorder.as_mut() {
+            rec.video_gap();
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod tones;
 pub mod video;
 pub mod vp8;
 mod wav;
+pub mod webm;
 
 pub use codec::{OpusDecoder, OpusEncoder};
 #[cfg(feature = "device")]
@@ -30,7 +31,7 @@ pub use oggopus::{
     is_ogg_opus, read_ogg_opus, read_ogg_opus_bytes, read_ogg_opus_bytes_max, read_ogg_opus_max,
     OggOpusInfo, OggOpusWriter,
 };
-pub use record::CallRecorder;
+pub use record::{CallRecorder, VideoSize};
 pub use sink::{NullSink, Sink, WavSink};
 pub use source::{parse_source, LoopSource, SilenceSource, Source, ToneSource, WavSource};
 pub use tones::{

@@ -203,7 +203,7 @@ pub fn is_ogg_opus(bytes: &[u8]) -> bool {
 // ---------------------------------------------------------------------------
 // Headers (RFC 7845 §5)
 
-fn opus_head(pre_skip: u16) -> Vec<u8> {
+pub(crate) fn opus_head(pre_skip: u16) -> Vec<u8> {
     let mut h = Vec::with_capacity(19);
     h.extend_from_slice(b"OpusHead");
     h.push(1); // version

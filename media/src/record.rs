@@ -1,11 +1,13 @@
 //! Call recording: both directions of a call mixed into one Ogg Opus file,
 //! named after the call's start time (UTC) and the peer, e.g.
-//! `2026-11-29T14-03-22_202.opus`.
+//! `2026-11-29T14-03-22_202.opus`; a video call into a WebM file
+//! ([`crate::webm`]: the peer's picture and the mixed sound, `….webm`).
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::{MediaError, OggOpusWriter, FRAME_SAMPLES};
+use crate::webm::{is_vp8_key_frame, WebmHeader, WebmWriter};
+use crate::{MediaError, OggOpusWriter, OpusEncoder, FRAME_MS, FRAME_SAMPLES};
 
 /// Longest peer part of a recording's file name (characters).
 pub const MAX_PEER_NAME: usize = 64;
@@ -15,12 +17,39 @@ const MAX_NAME_TRIES: u32 = 1000;
 /// Records a call: each 20 ms the local (microphone) and remote (received)
 /// frames are mixed, summed with saturation so both stay at their own level,
 /// and encoded to an Ogg Opus file (see [`OggOpusWriter`]: playable up to the
-/// last second even if the process is killed).
+/// last second even if the process is killed) or, for a video call, a WebM
+/// file that also holds the peer's VP8 frames as they arrived.
 #[derive(Debug)]
 pub struct CallRecorder {
-    writer: OggOpusWriter,
+    out: Output,
     path: PathBuf,
     mix: Vec<i16>,
+}
+
+#[derive(Debug)]
+enum Output {
+    Ogg(OggOpusWriter),
+    Webm(Box<WebmOut>),
+}
+
+#[derive(Debug)]
+struct WebmOut {
+    writer: WebmWriter,
+    encoder: OpusEncoder,
+    /// Play time of the next audio frame (ms from the start).
+    audio_ms: u64,
+    start: Instant,
+    /// No video frame is written until a key frame comes (at the start and
+    /// after frames were lost): the ones between could not be decoded.
+    waiting_for_key: bool,
+}
+
+/// The picture size a video recording declares (the frames' own headers
+/// carry theirs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoSize {
+    pub width: u32,
+    pub height: u32,
 }
 
 impl CallRecorder {
@@ -28,23 +57,47 @@ impl CallRecorder {
     /// and `peer` (sanitised, see [`sanitize_peer`]). An existing recording
     /// is never overwritten: `-2`, `-3`... is added to the name instead.
     pub fn create(dir: &Path, peer: &str, when: SystemTime) -> Result<Self, MediaError> {
+        Self::create_as(dir, peer, when, None)
+    }
+
+    /// [`create`](Self::create) for a video call: a WebM file.
+    pub fn create_video(
+        dir: &Path,
+        peer: &str,
+        when: SystemTime,
+        size: VideoSize,
+    ) -> Result<Self, MediaError> {
+        Self::create_as(dir, peer, when, Some(size))
+    }
+
+    fn create_as(
+        dir: &Path,
+        peer: &str,
+        when: SystemTime,
+        video: Option<VideoSize>,
+    ) -> Result<Self, MediaError> {
         let stamp = UtcTime::from_system_time(when);
         let base = format!("{}_{}", stamp.file_stamp(), sanitize_peer(peer));
         let title = format!("Call with {peer}");
         let date = stamp.iso8601();
         let tags = [("TITLE", title.as_str()), ("DATE", date.as_str())];
+        let ext = if video.is_some() { "webm" } else { "opus" };
         let mut last_err = None;
         for n in 1..=MAX_NAME_TRIES {
             let name = if n == 1 {
-                format!("{base}.opus")
+                format!("{base}.{ext}")
             } else {
-                format!("{base}-{n}.opus")
+                format!("{base}-{n}.{ext}")
             };
             let path = dir.join(name);
-            match OggOpusWriter::create_new_with_tags(&path, &tags) {
-                Ok(writer) => {
+            let made = match video {
+                None => OggOpusWriter::create_new_with_tags(&path, &tags).map(Output::Ogg),
+                Some(size) => webm_out(&path, &title, when, size),
+            };
+            match made {
+                Ok(out) => {
                     return Ok(Self {
-                        writer,
+                        out,
                         path,
                         mix: vec![0; FRAME_SAMPLES],
                     })
@@ -76,13 +129,61 @@ impl CallRecorder {
             let b = remote.get(i).copied().unwrap_or(0);
             *m = a.saturating_add(b);
         }
-        self.writer.write_frame(&self.mix)
+        match &mut self.out {
+            Output::Ogg(w) => w.write_frame(&self.mix),
+            Output::Webm(w) => {
+                let packet = w.encoder.encode(&self.mix)?;
+                w.writer.write_audio(w.audio_ms, &packet)?;
+                w.audio_ms += u64::from(FRAME_MS);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether this recording keeps video (a WebM file).
+    pub fn is_video(&self) -> bool {
+        matches!(self.out, Output::Webm(_))
+    }
+
+    /// Records one received VP8 frame, at the time it arrived. Until a key
+    /// frame comes (at the start, and after [`video_gap`](Self::video_gap))
+    /// frames are skipped: see [`wants_key_frame`](Self::wants_key_frame).
+    /// Nothing happens for an audio-only recording.
+    pub fn write_video(&mut self, frame: &[u8]) -> Result<(), MediaError> {
+        let Output::Webm(w) = &mut self.out else {
+            return Ok(());
+        };
+        let key = is_vp8_key_frame(frame);
+        if w.waiting_for_key && !key {
+            return Ok(());
+        }
+        w.waiting_for_key = false;
+        let ms = u64::try_from(w.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        w.writer.write_video(ms, key, frame)
+    }
+
+    /// Frames were lost or could not be decoded: skip to the next key frame.
+    pub fn video_gap(&mut self) {
+        if let Output::Webm(w) = &mut self.out {
+            w.waiting_for_key = true;
+        }
+    }
+
+    /// A video recording that waits for a key frame (the sender should be
+    /// asked for one).
+    pub fn wants_key_frame(&self) -> bool {
+        matches!(&self.out, Output::Webm(w) if w.waiting_for_key)
     }
 
     /// Ends the recording and returns its path.
     pub fn finish(self) -> Result<PathBuf, MediaError> {
-        self.writer.finish()?;
-        Ok(self.path)
+        match self.out {
+            Output::Ogg(w) => {
+                w.finish()?;
+                Ok(self.path)
+            }
+            Output::Webm(w) => w.writer.finish(),
+        }
     }
 
     /// The file being written.
@@ -92,8 +193,40 @@ impl CallRecorder {
 
     /// Audio recorded so far (48 kHz samples).
     pub fn samples_written(&self) -> u64 {
-        self.writer.samples_written()
+        match &self.out {
+            Output::Ogg(w) => w.samples_written(),
+            Output::Webm(w) => w.writer.frames().1 * FRAME_SAMPLES as u64,
+        }
     }
+}
+
+fn webm_out(
+    path: &Path,
+    title: &str,
+    when: SystemTime,
+    size: VideoSize,
+) -> Result<Output, MediaError> {
+    let mut encoder = OpusEncoder::new()?;
+    let pre_skip = u16::try_from(encoder.lookahead()?).unwrap_or(u16::MAX);
+    let unix_time = match when.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    };
+    let header = WebmHeader {
+        width: size.width,
+        height: size.height,
+        opus_pre_skip: pre_skip,
+        title: title.to_string(),
+        unix_time,
+    };
+    let writer = WebmWriter::create_new(path, &header)?;
+    Ok(Output::Webm(Box::new(WebmOut {
+        writer,
+        encoder,
+        audio_ms: 0,
+        start: Instant::now(),
+        waiting_for_key: true,
+    })))
 }
 
 /// Makes `peer` safe as part of a file name: ASCII letters, digits and
@@ -235,6 +368,45 @@ mod tests {
             UtcTime::from_system_time(before).file_stamp(),
             "1969-12-31T23-59-59"
         );
+    }
+
+    #[test]
+    fn a_video_call_is_recorded_as_webm_from_its_first_key_frame() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let size = VideoSize {
+            width: 640,
+            height: 480,
+        };
+        let when = UNIX_EPOCH + std::time::Duration::from_secs(1_795_961_002);
+        let mut rec = CallRecorder::create_video(dir.path(), "202", when, size).expect("create");
+        assert!(rec.is_video() && rec.wants_key_frame());
+        assert_eq!(
+            rec.path().file_name().and_then(|n| n.to_str()),
+            Some("2026-11-29T14-03-22_202.webm")
+        );
+        let tone = crate::tone_sequence(&[(440.0, 1000)]);
+        rec.write_video(&[0x11, 0, 0]).expect("inter frame skipped");
+        rec.write_video(&[0x10, 0, 0]).expect("key frame");
+        assert!(!rec.wants_key_frame());
+        for frame in tone.chunks(FRAME_SAMPLES) {
+            rec.write(frame, &[]).expect("audio");
+            rec.write_video(&[0x11, 0, 0]).expect("inter frame");
+        }
+        rec.video_gap();
+        rec.write_video(&[0x11, 0, 0]).expect("skipped after a gap");
+        assert!(rec.wants_key_frame());
+        assert_eq!(rec.samples_written(), tone.len() as u64);
+        let path = rec.finish().expect("finish");
+        let info = crate::webm::probe(&std::fs::read(path).expect("read")).expect("probe");
+        assert_eq!(info.codecs, ["V_VP8", "A_OPUS"]);
+        assert_eq!((info.video_frames, info.video_key_frames), (51, 1));
+        assert_eq!(info.audio_frames, 50);
+        assert!(info.duration_ms >= 1000.0, "{info:?}");
+        // An audio call keeps its Ogg Opus file, and ignores video.
+        let mut audio = CallRecorder::create(dir.path(), "202", when).expect("create");
+        audio.write_video(&[0x10]).expect("ignored");
+        assert!(!audio.is_video() && !audio.wants_key_frame());
+        assert!(audio.path().to_string_lossy().ends_with(".opus"));
     }
 
     #[test]
