@@ -78,9 +78,14 @@ pub enum Cmd {
     /// dial, answer, hangup, record, hold, resume, message, messages) drive
     /// it as they drive an office station.
     Terminal {
+        /// The settings file from the directory's set-up page
+        /// (`keyline-terminal.toml`: directory, fingerprint, account,
+        /// numbers, where the password is kept). Options given here win.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// The directory's address.
         #[arg(long, value_name = "HOST:PORT")]
-        directory: String,
+        directory: Option<String>,
         /// The directory's certificate fingerprint (`keyline-directory
         /// status`). Without it the first directory reached is trusted and
         /// its fingerprint pinned in the state directory.
@@ -88,10 +93,10 @@ pub enum Cmd {
         directory_fp: Option<String>,
         /// The account to log in as.
         #[arg(long, value_name = "ID")]
-        account: String,
+        account: Option<String>,
         /// A file holding the account's password (its first line).
         #[arg(long, value_name = "FILE")]
-        password_file: PathBuf,
+        password_file: Option<PathBuf>,
         /// A number of the account to register here; repeatable (default:
         /// all of the account's numbers).
         #[arg(long = "number", value_name = "NUMBER")]

@@ -53,6 +53,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Terminal {
+            config,
             directory,
             directory_fp,
             account,
@@ -69,25 +70,49 @@ fn main() -> ExitCode {
             record_dir,
             hold_music,
             mail_dir,
-        } => serve_terminal(terminal::TerminalOptions {
-            state: cli.state,
-            directory,
-            directory_fp,
-            account,
-            password_file,
-            numbers,
-            audio_in,
-            audio_out,
-            video_in,
-            video_out,
-            auto_answer,
-            name,
-            ringtone,
-            bind,
-            record_dir,
-            hold_music,
-            mail_dir,
-        }),
+        } => {
+            let given = terminal::settings::Given {
+                directory,
+                directory_fp,
+                account,
+                password_file,
+                numbers,
+            };
+            let file = match config.as_deref().map(terminal::settings::read).transpose() {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("keyline-agent: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let home = std::env::var_os("HOME").map(PathBuf::from);
+            let s = match terminal::settings::resolve(given, file, home.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("keyline-agent: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            serve_terminal(terminal::TerminalOptions {
+                state: cli.state,
+                directory: s.directory,
+                directory_fp: s.directory_fp,
+                account: s.account,
+                password_file: s.password_file,
+                numbers: s.numbers,
+                audio_in,
+                audio_out,
+                video_in,
+                video_out,
+                auto_answer,
+                name,
+                ringtone,
+                bind,
+                record_dir,
+                hold_music,
+                mail_dir,
+            })
+        }
         cmd => client(cli.state, cmd),
     };
     match result {

@@ -34,6 +34,7 @@ mod directory;
 mod forward;
 mod mail;
 mod mailbox;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
