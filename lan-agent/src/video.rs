@@ -527,9 +527,11 @@ fn receive_loop(
     let mut asm = Assembler::new();
     // Windows clear the picture when this call's video ends.
     let _clear = ClearOnDrop(local.clone());
-    let ssrc: u32 = rand::random();
-    let mut seq: u16 = rand::random();
-    let mut out = Vec::with_capacity(64);
+    let mut key_request = KeyRequest {
+        ssrc: rand::random(),
+        seq: rand::random(),
+        out: Vec::with_capacity(64),
+    };
     let mut corrupt = 0u64;
     let mut seen = false;
     let mut last_key_request: Option<Instant> = None;
@@ -587,17 +589,7 @@ fn receive_loop(
                 Output::RequestKeyFrame => {
                     record_gap(&record);
                     last_key_request = Some(Instant::now());
-                    let header = RtpHeader {
-                        payload_type: KEY_REQUEST_PAYLOAD_TYPE,
-                        marker: true,
-                        sequence: seq,
-                        timestamp: 0,
-                        ssrc,
-                    };
-                    seq = seq.wrapping_add(1);
-                    if encode_datagram(flow, &header, &[], &mut out).is_ok() {
-                        let _ = conn.send_datagram(Bytes::copy_from_slice(&out));
-                    }
+                    key_request.send(&conn, flow);
                 }
             }
         }
@@ -608,17 +600,7 @@ fn receive_loop(
             .is_ok_and(|r| r.recorder.as_ref().is_some_and(|x| x.wants_key_frame()));
         if recorder_waits && last_key_request.is_none_or(|t| t.elapsed() >= KEY_REQUEST_GAP) {
             last_key_request = Some(Instant::now());
-            let header = RtpHeader {
-                payload_type: KEY_REQUEST_PAYLOAD_TYPE,
-                marker: true,
-                sequence: seq,
-                timestamp: 0,
-                ssrc,
-            };
-            seq = seq.wrapping_add(1);
-            if encode_datagram(flow, &header, &[], &mut out).is_ok() {
-                let _ = conn.send_datagram(Bytes::copy_from_slice(&out));
-            }
+            key_request.send(&conn, flow);
         }
         let a = asm.stats();
         if let Ok(mut s) = stats.lock() {
@@ -627,6 +609,29 @@ fn receive_loop(
             s.frames_lost = a.lost_frames;
             s.key_requests = a.key_requests;
             s.malformed = a.malformed + corrupt;
+        }
+    }
+}
+
+/// The empty RTP packets a receiver sends to ask for a key frame.
+struct KeyRequest {
+    ssrc: u32,
+    seq: u16,
+    out: Vec<u8>,
+}
+
+impl KeyRequest {
+    fn send(&mut self, conn: &quinn::Connection, flow: u64) {
+        let header = RtpHeader {
+            payload_type: KEY_REQUEST_PAYLOAD_TYPE,
+            marker: true,
+            sequence: self.seq,
+            timestamp: 0,
+            ssrc: self.ssrc,
+        };
+        self.seq = self.seq.wrapping_add(1);
+        if encode_datagram(flow, &header, &[], &mut self.out).is_ok() {
+            let _ = conn.send_datagram(Bytes::copy_from_slice(&self.out));
         }
     }
 }
