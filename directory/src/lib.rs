@@ -14,9 +14,11 @@
 //! from the same store and hub. Media never touches the directory unless the
 //! relay rule says so, and then only as bytes it cannot decrypt.
 
+pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod hashing;
 pub mod metrics;
 pub mod ratelimit;

@@ -255,6 +255,61 @@ pub enum Action {
     },
     /// Keep this call in the history of the accounts involved.
     Record(Box<CallRecord>),
+    /// Something an operator may watch (the control socket's events).
+    Notice(Notice),
+}
+
+/// What the router tells the shell's event stream: numbers bound and
+/// unbound, and each call's steps. A refreshed registration is no notice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// `number` now rings at session `session` (a new registration, one
+    /// that displaced another endpoint's, or a registered endpoint that
+    /// moved to `observed`).
+    Bound {
+        number: String,
+        account: String,
+        session: SessionId,
+        observed: SocketAddr,
+    },
+    /// `number` no longer rings at `session`.
+    Unbound {
+        number: String,
+        account: String,
+        session: SessionId,
+        reason: &'static str,
+    },
+    /// Call `call` from `from` rings `number` (dialled as `dialled`).
+    Ringing {
+        call: CallId,
+        from: String,
+        number: String,
+        dialled: String,
+    },
+    /// The callee answered; the media goes end to end unless `relayed`.
+    Answered {
+        call: CallId,
+        from: String,
+        number: String,
+        relayed: bool,
+    },
+    /// An answered call's media moved to the relay (the caller's
+    /// fallback).
+    Relayed {
+        call: CallId,
+        from: String,
+        number: String,
+    },
+    /// The call is over.
+    Ended {
+        call: CallId,
+        from: String,
+        number: String,
+        outcome: CallOutcome,
+        reason: EndReason,
+        /// Answered calls: whether the relay carried the media.
+        relayed: Option<bool>,
+    },
 }
 
 /// A connection as the router sees it.
@@ -580,10 +635,20 @@ impl Router {
         s.observed = observed;
         let mut numbers = Vec::new();
         let mut own = Vec::new();
+        let mut moved = Vec::new();
         for b in self.bindings.values_mut().filter(|b| b.session == sid) {
             b.observed = observed;
             numbers.push(b.number.clone());
             own = b.own.clone();
+            moved.push(Notice::Bound {
+                number: b.number.clone(),
+                account: b.account.clone(),
+                session: sid,
+                observed,
+            });
+        }
+        for n in moved {
+            self.notice(n);
         }
         self.send(
             sid,
@@ -618,7 +683,7 @@ impl Router {
             .map(|b| b.number.clone())
             .collect();
         for n in mine {
-            self.remove_binding(&n);
+            self.drop_binding(&n, "the endpoint disconnected");
         }
         let calls: Vec<CallId> = self
             .calls
@@ -714,15 +779,27 @@ impl Router {
         let expires = now + self.cfg.binding_ttl;
         let mut displaced: BTreeMap<SessionId, Vec<String>> = BTreeMap::new();
         for n in &wanted {
-            let since = match self.bindings.get(n) {
-                Some(old) if old.session == sid => old.since,
+            let (since, fresh) = match self.bindings.get(n) {
+                Some(old) if old.session == sid => {
+                    let since = old.since;
+                    self.remove_binding(n);
+                    (since, false)
+                }
                 Some(old) => {
                     displaced.entry(old.session).or_default().push(n.clone());
-                    now
+                    self.drop_binding(n, "another endpoint registered the number");
+                    (now, true)
                 }
-                None => now,
+                None => (now, true),
             };
-            self.remove_binding(n);
+            if fresh {
+                self.notice(Notice::Bound {
+                    number: n.clone(),
+                    account: account.clone(),
+                    session: sid,
+                    observed,
+                });
+            }
             self.expiry.insert((expires, n.clone()));
             self.bindings.insert(
                 n.clone(),
@@ -798,7 +875,7 @@ impl Router {
             .map(|b| b.number.clone())
             .collect();
         for n in &mine {
-            self.remove_binding(n);
+            self.drop_binding(n, "unregistered");
         }
         self.send(sid, DirMsg::Ok { req });
     }
@@ -821,10 +898,22 @@ impl Router {
         Some(b)
     }
 
-    fn unbind(&mut self, _now: Instant, numbers: &[String], reason: &str, expired: bool) {
+    /// [`Self::remove_binding`], told as a [`Notice::Unbound`].
+    fn drop_binding(&mut self, number: &str, reason: &'static str) -> Option<Binding> {
+        let b = self.remove_binding(number)?;
+        self.notice(Notice::Unbound {
+            number: b.number.clone(),
+            account: b.account.clone(),
+            session: b.session,
+            reason,
+        });
+        Some(b)
+    }
+
+    fn unbind(&mut self, _now: Instant, numbers: &[String], reason: &'static str, expired: bool) {
         let mut by_session: BTreeMap<SessionId, Vec<String>> = BTreeMap::new();
         for n in numbers {
-            if let Some(b) = self.remove_binding(n) {
+            if let Some(b) = self.drop_binding(n, reason) {
                 by_session.entry(b.session).or_default().push(b.number);
             }
         }
@@ -1204,6 +1293,12 @@ impl Router {
                 }),
             },
         );
+        self.notice(Notice::Ringing {
+            call: id,
+            from: call.from.clone(),
+            number: call.number.clone(),
+            dialled: call.dialled.clone(),
+        });
         self.calls.insert(id, call);
     }
 
@@ -1317,6 +1412,13 @@ impl Router {
             fallback_after_ms,
         };
         let (caller, callee, req) = (c.caller, c.callee, c.answer_req);
+        let answered = Notice::Answered {
+            call: id,
+            from: c.from.clone(),
+            number: c.number.clone(),
+            relayed: matches!(c.relay, RelayState::Ready { .. }),
+        };
+        self.notice(answered);
         self.send(
             callee,
             DirMsg::Connect {
@@ -1600,9 +1702,15 @@ impl Router {
             callee_facing,
         };
         let (caller, callee) = (c.caller, c.callee);
+        let relayed = Notice::Relayed {
+            call: id,
+            from: c.from.clone(),
+            number: c.number.clone(),
+        };
         match fallback {
             None => self.send_connects(id),
             Some(req) => {
+                self.notice(relayed);
                 self.send(
                     callee,
                     DirMsg::RelayReady {
@@ -1702,6 +1810,14 @@ impl Router {
             // can tell: a direct attempt that failed asks for the relay).
             relayed: answered.map(|_| matches!(c.relay, RelayState::Ready { .. })),
         };
+        self.notice(Notice::Ended {
+            call: c.id,
+            from: c.from.clone(),
+            number: c.number.clone(),
+            outcome,
+            reason,
+            relayed: record.relayed,
+        });
         self.actions.push_back(Action::Finished {
             call: c.id,
             from: c.from,
@@ -1882,6 +1998,10 @@ impl Router {
 
     fn send(&mut self, to: SessionId, msg: DirMsg) {
         self.actions.push_back(Action::Send { to, msg });
+    }
+
+    fn notice(&mut self, n: Notice) {
+        self.actions.push_back(Action::Notice(n));
     }
 }
 
@@ -2090,6 +2210,107 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The notices among `actions`, short: `bound N`, `unbound N: why`,
+    /// `ringing`, `answered`, `relayed`, `ended OUTCOME`.
+    fn notices(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Notice(Notice::Bound { number, .. }) => Some(format!("bound {number}")),
+                Action::Notice(Notice::Unbound { number, reason, .. }) => {
+                    Some(format!("unbound {number}: {reason}"))
+                }
+                Action::Notice(Notice::Ringing { from, number, .. }) => {
+                    Some(format!("ringing {from} -> {number}"))
+                }
+                Action::Notice(Notice::Answered { relayed, .. }) => {
+                    Some(format!("answered relayed={relayed}"))
+                }
+                Action::Notice(Notice::Relayed { .. }) => Some("relayed".into()),
+                Action::Notice(Notice::Ended {
+                    outcome, relayed, ..
+                }) => Some(format!("ended {} relayed={relayed:?}", outcome.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every binding made or lost and every step of a call is a notice,
+    /// once; refreshes and failed attempts are none.
+    #[test]
+    fn notices_tell_bindings_and_each_step_of_a_call() {
+        let now = t0();
+        let mut r = Router::new(Config::default());
+        r.set_numbers(
+            now,
+            table(&[("1001", ni("alice", None)), ("1002", ni("bob", None))]),
+        );
+        r.handle_session_up(1, "fa".into(), addr(1001));
+        r.handle_session_up(2, "fb".into(), addr(1002));
+        r.handle_login(now, 1, "alice", vec!["1001".into()]);
+        r.handle_login(now, 2, "bob", vec!["1002".into()]);
+        r.handle_register(now, 1, 1, vec![], vec![]);
+        r.handle_register(now, 2, 1, vec![], vec![]);
+        assert_eq!(notices(&drain(&mut r)), ["bound 1001", "bound 1002"]);
+        // A refresh, and a register refused, are no notices.
+        r.handle_register(now + Duration::from_secs(10), 1, 2, vec![], vec![]);
+        r.handle_register(now, 1, 3, vec!["1002".into()], vec![]);
+        assert_eq!(notices(&drain(&mut r)), Vec::<String>::new());
+        // A call from ringing to its end.
+        r.handle_call(now, 1, 4, "1002", None, vec![], 0);
+        let acts = drain(&mut r);
+        let call = match &sent(&acts, 2)[0] {
+            DirMsg::Ring { call, .. } => *call,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(notices(&acts), ["ringing 1001 -> 1002"]);
+        r.handle_answer(now, 2, 5, call, "tok".into());
+        assert_eq!(notices(&drain(&mut r)), ["answered relayed=false"]);
+        // The caller's direct path fails: the relay takes over.
+        r.handle_fallback(now, 1, 6, call);
+        drain(&mut r);
+        r.handle_relay_ready(now, call, addr(7001), addr(7002));
+        assert_eq!(notices(&drain(&mut r)), ["relayed"]);
+        r.handle_hangup(now + Duration::from_secs(5), 1, call);
+        assert_eq!(
+            notices(&drain(&mut r)),
+            ["ended answered relayed=Some(true)"]
+        );
+        // A call nobody answers, then an unknown number (no notice).
+        r.handle_call(now, 1, 7, "1002", None, vec![], 0);
+        drain(&mut r);
+        r.handle_timeout(now + Duration::from_secs(31));
+        assert_eq!(notices(&drain(&mut r)), ["ended no-answer relayed=None"]);
+        r.handle_call(now, 1, 8, "9999", None, vec![], 0);
+        assert_eq!(notices(&drain(&mut r)), Vec::<String>::new());
+        // Bindings go: unregistered, moved, displaced, disconnected, expired.
+        r.handle_unregister(now, 2, 9, vec![]);
+        assert_eq!(notices(&drain(&mut r)), ["unbound 1002: unregistered"]);
+        r.handle_register(now, 2, 10, vec![], vec![]);
+        r.handle_session_moved(now, 2, addr(2002));
+        assert_eq!(notices(&drain(&mut r)), ["bound 1002", "bound 1002"]);
+        r.handle_session_up(3, "fb2".into(), addr(1003));
+        r.handle_login(now, 3, "bob", vec!["1002".into()]);
+        r.handle_register(now, 3, 1, vec![], vec![]);
+        assert_eq!(
+            notices(&drain(&mut r)),
+            [
+                "unbound 1002: another endpoint registered the number",
+                "bound 1002"
+            ]
+        );
+        r.handle_session_down(now, 3);
+        assert_eq!(
+            notices(&drain(&mut r)),
+            ["unbound 1002: the endpoint disconnected"]
+        );
+        r.handle_timeout(now + Duration::from_secs(10) + Config::default().binding_ttl);
+        assert_eq!(
+            notices(&drain(&mut r)),
+            ["unbound 1001: the registration expired (not refreshed in time)"]
+        );
     }
 
     #[test]

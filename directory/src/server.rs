@@ -31,12 +31,13 @@ use keyline_proto::{number, PROTOCOL_VERSION};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::api::{self, BindingInfo, CallInfo, EndpointKind};
 use crate::auth;
 use crate::config::Config;
 use crate::hashing::Refused;
-use crate::ratelimit::{Attempt, Locked, LoginLimiter};
+use crate::ratelimit::{Attempt, Locked, LoginLimiter, Scope};
 use crate::routing::{
-    Action, CallState, MediaEnd, NumberInfo, Placing, RelayState, Router, SessionId,
+    Action, CallState, MediaEnd, Notice, NumberInfo, Placing, RelayState, Router, SessionId,
 };
 use crate::store::{
     self, NewMail, PostgresStore, Quota, SqliteStore, Store, StoreError, StoreResult,
@@ -69,6 +70,8 @@ pub enum Event {
         /// It said hello as a terminal (its own media end, which checks
         /// the direct path while its calls ring).
         terminal: bool,
+        /// What it said it is, for the event stream.
+        kind: EndpointKind,
     },
     Down {
         sid: SessionId,
@@ -125,7 +128,7 @@ pub enum Event {
     },
     Query {
         what: Query,
-        reply: oneshot::Sender<Value>,
+        reply: oneshot::Sender<QueryReply>,
     },
     Reconfigure(Arc<Config>),
     Shutdown {
@@ -158,6 +161,17 @@ pub enum Query {
     Online,
 }
 
+/// The hub's answer to a [`Query`].
+#[derive(Debug, Clone)]
+pub enum QueryReply {
+    Pong,
+    Status(Box<api::Status>),
+    Bindings(Vec<BindingInfo>),
+    Calls(Vec<CallInfo>),
+    /// Each account's registered numbers.
+    Online(HashMap<String, Vec<String>>),
+}
+
 /// State shared by the directory's tasks.
 pub struct Shared {
     pub id: Identity,
@@ -183,6 +197,8 @@ pub struct Shared {
     /// Where the web site listens, once it does.
     pub web_addr: std::sync::OnceLock<SocketAddr>,
     pub metrics: crate::metrics::Metrics,
+    /// What `subscribe`rs of the control socket get.
+    pub events: control::Events,
 }
 
 impl std::fmt::Debug for Shared {
@@ -228,7 +244,20 @@ impl Shared {
             } else {
                 crate::metrics::Metrics::off()
             },
+            events: control::Events::new(),
         })
+    }
+
+    /// Tell the control socket's subscribers `ev`; never waits (a
+    /// subscriber that cannot keep up is dropped), and costs nothing
+    /// when nobody listens.
+    pub fn publish(&self, ev: &api::Event) {
+        if self.events.subscribers() == 0 {
+            return;
+        }
+        if let Ok(v) = serde_json::to_value(ev) {
+            self.events.publish(v);
+        }
     }
 
     /// A directory's shared state and hub without its QUIC endpoint, for
@@ -397,10 +426,15 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
 
     {
         let shared = shared.clone();
-        tokio::spawn(control::serve(ctl, move |req| {
+        let events = shared.events.clone();
+        tokio::spawn(control::serve_with_events(ctl, events, move |req| {
             let shared = shared.clone();
-            async move { handle_control(&shared, req).await }
+            async move { crate::control::handle_control(&shared, req).await }
         }));
+    }
+    {
+        let shared = shared.clone();
+        tokio::spawn(watch_disk(shared));
     }
 
     let accept = {
@@ -433,7 +467,12 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
         let shared = shared.clone();
         lifecycle::spawn_watchdog(move || {
             let shared = shared.clone();
-            async move { query_hub(&shared, Query::Ping).await.get("ok") == Some(&Value::Bool(true)) }
+            async move {
+                matches!(
+                    query_typed(&shared, Query::Ping).await,
+                    Ok(QueryReply::Pong)
+                )
+            }
         });
     }
     // Expired session tokens are purged hourly.
@@ -885,6 +924,11 @@ async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> Result<()> 
             mail: wake,
             name: hello_name,
             terminal: hello_role == Role::Terminal,
+            kind: if hello_role == Role::Gateway {
+                EndpointKind::Office
+            } else {
+                EndpointKind::Terminal
+            },
         })
         .await
         .context("the directory is stopping")?;
@@ -1131,6 +1175,9 @@ fn rate_limited(req: ReqId, message: String, retry: Duration) -> DirMsg {
 pub(crate) struct Reserved<'a> {
     shared: &'a Shared,
     attempt: Option<Attempt>,
+    /// Who tries from where, for the lock-out event.
+    account: String,
+    ip: IpAddr,
 }
 
 impl Reserved<'_> {
@@ -1145,8 +1192,19 @@ impl Reserved<'_> {
         if !ok {
             self.shared.metrics.auth_failures.increment(1);
         }
-        if locked.is_some() {
+        if let Some(l) = &locked {
             self.shared.metrics.lockouts.increment(1);
+            self.shared.publish(&api::Event::LoginLocked {
+                account: self.account.clone(),
+                address: self.ip.to_string(),
+                scope: match l.scope {
+                    Scope::AccountFromAddress => "account-from-address",
+                    Scope::Address => "address",
+                    Scope::Account => "account",
+                }
+                .to_string(),
+                for_s: l.retry_after(Instant::now()).as_secs_f64().ceil() as u64,
+            });
         }
         locked
     }
@@ -1172,6 +1230,8 @@ impl Shared {
         Ok(Reserved {
             shared: self,
             attempt,
+            account: account.to_string(),
+            ip,
         })
     }
 
@@ -1649,6 +1709,11 @@ async fn mailman(
                 Ok(()) => {
                     sent.insert(id);
                     tracing::info!("delivered message {id} to {} ({} bytes)", m.to, body.len());
+                    shared.publish(&api::Event::MailDelivered {
+                        id,
+                        to: m.to.clone(),
+                        bytes: body.len() as u64,
+                    });
                 }
                 Err(e) => {
                     tracing::info!("delivering message {id}: {e:#}");
@@ -1785,6 +1850,7 @@ async fn upload(c: &Arc<Conn>, recv: &mut quinn::RecvStream) -> DirMsg {
         messages: cfg.mail.quota_messages,
         bytes: cfg.mail.quota_bytes,
     };
+    let from_shown = from.clone();
     let mail = NewMail {
         to: to.clone(),
         from,
@@ -1806,6 +1872,13 @@ async fn upload(c: &Arc<Conn>, recv: &mut quinn::RecvStream) -> DirMsg {
     match res {
         Ok((id, owner)) => {
             tracing::info!("stored {} message {id} for {to}", kind.as_str());
+            c.shared.publish(&api::Event::MailWaiting {
+                id,
+                from: from_shown,
+                to: to.clone(),
+                kind: kind.as_str().to_string(),
+                bytes: u64::from(len),
+            });
             if let Some(account) = owner {
                 let _ = c.shared.hub.send(Event::MailArrived { account }).await;
             }
@@ -1878,6 +1951,7 @@ struct Live {
     name: Option<String>,
     /// The hash of the token it logged in with.
     token_hash: Option<String>,
+    kind: EndpointKind,
 }
 
 /// The task that owns routing state.
@@ -1933,6 +2007,7 @@ impl Hub {
                 mail,
                 name,
                 terminal,
+                kind,
             } => {
                 self.router
                     .handle_session_up(sid, fp, conn.remote_address());
@@ -1947,6 +2022,7 @@ impl Hub {
                         mail,
                         name,
                         token_hash: None,
+                        kind,
                     },
                 );
             }
@@ -2280,6 +2356,7 @@ impl Hub {
                         if answered { "answered" } else { "not answered" }
                     );
                 }
+                Action::Notice(n) => self.notice(n),
                 Action::Record(rec) => {
                     self.shared.metrics.call_ended(rec.outcome);
                     // Written off the hub's task; a failure costs only
@@ -2315,83 +2392,163 @@ impl Hub {
         })
     }
 
-    fn query(&self, what: Query) -> Value {
+    /// A router notice as the control socket's event.
+    fn notice(&self, n: Notice) {
+        if self.shared.events.subscribers() == 0 {
+            return;
+        }
+        let ev = match n {
+            Notice::Bound {
+                number,
+                account,
+                session,
+                observed,
+            } => api::Event::Registered {
+                number,
+                account,
+                kind: self
+                    .sessions
+                    .get(&session)
+                    .map_or(EndpointKind::Terminal, |l| l.kind),
+                address: observed.to_string(),
+            },
+            Notice::Unbound {
+                number,
+                account,
+                reason,
+                ..
+            } => api::Event::Unregistered {
+                number,
+                account,
+                reason: reason.to_string(),
+            },
+            Notice::Ringing {
+                call,
+                from,
+                number,
+                dialled,
+            } => api::Event::CallRinging {
+                call,
+                caller: from,
+                callee: number,
+                dialled,
+            },
+            Notice::Answered {
+                call,
+                from,
+                number,
+                relayed,
+            } => api::Event::CallAnswered {
+                call,
+                caller: from,
+                callee: number,
+                relayed,
+            },
+            Notice::Relayed { call, from, number } => api::Event::CallRelayed {
+                call,
+                caller: from,
+                callee: number,
+            },
+            Notice::Ended {
+                call,
+                from,
+                number,
+                outcome,
+                reason,
+                relayed,
+            } => api::Event::CallEnded {
+                call,
+                caller: from,
+                callee: number,
+                outcome: outcome.as_str().to_string(),
+                reason: serde_json::to_value(reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                relayed,
+            },
+        };
+        self.shared.publish(&ev);
+    }
+
+    fn query(&self, what: Query) -> QueryReply {
         let now = Instant::now();
         match what {
-            Query::Ping => json!({"ok": true}),
+            Query::Ping => QueryReply::Pong,
             Query::Status => {
                 let cfg = self.shared.cfg();
                 let admitted = self.shared.gate.counts();
-                json!({
-                    "ok": true,
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "listen": self.shared.local_addr.to_string(),
-                    "fingerprint": self.shared.id.fingerprint,
-                    "state_dir": self.shared.state_dir.display().to_string(),
-                    "config_file": self.shared.config_file.as_ref().map(|p| p.display().to_string()),
-                    "last_reload": self.shared.last_reload.lock().ok().and_then(|r| r.clone()),
-                    "direct_connect": cfg.direct_connect.as_str(),
-                    "binding_ttl_secs": cfg.binding_ttl_secs,
-                    "uptime_s": self.shared.started.elapsed().as_secs(),
-                    "sessions": self.router.session_count(),
-                    "bindings": self.router.bindings().count(),
-                    "numbers": self.router.numbers().count(),
-                    "calls_active": self.router.calls().count(),
-                    "relays_active": self.relays.len(),
-                    "relay": self.shared.relay.snapshot(),
-                    "logins": self.logins(),
-                    "connections": admitted.open,
-                    "max_connections": cfg.max_connections,
-                    "connections_refused": admitted.refused(),
-                    "admission": admitted,
-                    "limits": cfg.limits,
-                    "web": self.shared.web_addr.get().map(|a| format!("https://{a}/")),
-                })
+                QueryReply::Status(Box::new(api::Status {
+                    api: api::API_VERSION,
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    listen: self.shared.local_addr.to_string(),
+                    fingerprint: self.shared.id.fingerprint.clone(),
+                    state_dir: self.shared.state_dir.display().to_string(),
+                    config_file: self
+                        .shared
+                        .config_file
+                        .as_ref()
+                        .map(|p| p.display().to_string()),
+                    last_reload: self.shared.last_reload.lock().ok().and_then(|r| r.clone()),
+                    direct_connect: cfg.direct_connect.as_str().to_string(),
+                    binding_ttl_secs: cfg.binding_ttl_secs,
+                    uptime_s: self.shared.started.elapsed().as_secs(),
+                    sessions: self.router.session_count(),
+                    bindings: self.router.bindings().count(),
+                    numbers: self.router.numbers().count(),
+                    calls_active: self.router.calls().count(),
+                    relays_active: self.relays.len(),
+                    relay: json!(self.shared.relay.snapshot()),
+                    logins: self.logins(),
+                    connections: admitted.open,
+                    max_connections: cfg.max_connections,
+                    connections_refused: admitted.refused(),
+                    admission: json!(admitted),
+                    limits: json!(cfg.limits),
+                    web: self.shared.web_addr.get().map(|a| format!("https://{a}/")),
+                    mail_waiting: None,
+                }))
             }
             Query::Bindings => {
-                let mut v: Vec<Value> = self
+                let mut v: Vec<BindingInfo> = self
                     .router
                     .bindings()
-                    .map(|b| {
-                        json!({
-                            "number": b.number,
-                            "account": b.account,
-                            "session": b.session,
-                            "observed": b.observed.to_string(),
-                            "candidates": b.candidates().iter().map(ToString::to_string).collect::<Vec<_>>(),
-                            "fingerprint": b.fp,
-                            "expires_in_s": b.expires.saturating_duration_since(now).as_secs(),
-                            "since_s": now.saturating_duration_since(b.since).as_secs(),
-                        })
+                    .map(|b| BindingInfo {
+                        number: b.number.clone(),
+                        account: b.account.clone(),
+                        session: b.session,
+                        observed: b.observed.to_string(),
+                        candidates: b.candidates().iter().map(ToString::to_string).collect(),
+                        fingerprint: b.fp.clone(),
+                        expires_in_s: b.expires.saturating_duration_since(now).as_secs(),
+                        since_s: now.saturating_duration_since(b.since).as_secs(),
                     })
                     .collect();
-                v.sort_by(|a, b| a["number"].as_str().cmp(&b["number"].as_str()));
-                json!({"ok": true, "bindings": v})
+                v.sort_by(|a, b| a.number.cmp(&b.number));
+                QueryReply::Bindings(v)
             }
-            Query::Calls => {
-                let v: Vec<Value> = self
-                    .router
+            Query::Calls => QueryReply::Calls(
+                self.router
                     .calls()
                     .map(|c| {
                         let (state, secs) = match c.state {
                             CallState::Ringing { .. } => ("ringing", now.duration_since(c.started)),
                             CallState::Answered { at } => ("answered", now.duration_since(at)),
                         };
-                        json!({
-                            "id": c.id,
-                            "from": c.from,
-                            "number": c.number,
-                            "dialled": c.dialled,
-                            "via": c.via,
-                            "state": state,
-                            "seconds": secs.as_secs(),
-                            "policy": c.policy.as_str(),
-                            "relayed": matches!(c.relay, RelayState::Ready { .. }),
-                        })
+                        CallInfo {
+                            id: c.id,
+                            from: c.from.clone(),
+                            number: c.number.clone(),
+                            dialled: c.dialled.clone(),
+                            via: c.via.clone(),
+                            state: state.to_string(),
+                            seconds: secs.as_secs(),
+                            policy: c.policy.as_str().to_string(),
+                            relayed: matches!(c.relay, RelayState::Ready { .. }),
+                        }
                     })
-                    .collect();
-                json!({"ok": true, "calls": v})
-            }
+                    .collect(),
+            ),
             Query::Online => {
                 let mut online: HashMap<String, Vec<String>> = HashMap::new();
                 for b in self.router.bindings() {
@@ -2400,114 +2557,63 @@ impl Hub {
                         .or_default()
                         .push(b.number.clone());
                 }
-                json!({"ok": true, "online": online})
+                QueryReply::Online(online)
             }
         }
     }
 }
 
-pub(crate) async fn query_hub(shared: &Shared, what: Query) -> Value {
+/// Ask the hub `what`.
+pub(crate) async fn query_typed(shared: &Shared, what: Query) -> Result<QueryReply, String> {
     let (tx, rx) = oneshot::channel();
-    if shared
+    shared
         .hub
         .send(Event::Query { what, reply: tx })
         .await
-        .is_err()
-    {
-        return control::error("the directory is stopping");
-    }
+        .map_err(|_| "the directory is stopping".to_string())?;
     rx.await
-        .unwrap_or_else(|_| control::error("the directory is stopping"))
+        .map_err(|_| "the directory is stopping".to_string())
 }
 
-/// Serve one control-socket request.
-pub async fn handle_control(shared: &Arc<Shared>, req: Value) -> Value {
-    let cmd = req.get("cmd").and_then(Value::as_str).unwrap_or("");
-    match cmd {
-        "status" => {
-            let mut v = query_hub(shared, Query::Status).await;
-            if let Ok(mail) = store::blocking(&shared.store, |s| s.all_mail()).await {
-                v["mail_waiting"] = json!(mail.len());
+/// [`query_typed`] as the JSON the control socket gives (`{"ok": true,
+/// ...}`), for the web site and the metrics.
+pub(crate) async fn query_hub(shared: &Shared, what: Query) -> Value {
+    let reply = match query_typed(shared, what).await {
+        Ok(r) => r,
+        Err(e) => return control::error(e),
+    };
+    match reply {
+        QueryReply::Pong => json!({"ok": true}),
+        QueryReply::Status(s) => api::Response::Status(s).to_json(),
+        QueryReply::Bindings(bindings) => api::Response::Bindings { bindings }.to_json(),
+        QueryReply::Calls(calls) => api::Response::Calls { calls }.to_json(),
+        QueryReply::Online(online) => json!({"ok": true, "online": online}),
+    }
+}
+
+/// How often the disk watcher looks at the state directory's free space.
+const DISK_EVERY: Duration = Duration::from_secs(10);
+
+/// Publishes the state directory's free space at start and whenever it
+/// crosses [`api::DISK_LOW_BYTES`].
+async fn watch_disk(shared: Arc<Shared>) {
+    let mut low: Option<bool> = None;
+    let mut tick = tokio::time::interval(DISK_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(free) = crate::metrics::disk_free_off_runtime(&shared.state_dir).await else {
+            continue;
+        };
+        let now_low = free < api::DISK_LOW_BYTES;
+        if low != Some(now_low) {
+            if now_low {
+                tracing::warn!("only {free} bytes free under the state directory");
             }
-            v
+            low = Some(now_low);
+            shared.publish(&api::Event::Disk {
+                free_bytes: free,
+                low: now_low,
+            });
         }
-        "bindings" => query_hub(shared, Query::Bindings).await,
-        "calls" => query_hub(shared, Query::Calls).await,
-        "users" => {
-            let online = query_hub(shared, Query::Online).await;
-            let accounts = match store::blocking(&shared.store, |s| s.accounts()).await {
-                Ok(a) => a,
-                Err(e) => return control::error(e),
-            };
-            let now = Instant::now();
-            let users: Vec<Value> = accounts
-                .iter()
-                .map(|a| {
-                    let (everywhere, from) = shared
-                        .limiter
-                        .lock()
-                        .map(|l| l.account_locks(now, &a.id))
-                        .unwrap_or_default();
-                    let secs = |u: Instant| u.saturating_duration_since(now).as_secs();
-                    let from: Vec<Value> = from
-                        .into_iter()
-                        .map(|(ip, u)| json!({"address": ip.to_string(), "for_s": secs(u)}))
-                        .collect();
-                    json!({
-                        "id": a.id,
-                        "numbers": a.numbers,
-                        "registered": online["online"].get(&a.id).cloned().unwrap_or(json!([])),
-                        "locked_for_s": everywhere.map(secs),
-                        "locked_from": from,
-                        "created_ms": a.created_ms,
-                    })
-                })
-                .collect();
-            json!({"ok": true, "users": users})
-        }
-        "forwards" => match store::blocking(&shared.store, |s| s.numbers()).await {
-            Ok(rows) => {
-                let v: Vec<Value> = rows
-                    .into_iter()
-                    .filter_map(|r| {
-                        let (number, account) = (r.number, r.account);
-                        let v: Vec<Value> = r.forwards.into_iter().map(|f| {
-                            json!({"number": number, "account": account, "when": f.when.as_str(), "to": f.to, "on": f.on})
-                        }).collect();
-                        (!v.is_empty()).then_some(v)
-                    })
-                    .flatten()
-                    .collect();
-                json!({"ok": true, "forwards": v})
-            }
-            Err(e) => control::error(e),
-        },
-        "mail" => match store::blocking(&shared.store, |s| s.all_mail()).await {
-            Ok(m) => json!({"ok": true, "mail": m}),
-            Err(e) => control::error(e),
-        },
-        "reload" => {
-            let logout = req
-                .get("logout")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let (tx, rx) = oneshot::channel();
-            if shared
-                .hub
-                .send(Event::Reload {
-                    logout,
-                    keep: None,
-                    done: Some(tx),
-                })
-                .await
-                .is_err()
-            {
-                return control::error("the directory is stopping");
-            }
-            let _ = rx.await;
-            json!({"ok": true})
-        }
-        "" => control::error("missing \"cmd\""),
-        other => control::error(format!("unknown command {other:?}")),
     }
 }
