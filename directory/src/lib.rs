@@ -18,7 +18,6 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod control;
 pub mod hashing;
 pub mod metrics;
 pub mod ratelimit;
