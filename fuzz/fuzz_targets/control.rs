@@ -67,7 +67,10 @@ fuzz_target!(|data: &[u8]| {
             let json = serde_json::to_value(&ev).expect("a directory event encodes");
             let again: keyline_directory::api::Event =
                 serde_json::from_value(json.clone()).expect("a directory event decodes");
-            assert_eq!(again, ev, "a directory event changed on the way back: {json}");
+            assert_eq!(
+                again, ev,
+                "a directory event changed on the way back: {json}"
+            );
         }
 
         if let Ok(ev) = serde_json::from_value::<Event>(v) {
