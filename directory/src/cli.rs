@@ -59,6 +59,14 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print what happens in the directory as it happens (numbers
+    /// registered and unregistered, calls, mail, login lock-outs, disk)
+    /// until interrupted.
+    Events {
+        /// One JSON object per line, as the control socket sends them.
+        #[arg(long)]
+        json: bool,
+    },
     /// Server-side forwarding rules (claim 8).
     #[command(subcommand)]
     Forward(ForwardCmd),

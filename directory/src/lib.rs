@@ -14,6 +14,7 @@
 //! from the same store and hub. Media never touches the directory unless the
 //! relay rule says so, and then only as bytes it cannot decrypt.
 
+pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;

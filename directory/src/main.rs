@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use keyline_directory::api::{self, Request};
 use keyline_directory::auth;
 use keyline_directory::cli::{
     Cli, Cmd, ForwardCmd, ForwardWhenArg, InviteCmd, MailCmd, MigrateArgs, PolicyArg, ServeArgs,
@@ -20,7 +21,7 @@ use keyline_directory::store::{self, PostgresStore, SqliteStore, Store};
 use keyline_net::{control, statedir};
 use keyline_proto::dir::{DirectPolicy, ForwardRule, ForwardWhen};
 use keyline_proto::number;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// mimalloc rather than glibc's malloc: a look-up makes and frees a few
 /// dozen small strings and buffers across two threads, where glibc's arenas
@@ -127,11 +128,10 @@ fn notify(dir: &Path, logout: Option<&str>) {
     if !sock.exists() {
         return;
     }
-    let req = json!({"cmd": "reload", "logout": logout});
-    let res = runtime().and_then(|rt| {
-        rt.block_on(control::request(&sock, &req, Duration::from_secs(10)))
-            .and_then(control::into_result)
-    });
+    let req = Request::Reload {
+        logout: logout.map(str::to_string),
+    };
+    let res = runtime().and_then(|rt| rt.block_on(request(&sock, &req)));
     if let Err(e) = res {
         // A stale socket of a stopped directory is not an error.
         tracing_free_warn(&format!(
@@ -345,26 +345,56 @@ fn forward_set(
     Ok(())
 }
 
+/// Send one typed request to the running directory; its reply, or its
+/// error as an error.
+async fn request(sock: &Path, req: &Request) -> Result<Value> {
+    let req = serde_json::to_value(req).context("encoding the request")?;
+    control::into_result(control::request(sock, &req, Duration::from_secs(10)).await?)
+}
+
 fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
     let dir = state_dir(state)?;
     let sock = control::socket_path(&dir);
+    if let Cmd::Events { json } = cmd {
+        return runtime()?.block_on(print_events(&sock, json));
+    }
     let (req, json_out) = match &cmd {
-        Cmd::Status { json } => (json!({"cmd": "status"}), *json),
-        Cmd::Users { json } => (json!({"cmd": "users"}), *json),
-        Cmd::Bindings { json } => (json!({"cmd": "bindings"}), *json),
-        Cmd::Calls { json } => (json!({"cmd": "calls"}), *json),
-        Cmd::Forward(ForwardCmd::List { json }) => (json!({"cmd": "forwards"}), *json),
-        Cmd::Mail(MailCmd::List { json }) => (json!({"cmd": "mail"}), *json),
+        Cmd::Status { json } => (Request::Status, *json),
+        Cmd::Users { json } => (Request::Users, *json),
+        Cmd::Bindings { json } => (Request::Bindings, *json),
+        Cmd::Calls { json } => (Request::Calls, *json),
+        Cmd::Forward(ForwardCmd::List { json }) => (Request::Forwards, *json),
+        Cmd::Mail(MailCmd::List { json }) => (Request::Mail, *json),
         _ => bail!("internal error: command dispatched to the wrong place"),
     };
-    let reply = runtime()?.block_on(control::request(&sock, &req, Duration::from_secs(10)))?;
-    let reply = control::into_result(reply)?;
+    let reply = runtime()?.block_on(request(&sock, &req))?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&reply)?);
         return Ok(());
     }
     print_human(&cmd, &reply);
     Ok(())
+}
+
+/// `events`: the directory's stream, in words or as JSON lines.
+async fn print_events(sock: &Path, json: bool) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    control::subscribe(sock, |ev| {
+        let line = if json {
+            ev.to_string()
+        } else {
+            match serde_json::from_value::<api::Event>(ev.clone()) {
+                Ok(e) => e.describe(),
+                // The socket's own notices (`dropped`) and events of a
+                // newer directory, as they came.
+                Err(_) => ev.to_string(),
+            }
+        };
+        // Stop when whoever reads us has gone (a closed pipe).
+        writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+    })
+    .await
 }
 
 fn s(v: &Value, k: &str) -> String {

@@ -3,9 +3,10 @@
 //! then as each daemon reads a request: the gateway's typed
 //! `api::parse_request` and the agent's (`keyline_agent::api`, shared by
 //! the office station and the internet terminal; its call requests then
-//! as the phone core's commands). Also
-//! as the gateway's events, which `keyline-gatewayd events` reads back
-//! from the socket. Never a panic; a request or event that parses must
+//! as the phone core's commands) and the directory's
+//! (`keyline_directory::api`). Also as the gateway's and the directory's
+//! events, which `keyline-gatewayd events` and `keyline-directory events`
+//! read back from the socket. Never a panic; a request or event that parses must
 //! come out the same after being written as JSON and parsed again.
 #![no_main]
 
@@ -48,6 +49,27 @@ fuzz_target!(|data: &[u8]| {
                 again.as_ref(),
                 Ok(&req),
                 "an agent request changed on the way back: {json}"
+            );
+        }
+
+        if let Ok(req) = keyline_directory::api::parse_request(v.clone()) {
+            let json = serde_json::to_value(&req).expect("a directory request encodes");
+            let again = keyline_directory::api::parse_request(json.clone());
+            assert_eq!(
+                again.as_ref(),
+                Ok(&req),
+                "a directory request changed on the way back: {json}"
+            );
+        }
+
+        if let Ok(ev) = serde_json::from_value::<keyline_directory::api::Event>(v.clone()) {
+            let _ = ev.describe();
+            let json = serde_json::to_value(&ev).expect("a directory event encodes");
+            let again: keyline_directory::api::Event =
+                serde_json::from_value(json.clone()).expect("a directory event decodes");
+            assert_eq!(
+                again, ev,
+                "a directory event changed on the way back: {json}"
             );
         }
 

@@ -291,7 +291,7 @@ impl Run {
                     );
                     self.relays.remove(&call);
                 }
-                Action::Record(_) => {}
+                Action::Record(_) | Action::Notice(_) => {}
                 Action::Finished { call, .. } => {
                     assert!(
                         self.r.call(call).is_none(),
