@@ -1363,9 +1363,12 @@ async fn quic_login(dir: SocketAddr, account: &str, password: &str) -> DirMsg {
     };
     write_frame(&mut send, &login, MAX_MESSAGE).await.unwrap();
     loop {
-        match next(&mut recv).await {
-            m @ (DirMsg::LoggedIn { req: 1, .. } | DirMsg::Error { req: Some(1), .. }) => return m,
-            _ => {}
+        let m = next(&mut recv).await;
+        if matches!(
+            m,
+            DirMsg::LoggedIn { req: 1, .. } | DirMsg::Error { req: Some(1), .. }
+        ) {
+            return m;
         }
     }
 }
