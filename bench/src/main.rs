@@ -368,7 +368,8 @@ fn ramp_config(scale: Scale, o: &Opts) -> RampConfig {
             start: 10,
             max_calls: o.max_calls.unwrap_or(40),
             refine: 0,
-            retry: false,
+            // A level a busy machine spoiled is tried once more.
+            retry: true,
             phases: Phases {
                 warmup: ms(100),
                 measure: ms(300),

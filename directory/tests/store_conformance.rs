@@ -1039,23 +1039,32 @@ fn postgres_restart_costs_a_request_not_data() {
 
     // A restart under load: writers go on through it; every write that
     // was acknowledged is there afterwards, every refusal is a storage
-    // error, and the writers succeed again once PostgreSQL is back.
+    // error, and every writer succeeds again once PostgreSQL is back. A
+    // writer stops only once told to and after a write it began after
+    // the restart went through (or after a minute, which fails the test):
+    // on a busy machine, reconnecting six writers may take longer than
+    // any fixed pause.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let back = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..6)
         .map(|w| {
-            let (store, stop) = (store.clone(), stop.clone());
+            let (store, stop, back) = (store.clone(), stop.clone(), back.clone());
             rt.spawn(async move {
-                let (mut acked, mut refused, mut ok_after_refusal) = (Vec::new(), 0, false);
+                let (mut acked, mut refused, mut ok_after_restart) = (Vec::new(), 0, false);
+                let give_up = Instant::now() + Duration::from_secs(60);
                 let mut i = 0u32;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !(stop.load(std::sync::atomic::Ordering::Relaxed) && ok_after_restart)
+                    && Instant::now() < give_up
+                {
                     let token = format!("w{w}-{i}");
                     i += 1;
                     let t2 = token.clone();
+                    let began_after_restart = back.load(std::sync::atomic::Ordering::Relaxed);
                     match store::blocking(&store, move |s| s.insert_token(&t2, "bob", 0, i64::MAX))
                         .await
                     {
                         Ok(()) => {
-                            ok_after_refusal |= refused > 0;
+                            ok_after_restart |= began_after_restart;
                             acked.push(token);
                         }
                         Err(StoreError::Backend(_)) => {
@@ -1065,7 +1074,7 @@ fn postgres_restart_costs_a_request_not_data() {
                         Err(e) => panic!("{e:?}"),
                     }
                 }
-                (acked, refused, ok_after_refusal)
+                (acked, refused, ok_after_restart)
             })
         })
         .collect();
@@ -1073,6 +1082,7 @@ fn postgres_restart_costs_a_request_not_data() {
     pg.stop_server();
     std::thread::sleep(Duration::from_millis(200));
     pg.start_server();
+    back.store(true, std::sync::atomic::Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut acked, mut refused, mut recovered) = (Vec::new(), 0, 0);
@@ -1083,7 +1093,7 @@ fn postgres_restart_costs_a_request_not_data() {
         recovered += usize::from(ok);
     }
     eprintln!(
-        "under load: {} writes acknowledged, {refused} refused during the restart, {recovered} of 6 writers succeeded again",
+        "under load: {} writes acknowledged, {refused} refused during the restart, {recovered} of 6 writers succeeded again after it",
         acked.len()
     );
     assert!(refused > 0, "the restart cost no request: was it one?");

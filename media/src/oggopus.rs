@@ -17,7 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{wav::MAX_WAV_SECONDS, MediaError, OpusEncoder, Sink, FRAME_SAMPLES, SAMPLE_RATE};
+use crate::{MediaError, OpusEncoder, Sink, FRAME_SAMPLES, SAMPLE_RATE};
 
 /// Vendor string written in the `OpusTags` header.
 pub const VENDOR: &str = "keyline";
@@ -30,10 +30,13 @@ pub const FLUSH_EVERY_SAMPLES: u64 = SAMPLE_RATE as u64;
 pub const MAX_PACKET_BYTES: usize = 61_440;
 /// Longest audio [`read_ogg_opus`] decodes (seconds), bounding memory: the
 /// longest message anyone may record (the gateway's `voicemail_max_secs`
-/// goes up to this), about 345 MB of samples. Readers that know their
-/// input is shorter (a greeting) pass their own bound to
-/// [`read_ogg_opus_max`] or [`read_ogg_opus_bytes_max`].
-pub const MAX_OGG_OPUS_SECONDS: u64 = MAX_WAV_SECONDS;
+/// goes up to this), a quarter of an hour, about 86 MB of samples. Opus
+/// packets of two bytes decode to 120 ms each, so without a bound a file
+/// of a few megabytes (a voice message any directory user may send an
+/// office) would expand to gigabytes. Readers that know their input is
+/// shorter (a greeting) pass their own bound to [`read_ogg_opus_max`] or
+/// [`read_ogg_opus_bytes_max`].
+pub const MAX_OGG_OPUS_SECONDS: u64 = 15 * 60;
 /// Largest file [`read_ogg_opus`] loads (bytes): an hour at Opus's highest
 /// bitrate (510 kbit/s) fits with margin.
 pub const MAX_OGG_OPUS_FILE_BYTES: u64 = 512 * 1024 * 1024;
@@ -1031,5 +1034,34 @@ mod bound_tests {
         let e = read_ogg_opus_bytes_max(&bytes, 0).unwrap_err();
         assert!(e.to_string().contains("longer than 0 s"), "{e}");
         assert_eq!(read_ogg_opus_bytes_max(&bytes, u64::MAX).unwrap(), long);
+    }
+
+    #[test]
+    fn no_file_expands_past_a_quarter_of_an_hour() {
+        // Two-byte packets of 120 ms each (six 20 ms frames of silence,
+        // code 3): 16 minutes of audio in a few tens of kilobytes.
+        let path = std::env::temp_dir().join(format!("kl-ogg-tiny-{}.opus", std::process::id()));
+        let mut w = OggOpusWriter::create(&path).unwrap();
+        let packet = [0xfb, 0x06];
+        for _ in 0..(16 * 60 * 1000 / 120) {
+            w.write_packet(&packet, 6 * FRAME_SAMPLES as u32).unwrap();
+        }
+        w.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() < 64 * 1024, "{} bytes", bytes.len());
+        // Every reader without a bound of its own stops at the ceiling,
+        // before it holds more than 15 minutes of samples (86 MB).
+        for e in [
+            read_ogg_opus_bytes(&bytes).unwrap_err(),
+            read_ogg_opus(&path).unwrap_err(),
+            read_ogg_opus_bytes_max(&bytes, u64::MAX).unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("longer than 900 s"), "{e}");
+        }
+        // Just under the ceiling, the same packets are taken whole.
+        let under = &bytes[..bytes.len() * 14 / 16];
+        let pcm = read_ogg_opus_bytes(under).unwrap();
+        assert!(pcm.len() > 13 * 60 * SAMPLE_RATE as usize, "{}", pcm.len());
+        let _ = std::fs::remove_file(&path);
     }
 }

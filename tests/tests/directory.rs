@@ -1344,3 +1344,151 @@ fn serve_with_config(
     let addr: SocketAddr = jstr(&st, &["listen"]).unwrap().parse().unwrap();
     (d, addr)
 }
+
+/// Log in over QUIC with a fresh connection: the directory's answer to
+/// the login (`LoggedIn` or an `Error`).
+async fn quic_login(dir: SocketAddr, account: &str, password: &str) -> DirMsg {
+    let (_ep, _conn, mut send, mut recv) = raw_connect(dir).await;
+    let hello = DirMsg::Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Terminal,
+        name: None,
+    };
+    write_frame(&mut send, &hello, MAX_MESSAGE).await.unwrap();
+    assert!(matches!(next(&mut recv).await, DirMsg::Welcome { .. }));
+    let login = DirMsg::Login {
+        req: 1,
+        account: account.into(),
+        password: password.into(),
+    };
+    write_frame(&mut send, &login, MAX_MESSAGE).await.unwrap();
+    loop {
+        let m = next(&mut recv).await;
+        if matches!(
+            m,
+            DirMsg::LoggedIn { req: 1, .. } | DirMsg::Error { req: Some(1), .. }
+        ) {
+            return m;
+        }
+    }
+}
+
+/// Post the directory site's sign-in form from loopback; the status code.
+fn web_login(port: u16, account: &str, password: &str) -> u16 {
+    use std::io::Read;
+    // The form's token is the one its cookie carries (double submit).
+    let token = "5e".repeat(32);
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    let body = format!(
+        "csrf={token}&id={}&password={}",
+        enc(account),
+        enc(password)
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: kl_form={token}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {reply:?}"))
+}
+
+/// The web sign-in and the QUIC login count failures in one limiter:
+/// wrong passwords on either path lock the other path out of that
+/// account (from that address), and an account nobody guessed at still
+/// gets in both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_and_quic_logins_share_one_limiter() {
+    let scratch = Scratch::new("dlimiter");
+    let state = scratch.join("dir");
+    for (id, number) in [("alice", "2001"), ("bob", "2002"), ("carol", "2003")] {
+        let o = dir_cmd(&state, &["user", "add", id, "--number", number], Some(PW));
+        assert!(o.status.success(), "{}", err(&o));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let (d, addr) = serve_with_config(
+        &scratch,
+        &state,
+        &format!(
+            "[web]\nlisten = \"127.0.0.1:{port}\"\n\
+             [login]\nmax_failures_per_account = 3\nmax_failures_per_address = 100\n\
+             max_failures_account_wide = 100\nlockout_secs = 120\nmax_lockout_secs = 600\n"
+        ),
+    );
+    let web = move |account: &'static str, pw: &'static str| {
+        tokio::task::spawn_blocking(move || web_login(port, account, pw))
+    };
+    tokio::task::block_in_place(|| {
+        wait_for("the web site", Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+    });
+    let rate_limited = |m: &DirMsg| {
+        matches!(
+            m,
+            DirMsg::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            }
+        )
+    };
+
+    // Wrong passwords over QUIC lock the web sign-in out of alice.
+    for _ in 0..2 {
+        let m = quic_login(addr, "alice", "wrong").await;
+        assert!(
+            matches!(
+                m,
+                DirMsg::Error {
+                    code: ErrorCode::BadCredentials,
+                    ..
+                }
+            ),
+            "{m:?}"
+        );
+    }
+    let m = quic_login(addr, "alice", "wrong").await;
+    assert!(rate_limited(&m), "the third failure locks: {m:?}");
+    assert_eq!(
+        web("alice", PW).await.unwrap(),
+        429,
+        "web after QUIC failures"
+    );
+
+    // Wrong passwords on the web lock the QUIC login out of bob.
+    assert_eq!(web("bob", "wrong").await.unwrap(), 401);
+    assert_eq!(web("bob", "wrong").await.unwrap(), 401);
+    assert_eq!(web("bob", "wrong").await.unwrap(), 429);
+    let m = quic_login(addr, "bob", PW).await;
+    assert!(rate_limited(&m), "QUIC after web failures: {m:?}");
+
+    // Carol, whom nobody guessed at, gets in both ways from the same
+    // address: the lock-outs are the accounts', and both paths work.
+    let m = quic_login(addr, "carol", PW).await;
+    assert!(matches!(m, DirMsg::LoggedIn { .. }), "{m:?}");
+    assert_eq!(web("carol", PW).await.unwrap(), 303);
+    drop(d);
+}

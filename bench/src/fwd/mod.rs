@@ -653,12 +653,12 @@ pub fn compare(relay: &Value, baseline: &Value) -> Value {
     let held = |v: &Value| v["held_calls"].as_f64().unwrap_or(0.0);
     let one_core = |v: &Value| v["calls_one_core"].as_f64().unwrap_or(0.0);
     let measured = |v: &Value| v["calls_one_core_basis"] == "measured";
-    let steps = |v: &Value| -> Vec<(u64, f64, f64, f64, f64)> {
+    let steps_where = |v: &Value, held_only: bool| -> Vec<(u64, f64, f64, f64, f64)> {
         v["steps"]
             .as_array()
             .map(|a| {
                 a.iter()
-                    .filter(|s| s["held"] == true)
+                    .filter(|s| !held_only || s["held"] == true)
                     .filter_map(|s| {
                         Some((
                             s["calls"].as_u64()?,
@@ -672,6 +672,7 @@ pub fn compare(relay: &Value, baseline: &Value) -> Value {
             })
             .unwrap_or_default()
     };
+    let steps = |v: &Value| steps_where(v, true);
     let (rs, bs) = (steps(relay), steps(baseline));
     let common = rs
         .iter()
@@ -679,6 +680,39 @@ pub fn compare(relay: &Value, baseline: &Value) -> Value {
         .max_by_key(|(r, _)| r.0);
     let ratio = |a: f64, b: f64| if b > 0.0 { Some(round(a / b, 3)) } else { None };
     let at = |v: &Value, k: &str| v["at_held"][k].as_f64().unwrap_or(0.0);
+    // CPU per forwarded packet is measured at every step, held or not
+    // (whether a step is held is about loss and latency, which a busy
+    // machine spoils first). When the two ramps share no held step and
+    // one of them held none, they are compared at the most calls both
+    // ran with packets forwarded, at the same offered load, and the
+    // basis says so.
+    let (ra, ba) = (steps_where(relay, false), steps_where(baseline, false));
+    let common_any = ra
+        .iter()
+        .filter(|r| r.1 > 0.0)
+        .filter_map(|r| ba.iter().find(|b| b.0 == r.0 && b.1 > 0.0).map(|b| (r, b)))
+        .max_by_key(|(r, _)| r.0);
+    let at_limit = match (
+        at(relay, "cpu_us_per_packet"),
+        at(baseline, "cpu_us_per_packet"),
+    ) {
+        (r, b) if r > 0.0 => ratio(r, b),
+        _ => None,
+    };
+    let (cpu_ratio, cpu_basis, cpu_us) = match (common, at_limit, common_any) {
+        (Some((r, b)), _, _) if ratio(r.1, b.1).is_some() => (
+            ratio(r.1, b.1),
+            "the most calls both held",
+            Some((r.0, r.1, b.1)),
+        ),
+        (_, Some(x), _) => (Some(x), "each at its own limit", None),
+        (_, None, Some((r, b))) => (
+            ratio(r.1, b.1),
+            "the most calls both ran (not held by both: a disturbed run)",
+            Some((r.0, r.1, b.1)),
+        ),
+        _ => (None, "no step of both forwarded packets", None),
+    };
     json!({
         "held_calls_ratio": ratio(one_core(relay), one_core(baseline)),
         "held_calls_basis": if measured(relay) && measured(baseline) {
@@ -690,10 +724,9 @@ pub fn compare(relay: &Value, baseline: &Value) -> Value {
         "reference_calls": common.map(|(r, _)| r.0),
         // At the most calls both ramps ran; when they share no step (a
         // short or disturbed run), at the steps each held.
-        "cpu_per_packet_ratio": common
-            .and_then(|(r, b)| ratio(r.1, b.1))
-            .or_else(|| ratio(at(relay, "cpu_us_per_packet"), at(baseline, "cpu_us_per_packet"))),
-        "cpu_per_packet_us": common.map(|(r, b)| json!({"relay": r.1, "baseline": b.1})),
+        "cpu_per_packet_ratio": cpu_ratio,
+        "cpu_per_packet_basis": cpu_basis,
+        "cpu_per_packet_us": cpu_us.map(|(calls, r, b)| json!({"calls": calls, "relay": r, "baseline": b})),
         "cpu_util_ratio": common.and_then(|(r, b)| ratio(r.4, b.4)),
         "added_p50_ratio": common.and_then(|(r, b)| ratio(r.2, b.2)),
         "added_p99_ratio": common.and_then(|(r, b)| ratio(r.3, b.3)),
@@ -704,4 +737,69 @@ pub fn compare(relay: &Value, baseline: &Value) -> Value {
             baseline["rss_per_call_kib"].as_f64().unwrap_or(0.0)
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(calls: u64, held: bool, cpu_us_per_packet: f64) -> Value {
+        json!({
+            "calls": calls,
+            "held": held,
+            "cpu_us_per_packet": cpu_us_per_packet,
+            "added_p50_us": 100.0,
+            "added_p99_us": 900.0,
+            "cpu_util": 0.1,
+        })
+    }
+
+    fn ramp(steps: Vec<Value>, at_held: Option<Value>) -> Value {
+        json!({"held_calls": 0, "steps": steps, "at_held": at_held})
+    }
+
+    #[test]
+    fn cpu_per_packet_is_compared_at_the_most_calls_both_held() {
+        let relay = ramp(
+            vec![
+                step(10, true, 12.0),
+                step(20, true, 13.0),
+                step(40, false, 30.0),
+            ],
+            None,
+        );
+        let base = ramp(vec![step(10, true, 10.0), step(20, true, 10.0)], None);
+        let c = compare(&relay, &base);
+        assert_eq!(c["cpu_per_packet_ratio"], 1.3);
+        assert_eq!(c["reference_calls"], 20);
+        assert_eq!(c["cpu_per_packet_basis"], "the most calls both held");
+        assert_eq!(c["cpu_per_packet_us"]["calls"], 20);
+    }
+
+    #[test]
+    fn a_ramp_that_held_nothing_is_compared_at_the_most_calls_both_ran() {
+        // A busy machine: the relay's only step (and its retry) lost a
+        // packet, so neither a shared held step nor its own limit exists.
+        let relay = ramp(vec![step(10, false, 11.0), step(10, false, 12.0)], None);
+        let base = ramp(
+            vec![step(10, true, 10.0), step(20, true, 8.0)],
+            Some(json!({"cpu_us_per_packet": 8.0, "forwarded_pps": 1.0})),
+        );
+        let c = compare(&relay, &base);
+        assert_eq!(c["reference_calls"], Value::Null);
+        // The latest try at 10 calls.
+        assert_eq!(c["cpu_per_packet_ratio"], 1.2);
+        assert_eq!(c["cpu_per_packet_us"]["calls"], 10);
+        assert!(c["cpu_per_packet_basis"]
+            .as_str()
+            .is_some_and(|b| b.contains("not held")));
+        // Nothing forwarded by one of them: no figure, and the basis says why.
+        let idle = ramp(vec![step(10, false, 0.0)], None);
+        let c = compare(&idle, &base);
+        assert_eq!(c["cpu_per_packet_ratio"], Value::Null);
+        assert_eq!(
+            c["cpu_per_packet_basis"],
+            "no step of both forwarded packets"
+        );
+    }
 }

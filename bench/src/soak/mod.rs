@@ -111,6 +111,9 @@ struct Sample {
     dirt: Snapshot,
     gwt: Snapshot,
     loadavg: Option<f64>,
+    /// UDP datagrams the kernel dropped for want of receive buffer room,
+    /// machine-wide, since boot (`RcvbufErrors` in `/proc/net/snmp`).
+    udp_rcvbuf_errors: Option<u64>,
 }
 
 impl Sample {
@@ -138,6 +141,7 @@ impl Sample {
             "directory_calls": self.dirt.json(),
             "gateway_calls": self.gwt.json(),
             "loadavg_1m": self.loadavg,
+            "udp_rcvbuf_errors": self.udp_rcvbuf_errors,
         })
     }
 
@@ -157,7 +161,7 @@ impl Sample {
             )
         };
         format!(
-            "{:>6.0}s{quiet} | dir calls {} | gw calls {} | directory {:.1} MiB {} fd {} cores | gateway {:.1} MiB {} fd {} cores | load {} cores | loadavg {}",
+            "{:>6.0}s{quiet} | dir calls {} | gw calls {} | directory {:.1} MiB {} fd {} cores | gateway {:.1} MiB {} fd {} cores | load {} cores | loadavg {} | UDP dropped {}",
             self.at_s,
             half(&self.dirt, prev.map(|p| &p.dirt)),
             half(&self.gwt, prev.map(|p| &p.gwt)),
@@ -169,8 +173,22 @@ impl Sample {
             cores(self.gw.cpu_s, prev.map_or(0.0, |p| p.gw.cpu_s)),
             cores(self.load_cpu_s, prev.map_or(0.0, |p| p.load_cpu_s)),
             self.loadavg.map_or("-".into(), |l| format!("{l:.1}")),
+            match (self.udp_rcvbuf_errors, prev.and_then(|p| p.udp_rcvbuf_errors)) {
+                (Some(now), Some(before)) => format!("+{}", now.saturating_sub(before)),
+                (Some(now), None) => now.to_string(),
+                _ => "-".into(),
+            },
         )
     }
+}
+
+/// `Udp: RcvbufErrors` from `/proc/net/snmp`.
+fn udp_rcvbuf_errors() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let at = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 fn loadavg() -> Option<f64> {
@@ -206,6 +224,7 @@ impl Rig {
             dirt: self.dl.tally.snapshot(),
             gwt: self.gl.tally.snapshot(),
             loadavg: loadavg(),
+            udp_rcvbuf_errors: udp_rcvbuf_errors(),
         })
     }
 

@@ -179,6 +179,7 @@ async fn connect(
     login: Login<'_>,
     number: &str,
 ) -> Result<(Link, String, Duration), Fail> {
+    let started = Instant::now();
     let connecting = ep
         .connect_with(cfg.clone(), dir, endpoint::SERVER_NAME)
         .map_err(|e| Fail::new("connect: refused", e.to_string()))?;
@@ -203,12 +204,24 @@ async fn connect(
         name: Some(number.to_string()),
     })
     .await?;
+    let shook = started.elapsed();
     let ttl = l
         .expect("welcome", |m| match m {
             DirMsg::Welcome { ttl_secs, .. } => Some(Ok(Duration::from_secs(u64::from(*ttl_secs)))),
             _ => None,
         })
-        .await?;
+        .await
+        .map_err(|f| {
+            // What the connection went through, for the report.
+            Fail::new(
+                f.reason,
+                format!(
+                    "{}; handshake {shook:.1?}; {}",
+                    f.detail,
+                    conn_story(&l.conn)
+                ),
+            )
+        })?;
     let ask = match login {
         Login::Password(password) => DirMsg::Login {
             req: 1,
@@ -238,6 +251,33 @@ async fn connect(
         .await?;
     register(&mut l, 2, number, own).await?;
     Ok((l, token, ttl))
+}
+
+/// A connection's own account of itself: its path and the frames and
+/// datagrams it sent and received, for failures.
+fn conn_story(c: &quinn::Connection) -> String {
+    let s = c.stats();
+    format!(
+        "rtt {:.1?} (min {:.1?}), cwnd {}, packets sent {} lost {}, datagrams out {} in {}, \
+         stream frames out {} in {}, acks out {} in {}, pings out {} in {}, crypto out {} in {}, \
+         handshake_done in {}",
+        s.path.rtt,
+        s.path.min_rtt,
+        s.path.cwnd,
+        s.path.sent_packets,
+        s.path.lost_packets,
+        s.udp_tx.datagrams,
+        s.udp_rx.datagrams,
+        s.frame_tx.stream,
+        s.frame_rx.stream,
+        s.frame_tx.acks,
+        s.frame_rx.acks,
+        s.frame_tx.ping,
+        s.frame_rx.ping,
+        s.frame_tx.crypto,
+        s.frame_rx.crypto,
+        s.frame_rx.handshake_done,
+    )
 }
 
 async fn register(l: &mut Link, req: ReqId, number: &str, own: &str) -> Result<(), Fail> {
