@@ -1,16 +1,23 @@
 //! Random sequences of inputs to the gateway's switchboard (lines coming and
 //! going, dials, outside calls, answers, holds, transfers, consultations,
-//! hand-offs, feature codes, settings, time passing). After every step the
-//! switchboard's invariants hold and no call is recorded twice; at the end,
-//! once everyone hangs up, every line goes down and a day passes, no call
-//! is left and every call that rang was recorded exactly once.
+//! hand-offs, feature codes, settings, time passing, and what the directory
+//! says of outside calls: ringing, answered with a fallback deadline, media
+//! heard, ended, handed on, hand-offs sent and taken back, the uplink lost).
+//! After every step the switchboard's invariants hold, no call is recorded
+//! twice, no outside call is hung up twice and a fallback is asked for only
+//! for a call in progress; at the end, once everyone hangs up, every line
+//! goes down, the uplink goes and a day passes, no call is left and every
+//! call that rang was recorded exactly once.
 #![no_main]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use keyline_proto::call::{trunk_line, Action, Config, HandedOn, RingGroup, Switchboard};
+use keyline_proto::call::{
+    Action, Config, HandedOn, Line, RingGroup, Switchboard, TrunkId, TrunkLine,
+};
 use keyline_proto::msg::{FailReason, LineSettings};
+use keyline_proto::number::Number;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
@@ -53,6 +60,7 @@ enum Op {
     Inbound {
         trunk: u8,
         ext: Option<u8>,
+        handoff: Option<u8>,
     },
     HandedOn {
         trunk: u8,
@@ -93,6 +101,32 @@ enum Op {
     OutsideRinging {
         call: u8,
     },
+    OutsideAnswered {
+        call: u8,
+        fallback: Option<u8>,
+    },
+    OutsideMedia {
+        call: u8,
+    },
+    OutsideAnswerFailed {
+        call: u8,
+    },
+    DirectoryEnded {
+        call: u8,
+        reason: u8,
+    },
+    FarHandoff {
+        call: u8,
+        number: u8,
+        handoff: Option<u8>,
+    },
+    HandoffSent {
+        value: u8,
+        from: u8,
+        to: u8,
+        by: u8,
+    },
+    UplinkDown,
     OutsideFailed {
         call: u8,
         reason: u8,
@@ -139,11 +173,21 @@ fn number(i: u8) -> &'static str {
     NUMBERS[usize::from(i) % NUMBERS.len()]
 }
 
-fn trunk(i: u8) -> String {
-    trunk_line(
-        &format!("t{}", i % 4),
-        ["1001", "1002", "김민준"][usize::from(i) % 3],
-    )
+fn outside_number(i: u8) -> Number {
+    let n = ["1001", "1002", "김민준"][usize::from(i) % 3];
+    Number::parse(n).unwrap_or_else(|e| panic!("{n}: {e}"))
+}
+
+fn trunk(i: u8) -> TrunkLine {
+    TrunkLine {
+        id: TrunkId::In(u64::from(i % 4)),
+        number: outside_number(i),
+    }
+}
+
+/// The directory's id the run gives a call placed from here.
+fn dir_call_of(call: u64) -> u64 {
+    1000 + call
 }
 
 struct Run {
@@ -152,6 +196,8 @@ struct Run {
     req: u64,
     /// Calls seen in actions, and how many records each has had.
     seen: BTreeMap<u64, u32>,
+    /// Directory calls hung up.
+    hung_up: BTreeSet<u64>,
 }
 
 impl Run {
@@ -181,6 +227,18 @@ impl Run {
                 | Action::Connected { call, .. } => {
                     self.seen.entry(call).or_insert(0);
                 }
+                Action::HangUpOutside { dir_call, .. } => {
+                    assert!(
+                        self.hung_up.insert(dir_call),
+                        "directory call {dir_call} hung up twice"
+                    );
+                }
+                Action::Fallback { call, .. } => {
+                    assert!(
+                        self.sb.call(call).is_some(),
+                        "a fallback for call {call}, which is over"
+                    );
+                }
                 Action::Record(rec) => {
                     if let Some(id) = rec.call {
                         let n = self.seen.entry(id).or_insert(0);
@@ -207,9 +265,13 @@ impl Run {
                 let req = self.next_req();
                 self.sb.handle_dial(now, ext(e), req, number(n));
             }
-            Op::Inbound { trunk: t, ext: e } => {
-                let req = self.next_req();
-                self.sb.handle_inbound(now, &trunk(t), req, e.map(ext));
+            Op::Inbound {
+                trunk: t,
+                ext: e,
+                handoff,
+            } => {
+                self.sb
+                    .handle_offered(now, trunk(t), e.map(ext), handoff.map(u64::from));
             }
             Op::HandedOn {
                 trunk: t,
@@ -222,7 +284,7 @@ impl Run {
                     by: ext(by).to_string(),
                     joins: joins.map(|j| self.call(j)),
                 };
-                self.sb.handle_handed_on(now, &trunk(t), req, ext(e), h);
+                self.sb.handle_handed_on(now, trunk(t), req, ext(e), h);
             }
             Op::Answer { ext: e, call } => {
                 let _ = self.sb.handle_answer(now, ext(e), self.call(call));
@@ -232,16 +294,24 @@ impl Run {
             }
             Op::Hangup { ext: e, call } => {
                 let id = self.call(call);
-                // Outside parties hang up too.
+                // Callers hang up too, outside ones through the directory.
                 let who = if e >= 200 {
-                    self.sb
-                        .call(id)
-                        .map(|c| c.caller.clone())
-                        .unwrap_or_default()
+                    self.sb.call(id).map(|c| c.caller.clone())
                 } else {
-                    ext(e).to_string()
+                    Some(Line::station(ext(e)))
                 };
-                let _ = self.sb.handle_hangup(now, &who, id);
+                match who {
+                    Some(Line::Station(who)) => {
+                        let _ = self.sb.handle_hangup(now, &who, id);
+                    }
+                    Some(Line::Trunk(t)) => {
+                        if let Some(dc) = t.dir_call() {
+                            self.sb
+                                .handle_directory_ended(now, dc, FailReason::Unreachable);
+                        }
+                    }
+                    None => {}
+                }
             }
             Op::Hold { ext: e, call, on } => {
                 let _ = self.sb.handle_hold(ext(e), self.call(call), on);
@@ -270,15 +340,76 @@ impl Run {
                 let req = self.next_req();
                 let _ = self.sb.handle_consult_complete(now, ext(e), req);
             }
-            Op::OutsideRinging { call } => self.sb.handle_outside_ringing(self.call(call)),
+            Op::OutsideRinging { call } => {
+                let id = self.call(call);
+                self.sb.handle_outside_ringing(id, dir_call_of(id));
+            }
+            Op::OutsideAnswered { call, fallback } => {
+                let id = self.call(call);
+                let wait = fallback.map(|s| Duration::from_secs(u64::from(s % 8)));
+                let _ = self
+                    .sb
+                    .handle_outside_answered(now, id, dir_call_of(id), wait);
+            }
+            Op::OutsideMedia { call } => self.sb.handle_outside_media(self.call(call)),
+            Op::OutsideAnswerFailed { call } => {
+                self.sb.handle_outside_answer_failed(now, self.call(call))
+            }
+            Op::DirectoryEnded { call, reason } => {
+                let r = REASONS[usize::from(reason) % REASONS.len()];
+                let id = self.call(call);
+                let dc = self
+                    .sb
+                    .outside_call(id)
+                    .and_then(|o| o.dir_call)
+                    .unwrap_or(u64::from(call));
+                self.sb.handle_directory_ended(now, dc, r);
+            }
+            Op::FarHandoff {
+                call,
+                number: n,
+                handoff,
+            } => {
+                let id = self.call(call);
+                let dc = self
+                    .sb
+                    .outside_call(id)
+                    .and_then(|o| o.dir_call)
+                    .unwrap_or(u64::from(call));
+                if let Ok(number) = Number::parse(number(n)) {
+                    self.sb
+                        .handle_far_handoff(now, dc, number, handoff.map(u64::from));
+                }
+            }
+            Op::HandoffSent {
+                value,
+                from,
+                to,
+                by,
+            } => {
+                let back = HandedOn {
+                    by: ext(by).to_string(),
+                    joins: None,
+                };
+                self.sb.handle_handoff_sent(
+                    now,
+                    u64::from(value),
+                    outside_number(from),
+                    ext(to),
+                    back,
+                );
+            }
+            Op::UplinkDown => self.sb.handle_uplink_down(now),
             Op::OutsideFailed { call, reason } => {
                 let r = REASONS[usize::from(reason) % REASONS.len()];
                 self.sb.handle_outside_failed(now, self.call(call), r);
             }
             Op::OutsideHandoff { call, number: n } => {
-                let _ = self
-                    .sb
-                    .handle_outside_handoff(now, self.call(call), number(n));
+                if let Ok(number) = Number::parse(number(n)) {
+                    let _ = self
+                        .sb
+                        .handle_outside_handoff(now, self.call(call), number);
+                }
             }
             Op::VoicemailDone { call } => self.sb.handle_voicemail_done(now, self.call(call)),
             Op::MediaFailed { call } => self.sb.handle_media_failed(now, self.call(call)),
@@ -350,6 +481,7 @@ fuzz_target!(|input: Input| {
         now: Instant::now(),
         req: 0,
         seen: BTreeMap::new(),
+        hung_up: BTreeSet::new(),
     };
     // KEYLINE_FUZZ_TRACE=1 prints each input as it is applied (to read a
     // crash's steps: run the target on the crash file).
@@ -362,18 +494,24 @@ fuzz_target!(|input: Input| {
     }
 
     // Everyone hangs up, every line goes down, a day passes.
-    let calls: Vec<(u64, String, String)> = run
+    let calls: Vec<(u64, Line, Line)> = run
         .sb
         .calls()
         .map(|c| (c.id, c.caller.clone(), c.callee.clone()))
         .collect();
     for (id, caller, callee) in calls {
         let now = run.now;
-        let _ = run.sb.handle_hangup(now, &caller, id);
-        let _ = run.sb.handle_hangup(now, &callee, id);
+        for end in [caller, callee] {
+            if let Some(ext) = end.ext() {
+                let _ = run.sb.handle_hangup(now, ext, id);
+            }
+        }
         run.sb.handle_voicemail_done(now, id);
         run.drain();
     }
+    let now = run.now;
+    run.sb.handle_uplink_down(now);
+    run.drain();
     for e in EXTS {
         let now = run.now;
         run.sb.handle_line_down(now, e);

@@ -16,9 +16,7 @@ use anyhow::{bail, Context, Result};
 use keyline_net::admission::{admit_incoming, Gate};
 use keyline_net::lifecycle::{self, Signal, Signals};
 use keyline_net::{control, mdns, pairing_code, peer_fingerprint, Identity};
-use keyline_proto::call::{
-    display, is_trunk, Action, CallState, Config as CallConfig, HandedOn, Switchboard,
-};
+use keyline_proto::call::{Action, CallState, Config as CallConfig, HandedOn, Line, Switchboard};
 
 use crate::trunk::Trunks;
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
@@ -1348,10 +1346,12 @@ impl Switch {
                     ev = events.recv() => ev,
                     _ = tokio::time::sleep_until(d.into()) => {
                         let now = Instant::now();
+                        // Media first: an outside call that heard its far
+                        // end by its fallback deadline needs no relay.
+                        self.check_media(now);
                         if self.sb.poll_timeout().is_some_and(|t| t <= now) {
                             self.sb.handle_timeout(now);
                         }
-                        self.check_media(now);
                         if now >= self.next_rates {
                             self.sample_rates(now);
                         }
@@ -1456,6 +1456,7 @@ impl Switch {
     fn check_media(&mut self, now: Instant) {
         let relays = &self.relays;
         let m = &self.shared.metrics;
+        let mut heard = Vec::new();
         self.media_wait.retain(|call, answered| {
             let Some(alloc) = relays.get(call) else {
                 return false;
@@ -1463,10 +1464,15 @@ impl Switch {
             if alloc.callee_packets() > 0 {
                 m.answer_to_media
                     .record(now.saturating_duration_since(*answered).as_secs_f64());
+                heard.push(*call);
                 return false;
             }
             now.saturating_duration_since(*answered) < MEDIA_WAIT
         });
+        for call in heard {
+            // An outside call that hears its far end needs no relay.
+            self.sb.handle_outside_media(call);
+        }
     }
 
     /// Sample the forwarder's counters of every relayed call: their
@@ -1690,13 +1696,13 @@ impl Switch {
     fn act(&mut self, action: Action) {
         match action {
             Action::Ringing {
-                caller,
+                caller: Line::Trunk(t),
                 req,
                 call,
                 callee: _,
-            } if is_trunk(&caller) => self.inbound_ringing(call, &caller, req),
+            } => self.inbound_ringing(call, t.dir_call().unwrap_or(req)),
             Action::Ringing {
-                caller,
+                caller: Line::Station(caller),
                 req,
                 call,
                 callee,
@@ -1710,15 +1716,17 @@ impl Switch {
                 self.send(&caller, Msg::Ringing { req, call, callee })
             }
             Action::DialFailed {
-                caller,
+                caller: Line::Trunk(t),
                 req,
                 reason,
-            } if is_trunk(&caller) => self.inbound_refused(req, reason),
-            Action::Ring { callee, call, from } if is_trunk(&callee) => {
-                self.place_outside(call, &from, &callee)
-            }
+            } => self.inbound_refused(t.dir_call().unwrap_or(req), reason),
+            Action::Ring {
+                callee: Line::Trunk(t),
+                call,
+                from,
+            } => self.place_outside(call, &from, &t),
             Action::DialFailed {
-                caller,
+                caller: Line::Station(caller),
                 req,
                 reason,
             } => {
@@ -1732,7 +1740,11 @@ impl Switch {
                     },
                 )
             }
-            Action::Ring { callee, call, from } => {
+            Action::Ring {
+                callee: Line::Station(callee),
+                call,
+                from,
+            } => {
                 let from_name = self.stations.get(&from).and_then(|s| s.name.clone());
                 self.send(
                     &callee,
@@ -1755,14 +1767,24 @@ impl Switch {
                     self.media_wait.insert(call, Instant::now());
                 }
             }
-            Action::Ended { to, call, .. } if is_trunk(&to) => {
+            Action::Ended {
+                to: Line::Trunk(_),
+                call,
+                ..
+            } => {
                 self.relays.remove(&call);
                 self.trunk_ended(call);
             }
-            Action::Ended { to, call, reason } => {
+            Action::Ended {
+                to: Line::Station(to),
+                call,
+                reason,
+            } => {
                 self.relays.remove(&call);
                 self.send(&to, Msg::Ended { call, reason });
             }
+            Action::HangUpOutside { dir_call, .. } => self.hang_up_outside(dir_call),
+            Action::Fallback { call, dir_call } => self.fall_back(call, dir_call),
             Action::Feature {
                 caller,
                 req,
@@ -1771,7 +1793,11 @@ impl Switch {
             Action::Settings { ext, settings, .. } => {
                 self.send(&ext, Msg::Settings { settings });
             }
-            Action::Held { to, call, on } => self.send(&to, Msg::Held { call, on }),
+            Action::Held { to, call, on } => {
+                if let Some(to) = to.ext() {
+                    self.send(to, Msg::Held { call, on })
+                }
+            }
             Action::ToVoicemail {
                 call,
                 caller,
@@ -1812,10 +1838,14 @@ impl Switch {
             ),
             Action::Replaced { to, old, new, peer } => {
                 self.relays.remove(&old);
-                self.send(&to, Msg::Replaced { old, new, peer })
+                if let Some(to) = to.ext() {
+                    self.send(to, Msg::Replaced { old, new, peer })
+                }
             }
             Action::Forwarded { caller, call, to } => {
-                self.send(&caller, Msg::Forwarded { call, to })
+                if let Some(caller) = caller.ext() {
+                    self.send(caller, Msg::Forwarded { call, to })
+                }
             }
             Action::PickedUp {
                 picker,
@@ -1823,7 +1853,7 @@ impl Switch {
                 call,
                 from,
             } => self.send(&picker, Msg::PickedUp { req, call, from }),
-            Action::Redirect { req, call, to, .. } => self.redirect_outside(req, call, &to),
+            Action::Redirect { caller, to, .. } => self.redirect_outside(&caller, &to),
             Action::HandOff {
                 line,
                 call,
@@ -1831,10 +1861,12 @@ impl Switch {
                 internal,
                 by,
                 joins,
+                dir_call,
             } => self.hand_off(
                 Instant::now(),
                 &line,
                 call,
+                dir_call,
                 &to,
                 internal,
                 HandedOn { by, joins },
@@ -1852,10 +1884,11 @@ impl Switch {
     }
 
     /// Point the caller at the gateway's own media end for `mailbox`.
-    fn route_to_mailbox(&mut self, call: CallId, caller: &str, mailbox: &str) -> Result<()> {
-        if is_trunk(caller) {
-            return self.outside_to_mailbox(call, caller, mailbox);
-        }
+    fn route_to_mailbox(&mut self, call: CallId, caller: &Line, mailbox: &str) -> Result<()> {
+        let caller = match caller {
+            Line::Trunk(t) => return self.outside_to_mailbox(call, t, mailbox),
+            Line::Station(ext) => ext.as_str(),
+        };
         let st = self.stations.get(caller).context("the caller is gone")?;
         let caller_fp = peer_fingerprint(&st.conn).context("caller certificate")?;
         let ip = st
@@ -1897,10 +1930,10 @@ impl Switch {
     }
 
     /// Hand both ends of an answered call their media plans.
-    fn connect(&mut self, call: CallId, caller: &str, callee: &str) -> Result<()> {
-        if is_trunk(caller) || is_trunk(callee) {
+    fn connect(&mut self, call: CallId, caller: &Line, callee: &Line) -> Result<()> {
+        let (Line::Station(caller), Line::Station(callee)) = (caller, callee) else {
             return self.connect_outside(call, caller, callee);
-        }
+        };
         let (Some(a), Some(b)) = (self.stations.get(caller), self.stations.get(callee)) else {
             bail!("an end of the call is not connected");
         };
@@ -1980,10 +2013,8 @@ impl Switch {
                 let Some(c) = self.sb.calls().find(|c| c.id == call) else {
                     return QueryReply::Done(Err(format!("no call {call} in progress")));
                 };
-                let end = if is_trunk(&c.caller) {
-                    c.callee.clone()
-                } else {
-                    c.caller.clone()
+                let Some(end) = c.station().ext().map(str::to_string) else {
+                    return QueryReply::Done(Err(format!("call {call} has no station")));
                 };
                 // The end we hang up for is told too (the switchboard
                 // tells only the others, as when a station hangs up).
@@ -1995,7 +2026,7 @@ impl Switch {
                     .sb
                     .handle_hangup(now, &end, call)
                     .map_err(|e| format!("call {call}: {e}"));
-                if done.is_ok() && !is_trunk(&end) {
+                if done.is_ok() {
                     self.send(&end, Msg::Ended { call, reason });
                 }
                 QueryReply::Done(done)
@@ -2114,7 +2145,11 @@ impl Switch {
     }
 
     fn calls_info(&self, now: Instant) -> Vec<CallInfo> {
-        let name = |line: &str| self.stations.get(line).and_then(|s| s.name.clone());
+        let name = |line: &Line| {
+            line.ext()
+                .and_then(|ext| self.stations.get(ext))
+                .and_then(|s| s.name.clone())
+        };
         let mut v: Vec<CallInfo> = self
             .sb
             .calls()
@@ -2127,16 +2162,16 @@ impl Switch {
                 };
                 CallInfo {
                     id: c.id,
-                    caller: display(&c.caller).to_string(),
+                    caller: c.caller.shown().to_string(),
                     caller_name: name(&c.caller),
-                    callee: display(&c.callee).to_string(),
+                    callee: c.callee.shown().to_string(),
                     callee_name: name(&c.callee),
                     state,
                     started_ms: self.wall_ms(c.started),
                     since_ms: self.wall_ms(since),
                     seconds: now.saturating_duration_since(since).as_secs(),
-                    outside: is_trunk(&c.caller) || is_trunk(&c.callee),
-                    directory_call: self.trunks.dir_call(c.id),
+                    outside: c.trunk().is_some(),
+                    directory_call: self.sb.outside_call(c.id).and_then(|o| o.dir_call),
                     relayed: self.relays.contains_key(&c.id),
                     pps: self.rates.get(c.id),
                 }

@@ -3,9 +3,11 @@
 //! The gateway registers the office number with the internet directory
 //! (the uplink task below, which reconnects with backoff) and places and
 //! takes outside calls for its stations. In the switchboard an outside call
-//! is a call with a trunk line (`keyline_proto::call::trunk_line`); this
-//! module turns the switchboard's actions on trunk lines into directory
-//! requests and the directory's events into switchboard inputs.
+//! is a call with a trunk line (`keyline_proto::call::Line::Trunk`), and the
+//! switchboard decides what becomes of it (fallback to the relay, hand-offs
+//! accepted, the far end gone); this module only turns its actions on trunk
+//! lines into directory requests and the directory's events into its
+//! inputs.
 //!
 //! Media never ends at the gateway: the station's end-to-end connection to
 //! the far end runs through a forwarder allocation whose outside port the
@@ -23,9 +25,10 @@ use keyline_dirclient::client::{
     self as dir, CallError, CallOptions, Connected, DirClient, MediaPlan as DirPlan, Options,
 };
 use keyline_net::relay;
-use keyline_proto::call::{display, is_trunk, trunk_line, CallState, HandedOn};
+use keyline_proto::call::{HandedOn, Line, TrunkId, TrunkLine};
 use keyline_proto::dir::{DirectPolicy, EndReason as DirEnd, ErrorCode};
 use keyline_proto::msg::{CallId, FailReason, MediaPlan, Msg, Role};
+use keyline_proto::number::Number;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -56,32 +59,25 @@ pub enum TrunkEvent {
     Accepted { call: CallId, plan: DirPlan },
     /// Answering an incoming call failed.
     AcceptFailed { call: CallId, message: String },
-    /// The direct attempt's deadline passed: fall back to the relay if
-    /// nothing came back from the far end.
-    CheckFallback { call: CallId },
     /// The directory's relay for `call` is at `relay`.
     Relay { call: CallId, relay: SocketAddr },
 }
 
-/// One outside call.
-#[derive(Debug)]
-pub struct Trunk {
-    /// The trunk line standing for the far end in the switchboard.
-    pub line: String,
-    /// The directory's id of the call, once known.
-    pub dir_call: Option<u64>,
+/// What the shell holds of one outside call besides the switchboard's
+/// state of it: the I/O in flight and the media details.
+#[derive(Debug, Default)]
+pub struct TrunkIo {
     /// The far end's certificate and addresses (incoming calls).
     caller_fp: String,
     caller_candidates: Vec<SocketAddr>,
     /// How the media connects, once the call is answered.
     plan: Option<DirPlan>,
-    /// The directory already knows the call is over.
-    dir_ended: bool,
     /// The task placing an outgoing call (aborting it cancels the call).
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// The switch's outside-call state.
+/// The uplink's state and the outside calls' I/O (their state is the
+/// switchboard's).
 #[derive(Debug, Default)]
 pub struct Trunks {
     pub client: Option<(DirClient, IpAddr)>,
@@ -89,31 +85,11 @@ pub struct Trunks {
     office_number: Option<String>,
     status: Value,
     /// By switchboard call id.
-    calls: HashMap<CallId, Trunk>,
-    /// Directory call id → switchboard call id.
-    by_dir: HashMap<u64, CallId>,
-    /// Incoming calls handed to the switchboard, until it rings or refuses.
+    io: HashMap<CallId, TrunkIo>,
+    /// Incoming calls handed to the switchboard, until it rings or refuses:
+    /// the caller's certificate and addresses.
     arriving: HashMap<u64, (String, Vec<SocketAddr>)>,
-    /// Outside parties we handed on to one of our extensions, by the
-    /// hand-off value we gave the directory, until they call back in.
-    handed: HashMap<u64, Handed>,
-    /// New outside calls that follow a hand-off by the far end: the
-    /// value to put in the call.
-    follow: HashMap<CallId, u64>,
 }
-
-/// An outside party handed on to extension `to` (see [`Trunks::handed`]).
-#[derive(Debug)]
-struct Handed {
-    /// The party's number: only it may use the hand-off.
-    from: String,
-    to: String,
-    back: HandedOn,
-    at: Instant,
-}
-
-/// How long a handed-on party has to call back in.
-const HANDED_ON_WAIT: Duration = Duration::from_secs(30);
 
 impl Trunks {
     pub fn new(configured: bool) -> Trunks {
@@ -125,10 +101,6 @@ impl Trunks {
 
     pub fn status(&self) -> Value {
         self.status.clone()
-    }
-
-    pub fn dir_call(&self, call: CallId) -> Option<u64> {
-        self.calls.get(&call).and_then(|t| t.dir_call)
     }
 }
 
@@ -441,37 +413,20 @@ impl Switch {
                     },
                 });
                 // Every outside call went with the connection.
-                let calls: Vec<(CallId, String)> = self
-                    .trunks
-                    .calls
-                    .iter_mut()
-                    .map(|(id, t)| {
-                        t.dir_ended = true;
-                        (*id, t.line.clone())
-                    })
-                    .collect();
-                for (id, line) in calls {
-                    self.trunk_gone(now, id, &line, FailReason::Unreachable);
-                }
+                self.sb.handle_uplink_down(now);
                 for (dc, _) in std::mem::take(&mut self.trunks.arriving) {
                     tracing::info!("incoming call {dc} lost with the directory");
                 }
             }
             TrunkEvent::Dir(ev) => self.on_directory(now, ev),
             TrunkEvent::Ringing { call, dir_call } => {
-                if let Some(t) = self.trunks.calls.get_mut(&call) {
-                    t.dir_call = Some(dir_call);
-                    self.trunks.by_dir.insert(dir_call, call);
-                    self.sb.handle_outside_ringing(call);
-                }
+                self.sb.handle_outside_ringing(call, dir_call);
             }
             TrunkEvent::Answered { call, connected } => {
-                let Some(t) = self.trunks.calls.get_mut(&call) else {
+                let Some(t) = self.trunks.io.get_mut(&call) else {
                     return;
                 };
-                t.dir_call = Some(connected.call);
                 t.task = None;
-                self.trunks.by_dir.insert(connected.call, call);
                 let plan = connected.plan;
                 // The office's own rule for calls it places, else the
                 // directory's.
@@ -483,49 +438,39 @@ impl Switch {
                         (None, _) => plan.peer_candidates.clone(),
                     });
                 }
-                let wait = match rule {
-                    DirectPolicy::Relay => Some(Duration::ZERO),
-                    DirectPolicy::DirectThenRelay => Some(plan.fallback_after),
-                    DirectPolicy::Direct => None,
+                // How long the far end has to be heard before the relay is
+                // asked for (the switchboard keeps the deadline).
+                let fallback = match (plan.relay, rule) {
+                    (Some(_), _) | (None, DirectPolicy::Direct) => None,
+                    (None, DirectPolicy::Relay) => Some(Duration::ZERO),
+                    (None, DirectPolicy::DirectThenRelay) => Some(plan.fallback_after),
                 };
-                if let (None, Some(wait)) = (plan.relay, wait) {
-                    let tx = self.shared.events.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(wait).await;
-                        let _ = tx
-                            .send(Event::Trunk(TrunkEvent::CheckFallback { call }))
-                            .await;
-                    });
-                }
-                let line = t.line.clone();
                 t.plan = Some(plan);
-                if let Err(e) = self.sb.handle_answer(now, &line, call) {
+                if let Err(e) = self
+                    .sb
+                    .handle_outside_answered(now, call, connected.call, fallback)
+                {
                     tracing::warn!("outside call {call}: {e}");
                 }
             }
             TrunkEvent::Failed { call, reason } => {
-                if let Some(t) = self.trunks.calls.get_mut(&call) {
-                    t.dir_ended = true;
+                if let Some(t) = self.trunks.io.get_mut(&call) {
                     t.task = None;
                     self.sb.handle_outside_failed(now, call, reason);
                 }
             }
             TrunkEvent::Accepted { call, plan } => {
-                let Some(t) = self.trunks.calls.get_mut(&call) else {
+                let Some(t) = self.trunks.io.get_mut(&call) else {
                     return;
                 };
                 if let (Some(r), Some(a)) = (plan.relay, self.relays.get(&call)) {
                     a.retarget_callee(vec![r]);
                 }
                 t.plan = Some(plan.clone());
-                let station = self.sb.call(call).map(|c| {
-                    if is_trunk(&c.caller) {
-                        &c.callee
-                    } else {
-                        &c.caller
-                    }
-                    .clone()
-                });
+                let station = self
+                    .sb
+                    .call(call)
+                    .and_then(|c| c.station().ext().map(str::to_string));
                 if let Some(ext) = station {
                     self.send(
                         &ext,
@@ -545,29 +490,7 @@ impl Switch {
             }
             TrunkEvent::AcceptFailed { call, message } => {
                 tracing::warn!("outside call {call}: answering failed: {message}");
-                if let Some(t) = self.trunks.calls.get_mut(&call) {
-                    t.dir_ended = true;
-                }
-                self.sb.handle_media_failed(now, call);
-            }
-            TrunkEvent::CheckFallback { call } => {
-                let heard = self.relays.get(&call).map(|a| a.callee_packets());
-                let dc = self.trunks.dir_call(call);
-                let client = self.trunks.client.as_ref().map(|(c, _)| c.clone());
-                if let (Some(0), Some(dc), Some(client)) = (heard, dc, client) {
-                    tracing::info!("outside call {call}: no direct answer; asking for the relay");
-                    let tx = self.shared.events.clone();
-                    tokio::spawn(async move {
-                        match client.fallback(dc).await {
-                            Ok(relay) => {
-                                let _ = tx
-                                    .send(Event::Trunk(TrunkEvent::Relay { call, relay }))
-                                    .await;
-                            }
-                            Err(e) => tracing::warn!("call {call}: no relay: {e}"),
-                        }
-                    });
-                }
+                self.sb.handle_outside_answer_failed(now, call);
             }
             TrunkEvent::Relay { call, relay } => {
                 if let Some(a) = self.relays.get(&call) {
@@ -580,7 +503,6 @@ impl Switch {
     fn on_directory(&mut self, now: Instant, ev: dir::Event) {
         match ev {
             dir::Event::Ring(inc) => {
-                let line = trunk_line(&format!("d{}", inc.call), &inc.from);
                 tracing::info!(
                     "incoming call {} from {} for {}{}",
                     inc.call,
@@ -591,39 +513,27 @@ impl Switch {
                         .map(|e| format!("/{e}"))
                         .unwrap_or_default()
                 );
+                let number = match Number::parse(&inc.from) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!("incoming call {}: the caller's number: {e}", inc.call);
+                        return self.inbound_refused(inc.call, FailReason::InvalidNumber);
+                    }
+                };
                 self.trunks
                     .arriving
                     .insert(inc.call, (inc.caller_fp, inc.caller_candidates));
-                // A party we handed on, calling back in: only the party
-                // itself, for the extension it was sent to, and in time.
-                let handed = inc
-                    .handoff
-                    .and_then(|h| self.trunks.handed.remove(&h))
-                    .filter(|h| {
-                        h.from == inc.from
-                            && inc.ext.as_deref() == Some(h.to.as_str())
-                            && now.duration_since(h.at) < HANDED_ON_WAIT
-                    });
-                match handed {
-                    Some(h) => self
-                        .sb
-                        .handle_handed_on(now, &line, inc.call, &h.to, h.back),
-                    None => self
-                        .sb
-                        .handle_inbound(now, &line, inc.call, inc.ext.as_deref()),
-                }
+                let line = TrunkLine {
+                    id: TrunkId::In(inc.call),
+                    number,
+                };
+                self.sb
+                    .handle_offered(now, line, inc.ext.as_deref(), inc.handoff);
             }
             dir::Event::Ended { call: dc, reason } => {
                 self.trunks.arriving.remove(&dc);
-                let Some(&call) = self.trunks.by_dir.get(&dc) else {
-                    return;
-                };
-                let Some(t) = self.trunks.calls.get_mut(&call) else {
-                    return;
-                };
-                t.dir_ended = true;
-                let line = t.line.clone();
-                self.trunk_gone(now, call, &line, ended_reason(reason));
+                self.sb
+                    .handle_directory_ended(now, dc, ended_reason(reason));
             }
             dir::Event::Transferred {
                 call: dc,
@@ -631,24 +541,23 @@ impl Switch {
                 by,
                 handoff,
             } => {
-                let Some(&call) = self.trunks.by_dir.get(&dc) else {
-                    return;
-                };
-                tracing::info!("{by} handed call {call} on to {number}");
-                if let Some(t) = self.trunks.calls.get_mut(&call) {
-                    t.dir_ended = true;
-                }
-                let new = self.sb.handle_outside_handoff(now, call, &number);
-                if let (Some(new), Some(h)) = (new, handoff) {
-                    self.trunks.follow.insert(new, h);
+                tracing::info!("{by} handed call {dc} on to {number}");
+                match Number::parse(&number) {
+                    Ok(number) => {
+                        self.sb.handle_far_handoff(now, dc, number, handoff);
+                    }
+                    Err(e) => {
+                        tracing::warn!("call {dc} handed on to a bad number: {e}");
+                        self.sb
+                            .handle_directory_ended(now, dc, FailReason::Unreachable);
+                    }
                 }
             }
             dir::Event::Relay { call: dc, relay } => {
                 if let Some(a) = self
-                    .trunks
-                    .by_dir
-                    .get(&dc)
-                    .and_then(|call| self.relays.get(call))
+                    .sb
+                    .call_of_directory(dc)
+                    .and_then(|call| self.relays.get(&call))
                 {
                     a.retarget_callee(vec![relay]);
                 }
@@ -670,23 +579,10 @@ impl Switch {
         }
     }
 
-    /// The far end of outside call `call` is gone.
-    fn trunk_gone(&mut self, now: Instant, call: CallId, line: &str, reason: FailReason) {
-        let ringing_out = self
-            .sb
-            .call(call)
-            .is_some_and(|c| c.callee == line && matches!(c.state, CallState::Ringing { .. }));
-        if ringing_out {
-            self.sb.handle_outside_failed(now, call, reason);
-        } else if let Err(e) = self.sb.handle_hangup(now, line, call) {
-            tracing::debug!("outside call {call}: {e}");
-        }
-    }
-
     /// The switchboard rang a trunk line: place the outside call.
-    pub(crate) fn place_outside(&mut self, call: CallId, caller: &str, line: &str) {
+    pub(crate) fn place_outside(&mut self, call: CallId, caller: &str, line: &TrunkLine) {
         let now = Instant::now();
-        let number = display(line).to_string();
+        let number = line.number.to_string();
         let res = (|| -> Result<(DirClient, SocketAddr, String)> {
             let (client, outside_ip) = self
                 .trunks
@@ -705,7 +601,7 @@ impl Switch {
                 return;
             }
         };
-        let handoff = self.trunks.follow.remove(&call);
+        let handoff = self.sb.outside_call(call).and_then(|o| o.handoff);
         let tx = self.shared.events.clone();
         let task = tokio::spawn(async move {
             let (ptx, mut prx) = mpsc::channel(4);
@@ -741,35 +637,26 @@ impl Switch {
             progress.abort();
             let _ = tx.send(Event::Trunk(ev)).await;
         });
-        self.trunks.calls.insert(
+        self.trunks.io.insert(
             call,
-            Trunk {
-                line: line.to_string(),
-                dir_call: None,
-                caller_fp: String::new(),
-                caller_candidates: Vec::new(),
-                plan: None,
-                dir_ended: false,
+            TrunkIo {
                 task: Some(task),
+                ..TrunkIo::default()
             },
         );
     }
 
-    /// The switchboard rings a station for an incoming outside call.
-    pub(crate) fn inbound_ringing(&mut self, call: CallId, line: &str, dir_call: u64) {
+    /// The switchboard rings a station for the incoming outside call
+    /// `dir_call`.
+    pub(crate) fn inbound_ringing(&mut self, call: CallId, dir_call: u64) {
         let (caller_fp, caller_candidates) =
             self.trunks.arriving.remove(&dir_call).unwrap_or_default();
-        self.trunks.by_dir.insert(dir_call, call);
-        self.trunks.calls.insert(
+        self.trunks.io.insert(
             call,
-            Trunk {
-                line: line.to_string(),
-                dir_call: Some(dir_call),
+            TrunkIo {
                 caller_fp,
                 caller_candidates,
-                plan: None,
-                dir_ended: false,
-                task: None,
+                ..TrunkIo::default()
             },
         );
     }
@@ -795,27 +682,44 @@ impl Switch {
         });
     }
 
-    /// The switchboard ended an outside call for the trunk line.
+    /// The switchboard ended an outside call for the trunk line: stop
+    /// placing it if that is still under way.
     pub(crate) fn trunk_ended(&mut self, call: CallId) {
-        let Some(t) = self.trunks.calls.remove(&call) else {
-            return;
-        };
-        if let Some(task) = t.task {
+        if let Some(task) = self.trunks.io.remove(&call).and_then(|t| t.task) {
             // Still placing the call: dropping the request cancels it.
             task.abort();
         }
-        if let Some(dc) = t.dir_call {
-            self.trunks.by_dir.remove(&dc);
-            if !t.dir_ended {
-                if let Some((client, _)) = self.trunks.client.clone() {
-                    tokio::spawn(async move {
-                        if let Err(e) = client.hangup(dc).await {
-                            tracing::debug!("hanging up call {dc}: {e}");
-                        }
-                    });
+    }
+
+    /// The switchboard ended an outside call the directory still has.
+    pub(crate) fn hang_up_outside(&mut self, dir_call: u64) {
+        if let Some((client, _)) = self.trunks.client.clone() {
+            tokio::spawn(async move {
+                if let Err(e) = client.hangup(dir_call).await {
+                    tracing::debug!("hanging up call {dir_call}: {e}");
                 }
-            }
+            });
         }
+    }
+
+    /// Nothing came from the far end of the outside call `call` in time:
+    /// ask the directory for its relay.
+    pub(crate) fn fall_back(&mut self, call: CallId, dir_call: u64) {
+        let Some((client, _)) = self.trunks.client.clone() else {
+            return;
+        };
+        tracing::info!("outside call {call}: no direct answer; asking for the relay");
+        let tx = self.shared.events.clone();
+        tokio::spawn(async move {
+            match client.fallback(dir_call).await {
+                Ok(relay) => {
+                    let _ = tx
+                        .send(Event::Trunk(TrunkEvent::Relay { call, relay }))
+                        .await;
+                }
+                Err(e) => tracing::warn!("call {call}: no relay: {e}"),
+            }
+        });
     }
 
     /// Open call `call`'s forwarder allocation between station `ext` and
@@ -853,17 +757,18 @@ impl Switch {
     pub(crate) fn connect_outside(
         &mut self,
         call: CallId,
-        caller: &str,
-        callee: &str,
+        caller: &Line,
+        callee: &Line,
     ) -> Result<()> {
-        let (station, line) = if is_trunk(callee) {
+        let (station, line) = if callee.is_trunk() {
             (caller, callee)
         } else {
             (callee, caller)
         };
+        let station = station.ext().context("an outside call with no station")?;
         let t = self
             .trunks
-            .calls
+            .io
             .get(&call)
             .with_context(|| format!("no outside call for {line}"))?;
         if let Some(plan) = &t.plan {
@@ -888,7 +793,10 @@ impl Switch {
             .client
             .clone()
             .context("the office is not connected to its directory")?;
-        let dc = t.dir_call.context("no directory call")?;
+        let dc = line
+            .trunk()
+            .and_then(TrunkLine::dir_call)
+            .context("no directory call")?;
         let (caller_fp, candidates) = (t.caller_fp.clone(), t.caller_candidates.clone());
         let (fp, port) = self.open_forwarder(call, station, candidates, outside_ip)?;
         tracing::debug!(
@@ -914,7 +822,7 @@ impl Switch {
     pub(crate) fn outside_to_mailbox(
         &mut self,
         call: CallId,
-        caller: &str,
+        caller: &TrunkLine,
         mailbox: &str,
     ) -> Result<()> {
         let (client, _) = self
@@ -922,10 +830,10 @@ impl Switch {
             .client
             .clone()
             .context("the office is not connected to its directory")?;
-        let dc = self.trunks.dir_call(call).context("no directory call")?;
+        let dc = caller.dir_call().context("no directory call")?;
         let (shared, caller, mailbox) = (
             self.shared.clone(),
-            display(caller).to_string(),
+            caller.number.to_string(),
             mailbox.to_string(),
         );
         tokio::spawn(async move {
@@ -953,14 +861,11 @@ impl Switch {
         Ok(())
     }
 
-    /// The office forwards an outside caller to the outside number `to`:
-    /// the directory tells the caller's end to call it (claim 7).
-    pub(crate) fn redirect_outside(&mut self, req: Option<u64>, call: Option<CallId>, to: &str) {
-        let dc = req.or_else(|| call.and_then(|c| self.trunks.dir_call(c)));
-        if let Some(t) = call.and_then(|c| self.trunks.calls.get_mut(&c)) {
-            t.dir_ended = true;
-        }
-        let (Some(dc), Some((client, _))) = (dc, self.trunks.client.clone()) else {
+    /// The office forwards the outside caller on `caller` to the outside
+    /// number `to`: the directory tells the caller's end to call it (claim
+    /// 7).
+    pub(crate) fn redirect_outside(&mut self, caller: &TrunkLine, to: &str) {
+        let (Some(dc), Some((client, _))) = (caller.dir_call(), self.trunks.client.clone()) else {
             return;
         };
         self.trunks.arriving.remove(&dc);
@@ -975,14 +880,7 @@ impl Switch {
 
     /// A call is over: forget its outside side (no message to send).
     pub(crate) fn trunk_forget(&mut self, call: CallId) {
-        if let Some(t) = self.trunks.calls.remove(&call) {
-            if let Some(task) = t.task {
-                task.abort();
-            }
-            if let Some(dc) = t.dir_call {
-                self.trunks.by_dir.remove(&dc);
-            }
-        }
+        self.trunk_ended(call);
     }
 
     /// A text or voice message left with the directory for the office: it
@@ -1094,19 +992,18 @@ impl Switch {
     /// here: the office number with `/to`, with a hand-off value by which
     /// we know the party when it calls back in; see
     /// [`keyline_proto::call::Switchboard::handle_handed_on`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn hand_off(
         &mut self,
         now: Instant,
-        line: &str,
+        line: &TrunkLine,
         call: CallId,
+        dir_call: Option<u64>,
         to: &str,
         internal: bool,
         back: HandedOn,
     ) {
-        let dc = self.trunks.dir_call(call);
-        if let Some(t) = self.trunks.calls.get_mut(&call) {
-            t.dir_ended = true;
-        }
+        let dc = dir_call.or(line.dir_call());
         let (Some(dc), Some((client, _))) = (dc, self.trunks.client.clone()) else {
             // The directory call went with the connection.
             return;
@@ -1126,19 +1023,12 @@ impl Switch {
             (false, _) => to.to_string(),
         };
         let handoff = internal.then(|| {
-            self.trunks
-                .handed
-                .retain(|_, h| now.duration_since(h.at) < HANDED_ON_WAIT);
+            // The value is drawn here (the switchboard takes randomness as
+            // an input); the switchboard decides whether a call that
+            // brings it back is the party handed on.
             let h = rand::random::<u64>();
-            self.trunks.handed.insert(
-                h,
-                Handed {
-                    from: display(line).to_string(),
-                    to: to.to_string(),
-                    back,
-                    at: now,
-                },
-            );
+            self.sb
+                .handle_handoff_sent(now, h, line.number.clone(), to, back);
             h
         });
         tokio::spawn(async move {

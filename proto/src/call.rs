@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::msg::{CallId, EndReason, FailReason, LineSettings, ReqId};
+use crate::number::Number;
 
 /// Most forwarding steps one call may take before it is a loop.
 pub const MAX_FORWARD_HOPS: usize = 5;
@@ -24,29 +25,137 @@ pub const MAX_FORWARD_HOPS: usize = 5;
 pub const GROUP_TRANSFER_REFUSED: &str =
     "transfer to a ring group is not supported; transfer to one of its members";
 
-/// Marks a trunk line: the switchboard's stand-in for the far end of one
-/// outside call (through the directory). A trunk line is named
-/// `~TAG~NUMBER`, exists only as long as its call, and is never dialled.
-pub const TRUNK_MARK: char = '~';
-
-/// Whether `line` is a trunk line.
-pub fn is_trunk(line: &str) -> bool {
-    line.starts_with(TRUNK_MARK)
+/// Which outside call a trunk line stands for: one the office placed (the
+/// switchboard's call id), or one the directory rang the office with (the
+/// directory's call id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TrunkId {
+    /// Placed by the office for the switchboard's call.
+    Out(CallId),
+    /// Arrived from the directory with this directory call id.
+    In(u64),
 }
 
-/// The name of a trunk line for the outside `number`; `tag` makes it
-/// unique (the shell's id for the outside call).
-pub fn trunk_line(tag: &str, number: &str) -> String {
-    format!("{TRUNK_MARK}{tag}{TRUNK_MARK}{number}")
+impl TrunkLine {
+    /// The directory's call id of a call that came in from outside.
+    pub fn dir_call(&self) -> Option<u64> {
+        match self.id {
+            TrunkId::In(id) => Some(id),
+            TrunkId::Out(_) => None,
+        }
+    }
 }
 
-/// What a line is called for people and call records: an extension as it
-/// is, a trunk line as its outside number.
-pub fn display(line: &str) -> &str {
-    if is_trunk(line) {
-        line[1..].split_once(TRUNK_MARK).map_or(line, |(_, n)| n)
-    } else {
-        line
+impl std::fmt::Display for TrunkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrunkId::Out(id) => write!(f, "o{id}"),
+            TrunkId::In(id) => write!(f, "d{id}"),
+        }
+    }
+}
+
+/// A trunk line: the switchboard's stand-in for the far end of one outside
+/// call (through the directory). It exists only as long as its call and is
+/// never dialled.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrunkLine {
+    pub id: TrunkId,
+    /// The far end's number.
+    pub number: Number,
+}
+
+/// An end of a call: a station by its extension, or a trunk line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Line {
+    Station(String),
+    Trunk(TrunkLine),
+}
+
+impl Line {
+    /// The station with extension `ext`.
+    pub fn station(ext: &str) -> Line {
+        Line::Station(ext.to_string())
+    }
+
+    /// The station's extension; `None` for a trunk line.
+    pub fn ext(&self) -> Option<&str> {
+        match self {
+            Line::Station(ext) => Some(ext),
+            Line::Trunk(_) => None,
+        }
+    }
+
+    /// The trunk line; `None` for a station.
+    pub fn trunk(&self) -> Option<&TrunkLine> {
+        match self {
+            Line::Station(_) => None,
+            Line::Trunk(t) => Some(t),
+        }
+    }
+
+    pub fn is_trunk(&self) -> bool {
+        matches!(self, Line::Trunk(_))
+    }
+
+    /// What the line is called for people and call records: an extension
+    /// as it is, a trunk line as its outside number.
+    pub fn shown(&self) -> &str {
+        match self {
+            Line::Station(ext) => ext,
+            Line::Trunk(t) => t.number.as_str(),
+        }
+    }
+
+    /// Whether this is the station `ext`.
+    pub fn is(&self, ext: &str) -> bool {
+        self.ext() == Some(ext)
+    }
+}
+
+/// What people see: see [`Line::shown`].
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.shown())
+    }
+}
+
+/// A station by its extension.
+impl From<&str> for Line {
+    fn from(ext: &str) -> Line {
+        Line::station(ext)
+    }
+}
+
+/// A station by its extension.
+impl From<String> for Line {
+    fn from(ext: String) -> Line {
+        Line::Station(ext)
+    }
+}
+
+impl From<TrunkLine> for Line {
+    fn from(t: TrunkLine) -> Line {
+        Line::Trunk(t)
+    }
+}
+
+/// A line is equal to a string when it is the station of that extension.
+impl PartialEq<str> for Line {
+    fn eq(&self, other: &str) -> bool {
+        self.is(other)
+    }
+}
+
+impl PartialEq<TrunkLine> for Line {
+    fn eq(&self, other: &TrunkLine) -> bool {
+        self.trunk() == Some(other)
+    }
+}
+
+impl PartialEq<&str> for Line {
+    fn eq(&self, other: &&str) -> bool {
+        self.is(other)
     }
 }
 
@@ -182,32 +291,34 @@ pub struct CallRecord {
 pub enum Action {
     /// Tell the caller that the callee rings.
     Ringing {
-        caller: String,
+        caller: Line,
         req: ReqId,
         call: CallId,
         callee: String,
     },
     /// Tell the caller its dial failed.
     DialFailed {
-        caller: String,
+        caller: Line,
         req: ReqId,
         reason: FailReason,
     },
     /// Ring the callee.
     Ring {
-        callee: String,
+        callee: Line,
         call: CallId,
+        /// Who calls, as the callee sees it (a station's extension or an
+        /// outside number).
         from: String,
     },
     /// The callee answered: set up media between the two and tell both.
     Connected {
         call: CallId,
-        caller: String,
-        callee: String,
+        caller: Line,
+        callee: Line,
     },
     /// Tell `to` that the call ended.
     Ended {
-        to: String,
+        to: Line,
         call: CallId,
         reason: EndReason,
     },
@@ -228,7 +339,7 @@ pub enum Action {
         before: LineSettings,
     },
     /// The call was put on hold (or resumed) by the other end: tell `to`.
-    Held { to: String, call: CallId, on: bool },
+    Held { to: Line, call: CallId, on: bool },
     /// A blind transfer is under way: `to` (who asked) learns the target
     /// rings.
     Transferring {
@@ -248,7 +359,7 @@ pub enum Action {
     },
     /// `to`'s call `old` continues as `new` with `peer`.
     Replaced {
-        to: String,
+        to: Line,
         old: CallId,
         new: CallId,
         peer: String,
@@ -256,12 +367,12 @@ pub enum Action {
     /// Connect `caller` to `mailbox`'s voicemail on the gateway itself.
     ToVoicemail {
         call: CallId,
-        caller: String,
+        caller: Line,
         mailbox: String,
     },
     /// Nobody answered: the call now rings `to` (tell the caller).
     Forwarded {
-        caller: String,
+        caller: Line,
         call: CallId,
         to: String,
     },
@@ -270,7 +381,7 @@ pub enum Action {
     /// (a REDIRECT through the directory) and the office is out of the
     /// call. `req` is the trunk's request when the call never rang here.
     Redirect {
-        caller: String,
+        caller: TrunkLine,
         req: Option<ReqId>,
         call: Option<CallId>,
         to: String,
@@ -282,7 +393,7 @@ pub enum Action {
     /// calls back in, the shell passes [`HandedOn`] `{by, joins}` to
     /// [`Switchboard::handle_handed_on`].
     HandOff {
-        line: String,
+        line: TrunkLine,
         call: CallId,
         to: String,
         internal: bool,
@@ -290,7 +401,16 @@ pub enum Action {
         by: String,
         /// The consultation `by` ↔ `to` the party takes over (attended).
         joins: Option<CallId>,
+        /// The directory's id of the outside call, if it is known.
+        dir_call: Option<u64>,
     },
+    /// The outside call `call` (the directory's `dir_call`) was answered
+    /// and nothing came from the far end by the fallback deadline: ask the
+    /// directory for its relay and aim the forwarder's outside side there.
+    Fallback { call: CallId, dir_call: u64 },
+    /// The outside call `call` ended here while the directory's `dir_call`
+    /// goes on: hang it up at the directory.
+    HangUpOutside { call: CallId, dir_call: u64 },
     /// `picker` took the ringing call `call` from `from` with the pick-up
     /// code; media set-up follows as a `Connected`.
     PickedUp {
@@ -337,8 +457,8 @@ pub enum CallState {
 #[derive(Debug, Clone)]
 pub struct Call {
     pub id: CallId,
-    pub caller: String,
-    pub callee: String,
+    pub caller: Line,
+    pub callee: Line,
     pub started: Instant,
     pub state: CallState,
     /// Extensions this call has rung, in order (for loop detection).
@@ -371,9 +491,33 @@ pub struct Call {
 }
 
 impl Call {
+    /// The end of the call that is not `l`.
+    pub fn other(&self, l: &Line) -> &Line {
+        if self.caller == *l {
+            &self.callee
+        } else {
+            &self.caller
+        }
+    }
+
+    /// The station end of an outside call (or the caller of an inside
+    /// one).
+    pub fn station(&self) -> &Line {
+        if self.caller.is_trunk() {
+            &self.callee
+        } else {
+            &self.caller
+        }
+    }
+
+    /// The trunk line of an outside call.
+    pub fn trunk(&self) -> Option<&TrunkLine> {
+        self.caller.trunk().or(self.callee.trunk())
+    }
+
     /// A call in `state` between `caller` and `callee`, with nothing else
     /// going on (no hold, transfer, consultation, group or hunt).
-    fn new(id: CallId, caller: String, callee: String, started: Instant, state: CallState) -> Call {
+    fn new(id: CallId, caller: Line, callee: Line, started: Instant, state: CallState) -> Call {
         Call {
             id,
             caller,
@@ -407,12 +551,14 @@ pub struct HandedOn {
 }
 
 #[derive(Debug, Default)]
-struct Line {
+struct LineState {
     online: bool,
     call: Option<CallId>,
     /// A consultation call placed while `call` is held.
     consult: Option<CallId>,
     settings: LineSettings,
+    /// A trunk line's outside call (unused for stations).
+    outside: trunk::Outside,
 }
 
 /// What a dialled feature code came to.
@@ -425,11 +571,37 @@ enum Feature {
     Dial(String),
 }
 
+mod features;
+mod trunk;
+pub use trunk::{OutsideCall, HANDED_ON_WAIT};
+
+/// Where a dialled number leads once forwarding is followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// A station of this office, by extension.
+    Station(String),
+    /// An outside number (through the directory).
+    Outside(Number),
+}
+
+impl Target {
+    /// The target as a caller is told of it.
+    fn shown(&self) -> &str {
+        match self {
+            Target::Station(ext) => ext,
+            Target::Outside(n) => n.as_str(),
+        }
+    }
+}
+
 /// The gateway's call table.
 #[derive(Debug)]
 pub struct Switchboard {
     config: Config,
-    lines: HashMap<String, Line>,
+    /// The stations, by extension.
+    lines: HashMap<String, LineState>,
+    /// The trunk lines of outside calls in progress.
+    trunks: HashMap<TrunkLine, LineState>,
     calls: BTreeMap<CallId, Call>,
     actions: VecDeque<Action>,
     next_id: CallId,
@@ -437,6 +609,9 @@ pub struct Switchboard {
     /// Whether the mailboxes can take a message now (the shell says no
     /// while the disk is full).
     mailboxes_writable: bool,
+    /// Outside parties handed on to an extension here, by the hand-off
+    /// value the directory carries, until they call back in.
+    handed: HashMap<u64, trunk::Handed>,
 }
 
 fn outcome_of(reason: FailReason) -> Outcome {
@@ -465,11 +640,13 @@ impl Switchboard {
         Self {
             config,
             lines: HashMap::new(),
+            trunks: HashMap::new(),
             calls: BTreeMap::new(),
             actions: VecDeque::new(),
             next_id: 1,
             speed_dials: HashMap::new(),
             mailboxes_writable: true,
+            handed: HashMap::new(),
         }
     }
 
@@ -541,13 +718,14 @@ impl Switchboard {
         };
         line.online = false;
         let (main, consult) = (line.call, line.consult);
+        let me = Line::station(ext);
         if let Some(id) = consult {
-            self.finish_by(now, id, ext, EndReason::PeerLost);
+            self.finish_by(now, id, &me, EndReason::PeerLost);
         }
         if let Some(id) = main {
-            let is_caller = self.calls.get(&id).is_some_and(|c| c.caller == ext);
+            let is_caller = self.calls.get(&id).is_some_and(|c| c.caller == me);
             if is_caller || !(self.leave_group(id, ext) || self.advance_hunt(now, id)) {
-                self.finish_by(now, id, ext, EndReason::PeerLost);
+                self.finish_by(now, id, &me, EndReason::PeerLost);
             }
         }
     }
@@ -556,18 +734,46 @@ impl Switchboard {
         self.lines.get(ext).is_some_and(|l| l.online)
     }
 
-    /// `caller` dials `number` (already canonicalised).
+    /// A station's or a trunk line's state.
+    fn line(&self, l: &Line) -> Option<&LineState> {
+        match l {
+            Line::Station(ext) => self.lines.get(ext),
+            Line::Trunk(t) => self.trunks.get(t),
+        }
+    }
+
+    fn line_mut(&mut self, l: &Line) -> Option<&mut LineState> {
+        match l {
+            Line::Station(ext) => self.lines.get_mut(ext),
+            Line::Trunk(t) => self.trunks.get_mut(t),
+        }
+    }
+
+    /// Forget `l` if it is a trunk line (its call is over or refused).
+    fn drop_trunk(&mut self, l: &Line) {
+        if let Line::Trunk(t) = l {
+            self.trunks.remove(t);
+        }
+    }
+
+    /// The station `caller` dials `number` (already canonicalised).
     pub fn handle_dial(&mut self, now: Instant, caller: &str, req: ReqId, number: &str) {
+        self.dial(now, &Line::station(caller), req, number)
+    }
+
+    /// `caller` (a station, or the trunk line of a call from outside)
+    /// dials `number`.
+    fn dial(&mut self, now: Instant, caller: &Line, req: ReqId, number: &str) {
         let fail = |s: &mut Self, reason: FailReason, outcome: Option<Outcome>| {
             s.actions.push_back(Action::DialFailed {
-                caller: caller.to_string(),
+                caller: caller.clone(),
                 req,
                 reason,
             });
             if let Some(outcome) = outcome {
                 s.actions.push_back(Action::Record(CallRecord {
                     call: None,
-                    caller: caller.to_string(),
+                    caller: caller.shown().to_string(),
                     callee: number.to_string(),
                     started: now,
                     answered: None,
@@ -576,7 +782,7 @@ impl Switchboard {
                 }));
             }
         };
-        match self.lines.get(caller) {
+        match self.line(caller) {
             Some(l) if l.online => {
                 if l.call.is_some() {
                     return fail(self, FailReason::AlreadyInCall, None);
@@ -584,14 +790,18 @@ impl Switchboard {
             }
             _ => return fail(self, FailReason::NotAllowed, None),
         }
-        if is_trunk(caller) && number.starts_with('*') {
-            // Feature codes are for the office's own stations.
-            fail(self, FailReason::NotAllowed, Some(Outcome::Failed));
-            self.lines.remove(caller);
-            return;
-        }
+        let station = match caller {
+            Line::Station(ext) => ext.as_str(),
+            Line::Trunk(_) if number.starts_with('*') => {
+                // Feature codes are for the office's own stations.
+                fail(self, FailReason::NotAllowed, Some(Outcome::Failed));
+                self.drop_trunk(caller);
+                return;
+            }
+            Line::Trunk(_) => "",
+        };
         let dialled = if number.starts_with('*') {
-            match self.feature(now, caller, req, number) {
+            match self.feature(now, station, req, number) {
                 Feature::Done => return,
                 Feature::Fail(reason) => return fail(self, reason, None),
                 Feature::Dial(n) => n,
@@ -600,7 +810,7 @@ impl Switchboard {
             number.to_string()
         };
         let number = dialled.as_str();
-        if number == caller {
+        if caller.is(number) {
             return fail(self, FailReason::SelfCall, None);
         }
         if !self.lines.contains_key(number) {
@@ -623,8 +833,8 @@ impl Switchboard {
                 self.next_id += 1;
                 let call = Call::new(
                     id,
-                    caller.to_string(),
-                    number.to_string(),
+                    caller.clone(),
+                    Line::station(number),
                     now,
                     CallState::Voicemail { at: now },
                 );
@@ -638,47 +848,49 @@ impl Switchboard {
             }
             Err(reason) => {
                 fail(self, reason, Some(outcome_of(reason)));
-                if is_trunk(caller) {
-                    self.lines.remove(caller);
-                }
+                self.drop_trunk(caller);
                 return;
             }
         };
-        if !self.lines.contains_key(&target) {
+        let number = match (target, caller) {
+            (Target::Station(ext), _) => ext,
             // An outside number, dialled or reached by forwarding.
-            if !is_trunk(caller) {
-                return self.dial_out(now, caller, req, &target);
+            (Target::Outside(n), Line::Station(ext)) => {
+                let ext = ext.clone();
+                return self.dial_out(now, &ext, req, n);
             }
-            if rang.is_empty() {
+            (Target::Outside(_), Line::Trunk(_)) if rang.is_empty() => {
                 // An outside caller may not call out through the office.
                 fail(
                     self,
                     FailReason::UnknownNumber,
                     Some(Outcome::UnknownNumber),
                 );
-                self.lines.remove(caller);
+                self.drop_trunk(caller);
                 return;
             }
-            // Forwarded outside: the caller's end is sent there directly.
-            self.actions.push_back(Action::Redirect {
-                caller: caller.to_string(),
-                req: Some(req),
-                call: None,
-                to: target.clone(),
-            });
-            self.actions.push_back(Action::Record(CallRecord {
-                call: None,
-                caller: display(caller).to_string(),
-                callee: target,
-                started: now,
-                answered: None,
-                ended: now,
-                outcome: Outcome::Redirected,
-            }));
-            self.lines.remove(caller);
-            return;
-        }
-        let number = target.as_str();
+            (Target::Outside(n), Line::Trunk(t)) => {
+                // Forwarded outside: the caller's end is sent there directly.
+                self.actions.push_back(Action::Redirect {
+                    caller: t.clone(),
+                    req: Some(req),
+                    call: None,
+                    to: n.to_string(),
+                });
+                self.actions.push_back(Action::Record(CallRecord {
+                    call: None,
+                    caller: caller.shown().to_string(),
+                    callee: n.into_string(),
+                    started: now,
+                    answered: None,
+                    ended: now,
+                    outcome: Outcome::Redirected,
+                }));
+                self.drop_trunk(caller);
+                return;
+            }
+        };
+        let callee = Line::Station(number);
         let id = self.next_id;
         self.next_id += 1;
         let deadline = now + self.config.ring_timeout;
@@ -688,28 +900,28 @@ impl Switchboard {
                 rang,
                 ..Call::new(
                     id,
-                    caller.to_string(),
-                    number.to_string(),
+                    caller.clone(),
+                    callee.clone(),
                     now,
                     CallState::Ringing { deadline },
                 )
             },
         );
-        for ext in [caller, number] {
-            if let Some(l) = self.lines.get_mut(ext) {
+        for l in [caller, &callee] {
+            if let Some(l) = self.line_mut(l) {
                 l.call = Some(id);
             }
         }
         self.actions.push_back(Action::Ringing {
-            caller: caller.to_string(),
+            caller: caller.clone(),
             req,
             call: id,
-            callee: number.to_string(),
+            callee: callee.shown().to_string(),
         });
         self.actions.push_back(Action::Ring {
-            callee: number.to_string(),
+            callee,
             call: id,
-            from: display(caller).to_string(),
+            from: caller.shown().to_string(),
         });
     }
 
@@ -718,52 +930,60 @@ impl Switchboard {
     fn straight_to_mailbox(&mut self, req: ReqId, call: Call) {
         let (id, caller, mailbox) = (call.id, call.caller.clone(), call.callee.clone());
         self.calls.insert(id, call);
-        if let Some(l) = self.lines.get_mut(&caller) {
+        if let Some(l) = self.line_mut(&caller) {
             l.call = Some(id);
         }
         self.actions.push_back(Action::Ringing {
             caller: caller.clone(),
             req,
             call: id,
-            callee: mailbox.clone(),
+            callee: mailbox.shown().to_string(),
         });
         self.actions.push_back(Action::ToVoicemail {
             call: id,
             caller,
-            mailbox,
+            mailbox: mailbox.shown().to_string(),
         });
+    }
+
+    /// The outside number `number` would go to, through the directory.
+    fn outside(&self, number: &str) -> Option<Number> {
+        let out = self.config.outside
+            && !number.starts_with('*')
+            && !self.config.is_extension_number(number)
+            && !self.lines.contains_key(number)
+            && !self.config.groups.iter().any(|g| g.ext == number);
+        out.then(|| Number::parse(number).ok()).flatten()
     }
 
     /// Whether `number` would go out through the directory.
     fn is_outside(&self, number: &str) -> bool {
-        self.config.outside
-            && !is_trunk(number)
-            && !number.starts_with('*')
-            && !self.config.is_extension_number(number)
-            && !self.lines.contains_key(number)
-            && !self.config.groups.iter().any(|g| g.ext == number)
+        self.outside(number).is_some()
     }
 
     /// A new trunk line for the outside `number` in call `id`.
-    fn add_trunk_out(&mut self, id: CallId, number: &str) -> String {
-        let trunk = trunk_line(&format!("o{id}"), number);
-        self.lines.insert(
+    fn add_trunk_out(&mut self, id: CallId, number: Number) -> Line {
+        let trunk = TrunkLine {
+            id: TrunkId::Out(id),
+            number,
+        };
+        self.trunks.insert(
             trunk.clone(),
-            Line {
+            LineState {
                 online: true,
                 call: Some(id),
-                ..Line::default()
+                ..LineState::default()
             },
         );
-        trunk
+        Line::Trunk(trunk)
     }
 
-    /// `caller` dials an outside number: the call rings a new trunk line,
-    /// and the shell places the outside call when it sees the `Ring`. The
-    /// caller hears back when the far end rings
+    /// The station `caller` dials an outside number: the call rings a new
+    /// trunk line, and the shell places the outside call when it sees the
+    /// `Ring`. The caller hears back when the far end rings
     /// ([`Self::handle_outside_ringing`]) or the call fails
     /// ([`Self::handle_outside_failed`]).
-    fn dial_out(&mut self, now: Instant, caller: &str, req: ReqId, number: &str) {
+    fn dial_out(&mut self, now: Instant, caller: &str, req: ReqId, number: Number) {
         let id = self.next_id;
         self.next_id += 1;
         let trunk = self.add_trunk_out(id, number);
@@ -774,7 +994,7 @@ impl Switchboard {
             id,
             Call {
                 dial_req: Some(req),
-                ..self.ringing_call(id, caller.to_string(), trunk.clone(), now)
+                ..self.ringing_call(id, Line::station(caller), trunk.clone(), now)
             },
         );
         self.actions.push_back(Action::Ring {
@@ -792,28 +1012,28 @@ impl Switchboard {
         &mut self,
         now: Instant,
         id: CallId,
-        number: &str,
+        number: Number,
     ) -> Option<CallId> {
         let call = self.calls.get(&id)?;
         if !matches!(call.state, CallState::Answered { .. }) {
             self.handle_outside_failed(now, id, FailReason::Unreachable);
             return None;
         }
-        let station = if is_trunk(&call.callee) {
-            call.caller.clone()
-        } else {
-            call.callee.clone()
-        };
-        if is_trunk(&station) {
+        let station = call.station().clone();
+        let Line::Station(ext) = &station else {
             return None;
-        }
+        };
+        let ext = ext.clone();
+        // The far end's transfer ended the call at the directory.
+        self.directory_knows(id);
         if let Some(old) = self.calls.remove(&id) {
             self.close(now, old, Outcome::Answered);
         }
         let new = self.next_id;
         self.next_id += 1;
+        let peer = number.to_string();
         let trunk = self.add_trunk_out(new, number);
-        if let Some(l) = self.lines.get_mut(&station) {
+        if let Some(l) = self.lines.get_mut(&ext) {
             l.call = Some(new);
         }
         self.calls.insert(
@@ -821,21 +1041,22 @@ impl Switchboard {
             self.ringing_call(new, station.clone(), trunk.clone(), now),
         );
         self.actions.push_back(Action::Replaced {
-            to: station.clone(),
+            to: station,
             old: id,
             new,
-            peer: number.to_string(),
+            peer,
         });
         self.actions.push_back(Action::Ring {
             callee: trunk,
             call: new,
-            from: station,
+            from: ext,
         });
         Some(new)
     }
 
-    /// The far end of the outside call `id` rings.
-    pub fn handle_outside_ringing(&mut self, id: CallId) {
+    /// The far end of the outside call `id` rings (or answered before the
+    /// directory said it rang): the caller hears it rings.
+    fn outside_rang(&mut self, id: CallId) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
@@ -844,7 +1065,7 @@ impl Switchboard {
                 caller: call.caller.clone(),
                 req,
                 call: id,
-                callee: display(&call.callee).to_string(),
+                callee: call.callee.shown().to_string(),
             });
         }
     }
@@ -852,6 +1073,7 @@ impl Switchboard {
     /// The outside call `id` failed at the far end (unknown, busy,
     /// unreachable, declined, unanswered) or on the way there.
     pub fn handle_outside_failed(&mut self, now: Instant, id: CallId, reason: FailReason) {
+        self.directory_knows(id);
         let Some(call) = self.calls.get(&id) else {
             return;
         };
@@ -863,7 +1085,7 @@ impl Switchboard {
             // A transfer to an outside number that did not go through:
             // the call goes back to whoever transferred it.
             let trunk = call.callee.clone();
-            return self.abort_transfer_leg(now, id, &trunk, end_reason_of(reason));
+            return self.abort_transfer_leg(now, id, Some(&trunk), end_reason_of(reason));
         }
         let Some(mut call) = self.calls.remove(&id) else {
             return;
@@ -884,47 +1106,57 @@ impl Switchboard {
     }
 
     /// Open the trunk line `trunk` for a call arriving from outside;
-    /// `false` when it is not a trunk line's name or is already in use.
-    fn add_trunk_in(&mut self, trunk: &str) -> bool {
-        if !is_trunk(trunk) || self.lines.contains_key(trunk) {
+    /// `false` when it is not one placed from outside or is already in
+    /// use.
+    fn add_trunk_in(&mut self, trunk: &TrunkLine) -> bool {
+        let TrunkId::In(dir_call) = trunk.id else {
+            return false;
+        };
+        if self.trunks.contains_key(trunk) || self.call_of_directory(dir_call).is_some() {
             return false;
         }
-        self.lines.insert(
-            trunk.to_string(),
-            Line {
+        self.trunks.insert(
+            trunk.clone(),
+            LineState {
                 online: true,
-                ..Line::default()
+                outside: trunk::Outside {
+                    dir_call: Some(dir_call),
+                    ..trunk::Outside::default()
+                },
+                ..LineState::default()
             },
         );
         true
     }
 
-    fn refuse_trunk(&mut self, trunk: &str, req: ReqId) {
+    fn refuse_trunk(&mut self, trunk: &TrunkLine, req: ReqId) {
         self.actions.push_back(Action::DialFailed {
-            caller: trunk.to_string(),
+            caller: Line::Trunk(trunk.clone()),
             req,
             reason: FailReason::NotAllowed,
         });
     }
 
-    /// A call from outside (the trunk line `trunk`, made by the shell with
-    /// [`trunk_line`]) arrives for extension `ext`, or for the office
+    /// A call from outside (the trunk line `trunk`, with a
+    /// [`TrunkId::In`]) arrives for extension `ext`, or for the office
     /// number when `ext` is `None`: then the reception group rings. Replies
     /// come as for a dial by `trunk` (`Ringing` or `DialFailed`).
-    pub fn handle_inbound(&mut self, now: Instant, trunk: &str, req: ReqId, ext: Option<&str>) {
-        if !self.add_trunk_in(trunk) {
-            return self.refuse_trunk(trunk, req);
+    pub fn handle_inbound(
+        &mut self,
+        now: Instant,
+        trunk: TrunkLine,
+        req: ReqId,
+        ext: Option<&str>,
+    ) {
+        if !self.add_trunk_in(&trunk) {
+            return self.refuse_trunk(&trunk, req);
         }
+        let trunk = Line::Trunk(trunk);
         if let Some(ext) = ext {
-            return self.handle_dial(now, trunk, req, ext);
+            return self.dial(now, &trunk, req, ext);
         }
         let group: Vec<String> = if self.config.reception.is_empty() {
-            let mut all: Vec<String> = self
-                .lines
-                .keys()
-                .filter(|l| !is_trunk(l))
-                .cloned()
-                .collect();
+            let mut all: Vec<String> = self.lines.keys().cloned().collect();
             all.sort();
             all
         } else {
@@ -935,7 +1167,7 @@ impl Switchboard {
             step: self.config.hunt_step,
             mailbox: self.config.office_mailbox.clone(),
         };
-        self.ring_group(now, trunk, req, group, ring);
+        self.ring_group(now, &trunk, req, group, ring);
     }
 
     /// `caller` (a station, or a trunk line for an outside caller) calls a
@@ -946,24 +1178,24 @@ impl Switchboard {
     fn ring_group(
         &mut self,
         now: Instant,
-        caller: &str,
+        caller: &Line,
         req: ReqId,
         mut group: Vec<String>,
         ring: GroupRing,
     ) {
         let known = group
             .iter()
-            .any(|m| m != caller && self.lines.contains_key(m));
-        group.retain(|m| m != caller && self.is_free(m));
+            .any(|m| !caller.is(m) && self.lines.contains_key(m));
+        group.retain(|m| !caller.is(m) && self.is_free(m));
         let shown = ring.ext.clone();
         if group.is_empty() {
-            if let Some(mb) = self.group_mailbox(&ring).filter(|mb| mb != caller) {
+            if let Some(mb) = self.group_mailbox(&ring).filter(|mb| !caller.is(mb)) {
                 let id = self.next_id;
                 self.next_id += 1;
                 let call = Call::new(
                     id,
-                    caller.to_string(),
-                    mb,
+                    caller.clone(),
+                    Line::Station(mb),
                     now,
                     CallState::Voicemail { at: now },
                 );
@@ -981,22 +1213,20 @@ impl Switchboard {
                 FailReason::Unreachable
             };
             self.actions.push_back(Action::DialFailed {
-                caller: caller.to_string(),
+                caller: caller.clone(),
                 req,
                 reason,
             });
             self.actions.push_back(Action::Record(CallRecord {
                 call: None,
-                caller: display(caller).to_string(),
+                caller: caller.shown().to_string(),
                 callee: shown.unwrap_or_default(),
                 started: now,
                 answered: None,
                 ended: now,
                 outcome: outcome_of(reason),
             }));
-            if is_trunk(caller) {
-                self.lines.remove(caller);
-            }
+            self.drop_trunk(caller);
             return;
         }
         let id = self.next_id;
@@ -1006,23 +1236,26 @@ impl Switchboard {
             Some(step) => (step, group.split_off(1)),
             None => (self.config.ring_timeout, Vec::new()),
         };
-        for m in std::iter::once(caller).chain(group.iter().map(String::as_str)) {
+        if let Some(l) = self.line_mut(caller) {
+            l.call = Some(id);
+        }
+        for m in &group {
             if let Some(l) = self.lines.get_mut(m) {
                 l.call = Some(id);
             }
         }
         let callee = group.remove(0);
         self.actions.push_back(Action::Ringing {
-            caller: caller.to_string(),
+            caller: caller.clone(),
             req,
             call: id,
             callee: shown.unwrap_or_else(|| callee.clone()),
         });
         for m in std::iter::once(&callee).chain(group.iter()) {
             self.actions.push_back(Action::Ring {
-                callee: m.clone(),
+                callee: Line::station(m),
                 call: id,
-                from: display(caller).to_string(),
+                from: caller.shown().to_string(),
             });
         }
         self.calls.insert(
@@ -1033,8 +1266,8 @@ impl Switchboard {
                 hunt,
                 ..Call::new(
                     id,
-                    caller.to_string(),
-                    callee,
+                    caller.clone(),
+                    Line::Station(callee),
                     now,
                     CallState::Ringing {
                         deadline: now + step,
@@ -1082,9 +1315,9 @@ impl Switchboard {
             return;
         };
         call.state = CallState::Ringing { deadline };
-        let old = std::mem::replace(&mut call.callee, next.clone());
-        let from = display(&call.caller).to_string();
-        if let Some(l) = self.lines.get_mut(&old) {
+        let old = std::mem::replace(&mut call.callee, Line::station(&next));
+        let from = call.caller.shown().to_string();
+        if let Some(l) = self.line_mut(&old) {
             if l.call == Some(id) {
                 l.call = None;
                 self.actions.push_back(Action::Ended {
@@ -1098,7 +1331,7 @@ impl Switchboard {
             l.call = Some(id);
         }
         self.actions.push_back(Action::Ring {
-            callee: next,
+            callee: Line::Station(next),
             call: id,
             from,
         });
@@ -1106,7 +1339,7 @@ impl Switchboard {
 
     /// A new call `id` from `caller` ringing `callee` until the ring
     /// timeout.
-    fn ringing_call(&self, id: CallId, caller: String, callee: String, now: Instant) -> Call {
+    fn ringing_call(&self, id: CallId, caller: Line, callee: Line, now: Instant) -> Call {
         Call::new(
             id,
             caller,
@@ -1144,8 +1377,8 @@ impl Switchboard {
         if !matches!(call.state, CallState::Ringing { .. }) || call.also.is_empty() {
             return false;
         }
-        if call.callee == ext {
-            call.callee = call.also.remove(0);
+        if call.callee.is(ext) {
+            call.callee = Line::Station(call.also.remove(0));
         } else if let Some(i) = call.also.iter().position(|m| m == ext) {
             call.also.remove(i);
         } else {
@@ -1160,20 +1393,21 @@ impl Switchboard {
     }
 
     /// The group call `id` was taken by `by`: the others stop ringing.
-    fn stop_group(&mut self, id: CallId, by: &str) {
+    fn stop_group(&mut self, id: CallId, by: &Line) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        let others: Vec<String> = std::mem::take(&mut call.also)
+        let others: Vec<Line> = std::mem::take(&mut call.also)
             .into_iter()
+            .map(Line::Station)
             .chain(std::iter::once(std::mem::replace(
                 &mut call.callee,
-                by.to_string(),
+                by.clone(),
             )))
             .filter(|m| m != by)
             .collect();
         for m in others {
-            if let Some(l) = self.lines.get_mut(&m) {
+            if let Some(l) = self.line_mut(&m) {
                 if l.call == Some(id) {
                     l.call = None;
                 }
@@ -1186,10 +1420,15 @@ impl Switchboard {
         }
     }
 
-    /// The callee takes the call.
+    /// The station `ext`, the callee (or a member of the group it rings),
+    /// takes the call.
     pub fn handle_answer(&mut self, now: Instant, ext: &str, id: CallId) -> Result<(), CallError> {
+        self.answer(now, &Line::station(ext), id)
+    }
+
+    fn answer(&mut self, now: Instant, who: &Line, id: CallId) -> Result<(), CallError> {
         let call = self.calls.get(&id).ok_or(CallError::NoSuchCall)?;
-        if call.callee != ext && !call.also.iter().any(|m| m == ext) {
+        if call.callee != *who && !call.also.iter().any(|m| who.is(m)) {
             return Err(CallError::NotYours);
         }
         if !matches!(call.state, CallState::Ringing { .. }) {
@@ -1197,9 +1436,9 @@ impl Switchboard {
         }
         if call.dial_req.is_some() {
             // The far end answered before the directory said it rang.
-            self.handle_outside_ringing(id);
+            self.outside_rang(id);
         }
-        self.stop_group(id, ext);
+        self.stop_group(id, who);
         let call = self.calls.get_mut(&id).ok_or(CallError::NoSuchCall)?;
         call.state = CallState::Answered { at: now };
         let (caller, callee) = (call.caller.clone(), call.callee.clone());
@@ -1209,21 +1448,21 @@ impl Switchboard {
             if let Some(old) = self.calls.remove(&orig) {
                 if let Some((by, _)) = &old.transfer {
                     self.actions.push_back(Action::Ended {
-                        to: by.clone(),
+                        to: Line::station(by),
                         call: orig,
                         reason: EndReason::Transferred,
                     });
                 }
                 self.close(now, old, Outcome::Answered);
             }
-            if let Some(l) = self.lines.get_mut(&caller) {
+            if let Some(l) = self.line_mut(&caller) {
                 l.call = Some(id);
             }
             self.actions.push_back(Action::Replaced {
                 to: caller.clone(),
                 old: orig,
                 new: id,
-                peer: display(&callee).to_string(),
+                peer: callee.shown().to_string(),
             });
         }
         self.actions.push_back(Action::Connected {
@@ -1238,9 +1477,9 @@ impl Switchboard {
     /// is `by`'s and answered, and no other hand-off is under way (one at a
     /// time: not from a consultation, nor while one is under way on this
     /// line). Returns the other end.
-    fn may_hand_off(&self, by: &str, id: CallId) -> Result<String, CallError> {
+    fn may_hand_off(&self, by: &str, id: CallId) -> Result<Line, CallError> {
         let call = self.calls.get(&id).ok_or(CallError::NoSuchCall)?;
-        if call.caller != by && call.callee != by {
+        if !call.caller.is(by) && !call.callee.is(by) {
             return Err(CallError::NotYours);
         }
         if !matches!(call.state, CallState::Answered { .. }) {
@@ -1253,7 +1492,7 @@ impl Switchboard {
         {
             return Err(CallError::TransferPending);
         }
-        Ok(if call.caller == by {
+        Ok(if call.caller.is(by) {
             call.callee.clone()
         } else {
             call.caller.clone()
@@ -1293,14 +1532,16 @@ impl Switchboard {
             });
             Ok(())
         };
-        if is_trunk(&other) {
+        if let Line::Trunk(line) = &other {
             // An outside party is handed on through the directory (claim
             // 5): it calls the target itself. An extension here must be
             // able to take the call now, since it cannot come back.
             let internal = self.lines.contains_key(target);
             if internal {
                 match self.route(&other, target, Vec::new(), false) {
-                    Ok((t, _)) if t == by => return fail(self, FailReason::SelfCall),
+                    Ok((t, _)) if t == Target::Station(by.to_string()) => {
+                        return fail(self, FailReason::SelfCall)
+                    }
                     Ok(_) => {}
                     Err(reason) => return fail(self, reason),
                 }
@@ -1317,12 +1558,14 @@ impl Switchboard {
                 target: target.to_string(),
             });
             self.actions.push_back(Action::Ended {
-                to: by.to_string(),
+                to: Line::station(by),
                 call: id,
                 reason: EndReason::Transferred,
             });
+            let dir_call = self.directory_knows_line(line);
             self.actions.push_back(Action::HandOff {
-                line: other,
+                dir_call,
+                line: line.clone(),
                 call: id,
                 to: target.to_string(),
                 internal,
@@ -1332,19 +1575,21 @@ impl Switchboard {
             self.close(now, call, Outcome::Answered);
             return Ok(());
         }
-        let target = match self.route(&other, target, Vec::new(), true) {
-            Ok((t, _)) if t == by => return fail(self, FailReason::SelfCall),
-            Ok((t, rang)) => (t, rang),
+        let (target, rang) = match self.route(&other, target, Vec::new(), true) {
+            Ok((t, _)) if t == Target::Station(by.to_string()) => {
+                return fail(self, FailReason::SelfCall)
+            }
+            Ok(t) => t,
             Err(reason) => return fail(self, reason),
         };
-        let (mut target, rang) = target;
         let leg = self.next_id;
         self.next_id += 1;
-        let shown = target.clone();
-        if !self.lines.contains_key(&target) {
+        let shown = target.shown().to_string();
+        let target = match target {
+            Target::Station(ext) => Line::Station(ext),
             // To an outside number: the leg rings a trunk line.
-            target = self.add_trunk_out(leg, &target);
-        }
+            Target::Outside(n) => self.add_trunk_out(leg, n),
+        };
         self.calls.insert(
             leg,
             Call {
@@ -1353,7 +1598,7 @@ impl Switchboard {
                 ..self.ringing_call(leg, other.clone(), target.clone(), now)
             },
         );
-        if let Some(l) = self.lines.get_mut(&target) {
+        if let Some(l) = self.line_mut(&target) {
             l.call = Some(leg);
         }
         if let Some(c) = self.calls.get_mut(&id) {
@@ -1374,7 +1619,7 @@ impl Switchboard {
         self.actions.push_back(Action::Ring {
             callee: target,
             call: leg,
-            from: other,
+            from: other.shown().to_string(),
         });
         Ok(())
     }
@@ -1391,8 +1636,8 @@ impl Switchboard {
     ) -> Result<(), CallError> {
         let other = self.may_hand_off(by, id)?;
         let target = &self.expand_short_code(target);
-        let (target, rang) = match self.route(by, target, Vec::new(), true) {
-            Ok((t, _)) if t == other => {
+        let (target, rang) = match self.route(&Line::station(by), target, Vec::new(), true) {
+            Ok((Target::Station(t), _)) if other.is(&t) => {
                 self.actions.push_back(Action::TransferFailed {
                     to: by.to_string(),
                     req,
@@ -1417,21 +1662,20 @@ impl Switchboard {
         };
         let c2 = self.next_id;
         self.next_id += 1;
-        let target = if self.lines.contains_key(&target) {
-            target
-        } else {
+        let target = match target {
+            Target::Station(ext) => Line::Station(ext),
             // To an outside number: the consultation rings a trunk line.
-            self.add_trunk_out(c2, &target)
+            Target::Outside(n) => self.add_trunk_out(c2, n),
         };
         self.calls.insert(
             c2,
             Call {
                 rang,
                 consult_of: Some(id),
-                ..self.ringing_call(c2, by.to_string(), target.clone(), now)
+                ..self.ringing_call(c2, Line::station(by), target.clone(), now)
             },
         );
-        if let Some(l) = self.lines.get_mut(&target) {
+        if let Some(l) = self.line_mut(&target) {
             l.call = Some(c2);
         }
         if let Some(l) = self.lines.get_mut(by) {
@@ -1447,10 +1691,10 @@ impl Switchboard {
             on: true,
         });
         self.actions.push_back(Action::Ringing {
-            caller: by.to_string(),
+            caller: Line::station(by),
             req,
             call: c2,
-            callee: display(&target).to_string(),
+            callee: target.shown().to_string(),
         });
         self.actions.push_back(Action::Ring {
             callee: target,
@@ -1481,23 +1725,17 @@ impl Switchboard {
         let held = self
             .calls
             .get(&orig)
-            .map(|o| {
-                if o.caller == by {
-                    o.callee.clone()
-                } else {
-                    o.caller.clone()
-                }
-            })
+            .map(|o| o.other(&Line::station(by)).clone())
             .ok_or(CallError::NoSuchCall)?;
-        if is_trunk(&target) {
+        if target.is_trunk() {
             // The consulted party is outside: the consultation ends, and
             // the held party goes on to that number as in a blind
             // transfer (an outside party calls it directly; an extension's
             // call is placed here and comes back if it is not answered).
-            self.complete_towards_outside(now, by, req, orig, c2, &target);
+            self.complete_towards_outside(now, by, req, orig, c2, target.shown());
             return Ok(());
         }
-        if is_trunk(&held) {
+        if let Line::Trunk(line) = &held {
             // An outside party is held: it is handed on through the
             // directory (claim 5) and takes the consultation over when it
             // calls in (`handle_handed_on`).
@@ -1505,14 +1743,16 @@ impl Switchboard {
                 return Err(CallError::NoSuchCall);
             };
             self.actions.push_back(Action::Ended {
-                to: by.to_string(),
+                to: Line::station(by),
                 call: orig,
                 reason: EndReason::Transferred,
             });
+            let dir_call = self.directory_knows_line(line);
             self.actions.push_back(Action::HandOff {
-                line: held.clone(),
+                dir_call,
+                line: line.clone(),
                 call: orig,
-                to: target.clone(),
+                to: target.shown().to_string(),
                 internal: true,
                 by: by.to_string(),
                 joins: Some(c2),
@@ -1534,8 +1774,7 @@ impl Switchboard {
                 caller: by.to_string(),
                 req,
                 message: format!(
-                    "{} is being handed on to {target}; stay on the line until they arrive",
-                    display(&held)
+                    "{held} is being handed on to {target}; stay on the line until they arrive"
                 ),
             });
             return Ok(());
@@ -1543,13 +1782,9 @@ impl Switchboard {
         let Some(old) = self.calls.remove(&orig) else {
             return Err(CallError::NoSuchCall);
         };
-        let other = if old.caller == by {
-            old.callee.clone()
-        } else {
-            old.caller.clone()
-        };
+        let other = old.other(&Line::station(by)).clone();
         self.actions.push_back(Action::Ended {
-            to: by.to_string(),
+            to: Line::station(by),
             call: orig,
             reason: EndReason::Transferred,
         });
@@ -1566,11 +1801,11 @@ impl Switchboard {
         if let Some(l) = self.lines.get_mut(by) {
             l.consult = None;
         }
-        if let Some(l) = self.lines.get_mut(&other) {
+        if let Some(l) = self.line_mut(&other) {
             l.call = Some(c2);
         }
         self.actions.push_back(Action::Ended {
-            to: by.to_string(),
+            to: Line::station(by),
             call: c2,
             reason: EndReason::Transferred,
         });
@@ -1583,13 +1818,13 @@ impl Switchboard {
             to: other.clone(),
             old: orig,
             new: c2,
-            peer: target.clone(),
+            peer: target.shown().to_string(),
         });
         self.actions.push_back(Action::Replaced {
             to: target.clone(),
             old: c2,
             new: c2,
-            peer: other.clone(),
+            peer: other.shown().to_string(),
         });
         self.actions.push_back(Action::Connected {
             call: c2,
@@ -1612,7 +1847,7 @@ impl Switchboard {
     ) {
         if let Some(c) = self.calls.remove(&c2) {
             self.actions.push_back(Action::Ended {
-                to: by.to_string(),
+                to: Line::station(by),
                 call: c2,
                 reason: EndReason::Transferred,
             });
@@ -1635,7 +1870,7 @@ impl Switchboard {
         if let Some(l) = self.lines.get_mut(by) {
             l.consult = None;
         }
-        if let Err(e) = self.handle_transfer(now, by, req, orig, display(target)) {
+        if let Err(e) = self.handle_transfer(now, by, req, orig, target) {
             self.actions.push_back(Action::TransferFailed {
                 to: by.to_string(),
                 req,
@@ -1659,15 +1894,15 @@ impl Switchboard {
     pub fn handle_handed_on(
         &mut self,
         now: Instant,
-        trunk: &str,
+        trunk: TrunkLine,
         req: ReqId,
         ext: &str,
         h: HandedOn,
     ) {
         let joinable = h.joins.and_then(|c2| {
             let c = self.calls.get(&c2)?;
-            let pair =
-                (c.caller == h.by && c.callee == ext) || (c.caller == ext && c.callee == h.by);
+            let pair = (c.caller.is(&h.by) && c.callee.is(ext))
+                || (c.caller.is(ext) && c.callee.is(&h.by));
             (pair && matches!(c.state, CallState::Answered { .. }) && c.held_by.is_none())
                 .then_some(c2)
         });
@@ -1679,13 +1914,14 @@ impl Switchboard {
             // forwarding, its mailbox, or busy).
             None => return self.handle_inbound(now, trunk, req, Some(ext)),
         };
-        if !self.add_trunk_in(trunk) {
-            return self.refuse_trunk(trunk, req);
+        if !self.add_trunk_in(&trunk) {
+            return self.refuse_trunk(&trunk, req);
         }
+        let trunk = Line::Trunk(trunk);
         let id = self.next_id;
         self.next_id += 1;
-        for l in [trunk, callee.as_str()] {
-            if let Some(l) = self.lines.get_mut(l) {
+        for l in [&trunk, &Line::station(&callee)] {
+            if let Some(l) = self.line_mut(l) {
                 l.call = Some(id);
             }
         }
@@ -1693,19 +1929,19 @@ impl Switchboard {
             id,
             Call {
                 recall,
-                ..self.ringing_call(id, trunk.to_string(), callee.clone(), now)
+                ..self.ringing_call(id, trunk.clone(), Line::station(&callee), now)
             },
         );
         self.actions.push_back(Action::Ringing {
-            caller: trunk.to_string(),
+            caller: trunk.clone(),
             req,
             call: id,
             callee: callee.clone(),
         });
         self.actions.push_back(Action::Ring {
-            callee,
+            callee: Line::Station(callee),
             call: id,
-            from: display(trunk).to_string(),
+            from: trunk.shown().to_string(),
         });
     }
 
@@ -1714,28 +1950,29 @@ impl Switchboard {
     fn take_over_consultation(
         &mut self,
         now: Instant,
-        trunk: &str,
+        trunk: TrunkLine,
         req: ReqId,
         ext: &str,
         by: &str,
         c2: CallId,
     ) {
-        if !self.add_trunk_in(trunk) {
-            return self.refuse_trunk(trunk, req);
+        if !self.add_trunk_in(&trunk) {
+            return self.refuse_trunk(&trunk, req);
         }
+        let trunk = Line::Trunk(trunk);
         let Some(old) = self.calls.remove(&c2) else {
             return;
         };
         self.actions.push_back(Action::Ended {
-            to: by.to_string(),
+            to: Line::station(by),
             call: c2,
             reason: EndReason::Transferred,
         });
         self.close(now, old, Outcome::Answered);
         let id = self.next_id;
         self.next_id += 1;
-        for l in [trunk, ext] {
-            if let Some(l) = self.lines.get_mut(l) {
+        for l in [&trunk, &Line::station(ext)] {
+            if let Some(l) = self.line_mut(l) {
                 l.call = Some(id);
             }
         }
@@ -1743,28 +1980,28 @@ impl Switchboard {
             id,
             Call::new(
                 id,
-                trunk.to_string(),
-                ext.to_string(),
+                trunk.clone(),
+                Line::station(ext),
                 now,
                 CallState::Answered { at: now },
             ),
         );
         self.actions.push_back(Action::Ringing {
-            caller: trunk.to_string(),
+            caller: trunk.clone(),
             req,
             call: id,
             callee: ext.to_string(),
         });
         self.actions.push_back(Action::Replaced {
-            to: ext.to_string(),
+            to: Line::station(ext),
             old: c2,
             new: id,
-            peer: display(trunk).to_string(),
+            peer: trunk.shown().to_string(),
         });
         self.actions.push_back(Action::Connected {
             call: id,
-            caller: trunk.to_string(),
-            callee: ext.to_string(),
+            caller: trunk,
+            callee: Line::station(ext),
         });
     }
 
@@ -1788,11 +2025,17 @@ impl Switchboard {
     }
 
     /// A transfer leg ended before the target answered: give the call back.
-    fn abort_transfer_leg(&mut self, now: Instant, leg: CallId, by: &str, reason: EndReason) {
+    fn abort_transfer_leg(
+        &mut self,
+        now: Instant,
+        leg: CallId,
+        by: Option<&Line>,
+        reason: EndReason,
+    ) {
         let Some(l) = self.calls.remove(&leg) else {
             return;
         };
-        if by != l.callee {
+        if by != Some(&l.callee) {
             self.actions.push_back(Action::Ended {
                 to: l.callee.clone(),
                 call: leg,
@@ -1810,11 +2053,7 @@ impl Switchboard {
             if let Some(c) = self.calls.get_mut(&orig) {
                 if let Some((tby, _)) = c.transfer.take() {
                     c.held_by = None;
-                    let other = if c.caller == tby {
-                        c.callee.clone()
-                    } else {
-                        c.caller.clone()
-                    };
+                    let other = c.other(&Line::station(&tby)).clone();
                     self.actions.push_back(Action::TransferFailed {
                         to: tby,
                         req: 0,
@@ -1836,7 +2075,7 @@ impl Switchboard {
     /// The callee declines a ringing call.
     pub fn handle_reject(&mut self, now: Instant, ext: &str, id: CallId) -> Result<(), CallError> {
         let call = self.calls.get(&id).ok_or(CallError::NoSuchCall)?;
-        if call.callee != ext && !call.also.iter().any(|m| m == ext) {
+        if !call.callee.is(ext) && !call.also.iter().any(|m| m == ext) {
             return Err(CallError::NotYours);
         }
         if !matches!(call.state, CallState::Ringing { .. }) {
@@ -1845,27 +2084,32 @@ impl Switchboard {
         if self.leave_group(id, ext) || self.advance_hunt(now, id) || self.recall(now, id) {
             return Ok(());
         }
-        self.finish_by(now, id, ext, EndReason::Rejected);
+        self.finish_by(now, id, &Line::station(ext), EndReason::Rejected);
         Ok(())
     }
 
-    /// Either end hangs up (or the caller cancels while it rings).
+    /// Either end, the station `ext`, hangs up (or the caller cancels
+    /// while it rings).
     pub fn handle_hangup(&mut self, now: Instant, ext: &str, id: CallId) -> Result<(), CallError> {
+        self.hangup(now, &Line::station(ext), id)
+    }
+
+    fn hangup(&mut self, now: Instant, who: &Line, id: CallId) -> Result<(), CallError> {
         let call = self.calls.get(&id).ok_or(CallError::NoSuchCall)?;
-        if call.caller != ext && call.callee != ext && !call.also.iter().any(|m| m == ext) {
+        if call.caller != *who && call.callee != *who && !call.also.iter().any(|m| who.is(m)) {
             return Err(CallError::NotYours);
         }
         let reason = match call.state {
-            CallState::Ringing { .. } if call.caller == ext => EndReason::Cancelled,
+            CallState::Ringing { .. } if call.caller == *who => EndReason::Cancelled,
             CallState::Ringing { .. } => EndReason::Rejected,
             CallState::Answered { .. } | CallState::Voicemail { .. } => EndReason::Hangup,
         };
-        if call.caller != ext
-            && (self.leave_group(id, ext) || self.advance_hunt(now, id) || self.recall(now, id))
-        {
-            return Ok(());
+        if let (false, Line::Station(ext)) = (call.caller == *who, who) {
+            if self.leave_group(id, ext) || self.advance_hunt(now, id) || self.recall(now, id) {
+                return Ok(());
+            }
         }
-        self.finish_by(now, id, ext, reason);
+        self.finish_by(now, id, who, reason);
         Ok(())
     }
 
@@ -1873,7 +2117,7 @@ impl Switchboard {
     /// A held call has no deadline: it stays until someone hangs up.
     pub fn handle_hold(&mut self, ext: &str, id: CallId, on: bool) -> Result<(), CallError> {
         let call = self.calls.get_mut(&id).ok_or(CallError::NoSuchCall)?;
-        if call.caller != ext && call.callee != ext {
+        if !call.caller.is(ext) && !call.callee.is(ext) {
             return Err(CallError::NotYours);
         }
         if !matches!(call.state, CallState::Answered { .. }) {
@@ -1885,11 +2129,7 @@ impl Switchboard {
             _ => {}
         }
         call.held_by = on.then(|| ext.to_string());
-        let other = if call.caller == ext {
-            call.callee.clone()
-        } else {
-            call.caller.clone()
-        };
+        let other = call.other(&Line::station(ext)).clone();
         self.actions.push_back(Action::Held {
             to: other,
             call: id,
@@ -1923,7 +2163,7 @@ impl Switchboard {
         if self.calls.get(&id).is_some_and(|c| c.replaces.is_some()) {
             // A transfer leg failed: the call goes back to whoever
             // transferred it.
-            return self.abort_transfer_leg(now, id, "", EndReason::MediaFailed);
+            return self.abort_transfer_leg(now, id, None, EndReason::MediaFailed);
         }
         if let Some(call) = self.calls.remove(&id) {
             for ext in [&call.caller, &call.callee] {
@@ -1959,8 +2199,11 @@ impl Switchboard {
         }
     }
 
-    /// Time has passed: ring timeouts fire.
+    /// Time has passed: ring timeouts fire, outside calls that heard
+    /// nothing from the far end fall back to the relay, hand-offs nobody
+    /// used are forgotten.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.trunk_timeouts(now);
         let expired: Vec<CallId> = self
             .calls
             .values()
@@ -1975,14 +2218,14 @@ impl Switchboard {
                 continue;
             }
             if self.calls.get(&id).is_some_and(|c| c.replaces.is_some()) {
-                self.abort_transfer_leg(now, id, "", EndReason::NoAnswer);
+                self.abort_transfer_leg(now, id, None, EndReason::NoAnswer);
                 continue;
             }
             let mailbox = self.calls.get(&id).and_then(|c| {
                 if let Some(ring) = &c.group {
-                    self.group_mailbox(ring).filter(|mb| *mb != c.caller)
-                } else if c.also.is_empty() && !is_trunk(&c.callee) {
-                    Some(c.callee.clone())
+                    self.group_mailbox(ring).filter(|mb| !c.caller.is(mb))
+                } else if c.also.is_empty() {
+                    c.callee.ext().map(str::to_string)
                 } else {
                     None
                 }
@@ -1990,16 +2233,17 @@ impl Switchboard {
             if let (true, Some(mailbox)) = (self.voicemail_on(), mailbox) {
                 if let Some(c) = self.calls.get_mut(&id) {
                     c.state = CallState::Voicemail { at: now };
-                    let ringing: Vec<String> = std::mem::take(&mut c.also)
+                    let ringing: Vec<Line> = std::mem::take(&mut c.also)
                         .into_iter()
+                        .map(Line::Station)
                         .chain(std::iter::once(std::mem::replace(
                             &mut c.callee,
-                            mailbox.clone(),
+                            Line::station(&mailbox),
                         )))
                         .collect();
                     let caller = c.caller.clone();
                     for m in ringing {
-                        if let Some(l) = self.lines.get_mut(&m) {
+                        if let Some(l) = self.line_mut(&m) {
                             if l.call == Some(id) {
                                 l.call = None;
                             }
@@ -2041,44 +2285,45 @@ impl Switchboard {
             return false;
         }
         let Some(next) = self
-            .lines
-            .get(&call.callee)
+            .line(&call.callee)
             .and_then(|l| l.settings.forward_no_answer.clone())
         else {
             return false;
         };
         let (caller, old, rang) = (call.caller.clone(), call.callee.clone(), call.rang.clone());
-        let Ok((mut target, rang)) = self.route(&caller, &next, rang, true) else {
+        let Ok((target, rang)) = self.route(&caller, &next, rang, true) else {
             return false;
         };
-        if let Some(l) = self.lines.get_mut(&old) {
+        if let Some(l) = self.line_mut(&old) {
             if l.call == Some(id) {
                 l.call = None;
             }
         }
-        let shown = target.clone();
-        if !self.lines.contains_key(&target) {
-            if is_trunk(&caller) {
+        let shown = target.shown().to_string();
+        let target = match (target, &caller) {
+            (Target::Station(ext), _) => Line::Station(ext),
+            (Target::Outside(n), Line::Trunk(t)) => {
                 // An outside caller forwarded outside: send it there.
                 self.actions.push_back(Action::Ended {
                     to: old,
                     call: id,
                     reason: EndReason::Forwarded,
                 });
+                self.directory_knows(id);
                 self.actions.push_back(Action::Redirect {
-                    caller: caller.clone(),
+                    caller: t.clone(),
                     req: None,
                     call: Some(id),
-                    to: target,
+                    to: n.into_string(),
                 });
                 if let Some(call) = self.calls.remove(&id) {
                     self.close(now, call, Outcome::Redirected);
                 }
                 return true;
             }
-            target = self.add_trunk_out(id, &target);
-        }
-        if let Some(l) = self.lines.get_mut(&target) {
+            (Target::Outside(n), Line::Station(_)) => self.add_trunk_out(id, n),
+        };
+        if let Some(l) = self.line_mut(&target) {
             l.call = Some(id);
         }
         if let Some(c) = self.calls.get_mut(&id) {
@@ -2101,7 +2346,7 @@ impl Switchboard {
         self.actions.push_back(Action::Ring {
             callee: target,
             call: id,
-            from: caller,
+            from: caller.shown().to_string(),
         });
         true
     }
@@ -2120,23 +2365,23 @@ impl Switchboard {
     /// is a target too: the caller makes it an outside call.
     fn route(
         &self,
-        caller: &str,
+        caller: &Line,
         number: &str,
         mut rang: Vec<String>,
         outside_ok: bool,
-    ) -> Result<(String, Vec<String>), FailReason> {
+    ) -> Result<(Target, Vec<String>), FailReason> {
         let mut cur = number.to_string();
         loop {
             if rang.len() > MAX_FORWARD_HOPS || rang.contains(&cur) {
                 return Err(FailReason::ForwardLoop);
             }
             let Some(line) = self.lines.get(&cur) else {
-                if outside_ok && self.is_outside(&cur) {
-                    return Ok((cur, rang));
+                if let Some(n) = self.outside(&cur).filter(|_| outside_ok) {
+                    return Ok((Target::Outside(n), rang));
                 }
                 return Err(FailReason::UnknownNumber);
             };
-            if cur == caller {
+            if caller.is(&cur) {
                 // Forwarded back to whoever is calling.
                 return Err(if rang.is_empty() {
                     FailReason::SelfCall
@@ -2161,160 +2406,10 @@ impl Switchboard {
                     None => return Err(FailReason::Unreachable),
                 }
             } else {
-                return Ok((cur, rang));
+                return Ok((Target::Station(cur), rang));
             };
             cur = next;
         }
-    }
-
-    /// Apply a feature code dialled by `caller`.
-    fn feature(&mut self, now: Instant, caller: &str, req: ReqId, code: &str) -> Feature {
-        // *8 is pick-up (as users know it from other PBXs); it is never a
-        // short code.
-        if code == "*8" {
-            return self.pickup(now, caller, req);
-        }
-        // Speed dial: *0–*9 and **NN.
-        if let Some(n) = self.speed_dials.get(code) {
-            return Feature::Dial(n.clone());
-        }
-        let is_speed = code.len() == 2 && code.as_bytes()[1].is_ascii_digit()
-            || code.starts_with("**")
-                && code.len() == 4
-                && code[2..].bytes().all(|b| b.is_ascii_digit());
-        if is_speed {
-            return Feature::Fail(FailReason::UnknownNumber);
-        }
-        let before = self
-            .lines
-            .get(caller)
-            .map(|l| l.settings.clone())
-            .unwrap_or_default();
-        let mut settings = before.clone();
-        let target = |prefix: &str| code.strip_prefix(prefix).filter(|t| !t.is_empty());
-        let message = if let Some(t) = target("*72") {
-            if !self.lines.contains_key(t) && !self.is_outside(t) {
-                return Feature::Fail(FailReason::UnknownNumber);
-            }
-            settings.forward_always = Some(t.to_string());
-            format!("all calls now go to {t}")
-        } else if code == "*73" {
-            settings.forward_always = None;
-            "forwarding of all calls is off".to_string()
-        } else if let Some(t) = target("*90") {
-            if !self.lines.contains_key(t) && !self.is_outside(t) {
-                return Feature::Fail(FailReason::UnknownNumber);
-            }
-            settings.forward_busy = Some(t.to_string());
-            format!("calls while busy now go to {t}")
-        } else if code == "*91" {
-            settings.forward_busy = None;
-            "forwarding when busy is off".to_string()
-        } else if let Some(t) = target("*52") {
-            if !self.lines.contains_key(t) && !self.is_outside(t) {
-                return Feature::Fail(FailReason::UnknownNumber);
-            }
-            settings.forward_no_answer = Some(t.to_string());
-            format!("unanswered calls now go to {t}")
-        } else if code == "*53" {
-            settings.forward_no_answer = None;
-            "forwarding when unanswered is off".to_string()
-        } else if code == "*78" {
-            settings.dnd = true;
-            "do not disturb is on".to_string()
-        } else if code == "*79" {
-            settings.dnd = false;
-            "do not disturb is off".to_string()
-        } else {
-            return Feature::Fail(FailReason::UnknownFeature);
-        };
-        self.set_settings(caller, settings.clone());
-        self.actions.push_back(Action::Settings {
-            ext: caller.to_string(),
-            settings,
-            before,
-        });
-        self.actions.push_back(Action::Feature {
-            caller: caller.to_string(),
-            req,
-            message,
-        });
-        Feature::Done
-    }
-
-    /// `*8`: take the longest-ringing call meant for another extension.
-    fn pickup(&mut self, now: Instant, picker: &str, req: ReqId) -> Feature {
-        let Some(id) = self
-            .calls
-            .values()
-            .filter(|c| {
-                matches!(c.state, CallState::Ringing { .. })
-                    && c.callee != picker
-                    && c.caller != picker
-                    && !is_trunk(&c.callee)
-            })
-            .min_by_key(|c| c.started)
-            .map(|c| c.id)
-        else {
-            return Feature::Fail(FailReason::Unreachable);
-        };
-        if self.calls.get(&id).is_some_and(|c| !c.also.is_empty()) {
-            // A group call: the whole group stops ringing.
-            self.stop_group(id, picker);
-            if let Some(l) = self.lines.get_mut(picker) {
-                l.call = Some(id);
-            }
-            let Some(call) = self.calls.get_mut(&id) else {
-                return Feature::Fail(FailReason::Unreachable);
-            };
-            call.state = CallState::Answered { at: now };
-            call.rang.push(picker.to_string());
-            let caller = call.caller.clone();
-            self.actions.push_back(Action::PickedUp {
-                picker: picker.to_string(),
-                req,
-                call: id,
-                from: display(&caller).to_string(),
-            });
-            self.actions.push_back(Action::Connected {
-                call: id,
-                caller,
-                callee: picker.to_string(),
-            });
-            return Feature::Done;
-        }
-        let Some(call) = self.calls.get_mut(&id) else {
-            return Feature::Fail(FailReason::Unreachable);
-        };
-        let old = std::mem::replace(&mut call.callee, picker.to_string());
-        call.state = CallState::Answered { at: now };
-        call.rang.push(picker.to_string());
-        let caller = call.caller.clone();
-        if let Some(l) = self.lines.get_mut(&old) {
-            if l.call == Some(id) {
-                l.call = None;
-            }
-        }
-        if let Some(l) = self.lines.get_mut(picker) {
-            l.call = Some(id);
-        }
-        self.actions.push_back(Action::Ended {
-            to: old,
-            call: id,
-            reason: EndReason::AnsweredElsewhere,
-        });
-        self.actions.push_back(Action::PickedUp {
-            picker: picker.to_string(),
-            req,
-            call: id,
-            from: display(&caller).to_string(),
-        });
-        self.actions.push_back(Action::Connected {
-            call: id,
-            caller,
-            callee: picker.to_string(),
-        });
-        Feature::Done
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -2329,6 +2424,7 @@ impl Switchboard {
                 CallState::Ringing { deadline } => Some(deadline),
                 CallState::Answered { .. } | CallState::Voicemail { .. } => None,
             })
+            .chain(self.trunk_deadline())
             .min()
     }
 
@@ -2341,26 +2437,22 @@ impl Switchboard {
     }
 
     /// `by` ended the call: tell the other end and record it.
-    fn finish_by(&mut self, now: Instant, id: CallId, by: &str, reason: EndReason) {
+    fn finish_by(&mut self, now: Instant, id: CallId, by: &Line, reason: EndReason) {
         if self.calls.get(&id).is_some_and(|c| c.replaces.is_some()) {
-            return self.abort_transfer_leg(now, id, by, reason);
+            return self.abort_transfer_leg(now, id, Some(by), reason);
         }
         let Some(call) = self.calls.remove(&id) else {
             return;
         };
         if let Some((tby, leg)) = &call.transfer {
-            if tby == by {
+            if by.is(tby) {
                 // The transferring end walks away: the transfer goes on
                 // without a way back.
-                let other = if call.caller == *tby {
-                    call.callee.clone()
-                } else {
-                    call.caller.clone()
-                };
+                let other = call.other(by).clone();
                 if let Some(l) = self.calls.get_mut(leg) {
                     l.replaces = None;
                 }
-                if let Some(line) = self.lines.get_mut(&other) {
+                if let Some(line) = self.line_mut(&other) {
                     line.call = Some(*leg);
                 }
                 self.close(now, call, Outcome::Answered);
@@ -2382,13 +2474,8 @@ impl Switchboard {
             // recorder sees the media connection close.
             return self.close(now, call, Outcome::Voicemail);
         }
-        let other = if call.caller == by {
-            &call.callee
-        } else {
-            &call.caller
-        };
         self.actions.push_back(Action::Ended {
-            to: other.clone(),
+            to: call.other(by).clone(),
             call: id,
             reason,
         });
@@ -2396,7 +2483,7 @@ impl Switchboard {
             (CallState::Answered { .. }, _) => Outcome::Answered,
             (_, EndReason::Cancelled) => Outcome::Cancelled,
             (_, EndReason::Rejected) => Outcome::Rejected,
-            (_, EndReason::PeerLost) if by == call.callee => Outcome::Unreachable,
+            (_, EndReason::PeerLost) if *by == call.callee => Outcome::Unreachable,
             (_, EndReason::PeerLost) => Outcome::Cancelled,
             _ => Outcome::Failed,
         };
@@ -2404,18 +2491,28 @@ impl Switchboard {
     }
 
     fn close(&mut self, now: Instant, call: Call, outcome: Outcome) {
-        for ext in [&call.caller, &call.callee] {
-            if let Some(l) = self.lines.get_mut(ext) {
+        for end in [&call.caller, &call.callee] {
+            let mut hang_up = None;
+            if let Some(l) = self.line_mut(end) {
                 if l.call == Some(call.id) {
                     l.call = None;
                 }
                 if l.consult == Some(call.id) {
                     l.consult = None;
                 }
+                if !l.outside.dir_ended {
+                    hang_up = l.outside.dir_call;
+                }
             }
-            if is_trunk(ext) {
-                self.lines.remove(ext);
+            if let Some(dir_call) = hang_up {
+                // The directory does not know yet: the far end is hung up
+                // on.
+                self.actions.push_back(Action::HangUpOutside {
+                    call: call.id,
+                    dir_call,
+                });
             }
+            self.drop_trunk(end);
         }
         if let Some(c2) = call.consulting {
             // The held call ended, however it ended: the consultation
@@ -2423,7 +2520,7 @@ impl Switchboard {
             if let Some(c) = self.calls.get_mut(&c2) {
                 c.consult_of = None;
                 let holder = c.caller.clone();
-                if let Some(l) = self.lines.get_mut(&holder) {
+                if let Some(l) = self.line_mut(&holder) {
                     l.call = Some(c2);
                     l.consult = None;
                 }
@@ -2464,7 +2561,7 @@ impl Switchboard {
                 }
             }
             self.actions.push_back(Action::Ended {
-                to: m.clone(),
+                to: Line::station(m),
                 call: call.id,
                 reason: match outcome {
                     Outcome::NoAnswer => EndReason::NoAnswer,
@@ -2477,11 +2574,7 @@ impl Switchboard {
             if let Some(o) = self.calls.get_mut(&orig) {
                 o.consulting = None;
                 o.held_by = None;
-                let other = if o.caller == call.caller {
-                    o.callee.clone()
-                } else {
-                    o.caller.clone()
-                };
+                let other = o.other(&call.caller).clone();
                 self.actions.push_back(Action::Held {
                     to: other,
                     call: orig,
@@ -2495,8 +2588,8 @@ impl Switchboard {
         };
         self.actions.push_back(Action::Record(CallRecord {
             call: Some(call.id),
-            caller: display(&call.caller).to_string(),
-            callee: display(&call.callee).to_string(),
+            caller: call.caller.shown().to_string(),
+            callee: call.callee.shown().to_string(),
             started: call.started,
             answered,
             ended: now,
@@ -2510,31 +2603,56 @@ impl Switchboard {
     /// consultation) point at calls that exist; a call's parties differ;
     /// a ringing call has a deadline (so [`Self::poll_timeout`] will end it).
     pub fn check_invariants(&self) -> Result<(), String> {
-        for (ext, line) in &self.lines {
+        let stations = self.lines.iter().map(|(ext, l)| (Line::station(ext), l));
+        let trunks = self.trunks.iter().map(|(t, l)| (Line::Trunk(t.clone()), l));
+        for (ext, line) in stations.chain(trunks) {
             for (what, id) in [("call", line.call), ("consultation", line.consult)] {
                 let Some(id) = id else { continue };
                 let Some(call) = self.calls.get(&id) else {
-                    return Err(format!("line {ext}'s {what} {id} does not exist"));
+                    return Err(format!("line {ext:?}'s {what} {id} does not exist"));
                 };
-                let party = call.caller == *ext
-                    || call.callee == *ext
-                    || call.also.iter().any(|a| a == ext)
-                    || call.transfer.as_ref().is_some_and(|(by, _)| by == ext);
+                let party = call.caller == ext
+                    || call.callee == ext
+                    || call.also.iter().any(|a| ext.is(a))
+                    || call.transfer.as_ref().is_some_and(|(by, _)| ext.is(by));
                 if !party {
                     return Err(format!(
-                        "line {ext}'s {what} {id} is between {} and {}",
+                        "line {ext:?}'s {what} {id} is between {:?} and {:?}",
                         call.caller, call.callee
                     ));
                 }
             }
             if line.call.is_some() && line.call == line.consult {
-                return Err(format!("line {ext} consults in its own call"));
+                return Err(format!("line {ext:?} consults in its own call"));
+            }
+        }
+        for (t, line) in &self.trunks {
+            // A trunk line lives exactly as long as its call.
+            let end = Line::Trunk(t.clone());
+            let Some(call) = line.call.and_then(|id| self.calls.get(&id)) else {
+                return Err(format!("trunk line {t:?} is in no call"));
+            };
+            if call.caller != end && call.callee != end {
+                return Err(format!(
+                    "trunk line {t:?} is not an end of call {}",
+                    call.id
+                ));
             }
         }
         for call in self.calls.values() {
             let id = call.id;
             if call.caller == call.callee {
-                return Err(format!("call {id} is between {} and itself", call.caller));
+                return Err(format!("call {id} is between {:?} and itself", call.caller));
+            }
+            if call.caller.is_trunk() && call.callee.is_trunk() {
+                return Err(format!("call {id} has two outside ends"));
+            }
+            for end in [&call.caller, &call.callee] {
+                if let Line::Trunk(t) = end {
+                    if self.trunks.get(t).and_then(|l| l.call) != Some(id) {
+                        return Err(format!("call {id}'s trunk line {t:?} is not in it"));
+                    }
+                }
             }
             let links = [
                 ("replaces", call.replaces),
@@ -2801,6 +2919,39 @@ mod trunk_tests {
         std::iter::from_fn(|| sb.poll_action()).collect()
     }
 
+    /// Whether the switchboard holds the trunk line `l`.
+    trait HasLine<L> {
+        fn has_line(&self, l: &L) -> bool;
+    }
+
+    impl HasLine<TrunkLine> for Switchboard {
+        fn has_line(&self, l: &TrunkLine) -> bool {
+            self.trunks.contains_key(l)
+        }
+    }
+
+    impl HasLine<Line> for Switchboard {
+        fn has_line(&self, l: &Line) -> bool {
+            self.line(l).is_some()
+        }
+    }
+
+    /// The trunk line of the directory's incoming call `dc` from `n`.
+    fn tin(dc: u64, n: &str) -> TrunkLine {
+        TrunkLine {
+            id: TrunkId::In(dc),
+            number: Number::parse(n).expect("number"),
+        }
+    }
+
+    /// The trunk line of the outside call `id` placed to `n`.
+    fn tout(id: CallId, n: &str) -> Line {
+        Line::Trunk(TrunkLine {
+            id: TrunkId::Out(id),
+            number: Number::parse(n).expect("number"),
+        })
+    }
+
     fn record(acts: &[Action]) -> Option<&CallRecord> {
         acts.iter().find_map(|a| match a {
             Action::Record(r) => Some(r),
@@ -2810,10 +2961,12 @@ mod trunk_tests {
 
     #[test]
     fn trunk_names_show_their_number() {
-        let t = trunk_line("o12", "bob~x");
-        assert!(is_trunk(&t) && !is_trunk("201"));
-        assert_eq!(display(&t), "bob~x");
-        assert_eq!(display("201"), "201");
+        let t = tout(12, "bob~x");
+        assert!(t.is_trunk() && !Line::station("201").is_trunk());
+        assert_eq!(t.shown(), "bob~x");
+        assert_eq!(Line::station("201").shown(), "201");
+        assert_eq!(t.to_string(), "bob~x");
+        assert!(Line::station("201") == "201" && t != "bob~x");
     }
 
     #[test]
@@ -2821,7 +2974,7 @@ mod trunk_tests {
         let (mut sb, now) = board(&["201"]);
         sb.handle_dial(now, "201", 1, "김민준");
         let acts = drain(&mut sb);
-        let trunk = trunk_line("o1", "김민준");
+        let trunk = tout(1, "김민준");
         assert_eq!(
             acts,
             vec![Action::Ring {
@@ -2830,7 +2983,7 @@ mod trunk_tests {
                 from: "201".into()
             }]
         );
-        sb.handle_outside_ringing(1);
+        sb.handle_outside_ringing(1, 1000 + 1);
         assert_eq!(
             drain(&mut sb),
             vec![Action::Ringing {
@@ -2840,7 +2993,7 @@ mod trunk_tests {
                 callee: "김민준".into()
             }]
         );
-        sb.handle_answer(now, &trunk, 1).expect("answer");
+        sb.answer(now, &trunk, 1).expect("answer");
         assert!(drain(&mut sb).contains(&Action::Connected {
             call: 1,
             caller: "201".into(),
@@ -2857,7 +3010,7 @@ mod trunk_tests {
         assert_eq!((r.caller.as_str(), r.callee.as_str()), ("201", "김민준"));
         assert_eq!(r.outcome, Outcome::Answered);
         // The trunk line is gone with its call; the station is free again.
-        assert!(!sb.lines.contains_key(&trunk));
+        assert!(!sb.has_line(&trunk));
         sb.handle_dial(now, "201", 2, "bob");
         assert!(matches!(&drain(&mut sb)[0], Action::Ring { .. }));
     }
@@ -2882,7 +3035,7 @@ mod trunk_tests {
         assert!(sb.lines.get("201").is_some_and(|l| l.call.is_none()));
         // After it rang, a decline ends the call for the caller.
         sb.handle_dial(now, "201", 6, "carol");
-        sb.handle_outside_ringing(2);
+        sb.handle_outside_ringing(2, 1000 + 2);
         drain(&mut sb);
         sb.handle_outside_failed(now, 2, FailReason::Declined);
         assert!(drain(&mut sb).contains(&Action::Ended {
@@ -2901,7 +3054,7 @@ mod trunk_tests {
             ),
         ] {
             sb.handle_dial(now, "201", 7, "carol");
-            sb.handle_outside_ringing(id);
+            sb.handle_outside_ringing(id, 1000 + id);
             drain(&mut sb);
             sb.handle_outside_failed(now, id, why);
             let acts = drain(&mut sb);
@@ -2945,13 +3098,13 @@ mod trunk_tests {
             },
         );
         sb.handle_line_down(now, "204");
-        let trunk = trunk_line("d9", "alice");
-        sb.handle_inbound(now, &trunk, 9, None);
+        let trunk = tin(9, "alice");
+        sb.handle_inbound(now, trunk.clone(), 9, None);
         let acts = drain(&mut sb);
         let rung: Vec<&str> = acts
             .iter()
             .filter_map(|a| match a {
-                Action::Ring { callee, from, .. } if from == "alice" => Some(callee.as_str()),
+                Action::Ring { callee, from, .. } if from == "alice" => Some(callee.shown()),
                 _ => None,
             })
             .collect();
@@ -2966,7 +3119,7 @@ mod trunk_tests {
         }));
         assert!(acts.contains(&Action::Connected {
             call: 1,
-            caller: trunk.clone(),
+            caller: trunk.clone().into(),
             callee: "202".into()
         }));
         assert!(sb.lines.get("201").is_some_and(|l| l.call.is_none()));
@@ -2978,20 +3131,21 @@ mod trunk_tests {
             .iter()
             .any(|a| matches!(a, Action::TransferFailed { .. })));
         assert!(sb.call(1).is_some());
-        sb.handle_hangup(now, &trunk, 1).expect("hangup");
+        sb.hangup(now, &Line::from(trunk.clone()), 1)
+            .expect("hangup");
         assert!(drain(&mut sb).contains(&Action::Ended {
             to: "202".into(),
             call: 1,
             reason: EndReason::Hangup
         }));
-        assert!(!sb.lines.contains_key(&trunk));
+        assert!(!sb.has_line(&trunk));
     }
 
     #[test]
     fn a_group_keeps_ringing_until_the_last_member_declines() {
         let (mut sb, now) = board(&["201", "202"]);
-        let trunk = trunk_line("d1", "alice");
-        sb.handle_inbound(now, &trunk, 1, None);
+        let trunk = tin(1, "alice");
+        sb.handle_inbound(now, trunk.clone(), 1, None);
         drain(&mut sb);
         sb.handle_reject(now, "201", 1).expect("reject");
         assert!(drain(&mut sb).is_empty());
@@ -2999,59 +3153,60 @@ mod trunk_tests {
         sb.handle_reject(now, "202", 1).expect("reject");
         let acts = drain(&mut sb);
         assert!(acts.contains(&Action::Ended {
-            to: trunk.clone(),
+            to: trunk.clone().into(),
             call: 1,
             reason: EndReason::Rejected
         }));
         // Nobody free: busy at once.
         sb.handle_dial(now, "201", 2, "202");
         drain(&mut sb);
-        let t2 = trunk_line("d2", "alice");
-        sb.handle_inbound(now, &t2, 2, None);
+        let t2 = tin(2, "alice");
+        sb.handle_inbound(now, t2.clone(), 2, None);
         assert!(drain(&mut sb).contains(&Action::DialFailed {
-            caller: t2.clone(),
+            caller: t2.clone().into(),
             req: 2,
             reason: FailReason::Busy
         }));
-        assert!(!sb.lines.contains_key(&t2));
+        assert!(!sb.has_line(&t2));
     }
 
     #[test]
     fn a_ringing_group_call_ends_everywhere_when_the_caller_gives_up() {
         let (mut sb, now) = board(&["201", "202", "203"]);
-        let trunk = trunk_line("d1", "alice");
-        sb.handle_inbound(now, &trunk, 1, None);
+        let trunk = tin(1, "alice");
+        sb.handle_inbound(now, trunk.clone(), 1, None);
         drain(&mut sb);
         sb.handle_line_down(now, "203");
         assert!(
             drain(&mut sb).is_empty(),
             "one member going away is not the end"
         );
-        sb.handle_hangup(now, &trunk, 1).expect("cancel");
+        sb.hangup(now, &Line::from(trunk.clone()), 1)
+            .expect("cancel");
         let acts = drain(&mut sb);
         for ext in ["201", "202"] {
             assert!(acts
                 .iter()
                 .any(|a| matches!(a, Action::Ended { to, call: 1, .. } if to == ext)));
         }
-        assert!(sb.lines.values().all(|l| l.call.is_none()));
+        assert!(sb.lines.values().all(|l| l.call.is_none()) && sb.trunks.is_empty());
     }
 
     #[test]
     fn an_outside_caller_may_dial_an_extension_but_not_a_feature_code() {
         let (mut sb, now) = board(&["201", "202"]);
-        let trunk = trunk_line("d1", "alice");
-        sb.handle_inbound(now, &trunk, 1, Some("202"));
+        let trunk = tin(1, "alice");
+        sb.handle_inbound(now, trunk.clone(), 1, Some("202"));
         let acts = drain(&mut sb);
         assert!(acts.contains(&Action::Ring {
             callee: "202".into(),
             call: 1,
             from: "alice".into()
         }));
-        let t2 = trunk_line("d2", "mallory");
-        sb.handle_inbound(now, &t2, 2, Some("*72999"));
+        let t2 = tin(2, "mallory");
+        sb.handle_inbound(now, t2.clone(), 2, Some("*72999"));
         assert!(drain(&mut sb).contains(&Action::DialFailed {
-            caller: t2.clone(),
+            caller: t2.clone().into(),
             req: 2,
             reason: FailReason::NotAllowed
         }));
@@ -3059,8 +3214,8 @@ mod trunk_tests {
             .settings("201")
             .is_some_and(|s| s.forward_always.is_none()));
         // Nor an outside number through the office.
-        let t3 = trunk_line("d3", "mallory");
-        sb.handle_inbound(now, &t3, 3, Some("premium-line"));
+        let t3 = tin(3, "mallory");
+        sb.handle_inbound(now, t3.clone(), 3, Some("premium-line"));
         assert!(drain(&mut sb).iter().any(|a| matches!(
             a,
             Action::DialFailed {
@@ -3068,7 +3223,7 @@ mod trunk_tests {
                 ..
             }
         )));
-        assert!(!sb.lines.contains_key(&t3));
+        assert!(!sb.has_line(&t3));
     }
 
     #[test]
@@ -3130,8 +3285,8 @@ mod trunk_tests {
             office_mailbox: Some("201".into()),
             ..Config::default()
         });
-        let trunk = trunk_line("d1", "alice");
-        sb.handle_inbound(now, &trunk, 1, None);
+        let trunk = tin(1, "alice");
+        sb.handle_inbound(now, trunk.clone(), 1, None);
         drain(&mut sb);
         sb.handle_timeout(now + Config::default().ring_timeout);
         let acts = drain(&mut sb);
@@ -3144,15 +3299,15 @@ mod trunk_tests {
         }
         assert!(acts.contains(&Action::ToVoicemail {
             call: 1,
-            caller: trunk.clone(),
+            caller: trunk.clone().into(),
             mailbox: "201".into()
         }));
         assert!(sb.lines.get("202").is_some_and(|l| l.call.is_none()));
         // Nobody free: straight to the mailbox.
         sb.handle_dial(now, "201", 2, "202");
         drain(&mut sb);
-        let t2 = trunk_line("d2", "bob");
-        sb.handle_inbound(now, &t2, 2, None);
+        let t2 = tin(2, "bob");
+        sb.handle_inbound(now, t2.clone(), 2, None);
         let acts = drain(&mut sb);
         assert!(acts.iter().any(|a| matches!(
             a,
@@ -3161,11 +3316,11 @@ mod trunk_tests {
         sb.handle_voicemail_done(now, 3);
         let acts = drain(&mut sb);
         assert!(acts.contains(&Action::Ended {
-            to: t2.clone(),
+            to: t2.clone().into(),
             call: 3,
             reason: EndReason::Hangup
         }));
-        assert!(!sb.lines.contains_key(&t2));
+        assert!(!sb.has_line(&t2));
     }
 
     fn fwd(sb: &mut Switchboard, ext: &str, always: Option<&str>, no_answer: Option<&str>) {
@@ -3194,13 +3349,13 @@ mod trunk_tests {
         let acts = drain(&mut sb);
         assert!(acts.iter().any(|a| matches!(
             a,
-            Action::Ring { callee, from, .. } if display(callee) == "김민준" && is_trunk(callee) && from == "201"
+            Action::Ring { callee, from, .. } if callee.shown() == "김민준" && callee.is_trunk() && from == "201"
         )));
         sb.handle_hangup(now, "201", 1).expect("cancel");
         drain(&mut sb);
         // An outside caller is sent there directly (client-side forwarding).
-        let trunk = trunk_line("d7", "alice");
-        sb.handle_inbound(now, &trunk, 7, Some("202"));
+        let trunk = tin(7, "alice");
+        sb.handle_inbound(now, trunk.clone(), 7, Some("202"));
         let acts = drain(&mut sb);
         assert!(acts.contains(&Action::Redirect {
             caller: trunk.clone(),
@@ -3209,11 +3364,11 @@ mod trunk_tests {
             to: "김민준".into()
         }));
         assert_eq!(record(&acts).map(|r| r.outcome), Some(Outcome::Redirected));
-        assert!(!sb.lines.contains_key(&trunk));
+        assert!(!sb.has_line(&trunk));
         // On no answer, likewise.
         fwd(&mut sb, "202", None, Some("bob"));
-        let t2 = trunk_line("d8", "alice");
-        sb.handle_inbound(now, &t2, 8, Some("202"));
+        let t2 = tin(8, "alice");
+        sb.handle_inbound(now, t2.clone(), 8, Some("202"));
         drain(&mut sb);
         sb.handle_timeout(now + Config::default().ring_timeout);
         let acts = drain(&mut sb);
@@ -3225,7 +3380,7 @@ mod trunk_tests {
             a,
             Action::Ended { to, reason: EndReason::Forwarded, .. } if to == "202"
         )));
-        assert!(sb.lines.values().all(|l| l.call.is_none()));
+        assert!(sb.lines.values().all(|l| l.call.is_none()) && sb.trunks.is_empty());
         // An internal caller rings out after the no-answer time.
         sb.handle_dial(now, "201", 9, "202");
         let id = match &drain(&mut sb)[0] {
@@ -3236,7 +3391,7 @@ mod trunk_tests {
         let acts = drain(&mut sb);
         assert!(acts.iter().any(|a| matches!(
             a,
-            Action::Ring { callee, call, .. } if *call == id && display(callee) == "bob"
+            Action::Ring { callee, call, .. } if *call == id && callee.shown() == "bob"
         )));
         // The caller is not picked up by *8 while it rings outside.
         sb.handle_dial(now, "202", 10, "*8");
@@ -3264,7 +3419,7 @@ mod trunk_tests {
                 _ => None,
             })
             .expect("a leg rings out");
-        assert!(is_trunk(&trunk));
+        assert!(trunk.is_trunk());
         assert!(acts.iter().any(|a| matches!(
             a,
             Action::Transferring { target, .. } if target == "bob"
@@ -3277,7 +3432,7 @@ mod trunk_tests {
             Action::TransferFailed { to, call: 1, .. } if to == "202"
         )));
         assert!(sb.call(1).is_some());
-        assert!(!sb.lines.contains_key(&trunk));
+        assert!(!sb.has_line(&trunk));
         // Again, and it answers: 201 continues with the outside party.
         sb.handle_transfer(now, "202", 3, 1, "bob")
             .expect("transfer");
@@ -3285,14 +3440,14 @@ mod trunk_tests {
         let (leg, trunk) = acts
             .iter()
             .find_map(|a| match a {
-                Action::Ring { callee, call, .. } if is_trunk(callee) => {
+                Action::Ring { callee, call, .. } if callee.is_trunk() => {
                     Some((*call, callee.clone()))
                 }
                 _ => None,
             })
             .expect("a leg rings out");
-        sb.handle_outside_ringing(leg);
-        sb.handle_answer(now, &trunk, leg).expect("answer");
+        sb.handle_outside_ringing(leg, 1000 + leg);
+        sb.answer(now, &trunk, leg).expect("answer");
         let acts = drain(&mut sb);
         assert!(acts.contains(&Action::Replaced {
             to: "201".into(),
@@ -3311,7 +3466,7 @@ mod trunk_tests {
     fn rung(acts: &[Action]) -> Vec<String> {
         acts.iter()
             .filter_map(|a| match a {
-                Action::Ring { callee, .. } => Some(callee.clone()),
+                Action::Ring { callee, .. } => Some(callee.shown().to_string()),
                 _ => None,
             })
             .collect()
@@ -3543,27 +3698,27 @@ mod trunk_tests {
     #[test]
     fn an_outside_caller_may_dial_a_groups_extension() {
         let (mut sb, now) = group_board(&["202", "203"], &["202", "203"], None, None, false);
-        let trunk = trunk_line("d1", "alice");
-        sb.handle_inbound(now, &trunk, 1, Some("600"));
+        let trunk = tin(1, "alice");
+        sb.handle_inbound(now, trunk.clone(), 1, Some("600"));
         let acts = drain(&mut sb);
         assert_eq!(rung(&acts), vec!["202", "203"]);
         sb.handle_answer(now, "202", 1).expect("answer");
         assert!(drain(&mut sb).contains(&Action::Connected {
             call: 1,
-            caller: trunk.clone(),
+            caller: trunk.clone().into(),
             callee: "202".into()
         }));
         // Nobody free: refused, and the trunk line is gone.
-        let t2 = trunk_line("d2", "bob");
+        let t2 = tin(2, "bob");
         sb.handle_line_down(now, "203");
-        sb.handle_inbound(now, &t2, 2, Some("600"));
+        sb.handle_inbound(now, t2.clone(), 2, Some("600"));
         let acts = drain(&mut sb);
         assert!(acts.contains(&Action::DialFailed {
-            caller: t2.clone(),
+            caller: t2.clone().into(),
             req: 2,
             reason: FailReason::Busy
         }));
-        assert!(!sb.lines.contains_key(&t2));
+        assert!(!sb.has_line(&t2));
     }
 
     #[test]
@@ -3578,12 +3733,12 @@ mod trunk_tests {
         });
         sb.handle_dial(now, "201", 1, "*78"); // 201 does not want calls
         drain(&mut sb);
-        let trunk = trunk_line("d1", "alice");
-        sb.handle_inbound(now, &trunk, 1, None);
+        let trunk = tin(1, "alice");
+        sb.handle_inbound(now, trunk.clone(), 1, None);
         let rung = |acts: &[Action]| -> Vec<String> {
             acts.iter()
                 .filter_map(|a| match a {
-                    Action::Ring { callee, .. } => Some(callee.clone()),
+                    Action::Ring { callee, .. } => Some(callee.shown().to_string()),
                     _ => None,
                 })
                 .collect()
@@ -3605,21 +3760,21 @@ mod trunk_tests {
         sb.handle_answer(now + step, "204", id).expect("answer");
         assert!(drain(&mut sb).contains(&Action::Connected {
             call: id,
-            caller: trunk.clone(),
+            caller: trunk.clone().into(),
             callee: "204".into()
         }));
         assert!(["202", "203"]
             .iter()
             .all(|e| sb.lines.get(*e).is_some_and(|l| l.call.is_none())));
         // Nobody left to try: the call ends unanswered.
-        let t2 = trunk_line("d2", "bob");
-        sb.handle_inbound(now, &t2, 2, None);
+        let t2 = tin(2, "bob");
+        sb.handle_inbound(now, t2.clone(), 2, None);
         drain(&mut sb);
         sb.handle_timeout(now + step * 2);
         sb.handle_timeout(now + step * 3);
         let acts = drain(&mut sb);
         assert!(acts.contains(&Action::Ended {
-            to: t2.clone(),
+            to: t2.clone().into(),
             call: 2,
             reason: EndReason::NoAnswer
         }));
@@ -3628,8 +3783,8 @@ mod trunk_tests {
     #[test]
     fn an_outside_party_is_handed_on_through_the_directory() {
         let (mut sb, now) = board(&["201", "202", "203"]);
-        let trunk = trunk_line("d1", "alice");
-        sb.handle_inbound(now, &trunk, 1, Some("202"));
+        let trunk = tin(1, "alice");
+        sb.handle_inbound(now, trunk.clone(), 1, Some("202"));
         sb.handle_answer(now, "202", 1).expect("answer");
         drain(&mut sb);
         // To an extension that can take it: the far end calls OFFICE/203.
@@ -3637,6 +3792,7 @@ mod trunk_tests {
             .expect("transfer");
         let acts = drain(&mut sb);
         assert!(acts.contains(&Action::HandOff {
+            dir_call: trunk.dir_call(),
             line: trunk.clone(),
             call: 1,
             to: "203".into(),
@@ -3649,10 +3805,10 @@ mod trunk_tests {
             call: 1,
             reason: EndReason::Transferred
         }));
-        assert!(!sb.lines.contains_key(&trunk) && sb.call(1).is_none());
+        assert!(!sb.has_line(&trunk) && sb.call(1).is_none());
         // To a busy extension: refused, and the call stays.
-        let t2 = trunk_line("d2", "bob");
-        sb.handle_inbound(now, &t2, 2, Some("202"));
+        let t2 = tin(2, "bob");
+        sb.handle_inbound(now, t2.clone(), 2, Some("202"));
         sb.handle_answer(now, "202", 2).expect("answer");
         sb.handle_dial(now, "201", 3, "203");
         drain(&mut sb);
@@ -3670,6 +3826,7 @@ mod trunk_tests {
         sb.handle_transfer(now, "202", 5, 2, "carol")
             .expect("transfer");
         assert!(drain(&mut sb).contains(&Action::HandOff {
+            dir_call: t2.dir_call(),
             line: t2.clone(),
             call: 2,
             to: "carol".into(),
@@ -3683,11 +3840,11 @@ mod trunk_tests {
     fn a_station_handed_on_by_the_far_end_calls_the_new_number() {
         let (mut sb, now) = board(&["201"]);
         sb.handle_dial(now, "201", 1, "bob");
-        sb.handle_outside_ringing(1);
-        let trunk = trunk_line("o1", "bob");
-        sb.handle_answer(now, &trunk, 1).expect("answer");
+        sb.handle_outside_ringing(1, 1000 + 1);
+        let trunk = tout(1, "bob");
+        sb.answer(now, &trunk, 1).expect("answer");
         drain(&mut sb);
-        sb.handle_outside_handoff(now, 1, "carol");
+        sb.handle_outside_handoff(now, 1, Number::parse("carol").expect("number"));
         let acts = drain(&mut sb);
         assert!(acts.contains(&Action::Replaced {
             to: "201".into(),
@@ -3697,18 +3854,18 @@ mod trunk_tests {
         }));
         assert!(acts.iter().any(|a| matches!(
             a,
-            Action::Ring { callee, call: 2, from } if display(callee) == "carol" && from == "201"
+            Action::Ring { callee, call: 2, from } if callee.shown() == "carol" && from == "201"
         )));
         assert_eq!(record(&acts).map(|r| r.callee.as_str()), Some("bob"));
-        assert!(!sb.lines.contains_key(&trunk));
+        assert!(!sb.has_line(&trunk));
         assert_eq!(sb.lines.get("201").and_then(|l| l.call), Some(2));
     }
     /// alice (outside) talks to 202, which consults 203; 203 answers.
     /// Returns (board, now, alice's line, the consultation's id).
-    fn consulting_with_outside_held() -> (Switchboard, Instant, String, CallId) {
+    fn consulting_with_outside_held() -> (Switchboard, Instant, TrunkLine, CallId) {
         let (mut sb, now) = board(&["201", "202", "203"]);
-        let trunk = trunk_line("d1", "alice");
-        sb.handle_inbound(now, &trunk, 1, Some("202"));
+        let trunk = tin(1, "alice");
+        sb.handle_inbound(now, trunk.clone(), 1, Some("202"));
         sb.handle_answer(now, "202", 1).expect("answer");
         sb.handle_consult(now, "202", 2, 1, "203").expect("consult");
         let c2 = sb
@@ -3797,6 +3954,7 @@ mod trunk_tests {
         sb.handle_consult_complete(now, "202", 3).expect("complete");
         let acts = drain(&mut sb);
         assert!(acts.contains(&Action::HandOff {
+            dir_call: trunk.dir_call(),
             line: trunk.clone(),
             call: 1,
             to: "203".into(),
@@ -3808,12 +3966,12 @@ mod trunk_tests {
         assert_eq!(sb.lines.get("202").and_then(|l| l.call), Some(c2));
         assert!(sb.call(1).is_none());
         // alice calls OFFICE/203 with the hand-off: she takes 202's place.
-        let back = trunk_line("d7", "alice");
+        let back = tin(7, "alice");
         let h = HandedOn {
             by: "202".into(),
             joins: Some(c2),
         };
-        sb.handle_handed_on(now, &back, 7, "203", h);
+        sb.handle_handed_on(now, back.clone(), 7, "203", h);
         let acts = drain(&mut sb);
         assert!(acts.contains(&Action::Ended {
             to: "202".into(),
@@ -3822,14 +3980,14 @@ mod trunk_tests {
         }));
         let new = match acts.iter().find(|a| matches!(a, Action::Replaced { .. })) {
             Some(Action::Replaced { to, old, new, peer }) => {
-                assert_eq!((to.as_str(), *old, peer.as_str()), ("203", c2, "alice"));
+                assert_eq!((to.shown(), *old, peer.as_str()), ("203", c2, "alice"));
                 *new
             }
             _ => panic!("{acts:?}"),
         };
         assert!(acts.contains(&Action::Connected {
             call: new,
-            caller: back.clone(),
+            caller: back.clone().into(),
             callee: "203".into()
         }));
         assert!(acts
@@ -3849,8 +4007,8 @@ mod trunk_tests {
             joins: None,
         };
         // 203 does not answer: 202 rings.
-        let t1 = trunk_line("d1", "alice");
-        sb.handle_handed_on(now, &t1, 1, "203", h());
+        let t1 = tin(1, "alice");
+        sb.handle_handed_on(now, t1.clone(), 1, "203", h());
         let acts = drain(&mut sb);
         assert!(acts
             .iter()
@@ -3872,8 +4030,8 @@ mod trunk_tests {
         sb.handle_hangup(now, "202", id).expect("hang up");
         drain(&mut sb);
         // 203 declines: 202 rings at once.
-        let t2 = trunk_line("d2", "bob");
-        sb.handle_handed_on(now, &t2, 2, "203", h());
+        let t2 = tin(2, "bob");
+        sb.handle_handed_on(now, t2.clone(), 2, "203", h());
         let id = sb.lines.get("203").and_then(|l| l.call).expect("ringing");
         drain(&mut sb);
         sb.handle_reject(now, "203", id).expect("decline");
@@ -3882,13 +4040,14 @@ mod trunk_tests {
             call: id,
             from: "bob".into()
         }));
-        sb.handle_hangup(now, &t2, id).expect("bob gives up");
+        sb.hangup(now, &Line::from(t2.clone()), id)
+            .expect("bob gives up");
         drain(&mut sb);
         // 203 is busy by the time the caller arrives: 202 rings directly.
         sb.handle_dial(now, "203", 3, "alice");
         drain(&mut sb);
-        let t3 = trunk_line("d3", "carol");
-        sb.handle_handed_on(now, &t3, 4, "203", h());
+        let t3 = tin(3, "carol");
+        sb.handle_handed_on(now, t3.clone(), 4, "203", h());
         assert!(drain(&mut sb).iter().any(|a| matches!(
             a,
             Action::Ring { callee, from, .. } if callee == "202" && from == "carol"
@@ -3899,8 +4058,8 @@ mod trunk_tests {
     fn an_attended_transfer_to_an_outside_number_ends_the_consultation_first() {
         // Outside party held: it is handed on to the number directly.
         let (mut sb, now) = board(&["202"]);
-        let alice = trunk_line("d1", "alice");
-        sb.handle_inbound(now, &alice, 1, Some("202"));
+        let alice = tin(1, "alice");
+        sb.handle_inbound(now, alice.clone(), 1, Some("202"));
         sb.handle_answer(now, "202", 1).expect("answer");
         sb.handle_consult(now, "202", 2, 1, "carol")
             .expect("consult");
@@ -3909,11 +4068,11 @@ mod trunk_tests {
             .iter()
             .find(|a| matches!(a, Action::Ring { call: 2, .. }))
         {
-            Some(Action::Ring { callee, .. }) if display(callee) == "carol" => callee.clone(),
+            Some(Action::Ring { callee, .. }) if callee.shown() == "carol" => callee.clone(),
             _ => panic!("{acts:?}"),
         };
-        sb.handle_outside_ringing(2);
-        sb.handle_answer(now, &carol, 2).expect("carol answers");
+        sb.handle_outside_ringing(2, 1000 + 2);
+        sb.answer(now, &carol, 2).expect("carol answers");
         drain(&mut sb);
         sb.handle_consult_complete(now, "202", 3).expect("complete");
         let acts = drain(&mut sb);
@@ -3923,6 +4082,7 @@ mod trunk_tests {
             reason: EndReason::Hangup
         }));
         assert!(acts.contains(&Action::HandOff {
+            dir_call: alice.dir_call(),
             line: alice,
             call: 1,
             to: "carol".into(),
@@ -3939,9 +4099,9 @@ mod trunk_tests {
         sb.handle_answer(now, "202", 1).expect("answer");
         sb.handle_consult(now, "202", 2, 1, "carol")
             .expect("consult");
-        let carol = trunk_line("o2", "carol");
-        sb.handle_outside_ringing(2);
-        sb.handle_answer(now, &carol, 2).expect("carol answers");
+        let carol = tout(2, "carol");
+        sb.handle_outside_ringing(2, 1000 + 2);
+        sb.answer(now, &carol, 2).expect("carol answers");
         drain(&mut sb);
         sb.handle_consult_complete(now, "202", 3).expect("complete");
         let acts = drain(&mut sb);
@@ -3952,7 +4112,7 @@ mod trunk_tests {
         }));
         assert!(acts.iter().any(|a| matches!(
             a,
-            Action::Ring { callee, from, .. } if display(callee) == "carol" && from == "201"
+            Action::Ring { callee, from, .. } if callee.shown() == "carol" && from == "201"
         )));
         assert!(acts
             .iter()
@@ -3963,8 +4123,8 @@ mod trunk_tests {
     fn short_codes_work_as_transfer_targets() {
         let (mut sb, now) = board(&["201", "202"]);
         sb.set_speed_dial("*5", Some("carol"));
-        let alice = trunk_line("d1", "alice");
-        sb.handle_inbound(now, &alice, 1, Some("202"));
+        let alice = tin(1, "alice");
+        sb.handle_inbound(now, alice.clone(), 1, Some("202"));
         sb.handle_answer(now, "202", 1).expect("answer");
         drain(&mut sb);
         sb.handle_transfer(now, "202", 2, 1, "*5")

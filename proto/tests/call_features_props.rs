@@ -147,8 +147,8 @@ proptest! {
             // And the acting line is, more often than not, an end of it.
             let end = |i: usize, c: u64| -> &'static str {
                 match run.sb.call(c) {
-                    Some(call) if i % 3 == 0 => LINES.iter().copied().find(|l| *l == call.caller).unwrap_or(LINES[i]),
-                    Some(call) if i % 3 == 1 => LINES.iter().copied().find(|l| *l == call.callee).unwrap_or(LINES[i]),
+                    Some(call) if i % 3 == 0 => LINES.iter().copied().find(|l| call.caller == *l).unwrap_or(LINES[i]),
+                    Some(call) if i % 3 == 1 => LINES.iter().copied().find(|l| call.callee == *l).unwrap_or(LINES[i]),
                     _ => LINES[i],
                 }
             };

@@ -112,8 +112,8 @@ impl Snap {
     fn of(c: &Call) -> Self {
         Self {
             id: c.id,
-            caller: c.caller.clone(),
-            callee: c.callee.clone(),
+            caller: c.caller.shown().to_string(),
+            callee: c.callee.shown().to_string(),
             started: c.started,
             state: c.state,
         }
@@ -804,7 +804,7 @@ fn shutdown_ends_everything() {
                 to,
                 call,
                 reason: EndReason::Shutdown,
-            } => Some((to.clone(), *call)),
+            } => Some((to.shown().to_string(), *call)),
             _ => None,
         })
         .collect();
@@ -942,7 +942,9 @@ fn call_of_action(a: &Action) -> Option<CallId> {
         Action::Record(r) => r.call,
         Action::Replaced { new, .. } => Some(*new),
         Action::Redirect { call, .. } => *call,
-        Action::HandOff { call, .. } => Some(*call),
+        Action::HandOff { call, .. }
+        | Action::Fallback { call, .. }
+        | Action::HangUpOutside { call, .. } => Some(*call),
         Action::DialFailed { .. } | Action::Feature { .. } | Action::Settings { .. } => None,
     }
 }
