@@ -196,7 +196,7 @@ struct Run {
     req: u64,
     /// Calls seen in actions, and how many records each has had.
     seen: BTreeMap<u64, u32>,
-    /// Directory calls hung up.
+    /// Calls whose directory call was hung up.
     hung_up: BTreeSet<u64>,
 }
 
@@ -221,16 +221,22 @@ impl Run {
             panic!("invariant broken: {e}\n{:#?}", self.sb);
         }
         while let Some(action) = self.sb.poll_action() {
+            if std::env::var_os("KEYLINE_FUZZ_TRACE").is_some() {
+                println!("  -> {action:?}");
+            }
             match action {
                 Action::Ringing { call, .. }
                 | Action::Ring { call, .. }
                 | Action::Connected { call, .. } => {
                     self.seen.entry(call).or_insert(0);
                 }
-                Action::HangUpOutside { dir_call, .. } => {
+                // At most once per call. The same directory id may come
+                // back for a later call (a restarted directory counts
+                // from 1 again), so the call is the key, not the id.
+                Action::HangUpOutside { call, dir_call } => {
                     assert!(
-                        self.hung_up.insert(dir_call),
-                        "directory call {dir_call} hung up twice"
+                        self.hung_up.insert(call),
+                        "call {call} (directory call {dir_call}) hung up twice"
                     );
                 }
                 Action::Fallback { call, .. } => {
