@@ -412,9 +412,7 @@ impl Run {
             }
             Op::OutsideHandoff { call, number: n } => {
                 if let Ok(number) = Number::parse(number(n)) {
-                    let _ = self
-                        .sb
-                        .handle_outside_handoff(now, self.call(call), number);
+                    let _ = self.sb.handle_outside_handoff(now, self.call(call), number);
                 }
             }
             Op::VoicemailDone { call } => self.sb.handle_voicemail_done(now, self.call(call)),
@@ -478,7 +476,9 @@ fuzz_target!(|input: Input| {
                 .take(3)
                 .map(|&e| ext(e).to_string())
                 .collect(),
-            hunt_step: input.hunt.map(|s| Duration::from_secs(u64::from(s % 7) + 1)),
+            hunt_step: input
+                .hunt
+                .map(|s| Duration::from_secs(u64::from(s % 7) + 1)),
             mailbox: input.office_mailbox.map(|e| ext(e).to_string()),
         }],
     };
