@@ -36,8 +36,13 @@ enum Output {
 struct WebmOut {
     writer: WebmWriter,
     encoder: OpusEncoder,
-    /// Play time of the next audio frame (ms from the start).
+    /// Play time of the next audio frame (ms from the start). The sound's
+    /// frame count is the file's clock: a video frame is placed at the
+    /// last audio frame's time plus the wall time since it was written.
     audio_ms: u64,
+    /// When the last audio frame was written (none yet: the recording's
+    /// start).
+    audio_at: Option<Instant>,
     start: Instant,
     /// No video frame is written until a key frame comes (at the start and
     /// after frames were lost): the ones between could not be decoded.
@@ -134,6 +139,7 @@ impl CallRecorder {
             Output::Webm(w) => {
                 let packet = w.encoder.encode(&self.mix)?;
                 w.writer.write_audio(w.audio_ms, &packet)?;
+                w.audio_at = Some(Instant::now());
                 w.audio_ms += u64::from(FRAME_MS);
                 Ok(())
             }
@@ -158,7 +164,11 @@ impl CallRecorder {
             return Ok(());
         }
         w.waiting_for_key = false;
-        let ms = u64::try_from(w.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (base, since) = match w.audio_at {
+            Some(at) => (w.audio_ms.saturating_sub(u64::from(FRAME_MS)), at),
+            None => (0, w.start),
+        };
+        let ms = base.saturating_add(u64::try_from(since.elapsed().as_millis()).unwrap_or(0));
         w.writer.write_video(ms, key, frame)
     }
 
@@ -224,6 +234,7 @@ fn webm_out(
         writer,
         encoder,
         audio_ms: 0,
+        audio_at: None,
         start: Instant::now(),
         waiting_for_key: true,
     })))

@@ -247,14 +247,20 @@ impl WebmWriter {
                 self.path.display()
             )));
         }
+        // Clusters never go back in time: a block a little behind the
+        // current cluster's start (the other track's frame came first) is
+        // placed at that start.
+        let ms = match &self.cluster {
+            Some((start, _)) => ms.max(*start),
+            None => ms,
+        };
         let new_cluster = match &self.cluster {
             None => true,
             Some((start, bytes)) => {
-                let age = ms.saturating_sub(*start);
+                let age = ms - *start;
                 // A block's time is relative to its cluster's, a signed
-                // 16-bit count of milliseconds.
-                ms < *start
-                    || age >= MAX_CLUSTER_MS
+                // 16-bit count of milliseconds: well within MAX_CLUSTER_MS.
+                age >= MAX_CLUSTER_MS
                     || (key && track == VIDEO_TRACK && age >= KEY_CLUSTER_MS)
                     || bytes.len() + data.len() > MAX_CLUSTER_BYTES
             }
@@ -654,6 +660,30 @@ mod tests {
         assert!(info.finished);
         assert_eq!(info.last_ms, 2980);
         assert_eq!(info.duration_ms, 3000.0);
+    }
+
+    #[test]
+    fn a_block_behind_its_cluster_joins_it_and_clusters_never_go_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("order.webm");
+        let mut w = WebmWriter::create_new(&path, &header()).expect("create");
+        w.write_audio(0, &[1]).expect("audio");
+        // A key frame a second in opens a cluster at 1,005 ms; the audio
+        // frame of 1,000 ms comes just after it.
+        w.write_video(1005, true, &[0x10]).expect("video");
+        w.write_audio(1000, &[1]).expect("late audio");
+        w.write_audio(1020, &[1]).expect("audio");
+        let path = w.finish().expect("finish");
+        let bytes = std::fs::read(path).expect("read");
+        let info = probe(&bytes).expect("probe");
+        assert_eq!((info.audio_frames, info.video_frames), (3, 1));
+        assert_eq!(info.last_ms, 1020);
+        // Exactly two clusters, the second from 1,005 ms.
+        let clusters = bytes
+            .windows(4)
+            .filter(|w| *w == CLUSTER.to_be_bytes())
+            .count();
+        assert_eq!(clusters, 2);
     }
 
     #[test]
