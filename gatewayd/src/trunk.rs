@@ -705,6 +705,14 @@ impl Switch {
     /// Nothing came from the far end of the outside call `call` in time:
     /// ask the directory for its relay.
     pub(crate) fn fall_back(&mut self, call: CallId, dir_call: u64) {
+        // The switchboard hears of the far end only while the media watch
+        // lasts (10 s); the forwarder's own count is the last word, and a
+        // call without a forwarder has nothing to move.
+        match self.relays.get(&call).map(|a| a.callee_packets()) {
+            None => return,
+            Some(0) => {}
+            Some(_) => return self.sb.handle_outside_media(call),
+        }
         let Some((client, _)) = self.trunks.client.clone() else {
             return;
         };
