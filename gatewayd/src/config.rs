@@ -219,10 +219,25 @@ impl Config {
     /// The configuration a file's text gives, validated; a TOML error is
     /// one line naming where it is ([`describe_toml_error`]).
     pub fn parse(text: &str) -> Result<Config> {
-        let cfg: Config =
+        let mut cfg: Config =
             toml::from_str(text).map_err(|e| anyhow::anyhow!(describe_toml_error(text, &e)))?;
+        cfg.clamp_voicemail_max();
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Messages longer than the Ogg Opus reader decodes were allowed once
+    /// (up to an hour): such a setting is brought down to the ceiling with
+    /// a warning, so an existing appliance still starts.
+    fn clamp_voicemail_max(&mut self) {
+        let most = keyline_media::oggopus::MAX_OGG_OPUS_SECONDS;
+        if self.voicemail_max_secs > most {
+            tracing::warn!(
+                "voicemail_max_secs = {} is above the longest message kept ({most} s): using {most}",
+                self.voicemail_max_secs
+            );
+            self.voicemail_max_secs = most;
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -374,6 +389,16 @@ mod tests {
             "{err:#}"
         );
         assert!(Config::parse("max_connections = 0\n").is_err());
+    }
+
+    #[test]
+    fn a_voicemail_length_above_the_ceiling_is_brought_down_not_refused() {
+        let most = keyline_media::oggopus::MAX_OGG_OPUS_SECONDS;
+        let cfg = Config::parse("voicemail_max_secs = 1800\n").expect("an older setting");
+        assert_eq!(cfg.voicemail_max_secs, most);
+        let cfg = Config::parse("voicemail_max_secs = 300\n").expect("parse");
+        assert_eq!(cfg.voicemail_max_secs, 300);
+        assert!(Config::parse("voicemail_max_secs = 2\n").is_err());
     }
 
     #[test]
