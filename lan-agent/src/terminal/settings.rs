@@ -55,7 +55,14 @@ pub fn read(path: &Path) -> Result<SettingsFile, String> {
         ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let mut file = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    // A relative password path is beside the settings file.
+    if let (Some(p), Some(dir)) = (file.password_file.as_mut(), path.parent()) {
+        if !p.starts_with("~/") && Path::new(p.as_str()).is_relative() {
+            *p = dir.join(p.as_str()).display().to_string();
+        }
+    }
+    Ok(file)
 }
 
 /// Parses a settings file's text.
@@ -65,13 +72,17 @@ pub fn parse(text: &str) -> Result<SettingsFile, String> {
 
 /// Merges the command line with the settings file, if any: the command
 /// line wins; `~/` at the start of the file's password path is the home
-/// directory (`home`).
+/// directory (`home`). The file's fingerprint belongs to the file's
+/// directory: it is not pinned for another one given on the command line.
 pub fn resolve(
     given: Given,
     file: Option<SettingsFile>,
     home: Option<&Path>,
 ) -> Result<Resolved, String> {
-    let file = file.unwrap_or_default();
+    let mut file = file.unwrap_or_default();
+    if given.directory.is_some() && given.directory != file.directory {
+        file.directory_fp = None;
+    }
     let directory = given.directory.or(file.directory).ok_or(
         "which directory? Give --directory HOST:PORT, or --config with the settings file \
          from the directory's set-up page",
@@ -162,9 +173,30 @@ password_file = "~/.config/keyline/password"
         let r = resolve(given, Some(parse(FILE).expect("parse")), None).expect("resolve");
         assert_eq!(r.directory, "dir.example:7480");
         assert_eq!(r.account, "minjun");
-        assert_eq!(r.directory_fp.as_deref(), Some("sha256:ab12"));
+        // Another directory: the file's fingerprint is not its own.
+        assert_eq!(r.directory_fp, None);
         assert_eq!(r.password_file, PathBuf::from("/run/pw"));
         assert_eq!(r.numbers, ["+8225550100"]);
+        // The same directory keeps it.
+        let given = Given {
+            directory: Some("192.0.2.7:7480".into()),
+            ..Given::default()
+        };
+        let home = Some(Path::new("/home/minjun"));
+        let r = resolve(given, Some(parse(FILE).expect("parse")), home).expect("resolve");
+        assert_eq!(r.directory_fp.as_deref(), Some("sha256:ab12"));
+    }
+
+    #[test]
+    fn a_relative_password_path_is_beside_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keyline-terminal.toml");
+        std::fs::write(&path, "account = \"a\"\npassword_file = \"pw\"\n").expect("write");
+        let f = read(&path).expect("read");
+        assert_eq!(
+            f.password_file.as_deref(),
+            Some(dir.path().join("pw").to_str().expect("utf-8"))
+        );
     }
 
     #[test]
