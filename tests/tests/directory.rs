@@ -1375,7 +1375,6 @@ async fn quic_login(dir: SocketAddr, account: &str, password: &str) -> DirMsg {
 
 /// Post the directory site's sign-in form from loopback; the status code.
 fn web_login(port: u16, account: &str, password: &str) -> u16 {
-    use std::io::Read;
     // The form's token is the one its cookie carries (double submit).
     let token = "5e".repeat(32);
     let enc = |s: &str| -> String {
@@ -1394,23 +1393,19 @@ fn web_login(port: u16, account: &str, password: &str) -> u16 {
         enc(account),
         enc(password)
     );
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "POST /login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: kl_form={token}\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut reply = String::new();
-    let _ = s.read_to_string(&mut reply);
-    reply
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {reply:?}"))
+    // The site speaks HTTPS only (its own certificate: -k).
+    let out = std::process::Command::new("curl")
+        .args(["-k", "-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(["--max-time", "10", "-H"])
+        .arg(format!("Cookie: kl_form={token}"))
+        .arg("--data")
+        .arg(&body)
+        .arg(format!("https://127.0.0.1:{port}/login"))
+        .output()
+        .expect("curl");
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    code.parse()
+        .unwrap_or_else(|_| panic!("no HTTP status from curl: {code:?}"))
 }
 
 /// The web sign-in and the QUIC login count failures in one limiter:
