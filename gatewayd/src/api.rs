@@ -626,20 +626,7 @@ impl Response {
 /// Parse a control-socket request: an unknown `cmd` and a malformed one
 /// get different, clear errors.
 pub fn parse_request(v: Value) -> Result<Request, String> {
-    let cmd = match v.get("cmd") {
-        Some(Value::String(c)) => c.clone(),
-        Some(_) => return Err("\"cmd\" must be a string".into()),
-        None => return Err("missing \"cmd\"".into()),
-    };
-    if !COMMANDS.contains(&cmd.as_str()) {
-        return Err(format!("unknown command {cmd:?}"));
-    }
-    // The CLI sends null for options it was not given.
-    let v = match v {
-        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, x)| !x.is_null()).collect()),
-        other => other,
-    };
-    serde_json::from_value(v).map_err(|e| format!("bad request: {cmd}: {e}"))
+    keyline_net::control::parse_typed(v, COMMANDS, &[])
 }
 
 #[cfg(test)]

@@ -160,21 +160,7 @@ pub const COMMANDS: &[&str] = &[
 /// given as null counts as not given (its default), except in
 /// `audio-set`, where null means "back to the default device".
 pub fn parse_request(v: Value) -> Result<Request, String> {
-    let cmd = match v.get("cmd") {
-        Some(Value::String(c)) => c.clone(),
-        Some(_) => return Err("\"cmd\" must be a string".into()),
-        None => return Err("missing \"cmd\"".into()),
-    };
-    if !COMMANDS.contains(&cmd.as_str()) {
-        return Err(format!("unknown command {cmd:?}"));
-    }
-    let v = match v {
-        Value::Object(m) if cmd != "audio-set" => {
-            Value::Object(m.into_iter().filter(|(_, x)| !x.is_null()).collect())
-        }
-        other => other,
-    };
-    serde_json::from_value(v).map_err(|e| format!("bad request: {cmd}: {e}"))
+    keyline_net::control::parse_typed(v, COMMANDS, &["audio-set"])
 }
 
 impl Request {

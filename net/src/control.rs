@@ -328,6 +328,33 @@ pub fn into_result(v: Value) -> Result<Value> {
     }
 }
 
+/// Parse a control-socket request into a daemon's typed request enum
+/// (tagged by `cmd`): a missing or unknown `cmd` and a malformed request
+/// get different, clear errors. Options the CLI was not given come as
+/// null and are dropped, except for the commands in `keep_nulls`, where a
+/// null means "clear this".
+pub fn parse_typed<T: serde::de::DeserializeOwned>(
+    v: Value,
+    commands: &[&str],
+    keep_nulls: &[&str],
+) -> std::result::Result<T, String> {
+    let cmd = match v.get("cmd") {
+        Some(Value::String(c)) => c.clone(),
+        Some(_) => return Err("\"cmd\" must be a string".into()),
+        None => return Err("missing \"cmd\"".into()),
+    };
+    if !commands.contains(&cmd.as_str()) {
+        return Err(format!("unknown command {cmd:?}"));
+    }
+    let v = match v {
+        Value::Object(m) if !keep_nulls.contains(&cmd.as_str()) => {
+            Value::Object(m.into_iter().filter(|(_, x)| !x.is_null()).collect())
+        }
+        other => other,
+    };
+    serde_json::from_value(v).map_err(|e| format!("bad request: {cmd}: {e}"))
+}
+
 /// An error reply.
 pub fn error(msg: impl std::fmt::Display) -> Value {
     json!({"ok": false, "error": msg.to_string()})
@@ -432,13 +459,15 @@ mod tests {
         let first: Value =
             serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
         assert_eq!(first["subscribed"], true);
-        // A fast one beside it.
+        // A fast one beside it, which says how far it has read.
+        let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let fast = tokio::spawn({
-            let path = path.clone();
+            let (path, read) = (path.clone(), read.clone());
             async move {
                 let mut n = 0u64;
                 subscribe(&path, |_| {
                     n += 1;
+                    read.store(n, Ordering::Relaxed);
                     n < 20_000
                 })
                 .await
@@ -456,8 +485,12 @@ mod tests {
         for n in 0..20_000u64 {
             events.publish(json!({"event": "test", "n": n, "pad": pad}));
             if n % 100 == 0 {
-                // Give the fast reader time to keep up (it reads all).
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                // Let the fast reader keep within half its queue, however
+                // busy the machine: it must get everything. The slow one
+                // is never waited for.
+                while n.saturating_sub(read.load(Ordering::Relaxed)) > EVENT_QUEUE as u64 / 2 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
             }
         }
         assert!(started.elapsed() < Duration::from_secs(20));
