@@ -942,14 +942,21 @@ fn postgres_restart_costs_a_request_not_data() {
         }))
         .expect("before");
 
-    // A request in flight when PostgreSQL stops: it waits for a lock
-    // another session holds, and the shutdown ends both.
+    // A request in flight when PostgreSQL stops: it waits for a lock that
+    // a prepared transaction holds. No session owns that lock, so the
+    // shutdown cannot hand it to the waiter by ending its holder first
+    // (as it could with a plain transaction in another session); the
+    // waiter is cut off, and the lock outlives the restart until it is
+    // rolled back below.
     let mut locker =
         postgres::Client::connect(&pg.url("restart"), postgres::NoTls).expect("connect");
-    let mut lock_tx = locker.transaction().expect("begin");
-    lock_tx
-        .batch_execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+    locker
+        .batch_execute(
+            "BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE; \
+             PREPARE TRANSACTION 'hold-accounts'",
+        )
         .expect("lock");
+    drop(locker);
     let st = store.clone();
     let in_flight = rt.spawn(async move { store::blocking(&st, |s| s.account("alice")).await });
     std::thread::sleep(Duration::from_millis(300));
@@ -968,8 +975,6 @@ fn postgres_restart_costs_a_request_not_data() {
         e.to_string().contains("connection to PostgreSQL was lost"),
         "{e}"
     );
-    drop(lock_tx);
-    drop(locker);
 
     // PostgreSQL is away: a request fails at once with a clear error.
     let t = Instant::now();
@@ -995,6 +1000,10 @@ fn postgres_restart_costs_a_request_not_data() {
 
     // Back: the next request reconnects and finds everything.
     pg.start_server();
+    postgres::Client::connect(&pg.url("restart"), postgres::NoTls)
+        .expect("connect")
+        .batch_execute("ROLLBACK PREPARED 'hold-accounts'")
+        .expect("release the lock");
     let t = Instant::now();
     let after = rt
         .block_on(store::blocking(&store, |s| {

@@ -179,6 +179,7 @@ impl PgCluster {
             // a clean shutdown (all the tests do) writes everything.
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=60"])
+            .args(["-c", "max_prepared_transactions=4"])
             .stdout(log)
             .stderr(err)
             .spawn()
