@@ -21,9 +21,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use keyline_directory::routing::{
-    Action, CallState, Config, MediaEnd, NumberInfo, Placing, RelayState, Router, SessionId,
+    Action, CallState, Config, MediaEnd, NumberInfo, Placing, RelayState, Request, Router,
+    SessionId,
 };
 use keyline_proto::dir::{DirMsg, DirectPolicy, ForwardRule, ForwardWhen};
+use keyline_proto::number::Number;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
@@ -52,7 +54,7 @@ const DIALLED: [&str; 12] = [
     "400/21",
     "office/7",
     "999",
-    "",
+    "nobody/1",
 ];
 const POLICIES: [DirectPolicy; 3] = [
     DirectPolicy::Direct,
@@ -160,8 +162,13 @@ fn addr(host: u8, port: u16) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, host], port))
 }
 
-fn dialled(i: u8) -> &'static str {
-    DIALLED[usize::from(i) % DIALLED.len()]
+/// A number as the shell hands it on: parsed (every entry is valid).
+fn number(s: &str) -> Number {
+    Number::parse(s).unwrap_or_else(|e| panic!("{s:?} in the fuzz tables: {e}"))
+}
+
+fn dialled(i: u8) -> Number {
+    number(DIALLED[usize::from(i) % DIALLED.len()])
 }
 
 fn own_addrs(n: u8, host: u8) -> Vec<SocketAddr> {
@@ -240,12 +247,12 @@ impl Run {
         v
     }
 
-    fn picked(mask: u8) -> Vec<String> {
+    fn picked(mask: u8) -> Vec<Number> {
         NUMBERS
             .iter()
             .enumerate()
             .filter(|(k, _)| mask & (1 << k) != 0)
-            .map(|(_, (n, _))| n.to_string())
+            .map(|(_, (n, _))| number(n))
             .collect()
     }
 
@@ -367,13 +374,15 @@ impl Run {
             }
             Op::Register { s, numbers, own } => {
                 let (sid, req) = (self.sid(s), self.req());
+                let (numbers, own) = (Self::picked(numbers), own_addrs(own, 1));
                 self.r
-                    .handle_register(now, sid, req, Self::picked(numbers), own_addrs(own, 1));
+                    .handle_request(now, sid, Request::Register { req, numbers, own });
             }
             Op::Unregister { s, numbers } => {
                 let (sid, req) = (self.sid(s), self.req());
+                let numbers = Self::picked(numbers);
                 self.r
-                    .handle_unregister(now, sid, req, Self::picked(numbers));
+                    .handle_request(now, sid, Request::Unregister { req, numbers });
             }
             Op::Call {
                 s,
@@ -385,27 +394,29 @@ impl Run {
                 handoff,
             } => {
                 let (sid, req) = (self.sid(s), self.req());
-                let from = from.map(|f| dialled(f).to_string());
                 let placing = Placing {
                     media: vouched(v),
                     handoff,
                     check_key: Some(format!("{req:032x}")),
                 };
-                self.r.handle_call_for(
-                    now,
-                    sid,
+                let call = Request::Call {
                     req,
-                    dialled(number),
-                    from,
-                    own_addrs(own, 2),
-                    hops % 8,
+                    number: dialled(number),
+                    from: from.map(dialled),
+                    own: own_addrs(own, 2),
+                    hops: hops % 8,
                     placing,
-                );
+                };
+                self.r.handle_request(now, sid, call);
             }
             Op::Lookup { s, number } => {
                 let (sid, req) = (self.sid(s), self.req());
-                self.r
-                    .handle_lookup(now, sid, req, dialled(number), format!("tok{req}"));
+                let lookup = Request::Lookup {
+                    req,
+                    number: dialled(number),
+                    token: format!("tok{req}"),
+                };
+                self.r.handle_request(now, sid, lookup);
             }
             Op::Answer {
                 s,
@@ -413,16 +424,24 @@ impl Run {
                 vouched: v,
             } => {
                 let (sid, id, req) = (self.sid(s), self.call(call), self.req());
-                self.r
-                    .handle_answer_for(now, sid, req, id, format!("tok{req}"), vouched(v));
+                let answer = Request::Answer {
+                    req,
+                    call: id,
+                    token: format!("tok{req}"),
+                    media: vouched(v),
+                };
+                self.r.handle_request(now, sid, answer);
             }
             Op::Decline { s, call, busy } => {
                 let (sid, id, req) = (self.sid(s), self.call(call), self.req());
-                self.r.handle_decline(now, sid, req, id, busy);
+                self.r
+                    .handle_request(now, sid, Request::Decline { req, call: id, busy });
             }
             Op::Redirect { s, call, number } => {
                 let (sid, id, req) = (self.sid(s), self.call(call), self.req());
-                self.r.handle_redirect(now, sid, req, id, dialled(number));
+                let number = dialled(number);
+                self.r
+                    .handle_request(now, sid, Request::Redirect { req, call: id, number });
             }
             Op::Transfer {
                 s,
@@ -431,16 +450,22 @@ impl Run {
                 handoff,
             } => {
                 let (sid, id, req) = (self.sid(s), self.call(call), self.req());
-                self.r
-                    .handle_transfer(now, sid, req, id, dialled(number), handoff);
+                let transfer = Request::Transfer {
+                    req,
+                    call: id,
+                    number: dialled(number),
+                    handoff,
+                };
+                self.r.handle_request(now, sid, transfer);
             }
             Op::Hangup { s, call } => {
                 let (sid, id) = (self.sid(s), self.call(call));
-                self.r.handle_hangup(now, sid, id);
+                self.r.handle_request(now, sid, Request::Hangup { call: id });
             }
             Op::Fallback { s, call } => {
                 let (sid, id, req) = (self.sid(s), self.call(call), self.req());
-                self.r.handle_fallback(now, sid, req, id);
+                self.r
+                    .handle_request(now, sid, Request::Fallback { req, call: id });
             }
             Op::RelayReady { which } => {
                 if self.pending.is_empty() {
@@ -475,7 +500,7 @@ impl Run {
                             } else {
                                 ForwardWhen::Unregistered
                             },
-                            dialled(to),
+                            dialled(to).into_string(),
                         )
                     })
                     .into_iter()

@@ -511,6 +511,27 @@ async fn bad_protocol_input_gets_clear_errors() {
             ..
         }
     ));
+    // A number that cannot be one is named as such, whatever else the
+    // request carries.
+    write_frame(
+        &mut send,
+        &DirMsg::Register {
+            req: 10,
+            numbers: vec!["\u{202e}1001".into()],
+            candidates: vec!["also not an address".into()],
+        },
+        MAX_MESSAGE,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        next(&mut recv).await,
+        DirMsg::Error {
+            req: Some(10),
+            code: ErrorCode::InvalidNumber,
+            ..
+        }
+    ));
     write_frame(&mut send, &DirMsg::Ping { n: 9 }, MAX_MESSAGE)
         .await
         .unwrap();

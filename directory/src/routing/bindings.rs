@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use keyline_proto::dir::{CallId, DirMsg, EndReason, ErrorCode, ReqId, MAX_CANDIDATES};
+use keyline_proto::number::Number;
 
 use super::{
     addr_string, err, strings, with_observed, Binding, Notice, Router, Session, SessionId,
@@ -173,9 +174,10 @@ impl Router {
         now: Instant,
         sid: SessionId,
         req: ReqId,
-        numbers: Vec<String>,
+        numbers: Vec<Number>,
         own: Vec<SocketAddr>,
     ) {
+        let numbers: Vec<String> = numbers.into_iter().map(String::from).collect();
         let Some(s) = self.sessions.get(&sid) else {
             return;
         };
@@ -281,8 +283,9 @@ impl Router {
         _now: Instant,
         sid: SessionId,
         req: ReqId,
-        numbers: Vec<String>,
+        numbers: Vec<Number>,
     ) {
+        let numbers: Vec<String> = numbers.into_iter().map(String::from).collect();
         let Some(s) = self.sessions.get(&sid) else {
             return;
         };

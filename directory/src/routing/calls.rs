@@ -8,12 +8,54 @@ use keyline_proto::dir::{
     MAX_CANDIDATES, MAX_HOPS,
 };
 
+use keyline_proto::number::Number;
+
 use super::{
     addr_string, err, resolve, strings, with_observed, Action, Call, CallOutcome, CallRecord,
-    CallState, MediaEnd, Notice, Placing, RelayState, Resolved, RouteError, Router, SessionId,
+    CallState, MediaEnd, Notice, Placing, RelayState, Request, Resolved, RouteError, Router,
+    SessionId,
 };
 
 impl Router {
+    /// What session `sid` asks, parsed at the edge.
+    pub fn handle_request(&mut self, now: Instant, sid: SessionId, request: Request) {
+        match request {
+            Request::Register { req, numbers, own } => {
+                self.handle_register(now, sid, req, numbers, own)
+            }
+            Request::Unregister { req, numbers } => self.handle_unregister(now, sid, req, numbers),
+            Request::Lookup { req, number, token } => {
+                self.handle_lookup(now, sid, req, &number, token)
+            }
+            Request::Call {
+                req,
+                number,
+                from,
+                own,
+                hops,
+                placing,
+            } => self.handle_call_for(now, sid, req, &number, from, own, hops, placing),
+            Request::Answer {
+                req,
+                call,
+                token,
+                media,
+            } => self.handle_answer_for(now, sid, req, call, token, media),
+            Request::Decline { req, call, busy } => self.handle_decline(now, sid, req, call, busy),
+            Request::Redirect { req, call, number } => {
+                self.handle_redirect(now, sid, req, call, &number)
+            }
+            Request::Transfer {
+                req,
+                call,
+                number,
+                handoff,
+            } => self.handle_transfer(now, sid, req, call, &number, handoff),
+            Request::Hangup { call } => self.handle_hangup(now, sid, call),
+            Request::Fallback { req, call } => self.handle_fallback(now, sid, req, call),
+        }
+    }
+
     // ------------------------------------------------------------------
     // Look-up and calls
 
@@ -86,7 +128,7 @@ impl Router {
         _now: Instant,
         sid: SessionId,
         req: ReqId,
-        number: &str,
+        number: &Number,
         token: String,
     ) {
         let from = match self.caller_number(sid, None) {
@@ -153,8 +195,8 @@ impl Router {
         now: Instant,
         sid: SessionId,
         req: ReqId,
-        number: &str,
-        from: Option<String>,
+        number: &Number,
+        from: Option<Number>,
         own: Vec<SocketAddr>,
         hops: u8,
     ) {
@@ -169,12 +211,13 @@ impl Router {
         now: Instant,
         sid: SessionId,
         req: ReqId,
-        number: &str,
-        from: Option<String>,
+        number: &Number,
+        from: Option<Number>,
         own: Vec<SocketAddr>,
         hops: u8,
         placing: Placing,
     ) {
+        let from = from.map(String::from);
         let Placing {
             media,
             handoff,
@@ -595,7 +638,7 @@ impl Router {
         sid: SessionId,
         req: ReqId,
         id: CallId,
-        number: &str,
+        number: &Number,
     ) {
         let c = match self.ringing_call_of_callee(sid, id) {
             Ok(c) => c,
@@ -627,7 +670,7 @@ impl Router {
         sid: SessionId,
         req: ReqId,
         id: CallId,
-        number: &str,
+        number: &Number,
         handoff: Option<u64>,
     ) {
         let Some(c) = self.calls.get(&id) else {

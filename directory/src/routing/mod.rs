@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use keyline_proto::dir::{
     CallId, DirMsg, DirectPolicy, EndReason, ErrorCode, ForwardRule, ForwardWhen, ReqId,
 };
+use keyline_proto::number::Number;
 
 pub use crate::store::{CallEntry, CallOutcome};
 
@@ -337,6 +338,69 @@ pub struct Placing {
     /// (with each other's candidates) when it starts ringing, if both
     /// check ([`Router::allow_checks`]).
     pub check_key: Option<String>,
+}
+
+/// What a session asks of the router, parsed at the edge: numbers are
+/// canonical [`Number`]s, addresses are parsed, and the random tokens the
+/// request needs are drawn by the shell. The connection answers malformed
+/// requests itself (an invalid number, a bad address), so every request
+/// that reaches the router is well formed; whether it is allowed is the
+/// router's to decide. For [`Router::handle_request`].
+#[derive(Debug)]
+pub enum Request {
+    /// Bind `numbers` (all of the account's when empty) to the session.
+    Register {
+        req: ReqId,
+        numbers: Vec<Number>,
+        own: Vec<SocketAddr>,
+    },
+    /// Drop the session's bindings of `numbers` (all when empty).
+    Unregister { req: ReqId, numbers: Vec<Number> },
+    /// Look-up only (claim 3), with the token both ends will use.
+    Lookup {
+        req: ReqId,
+        number: Number,
+        token: String,
+    },
+    /// Place a call.
+    Call {
+        req: ReqId,
+        number: Number,
+        from: Option<Number>,
+        own: Vec<SocketAddr>,
+        hops: u8,
+        placing: Placing,
+    },
+    /// Answer a ringing call, with the call's token.
+    Answer {
+        req: ReqId,
+        call: CallId,
+        token: String,
+        media: Option<MediaEnd>,
+    },
+    /// Refuse a ringing call (`busy`: the callee is busy).
+    Decline {
+        req: ReqId,
+        call: CallId,
+        busy: bool,
+    },
+    /// Send the caller of a ringing call on to `number` (claim 7).
+    Redirect {
+        req: ReqId,
+        call: CallId,
+        number: Number,
+    },
+    /// Hand the other end of an answered call on to `number` (claim 5).
+    Transfer {
+        req: ReqId,
+        call: CallId,
+        number: Number,
+        handoff: Option<u64>,
+    },
+    /// Either end hangs up.
+    Hangup { call: CallId },
+    /// The ends could not reach each other directly: relay the call.
+    Fallback { req: ReqId, call: CallId },
 }
 
 /// The directory's routing state.

@@ -1,5 +1,6 @@
 use super::*;
 use keyline_proto::dir::MAX_HOPS;
+use keyline_proto::number::Number;
 
 #[test]
 fn addresses_are_written_as_to_string_writes_them() {
@@ -23,6 +24,11 @@ fn addresses_are_written_as_to_string_writes_them() {
     }
 }
 use proptest::prelude::*;
+
+/// `s` as a number (test input is always valid).
+fn n(s: &str) -> Number {
+    Number::parse(s).expect("a valid number")
+}
 
 fn t0() -> Instant {
     Instant::now()
@@ -248,10 +254,10 @@ fn notices_tell_bindings_and_each_step_of_a_call() {
     assert_eq!(notices(&drain(&mut r)), ["bound 1001", "bound 1002"]);
     // A refresh, and a register refused, are no notices.
     r.handle_register(now + Duration::from_secs(10), 1, 2, vec![], vec![]);
-    r.handle_register(now, 1, 3, vec!["1002".into()], vec![]);
+    r.handle_register(now, 1, 3, vec![n("1002")], vec![]);
     assert_eq!(notices(&drain(&mut r)), Vec::<String>::new());
     // A call from ringing to its end.
-    r.handle_call(now, 1, 4, "1002", None, vec![], 0);
+    r.handle_call(now, 1, 4, &n("1002"), None, vec![], 0);
     let acts = drain(&mut r);
     let call = match &sent(&acts, 2)[0] {
         DirMsg::Ring { call, .. } => *call,
@@ -271,11 +277,11 @@ fn notices_tell_bindings_and_each_step_of_a_call() {
         ["ended answered relayed=Some(true)"]
     );
     // A call nobody answers, then an unknown number (no notice).
-    r.handle_call(now, 1, 7, "1002", None, vec![], 0);
+    r.handle_call(now, 1, 7, &n("1002"), None, vec![], 0);
     drain(&mut r);
     r.handle_timeout(now + Duration::from_secs(31));
     assert_eq!(notices(&drain(&mut r)), ["ended no-answer relayed=None"]);
-    r.handle_call(now, 1, 8, "9999", None, vec![], 0);
+    r.handle_call(now, 1, 8, &n("9999"), None, vec![], 0);
     assert_eq!(notices(&drain(&mut r)), Vec::<String>::new());
     // Bindings go: unregistered, moved, displaced, disconnected, expired.
     r.handle_unregister(now, 2, 9, vec![]);
@@ -320,7 +326,7 @@ fn register_reports_observed_and_rejects_foreign_numbers() {
         }
     ));
     r.handle_login(now, 1, "a", vec!["1".into()]);
-    r.handle_register(now, 1, 2, vec!["2".into()], vec![]);
+    r.handle_register(now, 1, 2, vec![n("2")], vec![]);
     assert!(matches!(
         &sent(&drain(&mut r), 1)[0],
         DirMsg::Error {
@@ -355,7 +361,7 @@ fn register_reports_observed_and_rejects_foreign_numbers() {
 #[test]
 fn unregister_refuses_another_accounts_number() {
     let (mut r, now) = two_online();
-    r.handle_unregister(now, 1, 5, vec!["ボブ".into()]);
+    r.handle_unregister(now, 1, 5, vec![n("ボブ")]);
     match &sent(&drain(&mut r), 1)[0] {
         DirMsg::Error {
             req: Some(5),
@@ -369,7 +375,7 @@ fn unregister_refuses_another_accounts_number() {
         other => panic!("{other:?}"),
     }
     assert_eq!(r.binding("ボブ").map(|b| b.session), Some(2));
-    r.handle_unregister(now, 1, 6, vec!["nobody's".into()]);
+    r.handle_unregister(now, 1, 6, vec![n("nobody's")]);
     assert!(matches!(
         &sent(&drain(&mut r), 1)[0],
         DirMsg::Error {
@@ -377,7 +383,7 @@ fn unregister_refuses_another_accounts_number() {
             ..
         }
     ));
-    r.handle_unregister(now, 1, 7, vec!["아리랑".into()]);
+    r.handle_unregister(now, 1, 7, vec![n("아리랑")]);
     assert_eq!(sent(&drain(&mut r), 1)[0], DirMsg::Ok { req: 7 });
     assert!(r.binding("아리랑").is_none());
     assert!(r.binding("ボブ").is_some());
@@ -425,7 +431,7 @@ fn a_gateway_vouches_for_its_stations_media_ends() {
         now,
         1,
         1,
-        "ボブ",
+        &n("ボブ"),
         None,
         vec![addr(6001)],
         0,
@@ -496,12 +502,30 @@ fn both_terminals_get_a_check_plan_while_it_rings() {
         };
         (ring, ringing)
     };
-    r.handle_call_for(now, 1, 7, "ボブ", None, vec![addr(5001)], 0, placing("k1"));
+    r.handle_call_for(
+        now,
+        1,
+        7,
+        &n("ボブ"),
+        None,
+        vec![addr(5001)],
+        0,
+        placing("k1"),
+    );
     let acts = drain(&mut r);
     assert_eq!(ring_checks(&acts), (None, None), "neither said it checks");
     r.allow_checks(1);
     r.allow_checks(2);
-    r.handle_call_for(now, 1, 9, "ボブ", None, vec![addr(5001)], 0, placing("k2"));
+    r.handle_call_for(
+        now,
+        1,
+        9,
+        &n("ボブ"),
+        None,
+        vec![addr(5001)],
+        0,
+        placing("k2"),
+    );
     let acts = drain(&mut r);
     let (ring, ringing) = ring_checks(&acts);
     let (ring, ringing) = (
@@ -520,7 +544,7 @@ fn both_terminals_get_a_check_plan_while_it_rings() {
         now,
         2,
         10,
-        "아리랑",
+        &n("아리랑"),
         None,
         vec![addr(6001)],
         0,
@@ -541,7 +565,7 @@ fn both_terminals_get_a_check_plan_while_it_rings() {
 fn call_rings_with_the_asserted_number_and_connects_directly() {
     let (mut r, now) = two_online();
     // Alice tries to show Bob's number: refused.
-    r.handle_call(now, 1, 7, "ボブ", Some("ボブ".into()), vec![], 0);
+    r.handle_call(now, 1, 7, &n("ボブ"), Some(n("ボブ")), vec![], 0);
     let acts = drain(&mut r);
     assert!(sent(&acts, 2).is_empty());
     assert!(matches!(
@@ -552,7 +576,7 @@ fn call_rings_with_the_asserted_number_and_connects_directly() {
         }
     ));
     // She may pick her other number.
-    r.handle_call(now, 1, 8, "ボブ", Some("2001".into()), vec![addr(5001)], 0);
+    r.handle_call(now, 1, 8, &n("ボブ"), Some(n("2001")), vec![addr(5001)], 0);
     let acts = drain(&mut r);
     let call = match &sent(&acts, 2)[0] {
         DirMsg::Ring {
@@ -610,14 +634,14 @@ fn call_rings_with_the_asserted_number_and_connects_directly() {
             ..
         }
     ));
-    r.handle_call(now, 1, 10, "ボブ", None, vec![], 0);
+    r.handle_call(now, 1, 10, &n("ボブ"), None, vec![], 0);
     assert!(matches!(&sent(&drain(&mut r), 2)[0], DirMsg::Ring { from, .. } if from == "아리랑"));
 }
 
 #[test]
 fn unreachable_unknown_and_forwarding() {
     let (mut r, now) = two_online();
-    r.handle_call(now, 1, 1, "carol", None, vec![], 0);
+    r.handle_call(now, 1, 1, &n("carol"), None, vec![], 0);
     assert!(matches!(
         &sent(&drain(&mut r), 1)[0],
         DirMsg::CallFailed {
@@ -626,7 +650,7 @@ fn unreachable_unknown_and_forwarding() {
             ..
         }
     ));
-    r.handle_call(now, 1, 2, "nobody", None, vec![], 0);
+    r.handle_call(now, 1, 2, &n("nobody"), None, vec![], 0);
     assert!(matches!(
         &sent(&drain(&mut r), 1)[0],
         DirMsg::CallFailed {
@@ -639,7 +663,7 @@ fn unreachable_unknown_and_forwarding() {
         "carol",
         vec![ForwardRule::new(ForwardWhen::Unregistered, "ボブ")],
     );
-    r.handle_call(now, 1, 3, "carol", None, vec![], 0);
+    r.handle_call(now, 1, 3, &n("carol"), None, vec![], 0);
     let acts = drain(&mut r);
     assert!(
         matches!(&sent(&acts, 2)[0], DirMsg::Ring { number, dialled, via, .. }
@@ -648,7 +672,7 @@ fn unreachable_unknown_and_forwarding() {
     // A loop is refused with the chain.
     r.set_forwards("ボブ", vec![ForwardRule::new(ForwardWhen::Always, "carol")]);
     r.set_forwards("carol", vec![ForwardRule::new(ForwardWhen::Always, "ボブ")]);
-    r.handle_call(now, 1, 4, "carol", None, vec![], 0);
+    r.handle_call(now, 1, 4, &n("carol"), None, vec![], 0);
     match &sent(&drain(&mut r), 1)[0] {
         DirMsg::CallFailed { code, message, .. } => {
             assert_eq!(*code, ErrorCode::ForwardLoop);
@@ -657,7 +681,7 @@ fn unreachable_unknown_and_forwarding() {
         other => panic!("{other:?}"),
     }
     // Redirect hops are capped.
-    r.handle_call(now, 1, 5, "아리랑", None, vec![], MAX_HOPS as u8);
+    r.handle_call(now, 1, 5, &n("아리랑"), None, vec![], MAX_HOPS as u8);
     assert!(matches!(
         &sent(&drain(&mut r), 1)[0],
         DirMsg::CallFailed {
@@ -666,7 +690,7 @@ fn unreachable_unknown_and_forwarding() {
         }
     ));
     // Calling a number this same endpoint registered.
-    r.handle_call(now, 1, 6, "2001", None, vec![], 0);
+    r.handle_call(now, 1, 6, &n("2001"), None, vec![], 0);
     assert!(matches!(
         &sent(&drain(&mut r), 1)[0],
         DirMsg::CallFailed {
@@ -680,7 +704,7 @@ fn unreachable_unknown_and_forwarding() {
 fn decline_redirect_timeout_and_peer_loss() {
     let (mut r, now) = two_online();
     let ring = |r: &mut Router, req| {
-        r.handle_call(now, 1, req, "ボブ", None, vec![], 0);
+        r.handle_call(now, 1, req, &n("ボブ"), None, vec![], 0);
         let acts = drain(r);
         match &sent(&acts, 1)[0] {
             DirMsg::Ringing { call, .. } => *call,
@@ -699,7 +723,7 @@ fn decline_redirect_timeout_and_peer_loss() {
     ));
     assert!(matches!(&sent(&acts, 2)[0], DirMsg::Ok { req: 5 }));
     let c = ring(&mut r, 2);
-    r.handle_redirect(now, 2, 6, c, "carol");
+    r.handle_redirect(now, 2, 6, c, &n("carol"));
     let acts = drain(&mut r);
     assert!(
         matches!(&sent(&acts, 1)[0], DirMsg::Redirected { number, by, .. } if number == "carol" && by == "ボブ")
@@ -741,7 +765,7 @@ fn decline_redirect_timeout_and_peer_loss() {
 fn busy_no_answer_and_do_not_disturb_forward_the_caller() {
     let (mut r, now) = two_online();
     let ring = |r: &mut Router, req| {
-        r.handle_call(now, 1, req, "ボブ", None, vec![], 0);
+        r.handle_call(now, 1, req, &n("ボブ"), None, vec![], 0);
         let acts = drain(r);
         match &sent(&acts, 1)[0] {
             DirMsg::Ringing { call, .. } => *call,
@@ -817,7 +841,7 @@ fn busy_no_answer_and_do_not_disturb_forward_the_caller() {
     // Do-not-disturb: nothing rings; the caller is offered mail.
     r.set_forwards("ボブ", vec![]);
     r.set_dnd("ボブ", true);
-    r.handle_call(now, 1, 7, "ボブ", None, vec![], 0);
+    r.handle_call(now, 1, 7, &n("ボブ"), None, vec![], 0);
     let acts = drain(&mut r);
     assert!(sent(&acts, 2).is_empty(), "{acts:?}");
     assert!(
@@ -827,12 +851,12 @@ fn busy_no_answer_and_do_not_disturb_forward_the_caller() {
     // ... or, with a busy rule, goes where it says at once.
     r.set_forwards("ボブ", vec![ForwardRule::new(ForwardWhen::Busy, "아리랑")]);
     r.set_dnd("carol", true);
-    r.handle_call(now, 2, 8, "carol", None, vec![], 0);
+    r.handle_call(now, 2, 8, &n("carol"), None, vec![], 0);
     assert!(matches!(
         &sent(&drain(&mut r), 2)[0],
         DirMsg::CallFailed { mail: true, .. }
     ));
-    r.handle_call(now, 2, 9, "ボブ", None, vec![], 0);
+    r.handle_call(now, 2, 9, &n("ボブ"), None, vec![], 0);
     let acts = drain(&mut r);
     assert!(
         matches!(&sent(&acts, 1)[0], DirMsg::Ring { number, via, .. } if number == "아리랑" && via == &vec!["ボブ".to_string()]),
@@ -871,7 +895,7 @@ fn several_rules_of_one_number_each_followed() {
     };
     r.set_forwards("ボブ", rules(false));
     let ring = |r: &mut Router, req, at| {
-        r.handle_call(at, 1, req, "ボブ", None, vec![], 0);
+        r.handle_call(at, 1, req, &n("ボブ"), None, vec![], 0);
         let acts = drain(r);
         match &sent(&acts, 1)[0] {
             DirMsg::Ringing { call, number, .. } if number == "ボブ" => *call,
@@ -903,7 +927,7 @@ fn several_rules_of_one_number_each_followed() {
     assert_eq!(rec.forwarded_to.as_deref(), Some("2001"));
     // Always, once on, comes before them all: nothing rings at Bob.
     r.set_forwards("ボブ", rules(true));
-    r.handle_call(at, 2, 4, "ボブ", None, vec![], 0);
+    r.handle_call(at, 2, 4, &n("ボブ"), None, vec![], 0);
     let acts = drain(&mut r);
     assert!(
         matches!(&sent(&acts, 1)[0], DirMsg::Ring { number, via, .. } if number == "아리랑" && via == &vec!["ボブ".to_string()]),
@@ -914,7 +938,7 @@ fn several_rules_of_one_number_each_followed() {
     r.set_forwards("ボブ", rules(false));
     r.handle_session_down(at, 2);
     drain(&mut r);
-    r.handle_call(at, 1, 5, "ボブ", None, vec![], 0);
+    r.handle_call(at, 1, 5, &n("ボブ"), None, vec![], 0);
     let acts = drain(&mut r);
     assert!(
         matches!(&sent(&acts, 1)[0], DirMsg::CallFailed { number, code: ErrorCode::Unreachable, .. } if number == "carol"),
@@ -935,7 +959,7 @@ fn several_rules_of_one_number_each_followed() {
 fn every_call_is_recorded_once_as_the_directory_saw_it() {
     let (mut r, now) = two_online();
     let place = |r: &mut Router, req, number: &str, at| {
-        r.handle_call(at, 1, req, number, None, vec![], 0);
+        r.handle_call(at, 1, req, &n(number), None, vec![], 0);
         let acts = drain(r);
         match &sent(&acts, 1)[0] {
             DirMsg::Ringing { call, .. } => Some(*call),
@@ -985,12 +1009,12 @@ fn every_call_is_recorded_once_as_the_directory_saw_it() {
     assert!(rec.entries(end, 0).iter().all(|e| e.duration_ms.is_none()));
     // Unknown: only the caller's entry.
     assert!(place(&mut r, 6, "nobody", end).is_none());
-    r.handle_call(end, 1, 7, "nobody", None, vec![], 0);
+    r.handle_call(end, 1, 7, &n("nobody"), None, vec![], 0);
     let rec = &records(&drain(&mut r))[0];
     assert_eq!(rec.outcome, CallOutcome::UnknownNumber);
     assert_eq!(rec.entries(end, 0).len(), 1);
     // Offline carol: her entry says so.
-    r.handle_call(end, 1, 8, "carol", None, vec![], 0);
+    r.handle_call(end, 1, 8, &n("carol"), None, vec![], 0);
     let rec = &records(&drain(&mut r))[0];
     assert_eq!(rec.outcome, CallOutcome::Offline);
     let es = rec.entries(end, 0);
@@ -1026,7 +1050,7 @@ fn every_call_is_recorded_once_as_the_directory_saw_it() {
 fn relay_rule_and_fallback() {
     let (mut r, now) = two_online();
     let answered = |r: &mut Router, req| {
-        r.handle_call(now, 1, req, "ボブ", None, vec![], 0);
+        r.handle_call(now, 1, req, &n("ボブ"), None, vec![], 0);
         let acts = drain(r);
         let DirMsg::Ringing { call, .. } = &sent(&acts, 1)[0] else {
             panic!()
@@ -1120,7 +1144,7 @@ fn relay_rule_and_fallback() {
 #[test]
 fn lookup_tells_the_callee_who_comes() {
     let (mut r, now) = two_online();
-    r.handle_lookup(now, 1, 3, "ボブ", "tk".into());
+    r.handle_lookup(now, 1, 3, &n("ボブ"), "tk".into());
     let acts = drain(&mut r);
     assert!(
         matches!(&sent(&acts, 2)[0], DirMsg::Expect { from, caller_fp, token, .. } if from == "아리랑" && caller_fp == "fa" && token == "tk")
@@ -1134,7 +1158,7 @@ fn lookup_tells_the_callee_who_comes() {
     assert!(
         matches!(&sent(&acts, 1)[0], DirMsg::Found { fingerprint, candidates, .. } if fingerprint == "fb" && candidates.len() == 2)
     );
-    r.handle_lookup(now, 1, 4, "carol", "tk".into());
+    r.handle_lookup(now, 1, 4, &n("carol"), "tk".into());
     assert!(matches!(
         &sent(&drain(&mut r), 1)[0],
         DirMsg::Error {
@@ -1149,7 +1173,7 @@ fn a_second_registration_displaces_the_first_and_migration_updates() {
     let (mut r, now) = two_online();
     r.handle_session_up(3, "fa2".into(), addr(1003));
     r.handle_login(now, 3, "alice", vec!["아리랑".into(), "2001".into()]);
-    r.handle_register(now, 3, 1, vec!["2001".into()], vec![]);
+    r.handle_register(now, 3, 1, vec![n("2001")], vec![]);
     let acts = drain(&mut r);
     assert!(
         matches!(&sent(&acts, 1)[0], DirMsg::Unbound { numbers, .. } if numbers == &vec!["2001".to_string()])
@@ -1166,14 +1190,14 @@ fn a_second_registration_displaces_the_first_and_migration_updates() {
 #[test]
 fn office_number_with_extension_rings_the_office() {
     let (mut r, now) = two_online();
-    r.handle_call(now, 1, 1, "ボブ/202", None, vec![], 0);
+    r.handle_call(now, 1, 1, &n("ボブ/202"), None, vec![], 0);
     let acts = drain(&mut r);
     assert!(
         matches!(&sent(&acts, 2)[0], DirMsg::Ring { number, ext, dialled, .. }
         if number == "ボブ" && ext.as_deref() == Some("202") && dialled == "ボブ/202"),
         "{acts:?}"
     );
-    r.handle_call(now, 1, 2, "nobody/202", None, vec![], 0);
+    r.handle_call(now, 1, 2, &n("nobody/202"), None, vec![], 0);
     assert!(matches!(
         &sent(&drain(&mut r), 1)[0],
         DirMsg::CallFailed {
@@ -1181,7 +1205,7 @@ fn office_number_with_extension_rings_the_office() {
             ..
         }
     ));
-    r.handle_lookup(now, 1, 3, "ボブ/7", "t".into());
+    r.handle_lookup(now, 1, 3, &n("ボブ/7"), "t".into());
     assert!(
         matches!(&sent(&drain(&mut r), 2)[0], DirMsg::Expect { ext, .. } if ext.as_deref() == Some("7"))
     );
@@ -1190,7 +1214,7 @@ fn office_number_with_extension_rings_the_office() {
 #[test]
 fn shutdown_ends_everything() {
     let (mut r, now) = two_online();
-    r.handle_call(now, 1, 1, "ボブ", None, vec![], 0);
+    r.handle_call(now, 1, 1, &n("ボブ"), None, vec![], 0);
     drain(&mut r);
     r.shutdown(now);
     let acts = drain(&mut r);
@@ -1210,13 +1234,13 @@ fn shutdown_ends_everything() {
 #[test]
 fn an_end_of_an_answered_call_hands_the_other_on() {
     let (mut r, now) = two_online();
-    r.handle_call(now, 1, 1, "ボブ", None, vec![], 0);
+    r.handle_call(now, 1, 1, &n("ボブ"), None, vec![], 0);
     let call = match &sent(&drain(&mut r), 2)[0] {
         DirMsg::Ring { call, .. } => *call,
         other => panic!("{other:?}"),
     };
     // Not while it rings.
-    r.handle_transfer(now, 2, 2, call, "carol", None);
+    r.handle_transfer(now, 2, 2, call, &n("carol"), None);
     assert!(matches!(
         &sent(&drain(&mut r), 2)[0],
         DirMsg::Error {
@@ -1228,7 +1252,7 @@ fn an_end_of_an_answered_call_hands_the_other_on() {
     drain(&mut r);
     // Not by a stranger.
     r.handle_session_up(3, "fc".into(), addr(1003));
-    r.handle_transfer(now, 3, 4, call, "carol", None);
+    r.handle_transfer(now, 3, 4, call, &n("carol"), None);
     assert!(matches!(
         &sent(&drain(&mut r), 3)[0],
         DirMsg::Error {
@@ -1237,7 +1261,7 @@ fn an_end_of_an_answered_call_hands_the_other_on() {
         }
     ));
     // Bob hands Alice on to carol: she is told, and the call is over.
-    r.handle_transfer(now, 2, 5, call, "carol", Some(9));
+    r.handle_transfer(now, 2, 5, call, &n("carol"), Some(9));
     let acts = drain(&mut r);
     assert!(matches!(&sent(&acts, 2)[0], DirMsg::Ok { req: 5 }));
     assert!(

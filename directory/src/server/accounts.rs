@@ -393,7 +393,7 @@ pub(super) async fn forward_change(
         c.reply(error(Some(req), ErrorCode::NotLoggedIn, "log in first"));
         return Ok(());
     };
-    let number = match canon(&number) {
+    let number = match canon(&number).map(String::from) {
         Ok(n) => n,
         Err(m) => {
             c.reply(error(Some(req), ErrorCode::InvalidNumber, m));
@@ -409,7 +409,7 @@ pub(super) async fn forward_change(
         return Ok(());
     }
     let change = match change {
-        ForwardChange::Set(Some(r)) => match canon(&r.to) {
+        ForwardChange::Set(Some(r)) => match canon(&r.to).map(String::from) {
             Ok(to) => ForwardChange::Set(Some(ForwardRule { to, ..r })),
             Err(m) => {
                 c.reply(error(Some(req), ErrorCode::InvalidNumber, m));

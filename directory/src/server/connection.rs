@@ -23,7 +23,8 @@ use super::session::{
 };
 use super::shared::{Event, Out, Shared, CONTROL_QUEUE, IN_FLIGHT};
 use crate::api::EndpointKind;
-use crate::routing::SessionId;
+use crate::auth;
+use crate::routing::{MediaEnd, Placing, Request, SessionId};
 use crate::store;
 use crate::wire::{next_msg, send_msg, Incoming, MsgReader, MsgWriter, WRITE_BATCH};
 
@@ -227,39 +228,29 @@ pub(super) async fn handle_msg(c: &Arc<Conn>, msg: DirMsg, read_at: Instant) -> 
             c.shared.metrics.registrations.increment(1);
             // A refresh right after the endpoint moved: use its new address.
             c.report_move().await?;
-            let parsed = parse_candidates(&candidates).and_then(|cands| {
-                let ns = numbers
-                    .iter()
-                    .map(|n| canon(n))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((ns, cands))
-            });
-            match parsed {
-                Ok((numbers, cands)) => {
-                    c.route(DirMsg::Register {
-                        req,
-                        numbers,
-                        candidates: cands.iter().map(ToString::to_string).collect(),
-                    })
-                    .await?
+            let numbers = match numbers.iter().map(|n| canon(n)).collect() {
+                Ok(ns) => ns,
+                Err(m) => {
+                    c.reply(error(Some(req), ErrorCode::InvalidNumber, m));
+                    return Ok(());
                 }
+            };
+            match parse_candidates(&candidates) {
+                Ok(own) => c.route(Request::Register { req, numbers, own }).await?,
                 Err(m) => c.reply(error(Some(req), ErrorCode::BadAddress, m)),
             }
         }
-        DirMsg::Unregister { req, numbers } => {
-            match numbers
-                .iter()
-                .map(|n| canon(n))
-                .collect::<Result<Vec<_>, _>>()
-            {
-                Ok(numbers) => c.route(DirMsg::Unregister { req, numbers }).await?,
-                Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
-            }
-        }
+        DirMsg::Unregister { req, numbers } => match numbers.iter().map(|n| canon(n)).collect() {
+            Ok(numbers) => c.route(Request::Unregister { req, numbers }).await?,
+            Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
+        },
         DirMsg::Lookup { req, number } => {
             c.shared.metrics.lookups.increment(1);
             match canon(&number) {
-                Ok(number) => c.route(DirMsg::Lookup { req, number }).await?,
+                Ok(number) => {
+                    let token = auth::new_call_token();
+                    c.route(Request::Lookup { req, number, token }).await?
+                }
                 Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
             }
         }
@@ -293,22 +284,29 @@ pub(super) async fn handle_msg(c: &Arc<Conn>, msg: DirMsg, read_at: Instant) -> 
                     return Ok(());
                 }
             };
-            let cands = match parse_media_end(&candidates, media_fp.as_deref()) {
+            let own = match parse_media_end(&candidates, media_fp.as_deref()) {
                 Ok(cs) => cs,
                 Err(m) => {
                     c.reply(fail(ErrorCode::BadAddress, m));
                     return Ok(());
                 }
             };
+            let media = media_fp.map(|fp| MediaEnd {
+                fp,
+                addrs: own.clone(),
+            });
             c.route_read_at(
-                DirMsg::Call {
+                Request::Call {
                     req,
                     number: n,
                     from,
-                    candidates: cands.iter().map(ToString::to_string).collect(),
+                    own,
                     hops,
-                    media_fp,
-                    handoff,
+                    placing: Placing {
+                        media,
+                        handoff,
+                        check_key: Some(auth::new_call_token()),
+                    },
                 },
                 read_at,
             )
@@ -320,19 +318,19 @@ pub(super) async fn handle_msg(c: &Arc<Conn>, msg: DirMsg, read_at: Instant) -> 
             media_fp,
             candidates,
         } => match parse_media_end(&candidates, media_fp.as_deref()) {
-            Ok(_) => {
-                c.route(DirMsg::Answer {
+            Ok(addrs) => {
+                c.route(Request::Answer {
                     req,
                     call,
-                    media_fp,
-                    candidates,
+                    token: auth::new_call_token(),
+                    media: media_fp.map(|fp| MediaEnd { fp, addrs }),
                 })
                 .await?
             }
             Err(m) => c.reply(error(Some(req), ErrorCode::BadAddress, m)),
         },
         DirMsg::Redirect { req, call, number } => match canon(&number) {
-            Ok(number) => c.route(DirMsg::Redirect { req, call, number }).await?,
+            Ok(number) => c.route(Request::Redirect { req, call, number }).await?,
             Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
         },
         DirMsg::Transfer {
@@ -342,7 +340,7 @@ pub(super) async fn handle_msg(c: &Arc<Conn>, msg: DirMsg, read_at: Instant) -> 
             handoff,
         } => match canon(&number) {
             Ok(number) => {
-                c.route(DirMsg::Transfer {
+                c.route(Request::Transfer {
                     req,
                     call,
                     number,
@@ -352,10 +350,24 @@ pub(super) async fn handle_msg(c: &Arc<Conn>, msg: DirMsg, read_at: Instant) -> 
             }
             Err(m) => c.reply(error(Some(req), ErrorCode::InvalidNumber, m)),
         },
-        m @ (DirMsg::Reject { .. }
-        | DirMsg::Busy { .. }
-        | DirMsg::Hangup { .. }
-        | DirMsg::Fallback { .. }) => c.route(m).await?,
+        DirMsg::Reject { req, call } => {
+            c.route(Request::Decline {
+                req,
+                call,
+                busy: false,
+            })
+            .await?
+        }
+        DirMsg::Busy { req, call } => {
+            c.route(Request::Decline {
+                req,
+                call,
+                busy: true,
+            })
+            .await?
+        }
+        DirMsg::Hangup { call } => c.route(Request::Hangup { call }).await?,
+        DirMsg::Fallback { req, call } => c.route(Request::Fallback { req, call }).await?,
         other => c.reply(error(
             other.reply_to(),
             ErrorCode::Unexpected,

@@ -2,7 +2,7 @@
 //! sessions' queues.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +17,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use super::session::error;
 use super::shared::{number_table, Device, Event, Out, Query, QueryReply, Shared, CONTROL_QUEUE};
 use crate::api::{self, BindingInfo, CallInfo, EndpointKind};
-use crate::auth;
-use crate::routing::{Action, CallState, MediaEnd, Notice, Placing, RelayState, Router, SessionId};
+use crate::routing::{Action, CallState, Notice, RelayState, Request, Router, SessionId};
 use crate::store;
 
 /// A connected session as the hub sees it.
@@ -137,12 +136,15 @@ impl Hub {
                 let _ = reply.send(token);
             }
             Event::Route {
-                sid, msg, read_at, ..
+                sid,
+                request,
+                read_at,
+                ..
             } => {
-                if matches!(msg, DirMsg::Call { .. }) {
+                if matches!(request, Request::Call { .. }) {
                     self.call_read_at = Some(read_at);
                 }
-                self.route(now, sid, msg)
+                self.router.handle_request(now, sid, request)
             }
             Event::ForwardChanged { number, rules } => self.router.set_forwards(&number, rules),
             Event::Reload { logout, keep, done } => {
@@ -245,85 +247,6 @@ impl Hub {
             .collect();
         out.sort_by_key(|d| d.session);
         out
-    }
-
-    pub(super) fn route(&mut self, now: Instant, sid: SessionId, msg: DirMsg) {
-        let addrs =
-            |v: &[String]| -> Vec<SocketAddr> { v.iter().filter_map(|a| a.parse().ok()).collect() };
-        match msg {
-            DirMsg::Register {
-                req,
-                numbers,
-                candidates,
-            } => self
-                .router
-                .handle_register(now, sid, req, numbers, addrs(&candidates)),
-            DirMsg::Unregister { req, numbers } => {
-                self.router.handle_unregister(now, sid, req, numbers)
-            }
-            DirMsg::Lookup { req, number } => {
-                self.router
-                    .handle_lookup(now, sid, req, &number, auth::new_call_token())
-            }
-            DirMsg::Call {
-                req,
-                number,
-                from,
-                candidates,
-                hops,
-                media_fp,
-                handoff,
-            } => {
-                let own = addrs(&candidates);
-                let media = media_fp.map(|fp| MediaEnd {
-                    fp,
-                    addrs: own.clone(),
-                });
-                self.router.handle_call_for(
-                    now,
-                    sid,
-                    req,
-                    &number,
-                    from,
-                    own,
-                    hops,
-                    Placing {
-                        media,
-                        handoff,
-                        check_key: Some(auth::new_call_token()),
-                    },
-                )
-            }
-            DirMsg::Answer {
-                req,
-                call,
-                media_fp,
-                candidates,
-            } => {
-                let media = media_fp.map(|fp| MediaEnd {
-                    fp,
-                    addrs: addrs(&candidates),
-                });
-                self.router
-                    .handle_answer_for(now, sid, req, call, auth::new_call_token(), media)
-            }
-            DirMsg::Reject { req, call } => self.router.handle_decline(now, sid, req, call, false),
-            DirMsg::Busy { req, call } => self.router.handle_decline(now, sid, req, call, true),
-            DirMsg::Redirect { req, call, number } => {
-                self.router.handle_redirect(now, sid, req, call, &number)
-            }
-            DirMsg::Transfer {
-                req,
-                call,
-                number,
-                handoff,
-            } => self
-                .router
-                .handle_transfer(now, sid, req, call, &number, handoff),
-            DirMsg::Hangup { call } => self.router.handle_hangup(now, sid, call),
-            DirMsg::Fallback { req, call } => self.router.handle_fallback(now, sid, req, call),
-            _ => {}
-        }
     }
 
     pub(super) fn send(&mut self, sid: SessionId, msg: DirMsg) {
@@ -691,7 +614,7 @@ impl Shared {
             cfg,
             None,
             std::env::temp_dir(),
-            SocketAddr::from(([127, 0, 0, 1], 7480)),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 7480)),
             hub_tx,
         )?);
         let mut router = Router::new(shared.cfg().routing());

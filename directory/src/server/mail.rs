@@ -162,12 +162,12 @@ pub(super) async fn upload(c: &Arc<Conn>, recv: &mut quinn::RecvStream) -> DirMs
             ),
         );
     }
-    let to = match canon(&to) {
+    let to = match canon(&to).map(String::from) {
         Ok(t) => t,
         Err(m) => return error(Some(req), ErrorCode::InvalidNumber, m),
     };
     let from = match from.as_deref().map(canon).transpose() {
-        Ok(Some(f)) if who.numbers.contains(&f) => f,
+        Ok(Some(f)) if who.numbers.iter().any(|n| *n == *f) => f.into_string(),
         Ok(Some(f)) => {
             return error(
                 Some(req),

@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use keyline_proto::dir::{DirMsg, ErrorCode, ReqId, MAX_CANDIDATES};
-use keyline_proto::number;
+use keyline_proto::number::{self, Number};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 use super::shared::{Event, Out, Shared, ROOM};
-use crate::routing::SessionId;
+use crate::routing::{Request, SessionId};
 
 pub(super) fn error(req: Option<ReqId>, code: ErrorCode, message: impl Into<String>) -> DirMsg {
     DirMsg::Error {
@@ -78,7 +78,8 @@ pub(super) fn clipped(s: &str) -> String {
     s.chars().take(number::MAX_CHARS).collect()
 }
 
-pub(super) fn canon(n: &str) -> Result<String, String> {
+/// `n` parsed as a [`Number`], or why not, quoting the client's input.
+pub(super) fn canon(n: &str) -> Result<Number, String> {
     if n.len() > number::MAX_INPUT_BYTES {
         return Err(format!(
             "the number is too long ({} bytes; at most {} are accepted)",
@@ -86,7 +87,7 @@ pub(super) fn canon(n: &str) -> Result<String, String> {
             number::MAX_INPUT_BYTES
         ));
     }
-    number::canonicalize(n).map_err(|e| format!("{}: {e}", quoted(n)))
+    Number::parse(n).map_err(|e| format!("{}: {e}", quoted(n)))
 }
 
 /// What one connection knows about itself.
@@ -127,12 +128,12 @@ impl Conn {
 
     /// Hand a routing request to the hub, once fewer than
     /// [`IN_FLIGHT`] of the session's requests wait there.
-    pub(super) async fn route(&self, msg: DirMsg) -> Result<()> {
-        self.route_read_at(msg, Instant::now()).await
+    pub(super) async fn route(&self, request: Request) -> Result<()> {
+        self.route_read_at(request, Instant::now()).await
     }
 
     /// [`Conn::route`] for a request read off the stream at `read_at`.
-    pub(super) async fn route_read_at(&self, msg: DirMsg, read_at: Instant) -> Result<()> {
+    pub(super) async fn route_read_at(&self, request: Request, read_at: Instant) -> Result<()> {
         let held = self
             .in_flight
             .clone()
@@ -141,7 +142,7 @@ impl Conn {
             .context("the session is closing")?;
         self.hub(Event::Route {
             sid: self.sid,
-            msg,
+            request,
             read_at,
             _held: held,
         })

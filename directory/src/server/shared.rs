@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
 use crate::api::{self, BindingInfo, CallInfo, EndpointKind};
 use crate::config::Config;
 use crate::ratelimit::LoginLimiter;
-use crate::routing::{NumberInfo, SessionId};
+use crate::routing::{NumberInfo, Request, SessionId};
 use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
 
 /// Name of the database inside the state directory.
@@ -81,7 +81,7 @@ pub enum Event {
     /// session's stream (for the dial→ringing metric).
     Route {
         sid: SessionId,
-        msg: DirMsg,
+        request: Request,
         read_at: Instant,
         _held: OwnedSemaphorePermit,
     },
