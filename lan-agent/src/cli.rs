@@ -31,46 +31,11 @@ pub enum Cmd {
         /// Gateway address (default: found by mDNS on the LAN).
         #[arg(long, value_name = "HOST:PORT")]
         gateway: Option<String>,
-        /// What to send: `device`, `device:ID`, `tone:HZ`, `silence` or a
-        /// WAV file (default: what was last chosen in the phone window,
-        /// else `device`).
-        #[arg(long, value_name = "SPEC")]
-        audio_in: Option<String>,
-        /// Where to play: `device`, `device:ID`, `null` or a WAV file to
-        /// write (default: what was last chosen in the phone window, else
-        /// `device`).
-        #[arg(long, value_name = "SPEC")]
-        audio_out: Option<String>,
-        /// What video to send: `none` (no camera) or `pattern` (a moving
-        /// test picture carrying its frame counter and send time).
-        #[arg(long, default_value = "none", value_name = "SPEC")]
-        video_in: String,
-        /// Where received video goes: `none`, a `.y4m` file, or any other
-        /// file for one CSV line per picture (its counter, send and decode
-        /// times).
-        #[arg(long, default_value = "none", value_name = "SPEC")]
-        video_out: String,
-        /// Answer incoming calls by itself after this many seconds.
-        #[arg(long, value_name = "SECONDS")]
-        auto_answer: Option<u64>,
-        /// A name shown to the gateway's admin and to callees.
-        #[arg(long)]
-        name: Option<String>,
-        /// Ringtone WAV (default: a built-in ring).
-        #[arg(long, value_name = "FILE")]
-        ringtone: Option<PathBuf>,
-        /// Local UDP address (default: any address, a free port).
-        #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR:PORT")]
-        bind: SocketAddr,
         /// Do not use mDNS (then --gateway is required).
         #[arg(long)]
         no_mdns: bool,
-        /// Record every call (both directions, Ogg Opus) into this directory.
-        #[arg(long, value_name = "DIR")]
-        record_dir: Option<PathBuf>,
-        /// WAV file the other end hears while this station holds a call.
-        #[arg(long, value_name = "FILE")]
-        hold_music: Option<PathBuf>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
     },
     /// Run as a standalone internet terminal: log in to a directory,
     /// register this machine's number(s) there, and place and take calls
@@ -101,47 +66,12 @@ pub enum Cmd {
         /// all of the account's numbers).
         #[arg(long = "number", value_name = "NUMBER")]
         numbers: Vec<String>,
-        /// What to send: `device`, `device:ID`, `tone:HZ`, `silence` or a
-        /// WAV file (default: what was last chosen in the phone window,
-        /// else `device`).
-        #[arg(long, value_name = "SPEC")]
-        audio_in: Option<String>,
-        /// Where to play: `device`, `device:ID`, `null` or a WAV file to
-        /// write (default: what was last chosen in the phone window, else
-        /// `device`).
-        #[arg(long, value_name = "SPEC")]
-        audio_out: Option<String>,
-        /// What video to send: `none` (no camera) or `pattern` (a moving
-        /// test picture carrying its frame counter and send time).
-        #[arg(long, default_value = "none", value_name = "SPEC")]
-        video_in: String,
-        /// Where received video goes: `none`, a `.y4m` file, or any other
-        /// file for one CSV line per picture (its counter, send and decode
-        /// times).
-        #[arg(long, default_value = "none", value_name = "SPEC")]
-        video_out: String,
-        /// Answer incoming calls by itself after this many seconds.
-        #[arg(long, value_name = "SECONDS")]
-        auto_answer: Option<u64>,
-        /// A name the directory shows in its lists.
-        #[arg(long)]
-        name: Option<String>,
-        /// Ringtone WAV (default: a built-in ring).
-        #[arg(long, value_name = "FILE")]
-        ringtone: Option<PathBuf>,
-        /// Local UDP address (default: any address, a free port).
-        #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR:PORT")]
-        bind: SocketAddr,
-        /// Record every call (both directions, Ogg Opus) into this directory.
-        #[arg(long, value_name = "DIR")]
-        record_dir: Option<PathBuf>,
-        /// WAV file the other end hears while this terminal holds a call.
-        #[arg(long, value_name = "FILE")]
-        hold_music: Option<PathBuf>,
         /// Where delivered texts and voice mail are kept (default: the
         /// state directory's `mail`).
         #[arg(long, value_name = "DIR")]
         mail_dir: Option<PathBuf>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
     },
     /// Show registration (or the pairing code) and the call in progress.
     Status {
@@ -435,4 +365,48 @@ mod tests {
             Cli::try_parse_from(["keyline-agent", "audio", "set", "--ring-device", "null"]).is_ok()
         );
     }
+}
+
+/// The options an office station (`run`) and an internet terminal
+/// (`terminal`) share: sound, pictures, answering, naming, recording.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EndpointArgs {
+    /// What to send: `device`, `device:ID`, `tone:HZ`, `silence` or a
+    /// WAV file (default: what was last chosen in the phone window,
+    /// else `device`).
+    #[arg(long, value_name = "SPEC")]
+    pub audio_in: Option<String>,
+    /// Where to play: `device`, `device:ID`, `null` or a WAV file to
+    /// write (default: what was last chosen in the phone window, else
+    /// `device`).
+    #[arg(long, value_name = "SPEC")]
+    pub audio_out: Option<String>,
+    /// What video to send: `none` (no camera) or `pattern` (a moving
+    /// test picture carrying its frame counter and send time).
+    #[arg(long, default_value = "none", value_name = "SPEC")]
+    pub video_in: String,
+    /// Where received video goes: `none`, a `.y4m` file, or any other
+    /// file for one CSV line per picture (its counter, send and decode
+    /// times).
+    #[arg(long, default_value = "none", value_name = "SPEC")]
+    pub video_out: String,
+    /// Answer incoming calls by itself after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub auto_answer: Option<u64>,
+    /// A name shown to callees, and to the gateway's admin or in the
+    /// directory's lists.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Ringtone WAV (default: a built-in ring).
+    #[arg(long, value_name = "FILE")]
+    pub ringtone: Option<PathBuf>,
+    /// Local UDP address (default: any address, a free port).
+    #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR:PORT")]
+    pub bind: SocketAddr,
+    /// Record every call (both directions, Ogg Opus) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub record_dir: Option<PathBuf>,
+    /// WAV file the other end hears while this endpoint holds a call.
+    #[arg(long, value_name = "FILE")]
+    pub hold_music: Option<PathBuf>,
 }

@@ -18,13 +18,14 @@ use keyline_net::lifecycle::{self, Signals};
 use keyline_net::{control, endpoint, mdns, medialink, pairing_code, peer_fingerprint, Identity};
 use keyline_proto::codec::{read_frame, write_frame, CodecError};
 use keyline_proto::msg::{CallId, EndReason, LineSettings, MediaPlan, Msg, Role};
-use keyline_proto::phone::{CallKey, Command, Config, Flavor, LinkIn, LinkOut, MediaIn, Phone};
+use keyline_proto::phone::{CallKey, Command, Config, Flavor, LinkIn, LinkOut, MediaIn};
 use keyline_proto::{MAX_MESSAGE, PROTOCOL_VERSION};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api::{self, Request};
-use crate::audio::{self, LocalAudio};
+use crate::audio::LocalAudio;
+use crate::cli::EndpointArgs;
 use crate::station::{self, Station, Todo};
 
 /// Options of `keyline-agent run`.
@@ -32,22 +33,10 @@ use crate::station::{self, Station, Todo};
 pub struct RunOptions {
     pub state: Option<PathBuf>,
     pub gateway: Option<String>,
-    /// `--audio-in` and `--audio-out` (none: what was last chosen in the
-    /// phone window, else the sound card).
-    pub audio_in: Option<String>,
-    pub audio_out: Option<String>,
-    /// `--video-in` and `--video-out` (see `keyline_agent::video`).
-    pub video_in: String,
-    pub video_out: String,
-    pub auto_answer: Option<u64>,
-    pub name: Option<String>,
-    pub ringtone: Option<PathBuf>,
-    pub bind: SocketAddr,
     pub mdns: bool,
-    /// Record every call into this directory.
-    pub record_dir: Option<PathBuf>,
-    /// What a held party hears (default: a generated melody).
-    pub hold_music: Option<PathBuf>,
+    /// What it shares with the internet terminal: devices, answering,
+    /// naming, recording.
+    pub endpoint: EndpointArgs,
 }
 
 #[derive(Debug, Clone)]
@@ -132,33 +121,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let state_dir = keyline_net::statedir::resolve(opts.state.as_deref(), "agent")?;
     let id = Identity::load_or_create(&state_dir, "keyline-agent")?;
     let ctl = control::bind(&control::socket_path(&state_dir)).await?;
-    let endpoint = keyline_net::make_endpoint(opts.bind, &id)?;
-    let audio = LocalAudio::open(
-        audio::AudioChoice {
-            input: opts.audio_in.clone(),
-            out: opts.audio_out.clone(),
-            ring_out: None,
-            ringtone: opts.ringtone.clone(),
-        },
-        &opts.video_in,
-        &opts.video_out,
-        &state_dir,
-    )?;
-    let hold_music = audio::load_samples(
-        opts.hold_music.as_deref(),
-        "hold music",
-        keyline_media::hold_music,
-    )?;
+    let endpoint = keyline_net::make_endpoint(opts.endpoint.bind, &id)?;
     let (expect, _) = watch::channel(None);
-    let mut cfg = Config::new(Flavor::Office);
-    cfg.auto_answer = opts.auto_answer.map(Duration::from_secs);
     let events = control::Events::new();
-    let station = Station::new(
-        Phone::new(cfg),
-        hold_music,
-        opts.record_dir.clone(),
+    let (audio, station) = station::open(
+        &opts.endpoint,
+        &state_dir,
+        Config::new(Flavor::Office),
         events.clone(),
-    );
+    )?;
     let wake = station.wake.clone();
     let agent = Arc::new(Agent {
         id,
@@ -183,23 +154,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         found: tokio::sync::Notify::new(),
     });
 
-    {
-        let agent = agent.clone();
-        tokio::spawn(control::serve_with_events(ctl, events, move |req| {
-            let agent = agent.clone();
-            async move { handle_control(&agent, req).await }
-        }));
-    }
-    {
-        let agent = agent.clone();
-        tokio::spawn(station::run_timer(wake, move || {
-            let mut st = agent.lock();
-            if st.station.handle_due() {
-                drive(&agent, &mut st);
-            }
-            st.station.phone.poll_timeout()
-        }));
-    }
+    station::start(&agent, ctl, events, wake);
     let mdns = if agent.opts.mdns {
         match start_mdns(&agent) {
             Ok(m) => Some(m),
@@ -409,7 +364,7 @@ async fn gateway_session(
         &Msg::Hello {
             version: PROTOCOL_VERSION,
             role: Role::Agent,
-            name: agent.opts.name.clone(),
+            name: agent.opts.endpoint.name.clone(),
         },
         MAX_MESSAGE,
     )
@@ -969,11 +924,25 @@ impl station::Host for Agent {
     }
 
     fn record_dir(&self) -> Option<&std::path::Path> {
-        self.opts.record_dir.as_deref()
+        self.opts.endpoint.record_dir.as_deref()
     }
 
     fn state_dir(&self) -> &std::path::Path {
         &self.state_dir
+    }
+}
+
+impl station::Adapter for Agent {
+    fn control(self: Arc<Self>, req: Value) -> impl std::future::Future<Output = Value> + Send {
+        async move { handle_control(&self, req).await }
+    }
+
+    fn tick(self: Arc<Self>) -> Option<Instant> {
+        let mut st = self.lock();
+        if st.station.handle_due() {
+            drive(&self, &mut st);
+        }
+        st.station.phone.poll_timeout()
     }
 }
 

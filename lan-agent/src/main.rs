@@ -20,17 +20,8 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run {
             gateway,
-            audio_in,
-            audio_out,
-            video_in,
-            video_out,
-            auto_answer,
-            name,
-            ringtone,
-            bind,
             no_mdns,
-            record_dir,
-            hold_music,
+            endpoint,
         } => {
             if no_mdns && gateway.is_none() {
                 Err(anyhow::anyhow!("--no-mdns needs --gateway HOST:PORT"))
@@ -38,17 +29,8 @@ fn main() -> ExitCode {
                 serve(RunOptions {
                     state: cli.state,
                     gateway,
-                    audio_in,
-                    audio_out,
-                    video_in,
-                    video_out,
-                    auto_answer,
-                    name,
-                    ringtone,
-                    bind,
                     mdns: !no_mdns,
-                    record_dir,
-                    hold_music,
+                    endpoint,
                 })
             }
         }
@@ -59,17 +41,8 @@ fn main() -> ExitCode {
             account,
             password_file,
             numbers,
-            audio_in,
-            audio_out,
-            video_in,
-            video_out,
-            auto_answer,
-            name,
-            ringtone,
-            bind,
-            record_dir,
-            hold_music,
             mail_dir,
+            endpoint,
         } => {
             let given = terminal::settings::Given {
                 directory,
@@ -100,17 +73,8 @@ fn main() -> ExitCode {
                 account: s.account,
                 password_file: s.password_file,
                 numbers: s.numbers,
-                audio_in,
-                audio_out,
-                video_in,
-                video_out,
-                auto_answer,
-                name,
-                ringtone,
-                bind,
-                record_dir,
-                hold_music,
                 mail_dir,
+                endpoint,
             })
         }
         cmd => client(cli.state, cmd),

@@ -14,7 +14,8 @@ use std::time::Instant;
 use keyline_net::control::Events;
 use keyline_proto::msg::CallId;
 use keyline_proto::phone::{
-    Call, CallKey, CallState, Command, Event, LinkOut, MediaIn, Output, Phone, Reply, Req, Sound,
+    Call, CallKey, CallState, Command, Config, Event, LinkOut, MediaIn, Output, Phone, Reply, Req,
+    Sound,
 };
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify};
@@ -23,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::api::Request;
 use crate::audio::{self, LocalAudio};
 use crate::calls;
+use crate::cli::EndpointArgs;
 use crate::session::{
     finish_recording, recording_error, recording_path, start_recording, Hold, MediaStats,
     RecordSlot, Session, SharedRecord,
@@ -89,6 +91,37 @@ pub(crate) struct Station<P> {
     /// Wakes the timer task when a deadline may have moved.
     pub(crate) wake: Arc<Notify>,
     metrics: crate::metrics::AgentMetrics,
+}
+
+/// What an office station and an internet terminal open at start from
+/// the options both take: the sound and picture devices, and the phone
+/// core (configured by `cfg`, with the options' auto-answer) in its shell,
+/// with the hold music and the recording directory.
+pub(crate) fn open<P: Clone>(
+    args: &EndpointArgs,
+    state_dir: &Path,
+    mut cfg: Config,
+    events: Events,
+) -> anyhow::Result<(LocalAudio, Station<P>)> {
+    let audio = LocalAudio::open(
+        audio::AudioChoice {
+            input: args.audio_in.clone(),
+            out: args.audio_out.clone(),
+            ring_out: None,
+            ringtone: args.ringtone.clone(),
+        },
+        &args.video_in,
+        &args.video_out,
+        state_dir,
+    )?;
+    let hold_music = audio::load_samples(
+        args.hold_music.as_deref(),
+        "hold music",
+        keyline_media::hold_music,
+    )?;
+    cfg.auto_answer = args.auto_answer.map(std::time::Duration::from_secs);
+    let station = Station::new(Phone::new(cfg), hold_music, args.record_dir.clone(), events);
+    Ok((audio, station))
 }
 
 impl<P: Clone> Station<P> {
@@ -492,6 +525,34 @@ pub(crate) async fn reply(rx: oneshot::Receiver<Result<Reply, String>>) -> Value
 }
 
 /// The timer: `fire` handles what is due and says when to come back.
+/// What each adapter (the office station, the internet terminal) gives
+/// the start-up they share ([`start`]).
+pub(crate) trait Adapter: Send + Sync + 'static {
+    /// Answer one control request.
+    fn control(self: Arc<Self>, req: Value) -> impl std::future::Future<Output = Value> + Send;
+    /// Handle what is due in the phone core and carry out its outputs;
+    /// the next deadline.
+    fn tick(self: Arc<Self>) -> Option<Instant>;
+}
+
+/// Start the two tasks every adapter runs: its control socket, with the
+/// event stream, and the phone core's timer, woken early by `wake`.
+pub(crate) fn start<A: Adapter>(
+    adapter: &Arc<A>,
+    ctl: tokio::net::UnixListener,
+    events: Events,
+    wake: Arc<Notify>,
+) {
+    let a = adapter.clone();
+    tokio::spawn(keyline_net::control::serve_with_events(
+        ctl,
+        events,
+        move |req| a.clone().control(req),
+    ));
+    let a = adapter.clone();
+    tokio::spawn(run_timer(wake, move || a.clone().tick()));
+}
+
 pub(crate) async fn run_timer(wake: Arc<Notify>, fire: impl Fn() -> Option<Instant>) {
     loop {
         let notified = wake.notified();

@@ -51,8 +51,7 @@ use keyline_net::lifecycle::Signals;
 use keyline_net::{control, peer_fingerprint, Checker, Identity, Puncher};
 use keyline_proto::dir::{CallId, DirectPolicy, EndReason, ErrorCode};
 use keyline_proto::phone::{
-    CallKey, CallState, Command, Config, Flavor, LinkIn, LinkOut, LookupRefusal, MediaIn, Phone,
-    Req,
+    CallKey, CallState, Command, Config, Flavor, LinkIn, LinkOut, LookupRefusal, MediaIn, Req,
 };
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
@@ -60,7 +59,8 @@ use tokio::task::JoinHandle;
 
 use self::mailbox::Mailbox;
 use crate::api::{self, Request};
-use crate::audio::{self, LocalAudio};
+use crate::audio::LocalAudio;
+use crate::cli::EndpointArgs;
 use crate::station::{self, Station, Todo};
 
 /// Options of `keyline-agent terminal`.
@@ -72,20 +72,10 @@ pub struct TerminalOptions {
     pub account: String,
     pub password_file: PathBuf,
     pub numbers: Vec<String>,
-    /// `--audio-in` and `--audio-out` (none: what was last chosen in the
-    /// phone window, else the sound card).
-    pub audio_in: Option<String>,
-    pub audio_out: Option<String>,
-    /// `--video-in` and `--video-out` (see `keyline_agent::video`).
-    pub video_in: String,
-    pub video_out: String,
-    pub auto_answer: Option<u64>,
-    pub name: Option<String>,
-    pub ringtone: Option<PathBuf>,
-    pub bind: SocketAddr,
-    pub record_dir: Option<PathBuf>,
-    pub hold_music: Option<PathBuf>,
     pub mail_dir: Option<PathBuf>,
+    /// What it shares with the office station: devices, answering,
+    /// naming, recording.
+    pub endpoint: EndpointArgs,
 }
 
 /// The caller starts its checks this much after the callee: a router that
@@ -228,23 +218,8 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
         .transpose()?;
     let id = Identity::load_or_create(&state_dir, "keyline-agent")?;
     let ctl = control::bind(&control::socket_path(&state_dir)).await?;
-    let (endpoint, puncher, checker) = keyline_net::make_endpoint_with_checks(opts.bind, &id)?;
-    let audio = LocalAudio::open(
-        audio::AudioChoice {
-            input: opts.audio_in.clone(),
-            out: opts.audio_out.clone(),
-            ring_out: None,
-            ringtone: opts.ringtone.clone(),
-        },
-        &opts.video_in,
-        &opts.video_out,
-        &state_dir,
-    )?;
-    let hold_music = audio::load_samples(
-        opts.hold_music.as_deref(),
-        "hold music",
-        keyline_media::hold_music,
-    )?;
+    let (endpoint, puncher, checker) =
+        keyline_net::make_endpoint_with_checks(opts.endpoint.bind, &id)?;
     let mailbox = Mailbox::open(
         &opts
             .mail_dir
@@ -261,16 +236,10 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
             .count()
     };
     let mut cfg = Config::new(Flavor::Terminal);
-    cfg.auto_answer = opts.auto_answer.map(Duration::from_secs);
     cfg.lookup_ring_timeout = LOOKUP_RING_TIMEOUT;
     cfg.media_deadline = MEDIA_DEADLINE;
     let events = control::Events::new();
-    let station = Station::new(
-        Phone::new(cfg),
-        hold_music,
-        opts.record_dir.clone(),
-        events.clone(),
-    );
+    let (audio, station) = station::open(&opts.endpoint, &state_dir, cfg, events.clone())?;
     let wake = station.wake.clone();
     let (expect, _) = watch::channel(None);
     let t = Arc::new(Terminal {
@@ -302,23 +271,7 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
         audio,
     });
 
-    {
-        let t = t.clone();
-        tokio::spawn(control::serve_with_events(ctl, events, move |req| {
-            let t = t.clone();
-            async move { handle_control(&t, req).await }
-        }));
-    }
-    {
-        let t = t.clone();
-        tokio::spawn(station::run_timer(wake, move || {
-            let mut st = t.lock();
-            if st.station.handle_due() {
-                drive(&t, &mut st);
-            }
-            st.station.phone.poll_timeout()
-        }));
-    }
+    station::start(&t, ctl, events, wake);
     tokio::spawn(accept_loop(t.clone()));
     let link = tokio::spawn(directory::link_loop(t.clone()));
     println!(
@@ -1220,11 +1173,25 @@ impl station::Host for Terminal {
     }
 
     fn record_dir(&self) -> Option<&Path> {
-        self.opts.record_dir.as_deref()
+        self.opts.endpoint.record_dir.as_deref()
     }
 
     fn state_dir(&self) -> &Path {
         &self.state_dir
+    }
+}
+
+impl station::Adapter for Terminal {
+    fn control(self: Arc<Self>, req: Value) -> impl std::future::Future<Output = Value> + Send {
+        async move { handle_control(&self, req).await }
+    }
+
+    fn tick(self: Arc<Self>) -> Option<Instant> {
+        let mut st = self.lock();
+        if st.station.handle_due() {
+            drive(&self, &mut st);
+        }
+        st.station.phone.poll_timeout()
     }
 }
 

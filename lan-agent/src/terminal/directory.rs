@@ -178,7 +178,7 @@ async fn directory_session(t: &Arc<Terminal>, token: &mut Option<String>) -> Out
     });
     let opts = Options {
         role: Role::Terminal,
-        name: t.opts.name.clone(),
+        name: t.opts.endpoint.name.clone(),
         events: 256,
     };
     let mut last_err = String::new();
