@@ -20,10 +20,11 @@ use super::accounts::{
 use super::mail::{mail_uploads, mailman};
 use super::session::{
     canon, clipped, error, parse_candidates, parse_media_end, quoted, Conn, LoggedIn,
+    CONTROL_QUEUE, IN_FLIGHT,
 };
-use super::shared::{Event, Out, Shared, CONTROL_QUEUE, IN_FLIGHT};
 use crate::api::EndpointKind;
 use crate::routing::SessionId;
+use crate::shared::{Event, Out, Shared};
 use crate::store;
 use crate::wire::{next_msg, send_msg, Incoming, MsgReader, MsgWriter, WRITE_BATCH};
 
