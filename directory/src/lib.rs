@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod routing;
 pub mod server;
+mod shared;
 pub mod store;
 mod web;
 

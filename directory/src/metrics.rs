@@ -22,6 +22,8 @@
 //!   passes the directory and the ends do not report it, so direct calls
 //!   have no sample.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -34,7 +36,6 @@ use metrics_exporter_prometheus::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::server::{query_hub, Query, Shared};
 use crate::store::CallOutcome;
 
 /// Buckets (seconds) of the call set-up histograms: the gateway's.
@@ -324,33 +325,35 @@ pub async fn disk_free_off_runtime(dir: &std::path::Path) -> Option<u64> {
         .flatten()
 }
 
-/// Serve `/metrics` over plain HTTP if `[metrics] listen` is set.
-pub(crate) async fn start(
-    shared: Arc<Shared>,
+/// Serve `/metrics` over plain HTTP on `listen` (`[metrics] listen`), if
+/// set: `metrics` rendered with the relay's counters and the figures
+/// `figures` reads at each scrape.
+pub(crate) async fn start<F, Fut>(
+    listen: Option<SocketAddr>,
+    metrics: Metrics,
+    relay: Arc<Counters>,
+    figures: F,
     stop: watch::Receiver<bool>,
-) -> Result<Option<JoinHandle<()>>> {
-    let Some(addr) = shared.cfg().metrics.listen else {
+) -> Result<Option<JoinHandle<()>>>
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Figures> + Send + 'static,
+{
+    let Some(addr) = listen else {
         return Ok(None);
     };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("metrics: binding TCP {addr}"))?;
     let local = listener.local_addr()?;
-    shared.metrics.spawn_upkeep(stop.clone());
+    metrics.spawn_upkeep(stop.clone());
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let shared = shared.clone();
+            let (metrics, relay, figures) = (metrics.clone(), relay.clone(), figures.clone());
             async move {
-                let s = query_hub(&shared, Query::Status).await;
-                let n = |k: &str| s.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-                let figures = Figures {
-                    bindings: n("bindings"),
-                    sessions: n("sessions"),
-                    calls: n("calls_active"),
-                    disk_free: disk_free_off_runtime(&shared.state_dir).await,
-                };
-                let body = shared.metrics.render(&shared.relay, &figures);
+                let figures = figures().await;
+                let body = metrics.render(&relay, &figures);
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,

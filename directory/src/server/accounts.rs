@@ -1,7 +1,7 @@
 //! Logins, session tokens, password changes and forwarding rules asked
-//! for on an endpoint's control stream; the login limiter's reservations.
+//! for on an endpoint's control stream (the login limiter's reservations
+//! they take are [`crate::shared`]'s, shared with the web site).
 
-use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,11 +10,9 @@ use anyhow::Result;
 use keyline_proto::dir::{DirMsg, ErrorCode, ForwardRule, ForwardWhen, NumberForwards, ReqId};
 
 use super::session::{canon, error, Conn, LoggedIn};
-use super::shared::{Event, Shared};
-use crate::api::{self};
 use crate::auth;
 use crate::hashing::Refused;
-use crate::ratelimit::{Attempt, Locked, Scope};
+use crate::shared::Event;
 use crate::store::{self, StoreError, StoreResult};
 
 pub(super) fn rate_limited(req: ReqId, message: String, retry: Duration) -> DirMsg {
@@ -23,100 +21,6 @@ pub(super) fn rate_limited(req: ReqId, message: String, retry: Duration) -> DirM
         code: ErrorCode::RateLimited,
         message,
         retry_after_ms: Some(retry.as_millis() as u64),
-    }
-}
-
-/// A password check reserved with the limiter; given back on drop if it
-/// was not finished (the session went away before the check was done).
-pub(crate) struct Reserved<'a> {
-    pub(super) shared: &'a Shared,
-    pub(super) attempt: Option<Attempt>,
-    /// Who tries from where, for the lock-out event.
-    pub(super) account: String,
-    pub(super) ip: IpAddr,
-}
-
-impl Reserved<'_> {
-    /// Record the outcome; after a failure, the refusal the next attempt
-    /// would meet.
-    pub(crate) fn finish(mut self, ok: bool) -> Option<Locked> {
-        let attempt = self.attempt.take()?;
-        let locked = match self.shared.limiter.lock() {
-            Ok(mut l) => l.finish(Instant::now(), attempt, ok),
-            Err(_) => None,
-        };
-        if !ok {
-            self.shared.metrics.auth_failures.increment(1);
-        }
-        if let Some(l) = &locked {
-            self.shared.metrics.lockouts.increment(1);
-            self.shared.publish(&api::Event::LoginLocked {
-                account: self.account.clone(),
-                address: self.ip.to_string(),
-                scope: match l.scope {
-                    Scope::AccountFromAddress => "account-from-address",
-                    Scope::Address => "address",
-                    Scope::Account => "account",
-                }
-                .to_string(),
-                for_s: l.retry_after(Instant::now()).as_secs_f64().ceil() as u64,
-            });
-        }
-        locked
-    }
-}
-
-impl Drop for Reserved<'_> {
-    fn drop(&mut self) {
-        if let Some(a) = self.attempt.take() {
-            if let Ok(mut l) = self.shared.limiter.lock() {
-                l.release(a);
-            }
-        }
-    }
-}
-
-impl Shared {
-    /// Reserve a password check of `account` from `ip` with the limiter.
-    pub(crate) fn reserve_login(&self, account: &str, ip: IpAddr) -> Result<Reserved<'_>, Locked> {
-        let attempt = match self.limiter.lock() {
-            Ok(mut l) => Some(l.begin(Instant::now(), account, ip)?),
-            Err(_) => None,
-        };
-        Ok(Reserved {
-            shared: self,
-            attempt,
-            account: account.to_string(),
-            ip,
-        })
-    }
-
-    /// Check `password` against `hash` (or spend the same time when there
-    /// is no account) on the hashing pool; refused at once when its queue
-    /// is full.
-    pub(crate) async fn check_password(
-        &self,
-        hash: Option<String>,
-        password: String,
-    ) -> Result<bool, Refused> {
-        self.password_checks.fetch_add(1, Ordering::Relaxed);
-        self.hashing
-            .run(move || match hash {
-                Some(h) => auth::verify_password(&h, &password),
-                None => {
-                    auth::dummy_verify(&password);
-                    false
-                }
-            })
-            .await
-    }
-
-    /// Hash a new password on the same pool as the checks.
-    pub(crate) async fn hash_password(&self, password: String) -> Result<String> {
-        self.password_checks.fetch_add(1, Ordering::Relaxed);
-        self.hashing
-            .run(move || auth::hash_password(&password))
-            .await?
     }
 }
 

@@ -20,11 +20,12 @@ use super::accounts::{
 use super::mail::{mail_uploads, mailman};
 use super::session::{
     canon, clipped, error, parse_candidates, parse_media_end, quoted, Conn, LoggedIn,
+    CONTROL_QUEUE, IN_FLIGHT,
 };
-use super::shared::{Event, Out, Shared, CONTROL_QUEUE, IN_FLIGHT};
 use crate::api::EndpointKind;
 use crate::auth;
 use crate::routing::{MediaEnd, Placing, Request, SessionId};
+use crate::shared::{Event, Out, Shared};
 use crate::store;
 use crate::wire::{next_msg, send_msg, Incoming, MsgReader, MsgWriter, WRITE_BATCH};
 

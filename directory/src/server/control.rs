@@ -11,9 +11,8 @@ use keyline_net::control;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::hub::query_typed;
-use super::shared::{Event, Query, QueryReply, Shared};
 use crate::api::{self, ForwardInfo, LockedFrom, Request, Response, UserInfo};
+use crate::shared::{query_typed, Event, Query, QueryReply, Shared};
 use crate::store;
 
 /// Serve one control-socket request line (already JSON).

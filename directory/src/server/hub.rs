@@ -7,17 +7,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use keyline_net::control;
 use keyline_net::relay::{self, Allocation};
 use keyline_proto::dir::{CallId, DirMsg, ErrorCode};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 
 use super::session::error;
-use super::shared::{number_table, Device, Event, Out, Query, QueryReply, Shared, CONTROL_QUEUE};
+use super::session::CONTROL_QUEUE;
+use super::start::number_table;
 use crate::api::{self, BindingInfo, CallInfo, EndpointKind};
 use crate::routing::{Action, CallState, Notice, RelayState, Request, Router, SessionId};
+use crate::shared::{Device, Event, Out, Query, QueryReply, Shared};
 use crate::store;
 
 /// A connected session as the hub sees it.
@@ -566,34 +566,6 @@ impl Hub {
                 QueryReply::Online(online)
             }
         }
-    }
-}
-
-/// Ask the hub `what`.
-pub(crate) async fn query_typed(shared: &Shared, what: Query) -> Result<QueryReply, String> {
-    let (tx, rx) = oneshot::channel();
-    shared
-        .hub
-        .send(Event::Query { what, reply: tx })
-        .await
-        .map_err(|_| "the directory is stopping".to_string())?;
-    rx.await
-        .map_err(|_| "the directory is stopping".to_string())
-}
-
-/// [`query_typed`] as the JSON the control socket gives (`{"ok": true,
-/// ...}`), for the web site and the metrics.
-pub(crate) async fn query_hub(shared: &Shared, what: Query) -> Value {
-    let reply = match query_typed(shared, what).await {
-        Ok(r) => r,
-        Err(e) => return control::error(e),
-    };
-    match reply {
-        QueryReply::Pong => json!({"ok": true}),
-        QueryReply::Status(s) => api::Response::Status(s).to_json(),
-        QueryReply::Bindings(bindings) => api::Response::Bindings { bindings }.to_json(),
-        QueryReply::Calls(calls) => api::Response::Calls { calls }.to_json(),
-        QueryReply::Online(online) => json!({"ok": true, "online": online}),
     }
 }
 

@@ -9,8 +9,8 @@ use keyline_proto::dir::{DirMsg, ErrorCode, MailKind, OGG_MAGIC};
 use tokio::sync::{watch, Notify};
 
 use super::session::{canon, error, quoted, Conn, LoggedIn};
-use super::shared::{Event, Shared};
 use crate::api::{self};
+use crate::shared::{Event, Shared};
 use crate::store::{self, NewMail, Quota, StoreError};
 use crate::wire::{next_msg, read_body, send_msg, write_body, Incoming};
 

@@ -15,14 +15,11 @@ pub mod control;
 mod hub;
 mod mail;
 mod session;
-mod shared;
+mod start;
 
+pub use crate::shared::{Device, Event, Out, Query, QueryReply, Shared};
 pub use control::{dispatch, handle_control};
-pub(crate) use hub::{query_hub, query_typed};
-pub use shared::{
-    open_configured_store, open_store, Device, Event, Out, Overrides, Query, QueryReply,
-    RunOptions, Shared, DB_FILE,
-};
+pub use start::{open_configured_store, open_store, Overrides, RunOptions, DB_FILE};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,12 +33,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api::{self};
 use crate::config::Config;
+use crate::metrics::Figures;
 use crate::routing::Router;
+use crate::shared::{query_hub, query_typed};
 use crate::store;
 use crate::wire::{self};
 use connection::serve_conn;
 use hub::Hub;
-use shared::number_table;
+use start::number_table;
 
 /// Run the directory until SIGTERM or SIGINT.
 pub async fn run(opts: RunOptions) -> Result<()> {
@@ -169,7 +168,21 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
 
     let (web_stop, web_stop_rx) = watch::channel(false);
     let web_task = crate::web::start(shared.clone(), web_stop_rx.clone()).await?;
-    let metrics_task = crate::metrics::start(shared.clone(), web_stop_rx).await?;
+    let metrics_task = {
+        let s = shared.clone();
+        let figures = move || {
+            let s = s.clone();
+            async move { scrape_figures(&s).await }
+        };
+        crate::metrics::start(
+            shared.cfg().metrics.listen,
+            shared.metrics.clone(),
+            shared.relay.clone(),
+            figures,
+            web_stop_rx,
+        )
+        .await?
+    };
     tracing::info!(
         "keyline-directory listening on {local_addr} (QUIC), state in {}, fingerprint {}",
         state_dir.display(),
@@ -259,6 +272,19 @@ async fn status_line(shared: &Arc<Shared>) -> String {
             .and_then(Value::as_u64)
             .unwrap_or(0)
     )
+}
+
+/// What the metrics read from the hub and the file system when Prometheus
+/// scrapes.
+async fn scrape_figures(shared: &Shared) -> Figures {
+    let s = query_hub(shared, Query::Status).await;
+    let n = |k: &str| s.get(k).and_then(Value::as_u64).unwrap_or(0);
+    Figures {
+        bindings: n("bindings"),
+        sessions: n("sessions"),
+        calls: n("calls_active"),
+        disk_free: crate::metrics::disk_free_off_runtime(&shared.state_dir).await,
+    }
 }
 
 /// SIGHUP: re-read the configuration file; keep the old one on error.

@@ -1,5 +1,6 @@
 //! One endpoint's session as its tasks see it ([`Conn`]), and the
-//! checks and error replies for what a client sends.
+//! checks and error replies for what a client sends, and the sizes of a
+//! session's queues.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,8 +11,20 @@ use keyline_proto::dir::{DirMsg, ErrorCode, ReqId, MAX_CANDIDATES};
 use keyline_proto::number::{self, Number};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
-use super::shared::{Event, Out, Shared, ROOM};
 use crate::routing::{Request, SessionId};
+use crate::shared::{Event, Out, Shared};
+
+/// Messages queued for one endpoint's control stream before it counts as
+/// gone (its own replies) or misses look-up hints (half of it).
+pub(super) const CONTROL_QUEUE: usize = 256;
+
+/// Requests of one session the hub may hold at once.
+pub(super) const IN_FLIGHT: usize = 64;
+
+/// Free places a session's queue must have before its next request is
+/// read: room for the answers to every request in flight and this one,
+/// with as much again for what other sessions send it.
+pub(super) const ROOM: usize = 2 * IN_FLIGHT;
 
 pub(super) fn error(req: Option<ReqId>, code: ErrorCode, message: impl Into<String>) -> DirMsg {
     DirMsg::Error {

@@ -9,8 +9,9 @@ use axum::response::Response;
 use keyline_web::Lang;
 use serde::Deserialize;
 
+use super::session::authed;
 use super::text::Text;
-use super::{authed, failed, render, utc, App, Page};
+use super::{failed, render, utc, App, Page};
 use crate::store::{self, CallEntry, CallOutcome};
 
 /// Calls shown on one page.

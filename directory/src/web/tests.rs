@@ -13,10 +13,11 @@ use axum::Router;
 use keyline_proto::dir::{ForwardRule, ForwardWhen, MailKind};
 use tower::ServiceExt;
 
-use super::{router, TerminalSettings, Web};
+use super::setup::TerminalSettings;
+use super::{router, Web};
 use crate::auth;
 use crate::config::{Config, Signup};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::store::{NewMail, Quota, SqliteStore, Store};
 
 /// A browser: cookies kept between requests, one address.

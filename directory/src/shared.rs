@@ -1,10 +1,13 @@
-//! What the directory's tasks share: [`Shared`], the hub's inputs
-//! ([`Event`]) and queries, the options a run starts with, and the store.
+//! What the directory's tasks and its web site share: [`Shared`], the
+//! hub's inputs ([`Event`]) and queries (asked with [`query_typed`] and
+//! [`query_hub`]), and password checks through the login limiter
+//! ([`Shared::reserve_login`]) and the hashing pool. Below both `server`
+//! and `web`: it imports neither.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -13,16 +16,16 @@ use keyline_net::admission::Gate;
 use keyline_net::relay::Counters;
 use keyline_net::{control, Identity};
 use keyline_proto::dir::{DirMsg, ForwardRule};
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
 
 use crate::api::{self, BindingInfo, CallInfo, EndpointKind};
+use crate::auth;
 use crate::config::Config;
-use crate::ratelimit::LoginLimiter;
-use crate::routing::{NumberInfo, Request, SessionId};
-use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
-
-/// Name of the database inside the state directory.
-pub const DB_FILE: &str = "directory.sqlite";
+use crate::hashing::Refused;
+use crate::ratelimit::{Attempt, Locked, LoginLimiter, Scope};
+use crate::routing::{Request, SessionId};
+use crate::store::Store;
 
 /// What goes out on a session's control stream.
 #[derive(Debug)]
@@ -147,11 +150,11 @@ pub enum QueryReply {
     Online(HashMap<String, Vec<String>>),
 }
 
-/// State shared by the directory's tasks.
+/// State shared by the directory's tasks and its web site.
 pub struct Shared {
     pub id: Identity,
     pub store: Arc<dyn Store>,
-    pub(super) cfg: RwLock<Arc<Config>>,
+    pub(crate) cfg: RwLock<Arc<Config>>,
     pub config_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub local_addr: SocketAddr,
@@ -163,12 +166,12 @@ pub struct Shared {
     pub(crate) hashing: crate::hashing::Pool,
     /// Passwords checked since start (wrong ones, unknown accounts and
     /// password changes included), for `status`.
-    pub(super) password_checks: AtomicU64,
+    pub(crate) password_checks: AtomicU64,
     /// Who may connect: `max_connections` and the per-address limits.
     pub gate: Gate,
     pub started: Instant,
     pub last_reload: Mutex<Option<String>>,
-    pub(super) next_session: AtomicU64,
+    pub(crate) next_session: AtomicU64,
     /// Where the web site listens, once it does.
     pub web_addr: std::sync::OnceLock<SocketAddr>,
     pub metrics: crate::metrics::Metrics,
@@ -185,7 +188,7 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    pub(super) fn new(
+    pub(crate) fn new(
         id: Identity,
         store: Arc<dyn Store>,
         cfg: Config,
@@ -242,7 +245,7 @@ impl Shared {
         }
     }
 
-    pub(super) fn set_cfg(&self, cfg: Arc<Config>) {
+    pub(crate) fn set_cfg(&self, cfg: Arc<Config>) {
         match self.cfg.write() {
             Ok(mut c) => *c = cfg,
             Err(p) => *p.into_inner() = cfg,
@@ -250,86 +253,124 @@ impl Shared {
     }
 }
 
-/// Options given on the command line.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    pub state: Option<PathBuf>,
-    pub config: Config,
-    /// The file `config` came from, re-read on SIGHUP.
-    pub config_file: Option<PathBuf>,
-    /// Flags that override the file, re-applied after a reload.
-    pub overrides: Overrides,
+/// A password check reserved with the limiter; given back on drop if it
+/// was not finished (the session went away before the check was done).
+pub(crate) struct Reserved<'a> {
+    shared: &'a Shared,
+    attempt: Option<Attempt>,
+    /// Who tries from where, for the lock-out event.
+    account: String,
+    ip: IpAddr,
 }
 
-/// Command-line settings that win over the configuration file.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub listen: Option<SocketAddr>,
-    pub direct_connect: Option<keyline_proto::dir::DirectPolicy>,
-    pub binding_ttl: Option<u32>,
-    pub ring_timeout: Option<u64>,
+impl Reserved<'_> {
+    /// Record the outcome; after a failure, the refusal the next attempt
+    /// would meet.
+    pub(crate) fn finish(mut self, ok: bool) -> Option<Locked> {
+        let attempt = self.attempt.take()?;
+        let locked = match self.shared.limiter.lock() {
+            Ok(mut l) => l.finish(Instant::now(), attempt, ok),
+            Err(_) => None,
+        };
+        if !ok {
+            self.shared.metrics.auth_failures.increment(1);
+        }
+        if let Some(l) = &locked {
+            self.shared.metrics.lockouts.increment(1);
+            self.shared.publish(&api::Event::LoginLocked {
+                account: self.account.clone(),
+                address: self.ip.to_string(),
+                scope: match l.scope {
+                    Scope::AccountFromAddress => "account-from-address",
+                    Scope::Address => "address",
+                    Scope::Account => "account",
+                }
+                .to_string(),
+                for_s: l.retry_after(Instant::now()).as_secs_f64().ceil() as u64,
+            });
+        }
+        locked
+    }
 }
 
-impl Overrides {
-    pub fn apply(&self, cfg: &mut Config) {
-        if let Some(l) = self.listen {
-            cfg.listen = l;
-        }
-        if let Some(p) = self.direct_connect {
-            cfg.direct_connect = p;
-        }
-        if let Some(t) = self.binding_ttl {
-            cfg.binding_ttl_secs = t;
-        }
-        if let Some(t) = self.ring_timeout {
-            cfg.ring_timeout_secs = t;
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.attempt.take() {
+            if let Ok(mut l) = self.shared.limiter.lock() {
+                l.release(a);
+            }
         }
     }
 }
 
-/// Open (creating if need be) the directory's SQLite database in `state_dir`.
-pub fn open_store(state_dir: &std::path::Path) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(SqliteStore::open(&state_dir.join(DB_FILE))?))
-}
-
-/// Open the store `[store]` names: PostgreSQL when `postgres` is set (its
-/// schema brought up to date), else the SQLite file in `state_dir`.
-/// Blocking: call it off the async runtime.
-pub fn open_configured_store(
-    state_dir: &std::path::Path,
-    cfg: &crate::config::StoreConfig,
-) -> Result<Arc<dyn Store>> {
-    match &cfg.postgres {
-        Some(url) => Ok(Arc::new(PostgresStore::open(url, cfg.pool_size)?)),
-        None => open_store(state_dir),
-    }
-}
-
-pub(super) fn number_table(store: &dyn Store) -> Result<HashMap<String, NumberInfo>, StoreError> {
-    Ok(store
-        .numbers()?
-        .into_iter()
-        .map(|r| {
-            (
-                r.number,
-                NumberInfo {
-                    account: r.account,
-                    forwards: r.forwards,
-                    dnd: r.dnd,
-                },
-            )
+impl Shared {
+    /// Reserve a password check of `account` from `ip` with the limiter.
+    pub(crate) fn reserve_login(&self, account: &str, ip: IpAddr) -> Result<Reserved<'_>, Locked> {
+        let attempt = match self.limiter.lock() {
+            Ok(mut l) => Some(l.begin(Instant::now(), account, ip)?),
+            Err(_) => None,
+        };
+        Ok(Reserved {
+            shared: self,
+            attempt,
+            account: account.to_string(),
+            ip,
         })
-        .collect())
+    }
+
+    /// Check `password` against `hash` (or spend the same time when there
+    /// is no account) on the hashing pool; refused at once when its queue
+    /// is full.
+    pub(crate) async fn check_password(
+        &self,
+        hash: Option<String>,
+        password: String,
+    ) -> Result<bool, Refused> {
+        self.password_checks.fetch_add(1, Ordering::Relaxed);
+        self.hashing
+            .run(move || match hash {
+                Some(h) => auth::verify_password(&h, &password),
+                None => {
+                    auth::dummy_verify(&password);
+                    false
+                }
+            })
+            .await
+    }
+
+    /// Hash a new password on the same pool as the checks.
+    pub(crate) async fn hash_password(&self, password: String) -> Result<String> {
+        self.password_checks.fetch_add(1, Ordering::Relaxed);
+        self.hashing
+            .run(move || auth::hash_password(&password))
+            .await?
+    }
 }
 
-/// Messages queued for one endpoint's control stream before it counts as
-/// gone (its own replies) or misses look-up hints (half of it).
-pub(super) const CONTROL_QUEUE: usize = 256;
+/// Ask the hub `what`.
+pub(crate) async fn query_typed(shared: &Shared, what: Query) -> Result<QueryReply, String> {
+    let (tx, rx) = oneshot::channel();
+    shared
+        .hub
+        .send(Event::Query { what, reply: tx })
+        .await
+        .map_err(|_| "the directory is stopping".to_string())?;
+    rx.await
+        .map_err(|_| "the directory is stopping".to_string())
+}
 
-/// Requests of one session the hub may hold at once.
-pub(super) const IN_FLIGHT: usize = 64;
-
-/// Free places a session's queue must have before its next request is
-/// read: room for the answers to every request in flight and this one,
-/// with as much again for what other sessions send it.
-pub(super) const ROOM: usize = 2 * IN_FLIGHT;
+/// [`query_typed`] as the JSON the control socket gives (`{"ok": true,
+/// ...}`), for the web site and the metrics.
+pub(crate) async fn query_hub(shared: &Shared, what: Query) -> Value {
+    let reply = match query_typed(shared, what).await {
+        Ok(r) => r,
+        Err(e) => return control::error(e),
+    };
+    match reply {
+        QueryReply::Pong => json!({"ok": true}),
+        QueryReply::Status(s) => api::Response::Status(s).to_json(),
+        QueryReply::Bindings(bindings) => api::Response::Bindings { bindings }.to_json(),
+        QueryReply::Calls(calls) => api::Response::Calls { calls }.to_json(),
+        QueryReply::Online(online) => json!({"ok": true, "online": online}),
+    }
+}
