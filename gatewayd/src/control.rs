@@ -13,7 +13,7 @@ use crate::api::{
     parse_request, AgentInfo, CdrFilter, Event as ApiEvent, Request, Response, SpeedDial,
 };
 use crate::db::{NamedRingGroup, Put, RingGroup};
-use crate::server::{query_switch, Approved, Decision, Event, Query, QueryReply, Shared};
+use crate::shared::{query_switch, Approved, Decision, Event, Query, QueryReply, Shared};
 
 /// A reply for a person: the request did not happen.
 pub type Refusal = String;

@@ -7,6 +7,14 @@
 //! and call records in SQLite ([`db`]) and answers its CLI on a control
 //! socket ([`control::dispatch`], typed in [`api`]), publishing what happens
 //! to subscribers ([`events`]).
+//!
+//! The tokio shell is in layers with no import circle: [`shared`] (what the
+//! tasks share and the switch task's inputs) at the bottom; above it
+//! [`station`] (one station's connection and enrolment), [`switch`] (the
+//! switch task around the switchboard, with `switch::trunk` for outside
+//! calls), [`uplink`] (the directory connection), [`voicemail`] and
+//! [`disk`]; [`server`] on top starts and stops them, and only the binary
+//! uses it.
 
 pub mod admin;
 pub mod api;
@@ -14,9 +22,13 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod db;
+pub mod disk;
 pub mod events;
 pub mod metrics;
 pub mod rates;
 pub mod server;
-pub mod trunk;
+pub mod shared;
+pub mod station;
+pub mod switch;
+pub mod uplink;
 pub mod voicemail;

@@ -15,22 +15,9 @@ use bytes::Bytes;
 use keyline_media::{OggOpusWriter, OpusDecoder, OpusEncoder, FRAME_SAMPLES};
 use keyline_net::{medialink, peer_fingerprint};
 use keyline_proto::media::{decode_datagram, encode_datagram, RtpHeader, OPUS_PAYLOAD_TYPE};
-use keyline_proto::msg::{CallId, VoicemailInfo};
+use keyline_proto::msg::VoicemailInfo;
 
-use crate::server::{Event, Shared};
-
-/// A caller expected at a mailbox.
-#[derive(Debug, Clone)]
-pub struct Job {
-    /// The switchboard's call.
-    pub call: CallId,
-    /// The id the caller presents on the media connection (the directory's
-    /// for a caller from outside).
-    pub flow: CallId,
-    pub caller_fp: String,
-    pub caller: String,
-    pub mailbox: String,
-}
+use crate::shared::{Event, Shared, VoicemailJob};
 
 /// Bytes of a voicemail file sent per chunk.
 pub const CHUNK: usize = 32 * 1024;
@@ -214,7 +201,7 @@ async fn record(
     conn: &quinn::Connection,
     flow: u64,
     path: &Path,
-    job: &Job,
+    job: &VoicemailJob,
     max_secs: u64,
     silence_secs: u64,
 ) -> Result<(f64, u64)> {
