@@ -7,8 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Action, CallState, HandedOn, Line, Switchboard, TrunkId, TrunkLine};
-use crate::msg::{CallId, FailReason};
+use super::{
+    end_reason_of, outcome_of, Action, CallState, HandedOn, Line, Outcome, Switchboard, TrunkId,
+    TrunkLine,
+};
+use crate::msg::{CallId, EndReason, FailReason};
 use crate::number::Number;
 
 /// How long a handed-on party has to call back in.
@@ -255,6 +258,107 @@ impl Switchboard {
             o.follow = handoff;
         }
         Some(new)
+    }
+
+    /// The far end of the answered outside call `id` handed our station on
+    /// to the outside `number` (claim 5): the station goes on in a new
+    /// outside call to it (`Replaced`, then the new call rings out).
+    /// Returns the new call's id.
+    pub fn handle_outside_handoff(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        number: Number,
+    ) -> Option<CallId> {
+        let call = self.calls.get(&id)?;
+        if !matches!(call.state, CallState::Answered { .. }) {
+            self.handle_outside_failed(now, id, FailReason::Unreachable);
+            return None;
+        }
+        let station = call.station().clone();
+        let Line::Station(ext) = &station else {
+            return None;
+        };
+        let ext = ext.clone();
+        // The far end's transfer ended the call at the directory.
+        self.directory_knows(id);
+        if let Some(old) = self.calls.remove(&id) {
+            self.close(now, old, Outcome::Answered);
+        }
+        let new = self.next_id;
+        self.next_id += 1;
+        let peer = number.to_string();
+        let trunk = self.add_trunk_out(new, number);
+        if let Some(l) = self.lines.get_mut(&ext) {
+            l.call = Some(new);
+        }
+        self.calls.insert(
+            new,
+            self.ringing_call(new, station.clone(), trunk.clone(), now),
+        );
+        self.actions.push_back(Action::Replaced {
+            to: station,
+            old: id,
+            new,
+            peer,
+        });
+        self.actions.push_back(Action::Ring {
+            callee: trunk,
+            call: new,
+            from: ext,
+        });
+        Some(new)
+    }
+
+    /// The far end of the outside call `id` rings (or answered before the
+    /// directory said it rang): the caller hears it rings.
+    pub(super) fn outside_rang(&mut self, id: CallId) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if let Some(req) = call.dial_req.take() {
+            self.actions.push_back(Action::Ringing {
+                caller: call.caller.clone(),
+                req,
+                call: id,
+                callee: call.callee.shown().to_string(),
+            });
+        }
+    }
+
+    /// The outside call `id` failed at the far end (unknown, busy,
+    /// unreachable, declined, unanswered) or on the way there.
+    pub fn handle_outside_failed(&mut self, now: Instant, id: CallId, reason: FailReason) {
+        self.directory_knows(id);
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        if !matches!(call.state, CallState::Ringing { .. }) {
+            let trunk = call.callee.clone();
+            return self.finish_by(now, id, &trunk, EndReason::PeerLost);
+        }
+        if call.replaces.is_some() {
+            // A transfer to an outside number that did not go through:
+            // the call goes back to whoever transferred it.
+            let trunk = call.callee.clone();
+            return self.abort_transfer_leg(now, id, Some(&trunk), end_reason_of(reason));
+        }
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
+        match call.dial_req.take() {
+            Some(req) => self.actions.push_back(Action::DialFailed {
+                caller: call.caller.clone(),
+                req,
+                reason,
+            }),
+            None => self.actions.push_back(Action::Ended {
+                to: call.caller.clone(),
+                call: id,
+                reason: end_reason_of(reason),
+            }),
+        }
+        self.close(now, call, outcome_of(reason));
     }
 
     /// The earliest fallback or hand-off expiry.
