@@ -933,8 +933,8 @@ impl station::Host for Agent {
 }
 
 impl station::Adapter for Agent {
-    fn control(self: Arc<Self>, req: Value) -> impl std::future::Future<Output = Value> + Send {
-        async move { handle_control(&self, req).await }
+    async fn control(self: Arc<Self>, req: Value) -> Value {
+        handle_control(&self, req).await
     }
 
     fn tick(self: Arc<Self>) -> Option<Instant> {

@@ -1182,8 +1182,8 @@ impl station::Host for Terminal {
 }
 
 impl station::Adapter for Terminal {
-    fn control(self: Arc<Self>, req: Value) -> impl std::future::Future<Output = Value> + Send {
-        async move { handle_control(&self, req).await }
+    async fn control(self: Arc<Self>, req: Value) -> Value {
+        handle_control(&self, req).await
     }
 
     fn tick(self: Arc<Self>) -> Option<Instant> {

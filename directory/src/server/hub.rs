@@ -576,7 +576,7 @@ impl Shared {
     pub(crate) fn for_tests(
         store: Arc<dyn crate::store::Store>,
         cfg: crate::config::Config,
-    ) -> Result<Arc<Shared>> {
+    ) -> anyhow::Result<Arc<Shared>> {
         let id = keyline_net::Identity::generate("keyline-directory")?;
         let table = number_table(store.as_ref())?;
         let (hub_tx, hub_rx) = mpsc::channel(256);
