@@ -93,6 +93,27 @@ pub struct Status {
     /// Messages stored for delivery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mail_waiting: Option<usize>,
+    /// Space under the state directory now, as the `disk` event tells it
+    /// (a subscriber that comes while the disk is low learns it here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskState>,
+}
+
+/// Free space under the state directory (`low`: fewer than
+/// [`DISK_LOW_BYTES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskState {
+    pub free_bytes: u64,
+    pub low: bool,
+}
+
+impl DiskState {
+    pub fn of(free_bytes: u64) -> DiskState {
+        DiskState {
+            free_bytes,
+            low: free_bytes < DISK_LOW_BYTES,
+        }
+    }
 }
 
 /// A registered number (`bindings`).

@@ -464,6 +464,14 @@ fn print_human(cmd: &Cmd, r: &Value) {
             );
             println!("calls active    {}", s(r, "calls_active"));
             println!("mail waiting    {}", s(r, "mail_waiting"));
+            if let Some(d) = r.get("disk") {
+                let low = d.get("low").and_then(Value::as_bool) == Some(true);
+                println!(
+                    "disk            {} bytes free{}",
+                    s(d, "free_bytes"),
+                    if low { " (low)" } else { "" }
+                );
+            }
             if let Some(l) = r.get("logins") {
                 println!(
                     "passwords       {} checked on {} threads, {} logins turned away busy",

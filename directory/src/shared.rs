@@ -360,7 +360,7 @@ pub(crate) async fn query_typed(shared: &Shared, what: Query) -> Result<QueryRep
 }
 
 /// [`query_typed`] as the JSON the control socket gives (`{"ok": true,
-/// ...}`), for the web site and the metrics.
+/// ...}`), for the web site and the server's metrics scrape.
 pub(crate) async fn query_hub(shared: &Shared, what: Query) -> Value {
     let reply = match query_typed(shared, what).await {
         Ok(r) => r,

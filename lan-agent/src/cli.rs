@@ -316,6 +316,50 @@ pub enum VoicemailCmd {
     Delete { id: u64 },
 }
 
+/// The options an office station (`run`) and an internet terminal
+/// (`terminal`) share: sound, pictures, answering, naming, recording.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EndpointArgs {
+    /// What to send: `device`, `device:ID`, `tone:HZ`, `silence` or a
+    /// WAV file (default: what was last chosen in the phone window,
+    /// else `device`).
+    #[arg(long, value_name = "SPEC")]
+    pub audio_in: Option<String>,
+    /// Where to play: `device`, `device:ID`, `null` or a WAV file to
+    /// write (default: what was last chosen in the phone window, else
+    /// `device`).
+    #[arg(long, value_name = "SPEC")]
+    pub audio_out: Option<String>,
+    /// What video to send: `none` (no camera) or `pattern` (a moving
+    /// test picture carrying its frame counter and send time).
+    #[arg(long, default_value = "none", value_name = "SPEC")]
+    pub video_in: String,
+    /// Where received video goes: `none`, a `.y4m` file, or any other
+    /// file for one CSV line per picture (its counter, send and decode
+    /// times).
+    #[arg(long, default_value = "none", value_name = "SPEC")]
+    pub video_out: String,
+    /// Answer incoming calls by itself after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub auto_answer: Option<u64>,
+    /// A name shown to callees, and to the gateway's admin or in the
+    /// directory's lists.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Ringtone WAV (default: a built-in ring).
+    #[arg(long, value_name = "FILE")]
+    pub ringtone: Option<PathBuf>,
+    /// Local UDP address (default: any address, a free port).
+    #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR:PORT")]
+    pub bind: SocketAddr,
+    /// Record every call (both directions, Ogg Opus) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub record_dir: Option<PathBuf>,
+    /// WAV file the other end hears while this endpoint holds a call.
+    #[arg(long, value_name = "FILE")]
+    pub hold_music: Option<PathBuf>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,48 +409,4 @@ mod tests {
             Cli::try_parse_from(["keyline-agent", "audio", "set", "--ring-device", "null"]).is_ok()
         );
     }
-}
-
-/// The options an office station (`run`) and an internet terminal
-/// (`terminal`) share: sound, pictures, answering, naming, recording.
-#[derive(clap::Args, Debug, Clone)]
-pub struct EndpointArgs {
-    /// What to send: `device`, `device:ID`, `tone:HZ`, `silence` or a
-    /// WAV file (default: what was last chosen in the phone window,
-    /// else `device`).
-    #[arg(long, value_name = "SPEC")]
-    pub audio_in: Option<String>,
-    /// Where to play: `device`, `device:ID`, `null` or a WAV file to
-    /// write (default: what was last chosen in the phone window, else
-    /// `device`).
-    #[arg(long, value_name = "SPEC")]
-    pub audio_out: Option<String>,
-    /// What video to send: `none` (no camera) or `pattern` (a moving
-    /// test picture carrying its frame counter and send time).
-    #[arg(long, default_value = "none", value_name = "SPEC")]
-    pub video_in: String,
-    /// Where received video goes: `none`, a `.y4m` file, or any other
-    /// file for one CSV line per picture (its counter, send and decode
-    /// times).
-    #[arg(long, default_value = "none", value_name = "SPEC")]
-    pub video_out: String,
-    /// Answer incoming calls by itself after this many seconds.
-    #[arg(long, value_name = "SECONDS")]
-    pub auto_answer: Option<u64>,
-    /// A name shown to callees, and to the gateway's admin or in the
-    /// directory's lists.
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Ringtone WAV (default: a built-in ring).
-    #[arg(long, value_name = "FILE")]
-    pub ringtone: Option<PathBuf>,
-    /// Local UDP address (default: any address, a free port).
-    #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR:PORT")]
-    pub bind: SocketAddr,
-    /// Record every call (both directions, Ogg Opus) into this directory.
-    #[arg(long, value_name = "DIR")]
-    pub record_dir: Option<PathBuf>,
-    /// WAV file the other end hears while this endpoint holds a call.
-    #[arg(long, value_name = "FILE")]
-    pub hold_music: Option<PathBuf>,
 }

@@ -930,11 +930,9 @@ impl station::Host for Agent {
     fn state_dir(&self) -> &std::path::Path {
         &self.state_dir
     }
-}
 
-impl station::Adapter for Agent {
-    async fn control(self: Arc<Self>, req: Value) -> Value {
-        handle_control(&self, req).await
+    async fn own_request(self: Arc<Self>, req: Request) -> Value {
+        own_request(&self, req).await
     }
 
     fn tick(self: Arc<Self>) -> Option<Instant> {
@@ -946,15 +944,8 @@ impl station::Adapter for Agent {
     }
 }
 
-async fn handle_control(agent: &Arc<Agent>, req: Value) -> Value {
-    let req = match api::parse_request(req) {
-        Ok(r) => r,
-        Err(e) => return control::error(e),
-    };
-    let req = match station::shared_request(agent, req).await {
-        Ok(reply) => return reply,
-        Err(req) => req,
-    };
+/// The control requests this mode answers itself.
+async fn own_request(agent: &Arc<Agent>, req: Request) -> Value {
     match req {
         Request::Status => status(agent),
         Request::VoicemailList => match vm_request(agent, |req| Msg::VoicemailList { req }).await {

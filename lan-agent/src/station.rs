@@ -480,6 +480,27 @@ pub(crate) trait Host: Send + Sync + 'static {
     /// directory).
     fn record_dir(&self) -> Option<&Path>;
     fn state_dir(&self) -> &Path;
+    /// Answer a control request that [`shared_request`] left to the mode.
+    fn own_request(
+        self: Arc<Self>,
+        req: Request,
+    ) -> impl std::future::Future<Output = Value> + Send;
+    /// Handle what is due in the phone core and carry out its outputs;
+    /// the next deadline.
+    fn tick(self: Arc<Self>) -> Option<Instant>;
+}
+
+/// Answer one control request: those both modes answer alike here, the
+/// rest by the mode.
+async fn control<H: Host>(host: Arc<H>, req: Value) -> Value {
+    let req = match crate::api::parse_request(req) {
+        Ok(r) => r,
+        Err(e) => return keyline_net::control::error(e),
+    };
+    match shared_request(&host, req).await {
+        Ok(reply) => reply,
+        Err(req) => host.own_request(req).await,
+    }
 }
 
 /// Answer the requests both modes answer the same way (sound devices,
@@ -524,36 +545,26 @@ pub(crate) async fn reply(rx: oneshot::Receiver<Result<Reply, String>>) -> Value
     }
 }
 
-/// The timer: `fire` handles what is due and says when to come back.
-/// What each adapter (the office station, the internet terminal) gives
-/// the start-up they share ([`start`]).
-pub(crate) trait Adapter: Send + Sync + 'static {
-    /// Answer one control request.
-    fn control(self: Arc<Self>, req: Value) -> impl std::future::Future<Output = Value> + Send;
-    /// Handle what is due in the phone core and carry out its outputs;
-    /// the next deadline.
-    fn tick(self: Arc<Self>) -> Option<Instant>;
-}
-
 /// Start the two tasks every adapter runs: its control socket, with the
 /// event stream, and the phone core's timer, woken early by `wake`.
-pub(crate) fn start<A: Adapter>(
-    adapter: &Arc<A>,
+pub(crate) fn start<H: Host>(
+    host: &Arc<H>,
     ctl: tokio::net::UnixListener,
     events: Events,
     wake: Arc<Notify>,
 ) {
-    let a = adapter.clone();
+    let h = host.clone();
     tokio::spawn(keyline_net::control::serve_with_events(
         ctl,
         events,
-        move |req| a.clone().control(req),
+        move |req| control(h.clone(), req),
     ));
-    let a = adapter.clone();
-    tokio::spawn(run_timer(wake, move || a.clone().tick()));
+    let h = host.clone();
+    tokio::spawn(run_timer(wake, move || h.clone().tick()));
 }
 
-pub(crate) async fn run_timer(wake: Arc<Notify>, fire: impl Fn() -> Option<Instant>) {
+/// The timer: `fire` handles what is due and says when to come back.
+async fn run_timer(wake: Arc<Notify>, fire: impl Fn() -> Option<Instant>) {
     loop {
         let notified = wake.notified();
         match fire() {

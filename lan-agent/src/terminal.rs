@@ -220,6 +220,11 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
     let ctl = control::bind(&control::socket_path(&state_dir)).await?;
     let (endpoint, puncher, checker) =
         keyline_net::make_endpoint_with_checks(opts.endpoint.bind, &id)?;
+    let mut cfg = Config::new(Flavor::Terminal);
+    cfg.lookup_ring_timeout = LOOKUP_RING_TIMEOUT;
+    cfg.media_deadline = MEDIA_DEADLINE;
+    let events = control::Events::new();
+    let (audio, station) = station::open(&opts.endpoint, &state_dir, cfg, events.clone())?;
     let mailbox = Mailbox::open(
         &opts
             .mail_dir
@@ -235,11 +240,6 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
             .filter(|m| !m.read)
             .count()
     };
-    let mut cfg = Config::new(Flavor::Terminal);
-    cfg.lookup_ring_timeout = LOOKUP_RING_TIMEOUT;
-    cfg.media_deadline = MEDIA_DEADLINE;
-    let events = control::Events::new();
-    let (audio, station) = station::open(&opts.endpoint, &state_dir, cfg, events.clone())?;
     let wake = station.wake.clone();
     let (expect, _) = watch::channel(None);
     let t = Arc::new(Terminal {
@@ -1179,11 +1179,9 @@ impl station::Host for Terminal {
     fn state_dir(&self) -> &Path {
         &self.state_dir
     }
-}
 
-impl station::Adapter for Terminal {
-    async fn control(self: Arc<Self>, req: Value) -> Value {
-        handle_control(&self, req).await
+    async fn own_request(self: Arc<Self>, req: Request) -> Value {
+        own_request(&self, req).await
     }
 
     fn tick(self: Arc<Self>) -> Option<Instant> {
@@ -1195,15 +1193,8 @@ impl station::Adapter for Terminal {
     }
 }
 
-async fn handle_control(t: &Arc<Terminal>, req: Value) -> Value {
-    let req = match api::parse_request(req) {
-        Ok(r) => r,
-        Err(e) => return control::error(e),
-    };
-    let req = match station::shared_request(t, req).await {
-        Ok(reply) => return reply,
-        Err(req) => req,
-    };
+/// The control requests this mode answers itself.
+async fn own_request(t: &Arc<Terminal>, req: Request) -> Value {
     match req {
         Request::Status => status(t),
         Request::Message { .. }

@@ -140,8 +140,11 @@ fn a_call_on_an_office_lan_in_real_windows() {
     let at_b = when_state(&ev_b, "connected", T);
     let lag_a = shown[0].saturating_duration_since(at_a);
     let lag_b = shown[1].saturating_duration_since(at_b);
+    // Shown on the event, not at some later repaint: a window that waited
+    // for a timer would be seconds late. How soon is a figure of
+    // `keyline-bench phone`, not of this test (it runs beside other work).
     assert!(
-        lag_a < Duration::from_millis(100) && lag_b < Duration::from_millis(100),
+        lag_a < Duration::from_secs(1) && lag_b < Duration::from_secs(1),
         "connected shown {lag_a:?} (A) and {lag_b:?} (B) after the agents' events"
     );
     eprintln!("connected shown {lag_a:?} (A) and {lag_b:?} (B) after the agents' events");

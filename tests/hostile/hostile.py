@@ -761,10 +761,14 @@ class Attacker:
                                         return_exceptions=True)
             await asyncio.sleep(0.05)
         peers = [r for r in res if isinstance(r, Peer)]
-        closes = await asyncio.gather(*(p.wait_closed(14.0) for p in peers))
+        # The gateway closes each 10 s after its handshake; the margin is
+        # for this client, which handles every connection in one Python
+        # loop and falls behind on a busy machine (7 of 200 were seen
+        # closed only after 14 s beside a full build).
+        closes = await asyncio.gather(*(p.wait_closed(20.0) for p in peers))
         self.rep.add(T, f"{n} idle connections", "no stream opened",
                      f"{len(peers)} opened; closed: {sum(c is not None for c in closes)}",
-                     "every one closed within 14 s (no control stream within 10 s)",
+                     "every one closed within 20 s (no control stream within 10 s)",
                      len(peers) > 0.9 * n and all(c is not None for c in closes))
         for p in peers:
             p.abort()

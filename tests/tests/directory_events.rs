@@ -301,4 +301,10 @@ fn a_call_between_two_terminals_is_told_step_by_step() {
     let st = dir.json(&["status"]).unwrap();
     assert_eq!(st["calls_active"], 0, "{st}");
     assert_eq!(st["bindings"], 2, "{st}");
+    // The disk as the `disk` event tells it, for whoever subscribes later.
+    assert!(
+        st["disk"]["free_bytes"].as_u64().is_some_and(|f| f > 0),
+        "{st}"
+    );
+    assert!(st["disk"]["low"].is_boolean(), "{st}");
 }

@@ -34,6 +34,9 @@ pub async fn dispatch(shared: &Arc<Shared>, req: Request) -> Result<Response, St
                 if let Ok(mail) = store::blocking(&shared.store, |s| s.all_mail()).await {
                     s.mail_waiting = Some(mail.len());
                 }
+                s.disk = crate::metrics::disk_free_off_runtime(&shared.state_dir)
+                    .await
+                    .map(api::DiskState::of);
                 Ok(Response::Status(s))
             }
             other => Err(format!("unexpected answer {other:?}")),

@@ -513,6 +513,7 @@ impl Hub {
                     limits: json!(cfg.limits),
                     web: self.shared.web_addr.get().map(|a| format!("https://{a}/")),
                     mail_waiting: None,
+                    disk: None,
                 }))
             }
             Query::Bindings => {

@@ -354,15 +354,15 @@ async fn watch_disk(shared: Arc<Shared>) {
         let Some(free) = crate::metrics::disk_free_off_runtime(&shared.state_dir).await else {
             continue;
         };
-        let now_low = free < api::DISK_LOW_BYTES;
-        if low != Some(now_low) {
-            if now_low {
+        let now = api::DiskState::of(free);
+        if low != Some(now.low) {
+            if now.low {
                 tracing::warn!("only {free} bytes free under the state directory");
             }
-            low = Some(now_low);
+            low = Some(now.low);
             shared.publish(&api::Event::Disk {
-                free_bytes: free,
-                low: now_low,
+                free_bytes: now.free_bytes,
+                low: now.low,
             });
         }
     }

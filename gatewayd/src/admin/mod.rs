@@ -4,6 +4,12 @@
 //! nothing themselves: every change is a [`Request`] to the same
 //! dispatcher the CLI uses ([`Office::dispatch`]). Live parts follow the
 //! gateway's event stream through server-sent events.
+//!
+//! `site` serves it and keeps the password, `login` the sessions,
+//! `dashboard` the dashboard, the calls and the event stream, `stations`
+//! the enrolments, `dialplan` and `voicemail` their pages, `cdr` the call
+//! records (with `csv`), `access` and `lan` who may connect, `limiter`
+//! the login rate limit.
 
 pub mod access;
 mod cdr;
