@@ -557,8 +557,9 @@ impl DirClient {
         opts: Options,
     ) -> Result<(DirClient, mpsc::Receiver<Event>), ClientError> {
         let cerr = |m: String| ClientError::Connect { addr, message: m };
-        let cfg = endpoint::client_config_with(identity, directory_fp_pin, Some(wire::ACK_EVERY))
-            .map_err(|e| cerr(format!("{e:#}")))?;
+        let cfg =
+            endpoint::directory_client_config(identity, directory_fp_pin, Some(wire::ACK_EVERY))
+                .map_err(|e| cerr(format!("{e:#}")))?;
         let connecting = endpoint
             .connect_with(cfg, addr, endpoint::SERVER_NAME)
             .map_err(|e| cerr(e.to_string()))?;

@@ -38,13 +38,15 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         logout: Option<String>,
     },
+    /// The cluster: its nodes, NATS and PostgreSQL as this node sees them.
+    Cluster,
 }
 
 /// The names of every request, for telling an unknown command from a
 /// malformed one (`subscribe` is the socket's own, see
 /// `keyline_net::control`).
 pub const COMMANDS: &[&str] = &[
-    "status", "users", "bindings", "calls", "forwards", "mail", "reload",
+    "status", "users", "bindings", "calls", "forwards", "mail", "reload", "cluster",
 ];
 
 /// Parse a control-socket request: an unknown `cmd` and a malformed one
@@ -206,6 +208,24 @@ pub enum Response {
     },
     /// `reload` done.
     Reloaded {},
+    Cluster(Box<ClusterStatus>),
+}
+
+/// The cluster as one node sees it (`cluster`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This node's name.
+    pub node: String,
+    /// NATS as this node's client sees it (`connected`, `pending`,
+    /// `disconnected`) and the server it uses.
+    pub nats: String,
+    pub nats_server: Option<String>,
+    /// Every node whose entry is live, with its figures.
+    pub nodes: Vec<crate::cluster::NodeEntry>,
+    /// Bindings in the cluster's bucket (every node's).
+    pub bindings: u64,
+    /// `ok` with the time one query took, or what went wrong.
+    pub postgres: String,
 }
 
 impl Response {

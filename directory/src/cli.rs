@@ -59,6 +59,9 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The cluster this node is one of (`[cluster] nats`).
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Print what happens in the directory as it happens (numbers
     /// registered and unregistered, calls, mail, login lock-outs, disk)
     /// until interrupted.
@@ -211,4 +214,14 @@ pub struct ServeArgs {
     /// Seconds an unanswered call rings.
     #[arg(long, value_name = "SECS")]
     pub ring_timeout: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// The nodes with their sessions and bindings, NATS and PostgreSQL
+    /// health, as this node sees them.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }

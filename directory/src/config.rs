@@ -49,6 +49,44 @@ pub struct Config {
     /// Where the durable data lives (`[store]`): SQLite in the state
     /// directory unless `postgres` is set.
     pub store: StoreConfig,
+    /// Several directory nodes acting as one (`[cluster]`): off unless
+    /// `nats` is set.
+    pub cluster: ClusterConfig,
+}
+
+/// The cluster: nodes share their durable data in PostgreSQL and tell
+/// each other, through NATS, which node holds each registered number.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The NATS servers, comma-separated (`nats://HOST:PORT,...`), with
+    /// JetStream on. None (the default): a single node.
+    pub nats: Option<String>,
+    /// This node's name in the cluster: letters, digits, `-` and `_`
+    /// (default: the host name and the QUIC port).
+    pub node: Option<String>,
+}
+
+impl ClusterConfig {
+    /// This node's name: the configured one, or the host name and port.
+    pub fn node_name(&self, listen: SocketAddr) -> String {
+        if let Some(n) = &self.node {
+            return n.clone();
+        }
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "directory".into());
+        let host: String = host
+            .chars()
+            .map(|c| if valid_node_char(c) { c } else { '-' })
+            .collect();
+        format!("{host}-{}", listen.port())
+    }
+}
+
+fn valid_node_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
 }
 
 /// Where accounts, numbers, rules, tokens and mail are kept.
@@ -266,6 +304,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             limits: keyline_net::admission::LimitsConfig::default(),
             store: StoreConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -404,6 +443,14 @@ impl Config {
         if let Some(url) = &self.store.postgres {
             crate::store::PostgresStore::check_url(url)
                 .map_err(|e| anyhow::anyhow!("store.postgres: {e}"))?;
+        }
+        if let Some(n) = &self.cluster.node {
+            if n.is_empty() || n.len() > 64 || !n.chars().all(valid_node_char) {
+                bail!("cluster.node must be 1 to 64 letters, digits, '-' or '_'");
+            }
+        }
+        if self.cluster.nats.is_some() && self.store.postgres.is_none() {
+            bail!("cluster.nats needs store.postgres: the nodes of a cluster share one PostgreSQL database");
         }
         if !(1..=256).contains(&self.store.pool_size) {
             bail!("store.pool_size must be between 1 and 256");

@@ -11,12 +11,14 @@
 //! the directory's opaque UDP relay for the direct-connect rules (through
 //! [`keyline_net::relay`]); and the web site (module `web`: sign-up, set-up,
 //! account pages, operator pages) served over HTTPS by the same process
-//! from the same store and hub. Media never touches the directory unless the
+//! from the same store and hub; and, with `[cluster] nats`, the link that
+//! makes several such nodes one directory through NATS ([`cluster`]). Media never touches the directory unless the
 //! relay rule says so, and then only as bytes it cannot decrypt.
 
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod hashing;
 pub mod metrics;

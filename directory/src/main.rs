@@ -12,8 +12,8 @@ use clap::Parser;
 use keyline_directory::api::{self, Request};
 use keyline_directory::auth;
 use keyline_directory::cli::{
-    Cli, Cmd, ForwardCmd, ForwardWhenArg, InviteCmd, MailCmd, MigrateArgs, PolicyArg, ServeArgs,
-    UserCmd,
+    Cli, ClusterCmd, Cmd, ForwardCmd, ForwardWhenArg, InviteCmd, MailCmd, MigrateArgs, PolicyArg,
+    ServeArgs, UserCmd,
 };
 use keyline_directory::config::Config;
 use keyline_directory::server::{open_configured_store, run, Overrides, RunOptions};
@@ -363,6 +363,7 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
         Cmd::Users { json } => (Request::Users, *json),
         Cmd::Bindings { json } => (Request::Bindings, *json),
         Cmd::Calls { json } => (Request::Calls, *json),
+        Cmd::Cluster(ClusterCmd::Status { json }) => (Request::Cluster, *json),
         Cmd::Forward(ForwardCmd::List { json }) => (Request::Forwards, *json),
         Cmd::Mail(MailCmd::List { json }) => (Request::Mail, *json),
         _ => bail!("internal error: command dispatched to the wrong place"),
@@ -538,6 +539,26 @@ fn print_human(cmd: &Cmd, r: &Value) {
                     } else {
                         ""
                     }
+                );
+            }
+        }
+        Cmd::Cluster(_) => {
+            println!("node            {}", s(r, "node"));
+            println!("nats            {} {}", s(r, "nats"), s(r, "nats_server"));
+            println!("postgres        {}", s(r, "postgres"));
+            println!("bindings        {}", s(r, "bindings"));
+            let now = keyline_directory::store::now_ms();
+            for n in list(r, "nodes") {
+                let at = n.get("at_ms").and_then(Value::as_i64).unwrap_or(now);
+                println!(
+                    "  {:<20} {:<22} sessions {:<6} bindings {:<6} remote {:<6} calls {:<4} seen {:.1}s ago",
+                    s(n, "node"),
+                    s(n, "listen"),
+                    s(n, "sessions"),
+                    s(n, "bindings"),
+                    s(n, "remote_bindings"),
+                    s(n, "calls"),
+                    (now - at).max(0) as f64 / 1000.0
                 );
             }
         }

@@ -109,6 +109,8 @@ pub enum Event {
         reply: oneshot::Sender<QueryReply>,
     },
     Reconfigure(Arc<Config>),
+    /// What another node of the cluster tells this one.
+    Cluster(crate::cluster::Inbound),
     Shutdown {
         done: oneshot::Sender<()>,
     },
@@ -177,6 +179,8 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     /// What `subscribe`rs of the control socket get.
     pub events: control::Events,
+    /// The link to the other nodes, when this node is one of a cluster.
+    pub cluster: std::sync::OnceLock<crate::cluster::link::Link>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -223,6 +227,7 @@ impl Shared {
                 crate::metrics::Metrics::off()
             },
             events: control::Events::new(),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 

@@ -165,7 +165,9 @@ fn default_office_number() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectoryConfig {
-    /// `HOST:PORT` of the directory (port 7480 by default).
+    /// `HOST:PORT` of the directory (port 7480 by default); for a
+    /// directory of several nodes, each node's, comma-separated (or a name
+    /// with an address per node): losing one, the office goes to another.
     pub address: String,
     /// SHA-256 fingerprint (hex) of the directory's certificate, pinned.
     pub fingerprint: String,
@@ -301,8 +303,8 @@ impl Config {
             if d.fingerprint.len() != 64 || !d.fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
                 bail!("directory.fingerprint must be the directory's SHA-256 fingerprint (64 hex digits)");
             }
-            if d.address.trim().is_empty() {
-                bail!("directory.address must be HOST:PORT");
+            if d.address.split(',').all(|a| a.trim().is_empty()) {
+                bail!("directory.address must be HOST:PORT (or several, comma-separated)");
             }
             if d.account.trim().is_empty() {
                 bail!("directory.account must not be empty");

@@ -143,10 +143,12 @@ fn backoff_after(backoff: Duration, registered: bool, lasted: Duration) -> Durat
 /// attempts fail, 1 s again after a registration) and start again.
 pub async fn uplink(shared: Arc<Shared>, endpoint: quinn::Endpoint, cfg: DirectoryConfig) {
     let mut backoff = BACKOFF_FIRST;
+    // The directory node reached last: tried last next time.
+    let mut lost = None;
     loop {
         let started = Instant::now();
         // `session` returns Ok only once it has registered.
-        let (reason, registered) = match session(&shared, &endpoint, &cfg).await {
+        let (reason, registered) = match session(&shared, &endpoint, &cfg, &mut lost).await {
             Ok(reason) => (reason, true),
             Err(e) => (format!("{e:#}"), false),
         };
@@ -173,28 +175,50 @@ async fn session(
     shared: &Arc<Shared>,
     endpoint: &quinn::Endpoint,
     cfg: &DirectoryConfig,
+    lost: &mut Option<SocketAddr>,
 ) -> Result<String> {
-    let addr = tokio::net::lookup_host(&cfg.address)
+    // Every address given (the nodes of a cluster), the one reached last
+    // tried last.
+    let addrs = keyline_dirclient::addrs::resolve(&cfg.address)
         .await
-        .with_context(|| format!("resolving {}", cfg.address))?
-        .next()
-        .with_context(|| format!("{} has no address", cfg.address))?;
+        .map_err(anyhow::Error::msg)?;
     let password = std::fs::read_to_string(&cfg.password_file)
         .with_context(|| format!("reading {}", cfg.password_file.display()))?;
     let password = password.trim_end_matches(['\r', '\n']);
-    let outside_ip = outside_ip(shared.local_addr, addr)?;
-    let (client, mut events) = DirClient::connect_with(
-        endpoint,
-        &shared.id,
-        addr,
-        Some(cfg.fingerprint.to_ascii_lowercase()),
-        Options {
-            role: Role::Gateway,
-            name: shared.cfg().name.clone(),
-            events: 256,
-        },
-    )
-    .await?;
+    let mut failures = Vec::new();
+    let mut reached = None;
+    for addr in keyline_dirclient::addrs::after(addrs, *lost) {
+        *lost = Some(addr);
+        let outside_ip = match outside_ip(shared.local_addr, addr) {
+            Ok(ip) => ip,
+            Err(e) => {
+                failures.push(format!("{addr}: {e:#}"));
+                continue;
+            }
+        };
+        match DirClient::connect_with(
+            endpoint,
+            &shared.id,
+            addr,
+            Some(cfg.fingerprint.to_ascii_lowercase()),
+            Options {
+                role: Role::Gateway,
+                name: shared.cfg().name.clone(),
+                events: 256,
+            },
+        )
+        .await
+        {
+            Ok(c) => {
+                reached = Some((c, addr, outside_ip));
+                break;
+            }
+            Err(e) => failures.push(format!("{addr}: {e}")),
+        }
+    }
+    let Some(((client, mut events), addr, outside_ip)) = reached else {
+        anyhow::bail!("{}", failures.join("; "));
+    };
     let session = client.login(&cfg.account, password).await?;
     let numbers: Vec<&str> = cfg.numbers.iter().map(String::as_str).collect();
     let me = SocketAddr::new(outside_ip, shared.local_addr.port());

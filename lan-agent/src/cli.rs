@@ -48,8 +48,10 @@ pub enum Cmd {
         /// numbers, where the password is kept). Options given here win.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// The directory's address.
-        #[arg(long, value_name = "HOST:PORT")]
+        /// The directory's address; for a directory of several nodes, each
+        /// node's, comma-separated (or a name with an address per node).
+        /// Losing one, the terminal resumes its session on another.
+        #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]")]
         directory: Option<String>,
         /// The directory's certificate fingerprint (`keyline-directory
         /// status`). Without it the first directory reached is trusted and

@@ -783,8 +783,11 @@ pub(crate) async fn online(
             let mut token: Option<String> = None;
             for n in &a.numbers {
                 let id = Identity::generate(n)?;
-                let cfg =
-                    endpoint::client_config_with(&id, Some(fp.clone()), Some(wire::ACK_EVERY))?;
+                let cfg = endpoint::directory_client_config(
+                    &id,
+                    Some(fp.clone()),
+                    Some(wire::ACK_EVERY),
+                )?;
                 let login = match &token {
                     None => Login::Password(&pw),
                     Some(t) => Login::Token(t),

@@ -25,6 +25,7 @@ impl Router {
                 account: None,
                 numbers: Vec::new(),
                 checks: false,
+                remote: None,
             },
         );
     }
@@ -249,10 +250,14 @@ impl Router {
                     fp: fp.clone(),
                     expires,
                     since,
+                    remote: false,
                 },
             );
         }
         for (old, numbers) in displaced {
+            if self.gc_remote(old) {
+                continue;
+            }
             self.send(
                 old,
                 DirMsg::Unbound {
@@ -330,15 +335,23 @@ impl Router {
         self.bindings.values().filter(move |b| b.session == sid)
     }
 
-    fn remove_binding(&mut self, number: &str) -> Option<Binding> {
+    pub(super) fn remove_binding(&mut self, number: &str) -> Option<Binding> {
         let b = self.bindings.remove(number)?;
         self.expiry.remove(&(b.expires, b.number.clone()));
+        if b.remote {
+            if let Some(s) = self.sessions.get_mut(&b.session) {
+                s.numbers.retain(|n| n != number);
+            }
+        }
         Some(b)
     }
 
     /// [`Self::remove_binding`], told as a [`Notice::Unbound`].
     fn drop_binding(&mut self, number: &str, reason: &'static str) -> Option<Binding> {
         let b = self.remove_binding(number)?;
+        if b.remote {
+            return Some(b);
+        }
         self.notice(Notice::Unbound {
             number: b.number.clone(),
             account: b.account.clone(),
@@ -362,6 +375,9 @@ impl Router {
             }
         }
         for (sid, numbers) in by_session {
+            if self.gc_remote(sid) {
+                continue;
+            }
             self.send(
                 sid,
                 DirMsg::Unbound {

@@ -913,6 +913,8 @@ impl Router {
     /// Call `c` is over: its relay goes, and it is logged and recorded.
     /// `forwarded_to`: where the caller was sent on, if it was.
     fn finished(&mut self, now: Instant, c: Call, reason: EndReason, forwarded_to: Option<String>) {
+        self.gc_remote(c.caller);
+        self.gc_remote(c.callee);
         if !matches!(c.relay, RelayState::None) {
             self.actions.push_back(Action::ReleaseRelay { call: c.id });
         }

@@ -25,17 +25,22 @@ use keyline_proto::dir::{
     CallId, DirMsg, DirectPolicy, EndReason, ErrorCode, ForwardRule, ForwardWhen, ReqId,
 };
 use keyline_proto::number::Number;
+use serde::{Deserialize, Serialize};
 
 pub use crate::store::{CallEntry, CallOutcome};
 
 mod bindings;
 mod calls;
 mod record;
+mod remote;
+#[cfg(test)]
+mod remote_tests;
 mod resolve;
 #[cfg(test)]
 mod tests;
 
 pub use record::CallRecord;
+pub use remote::{is_registration_message, RemoteBinding};
 pub use resolve::{resolve, Resolved, RouteError};
 
 /// A connection to the directory, numbered by the shell.
@@ -173,10 +178,14 @@ pub struct Session {
     pub fp: String,
     pub observed: SocketAddr,
     pub account: Option<String>,
-    /// The account's numbers, default caller number first.
+    /// The account's numbers, default caller number first; for a remote
+    /// session, the numbers bound to it here.
     pub numbers: Vec<String>,
     /// Whether the endpoint runs connectivity checks (a terminal).
     pub checks: bool,
+    /// The cluster node that holds the connection, when it is another
+    /// node's ([`Router::handle_remote_bound`]); None for this node's own.
+    pub remote: Option<String>,
 }
 
 /// Where a registered number rings.
@@ -191,6 +200,9 @@ pub struct Binding {
     pub fp: String,
     pub expires: Instant,
     pub since: Instant,
+    /// Held by another node of the cluster: told by that node, never
+    /// announced here ([`Notice`]s are about this node's own bindings).
+    pub remote: bool,
 }
 
 impl Binding {
@@ -212,7 +224,7 @@ fn with_observed(own: &[SocketAddr], observed: SocketAddr) -> Vec<SocketAddr> {
 
 /// A media end an endpoint vouches for (a gateway's station behind its
 /// forwarder): its certificate fingerprint and its addresses for one call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MediaEnd {
     pub fp: String,
     /// Non-empty (the server checks it); the first is the forwarder port.
@@ -328,7 +340,7 @@ pub struct Call {
 
 /// How a call is placed, beyond number and caller: for
 /// [`Router::handle_call_for`].
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Placing {
     /// The media end the caller vouches for (a gateway's station).
     pub media: Option<MediaEnd>,
@@ -345,8 +357,10 @@ pub struct Placing {
 /// request needs are drawn by the shell. The connection answers malformed
 /// requests itself (an invalid number, a bad address), so every request
 /// that reaches the router is well formed; whether it is allowed is the
-/// router's to decide. For [`Router::handle_request`].
-#[derive(Debug)]
+/// router's to decide. For [`Router::handle_request`]. Serialisable: a
+/// cluster node passes what its endpoint asks about a call to the node that
+/// routes the call.
+#[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
     /// Bind `numbers` (all of the account's when empty) to the session.
     Register {
@@ -403,6 +417,24 @@ pub enum Request {
     Fallback { req: ReqId, call: CallId },
 }
 
+impl Request {
+    /// The call a request is about, for those about a call in progress.
+    pub fn call(&self) -> Option<CallId> {
+        match self {
+            Request::Answer { call, .. }
+            | Request::Decline { call, .. }
+            | Request::Redirect { call, .. }
+            | Request::Transfer { call, .. }
+            | Request::Hangup { call }
+            | Request::Fallback { call, .. } => Some(*call),
+            Request::Register { .. }
+            | Request::Unregister { .. }
+            | Request::Lookup { .. }
+            | Request::Call { .. } => None,
+        }
+    }
+}
+
 /// The directory's routing state.
 #[derive(Debug)]
 pub struct Router {
@@ -438,6 +470,14 @@ impl Router {
             actions: VecDeque::new(),
             next_call: 1,
         }
+    }
+
+    /// Number calls from `base` on (the next call is `base + 1`). Each
+    /// node of a cluster draws its own base, so call ids are unique
+    /// across the nodes that pass calls to each other. Bases stay well
+    /// below 2^62: a call's id is its media flow id, a QUIC varint.
+    pub fn set_call_base(&mut self, base: CallId) {
+        self.next_call = self.next_call.max(base.saturating_add(1));
     }
 
     pub fn config(&self) -> &Config {
@@ -597,13 +637,23 @@ impl Router {
                     b.session
                 ));
             };
+            if b.remote != s.remote.is_some() {
+                return Err(format!(
+                    "binding of {number}: remote {} on a session whose node is {:?}",
+                    b.remote, s.remote
+                ));
+            }
             if s.account.as_deref() != Some(b.account.as_str()) {
                 return Err(format!(
                     "binding of {number} for account {} on session {} logged in as {:?}",
                     b.account, b.session, s.account
                 ));
             }
-            if self.numbers.get(number).map(|ni| ni.account.as_str()) != Some(&b.account) {
+            // Another node's binding is as that node saw the number table;
+            // the two tables meet again at the next reload.
+            if !b.remote
+                && self.numbers.get(number).map(|ni| ni.account.as_str()) != Some(&b.account)
+            {
                 return Err(format!(
                     "binding of {number} for account {}, which does not own it",
                     b.account

@@ -193,14 +193,14 @@ fn two_online() -> (Router, Instant) {
 }
 
 /// The actions so far; the invariants hold after every step.
-fn drain(r: &mut Router) -> Vec<Action> {
+pub(super) fn drain(r: &mut Router) -> Vec<Action> {
     if let Err(e) = r.check_invariants() {
         panic!("invariant broken: {e}\n{r:#?}");
     }
     std::iter::from_fn(|| r.poll_action()).collect()
 }
 
-fn sent(actions: &[Action], to: SessionId) -> Vec<DirMsg> {
+pub(super) fn sent(actions: &[Action], to: SessionId) -> Vec<DirMsg> {
     actions
         .iter()
         .filter_map(|a| match a {

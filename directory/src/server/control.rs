@@ -103,6 +103,27 @@ pub async fn dispatch(shared: &Arc<Shared>, req: Request) -> Result<Response, St
             let _ = rx.await;
             Ok(Response::Reloaded {})
         }
+        Request::Cluster => {
+            let Some(link) = shared.cluster.get() else {
+                return Err(
+                    "this directory is a single node (no [cluster] nats in its config)".into(),
+                );
+            };
+            let started = Instant::now();
+            let postgres = match store::blocking(&shared.store, |s| s.account("")).await {
+                Ok(_) => format!("ok ({} ms)", started.elapsed().as_millis()),
+                Err(e) => e.to_string(),
+            };
+            let st = link.status().await.map_err(|e| format!("{e:#}"))?;
+            Ok(Response::Cluster(Box::new(api::ClusterStatus {
+                node: st.node,
+                nats: st.nats,
+                nats_server: st.nats_server,
+                nodes: st.nodes,
+                bindings: st.bindings,
+                postgres,
+            })))
+        }
     }
 }
 

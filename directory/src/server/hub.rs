@@ -16,6 +16,7 @@ use super::session::error;
 use super::session::CONTROL_QUEUE;
 use super::start::number_table;
 use crate::api::{self, BindingInfo, CallInfo, EndpointKind};
+use crate::cluster::Broadcast;
 use crate::routing::{Action, CallState, Notice, RelayState, Request, Router, SessionId};
 use crate::shared::{Device, Event, Out, Query, QueryReply, Shared};
 use crate::store;
@@ -40,6 +41,8 @@ pub(super) struct Hub {
     /// When the CALL being routed now was read (taken by the RINGING it
     /// gets back, for the dial→ringing metric).
     pub(super) call_read_at: Option<Instant>,
+    /// The other nodes, when this node is one of a cluster.
+    pub(super) cluster: Option<super::cluster::Side>,
 }
 
 impl Hub {
@@ -50,21 +53,37 @@ impl Hub {
             sessions: HashMap::new(),
             relays: HashMap::new(),
             call_read_at: None,
+            cluster: None,
         }
     }
 
+    /// Make this hub one node of a cluster, named `node`, that tells the
+    /// others through `out`.
+    pub(super) fn join_cluster(
+        &mut self,
+        node: String,
+        out: mpsc::Sender<crate::cluster::Outbound>,
+    ) {
+        self.cluster = Some(super::cluster::Side::new(node, out));
+    }
+
     pub(super) async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        let mut tick = tokio::time::interval(super::cluster::TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let ev = match self.router.poll_timeout() {
-                Some(d) => tokio::select! {
-                    ev = events.recv() => ev,
-                    _ = tokio::time::sleep_until(d.into()) => {
-                        self.router.handle_timeout(Instant::now());
-                        self.drain();
-                        continue;
-                    }
-                },
-                None => events.recv().await,
+            let clustered = self.clustered();
+            let deadline = self.router.poll_timeout();
+            let ev = tokio::select! {
+                ev = events.recv() => ev,
+                _ = sleep_until(deadline) => {
+                    self.router.handle_timeout(Instant::now());
+                    self.drain();
+                    continue;
+                }
+                _ = tick.tick(), if clustered => {
+                    self.cluster_tick(Instant::now());
+                    continue;
+                }
             };
             let Some(ev) = ev else { return };
             self.handle(ev).await;
@@ -104,6 +123,7 @@ impl Hub {
                 );
             }
             Event::Down { sid } => {
+                self.cluster_down(sid);
                 self.sessions.remove(&sid);
                 self.router.handle_session_down(now, sid);
             }
@@ -141,36 +161,33 @@ impl Hub {
                 read_at,
                 ..
             } => {
+                let Some(request) = self.cluster_route(sid, request) else {
+                    return;
+                };
                 if matches!(request, Request::Call { .. }) {
                     self.call_read_at = Some(read_at);
                 }
                 self.router.handle_request(now, sid, request)
             }
-            Event::ForwardChanged { number, rules } => self.router.set_forwards(&number, rules),
+            Event::ForwardChanged { number, rules } => {
+                self.broadcast(Broadcast::ForwardChanged {
+                    number: number.clone(),
+                    rules: rules.clone(),
+                });
+                self.router.set_forwards(&number, rules)
+            }
             Event::Reload { logout, keep, done } => {
-                let store = self.shared.store.clone();
-                match tokio::task::spawn_blocking(move || number_table(store.as_ref())).await {
-                    Ok(Ok(t)) => self.router.set_numbers(now, t),
-                    Ok(Err(e)) => tracing::error!("reloading numbers: {e}"),
-                    Err(e) => tracing::error!("reloading numbers: {e}"),
-                }
-                if let Some(account) = logout {
-                    for sid in self.router.sessions_of(&account) {
-                        if Some(sid) == keep {
-                            continue;
-                        }
-                        self.end_session(
-                            now,
-                            sid,
-                            "the account's password or name changed, or it was removed; log in again",
-                        );
-                    }
-                }
+                self.broadcast(Broadcast::Reload {
+                    logout: logout.clone(),
+                });
+                self.reload(now, logout, keep).await;
                 if let Some(d) = done {
                     let _ = d.send(());
                 }
             }
+            Event::Cluster(inbound) => self.cluster_inbound(now, inbound).await,
             Event::MailArrived { account } => {
+                self.cluster_mail(&account);
                 for sid in self.router.registered_sessions_of(&account) {
                     if let Some(l) = self.sessions.get(&sid) {
                         l.mail.notify_one();
@@ -185,6 +202,34 @@ impl Hub {
                 self.router.shutdown(now);
                 self.drain();
                 let _ = done.send(());
+            }
+        }
+    }
+
+    /// Reload the number table from the store; end the sessions of
+    /// `logout` but `keep`.
+    pub(super) async fn reload(
+        &mut self,
+        now: Instant,
+        logout: Option<String>,
+        keep: Option<SessionId>,
+    ) {
+        let store = self.shared.store.clone();
+        match tokio::task::spawn_blocking(move || number_table(store.as_ref())).await {
+            Ok(Ok(t)) => self.router.set_numbers(now, t),
+            Ok(Err(e)) => tracing::error!("reloading numbers: {e}"),
+            Err(e) => tracing::error!("reloading numbers: {e}"),
+        }
+        if let Some(account) = logout {
+            for sid in self.router.sessions_of(&account) {
+                if Some(sid) == keep || self.router.is_remote(sid) {
+                    continue;
+                }
+                self.end_session(
+                    now,
+                    sid,
+                    "the account's password or name changed, or it was removed; log in again",
+                );
             }
         }
     }
@@ -291,6 +336,9 @@ impl Hub {
         while let Some(action) = self.router.poll_action() {
             match action {
                 Action::Send { to, msg } => {
+                    let Some(msg) = self.cluster_send(to, msg) else {
+                        continue;
+                    };
                     if matches!(msg, DirMsg::Ringing { .. }) {
                         if let Some(at) = self.call_read_at.take() {
                             self.shared
@@ -310,7 +358,13 @@ impl Hub {
                         Some(c) => (Some(c.caller), Some(c.callee)),
                         None => (None, None),
                     };
-                    let (ip_a, ip_b) = (self.ip_facing(a), self.ip_facing(b));
+                    let ip_a = self.ip_facing(a);
+                    // Another node's endpoint reaches this node's relay at
+                    // the address the caller's side uses.
+                    let ip_b = match b {
+                        Some(s) if self.router.is_remote(s) => ip_a,
+                        _ => self.ip_facing(b),
+                    };
                     match relay::allocate(self.shared.relay.clone(), caller, ip_a, callee, ip_b) {
                         Ok(mut alloc) => {
                             let (cf, ef) = (alloc.caller_facing, alloc.callee_facing);
@@ -362,7 +416,10 @@ impl Hub {
                         if answered { "answered" } else { "not answered" }
                     );
                 }
-                Action::Notice(n) => self.notice(n),
+                Action::Notice(n) => {
+                    self.cluster_notice(Instant::now(), &n);
+                    self.notice(n)
+                }
                 Action::Record(rec) => {
                     self.shared.metrics.call_ended(rec.outcome);
                     // Written off the hub's task; a failure costs only
@@ -567,6 +624,14 @@ impl Hub {
                 QueryReply::Online(online)
             }
         }
+    }
+}
+
+/// Sleep until `deadline`, or for ever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -10,6 +10,7 @@
 //! Every channel is bounded.
 
 mod accounts;
+mod cluster;
 mod connection;
 pub mod control;
 mod hub;
@@ -41,6 +42,28 @@ use crate::wire::{self};
 use connection::serve_conn;
 use hub::Hub;
 use start::number_table;
+
+/// Connect this node to the cluster's NATS and make its hub a node.
+async fn join_cluster(shared: &Arc<Shared>, hub: &mut Hub, servers: &str) -> Result<()> {
+    let cfg = shared.cfg();
+    let node = cfg.cluster.node_name(shared.local_addr);
+    // Bindings outlive their registration in the bucket by half of it: a
+    // node that stops leaves them to expire there (the others drop them at
+    // the registration's end).
+    let ttl = cfg.routing().binding_ttl;
+    let link = crate::cluster::link::Link::connect(servers, &node, ttl + ttl / 2).await?;
+    let (out_tx, out_rx) = mpsc::channel(crate::cluster::link::OUT_QUEUE);
+    link.start(shared.hub.clone(), Event::Cluster, out_rx)
+        .await?;
+    // Call ids unique across the nodes: each draws bits 32..61. Ids stay
+    // below 2^62: the media handshake carries them as QUIC varints.
+    hub.router
+        .set_call_base(u64::from((rand::random::<u32>() >> 2) | 1) << 32);
+    hub.join_cluster(node.clone(), out_tx);
+    let _ = shared.cluster.set(link);
+    tracing::info!("cluster: node {node}, NATS at {servers}");
+    Ok(())
+}
 
 /// Run the directory until SIGTERM or SIGINT.
 pub async fn run(opts: RunOptions) -> Result<()> {
@@ -93,7 +116,14 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
 
     let mut router = Router::new(shared.cfg().routing());
     router.set_numbers(Instant::now(), table);
-    let hub = Hub::new(shared.clone(), router);
+    let mut hub = Hub::new(shared.clone(), router);
+    if let Some(servers) = shared.cfg().cluster.nats.clone() {
+        if let Err(e) = join_cluster(&shared, &mut hub, &servers).await {
+            // A PostgreSQL client blocks when dropped: not on the runtime.
+            let _ = tokio::task::spawn_blocking(move || drop((hub, shared))).await;
+            return Err(e);
+        }
+    }
     let hub_task = tokio::spawn(hub.run(hub_rx));
 
     {

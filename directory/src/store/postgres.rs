@@ -84,6 +84,24 @@ struct Pool {
     generation: u64,
 }
 
+impl Drop for Pool {
+    /// A client blocks on its own runtime when dropped, which panics on a
+    /// tokio worker (the directory's last reference to its store can go
+    /// there at shutdown): idle clients are closed on a plain thread then.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.idle);
+        if idle.is_empty() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let closer = std::thread::Builder::new()
+            .name("pg-close".into())
+            .spawn(move || drop(idle));
+        if let Err(e) = closer {
+            tracing::warn!("closing the PostgreSQL connections: {e}");
+        }
+    }
+}
+
 /// What an operation can fail with before it becomes a [`StoreError`]:
 /// a database error keeps its SQLSTATE (for retries and messages).
 #[derive(Debug)]

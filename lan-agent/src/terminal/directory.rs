@@ -158,18 +158,14 @@ fn own_candidates(t: &Terminal, client: &DirClient, dir: SocketAddr) -> Vec<Sock
 /// One connection to the directory, from connect until it ends.
 async fn directory_session(t: &Arc<Terminal>, token: &mut Option<String>) -> Outcome {
     t.lock().set_link("connecting", None);
-    let target = t.opts.directory.as_str();
-    let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(target).await {
-        Ok(a) => a.collect(),
-        Err(e) => {
-            return failed(format!(
-                "cannot resolve the directory address {target}: {e}"
-            ))
-        }
+    // Every address given (the nodes of a cluster), the one lost last
+    // tried last.
+    let addrs = match keyline_dirclient::addrs::resolve(&t.opts.directory).await {
+        Ok(a) => a,
+        Err(e) => return failed(e),
     };
-    if addrs.is_empty() {
-        return failed(format!("{target} resolves to no address"));
-    }
+    let lost = t.lock().link.directory;
+    let addrs = keyline_dirclient::addrs::after(addrs, lost);
     let pin = t.opts.directory_fp.clone().or_else(|| {
         std::fs::read_to_string(t.pin_path())
             .ok()

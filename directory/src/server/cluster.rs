@@ -1,0 +1,374 @@
+//! The hub's side of the cluster: which sessions are other nodes'
+//! endpoints, which calls another node routes, and turning the router's
+//! actions about them into messages for the link (and the link's news into
+//! router inputs).
+//!
+//! A call is routed by the node its caller is connected to. The callee's
+//! node passes the router's messages to its endpoint and what the endpoint
+//! asks about the call back, and tells the routing node when the endpoint
+//! is gone; it remembers which node routes each such call ([`Side::foreign`])
+//! until the call ends there.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use keyline_proto::dir::{CallId, DirMsg};
+use tokio::sync::mpsc;
+
+use super::hub::Hub;
+use crate::cluster::{BindingEntry, Broadcast, Inbound, NodeEntry, NodeMsg, Outbound};
+use crate::routing::{is_registration_message, Notice, RemoteBinding, Request, SessionId};
+use crate::store;
+
+/// The hub's cluster state, when this node is one of a cluster.
+pub(super) struct Side {
+    pub(super) node: String,
+    out: mpsc::Sender<Outbound>,
+    /// Another node's session → the number it has here, and back.
+    ids: HashMap<(String, SessionId), SessionId>,
+    remote_of: HashMap<SessionId, (String, SessionId)>,
+    /// Calls another node routes whose other end is one of this node's
+    /// sessions: the routing node and that session.
+    foreign: HashMap<CallId, (String, SessionId)>,
+    last_refresh: Instant,
+    started_ms: i64,
+}
+
+impl Side {
+    pub(super) fn new(node: String, out: mpsc::Sender<Outbound>) -> Side {
+        Side {
+            node,
+            out,
+            ids: HashMap::new(),
+            remote_of: HashMap::new(),
+            foreign: HashMap::new(),
+            last_refresh: Instant::now(),
+            started_ms: store::now_ms(),
+        }
+    }
+
+    fn tell(&self, o: Outbound) {
+        if self.out.try_send(o).is_err() {
+            tracing::warn!("cluster: the link is behind; a message to the cluster dropped");
+        }
+    }
+}
+
+/// The call a message to an endpoint is about, and whether it is the
+/// call's last.
+fn call_of(msg: &DirMsg) -> Option<(CallId, bool)> {
+    match msg {
+        DirMsg::Ring { call, .. }
+        | DirMsg::Connect { call, .. }
+        | DirMsg::RelayReady { call, .. } => Some((*call, false)),
+        DirMsg::Ended { call, .. } | DirMsg::Redirected { call, .. } => Some((*call, true)),
+        _ => None,
+    }
+}
+
+impl Hub {
+    /// Whether this node is one of a cluster.
+    pub(super) fn clustered(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// `msg` for session `to`: passed on when `to` is another node's
+    /// endpoint (then `None`), else given back.
+    pub(super) fn cluster_send(&mut self, to: SessionId, msg: DirMsg) -> Option<DirMsg> {
+        let Some(side) = &self.cluster else {
+            return Some(msg);
+        };
+        let Some((node, session)) = side.remote_of.get(&to) else {
+            return Some(msg);
+        };
+        if !is_registration_message(&msg) {
+            side.tell(Outbound::Node {
+                to: node.clone(),
+                msg: NodeMsg::Deliver {
+                    session: *session,
+                    msg,
+                },
+            });
+        }
+        None
+    }
+
+    /// This node's bindings, as the router announces them, go to the
+    /// bucket.
+    pub(super) fn cluster_notice(&mut self, now: Instant, n: &Notice) {
+        if self.cluster.is_none() {
+            return;
+        }
+        match n {
+            Notice::Bound { number, .. } => self.put_binding(now, number),
+            Notice::Unbound { number, .. } => {
+                if let Some(side) = &self.cluster {
+                    side.tell(Outbound::Delete {
+                        number: number.clone(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn put_binding(&self, now: Instant, number: &str) {
+        let (Some(side), Some(b)) = (&self.cluster, self.router.binding(number)) else {
+            return;
+        };
+        if b.remote {
+            return;
+        }
+        let Ok(parsed) = number.parse() else {
+            return;
+        };
+        let checks = self.router.session(b.session).is_some_and(|s| s.checks);
+        side.tell(Outbound::Put {
+            number: number.to_string(),
+            entry: BindingEntry {
+                node: side.node.clone(),
+                session: b.session,
+                binding: RemoteBinding {
+                    number: parsed,
+                    account: b.account.clone(),
+                    fp: b.fp.clone(),
+                    observed: b.observed,
+                    own: b.own.clone(),
+                    checks,
+                    ttl: b.expires.saturating_duration_since(now),
+                },
+            },
+        });
+    }
+
+    /// A request of session `sid`: sent to the node that routes its call
+    /// when another does (then `None`), else given back.
+    pub(super) fn cluster_route(&mut self, sid: SessionId, request: Request) -> Option<Request> {
+        let Some(side) = &self.cluster else {
+            return Some(request);
+        };
+        match request.call().and_then(|c| side.foreign.get(&c)) {
+            Some((node, owner)) if *owner == sid => {
+                side.tell(Outbound::Node {
+                    to: node.clone(),
+                    msg: NodeMsg::Route {
+                        session: sid,
+                        request,
+                    },
+                });
+                None
+            }
+            _ => Some(request),
+        }
+    }
+
+    /// Session `sid` of this node is gone: the nodes that route its calls
+    /// are told.
+    pub(super) fn cluster_down(&mut self, sid: SessionId) {
+        let Some(side) = &mut self.cluster else {
+            return;
+        };
+        let mut nodes = HashSet::new();
+        side.foreign.retain(|_, (node, owner)| {
+            if *owner == sid {
+                nodes.insert(node.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for node in nodes {
+            side.tell(Outbound::Node {
+                to: node,
+                msg: NodeMsg::SessionDown { session: sid },
+            });
+        }
+    }
+
+    /// Mail is waiting for `account`: the nodes its other endpoints are
+    /// registered with are told.
+    pub(super) fn cluster_mail(&mut self, account: &str) {
+        let Some(side) = &self.cluster else {
+            return;
+        };
+        let mut nodes = HashSet::new();
+        for sid in self.router.registered_sessions_of(account) {
+            if let Some((node, _)) = side.remote_of.get(&sid) {
+                nodes.insert(node.clone());
+            }
+        }
+        for node in nodes {
+            side.tell(Outbound::Node {
+                to: node,
+                msg: NodeMsg::MailArrived {
+                    account: account.to_string(),
+                },
+            });
+        }
+    }
+
+    /// Tell every other node (a change made through this one).
+    pub(super) fn broadcast(&self, news: Broadcast) {
+        if let Some(side) = &self.cluster {
+            side.tell(Outbound::Broadcast(news));
+        }
+    }
+
+    /// The number here of node `node`'s session `session`.
+    fn remote_sid(&mut self, node: &str, session: SessionId) -> Option<SessionId> {
+        let side = self.cluster.as_mut()?;
+        let key = (node.to_string(), session);
+        if let Some(sid) = side.ids.get(&key) {
+            return Some(*sid);
+        }
+        let sid = self
+            .shared
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        side.ids.insert(key.clone(), sid);
+        side.remote_of.insert(sid, key);
+        Some(sid)
+    }
+
+    /// What the link brings.
+    pub(super) async fn cluster_inbound(&mut self, now: Instant, inbound: Inbound) {
+        match inbound {
+            Inbound::Bound {
+                node,
+                session,
+                binding,
+            } => {
+                if let Some(sid) = self.remote_sid(&node, session) {
+                    self.router.handle_remote_bound(now, sid, &node, binding);
+                }
+            }
+            Inbound::Unbound {
+                node,
+                session,
+                number,
+            } => {
+                let sid = self
+                    .cluster
+                    .as_ref()
+                    .and_then(|s| s.ids.get(&(node, session)).copied());
+                if let Some(sid) = sid {
+                    self.router.handle_remote_unbound(now, sid, &number);
+                }
+            }
+            Inbound::Node { from, msg } => self.node_msg(now, from, msg),
+            Inbound::Broadcast { from, news } => {
+                tracing::debug!("cluster: news from {from}: {news:?}");
+                match news {
+                    Broadcast::Reload { logout } => self.reload(now, logout, None).await,
+                    Broadcast::ForwardChanged { number, rules } => {
+                        self.router.set_forwards(&number, rules)
+                    }
+                }
+            }
+        }
+    }
+
+    fn node_msg(&mut self, now: Instant, from: String, msg: NodeMsg) {
+        match msg {
+            NodeMsg::Deliver { session, msg } => {
+                if !self.sessions.contains_key(&session) {
+                    return;
+                }
+                if let (Some(side), Some((call, last))) = (&mut self.cluster, call_of(&msg)) {
+                    if last {
+                        side.foreign.remove(&call);
+                    } else {
+                        side.foreign.insert(call, (from, session));
+                    }
+                }
+                self.send(session, msg);
+            }
+            NodeMsg::Route { session, request } => {
+                let sid = self
+                    .cluster
+                    .as_ref()
+                    .and_then(|s| s.ids.get(&(from, session)).copied());
+                // Only about a call with that endpoint, which this node
+                // knows as a remote session.
+                if let Some(sid) = sid.filter(|s| self.router.is_remote(*s)) {
+                    self.router.handle_request(now, sid, request);
+                }
+            }
+            NodeMsg::SessionDown { session } => {
+                let sid = self
+                    .cluster
+                    .as_ref()
+                    .and_then(|s| s.ids.get(&(from, session)).copied());
+                if let Some(sid) = sid.filter(|s| self.router.is_remote(*s)) {
+                    self.router.handle_session_down(now, sid);
+                }
+            }
+            NodeMsg::MailArrived { account } => {
+                for sid in self.router.registered_sessions_of(&account) {
+                    if let Some(l) = self.sessions.get(&sid) {
+                        l.mail.notify_one();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every [`crate::cluster::HEARTBEAT`]: this node's entry, its
+    /// bindings written again each third of their lifetime, and the
+    /// remote sessions the router has forgotten forgotten here too.
+    pub(super) fn cluster_tick(&mut self, now: Instant) {
+        let ttl = self.shared.cfg().routing().binding_ttl;
+        let refresh = self
+            .cluster
+            .as_ref()
+            .is_some_and(|s| now.duration_since(s.last_refresh) >= ttl / 3);
+        if refresh {
+            let mine: Vec<String> = self
+                .router
+                .bindings()
+                .filter(|b| !b.remote)
+                .map(|b| b.number.clone())
+                .collect();
+            for n in &mine {
+                self.put_binding(now, n);
+            }
+        }
+        let live: HashSet<SessionId> = self.router.remote_sessions().map(|(s, _)| s).collect();
+        let (mut own, mut remote) = (0, 0);
+        for b in self.router.bindings() {
+            if b.remote {
+                remote += 1;
+            } else {
+                own += 1;
+            }
+        }
+        let sessions = self.sessions.len();
+        let calls = self.router.calls().count();
+        let listen = self.shared.local_addr.to_string();
+        let web = self.shared.web_addr.get().map(|a| a.to_string());
+        let Some(side) = &mut self.cluster else {
+            return;
+        };
+        if refresh {
+            side.last_refresh = now;
+        }
+        side.remote_of.retain(|sid, _| live.contains(sid));
+        let remote_of = &side.remote_of;
+        side.ids.retain(|_, sid| remote_of.contains_key(sid));
+        let entry = NodeEntry {
+            node: side.node.clone(),
+            listen,
+            web,
+            sessions,
+            bindings: own,
+            remote_bindings: remote,
+            calls,
+            started_ms: side.started_ms,
+            at_ms: store::now_ms(),
+        };
+        side.tell(Outbound::Load(entry));
+    }
+}
+
+/// How often the hub's cluster tick runs.
+pub(super) const TICK: Duration = crate::cluster::HEARTBEAT;

@@ -1,0 +1,353 @@
+//! Two directory nodes as one directory, with the real parts: a
+//! throw-away PostgreSQL cluster both nodes keep their data in, a
+//! `nats-server` with JetStream they tell each other through, and
+//! `keyline-agent terminal`s on either node. Accounts added through one
+//! node are known to the other at once (its reload is told to the
+//! cluster); a terminal on one node calls a terminal on the other, both
+//! ways, the media goes end to end and neither node relays a byte;
+//! `cluster status` shows both nodes with NATS and PostgreSQL healthy.
+//!
+//! NATS missing is a failure, not a skip: `scripts/install-deps.sh
+//! --test` installs the Debian `nats-server` package.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use keyline_tests::{
+    bin, idle, jnum, jstr, start_terminal, status, terminal_registered, wait_for, wait_state,
+    Daemon, Scratch,
+};
+use serde_json::Value;
+use support::pgcluster::PgCluster;
+
+const PW: &str = "correct horse battery";
+
+/// A `nats-server` with JetStream on loopback; killed when dropped.
+struct Nats {
+    child: Child,
+    url: String,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Nats {
+    fn start(dir: &Path) -> Nats {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            l.local_addr().expect("port").port()
+        };
+        let child = Nats::spawn(dir, port);
+        Nats {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn spawn(dir: &Path, port: u16) -> Child {
+        let store = dir.join("nats");
+        std::fs::create_dir_all(&store).expect("nats dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("nats.log"))
+            .expect("nats log");
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&store)
+            .args(["--name", "test-nats"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect(
+                "nats-server is not installed: run scripts/install-deps.sh --test \
+                 (the Debian nats-server package)",
+            );
+        wait_for("nats-server to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        child
+    }
+
+    /// Kill the server (what it held in memory is lost) and start it again
+    /// on the same port.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Nats::spawn(&self.dir, self.port);
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory node named `name` with its state in `scratch/name`, its
+/// config in `scratch/name-etc`; `identity` (a node's state folder) gives
+/// it the same certificate, as every node of one cluster serves.
+fn node(scratch: &Scratch, name: &str, pg: &str, nats: &str, identity: Option<&Path>) -> Daemon {
+    let etc = scratch.join(&format!("{name}-etc"));
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("directory.toml"),
+        format!(
+            "binding_ttl_secs = 30\n[store]\npostgres = \"{pg}\"\npool_size = 4\n\
+             [web]\nenabled = false\n[cluster]\nnats = \"{nats}\"\nnode = \"{name}\"\n"
+        ),
+    )
+    .unwrap();
+    let state = scratch.join(name);
+    std::fs::create_dir_all(&state).unwrap();
+    if let Some(from) = identity {
+        for f in ["cert.der", "key.der"] {
+            std::fs::copy(from.join(f), state.join(f)).expect("copy the identity");
+        }
+    }
+    let conf = etc.join("directory.toml");
+    let d = Daemon::start(
+        None,
+        bin("keyline-directory"),
+        &state,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+    )
+    .expect("start a directory node");
+    wait_for("the node to start", Duration::from_secs(20), || {
+        jstr(&d.json(&["status"]).ok()?, &["listen"])
+    });
+    d
+}
+
+fn etc(scratch: &Scratch, name: &str) -> PathBuf {
+    scratch.join(&format!("{name}-etc"))
+}
+
+/// `keyline-directory user add` through node `d` (its config names the
+/// shared database; the running node is told to reload, and tells the
+/// cluster).
+fn add_user(scratch: &Scratch, d: &Daemon, name: &str, id: &str, number: &str) {
+    use std::io::Write;
+    let mut child = Command::new(&d.bin)
+        .arg("--state")
+        .arg(&d.state)
+        .args(["user", "add", id, "--number", number])
+        .env("CONFIGURATION_DIRECTORY", etc(scratch, name))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("user add");
+    writeln!(child.stdin.take().unwrap(), "{PW}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn cluster_status(d: &Daemon) -> Value {
+    d.json(&["cluster", "status"]).expect("cluster status")
+}
+
+fn relayed(d: &Daemon) -> f64 {
+    jnum(&d.json(&["status"]).unwrap(), &["relay", "bytes"]).unwrap()
+}
+
+/// A call from `x` to `number` (at `y`, which answers by itself) carries
+/// media both ways, then `x` hangs up.
+fn call(x: &Daemon, y: &Daemon, number: &str, caller: &str) {
+    let out = keyline_tests::ok(x, &["dial", number]);
+    assert!(out.contains("ringing"), "{out}");
+    let ring = wait_for("the callee to ring", Duration::from_secs(10), || {
+        let s = status(y);
+        (!s["call"].is_null()).then_some(s)
+    });
+    assert_eq!(jstr(&ring, &["call", "peer"]).as_deref(), Some(caller));
+    wait_state(x, "connected");
+    wait_state(y, "connected");
+    let sx = status(x);
+    assert_eq!(sx["call"]["relayed"], Value::Bool(false), "{sx}");
+    wait_for("media both ways", Duration::from_secs(10), || {
+        let (a, b) = (status(x), status(y));
+        (jnum(&a, &["call", "media", "received"])? > 50.0
+            && jnum(&b, &["call", "media", "received"])? > 50.0)
+            .then_some(())
+    });
+    keyline_tests::ok(x, &["hangup"]);
+    let last = idle(y);
+    assert_eq!(jstr(&last, &["ended"]).as_deref(), Some("hangup"), "{last}");
+    idle(x);
+}
+
+#[test]
+fn two_nodes_act_as_one_directory() {
+    let scratch = Scratch::new("cluster");
+    let pg = PgCluster::start();
+    pg.create_db("cluster");
+    let mut nats = Nats::start(&scratch.join("nats-run"));
+    let url = pg.url("cluster");
+    let n1 = node(&scratch, "n1", &url, &nats.url, None);
+    let n2 = node(&scratch, "n2", &url, &nats.url, Some(&scratch.join("n1")));
+    let fp = jstr(&n1.json(&["status"]).unwrap(), &["fingerprint"]).unwrap();
+    assert_eq!(
+        jstr(&n2.json(&["status"]).unwrap(), &["fingerprint"]).as_deref(),
+        Some(fp.as_str()),
+        "the nodes serve one certificate"
+    );
+
+    // Both nodes see each other, NATS and PostgreSQL.
+    let st = wait_for("both nodes in the cluster", Duration::from_secs(15), || {
+        let st = cluster_status(&n1);
+        (st["nodes"].as_array()?.len() == 2).then_some(st)
+    });
+    assert_eq!(jstr(&st, &["node"]).as_deref(), Some("n1"), "{st}");
+    assert_eq!(jstr(&st, &["nats"]).as_deref(), Some("connected"), "{st}");
+    assert!(
+        jstr(&st, &["postgres"]).is_some_and(|p| p.starts_with("ok")),
+        "{st}"
+    );
+    let human = keyline_tests::ok(&n2, &["cluster", "status"]);
+    assert!(
+        human.contains("n1") && human.contains("n2") && human.contains("connected"),
+        "{human}"
+    );
+
+    // Accounts added through n1 after both started: n2 learns of them
+    // through the cluster.
+    add_user(&scratch, &n1, "n1", "alice", "3001");
+    add_user(&scratch, &n1, "n1", "minjun", "김민준");
+    let (l1, l2) = (
+        jstr(&n1.json(&["status"]).unwrap(), &["listen"]).unwrap(),
+        jstr(&n2.json(&["status"]).unwrap(), &["listen"]).unwrap(),
+    );
+    let a = start_terminal(
+        &scratch,
+        None,
+        &l1,
+        &fp,
+        "alice",
+        PW,
+        &["--auto-answer", "1", "--audio-in", "tone:700"],
+    );
+    // B knows both nodes, its own first.
+    let both = format!("{l2},{l1}");
+    let b = start_terminal(
+        &scratch,
+        None,
+        &both,
+        &fp,
+        "minjun",
+        PW,
+        &["--auto-answer", "1", "--audio-in", "tone:700"],
+    );
+    terminal_registered(&a);
+    terminal_registered(&b);
+    // Each node knows the other's binding.
+    wait_for("the bindings to cross", Duration::from_secs(10), || {
+        let b1 = n1.json(&["bindings"]).ok()?;
+        let b2 = n2.json(&["bindings"]).ok()?;
+        (b1["bindings"].as_array()?.len() == 2 && b2["bindings"].as_array()?.len() == 2)
+            .then_some(())
+    });
+
+    // A (on n1) calls B (on n2), then B calls A: each call is routed by
+    // its caller's node, and the media goes end to end.
+    call(&a, &b, "김민준", "3001");
+    call(&b, &a, "3001", "김민준");
+    for n in [&n1, &n2] {
+        assert_eq!(relayed(n), 0.0, "a node carried media");
+        let calls = n.json(&["calls"]).unwrap();
+        assert!(
+            calls["calls"].as_array().unwrap().is_empty(),
+            "a node kept a call: {calls}"
+        );
+    }
+
+    let st = cluster_status(&n2);
+    assert_eq!(jnum(&st, &["bindings"]), Some(2.0), "{st}");
+    for n in st["nodes"].as_array().unwrap() {
+        assert_eq!(jnum(n, &["bindings"]), Some(1.0), "{st}");
+    }
+    assert_eq!(
+        jstr(&status(&b), &["directory"]).as_deref(),
+        Some(l2.as_str())
+    );
+
+    // NATS restarts and has lost its buckets: the nodes reconnect, make
+    // them again and fill them with their bindings and entries, and calls
+    // cross again.
+    nats.restart();
+    wait_for("the cluster rebuilt", Duration::from_secs(30), || {
+        // Refused while the buckets are gone.
+        let st = n1.json(&["cluster", "status"]).ok()?;
+        (jstr(&st, &["nats"])? == "connected"
+            && st["nodes"].as_array()?.len() == 2
+            && jnum(&st, &["bindings"])? == 2.0)
+            .then_some(())
+    });
+    call(&a, &b, "김민준", "3001");
+
+    // B's node crashes in the middle of a call: the call goes on (its
+    // media is end to end), B resumes its session on n1 with its token
+    // and is callable there.
+    keyline_tests::ok(&a, &["dial", "김민준"]);
+    wait_state(&a, "connected");
+    wait_state(&b, "connected");
+    let mut n2 = n2;
+    n2.child.as_mut().expect("n2 runs").kill().expect("kill n2");
+    let crashed = std::time::Instant::now();
+    // A client notices a silent directory within 4 s (1 s pings, 3 s
+    // idle timeout) and resumes at once: 9 s is a bound a loaded machine
+    // keeps and the transport's default 10 s idle timeout does not.
+    wait_for("B to resume on n1", Duration::from_secs(9), || {
+        let s = status(&b);
+        (jstr(&s, &["directory"]).as_deref() == Some(l1.as_str())
+            && jstr(&s, &["state"]).as_deref() == Some("registered"))
+        .then_some(())
+    });
+    let failover = crashed.elapsed();
+    eprintln!("B registered again through n1 {failover:?} after n2 crashed");
+    let received = |d: &Daemon| jnum(&status(d), &["call", "media", "received"]);
+    let before = received(&b).expect("B's call went on");
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        received(&b).expect("B's call went on") > before + 10.0,
+        "B's call stalled after its node crashed"
+    );
+    keyline_tests::ok(&a, &["hangup"]);
+    idle(&a);
+    idle(&b);
+    wait_for("n1 to forget the call", Duration::from_secs(15), || {
+        n1.json(&["calls"]).ok()?["calls"]
+            .as_array()?
+            .is_empty()
+            .then_some(())
+    });
+    call(&a, &b, "김민준", "3001");
+    let st = wait_for("n2 gone from the cluster", Duration::from_secs(20), || {
+        let st = cluster_status(&n1);
+        (st["nodes"].as_array()?.len() == 1).then_some(st)
+    });
+    assert_eq!(
+        jstr(&st["nodes"][0], &["node"]).as_deref(),
+        Some("n1"),
+        "{st}"
+    );
+    drop((a, b, n1, n2, nats));
+    drop(pg);
+}
