@@ -75,11 +75,14 @@ impl Nats {
         child
     }
 
-    /// Kill the server (what it held in memory is lost) and start it again
-    /// on the same port.
-    fn restart(&mut self) {
+    /// Kill the server: what it held in memory is lost.
+    fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Start it again on the same port.
+    fn start_again(&mut self) {
         self.child = Nats::spawn(&self.dir, self.port);
     }
 }
@@ -288,10 +291,25 @@ fn two_nodes_act_as_one_directory() {
         Some(l2.as_str())
     );
 
-    // NATS restarts and has lost its buckets: the nodes reconnect, make
-    // them again and fill them with their bindings and entries, and calls
+    // NATS goes away: a call to the other node's terminal ends at once
+    // with the other end gone, rather than ringing nowhere.
+    nats.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    let out = keyline_tests::ok(&a, &["dial", "김민준"]);
+    let last = idle(&a);
+    eprintln!("a call across while NATS was gone: {out}; ended {last}");
+    assert_eq!(last["connected"], Value::Bool(false), "{last}");
+    assert_eq!(
+        jstr(&last, &["ended"]).as_deref(),
+        Some("peer-lost"),
+        "{last}"
+    );
+    assert!(status(&b)["call"].is_null(), "B rang without NATS");
+
+    // NATS returns without its buckets: the nodes reconnect, make them
+    // again and fill them with their bindings and entries, and calls
     // cross again.
-    nats.restart();
+    nats.start_again();
     wait_for("the cluster rebuilt", Duration::from_secs(30), || {
         // Refused while the buckets are gone.
         let st = n1.json(&["cluster", "status"]).ok()?;

@@ -164,6 +164,11 @@ impl Link {
         }
     }
 
+    /// Whether NATS is connected now.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// Make the buckets again if they are gone (a NATS server that
     /// restarted has lost them: they live in its memory). The stores'
     /// handles name their streams, so they work again at once.

@@ -81,7 +81,18 @@ impl Hub {
         let Some((node, session)) = side.remote_of.get(&to) else {
             return Some(msg);
         };
-        if !is_registration_message(&msg) {
+        if is_registration_message(&msg) {
+            return None;
+        }
+        if !self.shared.cluster.get().is_some_and(|l| l.connected()) {
+            // Without NATS the endpoint cannot be reached: its call ends
+            // here now (the caller is told the other end is gone) rather
+            // than when NATS returns with a stale message.
+            tracing::warn!("cluster: NATS unreachable; {node}'s endpoint {session} taken as gone");
+            self.router.handle_session_down(Instant::now(), to);
+            return None;
+        }
+        {
             side.tell(Outbound::Node {
                 to: node.clone(),
                 msg: NodeMsg::Deliver {
