@@ -6,6 +6,10 @@
 //! cluster); a terminal on one node calls a terminal on the other, both
 //! ways, the media goes end to end and neither node relays a byte;
 //! `cluster status` shows both nodes with NATS and PostgreSQL healthy.
+//! Mail, forwarding and an office gateway work across the nodes; without
+//! NATS a call across ends at once, and with it back the cluster is
+//! rebuilt; a node crashed mid-call leaves the call going and its
+//! endpoints registered through the other node within seconds.
 //!
 //! NATS missing is a failure, not a skip: `scripts/install-deps.sh
 //! --test` installs the Debian `nats-server` package.
@@ -26,6 +30,8 @@ use serde_json::Value;
 use support::pgcluster::PgCluster;
 
 const PW: &str = "correct horse battery";
+/// The office number of the gateway in the test.
+const OFFICE: &str = "0255501";
 
 /// A `nats-server` with JetStream on loopback; killed when dropped.
 struct Nats {
@@ -197,6 +203,57 @@ fn call(x: &Daemon, y: &Daemon, number: &str, caller: &str) {
     idle(x);
 }
 
+/// An office gateway for account `office` (number [`OFFICE`]) with the
+/// directory nodes `dirs`, and its station 201 (answers by itself).
+fn office(scratch: &Scratch, dirs: &str, fp: &str) -> (Daemon, Daemon) {
+    let base = scratch.join("office");
+    std::fs::create_dir_all(&base).unwrap();
+    let pw = base.join("directory.password");
+    std::fs::write(&pw, format!("{PW}\n")).unwrap();
+    let listen = format!("127.0.0.1:{}", keyline_tests::free_udp_port());
+    let cfg = base.join("gatewayd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"{listen}\"\nmdns = false\n[directory]\naddress = \"{dirs}\"\n\
+             fingerprint = \"{fp}\"\naccount = \"office\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let gw = Daemon::start(
+        None,
+        bin("keyline-gatewayd"),
+        &base.join("gw"),
+        &["run", "--config", cfg.to_str().unwrap()],
+    )
+    .expect("start the gateway");
+    wait_for("the office to register", Duration::from_secs(15), || {
+        let st = gw.json(&["status"]).ok()?;
+        (jstr(&st, &["directory", "state"])? == "registered").then_some(())
+    });
+    let station = Daemon::start(
+        None,
+        bin("keyline-agent"),
+        &base.join("agent-201"),
+        &[
+            "run",
+            "--no-mdns",
+            "--gateway",
+            &listen,
+            "--auto-answer",
+            "1",
+            "--audio-in",
+            "tone:700",
+            "--audio-out",
+            "null",
+        ],
+    )
+    .expect("start a station");
+    keyline_tests::enrol(&gw, &station, "201");
+    (gw, station)
+}
+
 #[test]
 fn two_nodes_act_as_one_directory() {
     let scratch = Scratch::new("cluster");
@@ -234,6 +291,8 @@ fn two_nodes_act_as_one_directory() {
     // through the cluster.
     add_user(&scratch, &n1, "n1", "alice", "3001");
     add_user(&scratch, &n1, "n1", "minjun", "김민준");
+    add_user(&scratch, &n1, "n1", "carol", "3003");
+    add_user(&scratch, &n1, "n1", "office", OFFICE);
     let (l1, l2) = (
         jstr(&n1.json(&["status"]).unwrap(), &["listen"]).unwrap(),
         jstr(&n2.json(&["status"]).unwrap(), &["listen"]).unwrap(),
@@ -291,6 +350,44 @@ fn two_nodes_act_as_one_directory() {
         Some(l2.as_str())
     );
 
+    // Mail left through n1 for carol, who is not connected anywhere, is
+    // delivered when she registers at n2, once.
+    let tones = ["--auto-answer", "1", "--audio-in", "tone:700"];
+    keyline_tests::ok(&a, &["message", "3003", "left through n1"]);
+    wait_for("n1 to keep the message", Duration::from_secs(5), || {
+        let l = n1.json(&["mail", "list"]).ok()?;
+        (l["mail"].as_array()?.len() == 1).then_some(())
+    });
+    let carol = start_terminal(&scratch, None, &both, &fp, "carol", PW, &tones);
+    terminal_registered(&carol);
+    let got = wait_for("carol's message", Duration::from_secs(10), || {
+        let m = carol.json(&["messages"]).ok()?;
+        m["messages"].as_array()?.first().cloned()
+    });
+    assert_eq!(got["from"], "3001", "{got}");
+    assert_eq!(got["body"], "left through n1", "{got}");
+    wait_for("the directory to let go", Duration::from_secs(5), || {
+        let l = n1.json(&["mail", "list"]).ok()?;
+        l["mail"].as_array()?.is_empty().then_some(())
+    });
+    // `messages` shows what came since it was last asked: nothing again.
+    std::thread::sleep(Duration::from_secs(1));
+    let m = carol.json(&["messages"]).unwrap();
+    assert!(m["messages"].as_array().unwrap().is_empty(), "twice: {m}");
+
+    // Forwarding set through n2 is followed by the next call through n1.
+    keyline_tests::ok(&b, &["forward", "set", "--always", "3003"]);
+    std::thread::sleep(Duration::from_millis(300));
+    call(&a, &carol, "김민준", "3001");
+    keyline_tests::ok(&b, &["forward", "off"]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // An office gateway registered through n2 takes a call placed through
+    // n1 to its office number; its station answers.
+    let (gw, s201) = office(&scratch, &both, &fp);
+    call(&a, &s201, OFFICE, "3001");
+    assert_eq!(relayed(&n1), 0.0, "a node carried media");
+
     // NATS goes away: a call to the other node's terminal ends at once
     // with the other end gone, rather than ringing nowhere.
     nats.kill();
@@ -315,7 +412,7 @@ fn two_nodes_act_as_one_directory() {
         let st = n1.json(&["cluster", "status"]).ok()?;
         (jstr(&st, &["nats"])? == "connected"
             && st["nodes"].as_array()?.len() == 2
-            && jnum(&st, &["bindings"])? == 2.0)
+            && jnum(&st, &["bindings"])? == 4.0)
             .then_some(())
     });
     call(&a, &b, "김민준", "3001");
@@ -357,6 +454,14 @@ fn two_nodes_act_as_one_directory() {
             .then_some(())
     });
     call(&a, &b, "김민준", "3001");
+    // The office's gateway moved to n1 as well.
+    wait_for("the office through n1", Duration::from_secs(9), || {
+        let st = gw.json(&["status"]).ok()?;
+        (jstr(&st, &["directory", "state"])? == "registered"
+            && jstr(&st, &["directory", "address"])? == l1)
+            .then_some(())
+    });
+    call(&a, &s201, OFFICE, "3001");
     let st = wait_for("n2 gone from the cluster", Duration::from_secs(20), || {
         let st = cluster_status(&n1);
         (st["nodes"].as_array()?.len() == 1).then_some(st)
@@ -366,6 +471,6 @@ fn two_nodes_act_as_one_directory() {
         Some("n1"),
         "{st}"
     );
-    drop((a, b, n1, n2, nats));
+    drop((a, b, carol, s201, gw, n1, n2, nats));
     drop(pg);
 }

@@ -115,6 +115,7 @@ impl Switch {
                     "observed": observed.to_string(),
                     "outside_ip": outside_ip.to_string(),
                     "directory_fingerprint": client.directory_fingerprint(),
+                    "address": client.connection().remote_address().to_string(),
                 });
                 if let Ok(mut c) = self.shared.dir_client.lock() {
                     *c = Some(client.clone());
