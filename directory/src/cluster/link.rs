@@ -10,6 +10,7 @@
 //! that call, like a lost packet on one node's queue).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -27,6 +28,9 @@ use super::{
 pub const OUT_QUEUE: usize = 4096;
 /// Bucket writes queued before they are dropped.
 const KV_QUEUE: usize = 4096;
+/// How often the bindings task checks that its bucket is the one it
+/// watches.
+const BUCKET_CHECK: Duration = Duration::from_secs(2);
 
 /// A node's connection to the cluster.
 #[derive(Clone)]
@@ -35,6 +39,13 @@ pub struct Link {
     client: async_nats::Client,
     js: jetstream::Context,
     max_age: Duration,
+    /// The buckets, once they are open (made by the bindings task, again
+    /// whenever NATS has lost them).
+    buckets: Arc<Mutex<Option<Buckets>>>,
+}
+
+#[derive(Clone)]
+struct Buckets {
     bindings: kv::Store,
     nodes: kv::Store,
 }
@@ -59,9 +70,11 @@ pub struct Status {
 }
 
 impl Link {
-    /// Connect to `servers` (comma-separated) as node `node`, and open (or
-    /// make) the buckets. Bindings live at most `max_age` in the bucket
-    /// without being written again.
+    /// Connect to `servers` (comma-separated) as node `node`. The node
+    /// starts whether NATS answers or not: the client connects (and
+    /// reconnects) in the background, and the buckets are opened (or made)
+    /// once it has. Bindings live at most `max_age` in the bucket without
+    /// being written again.
     pub async fn connect(servers: &str, node: &str, max_age: Duration) -> Result<Link> {
         let addrs: Vec<async_nats::ServerAddr> = servers
             .split(',')
@@ -71,19 +84,17 @@ impl Link {
         let client = async_nats::ConnectOptions::new()
             .name(format!("keyline-directory {node}"))
             .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect()
             .connect(addrs)
             .await
             .with_context(|| format!("connecting to NATS at {servers}"))?;
         let js = jetstream::new(client.clone());
-        let bindings = bucket(&js, BINDINGS, max_age).await?;
-        let nodes = bucket(&js, NODES, NODE_TTL).await?;
         Ok(Link {
             node: node.to_string(),
             client,
             js,
             max_age,
-            bindings,
-            nodes,
+            buckets: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -133,11 +144,14 @@ impl Link {
                     Outbound::Node { to, msg } => link.publish(node_subject(&to), msg).await,
                     Outbound::Broadcast(news) => link.publish(ALL.to_string(), news).await,
                     Outbound::Load(entry) => {
+                        let Some(b) = link.buckets() else {
+                            continue;
+                        };
                         let node = entry.node.clone();
                         match serde_json::to_vec(&entry) {
                             Ok(v) => {
-                                if let Err(e) = link.nodes.put(&node, v.into()).await {
-                                    tracing::warn!("cluster: writing this node's entry: {e}");
+                                if let Err(e) = b.nodes.put(&node, v.into()).await {
+                                    tracing::debug!("cluster: writing this node's entry: {e}");
                                 }
                             }
                             Err(e) => tracing::error!("cluster: encoding this node's entry: {e}"),
@@ -169,13 +183,48 @@ impl Link {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Make the buckets again if they are gone (a NATS server that
-    /// restarted has lost them: they live in its memory). The stores'
-    /// handles name their streams, so they work again at once.
-    async fn ensure_buckets(&self) -> Result<()> {
-        bucket(&self.js, BINDINGS, self.max_age).await?;
-        bucket(&self.js, NODES, NODE_TTL).await?;
-        Ok(())
+    /// How many times the client has connected to NATS.
+    fn connects(&self) -> u64 {
+        self.client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// When the bindings bucket's stream was made.
+    async fn bucket_made(&self) -> Result<impl PartialEq + std::fmt::Debug> {
+        let mut stream = self
+            .js
+            .get_stream(format!("KV_{BINDINGS}"))
+            .await
+            .context("finding the bindings bucket")?;
+        let info = stream.info().await.context("reading the bindings bucket")?;
+        Ok(info.created)
+    }
+
+    fn buckets(&self) -> Option<Buckets> {
+        self.buckets.lock().ok().and_then(|b| b.clone())
+    }
+
+    /// Open the buckets, or make them (NATS never had them, or a server
+    /// that restarted has lost them: they live in memory). In a NATS
+    /// cluster they are kept on up to three servers, so that one server
+    /// going away loses nothing.
+    async fn ensure_buckets(&self) -> Result<Buckets> {
+        let info = self.client.server_info();
+        let replicas = if info.cluster.is_some() {
+            info.connect_urls.len().clamp(1, 3)
+        } else {
+            1
+        };
+        let b = Buckets {
+            bindings: bucket(&self.js, BINDINGS, self.max_age, replicas).await?,
+            nodes: bucket(&self.js, NODES, NODE_TTL, replicas).await?,
+        };
+        if let Ok(mut slot) = self.buckets.lock() {
+            *slot = Some(b.clone());
+        }
+        Ok(b)
     }
 
     /// The nodes, NATS's state and the bindings bucket's size.
@@ -186,11 +235,14 @@ impl Link {
             async_nats::connection::State::Disconnected => "disconnected",
         };
         let server = self.client.server_info();
+        let b = self
+            .buckets()
+            .ok_or_else(|| anyhow!("the cluster's buckets are not open yet (NATS is {nats})"))?;
         let mut nodes = Vec::new();
-        let mut keys = self.nodes.keys().await.context("listing the nodes")?;
+        let mut keys = b.nodes.keys().await.context("listing the nodes")?;
         while let Some(k) = keys.next().await {
             let k = k.context("listing the nodes")?;
-            if let Some(v) = self.nodes.get(&k).await.context("reading a node")? {
+            if let Some(v) = b.nodes.get(&k).await.context("reading a node")? {
                 match serde_json::from_slice::<NodeEntry>(&v) {
                     Ok(n) => nodes.push(n),
                     Err(e) => tracing::warn!("cluster: node entry {k}: {e}"),
@@ -200,7 +252,7 @@ impl Link {
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
         // Live keys (the stream's message count would include deletions).
         let mut bindings = 0;
-        let mut keys = self.bindings.keys().await.context("listing the bindings")?;
+        let mut keys = b.bindings.keys().await.context("listing the bindings")?;
         while let Some(k) = keys.next().await {
             k.context("listing the bindings")?;
             bindings += 1;
@@ -224,7 +276,12 @@ impl Link {
 /// direct gets) rather than by the client library's bucket maker, which
 /// first asks for the account's reservations that nats-server 2.9 (Debian
 /// 12's) does not report.
-async fn bucket(js: &jetstream::Context, name: &str, max_age: Duration) -> Result<kv::Store> {
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store> {
     if let Ok(b) = js.get_key_value(name).await {
         return Ok(b);
     }
@@ -238,7 +295,7 @@ async fn bucket(js: &jetstream::Context, name: &str, max_age: Duration) -> Resul
         deny_delete: true,
         allow_direct: true,
         discard: jetstream::stream::DiscardPolicy::New,
-        num_replicas: 1,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
@@ -285,12 +342,30 @@ async fn bindings<E>(
     // Who holds each number another node wrote.
     let mut theirs: HashMap<String, (String, crate::routing::SessionId)> = HashMap::new();
     loop {
-        if let Err(e) = link.ensure_buckets().await {
-            tracing::warn!("cluster: {e:#}; again in 1 s");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        let mut watch = match link.bindings.watch_with_history(">").await {
+        let b = match link.ensure_buckets().await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("cluster: {e:#}; again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // A watch started before NATS was lost may have missed what the
+        // hub dropped meanwhile (another node's endpoints are taken as gone
+        // while NATS is): a new connection means a new watch, from the
+        // bucket's start.
+        let connects = link.connects();
+        // When the bucket was made: a watch follows sequence numbers, so a
+        // bucket made again (NATS lost it) needs a new watch from its start.
+        let made = match link.bucket_made().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("cluster: {e:#}; again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut watch = match b.bindings.watch_with_history(">").await {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!("cluster: watching the bindings: {e}; again in 1 s");
@@ -298,8 +373,25 @@ async fn bindings<E>(
                 continue;
             }
         };
+        let mut check = tokio::time::interval(BUCKET_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = check.tick() => match link.bucket_made().await {
+                    _ if link.connects() != connects => {
+                        tracing::info!("cluster: NATS connected again; watching the bindings anew");
+                        break;
+                    }
+                    Ok(m) if m == made => {}
+                    Ok(_) => {
+                        tracing::info!("cluster: the bindings bucket was made again; watching it anew");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!("cluster: {e:#}");
+                        break;
+                    }
+                },
                 w = writes.recv() => match w {
                     Some(Outbound::Put { number, entry }) => {
                         let v = match serde_json::to_vec(&entry) {
@@ -309,7 +401,7 @@ async fn bindings<E>(
                                 continue;
                             }
                         };
-                        match link.bindings.put(number_key(&number), v.into()).await {
+                        match b.bindings.put(number_key(&number), v.into()).await {
                             Ok(rev) => {
                                 mine.insert(number, rev);
                             }
@@ -325,7 +417,7 @@ async fn bindings<E>(
                     Some(Outbound::Delete { number }) => {
                         if let Some(rev) = mine.remove(&number) {
                             // Only if no other node wrote it since.
-                            if let Err(e) = link
+                            if let Err(e) = b
                                 .bindings
                                 .delete_expect_revision(number_key(&number), Some(rev))
                                 .await
