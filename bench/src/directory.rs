@@ -98,12 +98,27 @@ pub(crate) fn proc_cpu(pid: u32) -> Result<Duration> {
 
 /// `keyline-directory --state STATE user add ID --number N…`, password on stdin.
 pub(crate) fn add_account(bin: &Path, state: &Path, id: &str, numbers: &[String]) -> Result<()> {
+    add_account_in(bin, state, None, id, numbers)
+}
+
+/// [`add_account`] with the configuration in folder `etc` when given (its
+/// `directory.toml` may name a PostgreSQL store).
+fn add_account_in(
+    bin: &Path,
+    state: &Path,
+    etc: Option<&Path>,
+    id: &str,
+    numbers: &[String],
+) -> Result<()> {
     use std::io::Write;
     let mut cmd = Command::new(bin);
     cmd.arg("--state")
         .arg(state)
         .args(["user", "add", id])
         .env("KEYLINE_LOG", "warn");
+    if let Some(etc) = etc {
+        cmd.env("CONFIGURATION_DIRECTORY", etc);
+    }
     for n in numbers {
         cmd.args(["--number", n]);
     }
@@ -128,16 +143,26 @@ pub(crate) fn add_account(bin: &Path, state: &Path, id: &str, numbers: &[String]
 
 /// Add `accounts` accounts with their numbers, two `user add` at a time.
 fn add_accounts(bin: &Path, state: &Path, accounts: &[(String, Vec<String>)]) -> Result<()> {
+    add_accounts_in(bin, state, None, accounts)
+}
+
+/// [`add_accounts`] with the configuration in folder `etc` when given.
+pub(crate) fn add_accounts_in(
+    bin: &Path,
+    state: &Path,
+    etc: Option<&Path>,
+    accounts: &[(String, Vec<String>)],
+) -> Result<()> {
     // The first creates the database; the rest may run side by side.
     let Some((first, rest)) = accounts.split_first() else {
         return Ok(());
     };
-    add_account(bin, state, &first.0, &first.1)?;
+    add_account_in(bin, state, etc, &first.0, &first.1)?;
     for pair in rest.chunks(2) {
         std::thread::scope(|s| -> Result<()> {
             let hs: Vec<_> = pair
                 .iter()
-                .map(|(id, ns)| s.spawn(move || add_account(bin, state, id, ns)))
+                .map(|(id, ns)| s.spawn(move || add_account_in(bin, state, etc, id, ns)))
                 .collect();
             for h in hs {
                 h.join()
@@ -186,7 +211,7 @@ fn status_count(ctl: &mut Control, key: &str) -> Result<u64> {
         .with_context(|| format!("the directory's status has no {key}"))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -202,7 +227,7 @@ async fn connect(dir: SocketAddr, name: &str) -> Result<(quinn::Endpoint, Socket
     Ok((ep, addr, c))
 }
 
-fn endpoint(name: &str) -> Result<quinn::Endpoint> {
+pub(crate) fn endpoint(name: &str) -> Result<quinn::Endpoint> {
     let id = Identity::generate(name)?;
     keyline_net::make_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), &id)
 }
@@ -230,7 +255,7 @@ const LOGINS_AT_ONCE: usize = 8;
 /// Connect `accounts` × their numbers as load clients on `ep`: the first
 /// client of an account logs in, the others resume with its token; each
 /// binds its own number.
-async fn online(
+pub(crate) async fn online(
     ep: &quinn::Endpoint,
     dir: SocketAddr,
     accounts: &[(String, Vec<String>)],
@@ -267,7 +292,7 @@ async fn online(
 /// Load the directory with `op` from every client, `depth` in flight
 /// each; the figures of the measured window, and the window. The clients
 /// come back.
-async fn load(
+pub(crate) async fn load(
     clients: Vec<RawClient>,
     targets: &Arc<Vec<String>>,
     op: Op,
@@ -338,7 +363,7 @@ async fn load(
     ))
 }
 
-fn accounts_for(
+pub(crate) fn accounts_for(
     prefix: &str,
     first: u64,
     count: usize,

@@ -37,6 +37,7 @@
 //! forwarders under test, run as child processes so their CPU time and
 //! memory are measured alone.
 
+mod cluster;
 mod daemons;
 mod directory;
 mod fwd;
@@ -96,6 +97,11 @@ enum Cmd {
     /// The directory: registrations/s and look-ups/s with N QUIC clients,
     /// memory per binding.
     Directory(Opts),
+    /// The directory as a cluster (a real PostgreSQL and nats-server
+    /// started here): one node's registrations/s, look-ups/s and CPU per
+    /// request against the embedded single node in the same run, and
+    /// dial → ring at the callee across two nodes.
+    Cluster(Opts),
     /// The phone window under Xvfb: ring → window shown (p50/p99), its
     /// CPU idle and in a call, its memory.
     Phone(Opts),
@@ -229,18 +235,20 @@ enum Suite {
     Setup,
     Startup,
     Directory,
+    Cluster,
     Video,
     Phone,
 }
 
 impl Suite {
-    const ALL: [Suite; 7] = [
+    const ALL: [Suite; 8] = [
         Suite::Relay,
         Suite::RelayMetrics,
         Suite::Baseline,
         Suite::Setup,
         Suite::Startup,
         Suite::Directory,
+        Suite::Cluster,
         Suite::Video,
     ];
 
@@ -252,6 +260,7 @@ impl Suite {
             Suite::Setup => "setup",
             Suite::Startup => "startup",
             Suite::Directory => "directory",
+            Suite::Cluster => "cluster",
             Suite::Video => "video",
             Suite::Phone => "phone",
         }
@@ -260,7 +269,7 @@ impl Suite {
     fn needs_daemons(self) -> bool {
         matches!(
             self,
-            Suite::Setup | Suite::Startup | Suite::Directory | Suite::Phone
+            Suite::Setup | Suite::Startup | Suite::Directory | Suite::Cluster | Suite::Phone
         )
     }
 }
@@ -293,6 +302,7 @@ fn main() -> ExitCode {
         Cmd::Setup(o) => bench("setup", Scale::Full, &[Suite::Setup], &o),
         Cmd::Startup(o) => bench("startup", Scale::Full, &[Suite::Startup], &o),
         Cmd::Directory(o) => bench("directory", Scale::Full, &[Suite::Directory], &o),
+        Cmd::Cluster(o) => bench("cluster", Scale::Full, &[Suite::Cluster], &o),
         Cmd::Video(o) => bench("video", Scale::Full, &[Suite::Video], &o),
         Cmd::Phone(o) => bench("phone", Scale::Full, &[Suite::Phone], &o),
         Cmd::Soak(o) => soak(&o),
@@ -421,6 +431,26 @@ fn dir_levels(o: &Opts, clients: &[usize], in_flight: usize) -> Vec<(usize, usiz
         .collect()
 }
 
+fn cluster_config(scale: Scale) -> cluster::ClusterConfig {
+    let ms = Duration::from_millis;
+    match scale {
+        Scale::Full => cluster::ClusterConfig {
+            clients: 64,
+            depth: 8,
+            warmup: ms(1000),
+            measure: ms(5000),
+            dials: 1000,
+        },
+        Scale::Smoke => cluster::ClusterConfig {
+            clients: 4,
+            depth: 2,
+            warmup: ms(200),
+            measure: ms(500),
+            dials: 20,
+        },
+    }
+}
+
 fn dir_config(scale: Scale, o: &Opts) -> DirConfig {
     let ms = Duration::from_millis;
     match scale {
@@ -494,7 +524,7 @@ fn bench(mode: &str, scale: Scale, suites: &[Suite], o: &Opts) -> Result<()> {
     } else {
         None
     };
-    let dir_bin = if suites.contains(&Suite::Directory) {
+    let dir_bin = if suites.contains(&Suite::Directory) || suites.contains(&Suite::Cluster) {
         Some(util::keyline_bin(&bin_dir, "keyline-directory")?)
     } else {
         None
@@ -561,6 +591,10 @@ fn bench(mode: &str, scale: Scale, suites: &[Suite], o: &Opts) -> Result<()> {
                 .as_ref()
                 .context("keyline-directory not located")
                 .and_then(|b| directory::run(b, &dir_config(scale, o))),
+            Suite::Cluster => dir_bin
+                .as_ref()
+                .context("keyline-directory not located")
+                .and_then(|b| cluster::run(b, &cluster_config(scale))),
             Suite::Phone => bins.as_ref().context("daemons not located").and_then(|b| {
                 phone::run(
                     b,

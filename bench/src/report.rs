@@ -629,6 +629,7 @@ pub fn table(doc: &Value) -> String {
             );
         }
     }
+    cluster_table(&mut o, &s["cluster"]);
     let d = &s["directory"];
     if !d.is_null() {
         let l = &d["load"];
@@ -832,4 +833,44 @@ pub fn add_comparison(doc: &mut Value) {
     if let Some(c) = on_off {
         doc["suites"]["metrics_on_vs_off"] = c;
     }
+}
+
+/// The cluster suite: one node of two against the single node.
+fn cluster_table(o: &mut String, c: &Value) {
+    if c.is_null() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\nDirectory cluster: node 1 of two (PostgreSQL + NATS) against the single node (SQLite), same load, \
+         same run"
+    );
+    let _ = writeln!(
+        o,
+        "  {:<24} {:>12} {:>12} {:>16}",
+        "", "cluster node", "single", "CPU/req ratio"
+    );
+    for (label, op) in [
+        ("registrations/s", "registrations"),
+        ("look-ups/s", "lookups"),
+    ] {
+        let key = format!("{op}_per_s");
+        let _ = writeln!(
+            o,
+            "  {:<24} {:>12} {:>12} {:>16}",
+            label,
+            num(f(c, &[key.as_str(), "cluster_node"]), 0),
+            num(f(c, &[key.as_str(), "single"]), 0),
+            num(f(c, &["cpu_per_request_cluster_over_single", op]), 2),
+        );
+    }
+    let d = &c["dial_to_ring_ms"];
+    let _ = writeln!(
+        o,
+        "  dial -> ring at the callee: across nodes p50 {} / p99 {} ms; single node p50 {} / p99 {} ms",
+        num(f(d, &["across_nodes", "p50_ms"]), 2),
+        num(f(d, &["across_nodes", "p99_ms"]), 2),
+        num(f(d, &["single", "p50_ms"]), 2),
+        num(f(d, &["single", "p99_ms"]), 2),
+    );
 }

@@ -156,6 +156,20 @@ fn smoke_mode_writes_sane_json() {
         "{d}"
     );
 
+    let c = &s["cluster"];
+    assert!(c.is_object(), "no cluster suite: {s}");
+    for op in ["registrations_per_s", "lookups_per_s"] {
+        positive(c, &[op, "cluster_node"]);
+        positive(c, &[op, "single"]);
+    }
+    for side in ["across_nodes", "single"] {
+        assert_eq!(num(c, &["dial_to_ring_ms", side, "calls"]), 20.0, "{c}");
+        positive(c, &["dial_to_ring_ms", side, "p50_ms"]);
+    }
+    for op in ["registrations", "lookups"] {
+        assert_eq!(num(&c["cluster"][op], &["errors"]), 0.0, "{c}");
+    }
+
     let targets = doc["targets"].as_array().unwrap();
     assert_eq!(targets.len(), 13);
     for t in targets {

@@ -16,18 +16,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use keyline_tests::pg::PgCluster;
 use keyline_tests::{
     bin, idle, jnum, jstr, start_terminal, status, terminal_registered, wait_for, wait_state,
     Daemon, Scratch,
 };
 use serde_json::Value;
-use support::pgcluster::PgCluster;
 
 const PW: &str = "correct horse battery";
 /// The office number of the gateway in the test.

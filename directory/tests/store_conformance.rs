@@ -4,8 +4,6 @@
 //! the store is in use, and `migrate --from-sqlite` there and back.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +13,7 @@ use keyline_directory::store::{
     StoreError,
 };
 use keyline_proto::dir::{ForwardRule, ForwardWhen, MailKind};
-use support::pgcluster::PgCluster;
+use keyline_tests::pg::PgCluster;
 
 type Case = (&'static str, fn(&dyn Store));
 

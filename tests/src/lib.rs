@@ -576,6 +576,8 @@ impl Bridge {
 
 /// The two tone sequences the call tests send (one per side) and how a
 /// recording is checked for them.
+pub mod pg;
+
 pub mod tones {
     use std::path::Path;
 

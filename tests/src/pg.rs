@@ -1,4 +1,4 @@
-//! A throw-away PostgreSQL cluster for tests: `initdb` in a temporary
+//! A throw-away PostgreSQL cluster for tests and benchmarks: `initdb` in a temporary
 //! folder, the server listening only on a Unix socket in that folder, run
 //! as an unprivileged user (`nobody` when the tests run as root: initdb
 //! refuses root), stopped and removed when the guard drops, panics
