@@ -30,6 +30,7 @@ use crate::directory::{
     accounts_for, add_accounts_in, endpoint, load, online, proc_cpu, runtime, start_directory_with,
     DirConfig, PW,
 };
+use crate::rawdir::Op;
 use crate::util::{round, Scratch, Summary};
 
 /// How much of the suite to run.
@@ -131,21 +132,12 @@ async fn throughput(
         web_accounts: 0,
         web_addresses: 0,
     };
-    let (clients, reg, _) = load(clients, &targets, rawdir_op(true), cfg.depth, &dcfg, pid).await?;
-    let (clients, look, _) =
-        load(clients, &targets, rawdir_op(false), cfg.depth, &dcfg, pid).await?;
+    let (clients, reg, _) = load(clients, &targets, Op::Register, cfg.depth, &dcfg, pid).await?;
+    let (clients, look, _) = load(clients, &targets, Op::Lookup, cfg.depth, &dcfg, pid).await?;
     for c in &clients {
         c.close();
     }
     Ok((reg, look))
-}
-
-fn rawdir_op(register: bool) -> crate::rawdir::Op {
-    if register {
-        crate::rawdir::Op::Register
-    } else {
-        crate::rawdir::Op::Lookup
-    }
 }
 
 /// A logged-in client with `number` registered at the directory `dir`,
@@ -172,16 +164,15 @@ async fn endpoint_of(
     Ok((ep, c, events))
 }
 
-/// Dial → ring at the callee, `n` times: the caller at `a_dir` calls
-/// `b_number` registered at `b_dir`, which turns each call down as it
+/// The caller and the callee of the dial → ring figure: account, number.
+const CALLER: (&str, &str) = ("dial-a", "7299001");
+const CALLEE: (&str, &str) = ("dial-b", "7299002");
+
+/// Dial → ring at the callee, `n` times: [`CALLER`] at `a_dir` calls
+/// [`CALLEE`] registered at `b_dir`, which turns each call down as it
 /// rings.
-async fn dial_to_ring(
-    a_dir: SocketAddr,
-    b_dir: SocketAddr,
-    a: (&str, &str),
-    b: (&str, &str),
-    n: usize,
-) -> Result<Value> {
+async fn dial_to_ring(a_dir: SocketAddr, b_dir: SocketAddr, n: usize) -> Result<Value> {
+    let (a, b) = (CALLER, CALLEE);
     let (_ea, caller, mut a_events) = endpoint_of(a_dir, a.0, a.1).await?;
     tokio::spawn(async move { while a_events.recv().await.is_some() {} });
     let (_eb, callee, mut b_events) = endpoint_of(b_dir, b.0, b.1).await?;
@@ -267,8 +258,9 @@ fn run_in(bin: &Path, cfg: &ClusterConfig, dir: &Scratch) -> Result<Value> {
     let etc_single = config(dir, "single", "[web]\nenabled = false\n")?;
 
     let mut accounts = accounts_for("load", 7_200_000, cfg.clients.max(1), 1);
-    accounts.push(("dial-a".into(), vec!["7299001".into()]));
-    accounts.push(("dial-b".into(), vec!["7299002".into()]));
+    for (id, number) in [CALLER, CALLEE] {
+        accounts.push((id.into(), vec![number.into()]));
+    }
     let (s1, s2, ss) = (dir.join("n1"), dir.join("n2"), dir.join("single"));
     let t = Instant::now();
     add_accounts_in(bin, &s1, Some(&etc1), &accounts)?;
@@ -293,14 +285,7 @@ fn run_in(bin: &Path, cfg: &ClusterConfig, dir: &Scratch) -> Result<Value> {
         let secs = t.elapsed().as_secs_f64();
         let other = (proc_cpu(p2)? - c2_0).as_secs_f64();
         let nats_cpu = (proc_cpu(nats.pid())? - nats_0).as_secs_f64();
-        let dial = dial_to_ring(
-            a1,
-            a2,
-            ("dial-a", "7299001"),
-            ("dial-b", "7299002"),
-            cfg.dials,
-        )
-        .await?;
+        let dial = dial_to_ring(a1, a2, cfg.dials).await?;
         anyhow::Ok(json!({
             "registrations": reg,
             "lookups": look,
@@ -318,14 +303,7 @@ fn run_in(bin: &Path, cfg: &ClusterConfig, dir: &Scratch) -> Result<Value> {
     let ps = ds.pid()?;
     let single = rt.block_on(async {
         let (reg, look) = throughput(a_s, ps, load_accounts, cfg).await?;
-        let dial = dial_to_ring(
-            a_s,
-            a_s,
-            ("dial-a", "7299001"),
-            ("dial-b", "7299002"),
-            cfg.dials,
-        )
-        .await?;
+        let dial = dial_to_ring(a_s, a_s, cfg.dials).await?;
         anyhow::Ok(json!({
             "registrations": reg,
             "lookups": look,
