@@ -1,15 +1,14 @@
-//! Two directory nodes as one directory, with the real parts: a
-//! throw-away PostgreSQL cluster both nodes keep their data in, a
-//! `nats-server` with JetStream they tell each other through, and
-//! `keyline-agent terminal`s on either node. Accounts added through one
-//! node are known to the other at once (its reload is told to the
-//! cluster); a terminal on one node calls a terminal on the other, both
-//! ways, the media goes end to end and neither node relays a byte;
-//! `cluster status` shows both nodes with NATS and PostgreSQL healthy.
-//! Mail, forwarding and an office gateway work across the nodes; without
-//! NATS a call across ends at once, and with it back the cluster is
+//! Three directory nodes as one directory, each on a host of its own
+//! (network namespaces on one bridge), with the real parts: a throw-away
+//! PostgreSQL they keep their data in, a cluster of three `nats-server`s
+//! with JetStream they tell each other through, `keyline-agent terminal`s
+//! and an office gateway on hosts of their own. Accounts added through one
+//! node are known to the others at once; calls, mail and forwarding cross
+//! the nodes and the media goes end to end (no node relays a byte); one
+//! NATS server lost changes nothing; without NATS a call across ends at
+//! once while calls on one node go on, and with NATS back the cluster is
 //! rebuilt; a node crashed mid-call leaves the call going and its
-//! endpoints registered through the other node within seconds.
+//! endpoints registered through other nodes within seconds.
 //!
 //! NATS missing is a failure, not a skip: `scripts/install-deps.sh
 //! --test` installs the Debian `nats-server` package.
@@ -23,7 +22,7 @@ use std::time::Duration;
 use keyline_tests::pg::PgCluster;
 use keyline_tests::{
     bin, idle, jnum, jstr, start_terminal, status, terminal_registered, wait_for, wait_state,
-    Daemon, Scratch,
+    Daemon, Host, Lan, Scratch,
 };
 use serde_json::Value;
 
@@ -31,44 +30,40 @@ const PW: &str = "correct horse battery";
 /// The office number of the gateway in the test.
 const OFFICE: &str = "0255501";
 
-/// A free TCP port on loopback right now.
-fn free_tcp_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    l.local_addr().expect("port").port()
-}
-
 /// One `nats-server` of the test's NATS cluster.
 struct NatsServer {
     name: String,
     port: u16,
     cluster_port: u16,
-    monitor_port: u16,
     child: Option<Child>,
 }
 
-/// A cluster of `nats-server`s with JetStream on loopback, routed to each
-/// other; every one killed when dropped.
+/// A cluster of `nats-server`s with JetStream on one host of the test's
+/// network, routed to each other; every one killed when dropped.
 struct Nats {
     dir: PathBuf,
+    ns: String,
+    ip: String,
     servers: Vec<NatsServer>,
 }
 
 impl Nats {
-    fn start(dir: &Path, n: usize) -> Nats {
-        let servers = (1..=n)
+    fn start(dir: &Path, ns: &str, ip: &str, n: u16) -> Nats {
+        let servers = (0..n)
             .map(|i| NatsServer {
-                name: format!("s{i}"),
-                port: free_tcp_port(),
-                cluster_port: free_tcp_port(),
-                monitor_port: free_tcp_port(),
+                name: format!("s{}", i + 1),
+                port: 4222 + i,
+                cluster_port: 6222 + i,
                 child: None,
             })
             .collect();
         let mut nats = Nats {
             dir: dir.to_path_buf(),
+            ns: ns.to_string(),
+            ip: ip.to_string(),
             servers,
         };
-        for i in 0..n {
+        for i in 0..nats.servers.len() {
             nats.start_one(i);
         }
         nats.wait_ready();
@@ -80,9 +75,13 @@ impl Nats {
         let urls: Vec<String> = self
             .servers
             .iter()
-            .map(|s| format!("nats://127.0.0.1:{}", s.port))
+            .map(|s| format!("nats://{}:{}", self.ip, s.port))
             .collect();
         urls.join(",")
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("{}.log", self.servers[i].name))
     }
 
     fn start_one(&mut self, i: usize) {
@@ -91,47 +90,50 @@ impl Nats {
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
-            .map(|(_, s)| format!("nats://127.0.0.1:{}", s.cluster_port))
+            .map(|(_, s)| format!("nats://{}:{}", self.ip, s.cluster_port))
             .collect();
         let s = &self.servers[i];
         let store = self.dir.join(&s.name);
         std::fs::create_dir_all(&store).expect("nats dir");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{}.log", s.name)))
-            .expect("nats log");
-        let mut cmd = Command::new("nats-server");
-        cmd.args(["-js", "-a", "127.0.0.1", "-p", &s.port.to_string()])
-            .args(["-m", &s.monitor_port.to_string(), "--name", &s.name])
+        // A new log each start: readiness is read from it.
+        let log = std::fs::File::create(self.log(i)).expect("nats log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "nats-server", "-js"])
+            .args(["-a", &self.ip, "-p", &s.port.to_string(), "--name", &s.name])
             .arg("-sd")
-            .arg(&store);
-        if self.servers.len() > 1 {
-            cmd.args(["--cluster_name", "keyline-test"])
-                .args(["--cluster", &format!("nats://127.0.0.1:{}", s.cluster_port)])
-                .args(["--routes", &routes.join(",")]);
-        }
-        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect(
-            "nats-server is not installed: run scripts/install-deps.sh --test \
-             (the Debian nats-server package)",
-        );
-        let port = s.port;
+            .arg(&store)
+            .args(["--cluster_name", "keyline-test"])
+            .args([
+                "--cluster",
+                &format!("nats://{}:{}", self.ip, s.cluster_port),
+            ])
+            .args(["--routes", &routes.join(",")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting nats-server");
         self.servers[i].child = Some(child);
+        let path = self.log(i);
         wait_for("nats-server to listen", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            let text = std::fs::read_to_string(&path).ok()?;
+            assert!(
+                !text.contains("executable file not found") && !text.contains("No such file"),
+                "nats-server is not installed: run scripts/install-deps.sh --test \
+                 (the Debian nats-server package)\n{text}"
+            );
+            text.contains("Server is ready").then_some(())
         });
     }
 
-    /// Until JetStream answers on a running server: in a cluster, once its
-    /// servers have chosen a leader.
+    /// Until the running servers have chosen a JetStream leader (each says
+    /// so in its log).
     fn wait_ready(&self) {
-        wait_for("JetStream ready", Duration::from_secs(30), || {
-            self.servers
-                .iter()
-                .filter(|s| s.child.is_some())
-                .all(|s| {
-                    let jsz = http_get(s.monitor_port, "/jsz").unwrap_or_default();
-                    self.servers.len() == 1 || jsz.contains("\"leader\"")
+        wait_for("a JetStream leader", Duration::from_secs(30), || {
+            (0..self.servers.len())
+                .filter(|&i| self.servers[i].child.is_some())
+                .all(|i| {
+                    std::fs::read_to_string(self.log(i))
+                        .is_ok_and(|t| t.contains("metadata leader"))
                 })
                 .then_some(())
         });
@@ -167,21 +169,17 @@ impl Drop for Nats {
     }
 }
 
-/// The body of an HTTP/1.0 GET of `path` on loopback port `port`.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
-
 /// A directory node named `name` with its state in `scratch/name`, its
 /// config in `scratch/name-etc`; `identity` (a node's state folder) gives
 /// it the same certificate, as every node of one cluster serves.
-fn node(scratch: &Scratch, name: &str, pg: &str, nats: &str, identity: Option<&Path>) -> Daemon {
+fn node(
+    scratch: &Scratch,
+    host: &Host,
+    name: &str,
+    pg: &str,
+    nats: &str,
+    identity: Option<&Path>,
+) -> Daemon {
     let etc = scratch.join(&format!("{name}-etc"));
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::write(
@@ -200,14 +198,15 @@ fn node(scratch: &Scratch, name: &str, pg: &str, nats: &str, identity: Option<&P
         }
     }
     let conf = etc.join("directory.toml");
+    let listen = format!("{}:7480", host.ip);
     let d = Daemon::start(
-        None,
+        Some(&host.ns.name),
         bin("keyline-directory"),
         &state,
         &[
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            &listen,
             "--config",
             conf.to_str().unwrap(),
         ],
@@ -283,12 +282,12 @@ fn call(x: &Daemon, y: &Daemon, number: &str, caller: &str) {
 
 /// An office gateway for account `office` (number [`OFFICE`]) with the
 /// directory nodes `dirs`, and its station 201 (answers by itself).
-fn office(scratch: &Scratch, dirs: &str, fp: &str) -> (Daemon, Daemon) {
+fn office(scratch: &Scratch, host: &Host, dirs: &str, fp: &str) -> (Daemon, Daemon) {
     let base = scratch.join("office");
     std::fs::create_dir_all(&base).unwrap();
     let pw = base.join("directory.password");
     std::fs::write(&pw, format!("{PW}\n")).unwrap();
-    let listen = format!("127.0.0.1:{}", keyline_tests::free_udp_port());
+    let listen = format!("{}:7470", host.ip);
     let cfg = base.join("gatewayd.toml");
     std::fs::write(
         &cfg,
@@ -300,7 +299,7 @@ fn office(scratch: &Scratch, dirs: &str, fp: &str) -> (Daemon, Daemon) {
     )
     .unwrap();
     let gw = Daemon::start(
-        None,
+        Some(&host.ns.name),
         bin("keyline-gatewayd"),
         &base.join("gw"),
         &["run", "--config", cfg.to_str().unwrap()],
@@ -311,7 +310,7 @@ fn office(scratch: &Scratch, dirs: &str, fp: &str) -> (Daemon, Daemon) {
         (jstr(&st, &["directory", "state"])? == "registered").then_some(())
     });
     let station = Daemon::start(
-        None,
+        Some(&host.ns.name),
         bin("keyline-agent"),
         &base.join("agent-201"),
         &[
@@ -344,14 +343,19 @@ fn directory_of(t: &Daemon) -> Option<String> {
 #[test]
 fn three_nodes_act_as_one_directory() {
     let scratch = Scratch::new("cluster");
+    // One network, a host each: the three nodes, the NATS servers, the
+    // three terminals and the office. PostgreSQL listens on a Unix socket
+    // every host's processes can reach.
+    let lan = Lan::new(8).expect("the test network");
+    let h = &lan.hosts;
     let pg = PgCluster::start();
     pg.create_db("cluster");
-    let mut nats = Nats::start(&scratch.join("nats-run"), 3);
+    let mut nats = Nats::start(&scratch.join("nats-run"), &h[3].ns.name, &h[3].ip, 3);
     let (url, nats_url) = (pg.url("cluster"), nats.url());
-    let n1 = node(&scratch, "n1", &url, &nats_url, None);
+    let n1 = node(&scratch, &h[0], "n1", &url, &nats_url, None);
     let identity = scratch.join("n1");
-    let n2 = node(&scratch, "n2", &url, &nats_url, Some(&identity));
-    let n3 = node(&scratch, "n3", &url, &nats_url, Some(&identity));
+    let n2 = node(&scratch, &h[1], "n2", &url, &nats_url, Some(&identity));
+    let n3 = node(&scratch, &h[2], "n3", &url, &nats_url, Some(&identity));
     let fp = jstr(&n1.json(&["status"]).unwrap(), &["fingerprint"]).unwrap();
     for n in [&n2, &n3] {
         assert_eq!(
@@ -389,10 +393,10 @@ fn three_nodes_act_as_one_directory() {
     let (l1, l2, l3) = (listen(&n1), listen(&n2), listen(&n3));
     // Each endpoint knows its own node first, then another.
     let tones = ["--auto-answer", "1", "--audio-in", "tone:700"];
-    let a = start_terminal(&scratch, None, &l1, &fp, "alice", PW, &tones);
+    let a = start_terminal(&scratch, Some(&h[4].ns), &l1, &fp, "alice", PW, &tones);
     let b = start_terminal(
         &scratch,
-        None,
+        Some(&h[5].ns),
         &format!("{l2},{l1}"),
         &fp,
         "minjun",
@@ -411,7 +415,7 @@ fn three_nodes_act_as_one_directory() {
     });
     let carol = start_terminal(
         &scratch,
-        None,
+        Some(&h[6].ns),
         &format!("{l3},{l1}"),
         &fp,
         "carol",
@@ -475,7 +479,7 @@ fn three_nodes_act_as_one_directory() {
 
     // An office gateway registered through n2 takes a call placed through
     // n1 to its office number; its station answers.
-    let (gw, s201) = office(&scratch, &format!("{l2},{l3}"), &fp);
+    let (gw, s201) = office(&scratch, &h[7], &format!("{l2},{l3}"), &fp);
     call(&a, &s201, OFFICE, "3001");
     assert_eq!(relayed(&n1), 0.0, "a node carried media");
 
@@ -583,4 +587,5 @@ fn three_nodes_act_as_one_directory() {
     assert_eq!(names, ["n1", "n3"], "{st}");
     drop((a, b, carol, s201, gw, n1, n2, n3, nats));
     drop(pg);
+    drop(lan);
 }
