@@ -147,15 +147,21 @@ impl Link {
                         let Some(b) = link.buckets() else {
                             continue;
                         };
-                        let node = entry.node.clone();
-                        match serde_json::to_vec(&entry) {
-                            Ok(v) => {
-                                if let Err(e) = b.nodes.put(&node, v.into()).await {
-                                    tracing::debug!("cluster: writing this node's entry: {e}");
-                                }
+                        let v = match serde_json::to_vec(&entry) {
+                            Ok(v) => v,
+                            Err(e) => {
+                                tracing::error!("cluster: encoding this node's entry: {e}");
+                                continue;
                             }
-                            Err(e) => tracing::error!("cluster: encoding this node's entry: {e}"),
-                        }
+                        };
+                        // Apart: a write JetStream is slow to acknowledge
+                        // (a server lost, a leader being chosen) must not
+                        // hold up the calls' messages behind it.
+                        tokio::spawn(async move {
+                            if let Err(e) = b.nodes.put(entry.node.as_str(), v.into()).await {
+                                tracing::debug!("cluster: writing this node's entry: {e}");
+                            }
+                        });
                     }
                 }
             }
