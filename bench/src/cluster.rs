@@ -31,7 +31,7 @@ use crate::directory::{
     DirConfig, PW,
 };
 use crate::rawdir::Op;
-use crate::util::{round, Scratch, Summary};
+use crate::util::{round, rss_kib, Scratch, Summary};
 
 /// How much of the suite to run.
 #[derive(Debug, Clone)]
@@ -43,6 +43,8 @@ pub struct ClusterConfig {
     pub measure: Duration,
     /// Calls for the dial → ring figure, on each setting.
     pub dials: usize,
+    /// Idle registered terminals for the memory and keep-alive figures.
+    pub idle: usize,
 }
 
 /// A `nats-server` with JetStream on loopback; killed when dropped.
@@ -216,6 +218,42 @@ async fn dial_to_ring(a_dir: SocketAddr, b_dir: SocketAddr, n: usize) -> Result<
     }))
 }
 
+/// Terminals kept connected and registered at once, doing nothing.
+const IDLE_WINDOW: Duration = Duration::from_secs(5);
+
+/// Memory and CPU of `accounts`' numbers online at the directory at
+/// `addr` (process `pid`), each its own connection and registration,
+/// idle: VmRSS before and after, and the directory's CPU over
+/// [`IDLE_WINDOW`] while they only keep their connections alive.
+async fn idle_terminals(
+    addr: SocketAddr,
+    pid: u32,
+    accounts: &[(String, Vec<String>)],
+) -> Result<Value> {
+    let n: usize = accounts.iter().map(|(_, ns)| ns.len()).sum();
+    let before = rss_kib(pid)?;
+    let ep = endpoint("cluster-idle")?;
+    let clients = online(&ep, addr, accounts).await?;
+    // Let the log-ins' buffers go and the first keep-alives pass.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid)?;
+    let cpu0 = proc_cpu(pid)?;
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let cpu = (proc_cpu(pid)? - cpu0).as_secs_f64();
+    for c in &clients {
+        c.close();
+    }
+    let per = |x: f64| if n > 0 { x / n as f64 } else { 0.0 };
+    Ok(json!({
+        "terminals": n,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "rss_per_terminal_kib": round(per(after.saturating_sub(before) as f64), 1),
+        "idle_cpu_cores": round(cpu / IDLE_WINDOW.as_secs_f64(), 3),
+        "idle_cpu_us_per_terminal_per_s": round(per(cpu * 1e6 / IDLE_WINDOW.as_secs_f64()), 2),
+    }))
+}
+
 /// Run the suite.
 pub fn run(bin: &Path, cfg: &ClusterConfig) -> Result<Value> {
     let mut scratch = Scratch::new("cluster")?;
@@ -261,12 +299,15 @@ fn run_in(bin: &Path, cfg: &ClusterConfig, dir: &Scratch) -> Result<Value> {
     for (id, number) in [CALLER, CALLEE] {
         accounts.push((id.into(), vec![number.into()]));
     }
+    let idle_accounts = accounts_for("idle", 7_400_000, cfg.idle.max(1), 500);
+    let load_n = accounts.len();
+    accounts.extend(idle_accounts.iter().cloned());
     let (s1, s2, ss) = (dir.join("n1"), dir.join("n2"), dir.join("single"));
     let t = Instant::now();
     add_accounts_in(bin, &s1, Some(&etc1), &accounts)?;
     let accounts_pg_s = t.elapsed().as_secs_f64();
     add_accounts_in(bin, &ss, Some(&etc_single), &accounts)?;
-    let load_accounts = &accounts[..accounts.len() - 2];
+    let load_accounts = &accounts[..load_n - 2];
 
     let (mut d1, _c1, a1) = start_node(bin, &s1, &etc1)?;
     // The second node serves the first one's certificate, as a cluster's
@@ -286,9 +327,11 @@ fn run_in(bin: &Path, cfg: &ClusterConfig, dir: &Scratch) -> Result<Value> {
         let other = (proc_cpu(p2)? - c2_0).as_secs_f64();
         let nats_cpu = (proc_cpu(nats.pid())? - nats_0).as_secs_f64();
         let dial = dial_to_ring(a1, a2, cfg.dials).await?;
+        let idle = idle_terminals(a1, p1, &idle_accounts).await?;
         anyhow::Ok(json!({
             "registrations": reg,
             "lookups": look,
+            "idle_terminals": idle,
             "other_node_cpu_cores": round(other / secs, 2),
             "nats_cpu_cores": round(nats_cpu / secs, 2),
             "dial_to_ring_across_nodes": dial,
@@ -304,9 +347,11 @@ fn run_in(bin: &Path, cfg: &ClusterConfig, dir: &Scratch) -> Result<Value> {
     let single = rt.block_on(async {
         let (reg, look) = throughput(a_s, ps, load_accounts, cfg).await?;
         let dial = dial_to_ring(a_s, a_s, cfg.dials).await?;
+        let idle = idle_terminals(a_s, ps, &idle_accounts).await?;
         anyhow::Ok(json!({
             "registrations": reg,
             "lookups": look,
+            "idle_terminals": idle,
             "dial_to_ring": dial,
         }))
     })?;
@@ -345,6 +390,10 @@ fn run_in(bin: &Path, cfg: &ClusterConfig, dir: &Scratch) -> Result<Value> {
         "cpu_per_request_cluster_over_single": {
             "registrations": ratio("registrations"),
             "lookups": ratio("lookups"),
+        },
+        "idle_terminal": {
+            "cluster_node": cluster["idle_terminals"],
+            "single": single["idle_terminals"],
         },
         "dial_to_ring_ms": {
             "across_nodes": cluster["dial_to_ring_across_nodes"],

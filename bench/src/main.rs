@@ -440,6 +440,7 @@ fn cluster_config(scale: Scale) -> cluster::ClusterConfig {
             warmup: ms(1000),
             measure: ms(5000),
             dials: 1000,
+            idle: 2_000,
         },
         Scale::Smoke => cluster::ClusterConfig {
             clients: 4,
@@ -447,6 +448,7 @@ fn cluster_config(scale: Scale) -> cluster::ClusterConfig {
             warmup: ms(200),
             measure: ms(500),
             dials: 20,
+            idle: 100,
         },
     }
 }

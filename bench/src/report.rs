@@ -864,6 +864,17 @@ fn cluster_table(o: &mut String, c: &Value) {
             num(f(c, &["cpu_per_request_cluster_over_single", op]), 2),
         );
     }
+    let i = &c["idle_terminal"];
+    let _ = writeln!(
+        o,
+        "  idle registered terminals ({}): {} KiB each on the cluster node, {} KiB on the single node; \
+         keep-alives {} / {} µs of CPU per terminal per second",
+        i["single"]["terminals"],
+        num(f(i, &["cluster_node", "rss_per_terminal_kib"]), 1),
+        num(f(i, &["single", "rss_per_terminal_kib"]), 1),
+        num(f(i, &["cluster_node", "idle_cpu_us_per_terminal_per_s"]), 2),
+        num(f(i, &["single", "idle_cpu_us_per_terminal_per_s"]), 2),
+    );
     let d = &c["dial_to_ring_ms"];
     let _ = writeln!(
         o,

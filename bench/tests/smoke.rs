@@ -169,6 +169,10 @@ fn smoke_mode_writes_sane_json() {
     for op in ["registrations", "lookups"] {
         assert_eq!(num(&c["cluster"][op], &["errors"]), 0.0, "{c}");
     }
+    for side in ["cluster_node", "single"] {
+        assert_eq!(num(c, &["idle_terminal", side, "terminals"]), 100.0, "{c}");
+        positive(c, &["idle_terminal", side, "rss_after_kib"]);
+    }
 
     let targets = doc["targets"].as_array().unwrap();
     assert_eq!(targets.len(), 13);
