@@ -43,8 +43,10 @@ pub struct ClusterConfig {
     pub measure: Duration,
     /// Calls for the dial → ring figure, on each setting.
     pub dials: usize,
-    /// Idle registered terminals for the memory and keep-alive figures.
+    /// Idle registered terminals for the memory and keep-alive figures,
+    /// and how long their keep-alives are measured.
     pub idle: usize,
+    pub idle_window: Duration,
 }
 
 /// A `nats-server` with JetStream on loopback; killed when dropped.
@@ -218,27 +220,25 @@ async fn dial_to_ring(a_dir: SocketAddr, b_dir: SocketAddr, n: usize) -> Result<
     }))
 }
 
-/// Terminals kept connected and registered at once, doing nothing.
-const IDLE_WINDOW: Duration = Duration::from_secs(5);
-
 /// Memory and CPU of `accounts`' numbers online at the directory at
 /// `addr` (process `pid`), each its own connection and registration,
-/// idle: VmRSS before and after, and the directory's CPU over
-/// [`IDLE_WINDOW`] while they only keep their connections alive.
+/// idle: VmRSS before and after, and the directory's CPU over `window`
+/// while they only keep their connections alive.
 async fn idle_terminals(
     addr: SocketAddr,
     pid: u32,
     accounts: &[(String, Vec<String>)],
+    window: Duration,
 ) -> Result<Value> {
     let n: usize = accounts.iter().map(|(_, ns)| ns.len()).sum();
     let before = rss_kib(pid)?;
     let ep = endpoint("cluster-idle")?;
     let clients = online(&ep, addr, accounts).await?;
     // Let the log-ins' buffers go and the first keep-alives pass.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(window.min(Duration::from_secs(2))).await;
     let after = rss_kib(pid)?;
     let cpu0 = proc_cpu(pid)?;
-    tokio::time::sleep(IDLE_WINDOW).await;
+    tokio::time::sleep(window).await;
     let cpu = (proc_cpu(pid)? - cpu0).as_secs_f64();
     for c in &clients {
         c.close();
@@ -249,8 +249,8 @@ async fn idle_terminals(
         "rss_before_kib": before,
         "rss_after_kib": after,
         "rss_per_terminal_kib": round(per(after.saturating_sub(before) as f64), 1),
-        "idle_cpu_cores": round(cpu / IDLE_WINDOW.as_secs_f64(), 3),
-        "idle_cpu_us_per_terminal_per_s": round(per(cpu * 1e6 / IDLE_WINDOW.as_secs_f64()), 2),
+        "idle_cpu_cores": round(cpu / window.as_secs_f64(), 3),
+        "idle_cpu_us_per_terminal_per_s": round(per(cpu * 1e6 / window.as_secs_f64()), 2),
     }))
 }
 
@@ -327,7 +327,7 @@ fn run_in(bin: &Path, cfg: &ClusterConfig, dir: &Scratch) -> Result<Value> {
         let other = (proc_cpu(p2)? - c2_0).as_secs_f64();
         let nats_cpu = (proc_cpu(nats.pid())? - nats_0).as_secs_f64();
         let dial = dial_to_ring(a1, a2, cfg.dials).await?;
-        let idle = idle_terminals(a1, p1, &idle_accounts).await?;
+        let idle = idle_terminals(a1, p1, &idle_accounts, cfg.idle_window).await?;
         anyhow::Ok(json!({
             "registrations": reg,
             "lookups": look,
@@ -347,7 +347,7 @@ fn run_in(bin: &Path, cfg: &ClusterConfig, dir: &Scratch) -> Result<Value> {
     let single = rt.block_on(async {
         let (reg, look) = throughput(a_s, ps, load_accounts, cfg).await?;
         let dial = dial_to_ring(a_s, a_s, cfg.dials).await?;
-        let idle = idle_terminals(a_s, ps, &idle_accounts).await?;
+        let idle = idle_terminals(a_s, ps, &idle_accounts, cfg.idle_window).await?;
         anyhow::Ok(json!({
             "registrations": reg,
             "lookups": look,

@@ -441,6 +441,7 @@ fn cluster_config(scale: Scale) -> cluster::ClusterConfig {
             measure: ms(5000),
             dials: 1000,
             idle: 2_000,
+            idle_window: ms(5000),
         },
         Scale::Smoke => cluster::ClusterConfig {
             clients: 4,
@@ -448,7 +449,8 @@ fn cluster_config(scale: Scale) -> cluster::ClusterConfig {
             warmup: ms(200),
             measure: ms(500),
             dials: 20,
-            idle: 100,
+            idle: 20,
+            idle_window: ms(500),
         },
     }
 }

@@ -170,7 +170,7 @@ fn smoke_mode_writes_sane_json() {
         assert_eq!(num(&c["cluster"][op], &["errors"]), 0.0, "{c}");
     }
     for side in ["cluster_node", "single"] {
-        assert_eq!(num(c, &["idle_terminal", side, "terminals"]), 100.0, "{c}");
+        assert_eq!(num(c, &["idle_terminal", side, "terminals"]), 20.0, "{c}");
         positive(c, &["idle_terminal", side, "rss_after_kib"]);
     }
 
