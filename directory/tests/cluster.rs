@@ -283,41 +283,15 @@ fn call(x: &Daemon, y: &Daemon, number: &str, caller: &str) {
 /// An office gateway for account `office` (number [`OFFICE`]) with the
 /// directory nodes `dirs`, and its station 201 (answers by itself).
 fn office(scratch: &Scratch, host: &Host, dirs: &str, fp: &str) -> (Daemon, Daemon) {
-    let base = scratch.join("office");
-    std::fs::create_dir_all(&base).unwrap();
-    let pw = base.join("directory.password");
-    std::fs::write(&pw, format!("{PW}\n")).unwrap();
-    let listen = format!("{}:7470", host.ip);
-    let cfg = base.join("gatewayd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen = \"{listen}\"\nmdns = false\n[directory]\naddress = \"{dirs}\"\n\
-             fingerprint = \"{fp}\"\naccount = \"office\"\npassword_file = \"{}\"\n",
-            pw.display()
-        ),
-    )
-    .unwrap();
-    let gw = Daemon::start(
-        Some(&host.ns.name),
-        bin("keyline-gatewayd"),
-        &base.join("gw"),
-        &["run", "--config", cfg.to_str().unwrap()],
-    )
-    .expect("start the gateway");
-    wait_for("the office to register", Duration::from_secs(15), || {
-        let st = gw.json(&["status"]).ok()?;
-        (jstr(&st, &["directory", "state"])? == "registered").then_some(())
-    });
-    let station = Daemon::start(
-        Some(&host.ns.name),
-        bin("keyline-agent"),
-        &base.join("agent-201"),
+    keyline_tests::office_with_station(
+        &scratch.join("office"),
+        Some(&host.ns),
+        &format!("{}:7470", host.ip),
+        dirs,
+        fp,
+        "office",
+        PW,
         &[
-            "run",
-            "--no-mdns",
-            "--gateway",
-            &listen,
             "--auto-answer",
             "1",
             "--audio-in",
@@ -326,9 +300,6 @@ fn office(scratch: &Scratch, host: &Host, dirs: &str, fp: &str) -> (Daemon, Daem
             "null",
         ],
     )
-    .expect("start a station");
-    keyline_tests::enrol(&gw, &station, "201");
-    (gw, station)
 }
 
 fn listen(d: &Daemon) -> String {

@@ -443,6 +443,55 @@ impl LoopbackOffice {
     }
 }
 
+/// An office gateway in `ns` (or here) listening on `listen`, registered
+/// with the directory at `dirs` (one address or several) pinned to `fp`
+/// as `account` with `password`; its files under `base`. Waits until it
+/// is registered, then starts a station there with `station_args` after
+/// `run --no-mdns --gateway LISTEN` and enrols it as 201.
+#[allow(clippy::too_many_arguments)]
+pub fn office_with_station(
+    base: &Path,
+    ns: Option<&Netns>,
+    listen: &str,
+    dirs: &str,
+    fp: &str,
+    account: &str,
+    password: &str,
+    station_args: &[&str],
+) -> (Daemon, Daemon) {
+    std::fs::create_dir_all(base).expect("the office's folder");
+    let pw = base.join("directory.password");
+    std::fs::write(&pw, format!("{password}\n")).expect("the office's password file");
+    let cfg = base.join("gatewayd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"{listen}\"\nmdns = false\n[directory]\naddress = \"{dirs}\"\n\
+             fingerprint = \"{fp}\"\naccount = \"{account}\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ),
+    )
+    .expect("the office's config");
+    let ns = ns.map(|n| n.name.as_str());
+    let gw = Daemon::start(
+        ns,
+        bin("keyline-gatewayd"),
+        &base.join("gw"),
+        &["run", "--config", cfg.to_str().expect("a UTF-8 path")],
+    )
+    .expect("start the gateway");
+    wait_for("the office to register", Duration::from_secs(15), || {
+        let st = gw.json(&["status"]).ok()?;
+        (jstr(&st, &["directory", "state"])? == "registered").then_some(())
+    });
+    let mut args = vec!["run", "--no-mdns", "--gateway", listen];
+    args.extend_from_slice(station_args);
+    let station = Daemon::start(ns, bin("keyline-agent"), &base.join("agent-201"), &args)
+        .expect("start a station");
+    enrol(&gw, &station, "201");
+    (gw, station)
+}
+
 /// Approve station `d` on gateway `gw` by its pairing code as `ext`, and
 /// wait until it is registered.
 pub fn enrol(gw: &Daemon, d: &Daemon, ext: &str) {

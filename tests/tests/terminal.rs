@@ -368,53 +368,16 @@ fn offline_numbers_mail_wrong_password_and_directory_restart() {
 /// A gateway registered with the directory as `account` (no mDNS), and
 /// one station enrolled on it as 201.
 fn office(scratch: &Scratch, dir: &str, fp: &str, account: &str) -> (Daemon, Daemon) {
-    let base = scratch.join("office");
-    std::fs::create_dir_all(&base).unwrap();
-    let pw = password_file(scratch, "office", PW);
-    let listen = format!("127.0.0.1:{}", free_udp_port());
-    let cfg = base.join("gatewayd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen = \"{listen}\"\nmdns = false\n[directory]\naddress = \"{dir}\"\n\
-             fingerprint = \"{fp}\"\naccount = \"{account}\"\npassword_file = \"{}\"\n",
-            pw.display()
-        ),
-    )
-    .unwrap();
-    let gw = Daemon::start(
+    keyline_tests::office_with_station(
+        &scratch.join("office"),
         None,
-        bin("keyline-gatewayd"),
-        &base.join("gw"),
-        &["run", "--config", cfg.to_str().unwrap()],
+        &format!("127.0.0.1:{}", free_udp_port()),
+        dir,
+        fp,
+        account,
+        PW,
+        &["--audio-in", "tone:1300", "--audio-out", "null"],
     )
-    .unwrap();
-    wait_for("the office to register", Duration::from_secs(15), || {
-        let st = gw.json(&["status"]).ok()?;
-        (jstr(&st, &["directory", "state"])? == "registered").then_some(())
-    });
-    let station = Daemon::start(
-        None,
-        bin("keyline-agent"),
-        &base.join("agent-201"),
-        &[
-            "run",
-            "--no-mdns",
-            "--gateway",
-            &listen,
-            "--audio-in",
-            "tone:1300",
-            "--audio-out",
-            "null",
-        ],
-    )
-    .unwrap();
-    let code = wait_for("a pairing code", Duration::from_secs(10), || {
-        jstr(&station.json(&["status"]).ok()?, &["code"])
-    });
-    ok(&gw, &["approve", &code, "--ext", "201"]);
-    keyline_tests::registered(&station, "201");
-    (gw, station)
 }
 
 /// Media flowing both ways in the call in progress.
