@@ -1,6 +1,6 @@
 //! What Keyline's web sites share: the directory's public site and the
 //! gateway's admin site are both served by this crate's HTTPS loop
-//! (TLS 1.3 only, HTTP/1.1 and HTTP/2, header and body deadlines, a
+//! (TLS 1.3 only, HTTP/1.1 and HTTP/2, header, body and idle deadlines, a
 //! connection cap, graceful shutdown), with its in-memory sessions (HttpOnly,
 //! Secure, SameSite=Strict cookies, a CSRF token each), its security headers
 //! (a Content-Security-Policy that allows no inline script), its choice of
