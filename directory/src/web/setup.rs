@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use askama::Template;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path as UrlPath, Query as UrlQuery, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{StatusCode, Uri};
@@ -14,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use keyline_web::Lang;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
 
 use super::session::{authed, gone};
 use super::text::Text;
@@ -156,10 +158,7 @@ pub(super) async fn setup(
         Ok(None) => return gone(&web, &headers),
         Err(e) => return failed(lang, e),
     };
-    let packages = match packages(&web).await {
-        Ok(p) => p,
-        Err(e) => return failed(lang, e),
-    };
+    let packages = packages(&web).await;
     let t = Text::of(lang);
     let mut p = Page::new(lang, t.setup, Some(&session), "/setup");
     p.admin = is_admin(&web, Some(&session)).await;
@@ -226,20 +225,26 @@ pub(super) async fn config_file(State(web): State<App>, headers: HeaderMap, uri:
 }
 
 /// The `.deb` files of the configured folder: name, size and SHA-256.
-async fn packages(web: &Web) -> Result<Vec<(String, u64, String)>, String> {
+/// A folder or a file that cannot be read is logged and left out: the
+/// rest of the set-up page is worth more than the list.
+async fn packages(web: &Web) -> Vec<(String, u64, String)> {
     let Some(dir) = web.shared.cfg().web.packages.clone() else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
-    let list = tokio::task::spawn_blocking(move || list_debs(&dir))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let shown = dir.clone();
+    let list = match tokio::task::spawn_blocking(move || list_debs(&dir)).await {
+        Ok(Ok(list)) => list,
+        Ok(Err(e)) => {
+            tracing::warn!("web: reading the packages folder {}: {e}", shown.display());
+            return Vec::new();
+        }
+        Err(e) => {
+            tracing::warn!("web: listing the packages: {e}");
+            return Vec::new();
+        }
+    };
     let mut out = Vec::new();
-    for (path, size, mtime) in list {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    for (name, path, size, mtime) in list {
         let known = web
             .digests
             .lock()
@@ -251,10 +256,17 @@ async fn packages(web: &Web) -> Result<Vec<(String, u64, String)>, String> {
             Some(d) => d,
             None => {
                 let p2 = path.clone();
-                let d = tokio::task::spawn_blocking(move || sha256_file(&p2))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let d = match tokio::task::spawn_blocking(move || sha256_file(&p2)).await {
+                    Ok(Ok(d)) => d,
+                    Ok(Err(e)) => {
+                        tracing::warn!("web: reading the package {}: {e}", path.display());
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!("web: hashing the package {}: {e}", path.display());
+                        continue;
+                    }
+                };
                 web.digests
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -264,23 +276,35 @@ async fn packages(web: &Web) -> Result<Vec<(String, u64, String)>, String> {
         };
         out.push((name, size, digest));
     }
-    Ok(out)
+    out
 }
 
-fn list_debs(dir: &Path) -> std::io::Result<Vec<(PathBuf, u64, SystemTime)>> {
+/// Whether `name` may be offered: a plain file name (no separator, not
+/// hidden) ending in `.deb`.
+fn offered_name(name: &str) -> bool {
+    name.ends_with(".deb") && !name.starts_with('.') && !name.contains(['/', '\\', '\0'])
+}
+
+/// The offered packages of `dir`, by name: regular files only (a link
+/// could lead out of the folder), names in UTF-8. Entries that vanish or
+/// cannot be looked at while listing are left out.
+fn list_debs(dir: &Path) -> std::io::Result<Vec<(String, PathBuf, u64, SystemTime)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if !name.ends_with(".deb") || name.starts_with('.') {
+        let Ok(entry) = entry else { continue };
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if !offered_name(&name) {
             continue;
         }
-        let meta = entry.metadata()?;
+        // DirEntry::metadata does not follow links.
+        let Ok(meta) = entry.metadata() else { continue };
         if !meta.is_file() {
             continue;
         }
         out.push((
+            name,
             entry.path(),
             meta.len(),
             meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
@@ -327,31 +351,59 @@ pub(super) async fn package(
     let Some(dir) = web.shared.cfg().web.packages.clone() else {
         return not_found(lang);
     };
-    // Only a file the listing offers: a plain name ending in .deb.
-    if name.contains('/') || name.contains('\\') || name.starts_with('.') || !name.ends_with(".deb")
-    {
+    // Only a file the listing offers: a plain name ending in .deb, a
+    // regular file (not a link) in the folder itself.
+    if !offered_name(&name) {
         return not_found(lang);
     }
     let path = dir.join(&name);
-    match tokio::fs::read(&path).await {
-        Ok(body) => {
-            let disposition = HeaderValue::from_str(&format!(
-                "attachment; filename=\"{}\"",
-                name.replace('"', "")
-            ))
-            .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
-            (
-                [
-                    (
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/vnd.debian.binary-package"),
-                    ),
-                    (header::CONTENT_DISPOSITION, disposition),
-                ],
-                body,
-            )
-                .into_response()
+    let file = match tokio::fs::symlink_metadata(&path).await {
+        Ok(meta) if meta.is_file() => tokio::fs::File::open(&path).await.map(|f| (f, meta.len())),
+        Ok(_) => return not_found(lang),
+        Err(e) => Err(e),
+    };
+    let (file, len) = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return not_found(lang),
+        Err(e) => {
+            tracing::warn!("web: opening the package {}: {e}", path.display());
+            return not_found(lang);
         }
-        Err(_) => not_found(lang),
-    }
+    };
+    let disposition = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}\"",
+        name.replace('"', "")
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/vnd.debian.binary-package"),
+            ),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::CONTENT_LENGTH, HeaderValue::from(len)),
+        ],
+        Body::from_stream(read_in_pieces(file)),
+    )
+        .into_response()
+}
+
+/// A file's bytes, 64 KiB at a time (packages are megabytes each; many
+/// downloads at once must not each hold a whole one in memory).
+fn read_in_pieces(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
 }
