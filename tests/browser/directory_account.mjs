@@ -236,14 +236,24 @@ try {
 
   // hana changes her ID; her terminal is logged in with the old one.
   await step("terminal-h");
+  // A wrong password first: refused beside the password's field.
+  const idForm = ph.locator("section[aria-labelledby=h-id]");
+  await ph.goto(`${url}/account`);
+  await idForm.getByLabel("New ID").fill("hana.kim");
+  await idForm.getByLabel("Password", { exact: true }).fill("not my password");
+  await idForm.getByRole("button", { name: "Change ID" }).click();
+  await ph.waitForLoadState();
+  check((await ph.locator("#id-password-error").textContent()).includes("The password is wrong"), "a wrong password refuses the change next to the password's field");
+  check(await idForm.getByLabel("Password", { exact: true }).getAttribute("aria-invalid") === "true", "the password field is marked invalid, not the new ID's");
+  check(await idForm.getByLabel("New ID").getAttribute("aria-invalid") === null, "the new ID's field is not marked");
+  await axe(ph, "account with a refused ID change");
   await step("mail-for-h");
   await ph.goto(`${url}/account`);
   check((await ph.locator("li.mail").first().textContent()).includes("welcome hana"), "a message waits for hana");
   check(await ph.locator("#devices tbody tr").count() === 1, "the terminal logged in as hana is listed as a device");
-  const changeId = ph.locator("section[aria-labelledby=h-id]");
-  await changeId.getByLabel("New ID").fill("hana.kim");
-  await changeId.getByLabel("Password", { exact: true }).fill(password);
-  await changeId.getByRole("button", { name: "Change ID" }).click();
+  await idForm.getByLabel("New ID").fill("hana.kim");
+  await idForm.getByLabel("Password", { exact: true }).fill(password);
+  await idForm.getByRole("button", { name: "Change ID" }).click();
   await ph.waitForURL(/done=id/);
   check(await ph.getByText("Your ID was changed").isVisible(), "the ID is changed");
   const hanaNumbers = await ph.locator("#numbers .number").allTextContents();

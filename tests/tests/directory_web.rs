@@ -420,7 +420,8 @@ fn the_directory_site_in_a_browser() {
 /// invite create`: a made-up code is refused next to its field and
 /// nothing is created, the printed code works once and is refused as
 /// used the second time. `hana`, signed up with it, changes her ID on
-/// the account page: her number and the message waiting for her stay,
+/// the account page (a wrong password refused beside the password's
+/// field first): her number and the message waiting for her stay,
 /// her terminal logged in with the old ID loses its session and its next
 /// login is refused, the new ID logs in and the old one does not. She
 /// deletes the account: a wrong password is refused with the message;
