@@ -3,7 +3,10 @@
 // browser): numbers added and removed, do-not-disturb, forwarding when not
 // answered, then busy, no-answer and offline rules at once (each followed
 // by the next call, and listed by the terminal's `forward list`), the
-// operator's lists and search, in English and Korean.
+// operator's lists and search, in English and Korean; sign-up by invite
+// code (a made-up one and a used one refused), changing the ID (the
+// number and waiting mail stay, the terminal logged in with the old ID
+// loses its session) and deleting the account (its number held back).
 // Steps that need terminals are asked of the Rust test on stdout
 // ("STEP name") and answered on stdin ("OK"). Any failed check exits
 // non-zero.
@@ -47,6 +50,25 @@ async function axe(page, name) {
 
 async function shot(page, name) {
   if (shots) await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+}
+
+async function signUp(page, id, pw, number, invite) {
+  await page.goto(`${url}/signup`);
+  await page.getByLabel("ID", { exact: true }).fill(id);
+  await page.getByLabel("Password", { exact: true }).fill(pw);
+  await page.getByLabel("Repeat password", { exact: true }).fill(pw);
+  await page.getByLabel("Number", { exact: true }).fill(number);
+  if (invite !== undefined) await page.getByLabel("Invite code").fill(invite);
+  await page.getByRole("button", { name: "Sign up" }).click();
+  await page.waitForLoadState();
+}
+
+async function logIn(page, id, pw) {
+  await page.goto(`${url}/login`);
+  await page.getByLabel("ID", { exact: true }).fill(id);
+  await page.getByLabel("Password", { exact: true }).fill(pw);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.waitForLoadState();
 }
 
 const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
@@ -178,6 +200,109 @@ try {
   await pn.getByRole("button", { name: "Remove 지우3" }).click();
   await pn.waitForURL(/done=number-removed/);
   check(await pn.locator("#numbers .number").count() === 1, "a number added and removed without JavaScript");
+
+  // Sign-up by invite code. The operator turns it on in the configuration
+  // file (SIGHUP reads it again) and makes a code on the command line.
+  await step("invite-mode");
+  await page.goto(`${url}/lang/en?back=/admin`);
+  check((await page.locator("#h-state + dl dd").first().textContent()).trim() === "invite", "the operator page shows sign-up by invite code");
+  const code = await step("invite-code");
+  check(/^[2-9A-Z]{4}(-[2-9A-Z]{4}){4}$/.test(code), `keyline-directory invite create printed a code: ${code}`);
+  const hc = await browser.newContext({ ignoreHTTPSErrors: true, locale: "en-US" });
+  const ph = await hc.newPage();
+  await ph.goto(`${url}/signup`);
+  check(await ph.getByText("Sign-up here needs an invite code").isVisible(), "the sign-up page says it needs an invite code");
+  await axe(ph, "sign up by invite");
+  // A made-up code: refused next to its field, nothing created.
+  await signUp(ph, "dubu", password, "두부", "ABCD-EFGH-JKMN-PQRS-TUVW");
+  check((await ph.locator("#invite-error").textContent()).includes("unknown or already used"), "a made-up invite code is refused next to its field");
+  check(await ph.getByLabel("Invite code").getAttribute("aria-invalid") === "true", "the invite code field is marked invalid");
+  check(await ph.getByLabel("ID", { exact: true }).inputValue() === "dubu", "what was typed stays");
+  await axe(ph, "sign up with a wrong invite code");
+  await step("not-created dubu 두부");
+  check(true, "nothing was created with a made-up code");
+  // The code printed: works, once.
+  await signUp(ph, "hana", password, "하나", code);
+  await ph.waitForURL(/\/setup/);
+  check(true, "sign-up with the printed invite code works");
+  const oc = await browser.newContext({ ignoreHTTPSErrors: true, locale: "en-US" });
+  const po = await oc.newPage();
+  await signUp(po, "dubu", password, "두부", code);
+  check((await po.locator("#invite-error").textContent()).includes("unknown or already used"), "the same code again is refused as used");
+  await step("not-created dubu 두부");
+  check(true, "nothing was created with a used code");
+  await page.goto(`${url}/admin`);
+  check((await page.locator("section[aria-labelledby=h-invites] tbody").textContent()).includes("hana"), "the operator sees who used the code");
+
+  // hana changes her ID; her terminal is logged in with the old one.
+  await step("terminal-h");
+  // A wrong password first: refused beside the password's field.
+  const idForm = ph.locator("section[aria-labelledby=h-id]");
+  await ph.goto(`${url}/account`);
+  await idForm.getByLabel("New ID").fill("hana.kim");
+  await idForm.getByLabel("Password", { exact: true }).fill("not my password");
+  await idForm.getByRole("button", { name: "Change ID" }).click();
+  await ph.waitForLoadState();
+  check((await ph.locator("#id-password-error").textContent()).includes("The password is wrong"), "a wrong password refuses the change next to the password's field");
+  check(await idForm.getByLabel("Password", { exact: true }).getAttribute("aria-invalid") === "true", "the password field is marked invalid, not the new ID's");
+  check(await idForm.getByLabel("New ID").getAttribute("aria-invalid") === null, "the new ID's field is not marked");
+  await axe(ph, "account with a refused ID change");
+  await step("mail-for-h");
+  await ph.goto(`${url}/account`);
+  check((await ph.locator("li.mail").first().textContent()).includes("welcome hana"), "a message waits for hana");
+  check(await ph.locator("#devices tbody tr").count() === 1, "the terminal logged in as hana is listed as a device");
+  await idForm.getByLabel("New ID").fill("hana.kim");
+  await idForm.getByLabel("Password", { exact: true }).fill(password);
+  await idForm.getByRole("button", { name: "Change ID" }).click();
+  await ph.waitForURL(/done=id/);
+  check(await ph.getByText("Your ID was changed").isVisible(), "the ID is changed");
+  const hanaNumbers = await ph.locator("#numbers .number").allTextContents();
+  check(JSON.stringify(hanaNumbers) === JSON.stringify(["하나"]), `the number stays: ${hanaNumbers}`);
+  check((await ph.locator("li.mail").first().textContent()).includes("welcome hana"), "the waiting message stays");
+  check(await ph.getByRole("button", { name: "Log out" }).isVisible(), "still logged in on this browser");
+  await axe(ph, "account with a changed ID");
+  await step("old-id-refused hana.kim");
+  check(true, "the terminal logged in as hana lost its session and cannot log in again");
+  const nc = await browser.newContext({ ignoreHTTPSErrors: true, locale: "en-US" });
+  const pnew = await nc.newPage();
+  await logIn(pnew, "hana", password);
+  check((await pnew.locator("#login-error").textContent()).includes("Wrong ID or password"), "the old ID cannot log in");
+  await logIn(pnew, "hana.kim", password);
+  check(pnew.url().endsWith("/account"), "the new ID logs in");
+  await page.goto(`${url}/admin`);
+  check((await page.locator("section[aria-labelledby=h-invites] tbody").textContent()).includes("hana.kim"), "the code's user follows the new ID");
+
+  // hana deletes her account: the password again.
+  const del = ph.locator("section[aria-labelledby=h-delete]");
+  await del.getByLabel("Password", { exact: true }).fill("not my password");
+  await del.getByRole("button", { name: "Delete account" }).click();
+  await ph.waitForLoadState();
+  check((await ph.locator("#delete-error").textContent()).includes("The password is wrong"), "a wrong password refuses the deletion with the message");
+  check(await del.getByLabel("Password", { exact: true }).getAttribute("aria-invalid") === "true", "the password field is marked invalid");
+  await axe(ph, "account with a refused deletion");
+  await step("account-kept hana.kim");
+  check(true, "the account is still there");
+  await del.getByLabel("Password", { exact: true }).fill(password);
+  await del.getByRole("button", { name: "Delete account" }).click();
+  await ph.waitForLoadState();
+  check(await ph.getByText("Your account was deleted.").isVisible(), "the account is deleted");
+  check(await ph.getByRole("button", { name: "Log out" }).count() === 0 && await ph.getByRole("link", { name: "Log in" }).first().isVisible(), "logged out");
+  await axe(ph, "account deleted");
+  await ph.goto(`${url}/account`);
+  check(ph.url().endsWith("/login"), "the account page asks to log in");
+  await pnew.goto(`${url}/account`);
+  check(pnew.url().endsWith("/login"), "the other browser's session ended too");
+  await logIn(ph, "hana.kim", password);
+  check((await ph.locator("#login-error").textContent()).includes("Wrong ID or password"), "the deleted ID cannot log in");
+  await step("account-gone hana.kim 하나");
+  check(true, "the account, its mail and its binding are gone");
+  // The number is held back: the sign-up page's availability check says so.
+  await ph.goto(`${url}/signup`);
+  await ph.getByLabel("Number", { exact: true }).pressSequentially("하나");
+  await ph.waitForFunction(() => document.getElementById("number-status").textContent.includes("deleted account"));
+  const held = await ph.locator("#number-status").textContent();
+  check(held.includes("하나") && held.includes("cannot be taken yet"), `the number shows as not available: ${held}`);
+  await axe(ph, "sign up with a held number");
 } catch (e) {
   console.error(`FAILED: ${e.stack || e}`);
   failed = true;

@@ -5,8 +5,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Lines, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -653,8 +655,6 @@ pub mod tones {
     }
 }
 
-/// Add an account to the directory whose state is `state` (the
-/// `keyline-directory user add` an admin runs), `password` on stdin.
 /// The certificate fingerprint of the directory whose state is at
 /// `state` (`keyline-directory status --json`, which works while it runs).
 pub fn directory_fingerprint(state: &Path) -> String {
@@ -668,6 +668,8 @@ pub fn directory_fingerprint(state: &Path) -> String {
     jstr(&st, &["fingerprint"]).expect("the directory's fingerprint")
 }
 
+/// Add an account to the directory whose state is `state` (the
+/// `keyline-directory user add` an admin runs), `password` on stdin.
 pub fn add_account(state: &Path, account: &str, numbers: &[&str], password: &str) {
     use std::io::Write;
     let mut cmd = Command::new(bin("keyline-directory"));
@@ -692,4 +694,123 @@ pub fn add_account(state: &Path, account: &str, numbers: &[&str], password: &str
         "user add {account}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Run `f` on a thread of its own that has joined namespace `ns`'s
+/// network: for what a test does itself with the client library (a
+/// caller leaving voice mail) where the daemons are in namespaces.
+pub fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = Path::new("/run/netns").join(&ns.name);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("the namespace's file");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("joining the namespace (the test needs root)");
+        f()
+    })
+    .join()
+    .expect("the thread in the namespace")
+}
+
+/// A browser script of `tests/browser` (headless Chromium through
+/// playwright-core) run with node, inside a namespace when given (node
+/// and Chromium both: `ip netns exec`). The script asks the test for what
+/// it cannot do itself with `STEP name [words]` lines on its standard
+/// output, and the test answers each with [`BrowserScript::answer`]. The
+/// script's standard error is its log. Killed on drop if it still runs.
+#[derive(Debug)]
+pub struct BrowserScript {
+    child: Child,
+    to_node: Option<ChildStdin>,
+    from_node: Lines<BufReader<ChildStdout>>,
+    log: Option<std::thread::JoinHandle<String>>,
+}
+
+impl BrowserScript {
+    /// Start `node tests/browser/SCRIPT` with `env`, in `ns` if given.
+    pub fn start(ns: Option<&Netns>, script: &str, env: &[(&str, &OsStr)]) -> BrowserScript {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("browser")
+            .join(script);
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name, "node"]);
+                c
+            }
+            None => Command::new("node"),
+        };
+        let mut child = cmd
+            .arg(&path)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node (tests/browser needs its node_modules)");
+        let to_node = child.stdin.take();
+        let from_node = BufReader::new(child.stdout.take().expect("node's stdout")).lines();
+        let mut err = child.stderr.take().expect("node's stderr");
+        let log = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        BrowserScript {
+            child,
+            to_node,
+            from_node,
+            log: Some(log),
+        }
+    }
+
+    /// The next step the script asks for (what follows `STEP `), or
+    /// `None` once it has ended.
+    pub fn next_step(&mut self) -> Option<String> {
+        for line in self.from_node.by_ref() {
+            let Ok(line) = line else { return None };
+            if let Some(step) = line.strip_prefix("STEP ") {
+                return Some(step.to_string());
+            }
+        }
+        None
+    }
+
+    /// Tell the script its step is done (`OK value`).
+    pub fn answer(&mut self, value: &str) {
+        let to = self.to_node.as_mut().expect("the script's stdin");
+        writeln!(to, "OK {value}").expect("answer the browser script");
+    }
+
+    /// Wait for the script to end (a hung one fails after two minutes);
+    /// its log, printed.
+    /// Panics, with the log, if it failed.
+    pub fn finish(mut self) -> String {
+        drop(self.to_node.take());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait for node") {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "the browser script did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = self
+            .log
+            .take()
+            .and_then(|l| l.join().ok())
+            .unwrap_or_default();
+        eprintln!("{log}");
+        assert!(status.success(), "the browser script failed:\n{log}");
+        assert!(!log.contains("FAILED"), "{log}");
+        log
+    }
+}
+
+impl Drop for BrowserScript {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
 }

@@ -37,14 +37,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::ffi::OsStr;
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use keyline_tests::{
     add_account, bin, call_state, enrol, idle, jstr, ok, registered, start_terminal,
-    terminal_registered, unique, wait_for, wait_state, Bridge, Daemon, LoopbackOffice, Netns,
-    Scratch,
+    terminal_registered, unique, wait_for, wait_state, Bridge, BrowserScript, Daemon,
+    LoopbackOffice, Netns, Scratch,
 };
 
 const PASSWORD: &str = "front desk 2026";
@@ -115,19 +116,6 @@ impl AdminNet {
             _lan: lan,
             _wan: wan,
         }
-    }
-}
-
-/// A process killed on drop (the browser script, if the test fails
-/// while it runs).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
     }
 }
 
@@ -205,42 +193,23 @@ fn the_admin_site_in_a_browser() {
     });
 
     // The browser runs on the desk, a host of the office LAN.
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/gateway_admin.mjs");
-    let shots = scratch.join("shots");
-    let mut node = KillOnDrop(
-        Command::new("ip")
-            .args(["netns", "exec", &net.desk.name, "node"])
-            .arg(&script)
-            .env("ADMIN_URL", &url)
-            .env("ADMIN_PASSWORD", PASSWORD)
-            .env("GW_BIN", bin("keyline-gatewayd"))
-            .env("GW_STATE", &gw_state)
-            .env(
-                "SHOTS",
-                std::env::var_os("KEYLINE_SHOTS").unwrap_or(shots.into()),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("node (tests/browser needs its node_modules)"),
+    let gw_bin = bin("keyline-gatewayd");
+    let shots = std::env::var_os("KEYLINE_SHOTS").unwrap_or(scratch.join("shots").into());
+    let mut node = BrowserScript::start(
+        Some(&net.desk),
+        "gateway_admin.mjs",
+        &[
+            ("ADMIN_URL", OsStr::new(&url)),
+            ("ADMIN_PASSWORD", OsStr::new(PASSWORD)),
+            ("GW_BIN", gw_bin.as_os_str()),
+            ("GW_STATE", gw_state.as_os_str()),
+            ("SHOTS", shots.as_os_str()),
+        ],
     );
-    let mut to_node = node.0.stdin.take().unwrap();
-    let from_node = BufReader::new(node.0.stdout.take().unwrap());
-    let mut err = node.0.stderr.take().unwrap();
-    let err_text = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
 
     let mut b: Option<Daemon> = None;
     let mut carol: Option<Daemon> = None;
-    for line in from_node.lines() {
-        let Ok(line) = line else { break };
-        let Some(step) = line.strip_prefix("STEP ") else {
-            continue;
-        };
+    while let Some(step) = node.next_step() {
         let mut words = step.split_whitespace();
         let answer = match (words.next(), words.next()) {
             (Some("start-station"), _) => {
@@ -334,14 +303,9 @@ fn the_admin_site_in_a_browser() {
             }
             other => panic!("unknown step {other:?}"),
         };
-        writeln!(to_node, "OK {answer}").unwrap();
+        node.answer(&answer);
     }
-    drop(to_node);
-    let status = node.0.wait().unwrap();
-    let log = err_text.join().unwrap();
-    eprintln!("{log}");
-    assert!(status.success(), "the browser script failed:\n{log}");
-    assert!(!log.contains("FAILED"), "{log}");
+    node.finish();
 }
 
 /// `carol`, an account on the office's own directory, and her terminal

@@ -40,7 +40,11 @@ struct AccountT {
     devices: Vec<DeviceView>,
     mail: Vec<MailView>,
     password_error: Option<String>,
+    /// A wrong old password, beside its field.
+    old_password_error: Option<String>,
     id_error: Option<String>,
+    /// A wrong password in the ID form, beside its field.
+    id_password_error: Option<String>,
     delete_error: Option<String>,
     new_number: String,
     add_error: Option<String>,
@@ -106,7 +110,9 @@ pub(super) struct ForwardError {
 #[derive(Default)]
 pub(super) struct AccountErrors {
     pub(super) password: Option<String>,
+    pub(super) old_password: Option<String>,
     pub(super) id: Option<String>,
+    pub(super) id_password: Option<String>,
     pub(super) delete: Option<String>,
     /// A refused forwarding form: what was sent, to show it again.
     pub(super) forward: Option<ForwardError>,
@@ -253,7 +259,9 @@ pub(super) async fn account_page(
                 })
                 .collect(),
             password_error: errors.password,
+            old_password_error: errors.old_password,
             id_error: errors.id,
+            id_password_error: errors.id_password,
             delete_error: errors.delete,
             new_number: errors.add.as_ref().map(|a| a.0.clone()).unwrap_or_default(),
             add_error: errors.add.map(|a| a.1),
@@ -339,7 +347,11 @@ pub(super) async fn change_password(
             r,
             ("The old password is wrong.", "이전 비밀번호가 틀렸습니다."),
         );
-        return account_page(&web, &headers, &session, status, None, bad(msg)).await;
+        let e = AccountErrors {
+            old_password: Some(msg),
+            ..AccountErrors::default()
+        };
+        return account_page(&web, &headers, &session, status, None, e).await;
     }
     let hash = match web.shared.hash_password(f.new).await {
         Ok(h) => h,
@@ -405,7 +417,11 @@ pub(super) async fn change_id(
             r,
             ("The password is wrong.", "비밀번호가 틀렸습니다."),
         );
-        return account_page(&web, &headers, &session, status, None, bad(msg)).await;
+        let e = AccountErrors {
+            id_password: Some(msg),
+            ..AccountErrors::default()
+        };
+        return account_page(&web, &headers, &session, status, None, e).await;
     }
     let (old, new) = (session.user.clone(), f.new_id.clone());
     match store::blocking(&web.shared.store, move |s| s.rename_account(&old, &new)).await {

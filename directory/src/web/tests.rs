@@ -617,7 +617,14 @@ async fn account_forwarding_mail_password_and_others_pages() {
         )
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert!(r.body.contains("The old password is wrong."));
+    // Beside the old password's field, which is marked, not the new one's.
+    assert!(r.body.contains(
+        "<span class=\"error\" id=\"old-password-error\">The old password is wrong.</span>"
+    ));
+    assert!(r
+        .body
+        .contains("aria-invalid=\"true\" aria-describedby=\"old-password-error\""));
+    assert!(!r.body.contains("id=\"password-error\""), "{}", r.body);
     shared
         .store
         .insert_token("tokenhash", "minjun", 0, i64::MAX)
@@ -637,6 +644,23 @@ async fn account_forwarding_mail_password_and_others_pages() {
     assert_eq!(second.get("/account").await.status, StatusCode::SEE_OTHER);
     let acct = shared.store.account("minjun").expect("q").expect("a");
     assert!(auth::verify_password(&acct.pw_hash, "new password"));
+
+    // ID: a wrong password is refused beside the password's field.
+    let r = a
+        .post(
+            "/account/id",
+            &[("csrf", &csrf), ("new_id", "mj"), ("password", "wrong one")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r
+        .body
+        .contains("<span class=\"error\" id=\"id-password-error\">The password is wrong.</span>"));
+    assert!(r
+        .body
+        .contains("aria-invalid=\"true\" aria-describedby=\"id-password-error\""));
+    assert!(!r.body.contains("id=\"id-error\""), "{}", r.body);
+    assert!(shared.store.account("minjun").expect("q").is_some());
 
     // ID: the numbers stay, this session follows.
     let r = a
