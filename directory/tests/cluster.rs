@@ -8,7 +8,12 @@
 //! NATS server lost changes nothing; without NATS a call across ends at
 //! once while calls on one node go on, and with NATS back the cluster is
 //! rebuilt; a node crashed mid-call leaves the call going and its
-//! endpoints registered through other nodes within seconds.
+//! endpoints registered through other nodes within seconds. The web site
+//! is one site on every node: a browser logged in through one node is
+//! logged in at the others, an account's page on any node lists its
+//! devices on every node and signs out one held by another node, wrong
+//! passwords through several nodes lock the account out at all of them,
+//! and logging out through one node ends the session everywhere.
 //!
 //! NATS missing is a failure, not a skip: `scripts/install-deps.sh
 //! --test` installs the Debian `nats-server` package.
@@ -186,7 +191,7 @@ fn node(
         etc.join("directory.toml"),
         format!(
             "binding_ttl_secs = 30\n[store]\npostgres = \"{pg}\"\npool_size = 4\n\
-             [web]\nenabled = false\n[cluster]\nnats = \"{nats}\"\nnode = \"{name}\"\n"
+             [cluster]\nnats = \"{nats}\"\nnode = \"{name}\"\n"
         ),
     )
     .unwrap();
@@ -300,6 +305,163 @@ fn office(scratch: &Scratch, host: &Host, dirs: &str, fp: &str) -> (Daemon, Daem
             "null",
         ],
     )
+}
+
+/// One HTTPS request to a node's web site with curl, from namespace `ns`
+/// (the nodes share one certificate, made by the first: `-k`): a form
+/// posted when `form` is given, else a GET. The status, the headers and
+/// the body.
+fn https(ns: &str, url: &str, cookie: &str, form: Option<&str>) -> (u16, String, String) {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "curl", "-k", "-s", "-i"])
+        .args(["--max-time", "10", "-H"])
+        .arg(format!("Cookie: {cookie}"));
+    if let Some(body) = form {
+        cmd.arg("--data").arg(body);
+    }
+    let out = cmd.arg(url).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status from curl: {text:?}"));
+    (code, head.to_string(), body.to_string())
+}
+
+/// Form encoding of one value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A fixed token for the forms shown before logging in (the site checks
+/// that the form and its cookie carry the same one).
+const FORM: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Log in to the site at `site` from namespace `ns`: the status and, when
+/// it let the person in, the session cookie.
+fn web_login(ns: &str, site: &str, id: &str, pw: &str) -> (u16, Option<String>) {
+    let (code, head, _) = https(
+        ns,
+        &format!("{site}/login"),
+        &format!("kl_form={FORM}"),
+        Some(&format!("csrf={FORM}&id={}&password={}", enc(id), enc(pw))),
+    );
+    let cookie = head
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or(l.strip_prefix("Set-Cookie: "))
+        })
+        .find(|c| c.starts_with("kl_session=") && !c.starts_with("kl_session=;"))
+        .and_then(|c| c.split(';').next())
+        .map(str::to_string);
+    (code, cookie)
+}
+
+/// The first `value="..."` after `marker` in a page.
+fn value_after<'a>(page: &'a str, marker: &str) -> Option<&'a str> {
+    let rest = &page[page.find(marker)? + marker.len()..];
+    let rest = &rest[rest.find("value=\"")? + 7..];
+    rest.split('"').next()
+}
+
+/// The session ids of the device rows of an account page.
+fn device_ids(page: &str) -> Vec<u64> {
+    page.split("/account/devices/")
+        .skip(1)
+        .filter_map(|s| s.split('/').next()?.parse().ok())
+        .collect()
+}
+
+/// The site is one site on every node (see the module's doc).
+fn one_site_on_every_node(lan: &Lan, b: &Daemon) {
+    let h = &lan.hosts;
+    let site = |i: usize| format!("https://{}:7480", h[i].ip);
+    let ns = &h[4].ns.name;
+    // Logged in through n1, logged in at n2 and n3.
+    let (code, cookie) = web_login(ns, &site(0), "minjun", PW);
+    assert_eq!(code, 303, "login through n1");
+    let cookie = cookie.expect("a session cookie");
+    let (code, _, page) = https(ns, &format!("{}/account", site(2)), &cookie, None);
+    assert_eq!(code, 200, "the account page through n3: {page}");
+    assert!(page.contains("김민준"), "{page}");
+    // Its devices, from n3: B, on n2, with what it runs.
+    let row = page
+        .split("<tr>")
+        .find(|r| r.contains("/account/devices/"))
+        .unwrap_or_else(|| panic!("no device on n3's page: {page}"));
+    assert!(row.contains("<td>n2</td>"), "B's node: {row}");
+    assert!(row.contains("keyline-agent "), "B's program: {row}");
+    let ids = device_ids(&page);
+    assert_eq!(ids.len(), 1, "{page}");
+    let csrf = value_after(&page, "name=\"csrf\"").expect("the page's CSRF token");
+    // Signed out through n3: n2 ends B's session and revokes its token;
+    // B logs in again with its password, as a new device.
+    let (code, _, body) = https(
+        ns,
+        &format!("{}/account/devices/{}/signout", site(2), ids[0]),
+        &cookie,
+        Some(&format!("csrf={csrf}")),
+    );
+    assert_eq!(code, 303, "sign out through n3: {body}");
+    let page = wait_for("B signed out and back", Duration::from_secs(20), || {
+        let (_, _, page) = https(ns, &format!("{}/account", site(0)), &cookie, None);
+        let now = device_ids(&page);
+        (now.len() == 1 && now[0] != ids[0]).then_some(page)
+    });
+    assert!(
+        page.contains("<td>n2</td>") || page.contains("<td>n1</td>"),
+        "{page}"
+    );
+    terminal_registered(b);
+    // Logged out through n2: the session ends on every node.
+    let (_, _, page) = https(ns, &format!("{}/account", site(1)), &cookie, None);
+    let csrf = value_after(&page, "action=\"/logout\"").expect("the log-out form");
+    let (code, _, _) = https(
+        ns,
+        &format!("{}/logout", site(1)),
+        &cookie,
+        Some(&format!("csrf={csrf}")),
+    );
+    assert_eq!(code, 303, "log out through n2");
+    for i in 0..3 {
+        let (code, head, _) = https(ns, &format!("{}/account", site(i)), &cookie, None);
+        assert_eq!(code, 303, "n{} still knows the session: {head}", i + 1);
+        assert!(head.contains("location: /login"), "{head}");
+    }
+    // Wrong passwords for carol through n1 (three) and n2 (two), from one
+    // address: that address is locked out of carol's account at n3 too,
+    // even with the right password. Carol's terminal, elsewhere, is not.
+    for (k, i) in [0, 0, 0, 1, 1].into_iter().enumerate() {
+        let (code, _) = web_login(ns, &site(i), "carol", "not her password");
+        // The fifth locks the account from this address (429) once n2 has
+        // heard of n1's three.
+        let expected: &[u16] = if k < 4 { &[401] } else { &[401, 429] };
+        assert!(
+            expected.contains(&code),
+            "wrong password {} through n{}: {code}",
+            k + 1,
+            i + 1
+        );
+    }
+    let locked = wait_for("n3 to count the failures", Duration::from_secs(5), || {
+        let (code, cookie) = web_login(ns, &site(2), "carol", PW);
+        (code == 429).then_some(cookie)
+    });
+    assert!(locked.is_none(), "n3 let carol in while locked");
+    let (code, cookie) = web_login(&h[6].ns.name, &site(2), "carol", PW);
+    assert_eq!(code, 303, "carol from her own address");
+    assert!(cookie.is_some());
 }
 
 fn listen(d: &Daemon) -> String {
@@ -421,6 +583,8 @@ fn three_nodes_act_as_one_directory() {
             })
             .then_some(())
     });
+
+    one_site_on_every_node(&lan, &b);
 
     // A (on n1) calls carol (on n3), carol calls B (on n2): each call is
     // routed by its caller's node, and the media goes end to end.
