@@ -81,6 +81,7 @@ impl RawClient {
                 version: PROTOCOL_VERSION,
                 role: Role::Terminal,
                 name: Some(account.to_string()),
+                client: None,
             })
             .await?;
         c.out.flush().await?;

@@ -503,6 +503,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
+/// What this endpoint says it is in its hello: the running program's
+/// name and Keyline's version ("keyline-agent 0.1.0").
+fn client_name() -> String {
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with("keyline"))
+        .unwrap_or_else(|| "keyline".to_string());
+    format!("{program} {}", env!("CARGO_PKG_VERSION"))
+}
+
 fn canon(n: &str) -> Result<String, ClientError> {
     number::canonicalize(n).map_err(|e| ClientError::InvalidNumber {
         number: n.to_string(),
@@ -575,6 +586,7 @@ impl DirClient {
                 version: PROTOCOL_VERSION,
                 role: opts.role,
                 name: opts.name.clone(),
+                client: Some(client_name()),
             },
         )
         .await

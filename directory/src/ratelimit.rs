@@ -392,6 +392,31 @@ impl LoginLimiter {
             .fail(now, &ip, l.max_failures_per_address, &l);
     }
 
+    /// The outcome of a password check that another node of the cluster
+    /// made, counted here as if it had been made here: spreading guesses
+    /// over the nodes gains an attacker only the attempts in flight at once.
+    /// `account: None` is a bad session token from `ip`.
+    pub fn remote_outcome(&mut self, now: Instant, account: Option<&str>, ip: IpAddr, ok: bool) {
+        let l = self.limits.clone();
+        let Some(account) = account else {
+            if !ok {
+                self.addresses
+                    .fail(now, &ip, l.max_failures_per_address, &l);
+            }
+            return;
+        };
+        let pair = (account.to_string(), ip);
+        if ok {
+            self.pairs.clear(&pair);
+            return;
+        }
+        self.pairs.fail(now, &pair, l.max_failures_per_account, &l);
+        self.addresses
+            .fail(now, &pair.1, l.max_failures_per_address, &l);
+        self.accounts
+            .fail(now, &pair.0, l.max_failures_account_wide, &l);
+    }
+
     /// Keys currently tracked (for status): account from one address,
     /// address, account.
     pub fn tracked(&self) -> (usize, usize, usize) {
@@ -478,6 +503,45 @@ mod tests {
         attempt(&mut l, t3, "alice", IP, true).expect("right password");
         attempt(&mut l, t3, "alice", IP, false).expect("one failure");
         assert!(l.begin(t3, "alice", IP).is_ok());
+    }
+
+    /// Failures another node counted lock here as if counted here; its
+    /// success clears the address's count for that account; a bad token
+    /// elsewhere counts against the address.
+    #[test]
+    fn outcomes_from_other_nodes_count_here() {
+        let now = Instant::now();
+        let mut l = LoginLimiter::new(Limits::default());
+        for i in 0..3 {
+            let t = now + Duration::from_secs(i);
+            l.remote_outcome(t, Some("alice"), IP, false);
+        }
+        let t = now + Duration::from_secs(3);
+        attempt(&mut l, t, "alice", IP, false).expect("the fourth, here");
+        l.remote_outcome(t, Some("alice"), IP, false);
+        let locked = l.begin(t, "alice", IP).expect_err("five in all");
+        assert_eq!(locked.scope, Scope::AccountFromAddress);
+        assert!(l.begin(t, "alice", IP2).is_ok(), "the owner elsewhere");
+        // Elsewhere, the right password after the lockout clears the count.
+        let t2 = t + Duration::from_secs(31);
+        l.remote_outcome(t2, Some("alice"), IP, true);
+        for _ in 0..4 {
+            attempt(&mut l, t2, "alice", IP, false).expect("counting afresh");
+        }
+        // Bad tokens elsewhere lock the address for every account.
+        for _ in 0..20 {
+            l.remote_outcome(t2, None, IP2, false);
+        }
+        assert_eq!(
+            l.begin(t2, "bob", IP2).expect_err("address locked").scope,
+            Scope::Address
+        );
+        assert!(l.check_address(t2, IP2).is_err());
+        l.remote_outcome(t2, None, IP2, true);
+        assert!(
+            l.check_address(t2, IP2).is_err(),
+            "success clears no address"
+        );
     }
 
     /// Wrong passwords from one address never lock the owner out from

@@ -45,6 +45,8 @@ pub enum Event {
         mail: Arc<Notify>,
         /// The name the endpoint gave in its hello.
         name: Option<String>,
+        /// The program and version it gave in its hello.
+        client: Option<String>,
         /// It said hello as a terminal (its own media end, which checks
         /// the direct path while its calls ring).
         terminal: bool,
@@ -71,12 +73,12 @@ pub enum Event {
         account: String,
         reply: oneshot::Sender<Vec<Device>>,
     },
-    /// End session `sid` if it is `account`'s; the reply is its token
-    /// hash (to revoke), or `None` when there was no such session.
+    /// End session `sid` if it is `account`'s (on this node or, through
+    /// the cluster, on the node that holds it).
     SignOut {
         account: String,
         sid: SessionId,
-        reply: oneshot::Sender<Option<String>>,
+        reply: oneshot::Sender<SignedOut>,
     },
     /// A routing request, already validated and canonicalised; `_held`
     /// is one of the session's requests in flight, given back once the
@@ -104,6 +106,19 @@ pub enum Event {
     MailArrived {
         account: String,
     },
+    /// `account`'s numbers are now `numbers`, in order (another was made
+    /// the first, the one callees see).
+    AccountNumbers {
+        account: String,
+        numbers: Vec<String>,
+    },
+    /// A password (with `account`) or session token (without) checked for
+    /// a login from `ip`, for the other nodes' limiters.
+    LoginChecked {
+        account: Option<String>,
+        ip: IpAddr,
+        ok: bool,
+    },
     Query {
         what: Query,
         reply: oneshot::Sender<QueryReply>,
@@ -116,6 +131,17 @@ pub enum Event {
     },
 }
 
+/// What became of a device signed out on the web site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignedOut {
+    /// Ended here; its token (hash) is to be revoked.
+    Here(String),
+    /// Another node holds it and was told to end it and revoke its token.
+    Elsewhere,
+    /// No such session of that account.
+    NotFound,
+}
+
 /// A logged-in endpoint of an account, as the web site shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
@@ -124,6 +150,10 @@ pub struct Device {
     pub address: String,
     /// The name it gave in its hello.
     pub name: Option<String>,
+    /// The program and version it gave in its hello.
+    pub client: Option<String>,
+    /// The cluster node it is connected to, when another than this one.
+    pub node: Option<String>,
     /// Its certificate fingerprint.
     pub fingerprint: String,
     /// Numbers it has registered now.
@@ -277,6 +307,8 @@ impl Reserved<'_> {
             Ok(mut l) => l.finish(Instant::now(), attempt, ok),
             Err(_) => None,
         };
+        self.shared
+            .login_checked(Some(self.account.clone()), self.ip, ok);
         if !ok {
             self.shared.metrics.auth_failures.increment(1);
         }
@@ -309,6 +341,16 @@ impl Drop for Reserved<'_> {
 }
 
 impl Shared {
+    /// Tell the other nodes of a cluster that a password (or, without
+    /// `account`, a session token) was checked: their limiters count it.
+    /// Dropped when the hub is too busy to take it: the limit stays
+    /// enforced on this node.
+    pub(crate) fn login_checked(&self, account: Option<String>, ip: IpAddr, ok: bool) {
+        if self.cluster.get().is_some() {
+            let _ = self.hub.try_send(Event::LoginChecked { account, ip, ok });
+        }
+    }
+
     /// Reserve a password check of `account` from `ip` with the limiter.
     pub(crate) fn reserve_login(&self, account: &str, ip: IpAddr) -> Result<Reserved<'_>, Locked> {
         let attempt = match self.limiter.lock() {

@@ -8,7 +8,12 @@
 //! NATS server lost changes nothing; without NATS a call across ends at
 //! once while calls on one node go on, and with NATS back the cluster is
 //! rebuilt; a node crashed mid-call leaves the call going and its
-//! endpoints registered through other nodes within seconds.
+//! endpoints registered through other nodes within seconds. The web site
+//! is one site on every node: a browser logged in through one node is
+//! logged in at the others, an account's page on any node lists its
+//! devices on every node and signs out one held by another node, wrong
+//! passwords through several nodes lock the account out at all of them,
+//! and logging out through one node ends the session everywhere.
 //!
 //! NATS missing is a failure, not a skip: `scripts/install-deps.sh
 //! --test` installs the Debian `nats-server` package.
@@ -186,7 +191,7 @@ fn node(
         etc.join("directory.toml"),
         format!(
             "binding_ttl_secs = 30\n[store]\npostgres = \"{pg}\"\npool_size = 4\n\
-             [web]\nenabled = false\n[cluster]\nnats = \"{nats}\"\nnode = \"{name}\"\n"
+             [cluster]\nnats = \"{nats}\"\nnode = \"{name}\"\n"
         ),
     )
     .unwrap();
@@ -300,6 +305,171 @@ fn office(scratch: &Scratch, host: &Host, dirs: &str, fp: &str) -> (Daemon, Daem
             "null",
         ],
     )
+}
+
+/// One HTTPS request to a node's web site with curl, from namespace `ns`
+/// (the nodes share one certificate, made by the first: `-k`): a form
+/// posted when `form` is given, else a GET. The status, the headers and
+/// the body.
+fn https(ns: &str, url: &str, cookie: &str, form: Option<&str>) -> (u16, String, String) {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "curl", "-k", "-s", "-i"])
+        .args(["--max-time", "10", "-H"])
+        .arg(format!("Cookie: {cookie}"));
+    if let Some(body) = form {
+        cmd.arg("--data").arg(body);
+    }
+    let out = cmd.arg(url).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status from curl: {text:?}"));
+    (code, head.to_string(), body.to_string())
+}
+
+/// Form encoding of one value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A fixed token for the forms shown before logging in (the site checks
+/// that the form and its cookie carry the same one).
+const FORM: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Log in to the site at `site` from namespace `ns`: the status and, when
+/// it let the person in, the session cookie.
+fn web_login(ns: &str, site: &str, id: &str, pw: &str) -> (u16, Option<String>) {
+    let (code, head, _) = https(
+        ns,
+        &format!("{site}/login"),
+        &format!("kl_form={FORM}"),
+        Some(&format!("csrf={FORM}&id={}&password={}", enc(id), enc(pw))),
+    );
+    let cookie = head
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or(l.strip_prefix("Set-Cookie: "))
+        })
+        .find(|c| c.starts_with("kl_session=") && !c.starts_with("kl_session=;"))
+        .and_then(|c| c.split(';').next())
+        .map(str::to_string);
+    (code, cookie)
+}
+
+/// The first `value="..."` after `marker` in a page.
+fn value_after<'a>(page: &'a str, marker: &str) -> Option<&'a str> {
+    let rest = &page[page.find(marker)? + marker.len()..];
+    let rest = &rest[rest.find("value=\"")? + 7..];
+    rest.split('"').next()
+}
+
+/// The session ids of the device rows of an account page.
+fn device_ids(page: &str) -> Vec<u64> {
+    page.split("/account/devices/")
+        .skip(1)
+        .filter_map(|s| s.split('/').next()?.parse().ok())
+        .collect()
+}
+
+/// The site is one site on every node (see the module's doc): `first` and
+/// `second` are two live nodes (indices of `lan`'s hosts), B is connected
+/// to node `b_node`.
+fn one_site_on_every_node(lan: &Lan, b: &Daemon, first: usize, second: usize, b_node: &str) {
+    let h = &lan.hosts;
+    let site = |i: usize| format!("https://{}:7480", h[i].ip);
+    let ns = &h[4].ns.name;
+    // Logged in through one node, logged in at the other.
+    let (code, cookie) = web_login(ns, &site(first), "minjun", PW);
+    assert_eq!(code, 303, "login through node {first}");
+    let cookie = cookie.expect("a session cookie");
+    let (code, _, page) = https(ns, &format!("{}/account", site(second)), &cookie, None);
+    assert_eq!(code, 200, "the account page through the other node: {page}");
+    assert!(page.contains("김민준"), "{page}");
+    // Its devices: B, with its node and what it runs.
+    let row = page
+        .split("<tr>")
+        .find(|r| r.contains("/account/devices/"))
+        .unwrap_or_else(|| panic!("no device on the page: {page}"));
+    assert!(
+        row.contains(&format!("<td>{b_node}</td>")),
+        "B's node: {row}"
+    );
+    assert!(row.contains("<td>keyline-agent "), "B's program: {row}");
+    let ids = device_ids(&page);
+    assert_eq!(ids.len(), 1, "{page}");
+    let csrf = value_after(&page, "name=\"csrf\"").expect("the page's CSRF token");
+    // Signed out through the other node: B's node ends its session and
+    // revokes its token; B logs in again with its password, as a new
+    // device.
+    let (code, _, body) = https(
+        ns,
+        &format!("{}/account/devices/{}/signout", site(second), ids[0]),
+        &cookie,
+        Some(&format!("csrf={csrf}")),
+    );
+    assert_eq!(code, 303, "sign out: {body}");
+    wait_for("B signed out and back", Duration::from_secs(40), || {
+        let (_, _, page) = https(ns, &format!("{}/account", site(first)), &cookie, None);
+        let now = device_ids(&page);
+        (now.len() == 1 && now[0] != ids[0]).then_some(())
+    });
+    terminal_registered(b);
+    // Logged out through one node: the session ends on both.
+    let (_, _, page) = https(ns, &format!("{}/account", site(second)), &cookie, None);
+    let csrf = value_after(&page, "action=\"/logout\"").expect("the log-out form");
+    let (code, _, _) = https(
+        ns,
+        &format!("{}/logout", site(second)),
+        &cookie,
+        Some(&format!("csrf={csrf}")),
+    );
+    assert_eq!(code, 303, "log out");
+    for i in [first, second] {
+        let (code, head, _) = https(ns, &format!("{}/account", site(i)), &cookie, None);
+        assert_eq!(code, 303, "node {i} still knows the session: {head}");
+        assert!(head.to_lowercase().contains("location: /login"), "{head}");
+    }
+    // Wrong passwords for carol, three through one node and two through
+    // the other, from one address: that address is locked out of carol's
+    // account at the first node too, even with the right password.
+    // Carol, from her own address, is not.
+    for (k, i) in [first, first, first, second, second]
+        .into_iter()
+        .enumerate()
+    {
+        let (code, _) = web_login(ns, &site(i), "carol", "not her password");
+        // The fifth locks (429) once its node has heard of the others.
+        let expected: &[u16] = if k < 4 { &[401] } else { &[401, 429] };
+        assert!(
+            expected.contains(&code),
+            "wrong password {} through node {i}: {code}",
+            k + 1
+        );
+    }
+    let locked = wait_for(
+        "the first node to count them",
+        Duration::from_secs(5),
+        || {
+            let (code, cookie) = web_login(ns, &site(first), "carol", PW);
+            (code == 429).then_some(cookie)
+        },
+    );
+    assert!(locked.is_none(), "let carol in while locked");
+    let (code, cookie) = web_login(&h[6].ns.name, &site(first), "carol", PW);
+    assert_eq!(code, 303, "carol from her own address");
+    assert!(cookie.is_some());
 }
 
 fn listen(d: &Daemon) -> String {
@@ -545,6 +715,8 @@ fn three_nodes_act_as_one_directory() {
     });
     call(&a, &b, "김민준", "3001");
     call(&a, &s201, OFFICE, "3001");
+    // The web site, through the two nodes left (B is on n1 now).
+    one_site_on_every_node(&lan, &b, 0, 2, "n1");
     let st = wait_for("n2 gone from the cluster", Duration::from_secs(20), || {
         let st = cluster_status(&n1);
         (st["nodes"].as_array()?.len() == 2).then_some(st)

@@ -869,6 +869,7 @@ async fn register_without_refresh(ep: &Ep, dir: SocketAddr, account: &str) -> qu
             version: keyline_proto::PROTOCOL_VERSION,
             role: keyline_proto::msg::Role::Terminal,
             name: None,
+            client: None,
         },
         DirMsg::Login {
             req: 1,

@@ -31,6 +31,11 @@ const CASES: &[Case] = &[
     ("refusals_change_nothing", refusals_change_nothing),
     ("lists_are_ordered", lists_are_ordered),
     ("tokens_expire_and_end", tokens_expire_and_end),
+    (
+        "web_sessions_live_expire_and_end",
+        web_sessions_live_expire_and_end,
+    ),
+    ("first_number_is_chosen", first_number_is_chosen),
     ("mail_bodies_and_ids", mail_bodies_and_ids),
     ("holds_expire", holds_expire),
     (
@@ -580,6 +585,105 @@ fn tokens_expire_and_end(s: &dyn Store) {
     s.remove_account("b").expect("rm");
     assert_eq!(s.token_account("tb", 150).expect("q"), None);
     assert_eq!(s.purge_tokens(i64::MAX).expect("purge"), 0);
+}
+
+fn web(id: &str, account: &str, at: i64) -> store::WebSession {
+    store::WebSession {
+        id_hash: id.to_string(),
+        account: account.to_string(),
+        csrf: format!("csrf-{id}"),
+        created_ms: at,
+        used_ms: at,
+    }
+}
+
+fn web_sessions_live_expire_and_end(s: &dyn Store) {
+    const IDLE: i64 = 1_000_000;
+    let touch = store::WEB_SESSION_TOUCH_MS;
+    s.add_account("a", "h", &["1".into()], 1).expect("a");
+    s.add_account("b", "h", &["2".into()], 1).expect("b");
+    s.add_web_session(&web("wa1", "a", 0), 3).expect("wa1");
+    s.add_web_session(&web("wb1", "b", 0), 3).expect("wb1");
+    assert!(
+        s.add_web_session(&web("wa1", "b", 0), 3).is_err(),
+        "an id twice"
+    );
+    assert!(
+        s.add_web_session(&web("wx", "nobody", 0), 3).is_err(),
+        "no such account"
+    );
+    let got = s.web_session("wa1", 10, IDLE).expect("q").expect("live");
+    assert_eq!(got, web("wa1", "a", 0), "read without a write");
+    assert_eq!(s.web_session("nope", 10, IDLE).expect("q"), None);
+    // Used after the touch interval: the last use is written again, so the
+    // session outlives its first idle deadline.
+    let got = s.web_session("wa1", touch, IDLE).expect("q").expect("live");
+    assert_eq!(got.used_ms, touch);
+    assert!(s.web_session("wa1", IDLE + 1, IDLE).expect("q").is_some());
+    // Idle too long: gone, and gone for good.
+    assert_eq!(s.web_session("wb1", IDLE, IDLE).expect("q"), None);
+    assert_eq!(s.web_session("wb1", 0, IDLE).expect("q"), None);
+    // The account's least recently used go beyond the cap.
+    for (i, id) in ["wa2", "wa3", "wa4"].iter().enumerate() {
+        let at = IDLE + 10 + i as i64;
+        s.add_web_session(&web(id, "a", at), 3).expect("add");
+    }
+    let now = IDLE + 20;
+    assert_eq!(s.web_session("wa1", now, IDLE).expect("q"), None, "capped");
+    for id in ["wa2", "wa3", "wa4"] {
+        assert!(s.web_session(id, now, IDLE).expect("q").is_some(), "{id}");
+    }
+    // Ending an account's sessions but one; others' stay.
+    s.add_web_session(&web("wb2", "b", now), 3).expect("wb2");
+    assert_eq!(s.end_web_sessions("a", Some("wa3")).expect("end"), 2);
+    assert_eq!(s.web_session("wa2", now, IDLE).expect("q"), None);
+    assert!(s.web_session("wa3", now, IDLE).expect("q").is_some());
+    assert!(s.web_session("wb2", now, IDLE).expect("q").is_some());
+    s.delete_web_session("wa3").expect("logout");
+    assert_eq!(s.web_session("wa3", now, IDLE).expect("q"), None);
+    // A renamed account keeps its sessions; a deleted one loses them.
+    s.add_web_session(&web("wa5", "a", now), 3).expect("wa5");
+    s.rename_account("a", "a2").expect("rename");
+    let got = s.web_session("wa5", now, IDLE).expect("q").expect("kept");
+    assert_eq!(got.account, "a2");
+    s.remove_account("a2").expect("rm");
+    assert_eq!(s.web_session("wa5", now, IDLE).expect("q"), None);
+    assert_eq!(s.end_web_sessions("b", None).expect("end"), 1);
+    // Purging forgets the idle and counts the rest.
+    s.add_web_session(&web("wb3", "b", now), 3).expect("wb3");
+    s.add_web_session(&web("wb4", "b", now + IDLE), 3)
+        .expect("wb4");
+    assert_eq!(s.purge_web_sessions(now + IDLE, IDLE).expect("purge"), 1);
+    assert_eq!(
+        s.web_session("wb4", now + IDLE, IDLE)
+            .expect("q")
+            .map(|w| w.account)
+            .as_deref(),
+        Some("b")
+    );
+}
+
+fn first_number_is_chosen(s: &dyn Store) {
+    s.add_account("a", "h", &["1".into(), "2".into(), "3".into()], 1)
+        .expect("a");
+    s.add_account("b", "h", &["9".into()], 1).expect("b");
+    let numbers = |id: &str| s.account(id).expect("q").expect("there").numbers;
+    s.set_first_number("a", "3").expect("first");
+    assert_eq!(numbers("a"), ["3", "1", "2"]);
+    s.set_first_number("a", "2").expect("first");
+    assert_eq!(numbers("a"), ["2", "3", "1"]);
+    s.set_first_number("a", "2").expect("already first");
+    assert_eq!(numbers("a"), ["2", "3", "1"]);
+    assert!(
+        matches!(s.set_first_number("a", "9"), Err(StoreError::NotFound(_))),
+        "another account's number"
+    );
+    assert!(s.set_first_number("a", "7").is_err(), "no such number");
+    assert_eq!(numbers("a"), ["2", "3", "1"]);
+    assert_eq!(numbers("b"), ["9"]);
+    // A number added later goes last; the first stays first.
+    s.add_number("a", "4", 1).expect("add");
+    assert_eq!(numbers("a"), ["2", "3", "1", "4"]);
 }
 
 fn mail_bodies_and_ids(s: &dyn Store) {

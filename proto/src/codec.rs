@@ -782,6 +782,7 @@ mod tests {
                 version: 1,
                 role: Role::Terminal,
                 name: None,
+                client: None,
             },
         ];
         for m in &msgs {

@@ -330,6 +330,10 @@ pub enum DirMsg {
         version: u32,
         role: Role,
         name: Option<String>,
+        /// The program and its version ("keyline-agent 0.1.0"), shown
+        /// among the account's devices. Older endpoints send none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
     },
     /// Directory → endpoint: the reply to `Hello`.
     Welcome {
@@ -829,6 +833,7 @@ mod tests {
                 version: 1,
                 role: Role::Gateway,
                 name: Some(s("office")),
+                client: Some(s("keyline-gatewayd 0.1.0")),
             },
             DirMsg::Welcome {
                 version: 1,

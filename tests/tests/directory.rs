@@ -424,6 +424,7 @@ async fn bad_protocol_input_gets_clear_errors() {
         version,
         role: Role::Gateway,
         name: Some("office".into()),
+        client: None,
     };
 
     // A newer protocol version is refused with a reason.
@@ -573,6 +574,7 @@ impl Term {
             version: PROTOCOL_VERSION,
             role: Role::Terminal,
             name: Some(account.into()),
+            client: None,
         })
         .await;
         t.wait("welcome", |m| matches!(m, DirMsg::Welcome { .. }))
@@ -1082,6 +1084,7 @@ async fn connections_that_never_log_in_are_closed() {
                 version: PROTOCOL_VERSION,
                 role: Role::Terminal,
                 name: None,
+                client: None,
             },
             MAX_MESSAGE,
         )
@@ -1374,6 +1377,7 @@ async fn quic_login(dir: SocketAddr, account: &str, password: &str) -> DirMsg {
         version: PROTOCOL_VERSION,
         role: Role::Terminal,
         name: None,
+        client: None,
     };
     write_frame(&mut send, &hello, MAX_MESSAGE).await.unwrap();
     assert!(matches!(next(&mut recv).await, DirMsg::Welcome { .. }));

@@ -1,6 +1,9 @@
 //! Logged-in browsers: random session ids in HttpOnly, Secure,
-//! SameSite=Strict cookies, each with its own CSRF token, kept in memory
-//! (a restart logs everyone out, which an admin page can afford).
+//! SameSite=Strict cookies, each with its own CSRF token. [`Sessions`]
+//! keeps them in memory (a restart logs everyone out, which an admin page
+//! can afford); a site that keeps them elsewhere (the directory's, in its
+//! store, for every node) uses [`Session`], [`session_cookie`],
+//! [`cookie_value`] and [`random_token`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -149,16 +152,19 @@ impl Sessions {
     }
 
     fn set_cookie(&self, value: &str, max_age: Option<u64>) -> HeaderValue {
-        let mut s = format!(
-            "{}={value}; Path=/; HttpOnly; Secure; SameSite=Strict",
-            self.cookie
-        );
-        if let Some(age) = max_age {
-            s.push_str(&format!("; Max-Age={age}"));
-        }
-        // The name is a static identifier and the value hex: always valid.
-        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+        session_cookie(self.cookie, value, max_age)
     }
+}
+
+/// The Set-Cookie header of a session cookie: HttpOnly, Secure,
+/// SameSite=Strict, for the whole site; `max_age: Some(0)` clears it.
+pub fn session_cookie(name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
+    let mut s = format!("{name}={value}; Path=/; HttpOnly; Secure; SameSite=Strict");
+    if let Some(age) = max_age {
+        s.push_str(&format!("; Max-Age={age}"));
+    }
+    // Names are static identifiers and values hex: always valid.
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// The value of cookie `name` in the request's Cookie headers.

@@ -202,6 +202,7 @@ async fn connect(
         version: PROTOCOL_VERSION,
         role: Role::Terminal,
         name: Some(number.to_string()),
+        client: None,
     })
     .await?;
     let shook = started.elapsed();

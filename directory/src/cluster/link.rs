@@ -462,6 +462,7 @@ async fn bindings<E>(
                                     node: e.node,
                                     session: e.session,
                                     binding: e.binding,
+                                    device: e.device,
                                 }
                             }
                             kv::Operation::Delete | kv::Operation::Purge => {

@@ -18,7 +18,9 @@
 //!   other end, what that end asks back about the call, its end, and mail
 //!   waiting.
 //! - **News for every node**, on `keyline.all` ([`Broadcast`]): the number
-//!   table or an account changed in the store, forwarding rules changed.
+//!   table or an account changed in the store, forwarding rules changed,
+//!   the outcome of each password or token check (so that the login
+//!   limiter counts failures on every node, wherever they were made).
 //! - **Nodes**, in the bucket [`NODES`]: each node's name, addresses and
 //!   load, rewritten every [`HEARTBEAT`], gone [`NODE_TTL`] after its last;
 //!   `keyline-directory cluster status` reads it.
@@ -69,6 +71,16 @@ pub struct BindingEntry {
     /// The session on that node.
     pub session: SessionId,
     pub binding: RemoteBinding,
+    /// What the endpoint said of itself, for the account's device list.
+    #[serde(default)]
+    pub device: DeviceAbout,
+}
+
+/// What an endpoint said of itself in its hello.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceAbout {
+    pub name: Option<String>,
+    pub client: Option<String>,
 }
 
 /// A node as the bucket keeps it.
@@ -104,6 +116,9 @@ pub enum NodeMsg {
     },
     /// My session `session` is gone: end the calls it had with you.
     SessionDown { session: SessionId },
+    /// Your session `session` was signed out on the web site by its
+    /// account `account`: end it and revoke its token.
+    SignOut { account: String, session: SessionId },
     /// Mail is waiting for `account`: its endpoints registered with you
     /// fetch it.
     MailArrived { account: String },
@@ -119,6 +134,18 @@ pub enum Broadcast {
     ForwardChanged {
         number: String,
         rules: Vec<ForwardRule>,
+    },
+    /// `account`'s numbers are now `numbers`, in order.
+    AccountNumbers {
+        account: String,
+        numbers: Vec<String>,
+    },
+    /// A password (with `account`) or a session token (without) was
+    /// checked for a login from `ip`: every node's limiter counts it.
+    Login {
+        account: Option<String>,
+        ip: std::net::IpAddr,
+        ok: bool,
     },
 }
 
@@ -137,6 +164,7 @@ pub enum Inbound {
         node: String,
         session: SessionId,
         binding: RemoteBinding,
+        device: DeviceAbout,
     },
     /// Node `node`'s session `session` no longer holds `number`.
     Unbound {

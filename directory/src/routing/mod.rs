@@ -513,6 +513,17 @@ impl Router {
         );
     }
 
+    /// `account`'s numbers are now `numbers`, in order (the first is the
+    /// one its callees see): its sessions on this node call from the new
+    /// order from the next call on, as if they had logged in again.
+    pub fn set_account_numbers(&mut self, account: &str, numbers: &[String]) {
+        for s in self.sessions.values_mut() {
+            if s.remote.is_none() && s.account.as_deref() == Some(account) {
+                s.numbers = numbers.to_vec();
+            }
+        }
+    }
+
     /// Replace one number's forwarding rules.
     pub fn set_forwards(&mut self, number: &str, rules: Vec<ForwardRule>) {
         if let Some(ni) = self.numbers.get_mut(number) {

@@ -235,6 +235,43 @@ fn notices(actions: &[Action]) -> Vec<String> {
         .collect()
 }
 
+/// A caller shows its account's first number as the order is now: another
+/// number made first is what the next call shows.
+#[test]
+fn a_caller_shows_the_first_number_as_it_is_now() {
+    let now = t0();
+    let mut r = Router::new(Config::default());
+    r.set_numbers(
+        now,
+        table(&[
+            ("1001", ni("alice", None)),
+            ("1011", ni("alice", None)),
+            ("1002", ni("bob", None)),
+            ("1003", ni("carol", None)),
+        ]),
+    );
+    for (sid, account, numbers) in [
+        (1, "alice", vec!["1001".to_string(), "1011".to_string()]),
+        (2, "bob", vec!["1002".to_string()]),
+        (3, "carol", vec!["1003".to_string()]),
+    ] {
+        r.handle_session_up(sid, format!("f{sid}"), addr(1000 + sid as u16));
+        r.handle_login(now, sid, account, numbers);
+        r.handle_register(now, sid, 1, vec![], vec![]);
+    }
+    drain(&mut r);
+    let ring_from = |r: &mut Router, callee: SessionId| match &sent(&drain(r), callee)[0] {
+        DirMsg::Ring { from, .. } => from.clone(),
+        other => panic!("{other:?}"),
+    };
+    r.handle_call(now, 1, 2, &n("1002"), None, vec![], 0);
+    assert_eq!(ring_from(&mut r, 2), "1001");
+    r.set_account_numbers("alice", &["1011".into(), "1001".into()]);
+    r.set_account_numbers("nobody", &["1003".into()]);
+    r.handle_call(now, 1, 3, &n("1003"), None, vec![], 0);
+    assert_eq!(ring_from(&mut r, 3), "1011");
+}
+
 /// Every binding made or lost and every step of a call is a notice,
 /// once; refreshes and failed attempts are none.
 #[test]

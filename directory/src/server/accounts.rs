@@ -189,6 +189,7 @@ pub(super) async fn resume(c: &Arc<Conn>, req: ReqId, token: String) -> Result<(
             if let Ok(mut l) = c.shared.limiter.lock() {
                 l.failure_address(Instant::now(), ip);
             }
+            c.shared.login_checked(None, ip, false);
             c.reply(error(
                 Some(req),
                 ErrorCode::BadToken,

@@ -16,7 +16,7 @@ use keyline_proto::dir::{CallId, DirMsg};
 use tokio::sync::mpsc;
 
 use super::hub::Hub;
-use crate::cluster::{BindingEntry, Broadcast, Inbound, NodeEntry, NodeMsg, Outbound};
+use crate::cluster::{BindingEntry, Broadcast, DeviceAbout, Inbound, NodeEntry, NodeMsg, Outbound};
 use crate::routing::{is_registration_message, Notice, RemoteBinding, Request, SessionId};
 use crate::store;
 
@@ -27,6 +27,8 @@ pub(super) struct Side {
     /// Another node's session → the number it has here, and back.
     ids: HashMap<(String, SessionId), SessionId>,
     remote_of: HashMap<SessionId, (String, SessionId)>,
+    /// What those endpoints said of themselves.
+    about: HashMap<SessionId, DeviceAbout>,
     /// Calls another node routes whose other end is one of this node's
     /// sessions: the routing node and that session.
     foreign: HashMap<CallId, (String, SessionId)>,
@@ -41,6 +43,7 @@ impl Side {
             out,
             ids: HashMap::new(),
             remote_of: HashMap::new(),
+            about: HashMap::new(),
             foreign: HashMap::new(),
             last_refresh: Instant::now(),
             started_ms: store::now_ms(),
@@ -134,6 +137,14 @@ impl Hub {
             return;
         };
         let checks = self.router.session(b.session).is_some_and(|s| s.checks);
+        let device = self
+            .sessions
+            .get(&b.session)
+            .map(|l| DeviceAbout {
+                name: l.name.clone(),
+                client: l.client.clone(),
+            })
+            .unwrap_or_default();
         side.tell(Outbound::Put {
             number: number.to_string(),
             entry: BindingEntry {
@@ -148,6 +159,7 @@ impl Hub {
                     checks,
                     ttl: b.expires.saturating_duration_since(now),
                 },
+                device,
             },
         });
     }
@@ -218,6 +230,36 @@ impl Hub {
         }
     }
 
+    /// Another node's endpoint `sid`, as the account's device list shows
+    /// it: its node and what it said of itself.
+    pub(super) fn remote_device(&self, sid: SessionId) -> Option<(String, DeviceAbout)> {
+        let side = self.cluster.as_ref()?;
+        let (node, _) = side.remote_of.get(&sid)?;
+        Some((
+            node.clone(),
+            side.about.get(&sid).cloned().unwrap_or_default(),
+        ))
+    }
+
+    /// Ask the node that holds endpoint `sid` (another node's) to end it
+    /// and revoke its token; false when no node is known for it.
+    pub(super) fn cluster_sign_out(&self, account: &str, sid: SessionId) -> bool {
+        let Some(side) = &self.cluster else {
+            return false;
+        };
+        let Some((node, session)) = side.remote_of.get(&sid) else {
+            return false;
+        };
+        side.tell(Outbound::Node {
+            to: node.clone(),
+            msg: NodeMsg::SignOut {
+                account: account.to_string(),
+                session: *session,
+            },
+        });
+        true
+    }
+
     /// Tell every other node (a change made through this one).
     pub(super) fn broadcast(&self, news: Broadcast) {
         if let Some(side) = &self.cluster {
@@ -248,9 +290,13 @@ impl Hub {
                 node,
                 session,
                 binding,
+                device,
             } => {
                 if let Some(sid) = self.remote_sid(&node, session) {
                     self.router.handle_remote_bound(now, sid, &node, binding);
+                    if let Some(side) = &mut self.cluster {
+                        side.about.insert(sid, device);
+                    }
                 }
             }
             Inbound::Unbound {
@@ -273,6 +319,14 @@ impl Hub {
                     Broadcast::Reload { logout } => self.reload(now, logout, None).await,
                     Broadcast::ForwardChanged { number, rules } => {
                         self.router.set_forwards(&number, rules)
+                    }
+                    Broadcast::AccountNumbers { account, numbers } => {
+                        self.router.set_account_numbers(&account, &numbers)
+                    }
+                    Broadcast::Login { account, ip, ok } => {
+                        if let Ok(mut l) = self.shared.limiter.lock() {
+                            l.remote_outcome(Instant::now(), account.as_deref(), ip, ok);
+                        }
                     }
                 }
             }
@@ -313,6 +367,25 @@ impl Hub {
                 if let Some(sid) = sid.filter(|s| self.router.is_remote(*s)) {
                     self.router.handle_session_down(now, sid);
                 }
+            }
+            NodeMsg::SignOut { account, session } => {
+                let mine = self.sessions.contains_key(&session)
+                    && self.router.sessions_of(&account).contains(&session);
+                if !mine {
+                    return;
+                }
+                let why = "this device was signed out on the web site";
+                if let Some(token) = self.end_session(now, session, why) {
+                    let store = self.shared.store.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            store::blocking(&store, move |s| s.delete_token(&token)).await
+                        {
+                            tracing::warn!("cluster: revoking a signed-out device's token: {e}");
+                        }
+                    });
+                }
+                tracing::info!("cluster: {from} signed out {account}'s session {session}");
             }
             NodeMsg::MailArrived { account } => {
                 for sid in self.router.registered_sessions_of(&account) {
@@ -366,6 +439,7 @@ impl Hub {
         side.remote_of.retain(|sid, _| live.contains(sid));
         let remote_of = &side.remote_of;
         side.ids.retain(|_, sid| remote_of.contains_key(sid));
+        side.about.retain(|sid, _| remote_of.contains_key(sid));
         let entry = NodeEntry {
             node: side.node.clone(),
             listen,

@@ -40,12 +40,14 @@ pub(super) async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> 
         .await
         .context("no hello within 10 s")?;
     let hello_name: Option<String>;
+    let hello_client: Option<String>;
     let hello_role: Role;
     match hello {
         Ok(Incoming::Msg(DirMsg::Hello {
             version,
             role,
             name,
+            client,
         })) => {
             if version != PROTOCOL_VERSION {
                 let _ = send_msg(
@@ -67,6 +69,7 @@ pub(super) async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> 
                 anyhow::bail!("a directory connected as an endpoint");
             }
             hello_name = name.map(|n| clipped(&n));
+            hello_client = client.map(|n| clipped(&n));
             hello_role = role;
         }
         Ok(_) => {
@@ -129,6 +132,7 @@ pub(super) async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> 
             tx: tx.clone(),
             mail: wake,
             name: hello_name,
+            client: hello_client,
             terminal: hello_role == Role::Terminal,
             kind: if hello_role == Role::Gateway {
                 EndpointKind::Office

@@ -18,7 +18,7 @@ use super::start::number_table;
 use crate::api::{self, BindingInfo, CallInfo, EndpointKind};
 use crate::cluster::Broadcast;
 use crate::routing::{Action, CallState, Notice, RelayState, Request, Router, SessionId};
-use crate::shared::{Device, Event, Out, Query, QueryReply, Shared};
+use crate::shared::{Device, Event, Out, Query, QueryReply, Shared, SignedOut};
 use crate::store;
 
 /// A connected session as the hub sees it.
@@ -27,6 +27,7 @@ pub(super) struct Live {
     pub(super) tx: mpsc::Sender<Out>,
     pub(super) mail: Arc<Notify>,
     pub(super) name: Option<String>,
+    pub(super) client: Option<String>,
     /// The hash of the token it logged in with.
     pub(super) token_hash: Option<String>,
     pub(super) kind: EndpointKind,
@@ -102,6 +103,7 @@ impl Hub {
                 tx,
                 mail,
                 name,
+                client,
                 terminal,
                 kind,
             } => {
@@ -117,6 +119,7 @@ impl Hub {
                         tx,
                         mail,
                         name,
+                        client,
                         token_hash: None,
                         kind,
                     },
@@ -147,13 +150,7 @@ impl Hub {
                 sid,
                 reply,
             } => {
-                let mine = self.router.sessions_of(&account).contains(&sid);
-                let token = if mine {
-                    self.end_session(now, sid, "this device was signed out on the web site")
-                } else {
-                    None
-                };
-                let _ = reply.send(token);
+                let _ = reply.send(self.sign_out(now, &account, sid));
             }
             Event::Route {
                 sid,
@@ -168,6 +165,13 @@ impl Hub {
                     self.call_read_at = Some(read_at);
                 }
                 self.router.handle_request(now, sid, request)
+            }
+            Event::AccountNumbers { account, numbers } => {
+                self.router.set_account_numbers(&account, &numbers);
+                self.broadcast(Broadcast::AccountNumbers { account, numbers });
+            }
+            Event::LoginChecked { account, ip, ok } => {
+                self.broadcast(Broadcast::Login { account, ip, ok })
             }
             Event::ForwardChanged { number, rules } => {
                 self.broadcast(Broadcast::ForwardChanged {
@@ -257,6 +261,8 @@ impl Hub {
         token
     }
 
+    /// `account`'s logged-in endpoints: this node's, and those of other
+    /// nodes that have a number registered (known from their bindings).
     pub(super) fn devices(&self, now: Instant, account: &str) -> Vec<Device> {
         let ttl = self.shared.cfg().routing().binding_ttl;
         let mut out: Vec<Device> = self
@@ -264,7 +270,6 @@ impl Hub {
             .sessions_of(account)
             .into_iter()
             .filter_map(|sid| {
-                let live = self.sessions.get(&sid)?;
                 let mut numbers = Vec::new();
                 let mut refreshed: Option<u64> = None;
                 let mut fp = String::new();
@@ -277,6 +282,20 @@ impl Hub {
                     fp = b.fp.clone();
                 }
                 numbers.sort();
+                let Some(live) = self.sessions.get(&sid) else {
+                    let (node, about) = self.remote_device(sid)?;
+                    let seen = self.router.session(sid)?;
+                    return Some(Device {
+                        session: sid,
+                        address: seen.observed.to_string(),
+                        name: about.name,
+                        client: about.client,
+                        node: Some(node),
+                        fingerprint: seen.fp.clone(),
+                        numbers,
+                        refreshed_s_ago: refreshed,
+                    });
+                };
                 if fp.is_empty() {
                     fp = keyline_net::peer_fingerprint(&live.conn).unwrap_or_default();
                 }
@@ -284,6 +303,8 @@ impl Hub {
                     session: sid,
                     address: live.conn.remote_address().to_string(),
                     name: live.name.clone(),
+                    client: live.client.clone(),
+                    node: None,
                     fingerprint: fp,
                     numbers,
                     refreshed_s_ago: refreshed,
@@ -292,6 +313,24 @@ impl Hub {
             .collect();
         out.sort_by_key(|d| d.session);
         out
+    }
+
+    /// End `account`'s session `sid`, here or through its node.
+    fn sign_out(&mut self, now: Instant, account: &str, sid: SessionId) -> SignedOut {
+        if !self.router.sessions_of(account).contains(&sid) {
+            return SignedOut::NotFound;
+        }
+        if self.sessions.contains_key(&sid) {
+            return match self.end_session(now, sid, "this device was signed out on the web site") {
+                Some(token) => SignedOut::Here(token),
+                None => SignedOut::NotFound,
+            };
+        }
+        if self.cluster_sign_out(account, sid) {
+            SignedOut::Elsewhere
+        } else {
+            SignedOut::NotFound
+        }
     }
 
     pub(super) fn send(&mut self, sid: SessionId, msg: DirMsg) {

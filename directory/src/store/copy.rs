@@ -10,6 +10,9 @@
 //!
 //! The call history comes too, row for row with its ids, so that every
 //! account's web page shows the same calls after the move.
+//!
+//! Browser sessions of the web site are not copied: after the move, people
+//! log in to the site again (their phones' session tokens do come).
 
 use anyhow::{bail, Context, Result};
 use keyline_proto::dir::MailId;
@@ -460,7 +463,7 @@ pub fn sqlite_to_postgres(src: &SqliteStore, dst: &PostgresStore, replace: bool)
         if replace {
             tx.batch_execute(
                 "TRUNCATE accounts, numbers, sessions, forwards, invites, held_numbers, mail,
-                    calls RESTART IDENTITY",
+                    calls, web_sessions RESTART IDENTITY",
             )?;
         } else {
             // Another copy or a directory may have written since we looked.

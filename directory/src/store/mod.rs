@@ -331,6 +331,48 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         number: &str,
         hold_until_ms: Option<i64>,
     ) -> StoreResult<()>;
+    /// Make `number` (one of `account`'s) the first of its list: the
+    /// number its callees see. The others keep their order after it.
+    fn set_first_number(&self, account: &str, number: &str) -> StoreResult<()>;
+
+    // Browser sessions of the web site, kept here so that every node of a
+    // cluster knows them.
+    /// Keep a new browser session; beyond `max_per_account` sessions of
+    /// its account, the least recently used of them end.
+    fn add_web_session(&self, s: &WebSession, max_per_account: usize) -> StoreResult<()>;
+    /// The session whose id hashes to `id_hash`, unless unknown or unused
+    /// for `idle_ms` (then it is deleted). Using it counts: its last use is
+    /// written again when older than [`WEB_SESSION_TOUCH_MS`].
+    fn web_session(
+        &self,
+        id_hash: &str,
+        now_ms: i64,
+        idle_ms: i64,
+    ) -> StoreResult<Option<WebSession>>;
+    /// End one browser session (logging out).
+    fn delete_web_session(&self, id_hash: &str) -> StoreResult<()>;
+    /// End `account`'s browser sessions but `except` (an id hash); how
+    /// many ended.
+    fn end_web_sessions(&self, account: &str, except: Option<&str>) -> StoreResult<usize>;
+    /// Forget sessions unused for `idle_ms`, and count those left.
+    fn purge_web_sessions(&self, now_ms: i64, idle_ms: i64) -> StoreResult<usize>;
+}
+
+/// How stale a browser session's last use may be before a request writes
+/// it again (one write a minute at most, not one per page).
+pub const WEB_SESSION_TOUCH_MS: i64 = 60_000;
+
+/// A browser logged in to the web site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSession {
+    /// SHA-256 of the cookie's value, hex: the store never holds a value
+    /// that would let a reader of the database log in.
+    pub id_hash: String,
+    pub account: String,
+    /// The token every form of the session carries.
+    pub csrf: String,
+    pub created_ms: i64,
+    pub used_ms: i64,
 }
 
 /// Run a storage call off the async runtime.

@@ -33,7 +33,8 @@ use postgres::{Client, IsolationLevel, NoTls, Row, Transaction};
 
 use super::{
     check_rules, now_ms, sort_rules, Account, CallEntry, CallOutcome, CallRetention, Invite,
-    MailMeta, NewMail, NumberRow, NumberStatus, Quota, Store, StoreError, StoreResult,
+    MailMeta, NewMail, NumberRow, NumberStatus, Quota, Store, StoreError, StoreResult, WebSession,
+    WEB_SESSION_TOUCH_MS,
 };
 use schema::migrate;
 pub use schema::POSTGRES_MIGRATIONS;
@@ -643,6 +644,10 @@ impl Store for PostgresStore {
                 "UPDATE invites SET used_by = $2 WHERE used_by = $1",
                 &[&old, &new],
             )?;
+            tx.execute(
+                "UPDATE web_sessions SET account = $2 WHERE account = $1",
+                &[&old, &new],
+            )?;
             tx.execute("DELETE FROM sessions WHERE account = $1", &[&old])?;
             tx.execute("DELETE FROM accounts WHERE id = $1", &[&old])?;
             Ok(())
@@ -787,6 +792,116 @@ impl Store for PostgresStore {
                 )?;
             }
             Ok(())
+        })
+    }
+
+    fn set_first_number(&self, account: &str, number: &str) -> StoreResult<()> {
+        self.tx(|tx| {
+            let mut list = Vec::new();
+            for r in tx.query(
+                "SELECT number FROM numbers WHERE account = $1 ORDER BY position, number",
+                &[&account],
+            )? {
+                list.push(r.try_get::<_, String>(0)?);
+            }
+            let Some(at) = list.iter().position(|n| n == number) else {
+                return Err(StoreError::NotFound(format!(
+                    "{number} is not a number of account {account}"
+                ))
+                .into());
+            };
+            let first = list.remove(at);
+            list.insert(0, first);
+            for (i, n) in list.iter().enumerate() {
+                tx.execute(
+                    "UPDATE numbers SET position = $2 WHERE number = $1",
+                    &[n, &(i as i32)],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn add_web_session(&self, s: &WebSession, max_per_account: usize) -> StoreResult<()> {
+        let keep = max_per_account.max(1) as i64;
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO web_sessions (id_hash, account, csrf, created_ms, used_ms)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&s.id_hash, &s.account, &s.csrf, &s.created_ms, &s.used_ms],
+            )?;
+            tx.execute(
+                "DELETE FROM web_sessions WHERE account = $1 AND id_hash NOT IN
+                 (SELECT id_hash FROM web_sessions WHERE account = $1
+                  ORDER BY used_ms DESC, created_ms DESC LIMIT $2)",
+                &[&s.account, &keep],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn web_session(
+        &self,
+        id_hash: &str,
+        now_ms: i64,
+        idle_ms: i64,
+    ) -> StoreResult<Option<WebSession>> {
+        self.with(|c| {
+            let Some(r) = c.query_opt(
+                "SELECT account, csrf, created_ms, used_ms FROM web_sessions WHERE id_hash = $1",
+                &[&id_hash],
+            )?
+            else {
+                return Ok(None);
+            };
+            let mut s = WebSession {
+                id_hash: id_hash.to_string(),
+                account: r.try_get(0)?,
+                csrf: r.try_get(1)?,
+                created_ms: r.try_get(2)?,
+                used_ms: r.try_get(3)?,
+            };
+            if now_ms - s.used_ms >= idle_ms {
+                c.execute("DELETE FROM web_sessions WHERE id_hash = $1", &[&id_hash])?;
+                return Ok(None);
+            }
+            if now_ms - s.used_ms >= WEB_SESSION_TOUCH_MS {
+                c.execute(
+                    "UPDATE web_sessions SET used_ms = $2 WHERE id_hash = $1",
+                    &[&id_hash, &now_ms],
+                )?;
+                s.used_ms = now_ms;
+            }
+            Ok(Some(s))
+        })
+    }
+
+    fn delete_web_session(&self, id_hash: &str) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM web_sessions WHERE id_hash = $1", &[&id_hash])?;
+            Ok(())
+        })
+    }
+
+    fn end_web_sessions(&self, account: &str, except: Option<&str>) -> StoreResult<usize> {
+        self.with(|c| {
+            Ok(c.execute(
+                "DELETE FROM web_sessions WHERE account = $1 AND id_hash IS DISTINCT FROM $2",
+                &[&account, &except],
+            )? as usize)
+        })
+    }
+
+    fn purge_web_sessions(&self, now_ms: i64, idle_ms: i64) -> StoreResult<usize> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM web_sessions WHERE used_ms <= $1",
+                &[&(now_ms - idle_ms)],
+            )?;
+            let left: i64 = c
+                .query_one("SELECT COUNT(*) FROM web_sessions", &[])?
+                .try_get(0)?;
+            Ok(left as usize)
         })
     }
 

@@ -13,7 +13,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
     check_rules, now_ms, sort_rules, Account, CallEntry, CallOutcome, CallRetention, Invite,
-    MailMeta, NewMail, NumberRow, NumberStatus, Quota, Store, StoreError, StoreResult,
+    MailMeta, NewMail, NumberRow, NumberStatus, Quota, Store, StoreError, StoreResult, WebSession,
+    WEB_SESSION_TOUCH_MS,
 };
 pub use schema::{migrate, migrate_from, MIGRATIONS, SCHEMA};
 
@@ -343,6 +344,10 @@ impl Store for SqliteStore {
                 "UPDATE invites SET used_by = ?2 WHERE used_by = ?1",
                 params![old, new],
             )?;
+            tx.execute(
+                "UPDATE web_sessions SET account = ?2 WHERE account = ?1",
+                params![old, new],
+            )?;
             tx.execute("DELETE FROM sessions WHERE account = ?1", [old])?;
             tx.execute("DELETE FROM accounts WHERE id = ?1", [old])?;
             tx.commit()?;
@@ -501,6 +506,118 @@ impl Store for SqliteStore {
             }
             tx.commit()?;
             Ok(())
+        })
+    }
+
+    fn set_first_number(&self, account: &str, number: &str) -> StoreResult<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut list: Vec<String> = {
+                let mut q = tx.prepare(
+                    "SELECT number FROM numbers WHERE account = ?1 ORDER BY position, number",
+                )?;
+                let rows = q.query_map([account], |r| r.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let Some(at) = list.iter().position(|n| n == number) else {
+                return Err(StoreError::NotFound(format!(
+                    "{number} is not a number of account {account}"
+                )));
+            };
+            let first = list.remove(at);
+            list.insert(0, first);
+            for (i, n) in list.iter().enumerate() {
+                tx.execute(
+                    "UPDATE numbers SET position = ?2 WHERE number = ?1",
+                    params![n, i as i64],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn add_web_session(&self, s: &WebSession, max_per_account: usize) -> StoreResult<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO web_sessions (id_hash, account, csrf, created_ms, used_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![s.id_hash, s.account, s.csrf, s.created_ms, s.used_ms],
+            )?;
+            tx.execute(
+                "DELETE FROM web_sessions WHERE account = ?1 AND id_hash NOT IN
+                 (SELECT id_hash FROM web_sessions WHERE account = ?1
+                  ORDER BY used_ms DESC, created_ms DESC LIMIT ?2)",
+                params![s.account, max_per_account.max(1) as i64],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn web_session(
+        &self,
+        id_hash: &str,
+        now_ms: i64,
+        idle_ms: i64,
+    ) -> StoreResult<Option<WebSession>> {
+        self.with(|c| {
+            let found = c
+                .query_row(
+                    "SELECT account, csrf, created_ms, used_ms FROM web_sessions WHERE id_hash = ?1",
+                    [id_hash],
+                    |r| {
+                        Ok(WebSession {
+                            id_hash: id_hash.to_string(),
+                            account: r.get(0)?,
+                            csrf: r.get(1)?,
+                            created_ms: r.get(2)?,
+                            used_ms: r.get(3)?,
+                        })
+                    },
+                )
+                .optional()?;
+            let Some(mut s) = found else { return Ok(None) };
+            if now_ms - s.used_ms >= idle_ms {
+                c.execute("DELETE FROM web_sessions WHERE id_hash = ?1", [id_hash])?;
+                return Ok(None);
+            }
+            if now_ms - s.used_ms >= WEB_SESSION_TOUCH_MS {
+                c.execute(
+                    "UPDATE web_sessions SET used_ms = ?2 WHERE id_hash = ?1",
+                    params![id_hash, now_ms],
+                )?;
+                s.used_ms = now_ms;
+            }
+            Ok(Some(s))
+        })
+    }
+
+    fn delete_web_session(&self, id_hash: &str) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM web_sessions WHERE id_hash = ?1", [id_hash])?;
+            Ok(())
+        })
+    }
+
+    fn end_web_sessions(&self, account: &str, except: Option<&str>) -> StoreResult<usize> {
+        self.with(|c| {
+            Ok(c.execute(
+                "DELETE FROM web_sessions WHERE account = ?1 AND id_hash IS NOT ?2",
+                params![account, except],
+            )?)
+        })
+    }
+
+    fn purge_web_sessions(&self, now_ms: i64, idle_ms: i64) -> StoreResult<usize> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM web_sessions WHERE used_ms <= ?1",
+                [now_ms - idle_ms],
+            )?;
+            let left: i64 = c.query_row("SELECT COUNT(*) FROM web_sessions", [], |r| r.get(0))?;
+            Ok(left as usize)
         })
     }
 
@@ -1043,9 +1160,10 @@ mod tests {
         c.pragma_update(None, "foreign_keys", "ON").expect("fk");
         migrate_from(&mut c, 0).expect("all");
         c.pragma_update(None, "user_version", 3).expect("v3");
-        // Undo migrations 4 and 5 by hand to have a version-3 database.
+        // Undo migrations 4 to 6 by hand to have a version-3 database.
         c.execute_batch(
-            "DROP TABLE calls;
+            "DROP TABLE web_sessions;
+             DROP TABLE calls;
              DROP TABLE forwards;
              CREATE TABLE forwards (
                 number TEXT PRIMARY KEY REFERENCES numbers (number) ON DELETE CASCADE,

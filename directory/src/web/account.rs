@@ -25,7 +25,7 @@ use super::{
     clip, failed, hashing_failed, message, not_found, reload, render, utc, App, Page, Web,
 };
 use crate::auth;
-use crate::shared::{Device, Event, Shared};
+use crate::shared::{Device, Event, Shared, SignedOut};
 use crate::store::{self, StoreError};
 
 /// Longest text message shown in the inbox.
@@ -38,6 +38,8 @@ struct AccountT {
     csrf: String,
     numbers: Vec<NumberView>,
     devices: Vec<DeviceView>,
+    /// This node is one of a cluster: devices show their node.
+    clustered: bool,
     mail: Vec<MailView>,
     password_error: Option<String>,
     /// A wrong old password, beside its field.
@@ -83,6 +85,10 @@ struct DeviceView {
     session: u64,
     address: String,
     name: String,
+    /// The program and version it runs.
+    client: String,
+    /// The directory node it is connected to, in a cluster.
+    node: String,
     numbers: String,
     refreshed: String,
 }
@@ -174,7 +180,7 @@ pub(super) async fn account_page(
     .await;
     let (acct, rules, mail) = match data {
         Ok(Some(d)) => d,
-        Ok(None) => return gone(web, headers),
+        Ok(None) => return gone(web, headers).await,
         Err(e) => return failed(lang, e),
     };
     let devices = devices_of(&web.shared, &acct.id).await;
@@ -230,12 +236,18 @@ pub(super) async fn account_page(
             p,
             csrf: session.csrf.clone(),
             numbers,
+            clustered: web.shared.cluster.get().is_some(),
             devices: devices
                 .into_iter()
                 .map(|d| DeviceView {
                     session: d.session,
                     address: d.address,
                     name: d.name.unwrap_or_default(),
+                    client: d.client.unwrap_or_else(|| "-".into()),
+                    node: d
+                        .node
+                        .or_else(|| web.shared.cluster.get().map(|l| l.node.clone()))
+                        .unwrap_or_default(),
                     numbers: if d.numbers.is_empty() {
                         t.not_registered.to_string()
                     } else {
@@ -275,7 +287,7 @@ pub(super) async fn account(
     headers: HeaderMap,
     UrlQuery(q): UrlQuery<Done>,
 ) -> Response {
-    let session = match authed(&web, &headers, None) {
+    let session = match authed(&web, &headers, None).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -287,6 +299,7 @@ pub(super) async fn account(
         Some("device") => Some(t.device_signed_out),
         Some("mail") => Some(t.mail_deleted),
         Some("dnd") => Some(t.dnd_saved),
+        Some("shown") => Some(t.number_shown),
         Some("number-added") => Some(t.number_added),
         Some("number-removed") => Some(t.number_removed),
         _ => None,
@@ -317,7 +330,7 @@ pub(super) async fn change_password(
     Form(f): Form<PasswordForm>,
 ) -> Response {
     let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)) {
+    let session = match authed(&web, &headers, Some(&f.csrf)).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -368,7 +381,13 @@ pub(super) async fn change_password(
     // Every token is gone with the old password; terminals logged in
     // with it are told and closed.
     reload(&web.shared, Some(session.user.clone())).await;
-    web.sessions.end_user(&session.user, Some(&session.id));
+    if let Err(e) = web
+        .sessions
+        .end_user(&session.user, Some(&session.id))
+        .await
+    {
+        return failed(lang, e);
+    }
     tracing::info!("web: account {} changed its password", session.user);
     Redirect::to("/account?done=password").into_response()
 }
@@ -388,7 +407,7 @@ pub(super) async fn change_id(
     Form(f): Form<IdForm>,
 ) -> Response {
     let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)) {
+    let session = match authed(&web, &headers, Some(&f.csrf)).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -441,8 +460,10 @@ pub(super) async fn change_id(
         Err(e) => return failed(lang, e),
     }
     reload(&web.shared, Some(session.user.clone())).await;
-    web.sessions.end_user(&session.user, Some(&session.id));
-    web.sessions.rename_user(&session.user, &f.new_id);
+    // The store moved this account's browser sessions to the new ID.
+    if let Err(e) = web.sessions.end_user(&f.new_id, Some(&session.id)).await {
+        return failed(lang, e);
+    }
     tracing::info!("web: account {} is now {}", session.user, f.new_id);
     Redirect::to("/account?done=id").into_response()
 }
@@ -454,7 +475,7 @@ pub(super) async fn sign_out_device(
     Form(f): Form<CsrfForm>,
 ) -> Response {
     let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)) {
+    let session = match authed(&web, &headers, Some(&f.csrf)).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -476,7 +497,7 @@ pub(super) async fn sign_out_device(
         return failed(lang, "the directory is stopping");
     }
     match rx.await {
-        Ok(Some(token_hash)) => {
+        Ok(SignedOut::Here(token_hash)) => {
             if let Err(e) =
                 store::blocking(&web.shared.store, move |s| s.delete_token(&token_hash)).await
             {
@@ -485,7 +506,14 @@ pub(super) async fn sign_out_device(
             tracing::info!("web: {} signed out session {sid}", session.user);
             Redirect::to("/account?done=device").into_response()
         }
-        Ok(None) => not_found(lang),
+        Ok(SignedOut::Elsewhere) => {
+            tracing::info!(
+                "web: {} signed out session {sid}, through its node",
+                session.user
+            );
+            Redirect::to("/account?done=device").into_response()
+        }
+        Ok(SignedOut::NotFound) => not_found(lang),
         Err(_) => failed(lang, "the directory is stopping"),
     }
 }
@@ -504,7 +532,7 @@ pub(super) async fn delete_account(
     Form(f): Form<DeleteForm>,
 ) -> Response {
     let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)) {
+    let session = match authed(&web, &headers, Some(&f.csrf)).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -530,11 +558,11 @@ pub(super) async fn delete_account(
     {
         return failed(lang, e);
     }
+    // Deleting the account deleted its browser sessions with it.
     reload(&web.shared, Some(session.user.clone())).await;
-    web.sessions.end_user(&session.user, None);
     tracing::info!("web: account {} deleted itself", session.user);
     let t = Text::of(lang);
-    let cookie = web.sessions.logout(&headers);
+    let cookie = web.sessions.logout(&headers).await;
     (
         [(header::SET_COOKIE, cookie)],
         message(lang, StatusCode::OK, t.delete_account, t.account_deleted),

@@ -214,7 +214,7 @@ async fn admin_page(
 
 /// The session of an operator, or 404 for anyone else.
 async fn operator(web: &Web, headers: &HeaderMap, csrf: Option<&str>) -> Result<Session, Response> {
-    let session = authed(web, headers, csrf)?;
+    let session = authed(web, headers, csrf).await?;
     if is_admin(web, Some(&session)).await {
         Ok(session)
     } else {

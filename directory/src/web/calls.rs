@@ -96,7 +96,7 @@ pub(super) async fn calls(
     headers: HeaderMap,
     UrlQuery(q): UrlQuery<PageQuery>,
 ) -> Response {
-    let session = match authed(&web, &headers, None) {
+    let session = match authed(&web, &headers, None).await {
         Ok(s) => s,
         Err(r) => return r,
     };

@@ -57,7 +57,7 @@ pub(super) async fn mail_body(
     UrlPath(id): UrlPath<String>,
 ) -> Response {
     let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, None) {
+    let session = match authed(&web, &headers, None).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -108,7 +108,7 @@ pub(super) async fn delete_mail(
     Form(f): Form<CsrfForm>,
 ) -> Response {
     let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)) {
+    let session = match authed(&web, &headers, Some(&f.csrf)).await {
         Ok(s) => s,
         Err(r) => return r,
     };

@@ -19,6 +19,7 @@
 mod account;
 mod admin;
 mod calls;
+mod logins;
 mod mail;
 mod numbers;
 mod session;
@@ -42,13 +43,12 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use keyline_web::session::{Session, Sessions};
+use keyline_web::session::Session;
 use keyline_web::Lang;
 use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use self::session::SESSION_COOKIE;
 use self::text::{pick, Text};
 use crate::shared::{Event, Shared};
 use crate::store;
@@ -56,7 +56,7 @@ use crate::store;
 /// What the handlers share.
 pub(crate) struct Web {
     shared: Arc<Shared>,
-    sessions: Sessions,
+    sessions: logins::Logins,
     /// Availability checks per address in the current minute.
     checks: Mutex<HashMap<IpAddr, (Instant, u32)>>,
     /// SHA-256 of offered packages by path, with the size and modification
@@ -69,9 +69,10 @@ type App = Arc<Web>;
 impl Web {
     pub(crate) fn new(shared: Arc<Shared>) -> Web {
         let idle = Duration::from_secs(shared.cfg().web.session_idle_mins * 60);
+        let sessions = logins::Logins::new(shared.store.clone(), idle);
         Web {
             shared,
-            sessions: Sessions::new(SESSION_COOKIE, idle),
+            sessions,
             checks: Mutex::new(HashMap::new()),
             digests: Mutex::new(HashMap::new()),
         }
@@ -151,6 +152,7 @@ pub(crate) fn router(web: App, hsts: bool) -> Router {
         .route("/account/dnd", post(numbers::set_dnd))
         .route("/account/numbers", post(numbers::add_number))
         .route("/account/numbers/remove", post(numbers::remove_number))
+        .route("/account/numbers/first", post(numbers::show_number))
         .route(
             "/account/devices/{sid}/signout",
             post(account::sign_out_device),
@@ -294,7 +296,8 @@ async fn signup_js() -> Response {
 
 async fn home(State(web): State<App>, headers: HeaderMap) -> Response {
     let lang = Lang::from_headers(&headers);
-    let session = web.sessions.get(&headers);
+    // The home page shows without a session when the store cannot say.
+    let session = web.sessions.get(&headers).await.unwrap_or_default();
     let mut p = Page::new(lang, Text::of(lang).site, session.as_ref(), "/");
     p.admin = is_admin(&web, session.as_ref()).await;
     render(StatusCode::OK, &HomeT { p })

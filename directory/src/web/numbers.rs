@@ -36,7 +36,7 @@ pub(super) async fn set_forward(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    let session = match authed(&web, &headers, Some(field("csrf").unwrap_or(""))) {
+    let session = match authed(&web, &headers, Some(field("csrf").unwrap_or(""))).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -46,7 +46,7 @@ pub(super) async fn set_forward(
     let user = session.user.clone();
     let mine = match store::blocking(&web.shared.store, move |s| s.account(&user)).await {
         Ok(Some(a)) => a.numbers.contains(&num),
-        Ok(None) => return gone(&web, &headers),
+        Ok(None) => return gone(&web, &headers).await,
         Err(e) => return failed(lang, e),
     };
     if !mine {
@@ -182,7 +182,7 @@ pub(super) async fn set_dnd(
     Form(f): Form<NumberForm>,
 ) -> Response {
     let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)) {
+    let session = match authed(&web, &headers, Some(&f.csrf)).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -209,13 +209,56 @@ pub(super) async fn set_dnd(
     Redirect::to("/account?done=dnd").into_response()
 }
 
+/// Make one of the account's numbers the first, the one its callees see.
+pub(super) async fn show_number(
+    State(web): State<App>,
+    headers: HeaderMap,
+    Form(f): Form<NumberForm>,
+) -> Response {
+    let lang = Lang::from_headers(&headers);
+    let session = match authed(&web, &headers, Some(&f.csrf)).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let num = match own_number(&web, &session.user, &f.number).await {
+        Ok(Some(n)) => n,
+        Ok(None) => return not_found(lang),
+        Err(e) => return failed(lang, e),
+    };
+    let (user, n2) = (session.user.clone(), num.clone());
+    match store::blocking(&web.shared.store, move |s| s.set_first_number(&user, &n2)).await {
+        Ok(()) => {}
+        Err(StoreError::NotFound(_)) => return not_found(lang),
+        Err(e) => return failed(lang, e),
+    }
+    // The account's endpoints, on every node, call from the new first
+    // number from the next call on.
+    let user = session.user.clone();
+    match store::blocking(&web.shared.store, move |s| s.account(&user)).await {
+        Ok(Some(a)) => {
+            let _ = web
+                .shared
+                .hub
+                .send(Event::AccountNumbers {
+                    account: a.id,
+                    numbers: a.numbers,
+                })
+                .await;
+        }
+        Ok(None) => return gone(&web, &headers).await,
+        Err(e) => return failed(lang, e),
+    }
+    tracing::info!("web: {} shows {num} to callees", session.user);
+    Redirect::to("/account?done=shown").into_response()
+}
+
 pub(super) async fn add_number(
     State(web): State<App>,
     headers: HeaderMap,
     Form(f): Form<NumberForm>,
 ) -> Response {
     let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)) {
+    let session = match authed(&web, &headers, Some(&f.csrf)).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -262,7 +305,7 @@ pub(super) async fn add_number(
             )
             .await;
         }
-        Err(StoreError::NotFound(_)) => return gone(&web, &headers),
+        Err(StoreError::NotFound(_)) => return gone(&web, &headers).await,
         Err(e) => return failed(lang, e),
     }
     reload(&web.shared, None).await;
@@ -276,7 +319,7 @@ pub(super) async fn remove_number(
     Form(f): Form<NumberForm>,
 ) -> Response {
     let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)) {
+    let session = match authed(&web, &headers, Some(&f.csrf)).await {
         Ok(s) => s,
         Err(r) => return r,
     };

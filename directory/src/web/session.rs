@@ -17,7 +17,7 @@ use keyline_web::Lang;
 use serde::Deserialize;
 
 use super::text::{pick, Text};
-use super::{clip, forbidden, render, App, Page, Web};
+use super::{clip, failed, forbidden, render, App, Page, Web};
 use crate::auth;
 use crate::store;
 
@@ -66,17 +66,21 @@ pub(super) fn with_cookie(cookie: Option<HeaderValue>, resp: Response) -> Respon
 /// form (its token must match); otherwise the response to give.
 // The refusal is the response itself, built once per refused request.
 #[allow(clippy::result_large_err)]
-pub(super) fn authed(
+pub(super) async fn authed(
     web: &Web,
     headers: &HeaderMap,
     csrf: Option<&str>,
 ) -> Result<Session, Response> {
     let lang = Lang::from_headers(headers);
-    let Some(session) = web.sessions.get(headers) else {
-        return Err(match csrf {
-            None => Redirect::to("/login").into_response(),
-            Some(_) => forbidden(lang),
-        });
+    let session = match web.sessions.get(headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return Err(match csrf {
+                None => Redirect::to("/login").into_response(),
+                Some(_) => forbidden(lang),
+            })
+        }
+        Err(e) => return Err(failed(lang, e)),
     };
     if let Some(token) = csrf {
         if !session.check_csrf(token) {
@@ -87,8 +91,8 @@ pub(super) fn authed(
 }
 
 /// The account behind a session is gone (deleted or renamed elsewhere).
-pub(super) fn gone(web: &Web, headers: &HeaderMap) -> Response {
-    let cookie = web.sessions.logout(headers);
+pub(super) async fn gone(web: &Web, headers: &HeaderMap) -> Response {
+    let cookie = web.sessions.logout(headers).await;
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
 }
 
@@ -222,10 +226,12 @@ pub(super) async fn login(
         return forbidden(lang);
     }
     match verify(&web, peer.ip(), &f.id, f.password).await {
-        Ok(()) => {
-            let (_, cookie) = web.sessions.login(&f.id);
-            ([(header::SET_COOKIE, cookie)], Redirect::to("/account")).into_response()
-        }
+        Ok(()) => match web.sessions.login(&f.id).await {
+            Ok((_, cookie)) => {
+                ([(header::SET_COOKIE, cookie)], Redirect::to("/account")).into_response()
+            }
+            Err(e) => failed(lang, e),
+        },
         Err(r) => {
             let (status, msg) = refused(
                 lang,
@@ -256,9 +262,9 @@ pub(super) async fn logout(
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = authed(&web, &headers, Some(&f.csrf)) {
+    if let Err(r) = authed(&web, &headers, Some(&f.csrf)).await {
         return r;
     }
-    let cookie = web.sessions.logout(&headers);
+    let cookie = web.sessions.logout(&headers).await;
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }

@@ -149,13 +149,13 @@ pub(super) async fn setup(
     UrlQuery(q): UrlQuery<Done>,
 ) -> Response {
     let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, None) {
+    let session = match authed(&web, &headers, None).await {
         Ok(s) => s,
         Err(r) => return r,
     };
     let settings = match terminal_settings(&web, &headers, &uri, &session.user).await {
         Ok(Some(s)) => s,
-        Ok(None) => return gone(&web, &headers),
+        Ok(None) => return gone(&web, &headers).await,
         Err(e) => return failed(lang, e),
     };
     let packages = packages(&web).await;
@@ -185,13 +185,13 @@ pub(super) async fn setup(
 
 pub(super) async fn config_file(State(web): State<App>, headers: HeaderMap, uri: Uri) -> Response {
     let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, None) {
+    let session = match authed(&web, &headers, None).await {
         Ok(s) => s,
         Err(r) => return r,
     };
     let settings = match terminal_settings(&web, &headers, &uri, &session.user).await {
         Ok(Some(s)) => s,
-        Ok(None) => return gone(&web, &headers),
+        Ok(None) => return gone(&web, &headers).await,
         Err(e) => return failed(lang, e),
     };
     let body = match toml::to_string(&settings) {

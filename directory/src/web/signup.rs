@@ -271,12 +271,18 @@ pub(super) async fn signup(
     tracing::info!("web: account {} signed up from {}", f.id, peer.ip());
     // The hub learns the number before the new phone registers it.
     reload(&web.shared, None).await;
-    let (_, cookie) = web.sessions.login(&f.id);
-    (
-        [(header::SET_COOKIE, cookie)],
-        Redirect::to("/setup?welcome=1"),
-    )
-        .into_response()
+    match web.sessions.login(&f.id).await {
+        Ok((_, cookie)) => (
+            [(header::SET_COOKIE, cookie)],
+            Redirect::to("/setup?welcome=1"),
+        )
+            .into_response(),
+        // The account exists: the person logs in.
+        Err(e) => {
+            tracing::warn!("web: a session for new account {}: {e}", f.id);
+            Redirect::to("/login").into_response()
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -1154,3 +1154,106 @@ async fn call_history_pages_show_only_the_accounts_own_calls() {
         r.location()
     );
 }
+
+/// Sessions live in the store: a second site on the same store (another
+/// node of a cluster) knows a browser logged in through the first; a log
+/// out through one ends it at both; the store keeps no cookie value.
+#[tokio::test]
+async fn sessions_are_the_stores_and_every_node_knows_them() {
+    let (shared, app) = site(Config::default());
+    let other = router(Arc::new(Web::new(shared.clone())), false);
+    let mut a = Browser::new(app.clone());
+    a.sign_up("minjun", "correct horse", "김민준").await;
+    let cookie = a.cookies.get("kl_session").cloned().expect("a session");
+    let mut b = Browser::new(other);
+    b.cookies.insert("kl_session".into(), cookie.clone());
+    let page = b.get("/account").await;
+    assert_eq!(page.status, StatusCode::OK, "the other node: {}", page.body);
+    assert!(page.body.contains("김민준"));
+    let hash = auth::token_hash(&cookie);
+    let row = shared
+        .store
+        .web_session(&hash, crate::store::now_ms(), i64::MAX)
+        .expect("read")
+        .expect("kept hashed");
+    assert_eq!(row.account, "minjun");
+    assert!(shared
+        .store
+        .web_session(&cookie, crate::store::now_ms(), i64::MAX)
+        .expect("read")
+        .is_none());
+    let csrf = page.csrf();
+    let r = b.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let r = a.get("/account").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "logged out everywhere");
+    assert_eq!(r.location(), "/login");
+    // A cookie that is no session, of any shape, is no login.
+    for v in ["", "00", &"0".repeat(64), &"z".repeat(500)] {
+        a.cookies.insert("kl_session".into(), v.to_string());
+        assert_eq!(a.get("/account").await.status, StatusCode::SEE_OTHER, "{v}");
+    }
+}
+
+/// Show to callees: another number becomes the first (the one callees
+/// see); someone else's number, or a form without its token, changes
+/// nothing.
+#[tokio::test]
+async fn another_number_shown_to_callees() {
+    let (shared, app) = site(Config::default());
+    let mut a = Browser::new(app.clone());
+    a.sign_up("minjun", "correct horse", "김민준").await;
+    let mut o = Browser::new(app);
+    o.sign_up("other", "password two", "2002").await;
+    let page = a.get("/account").await;
+    let r = a
+        .post(
+            "/account/numbers",
+            &[("csrf", &page.csrf()), ("number", "1234")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let numbers = || {
+        shared
+            .store
+            .account("minjun")
+            .expect("read")
+            .expect("there")
+            .numbers
+    };
+    assert_eq!(numbers(), ["김민준", "1234"]);
+    let page = a.get("/account").await;
+    assert!(page.body.contains("id=\"shown-number\""), "{}", page.body);
+    assert_eq!(
+        page.body
+            .matches("action=\"/account/numbers/first\"")
+            .count(),
+        1
+    );
+    let csrf = page.csrf();
+    let r = a
+        .post("/account/numbers/first", &[("number", "1234")])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "no token");
+    let r = a
+        .post(
+            "/account/numbers/first",
+            &[("csrf", &csrf), ("number", "2002")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "another account's number");
+    assert_eq!(numbers(), ["김민준", "1234"]);
+    let r = a
+        .post(
+            "/account/numbers/first",
+            &[("csrf", &csrf), ("number", "1234")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.location(), "/account?done=shown");
+    assert_eq!(numbers(), ["1234", "김민준"]);
+    let page = a.get("/account?done=shown").await;
+    assert!(page.body.contains("Callees now see this number"));
+    let first = page.body.find("1234").expect("listed");
+    assert!(first < page.body.find("김민준").expect("listed"));
+}

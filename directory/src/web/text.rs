@@ -65,8 +65,13 @@ texts! {
     size: "Size", "크기";
     sha256: "SHA-256", "SHA-256";
     numbers: "Numbers", "번호";
-    numbers_note: "The first number is the one callees see.", "첫 번째 번호가 받는 사람에게 보입니다.";
+    numbers_note: "The first number is the one callees see; Show to callees makes another the first.", "첫 번째 번호가 받는 사람에게 보입니다. 다른 번호를 보이려면 '받는 사람에게 보이기'를 누르세요.";
+    shown_to_callees: "shown to callees", "받는 사람에게 보임";
+    show_this_number: "Show to callees", "받는 사람에게 보이기";
+    number_shown: "Callees now see this number when you call.", "이제 전화를 걸면 받는 사람에게 이 번호가 보입니다.";
     devices: "Devices", "기기";
+    client: "Program", "프로그램";
+    node: "Directory node", "디렉터리 노드";
     no_devices: "No device is logged in now.", "지금 로그인한 기기가 없습니다.";
     address: "Address", "주소";
     name: "Name", "이름";

@@ -79,6 +79,17 @@ pub const POSTGRES_MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX calls_account ON calls (account, started_ms);
     CREATE INDEX calls_started ON calls (started_ms);"#,
+    // 3: the web site's browser sessions, shared by every node (SQLite's
+    // version 6).
+    r#"CREATE TABLE web_sessions (
+        id_hash TEXT COLLATE "C" PRIMARY KEY,
+        account TEXT COLLATE "C" NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        used_ms BIGINT NOT NULL
+    );
+    CREATE INDEX web_sessions_account ON web_sessions (account, used_ms);
+    CREATE INDEX web_sessions_used ON web_sessions (used_ms);"#,
 ];
 
 /// The key of the advisory lock that serialises schema changes between

@@ -71,6 +71,15 @@ CREATE TABLE calls (
 );
 CREATE INDEX calls_account ON calls (account, started_ms);
 CREATE INDEX calls_started ON calls (started_ms);
+CREATE TABLE web_sessions (
+    id_hash TEXT PRIMARY KEY,
+    account TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    csrf TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    used_ms INTEGER NOT NULL
+);
+CREATE INDEX web_sessions_account ON web_sessions (account, used_ms);
+CREATE INDEX web_sessions_used ON web_sessions (used_ms);
 ";
 
 /// Migrations from older databases, applied in order; index + 1 is the
@@ -169,6 +178,16 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX calls_account ON calls (account, started_ms);
     CREATE INDEX calls_started ON calls (started_ms);",
+    // 6: the web site's browser sessions, shared by every node.
+    "CREATE TABLE web_sessions (
+        id_hash TEXT PRIMARY KEY,
+        account TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        used_ms INTEGER NOT NULL
+    );
+    CREATE INDEX web_sessions_account ON web_sessions (account, used_ms);
+    CREATE INDEX web_sessions_used ON web_sessions (used_ms);",
 ];
 
 /// Bring `conn` to the current schema: [`SCHEMA`] for an empty database,
