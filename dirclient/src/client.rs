@@ -33,8 +33,8 @@ use keyline_net::medialink::{self, LinkError};
 use keyline_net::{endpoint, peer_fingerprint, Identity};
 use keyline_proto::codec::CodecError;
 use keyline_proto::dir::{
-    CallId, CallPlan, CheckPlan, DirMsg, DirectPolicy, EndReason, ErrorCode, ForwardRule,
-    ForwardWhen, MailId, MailKind, NumberForwards, ReqId, MAX_HOPS, MAX_MAIL_BODY,
+    CallId, CallPlan, CheckPlan, DeviceInfo, DirMsg, DirectPolicy, EndReason, ErrorCode,
+    ForwardRule, ForwardWhen, MailId, MailKind, NumberForwards, ReqId, MAX_HOPS, MAX_MAIL_BODY,
 };
 use keyline_proto::msg::Role;
 use keyline_proto::{number, PROTOCOL_VERSION};
@@ -501,6 +501,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     }
+}
+
+/// What `account_info` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountView {
+    pub account: String,
+    /// In the account's order: the first is the one callees see.
+    pub numbers: Vec<String>,
+    pub devices: Vec<DeviceInfo>,
 }
 
 /// What this endpoint says it is in its hello: the running program's
@@ -1085,6 +1094,28 @@ impl DirClient {
                 when,
             })
             .await
+    }
+
+    /// The account's name, its numbers (the first is the one callees see)
+    /// and its devices logged in now, on every node.
+    pub async fn account_info(&self) -> Result<AccountView, ClientError> {
+        match self
+            .inner
+            .request(|req| DirMsg::AccountQuery { req })
+            .await?
+        {
+            DirMsg::AccountInfo {
+                account,
+                numbers,
+                devices,
+                ..
+            } => Ok(AccountView {
+                account,
+                numbers,
+                devices,
+            }),
+            other => Err(refused(other)),
+        }
     }
 
     /// The forwarding rules of every number of the account.

@@ -112,6 +112,9 @@ pub enum Request {
         old: String,
         new: String,
     },
+    /// The account on the directory: its numbers and its devices
+    /// (internet terminals).
+    Account,
 }
 
 /// One rule of `forward-set`: a condition (`always`, `busy`,
@@ -153,6 +156,7 @@ pub const COMMANDS: &[&str] = &[
     "forward-off",
     "forward-list",
     "passwd",
+    "account",
 ];
 
 /// Parse one control request: an unknown command, a missing field or a
@@ -217,6 +221,7 @@ impl Request {
             Request::ForwardOff { .. } => "forward-off",
             Request::ForwardList => "forward-list",
             Request::Passwd { .. } => "passwd",
+            Request::Account => "account",
         }
     }
 }

@@ -160,6 +160,13 @@ pub enum Cmd {
     /// account's other sessions end; this terminal keeps its own and
     /// writes the new password to its password file.
     Passwd,
+    /// The account on the directory (standalone terminal only): its
+    /// numbers, the one callees see first, and its devices logged in now
+    /// (address, program, registered numbers; this one marked).
+    Account {
+        #[arg(long)]
+        json: bool,
+    },
     /// The sound devices: the sound cards' inputs and outputs and what is
     /// in use (`list`), or the microphone, speaker, ringtone device and
     /// ringtone to use (`set`): from now on, a call in progress too, and

@@ -209,6 +209,7 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             let (old, new) = read_passwords()?;
             Request::Passwd { old, new }
         }
+        Cmd::Account { .. } => Request::Account,
         Cmd::Run { .. } | Cmd::Terminal { .. } | Cmd::Events { .. } | Cmd::Audio { .. } => {
             return Ok(())
         }
@@ -368,9 +369,60 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
                 ),
             }
         }
+        Cmd::Account { json: true } => println!("{}", serde_json::to_string_pretty(&reply)?),
+        Cmd::Account { json: false } => print_account(&reply),
         Cmd::Run { .. } | Cmd::Terminal { .. } | Cmd::Events { .. } | Cmd::Audio { .. } => {}
     }
     Ok(())
+}
+
+/// `keyline-agent account`, in words.
+fn print_account(reply: &Value) {
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let list = |v: &Value, k: &str| -> Vec<String> {
+        v.get(k)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    println!("account {}", text(reply, "account"));
+    for (i, n) in list(reply, "numbers").iter().enumerate() {
+        let shown = if i == 0 { " (shown to callees)" } else { "" };
+        println!("  number {n}{shown}");
+    }
+    let devices = reply.get("devices").and_then(Value::as_array);
+    match devices {
+        Some(d) if !d.is_empty() => {
+            println!("devices logged in now:");
+            for d in d {
+                let mut line = format!("  {}", text(d, "address"));
+                for k in ["client", "name", "node"] {
+                    let v = text(d, k);
+                    if !v.is_empty() {
+                        line.push_str(&format!("  {k} {v}"));
+                    }
+                }
+                let numbers = list(d, "numbers");
+                line.push_str(&if numbers.is_empty() {
+                    "  registers nothing".to_string()
+                } else {
+                    format!("  registers {}", numbers.join(", "))
+                });
+                if let Some(s) = d.get("refreshed_s_ago").and_then(Value::as_u64) {
+                    line.push_str(&format!(", refreshed {s} s ago"));
+                }
+                if d.get("this").and_then(Value::as_bool) == Some(true) {
+                    line.push_str("  (this one)");
+                }
+                println!("{line}");
+            }
+        }
+        _ => println!("no device logged in now"),
+    }
 }
 
 /// `keyline-agent audio list` and `audio set`.

@@ -1206,6 +1206,7 @@ async fn own_request(t: &Arc<Terminal>, req: Request) -> Value {
             forward::control(t, &req).await
         }
         Request::Passwd { old, new } => account::passwd(t, old, new).await,
+        Request::Account => account::info(t).await,
         // The calls' commands are the core's (`transfer` is a blind
         // hand-off through the directory, claim 5: the other end calls the
         // target directly, and our call ends).

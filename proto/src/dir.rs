@@ -321,6 +321,29 @@ pub struct CallPlan {
     pub fallback_after_ms: u32,
 }
 
+/// An endpoint of an account logged in now, as `AccountInfo` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Where the directory sees it.
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The program and version it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// The directory node it is connected to, in a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The numbers it has registered.
+    pub numbers: Vec<String>,
+    /// Seconds since it last registered, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshed_s_ago: Option<u64>,
+    /// The endpoint that asked.
+    #[serde(default)]
+    pub this: bool,
+}
+
 /// A directory-protocol message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "kebab-case")]
@@ -617,6 +640,20 @@ pub enum DirMsg {
         req: ReqId,
         numbers: Vec<NumberForwards>,
     },
+    /// Ask for the account: its numbers and its devices (the endpoints
+    /// logged in now, on every node of the directory); answered with
+    /// `AccountInfo`.
+    AccountQuery {
+        req: ReqId,
+    },
+    /// Reply to `AccountQuery`.
+    AccountInfo {
+        req: ReqId,
+        account: String,
+        /// In the account's order: the first is the one callees see.
+        numbers: Vec<String>,
+        devices: Vec<DeviceInfo>,
+    },
     /// On a mail stream: a message for `to` follows in one raw frame of
     /// `len` bytes.
     LeaveMail {
@@ -702,6 +739,7 @@ impl DirMsg {
             | DirMsg::CallFailed { req, .. }
             | DirMsg::MailStored { req, .. }
             | DirMsg::Forwards { req, .. }
+            | DirMsg::AccountInfo { req, .. }
             | DirMsg::Ok { req } => Some(*req),
             DirMsg::Registered { req, .. }
             | DirMsg::Connect { req, .. }
@@ -746,6 +784,8 @@ impl DirMsg {
             DirMsg::ForwardOff { .. } => "forward-off",
             DirMsg::ListForwards { .. } => "list-forwards",
             DirMsg::Forwards { .. } => "forwards",
+            DirMsg::AccountQuery { .. } => "account-query",
+            DirMsg::AccountInfo { .. } => "account-info",
             DirMsg::LeaveMail { .. } => "leave-mail",
             DirMsg::MailStored { .. } => "mail-stored",
             DirMsg::Mail { .. } => "mail",
@@ -793,6 +833,8 @@ const KNOWN_KINDS: &[&str] = &[
     "forward-off",
     "list-forwards",
     "forwards",
+    "account-query",
+    "account-info",
     "leave-mail",
     "mail-stored",
     "mail",
@@ -1000,6 +1042,21 @@ mod tests {
                 when: Some(ForwardWhen::Busy),
             },
             DirMsg::ListForwards { req: 11 },
+            DirMsg::AccountQuery { req: 12 },
+            DirMsg::AccountInfo {
+                req: 12,
+                account: s("minjun"),
+                numbers: vec![s("김민준"), s("1234")],
+                devices: vec![DeviceInfo {
+                    address: s("10.0.0.5:40000"),
+                    name: None,
+                    client: Some(s("keyline-agent 0.1.0")),
+                    node: Some(s("n1")),
+                    numbers: vec![s("김민준")],
+                    refreshed_s_ago: Some(3),
+                    this: true,
+                }],
+            },
             DirMsg::Forwards {
                 req: 11,
                 numbers: vec![NumberForwards {

@@ -484,6 +484,28 @@ fn the_terminal_changes_its_password_and_logs_in_with_it_after_a_restart() {
     registered(&a, 1.0);
     let file = scratch.join("a.pw");
 
+    // The account as the directory knows it: its number, and this
+    // terminal as its one device, with the program it runs.
+    let acct = a.json(&["account"]).expect("account");
+    assert_eq!(
+        jstr(&acct, &["account"]).as_deref(),
+        Some("alice"),
+        "{acct}"
+    );
+    assert_eq!(acct["numbers"], serde_json::json!(["1001"]), "{acct}");
+    let devices = acct["devices"].as_array().expect("devices");
+    assert_eq!(devices.len(), 1, "{acct}");
+    assert_eq!(devices[0]["this"], Value::Bool(true), "{acct}");
+    assert_eq!(devices[0]["numbers"], serde_json::json!(["1001"]), "{acct}");
+    assert!(
+        jstr(&devices[0], &["client"]).is_some_and(|c| c.starts_with("keyline-agent ")),
+        "{acct}"
+    );
+    let said = keyline_tests::ok(&a, &["account"]);
+    assert!(said.contains("account alice"), "{said}");
+    assert!(said.contains("number 1001"), "{said}");
+    assert!(said.contains("(this one)"), "{said}");
+
     let out = passwd(&a, "not the password\nnew password 42\n");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a wrong old password must fail");

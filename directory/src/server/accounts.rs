@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use keyline_proto::dir::{DirMsg, ErrorCode, ForwardRule, ForwardWhen, NumberForwards, ReqId};
+use keyline_proto::dir::{
+    DeviceInfo, DirMsg, ErrorCode, ForwardRule, ForwardWhen, NumberForwards, ReqId,
+};
+use tokio::sync::oneshot;
 
 use super::session::{canon, error, Conn, LoggedIn};
 use crate::auth;
@@ -343,6 +346,71 @@ pub(super) async fn forward_change(
         Err(StoreError::Invalid(m)) => c.reply(error(Some(req), ErrorCode::ForwardLoop, m)),
         Err(e) => c.reply(error(Some(req), ErrorCode::Storage, e.to_string())),
     }
+    Ok(())
+}
+
+/// `AccountQuery`: the account's numbers as they are now, and its devices
+/// on every node (the web site's list), this one marked.
+pub(super) async fn account_info(c: &Arc<Conn>, req: ReqId) -> Result<()> {
+    let Some(who) = c.who() else {
+        c.reply(error(Some(req), ErrorCode::NotLoggedIn, "log in first"));
+        return Ok(());
+    };
+    let id = who.account.clone();
+    let numbers = match store::blocking(&c.shared.store, move |s| s.account(&id)).await {
+        Ok(Some(a)) => a.numbers,
+        Ok(None) => {
+            c.reply(error(
+                Some(req),
+                ErrorCode::NotLoggedIn,
+                "the account is gone",
+            ));
+            return Ok(());
+        }
+        Err(e) => {
+            c.reply(error(Some(req), ErrorCode::Storage, e.to_string()));
+            return Ok(());
+        }
+    };
+    let (tx, rx) = oneshot::channel();
+    let asked = c
+        .shared
+        .hub
+        .send(Event::Devices {
+            account: who.account.clone(),
+            reply: tx,
+        })
+        .await;
+    let devices = match (asked, rx.await) {
+        (Ok(()), Ok(d)) => d,
+        _ => {
+            c.reply(error(
+                Some(req),
+                ErrorCode::Storage,
+                "the directory is stopping",
+            ));
+            return Ok(());
+        }
+    };
+    let here = c.shared.cluster.get().map(|l| l.node.clone());
+    let devices = devices
+        .into_iter()
+        .map(|d| DeviceInfo {
+            this: d.session == c.sid,
+            address: d.address,
+            name: d.name,
+            client: d.client,
+            node: d.node.or_else(|| here.clone()),
+            numbers: d.numbers,
+            refreshed_s_ago: d.refreshed_s_ago,
+        })
+        .collect();
+    c.reply(DirMsg::AccountInfo {
+        req,
+        account: who.account,
+        numbers,
+        devices,
+    });
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use keyline_proto::PROTOCOL_VERSION;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 use super::accounts::{
-    change_password, forward_change, list_forwards, login, resume, ForwardChange,
+    account_info, change_password, forward_change, list_forwards, login, resume, ForwardChange,
 };
 use super::mail::{mail_uploads, mailman};
 use super::session::{
@@ -209,6 +209,7 @@ pub(super) async fn handle_msg(c: &Arc<Conn>, msg: DirMsg, read_at: Instant) -> 
             forward_change(c, req, number, ForwardChange::Off(when)).await?
         }
         DirMsg::ListForwards { req } => list_forwards(c, req).await?,
+        DirMsg::AccountQuery { req } => account_info(c, req).await?,
         DirMsg::AckMail { req, id } => {
             let Some(who) = c.who() else {
                 c.reply(error(Some(req), ErrorCode::NotLoggedIn, "log in first"));

@@ -1,6 +1,7 @@
-//! The account from the command line: `keyline-agent passwd` changes the
-//! password on the directory (the patent has the client change its ID
-//! and password). The directory checks the old password, ends the
+//! The account from the command line: `keyline-agent account` lists its
+//! numbers and devices as the directory knows them; `keyline-agent passwd`
+//! changes the password on the directory (the patent has the client
+//! change its ID and password). The directory checks the old password, ends the
 //! account's other sessions and keeps this one; the terminal then keeps
 //! the new password for its next login and writes it to its password
 //! file, so that it logs in after a restart too.
@@ -15,6 +16,23 @@ use keyline_proto::dir::ErrorCode;
 use serde_json::{json, Value};
 
 use super::Terminal;
+
+/// `{"cmd":"account"}`: the account's numbers and devices, as the
+/// directory (every node of it) knows them now.
+pub(super) async fn info(t: &Arc<Terminal>) -> Value {
+    let Some(client) = t.lock().client.clone() else {
+        return control::error("not connected to the directory");
+    };
+    match client.account_info().await {
+        Ok(a) => json!({
+            "ok": true,
+            "account": a.account,
+            "numbers": a.numbers,
+            "devices": a.devices,
+        }),
+        Err(e) => control::error(format!("the directory did not answer: {e}")),
+    }
+}
 
 /// `{"cmd":"passwd","old":…,"new":…}`.
 pub(super) async fn passwd(t: &Arc<Terminal>, old: String, new: String) -> Value {
