@@ -518,6 +518,8 @@ fn client_name() -> String {
     let program = std::env::current_exe()
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        // Linux names a replaced executable "NAME (deleted)".
+        .map(|n| n.trim_end_matches(" (deleted)").to_string())
         .filter(|n| n.starts_with("keyline"))
         .unwrap_or_else(|| "keyline".to_string());
     format!("{program} {}", env!("CARGO_PKG_VERSION"))

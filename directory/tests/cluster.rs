@@ -412,7 +412,7 @@ fn one_site_on_every_node(lan: &Lan, b: &Daemon, first: usize, second: usize, b_
     let csrf = value_after(&page, "name=\"csrf\"").expect("the page's CSRF token");
     // Signed out through the other node: B's node ends its session and
     // revokes its token; B logs in again with its password, as a new
-    // device.
+    // device (first trying its other node, which is gone: up to 10 s).
     let (code, _, body) = https(
         ns,
         &format!("{}/account/devices/{}/signout", site(second), ids[0]),
@@ -420,7 +420,7 @@ fn one_site_on_every_node(lan: &Lan, b: &Daemon, first: usize, second: usize, b_
         Some(&format!("csrf={csrf}")),
     );
     assert_eq!(code, 303, "sign out: {body}");
-    wait_for("B signed out and back", Duration::from_secs(40), || {
+    wait_for("B signed out and back", Duration::from_secs(60), || {
         let (_, _, page) = https(ns, &format!("{}/account", site(first)), &cookie, None);
         let now = device_ids(&page);
         (now.len() == 1 && now[0] != ids[0]).then_some(())

@@ -602,14 +602,17 @@ fn web_sessions_live_expire_and_end(s: &dyn Store) {
     let touch = store::WEB_SESSION_TOUCH_MS;
     s.add_account("a", "h", &["1".into()], 1).expect("a");
     s.add_account("b", "h", &["2".into()], 1).expect("b");
-    s.add_web_session(&web("wa1", "a", 0), 3).expect("wa1");
-    s.add_web_session(&web("wb1", "b", 0), 3).expect("wb1");
+    s.add_web_session(&web("wa1", "a", 0), 3, i64::MAX)
+        .expect("wa1");
+    s.add_web_session(&web("wb1", "b", 0), 3, i64::MAX)
+        .expect("wb1");
     assert!(
-        s.add_web_session(&web("wa1", "b", 0), 3).is_err(),
+        s.add_web_session(&web("wa1", "b", 0), 3, i64::MAX).is_err(),
         "an id twice"
     );
     assert!(
-        s.add_web_session(&web("wx", "nobody", 0), 3).is_err(),
+        s.add_web_session(&web("wx", "nobody", 0), 3, i64::MAX)
+            .is_err(),
         "no such account"
     );
     let got = s.web_session("wa1", 10, IDLE).expect("q").expect("live");
@@ -626,7 +629,8 @@ fn web_sessions_live_expire_and_end(s: &dyn Store) {
     // The account's least recently used go beyond the cap.
     for (i, id) in ["wa2", "wa3", "wa4"].iter().enumerate() {
         let at = IDLE + 10 + i as i64;
-        s.add_web_session(&web(id, "a", at), 3).expect("add");
+        s.add_web_session(&web(id, "a", at), 3, i64::MAX)
+            .expect("add");
     }
     let now = IDLE + 20;
     assert_eq!(s.web_session("wa1", now, IDLE).expect("q"), None, "capped");
@@ -634,15 +638,29 @@ fn web_sessions_live_expire_and_end(s: &dyn Store) {
         assert!(s.web_session(id, now, IDLE).expect("q").is_some(), "{id}");
     }
     // Ending an account's sessions but one; others' stay.
-    s.add_web_session(&web("wb2", "b", now), 3).expect("wb2");
+    s.add_web_session(&web("wb2", "b", now), 3, i64::MAX)
+        .expect("wb2");
     assert_eq!(s.end_web_sessions("a", Some("wa3")).expect("end"), 2);
     assert_eq!(s.web_session("wa2", now, IDLE).expect("q"), None);
     assert!(s.web_session("wa3", now, IDLE).expect("q").is_some());
     assert!(s.web_session("wb2", now, IDLE).expect("q").is_some());
     s.delete_web_session("wa3").expect("logout");
     assert_eq!(s.web_session("wa3", now, IDLE).expect("q"), None);
+    // A password change ends the account's browser sessions, others' stay;
+    // a login whose password was read before the change gets none.
+    s.add_web_session(&web("wa6", "a", now), 3, i64::MAX)
+        .expect("wa6");
+    s.set_password("a", "h2", None).expect("pw");
+    assert!(matches!(
+        s.add_web_session(&web("wa7", "a", now), 3, 1),
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(s.web_session("wa7", now, IDLE).expect("q"), None);
+    assert_eq!(s.web_session("wa6", now, IDLE).expect("q"), None);
+    assert!(s.web_session("wb2", now, IDLE).expect("q").is_some());
     // A renamed account keeps its sessions; a deleted one loses them.
-    s.add_web_session(&web("wa5", "a", now), 3).expect("wa5");
+    s.add_web_session(&web("wa5", "a", now), 3, i64::MAX)
+        .expect("wa5");
     s.rename_account("a", "a2").expect("rename");
     let got = s.web_session("wa5", now, IDLE).expect("q").expect("kept");
     assert_eq!(got.account, "a2");
@@ -650,8 +668,9 @@ fn web_sessions_live_expire_and_end(s: &dyn Store) {
     assert_eq!(s.web_session("wa5", now, IDLE).expect("q"), None);
     assert_eq!(s.end_web_sessions("b", None).expect("end"), 1);
     // Purging forgets the idle and counts the rest.
-    s.add_web_session(&web("wb3", "b", now), 3).expect("wb3");
-    s.add_web_session(&web("wb4", "b", now + IDLE), 3)
+    s.add_web_session(&web("wb3", "b", now), 3, i64::MAX)
+        .expect("wb3");
+    s.add_web_session(&web("wb4", "b", now + IDLE), 3, i64::MAX)
         .expect("wb4");
     assert_eq!(s.purge_web_sessions(now + IDLE, IDLE).expect("purge"), 1);
     assert_eq!(

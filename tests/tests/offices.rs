@@ -475,14 +475,18 @@ fn offices_register_again_after_the_directory_crashes() {
     let b202 = b.station("202", "tone:880");
     call_across(&a201, &b202);
     dir.crash_and_restart(Duration::from_millis(1500));
-    // A vanished directory is noticed within the idle timeout (10 s); the
-    // offices say so and keep trying.
-    for o in [&a, &b] {
-        wait_for("the office to notice", Duration::from_secs(15), || {
+    // A vanished directory is noticed within the directory connection's
+    // idle timeout (3 s); the offices say so and try again a second later,
+    // each when it noticed: both are watched at once (one after the other
+    // would miss a window that closed while waiting for the first).
+    let mut noticed = [false, false];
+    wait_for("the offices to notice", Duration::from_secs(15), || {
+        for (seen, o) in noticed.iter_mut().zip([&a, &b]) {
             let st = o.gw.json(&["status"]).ok()?;
-            (jstr(&st, &["directory", "state"])? == "connecting").then_some(())
-        });
-    }
+            *seen |= jstr(&st, &["directory", "state"])? == "connecting";
+        }
+        (noticed == [true, true]).then_some(())
+    });
     for o in [&a, &b] {
         wait_for(
             "the office to register again",

@@ -516,10 +516,17 @@ impl Router {
     /// `account`'s numbers are now `numbers`, in order (the first is the
     /// one its callees see): its sessions on this node call from the new
     /// order from the next call on, as if they had logged in again.
+    /// Numbers the account no longer owns in the number table (a removal
+    /// that overtook this news) are left out.
     pub fn set_account_numbers(&mut self, account: &str, numbers: &[String]) {
+        let owned: Vec<String> = numbers
+            .iter()
+            .filter(|n| self.numbers.get(*n).is_some_and(|ni| ni.account == account))
+            .cloned()
+            .collect();
         for s in self.sessions.values_mut() {
             if s.remote.is_none() && s.account.as_deref() == Some(account) {
-                s.numbers = numbers.to_vec();
+                s.numbers = owned.clone();
             }
         }
     }

@@ -266,7 +266,8 @@ fn a_caller_shows_the_first_number_as_it_is_now() {
     };
     r.handle_call(now, 1, 2, &n("1002"), None, vec![], 0);
     assert_eq!(ring_from(&mut r, 2), "1001");
-    r.set_account_numbers("alice", &["1011".into(), "1001".into()]);
+    // A number that is not alice's (any more) is left out.
+    r.set_account_numbers("alice", &["1002".into(), "1011".into(), "1001".into()]);
     r.set_account_numbers("nobody", &["1003".into()]);
     r.handle_call(now, 1, 3, &n("1003"), None, vec![], 0);
     assert_eq!(ring_from(&mut r, 3), "1011");

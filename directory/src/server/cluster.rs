@@ -293,8 +293,13 @@ impl Hub {
                 device,
             } => {
                 if let Some(sid) = self.remote_sid(&node, session) {
+                    let account = binding.account.clone();
                     self.router.handle_remote_bound(now, sid, &node, binding);
-                    if let Some(side) = &mut self.cluster {
+                    let taken = self.router.session(sid).is_some_and(|s| {
+                        s.remote.as_deref() == Some(node.as_str())
+                            && s.account.as_deref() == Some(account.as_str())
+                    });
+                    if let (true, Some(side)) = (taken, &mut self.cluster) {
                         side.about.insert(sid, device);
                     }
                 }

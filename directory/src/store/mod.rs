@@ -247,7 +247,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn remove_account(&self, id: &str) -> StoreResult<()>;
     fn account(&self, id: &str) -> StoreResult<Option<Account>>;
     fn accounts(&self) -> StoreResult<Vec<Account>>;
-    /// Set the password hash and end every session but `keep` (a token hash).
+    /// Set the password hash and end every session but `keep` (a token
+    /// hash), and every browser session of the web site (a password
+    /// changed from a phone or the command line logs every browser out;
+    /// the web form logs its own browser in again).
     fn set_password(&self, id: &str, pw_hash: &str, keep: Option<&str>) -> StoreResult<()>;
     /// Every number with its owner and rules.
     fn numbers(&self) -> StoreResult<Vec<NumberRow>>;
@@ -338,8 +341,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     // Browser sessions of the web site, kept here so that every node of a
     // cluster knows them.
     /// Keep a new browser session; beyond `max_per_account` sessions of
-    /// its account, the least recently used of them end.
-    fn add_web_session(&self, s: &WebSession, max_per_account: usize) -> StoreResult<()>;
+    /// its account, the least recently used of them end. Refused
+    /// (`Invalid`) when the account's password changed after `checked_ms`,
+    /// when the password that let the person in was read: a login racing
+    /// a password change gets no session.
+    fn add_web_session(
+        &self,
+        s: &WebSession,
+        max_per_account: usize,
+        checked_ms: i64,
+    ) -> StoreResult<()>;
     /// The session whose id hashes to `id_hash`, unless unknown or unused
     /// for `idle_ms` (then it is deleted). Using it counts: its last use is
     /// written again when older than [`WEB_SESSION_TOUCH_MS`].

@@ -822,9 +822,29 @@ impl Store for PostgresStore {
         })
     }
 
-    fn add_web_session(&self, s: &WebSession, max_per_account: usize) -> StoreResult<()> {
+    fn add_web_session(
+        &self,
+        s: &WebSession,
+        max_per_account: usize,
+        checked_ms: i64,
+    ) -> StoreResult<()> {
         let keep = max_per_account.max(1) as i64;
         self.tx(|tx| {
+            let changed: i64 = match tx.query_opt(
+                "SELECT pw_changed_ms FROM accounts WHERE id = $1",
+                &[&s.account],
+            )? {
+                Some(r) => r.try_get(0)?,
+                None => {
+                    return Err(StoreError::NotFound(format!("no account {}", s.account)).into())
+                }
+            };
+            if changed > checked_ms {
+                return Err(StoreError::Invalid(
+                    "the password changed while it was checked; log in again".into(),
+                )
+                .into());
+            }
             tx.execute(
                 "INSERT INTO web_sessions (id_hash, account, csrf, created_ms, used_ms)
                  VALUES ($1, $2, $3, $4, $5)",
@@ -973,6 +993,7 @@ impl Store for PostgresStore {
                 "DELETE FROM sessions WHERE account = $1 AND token_hash IS DISTINCT FROM $2",
                 &[&id, &keep],
             )?;
+            tx.execute("DELETE FROM web_sessions WHERE account = $1", &[&id])?;
             Ok(())
         })
     }

@@ -537,9 +537,30 @@ impl Store for SqliteStore {
         })
     }
 
-    fn add_web_session(&self, s: &WebSession, max_per_account: usize) -> StoreResult<()> {
+    fn add_web_session(
+        &self,
+        s: &WebSession,
+        max_per_account: usize,
+        checked_ms: i64,
+    ) -> StoreResult<()> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let changed: Option<i64> = tx
+                .query_row(
+                    "SELECT pw_changed_ms FROM accounts WHERE id = ?1",
+                    [&s.account],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match changed {
+                None => return Err(StoreError::NotFound(format!("no account {}", s.account))),
+                Some(t) if t > checked_ms => {
+                    return Err(StoreError::Invalid(
+                        "the password changed while it was checked; log in again".into(),
+                    ))
+                }
+                Some(_) => {}
+            }
             tx.execute(
                 "INSERT INTO web_sessions (id_hash, account, csrf, created_ms, used_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -699,6 +720,7 @@ impl Store for SqliteStore {
                 "DELETE FROM sessions WHERE account = ?1 AND token_hash IS NOT ?2",
                 params![id, keep],
             )?;
+            tx.execute("DELETE FROM web_sessions WHERE account = ?1", [id])?;
             tx.commit()?;
             Ok(())
         })

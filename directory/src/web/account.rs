@@ -300,6 +300,7 @@ pub(super) async fn account(
         Some("mail") => Some(t.mail_deleted),
         Some("dnd") => Some(t.dnd_saved),
         Some("shown") => Some(t.number_shown),
+        Some("device-elsewhere") => Some(t.device_asked),
         Some("number-added") => Some(t.number_added),
         Some("number-removed") => Some(t.number_removed),
         _ => None,
@@ -381,15 +382,17 @@ pub(super) async fn change_password(
     // Every token is gone with the old password; terminals logged in
     // with it are told and closed.
     reload(&web.shared, Some(session.user.clone())).await;
-    if let Err(e) = web
-        .sessions
-        .end_user(&session.user, Some(&session.id))
-        .await
-    {
-        return failed(lang, e);
-    }
+    // The store ended every browser session with the old password, this
+    // one too: this browser gets a new one.
     tracing::info!("web: account {} changed its password", session.user);
-    Redirect::to("/account?done=password").into_response()
+    match web.sessions.login(&session.user, store::now_ms()).await {
+        Ok((_, cookie)) => (
+            [(header::SET_COOKIE, cookie)],
+            Redirect::to("/account?done=password"),
+        )
+            .into_response(),
+        Err(e) => failed(lang, e),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -508,10 +511,10 @@ pub(super) async fn sign_out_device(
         }
         Ok(SignedOut::Elsewhere) => {
             tracing::info!(
-                "web: {} signed out session {sid}, through its node",
+                "web: {} asked the node of session {sid} to sign it out",
                 session.user
             );
-            Redirect::to("/account?done=device").into_response()
+            Redirect::to("/account?done=device-elsewhere").into_response()
         }
         Ok(SignedOut::NotFound) => not_found(lang),
         Err(_) => failed(lang, "the directory is stopping"),

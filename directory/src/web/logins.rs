@@ -37,8 +37,14 @@ impl Logins {
 
     /// A new session for `user` (a new id and CSRF token, so an id set
     /// before login is never kept), and the Set-Cookie header that carries
-    /// it. Sessions left idle by anyone are forgotten on the way.
-    pub(super) async fn login(&self, user: &str) -> StoreResult<(Session, HeaderValue)> {
+    /// it; refused when the password changed after `checked_ms` (when the
+    /// one that let the person in was read). Sessions left idle by anyone
+    /// are forgotten on the way.
+    pub(super) async fn login(
+        &self,
+        user: &str,
+        checked_ms: i64,
+    ) -> StoreResult<(Session, HeaderValue)> {
         let session = Session {
             id: random_token(),
             user: user.to_string(),
@@ -55,7 +61,7 @@ impl Logins {
         let idle = self.idle_ms;
         store::blocking(&self.store, move |s| {
             s.purge_web_sessions(now, idle)?;
-            s.add_web_session(&row, MAX_PER_ACCOUNT)
+            s.add_web_session(&row, MAX_PER_ACCOUNT, checked_ms)
         })
         .await?;
         let cookie = session_cookie(SESSION_COOKIE, &session.id, None);

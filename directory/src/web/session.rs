@@ -225,8 +225,9 @@ pub(super) async fn login(
     if !form_token_ok(&headers, &f.csrf) {
         return forbidden(lang);
     }
+    let checked = store::now_ms();
     match verify(&web, peer.ip(), &f.id, f.password).await {
-        Ok(()) => match web.sessions.login(&f.id).await {
+        Ok(()) => match web.sessions.login(&f.id, checked).await {
             Ok((_, cookie)) => {
                 ([(header::SET_COOKIE, cookie)], Redirect::to("/account")).into_response()
             }

@@ -357,9 +357,22 @@ pub(super) async fn package(
         return not_found(lang);
     }
     let path = dir.join(&name);
-    let file = match tokio::fs::symlink_metadata(&path).await {
-        Ok(meta) if meta.is_file() => tokio::fs::File::open(&path).await.map(|f| (f, meta.len())),
-        Ok(_) => return not_found(lang),
+    // Opened without following a link, and its kind and length read from
+    // the open file itself: a link or folder put in its place between a
+    // check and the open is never served, and the length is the file's.
+    let opened = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+        .await;
+    let file = match opened {
+        Ok(f) => match f.metadata().await {
+            Ok(meta) if meta.is_file() => Ok((f, meta.len())),
+            Ok(_) => return not_found(lang),
+            Err(e) => Err(e),
+        },
+        // ELOOP: the name is a link.
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => return not_found(lang),
         Err(e) => Err(e),
     };
     let (file, len) = match file {

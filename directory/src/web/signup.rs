@@ -271,7 +271,7 @@ pub(super) async fn signup(
     tracing::info!("web: account {} signed up from {}", f.id, peer.ip());
     // The hub learns the number before the new phone registers it.
     reload(&web.shared, None).await;
-    match web.sessions.login(&f.id).await {
+    match web.sessions.login(&f.id, store::now_ms()).await {
         Ok((_, cookie)) => (
             [(header::SET_COOKIE, cookie)],
             Redirect::to("/setup?welcome=1"),

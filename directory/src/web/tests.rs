@@ -644,6 +644,12 @@ async fn account_forwarding_mail_password_and_others_pages() {
     assert_eq!(second.get("/account").await.status, StatusCode::SEE_OTHER);
     let acct = shared.store.account("minjun").expect("q").expect("a");
     assert!(auth::verify_password(&acct.pw_hash, "new password"));
+    // This browser was logged in again: a new session, a new CSRF token.
+    let page = a.get("/account?done=password").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let old_csrf = csrf;
+    let csrf = page.csrf();
+    assert_ne!(csrf, old_csrf, "the session was not renewed");
 
     // ID: a wrong password is refused beside the password's field.
     let r = a

@@ -94,6 +94,7 @@ texts! {
     id_changed: "Your ID was changed; your numbers and mail stay, your other sessions were signed out.", "ID가 바뀌었습니다. 번호와 메일은 그대로이고 다른 세션은 로그아웃되었습니다.";
     forward_saved: "Forwarding saved.", "착신 전환이 저장되었습니다.";
     device_signed_out: "The device was signed out.", "기기가 로그아웃되었습니다.";
+    device_asked: "The directory node the device is connected to was asked to sign it out; it disappears from the list once it has.", "기기가 연결된 디렉터리 노드에 로그아웃을 요청했습니다. 로그아웃되면 목록에서 사라집니다.";
     mail_deleted: "The message was deleted.", "메시지가 삭제되었습니다.";
     account_deleted: "Your account was deleted.", "계정이 삭제되었습니다.";
     welcome: "Your account is ready. Set up your phone below.", "계정이 준비되었습니다. 아래에서 전화를 설정하세요.";
