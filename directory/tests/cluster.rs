@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use keyline_tests::pg::PgCluster;
 use keyline_tests::{
-    bin, idle, jnum, jstr, start_terminal, status, terminal_registered, wait_for, wait_state,
-    Daemon, Host, Lan, Scratch,
+    bin, form_encode, idle, jnum, jstr, start_terminal, status, terminal_registered, wait_for,
+    wait_state, Daemon, Host, Lan, Scratch,
 };
 use serde_json::Value;
 
@@ -330,19 +330,6 @@ fn https(ns: &str, url: &str, cookie: &str, form: Option<&str>) -> (u16, String,
     (code, head.to_string(), body.to_string())
 }
 
-/// Form encoding of one value.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// A fixed token for the forms shown before logging in (the site checks
 /// that the form and its cookie carry the same one).
 const FORM: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -354,7 +341,11 @@ fn web_login(ns: &str, site: &str, id: &str, pw: &str) -> (u16, Option<String>) 
         ns,
         &format!("{site}/login"),
         &format!("kl_form={FORM}"),
-        Some(&format!("csrf={FORM}&id={}&password={}", enc(id), enc(pw))),
+        Some(&format!(
+            "csrf={FORM}&id={}&password={}",
+            form_encode(id),
+            form_encode(pw)
+        )),
     );
     let cookie = head
         .lines()

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyline_tests::{bin, jstr, wait_for, Daemon, Scratch};
+use keyline_tests::{bin, form_encode, jstr, wait_for, Daemon, Scratch};
 use rustls::pki_types::{CertificateDer, ServerName};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -139,7 +139,7 @@ impl Browser {
         }
         let body = form.map(|f| {
             f.iter()
-                .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+                .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
                 .collect::<Vec<_>>()
                 .join("&")
         });
@@ -189,18 +189,6 @@ impl Browser {
             .await;
         assert_eq!(r.status, 303, "login: {}", r.text());
     }
-}
-
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// An HTTP/1.1 reply read to the end of the connection.

@@ -324,6 +324,21 @@ impl Drop for Daemon {
     }
 }
 
+/// One value of an HTML form, URL-encoded (`application/x-www-form-
+/// urlencoded`: letters, digits and `-_.~` as they are, every other byte
+/// as `%XX`).
+pub fn form_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Poll `f` until it returns `Some`, or fail after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

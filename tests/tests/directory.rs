@@ -1402,17 +1402,7 @@ async fn quic_login(dir: SocketAddr, account: &str, password: &str) -> DirMsg {
 fn web_login(port: u16, account: &str, password: &str) -> u16 {
     // The form's token is the one its cookie carries (double submit).
     let token = "5e".repeat(32);
-    let enc = |s: &str| -> String {
-        s.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect()
-    };
+    let enc = keyline_tests::form_encode;
     let body = format!(
         "csrf={token}&id={}&password={}",
         enc(account),
