@@ -11,6 +11,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use keyline_proto::dir::{ForwardRule, ForwardWhen, MailKind};
+use keyline_tests::form_encode as enc;
 use tower::ServiceExt;
 
 use super::setup::TerminalSettings;
@@ -48,18 +49,6 @@ impl Reply {
         let i = self.body.find(key).map(|i| i + key.len()).unwrap_or(0);
         self.body[i..].split('"').next().unwrap_or("").to_string()
     }
-}
-
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn form(fields: &[(&str, &str)]) -> String {
