@@ -260,14 +260,27 @@ pub(crate) async fn online(
     dir: SocketAddr,
     accounts: &[(String, Vec<String>)],
 ) -> Result<Vec<RawClient>> {
+    online_with(ep, dir, accounts, &[]).await
+}
+
+/// [`online`], resuming with `tokens` (one per account, in order, as
+/// [`account_tokens`] gives them) instead of logging in with the
+/// password: no password is checked in the directory meanwhile.
+pub(crate) async fn online_with(
+    ep: &quinn::Endpoint,
+    dir: SocketAddr,
+    accounts: &[(String, Vec<String>)],
+    tokens: &[String],
+) -> Result<Vec<RawClient>> {
     let gate = Arc::new(tokio::sync::Semaphore::new(LOGINS_AT_ONCE));
     let mut tasks = Vec::new();
-    for (id, numbers) in accounts {
+    for (i, (id, numbers)) in accounts.iter().enumerate() {
         let (id, numbers, ep, gate) = (id.clone(), numbers.clone(), ep.clone(), gate.clone());
+        let given = tokens.get(i).cloned();
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire().await?;
             let mut out = Vec::new();
-            let mut token: Option<String> = None;
+            let mut token: Option<String> = given;
             for n in &numbers {
                 let login = match &token {
                     None => Login::Password(PW),
@@ -287,6 +300,26 @@ pub(crate) async fn online(
         clients.extend(t.await.context("a client task failed")??);
     }
     Ok(clients)
+}
+
+/// A session token for each of `accounts` (each logs in once with its
+/// password, binding its first number until it closes), for
+/// [`online_with`].
+pub(crate) async fn account_tokens(
+    ep: &quinn::Endpoint,
+    dir: SocketAddr,
+    accounts: &[(String, Vec<String>)],
+) -> Result<Vec<String>> {
+    let mut tokens = Vec::new();
+    for (id, numbers) in accounts {
+        let first = numbers.first().context("an account without numbers")?;
+        let (c, token) = RawClient::online(ep, dir, id, Login::Password(PW), first)
+            .await
+            .with_context(|| format!("logging {id} in"))?;
+        c.close();
+        tokens.push(token);
+    }
+    Ok(tokens)
 }
 
 /// Load the directory with `op` from every client, `depth` in flight

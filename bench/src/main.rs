@@ -174,6 +174,10 @@ struct Opts {
     /// Bindings for the directory's memory figure.
     #[arg(long, value_name = "N")]
     bindings: Option<usize>,
+    /// Connected, registered, idle terminals for the cluster suite's
+    /// memory and keep-alive figures (default 2,000).
+    #[arg(long, value_name = "N")]
+    idle_terminals: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -431,9 +435,9 @@ fn dir_levels(o: &Opts, clients: &[usize], in_flight: usize) -> Vec<(usize, usiz
         .collect()
 }
 
-fn cluster_config(scale: Scale) -> cluster::ClusterConfig {
+fn cluster_config(scale: Scale, o: &Opts) -> cluster::ClusterConfig {
     let ms = Duration::from_millis;
-    match scale {
+    let mut cfg = match scale {
         Scale::Full => cluster::ClusterConfig {
             clients: 64,
             depth: 8,
@@ -452,7 +456,11 @@ fn cluster_config(scale: Scale) -> cluster::ClusterConfig {
             idle: 20,
             idle_window: ms(500),
         },
+    };
+    if let Some(n) = o.idle_terminals {
+        cfg.idle = n;
     }
+    cfg
 }
 
 fn dir_config(scale: Scale, o: &Opts) -> DirConfig {
@@ -598,7 +606,7 @@ fn bench(mode: &str, scale: Scale, suites: &[Suite], o: &Opts) -> Result<()> {
             Suite::Cluster => dir_bin
                 .as_ref()
                 .context("keyline-directory not located")
-                .and_then(|b| cluster::run(b, &cluster_config(scale))),
+                .and_then(|b| cluster::run(b, &cluster_config(scale, o))),
             Suite::Phone => bins.as_ref().context("daemons not located").and_then(|b| {
                 phone::run(
                     b,

@@ -103,6 +103,10 @@ pub fn take_msg(frames: &mut FrameDecoder) -> Result<Option<Incoming>, CodecErro
 pub const WRITE_BATCH: usize = 64;
 /// A [`MsgWriter`] writes what it has once it holds this many bytes.
 const WRITE_BYTES: usize = 64 * 1024;
+/// The most buffer a [`MsgWriter`] keeps between batches: a server holds
+/// one writer per connection, and a connection that once sent a large
+/// message (an account's long number list) must not keep its buffer.
+const KEEP_BYTES: usize = 1024;
 
 /// Writes messages to a control stream in batches: everything queued goes
 /// out in one stream write, not one per message.
@@ -116,7 +120,7 @@ impl MsgWriter {
     pub fn new(send: quinn::SendStream) -> Self {
         Self {
             send,
-            buf: Vec::with_capacity(4096),
+            buf: Vec::new(),
         }
     }
 
@@ -138,6 +142,7 @@ impl MsgWriter {
                 .await
                 .map_err(|e| CodecError::Io(e.into()))?;
             self.buf.clear();
+            self.buf.shrink_to(KEEP_BYTES);
         }
         Ok(())
     }

@@ -24,13 +24,21 @@ use crate::auth;
 use crate::config::Config;
 use crate::hashing::Refused;
 use crate::ratelimit::{Attempt, Locked, LoginLimiter, Scope};
-use crate::routing::{Request, SessionId};
+use crate::routing::{AccountNumbers, Request, SessionId};
 use crate::store::Store;
 
-/// What goes out on a session's control stream.
+/// What goes out on a session's control stream. Boxed: a session's queue
+/// holds its slots for as long as it lives, 32 of them at least, and a
+/// message inline is some 200 bytes.
 #[derive(Debug)]
 pub enum Out {
-    Msg(DirMsg),
+    Msg(Box<DirMsg>),
+}
+
+impl Out {
+    pub fn msg(m: DirMsg) -> Out {
+        Out::Msg(Box::new(m))
+    }
 }
 
 /// Inputs of the hub task.
@@ -63,7 +71,7 @@ pub enum Event {
     LoggedIn {
         sid: SessionId,
         account: String,
-        numbers: Vec<String>,
+        numbers: AccountNumbers,
         /// The hash of the session token it logged in with (a device, to
         /// the web site's account page).
         token_hash: String,
@@ -211,6 +219,45 @@ pub struct Shared {
     pub events: control::Events,
     /// The link to the other nodes, when this node is one of a cluster.
     pub cluster: std::sync::OnceLock<crate::cluster::link::Link>,
+    /// The number lists of accounts logged in here, one per account.
+    pub(crate) lists: NumberLists,
+}
+
+/// One [`AccountNumbers`] per account for all its sessions: each login
+/// reads the list from the store, and an equal list already held by
+/// another session of the account is used instead of the new copy.
+#[derive(Debug, Default)]
+pub(crate) struct NumberLists {
+    /// The lists by account, and how many were added since the last sweep.
+    lists: Mutex<(HashMap<String, HeldList>, usize)>,
+}
+
+/// A list as [`NumberLists`] remembers it: gone once no session holds it.
+type HeldList = std::sync::Weak<Vec<String>>;
+
+impl NumberLists {
+    /// Entries added between two sweeps of the lists no session holds.
+    const SWEEP_EVERY: usize = 1024;
+
+    pub(crate) fn share(&self, account: &str, numbers: Vec<String>) -> AccountNumbers {
+        let Ok(mut g) = self.lists.lock() else {
+            return Arc::new(numbers);
+        };
+        let (lists, added) = &mut *g;
+        if let Some(held) = lists.get(account).and_then(std::sync::Weak::upgrade) {
+            if *held == numbers {
+                return held;
+            }
+        }
+        let list = Arc::new(numbers);
+        lists.insert(account.to_string(), Arc::downgrade(&list));
+        *added += 1;
+        if *added >= Self::SWEEP_EVERY {
+            lists.retain(|_, w| w.strong_count() > 0);
+            *added = 0;
+        }
+        list
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -258,6 +305,7 @@ impl Shared {
             },
             events: control::Events::new(),
             cluster: std::sync::OnceLock::new(),
+            lists: NumberLists::default(),
         })
     }
 
@@ -419,5 +467,50 @@ pub(crate) async fn query_hub(shared: &Shared, what: Query) -> Value {
         QueryReply::Bindings(bindings) => api::Response::Bindings { bindings }.to_json(),
         QueryReply::Calls(calls) => api::Response::Calls { calls }.to_json(),
         QueryReply::Online(online) => json!({"ok": true, "online": online}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn list(ns: &[&str]) -> Vec<String> {
+        ns.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn sessions_of_an_account_share_its_number_list_while_it_is_the_same() {
+        let lists = NumberLists::default();
+        let a = lists.share("alice", list(&["1001", "1002"]));
+        let b = lists.share("alice", list(&["1001", "1002"]));
+        assert!(Arc::ptr_eq(&a, &b));
+        // Another account's equal list is its own.
+        let c = lists.share("carol", list(&["1001", "1002"]));
+        assert!(!Arc::ptr_eq(&a, &c));
+        // A changed list (a number added, or another one first) is new,
+        // and later logins share the new one; the old sessions keep theirs.
+        let d = lists.share("alice", list(&["1002", "1001"]));
+        assert!(!Arc::ptr_eq(&a, &d));
+        assert_eq!(*a, list(&["1001", "1002"]));
+        let e = lists.share("alice", list(&["1002", "1001"]));
+        assert!(Arc::ptr_eq(&d, &e));
+        // Once no session holds it, a list is not handed out again.
+        drop((a, b, d, e));
+        let f = lists.share("alice", list(&["1002", "1001"]));
+        assert_eq!(Arc::strong_count(&f), 1);
+    }
+
+    #[test]
+    fn lists_no_session_holds_are_swept() {
+        let lists = NumberLists::default();
+        let kept = lists.share("kept", list(&["1"]));
+        for i in 0..(NumberLists::SWEEP_EVERY * 3) {
+            drop(lists.share(&format!("gone{i}"), list(&["2"])));
+        }
+        let held = lists.lists.lock().unwrap().0.len();
+        assert!(held <= NumberLists::SWEEP_EVERY + 1, "{held} entries held");
+        assert!(Arc::ptr_eq(&kept, &lists.share("kept", list(&["1"]))));
     }
 }

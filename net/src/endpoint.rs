@@ -115,6 +115,71 @@ pub fn make_endpoint_with_puncher(
     Ok((ep, Puncher(Arc::new(punch))))
 }
 
+/// An endpoint for a server of control connections only (the
+/// directory): like [`make_endpoint`], but it sends one datagram per
+/// transmit instead of a segmentation-offload batch. quinn keeps each
+/// connection's transmit buffer at the largest batch it ever built (up to
+/// ten datagrams, about 15 KiB a connection, most of a registered idle
+/// terminal's cost), and the batches only help a connection that sends
+/// much at once, which control connections never do.
+pub fn make_control_endpoint(bind: SocketAddr, id: &Identity) -> Result<quinn::Endpoint> {
+    let server = server_config(id, None)?;
+    let socket = std::net::UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
+    grow_buffers(&socket);
+    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+    let inner = runtime
+        .wrap_udp_socket(socket)
+        .with_context(|| format!("starting QUIC on UDP {bind}"))?;
+    let mut ep = quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(id),
+        Some(server),
+        Arc::new(OneDatagram(inner)),
+        runtime,
+    )
+    .with_context(|| format!("starting QUIC on UDP {bind}"))?;
+    ep.set_default_client_config(client_config(id, None)?);
+    Ok(ep)
+}
+
+/// A UDP socket that takes one datagram per send ([`make_control_endpoint`]).
+#[derive(Debug)]
+struct OneDatagram(Arc<dyn quinn::AsyncUdpSocket>);
+
+impl quinn::AsyncUdpSocket for OneDatagram {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        self.0.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        self.0.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        1
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.0.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.0.may_fragment()
+    }
+}
+
 /// [`make_endpoint_with_puncher`], with connectivity checks
 /// ([`crate::checks`]) on the same UDP port: the socket sets check
 /// datagrams aside before QUIC sees them, and a task sends the checks the
@@ -547,6 +612,42 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0)
+    }
+
+    /// A control endpoint sends one datagram per transmit, and a stream
+    /// far larger than a datagram still crosses whole, both ways.
+    #[tokio::test]
+    async fn a_control_endpoint_carries_large_streams_one_datagram_at_a_time() {
+        let server_id = Identity::generate("server").unwrap();
+        let client_id = Identity::generate("client").unwrap();
+        let server = make_control_endpoint("127.0.0.1:0".parse().unwrap(), &server_id).unwrap();
+        let addr = server.local_addr().unwrap();
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let echo = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            let got = recv.read_to_end(1 << 20).await.unwrap();
+            send.write_all(&got).await.unwrap();
+            send.finish().unwrap();
+            conn.closed().await;
+        });
+        let client = make_endpoint("127.0.0.1:0".parse().unwrap(), &client_id).unwrap();
+        let cfg = client_config(&client_id, Some(server_id.fingerprint.clone())).unwrap();
+        let conn = client
+            .connect_with(cfg, addr, SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&body).await.unwrap();
+        send.finish().unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, body);
+        conn.close(quinn::VarInt::from_u32(0), b"done");
+        echo.await.unwrap();
     }
 
     #[test]

@@ -3,13 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use keyline_proto::dir::{CallId, DirMsg, EndReason, ErrorCode, ReqId, MAX_CANDIDATES};
 use keyline_proto::number::Number;
 
 use super::{
-    addr_string, err, strings, with_observed, Binding, Notice, Router, Session, SessionId,
+    addr_string, err, strings, with_observed, AccountNumbers, Binding, Notice, Router, Session,
+    SessionId,
 };
 
 impl Router {
@@ -23,7 +25,7 @@ impl Router {
                 fp,
                 observed,
                 account: None,
-                numbers: Vec::new(),
+                numbers: AccountNumbers::default(),
                 checks: false,
                 remote: None,
             },
@@ -44,12 +46,12 @@ impl Router {
         now: Instant,
         sid: SessionId,
         account: &str,
-        numbers: Vec<String>,
+        numbers: impl Into<AccountNumbers>,
     ) {
         let previous = match self.sessions.get_mut(&sid) {
             Some(s) => {
                 let prev = s.account.replace(account.to_string());
-                s.numbers = numbers;
+                s.numbers = numbers.into();
                 prev
             }
             None => return,
@@ -196,7 +198,7 @@ impl Router {
             );
         }
         let wanted = if numbers.is_empty() {
-            s.numbers.clone()
+            s.numbers.to_vec()
         } else {
             numbers
         };
@@ -340,7 +342,7 @@ impl Router {
         self.expiry.remove(&(b.expires, b.number.clone()));
         if b.remote {
             if let Some(s) = self.sessions.get_mut(&b.session) {
-                s.numbers.retain(|n| n != number);
+                Arc::make_mut(&mut s.numbers).retain(|n| n != number);
             }
         }
         Some(b)

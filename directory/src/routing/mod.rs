@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyline_proto::dir::{
@@ -172,6 +173,11 @@ pub enum Notice {
     },
 }
 
+/// An account's numbers in order (the first is the one its callees see),
+/// one allocation shared by every session of the account: an account of
+/// 500 numbers with 2,000 sessions holds its list once, not 2,000 times.
+pub type AccountNumbers = Arc<Vec<String>>;
+
 /// A connection as the router sees it.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -179,8 +185,9 @@ pub struct Session {
     pub observed: SocketAddr,
     pub account: Option<String>,
     /// The account's numbers, default caller number first; for a remote
-    /// session, the numbers bound to it here.
-    pub numbers: Vec<String>,
+    /// session, the numbers bound to it here. An account's sessions on
+    /// this node share one list.
+    pub numbers: AccountNumbers,
     /// Whether the endpoint runs connectivity checks (a terminal).
     pub checks: bool,
     /// The cluster node that holds the connection, when it is another
@@ -519,11 +526,13 @@ impl Router {
     /// Numbers the account no longer owns in the number table (a removal
     /// that overtook this news) are left out.
     pub fn set_account_numbers(&mut self, account: &str, numbers: &[String]) {
-        let owned: Vec<String> = numbers
-            .iter()
-            .filter(|n| self.numbers.get(*n).is_some_and(|ni| ni.account == account))
-            .cloned()
-            .collect();
+        let owned: AccountNumbers = Arc::new(
+            numbers
+                .iter()
+                .filter(|n| self.numbers.get(*n).is_some_and(|ni| ni.account == account))
+                .cloned()
+                .collect(),
+        );
         for s in self.sessions.values_mut() {
             if s.remote.is_none() && s.account.as_deref() == Some(account) {
                 s.numbers = owned.clone();

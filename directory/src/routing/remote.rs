@@ -15,13 +15,14 @@
 //! (unbound, registered) are the holding node's to send.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyline_proto::dir::DirMsg;
 use keyline_proto::number::Number;
 use serde::{Deserialize, Serialize};
 
-use super::{Binding, Router, Session, SessionId};
+use super::{AccountNumbers, Binding, Router, Session, SessionId};
 
 /// A registration another node holds, as that node tells it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +61,7 @@ impl Router {
             observed: b.observed,
             account: Some(b.account.clone()),
             // For a remote session: the numbers bound to it here.
-            numbers: Vec::new(),
+            numbers: AccountNumbers::default(),
             checks: b.checks,
             remote: Some(node.to_string()),
         });
@@ -90,7 +91,7 @@ impl Router {
         };
         if let Some(s) = self.sessions.get_mut(&sid) {
             if !s.numbers.contains(&number) {
-                s.numbers.push(number.clone());
+                Arc::make_mut(&mut s.numbers).push(number.clone());
             }
         }
         self.expiry.insert((expires, number.clone()));

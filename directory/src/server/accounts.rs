@@ -135,6 +135,7 @@ pub(super) async fn logged_in(
     token_hash: String,
     ttl: Duration,
 ) -> Result<()> {
+    let numbers = c.shared.lists.share(&account, numbers);
     c.account.send_replace(Some(LoggedIn {
         account: account.clone(),
         numbers: numbers.clone(),
@@ -151,7 +152,7 @@ pub(super) async fn logged_in(
     c.reply(DirMsg::LoggedIn {
         req,
         account,
-        numbers,
+        numbers: numbers.to_vec(),
         token,
         expires_in_secs: ttl.as_secs(),
     });
@@ -420,7 +421,7 @@ pub(super) async fn list_forwards(c: &Arc<Conn>, req: ReqId) -> Result<()> {
         c.reply(error(Some(req), ErrorCode::NotLoggedIn, "log in first"));
         return Ok(());
     };
-    let numbers = who.numbers.clone();
+    let numbers = who.numbers.to_vec();
     let res = store::blocking(&c.shared.store, move |s| {
         numbers
             .into_iter()

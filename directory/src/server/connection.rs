@@ -192,6 +192,9 @@ pub(super) async fn control_loop(c: &Arc<Conn>, recv: quinn::RecvStream) -> Resu
 }
 
 /// Handle one message of a session's control stream, read at `read_at`.
+/// The account requests, rare and with large futures (the store, the
+/// password check), are boxed while they run: inline, they would size
+/// every idle session's task for them.
 pub(super) async fn handle_msg(c: &Arc<Conn>, msg: DirMsg, read_at: Instant) -> Result<()> {
     match msg {
         DirMsg::Ping { n } => c.reply(DirMsg::Pong { n }),
@@ -199,17 +202,19 @@ pub(super) async fn handle_msg(c: &Arc<Conn>, msg: DirMsg, read_at: Instant) -> 
             req,
             account,
             password,
-        } => login(c, req, account, password).await?,
-        DirMsg::Resume { req, token } => resume(c, req, token).await?,
-        DirMsg::ChangePassword { req, old, new } => change_password(c, req, old, new).await?,
+        } => Box::pin(login(c, req, account, password)).await?,
+        DirMsg::Resume { req, token } => Box::pin(resume(c, req, token)).await?,
+        DirMsg::ChangePassword { req, old, new } => {
+            Box::pin(change_password(c, req, old, new)).await?
+        }
         DirMsg::SetForward { req, number, rule } => {
-            forward_change(c, req, number, ForwardChange::Set(rule)).await?
+            Box::pin(forward_change(c, req, number, ForwardChange::Set(rule))).await?
         }
         DirMsg::ForwardOff { req, number, when } => {
-            forward_change(c, req, number, ForwardChange::Off(when)).await?
+            Box::pin(forward_change(c, req, number, ForwardChange::Off(when))).await?
         }
-        DirMsg::ListForwards { req } => list_forwards(c, req).await?,
-        DirMsg::AccountQuery { req } => account_info(c, req).await?,
+        DirMsg::ListForwards { req } => Box::pin(list_forwards(c, req)).await?,
+        DirMsg::AccountQuery { req } => Box::pin(account_info(c, req)).await?,
         DirMsg::AckMail { req, id } => {
             let Some(who) = c.who() else {
                 c.reply(error(Some(req), ErrorCode::NotLoggedIn, "log in first"));
@@ -394,13 +399,16 @@ pub(super) async fn writer(
     mut account: watch::Receiver<Option<LoggedIn>>,
     wake: Arc<Notify>,
 ) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    // Grown by what arrives together and shrunk after: an idle session
+    // keeps a few slots, not a whole batch's (12 KiB).
+    let mut batch = Vec::new();
     let mut out = MsgWriter::new(send);
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         drained.notify_waiters();
         let mut mail = false;
         let mut written = Ok(());
         for Out::Msg(m) in batch.drain(..) {
+            let m = *m;
             if matches!(m, DirMsg::Registered { .. }) && account.has_changed().unwrap_or(false) {
                 // The session's first registration since it logged in.
                 account.borrow_and_update();
@@ -420,6 +428,7 @@ pub(super) async fn writer(
             conn.close(quinn::VarInt::from_u32(3), b"write failed");
             break;
         }
+        batch.shrink_to(4);
         if mail {
             wake.notify_one();
         }

@@ -249,7 +249,7 @@ impl Hub {
         let mut token = None;
         if let Some(l) = self.sessions.remove(&sid) {
             let _ =
-                l.tx.try_send(Out::Msg(error(None, ErrorCode::BadToken, why)));
+                l.tx.try_send(Out::msg(error(None, ErrorCode::BadToken, why)));
             let conn = l.conn.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -348,7 +348,7 @@ impl Hub {
                 return;
             }
         }
-        match l.tx.try_send(Out::Msg(msg)) {
+        match l.tx.try_send(Out::msg(msg)) {
             Ok(()) => {}
             Err(_) => {
                 // An endpoint that cannot keep up with its own replies is

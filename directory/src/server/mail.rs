@@ -98,7 +98,10 @@ pub(super) async fn mail_uploads(c: Arc<Conn>) {
         let Ok((mut send, mut recv)) = c.conn.accept_bi().await else {
             return;
         };
-        let reply = tokio::time::timeout(Duration::from_secs(60), upload(&c, &mut recv)).await;
+        // Boxed while it runs: inline, every idle session's task would be
+        // sized for an upload.
+        let reply =
+            tokio::time::timeout(Duration::from_secs(60), Box::pin(upload(&c, &mut recv))).await;
         let reply = match reply {
             Ok(r) => r,
             Err(_) => error(

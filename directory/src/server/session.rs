@@ -11,7 +11,7 @@ use keyline_proto::dir::{DirMsg, ErrorCode, ReqId, MAX_CANDIDATES};
 use keyline_proto::number::{self, Number};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
-use crate::routing::{Request, SessionId};
+use crate::routing::{AccountNumbers, Request, SessionId};
 use crate::shared::{Event, Out, Shared};
 
 /// Messages queued for one endpoint's control stream before it counts as
@@ -123,13 +123,13 @@ pub(super) struct Conn {
 #[derive(Debug, Clone)]
 pub(super) struct LoggedIn {
     pub(super) account: String,
-    pub(super) numbers: Vec<String>,
+    pub(super) numbers: AccountNumbers,
     pub(super) token_hash: String,
 }
 
 impl Conn {
     pub(super) fn reply(&self, msg: DirMsg) {
-        if self.tx.try_send(Out::Msg(msg)).is_err() {
+        if self.tx.try_send(Out::msg(msg)).is_err() {
             self.conn
                 .close(quinn::VarInt::from_u32(5), b"control queue overflow");
         }
