@@ -103,9 +103,10 @@ pub fn take_msg(frames: &mut FrameDecoder) -> Result<Option<Incoming>, CodecErro
 pub const WRITE_BATCH: usize = 64;
 /// A [`MsgWriter`] writes what it has once it holds this many bytes.
 const WRITE_BYTES: usize = 64 * 1024;
-/// The most buffer a [`MsgWriter`] keeps between batches: a server holds
-/// one writer per connection, and a connection that once sent a large
-/// message (an account's long number list) must not keep its buffer.
+/// After a batch no larger than this, a [`MsgWriter`] keeps no more buffer
+/// than this: a server holds one writer per connection, and a connection
+/// that once sent a large message (an account's long number list) and is
+/// now quiet must not keep its buffer, while a busy one keeps its own.
 const KEEP_BYTES: usize = 1024;
 
 /// Writes messages to a control stream in batches: everything queued goes
@@ -141,8 +142,10 @@ impl MsgWriter {
                 .write_all(&self.buf)
                 .await
                 .map_err(|e| CodecError::Io(e.into()))?;
+            if self.buf.len() <= KEEP_BYTES {
+                self.buf.shrink_to(KEEP_BYTES);
+            }
             self.buf.clear();
-            self.buf.shrink_to(KEEP_BYTES);
         }
         Ok(())
     }

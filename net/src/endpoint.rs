@@ -105,8 +105,7 @@ pub fn make_endpoint_with_puncher(
     id: &Identity,
 ) -> Result<(quinn::Endpoint, Puncher)> {
     let server = server_config(id, None)?;
-    let socket = std::net::UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
-    grow_buffers(&socket);
+    let socket = bind_udp(bind)?;
     let punch = socket.try_clone().context("sharing the UDP socket")?;
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
     let mut ep = quinn::Endpoint::new(endpoint_config(id), Some(server), socket, runtime)
@@ -115,17 +114,27 @@ pub fn make_endpoint_with_puncher(
     Ok((ep, Puncher(Arc::new(punch))))
 }
 
-/// An endpoint for a server of control connections only (the
-/// directory): like [`make_endpoint`], but it sends one datagram per
-/// transmit instead of a segmentation-offload batch. quinn keeps each
-/// connection's transmit buffer at the largest batch it ever built (up to
-/// ten datagrams, about 15 KiB a connection, most of a registered idle
-/// terminal's cost), and the batches only help a connection that sends
-/// much at once, which control connections never do.
-pub fn make_control_endpoint(bind: SocketAddr, id: &Identity) -> Result<quinn::Endpoint> {
-    let server = server_config(id, None)?;
+/// A UDP socket on `bind` with the buffers [`grow_buffers`] asks for.
+fn bind_udp(bind: SocketAddr) -> Result<std::net::UdpSocket> {
     let socket = std::net::UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
     grow_buffers(&socket);
+    Ok(socket)
+}
+
+/// An endpoint for a server of control connections only (the directory,
+/// with its [`control_server_config`]): like [`make_endpoint`], but it
+/// sends one datagram per transmit instead of a segmentation-offload
+/// batch. quinn keeps each connection's transmit buffer at the largest
+/// batch it ever built (up to ten datagrams, about 13 KiB a connection,
+/// an eighth of what a registered idle terminal cost the directory), and
+/// the batches only help a connection that sends much at once, which
+/// control connections never do.
+pub fn make_control_endpoint(
+    bind: SocketAddr,
+    id: &Identity,
+    server: quinn::ServerConfig,
+) -> Result<quinn::Endpoint> {
+    let socket = bind_udp(bind)?;
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
     let inner = runtime
         .wrap_udp_socket(socket)
@@ -189,8 +198,7 @@ pub fn make_endpoint_with_checks(
     id: &Identity,
 ) -> Result<(quinn::Endpoint, Puncher, Checker)> {
     let server = server_config(id, None)?;
-    let socket = std::net::UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
-    grow_buffers(&socket);
+    let socket = bind_udp(bind)?;
     let punch = Arc::new(socket.try_clone().context("sharing the UDP socket")?);
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
     let inner = runtime
@@ -620,7 +628,16 @@ mod tests {
     async fn a_control_endpoint_carries_large_streams_one_datagram_at_a_time() {
         let server_id = Identity::generate("server").unwrap();
         let client_id = Identity::generate("client").unwrap();
-        let server = make_control_endpoint("127.0.0.1:0".parse().unwrap(), &server_id).unwrap();
+        let limits = ControlLimits {
+            bidi_streams: 4,
+            uni_streams: 0,
+            stream_window: 256 * 1024,
+            connection_window: 1024 * 1024,
+            datagrams: false,
+        };
+        let cfg = control_server_config(&server_id, None, limits).unwrap();
+        let server =
+            make_control_endpoint("127.0.0.1:0".parse().unwrap(), &server_id, cfg).unwrap();
         let addr = server.local_addr().unwrap();
         let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let echo = tokio::spawn(async move {
@@ -630,6 +647,7 @@ mod tests {
             send.write_all(&got).await.unwrap();
             send.finish().unwrap();
             conn.closed().await;
+            conn.stats().udp_tx
         });
         let client = make_endpoint("127.0.0.1:0".parse().unwrap(), &client_id).unwrap();
         let cfg = client_config(&client_id, Some(server_id.fingerprint.clone())).unwrap();
@@ -647,7 +665,10 @@ mod tests {
             .unwrap();
         assert_eq!(back, body);
         conn.close(quinn::VarInt::from_u32(0), b"done");
-        echo.await.unwrap();
+        let sent = echo.await.unwrap();
+        // One datagram per send: never a batch.
+        assert!(sent.datagrams > 100, "{sent:?}");
+        assert_eq!(sent.ios, sent.datagrams, "{sent:?}");
     }
 
     #[test]

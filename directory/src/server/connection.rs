@@ -399,17 +399,22 @@ pub(super) async fn writer(
     mut account: watch::Receiver<Option<LoggedIn>>,
     wake: Arc<Notify>,
 ) {
-    // Grown by what arrives together and shrunk after: an idle session
-    // keeps a few slots, not a whole batch's (12 KiB).
+    // Grown by what arrives together, and shrunk after a small batch: a
+    // quiet session keeps a few slots, not a whole batch's (12 KiB), and
+    // a busy one keeps its room.
+    const KEEP: usize = 4;
     let mut batch = Vec::new();
     let mut out = MsgWriter::new(send);
-    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+    loop {
+        let taken = rx.recv_many(&mut batch, WRITE_BATCH).await;
+        if taken == 0 {
+            break;
+        }
         drained.notify_waiters();
         let mut mail = false;
         let mut written = Ok(());
         for Out::Msg(m) in batch.drain(..) {
-            let m = *m;
-            if matches!(m, DirMsg::Registered { .. }) && account.has_changed().unwrap_or(false) {
+            if matches!(*m, DirMsg::Registered { .. }) && account.has_changed().unwrap_or(false) {
                 // The session's first registration since it logged in.
                 account.borrow_and_update();
                 mail = true;
@@ -428,7 +433,9 @@ pub(super) async fn writer(
             conn.close(quinn::VarInt::from_u32(3), b"write failed");
             break;
         }
-        batch.shrink_to(4);
+        if taken <= KEEP {
+            batch.shrink_to(KEEP);
+        }
         if mail {
             wake.notify_one();
         }

@@ -96,12 +96,11 @@ async fn serve(opts: RunOptions, stop: Option<watch::Receiver<bool>>) -> Result<
             .context("loading numbers")??
     };
     let ctl = keyline_net::control::bind(&keyline_net::control::socket_path(&state_dir)).await?;
-    let endpoint = keyline_net::endpoint::make_control_endpoint(cfg.listen, &id)?;
-    endpoint.set_server_config(Some(keyline_net::endpoint::control_server_config(
+    let endpoint = keyline_net::endpoint::make_control_endpoint(
+        cfg.listen,
         &id,
-        Some(wire::ACK_EVERY),
-        CONTROL_LIMITS,
-    )?));
+        keyline_net::endpoint::control_server_config(&id, Some(wire::ACK_EVERY), CONTROL_LIMITS)?,
+    )?;
     let local_addr = endpoint.local_addr()?;
     let (hub_tx, hub_rx) = mpsc::channel(4096);
     let shared = Arc::new(Shared::new(
