@@ -18,12 +18,11 @@ build: deps
 run: deps
 	$(CARGO) run --release -p keyline-gatewayd --
 
-# The end-to-end tests start the real binaries, so build them first. The
-# test binaries run several at a time (scripts/run-tests), then the doc
-# tests, then every fuzz target for 20 s.
+# The end-to-end tests start the real binaries, so build them first.
+# (scripts/run-tests runs the test binaries two at a time; see README.)
 test: test-deps
 	$(CARGO) build --workspace --bins
-	CARGO="$(CARGO)" scripts/run-tests
+	$(CARGO) test --workspace
 	scripts/fuzz.sh 20
 
 # Every fuzz target for FUZZ_SECONDS each (default 15 minutes), two at a time.
