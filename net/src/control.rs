@@ -234,7 +234,16 @@ async fn stream_events(
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(ev) => {
-                    if w.write_all(line(&ev).as_bytes()).await.is_err() {
+                    // Whatever else is already queued goes in the same
+                    // write: one socket buffer entry per batch, not per
+                    // event, so a reader that pauses briefly has far more
+                    // room before it counts as slow.
+                    let mut batch = line(&ev);
+                    while batch.len() < 64 * 1024 {
+                        let Ok(ev) = rx.try_recv() else { break };
+                        batch.push_str(&line(&ev));
+                    }
+                    if w.write_all(batch.as_bytes()).await.is_err() {
                         return;
                     }
                 }

@@ -26,6 +26,8 @@ const PW: &str = "correct horse battery";
 struct Events {
     child: Child,
     rx: mpsc::Receiver<String>,
+    /// Every line read so far, in order.
+    seen: std::cell::RefCell<Vec<String>>,
 }
 
 impl Events {
@@ -50,24 +52,55 @@ impl Events {
                 }
             }
         });
-        Events { child, rx }
+        Events {
+            child,
+            rx,
+            seen: Default::default(),
+        }
     }
 
-    /// Lines until (and with) the first one `last` accepts, within 30 s.
+    /// Every line so far, up to and with the first one `last` accepts
+    /// (waiting for it up to 30 s).
     fn until(&self, last: impl Fn(&str) -> bool) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            let Ok(l) = self.rx.recv_timeout(Duration::from_millis(200)) else {
-                continue;
-            };
-            let done = last(&l);
-            seen.push(l);
-            if done {
-                return seen;
+        let mut from = 0;
+        loop {
+            {
+                let seen = self.seen.borrow();
+                if let Some(i) = seen[from..].iter().position(|l| last(l)) {
+                    return seen[..from + i + 1].to_vec();
+                }
+                from = seen.len();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the awaited event never came; saw {} lines, the last: {:?}",
+                from,
+                self.seen.borrow().last()
+            );
+            if let Ok(l) = self.rx.recv_timeout(Duration::from_millis(200)) {
+                self.seen.borrow_mut().push(l);
             }
         }
-        panic!("the awaited event never came; saw {} lines", seen.len());
+    }
+
+    /// Waits (up to 30 s) until `n` lines so far match `which`.
+    fn count(&self, n: usize, which: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let have = self.seen.borrow().iter().filter(|l| which(l)).count();
+            if have >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {have} of {n} lines came; the last: {:?}",
+                self.seen.borrow().last()
+            );
+            if let Ok(l) = self.rx.recv_timeout(Duration::from_millis(200)) {
+                self.seen.borrow_mut().push(l);
+            }
+        }
     }
 }
 
@@ -89,7 +122,15 @@ fn raw(d: &Daemon, line: &str) -> Value {
 
 /// Registers and unregisters all of `account`'s numbers `rounds` times
 /// with the client library: two events per number and round.
-fn churn(scratch: &Scratch, listen: &str, fp: &str, account: &str, rounds: usize) {
+/// `after_round` runs after each round with the rounds done so far.
+fn churn(
+    scratch: &Scratch,
+    listen: &str,
+    fp: &str,
+    account: &str,
+    rounds: usize,
+    mut after_round: impl FnMut(usize),
+) {
     use keyline_dirclient::client::DirClient;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -103,9 +144,10 @@ fn churn(scratch: &Scratch, listen: &str, fp: &str, account: &str, rounds: usize
             .await
             .unwrap();
         c.login(account, PW).await.unwrap();
-        for _ in 0..rounds {
+        for r in 1..=rounds {
             c.register(&[], Vec::new()).await.unwrap();
             c.unregister().await.unwrap();
+            after_round(r);
         }
         c.close();
     });
@@ -213,9 +255,13 @@ fn a_call_between_two_terminals_is_told_step_by_step() {
     wait_state(&b, "connected");
 
     // Thousands of events while the call is up, in bursts of 20 the
-    // readers keep up with: the stalled subscriber falls behind and is
-    // dropped; the call and the readers go on.
-    churn(&scratch, &listen, &fp, "carol", 60);
+    // readers keep up with (each round waits until both printers have
+    // printed it, however busy the machine): the stalled subscriber falls
+    // behind and is dropped; the call and the readers go on.
+    churn(&scratch, &listen, &fp, "carol", 60, |r| {
+        json.count(40 * r, |l| l.contains("\"number\":\"30"));
+        words.count(40 * r, |l| l.starts_with("30"));
+    });
     assert_eq!(call_state(&a).as_deref(), Some("connected"));
     assert_eq!(call_state(&b).as_deref(), Some("connected"));
 
