@@ -27,7 +27,7 @@ mod sqlite;
 
 pub(crate) use self::postgres::redact as redact_url;
 pub use self::postgres::{PostgresStore, POSTGRES_MIGRATIONS};
-pub use self::sqlite::{migrate, migrate_from, SqliteStore, MIGRATIONS, SCHEMA};
+pub use self::sqlite::{migrate, migrate_from, set_wal, SqliteStore, MIGRATIONS, SCHEMA};
 
 /// Why a storage operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

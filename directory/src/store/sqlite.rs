@@ -71,7 +71,7 @@ impl SqliteStore {
 /// whole, and SQLite answers "database is locked" at once rather than
 /// wait while another process opening it holds it, so this retries for
 /// up to 5 s.
-fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+pub fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         match conn.pragma_update(None, "journal_mode", "WAL") {

@@ -10,14 +10,13 @@ use axum::extract::{ConnectInfo, Path as UrlPath, Query as UrlQuery, State};
 use axum::http::header::{self, HeaderMap};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use keyline_proto::dir::{ForwardRule, ForwardWhen, MailId};
 use keyline_web::session::Session;
 use keyline_web::Lang;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use super::session::{authed, gone, refused, verify, CsrfForm};
+use super::session::{gone, refused, verify, CarriesCsrf, CsrfForm, SignedForm, SignedIn};
 use super::setup::Done;
 use super::signup::id_problem;
 use super::text::{pick, Text};
@@ -284,14 +283,14 @@ pub(super) async fn account_page(
 
 pub(super) async fn account(
     State(web): State<App>,
-    headers: HeaderMap,
+    SignedIn {
+        lang,
+        headers,
+        session,
+    }: SignedIn,
     UrlQuery(q): UrlQuery<Done>,
 ) -> Response {
-    let session = match authed(&web, &headers, None).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let t = Text::of(Lang::from_headers(&headers));
+    let t = Text::of(lang);
     let notice = match q.done.as_deref() {
         Some("password") => Some(t.password_changed),
         Some("id") => Some(t.id_changed),
@@ -324,17 +323,22 @@ pub(super) struct PasswordForm {
     new: String,
 }
 
+impl CarriesCsrf for PasswordForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub(super) async fn change_password(
     State(web): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Form(f): Form<PasswordForm>,
+    SignedForm {
+        lang,
+        headers,
+        session,
+        form: f,
+    }: SignedForm<PasswordForm>,
 ) -> Response {
-    let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let bad = |msg: String| AccountErrors {
         password: Some(msg),
         ..AccountErrors::default()
@@ -403,17 +407,22 @@ pub(super) struct IdForm {
     password: String,
 }
 
+impl CarriesCsrf for IdForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub(super) async fn change_id(
     State(web): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Form(f): Form<IdForm>,
+    SignedForm {
+        lang,
+        headers,
+        session,
+        form: f,
+    }: SignedForm<IdForm>,
 ) -> Response {
-    let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let bad = |msg: String| AccountErrors {
         id: Some(msg),
         ..AccountErrors::default()
@@ -473,15 +482,9 @@ pub(super) async fn change_id(
 
 pub(super) async fn sign_out_device(
     State(web): State<App>,
-    headers: HeaderMap,
     UrlPath(sid): UrlPath<String>,
-    Form(f): Form<CsrfForm>,
+    SignedForm { lang, session, .. }: SignedForm<CsrfForm>,
 ) -> Response {
-    let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let Ok(sid) = sid.parse::<u64>() else {
         return not_found(lang);
     };
@@ -528,17 +531,22 @@ pub(super) struct DeleteForm {
     password: String,
 }
 
+impl CarriesCsrf for DeleteForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub(super) async fn delete_account(
     State(web): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Form(f): Form<DeleteForm>,
+    SignedForm {
+        lang,
+        headers,
+        session,
+        form: f,
+    }: SignedForm<DeleteForm>,
 ) -> Response {
-    let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     if let Err(r) = verify(&web, peer.ip(), &session.user, f.password).await {
         let (status, msg) = refused(
             lang,

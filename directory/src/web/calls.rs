@@ -4,12 +4,11 @@
 
 use askama::Template;
 use axum::extract::{Query as UrlQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
-use keyline_web::Lang;
 use serde::Deserialize;
 
-use super::session::authed;
+use super::session::SignedIn;
 use super::text::Text;
 use super::{failed, render, utc, App, Page};
 use crate::store::{self, CallEntry, CallOutcome};
@@ -93,14 +92,9 @@ fn view(t: &Text, c: &CallEntry) -> CallView {
 
 pub(super) async fn calls(
     State(web): State<App>,
-    headers: HeaderMap,
+    SignedIn { lang, session, .. }: SignedIn,
     UrlQuery(q): UrlQuery<PageQuery>,
 ) -> Response {
-    let session = match authed(&web, &headers, None).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let lang = Lang::from_headers(&headers);
     let t = Text::of(lang);
     let page = q.page.unwrap_or(0).min(MAX_PAGE);
     let user = session.user.clone();
@@ -130,6 +124,7 @@ pub(super) async fn calls(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyline_web::Lang;
 
     fn entry(outgoing: bool, outcome: CallOutcome) -> CallEntry {
         CallEntry {

@@ -6,11 +6,9 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use keyline_proto::dir::MailId;
-use keyline_web::Lang;
 
-use super::session::{authed, CsrfForm};
+use super::session::{CsrfForm, SignedForm, SignedIn};
 use super::{failed, not_found, App, Web};
 use crate::store;
 
@@ -53,14 +51,13 @@ fn byte_range(headers: &HeaderMap, len: usize) -> Option<(usize, usize)> {
 
 pub(super) async fn mail_body(
     State(web): State<App>,
-    headers: HeaderMap,
+    SignedIn {
+        lang,
+        headers,
+        session,
+    }: SignedIn,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, None).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let Ok(id) = id.parse::<MailId>() else {
         return not_found(lang);
     };
@@ -103,15 +100,9 @@ pub(super) async fn mail_body(
 
 pub(super) async fn delete_mail(
     State(web): State<App>,
-    headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
-    Form(f): Form<CsrfForm>,
+    SignedForm { lang, session, .. }: SignedForm<CsrfForm>,
 ) -> Response {
-    let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let Ok(id) = id.parse::<MailId>() else {
         return not_found(lang);
     };

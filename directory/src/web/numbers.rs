@@ -3,17 +3,15 @@
 //! reaches the hub before the answer, so the next call follows it.
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use keyline_proto::dir::{ForwardRule, ForwardWhen};
 use keyline_proto::number;
 use keyline_web::Lang;
 use serde::Deserialize;
 
 use super::account::{account_page, AccountErrors, ForwardError};
-use super::session::{authed, gone};
+use super::session::{gone, CarriesCsrf, SignedForm};
 use super::signup::number_problem;
 use super::text::{pick, Text};
 use super::{clip, failed, not_found, reload, App, Web};
@@ -26,19 +24,18 @@ use crate::store::{self, StoreError};
 /// replaced at once; a kind with no number typed has no rule.
 pub(super) async fn set_forward(
     State(web): State<App>,
-    headers: HeaderMap,
-    Form(fields): Form<Vec<(String, String)>>,
+    SignedForm {
+        lang,
+        headers,
+        session,
+        form: fields,
+    }: SignedForm<Vec<(String, String)>>,
 ) -> Response {
-    let lang = Lang::from_headers(&headers);
     let field = |name: &str| {
         fields
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
-    };
-    let session = match authed(&web, &headers, Some(field("csrf").unwrap_or(""))).await {
-        Ok(s) => s,
-        Err(r) => return r,
     };
     let Ok(num) = number::canonicalize(&clip(field("number").unwrap_or(""), 256)) else {
         return not_found(lang);
@@ -163,33 +160,38 @@ pub(super) struct NumberForm {
     on: String,
 }
 
-/// The canonical form of `typed` if it is one of `user`'s numbers.
-async fn own_number(web: &Web, user: &str, typed: &str) -> Result<Option<String>, String> {
+impl CarriesCsrf for NumberForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// The canonical form of `typed` if it is one of `user`'s numbers;
+/// otherwise the page to answer with (not found, or the store's error).
+async fn own_number(web: &Web, lang: Lang, user: &str, typed: &str) -> Result<String, Response> {
     let Ok(num) = number::canonicalize(&clip(typed, 256)) else {
-        return Ok(None);
+        return Err(not_found(lang));
     };
     let user = user.to_string();
     match store::blocking(&web.shared.store, move |s| s.account(&user)).await {
-        Ok(Some(a)) => Ok(a.numbers.contains(&num).then_some(num)),
-        Ok(None) => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Ok(Some(a)) if a.numbers.contains(&num) => Ok(num),
+        Ok(_) => Err(not_found(lang)),
+        Err(e) => Err(failed(lang, e)),
     }
 }
 
 pub(super) async fn set_dnd(
     State(web): State<App>,
-    headers: HeaderMap,
-    Form(f): Form<NumberForm>,
+    SignedForm {
+        lang,
+        session,
+        form: f,
+        ..
+    }: SignedForm<NumberForm>,
 ) -> Response {
-    let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)).await {
-        Ok(s) => s,
+    let num = match own_number(&web, lang, &session.user, &f.number).await {
+        Ok(n) => n,
         Err(r) => return r,
-    };
-    let num = match own_number(&web, &session.user, &f.number).await {
-        Ok(Some(n)) => n,
-        Ok(None) => return not_found(lang),
-        Err(e) => return failed(lang, e),
     };
     let on = f.on == "1";
     let n2 = num.clone();
@@ -212,18 +214,16 @@ pub(super) async fn set_dnd(
 /// Make one of the account's numbers the first, the one its callees see.
 pub(super) async fn show_number(
     State(web): State<App>,
-    headers: HeaderMap,
-    Form(f): Form<NumberForm>,
+    SignedForm {
+        lang,
+        headers,
+        session,
+        form: f,
+    }: SignedForm<NumberForm>,
 ) -> Response {
-    let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)).await {
-        Ok(s) => s,
+    let num = match own_number(&web, lang, &session.user, &f.number).await {
+        Ok(n) => n,
         Err(r) => return r,
-    };
-    let num = match own_number(&web, &session.user, &f.number).await {
-        Ok(Some(n)) => n,
-        Ok(None) => return not_found(lang),
-        Err(e) => return failed(lang, e),
     };
     let (user, n2) = (session.user.clone(), num.clone());
     match store::blocking(&web.shared.store, move |s| s.set_first_number(&user, &n2)).await {
@@ -254,14 +254,13 @@ pub(super) async fn show_number(
 
 pub(super) async fn add_number(
     State(web): State<App>,
-    headers: HeaderMap,
-    Form(f): Form<NumberForm>,
+    SignedForm {
+        lang,
+        headers,
+        session,
+        form: f,
+    }: SignedForm<NumberForm>,
 ) -> Response {
-    let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let wrong = |msg: String| AccountErrors {
         add: Some((clip(&f.number, 128), msg)),
         ..AccountErrors::default()
@@ -315,18 +314,16 @@ pub(super) async fn add_number(
 
 pub(super) async fn remove_number(
     State(web): State<App>,
-    headers: HeaderMap,
-    Form(f): Form<NumberForm>,
+    SignedForm {
+        lang,
+        headers,
+        session,
+        form: f,
+    }: SignedForm<NumberForm>,
 ) -> Response {
-    let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, Some(&f.csrf)).await {
-        Ok(s) => s,
+    let num = match own_number(&web, lang, &session.user, &f.number).await {
+        Ok(n) => n,
         Err(r) => return r,
-    };
-    let num = match own_number(&web, &session.user, &f.number).await {
-        Ok(Some(n)) => n,
-        Ok(None) => return not_found(lang),
-        Err(e) => return failed(lang, e),
     };
     // Held back as a deleted account's numbers are, so that nobody else
     // takes it while callers still dial it for this person.

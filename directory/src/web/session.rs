@@ -7,13 +7,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use askama::Template;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use keyline_web::session::{cookie_value, random_token, Session};
 use keyline_web::Lang;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::text::{pick, Text};
@@ -88,6 +90,71 @@ pub(super) async fn authed(
         }
     }
     Ok(session)
+}
+
+/// The signed-in visitor of a page: the handler runs only when the
+/// session cookie names a live session; anyone else is sent to log in.
+pub(super) struct SignedIn {
+    pub(super) lang: Lang,
+    pub(super) headers: HeaderMap,
+    pub(super) session: Session,
+}
+
+impl FromRequestParts<App> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, web: &App) -> Result<Self, Response> {
+        let session = authed(web, &parts.headers, None).await?;
+        Ok(SignedIn {
+            lang: Lang::from_headers(&parts.headers),
+            headers: parts.headers.clone(),
+            session,
+        })
+    }
+}
+
+/// A form that carries the CSRF token of the session that posts it.
+pub(super) trait CarriesCsrf {
+    fn csrf(&self) -> &str;
+}
+
+impl CarriesCsrf for Vec<(String, String)> {
+    fn csrf(&self) -> &str {
+        self.iter()
+            .find(|(k, _)| k == "csrf")
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
+/// A form posted by a signed-in visitor: the handler runs only when the
+/// session is live and the form's CSRF token is the session's (anything
+/// else is refused with 403 before the form is looked at).
+pub(super) struct SignedForm<F> {
+    pub(super) lang: Lang,
+    pub(super) headers: HeaderMap,
+    pub(super) session: Session,
+    pub(super) form: F,
+}
+
+impl<F> FromRequest<App> for SignedForm<F>
+where
+    F: DeserializeOwned + CarriesCsrf + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, web: &App) -> Result<Self, Response> {
+        let headers = req.headers().clone();
+        let Form(form) = Form::<F>::from_request(req, web)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let session = authed(web, &headers, Some(form.csrf())).await?;
+        Ok(SignedForm {
+            lang: Lang::from_headers(&headers),
+            headers,
+            session,
+            form,
+        })
+    }
 }
 
 /// The account behind a session is gone (deleted or renamed elsewhere).
@@ -258,14 +325,16 @@ pub(super) struct CsrfForm {
     pub(super) csrf: String,
 }
 
+impl CarriesCsrf for CsrfForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub(super) async fn logout(
     State(web): State<App>,
-    headers: HeaderMap,
-    Form(f): Form<CsrfForm>,
+    SignedForm { headers, .. }: SignedForm<CsrfForm>,
 ) -> Response {
-    if let Err(r) = authed(&web, &headers, Some(&f.csrf)).await {
-        return r;
-    }
     let cookie = web.sessions.logout(&headers).await;
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }

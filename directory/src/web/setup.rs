@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use super::session::{authed, gone};
+use super::session::{gone, SignedIn};
 use super::text::Text;
 use super::{failed, is_admin, not_found, render, App, Page, Web};
 use crate::store;
@@ -144,15 +144,14 @@ pub(super) struct Done {
 
 pub(super) async fn setup(
     State(web): State<App>,
-    headers: HeaderMap,
+    SignedIn {
+        lang,
+        headers,
+        session,
+    }: SignedIn,
     uri: Uri,
     UrlQuery(q): UrlQuery<Done>,
 ) -> Response {
-    let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, None).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let settings = match terminal_settings(&web, &headers, &uri, &session.user).await {
         Ok(Some(s)) => s,
         Ok(None) => return gone(&web, &headers).await,
@@ -183,12 +182,15 @@ pub(super) async fn setup(
     )
 }
 
-pub(super) async fn config_file(State(web): State<App>, headers: HeaderMap, uri: Uri) -> Response {
-    let lang = Lang::from_headers(&headers);
-    let session = match authed(&web, &headers, None).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub(super) async fn config_file(
+    State(web): State<App>,
+    SignedIn {
+        lang,
+        headers,
+        session,
+    }: SignedIn,
+    uri: Uri,
+) -> Response {
     let settings = match terminal_settings(&web, &headers, &uri, &session.user).await {
         Ok(Some(s)) => s,
         Ok(None) => return gone(&web, &headers).await,

@@ -1252,3 +1252,73 @@ async fn another_number_shown_to_callees() {
     let first = page.body.find("1234").expect("listed");
     assert!(first < page.body.find("김민준").expect("listed"));
 }
+
+/// Every page of a signed-in visitor sends anyone else to log in, and
+/// every form of one is refused (403) without the session's own CSRF
+/// token, before the form is looked at: the account stays as it was.
+#[tokio::test]
+async fn every_signed_in_page_and_form_checks_the_session_first() {
+    let (shared, app) = site(Config::default());
+    let mut b = Browser::new(app.clone());
+    let r = b.sign_up("jiwoo", "correct horse", "2001").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let before = shared.store.account("jiwoo").expect("query");
+    let pages = [
+        "/setup",
+        "/setup/keyline-terminal.toml",
+        "/account",
+        "/account/calls",
+        "/account/mail/1",
+    ];
+    let forms: [(&str, &[(&str, &str)]); 11] = [
+        ("/logout", &[]),
+        (
+            "/account/password",
+            &[("old", "correct horse"), ("new", "battery staple")],
+        ),
+        (
+            "/account/id",
+            &[("id", "eve"), ("password", "correct horse")],
+        ),
+        (
+            "/account/forward",
+            &[("number", "2001"), ("to-always", "9")],
+        ),
+        ("/account/dnd", &[("number", "2001"), ("on", "1")]),
+        ("/account/numbers", &[("number", "2002")]),
+        ("/account/numbers/remove", &[("number", "2001")]),
+        ("/account/numbers/first", &[("number", "2001")]),
+        ("/account/devices/1/signout", &[]),
+        ("/account/mail/1/delete", &[]),
+        ("/account/delete", &[("password", "correct horse")]),
+    ];
+    // Signed in, with a wrong token and with none: refused.
+    for (path, fields) in forms {
+        for token in [Some("0".repeat(64)), None] {
+            let mut sent: Vec<(&str, &str)> = fields.to_vec();
+            if let Some(t) = &token {
+                sent.push(("csrf", t));
+            }
+            let r = b.post(path, &sent).await;
+            assert_eq!(r.status, StatusCode::FORBIDDEN, "{path} {token:?}");
+        }
+    }
+    // Nobody signed in: pages send to log in, forms are refused.
+    let mut stranger = Browser::new(app);
+    for path in pages {
+        let r = stranger.get(path).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(r.location(), "/login", "{path}");
+    }
+    let csrf = b.get("/account").await.csrf();
+    for (path, fields) in forms {
+        let mut sent: Vec<(&str, &str)> = fields.to_vec();
+        sent.push(("csrf", &csrf));
+        let r = stranger.post(path, &sent).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
+    }
+    assert_eq!(shared.store.account("jiwoo").expect("query"), before);
+    assert!(shared.store.account("eve").expect("query").is_none());
+    // The visitor is still signed in, and the account still theirs.
+    assert_eq!(b.get("/account").await.status, StatusCode::OK);
+}

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use keyline_directory::store::set_wal;
 use keyline_proto::msg::LineSettings;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -614,25 +615,6 @@ fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
         approved_at_ms: r.get(6)?,
         last_addr: r.get(7)?,
     })
-}
-
-/// `PRAGMA journal_mode = WAL`. Switching a new database's mode needs it
-/// whole, and SQLite answers "database is locked" at once rather than
-/// wait while another process opening it holds it, so this retries for
-/// up to 5 s.
-fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        match conn.pragma_update(None, "journal_mode", "WAL") {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            r => return r,
-        }
-    }
 }
 
 /// Bring the database to the current schema, one migration per
