@@ -719,7 +719,65 @@ fn three_nodes_act_as_one_directory() {
         .filter_map(|n| jstr(n, &["node"]))
         .collect();
     assert_eq!(names, ["n1", "n3"], "{st}");
-    drop((a, b, carol, s201, gw, n1, n2, n3, nats));
+
+    // The node that routes a call (its caller's, n1) crashes while the
+    // call rings at a terminal of another node (D on n3): n3 lets go of
+    // the call once n1's entry is gone, and D stops ringing, the other
+    // end lost, rather than ring on with no one to end it.
+    add_user(&scratch, &n3, "n3", "dave", "3004");
+    let d = start_terminal(
+        &scratch,
+        Some(&h[6].ns),
+        &l3,
+        &fp,
+        "dave",
+        PW,
+        &["--audio-in", "tone:700"],
+    );
+    terminal_registered(&d);
+    let elsewhere = |n: &Daemon, name: &str| {
+        cluster_status(n)["nodes"]
+            .as_array()?
+            .iter()
+            .find(|e| e["node"] == name)
+            .and_then(|e| e["calls_elsewhere"].as_u64())
+    };
+    wait_for("n1 to know D", Duration::from_secs(10), || {
+        let known = n1.json(&["bindings"]).ok()?;
+        known["bindings"]
+            .as_array()?
+            .iter()
+            .any(|b| b["number"] == "3004")
+            .then_some(())
+    });
+    keyline_tests::ok(&a, &["dial", "3004"]);
+    wait_state(&d, "alerting");
+    wait_for("n3 to count the call", Duration::from_secs(10), || {
+        (elsewhere(&n3, "n3")? == 1).then_some(())
+    });
+    let mut n1 = n1;
+    n1.child.as_mut().expect("n1 runs").kill().expect("kill n1");
+    let crashed = std::time::Instant::now();
+    // n1's entry lives 10 s; n3 lists the nodes every 5 s and lets go
+    // after two listings miss it.
+    let last = wait_for("D to stop ringing", Duration::from_secs(40), || {
+        let s = status(&d);
+        s["call"].is_null().then(|| s["last_call"].clone())
+    });
+    eprintln!(
+        "D stopped ringing {:?} after the routing node crashed: {last}",
+        crashed.elapsed()
+    );
+    assert_eq!(
+        jstr(&last, &["ended"]).as_deref(),
+        Some("peer-lost"),
+        "{last}"
+    );
+    wait_for("n3 to forget the call", Duration::from_secs(10), || {
+        (elsewhere(&n3, "n3")? == 0).then_some(())
+    });
+    assert_eq!(jstr(&status(&d), &["state"]).as_deref(), Some("registered"));
+    drop((a, b, carol, d, s201, gw, n1, n2, n3, nats));
     drop(pg);
     drop(lan);
 }

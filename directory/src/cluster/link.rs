@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::{
     key_number, node_subject, number_key, BindingEntry, Envelope, Inbound, NodeEntry, Outbound,
-    ALL, BINDINGS, NODES, NODE_TTL,
+    ALL, BINDINGS, NODES, NODES_LISTED_EVERY, NODE_TTL,
 };
 
 /// Outbound messages queued for the link before the hub's are dropped.
@@ -130,6 +130,7 @@ impl Link {
             wrap,
             |from, news| Inbound::Broadcast { from, news },
         ));
+        tokio::spawn(watch_nodes(self.clone(), hub.clone(), wrap));
         let (kv_tx, kv_rx) = mpsc::channel::<Outbound>(KV_QUEUE);
         tokio::spawn(bindings(self.clone(), kv_rx, hub, wrap));
         let link = self.clone();
@@ -245,9 +246,7 @@ impl Link {
             .buckets()
             .ok_or_else(|| anyhow!("the cluster's buckets are not open yet (NATS is {nats})"))?;
         let mut nodes = Vec::new();
-        let mut keys = b.nodes.keys().await.context("listing the nodes")?;
-        while let Some(k) = keys.next().await {
-            let k = k.context("listing the nodes")?;
+        for k in node_names(&b).await? {
             if let Some(v) = b.nodes.get(&k).await.context("reading a node")? {
                 match serde_json::from_slice::<NodeEntry>(&v) {
                     Ok(n) => nodes.push(n),
@@ -485,5 +484,38 @@ async fn bindings<E>(
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The names of the nodes whose entries are live (all of them, or an
+/// error: never a part).
+async fn node_names(b: &Buckets) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut keys = b.nodes.keys().await.context("listing the nodes")?;
+    while let Some(k) = keys.next().await {
+        names.push(k.context("listing the nodes")?);
+    }
+    Ok(names)
+}
+
+/// Every [`NODES_LISTED_EVERY`], the live nodes for the hub, while NATS
+/// answers (nothing is said when it does not: the hub then keeps what it
+/// has).
+async fn watch_nodes<E>(link: Link, hub: mpsc::Sender<E>, wrap: fn(Inbound) -> E) {
+    let mut tick = tokio::time::interval(NODES_LISTED_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(b) = link.buckets() else {
+            continue;
+        };
+        match node_names(&b).await {
+            Ok(live) => {
+                if hub.send(wrap(Inbound::Nodes { live })).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::debug!("cluster: {e:#}"),
+        }
     }
 }

@@ -45,6 +45,9 @@ pub const NODES: &str = "keyline_nodes";
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a node's entry outlives its last heartbeat.
 pub const NODE_TTL: Duration = Duration::from_secs(10);
+/// How often each node lists the live nodes (for the hub to let go of
+/// the calls that a node gone routed).
+pub const NODES_LISTED_EVERY: Duration = Duration::from_secs(5);
 /// The subject every node listens on for news.
 pub const ALL: &str = "keyline.all";
 
@@ -97,6 +100,10 @@ pub struct NodeEntry {
     /// Bindings of other nodes it knows.
     pub remote_bindings: usize,
     pub calls: usize,
+    /// Calls another node routes that ring or go on at one of its
+    /// endpoints.
+    #[serde(default)]
+    pub calls_elsewhere: usize,
     /// Milliseconds since the Unix epoch: when it started, and when it
     /// wrote this.
     pub started_ms: i64,
@@ -180,6 +187,11 @@ pub enum Inbound {
     Broadcast {
         from: String,
         news: Broadcast,
+    },
+    /// The nodes whose entries are live now (listed every
+    /// [`NODES_LISTED_EVERY`] while NATS answers).
+    Nodes {
+        live: Vec<String>,
     },
 }
 

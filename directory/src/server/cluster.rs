@@ -7,12 +7,13 @@
 //! node passes the router's messages to its endpoint and what the endpoint
 //! asks about the call back, and tells the routing node when the endpoint
 //! is gone; it remembers which node routes each such call ([`Side::foreign`])
-//! until the call ends there.
+//! until the call ends there, or until that node is gone (its entry missing
+//! from the live nodes): then a call still ringing here ends.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use keyline_proto::dir::{CallId, DirMsg};
+use keyline_proto::dir::{CallId, DirMsg, EndReason};
 use tokio::sync::mpsc;
 
 use super::hub::Hub;
@@ -30,11 +31,31 @@ pub(super) struct Side {
     /// What those endpoints said of themselves.
     about: HashMap<SessionId, DeviceAbout>,
     /// Calls another node routes whose other end is one of this node's
-    /// sessions: the routing node and that session.
-    foreign: HashMap<CallId, (String, SessionId)>,
+    /// sessions.
+    foreign: HashMap<CallId, Foreign>,
+    /// Nodes missing from the last listing of the live ones, and how many
+    /// listings in a row have missed them.
+    missing: HashMap<String, u32>,
     last_refresh: Instant,
     started_ms: i64,
 }
+
+/// A call another node routes, as this node keeps it.
+struct Foreign {
+    /// The node that routes it.
+    node: String,
+    /// This node's session at the call's other end.
+    session: SessionId,
+    /// Answered (or relayed): its media goes on without the directory.
+    answered: bool,
+    /// When this node first heard of it.
+    since: Instant,
+}
+
+/// Listings of the live nodes in a row that must miss a node before the
+/// calls it routed are let go of (one could be taken while a NATS that
+/// lost its buckets is being filled again).
+const MISSED_LISTINGS: u32 = 2;
 
 impl Side {
     pub(super) fn new(node: String, out: mpsc::Sender<Outbound>) -> Side {
@@ -45,6 +66,7 @@ impl Side {
             remote_of: HashMap::new(),
             about: HashMap::new(),
             foreign: HashMap::new(),
+            missing: HashMap::new(),
             last_refresh: Instant::now(),
             started_ms: store::now_ms(),
         }
@@ -171,9 +193,9 @@ impl Hub {
             return Some(request);
         };
         match request.call().and_then(|c| side.foreign.get(&c)) {
-            Some((node, owner)) if *owner == sid => {
+            Some(f) if f.session == sid => {
                 side.tell(Outbound::Node {
-                    to: node.clone(),
+                    to: f.node.clone(),
                     msg: NodeMsg::Route {
                         session: sid,
                         request,
@@ -192,9 +214,9 @@ impl Hub {
             return;
         };
         let mut nodes = HashSet::new();
-        side.foreign.retain(|_, (node, owner)| {
-            if *owner == sid {
-                nodes.insert(node.clone());
+        side.foreign.retain(|_, f| {
+            if f.session == sid {
+                nodes.insert(f.node.clone());
                 false
             } else {
                 true
@@ -318,6 +340,7 @@ impl Hub {
                 }
             }
             Inbound::Node { from, msg } => self.node_msg(now, from, msg),
+            Inbound::Nodes { live } => self.nodes_live(now, &live),
             Inbound::Broadcast { from, news } => {
                 tracing::debug!("cluster: news from {from}: {news:?}");
                 match news {
@@ -338,6 +361,60 @@ impl Hub {
         }
     }
 
+    /// The nodes live now, as NATS lists them. The calls routed by a node
+    /// missing from [`MISSED_LISTINGS`] listings in a row are let go of:
+    /// one that still rings here ends (the other end is lost: the node
+    /// that would have rung it out or ended it is gone); an answered one
+    /// goes on, its media end to end, and ends between its ends.
+    fn nodes_live(&mut self, now: Instant, live: &[String]) {
+        let Some(side) = &mut self.cluster else {
+            return;
+        };
+        let live: HashSet<&str> = live.iter().map(String::as_str).collect();
+        let mut gone = HashSet::new();
+        for f in side.foreign.values() {
+            if !live.contains(f.node.as_str()) {
+                gone.insert(f.node.clone());
+            }
+        }
+        side.missing.retain(|node, _| gone.contains(node));
+        for node in gone {
+            *side.missing.entry(node).or_insert(0) += 1;
+        }
+        let missing = &side.missing;
+        let mut ended = Vec::new();
+        side.foreign.retain(|&call, f| {
+            let gone = missing.get(&f.node).is_some_and(|&n| n >= MISSED_LISTINGS)
+                && now.duration_since(f.since) >= crate::cluster::NODE_TTL;
+            if gone {
+                tracing::info!(
+                    "cluster: {} routed call {call} and is gone; {}",
+                    f.node,
+                    if f.answered {
+                        "it goes on between its ends"
+                    } else {
+                        "it stops ringing here"
+                    }
+                );
+                if !f.answered {
+                    ended.push((f.session, call));
+                }
+            }
+            !gone
+        });
+        for (session, call) in ended {
+            if self.sessions.contains_key(&session) {
+                self.send(
+                    session,
+                    DirMsg::Ended {
+                        call,
+                        reason: EndReason::PeerLost,
+                    },
+                );
+            }
+        }
+    }
+
     fn node_msg(&mut self, now: Instant, from: String, msg: NodeMsg) {
         match msg {
             NodeMsg::Deliver { session, msg } => {
@@ -348,7 +425,16 @@ impl Hub {
                     if last {
                         side.foreign.remove(&call);
                     } else {
-                        side.foreign.insert(call, (from, session));
+                        let answered = !matches!(msg, DirMsg::Ring { .. });
+                        let f = side.foreign.entry(call).or_insert(Foreign {
+                            node: from.clone(),
+                            session,
+                            answered,
+                            since: now,
+                        });
+                        f.node = from;
+                        f.session = session;
+                        f.answered |= answered;
                     }
                 }
                 self.send(session, msg);
@@ -433,6 +519,7 @@ impl Hub {
         }
         let sessions = self.sessions.len();
         let calls = self.router.calls().count();
+        let calls_elsewhere = self.cluster.as_ref().map_or(0, |s| s.foreign.len());
         let listen = self.shared.local_addr.to_string();
         let web = self.shared.web_addr.get().map(|a| a.to_string());
         let Some(side) = &mut self.cluster else {
@@ -453,6 +540,7 @@ impl Hub {
             bindings: own,
             remote_bindings: remote,
             calls,
+            calls_elsewhere,
             started_ms: side.started_ms,
             at_ms: store::now_ms(),
         };
