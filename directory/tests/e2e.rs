@@ -985,6 +985,45 @@ async fn bindings_expire_unless_refreshed_and_follow_an_address_change() {
     exchange(&link.conn, &f_conn, 3).await;
 }
 
+/// An endpoint whose address changes and which says nothing (no
+/// re-registration: a NAT that rebinds, say) is rebound at its new address
+/// from the packets the directory sees, well before its registration's
+/// next refresh (a third of the default minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_move_is_followed() {
+    let scratch = Scratch::new("dquiet");
+    let (d, addr) = start_dir(&scratch, "dir", &[]);
+    add_user(&d, "roamer", &["roamer"]);
+    let r_ep = Ep::new("r");
+    let (_r, mut r_ev) = r_ep.online(addr, "roamer").await;
+    let quiet_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let quiet_addr = quiet_sock.local_addr().unwrap();
+    r_ep.ep.rebind(quiet_sock).unwrap();
+    let t0 = Instant::now();
+    wait_for(
+        "the binding to follow a silent move",
+        Duration::from_secs(5),
+        || {
+            let b = d.json(&["bindings"]).ok()?;
+            let r = b["bindings"]
+                .as_array()?
+                .iter()
+                .find(|x| x["number"] == "roamer")?
+                .clone();
+            (r["observed"].as_str()? == quiet_addr.to_string()).then_some(())
+        },
+    );
+    println!("a silent move was followed in {:?}", t0.elapsed());
+    match next_event(&mut r_ev, "address changed", |e| {
+        matches!(e, Event::AddressChanged { .. })
+    })
+    .await
+    {
+        Event::AddressChanged { observed } => assert_eq!(observed, quiet_addr),
+        _ => unreachable!(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookup_only_connects_straight_to_the_callee() {
     let scratch = Scratch::new("dlookup");

@@ -1,7 +1,6 @@
 //! One endpoint's connection from hello to goodbye: its control stream
 //! read and dispatched, its writer, its login deadline and migrations.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use super::session::{
 };
 use crate::api::EndpointKind;
 use crate::auth;
-use crate::routing::{MediaEnd, Placing, Request, SessionId};
+use crate::routing::{MediaEnd, Placing, Request};
 use crate::shared::{Event, Out, Shared};
 use crate::store;
 use crate::wire::{next_msg, send_msg, Incoming, MsgReader, MsgWriter, WRITE_BATCH};
@@ -111,12 +110,6 @@ pub(super) async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> 
         conn.clone(),
         acct_rx.clone(),
         wake.clone(),
-    ));
-    tokio::spawn(watch_migration(
-        shared.clone(),
-        conn.clone(),
-        sid,
-        moved.clone(),
     ));
     tokio::spawn(login_deadline(
         conn.clone(),
@@ -467,34 +460,5 @@ pub(super) async fn login_deadline(
             }
         }
         _ = conn.closed() => {}
-    }
-}
-
-/// Reports the connection's new address when it migrates.
-pub(super) async fn watch_migration(
-    shared: Arc<Shared>,
-    conn: quinn::Connection,
-    sid: SessionId,
-    observed: Arc<tokio::sync::Mutex<SocketAddr>>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = conn.closed() => return,
-        }
-        let mut last = observed.lock().await;
-        let now = conn.remote_address();
-        if now != *last {
-            tracing::info!("session {sid} moved from {} to {now}", *last);
-            *last = now;
-            if shared
-                .hub
-                .send(Event::Moved { sid, observed: now })
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
     }
 }

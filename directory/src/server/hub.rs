@@ -24,6 +24,8 @@ use crate::store;
 /// A connected session as the hub sees it.
 pub(super) struct Live {
     pub(super) conn: quinn::Connection,
+    /// Its address as last told to the router.
+    pub(super) observed: std::net::SocketAddr,
     pub(super) tx: mpsc::Sender<Out>,
     pub(super) mail: Arc<Notify>,
     pub(super) name: Option<String>,
@@ -32,6 +34,9 @@ pub(super) struct Live {
     pub(super) token_hash: Option<String>,
     pub(super) kind: EndpointKind,
 }
+
+/// How often the hub looks for endpoints that moved.
+const MOVES_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The task that owns routing state.
 pub(super) struct Hub {
@@ -71,6 +76,8 @@ impl Hub {
     pub(super) async fn run(mut self, mut events: mpsc::Receiver<Event>) {
         let mut tick = tokio::time::interval(super::cluster::TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut moves = tokio::time::interval(MOVES_EVERY);
+        moves.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let clustered = self.clustered();
             let deadline = self.router.poll_timeout();
@@ -85,11 +92,32 @@ impl Hub {
                     self.cluster_tick(Instant::now());
                     continue;
                 }
+                _ = moves.tick() => {
+                    self.sweep_moves(Instant::now());
+                    self.drain();
+                    continue;
+                }
             };
             let Some(ev) = ev else { return };
             self.handle(ev).await;
             self.drain();
             self.call_read_at = None;
+        }
+    }
+
+    /// Endpoints whose address changed (a NAT rebinding, a laptop on
+    /// another network: QUIC follows them) are rebound at their new
+    /// address, so the next caller is given it. One pass over every
+    /// session in place of a timer per connection: a read of each
+    /// connection's address, about 0.1 µs.
+    fn sweep_moves(&mut self, now: Instant) {
+        for (&sid, live) in &mut self.sessions {
+            let at = live.conn.remote_address();
+            if at != live.observed {
+                tracing::info!("session {sid} moved from {} to {at}", live.observed);
+                live.observed = at;
+                self.router.handle_session_moved(now, sid, at);
+            }
         }
     }
 
@@ -107,8 +135,8 @@ impl Hub {
                 terminal,
                 kind,
             } => {
-                self.router
-                    .handle_session_up(sid, fp, conn.remote_address());
+                let observed = conn.remote_address();
+                self.router.handle_session_up(sid, fp, observed);
                 if terminal {
                     self.router.allow_checks(sid);
                 }
@@ -116,6 +144,7 @@ impl Hub {
                     sid,
                     Live {
                         conn,
+                        observed,
                         tx,
                         mail,
                         name,
@@ -130,7 +159,12 @@ impl Hub {
                 self.sessions.remove(&sid);
                 self.router.handle_session_down(now, sid);
             }
-            Event::Moved { sid, observed } => self.router.handle_session_moved(now, sid, observed),
+            Event::Moved { sid, observed } => {
+                if let Some(live) = self.sessions.get_mut(&sid) {
+                    live.observed = observed;
+                }
+                self.router.handle_session_moved(now, sid, observed)
+            }
             Event::LoggedIn {
                 sid,
                 account,
