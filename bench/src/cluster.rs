@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use keyline_dirclient::client::{CallOptions, DirClient, Event};
+use keyline_dirclient::client::{parse_number, CallOptions, DirClient, Event};
 use keyline_net::Identity;
 use keyline_tests::pg::PgCluster;
 use serde_json::{json, Value};
@@ -162,7 +162,7 @@ async fn endpoint_of(
         .await
         .context("connecting to the directory")?;
     c.login(account, PW).await.context("logging in")?;
-    c.register(&[number], vec![me])
+    c.register(&[parse_number(number)?], vec![me])
         .await
         .context("registering")?;
     Ok((ep, c, events))
@@ -182,7 +182,8 @@ async fn dial_to_ring(a_dir: SocketAddr, b_dir: SocketAddr, n: usize) -> Result<
     let (_eb, callee, mut b_events) = endpoint_of(b_dir, b.0, b.1).await?;
     // Until the callee's binding has reached the caller's node.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while caller.lookup(b.1).await.is_err() {
+    let callee_number = parse_number(b.1)?;
+    while caller.lookup(&callee_number).await.is_err() {
         if Instant::now() > deadline {
             bail!("{} never became known at {a_dir}", b.1);
         }
@@ -190,7 +191,7 @@ async fn dial_to_ring(a_dir: SocketAddr, b_dir: SocketAddr, n: usize) -> Result<
     }
     let mut ms = Vec::with_capacity(n);
     for _ in 0..n {
-        let (c, number) = (caller.clone(), b.1.to_string());
+        let (c, number) = (caller.clone(), callee_number.clone());
         let t0 = Instant::now();
         let call = tokio::spawn(async move { c.call(&number, CallOptions::default()).await });
         let ring = tokio::time::timeout(Duration::from_secs(5), async {

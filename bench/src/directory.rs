@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use keyline_dirclient::client::DirClient;
+use keyline_dirclient::client::{parse_number, DirClient};
 use keyline_net::Identity;
 use serde_json::{json, Value};
 
@@ -664,7 +664,7 @@ fn run_memory(bin: &Path, dir: &Scratch, cfg: &DirConfig) -> Result<Value> {
         let mut ok = 0;
         for (_, ns) in accounts.iter().step_by((accounts.len() / 8).max(1)) {
             if let Some(n) = ns.last() {
-                c.lookup(n)
+                c.lookup(&parse_number(n)?)
                     .await
                     .with_context(|| format!("looking up {n}"))?;
                 ok += 1;

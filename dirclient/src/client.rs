@@ -37,7 +37,8 @@ use keyline_proto::dir::{
     ForwardRule, ForwardWhen, MailId, MailKind, NumberForwards, ReqId, MAX_HOPS, MAX_MAIL_BODY,
 };
 use keyline_proto::msg::Role;
-use keyline_proto::{number, PROTOCOL_VERSION};
+use keyline_proto::number::Number;
+use keyline_proto::PROTOCOL_VERSION;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::wire::{
@@ -525,11 +526,18 @@ fn client_name() -> String {
     format!("{program} {}", env!("CARGO_PKG_VERSION"))
 }
 
-fn canon(n: &str) -> Result<String, ClientError> {
-    number::canonicalize(n).map_err(|e| ClientError::InvalidNumber {
-        number: n.to_string(),
+/// `typed` as a [`Number`], or the error a caller of the directory gets
+/// for it: where a person's or a program's text becomes a number for the
+/// directory (a command, a form, a config), parsed once.
+pub fn parse_number(typed: &str) -> Result<Number, ClientError> {
+    Number::parse(typed).map_err(|e| ClientError::InvalidNumber {
+        number: typed.to_string(),
         message: e.to_string(),
     })
+}
+
+fn canon(n: &str) -> Result<String, ClientError> {
+    parse_number(n).map(Number::into_string)
 }
 
 fn refused(msg: DirMsg) -> ClientError {
@@ -743,13 +751,10 @@ impl DirClient {
     /// and at once after [`Self::set_candidates`] or an expiry.
     pub async fn register(
         &self,
-        numbers: &[&str],
+        numbers: &[Number],
         candidates: Vec<SocketAddr>,
     ) -> Result<Registration, ClientError> {
-        let numbers = numbers
-            .iter()
-            .map(|n| canon(n))
-            .collect::<Result<Vec<_>, _>>()?;
+        let numbers = numbers.iter().map(|n| n.as_str().to_string()).collect();
         let st = RegState {
             numbers,
             candidates,
@@ -802,8 +807,8 @@ impl DirClient {
 
     /// Look-up only (claim 3): where `number` is now, with the plan to
     /// connect straight to it (its endpoint is told to expect us).
-    pub async fn lookup(&self, number: &str) -> Result<Found, ClientError> {
-        let n = canon(number)?;
+    pub async fn lookup(&self, number: &Number) -> Result<Found, ClientError> {
+        let n = number.as_str().to_string();
         match self
             .inner
             .request(|req| DirMsg::Lookup { req, number: n })
@@ -837,8 +842,8 @@ impl DirClient {
     /// Call `number` and wait until it is answered, following client-side
     /// redirects (at most [`MAX_HOPS`], never in a circle). Dropping the
     /// future while it rings cancels the call.
-    pub async fn call(&self, number: &str, opts: CallOptions) -> Result<Connected, CallError> {
-        let dialled = canon(number)?;
+    pub async fn call(&self, number: &Number, opts: CallOptions) -> Result<Connected, CallError> {
+        let dialled = number.as_str().to_string();
         let candidates = if opts.candidates.is_empty() {
             lock(&self.inner.reg)
                 .as_ref()
@@ -972,10 +977,10 @@ impl DirClient {
     pub async fn transfer(
         &self,
         call: CallId,
-        number: &str,
+        number: &Number,
         handoff: Option<u64>,
     ) -> Result<(), ClientError> {
-        let number = canon(number)?;
+        let number = number.as_str().to_string();
         self.inner
             .request_ok(|req| DirMsg::Transfer {
                 req,
@@ -1031,8 +1036,8 @@ impl DirClient {
     }
 
     /// Send the caller of an incoming call to `number` (claim 7).
-    pub async fn redirect(&self, call: CallId, number: &str) -> Result<(), ClientError> {
-        let n = canon(number)?;
+    pub async fn redirect(&self, call: CallId, number: &Number) -> Result<(), ClientError> {
+        let n = number.as_str().to_string();
         self.inner
             .request_ok(|req| DirMsg::Redirect {
                 req,
@@ -1068,10 +1073,10 @@ impl DirClient {
     /// all its rules (claim 8).
     pub async fn set_forward(
         &self,
-        number: &str,
+        number: &Number,
         rule: Option<ForwardRule>,
     ) -> Result<(), ClientError> {
-        let n = canon(number)?;
+        let n = number.as_str().to_string();
         self.inner
             .request_ok(|req| DirMsg::SetForward {
                 req,
@@ -1085,10 +1090,10 @@ impl DirClient {
     /// our numbers off; each keeps its target.
     pub async fn forward_off(
         &self,
-        number: &str,
+        number: &Number,
         when: Option<ForwardWhen>,
     ) -> Result<(), ClientError> {
-        let n = canon(number)?;
+        let n = number.as_str().to_string();
         self.inner
             .request_ok(|req| DirMsg::ForwardOff {
                 req,
@@ -1136,13 +1141,13 @@ impl DirClient {
     /// our own numbers (default: the account's first).
     pub async fn leave_mail(
         &self,
-        to: &str,
+        to: &Number,
         kind: MailKind,
         body: &[u8],
-        from: Option<&str>,
+        from: Option<&Number>,
     ) -> Result<MailId, ClientError> {
-        let to = canon(to)?;
-        let from = from.map(canon).transpose()?;
+        let to = to.as_str().to_string();
+        let from = from.map(|f| f.as_str().to_string());
         if body.len() > MAX_MAIL_BODY {
             return Err(ClientError::Refused {
                 code: ErrorCode::TooLarge,

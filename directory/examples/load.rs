@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use keyline_directory::client::DirClient;
+use keyline_directory::client::{parse_number, DirClient};
 use keyline_net::Identity;
 
 fn rss_kib(pid: &str) -> Result<u64> {
@@ -66,7 +66,7 @@ async fn main() -> Result<()> {
                 let (c, ev) = DirClient::connect(&ep, &id, addr, None).await?;
                 c.resume(&token).await?;
                 let number = format!("n{a}_{k}");
-                c.register(&[number.as_str()], vec![]).await?;
+                c.register(&[parse_number(&number)?], vec![]).await?;
                 Ok::<_, anyhow::Error>((c, ev))
             });
             // Keep at most 32 handshakes in flight.

@@ -18,7 +18,7 @@ use keyline_directory::client::{
 };
 use keyline_net::Identity;
 use keyline_proto::dir::{EndReason, ErrorCode, ForwardRule, ForwardWhen, MailKind};
-use keyline_tests::{bin, jnum, jstr, wait_for, Daemon, Scratch};
+use keyline_tests::{bin, jnum, jstr, number as n, wait_for, Daemon, Scratch};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -178,7 +178,7 @@ async fn call_and_connect(
     let (b_ep, b, b_ev) = bob;
     let caller = a.clone();
     let call = tokio::spawn({
-        let number = number.to_string();
+        let number = n(number);
         async move { caller.call(&number, CallOptions::default()).await }
     });
     let r = ring(b_ev).await;
@@ -357,7 +357,7 @@ async fn a_login_storm_is_turned_away_busy_and_logs_in_on_retry() {
     let phone_ep = Ep::new("phone");
     let (phone, _pev) = phone_ep.connect(addr).await;
     phone.login("phone", PW).await.unwrap();
-    phone.register(&["4000"], Vec::new()).await.unwrap();
+    phone.register(&[n("4000")], Vec::new()).await.unwrap();
 
     let ep = Ep::new("storm");
     let mut clients = Vec::new();
@@ -376,7 +376,7 @@ async fn a_login_storm_is_turned_away_busy_and_logs_in_on_retry() {
         let phone = phone.clone();
         tokio::spawn(async move {
             for _ in 0..20 {
-                phone.register(&["4000"], Vec::new()).await?;
+                phone.register(&[n("4000")], Vec::new()).await?;
             }
             Ok::<_, keyline_directory::client::ClientError>(())
         })
@@ -483,7 +483,7 @@ async fn call_by_korean_number_connects_directly_with_the_asserted_number() {
     // A caller cannot show someone else's number.
     let e = a
         .call(
-            "김민준",
+            &n("김민준"),
             CallOptions {
                 from: Some("김민준".into()),
                 ..CallOptions::default()
@@ -505,7 +505,7 @@ async fn call_by_korean_number_connects_directly_with_the_asserted_number() {
     let call = tokio::spawn(async move {
         caller
             .call(
-                "김 민준",
+                &n("김 민준"),
                 CallOptions {
                     from: Some("2001".into()),
                     ..CallOptions::default()
@@ -576,7 +576,7 @@ async fn forwarding_redirects_loops_and_unreachable() {
     // Unreachable: immediate, with the offer of mail.
     let t = Instant::now();
     let e = a
-        .call("erin", CallOptions::default())
+        .call(&n("erin"), CallOptions::default())
         .await
         .expect_err("offline");
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
@@ -594,7 +594,7 @@ async fn forwarding_redirects_loops_and_unreachable() {
         other => panic!("{other:?}"),
     }
     let e = a
-        .call("nobody-at-all", CallOptions::default())
+        .call(&n("nobody-at-all"), CallOptions::default())
         .await
         .expect_err("unknown");
     assert_eq!(e.code(), Some(ErrorCode::UnknownNumber));
@@ -605,12 +605,15 @@ async fn forwarding_redirects_loops_and_unreachable() {
         let (c, _ev) = c_ep.connect(addr).await;
         c.login("carol", PW).await.unwrap();
         let e = c
-            .set_forward("bob", Some(ForwardRule::new(ForwardWhen::Always, "carol")))
+            .set_forward(
+                &n("bob"),
+                Some(ForwardRule::new(ForwardWhen::Always, "carol")),
+            )
             .await
             .expect_err("not her number");
         assert_eq!(e.code(), Some(ErrorCode::NotYourNumber));
         c.set_forward(
-            "carol",
+            &n("carol"),
             Some(ForwardRule::new(ForwardWhen::Unregistered, "bob")),
         )
         .await
@@ -622,7 +625,7 @@ async fn forwarding_redirects_loops_and_unreachable() {
     let call = tokio::spawn(async move {
         caller
             .call(
-                "carol",
+                &n("carol"),
                 CallOptions {
                     progress: Some(ptx),
                     ..CallOptions::default()
@@ -644,7 +647,8 @@ async fn forwarding_redirects_loops_and_unreachable() {
 
     // OFFICE/EXT rings the office with the extension to route.
     let caller = a.clone();
-    let call = tokio::spawn(async move { caller.call("Bob / 202", CallOptions::default()).await });
+    let call =
+        tokio::spawn(async move { caller.call(&n("Bob / 202"), CallOptions::default()).await });
     let r = ring(&mut b_ev).await;
     assert_eq!(
         (r.number.as_str(), r.ext.as_deref(), r.dialled.as_str()),
@@ -665,9 +669,9 @@ async fn forwarding_redirects_loops_and_unreachable() {
 
     // Client-side redirect: Bob sends the caller to Dave, who answers.
     let caller = a.clone();
-    let call = tokio::spawn(async move { caller.call("bob", CallOptions::default()).await });
+    let call = tokio::spawn(async move { caller.call(&n("bob"), CallOptions::default()).await });
     let r = ring(&mut b_ev).await;
-    b.redirect(r.call, "dave").await.expect("redirect");
+    b.redirect(r.call, &n("dave")).await.expect("redirect");
     let r = ring(&mut d_ev).await;
     assert_eq!(r.from, "alice");
     dv.answer(r.call).await.unwrap();
@@ -679,11 +683,11 @@ async fn forwarding_redirects_loops_and_unreachable() {
 
     // Client-side loop: Bob -> Dave -> Bob.
     let caller = a.clone();
-    let call = tokio::spawn(async move { caller.call("bob", CallOptions::default()).await });
+    let call = tokio::spawn(async move { caller.call(&n("bob"), CallOptions::default()).await });
     let r = ring(&mut b_ev).await;
-    b.redirect(r.call, "dave").await.unwrap();
+    b.redirect(r.call, &n("dave")).await.unwrap();
     let r = ring(&mut d_ev).await;
-    dv.redirect(r.call, "bob").await.unwrap();
+    dv.redirect(r.call, &n("bob")).await.unwrap();
     let e = call.await.unwrap().expect_err("loop");
     assert!(
         matches!(&e, CallError::RedirectLoop { chain } if chain == &vec!["bob".to_string(), "dave".into(), "bob".into()]),
@@ -702,7 +706,10 @@ async fn forwarding_redirects_loops_and_unreachable() {
     }
     let fw = d.json(&["forward", "list"]).unwrap();
     assert_eq!(fw["forwards"].as_array().unwrap().len(), 3, "{fw}");
-    let e = a.call("x", CallOptions::default()).await.expect_err("loop");
+    let e = a
+        .call(&n("x"), CallOptions::default())
+        .await
+        .expect_err("loop");
     assert_eq!(e.code(), Some(ErrorCode::ForwardLoop), "{e}");
     assert!(
         e.to_string().contains("forwarding loop: x -> y -> x"),
@@ -711,7 +718,7 @@ async fn forwarding_redirects_loops_and_unreachable() {
     let out = d.ctl(&["forward", "rm", "y"]);
     assert!(out.status.success());
     let e = a
-        .call("x", CallOptions::default())
+        .call(&n("x"), CallOptions::default())
         .await
         .expect_err("y offline");
     assert_eq!(e.code(), Some(ErrorCode::Unreachable), "{e}");
@@ -736,42 +743,42 @@ async fn mail_is_kept_across_kill_9_and_deleted_only_after_ack() {
     let mut voice = b"OggS".to_vec();
     voice.extend((0..50_000u32).map(|i| (i % 251) as u8));
     let e = a
-        .leave_mail("бо б", MailKind::Voice, b"RIFF....", None)
+        .leave_mail(&n("бо б"), MailKind::Voice, b"RIFF....", None)
         .await
         .expect_err("not ogg");
     assert_eq!(e.code(), Some(ErrorCode::BadMail), "{e}");
     assert!(e.to_string().contains("OggS"), "{e}");
     let e = a
-        .leave_mail("бо б", MailKind::Voice, &vec![b'O'; 100_001], None)
+        .leave_mail(&n("бо б"), MailKind::Voice, &vec![b'O'; 100_001], None)
         .await
         .expect_err("too large");
     assert_eq!(e.code(), Some(ErrorCode::TooLarge), "{e}");
     assert!(e.to_string().contains("at most 100000"), "{e}");
     let e = a
-        .leave_mail("бо б", MailKind::Text, b"hi", Some("бо б"))
+        .leave_mail(&n("бо б"), MailKind::Text, b"hi", Some(&n("бо б")))
         .await
         .expect_err("not her number");
     assert_eq!(e.code(), Some(ErrorCode::NotYourNumber), "{e}");
     let v = a
-        .leave_mail("БО Б", MailKind::Voice, &voice, None)
+        .leave_mail(&n("БО Б"), MailKind::Voice, &voice, None)
         .await
         .expect("voice");
     let t = a
-        .leave_mail("бо б", MailKind::Text, "перезвони мне".as_bytes(), None)
+        .leave_mail(&n("бо б"), MailKind::Text, "перезвони мне".as_bytes(), None)
         .await
         .expect("text");
     let t2 = a
-        .leave_mail("бо б", MailKind::Text, b"again", None)
+        .leave_mail(&n("бо б"), MailKind::Text, b"again", None)
         .await
         .expect("text");
     let e = a
-        .leave_mail("бо б", MailKind::Text, b"one too many", None)
+        .leave_mail(&n("бо б"), MailKind::Text, b"one too many", None)
         .await
         .expect_err("quota");
     assert_eq!(e.code(), Some(ErrorCode::QuotaExceeded), "{e}");
     assert!(e.to_string().contains("full"), "{e}");
     let e = a
-        .leave_mail("nobody", MailKind::Text, b"x", None)
+        .leave_mail(&n("nobody"), MailKind::Text, b"x", None)
         .await
         .expect_err("unknown");
     assert_eq!(e.code(), Some(ErrorCode::UnknownNumber), "{e}");
@@ -843,7 +850,7 @@ async fn mail_is_kept_across_kill_9_and_deleted_only_after_ack() {
     drop(a);
     let (a, _ev) = a_ep.connect(addr).await;
     a.login("alice", PW).await.unwrap();
-    a.leave_mail("боб", MailKind::Text, b"now", None)
+    a.leave_mail(&n("боб"), MailKind::Text, b"now", None)
         .await
         .expect("text");
     match next_event(&mut b_ev, "live mail", |e| matches!(e, Event::Mail(_))).await {
@@ -930,7 +937,7 @@ async fn bindings_expire_unless_refreshed_and_follow_an_address_change() {
     );
     assert!(t0.elapsed() >= Duration::from_secs(2), "{:?}", t0.elapsed());
     let e = c
-        .call("stale", CallOptions::default())
+        .call(&n("stale"), CallOptions::default())
         .await
         .expect_err("expired");
     assert_eq!(e.code(), Some(ErrorCode::Unreachable));
@@ -970,7 +977,7 @@ async fn bindings_expire_unless_refreshed_and_follow_an_address_change() {
         _ => unreachable!(),
     }
     let caller = c.clone();
-    let call = tokio::spawn(async move { caller.call("fresh", CallOptions::default()).await });
+    let call = tokio::spawn(async move { caller.call(&n("fresh"), CallOptions::default()).await });
     let r = ring(&mut f_ev).await;
     let plan = f.answer(r.call).await.unwrap();
     let connected = call.await.unwrap().unwrap();
@@ -1033,7 +1040,7 @@ async fn lookup_only_connects_straight_to_the_callee() {
     let (a_ep, b_ep) = (Ep::new("a"), Ep::new("b"));
     let (a, _a_ev) = a_ep.online(addr, "alice").await;
     let (_b, mut b_ev) = b_ep.online(addr, "bob").await;
-    let found = a.lookup("東京本社").await.expect("found");
+    let found = a.lookup(&n("東京本社")).await.expect("found");
     assert_eq!(found.plan.peer_fp, b_ep.id.fingerprint);
     assert!(found.plan.peer_candidates.contains(&b_ep.addr()));
     let (from, plan) =
@@ -1052,7 +1059,7 @@ async fn lookup_only_connects_straight_to_the_callee() {
     let b_conn = acc.await.unwrap();
     exchange(&link.conn, &b_conn, 3).await;
     assert_eq!(jnum(&status(&d), &["relay", "bytes"]), Some(0.0));
-    let e = a.lookup("nobody").await.expect_err("unknown");
+    let e = a.lookup(&n("nobody")).await.expect_err("unknown");
     assert_eq!(e.code(), Some(ErrorCode::UnknownNumber));
 }
 

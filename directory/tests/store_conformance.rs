@@ -1582,9 +1582,14 @@ fn a_directory_on_postgres_serves_and_survives_a_restart() {
             .await
             .expect("connect");
         let s = c.login("bob", PW).await.expect("login");
-        c.leave_mail("2001", MailKind::Text, b"hello alice", None)
-            .await
-            .expect("mail");
+        c.leave_mail(
+            &keyline_tests::number("2001"),
+            MailKind::Text,
+            b"hello alice",
+            None,
+        )
+        .await
+        .expect("mail");
         (s, (c, ev))
     });
     assert_eq!(

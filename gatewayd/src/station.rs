@@ -480,9 +480,10 @@ async fn send_outside_text(shared: &Arc<Shared>, to: &str, body: &str) -> Result
     let Some(client) = client.filter(|_| !ext_shaped) else {
         bail!("unknown number {to}");
     };
+    let to_number = keyline_dirclient::client::parse_number(to)?;
     let id = client
         .leave_mail(
-            to,
+            &to_number,
             keyline_proto::dir::MailKind::Text,
             body.as_bytes(),
             None,

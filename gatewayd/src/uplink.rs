@@ -220,7 +220,11 @@ async fn session(
         anyhow::bail!("{}", failures.join("; "));
     };
     let session = client.login(&cfg.account, password).await?;
-    let numbers: Vec<&str> = cfg.numbers.iter().map(String::as_str).collect();
+    let numbers = cfg
+        .numbers
+        .iter()
+        .map(|n| keyline_dirclient::client::parse_number(n))
+        .collect::<Result<Vec<_>, _>>()?;
     let me = SocketAddr::new(outside_ip, shared.local_addr.port());
     let reg = client.register(&numbers, vec![me]).await?;
     tracing::info!(

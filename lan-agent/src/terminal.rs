@@ -44,12 +44,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use keyline_dirclient::client::{
-    accept_media, CallError, CallOptions, DirClient, Event, MediaPlan, Progress, RingChecks,
+    accept_media, parse_number, CallError, CallOptions, ClientError, DirClient, Event, Found,
+    MediaPlan, Progress, RingChecks,
 };
 use keyline_net::checks::HOPELESS_AFTER;
 use keyline_net::lifecycle::Signals;
 use keyline_net::{control, peer_fingerprint, Checker, Identity, Puncher};
 use keyline_proto::dir::{CallId, DirectPolicy, EndReason, ErrorCode};
+use keyline_proto::number::Number;
 use keyline_proto::phone::{
     CallKey, CallState, Command, Config, Flavor, LinkIn, LinkOut, LookupRefusal, MediaIn, Req,
 };
@@ -171,7 +173,7 @@ struct Terminal {
     opts: TerminalOptions,
     /// The account's password, as `keyline-agent passwd` last set it.
     password: Mutex<String>,
-    numbers: Vec<String>,
+    numbers: Vec<Number>,
     mailbox: Mailbox,
     st: Mutex<State>,
     /// The call we expect the other end to connect for: its key, the flow
@@ -205,10 +207,7 @@ pub async fn run(opts: TerminalOptions) -> Result<()> {
     let numbers = opts
         .numbers
         .iter()
-        .map(|n| {
-            keyline_proto::number::canonicalize(n)
-                .map_err(|e| anyhow::anyhow!("--number {n:?}: {e}"))
-        })
+        .map(|n| Number::parse(n).map_err(|e| anyhow::anyhow!("--number {n:?}: {e}")))
         .collect::<Result<Vec<_>>>()?;
     let mut opts = opts;
     opts.directory_fp = opts
@@ -575,7 +574,7 @@ fn send(t: &Arc<Terminal>, st: &mut State, m: LinkOut) {
                 number,
                 handoff,
             } => outgoing(&t2, &client, req, &number, handoff).await,
-            LinkOut::Lookup { req, number } => match client.lookup(&number).await {
+            LinkOut::Lookup { req, number } => match lookup(&client, &number).await {
                 Ok(f) => LinkIn::Found {
                     req,
                     callee: f.number,
@@ -607,7 +606,7 @@ fn send(t: &Arc<Terminal>, st: &mut State, m: LinkOut) {
                 },
             },
             LinkOut::Transfer { req, call, target } => {
-                match client.transfer(call, &target, None).await {
+                match transfer(&client, call, &target).await {
                     Ok(()) => LinkIn::Transferring {
                         req,
                         call,
@@ -656,6 +655,16 @@ fn send(t: &Arc<Terminal>, st: &mut State, m: LinkOut) {
 
 /// Call `number` through the directory (following redirects) for the
 /// core's dial `req`, reporting its progress; how it went.
+/// Look `typed` up (claim 3), once it is a number.
+async fn lookup(client: &DirClient, typed: &str) -> Result<Found, ClientError> {
+    client.lookup(&parse_number(typed)?).await
+}
+
+/// Hand call `call` on to `typed` (claim 5), once it is a number.
+async fn transfer(client: &DirClient, call: CallId, typed: &str) -> Result<(), ClientError> {
+    client.transfer(call, &parse_number(typed)?, None).await
+}
+
 async fn outgoing(
     t: &Arc<Terminal>,
     client: &DirClient,
@@ -663,6 +672,18 @@ async fn outgoing(
     number: &str,
     handoff: Option<u64>,
 ) -> LinkIn<MediaPlan> {
+    // What was dialled becomes a number for the directory here.
+    let dialled = match parse_number(number) {
+        Ok(n) => n,
+        Err(e) => {
+            let (message, ended) = call_failure(number, &CallError::Client(e));
+            return LinkIn::Failed {
+                req,
+                message,
+                ended: ended.into(),
+            };
+        }
+    };
     let (ptx, mut prx) = mpsc::channel(8);
     let opts = CallOptions {
         progress: Some(ptx),
@@ -696,7 +717,7 @@ async fn outgoing(
         st.station.phone.handle_link(Instant::now(), link);
         drive(t, &mut st);
     };
-    let fut = client.call(number, opts);
+    let fut = client.call(&dialled, opts);
     tokio::pin!(fut);
     let result = loop {
         tokio::select! {

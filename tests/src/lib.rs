@@ -59,6 +59,12 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `text` as a number, for the tests' literals (a test that wants to see
+/// a bad number refused parses it itself).
+pub fn number(text: &str) -> keyline_proto::number::Number {
+    keyline_proto::number::Number::parse(text).expect("a valid number")
+}
+
 /// A network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct Netns {

@@ -25,7 +25,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use keyline_tests::{
-    bin, in_netns, jstr, ok, wait_for, wait_state, BrowserScript, Daemon, Lan, Netns, Scratch,
+    bin, in_netns, jstr, number, ok, wait_for, wait_state, BrowserScript, Daemon, Lan, Netns,
+    Scratch,
 };
 use serde_json::Value;
 
@@ -768,9 +769,14 @@ fn leave_voice_mail(home: &Path, listen: &str, fp: &str, body: &[u8], n: usize) 
             .unwrap();
         c.login("caller", PW).await.unwrap();
         for _ in 0..n {
-            c.leave_mail("김민준", keyline_proto::dir::MailKind::Voice, body, None)
-                .await
-                .unwrap();
+            c.leave_mail(
+                &number("김민준"),
+                keyline_proto::dir::MailKind::Voice,
+                body,
+                None,
+            )
+            .await
+            .unwrap();
         }
         c.close();
     });

@@ -707,9 +707,14 @@ fn leave_voice_mail(scratch: &Scratch, dir: &Directory, account: &str, to: &str,
                 .await
                 .unwrap();
         c.login(account, PW).await.unwrap();
-        c.leave_mail(to, keyline_proto::dir::MailKind::Voice, body, None)
-            .await
-            .unwrap();
+        c.leave_mail(
+            &keyline_tests::number(to),
+            keyline_proto::dir::MailKind::Voice,
+            body,
+            None,
+        )
+        .await
+        .unwrap();
         c.close();
     });
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use keyline_dirclient::client::{
-    self as dir, CallError, CallOptions, DirClient, MediaPlan as DirPlan,
+    self as dir, parse_number, CallError, CallOptions, DirClient, MediaPlan as DirPlan,
 };
 use keyline_net::relay;
 use keyline_proto::call::{HandedOn, Line, TrunkId, TrunkLine};
@@ -314,7 +314,7 @@ impl Switch {
     /// The switchboard rang a trunk line: place the outside call.
     pub(crate) fn place_outside(&mut self, call: CallId, caller: &str, line: &TrunkLine) {
         let now = Instant::now();
-        let number = line.number.to_string();
+        let number = line.number.clone();
         let res = (|| -> Result<(DirClient, SocketAddr, String)> {
             let (client, outside_ip) = self
                 .trunks
@@ -611,7 +611,11 @@ impl Switch {
         self.trunks.arriving.remove(&dc);
         let to = to.to_string();
         tokio::spawn(async move {
-            match client.redirect(dc, &to).await {
+            let sent = match parse_number(&to) {
+                Ok(n) => client.redirect(dc, &n).await,
+                Err(e) => Err(e),
+            };
+            match sent {
                 Ok(()) => tracing::info!("call {dc} forwarded to {to}"),
                 Err(e) => tracing::warn!("forwarding call {dc} to {to}: {e}"),
             }
@@ -772,7 +776,11 @@ impl Switch {
             h
         });
         tokio::spawn(async move {
-            match client.transfer(dc, &number, handoff).await {
+            let sent = match parse_number(&number) {
+                Ok(n) => client.transfer(dc, &n, handoff).await,
+                Err(e) => Err(e),
+            };
+            match sent {
                 Ok(()) => tracing::info!("call {dc} handed on to {number}"),
                 Err(e) => {
                     // The call is over here; do not leave the far end in it.

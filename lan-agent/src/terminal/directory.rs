@@ -247,8 +247,7 @@ async fn directory_session(t: &Arc<Terminal>, token: &mut Option<String>) -> Out
     }
 
     let own = own_candidates(t, &client, addr);
-    let wanted: Vec<&str> = t.numbers.iter().map(String::as_str).collect();
-    let reg = match client.register(&wanted, own.clone()).await {
+    let reg = match client.register(&t.numbers, own.clone()).await {
         Ok(r) => r,
         Err(e) => return failed(format!("registration refused: {e}")),
     };

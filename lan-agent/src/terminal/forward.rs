@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use keyline_dirclient::client::parse_number;
 use keyline_net::control;
 use keyline_proto::dir::{ForwardRule, ForwardWhen};
 use serde_json::{json, Value};
@@ -67,6 +68,10 @@ pub(super) async fn control(t: &Arc<Terminal>, req: &Request) -> Value {
         };
         let Some(number) = number.clone().or(first) else {
             return control::error("no number registered yet; name one with --number");
+        };
+        let number = match parse_number(&number) {
+            Ok(n) => n,
+            Err(e) => return control::error(e.to_string()),
         };
         let done = if asked.is_empty() {
             client.forward_off(&number, None).await

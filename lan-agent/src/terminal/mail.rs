@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use keyline_dirclient::client::{DirClient, Mail};
+use keyline_dirclient::client::{parse_number, DirClient, Mail};
 use keyline_media::FRAME_SAMPLES;
 use keyline_net::control;
 use keyline_proto::dir::MailKind;
@@ -22,10 +22,15 @@ pub(super) async fn control(t: &Arc<Terminal>, req: Request) -> Value {
             let Some(client) = t.lock().client.clone() else {
                 return control::error("not connected to the directory");
             };
-            match client
-                .leave_mail(&to, MailKind::Text, body.as_bytes(), None)
-                .await
-            {
+            let sent = match parse_number(&to) {
+                Ok(n) => {
+                    client
+                        .leave_mail(&n, MailKind::Text, body.as_bytes(), None)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match sent {
                 Ok(id) => json!({"ok": true, "id": id}),
                 Err(e) => control::error(format!("message not left for {to}: {e}")),
             }
