@@ -47,6 +47,10 @@ const CASES: &[Case] = &[
         call_history_per_account_trimmed,
     ),
     (
+        "call_records_written_at_once_are_all_kept",
+        call_records_written_at_once_are_all_kept,
+    ),
+    (
         "concurrent_writers_keep_the_rules",
         concurrent_writers_keep_the_rules,
     ),
@@ -837,6 +841,45 @@ fn concurrent_writers_keep_the_rules(s: &dyn Store) {
             );
         }
     }
+}
+
+/// Call records written at once by many writers (several directory
+/// nodes, each with its batches) are all kept: each writer's trims of
+/// old records never cost another's new ones.
+fn call_records_written_at_once_are_all_kept(s: &dyn Store) {
+    let accounts = ["a", "b", "c", "d"];
+    for (i, a) in accounts.iter().enumerate() {
+        s.add_account(a, "h", &[format!("{}", i + 1)], 1)
+            .expect("account");
+    }
+    let keep = store::CallRetention {
+        per_account: 1_000,
+        since_ms: 1,
+    };
+    let results: Vec<Result<(), StoreError>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..8)
+            .map(|w| {
+                sc.spawn(move || {
+                    for k in 0..40 {
+                        let at = 1_000 + w * 100 + k;
+                        let batch = [
+                            call(accounts[(w + k) % 4], true, "9", at as i64),
+                            call(accounts[(w + 1) % 4], false, "8", at as i64),
+                        ];
+                        s.add_calls(&batch, keep)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let kept: usize = accounts
+        .iter()
+        .map(|a| s.calls(a, 0, 1_000).expect("calls").len())
+        .sum();
+    assert_eq!(kept, 8 * 40 * 2, "every record kept");
 }
 
 /// A number keeps one rule of each kind at once; each is turned off and

@@ -357,15 +357,22 @@ impl PostgresStore {
 
     /// Run `f` in a SERIALIZABLE transaction, again when PostgreSQL
     /// cancels it for a conflict with another one.
-    fn tx<T>(&self, mut f: impl FnMut(&mut Transaction<'_>) -> R<T>) -> StoreResult<T> {
+    fn tx<T>(&self, f: impl FnMut(&mut Transaction<'_>) -> R<T>) -> StoreResult<T> {
+        self.tx_at(IsolationLevel::Serializable, f)
+    }
+
+    /// Run `f` in a transaction at `level`, again when PostgreSQL cancels
+    /// it for a serialization conflict or a deadlock.
+    fn tx_at<T>(
+        &self,
+        level: IsolationLevel,
+        mut f: impl FnMut(&mut Transaction<'_>) -> R<T>,
+    ) -> StoreResult<T> {
         self.with(|c| {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let mut tx = c
-                    .build_transaction()
-                    .isolation_level(IsolationLevel::Serializable)
-                    .start()?;
+                let mut tx = c.build_transaction().isolation_level(level).start()?;
                 let result = f(&mut tx).and_then(|v| tx.commit().map(|()| v).map_err(Fail::from));
                 match result {
                     Err(Fail::Pg(e)) if is_conflict(&e) && attempt < CONFLICT_RETRIES => {
@@ -1084,7 +1091,14 @@ impl Store for PostgresStore {
     }
 
     fn add_calls(&self, entries: &[CallEntry], keep: CallRetention) -> StoreResult<()> {
-        self.tx(|tx| {
+        // READ COMMITTED, not SERIALIZABLE: a call's record decides
+        // nothing, and the trims read whole ranges of the table, so any two
+        // nodes writing records at once would conflict (under a load of
+        // calls across two nodes, records were lost after every retry).
+        // Here the worst two writers can do is trim the same old rows
+        // twice; a record whose account is deleted meanwhile goes with it
+        // (the foreign key cascades).
+        self.tx_at(IsolationLevel::ReadCommitted, |tx| {
             for e in entries {
                 // An account deleted since the call keeps no history.
                 tx.execute(
