@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::InternalMedia;
 
@@ -129,24 +129,33 @@ pub enum AdminCmd {
     Passwd,
 }
 
+/// How a ring group's members ring: what `ring-group set`, `add` and
+/// `edit` share.
+#[derive(Args, Debug)]
+pub struct Ringing {
+    /// Ring the members one at a time, in the order given (a hunt group);
+    /// busy, offline and do-not-disturb members are skipped.
+    #[arg(long)]
+    pub hunt: bool,
+    /// With --hunt: seconds each member rings.
+    #[arg(long, value_name = "SECS", default_value_t = 15)]
+    pub step: u64,
+    /// Member extensions, in order.
+    #[arg(required = true)]
+    pub members: Vec<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum RingGroupCmd {
     /// Ring these extensions for the office number (replaces `reception`).
     Set {
-        /// Ring them one at a time, in the order given (a hunt group).
-        #[arg(long)]
-        hunt: bool,
-        /// With --hunt: seconds each extension rings.
-        #[arg(long, value_name = "SECS", default_value_t = 15)]
-        step: u64,
+        #[command(flatten)]
+        ringing: Ringing,
         /// Whose mailbox takes unanswered calls to the office number
         /// (default: the config file's `office_mailbox`, else the first
         /// member).
         #[arg(long, value_name = "EXT")]
         mailbox: Option<String>,
-        /// Extensions, in order.
-        #[arg(required = true)]
-        members: Vec<String>,
     },
     /// Show who rings for the office number.
     Show {
@@ -165,20 +174,12 @@ pub enum RingGroupCmd {
         /// What the group is called (Sales, Support).
         #[arg(long)]
         name: String,
-        /// Ring the members one at a time, in the order given (a hunt
-        /// group); busy, offline and do-not-disturb members are skipped.
-        #[arg(long)]
-        hunt: bool,
-        /// With --hunt: seconds each member rings.
-        #[arg(long, value_name = "SECS", default_value_t = 15)]
-        step: u64,
+        #[command(flatten)]
+        ringing: Ringing,
         /// Whose mailbox takes the calls nobody answers (default: none, the
         /// caller hears the group is unavailable).
         #[arg(long, value_name = "EXT")]
         mailbox: Option<String>,
-        /// Member extensions, in order.
-        #[arg(required = true)]
-        members: Vec<String>,
     },
     /// Change a ring group added with `add` (its members, how they ring,
     /// its mailbox and, with --name, its name).
@@ -188,18 +189,11 @@ pub enum RingGroupCmd {
         /// A new name (default: it keeps its name).
         #[arg(long)]
         name: Option<String>,
-        /// Ring the members one at a time, in the order given.
-        #[arg(long)]
-        hunt: bool,
-        /// With --hunt: seconds each member rings.
-        #[arg(long, value_name = "SECS", default_value_t = 15)]
-        step: u64,
+        #[command(flatten)]
+        ringing: Ringing,
         /// Whose mailbox takes the calls nobody answers (default: none).
         #[arg(long, value_name = "EXT")]
         mailbox: Option<String>,
-        /// Member extensions, in order.
-        #[arg(required = true)]
-        members: Vec<String>,
     },
     /// Remove a ring group added with `add`.
     Remove {

@@ -114,61 +114,33 @@ fn client(state: Option<PathBuf>, cmd: Cmd) -> Result<()> {
             SpeedDialCmd::Rm { code } => (json!({"cmd": "speed-dial-rm", "code": code}), false),
         },
         Cmd::RingGroup { action } => match action {
-            RingGroupCmd::Set {
-                hunt,
-                step,
-                mailbox,
-                members,
-            } => (
-                json!({
-                    "cmd": "ring-group-set",
-                    "mode": if *hunt { "hunt" } else { "all" },
-                    "step_secs": step,
-                    "members": members,
-                    "mailbox": mailbox,
-                }),
-                false,
-            ),
+            RingGroupCmd::Set { ringing, mailbox } => {
+                (ringing_request("ring-group-set", ringing, mailbox), false)
+            }
             RingGroupCmd::Show { json } => (json!({"cmd": "status"}), *json),
             RingGroupCmd::Clear => (json!({"cmd": "ring-group-clear"}), false),
             RingGroupCmd::Add {
                 ext,
                 name,
-                hunt,
-                step,
+                ringing,
                 mailbox,
-                members,
-            } => (
-                json!({
-                    "cmd": "ring-group-add",
-                    "ext": ext,
-                    "name": name,
-                    "mode": if *hunt { "hunt" } else { "all" },
-                    "step_secs": step,
-                    "members": members,
-                    "mailbox": mailbox,
-                }),
-                false,
-            ),
+            } => {
+                let mut req = ringing_request("ring-group-add", ringing, mailbox);
+                req["ext"] = json!(ext);
+                req["name"] = json!(name);
+                (req, false)
+            }
             RingGroupCmd::Edit {
                 ext,
                 name,
-                hunt,
-                step,
+                ringing,
                 mailbox,
-                members,
-            } => (
-                json!({
-                    "cmd": "ring-group-edit",
-                    "ext": ext,
-                    "name": name,
-                    "mode": if *hunt { "hunt" } else { "all" },
-                    "step_secs": step,
-                    "members": members,
-                    "mailbox": mailbox,
-                }),
-                false,
-            ),
+            } => {
+                let mut req = ringing_request("ring-group-edit", ringing, mailbox);
+                req["ext"] = json!(ext);
+                req["name"] = json!(name);
+                (req, false)
+            }
             RingGroupCmd::Remove { ext } => {
                 (json!({"cmd": "ring-group-remove", "ext": ext}), false)
             }
@@ -328,6 +300,22 @@ async fn print_events(sock: &std::path::Path, json: bool) -> Result<()> {
         writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
     })
     .await
+}
+
+/// The control request of `ring-group set`, `add` or `edit`: how the
+/// members ring and whose mailbox takes what nobody answers.
+fn ringing_request(
+    cmd: &str,
+    r: &keyline_gatewayd::cli::Ringing,
+    mailbox: &Option<String>,
+) -> Value {
+    json!({
+        "cmd": cmd,
+        "mode": if r.hunt { "hunt" } else { "all" },
+        "step_secs": r.step,
+        "members": r.members,
+        "mailbox": mailbox,
+    })
 }
 
 fn unreachable_cmd() -> ! {
