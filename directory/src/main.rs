@@ -551,13 +551,14 @@ fn print_human(cmd: &Cmd, r: &Value) {
             for n in list(r, "nodes") {
                 let at = n.get("at_ms").and_then(Value::as_i64).unwrap_or(now);
                 println!(
-                    "  {:<20} {:<22} sessions {:<6} bindings {:<6} remote {:<6} calls {:<4} seen {:.1}s ago",
+                    "  {:<20} {:<22} sessions {:<6} bindings {:<6} remote {:<6} calls {:<4} elsewhere {:<4} seen {:.1}s ago",
                     s(n, "node"),
                     s(n, "listen"),
                     s(n, "sessions"),
                     s(n, "bindings"),
                     s(n, "remote_bindings"),
                     s(n, "calls"),
+                    s(n, "calls_elsewhere"),
                     (now - at).max(0) as f64 / 1000.0
                 );
             }
