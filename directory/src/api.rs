@@ -77,6 +77,10 @@ pub struct Status {
     /// Numbers that exist.
     pub numbers: usize,
     pub calls_active: usize,
+    /// Calls another directory node routes that ring or go on at one of
+    /// this node's endpoints (always 0 on a single node).
+    #[serde(default)]
+    pub calls_elsewhere: usize,
     pub relays_active: usize,
     /// The relay's counters (`bytes`, `packets`, `active`, ...).
     pub relay: Value,

@@ -48,6 +48,10 @@ pub enum Event {
         sid: SessionId,
         fp: String,
         conn: quinn::Connection,
+        /// The address last told to the router, shared with the
+        /// connection (which reports a move itself when a REGISTER comes
+        /// right after one).
+        observed: Arc<std::sync::Mutex<std::net::SocketAddr>>,
         tx: mpsc::Sender<Out>,
         /// Wakes the session's mail delivery.
         mail: Arc<Notify>,

@@ -1051,6 +1051,52 @@ fn call_history_per_account_trimmed(s: &dyn Store) {
 // ---------------------------------------------------------------------
 // PostgreSQL only.
 
+/// Call records written while one of their accounts is being deleted in
+/// another transaction: the record of the account that goes is dropped,
+/// the other party's is kept, and the write is no error.
+#[test]
+fn postgres_call_records_beside_a_deletion() {
+    let pg = PgCluster::start();
+    pg.create_db("deleting");
+    let store = PostgresStore::open(&pg.url("deleting"), 2).expect("open");
+    store
+        .add_account("going", "h", &["1".into()], 1)
+        .expect("going");
+    store
+        .add_account("staying", "h", &["2".into()], 1)
+        .expect("staying");
+    let mut other =
+        postgres::Client::connect(&pg.url("deleting"), postgres::NoTls).expect("connect");
+    let mut deletion = other.transaction().expect("begin");
+    deletion
+        .execute("DELETE FROM accounts WHERE id = 'going'", &[])
+        .expect("delete");
+    let keep = store::CallRetention {
+        per_account: 10,
+        since_ms: 0,
+    };
+    std::thread::scope(|sc| {
+        let writer = sc.spawn(|| {
+            store.add_calls(
+                &[call("going", true, "2", 5), call("staying", false, "1", 5)],
+                keep,
+            )
+        });
+        // The writer waits for the deletion's lock, then finds the
+        // account gone.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !writer.is_finished(),
+            "the write should wait for the deletion"
+        );
+        deletion.commit().expect("commit the deletion");
+        writer.join().expect("thread").expect("no error");
+    });
+    assert_eq!(store.calls("staying", 0, 10).expect("calls").len(), 1);
+    assert!(store.account("going").expect("query").is_none());
+    assert!(store.calls("going", 0, 10).expect("calls").is_empty());
+}
+
 /// A PostgreSQL restart while the directory uses the store: the request
 /// during the outage gets a clear error, the next one after the restart
 /// succeeds, and nothing stored before is lost. Through `store::blocking`,

@@ -30,7 +30,7 @@
 
 use std::time::Duration;
 
-use keyline_proto::dir::{DirMsg, ForwardRule};
+use keyline_proto::dir::{CallId, DirMsg, ForwardRule};
 use serde::{Deserialize, Serialize};
 
 use crate::routing::{RemoteBinding, Request, SessionId};
@@ -129,6 +129,12 @@ pub enum NodeMsg {
     /// Mail is waiting for `account`: its endpoints registered with you
     /// fetch it.
     MailArrived { account: String },
+    /// Are these calls, which you route, still going? Asked of calls that
+    /// have rung or gone on here a while: NATS delivers a message at most
+    /// once, so the one that ended a call may never have come.
+    StillRouting { calls: Vec<CallId> },
+    /// Of the calls asked about, these are over here.
+    CallsOver { calls: Vec<CallId> },
 }
 
 /// What one node tells every other.

@@ -33,10 +33,12 @@ pub(super) struct Side {
     /// Calls another node routes whose other end is one of this node's
     /// sessions.
     foreign: HashMap<CallId, Foreign>,
-    /// Nodes missing from the last listing of the live ones, and how many
-    /// listings in a row have missed them.
-    missing: HashMap<String, u32>,
+    /// Nodes missing from the last listing of the live ones: how many
+    /// listings in a row have missed them, and when the first did.
+    missing: HashMap<String, (u32, Instant)>,
     last_refresh: Instant,
+    /// When the routing nodes were last asked about old calls.
+    last_check: Instant,
     started_ms: i64,
 }
 
@@ -52,9 +54,15 @@ struct Foreign {
     since: Instant,
 }
 
-/// Listings of the live nodes in a row that must miss a node before the
-/// calls it routed are let go of (one could be taken while a NATS that
-/// lost its buckets is being filled again).
+/// How often the routing nodes are asked whether the calls they route
+/// here are still going, and how old a call must be to be asked about.
+const CHECK_EVERY: Duration = Duration::from_secs(10);
+const CHECK_AFTER: Duration = Duration::from_secs(20);
+
+/// Listings of the live nodes in a row that must miss a node, over at
+/// least a node entry's lifetime, before the calls it routed are let go
+/// of: a NATS that restarted without its buckets is filled again by every
+/// node within a few seconds, and a listing taken meanwhile misses some.
 const MISSED_LISTINGS: u32 = 2;
 
 impl Side {
@@ -68,8 +76,14 @@ impl Side {
             foreign: HashMap::new(),
             missing: HashMap::new(),
             last_refresh: Instant::now(),
+            last_check: Instant::now(),
             started_ms: store::now_ms(),
         }
+    }
+
+    /// How many calls another node routes that ring or go on here.
+    pub(super) fn calls_elsewhere(&self) -> usize {
+        self.foreign.len()
     }
 
     fn tell(&self, o: Outbound) {
@@ -362,7 +376,9 @@ impl Hub {
     }
 
     /// The nodes live now, as NATS lists them. The calls routed by a node
-    /// missing from [`MISSED_LISTINGS`] listings in a row are let go of:
+    /// missing from [`MISSED_LISTINGS`] listings in a row, over at least
+    /// [`crate::cluster::NODE_TTL`], are let go of (a listing without this
+    /// node's own entry counts for nothing):
     /// one that still rings here ends (the other end is lost: the node
     /// that would have rung it out or ended it is gone); an answered one
     /// goes on, its media end to end, and ends between its ends.
@@ -371,6 +387,12 @@ impl Hub {
             return;
         };
         let live: HashSet<&str> = live.iter().map(String::as_str).collect();
+        if !live.contains(side.node.as_str()) {
+            // Not even this node's own entry: the buckets are being made
+            // again (NATS restarted), and the listing says nothing yet.
+            side.missing.clear();
+            return;
+        }
         let mut gone = HashSet::new();
         for f in side.foreign.values() {
             if !live.contains(f.node.as_str()) {
@@ -379,13 +401,15 @@ impl Hub {
         }
         side.missing.retain(|node, _| gone.contains(node));
         for node in gone {
-            *side.missing.entry(node).or_insert(0) += 1;
+            side.missing.entry(node).or_insert((0, now)).0 += 1;
         }
+        let ttl = crate::cluster::NODE_TTL;
         let missing = &side.missing;
         let mut ended = Vec::new();
         side.foreign.retain(|&call, f| {
-            let gone = missing.get(&f.node).is_some_and(|&n| n >= MISSED_LISTINGS)
-                && now.duration_since(f.since) >= crate::cluster::NODE_TTL;
+            let gone = missing.get(&f.node).is_some_and(|&(n, first)| {
+                n >= MISSED_LISTINGS && now.duration_since(first) >= ttl
+            }) && now.duration_since(f.since) >= ttl;
             if gone {
                 tracing::info!(
                     "cluster: {} routed call {call} and is gone; {}",
@@ -448,6 +472,45 @@ impl Hub {
                 // knows as a remote session.
                 if let Some(sid) = sid.filter(|s| self.router.is_remote(*s)) {
                     self.router.handle_request(now, sid, request);
+                }
+            }
+            NodeMsg::StillRouting { calls } => {
+                let over: Vec<CallId> = calls
+                    .into_iter()
+                    .filter(|&c| self.router.call(c).is_none())
+                    .collect();
+                if let (false, Some(side)) = (over.is_empty(), &self.cluster) {
+                    side.tell(Outbound::Node {
+                        to: from,
+                        msg: NodeMsg::CallsOver { calls: over },
+                    });
+                }
+            }
+            NodeMsg::CallsOver { calls } => {
+                let Some(side) = &mut self.cluster else {
+                    return;
+                };
+                let mut ended = Vec::new();
+                for call in calls {
+                    if side.foreign.get(&call).is_some_and(|f| f.node == from) {
+                        if let Some(f) = side.foreign.remove(&call) {
+                            tracing::info!(
+                                "cluster: call {call} is over at {from}, which routed it; its end never came here"
+                            );
+                            ended.push((f.session, call));
+                        }
+                    }
+                }
+                for (session, call) in ended {
+                    if self.sessions.contains_key(&session) {
+                        self.send(
+                            session,
+                            DirMsg::Ended {
+                                call,
+                                reason: EndReason::Other,
+                            },
+                        );
+                    }
                 }
             }
             NodeMsg::SessionDown { session } => {
@@ -519,7 +582,7 @@ impl Hub {
         }
         let sessions = self.sessions.len();
         let calls = self.router.calls().count();
-        let calls_elsewhere = self.cluster.as_ref().map_or(0, |s| s.foreign.len());
+        let calls_elsewhere = self.cluster.as_ref().map_or(0, Side::calls_elsewhere);
         let listen = self.shared.local_addr.to_string();
         let web = self.shared.web_addr.get().map(|a| a.to_string());
         let Some(side) = &mut self.cluster else {
@@ -527,6 +590,21 @@ impl Hub {
         };
         if refresh {
             side.last_refresh = now;
+        }
+        if now.duration_since(side.last_check) >= CHECK_EVERY {
+            side.last_check = now;
+            let mut old: HashMap<&str, Vec<CallId>> = HashMap::new();
+            for (&call, f) in &side.foreign {
+                if now.duration_since(f.since) >= CHECK_AFTER {
+                    old.entry(f.node.as_str()).or_default().push(call);
+                }
+            }
+            for (node, calls) in old {
+                side.tell(Outbound::Node {
+                    to: node.to_string(),
+                    msg: NodeMsg::StillRouting { calls },
+                });
+            }
         }
         side.remote_of.retain(|sid, _| live.contains(sid));
         let remote_of = &side.remote_of;

@@ -97,7 +97,7 @@ pub(super) async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> 
     let (acct_tx, acct_rx) = watch::channel::<Option<LoggedIn>>(None);
     let wake = Arc::new(Notify::new());
     let drained = Arc::new(Notify::new());
-    let moved = Arc::new(tokio::sync::Mutex::new(observed));
+    let moved = Arc::new(std::sync::Mutex::new(observed));
     tokio::spawn(writer(
         conn.clone(),
         send,
@@ -122,6 +122,7 @@ pub(super) async fn serve_conn(shared: Arc<Shared>, conn: quinn::Connection) -> 
             sid,
             fp,
             conn: conn.clone(),
+            observed: moved.clone(),
             tx: tx.clone(),
             mail: wake,
             name: hello_name,

@@ -24,8 +24,9 @@ use crate::store;
 /// A connected session as the hub sees it.
 pub(super) struct Live {
     pub(super) conn: quinn::Connection,
-    /// Its address as last told to the router.
-    pub(super) observed: std::net::SocketAddr,
+    /// Its address as last told to the router (shared with its
+    /// connection).
+    pub(super) observed: Arc<std::sync::Mutex<std::net::SocketAddr>>,
     pub(super) tx: mpsc::Sender<Out>,
     pub(super) mail: Arc<Notify>,
     pub(super) name: Option<String>,
@@ -111,11 +112,14 @@ impl Hub {
     /// session in place of a timer per connection: a read of each
     /// connection's address, about 0.1 µs.
     fn sweep_moves(&mut self, now: Instant) {
-        for (&sid, live) in &mut self.sessions {
+        for (&sid, live) in &self.sessions {
             let at = live.conn.remote_address();
-            if at != live.observed {
-                tracing::info!("session {sid} moved from {} to {at}", live.observed);
-                live.observed = at;
+            let was = {
+                let mut last = live.observed.lock().unwrap_or_else(|p| p.into_inner());
+                std::mem::replace(&mut *last, at)
+            };
+            if at != was {
+                tracing::info!("session {sid} moved from {was} to {at}");
                 self.router.handle_session_moved(now, sid, at);
             }
         }
@@ -128,6 +132,7 @@ impl Hub {
                 sid,
                 fp,
                 conn,
+                observed,
                 tx,
                 mail,
                 name,
@@ -135,8 +140,8 @@ impl Hub {
                 terminal,
                 kind,
             } => {
-                let observed = conn.remote_address();
-                self.router.handle_session_up(sid, fp, observed);
+                let at = *observed.lock().unwrap_or_else(|p| p.into_inner());
+                self.router.handle_session_up(sid, fp, at);
                 if terminal {
                     self.router.allow_checks(sid);
                 }
@@ -159,12 +164,7 @@ impl Hub {
                 self.sessions.remove(&sid);
                 self.router.handle_session_down(now, sid);
             }
-            Event::Moved { sid, observed } => {
-                if let Some(live) = self.sessions.get_mut(&sid) {
-                    live.observed = observed;
-                }
-                self.router.handle_session_moved(now, sid, observed)
-            }
+            Event::Moved { sid, observed } => self.router.handle_session_moved(now, sid, observed),
             Event::LoggedIn {
                 sid,
                 account,
@@ -633,6 +633,7 @@ impl Hub {
                     bindings: self.router.bindings().count(),
                     numbers: self.router.numbers().count(),
                     calls_active: self.router.calls().count(),
+                    calls_elsewhere: self.cluster.as_ref().map_or(0, |s| s.calls_elsewhere()),
                     relays_active: self.relays.len(),
                     relay: json!(self.shared.relay.snapshot()),
                     logins: self.logins(),

@@ -114,9 +114,9 @@ pub(super) struct Conn {
     /// Signalled each time the writer takes messages from `tx`.
     pub(super) drained: Arc<Notify>,
     pub(super) account: watch::Sender<Option<LoggedIn>>,
-    /// The address last reported to the hub (shared with the migration
-    /// watcher; held while reporting, so reports stay in order).
-    pub(super) observed: Arc<tokio::sync::Mutex<SocketAddr>>,
+    /// The address last told to the router (shared with the hub, whose
+    /// sweep finds most moves).
+    pub(super) observed: Arc<std::sync::Mutex<SocketAddr>>,
 }
 
 /// The logged-in account of a connection.
@@ -191,10 +191,14 @@ impl Conn {
     /// report (a REGISTER right after a migration the watcher has not seen
     /// yet); nothing otherwise.
     pub(super) async fn report_move(&self) -> Result<()> {
-        let mut last = self.observed.lock().await;
         let now = self.conn.remote_address();
-        if *last != now {
+        let moved = {
+            let mut last = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+            let moved = *last != now;
             *last = now;
+            moved
+        };
+        if moved {
             self.hub(Event::Moved {
                 sid: self.sid,
                 observed: now,

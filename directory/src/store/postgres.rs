@@ -1095,17 +1095,20 @@ impl Store for PostgresStore {
         // nothing, and the trims read whole ranges of the table, so any two
         // nodes writing records at once would conflict (under a load of
         // calls across two nodes, records were lost after every retry).
-        // Here the worst two writers can do is trim the same old rows
-        // twice; a record whose account is deleted meanwhile goes with it
-        // (the foreign key cascades).
+        // Here each writer keeps the newest of the rows it sees, so the
+        // worst two can do is leave an account a record over its limit
+        // until the next write.
         self.tx_at(IsolationLevel::ReadCommitted, |tx| {
             for e in entries {
-                // An account deleted since the call keeps no history.
+                // An account deleted (or renamed) since the call keeps no
+                // history. Its row is locked against that while the record
+                // goes in: without the lock, a deletion not yet committed
+                // would pass the check and then fail the foreign key.
                 tx.execute(
                     "INSERT INTO calls (account, outgoing, own_number, other_number, started_ms,
                         answered, outcome, forwarded_to, duration_ms, relayed)
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
-                     WHERE EXISTS (SELECT 1 FROM accounts WHERE id = $1)",
+                     SELECT a.id, $2, $3, $4, $5, $6, $7, $8, $9, $10
+                     FROM accounts a WHERE a.id = $1 FOR KEY SHARE",
                     &[
                         &e.account,
                         &e.outgoing,
