@@ -804,8 +804,8 @@ fn three_nodes_act_as_one_directory() {
     n1.child.as_mut().expect("n1 runs").kill().expect("kill n1");
     let crashed = std::time::Instant::now();
     // n1's entry lives 10 s; n3 lists the nodes every 5 s and lets go
-    // after two listings miss it.
-    let last = wait_for("D to stop ringing", Duration::from_secs(40), || {
+    // once they have missed it for 10 s: 20-28 s here, on a quiet machine.
+    let last = wait_for("D to stop ringing", Duration::from_secs(60), || {
         let s = status(&d);
         s["call"].is_null().then(|| s["last_call"].clone())
     });

@@ -426,15 +426,15 @@ impl Hub {
             }
             !gone
         });
-        for (session, call) in ended {
+        self.end_here(ended, EndReason::PeerLost);
+    }
+
+    /// Tell this node's endpoints, those still connected, that these
+    /// calls another node routed are over.
+    fn end_here(&mut self, calls: Vec<(SessionId, CallId)>, reason: EndReason) {
+        for (session, call) in calls {
             if self.sessions.contains_key(&session) {
-                self.send(
-                    session,
-                    DirMsg::Ended {
-                        call,
-                        reason: EndReason::PeerLost,
-                    },
-                );
+                self.send(session, DirMsg::Ended { call, reason });
             }
         }
     }
@@ -501,17 +501,7 @@ impl Hub {
                         }
                     }
                 }
-                for (session, call) in ended {
-                    if self.sessions.contains_key(&session) {
-                        self.send(
-                            session,
-                            DirMsg::Ended {
-                                call,
-                                reason: EndReason::Other,
-                            },
-                        );
-                    }
-                }
+                self.end_here(ended, EndReason::Other);
             }
             NodeMsg::SessionDown { session } => {
                 let sid = self
